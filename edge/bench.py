@@ -1,0 +1,231 @@
+"""`edge bench`: where the time goes for one image, measured as ratios within one run.
+
+Measured, each as the median of N runs at batch 1 on this machine, now:
+- raw `session.run` of every servable ONNX Runtime variant (FP32, INT8 QDQ, INT8 QOperator);
+- the same FP32 ONNX through OpenCV DNN (an independent runtime);
+- the product's full path (read + decode + route + durable store + preprocess + infer +
+  postprocess + result and outbox commit) for a PNG and a DICOM, per variant, each run on a
+  distinct file so that de-duplication cannot short-cut it.
+Absolute times on a shared machine are noise; the ratios between figures of one run are not.
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import struct
+import tempfile
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from edge.config import Settings
+from edge.errors import Code, EdgeError
+from edge.imaging.decode import decode_bytes
+from edge.imaging.preprocess import preprocess
+from edge.pipeline import Pipeline
+from edge.registry import ModelEntry, Registry
+from edge.runtime.onnxruntime import OnnxRuntimeRunner
+from edge.serving import ModelPool, tensor_names
+from edge.store import Store
+
+WARMUP = 5
+
+
+def timed(fn: Callable[[], object], runs: int, warmup: int = WARMUP) -> dict[str, float]:
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - started) * 1000)
+    samples.sort()
+    return {
+        "median_ms": round(statistics.median(samples), 4),
+        "p95_ms": round(samples[min(len(samples) - 1, int(0.95 * len(samples)))], 4),
+        "runs": runs,
+    }
+
+
+def png_variants(data: bytes, count: int) -> list[bytes]:
+    """The same PNG with a distinct tEXt chunk each: same pixels, distinct bytes and sha256."""
+    end = data.rindex(b"IEND") - 4
+    out = []
+    for index in range(count):
+        body = b"tEXt" + b"bench\x00" + str(index).encode()
+        chunk = struct.pack(">I", len(body) - 4) + body + struct.pack(">I", zlib.crc32(body))
+        out.append(data[:end] + chunk + data[end:])
+    return out
+
+
+def dicom_variants(data: bytes, count: int) -> list[bytes]:
+    """The same DICOM with a fresh SOP Instance UID each (as every new acquisition has)."""
+    import io
+
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    ds = pydicom.dcmread(io.BytesIO(data))
+    out = []
+    for _ in range(count):
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        out.append(buffer.getvalue())
+    return out
+
+
+def _sample(entry: ModelEntry, suffix: str) -> Path:
+    for path, _label in entry.samples:
+        if path.suffix == suffix:
+            return path
+    raise EdgeError(Code.INPUT_NOT_FOUND, f"{entry.name} ships no {suffix} sample to benchmark")
+
+
+def _opencv_dnn(path: Path, batch: np.ndarray, output: str, runs: int) -> dict[str, Any]:
+    import cv2
+
+    try:
+        net = cv2.dnn.readNetFromONNX(str(path))
+        net.setInput(batch)
+        reference = net.forward(output)
+    except cv2.error as exc:
+        return {"error": str(exc).strip().splitlines()[-1][:200]}
+
+    def run() -> None:
+        net.setInput(batch)
+        net.forward(output)
+
+    return {**timed(run, runs), "first_logits": [round(float(v), 5) for v in np.ravel(reference)[:4]]}
+
+
+def run_bench(settings: Settings, model_name: str, runs: int) -> dict[str, Any]:
+    registry = Registry(settings.models.dir)
+    entry = registry.get(model_name)
+    spec = entry.manifest.input.preprocess_spec()
+    names = tensor_names(entry)
+    png, dcm = _sample(entry, ".png"), _sample(entry, ".dcm")
+    batch = preprocess(decode_bytes(png.read_bytes()).pixels, spec)[np.newaxis]
+    variants = [n for n, v in entry.manifest.variants.items() if v.servable and "onnxruntime" in v.backends]
+    report: dict[str, Any] = {
+        "model": entry.name,
+        "version": entry.manifest.version,
+        "machine": f"{platform.machine()}, Python {platform.python_version()}, "
+        f"threads={settings.runtime.threads or 'all'}",
+        "runs": runs,
+        "raw": {},
+        "opencv_dnn": {},
+        "full_path": {},
+    }
+    for variant in variants:
+        runner = OnnxRuntimeRunner(entry.variant_file(variant), names, settings.runtime)
+        try:
+            report["raw"][variant] = timed(
+                partial(runner.session.run, [names.outputs[0]], {names.input: batch}), runs
+            )
+        finally:
+            runner.close()
+    fp32 = next(n for n in variants if entry.manifest.variants[n].precision == "fp32")
+    report["opencv_dnn"]["fp32"] = _opencv_dnn(entry.variant_file(fp32), batch, names.outputs[0], runs)
+    with tempfile.TemporaryDirectory(prefix="edge-bench-") as tmp:
+        bench_settings = settings.model_copy(update={"data_dir": Path(tmp) / "data"})
+        with Store(bench_settings.data_dir) as store:
+            pool = ModelPool(registry, bench_settings, Path(tmp) / "cache")
+            pipeline = Pipeline(bench_settings, store, registry=registry, pool=pool, actor="bench")
+            try:
+                for variant in variants:
+                    pool.pin(pool.load_variant(entry.name, variant))
+                    for kind, source, make in (("png", png, png_variants), ("dicom", dcm, dicom_variants)):
+                        folder = Path(tmp) / "inputs" / variant / kind
+                        queue = iter(
+                            _write_all(folder, make(source.read_bytes(), runs + WARMUP), source.suffix)
+                        )
+                        step = partial(_analyse_next, pipeline, queue, entry.name)
+                        report["full_path"].setdefault(kind, {})[variant] = timed(step, runs)
+            finally:
+                pipeline.close()
+    report["auto_choice"] = _auto_choice(registry, settings, entry.name)
+    report["ratios"] = ratios(report, fp32)
+    return report
+
+
+def _write_all(folder: Path, blobs: list[bytes], suffix: str) -> list[Path]:
+    folder.mkdir(parents=True)
+    paths = []
+    for index, blob in enumerate(blobs):
+        path = folder / f"{index}{suffix}"
+        path.write_bytes(blob)
+        paths.append(path)
+    return paths
+
+
+def _analyse_next(pipeline: Pipeline, queue: Iterator[Path], model: str) -> None:
+    analyses = pipeline.analyse_file(next(queue), model, source="bench")
+    if not analyses[0].ok:
+        raise EdgeError(Code(analyses[0].code), analyses[0].message or "bench input refused")
+
+
+def _auto_choice(registry: Registry, settings: Settings, name: str) -> str:
+    with tempfile.TemporaryDirectory(prefix="edge-bench-") as tmp:
+        auto = settings.model_copy(
+            update={"runtime": settings.runtime.model_copy(update={"precision": "auto"})}
+        )
+        pool = ModelPool(registry, auto, Path(tmp))
+        try:
+            return pool.get(name).variant_name
+        finally:
+            pool.close()
+
+
+def ratios(report: dict[str, Any], fp32: str) -> dict[str, float]:
+    raw = {k: v["median_ms"] for k, v in report["raw"].items()}
+    out: dict[str, float] = {}
+    for variant, ms in raw.items():
+        if variant != fp32:
+            out[f"{variant}/fp32 (raw)"] = round(ms / raw[fp32], 3)
+        for kind, per_variant in report["full_path"].items():
+            if variant in per_variant:
+                out[f"pipeline {kind}/raw ({variant})"] = round(per_variant[variant]["median_ms"] / ms, 3)
+    dnn = report["opencv_dnn"].get("fp32", {})
+    if "median_ms" in dnn:
+        out["onnxruntime/opencv-dnn (fp32 raw)"] = round(raw[fp32] / dnn["median_ms"], 3)
+    return out
+
+
+def print_report(console: Console, report: dict[str, Any]) -> None:
+    console.print(
+        f"[bold]edge bench[/]: {report['model']} {report['version']} on {report['machine']}; "
+        f"median of {report['runs']} runs, batch 1"
+    )
+    table = Table("measurement", "variant", "median ms", "p95 ms")
+    for variant, t in report["raw"].items():
+        table.add_row("raw session.run", variant, f"{t['median_ms']:.3f}", f"{t['p95_ms']:.3f}")
+    for variant, t in report["opencv_dnn"].items():
+        if "median_ms" in t:
+            table.add_row("OpenCV DNN", variant, f"{t['median_ms']:.3f}", f"{t['p95_ms']:.3f}")
+        else:
+            table.add_row("OpenCV DNN", variant, "[red]cannot run[/]", t["error"])
+    for kind, per_variant in report["full_path"].items():
+        for variant, t in per_variant.items():
+            table.add_row(f"full path ({kind})", variant, f"{t['median_ms']:.3f}", f"{t['p95_ms']:.3f}")
+    console.print(table)
+    ratios_table = Table("ratio", "value")
+    for name, value in report["ratios"].items():
+        ratios_table.add_row(name, f"{value:.3f}")
+    console.print(ratios_table)
+    slower = [k for k, v in report["ratios"].items() if k.endswith("/fp32 (raw)") and v > 1]
+    for name in slower:
+        console.print(f"[yellow]{name.split('/')[0]} is slower than FP32 on this CPU[/]")
+    console.print(
+        f"precision=auto serves: [bold]{report['auto_choice']}[/] (fastest variant that passed "
+        f"its accuracy gate, FP32 unless another is >10% faster)"
+    )

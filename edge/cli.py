@@ -1,0 +1,271 @@
+"""The `edge` command. Every subcommand has --help; refusals print `CODE: sentence`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from edge import __version__
+from edge import log as edge_log
+from edge.config import Settings, load_settings
+from edge.errors import EdgeError
+
+EXIT_REFUSED = 1
+EXIT_USAGE = 2
+
+
+class Context:
+    """Settings are loaded on first use, so `--help` works even with a broken config."""
+
+    def __init__(self, config_file: Path | None, data_dir: Path | None) -> None:
+        self.config_file = config_file
+        self.data_dir = data_dir
+        self._settings: Settings | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            overrides: dict[str, Any] = {"data_dir": self.data_dir} if self.data_dir else {}
+            try:
+                self._settings = load_settings(self.config_file, **overrides)
+            except EdgeError as error:
+                click.echo(error.one_line(), err=True)
+                sys.exit(EXIT_USAGE)
+        return self._settings
+
+
+pass_context = click.make_pass_decorator(Context)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edge")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Settings file (default: $EDGE_CONFIG, else /etc/edge/edge.toml if present).",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where the database and images live (default: $STATE_DIRECTORY or per-user).",
+)
+@click.option("-v", "--verbose", count=True, help="Log more (-v info, -vv debug).")
+@click.pass_context
+def cli(ctx: click.Context, config_file: Path | None, data_dir: Path | None, verbose: int) -> None:
+    """Edge inference for clinics: X-ray and ultrasound models on the device, offline first."""
+    edge_log.configure([logging.ERROR, logging.INFO, logging.DEBUG][min(verbose, 2)])
+    ctx.obj = Context(config_file, data_dir)
+
+
+# ---------------------------------------------------------------------- infer
+
+
+def analysis_json(analysis: Any) -> dict[str, Any]:
+    """The stable JSON shape of one analysis (one input, one model)."""
+    out: dict[str, Any] = {
+        "input": analysis.input,
+        "status": "ok" if analysis.ok else "refused",
+        "study_id": analysis.study_id,
+        "image_id": analysis.image_id,
+        "job_id": analysis.job_id,
+        "duplicate": analysis.duplicate,
+    }
+    if not analysis.ok:
+        out.update(code=analysis.code, reason=analysis.message)
+        return out
+    r = analysis.result
+    out.update(
+        result_id=r["id"],
+        finding=r["finding"],
+        positive_label=r["finding_label"],
+        probability=round(r["probability"], 6),
+        probabilities={k: round(v, 6) for k, v in r["probabilities"].items()},
+        threshold=r["threshold"],
+        operating_point=r["operating_point"],
+        model=r["model_name"],
+        model_version=r["model_version"],
+        model_sha256=r["model_sha256"],
+        variant=r["variant"],
+        backend=r["backend"],
+        precision=r["precision"],
+        latency_ms=round(r["latency_ms"], 3),
+        total_ms=round(r["total_ms"], 3),
+    )
+    return out
+
+
+def analysis_line(analysis: Any) -> str:
+    if not analysis.ok:
+        return f"REFUSED {analysis.input}  {analysis.code}: {analysis.message}"
+    r = analysis.result
+    again = "  (already analysed)" if analysis.duplicate else ""
+    return (
+        f"OK      {analysis.input}  {r['finding']}  P({r['finding_label']})={r['probability']:.3f}"
+        f"  threshold {r['threshold']:.3f} ({r['operating_point']})  {r['model_name']} {r['model_version']}"
+        f"  {r['backend']}/{r['precision']}  {r['latency_ms']:.1f} ms{again}"
+    )
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--model", "-m", "model_name", help="Model to use (default: routed by modality).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line, per input and model.")
+@pass_context
+def infer(obj: Context, paths: tuple[Path, ...], model_name: str | None, as_json: bool) -> None:
+    """Analyse image files now and store the results.
+
+    PATHS are DICOM, PNG or JPEG files. Each input prints one line (or one JSON object): the
+    finding, its calibrated probability, the threshold and operating point, the model and
+    version, the backend and precision, and the inference latency. An input that cannot be
+    analysed prints `CODE: reason`; the exit status is then 1.
+    """
+    from edge.pipeline import Pipeline
+    from edge.store import Store
+
+    settings = obj.settings
+    refused = False
+    with Store(settings.data_dir, busy_timeout_ms=settings.store.busy_timeout_ms) as store:
+        pipeline = Pipeline(settings, store)
+        try:
+            for path in paths:
+                for analysis in pipeline.analyse_file(path, model_name):
+                    refused |= not analysis.ok
+                    if as_json:
+                        click.echo(json.dumps(analysis_json(analysis), sort_keys=True))
+                    else:
+                        click.echo(analysis_line(analysis))
+        finally:
+            pipeline.close()
+    sys.exit(EXIT_REFUSED if refused else 0)
+
+
+# ---------------------------------------------------------------------- demo
+
+
+@cli.command()
+@click.option("--fresh", is_flag=True, help="Start from an empty demo database.")
+@pass_context
+def demo(obj: Context, fresh: bool) -> None:
+    """Analyse the bundled sample images on the CPU and show the results.
+
+    Uses a separate demo database (under the data directory, in demo/) so that sample images
+    never mix with a clinic's own studies.
+    """
+    from edge.demo import run_demo
+
+    sys.exit(run_demo(obj.settings, fresh=fresh, explicit_data_dir=obj.data_dir is not None))
+
+
+# ---------------------------------------------------------------------- models
+
+
+@cli.group()
+def models() -> None:
+    """Installed models: list, show."""
+
+
+@models.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@pass_context
+def models_list(obj: Context, as_json: bool) -> None:
+    """The models installed on this device."""
+    from edge.registry import Registry
+
+    registry = Registry(obj.settings.models.dir)
+    rows: list[dict[str, Any]] = []
+    for name in registry.names():
+        try:
+            m = registry.get(name).manifest
+            rows.append(
+                {
+                    "name": name,
+                    "version": m.version,
+                    "title": m.title,
+                    "variants": sorted(m.variants),
+                    "status": "ok",
+                }
+            )
+        except EdgeError as error:
+            rows.append({"name": name, "status": error.one_line()})
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = Table("model", "version", "variants", "title", title=f"models in {registry.models_dir}")
+    for row in rows:
+        if row["status"] != "ok":
+            table.add_row(row["name"], "-", "-", f"[red]{row['status']}[/]")
+        else:
+            table.add_row(row["name"], row["version"], ", ".join(row["variants"]), row["title"])
+    Console().print(table)
+
+
+@models.command("show")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="The whole manifest as JSON.")
+@pass_context
+def models_show(obj: Context, name: str, as_json: bool) -> None:
+    """One model's manifest, with each file checked against its sha256."""
+    from edge.registry import Registry
+
+    try:
+        entry = Registry(obj.settings.models.dir).get(name)
+    except EdgeError as error:
+        click.echo(error.one_line(), err=True)
+        sys.exit(EXIT_REFUSED)
+    checks = {}
+    for variant in entry.manifest.variants:
+        try:
+            entry.variant_file(variant)
+            checks[variant] = "ok"
+        except EdgeError as error:
+            checks[variant] = error.one_line()
+    if as_json:
+        click.echo(
+            json.dumps({"manifest": entry.manifest.model_dump(mode="json"), "file_checks": checks}, indent=2)
+        )
+        sys.exit(0 if all(v == "ok" for v in checks.values()) else EXIT_REFUSED)
+    from edge.reports import print_model
+
+    print_model(Console(), entry, checks)
+    sys.exit(0 if all(v == "ok" for v in checks.values()) else EXIT_REFUSED)
+
+
+# ---------------------------------------------------------------------- bench
+
+
+@cli.command()
+@click.option("--model", "-m", "model_name", help="Model to measure (default: the site default).")
+@click.option(
+    "--runs",
+    default=200,
+    show_default=True,
+    type=click.IntRange(5, 100_000),
+    help="Timed runs per measurement (the median is reported).",
+)
+@click.option("--json", "as_json", is_flag=True)
+@pass_context
+def bench(obj: Context, model_name: str | None, runs: int, as_json: bool) -> None:
+    """Per-image latency: raw session.run vs the full path, FP32 vs INT8, ours vs OpenCV DNN.
+
+    Every figure is a median over RUNS measured in this one run; compare the printed ratios,
+    not absolute times, across machines.
+    """
+    from edge.bench import print_report, run_bench
+
+    report = run_bench(obj.settings, model_name or obj.settings.models.default, runs)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        print_report(Console(), report)
+
+
+def main() -> None:
+    cli(prog_name="edge")

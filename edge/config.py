@@ -1,0 +1,147 @@
+"""One typed settings object for every process on the device.
+
+Sources, later ones winning: built-in defaults, the TOML file (`--config FILE`, else
+`$EDGE_CONFIG`, else `/etc/edge/edge.toml` when it exists), then `EDGE_*` environment variables
+(nested with a double underscore: `EDGE_RUNTIME__THREADS=2`). Unknown keys are refused, so a
+typo in a field engineer's config file fails loudly instead of being ignored.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+import platformdirs
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from edge.errors import Code, EdgeError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # JetPack 6 ships Python 3.10
+    import tomli as tomllib
+
+SYSTEM_CONFIG = Path("/etc/edge/edge.toml")
+
+
+def default_data_dir() -> Path:
+    """`$STATE_DIRECTORY` under systemd (first entry if several), else a per-user folder."""
+    state = os.environ.get("STATE_DIRECTORY")
+    if state:
+        return Path(state.split(":")[0])
+    return Path(platformdirs.user_data_dir("edge", appauthor=False))
+
+
+def default_models_dir() -> Path:
+    """A source checkout's `models/`, else the copy installed beside the package."""
+    checkout = Path(__file__).resolve().parent.parent / "models"
+    if checkout.is_dir():
+        return checkout
+    return Path(sys.prefix) / "share" / "edge" / "models"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RuntimeSettings(_Section):
+    backend: Literal["auto", "onnxruntime", "tensorrt"] = "auto"
+    """`auto`: TensorRT where it imports and a GPU is present, else ONNX Runtime."""
+    precision: Literal["auto", "fp32", "fp16", "int8"] = "auto"
+    """`auto`: the fastest variant on this machine among those that passed their accuracy gate."""
+    threads: int = Field(default=0, ge=0, le=256)
+    """Intra-op threads for ONNX Runtime; 0 lets it use every core."""
+    graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
+
+
+class ModelSettings(_Section):
+    dir: Path = Field(default_factory=default_models_dir)
+    default: str = "cxr-pneumonia"
+    """Model used for inputs that carry no modality (PNG/JPEG) when none is named."""
+    operating_point: str | None = None
+    """The site's chosen operating point (e.g. `screening`); None uses each manifest's default."""
+    verify_checksums: bool = True
+
+
+class StoreSettings(_Section):
+    busy_timeout_ms: int = Field(default=10_000, ge=100)
+    max_input_bytes: int = Field(default=512 * 1024 * 1024, ge=1024)
+    """Inputs larger than this are refused before decoding (a DICOM can claim any size)."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="EDGE_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    data_dir: Path = Field(default_factory=default_data_dir)
+    site: str = "unnamed-site"
+    runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
+    models: ModelSettings = Field(default_factory=ModelSettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    config_file: Path | None = None
+    """Where the file-level values came from (informational; not read from the file)."""
+
+    @field_validator("data_dir", mode="after")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "edge.db"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file's values arrive as init kwargs (see load_settings); the environment must
+        # override them, so it comes first. No .env or secrets directory on the device.
+        return env_settings, init_settings
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError as exc:
+        raise EdgeError(Code.CONFIG_INVALID, f"config file {path} does not exist") from exc
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise EdgeError(Code.CONFIG_INVALID, f"config file {path} cannot be read: {exc}") from exc
+
+
+def _describe(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"{where}: {first['msg']}{more}"
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings; a bad file or variable becomes one coded, readable error."""
+    path = config_file
+    if path is None and os.environ.get("EDGE_CONFIG"):
+        path = Path(os.environ["EDGE_CONFIG"])
+    if path is None and SYSTEM_CONFIG.is_file():
+        path = SYSTEM_CONFIG
+    values: dict[str, Any] = _read_toml(path) if path is not None else {}
+    values.pop("config_file", None)
+    values.update(overrides)
+    try:
+        settings = Settings(**values)
+    except ValidationError as exc:
+        source = f"config {path}" if path else "settings"
+        raise EdgeError(Code.CONFIG_INVALID, f"{source}: {_describe(exc)}") from exc
+    settings.config_file = path
+    return settings

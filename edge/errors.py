@@ -1,0 +1,53 @@
+"""Coded refusals: every failure a technician or a log reader can meet has a stable code.
+
+A code never changes meaning once shipped (the hub, the TUI and field engineers key on it);
+the human sentence may be improved freely. `docs/codes.md` lists them all.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class Code(str, Enum):
+    """Stable refusal codes, grouped by where they arise."""
+
+    # Input: the file itself
+    INPUT_NOT_FOUND = "INPUT_NOT_FOUND"
+    INPUT_UNREADABLE = "INPUT_UNREADABLE"
+    INPUT_EMPTY = "INPUT_EMPTY"
+    INPUT_TOO_LARGE = "INPUT_TOO_LARGE"
+    INPUT_NOT_IMAGE = "INPUT_NOT_IMAGE"
+    IMAGE_TRUNCATED = "IMAGE_TRUNCATED"
+    IMAGE_DECODE_FAILED = "IMAGE_DECODE_FAILED"
+    DICOM_INVALID = "DICOM_INVALID"
+    DICOM_NO_PIXELS = "DICOM_NO_PIXELS"
+    DICOM_UNSUPPORTED = "DICOM_UNSUPPORTED"
+    DICOM_MULTIFRAME = "DICOM_MULTIFRAME"
+    # Models and runtime
+    NO_MODEL_FOR_INPUT = "NO_MODEL_FOR_INPUT"
+    MODEL_UNKNOWN = "MODEL_UNKNOWN"
+    MODEL_MANIFEST_INVALID = "MODEL_MANIFEST_INVALID"
+    MODEL_FILE_MISSING = "MODEL_FILE_MISSING"
+    MODEL_CHECKSUM_MISMATCH = "MODEL_CHECKSUM_MISMATCH"
+    MODEL_VARIANT_UNAVAILABLE = "MODEL_VARIANT_UNAVAILABLE"
+    MODEL_OUTPUT_INVALID = "MODEL_OUTPUT_INVALID"
+    BACKEND_UNAVAILABLE = "BACKEND_UNAVAILABLE"
+    INFERENCE_FAILED = "INFERENCE_FAILED"
+    # Store and host
+    STORE_WRITE_FAILED = "STORE_WRITE_FAILED"
+    DISK_FULL = "DISK_FULL"
+    CONFIG_INVALID = "CONFIG_INVALID"
+
+
+class EdgeError(Exception):
+    """A refusal with a stable code and one human sentence (no patient data in it)."""
+
+    def __init__(self, code: Code, message: str) -> None:
+        super().__init__(f"{code.value}: {message}")
+        self.code = code
+        self.message = message
+
+    def one_line(self) -> str:
+        """The form shown in the CLI, the TUI and the log: `CODE: sentence`."""
+        return f"{self.code.value}: {self.message}"

@@ -1,0 +1,147 @@
+"""From bytes to a display-ready image: format sniffing, completeness checks, decoding.
+
+Every decoder returns a `DecodedImage` whose pixels are uint8, HxW (grey) or HxWx3 (RGB), the
+way a reader would see the image on screen: the form the models were trained on. Anything that
+cannot become such an image is refused with a code before it is stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from edge.errors import Code, EdgeError
+from edge.store.records import StudyInfo
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+JPEG_MAGIC = b"\xff\xd8\xff"
+MAX_PIXELS = 100_000_000  # 10k x 10k: larger than any radiograph, smaller than a bomb
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    pixels: np.ndarray
+    format: str  # dicom | png | jpeg
+    sha256: str
+    study: StudyInfo = field(default_factory=StudyInfo)
+    sop_instance_uid: str | None = None
+    frames: int = 1
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def height(self) -> int:
+        return int(self.pixels.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.pixels.shape[1])
+
+
+def read_input(path: Path, max_bytes: int) -> bytes:
+    """Read a whole input file, refusing what is missing, empty, unreadable or too large."""
+    if not path.exists():
+        raise EdgeError(Code.INPUT_NOT_FOUND, f"{path} does not exist")
+    if not path.is_file():
+        raise EdgeError(Code.INPUT_UNREADABLE, f"{path} is not a regular file")
+    try:
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise EdgeError(Code.INPUT_TOO_LARGE, f"{path.name} is {size} bytes, over the {max_bytes} limit")
+        data = path.read_bytes()
+    except OSError as exc:
+        raise EdgeError(Code.INPUT_UNREADABLE, f"{path.name} cannot be read: {exc.strerror}") from exc
+    if not data:
+        raise EdgeError(Code.INPUT_EMPTY, f"{path.name} is empty")
+    return data
+
+
+def sniff(data: bytes) -> str:
+    """The container format from the bytes themselves (file names lie)."""
+    if data.startswith(PNG_MAGIC):
+        return "png"
+    if data.startswith(JPEG_MAGIC):
+        return "jpeg"
+    if len(data) > 132 and data[128:132] == b"DICM":
+        return "dicom"
+    # Old DICOM files without the Part 10 preamble start with a group 0x0008 (or 0x0002)
+    # little-endian tag; accept them and let pydicom judge.
+    if len(data) > 8 and data[:2] in (b"\x08\x00", b"\x02\x00") and data[3:4] == b"\x00":
+        return "dicom"
+    raise EdgeError(Code.INPUT_NOT_IMAGE, "not a DICOM, PNG or JPEG file")
+
+
+def decode_bytes(data: bytes, name: str = "input") -> DecodedImage:
+    """Decode any supported input; every failure becomes a coded refusal."""
+    kind = sniff(data)
+    if kind == "dicom":
+        from edge.imaging.dicom import decode_dicom  # pydicom is only needed for DICOM
+
+        return decode_dicom(data, name)
+    return _decode_raster(data, kind, name)
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _decode_raster(data: bytes, kind: str, name: str) -> DecodedImage:
+    if kind == "png":
+        _check_png(data, name)
+    else:
+        _check_jpeg(data, name)
+    decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if decoded is None or decoded.size == 0:
+        raise EdgeError(Code.IMAGE_DECODE_FAILED, f"{name} could not be decoded as {kind.upper()}")
+    pixels = to_display_uint8(decoded)
+    return DecodedImage(
+        pixels=pixels,
+        format=kind,
+        sha256=sha256_hex(data),
+        meta={"channels": 1 if pixels.ndim == 2 else 3, "source_dtype": str(decoded.dtype)},
+    )
+
+
+def to_display_uint8(decoded: np.ndarray) -> np.ndarray:
+    """OpenCV's BGR(A)/grey, 8 or 16 bit -> uint8 grey HxW or RGB HxWx3.
+
+    Three identical channels (how X-rays are usually exported) collapse to grey, the
+    canonical form of a radiograph.
+    """
+    image = decoded
+    if image.dtype == np.uint16:
+        image = (image // 257).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        raise EdgeError(Code.IMAGE_DECODE_FAILED, f"unsupported pixel type {image.dtype}")
+    if image.ndim == 3 and image.shape[2] == 4:
+        image = image[:, :, :3]
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim == 3:
+        blue, green, red = image[:, :, 0], image[:, :, 1], image[:, :, 2]
+        if np.array_equal(blue, green) and np.array_equal(green, red):
+            return np.ascontiguousarray(blue)
+        return np.ascontiguousarray(image[:, :, ::-1])
+    return np.ascontiguousarray(image)
+
+
+def _check_png(data: bytes, name: str) -> None:
+    if len(data) < 33:
+        raise EdgeError(Code.IMAGE_TRUNCATED, f"{name} is a truncated PNG (no header)")
+    width, height = struct.unpack(">II", data[16:24])
+    if width == 0 or height == 0 or width * height > MAX_PIXELS:
+        raise EdgeError(Code.IMAGE_DECODE_FAILED, f"{name} claims an implausible size {width}x{height}")
+    # A complete PNG ends with the IEND chunk (its CRC is fixed: AE 42 60 82).
+    if data.rstrip(b"\x00")[-12:] != b"\x00\x00\x00\x00IEND\xaeB`\x82":
+        raise EdgeError(Code.IMAGE_TRUNCATED, f"{name} is a truncated PNG (no IEND chunk)")
+
+
+def _check_jpeg(data: bytes, name: str) -> None:
+    # libjpeg fills a truncated JPEG with grey and only warns: refuse it before it is scored.
+    if not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
+        raise EdgeError(Code.IMAGE_TRUNCATED, f"{name} is a truncated JPEG (no end-of-image marker)")

@@ -1,0 +1,230 @@
+"""DICOM to display pixels, the radiology way, through pydicom's own functions.
+
+Order (PS3.3 C.11 / PS3.4 N.2): stored values -> Modality LUT (rescale slope/intercept or a
+Modality LUT Sequence) -> VOI LUT (a VOI LUT Sequence, else Window Center/Width with its VOI LUT
+Function) -> Presentation (MONOCHROME1 inverted) -> 8 bits over the VOI output range. Colour
+(RGB, YBR_*) comes out as RGB; PALETTE COLOR goes through its lookup table.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Callable
+from typing import Any, cast
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
+
+from edge.errors import Code, EdgeError
+from edge.imaging.decode import DecodedImage, sha256_hex
+from edge.store.records import StudyInfo
+
+_AGE = re.compile(r"^(\d{3})([DWMY])$")
+_AGE_UNIT_YEARS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}
+
+
+def decode_dicom(data: bytes, name: str = "input") -> DecodedImage:
+    """DICOM bytes -> display image; anything malformed becomes a coded refusal, never a crash."""
+    ds = _read(data, name)
+    try:
+        return _decode_dataset(ds, data, name)
+    except EdgeError:
+        raise
+    except Exception as exc:  # hostile or broken files raise anything
+        raise EdgeError(
+            Code.DICOM_INVALID, f"{name} is malformed DICOM ({type(exc).__name__}: {exc})"[:300]
+        ) from exc
+
+
+def _decode_dataset(ds: Dataset, data: bytes, name: str) -> DecodedImage:
+    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        sop = ds.get("SOPClassUID")
+        sop_name = getattr(sop, "name", None) or str(sop or "unknown SOP class")
+        raise EdgeError(Code.DICOM_NO_PIXELS, f"{name} has no pixel data ({sop_name})")
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames > 1:
+        raise EdgeError(
+            Code.DICOM_MULTIFRAME,
+            f"{name} is a {frames}-frame cine; multi-frame images go to the video path",
+        )
+    try:
+        stored = ds.pixel_array
+        pixels = display_pixels(stored, ds)
+    except EdgeError:
+        raise
+    except Exception as exc:
+        syntax = _safe(lambda: ds.file_meta.TransferSyntaxUID)
+        what = getattr(syntax, "name", None) or str(syntax or "unknown transfer syntax")
+        raise EdgeError(
+            Code.DICOM_UNSUPPORTED,
+            f"{name}: pixel data could not be decoded ({what}): {type(exc).__name__}: {exc}"[:300],
+        ) from exc
+    return DecodedImage(
+        pixels=pixels,
+        format="dicom",
+        sha256=sha256_hex(data),
+        study=study_info(ds),
+        sop_instance_uid=_text(ds, "SOPInstanceUID"),
+        frames=frames,
+        meta=technical_meta(ds),
+    )
+
+
+def _safe(get: Callable[[], Any]) -> Any:
+    """A metadata value, or None when the element is malformed: one bad tag must not
+    refuse an otherwise readable image."""
+    try:
+        return get()
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _read(data: bytes, name: str) -> Dataset:
+    try:
+        return pydicom.dcmread(io.BytesIO(data), force=True)
+    except (InvalidDicomError, EOFError, ValueError, KeyError, OSError) as exc:
+        raise EdgeError(Code.DICOM_INVALID, f"{name} is not a readable DICOM file: {exc}") from exc
+    except Exception as exc:
+        raise EdgeError(Code.DICOM_INVALID, f"{name} is not a readable DICOM file: {exc}") from exc
+
+
+def display_pixels(stored: np.ndarray, ds: Dataset) -> np.ndarray:
+    """Stored pixel values -> uint8 display image (pure apart from reading `ds`)."""
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    if photometric in ("MONOCHROME1", "MONOCHROME2"):
+        return _grey_display(stored, ds, invert=photometric == "MONOCHROME1")
+    if photometric == "PALETTE COLOR":
+        rgb = apply_color_lut(stored, ds)
+        return _scale_to_uint8(
+            rgb.astype(np.float64), 0.0, float(rgb.max() if rgb.dtype != np.uint8 else 255)
+        )
+    if photometric in ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT"):
+        # pydicom's pixel_array has already converted YBR to RGB (as_rgb defaults to True).
+        bits = int(ds.get("BitsStored", 8))
+        return _scale_to_uint8(stored.astype(np.float64), 0.0, float(2**bits - 1))
+    raise EdgeError(Code.DICOM_UNSUPPORTED, f"photometric interpretation {photometric} is not supported")
+
+
+def _grey_display(stored: np.ndarray, ds: Dataset, *, invert: bool) -> np.ndarray:
+    if stored.ndim != 2:
+        raise EdgeError(Code.DICOM_UNSUPPORTED, f"unexpected grey pixel array shape {stored.shape}")
+    modality = apply_modality_lut(stored, ds)
+    low, high = voi_output_range(ds, modality)
+    _widen_8_bit_voi_lut(ds)
+    voi = apply_voi_lut(modality, ds, prefer_lut=True)
+    display = _scale_to_uint8(np.asarray(voi, dtype=np.float64), low, high)
+    return 255 - display if invert else display
+
+
+def _widen_8_bit_voi_lut(ds: Dataset) -> None:
+    """Work around pydicom 3.0.2 indexing an 8-bit VOI LUT through a uint8 array.
+
+    `apply_voi` builds its index array with the LUT's entry type, so with 8-bit entries any
+    input value above 255 wraps (a 4096-entry LUT turns 4000 into 160). Declaring the entries
+    16-bit changes nothing else: the LUT Data words are read the same way and the values stay
+    0..255. Our own dataset, decoded from bytes, so changing it in place is safe.
+    """
+    sequence = ds.get("VOILUTSequence")
+    if not sequence:
+        return
+    for item in sequence:
+        descriptor = item.get("LUTDescriptor")
+        if descriptor is not None and int(descriptor[2]) == 8:
+            item.LUTDescriptor = [int(descriptor[0]), int(descriptor[1]), 16]
+
+
+def voi_output_range(ds: Dataset, modality: np.ndarray) -> tuple[float, float]:
+    """The range of values pydicom's VOI step will produce (so 8-bit scaling is exact).
+
+    A VOI LUT Sequence outputs 0..2^n-1 (n from its descriptor); a window outputs the range
+    pydicom derives from Bits Stored, signedness and rescale (see `apply_windowing`). With no
+    VOI at all, 8-bit data keeps its full range (it is display-ready) and deeper data is shown
+    over its own min..max, as viewers do.
+    """
+    voi_sequence = ds.get("VOILUTSequence")
+    if voi_sequence:
+        bits = int(cast(list[int], voi_sequence[0].LUTDescriptor)[2])
+        return 0.0, float(2**bits - 1)
+    if "WindowCenter" in ds and "WindowWidth" in ds:
+        bits_stored = int(ds.BitsStored)
+        modality_sequence = ds.get("ModalityLUTSequence")
+        if modality_sequence:
+            low, high = 0.0, float(2 ** int(modality_sequence[0].LUTDescriptor[2]) - 1)
+        elif int(ds.get("PixelRepresentation", 0)) == 0:
+            low, high = 0.0, float(2**bits_stored - 1)
+        else:
+            low, high = float(-(2 ** (bits_stored - 1))), float(2 ** (bits_stored - 1) - 1)
+        slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
+        if slope is not None and intercept is not None:
+            low, high = low * float(slope) + float(intercept), high * float(slope) + float(intercept)
+        return (low, high) if low <= high else (high, low)
+    bits_stored = int(ds.get("BitsStored", 16))
+    if bits_stored <= 8 and "ModalityLUTSequence" not in ds:
+        # 8-bit data (secondary capture, exported stills) is already display values.
+        low, high = 0.0, float(2**bits_stored - 1)
+        slope, intercept = float(ds.get("RescaleSlope", 1.0)), float(ds.get("RescaleIntercept", 0.0))
+        return low * slope + intercept, high * slope + intercept
+    return float(modality.min()), float(modality.max())
+
+
+def _scale_to_uint8(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    if high <= low:
+        return np.zeros(values.shape, np.uint8)
+    scaled = (values - low) * (255.0 / (high - low))
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def parse_age(value: Any) -> float | None:
+    """DICOM AS (`005Y`, `018M`, `010W`, `003D`) -> years; None when absent or malformed."""
+    match = _AGE.match(str(value or "").strip().upper())
+    if not match:
+        return None
+    return round(int(match.group(1)) * _AGE_UNIT_YEARS[match.group(2)], 3)
+
+
+def _text(ds: Dataset, keyword: str) -> str | None:
+    value = _safe(lambda: ds.get(keyword))
+    if value is None or value == "":
+        return None
+    return _safe(lambda: str(value).strip()) or None
+
+
+def study_info(ds: Dataset) -> StudyInfo:
+    return StudyInfo(
+        study_uid=_text(ds, "StudyInstanceUID"),
+        phi_patient_id=_text(ds, "PatientID"),
+        phi_patient_name=_text(ds, "PatientName"),
+        phi_accession=_text(ds, "AccessionNumber"),
+        patient_age_years=parse_age(_text(ds, "PatientAge")),
+        patient_sex=_text(ds, "PatientSex"),
+        modality=_text(ds, "Modality"),
+        body_part=(_text(ds, "BodyPartExamined") or "").upper() or None,
+        description=_text(ds, "StudyDescription"),
+        study_date=_text(ds, "StudyDate"),
+    )
+
+
+def technical_meta(ds: Dataset) -> dict[str, Any]:
+    """What the applicability gate and the reader need; nothing that identifies a patient."""
+    sop_class = _safe(lambda: ds.get("SOPClassUID"))
+    syntax = _safe(lambda: ds.file_meta.TransferSyntaxUID)
+    spacing = _safe(lambda: [float(v) for v in (ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing"))])
+    return {
+        "sop_class_uid": str(sop_class) if sop_class else None,
+        "sop_class": getattr(sop_class, "name", None),
+        "transfer_syntax": str(syntax) if syntax else None,
+        "modality": _text(ds, "Modality"),
+        "body_part": (_text(ds, "BodyPartExamined") or "").upper() or None,
+        "view_position": _text(ds, "ViewPosition"),
+        "photometric": _text(ds, "PhotometricInterpretation"),
+        "bits_stored": _safe(lambda: int(ds.BitsStored)),
+        "signed": bool(_safe(lambda: int(ds.get("PixelRepresentation", 0)))),
+        "pixel_spacing_mm": spacing or None,
+        "manufacturer": _text(ds, "Manufacturer"),
+        "model": _text(ds, "ManufacturerModelName"),
+        "burned_in_annotation": _text(ds, "BurnedInAnnotation"),
+    }

@@ -1,0 +1,248 @@
+"""The worker: how one study goes from bytes to a stored, calibrated result.
+
+Read top to bottom, this is the flow of a study on the device:
+
+1. read and decode the input; anything that is not an image we can read is refused with a code
+   and nothing is stored (only an audit row says it happened);
+2. choose the model(s) that may score it, and load them before storing anything, so that a
+   missing or corrupt model refuses the input instead of leaving a job nobody can run;
+3. store the file (durably) and queue one job per model, in one transaction;
+4. claim a job, preprocess, infer, turn logits into a calibrated probability and a finding at
+   the site's operating point;
+5. store the job's new state, its result and its outbox row, in one transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edge.config import Settings
+from edge.errors import Code, EdgeError
+from edge.ids import uuid7
+from edge.imaging.decode import DecodedImage, decode_bytes, read_input
+from edge.registry import Registry
+from edge.serving import ModelPool
+from edge.store import Job, NewImage, ResultRecord, Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """What happened to one input for one model: a result, or a coded refusal."""
+
+    input: str
+    code: str | None = None
+    message: str | None = None
+    result: dict[str, Any] | None = None
+    study_id: str | None = None
+    image_id: str | None = None
+    job_id: str | None = None
+    duplicate: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.result is not None
+
+    @classmethod
+    def refused(cls, source: str, error: EdgeError, **ids: Any) -> Analysis:
+        return cls(input=source, code=error.code.value, message=error.message, **ids)
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid7()[-8:]}"
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by another user
+    return True
+
+
+class Pipeline:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        *,
+        registry: Registry | None = None,
+        pool: ModelPool | None = None,
+        actor: str = "cli",
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.registry = registry or Registry(settings.models.dir)
+        self.pool = pool or ModelPool(self.registry, settings, settings.data_dir / "cache")
+        self.actor = actor
+        self.worker_id = new_worker_id()
+        # Jobs a crashed or killed process of this host held go back to the queue.
+        store.requeue_dead_workers(socket.gethostname(), process_alive)
+
+    def close(self) -> None:
+        self.pool.close()
+
+    # ------------------------------------------------------------------ 1-3: input to queue
+
+    def analyse_file(self, path: Path, model: str | None = None, source: str = "cli") -> list[Analysis]:
+        """Ingest one file and analyse it now, in this process (what `edge infer` does)."""
+        try:
+            data = read_input(path, self.settings.store.max_input_bytes)
+            started = time.perf_counter()
+            decoded = decode_bytes(data, path.name)
+            decode_ms = (time.perf_counter() - started) * 1000
+            models = [model] if model else self.route(decoded)
+            for name in models:
+                self.pool.get(name)  # load (and verify) before anything is stored
+            outcome = self.store.ingest(
+                self.new_image(decoded, data, source, path.name), models, actor=self.actor
+            )
+        except sqlite3.Error as exc:
+            error = EdgeError(Code.STORE_WRITE_FAILED, f"the input could not be stored: {exc}")
+            self._audit_refusal(error)
+            return [Analysis.refused(str(path), error)]
+        except EdgeError as error:
+            self._audit_refusal(error)
+            return [Analysis.refused(str(path), error)]
+        ids = {"study_id": outcome.study_id, "image_id": outcome.image_id}
+        return [
+            self._analyse_job(str(path), job_id, decoded, decode_ms, outcome.duplicate, ids)
+            for job_id in outcome.job_ids
+        ]
+
+    def _audit_refusal(self, error: EdgeError) -> None:
+        log.warning("input refused: %s", error.one_line())
+        try:
+            self.store.audit(self.actor, "input.refused", None, {"code": error.code.value})
+        except EdgeError as audit_error:  # e.g. the disk is full: the log line must do
+            log.error("refusal not audited: %s", audit_error.one_line())
+
+    def route(self, decoded: DecodedImage) -> list[str]:
+        names = self.registry.route(
+            decoded.study.modality, decoded.study.body_part, self.settings.models.default
+        )
+        if not names:
+            raise EdgeError(
+                Code.NO_MODEL_FOR_INPUT,
+                f"no installed model accepts modality {decoded.study.modality}"
+                f" / body part {decoded.study.body_part or 'unspecified'}",
+            )
+        return names
+
+    @staticmethod
+    def new_image(decoded: DecodedImage, data: bytes, source: str, name: str | None) -> NewImage:
+        return NewImage(
+            data=data,
+            sha256=decoded.sha256,
+            format=decoded.format,
+            width=decoded.width,
+            height=decoded.height,
+            frames=decoded.frames,
+            study=decoded.study,
+            source=source,
+            sop_instance_uid=decoded.sop_instance_uid,
+            original_name=name,
+            meta=decoded.meta,
+        )
+
+    def _analyse_job(
+        self,
+        source: str,
+        job_id: str,
+        decoded: DecodedImage,
+        decode_ms: float,
+        duplicate: bool,
+        ids: dict[str, Any],
+    ) -> Analysis:
+        existing = self.store.result_for_job(job_id)
+        if existing is not None:
+            return Analysis(source, result=existing, job_id=job_id, duplicate=True, **ids)
+        job = self.store.claim_job(self.worker_id, job_id)
+        if job is None:
+            row = self.store.job(job_id) or {}
+            if row.get("error_code"):
+                error = EdgeError(Code(row["error_code"]), row.get("error_message") or "")
+                return Analysis.refused(source, error, job_id=job_id, duplicate=duplicate, **ids)
+            error = EdgeError(Code.INFERENCE_FAILED, f"job is {row.get('state', 'missing')} elsewhere")
+            return Analysis.refused(source, error, job_id=job_id, duplicate=duplicate, **ids)
+        try:
+            result_id = self.process(job, decoded, decode_ms)
+        except EdgeError as error:
+            return Analysis.refused(source, error, job_id=job_id, duplicate=duplicate, **ids)
+        result = self.store.result_for_job(job_id)
+        assert result is not None
+        assert result["id"] == result_id
+        return Analysis(source, result=result, job_id=job_id, duplicate=duplicate, **ids)
+
+    # ------------------------------------------------------------------ 4-5: job to result
+
+    def run_once(self) -> bool:
+        """Claim and process the next queued job; False when the queue is empty."""
+        job = self.store.claim_job(self.worker_id)
+        if job is None:
+            return False
+        try:
+            self.process(job)
+        except EdgeError as error:
+            log.warning("job %s ended without a result: %s", job.id, error.one_line())
+        return True
+
+    def process(self, job: Job, decoded: DecodedImage | None = None, decode_ms: float = 0.0) -> str:
+        """Score one claimed job and store its result; a failure ends the job with its code."""
+        started = time.perf_counter()
+        try:
+            if decoded is None:
+                path = self.store.image_file(job.image_id)
+                decoded = decode_bytes(read_input(path, self.settings.store.max_input_bytes), path.name)
+            model = self.pool.get(job.model_name)
+            prediction = model.predict([decoded.pixels], self.settings.models.operating_point)[0]
+        except EdgeError as error:
+            self.store.fail_job(job, error.code, error.message)
+            raise
+        except Exception as exc:  # a bug must end the job, not wedge the queue
+            log.exception("job %s failed unexpectedly", job.id)
+            failure = EdgeError(Code.INFERENCE_FAILED, f"internal error: {type(exc).__name__}")
+            self.store.fail_job(job, failure.code, failure.message)
+            raise failure from exc
+        finding = prediction.finding
+        record = ResultRecord(
+            model_name=model.name,
+            model_version=model.version,
+            model_sha256=model.sha256,
+            variant=model.variant_name,
+            backend=model.backend,
+            precision=model.precision,
+            finding=finding.finding,
+            finding_label=finding.positive,
+            probability=finding.probability,
+            probabilities=finding.probabilities,
+            threshold=finding.threshold,
+            operating_point=finding.operating_point,
+            latency_ms=prediction.latency_ms,
+            total_ms=decode_ms + (time.perf_counter() - started) * 1000,
+        )
+        try:
+            result_id = self.store.complete_job(job, record)
+        except sqlite3.Error as exc:
+            # The transaction rolled back: the job stays claimed by this worker and returns
+            # to the queue when a later process finds this one gone.
+            raise EdgeError(Code.STORE_WRITE_FAILED, f"result not stored: {exc}") from exc
+        log.info(
+            "job %s: %s (p=%.3f, %s/%s)",
+            job.id,
+            finding.finding,
+            finding.probability,
+            model.backend,
+            model.precision,
+        )
+        return result_id

@@ -1,0 +1,278 @@
+"""Model manifests (`models/<name>/model.toml`): schema, loading, file verification, routing.
+
+The schema is documented field by field in docs/model-manifest.md. A manifest is data the
+device trusts only after checking it: unknown keys are refused, and every model file is
+verified against its sha256 before a backend may load it.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import sys
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from edge.errors import Code, EdgeError
+from edge.imaging.preprocess import PreprocessSpec
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
+
+MANIFEST = "model.toml"
+Precision = Literal["fp32", "fp16", "int8"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Accepts(_Strict):
+    """What inputs the model may score; the applicability gate reads this."""
+
+    modalities: list[str] = Field(default_factory=list)
+    """DICOM Modality values (e.g. CR, DX). Empty: any."""
+    body_parts: list[str] = Field(default_factory=list)
+    """DICOM Body Part Examined values (upper case). Empty: any."""
+    views: list[str] = Field(default_factory=list)
+    """DICOM View Position values (e.g. PA, AP). Empty: any."""
+    age_years: tuple[float, float] | None = None
+    """Inclusive patient age range the model was validated on."""
+    unlabelled: bool = True
+    """Whether PNG/JPEG inputs (no modality, body part or age) may be scored."""
+
+
+class InputSpec(_Strict):
+    name: str = "image"
+    shape: tuple[int, int, int]
+    """Channels, height, width; the batch dimension is dynamic."""
+    layout: Literal["NCHW"] = "NCHW"
+    dtype: Literal["float32"] = "float32"
+    colour: Literal["gray", "rgb"] = "gray"
+    resize: Literal["stretch", "letterbox", "center_crop"] = "stretch"
+    scale: float = 1 / 255
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> InputSpec:
+        channels = self.shape[0]
+        if channels != (1 if self.colour == "gray" else 3):
+            raise ValueError(f"shape has {channels} channels but colour is {self.colour}")
+        if len(self.mean) != channels or len(self.std) != channels:
+            raise ValueError("mean and std need one value per channel")
+        return self
+
+    def preprocess_spec(self) -> PreprocessSpec:
+        return PreprocessSpec(
+            height=self.shape[1],
+            width=self.shape[2],
+            colour=self.colour,
+            resize=self.resize,
+            scale=self.scale,
+            mean=self.mean,
+            std=self.std,
+        )
+
+
+class OutputSpec(_Strict):
+    logits: str = "logits"
+    """Output tensor of shape [N, len(labels)]: raw (uncalibrated) class scores."""
+    cam: str | None = None
+    """Optional output [N, len(labels), h, w]: class activation maps for heatmaps."""
+    labels: list[str]
+    positive: str
+    """The label thresholds apply to (the finding a site screens for)."""
+    temperature: float = Field(default=1.0, gt=0)
+    """Calibration temperature: probabilities are softmax(logits / temperature)."""
+
+    @model_validator(mode="after")
+    def _positive_known(self) -> OutputSpec:
+        if self.positive not in self.labels:
+            raise ValueError(f"positive label {self.positive!r} is not one of {self.labels}")
+        return self
+
+
+class OperatingPoint(_Strict):
+    threshold: float = Field(ge=0, le=1)
+    """Calibrated probability of the positive label at or above which it is the finding."""
+    description: str = ""
+    sensitivity: float | None = None
+    specificity: float | None = None
+
+
+class Gate(_Strict):
+    """Acceptance of a reduced-precision variant against FP32 on the validation split."""
+
+    passed: bool
+    images: int
+    auc_reference: float
+    auc: float
+    auc_delta: float
+    agreement: float
+    max_abs_logit_diff: float | None = None
+    rule: str = ""
+
+
+class Variant(_Strict):
+    file: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    precision: Precision
+    quantization: Literal["none", "qdq", "qoperator"] = "none"
+    backends: list[Literal["onnxruntime", "tensorrt"]] = Field(
+        default_factory=lambda: ["onnxruntime"]  # type: ignore[arg-type]
+    )
+    gate: Gate | None = None
+    """Required for every precision but fp32; a variant that did not pass is never served."""
+
+    @property
+    def servable(self) -> bool:
+        return self.precision == "fp32" or (self.gate is not None and self.gate.passed)
+
+
+class Manifest(_Strict):
+    schema_version: Literal[1] = 1
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
+    version: str
+    title: str
+    task: Literal["classification"] = "classification"
+    description: str = ""
+    accepts: Accepts = Field(default_factory=Accepts)
+    input: InputSpec
+    output: OutputSpec
+    default_operating_point: str
+    operating_points: dict[str, OperatingPoint]
+    variants: dict[str, Variant]
+    metrics: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    training: dict[str, Any] = Field(default_factory=dict)
+    samples: str | None = "samples"
+    """Folder (relative to the manifest) of attributed sample images with a labels.csv."""
+
+    @model_validator(mode="after")
+    def _references(self) -> Manifest:
+        if self.default_operating_point not in self.operating_points:
+            raise ValueError(f"default_operating_point {self.default_operating_point!r} is not defined")
+        if not any(v.precision == "fp32" for v in self.variants.values()):
+            raise ValueError("an fp32 variant is required: it is the numerical reference")
+        return self
+
+
+class ModelEntry:
+    """A manifest together with the folder it lives in."""
+
+    def __init__(self, manifest: Manifest, folder: Path) -> None:
+        self.manifest = manifest
+        self.folder = folder
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    def variant_file(self, variant: str, *, verify: bool = True) -> Path:
+        """The variant's file, verified against its sha256 (refused on mismatch)."""
+        if variant not in self.manifest.variants:
+            raise EdgeError(
+                Code.MODEL_VARIANT_UNAVAILABLE,
+                f"{self.name} has no variant {variant!r} (has {', '.join(self.manifest.variants)})",
+            )
+        spec = self.manifest.variants[variant]
+        path = self.folder / spec.file
+        if not path.is_file():
+            raise EdgeError(Code.MODEL_FILE_MISSING, f"{self.name}: model file {spec.file} is missing")
+        if verify:
+            actual = sha256_file(path)
+            if actual != spec.sha256:
+                raise EdgeError(
+                    Code.MODEL_CHECKSUM_MISMATCH,
+                    f"{self.name}: {spec.file} has sha256 {actual[:12]}..., the manifest says "
+                    f"{spec.sha256[:12]}...; refusing a modified or corrupt model",
+                )
+        return path
+
+    def operating_point(self, name: str | None) -> tuple[str, OperatingPoint]:
+        chosen = name or self.manifest.default_operating_point
+        if chosen not in self.manifest.operating_points:
+            chosen = self.manifest.default_operating_point
+        return chosen, self.manifest.operating_points[chosen]
+
+    @cached_property
+    def samples(self) -> list[tuple[Path, str]]:
+        """(file, label) pairs of the model's bundled, attributed sample images."""
+        if not self.manifest.samples:
+            return []
+        folder = self.folder / self.manifest.samples
+        labels = folder / "labels.csv"
+        if not labels.is_file():
+            return []
+        with labels.open(newline="") as handle:
+            return [(folder / row["path"], row["label"]) for row in csv.DictReader(handle)]
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_manifest(path: Path) -> Manifest:
+    try:
+        with path.open("rb") as handle:
+            raw = tomllib.load(handle)
+        return Manifest(**raw)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise EdgeError(Code.MODEL_MANIFEST_INVALID, f"{path} cannot be read: {exc}") from exc
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        raise EdgeError(Code.MODEL_MANIFEST_INVALID, f"{path}: {where}: {first['msg']}") from exc
+
+
+class Registry:
+    """The models installed on this device: one folder each under `models_dir`."""
+
+    def __init__(self, models_dir: Path) -> None:
+        self.models_dir = models_dir
+
+    def names(self) -> list[str]:
+        if not self.models_dir.is_dir():
+            return []
+        return sorted(p.parent.name for p in self.models_dir.glob(f"*/{MANIFEST}"))
+
+    def get(self, name: str) -> ModelEntry:
+        path = self.models_dir / name / MANIFEST
+        if not name or "/" in name or not path.is_file():
+            known = ", ".join(self.names()) or "none installed"
+            raise EdgeError(Code.MODEL_UNKNOWN, f"no model named {name!r} (known: {known})")
+        manifest = read_manifest(path)
+        if manifest.name != name:
+            raise EdgeError(
+                Code.MODEL_MANIFEST_INVALID, f"{path} names itself {manifest.name!r}, not {name!r}"
+            )
+        return ModelEntry(manifest, path.parent)
+
+    def entries(self) -> list[ModelEntry]:
+        return [self.get(name) for name in self.names()]
+
+    def route(self, modality: str | None, body_part: str | None, default: str) -> list[str]:
+        """Models for an input: those whose manifest accepts its modality and body part.
+
+        Inputs with no modality (PNG/JPEG) go to the site's default model.
+        """
+        if not modality:
+            return [default]
+        chosen = []
+        for entry in self.entries():
+            accepts = entry.manifest.accepts
+            if accepts.modalities and modality.upper() not in accepts.modalities:
+                continue
+            if accepts.body_parts and body_part and body_part.upper() not in accepts.body_parts:
+                continue
+            chosen.append(entry.name)
+        return chosen

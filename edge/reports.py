@@ -1,0 +1,70 @@
+"""Human-readable renderings (rich) shared by the CLI commands."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from edge.registry import ModelEntry
+
+
+def print_model(console: Console, entry: ModelEntry, checks: dict[str, str]) -> None:
+    m = entry.manifest
+    console.print(f"[bold]{m.name}[/] {m.version}: {m.title}")
+    if m.description:
+        console.print(m.description)
+    a = m.accepts
+    console.print(
+        f"accepts: modalities {', '.join(a.modalities) or 'any'}; body parts "
+        f"{', '.join(a.body_parts) or 'any'}; views {', '.join(a.views) or 'any'}; ages "
+        f"{f'{a.age_years[0]:g}-{a.age_years[1]:g} y' if a.age_years else 'any'}; PNG/JPEG "
+        f"{'yes' if a.unlabelled else 'no'}"
+    )
+    i = m.input
+    console.print(
+        f"input: {i.name} {list(i.shape)} {i.colour} {i.layout} {i.dtype}, resize {i.resize}, "
+        f"scale {i.scale:.6g}, mean {list(i.mean)}, std {list(i.std)}"
+    )
+    o = m.output
+    console.print(
+        f"output: {o.logits} over {o.labels}"
+        + (f", heatmap {o.cam}" if o.cam else "")
+        + f"; positive {o.positive}; temperature {o.temperature:.3f}"
+    )
+    points = Table("operating point", "threshold", "sensitivity", "specificity", "use")
+    for name, op in m.operating_points.items():
+        marker = " (default)" if name == m.default_operating_point else ""
+        points.add_row(
+            name + marker,
+            f"{op.threshold:.3f}",
+            "-" if op.sensitivity is None else f"{op.sensitivity:.3f}",
+            "-" if op.specificity is None else f"{op.specificity:.3f}",
+            op.description,
+        )
+    console.print(points)
+    variants = Table("variant", "precision", "format", "backends", "file", "gate", "check")
+    for name, v in m.variants.items():
+        gate = (
+            "reference"
+            if v.precision == "fp32"
+            else (
+                "missing"
+                if v.gate is None
+                else f"{'passed' if v.gate.passed else 'FAILED'} (dAUC {v.gate.auc_delta:+.4f}, "
+                f"agree {v.gate.agreement:.3%})"
+            )
+        )
+        check = checks.get(name, "?")
+        variants.add_row(
+            name,
+            v.precision,
+            v.quantization,
+            ", ".join(v.backends),
+            v.file,
+            gate,
+            "[green]ok[/]" if check == "ok" else f"[red]{check}[/]",
+        )
+    console.print(variants)
+    for split, values in m.metrics.items():
+        shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items())
+        console.print(f"metrics ({split}): {shown}")

@@ -1,0 +1,250 @@
+"""A model ready to serve: the chosen variant on the chosen backend, wrapped with its
+preprocessing and postprocessing.
+
+`precision = "auto"` picks, among the variants that passed their accuracy gate, the one that is
+fastest *on this machine*, measured once and remembered: on some CPUs an INT8 QDQ graph is
+slower than FP32, and assuming otherwise would make the device slower for no gain.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge import runtime
+from edge.config import Settings
+from edge.errors import Code, EdgeError
+from edge.imaging.preprocess import PreprocessSpec, preprocess_batch
+from edge.postprocess import Finding, decide
+from edge.registry import ModelEntry, Registry, Variant
+from edge.runtime.base import Runner, TensorNames
+
+# A lower precision must beat fp32 by this margin to be chosen: timing noise on a shared
+# machine must not flip the choice back and forth between runs.
+SPEEDUP_MARGIN = 0.9
+_TIMING_RUNS = 25
+
+
+@dataclass
+class Prediction:
+    finding: Finding
+    latency_ms: float
+    """Time inside the backend's infer call, shared equally by the images of the batch."""
+    outputs: dict[str, np.ndarray]
+
+
+class ServedModel:
+    def __init__(self, entry: ModelEntry, variant_name: str, runner: Runner, file_sha256: str) -> None:
+        self.entry = entry
+        self.variant_name = variant_name
+        self.variant: Variant = entry.manifest.variants[variant_name]
+        self.runner = runner
+        self.sha256 = file_sha256
+        self.spec: PreprocessSpec = entry.manifest.input.preprocess_spec()
+
+    @property
+    def name(self) -> str:
+        return self.entry.name
+
+    @property
+    def version(self) -> str:
+        return self.entry.manifest.version
+
+    @property
+    def backend(self) -> str:
+        return self.runner.backend
+
+    @property
+    def precision(self) -> str:
+        return self.variant.precision
+
+    def predict(self, images: list[np.ndarray], operating_point: str | None = None) -> list[Prediction]:
+        """Display images (uint8) -> one calibrated finding each."""
+        batch = preprocess_batch(images, self.spec)
+        started = time.perf_counter()
+        outputs = self.runner.infer(batch)
+        latency_ms = (time.perf_counter() - started) * 1000 / len(images)
+        out = self.entry.manifest.output
+        logits = outputs[out.logits]
+        if logits.shape != (len(images), len(out.labels)):
+            raise EdgeError(
+                Code.MODEL_OUTPUT_INVALID,
+                f"{self.name}: logits shape {logits.shape}, expected ({len(images)}, {len(out.labels)})",
+            )
+        op_name, op = self.entry.operating_point(operating_point)
+        predictions = []
+        for index in range(len(images)):
+            try:
+                finding = decide(
+                    logits[index], out.labels, out.positive, out.temperature, op.threshold, op_name
+                )
+            except ValueError as exc:
+                raise EdgeError(Code.MODEL_OUTPUT_INVALID, f"{self.name}: {exc}") from exc
+            per_image = {name: value[index] for name, value in outputs.items()}
+            predictions.append(Prediction(finding, latency_ms, per_image))
+        return predictions
+
+    def close(self) -> None:
+        self.runner.close()
+
+
+def tensor_names(entry: ModelEntry) -> TensorNames:
+    out = entry.manifest.output
+    outputs = (out.logits,) + ((out.cam,) if out.cam else ())
+    return TensorNames(entry.manifest.input.name, outputs)
+
+
+def candidate_variants(entry: ModelEntry, backend: str, precision: str) -> list[str]:
+    """Variants this backend can run at the requested precision that may be served."""
+    names = [
+        name
+        for name, variant in entry.manifest.variants.items()
+        if backend in variant.backends and variant.servable and (precision in ("auto", variant.precision))
+    ]
+    if not names:
+        raise EdgeError(
+            Code.MODEL_VARIANT_UNAVAILABLE,
+            f"{entry.name} has no servable {precision} variant for {backend}",
+        )
+    return names
+
+
+def _machine_key() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in handle if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return f"{platform.machine()}|{cpu}|{os.cpu_count()}"
+
+
+def _time_runner(runner: Runner, spec: PreprocessSpec) -> float:
+    sample = np.random.default_rng(0).standard_normal((1, spec.channels, spec.height, spec.width))
+    batch = sample.astype(np.float32)
+    for _ in range(3):
+        runner.infer(batch)
+    times = []
+    for _ in range(_TIMING_RUNS):
+        started = time.perf_counter()
+        runner.infer(batch)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1000
+
+
+class ModelPool:
+    """Loads each model once per process and keeps it; chooses variants as configured."""
+
+    def __init__(self, registry: Registry, settings: Settings, cache_dir: Path) -> None:
+        self.registry = registry
+        self.settings = settings
+        self.cache_file = cache_dir / "variant-choice.json"
+        self._served: dict[str, ServedModel] = {}
+
+    def get(self, name: str) -> ServedModel:
+        if name not in self._served:
+            self._served[name] = self._load(name)
+        return self._served[name]
+
+    def close(self) -> None:
+        for served in self._served.values():
+            served.close()
+        self._served.clear()
+
+    def pin(self, served: ServedModel) -> None:
+        """Serve this exact model for its name from now on (benchmarks, parity checks)."""
+        old = self._served.pop(served.name, None)
+        if old is not None and old is not served:
+            old.close()
+        self._served[served.name] = served
+
+    def load_variant(self, name: str, variant: str) -> ServedModel:
+        """One named variant on the configured backend, verified, regardless of speed."""
+        entry = self.registry.get(name)
+        runner_cls = runtime.resolve_backend(self.settings.runtime.backend)
+        spec = entry.manifest.variants.get(variant)
+        if spec is None or runner_cls.backend not in spec.backends or not spec.servable:
+            raise EdgeError(
+                Code.MODEL_VARIANT_UNAVAILABLE,
+                f"{name}: variant {variant!r} cannot be served on {runner_cls.backend}",
+            )
+        path = entry.variant_file(variant, verify=self.settings.models.verify_checksums)
+        runner = runner_cls(path, tensor_names(entry), self.settings.runtime)
+        return ServedModel(entry, variant, runner, spec.sha256)
+
+    def _load(self, name: str) -> ServedModel:
+        entry = self.registry.get(name)
+        runner_cls = runtime.resolve_backend(self.settings.runtime.backend)
+        names = candidate_variants(entry, runner_cls.backend, self.settings.runtime.precision)
+        if len(names) == 1:
+            return self.load_variant(name, names[0])
+        verify = self.settings.models.verify_checksums
+        files = {n: entry.variant_file(n, verify=verify) for n in names}
+        chosen = self._fastest(entry, runner_cls, files)
+        runner = runner_cls(files[chosen], tensor_names(entry), self.settings.runtime)
+        return ServedModel(entry, chosen, runner, entry.manifest.variants[chosen].sha256)
+
+    def _fastest(self, entry: ModelEntry, runner_cls: type[Runner], files: dict[str, Path]) -> str:
+        key = "|".join(
+            [
+                entry.name,
+                *(entry.manifest.variants[n].sha256[:16] for n in sorted(files)),
+                runner_cls.backend,
+                _backend_version(runner_cls.backend),
+                _machine_key(),
+                str(self.settings.runtime.threads),
+            ]
+        )
+        cache = self._read_cache()
+        if key in cache and cache[key].get("variant") in files:
+            return str(cache[key]["variant"])
+        spec = entry.manifest.input.preprocess_spec()
+        timings = {}
+        for variant_name, path in files.items():
+            with runner_cls(path, tensor_names(entry), self.settings.runtime) as runner:
+                timings[variant_name] = _time_runner(runner, spec)
+        chosen = choose_by_speed(entry, timings)
+        cache[key] = {"variant": chosen, "median_ms": timings}
+        self._write_cache(cache)
+        return chosen
+
+    def _read_cache(self) -> dict[str, dict[str, object]]:
+        try:
+            loaded = json.loads(self.cache_file.read_text())
+            return loaded if isinstance(loaded, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def _write_cache(self, cache: dict[str, dict[str, object]]) -> None:
+        try:
+            self.cache_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.cache_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(cache, indent=2, sort_keys=True))
+            tmp.replace(self.cache_file)
+        except OSError:
+            return  # only a cache: measuring again next time is the cost
+
+
+def choose_by_speed(entry: ModelEntry, timings_ms: dict[str, float]) -> str:
+    """The fastest variant, but fp32 unless another is clearly (SPEEDUP_MARGIN) faster."""
+    fastest = min(timings_ms, key=timings_ms.__getitem__)
+    reference = next((n for n in timings_ms if entry.manifest.variants[n].precision == "fp32"), None)
+    if reference is None or fastest == reference:
+        return fastest
+    return fastest if timings_ms[fastest] <= SPEEDUP_MARGIN * timings_ms[reference] else reference
+
+
+def _backend_version(backend: str) -> str:
+    try:
+        import importlib
+
+        return str(importlib.import_module(backend).__version__)
+    except Exception:  # noqa: BLE001 - a missing version only weakens the cache key
+        return "unknown"

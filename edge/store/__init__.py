@@ -1,0 +1,15 @@
+"""The device store (SQLite via sqlite-utils) and the image files it owns."""
+
+from edge.store.records import IngestOutcome, Job, NewImage, ResultRecord, StudyInfo, utc_now
+from edge.store.store import Store, open_database
+
+__all__ = [
+    "IngestOutcome",
+    "Job",
+    "NewImage",
+    "ResultRecord",
+    "Store",
+    "StudyInfo",
+    "open_database",
+    "utc_now",
+]

@@ -1,0 +1,59 @@
+"""Crash-safe file writes: temporary name, fsync, rename, fsync the directory.
+
+After `write_atomically` returns, the file is on disk under its final name with its full
+content, or (on any failure) nothing is there under that name. Files hold patient images, so
+they are created readable by the owner only.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+from edge.errors import Code, EdgeError
+from edge.ids import uuid7
+
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or unlink in `path` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that a crash at any instant leaves all of it or none."""
+    path.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid7()}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise EdgeError(Code.DISK_FULL, f"no space left to store {path.name}") from exc
+        raise EdgeError(Code.STORE_WRITE_FAILED, f"cannot write {path.name}: {exc.strerror}") from exc
+
+
+def remove_quietly(path: Path) -> None:
+    """Remove a file we own; missing is fine (a crash may have beaten us to it)."""
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return
+    fsync_dir(path.parent)

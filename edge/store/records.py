@@ -1,0 +1,106 @@
+"""The shapes that cross the store's boundary (plain dataclasses, no SQL)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+
+def utc_now() -> str:
+    """UTC time as ISO-8601 with milliseconds and `Z`, the one time format of the store."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class StudyInfo:
+    """What an input says about its study. `phi_*` fields never leave the device as-is."""
+
+    study_uid: str | None = None
+    phi_patient_id: str | None = None
+    phi_patient_name: str | None = None
+    phi_accession: str | None = None
+    patient_age_years: float | None = None
+    patient_sex: str | None = None
+    modality: str | None = None
+    body_part: str | None = None
+    description: str | None = None
+    study_date: str | None = None
+
+
+@dataclass(frozen=True)
+class NewImage:
+    """An input that decoded cleanly and is ready to be stored (bytes exactly as received)."""
+
+    data: bytes
+    sha256: str
+    format: str  # dicom | png | jpeg
+    width: int
+    height: int
+    study: StudyInfo
+    source: str
+    frames: int = 1
+    sop_instance_uid: str | None = None
+    original_name: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def extension(self) -> str:
+        return {"dicom": ".dcm", "png": ".png", "jpeg": ".jpg"}[self.format]
+
+
+@dataclass(frozen=True)
+class IngestOutcome:
+    image_id: str
+    study_id: str
+    job_ids: tuple[str, ...]
+    duplicate: bool
+    """True when the same bytes (or SOP Instance UID) were already stored."""
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    image_id: str
+    model_name: str
+    state: str
+    attempts: int
+    worker: str | None
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Job:
+        return cls(
+            id=row["id"],
+            image_id=row["image_id"],
+            model_name=row["model_name"],
+            state=row["state"],
+            attempts=row["attempts"],
+            worker=row["worker"],
+        )
+
+
+@dataclass(frozen=True)
+class ResultRecord:
+    """One model's answer for one image, with everything needed to trust or reproduce it."""
+
+    model_name: str
+    model_version: str
+    model_sha256: str
+    variant: str
+    backend: str
+    precision: str
+    finding: str
+    finding_label: str
+    probability: float
+    probabilities: dict[str, float]
+    threshold: float
+    operating_point: str
+    latency_ms: float
+    total_ms: float
+    heatmap_path: str | None = None
+
+    def to_row(self) -> dict[str, Any]:
+        row = asdict(self)
+        row["probabilities"] = json.dumps(self.probabilities, sort_keys=True)
+        return row

@@ -1,0 +1,152 @@
+"""The device store's schema, as ordered migrations (sqlite-utils `Migrations`).
+
+Each migration runs in one transaction together with the record of it having run, so a power
+cut during an upgrade leaves the previous schema intact. Never edit a shipped migration; add one.
+
+Conventions: ids are device-made UUIDv7 strings (time-ordered), times are UTC ISO-8601 strings
+with milliseconds and a `Z`, JSON columns hold no patient-identifying data unless named `phi_*`.
+"""
+
+from __future__ import annotations
+
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+migrations = Migrations("edge")
+
+JOB_STATES = ("queued", "running", "done", "refused", "failed")
+
+_INITIAL = [
+    """
+    CREATE TABLE studies (
+        id TEXT PRIMARY KEY,
+        study_uid TEXT UNIQUE,              -- DICOM StudyInstanceUID when the input has one
+        phi_patient_id TEXT,                -- kept on the device only; pseudonymised before sync
+        phi_patient_name TEXT,
+        phi_accession TEXT,
+        patient_age_years REAL,
+        patient_sex TEXT,
+        modality TEXT,
+        body_part TEXT,
+        description TEXT,
+        study_date TEXT,
+        source TEXT NOT NULL,               -- cli | demo | dicom | watch | video
+        urgent INTEGER NOT NULL DEFAULT 0 CHECK (urgent IN (0, 1)),
+        received_at TEXT NOT NULL
+    )
+    """,
+    """
+    CREATE TABLE images (
+        id TEXT PRIMARY KEY,
+        study_id TEXT NOT NULL REFERENCES studies(id),
+        sop_instance_uid TEXT UNIQUE,
+        sha256 TEXT NOT NULL UNIQUE,        -- the same bytes twice are one image
+        path TEXT NOT NULL,                 -- relative to the data directory
+        format TEXT NOT NULL CHECK (format IN ('dicom', 'png', 'jpeg')),
+        bytes INTEGER NOT NULL,
+        width INTEGER NOT NULL,
+        height INTEGER NOT NULL,
+        frames INTEGER NOT NULL DEFAULT 1,
+        meta TEXT NOT NULL DEFAULT '{}',    -- technical metadata only (JSON)
+        phi_original_name TEXT,           -- the file name as received (may name a patient)
+        created_at TEXT NOT NULL
+    )
+    """,
+    "CREATE INDEX images_study ON images(study_id)",
+    """
+    CREATE TABLE jobs (
+        id TEXT PRIMARY KEY,
+        image_id TEXT NOT NULL REFERENCES images(id),
+        model_name TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('queued', 'running', 'done', 'refused', 'failed')),
+        priority INTEGER NOT NULL DEFAULT 0,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        worker TEXT,
+        claimed_at TEXT,
+        error_code TEXT,
+        error_message TEXT,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        UNIQUE (image_id, model_name)
+    )
+    """,
+    "CREATE INDEX jobs_queue ON jobs(state, priority DESC, created_at)",
+    """
+    CREATE TABLE results (
+        id TEXT PRIMARY KEY,
+        job_id TEXT NOT NULL UNIQUE REFERENCES jobs(id),
+        image_id TEXT NOT NULL REFERENCES images(id),
+        model_name TEXT NOT NULL,
+        model_version TEXT NOT NULL,
+        model_sha256 TEXT NOT NULL,
+        variant TEXT NOT NULL,
+        backend TEXT NOT NULL,
+        precision TEXT NOT NULL,
+        finding TEXT NOT NULL,
+        probability REAL NOT NULL,          -- calibrated probability of `finding_label`
+        finding_label TEXT NOT NULL,        -- the label the threshold applies to
+        probabilities TEXT NOT NULL,        -- JSON {label: calibrated probability}
+        threshold REAL NOT NULL,
+        operating_point TEXT NOT NULL,
+        latency_ms REAL NOT NULL,           -- the backend's inference call alone
+        total_ms REAL NOT NULL,             -- decode + preprocess + infer + postprocess
+        heatmap_path TEXT,
+        created_at TEXT NOT NULL
+    )
+    """,
+    "CREATE INDEX results_image ON results(image_id)",
+    """
+    CREATE TABLE reviews (
+        id TEXT PRIMARY KEY,                -- made by the hub
+        result_id TEXT NOT NULL REFERENCES results(id),
+        verdict TEXT NOT NULL CHECK (verdict IN ('agree', 'disagree', 'uncertain')),
+        finding TEXT,
+        note TEXT,
+        reviewer_role TEXT,
+        reviewed_at TEXT NOT NULL,
+        received_at TEXT NOT NULL
+    )
+    """,
+    "CREATE INDEX reviews_result ON reviews(result_id)",
+    """
+    CREATE TABLE outbox (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT, -- gapless per-device sequence for the hub
+        id TEXT NOT NULL UNIQUE,
+        kind TEXT NOT NULL,                 -- result | image | refusal
+        ref_id TEXT NOT NULL,
+        payload TEXT NOT NULL,              -- JSON snapshot, de-identified at send time
+        created_at TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT,
+        sent_at TEXT,
+        acked_at TEXT
+    )
+    """,
+    "CREATE INDEX outbox_pending ON outbox(acked_at, seq)",
+    """
+    CREATE TABLE audit (
+        id TEXT PRIMARY KEY,
+        at TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        subject_id TEXT,
+        detail TEXT NOT NULL DEFAULT '{}'   -- JSON, never patient-identifying
+    )
+    """,
+    "CREATE INDEX audit_at ON audit(at)",
+]
+
+
+@migrations()
+def m001_initial(db: Database) -> None:
+    for statement in _INITIAL:
+        db.execute(statement)
+
+
+def schema_version(db: Database) -> int:
+    """Number of applied migrations (shown by `edge doctor`)."""
+    return len(migrations.applied(db))
+
+
+def latest_version() -> int:
+    return len(migrations._migrations)

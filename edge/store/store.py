@@ -1,0 +1,376 @@
+"""The device store: the only code that writes SQL.
+
+SQLite in WAL mode with `synchronous=FULL` is the device's source of truth. Every state change
+that must be seen together commits together: an image's study, image and job rows; a job's new
+state, its result and its outbox row. A crash at any instant therefore loses nothing that was
+acknowledged and leaves nothing half-written. One `Store` per thread (sqlite3 connections are
+not shared across threads).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from sqlite_utils import Database
+
+from edge.errors import Code, EdgeError
+from edge.ids import uuid7
+from edge.store import schema
+from edge.store.files import DIR_MODE, remove_quietly, write_atomically
+from edge.store.records import IngestOutcome, Job, NewImage, ResultRecord, StudyInfo, utc_now
+
+_DISK_FULL_MARKERS = ("database or disk is full", "disk i/o error")
+
+
+def open_database(path: Path, busy_timeout_ms: int = 10_000) -> Database:
+    """Open (creating if needed) the SQLite file with the pragmas the store relies on."""
+    path.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    conn = sqlite3.connect(str(path), timeout=busy_timeout_ms / 1000)
+    conn.row_factory = sqlite3.Row
+    db = Database(conn)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")  # a committed result survives a power cut
+    db.execute("PRAGMA foreign_keys=ON")
+    db.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+    schema.migrations.apply(db)
+    return db
+
+
+def _dicts(cursor: sqlite3.Cursor) -> list[dict[str, Any]]:
+    return [dict(row) for row in cursor.fetchall()]
+
+
+class Store:
+    """Repository over the device database and the image files beside it."""
+
+    def __init__(self, data_dir: Path, *, busy_timeout_ms: int = 10_000) -> None:
+        self.data_dir = data_dir
+        self.db_path = data_dir / "edge.db"
+        self.db = open_database(self.db_path, busy_timeout_ms)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ ingest
+
+    def ingest(self, image: NewImage, model_names: Sequence[str], *, actor: str) -> IngestOutcome:
+        """Store an image and queue one job per model, atomically and idempotently.
+
+        The file is made durable before the rows that point at it commit; if the commit fails
+        the file is removed again. The same bytes or SOP Instance UID twice give one image, and
+        only the jobs not yet queued for it are added.
+        """
+        existing = self._find_image(image)
+        if existing is not None:
+            return self._add_missing_jobs(existing, model_names, actor=actor)
+        image_id = uuid7()
+        relative = Path("images") / utc_now()[:10] / f"{image_id}{image.extension}"
+        absolute = self.data_dir / relative
+        write_atomically(absolute, image.data)
+        try:
+            with self._writing("store the image"), self.db.atomic():
+                study_id = self._upsert_study(image.study, image.source)
+                now = utc_now()
+                self._insert(
+                    "images",
+                    {
+                        "id": image_id,
+                        "study_id": study_id,
+                        "sop_instance_uid": image.sop_instance_uid,
+                        "sha256": image.sha256,
+                        "path": str(relative),
+                        "format": image.format,
+                        "bytes": len(image.data),
+                        "width": image.width,
+                        "height": image.height,
+                        "frames": image.frames,
+                        "meta": json.dumps(image.meta, sort_keys=True, default=str),
+                        "phi_original_name": image.original_name,
+                        "created_at": now,
+                    },
+                )
+                job_ids = tuple(self._insert_job(image_id, name, now) for name in model_names)
+                self._audit(actor, "image.ingested", image_id, {"jobs": len(job_ids)})
+        except sqlite3.IntegrityError:
+            # Another ingester stored the same image between our lookup and our commit.
+            remove_quietly(absolute)
+            again = self._find_image(image)
+            if again is None:
+                raise
+            return self._add_missing_jobs(again, model_names, actor=actor)
+        except BaseException:
+            remove_quietly(absolute)
+            raise
+        return IngestOutcome(image_id, study_id, job_ids, duplicate=False)
+
+    def _find_image(self, image: NewImage) -> dict[str, Any] | None:
+        row = self.db.execute(
+            "SELECT id, study_id FROM images WHERE sha256 = ? OR sop_instance_uid = ? LIMIT 1",
+            [image.sha256, image.sop_instance_uid],
+        ).fetchone()
+        return dict(row) if row else None
+
+    def _add_missing_jobs(
+        self, existing: dict[str, Any], model_names: Sequence[str], *, actor: str
+    ) -> IngestOutcome:
+        with self._writing("queue the jobs"), self.db.atomic():
+            now = utc_now()
+            job_ids = []
+            for name in model_names:
+                row = self.db.execute(
+                    "SELECT id FROM jobs WHERE image_id = ? AND model_name = ?",
+                    [existing["id"], name],
+                ).fetchone()
+                job_ids.append(row["id"] if row else self._insert_job(existing["id"], name, now))
+            self._audit(actor, "image.duplicate", existing["id"], {})
+        return IngestOutcome(existing["id"], existing["study_id"], tuple(job_ids), duplicate=True)
+
+    def _upsert_study(self, study: StudyInfo, source: str) -> str:
+        if study.study_uid:
+            row = self.db.execute("SELECT id FROM studies WHERE study_uid = ?", [study.study_uid]).fetchone()
+            if row:
+                return str(row["id"])
+        study_id = uuid7()
+        self._insert(
+            "studies",
+            {"id": study_id, **study.__dict__, "source": source, "received_at": utc_now()},
+        )
+        return study_id
+
+    def _insert_job(self, image_id: str, model_name: str, now: str) -> str:
+        job_id = uuid7()
+        self._insert(
+            "jobs",
+            {
+                "id": job_id,
+                "image_id": image_id,
+                "model_name": model_name,
+                "state": "queued",
+                "created_at": now,
+                "updated_at": now,
+            },
+        )
+        return job_id
+
+    # ------------------------------------------------------------------ the worker's side
+
+    def claim_job(self, worker: str, job_id: str | None = None) -> Job | None:
+        """Take the next queued job (or the named one) for `worker`, in one statement."""
+        target = (
+            "?"
+            if job_id
+            else "(SELECT id FROM jobs WHERE state = 'queued' ORDER BY priority DESC, created_at LIMIT 1)"
+        )
+        params: list[Any] = [worker, utc_now(), utc_now()]
+        if job_id:
+            params.append(job_id)
+        with self._writing("claim a job"), self.db.atomic():
+            row = self.db.execute(
+                "UPDATE jobs SET state = 'running', worker = ?, claimed_at = ?, updated_at = ?,"
+                f" attempts = attempts + 1 WHERE id = {target} AND state = 'queued' RETURNING *",
+                params,
+            ).fetchone()
+        return Job.from_row(dict(row)) if row else None
+
+    def complete_job(self, job: Job, result: ResultRecord) -> str:
+        """Record a result: job state, result row and outbox row commit as one transaction."""
+        result_id = uuid7()
+        now = utc_now()
+        with self._writing("store the result"), self.db.atomic():
+            self._finish(job, "done", now)
+            self._insert(
+                "results",
+                {
+                    "id": result_id,
+                    "job_id": job.id,
+                    "image_id": job.image_id,
+                    **result.to_row(),
+                    "created_at": now,
+                },
+            )
+            self._enqueue_outbox("result", result_id, {"result_id": result_id, "job_id": job.id})
+        return result_id
+
+    def fail_job(self, job: Job, code: Code, message: str, *, refused: bool = False) -> None:
+        """End a job without a result: `refused` for inputs a model must not score."""
+        with self._writing("record the failure"), self.db.atomic():
+            self._finish(job, "refused" if refused else "failed", utc_now(), code, message)
+            self._audit(
+                job.worker or "worker",
+                f"job.{'refused' if refused else 'failed'}",
+                job.id,
+                {"code": code.value},
+            )
+
+    def requeue_running(self, *, worker_prefix: str | None = None) -> int:
+        """Return jobs claimed by processes that are gone to the queue (used at start-up)."""
+        sql = "UPDATE jobs SET state = 'queued', worker = NULL, updated_at = ? WHERE state = 'running'"
+        params: list[Any] = [utc_now()]
+        if worker_prefix is not None:
+            sql += " AND worker LIKE ?"
+            params.append(f"{worker_prefix}%")
+        with self._writing("requeue jobs"), self.db.atomic():
+            return int(self.db.execute(sql, params).rowcount)
+
+    def requeue_dead_workers(self, host: str, is_alive: Callable[[int], bool]) -> int:
+        """Requeue jobs held by processes of this host that no longer exist.
+
+        Worker ids are `host:pid:suffix`; a job claimed by a process that crashed or was killed
+        goes back to the queue (the work is idempotent: a result commits only once per job).
+        """
+        rows = self.db.execute(
+            "SELECT id, worker FROM jobs WHERE state = 'running' AND worker LIKE ?", [f"{host}:%"]
+        ).fetchall()
+        dead = []
+        for row in rows:
+            parts = str(row["worker"]).split(":")
+            if len(parts) >= 2 and parts[1].isdigit() and not is_alive(int(parts[1])):
+                dead.append(row["id"])
+        if not dead:
+            return 0
+        with self._writing("requeue jobs"), self.db.atomic():
+            marks = ", ".join("?" for _ in dead)
+            cursor = self.db.execute(
+                "UPDATE jobs SET state = 'queued', worker = NULL, updated_at = ?"
+                f" WHERE state = 'running' AND id IN ({marks})",
+                [utc_now(), *dead],
+            )
+            self._audit("store", "jobs.requeued", None, {"count": cursor.rowcount})
+            return int(cursor.rowcount)
+
+    def _finish(
+        self,
+        job: Job,
+        state: str,
+        now: str,
+        code: Code | None = None,
+        message: str | None = None,
+    ) -> None:
+        cursor = self.db.execute(
+            "UPDATE jobs SET state = ?, updated_at = ?, error_code = ?, error_message = ?"
+            " WHERE id = ? AND state = 'running' AND worker IS ?",
+            [state, now, code.value if code else None, message, job.id, job.worker],
+        )
+        if cursor.rowcount != 1:
+            # The job was requeued and claimed by someone else meanwhile: their answer stands.
+            raise EdgeError(Code.STORE_WRITE_FAILED, f"job {job.id} is no longer held by {job.worker}")
+
+    def _enqueue_outbox(self, kind: str, ref_id: str, payload: dict[str, Any]) -> None:
+        self._insert(
+            "outbox",
+            {
+                "id": uuid7(),
+                "kind": kind,
+                "ref_id": ref_id,
+                "payload": json.dumps(payload, sort_keys=True),
+                "created_at": utc_now(),
+            },
+        )
+
+    # ------------------------------------------------------------------ reads
+
+    def job(self, job_id: str) -> dict[str, Any] | None:
+        return self._one("SELECT * FROM jobs WHERE id = ?", [job_id])
+
+    def image(self, image_id: str) -> dict[str, Any] | None:
+        return self._one("SELECT * FROM images WHERE id = ?", [image_id])
+
+    def image_file(self, image_id: str) -> Path:
+        row = self.image(image_id)
+        if row is None:
+            raise EdgeError(Code.INPUT_NOT_FOUND, f"image {image_id} is not in the store")
+        return self.data_dir / row["path"]
+
+    def result_for_job(self, job_id: str) -> dict[str, Any] | None:
+        row = self._one("SELECT * FROM results WHERE job_id = ?", [job_id])
+        if row is not None:
+            row["probabilities"] = json.loads(row["probabilities"])
+        return row
+
+    def recent_results(self, limit: int = 50) -> list[dict[str, Any]]:
+        return _dicts(
+            self.db.execute(
+                "SELECT r.*, i.phi_original_name, i.format FROM results r"
+                " JOIN images i ON i.id = r.image_id ORDER BY r.created_at DESC LIMIT ?",
+                [limit],
+            )
+        )
+
+    def counts(self) -> dict[str, int]:
+        """Row counts per table and jobs per state (for status and tests)."""
+        out = {
+            table: int(self.db.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+            for table in ("studies", "images", "jobs", "results", "outbox", "reviews", "audit")
+        }
+        for state in schema.JOB_STATES:
+            out[f"jobs_{state}"] = int(
+                self.db.execute("SELECT count(*) FROM jobs WHERE state = ?", [state]).fetchone()[0]
+            )
+        return out
+
+    def audit_rows(self, action: str | None = None) -> Iterator[dict[str, Any]]:
+        sql, params = "SELECT * FROM audit", []
+        if action:
+            sql, params = sql + " WHERE action = ?", [action]
+        for row in self.db.execute(sql + " ORDER BY id", params).fetchall():
+            yield dict(row)
+
+    # ------------------------------------------------------------------ audit
+
+    def audit(self, actor: str, action: str, subject_id: str | None, detail: dict[str, Any]) -> None:
+        """Record an event of its own (e.g. a refused input that was never stored)."""
+        with self._writing("write the audit trail"), self.db.atomic():
+            self._audit(actor, action, subject_id, detail)
+
+    def _audit(self, actor: str, action: str, subject_id: str | None, detail: dict[str, Any]) -> None:
+        self._insert(
+            "audit",
+            {
+                "id": uuid7(),
+                "at": utc_now(),
+                "actor": actor,
+                "action": action,
+                "subject_id": subject_id,
+                "detail": json.dumps(detail, sort_keys=True),
+            },
+        )
+
+    # ------------------------------------------------------------------ helpers
+
+    def _insert(self, table: str, row: dict[str, Any]) -> None:
+        columns = ", ".join(row)
+        marks = ", ".join("?" for _ in row)
+        self.db.execute(f"INSERT INTO {table} ({columns}) VALUES ({marks})", list(row.values()))
+
+    def _one(self, sql: str, params: Sequence[Any]) -> dict[str, Any] | None:
+        row = self.db.execute(sql, list(params)).fetchone()
+        return dict(row) if row else None
+
+    def _writing(self, what: str) -> _WriteGuard:
+        return _WriteGuard(what)
+
+
+class _WriteGuard:
+    """Turns SQLite's disk-full errors into the coded refusal the rest of the product shows."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if isinstance(exc, sqlite3.OperationalError) and any(
+            marker in str(exc).lower() for marker in _DISK_FULL_MARKERS
+        ):
+            raise EdgeError(Code.DISK_FULL, f"cannot {self.what}: the disk is full") from exc

@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.config import Settings, load_settings
+from edge.registry import Registry
+from edge.store import Store
+
+REPO = Path(__file__).resolve().parent.parent
+MODELS = REPO / "models"
+DEFAULT_MODEL = "cxr-pneumonia"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No test reads the developer's /etc/edge, $EDGE_* or per-user data directory."""
+    for name in list(os.environ):
+        if name.startswith("EDGE_") or name in ("STATE_DIRECTORY", "JOURNAL_STREAM"):
+            monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr("edge.config.SYSTEM_CONFIG", tmp_path / "no-system-config.toml")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return load_settings(data_dir=tmp_path / "data", models={"dir": MODELS})
+
+
+@pytest.fixture
+def store(settings: Settings) -> Iterator[Store]:
+    with Store(settings.data_dir) as opened:
+        yield opened
+
+
+@pytest.fixture(scope="session")
+def registry() -> Registry:
+    return Registry(MODELS)
+
+
+@pytest.fixture(scope="session")
+def samples(registry: Registry) -> list[tuple[Path, str]]:
+    return registry.get(DEFAULT_MODEL).samples
+
+
+@pytest.fixture(scope="session")
+def sample_png(samples: list[tuple[Path, str]]) -> Path:
+    return next(path for path, _ in samples if path.suffix == ".png")
+
+
+@pytest.fixture(scope="session")
+def sample_dcm(samples: list[tuple[Path, str]]) -> Path:
+    return next(path for path, _ in samples if path.suffix == ".dcm")
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    ok, encoded = cv2.imencode(".png", image if image.ndim == 2 else image[:, :, ::-1])
+    assert ok
+    return encoded.tobytes()
+
+
+def jpeg_bytes(image: np.ndarray, quality: int = 95) -> bytes:
+    ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    assert ok
+    return encoded.tobytes()
+
+
+def gradient(height: int = 64, width: int = 48) -> np.ndarray:
+    """A deterministic uint8 test image with structure in both directions."""
+    y, x = np.mgrid[0:height, 0:width]
+    return ((x * 255 // (width - 1) + y * 3) % 256).astype(np.uint8)

@@ -1,0 +1,158 @@
+"""The `edge` command through click's CliRunner, against the shipped model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from edge import __version__
+from edge.cli import cli
+from edge.store import Store
+from tests.conftest import DEFAULT_MODEL, gradient, png_bytes
+
+ANALYSIS_FIELDS = {
+    "input",
+    "status",
+    "result_id",
+    "finding",
+    "probability",
+    "probabilities",
+    "threshold",
+    "operating_point",
+    "model",
+    "model_version",
+    "model_sha256",
+    "backend",
+    "precision",
+    "latency_ms",
+    "total_ms",
+    "study_id",
+    "image_id",
+    "job_id",
+    "duplicate",
+}
+
+
+def run(tmp_path: Path, *args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, ["--data-dir", str(tmp_path / "data"), *args], catch_exceptions=False)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_version_and_help_everywhere() -> None:
+    runner = CliRunner()
+    assert __version__ in runner.invoke(cli, ["--version"]).output
+    for command in ([], ["infer"], ["demo"], ["models"], ["models", "list"], ["models", "show"], ["bench"]):
+        result = runner.invoke(cli, [*command, "--help"])
+        assert result.exit_code == 0, command
+        assert "Usage:" in result.output
+
+
+def test_infer_dicom_json_has_every_field(tmp_path: Path, sample_dcm: Path) -> None:
+    code, out, _ = run(tmp_path, "infer", str(sample_dcm), "--json")
+    assert code == 0
+    [line] = out.strip().splitlines()
+    record = json.loads(line)
+    assert set(record) >= ANALYSIS_FIELDS
+    assert record["status"] == "ok"
+    assert record["model"] == DEFAULT_MODEL
+    assert record["finding"] in ("normal", "pneumonia")
+    assert 0.0 <= record["probability"] <= 1.0
+    assert record["backend"] == "onnxruntime"
+    with Store(tmp_path / "data") as store:
+        assert store.result_for_job(record["job_id"])["id"] == record["result_id"]
+
+
+def test_infer_text_output_and_idempotence(tmp_path: Path, sample_png: Path) -> None:
+    code, out, _ = run(tmp_path, "infer", str(sample_png))
+    assert code == 0
+    assert out.startswith("OK ")
+    assert "onnxruntime/" in out
+    assert "threshold" in out
+    code, again, _ = run(tmp_path, "infer", str(sample_png))
+    assert code == 0
+    assert "already analysed" in again
+
+
+def test_bad_inputs_one_coded_line_each_and_nonzero_exit(tmp_path: Path, sample_png: Path) -> None:
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "truncated.png").write_bytes(png_bytes(gradient())[:-30])
+    (bad / "notes.txt").write_text("not an image")
+    from tools import dicomgen
+
+    sr = dicomgen.base_dataset(dicomgen.BASIC_TEXT_SR, modality="SR")
+    (bad / "report.dcm").write_bytes(dicomgen.to_bytes(sr))
+    inputs = [
+        str(bad / "missing.png"),
+        str(bad / "notes.txt"),
+        str(bad / "truncated.png"),
+        str(bad / "report.dcm"),
+        str(sample_png),
+    ]
+    code, out, _ = run(tmp_path, "infer", *inputs)
+    lines = out.strip().splitlines()
+    assert code == 1
+    assert len(lines) == 5
+    codes = [line.split()[2].rstrip(":") if line.startswith("REFUSED") else "OK" for line in lines]
+    assert codes == ["INPUT_NOT_FOUND", "INPUT_NOT_IMAGE", "IMAGE_TRUNCATED", "DICOM_NO_PIXELS", "OK"]
+    with Store(tmp_path / "data") as store:
+        counts = store.counts()
+    # Only the good input left rows behind.
+    assert (counts["images"], counts["jobs"], counts["results"], counts["outbox"]) == (1, 1, 1, 1)
+
+
+def test_unknown_model_refuses_every_input(tmp_path: Path, sample_png: Path) -> None:
+    code, out, _ = run(tmp_path, "infer", str(sample_png), "--model", "no-such-model", "--json")
+    assert code == 1
+    record = json.loads(out)
+    assert (record["status"], record["code"]) == ("refused", "MODEL_UNKNOWN")
+    with Store(tmp_path / "data") as store:
+        assert store.counts()["images"] == 0
+
+
+def test_bad_config_is_a_usage_error(tmp_path: Path, sample_png: Path) -> None:
+    config = tmp_path / "edge.toml"
+    config.write_text("[runtime]\nthreds = 2\n")
+    result = CliRunner().invoke(cli, ["--config", str(config), "infer", str(sample_png)])
+    assert result.exit_code == 2
+    assert result.stderr.startswith("CONFIG_INVALID: ")
+
+
+def test_models_list_and_show(tmp_path: Path) -> None:
+    code, out, _ = run(tmp_path, "models", "list", "--json")
+    assert code == 0
+    assert DEFAULT_MODEL in [row["name"] for row in json.loads(out)]
+    code, out, _ = run(tmp_path, "models", "show", DEFAULT_MODEL)
+    assert code == 0
+    assert "operating point" in out
+    assert "balanced" in out
+    assert "ok" in out
+    code, out, _ = run(tmp_path, "models", "show", DEFAULT_MODEL, "--json")
+    shown = json.loads(out)
+    assert shown["manifest"]["name"] == DEFAULT_MODEL
+    assert set(shown["file_checks"].values()) == {"ok"}
+    code, _, err = run(tmp_path, "models", "show", "nope")
+    assert code == 1
+    assert err.startswith("MODEL_UNKNOWN")
+
+
+def test_operating_point_from_config(tmp_path: Path, sample_png: Path) -> None:
+    config = tmp_path / "edge.toml"
+    config.write_text('[models]\noperating_point = "screening"\n')
+    result = CliRunner().invoke(
+        cli, ["--config", str(config), "--data-dir", str(tmp_path / "d"), "infer", str(sample_png), "--json"]
+    )
+    assert json.loads(result.stdout)["operating_point"] == "screening"
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_forced_precision_is_recorded(
+    tmp_path: Path, sample_png: Path, monkeypatch: pytest.MonkeyPatch, precision: str
+) -> None:
+    monkeypatch.setenv("EDGE_RUNTIME__PRECISION", precision)
+    code, out, _ = run(tmp_path, "infer", str(sample_png), "--json")
+    assert code == 0
+    assert json.loads(out)["precision"] == precision

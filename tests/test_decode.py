@@ -1,0 +1,296 @@
+"""Decoding inputs to display pixels: formats, completeness, and the DICOM pixel pipeline."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pydicom
+import pytest
+from pydicom.uid import RLELossless
+
+from edge.errors import Code, EdgeError
+from edge.imaging.decode import decode_bytes, read_input, sniff
+from edge.imaging.dicom import parse_age
+from tests.conftest import gradient, jpeg_bytes, png_bytes
+from tools import dicomgen
+
+IMAGE = gradient()
+STORED_12 = dicomgen.twelve_bit(IMAGE)
+
+
+def dicom(**kwargs: object) -> bytes:
+    return dicomgen.to_bytes(dicomgen.grey_dicom(**kwargs))  # type: ignore[arg-type]
+
+
+def refusal(data: bytes) -> Code:
+    with pytest.raises(EdgeError) as caught:
+        decode_bytes(data, "input")
+    assert "\n" not in caught.value.one_line()
+    return caught.value.code
+
+
+# ---------------------------------------------------------------- rasters
+
+
+def test_png_grey_roundtrip() -> None:
+    decoded = decode_bytes(png_bytes(IMAGE))
+    assert decoded.format == "png"
+    assert np.array_equal(decoded.pixels, IMAGE)
+
+
+def test_png_with_three_equal_channels_is_grey() -> None:
+    decoded = decode_bytes(png_bytes(np.dstack([IMAGE] * 3)))
+    assert decoded.pixels.ndim == 2
+    assert np.array_equal(decoded.pixels, IMAGE)
+
+
+def test_png_colour_stays_rgb_in_rgb_order() -> None:
+    rgb = np.dstack([IMAGE, 255 - IMAGE, np.zeros_like(IMAGE)])
+    decoded = decode_bytes(png_bytes(rgb))
+    assert np.array_equal(decoded.pixels, rgb)
+
+
+def test_png_16_bit_scales_to_8() -> None:
+    wide = IMAGE.astype(np.uint16) * 257
+    ok, encoded = cv2.imencode(".png", wide)
+    assert ok
+    assert np.array_equal(decode_bytes(encoded.tobytes()).pixels, IMAGE)
+
+
+def test_jpeg_decodes() -> None:
+    decoded = decode_bytes(jpeg_bytes(IMAGE))
+    assert decoded.format == "jpeg"
+    assert np.abs(decoded.pixels.astype(int) - IMAGE).mean() < 3
+
+
+@pytest.mark.parametrize("cut", [40, 200, -30])
+def test_truncated_png_is_refused(cut: int) -> None:
+    data = png_bytes(IMAGE)
+    assert refusal(data[:cut]) is Code.IMAGE_TRUNCATED
+
+
+def test_truncated_jpeg_is_refused_not_grey_filled() -> None:
+    data = jpeg_bytes(IMAGE)
+    assert refusal(data[: len(data) // 2]) is Code.IMAGE_TRUNCATED
+
+
+def test_png_claiming_a_huge_size_is_refused_before_decoding() -> None:
+    data = bytearray(png_bytes(IMAGE))
+    data[16:24] = struct.pack(">II", 100_000, 100_000)
+    assert refusal(bytes(data)) is Code.IMAGE_DECODE_FAILED
+
+
+@pytest.mark.parametrize("data", [b"hello, not an image", b"%PDF-1.7\n...", bytes(300)])
+def test_not_an_image(data: bytes) -> None:
+    assert refusal(data) is Code.INPUT_NOT_IMAGE
+
+
+def test_read_input_refusals(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(EdgeError) as caught:
+        read_input(tmp_path / "missing.png", 1000)
+    assert caught.value.code is Code.INPUT_NOT_FOUND
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(EdgeError) as caught:
+        read_input(tmp_path / "empty.png", 1000)
+    assert caught.value.code is Code.INPUT_EMPTY
+    (tmp_path / "big.png").write_bytes(b"x" * 2000)
+    with pytest.raises(EdgeError) as caught:
+        read_input(tmp_path / "big.png", 1000)
+    assert caught.value.code is Code.INPUT_TOO_LARGE
+    with pytest.raises(EdgeError) as caught:
+        read_input(tmp_path, 1000)
+    assert caught.value.code is Code.INPUT_UNREADABLE
+
+
+# ---------------------------------------------------------------- DICOM golden tests
+
+
+def test_monochrome2_12_bit_full_window_is_exact() -> None:
+    decoded = decode_bytes(dicom(stored=STORED_12, bits_stored=12, window=(2048, 4096)))
+    assert decoded.format == "dicom"
+    assert np.array_equal(decoded.pixels, IMAGE)
+
+
+def test_monochrome1_is_inverted_for_display() -> None:
+    stored = (4095 - STORED_12).astype(np.uint16)
+    data = dicom(stored=stored, bits_stored=12, photometric="MONOCHROME1", window=(2048, 4096))
+    assert np.array_equal(decode_bytes(data).pixels, IMAGE)
+
+
+def test_monochrome1_without_window_is_inverted_too() -> None:
+    stored = (4095 - STORED_12).astype(np.uint16)
+    pixels = decode_bytes(dicom(stored=stored, bits_stored=12, photometric="MONOCHROME1")).pixels
+    assert pixels[0, 0] < pixels[0, -1]  # high stored values display dark in MONOCHROME1
+    assert np.corrcoef(pixels.ravel(), IMAGE.ravel())[0, 1] > 0.999
+
+
+def test_signed_with_rescale_intercept() -> None:
+    stored = (STORED_12.astype(np.int32) - 1024).astype(np.int16)
+    data = dicom(stored=stored, bits_stored=16, rescale=(1.0, 1024.0), window=(2048, 4096))
+    assert np.array_equal(decode_bytes(data).pixels, IMAGE)
+
+
+def test_rescale_slope_applies_before_the_window() -> None:
+    # Stored values are half the real ones; the window is in real (rescaled) units.
+    stored = (STORED_12 // 2).astype(np.uint16)
+    data = dicom(stored=stored, bits_stored=12, rescale=(2.0, 0.0), window=(2048, 4096))
+    pixels = decode_bytes(data).pixels
+    # The window spans real values 0..4095, so real value r displays as r * 255 / 4095.
+    expected = np.clip(np.rint((stored.astype(float) * 2) * 255 / 4095), 0, 255)
+    assert np.abs(pixels.astype(int) - expected).max() <= 1
+
+
+def test_narrow_linear_window_clips_and_stretches() -> None:
+    values = np.linspace(0, 4095, 64 * 48).reshape(64, 48).astype(np.uint16)
+    centre, width = 1000.0, 201.0
+    pixels = decode_bytes(dicom(stored=values, bits_stored=12, window=(centre, width))).pixels
+    # PS3.3 C.11.2.1.2.1, output scaled to 0..255
+    x = values.astype(float)
+    expected = ((x - (centre - 0.5)) / (width - 1) + 0.5) * 255
+    expected = np.clip(expected, 0, 255)
+    expected[x <= centre - 0.5 - (width - 1) / 2] = 0
+    expected[x > centre - 0.5 + (width - 1) / 2] = 255
+    assert np.abs(pixels.astype(int) - np.rint(expected)).max() <= 1
+    assert pixels.min() == 0
+    assert pixels.max() == 255
+
+
+def test_sigmoid_voi_lut_function() -> None:
+    values = np.linspace(0, 4095, 64 * 48).reshape(64, 48).astype(np.uint16)
+    data = dicom(stored=values, bits_stored=12, window=(2000, 800), voi_function="SIGMOID")
+    pixels = decode_bytes(data).pixels
+    expected = 255 / (1 + np.exp(-4 * (values.astype(float) - 2000) / 800))
+    assert np.abs(pixels.astype(int) - np.rint(expected)).max() <= 1
+
+
+def test_voi_lut_sequence_wins_over_window() -> None:
+    lut = (np.arange(4096) // 16).astype(np.uint16)
+    data = dicom(stored=STORED_12, bits_stored=12, voi_lut=([4096, 0, 8], lut), window=(10, 2))
+    assert np.array_equal(decode_bytes(data).pixels, IMAGE)
+
+
+def test_modality_lut_sequence() -> None:
+    stored = (IMAGE // 2).astype(np.uint16)  # 0..127 stored, LUT doubles it
+    lut = np.clip(np.arange(256) * 2 + 1, 0, 255).astype(np.uint16)
+    data = dicom(stored=stored, bits_stored=8, modality_lut=([256, 0, 8], lut), window=(128, 256))
+    pixels = decode_bytes(data).pixels
+    assert np.abs(pixels.astype(int) - (stored.astype(int) * 2 + 1)).max() <= 1
+
+
+def test_8_bit_without_window_keeps_its_values() -> None:
+    dark = (IMAGE // 4).astype(np.uint8)  # a dark image must not be stretched
+    assert np.array_equal(decode_bytes(dicom(stored=dark, bits_stored=8)).pixels, dark)
+
+
+def test_16_bit_without_window_uses_its_range() -> None:
+    stored = (IMAGE.astype(np.uint16) * 100 + 5000).astype(np.uint16)
+    pixels = decode_bytes(dicom(stored=stored, bits_stored=16)).pixels
+    assert (pixels.min(), pixels.max()) == (0, 255)
+    assert np.corrcoef(pixels.ravel(), IMAGE.ravel())[0, 1] > 0.999
+
+
+def test_rle_compressed_monochrome1() -> None:
+    stored = (4095 - STORED_12).astype(np.uint16)
+    data = dicom(
+        stored=stored,
+        bits_stored=12,
+        photometric="MONOCHROME1",
+        window=(2048, 4096),
+        transfer_syntax=RLELossless,
+    )
+    decoded = decode_bytes(data)
+    assert decoded.meta["transfer_syntax"] == RLELossless
+    assert np.array_equal(decoded.pixels, IMAGE)
+
+
+def test_rgb_and_ybr_full() -> None:
+    rgb = np.dstack([IMAGE, 255 - IMAGE, (IMAGE // 2).astype(np.uint8)])
+    assert np.array_equal(decode_bytes(dicomgen.to_bytes(dicomgen.colour_dicom(rgb))).pixels, rgb)
+    ybr = decode_bytes(dicomgen.to_bytes(dicomgen.colour_dicom(rgb, photometric="YBR_FULL"))).pixels
+    assert np.abs(ybr.astype(int) - rgb).max() <= 2  # colour conversion rounding only
+
+
+def test_palette_colour() -> None:
+    ds = dicomgen.grey_dicom(stored=(IMAGE // 64).astype(np.uint8), bits_stored=8)
+    ds.PhotometricInterpretation = "PALETTE COLOR"
+    red, green, blue = [0, 255, 0, 0], [0, 0, 255, 0], [0, 0, 0, 255]
+    for colour, values in (("Red", red), ("Green", green), ("Blue", blue)):
+        setattr(ds, f"{colour}PaletteColorLookupTableDescriptor", [4, 0, 8])
+        setattr(ds, f"{colour}PaletteColorLookupTableData", bytes(values))
+    pixels = decode_bytes(dicomgen.to_bytes(ds)).pixels
+    index = IMAGE // 64
+    expected = np.stack([np.take(red, index), np.take(green, index), np.take(blue, index)], axis=-1)
+    assert np.array_equal(pixels, expected)
+
+
+def test_metadata_and_study() -> None:
+    data = dicom(
+        stored=STORED_12,
+        bits_stored=12,
+        window=(2048, 4096),
+        patient_age="018M",
+        extra={"ViewPosition": "PA", "Manufacturer": "ACME"},
+    )
+    decoded = decode_bytes(data)
+    assert decoded.study.modality == "CR"
+    assert decoded.study.body_part == "CHEST"
+    assert decoded.study.patient_age_years == 1.5
+    assert decoded.study.phi_patient_id == "SYNTH-0001"
+    assert decoded.sop_instance_uid
+    assert decoded.meta["view_position"] == "PA"
+    assert decoded.meta["bits_stored"] == 12
+    assert "SYNTH-0001" not in str(decoded.meta)  # technical metadata carries no identity
+
+
+@pytest.mark.parametrize(
+    ("text", "years"),
+    [("005Y", 5.0), ("006M", 0.5), ("052W", 0.997), ("", None), ("abc", None), (None, None)],
+)
+def test_parse_age(text: str | None, years: float | None) -> None:
+    assert parse_age(text) == years
+
+
+def test_dicom_without_pixels_is_refused() -> None:
+    ds = dicomgen.base_dataset(dicomgen.BASIC_TEXT_SR, modality="SR")
+    assert refusal(dicomgen.to_bytes(ds)) is Code.DICOM_NO_PIXELS
+
+
+def test_multiframe_goes_to_the_video_path() -> None:
+    frames = np.stack([IMAGE] * 3)
+    ds = dicomgen.base_dataset(dicomgen.US_STORAGE, modality="US")
+    ds.set_pixel_data(frames, "MONOCHROME2", 8)
+    assert refusal(dicomgen.to_bytes(ds)) is Code.DICOM_MULTIFRAME
+
+
+def test_garbage_after_the_dicom_preamble() -> None:
+    data = bytes(128) + b"DICM" + b"\x02\x00\x10\x00UI\xff\xff" + bytes(40)
+    assert sniff(data) == "dicom"
+    assert refusal(data) in (Code.DICOM_INVALID, Code.DICOM_NO_PIXELS)
+
+
+def test_truncated_dicom_pixel_data() -> None:
+    data = dicom(stored=STORED_12, bits_stored=12, window=(2048, 4096))
+    assert refusal(data[: len(data) - 1000]) in (Code.DICOM_INVALID, Code.DICOM_UNSUPPORTED)
+
+
+def pydicom_bundled_files() -> list[Path]:
+    """The DICOM files shipped inside the pydicom package (no download: the device is offline)."""
+    root = Path(pydicom.__file__).parent / "data"
+    skip = {".py", ".pyc", ".json", ".txt", ".md", ".dump", ".gz", ".icc"}
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix not in skip)
+
+
+def test_every_pydicom_bundled_file_is_decoded_or_refused_with_a_code() -> None:
+    outcomes: dict[str, int] = {}
+    for path in pydicom_bundled_files():
+        try:
+            decode_bytes(path.read_bytes(), path.name)
+            outcomes["decoded"] = outcomes.get("decoded", 0) + 1
+        except EdgeError as error:
+            outcomes[error.code.value] = outcomes.get(error.code.value, 0) + 1
+    print("pydicom bundled files:", sum(outcomes.values()), outcomes)
+    assert sum(outcomes.values()) > 150
+    assert outcomes.get("decoded", 0) > 20

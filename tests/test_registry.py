@@ -1,0 +1,122 @@
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge.errors import Code, EdgeError
+from edge.registry import Registry
+from tests.conftest import MODELS
+from tests.tinymodel import make_model_dir, manifest
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
+
+
+def test_every_shipped_manifest_is_valid_and_its_files_verify() -> None:
+    registry = Registry(MODELS)
+    assert registry.names(), "no model ships in models/"
+    for entry in registry.entries():
+        for variant, spec in entry.manifest.variants.items():
+            assert entry.variant_file(variant).stat().st_size < 5 * 1024 * 1024
+            if spec.precision != "fp32":
+                assert spec.gate is not None, f"{entry.name}:{variant} ships without its accuracy gate"
+        assert entry.samples, f"{entry.name} ships no samples"
+        assert all(path.is_file() for path, _ in entry.samples)
+        assert (entry.folder / "MODEL_CARD.md").is_file()
+
+
+def test_tiny_model_loads(tmp_path: Path) -> None:
+    make_model_dir(tmp_path)
+    entry = Registry(tmp_path).get("tiny")
+    assert entry.manifest.input.preprocess_spec().height == 8
+    assert entry.operating_point(None)[0] == "balanced"
+    assert entry.operating_point("screening")[1].threshold == 0.2
+    assert entry.operating_point("no-such-point")[0] == "balanced"
+
+
+def test_checksum_mismatch_is_refused(tmp_path: Path) -> None:
+    folder = make_model_dir(tmp_path)
+    onnx_file = folder / "tiny-fp32.onnx"
+    data = bytearray(onnx_file.read_bytes())
+    data[-1] ^= 0xFF
+    onnx_file.write_bytes(bytes(data))
+    with pytest.raises(EdgeError) as caught:
+        Registry(tmp_path).get("tiny").variant_file("fp32")
+    assert caught.value.code is Code.MODEL_CHECKSUM_MISMATCH
+    assert "refusing" in caught.value.message
+
+
+def test_missing_file_and_variant(tmp_path: Path) -> None:
+    folder = make_model_dir(tmp_path)
+    (folder / "tiny-int8.onnx").unlink()
+    entry = Registry(tmp_path).get("tiny")
+    with pytest.raises(EdgeError) as caught:
+        entry.variant_file("int8")
+    assert caught.value.code is Code.MODEL_FILE_MISSING
+    with pytest.raises(EdgeError) as caught:
+        entry.variant_file("fp16")
+    assert caught.value.code is Code.MODEL_VARIANT_UNAVAILABLE
+
+
+@pytest.mark.parametrize("name", ["nope", "", "../models", "tiny/../tiny"])
+def test_unknown_model(tmp_path: Path, name: str) -> None:
+    make_model_dir(tmp_path)
+    with pytest.raises(EdgeError) as caught:
+        Registry(tmp_path).get(name)
+    assert caught.value.code is Code.MODEL_UNKNOWN
+    assert "tiny" in caught.value.message  # says what is installed
+
+
+def _broken(tmp_path: Path, mutate: Any) -> EdgeError:
+    folder = make_model_dir(tmp_path)
+    with (folder / "model.toml").open("rb") as handle:
+        data = tomllib.load(handle)
+    mutate(data)
+    import tomli_w
+
+    (folder / "model.toml").write_text(tomli_w.dumps(data))
+    with pytest.raises(EdgeError) as caught:
+        Registry(tmp_path).get("tiny")
+    assert caught.value.code is Code.MODEL_MANIFEST_INVALID
+    return caught.value
+
+
+def test_manifest_errors_are_specific(tmp_path: Path) -> None:
+    assert "surprise" in _broken(tmp_path / "a", lambda d: d.update(surprise=1)).message
+    assert "positive" in _broken(tmp_path / "b", lambda d: d["output"].update(positive="x")).message
+    assert (
+        "default_operating_point"
+        in _broken(tmp_path / "c", lambda d: d.update(default_operating_point="x")).message
+    )
+    assert "fp32" in _broken(tmp_path / "d", lambda d: d["variants"].pop("fp32")).message
+    assert "sha256" in _broken(tmp_path / "e", lambda d: d["variants"]["fp32"].update(sha256="abc")).message
+    assert "channels" in _broken(tmp_path / "f", lambda d: d["input"].update(colour="rgb")).message
+    assert "name" in _broken(tmp_path / "g", lambda d: d.update(name="other")).message
+
+
+def test_unparseable_manifest(tmp_path: Path) -> None:
+    folder = make_model_dir(tmp_path)
+    (folder / "model.toml").write_text("name = [unclosed")
+    with pytest.raises(EdgeError) as caught:
+        Registry(tmp_path).get("tiny")
+    assert caught.value.code is Code.MODEL_MANIFEST_INVALID
+
+
+def test_routing_by_modality_and_body_part(tmp_path: Path) -> None:
+    make_model_dir(tmp_path)
+    registry = Registry(tmp_path)
+    assert registry.route("CR", "CHEST", "default-model") == ["tiny"]
+    assert registry.route("CR", None, "default-model") == ["tiny"]
+    assert registry.route("CR", "KNEE", "default-model") == []
+    assert registry.route("US", "CHEST", "default-model") == []
+    assert registry.route(None, None, "default-model") == ["default-model"]
+
+
+def test_manifest_fixture_is_itself_valid(tmp_path: Path) -> None:
+    (tmp_path / "tiny").mkdir()
+    assert manifest(tmp_path / "tiny")["name"] == "tiny"

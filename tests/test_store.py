@@ -1,0 +1,220 @@
+from __future__ import annotations
+
+import errno
+import os
+import sqlite3
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge.errors import Code, EdgeError
+from edge.store import NewImage, ResultRecord, Store, StudyInfo, schema
+from edge.store.files import write_atomically
+
+
+def new_image(data: bytes = b"\x89PNG fake bytes", study_uid: str | None = None, **kw: Any) -> NewImage:
+    import hashlib
+
+    return NewImage(
+        data=data,
+        sha256=hashlib.sha256(data).hexdigest(),
+        format="png",
+        width=4,
+        height=3,
+        study=StudyInfo(study_uid=study_uid, phi_patient_id="P-1"),
+        source="cli",
+        original_name="x.png",
+        **kw,
+    )
+
+
+def result_record(**overrides: Any) -> ResultRecord:
+    values: dict[str, Any] = {
+        "model_name": "m",
+        "model_version": "1",
+        "model_sha256": "0" * 64,
+        "variant": "fp32",
+        "backend": "onnxruntime",
+        "precision": "fp32",
+        "finding": "pneumonia",
+        "finding_label": "pneumonia",
+        "probability": 0.9,
+        "probabilities": {"normal": 0.1, "pneumonia": 0.9},
+        "threshold": 0.5,
+        "operating_point": "balanced",
+        "latency_ms": 1.0,
+        "total_ms": 2.0,
+    }
+    values.update(overrides)
+    return ResultRecord(**values)
+
+
+def test_pragmas_and_schema(store: Store) -> None:
+    pragma = lambda name: store.db.execute(f"PRAGMA {name}").fetchone()[0]  # noqa: E731
+    assert pragma("journal_mode") == "wal"
+    assert pragma("synchronous") == 2  # FULL
+    assert pragma("foreign_keys") == 1
+    assert pragma("busy_timeout") == 10_000
+    assert schema.schema_version(store.db) == schema.latest_version() >= 1
+    assert {"studies", "images", "jobs", "results", "reviews", "outbox", "audit"} <= set(
+        store.db.table_names()
+    )
+
+
+def test_reopening_applies_no_migration_twice(tmp_path: Path) -> None:
+    Store(tmp_path).close()
+    with Store(tmp_path) as again:
+        assert len(schema.migrations.applied(again.db)) == schema.latest_version()
+
+
+def test_ingest_writes_file_then_rows(store: Store) -> None:
+    outcome = store.ingest(new_image(), ["m"], actor="test")
+    assert not outcome.duplicate
+    assert len(outcome.job_ids) == 1
+    path = store.image_file(outcome.image_id)
+    assert path.read_bytes() == b"\x89PNG fake bytes"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600  # patient data: owner only
+    assert not list(path.parent.glob(".*.tmp"))
+    counts = store.counts()
+    assert (counts["studies"], counts["images"], counts["jobs_queued"]) == (1, 1, 1)
+
+
+def test_same_bytes_twice_are_one_image(store: Store) -> None:
+    first = store.ingest(new_image(), ["m"], actor="test")
+    again = store.ingest(new_image(), ["m"], actor="test")
+    assert again.duplicate
+    assert (again.image_id, again.job_ids) == (first.image_id, first.job_ids)
+    with_more = store.ingest(new_image(), ["m", "other"], actor="test")
+    assert with_more.job_ids[0] == first.job_ids[0]
+    counts = store.counts()
+    assert (counts["images"], counts["jobs"]) == (1, 2)
+    assert len(list((store.data_dir / "images").rglob("*.png"))) == 1
+
+
+def test_same_sop_instance_uid_is_one_image(store: Store) -> None:
+    first = store.ingest(new_image(b"a", sop_instance_uid="1.2.3"), ["m"], actor="test")
+    again = store.ingest(new_image(b"b", sop_instance_uid="1.2.3"), ["m"], actor="test")
+    assert again.duplicate
+    assert again.image_id == first.image_id
+
+
+def test_images_of_one_study_share_it(store: Store) -> None:
+    a = store.ingest(new_image(b"a", study_uid="9.9"), ["m"], actor="test")
+    b = store.ingest(new_image(b"b", study_uid="9.9"), ["m"], actor="test")
+    assert a.study_id == b.study_id
+    assert store.counts()["studies"] == 1
+
+
+def test_failed_ingest_leaves_no_rows_and_no_file(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    original = Store._insert
+
+    def failing(self: Store, table: str, row: dict[str, Any]) -> None:
+        if table == "jobs":
+            raise sqlite3.OperationalError("injected failure between image and job rows")
+        original(self, table, row)
+
+    monkeypatch.setattr(Store, "_insert", failing)
+    with pytest.raises(sqlite3.OperationalError, match="injected"):
+        store.ingest(new_image(), ["m"], actor="test")
+    counts = store.counts()
+    assert (counts["studies"], counts["images"], counts["jobs"]) == (0, 0, 0)
+    assert not [p for p in (store.data_dir / "images").rglob("*") if p.is_file()]
+
+
+def test_result_job_state_and_outbox_commit_together(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    outcome = store.ingest(new_image(), ["m"], actor="test")
+    job = store.claim_job("w1")
+    assert job is not None
+    assert job.id == outcome.job_ids[0]
+
+    def failing(*args: Any, **kwargs: Any) -> None:
+        raise sqlite3.OperationalError("injected failure before the outbox row")
+
+    monkeypatch.setattr(Store, "_enqueue_outbox", failing)
+    with pytest.raises(sqlite3.OperationalError, match="injected"):
+        store.complete_job(job, result_record())
+    counts = store.counts()
+    assert (counts["results"], counts["outbox"], counts["jobs_running"], counts["jobs_done"]) == (0, 0, 1, 0)
+
+    monkeypatch.undo()
+    assert store.requeue_running() == 1  # what the agent does on restart
+    job = store.claim_job("w2")
+    assert job is not None
+    result_id = store.complete_job(job, result_record())
+    counts = store.counts()
+    assert (counts["results"], counts["outbox"], counts["jobs_done"]) == (1, 1, 1)
+    row = store.result_for_job(job.id)
+    assert row is not None
+    assert row["id"] == result_id
+    assert row["probabilities"] == {"normal": 0.1, "pneumonia": 0.9}
+    outbox = dict(store.db.execute("SELECT * FROM outbox").fetchone())
+    assert (outbox["kind"], outbox["ref_id"], outbox["seq"]) == ("result", result_id, 1)
+
+
+def test_a_job_requeued_elsewhere_cannot_be_completed_by_its_old_worker(store: Store) -> None:
+    store.ingest(new_image(), ["m"], actor="test")
+    stale = store.claim_job("old-worker")
+    assert stale is not None
+    store.requeue_running()
+    fresh = store.claim_job("new-worker")
+    assert fresh is not None
+    assert fresh.attempts == 2
+    with pytest.raises(EdgeError) as caught:
+        store.complete_job(stale, result_record())
+    assert caught.value.code is Code.STORE_WRITE_FAILED
+    assert store.counts()["results"] == 0
+    store.complete_job(fresh, result_record())
+    assert store.counts()["results"] == 1
+
+
+def test_claims_never_share_a_job(store: Store) -> None:
+    for index in range(3):
+        store.ingest(new_image(bytes([index])), ["m"], actor="test")
+    claimed = [store.claim_job(f"w{i}") for i in range(4)]
+    ids = [job.id for job in claimed if job]
+    assert len(ids) == len(set(ids)) == 3
+    assert claimed[3] is None
+
+
+def test_fail_job_records_code_and_audit(store: Store) -> None:
+    store.ingest(new_image(), ["m"], actor="test")
+    job = store.claim_job("w")
+    assert job is not None
+    store.fail_job(job, Code.INFERENCE_FAILED, "backend crashed")
+    row = store.job(job.id)
+    assert row is not None
+    assert (row["state"], row["error_code"]) == ("failed", "INFERENCE_FAILED")
+    assert [a["action"] for a in store.audit_rows("job.failed")] == ["job.failed"]
+
+
+def test_disk_full_during_a_commit_is_a_coded_refusal(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    def full(*args: Any, **kwargs: Any) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(Store, "_audit", full)
+    with pytest.raises(EdgeError) as caught:
+        store.audit("test", "x", None, {})
+    assert caught.value.code is Code.DISK_FULL
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_space(fd: int, data: Any) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "write", no_space)
+    target = tmp_path / "d" / "image.dcm"
+    with pytest.raises(EdgeError) as caught:
+        write_atomically(target, b"data")
+    assert caught.value.code is Code.DISK_FULL
+    assert not target.exists()
+    assert list(target.parent.iterdir()) == []
+
+
+def test_atomic_write_replaces_whole_file(tmp_path: Path) -> None:
+    target = tmp_path / "f.bin"
+    write_atomically(target, b"first version")
+    write_atomically(target, b"second")
+    assert target.read_bytes() == b"second"
+    assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]

@@ -1,0 +1,122 @@
+"""Build DICOM files from pixel arrays: the bundled samples and the tests' golden inputs.
+
+Only pixel data are real (they come from licensed images); every patient attribute written
+here is synthetic and says so (`PatientName` "Sample^Synthetic").
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+CR_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
+DX_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"
+US_STORAGE = "1.2.840.10008.5.1.4.1.1.6.1"
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
+
+
+def base_dataset(
+    sop_class: str = CR_STORAGE,
+    *,
+    modality: str = "CR",
+    body_part: str | None = "CHEST",
+    patient_id: str = "SYNTH-0001",
+    patient_name: str = "Sample^Synthetic",
+    patient_age: str | None = "004Y",
+    extra: dict[str, Any] | None = None,
+) -> Dataset:
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = sop_class
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.Modality = modality
+    if body_part:
+        ds.BodyPartExamined = body_part
+    ds.PatientID = patient_id
+    ds.PatientName = patient_name
+    if patient_age:
+        ds.PatientAge = patient_age
+    ds.PatientSex = "O"
+    ds.StudyDate = "20261129"
+    ds.AccessionNumber = "SYNTH1"
+    for keyword, value in (extra or {}).items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+def grey_dicom(
+    stored: np.ndarray,
+    *,
+    bits_stored: int,
+    photometric: str = "MONOCHROME2",
+    rescale: tuple[float, float] | None = None,
+    window: tuple[float, float] | None = None,
+    voi_function: str | None = None,
+    voi_lut: tuple[list[int], np.ndarray] | None = None,
+    modality_lut: tuple[list[int], np.ndarray] | None = None,
+    transfer_syntax: str | None = None,
+    **base: Any,
+) -> Dataset:
+    """A single-frame grey image; `stored` is the raw stored values (signed if its dtype is)."""
+    ds = base_dataset(**base)
+    ds.set_pixel_data(stored, photometric, bits_stored, generate_instance_uid=False)
+    if rescale is not None:
+        ds.RescaleSlope, ds.RescaleIntercept = rescale
+        ds.RescaleType = "US"
+    if window is not None:
+        ds.WindowCenter, ds.WindowWidth = window
+    if voi_function:
+        ds.VOILUTFunction = voi_function
+    if voi_lut is not None:
+        item = Dataset()
+        item.LUTDescriptor = voi_lut[0]
+        item.LUTData = np.asarray(voi_lut[1], "<u2").tobytes()  # OW: raw little-endian words
+        ds.VOILUTSequence = Sequence([item])
+    if modality_lut is not None:
+        item = Dataset()
+        item.LUTDescriptor = modality_lut[0]
+        item.ModalityLUTType = "US"
+        item.LUTData = np.asarray(modality_lut[1], "<u2").tobytes()
+        ds.ModalityLUTSequence = Sequence([item])
+    if transfer_syntax:
+        ds.compress(transfer_syntax, generate_instance_uid=False)
+    return ds
+
+
+def colour_dicom(
+    rgb: np.ndarray, *, photometric: str = "RGB", transfer_syntax: str | None = None, **base: Any
+) -> Dataset:
+    ds = base_dataset(**{"sop_class": US_STORAGE, "modality": "US", "body_part": None, **base})
+    ds.set_pixel_data(rgb, "RGB", 8, generate_instance_uid=False)
+    ds.PlanarConfiguration = 0
+    if photometric != "RGB":
+        from pydicom.pixels import convert_color_space
+
+        ybr = convert_color_space(rgb, "RGB", photometric)
+        ds.PixelData = ybr.tobytes()
+        ds.PhotometricInterpretation = photometric
+    if transfer_syntax:
+        ds.compress(transfer_syntax, generate_instance_uid=False)
+    return ds
+
+
+def to_bytes(ds: Dataset) -> bytes:
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def twelve_bit(display: np.ndarray) -> np.ndarray:
+    """8-bit display values -> 12-bit stored values whose full-range window maps back exactly."""
+    return (display.astype(np.uint16) * 16 + 8).astype(np.uint16)

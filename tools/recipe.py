@@ -1,0 +1,172 @@
+"""Training recipes (tools/configs/*.toml) and the labelled data sets they point at."""
+
+from __future__ import annotations
+
+import csv
+import random
+import sys
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.imaging.decode import decode_bytes
+from edge.imaging.preprocess import PreprocessSpec, resize, to_colour
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Recipe:
+    raw: dict[str, Any]
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return str(self.raw["name"])
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return dict(self.raw["data"])
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.raw["data"]["labels"])
+
+    @property
+    def positive(self) -> str:
+        return str(self.raw["data"]["positive"])
+
+    @property
+    def data_root(self) -> Path:
+        return (REPO / self.raw["data"]["root"]).resolve()
+
+    @property
+    def spec(self) -> PreprocessSpec:
+        i = self.raw["input"]
+        return PreprocessSpec(
+            height=i["shape"][1],
+            width=i["shape"][2],
+            colour=i["colour"],
+            resize=i["resize"],
+            scale=i["scale"],
+            mean=tuple(i["mean"]),
+            std=tuple(i["std"]),
+        )
+
+    def run_dir(self) -> Path:
+        return REPO / "runs" / self.name
+
+
+def load_recipe(path: Path) -> Recipe:
+    with path.open("rb") as handle:
+        return Recipe(tomllib.load(handle), path)
+
+
+@dataclass
+class Sample:
+    path: str  # relative to the data root
+    label: int
+    group: str
+    row: dict[str, str]
+
+
+def read_samples(recipe: Recipe) -> list[Sample]:
+    data = recipe.data
+    labels = recipe.labels
+    out = []
+    with (recipe.data_root / data["labels_csv"]).open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            name = row[data["label_column"]]
+            if name not in labels:
+                continue  # e.g. the single 'pneumonia' frame in the lung set
+            group = row.get(data.get("group_column") or "", "") or row[data["path_column"]]
+            out.append(Sample(row[data["path_column"]], labels.index(name), group, row))
+    return out
+
+
+def group_split(samples: list[Sample], recipe: Recipe) -> dict[str, str]:
+    """path -> train | val | holdout, whole groups at a time, stratified by the group's label.
+
+    Groups are dealt round-robin per label after a seeded shuffle, so each split gets about its
+    fraction of every class and no group (patient, source video) is on two sides.
+    """
+    rng = random.Random(recipe.raw["seed"])
+    by_group: dict[str, list[Sample]] = defaultdict(list)
+    for sample in samples:
+        by_group[sample.group].append(sample)
+    by_label: dict[int, list[str]] = defaultdict(list)
+    for group, members in sorted(by_group.items()):
+        majority = Counter(s.label for s in members).most_common(1)[0][0]
+        by_label[majority].append(group)
+    val_f = float(recipe.data["val_fraction"])
+    hold_f = float(recipe.data.get("holdout_fraction", 0.0))
+    assignment: dict[str, str] = {}
+    for label in sorted(by_label):
+        groups = by_label[label]
+        rng.shuffle(groups)
+        total = sum(len(by_group[g]) for g in groups)
+        counts = {"val": 0, "holdout": 0}
+        for group in groups:
+            size = len(by_group[group])
+            if counts["val"] + size / 2 <= val_f * total:
+                split = "val"
+            elif counts["holdout"] + size / 2 <= hold_f * total:
+                split = "holdout"
+            else:
+                split = "train"
+            counts[split] = counts.get(split, 0) + size
+            for sample in by_group[group]:
+                assignment[sample.path] = split
+    return assignment
+
+
+def load_pixels(recipe: Recipe, samples: list[Sample]) -> np.ndarray:
+    """Decode with the product's own decoder, colour-convert and resize to the model input.
+
+    Returns uint8 N x H x W (grey) or N x H x W x 3; augmentation and normalisation follow.
+    """
+    spec = recipe.spec
+    out = []
+    for sample in samples:
+        decoded = decode_bytes((recipe.data_root / sample.path).read_bytes(), sample.path)
+        image = resize(to_colour(decoded.pixels, spec.colour), spec.height, spec.width, spec.resize)
+        out.append(image)
+    return np.stack(out)
+
+
+def read_split(recipe: Recipe) -> dict[str, str]:
+    """path -> split, as train.py wrote it (every later tool must use the same split)."""
+    with (recipe.run_dir() / "split.csv").open(newline="") as handle:
+        return {row["path"]: row["split"] for row in csv.DictReader(handle)}
+
+
+def split_samples(recipe: Recipe, name: str) -> list[Sample]:
+    split = read_split(recipe)
+    return [s for s in read_samples(recipe) if split.get(s.path) == name]
+
+
+def model_inputs(recipe: Recipe, samples: list[Sample]) -> np.ndarray:
+    """float32 NCHW exactly as the product feeds the model."""
+    from edge.imaging.preprocess import normalise
+
+    spec = recipe.spec
+    return np.stack([normalise(image, spec) for image in load_pixels(recipe, samples)])
+
+
+def run_onnx(path: Path, inputs: np.ndarray, batch: int = 64) -> np.ndarray:
+    """Logits from an ONNX file on ONNX Runtime's CPU provider."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    outs = [
+        session.run(["logits"], {"image": inputs[i : i + batch]})[0] for i in range(0, len(inputs), batch)
+    ]
+    return np.concatenate(outs)

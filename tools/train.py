@@ -1,0 +1,289 @@
+"""Train a small CNN from scratch on the CPU, then export it to ONNX.
+
+    python -m tools.train --config tools/configs/cxr-pneumonia.toml [--resume] [--epochs N]
+
+Writes runs/<name>/: split.csv (every image's split), last.pt / best.pt (resumable
+checkpoints), history.json, <name>-fp32.onnx (checked against torch on real images before it
+is kept) and summary.json. tools/release.py later saves torch's logits for the shipped sample
+images beside the model, so the tests can hold the ONNX file to them.
+No pre-trained weights: nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch import nn
+
+from edge.imaging.preprocess import normalise
+from edge.metrics import roc_auc
+from tools.augment import augment
+from tools.nets import CamNet
+from tools.recipe import Recipe, Sample, group_split, load_pixels, load_recipe, read_samples, run_onnx
+
+console = Console()
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_net(recipe: Recipe) -> CamNet:
+    net = recipe.raw["net"]
+    channels = recipe.raw["input"]["shape"][0]
+    return CamNet(channels, len(recipe.labels), net["widths"], net["blocks"])
+
+
+def to_tensor(images: np.ndarray, recipe: Recipe) -> torch.Tensor:
+    spec = recipe.spec
+    return torch.from_numpy(np.stack([normalise(image, spec) for image in images]))
+
+
+def evaluate(model: nn.Module, images: np.ndarray, labels: np.ndarray, recipe: Recipe) -> dict[str, Any]:
+    model.eval()
+    logits = []
+    with torch.no_grad():
+        for start in range(0, len(images), 128):
+            batch = to_tensor(images[start : start + 128], recipe)
+            logits.append(model(batch)[0].numpy())
+    all_logits = np.concatenate(logits)
+    probs = torch.softmax(torch.from_numpy(all_logits), 1).numpy()
+    positive = recipe.labels.index(recipe.positive)
+    truth = labels == positive
+    loss = float(nn.functional.cross_entropy(torch.from_numpy(all_logits), torch.from_numpy(labels)))
+    return {
+        "auc": roc_auc(truth, probs[:, positive]),
+        "accuracy": float((probs.argmax(1) == labels).mean()),
+        "loss": loss,
+        "logits": all_logits,
+    }
+
+
+def class_weights(labels: np.ndarray, classes: int, mode: str) -> torch.Tensor:
+    if mode != "balanced":
+        return torch.ones(classes)
+    counts = np.bincount(labels, minlength=classes).astype(np.float64)
+    return torch.tensor(len(labels) / (classes * np.maximum(counts, 1)), dtype=torch.float32)
+
+
+def count_flops(model: nn.Module, shape: list[int]) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model.eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.zeros(1, *shape))
+    return counter.get_total_flops() / 1e9
+
+
+def export_onnx(model: nn.Module, recipe: Recipe, path: Path) -> None:
+    """FP32 ONNX with a dynamic batch and named tensors (image -> logits, cam)."""
+    model.eval()
+    example = torch.zeros(1, *recipe.raw["input"]["shape"])
+    batch = torch.export.Dim("batch", min=1, max=64)
+    program = torch.onnx.export(
+        model,
+        (example,),
+        dynamo=True,
+        input_names=["image"],
+        output_names=["logits", "cam"],
+        dynamic_shapes=({0: batch},),
+        opset_version=18,
+        external_data=False,
+    )
+    assert program is not None
+    program.save(str(path))
+
+
+def write_split(run: Path, samples: list[Sample], split: dict[str, str], recipe: Recipe) -> None:
+    with (run / "split.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label", "group", "split"])
+        for s in samples:
+            writer.writerow([s.path, recipe.labels[s.label], s.group, split[s.path]])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config", type=Path, required=True)
+    parser.add_argument("--resume", action="store_true", help="continue from runs/<name>/last.pt")
+    parser.add_argument("--epochs", type=int, help="override the recipe's epoch count")
+    parser.add_argument("--limit", type=int, help="use only N training images (smoke tests)")
+    parser.add_argument("--threads", type=int, default=0)
+    args = parser.parse_args()
+
+    recipe = load_recipe(args.config)
+    run = recipe.run_dir()
+    run.mkdir(parents=True, exist_ok=True)
+    seed_everything(recipe.raw["seed"])
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    hp = dict(recipe.raw["train"])
+    if args.epochs:
+        hp["epochs"] = args.epochs
+
+    samples = read_samples(recipe)
+    split = group_split(samples, recipe)
+    write_split(run, samples, split, recipe)
+    train_s = [s for s in samples if split[s.path] == "train"]
+    val_s = [s for s in samples if split[s.path] == "val"]
+    if args.limit:  # a seeded random subset keeps both classes in a smoke run
+        pick = random.Random(0)
+        train_s = pick.sample(train_s, min(args.limit, len(train_s)))
+        val_s = pick.sample(val_s, min(args.limit // 2, len(val_s)))
+    hold_s = [s for s in samples if split[s.path] == "holdout"]
+    console.print(
+        f"[bold]{recipe.name}[/]: {len(train_s)} train, {len(val_s)} val, {len(hold_s)} holdout images "
+        f"({len({s.group for s in samples})} groups by {recipe.data.get('group_column') or 'image'})"
+    )
+    with console.status("decoding images with the product's decoder..."):
+        train_x, val_x = load_pixels(recipe, train_s), load_pixels(recipe, val_s)
+    train_y = np.array([s.label for s in train_s])
+    val_y = np.array([s.label for s in val_s])
+
+    model = build_net(recipe)
+    gflops = count_flops(model, recipe.raw["input"]["shape"])
+    params = sum(p.numel() for p in model.parameters())
+    console.print(f"net: {params / 1e6:.2f} M parameters, {gflops:.3f} GFLOP per image")
+    optimiser = torch.optim.AdamW(model.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
+    steps_per_epoch = math.ceil(len(train_x) / hp["batch_size"])
+    total_steps = hp["epochs"] * steps_per_epoch
+    warmup = hp.get("warmup_epochs", 1) * steps_per_epoch
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lr_at)
+    loss_fn = nn.CrossEntropyLoss(
+        weight=class_weights(train_y, len(recipe.labels), hp.get("class_weighting", ""))
+    )
+    state: dict[str, Any] = {"epoch": 0, "best_auc": -1.0, "best_epoch": -1, "history": [], "seconds": 0.0}
+    if args.resume and (run / "last.pt").exists():
+        checkpoint = torch.load(run / "last.pt", weights_only=False)
+        model.load_state_dict(checkpoint["model"])
+        optimiser.load_state_dict(checkpoint["optimiser"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        state = checkpoint["state"]
+        np.random.set_state(checkpoint["numpy_rng"])
+        torch.set_rng_state(checkpoint["torch_rng"])
+        console.print(f"resumed after epoch {state['epoch']} (best AUC {state['best_auc']:.4f})")
+
+    rng = np.random.default_rng(recipe.raw["seed"] + state["epoch"])
+    columns = [
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+    ]
+    with Progress(*columns, console=console) as progress:
+        while state["epoch"] < hp["epochs"]:
+            epoch = state["epoch"] + 1
+            epoch_started = time.time()
+            task = progress.add_task(f"epoch {epoch}/{hp['epochs']}", total=steps_per_epoch, info="")
+            model.train()
+            order = rng.permutation(len(train_x))
+            running = 0.0
+            for step in range(steps_per_epoch):
+                index = order[step * hp["batch_size"] : (step + 1) * hp["batch_size"]]
+                images = np.stack([augment(train_x[i], recipe.raw["augment"], rng) for i in index])
+                logits, _ = model(to_tensor(images, recipe))
+                loss = loss_fn(logits, torch.from_numpy(train_y[index]))
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                optimiser.step()
+                scheduler.step()
+                value = float(loss.detach())
+                running = 0.9 * running + 0.1 * value if step else value
+                progress.update(task, advance=1, info=f"loss {running:.3f}")
+            metrics = evaluate(model, val_x, val_y, recipe)
+            state["seconds"] += time.time() - epoch_started
+            row = {
+                "epoch": epoch,
+                "train_loss": running,
+                "val_auc": metrics["auc"],
+                "val_accuracy": metrics["accuracy"],
+                "val_loss": metrics["loss"],
+                "seconds": round(state["seconds"], 1),
+            }
+            state["history"].append(row)
+            state["epoch"] = epoch
+            improved = not metrics["auc"] <= state["best_auc"]  # also true for a NaN AUC
+            if improved:
+                state["best_auc"], state["best_epoch"] = metrics["auc"], epoch
+                torch.save(model.state_dict(), run / "best.pt")
+            progress.update(
+                task,
+                info=f"val AUC {metrics['auc']:.4f} acc {metrics['accuracy']:.3f}"
+                + (" *" if improved else ""),
+            )
+            torch.save(
+                {
+                    "model": model.state_dict(),
+                    "optimiser": optimiser.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "state": state,
+                    "numpy_rng": np.random.get_state(),
+                    "torch_rng": torch.get_rng_state(),
+                },
+                run / "last.pt",
+            )
+            (run / "history.json").write_text(json.dumps(state["history"], indent=1))
+            if epoch - state["best_epoch"] >= hp["patience"]:
+                console.print(f"early stop: no better validation AUC for {hp['patience']} epochs")
+                break
+
+    model.load_state_dict(torch.load(run / "best.pt"))
+    model.eval()
+    onnx_path = run / f"{recipe.name}-fp32.onnx"
+    export_onnx(model, recipe, onnx_path)
+    # The exported file must compute what the network computes: check it on real images now.
+    check_x = to_tensor(val_x[:16], recipe)
+    with torch.no_grad():
+        expected = model(check_x)[0].numpy()
+    exported = run_onnx(onnx_path, check_x.numpy())
+    export_diff = float(np.abs(exported - expected).max())
+    if export_diff > 1e-3:
+        raise SystemExit(f"ONNX export differs from torch by {export_diff:.2e}: not exporting")
+    final = evaluate(model, val_x, val_y, recipe)
+    summary = {
+        "name": recipe.name,
+        "best_epoch": state["best_epoch"],
+        "epochs_run": state["epoch"],
+        "val_auc": final["auc"],
+        "val_accuracy_argmax": final["accuracy"],
+        "train_images": len(train_s),
+        "val_images": len(val_s),
+        "holdout_images": len(hold_s),
+        "params": params,
+        "gflops": gflops,
+        "train_seconds": round(state["seconds"], 1),
+        "torch": torch.__version__,
+        "recipe": str(args.config),
+        "export_max_abs_diff": export_diff,
+    }
+    (run / "summary.json").write_text(json.dumps(summary, indent=2))
+    console.print(
+        f"[green]done[/]: best epoch {state['best_epoch']}, val AUC {final['auc']:.4f}; exported {onnx_path}"
+    )
+
+
+if __name__ == "__main__":
+    main()
