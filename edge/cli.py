@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -68,7 +69,7 @@ def cli(ctx: click.Context, config_file: Path | None, data_dir: Path | None, ver
 # ---------------------------------------------------------------------- infer
 
 
-def analysis_json(analysis: Any) -> dict[str, Any]:
+def analysis_json(analysis: Any, heatmap: Path | None = None) -> dict[str, Any]:
     """The stable JSON shape of one analysis (one input, one model)."""
     out: dict[str, Any] = {
         "input": analysis.input,
@@ -98,6 +99,7 @@ def analysis_json(analysis: Any) -> dict[str, Any]:
         precision=r["precision"],
         latency_ms=round(r["latency_ms"], 3),
         total_ms=round(r["total_ms"], 3),
+        heatmap=str(heatmap) if heatmap else None,
     )
     return out
 
@@ -118,8 +120,16 @@ def analysis_line(analysis: Any) -> str:
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--model", "-m", "model_name", help="Model to use (default: routed by modality).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line, per input and model.")
+@click.option(
+    "--heatmap",
+    "heatmap_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Also write each result's heatmap overlay (PNG) into this folder.",
+)
 @pass_context
-def infer(obj: Context, paths: tuple[Path, ...], model_name: str | None, as_json: bool) -> None:
+def infer(
+    obj: Context, paths: tuple[Path, ...], model_name: str | None, as_json: bool, heatmap_dir: Path | None
+) -> None:
     """Analyse image files now and store the results.
 
     PATHS are DICOM, PNG or JPEG files. Each input prints one line (or one JSON object): the
@@ -138,13 +148,28 @@ def infer(obj: Context, paths: tuple[Path, ...], model_name: str | None, as_json
             for path in paths:
                 for analysis in pipeline.analyse_file(path, model_name):
                     refused |= not analysis.ok
+                    heatmap = _heatmap_copy(settings.data_dir, analysis, path, heatmap_dir)
                     if as_json:
-                        click.echo(json.dumps(analysis_json(analysis), sort_keys=True))
+                        click.echo(json.dumps(analysis_json(analysis, heatmap), sort_keys=True))
                     else:
-                        click.echo(analysis_line(analysis))
+                        click.echo(analysis_line(analysis) + (f"  heatmap {heatmap}" if heatmap else ""))
         finally:
             pipeline.close()
     sys.exit(EXIT_REFUSED if refused else 0)
+
+
+def _heatmap_copy(data_dir: Path, analysis: Any, source: Path, target_dir: Path | None) -> Path | None:
+    """The stored heatmap, copied into `target_dir` when asked (else the stored file itself)."""
+    stored = analysis.result.get("heatmap_path") if analysis.ok else None
+    if not stored:
+        return None
+    path = data_dir / stored
+    if target_dir is None:
+        return path
+    target_dir.mkdir(parents=True, exist_ok=True)
+    target = target_dir / f"{source.stem}.{analysis.result['model_name']}.heatmap.png"
+    shutil.copyfile(path, target)
+    return target
 
 
 # ---------------------------------------------------------------------- demo
@@ -169,7 +194,7 @@ def demo(obj: Context, fresh: bool) -> None:
 
 @cli.group()
 def models() -> None:
-    """Installed models: list, show."""
+    """Installed models: list, show, eval."""
 
 
 @models.command("list")
@@ -236,6 +261,56 @@ def models_show(obj: Context, name: str, as_json: bool) -> None:
 
     print_model(Console(), entry, checks)
     sys.exit(0 if all(v == "ok" for v in checks.values()) else EXIT_REFUSED)
+
+
+@models.command("eval")
+@click.argument("name")
+@click.option(
+    "--data",
+    "data_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder with the images and a labels.csv (columns path,label).",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where to write roc.png, reliability.png, predictions.csv, metrics.json.",
+)
+@click.option("--variant", help="Evaluate this variant (default: the one the device would serve).")
+@click.option("--operating-point", help="Threshold to report at (default: the site's, else the model's).")
+@click.option("--json", "as_json", is_flag=True)
+@pass_context
+def models_eval(
+    obj: Context,
+    name: str,
+    data_dir: Path,
+    out_dir: Path | None,
+    variant: str | None,
+    operating_point: str | None,
+    as_json: bool,
+) -> None:
+    """Measure a model on a labelled folder with the product's own decode, preprocess and backend.
+
+    Prints AUC, accuracy, sensitivity, specificity and ECE with 95% bootstrap intervals, and
+    writes ROC and reliability plots. Use it to validate a model on local images before use.
+    """
+    from edge.evaluate import evaluate
+    from edge.reports import print_evaluation
+
+    target = out_dir or Path(f"eval-{name}")
+    try:
+        result = evaluate(
+            obj.settings, name, data_dir, target, variant=variant, operating_point=operating_point
+        )
+    except EdgeError as error:
+        click.echo(error.one_line(), err=True)
+        sys.exit(EXIT_REFUSED)
+    if as_json:
+        click.echo(json.dumps(result.__dict__, indent=2))
+    else:
+        print_evaluation(Console(), result)
 
 
 # ---------------------------------------------------------------------- bench

@@ -72,6 +72,13 @@ class StoreSettings(_Section):
     """Inputs larger than this are refused before decoding (a DICOM can claim any size)."""
 
 
+class ExplainSettings(_Section):
+    heatmaps: bool = True
+    """Store a class-activation heatmap overlay (PNG) with every result whose model has one."""
+    max_side: int = Field(default=512, ge=64, le=4096)
+    """Longest side of the stored overlay: enough for the TUI and the review page, small to sync."""
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="EDGE_",
@@ -85,6 +92,7 @@ class Settings(BaseSettings):
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
     models: ModelSettings = Field(default_factory=ModelSettings)
     store: StoreSettings = Field(default_factory=StoreSettings)
+    explain: ExplainSettings = Field(default_factory=ExplainSettings)
     config_file: Path | None = None
     """Where the file-level values came from (informational; not read from the file)."""
 

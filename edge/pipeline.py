@@ -23,13 +23,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
+
 from edge.config import Settings
 from edge.errors import Code, EdgeError
 from edge.ids import uuid7
 from edge.imaging.decode import DecodedImage, decode_bytes, read_input
+from edge.imaging.explain import heatmap_png
 from edge.registry import Registry
-from edge.serving import ModelPool
+from edge.serving import ModelPool, Prediction, ServedModel
 from edge.store import Job, NewImage, ResultRecord, Store
+from edge.store.files import remove_quietly, write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -215,6 +219,8 @@ class Pipeline:
             self.store.fail_job(job, failure.code, failure.message)
             raise failure from exc
         finding = prediction.finding
+        result_id = uuid7()
+        heatmap = self._write_heatmap(result_id, model, decoded, prediction)
         record = ResultRecord(
             model_name=model.name,
             model_version=model.version,
@@ -230,13 +236,18 @@ class Pipeline:
             operating_point=finding.operating_point,
             latency_ms=prediction.latency_ms,
             total_ms=decode_ms + (time.perf_counter() - started) * 1000,
+            heatmap_path=str(heatmap.relative_to(self.store.data_dir)) if heatmap else None,
         )
         try:
-            result_id = self.store.complete_job(job, record)
-        except sqlite3.Error as exc:
-            # The transaction rolled back: the job stays claimed by this worker and returns
-            # to the queue when a later process finds this one gone.
-            raise EdgeError(Code.STORE_WRITE_FAILED, f"result not stored: {exc}") from exc
+            self.store.complete_job(job, record, result_id)
+        except BaseException as exc:
+            if heatmap is not None:
+                remove_quietly(heatmap)
+            if isinstance(exc, sqlite3.Error):
+                # The transaction rolled back: the job stays claimed by this worker and returns
+                # to the queue when a later process finds this one gone.
+                raise EdgeError(Code.STORE_WRITE_FAILED, f"result not stored: {exc}") from exc
+            raise
         log.info(
             "job %s: %s (p=%.3f, %s/%s)",
             job.id,
@@ -246,3 +257,26 @@ class Pipeline:
             model.precision,
         )
         return result_id
+
+    def _write_heatmap(
+        self, result_id: str, model: ServedModel, decoded: DecodedImage, prediction: Prediction
+    ) -> Path | None:
+        """The CAM overlay, made durable before the result row that names it."""
+        cam_name = model.entry.manifest.output.cam
+        if not self.settings.explain.heatmaps or cam_name is None or cam_name not in prediction.outputs:
+            return None
+        target = model.entry.manifest.output.labels.index(prediction.finding.positive)
+        try:
+            data = heatmap_png(
+                decoded.pixels,
+                prediction.outputs[cam_name],
+                target,
+                model.spec,
+                self.settings.explain.max_side,
+            )
+        except (ValueError, cv2.error) as exc:  # a result without its picture beats no result
+            log.warning("job %s: no heatmap: %s", result_id, exc)
+            return None
+        path = self.store.heatmap_file(result_id)
+        write_atomically(path, data)
+        return path

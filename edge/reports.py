@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from rich.console import Console
 from rich.table import Table
 
@@ -68,3 +70,22 @@ def print_model(console: Console, entry: ModelEntry, checks: dict[str, str]) -> 
     for split, values in m.metrics.items():
         shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items())
         console.print(f"metrics ({split}): {shown}")
+
+
+def print_evaluation(console: Console, result: Any) -> None:
+    console.print(
+        f"[bold]{result.model}[/] {result.version} ({result.variant} on {result.backend}), "
+        f"{result.images} images; operating point {result.operating_point} "
+        f"(threshold {result.threshold:.3f})"
+    )
+    table = Table("metric", "value", "95% CI")
+    for key, value in result.metrics.items():
+        if isinstance(value, dict):
+            table.add_row(key, f"{value['value']:.4f}", f"{value['ci95_low']:.4f} - {value['ci95_high']:.4f}")
+        else:
+            table.add_row(key, str(value), "")
+    console.print(table)
+    for item in result.refused:
+        console.print(f"[yellow]refused[/] {item['path']}  {item['code']}: {item['reason']}")
+    for kind, path in result.files.items():
+        console.print(f"{kind}: {path}")

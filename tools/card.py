@@ -73,6 +73,8 @@ def write_card(recipe: Recipe, manifest: dict[str, Any], out_dir: Path) -> None:
         f"temperature scaling (T = {manifest['output']['temperature']:.3f}, fitted on validation); ECE uses",
         "15 equal-width bins on top-1 confidence.",
         "",
+        "![ROC](plots/roc.png) ![Reliability](plots/reliability.png)",
+        "",
         "## Operating points",
         "| name | threshold (calibrated P) | sensitivity (val) | specificity (val) | how chosen |",
         "|---|---|---|---|---|",

@@ -159,6 +159,41 @@ def torch_logits(recipe: Recipe, samples_dir: Path, rows: list[dict[str, str]]) 
     return out
 
 
+def write_plots(
+    folder: Path,
+    recipe: Recipe,
+    logits: dict[str, np.ndarray],
+    truth: dict[str, np.ndarray],
+    temperature: float,
+    positive: int,
+) -> None:
+    """ROC per split and the reliability diagram before/after temperature scaling."""
+    from edge import plots
+
+    series = []
+    for name, label in (("val", "validation"), ("holdout", "holdout")):
+        prob = softmax(logits[name], temperature)[:, positive]
+        fpr, tpr, _ = m.roc_curve(truth[name] == positive, prob)
+        series.append(plots.Series(f"{label}, AUC {m.roc_auc(truth[name] == positive, prob):.3f}", fpr, tpr))
+    plots.save_png(plots.roc_plot(series, f"{recipe.name}: {recipe.positive} vs rest"), folder / "roc.png")
+    curves, counts = [], []
+    for label, t in (("uncalibrated", 1.0), (f"T = {temperature:.2f}", temperature)):
+        probs = softmax(logits["val"], t)
+        correct = (probs.argmax(1) == truth["val"]).astype(float)
+        bins = m.reliability_bins(correct, probs.max(1))
+        ece = m.expected_calibration_error(correct, probs.max(1))
+        curves.append(
+            plots.Series(
+                f"{label}, ECE {ece:.3f}", np.array([b[0] for b in bins]), np.array([b[1] for b in bins])
+            )
+        )
+        counts.append([b[2] for b in bins])
+    plots.save_png(
+        plots.reliability_plot(curves, counts, "Reliability on validation (top-1, 15 bins)"),
+        folder / "reliability.png",
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -198,6 +233,7 @@ def main() -> None:
         report["ece_calibrated"] = round(m.expected_calibration_error(correct, cal.max(1)), 4)
         metrics["validation" if name == "val" else "holdout"] = report
     console.print(f"temperature {temperature:.3f}; thresholds {thresholds}")
+    write_plots(out_dir / "plots", recipe, logits, truth, temperature, positive)
     console.print(json.dumps(metrics, indent=1))
 
     for old in out_dir.glob("*.onnx"):

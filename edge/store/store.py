@@ -182,9 +182,13 @@ class Store:
             ).fetchone()
         return Job.from_row(dict(row)) if row else None
 
-    def complete_job(self, job: Job, result: ResultRecord) -> str:
-        """Record a result: job state, result row and outbox row commit as one transaction."""
-        result_id = uuid7()
+    def complete_job(self, job: Job, result: ResultRecord, result_id: str | None = None) -> str:
+        """Record a result: job state, result row and outbox row commit as one transaction.
+
+        `result_id` may be chosen by the caller when files named after it (the heatmap) were
+        written first.
+        """
+        result_id = result_id or uuid7()
         now = utc_now()
         with self._writing("store the result"), self.db.atomic():
             self._finish(job, "done", now)
@@ -284,6 +288,10 @@ class Store:
 
     def image(self, image_id: str) -> dict[str, Any] | None:
         return self._one("SELECT * FROM images WHERE id = ?", [image_id])
+
+    def heatmap_file(self, result_id: str) -> Path:
+        """Where a result's heatmap overlay lives (written before its row commits)."""
+        return self.data_dir / "heatmaps" / utc_now()[:10] / f"{result_id}.png"
 
     def image_file(self, image_id: str) -> Path:
         row = self.image(image_id)

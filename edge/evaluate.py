@@ -1,0 +1,230 @@
+"""`edge models eval`: a model's accuracy on a labelled folder, through the product's own path.
+
+This is how a site validates a model locally before use (WHO advises local threshold calibration
+for CAD software), and how the model cards' numbers can be re-checked: the same decoder,
+preprocessing, backend, calibration and thresholds as in service, so what it reports is what the
+site will get. Nothing is written to the clinic's database.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge import metrics as m
+from edge import plots
+from edge.config import Settings
+from edge.errors import Code, EdgeError
+from edge.imaging.decode import decode_bytes, read_input
+from edge.postprocess import softmax
+from edge.registry import Registry
+from edge.serving import ModelPool
+
+BATCH = 16
+BOOTSTRAP_ROUNDS = 1000
+
+
+@dataclass
+class Evaluation:
+    model: str
+    version: str
+    variant: str
+    backend: str
+    operating_point: str
+    threshold: float
+    images: int
+    refused: list[dict[str, str]] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+
+
+def read_labels(folder: Path, labels: list[str]) -> list[tuple[Path, str]]:
+    """`labels.csv` (path,label) -> rows; refuses a missing file, bad header, unknown labels,
+    missing images, with every offending line named."""
+    table = folder / "labels.csv"
+    if not table.is_file():
+        raise EdgeError(Code.INPUT_NOT_FOUND, f"{table} does not exist (expected columns path,label)")
+    with table.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        if not reader.fieldnames or not {"path", "label"} <= set(reader.fieldnames):
+            raise EdgeError(Code.INPUT_UNREADABLE, f"{table} needs a header with path and label columns")
+        rows = list(reader)
+    bad_labels = [
+        f"line {i + 2}: {row['label']!r}" for i, row in enumerate(rows) if row["label"] not in labels
+    ]
+    missing = [
+        f"line {i + 2}: {row['path']}" for i, row in enumerate(rows) if not (folder / row["path"]).is_file()
+    ]
+    if bad_labels:
+        raise EdgeError(
+            Code.INPUT_UNREADABLE,
+            f"unknown labels (the model knows {', '.join(labels)}): "
+            + "; ".join(bad_labels[:10])
+            + (f"; and {len(bad_labels) - 10} more" if len(bad_labels) > 10 else ""),
+        )
+    if missing:
+        raise EdgeError(
+            Code.INPUT_NOT_FOUND,
+            "missing images: "
+            + "; ".join(missing[:10])
+            + (f"; and {len(missing) - 10} more" if len(missing) > 10 else ""),
+        )
+    if not rows:
+        raise EdgeError(Code.INPUT_EMPTY, f"{table} lists no images")
+    return [(folder / row["path"], row["label"]) for row in rows]
+
+
+def evaluate(
+    settings: Settings,
+    name: str,
+    folder: Path,
+    out_dir: Path,
+    *,
+    variant: str | None = None,
+    operating_point: str | None = None,
+) -> Evaluation:
+    registry = Registry(settings.models.dir)
+    entry = registry.get(name)
+    labels = entry.manifest.output.labels
+    rows = read_labels(folder, labels)
+    pool = ModelPool(registry, settings, settings.data_dir / "cache")
+    try:
+        served = pool.load_variant(name, variant) if variant else pool.get(name)
+        op_name, op = entry.operating_point(operating_point or settings.models.operating_point)
+        logits, truth, kept, refused = _run(served, rows, settings.store.max_input_bytes, labels)
+    finally:
+        pool.close()
+    result = Evaluation(
+        name,
+        entry.manifest.version,
+        served.variant_name,
+        served.backend,
+        op_name,
+        op.threshold,
+        len(kept),
+        refused,
+    )
+    if not kept:
+        raise EdgeError(Code.INPUT_NOT_IMAGE, f"none of the {len(rows)} images could be analysed")
+    positive = labels.index(entry.manifest.output.positive)
+    probs = softmax(logits, entry.manifest.output.temperature)
+    raw = softmax(logits)
+    result.metrics = _metrics(truth, probs, raw, positive, op.threshold, len(labels))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result.files = _write_outputs(out_dir, kept, truth, probs, raw, positive, labels, result)
+    return result
+
+
+def _run(
+    served: Any, rows: list[tuple[Path, str]], max_bytes: int, labels: list[str]
+) -> tuple[np.ndarray, np.ndarray, list[Path], list[dict[str, str]]]:
+    logits, truth, kept, refused = [], [], [], []
+    for start in range(0, len(rows), BATCH):
+        images, batch_rows = [], []
+        for path, label in rows[start : start + BATCH]:
+            try:
+                images.append(decode_bytes(read_input(path, max_bytes), path.name).pixels)
+                batch_rows.append((path, label))
+            except EdgeError as error:
+                refused.append({"path": str(path), "code": error.code.value, "reason": error.message})
+        if not images:
+            continue
+        for (path, label), prediction in zip(batch_rows, served.predict(images), strict=True):
+            logits.append(prediction.outputs[served.entry.manifest.output.logits])
+            truth.append(labels.index(label))
+            kept.append(path)
+    return np.array(logits), np.array(truth), kept, refused
+
+
+def _with_interval(statistic: Any, *arrays: np.ndarray) -> dict[str, float]:
+    value = float(statistic(*arrays))
+    low, high = m.bootstrap_interval(statistic, *arrays, rounds=BOOTSTRAP_ROUNDS, seed=0)
+    return {"value": round(value, 4), "ci95_low": round(low, 4), "ci95_high": round(high, 4)}
+
+
+def _metrics(
+    truth: np.ndarray, probs: np.ndarray, raw: np.ndarray, positive: int, threshold: float, classes: int
+) -> dict[str, Any]:
+    is_positive = truth == positive
+    p_positive = probs[:, positive]
+    predicted_positive = p_positive >= threshold
+
+    def sensitivity(t: np.ndarray, p: np.ndarray) -> float:
+        return float(p[t].mean()) if t.any() else float("nan")
+
+    def specificity(t: np.ndarray, p: np.ndarray) -> float:
+        return float((~p[~t]).mean()) if (~t).any() else float("nan")
+
+    def accuracy(t: np.ndarray, p: np.ndarray) -> float:
+        return float((t == p).mean())
+
+    def ece(t: np.ndarray, pr: np.ndarray) -> float:
+        return m.expected_calibration_error(pr.argmax(1) == t, pr.max(1))
+
+    out: dict[str, Any] = {
+        "positives": int(is_positive.sum()),
+        "negatives": int((~is_positive).sum()),
+        "auc": _with_interval(m.roc_auc, is_positive, p_positive),
+        "sensitivity": _with_interval(sensitivity, is_positive, predicted_positive),
+        "specificity": _with_interval(specificity, is_positive, predicted_positive),
+        "accuracy": _with_interval(accuracy, is_positive, predicted_positive),
+        "ece": _with_interval(ece, truth, probs),
+        "ece_uncalibrated": round(m.expected_calibration_error(raw.argmax(1) == truth, raw.max(1)), 4),
+    }
+    if classes > 2:
+        out["accuracy_top1"] = _with_interval(accuracy, truth, probs.argmax(1))
+    return out
+
+
+def _write_outputs(
+    out_dir: Path,
+    kept: list[Path],
+    truth: np.ndarray,
+    probs: np.ndarray,
+    raw: np.ndarray,
+    positive: int,
+    labels: list[str],
+    result: Evaluation,
+) -> dict[str, str]:
+    is_positive = truth == positive
+    fpr, tpr, _ = m.roc_curve(is_positive, probs[:, positive])
+    auc = result.metrics["auc"]["value"]
+    roc = plots.roc_plot(
+        [plots.Series(f"{labels[positive]} vs rest, AUC {auc:.3f}", fpr, tpr)],
+        f"{result.model} {result.version} ({result.variant}) ROC, n={len(truth)}",
+    )
+    files = {
+        "roc": out_dir / "roc.png",
+        "reliability": out_dir / "reliability.png",
+        "predictions": out_dir / "predictions.csv",
+        "metrics": out_dir / "metrics.json",
+    }
+    plots.save_png(roc, files["roc"])
+    series, counts = [], []
+    for label, matrix in (("uncalibrated", raw), ("calibrated", probs)):
+        bins = m.reliability_bins((matrix.argmax(1) == truth).astype(float), matrix.max(1))
+        series.append(
+            plots.Series(
+                f"{label}, ECE {m.expected_calibration_error(matrix.argmax(1) == truth, matrix.max(1)):.3f}",
+                np.array([b[0] for b in bins]),
+                np.array([b[1] for b in bins]),
+            )
+        )
+        counts.append([b[2] for b in bins])
+    plots.save_png(
+        plots.reliability_plot(series, counts, "Reliability (top-1 confidence, 15 bins)"),
+        files["reliability"],
+    )
+    with files["predictions"].open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label", *[f"p_{label}" for label in labels]])
+        for path, t, row in zip(kept, truth, probs, strict=True):
+            writer.writerow([str(path), labels[t], *[f"{v:.6f}" for v in row]])
+    summary = {k: v for k, v in result.__dict__.items() if k != "files"}
+    files["metrics"].write_text(json.dumps(summary, indent=2))
+    return {k: str(v) for k, v in files.items()}

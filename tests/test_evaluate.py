@@ -1,0 +1,99 @@
+"""`edge models eval` on labelled folders built from the shipped samples."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from edge.cli import cli
+from edge.errors import Code, EdgeError
+from edge.evaluate import read_labels
+from tests.conftest import DEFAULT_MODEL
+
+
+def labelled_folder(
+    tmp_path: Path, samples: list[tuple[Path, str]], extra: list[tuple[str, str]] = ()
+) -> Path:  # type: ignore[assignment]
+    folder = tmp_path / "site-images"
+    folder.mkdir()
+    with (folder / "labels.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label"])
+        for path, label in samples:
+            shutil.copyfile(path, folder / path.name)
+            writer.writerow([path.name, label])
+        writer.writerows(extra)
+    return folder
+
+
+def test_eval_reports_metrics_with_intervals_and_writes_plots(tmp_path: Path, samples: list) -> None:  # type: ignore[type-arg]
+    folder = labelled_folder(tmp_path, samples)
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(10))
+    with (folder / "labels.csv").open("a", newline="") as handle:
+        csv.writer(handle).writerow(["broken.png", "normal"])
+    out = tmp_path / "report"
+    result = CliRunner().invoke(
+        cli,
+        [
+            "--data-dir",
+            str(tmp_path / "d"),
+            "models",
+            "eval",
+            DEFAULT_MODEL,
+            "--data",
+            str(folder),
+            "--out",
+            str(out),
+            "--json",
+        ],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["images"] == len(samples)
+    assert [r["code"] for r in report["refused"]] == ["IMAGE_TRUNCATED"]
+    for key in ("auc", "sensitivity", "specificity", "accuracy", "ece"):
+        metric = report["metrics"][key]
+        assert metric["ci95_low"] <= metric["value"] <= metric["ci95_high"], key
+    assert report["metrics"]["auc"]["value"] > 0.8
+    for name in ("roc.png", "reliability.png", "predictions.csv", "metrics.json"):
+        assert (out / name).stat().st_size > 0
+    assert not (tmp_path / "d" / "edge.db").exists()  # evaluation never writes clinical records
+    text = CliRunner().invoke(
+        cli,
+        [
+            "--data-dir",
+            str(tmp_path / "d"),
+            "models",
+            "eval",
+            DEFAULT_MODEL,
+            "--data",
+            str(folder),
+            "--out",
+            str(out),
+        ],
+    )
+    assert "95% CI" in text.output
+
+
+def test_eval_refuses_bad_labels_and_missing_files(tmp_path: Path, samples: list) -> None:  # type: ignore[type-arg]
+    folder = labelled_folder(tmp_path, samples[:3], extra=[("x.png", "tuberculosis"), ("gone.png", "normal")])
+    with pytest.raises(EdgeError) as caught:
+        read_labels(folder, ["normal", "pneumonia"])
+    assert "tuberculosis" in caught.value.message
+    assert "line 5" in caught.value.message
+    with pytest.raises(EdgeError) as caught:
+        read_labels(folder, ["normal", "pneumonia", "tuberculosis"])
+    assert caught.value.code is Code.INPUT_NOT_FOUND
+    assert "x.png" in caught.value.message
+    (folder / "labels.csv").write_text("file,class\na.png,normal\n")
+    with pytest.raises(EdgeError, match="path and label"):
+        read_labels(folder, ["normal"])
+    result = CliRunner().invoke(cli, ["models", "eval", DEFAULT_MODEL, "--data", str(tmp_path / "nowhere")])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("INPUT_NOT_FOUND")
