@@ -55,18 +55,18 @@ def timed(fn: Callable[[], object], runs: int, warmup: int = WARMUP) -> dict[str
     }
 
 
-def png_variants(data: bytes, count: int) -> list[bytes]:
+def png_variants(data: bytes, count: int, tag: str = "") -> list[bytes]:
     """The same PNG with a distinct tEXt chunk each: same pixels, distinct bytes and sha256."""
     end = data.rindex(b"IEND") - 4
     out = []
     for index in range(count):
-        body = b"tEXt" + b"bench\x00" + str(index).encode()
+        body = b"tEXt" + b"bench\x00" + f"{tag}{index}".encode()
         chunk = struct.pack(">I", len(body) - 4) + body + struct.pack(">I", zlib.crc32(body))
         out.append(data[:end] + chunk + data[end:])
     return out
 
 
-def dicom_variants(data: bytes, count: int) -> list[bytes]:
+def dicom_variants(data: bytes, count: int, tag: str = "") -> list[bytes]:
     """The same DICOM with a fresh SOP Instance UID each (as every new acquisition has)."""
     import io
 
@@ -146,9 +146,8 @@ def run_bench(settings: Settings, model_name: str, runs: int) -> dict[str, Any]:
                     pool.pin(pool.load_variant(entry.name, variant))
                     for kind, source, make in (("png", png, png_variants), ("dicom", dcm, dicom_variants)):
                         folder = Path(tmp) / "inputs" / variant / kind
-                        queue = iter(
-                            _write_all(folder, make(source.read_bytes(), runs + WARMUP), source.suffix)
-                        )
+                        blobs = make(source.read_bytes(), runs + WARMUP, variant)
+                        queue = iter(_write_all(folder, blobs, source.suffix))
                         step = partial(_analyse_next, pipeline, queue, entry.name)
                         report["full_path"].setdefault(kind, {})[variant] = timed(step, runs)
             finally:
@@ -170,6 +169,8 @@ def _write_all(folder: Path, blobs: list[bytes], suffix: str) -> list[Path]:
 
 def _analyse_next(pipeline: Pipeline, queue: Iterator[Path], model: str) -> None:
     analyses = pipeline.analyse_file(next(queue), model, source="bench")
+    if analyses[0].duplicate:
+        raise RuntimeError("bench input was a duplicate: the full path was not measured")
     if not analyses[0].ok:
         raise EdgeError(Code(analyses[0].code), analyses[0].message or "bench input refused")
 

@@ -66,43 +66,30 @@ def run_demo(settings: Settings, *, fresh: bool = False, explicit_data_dir: bool
 
 
 def _table(rows: list[tuple[Path, str, Analysis]]) -> Table:
-    table = Table(
-        "sample",
-        "format",
-        "label",
-        "finding",
-        "probability",
-        "threshold",
-        "model",
-        "backend",
-        "ms",
-        title="results",
-    )
+    """Sized for an 80-column terminal: what every row shares goes into the title."""
+    first = next((a.result for _, _, a in rows if a.ok and a.result), None)
+    title = "results"
+    positive = "positive"
+    if first:
+        positive = first["finding_label"]
+        title = (
+            f"{first['model_name']} {first['model_version']} on {first['backend']}/{first['variant']}, "
+            f"threshold {first['threshold']:.3f} ({first['operating_point']})"
+        )
+    table = Table(title=title)
+    for header in ("sample", "label", "finding", f"P({positive})", "ms"):
+        table.add_column(header, no_wrap=True)
     for path, truth, analysis in rows:
         if not analysis.ok or analysis.result is None:
-            table.add_row(
-                path.name,
-                path.suffix[1:],
-                truth,
-                f"[red]{analysis.code}[/]",
-                analysis.message or "",
-                "",
-                "",
-                "",
-                "",
-            )
+            table.add_row(path.name, truth, f"[red]{analysis.code}[/]", "", "")
             continue
         r = analysis.result
         colour = "green" if r["finding"] == truth else "yellow"
         table.add_row(
             path.name,
-            path.suffix[1:],
             truth,
             f"[{colour}]{r['finding']}[/]",
-            f"P({r['finding_label']}) {r['probability']:.3f}",
-            f"{r['threshold']:.3f} {r['operating_point']}",
-            f"{r['model_name']} {r['model_version']}",
-            f"{r['backend']}/{r['precision']}",
+            f"{r['probability']:.3f}",
             f"{r['latency_ms']:.1f}",
         )
     return table

@@ -57,10 +57,10 @@ def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.45, max_side: 
         size = (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale)))
         rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
         heat = cv2.resize(heat, size, interpolation=cv2.INTER_LINEAR)
-    coloured = cv2.applyColorMap(np.clip(heat * 255, 0, 255).astype(np.uint8), cv2.COLORMAP_JET)[:, :, ::-1]
-    weight = (alpha * np.clip(heat, 0, 1))[:, :, np.newaxis]
-    blended = rgb.astype(np.float32) * (1 - weight) + coloured.astype(np.float32) * weight
-    return np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+    coloured = cv2.applyColorMap(np.clip(heat * 255, 0, 255).astype(np.uint8), cv2.COLORMAP_JET)
+    weight = np.ascontiguousarray(np.clip(heat, 0, 1) * alpha, dtype=np.float32)
+    # Per-pixel blend in OpenCV: several times faster than the same arithmetic in numpy.
+    return cv2.blendLinear(rgb, np.ascontiguousarray(coloured[:, :, ::-1]), 1.0 - weight, weight)
 
 
 def heatmap_png(
