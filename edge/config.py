@@ -17,12 +17,8 @@ import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from edge.compat import tomllib
 from edge.errors import Code, EdgeError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # JetPack 6 ships Python 3.10
-    import tomli as tomllib
 
 SYSTEM_CONFIG = Path("/etc/edge/edge.toml")
 

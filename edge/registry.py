@@ -9,20 +9,15 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import sys
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from edge.compat import tomllib
 from edge.errors import Code, EdgeError
 from edge.imaging.preprocess import PreprocessSpec
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:
-    import tomli as tomllib
 
 MANIFEST = "model.toml"
 Precision = Literal["fp32", "fp16", "int8"]

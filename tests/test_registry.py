@@ -1,20 +1,15 @@
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from edge.compat import tomllib
 from edge.errors import Code, EdgeError
 from edge.registry import Registry
 from tests.conftest import MODELS
 from tests.tinymodel import make_model_dir, manifest
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:
-    import tomli as tomllib
 
 
 def test_every_shipped_manifest_is_valid_and_its_files_verify() -> None:

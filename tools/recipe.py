@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import random
-import sys
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,13 +11,9 @@ from typing import Any
 
 import numpy as np
 
+from edge.compat import tomllib
 from edge.imaging.decode import decode_bytes
 from edge.imaging.preprocess import PreprocessSpec, resize, to_colour
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:
-    import tomli as tomllib
 
 REPO = Path(__file__).resolve().parent.parent
 
