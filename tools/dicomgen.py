@@ -30,16 +30,22 @@ def base_dataset(
     patient_name: str = "Sample^Synthetic",
     patient_age: str | None = "004Y",
     extra: dict[str, Any] | None = None,
+    uid_seed: str | None = None,
 ) -> Dataset:
+    """`uid_seed` makes the UIDs a function of it (reproducible files); None makes them random."""
+
+    def uid(kind: str) -> str:
+        return generate_uid(entropy_srcs=[uid_seed, kind]) if uid_seed else generate_uid()
+
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta.MediaStorageSOPClassUID = sop_class
     ds.SOPClassUID = sop_class
-    ds.SOPInstanceUID = generate_uid()
+    ds.SOPInstanceUID = uid("sop")
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.StudyInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
+    ds.StudyInstanceUID = uid("study")
+    ds.SeriesInstanceUID = uid("series")
     ds.Modality = modality
     if body_part:
         ds.BodyPartExamined = body_part

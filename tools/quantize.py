@@ -33,7 +33,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from rich.console import Console
 
 from edge.parity import compare
-from tools.recipe import load_recipe, model_inputs, run_onnx, split_samples
+from tools.recipe import load_recipe, model_inputs, read_samples, run_onnx, split_samples
 
 console = Console()
 
@@ -99,11 +99,14 @@ def main() -> None:
     fp32 = run / f"{recipe.name}-fp32.onnx"
     method = args.method or recipe.raw.get("quantize", {}).get("method", "minmax")
 
-    train = split_samples(recipe, "train")
+    cross_validated = bool(recipe.data.get("cv_folds"))
+    # A cross-validated recipe's shipped model was trained on every image; its gate compares the
+    # two precisions of that one model on all of them (fidelity, not accuracy).
+    train = read_samples(recipe) if cross_validated else split_samples(recipe, "train")
     picked = random.Random(recipe.raw["seed"]).sample(train, min(args.calibration_images, len(train)))
     with console.status(f"preparing {len(picked)} calibration and the validation images..."):
         calibration = model_inputs(recipe, picked)
-        val = split_samples(recipe, "val")
+        val = read_samples(recipe) if cross_validated else split_samples(recipe, "val")
         val_inputs = model_inputs(recipe, val)
     truth = np.array([s.label for s in val])
     positive = recipe.labels.index(recipe.positive)

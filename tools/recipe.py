@@ -76,11 +76,12 @@ class Sample:
 def read_samples(recipe: Recipe) -> list[Sample]:
     data = recipe.data
     labels = recipe.labels
+    excluded = set(data.get("exclude", []))
     out = []
     with (recipe.data_root / data["labels_csv"]).open(newline="") as handle:
         for row in csv.DictReader(handle):
             name = row[data["label_column"]]
-            if name not in labels:
+            if name not in labels or row[data["path_column"]] in excluded:
                 continue  # e.g. the single 'pneumonia' frame in the lung set
             group = row.get(data.get("group_column") or "", "") or row[data["path_column"]]
             out.append(Sample(row[data["path_column"]], labels.index(name), group, row))
@@ -120,6 +121,31 @@ def group_split(samples: list[Sample], recipe: Recipe) -> dict[str, str]:
             counts[split] = counts.get(split, 0) + size
             for sample in by_group[group]:
                 assignment[sample.path] = split
+    return assignment
+
+
+def group_folds(samples: list[Sample], recipe: Recipe, folds: int) -> dict[str, int]:
+    """path -> fold (0..folds-1) for cross-validation, whole groups at a time.
+
+    Groups are taken largest first (after a seeded shuffle) and each goes to the fold holding the
+    fewest images of its majority label, so folds are balanced in size and class mix.
+    """
+    rng = random.Random(recipe.raw["seed"])
+    by_group: dict[str, list[Sample]] = defaultdict(list)
+    for sample in samples:
+        by_group[sample.group].append(sample)
+    groups = sorted(by_group)
+    rng.shuffle(groups)
+    groups.sort(key=lambda g: -len(by_group[g]))
+    load = [[0] * len(recipe.labels) for _ in range(folds)]
+    assignment: dict[str, int] = {}
+    for group in groups:
+        members = by_group[group]
+        majority = Counter(s.label for s in members).most_common(1)[0][0]
+        fold = min(range(folds), key=lambda f: (load[f][majority], sum(load[f])))
+        load[fold][majority] += len(members)
+        for sample in members:
+            assignment[sample.path] = fold
     return assignment
 
 

@@ -1,10 +1,12 @@
 """Package a trained model for the device: calibration, operating points, variants, samples,
-manifest and model card, all into models/<name>/.
+plots, manifest and model card, all into models/<name>/.
 
     python -m tools.release --config tools/configs/cxr-pneumonia.toml --version 1.0.0
 
-Needs runs/<name>/ from tools.train and tools.quantize. Every choice (temperature, thresholds)
-is made on the validation split; the holdout split is only measured, never tuned on.
+Needs runs/<name>/ from tools.train (or tools.crossval) and tools.quantize. Every choice
+(temperature, thresholds) is made on the validation predictions: the validation split, or for
+cross-validated recipes the out-of-fold predictions. A holdout split, where there is one, is
+only measured, never tuned on.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import hashlib
 import json
 import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +29,34 @@ from pydicom.uid import RLELossless
 from rich.console import Console
 
 from edge import metrics as m
+from edge import plots
 from edge.imaging.decode import decode_bytes
 from edge.postprocess import softmax
 from tools import dicomgen
-from tools.recipe import REPO, Recipe, Sample, load_recipe, model_inputs, run_onnx, split_samples
+from tools.recipe import (
+    REPO,
+    Recipe,
+    Sample,
+    load_recipe,
+    model_inputs,
+    read_samples,
+    run_onnx,
+    split_samples,
+)
 
 console = Console()
 SCREENING_SENSITIVITY = 0.95  # default; a recipe may ask for more ([release] screening_sensitivity)
+MAX_SAMPLE_BYTES = 160_000  # keeps each model's samples around a megabyte
+
+
+@dataclass
+class Predictions:
+    """One evaluation set: which images, the FP32 logits for them, their true labels."""
+
+    kind: str
+    samples: list[Sample]
+    logits: np.ndarray
+    truth: np.ndarray
 
 
 def sha256(path: Path) -> str:
@@ -48,30 +72,76 @@ def git_commit() -> str:
         return "unknown"
 
 
-def binary_report(
-    truth: np.ndarray, prob: np.ndarray, thresholds: dict[str, float], seed: int
-) -> dict[str, Any]:
-    auc = m.roc_auc(truth, prob)
-    low, high = m.bootstrap_interval(m.roc_auc, truth, prob, rounds=1000, seed=seed)
-    out: dict[str, Any] = {
-        "images": len(truth),
-        "positives": int(truth.sum()),
-        "auc": round(auc, 4),
-        "auc_ci95": [round(low, 4), round(high, 4)],
-    }
-    for name, threshold in thresholds.items():
-        counts = m.at_threshold(truth, prob, threshold)
-        out[f"{name}_sensitivity"] = round(counts.sensitivity, 4)
-        out[f"{name}_specificity"] = round(counts.specificity, 4)
-        out[f"{name}_accuracy"] = round(counts.accuracy, 4)
+def evaluation_sets(recipe: Recipe) -> dict[str, Predictions]:
+    """`validation` (what calibration and thresholds are fitted on) and, if any, `holdout`."""
+    run = recipe.run_dir()
+    if recipe.data.get("cv_folds"):
+        with np.load(run / "oof.npz") as data:
+            by_path = dict(zip((str(p) for p in data["paths"]), data["logits"], strict=True))
+        samples = read_samples(recipe)
+        logits = np.stack([by_path[s.path] for s in samples])
+        kind = f"{recipe.data['cv_folds']}-fold cross-validation, out-of-fold predictions"
+        return {"validation": Predictions(kind, samples, logits, np.array([s.label for s in samples]))}
+    out = {}
+    for split, name in (("val", "validation"), ("holdout", "holdout")):
+        samples = split_samples(recipe, split)
+        logits = run_onnx(run / f"{recipe.name}-fp32.onnx", model_inputs(recipe, samples))
+        out[name] = Predictions(f"{name} split", samples, logits, np.array([s.label for s in samples]))
     return out
 
 
-def pick_samples(holdout: list[Sample], recipe: Recipe, per_class: int, seed: int) -> list[Sample]:
+def report(
+    predictions: Predictions, recipe: Recipe, temperature: float, thresholds: dict[str, float], seed: int
+) -> dict[str, Any]:
+    positive = recipe.labels.index(recipe.positive)
+    cal = softmax(predictions.logits, temperature)
+    raw = softmax(predictions.logits)
+    truth = predictions.truth
+    is_positive, prob = truth == positive, cal[:, positive]
+    low, high = m.bootstrap_interval(m.roc_auc, is_positive, prob, rounds=1000, seed=seed)
+    out: dict[str, Any] = {
+        "kind": predictions.kind,
+        "images": len(truth),
+        "positives": int(is_positive.sum()),
+        "auc": round(m.roc_auc(is_positive, prob), 4),
+        "auc_ci95": [round(low, 4), round(high, 4)],
+    }
+    for name, threshold in thresholds.items():
+        counts = m.at_threshold(is_positive, prob, threshold)
+        out[f"{name}_sensitivity"] = round(counts.sensitivity, 4)
+        out[f"{name}_specificity"] = round(counts.specificity, 4)
+        out[f"{name}_accuracy"] = round(counts.accuracy, 4)
+    if len(recipe.labels) > 2:
+        out["accuracy_top1"] = round(float((cal.argmax(1) == truth).mean()), 4)
+    out["ece_uncalibrated"] = round(m.expected_calibration_error(raw.argmax(1) == truth, raw.max(1)), 4)
+    out["ece_calibrated"] = round(m.expected_calibration_error(cal.argmax(1) == truth, cal.max(1)), 4)
+    return out
+
+
+def grouped(predictions: Predictions, recipe: Recipe, temperature: float, column: str) -> Predictions:
+    """One row per group (e.g. per video): the mean of its images' calibrated probabilities,
+    expressed back as log-probabilities so that `report` can treat it like any other set."""
+    probs = softmax(predictions.logits, temperature)
+    groups: dict[str, list[int]] = {}
+    for index, sample in enumerate(predictions.samples):
+        groups.setdefault(sample.row.get(column) or sample.group, []).append(index)
+    names = sorted(groups)
+    mean = np.stack([probs[groups[g]].mean(axis=0) for g in names])
+    truth = np.array([int(np.bincount(predictions.truth[groups[g]]).argmax()) for g in names])
+    members = [predictions.samples[groups[g][0]] for g in names]
+    # log(p) * temperature reproduces p exactly through softmax(. / temperature).
+    return Predictions(
+        f"per {column} (mean of its frames)", members, np.log(mean + 1e-12) * temperature, truth
+    )
+
+
+def pick_samples(pool: list[Sample], recipe: Recipe, per_class: int, seed: int, small: bool) -> list[Sample]:
     rng = np.random.default_rng(seed)
     picked = []
     for label in range(len(recipe.labels)):
-        members = [s for s in holdout if s.label == label]
+        members = [s for s in pool if s.label == label]
+        if small:
+            members = [s for s in members if (recipe.data_root / s.path).stat().st_size <= MAX_SAMPLE_BYTES]
         for index in rng.choice(len(members), size=min(per_class, len(members)), replace=False):
             picked.append(members[int(index)])
     return picked
@@ -80,61 +150,67 @@ def pick_samples(holdout: list[Sample], recipe: Recipe, per_class: int, seed: in
 def write_samples(
     recipe: Recipe, folder: Path, validation: list[Sample], demo_png: list[Sample], demo_dcm: list[Sample]
 ) -> list[dict[str, str]]:
-    """PNG copies of the chosen images (pixels exactly as decoded) and a few DICOMs."""
+    """Copies of the chosen images (PNG of the decoded pixels, or the original file) and, for the
+    demo, a few DICOM files built from them in different encodings."""
     if folder.exists():
         shutil.rmtree(folder)
     (folder / "demo").mkdir(parents=True)
+    original = recipe.raw.get("release", {}).get("sample_format") == "original"
     rows = []
 
     def decoded_pixels(sample: Sample) -> np.ndarray:
         return decode_bytes((recipe.data_root / sample.path).read_bytes(), sample.path).pixels
 
-    def save_png(sample: Sample, relative: str) -> None:
-        pixels = decoded_pixels(sample)
-        bgr = pixels if pixels.ndim == 2 else pixels[:, :, ::-1]
-        ok, encoded = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, 9])
-        assert ok
-        (folder / relative).write_bytes(encoded.tobytes())
+    def save(sample: Sample, stem: str) -> None:
+        source = recipe.data_root / sample.path
+        if original:
+            relative = stem + source.suffix.lower()
+            shutil.copyfile(source, folder / relative)
+        else:
+            relative = stem + ".png"
+            pixels = decoded_pixels(sample)
+            bgr = pixels if pixels.ndim == 2 else pixels[:, :, ::-1]
+            ok, encoded = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, 9])
+            assert ok
+            (folder / relative).write_bytes(encoded.tobytes())
         rows.append({"path": relative, "label": recipe.labels[sample.label], "origin": sample.path})
 
-    # Neutral file names: the published names give the label away ("NORMAL2-...", "..._virus_...");
+    # Neutral file names: published names can give the label away ("NORMAL2-...", "..._virus_...");
     # labels.csv keeps the origin for attribution.
     for number, sample in enumerate(validation, start=1):
-        save_png(sample, f"sample-{number:02d}.png")
+        save(sample, f"sample-{number:02d}")
     for number, sample in enumerate(demo_png, start=1):
-        save_png(sample, f"demo/demo-{number:02d}.png")
-    styles = [
+        save(sample, f"demo/demo-{number:02d}")
+    styles: list[dict[str, Any]] = [
         {"photometric": "MONOCHROME2", "window": (2048, 4096)},
         {"photometric": "MONOCHROME1", "window": (2048, 4096), "transfer_syntax": RLELossless},
         {"photometric": "MONOCHROME2", "window": (2048, 4096), "signed": True},
         {"photometric": "MONOCHROME2", "voi": True},
     ]
     for number, (sample, style) in enumerate(zip(demo_dcm, styles, strict=False), start=1):
-        display = decoded_pixels(sample)
-        stored = dicomgen.twelve_bit(display)
+        stored = dicomgen.twelve_bit(decoded_pixels(sample))
         kwargs: dict[str, Any] = {
             "bits_stored": 12,
             "photometric": style["photometric"],
             "patient_id": f"SYNTH-{number:04d}",
             "modality": "CR",
+            "uid_seed": sample.path,  # the same release makes the same files
         }
         if style["photometric"] == "MONOCHROME1":
             stored = (4095 - stored).astype(np.uint16)
         if style.get("signed"):
             stored = (stored.astype(np.int32) - 1024).astype(np.int16)
-            kwargs.update(bits_stored=16)
+            kwargs.update(bits_stored=16, rescale=(1.0, 1024.0))
         if style.get("voi"):
-            lut = (np.arange(4096) // 16).astype(np.uint16)
-            kwargs["voi_lut"] = ([4096, 0, 8], lut)
+            kwargs["voi_lut"] = ([4096, 0, 8], (np.arange(4096) // 16).astype(np.uint16))
         for key in ("window", "transfer_syntax"):
             if key in style:
                 kwargs[key] = style[key]
-        if style.get("signed"):
-            kwargs["rescale"] = (1.0, 1024.0)
-        ds = dicomgen.grey_dicom(stored, **kwargs)
         relative = f"demo/demo-{len(demo_png) + number:02d}.dcm"
-        (folder / relative).write_bytes(dicomgen.to_bytes(ds))
+        (folder / relative).write_bytes(dicomgen.to_bytes(dicomgen.grey_dicom(stored, **kwargs)))
         rows.append({"path": relative, "label": recipe.labels[sample.label], "origin": sample.path})
+    if not any((folder / "demo").iterdir()):
+        (folder / "demo").rmdir()
     with (folder / "labels.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, ["path", "label", "origin"])
         writer.writeheader()
@@ -161,27 +237,21 @@ def torch_logits(recipe: Recipe, samples_dir: Path, rows: list[dict[str, str]]) 
     return out
 
 
-def write_plots(
-    folder: Path,
-    recipe: Recipe,
-    logits: dict[str, np.ndarray],
-    truth: dict[str, np.ndarray],
-    temperature: float,
-    positive: int,
-) -> None:
-    """ROC per split and the reliability diagram before/after temperature scaling."""
-    from edge import plots
-
+def write_plots(folder: Path, recipe: Recipe, sets: dict[str, Predictions], temperature: float) -> None:
+    """ROC per evaluation set and the reliability diagram before/after temperature scaling."""
+    positive = recipe.labels.index(recipe.positive)
     series = []
-    for name, label in (("val", "validation"), ("holdout", "holdout")):
-        prob = softmax(logits[name], temperature)[:, positive]
-        fpr, tpr, _ = m.roc_curve(truth[name] == positive, prob)
-        series.append(plots.Series(f"{label}, AUC {m.roc_auc(truth[name] == positive, prob):.3f}", fpr, tpr))
+    for name, predictions in sets.items():
+        truth = predictions.truth == positive
+        prob = softmax(predictions.logits, temperature)[:, positive]
+        fpr, tpr, _ = m.roc_curve(truth, prob)
+        series.append(plots.Series(f"{name}, AUC {m.roc_auc(truth, prob):.3f}", fpr, tpr))
     plots.save_png(plots.roc_plot(series, f"{recipe.name}: {recipe.positive} vs rest"), folder / "roc.png")
     curves, counts = [], []
+    validation = sets["validation"]
     for label, t in (("uncalibrated", 1.0), (f"T = {temperature:.2f}", temperature)):
-        probs = softmax(logits["val"], t)
-        correct = (probs.argmax(1) == truth["val"]).astype(float)
+        probs = softmax(validation.logits, t)
+        correct = (probs.argmax(1) == validation.truth).astype(float)
         bins = m.reliability_bins(correct, probs.max(1))
         ece = m.expected_calibration_error(correct, probs.max(1))
         curves.append(
@@ -190,70 +260,38 @@ def write_plots(
             )
         )
         counts.append([b[2] for b in bins])
-    plots.save_png(
-        plots.reliability_plot(curves, counts, "Reliability on validation (top-1, 15 bins)"),
-        folder / "reliability.png",
-    )
+    title = "Reliability on validation (top-1, 15 bins)"
+    plots.save_png(plots.reliability_plot(curves, counts, title), folder / "reliability.png")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--config", type=Path, required=True)
-    parser.add_argument("--version", required=True)
-    parser.add_argument("--samples-per-class", type=int, default=10)
-    args = parser.parse_args()
-    recipe = load_recipe(args.config)
-    run = recipe.run_dir()
-    seed = recipe.raw["seed"]
-    summary = json.loads((run / "summary.json").read_text())
-    gates = json.loads((run / "gate.json").read_text())
+def operating_points(
+    validation: Predictions, recipe: Recipe, temperature: float
+) -> tuple[dict[str, float], float]:
     positive = recipe.labels.index(recipe.positive)
-    out_dir = REPO / "models" / recipe.name
-    out_dir.mkdir(parents=True, exist_ok=True)
-
-    with console.status("running FP32 on the validation and holdout splits..."):
-        splits = {name: split_samples(recipe, name) for name in ("val", "holdout")}
-        inputs = {name: model_inputs(recipe, samples) for name, samples in splits.items()}
-        truth = {name: np.array([s.label for s in samples]) for name, samples in splits.items()}
-        logits = {name: run_onnx(run / f"{recipe.name}-fp32.onnx", x) for name, x in inputs.items()}
-
-    temperature = m.fit_temperature(logits["val"], truth["val"])
-    prob_val = softmax(logits["val"], temperature)[:, positive]
-    screening_target = float(
-        recipe.raw.get("release", {}).get("screening_sensitivity", SCREENING_SENSITIVITY)
-    )
-    balanced = m.youden_threshold(truth["val"] == positive, prob_val)
+    truth = validation.truth == positive
+    prob = softmax(validation.logits, temperature)[:, positive]
+    target = float(recipe.raw.get("release", {}).get("screening_sensitivity", SCREENING_SENSITIVITY))
+    balanced = m.youden_threshold(truth, prob)
     # Screening must never be less sensitive than the balanced point.
-    screening = min(
-        balanced, m.threshold_for_sensitivity(truth["val"] == positive, prob_val, screening_target)
-    )
-    thresholds = {"balanced": balanced, "screening": screening}
-    metrics: dict[str, dict[str, Any]] = {}
-    for name in ("val", "holdout"):
-        raw = softmax(logits[name])
-        cal = softmax(logits[name], temperature)
-        correct = raw.argmax(1) == truth[name]
-        report = binary_report(truth[name] == positive, cal[:, positive], thresholds, seed)
-        report["ece_uncalibrated"] = round(m.expected_calibration_error(correct, raw.max(1)), 4)
-        report["ece_calibrated"] = round(m.expected_calibration_error(correct, cal.max(1)), 4)
-        metrics["validation" if name == "val" else "holdout"] = report
-    console.print(f"temperature {temperature:.3f}; thresholds {thresholds}")
-    write_plots(out_dir / "plots", recipe, logits, truth, temperature, positive)
-    console.print(json.dumps(metrics, indent=1))
+    screening = min(balanced, m.threshold_for_sensitivity(truth, prob, target))
+    return {"balanced": balanced, "screening": screening}, target
 
+
+def ship_variants(recipe: Recipe, out_dir: Path) -> dict[str, Any]:
+    run = recipe.run_dir()
+    gates = json.loads((run / "gate.json").read_text())
     for old in out_dir.glob("*.onnx"):
         old.unlink()
-    variants: dict[str, Any] = {}
     fp32_name = f"{recipe.name}-fp32.onnx"
     shutil.copyfile(run / fp32_name, out_dir / fp32_name)
-    variants["fp32"] = {
-        "file": fp32_name,
-        "sha256": sha256(out_dir / fp32_name),
-        "precision": "fp32",
-        "quantization": "none",
-        "backends": ["onnxruntime", "tensorrt"],
+    variants: dict[str, Any] = {
+        "fp32": {
+            "file": fp32_name,
+            "sha256": sha256(out_dir / fp32_name),
+            "precision": "fp32",
+            "quantization": "none",
+            "backends": ["onnxruntime", "tensorrt"],
+        }
     }
     for variant, gate in gates.items():
         quantization = "qdq" if variant.endswith("qdq") else "qoperator"
@@ -261,10 +299,6 @@ def main() -> None:
             console.print(f"[red]{variant} failed its gate and is not shipped[/]: {gate}")
             continue
         shutil.copyfile(run / gate["file"], out_dir / gate["file"])
-        holdout_logits = run_onnx(out_dir / gate["file"], inputs["holdout"])
-        metrics[f"holdout_{variant}"] = binary_report(
-            truth["holdout"] == positive, softmax(holdout_logits, temperature)[:, positive], thresholds, seed
-        )
         variants[variant] = {
             "file": gate["file"],
             "sha256": sha256(out_dir / gate["file"]),
@@ -286,14 +320,67 @@ def main() -> None:
                 )
             },
         }
+    return variants
 
-    holdout = splits["holdout"]
-    validation_set = pick_samples(holdout, recipe, args.samples_per_class, seed)
-    rest = [s for s in holdout if s not in validation_set]
-    demo = pick_samples(rest, recipe, 4, seed + 1)
-    demo_png = [s for i, s in enumerate(demo) if i % 4 < 2]
-    demo_dcm = [s for i, s in enumerate(demo) if i % 4 >= 2]
-    rows = write_samples(recipe, out_dir / "samples", validation_set, demo_png, demo_dcm)
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config", type=Path, required=True)
+    parser.add_argument("--version", required=True)
+    parser.add_argument("--samples-per-class", type=int, default=10)
+    args = parser.parse_args()
+    recipe = load_recipe(args.config)
+    run = recipe.run_dir()
+    seed = recipe.raw["seed"]
+    settings = recipe.raw.get("release", {})
+    summary = json.loads((run / "summary.json").read_text())
+    out_dir = REPO / "models" / recipe.name
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    with console.status("FP32 predictions for the evaluation sets..."):
+        sets = evaluation_sets(recipe)
+    validation = sets["validation"]
+    temperature = m.fit_temperature(validation.logits, validation.truth)
+    thresholds, screening_target = operating_points(validation, recipe, temperature)
+    metrics = {name: report(p, recipe, temperature, thresholds, seed) for name, p in sets.items()}
+    if settings.get("aggregate_by"):
+        for name, p in list(sets.items()):
+            per_group = grouped(p, recipe, temperature, settings["aggregate_by"])
+            metrics[f"{name}_per_{settings['aggregate_by']}"] = report(
+                per_group, recipe, temperature, thresholds, seed
+            )
+    console.print(f"temperature {temperature:.3f}; thresholds {thresholds}")
+    console.print(json.dumps(metrics, indent=1))
+    write_plots(out_dir / "plots", recipe, sets, temperature)
+    variants = ship_variants(recipe, out_dir)
+    if "holdout" in sets:
+        holdout = sets["holdout"]
+        for variant, spec in variants.items():
+            if spec["precision"] != "fp32":
+                logits = run_onnx(out_dir / spec["file"], model_inputs(recipe, holdout.samples))
+                metrics[f"holdout_{variant}"] = report(
+                    Predictions(f"holdout split, {variant}", holdout.samples, logits, holdout.truth),
+                    recipe,
+                    temperature,
+                    thresholds,
+                    seed,
+                )
+
+    # Samples: from the holdout split where there is one; a cross-validated model's final run saw
+    # every image, so its samples are training images (said in the card).
+    pool = sets["holdout"].samples if "holdout" in sets else validation.samples
+    small = settings.get("sample_format") == "original"
+    chosen = pick_samples(pool, recipe, args.samples_per_class, seed, small)
+    demo_png: list[Sample] = []
+    demo_dcm: list[Sample] = []
+    if settings.get("demo", recipe.raw.get("modality") == "xray"):
+        rest = [s for s in pool if s not in chosen]
+        demo = pick_samples(rest, recipe, 4, seed + 1, small)
+        demo_png = [s for i, s in enumerate(demo) if i % 4 < 2]
+        demo_dcm = [s for i, s in enumerate(demo) if i % 4 >= 2]
+    rows = write_samples(recipe, out_dir / "samples", chosen, demo_png, demo_dcm)
     check = torch_logits(recipe, out_dir / "samples", rows)
     (out_dir / "export_check.json").write_text(
         json.dumps(
@@ -306,8 +393,18 @@ def main() -> None:
             indent=1,
         )
     )
-
     info = recipe.raw.get("card", {})
+    if recipe.data.get("cv_folds"):
+        split = (
+            f"{recipe.data['cv_folds']}-fold cross-validation by "
+            f"{recipe.data.get('group_column') or 'image'} ({len(validation.samples)} images); "
+            "the shipped model is then trained on all of them"
+        )
+    else:
+        split = (
+            f"by {recipe.data.get('group_column') or 'image'}: {summary['train_images']} train / "
+            f"{summary['val_images']} val / {summary['holdout_images']} holdout images"
+        )
     manifest = {
         "schema_version": 1,
         "name": recipe.name,
@@ -328,13 +425,13 @@ def main() -> None:
         "operating_points": {
             "balanced": {
                 "threshold": round(thresholds["balanced"], 4),
-                "description": "Youden's J on the validation split",
+                "description": "Youden's J on the validation predictions",
                 "sensitivity": metrics["validation"]["balanced_sensitivity"],
                 "specificity": metrics["validation"]["balanced_specificity"],
             },
             "screening": {
                 "threshold": round(thresholds["screening"], 4),
-                "description": f"sensitivity >= {screening_target} on the validation split",
+                "description": f"sensitivity >= {screening_target} on the validation predictions",
                 "sensitivity": metrics["validation"]["screening_sensitivity"],
                 "specificity": metrics["validation"]["screening_specificity"],
             },
@@ -344,13 +441,11 @@ def main() -> None:
         "training": {
             "recipe": str(args.config),
             "data": recipe.raw["data"]["root"],
-            "split": f"by {recipe.data.get('group_column') or 'image'}: "
-            f"{summary['train_images']} train / {summary['val_images']} val / "
-            f"{summary['holdout_images']} holdout images",
+            "split": split,
             "seed": seed,
             "epochs_run": summary["epochs_run"],
             "best_epoch": summary["best_epoch"],
-            "train_seconds": summary["train_seconds"],
+            "train_seconds": _training_seconds(recipe, summary),
             "params": summary["params"],
             "gflops": round(summary["gflops"], 4),
             "torch": summary["torch"],
@@ -364,6 +459,14 @@ def main() -> None:
 
     write_card(recipe, manifest, out_dir)
     console.print(f"[green]released[/] {recipe.name} {args.version} into {out_dir}")
+
+
+def _training_seconds(recipe: Recipe, summary: dict[str, Any]) -> float:
+    """Wall time of every run that made this release (all folds and the final model)."""
+    total = float(summary["train_seconds"])
+    for path in recipe.run_dir().glob("fold-*/summary.json"):
+        total += float(json.loads(path.read_text())["train_seconds"])
+    return round(total, 1)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,16 @@ from edge.imaging.preprocess import normalise
 from edge.metrics import roc_auc
 from tools.augment import augment
 from tools.nets import CamNet
-from tools.recipe import Recipe, Sample, group_split, load_pixels, load_recipe, read_samples, run_onnx
+from tools.recipe import (
+    Recipe,
+    Sample,
+    group_folds,
+    group_split,
+    load_pixels,
+    load_recipe,
+    read_samples,
+    run_onnx,
+)
 
 console = Console()
 
@@ -115,43 +124,65 @@ def write_split(run: Path, samples: list[Sample], split: dict[str, str], recipe:
             writer.writerow([s.path, recipe.labels[s.label], s.group, split[s.path]])
 
 
+def select_data(recipe: Recipe, fold: int | None) -> tuple[Path, list[Sample], list[Sample], list[Sample]]:
+    """(run folder, train, validation, holdout) for this run.
+
+    Recipes with `[data] cv_folds` train one model per fold (`--fold k`: validation = fold k,
+    whose predictions are the out-of-fold set the release tool calibrates and reports on) and a
+    final model on everything (no `--fold`). Others use a fixed train / val / holdout split.
+    """
+    samples = read_samples(recipe)
+    root = recipe.run_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    folds = int(recipe.data.get("cv_folds", 0))
+    if folds:
+        assignment = group_folds(samples, recipe, folds)
+        write_split(root, samples, {p: f"fold-{k}" for p, k in assignment.items()}, recipe)
+        if fold is None:
+            return root, samples, [], []
+        run = root / f"fold-{fold}"
+        run.mkdir(exist_ok=True)
+        train = [s for s in samples if assignment[s.path] != fold]
+        val = [s for s in samples if assignment[s.path] == fold]
+        return run, train, val, []
+    split = group_split(samples, recipe)
+    write_split(root, samples, split, recipe)
+    pick = {name: [s for s in samples if split[s.path] == name] for name in ("train", "val", "holdout")}
+    return root, pick["train"], pick["val"], pick["holdout"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--config", type=Path, required=True)
-    parser.add_argument("--resume", action="store_true", help="continue from runs/<name>/last.pt")
+    parser.add_argument("--fold", type=int, help="cross-validation recipes: train the model for this fold")
+    parser.add_argument("--resume", action="store_true", help="continue from the run's last.pt")
     parser.add_argument("--epochs", type=int, help="override the recipe's epoch count")
     parser.add_argument("--limit", type=int, help="use only N training images (smoke tests)")
     parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args()
 
     recipe = load_recipe(args.config)
-    run = recipe.run_dir()
-    run.mkdir(parents=True, exist_ok=True)
-    seed_everything(recipe.raw["seed"])
+    seed_everything(recipe.raw["seed"] + (args.fold or 0))
     if args.threads:
         torch.set_num_threads(args.threads)
     hp = dict(recipe.raw["train"])
     if args.epochs:
         hp["epochs"] = args.epochs
-
-    samples = read_samples(recipe)
-    split = group_split(samples, recipe)
-    write_split(run, samples, split, recipe)
-    train_s = [s for s in samples if split[s.path] == "train"]
-    val_s = [s for s in samples if split[s.path] == "val"]
+    run, train_s, val_s, hold_s = select_data(recipe, args.fold)
     if args.limit:  # a seeded random subset keeps both classes in a smoke run
         pick = random.Random(0)
         train_s = pick.sample(train_s, min(args.limit, len(train_s)))
         val_s = pick.sample(val_s, min(args.limit // 2, len(val_s)))
-    hold_s = [s for s in samples if split[s.path] == "holdout"]
+    early_stopping = bool(val_s) and "patience" in hp
+    schedule = "early stopping on validation AUC" if early_stopping else f"{hp['epochs']} fixed epochs"
     console.print(
-        f"[bold]{recipe.name}[/]: {len(train_s)} train, {len(val_s)} val, {len(hold_s)} holdout images "
-        f"({len({s.group for s in samples})} groups by {recipe.data.get('group_column') or 'image'})"
+        f"[bold]{recipe.name}[/] {run.name}: {len(train_s)} train, {len(val_s)} val, "
+        f"{len(hold_s)} holdout images; {schedule}"
     )
     with console.status("decoding images with the product's decoder..."):
-        train_x, val_x = load_pixels(recipe, train_s), load_pixels(recipe, val_s)
+        train_x, val_x = load_pixels(recipe, train_s), load_pixels(recipe, val_s) if val_s else None
     train_y = np.array([s.label for s in train_s])
     val_y = np.array([s.label for s in val_s])
 
@@ -185,7 +216,7 @@ def main() -> None:
         torch.set_rng_state(checkpoint["torch_rng"])
         console.print(f"resumed after epoch {state['epoch']} (best AUC {state['best_auc']:.4f})")
 
-    rng = np.random.default_rng(recipe.raw["seed"] + state["epoch"])
+    rng = np.random.default_rng(recipe.raw["seed"] + (args.fold or 0) * 1000 + state["epoch"])
     columns = [
         TextColumn("{task.description}"),
         BarColumn(),
@@ -213,27 +244,25 @@ def main() -> None:
                 value = float(loss.detach())
                 running = 0.9 * running + 0.1 * value if step else value
                 progress.update(task, advance=1, info=f"loss {running:.3f}")
-            metrics = evaluate(model, val_x, val_y, recipe)
+            row: dict[str, Any] = {"epoch": epoch, "train_loss": running}
+            if val_x is not None:
+                metrics = evaluate(model, val_x, val_y, recipe)
+                row.update(val_auc=metrics["auc"], val_accuracy=metrics["accuracy"], val_loss=metrics["loss"])
             state["seconds"] += time.time() - epoch_started
-            row = {
-                "epoch": epoch,
-                "train_loss": running,
-                "val_auc": metrics["auc"],
-                "val_accuracy": metrics["accuracy"],
-                "val_loss": metrics["loss"],
-                "seconds": round(state["seconds"], 1),
-            }
+            row["seconds"] = round(state["seconds"], 1)
             state["history"].append(row)
             state["epoch"] = epoch
-            improved = not metrics["auc"] <= state["best_auc"]  # also true for a NaN AUC
-            if improved:
-                state["best_auc"], state["best_epoch"] = metrics["auc"], epoch
+            if early_stopping:
+                improved = not metrics["auc"] <= state["best_auc"]  # also true for a NaN AUC
+                if improved:
+                    state["best_auc"], state["best_epoch"] = metrics["auc"], epoch
+                    torch.save(model.state_dict(), run / "best.pt")
+            else:  # fixed schedule: the model is the last epoch's
+                improved = True
+                state["best_epoch"] = epoch
                 torch.save(model.state_dict(), run / "best.pt")
-            progress.update(
-                task,
-                info=f"val AUC {metrics['auc']:.4f} acc {metrics['accuracy']:.3f}"
-                + (" *" if improved else ""),
-            )
+            info = f"val AUC {row['val_auc']:.4f} acc {row['val_accuracy']:.3f}" if "val_auc" in row else ""
+            progress.update(task, info=info + (" *" if improved and early_stopping else ""))
             torch.save(
                 {
                     "model": model.state_dict(),
@@ -246,29 +275,17 @@ def main() -> None:
                 run / "last.pt",
             )
             (run / "history.json").write_text(json.dumps(state["history"], indent=1))
-            if epoch - state["best_epoch"] >= hp["patience"]:
+            if early_stopping and epoch - state["best_epoch"] >= hp["patience"]:
                 console.print(f"early stop: no better validation AUC for {hp['patience']} epochs")
                 break
 
     model.load_state_dict(torch.load(run / "best.pt"))
     model.eval()
-    onnx_path = run / f"{recipe.name}-fp32.onnx"
-    export_onnx(model, recipe, onnx_path)
-    # The exported file must compute what the network computes: check it on real images now.
-    check_x = to_tensor(val_x[:16], recipe)
-    with torch.no_grad():
-        expected = model(check_x)[0].numpy()
-    exported = run_onnx(onnx_path, check_x.numpy())
-    export_diff = float(np.abs(exported - expected).max())
-    if export_diff > 1e-3:
-        raise SystemExit(f"ONNX export differs from torch by {export_diff:.2e}: not exporting")
-    final = evaluate(model, val_x, val_y, recipe)
-    summary = {
+    summary: dict[str, Any] = {
         "name": recipe.name,
+        "run": run.name,
         "best_epoch": state["best_epoch"],
         "epochs_run": state["epoch"],
-        "val_auc": final["auc"],
-        "val_accuracy_argmax": final["accuracy"],
         "train_images": len(train_s),
         "val_images": len(val_s),
         "holdout_images": len(hold_s),
@@ -277,12 +294,25 @@ def main() -> None:
         "train_seconds": round(state["seconds"], 1),
         "torch": torch.__version__,
         "recipe": str(args.config),
-        "export_max_abs_diff": export_diff,
     }
+    if val_x is not None:
+        final = evaluate(model, val_x, val_y, recipe)
+        summary.update(val_auc=final["auc"], val_accuracy_argmax=final["accuracy"])
+        if args.fold is not None:  # this fold's out-of-fold predictions
+            np.savez(run / "oof.npz", paths=np.array([s.path for s in val_s]), logits=final["logits"])
+    if args.fold is None:
+        onnx_path = run / f"{recipe.name}-fp32.onnx"
+        export_onnx(model, recipe, onnx_path)
+        # The exported file must compute what the network computes: check it on real images now.
+        check_x = to_tensor((val_x if val_x is not None else train_x)[:16], recipe)
+        with torch.no_grad():
+            expected = model(check_x)[0].numpy()
+        export_diff = float(np.abs(run_onnx(onnx_path, check_x.numpy()) - expected).max())
+        if export_diff > 1e-3:
+            raise SystemExit(f"ONNX export differs from torch by {export_diff:.2e}: not exporting")
+        summary["export_max_abs_diff"] = export_diff
     (run / "summary.json").write_text(json.dumps(summary, indent=2))
-    console.print(
-        f"[green]done[/]: best epoch {state['best_epoch']}, val AUC {final['auc']:.4f}; exported {onnx_path}"
-    )
+    console.print(f"[green]done[/]: {json.dumps({k: summary[k] for k in summary if 'val' in k})}")
 
 
 if __name__ == "__main__":
