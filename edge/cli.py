@@ -194,7 +194,7 @@ def demo(obj: Context, fresh: bool) -> None:
 
 @cli.group()
 def models() -> None:
-    """Installed models: list, show, eval."""
+    """Installed models: list, show, eval, build and verify TensorRT engines."""
 
 
 @models.command("list")
@@ -311,6 +311,112 @@ def models_eval(
         click.echo(json.dumps(result.__dict__, indent=2))
     else:
         print_evaluation(Console(), result)
+
+
+def _engine_manager(obj: Context) -> Any:
+    """The TensorRT engine manager, or a clear refusal where TensorRT cannot run."""
+    from edge.runtime.engine_manager import EngineManager
+    from edge.runtime.tensorrt import TensorRTRunner
+
+    if not TensorRTRunner.is_available():
+        click.echo(f"BACKEND_UNAVAILABLE: {TensorRTRunner.unavailable_reason()}", err=True)
+        sys.exit(EXIT_REFUSED)
+    return EngineManager(obj.settings)
+
+
+@models.command("build")
+@click.argument("names", nargs=-1)
+@click.option(
+    "--force", is_flag=True, help="Rebuild even if a matching engine (or a recorded failure) exists."
+)
+@pass_context
+def models_build(obj: Context, names: tuple[str, ...], force: bool) -> None:
+    """Build TensorRT engines on this device (all models, or NAMES), each precision in turn.
+
+    INT8 from the QDQ graph, then FP16 and FP32 from the FP32 graph; a failed precision is
+    recorded and the next one tried. Engines are cached per model file, TensorRT version and
+    GPU, with a persisted timing cache. Needs TensorRT (JetPack) and a GPU.
+    """
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from edge.registry import Registry
+    from edge.runtime.engines import build_plan
+
+    manager = _engine_manager(obj)
+    registry = Registry(obj.settings.models.dir)
+    failed = False
+    for name in names or tuple(registry.names()):
+        try:
+            entry = registry.get(name)
+            plan = build_plan(entry, "auto" if force else obj.settings.runtime.precision)
+        except EdgeError as error:
+            click.echo(f"{name}: {error.one_line()}")
+            failed = True
+            continue
+        for attempt in plan:
+            columns = [
+                TextColumn(f"{name} {attempt.precision}"),
+                BarColumn(),
+                TextColumn("{task.fields[phase]}"),
+                TimeElapsedColumn(),
+            ]
+            with Progress(*columns) as progress:
+                task = progress.add_task("build", total=1.0, phase="starting")
+
+                def report(phase: str, fraction: float, task_id: Any = task, bar: Any = progress) -> None:
+                    bar.update(task_id, completed=fraction, phase=phase)
+
+                try:
+                    engine = manager.ensure(entry, attempt, force=force, progress=report)
+                    click.echo(f"{name}: {attempt.precision} engine ready: {engine}")
+                except EdgeError as error:
+                    click.echo(f"{name}: {attempt.precision}: {error.one_line()}")
+                    failed = True
+    sys.exit(EXIT_REFUSED if failed else 0)
+
+
+@models.command("verify")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
+@pass_context
+def models_verify(obj: Context, name: str, as_json: bool) -> None:
+    """Parity gate: each TensorRT engine against ONNX Runtime on the model's sample images.
+
+    Reports max logit difference, top-1 agreement and AUC difference, records the verdict (an
+    engine serves only if it passed) and exits 1 if the engine the device would serve failed.
+    """
+    from edge.registry import Registry
+    from edge.runtime.engines import build_plan
+    from edge.serving import tensor_names
+
+    manager = _engine_manager(obj)
+    try:
+        entry = Registry(obj.settings.models.dir).get(name)
+        plan = build_plan(entry, obj.settings.runtime.precision)
+    except EdgeError as error:
+        click.echo(error.one_line(), err=True)
+        sys.exit(EXIT_REFUSED)
+    reports = {}
+    for attempt in plan:
+        try:
+            engine = manager.ensure(entry, attempt)
+            reports[attempt.precision] = manager.verify(entry, attempt, engine, tensor_names(entry)).as_dict()
+        except EdgeError as error:
+            reports[attempt.precision] = {"passed": False, "error": error.one_line()}
+    if as_json:
+        click.echo(json.dumps(reports, indent=2))
+    else:
+        for precision, report in reports.items():
+            if "error" in report:
+                click.echo(f"{name} {precision}: {report['error']}")
+                continue
+            click.echo(
+                f"{name} {precision}: {'PASSED' if report['passed'] else 'FAILED'}  max |logit diff| "
+                f"{report['max_abs_logit_diff']:.4f}, agreement {report['agreement']:.2%}, AUC "
+                f"{report['auc']:.4f} vs {report['auc_reference']:.4f} "
+                f"({report['images']} images; {report['rule']})"
+            )
+    sys.exit(0 if any(r.get("passed") for r in reports.values()) else EXIT_REFUSED)
 
 
 # ---------------------------------------------------------------------- bench

@@ -51,6 +51,12 @@ class RuntimeSettings(_Section):
     threads: int = Field(default=0, ge=0, le=256)
     """Intra-op threads for ONNX Runtime; 0 lets it use every core."""
     graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
+    device_memory: Literal["auto", "cuda-python", "pycuda"] = "auto"
+    """TensorRT's CUDA memory layer: `auto` takes cuda-python, else pycuda."""
+    workspace_mb: int = Field(default=512, ge=16, le=65536)
+    """TensorRT builder workspace limit; keep it small on an 8 GB Orin Nano."""
+    max_batch: int = Field(default=8, ge=1, le=256)
+    """Largest batch a TensorRT engine is built for (its optimisation profile)."""
 
 
 class ModelSettings(_Section):

@@ -43,6 +43,7 @@ def compare(
     *,
     max_auc_delta: float = MAX_AUC_DELTA,
     min_agreement: float = MIN_AGREEMENT,
+    max_abs_logit_diff: float | None = None,
 ) -> ParityReport:
     reference = np.asarray(reference_logits, np.float64)
     candidate = np.asarray(candidate_logits, np.float64)
@@ -53,14 +54,23 @@ def compare(
     auc = roc_auc(positive, softmax(candidate)[:, positive_index])
     delta = auc - auc_ref
     agreement = float((reference.argmax(1) == candidate.argmax(1)).mean())
+    worst = float(np.abs(reference - candidate).max())
     passed = bool(abs(delta) <= max_auc_delta and agreement >= min_agreement)
+    rule = f"|AUC delta| <= {max_auc_delta} and top-1 agreement >= {min_agreement:.0%}"
+    if max_abs_logit_diff is not None:
+        passed = passed and worst <= max_abs_logit_diff
+        rule += f" and max |logit diff| <= {max_abs_logit_diff}"
+    if np.isnan(delta):  # one class only (a few samples): AUC cannot be compared, the rest can
+        passed = bool(
+            agreement >= min_agreement and (max_abs_logit_diff is None or worst <= max_abs_logit_diff)
+        )
     return ParityReport(
         images=len(reference),
         auc_reference=round(auc_ref, 6),
         auc=round(auc, 6),
         auc_delta=round(delta, 6),
         agreement=round(agreement, 6),
-        max_abs_logit_diff=round(float(np.abs(reference - candidate).max()), 6),
+        max_abs_logit_diff=round(worst, 6),
         passed=passed,
-        rule=f"|AUC delta| <= {max_auc_delta} and top-1 agreement >= {min_agreement:.0%}",
+        rule=rule,
     )

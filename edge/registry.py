@@ -114,6 +114,14 @@ class Gate(_Strict):
     rule: str = ""
 
 
+class ParityRule(_Strict):
+    """What an engine (or any non-reference runtime) must meet before it may serve."""
+
+    max_auc_delta: float = 0.005
+    min_agreement: float = 0.99
+    max_abs_logit_diff: float = 0.5
+
+
 class Variant(_Strict):
     file: str
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
@@ -143,6 +151,7 @@ class Manifest(_Strict):
     default_operating_point: str
     operating_points: dict[str, OperatingPoint]
     variants: dict[str, Variant]
+    parity: ParityRule = Field(default_factory=ParityRule)
     metrics: dict[str, dict[str, Any]] = Field(default_factory=dict)
     training: dict[str, Any] = Field(default_factory=dict)
     samples: str | None = "samples"

@@ -9,12 +9,14 @@ slower than FP32, and assuming otherwise would make the device slower for no gai
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -25,10 +27,12 @@ from edge.imaging.preprocess import PreprocessSpec, preprocess_batch
 from edge.postprocess import Finding, decide
 from edge.registry import ModelEntry, Registry, Variant
 from edge.runtime.base import Runner, TensorNames
+from edge.runtime.onnxruntime import OnnxRuntimeRunner
 
 # A lower precision must beat fp32 by this margin to be chosen: timing noise on a shared
 # machine must not flip the choice back and forth between runs.
 SPEEDUP_MARGIN = 0.9
+log = logging.getLogger(__name__)
 _TIMING_RUNS = 25
 
 
@@ -41,12 +45,21 @@ class Prediction:
 
 
 class ServedModel:
-    def __init__(self, entry: ModelEntry, variant_name: str, runner: Runner, file_sha256: str) -> None:
+    def __init__(
+        self,
+        entry: ModelEntry,
+        variant_name: str,
+        runner: Runner,
+        file_sha256: str,
+        precision: str | None = None,
+    ) -> None:
         self.entry = entry
         self.variant_name = variant_name
         self.variant: Variant = entry.manifest.variants[variant_name]
         self.runner = runner
         self.sha256 = file_sha256
+        # A TensorRT engine may run at another precision than its source file (FP16 from FP32).
+        self._precision = precision or self.variant.precision
         self.spec: PreprocessSpec = entry.manifest.input.preprocess_spec()
 
     @property
@@ -63,7 +76,7 @@ class ServedModel:
 
     @property
     def precision(self) -> str:
-        return self.variant.precision
+        return self._precision
 
     def predict(self, images: list[np.ndarray], operating_point: str | None = None) -> list[Prediction]:
         """Display images (uint8) -> one calibrated finding each."""
@@ -147,6 +160,7 @@ class ModelPool:
         self.settings = settings
         self.cache_file = cache_dir / "variant-choice.json"
         self._served: dict[str, ServedModel] = {}
+        self.engine_manager: Any = None  # set to share one EngineManager (tests inject doubles)
 
     def get(self, name: str) -> ServedModel:
         if name not in self._served:
@@ -182,6 +196,13 @@ class ModelPool:
     def _load(self, name: str) -> ServedModel:
         entry = self.registry.get(name)
         runner_cls = runtime.resolve_backend(self.settings.runtime.backend)
+        if runner_cls.backend == "tensorrt":
+            try:
+                return self._load_tensorrt(entry)
+            except EdgeError as error:
+                # Loudly: the device keeps working, slower, and the log and doctor say why.
+                log.error("%s: falling back to ONNX Runtime: %s", entry.name, error.one_line())
+                runner_cls = OnnxRuntimeRunner
         names = candidate_variants(entry, runner_cls.backend, self.settings.runtime.precision)
         if len(names) == 1:
             return self.load_variant(name, names[0])
@@ -190,6 +211,14 @@ class ModelPool:
         chosen = self._fastest(entry, runner_cls, files)
         runner = runner_cls(files[chosen], tensor_names(entry), self.settings.runtime)
         return ServedModel(entry, chosen, runner, entry.manifest.variants[chosen].sha256)
+
+    def _load_tensorrt(self, entry: ModelEntry) -> ServedModel:
+        from edge.runtime.engine_manager import EngineManager
+
+        manager = self.engine_manager or EngineManager(self.settings)
+        runner, attempt = manager.serve(entry, tensor_names(entry))
+        variant = entry.manifest.variants[attempt.variant]
+        return ServedModel(entry, attempt.variant, runner, variant.sha256, precision=attempt.precision)
 
     def _fastest(self, entry: ModelEntry, runner_cls: type[Runner], files: dict[str, Path]) -> str:
         key = "|".join(

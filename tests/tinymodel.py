@@ -57,12 +57,18 @@ def manifest(folder: Path, **overrides: Any) -> dict[str, Any]:
         "default_operating_point": "balanced",
         "operating_points": {"balanced": {"threshold": 0.5}, "screening": {"threshold": 0.2}},
         "variants": {
-            "fp32": {"file": files["fp32"], "sha256": sha(files["fp32"]), "precision": "fp32"},
+            "fp32": {
+                "file": files["fp32"],
+                "sha256": sha(files["fp32"]),
+                "precision": "fp32",
+                "backends": ["onnxruntime", "tensorrt"],
+            },
             "int8": {
                 "file": files["int8"],
                 "sha256": sha(files["int8"]),
                 "precision": "int8",
                 "quantization": "qdq",
+                "backends": ["onnxruntime", "tensorrt"],
                 "gate": {
                     "passed": True,
                     "images": 10,

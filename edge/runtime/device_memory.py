@@ -1,0 +1,248 @@
+"""Device memory for TensorRT behind one tiny interface, with two implementations.
+
+- `cuda-python` (NVIDIA's own bindings, used by the TensorRT 10 samples; aarch64 wheels exist,
+  so it installs on a Jetson with pip);
+- `pycuda` (what older deployments and the product brief name; on a Jetson it must be compiled).
+
+Both give: allocate/free device memory, page-locked host buffers, a stream, asynchronous copies
+in and out, synchronise, and the GPU's identity (name, compute capability, memory) for the engine
+cache key. `open_device_memory("auto")` takes whichever imports, cuda-python first.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib
+import importlib.util
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from edge.errors import Code, EdgeError
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    name: str
+    compute_capability: str  # "8.7" for an Orin
+    total_memory: int  # bytes
+
+
+class DeviceMemory(ABC):
+    """Everything TensorRT inference needs from CUDA, and nothing more."""
+
+    name: ClassVar[str]
+
+    @classmethod
+    @abstractmethod
+    def is_available(cls) -> bool:
+        """True when the bindings import (a GPU is checked by `gpu_info`)."""
+
+    @abstractmethod
+    def gpu_info(self) -> GpuInfo: ...
+
+    @abstractmethod
+    def malloc(self, nbytes: int) -> int:
+        """Device allocation; returns the device pointer as an int."""
+
+    @abstractmethod
+    def free(self, pointer: int) -> None: ...
+
+    @abstractmethod
+    def pinned_empty(self, shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray:
+        """A page-locked host array (asynchronous copies need one)."""
+
+    @abstractmethod
+    def pinned_free(self, array: np.ndarray) -> None: ...
+
+    @abstractmethod
+    def stream_create(self) -> Any: ...
+
+    @abstractmethod
+    def stream_handle(self, stream: Any) -> int:
+        """The raw `cudaStream_t` as an int, for `execute_async_v3`."""
+
+    @abstractmethod
+    def stream_destroy(self, stream: Any) -> None: ...
+
+    @abstractmethod
+    def synchronize(self, stream: Any) -> None: ...
+
+    @abstractmethod
+    def copy_to_device(self, pointer: int, host: np.ndarray, stream: Any) -> None: ...
+
+    @abstractmethod
+    def copy_to_host(self, host: np.ndarray, pointer: int, stream: Any) -> None: ...
+
+
+class CudaPythonMemory(DeviceMemory):
+    name = "cuda-python"
+
+    def __init__(self) -> None:
+        self._rt = _cudart()
+        self._pinned: dict[int, int] = {}  # host array address -> cudaMallocHost pointer
+        self._check(self._rt.cudaFree(0))  # creates the primary context; fails fast with no GPU
+
+    @classmethod
+    def is_available(cls) -> bool:
+        return importlib.util.find_spec("cuda") is not None and _cudart_or_none() is not None
+
+    def _check(self, result: Any) -> Any:
+        error, *values = result if isinstance(result, tuple) else (result,)
+        if int(error) != 0:
+            _, text = self._rt.cudaGetErrorString(error)
+            raise EdgeError(Code.BACKEND_UNAVAILABLE, f"CUDA error {int(error)}: {text.decode()}")
+        return values[0] if len(values) == 1 else tuple(values)
+
+    def gpu_info(self) -> GpuInfo:
+        device = self._check(self._rt.cudaGetDevice())
+        props = self._check(self._rt.cudaGetDeviceProperties(device))
+        name = (
+            props.name.decode(errors="replace").rstrip("\x00")
+            if isinstance(props.name, bytes)
+            else str(props.name)
+        )
+        return GpuInfo(name, f"{props.major}.{props.minor}", int(props.totalGlobalMem))
+
+    def malloc(self, nbytes: int) -> int:
+        return int(self._check(self._rt.cudaMalloc(max(1, nbytes))))
+
+    def free(self, pointer: int) -> None:
+        self._check(self._rt.cudaFree(pointer))
+
+    def pinned_empty(self, shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray:
+        nbytes = max(1, int(np.prod(shape)) * np.dtype(dtype).itemsize)
+        pointer = int(self._check(self._rt.cudaMallocHost(nbytes)))
+        buffer = (ctypes.c_byte * nbytes).from_address(pointer)
+        array = np.frombuffer(memoryview(buffer), dtype=dtype, count=int(np.prod(shape))).reshape(shape)
+        self._pinned[array.__array_interface__["data"][0]] = pointer
+        return array
+
+    def pinned_free(self, array: np.ndarray) -> None:
+        pointer = self._pinned.pop(array.__array_interface__["data"][0], None)
+        if pointer is not None:
+            self._check(self._rt.cudaFreeHost(pointer))
+
+    def stream_create(self) -> Any:
+        return self._check(self._rt.cudaStreamCreate())
+
+    def stream_handle(self, stream: Any) -> int:
+        return int(stream)
+
+    def stream_destroy(self, stream: Any) -> None:
+        self._check(self._rt.cudaStreamDestroy(stream))
+
+    def synchronize(self, stream: Any) -> None:
+        self._check(self._rt.cudaStreamSynchronize(stream))
+
+    def copy_to_device(self, pointer: int, host: np.ndarray, stream: Any) -> None:
+        kind = self._rt.cudaMemcpyKind.cudaMemcpyHostToDevice
+        self._check(self._rt.cudaMemcpyAsync(pointer, host.ctypes.data, host.nbytes, kind, stream))
+
+    def copy_to_host(self, host: np.ndarray, pointer: int, stream: Any) -> None:
+        kind = self._rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        self._check(self._rt.cudaMemcpyAsync(host.ctypes.data, pointer, host.nbytes, kind, stream))
+
+
+class PycudaMemory(DeviceMemory):
+    name = "pycuda"
+
+    def __init__(self) -> None:
+        self._driver = importlib.import_module("pycuda.driver")
+        self._driver.init()
+        self._device = self._driver.Device(0)
+        # A context of our own, made current on this thread (pycuda.autoinit would do it at import).
+        self._context = self._device.make_context()
+        self._allocations: dict[int, Any] = {}
+
+    @classmethod
+    def is_available(cls) -> bool:
+        return importlib.util.find_spec("pycuda") is not None
+
+    def gpu_info(self) -> GpuInfo:
+        major, minor = self._device.compute_capability()
+        return GpuInfo(self._device.name(), f"{major}.{minor}", int(self._device.total_memory()))
+
+    def malloc(self, nbytes: int) -> int:
+        allocation = self._driver.mem_alloc(max(1, nbytes))
+        self._allocations[int(allocation)] = allocation
+        return int(allocation)
+
+    def free(self, pointer: int) -> None:
+        allocation = self._allocations.pop(pointer, None)
+        if allocation is not None:
+            allocation.free()
+
+    def pinned_empty(self, shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray:
+        return np.asarray(self._driver.pagelocked_empty(shape, dtype))
+
+    def pinned_free(self, array: np.ndarray) -> None:
+        base = getattr(array, "base", None)
+        if base is not None and hasattr(base, "free"):
+            base.free()
+
+    def stream_create(self) -> Any:
+        return self._driver.Stream()
+
+    def stream_handle(self, stream: Any) -> int:
+        return int(stream.handle)
+
+    def stream_destroy(self, stream: Any) -> None:
+        return None  # released with its Python object
+
+    def synchronize(self, stream: Any) -> None:
+        stream.synchronize()
+
+    def copy_to_device(self, pointer: int, host: np.ndarray, stream: Any) -> None:
+        self._driver.memcpy_htod_async(pointer, host, stream)
+
+    def copy_to_host(self, host: np.ndarray, pointer: int, stream: Any) -> None:
+        self._driver.memcpy_dtoh_async(host, pointer, stream)
+
+    def close(self) -> None:
+        self._context.pop()
+
+
+IMPLEMENTATIONS: dict[str, type[DeviceMemory]] = {"cuda-python": CudaPythonMemory, "pycuda": PycudaMemory}
+
+
+def _cudart_or_none() -> Any:
+    for module in ("cuda.bindings.runtime", "cuda.cudart"):  # cuda-python >= 12.6, then older
+        try:
+            return importlib.import_module(module)
+        except ImportError:
+            continue
+    return None
+
+
+def _cudart() -> Any:
+    module = _cudart_or_none()
+    if module is None:
+        raise EdgeError(Code.BACKEND_UNAVAILABLE, "cuda-python is not installed")
+    return module
+
+
+def available() -> list[str]:
+    return [name for name, cls in IMPLEMENTATIONS.items() if cls.is_available()]
+
+
+def open_device_memory(choice: str = "auto") -> DeviceMemory:
+    """The configured implementation, or the first that imports and finds a GPU."""
+    names = list(IMPLEMENTATIONS) if choice == "auto" else [choice]
+    errors = []
+    for name in names:
+        cls = IMPLEMENTATIONS.get(name)
+        if cls is None:
+            raise EdgeError(Code.CONFIG_INVALID, f"unknown device memory implementation {name!r}")
+        if not cls.is_available():
+            errors.append(f"{name} is not installed")
+            continue
+        try:
+            return cls()
+        except EdgeError as error:
+            errors.append(f"{name}: {error.message}")
+        except Exception as exc:  # noqa: BLE001 - driver errors come in every type
+            errors.append(f"{name}: {type(exc).__name__}: {exc}")
+    raise EdgeError(Code.BACKEND_UNAVAILABLE, "no CUDA device memory: " + "; ".join(errors))
