@@ -172,6 +172,37 @@ def _heatmap_copy(data_dir: Path, analysis: Any, source: Path, target_dir: Path 
     return target
 
 
+# ---------------------------------------------------------------------- run
+
+
+@cli.command()
+@click.option("--dicom/--no-dicom", default=None, help="Run the DICOM listener (default: [dicom] enabled).")
+@click.option("--port", type=click.IntRange(0, 65535), help="DICOM listener port (0: any free port).")
+@click.option("--watch/--no-watch", default=None, help="Watch the drop folder (default: [watch] enabled).")
+@click.option("--inbox", type=click.Path(file_okay=False, path_type=Path), help="Drop folder to watch.")
+@pass_context
+def run(obj: Context, dicom: bool | None, port: int | None, watch: bool | None, inbox: Path | None) -> None:
+    """Run the agent: ingest sources and the worker, until SIGTERM or Ctrl-C."""
+    from edge.agent import Agent
+
+    settings = obj.settings
+    dicom_update: dict[str, Any] = {} if dicom is None else {"enabled": dicom}
+    if port is not None:
+        dicom_update["port"] = port
+    watch_update: dict[str, Any] = {} if watch is None else {"enabled": watch}
+    if inbox is not None:
+        watch_update["inbox"] = inbox
+    settings = settings.model_copy(
+        update={
+            "dicom": settings.dicom.model_copy(update=dicom_update),
+            "watch": settings.watch.model_copy(update=watch_update),
+        }
+    )
+    if not logging.getLogger().isEnabledFor(logging.INFO):
+        edge_log.configure(logging.INFO)  # a service logs what it does
+    sys.exit(Agent(settings).run())
+
+
 # ---------------------------------------------------------------------- demo
 
 

@@ -72,6 +72,8 @@ class StoreSettings(_Section):
     busy_timeout_ms: int = Field(default=10_000, ge=100)
     max_input_bytes: int = Field(default=512 * 1024 * 1024, ge=1024)
     """Inputs larger than this are refused before decoding (a DICOM can claim any size)."""
+    min_free_mb: int = Field(default=500, ge=0)
+    """Below this much free disk the agent stops accepting studies (the modality retries later)."""
 
 
 class ExplainSettings(_Section):
@@ -79,6 +81,44 @@ class ExplainSettings(_Section):
     """Store a class-activation heatmap overlay (PNG) with every result whose model has one."""
     max_side: int = Field(default=512, ge=64, le=4096)
     """Longest side of the stored overlay: enough for the TUI and the review page, small to sync."""
+
+
+class GateSettings(_Section):
+    enabled: bool = True
+    """Refuse inputs a model must not score (wrong modality/view/age, poor quality), with codes."""
+
+
+class IngestSettings(_Section):
+    decode_timeout_s: float = Field(default=30.0, gt=0)
+    """A decode taking longer is killed and refused (DECODE_TIMEOUT)."""
+    decode_memory_mb: int = Field(default=2048, ge=256)
+    """Address-space bound of the decoder process (DECODE_CRASHED beyond it)."""
+    decode_workers: int = Field(default=1, ge=1, le=16)
+
+
+class DicomSettings(_Section):
+    enabled: bool = False
+    ae_title: str = Field(default="EDGE", min_length=1, max_length=16, pattern=r"^[^\\]*$")
+    bind: str = "0.0.0.0"
+    port: int = Field(default=11112, ge=1, le=65535)
+    """11112 is the registered DICOM port that needs no privilege; 104 needs CAP_NET_BIND_SERVICE."""
+    allowed_callers: list[str] = Field(default_factory=list)
+    """Calling AE titles allowed to send; empty allows any (logged as a warning at start)."""
+    max_associations: int = Field(default=4, ge=1, le=64)
+
+
+class WatchSettings(_Section):
+    enabled: bool = False
+    inbox: Path | None = None
+    """Drop folder; default `<data dir>/inbox`. processed/ and quarantine/ sit beside it."""
+    interval_s: float = Field(default=2.0, gt=0)
+    settle_s: float = Field(default=2.0, ge=0)
+    """A file is picked up once its size and time have not changed for this long."""
+
+
+class WorkerSettings(_Section):
+    poll_s: float = Field(default=1.0, gt=0)
+    """How often an idle worker looks for jobs queued by another process."""
 
 
 class Settings(BaseSettings):
@@ -95,6 +135,11 @@ class Settings(BaseSettings):
     models: ModelSettings = Field(default_factory=ModelSettings)
     store: StoreSettings = Field(default_factory=StoreSettings)
     explain: ExplainSettings = Field(default_factory=ExplainSettings)
+    gate: GateSettings = Field(default_factory=GateSettings)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
+    dicom: DicomSettings = Field(default_factory=DicomSettings)
+    watch: WatchSettings = Field(default_factory=WatchSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
     config_file: Path | None = None
     """Where the file-level values came from (informational; not read from the file)."""
 
@@ -106,6 +151,10 @@ class Settings(BaseSettings):
     @property
     def db_path(self) -> Path:
         return self.data_dir / "edge.db"
+
+    @property
+    def inbox(self) -> Path:
+        return self.watch.inbox or self.data_dir / "inbox"
 
     @classmethod
     def settings_customise_sources(

@@ -24,6 +24,21 @@ class Code(str, Enum):
     DICOM_NO_PIXELS = "DICOM_NO_PIXELS"
     DICOM_UNSUPPORTED = "DICOM_UNSUPPORTED"
     DICOM_MULTIFRAME = "DICOM_MULTIFRAME"
+    # Applicability and quality gate (the image is stored; its job is refused)
+    MODALITY_NOT_ACCEPTED = "MODALITY_NOT_ACCEPTED"
+    BODY_PART_NOT_ACCEPTED = "BODY_PART_NOT_ACCEPTED"
+    VIEW_NOT_ACCEPTED = "VIEW_NOT_ACCEPTED"
+    AGE_OUT_OF_RANGE = "AGE_OUT_OF_RANGE"
+    IMAGE_TOO_SMALL = "IMAGE_TOO_SMALL"
+    UNDEREXPOSED = "UNDEREXPOSED"
+    OVEREXPOSED = "OVEREXPOSED"
+    LOW_CONTRAST = "LOW_CONTRAST"
+    BLURRED = "BLURRED"
+    MOSTLY_BLANK = "MOSTLY_BLANK"
+    # Ingest boundary
+    DECODE_TIMEOUT = "DECODE_TIMEOUT"
+    DECODE_CRASHED = "DECODE_CRASHED"
+    CALLER_NOT_ALLOWED = "CALLER_NOT_ALLOWED"
     # Models and runtime
     NO_MODEL_FOR_INPUT = "NO_MODEL_FOR_INPUT"
     MODEL_UNKNOWN = "MODEL_UNKNOWN"
@@ -49,6 +64,10 @@ class EdgeError(Exception):
         super().__init__(f"{code.value}: {message}")
         self.code = code
         self.message = message
+
+    def __reduce__(self) -> tuple[type[EdgeError], tuple[Code, str]]:
+        # Refusals cross process boundaries (the guarded decoder): pickle by code and message.
+        return (type(self), (self.code, self.message))
 
     def one_line(self) -> str:
         """The form shown in the CLI, the TUI and the log: `CODE: sentence`."""

@@ -19,12 +19,14 @@ import os
 import socket
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import cv2
 
+from edge import gate
 from edge.config import Settings
 from edge.errors import Code, EdgeError
 from edge.ids import uuid7
@@ -32,7 +34,7 @@ from edge.imaging.decode import DecodedImage, decode_bytes, read_input
 from edge.imaging.explain import heatmap_png
 from edge.registry import Registry
 from edge.serving import ModelPool, Prediction, ServedModel
-from edge.store import Job, NewImage, ResultRecord, Store
+from edge.store import IngestOutcome, Job, NewImage, ResultRecord, Store
 from edge.store.files import remove_quietly, write_atomically
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,16 @@ class Analysis:
     @classmethod
     def refused(cls, source: str, error: EdgeError, **ids: Any) -> Analysis:
         return cls(input=source, code=error.code.value, message=error.message, **ids)
+
+
+Decoder = Callable[[bytes, str], DecodedImage]
+
+
+@dataclass(frozen=True)
+class Ingested:
+    outcome: IngestOutcome
+    decoded: DecodedImage
+    decode_ms: float
 
 
 def new_worker_id() -> str:
@@ -102,27 +114,56 @@ class Pipeline:
         """Ingest one file and analyse it now, in this process (what `edge infer` does)."""
         try:
             data = read_input(path, self.settings.store.max_input_bytes)
-            started = time.perf_counter()
-            decoded = decode_bytes(data, path.name)
-            decode_ms = (time.perf_counter() - started) * 1000
-            models = [model] if model else self.route(decoded)
-            for name in models:
-                self.pool.get(name)  # load (and verify) before anything is stored
-            outcome = self.store.ingest(
-                self.new_image(decoded, data, source, path.name), models, actor=self.actor
-            )
-        except sqlite3.Error as exc:
-            error = EdgeError(Code.STORE_WRITE_FAILED, f"the input could not be stored: {exc}")
-            self._audit_refusal(error)
-            return [Analysis.refused(str(path), error)]
         except EdgeError as error:
             self._audit_refusal(error)
             return [Analysis.refused(str(path), error)]
+        try:
+            ingested = self.ingest(data, path.name, source, model=model, load_models=True)
+        except EdgeError as error:  # already audited
+            return [Analysis.refused(str(path), error)]
+        outcome = ingested.outcome
         ids = {"study_id": outcome.study_id, "image_id": outcome.image_id}
         return [
-            self._analyse_job(str(path), job_id, decoded, decode_ms, outcome.duplicate, ids)
+            self._analyse_job(str(path), job_id, ingested.decoded, ingested.decode_ms, outcome.duplicate, ids)
             for job_id in outcome.job_ids
         ]
+
+    def ingest(
+        self,
+        data: bytes,
+        name: str,
+        source: str,
+        *,
+        model: str | None = None,
+        decoder: Decoder | None = None,
+        load_models: bool = False,
+    ) -> Ingested:
+        """Steps 1-3 for any source: decode (guarded, when a decoder is given), route, store and
+        queue. A refusal is audited (code only) and raised; nothing is stored for it.
+
+        `load_models` opens each model before storing (an interactive caller wants the answer
+        now); the agent's sources only check that the models exist and leave loading to the
+        worker, which ends the job with a code if a model cannot be loaded.
+        """
+        try:
+            started = time.perf_counter()
+            decoded = (decoder or decode_bytes)(data, name)
+            decode_ms = (time.perf_counter() - started) * 1000
+            models = [model] if model else self.route(decoded)
+            for model_name in models:
+                if load_models:
+                    self.pool.get(model_name)
+                else:
+                    self.registry.get(model_name)
+            outcome = self.store.ingest(self.new_image(decoded, data, source, name), models, actor=source)
+        except sqlite3.Error as exc:
+            error = EdgeError(Code.STORE_WRITE_FAILED, f"the input could not be stored: {exc}")
+            self._audit_refusal(error)
+            raise error from exc
+        except EdgeError as error:
+            self._audit_refusal(error)
+            raise
+        return Ingested(outcome, decoded, decode_ms)
 
     def _audit_refusal(self, error: EdgeError) -> None:
         log.warning("input refused: %s", error.one_line())
@@ -209,9 +250,15 @@ class Pipeline:
                 path = self.store.image_file(job.image_id)
                 decoded = decode_bytes(read_input(path, self.settings.store.max_input_bytes), path.name)
             model = self.pool.get(job.model_name)
+            verdict = gate.check(decoded, model.entry.manifest)
+            if self.settings.gate.enabled and not verdict.passed:
+                refusal = verdict.first()
+                self.store.fail_job(job, refusal.code, refusal.message, refused=True)
+                raise refusal
             prediction = model.predict([decoded.pixels], self.settings.models.operating_point)[0]
         except EdgeError as error:
-            self.store.fail_job(job, error.code, error.message)
+            if (self.store.job(job.id) or {}).get("state") == "running":
+                self.store.fail_job(job, error.code, error.message)
             raise
         except Exception as exc:  # a bug must end the job, not wedge the queue
             log.exception("job %s failed unexpectedly", job.id)
@@ -237,6 +284,7 @@ class Pipeline:
             latency_ms=prediction.latency_ms,
             total_ms=decode_ms + (time.perf_counter() - started) * 1000,
             heatmap_path=str(heatmap.relative_to(self.store.data_dir)) if heatmap else None,
+            quality=verdict.quality.as_dict(),
         )
         try:
             self.store.complete_job(job, record, result_id)

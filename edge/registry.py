@@ -114,6 +114,18 @@ class Gate(_Strict):
     rule: str = ""
 
 
+class QualityRule(_Strict):
+    """Quality thresholds for the gate; None switches a check off (e.g. black borders are normal
+    in ultrasound). Set from real images by tools/quality_stats.py."""
+
+    min_side: int = 64
+    max_black_fraction: float | None = None
+    max_white_fraction: float | None = None
+    min_dynamic_range: float | None = None
+    min_sharpness: float | None = None
+    max_uniform_fraction: float | None = None
+
+
 class ParityRule(_Strict):
     """What an engine (or any non-reference runtime) must meet before it may serve."""
 
@@ -151,6 +163,7 @@ class Manifest(_Strict):
     default_operating_point: str
     operating_points: dict[str, OperatingPoint]
     variants: dict[str, Variant]
+    quality: QualityRule = Field(default_factory=QualityRule)
     parity: ParityRule = Field(default_factory=ParityRule)
     metrics: dict[str, dict[str, Any]] = Field(default_factory=dict)
     training: dict[str, Any] = Field(default_factory=dict)

@@ -52,6 +52,7 @@ def manifest(folder: Path, **overrides: Any) -> dict[str, Any]:
         "version": "0.0.1",
         "title": "Tiny test model",
         "accepts": {"modalities": ["CR"], "body_parts": ["CHEST"]},
+        "quality": {"min_side": 8},
         "input": {"shape": [1, 8, 8], "colour": "gray", "mean": [0.5], "std": [0.5]},
         "output": {"logits": "logits", "cam": "cam", "labels": ["normal", "finding"], "positive": "finding"},
         "default_operating_point": "balanced",

@@ -96,7 +96,8 @@ def grey_dicom(
         item.LUTData = np.asarray(modality_lut[1], "<u2").tobytes()
         ds.ModalityLUTSequence = Sequence([item])
     if transfer_syntax:
-        ds.compress(transfer_syntax, generate_instance_uid=False)
+        # One encoder everywhere, so a release makes byte-identical files on any machine.
+        ds.compress(transfer_syntax, encoding_plugin="pydicom", generate_instance_uid=False)
     return ds
 
 
@@ -113,7 +114,8 @@ def colour_dicom(
         ds.PixelData = ybr.tobytes()
         ds.PhotometricInterpretation = photometric
     if transfer_syntax:
-        ds.compress(transfer_syntax, generate_instance_uid=False)
+        # One encoder everywhere, so a release makes byte-identical files on any machine.
+        ds.compress(transfer_syntax, encoding_plugin="pydicom", generate_instance_uid=False)
     return ds
 
 

@@ -413,6 +413,7 @@ def main() -> None:
         "task": "classification",
         "description": info.get("description", ""),
         "accepts": recipe.raw.get("accepts", {}),
+        "quality": recipe.raw.get("quality", {}),
         "input": {"name": "image", **recipe.raw["input"]},
         "output": {
             "logits": "logits",

@@ -69,11 +69,24 @@ def sniff(data: bytes) -> str:
         return "jpeg"
     if len(data) > 132 and data[128:132] == b"DICM":
         return "dicom"
-    # Old DICOM files without the Part 10 preamble start with a group 0x0008 (or 0x0002)
-    # little-endian tag; accept them and let pydicom judge.
-    if len(data) > 8 and data[:2] in (b"\x08\x00", b"\x02\x00") and data[3:4] == b"\x00":
+    if _looks_like_raw_dicom(data):
         return "dicom"
     raise EdgeError(Code.INPUT_NOT_IMAGE, "not a DICOM, PNG or JPEG file")
+
+
+_DICOM_GROUPS = {0x0002, 0x0008, 0x0010, 0x0018, 0x0020, 0x0028}
+
+
+def _looks_like_raw_dicom(data: bytes) -> bool:
+    """A dataset without the Part 10 preamble (old or hand-made files) starts with a tag of a
+    low group, little- or big-endian; let pydicom judge the rest."""
+    if len(data) < 16:
+        return False
+    for order in ("<", ">"):
+        group, element = struct.unpack(f"{order}HH", data[:4])
+        if group in _DICOM_GROUPS and element < 0x2000:
+            return True
+    return False
 
 
 def decode_bytes(data: bytes, name: str = "input") -> DecodedImage:

@@ -15,6 +15,7 @@ from typing import Any, cast
 
 import numpy as np
 import pydicom
+from pydicom import uid
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
@@ -51,8 +52,9 @@ def _decode_dataset(ds: Dataset, data: bytes, name: str) -> DecodedImage:
             Code.DICOM_MULTIFRAME,
             f"{name} is a {frames}-frame cine; multi-frame images go to the video path",
         )
+    _infer_missing_transfer_syntax(ds)
     try:
-        stored = ds.pixel_array
+        stored = _stored_pixels(ds, data)
         pixels = display_pixels(stored, ds)
     except EdgeError:
         raise
@@ -72,6 +74,54 @@ def _decode_dataset(ds: Dataset, data: bytes, name: str) -> DecodedImage:
         frames=frames,
         meta=technical_meta(ds),
     )
+
+
+def _infer_missing_transfer_syntax(ds: Dataset) -> None:
+    """Files whose meta lacks (0002,0010) still say how they were encoded as pydicom read them;
+    for native (uncompressed) pixel data that is all the decoder needs."""
+    meta = getattr(ds, "file_meta", None)
+    if meta is None or "TransferSyntaxUID" in meta or ds.get("PixelData") is None:
+        return
+    implicit, little = ds.original_encoding
+    if implicit:
+        meta.TransferSyntaxUID = uid.ImplicitVRLittleEndian
+    else:
+        meta.TransferSyntaxUID = uid.ExplicitVRLittleEndian if little else uid.ExplicitVRBigEndian
+
+
+def _stored_pixels(ds: Dataset, data: bytes) -> np.ndarray:
+    """pydicom's decoders first; for 12-bit JPEG Extended, which pydicom's permissively licensed
+    plugins decline (Pillow has no 12-bit path, its GDCM plugin excludes the syntax), GDCM itself,
+    which decodes it correctly (python-gdcm issue #35: identical to DCMTK)."""
+    try:
+        return np.asarray(ds.pixel_array)
+    except Exception:
+        syntax = _safe(lambda: ds.file_meta.TransferSyntaxUID)
+        if syntax != uid.JPEGExtended12Bit:
+            raise
+        return _gdcm_pixels(ds, data)
+
+
+def _gdcm_pixels(ds: Dataset, data: bytes) -> np.ndarray:
+    import tempfile
+
+    import gdcm  # python-gdcm: BSD-style licence
+
+    with tempfile.NamedTemporaryFile(suffix=".dcm") as handle:  # GDCM reads files, not buffers
+        handle.write(data)
+        handle.flush()
+        reader = gdcm.ImageReader()
+        reader.SetFileName(handle.name)
+        if not reader.Read():
+            raise ValueError("GDCM could not read the file")
+        image = reader.GetImage()
+        raw = image.GetBuffer().encode("utf-8", "surrogateescape")  # SWIG returns bytes as str
+    allocated = int(ds.BitsAllocated)
+    signed = int(ds.get("PixelRepresentation", 0)) == 1
+    dtype = np.dtype(f"{'i' if signed else 'u'}{allocated // 8}")
+    samples = int(ds.get("SamplesPerPixel", 1))
+    shape = (int(ds.Rows), int(ds.Columns)) + ((samples,) if samples > 1 else ())
+    return np.frombuffer(raw, dtype=dtype)[: int(np.prod(shape))].reshape(shape)
 
 
 def _safe(get: Callable[[], Any]) -> Any:

@@ -99,8 +99,10 @@ class ResultRecord:
     latency_ms: float
     total_ms: float
     heatmap_path: str | None = None
+    quality: dict[str, float] | None = None
 
     def to_row(self) -> dict[str, Any]:
         row = asdict(self)
         row["probabilities"] = json.dumps(self.probabilities, sort_keys=True)
+        row["quality"] = json.dumps(self.quality, sort_keys=True) if self.quality is not None else None
         return row

@@ -143,6 +143,12 @@ def m001_initial(db: Database) -> None:
         db.execute(statement)
 
 
+@migrations()
+def m002_result_quality(db: Database) -> None:
+    # The quality measures the gate saw, shown with the result (JSON).
+    db.execute("ALTER TABLE results ADD COLUMN quality TEXT")
+
+
 def schema_version(db: Database) -> int:
     """Number of applied migrations (shown by `edge doctor`)."""
     return len(migrations.applied(db))

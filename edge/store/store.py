@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,8 +37,24 @@ def open_database(path: Path, busy_timeout_ms: int = 10_000) -> Database:
     db.execute("PRAGMA synchronous=FULL")  # a committed result survives a power cut
     db.execute("PRAGMA foreign_keys=ON")
     db.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
-    schema.migrations.apply(db)
+    _migrate(db, busy_timeout_ms)
     return db
+
+
+def _migrate(db: Database, busy_timeout_ms: int) -> None:
+    """Apply pending migrations; processes or threads opening a new database at the same moment
+    may find it locked (creating the migrations table is not covered by the busy handler), so
+    retry within the busy timeout."""
+    deadline = time.monotonic() + busy_timeout_ms / 1000
+    while True:
+        try:
+            schema.migrations.apply(db)
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            db.conn.rollback()
+            time.sleep(0.05)
 
 
 def _dicts(cursor: sqlite3.Cursor) -> list[dict[str, Any]]:
@@ -303,6 +320,7 @@ class Store:
         row = self._one("SELECT * FROM results WHERE job_id = ?", [job_id])
         if row is not None:
             row["probabilities"] = json.loads(row["probabilities"])
+            row["quality"] = json.loads(row["quality"]) if row.get("quality") else None
         return row
 
     def recent_results(self, limit: int = 50) -> list[dict[str, Any]]:

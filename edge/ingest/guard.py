@@ -1,0 +1,177 @@
+"""Decoding in a child process, bounded in time and memory.
+
+Image decoders are C code fed with bytes from the network; a crafted or broken file can hang
+them or make them allocate without end. Each decode therefore runs in a worker process with an
+address-space limit (RLIMIT_AS) and a deadline: on timeout the worker is killed and replaced,
+and the input is refused with DECODE_TIMEOUT; if the worker dies (segfault, out of its memory
+bound) the input is refused with DECODE_CRASHED. The agent itself never sees the fault.
+
+Workers are plain `python -m edge.ingest.guard` subprocesses speaking length-prefixed pickles
+over their stdin/stdout, so nothing depends on how the parent was started or on forking a
+threaded process (the DICOM listener is threaded).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import pickle
+import queue
+import select
+import struct
+import subprocess
+import sys
+import threading
+from typing import IO, Any
+
+from edge.errors import Code, EdgeError
+from edge.imaging.decode import DecodedImage, decode_bytes
+
+log = logging.getLogger(__name__)
+_HEADER = struct.Struct(">Q")
+
+
+def _write_frame(stream: IO[bytes], payload: Any) -> None:
+    data = pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(_HEADER.pack(len(data)) + data)
+    stream.flush()
+
+
+def _read_exact(stream: IO[bytes], size: int) -> bytes:
+    chunks, remaining = [], size
+    while remaining:
+        chunk = stream.read(remaining)
+        if not chunk:
+            raise EOFError("the other side closed the pipe")
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)
+
+
+def _read_frame(stream: IO[bytes]) -> Any:
+    (size,) = _HEADER.unpack(_read_exact(stream, _HEADER.size))
+    return pickle.loads(_read_exact(stream, size))
+
+
+def serve(memory_mb: int) -> None:
+    """The worker's loop: limit its own memory, then decode requests until stdin closes."""
+    import resource
+
+    limit = memory_mb * 1024 * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    source, sink = sys.stdin.buffer, sys.stdout.buffer
+    sys.stdout = sys.stderr  # nothing but frames on the real stdout
+    while True:
+        try:
+            data, name = _read_frame(source)
+        except EOFError:
+            return
+        try:
+            result: Any = decode_bytes(data, name)
+        except EdgeError as error:
+            result = error
+        except MemoryError:
+            result = EdgeError(
+                Code.DECODE_CRASHED, f"{name} needs more memory than the {memory_mb} MB decode bound"
+            )
+        except Exception as exc:  # noqa: BLE001 - anything else is still a refusal, not a crash
+            result = EdgeError(
+                Code.IMAGE_DECODE_FAILED, f"{name} could not be decoded ({type(exc).__name__})"
+            )
+        _write_frame(sink, result)
+
+
+class _Worker:
+    def __init__(self, memory_mb: int) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "edge.ingest.guard", str(memory_mb)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+
+    def ask(self, data: bytes, name: str, timeout_s: float) -> Any:
+        assert self.process.stdin is not None
+        assert self.process.stdout is not None
+        _write_frame(self.process.stdin, (data, name))
+        ready, _, _ = select.select([self.process.stdout], [], [], timeout_s)
+        if not ready:
+            raise TimeoutError
+        return _read_frame(self.process.stdout)
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait(timeout=10)
+        for stream in (self.process.stdin, self.process.stdout):
+            if stream is not None:
+                with contextlib.suppress(OSError):  # unflushed bytes to a dead process
+                    stream.close()
+
+
+class GuardedDecoder:
+    """`decode(data, name)` like `decode_bytes`, but in bounded worker processes."""
+
+    def __init__(self, timeout_s: float = 30.0, memory_mb: int = 2048, workers: int = 1) -> None:
+        self.timeout_s = timeout_s
+        self.memory_mb = memory_mb
+        self._idle: queue.Queue[_Worker] = queue.Queue()
+        self._all: list[_Worker] = []
+        self._lock = threading.Lock()
+        for _ in range(max(1, workers)):
+            self._add()
+
+    def _add(self) -> None:
+        worker = _Worker(self.memory_mb)
+        with self._lock:
+            self._all.append(worker)
+        self._idle.put(worker)
+
+    def _replace(self, worker: _Worker) -> None:
+        worker.kill()
+        with self._lock:
+            if worker in self._all:
+                self._all.remove(worker)
+        self._add()
+
+    def decode(self, data: bytes, name: str = "input") -> DecodedImage:
+        worker = self._idle.get()
+        healthy = True
+        try:
+            result = worker.ask(data, name, self.timeout_s)
+        except TimeoutError as exc:
+            healthy = False
+            log.error("decoding took over %.0f s: decoder process killed and replaced", self.timeout_s)
+            raise EdgeError(
+                Code.DECODE_TIMEOUT, f"{name}: decoding took longer than {self.timeout_s:g} s"
+            ) from exc
+        except (EOFError, OSError, pickle.UnpicklingError) as exc:
+            healthy = False
+            log.error("the decoder process died: replaced")
+            raise EdgeError(Code.DECODE_CRASHED, f"{name}: the decoder crashed on this file") from exc
+        finally:
+            if healthy:
+                self._idle.put(worker)
+            else:
+                self._replace(worker)
+        if isinstance(result, EdgeError):
+            raise result
+        if not isinstance(result, DecodedImage):
+            raise EdgeError(Code.DECODE_CRASHED, f"{name}: the decoder answered nonsense")
+        return result
+
+    def close(self) -> None:
+        with self._lock:
+            workers, self._all = self._all, []
+        for worker in workers:
+            worker.kill()
+
+    def __enter__(self) -> GuardedDecoder:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+if __name__ == "__main__":
+    serve(int(sys.argv[1]))
