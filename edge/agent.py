@@ -1,27 +1,37 @@
 """`edge run`: the agent. One process runs the enabled ingest sources and the worker.
 
-Threads: the worker (claims queued jobs and scores them), the drop-folder watcher, and
-pynetdicom's association threads for the DICOM listener. Sources wake the worker as soon as they
-queue a job; the worker also polls, for jobs queued by other processes. SIGTERM or SIGINT stops
-the sources first, lets the worker finish the job in hand, then exits; a job claimed by an agent
-that was killed instead is requeued when the next agent starts.
+Threads: the worker (claims queued jobs and scores them), the drop-folder watcher, pynetdicom's
+association threads for the DICOM listener, a maintenance thread (disk guard, reserve, WAL
+checkpoint, retention, agent.json) and, under systemd, the watchdog. Start-up: migrate the store,
+requeue jobs held by dead processes, sweep orphaned files, open every model (a TensorRT engine
+may be built now: STATUS says so), then READY=1. SIGTERM or SIGINT: STOPPING=1, the sources
+stop first, the worker finishes the job in hand, and the process exits.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import shutil
+import os
 import signal
 import threading
+import time
 from collections.abc import Callable
+from datetime import datetime, timezone
 from typing import Any
 
+from edge import health, housekeeping, service
 from edge.config import Settings
+from edge.errors import Code, EdgeError
 from edge.ingest.guard import GuardedDecoder
 from edge.pipeline import Pipeline
 from edge.store import Store
+from edge.store.files import write_atomically
 
 log = logging.getLogger(__name__)
+MAINTENANCE_S = 30.0
+CHECKPOINT_EVERY_S = 600.0
+RETENTION_EVERY_S = 3600.0
 
 
 class Agent:
@@ -30,20 +40,19 @@ class Agent:
         self.stop = threading.Event()
         self.wake = threading.Event()
         self.ready = threading.Event()
+        self.heartbeat = service.Heartbeat()
         self.listener: Any = None
+        self.started = datetime.now(timezone.utc)
+        self.jobs_done = 0
+        self.worker_ready = threading.Event()
+        self.failed = False
         self._threads: list[threading.Thread] = []
 
     # ------------------------------------------------------------------ disk guard
 
     def accepting(self) -> tuple[bool, str]:
-        """False (with the reason) when free space is below `[store] min_free_mb`."""
-        try:
-            free_mb = shutil.disk_usage(self.settings.data_dir).free // (1024 * 1024)
-        except OSError as exc:
-            return False, f"cannot read free space: {exc.strerror}"
-        if free_mb < self.settings.store.min_free_mb:
-            return False, f"{free_mb} MB free, below the {self.settings.store.min_free_mb} MB floor"
-        return True, ""
+        state = housekeeping.disk_state(self.settings)
+        return state.accepting, state.reason
 
     # ------------------------------------------------------------------ threads
 
@@ -52,15 +61,37 @@ class Agent:
         return Pipeline(self.settings, store, actor=actor)
 
     def _work(self) -> None:
-        pipeline = self._pipeline("agent")
+        """The worker thread: its own store connection, models opened before READY."""
+        pipeline = None
         try:
+            pipeline = self._pipeline("agent")  # requeues jobs held by dead processes on this host
+            self._warm_up(pipeline)
+            self.worker_ready.set()
             while not self.stop.is_set():
-                if not pipeline.run_once():
+                self.heartbeat.beat()
+                try:
+                    worked = pipeline.run_once()
+                except EdgeError as error:  # the store itself failed (disk full, I/O error)
+                    log.error("worker: %s", error.one_line())
+                    if error.code is Code.DISK_FULL:
+                        housekeeping.release_reserve(self.settings)
+                    worked = False
+                    self.stop.wait(self.settings.worker.poll_s)
+                if worked:
+                    self.jobs_done += 1
+                else:
                     self.wake.wait(self.settings.worker.poll_s)
                     self.wake.clear()
+        except BaseException:
+            # A dead worker must not leave a live-looking agent: stop, and exit non-zero so
+            # systemd restarts us.
+            log.exception("the worker died")
+            self.failed = True
+            self.stop.set()
         finally:
-            pipeline.close()
-            pipeline.store.close()
+            if pipeline is not None:
+                pipeline.close()
+                pipeline.store.close()
 
     def _watch(self, decoder: GuardedDecoder) -> None:
         from edge.ingest.watch import DropFolder
@@ -75,10 +106,80 @@ class Agent:
             pipeline.close()
             pipeline.store.close()
 
+    def _maintain(self) -> None:
+        store = Store(self.settings.data_dir, busy_timeout_ms=self.settings.store.busy_timeout_ms)
+        last_checkpoint = last_retention = time.monotonic()
+        warned = False
+        try:
+            while True:
+                state = housekeeping.disk_state(self.settings)
+                if state.warning and not warned:
+                    log.warning("disk: %s", state.reason)
+                warned = state.warning
+                if state.accepting:
+                    housekeeping.ensure_reserve(self.settings)
+                now = time.monotonic()
+                try:
+                    if now - last_checkpoint > CHECKPOINT_EVERY_S:
+                        store.checkpoint()
+                        last_checkpoint = now
+                    if now - last_retention > RETENTION_EVERY_S:
+                        housekeeping.purge_expired(store, self.settings.store.retention_days)
+                        last_retention = now
+                    self._write_agent_file(store)
+                except EdgeError as error:
+                    log.error("maintenance: %s", error.one_line())
+                if self.stop.wait(MAINTENANCE_S):
+                    return
+        finally:
+            store.close()
+
+    def _write_agent_file(self, store: Store) -> None:
+        report = {
+            "pid": os.getpid(),
+            "started_at": self.started.isoformat(timespec="seconds"),
+            "updated_epoch": time.time(),
+            "worker_heartbeat_age_s": round(self.heartbeat.age(), 1),
+            "jobs_done_since_start": self.jobs_done,
+            "sources": {
+                "dicom": f"{self.settings.dicom.ae_title}@{self.settings.dicom.port}"
+                if self.settings.dicom.enabled
+                else None,
+                "watch": str(self.settings.inbox) if self.settings.watch.enabled else None,
+            },
+        }
+        write_atomically(health.agent_file(self.settings), json.dumps(report, indent=1).encode())
+        service.notify(f"STATUS={health.status_line(health.snapshot(self.settings, store))}")
+
+    def healthy(self, store: Store) -> tuple[bool, str]:
+        """The watchdog's question: is the worker looping and does the store answer?"""
+        age = self.heartbeat.age()
+        if age > self.settings.worker.stall_s:
+            return False, f"worker loop silent for {age:.0f} s (stalled)"
+        store.db.execute("SELECT 1 FROM jobs LIMIT 1").fetchall()
+        return True, ""
+
     def _start(self, name: str, target: Callable[..., None], *args: Any) -> None:
         thread = threading.Thread(target=target, args=args, name=name, daemon=True)
         thread.start()
         self._threads.append(thread)
+
+    def _start_watchdog(self) -> None:
+        interval = service.watchdog_interval()
+        if interval is None:
+            return
+
+        def run() -> None:
+            # The watchdog's store connection belongs to its own thread.
+            with Store(self.settings.data_dir, busy_timeout_ms=self.settings.store.busy_timeout_ms) as store:
+                service.Watchdog(
+                    interval,
+                    lambda: self.healthy(store),
+                    lambda: health.status_line(health.snapshot(self.settings, store)),
+                    self.stop,
+                ).run()
+
+        self._start("watchdog", run)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -86,11 +187,17 @@ class Agent:
         if install_signals:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(signum, lambda *_: self.stop.set())
-        Store(self.settings.data_dir).close()  # create and migrate once, before the threads
+        with Store(self.settings.data_dir) as store:  # create and migrate once, before the threads
+            housekeeping.sweep_orphans(store)
         ingest = self.settings.ingest
         decoder = GuardedDecoder(ingest.decode_timeout_s, ingest.decode_memory_mb, ingest.decode_workers)
         try:
             self._start("worker", self._work)
+            while not (self.worker_ready.wait(1.0) or self.stop.is_set()):
+                pass
+            if self.stop.is_set():
+                return 1 if self.failed else 0
+            self._start("maintenance", self._maintain)
             if self.settings.watch.enabled:
                 self._start("watch", self._watch, decoder)
             if self.settings.dicom.enabled:
@@ -104,11 +211,14 @@ class Agent:
                     accepting=self.accepting,
                 )
                 self.listener.start()
+            self._start_watchdog()
             log.info(
                 "agent running (dicom %s, watch %s)", self.settings.dicom.enabled, self.settings.watch.enabled
             )
+            service.notify("READY=1")
             self.ready.set()
             self.stop.wait()
+            service.notify("STOPPING=1")
             log.info("stopping: sources first, then the job in hand")
         finally:
             if self.listener is not None:
@@ -118,4 +228,16 @@ class Agent:
             for thread in self._threads:
                 thread.join(timeout=60)
             decoder.close()
-        return 0
+        return 1 if self.failed else 0
+
+    def _warm_up(self, pipeline: Pipeline) -> None:
+        """Open every installed model before READY: a first TensorRT build takes minutes, and the
+        service must not look ready (or be killed by the watchdog) while it runs."""
+        for name in pipeline.registry.names():
+            service.notify(f"STATUS=loading model {name}")
+            service.notify("EXTEND_TIMEOUT_USEC=1800000000")
+            try:
+                served = pipeline.pool.get(name)
+                log.info("model %s %s ready on %s/%s", name, served.version, served.backend, served.precision)
+            except EdgeError as error:
+                log.error("model %s cannot be served: %s", name, error.one_line())

@@ -203,6 +203,45 @@ def run(obj: Context, dicom: bool | None, port: int | None, watch: bool | None, 
     sys.exit(Agent(settings).run())
 
 
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@pass_context
+def doctor(obj: Context, as_json: bool) -> None:
+    """Check this device: packages, backends and GPU, models, engines, database, disk, clock,
+    listener, agent. One pass/warn/fail line each; exit status 0, 1 or 2 for the worst."""
+    from edge.doctor import run_checks, worst
+
+    checks = run_checks(obj.settings)
+    if as_json:
+        click.echo(json.dumps([c.__dict__ for c in checks], indent=2))
+    else:
+        colours = {"pass": "green", "warn": "yellow", "fail": "red"}
+        console = Console(highlight=False)
+        for check in checks:
+            console.print(
+                f"[{colours[check.level]}]{check.level.upper():4}[/]  {check.name}: {check.message}"
+            )
+    sys.exit(worst(checks))
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="The whole health snapshot as JSON.")
+@pass_context
+def status(obj: Context, as_json: bool) -> None:
+    """Health snapshot: agent, queue depth, last result, errors, disk, versions."""
+    from edge.health import snapshot, status_line
+
+    snap = snapshot(obj.settings)
+    if as_json:
+        click.echo(json.dumps(snap, indent=2, default=str))
+        return
+    agent = snap["agent"]
+    click.echo(f"agent: {'running, pid ' + str(agent['pid']) if agent['running'] else agent.get('reason')}")
+    click.echo(status_line(snap))
+    for error in snap["recent_errors"]:
+        click.echo(f"recent: {error['state']} {error['error_code']}: {error['error_message']}")
+
+
 # ---------------------------------------------------------------------- demo
 
 

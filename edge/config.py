@@ -74,6 +74,12 @@ class StoreSettings(_Section):
     """Inputs larger than this are refused before decoding (a DICOM can claim any size)."""
     min_free_mb: int = Field(default=500, ge=0)
     """Below this much free disk the agent stops accepting studies (the modality retries later)."""
+    warn_free_mb: int = Field(default=2000, ge=0)
+    """Below this, a warning (log, status, doctor) while studies are still accepted."""
+    reserve_mb: int = Field(default=64, ge=0)
+    """A file kept full to be deleted in an emergency: SQLite cannot even DELETE on a full disk."""
+    retention_days: float = Field(default=30.0, ge=0)
+    """Image files older than this are deleted once the hub has acknowledged them (never before)."""
 
 
 class ExplainSettings(_Section):
@@ -119,6 +125,8 @@ class WatchSettings(_Section):
 class WorkerSettings(_Section):
     poll_s: float = Field(default=1.0, gt=0)
     """How often an idle worker looks for jobs queued by another process."""
+    stall_s: float = Field(default=120.0, gt=0)
+    """A worker loop silent for longer is wedged: the watchdog stops petting and systemd restarts."""
 
 
 class Settings(BaseSettings):

@@ -28,7 +28,10 @@ def test_round_trips_on_every_available_implementation() -> None:
     from tools.check_device_memory import check
 
     for memory in opened:
-        report = check(memory)
+        try:
+            report = check(memory)
+        finally:
+            memory.close()
         assert report["failures"] == [], report
         assert report["two_streams_ok"]
         assert np.isfinite(report["bandwidth_gb_s"]["host_to_device"])

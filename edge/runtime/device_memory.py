@@ -11,10 +11,12 @@ cache key. `open_device_memory("auto")` takes whichever imports, cuda-python fir
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import importlib
 import importlib.util
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -76,6 +78,10 @@ class DeviceMemory(ABC):
     @abstractmethod
     def copy_to_host(self, host: np.ndarray, pointer: int, stream: Any) -> None: ...
 
+    def close(self) -> None:
+        """Release what this object holds of the driver (a context, for pycuda). Idempotent."""
+        return None
+
 
 class CudaPythonMemory(DeviceMemory):
     name = "cuda-python"
@@ -83,22 +89,24 @@ class CudaPythonMemory(DeviceMemory):
     def __init__(self) -> None:
         self._rt = _cudart()
         self._pinned: dict[int, int] = {}  # host array address -> cudaMallocHost pointer
-        self._check(self._rt.cudaFree(0))  # creates the primary context; fails fast with no GPU
+        # Initialises the primary context (shared by every thread, as TensorRT expects); fails
+        # fast with no GPU.
+        self._check(self._rt.cudaFree(0), Code.BACKEND_UNAVAILABLE)
 
     @classmethod
     def is_available(cls) -> bool:
         return importlib.util.find_spec("cuda") is not None and _cudart_or_none() is not None
 
-    def _check(self, result: Any) -> Any:
+    def _check(self, result: Any, code: Code = Code.INFERENCE_FAILED) -> Any:
         error, *values = result if isinstance(result, tuple) else (result,)
         if int(error) != 0:
             _, text = self._rt.cudaGetErrorString(error)
-            raise EdgeError(Code.BACKEND_UNAVAILABLE, f"CUDA error {int(error)}: {text.decode()}")
+            raise EdgeError(code, f"CUDA error {int(error)}: {text.decode()}")
         return values[0] if len(values) == 1 else tuple(values)
 
     def gpu_info(self) -> GpuInfo:
-        device = self._check(self._rt.cudaGetDevice())
-        props = self._check(self._rt.cudaGetDeviceProperties(device))
+        device = self._check(self._rt.cudaGetDevice(), Code.BACKEND_UNAVAILABLE)
+        props = self._check(self._rt.cudaGetDeviceProperties(device), Code.BACKEND_UNAVAILABLE)
         name = (
             props.name.decode(errors="replace").rstrip("\x00")
             if isinstance(props.name, bytes)
@@ -147,44 +155,66 @@ class CudaPythonMemory(DeviceMemory):
 
 
 class PycudaMemory(DeviceMemory):
+    """pycuda on the device's *primary* context (the one the CUDA runtime and TensorRT use),
+    pushed around every call so any thread may use it, and detached on close. A context made
+    with make_context() and never popped would abort the process at exit."""
+
     name = "pycuda"
 
     def __init__(self) -> None:
         self._driver = importlib.import_module("pycuda.driver")
         self._driver.init()
         self._device = self._driver.Device(0)
-        # A context of our own, made current on this thread (pycuda.autoinit would do it at import).
-        self._context = self._device.make_context()
+        self._context: Any = self._device.retain_primary_context()
         self._allocations: dict[int, Any] = {}
 
     @classmethod
     def is_available(cls) -> bool:
         return importlib.util.find_spec("pycuda") is not None
 
+    @contextlib.contextmanager
+    def _current(self) -> Iterator[None]:
+        if self._context is None:
+            raise EdgeError(Code.INFERENCE_FAILED, "pycuda device memory is closed")
+        self._context.push()
+        try:
+            yield
+        except EdgeError:
+            raise
+        except Exception as exc:  # pycuda raises its own LogicError/RuntimeError
+            raise EdgeError(Code.INFERENCE_FAILED, f"CUDA (pycuda): {exc}") from exc
+        finally:
+            self._driver.Context.pop()
+
     def gpu_info(self) -> GpuInfo:
         major, minor = self._device.compute_capability()
         return GpuInfo(self._device.name(), f"{major}.{minor}", int(self._device.total_memory()))
 
     def malloc(self, nbytes: int) -> int:
-        allocation = self._driver.mem_alloc(max(1, nbytes))
+        with self._current():
+            allocation = self._driver.mem_alloc(max(1, nbytes))
         self._allocations[int(allocation)] = allocation
         return int(allocation)
 
     def free(self, pointer: int) -> None:
         allocation = self._allocations.pop(pointer, None)
         if allocation is not None:
-            allocation.free()
+            with self._current():
+                allocation.free()
 
     def pinned_empty(self, shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray:
-        return np.asarray(self._driver.pagelocked_empty(shape, dtype))
+        with self._current():
+            return np.asarray(self._driver.pagelocked_empty(shape, dtype))
 
     def pinned_free(self, array: np.ndarray) -> None:
         base = getattr(array, "base", None)
         if base is not None and hasattr(base, "free"):
-            base.free()
+            with self._current():
+                base.free()
 
     def stream_create(self) -> Any:
-        return self._driver.Stream()
+        with self._current():
+            return self._driver.Stream()
 
     def stream_handle(self, stream: Any) -> int:
         return int(stream.handle)
@@ -193,16 +223,23 @@ class PycudaMemory(DeviceMemory):
         return None  # released with its Python object
 
     def synchronize(self, stream: Any) -> None:
-        stream.synchronize()
+        with self._current():
+            stream.synchronize()
 
     def copy_to_device(self, pointer: int, host: np.ndarray, stream: Any) -> None:
-        self._driver.memcpy_htod_async(pointer, host, stream)
+        with self._current():
+            self._driver.memcpy_htod_async(pointer, host, stream)
 
     def copy_to_host(self, host: np.ndarray, pointer: int, stream: Any) -> None:
-        self._driver.memcpy_dtoh_async(host, pointer, stream)
+        with self._current():
+            self._driver.memcpy_dtoh_async(host, pointer, stream)
 
     def close(self) -> None:
-        self._context.pop()
+        if self._context is not None:
+            for pointer in list(self._allocations):
+                self.free(pointer)
+            self._context.detach()
+            self._context = None
 
 
 IMPLEMENTATIONS: dict[str, type[DeviceMemory]] = {"cuda-python": CudaPythonMemory, "pycuda": PycudaMemory}

@@ -38,12 +38,18 @@ RunnerFactory = Callable[[Path, TensorNames], Runner]
 Identity = Callable[[], tuple[str, GpuInfo]]
 
 
-def _default_identity() -> tuple[str, GpuInfo]:
-    from edge.runtime import device_memory
-    from edge.runtime.tensorrt import tensorrt_version
+def _identity_from(settings: Settings) -> Identity:
+    def identity() -> tuple[str, GpuInfo]:
+        from edge.runtime import device_memory
+        from edge.runtime.tensorrt import tensorrt_version
 
-    memory = device_memory.open_device_memory()
-    return tensorrt_version(), memory.gpu_info()
+        memory = device_memory.open_device_memory(settings.runtime.device_memory)
+        try:
+            return tensorrt_version(), memory.gpu_info()
+        finally:
+            memory.close()
+
+    return identity
 
 
 class EngineManager:
@@ -61,7 +67,7 @@ class EngineManager:
         self.cache = EngineCache(settings.data_dir / "engines")
         self._builder = builder
         self._runner_factory = runner_factory
-        self._identity_source = identity or _default_identity
+        self._identity_source = identity or _identity_from(settings)
         self._identity: tuple[str, GpuInfo] | None = None
 
     # ------------------------------------------------------------------ identity and keys

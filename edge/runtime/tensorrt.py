@@ -52,17 +52,22 @@ def tensorrt_version() -> str:
 
 
 class _Logger:
-    """Bridges TensorRT's log to ours and keeps the last errors for the refusal message."""
+    """Bridges TensorRT's log to ours. TensorRT keeps one logger per process (NVIDIA/TensorRT#1475),
+    so there is exactly one of these, shared by every builder, parser and runtime; each call
+    takes the errors logged during it from `errors_since(mark)`."""
 
     def __init__(self, trt: Any) -> None:
+        lock = threading.Lock()
+        errors: list[str] = []
+
         class Bridge(trt.ILogger):
             def __init__(inner) -> None:
                 trt.ILogger.__init__(inner)
-                inner.errors: list[str] = []
 
             def log(inner, severity: Any, message: str) -> None:
                 if severity <= trt.ILogger.Severity.ERROR:
-                    inner.errors.append(message)
+                    with lock:
+                        errors.append(message)
                     log.error("tensorrt: %s", message)
                 elif severity <= trt.ILogger.Severity.WARNING:
                     log.warning("tensorrt: %s", message)
@@ -70,10 +75,28 @@ class _Logger:
                     log.debug("tensorrt: %s", message)
 
         self.bridge = Bridge()
+        self._errors = errors
+        self._lock = lock
 
-    @property
-    def errors(self) -> list[str]:
-        return list(self.bridge.errors)
+    def mark(self) -> int:
+        with self._lock:
+            return len(self._errors)
+
+    def errors_since(self, mark: int) -> list[str]:
+        with self._lock:
+            return list(self._errors[mark:])
+
+
+_shared_logger: _Logger | None = None
+_shared_logger_lock = threading.Lock()
+
+
+def _logger() -> _Logger:
+    global _shared_logger  # noqa: PLW0603 - one logger per process, as TensorRT requires
+    with _shared_logger_lock:
+        if _shared_logger is None:
+            _shared_logger = _Logger(_trt())
+        return _shared_logger
 
 
 def _progress_monitor(trt: Any, callback: ProgressCallback) -> Any:
@@ -100,7 +123,10 @@ def _progress_monitor(trt: Any, callback: ProgressCallback) -> Any:
         def phase_finish(self, phase_name: str) -> None:
             parent, _, _ = self.phases.pop(phase_name, (None, 1, 0))
             if parent is None:
-                callback(phase_name, 1.0)
+                try:
+                    callback(phase_name, 1.0)
+                except Exception:
+                    log.exception("progress callback failed")
 
     return Monitor()
 
@@ -117,8 +143,31 @@ def build_engine(
     progress: ProgressCallback | None = None,
 ) -> bytes:
     """A serialized engine, or ENGINE_BUILD_FAILED with TensorRT's own words."""
+    try:
+        return _build(
+            onnx_file, precision, input_name, input_shape, max_batch, workspace_mb, timing_cache, progress
+        )
+    except EdgeError:
+        raise
+    except Exception as exc:  # e.g. RuntimeError from an inconsistent profile, MemoryError
+        raise EdgeError(
+            Code.ENGINE_BUILD_FAILED, f"{precision} engine from {onnx_file.name}: {exc}"[:500]
+        ) from exc
+
+
+def _build(
+    onnx_file: Path,
+    precision: str,
+    input_name: str,
+    input_shape: tuple[int, int, int],
+    max_batch: int,
+    workspace_mb: int,
+    timing_cache: Path,
+    progress: ProgressCallback | None,
+) -> bytes:
     trt = _trt()
-    logger = _Logger(trt)
+    logger = _logger()
+    mark = logger.mark()
     builder = trt.Builder(logger.bridge)
     flags = 0
     if precision == "int8":
@@ -137,21 +186,22 @@ def build_engine(
         config.set_flag(trt.BuilderFlag.FP16)
     profile = builder.create_optimization_profile()
     channels, height, width = input_shape
-    profile.set_shape(
-        input_name,
-        (1, channels, height, width),
-        (1, channels, height, width),
-        (max_batch, channels, height, width),
-    )
+    one = (1, channels, height, width)
+    profile.set_shape(input_name, one, one, (max_batch, channels, height, width))
     config.add_optimization_profile(profile)
     cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    if not config.set_timing_cache(cache, ignore_mismatch=False):
+        log.warning(
+            "the timing cache %s does not fit this TensorRT/GPU: starting a new one", timing_cache.name
+        )
+        cache = config.create_timing_cache(b"")
+        config.set_timing_cache(cache, ignore_mismatch=False)
     if progress is not None and hasattr(trt, "IProgressMonitor"):
         config.progress_monitor = _progress_monitor(trt, progress)
     started = time.monotonic()
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        reason = "; ".join(logger.errors[-3:]) or "the builder returned nothing"
+        reason = "; ".join(logger.errors_since(mark)[-3:]) or "the builder returned nothing"
         raise EdgeError(Code.ENGINE_BUILD_FAILED, f"{precision} engine from {onnx_file.name}: {reason}"[:500])
     write_atomically(timing_cache, bytes(config.get_timing_cache().serialize()))
     log.info("built %s engine from %s in %.0f s", precision, onnx_file.name, time.monotonic() - started)
@@ -188,7 +238,10 @@ class TensorRTRunner(Runner):
                 "TensorRT is not installed: on a Jetson it comes with JetPack (use a venv with "
                 "--system-site-packages); see docs/jetson.md"
             )
-        return "TensorRT is installed but neither cuda-python nor pycuda is: pip install cuda-python"
+        return (
+            "TensorRT is installed but neither cuda-python nor pycuda is: "
+            'pip install "cuda-python>=12.6,<13" (JetPack 6 ships CUDA 12)'
+        )
 
     def __init__(
         self,
@@ -199,22 +252,41 @@ class TensorRTRunner(Runner):
     ) -> None:
         """`model_file` is a serialized engine (the engine manager builds it from the ONNX)."""
         super().__init__(model_file, names, settings)
-        trt = _trt()
         self._lock = threading.Lock()
+        self._owns_memory = memory is None
         self._memory = memory or device_memory.open_device_memory(settings.device_memory)
-        self._logger = _Logger(trt)
-        self._runtime = trt.Runtime(self._logger.bridge)
+        self._device: dict[str, int] = {}
+        self._host: dict[str, np.ndarray] = {}
+        self._stream: Any = None
+        self._engine: Any = None
+        self._context: Any = None
+        try:
+            self._open(model_file, names)
+        except Exception as exc:
+            self._release()
+            if isinstance(exc, EdgeError):
+                raise
+            raise EdgeError(
+                Code.ENGINE_BUILD_FAILED, f"{model_file.name} cannot be opened: {exc}"[:400]
+            ) from exc
+
+    def _open(self, model_file: Path, names: TensorNames) -> None:
+        trt = _trt()
+        logger = _logger()
+        mark = logger.mark()
+        self._runtime = trt.Runtime(logger.bridge)
         self._engine = self._runtime.deserialize_cuda_engine(model_file.read_bytes())
         if self._engine is None:
-            reason = "; ".join(self._logger.errors[-2:]) or "incompatible or corrupt engine"
+            reason = "; ".join(logger.errors_since(mark)[-2:]) or "incompatible or corrupt engine"
             raise EdgeError(Code.ENGINE_BUILD_FAILED, f"{model_file.name} does not deserialize: {reason}")
         self._context = self._engine.create_execution_context()
+        if self._context is None:  # e.g. out of device memory on an 8 GB Orin
+            reason = "; ".join(logger.errors_since(mark)[-2:]) or "no execution context (out of memory?)"
+            raise EdgeError(Code.ENGINE_BUILD_FAILED, f"{model_file.name}: {reason}")
         self._input, self._outputs = bind(engine_tensors(self._engine), names)
         profile_max = self._engine.get_tensor_profile_shape(names.input, 0)[2]
         self.max_batch = int(profile_max[0])
         self._stream = self._memory.stream_create()
-        self._device: dict[str, int] = {}
-        self._host: dict[str, np.ndarray] = {}
         for spec in (self._input, *self._outputs):
             shape = concrete_shape(spec, self.max_batch)
             self._host[spec.name] = self._memory.pinned_empty(shape, spec.dtype)
@@ -222,8 +294,8 @@ class TensorRTRunner(Runner):
             self._context.set_tensor_address(spec.name, self._device[spec.name])
 
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        if self._engine is None:
-            raise EdgeError(Code.INFERENCE_FAILED, "the TensorRT runner is closed")
+        if len(batch) == 0:
+            raise EdgeError(Code.INFERENCE_FAILED, "an empty batch")
         outputs: dict[str, list[np.ndarray]] = {spec.name: [] for spec in self._outputs}
         for start in range(0, len(batch), self.max_batch):
             chunk = np.ascontiguousarray(batch[start : start + self.max_batch], dtype=self._input.dtype)
@@ -234,6 +306,8 @@ class TensorRTRunner(Runner):
     def _infer_chunk(self, chunk: np.ndarray) -> dict[str, np.ndarray]:
         count = len(chunk)
         with self._lock:
+            if self._engine is None:
+                raise EdgeError(Code.INFERENCE_FAILED, "the TensorRT runner is closed")
             try:
                 host_in = self._host[self._input.name]
                 host_in[:count] = chunk
@@ -260,17 +334,23 @@ class TensorRTRunner(Runner):
 
     def close(self) -> None:
         with self._lock:
-            if self._engine is None:
-                return
+            self._release()
+
+    def _release(self) -> None:
+        if self._stream is not None:
             self._memory.synchronize(self._stream)
-            for pointer in self._device.values():
-                self._memory.free(pointer)
-            for array in self._host.values():
-                self._memory.pinned_free(array)
+        for pointer in self._device.values():
+            self._memory.free(pointer)
+        for array in self._host.values():
+            self._memory.pinned_free(array)
+        if self._stream is not None:
             self._memory.stream_destroy(self._stream)
-            self._device.clear()
-            self._host.clear()
-            # Context before engine before runtime: TensorRT's own teardown order.
-            self._context = None
-            self._engine = None
-            self._runtime = None
+        self._device.clear()
+        self._host.clear()
+        self._stream = None
+        # Context before engine before runtime: TensorRT's own teardown order.
+        self._context = None
+        self._engine = None
+        self._runtime = None
+        if self._owns_memory:
+            self._memory.close()

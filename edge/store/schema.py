@@ -149,6 +149,12 @@ def m002_result_quality(db: Database) -> None:
     db.execute("ALTER TABLE results ADD COLUMN quality TEXT")
 
 
+@migrations()
+def m003_image_purge(db: Database) -> None:
+    # When retention deleted the image file (after the hub acknowledged it); the row stays.
+    db.execute("ALTER TABLE images ADD COLUMN purged_at TEXT")
+
+
 def schema_version(db: Database) -> int:
     """Number of applied migrations (shown by `edge doctor`)."""
     return len(migrations.applied(db))

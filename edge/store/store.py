@@ -351,6 +351,62 @@ class Store:
         for row in self.db.execute(sql + " ORDER BY id", params).fetchall():
             yield dict(row)
 
+    # ------------------------------------------------------------------ housekeeping
+
+    def purgeable_images(self, older_than: str) -> list[dict[str, Any]]:
+        """Images whose file may go: the hub acknowledged the image itself, and it is older than
+        the retention horizon. Nothing the hub has not acknowledged is ever returned."""
+        return _dicts(
+            self.db.execute(
+                "SELECT i.id, i.path FROM images i WHERE i.purged_at IS NULL AND i.created_at < ?"
+                " AND EXISTS (SELECT 1 FROM outbox o WHERE o.kind = 'image' AND o.ref_id = i.id"
+                " AND o.acked_at IS NOT NULL)",
+                [older_than],
+            )
+        )
+
+    def mark_purged(self, image_id: str) -> None:
+        with self._writing("record a purge"), self.db.atomic():
+            self.db.execute("UPDATE images SET purged_at = ? WHERE id = ?", [utc_now(), image_id])
+            self._audit("retention", "image.purged", image_id, {})
+
+    def referenced_files(self) -> set[str]:
+        """Every file path (relative) a row points at: images and heatmaps."""
+        paths = {row[0] for row in self.db.execute("SELECT path FROM images WHERE purged_at IS NULL")}
+        paths |= {
+            row[0]
+            for row in self.db.execute("SELECT heatmap_path FROM results WHERE heatmap_path IS NOT NULL")
+        }
+        return paths
+
+    def checkpoint(self) -> None:
+        """Fold the WAL back into the database file and truncate it (keeps the WAL from growing)."""
+        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def integrity(self) -> str:
+        return str(self.db.execute("PRAGMA integrity_check").fetchone()[0])
+
+    def queue_depth(self) -> int:
+        return int(
+            self.db.execute("SELECT count(*) FROM jobs WHERE state IN ('queued', 'running')").fetchone()[0]
+        )
+
+    def last_result(self) -> dict[str, Any] | None:
+        return self._one(
+            "SELECT id, model_name, finding, probability, created_at FROM results"
+            " ORDER BY created_at DESC LIMIT 1",
+            [],
+        )
+
+    def recent_errors(self, limit: int = 5) -> list[dict[str, Any]]:
+        return _dicts(
+            self.db.execute(
+                "SELECT id, state, error_code, error_message, updated_at FROM jobs"
+                " WHERE error_code IS NOT NULL ORDER BY updated_at DESC LIMIT ?",
+                [limit],
+            )
+        )
+
     # ------------------------------------------------------------------ audit
 
     def audit(self, actor: str, action: str, subject_id: str | None, detail: dict[str, Any]) -> None:

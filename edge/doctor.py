@@ -1,0 +1,280 @@
+"""`edge doctor`: pass / warn / fail lines a field engineer can read over the phone.
+
+Each check returns one line; the exit status is the worst (0 pass, 1 warn, 2 fail).
+"""
+
+from __future__ import annotations
+
+import errno
+import importlib
+import importlib.util
+import platform
+import socket
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from edge import health, housekeeping
+from edge.config import Settings
+from edge.errors import EdgeError
+from edge.registry import Registry
+from edge.store import Store, schema
+
+LEVELS = {"pass": 0, "warn": 1, "fail": 2}
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    level: str
+    message: str
+
+
+def _python(settings: Settings) -> list[Check]:
+    ok = sys.version_info >= (3, 10)
+    return [Check("python", "pass" if ok else "fail", f"{platform.python_version()} ({sys.executable})")]
+
+
+def _packages(settings: Settings) -> list[Check]:
+    required = ["numpy", "cv2", "onnxruntime", "pydicom", "pynetdicom", "sqlite_utils", "pydantic"]
+    decoders = {
+        "pylibjpeg": "JPEG 2000/HTJ2K",
+        "openjpeg": "JPEG 2000",
+        "rle": "RLE",
+        "jpeg_ls": "JPEG-LS",
+        "gdcm": "JPEG lossless, 12-bit JPEG",
+        "PIL": "JPEG baseline",
+    }
+    out = []
+    missing = [name for name in required if importlib.util.find_spec(name) is None]
+    out.append(
+        Check(
+            "packages",
+            "fail" if missing else "pass",
+            f"missing: {', '.join(missing)}" if missing else "all runtime packages import",
+        )
+    )
+    absent = [f"{what} ({name})" for name, what in decoders.items() if importlib.util.find_spec(name) is None]
+    out.append(
+        Check(
+            "dicom decoders",
+            "warn" if absent else "pass",
+            f"cannot decode: {', '.join(absent)}" if absent else "every common transfer syntax",
+        )
+    )
+    return out
+
+
+def _backends(settings: Settings) -> list[Check]:
+    from edge.runtime.tensorrt import TensorRTRunner
+
+    out = []
+    if importlib.util.find_spec("onnxruntime"):
+        ort = importlib.import_module("onnxruntime")
+        out.append(
+            Check(
+                "onnxruntime",
+                "pass",
+                f"{ort.__version__}, providers {', '.join(ort.get_available_providers())}",
+            )
+        )
+    else:
+        out.append(Check("onnxruntime", "fail", "not installed: nothing can run a model"))
+    wanted = settings.runtime.backend == "tensorrt"
+    if not TensorRTRunner.is_available():
+        level = "fail" if wanted else "pass"
+        out.append(
+            Check(
+                "tensorrt",
+                level,
+                f"not available ({TensorRTRunner.unavailable_reason()}); ONNX Runtime serves",
+            )
+        )
+        return out
+    try:
+        from edge.runtime import device_memory
+        from edge.runtime.tensorrt import tensorrt_version
+
+        memory = device_memory.open_device_memory(settings.runtime.device_memory)
+        try:
+            gpu = memory.gpu_info()
+        finally:
+            memory.close()
+        out.append(
+            Check(
+                "tensorrt",
+                "pass",
+                f"{tensorrt_version()} via {memory.name}; GPU {gpu.name}, "
+                f"compute {gpu.compute_capability}, {gpu.total_memory // 2**20} MB",
+            )
+        )
+    except EdgeError as error:
+        out.append(Check("tensorrt", "fail" if wanted else "warn", error.one_line()))
+    return out
+
+
+def _models(settings: Settings) -> list[Check]:
+    registry = Registry(settings.models.dir)
+    names = registry.names()
+    if not names:
+        return [Check("models", "fail", f"no model in {settings.models.dir}")]
+    out = []
+    for name in names:
+        try:
+            entry = registry.get(name)
+            for variant in entry.manifest.variants:
+                entry.variant_file(variant)
+            gated = [
+                v
+                for v, spec in entry.manifest.variants.items()
+                if spec.precision != "fp32" and not spec.servable
+            ]
+            message = f"{entry.manifest.version}, {len(entry.manifest.variants)} files verified (sha256)"
+            if gated:
+                message += f"; not servable (failed gate): {', '.join(gated)}"
+            out.append(Check(f"model {name}", "pass", message))
+        except EdgeError as error:
+            out.append(Check(f"model {name}", "fail", error.one_line()))
+    return out
+
+
+def _engines(settings: Settings) -> list[Check]:
+    from edge.runtime.engines import EngineCache
+
+    records = EngineCache(settings.data_dir / "engines").records()
+    if not records:
+        return [Check("engines", "pass", "no TensorRT engine built on this device")]
+    out = []
+    for record in records:
+        key = record.get("key", {})
+        label = f"engine {key.get('model')} {key.get('precision')}"
+        parity = record.get("parity")
+        if record.get("build") != "ok":
+            out.append(Check(label, "warn", f"build failed: {record.get('error')}"))
+        elif parity is None:
+            out.append(Check(label, "warn", "built, parity not verified yet (edge models verify)"))
+        else:
+            level = "pass" if parity.get("passed") else "fail"
+            out.append(
+                Check(
+                    label,
+                    level,
+                    f"parity {'passed' if parity.get('passed') else 'FAILED'}: agreement "
+                    f"{parity.get('agreement')}, max |logit diff| {parity.get('max_abs_logit_diff')}",
+                )
+            )
+    return out
+
+
+def _database(settings: Settings) -> list[Check]:
+    if not settings.db_path.exists():
+        return [Check("database", "warn", f"{settings.db_path} does not exist yet (created on first use)")]
+    try:
+        with Store(settings.data_dir) as store:
+            integrity = store.integrity()
+            version = schema.schema_version(store.db)
+    except Exception as exc:  # noqa: BLE001 - a broken database is exactly what doctor reports
+        return [Check("database", "fail", f"cannot open {settings.db_path}: {exc}")]
+    level = "pass" if integrity == "ok" and version == schema.latest_version() else "fail"
+    return [Check("database", level, f"integrity {integrity}, schema {version}/{schema.latest_version()}")]
+
+
+def _disk(settings: Settings) -> list[Check]:
+    state = housekeeping.disk_state(settings)
+    level = "fail" if not state.accepting else "warn" if state.warning else "pass"
+    reserve = housekeeping.reserve_path(settings)
+    message = state.reason or f"{state.free_mb} MB free of {state.total_mb} MB"
+    if settings.store.reserve_mb and not reserve.exists():
+        message += "; emergency reserve not in place"
+        level = max(level, "warn", key=LEVELS.__getitem__)
+    return [Check("disk", level, message)]
+
+
+def _clock(settings: Settings) -> list[Check]:
+    now = datetime.now(timezone.utc)
+    if not 2024 <= now.year <= 2100:
+        return [
+            Check(
+                "clock",
+                "fail",
+                f"system time {now.isoformat(timespec='seconds')} is implausible (no RTC battery?)",
+            )
+        ]
+    if settings.db_path.exists():
+        with Store(settings.data_dir) as store:
+            row = store.db.execute("SELECT max(at) FROM audit").fetchone()[0]
+        if row and row > now.isoformat():
+            return [Check("clock", "warn", f"the clock is behind the newest record ({row}): time went back")]
+    return [Check("clock", "pass", now.isoformat(timespec="seconds"))]
+
+
+def _listener(settings: Settings) -> list[Check]:
+    config = settings.dicom
+    if not config.enabled:
+        return [Check("dicom listener", "pass", "disabled")]
+    agent = health.read_agent(settings)
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((config.bind, config.port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                if agent.get("running"):
+                    return [
+                        Check("dicom listener", "pass", f"{config.ae_title} listening on port {config.port}")
+                    ]
+                return [Check("dicom listener", "fail", f"port {config.port} is taken by another program")]
+            return [Check("dicom listener", "fail", f"cannot bind port {config.port}: {exc.strerror}")]
+    if agent.get("running"):
+        return [Check("dicom listener", "warn", f"the agent runs but nothing listens on port {config.port}")]
+    return [Check("dicom listener", "warn", f"port {config.port} is free: the agent is not running")]
+
+
+def _agent(settings: Settings) -> list[Check]:
+    agent = health.read_agent(settings)
+    if agent.get("running"):
+        return [
+            Check(
+                "agent",
+                "pass",
+                f"pid {agent['pid']}, up since {agent['started_at']}, "
+                f"worker heartbeat {agent.get('worker_heartbeat_age_s')} s ago",
+            )
+        ]
+    return [Check("agent", "warn", agent.get("reason", "not running"))]
+
+
+def _hub(settings: Settings) -> list[Check]:
+    return [Check("hub", "pass", "no hub configured: results stay on this device")]
+
+
+CHECKS: list[Callable[[Settings], list[Check]]] = [
+    _python,
+    _packages,
+    _backends,
+    _models,
+    _engines,
+    _database,
+    _disk,
+    _clock,
+    _listener,
+    _agent,
+    _hub,
+]
+
+
+def run_checks(settings: Settings) -> list[Check]:
+    out = []
+    for check in CHECKS:
+        try:
+            out.extend(check(settings))
+        except Exception as exc:  # noqa: BLE001 - one broken check must not hide the others
+            out.append(
+                Check(check.__name__.strip("_"), "fail", f"check crashed: {type(exc).__name__}: {exc}")
+            )
+    return out
+
+
+def worst(checks: list[Check]) -> int:
+    return max((LEVELS[c.level] for c in checks), default=0)

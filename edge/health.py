@@ -1,0 +1,112 @@
+"""One health snapshot for `edge status --json`, the TUI, the hub and the agent's STATUS= line.
+
+The agent writes `<data dir>/agent.json` (pid, start, last heartbeat, sources) on every
+maintenance tick; everything else is read from the store and the host, so the snapshot also
+works, and says so, when no agent is running.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from edge import __version__
+from edge.config import Settings
+from edge.housekeeping import disk_state
+from edge.store import Store
+
+AGENT_FILE = "agent.json"
+STALE_AFTER_S = 180.0
+
+
+def agent_file(settings: Settings) -> Path:
+    return settings.data_dir / AGENT_FILE
+
+
+def read_agent(settings: Settings) -> dict[str, Any]:
+    """The agent's own report, with `running` decided here (pid alive, report fresh)."""
+    try:
+        report = json.loads(agent_file(settings).read_text())
+    except (OSError, ValueError):
+        return {"running": False, "reason": "no agent has run with this data directory"}
+    pid = int(report.get("pid", 0))
+    alive = pid > 0 and _alive(pid)
+    fresh = time.time() - float(report.get("updated_epoch", 0)) < STALE_AFTER_S
+    report["running"] = alive and fresh
+    if not report["running"]:
+        report["reason"] = "the agent is not running" if not alive else "the agent stopped reporting"
+    return report
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def versions() -> dict[str, str]:
+    out = {"edge": __version__, "python": platform.python_version()}
+    for module in ("onnxruntime", "tensorrt", "pydicom", "numpy"):
+        loaded = sys.modules.get(module)
+        if loaded is None:
+            try:
+                from importlib.metadata import version
+
+                out[module] = version(module)
+            except Exception:  # noqa: BLE001 - absent is a fine answer
+                continue
+        else:
+            out[module] = str(getattr(loaded, "__version__", "unknown"))
+    return out
+
+
+def snapshot(settings: Settings, store: Store | None = None) -> dict[str, Any]:
+    disk = disk_state(settings)
+    own = store is None
+    store = store or Store(settings.data_dir, busy_timeout_ms=settings.store.busy_timeout_ms)
+    try:
+        counts = store.counts()
+        out: dict[str, Any] = {
+            "site": settings.site,
+            "data_dir": str(settings.data_dir),
+            "agent": read_agent(settings),
+            "queue_depth": store.queue_depth(),
+            "counts": counts,
+            "last_result": store.last_result(),
+            "recent_errors": store.recent_errors(),
+            "outbox_pending": int(
+                store.db.execute("SELECT count(*) FROM outbox WHERE acked_at IS NULL").fetchone()[0]
+            ),
+            "disk": {
+                "free_mb": disk.free_mb,
+                "total_mb": disk.total_mb,
+                "accepting": disk.accepting,
+                "warning": disk.warning,
+                "reason": disk.reason,
+            },
+            "versions": versions(),
+        }
+    finally:
+        if own:
+            store.close()
+    return out
+
+
+def status_line(snap: dict[str, Any]) -> str:
+    """One line for systemd's STATUS= (shown by `systemctl status`)."""
+    last = snap.get("last_result") or {}
+    disk = snap["disk"]
+    parts = [f"queue {snap['queue_depth']}", f"results {snap['counts']['results']}"]
+    if last:
+        parts.append(f"last {last['finding']} {last['created_at'][11:19]}Z")
+    parts.append(f"disk {disk['free_mb']} MB free" + (" (NOT accepting)" if not disk["accepting"] else ""))
+    return ", ".join(parts)

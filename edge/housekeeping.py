@@ -1,0 +1,122 @@
+"""Keeping a small disk healthy: free-space guard, emergency reserve, orphan sweep, retention,
+WAL checkpoints. Called by the agent's maintenance thread and by `edge doctor`.
+
+- Below `[store] min_free_mb` the agent stops accepting studies (DICOM answers out-of-resources,
+  the drop folder leaves files where they are); below `warn_free_mb` it warns.
+- A reserve file (`reserve_mb`) is kept full; when the disk fills anyway it is deleted, because
+  SQLite needs free pages even to delete rows, and recreated once space is back.
+- Image and heatmap files that no row points at (a crash between the file and its commit) are
+  swept once they are old enough not to belong to a commit in flight.
+- Image files go only after the hub acknowledged them and the retention period passed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from edge.config import Settings
+from edge.store import Store
+from edge.store.files import remove_quietly
+
+log = logging.getLogger(__name__)
+ORPHAN_AGE_S = 3600.0
+
+
+@dataclass(frozen=True)
+class DiskState:
+    free_mb: int
+    total_mb: int
+    accepting: bool
+    warning: bool
+    reason: str
+
+
+def disk_state(settings: Settings) -> DiskState:
+    where = settings.data_dir
+    while not where.exists() and where != where.parent:  # not created yet: its future filesystem
+        where = where.parent
+    try:
+        usage = shutil.disk_usage(where)
+    except OSError as exc:
+        return DiskState(0, 0, False, True, f"cannot read free space: {exc.strerror}")
+    free_mb, total_mb = usage.free // 2**20, usage.total // 2**20
+    floor, warn = settings.store.min_free_mb, settings.store.warn_free_mb
+    if free_mb < floor:
+        return DiskState(free_mb, total_mb, False, True, f"{free_mb} MB free, below the {floor} MB floor")
+    if free_mb < warn:
+        return DiskState(
+            free_mb, total_mb, True, True, f"{free_mb} MB free, below the {warn} MB warning level"
+        )
+    return DiskState(free_mb, total_mb, True, False, "")
+
+
+def reserve_path(settings: Settings) -> Path:
+    return settings.data_dir / "reserve.bin"
+
+
+def ensure_reserve(settings: Settings) -> bool:
+    """Create the reserve file if it is missing and there is room for it (beyond the floor)."""
+    size = settings.store.reserve_mb * 2**20
+    path = reserve_path(settings)
+    if size == 0 or (path.exists() and path.stat().st_size >= size):
+        return True
+    if disk_state(settings).free_mb < settings.store.min_free_mb + settings.store.reserve_mb:
+        return False
+    try:
+        with path.open("wb") as handle:
+            os.posix_fallocate(handle.fileno(), 0, size)
+            os.fsync(handle.fileno())
+    except OSError as exc:
+        path.unlink(missing_ok=True)
+        log.warning("could not create the disk reserve: %s", exc.strerror)
+        return False
+    return True
+
+
+def release_reserve(settings: Settings) -> bool:
+    """Free the reserve so the database can work again on a full disk; True if it was there."""
+    path = reserve_path(settings)
+    if not path.exists():
+        return False
+    remove_quietly(path)
+    log.error("disk full: released the %d MB reserve so the database can recover", settings.store.reserve_mb)
+    return True
+
+
+def sweep_orphans(store: Store, min_age_s: float = ORPHAN_AGE_S) -> int:
+    """Delete image/heatmap files (and temporary files) that no row points at."""
+    referenced = store.referenced_files()
+    cutoff = time.time() - min_age_s
+    removed = 0
+    for folder in ("images", "heatmaps"):
+        root = store.data_dir / folder
+        if not root.is_dir():
+            continue
+        for path in root.rglob("*"):
+            if not path.is_file() or path.stat().st_mtime > cutoff:
+                continue
+            if str(path.relative_to(store.data_dir)) not in referenced:
+                remove_quietly(path)
+                removed += 1
+    if removed:
+        log.warning("swept %d orphaned file(s) left by an interrupted write", removed)
+    return removed
+
+
+def purge_expired(store: Store, retention_days: float) -> int:
+    """Delete image files the hub acknowledged that are past retention; rows stay (purged_at)."""
+    horizon = (datetime.now(timezone.utc) - timedelta(days=retention_days)).isoformat(timespec="milliseconds")
+    purged = 0
+    for image in store.purgeable_images(horizon.replace("+00:00", "Z")):
+        remove_quietly(store.data_dir / image["path"])
+        store.mark_purged(image["id"])
+        purged += 1
+    if purged:
+        log.info("retention: deleted %d acknowledged image file(s)", purged)
+    return purged

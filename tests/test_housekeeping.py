@@ -1,0 +1,155 @@
+"""Disk guard, reserve, orphan sweep, retention (only what the hub acknowledged), doctor, status."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import namedtuple
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from edge import housekeeping
+from edge.cli import cli
+from edge.config import Settings
+from edge.doctor import run_checks, worst
+from edge.imaging.decode import decode_bytes
+from edge.pipeline import Pipeline
+from edge.store import Store
+from tests.conftest import gradient, png_bytes
+
+Usage = namedtuple("Usage", "total used free")
+
+
+def with_free(monkeypatch: pytest.MonkeyPatch, free_mb: int) -> None:
+    monkeypatch.setattr(
+        housekeeping.shutil, "disk_usage", lambda _: Usage(10_000 * 2**20, 0, free_mb * 2**20)
+    )
+
+
+def test_disk_guard_levels(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    with_free(monkeypatch, 5000)
+    assert housekeeping.disk_state(settings).accepting
+    assert not housekeeping.disk_state(settings).warning
+    with_free(monkeypatch, 1000)
+    state = housekeeping.disk_state(settings)
+    assert state.accepting
+    assert state.warning
+    assert "warning level" in state.reason
+    with_free(monkeypatch, 100)
+    state = housekeeping.disk_state(settings)
+    assert not state.accepting
+    assert "below the 500 MB floor" in state.reason
+
+
+def test_reserve_is_made_and_released(settings: Settings) -> None:
+    small = settings.model_copy(
+        update={"store": settings.store.model_copy(update={"reserve_mb": 2, "min_free_mb": 0})}
+    )
+    small.data_dir.mkdir(parents=True)
+    assert housekeeping.ensure_reserve(small)
+    assert housekeeping.reserve_path(small).stat().st_size == 2 * 2**20
+    assert housekeeping.release_reserve(small)
+    assert not housekeeping.reserve_path(small).exists()
+
+
+def ingest_one(settings: Settings, store: Store, data: bytes) -> str:
+    outcome = store.ingest(Pipeline.new_image(decode_bytes(data), data, "test", None), ["m"], actor="t")
+    return outcome.image_id
+
+
+def test_orphans_are_swept_only_when_old(settings: Settings, store: Store) -> None:
+    image_id = ingest_one(settings, store, png_bytes(gradient()))
+    kept = store.image_file(image_id)
+    orphan = kept.parent / "01a22650-0000-7000-8000-000000000000.png"  # a crash before the commit
+    orphan.write_bytes(b"x")
+    tmp = kept.parent / ".x.png.123.tmp"
+    tmp.write_bytes(b"x")
+    assert housekeeping.sweep_orphans(store) == 0  # too recent: may belong to a commit in flight
+    old = time.time() - 2 * housekeeping.ORPHAN_AGE_S
+    for path in (orphan, tmp, kept):
+        os.utime(path, (old, old))
+    assert housekeeping.sweep_orphans(store) == 2
+    assert kept.exists()
+    assert not orphan.exists()
+    assert not tmp.exists()
+
+
+def test_retention_deletes_only_what_the_hub_acknowledged(settings: Settings, store: Store) -> None:
+    acked = ingest_one(settings, store, png_bytes(gradient()))
+    unacked = ingest_one(settings, store, png_bytes(gradient(70, 40)))
+    store.db.execute("UPDATE images SET created_at = '2020-01-01T00:00:00.000Z'")
+    for image_id, acked_at in ((acked, "2020-01-02T00:00:00.000Z"), (unacked, None)):
+        store.db.execute(
+            "INSERT INTO outbox (id, kind, ref_id, payload, created_at, acked_at)"
+            " VALUES (?, 'image', ?, '{}', ?, ?)",
+            [f"o-{image_id}", image_id, "2020-01-01T00:00:00.000Z", acked_at],
+        )
+    store.db.conn.commit()
+    assert housekeeping.purge_expired(store, retention_days=30) == 1
+    assert not store.image_file(acked).exists()
+    assert store.image_file(unacked).exists()
+    assert store.image(acked)["purged_at"] is not None
+    assert housekeeping.purge_expired(store, retention_days=30) == 0  # once
+
+
+def test_doctor_lines_and_exit_status(
+    settings: Settings, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checks = {c.name: c for c in run_checks(settings)}
+    for name in (
+        "python",
+        "packages",
+        "onnxruntime",
+        "tensorrt",
+        "model cxr-pneumonia",
+        "database",
+        "disk",
+        "clock",
+        "dicom listener",
+        "agent",
+        "hub",
+    ):
+        assert name in checks, name
+    assert checks["database"].level == "pass"
+    assert "integrity ok" in checks["database"].message
+    assert checks["model cxr-pneumonia"].level == "pass"
+    assert checks["agent"].level == "warn"  # no agent running
+    with_free(monkeypatch, 10)
+    assert worst(run_checks(settings)) == 2
+    result = CliRunner().invoke(cli, ["--data-dir", str(settings.data_dir), "doctor", "--json"])
+    assert result.exit_code == 2
+    assert {c["level"] for c in json.loads(result.stdout)} >= {"pass", "fail"}
+
+
+def test_doctor_spots_a_corrupt_model(settings: Settings, tmp_path: Path) -> None:
+    from tests.tinymodel import make_model_dir
+
+    folder = make_model_dir(tmp_path / "models")
+    (folder / "tiny-fp32.onnx").write_bytes(b"tampered")
+    moved = settings.model_copy(
+        update={"models": settings.models.model_copy(update={"dir": tmp_path / "models"})}
+    )
+    check = next(c for c in run_checks(moved) if c.name == "model tiny")
+    assert check.level == "fail"
+    assert "MODEL_CHECKSUM_MISMATCH" in check.message
+
+
+def test_status_json(settings: Settings, store: Store) -> None:
+    result = CliRunner().invoke(cli, ["--data-dir", str(settings.data_dir), "status", "--json"])
+    assert result.exit_code == 0
+    snap = json.loads(result.stdout)
+    assert snap["agent"]["running"] is False
+    for key in (
+        "queue_depth",
+        "counts",
+        "last_result",
+        "recent_errors",
+        "disk",
+        "versions",
+        "outbox_pending",
+    ):
+        assert key in snap
+    assert snap["versions"]["edge"]

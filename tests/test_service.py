@@ -1,0 +1,96 @@
+"""sd_notify and the watchdog: READY/STATUS/STOPPING, and no WATCHDOG=1 once the worker wedges."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edge import service
+from edge.agent import Agent
+from edge.config import Settings
+from edge.pipeline import Pipeline
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[socket.socket]:
+    path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.settimeout(0.1)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+    yield sock
+    sock.close()
+
+
+def received(sock: socket.socket) -> list[str]:
+    out = []
+    while True:
+        try:
+            out.append(sock.recv(4096).decode())
+        except (TimeoutError, BlockingIOError):
+            return out
+
+
+def test_notify_sends_a_datagram(notify_socket: socket.socket) -> None:
+    assert service.notify("READY=1")
+    assert received(notify_socket) == ["READY=1"]
+
+
+def test_notify_is_quiet_outside_systemd(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    assert service.notify("READY=1") is False
+
+
+def test_watchdog_interval_follows_systemd(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WATCHDOG_USEC", "20000000")
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    assert service.watchdog_interval() == 10.0
+    monkeypatch.setenv("WATCHDOG_PID", "1")  # meant for another process
+    assert service.watchdog_interval() is None
+
+
+def test_a_wedged_worker_stops_the_pets(
+    settings: Settings, notify_socket: socket.socket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WATCHDOG_USEC", "400000")  # pet every 0.2 s
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    wedge = threading.Event()
+    release = threading.Event()
+    original = Pipeline.run_once
+
+    def run_once(self: Pipeline) -> bool:
+        if wedge.is_set():
+            release.wait(30)  # a job that never returns: a hung decoder, a deadlock
+        return original(self)
+
+    monkeypatch.setattr(Pipeline, "run_once", run_once)
+    tuned = settings.model_copy(
+        update={"worker": settings.worker.model_copy(update={"stall_s": 1.0, "poll_s": 0.1})}
+    )
+    agent = Agent(tuned)
+    runner = threading.Thread(target=agent.run, kwargs={"install_signals": False}, daemon=True)
+    runner.start()
+    assert agent.ready.wait(60)
+    time.sleep(1.5)
+    healthy = received(notify_socket)
+    assert "READY=1" in healthy
+    assert healthy.count("WATCHDOG=1") >= 3
+    assert any(m.startswith("STATUS=queue ") for m in healthy)
+
+    wedge.set()
+    time.sleep(2.5)  # stall_s passes: from here on no pets
+    received(notify_socket)
+    time.sleep(1.5)
+    wedged = received(notify_socket)
+    assert "WATCHDOG=1" not in wedged
+    assert any(m.startswith("STATUS=") for m in wedged)  # still says what it is doing
+
+    release.set()
+    agent.stop.set()
+    runner.join(60)
+    assert "STOPPING=1" in received(notify_socket)
