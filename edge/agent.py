@@ -107,6 +107,9 @@ class Agent:
             pipeline.store.close()
 
     def _maintain(self) -> None:
+        while not self.ready.wait(1.0):  # agent.json says "running" only once the sources are up
+            if self.stop.is_set():
+                return
         store = Store(self.settings.data_dir, busy_timeout_ms=self.settings.store.busy_timeout_ms)
         last_checkpoint = last_retention = time.monotonic()
         warned = False

@@ -9,6 +9,7 @@ not shared across threads).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import time
@@ -95,7 +96,7 @@ class Store:
         absolute = self.data_dir / relative
         write_atomically(absolute, image.data)
         try:
-            with self._writing("store the image"), self.db.atomic():
+            with self._writing("store the image"), self._transaction():
                 study_id = self._upsert_study(image.study, image.source)
                 now = utc_now()
                 self._insert(
@@ -140,7 +141,7 @@ class Store:
     def _add_missing_jobs(
         self, existing: dict[str, Any], model_names: Sequence[str], *, actor: str
     ) -> IngestOutcome:
-        with self._writing("queue the jobs"), self.db.atomic():
+        with self._writing("queue the jobs"), self._transaction():
             now = utc_now()
             job_ids = []
             for name in model_names:
@@ -191,7 +192,7 @@ class Store:
         params: list[Any] = [worker, utc_now(), utc_now()]
         if job_id:
             params.append(job_id)
-        with self._writing("claim a job"), self.db.atomic():
+        with self._writing("claim a job"), self._transaction():
             row = self.db.execute(
                 "UPDATE jobs SET state = 'running', worker = ?, claimed_at = ?, updated_at = ?,"
                 f" attempts = attempts + 1 WHERE id = {target} AND state = 'queued' RETURNING *",
@@ -207,7 +208,7 @@ class Store:
         """
         result_id = result_id or uuid7()
         now = utc_now()
-        with self._writing("store the result"), self.db.atomic():
+        with self._writing("store the result"), self._transaction():
             self._finish(job, "done", now)
             self._insert(
                 "results",
@@ -224,7 +225,7 @@ class Store:
 
     def fail_job(self, job: Job, code: Code, message: str, *, refused: bool = False) -> None:
         """End a job without a result: `refused` for inputs a model must not score."""
-        with self._writing("record the failure"), self.db.atomic():
+        with self._writing("record the failure"), self._transaction():
             self._finish(job, "refused" if refused else "failed", utc_now(), code, message)
             self._audit(
                 job.worker or "worker",
@@ -240,7 +241,7 @@ class Store:
         if worker_prefix is not None:
             sql += " AND worker LIKE ?"
             params.append(f"{worker_prefix}%")
-        with self._writing("requeue jobs"), self.db.atomic():
+        with self._writing("requeue jobs"), self._transaction():
             return int(self.db.execute(sql, params).rowcount)
 
     def requeue_dead_workers(self, host: str, is_alive: Callable[[int], bool]) -> int:
@@ -259,7 +260,7 @@ class Store:
                 dead.append(row["id"])
         if not dead:
             return 0
-        with self._writing("requeue jobs"), self.db.atomic():
+        with self._writing("requeue jobs"), self._transaction():
             marks = ", ".join("?" for _ in dead)
             cursor = self.db.execute(
                 "UPDATE jobs SET state = 'queued', worker = NULL, updated_at = ?"
@@ -366,7 +367,7 @@ class Store:
         )
 
     def mark_purged(self, image_id: str) -> None:
-        with self._writing("record a purge"), self.db.atomic():
+        with self._writing("record a purge"), self._transaction():
             self.db.execute("UPDATE images SET purged_at = ? WHERE id = ?", [utc_now(), image_id])
             self._audit("retention", "image.purged", image_id, {})
 
@@ -411,7 +412,7 @@ class Store:
 
     def audit(self, actor: str, action: str, subject_id: str | None, detail: dict[str, Any]) -> None:
         """Record an event of its own (e.g. a refused input that was never stored)."""
-        with self._writing("write the audit trail"), self.db.atomic():
+        with self._writing("write the audit trail"), self._transaction():
             self._audit(actor, action, subject_id, detail)
 
     def _audit(self, actor: str, action: str, subject_id: str | None, detail: dict[str, Any]) -> None:
@@ -440,6 +441,32 @@ class Store:
 
     def _writing(self, what: str) -> _WriteGuard:
         return _WriteGuard(what)
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """A write transaction that takes the write lock first (BEGIN IMMEDIATE).
+
+        A deferred transaction that reads, then writes, fails at once with "database is locked"
+        when another connection committed in between (its snapshot is stale, and SQLite's busy
+        handler does not help); taking the lock up front makes concurrent writers (the DICOM
+        listener's threads, the worker, a CLI) queue on the busy timeout instead.
+        """
+        if self.db.conn.in_transaction:  # nested: part of the enclosing transaction
+            yield
+            return
+        self.db.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            if self.db.conn.in_transaction:
+                self.db.conn.execute("ROLLBACK")
+            raise
+        try:
+            self.db.conn.execute("COMMIT")
+        except BaseException:  # e.g. the disk filled at commit: nothing of it may stay pending
+            if self.db.conn.in_transaction:
+                self.db.conn.execute("ROLLBACK")
+            raise
 
 
 class _WriteGuard:
