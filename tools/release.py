@@ -329,7 +329,7 @@ def main() -> None:
     )
     parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--version", required=True)
-    parser.add_argument("--samples-per-class", type=int, default=10)
+    parser.add_argument("--samples-per-class", type=int, help="default: the recipe's, else 10")
     args = parser.parse_args()
     recipe = load_recipe(args.config)
     run = recipe.run_dir()
@@ -372,7 +372,8 @@ def main() -> None:
     # every image, so its samples are training images (said in the card).
     pool = sets["holdout"].samples if "holdout" in sets else validation.samples
     small = settings.get("sample_format") == "original"
-    chosen = pick_samples(pool, recipe, args.samples_per_class, seed, small)
+    per_class = args.samples_per_class or int(settings.get("samples_per_class", 10))
+    chosen = pick_samples(pool, recipe, per_class, seed, small)
     demo_png: list[Sample] = []
     demo_dcm: list[Sample] = []
     if settings.get("demo", recipe.raw.get("modality") == "xray"):
