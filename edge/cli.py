@@ -17,6 +17,7 @@ from edge import __version__
 from edge import log as edge_log
 from edge.config import Settings, load_settings
 from edge.errors import EdgeError
+from edge.store.records import StudyInfo
 
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
@@ -240,6 +241,141 @@ def status(obj: Context, as_json: bool) -> None:
     click.echo(status_line(snap))
     for error in snap["recent_errors"]:
         click.echo(f"recent: {error['state']} {error['error_code']}: {error['error_message']}")
+
+
+# ---------------------------------------------------------------------- capture
+
+
+@cli.command()
+@click.option(
+    "--source",
+    "-s",
+    required=True,
+    help="/dev/videoN (or its number), a video file, or an rtsp:// or http:// stream.",
+)
+@click.option("--model", "-m", "model_name", help="Model (default: [video] model).")
+@click.option("--seconds", type=float, help="Stop after this long (default: until Ctrl-C or the file ends).")
+@click.option("--record", is_flag=True, help="Record a clip from start to stop and store its result.")
+@click.option("--profile", help="Device profile from [video.profiles] (a fixed sector, capture settings).")
+@click.option(
+    "--realtime/--no-realtime",
+    default=True,
+    show_default=True,
+    help="Play files at their own frame rate, as a live device would deliver them.",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per analysed frame.")
+@pass_context
+def capture(
+    obj: Context,
+    source: str,
+    model_name: str | None,
+    seconds: float | None,
+    record: bool,
+    profile: str | None,
+    realtime: bool,
+    as_json: bool,
+) -> None:
+    """Live ultrasound, headless: the smoothed live score while scanning, and a clip on request.
+
+    Analyses the newest frame at [video] target_fps (older frames are dropped, never queued),
+    inside the imaging sector only (found from the moving picture, or the profile's box). With
+    --record, the clip's result (mean of its frames' calibrated probabilities), key frames and
+    sector-only video are stored like any other result.
+    """
+    import threading
+
+    from edge.pipeline import Pipeline
+    from edge.store import Store
+    from edge.video.live import LiveAnalyzer, LiveScore
+    from edge.video.source import FrameSource
+
+    settings = obj.settings
+    if profile:
+        if profile not in settings.video.profiles:
+            click.echo(f"CONFIG_INVALID: no [video.profiles.{profile}] in the settings", err=True)
+            sys.exit(EXIT_USAGE)
+        settings = settings.model_copy(
+            update={"video": settings.video.model_copy(update={"profile": profile})}
+        )
+    chosen = settings.video.profiles.get(settings.video.profile or "")
+
+    def show(score: LiveScore) -> None:
+        if as_json:
+            click.echo(json.dumps(score.__dict__))
+        elif score.status != "ok":
+            click.echo(f"t={score.position_s:7.2f}s  {score.status}")
+        else:
+            click.echo(
+                f"t={score.position_s:7.2f}s  P={score.probability:.3f}  smoothed {score.smoothed:.3f}  "
+                f"{score.finding}  {score.latency_ms:.0f} ms"
+            )
+
+    stop = threading.Event()
+    with Store(settings.data_dir, busy_timeout_ms=settings.store.busy_timeout_ms) as store:
+        pipeline = Pipeline(settings, store, actor="capture")
+        try:
+            served = pipeline.pool.get(model_name or settings.video.model)
+            frames = FrameSource(
+                source,
+                realtime=realtime,
+                width=chosen.width if chosen else None,
+                height=chosen.height if chosen else None,
+                fps=chosen.fps if chosen else None,
+                fourcc=chosen.fourcc if chosen else None,
+                reconnect_max_s=settings.video.reconnect_max_s,
+                stall_s=settings.video.stall_s,
+            )
+            analyzer = LiveAnalyzer(settings, served, frames, on_score=show)
+            if record:
+                analyzer.start_clip()
+            with frames:
+                try:
+                    analyzer.run(stop, max_seconds=seconds)
+                except KeyboardInterrupt:
+                    stop.set()
+            click.echo(_live_summary(analyzer, frames), err=True)
+            if record:
+                click.echo(_store_live_clip(pipeline, analyzer, served))
+        except EdgeError as error:
+            click.echo(error.one_line(), err=True)
+            sys.exit(EXIT_REFUSED)
+        finally:
+            pipeline.close()
+
+
+def _live_summary(analyzer: Any, frames: Any) -> str:
+    latencies = sorted(analyzer.stats.latencies_ms)
+    if not latencies:
+        return f"nothing analysed ({analyzer.stats.status_counts}); {frames.stats.end_reason}"
+    p95 = latencies[int(0.95 * (len(latencies) - 1))]
+    return (
+        f"analysed {analyzer.stats.frames_analysed} of {frames.stats.read} frames "
+        f"(dropped {frames.stats.dropped}); "
+        f"capture-to-result p50 {latencies[len(latencies) // 2]:.0f} ms, p95 {p95:.0f} ms; "
+        f"sector {analyzer.stats.roi}"
+    )
+
+
+def _store_live_clip(pipeline: Any, analyzer: Any, served: Any) -> str:
+    from edge.video.analysis import store_clip
+
+    summary = analyzer.stop_clip()
+    study = StudyInfo(modality="US", description="live capture")
+    result_id = store_clip(
+        pipeline,
+        summary,
+        served,
+        analyzer,
+        source="capture",
+        source_sha256=None,
+        study=study,
+        elapsed_s=summary.duration_s,
+    )
+    result = pipeline.store.result(result_id) or {}
+    return (
+        f"clip stored: {result.get('finding')} P({result.get('finding_label')})="
+        f"{result.get('probability', 0):.3f} over {summary.frames_analysed} frames; result {result_id}"
+    )
 
 
 # ---------------------------------------------------------------------- demo

@@ -129,6 +129,38 @@ class WorkerSettings(_Section):
     """A worker loop silent for longer is wedged: the watchdog stops petting and systemd restarts."""
 
 
+class VideoProfile(_Section):
+    roi: tuple[int, int, int, int] | None = None
+    """x, y, width, height of the imaging sector on this device's screen (skips detection)."""
+    width: int | None = None
+    height: int | None = None
+    fps: float | None = None
+    fourcc: str | None = Field(default=None, min_length=4, max_length=4)
+
+
+class VideoSettings(_Section):
+    model: str = "us-lung"
+    """Model for live ultrasound and clips when none is named."""
+    target_fps: float = Field(default=10.0, gt=0, le=60)
+    """Frames analysed per second at most; the newest frame is taken, older ones dropped."""
+    roi_seconds: float = Field(default=1.5, gt=0)
+    """How much video the sector detection looks at (it needs the picture to move)."""
+    roi_recheck_s: float = Field(default=5.0, gt=0)
+    """How often the sector is looked for again (a depth or preset change, a new resolution)."""
+    freeze_seconds: float = Field(default=3.0, gt=0)
+    smoothing: float = Field(default=0.3, gt=0, le=1)
+    """Weight of the newest frame in the live score's exponential moving average."""
+    clip_max_seconds: float = Field(default=20.0, gt=0)
+    clip_fps: float = Field(default=8.0, gt=0)
+    clip_max_side: int = Field(default=480, ge=64)
+    key_frames: int = Field(default=4, ge=1, le=16)
+    reconnect_max_s: float = Field(default=8.0, gt=0)
+    stall_s: float = Field(default=5.0, gt=0)
+    profile: str | None = None
+    """Name of the device profile in use (a key of `profiles`)."""
+    profiles: dict[str, VideoProfile] = Field(default_factory=dict)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="EDGE_",
@@ -148,6 +180,7 @@ class Settings(BaseSettings):
     dicom: DicomSettings = Field(default_factory=DicomSettings)
     watch: WatchSettings = Field(default_factory=WatchSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    video: VideoSettings = Field(default_factory=VideoSettings)
     config_file: Path | None = None
     """Where the file-level values came from (informational; not read from the file)."""
 

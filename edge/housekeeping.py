@@ -94,7 +94,7 @@ def sweep_orphans(store: Store, min_age_s: float = ORPHAN_AGE_S) -> int:
     referenced = store.referenced_files()
     cutoff = time.time() - min_age_s
     removed = 0
-    for folder in ("images", "heatmaps"):
+    for folder in ("images", "heatmaps", "clips"):
         root = store.data_dir / folder
         if not root.is_dir():
             continue

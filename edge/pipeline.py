@@ -72,6 +72,15 @@ class Ingested:
     decode_ms: float
 
 
+def _looks_like_video(path: Path) -> bool:
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(12)
+    except OSError:
+        return False
+    return head[4:8] == b"ftyp" or head.startswith((b"RIFF", b"\x1aE\xdf\xa3"))  # MP4/MOV, AVI, MKV
+
+
 def new_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid7()[-8:]}"
 
@@ -111,7 +120,12 @@ class Pipeline:
     # ------------------------------------------------------------------ 1-3: input to queue
 
     def analyse_file(self, path: Path, model: str | None = None, source: str = "cli") -> list[Analysis]:
-        """Ingest one file and analyse it now, in this process (what `edge infer` does)."""
+        """Ingest one file and analyse it now, in this process (what `edge infer` does). A video
+        file is analysed as one clip (edge.video.analysis)."""
+        if _looks_like_video(path):
+            from edge.video.analysis import analyse_recording
+
+            return [analyse_recording(self, path, model)]
         try:
             data = read_input(path, self.settings.store.max_input_bytes)
         except EdgeError as error:
@@ -255,6 +269,13 @@ class Pipeline:
                 refusal = verdict.first()
                 self.store.fail_job(job, refusal.code, refusal.message, refused=True)
                 raise refusal
+            if decoded.frames > 1:  # a cine: the frames go to the video path, as one clip
+                from edge.video.analysis import process_cine
+
+                image_path = self.store.image_file(job.image_id)
+                return process_cine(
+                    self, job, decoded, read_input(image_path, self.settings.store.max_input_bytes)
+                )
             prediction = model.predict([decoded.pixels], self.settings.models.operating_point)[0]
         except EdgeError as error:
             if (self.store.job(job.id) or {}).get("state") == "running":

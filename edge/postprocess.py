@@ -40,6 +40,13 @@ def decide(
     if probs.shape[0] != len(labels) or not np.all(np.isfinite(probs)):
         raise ValueError(f"expected {len(labels)} finite class scores, got {probs.shape[0]}")
     by_label = {label: float(p) for label, p in zip(labels, probs, strict=True)}
+    return decide_from_probabilities(by_label, positive, threshold, operating_point)
+
+
+def decide_from_probabilities(
+    by_label: dict[str, float], positive: str, threshold: float, operating_point: str
+) -> Finding:
+    """The finding for already calibrated probabilities (e.g. a clip's aggregate)."""
     p_positive = by_label[positive]
     if p_positive >= threshold:
         finding = positive

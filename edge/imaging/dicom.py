@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, cast
 
 import numpy as np
@@ -18,7 +18,7 @@ import pydicom
 from pydicom import uid
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
+from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, iter_pixels
 
 from edge.errors import Code, EdgeError
 from edge.imaging.decode import DecodedImage, sha256_hex
@@ -47,14 +47,14 @@ def _decode_dataset(ds: Dataset, data: bytes, name: str) -> DecodedImage:
         sop_name = getattr(sop, "name", None) or str(sop or "unknown SOP class")
         raise EdgeError(Code.DICOM_NO_PIXELS, f"{name} has no pixel data ({sop_name})")
     frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if frames > 1:
-        raise EdgeError(
-            Code.DICOM_MULTIFRAME,
-            f"{name} is a {frames}-frame cine; multi-frame images go to the video path",
-        )
     _infer_missing_transfer_syntax(ds)
     try:
-        stored = _stored_pixels(ds, data)
+        if frames > 1:
+            # A cine: the middle frame stands for it here (metadata, gate); the worker hands the
+            # whole file to the video path (edge.video.analysis.process_cine).
+            stored = np.asarray(pydicom.pixels.pixel_array(ds, index=frames // 2))
+        else:
+            stored = _stored_pixels(ds, data)
         pixels = display_pixels(stored, ds)
     except EdgeError:
         raise
@@ -74,6 +74,18 @@ def _decode_dataset(ds: Dataset, data: bytes, name: str) -> DecodedImage:
         frames=frames,
         meta=technical_meta(ds),
     )
+
+
+def display_frames(data: bytes) -> Iterator[tuple[float, np.ndarray]]:
+    """Every frame of a multi-frame DICOM as (seconds, display image), lazily (one in memory)."""
+    ds = _read(data, "cine")
+    _infer_missing_transfer_syntax(ds)
+    frame_time_ms = _safe(lambda: float(ds.get("FrameTime") or 0)) or 0.0
+    if not frame_time_ms:
+        rate = _safe(lambda: float(ds.get("CineRate") or ds.get("RecommendedDisplayFrameRate") or 0)) or 0.0
+        frame_time_ms = 1000.0 / rate if rate else 1000.0 / 30
+    for index, stored in enumerate(iter_pixels(ds)):
+        yield index * frame_time_ms / 1000, display_pixels(np.asarray(stored), ds)
 
 
 def _infer_missing_transfer_syntax(ds: Dataset) -> None:

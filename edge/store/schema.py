@@ -155,6 +155,31 @@ def m003_image_purge(db: Database) -> None:
     db.execute("ALTER TABLE images ADD COLUMN purged_at TEXT")
 
 
+@migrations()
+def m004_clips(db: Database) -> None:
+    # A clip result: the series of per-frame scores, a few key frames, the bounded ROI video.
+    db.execute(
+        """
+        CREATE TABLE clips (
+            id TEXT PRIMARY KEY,
+            result_id TEXT NOT NULL UNIQUE REFERENCES results(id),
+            source TEXT NOT NULL,              -- file | capture | dicom
+            source_sha256 TEXT UNIQUE,         -- the input file, so the same file is one clip
+            roi TEXT,                          -- JSON [x, y, w, h] on the source screen
+            frames_analysed INTEGER NOT NULL,
+            frames_excluded INTEGER NOT NULL,  -- frozen or black: not aggregated
+            duration_s REAL NOT NULL,
+            aggregate TEXT NOT NULL,           -- how the clip's probability was made
+            series TEXT NOT NULL,              -- JSON [[seconds, calibrated P(positive)], ...]
+            key_frames TEXT NOT NULL,          -- JSON [{path, heatmap, t, p}, ...]
+            video_path TEXT,                   -- the ROI-only, bounded MP4 (no screen UI)
+            events TEXT NOT NULL DEFAULT '[]', -- JSON: freeze, black, reconnects, size changes
+            created_at TEXT NOT NULL
+        )
+        """
+    )
+
+
 def schema_version(db: Database) -> int:
     """Number of applied migrations (shown by `edge doctor`)."""
     return len(migrations.applied(db))

@@ -23,6 +23,7 @@ from edge.errors import Code, EdgeError
 from edge.ids import uuid7
 from edge.store import schema
 from edge.store.files import DIR_MODE, remove_quietly, write_atomically
+from edge.store.reads import Reads
 from edge.store.records import IngestOutcome, Job, NewImage, ResultRecord, StudyInfo, utc_now
 
 _DISK_FULL_MARKERS = ("database or disk is full", "disk i/o error")
@@ -58,11 +59,7 @@ def _migrate(db: Database, busy_timeout_ms: int) -> None:
             time.sleep(0.05)
 
 
-def _dicts(cursor: sqlite3.Cursor) -> list[dict[str, Any]]:
-    return [dict(row) for row in cursor.fetchall()]
-
-
-class Store:
+class Store(Reads):
     """Repository over the device database and the image files beside it."""
 
     def __init__(self, data_dir: Path, *, busy_timeout_ms: int = 10_000) -> None:
@@ -200,7 +197,9 @@ class Store:
             ).fetchone()
         return Job.from_row(dict(row)) if row else None
 
-    def complete_job(self, job: Job, result: ResultRecord, result_id: str | None = None) -> str:
+    def complete_job(
+        self, job: Job, result: ResultRecord, result_id: str | None = None, clip: dict[str, Any] | None = None
+    ) -> str:
         """Record a result: job state, result row and outbox row commit as one transaction.
 
         `result_id` may be chosen by the caller when files named after it (the heatmap) were
@@ -220,8 +219,89 @@ class Store:
                     "created_at": now,
                 },
             )
+            if clip is not None:
+                self._insert_clip(result_id, clip, now)
             self._enqueue_outbox("result", result_id, {"result_id": result_id, "job_id": job.id})
         return result_id
+
+    def record_clip(
+        self,
+        study: StudyInfo,
+        key_image: NewImage,
+        model_name: str,
+        result: ResultRecord,
+        result_id: str,
+        clip: dict[str, Any],
+        *,
+        actor: str,
+    ) -> IngestOutcome:
+        """A clip analysed outside the job queue (a file, a live capture): its key frame image,
+        a job already done, the result, the clip and the outbox row, in one transaction. Files
+        named by the clip (key frames, heatmaps, video) must already be on disk."""
+        image_id = uuid7()
+        relative = Path("images") / utc_now()[:10] / f"{image_id}{key_image.extension}"
+        absolute = self.data_dir / relative
+        write_atomically(absolute, key_image.data)
+        try:
+            with self._writing("store the clip"), self._transaction():
+                study_id = self._upsert_study(study, key_image.source)
+                now = utc_now()
+                self._insert(
+                    "images",
+                    {
+                        "id": image_id,
+                        "study_id": study_id,
+                        "sop_instance_uid": None,
+                        "sha256": key_image.sha256,
+                        "path": str(relative),
+                        "format": key_image.format,
+                        "bytes": len(key_image.data),
+                        "width": key_image.width,
+                        "height": key_image.height,
+                        "frames": 1,
+                        "meta": json.dumps(key_image.meta, sort_keys=True, default=str),
+                        "phi_original_name": key_image.original_name,
+                        "created_at": now,
+                    },
+                )
+                job_id = uuid7()
+                self._insert(
+                    "jobs",
+                    {
+                        "id": job_id,
+                        "image_id": image_id,
+                        "model_name": model_name,
+                        "state": "done",
+                        "attempts": 1,
+                        "worker": actor,
+                        "claimed_at": now,
+                        "created_at": now,
+                        "updated_at": now,
+                    },
+                )
+                self._insert(
+                    "results",
+                    {
+                        "id": result_id,
+                        "job_id": job_id,
+                        "image_id": image_id,
+                        **result.to_row(),
+                        "created_at": now,
+                    },
+                )
+                self._insert_clip(result_id, clip, now)
+                self._enqueue_outbox("result", result_id, {"result_id": result_id, "job_id": job_id})
+                self._audit(actor, "clip.recorded", result_id, {"frames": clip.get("frames_analysed")})
+        except BaseException:
+            remove_quietly(absolute)
+            raise
+        return IngestOutcome(image_id, study_id, (job_id,), duplicate=False)
+
+    def _insert_clip(self, result_id: str, clip: dict[str, Any], now: str) -> None:
+        row = {"id": uuid7(), "result_id": result_id, "created_at": now}
+        for key, value in clip.items():
+            row[key] = json.dumps(value) if key in ("roi", "series", "key_frames", "events") else value
+        self._insert("clips", row)
 
     def fail_job(self, job: Job, code: Code, message: str, *, refused: bool = False) -> None:
         """End a job without a result: `refused` for inputs a model must not score."""
@@ -301,112 +381,16 @@ class Store:
 
     # ------------------------------------------------------------------ reads
 
-    def job(self, job_id: str) -> dict[str, Any] | None:
-        return self._one("SELECT * FROM jobs WHERE id = ?", [job_id])
-
-    def image(self, image_id: str) -> dict[str, Any] | None:
-        return self._one("SELECT * FROM images WHERE id = ?", [image_id])
-
-    def heatmap_file(self, result_id: str) -> Path:
-        """Where a result's heatmap overlay lives (written before its row commits)."""
-        return self.data_dir / "heatmaps" / utc_now()[:10] / f"{result_id}.png"
-
-    def image_file(self, image_id: str) -> Path:
-        row = self.image(image_id)
-        if row is None:
-            raise EdgeError(Code.INPUT_NOT_FOUND, f"image {image_id} is not in the store")
-        return self.data_dir / row["path"]
-
-    def result_for_job(self, job_id: str) -> dict[str, Any] | None:
-        row = self._one("SELECT * FROM results WHERE job_id = ?", [job_id])
-        if row is not None:
-            row["probabilities"] = json.loads(row["probabilities"])
-            row["quality"] = json.loads(row["quality"]) if row.get("quality") else None
-        return row
-
-    def recent_results(self, limit: int = 50) -> list[dict[str, Any]]:
-        return _dicts(
-            self.db.execute(
-                "SELECT r.*, i.phi_original_name, i.format FROM results r"
-                " JOIN images i ON i.id = r.image_id ORDER BY r.created_at DESC LIMIT ?",
-                [limit],
-            )
-        )
-
-    def counts(self) -> dict[str, int]:
-        """Row counts per table and jobs per state (for status and tests)."""
-        out = {
-            table: int(self.db.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
-            for table in ("studies", "images", "jobs", "results", "outbox", "reviews", "audit")
-        }
-        for state in schema.JOB_STATES:
-            out[f"jobs_{state}"] = int(
-                self.db.execute("SELECT count(*) FROM jobs WHERE state = ?", [state]).fetchone()[0]
-            )
-        return out
-
-    def audit_rows(self, action: str | None = None) -> Iterator[dict[str, Any]]:
-        sql, params = "SELECT * FROM audit", []
-        if action:
-            sql, params = sql + " WHERE action = ?", [action]
-        for row in self.db.execute(sql + " ORDER BY id", params).fetchall():
-            yield dict(row)
-
     # ------------------------------------------------------------------ housekeeping
-
-    def purgeable_images(self, older_than: str) -> list[dict[str, Any]]:
-        """Images whose file may go: the hub acknowledged the image itself, and it is older than
-        the retention horizon. Nothing the hub has not acknowledged is ever returned."""
-        return _dicts(
-            self.db.execute(
-                "SELECT i.id, i.path FROM images i WHERE i.purged_at IS NULL AND i.created_at < ?"
-                " AND EXISTS (SELECT 1 FROM outbox o WHERE o.kind = 'image' AND o.ref_id = i.id"
-                " AND o.acked_at IS NOT NULL)",
-                [older_than],
-            )
-        )
 
     def mark_purged(self, image_id: str) -> None:
         with self._writing("record a purge"), self._transaction():
             self.db.execute("UPDATE images SET purged_at = ? WHERE id = ?", [utc_now(), image_id])
             self._audit("retention", "image.purged", image_id, {})
 
-    def referenced_files(self) -> set[str]:
-        """Every file path (relative) a row points at: images and heatmaps."""
-        paths = {row[0] for row in self.db.execute("SELECT path FROM images WHERE purged_at IS NULL")}
-        paths |= {
-            row[0]
-            for row in self.db.execute("SELECT heatmap_path FROM results WHERE heatmap_path IS NOT NULL")
-        }
-        return paths
-
     def checkpoint(self) -> None:
         """Fold the WAL back into the database file and truncate it (keeps the WAL from growing)."""
         self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-
-    def integrity(self) -> str:
-        return str(self.db.execute("PRAGMA integrity_check").fetchone()[0])
-
-    def queue_depth(self) -> int:
-        return int(
-            self.db.execute("SELECT count(*) FROM jobs WHERE state IN ('queued', 'running')").fetchone()[0]
-        )
-
-    def last_result(self) -> dict[str, Any] | None:
-        return self._one(
-            "SELECT id, model_name, finding, probability, created_at FROM results"
-            " ORDER BY created_at DESC LIMIT 1",
-            [],
-        )
-
-    def recent_errors(self, limit: int = 5) -> list[dict[str, Any]]:
-        return _dicts(
-            self.db.execute(
-                "SELECT id, state, error_code, error_message, updated_at FROM jobs"
-                " WHERE error_code IS NOT NULL ORDER BY updated_at DESC LIMIT ?",
-                [limit],
-            )
-        )
 
     # ------------------------------------------------------------------ audit
 
@@ -434,10 +418,6 @@ class Store:
         columns = ", ".join(row)
         marks = ", ".join("?" for _ in row)
         self.db.execute(f"INSERT INTO {table} ({columns}) VALUES ({marks})", list(row.values()))
-
-    def _one(self, sql: str, params: Sequence[Any]) -> dict[str, Any] | None:
-        row = self.db.execute(sql, list(params)).fetchone()
-        return dict(row) if row else None
 
     def _writing(self, what: str) -> _WriteGuard:
         return _WriteGuard(what)

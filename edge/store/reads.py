@@ -1,0 +1,141 @@
+"""The store's reads: queries the worker, the CLI, status and the TUI make. No writes here."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from sqlite_utils import Database
+
+from edge.errors import Code, EdgeError
+from edge.store import schema
+from edge.store.records import utc_now
+
+
+def _dicts(cursor: sqlite3.Cursor) -> list[dict[str, Any]]:
+    return [dict(row) for row in cursor.fetchall()]
+
+
+class Reads:
+    db: Database
+    data_dir: Path
+
+    def job(self, job_id: str) -> dict[str, Any] | None:
+        return self._one("SELECT * FROM jobs WHERE id = ?", [job_id])
+
+    def image(self, image_id: str) -> dict[str, Any] | None:
+        return self._one("SELECT * FROM images WHERE id = ?", [image_id])
+
+    def image_file(self, image_id: str) -> Path:
+        row = self.image(image_id)
+        if row is None:
+            raise EdgeError(Code.INPUT_NOT_FOUND, f"image {image_id} is not in the store")
+        return self.data_dir / row["path"]
+
+    def heatmap_file(self, result_id: str) -> Path:
+        """Where a result's heatmap overlay lives (written before its row commits)."""
+        return self.data_dir / "heatmaps" / utc_now()[:10] / f"{result_id}.png"
+
+    def result_for_job(self, job_id: str) -> dict[str, Any] | None:
+        row = self._one("SELECT * FROM results WHERE job_id = ?", [job_id])
+        if row is not None:
+            row["probabilities"] = json.loads(row["probabilities"])
+            row["quality"] = json.loads(row["quality"]) if row.get("quality") else None
+        return row
+
+    def result(self, result_id: str) -> dict[str, Any] | None:
+        row = self._one("SELECT * FROM results WHERE id = ?", [result_id])
+        if row is not None:
+            row["probabilities"] = json.loads(row["probabilities"])
+            row["quality"] = json.loads(row["quality"]) if row.get("quality") else None
+        return row
+
+    def recent_results(self, limit: int = 50) -> list[dict[str, Any]]:
+        return _dicts(
+            self.db.execute(
+                "SELECT r.*, i.phi_original_name, i.format FROM results r"
+                " JOIN images i ON i.id = r.image_id ORDER BY r.created_at DESC LIMIT ?",
+                [limit],
+            )
+        )
+
+    def counts(self) -> dict[str, int]:
+        """Row counts per table and jobs per state (for status and tests)."""
+        out = {
+            table: int(self.db.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+            for table in ("studies", "images", "jobs", "results", "outbox", "reviews", "audit")
+        }
+        for state in schema.JOB_STATES:
+            out[f"jobs_{state}"] = int(
+                self.db.execute("SELECT count(*) FROM jobs WHERE state = ?", [state]).fetchone()[0]
+            )
+        return out
+
+    def audit_rows(self, action: str | None = None) -> Iterator[dict[str, Any]]:
+        sql, params = "SELECT * FROM audit", []
+        if action:
+            sql, params = sql + " WHERE action = ?", [action]
+        for row in self.db.execute(sql + " ORDER BY id", params).fetchall():
+            yield dict(row)
+
+    def clip_for_source(self, sha256: str) -> dict[str, Any] | None:
+        return self._one("SELECT * FROM clips WHERE source_sha256 = ?", [sha256])
+
+    def clip_for_result(self, result_id: str) -> dict[str, Any] | None:
+        row = self._one("SELECT * FROM clips WHERE result_id = ?", [result_id])
+        if row is not None:
+            for key in ("roi", "series", "key_frames", "events"):
+                row[key] = json.loads(row[key]) if row.get(key) else None
+        return row
+
+    def purgeable_images(self, older_than: str) -> list[dict[str, Any]]:
+        """Images whose file may go: the hub acknowledged the image itself, and it is older than
+        the retention horizon. Nothing the hub has not acknowledged is ever returned."""
+        return _dicts(
+            self.db.execute(
+                "SELECT i.id, i.path FROM images i WHERE i.purged_at IS NULL AND i.created_at < ?"
+                " AND EXISTS (SELECT 1 FROM outbox o WHERE o.kind = 'image' AND o.ref_id = i.id"
+                " AND o.acked_at IS NOT NULL)",
+                [older_than],
+            )
+        )
+
+    def referenced_files(self) -> set[str]:
+        """Every file path (relative) a row points at: images and heatmaps."""
+        paths = {row[0] for row in self.db.execute("SELECT path FROM images WHERE purged_at IS NULL")}
+        paths |= {
+            row[0]
+            for row in self.db.execute("SELECT heatmap_path FROM results WHERE heatmap_path IS NOT NULL")
+        }
+        return paths
+
+    def integrity(self) -> str:
+        return str(self.db.execute("PRAGMA integrity_check").fetchone()[0])
+
+    def queue_depth(self) -> int:
+        return int(
+            self.db.execute("SELECT count(*) FROM jobs WHERE state IN ('queued', 'running')").fetchone()[0]
+        )
+
+    def last_result(self) -> dict[str, Any] | None:
+        return self._one(
+            "SELECT id, model_name, finding, probability, created_at FROM results"
+            " ORDER BY created_at DESC LIMIT 1",
+            [],
+        )
+
+    def recent_errors(self, limit: int = 5) -> list[dict[str, Any]]:
+        return _dicts(
+            self.db.execute(
+                "SELECT id, state, error_code, error_message, updated_at FROM jobs"
+                " WHERE error_code IS NOT NULL ORDER BY updated_at DESC LIMIT ?",
+                [limit],
+            )
+        )
+
+    def _one(self, sql: str, params: Sequence[Any]) -> dict[str, Any] | None:
+        row = self.db.execute(sql, list(params)).fetchone()
+        return dict(row) if row else None

@@ -1,0 +1,249 @@
+"""Clips into the store: a recorded file (`edge infer clip.mp4`), a live capture (`edge capture
+--record`) or a DICOM cine arriving like any other image. One result per clip, with its per-frame
+series, key frames and their heatmaps, and the sector-only video.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import statistics
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from edge.errors import Code, EdgeError
+from edge.ids import uuid7
+from edge.imaging.decode import DecodedImage
+from edge.imaging.explain import heatmap_png
+from edge.pipeline import Analysis, Pipeline
+from edge.postprocess import decide_from_probabilities
+from edge.serving import ServedModel
+from edge.store import Job, NewImage, ResultRecord, StudyInfo, utc_now
+from edge.store.files import remove_quietly, write_atomically
+from edge.video.clip import AGGREGATE, ClipSummary
+from edge.video.live import LiveAnalyzer
+from edge.video.source import FrameSource
+
+log = logging.getLogger(__name__)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def analyse_recording(
+    pipeline: Pipeline, path: Path, model: str | None = None, *, realtime: bool = False
+) -> Analysis:
+    """A video file as one clip (every frame offered, paced by the file's own clock)."""
+    store = pipeline.store
+    try:
+        if not path.is_file():
+            raise EdgeError(Code.INPUT_NOT_FOUND, f"{path} does not exist")
+        sha = file_sha256(path)
+        existing = store.clip_for_source(sha)
+        if existing is not None:
+            result = store.result(existing["result_id"])
+            return Analysis(
+                str(path), result=result, job_id=result["job_id"] if result else None, duplicate=True
+            )
+        served = pipeline.pool.get(model or pipeline.settings.video.model)
+        source = FrameSource(str(path), realtime=realtime, lossless=not realtime)
+        summary, analyzer, elapsed = _record(pipeline, served, source)
+        events = list(summary.events)
+        if source.stats.end_reason not in ("end of file", "stopped"):
+            events.append(source.stats.end_reason)
+        summary.events = events
+        result_id = store_clip(
+            pipeline,
+            summary,
+            served,
+            analyzer,
+            source="file",
+            source_sha256=sha,
+            study=StudyInfo(modality="US", description="video file"),
+            elapsed_s=elapsed,
+        )
+    except EdgeError as error:
+        pipeline._audit_refusal(error)
+        return Analysis.refused(str(path), error)
+    result = store.result(result_id)
+    return Analysis(str(path), result=result, job_id=result["job_id"] if result else None)
+
+
+def _record(
+    pipeline: Pipeline, served: ServedModel, source: FrameSource
+) -> tuple[ClipSummary, LiveAnalyzer, float]:
+    analyzer = LiveAnalyzer(pipeline.settings, served, source)
+    analyzer.start_clip()
+    started = time.monotonic()
+    try:
+        with source:
+            analyzer.run(threading.Event())
+        if source.stats.end_reason.startswith("cannot open"):
+            raise EdgeError(Code.VIDEO_UNREADABLE, f"{source.stats.end_reason} (damaged or incomplete file?)")
+    except BaseException:
+        if analyzer.recorder is not None:
+            analyzer.recorder.discard()
+            analyzer.recorder = None
+        raise
+    return analyzer.stop_clip(), analyzer, time.monotonic() - started
+
+
+def process_cine(pipeline: Pipeline, job: Job, decoded: DecodedImage, data: bytes) -> str:
+    """The worker's path for a multi-frame DICOM (ultrasound cine): the frames become a clip."""
+    from edge.imaging.dicom import display_frames
+
+    served = pipeline.pool.get(job.model_name)
+    source = FrameSource("dicom cine", lossless=True, frames=display_frames(data))
+    summary, analyzer, elapsed = _record(pipeline, served, source)
+    return store_clip(
+        pipeline,
+        summary,
+        served,
+        analyzer,
+        source="dicom",
+        source_sha256=None,
+        study=decoded.study,
+        elapsed_s=elapsed,
+        job=job,
+    )
+
+
+def store_clip(
+    pipeline: Pipeline,
+    summary: ClipSummary,
+    served: ServedModel,
+    analyzer: LiveAnalyzer,
+    *,
+    source: str,
+    source_sha256: str | None,
+    study: StudyInfo,
+    elapsed_s: float,
+    job: Job | None = None,
+) -> str:
+    """Write the clip's files, then its rows in one transaction; on failure remove the files."""
+    settings, store = pipeline.settings, pipeline.store
+    manifest = served.entry.manifest
+    result_id = uuid7()
+    folder = store.data_dir / "clips" / utc_now()[:10] / result_id
+    written: list[Path] = []
+    try:
+        key_frames: list[dict[str, Any]] = []
+        target = manifest.output.labels.index(manifest.output.positive)
+        for number, key in enumerate(summary.key_frames, start=1):
+            image_path = folder / f"key-{number}.png"
+            _write(image_path, _png(key.image), written)
+            heat_path = None
+            if key.cam is not None:
+                heat_path = folder / f"heat-{number}.png"
+                _write(
+                    heat_path,
+                    heatmap_png(key.image, key.cam, target, served.spec, settings.explain.max_side),
+                    written,
+                )
+            key_frames.append(
+                {
+                    "path": _rel(store.data_dir, image_path),
+                    "t": round(key.t, 3),
+                    "p": round(key.probability, 5),
+                    "heatmap": _rel(store.data_dir, heat_path) if heat_path else None,
+                }
+            )
+        video_rel = None
+        if summary.video_file is not None and summary.video_file.exists():
+            video_path = folder / "clip.mp4"
+            _write(video_path, summary.video_file.read_bytes(), written)
+            summary.video_file.unlink(missing_ok=True)
+            video_rel = _rel(store.data_dir, video_path)
+        op_name, op = served.entry.operating_point(settings.models.operating_point)
+        finding = decide_from_probabilities(
+            summary.probabilities, manifest.output.positive, op.threshold, op_name
+        )
+        latencies = analyzer.stats.latencies_ms
+        record = ResultRecord(
+            model_name=served.name,
+            model_version=served.version,
+            model_sha256=served.sha256,
+            variant=served.variant_name,
+            backend=served.backend,
+            precision=served.precision,
+            finding=finding.finding,
+            finding_label=finding.positive,
+            probability=finding.probability,
+            probabilities=finding.probabilities,
+            threshold=finding.threshold,
+            operating_point=finding.operating_point,
+            latency_ms=statistics.median(latencies) if latencies else 0.0,
+            total_ms=elapsed_s * 1000,
+            heatmap_path=key_frames[-1]["heatmap"] if key_frames else None,
+        )
+        clip = {
+            "source": source,
+            "source_sha256": source_sha256,
+            "roi": list(analyzer.roi) if analyzer.roi else None,
+            "frames_analysed": summary.frames_analysed,
+            "frames_excluded": summary.frames_excluded,
+            "duration_s": summary.duration_s,
+            "aggregate": AGGREGATE,
+            "series": summary.series,
+            "key_frames": key_frames,
+            "video_path": video_rel,
+            "events": summary.events
+            + [f"size changed {analyzer.stats.resizes} time(s)"] * bool(analyzer.stats.resizes),
+        }
+        if job is not None:
+            store.complete_job(job, record, result_id, clip=clip)
+        else:
+            best = max(summary.key_frames, key=lambda k: k.probability)
+            png = _png(best.image)
+            key_image = NewImage(
+                data=png,
+                sha256=hashlib.sha256(png).hexdigest(),
+                format="png",
+                width=best.image.shape[1],
+                height=best.image.shape[0],
+                study=study,
+                source=source,
+                meta={"kind": "video key frame", "roi": list(analyzer.roi) if analyzer.roi else None},
+            )
+            store.record_clip(study, key_image, served.name, record, result_id, clip, actor=source)
+    except BaseException:
+        for path in written:
+            remove_quietly(path)
+        if summary.video_file is not None:
+            summary.video_file.unlink(missing_ok=True)
+        raise
+    log.info(
+        "clip %s: %s (mean P=%.3f over %d frames)",
+        result_id,
+        finding.finding,
+        summary.probability,
+        summary.frames_analysed,
+    )
+    return result_id
+
+
+def _png(image: np.ndarray) -> bytes:
+    bgr = image[:, :, ::-1] if image.ndim == 3 else image
+    ok, encoded = cv2.imencode(".png", np.ascontiguousarray(bgr))
+    if not ok:
+        raise EdgeError(Code.STORE_WRITE_FAILED, "a key frame could not be encoded")
+    return encoded.tobytes()
+
+
+def _write(path: Path, data: bytes, written: list[Path]) -> None:
+    write_atomically(path, data)
+    written.append(path)
+
+
+def _rel(root: Path, path: Path | None) -> str | None:
+    return str(path.relative_to(root)) if path else None

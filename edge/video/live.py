@@ -1,0 +1,272 @@
+"""Real-time analysis of an ultrasound picture: sector, quality, score, smoothing, clip.
+
+The loop takes the newest frame from the source (older ones are dropped by the source), at most
+`target_fps` times a second. The sector is found first (or taken from the device profile) and
+found again whenever the picture changes size; until then nothing is analysed or kept. Frozen
+and black pictures are reported and skipped. Each analysed frame gives a calibrated probability,
+an exponentially smoothed live score and its capture-to-result latency; when a clip is being
+recorded the frame also goes to the clip.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edge.config import Settings
+from edge.errors import Code, EdgeError
+from edge.serving import ServedModel
+from edge.video.clip import ClipRecorder, ClipSummary
+from edge.video.monitor import FreezeDetector, is_black
+from edge.video.roi import Box, crop, detect_sector, fits
+from edge.video.source import Frame, FrameSource
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LiveScore:
+    frame: int
+    position_s: float
+    status: str  # ok | frozen | black | no-sector
+    probability: float | None = None
+    smoothed: float | None = None
+    finding: str | None = None
+    latency_ms: float | None = None
+
+
+@dataclass
+class LiveStats:
+    frames_seen: int = 0
+    frames_analysed: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+    status_counts: dict[str, int] = field(default_factory=dict)
+    roi: Box | None = None
+    resizes: int = 0
+    roi_changes: int = 0
+
+    def count(self, status: str) -> None:
+        self.status_counts[status] = self.status_counts.get(status, 0) + 1
+
+
+class LiveAnalyzer:
+    def __init__(
+        self,
+        settings: Settings,
+        model: ServedModel,
+        source: FrameSource,
+        *,
+        on_score: Callable[[LiveScore], None] = lambda score: None,
+        operating_point: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.video = settings.video
+        self.model = model
+        self.source = source
+        self.on_score = on_score
+        self.operating_point = operating_point or settings.models.operating_point
+        profile = self.video.profiles.get(self.video.profile or "") if self.video.profile else None
+        self.fixed_roi: Box | None = profile.roi if profile else None
+        self.roi: Box | None = self.fixed_roi
+        self.stats = LiveStats()
+        self.smoothed: float | None = None
+        self.recorder: ClipRecorder | None = None
+        self._window: deque[Frame] = deque()
+        self._window_start: float | None = None
+        self._freeze = FreezeDetector(self.video.freeze_seconds)
+        self._shape: tuple[int, ...] | None = None
+        self._recent: deque[tuple[float, np.ndarray]] = deque(maxlen=32)
+        self._last_recheck = 0.0
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ clips
+
+    def start_clip(self) -> None:
+        out = self.model.entry.manifest.output
+        with self._lock:
+            if self.recorder is not None:
+                self.recorder.discard()
+            self.recorder = ClipRecorder(
+                out.labels,
+                out.positive,
+                fps=self.video.clip_fps,
+                max_seconds=self.video.clip_max_seconds,
+                max_side=self.video.clip_max_side,
+                key_frames=self.video.key_frames,
+            )
+
+    def stop_clip(self) -> ClipSummary:
+        with self._lock:
+            recorder, self.recorder = self.recorder, None
+        if recorder is None:
+            raise EdgeError(Code.VIDEO_TOO_SHORT, "no clip is being recorded")
+        summary = recorder.finish()
+        if summary.frames_analysed < 3:
+            if summary.video_file:
+                summary.video_file.unlink(missing_ok=True)
+            reason = "; ".join(summary.events[:5]) or "too few frames"
+            counts = self.stats.status_counts
+            if self.roi is None:
+                code = Code.VIDEO_FROZEN if counts.get("frozen") else Code.VIDEO_NO_SECTOR
+            elif counts.get("black", 0) > counts.get("ok", 0):
+                code = Code.VIDEO_BLACK
+            elif counts.get("frozen", 0) > counts.get("ok", 0):
+                code = Code.VIDEO_FROZEN
+            else:
+                code = Code.VIDEO_TOO_SHORT
+            raise EdgeError(
+                code, f"only {summary.frames_analysed} analysable frame(s) in the clip ({reason})"
+            )
+        return summary
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self, stop: threading.Event, max_seconds: float | None = None) -> LiveStats:
+        """Analyse until the source ends, `stop` is set or `max_seconds` pass. A lossless source
+        (a recording analysed after the fact) is paced by its own clock, so the same file gives
+        the same frames and the same result on any machine."""
+        self._interval = 1.0 / self.video.target_fps
+        self._next_at = -1.0
+        self.warm_up()
+        started = time.monotonic()
+        while not stop.is_set():
+            if max_seconds is not None and time.monotonic() - started > max_seconds:
+                break
+            frame = self.source.latest(timeout=0.5)
+            if frame is None:
+                if self.source.ended:
+                    break
+                continue
+            self.stats.frames_seen += 1
+            resized = frame.resized or (self._shape is not None and frame.image.shape != self._shape)
+            self._shape = frame.image.shape
+            if resized and self.fixed_roi is None:
+                self.stats.resizes += 1
+                self.roi = None
+                self._window.clear()
+            if self.roi is None:
+                found = self._find_sector(frame)
+                # A recording: the frames looked at to find the sector are analysed too; live,
+                # only the newest of them still matters.
+                for buffered in found if self.source.lossless else found[-1:]:
+                    self._paced(buffered)
+                continue
+            self._paced(frame)
+            self._recheck_sector(frame)
+        return self.stats
+
+    def _recheck_sector(self, frame: Frame) -> None:
+        """Look for the sector again every `roi_recheck_s`: a depth or preset change moves it,
+        and some capture paths rescale a new resolution to the old one instead of reporting it."""
+        if self.fixed_roi is not None:
+            return
+        now = frame.position_s
+        if not self._recent or now - self._recent[-1][0] >= 0.1:
+            self._recent.append((now, frame.image[::2, ::2]))
+        if now - self._last_recheck < self.video.roi_recheck_s or self.roi is None:
+            return
+        self._last_recheck = now
+        window = [image for t, image in self._recent if now - t <= self.video.roi_seconds]
+        box = detect_sector(window) if len(window) >= 4 else None
+        if box is None:
+            return
+        found = (box[0] * 2, box[1] * 2, box[2] * 2, box[3] * 2)
+        if _overlap(found, self.roi) < 0.85 and fits(found, frame.image.shape):  # detection jitter is ~0.95
+            log.warning("the imaging sector moved: %s -> %s", self.roi, found)
+            self.roi = found
+            self.stats.roi = found
+            self.stats.roi_changes += 1
+
+    def _paced(self, frame: Frame) -> None:
+        now = frame.position_s if self.source.lossless else time.monotonic()
+        if now < self._next_at:
+            return  # faster than the target rate: let this one go
+        self._next_at = now + self._interval
+        self.analyse(frame)
+
+    def warm_up(self) -> None:
+        """One inference on a blank frame first: a backend's first call is slow (lazy setup),
+        and that must not count as the first frame's latency."""
+        spec = self.model.spec
+        self.model.predict([np.zeros((spec.height, spec.width), np.uint8)])
+
+    def _find_sector(self, frame: Frame) -> list[Frame]:
+        """Collect frames until the sector can be found; returns them once it is."""
+        if self._window_start is None:
+            self._window_start = frame.position_s
+        self._window.append(frame)
+        if frame.position_s - self._window_start < self.video.roi_seconds and len(self._window) < 60:
+            return []
+        window = list(self._window)
+        self._window.clear()
+        self._window_start = None
+        box = detect_sector([f.image for f in window])
+        if box is not None and fits(box, frame.image.shape):
+            self.roi = box
+            self.stats.roi = box
+            log.info("imaging sector found at %s", box)
+            return window
+        first, last = window[0].image, window[-1].image
+        still = first.shape == last.shape and np.array_equal(first, last)
+        status = "frozen" if still else "no-sector"
+        self._emit(LiveScore(frame.index, frame.position_s, status))
+        if self.recorder is not None:
+            self.recorder.exclude(frame.position_s, status)
+        return []
+
+    def analyse(self, frame: Frame) -> LiveScore:
+        assert self.roi is not None
+        if not fits(self.roi, frame.image.shape):
+            self.roi = self.fixed_roi if self.fixed_roi and fits(self.fixed_roi, frame.image.shape) else None
+            return self._emit(LiveScore(frame.index, frame.position_s, "no-sector"))
+        sector = crop(frame.image, self.roi)
+        status = (
+            "black"
+            if is_black(sector)
+            else "frozen"
+            if self._freeze.update(sector, frame.position_s)
+            else "ok"
+        )
+        if status != "ok":
+            if self.recorder is not None:
+                self.recorder.exclude(frame.position_s, status)
+            return self._emit(LiveScore(frame.index, frame.position_s, status))
+        prediction = self.model.predict([sector], self.operating_point)[0]
+        latency = (time.monotonic() - frame.captured) * 1000
+        p = prediction.finding.probability
+        alpha = self.video.smoothing
+        self.smoothed = p if self.smoothed is None else alpha * p + (1 - alpha) * self.smoothed
+        self.stats.frames_analysed += 1
+        self.stats.latencies_ms.append(latency)
+        with self._lock:
+            if self.recorder is not None:
+                cam_name = self.model.entry.manifest.output.cam
+                cam = prediction.outputs.get(cam_name) if cam_name else None
+                self.recorder.add(frame.position_s, sector, prediction.finding.probabilities, cam)
+        return self._emit(
+            LiveScore(
+                frame.index, frame.position_s, "ok", p, self.smoothed, prediction.finding.finding, latency
+            )
+        )
+
+    def _emit(self, score: LiveScore) -> LiveScore:
+        self.stats.count(score.status)
+        self.on_score(score)
+        return score
+
+
+def _overlap(a: Box, b: Box) -> float:
+    """Intersection over union of two boxes."""
+    ax, ay, aw, ah = a
+    bx, by, bw, bh = b
+    iw = max(0, min(ax + aw, bx + bw) - max(ax, bx))
+    ih = max(0, min(ay + ah, by + bh) - max(ay, by))
+    inter = iw * ih
+    union = aw * ah + bw * bh - inter
+    return inter / union if union else 0.0

@@ -1,0 +1,248 @@
+"""Frames from a capture card, a file or a network stream, newest first.
+
+A reader thread pulls frames through OpenCV as fast as the source gives them and keeps only the
+newest in a one-slot mailbox: a consumer that is slower than the source drops frames instead of
+queueing them, so memory stays bounded and the analysed frame is always the latest. Every frame
+carries the monotonic time it was captured, for capture-to-result latency.
+
+- Devices (`/dev/videoN` or an index) and streams (`rtsp://`, `http://`) that stop delivering
+  are reopened with exponential backoff (0.5 s doubling to `reconnect_max_s`), forever.
+- Files end; with `realtime=True` they are paced at their own frame rate (or their timestamps),
+  to stand in for a live device in tests and benchmarks.
+- A frame whose size differs from the previous one is flagged (`resized`): the sector must be
+  found again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Frame:
+    index: int
+    image: np.ndarray  # RGB uint8 (or grey)
+    captured: float  # time.monotonic() when read
+    position_s: float  # position in the source (files), or seconds since start (live)
+    resized: bool = False
+
+
+@dataclass
+class SourceStats:
+    read: int = 0
+    dropped: int = 0
+    reconnects: int = 0
+    errors: list[str] = field(default_factory=list)
+    ended: bool = False
+    end_reason: str = ""
+
+
+def kind_of(source: str) -> str:
+    if source.isdigit() or source.startswith("/dev/video"):
+        return "device"
+    if "://" in source:
+        return "stream"
+    return "file"
+
+
+class FrameSource:
+    def __init__(
+        self,
+        source: str,
+        *,
+        realtime: bool = False,
+        width: int | None = None,
+        height: int | None = None,
+        fps: float | None = None,
+        fourcc: str | None = None,
+        reconnect_max_s: float = 8.0,
+        stall_s: float = 5.0,
+        opener: Callable[[str], Any] | None = None,
+        lossless: bool = False,
+        frames: Iterable[tuple[float, np.ndarray]] | None = None,
+    ) -> None:
+        """`lossless`: hand over every frame (the reader waits for the consumer), for analysing a
+        recording deterministically. `frames`: (position s, RGB image) pairs already in memory
+        (a DICOM cine), instead of opening `source`."""
+        self.source = source
+        self.kind = "frames" if frames is not None else kind_of(source)
+        self.realtime = realtime
+        self.lossless = lossless
+        self._frames = frames
+        self._settings = (width, height, fps, fourcc)
+        self._reconnect_max_s = reconnect_max_s
+        self._stall_s = stall_s
+        self._opener = opener or self._open
+        self.stats = SourceStats()
+        self._slot: Frame | None = None
+        self._condition = threading.Condition()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"video:{self.kind}", daemon=True)
+        self.fps: float = 0.0
+        self.frame_count: int = 0
+
+    # ------------------------------------------------------------------ opening
+
+    def _open(self, source: str) -> Any:
+        target: Any = int(source) if source.isdigit() else source
+        capture = (
+            cv2.VideoCapture(target, cv2.CAP_V4L2) if self.kind == "device" else cv2.VideoCapture(target)
+        )
+        width, height, fps, fourcc = self._settings
+        if self.kind == "device":
+            if fourcc:
+                capture.set(cv2.CAP_PROP_FOURCC, cv2.VideoWriter.fourcc(*fourcc))
+            if width:
+                capture.set(cv2.CAP_PROP_FRAME_WIDTH, width)
+            if height:
+                capture.set(cv2.CAP_PROP_FRAME_HEIGHT, height)
+            if fps:
+                capture.set(cv2.CAP_PROP_FPS, fps)
+            capture.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # the newest frame, not a backlog
+        return capture
+
+    def start(self) -> FrameSource:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._condition:
+            self._condition.notify_all()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+
+    def __enter__(self) -> FrameSource:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ consumer side
+
+    def latest(self, timeout: float = 1.0) -> Frame | None:
+        """The newest frame not yet taken (waits up to `timeout`), or None."""
+        with self._condition:
+            if self._slot is None and not self.stats.ended:
+                self._condition.wait(timeout)
+            frame, self._slot = self._slot, None
+            self._condition.notify_all()  # a lossless reader waits for the slot to empty
+            return frame
+
+    @property
+    def ended(self) -> bool:
+        with self._condition:
+            return self.stats.ended and self._slot is None
+
+    # ------------------------------------------------------------------ reader thread
+
+    def _publish(self, frame: Frame) -> None:
+        with self._condition:
+            while self.lossless and self._slot is not None and not self._stop.is_set():
+                self._condition.wait(0.5)
+            if self._slot is not None:
+                self.stats.dropped += 1
+                if self._slot.resized and not frame.resized:  # a dropped frame must not hide a resize
+                    frame = Frame(frame.index, frame.image, frame.captured, frame.position_s, resized=True)
+            self._slot = frame
+            self._condition.notify_all()
+
+    def _finish(self, reason: str) -> None:
+        with self._condition:
+            self.stats.ended = True
+            self.stats.end_reason = reason
+            self._condition.notify_all()
+
+    def _run(self) -> None:
+        backoff = 0.5
+        self._index = 0
+        self._last_shape: tuple[int, ...] | None = None
+        self._started = time.monotonic()
+        if self._frames is not None:
+            for position, image in self._frames:
+                if self._stop.is_set():
+                    break
+                self._deliver(image[:, :, ::-1] if image.ndim == 3 else image, position)
+            self._finish("end of frames")
+            return
+        while not self._stop.is_set():
+            capture = self._opener(self.source)
+            if not capture.isOpened():
+                if self.kind == "file":
+                    self._finish(f"cannot open {Path(self.source).name}")
+                    return
+                self._note(f"cannot open the {self.kind}: retrying in {backoff:.1f} s")
+            else:
+                outcome = self._read_all(capture)
+                capture.release()
+                if outcome != "stalled":
+                    if outcome != "stopped":
+                        self._finish(outcome)
+                        return
+                    break
+                backoff = 0.5  # it worked before: start the backoff over
+            self.stats.reconnects += 1
+            if self._stop.wait(backoff):
+                break
+            backoff = min(backoff * 2, self._reconnect_max_s)
+        self._finish("stopped")
+
+    def _read_all(self, capture: Any) -> str:
+        """Read until the source ends ("end of file", or why it ended early), stalls
+        ("stalled") or we are told to stop ("stopped")."""
+        self.fps = float(capture.get(cv2.CAP_PROP_FPS) or 0.0)
+        self.frame_count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        pace_start = time.monotonic()
+        last_ok = time.monotonic()
+        while not self._stop.is_set():
+            ok, image = capture.read()
+            now = time.monotonic()
+            if not ok or image is None:
+                if self.kind == "file":
+                    if self.frame_count and self._index < self.frame_count - 1:
+                        return (
+                            f"the file ended early: {self._index} of {self.frame_count} frames (truncated?)"
+                        )
+                    return "end of file"
+                if now - last_ok > self._stall_s:
+                    self._note(f"the {self.kind} stalled for {now - last_ok:.0f} s: reopening")
+                    return "stalled"
+                time.sleep(0.02)
+                continue
+            last_ok = now
+            if self.kind == "file":
+                position = (capture.get(cv2.CAP_PROP_POS_MSEC) or 0.0) / 1000
+                if self.realtime:  # paced by the file's own clock (irregular timestamps stay so)
+                    delay = position - (time.monotonic() - pace_start)
+                    if delay > 0 and self._stop.wait(delay):
+                        return "stopped"
+            else:
+                position = now - self._started
+            self._deliver(image, position)
+        return "stopped"
+
+    def _deliver(self, image: np.ndarray, position: float) -> None:
+        rgb = image[:, :, ::-1] if image.ndim == 3 else image
+        resized = self._last_shape is not None and rgb.shape != self._last_shape
+        if resized:
+            log.warning("the %s changed size: %s -> %s", self.kind, self._last_shape, rgb.shape)
+        self._last_shape = rgb.shape
+        self.stats.read += 1
+        self._publish(Frame(self._index, np.ascontiguousarray(rgb), time.monotonic(), position, resized))
+        self._index += 1
+
+    def _note(self, message: str) -> None:
+        log.warning("%s", message)
+        self.stats.errors.append(message)
+        del self.stats.errors[:-20]  # bounded

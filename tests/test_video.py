@@ -1,0 +1,319 @@
+"""Live and recorded ultrasound on real recordings, and the faults a field link produces."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.config import Settings
+from edge.pipeline import Pipeline
+from edge.registry import Registry
+from edge.serving import ModelPool
+from edge.store import Store
+from edge.video.live import LiveAnalyzer
+from edge.video.monitor import FreezeDetector, is_black
+from edge.video.roi import crop, detect_sector
+from edge.video.source import FrameSource
+from tests.conftest import MODELS
+from tools import dicomgen
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ultrasound-video"
+DEVICES = sorted((DATA / "devices").glob("*.mp4"))
+CLIPS = sorted((DATA / "lung-clips").glob("*.mp4"))
+
+
+def ultrasound_model() -> str:
+    names = Registry(MODELS).names()
+    return "us-lung" if "us-lung" in names else "us-breast"
+
+
+@pytest.fixture
+def pipeline(settings: Settings, store: Store) -> Iterator[Pipeline]:
+    tuned = settings.model_copy(
+        update={"video": settings.video.model_copy(update={"model": ultrasound_model()})}
+    )
+    running = Pipeline(tuned, store)
+    yield running
+    running.close()
+
+
+def needs_data() -> None:
+    if not DEVICES:
+        pytest.skip("the shared ultrasound recordings are not on this machine")
+
+
+# ------------------------------------------------------------------ pure parts
+
+
+def test_sector_detection_ignores_static_ui() -> None:
+    rng = np.random.default_rng(0)
+    frames = []
+    for _ in range(12):
+        frame = np.zeros((300, 400, 3), np.uint8)
+        cv2.putText(frame, "DOE^JANE 12/03/2026", (10, 30), cv2.FONT_HERSHEY_SIMPLEX, 0.8, (255, 255, 255), 2)
+        cv2.putText(
+            frame, "GAIN 58  DEPTH 12cm", (10, 290), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (200, 200, 200), 1
+        )
+        frame[80:260, 120:330] = rng.integers(20, 200, (180, 210, 3), dtype=np.uint8)  # live speckle
+        frames.append(frame)
+    x, y, w, h = detect_sector(frames)  # type: ignore[misc]
+    assert abs(x - 120) <= 4
+    assert abs(y - 80) <= 4
+    assert abs(w - 210) <= 8
+    assert abs(h - 180) <= 8
+    assert crop(frames[0], (x, y, w, h))[:, :, :].max(axis=2).mean() != 0
+
+
+def test_no_motion_means_no_sector() -> None:
+    still = np.full((200, 200), 90, np.uint8)
+    assert detect_sector([still] * 10) is None
+    assert detect_sector([still]) is None
+
+
+def test_freeze_and_black() -> None:
+    detector = FreezeDetector(seconds=1.0)
+    image = np.random.default_rng(1).integers(0, 255, (64, 64), dtype=np.uint8)
+    assert not any(detector.update(image, t / 10) for t in range(10))
+    assert detector.update(image, 1.5)
+    assert not detector.update(255 - image, 1.6)
+    assert is_black(np.zeros((32, 32), np.uint8))
+    assert not is_black(image)
+
+
+# ------------------------------------------------------------------ every real recording
+
+
+@pytest.mark.parametrize("path", DEVICES + CLIPS, ids=lambda p: p.name)
+def test_every_real_recording_gives_a_clip_or_a_coded_refusal(pipeline: Pipeline, path: Path) -> None:
+    needs_data()
+    [analysis] = pipeline.analyse_file(path)
+    if not analysis.ok:
+        assert analysis.code in ("VIDEO_FROZEN", "VIDEO_NO_SECTOR", "VIDEO_TOO_SHORT"), analysis.message
+        assert pipeline.store.counts()["images"] == 0  # fail closed: nothing of the screen is kept
+        return
+    result = analysis.result
+    clip = pipeline.store.clip_for_result(result["id"])
+    assert clip is not None
+    assert clip["frames_analysed"] >= 3
+    assert clip["aggregate"].startswith("mean")
+    assert abs(np.mean([p for _, p in clip["series"]]) - result["probability"]) < 1e-3
+    assert 1 <= len(clip["key_frames"]) <= pipeline.settings.video.key_frames
+    for key in clip["key_frames"]:
+        assert (pipeline.store.data_dir / key["path"]).is_file()
+        assert (pipeline.store.data_dir / key["heatmap"]).is_file()
+    video = pipeline.store.data_dir / clip["video_path"]
+    assert video.stat().st_size < 8 * 2**20  # bounded
+    x, y, w, h = clip["roi"]
+    capture = cv2.VideoCapture(str(path))
+    width, height = capture.get(cv2.CAP_PROP_FRAME_WIDTH), capture.get(cv2.CAP_PROP_FRAME_HEIGHT)
+    assert x + w <= width
+    assert y + h <= height
+    if path in DEVICES:
+        assert w * h < 0.8 * width * height  # the vendor's UI is cut away
+
+
+def test_a_frozen_recording_fails_closed(pipeline: Pipeline) -> None:
+    needs_data()
+    [analysis] = pipeline.analyse_file(DATA / "devices" / "sonosite-anon-eye1-video.mp4")
+    assert analysis.code == "VIDEO_FROZEN"
+    assert pipeline.store.counts()["images"] == 0
+
+
+def test_the_same_recording_twice_is_one_clip(pipeline: Pipeline, tmp_path: Path) -> None:
+    needs_data()
+    first = pipeline.analyse_file(CLIPS[0])[0]
+    copy = tmp_path / "renamed.mp4"
+    shutil.copy(CLIPS[0], copy)
+    again = pipeline.analyse_file(copy)[0]
+    assert again.duplicate
+    assert again.result["id"] == first.result["id"]
+    assert pipeline.store.counts()["results"] == 1
+
+
+def test_lung_clips_point_the_right_way(pipeline: Pipeline) -> None:
+    needs_data()
+    if ultrasound_model() != "us-lung":
+        pytest.skip("the lung model is not shipped yet")
+    scores = {path.name: pipeline.analyse_file(path)[0].result["probability"] for path in CLIPS}
+    covid = [p for name, p in scores.items() if name.startswith("Cov")]
+    regular = [p for name, p in scores.items() if name.startswith("Reg")]
+    print("\nlung clips, clip-level P(covid):", json.dumps({k: round(v, 3) for k, v in scores.items()}))
+    assert np.mean(covid) > np.mean(regular)
+
+
+# ------------------------------------------------------------------ faults
+
+
+def test_a_truncated_mp4_is_a_coded_refusal(pipeline: Pipeline, tmp_path: Path) -> None:
+    needs_data()
+    cut = tmp_path / "cut.mp4"
+    data = (DATA / "devices" / "butterfly-ocular-phantom.mp4").read_bytes()
+    cut.write_bytes(data[: len(data) * 2 // 3])  # its index (moov) is at the end: gone
+    [analysis] = pipeline.analyse_file(cut)
+    assert analysis.code == "VIDEO_UNREADABLE"
+    assert pipeline.store.counts()["images"] == 0
+
+
+def test_a_stream_cut_mid_file_is_analysed_to_where_it_ends(pipeline: Pipeline, tmp_path: Path) -> None:
+    needs_data()
+    whole = tmp_path / "whole.avi"  # MJPEG in AVI: readable up to the cut, as a capture file is
+    writer = cv2.VideoWriter(str(whole), cv2.VideoWriter.fourcc(*"MJPG"), 12, (388, 540))
+    for frame in recording_frames(DATA / "devices" / "butterfly-ocular-phantom.mp4", 120, (388, 540)):
+        writer.write(np.ascontiguousarray(frame[:, :, ::-1]))
+    writer.release()
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    [analysis] = pipeline.analyse_file(cut)
+    assert analysis.ok, analysis.message
+    clip = pipeline.store.clip_for_result(analysis.result["id"])
+    assert any("ended early" in event for event in clip["events"]), clip["events"]
+    assert clip["duration_s"] < 6.0  # about half of the 10 s
+
+
+class Stream:
+    """A live MJPEG stream over HTTP on loopback (what an IP capture box or a phone app serves)."""
+
+    def __init__(
+        self,
+        frames: list[np.ndarray],
+        fps: float = 25.0,
+        stall_after: int | None = None,
+        stall_s: float = 0.0,
+    ) -> None:
+        self.frames, self.fps, self.stall_after, self.stall_s = frames, fps, stall_after, stall_s
+        self.connections = 0
+        stream = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                stream.connections += 1
+                self.send_response(200)
+                self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+                self.end_headers()
+                start = 0 if stream.connections == 1 else stream.stall_after or 0
+                for index, frame in enumerate(stream.frames[start:], start=start):
+                    if stream.connections == 1 and index == stream.stall_after:
+                        time.sleep(stream.stall_s)  # the link hangs, then the box drops us
+                        return
+                    _ok, jpg = cv2.imencode(".jpg", frame[:, :, ::-1])
+                    try:
+                        self.wfile.write(
+                            b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: "
+                            + str(len(jpg)).encode()
+                            + b"\r\n\r\n"
+                            + jpg.tobytes()
+                            + b"\r\n"
+                        )
+                    except (BrokenPipeError, ConnectionResetError):
+                        return
+                    time.sleep(1 / stream.fps)
+
+            def log_message(self, *args: Any) -> None:
+                return
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/live.mjpg"
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def recording_frames(path: Path, count: int, size: tuple[int, int] | None = None) -> list[np.ndarray]:
+    capture = cv2.VideoCapture(str(path))
+    out = []
+    while len(out) < count:
+        ok, frame = capture.read()
+        if not ok:
+            capture.set(cv2.CAP_PROP_POS_FRAMES, 0)
+            continue
+        if size:
+            frame = cv2.resize(frame, size)
+        out.append(frame[:, :, ::-1].copy())
+    return out
+
+
+def live(settings: Settings, url: str, seconds: float) -> tuple[LiveAnalyzer, FrameSource]:
+    pool = ModelPool(Registry(MODELS), settings, settings.data_dir / "cache")
+    source = FrameSource(url, stall_s=1.0, reconnect_max_s=1.0)
+    analyzer = LiveAnalyzer(settings, pool.get(ultrasound_model()), source)
+    with source:
+        analyzer.run(threading.Event(), max_seconds=seconds)
+    pool.close()
+    return analyzer, source
+
+
+def test_a_stream_that_stalls_then_resumes(settings: Settings) -> None:
+    needs_data()
+    stream = Stream(
+        recording_frames(DATA / "devices" / "butterfly-ocular-phantom.mp4", 150, (388, 540)),
+        stall_after=60,
+        stall_s=2.5,
+    )
+    try:
+        analyzer, source = live(settings, stream.url, seconds=9)
+    finally:
+        stream.close()
+    assert stream.connections >= 2
+    assert source.stats.reconnects >= 1
+    assert any("stalled" in error for error in source.stats.errors)
+    assert analyzer.stats.frames_analysed > 10  # analysis went on after the reconnect
+
+
+def test_a_resolution_change_mid_stream(settings: Settings) -> None:
+    """Over HTTP MJPEG, OpenCV rescales a new resolution to the first one: the sector check that
+    runs every few seconds finds the new picture's sector instead."""
+    needs_data()
+    frames = recording_frames(DATA / "devices" / "butterfly-ocular-phantom.mp4", 90, (388, 540))
+    frames += recording_frames(DATA / "devices" / "clarius-ocular-short.mp4", 150, (640, 480))
+    stream = Stream(frames)
+    tuned = settings.model_copy(update={"video": settings.video.model_copy(update={"roi_recheck_s": 1.0})})
+    try:
+        analyzer, _ = live(tuned, stream.url, seconds=9)
+    finally:
+        stream.close()
+    assert analyzer.stats.roi_changes + analyzer.stats.resizes >= 1
+    assert analyzer.stats.frames_analysed > 20
+
+
+def test_a_new_frame_size_resets_the_sector(settings: Settings) -> None:
+    needs_data()
+    small = recording_frames(DATA / "devices" / "butterfly-ocular-phantom.mp4", 40, (388, 540))
+    large = recording_frames(DATA / "devices" / "clarius-ocular-short.mp4", 40, (640, 480))
+    source = FrameSource(
+        "in memory", lossless=True, frames=[(i / 12, f[:, :, ::-1]) for i, f in enumerate(small + large)]
+    )
+    pool = ModelPool(Registry(MODELS), settings, settings.data_dir / "cache")
+    analyzer = LiveAnalyzer(settings, pool.get(ultrasound_model()), source)
+    with source:
+        analyzer.run(threading.Event())
+    pool.close()
+    assert analyzer.stats.resizes == 1
+    assert analyzer.stats.roi is not None
+    assert analyzer.stats.roi[0] + analyzer.stats.roi[2] <= 640
+
+
+def test_a_dicom_cine_goes_to_the_video_path(pipeline: Pipeline, tmp_path: Path) -> None:
+    needs_data()
+    frames = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in recording_frames(CLIPS[0], 24)])
+    ds = dicomgen.base_dataset(dicomgen.US_STORAGE, modality="US", body_part=None, patient_age=None)
+    ds.set_pixel_data(frames, "MONOCHROME2", 8, generate_instance_uid=False)
+    ds.FrameTime = 100.0
+    path = tmp_path / "cine.dcm"
+    path.write_bytes(dicomgen.to_bytes(ds))
+    [analysis] = pipeline.analyse_file(path, model=ultrasound_model())
+    assert analysis.ok, analysis.message
+    clip = pipeline.store.clip_for_result(analysis.result["id"])
+    assert clip["source"] == "dicom"
+    assert clip["frames_analysed"] >= 3
+    assert clip["duration_s"] > 1.0  # paced by FrameTime, not by the machine
