@@ -187,7 +187,9 @@ class LiveAnalyzer:
         now = frame.position_s if self.source.lossless else time.monotonic()
         if now < self._next_at:
             return  # faster than the target rate: let this one go
-        self._next_at = now + self._interval
+        # Keep to the schedule (not "interval after this frame"), so frame timing jitter does not
+        # lower the rate; after falling behind, start the schedule again from now.
+        self._next_at = max(self._next_at + self._interval, now - self._interval / 2)
         self.analyse(frame)
 
     def warm_up(self) -> None:
