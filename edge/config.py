@@ -161,6 +161,36 @@ class VideoSettings(_Section):
     profiles: dict[str, VideoProfile] = Field(default_factory=dict)
 
 
+class HubSettings(_Section):
+    dir: Path | None = None
+    """Hub files (uploads, releases) and its SQLite database; default `<data dir>/hub`."""
+    database_url: str | None = None
+    """`postgresql://user:pass@host/db` to run on PostgreSQL; default SQLite in `dir`."""
+    bind: str = "127.0.0.1"
+    port: int = Field(default=8720, ge=1, le=65535)
+    rate_per_s: float = Field(default=20.0, gt=0)
+    """Requests per second per device (a token bucket); beyond it: 429."""
+    rate_burst: int = Field(default=60, ge=1)
+    code_ttl_hours: float = Field(default=72.0, gt=0)
+
+
+class SyncSettings(_Section):
+    hub_url: str | None = None
+    """Set by `edge sync enroll`; the credential itself lives in the state directory."""
+    images: Literal["none", "thumbnails", "full"] = "thumbnails"
+    """Results always travel first; then thumbnails (and heatmaps); full images only if "full"."""
+    dates: Literal["keep", "shift", "remove"] = "shift"
+    bandwidth_kbps: float = Field(default=0.0, ge=0)
+    """Upload cap in kilobits per second; 0 for none (a satellite link bills by the byte)."""
+    batch_records: int = Field(default=100, ge=1, le=200)
+    interval_s: float = Field(default=30.0, gt=0)
+    """Between rounds when all is sent; failures back off exponentially up to `max_backoff_s`."""
+    max_backoff_s: float = Field(default=900.0, gt=0)
+    timeout_s: float = Field(default=30.0, gt=0)
+    public_key: str | None = None
+    """Hex ed25519 public key that model releases must be signed with (pinned on the device)."""
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="EDGE_",
@@ -181,6 +211,8 @@ class Settings(BaseSettings):
     watch: WatchSettings = Field(default_factory=WatchSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     video: VideoSettings = Field(default_factory=VideoSettings)
+    hub: HubSettings = Field(default_factory=HubSettings)
+    sync: SyncSettings = Field(default_factory=SyncSettings)
     config_file: Path | None = None
     """Where the file-level values came from (informational; not read from the file)."""
 
@@ -192,6 +224,14 @@ class Settings(BaseSettings):
     @property
     def db_path(self) -> Path:
         return self.data_dir / "edge.db"
+
+    @property
+    def hub_dir(self) -> Path:
+        return self.hub.dir or self.data_dir / "hub"
+
+    @property
+    def hub_database_url(self) -> str:
+        return self.hub.database_url or f"sqlite:///{self.hub_dir / 'hub.db'}"
 
     @property
     def inbox(self) -> Path:

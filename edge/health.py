@@ -19,6 +19,7 @@ from edge import __version__
 from edge.config import Settings
 from edge.housekeeping import disk_state
 from edge.store import Store
+from edge.sync.client import sync_status
 
 AGENT_FILE = "agent.json"
 STALE_AFTER_S = 180.0
@@ -86,6 +87,7 @@ def snapshot(settings: Settings, store: Store | None = None) -> dict[str, Any]:
             "outbox_pending": int(
                 store.db.execute("SELECT count(*) FROM outbox WHERE acked_at IS NULL").fetchone()[0]
             ),
+            "sync": sync_status(settings, store),
             "disk": {
                 "free_mb": disk.free_mb,
                 "total_mb": disk.total_mb,

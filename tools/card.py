@@ -19,6 +19,24 @@ def _fmt(value: Any) -> str:
 def write_card(recipe: Recipe, manifest: dict[str, Any], out_dir: Path) -> None:
     card = recipe.raw.get("card", {})
     t = manifest["training"]
+    group = recipe.data.get("group_column") or "image"
+    cross_validated = bool(recipe.data.get("cv_folds"))
+    if cross_validated:
+        split_text = [
+            f"Split: {t['split']} (seed {t['seed']}). No {group} is in two folds. Tuning (temperature,",
+            "thresholds) used the out-of-fold predictions only; there is no separate holdout, so these",
+            "figures estimate, but slightly flatter, what a new site will see: validate locally.",
+        ]
+        gate_basis = "fidelity on all training images"
+        sample_text = "a few training images (the shipped model saw every image; pixels exactly as published)"
+    else:
+        split_text = [
+            f"Split: {t['split']} (seed {t['seed']}). No {group} is on two sides. Tuning (early stopping,",
+            "temperature, thresholds, INT8 gate) used the validation split only; the holdout split was",
+            "only measured.",
+        ]
+        gate_basis = "validation"
+        sample_text = "a few holdout images (pixels exactly as published)"
     lines = [
         f"# Model card: {manifest['name']} {manifest['version']}",
         "",
@@ -33,9 +51,7 @@ def write_card(recipe: Recipe, manifest: dict[str, Any], out_dir: Path) -> None:
         "## Data and licence",
         card.get("data", ""),
         "",
-        f"Split: {t['split']} (seed {t['seed']}). No patient is on two sides. Tuning (early stopping,",
-        "temperature, thresholds, INT8 gate) used the validation split only; the holdout split was",
-        "only measured.",
+        *split_text,
         "",
         "## Model",
         f"A ResNet-style CNN trained from scratch (no pre-trained weights): {t['params']:,} parameters,",
@@ -45,7 +61,7 @@ def write_card(recipe: Recipe, manifest: dict[str, Any], out_dir: Path) -> None:
         f"on 2 CPU cores with torch {t['torch']}; recipe `{t['recipe']}`, commit `{t['commit'][:12]}`.",
         "",
         "## Variants",
-        "| variant | precision | format | backends | gate (vs FP32, validation) |",
+        f"| variant | precision | format | backends | gate (vs FP32, {gate_basis}) |",
         "|---|---|---|---|---|",
     ]
     for name, v in manifest["variants"].items():
@@ -94,9 +110,13 @@ def write_card(recipe: Recipe, manifest: dict[str, Any], out_dir: Path) -> None:
     lines += [
         "",
         "## Samples",
-        "`samples/` holds a few holdout images (PNG, pixels exactly as published) and DICOM files built",
-        "from them with synthetic patient attributes, for the demo, the tests and the on-device parity",
-        "check. Attribution as under Data and licence.",
+        f"`samples/` holds {sample_text}, for the tests and the on-device parity check.",
+        *(
+            ["`samples/demo/` holds more holdout images, some as DICOM with synthetic patient attributes."]
+            if (out_dir / "samples" / "demo").is_dir()
+            else []
+        ),
+        "Attribution as under Data and licence.",
         "",
     ]
     (out_dir / "MODEL_CARD.md").write_text("\n".join(lines))

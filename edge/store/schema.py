@@ -187,3 +187,33 @@ def schema_version(db: Database) -> int:
 
 def latest_version() -> int:
     return len(migrations._migrations)
+
+
+@migrations()
+def m005_technician_marks(db: Database) -> None:
+    # The technician's own marks (the TUI): when a result was looked at and by whom, and free-text
+    # notes on a study. A note may name a patient (hence phi_): it stays on the device.
+    db.execute("ALTER TABLE results ADD COLUMN seen_at TEXT")
+    db.execute("ALTER TABLE results ADD COLUMN seen_by TEXT")
+    db.execute(
+        """
+        CREATE TABLE notes (
+            id TEXT PRIMARY KEY,
+            study_id TEXT NOT NULL REFERENCES studies(id),
+            result_id TEXT REFERENCES results(id),  -- the result the note is about, if any
+            phi_text TEXT NOT NULL,
+            author TEXT NOT NULL,
+            created_at TEXT NOT NULL
+        )
+        """
+    )
+    db.execute("CREATE INDEX notes_study ON notes(study_id)")
+
+
+@migrations()
+def m010_sync(db: Database) -> None:
+    # The sync agent's own state (cursor, last success, last error) and review idempotency.
+    db.execute(
+        "CREATE TABLE sync_state (key TEXT PRIMARY KEY, value TEXT NOT NULL, updated_at TEXT NOT NULL)"
+    )
+    db.execute("CREATE INDEX outbox_kind_ref ON outbox(kind, ref_id)")

@@ -25,6 +25,8 @@ from edge.store import schema
 from edge.store.files import DIR_MODE, remove_quietly, write_atomically
 from edge.store.reads import Reads
 from edge.store.records import IngestOutcome, Job, NewImage, ResultRecord, StudyInfo, utc_now
+from edge.store.sync_records import SyncRecords
+from edge.store.technician import TechnicianActions
 
 _DISK_FULL_MARKERS = ("database or disk is full", "disk i/o error")
 
@@ -59,7 +61,7 @@ def _migrate(db: Database, busy_timeout_ms: int) -> None:
             time.sleep(0.05)
 
 
-class Store(Reads):
+class Store(Reads, TechnicianActions, SyncRecords):
     """Repository over the device database and the image files beside it."""
 
     def __init__(self, data_dir: Path, *, busy_timeout_ms: int = 10_000) -> None:

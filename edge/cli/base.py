@@ -1,0 +1,62 @@
+"""The `edge` group and what every subcommand shares (settings loaded lazily, exit codes)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from edge import __version__
+from edge import log as edge_log
+from edge.config import Settings, load_settings
+from edge.errors import EdgeError
+
+EXIT_REFUSED = 1
+EXIT_USAGE = 2
+
+
+class Context:
+    """Settings are loaded on first use, so `--help` works even with a broken config."""
+
+    def __init__(self, config_file: Path | None, data_dir: Path | None) -> None:
+        self.config_file = config_file
+        self.data_dir = data_dir
+        self._settings: Settings | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            overrides: dict[str, Any] = {"data_dir": self.data_dir} if self.data_dir else {}
+            try:
+                self._settings = load_settings(self.config_file, **overrides)
+            except EdgeError as error:
+                click.echo(error.one_line(), err=True)
+                sys.exit(EXIT_USAGE)
+        return self._settings
+
+
+pass_context = click.make_pass_decorator(Context)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edge")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Settings file (default: $EDGE_CONFIG, else /etc/edge/edge.toml if present).",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where the database and images live (default: $STATE_DIRECTORY or per-user).",
+)
+@click.option("-v", "--verbose", count=True, help="Log more (-v info, -vv debug).")
+@click.pass_context
+def cli(ctx: click.Context, config_file: Path | None, data_dir: Path | None, verbose: int) -> None:
+    """Edge inference for clinics: X-ray and ultrasound models on the device, offline first."""
+    edge_log.configure([logging.ERROR, logging.INFO, logging.DEBUG][min(verbose, 2)])
+    ctx.obj = Context(config_file, data_dir)

@@ -1,0 +1,244 @@
+"""`edge models ...`: list, show, evaluate, build engines, verify parity."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from edge.cli.base import EXIT_REFUSED, Context, cli, pass_context
+from edge.errors import EdgeError
+
+# ---------------------------------------------------------------------- models
+
+
+@cli.group()
+def models() -> None:
+    """Installed models: list, show, eval, build and verify TensorRT engines."""
+
+
+@models.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@pass_context
+def models_list(obj: Context, as_json: bool) -> None:
+    """The models installed on this device."""
+    from edge.registry import Registry
+
+    registry = Registry(obj.settings.models.dir)
+    rows: list[dict[str, Any]] = []
+    for name in registry.names():
+        try:
+            m = registry.get(name).manifest
+            rows.append(
+                {
+                    "name": name,
+                    "version": m.version,
+                    "title": m.title,
+                    "variants": sorted(m.variants),
+                    "status": "ok",
+                }
+            )
+        except EdgeError as error:
+            rows.append({"name": name, "status": error.one_line()})
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = Table("model", "version", "variants", "title", title=f"models in {registry.models_dir}")
+    for row in rows:
+        if row["status"] != "ok":
+            table.add_row(row["name"], "-", "-", f"[red]{row['status']}[/]")
+        else:
+            table.add_row(row["name"], row["version"], ", ".join(row["variants"]), row["title"])
+    Console().print(table)
+
+
+@models.command("show")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="The whole manifest as JSON.")
+@pass_context
+def models_show(obj: Context, name: str, as_json: bool) -> None:
+    """One model's manifest, with each file checked against its sha256."""
+    from edge.registry import Registry
+
+    try:
+        entry = Registry(obj.settings.models.dir).get(name)
+    except EdgeError as error:
+        click.echo(error.one_line(), err=True)
+        sys.exit(EXIT_REFUSED)
+    checks = {}
+    for variant in entry.manifest.variants:
+        try:
+            entry.variant_file(variant)
+            checks[variant] = "ok"
+        except EdgeError as error:
+            checks[variant] = error.one_line()
+    if as_json:
+        click.echo(
+            json.dumps({"manifest": entry.manifest.model_dump(mode="json"), "file_checks": checks}, indent=2)
+        )
+        sys.exit(0 if all(v == "ok" for v in checks.values()) else EXIT_REFUSED)
+    from edge.reports import print_model
+
+    print_model(Console(), entry, checks)
+    sys.exit(0 if all(v == "ok" for v in checks.values()) else EXIT_REFUSED)
+
+
+@models.command("eval")
+@click.argument("name")
+@click.option(
+    "--data",
+    "data_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder with the images and a labels.csv (columns path,label).",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where to write roc.png, reliability.png, predictions.csv, metrics.json.",
+)
+@click.option("--variant", help="Evaluate this variant (default: the one the device would serve).")
+@click.option("--operating-point", help="Threshold to report at (default: the site's, else the model's).")
+@click.option("--json", "as_json", is_flag=True)
+@pass_context
+def models_eval(
+    obj: Context,
+    name: str,
+    data_dir: Path,
+    out_dir: Path | None,
+    variant: str | None,
+    operating_point: str | None,
+    as_json: bool,
+) -> None:
+    """Measure a model on a labelled folder with the product's own decode, preprocess and backend.
+
+    Prints AUC, accuracy, sensitivity, specificity and ECE with 95% bootstrap intervals, and
+    writes ROC and reliability plots. Use it to validate a model on local images before use.
+    """
+    from edge.evaluate import evaluate
+    from edge.reports import print_evaluation
+
+    target = out_dir or Path(f"eval-{name}")
+    try:
+        result = evaluate(
+            obj.settings, name, data_dir, target, variant=variant, operating_point=operating_point
+        )
+    except EdgeError as error:
+        click.echo(error.one_line(), err=True)
+        sys.exit(EXIT_REFUSED)
+    if as_json:
+        click.echo(json.dumps(result.__dict__, indent=2))
+    else:
+        print_evaluation(Console(), result)
+
+
+def _engine_manager(obj: Context) -> Any:
+    """The TensorRT engine manager, or a clear refusal where TensorRT cannot run."""
+    from edge.runtime.engine_manager import EngineManager
+    from edge.runtime.tensorrt import TensorRTRunner
+
+    if not TensorRTRunner.is_available():
+        click.echo(f"BACKEND_UNAVAILABLE: {TensorRTRunner.unavailable_reason()}", err=True)
+        sys.exit(EXIT_REFUSED)
+    return EngineManager(obj.settings)
+
+
+@models.command("build")
+@click.argument("names", nargs=-1)
+@click.option(
+    "--force", is_flag=True, help="Rebuild even if a matching engine (or a recorded failure) exists."
+)
+@pass_context
+def models_build(obj: Context, names: tuple[str, ...], force: bool) -> None:
+    """Build TensorRT engines on this device (all models, or NAMES), each precision in turn.
+
+    INT8 from the QDQ graph, then FP16 and FP32 from the FP32 graph; a failed precision is
+    recorded and the next one tried. Engines are cached per model file, TensorRT version and
+    GPU, with a persisted timing cache. Needs TensorRT (JetPack) and a GPU.
+    """
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from edge.registry import Registry
+    from edge.runtime.engines import build_plan
+
+    manager = _engine_manager(obj)
+    registry = Registry(obj.settings.models.dir)
+    failed = False
+    for name in names or tuple(registry.names()):
+        try:
+            entry = registry.get(name)
+            plan = build_plan(entry, "auto" if force else obj.settings.runtime.precision)
+        except EdgeError as error:
+            click.echo(f"{name}: {error.one_line()}")
+            failed = True
+            continue
+        for attempt in plan:
+            columns = [
+                TextColumn(f"{name} {attempt.precision}"),
+                BarColumn(),
+                TextColumn("{task.fields[phase]}"),
+                TimeElapsedColumn(),
+            ]
+            with Progress(*columns) as progress:
+                task = progress.add_task("build", total=1.0, phase="starting")
+
+                def report(phase: str, fraction: float, task_id: Any = task, bar: Any = progress) -> None:
+                    bar.update(task_id, completed=fraction, phase=phase)
+
+                try:
+                    engine = manager.ensure(entry, attempt, force=force, progress=report)
+                    click.echo(f"{name}: {attempt.precision} engine ready: {engine}")
+                except EdgeError as error:
+                    click.echo(f"{name}: {attempt.precision}: {error.one_line()}")
+                    failed = True
+    sys.exit(EXIT_REFUSED if failed else 0)
+
+
+@models.command("verify")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
+@pass_context
+def models_verify(obj: Context, name: str, as_json: bool) -> None:
+    """Parity gate: each TensorRT engine against ONNX Runtime on the model's sample images.
+
+    Reports max logit difference, top-1 agreement and AUC difference, records the verdict (an
+    engine serves only if it passed) and exits 1 if the engine the device would serve failed.
+    """
+    from edge.registry import Registry
+    from edge.runtime.engines import build_plan
+    from edge.serving import tensor_names
+
+    manager = _engine_manager(obj)
+    try:
+        entry = Registry(obj.settings.models.dir).get(name)
+        plan = build_plan(entry, obj.settings.runtime.precision)
+    except EdgeError as error:
+        click.echo(error.one_line(), err=True)
+        sys.exit(EXIT_REFUSED)
+    reports = {}
+    for attempt in plan:
+        try:
+            engine = manager.ensure(entry, attempt)
+            reports[attempt.precision] = manager.verify(entry, attempt, engine, tensor_names(entry)).as_dict()
+        except EdgeError as error:
+            reports[attempt.precision] = {"passed": False, "error": error.one_line()}
+    if as_json:
+        click.echo(json.dumps(reports, indent=2))
+    else:
+        for precision, report in reports.items():
+            if "error" in report:
+                click.echo(f"{name} {precision}: {report['error']}")
+                continue
+            click.echo(
+                f"{name} {precision}: {'PASSED' if report['passed'] else 'FAILED'}  max |logit diff| "
+                f"{report['max_abs_logit_diff']:.4f}, agreement {report['agreement']:.2%}, AUC "
+                f"{report['auc']:.4f} vs {report['auc_reference']:.4f} "
+                f"({report['images']} images; {report['rule']})"
+            )
+    sys.exit(0 if any(r.get("passed") for r in reports.values()) else EXIT_REFUSED)

@@ -1,0 +1,188 @@
+"""`edge sync ...` (the device side of the link) and `edge hub ...` (the hub itself)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from edge import log as edge_log
+from edge.cli.base import EXIT_REFUSED, EXIT_USAGE, Context, cli, pass_context
+from edge.errors import EdgeError
+
+# ---------------------------------------------------------------------- sync (device side)
+
+
+@cli.group()
+def sync() -> None:
+    """Store-and-forward to the hub: enroll, run, now, status, pseudonym."""
+
+
+@sync.command("enroll")
+@click.argument("url")
+@click.argument("code")
+@click.option("--name", help="This device's name on the hub (default: the host name).")
+@pass_context
+def sync_enroll(obj: Context, url: str, code: str, name: str | None) -> None:
+    """Exchange a one-time CODE from the hub's administrator for this device's credential."""
+    import socket
+
+    import httpx
+
+    from edge.sync.client import enroll
+
+    try:
+        with httpx.Client(timeout=30) as http:
+            credential = enroll(obj.settings, url, code, name or socket.gethostname(), http)
+    except (EdgeError, httpx.HTTPError) as error:
+        click.echo(
+            error.one_line() if isinstance(error, EdgeError) else f"HUB_UNREACHABLE: {error}", err=True
+        )
+        sys.exit(EXIT_REFUSED)
+    click.echo(f"enrolled as device {credential.device_id} with {credential.hub_url}")
+
+
+@sync.command("run")
+@pass_context
+def sync_run(obj: Context) -> None:
+    """Run the sync agent until stopped (the edge-sync service)."""
+    from edge.sync.runner import serve
+
+    if not logging.getLogger().isEnabledFor(logging.INFO):
+        edge_log.configure(logging.INFO)
+    sys.exit(serve(obj.settings))
+
+
+@sync.command("now")
+@pass_context
+def sync_now(obj: Context) -> None:
+    """Sync at once: wake the running agent, or run one round here if none runs."""
+    import httpx
+
+    from edge.store import Store
+    from edge.sync import request_sync_now
+    from edge.sync.client import Credential, SyncClient
+    from edge.sync.runner import run_round
+
+    if request_sync_now(obj.settings):
+        click.echo("asked the running sync agent to sync now")
+        return
+    credential = Credential.load(obj.settings)
+    if credential is None:
+        click.echo("CONFIG_INVALID: sync is not configured: edge sync enroll URL CODE", err=True)
+        sys.exit(EXIT_USAGE)
+    with Store(obj.settings.data_dir) as store, httpx.Client(timeout=obj.settings.sync.timeout_s) as http:
+        ok = run_round(SyncClient(obj.settings, store, http, credential))
+        from edge.sync.client import sync_status
+
+        click.echo(json.dumps(sync_status(obj.settings, store), indent=2))
+    sys.exit(0 if ok else EXIT_REFUSED)
+
+
+@sync.command("status")
+@click.option("--json", "as_json", is_flag=True)
+@pass_context
+def sync_status_command(obj: Context, as_json: bool) -> None:
+    """Offline / syncing / failed / up to date, pending counts, last success, last error."""
+    from edge.store import Store
+    from edge.sync.client import sync_status
+
+    with Store(obj.settings.data_dir) as store:
+        status = sync_status(obj.settings, store)
+    if as_json:
+        click.echo(json.dumps(status, indent=2))
+        return
+    click.echo(
+        f"{status['state']}: hub {status['hub'] or '-'}; pending {status['pending']['results']} results, "
+        f"{status['pending']['files']} files; last success {status['last_success'] or 'never'}"
+    )
+    if status["last_error"]:
+        click.echo(f"last error ({status['last_error_at']}): {status['last_error']}")
+
+
+@sync.command("pseudonym")
+@click.argument("patient_id")
+@pass_context
+def sync_pseudonym(obj: Context, patient_id: str) -> None:
+    """The pseudonym the hub knows this patient by (only this device can compute it)."""
+    from edge.sync.deid import Deidentifier
+
+    click.echo(Deidentifier.for_device(obj.settings.data_dir / "sync").pseudonym(patient_id))
+
+
+# ---------------------------------------------------------------------- hub
+
+
+@cli.group()
+def hub() -> None:
+    """The hub: serve, enroll-code, review, publish."""
+
+
+@hub.command("serve")
+@pass_context
+def hub_serve(obj: Context) -> None:
+    """Serve the hub API (and, with the review work, the specialists' pages)."""
+    import uvicorn
+
+    from edge.hub.app import create_app
+
+    settings = obj.settings
+    uvicorn.run(
+        create_app(settings),
+        host=settings.hub.bind,
+        port=settings.hub.port,
+        log_level="info",
+        proxy_headers=True,
+    )
+
+
+@hub.command("enroll-code")
+@click.option("--programme", default="default", show_default=True)
+@pass_context
+def hub_enroll_code(obj: Context, programme: str) -> None:
+    """Make a one-time enrolment code for a new device (valid [hub] code_ttl_hours)."""
+    from edge.hub import db, service
+
+    engine = db.make_engine(obj.settings.hub_database_url)
+    click.echo(service.create_enroll_code(engine, programme, obj.settings.hub.code_ttl_hours))
+
+
+@hub.command("review")
+@click.argument("result_uuid")
+@click.argument("verdict", type=click.Choice(["agree", "disagree", "uncertain"]))
+@click.option("--finding")
+@click.option("--note")
+@click.option("--reviewer", default="specialist")
+@pass_context
+def hub_review(
+    obj: Context, result_uuid: str, verdict: str, finding: str | None, note: str | None, reviewer: str
+) -> None:
+    """Record a specialist's review of a synced result (the web page does this for readers)."""
+    from edge.hub import db, service
+
+    engine = db.make_engine(obj.settings.hub_database_url)
+    try:
+        click.echo(
+            service.add_review(engine, result_uuid, verdict, finding=finding, note=note, reviewer=reviewer)
+        )
+    except service.HubError as error:
+        click.echo(f"{error.code}: {error.message}", err=True)
+        sys.exit(EXIT_REFUSED)
+
+
+@hub.command("publish")
+@click.argument("release_json", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--programme", default="default", show_default=True)
+@pass_context
+def hub_publish(obj: Context, release_json: Path, programme: str) -> None:
+    """Publish a signed model release (made by tools/publish_model.py) to the devices."""
+    from edge.hub import db, service
+    from edge.sync import protocol
+
+    release = protocol.ModelRelease.model_validate_json(release_json.read_text())
+    engine = db.make_engine(obj.settings.hub_database_url)
+    service.publish_release(engine, obj.settings.hub_dir / "files", release, release_json.parent, programme)
+    click.echo(f"published {release.name} {release.version} to programme {programme}")

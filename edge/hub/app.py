@@ -1,0 +1,147 @@
+"""The hub's HTTP API (FastAPI): a thin layer over `edge.hub.service`.
+
+Every device request is authenticated (credential + signature + clock + nonce), size-limited
+before it is read into memory, and rate-limited per device; every refusal is a JSON body
+`{"code": ..., "message": ...}` with its HTTP status.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import FileResponse, JSONResponse
+from pydantic import ValidationError
+from sqlalchemy import Engine
+
+from edge.config import Settings
+from edge.hub import db, service
+from edge.hub.service import Device, HubError
+from edge.sync import protocol
+
+
+class RateLimiter:
+    """A token bucket per key (device id, or client address before enrolment)."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate, self.burst = rate, burst
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def allow(self, key: str) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            tokens, last = self._buckets.get(key, (float(self.burst), now))
+            tokens = min(float(self.burst), tokens + (now - last) * self.rate)
+            if tokens < 1.0:
+                self._buckets[key] = (tokens, now)
+                return False
+            self._buckets[key] = (tokens - 1.0, now)
+            return True
+
+
+async def read_limited(request: Request, limit: int) -> bytes:
+    """The body, refused (413) before it can exceed `limit`, with or without a Content-Length."""
+    declared = request.headers.get("content-length")
+    if declared is not None and int(declared) > limit:
+        raise HubError(413, "TOO_LARGE", f"the body is {declared} bytes; the limit is {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HubError(413, "TOO_LARGE", f"the body exceeds {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
+    engine = engine or db.make_engine(settings.hub_database_url)
+    files = settings.hub_dir / "files"
+    files.mkdir(parents=True, exist_ok=True)
+    limiter = RateLimiter(settings.hub.rate_per_s, settings.hub.rate_burst)
+    app = FastAPI(title="edge hub", version=str(protocol.VERSION), docs_url=None, redoc_url=None)
+    app.state.engine = engine
+    app.state.files = files
+
+    @app.exception_handler(HubError)
+    async def _refused(request: Request, error: HubError) -> JSONResponse:
+        return JSONResponse({"code": error.code, "message": error.message}, status_code=error.status)
+
+    async def device_for(request: Request, limit: int = protocol.MAX_BODY_BYTES) -> tuple[Device, bytes]:
+        body = await read_limited(request, limit)
+        path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        device = service.authenticate(
+            engine, request.headers.get("authorization"), headers, request.method, path, body
+        )
+        if not limiter.allow(device.id):
+            raise HubError(429, "RATE_LIMITED", "too many requests: slow down")
+        return device, body
+
+    def parse(model: Any, raw: bytes) -> Any:
+        try:
+            return model.model_validate_json(raw)
+        except ValidationError as exc:
+            raise HubError(400, "BAD_REQUEST", str(exc.errors()[0]["msg"])[:200]) from exc
+
+    @app.get("/v1/health")
+    async def health() -> dict[str, Any]:
+        return {"ok": True, "protocol": protocol.VERSION, "hub_time": time.time()}
+
+    @app.post("/v1/enroll")
+    async def enroll(request: Request) -> protocol.EnrollResponse:
+        client = request.client.host if request.client else "unknown"
+        if not limiter.allow(f"enroll:{client}"):
+            raise HubError(429, "RATE_LIMITED", "too many enrolment attempts")
+        body = await read_limited(request, 4096)
+        return service.enroll(engine, parse(protocol.EnrollRequest, body))
+
+    @app.post("/v1/batches")
+    async def batches(request: Request) -> protocol.BatchReply:
+        device, body = await device_for(request)
+        try:
+            raw = protocol.inflate(body) if request.headers.get("content-encoding") == "gzip" else body
+        except (ValueError, OSError) as exc:
+            raise HubError(400, "BAD_BODY", f"the body does not inflate: {exc}") from exc
+        return service.store_batch(engine, device, parse(protocol.Batch, raw))
+
+    @app.post("/v1/uploads")
+    async def start_upload(request: Request) -> protocol.UploadState:
+        device, body = await device_for(request, 4096)
+        return service.start_upload(engine, files, device, parse(protocol.UploadStart, body))
+
+    @app.head("/v1/uploads/{upload_id}")
+    async def upload_offset(upload_id: str, request: Request) -> Response:
+        device, _ = await device_for(request, 0)
+        row = service.upload_state(engine, device, upload_id)
+        return Response(headers={"Upload-Offset": str(row.offset), "Upload-Length": str(row.size)})
+
+    @app.patch("/v1/uploads/{upload_id}")
+    async def upload_chunk(upload_id: str, request: Request) -> protocol.UploadState:
+        device, chunk = await device_for(request, protocol.CHUNK_BYTES)
+        try:
+            offset = int(request.headers.get("upload-offset", ""))
+        except ValueError as exc:
+            raise HubError(400, "BAD_OFFSET", "Upload-Offset must be an integer") from exc
+        return service.append_chunk(engine, device, upload_id, offset, chunk)
+
+    @app.get("/v1/reviews")
+    async def reviews(request: Request, cursor: int = 0) -> protocol.ReviewPage:
+        device, _ = await device_for(request, 0)
+        return service.reviews_since(engine, device, cursor)
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> list[protocol.ModelRelease]:
+        device, _ = await device_for(request, 0)
+        return service.releases_for(engine, device)
+
+    @app.get("/v1/models/{name}/{version}/{file}")
+    async def model_file(name: str, version: str, file: str, request: Request) -> FileResponse:
+        device, _ = await device_for(request, 0)
+        path = service.release_file(files, engine, device, name, version, Path(file).name)
+        return FileResponse(path)  # serves Range requests: downloads resume
+
+    return app

@@ -1,0 +1,174 @@
+"""The hub's tables (SQLAlchemy Core) and the engine, on SQLite by default or PostgreSQL by URL.
+
+Every device-facing write is idempotent: records are unique per (device, uuid), uploads per
+(device, record, kind), nonces per (device, nonce). A unique-key race between two requests is
+resolved by retrying the transaction, after which the row is simply there.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    Engine,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+)
+
+metadata = MetaData()
+
+devices = Table(
+    "devices",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("name", String(64), nullable=False),
+    Column("site", String(64), nullable=False, default=""),
+    Column("programme", String(64), nullable=False, default="default"),
+    Column("credential_hash", String(64), nullable=False),  # sha256 of the device secret
+    Column("created_at", String(32), nullable=False),
+    Column("last_seen_at", String(32)),
+    Column("revoked_at", String(32)),
+)
+
+enroll_codes = Table(
+    "enroll_codes",
+    metadata,
+    Column("code_hash", String(64), primary_key=True),
+    Column("programme", String(64), nullable=False, default="default"),
+    Column("created_at", String(32), nullable=False),
+    Column("expires_at", String(32), nullable=False),
+    Column("used_at", String(32)),
+    Column("device_id", String(36)),
+)
+
+records = Table(
+    "records",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("device_id", String(36), nullable=False, index=True),
+    Column("uuid", String(36), nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("payload", JSON, nullable=False),
+    Column("received_at", String(32), nullable=False),
+    UniqueConstraint("device_id", "uuid", name="records_device_uuid"),
+)
+
+quarantine = Table(
+    "quarantine",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("device_id", String(36), nullable=False),
+    Column("uuid", String(36), nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("payload", JSON, nullable=False),
+    Column("received_at", String(32), nullable=False),
+    Column("reason", Text, nullable=False),
+)
+
+nonces = Table(
+    "nonces",
+    metadata,
+    Column("device_id", String(36), primary_key=True),
+    Column("nonce", String(64), primary_key=True),
+    Column("seen_at", Float, nullable=False, index=True),
+)
+
+uploads = Table(
+    "uploads",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("device_id", String(36), nullable=False),
+    Column("record_uuid", String(36), nullable=False),
+    Column("result_uuid", String(36), nullable=False, index=True),
+    Column("kind", String(16), nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("media_type", String(64), nullable=False),
+    Column("offset", Integer, nullable=False, default=0),
+    Column("path", Text, nullable=False),
+    Column("complete", Boolean, nullable=False, default=False),
+    Column("created_at", String(32), nullable=False),
+    UniqueConstraint("device_id", "record_uuid", "kind", name="uploads_device_record_kind"),
+)
+
+reviews = Table(
+    "reviews",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),  # the devices' pull cursor
+    Column("id", String(36), nullable=False, unique=True),
+    Column("device_id", String(36), nullable=False, index=True),
+    Column("result_uuid", String(36), nullable=False, index=True),
+    Column("verdict", String(16), nullable=False),
+    Column("finding", String(64)),
+    Column("note", Text),
+    Column("reviewer", String(64)),
+    Column("reviewer_role", String(32)),
+    Column("reviewed_at", String(32), nullable=False),
+)
+
+releases = Table(
+    "releases",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("version", String(32), primary_key=True),
+    Column("programme", String(64), nullable=False, default="default"),
+    Column("release", JSON, nullable=False),  # the signed ModelRelease
+    Column("created_at", String(32), nullable=False),
+)
+
+audit = Table(
+    "audit",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", String(32), nullable=False),
+    Column("actor", String(64), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("device_id", String(36)),
+    Column("detail", JSON, nullable=False),
+)
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def make_engine(url: str) -> Engine:
+    """SQLite in WAL mode with a busy timeout, or PostgreSQL (psycopg 3) by URL."""
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(connection: Any, _record: Any) -> None:
+            connection.isolation_level = None  # transactions are begun below, not by pysqlite
+            cursor = connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _immediate(connection: Any) -> None:
+            # Take the write lock up front (see edge/store/store.py: stale read snapshots).
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    else:
+        engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1), pool_pre_ping=True)
+    metadata.create_all(engine)
+    return engine

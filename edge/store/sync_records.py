@@ -1,0 +1,154 @@
+"""The store's writes and reads for the sync agent: outbox acknowledgement, upload tasks,
+reviews applied with their cursor, and the agent's own state."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any
+
+from sqlite_utils import Database
+
+from edge.ids import uuid7
+from edge.store.records import utc_now
+
+
+class SyncRecords:
+    db: Database
+    data_dir: Path
+
+    # Provided by Store (the transaction, disk-full guard and audit helpers every write uses).
+    _writing: Callable[[str], AbstractContextManager[None]]
+    _transaction: Callable[[], AbstractContextManager[None]]
+    _insert: Callable[[str, dict[str, Any]], None]
+    _audit: Callable[[str, str, str | None, dict[str, Any]], None]
+
+    # ------------------------------------------------------------------ outbox
+
+    def pending_outbox(self, kinds: Sequence[str], limit: int) -> list[dict[str, Any]]:
+        """Rows the hub has not acknowledged, oldest first (results by their gapless sequence)."""
+        marks = ", ".join("?" for _ in kinds)
+        rows = self.db.execute(
+            f"SELECT * FROM outbox WHERE acked_at IS NULL AND kind IN ({marks}) ORDER BY seq LIMIT ?",
+            [*kinds, limit],
+        ).fetchall()
+        return [dict(row) for row in rows]
+
+    def mark_acked(self, outbox_ids: Sequence[str], note: str | None = None) -> None:
+        if not outbox_ids:
+            return
+        now = utc_now()
+        with self._writing("acknowledge synced records"), self._transaction():
+            for outbox_id in outbox_ids:
+                self.db.execute(
+                    "UPDATE outbox SET acked_at = ?, sent_at = coalesce(sent_at, ?), last_error = ?"
+                    " WHERE id = ? AND acked_at IS NULL",
+                    [now, now, note, outbox_id],
+                )
+
+    def mark_attempt(self, outbox_ids: Sequence[str], error: str | None) -> None:
+        if not outbox_ids:
+            return
+        with self._writing("record a sync attempt"), self._transaction():
+            for outbox_id in outbox_ids:
+                self.db.execute(
+                    "UPDATE outbox SET attempts = attempts + 1, sent_at = ?, last_error = ? WHERE id = ?",
+                    [utc_now(), error, outbox_id],
+                )
+
+    def add_upload_tasks(self, tasks: Sequence[tuple[str, str, dict[str, Any]]]) -> int:
+        """(kind, ref_id, payload) upload tasks, each once (a second call adds nothing)."""
+        added = 0
+        with self._writing("queue uploads"), self._transaction():
+            for kind, ref_id, payload in tasks:
+                exists = self.db.execute(
+                    "SELECT 1 FROM outbox WHERE kind = ? AND ref_id = ?", [kind, ref_id]
+                ).fetchone()
+                if exists:
+                    continue
+                self._insert(
+                    "outbox",
+                    {
+                        "id": uuid7(),
+                        "kind": kind,
+                        "ref_id": ref_id,
+                        "payload": json.dumps(payload, sort_keys=True),
+                        "created_at": utc_now(),
+                    },
+                )
+                added += 1
+        return added
+
+    def acked_results_without_uploads(self, kind: str, limit: int = 500) -> list[dict[str, Any]]:
+        """Results the hub has, for which no `kind` upload task exists yet (results travel first)."""
+        ref = "r.image_id" if kind == "image" else "r.id"
+        rows = self.db.execute(
+            "SELECT r.id AS result_id, r.image_id, r.heatmap_path, i.path, i.format, i.meta FROM results r"
+            " JOIN images i ON i.id = r.image_id"
+            " JOIN outbox o ON o.kind = 'result' AND o.ref_id = r.id AND o.acked_at IS NOT NULL"
+            f" WHERE NOT EXISTS (SELECT 1 FROM outbox u WHERE u.kind = ? AND u.ref_id = {ref})"
+            " AND i.purged_at IS NULL ORDER BY r.created_at LIMIT ?",
+            [kind, limit],
+        ).fetchall()
+        return [dict(row) for row in rows]
+
+    def pending_counts(self) -> dict[str, int]:
+        rows = self.db.execute(
+            "SELECT kind, count(*) FROM outbox WHERE acked_at IS NULL GROUP BY kind"
+        ).fetchall()
+        return {row[0]: int(row[1]) for row in rows}
+
+    # ------------------------------------------------------------------ reviews
+
+    def apply_reviews(self, reviews: Sequence[dict[str, Any]], cursor: int) -> int:
+        """Reviews and the cursor that fetched them commit together: a crash repeats the pull,
+        and a review already here is not added twice."""
+        added = 0
+        with self._writing("store reviews"), self._transaction():
+            for review in reviews:
+                known = self.db.execute("SELECT 1 FROM reviews WHERE id = ?", [review["id"]]).fetchone()
+                exists = self.db.execute(
+                    "SELECT 1 FROM results WHERE id = ?", [review["result_uuid"]]
+                ).fetchone()
+                if known or not exists:
+                    continue
+                self._insert(
+                    "reviews",
+                    {
+                        "id": review["id"],
+                        "result_id": review["result_uuid"],
+                        "verdict": review["verdict"],
+                        "finding": review.get("finding"),
+                        "note": review.get("note"),
+                        "reviewer_role": review.get("reviewer_role"),
+                        "reviewed_at": review["reviewed_at"],
+                        "received_at": utc_now(),
+                    },
+                )
+                self._audit("sync", "review.received", review["result_uuid"], {"verdict": review["verdict"]})
+                added += 1
+            self._set_state("review_cursor", cursor)
+        return added
+
+    # ------------------------------------------------------------------ state
+
+    def _set_state(self, key: str, value: Any) -> None:
+        self.db.execute(
+            "INSERT INTO sync_state (key, value, updated_at) VALUES (?, ?, ?)"
+            " ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+            [key, json.dumps(value), utc_now()],
+        )
+
+    def set_sync_state(self, **values: Any) -> None:
+        with self._writing("record the sync state"), self._transaction():
+            for key, value in values.items():
+                self._set_state(key, value)
+
+    def sync_state(self) -> dict[str, Any]:
+        return {row[0]: json.loads(row[1]) for row in self.db.execute("SELECT key, value FROM sync_state")}
+
+    def iter_outbox(self) -> Iterator[dict[str, Any]]:
+        for row in self.db.execute("SELECT * FROM outbox ORDER BY seq").fetchall():
+            yield dict(row)

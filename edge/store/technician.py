@@ -1,0 +1,330 @@
+"""The technician's side of the store: the worklist's reads and the marks a person makes on it.
+
+Mixed into `Store`, so these are still the only SQL writes on the device: every write is one
+transaction (`_transaction`, under `_writing` for the disk-full refusal) with its audit row. Audit
+details never carry free text (a note may name a patient), only ids and counts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from sqlite_utils import Database
+
+from edge.errors import Code, EdgeError
+from edge.ids import uuid7
+from edge.store.files import remove_quietly
+from edge.store.records import utc_now
+
+URGENT_PRIORITY = 10  # queued jobs of an urgent study are claimed before everything else
+MAX_NOTE_CHARS = 2000
+WITHDRAWN_NOTE = "withdrawn: the study was deleted on the device"
+
+# One row per job (an image analysed by one model): what the worklist shows and filters on.
+_WORKLIST_SELECT = """
+SELECT j.id AS job_id, j.state, j.error_code, j.error_message, j.model_name,
+       j.created_at AS queued_at, j.updated_at,
+       i.id AS image_id, i.phi_original_name, i.format, i.width, i.height, i.frames, i.purged_at,
+       s.id AS study_id, s.urgent, s.modality, s.body_part, s.description, s.source,
+       s.phi_patient_name, s.phi_patient_id, s.phi_accession, s.patient_age_years, s.patient_sex,
+       s.study_date, s.received_at,
+       r.id AS result_id, r.finding, r.finding_label, r.probability, r.threshold, r.operating_point,
+       r.seen_at, r.seen_by,
+       (SELECT v.verdict FROM reviews v WHERE v.result_id = r.id
+         ORDER BY v.reviewed_at DESC LIMIT 1) AS review_verdict,
+       (SELECT count(*) FROM notes n WHERE n.study_id = s.id) AS notes
+FROM jobs j
+JOIN images i ON i.id = j.image_id
+JOIN studies s ON s.id = i.study_id
+LEFT JOIN results r ON r.job_id = j.id
+"""
+
+_SEARCHED_COLUMNS = (
+    "s.phi_patient_name",
+    "s.phi_patient_id",
+    "s.phi_accession",
+    "s.description",
+    "s.modality",
+    "s.body_part",
+    "i.phi_original_name",
+    "j.model_name",
+    "j.error_code",
+    "r.finding",
+)
+
+
+def _like_pattern(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+class TechnicianActions:
+    db: Database
+    data_dir: Path
+    # Provided by Store (the transaction, disk-full guard and audit helpers every write uses).
+    _transaction: Callable[[], contextlib.AbstractContextManager[None]]
+    _writing: Callable[[str], contextlib.AbstractContextManager[None]]
+    _audit: Callable[[str, str, str | None, dict[str, Any]], None]
+    _insert: Callable[[str, dict[str, Any]], None]
+
+    # ------------------------------------------------------------------ reads
+
+    def worklist(
+        self,
+        *,
+        search: str | None = None,
+        states: Sequence[str] = (),
+        urgent_only: bool = False,
+        unseen_only: bool = False,
+        limit: int = 500,
+    ) -> list[dict[str, Any]]:
+        """Jobs with their study, image, result and latest review: urgent studies first, then the
+        newest work. `search` matches (case-insensitively) names, ids, file name, description,
+        model, finding and refusal code."""
+        where: list[str] = []
+        params: list[Any] = []
+        if search and search.strip():
+            pattern = _like_pattern(search.strip())
+            where.append(
+                "(" + " OR ".join(f"{column} LIKE ? ESCAPE '\\'" for column in _SEARCHED_COLUMNS) + ")"
+            )
+            params.extend(pattern for _ in _SEARCHED_COLUMNS)
+        if states:
+            where.append(f"j.state IN ({', '.join('?' for _ in states)})")
+            params.extend(states)
+        if urgent_only:
+            where.append("s.urgent = 1")
+        if unseen_only:
+            where.append("r.id IS NOT NULL AND r.seen_at IS NULL")
+        sql = _WORKLIST_SELECT + (" WHERE " + " AND ".join(where) if where else "")
+        sql += " ORDER BY s.urgent DESC, j.created_at DESC, j.rowid DESC LIMIT ?"
+        params.append(limit)
+        return [dict(row) for row in self.db.execute(sql, params).fetchall()]
+
+    def worklist_item(self, job_id: str) -> dict[str, Any] | None:
+        row = self.db.execute(_WORKLIST_SELECT + " WHERE j.id = ?", [job_id]).fetchone()
+        return dict(row) if row else None
+
+    def reviews_for(self, result_id: str) -> list[dict[str, Any]]:
+        """The specialists' reviews of a result, newest first."""
+        rows = self.db.execute(
+            "SELECT * FROM reviews WHERE result_id = ? ORDER BY reviewed_at DESC", [result_id]
+        ).fetchall()
+        return [dict(row) for row in rows]
+
+    def notes_for(self, study_id: str) -> list[dict[str, Any]]:
+        """A study's local notes, oldest first (they read as a conversation)."""
+        rows = self.db.execute(
+            "SELECT * FROM notes WHERE study_id = ? ORDER BY created_at, rowid", [study_id]
+        ).fetchall()
+        return [dict(row) for row in rows]
+
+    def study_contents(self, study_id: str) -> dict[str, int]:
+        """What deleting a study would remove (for the confirmation the technician reads)."""
+        out = {}
+        for name, sql in (
+            ("images", "SELECT count(*) FROM images WHERE study_id = ?"),
+            (
+                "results",
+                "SELECT count(*) FROM results WHERE image_id IN (SELECT id FROM images WHERE study_id = ?)",
+            ),
+            (
+                "running",
+                "SELECT count(*) FROM jobs WHERE state = 'running'"
+                " AND image_id IN (SELECT id FROM images WHERE study_id = ?)",
+            ),
+            ("notes", "SELECT count(*) FROM notes WHERE study_id = ?"),
+        ):
+            out[name] = int(self.db.execute(sql, [study_id]).fetchone()[0])
+        return out
+
+    def models_in_use(self) -> list[dict[str, Any]]:
+        """Per model, the version, variant, backend and precision of its newest result (what the
+        device actually served), with how many results it has made."""
+        rows = self.db.execute(
+            "SELECT model_name, model_version, variant, backend, precision, max(created_at) AS last_used,"
+            " count(*) AS results FROM results GROUP BY model_name ORDER BY model_name"
+        ).fetchall()
+        return [dict(row) for row in rows]
+
+    # ------------------------------------------------------------------ writes
+
+    def set_urgent(self, study_id: str, urgent: bool, actor: str) -> None:
+        """Flag (or unflag) a study urgent; its queued jobs move to the front of the queue."""
+        with self._writing("flag the study"), self._transaction():
+            cursor = self.db.execute("UPDATE studies SET urgent = ? WHERE id = ?", [int(urgent), study_id])
+            if cursor.rowcount != 1:
+                raise EdgeError(Code.INPUT_NOT_FOUND, f"study {study_id} is not in the store")
+            self.db.execute(
+                "UPDATE jobs SET priority = ?, updated_at = ? WHERE state = 'queued'"
+                " AND image_id IN (SELECT id FROM images WHERE study_id = ?)",
+                [URGENT_PRIORITY if urgent else 0, utc_now(), study_id],
+            )
+            self._audit(actor, "study.urgent" if urgent else "study.not_urgent", study_id, {})
+
+    def add_note(self, study_id: str, text: str, actor: str, *, result_id: str | None = None) -> str:
+        """A local note on a study (and the result it is about). Returns the note's id."""
+        text = text.strip()
+        if not text:
+            raise EdgeError(Code.STORE_WRITE_FAILED, "an empty note was not stored")
+        if len(text) > MAX_NOTE_CHARS:
+            raise EdgeError(Code.STORE_WRITE_FAILED, f"a note holds at most {MAX_NOTE_CHARS} characters")
+        note_id = uuid7()
+        with self._writing("store the note"), self._transaction():
+            try:
+                self._insert(
+                    "notes",
+                    {
+                        "id": note_id,
+                        "study_id": study_id,
+                        "result_id": result_id,
+                        "phi_text": text,
+                        "author": actor,
+                        "created_at": utc_now(),
+                    },
+                )
+            except sqlite3.IntegrityError as exc:  # the study or result is gone (deleted)
+                raise EdgeError(Code.INPUT_NOT_FOUND, f"study {study_id} is not in the store") from exc
+            self._audit(actor, "note.added", study_id, {"note": note_id, "chars": len(text)})
+        return note_id
+
+    def mark_seen(self, result_id: str, actor: str) -> bool:
+        """Record that a person looked at a result; False when it was already marked."""
+        with self._writing("mark the result seen"), self._transaction():
+            cursor = self.db.execute(
+                "UPDATE results SET seen_at = ?, seen_by = ? WHERE id = ? AND seen_at IS NULL",
+                [utc_now(), actor, result_id],
+            )
+            if cursor.rowcount != 1:
+                if self.db.execute("SELECT 1 FROM results WHERE id = ?", [result_id]).fetchone() is None:
+                    raise EdgeError(Code.INPUT_NOT_FOUND, f"result {result_id} is not in the store")
+                return False
+            self._audit(actor, "result.seen", result_id, {})
+        return True
+
+    def requeue_with_model(self, image_id: str, model_name: str, actor: str) -> str:
+        """Queue the image for `model_name` and return that job's id.
+
+        A new (image, model) pair gets a new job; a refused or failed one goes back to the queue
+        (the model or the gate may have changed); a queued, running or done one is returned as it
+        is (one result per image and model)."""
+        with self._writing("queue the job"), self._transaction():
+            image = self.db.execute(
+                "SELECT i.id, s.urgent FROM images i JOIN studies s ON s.id = i.study_id WHERE i.id = ?",
+                [image_id],
+            ).fetchone()
+            if image is None:
+                raise EdgeError(Code.INPUT_NOT_FOUND, f"image {image_id} is not in the store")
+            priority = URGENT_PRIORITY if image["urgent"] else 0
+            now = utc_now()
+            job = self.db.execute(
+                "SELECT id, state FROM jobs WHERE image_id = ? AND model_name = ?", [image_id, model_name]
+            ).fetchone()
+            if job is None:
+                job_id = uuid7()
+                self._insert(
+                    "jobs",
+                    {
+                        "id": job_id,
+                        "image_id": image_id,
+                        "model_name": model_name,
+                        "state": "queued",
+                        "priority": priority,
+                        "created_at": now,
+                        "updated_at": now,
+                    },
+                )
+            elif job["state"] in ("refused", "failed"):
+                job_id = str(job["id"])
+                self.db.execute(
+                    "UPDATE jobs SET state = 'queued', worker = NULL, claimed_at = NULL, error_code = NULL,"
+                    " error_message = NULL, priority = ?, updated_at = ? WHERE id = ?",
+                    [priority, now, job_id],
+                )
+            else:
+                return str(job["id"])
+            self._audit(actor, "job.rerun", job_id, {"model": model_name, "image": image_id})
+        return job_id
+
+    def delete_study(self, study_id: str, actor: str) -> dict[str, int]:
+        """Delete a study, everything recorded about it and its files; returns what went.
+
+        Refused while one of its jobs is running (the worker would write into it). The rows go
+        in one transaction with the audit row; the files after the commit, so a crash in between
+        leaves orphan files (swept by housekeeping), never a row without its file. Outbox rows
+        stay (the sequence has no holes); those not yet sent are closed with a note, so the sync
+        neither sends nor waits for records that no longer exist."""
+        with self._writing("delete the study"), self._transaction():
+            if self.db.execute("SELECT 1 FROM studies WHERE id = ?", [study_id]).fetchone() is None:
+                raise EdgeError(Code.INPUT_NOT_FOUND, f"study {study_id} is not in the store")
+            contents = self.study_contents(study_id)
+            if contents["running"]:
+                raise EdgeError(
+                    Code.STORE_WRITE_FAILED,
+                    "the study is being analysed right now: delete it when the job ends",
+                )
+            files = self._study_files(study_id)
+            images = "SELECT id FROM images WHERE study_id = ?"
+            results = f"SELECT id FROM results WHERE image_id IN ({images})"
+            withdrawn = self.db.execute(
+                "UPDATE outbox SET acked_at = ?, last_error = ? WHERE acked_at IS NULL"
+                f" AND (ref_id IN ({results}) OR ref_id IN ({images}))",
+                [utc_now(), WITHDRAWN_NOTE, study_id, study_id],
+            ).rowcount
+            for sql in (
+                "DELETE FROM notes WHERE study_id = ?",
+                f"DELETE FROM reviews WHERE result_id IN ({results})",
+                f"DELETE FROM clips WHERE result_id IN ({results})",
+                f"DELETE FROM results WHERE image_id IN ({images})",
+                f"DELETE FROM jobs WHERE image_id IN ({images})",
+                "DELETE FROM images WHERE study_id = ?",
+                "DELETE FROM studies WHERE id = ?",
+            ):
+                self.db.execute(sql, [study_id])
+            removed = {
+                "images": contents["images"],
+                "results": contents["results"],
+                "notes": contents["notes"],
+                "files": len(files),
+                "unsent_withdrawn": int(withdrawn),
+            }
+            self._audit(actor, "study.deleted", study_id, removed)
+        for path in files:
+            remove_quietly(path)
+        for folder in sorted({path.parent for path in files}, key=lambda p: len(p.parts), reverse=True):
+            with contextlib.suppress(OSError):  # not empty (other studies' files) or already gone
+                folder.rmdir()
+        return removed
+
+    def _study_files(self, study_id: str) -> list[Path]:
+        """Every file the study's rows point at (relative paths resolved in the data directory)."""
+        relative: list[str] = [
+            row[0]
+            for row in self.db.execute(
+                "SELECT path FROM images WHERE study_id = ? AND purged_at IS NULL", [study_id]
+            ).fetchall()
+        ]
+        relative += [
+            row[0]
+            for row in self.db.execute(
+                "SELECT r.heatmap_path FROM results r JOIN images i ON i.id = r.image_id"
+                " WHERE i.study_id = ? AND r.heatmap_path IS NOT NULL",
+                [study_id],
+            ).fetchall()
+        ]
+        clips = self.db.execute(
+            "SELECT c.key_frames, c.video_path FROM clips c JOIN results r ON r.id = c.result_id"
+            " JOIN images i ON i.id = r.image_id WHERE i.study_id = ?",
+            [study_id],
+        ).fetchall()
+        for clip in clips:
+            for key in json.loads(clip["key_frames"] or "[]"):
+                relative += [p for p in (key.get("path"), key.get("heatmap")) if p]
+            if clip["video_path"]:
+                relative.append(clip["video_path"])
+        return [self.data_dir / path for path in dict.fromkeys(relative)]

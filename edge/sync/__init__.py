@@ -1,0 +1,27 @@
+"""Store-and-forward sync to a hub: de-identify, send (at least once), pull reviews and models.
+
+The device never deletes what the hub has not acknowledged; the hub stores each record once
+(idempotent receiver). `protocol.py` is the wire format both sides import.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+from edge.config import Settings
+
+
+def pid_file(settings: Settings) -> Path:
+    return settings.data_dir / "sync" / "sync.pid"
+
+
+def request_sync_now(settings: Settings) -> bool:
+    """Wake a running `edge sync run` (SIGUSR1); False when none runs (then sync in-process)."""
+    try:
+        pid = int(pid_file(settings).read_text().strip())
+        os.kill(pid, signal.SIGUSR1)
+    except (OSError, ValueError):
+        return False
+    return True

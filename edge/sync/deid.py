@@ -1,0 +1,304 @@
+"""De-identification on the device, before anything leaves it (DICOM PS3.15 basic profile).
+
+- The patient id becomes a keyed pseudonym: HMAC-SHA256 under a device-held key that never
+  leaves the device. The hub cannot reverse it; the clinic can, by computing it for its own
+  patient ids (`edge sync pseudonym`), or with the device's own records.
+- Dates follow a configured policy: `keep`, `shift` (by a fixed, device-secret number of days:
+  order and intervals survive, calendar dates do not; PS3.15's modified-dates option) or
+  `remove`.
+- Free text (descriptions, comments, names of people and places) is dropped, not scrubbed.
+- Age and sex are kept (PS3.15's retain-patient-characteristics option): a reader needs them.
+- DICOM files sent in full lose every attribute of the basic profile list below, all private
+  tags and overlays, and get UIDs remapped through the same keyed hash (links between a study's
+  images survive; the original UIDs do not). A file that says it has burned-in annotation is not
+  sent at all, nor are thumbnails made from its pixels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import secrets
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+import pydicom
+from pydicom.dataset import Dataset
+
+from edge.store.files import write_atomically
+
+DatePolicy = Literal["keep", "shift", "remove"]
+
+# PS3.15 Table E.1-1, basic profile: attributes removed (X/Z/D/U actions applied as removal or
+# replacement below). Identity, people, places, free text, device identity, dates and times.
+REMOVE = [
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientBirthTime",
+    "PatientBirthName",
+    "PatientAddress",
+    "PatientTelephoneNumbers",
+    "PatientMotherBirthName",
+    "OtherPatientIDs",
+    "OtherPatientNames",
+    "OtherPatientIDsSequence",
+    "PatientComments",
+    "PatientInsurancePlanCodeSequence",
+    "MedicalRecordLocator",
+    "MilitaryRank",
+    "BranchOfService",
+    "EthnicGroup",
+    "Occupation",
+    "AdditionalPatientHistory",
+    "PatientReligiousPreference",
+    "PatientSize",
+    "PatientWeight",
+    "ResponsiblePerson",
+    "ResponsibleOrganization",
+    "PregnancyStatus",
+    "ReferringPhysicianName",
+    "ReferringPhysicianAddress",
+    "ReferringPhysicianTelephoneNumbers",
+    "ReferringPhysicianIdentificationSequence",
+    "PerformingPhysicianName",
+    "PerformingPhysicianIdentificationSequence",
+    "NameOfPhysiciansReadingStudy",
+    "PhysiciansReadingStudyIdentificationSequence",
+    "PhysiciansOfRecord",
+    "PhysiciansOfRecordIdentificationSequence",
+    "RequestingPhysician",
+    "ScheduledPerformingPhysicianName",
+    "OperatorsName",
+    "OperatorIdentificationSequence",
+    "InstitutionName",
+    "InstitutionAddress",
+    "InstitutionalDepartmentName",
+    "InstitutionCodeSequence",
+    "StationName",
+    "DeviceSerialNumber",
+    "DetectorID",
+    "PlateID",
+    "CassetteID",
+    "GantryID",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDescription",
+    "SeriesDescription",
+    "ImageComments",
+    "ProtocolName",
+    "PerformedProcedureStepDescription",
+    "PerformedProcedureStepID",
+    "RequestedProcedureDescription",
+    "RequestedProcedureID",
+    "RequestAttributesSequence",
+    "ReasonForStudy",
+    "RequestedContrastAgent",
+    "AdmittingDiagnosesDescription",
+    "DerivationDescription",
+    "AcquisitionComments",
+    "ContentSequence",
+    "ReferencedPatientSequence",
+    "ReferencedStudySequence",
+    "ReferencedPerformedProcedureStepSequence",
+    "IssuerOfPatientID",
+    "CurrentPatientLocation",
+    "AdmissionID",
+    "ServiceEpisodeID",
+    "VisitComments",
+    "TextComments",
+    "TextString",
+    "FillerOrderNumberImagingServiceRequest",
+    "PlacerOrderNumberImagingServiceRequest",
+    "OriginalAttributesSequence",
+    "ModifiedAttributesSequence",
+    "ContributingEquipmentSequence",
+    "SourceApplicationEntityTitle",
+    "ConsultingPhysicianName",
+]
+DATES = [
+    "StudyDate",
+    "SeriesDate",
+    "AcquisitionDate",
+    "ContentDate",
+    "InstanceCreationDate",
+    "OverlayDate",
+    "CurveDate",
+    "AcquisitionDateTime",
+    "PerformedProcedureStepStartDate",
+    "PerformedProcedureStepEndDate",
+]
+TIMES = [
+    "StudyTime",
+    "SeriesTime",
+    "AcquisitionTime",
+    "ContentTime",
+    "InstanceCreationTime",
+    "OverlayTime",
+    "CurveTime",
+    "PerformedProcedureStepStartTime",
+    "PerformedProcedureStepEndTime",
+]
+UIDS = [
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SOPInstanceUID",
+    "FrameOfReferenceUID",
+    "ReferencedSOPInstanceUID",
+    "IrradiationEventUID",
+    "SynchronizationFrameOfReferenceUID",
+    "StorageMediaFileSetUID",
+    "ConcatenationUID",
+    "DimensionOrganizationUID",
+]
+
+
+class Deidentifier:
+    def __init__(self, key: bytes, dates: DatePolicy = "shift") -> None:
+        self._key = key
+        self.dates = dates
+        # One fixed shift per device, 30 to 395 days back, derived from the key: intervals survive.
+        self.shift_days = 30 + int.from_bytes(self._mac("date-shift")[:4], "big") % 366
+
+    @classmethod
+    def for_device(cls, folder: Path, dates: DatePolicy = "shift") -> Deidentifier:
+        """The device's pseudonym key (created once, readable by the owner only)."""
+        path = folder / "pseudonym.key"
+        if not path.exists():
+            write_atomically(path, secrets.token_bytes(32))
+        return cls(path.read_bytes(), dates)
+
+    def _mac(self, text: str) -> bytes:
+        return hmac.new(self._key, text.encode(), hashlib.sha256).digest()
+
+    def pseudonym(self, patient_id: str | None) -> str | None:
+        if not patient_id:
+            return None
+        return "P-" + self._mac(f"patient:{patient_id.strip()}").hex()[:20]
+
+    def study_key(self, study_uid: str | None) -> str | None:
+        return None if not study_uid else "S-" + self._mac(f"study:{study_uid}").hex()[:20]
+
+    def uid(self, original: str) -> str:
+        """A UID under 2.25 (UUID-derived OIDs) from the keyed hash: stable, unlinkable."""
+        return "2.25." + str(int.from_bytes(self._mac(f"uid:{original}")[:16], "big"))
+
+    def date(self, value: str | None) -> str | None:
+        """A DICOM DA (YYYYMMDD) or an ISO date-time prefix, under the date policy."""
+        if not value or self.dates == "remove":
+            return None
+        if self.dates == "keep":
+            return value
+        text = value.replace("-", "")
+        try:
+            day = date(int(text[:4]), int(text[4:6]), int(text[6:8]))
+        except (ValueError, IndexError):
+            return None
+        shifted = day - timedelta(days=self.shift_days)
+        return shifted.strftime("%Y%m%d") if "-" not in value else shifted.isoformat() + value[10:]
+
+    # ------------------------------------------------------------------ result payloads
+
+    def result_payload(
+        self,
+        row: dict[str, Any],
+        study: dict[str, Any],
+        image: dict[str, Any],
+        clip: dict[str, Any] | None,
+        site: str,
+    ) -> dict[str, Any]:
+        """What the hub gets for one result: the answer and its provenance, never identity."""
+        meta = image.get("meta") or {}
+        payload: dict[str, Any] = {
+            "result": {
+                "model": row["model_name"],
+                "version": row["model_version"],
+                "model_sha256": row["model_sha256"],
+                "variant": row["variant"],
+                "backend": row["backend"],
+                "precision": row["precision"],
+                "finding": row["finding"],
+                "positive_label": row["finding_label"],
+                "probability": round(row["probability"], 5),
+                "probabilities": {k: round(v, 5) for k, v in row["probabilities"].items()},
+                "threshold": row["threshold"],
+                "operating_point": row["operating_point"],
+                "latency_ms": round(row["latency_ms"], 2),
+                "quality": row.get("quality"),
+                "created": self.date(row["created_at"]),
+            },
+            "study": {
+                "patient": self.pseudonym(study.get("phi_patient_id")),
+                "study": self.study_key(study.get("study_uid")) or self.study_key(study["id"]),
+                "age_years": None
+                if study.get("patient_age_years") is None
+                else round(study["patient_age_years"], 1),
+                "sex": study.get("patient_sex") if study.get("patient_sex") in ("M", "F", "O") else None,
+                "modality": study.get("modality"),
+                "body_part": study.get("body_part"),
+                "view": meta.get("view_position"),
+                "study_date": self.date(study.get("study_date")),
+                "urgent": bool(study.get("urgent")),
+            },
+            "image": {
+                "uuid": image["id"],
+                "format": image["format"],
+                "width": image["width"],
+                "height": image["height"],
+                "frames": image["frames"],
+            },
+            "site": site,
+        }
+        if clip is not None:
+            payload["clip"] = {
+                k: clip[k] for k in ("frames_analysed", "frames_excluded", "duration_s", "aggregate")
+            }
+            payload["clip"]["series"] = clip["series"]
+        return payload
+
+    # ------------------------------------------------------------------ DICOM files
+
+    @staticmethod
+    def _strip(ds: Dataset) -> None:
+        for keyword in REMOVE:
+            if keyword in ds:
+                del ds[keyword]
+        ds.remove_private_tags()
+        for tag in [t for t in ds.keys() if 0x6000 <= t.group <= 0x60FF]:  # noqa: SIM118 - tags, not elements; overlays may carry text
+            del ds[tag]
+        for keyword in TIMES:
+            if keyword in ds:
+                del ds[keyword]
+
+    def _dates_and_uids(self, ds: Dataset) -> None:
+        for keyword in DATES:
+            if keyword in ds:
+                replaced = self.date(str(ds[keyword].value))
+                if replaced is None:
+                    del ds[keyword]
+                else:
+                    ds[keyword].value = replaced[:8]
+        for element in list(ds.iterall()):
+            if element.keyword in UIDS and element.value:
+                element.value = self.uid(str(element.value))
+
+    def dicom(self, data: bytes) -> bytes | None:
+        """The file with the basic profile applied; None when it must not leave the device."""
+        ds = pydicom.dcmread(io.BytesIO(data))
+        if str(ds.get("BurnedInAnnotation", "")).upper() == "YES":
+            return None
+        patient_id = str(ds.get("PatientID", "") or "")
+        self._strip(ds)
+        self._dates_and_uids(ds)
+        pseudonym = self.pseudonym(patient_id)
+        ds.PatientID = pseudonym or ""
+        ds.PatientName = pseudonym or ""
+        ds.PatientIdentityRemoved = "YES"
+        ds.DeidentificationMethod = "edge PS3.15 basic profile, keyed pseudonym, dates " + self.dates
+        if hasattr(ds, "file_meta"):
+            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        return buffer.getvalue()

@@ -1,0 +1,150 @@
+"""Model updates from the hub: signed, resumable, verified, installed atomically, self-tested,
+rolled back on failure, never a downgrade.
+
+A release is signed with the publisher's ed25519 key (tools/publish_model.py); the device pins
+the public key (`[sync] public_key`) and ignores anything else, so neither the hub nor the link
+can change what runs on the device. Files download into the state directory with HTTP Range (a
+cut resumes where it stopped), each checked against the signed sha256. Installation swaps the
+model folder with renames and keeps the previous one; a self-test (manifest, checksums, ONNX
+Runtime on the model's samples) runs before and after the swap, and failure restores the old one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from packaging.version import InvalidVersion, Version
+
+from edge.config import Settings
+from edge.errors import Code, EdgeError
+from edge.imaging.decode import decode_bytes
+from edge.registry import Registry
+from edge.runtime.onnxruntime import OnnxRuntimeRunner
+from edge.serving import tensor_names
+from edge.sync import protocol
+
+log = logging.getLogger(__name__)
+
+
+def verify_signature(release: protocol.ModelRelease, public_key_hex: str) -> bool:
+    try:
+        key = Ed25519PublicKey.from_public_bytes(bytes.fromhex(public_key_hex))
+        key.verify(bytes.fromhex(release.signature), protocol.release_to_sign(release.model_dump()))
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+def is_newer(candidate: str, installed: str | None) -> bool:
+    if installed is None:
+        return True
+    try:
+        return Version(candidate) > Version(installed)
+    except InvalidVersion:
+        return False
+
+
+def self_test(models_dir: Path, name: str, settings: Settings) -> None:
+    """The model loads, its files match their checksums, and FP32 gives finite outputs of the
+    declared shape on its own samples (or a blank image if it ships none)."""
+    entry = Registry(models_dir).get(name)
+    for variant in entry.manifest.variants:
+        entry.variant_file(variant)
+    spec = entry.manifest.input.preprocess_spec()
+    images = [decode_bytes(path.read_bytes(), path.name).pixels for path, _ in entry.samples[:8]]
+    if not images:
+        images = [np.zeros((spec.height, spec.width), np.uint8)]
+    from edge.imaging.preprocess import preprocess_batch
+
+    with OnnxRuntimeRunner(entry.variant_file("fp32"), tensor_names(entry), settings.runtime) as runner:
+        logits = runner.infer(preprocess_batch(images, spec))[entry.manifest.output.logits]
+    if logits.shape != (len(images), len(entry.manifest.output.labels)) or not np.isfinite(logits).all():
+        raise EdgeError(Code.MODEL_OUTPUT_INVALID, f"{name}: the self-test produced unusable outputs")
+
+
+def install(settings: Settings, staged: Path, name: str) -> None:
+    """Swap `staged` (a complete model folder) in for `name`; restore the old one on failure."""
+    models_dir = settings.models.dir
+    self_test(staged.parent, name, settings)
+    target = models_dir / name
+    backup = models_dir / ".previous" / f"{name}-{int(time.time())}"
+    had_old = target.exists()
+    if had_old:
+        backup.parent.mkdir(parents=True, exist_ok=True)
+        target.rename(backup)
+    try:
+        staged.rename(target)
+        self_test(models_dir, name, settings)
+    except Exception:
+        log.exception("model %s failed after installation: rolling back", name)
+        if target.exists():
+            shutil.rmtree(target)
+        if had_old:
+            backup.rename(target)
+        raise
+    log.info("installed model %s (previous kept in %s)", name, backup if had_old else "nowhere: new model")
+
+
+def _download(client: object, release: protocol.ModelRelease, file: str, target: Path) -> None:
+    """Resumable: a partial file continues from its size (HTTP Range)."""
+    from edge.sync.client import SyncClient
+
+    assert isinstance(client, SyncClient)
+    partial = target.with_name(target.name + ".part")
+    have = partial.stat().st_size if partial.exists() else 0
+    if have < release.sizes[file]:
+        response = client._send(
+            "GET",
+            f"/v1/models/{release.name}/{release.version}/{file}",
+            headers={"Range": f"bytes={have}-"} if have else {},
+        )
+        mode = "ab" if have and response.status_code == 206 else "wb"
+        with partial.open(mode) as handle:
+            handle.write(response.content)
+    digest = hashlib.sha256(partial.read_bytes()).hexdigest()
+    if digest != release.files[file]:
+        partial.unlink(missing_ok=True)
+        raise EdgeError(Code.MODEL_CHECKSUM_MISMATCH, f"{release.name} {release.version}: {file} is corrupt")
+    partial.rename(target)
+
+
+def pull_models(client: object) -> int:
+    """Install every signed release newer than what is installed; returns how many were."""
+    from edge.sync.client import SyncClient
+
+    assert isinstance(client, SyncClient)
+    settings = client.settings
+    public_key = settings.sync.public_key
+    if not public_key:
+        return 0
+    releases = [protocol.ModelRelease(**r) for r in client._send("GET", "/v1/models").json()]
+    registry = Registry(settings.models.dir)
+    installed = 0
+    for release in releases:
+        current = registry.get(release.name).manifest.version if release.name in registry.names() else None
+        if not is_newer(release.version, current):
+            continue  # same or older: never a downgrade
+        if not verify_signature(release, public_key):
+            log.error("release %s %s is not signed by the pinned key: ignored", release.name, release.version)
+            continue
+        staging = settings.data_dir / "sync" / "incoming" / f"{release.name}-{release.version}"
+        folder = staging / release.name
+        folder.mkdir(parents=True, exist_ok=True)
+        for file in release.files:
+            if not (folder / file).exists():
+                (folder / file).parent.mkdir(parents=True, exist_ok=True)
+                _download(client, release, file, folder / file)
+        (folder / "model.toml").write_text(release.manifest)
+        try:
+            install(settings, folder, release.name)
+            installed += 1
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return installed

@@ -1,0 +1,147 @@
+"""The wire protocol between a device and its hub, version 1. Both sides import this module.
+
+Requests carry `Authorization: Bearer <device id>.<secret>` and a signature over
+`METHOD\\nPATH\\nTIMESTAMP\\nNONCE\\nsha256(body)` (HMAC-SHA256 keyed with the secret), in
+`X-Edge-Timestamp`, `X-Edge-Nonce`, `X-Edge-Signature`. The hub refuses a bad signature (a
+tampered request), a timestamp more than `MAX_SKEW_S` from its clock and a nonce it has seen
+(a replayed request). A device that retries re-signs: a retry is new on the wire and
+idempotent in content.
+
+Result batches are gzip-compressed JSON. Each record carries the device-made UUID, the device's
+gapless outbox sequence number and the sha256 of its canonical payload; the hub stores each
+(device, uuid) once, answers "duplicate" for a re-send with the same hash and quarantines (never
+overwrites) a re-send with a different one.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import hmac
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+VERSION = 1
+MAX_SKEW_S = 300
+MAX_BATCH_RECORDS = 200
+MAX_BODY_BYTES = 2 * 1024 * 1024  # compressed, on the wire
+MAX_INFLATED_BYTES = 16 * 1024 * 1024  # after gunzip: a zip bomb stops here
+CHUNK_BYTES = 256 * 1024  # upload chunk: small enough for a 2G link to finish one
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EnrollRequest(_Wire):
+    code: str = Field(min_length=8, max_length=64)
+    device_name: str = Field(min_length=1, max_length=64)
+    site: str = Field(default="", max_length=64)
+
+
+class EnrollResponse(_Wire):
+    device_id: str
+    secret: str
+    hub_time: float
+
+
+class Record(_Wire):
+    uuid: str = Field(min_length=36, max_length=36)
+    seq: int = Field(ge=1)
+    kind: Literal["result"]
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    payload: dict[str, Any]
+
+
+class Batch(_Wire):
+    protocol: Literal[1] = 1
+    batch_id: str = Field(min_length=36, max_length=36)
+    records: list[Record] = Field(min_length=1, max_length=MAX_BATCH_RECORDS)
+
+
+class BatchReply(_Wire):
+    stored: list[str]
+    duplicates: list[str]
+    quarantined: list[str]
+    hub_time: float
+
+
+class UploadStart(_Wire):
+    record_uuid: str = Field(min_length=36, max_length=36)
+    """The outbox row the file belongs to (its result, or the image itself)."""
+    kind: Literal["thumbnail", "heatmap", "image"]
+    result_uuid: str = Field(min_length=36, max_length=36)
+    size: int = Field(ge=1, le=512 * 1024 * 1024)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    media_type: str = Field(max_length=64)
+
+
+class UploadState(_Wire):
+    upload_id: str
+    offset: int
+    complete: bool
+
+
+class Review(_Wire):
+    id: str
+    result_uuid: str
+    verdict: Literal["agree", "disagree", "uncertain"]
+    finding: str | None = None
+    note: str | None = None
+    reviewer_role: str | None = None
+    reviewed_at: str
+
+
+class ReviewPage(_Wire):
+    reviews: list[Review]
+    cursor: int
+    hub_time: float
+
+
+class ModelRelease(_Wire):
+    name: str
+    version: str
+    files: dict[str, str]  # file name -> sha256
+    sizes: dict[str, int]
+    manifest: str  # the model.toml text
+    signature: str  # hex ed25519 signature over canonical(release without signature)
+
+
+def canonical(data: Any) -> bytes:
+    """The one byte form hashes and signatures are computed over."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def payload_hash(payload: dict[str, Any]) -> str:
+    return hashlib.sha256(canonical(payload)).hexdigest()
+
+
+def string_to_sign(method: str, path: str, timestamp: str, nonce: str, body: bytes) -> bytes:
+    return f"{method.upper()}\n{path}\n{timestamp}\n{nonce}\n{hashlib.sha256(body).hexdigest()}".encode()
+
+
+def sign(secret: str, method: str, path: str, timestamp: str, nonce: str, body: bytes) -> str:
+    return hmac.new(
+        secret.encode(), string_to_sign(method, path, timestamp, nonce, body), hashlib.sha256
+    ).hexdigest()
+
+
+def compress(data: Any) -> bytes:
+    return gzip.compress(canonical(data), compresslevel=6)
+
+
+def inflate(body: bytes, limit: int = MAX_INFLATED_BYTES) -> bytes:
+    """gunzip with a ceiling (a small body must not expand without end)."""
+    import zlib
+
+    decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    out = decompressor.decompress(body, limit + 1)
+    if len(out) > limit or decompressor.unconsumed_tail:
+        raise ValueError(f"inflates to more than {limit} bytes")
+    return out
+
+
+def release_to_sign(release: dict[str, Any]) -> bytes:
+    return canonical({k: v for k, v in release.items() if k != "signature"})

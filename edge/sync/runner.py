@@ -1,0 +1,90 @@
+"""`edge sync run`: the sync agent's loop, its own process (edge-sync.service).
+
+Rounds run every `interval_s` while all goes well; after a failure the wait grows exponentially
+(with jitter) up to `max_backoff_s`, so a dead link costs almost nothing and a returning one is
+found by itself. `edge sync now` (SIGUSR1) wakes it at once. State for `edge sync status`, the
+TUI and the health snapshot is written to the store after every round.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+import threading
+
+import httpx
+
+from edge.config import Settings
+from edge.store import Store
+from edge.store.files import write_atomically
+from edge.store.records import utc_now
+from edge.sync import pid_file
+from edge.sync.client import Credential, HubRefused, HubUnavailable, SyncClient
+
+log = logging.getLogger(__name__)
+
+
+def run_round(client: SyncClient) -> bool:
+    """One round with its outcome recorded; True when everything pending went through."""
+    store = client.store
+    store.set_sync_state(running=True)
+    try:
+        counts = client.run_round()
+    except HubUnavailable as exc:
+        store.set_sync_state(
+            running=False,
+            last_error=f"the hub cannot be reached: {exc}"[:300],
+            last_error_at=utc_now(),
+            last_error_kind="unavailable",
+        )
+        log.warning("sync: hub unavailable: %s", exc)
+        return False
+    except HubRefused as exc:
+        store.set_sync_state(
+            running=False,
+            last_error=f"the hub refused: {exc}"[:300],
+            last_error_at=utc_now(),
+            last_error_kind="refused",
+        )
+        log.error("sync: refused: %s", exc)
+        return False
+    store.set_sync_state(running=False, last_success=utc_now(), last_counts=counts)
+    if any(counts.values()):
+        log.info("sync: %s", counts)
+    return True
+
+
+def serve(settings: Settings, stop: threading.Event | None = None) -> int:
+    stop = stop or threading.Event()
+    wake = threading.Event()
+    credential = Credential.load(settings)
+    if credential is None:
+        log.error("sync is not configured: run `edge sync enroll URL CODE` first")
+        return 2
+
+    def halt(*_: object) -> None:
+        stop.set()
+        wake.set()
+
+    signal.signal(signal.SIGTERM, halt)
+    signal.signal(signal.SIGINT, halt)
+    signal.signal(signal.SIGUSR1, lambda *_: wake.set())
+    write_atomically(pid_file(settings), str(os.getpid()).encode())
+    failures = 0
+    with (
+        Store(settings.data_dir, busy_timeout_ms=settings.store.busy_timeout_ms) as store,
+        httpx.Client() as http,
+    ):
+        client = SyncClient(settings, store, http, credential)
+        log.info("sync agent for %s running", credential.hub_url)
+        while not stop.is_set():
+            ok = run_round(client)
+            failures = 0 if ok else failures + 1
+            delay = settings.sync.interval_s if ok else min(settings.sync.max_backoff_s, 2.0**failures)
+            delay *= random.uniform(0.5, 1.0)  # jitter: a fleet coming back does not arrive in step
+            wake.wait(delay)
+            wake.clear()
+    pid_file(settings).unlink(missing_ok=True)
+    return 0

@@ -1,0 +1,102 @@
+"""The technician's actions, each a blocking call that returns one sentence to show.
+
+No Textual here: screens run these in thread workers. Writes go through the store (one
+transaction with its audit row each); a refusal is raised as `EdgeError` and shown as
+`CODE: sentence`. A re-run is analysed by the agent when it runs, else right here.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from edge.config import Settings
+from edge.errors import EdgeError
+from edge.store import Store
+from edge.tui.context import TuiContext
+
+log = logging.getLogger(__name__)
+
+
+def set_urgent(context: TuiContext, study_id: str, urgent: bool) -> str:
+    with context.open_store() as store:
+        store.set_urgent(study_id, urgent, context.actor)
+    return "flagged urgent: it is now at the top of the worklist" if urgent else "urgent flag removed"
+
+
+def add_note(context: TuiContext, study_id: str, text: str, result_id: str | None = None) -> str:
+    with context.open_store() as store:
+        store.add_note(study_id, text, context.actor, result_id=result_id)
+    return "note added"
+
+
+def mark_seen(context: TuiContext, result_id: str) -> str:
+    with context.open_store() as store:
+        fresh = store.mark_seen(result_id, context.actor)
+    return "marked seen" if fresh else "already marked seen"
+
+
+def rerun(context: TuiContext, image_id: str, model_name: str) -> str:
+    """Queue the image for another model; without a running agent, analyse it now."""
+    context.registry.get(model_name)  # an unknown or broken model is refused before queueing
+    with context.open_store() as store:
+        job_id = store.requeue_with_model(image_id, model_name, context.actor)
+        job = store.job(job_id) or {}
+        if job.get("state") == "done":
+            return f"already analysed with {model_name}: its result is in the worklist"
+        if job.get("state") == "running":
+            return f"{model_name} is analysing it right now"
+        if context.agent(context.settings).get("running"):
+            return f"queued for {model_name}: the agent will analyse it"
+        return _analyse_now(context, store, job_id, model_name)
+
+
+def _analyse_now(context: TuiContext, store: Store, job_id: str, model_name: str) -> str:
+    from edge.pipeline import Pipeline
+
+    pipeline = Pipeline(context.settings, store, actor=context.actor)
+    try:
+        job = store.claim_job(pipeline.worker_id, job_id)
+        if job is None:  # an agent that just started took it
+            return f"queued for {model_name}"
+        try:
+            pipeline.process(job)
+        except EdgeError as error:
+            return f"{model_name} did not score it: {error.one_line()}"
+    finally:
+        pipeline.close()
+    result = store.result_for_job(job_id) or {}
+    return (
+        f"{model_name}: {result.get('finding')}, P({result.get('finding_label')}) = "
+        f"{float(result.get('probability') or 0):.3f}"
+    )
+
+
+def delete_study(context: TuiContext, study_id: str) -> str:
+    with context.open_store() as store:
+        removed = store.delete_study(study_id, context.actor)
+    return (
+        f"study deleted: {removed['images']} image(s), {removed['results']} result(s), "
+        f"{removed['files']} file(s); the audit trail records it"
+    )
+
+
+def study_contents(context: TuiContext, study_id: str) -> dict[str, int]:
+    with context.open_store() as store:
+        return store.study_contents(study_id)
+
+
+def sync_now(settings: Settings) -> str:
+    """Ask the sync service to run now (edge.sync, when this build has it)."""
+    try:
+        from edge.sync import request_sync_now
+    except ImportError:
+        return "sync is not installed on this device"
+    try:
+        answer = request_sync_now(settings)
+    except EdgeError as error:
+        return error.one_line()
+    if answer is False:
+        return "no sync service is running: start it (edge sync run) to send results"
+    if isinstance(answer, str):
+        return answer
+    return "sync requested: the panel updates when it finishes"

@@ -1,0 +1,111 @@
+"""What every screen of the TUI shares: settings, where data comes from, the clock, who is typing.
+
+No Textual here. Screens reach it as `app.context`; tests build one with fixed health, device
+facts and clock so that what is drawn depends on the store alone.
+"""
+
+from __future__ import annotations
+
+import getpass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone, tzinfo
+from functools import cached_property
+from typing import Any
+
+from edge.config import Settings
+from edge.registry import Registry
+from edge.store import Store
+
+HealthSource = Callable[[Settings, Store], dict[str, Any]]
+FactsSource = Callable[[], dict[str, Any]]
+AgentSource = Callable[[Settings], dict[str, Any]]
+
+
+def _default_health(settings: Settings, store: Store) -> dict[str, Any]:
+    from edge.health import snapshot
+
+    return snapshot(settings, store)
+
+
+def _default_agent(settings: Settings) -> dict[str, Any]:
+    from edge.health import read_agent
+
+    return read_agent(settings)
+
+
+def _default_facts() -> dict[str, Any]:
+    from edge.tui.device_facts import host_facts
+
+    return host_facts()
+
+
+def _local_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def technician() -> str:
+    """The audit trail's actor: the login behind the keyboard (technicians share no account)."""
+    try:
+        return f"tui:{getpass.getuser()}"
+    except (KeyError, OSError):  # no passwd entry (a container): still say it was the TUI
+        return "tui"
+
+
+@dataclass
+class TuiContext:
+    settings: Settings
+    health: HealthSource = _default_health
+    """The health snapshot (agent, queue, disk, sync); `edge.health.snapshot` in the field."""
+    agent: AgentSource = _default_agent
+    """The agent's report (running or not, pid, sources): whether the TUI or the agent analyses."""
+    facts: FactsSource = _default_facts
+    """Host facts for the device screen (Jetson model, temperatures, memory)."""
+    clock: Callable[[], datetime] = _local_now
+    display_tz: tzinfo | None = None
+    """Times are shown in this zone; None: the machine's local zone."""
+    actor: str = field(default_factory=technician)
+    refresh_s: float = 2.0
+    """How often the worklist and panels reload (the agent writes from another process)."""
+    graphics: str = "auto"
+    """auto: sixel / kitty graphics where the terminal has them, else half-cell blocks; or halfcell."""
+    live_source: str | None = None
+    live_model: str | None = None
+    live_realtime: bool = True
+    """Play a file source at its own speed (a stand-in for a device); False: every frame, fast."""
+
+    def open_store(self) -> Store:
+        """A store for the calling thread (SQLite connections are not shared between threads)."""
+        return Store(self.settings.data_dir, busy_timeout_ms=self.settings.store.busy_timeout_ms)
+
+    @cached_property
+    def registry(self) -> Registry:
+        return Registry(self.settings.models.dir)
+
+    def now(self) -> datetime:
+        return self.clock().astimezone(self.display_tz)
+
+    def local(self, iso: str | None) -> datetime | None:
+        """A stored UTC time (ISO-8601 with Z) in the display zone."""
+        if not iso:
+            return None
+        try:
+            parsed = datetime.fromisoformat(iso.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=timezone.utc)
+        return parsed.astimezone(self.display_tz)
+
+    def when(self, iso: str | None) -> str:
+        """`14:05` today, `03-12 14:05` before: short enough for an 80-column worklist."""
+        moment = self.local(iso)
+        if moment is None:
+            return "-"
+        if moment.date() == self.now().date():
+            return moment.strftime("%H:%M")
+        return moment.strftime("%m-%d %H:%M")
+
+    def stamp(self, iso: str | None) -> str:
+        moment = self.local(iso)
+        return moment.strftime("%Y-%m-%d %H:%M") if moment else "-"

@@ -1,0 +1,226 @@
+"""What the screens show, read in one go from the store, the health snapshot and the files.
+
+No Textual here: these functions run in the screens' thread workers (each opens its own store;
+SQLite connections stay in their thread) and return plain data the screens only format.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from edge.errors import EdgeError
+from edge.imaging.decode import decode_bytes, read_input
+from edge.tui.context import TuiContext
+
+# The worklist's state filter cycles through these (None: every state).
+STATE_FILTERS: tuple[str | None, ...] = (None, "queued", "running", "done", "refused", "failed")
+STATE_LABELS = {
+    "queued": "new",
+    "running": "running",
+    "done": "done",
+    "refused": "refused",
+    "failed": "failed",
+}
+PICTURE_MAX_SIDE = 512  # the terminal shows far fewer pixels; decoding more only costs time
+BORDERLINE = 0.15  # a quality measure within 15% of its limit is flagged borderline
+
+
+@dataclass(frozen=True)
+class WorklistFilter:
+    search: str = ""
+    state: str | None = None
+    urgent_only: bool = False
+    unseen_only: bool = False
+
+    def describe(self) -> str:
+        parts = [f"state: {STATE_LABELS.get(self.state or '', 'all')}"]
+        if self.urgent_only:
+            parts.append("urgent only")
+        if self.unseen_only:
+            parts.append("unseen only")
+        return " · ".join(parts)
+
+
+@dataclass(frozen=True)
+class QualityFlag:
+    name: str
+    value: float
+    limit: float | None
+    bound: str  # "min" or "max"
+    state: str  # ok | borderline | beyond | no limit
+
+
+@dataclass(frozen=True)
+class ResultDetail:
+    item: dict[str, Any]
+    """The worklist row: job, image, study and (when done) the result's summary."""
+    result: dict[str, Any] | None = None
+    clip: dict[str, Any] | None = None
+    reviews: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[dict[str, Any]] = field(default_factory=list)
+    quality: list[QualityFlag] = field(default_factory=list)
+    model_title: str | None = None
+
+
+def load_worklist(context: TuiContext, chosen: WorklistFilter) -> list[dict[str, Any]]:
+    with context.open_store() as store:
+        return store.worklist(
+            search=chosen.search,
+            states=(chosen.state,) if chosen.state else (),
+            urgent_only=chosen.urgent_only,
+            unseen_only=chosen.unseen_only,
+        )
+
+
+def load_result(context: TuiContext, job_id: str) -> ResultDetail | None:
+    with context.open_store() as store:
+        item = store.worklist_item(job_id)
+        if item is None:
+            return None
+        result = store.result(item["result_id"]) if item.get("result_id") else None
+        clip = store.clip_for_result(item["result_id"]) if result else None
+        reviews = store.reviews_for(item["result_id"]) if result else []
+        notes = store.notes_for(item["study_id"])
+    title, flags = None, []
+    try:
+        manifest = context.registry.get(item["model_name"]).manifest
+        title = manifest.title
+        if result and result.get("quality"):
+            flags = quality_flags(result["quality"], manifest.quality.model_dump())
+    except EdgeError:  # the model was removed since: the result still shows, without limits
+        if result and result.get("quality"):
+            flags = quality_flags(result["quality"], {})
+    return ResultDetail(item, result, clip, reviews, notes, flags, title)
+
+
+def quality_flags(measures: dict[str, float], rule: dict[str, Any]) -> list[QualityFlag]:
+    """Each quality measure against the model's gate limit: ok, borderline (close) or beyond."""
+    out = []
+    for name, value in measures.items():
+        if name == "min_side":
+            limit, bound = rule.get("min_side"), "min"
+        elif f"max_{name}" in rule:
+            limit, bound = rule[f"max_{name}"], "max"
+        else:
+            limit, bound = rule.get(f"min_{name}"), "min"
+        if limit is None:
+            state = "no limit"
+        elif (value > limit) if bound == "max" else (value < limit):
+            state = "beyond"
+        else:
+            margin = abs(limit) * BORDERLINE
+            close = value > limit - margin if bound == "max" else value < limit + margin
+            state = "borderline" if close else "ok"
+        out.append(QualityFlag(name, float(value), limit, bound, state))
+    return out
+
+
+def load_picture(context: TuiContext, detail: ResultDetail, heatmap: bool) -> tuple[Image.Image | None, str]:
+    """The image to draw (the heatmap overlay when asked and stored) and a caption saying which."""
+    item, data_dir = detail.item, context.settings.data_dir
+    stored_heatmap = (detail.result or {}).get("heatmap_path")
+    if heatmap and stored_heatmap:
+        path = data_dir / stored_heatmap
+        try:
+            with Image.open(path) as opened:
+                return _shrunk(opened.convert("RGB")), "heatmap overlay (t: image)"
+        except OSError:
+            return None, "the heatmap file is missing"
+    if item.get("purged_at"):
+        return None, "image file removed by retention (the hub has it)"
+    with context.open_store() as store:
+        path = store.image_file(item["image_id"])
+    try:
+        decoded = decode_bytes(read_input(path, context.settings.store.max_input_bytes), path.name)
+    except EdgeError as error:
+        return None, error.one_line()
+    caption = "image (t: heatmap)" if stored_heatmap else "image (no heatmap stored)"
+    return _shrunk(Image.fromarray(_display_pixels(decoded.pixels))), caption
+
+
+def _display_pixels(pixels: np.ndarray) -> np.ndarray:
+    if pixels.ndim == 3 and pixels.shape[2] == 1:
+        return pixels[:, :, 0]
+    return pixels
+
+
+def _shrunk(image: Image.Image) -> Image.Image:
+    image = image.copy()
+    image.thumbnail((PICTURE_MAX_SIDE, PICTURE_MAX_SIDE))
+    return image
+
+
+def load_health(context: TuiContext) -> dict[str, Any]:
+    with context.open_store() as store:
+        snap = context.health(context.settings, store)
+        snap["models_in_use"] = store.models_in_use()
+    return snap
+
+
+def installed_models(context: TuiContext) -> list[dict[str, Any]]:
+    """Every model folder with its version and variants, or why it cannot be loaded."""
+    out: list[dict[str, Any]] = []
+    for name in context.registry.names():
+        try:
+            manifest = context.registry.get(name).manifest
+        except EdgeError as error:
+            out.append({"name": name, "error": error.one_line()})
+            continue
+        out.append(
+            {
+                "name": name,
+                "version": manifest.version,
+                "title": manifest.title,
+                "modalities": list(manifest.accepts.modalities),
+                "variants": sorted(v for v, spec in manifest.variants.items() if spec.servable),
+            }
+        )
+    return out
+
+
+def load_device(context: TuiContext) -> dict[str, Any]:
+    snap = load_health(context)
+    snap["agent"] = context.agent(context.settings)  # the same report the top bar shows
+    snap["installed_models"] = installed_models(context)
+    snap["host"] = context.facts()
+    snap["backend_setting"] = f"{context.settings.runtime.backend}/{context.settings.runtime.precision}"
+    return snap
+
+
+def sync_view(snap: dict[str, Any]) -> dict[str, Any]:
+    """The sync panel's facts, from the sync's own report in the snapshot; a build or device
+    without one shows "not configured" and what waits in the outbox."""
+    sync = snap.get("sync")
+    if not sync:
+        return {
+            "state": "not configured",
+            "hub": None,
+            "last_success": None,
+            "pending": {"records": int(snap.get("outbox_pending", 0))},
+            "last_error": None,
+            "last_error_at": None,
+        }
+    return {
+        "state": sync.get("state") or "unknown",
+        "hub": sync.get("hub"),
+        "last_success": sync.get("last_success"),
+        "pending": dict(sync.get("pending") or {}),
+        "last_error": sync.get("last_error"),
+        "last_error_at": sync.get("last_error_at"),
+    }
+
+
+def display_name(item: dict[str, Any]) -> str:
+    """Who or what a worklist row is: the patient's name (DICOM) or the file name as received."""
+    name = item.get("phi_patient_name")
+    if name:
+        return " ".join(part for part in str(name).replace("^", " ").split() if part)
+    original = item.get("phi_original_name")
+    if original:
+        return Path(str(original)).name
+    return item.get("description") or item.get("source") or "-"

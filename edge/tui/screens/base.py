@@ -1,0 +1,65 @@
+"""What the screens share: the context, and running a blocking action off the UI thread.
+
+An action (a store write, a re-run, a sync request) runs in a thread worker and posts
+`ActionFinished` back; the screen shows its sentence and reloads. The UI never waits on SQLite,
+a model or the network.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from textual import work
+from textual.message import Message
+from textual.screen import Screen
+
+from edge.errors import EdgeError
+from edge.tui.context import TuiContext
+
+if TYPE_CHECKING:
+    from edge.tui.app import EdgeApp
+
+log = logging.getLogger(__name__)
+
+
+class ActionFinished(Message):
+    def __init__(self, sentence: str, ok: bool) -> None:
+        super().__init__()
+        self.sentence = sentence
+        self.ok = ok
+
+
+class EdgeScreen(Screen[None]):
+    """A full screen of the TUI (worklist, result, live, sync, device)."""
+
+    @property
+    def context(self) -> TuiContext:
+        app: EdgeApp = self.app  # type: ignore[assignment]
+        return app.context
+
+    def reload(self) -> None:
+        """Read the screen's data again (shown again, after an action, on the refresh timer)."""
+
+    def on_screen_resume(self) -> None:
+        # Shown for the first time, or again (another screen or a dialog was on top): what it
+        # shows may have changed meanwhile.
+        self.reload()
+
+    @work(thread=True, group="action")
+    def perform(self, action: Callable[..., str], *args: Any) -> None:
+        """Run `action(*args)` (blocking: store, model, network) in a thread; its sentence, or the
+        refusal's `CODE: sentence`, comes back as `ActionFinished`."""
+        try:
+            sentence, ok = action(*args), True
+        except EdgeError as error:
+            sentence, ok = error.one_line(), False
+        except Exception as exc:
+            log.exception("a TUI action failed")
+            sentence, ok = f"the action failed: {type(exc).__name__}: {exc}", False
+        self.post_message(ActionFinished(sentence, ok))
+
+    def on_action_finished(self, message: ActionFinished) -> None:
+        self.notify(message.sentence, severity="information" if message.ok else "error", timeout=6)
+        self.reload()

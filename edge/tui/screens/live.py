@@ -1,0 +1,352 @@
+"""Live ultrasound: the sector the model sees, the smoothed live score over time, and a clip
+recorded on request and stored like any other result (`edge capture --record` in a screen).
+
+The analyzer runs in a thread worker and posts each score back; the thumbnail is taken from the
+newest frame it read, cropped to the sector (the rest of the screen may carry patient text).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from PIL import Image as PILImage
+from rich.markup import escape
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical
+from textual.message import Message
+from textual.widgets import Footer, Input, Static
+
+from edge.errors import Code, EdgeError
+from edge.store import StudyInfo
+from edge.tui.screens.base import ActionFinished, EdgeScreen
+from edge.tui.widgets.picture import Picture
+from edge.tui.widgets.score_trace import ScoreTrace
+from edge.tui.widgets.top_bar import TopBar
+from edge.video.live import LiveAnalyzer, LiveScore
+from edge.video.roi import crop
+from edge.video.source import Frame, FrameSource, kind_of
+
+THUMBNAIL_SIDE = 192
+THUMBNAIL_EVERY_S = 0.25  # of source time: a terminal redraw per frame would cost more than the model
+STATUS_WORDS = {
+    "ok": "[green]OK[/]",
+    "frozen": "[yellow]FROZEN[/] the picture has not changed: scanner frozen or cable?",
+    "black": "[yellow]BLACK[/] nothing on screen: probe asleep or unplugged?",
+    "no-sector": "[yellow]NO SECTOR[/] looking for the moving image area",
+}
+
+
+class _WatchedSource(FrameSource):
+    """A frame source that remembers the newest frame handed out (for the thumbnail)."""
+
+    newest: Frame | None = None
+
+    def latest(self, timeout: float = 1.0) -> Frame | None:
+        frame = super().latest(timeout)
+        if frame is not None:
+            self.newest = frame
+        return frame
+
+
+@dataclass(frozen=True)
+class LiveModel:
+    name: str
+    version: str
+    positive: str
+    threshold: float
+
+
+class LiveStarted(Message):
+    def __init__(self, model: LiveModel) -> None:
+        super().__init__()
+        self.model = model
+
+
+class LiveUpdate(Message):
+    def __init__(self, score: LiveScore, thumbnail: PILImage.Image | None) -> None:
+        super().__init__()
+        self.score = score
+        self.thumbnail = thumbnail
+
+
+class LiveEnded(Message):
+    def __init__(self, sentence: str, ok: bool) -> None:
+        super().__init__()
+        self.sentence = sentence
+        self.ok = ok
+
+
+class LiveScreen(EdgeScreen):
+    AUTO_FOCUS = ""  # keys go to the screen (1-4 still switch screens); e puts the cursor in the source
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("a", "toggle_analysis", "Start/stop"),
+        Binding("c", "toggle_clip", "Clip"),
+        Binding("e", "edit_source", "Source"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scores: list[float] = []
+        self.model: LiveModel | None = None
+        self.running = False
+        self.recording = False
+        self._stop = threading.Event()
+        self._analyzer: LiveAnalyzer | None = None
+        self._pool: Any = None
+        self._served: Any = None
+        self._last_thumbnail_at = -1.0
+        self._progress = ""
+        self._clip_lock = threading.Lock()
+        self._clip_requested = False
+
+    def compose(self) -> ComposeResult:
+        video = self.context.settings.video
+        yield TopBar("live")
+        with Horizontal(id="live-top"):
+            yield Input(
+                self.context.live_source or "",
+                placeholder="/dev/video0, a file or rtsp://…",
+                id="live-source",
+            )
+            yield Static(f"model {self.context.live_model or video.model}", id="live-model")
+        with Horizontal(id="live-body"):
+            yield Picture(self.context.graphics, id="live-picture")
+            with Vertical(id="live-side"):
+                yield Static("stopped · a starts the analysis", id="live-status", classes="section")
+                yield Static("smoothed live score, 0 to 1", id="live-trace-caption")
+                yield ScoreTrace(id="live-trace")
+                yield Static("c records a clip and stores it as a result", id="live-clip", classes="section")
+                yield Static("", id="live-info", classes="section")
+        yield Footer(compact=True)
+
+    def on_mount(self) -> None:
+        self.query_one(Picture).show(None, "no picture yet")
+        if not self.query_one("#live-source", Input).value:
+            self.query_one("#live-status", Static).update("no video source yet · e to type one")
+
+    def on_unmount(self) -> None:
+        self._stop.set()
+
+    # ------------------------------------------------------------------ keys
+
+    def action_edit_source(self) -> None:
+        self.query_one("#live-source", Input).focus()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        self.set_focus(None)
+        if not self.running:
+            self.action_toggle_analysis()
+
+    def action_toggle_analysis(self) -> None:
+        if self.running:
+            self._stop.set()
+            self.query_one("#live-status", Static).update("stopping…")
+            return
+        if self.recording:  # a clip left from the last run, never stored: a new run starts clean
+            self._discard_clip()
+        self._start()
+
+    def _start(self) -> None:
+        source = self.query_one("#live-source", Input).value.strip()
+        if not source:
+            self.notify("type the video source first (e)", severity="warning")
+            return
+        self._stop = threading.Event()
+        self.running = True
+        self._analyzer = None
+        self.scores = []
+        self._last_thumbnail_at = -1.0
+        self.query_one("#live-status", Static).update(f"opening {escape(source)}…")
+        self._analyse(source, self.context.live_model or self.context.settings.video.model)
+
+    def _discard_clip(self) -> None:
+        self.recording = False
+        if self._analyzer is not None and self._analyzer.recorder is not None:
+            self._analyzer.recorder.discard()
+            self._analyzer.recorder = None
+        self.query_one("#live-clip", Static).update("the last clip was not stored · c records a new one")
+
+    def action_toggle_clip(self) -> None:
+        """Start a clip (starting the analysis too when it is stopped), or stop and store it."""
+        clip = self.query_one("#live-clip", Static)
+        if self.recording:
+            self.recording = False
+            clip.update("storing the clip…")
+            self.perform(self._store_clip)
+            return
+        if not self.running and not self.query_one("#live-source", Input).value.strip():
+            self.notify("type the video source first (e)", severity="warning")
+            return
+        self.recording = True
+        clip.update("[bold red]● recording[/] · c stops and stores the clip")
+        with self._clip_lock:  # the analysis thread may be creating the analyzer right now
+            if self._analyzer is not None and self.running:
+                self._analyzer.start_clip()
+            else:
+                self._clip_requested = True
+        if not self.running:
+            self._start()
+
+    # ------------------------------------------------------------------ the analysis thread
+
+    @work(thread=True, exclusive=True, group="live")
+    def _analyse(self, source: str, model_name: str) -> None:
+        from edge.registry import Registry
+        from edge.serving import ModelPool
+
+        settings = self.context.settings
+        profile = settings.video.profiles.get(settings.video.profile or "")
+        pool = ModelPool(Registry(settings.models.dir), settings, settings.data_dir / "cache")
+        try:
+            served = pool.get(model_name)
+            output = served.entry.manifest.output
+            _, point = served.entry.operating_point(settings.models.operating_point)
+            self._pool, self._served = pool, served
+            self.post_message(
+                LiveStarted(LiveModel(served.name, served.version, output.positive, point.threshold))
+            )
+            realtime = self.context.live_realtime
+            frames = _WatchedSource(
+                source,
+                realtime=realtime,
+                lossless=not realtime and kind_of(source) == "file",
+                width=profile.width if profile else None,
+                height=profile.height if profile else None,
+                fps=profile.fps if profile else None,
+                fourcc=profile.fourcc if profile else None,
+                reconnect_max_s=settings.video.reconnect_max_s,
+                stall_s=settings.video.stall_s,
+            )
+            analyzer = LiveAnalyzer(
+                settings, served, frames, on_score=lambda score: self._scored(score, frames)
+            )
+            with self._clip_lock:
+                self._analyzer = analyzer
+                if self._clip_requested:
+                    analyzer.start_clip()
+                    self._clip_requested = False
+            with frames:
+                analyzer.run(self._stop)
+            self._post_thumbnail(frames, analyzer, force=True)
+            ended = "stopped" if self._stop.is_set() else frames.stats.end_reason or "ended"
+            counted = f"{analyzer.stats.frames_analysed} frame(s) analysed of {frames.stats.read} read"
+            self.post_message(LiveEnded(f"{ended}: {counted}", ok=True))
+        except EdgeError as error:
+            self.post_message(LiveEnded(error.one_line(), ok=False))
+        finally:
+            pool.close()
+
+    def _scored(self, score: LiveScore, frames: _WatchedSource) -> None:
+        """Called in the analysis thread for every frame looked at."""
+        analyzer = self._analyzer
+        thumbnail = None
+        if analyzer is not None and score.position_s - self._last_thumbnail_at >= THUMBNAIL_EVERY_S:
+            thumbnail = _thumbnail(frames.newest, analyzer)
+            if thumbnail is not None:
+                self._last_thumbnail_at = score.position_s
+        self.post_message(LiveUpdate(score, thumbnail))
+
+    def _post_thumbnail(self, frames: _WatchedSource, analyzer: LiveAnalyzer, force: bool = False) -> None:
+        thumbnail = _thumbnail(frames.newest, analyzer)
+        if thumbnail is not None or force:
+            self.post_message(LiveUpdate(LiveScore(-1, -1.0, "thumbnail"), thumbnail))
+
+    def _store_clip(self) -> str:
+        """Runs in a thread worker (`perform`): the clip's files and rows, like `edge capture --record`."""
+        from edge.pipeline import Pipeline
+        from edge.video.analysis import store_clip
+
+        analyzer = self._analyzer
+        if analyzer is None:
+            raise EdgeError(Code.VIDEO_TOO_SHORT, "no clip is being recorded")
+        summary = analyzer.stop_clip()
+        with self.context.open_store() as store:
+            pipeline = Pipeline(self.context.settings, store, pool=self._pool, actor=self.context.actor)
+            result_id = store_clip(
+                pipeline,
+                summary,
+                self._served,
+                analyzer,
+                source="capture",
+                source_sha256=None,
+                study=StudyInfo(modality="US", description="live capture"),
+                elapsed_s=summary.duration_s,
+            )
+            result = store.result(result_id) or {}
+        sentence = (
+            f"clip stored: {result.get('finding')} P({result.get('finding_label')}) = "
+            f"{float(result.get('probability') or 0):.3f} over {summary.frames_analysed} frames"
+        )
+        return sentence
+
+    # ------------------------------------------------------------------ messages
+
+    def on_live_started(self, message: LiveStarted) -> None:
+        self.model = message.model
+        self.query_one("#live-model", Static).update(f"model {message.model.name} {message.model.version}")
+        self.query_one("#live-trace-caption", Static).update(
+            f"P({message.model.positive}) smoothed · ··· threshold {message.model.threshold:.2f}"
+        )
+        self.query_one(ScoreTrace).update_values([], message.model.threshold)
+
+    def on_live_update(self, message: LiveUpdate) -> None:
+        if message.thumbnail is not None:
+            self.query_one(Picture).show(message.thumbnail, "the sector the model sees")
+        score = message.score
+        if score.status == "thumbnail":
+            return
+        if score.status == "ok" and score.smoothed is not None:
+            self.scores.append(score.smoothed)
+            self.query_one(ScoreTrace).update_values(self.scores)
+        self.query_one("#live-status", Static).update(status_text(score, self.model))
+        analyzer = self._analyzer
+        if analyzer is not None:
+            stats = analyzer.stats
+            self._progress = (
+                f"{stats.frames_analysed} frames analysed · sector {stats.roi or 'not found yet'}"
+            )
+            self.query_one("#live-info", Static).update(self._progress)
+
+    def on_action_finished(self, message: ActionFinished) -> None:
+        """The clip's outcome stays on screen (EdgeScreen's handler also notifies)."""
+        self.query_one("#live-clip", Static).update(escape(message.sentence))
+
+    def on_live_ended(self, message: LiveEnded) -> None:
+        self.running = False
+        self.notify(message.sentence, severity="information" if message.ok else "error", timeout=6)
+        self.query_one("#live-info", Static).update(f"{self._progress}\n{escape(message.sentence)}")
+        if self.recording:
+            self.query_one("#live-clip", Static).update(
+                "the source ended · c stores the clip recorded so far"
+            )
+
+
+def status_text(score: LiveScore, model: LiveModel | None) -> str:
+    """The live lines: status, and for an analysed frame the probability smoothed and now."""
+    position = f"t={score.position_s:.1f} s"
+    if score.status != "ok":
+        return f"{STATUS_WORDS.get(score.status, score.status)}\n{position}"
+    label = model.positive if model else "positive"
+    above = model is not None and (score.smoothed or 0) >= model.threshold
+    colour = "bold yellow" if above else "bold green"
+    return (
+        f"{STATUS_WORDS['ok']} [{colour}]{score.finding}[/] · {position}\n"
+        f"P({label}) [b]{score.smoothed:.3f}[/b] smoothed · {score.probability:.3f} now"
+    )
+
+
+def _thumbnail(frame: Frame | None, analyzer: LiveAnalyzer) -> PILImage.Image | None:
+    roi = analyzer.roi
+    if frame is None or roi is None:
+        return None
+    try:
+        sector = crop(frame.image, roi)
+    except (ValueError, IndexError):  # the frame changed size under the sector: next frame
+        return None
+    image = PILImage.fromarray(sector)
+    image.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+    return image

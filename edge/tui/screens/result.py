@@ -1,0 +1,242 @@
+"""One row of the worklist in full: the image with its heatmap, the finding and every number
+behind it, quality, the model, the specialist's review when it has come back, the local notes."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from PIL import Image as PILImage
+from rich.markup import escape
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, VerticalScroll
+from textual.message import Message
+from textual.widgets import Footer, Static
+
+from edge.tui.data import ResultDetail, display_name, load_picture, load_result
+from edge.tui.screens.base import EdgeScreen
+from edge.tui.screens.item_actions import ITEM_BINDINGS, ItemActions
+from edge.tui.widgets.picture import Picture
+from edge.tui.widgets.top_bar import TopBar
+
+BAR_WIDTH = 16
+QUALITY_STYLES = {"ok": "green", "borderline": "yellow", "beyond": "bold red", "no limit": "dim"}
+
+
+class ResultLoaded(Message):
+    def __init__(self, detail: ResultDetail | None) -> None:
+        super().__init__()
+        self.detail = detail
+
+
+class PictureLoaded(Message):
+    def __init__(self, image: PILImage.Image | None, caption: str) -> None:
+        super().__init__()
+        self.image = image
+        self.caption = caption
+
+
+class ResultScreen(ItemActions):
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape,backspace", "back", "Back"),
+        Binding("t", "toggle_heatmap", "Heatmap/image"),
+        *ITEM_BINDINGS,
+    ]
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__()
+        self.job_id = job_id
+        self.detail: ResultDetail | None = None
+        self.heatmap = True
+
+    def compose(self) -> ComposeResult:
+        yield TopBar("worklist")
+        with Horizontal(id="result-body"):
+            yield Picture(self.context.graphics, id="picture")
+            with VerticalScroll(id="result-details"):
+                for section in (
+                    "finding",
+                    "probabilities",
+                    "quality",
+                    "model",
+                    "clip",
+                    "review",
+                    "notes",
+                    "study",
+                ):
+                    yield Static("", id=f"section-{section}", classes="section")
+        yield Footer(compact=True)
+
+    def on_mount(self) -> None:
+        self.query_one("#result-details").focus()
+
+    # ------------------------------------------------------------------ data
+
+    def reload(self) -> None:
+        self._load()
+
+    @work(thread=True, exclusive=True, group="result")
+    def _load(self) -> None:
+        self.post_message(ResultLoaded(load_result(self.context, self.job_id)))
+
+    @work(thread=True, exclusive=True, group="picture")
+    def _load_picture(self, detail: ResultDetail, heatmap: bool) -> None:
+        image, caption = load_picture(self.context, detail, heatmap)
+        self.post_message(PictureLoaded(image, caption))
+
+    def on_result_loaded(self, message: ResultLoaded) -> None:
+        first = self.detail is None
+        self.detail = message.detail
+        if message.detail is None:
+            self.query_one("#section-finding", Static).update("This study is no longer in the store.")
+            self.query_one(Picture).show(None, "")
+            return
+        for name, text in sections(message.detail, self.context.stamp).items():
+            widget = self.query_one(f"#section-{name}", Static)
+            widget.update(text)
+            widget.display = bool(text)
+        if first:
+            self._load_picture(message.detail, self.heatmap)
+
+    def on_picture_loaded(self, message: PictureLoaded) -> None:
+        self.query_one(Picture).show(message.image, message.caption)
+
+    # ------------------------------------------------------------------ actions
+
+    def current_item(self) -> dict[str, Any] | None:
+        return self.detail.item if self.detail else None
+
+    def screen_for_delete(self) -> EdgeScreen:
+        self.app.pop_screen()
+        below = self.app.screen
+        return below if isinstance(below, EdgeScreen) else self
+
+    def action_back(self) -> None:
+        self.app.pop_screen()
+
+    def action_toggle_heatmap(self) -> None:
+        if self.detail is None:
+            return
+        self.heatmap = not self.heatmap
+        self._load_picture(self.detail, self.heatmap)
+
+
+def sections(detail: ResultDetail, stamp: Any) -> dict[str, str]:
+    """Markup per section (empty: hidden). `stamp` formats a stored time for display."""
+    item, result = detail.item, detail.result
+    out = dict.fromkeys(("finding", "probabilities", "quality", "model", "clip", "review", "notes"), "")
+    out["finding"] = _finding(item, result)
+    if result:
+        out["probabilities"] = _probabilities(result)
+        out["quality"] = _quality(detail)
+        out["model"] = (
+            f"[b]Model[/b] {result['model_name']} {result['model_version']}"
+            + (f"\n{escape(detail.model_title)}" if detail.model_title else "")
+            + f"\n{result['variant']} · {result['backend']}/{result['precision']}"
+            + f"\noperating point [b]{result['operating_point']}[/b], threshold {result['threshold']:.3f}"
+        )
+    else:
+        out["model"] = f"[b]Model[/b] {item['model_name']}"
+    if detail.clip:
+        clip = detail.clip
+        out["clip"] = (
+            f"[b]Clip[/b] {clip['duration_s']:.1f} s, {clip['frames_analysed']} frames analysed, "
+            f"{clip['frames_excluded']} excluded ({clip['source']})\nscore: {clip['aggregate']}"
+        )
+    out["review"] = _review(detail, stamp)
+    out["notes"] = _notes(detail, stamp)
+    out["study"] = _study(item, stamp)
+    return out
+
+
+def _finding(item: dict[str, Any], result: dict[str, Any] | None) -> str:
+    if result:
+        positive = result["probability"] >= result["threshold"]
+        colour = "bold yellow" if positive else "bold green"
+        urgent = "[bold white on red] URGENT [/] " if item["urgent"] else ""
+        seen = f"seen by {escape(str(item['seen_by']))}" if item.get("seen_at") else "[b]not seen yet[/b] (m)"
+        return (
+            f"{urgent}[{colour}]{result['finding'].upper()}[/]\n"
+            f"P({result['finding_label']}) = [b]{result['probability']:.3f}[/b] (calibrated) · {seen}"
+        )
+    state = item["state"]
+    urgent = "[bold white on red] URGENT [/] " if item["urgent"] else ""
+    if state in ("refused", "failed"):
+        return (
+            f"{urgent}[bold magenta]{state.upper()}[/] {item.get('error_code')}\n"
+            f"{escape(item.get('error_message') or '')}"
+        )
+    return f"{urgent}[cyan]{'RUNNING' if state == 'running' else 'NEW'}[/] waiting for {item['model_name']}"
+
+
+def _probabilities(result: dict[str, Any]) -> str:
+    lines = ["[b]Probabilities[/b] (calibrated)"]
+    width = max(len(label) for label in result["probabilities"])
+    for label, value in sorted(result["probabilities"].items(), key=lambda kv: -kv[1]):
+        filled = round(value * BAR_WIDTH)
+        mark = "[yellow]" if label == result["finding_label"] else "[blue]"
+        bar = f"{mark}{'█' * filled}[/]{'·' * (BAR_WIDTH - filled)}"
+        lines.append(f"{label:<{width}} {bar} {value:.3f}")
+    return "\n".join(lines)
+
+
+def _quality(detail: ResultDetail) -> str:
+    if not detail.quality:
+        return ""
+    lines = ["[b]Quality[/b] (the gate's measures)"]
+    for flag in detail.quality:
+        limit = "" if flag.limit is None else f" ({flag.bound} {flag.limit:g})"
+        value = f"{flag.value:.0f}" if flag.value >= 10 else f"{flag.value:.3f}"
+        style = QUALITY_STYLES[flag.state]
+        lines.append(f"{flag.name.replace('_', ' ')} {value}{limit} [{style}]{flag.state}[/]")
+    return "\n".join(lines)
+
+
+def _review(detail: ResultDetail, stamp: Any) -> str:
+    if not detail.result:
+        return ""
+    if not detail.reviews:
+        return "[b]Specialist review[/b]\n[dim]not back yet[/dim]"
+    review = detail.reviews[0]
+    colour = {"agree": "green", "disagree": "bold red", "uncertain": "yellow"}.get(review["verdict"], "")
+    lines = [
+        f"[b]Specialist review[/b] [{colour}]{review['verdict']}[/]"
+        + (f" · {escape(str(review['finding']))}" if review.get("finding") else ""),
+        f"{escape(str(review.get('reviewer_role') or 'specialist'))}, {stamp(review['reviewed_at'])}",
+    ]
+    if review.get("note"):
+        lines.append(escape(str(review["note"])))
+    if len(detail.reviews) > 1:
+        lines.append(f"[dim]{len(detail.reviews) - 1} earlier review(s)[/dim]")
+    return "\n".join(lines)
+
+
+def _notes(detail: ResultDetail, stamp: Any) -> str:
+    if not detail.notes:
+        return "[b]Notes[/b] [dim]none (n adds one)[/dim]"
+    lines = [f"[b]Notes[/b] ({len(detail.notes)})"]
+    for note in detail.notes:
+        lines.append(f"[dim]{stamp(note['created_at'])} {escape(str(note['author']))}[/dim]")
+        lines.append(escape(str(note["phi_text"])))
+    return "\n".join(lines)
+
+
+def _study(item: dict[str, Any], stamp: Any) -> str:
+    lines = [f"[b]Study[/b] {escape(display_name(item))}"]
+    facts = [
+        item.get("phi_patient_id") and f"ID {item['phi_patient_id']}",
+        item.get("patient_age_years") is not None and f"{item['patient_age_years']:g} y",
+        item.get("patient_sex"),
+        item.get("modality"),
+        item.get("body_part"),
+    ]
+    shown = [escape(str(fact)) for fact in facts if fact]
+    if shown:
+        lines.append(" · ".join(shown))
+    if item.get("description"):
+        lines.append(escape(str(item["description"])))
+    lines.append(f"received {stamp(item['received_at'])} via {item['source']}")
+    if item.get("phi_original_name") and item.get("phi_patient_name"):
+        lines.append(f"file {escape(str(item['phi_original_name']))}")
+    return "\n".join(lines)

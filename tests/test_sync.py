@@ -1,0 +1,425 @@
+"""Device <-> hub: enrolment, idempotent batches, resumable uploads, reviews back, signed model
+updates, de-identification, and the security refusals; on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from edge.config import Settings, load_settings
+from edge.hub import service
+from edge.pipeline import Pipeline
+from edge.store import Store
+from edge.sync import protocol
+from edge.sync.client import Credential, HubRefused, SyncClient, sync_status
+from tests.conftest import DEFAULT_MODEL, MODELS
+from tests.hubfixtures import Hub, postgres_url, reset  # noqa: F401 - postgres_url is a fixture
+from tools import dicomgen
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def hub(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Hub]:
+    hub_settings = load_settings(data_dir=tmp_path / "hub-host")
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'hub.db'}"
+    else:
+        url = request.getfixturevalue("postgres_url")
+    running = Hub(hub_settings, url)
+    reset(running.engine)
+    yield running
+    running.client.close()
+
+
+@pytest.fixture
+def device(tmp_path: Path) -> Settings:
+    return load_settings(data_dir=tmp_path / "device", models={"dir": MODELS}, sync={"images": "thumbnails"})
+
+
+def analysed(settings: Settings, store: Store, paths: list[Path]) -> list[str]:
+    pipeline = Pipeline(settings, store)
+    results = [a.result["id"] for path in paths for a in pipeline.analyse_file(path) if a.ok]
+    pipeline.close()
+    return results
+
+
+def samples(count: int) -> list[Path]:
+    return sorted((MODELS / DEFAULT_MODEL / "samples").glob("*.png"))[:count]
+
+
+def test_enrolment_is_one_time(hub: Hub, device: Settings) -> None:
+    code = service.create_enroll_code(hub.engine)
+    from edge.sync.client import enroll
+
+    credential = enroll(device, "http://testserver", code, "clinic-1", hub.client)
+    assert Credential.load(device) == credential
+    assert (Credential.path(device).stat().st_mode & 0o777) == 0o600
+    from edge.errors import EdgeError
+
+    with pytest.raises(EdgeError, match="enrolment refused"):
+        enroll(device, "http://testserver", code, "clinic-2", hub.client)  # used already
+    with pytest.raises(EdgeError):
+        enroll(device, "http://testserver", "not-a-real-code", "clinic-3", hub.client)
+
+
+def test_results_arrive_once_then_files_then_reviews_come_back(hub: Hub, device: Settings) -> None:
+    with Store(device.data_dir) as store:
+        result_ids = analysed(device, store, samples(4))
+        client = hub.sync_client(device, store, hub.enroll(device))
+        counts = client.run_round()
+        assert counts["results"] == 4
+        assert counts["files"] == 8  # a thumbnail and a heatmap each
+        assert store.pending_counts() == {}
+        from sqlalchemy import func, select
+
+        from edge.hub import db
+
+        with hub.engine.connect() as conn:
+            assert conn.execute(select(func.count()).select_from(db.records)).scalar() == 4
+            assert (
+                conn.execute(
+                    select(func.count()).select_from(db.uploads).where(db.uploads.c.complete)
+                ).scalar()
+                == 8
+            )
+        # A lost acknowledgement: the device sends again; the hub stores nothing twice.
+        store.db.execute("UPDATE outbox SET acked_at = NULL WHERE kind = 'result'")
+        store.db.conn.commit()
+        assert client.push_results() == 4
+        with hub.engine.connect() as conn:
+            assert conn.execute(select(func.count()).select_from(db.records)).scalar() == 4
+        service.add_review(
+            hub.engine,
+            result_ids[0],
+            "disagree",
+            finding="normal",
+            note="lines are artefact",
+            reviewer="dr-a",
+        )
+        assert client.pull_reviews() == 1
+        assert client.pull_reviews() == 0
+        review = store.db.execute("SELECT * FROM reviews").fetchone()
+        assert (review["result_id"], review["verdict"], review["note"]) == (
+            result_ids[0],
+            "disagree",
+            "lines are artefact",
+        )
+        assert sync_status(device, store)["state"] == "up to date"
+
+
+def test_the_same_uuid_with_other_content_is_quarantined(hub: Hub, device: Settings) -> None:
+    with Store(device.data_dir) as store:
+        analysed(device, store, samples(1))
+        client = hub.sync_client(device, store, hub.enroll(device))
+        client.push_results()
+        store.db.execute("UPDATE results SET probability = 0.123456")
+        store.db.execute("UPDATE outbox SET acked_at = NULL")
+        store.db.conn.commit()
+        client.push_results()
+        from sqlalchemy import select
+
+        from edge.hub import db
+
+        with hub.engine.connect() as conn:
+            stored = conn.execute(select(db.records.c.payload)).scalar()
+            assert conn.execute(select(db.quarantine.c.uuid)).scalar() is not None
+        assert stored["result"]["probability"] != 0.12346  # never overwritten
+        assert store.db.execute("SELECT last_error FROM outbox").fetchone()[0] == "quarantined by the hub"
+
+
+def test_an_upload_cut_midway_resumes_from_the_hubs_offset(hub: Hub, device: Settings) -> None:
+    with Store(device.data_dir) as store:
+        [result_id] = analysed(device, store, samples(1))
+        client = hub.sync_client(device, store, hub.enroll(device))
+        client.push_results()
+        data = bytes(range(256)) * 3000  # 768 KB: three chunks
+        start = protocol.UploadStart(
+            record_uuid=result_id,
+            kind="image",
+            result_uuid=result_id,
+            size=len(data),
+            sha256=hashlib.sha256(data).hexdigest(),
+            media_type="application/dicom",
+        )
+        state = protocol.UploadState.model_validate_json(
+            client._send("POST", "/v1/uploads", start.model_dump_json().encode()).content
+        )
+        client._send(
+            "PATCH", f"/v1/uploads/{state.upload_id}", data[: protocol.CHUNK_BYTES], {"Upload-Offset": "0"}
+        )
+        client._upload("image", result_id, result_id, data, "application/dicom")  # the link came back
+        from sqlalchemy import select
+
+        from edge.hub import db
+
+        with hub.engine.connect() as conn:
+            row = conn.execute(select(db.uploads).where(db.uploads.c.kind == "image")).one()
+        assert row.complete
+        assert Path(row.path).read_bytes() == data
+
+
+PHI = {
+    "PatientName": "Zxqwerty^Marguerite",
+    "PatientID": "MRN-88771234",
+    "PatientBirthDate": "19610203",
+    "PatientAddress": "17 Rue Obscure Kinshasa",
+    "OtherPatientIDs": "NHIF-55512121",
+    "ReferringPhysicianName": "Doctor^Hortensius",
+    "InstitutionName": "Saint Qwerty Clinic",
+    "InstitutionAddress": "Plot 9 Obscure Road",
+    "StationName": "XRAYROOM7QW",
+    "OperatorsName": "Radtech^Brunhilde",
+    "AccessionNumber": "ACC77665544",
+    "StudyDescription": "Chest for Marguerite follow-up",
+    "PatientComments": "lives with sister Philomena",
+    "DeviceSerialNumber": "SN-QW-991",
+    "StudyID": "STUDYQW42",
+}
+
+
+def test_nothing_identifying_leaves_the_device(hub: Hub, tmp_path: Path) -> None:
+    device = load_settings(data_dir=tmp_path / "device", models={"dir": MODELS}, sync={"images": "full"})
+    png = samples(1)[0]
+    from edge.imaging.decode import decode_bytes
+
+    pixels = decode_bytes(png.read_bytes()).pixels
+    ds = dicomgen.grey_dicom(
+        dicomgen.twelve_bit(pixels),
+        bits_stored=12,
+        window=(2048, 4096),
+        patient_id=PHI["PatientID"],
+        patient_name=PHI["PatientName"],
+        extra={k: v for k, v in PHI.items() if k not in ("PatientID", "PatientName")},
+    )
+    ds.StudyDate = "20261015"
+    block = ds.private_block(0x0011, "ACME PRIVATE", create=True)
+    block.add_new(0x01, "LO", "private Marguerite note")
+    path = tmp_path / "phi.dcm"
+    path.write_bytes(dicomgen.to_bytes(ds))
+    sent: list[bytes] = []
+
+    class Recording(httpx.BaseTransport):
+        def __init__(self, inner: httpx.BaseTransport) -> None:
+            self.inner = inner
+
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            body = request.read()
+            sent.append(
+                request.url.raw_path
+                + b"\n"
+                + b"\n".join(k + b": " + v for k, v in request.headers.raw)
+                + b"\n"
+                + body
+            )
+            if request.headers.get("content-encoding") == "gzip":
+                sent.append(gzip.decompress(body))
+            return self.inner.handle_request(request)
+
+    with Store(device.data_dir) as store:
+        analysed(device, store, [path])
+        credential = hub.enroll(device)
+        recording = httpx.Client(transport=Recording(hub.client._transport), base_url="http://testserver")
+        client = SyncClient(device, store, recording, credential)
+        counts = client.run_round()
+        assert counts["results"] == 1
+        assert counts["files"] == 3
+    everything = b"\n".join(sent)
+    for keyword, value in PHI.items():
+        for fragment in {value, *value.replace("^", " ").split()}:
+            if len(fragment) >= 5:
+                assert fragment.encode() not in everything, f"{keyword} ({fragment}) left the device"
+    assert b"Marguerite" not in everything
+    assert b"ACME PRIVATE" not in everything
+    assert b"20261015" not in everything  # dates shifted
+    pseudonym = client.deid.pseudonym(PHI["PatientID"])
+    assert pseudonym is not None
+    assert pseudonym.encode() in everything
+
+
+def signed_headers(
+    credential: Credential, method: str, path: str, body: bytes, **override: str
+) -> dict[str, str]:
+    timestamp = override.pop("timestamp", f"{time.time():.3f}")
+    nonce = override.pop("nonce", "n-" + hashlib.sha256(body + timestamp.encode()).hexdigest()[:20])
+    return {
+        "Authorization": f"Bearer {credential.device_id}.{credential.secret}",
+        "X-Edge-Timestamp": timestamp,
+        "X-Edge-Nonce": nonce,
+        "X-Edge-Signature": protocol.sign(credential.signing_key, method, path, timestamp, nonce, body),
+        **override,
+    }
+
+
+def batch_body(uuid: str = "01a22600-0000-7000-8000-000000000001") -> bytes:
+    payload = {"result": {"finding": "normal"}}
+    record = {
+        "uuid": uuid,
+        "seq": 1,
+        "kind": "result",
+        "sha256": protocol.payload_hash(payload),
+        "payload": payload,
+    }
+    return protocol.compress(
+        {"protocol": 1, "batch_id": "01a22600-0000-7000-8000-00000000000b", "records": [record]}
+    )
+
+
+def test_security_refusals(hub: Hub, tmp_path: Path) -> None:
+    one = load_settings(data_dir=tmp_path / "one")
+    two = load_settings(data_dir=tmp_path / "two")
+    first, second = hub.enroll(one, "one"), hub.enroll(two, "two")
+    post = hub.client.post
+    body = batch_body()
+    gz = {"Content-Encoding": "gzip"}
+
+    assert post("/v1/batches", content=body, headers=gz).status_code == 401  # no credential
+    forged = signed_headers(first, "POST", "/v1/batches", body)
+    forged["Authorization"] = f"Bearer {first.device_id}.not-the-secret"
+    assert post("/v1/batches", content=body, headers={**forged, **gz}).status_code == 401
+    good = signed_headers(first, "POST", "/v1/batches", body)
+    tampered = body[:-4] + b"\x00\x00\x00\x00"
+    response = post("/v1/batches", content=tampered, headers={**good, **gz})
+    assert response.status_code == 401
+    assert response.json()["code"] == "BAD_SIGNATURE"
+    assert post("/v1/batches", content=body, headers={**good, **gz}).status_code == 200
+    replay = post("/v1/batches", content=body, headers={**good, **gz})
+    assert replay.status_code == 409
+    assert replay.json()["code"] == "REPLAYED"
+    stale = signed_headers(first, "POST", "/v1/batches", body, timestamp=f"{time.time() - 3600:.3f}")
+    assert post("/v1/batches", content=body, headers={**stale, **gz}).json()["code"] == "STALE_REQUEST"
+    huge = b"\x00" * (protocol.MAX_BODY_BYTES + 1)
+    assert (
+        post(
+            "/v1/batches", content=huge, headers={**signed_headers(first, "POST", "/v1/batches", huge), **gz}
+        ).status_code
+        == 413
+    )
+    bomb = gzip.compress(b"{" + b" " * (protocol.MAX_INFLATED_BYTES + 10) + b"}")
+    bomb_reply = post(
+        "/v1/batches", content=bomb, headers={**signed_headers(first, "POST", "/v1/batches", bomb), **gz}
+    )
+    assert bomb_reply.status_code == 400
+    # Another device's data does not exist for you.
+    service.add_review(hub.engine, "01a22600-0000-7000-8000-000000000001", "agree")
+    other = hub.client.get(
+        "/v1/reviews?cursor=0", headers=signed_headers(second, "GET", "/v1/reviews?cursor=0", b"")
+    )
+    assert other.json()["reviews"] == []
+    mine = hub.client.get(
+        "/v1/reviews?cursor=0", headers=signed_headers(first, "GET", "/v1/reviews?cursor=0", b"")
+    )
+    assert len(mine.json()["reviews"]) == 1
+    start = protocol.UploadStart(
+        record_uuid="01a22600-0000-7000-8000-000000000001",
+        kind="thumbnail",
+        result_uuid="01a22600-0000-7000-8000-000000000001",
+        size=3,
+        sha256=hashlib.sha256(b"abc").hexdigest(),
+        media_type="image/png",
+    ).model_dump_json()
+    upload = post(
+        "/v1/uploads", content=start, headers=signed_headers(first, "POST", "/v1/uploads", start.encode())
+    )
+    upload_id = upload.json()["upload_id"]
+    path = f"/v1/uploads/{upload_id}"
+    theft = hub.client.patch(
+        path, content=b"abc", headers=signed_headers(second, "PATCH", path, b"abc", **{"Upload-Offset": "0"})
+    )
+    assert theft.status_code == 404
+
+
+def test_rate_limit(tmp_path: Path) -> None:
+    hub = Hub(
+        load_settings(data_dir=tmp_path / "h", hub={"rate_per_s": 1.0, "rate_burst": 5}),
+        f"sqlite:///{tmp_path / 'hub.db'}",
+    )
+    device = load_settings(data_dir=tmp_path / "d")
+    credential = hub.enroll(device)
+    codes = []
+    for index in range(12):
+        headers = signed_headers(credential, "GET", "/v1/reviews?cursor=0", b"", nonce=f"rate-{index}")
+        codes.append(hub.client.get("/v1/reviews?cursor=0", headers=headers).status_code)
+    assert 429 in codes
+    assert codes[0] == 200
+
+
+def test_signed_model_update_installs_and_bad_ones_do_not(hub: Hub, tmp_path: Path) -> None:
+    from tests.tinymodel import make_model_dir
+    from tools.publish_model import keygen, load_key, sign_release
+
+    models = tmp_path / "models"
+    make_model_dir(models)
+    public = keygen(tmp_path / "publisher.key")
+    key = load_key(tmp_path / "publisher.key")
+    newer = tmp_path / "newer" / "tiny"
+    shutil.copytree(models / "tiny", newer)
+    (newer / "model.toml").write_text(
+        (newer / "model.toml").read_text().replace('version = "0.0.1"', 'version = "0.0.2"')
+    )
+    release = sign_release(newer, key, tmp_path / "release")
+    service.publish_release(hub.engine, hub.settings.hub_dir / "files", release, tmp_path / "release")
+    device = load_settings(data_dir=tmp_path / "dev", models={"dir": models}, sync={"public_key": public})
+    with Store(device.data_dir) as store:
+        client = hub.sync_client(device, store, hub.enroll(device))
+        from edge.registry import Registry
+        from edge.sync.models import pull_models
+
+        assert pull_models(client) == 1
+        assert Registry(models).get("tiny").manifest.version == "0.0.2"
+        assert pull_models(client) == 0  # same version: nothing
+        assert list((models / ".previous").iterdir())  # the old one is kept
+        # A release signed by someone else is ignored.
+        rogue = keygen(tmp_path / "rogue.key")
+        assert rogue != public
+        newest = tmp_path / "newest" / "tiny"
+        shutil.copytree(newer, newest)
+        (newest / "model.toml").write_text((newest / "model.toml").read_text().replace('"0.0.2"', '"0.0.3"'))
+        forged = sign_release(newest, load_key(tmp_path / "rogue.key"), tmp_path / "forged")
+        service.publish_release(hub.engine, hub.settings.hub_dir / "files", forged, tmp_path / "forged")
+        assert pull_models(client) == 0
+        assert Registry(models).get("tiny").manifest.version == "0.0.2"
+
+
+def test_a_model_that_fails_its_self_test_is_rolled_back(tmp_path: Path) -> None:
+    from edge.errors import EdgeError
+    from edge.registry import Registry
+    from edge.sync.models import install
+    from tests.tinymodel import make_model_dir
+
+    models = tmp_path / "models"
+    make_model_dir(models)
+    broken = tmp_path / "staged" / "tiny"
+    shutil.copytree(models / "tiny", broken)
+    (broken / "tiny-fp32.onnx").write_bytes(b"not a model")
+    device = load_settings(data_dir=tmp_path / "dev", models={"dir": models})
+    with pytest.raises(EdgeError):
+        install(device, broken, "tiny")
+    assert Registry(models).get("tiny").variant_file("fp32").read_bytes()[:4] != b"not "
+
+
+def test_status_says_offline_when_the_hub_is_gone(tmp_path: Path) -> None:
+    device = load_settings(data_dir=tmp_path / "d", models={"dir": MODELS})
+    Credential("http://127.0.0.1:9", "dev", "secret").save(device)  # port 9: nothing listens
+    from edge.sync.runner import run_round
+
+    with Store(device.data_dir) as store, httpx.Client() as http:
+        analysed(device, store, samples(1))
+        assert run_round(SyncClient(device, store, http, Credential.load(device))) is False  # type: ignore[arg-type]
+        status = sync_status(device, store)
+    assert status["state"] == "offline"
+    assert status["pending"]["results"] == 1
+    assert "cannot be reached" in status["last_error"]
+
+
+def test_a_refusal_is_not_retried_blindly(hub: Hub, device: Settings) -> None:
+    with Store(device.data_dir) as store:
+        client = hub.sync_client(device, store, hub.enroll(device))
+        client.credential.secret = "wrong"
+        with pytest.raises(HubRefused):
+            client.pull_reviews()

@@ -1,0 +1,594 @@
+"""The technicians' TUI driven by keys (Textual's Pilot) over a store the real pipeline filled."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from textual.command import CommandPalette
+from textual.pilot import Pilot
+from textual.widgets import DataTable, Input, OptionList, Static
+
+from edge.config import Settings
+from edge.health import agent_file, snapshot
+from edge.store import Store
+from edge.tui.app import EdgeApp, create_app, run_tui
+from edge.tui.device_facts import host_facts
+from edge.tui.screens.dialogs import ConfirmDialog, ModelDialog, NoteDialog
+from edge.tui.screens.help import HelpScreen
+from edge.tui.screens.live import LiveScreen
+from edge.tui.screens.result import ResultScreen
+from edge.tui.screens.worklist import WorklistScreen
+from edge.tui.widgets.picture import Picture
+from edge.tui.widgets.score_trace import ScoreTrace
+from tests.tui_fixtures import CLIP, Filled, build_app, copy_of_template, fixed_health, settle
+
+Scenario = Callable[[Pilot[Any], list[str]], Awaitable[None]]
+
+
+@pytest.fixture
+def filled(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> tuple[Settings, Filled]:
+    return copy_of_template(tmp_path_factory, tmp_path)
+
+
+def drive(app: EdgeApp, scenario: Scenario, size: tuple[int, int] = (80, 24)) -> list[str]:
+    """Run `scenario(pilot, notifications)` against the app; returns what it notified."""
+    said: list[str] = []
+    original = app.notify
+
+    def notify(message: str, **options: Any) -> None:
+        said.append(message)
+        original(message, **options)
+
+    app.notify = notify  # type: ignore[method-assign]
+
+    async def run() -> None:
+        async with app.run_test(size=size) as pilot:
+            await settle(pilot)
+            await scenario(pilot, said)
+
+    asyncio.run(run())
+    return said
+
+
+def text_of(app: EdgeApp, selector: str) -> str:
+    return str(app.screen.query_one(selector, Static).render())
+
+
+def worklist(app: EdgeApp) -> WorklistScreen:
+    assert isinstance(app.screen, WorklistScreen)
+    return app.screen
+
+
+async def go_to_row(pilot: Pilot[Any], job_id: str) -> None:
+    table = worklist(pilot.app).query_one(DataTable)  # type: ignore[arg-type]
+    table.move_cursor(row=table.get_row_index(job_id))
+    await pilot.pause()
+
+
+async def choose_model(pilot: Pilot[Any], name: str) -> None:
+    options = pilot.app.screen.query_one(OptionList)
+    options.highlighted = next(
+        index for index in range(options.option_count) if options.get_option_at_index(index).id == name
+    )
+    await pilot.press("enter")
+    await settle(pilot)
+
+
+def store_of(settings: Settings) -> Store:
+    return Store(settings.data_dir)
+
+
+# ---------------------------------------------------------------------- worklist
+
+
+def test_worklist_shows_every_state_urgent_first_and_the_refusal_reason(
+    filled: tuple[Settings, Filled],
+) -> None:
+    settings, ids = filled
+    app = build_app(settings)
+
+    async def scenario(pilot: Pilot[Any], said: list[str]) -> None:
+        screen = worklist(pilot.app)  # type: ignore[arg-type]
+        rows = screen.rows
+        assert rows[0]["job_id"] == ids["dicom"]["job_id"]  # flagged urgent: first
+        assert [row["urgent"] for row in rows] == sorted((row["urgent"] for row in rows), reverse=True)
+        assert {row["state"] for row in rows} == {"done", "queued", "running", "refused"}
+        unflagged = [row["queued_at"] for row in rows[1:]]
+        assert unflagged == sorted(unflagged, reverse=True)  # then the newest first
+        assert "pneumonia" in text_of(pilot.app, "#row-detail")  # type: ignore[arg-type]
+        await go_to_row(pilot, ids["refused"]["job_id"])
+        detail = text_of(pilot.app, "#row-detail")  # type: ignore[arg-type]
+        assert "refused MODALITY_NOT_ACCEPTED: us-breast accepts US, not CR" in detail
+
+    drive(app, scenario)
+
+
+def test_search_and_filters_narrow_the_worklist(filled: tuple[Settings, Filled]) -> None:
+    settings, ids = filled
+    app = build_app(settings)
+
+    async def scenario(pilot: Pilot[Any], said: list[str]) -> None:
+        screen = worklist(pilot.app)  # type: ignore[arg-type]
+        everything = len(screen.rows)
+        await pilot.press("slash")
+        assert screen.query_one("#search", Input).has_focus
+        await pilot.press(*"synthetic")
+        await settle(pilot)
+        assert {row["phi_patient_name"] for row in screen.rows} == {"Sample^Synthetic"}
+        await pilot.press("escape", "f")  # back to the table; state filter: new
+        await settle(pilot)
+        assert [row["state"] for row in screen.rows] == ["queued"]
+        assert "state: new" in text_of(pilot.app, "#filter-state")  # type: ignore[arg-type]
+        await pilot.press("x", "U")  # clear, then urgent only
+        await settle(pilot)
+        assert [row["job_id"] for row in screen.rows] == [ids["dicom"]["job_id"]]
+        await pilot.press("x", "V")  # unseen results only
+        await settle(pilot)
+        assert screen.rows
+        assert all(row["result_id"] and not row["seen_at"] for row in screen.rows)
+        await pilot.press("x", "f", "f", "f", "f")  # state: refused
+        await settle(pilot)
+        assert [row["job_id"] for row in screen.rows] == [ids["refused"]["job_id"]]
+        await pilot.press("x")
+        await settle(pilot)
+        assert len(screen.rows) == everything
+
+    drive(app, scenario)
+
+
+# ---------------------------------------------------------------------- result
+
+
+def test_result_screen_shows_image_heatmap_numbers_review_and_notes(filled: tuple[Settings, Filled]) -> None:
+    settings, ids = filled
+    app = build_app(settings)
+
+    async def scenario(pilot: Pilot[Any], said: list[str]) -> None:
+        await go_to_row(pilot, ids["pneumonia_png"]["job_id"])
+        await pilot.press("enter")
+        await settle(pilot)
+        screen = pilot.app.screen
+        assert isinstance(screen, ResultScreen)
+        finding = text_of(pilot.app, "#section-finding")  # type: ignore[arg-type]
+        assert "PNEUMONIA" in finding
+        assert "P(pneumonia) = 0.9" in finding
+        assert "normal" in text_of(pilot.app, "#section-probabilities")  # type: ignore[arg-type]
+        model = text_of(pilot.app, "#section-model")  # type: ignore[arg-type]
+        assert "cxr-pneumonia 1.0.0" in model
+        assert "fp32 · onnxruntime/fp32" in model
+        assert "operating point balanced" in model
+        assert "sharpness" in text_of(pilot.app, "#section-quality")  # type: ignore[arg-type]
+        review = text_of(pilot.app, "#section-review")  # type: ignore[arg-type]
+        assert "agree" in review
+        assert "radiologist" in review
+        assert "Right lower lobe consolidation" in review
+        picture = screen.query_one(Picture)
+        assert picture.query_one(".picture-image").image is not None  # type: ignore[attr-defined]
+        assert "heatmap overlay" in str(picture.query_one(".picture-caption", Static).render())
+        await pilot.press("t")
+        await settle(pilot)
+        assert "image (t: heatmap)" in str(picture.query_one(".picture-caption", Static).render())
+        await pilot.press("escape")
+        await settle(pilot)
+        assert isinstance(pilot.app.screen, WorklistScreen)
+        await go_to_row(pilot, ids["dicom"]["job_id"])
+        await pilot.press("enter")
+        await settle(pilot)
+        notes = text_of(pilot.app, "#section-notes")  # type: ignore[arg-type]
+        assert "mother asks for a call" in notes
+        assert "tui:amina" in notes
+        assert "URGENT" in text_of(pilot.app, "#section-finding")  # type: ignore[arg-type]
+        assert "SYNTH-0003" in text_of(pilot.app, "#section-study")  # type: ignore[arg-type]
+
+    drive(app, scenario)
+
+
+def test_refused_and_clip_results_open_too(filled: tuple[Settings, Filled]) -> None:
+    settings, ids = filled
+    app = build_app(settings)
+
+    async def scenario(pilot: Pilot[Any], said: list[str]) -> None:
+        await go_to_row(pilot, ids["refused"]["job_id"])
+        await pilot.press("enter")
+        await settle(pilot)
+        assert "REFUSED" in text_of(pilot.app, "#section-finding")  # type: ignore[arg-type]
+        caption = pilot.app.screen.query_one(".picture-caption", Static).render()
+        assert "no heatmap stored" in str(caption)  # the DICOM itself, decoded
+        await pilot.press("escape")
+        await go_to_row(pilot, ids["clip"]["job_id"])
+        await pilot.press("enter")
+        await settle(pilot)
+        clip = text_of(pilot.app, "#section-clip")  # type: ignore[arg-type]
+        assert "frames analysed" in clip
+
+    drive(app, scenario)
+
+
+# ---------------------------------------------------------------------- actions
+
+
+def test_flag_urgent_note_and_mark_seen_write_through_the_store(filled: tuple[Settings, Filled]) -> None:
+    settings, ids = filled
+    app = build_app(settings)
+    breast = ids["breast"]
+
+    async def scenario(pilot: Pilot[Any], said: list[str]) -> None:
+        screen = worklist(pilot.app)  # type: ignore[arg-type]
+        await go_to_row(pilot, breast["job_id"])
+        await pilot.press("u")
+        await settle(pilot)
+        assert said[-1].startswith("flagged urgent")
+        assert screen.current_item()["job_id"] == breast["job_id"]  # type: ignore[index]
+        # Both urgent now: the newer first.
+        assert [row["job_id"] for row in screen.rows[:2]] == [breast["job_id"], ids["dicom"]["job_id"]]
+        await pilot.press("n")
+        await pilot.pause()
+        dialog = pilot.app.screen
+        assert isinstance(dialog, NoteDialog)
+        dialog.query_one(Input).value = "Lump in the left breast, 2 cm; repeat in 6 weeks."
+        await pilot.press("enter")
+        await settle(pilot)
+        assert said[-1] == "note added"
+        await pilot.press("m")
+        await settle(pilot)
+        assert said[-1] == "marked seen"
+        await pilot.press("m")
+        await settle(pilot)
+        assert said[-1] == "already marked seen"
+
+    drive(app, scenario)
+    with store_of(settings) as store:
+        study = store.db.execute("SELECT urgent FROM studies WHERE id = ?", [breast["study_id"]]).fetchone()
+        assert study["urgent"] == 1
+        notes = store.notes_for(breast["study_id"])
+        assert [(n["phi_text"], n["author"], n["result_id"]) for n in notes] == [
+            ("Lump in the left breast, 2 cm; repeat in 6 weeks.", "tui:test", breast["result_id"])
+        ]
+        seen = store.result(breast["result_id"])
+        assert seen is not None
+        assert seen["seen_by"] == "tui:test"
+        actions = [(a["action"], a["actor"]) for a in store.audit_rows() if a["actor"] == "tui:test"]
+        assert actions == [
+            ("study.urgent", "tui:test"),
+            ("note.added", "tui:test"),
+            ("result.seen", "tui:test"),
+        ]
+        note_audit = next(store.audit_rows("note.added"))
+        assert "Lump" not in note_audit["detail"]  # free text never goes into the audit trail
+
+
+def test_rerun_with_another_model_is_analysed_here_when_no_agent_runs(
+    filled: tuple[Settings, Filled],
+) -> None:
+    settings, ids = filled
+    app = build_app(settings)
+
+    async def scenario(pilot: Pilot[Any], said: list[str]) -> None:
+        screen = worklist(pilot.app)  # type: ignore[arg-type]
+        before = len(screen.rows)
+        await go_to_row(pilot, ids["normal_png"]["job_id"])
+        await pilot.press("r")
+        await settle(pilot)
+        assert isinstance(pilot.app.screen, ModelDialog)
+        await pilot.press("enter")  # the cursor starts on the other model
+        await settle(pilot)
+        assert said[-1].startswith("us-breast: ")  # scored at once: the agent is not running
+        assert len(screen.rows) == before + 1
+        # The refused job again: the gate refuses it again, with its reason.
+        await go_to_row(pilot, ids["refused"]["job_id"])
+        await pilot.press("r")
+        await settle(pilot)
+        await choose_model(pilot, "us-breast")
+        assert "did not score it: MODALITY_NOT_ACCEPTED" in said[-1]
+        # Choosing the model that already scored it changes nothing.
+        await go_to_row(pilot, ids["normal_png"]["job_id"])
+        await pilot.press("r")
+        await settle(pilot)
+        await choose_model(pilot, "cxr-pneumonia")
+        assert said[-1].startswith("already analysed with cxr-pneumonia")
+
+    drive(app, scenario)
+    with store_of(settings) as store:
+        jobs = store.db.execute(
+            "SELECT model_name, state FROM jobs WHERE image_id = ? ORDER BY model_name",
+            [ids["normal_png"]["image_id"]],
+        ).fetchall()
+        assert [tuple(job) for job in jobs] == [("cxr-pneumonia", "done"), ("us-breast", "done")]
+        assert len(list(store.audit_rows("job.rerun"))) == 2
+
+
+def test_rerun_is_left_to_a_running_agent(filled: tuple[Settings, Filled]) -> None:
+    settings, ids = filled
+    agent_file(settings).write_text(json.dumps({"pid": os.getpid(), "updated_epoch": time.time()}))
+    app = build_app(settings)
+
+    async def scenario(pilot: Pilot[Any], said: list[str]) -> None:
+        assert pilot.app.agent_status == f"agent running, pid {os.getpid()}"  # type: ignore[attr-defined]
+        await go_to_row(pilot, ids["breast"]["job_id"])
+        await pilot.press("r")
+        await settle(pilot)
+        await pilot.press("enter")  # the cursor starts on the other model: cxr-pneumonia
+        await settle(pilot)
+        assert said[-1] == "queued for cxr-pneumonia: the agent will analyse it"
+
+    drive(app, scenario)
+    with store_of(settings) as store:
+        job = store.db.execute(
+            "SELECT state FROM jobs WHERE image_id = ? AND model_name = 'cxr-pneumonia'",
+            [ids["breast"]["image_id"]],
+        ).fetchone()
+        assert job["state"] == "queued"
+
+
+def test_delete_asks_first_then_removes_rows_and_files_with_an_audit_row(
+    filled: tuple[Settings, Filled],
+) -> None:
+    settings, ids = filled
+    target = ids["pneumonia_png"]
+    with store_of(settings) as store:
+        image = settings.data_dir / store.image(target["image_id"])["path"]  # type: ignore[index]
+        heatmap = settings.data_dir / store.result(target["result_id"])["heatmap_path"]  # type: ignore[index]
+    assert image.is_file()
+    assert heatmap.is_file()
+    app = build_app(settings)
+
+    async def scenario(pilot: Pilot[Any], said: list[str]) -> None:
+        await go_to_row(pilot, target["job_id"])
+        await pilot.press("D")
+        await settle(pilot)
+        assert isinstance(pilot.app.screen, ConfirmDialog)
+        await pilot.press("enter", "n")  # Enter does not confirm; n keeps it
+        await settle(pilot)
+        assert said[-1] == "nothing deleted"
+        assert image.is_file()
+        await pilot.press("delete")
+        await settle(pilot)
+        await pilot.press("y")
+        await settle(pilot)
+        assert said[-1].startswith("study deleted: 1 image(s), 1 result(s)")
+        assert target["job_id"] not in {row["job_id"] for row in worklist(pilot.app).rows}  # type: ignore[arg-type]
+
+    drive(app, scenario)
+    assert not image.exists()
+    assert not heatmap.exists()
+    with store_of(settings) as store:
+        assert store.worklist_item(target["job_id"]) is None
+        audit = list(store.audit_rows("study.deleted"))
+        assert [(a["actor"], a["subject_id"]) for a in audit] == [("tui:test", target["study_id"])]
+        assert json.loads(audit[0]["detail"])["files"] == 2
+
+
+def test_delete_from_the_result_screen_returns_to_the_worklist(filled: tuple[Settings, Filled]) -> None:
+    settings, ids = filled
+    app = build_app(settings)
+
+    async def scenario(pilot: Pilot[Any], said: list[str]) -> None:
+        await go_to_row(pilot, ids["clip"]["job_id"])
+        await pilot.press("enter")
+        await settle(pilot)
+        await pilot.press("D")
+        await settle(pilot)
+        await pilot.press("y")
+        await settle(pilot)
+        assert isinstance(pilot.app.screen, WorklistScreen)
+        assert said[-1].startswith("study deleted")
+
+    drive(app, scenario)
+    with store_of(settings) as store:
+        assert store.clip_for_result(ids["clip"]["result_id"]) is None
+    assert not list((settings.data_dir / "clips").rglob("*.png"))
+
+
+def test_a_study_being_analysed_cannot_be_deleted(filled: tuple[Settings, Filled]) -> None:
+    settings, _ = filled
+    app = build_app(settings)
+
+    async def scenario(pilot: Pilot[Any], said: list[str]) -> None:
+        running = next(row for row in worklist(pilot.app).rows if row["state"] == "running")  # type: ignore[arg-type]
+        await go_to_row(pilot, running["job_id"])
+        await pilot.press("D")
+        await settle(pilot)
+        assert not isinstance(pilot.app.screen, ConfirmDialog)
+        assert "being analysed right now" in said[-1]
+
+    drive(app, scenario)
+
+
+# ---------------------------------------------------------------------- navigation, help, palette
+
+
+def test_keys_reach_every_screen_help_and_the_command_palette(filled: tuple[Settings, Filled]) -> None:
+    settings, _ = filled
+    app = build_app(settings)
+
+    async def scenario(pilot: Pilot[Any], said: list[str]) -> None:
+        for key, title in (
+            ("2", "LiveScreen"),
+            ("3", "SyncScreen"),
+            ("4", "DeviceScreen"),
+            ("1", "WorklistScreen"),
+        ):
+            await pilot.press(key)
+            await settle(pilot)
+            assert type(pilot.app.screen).__name__ == title
+        await pilot.press("question_mark")
+        await pilot.pause()
+        assert isinstance(pilot.app.screen, HelpScreen)
+        keys = str(pilot.app.screen.query_one("#help-body Static", Static).render())
+        for words in ("Urgent", "Re-run", "Delete", "Sync now", "Clip", "ctrl+p"):
+            assert words in keys
+        await pilot.press("escape")
+        commands = {command.title for command in pilot.app.get_system_commands(pilot.app.screen)}
+        assert {"Go to Sync", "Go to Device", "Urgent", "Note", "Re-run", "Delete", "Search"} <= commands
+        await pilot.press("3", "ctrl+p")
+        await pilot.pause()
+        assert isinstance(pilot.app.screen, CommandPalette)
+        await pilot.press(*"sync now")
+        await pilot.pause(0.5)
+        await pilot.press("enter")
+        await settle(pilot)
+        assert said[-1].startswith("no sync service is running") or "sync" in said[-1]
+
+    drive(app, scenario)
+
+
+def test_sync_panel_shows_the_sync_report_in_plain_words(
+    filled: tuple[Settings, Filled], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings, _ = filled
+    report = {
+        "state": "failed",
+        "hub": "https://hub.example.org",
+        "last_success": "2025-03-14T07:58:00.000Z",
+        "last_error": "the hub refused the device's signature: its clock is 9 minutes off",
+        "last_error_at": "2025-03-14T09:25:00.000Z",
+        "pending": {"results": 4, "files": 9},
+    }
+    app = build_app(settings, health=fixed_health(snapshot, sync=report))
+    monkeypatch.setattr("edge.sync.request_sync_now", lambda settings: True)
+
+    async def scenario(pilot: Pilot[Any], said: list[str]) -> None:
+        await pilot.press("3")
+        await settle(pilot)
+        assert "FAILED" in text_of(pilot.app, "#sync-state")  # type: ignore[arg-type]
+        facts = text_of(pilot.app, "#sync-facts")  # type: ignore[arg-type]
+        assert "2025-03-14 07:58" in facts
+        assert "4 results, 9 files" in facts
+        assert "clock is 9 minutes off" in text_of(pilot.app, "#sync-error")  # type: ignore[arg-type]
+        await pilot.press("s")
+        await settle(pilot)
+        assert said[-1].startswith("sync requested")
+
+    drive(app, scenario)
+
+
+def test_device_screen_shows_disk_queue_models_services_and_jetson_temperature(
+    filled: tuple[Settings, Filled],
+) -> None:
+    settings, _ = filled
+    app = build_app(settings)
+
+    async def scenario(pilot: Pilot[Any], said: list[str]) -> None:
+        await pilot.press("4")
+        await settle(pilot)
+        assert "41.0 GB free" in text_of(pilot.app, "#device-storage")  # type: ignore[arg-type]
+        assert "1 new, 1 running, 1 refused" in text_of(pilot.app, "#device-queue")  # type: ignore[arg-type]
+        models = text_of(pilot.app, "#device-models")  # type: ignore[arg-type]
+        assert "cxr-pneumonia 1.0.0 · serves fp32 on onnxruntime/fp32" in models
+        assert "not running" in text_of(pilot.app, "#device-services")  # type: ignore[arg-type]
+        host = text_of(pilot.app, "#device-host")  # type: ignore[arg-type]
+        assert "Jetson Orin Nano" in host
+        assert "GPU load 37%" in host
+        assert "gpu-thermal 54°C" in host
+
+    drive(app, scenario)
+
+
+def test_an_empty_device_says_how_studies_arrive(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "empty")
+    Store(settings.data_dir).close()
+    app = build_app(settings)
+
+    async def scenario(pilot: Pilot[Any], said: list[str]) -> None:
+        assert "No studies yet" in text_of(pilot.app, "#row-detail")  # type: ignore[arg-type]
+        await pilot.press("u")
+        assert said[-1] == "no study selected"
+
+    drive(app, scenario)
+
+
+def test_run_tui_creates_the_database_and_returns_the_exit_status(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = Settings(data_dir=tmp_path / "fresh")
+    monkeypatch.setattr(EdgeApp, "run", lambda self, **options: None)
+    assert run_tui(settings) == 0
+    assert settings.db_path.is_file()
+    assert isinstance(create_app(settings), EdgeApp)
+
+
+# ---------------------------------------------------------------------- live ultrasound
+
+
+@pytest.mark.slow
+def test_live_screen_scores_a_recording_and_stores_the_clip(filled: tuple[Settings, Filled]) -> None:
+    settings, _ = filled
+    app = build_app(settings, live_source=str(CLIP))
+
+    async def scenario(pilot: Pilot[Any], said: list[str]) -> None:
+        await pilot.press("2")
+        await settle(pilot)
+        screen = pilot.app.screen
+        assert isinstance(screen, LiveScreen)
+        await pilot.press("c")  # records a clip, starting the analysis
+        await settle(pilot)  # the recording plays to its end (lossless, not real time)
+        assert not screen.running
+        assert screen.recording
+        assert len(screen.scores) >= 10
+        assert all(0.0 <= value <= 1.0 for value in screen.scores)
+        assert screen.query_one(ScoreTrace).values == screen.scores
+        assert screen.query_one(".picture-image").image is not None  # type: ignore[attr-defined]
+        assert "OK" in text_of(pilot.app, "#live-status")  # type: ignore[arg-type]
+        assert "end of file" in text_of(pilot.app, "#live-info")  # type: ignore[arg-type]
+        await pilot.press("c")
+        await settle(pilot)
+        assert said[-1].startswith("clip stored: ")
+        assert "clip stored" in text_of(pilot.app, "#live-clip")  # type: ignore[arg-type]
+
+    drive(app, scenario)
+    with store_of(settings) as store:
+        clips = store.db.execute(
+            "SELECT source, frames_analysed FROM clips WHERE source = 'capture'"
+        ).fetchall()
+        assert len(clips) == 1
+        assert clips[0]["frames_analysed"] >= 3
+        assert [a["actor"] for a in store.audit_rows("clip.recorded")] == ["file", "capture"]
+
+
+def test_live_screen_says_when_the_source_cannot_be_opened(
+    filled: tuple[Settings, Filled], tmp_path: Path
+) -> None:
+    settings, _ = filled
+    app = build_app(settings, live_source=str(tmp_path / "no-such-recording.mp4"))
+
+    async def scenario(pilot: Pilot[Any], said: list[str]) -> None:
+        await pilot.press("2", "a")
+        await settle(pilot)
+        assert "cannot open no-such-recording.mp4" in said[-1]
+        await pilot.press("c")  # a clip, starting the analysis again
+        await settle(pilot)
+        await pilot.press("c")
+        await settle(pilot)
+        assert "VIDEO_" in said[-1]  # nothing analysed: no clip, and the code says why
+
+    drive(app, scenario)
+
+
+def test_host_facts_read_a_jetson_from_proc_and_sys(tmp_path: Path) -> None:
+    def put(relative: str, text: str) -> None:
+        path = tmp_path / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+    put("proc/device-tree/model", "NVIDIA Jetson Orin Nano Developer Kit\x00")
+    put("sys/class/thermal/thermal_zone0/type", "cpu-thermal\n")
+    put("sys/class/thermal/thermal_zone0/temp", "52300\n")
+    put("sys/class/thermal/thermal_zone1/type", "gpu-thermal\n")
+    put("sys/class/thermal/thermal_zone1/temp", "54100\n")
+    put("sys/devices/gpu.0/load", "370\n")
+    put("proc/meminfo", "MemTotal:        7803000 kB\nMemFree: 1 kB\nMemAvailable:    4515000 kB\n")
+    facts = host_facts(tmp_path)
+    assert facts["board"] == "NVIDIA Jetson Orin Nano Developer Kit"
+    assert facts["jetson"] is True
+    assert facts["gpu_load"] == 0.37
+    assert facts["temperatures"] == [("cpu-thermal", 52.3), ("gpu-thermal", 54.1)]
+    assert facts["memory_mb"] == (7620, 4409)
+    bare = host_facts(tmp_path / "nothing-here")
+    assert (bare["board"], bare["jetson"], bare["gpu_load"], bare["temperatures"]) == (None, False, None, [])
