@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import platform
 import statistics
-import struct
 import tempfile
 import time
-import zlib
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
@@ -29,6 +27,7 @@ from rich.table import Table
 from edge.config import Settings
 from edge.errors import Code, EdgeError
 from edge.imaging.decode import decode_bytes
+from edge.imaging.png import with_text
 from edge.imaging.preprocess import preprocess
 from edge.pipeline import Pipeline
 from edge.registry import ModelEntry, Registry
@@ -57,13 +56,7 @@ def timed(fn: Callable[[], object], runs: int, warmup: int = WARMUP) -> dict[str
 
 def png_variants(data: bytes, count: int, tag: str = "") -> list[bytes]:
     """The same PNG with a distinct tEXt chunk each: same pixels, distinct bytes and sha256."""
-    end = data.rindex(b"IEND") - 4
-    out = []
-    for index in range(count):
-        body = b"tEXt" + b"bench\x00" + f"{tag}{index}".encode()
-        chunk = struct.pack(">I", len(body) - 4) + body + struct.pack(">I", zlib.crc32(body))
-        out.append(data[:end] + chunk + data[end:])
-    return out
+    return [with_text(data, "bench", f"{tag}{index}") for index in range(count)]
 
 
 def dicom_variants(data: bytes, count: int, tag: str = "") -> list[bytes]:

@@ -258,11 +258,15 @@ def test_dicom_without_pixels_is_refused() -> None:
     assert refusal(dicomgen.to_bytes(ds)) is Code.DICOM_NO_PIXELS
 
 
-def test_multiframe_goes_to_the_video_path() -> None:
-    frames = np.stack([IMAGE] * 3)
+def test_a_multiframe_decodes_to_its_middle_frame_for_the_gate() -> None:
+    """A cine decodes to its middle frame (metadata, gate); the whole file goes to the video path
+    (tests/test_video.py: test_a_dicom_cine_goes_to_the_video_path)."""
+    frames = np.stack([np.zeros_like(IMAGE), IMAGE, np.full_like(IMAGE, 255)])
     ds = dicomgen.base_dataset(dicomgen.US_STORAGE, modality="US")
     ds.set_pixel_data(frames, "MONOCHROME2", 8)
-    assert refusal(dicomgen.to_bytes(ds)) is Code.DICOM_MULTIFRAME
+    decoded = decode_bytes(dicomgen.to_bytes(ds))
+    assert decoded.frames == 3
+    assert np.array_equal(decoded.pixels, IMAGE)
 
 
 def test_garbage_after_the_dicom_preamble() -> None:

@@ -423,3 +423,31 @@ def test_a_refusal_is_not_retried_blindly(hub: Hub, device: Settings) -> None:
         client.credential.secret = "wrong"
         with pytest.raises(HubRefused):
             client.pull_reviews()
+
+
+def test_a_result_gone_from_the_device_does_not_wedge_the_queue(hub: Hub, device: Settings) -> None:
+    """A study deleted on the device while its result and files wait to be sent: the rest still
+    go, the vanished ones are closed with a note, nothing is retried forever."""
+    with Store(device.data_dir) as store:
+        result_ids = analysed(device, store, samples(3))
+        client = hub.sync_client(device, store, hub.enroll(device))
+        assert client.push_results() == 3
+        client.queue_uploads()
+        # Remove one result behind the store's back (an older version deleted without withdrawing).
+        gone = result_ids[1]
+        store.db.execute("UPDATE outbox SET acked_at = NULL WHERE kind = 'result'")
+        store.db.execute("DELETE FROM results WHERE id = ?", [gone])
+        store.db.conn.commit()
+        counts = client.run_round()
+        assert counts["results"] == 2
+        assert store.pending_counts() == {}
+        notes = [
+            row[0]
+            for row in store.db.execute(
+                "SELECT last_error FROM outbox WHERE kind IN ('result', 'heatmap')"
+                " AND (ref_id = ? OR payload LIKE ?)",
+                [gone, f'%"{gone}"%'],
+            )
+        ]
+        assert len(notes) == 2  # the result and its heatmap; the image itself is still there
+        assert all(note and note.startswith("withdrawn") for note in notes)

@@ -140,6 +140,36 @@ def test_the_same_recording_twice_is_one_clip(pipeline: Pipeline, tmp_path: Path
     assert pipeline.store.counts()["results"] == 1
 
 
+def test_the_same_frames_captured_twice_are_two_clips(pipeline: Pipeline) -> None:
+    """Live captures have no file to deduplicate by: two captures of the same frames (a probe
+    held still, a replayed recording) are two clips, though their key frames match pixel for pixel."""
+    from edge.store.records import StudyInfo
+    from edge.video.analysis import _record, store_clip
+
+    needs_data()
+    served = pipeline.pool.get(ultrasound_model())
+    ids = []
+    for _ in range(2):
+        source = FrameSource(str(CLIPS[0]), realtime=False, lossless=True)
+        summary, analyzer, elapsed = _record(pipeline, served, source)
+        ids.append(
+            store_clip(
+                pipeline,
+                summary,
+                served,
+                analyzer,
+                source="capture",
+                source_sha256=None,
+                study=StudyInfo(modality="US", description="live capture"),
+                elapsed_s=elapsed,
+            )
+        )
+    assert ids[0] != ids[1]
+    counts = pipeline.store.counts()
+    assert counts["results"] == 2
+    assert counts["images"] == 2
+
+
 def test_lung_clips_point_the_right_way(pipeline: Pipeline) -> None:
     needs_data()
     if ultrasound_model() != "us-lung":

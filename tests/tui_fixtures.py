@@ -37,8 +37,8 @@ RECORDINGS = REPO.parent / "shared" / "data" / "ultrasound-video" / "devices"
 if not RECORDINGS.is_dir():  # a checkout elsewhere: the shared data sit beside the work tree
     RECORDINGS = Path("/work/shared/data/ultrasound-video/devices")
 CLIP = RECORDINGS / "clarius-ocular-short.mp4"  # the live screen plays this one
-STORED_CLIP = RECORDINGS / "butterfly-ocular-phantom.mp4"  # the store's clip result (another file:
-# the same recording stored twice gives byte-identical key frames, which the store refuses)
+STORED_CLIP = RECORDINGS / "butterfly-ocular-phantom.mp4"  # the store's clip result (another file,
+# so the worklist shows two different recordings)
 NOW = datetime(2025, 3, 14, 9, 30, tzinfo=timezone.utc)
 
 

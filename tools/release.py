@@ -211,11 +211,28 @@ def write_samples(
         rows.append({"path": relative, "label": recipe.labels[sample.label], "origin": sample.path})
     if not any((folder / "demo").iterdir()):
         (folder / "demo").rmdir()
+    write_sample_labels(recipe, folder, rows)
+    return rows
+
+
+def write_sample_labels(recipe: Recipe, folder: Path, rows: list[dict[str, str]]) -> None:
+    """labels.csv of the samples, each row attributed with its licence and source where the data
+    set records them per image (the lung set mixes sources)."""
+    attribution: dict[str, dict[str, str]] = {}
+    with (recipe.data_root / recipe.data["labels_csv"]).open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            attribution[row[recipe.data["path_column"]]] = {
+                "license": row.get("license", ""),
+                "source_url": row.get("source_url", ""),
+            }
+    columns = ["path", "label", "origin"]
+    if any(a["license"] or a["source_url"] for a in attribution.values()):
+        columns += ["license", "source_url"]
+        rows = [{**row, **attribution.get(row["origin"], {})} for row in rows]
     with (folder / "labels.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, ["path", "label", "origin"])
+        writer = csv.DictWriter(handle, columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    return rows
 
 
 def torch_logits(recipe: Recipe, samples_dir: Path, rows: list[dict[str, str]]) -> dict[str, list[float]]:

@@ -164,7 +164,8 @@ class Store(Reads, TechnicianActions, SyncRecords):
         )
         return study_id
 
-    def _insert_job(self, image_id: str, model_name: str, now: str) -> str:
+    def _insert_job(self, image_id: str, model_name: str, now: str, **columns: Any) -> str:
+        """A new job row (queued unless `columns` say otherwise); its id."""
         job_id = uuid7()
         self._insert(
             "jobs",
@@ -175,6 +176,7 @@ class Store(Reads, TechnicianActions, SyncRecords):
                 "state": "queued",
                 "created_at": now,
                 "updated_at": now,
+                **columns,
             },
         )
         return job_id
@@ -266,20 +268,8 @@ class Store(Reads, TechnicianActions, SyncRecords):
                         "created_at": now,
                     },
                 )
-                job_id = uuid7()
-                self._insert(
-                    "jobs",
-                    {
-                        "id": job_id,
-                        "image_id": image_id,
-                        "model_name": model_name,
-                        "state": "done",
-                        "attempts": 1,
-                        "worker": actor,
-                        "claimed_at": now,
-                        "created_at": now,
-                        "updated_at": now,
-                    },
+                job_id = self._insert_job(
+                    image_id, model_name, now, state="done", attempts=1, worker=actor, claimed_at=now
                 )
                 self._insert(
                     "results",

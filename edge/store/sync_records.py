@@ -11,7 +11,6 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from edge.ids import uuid7
 from edge.store.records import utc_now
 
 
@@ -23,6 +22,7 @@ class SyncRecords:
     _writing: Callable[[str], AbstractContextManager[None]]
     _transaction: Callable[[], AbstractContextManager[None]]
     _insert: Callable[[str, dict[str, Any]], None]
+    _enqueue_outbox: Callable[[str, str, dict[str, Any]], None]
     _audit: Callable[[str, str, str | None, dict[str, Any]], None]
 
     # ------------------------------------------------------------------ outbox
@@ -68,16 +68,7 @@ class SyncRecords:
                 ).fetchone()
                 if exists:
                     continue
-                self._insert(
-                    "outbox",
-                    {
-                        "id": uuid7(),
-                        "kind": kind,
-                        "ref_id": ref_id,
-                        "payload": json.dumps(payload, sort_keys=True),
-                        "created_at": utc_now(),
-                    },
-                )
+                self._enqueue_outbox(kind, ref_id, payload)
                 added += 1
         return added
 

@@ -71,6 +71,7 @@ class TechnicianActions:
     _writing: Callable[[str], contextlib.AbstractContextManager[None]]
     _audit: Callable[[str, str, str | None, dict[str, Any]], None]
     _insert: Callable[[str, dict[str, Any]], None]
+    _insert_job: Callable[..., str]
 
     # ------------------------------------------------------------------ reads
 
@@ -226,19 +227,7 @@ class TechnicianActions:
                 "SELECT id, state FROM jobs WHERE image_id = ? AND model_name = ?", [image_id, model_name]
             ).fetchone()
             if job is None:
-                job_id = uuid7()
-                self._insert(
-                    "jobs",
-                    {
-                        "id": job_id,
-                        "image_id": image_id,
-                        "model_name": model_name,
-                        "state": "queued",
-                        "priority": priority,
-                        "created_at": now,
-                        "updated_at": now,
-                    },
-                )
+                job_id = self._insert_job(image_id, model_name, now, priority=priority)
             elif job["state"] in ("refused", "failed"):
                 job_id = str(job["id"])
                 self.db.execute(

@@ -16,6 +16,7 @@ import logging
 import secrets
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,9 @@ class SyncClient:
         self.credential = credential
         self.deid = Deidentifier.for_device(settings.data_dir / "sync", settings.sync.dates)
         self.bytes_sent = 0
+        # Called after every answered request: the service's watchdog pets on progress, so a long
+        # drain over a slow link is alive while a hung one is restarted.
+        self.on_progress: Callable[[], None] = lambda: None
 
     # ------------------------------------------------------------------ transport
 
@@ -129,6 +133,7 @@ class SyncClient:
         except httpx.TransportError as exc:
             raise HubUnavailable(f"{type(exc).__name__}: {exc}") from exc
         self.bytes_sent += len(body) + sum(len(k) + len(v) for k, v in signed.items())
+        self.on_progress()
         if response.status_code == 429 or response.status_code >= 500:
             raise HubUnavailable(f"hub answered {response.status_code}")
         if response.status_code == 401 and "STALE_REQUEST" in response.text:
@@ -157,7 +162,17 @@ class SyncClient:
             rows = self.store.pending_outbox(["result"], self.settings.sync.batch_records)
             if not rows:
                 return sent
-            records = [self._record(row) for row in rows]
+            built = [(row, self._record(row)) for row in rows]
+            gone = [row["id"] for row, record in built if record is None]
+            if gone:
+                # A study deleted on the device after its result was queued: nothing to send, and
+                # a missing row must not wedge the queue behind it.
+                log.warning("%d queued result(s) no longer on the device; not sent", len(gone))
+                self.store.mark_acked(gone, note="withdrawn: the result is no longer on the device")
+            rows = [row for row, record in built if record is not None]
+            records = [record for _, record in built if record is not None]
+            if not records:
+                continue
             batch = protocol.Batch(batch_id=str(uuid.uuid4()), records=records)
             try:
                 response = self._send(
@@ -177,10 +192,10 @@ class SyncClient:
                 self.store.mark_acked([by_uuid[u] for u in reply.quarantined], note="quarantined by the hub")
             sent += len(reply.stored) + len(reply.duplicates)
 
-    def _record(self, row: dict[str, Any]) -> protocol.Record:
+    def _record(self, row: dict[str, Any]) -> protocol.Record | None:
         result = self.store.result(row["ref_id"])
         if result is None:
-            raise EdgeError(Code.STORE_WRITE_FAILED, f"outbox row {row['id']} names a missing result")
+            return None
         image = self.store.image(result["image_id"]) or {}
         image["meta"] = json.loads(image.get("meta") or "{}")
         study = dict(
@@ -218,7 +233,15 @@ class SyncClient:
         done = 0
         for row in self.store.pending_outbox(["thumbnail", "heatmap", "image"], 1000):
             payload = json.loads(row["payload"])
-            data, media_type = self._file_bytes(row["kind"], payload)
+            try:
+                data, media_type = self._file_bytes(row["kind"], payload)
+            except (KeyError, TypeError, FileNotFoundError) as exc:
+                # Deleted with its study, or the file is gone: say so once, keep the queue moving.
+                log.warning(
+                    "%s for %s is no longer on the device (%s); not sent", row["kind"], row["ref_id"], exc
+                )
+                self.store.mark_acked([row["id"]], note="withdrawn: the file is no longer on the device")
+                continue
             if data is None:
                 self.store.mark_acked([row["id"]], note="withheld: must not leave the device")
                 continue
@@ -232,7 +255,7 @@ class SyncClient:
         if kind == "heatmap":
             result = store.result(payload["result_id"]) or {}
             return (store.data_dir / result["heatmap_path"]).read_bytes(), "image/png"
-        image = store.image(payload["image_id"]) or {}
+        image = store.image(payload["image_id"]) or {}  # {} (deleted): KeyError below
         data = (store.data_dir / image["path"]).read_bytes()
         if kind == "image" and image["format"] == "dicom":
             return self.deid.dicom(data), "application/dicom"

@@ -4,6 +4,10 @@ Rounds run every `interval_s` while all goes well; after a failure the wait grow
 (with jitter) up to `max_backoff_s`, so a dead link costs almost nothing and a returning one is
 found by itself. `edge sync now` (SIGUSR1) wakes it at once. State for `edge sync status`, the
 TUI and the health snapshot is written to the store after every round.
+
+Under systemd (edge-sync.service, Type=notify) it says READY=1 once the store is open and pets
+the watchdog while it waits and after every answered request, never from a side thread: a
+request hung past its timeout, or a wedged store, stops the pets and systemd restarts it.
 """
 
 from __future__ import annotations
@@ -13,9 +17,11 @@ import os
 import random
 import signal
 import threading
+import time
 
 import httpx
 
+from edge import service
 from edge.config import Settings
 from edge.store import Store
 from edge.store.files import write_atomically
@@ -78,13 +84,49 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> int:
         httpx.Client() as http,
     ):
         client = SyncClient(settings, store, http, credential)
+        pet = _Petter(service.watchdog_interval())
+        client.on_progress = pet
         log.info("sync agent for %s running", credential.hub_url)
+        service.notify(f"READY=1\nSTATUS=syncing with {credential.hub_url}")
         while not stop.is_set():
             ok = run_round(client)
+            pet()
             failures = 0 if ok else failures + 1
             delay = settings.sync.interval_s if ok else min(settings.sync.max_backoff_s, 2.0**failures)
             delay *= random.uniform(0.5, 1.0)  # jitter: a fleet coming back does not arrive in step
-            wake.wait(delay)
+            service.notify(f"STATUS={_status_line(store)}")
+            deadline = time.monotonic() + delay
+            while not stop.is_set() and (left := deadline - time.monotonic()) > 0:
+                if wake.wait(min(left, pet.interval or left)):
+                    break
+                pet()
             wake.clear()
+        service.notify("STOPPING=1")
     pid_file(settings).unlink(missing_ok=True)
     return 0
+
+
+class _Petter:
+    """WATCHDOG=1 at most every interval/4 (the interval is already half of WatchdogSec)."""
+
+    def __init__(self, interval: float | None) -> None:
+        self.interval = interval
+        self._last = 0.0
+
+    def __call__(self) -> None:
+        if self.interval is None:
+            return
+        now = time.monotonic()
+        if now - self._last >= self.interval / 4:
+            service.notify("WATCHDOG=1")
+            self._last = now
+
+
+def _status_line(store: Store) -> str:
+    pending = store.pending_counts()
+    state = store.sync_state()
+    waiting = ", ".join(f"{count} {kind}" for kind, count in sorted(pending.items())) or "nothing"
+    since_success = (state.get("last_error_at") or "") > (state.get("last_success") or "")
+    failing = bool(state.get("last_error")) and since_success
+    error = f"; failing: {state['last_error']}" if failing else ""
+    return f"waiting: {waiting}{error}"[:200]

@@ -20,6 +20,7 @@ from edge.errors import Code, EdgeError
 from edge.ids import uuid7
 from edge.imaging.decode import DecodedImage
 from edge.imaging.explain import heatmap_png
+from edge.imaging.png import with_text
 from edge.pipeline import Analysis, Pipeline
 from edge.postprocess import decide_from_probabilities
 from edge.serving import ServedModel
@@ -204,7 +205,8 @@ def store_clip(
             store.complete_job(job, record, result_id, clip=clip)
         else:
             best = max(summary.key_frames, key=lambda k: k.probability)
-            png = _png(best.image)
+            # Tagged with its clip, so the same frames captured twice stay two clips.
+            png = with_text(_png(best.image), "edge-clip", result_id)
             key_image = NewImage(
                 data=png,
                 sha256=hashlib.sha256(png).hexdigest(),
