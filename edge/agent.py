@@ -127,7 +127,11 @@ class Agent:
                         store.checkpoint()
                         last_checkpoint = now
                     if now - last_retention > RETENTION_EVERY_S:
-                        housekeeping.purge_expired(store, self.settings.store.retention_days)
+                        housekeeping.purge_expired(
+                            store,
+                            self.settings.store.retention_days,
+                            image_upload=self.settings.sync.images == "full",
+                        )
                         last_retention = now
                     self._write_agent_file(store)
                 except EdgeError as error:

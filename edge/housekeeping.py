@@ -7,7 +7,9 @@ WAL checkpoints. Called by the agent's maintenance thread and by `edge doctor`.
   SQLite needs free pages even to delete rows, and recreated once space is back.
 - Image and heatmap files that no row points at (a crash between the file and its commit) are
   swept once they are old enough not to belong to a commit in flight.
-- Image files go only after the hub acknowledged them and the retention period passed.
+- Image files go only after the retention period, and only once the hub acknowledged every
+  result of the image (and the image itself where full images are sent): the clinic's PACS or
+  modality is the archive, the box is not; results, heatmaps and thumbnails stay.
 """
 
 from __future__ import annotations
@@ -109,11 +111,12 @@ def sweep_orphans(store: Store, min_age_s: float = ORPHAN_AGE_S) -> int:
     return removed
 
 
-def purge_expired(store: Store, retention_days: float) -> int:
-    """Delete image files the hub acknowledged that are past retention; rows stay (purged_at)."""
+def purge_expired(store: Store, retention_days: float, *, image_upload: bool = False) -> int:
+    """Delete image files past retention whose results (and, with `image_upload`, the image
+    itself) the hub acknowledged; rows, results and heatmaps stay (images.purged_at)."""
     horizon = (datetime.now(timezone.utc) - timedelta(days=retention_days)).isoformat(timespec="milliseconds")
     purged = 0
-    for image in store.purgeable_images(horizon.replace("+00:00", "Z")):
+    for image in store.purgeable_images(horizon.replace("+00:00", "Z"), image_upload=image_upload):
         remove_quietly(store.data_dir / image["path"])
         store.mark_purged(image["id"])
         purged += 1

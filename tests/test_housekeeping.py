@@ -77,22 +77,58 @@ def test_orphans_are_swept_only_when_old(settings: Settings, store: Store) -> No
     assert not tmp.exists()
 
 
+def _result_for(store: Store, image_id: str, acked: bool) -> None:
+    """A finished job, its result and its outbox row (acknowledged by the hub or not)."""
+    job_id, result_id = f"j-{image_id}", f"r-{image_id}"
+    store.db.execute("UPDATE jobs SET state = 'done' WHERE image_id = ?", [image_id])
+    job_id = store.db.execute("SELECT id FROM jobs WHERE image_id = ?", [image_id]).fetchone()[0]
+    store.db.execute(
+        "INSERT INTO results (id, job_id, image_id, model_name, model_version, model_sha256, variant,"
+        " backend, precision, finding, finding_label, probability, probabilities, threshold,"
+        " operating_point, latency_ms, total_ms, created_at) VALUES"
+        " (?, ?, ?, 'm', '1', 'x', 'fp32', 'onnxruntime', 'fp32', 'normal', 'p', 0.1, '{}', 0.5,"
+        " 'balanced', 1, 1, '2020-01-01T00:00:00.000Z')",
+        [result_id, job_id, image_id],
+    )
+    store.db.execute(
+        "INSERT INTO outbox (id, kind, ref_id, payload, created_at, acked_at)"
+        " VALUES (?, 'result', ?, '{}', '2020-01-01T00:00:00.000Z', ?)",
+        [f"o-{result_id}", result_id, "2020-01-02T00:00:00.000Z" if acked else None],
+    )
+
+
 def test_retention_deletes_only_what_the_hub_acknowledged(settings: Settings, store: Store) -> None:
     acked = ingest_one(settings, store, png_bytes(gradient()))
     unacked = ingest_one(settings, store, png_bytes(gradient(70, 40)))
+    queued = ingest_one(settings, store, png_bytes(gradient(90, 50)))
     store.db.execute("UPDATE images SET created_at = '2020-01-01T00:00:00.000Z'")
-    for image_id, acked_at in ((acked, "2020-01-02T00:00:00.000Z"), (unacked, None)):
+    _result_for(store, acked, acked=True)
+    _result_for(store, unacked, acked=False)
+    store.db.conn.commit()
+    assert housekeeping.purge_expired(store, retention_days=30) == 1
+    assert not store.image_file(acked).exists()
+    assert store.image_file(unacked).exists()
+    assert store.image_file(queued).exists()  # its job still waits for the worker
+    assert store.image(acked)["purged_at"] is not None
+    assert store.result(f"r-{acked}") is not None  # the result stays
+    assert housekeeping.purge_expired(store, retention_days=30) == 0  # once
+
+
+def test_with_full_images_the_image_itself_must_be_acknowledged(settings: Settings, store: Store) -> None:
+    sent = ingest_one(settings, store, png_bytes(gradient()))
+    waiting = ingest_one(settings, store, png_bytes(gradient(70, 40)))
+    store.db.execute("UPDATE images SET created_at = '2020-01-01T00:00:00.000Z'")
+    for image_id, acked_at in ((sent, "2020-01-02T00:00:00.000Z"), (waiting, None)):
+        _result_for(store, image_id, acked=True)
         store.db.execute(
             "INSERT INTO outbox (id, kind, ref_id, payload, created_at, acked_at)"
             " VALUES (?, 'image', ?, '{}', ?, ?)",
             [f"o-{image_id}", image_id, "2020-01-01T00:00:00.000Z", acked_at],
         )
     store.db.conn.commit()
-    assert housekeeping.purge_expired(store, retention_days=30) == 1
-    assert not store.image_file(acked).exists()
-    assert store.image_file(unacked).exists()
-    assert store.image(acked)["purged_at"] is not None
-    assert housekeeping.purge_expired(store, retention_days=30) == 0  # once
+    assert housekeeping.purge_expired(store, retention_days=30, image_upload=True) == 1
+    assert not store.image_file(sent).exists()
+    assert store.image_file(waiting).exists()
 
 
 def test_doctor_lines_and_exit_status(

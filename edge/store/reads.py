@@ -91,17 +91,29 @@ class Reads:
                 row[key] = json.loads(row[key]) if row.get(key) else None
         return row
 
-    def purgeable_images(self, older_than: str) -> list[dict[str, Any]]:
-        """Images whose file may go: the hub acknowledged the image itself, and it is older than
-        the retention horizon. Nothing the hub has not acknowledged is ever returned."""
-        return _dicts(
-            self.db.execute(
-                "SELECT i.id, i.path FROM images i WHERE i.purged_at IS NULL AND i.created_at < ?"
-                " AND EXISTS (SELECT 1 FROM outbox o WHERE o.kind = 'image' AND o.ref_id = i.id"
-                " AND o.acked_at IS NOT NULL)",
-                [older_than],
-            )
+    def purgeable_images(self, older_than: str, *, image_upload: bool) -> list[dict[str, Any]]:
+        """Images whose file may go: older than the retention horizon, no job of it waiting or
+        running, every result of it acknowledged by the hub, and no upload of it still waiting.
+        With `image_upload` (the site sends full images) the hub must also have acknowledged the
+        image itself. Nothing the hub has not acknowledged is ever returned; an image that was
+        refused (no result) goes after retention, since it never travels."""
+        sql = (
+            "SELECT i.id, i.path FROM images i WHERE i.purged_at IS NULL AND i.created_at < ?"
+            " AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.image_id = i.id"
+            "  AND j.state IN ('queued', 'running'))"
+            " AND NOT EXISTS (SELECT 1 FROM results r WHERE r.image_id = i.id AND NOT EXISTS"
+            "  (SELECT 1 FROM outbox o WHERE o.kind = 'result' AND o.ref_id = r.id"
+            "   AND o.acked_at IS NOT NULL))"
+            " AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.kind IN ('image', 'thumbnail')"
+            "  AND o.ref_id = i.id AND o.acked_at IS NULL)"
         )
+        if image_upload:
+            sql += (
+                " AND (NOT EXISTS (SELECT 1 FROM results r WHERE r.image_id = i.id)"
+                "  OR EXISTS (SELECT 1 FROM outbox o WHERE o.kind = 'image' AND o.ref_id = i.id"
+                "  AND o.acked_at IS NOT NULL))"
+            )
+        return _dicts(self.db.execute(sql, [older_than]))
 
     def referenced_files(self) -> set[str]:
         """Every file path (relative) a row points at: images and heatmaps."""
