@@ -246,7 +246,40 @@ def _agent(settings: Settings) -> list[Check]:
 
 
 def _hub(settings: Settings) -> list[Check]:
-    return [Check("hub", "pass", "no hub configured: results stay on this device")]
+    from edge.sync import sync_agent_pid
+    from edge.sync.client import sync_status
+
+    try:
+        with Store(settings.data_dir, busy_timeout_ms=settings.store.busy_timeout_ms) as store:
+            status = sync_status(settings, store)
+    except EdgeError as error:
+        return [Check("hub", "fail", error.one_line())]
+    waiting = f"{status['pending']['results']} result(s), {status['pending']['files']} file(s) waiting"
+    if status["hub"] is None:
+        return [
+            Check(
+                "hub",
+                "pass",
+                "no hub enrolled: results stay on this device, and retention never deletes analysed"
+                " images (`edge sync enroll URL CODE` to connect one)",
+            )
+        ]
+    checks = []
+    pid = sync_agent_pid(settings)
+    if pid is None:
+        checks.append(Check("sync agent", "warn", "not running: nothing is sent (systemctl start edge-sync)"))
+    else:
+        checks.append(Check("sync agent", "pass", f"pid {pid}"))
+    since = f"last success {status['last_success'] or 'never'}"
+    if status["state"] == "failed":
+        checks.append(Check("hub", "fail", f"{status['hub']}: {status['last_error']}; {waiting}"))
+    elif status["state"] == "offline":
+        checks.append(
+            Check("hub", "warn", f"{status['hub']} unreachable ({since}); {waiting}; it retries by itself")
+        )
+    else:
+        checks.append(Check("hub", "pass", f"{status['hub']}: {status['state']}, {since}; {waiting}"))
+    return checks
 
 
 CHECKS: list[Callable[[Settings], list[Check]]] = [

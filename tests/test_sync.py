@@ -451,3 +451,29 @@ def test_a_result_gone_from_the_device_does_not_wedge_the_queue(hub: Hub, device
         ]
         assert len(notes) == 2  # the result and its heatmap; the image itself is still there
         assert all(note and note.startswith("withdrawn") for note in notes)
+
+
+def test_doctor_says_what_the_link_is_doing(hub: Hub, device: Settings) -> None:
+    from edge.doctor import run_checks
+
+    def lines() -> dict[str, tuple[str, str]]:
+        return {c.name: (c.level, c.message) for c in run_checks(device) if c.name in ("hub", "sync agent")}
+
+    assert lines()["hub"][0] == "pass"
+    assert "no hub enrolled" in lines()["hub"][1]
+    with Store(device.data_dir) as store:
+        analysed(device, store, samples(1))
+        client = hub.sync_client(device, store, hub.enroll(device))
+        client.run_round()
+        found = lines()
+        assert found["hub"][0] == "pass" and "up to date" in found["hub"][1]
+        assert found["sync agent"][0] == "warn"  # enrolled, but no `edge sync run` here
+        store.set_sync_state(
+            last_error="the hub cannot be reached: ConnectError",
+            last_error_at="2999-01-01T00:00:00.000Z",
+            last_error_kind="unavailable",
+        )
+        assert lines()["hub"][0] == "warn"
+        store.set_sync_state(last_error="the hub refused: 401", last_error_kind="refused")
+        assert lines()["hub"] == ("fail", lines()["hub"][1])
+        assert "401" in lines()["hub"][1]

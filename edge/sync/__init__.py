@@ -17,6 +17,18 @@ def pid_file(settings: Settings) -> Path:
     return settings.data_dir / "sync" / "sync.pid"
 
 
+def sync_agent_pid(settings: Settings) -> int | None:
+    """The pid of a running `edge sync run`, or None (no pid file, or its process is gone)."""
+    try:
+        pid = int(pid_file(settings).read_text().strip())
+        os.kill(pid, 0)
+    except PermissionError:
+        return pid  # alive, another user's (the service's dynamic user)
+    except (OSError, ValueError):
+        return None
+    return pid
+
+
 def request_sync_now(settings: Settings) -> bool:
     """Wake a running `edge sync run` (SIGUSR1); False when none runs (then sync in-process)."""
     try:
