@@ -28,6 +28,8 @@ from tests.conftest import MODELS
 from tools import dicomgen
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ultrasound-video"
+if not DATA.is_dir():  # a checkout elsewhere (a CI clone): the shared data where the project keeps them
+    DATA = Path("/work/shared/data/ultrasound-video")
 DEVICES = sorted((DATA / "devices").glob("*.mp4"))
 CLIPS = sorted((DATA / "lung-clips").glob("*.mp4"))
 

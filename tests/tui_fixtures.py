@@ -33,12 +33,10 @@ REPO = Path(__file__).resolve().parent.parent
 MODELS = REPO / "models"
 CXR = MODELS / "cxr-pneumonia" / "samples"
 US = MODELS / "us-breast" / "samples"
-RECORDINGS = REPO.parent / "shared" / "data" / "ultrasound-video" / "devices"
-if not RECORDINGS.is_dir():  # a checkout elsewhere: the shared data sit beside the work tree
-    RECORDINGS = Path("/work/shared/data/ultrasound-video/devices")
-CLIP = RECORDINGS / "clarius-ocular-short.mp4"  # the live screen plays this one
-STORED_CLIP = RECORDINGS / "butterfly-ocular-phantom.mp4"  # the store's clip result (another file,
-# so the worklist shows two different recordings)
+# A real recording shipped with the repository (samples/video/README.md): the live screen plays it
+# and the store holds a clip analysed from it, so the TUI tests need no shared data.
+CLIP = REPO / "samples" / "video" / "clarius-ocular-short.mp4"
+STORED_CLIP = CLIP
 NOW = datetime(2025, 3, 14, 9, 30, tzinfo=timezone.utc)
 
 
