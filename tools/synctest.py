@@ -67,6 +67,10 @@ def env_for(settings_dir: Path, extra: dict[str, str]) -> dict[str, str]:
     return {**os.environ, "EDGE_STORE__MIN_FREE_MB": "0", "EDGE_STORE__RESERVE_MB": "0", **extra}
 
 
+SPAWNED: list[subprocess.Popen[bytes]] = []
+"""Every hub and sync process started, so that a failed run leaves none behind."""
+
+
 def start_hub(hub_dir: Path, port: int, database_url: str | None, log: Any) -> subprocess.Popen[bytes]:
     extra = {
         "EDGE_HUB__PORT": str(port),
@@ -76,12 +80,14 @@ def start_hub(hub_dir: Path, port: int, database_url: str | None, log: Any) -> s
     }
     if database_url:
         extra["EDGE_HUB__DATABASE_URL"] = database_url
-    return subprocess.Popen(
+    process = subprocess.Popen(
         [sys.executable, "-m", "edge", "--data-dir", str(hub_dir), "hub", "serve"],
         env=env_for(hub_dir, extra),
         stdout=log,
         stderr=log,
     )
+    SPAWNED.append(process)
+    return process
 
 
 def start_sync(device_dir: Path, log: Any) -> subprocess.Popen[bytes]:
@@ -91,12 +97,14 @@ def start_sync(device_dir: Path, log: Any) -> subprocess.Popen[bytes]:
         "EDGE_SYNC__IMAGES": "none",
         "EDGE_SYNC__TIMEOUT_S": "10",
     }
-    return subprocess.Popen(
+    process = subprocess.Popen(
         [sys.executable, "-m", "edge", "--data-dir", str(device_dir), "sync", "run"],
         env=env_for(device_dir, extra),
         stdout=log,
         stderr=log,
     )
+    SPAWNED.append(process)
+    return process
 
 
 def wait_http(port: int, timeout_s: float = 60) -> None:
@@ -123,6 +131,20 @@ def pending(device_db: Path) -> int:
 
 
 def run(
+    results: int, kills: int, seed: int, work: Path, database_url: str | None, faults: Faults
+) -> dict[str, Any]:
+    """The whole test; whatever happens, no hub or sync process outlives it."""
+    try:
+        return _run(results, kills, seed, work, database_url, faults)
+    finally:
+        for process in SPAWNED:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        SPAWNED.clear()
+
+
+def _run(
     results: int, kills: int, seed: int, work: Path, database_url: str | None, faults: Faults
 ) -> dict[str, Any]:
     from edge.hub import db, service
