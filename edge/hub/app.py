@@ -1,4 +1,5 @@
-"""The hub's HTTP API (FastAPI): a thin layer over `edge.hub.service`.
+"""The hub's HTTP API (FastAPI): a thin layer over `edge.hub.service`; the specialists' review
+pages (`edge.hub.web`) are mounted at /review with their own sessions and headers.
 
 Every device request is authenticated (credential + signature + clock + nonce), size-limited
 before it is read into memory, and rate-limited per device; every refusal is a JSON body
@@ -7,40 +8,21 @@ before it is read into memory, and rate-limited per device; every refusal is a J
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 from pydantic import ValidationError
 from sqlalchemy import Engine
 
 from edge.config import Settings
-from edge.hub import db, service
+from edge.hub import db, service, worklist
+from edge.hub.limits import RateLimiter
 from edge.hub.service import Device, HubError
+from edge.hub.web import create_web_app
 from edge.sync import protocol
-
-
-class RateLimiter:
-    """A token bucket per key (device id, or client address before enrolment)."""
-
-    def __init__(self, rate: float, burst: int) -> None:
-        self.rate, self.burst = rate, burst
-        self._buckets: dict[str, tuple[float, float]] = {}
-        self._lock = threading.Lock()
-
-    def allow(self, key: str) -> bool:
-        now = time.monotonic()
-        with self._lock:
-            tokens, last = self._buckets.get(key, (float(self.burst), now))
-            tokens = min(float(self.burst), tokens + (now - last) * self.rate)
-            if tokens < 1.0:
-                self._buckets[key] = (tokens, now)
-                return False
-            self._buckets[key] = (tokens - 1.0, now)
-            return True
 
 
 async def read_limited(request: Request, limit: int) -> bytes:
@@ -57,6 +39,16 @@ async def read_limited(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def _mount_review_pages(app: FastAPI, engine: Engine, files: Path) -> None:
+    """The specialists' pages (edge.hub.web) at /review; the bare host name leads there."""
+    worklist.backfill(engine)  # results stored before the review pages existed
+    app.mount("/review", create_web_app(engine, files))
+
+    @app.get("/", include_in_schema=False)
+    async def home() -> RedirectResponse:
+        return RedirectResponse("/review/", status_code=303)
+
+
 def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     engine = engine or db.make_engine(settings.hub_database_url)
     files = settings.hub_dir / "files"
@@ -65,6 +57,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app = FastAPI(title="edge hub", version=str(protocol.VERSION), docs_url=None, redoc_url=None)
     app.state.engine = engine
     app.state.files = files
+    _mount_review_pages(app, engine, files)
 
     @app.exception_handler(HubError)
     async def _refused(request: Request, error: HubError) -> JSONResponse:

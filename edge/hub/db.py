@@ -142,6 +142,60 @@ audit = Table(
 )
 
 
+# ------------------------------------------------------------------ the specialists' web pages
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("name", String(64), nullable=False, unique=True),  # the login name, lower case
+    Column("password_hash", String(255), nullable=False),  # argon2id, parameters in the string
+    Column("role", String(16), nullable=False),  # specialist | administrator
+    Column("programmes", JSON, nullable=False),  # programme names, or ["*"] for all of them
+    Column("created_at", String(32), nullable=False),
+    Column("password_changed_at", String(32), nullable=False),
+    Column("last_login_at", String(32)),
+    Column("disabled_at", String(32)),
+    Column("failed_logins", Integer, nullable=False, default=0),  # consecutive, reset on success
+    Column("locked_until", Float),  # epoch seconds
+)
+
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),  # sha256 of the cookie value
+    Column("user_id", String(36), nullable=False, index=True),
+    Column("csrf_secret", String(64), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("last_seen_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False, index=True),
+)
+
+# One row per stored result with the columns the worklist filters and sorts on, written in the
+# same transaction as the record (the JSON payload stays the source of truth for everything else).
+worklist = Table(
+    "worklist",
+    metadata,
+    Column("record_id", Integer, primary_key=True, autoincrement=False),
+    Column("device_id", String(36), nullable=False, index=True),
+    Column("result_uuid", String(36), nullable=False, index=True),
+    Column("received_at", String(32), nullable=False, index=True),
+    Column("urgent", Boolean, nullable=False, default=False),
+    Column("modality", String(16)),
+    Column("body_part", String(32)),
+    Column("view", String(16)),
+    Column("age_years", Float),
+    Column("sex", String(1)),
+    Column("finding", String(64)),
+    Column("model", String(64)),
+    Column("model_version", String(32)),
+    Column("probability", Float),
+    Column("threshold", Float),
+    Column("patient", String(40), index=True),  # the device's keyed pseudonym
+    Column("study_date", String(32)),
+)
+
+
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 

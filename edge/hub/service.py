@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import Engine, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from edge.hub import db
+from edge.hub import db, worklist
 from edge.sync import protocol
 
 
@@ -57,7 +57,9 @@ def record_audit(
 # ------------------------------------------------------------------ enrolment
 
 
-def create_enroll_code(engine: Engine, programme: str = "default", ttl_hours: float = 72.0) -> str:
+def create_enroll_code(
+    engine: Engine, programme: str = "default", ttl_hours: float = 72.0, actor: str = "admin"
+) -> str:
     """A one-time code an administrator gives to a device installer (shown once, stored hashed)."""
     code = secrets.token_urlsafe(12)
     expires = datetime.now(timezone.utc) + timedelta(hours=ttl_hours)
@@ -67,7 +69,7 @@ def create_enroll_code(engine: Engine, programme: str = "default", ttl_hours: fl
                 code_hash=_sha(code), programme=programme, created_at=db.now(), expires_at=expires.isoformat()
             )
         )
-    record_audit(engine, "admin", "enroll_code.created", programme=programme)
+    record_audit(engine, actor, "enroll_code.created", programme=programme, ttl_hours=ttl_hours)
     return code
 
 
@@ -192,7 +194,7 @@ def _store_batch_once(engine: Engine, device: Device, batch: protocol.Batch) -> 
                     )
                     quarantined.append(record.uuid)
                 continue
-            conn.execute(
+            inserted = conn.execute(
                 insert(db.records).values(
                     device_id=device.id,
                     uuid=record.uuid,
@@ -203,6 +205,8 @@ def _store_batch_once(engine: Engine, device: Device, batch: protocol.Batch) -> 
                     received_at=received,
                 )
             )
+            record_id = inserted.inserted_primary_key[0]  # type: ignore[index]
+            worklist.index_record(conn, record_id, device.id, record.uuid, record.payload, received)
             known[record.uuid] = record.sha256
             stored.append(record.uuid)
     if quarantined:
@@ -305,6 +309,8 @@ def append_chunk(
 
 # ------------------------------------------------------------------ reviews
 
+VERDICTS = ("agree", "disagree", "uncertain")  # what protocol.Review accepts
+
 
 def add_review(
     engine: Engine,
@@ -315,10 +321,16 @@ def add_review(
     note: str | None = None,
     reviewer: str = "",
     reviewer_role: str = "specialist",
+    device_id: str | None = None,
 ) -> str:
     """A specialist's review of a synced result; it reaches the device on its next pull."""
+    if verdict not in VERDICTS:
+        raise HubError(400, "BAD_VERDICT", f"the verdict is one of {', '.join(VERDICTS)}")
+    where = [db.records.c.uuid == result_uuid]
+    if device_id is not None:  # the web page knows which device's result the reader opened
+        where.append(db.records.c.device_id == device_id)
     with engine.connect() as conn:
-        record = conn.execute(select(db.records.c.device_id).where(db.records.c.uuid == result_uuid)).first()
+        record = conn.execute(select(db.records.c.device_id).where(*where)).first()
     if record is None:
         raise HubError(404, "NO_SUCH_RESULT", "no synced result with that id")
     review_id = str(uuid.uuid4())
@@ -336,7 +348,16 @@ def add_review(
                 reviewed_at=db.now(),
             )
         )
-    record_audit(engine, reviewer or "specialist", "review.added", record.device_id, result=result_uuid)
+    record_audit(
+        engine,
+        reviewer or "specialist",
+        "review.added",
+        record.device_id,
+        result=result_uuid,
+        review=review_id,
+        verdict=verdict,
+        finding=finding,
+    )
     return review_id
 
 

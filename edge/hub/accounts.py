@@ -1,0 +1,420 @@
+"""Specialists' accounts on the hub: argon2id passwords, lockout, server-side sessions, CSRF.
+
+- Passwords are hashed with argon2-cffi's `PasswordHasher` (argon2id, the library's RFC 9106
+  defaults); a hash made with older parameters is replaced at the next successful login. A name
+  that does not exist costs the same verification as one that does (no account discovery by time).
+- `MAX_FAILURES` consecutive wrong passwords lock the account for `LOCK_S`; a locked account is
+  refused without looking at the password. Every attempt leaves an audit row.
+- A session is a random token in an HttpOnly, SameSite=Strict cookie; the hub stores only its
+  sha256, with an idle and an absolute expiry. Logging out deletes the row, so a copied cookie
+  is worthless afterwards; a password change or a disabled account ends every session.
+- Each session has its own CSRF secret. Pages carry it masked with a fresh one-time pad (so the
+  token bytes differ in every response and a compressed page leaks nothing about it), and every
+  form post and script post must send it back.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import hashlib
+import hmac
+import re
+import secrets
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import Engine, delete, insert, select, update
+
+from edge.hub import db
+from edge.hub.service import record_audit
+
+ROLES = ("specialist", "administrator")
+ALL_PROGRAMMES = "*"
+MIN_PASSWORD = 12
+MAX_PASSWORD = 256  # argon2 takes any length; a megabyte "password" should not cost us a hash
+MAX_FAILURES = 5
+LOCK_S = 15 * 60
+SESSION_IDLE_S = 2 * 3600
+SESSION_MAX_S = 12 * 3600
+TOUCH_EVERY_S = 60  # last_seen is written at most this often (not on every image request)
+_NAME = re.compile(r"^[a-z0-9][a-z0-9._@-]{0,63}$")
+_PROGRAMME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+_hasher = PasswordHasher()
+_dummy_hash: str | None = None
+
+
+class AccountError(Exception):
+    """A refusal worded for the person at the form."""
+
+
+@dataclass(frozen=True)
+class User:
+    id: str
+    name: str
+    role: str
+    programmes: tuple[str, ...]
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "administrator"
+
+    @property
+    def sees_all(self) -> bool:
+        """Administrators, and readers bound to every programme, see every device's results."""
+        return self.is_admin or ALL_PROGRAMMES in self.programmes
+
+
+@dataclass(frozen=True)
+class Session:
+    token_hash: str
+    user: User
+    csrf_secret: str
+    expires_at: float
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _user(row: Any) -> User:
+    return User(row.id, row.name, row.role, tuple(row.programmes or ()))
+
+
+def normalise_name(name: str) -> str:
+    cleaned = name.strip().lower()
+    if not _NAME.match(cleaned):
+        raise AccountError(
+            "a name is 1-64 characters (letters, digits, '.', '_', '@', '-'), starting with a letter or digit"
+        )
+    return cleaned
+
+
+def parse_programmes(text: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """'north, south' or ['north'] -> ('north', 'south'); '*' alone means every programme."""
+    items = text.replace(";", ",").split(",") if isinstance(text, str) else list(text)
+    names = tuple(dict.fromkeys(item.strip() for item in items if item.strip()))
+    if not names:
+        raise AccountError("give at least one programme (or * for all of them)")
+    if ALL_PROGRAMMES in names:
+        return (ALL_PROGRAMMES,)
+    bad = [name for name in names if not _PROGRAMME.match(name)]
+    if bad:
+        raise AccountError(f"not a programme name: {bad[0]!r}")
+    return names
+
+
+def check_password(password: str, name: str = "") -> None:
+    if len(password) < MIN_PASSWORD:
+        raise AccountError(f"a password needs at least {MIN_PASSWORD} characters")
+    if len(password) > MAX_PASSWORD:
+        raise AccountError(f"a password has at most {MAX_PASSWORD} characters")
+    if name and password.strip().lower() == name.lower():
+        raise AccountError("the password cannot be the account name")
+
+
+def generate_password() -> str:
+    """A password an administrator can read out over a bad phone line (no 0/O, 1/l)."""
+    alphabet = "abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+    groups = ["".join(secrets.choice(alphabet) for _ in range(5)) for _ in range(4)]
+    return "-".join(groups)
+
+
+# ------------------------------------------------------------------ accounts
+
+
+def create_user(
+    engine: Engine,
+    name: str,
+    password: str,
+    role: str = "specialist",
+    programmes: tuple[str, ...] = ("default",),
+    actor: str = "admin",
+) -> User:
+    name = normalise_name(name)
+    if role not in ROLES:
+        raise AccountError(f"the role is one of {', '.join(ROLES)}")
+    programmes = parse_programmes(programmes)
+    check_password(password, name)
+    with engine.begin() as conn:
+        if conn.execute(select(db.users.c.id).where(db.users.c.name == name)).first() is not None:
+            raise AccountError(f"there is already an account called {name}")
+        user_id = str(uuid.uuid4())
+        conn.execute(
+            insert(db.users).values(
+                id=user_id,
+                name=name,
+                password_hash=_hasher.hash(password),
+                role=role,
+                programmes=list(programmes),
+                created_at=db.now(),
+                password_changed_at=db.now(),
+                failed_logins=0,
+            )
+        )
+    record_audit(engine, actor, "user.created", name=name, role=role, programmes=list(programmes))
+    return User(user_id, name, role, programmes)
+
+
+def list_users(engine: Engine) -> list[dict[str, Any]]:
+    with engine.connect() as conn:
+        rows = conn.execute(select(db.users).order_by(db.users.c.name)).all()
+    now = time.time()
+    return [
+        {
+            "id": row.id,
+            "name": row.name,
+            "role": row.role,
+            "programmes": list(row.programmes or ()),
+            "created_at": row.created_at,
+            "last_login_at": row.last_login_at,
+            "disabled": row.disabled_at is not None,
+            "locked": bool(row.locked_until and row.locked_until > now),
+            "failed_logins": row.failed_logins,
+        }
+        for row in rows
+    ]
+
+
+def find_user(engine: Engine, name_or_id: str) -> User | None:
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(db.users).where(
+                (db.users.c.id == name_or_id) | (db.users.c.name == name_or_id.strip().lower())
+            )
+        ).first()
+    return None if row is None else _user(row)
+
+
+def update_user(
+    engine: Engine,
+    user_id: str,
+    actor: str,
+    *,
+    role: str | None = None,
+    programmes: tuple[str, ...] | None = None,
+    disabled: bool | None = None,
+    unlock: bool = False,
+) -> None:
+    values: dict[str, Any] = {}
+    if role is not None:
+        if role not in ROLES:
+            raise AccountError(f"the role is one of {', '.join(ROLES)}")
+        values["role"] = role
+    if programmes is not None:
+        values["programmes"] = list(parse_programmes(programmes))
+    if disabled is not None:
+        values["disabled_at"] = db.now() if disabled else None
+    if unlock:
+        values.update(failed_logins=0, locked_until=None)
+    if not values:
+        return
+    active_admins = select(db.users.c.id).where(
+        db.users.c.role == "administrator", db.users.c.disabled_at.is_(None)
+    )
+    with engine.begin() as conn:
+        current = conn.execute(select(db.users).where(db.users.c.id == user_id)).first()
+        if current is None:
+            raise AccountError("no such account")
+        before = len(conn.execute(active_admins).all())
+        conn.execute(update(db.users).where(db.users.c.id == user_id).values(**values))
+        if before and not conn.execute(active_admins).all():  # raising rolls the change back
+            raise AccountError("the hub needs at least one active administrator")
+    changed = (role is not None and role != current.role) or (
+        programmes is not None and values["programmes"] != list(current.programmes or ())
+    )
+    if disabled or changed:
+        revoke_sessions(engine, user_id)  # a changed right takes effect now, not at next login
+    detail = {k: v for k, v in values.items() if k != "disabled_at"}
+    if disabled is not None:
+        detail["disabled"] = disabled
+    record_audit(engine, actor, "user.updated", user=user_id, **detail)
+
+
+def set_password(
+    engine: Engine, user_id: str, password: str, actor: str, keep_session: str | None = None
+) -> None:
+    """New password; every session of the account ends except `keep_session` (a token hash)."""
+    with engine.connect() as conn:
+        row = conn.execute(select(db.users.c.name).where(db.users.c.id == user_id)).first()
+    if row is None:
+        raise AccountError("no such account")
+    check_password(password, row.name)
+    with engine.begin() as conn:
+        conn.execute(
+            update(db.users)
+            .where(db.users.c.id == user_id)
+            .values(
+                password_hash=_hasher.hash(password),
+                password_changed_at=db.now(),
+                failed_logins=0,
+                locked_until=None,
+            )
+        )
+    revoke_sessions(engine, user_id, keep=keep_session)
+    record_audit(engine, actor, "user.password_set", user=row.name)
+
+
+# ------------------------------------------------------------------ logging in
+
+
+def _verify_dummy(password: str) -> None:
+    global _dummy_hash  # noqa: PLW0603 - made once, lazily: hashing at import time would slow every CLI start
+    if _dummy_hash is None:
+        _dummy_hash = _hasher.hash(secrets.token_hex(16))
+    with contextlib.suppress(VerificationError):
+        _hasher.verify(_dummy_hash, password)
+
+
+def authenticate(engine: Engine, name: str, password: str, address: str = "", purpose: str = "login") -> User:
+    """The user, or AccountError with one sentence for every kind of refusal. `purpose` names
+    the audit rows ("login", or "password_check" when a logged-in reader confirms theirs)."""
+    refused = AccountError(
+        f"Wrong name or password. After {MAX_FAILURES} failed attempts an account is locked for "
+        f"{LOCK_S // 60} minutes."
+    )
+    cleaned = name.strip().lower()[:64]
+    with engine.connect() as conn:
+        row = conn.execute(select(db.users).where(db.users.c.name == cleaned)).first()
+    if row is None or len(password) > MAX_PASSWORD:
+        _verify_dummy(password[:MAX_PASSWORD])
+        record_audit(engine, cleaned or "-", f"{purpose}.failed", reason="unknown name", address=address)
+        raise refused
+    now = time.time()
+    if row.locked_until and row.locked_until > now:
+        record_audit(engine, row.name, f"{purpose}.refused", reason="locked", address=address)
+        raise refused
+    try:
+        _hasher.verify(row.password_hash, password)
+    except (VerificationError, InvalidHashError):
+        _count_failure(engine, row.id, row.name, address, purpose)
+        raise refused from None
+    if row.disabled_at is not None:
+        record_audit(engine, row.name, f"{purpose}.refused", reason="disabled", address=address)
+        raise AccountError("This account is disabled. Ask the hub's administrator.")
+    values: dict[str, Any] = {"failed_logins": 0, "locked_until": None}
+    if purpose == "login":
+        values["last_login_at"] = db.now()
+    if _hasher.check_needs_rehash(row.password_hash):
+        values["password_hash"] = _hasher.hash(password)
+    with engine.begin() as conn:
+        conn.execute(update(db.users).where(db.users.c.id == row.id).values(**values))
+    record_audit(engine, row.name, f"{purpose}.ok", address=address)
+    return _user(row)
+
+
+def _count_failure(engine: Engine, user_id: str, name: str, address: str, purpose: str) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            update(db.users)
+            .where(db.users.c.id == user_id)
+            .values(failed_logins=db.users.c.failed_logins + 1)
+        )
+        failures = conn.execute(select(db.users.c.failed_logins).where(db.users.c.id == user_id)).scalar_one()
+        if failures >= MAX_FAILURES:
+            conn.execute(
+                update(db.users)
+                .where(db.users.c.id == user_id)
+                .values(locked_until=time.time() + LOCK_S, failed_logins=0)
+            )
+    record_audit(
+        engine, name, f"{purpose}.failed", reason="wrong password", address=address, failures=failures
+    )
+    if failures >= MAX_FAILURES:
+        record_audit(engine, name, "user.locked", seconds=LOCK_S, address=address)
+
+
+# ------------------------------------------------------------------ sessions
+
+
+def open_session(engine: Engine, user: User) -> tuple[str, Session]:
+    """A new session (a new token at every login: a planted cookie is never promoted)."""
+    token = secrets.token_urlsafe(32)
+    now = time.time()
+    session = Session(_sha(token), user, secrets.token_hex(32), now + SESSION_MAX_S)
+    with engine.begin() as conn:
+        conn.execute(delete(db.sessions).where(db.sessions.c.expires_at < now))
+        conn.execute(
+            insert(db.sessions).values(
+                token_hash=session.token_hash,
+                user_id=user.id,
+                csrf_secret=session.csrf_secret,
+                created_at=now,
+                last_seen_at=now,
+                expires_at=session.expires_at,
+            )
+        )
+    return token, session
+
+
+def session_for(engine: Engine, token: str | None) -> Session | None:
+    """The live session behind a cookie value, or None (unknown, expired, idle, disabled)."""
+    if not token or len(token) > 128:
+        return None
+    token_hash = _sha(token)
+    now = time.time()
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(db.sessions, db.users)
+            .join(db.users, db.users.c.id == db.sessions.c.user_id)
+            .where(db.sessions.c.token_hash == token_hash)
+        ).first()
+    if row is None:
+        return None
+    if row.expires_at < now or row.last_seen_at + SESSION_IDLE_S < now or row.disabled_at is not None:
+        close_session(engine, token_hash)
+        return None
+    if now - row.last_seen_at > TOUCH_EVERY_S:
+        with engine.begin() as conn:
+            conn.execute(
+                update(db.sessions).where(db.sessions.c.token_hash == token_hash).values(last_seen_at=now)
+            )
+    user = User(row.user_id, row.name, row.role, tuple(row.programmes or ()))
+    return Session(token_hash, user, row.csrf_secret, row.expires_at)
+
+
+def close_session(engine: Engine, token_hash: str) -> None:
+    with engine.begin() as conn:
+        conn.execute(delete(db.sessions).where(db.sessions.c.token_hash == token_hash))
+
+
+def revoke_sessions(engine: Engine, user_id: str, keep: str | None = None) -> None:
+    condition = db.sessions.c.user_id == user_id
+    if keep is not None:
+        condition = condition & (db.sessions.c.token_hash != keep)
+    with engine.begin() as conn:
+        conn.execute(delete(db.sessions).where(condition))
+
+
+# ------------------------------------------------------------------ CSRF tokens
+
+
+def mask_token(secret: str) -> str:
+    """The secret XORed with a fresh pad, pad first: different bytes in every page."""
+    raw = bytes.fromhex(secret)
+    pad = secrets.token_bytes(len(raw))
+    return (
+        base64.urlsafe_b64encode(pad + bytes(a ^ b for a, b in zip(pad, raw, strict=True)))
+        .decode()
+        .rstrip("=")
+    )
+
+
+def token_matches(secret: str, presented: str | None) -> bool:
+    if not presented or len(presented) > 256:
+        return False
+    try:
+        blob = base64.urlsafe_b64decode(presented + "=" * (-len(presented) % 4))
+    except (binascii.Error, ValueError):
+        return False
+    raw = bytes.fromhex(secret)
+    if len(blob) != 2 * len(raw):
+        return False
+    pad, masked = blob[: len(raw)], blob[len(raw) :]
+    return hmac.compare_digest(bytes(a ^ b for a, b in zip(pad, masked, strict=True)), raw)

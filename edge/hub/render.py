@@ -1,0 +1,277 @@
+"""Pictures for the review page, sized for the reader's screen, from what the device sent.
+
+The base image comes from the best source the hub holds: the full image (`[sync] images =
+"full"`: de-identified DICOM, or PNG), else the grey image recovered from the heatmap overlay,
+else the 256-px thumbnail. It is sent as a progressive JPEG at the width the page asks for
+(snapped to a few sizes, never enlarged), so a 1 Mbit/s link shows a first pass at once.
+
+The device stores its heatmap as an overlay: `edge.imaging.explain.overlay` blends the display
+image with the JET colour of the heat, weight `0.45 * heat` per pixel. On a grey image that
+blend can be undone: for each pixel, the heat level whose colour leaves a grey remainder is the
+heat, and the remainder is the image underneath. `split_overlay` finds it in closed form (one
+matrix product over the 256 levels). The page gets the heat as a small grey PNG that the browser
+colours: window/level never touches it and opacity is the reader's. A colour image (Doppler)
+does not fit that model; there the overlay itself is shown as the layer.
+
+Renditions are cached on disk by the sha256 of their source: a file never changes under a hash.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from edge.errors import EdgeError
+from edge.imaging.decode import decode_bytes
+
+WIDTHS = (256, 384, 512, 768, 1024, 1536, 2048)
+HEAT_SIDE = 256  # the class activation map is a 7x7 to 14x14 grid: 256 px lose nothing of it
+OVERLAY_ALPHA = 0.45  # edge.imaging.explain.overlay's blend weight at full heat
+JPEG_QUALITY = 85
+_FIT_RESIDUAL = 12.0  # squared grey levels over the three channels: ~2 levels of rounding each
+_FIT_SHARE = 0.01  # the blend model must explain all but 1% of the pixels
+
+
+def _jet_rgb() -> np.ndarray:
+    levels = np.arange(256, dtype=np.uint8).reshape(-1, 1)
+    return cv2.applyColorMap(levels, cv2.COLORMAP_JET)[:, 0, ::-1].astype(np.float32)
+
+
+_JET = _jet_rgb()
+
+
+@dataclass(frozen=True)
+class Split:
+    base: np.ndarray  # uint8 grey, the image under the overlay
+    heat: np.ndarray  # uint8 0..255, the heat level of each pixel
+    fits: bool  # the overlay is a grey image blended as explain.overlay does
+
+
+def split_overlay(overlay: np.ndarray, alpha: float = OVERLAY_ALPHA, chunk: int = 65536) -> Split:
+    """RGB uint8 overlay -> the grey image and the heat that made it.
+
+    With o the pixel, g its grey value and J_k the colour of heat level k (weight w_k):
+    o = (1 - w_k) g + w_k J_k. Removing each vector's channel mean (a for o, b_k for J_k) removes
+    g, leaving a = w_k b_k; the k with the least |a - w_k b_k|^2 is the heat level.
+    """
+    if overlay.ndim != 3 or overlay.shape[2] != 3:
+        raise ValueError(f"expected an RGB overlay, got shape {overlay.shape}")
+    height, width = overlay.shape[:2]
+    flat = overlay.reshape(-1, 3).astype(np.int32)
+    # An overlay repeats its colours (smooth heat over a smooth image): solve each colour once.
+    colours, where = np.unique((flat[:, 0] << 16) | (flat[:, 1] << 8) | flat[:, 2], return_inverse=True)
+    pixels = np.stack([colours >> 16, (colours >> 8) & 255, colours & 255], axis=1).astype(np.float32)
+    weights = alpha * np.arange(256, dtype=np.float32) / 255.0
+    jet_centred = _JET - _JET.mean(axis=1, keepdims=True)  # b_k
+    penalty = weights**2 * (jet_centred**2).sum(axis=1)  # w_k^2 |b_k|^2
+    levels = np.empty(len(pixels), np.int64)
+    residual = np.empty(len(pixels), np.float32)
+    for start in range(0, len(pixels), chunk):
+        block = pixels[start : start + chunk]
+        centred = block - block.mean(axis=1, keepdims=True)  # a
+        score = 2.0 * weights * (centred @ jet_centred.T) - penalty  # |a|^2 - score = residual
+        best = np.argmax(score, axis=1)
+        levels[start : start + chunk] = best
+        residual[start : start + chunk] = (centred**2).sum(axis=1) - score[np.arange(len(best)), best]
+    w = weights[levels]
+    grey = (pixels.mean(axis=1) - w * _JET[levels].mean(axis=1)) / (1.0 - w)
+    where = where.reshape(-1)
+    fits = float(np.mean(residual[where] > _FIT_RESIDUAL)) < _FIT_SHARE
+    return Split(
+        base=np.clip(np.rint(grey), 0, 255).astype(np.uint8)[where].reshape(height, width),
+        heat=levels.astype(np.uint8)[where].reshape(height, width),
+        fits=fits,
+    )
+
+
+def snap_width(requested: int, available: int) -> int:
+    """The smallest standard width that covers the request, never wider than the source."""
+    wanted = next((size for size in WIDTHS if size >= requested), WIDTHS[-1])
+    return max(1, min(wanted, available))
+
+
+def resize_to_width(pixels: np.ndarray, width: int) -> np.ndarray:
+    if pixels.shape[1] <= width:
+        return pixels
+    height = max(1, round(pixels.shape[0] * width / pixels.shape[1]))
+    return cv2.resize(pixels, (width, height), interpolation=cv2.INTER_AREA)
+
+
+def encode_jpeg(pixels: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
+    image = pixels if pixels.ndim == 2 else np.ascontiguousarray(pixels[:, :, ::-1])
+    params = [cv2.IMWRITE_JPEG_QUALITY, quality, cv2.IMWRITE_JPEG_PROGRESSIVE, 1]
+    ok, encoded = cv2.imencode(".jpg", image, [*params, cv2.IMWRITE_JPEG_OPTIMIZE, 1])
+    if not ok:
+        raise ValueError("could not encode the JPEG")
+    return encoded.tobytes()
+
+
+def encode_png(pixels: np.ndarray) -> bytes:
+    image = pixels if pixels.ndim == 2 else np.ascontiguousarray(pixels[:, :, ::-1])
+    ok, encoded = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, 9])
+    if not ok:
+        raise ValueError("could not encode the PNG")
+    return encoded.tobytes()
+
+
+def png_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) from a PNG's header, without decoding it."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(24)
+    except OSError:
+        return None
+    if len(head) < 24 or head[:8] != b"\x89PNG\r\n\x1a\n":
+        return None
+    width, height = struct.unpack(">II", head[16:24])
+    return int(width), int(height)
+
+
+def _rgb(data: bytes) -> np.ndarray:
+    decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if decoded is None:
+        raise ValueError("not a decodable image")
+    return np.ascontiguousarray(decoded[:, :, ::-1])
+
+
+# ------------------------------------------------------------------ what the page shows
+
+
+@dataclass(frozen=True)
+class Picture:
+    """What the study page can show for one result."""
+
+    source: str | None  # "image", "heatmap" (the grey recovered from it), "thumbnail", "overlay"
+    width: int
+    height: int
+    layer: str | None  # "heat" (grey heat, coloured by the page), "overlay", or None
+
+    @property
+    def label(self) -> str:
+        return {
+            "image": "full image",
+            "heatmap": "image recovered from the heatmap overlay",
+            "thumbnail": "thumbnail (the device sends full images only with [sync] images = full)",
+            "overlay": "heatmap overlay (no separate image was sent)",
+        }.get(self.source or "", "no image was sent")
+
+
+class Renditions:
+    """Renditions of one hub's uploads, cached under `folder`."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def _cached(self, key: str, make: Callable[[], bytes]) -> bytes:
+        path = self.folder / key[:2] / key
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            pass
+        data = make()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+        os.replace(temporary, path)  # two readers making the same file: either copy is right
+        return data
+
+    def _split(self, heatmap: Any) -> Split | None:
+        """The heatmap undone into image and heat; None without a readable heatmap."""
+        if heatmap is None:
+            return None
+
+        def make() -> bytes:
+            split = split_overlay(_rgb(Path(heatmap.path).read_bytes()))
+            return (
+                json.dumps({"fits": split.fits}).encode()
+                + b"\n"
+                + encode_png(np.stack([split.base, split.heat, split.base], axis=2))
+            )
+
+        try:
+            meta, _, png = self._cached(f"{heatmap.sha256}-split", make).partition(b"\n")
+        except (OSError, ValueError):  # the file is gone or damaged: show what else there is
+            return None
+        both = _rgb(png)
+        return Split(base=both[:, :, 0], heat=both[:, :, 1], fits=bool(json.loads(meta)["fits"]))
+
+    @staticmethod
+    def _overlay(heatmap: Any) -> np.ndarray | None:
+        try:
+            return _rgb(Path(heatmap.path).read_bytes())
+        except (OSError, ValueError):
+            return None
+
+    def _image(self, row: Any) -> np.ndarray | None:
+        try:
+            return decode_bytes(Path(row.path).read_bytes(), "hub image").pixels
+        except (EdgeError, OSError):
+            return None
+
+    def _base(self, uploads: dict[str, Any]) -> tuple[str, Any, np.ndarray] | None:
+        """(source kind, its upload row, pixels), best first."""
+        if "image" in uploads:
+            pixels = self._image(uploads["image"])
+            if pixels is not None:
+                return "image", uploads["image"], pixels
+        split = self._split(uploads.get("heatmap"))
+        thumbnail = uploads.get("thumbnail")
+        thumb_size = png_size(Path(thumbnail.path)) if thumbnail is not None else None
+        if split is not None and split.fits and (thumb_size is None or split.base.shape[1] >= thumb_size[0]):
+            return "heatmap", uploads["heatmap"], split.base
+        if thumbnail is not None:
+            pixels = self._image(thumbnail)
+            if pixels is not None:
+                return "thumbnail", thumbnail, pixels
+        overlay = self._overlay(uploads["heatmap"]) if "heatmap" in uploads else None
+        if overlay is not None:
+            return "overlay", uploads["heatmap"], overlay
+        return None
+
+    def describe(self, uploads: dict[str, Any]) -> Picture:
+        base = self._base(uploads)
+        if base is None:
+            return Picture(None, 0, 0, None)
+        kind, _, pixels = base
+        split = self._split(uploads.get("heatmap"))
+        layer = None if split is None or kind == "overlay" else ("heat" if split.fits else "overlay")
+        return Picture(kind, int(pixels.shape[1]), int(pixels.shape[0]), layer)
+
+    def image(self, uploads: dict[str, Any], requested_width: int) -> bytes | None:
+        """The base image as a progressive JPEG, `requested_width` snapped to a standard size."""
+        base = self._base(uploads)
+        if base is None:
+            return None
+        kind, row, pixels = base
+        width = snap_width(requested_width, pixels.shape[1])
+        return self._cached(
+            f"{row.sha256}-{kind}-{width}.jpg", lambda: encode_jpeg(resize_to_width(pixels, width))
+        )
+
+    def layer(self, uploads: dict[str, Any]) -> tuple[bytes, str, str] | None:
+        """(bytes, media type, "heat" | "overlay") for the layer over the image."""
+        heatmap = uploads.get("heatmap")
+        split = self._split(heatmap)
+        if heatmap is None or split is None:
+            return None
+        if split.fits:
+            data = self._cached(
+                f"{heatmap.sha256}-heat-{HEAT_SIDE}.png",
+                lambda: encode_png(resize_to_width(split.heat, HEAT_SIDE)),
+            )
+            return data, "image/png", "heat"
+        overlay = self._overlay(heatmap)
+        if overlay is None:
+            return None
+        data = self._cached(f"{heatmap.sha256}-overlay.jpg", lambda: encode_jpeg(overlay))
+        return data, "image/jpeg", "overlay"

@@ -1,0 +1,409 @@
+// The review pages' only script (plain, no build step): worklist keys; the study viewer (image
+// with window/level, heatmap layer, zoom and pan); verdict keys. Every page works without it,
+// only slower to read with.
+(function () {
+  "use strict";
+
+  function typing(element) {
+    if (!element) return false;
+    if (element.tagName === "TEXTAREA" || element.tagName === "SELECT" || element.isContentEditable) return true;
+    return element.tagName === "INPUT" && !["checkbox", "radio", "range", "button", "submit"].includes(element.type);
+  }
+
+  function plainKey(event) {
+    return !(event.ctrlKey || event.metaKey || event.altKey);
+  }
+
+  // A focused link, button or slider keeps its own keys (Enter, space, arrows).
+  function ownsKey(element, key) {
+    if (!element) return false;
+    if ((element.tagName === "A" || element.tagName === "BUTTON") && (key === "Enter" || key === " ")) return true;
+    return element.type === "range" && key.startsWith("Arrow");
+  }
+
+  function clamp(value, low, high) {
+    return Math.min(high, Math.max(low, value));
+  }
+
+  // ---------------------------------------------------------------- worklist
+
+  function worklist() {
+    const rows = Array.from(document.querySelectorAll("#worklist tbody tr"));
+    if (!rows.length) return;
+    let index = 0;
+    function select(next) {
+      rows[index].classList.remove("selected");
+      index = clamp(next, 0, rows.length - 1);
+      rows[index].classList.add("selected");
+      rows[index].scrollIntoView({ block: "nearest" });
+    }
+    select(0);
+    rows.forEach(function (row) {
+      row.addEventListener("click", function (event) {
+        if (!event.target.closest("a")) window.location.href = row.dataset.href;
+      });
+    });
+    document.addEventListener("keydown", function (event) {
+      const active = document.activeElement;
+      if (typing(active) || !plainKey(event) || ownsKey(active, event.key) || (active && active.closest("form"))) return;
+      if (event.key === "j" || event.key === "ArrowDown") select(index + 1);
+      else if (event.key === "k" || event.key === "ArrowUp") select(index - 1);
+      else if (event.key === "Enter" || event.key === "o") window.location.href = rows[index].dataset.href;
+      else return;
+      event.preventDefault();
+    });
+  }
+
+  // ---------------------------------------------------------------- study viewer
+
+  // MATLAB-style jet, close to OpenCV's COLORMAP_JET that the device used.
+  function jet(level) {
+    const x = level / 255;
+    const channel = function (centre) { return Math.round(255 * clamp(1.5 - Math.abs(4 * x - centre), 0, 1)); };
+    return [channel(3), channel(2), channel(1)];
+  }
+
+  function viewer() {
+    const root = document.getElementById("viewer");
+    const frame = document.getElementById("frame");
+    if (!root || !frame) return null;
+    const stage = document.getElementById("stage");
+    const imageCanvas = document.getElementById("image-canvas");
+    const heatCanvas = document.getElementById("heat-canvas");
+    const loading = document.getElementById("loading");
+    const fullWidth = Number(root.dataset.width);
+    const fullHeight = Number(root.dataset.height);
+    const control = function (id) { return document.getElementById(id); };
+    const view = { scale: 1, x: 0, y: 0, fitWidth: 0, fitHeight: 0 };
+    const wl = { window: 256, level: 128, invert: false };
+    let source = null;
+    let target = null;
+    let loadedWidth = 0;
+    let requestedWidth = 0;
+    let pending = false;
+
+    function render() {
+      pending = false;
+      if (!source) return;
+      const lut = new Uint8ClampedArray(256);
+      const low = wl.level - wl.window / 2;
+      for (let value = 0; value < 256; value++) {
+        const out = ((value - low) / wl.window) * 255;
+        lut[value] = wl.invert ? 255 - out : out;
+      }
+      const from = source.data;
+      const to = target.data;
+      for (let i = 0; i < from.length; i += 4) {
+        to[i] = lut[from[i]];
+        to[i + 1] = lut[from[i + 1]];
+        to[i + 2] = lut[from[i + 2]];
+        to[i + 3] = 255;
+      }
+      imageCanvas.getContext("2d").putImageData(target, 0, 0);
+      const shown = control("wl-value");
+      if (shown) shown.value = "W " + Math.round(wl.window) + " L " + Math.round(wl.level) + (wl.invert ? " inverted" : "");
+      root.dataset.window = String(Math.round(wl.window));
+      root.dataset.level = String(Math.round(wl.level));
+      root.dataset.invert = wl.invert ? "1" : "0";
+    }
+
+    function schedule() {
+      if (!pending) {
+        pending = true;
+        window.requestAnimationFrame(render);
+      }
+    }
+
+    function load(width) {
+      requestedWidth = width;
+      const picture = new Image();
+      picture.decoding = "async";
+      if (!loadedWidth) {
+        picture.className = "preview";  // a progressive JPEG paints while it arrives
+        frame.appendChild(picture);
+      }
+      picture.onload = function () {
+        const scratch = document.createElement("canvas");
+        scratch.width = picture.naturalWidth;
+        scratch.height = picture.naturalHeight;
+        const context = scratch.getContext("2d", { willReadFrequently: true });
+        context.drawImage(picture, 0, 0);
+        source = context.getImageData(0, 0, scratch.width, scratch.height);
+        target = new ImageData(scratch.width, scratch.height);
+        imageCanvas.width = scratch.width;
+        imageCanvas.height = scratch.height;
+        loadedWidth = picture.naturalWidth;
+        render();
+        if (picture.parentNode) picture.parentNode.removeChild(picture);
+        if (loading) loading.hidden = true;
+        root.dataset.loaded = String(loadedWidth);
+      };
+      picture.onerror = function () {
+        if (loading) loading.textContent = "The image could not be loaded.";
+      };
+      picture.src = root.dataset.image + "?w=" + width;
+    }
+
+    function wantedWidth() {
+      const ratio = window.devicePixelRatio || 1;
+      return Math.min(fullWidth, Math.ceil(view.fitWidth * view.scale * ratio));
+    }
+
+    function sharpen() {
+      // Zoomed in past what was fetched: fetch the next size up (once per size).
+      const wanted = wantedWidth();
+      if (loadedWidth && wanted > loadedWidth * 1.25 && wanted > requestedWidth && loadedWidth < fullWidth) load(wanted);
+    }
+
+    function place() {
+      frame.style.width = view.fitWidth + "px";
+      frame.style.height = view.fitHeight + "px";
+      frame.style.transform = "translate(" + view.x + "px, " + view.y + "px) scale(" + view.scale + ")";
+      const zoom = control("zoom-value");
+      if (zoom) zoom.value = view.scale === 1 ? "fit" : Math.round(view.scale * 100) + "%";
+      root.dataset.scale = view.scale.toFixed(2);
+    }
+
+    function fit() {
+      const scale = Math.min(stage.clientWidth / fullWidth, stage.clientHeight / fullHeight);
+      view.fitWidth = Math.max(1, Math.round(fullWidth * scale));
+      view.fitHeight = Math.max(1, Math.round(fullHeight * scale));
+      view.scale = 1;
+      view.x = (stage.clientWidth - view.fitWidth) / 2;
+      view.y = (stage.clientHeight - view.fitHeight) / 2;
+      place();
+    }
+
+    function zoomAt(x, y, factor) {
+      const scale = clamp(view.scale * factor, 0.5, 16);
+      const k = scale / view.scale;
+      view.x = x - (x - view.x) * k;
+      view.y = y - (y - view.y) * k;
+      view.scale = scale;
+      place();
+      sharpen();
+    }
+
+    function zoomCentre(factor) {
+      zoomAt(stage.clientWidth / 2, stage.clientHeight / 2, factor);
+    }
+
+    function loadLayer() {
+      const kind = root.dataset.layerKind;
+      if (!kind || !heatCanvas) return;
+      const picture = new Image();
+      picture.onload = function () {
+        heatCanvas.width = picture.naturalWidth;
+        heatCanvas.height = picture.naturalHeight;
+        const context = heatCanvas.getContext("2d");
+        context.drawImage(picture, 0, 0);
+        if (kind === "heat") {
+          // Grey heat -> jet colour, with the heat itself as the alpha: cold stays clear.
+          const pixels = context.getImageData(0, 0, heatCanvas.width, heatCanvas.height);
+          const data = pixels.data;
+          const colours = [];
+          for (let level = 0; level < 256; level++) colours.push(jet(level));
+          for (let i = 0; i < data.length; i += 4) {
+            const colour = colours[data[i + 1]];
+            data[i + 3] = data[i + 1];
+            data[i] = colour[0];
+            data[i + 1] = colour[1];
+            data[i + 2] = colour[2];
+          }
+          context.putImageData(pixels, 0, 0);
+        }
+        root.dataset.layerLoaded = kind;
+      };
+      picture.src = root.dataset.layer;
+      setOpacity(Number(control("heat-opacity") ? control("heat-opacity").value : 60));
+    }
+
+    function setOpacity(percent) {
+      const slider = control("heat-opacity");
+      const value = clamp(percent, 0, 100);
+      if (slider) slider.value = String(value);
+      if (heatCanvas) heatCanvas.style.opacity = String(value / 100);
+      root.dataset.opacity = String(value);
+    }
+
+    function toggleHeat(show) {
+      const box = control("heat-toggle");
+      if (!box || !heatCanvas) return;
+      box.checked = show === undefined ? !box.checked : show;
+      heatCanvas.hidden = !box.checked;
+      root.dataset.heat = box.checked ? "on" : "off";
+    }
+
+    function setWindowLevel(window_, level, invert) {
+      if (root.dataset.windowLevel !== "1") return;
+      wl.window = clamp(window_, 1, 512);
+      wl.level = clamp(level, 0, 255);
+      if (invert !== undefined) wl.invert = invert;
+      if (control("window")) control("window").value = String(Math.round(wl.window));
+      if (control("level")) control("level").value = String(Math.round(wl.level));
+      schedule();
+    }
+
+    function reset() {
+      setWindowLevel(256, 128, false);
+      fit();
+    }
+
+    // Pointer: drag pans; right button or shift drags window (across) and level (down).
+    let drag = null;
+    stage.addEventListener("contextmenu", function (event) { event.preventDefault(); });
+    stage.addEventListener("pointerdown", function (event) {
+      drag = { x: event.clientX, y: event.clientY, wl: event.button === 2 || event.shiftKey };
+      stage.setPointerCapture(event.pointerId);
+      stage.classList.add("dragging");
+    });
+    stage.addEventListener("pointermove", function (event) {
+      if (!drag) return;
+      const dx = event.clientX - drag.x;
+      const dy = event.clientY - drag.y;
+      drag.x = event.clientX;
+      drag.y = event.clientY;
+      if (drag.wl) {
+        setWindowLevel(wl.window + dx, wl.level + dy * 0.5);
+      } else {
+        view.x += dx;
+        view.y += dy;
+        place();
+      }
+    });
+    function endDrag() {
+      drag = null;
+      stage.classList.remove("dragging");
+    }
+    stage.addEventListener("pointerup", endDrag);
+    stage.addEventListener("pointercancel", endDrag);
+    stage.addEventListener("wheel", function (event) {
+      event.preventDefault();
+      const box = stage.getBoundingClientRect();
+      zoomAt(event.clientX - box.left, event.clientY - box.top, Math.exp(-event.deltaY * 0.0015));
+    }, { passive: false });
+    stage.addEventListener("dblclick", reset);
+    window.addEventListener("resize", fit);
+
+    const bind = function (id, type, handler) { if (control(id)) control(id).addEventListener(type, handler); };
+    // After a click the tool buttons give the keyboard back to the shortcuts.
+    root.querySelectorAll(".tools button, .tools input[type=checkbox]").forEach(function (tool) {
+      tool.addEventListener("click", function () { tool.blur(); });
+    });
+    bind("heat-toggle", "change", function () { toggleHeat(control("heat-toggle").checked); });
+    bind("heat-opacity", "input", function () { setOpacity(Number(control("heat-opacity").value)); });
+    bind("window", "input", function () { setWindowLevel(Number(control("window").value), wl.level); });
+    bind("level", "input", function () { setWindowLevel(wl.window, Number(control("level").value)); });
+    bind("invert", "click", function () { setWindowLevel(wl.window, wl.level, !wl.invert); });
+    bind("zoom-in", "click", function () { zoomCentre(1.25); });
+    bind("zoom-out", "click", function () { zoomCentre(0.8); });
+    bind("reset", "click", reset);
+
+    fit();
+    load(wantedWidth());
+    loadLayer();
+    toggleHeat(true);
+
+    return {
+      key: function (key) {
+        if (key === "h") toggleHeat();
+        else if (key === "[") setOpacity(Number(root.dataset.opacity || 60) - 10);
+        else if (key === "]") setOpacity(Number(root.dataset.opacity || 60) + 10);
+        else if (key === "i") setWindowLevel(wl.window, wl.level, !wl.invert);
+        else if (key === "r" || key === "0") reset();
+        else if (key === "+" || key === "=") zoomCentre(1.25);
+        else if (key === "-") zoomCentre(0.8);
+        else return false;
+        return true;
+      },
+    };
+  }
+
+  // ---------------------------------------------------------------- verdict
+
+  function verdict(pictures) {
+    const form = document.getElementById("verdict-form");
+    if (!form) return;
+    const finding = document.getElementById("finding");
+    const note = document.getElementById("note");
+    const labels = finding.dataset.labels ? finding.dataset.labels.split("|") : [];
+    const model = finding.dataset.model;
+    let findingTouched = finding.value !== "";
+    finding.addEventListener("input", function () { findingTouched = finding.value !== ""; });
+
+    function suggested(value) {
+      if (value === "agree") return model;
+      if (value === "disagree" && labels.length === 2 && labels.includes(model)) {
+        return labels.find(function (label) { return label !== model; });
+      }
+      return "";
+    }
+
+    function choose(value) {
+      const radio = document.getElementById("verdict-" + value);
+      radio.checked = true;
+      radio.dispatchEvent(new Event("change", { bubbles: true }));
+    }
+
+    form.querySelectorAll("input[name=verdict]").forEach(function (radio) {
+      radio.addEventListener("change", function () {
+        if (!findingTouched) finding.value = suggested(radio.value);
+      });
+    });
+
+    form.addEventListener("submit", function (event) {
+      if (!form.querySelector("input[name=verdict]:checked")) {
+        event.preventDefault();
+        let message = form.querySelector(".error.client");
+        if (!message) {
+          message = document.createElement("p");
+          message.className = "error client";
+          message.setAttribute("role", "alert");
+          form.insertBefore(message, form.firstChild.nextSibling);
+        }
+        message.textContent = "Choose a verdict first: a (agree), d (disagree) or u (uncertain).";
+        return;
+      }
+      if (form.dataset.sent) {  // one verdict per press, however fast the key repeats
+        event.preventDefault();
+        return;
+      }
+      form.dataset.sent = "1";
+      document.getElementById("send").disabled = true;
+    });
+
+    const go = function (id) {
+      const link = document.getElementById(id);
+      if (link) window.location.href = link.href;
+    };
+
+    document.addEventListener("keydown", function (event) {
+      const active = document.activeElement;
+      if (typing(active)) {
+        if (event.key === "Escape") active.blur();
+        else if (event.key === "Enter" && active === note && (event.ctrlKey || event.metaKey)) form.requestSubmit();
+        else return;
+        event.preventDefault();
+        return;
+      }
+      if (!plainKey(event) || ownsKey(active, event.key)) return;
+      const key = event.key;
+      if (key === "a") choose("agree");
+      else if (key === "d") choose("disagree");
+      else if (key === "u") choose("uncertain");
+      else if (key === "Enter") form.requestSubmit();
+      else if (key === "f") finding.focus();
+      else if (key === "n") note.focus();
+      else if (key === "j" || key === "ArrowRight") go("next");
+      else if (key === "k" || key === "ArrowLeft") go("previous");
+      else if (!(pictures && pictures.key(key))) return;
+      event.preventDefault();
+    });
+  }
+
+  document.addEventListener("DOMContentLoaded", function () {
+    worklist();
+    const pictures = viewer();
+    verdict(pictures);
+  });
+})();

@@ -1,0 +1,194 @@
+"""The remote specialists' review pages, mounted by `edge.hub.app` at /review.
+
+Server-rendered HTML (Jinja2 templates in edge/hub/templates), one small CSS file and one
+plain script (edge/hub/static); no build step. This module makes the sub-application and holds
+logging in and out and the reader's own account page; the worklist and study pages are in
+`web_review`, the administrators' page in `web_admin`, the shared checks in `webbase`.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import RedirectResponse, Response
+from sqlalchemy import Engine
+from starlette.concurrency import run_in_threadpool
+
+from edge.hub import accounts, service
+from edge.hub.limits import RateLimiter
+from edge.hub.render import Renditions
+from edge.hub.web_admin import router as admin_router
+from edge.hub.web_review import router as review_router
+from edge.hub.webbase import (
+    LOGIN_COOKIE,
+    SESSION_COOKIE,
+    LoginRequired,
+    ReaderDep,
+    Refused,
+    SecurityHeaders,
+    WebState,
+    base_path,
+    client_address,
+    load_static,
+    make_templates,
+    page,
+    same_origin,
+    session_cookie,
+    state,
+    static_response,
+)
+
+LOGIN_RATE_PER_S = 10 / 60  # ten attempts a minute per address, after a burst of ten
+LOGIN_BURST = 10
+
+router = APIRouter()
+
+
+def _safe_next(request: Request, target: str | None) -> str:
+    """Only a path on these pages: never another site (`//evil`, `https://...`)."""
+    base = base_path(request)
+    if target and target.startswith(f"{base}/") and not target.startswith("//") and "\\" not in target:
+        return target
+    return f"{base}/"
+
+
+def _login_page(request: Request, message: str = "", status: int = 200, name: str = "") -> Response:
+    secret = request.cookies.get(LOGIN_COOKIE) or ""
+    fresh = len(secret) != 64
+    if fresh:
+        secret = secrets.token_hex(32)
+    response = page(
+        request,
+        "login.html",
+        None,
+        status=status,
+        message=message,
+        name=name,
+        next=_safe_next(request, request.query_params.get("next")),
+        login_csrf=accounts.mask_token(secret),
+    )
+    if fresh:
+        response.set_cookie(
+            LOGIN_COOKIE,
+            secret,
+            max_age=3600,
+            path=base_path(request) or "/",
+            secure=request.url.scheme == "https",
+            httponly=True,
+            samesite="strict",
+        )
+    return response
+
+
+@router.get("/static/{name}")
+def static_file(name: str, request: Request) -> Response:
+    return static_response(request, name)
+
+
+@router.get("/login")
+def login_form(request: Request) -> Response:
+    web = state(request)
+    if accounts.session_for(web.engine, request.cookies.get(SESSION_COOKIE)) is not None:
+        return RedirectResponse(_safe_next(request, request.query_params.get("next")), status_code=303)
+    return _login_page(request)
+
+
+@router.post("/login")
+async def login(request: Request) -> Response:
+    web = state(request)
+    form = await request.form()
+    name, password = str(form.get("name") or ""), str(form.get("password") or "")
+    secret = request.cookies.get(LOGIN_COOKIE) or ""
+    token = str(form.get("csrf") or "")
+    if not same_origin(request) or len(secret) != 64 or not accounts.token_matches(secret, token):
+        return _login_page(request, "The login form expired: please try again.", 403, name)
+    address = client_address(request)
+    if not web.login_limiter.allow(address):
+        return _login_page(request, "Too many attempts from this address: wait a minute.", 429, name)
+    try:
+        user = await run_in_threadpool(accounts.authenticate, web.engine, name, password, address)
+    except accounts.AccountError as error:
+        return _login_page(request, str(error), 401, name)
+    token, _ = await run_in_threadpool(accounts.open_session, web.engine, user)
+    response = RedirectResponse(_safe_next(request, str(form.get("next") or "")), status_code=303)
+    session_cookie(response, request, token)
+    response.delete_cookie(LOGIN_COOKIE, path=base_path(request) or "/", httponly=True, samesite="strict")
+    return response
+
+
+@router.post("/logout")
+async def logout(request: Request, reader: ReaderDep) -> Response:
+    web = state(request)
+    await run_in_threadpool(accounts.close_session, web.engine, reader.session.token_hash)
+    await run_in_threadpool(service.record_audit, web.engine, reader.user.name, "logout")
+    response = RedirectResponse(f"{base_path(request)}/login", status_code=303)
+    response.delete_cookie(SESSION_COOKIE, path=base_path(request) or "/", httponly=True, samesite="strict")
+    return response
+
+
+@router.get("/account")
+def account_page(request: Request, reader: ReaderDep) -> Response:
+    return page(request, "account.html", reader, message="", error="")
+
+
+@router.post("/account/password")
+async def change_password(request: Request, reader: ReaderDep) -> Response:
+    web = state(request)
+    form = await request.form()
+    current, new, again = (str(form.get(key) or "") for key in ("current", "new", "again"))
+    try:
+        address = client_address(request)
+        await run_in_threadpool(
+            accounts.authenticate, web.engine, reader.user.name, current, address, "password_check"
+        )
+        if new != again:
+            raise accounts.AccountError("The two new passwords differ.")
+        await run_in_threadpool(
+            accounts.set_password,
+            web.engine,
+            reader.user.id,
+            new,
+            reader.user.name,
+            reader.session.token_hash,
+        )
+    except accounts.AccountError as error:
+        return page(request, "account.html", reader, status=400, message="", error=str(error))
+    return page(
+        request, "account.html", reader, message="Password changed; your other sessions are closed.", error=""
+    )
+
+
+def create_web_app(engine: Engine, files: Path) -> FastAPI:
+    app = FastAPI(title="edge hub review", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.web = WebState(
+        engine=engine,
+        files=files,
+        renditions=Renditions(files / "renditions"),
+        login_limiter=RateLimiter(LOGIN_RATE_PER_S, LOGIN_BURST),
+        templates=make_templates(),
+        static=load_static(),
+    )
+    app.add_middleware(SecurityHeaders)
+
+    @app.exception_handler(LoginRequired)
+    async def _login_required(request: Request, _: LoginRequired) -> Response:
+        wants_page = request.method in ("GET", "HEAD") and "text/html" in request.headers.get("accept", "")
+        if wants_page:
+            target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            query = "?" + urlencode({"next": target}) if target.startswith(base_path(request) + "/") else ""
+            return RedirectResponse(f"{base_path(request)}/login{query}", status_code=303)
+        return Response("log in first", status_code=401, media_type="text/plain")
+
+    @app.exception_handler(Refused)
+    async def _refused(request: Request, error: Refused) -> Response:
+        if "text/html" in request.headers.get("accept", ""):
+            return page(request, "error.html", None, status=error.status, message=error.message)
+        return Response(error.message, status_code=error.status, media_type="text/plain")
+
+    app.include_router(router)
+    app.include_router(review_router)
+    app.include_router(admin_router)
+    return app

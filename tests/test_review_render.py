@@ -1,0 +1,230 @@
+"""The review page's pictures, on arrays: undoing the device's heatmap blend, sizing renditions,
+choosing the best source; and what of a payload the page shows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.hub import render, views
+from edge.hub.render import Renditions, snap_width, split_overlay
+from edge.hub.worklist import Study
+from edge.imaging.explain import overlay
+
+
+def grey_image(height: int = 600, width: int = 500, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    noise = cv2.GaussianBlur(rng.integers(0, 256, (height, width)).astype(np.uint8), (0, 0), 3)
+    return cv2.normalize(noise, None, 0, 255, cv2.NORM_MINMAX)
+
+
+def blob(height: int = 600, width: int = 500) -> np.ndarray:
+    yy, xx = np.mgrid[0:height, 0:width]
+    return np.exp(-(((yy - 250) / 120.0) ** 2 + ((xx - 300) / 90.0) ** 2)).astype(np.float32)
+
+
+def test_the_blend_is_undone_into_heat_and_image() -> None:
+    image, heat = grey_image(), blob()
+    blended = overlay(image, heat)  # what the device stores (longest side 512)
+    split = split_overlay(blended)
+    size = (blended.shape[1], blended.shape[0])
+    expected_heat = cv2.resize(heat, size, interpolation=cv2.INTER_LINEAR)
+    expected_image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    assert split.fits
+    error = np.abs(split.heat / 255.0 - expected_heat)
+    assert error.mean() < 0.005
+    assert error.max() < 0.02
+    assert np.abs(split.base.astype(int) - expected_image).max() <= 2
+
+
+def test_no_heat_gives_the_image_back_and_zero_heat() -> None:
+    image = grey_image(200, 300)
+    split = split_overlay(overlay(image, np.zeros(image.shape, np.float32)))
+    assert split.fits
+    assert split.heat.max() == 0
+    assert np.array_equal(split.base, image)
+
+
+def test_a_colour_image_does_not_fit_the_grey_blend() -> None:
+    image = grey_image()
+    colour = np.stack([image, np.roll(image, 40, axis=1), 255 - image], axis=2)
+    assert not split_overlay(overlay(colour, blob())).fits
+
+
+def test_split_refuses_what_is_not_rgb() -> None:
+    with pytest.raises(ValueError, match="RGB"):
+        split_overlay(np.zeros((4, 4), np.uint8))
+
+
+@pytest.mark.parametrize(
+    ("requested", "available", "expected"),
+    [
+        (300, 4000, 384),
+        (1024, 4000, 1024),
+        (1025, 4000, 1536),
+        (9000, 4000, 2048),
+        (800, 600, 600),
+        (10, 224, 224),
+    ],
+)
+def test_widths_snap_to_a_few_sizes_and_never_enlarge(requested: int, available: int, expected: int) -> None:
+    assert snap_width(requested, available) == expected
+
+
+def _upload(tmp_path: Path, name: str, data: bytes) -> SimpleNamespace:
+    path = tmp_path / name
+    path.write_bytes(data)
+    import hashlib
+
+    return SimpleNamespace(path=str(path), sha256=hashlib.sha256(data).hexdigest())
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    ok, encoded = cv2.imencode(".png", pixels if pixels.ndim == 2 else pixels[:, :, ::-1])
+    assert ok
+    return encoded.tobytes()
+
+
+def test_the_best_source_is_chosen_and_renditions_are_cached(tmp_path: Path) -> None:
+    image, heat = grey_image(1200, 1000), blob(1200, 1000)
+    full = _upload(tmp_path, "full.png", _png(image))
+    heatmap = _upload(tmp_path, "heat.png", _png(overlay(image, heat)))
+    thumbnail = _upload(
+        tmp_path, "thumb.png", _png(cv2.resize(image, (213, 256), interpolation=cv2.INTER_AREA))
+    )
+    renditions = Renditions(tmp_path / "cache")
+
+    only_thumbnail = renditions.describe({"thumbnail": thumbnail})
+    assert (only_thumbnail.source, only_thumbnail.width, only_thumbnail.layer) == ("thumbnail", 213, None)
+    # Thumbnails mode sends a 256-px thumbnail and a 512-px overlay: the overlay's grey is sharper.
+    recovered = renditions.describe({"thumbnail": thumbnail, "heatmap": heatmap})
+    assert (recovered.source, recovered.height, recovered.layer) == ("heatmap", 512, "heat")
+    best = renditions.describe({"image": full, "thumbnail": thumbnail, "heatmap": heatmap})
+    assert (best.source, best.width, best.height, best.layer) == ("image", 1000, 1200, "heat")
+    assert renditions.describe({}).source is None
+
+    jpeg = renditions.image({"image": full, "heatmap": heatmap}, 700)
+    assert jpeg is not None
+    assert b"\xff\xc2" in jpeg[:2000]
+    decoded = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert decoded.ndim == 2
+    assert decoded.shape[1] == 768
+    cached = list((tmp_path / "cache").rglob(f"{full.sha256}-image-768.jpg"))
+    assert len(cached) == 1
+    assert renditions.image({"image": full}, 700) == jpeg  # from the cache
+    layer = renditions.layer({"heatmap": heatmap})
+    assert layer is not None
+    data, media_type, kind = layer
+    assert (media_type, kind) == ("image/png", "heat")
+    grey_heat = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert grey_heat.ndim == 2
+    assert grey_heat.shape[1] == render.HEAT_SIDE
+    assert len(data) < 40_000  # a few kB: the heat is smooth
+
+
+def test_a_colour_overlay_is_shown_as_it_is(tmp_path: Path) -> None:
+    image = grey_image(300, 300)
+    colour = np.stack([image, np.roll(image, 40, axis=1), 255 - image], axis=2)
+    heatmap = _upload(tmp_path, "heat.png", _png(overlay(colour, blob(300, 300))))
+    renditions = Renditions(tmp_path / "cache")
+    picture = renditions.describe({"heatmap": heatmap})
+    assert (picture.source, picture.layer) == ("overlay", None)
+    thumbnail = _upload(tmp_path, "thumb.png", _png(cv2.resize(colour, (256, 256))))
+    with_thumbnail = renditions.describe({"heatmap": heatmap, "thumbnail": thumbnail})
+    assert (with_thumbnail.source, with_thumbnail.layer) == ("thumbnail", "overlay")
+    layer = renditions.layer({"heatmap": heatmap})
+    assert layer is not None
+    assert layer[1:] == ("image/jpeg", "overlay")
+
+
+def _study(payload: dict) -> Study:
+    return Study(1, "u", "d", "xray-1", "site-a", "default", "2026-11-29T09:25:26.972Z", payload)
+
+
+def test_the_page_shows_named_fields_only() -> None:
+    payload = {
+        "result": {
+            "finding": "pneumonia",
+            "positive_label": "pneumonia",
+            "probability": 0.91,
+            "threshold": 0.19,
+            "probabilities": {"normal": 0.09, "pneumonia": 0.91},
+            "quality": {"sharpness": 120.5, "black_fraction": 0.1, "secret_metric": 7},
+            "model": "cxr-pneumonia",
+            "version": "1.0.0",
+        },
+        "study": {
+            "patient": "P-abc",
+            "age_years": 4.0,
+            "sex": "F",
+            "urgent": True,
+            "PatientName": "Zxqwerty",
+        },
+        "surprise": {"InstitutionName": "Saint Qwerty"},
+    }
+    view = views.study_view(_study(payload))
+    text = repr(view)
+    assert "Zxqwerty" not in text
+    assert "Qwerty" not in text
+    assert "secret_metric" not in text
+    assert view["positive"]
+    assert view["urgent"]
+    assert view["window_level"]
+    assert ("age", "4 y") in view["patient_rows"]
+    assert views.age(0.5) == "6 mo"
+    assert views.age(None) == "age ?"
+    assert views.patient(4.0, "F") == "4 y · female"
+    assert views.patient(None, None) == "-"
+    assert views.patient(None, "M") == "male"
+    assert ("sharpness", "120") in view["quality_rows"]
+    assert views.study_view(_study({"study": {"modality": "US"}}))["window_level"] is False
+    broken = views.study_view(_study({"result": "not a dict", "study": ["nor this"]}))  # a bad payload
+    assert broken["finding"] == "-"
+
+
+def test_the_finding_follows_the_verdict_when_left_empty() -> None:
+    labels = ["normal", "pneumonia"]
+    assert views.default_finding("agree", "pneumonia", labels) == "pneumonia"
+    assert views.default_finding("disagree", "pneumonia", labels) == "normal"
+    assert views.default_finding("disagree", "benign", ["benign", "malignant", "normal"]) is None
+    assert views.default_finding("uncertain", "pneumonia", labels) is None
+
+
+def test_a_clip_is_drawn_as_a_sparkline() -> None:
+    line = views.sparkline([[0.0, 0.1], [0.5, 0.9], [1.0, 0.4]], 0.5, width=100, height=50)
+    assert line is not None
+    assert line["points"].split()[0] == "1.0,43.4"  # 50 - 2 - 0.1 * 46
+    assert line["threshold_y"] == 25.0
+    assert views.sparkline([[0.0, 0.1]], 0.5) is None
+    assert views.sparkline("nonsense", 0.5) is None
+
+
+def test_a_full_size_radiograph_travels_in_a_second_at_1_mbit(tmp_path: Path) -> None:
+    """A 2000-px chest X-ray (a shipped sample enlarged, with detector-like noise) at the widths
+    a laptop screen asks for: a 1 Mbit/s link carries about 125 kB a second."""
+    sample = cv2.imread(str(Path(__file__).parent.parent / "models/cxr-pneumonia/samples/sample-01.png"), 0)
+    large = cv2.resize(sample, (2000, 2000), interpolation=cv2.INTER_CUBIC).astype(np.float32)
+    noisy = np.clip(large + np.random.default_rng(0).normal(0, 2, large.shape), 0, 255).astype(np.uint8)
+    full = _upload(tmp_path, "large.png", _png(noisy))
+    renditions = Renditions(tmp_path / "cache")
+    sizes = {width: len(renditions.image({"image": full}, width) or b"") for width in (768, 1024)}
+    assert sizes[768] < 60_000
+    assert sizes[1024] < 100_000
+
+
+def test_a_missing_or_damaged_file_leaves_what_else_there_is(tmp_path: Path) -> None:
+    image = grey_image(300, 300)
+    thumbnail = _upload(tmp_path, "thumb.png", _png(cv2.resize(image, (256, 256))))
+    gone = SimpleNamespace(path=str(tmp_path / "gone.png"), sha256="0" * 64)
+    damaged = _upload(tmp_path, "bad.png", b"\x89PNG not really")
+    renditions = Renditions(tmp_path / "cache")
+    for heatmap in (gone, damaged):
+        picture = renditions.describe({"thumbnail": thumbnail, "heatmap": heatmap})
+        assert (picture.source, picture.layer) == ("thumbnail", None)
+        assert renditions.layer({"heatmap": heatmap}) is None
+    assert renditions.describe({"heatmap": gone}).source is None
+    assert renditions.image({"image": damaged, "thumbnail": thumbnail}, 512) is not None  # the thumbnail
