@@ -130,3 +130,126 @@ def test_network_exports_to_onnx_with_the_same_logits(tmp_path: Path) -> None:
     with torch.no_grad():
         expected = net(torch.from_numpy(batch))[0].numpy()
     np.testing.assert_allclose(run_onnx(path, batch), expected, atol=1e-4)
+
+
+def test_shipped_threshold_rounds_down_to_four_decimals() -> None:
+    from tools.release import shipped_threshold
+
+    assert shipped_threshold(0.23138) == 0.2313  # rounding to nearest gave 0.2314: a lost case
+    assert shipped_threshold(0.11806) == 0.118
+    assert shipped_threshold(0.2314) == 0.2314  # already on the grid: unchanged
+    assert shipped_threshold(0.0) == 0.0
+    for value in np.random.default_rng(5).uniform(0, 1, 2000):
+        shipped = shipped_threshold(float(value))
+        assert shipped <= value < shipped + 1e-4
+        assert round(shipped, 4) == shipped
+
+
+def test_operating_points_state_the_figures_of_the_shipped_threshold(tmp_path: Path) -> None:
+    """The manifest's threshold and temperature, fed to the product's decision rule, must give
+    exactly the sensitivity and specificity written beside them (and in the metrics table)."""
+    from edge.postprocess import decide
+    from tools.release import Predictions, operating_point_entries, operating_points, report
+
+    recipe = make_recipe(tmp_path, [])
+    # One cancer sits at P = 0.23138, the Youden threshold: rounding to 0.2314 would miss it.
+    positives = [0.9, 0.8, 0.7, 0.6, 0.23138]
+    negatives = [0.05, 0.1, 0.15, 0.2, 0.22, 0.23, 0.3]
+    prob = np.array(positives + negatives)
+    temperature = 1.2345
+    logits = np.stack([np.zeros_like(prob), np.log(prob / (1 - prob)) * temperature], axis=1)
+    truth = np.array([1] * len(positives) + [0] * len(negatives))
+    validation = Predictions("validation", [], logits, truth)
+
+    thresholds, target = operating_points(validation, recipe, temperature)
+    metrics = report(validation, recipe, temperature, thresholds, seed=0)
+    entries = operating_point_entries(thresholds, metrics, target)
+    for name, entry in entries.items():
+        assert round(entry["threshold"], 4) == entry["threshold"]
+        found = np.array(
+            [
+                decide(row, recipe.labels, recipe.positive, temperature, entry["threshold"], name).finding
+                == recipe.positive
+                for row in logits
+            ]
+        )
+        sensitivity = found[truth == 1].mean()
+        specificity = (~found[truth == 0]).mean()
+        assert entry["sensitivity"] == metrics[f"{name}_sensitivity"] == round(sensitivity, 4)
+        assert entry["specificity"] == metrics[f"{name}_specificity"] == round(specificity, 4)
+    assert entries["balanced"]["threshold"] == 0.2313
+    assert entries["balanced"]["sensitivity"] == 1.0  # the edge case is kept, not lost
+    assert entries["screening"]["threshold"] <= entries["balanced"]["threshold"]
+
+
+def test_near_duplicate_groups_join_and_flag_conflicts() -> None:
+    from tools.dedup import components, duplicate_groups
+
+    assert components(["c", "a", "b", "d"], [("c", "b"), ("b", "a"), ("x", "d")]) == {
+        "a": "a",
+        "b": "a",
+        "c": "a",
+        "d": "d",
+    }
+    groups = {"p1-a": "p1", "p1-b": "p1", "p2-a": "p2", "p3-a": "p3", "p4-a": "p4", "p4-b": "p4"}
+    labels = {"p1-a": "benign", "p1-b": "benign", "p2-a": "benign", "p3-a": "malignant"}
+    labels |= {"p4-a": "normal", "p4-b": "benign"}  # one patient, two labels: not a conflict
+    joined, conflicting = duplicate_groups(groups, labels, [("p1-b", "p2-a"), ("p2-a", "p3-a")])
+    # p1's other image follows it into the joined group; p4 stays alone.
+    assert joined == {"p1-a": "p1", "p1-b": "p1", "p2-a": "p1", "p3-a": "p1", "p4-a": "p4", "p4-b": "p4"}
+    # Conflicts are judged on the near-duplicate component itself, not on the patient.
+    assert conflicting == {"p1-b", "p2-a", "p3-a"}
+
+
+def test_near_duplicates_stay_in_one_fold_and_conflicts_are_dropped(tmp_path: Path) -> None:
+    from tools.recipe import NEAR_DUPLICATE_GROUP, group_folds
+
+    rows = [
+        {"path": f"{i}.png", "class_name": "pneumonia" if i % 3 else "normal", "patient": ""}
+        for i in range(60)
+    ]
+    pairs = [(f"{i}.png", f"{i + 1}.png") for i in range(0, 30, 2) if (i % 3 != 0) == ((i + 1) % 3 != 0)]
+    pairs += [("0.png", "1.png")]  # normal vs pneumonia: a conflicting pair
+    with (tmp_path / "dups.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path_a", "label_a", "path_b", "label_b", "corr16", "sift_inliers"])
+        writer.writerows([a, "", b, "", "0.99", "100"] for a, b in pairs)
+    recipe = make_recipe(tmp_path, rows, group_column=NEAR_DUPLICATE_GROUP)
+    recipe.raw["data"] |= {"near_duplicates": "dups.csv", "conflicting_duplicates": "exclude"}
+    samples = read_samples(recipe)
+    assert {s.path for s in samples} == {r["path"] for r in rows} - {"0.png", "1.png"}
+    assert all(s.row[NEAR_DUPLICATE_GROUP] == s.group for s in samples)
+    folds = group_folds(samples, recipe, 5)
+    linked = [(a, b) for a, b in pairs if a in folds and b in folds]
+    assert len(linked) == len(pairs) - 1
+    assert all(folds[a] == folds[b] for a, b in linked)
+    recipe.raw["data"]["conflicting_duplicates"] = "keep"
+    assert len(read_samples(recipe)) == len(rows)
+
+
+def test_near_duplicate_rule_finds_a_reannotated_copy_but_not_another_image() -> None:
+    import cv2
+
+    from tools.dedup import near_duplicate_pairs
+
+    rng = np.random.default_rng(7)
+
+    def scene(seed: int) -> np.ndarray:
+        r = np.random.default_rng(seed)
+        base = cv2.GaussianBlur(r.uniform(0, 255, (256, 256)).astype(np.float32), (0, 0), 6)
+        base = cv2.normalize(base, None, 0, 255, cv2.NORM_MINMAX)
+        for _ in range(30):
+            cv2.circle(
+                base, (int(r.integers(20, 236)), int(r.integers(20, 236))), int(r.integers(3, 12)), 255, -1
+            )
+        return base.astype(np.uint8)
+
+    original = scene(1)
+    speckled = np.clip(original * rng.gamma(20, 1 / 20, original.shape), 0, 255).astype(np.uint8)
+    annotated = cv2.resize(original[8:248, 8:248], (256, 256))  # re-cropped and re-scaled
+    cv2.putText(annotated, "RT 5", (20, 230), cv2.FONT_HERSHEY_SIMPLEX, 0.8, 255, 2)
+    other = scene(2)
+    pairs = near_duplicate_pairs(["o", "s", "a", "x"], [original, speckled, annotated, other])
+    found = {(p.a, p.b) for p in pairs}
+    assert {("o", "s"), ("o", "a")} <= found
+    assert not any("x" in pair for pair in found)

@@ -73,18 +73,54 @@ class Sample:
     row: dict[str, str]
 
 
+NEAR_DUPLICATE_GROUP = "near-duplicate group"
+"""A `group_column` computed at load time from `[data] near_duplicates` (see tools/dedup.py)."""
+
+
 def read_samples(recipe: Recipe) -> list[Sample]:
+    """The labelled images a recipe uses, each with its group (what a split keeps whole).
+
+    `[data] exclude` drops named images. `[data] near_duplicates` names a CSV of near-duplicate
+    pairs (tools/dedup.py, relative to the recipe) whose connected components, joined with the
+    `group_column` groups, become the groups; the joined group is also put in each row as
+    `near-duplicate group`, which `group_column` may name. With `conflicting_duplicates =
+    "exclude"` every image of a near-duplicate component with more than one label is dropped.
+    """
     data = recipe.data
     labels = recipe.labels
     excluded = set(data.get("exclude", []))
+    group_column = data.get("group_column") or ""
     out = []
     with (recipe.data_root / data["labels_csv"]).open(newline="") as handle:
         for row in csv.DictReader(handle):
             name = row[data["label_column"]]
             if name not in labels or row[data["path_column"]] in excluded:
                 continue  # e.g. the single 'pneumonia' frame in the lung set
-            group = row.get(data.get("group_column") or "", "") or row[data["path_column"]]
+            group = row.get(group_column, "") or row[data["path_column"]]
             out.append(Sample(row[data["path_column"]], labels.index(name), group, row))
+    if data.get("near_duplicates"):
+        return _join_near_duplicates(recipe, out)
+    if group_column == NEAR_DUPLICATE_GROUP:
+        raise ValueError(f"{recipe.path}: group_column {NEAR_DUPLICATE_GROUP!r} needs [data] near_duplicates")
+    return out
+
+
+def _join_near_duplicates(recipe: Recipe, samples: list[Sample]) -> list[Sample]:
+    from tools.dedup import duplicate_groups, read_pairs
+
+    policy = recipe.data.get("conflicting_duplicates", "keep")
+    if policy not in ("keep", "exclude"):
+        raise ValueError(f"{recipe.path}: conflicting_duplicates must be 'keep' or 'exclude', not {policy!r}")
+    pairs = read_pairs(recipe.path.parent / recipe.data["near_duplicates"])
+    joined, conflicting = duplicate_groups(
+        {s.path: s.group for s in samples}, {s.path: str(s.label) for s in samples}, pairs
+    )
+    out = []
+    for sample in samples:
+        if policy == "exclude" and sample.path in conflicting:
+            continue
+        group = joined[sample.path]
+        out.append(Sample(sample.path, sample.label, group, {**sample.row, NEAR_DUPLICATE_GROUP: group}))
     return out
 
 

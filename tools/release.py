@@ -16,6 +16,7 @@ import csv
 import datetime as dt
 import hashlib
 import json
+import math
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ from tools.recipe import (
 
 console = Console()
 SCREENING_SENSITIVITY = 0.95  # default; a recipe may ask for more ([release] screening_sensitivity)
+DECIMALS = 4  # the manifest's temperature and thresholds; every figure is computed at these values
 MAX_SAMPLE_BYTES = 160_000  # keeps each model's samples around a megabyte
 
 
@@ -281,17 +283,56 @@ def write_plots(folder: Path, recipe: Recipe, sets: dict[str, Predictions], temp
     plots.save_png(plots.reliability_plot(curves, counts, title), folder / "reliability.png")
 
 
+def shipped_threshold(value: float, decimals: int = DECIMALS) -> float:
+    """`value` rounded DOWN to `decimals` places: the threshold written to the manifest.
+
+    Thresholds are probabilities of validation images; rounding to nearest could move one just
+    above an image it was chosen to include and lose that case. Flooring only adds positives, so
+    sensitivity never drops; the stated figures are then computed at the floored value.
+    """
+    step = 10.0**-decimals
+    shipped = round(math.floor(value / step) * step, decimals)
+    while shipped > value:  # guard against float error in the division
+        shipped = round(shipped - step, decimals)
+    while round(shipped + step, decimals) <= value:
+        shipped = round(shipped + step, decimals)
+    return shipped
+
+
 def operating_points(
     validation: Predictions, recipe: Recipe, temperature: float
 ) -> tuple[dict[str, float], float]:
+    """The shipped thresholds (already floored to DECIMALS) and the screening target.
+
+    Pass the shipped (rounded) temperature, so that the probabilities are the product's."""
     positive = recipe.labels.index(recipe.positive)
     truth = validation.truth == positive
     prob = softmax(validation.logits, temperature)[:, positive]
     target = float(recipe.raw.get("release", {}).get("screening_sensitivity", SCREENING_SENSITIVITY))
     balanced = m.youden_threshold(truth, prob)
-    # Screening must never be less sensitive than the balanced point.
+    # Screening must never be less sensitive than the balanced point (flooring keeps the order).
     screening = min(balanced, m.threshold_for_sensitivity(truth, prob, target))
-    return {"balanced": balanced, "screening": screening}, target
+    return {"balanced": shipped_threshold(balanced), "screening": shipped_threshold(screening)}, target
+
+
+def operating_point_entries(
+    thresholds: dict[str, float], validation_metrics: dict[str, Any], screening_target: float
+) -> dict[str, dict[str, Any]]:
+    """The manifest's [operating_points]: each threshold exactly as shipped, with the validation
+    sensitivity and specificity that `report` measured at that very threshold."""
+    descriptions = {
+        "balanced": "Youden's J on the validation predictions",
+        "screening": f"sensitivity >= {screening_target} on the validation predictions",
+    }
+    return {
+        name: {
+            "threshold": thresholds[name],
+            "description": descriptions[name],
+            "sensitivity": validation_metrics[f"{name}_sensitivity"],
+            "specificity": validation_metrics[f"{name}_specificity"],
+        }
+        for name in ("balanced", "screening")
+    }
 
 
 def ship_variants(recipe: Recipe, out_dir: Path) -> dict[str, Any]:
@@ -359,7 +400,9 @@ def main() -> None:
     with console.status("FP32 predictions for the evaluation sets..."):
         sets = evaluation_sets(recipe)
     validation = sets["validation"]
-    temperature = m.fit_temperature(validation.logits, validation.truth)
+    # Rounded once, here: the probabilities behind every threshold and figure are then exactly
+    # those the product computes from the manifest.
+    temperature = round(m.fit_temperature(validation.logits, validation.truth), DECIMALS)
     thresholds, screening_target = operating_points(validation, recipe, temperature)
     metrics = {name: report(p, recipe, temperature, thresholds, seed) for name, p in sets.items()}
     if settings.get("aggregate_by"):
@@ -413,9 +456,11 @@ def main() -> None:
     )
     info = recipe.raw.get("card", {})
     if recipe.data.get("cv_folds"):
+        groups = len({s.group for s in validation.samples})
         split = (
             f"{recipe.data['cv_folds']}-fold cross-validation by "
-            f"{recipe.data.get('group_column') or 'image'} ({len(validation.samples)} images); "
+            f"{recipe.data.get('group_column') or 'image'} ({len(validation.samples)} images"
+            f"{f' in {groups} groups' if groups != len(validation.samples) else ''}); "
             "the shipped model is then trained on all of them"
         )
     else:
@@ -438,23 +483,10 @@ def main() -> None:
             "cam": "cam",
             "labels": recipe.labels,
             "positive": recipe.positive,
-            "temperature": round(temperature, 4),
+            "temperature": temperature,
         },
         "default_operating_point": "balanced",
-        "operating_points": {
-            "balanced": {
-                "threshold": round(thresholds["balanced"], 4),
-                "description": "Youden's J on the validation predictions",
-                "sensitivity": metrics["validation"]["balanced_sensitivity"],
-                "specificity": metrics["validation"]["balanced_specificity"],
-            },
-            "screening": {
-                "threshold": round(thresholds["screening"], 4),
-                "description": f"sensitivity >= {screening_target} on the validation predictions",
-                "sensitivity": metrics["validation"]["screening_sensitivity"],
-                "specificity": metrics["validation"]["screening_specificity"],
-            },
-        },
+        "operating_points": operating_point_entries(thresholds, metrics["validation"], screening_target),
         "variants": variants,
         "metrics": metrics,
         "training": {
