@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlite_utils import Database
 
 from edge.errors import Code, EdgeError
 from edge.store import NewImage, ResultRecord, Store, StudyInfo, schema
@@ -67,6 +68,49 @@ def test_reopening_applies_no_migration_twice(tmp_path: Path) -> None:
     Store(tmp_path).close()
     with Store(tmp_path) as again:
         assert len(schema.migrations.applied(again.db)) == schema.latest_version()
+
+
+def test_clips_made_before_m011_keep_their_model_and_stay_deduplicated(tmp_path: Path) -> None:
+    """A store from before clips were keyed by (file, model) upgrades in place."""
+    db = Database(tmp_path / "edge.db")
+    schema.migrations.apply(db, stop_before="m011_clip_per_model")
+    now = "2026-11-01T00:00:00.000Z"
+    db.execute("INSERT INTO studies (id, source, received_at) VALUES ('s', 'video', ?)", [now])
+    db.execute(
+        "INSERT INTO images (id, study_id, sha256, path, format, bytes, width, height, created_at)"
+        " VALUES ('i', 's', 'x', 'p.png', 'png', 1, 8, 8, ?)",
+        [now],
+    )
+    db.execute(
+        "INSERT INTO jobs (id, image_id, model_name, state, created_at, updated_at)"
+        " VALUES ('j', 'i', 'us-lung', 'done', ?, ?)",
+        [now, now],
+    )
+    result = {c.name: None for c in db["results"].columns}
+    result.update(id="r", job_id="j", image_id="i", model_name="us-lung", created_at=now)
+    for column in db["results"].columns:
+        if column.notnull and result[column.name] is None:
+            result[column.name] = 0 if column.type in ("INTEGER", "REAL") else "x"
+    db["results"].insert(result)
+    db.execute(
+        "INSERT INTO clips (id, result_id, source, source_sha256, frames_analysed, frames_excluded,"
+        " duration_s, aggregate, series, key_frames, created_at)"
+        " VALUES ('c', 'r', 'file', 'abc', 1, 0, 1.0, 'mean', '[]', '[]', ?)",
+        [now],
+    )
+    db.conn.commit()
+    db.close()
+    with Store(tmp_path) as upgraded:
+        assert upgraded.clip_for_source("abc", "us-lung")["result_id"] == "r"
+        assert upgraded.clip_for_source("abc", "us-breast") is None
+        with pytest.raises(sqlite3.IntegrityError):
+            upgraded.db.execute(
+                "INSERT INTO clips (id, result_id, source, source_sha256, model_name,"
+                " frames_analysed, frames_excluded, duration_s, aggregate, series, key_frames,"
+                " created_at) VALUES ('c2', 'r2', 'file', 'abc', 'us-lung', 1, 0, 1, 'm', '[]',"
+                " '[]', ?)",
+                [now],
+            )
 
 
 def test_ingest_writes_file_then_rows(store: Store) -> None:

@@ -142,6 +142,18 @@ def test_the_same_recording_twice_is_one_clip(pipeline: Pipeline, tmp_path: Path
     assert pipeline.store.counts()["results"] == 1
 
 
+def test_the_same_recording_with_another_model_is_another_clip(pipeline: Pipeline) -> None:
+    needs_data()
+    names = Registry(MODELS).names()
+    other = next(n for n in ("us-breast", "us-lung") if n in names and n != ultrasound_model())
+    first = pipeline.analyse_file(CLIPS[0])[0]
+    second = pipeline.analyse_file(CLIPS[0], model=other)[0]
+    assert not second.duplicate, "the second model's question was answered with the first's result"
+    assert second.result["model_name"] == other != first.result["model_name"]
+    assert pipeline.analyse_file(CLIPS[0], model=other)[0].result["id"] == second.result["id"]
+    assert pipeline.store.counts()["results"] == 2
+
+
 def test_the_same_frames_captured_twice_are_two_clips(pipeline: Pipeline) -> None:
     """Live captures have no file to deduplicate by: two captures of the same frames (a probe
     held still, a replayed recording) are two clips, though their key frames match pixel for pixel."""

@@ -81,8 +81,11 @@ class Reads:
         for row in self.db.execute(sql + " ORDER BY id", params).fetchall():
             yield dict(row)
 
-    def clip_for_source(self, sha256: str) -> dict[str, Any] | None:
-        return self._one("SELECT * FROM clips WHERE source_sha256 = ?", [sha256])
+    def clip_for_source(self, sha256: str, model_name: str) -> dict[str, Any] | None:
+        """The clip this model already made of this file, if any (another model makes another)."""
+        return self._one(
+            "SELECT * FROM clips WHERE source_sha256 = ? AND model_name = ?", [sha256, model_name]
+        )
 
     def clip_for_result(self, result_id: str) -> dict[str, Any] | None:
         row = self._one("SELECT * FROM clips WHERE result_id = ?", [result_id])

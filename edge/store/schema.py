@@ -217,3 +217,45 @@ def m010_sync(db: Database) -> None:
         "CREATE TABLE sync_state (key TEXT PRIMARY KEY, value TEXT NOT NULL, updated_at TEXT NOT NULL)"
     )
     db.execute("CREATE INDEX outbox_kind_ref ON outbox(kind, ref_id)")
+
+
+@migrations()
+def m011_clip_per_model(db: Database) -> None:
+    # The same recording analysed by another model is another clip: a file is one clip per model,
+    # not one clip in all (which returned the first model's answer to a question about the second).
+    # SQLite cannot drop a UNIQUE column constraint in place, so the table is rebuilt.
+    db.execute(
+        """
+        CREATE TABLE clips_new (
+            id TEXT PRIMARY KEY,
+            result_id TEXT NOT NULL UNIQUE REFERENCES results(id),
+            source TEXT NOT NULL,              -- file | capture | dicom
+            source_sha256 TEXT,                -- the input file: with model_name, one clip per pair
+            model_name TEXT,                   -- the model that analysed it (results.model_name)
+            roi TEXT,                          -- JSON [x, y, w, h] on the source screen
+            frames_analysed INTEGER NOT NULL,
+            frames_excluded INTEGER NOT NULL,  -- frozen or black: not aggregated
+            duration_s REAL NOT NULL,
+            aggregate TEXT NOT NULL,           -- how the clip's probability was made
+            series TEXT NOT NULL,              -- JSON [[seconds, calibrated P(positive)], ...]
+            key_frames TEXT NOT NULL,          -- JSON [{path, heatmap, t, p}, ...]
+            video_path TEXT,                   -- the ROI-only, bounded MP4 (no screen UI)
+            events TEXT NOT NULL DEFAULT '[]', -- JSON: freeze, black, reconnects, size changes
+            created_at TEXT NOT NULL
+        )
+        """
+    )
+    db.execute(
+        """
+        INSERT INTO clips_new (id, result_id, source, source_sha256, model_name, roi,
+            frames_analysed, frames_excluded, duration_s, aggregate, series, key_frames,
+            video_path, events, created_at)
+        SELECT c.id, c.result_id, c.source, c.source_sha256, r.model_name, c.roi,
+            c.frames_analysed, c.frames_excluded, c.duration_s, c.aggregate, c.series,
+            c.key_frames, c.video_path, c.events, c.created_at
+        FROM clips c JOIN results r ON r.id = c.result_id
+        """
+    )
+    db.execute("DROP TABLE clips")
+    db.execute("ALTER TABLE clips_new RENAME TO clips")
+    db.execute("CREATE UNIQUE INDEX clips_source_model ON clips(source_sha256, model_name)")

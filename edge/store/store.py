@@ -224,7 +224,7 @@ class Store(Reads, TechnicianActions, SyncRecords):
                 },
             )
             if clip is not None:
-                self._insert_clip(result_id, clip, now)
+                self._insert_clip(result_id, result.model_name, clip, now)
             self._enqueue_outbox("result", result_id, {"result_id": result_id, "job_id": job.id})
         return result_id
 
@@ -281,7 +281,7 @@ class Store(Reads, TechnicianActions, SyncRecords):
                         "created_at": now,
                     },
                 )
-                self._insert_clip(result_id, clip, now)
+                self._insert_clip(result_id, result.model_name, clip, now)
                 self._enqueue_outbox("result", result_id, {"result_id": result_id, "job_id": job_id})
                 self._audit(actor, "clip.recorded", result_id, {"frames": clip.get("frames_analysed")})
         except BaseException:
@@ -289,8 +289,8 @@ class Store(Reads, TechnicianActions, SyncRecords):
             raise
         return IngestOutcome(image_id, study_id, (job_id,), duplicate=False)
 
-    def _insert_clip(self, result_id: str, clip: dict[str, Any], now: str) -> None:
-        row = {"id": uuid7(), "result_id": result_id, "created_at": now}
+    def _insert_clip(self, result_id: str, model_name: str, clip: dict[str, Any], now: str) -> None:
+        row = {"id": uuid7(), "result_id": result_id, "model_name": model_name, "created_at": now}
         for key, value in clip.items():
             row[key] = json.dumps(value) if key in ("roi", "series", "key_frames", "events") else value
         self._insert("clips", row)

@@ -50,13 +50,13 @@ def analyse_recording(
         if not path.is_file():
             raise EdgeError(Code.INPUT_NOT_FOUND, f"{path} does not exist")
         sha = file_sha256(path)
-        existing = store.clip_for_source(sha)
+        served = pipeline.pool.get(model or pipeline.settings.video.model)
+        existing = store.clip_for_source(sha, served.name)
         if existing is not None:
             result = store.result(existing["result_id"])
             return Analysis(
                 str(path), result=result, job_id=result["job_id"] if result else None, duplicate=True
             )
-        served = pipeline.pool.get(model or pipeline.settings.video.model)
         source = FrameSource(str(path), realtime=realtime, lossless=not realtime)
         summary, analyzer, elapsed = _record(pipeline, served, source)
         events = list(summary.events)
