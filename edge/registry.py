@@ -101,8 +101,9 @@ class OperatingPoint(_Strict):
     specificity: float | None = None
 
 
-class Gate(_Strict):
-    """Acceptance of a reduced-precision variant against FP32 on the validation split."""
+class HeldOutGate(_Strict):
+    """A cross-validated model's INT8 check on unseen images: each fold's model quantised the same
+    way, compared with its FP32 on the images that fold never saw."""
 
     passed: bool
     images: int
@@ -110,8 +111,17 @@ class Gate(_Strict):
     auc: float
     auc_delta: float
     agreement: float
+    accuracy_reference: float | None = None
+    accuracy: float | None = None
     max_abs_logit_diff: float | None = None
     rule: str = ""
+
+
+class Gate(HeldOutGate):
+    """Acceptance of a reduced-precision variant against FP32 on the validation split (for a
+    cross-validated model: fidelity on every image, plus `out_of_fold`; both must pass)."""
+
+    out_of_fold: HeldOutGate | None = None
 
 
 class QualityRule(_Strict):

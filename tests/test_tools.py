@@ -253,3 +253,83 @@ def test_near_duplicate_rule_finds_a_reannotated_copy_but_not_another_image() ->
     found = {(p.a, p.b) for p in pairs}
     assert {("o", "s"), ("o", "a")} <= found
     assert not any("x" in pair for pair in found)
+
+
+def test_a_cross_validated_int8_gate_measures_each_fold_on_unseen_images(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Train two tiny folds and the final model, quantise: gate.json holds the shipped model's
+    fidelity and the out-of-fold comparison (each fold's INT8 against its FP32 on its held-out
+    images, checked against the logits training recorded), and the manifest schema takes it."""
+    pytest.importorskip("torch")
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import cv2
+    import tomli_w
+
+    from edge.registry import Gate
+
+    rng = np.random.default_rng(1)
+    rows = []
+    for index in range(32):
+        label = "pneumonia" if index % 2 else "normal"
+        image = rng.integers(0, 60, (32, 32), dtype=np.uint8)
+        if label == "pneumonia":
+            cv2.circle(image, (16, 16), 8, 220, -1)
+        cv2.imwrite(str(tmp_path / f"{index}.png"), image)
+        rows.append({"path": f"{index}.png", "class_name": label, "patient": ""})
+    recipe = make_recipe(tmp_path, rows, group_column="")
+    recipe.raw["data"].update(cv_folds=2)
+    recipe.raw.update(
+        net={"widths": [4, 8], "blocks": [1]},
+        augment={
+            "kind": "xray",
+            "rotate_deg": 0.0,
+            "scale": [1.0, 1.0],
+            "translate": 0.0,
+            "contrast": [1.0, 1.0],
+            "brightness": 0.0,
+            "gamma": [1.0, 1.0],
+            "hflip": False,
+        },
+        train={
+            "epochs": 2,
+            "batch_size": 8,
+            "lr": 0.01,
+            "weight_decay": 0.0,
+            "warmup_epochs": 0,
+            "class_weighting": "balanced",
+        },
+    )
+    config = tmp_path / "recipe.toml"
+    config.write_text(tomli_w.dumps(recipe.raw))
+    env = {**os.environ, "EDGE_TOOLS_RUNS": str(tmp_path / "runs")}
+    for module, extra in (("tools.crossval", []), ("tools.quantize", ["--calibration-images", "8"])):
+        subprocess.run(
+            [sys.executable, "-m", module, "--config", str(config), *extra],
+            check=True,
+            env=env,
+            cwd=Path(__file__).resolve().parents[1],
+            capture_output=True,
+        )
+    gates = json.loads((tmp_path / "runs" / "t" / "gate.json").read_text())
+    for name in ("int8-qdq", "int8-qop"):
+        held_out = gates[name]["out_of_fold"]
+        assert held_out["images"] == 32  # every image, each predicted by the fold that never saw it
+        assert 0 <= held_out["accuracy"] <= 1
+        assert 0 <= held_out["agreement"] <= 1
+        if not held_out["passed"]:
+            assert not gates[name]["passed"]  # a failed out-of-fold gate is never shipped
+        assert (
+            Gate(
+                **{
+                    k: v
+                    for k, v in gates[name].items()
+                    if k not in ("file", "method", "calibration_images", "bytes")
+                }
+            ).out_of_fold
+            is not None
+        )

@@ -27,7 +27,10 @@ def write_card(recipe: Recipe, manifest: dict[str, Any], out_dir: Path) -> None:
             "thresholds) used the out-of-fold predictions only; there is no separate holdout, so these",
             "figures estimate, but slightly flatter, what a new site will see: validate locally.",
         ]
-        gate_basis = "fidelity on all training images"
+        gate_basis = (
+            "fidelity on all training images; out of fold: each fold's model quantised alike, "
+            "on the images it never saw"
+        )
         sample_text = "a few training images (the shipped model saw every image; pixels exactly as published)"
     else:
         split_text = [
@@ -71,7 +74,7 @@ def write_card(recipe: Recipe, manifest: dict[str, Any], out_dir: Path) -> None:
             if gate is None
             else (
                 f"{'passed' if gate['passed'] else 'failed'}: AUC delta {gate['auc_delta']:+.4f}, "
-                f"top-1 agreement {gate['agreement']:.2%}"
+                f"top-1 agreement {gate['agreement']:.2%}" + _out_of_fold_text(gate.get("out_of_fold"))
             )
         )
         lines.append(
@@ -120,3 +123,12 @@ def write_card(recipe: Recipe, manifest: dict[str, Any], out_dir: Path) -> None:
         "",
     ]
     (out_dir / "MODEL_CARD.md").write_text("\n".join(lines))
+
+
+def _out_of_fold_text(held_out: dict[str, Any] | None) -> str:
+    if not held_out:
+        return ""
+    return (
+        f"; out of fold: AUC {held_out['auc']:.4f} vs FP32 {held_out['auc_reference']:.4f} "
+        f"(delta {held_out['auc_delta']:+.4f}), agreement {held_out['agreement']:.2%}"
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import random
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -57,7 +58,8 @@ class Recipe:
         )
 
     def run_dir(self) -> Path:
-        return REPO / "runs" / self.name
+        """runs/<name> in the repository, or under $EDGE_TOOLS_RUNS (tests, a scratch disk)."""
+        return Path(os.environ.get("EDGE_TOOLS_RUNS") or REPO / "runs") / self.name
 
 
 def load_recipe(path: Path) -> Recipe:

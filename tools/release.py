@@ -373,9 +373,13 @@ def ship_variants(recipe: Recipe, out_dir: Path) -> dict[str, Any]:
                     "auc",
                     "auc_delta",
                     "agreement",
+                    "accuracy_reference",
+                    "accuracy",
                     "max_abs_logit_diff",
                     "rule",
+                    "out_of_fold",
                 )
+                if k in gate
             },
         }
     return variants
