@@ -109,6 +109,9 @@ def test_calibration_reader_rewinds() -> None:
     assert shapes == [16, 16, 8]
     reader.rewind()
     assert reader.get_next() is not None
+    default = ImageReader(np.zeros((7, 1, 8, 8), np.float32))  # what quantize() uses
+    sizes = {b["image"].shape[0] for b in iter(default.get_next, None)}
+    assert sizes == {1}  # equal batches: the histogram calibrators cannot stack ragged ones
 
 
 def test_network_exports_to_onnx_with_the_same_logits(tmp_path: Path) -> None:

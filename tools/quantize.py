@@ -52,7 +52,11 @@ console = Console()
 
 
 class ImageReader(CalibrationDataReader):
-    def __init__(self, inputs: np.ndarray, batch: int = 16) -> None:
+    """Calibration batches. The histogram calibrators (percentile, entropy) stack every batch's
+    activations into one array, so batches must all be one size: a ragged last batch (612 images
+    in 16s) crashes them. One image per batch always fits; calibration is a few hundred runs."""
+
+    def __init__(self, inputs: np.ndarray, batch: int = 1) -> None:
         self.batches = [inputs[i : i + batch] for i in range(0, len(inputs), batch)]
         self.index = 0
 
@@ -177,7 +181,12 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--config", type=Path, required=True)
-    parser.add_argument("--calibration-images", type=int, default=400)
+    parser.add_argument(
+        "--calibration-images",
+        type=int,
+        default=None,
+        help="training images to calibrate on (default: [quantize] calibration_images, else 400)",
+    )
     parser.add_argument(
         "--method",
         choices=sorted(METHODS),
@@ -189,12 +198,15 @@ def main() -> None:
     run = recipe.run_dir()
     fp32 = run / f"{recipe.name}-fp32.onnx"
     method = args.method or recipe.raw.get("quantize", {}).get("method", "minmax")
+    calibration_images = args.calibration_images or int(
+        recipe.raw.get("quantize", {}).get("calibration_images", 400)
+    )
 
     cross_validated = bool(recipe.data.get("cv_folds"))
     # A cross-validated recipe's shipped model was trained on every image; its gate compares the
     # two precisions of that one model on all of them (fidelity, not accuracy).
     train = read_samples(recipe) if cross_validated else split_samples(recipe, "train")
-    picked = random.Random(recipe.raw["seed"]).sample(train, min(args.calibration_images, len(train)))
+    picked = random.Random(recipe.raw["seed"]).sample(train, min(calibration_images, len(train)))
     with console.status(f"preparing {len(picked)} calibration and the validation images..."):
         calibration = model_inputs(recipe, picked)
         val = read_samples(recipe) if cross_validated else split_samples(recipe, "val")
@@ -227,7 +239,7 @@ def main() -> None:
         )
     prepared.unlink()
     if cross_validated:
-        for fmt, held_out in out_of_fold_gates(recipe, method, args.calibration_images).items():
+        for fmt, held_out in out_of_fold_gates(recipe, method, calibration_images).items():
             gate = gates[f"int8-{fmt}"]
             gate["out_of_fold"] = held_out
             if not held_out["passed"]:
