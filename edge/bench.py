@@ -4,8 +4,8 @@ Measured, each as the median of N runs at batch 1 on this machine, now:
 - raw `session.run` of every servable ONNX Runtime variant (FP32, INT8 QDQ, INT8 QOperator);
 - the same FP32 ONNX through OpenCV DNN (an independent runtime);
 - the product's full path (read + decode + route + durable store + preprocess + infer +
-  postprocess + result and outbox commit) for a PNG and a DICOM, per variant, each run on a
-  distinct file so that de-duplication cannot short-cut it.
+  postprocess + result and outbox commit) for each kind of sample the model ships (PNG, JPEG,
+  DICOM), per variant, each run on a distinct file so that de-duplication cannot short-cut it.
 Absolute times on a shared machine are noise; the ratios between figures of one run are not.
 """
 
@@ -59,6 +59,17 @@ def png_variants(data: bytes, count: int, tag: str = "") -> list[bytes]:
     return [with_text(data, "bench", f"{tag}{index}") for index in range(count)]
 
 
+def jpeg_variants(data: bytes, count: int, tag: str = "") -> list[bytes]:
+    """The same JPEG with a distinct comment (COM) segment each: same pixels, distinct sha256."""
+    if data[:2] != b"\xff\xd8":
+        raise ValueError("not a JPEG (no SOI marker)")
+    out = []
+    for index in range(count):
+        comment = f"bench {tag}{index}".encode()
+        out.append(data[:2] + b"\xff\xfe" + (len(comment) + 2).to_bytes(2, "big") + comment + data[2:])
+    return out
+
+
 def dicom_variants(data: bytes, count: int, tag: str = "") -> list[bytes]:
     """The same DICOM with a fresh SOP Instance UID each (as every new acquisition has)."""
     import io
@@ -77,11 +88,24 @@ def dicom_variants(data: bytes, count: int, tag: str = "") -> list[bytes]:
     return out
 
 
-def _sample(entry: ModelEntry, suffix: str) -> Path:
-    for path, _label in entry.samples:
-        if path.suffix == suffix:
-            return path
-    raise EdgeError(Code.INPUT_NOT_FOUND, f"{entry.name} ships no {suffix} sample to benchmark")
+Variants = Callable[[bytes, int, str], list[bytes]]
+INPUT_KINDS: tuple[tuple[str, tuple[str, ...], Variants], ...] = (
+    ("png", (".png",), png_variants),
+    ("jpeg", (".jpg", ".jpeg"), jpeg_variants),
+    ("dicom", (".dcm",), dicom_variants),
+)
+
+
+def sample_inputs(entry: ModelEntry) -> list[tuple[str, Path, Variants]]:
+    """One shipped sample of each kind the model has (an ultrasound model may ship JPEG only)."""
+    found = []
+    for kind, suffixes, make in INPUT_KINDS:
+        path = next((p for p, _label in entry.samples if p.suffix.lower() in suffixes), None)
+        if path is not None:
+            found.append((kind, path, make))
+    if not found:
+        raise EdgeError(Code.INPUT_NOT_FOUND, f"{entry.name} ships no PNG, JPEG or DICOM sample to benchmark")
+    return found
 
 
 def _opencv_dnn(path: Path, batch: np.ndarray, output: str, runs: int) -> dict[str, Any]:
@@ -106,8 +130,8 @@ def run_bench(settings: Settings, model_name: str, runs: int) -> dict[str, Any]:
     entry = registry.get(model_name)
     spec = entry.manifest.input.preprocess_spec()
     names = tensor_names(entry)
-    png, dcm = _sample(entry, ".png"), _sample(entry, ".dcm")
-    batch = preprocess(decode_bytes(png.read_bytes()).pixels, spec)[np.newaxis]
+    inputs = sample_inputs(entry)
+    batch = preprocess(decode_bytes(inputs[0][1].read_bytes()).pixels, spec)[np.newaxis]
     variants = [n for n, v in entry.manifest.variants.items() if v.servable and "onnxruntime" in v.backends]
     report: dict[str, Any] = {
         "model": entry.name,
@@ -137,7 +161,7 @@ def run_bench(settings: Settings, model_name: str, runs: int) -> dict[str, Any]:
             try:
                 for variant in variants:
                     pool.pin(pool.load_variant(entry.name, variant))
-                    for kind, source, make in (("png", png, png_variants), ("dicom", dcm, dicom_variants)):
+                    for kind, source, make in inputs:
                         folder = Path(tmp) / "inputs" / variant / kind
                         blobs = make(source.read_bytes(), runs + WARMUP, variant)
                         queue = iter(_write_all(folder, blobs, source.suffix))

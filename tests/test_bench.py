@@ -6,7 +6,7 @@ import json
 
 from click.testing import CliRunner
 
-from edge.bench import dicom_variants, png_variants
+from edge.bench import dicom_variants, jpeg_variants, png_variants
 from edge.cli import cli
 from edge.imaging.decode import decode_bytes
 from tests.conftest import gradient, png_bytes
@@ -38,3 +38,33 @@ def test_bench_inputs_are_distinct_but_decode_the_same() -> None:
     )
     uids = {decode_bytes(d).sop_instance_uid for d in dicom_variants(dcm, 3)}
     assert len(uids) == 3
+
+
+def test_jpeg_variants_are_distinct_but_decode_the_same() -> None:
+    import cv2
+
+    ok, encoded = cv2.imencode(".jpg", gradient())
+    assert ok
+    variants = jpeg_variants(encoded.tobytes(), 3, "t")
+    assert len(set(variants)) == 3
+    reference = decode_bytes(encoded.tobytes()).pixels
+    for data in variants:
+        assert (decode_bytes(data).pixels == reference).all()
+
+
+def test_bench_measures_a_model_that_ships_jpeg_samples_only(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """us-lung ships JPEG frames and no DICOM: the bench measures what it has."""
+    result = CliRunner().invoke(
+        cli,
+        ["--data-dir", str(tmp_path), "bench", "--model", "us-lung", "--runs", "5", "--json"],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    assert set(json.loads(result.stdout)["full_path"]) == {"jpeg"}
+
+
+def test_bench_refuses_an_unknown_model_in_one_coded_line(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    result = CliRunner().invoke(cli, ["--data-dir", str(tmp_path), "bench", "--model", "nope", "--runs", "5"])
+    assert result.exit_code == 1
+    assert result.output.strip().startswith("MODEL_UNKNOWN")
+    assert "Traceback" not in result.output

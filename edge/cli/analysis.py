@@ -295,7 +295,11 @@ def bench(obj: Context, model_name: str | None, runs: int, as_json: bool) -> Non
     """
     from edge.bench import print_report, run_bench
 
-    report = run_bench(obj.settings, model_name or obj.settings.models.default, runs)
+    try:
+        report = run_bench(obj.settings, model_name or obj.settings.models.default, runs)
+    except EdgeError as error:
+        click.echo(error.one_line(), err=True)
+        sys.exit(EXIT_REFUSED)
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:
