@@ -336,3 +336,60 @@ def test_a_cross_validated_int8_gate_measures_each_fold_on_unseen_images(
             ).out_of_fold
             is not None
         )
+
+
+def test_failures_picks_the_most_confident_errors_at_the_threshold() -> None:
+    from tools.failures import errors_at_threshold, worst_distinct
+
+    is_positive = np.array([True, True, True, False, False, False])
+    prob = np.array([0.5, 0.1, 0.3, 0.5, 0.9, 0.2])
+    missed, false_alarms = errors_at_threshold(is_positive, prob, 0.5)
+    assert missed.tolist() == [1, 2]  # P == threshold is a positive call, as in the product
+    assert false_alarms.tolist() == [4, 3]  # most confident first
+    groups = ["a", "b", "b", "c", "d", "d"]
+    assert worst_distinct(np.array([1, 2, 0]), groups, 5) == [1, 0]  # 2 is a copy of 1
+    assert worst_distinct(np.array([4, 3, 5]), groups, 1) == [4]
+
+
+def test_failures_locates_the_heatmap_peak_in_the_near_field() -> None:
+    from tools.failures import near_field_share, peak_depth
+
+    heat = np.zeros((10, 10), np.float32)
+    assert peak_depth(heat) is None  # blank: nothing argues for the class
+    heat[1, 7] = 1.0
+    assert peak_depth(heat) == 0.1
+    heat[6, 2] = 2.0
+    assert peak_depth(heat) == 0.6
+    assert near_field_share([0.0, 0.1, 0.2, 0.6, None]) == {"near_field": 2, "with_peak": 4, "blank": 1}
+
+
+def test_failures_summary_counts_errors_and_where_their_heatmaps_peak(tmp_path: Path) -> None:
+    from tools.failures import Evaluation, summarise
+    from tools.recipe import Sample
+
+    recipe = make_recipe(tmp_path, [])
+    truth = [1, 1, 1, 0, 0]
+    logits = np.array([[0.0, 3.0], [2.0, 0.0], [1.0, 0.0], [0.0, 2.0], [3.0, 0.0]], np.float32)
+    cams = np.zeros((5, 2, 5, 5), np.float32)
+    cams[0, 1, 3, 2] = 1.0  # hit: evidence deep in the image
+    cams[1, 1, 0, 4] = 1.0  # miss: evidence in the top row (near field)
+    cams[3, 1, 2, 2] = 1.0  # false alarm: evidence mid-image; 2 and 4 have none (blank)
+    samples = [Sample(f"{i}.png", label, f"g{i}", {}) for i, label in enumerate(truth)]
+    evaluation = Evaluation("test", samples, logits, cams, [(40, 40)] * 5)
+    manifest = {
+        "name": "t",
+        "version": "1.0.0",
+        "output": {"temperature": 1.0},
+        "operating_points": {"balanced": {"threshold": 0.5}, "screening": {"threshold": 0.2}},
+    }
+    summary, shown = summarise(recipe, manifest, evaluation)
+    assert shown == {"FN": [1, 2], "FP": [3]}  # P(pneumonia) 0.12 is a worse miss than 0.27
+    assert summary["false_negatives"]["count"] == 2
+    assert summary["false_negatives"]["called"] == {"normal": 2}
+    assert summary["false_negatives"]["still_missed_at_screening"] == 1
+    assert summary["false_positives"]["truth"] == {"normal": 1}
+    peaks = summary["cam_peak"]
+    assert peaks["false_negatives"] == {"images": 2, "near_field": 1, "with_peak": 1, "blank": 1}
+    assert peaks["true_positives"] == {"images": 1, "near_field": 0, "with_peak": 1, "blank": 0}
+    assert peaks["false_positives"]["near_field"] == 0
+    assert [case["path"] for case in summary["worst_false_negatives"]] == ["1.png", "2.png"]
