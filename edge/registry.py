@@ -99,6 +99,16 @@ class OperatingPoint(_Strict):
     description: str = ""
     sensitivity: float | None = None
     specificity: float | None = None
+    clip_threshold: float | None = Field(default=None, ge=0, le=1)
+    """For a clip's probability (the mean of its frames'): chosen by the same rule on per-video
+    validation predictions, since a mean of frames is not distributed like one frame. None: the
+    frame threshold applies to clips too."""
+    clip_sensitivity: float | None = None
+    clip_specificity: float | None = None
+
+    @property
+    def threshold_for_clips(self) -> float:
+        return self.threshold if self.clip_threshold is None else self.clip_threshold
 
 
 class HeldOutGate(_Strict):

@@ -393,3 +393,25 @@ def test_failures_summary_counts_errors_and_where_their_heatmaps_peak(tmp_path: 
     assert peaks["true_positives"] == {"images": 1, "near_field": 0, "with_peak": 1, "blank": 0}
     assert peaks["false_positives"]["near_field"] == 0
     assert [case["path"] for case in summary["worst_false_negatives"]] == ["1.png", "2.png"]
+
+
+def test_clip_operating_points_sit_beside_the_frame_ones() -> None:
+    from edge.registry import OperatingPoint
+    from tools.release import operating_point_entries
+
+    frame = {"balanced_sensitivity": 0.9, "balanced_specificity": 0.8}
+    frame |= {"screening_sensitivity": 0.95, "screening_specificity": 0.6}
+    clip = {"balanced_sensitivity": 0.875, "balanced_specificity": 0.897}
+    clip |= {"screening_sensitivity": 1.0, "screening_specificity": 0.759}
+    entries = operating_point_entries(
+        {"balanced": 0.7155, "screening": 0.0306},
+        frame,
+        0.95,
+        clips=({"balanced": 0.1748, "screening": 0.0518}, clip),
+    )
+    assert entries["balanced"]["clip_threshold"] == 0.1748
+    assert entries["screening"]["clip_sensitivity"] == 1.0
+    assert OperatingPoint(**entries["balanced"]).threshold_for_clips == 0.1748
+    without = operating_point_entries({"balanced": 0.5, "screening": 0.2}, frame, 0.95)
+    assert "clip_threshold" not in without["balanced"]
+    assert OperatingPoint(**without["balanced"]).threshold_for_clips == 0.5  # frames' threshold

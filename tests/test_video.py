@@ -154,6 +154,23 @@ def test_the_same_recording_with_another_model_is_another_clip(pipeline: Pipelin
     assert pipeline.store.counts()["results"] == 2
 
 
+def test_a_clip_is_judged_by_the_clip_threshold_of_its_operating_point(pipeline: Pipeline) -> None:
+    """A clip's probability is a mean of frames: us-lung ships per-video thresholds for it, and
+    the result records the one it was judged by (runs on the recording shipped in samples/)."""
+    from tests.tui_fixtures import CLIP
+
+    entry = Registry(MODELS).get("us-lung")
+    name, point = entry.operating_point(None)
+    assert point.clip_threshold is not None
+    assert point.clip_threshold != point.threshold
+    [analysis] = pipeline.analyse_file(CLIP, model="us-lung")
+    assert analysis.ok, analysis.message
+    assert analysis.result["threshold"] == point.clip_threshold
+    assert analysis.result["operating_point"] == name
+    positive = analysis.result["probability"] >= point.clip_threshold
+    assert (analysis.result["finding"] == entry.manifest.output.positive) == positive
+
+
 def test_the_same_frames_captured_twice_are_two_clips(pipeline: Pipeline) -> None:
     """Live captures have no file to deduplicate by: two captures of the same frames (a probe
     held still, a replayed recording) are two clips, though their key frames match pixel for pixel."""

@@ -95,14 +95,30 @@ def write_card(recipe: Recipe, manifest: dict[str, Any], out_dir: Path) -> None:
         "![ROC](plots/roc.png) ![Reliability](plots/reliability.png)",
         "",
         "## Operating points",
-        "| name | threshold (calibrated P) | sensitivity (val) | specificity (val) | how chosen |",
-        "|---|---|---|---|---|",
+    ]
+    clips = any("clip_threshold" in op for op in manifest["operating_points"].values())
+    clip_head = " clip threshold | clip sensitivity | clip specificity |" if clips else ""
+    lines += [
+        "| name | threshold (calibrated P) | sensitivity (val) | specificity (val) |"
+        f"{clip_head} how chosen |",
+        "|---|---|---|---|" + ("---|---|---|" if clips else "") + "---|",
     ]
     for name, op in manifest["operating_points"].items():
-        lines.append(
-            f"| {name} | {op['threshold']:.4f} | {op['sensitivity']:.3f} | {op['specificity']:.3f} "
-            f"| {op['description']} |"
+        clip_cells = (
+            f" {op['clip_threshold']:.4f} | {op['clip_sensitivity']:.3f} | {op['clip_specificity']:.3f} |"
+            if clips
+            else ""
         )
+        lines.append(
+            f"| {name} | {op['threshold']:.4f} | {op['sensitivity']:.3f} | {op['specificity']:.3f} |"
+            f"{clip_cells} {op['description']} |"
+        )
+    if clips:
+        lines += [
+            "",
+            "A clip's probability is the mean of its frames'; its thresholds are chosen by the same rules",
+            "on the per-video means of the validation predictions, and a clip result is judged by them.",
+        ]
     lines += [
         "",
         "A site picks one in its config (`[models] operating_point`), after validating locally.",

@@ -316,23 +316,33 @@ def operating_points(
 
 
 def operating_point_entries(
-    thresholds: dict[str, float], validation_metrics: dict[str, Any], screening_target: float
+    thresholds: dict[str, float],
+    validation_metrics: dict[str, Any],
+    screening_target: float,
+    clips: tuple[dict[str, float], dict[str, Any]] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """The manifest's [operating_points]: each threshold exactly as shipped, with the validation
-    sensitivity and specificity that `report` measured at that very threshold."""
+    sensitivity and specificity that `report` measured at that very threshold. `clips`: the
+    per-video thresholds and the per-video metrics measured at them, for models that score clips."""
     descriptions = {
         "balanced": "Youden's J on the validation predictions",
         "screening": f"sensitivity >= {screening_target} on the validation predictions",
     }
-    return {
-        name: {
+    entries: dict[str, dict[str, Any]] = {}
+    for name in ("balanced", "screening"):
+        entry = {
             "threshold": thresholds[name],
             "description": descriptions[name],
             "sensitivity": validation_metrics[f"{name}_sensitivity"],
             "specificity": validation_metrics[f"{name}_specificity"],
         }
-        for name in ("balanced", "screening")
-    }
+        if clips is not None:
+            clip_thresholds, clip_metrics = clips
+            entry["clip_threshold"] = clip_thresholds[name]
+            entry["clip_sensitivity"] = clip_metrics[f"{name}_sensitivity"]
+            entry["clip_specificity"] = clip_metrics[f"{name}_specificity"]
+        entries[name] = entry
+    return entries
 
 
 def ship_variants(recipe: Recipe, out_dir: Path) -> dict[str, Any]:
@@ -409,13 +419,20 @@ def main() -> None:
     temperature = round(m.fit_temperature(validation.logits, validation.truth), DECIMALS)
     thresholds, screening_target = operating_points(validation, recipe, temperature)
     metrics = {name: report(p, recipe, temperature, thresholds, seed) for name, p in sets.items()}
+    clip_thresholds: dict[str, float] | None = None
     if settings.get("aggregate_by"):
+        column = settings["aggregate_by"]
+        # A clip's probability is the mean of its frames': its thresholds are chosen by the same
+        # rules on the per-group (per-video) means, and its figures are stated at them.
+        clip_thresholds, _ = operating_points(
+            grouped(validation, recipe, temperature, column), recipe, temperature
+        )
         for name, p in list(sets.items()):
-            per_group = grouped(p, recipe, temperature, settings["aggregate_by"])
-            metrics[f"{name}_per_{settings['aggregate_by']}"] = report(
-                per_group, recipe, temperature, thresholds, seed
-            )
-    console.print(f"temperature {temperature:.3f}; thresholds {thresholds}")
+            per_group = grouped(p, recipe, temperature, column)
+            metrics[f"{name}_per_{column}"] = report(per_group, recipe, temperature, clip_thresholds, seed)
+    console.print(
+        f"temperature {temperature:.3f}; thresholds {thresholds}; clip thresholds {clip_thresholds}"
+    )
     console.print(json.dumps(metrics, indent=1))
     write_plots(out_dir / "plots", recipe, sets, temperature)
     variants = ship_variants(recipe, out_dir)
@@ -490,7 +507,14 @@ def main() -> None:
             "temperature": temperature,
         },
         "default_operating_point": "balanced",
-        "operating_points": operating_point_entries(thresholds, metrics["validation"], screening_target),
+        "operating_points": operating_point_entries(
+            thresholds,
+            metrics["validation"],
+            screening_target,
+            clips=(clip_thresholds, metrics[f"validation_per_{settings['aggregate_by']}"])
+            if clip_thresholds
+            else None,
+        ),
         "variants": variants,
         "metrics": metrics,
         "training": {

@@ -167,7 +167,7 @@ def store_clip(
             video_rel = _rel(store.data_dir, video_path)
         op_name, op = served.entry.operating_point(settings.models.operating_point)
         finding = decide_from_probabilities(
-            summary.probabilities, manifest.output.positive, op.threshold, op_name
+            summary.probabilities, manifest.output.positive, op.threshold_for_clips, op_name
         )
         latencies = analyzer.stats.latencies_ms
         record = ResultRecord(

@@ -207,7 +207,10 @@ class LiveScreen(EdgeScreen):
             _, point = served.entry.operating_point(settings.models.operating_point)
             self._pool, self._served = pool, served
             self.post_message(
-                LiveStarted(LiveModel(served.name, served.version, output.positive, point.threshold))
+                # The smoothed score is a running mean of frames, judged as the clip will be.
+                LiveStarted(
+                    LiveModel(served.name, served.version, output.positive, point.threshold_for_clips)
+                )
             )
             realtime = self.context.live_realtime
             frames = _WatchedSource(
