@@ -279,6 +279,10 @@ def _hub(settings: Settings) -> list[Check]:
         )
     else:
         checks.append(Check("hub", "pass", f"{status['hub']}: {status['state']}, {since}; {waiting}"))
+    for release, reason in status["models_refused"].items():
+        checks.append(
+            Check("model update", "warn", f"{release} refused, the installed version serves: {reason}")
+        )
     return checks
 
 

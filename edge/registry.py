@@ -167,7 +167,14 @@ class Variant(_Strict):
 
     @property
     def servable(self) -> bool:
-        return self.precision == "fp32" or (self.gate is not None and self.gate.passed)
+        if self.precision == "fp32":
+            return True
+        # A cross-validated model's gate has two parts; both must pass, whatever wrote the file.
+        return (
+            self.gate is not None
+            and self.gate.passed
+            and (self.gate.out_of_fold is None or self.gate.out_of_fold.passed)
+        )
 
 
 class Manifest(_Strict):

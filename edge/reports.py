@@ -33,14 +33,35 @@ def print_model(console: Console, entry: ModelEntry, checks: dict[str, str]) -> 
         + (f", heatmap {o.cam}" if o.cam else "")
         + f"; positive {o.positive}; temperature {o.temperature:.3f}"
     )
-    points = Table("operating point", "threshold", "sensitivity", "specificity", "use")
+    clips = any(op.clip_threshold is not None for op in m.operating_points.values())
+    points = Table(
+        "operating point",
+        "threshold",
+        "sensitivity",
+        "specificity",
+        *(("clip threshold", "clip sens / spec") if clips else ()),
+        "use",
+    )
+
+    def figure(value: float | None) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
     for name, op in m.operating_points.items():
         marker = " (default)" if name == m.default_operating_point else ""
+        clip_cells = (
+            (
+                f"{op.threshold_for_clips:.4f}",
+                f"{figure(op.clip_sensitivity)} / {figure(op.clip_specificity)}",
+            )
+            if clips
+            else ()
+        )
         points.add_row(
             name + marker,
-            f"{op.threshold:.3f}",
-            "-" if op.sensitivity is None else f"{op.sensitivity:.3f}",
-            "-" if op.specificity is None else f"{op.specificity:.3f}",
+            f"{op.threshold:.4f}",
+            figure(op.sensitivity),
+            figure(op.specificity),
+            *clip_cells,
             op.description,
         )
     console.print(points)
@@ -52,8 +73,15 @@ def print_model(console: Console, entry: ModelEntry, checks: dict[str, str]) -> 
             else (
                 "missing"
                 if v.gate is None
-                else f"{'passed' if v.gate.passed else 'FAILED'} (dAUC {v.gate.auc_delta:+.4f}, "
-                f"agree {v.gate.agreement:.3%})"
+                else f"{'passed' if v.servable else 'FAILED'} (dAUC {v.gate.auc_delta:+.4f}, "
+                f"agree {v.gate.agreement:.3%}"
+                + (
+                    f"; unseen images: dAUC {v.gate.out_of_fold.auc_delta:+.4f}, "
+                    f"agree {v.gate.out_of_fold.agreement:.3%}"
+                    if v.gate.out_of_fold
+                    else ""
+                )
+                + ")"
             )
         )
         check = checks.get(name, "?")

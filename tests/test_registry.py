@@ -115,3 +115,15 @@ def test_routing_by_modality_and_body_part(tmp_path: Path) -> None:
 def test_manifest_fixture_is_itself_valid(tmp_path: Path) -> None:
     (tmp_path / "tiny").mkdir()
     assert manifest(tmp_path / "tiny")["name"] == "tiny"
+
+
+def test_a_variant_whose_out_of_fold_gate_failed_is_not_served() -> None:
+    from edge.registry import Variant
+
+    gate = {"passed": True, "images": 10, "auc_reference": 0.9, "auc": 0.9, "auc_delta": 0.0}
+    gate |= {"agreement": 1.0}
+    variant = {"file": "m.onnx", "sha256": "0" * 64, "precision": "int8", "quantization": "qdq"}
+    assert Variant(**variant, gate=gate).servable
+    assert Variant(**variant, gate={**gate, "out_of_fold": gate}).servable
+    failed = {**gate, "out_of_fold": {**gate, "passed": False, "agreement": 0.95}}
+    assert not Variant(**variant, gate=failed).servable  # a hand-edited `passed = true` is not enough

@@ -93,6 +93,12 @@ def test_clips_made_before_m011_keep_their_model_and_stay_deduplicated(tmp_path:
             result[column.name] = 0 if column.type in ("INTEGER", "REAL") else "x"
     db["results"].insert(result)
     db.execute(
+        "INSERT INTO jobs (id, image_id, model_name, state, created_at, updated_at)"
+        " VALUES ('j2', 'i', 'us-breast', 'done', ?, ?)",
+        [now, now],
+    )
+    db["results"].insert({**result, "id": "r2", "job_id": "j2", "model_name": "us-breast"})
+    db.execute(
         "INSERT INTO clips (id, result_id, source, source_sha256, frames_analysed, frames_excluded,"
         " duration_s, aggregate, series, key_frames, created_at)"
         " VALUES ('c', 'r', 'file', 'abc', 1, 0, 1.0, 'mean', '[]', '[]', ?)",
@@ -103,14 +109,16 @@ def test_clips_made_before_m011_keep_their_model_and_stay_deduplicated(tmp_path:
     with Store(tmp_path) as upgraded:
         assert upgraded.clip_for_source("abc", "us-lung")["result_id"] == "r"
         assert upgraded.clip_for_source("abc", "us-breast") is None
-        with pytest.raises(sqlite3.IntegrityError):
-            upgraded.db.execute(
-                "INSERT INTO clips (id, result_id, source, source_sha256, model_name,"
-                " frames_analysed, frames_excluded, duration_s, aggregate, series, key_frames,"
-                " created_at) VALUES ('c2', 'r2', 'file', 'abc', 'us-lung', 1, 0, 1, 'm', '[]',"
-                " '[]', ?)",
-                [now],
-            )
+        insert = (
+            "INSERT INTO clips (id, result_id, source, source_sha256, model_name,"
+            " frames_analysed, frames_excluded, duration_s, aggregate, series, key_frames,"
+            " created_at) VALUES (?, 'r2', 'file', 'abc', ?, 1, 0, 1, 'm', '[]', '[]', ?)"
+        )
+        # r2 is a real result: only the (file, model) uniqueness can refuse this row.
+        with pytest.raises(sqlite3.IntegrityError, match="UNIQUE"):
+            upgraded.db.execute(insert, ["c2", "us-lung", now])
+        upgraded.db.execute(insert, ["c3", "us-breast", now])  # the same file, another model
+        assert upgraded.clip_for_source("abc", "us-breast")["result_id"] == "r2"
 
 
 def test_ingest_writes_file_then_rows(store: Store) -> None:

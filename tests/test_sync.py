@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import shutil
 import time
+import types
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -384,6 +385,63 @@ def test_signed_model_update_installs_and_bad_ones_do_not(hub: Hub, tmp_path: Pa
         service.publish_release(hub.engine, hub.settings.hub_dir / "files", forged, tmp_path / "forged")
         assert pull_models(client) == 0
         assert Registry(models).get("tiny").manifest.version == "0.0.2"
+
+
+def test_a_release_this_device_cannot_install_is_refused_once_and_the_rest_still_install(
+    hub: Hub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A correctly signed release whose manifest this software refuses (here: a key it does not
+    know, as from a newer release tool) is recorded and not downloaded again every round; the
+    other releases in the same pull still install, and sync status names the refusal."""
+    from edge.registry import Registry
+    from edge.sync import models as model_sync
+    from tests.tinymodel import make_model_dir
+    from tools.publish_model import keygen, load_key, sign_release
+
+    models = tmp_path / "models"
+    make_model_dir(models)
+    public = keygen(tmp_path / "publisher.key")
+    key = load_key(tmp_path / "publisher.key")
+    future = tmp_path / "future" / "tiny"
+    shutil.copytree(models / "tiny", future)
+    text = (future / "model.toml").read_text().replace('version = "0.0.1"', 'version = "0.0.2"')
+    (future / "model.toml").write_text(
+        text.replace('version = "0.0.2"', 'version = "0.0.2"\nfuture_key = 1', 1)
+    )
+    other = tmp_path / "other" / "tiny2"
+    shutil.copytree(models / "tiny", other)
+    (other / "model.toml").write_text(
+        (other / "model.toml").read_text().replace('name = "tiny"', 'name = "tiny2"', 1)
+    )
+    import tools.publish_model as publisher
+
+    real_reader = publisher.read_manifest
+    # The publisher runs newer software than this device: its reader knows `future_key`.
+    lenient = lambda path: types.SimpleNamespace(name=path.parent.name, version="0.0.2")  # noqa: E731
+    for folder in (future, other):
+        monkeypatch.setattr(publisher, "read_manifest", lenient if folder is future else real_reader)
+        release = sign_release(folder, key, tmp_path / f"release-{folder.name}")
+        service.publish_release(
+            hub.engine, hub.settings.hub_dir / "files", release, tmp_path / f"release-{folder.name}"
+        )
+    device = load_settings(data_dir=tmp_path / "dev", models={"dir": models}, sync={"public_key": public})
+    downloads: list[str] = []
+    real_download = model_sync._download
+    monkeypatch.setattr(
+        model_sync, "_download", lambda c, r, f, t: (downloads.append(r.name), real_download(c, r, f, t))
+    )
+    with Store(device.data_dir) as store:
+        client = hub.sync_client(device, store, hub.enroll(device))
+        assert model_sync.pull_models(client) == 1  # tiny2 installs although tiny 0.0.2 was refused
+        assert Registry(models).get("tiny").manifest.version == "0.0.1"  # the old one still serves
+        assert "tiny2" in Registry(models).names()
+        assert "tiny" in downloads
+        refused = sync_status(device, store)["models_refused"]
+        assert list(refused) == ["tiny 0.0.2"]
+        assert refused["tiny 0.0.2"].startswith("MODEL_MANIFEST_INVALID")
+        downloads.clear()
+        assert model_sync.pull_models(client) == 0
+        assert downloads == []  # not fetched again
 
 
 def test_a_model_that_fails_its_self_test_is_rolled_back(tmp_path: Path) -> None:

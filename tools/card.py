@@ -118,6 +118,7 @@ def write_card(recipe: Recipe, manifest: dict[str, Any], out_dir: Path) -> None:
             "",
             "A clip's probability is the mean of its frames'; its thresholds are chosen by the same rules",
             "on the per-video means of the validation predictions, and a clip result is judged by them.",
+            "They are chosen and measured on the same few videos, so the clip figures are optimistic.",
         ]
     lines += [
         "",

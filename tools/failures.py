@@ -191,7 +191,9 @@ def summarise(
             # the other classes share the rest of the mass.
             "called": dict(Counter(labels[i] for i in probs[missed].argmax(1))),
             "median_p": median(missed),
-            "still_missed_at_screening": int((prob[missed] < screening).sum()) if screening else None,
+            "still_missed_at_screening": int((prob[missed] < screening).sum())
+            if screening is not None
+            else None,
         },
         "false_positives": {
             "count": len(false_alarms),

@@ -101,6 +101,8 @@ def sync_status_command(obj: Context, as_json: bool) -> None:
     )
     if status["last_error"]:
         click.echo(f"last error ({status['last_error_at']}): {status['last_error']}")
+    for release, reason in status["models_refused"].items():
+        click.echo(f"model release {release} refused (the installed version keeps serving): {reason}")
 
 
 @sync.command("pseudonym")

@@ -253,9 +253,13 @@ def m011_clip_per_model(db: Database) -> None:
         SELECT c.id, c.result_id, c.source, c.source_sha256, r.model_name, c.roi,
             c.frames_analysed, c.frames_excluded, c.duration_s, c.aggregate, c.series,
             c.key_frames, c.video_path, c.events, c.created_at
-        FROM clips c JOIN results r ON r.id = c.result_id
+        FROM clips c LEFT JOIN results r ON r.id = c.result_id
         """
     )
+    # Lossless or nothing: the whole migration rolls back if a row did not come across.
+    moved, had = (db.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("clips_new", "clips"))
+    if moved != had:
+        raise RuntimeError(f"m011: {moved} of {had} clips copied; the clips table is left as it was")
     db.execute("DROP TABLE clips")
     db.execute("ALTER TABLE clips_new RENAME TO clips")
     db.execute("CREATE UNIQUE INDEX clips_source_model ON clips(source_sha256, model_name)")

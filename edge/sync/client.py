@@ -364,4 +364,5 @@ def sync_status(settings: Settings, store: Store) -> dict[str, Any]:
             "files": sum(v for k, v in pending.items() if k in ("thumbnail", "heatmap", "image")),
         },
         "review_cursor": state.get("review_cursor", 0),
+        "models_refused": state.get("models_refused", {}),
     }

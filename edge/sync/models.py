@@ -126,14 +126,22 @@ def pull_models(client: object) -> int:
         return 0
     releases = [protocol.ModelRelease(**r) for r in client._send("GET", "/v1/models").json()]
     registry = Registry(settings.models.dir)
+    # A release this device refused (a manifest newer than its software, a failed self-test) is
+    # not downloaded again every round; a later version of the model is tried afresh.
+    refused: dict[str, str] = client.store.sync_state().get("models_refused", {})
     installed = 0
     for release in releases:
         current = registry.get(release.name).manifest.version if release.name in registry.names() else None
         if not is_newer(release.version, current):
             continue  # same or older: never a downgrade
-        if not verify_signature(release, public_key):
-            log.error("release %s %s is not signed by the pinned key: ignored", release.name, release.version)
+        key = f"{release.name} {release.version}"
+        if key in refused:
             continue
+        if not verify_signature(release, public_key):
+            log.error("release %s is not signed by the pinned key: ignored", key)
+            continue
+        # Download faults (the link, a corrupt transfer) propagate: the round is retried and
+        # the download resumes. What fails installation is this release's own fault.
         staging = settings.data_dir / "sync" / "incoming" / f"{release.name}-{release.version}"
         folder = staging / release.name
         folder.mkdir(parents=True, exist_ok=True)
@@ -145,6 +153,10 @@ def pull_models(client: object) -> int:
         try:
             install(settings, folder, release.name)
             installed += 1
+        except EdgeError as error:
+            log.error("model release %s refused: %s", key, error.one_line())
+            refused[key] = error.one_line()[:300]
+            client.store.set_sync_state(models_refused=refused)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return installed

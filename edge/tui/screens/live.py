@@ -58,6 +58,9 @@ class LiveModel:
     version: str
     positive: str
     threshold: float
+    """Each frame's finding is judged by this (the word on the status line)."""
+    clip_threshold: float
+    """The clip will be judged by this on the mean of its frames: the line on the smoothed trace."""
 
 
 class LiveStarted(Message):
@@ -207,9 +210,14 @@ class LiveScreen(EdgeScreen):
             _, point = served.entry.operating_point(settings.models.operating_point)
             self._pool, self._served = pool, served
             self.post_message(
-                # The smoothed score is a running mean of frames, judged as the clip will be.
                 LiveStarted(
-                    LiveModel(served.name, served.version, output.positive, point.threshold_for_clips)
+                    LiveModel(
+                        served.name,
+                        served.version,
+                        output.positive,
+                        point.threshold,
+                        point.threshold_for_clips,
+                    )
                 )
             )
             realtime = self.context.live_realtime
@@ -291,10 +299,13 @@ class LiveScreen(EdgeScreen):
     def on_live_started(self, message: LiveStarted) -> None:
         self.model = message.model
         self.query_one("#live-model", Static).update(f"model {message.model.name} {message.model.version}")
+        model = message.model
+        # The trace is smoothed over frames, so its guide line is what the clip will be judged by.
+        guide = "clip threshold" if model.clip_threshold != model.threshold else "threshold"
         self.query_one("#live-trace-caption", Static).update(
-            f"P({message.model.positive}) smoothed · ··· threshold {message.model.threshold:.2f}"
+            f"P({model.positive}) smoothed · ··· {guide} {model.clip_threshold:.2f}"
         )
-        self.query_one(ScoreTrace).update_values([], message.model.threshold)
+        self.query_one(ScoreTrace).update_values([], model.clip_threshold)
 
     def on_live_update(self, message: LiveUpdate) -> None:
         if message.thumbnail is not None:
@@ -334,7 +345,8 @@ def status_text(score: LiveScore, model: LiveModel | None) -> str:
     if score.status != "ok":
         return f"{STATUS_WORDS.get(score.status, score.status)}\n{position}"
     label = model.positive if model else "positive"
-    above = model is not None and (score.smoothed or 0) >= model.threshold
+    # The word is this frame's finding (judged by the frame threshold); its colour says the same.
+    above = model is not None and score.finding == model.positive
     colour = "bold yellow" if above else "bold green"
     return (
         f"{STATUS_WORDS['ok']} [{colour}]{score.finding}[/] · {position}\n"
