@@ -10,6 +10,7 @@ import time
 import types
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -350,21 +351,33 @@ def test_rate_limit(tmp_path: Path) -> None:
     assert codes[0] == 200
 
 
+def edited_copy(source: Path, target: Path, old: str, new: str) -> Path:
+    """A copy of a model folder whose manifest has `old` replaced by `new` (once)."""
+    shutil.copytree(source, target)
+    manifest = target / "model.toml"
+    manifest.write_text(manifest.read_text().replace(old, new, 1))
+    return target
+
+
+def publish(hub: Hub, folder: Path, key: Any, out: Path) -> None:
+    from tools.publish_model import sign_release
+
+    release = sign_release(folder, key, out)
+    service.publish_release(hub.engine, hub.settings.hub_dir / "files", release, out)
+
+
 def test_signed_model_update_installs_and_bad_ones_do_not(hub: Hub, tmp_path: Path) -> None:
     from tests.tinymodel import make_model_dir
-    from tools.publish_model import keygen, load_key, sign_release
+    from tools.publish_model import keygen, load_key
 
     models = tmp_path / "models"
     make_model_dir(models)
     public = keygen(tmp_path / "publisher.key")
     key = load_key(tmp_path / "publisher.key")
-    newer = tmp_path / "newer" / "tiny"
-    shutil.copytree(models / "tiny", newer)
-    (newer / "model.toml").write_text(
-        (newer / "model.toml").read_text().replace('version = "0.0.1"', 'version = "0.0.2"')
+    newer = edited_copy(
+        models / "tiny", tmp_path / "newer" / "tiny", 'version = "0.0.1"', 'version = "0.0.2"'
     )
-    release = sign_release(newer, key, tmp_path / "release")
-    service.publish_release(hub.engine, hub.settings.hub_dir / "files", release, tmp_path / "release")
+    publish(hub, newer, key, tmp_path / "release")
     device = load_settings(data_dir=tmp_path / "dev", models={"dir": models}, sync={"public_key": public})
     with Store(device.data_dir) as store:
         client = hub.sync_client(device, store, hub.enroll(device))
@@ -378,11 +391,8 @@ def test_signed_model_update_installs_and_bad_ones_do_not(hub: Hub, tmp_path: Pa
         # A release signed by someone else is ignored.
         rogue = keygen(tmp_path / "rogue.key")
         assert rogue != public
-        newest = tmp_path / "newest" / "tiny"
-        shutil.copytree(newer, newest)
-        (newest / "model.toml").write_text((newest / "model.toml").read_text().replace('"0.0.2"', '"0.0.3"'))
-        forged = sign_release(newest, load_key(tmp_path / "rogue.key"), tmp_path / "forged")
-        service.publish_release(hub.engine, hub.settings.hub_dir / "files", forged, tmp_path / "forged")
+        newest = edited_copy(newer, tmp_path / "newest" / "tiny", '"0.0.2"', '"0.0.3"')
+        publish(hub, newest, load_key(tmp_path / "rogue.key"), tmp_path / "forged")
         assert pull_models(client) == 0
         assert Registry(models).get("tiny").manifest.version == "0.0.2"
 
@@ -396,34 +406,28 @@ def test_a_release_this_device_cannot_install_is_refused_once_and_the_rest_still
     from edge.registry import Registry
     from edge.sync import models as model_sync
     from tests.tinymodel import make_model_dir
-    from tools.publish_model import keygen, load_key, sign_release
+    from tools.publish_model import keygen, load_key
 
     models = tmp_path / "models"
     make_model_dir(models)
     public = keygen(tmp_path / "publisher.key")
     key = load_key(tmp_path / "publisher.key")
-    future = tmp_path / "future" / "tiny"
-    shutil.copytree(models / "tiny", future)
-    text = (future / "model.toml").read_text().replace('version = "0.0.1"', 'version = "0.0.2"')
-    (future / "model.toml").write_text(
-        text.replace('version = "0.0.2"', 'version = "0.0.2"\nfuture_key = 1', 1)
+    future = edited_copy(
+        models / "tiny",
+        tmp_path / "future" / "tiny",
+        'version = "0.0.1"',
+        'version = "0.0.2"\nfuture_key = 1',
     )
-    other = tmp_path / "other" / "tiny2"
-    shutil.copytree(models / "tiny", other)
-    (other / "model.toml").write_text(
-        (other / "model.toml").read_text().replace('name = "tiny"', 'name = "tiny2"', 1)
-    )
+    other = edited_copy(models / "tiny", tmp_path / "other" / "tiny2", 'name = "tiny"', 'name = "tiny2"')
     import tools.publish_model as publisher
 
     real_reader = publisher.read_manifest
     # The publisher runs newer software than this device: its reader knows `future_key`.
     lenient = lambda path: types.SimpleNamespace(name=path.parent.name, version="0.0.2")  # noqa: E731
-    for folder in (future, other):
-        monkeypatch.setattr(publisher, "read_manifest", lenient if folder is future else real_reader)
-        release = sign_release(folder, key, tmp_path / f"release-{folder.name}")
-        service.publish_release(
-            hub.engine, hub.settings.hub_dir / "files", release, tmp_path / f"release-{folder.name}"
-        )
+    monkeypatch.setattr(publisher, "read_manifest", lenient)
+    publish(hub, future, key, tmp_path / "release-future")
+    monkeypatch.setattr(publisher, "read_manifest", real_reader)
+    publish(hub, other, key, tmp_path / "release-other")
     device = load_settings(data_dir=tmp_path / "dev", models={"dir": models}, sync={"public_key": public})
     downloads: list[str] = []
     real_download = model_sync._download

@@ -72,6 +72,13 @@ async def go_to_row(pilot: Pilot[Any], job_id: str) -> None:
     await pilot.pause()
 
 
+async def open_row(pilot: Pilot[Any], job_id: str) -> None:
+    """Open the result of this worklist row, and let its screen load."""
+    await go_to_row(pilot, job_id)
+    await pilot.press("enter")
+    await settle(pilot)
+
+
 async def choose_model(pilot: Pilot[Any], name: str) -> None:
     options = pilot.app.screen.query_one(OptionList)
     options.highlighted = next(
@@ -151,9 +158,7 @@ def test_result_screen_shows_image_heatmap_numbers_review_and_notes(filled: tupl
     app = build_app(settings)
 
     async def scenario(pilot: Pilot[Any], said: list[str]) -> None:
-        await go_to_row(pilot, ids["pneumonia_png"]["job_id"])
-        await pilot.press("enter")
-        await settle(pilot)
+        await open_row(pilot, ids["pneumonia_png"]["job_id"])
         screen = pilot.app.screen
         assert isinstance(screen, ResultScreen)
         finding = text_of(pilot.app, "#section-finding")  # type: ignore[arg-type]
@@ -178,9 +183,7 @@ def test_result_screen_shows_image_heatmap_numbers_review_and_notes(filled: tupl
         await pilot.press("escape")
         await settle(pilot)
         assert isinstance(pilot.app.screen, WorklistScreen)
-        await go_to_row(pilot, ids["dicom"]["job_id"])
-        await pilot.press("enter")
-        await settle(pilot)
+        await open_row(pilot, ids["dicom"]["job_id"])
         notes = text_of(pilot.app, "#section-notes")  # type: ignore[arg-type]
         assert "mother asks for a call" in notes
         assert "tui:amina" in notes
@@ -195,16 +198,12 @@ def test_refused_and_clip_results_open_too(filled: tuple[Settings, Filled]) -> N
     app = build_app(settings)
 
     async def scenario(pilot: Pilot[Any], said: list[str]) -> None:
-        await go_to_row(pilot, ids["refused"]["job_id"])
-        await pilot.press("enter")
-        await settle(pilot)
+        await open_row(pilot, ids["refused"]["job_id"])
         assert "REFUSED" in text_of(pilot.app, "#section-finding")  # type: ignore[arg-type]
         caption = pilot.app.screen.query_one(".picture-caption", Static).render()
         assert "no heatmap stored" in str(caption)  # the DICOM itself, decoded
         await pilot.press("escape")
-        await go_to_row(pilot, ids["clip"]["job_id"])
-        await pilot.press("enter")
-        await settle(pilot)
+        await open_row(pilot, ids["clip"]["job_id"])
         clip = text_of(pilot.app, "#section-clip")  # type: ignore[arg-type]
         assert "frames analysed" in clip
 
@@ -370,9 +369,7 @@ def test_delete_from_the_result_screen_returns_to_the_worklist(filled: tuple[Set
     app = build_app(settings)
 
     async def scenario(pilot: Pilot[Any], said: list[str]) -> None:
-        await go_to_row(pilot, ids["clip"]["job_id"])
-        await pilot.press("enter")
-        await settle(pilot)
+        await open_row(pilot, ids["clip"]["job_id"])
         await pilot.press("D")
         await settle(pilot)
         await pilot.press("y")
