@@ -92,8 +92,8 @@ def release_reserve(settings: Settings) -> bool:
 
 
 def sweep_orphans(store: Store, min_age_s: float = ORPHAN_AGE_S) -> int:
-    """Delete image/heatmap files (and temporary files) that no row points at."""
-    referenced = store.referenced_files()
+    """Delete image, heatmap and clip files (and temporary files) that no row points at."""
+    referenced = set(store.referenced_files())
     cutoff = time.time() - min_age_s
     removed = 0
     for folder in ("images", "heatmaps", "clips"):

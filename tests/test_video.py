@@ -171,6 +171,28 @@ def test_a_clip_is_judged_by_the_clip_threshold_of_its_operating_point(pipeline:
     assert (analysis.result["finding"] == entry.manifest.output.positive) == positive
 
 
+def test_the_orphan_sweep_keeps_a_stored_clips_files(pipeline: Pipeline) -> None:
+    """Key frames, their heatmaps and the clip's video are rows' files too: an agent restart
+    (which sweeps files no row points at) must not delete them, however old they are."""
+    import os
+
+    from edge import housekeeping
+    from tests.tui_fixtures import CLIP
+
+    [analysis] = pipeline.analyse_file(CLIP, model="us-lung")
+    assert analysis.ok, analysis.message
+    clip = pipeline.store.clip_for_result(analysis.result["id"])
+    assert clip is not None
+    files = [pipeline.store.data_dir / p for k in clip["key_frames"] for p in (k["path"], k["heatmap"]) if p]
+    files.append(pipeline.store.data_dir / clip["video_path"])
+    old = time.time() - 2 * housekeeping.ORPHAN_AGE_S
+    for path in pipeline.store.data_dir.rglob("*"):
+        if path.is_file():
+            os.utime(path, (old, old))
+    assert housekeeping.sweep_orphans(pipeline.store) == 0
+    assert all(path.exists() for path in files)
+
+
 def test_the_same_frames_captured_twice_are_two_clips(pipeline: Pipeline) -> None:
     """Live captures have no file to deduplicate by: two captures of the same frames (a probe
     held still, a replayed recording) are two clips, though their key frames match pixel for pixel."""

@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 from pydantic import ValidationError
 from sqlalchemy import Engine
+from starlette.concurrency import run_in_threadpool
 
 from edge.config import Settings
 from edge.hub import db, service, worklist
@@ -67,8 +68,14 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         body = await read_limited(request, limit)
         path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         headers = {k.lower(): v for k, v in request.headers.items()}
-        device = service.authenticate(
-            engine, request.headers.get("authorization"), headers, request.method, path, body
+        device = await run_in_threadpool(
+            service.authenticate,
+            engine,
+            request.headers.get("authorization"),
+            headers,
+            request.method,
+            path,
+            body,
         )
         if not limiter.allow(device.id):
             raise HubError(429, "RATE_LIMITED", "too many requests: slow down")
@@ -90,7 +97,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         if not limiter.allow(f"enroll:{client}"):
             raise HubError(429, "RATE_LIMITED", "too many enrolment attempts")
         body = await read_limited(request, 4096)
-        return service.enroll(engine, parse(protocol.EnrollRequest, body))
+        return await run_in_threadpool(service.enroll, engine, parse(protocol.EnrollRequest, body))
 
     @app.post("/v1/batches")
     async def batches(request: Request) -> protocol.BatchReply:
@@ -99,17 +106,19 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
             raw = protocol.inflate(body) if request.headers.get("content-encoding") == "gzip" else body
         except (ValueError, OSError) as exc:
             raise HubError(400, "BAD_BODY", f"the body does not inflate: {exc}") from exc
-        return service.store_batch(engine, device, parse(protocol.Batch, raw))
+        return await run_in_threadpool(service.store_batch, engine, device, parse(protocol.Batch, raw))
 
     @app.post("/v1/uploads")
     async def start_upload(request: Request) -> protocol.UploadState:
         device, body = await device_for(request, 4096)
-        return service.start_upload(engine, files, device, parse(protocol.UploadStart, body))
+        return await run_in_threadpool(
+            service.start_upload, engine, files, device, parse(protocol.UploadStart, body)
+        )
 
     @app.head("/v1/uploads/{upload_id}")
     async def upload_offset(upload_id: str, request: Request) -> Response:
         device, _ = await device_for(request, 0)
-        row = service.upload_state(engine, device, upload_id)
+        row = await run_in_threadpool(service.upload_state, engine, device, upload_id)
         return Response(headers={"Upload-Offset": str(row.offset), "Upload-Length": str(row.size)})
 
     @app.patch("/v1/uploads/{upload_id}")
@@ -119,22 +128,25 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
             offset = int(request.headers.get("upload-offset", ""))
         except ValueError as exc:
             raise HubError(400, "BAD_OFFSET", "Upload-Offset must be an integer") from exc
-        return service.append_chunk(engine, device, upload_id, offset, chunk)
+        # fsync and the file's running hash: off the event loop, so other devices are served meanwhile
+        return await run_in_threadpool(service.append_chunk, engine, device, upload_id, offset, chunk)
 
     @app.get("/v1/reviews")
     async def reviews(request: Request, cursor: int = 0) -> protocol.ReviewPage:
         device, _ = await device_for(request, 0)
-        return service.reviews_since(engine, device, cursor)
+        return await run_in_threadpool(service.reviews_since, engine, device, cursor)
 
     @app.get("/v1/models")
     async def models(request: Request) -> list[protocol.ModelRelease]:
         device, _ = await device_for(request, 0)
-        return service.releases_for(engine, device)
+        return await run_in_threadpool(service.releases_for, engine, device)
 
     @app.get("/v1/models/{name}/{version}/{file}")
     async def model_file(name: str, version: str, file: str, request: Request) -> FileResponse:
         device, _ = await device_for(request, 0)
-        path = service.release_file(files, engine, device, name, version, Path(file).name)
+        path = await run_in_threadpool(
+            service.release_file, files, engine, device, name, version, Path(file).name
+        )
         return FileResponse(path)  # serves Range requests: downloads resume
 
     return app

@@ -118,14 +118,34 @@ class Reads:
             )
         return _dicts(self.db.execute(sql, [older_than]))
 
-    def referenced_files(self) -> set[str]:
-        """Every file path (relative) a row points at: images and heatmaps."""
-        paths = {row[0] for row in self.db.execute("SELECT path FROM images WHERE purged_at IS NULL")}
-        paths |= {
+    def referenced_files(self, study_id: str | None = None) -> list[str]:
+        """Every file (path relative to the data directory) a row points at, once each: images
+        not purged, result heatmaps, and each clip's key frames, their heatmaps and its video.
+        With `study_id`, only that study's."""
+        where, params = ("", []) if study_id is None else (" AND i.study_id = ?", [study_id])
+        relative = [
             row[0]
-            for row in self.db.execute("SELECT heatmap_path FROM results WHERE heatmap_path IS NOT NULL")
-        }
-        return paths
+            for row in self.db.execute("SELECT path FROM images i WHERE purged_at IS NULL" + where, params)
+        ]
+        relative += [
+            row[0]
+            for row in self.db.execute(
+                "SELECT r.heatmap_path FROM results r JOIN images i ON i.id = r.image_id"
+                " WHERE r.heatmap_path IS NOT NULL" + where,
+                params,
+            )
+        ]
+        clips = self.db.execute(
+            "SELECT c.key_frames, c.video_path FROM clips c JOIN results r ON r.id = c.result_id"
+            " JOIN images i ON i.id = r.image_id WHERE 1 = 1" + where,
+            params,
+        )
+        for key_frames, video_path in clips:
+            for key in json.loads(key_frames or "[]"):
+                relative += [p for p in (key.get("path"), key.get("heatmap")) if p]
+            if video_path:
+                relative.append(video_path)
+        return list(dict.fromkeys(relative))
 
     def integrity(self) -> str:
         return str(self.db.execute("PRAGMA integrity_check").fetchone()[0])

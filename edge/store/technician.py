@@ -8,7 +8,6 @@ details never carry free text (a note may name a patient), only ids and counts.
 from __future__ import annotations
 
 import contextlib
-import json
 import sqlite3
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -72,6 +71,7 @@ class TechnicianActions:
     _audit: Callable[[str, str, str | None, dict[str, Any]], None]
     _insert: Callable[[str, dict[str, Any]], None]
     _insert_job: Callable[..., str]
+    referenced_files: Callable[[str | None], list[str]]  # Reads
 
     # ------------------------------------------------------------------ reads
 
@@ -291,29 +291,5 @@ class TechnicianActions:
         return removed
 
     def _study_files(self, study_id: str) -> list[Path]:
-        """Every file the study's rows point at (relative paths resolved in the data directory)."""
-        relative: list[str] = [
-            row[0]
-            for row in self.db.execute(
-                "SELECT path FROM images WHERE study_id = ? AND purged_at IS NULL", [study_id]
-            ).fetchall()
-        ]
-        relative += [
-            row[0]
-            for row in self.db.execute(
-                "SELECT r.heatmap_path FROM results r JOIN images i ON i.id = r.image_id"
-                " WHERE i.study_id = ? AND r.heatmap_path IS NOT NULL",
-                [study_id],
-            ).fetchall()
-        ]
-        clips = self.db.execute(
-            "SELECT c.key_frames, c.video_path FROM clips c JOIN results r ON r.id = c.result_id"
-            " JOIN images i ON i.id = r.image_id WHERE i.study_id = ?",
-            [study_id],
-        ).fetchall()
-        for clip in clips:
-            for key in json.loads(clip["key_frames"] or "[]"):
-                relative += [p for p in (key.get("path"), key.get("heatmap")) if p]
-            if clip["video_path"]:
-                relative.append(clip["video_path"])
-        return [self.data_dir / path for path in dict.fromkeys(relative)]
+        """Every file the study's rows point at (resolved in the data directory)."""
+        return [self.data_dir / path for path in self.referenced_files(study_id)]
