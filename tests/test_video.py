@@ -57,6 +57,30 @@ def needs_data() -> None:
 # ------------------------------------------------------------------ pure parts
 
 
+def test_a_clip_recorder_leaves_no_file_or_handle_behind_without_frames(tmp_path: Path) -> None:
+    """A cine or capture that yields no analysed frame must not leak a temporary video file
+    or its descriptor: the agent records clips for months."""
+    import os
+    import tempfile
+
+    from edge.video.clip import ClipRecorder
+
+    before = set(os.listdir(tempfile.gettempdir()))
+    fds = len(os.listdir("/proc/self/fd"))
+    for _ in range(5):
+        summary = ClipRecorder(["a", "b"], "b", fps=5, max_seconds=10, max_side=64, key_frames=3).finish()
+        assert summary.video_file is None
+    assert len(os.listdir("/proc/self/fd")) == fds
+    assert set(os.listdir(tempfile.gettempdir())) - before == set()
+    recorder = ClipRecorder(["a", "b"], "b", fps=5, max_seconds=10, max_side=64, key_frames=3)
+    recorder.add(0.0, np.zeros((32, 32), np.uint8), {"a": 0.4, "b": 0.6}, None)
+    video = recorder.finish().video_file
+    assert video is not None
+    assert video.stat().st_size > 0
+    assert len(os.listdir("/proc/self/fd")) == fds
+    video.unlink()
+
+
 def test_sector_detection_ignores_static_ui() -> None:
     rng = np.random.default_rng(0)
     frames = []

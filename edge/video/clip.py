@@ -13,6 +13,7 @@ disk is bounded, and it never holds the scanner's UI or burned-in text.
 from __future__ import annotations
 
 import heapq
+import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,7 +71,7 @@ class ClipRecorder:
         self._best: list[tuple[float, int, KeyFrame]] = []  # min-heap on probability
         self._writer: cv2.VideoWriter | None = None
         self._size: tuple[int, int] | None = None
-        self._video = Path(tempfile.mkstemp(suffix=".mp4", prefix="edge-clip-")[1])
+        self._video: Path | None = None  # made with the first written frame; a clip may have none
         self._next_video_t = 0.0
         self._start_t: float | None = None
         self._last_t = 0.0
@@ -111,9 +112,10 @@ class ClipRecorder:
                 max(16, int(crop.shape[1] * scale) // 2 * 2),
                 max(16, int(crop.shape[0] * scale) // 2 * 2),
             )
-            self._writer = cv2.VideoWriter(
-                str(self._video), cv2.VideoWriter.fourcc(*"mp4v"), self.fps, self._size
-            )
+            handle, name = tempfile.mkstemp(suffix=".mp4", prefix="edge-clip-")
+            os.close(handle)  # OpenCV opens the file by name
+            self._video = Path(name)
+            self._writer = cv2.VideoWriter(name, cv2.VideoWriter.fourcc(*"mp4v"), self.fps, self._size)
         assert self._size is not None
         bgr = crop[:, :, ::-1] if crop.ndim == 3 else cv2.cvtColor(crop, cv2.COLOR_GRAY2BGR)
         self._writer.write(np.ascontiguousarray(cv2.resize(bgr, self._size, interpolation=cv2.INTER_AREA)))
@@ -134,11 +136,12 @@ class ClipRecorder:
             duration_s=round(self._last_t, 3),
             series=self.series,
             key_frames=keys,
-            video_file=self._video if self._writer is not None else None,
+            video_file=self._video,
             events=self.events,
         )
 
     def discard(self) -> None:
         if self._writer is not None:
             self._writer.release()
-        self._video.unlink(missing_ok=True)
+        if self._video is not None:
+            self._video.unlink(missing_ok=True)

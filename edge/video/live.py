@@ -22,7 +22,7 @@ import numpy as np
 from edge.config import Settings
 from edge.errors import Code, EdgeError
 from edge.serving import ServedModel
-from edge.video.clip import ClipRecorder, ClipSummary
+from edge.video.clip import MIN_FRAMES, ClipRecorder, ClipSummary
 from edge.video.monitor import FreezeDetector, is_black
 from edge.video.roi import Box, crop, detect_sector, fits
 from edge.video.source import Frame, FrameSource
@@ -43,7 +43,6 @@ class LiveScore:
 
 @dataclass
 class LiveStats:
-    frames_seen: int = 0
     frames_analysed: int = 0
     latencies_ms: list[float] = field(default_factory=list)
     status_counts: dict[str, int] = field(default_factory=dict)
@@ -81,7 +80,10 @@ class LiveAnalyzer:
         self._window_start: float | None = None
         self._freeze = FreezeDetector(self.video.freeze_seconds)
         self._shape: tuple[int, ...] | None = None
-        self._recent: deque[tuple[float, np.ndarray]] = deque(maxlen=32)
+        # Half-size copies, one per 0.1 s over the detection window: a view of the full frame
+        # would keep every full frame alive (hundreds of MB at 1080p on an 8 GB Jetson).
+        recent = max(4, int(self.video.roi_seconds / 0.1) + 2)
+        self._recent: deque[tuple[float, np.ndarray]] = deque(maxlen=recent)
         self._last_recheck = 0.0
         self._lock = threading.Lock()
 
@@ -107,7 +109,7 @@ class LiveAnalyzer:
         if recorder is None:
             raise EdgeError(Code.VIDEO_TOO_SHORT, "no clip is being recorded")
         summary = recorder.finish()
-        if summary.frames_analysed < 3:
+        if summary.frames_analysed < MIN_FRAMES:
             if summary.video_file:
                 summary.video_file.unlink(missing_ok=True)
             reason = "; ".join(summary.events[:5]) or "too few frames"
@@ -143,7 +145,6 @@ class LiveAnalyzer:
                 if self.source.ended:
                     break
                 continue
-            self.stats.frames_seen += 1
             resized = frame.resized or (self._shape is not None and frame.image.shape != self._shape)
             self._shape = frame.image.shape
             if resized and self.fixed_roi is None:
@@ -168,7 +169,7 @@ class LiveAnalyzer:
             return
         now = frame.position_s
         if not self._recent or now - self._recent[-1][0] >= 0.1:
-            self._recent.append((now, frame.image[::2, ::2]))
+            self._recent.append((now, np.ascontiguousarray(frame.image[::2, ::2])))
         if now - self._last_recheck < self.video.roi_recheck_s or self.roi is None:
             return
         self._last_recheck = now
