@@ -7,7 +7,6 @@ resolved by retrying the transaction, after which the row is simply there.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,8 @@ from sqlalchemy import (
     create_engine,
     event,
 )
+
+from edge.store.records import utc_now
 
 metadata = MetaData()
 
@@ -196,8 +197,7 @@ worklist = Table(
 )
 
 
-def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+now = utc_now  # the one time format, shared with the device store
 
 
 def make_engine(url: str) -> Engine:

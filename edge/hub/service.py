@@ -19,6 +19,7 @@ from sqlalchemy import Engine, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from edge.hub import db, worklist
+from edge.registry import sha256_file
 from edge.sync import protocol
 
 
@@ -293,7 +294,7 @@ def append_chunk(
         os.fsync(handle.fileno())
     new_offset = offset + len(chunk)
     complete = new_offset == row.size
-    if complete and hashlib.sha256(path.read_bytes()).hexdigest() != row.sha256:
+    if complete and sha256_file(path) != row.sha256:
         path.unlink(missing_ok=True)
         with engine.begin() as conn:
             conn.execute(update(db.uploads).where(db.uploads.c.id == upload_id).values(offset=0))

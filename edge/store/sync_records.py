@@ -4,7 +4,7 @@ reviews applied with their cursor, and the agent's own state."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -139,7 +139,3 @@ class SyncRecords:
 
     def sync_state(self) -> dict[str, Any]:
         return {row[0]: json.loads(row[1]) for row in self.db.execute("SELECT key, value FROM sync_state")}
-
-    def iter_outbox(self) -> Iterator[dict[str, Any]]:
-        for row in self.db.execute("SELECT * FROM outbox ORDER BY seq").fetchall():
-            yield dict(row)

@@ -93,7 +93,6 @@ class SyncClient:
         self.http = http
         self.credential = credential
         self.deid = Deidentifier.for_device(settings.data_dir / "sync", settings.sync.dates)
-        self.bytes_sent = 0
         # Called after every answered request: the service's watchdog pets on progress, so a long
         # drain over a slow link is alive while a hung one is restarted.
         self.on_progress: Callable[[], None] = lambda: None
@@ -132,7 +131,6 @@ class SyncClient:
             )
         except httpx.TransportError as exc:
             raise HubUnavailable(f"{type(exc).__name__}: {exc}") from exc
-        self.bytes_sent += len(body) + sum(len(k) + len(v) for k, v in signed.items())
         self.on_progress()
         if response.status_code == 429 or response.status_code >= 500:
             raise HubUnavailable(f"hub answered {response.status_code}")
@@ -335,9 +333,6 @@ class SyncClient:
 
             counts["models"] = pull_models(self)
         return counts
-
-    def status(self) -> dict[str, Any]:
-        return sync_status(self.settings, self.store)
 
 
 def sync_status(settings: Settings, store: Store) -> dict[str, Any]:

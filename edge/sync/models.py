@@ -11,7 +11,6 @@ Runtime on the model's samples) runs before and after the swap, and failure rest
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import shutil
 import time
@@ -25,7 +24,7 @@ from packaging.version import InvalidVersion, Version
 from edge.config import Settings
 from edge.errors import Code, EdgeError
 from edge.imaging.decode import decode_bytes
-from edge.registry import Registry
+from edge.registry import Registry, sha256_file
 from edge.runtime.onnxruntime import OnnxRuntimeRunner
 from edge.serving import tensor_names
 from edge.sync import protocol
@@ -108,7 +107,7 @@ def _download(client: object, release: protocol.ModelRelease, file: str, target:
         mode = "ab" if have and response.status_code == 206 else "wb"
         with partial.open(mode) as handle:
             handle.write(response.content)
-    digest = hashlib.sha256(partial.read_bytes()).hexdigest()
+    digest = sha256_file(partial)
     if digest != release.files[file]:
         partial.unlink(missing_ok=True)
         raise EdgeError(Code.MODEL_CHECKSUM_MISMATCH, f"{release.name} {release.version}: {file} is corrupt")

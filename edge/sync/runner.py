@@ -56,7 +56,7 @@ def run_round(client: SyncClient) -> bool:
         )
         log.error("sync: refused: %s", exc)
         return False
-    store.set_sync_state(running=False, last_success=utc_now(), last_counts=counts)
+    store.set_sync_state(running=False, last_success=utc_now())
     if any(counts.values()):
         log.info("sync: %s", counts)
     return True

@@ -5,7 +5,6 @@ series, key frames and their heatmaps, and the sector-only video.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import statistics
 import threading
@@ -18,11 +17,12 @@ import numpy as np
 
 from edge.errors import Code, EdgeError
 from edge.ids import uuid7
-from edge.imaging.decode import DecodedImage
+from edge.imaging.decode import DecodedImage, sha256_hex
 from edge.imaging.explain import heatmap_png
 from edge.imaging.png import with_text
 from edge.pipeline import Analysis, Pipeline
 from edge.postprocess import decide_from_probabilities
+from edge.registry import sha256_file
 from edge.serving import ServedModel
 from edge.store import Job, NewImage, ResultRecord, StudyInfo, utc_now
 from edge.store.files import remove_quietly, write_atomically
@@ -33,14 +33,6 @@ from edge.video.source import FrameSource
 log = logging.getLogger(__name__)
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def analyse_recording(
     pipeline: Pipeline, path: Path, model: str | None = None, *, realtime: bool = False
 ) -> Analysis:
@@ -49,7 +41,7 @@ def analyse_recording(
     try:
         if not path.is_file():
             raise EdgeError(Code.INPUT_NOT_FOUND, f"{path} does not exist")
-        sha = file_sha256(path)
+        sha = sha256_file(path)
         served = pipeline.pool.get(model or pipeline.settings.video.model)
         existing = store.clip_for_source(sha, served.name)
         if existing is not None:
@@ -209,7 +201,7 @@ def store_clip(
             png = with_text(_png(best.image), "edge-clip", result_id)
             key_image = NewImage(
                 data=png,
-                sha256=hashlib.sha256(png).hexdigest(),
+                sha256=sha256_hex(png),
                 format="png",
                 width=best.image.shape[1],
                 height=best.image.shape[0],
