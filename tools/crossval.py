@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
-from tools.recipe import load_recipe
+from tools.recipe import load_recipe, read_oof
 
 console = Console()
 
@@ -47,10 +47,10 @@ def main() -> None:
         subprocess.run(command, check=True)
     paths, logits = [], []
     for k in range(folds):
-        with np.load(root / f"fold-{k}" / "oof.npz") as data:
-            paths.extend(str(p) for p in data["paths"])
-            logits.append(data["logits"])
-    np.savez(root / "oof.npz", paths=np.array(paths), logits=np.concatenate(logits))
+        recorded = read_oof(root / f"fold-{k}" / "oof.npz")
+        paths.extend(recorded)
+        logits.extend(recorded.values())
+    np.savez(root / "oof.npz", paths=np.array(paths), logits=np.stack(logits))
     console.print(f"[green]out-of-fold predictions for {len(paths)} images[/] -> {root / 'oof.npz'}")
 
 

@@ -28,7 +28,17 @@ from edge.imaging.decode import decode_bytes
 from edge.imaging.explain import evidence_map, overlay, to_image_frame
 from edge.imaging.preprocess import preprocess, to_colour
 from edge.postprocess import softmax
-from tools.recipe import REPO, Recipe, Sample, load_recipe, read_samples, read_split, split_samples
+from tools.recipe import (
+    REPO,
+    Recipe,
+    Sample,
+    check_oof,
+    load_recipe,
+    read_samples,
+    read_split,
+    run_onnx_outputs,
+    split_samples,
+)
 
 NEAR_FIELD = 0.2  # top fifth of the frame: skin line and subcutaneous fat in ultrasound; one row of a 5x5 CAM
 WORST_PER_KIND = 4  # cases of each kind on the contact sheet
@@ -93,14 +103,6 @@ def _decode(recipe: Recipe, sample: Sample) -> np.ndarray:
     return decode_bytes((recipe.data_root / sample.path).read_bytes(), sample.path).pixels
 
 
-def _run_with_cam(model: Path, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-    outs = [session.run(["logits", "cam"], {"image": inputs[i : i + 32]}) for i in range(0, len(inputs), 32)]
-    return np.concatenate([out[0] for out in outs]), np.concatenate([out[1] for out in outs])
-
-
 def evaluate(recipe: Recipe) -> Evaluation:
     """Every evaluated image through the model that did not train on it."""
     run = recipe.run_dir()
@@ -123,12 +125,12 @@ def evaluate(recipe: Recipe) -> Evaluation:
     for model_dir in sorted(set(model_of.values())):
         rows = np.array([model_of[s.path] == model_dir for s in samples])
         if cross_validated:
-            from tools.quantize import fold_fp32  # exports once from best.pt (torch) if not cached
+            from tools.train import fold_fp32  # exports once from best.pt (torch) if not cached
 
             model = fold_fp32(recipe, model_dir)
         else:
             model = model_dir / f"{recipe.name}-fp32.onnx"
-        model_logits, model_cams = _run_with_cam(model, inputs[rows])
+        model_logits, model_cams = run_onnx_outputs(model, inputs[rows], ("logits", "cam"))
         if cams is None:
             cams = np.zeros((len(samples), *model_cams.shape[1:]), np.float32)
         logits[rows], cams[rows] = model_logits, model_cams
@@ -136,11 +138,7 @@ def evaluate(recipe: Recipe) -> Evaluation:
     if cross_validated:
         # The CAMs must come from the models that made the recorded out-of-fold logits (the ones
         # the manifest's figures were computed from): otherwise a fold or export has changed.
-        with np.load(run / "oof.npz") as data:
-            recorded = dict(zip((str(p) for p in data["paths"]), data["logits"], strict=True))
-        worst = float(np.abs(np.stack([recorded[s.path] for s in samples]) - logits).max())
-        if worst > 1e-3:
-            raise SystemExit(f"fold ONNX logits differ from oof.npz by {worst:.2e}: re-export the folds")
+        check_oof(run / "oof.npz", [s.path for s in samples], logits)
     return Evaluation(kind, samples, logits, cams, sizes)
 
 

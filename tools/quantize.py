@@ -40,6 +40,8 @@ from rich.console import Console
 from edge.parity import ParityReport, compare
 from tools.recipe import (
     Recipe,
+    Sample,
+    check_oof,
     load_recipe,
     model_inputs,
     read_samples,
@@ -107,38 +109,13 @@ def gate_entry(report: ParityReport, reference: np.ndarray, candidate: np.ndarra
     }
 
 
-def fold_fp32(recipe: Recipe, fold_dir: Path) -> Path:
-    """The fold model as FP32 ONNX (exported once from its checkpoint; torch only here)."""
-    path = fold_dir / f"{recipe.name}-fp32.onnx"
-    if not path.exists():
-        import torch
-
-        from tools.train import build_net, export_onnx
-
-        net = build_net(recipe)
-        net.load_state_dict(torch.load(fold_dir / "best.pt"))
-        export_onnx(net, recipe, path)
-    return path
-
-
-def _check_against_training(fold_dir: Path, paths: list[str], logits: np.ndarray) -> None:
-    """The exported fold model must give the out-of-fold logits training recorded (oof.npz):
-    otherwise the fold, the split or the export is not the one the release reports on."""
-    with np.load(fold_dir / "oof.npz") as data:
-        recorded = dict(zip((str(p) for p in data["paths"]), data["logits"], strict=True))
-    if set(recorded) != set(paths):
-        raise SystemExit(f"{fold_dir}: its held-out images differ from split.csv: retrain the folds")
-    worst = float(np.abs(np.stack([recorded[p] for p in paths]) - logits).max())
-    if worst > 1e-3:
-        raise SystemExit(f"{fold_dir}: ONNX logits differ from training's by {worst:.2e}")
-
-
-def out_of_fold_gates(recipe: Recipe, method: str, calibration_images: int) -> dict[str, dict]:
+def out_of_fold_gates(
+    recipe: Recipe, method: str, calibration_images: int, samples: list[Sample], inputs: np.ndarray
+) -> dict[str, dict]:
     """Each fold's model quantised as the shipped one is, compared on its own held-out images."""
-    samples = read_samples(recipe)
+    from tools.train import fold_fp32  # torch, needed only here
+
     fold_of = read_split(recipe)
-    with console.status(f"preparing {len(samples)} images for the out-of-fold gate..."):
-        inputs = model_inputs(recipe, samples)
     labels = np.array([s.label for s in samples])
     positive = recipe.labels.index(recipe.positive)
     reference, truth = [], []
@@ -149,12 +126,12 @@ def out_of_fold_gates(recipe: Recipe, method: str, calibration_images: int) -> d
         train_rows = np.flatnonzero(~held).tolist()
         count = min(calibration_images, len(train_rows))
         picked = random.Random(recipe.raw["seed"] + k).sample(train_rows, count)
-        fp32 = fold_fp32(recipe, fold_dir)
+        fp32 = fold_fp32(recipe, fold_dir)  # torch: exported once from the fold's checkpoint
         prepared = fold_dir / f"{recipe.name}-prep.onnx"
         quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=False)
         fold_reference = run_onnx(fp32, inputs[held])
         held_paths = [s.path for s, h in zip(samples, held, strict=True) if h]
-        _check_against_training(fold_dir, held_paths, fold_reference)
+        check_oof(fold_dir / "oof.npz", held_paths, fold_reference)
         reference.append(fold_reference)
         truth.append(labels[held])
         for fmt, fold_logits in candidates.items():
@@ -215,12 +192,16 @@ def main() -> None:
     cross_validated = bool(recipe.data.get("cv_folds"))
     # A cross-validated recipe's shipped model was trained on every image; its gate compares the
     # two precisions of that one model on all of them (fidelity, not accuracy).
-    train = read_samples(recipe) if cross_validated else split_samples(recipe, "train")
-    picked = random.Random(recipe.raw["seed"]).sample(train, min(calibration_images, len(train)))
-    with console.status(f"preparing {len(picked)} calibration and the validation images..."):
-        calibration = model_inputs(recipe, picked)
-        val = read_samples(recipe) if cross_validated else split_samples(recipe, "val")
+    val = read_samples(recipe) if cross_validated else split_samples(recipe, "val")
+    train = val if cross_validated else split_samples(recipe, "train")
+    # Positions, not samples: random.sample picks by index, so the same images as ever are chosen.
+    count = min(calibration_images, len(train))
+    picked = random.Random(recipe.raw["seed"]).sample(range(len(train)), count)
+    with console.status(f"preparing {len(picked)} calibration and {len(val)} validation images..."):
         val_inputs = model_inputs(recipe, val)
+        calibration = (
+            val_inputs[picked] if cross_validated else model_inputs(recipe, [train[i] for i in picked])
+        )
     truth = np.array([s.label for s in val])
     positive = recipe.labels.index(recipe.positive)
 
@@ -249,7 +230,7 @@ def main() -> None:
         )
     prepared.unlink()
     if cross_validated:
-        add_out_of_fold(gates, out_of_fold_gates(recipe, method, calibration_images))
+        add_out_of_fold(gates, out_of_fold_gates(recipe, method, calibration_images, val, val_inputs))
     (run / "gate.json").write_text(json.dumps(gates, indent=2))
 
 

@@ -222,10 +222,32 @@ def model_inputs(recipe: Recipe, samples: list[Sample]) -> np.ndarray:
 
 def run_onnx(path: Path, inputs: np.ndarray, batch: int = 64) -> np.ndarray:
     """Logits from an ONNX file on ONNX Runtime's CPU provider."""
+    return run_onnx_outputs(path, inputs, ("logits",), batch)[0]
+
+
+def run_onnx_outputs(
+    path: Path, inputs: np.ndarray, names: tuple[str, ...], batch: int = 64
+) -> list[np.ndarray]:
+    """The named outputs (e.g. logits and cam) of an ONNX file, batch by batch on the CPU."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    outs = [
-        session.run(["logits"], {"image": inputs[i : i + batch]})[0] for i in range(0, len(inputs), batch)
-    ]
-    return np.concatenate(outs)
+    outs = [session.run(list(names), {"image": inputs[i : i + batch]}) for i in range(0, len(inputs), batch)]
+    return [np.concatenate([out[k] for out in outs]) for k in range(len(names))]
+
+
+def read_oof(path: Path) -> dict[str, np.ndarray]:
+    """image path -> out-of-fold logits, from an oof.npz (tools/train.py per fold, crossval.py for all)."""
+    with np.load(path) as data:
+        return dict(zip((str(p) for p in data["paths"]), data["logits"], strict=True))
+
+
+def check_oof(path: Path, paths: list[str], logits: np.ndarray) -> None:
+    """ONNX logits must reproduce those training recorded in `path` for exactly these images:
+    otherwise a fold, the split or an export is not the one the released figures came from."""
+    recorded = read_oof(path)
+    if set(recorded) != set(paths):
+        raise SystemExit(f"{path}: its images differ from split.csv: retrain the folds")
+    worst = float(np.abs(np.stack([recorded[p] for p in paths]) - logits).max())
+    if worst > 1e-3:
+        raise SystemExit(f"{path}: ONNX logits differ from training's by {worst:.2e}: re-export the folds")

@@ -40,6 +40,7 @@ from tools.recipe import (
     Sample,
     load_recipe,
     model_inputs,
+    read_oof,
     read_samples,
     run_onnx,
     split_samples,
@@ -78,8 +79,7 @@ def evaluation_sets(recipe: Recipe) -> dict[str, Predictions]:
     """`validation` (what calibration and thresholds are fitted on) and, if any, `holdout`."""
     run = recipe.run_dir()
     if recipe.data.get("cv_folds"):
-        with np.load(run / "oof.npz") as data:
-            by_path = dict(zip((str(p) for p in data["paths"]), data["logits"], strict=True))
+        by_path = read_oof(run / "oof.npz")
         samples = read_samples(recipe)
         logits = np.stack([by_path[s.path] for s in samples])
         kind = f"{recipe.data['cv_folds']}-fold cross-validation, out-of-fold predictions"

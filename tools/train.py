@@ -116,6 +116,17 @@ def export_onnx(model: nn.Module, recipe: Recipe, path: Path) -> None:
     program.save(str(path))
 
 
+def fold_fp32(recipe: Recipe, fold_dir: Path) -> Path:
+    """A cross-validation fold's model as FP32 ONNX, exported once from its checkpoint (training
+    exports only the final model; the INT8 gate and the failure analysis need the folds')."""
+    path = fold_dir / f"{recipe.name}-fp32.onnx"
+    if not path.exists():
+        net = build_net(recipe)
+        net.load_state_dict(torch.load(fold_dir / "best.pt"))
+        export_onnx(net, recipe, path)
+    return path
+
+
 def write_split(run: Path, samples: list[Sample], split: dict[str, str], recipe: Recipe) -> None:
     with (run / "split.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
