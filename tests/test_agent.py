@@ -17,32 +17,8 @@ from tools import crashtest
 
 
 def start(data_dir: Path, inbox: Path, log: Path) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "EDGE_WATCH__INTERVAL_S": "0.2",
-        "EDGE_WATCH__SETTLE_S": "0",
-        "EDGE_STORE__MIN_FREE_MB": "0",
-        "EDGE_STORE__RESERVE_MB": "0",
-        "EDGE_WORKER__POLL_S": "0.2",
-    }
     with log.open("ab") as handle:
-        return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "edge",
-                "--data-dir",
-                str(data_dir),
-                "run",
-                "--watch",
-                "--inbox",
-                str(inbox),
-                "--no-dicom",
-            ],
-            env=env,
-            stdout=handle,
-            stderr=handle,
-        )
+        return crashtest.start_agent(data_dir, inbox, handle)
 
 
 def test_agent_ingests_scores_and_stops_cleanly(tmp_path: Path, sample_png: Path, sample_dcm: Path) -> None:

@@ -14,11 +14,9 @@ import argparse
 import json
 import os
 import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from datetime import datetime
@@ -26,16 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from edge.bench import dicom_variants
-from tools.crashtest import wait_until_running
+from tools.crashtest import spawn_agent, wait_until_running
+from tools.synctest import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "models" / "cxr-pneumonia" / "samples" / "demo"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def parse(stamp: str) -> float:
@@ -55,30 +48,8 @@ def run(images: int, work: Path) -> dict[str, Any]:
     files = files[:images]
     port = free_port()
     data = work / "data"
-    env = {
-        **os.environ,
-        "EDGE_STORE__MIN_FREE_MB": "0",
-        "EDGE_STORE__RESERVE_MB": "0",
-        "EDGE_WORKER__POLL_S": "0.2",
-    }
     with (work / "agent.log").open("ab") as log:
-        agent = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "edge",
-                "--data-dir",
-                str(data),
-                "run",
-                "--dicom",
-                "--port",
-                str(port),
-                "--no-watch",
-            ],
-            env=env,
-            stdout=log,
-            stderr=log,
-        )
+        agent = spawn_agent(data, log, "--dicom", "--port", str(port), "--no-watch")
     try:
         wait_until_running(data, agent.pid, timeout_s=120)
         started = time.perf_counter()

@@ -52,6 +52,12 @@ def make_inputs(count: int, broken_share: float, rng: random.Random) -> list[tup
 
 
 def start_agent(data_dir: Path, inbox: Path, log: Any) -> subprocess.Popen[bytes]:
+    """`edge run` watching `inbox` (no DICOM listener)."""
+    return spawn_agent(data_dir, log, "--watch", "--inbox", str(inbox), "--no-dicom")
+
+
+def spawn_agent(data_dir: Path, log: Any, *run_args: str) -> subprocess.Popen[bytes]:
+    """`edge run RUN_ARGS` polling fast, with no free-space floor (test disks are small)."""
     env = {
         **os.environ,
         "EDGE_WATCH__INTERVAL_S": "0.2",
@@ -60,18 +66,7 @@ def start_agent(data_dir: Path, inbox: Path, log: Any) -> subprocess.Popen[bytes
         "EDGE_STORE__RESERVE_MB": "0",
         "EDGE_WORKER__POLL_S": "0.2",
     }
-    command = [
-        sys.executable,
-        "-m",
-        "edge",
-        "--data-dir",
-        str(data_dir),
-        "run",
-        "--watch",
-        "--inbox",
-        str(inbox),
-        "--no-dicom",
-    ]
+    command = [sys.executable, "-m", "edge", "--data-dir", str(data_dir), "run", *run_args]
     return subprocess.Popen(command, env=env, stdout=log, stderr=log)
 
 
