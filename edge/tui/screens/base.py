@@ -42,6 +42,16 @@ class EdgeScreen(Screen[None]):
     def reload(self) -> None:
         """Read the screen's data again (shown again, after an action, on the refresh timer)."""
 
+    def refresh_every(self, seconds: float) -> None:
+        """Reload on a timer, but only while this screen is the one shown: a mode switched away
+        keeps its timers running, and the health snapshot behind some screens is not free.
+        Coming back reloads at once (on_screen_resume)."""
+        self.set_interval(seconds, self._refresh_if_shown)
+
+    def _refresh_if_shown(self) -> None:
+        if self.is_current:
+            self.reload()
+
     def on_screen_resume(self) -> None:
         # Shown for the first time, or again (another screen or a dialog was on top): what it
         # shows may have changed meanwhile.

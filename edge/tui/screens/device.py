@@ -36,7 +36,7 @@ class DeviceScreen(EdgeScreen):
     def on_mount(self) -> None:
         self.query_one("#device-storage", Static).update("reading the device…")
         self.query_one("#device-body").focus()
-        self.set_interval(max(self.context.refresh_s, 5.0), self.reload)
+        self.refresh_every(max(self.context.refresh_s, 5.0))
 
     def reload(self) -> None:
         self._load()

@@ -44,7 +44,7 @@ class SyncScreen(EdgeScreen):
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
-        self.set_interval(self.context.refresh_s, self.reload)
+        self.refresh_every(self.context.refresh_s)
 
     def reload(self) -> None:
         self._load()

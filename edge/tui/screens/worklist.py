@@ -99,7 +99,7 @@ class WorklistScreen(ItemActions):
 
     def on_mount(self) -> None:
         self.query_one(DataTable).focus()
-        self.set_interval(self.context.refresh_s, self.reload)
+        self.refresh_every(self.context.refresh_s)
 
     # ------------------------------------------------------------------ data
 
