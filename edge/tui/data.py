@@ -224,3 +224,8 @@ def display_name(item: dict[str, Any]) -> str:
     if original:
         return Path(str(original)).name
     return item.get("description") or item.get("source") or "-"
+
+
+def is_positive(item: dict[str, Any]) -> bool:
+    """The stored decision: the result records its finding and the label it was judged for."""
+    return item.get("finding") is not None and item["finding"] == item["finding_label"]

@@ -14,7 +14,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
 from textual.widgets import Footer, Static
 
-from edge.tui.data import ResultDetail, display_name, load_picture, load_result
+from edge.tui.data import ResultDetail, display_name, is_positive, load_picture, load_result
 from edge.tui.screens.base import EdgeScreen
 from edge.tui.screens.item_actions import ITEM_BINDINGS, ItemActions
 from edge.tui.widgets.picture import Picture
@@ -152,7 +152,7 @@ def sections(detail: ResultDetail, stamp: Any) -> dict[str, str]:
 
 def _finding(item: dict[str, Any], result: dict[str, Any] | None) -> str:
     if result:
-        positive = result["probability"] >= result["threshold"]
+        positive = is_positive(result)
         colour = "bold yellow" if positive else "bold green"
         urgent = "[bold white on red] URGENT [/] " if item["urgent"] else ""
         seen = f"seen by {escape(str(item['seen_by']))}" if item.get("seen_at") else "[b]not seen yet[/b] (m)"

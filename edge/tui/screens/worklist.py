@@ -18,7 +18,14 @@ from textual.containers import Horizontal
 from textual.message import Message
 from textual.widgets import DataTable, Footer, Input, Static
 
-from edge.tui.data import STATE_FILTERS, STATE_LABELS, WorklistFilter, display_name, load_worklist
+from edge.tui.data import (
+    STATE_FILTERS,
+    STATE_LABELS,
+    WorklistFilter,
+    display_name,
+    is_positive,
+    load_worklist,
+)
 from edge.tui.screens.item_actions import ITEM_BINDINGS, ItemActions
 from edge.tui.screens.result import ResultScreen
 from edge.tui.widgets.top_bar import TopBar
@@ -48,10 +55,6 @@ class WorklistLoaded(Message):
         super().__init__()
         self.rows = rows
         self.chosen = chosen
-
-
-def is_positive(item: dict[str, Any]) -> bool:
-    return item.get("probability") is not None and item["probability"] >= item["threshold"]
 
 
 def badge(item: dict[str, Any]) -> Text:
