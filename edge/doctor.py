@@ -5,15 +5,19 @@ Each check returns one line; the exit status is the worst (0 pass, 1 warn, 2 fai
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import importlib
 import importlib.util
 import platform
 import socket
+import sqlite3
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
+
+from sqlite_utils import Database
 
 from edge import health, housekeeping
 from edge.config import Settings
@@ -170,14 +174,21 @@ def _engines(settings: Settings) -> list[Check]:
 def _database(settings: Settings) -> list[Check]:
     if not settings.db_path.exists():
         return [Check("database", "warn", f"{settings.db_path} does not exist yet (created on first use)")]
+    latest = schema.latest_version()
     try:
+        # The version as found, read-only: opening the Store below applies pending migrations.
+        with contextlib.closing(sqlite3.connect(f"file:{settings.db_path}?mode=ro", uri=True)) as found_db:
+            found = schema.schema_version(Database(found_db))
         with Store(settings.data_dir) as store:
             integrity = store.integrity()
-            version = schema.schema_version(store.db)
     except Exception as exc:  # noqa: BLE001 - a broken database is exactly what doctor reports
         return [Check("database", "fail", f"cannot open {settings.db_path}: {exc}")]
-    level = "pass" if integrity == "ok" and version == schema.latest_version() else "fail"
-    return [Check("database", level, f"integrity {integrity}, schema {version}/{schema.latest_version()}")]
+    # A schema newer than this software knows was written by a newer edge: it must not run here.
+    level = "pass" if integrity == "ok" and found <= latest else "fail"
+    upgraded = (
+        " (upgraded now)" if found < latest else " (newer than this software)" if found > latest else ""
+    )
+    return [Check("database", level, f"integrity {integrity}, schema {found}/{latest}{upgraded}")]
 
 
 def _disk(settings: Settings) -> list[Check]:

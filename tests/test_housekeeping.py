@@ -189,3 +189,17 @@ def test_status_json(settings: Settings, store: Store) -> None:
     ):
         assert key in snap
     assert snap["versions"]["edge"]
+
+
+def test_doctor_reads_the_schema_as_found_and_refuses_a_newer_one(settings: Settings, store: Store) -> None:
+    """Doctor reports the schema before opening the store (which upgrades it), and a database
+    written by newer software (a migration this one does not know) fails the check."""
+    assert next(c for c in run_checks(settings) if c.name == "database").level == "pass"
+    store.db.execute(
+        "INSERT INTO _sqlite_migrations (migration_set, name, applied_at)"
+        " VALUES ('edge', 'm999_future', 'now')"
+    )
+    store.db.conn.commit()
+    check = next(c for c in run_checks(settings) if c.name == "database")
+    assert check.level == "fail"
+    assert "newer than this software" in check.message
