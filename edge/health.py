@@ -80,13 +80,11 @@ def snapshot(settings: Settings, store: Store | None = None) -> dict[str, Any]:
             "site": settings.site,
             "data_dir": str(settings.data_dir),
             "agent": read_agent(settings),
-            "queue_depth": store.queue_depth(),
+            "queue_depth": counts["jobs_queued"] + counts["jobs_running"],
             "counts": counts,
             "last_result": store.last_result(),
             "recent_errors": store.recent_errors(),
-            "outbox_pending": int(
-                store.db.execute("SELECT count(*) FROM outbox WHERE acked_at IS NULL").fetchone()[0]
-            ),
+            "outbox_pending": sum(store.pending_counts().values()),
             "sync": sync_status(settings, store),
             "disk": {
                 "free_mb": disk.free_mb,

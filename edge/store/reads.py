@@ -150,11 +150,6 @@ class Reads:
     def integrity(self) -> str:
         return str(self.db.execute("PRAGMA integrity_check").fetchone()[0])
 
-    def queue_depth(self) -> int:
-        return int(
-            self.db.execute("SELECT count(*) FROM jobs WHERE state IN ('queued', 'running')").fetchone()[0]
-        )
-
     def last_result(self) -> dict[str, Any] | None:
         return self._one(
             "SELECT id, model_name, finding, probability, created_at FROM results"
