@@ -231,7 +231,8 @@ def test_the_same_frames_captured_twice_are_two_clips(pipeline: Pipeline) -> Non
         summary, analyzer, elapsed = _record(pipeline, served, source)
         ids.append(
             store_clip(
-                pipeline,
+                pipeline.settings,
+                pipeline.store,
                 summary,
                 served,
                 analyzer,

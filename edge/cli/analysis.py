@@ -13,7 +13,6 @@ from rich.console import Console
 
 from edge.cli.base import EXIT_REFUSED, EXIT_USAGE, Context, cli, pass_context
 from edge.errors import EdgeError
-from edge.store.records import StudyInfo
 
 # ---------------------------------------------------------------------- infer
 
@@ -235,24 +234,14 @@ def _live_summary(analyzer: Any, frames: Any) -> str:
 
 
 def _store_live_clip(pipeline: Any, analyzer: Any, served: Any) -> str:
-    from edge.video.analysis import store_clip
+    from edge.video.analysis import store_capture
 
-    summary = analyzer.stop_clip()
-    study = StudyInfo(modality="US", description="live capture")
-    result_id = store_clip(
-        pipeline,
-        summary,
-        served,
-        analyzer,
-        source="capture",
-        source_sha256=None,
-        study=study,
-        elapsed_s=summary.duration_s,
-    )
+    result_id = store_capture(pipeline.settings, pipeline.store, analyzer, served)
     result = pipeline.store.result(result_id) or {}
+    clip = pipeline.store.clip_for_result(result_id) or {}
     return (
         f"clip stored: {result.get('finding')} P({result.get('finding_label')})="
-        f"{result.get('probability', 0):.3f} over {summary.frames_analysed} frames; result {result_id}"
+        f"{result.get('probability', 0):.3f} over {clip.get('frames_analysed')} frames; result {result_id}"
     )
 
 

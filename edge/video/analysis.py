@@ -15,6 +15,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from edge.config import Settings
 from edge.errors import Code, EdgeError
 from edge.ids import uuid7
 from edge.imaging.decode import DecodedImage, sha256_hex
@@ -24,7 +25,7 @@ from edge.pipeline import Analysis, Pipeline
 from edge.postprocess import decide_from_probabilities
 from edge.registry import sha256_file
 from edge.serving import ServedModel
-from edge.store import Job, NewImage, ResultRecord, StudyInfo, utc_now
+from edge.store import Job, NewImage, ResultRecord, Store, StudyInfo, utc_now
 from edge.store.files import remove_quietly, write_atomically
 from edge.video.clip import AGGREGATE, ClipSummary
 from edge.video.live import LiveAnalyzer
@@ -56,7 +57,8 @@ def analyse_recording(
             events.append(source.stats.end_reason)
         summary.events = events
         result_id = store_clip(
-            pipeline,
+            pipeline.settings,
+            store,
             summary,
             served,
             analyzer,
@@ -99,7 +101,8 @@ def process_cine(pipeline: Pipeline, job: Job, decoded: DecodedImage, data: byte
     source = FrameSource("dicom cine", lossless=True, frames=display_frames(data))
     summary, analyzer, elapsed = _record(pipeline, served, source)
     return store_clip(
-        pipeline,
+        pipeline.settings,
+        pipeline.store,
         summary,
         served,
         analyzer,
@@ -111,8 +114,26 @@ def process_cine(pipeline: Pipeline, job: Job, decoded: DecodedImage, data: byte
     )
 
 
+def store_capture(settings: Settings, store: Store, analyzer: LiveAnalyzer, served: ServedModel) -> str:
+    """Stop the live analyzer's recording and store it as a clip (`edge capture --record`, the
+    TUI's live screen); returns the result id."""
+    summary = analyzer.stop_clip()
+    return store_clip(
+        settings,
+        store,
+        summary,
+        served,
+        analyzer,
+        source="capture",
+        source_sha256=None,
+        study=StudyInfo(modality="US", description="live capture"),
+        elapsed_s=summary.duration_s,
+    )
+
+
 def store_clip(
-    pipeline: Pipeline,
+    settings: Settings,
+    store: Store,
     summary: ClipSummary,
     served: ServedModel,
     analyzer: LiveAnalyzer,
@@ -124,17 +145,17 @@ def store_clip(
     job: Job | None = None,
 ) -> str:
     """Write the clip's files, then its rows in one transaction; on failure remove the files."""
-    settings, store = pipeline.settings, pipeline.store
     manifest = served.entry.manifest
     result_id = uuid7()
     folder = store.data_dir / "clips" / utc_now()[:10] / result_id
     written: list[Path] = []
     try:
         key_frames: list[dict[str, Any]] = []
+        key_pngs = [_png(key.image) for key in summary.key_frames]
         target = manifest.output.labels.index(manifest.output.positive)
         for number, key in enumerate(summary.key_frames, start=1):
             image_path = folder / f"key-{number}.png"
-            _write(image_path, _png(key.image), written)
+            _write(image_path, key_pngs[number - 1], written)
             heat_path = None
             if key.cam is not None:
                 heat_path = folder / f"heat-{number}.png"
@@ -196,9 +217,10 @@ def store_clip(
         if job is not None:
             store.complete_job(job, record, result_id, clip=clip)
         else:
-            best = max(summary.key_frames, key=lambda k: k.probability)
+            index = max(range(len(summary.key_frames)), key=lambda i: summary.key_frames[i].probability)
+            best = summary.key_frames[index]
             # Tagged with its clip, so the same frames captured twice stay two clips.
-            png = with_text(_png(best.image), "edge-clip", result_id)
+            png = with_text(key_pngs[index], "edge-clip", result_id)
             key_image = NewImage(
                 data=png,
                 sha256=sha256_hex(png),

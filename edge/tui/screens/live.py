@@ -21,7 +21,6 @@ from textual.message import Message
 from textual.widgets import Footer, Input, Static
 
 from edge.errors import Code, EdgeError
-from edge.store import StudyInfo
 from edge.tui.screens.base import ActionFinished, EdgeScreen
 from edge.tui.widgets.picture import Picture
 from edge.tui.widgets.score_trace import ScoreTrace
@@ -268,31 +267,19 @@ class LiveScreen(EdgeScreen):
 
     def _store_clip(self) -> str:
         """Runs in a thread worker (`perform`): the clip's files and rows, like `edge capture --record`."""
-        from edge.pipeline import Pipeline
-        from edge.video.analysis import store_clip
+        from edge.video.analysis import store_capture
 
         analyzer = self._analyzer
         if analyzer is None:
             raise EdgeError(Code.VIDEO_TOO_SHORT, "no clip is being recorded")
-        summary = analyzer.stop_clip()
         with self.context.open_store() as store:
-            pipeline = Pipeline(self.context.settings, store, pool=self._pool, actor=self.context.actor)
-            result_id = store_clip(
-                pipeline,
-                summary,
-                self._served,
-                analyzer,
-                source="capture",
-                source_sha256=None,
-                study=StudyInfo(modality="US", description="live capture"),
-                elapsed_s=summary.duration_s,
-            )
+            result_id = store_capture(self.context.settings, store, analyzer, self._served)
             result = store.result(result_id) or {}
-        sentence = (
+            clip = store.clip_for_result(result_id) or {}
+        return (
             f"clip stored: {result.get('finding')} P({result.get('finding_label')}) = "
-            f"{float(result.get('probability') or 0):.3f} over {summary.frames_analysed} frames"
+            f"{float(result.get('probability') or 0):.3f} over {clip.get('frames_analysed')} frames"
         )
-        return sentence
 
     # ------------------------------------------------------------------ messages
 
