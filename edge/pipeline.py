@@ -260,9 +260,11 @@ class Pipeline:
         """Score one claimed job and store its result; a failure ends the job with its code."""
         started = time.perf_counter()
         try:
+            data: bytes | None = None
             if decoded is None:
                 path = self.store.image_file(job.image_id)
-                decoded = decode_bytes(read_input(path, self.settings.store.max_input_bytes), path.name)
+                data = read_input(path, self.settings.store.max_input_bytes)
+                decoded = decode_bytes(data, path.name)
             model = self.pool.get(job.model_name)
             verdict = gate.check(decoded, model.entry.manifest)
             if self.settings.gate.enabled and not verdict.passed:
@@ -272,10 +274,10 @@ class Pipeline:
             if decoded.frames > 1:  # a cine: the frames go to the video path, as one clip
                 from edge.video.analysis import process_cine
 
-                image_path = self.store.image_file(job.image_id)
-                return process_cine(
-                    self, job, decoded, read_input(image_path, self.settings.store.max_input_bytes)
-                )
+                if data is None:  # decoded by the caller (`edge infer`): read the file once, here
+                    limit = self.settings.store.max_input_bytes
+                    data = read_input(self.store.image_file(job.image_id), limit)
+                return process_cine(self, job, decoded, data)
             prediction = model.predict([decoded.pixels], self.settings.models.operating_point)[0]
         except EdgeError as error:
             if (self.store.job(job.id) or {}).get("state") == "running":
