@@ -22,6 +22,8 @@ import json
 import os
 import struct
 import tempfile
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,11 +167,17 @@ class Picture:
         }.get(self.source or "", "no image was sent")
 
 
+SPLITS_KEPT = 64  # heatmap-sized (device max_side), so a few MB at most
+
+
 class Renditions:
     """Renditions of one hub's uploads, cached under `folder`."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
+        # A study view asks for its description, image and layer: three requests, one split.
+        self._splits: OrderedDict[str, Split] = OrderedDict()
+        self._lock = threading.Lock()
 
     def _cached(self, key: str, make: Callable[[], bytes]) -> bytes:
         path = self.folder / key[:2] / key
@@ -189,7 +197,20 @@ class Renditions:
         """The heatmap undone into image and heat; None without a readable heatmap."""
         if heatmap is None:
             return None
+        with self._lock:  # request threads share this
+            if heatmap.sha256 in self._splits:
+                self._splits.move_to_end(heatmap.sha256)
+                return self._splits[heatmap.sha256]
+        split = self._read_split(heatmap)
+        if split is None:  # unreadable now: not remembered, a later request tries again
+            return None
+        with self._lock:
+            self._splits[heatmap.sha256] = split
+            if len(self._splits) > SPLITS_KEPT:
+                self._splits.popitem(last=False)
+        return split
 
+    def _read_split(self, heatmap: Any) -> Split | None:
         def make() -> bytes:
             split = split_overlay(_rgb(Path(heatmap.path).read_bytes()))
             return (
