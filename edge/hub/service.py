@@ -37,7 +37,6 @@ class Device:
     name: str
     site: str
     programme: str
-    signing_key: str  # sha256(secret) hex: the HMAC key both sides derive
 
 
 def _sha(text: str) -> str:
@@ -94,7 +93,7 @@ def enroll(engine: Engine, request: protocol.EnrollRequest) -> protocol.EnrollRe
                 name=request.device_name,
                 site=request.site,
                 programme=code.programme,
-                credential_hash=_sha(secret),
+                credential_hash=protocol.signing_key(secret),  # also the HMAC key
                 created_at=db.now(),
             )
         )
@@ -122,7 +121,7 @@ def authenticate(
     if (
         row is None
         or row.revoked_at is not None
-        or not hmac.compare_digest(row.credential_hash, _sha(secret))
+        or not hmac.compare_digest(row.credential_hash, protocol.signing_key(secret))
     ):
         raise HubError(401, "BAD_CREDENTIAL", "unknown or revoked device credential")
     timestamp, nonce, signature = (
@@ -144,7 +143,7 @@ def authenticate(
             conn.execute(update(db.devices).where(db.devices.c.id == device_id).values(last_seen_at=db.now()))
     except IntegrityError as exc:
         raise HubError(409, "REPLAYED", "this exact request was seen before") from exc
-    return Device(row.id, row.name, row.site, row.programme, row.credential_hash)
+    return Device(row.id, row.name, row.site, row.programme)
 
 
 # ------------------------------------------------------------------ results

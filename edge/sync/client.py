@@ -55,7 +55,7 @@ class Credential:
 
     @property
     def signing_key(self) -> str:
-        return hashlib.sha256(self.secret.encode()).hexdigest()
+        return protocol.signing_key(self.secret)
 
     @staticmethod
     def path(settings: Settings) -> Path:

@@ -122,6 +122,11 @@ def string_to_sign(method: str, path: str, timestamp: str, nonce: str, body: byt
     return f"{method.upper()}\n{path}\n{timestamp}\n{nonce}\n{hashlib.sha256(body).hexdigest()}".encode()
 
 
+def signing_key(secret: str) -> str:
+    """The HMAC key both sides derive from a device's secret; the hub stores only this."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
 def sign(secret: str, method: str, path: str, timestamp: str, nonce: str, body: bytes) -> str:
     return hmac.new(
         secret.encode(), string_to_sign(method, path, timestamp, nonce, body), hashlib.sha256
