@@ -90,32 +90,11 @@ class Store(Reads, TechnicianActions, SyncRecords):
         existing = self._find_image(image)
         if existing is not None:
             return self._add_missing_jobs(existing, model_names, actor=actor)
-        image_id = uuid7()
-        relative = Path("images") / utc_now()[:10] / f"{image_id}{image.extension}"
-        absolute = self.data_dir / relative
-        write_atomically(absolute, image.data)
+        image_id, absolute = self._write_image_file(image)
         try:
             with self._writing("store the image"), self._transaction():
-                study_id = self._upsert_study(image.study, image.source)
                 now = utc_now()
-                self._insert(
-                    "images",
-                    {
-                        "id": image_id,
-                        "study_id": study_id,
-                        "sop_instance_uid": image.sop_instance_uid,
-                        "sha256": image.sha256,
-                        "path": str(relative),
-                        "format": image.format,
-                        "bytes": len(image.data),
-                        "width": image.width,
-                        "height": image.height,
-                        "frames": image.frames,
-                        "meta": json.dumps(image.meta, sort_keys=True, default=str),
-                        "phi_original_name": image.original_name,
-                        "created_at": now,
-                    },
-                )
+                study_id = self._insert_image(image_id, absolute, image, now)
                 job_ids = tuple(self._insert_job(image_id, name, now) for name in model_names)
                 self._audit(actor, "image.ingested", image_id, {"jobs": len(job_ids)})
         except sqlite3.IntegrityError:
@@ -129,6 +108,36 @@ class Store(Reads, TechnicianActions, SyncRecords):
             remove_quietly(absolute)
             raise
         return IngestOutcome(image_id, study_id, job_ids, duplicate=False)
+
+    def _write_image_file(self, image: NewImage) -> tuple[str, Path]:
+        """A new image id and its file, durable before any row points at it."""
+        image_id = uuid7()
+        absolute = self.data_dir / "images" / utc_now()[:10] / f"{image_id}{image.extension}"
+        write_atomically(absolute, image.data)
+        return image_id, absolute
+
+    def _insert_image(self, image_id: str, absolute: Path, image: NewImage, now: str) -> str:
+        """The study (found or made) and the image row; returns the study id."""
+        study_id = self._upsert_study(image.study, image.source)
+        self._insert(
+            "images",
+            {
+                "id": image_id,
+                "study_id": study_id,
+                "sop_instance_uid": image.sop_instance_uid,
+                "sha256": image.sha256,
+                "path": str(absolute.relative_to(self.data_dir)),
+                "format": image.format,
+                "bytes": len(image.data),
+                "width": image.width,
+                "height": image.height,
+                "frames": image.frames,
+                "meta": json.dumps(image.meta, sort_keys=True, default=str),
+                "phi_original_name": image.original_name,
+                "created_at": now,
+            },
+        )
+        return study_id
 
     def _find_image(self, image: NewImage) -> dict[str, Any] | None:
         row = self.db.execute(
@@ -230,9 +239,7 @@ class Store(Reads, TechnicianActions, SyncRecords):
 
     def record_clip(
         self,
-        study: StudyInfo,
         key_image: NewImage,
-        model_name: str,
         result: ResultRecord,
         result_id: str,
         clip: dict[str, Any],
@@ -242,34 +249,13 @@ class Store(Reads, TechnicianActions, SyncRecords):
         """A clip analysed outside the job queue (a file, a live capture): its key frame image,
         a job already done, the result, the clip and the outbox row, in one transaction. Files
         named by the clip (key frames, heatmaps, video) must already be on disk."""
-        image_id = uuid7()
-        relative = Path("images") / utc_now()[:10] / f"{image_id}{key_image.extension}"
-        absolute = self.data_dir / relative
-        write_atomically(absolute, key_image.data)
+        image_id, absolute = self._write_image_file(key_image)
         try:
             with self._writing("store the clip"), self._transaction():
-                study_id = self._upsert_study(study, key_image.source)
                 now = utc_now()
-                self._insert(
-                    "images",
-                    {
-                        "id": image_id,
-                        "study_id": study_id,
-                        "sop_instance_uid": None,
-                        "sha256": key_image.sha256,
-                        "path": str(relative),
-                        "format": key_image.format,
-                        "bytes": len(key_image.data),
-                        "width": key_image.width,
-                        "height": key_image.height,
-                        "frames": 1,
-                        "meta": json.dumps(key_image.meta, sort_keys=True, default=str),
-                        "phi_original_name": key_image.original_name,
-                        "created_at": now,
-                    },
-                )
+                study_id = self._insert_image(image_id, absolute, key_image, now)
                 job_id = self._insert_job(
-                    image_id, model_name, now, state="done", attempts=1, worker=actor, claimed_at=now
+                    image_id, result.model_name, now, state="done", attempts=1, worker=actor, claimed_at=now
                 )
                 self._insert(
                     "results",

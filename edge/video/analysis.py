@@ -231,7 +231,7 @@ def store_clip(
                 source=source,
                 meta={"kind": "video key frame", "roi": list(analyzer.roi) if analyzer.roi else None},
             )
-            store.record_clip(study, key_image, served.name, record, result_id, clip, actor=source)
+            store.record_clip(key_image, record, result_id, clip, actor=source)
     except BaseException:
         for path in written:
             remove_quietly(path)
