@@ -32,6 +32,7 @@ from edge.errors import Code, EdgeError
 from edge.ids import uuid7
 from edge.imaging.decode import DecodedImage, decode_bytes, read_input
 from edge.imaging.explain import heatmap_png
+from edge.postprocess import Finding
 from edge.registry import Registry
 from edge.serving import ModelPool, Prediction, ServedModel
 from edge.store import IngestOutcome, Job, NewImage, ResultRecord, Store
@@ -291,19 +292,9 @@ class Pipeline:
         finding = prediction.finding
         result_id = uuid7()
         heatmap = self._write_heatmap(result_id, model, decoded, prediction)
-        record = ResultRecord(
-            model_name=model.name,
-            model_version=model.version,
-            model_sha256=model.sha256,
-            variant=model.variant_name,
-            backend=model.backend,
-            precision=model.precision,
-            finding=finding.finding,
-            finding_label=finding.positive,
-            probability=finding.probability,
-            probabilities=finding.probabilities,
-            threshold=finding.threshold,
-            operating_point=finding.operating_point,
+        record = result_record(
+            model,
+            finding,
             latency_ms=prediction.latency_ms,
             total_ms=decode_ms + (time.perf_counter() - started) * 1000,
             heatmap_path=str(heatmap.relative_to(self.store.data_dir)) if heatmap else None,
@@ -351,3 +342,33 @@ class Pipeline:
         path = self.store.heatmap_file(result_id)
         write_atomically(path, data)
         return path
+
+
+def result_record(
+    model: ServedModel,
+    finding: Finding,
+    *,
+    latency_ms: float,
+    total_ms: float,
+    heatmap_path: str | None = None,
+    quality: dict[str, Any] | None = None,
+) -> ResultRecord:
+    """A result as stored: which model (name, version, file, variant, backend) decided what."""
+    return ResultRecord(
+        model_name=model.name,
+        model_version=model.version,
+        model_sha256=model.sha256,
+        variant=model.variant_name,
+        backend=model.backend,
+        precision=model.precision,
+        finding=finding.finding,
+        finding_label=finding.positive,
+        probability=finding.probability,
+        probabilities=finding.probabilities,
+        threshold=finding.threshold,
+        operating_point=finding.operating_point,
+        latency_ms=latency_ms,
+        total_ms=total_ms,
+        heatmap_path=heatmap_path,
+        quality=quality,
+    )

@@ -21,11 +21,11 @@ from edge.ids import uuid7
 from edge.imaging.decode import DecodedImage, sha256_hex
 from edge.imaging.explain import heatmap_png
 from edge.imaging.png import with_text
-from edge.pipeline import Analysis, Pipeline
+from edge.pipeline import Analysis, Pipeline, result_record
 from edge.postprocess import decide_from_probabilities
 from edge.registry import sha256_file
 from edge.serving import ServedModel
-from edge.store import Job, NewImage, ResultRecord, Store, StudyInfo, utc_now
+from edge.store import Job, NewImage, Store, StudyInfo, utc_now
 from edge.store.files import remove_quietly, write_atomically
 from edge.video.clip import AGGREGATE, ClipSummary
 from edge.video.live import LiveAnalyzer
@@ -183,19 +183,9 @@ def store_clip(
             summary.probabilities, manifest.output.positive, op.threshold_for_clips, op_name
         )
         latencies = analyzer.stats.latencies_ms
-        record = ResultRecord(
-            model_name=served.name,
-            model_version=served.version,
-            model_sha256=served.sha256,
-            variant=served.variant_name,
-            backend=served.backend,
-            precision=served.precision,
-            finding=finding.finding,
-            finding_label=finding.positive,
-            probability=finding.probability,
-            probabilities=finding.probabilities,
-            threshold=finding.threshold,
-            operating_point=finding.operating_point,
+        record = result_record(
+            served,
+            finding,
             latency_ms=statistics.median(latencies) if latencies else 0.0,
             total_ms=elapsed_s * 1000,
             heatmap_path=key_frames[-1]["heatmap"] if key_frames else None,
