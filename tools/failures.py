@@ -23,11 +23,12 @@ from typing import Any
 import cv2
 import numpy as np
 
-from edge.compat import tomllib
 from edge.imaging.decode import decode_bytes
 from edge.imaging.explain import evidence_map, overlay, to_image_frame
 from edge.imaging.preprocess import preprocess, to_colour
+from edge.plots import save_png
 from edge.postprocess import softmax
+from edge.registry import read_manifest
 from tools.recipe import (
     REPO,
     Recipe,
@@ -296,23 +297,20 @@ def main() -> None:
     parser.add_argument("--sheet", type=Path, help="default: models/<name>/plots/failures.png")
     args = parser.parse_args()
     recipe = load_recipe(args.config)
-    with (REPO / "models" / recipe.name / "model.toml").open("rb") as handle:
-        manifest = tomllib.load(handle)
+    # Validated as the product loads it; the dict form is what summarise() reads.
+    manifest = read_manifest(REPO / "models" / recipe.name / "model.toml").model_dump()
     evaluation = evaluate(recipe)
     summary, shown = summarise(recipe, manifest, evaluation, args.cases)
     sheet_path = args.sheet or REPO / "models" / recipe.name / "plots" / "failures.png"
     sheet = contact_sheet(recipe, evaluation, summary, shown)
-    sheet_path.parent.mkdir(parents=True, exist_ok=True)
-    ok, encoded = cv2.imencode(".png", sheet[:, :, ::-1], [cv2.IMWRITE_PNG_COMPRESSION, 9])
-    if not ok:
-        raise SystemExit("could not encode the contact sheet")
-    sheet_path.write_bytes(encoded.tobytes())
-    summary["sheet"] = {"path": str(sheet_path), "bytes": len(encoded)}
+    save_png(np.ascontiguousarray(sheet[:, :, ::-1]), sheet_path)
+    size = sheet_path.stat().st_size
+    summary["sheet"] = {"path": str(sheet_path), "bytes": size}
     if args.json:
         print(json.dumps(summary, indent=1))
     else:
         print_summary(summary)
-        print(f"wrote {sheet_path} ({len(encoded) // 1024} KB)")
+        print(f"wrote {sheet_path} ({size // 1024} KB)")
 
 
 if __name__ == "__main__":
