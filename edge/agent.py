@@ -156,7 +156,10 @@ class Agent:
             },
         }
         write_atomically(health.agent_file(self.settings), json.dumps(report, indent=1).encode())
-        service.notify(f"STATUS={health.status_line(health.snapshot(self.settings, store))}")
+        # Under systemd without a watchdog nothing else says STATUS=; the watchdog says it itself,
+        # and outside systemd there is no one to tell. The snapshot is not free: build it only then.
+        if os.environ.get("NOTIFY_SOCKET") and service.watchdog_interval() is None:
+            service.notify(f"STATUS={health.status_line(health.snapshot(self.settings, store))}")
 
     def healthy(self, store: Store) -> tuple[bool, str]:
         """The watchdog's question: is the worker looping and does the store answer?"""
