@@ -174,7 +174,6 @@ def capture(
         settings = settings.model_copy(
             update={"video": settings.video.model_copy(update={"profile": profile})}
         )
-    chosen = settings.video.profiles.get(settings.video.profile or "")
 
     def show(score: LiveScore) -> None:
         if as_json:
@@ -192,16 +191,7 @@ def capture(
         pipeline = Pipeline(settings, store, actor="capture")
         try:
             served = pipeline.pool.get(model_name or settings.video.model)
-            frames = FrameSource(
-                source,
-                realtime=realtime,
-                width=chosen.width if chosen else None,
-                height=chosen.height if chosen else None,
-                fps=chosen.fps if chosen else None,
-                fourcc=chosen.fourcc if chosen else None,
-                reconnect_max_s=settings.video.reconnect_max_s,
-                stall_s=settings.video.stall_s,
-            )
+            frames = FrameSource.from_settings(source, settings.video, realtime=realtime)
             analyzer = LiveAnalyzer(settings, served, frames, on_score=show)
             if record:
                 analyzer.start_clip()

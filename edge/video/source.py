@@ -21,10 +21,13 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import cv2
 import numpy as np
+
+if TYPE_CHECKING:
+    from edge.config import VideoSettings
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,9 @@ def kind_of(source: str) -> str:
     if "://" in source:
         return "stream"
     return "file"
+
+
+_Source = TypeVar("_Source", bound="FrameSource")
 
 
 class FrameSource:
@@ -91,6 +97,23 @@ class FrameSource:
         self._thread = threading.Thread(target=self._run, name=f"video:{self.kind}", daemon=True)
         self.fps: float = 0.0
         self.frame_count: int = 0
+
+    @classmethod
+    def from_settings(cls: type[_Source], source: str, video: VideoSettings, *, realtime: bool) -> _Source:
+        """`source` opened as the active device profile says (size, rate, FOURCC). A file not
+        paced in real time is read losslessly: every frame, so a rerun gives the same clip."""
+        profile = video.profiles.get(video.profile or "")
+        return cls(
+            source,
+            realtime=realtime,
+            lossless=not realtime and kind_of(source) == "file",
+            width=profile.width if profile else None,
+            height=profile.height if profile else None,
+            fps=profile.fps if profile else None,
+            fourcc=profile.fourcc if profile else None,
+            reconnect_max_s=video.reconnect_max_s,
+            stall_s=video.stall_s,
+        )
 
     # ------------------------------------------------------------------ opening
 

@@ -27,7 +27,7 @@ from edge.tui.widgets.score_trace import ScoreTrace
 from edge.tui.widgets.top_bar import TopBar
 from edge.video.live import LiveAnalyzer, LiveScore
 from edge.video.roi import crop
-from edge.video.source import Frame, FrameSource, kind_of
+from edge.video.source import Frame, FrameSource
 
 THUMBNAIL_SIDE = 192
 THUMBNAIL_EVERY_S = 0.25  # of source time: a terminal redraw per frame would cost more than the model
@@ -201,7 +201,6 @@ class LiveScreen(EdgeScreen):
         from edge.serving import ModelPool
 
         settings = self.context.settings
-        profile = settings.video.profiles.get(settings.video.profile or "")
         pool = ModelPool(Registry(settings.models.dir), settings, settings.data_dir / "cache")
         try:
             served = pool.get(model_name)
@@ -220,17 +219,7 @@ class LiveScreen(EdgeScreen):
                 )
             )
             realtime = self.context.live_realtime
-            frames = _WatchedSource(
-                source,
-                realtime=realtime,
-                lossless=not realtime and kind_of(source) == "file",
-                width=profile.width if profile else None,
-                height=profile.height if profile else None,
-                fps=profile.fps if profile else None,
-                fourcc=profile.fourcc if profile else None,
-                reconnect_max_s=settings.video.reconnect_max_s,
-                stall_s=settings.video.stall_s,
-            )
+            frames = _WatchedSource.from_settings(source, settings.video, realtime=realtime)
             analyzer = LiveAnalyzer(
                 settings, served, frames, on_score=lambda score: self._scored(score, frames)
             )
