@@ -15,8 +15,6 @@ Read top to bottom, this is the flow of a study on the device:
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import sqlite3
 import time
 from collections.abc import Callable
@@ -26,41 +24,21 @@ from typing import Any
 
 import cv2
 
-from edge import gate
 from edge.config import Settings
 from edge.errors import Code, EdgeError
 from edge.ids import uuid7
 from edge.imaging.decode import DecodedImage, decode_bytes, read_input
 from edge.imaging.explain import heatmap_png
-from edge.postprocess import Finding
-from edge.registry import Registry
-from edge.serving import ModelPool, Prediction, ServedModel
-from edge.store import IngestOutcome, Job, NewImage, ResultRecord, Store
+from edge.inference import gate
+from edge.inference.pool import ModelPool, Prediction, ServedModel
+from edge.inference.registry import Registry
+from edge.processes import new_worker_id, process_alive, this_host
+from edge.results import Analysis, audit_refusal, result_record
+from edge.store import IngestOutcome, Job, NewImage, Store
 from edge.store.files import remove_quietly, write_atomically
+from edge.video.analysis import analyse_recording, process_cine
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Analysis:
-    """What happened to one input for one model: a result, or a coded refusal."""
-
-    input: str
-    code: str | None = None
-    message: str | None = None
-    result: dict[str, Any] | None = None
-    study_id: str | None = None
-    image_id: str | None = None
-    job_id: str | None = None
-    duplicate: bool = False
-
-    @property
-    def ok(self) -> bool:
-        return self.result is not None
-
-    @classmethod
-    def refused(cls, source: str, error: EdgeError, **ids: Any) -> Analysis:
-        return cls(input=source, code=error.code.value, message=error.message, **ids)
 
 
 Decoder = Callable[[bytes, str], DecodedImage]
@@ -82,20 +60,6 @@ def _looks_like_video(path: Path) -> bool:
     return head[4:8] == b"ftyp" or head.startswith((b"RIFF", b"\x1aE\xdf\xa3"))  # MP4/MOV, AVI, MKV
 
 
-def new_worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid7()[-8:]}"
-
-
-def process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by another user
-    return True
-
-
 class Pipeline:
     def __init__(
         self,
@@ -112,8 +76,6 @@ class Pipeline:
         self.pool = pool or ModelPool(self.registry, settings, settings.data_dir / "cache")
         self.actor = actor
         self.worker_id = new_worker_id()
-        # Jobs a crashed or killed process of this host held go back to the queue.
-        store.requeue_dead_workers(socket.gethostname(), process_alive)
 
     def close(self) -> None:
         self.pool.close()
@@ -124,9 +86,7 @@ class Pipeline:
         """Ingest one file and analyse it now, in this process (what `edge infer` does). A video
         file is analysed as one clip (edge.video.analysis)."""
         if _looks_like_video(path):
-            from edge.video.analysis import analyse_recording
-
-            return [analyse_recording(self, path, model)]
+            return [analyse_recording(self.settings, self.store, self.pool, path, model, actor=self.actor)]
         try:
             data = read_input(path, self.settings.store.max_input_bytes)
         except EdgeError as error:
@@ -181,11 +141,7 @@ class Pipeline:
         return Ingested(outcome, decoded, decode_ms)
 
     def _audit_refusal(self, error: EdgeError) -> None:
-        log.warning("input refused: %s", error.one_line())
-        try:
-            self.store.audit(self.actor, "input.refused", None, {"code": error.code.value})
-        except EdgeError as audit_error:  # e.g. the disk is full: the log line must do
-            log.error("refusal not audited: %s", audit_error.one_line())
+        audit_refusal(self.store, self.actor, error)
 
     def route(self, decoded: DecodedImage) -> list[str]:
         names = self.registry.route(
@@ -215,6 +171,26 @@ class Pipeline:
             meta=decoded.meta,
         )
 
+    def analyse_job(self, job_id: str) -> Analysis:
+        """Analyse one queued job now, in this process (a re-run); its image is read from the
+        store. No code and no result: another worker (an agent that just started) took it."""
+        source = f"job {job_id}"
+        job = self._claim(job_id)
+        if job is None:
+            return Analysis(source, job_id=job_id)
+        try:
+            self.process(job)
+        except EdgeError as error:
+            return Analysis.refused(source, error, job_id=job_id)
+        return Analysis(source, result=self.store.result_for_job(job_id), job_id=job_id)
+
+    def _claim(self, job_id: str) -> Job | None:
+        job = self.store.claim_job(self.worker_id, job_id)
+        if job is None and self.store.requeue_dead_workers(this_host(), process_alive, job_id=job_id):
+            # The lease: the process that held this job is gone, so this one takes it over.
+            job = self.store.claim_job(self.worker_id, job_id)
+        return job
+
     def _analyse_job(
         self,
         source: str,
@@ -227,7 +203,7 @@ class Pipeline:
         existing = self.store.result_for_job(job_id)
         if existing is not None:
             return Analysis(source, result=existing, job_id=job_id, duplicate=True, **ids)
-        job = self.store.claim_job(self.worker_id, job_id)
+        job = self._claim(job_id)
         if job is None:
             row = self.store.job(job_id) or {}
             if row.get("error_code"):
@@ -273,12 +249,10 @@ class Pipeline:
                 self.store.fail_job(job, refusal.code, refusal.message, refused=True)
                 raise refusal
             if decoded.frames > 1:  # a cine: the frames go to the video path, as one clip
-                from edge.video.analysis import process_cine
-
                 if data is None:  # decoded by the caller (`edge infer`): read the file once, here
                     limit = self.settings.store.max_input_bytes
                     data = read_input(self.store.image_file(job.image_id), limit)
-                return process_cine(self, job, decoded, data)
+                return process_cine(self.settings, self.store, self.pool, job, decoded, data)
             prediction = model.predict([decoded.pixels], self.settings.models.operating_point)[0]
         except EdgeError as error:
             if (self.store.job(job.id) or {}).get("state") == "running":
@@ -342,33 +316,3 @@ class Pipeline:
         path = self.store.heatmap_file(result_id)
         write_atomically(path, data)
         return path
-
-
-def result_record(
-    model: ServedModel,
-    finding: Finding,
-    *,
-    latency_ms: float,
-    total_ms: float,
-    heatmap_path: str | None = None,
-    quality: dict[str, Any] | None = None,
-) -> ResultRecord:
-    """A result as stored: which model (name, version, file, variant, backend) decided what."""
-    return ResultRecord(
-        model_name=model.name,
-        model_version=model.version,
-        model_sha256=model.sha256,
-        variant=model.variant_name,
-        backend=model.backend,
-        precision=model.precision,
-        finding=finding.finding,
-        finding_label=finding.positive,
-        probability=finding.probability,
-        probabilities=finding.probabilities,
-        threshold=finding.threshold,
-        operating_point=finding.operating_point,
-        latency_ms=latency_ms,
-        total_ms=total_ms,
-        heatmap_path=heatmap_path,
-        quality=quality,
-    )

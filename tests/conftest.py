@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from edge.config import Settings, load_settings
-from edge.registry import Registry
+from edge.inference.registry import Registry
 from edge.store import Store
 
 REPO = Path(__file__).resolve().parent.parent

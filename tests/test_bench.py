@@ -6,9 +6,9 @@ import json
 
 from click.testing import CliRunner
 
-from edge.bench import dicom_variants, jpeg_variants, png_variants
 from edge.cli import cli
 from edge.imaging.decode import decode_bytes
+from edge.operations.bench import dicom_variants, jpeg_variants, png_variants
 from tests.conftest import gradient, png_bytes
 from tools import dicomgen
 

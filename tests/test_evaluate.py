@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from edge.cli import cli
 from edge.errors import Code, EdgeError
-from edge.evaluate import read_labels
+from edge.inference.evaluate import read_labels
 from tests.conftest import DEFAULT_MODEL
 
 

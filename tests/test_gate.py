@@ -9,13 +9,14 @@ import cv2
 import numpy as np
 import pytest
 
-from edge import gate
 from edge.config import Settings
 from edge.errors import Code
 from edge.imaging.decode import DecodedImage, decode_bytes
+from edge.inference import gate
+from edge.inference.registry import Registry
 from edge.pipeline import Pipeline
-from edge.registry import Registry
-from edge.store import Store, StudyInfo
+from edge.store import Store
+from edge.study import StudyInfo
 from tests.conftest import DEFAULT_MODEL, MODELS, png_bytes
 from tools import dicomgen
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from edge import housekeeping
 from edge.cli import cli
 from edge.config import Settings
-from edge.doctor import run_checks, worst
 from edge.imaging.decode import decode_bytes
+from edge.operations import housekeeping
+from edge.operations.doctor import run_checks, worst
 from edge.pipeline import Pipeline
 from edge.store import Store
 from tests.conftest import gradient, png_bytes

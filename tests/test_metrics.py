@@ -5,9 +5,9 @@ import itertools
 import numpy as np
 import pytest
 
-from edge import metrics as m
-from edge.parity import compare
-from edge.postprocess import decide, softmax
+from edge.inference import metrics as m
+from edge.inference.parity import compare
+from edge.inference.postprocess import decide, softmax
 
 RNG = np.random.default_rng(7)
 

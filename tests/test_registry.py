@@ -7,7 +7,7 @@ import pytest
 
 from edge.compat import tomllib
 from edge.errors import Code, EdgeError
-from edge.registry import Registry
+from edge.inference.registry import Registry
 from tests.conftest import MODELS
 from tests.tinymodel import make_model_dir, manifest
 
@@ -118,7 +118,7 @@ def test_manifest_fixture_is_itself_valid(tmp_path: Path) -> None:
 
 
 def test_a_variant_whose_out_of_fold_gate_failed_is_not_served() -> None:
-    from edge.registry import Variant
+    from edge.inference.registry import Variant
 
     gate = {"passed": True, "images": 10, "auc_reference": 0.9, "auc": 0.9, "auc_delta": 0.0}
     gate |= {"agreement": 1.0}

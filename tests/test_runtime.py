@@ -10,10 +10,10 @@ import pytest
 from edge import runtime
 from edge.config import Settings, load_settings
 from edge.errors import Code, EdgeError
-from edge.registry import Registry
+from edge.inference.pool import ModelPool, candidate_variants, choose_by_speed
+from edge.inference.registry import Registry
 from edge.runtime.base import TensorNames
 from edge.runtime.onnxruntime import OnnxRuntimeRunner
-from edge.serving import ModelPool, candidate_variants, choose_by_speed
 from tests.tinymodel import make_model_dir, manifest
 
 
@@ -133,7 +133,7 @@ def test_auto_precision_measures_once_then_remembers(
         calls.append(runner.model_file.name)
         return {"tiny-fp32.onnx": 4.0, "tiny-int8.onnx": 2.0}[runner.model_file.name]
 
-    monkeypatch.setattr("edge.serving._time_runner", fake_timing)
+    monkeypatch.setattr("edge.inference.pool._time_runner", fake_timing)
     pool = ModelPool(registry, settings, settings.data_dir / "cache")
     assert pool.get("tiny").variant_name == "int8"
     assert pool.get("tiny") is pool.get("tiny")
@@ -160,7 +160,7 @@ def test_explicit_precision(tiny: tuple[Registry, Settings]) -> None:
 
 
 def test_real_timing_runs(tiny: tuple[Registry, Settings]) -> None:
-    from edge.serving import _time_runner
+    from edge.inference.pool import _time_runner
 
     registry, settings = tiny
     path = registry.get("tiny").variant_file("fp32")

@@ -11,8 +11,8 @@ from pydicom.uid import RLELossless
 
 from edge.config import Settings
 from edge.imaging.decode import decode_bytes
-from edge.registry import ModelEntry, Registry
-from edge.serving import ModelPool
+from edge.inference.pool import ModelPool
+from edge.inference.registry import ModelEntry, Registry
 from tests.conftest import DEFAULT_MODEL
 from tools import dicomgen
 

@@ -11,8 +11,9 @@ import pytest
 from sqlite_utils import Database
 
 from edge.errors import Code, EdgeError
-from edge.store import NewImage, ResultRecord, Store, StudyInfo, schema
+from edge.store import NewImage, ResultRecord, Store, schema
 from edge.store.files import write_atomically
+from edge.study import StudyInfo
 
 
 def new_image(data: bytes = b"\x89PNG fake bytes", study_uid: str | None = None, **kw: Any) -> NewImage:

@@ -381,7 +381,7 @@ def test_signed_model_update_installs_and_bad_ones_do_not(hub: Hub, tmp_path: Pa
     device = load_settings(data_dir=tmp_path / "dev", models={"dir": models}, sync={"public_key": public})
     with Store(device.data_dir) as store:
         client = hub.sync_client(device, store, hub.enroll(device))
-        from edge.registry import Registry
+        from edge.inference.registry import Registry
         from edge.sync.models import pull_models
 
         assert pull_models(client) == 1
@@ -403,7 +403,7 @@ def test_a_release_this_device_cannot_install_is_refused_once_and_the_rest_still
     """A correctly signed release whose manifest this software refuses (here: a key it does not
     know, as from a newer release tool) is recorded and not downloaded again every round; the
     other releases in the same pull still install, and sync status names the refusal."""
-    from edge.registry import Registry
+    from edge.inference.registry import Registry
     from edge.sync import models as model_sync
     from tests.tinymodel import make_model_dir
     from tools.publish_model import keygen, load_key
@@ -450,7 +450,7 @@ def test_a_release_this_device_cannot_install_is_refused_once_and_the_rest_still
 
 def test_a_model_that_fails_its_self_test_is_rolled_back(tmp_path: Path) -> None:
     from edge.errors import EdgeError
-    from edge.registry import Registry
+    from edge.inference.registry import Registry
     from edge.sync.models import install
     from tests.tinymodel import make_model_dir
 
@@ -516,7 +516,7 @@ def test_a_result_gone_from_the_device_does_not_wedge_the_queue(hub: Hub, device
 
 
 def test_doctor_says_what_the_link_is_doing(hub: Hub, device: Settings) -> None:
-    from edge.doctor import run_checks
+    from edge.operations.doctor import run_checks
 
     def lines() -> dict[str, tuple[str, str]]:
         return {c.name: (c.level, c.message) for c in run_checks(device) if c.name in ("hub", "sync agent")}

@@ -17,13 +17,13 @@ from edge import runtime
 from edge.cli import cli
 from edge.config import Settings, load_settings
 from edge.errors import Code, EdgeError
-from edge.registry import Registry
-from edge.runtime.base import Runner, TensorNames
+from edge.inference.engine_cache import Attempt, EngineKey, build_plan
+from edge.inference.engine_manager import EngineManager
+from edge.inference.pool import ModelPool, tensor_names
+from edge.inference.registry import Registry
+from edge.runtime.base import Runner, TensorNames, TensorSpec, bind, concrete_shape
 from edge.runtime.device_memory import GpuInfo, open_device_memory
-from edge.runtime.engine_manager import EngineManager
-from edge.runtime.engines import Attempt, EngineKey, TensorSpec, bind, build_plan, concrete_shape
 from edge.runtime.onnxruntime import OnnxRuntimeRunner
-from edge.serving import ModelPool, tensor_names
 from tests.conftest import DEFAULT_MODEL, MODELS
 from tests.tinymodel import make_model_dir
 

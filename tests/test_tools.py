@@ -151,7 +151,7 @@ def test_shipped_threshold_rounds_down_to_four_decimals() -> None:
 def test_operating_points_state_the_figures_of_the_shipped_threshold(tmp_path: Path) -> None:
     """The manifest's threshold and temperature, fed to the product's decision rule, must give
     exactly the sensitivity and specificity written beside them (and in the metrics table)."""
-    from edge.postprocess import decide
+    from edge.inference.postprocess import decide
     from tools.release import Predictions, operating_point_entries, operating_points, report
 
     recipe = make_recipe(tmp_path, [])
@@ -273,7 +273,7 @@ def test_a_cross_validated_int8_gate_measures_each_fold_on_unseen_images(
     import cv2
     import tomli_w
 
-    from edge.registry import Gate
+    from edge.inference.registry import Gate
 
     rng = np.random.default_rng(1)
     rows = []
@@ -394,7 +394,7 @@ def test_failures_summary_counts_errors_and_where_their_heatmaps_peak(tmp_path: 
 
 
 def test_clip_operating_points_sit_beside_the_frame_ones() -> None:
-    from edge.registry import OperatingPoint
+    from edge.inference.registry import OperatingPoint
     from tools.release import operating_point_entries
 
     frame = {"balanced_sensitivity": 0.9, "balanced_specificity": 0.8}

@@ -16,10 +16,10 @@ from textual.pilot import Pilot
 from textual.widgets import DataTable, Input, OptionList, Static
 
 from edge.config import Settings
-from edge.health import agent_file, snapshot
+from edge.operations.health import agent_file, snapshot
+from edge.operations.host import host_facts
 from edge.store import Store
 from edge.tui.app import EdgeApp, create_app, run_tui
-from edge.tui.device_facts import host_facts
 from edge.tui.screens.dialogs import ConfirmDialog, ModelDialog, NoteDialog
 from edge.tui.screens.help import HelpScreen
 from edge.tui.screens.live import LiveScreen
@@ -449,7 +449,7 @@ def test_sync_panel_shows_the_sync_report_in_plain_words(
         "pending": {"results": 4, "files": 9},
     }
     app = build_app(settings, health=fixed_health(snapshot, sync=report))
-    monkeypatch.setattr("edge.sync.request_sync_now", lambda settings: True)
+    monkeypatch.setattr("edge.tui.actions.request_sync_now", lambda settings: True)
 
     async def scenario(pilot: Pilot[Any], said: list[str]) -> None:
         await pilot.press("3")

@@ -16,7 +16,7 @@ import pytest
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Input
 
-from edge.health import snapshot
+from edge.operations.health import snapshot
 from edge.tui.app import EdgeApp
 from tests.tui_fixtures import (
     CLIP,

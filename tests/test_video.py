@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from edge.config import Settings
+from edge.inference.pool import ModelPool
+from edge.inference.registry import Registry
 from edge.pipeline import Pipeline
-from edge.registry import Registry
-from edge.serving import ModelPool
 from edge.store import Store
 from edge.video.live import LiveAnalyzer
 from edge.video.monitor import FreezeDetector, is_black
@@ -200,7 +200,7 @@ def test_the_orphan_sweep_keeps_a_stored_clips_files(pipeline: Pipeline) -> None
     (which sweeps files no row points at) must not delete them, however old they are."""
     import os
 
-    from edge import housekeeping
+    from edge.operations import housekeeping
     from tests.tui_fixtures import CLIP
 
     [analysis] = pipeline.analyse_file(CLIP, model="us-lung")
@@ -220,7 +220,7 @@ def test_the_orphan_sweep_keeps_a_stored_clips_files(pipeline: Pipeline) -> None
 def test_the_same_frames_captured_twice_are_two_clips(pipeline: Pipeline) -> None:
     """Live captures have no file to deduplicate by: two captures of the same frames (a probe
     held still, a replayed recording) are two clips, though their key frames match pixel for pixel."""
-    from edge.store.records import StudyInfo
+    from edge.study import StudyInfo
     from edge.video.analysis import _record, store_clip
 
     needs_data()
@@ -228,7 +228,7 @@ def test_the_same_frames_captured_twice_are_two_clips(pipeline: Pipeline) -> Non
     ids = []
     for _ in range(2):
         source = FrameSource(str(CLIPS[0]), realtime=False, lossless=True)
-        summary, analyzer, elapsed = _record(pipeline, served, source)
+        summary, analyzer, elapsed = _record(pipeline.settings, served, source)
         ids.append(
             store_clip(
                 pipeline.settings,

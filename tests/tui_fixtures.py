@@ -21,11 +21,11 @@ from typing import Any
 import pytest
 from textual.pilot import Pilot
 
+from edge.clock import utc_now as store_utc_now
 from edge.config import Settings, load_settings
-from edge.health import snapshot
+from edge.operations.health import snapshot
 from edge.pipeline import Pipeline
 from edge.store import Store
-from edge.store import records as store_records
 from edge.tui.app import EdgeApp, create_app
 from edge.video import analysis as _video_analysis  # noqa: F401 - loaded now, so its clock is frozen too
 
@@ -63,7 +63,7 @@ class FrozenClock:
 
 @contextmanager
 def frozen_store_clock(clock: FrozenClock) -> Iterator[None]:
-    original = store_records.utc_now
+    original = store_utc_now
     with pytest.MonkeyPatch.context() as patch:
         for name, module in list(sys.modules.items()):
             if name.startswith("edge") and getattr(module, "utc_now", None) is original:

@@ -23,7 +23,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from edge.bench import dicom_variants
+from edge.operations.bench import dicom_variants
 from tools.crashtest import spawn_agent, wait_until_running
 from tools.synctest import free_port
 

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from edge.config import load_settings
-from edge.registry import Registry
-from edge.serving import ModelPool
+from edge.inference.pool import ModelPool
+from edge.inference.registry import Registry
 from edge.video.live import LiveAnalyzer
 from edge.video.source import FrameSource
 

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edge.bench import png_variants
+from edge.operations.bench import png_variants
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "models" / "cxr-pneumonia" / "samples"

@@ -26,9 +26,9 @@ import numpy as np
 from edge.imaging.decode import decode_bytes
 from edge.imaging.explain import evidence_map, overlay, to_image_frame
 from edge.imaging.preprocess import preprocess, to_colour
-from edge.plots import save_png
-from edge.postprocess import softmax
-from edge.registry import read_manifest
+from edge.inference.plots import save_png
+from edge.inference.postprocess import softmax
+from edge.inference.registry import read_manifest
 from tools.recipe import (
     REPO,
     Recipe,

@@ -20,7 +20,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge.registry import read_manifest
+from edge.inference.registry import read_manifest
 from edge.sync import protocol
 
 

@@ -37,7 +37,7 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from rich.console import Console
 
-from edge.parity import ParityReport, compare
+from edge.inference.parity import ParityReport, compare
 from tools.recipe import (
     Recipe,
     Sample,

@@ -29,10 +29,10 @@ import tomli_w
 from pydicom.uid import RLELossless
 from rich.console import Console
 
-from edge import metrics as m
-from edge import plots
 from edge.imaging.decode import decode_bytes
-from edge.postprocess import softmax
+from edge.inference import metrics as m
+from edge.inference import plots
+from edge.inference.postprocess import softmax
 from tools import dicomgen
 from tools.recipe import (
     REPO,

@@ -29,9 +29,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edge.bench import png_variants
 from edge.config import Settings, load_settings
 from edge.imaging.decode import decode_bytes
+from edge.operations.bench import png_variants
 from edge.pipeline import Pipeline
 from edge.store import Store
 from tools.faultproxy import FaultProxy, Faults

@@ -27,7 +27,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 
 from edge.imaging.preprocess import normalise
-from edge.metrics import roc_auc
+from edge.inference.metrics import roc_auc
 from tools.augment import augment
 from tools.nets import CamNet
 from tools.recipe import (

@@ -85,24 +85,19 @@ def infer(
     version, the backend and precision, and the inference latency. An input that cannot be
     analysed prints `CODE: reason`; the exit status is then 1.
     """
-    from edge.pipeline import Pipeline
-    from edge.store import Store
+    from edge.device import Device
 
     settings = obj.settings
     refused = False
-    with Store(settings.data_dir, busy_timeout_ms=settings.store.busy_timeout_ms) as store:
-        pipeline = Pipeline(settings, store)
-        try:
-            for path in paths:
-                for analysis in pipeline.analyse_file(path, model_name):
-                    refused |= not analysis.ok
-                    heatmap = _heatmap_copy(settings.data_dir, analysis, path, heatmap_dir)
-                    if as_json:
-                        click.echo(json.dumps(analysis_json(analysis, heatmap), sort_keys=True))
-                    else:
-                        click.echo(analysis_line(analysis) + (f"  heatmap {heatmap}" if heatmap else ""))
-        finally:
-            pipeline.close()
+    with Device(settings) as device:
+        for path in paths:
+            for analysis in device.analyse_file(path, model_name):
+                refused |= not analysis.ok
+                heatmap = _heatmap_copy(settings.data_dir, analysis, path, heatmap_dir)
+                if as_json:
+                    click.echo(json.dumps(analysis_json(analysis, heatmap), sort_keys=True))
+                else:
+                    click.echo(analysis_line(analysis) + (f"  heatmap {heatmap}" if heatmap else ""))
     sys.exit(EXIT_REFUSED if refused else 0)
 
 
@@ -161,10 +156,8 @@ def capture(
     """
     import threading
 
-    from edge.pipeline import Pipeline
-    from edge.store import Store
-    from edge.video.live import LiveAnalyzer, LiveScore
-    from edge.video.source import FrameSource
+    from edge.device import Device, capture_clip
+    from edge.video.live import LiveScore
 
     settings = obj.settings
     if profile:
@@ -187,27 +180,22 @@ def capture(
             )
 
     stop = threading.Event()
-    with Store(settings.data_dir, busy_timeout_ms=settings.store.busy_timeout_ms) as store:
-        pipeline = Pipeline(settings, store, actor="capture")
+    with Device(settings, actor="capture") as device:
         try:
-            served = pipeline.pool.get(model_name or settings.video.model)
-            frames = FrameSource.from_settings(source, settings.video, realtime=realtime)
-            analyzer = LiveAnalyzer(settings, served, frames, on_score=show)
+            live = device.live(source, model_name, realtime=realtime, on_score=show)
             if record:
-                analyzer.start_clip()
-            with frames:
+                live.analyzer.start_clip()
+            with live.frames:
                 try:
-                    analyzer.run(stop, max_seconds=seconds)
+                    live.analyzer.run(stop, max_seconds=seconds)
                 except KeyboardInterrupt:
                     stop.set()
-            click.echo(_live_summary(analyzer, frames), err=True)
+            click.echo(_live_summary(live.analyzer, live.frames), err=True)
             if record:
-                click.echo(_store_live_clip(pipeline, analyzer, served))
+                click.echo(capture_clip(settings, device.store, live))
         except EdgeError as error:
             click.echo(error.one_line(), err=True)
             sys.exit(EXIT_REFUSED)
-        finally:
-            pipeline.close()
 
 
 def _live_summary(analyzer: Any, frames: Any) -> str:
@@ -223,18 +211,6 @@ def _live_summary(analyzer: Any, frames: Any) -> str:
     )
 
 
-def _store_live_clip(pipeline: Any, analyzer: Any, served: Any) -> str:
-    from edge.video.analysis import store_capture
-
-    result_id = store_capture(pipeline.settings, pipeline.store, analyzer, served)
-    result = pipeline.store.result(result_id) or {}
-    clip = pipeline.store.clip_for_result(result_id) or {}
-    return (
-        f"clip stored: {result.get('finding')} P({result.get('finding_label')})="
-        f"{result.get('probability', 0):.3f} over {clip.get('frames_analysed')} frames; result {result_id}"
-    )
-
-
 # ---------------------------------------------------------------------- demo
 
 
@@ -247,7 +223,7 @@ def demo(obj: Context, fresh: bool) -> None:
     Uses a separate demo database (under the data directory, in demo/) so that sample images
     never mix with a clinic's own studies.
     """
-    from edge.demo import run_demo
+    from edge.operations.demo import run_demo
 
     sys.exit(run_demo(obj.settings, fresh=fresh, explicit_data_dir=obj.data_dir is not None))
 
@@ -272,7 +248,7 @@ def bench(obj: Context, model_name: str | None, runs: int, as_json: bool) -> Non
     Every figure is a median over RUNS measured in this one run; compare the printed ratios,
     not absolute times, across machines.
     """
-    from edge.bench import print_report, run_bench
+    from edge.operations.bench import print_report, run_bench
 
     try:
         report = run_bench(obj.settings, model_name or obj.settings.models.default, runs)

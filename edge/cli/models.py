@@ -27,7 +27,7 @@ def models() -> None:
 @pass_context
 def models_list(obj: Context, as_json: bool) -> None:
     """The models installed on this device."""
-    from edge.registry import Registry
+    from edge.inference.registry import Registry
 
     registry = Registry(obj.settings.models.dir)
     rows: list[dict[str, Any]] = []
@@ -63,7 +63,7 @@ def models_list(obj: Context, as_json: bool) -> None:
 @pass_context
 def models_show(obj: Context, name: str, as_json: bool) -> None:
     """One model's manifest, with each file checked against its sha256."""
-    from edge.registry import Registry
+    from edge.inference.registry import Registry
 
     try:
         entry = Registry(obj.settings.models.dir).get(name)
@@ -82,7 +82,7 @@ def models_show(obj: Context, name: str, as_json: bool) -> None:
             json.dumps({"manifest": entry.manifest.model_dump(mode="json"), "file_checks": checks}, indent=2)
         )
         sys.exit(0 if all(v == "ok" for v in checks.values()) else EXIT_REFUSED)
-    from edge.reports import print_model
+    from edge.cli.reports import print_model
 
     print_model(Console(), entry, checks)
     sys.exit(0 if all(v == "ok" for v in checks.values()) else EXIT_REFUSED)
@@ -121,8 +121,8 @@ def models_eval(
     Prints AUC, accuracy, sensitivity, specificity and ECE with 95% bootstrap intervals, and
     writes ROC and reliability plots. Use it to validate a model on local images before use.
     """
-    from edge.evaluate import evaluate
-    from edge.reports import print_evaluation
+    from edge.cli.reports import print_evaluation
+    from edge.inference.evaluate import evaluate
 
     target = out_dir or Path(f"eval-{name}")
     try:
@@ -140,7 +140,7 @@ def models_eval(
 
 def _engine_manager(obj: Context) -> Any:
     """The TensorRT engine manager, or a clear refusal where TensorRT cannot run."""
-    from edge.runtime.engine_manager import EngineManager
+    from edge.inference.engine_manager import EngineManager
     from edge.runtime.tensorrt import TensorRTRunner
 
     if not TensorRTRunner.is_available():
@@ -164,8 +164,8 @@ def models_build(obj: Context, names: tuple[str, ...], force: bool) -> None:
     """
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from edge.registry import Registry
-    from edge.runtime.engines import build_plan
+    from edge.inference.engine_cache import build_plan
+    from edge.inference.registry import Registry
 
     manager = _engine_manager(obj)
     registry = Registry(obj.settings.models.dir)
@@ -210,9 +210,9 @@ def models_verify(obj: Context, name: str, as_json: bool) -> None:
     Reports max logit difference, top-1 agreement and AUC difference, records the verdict (an
     engine serves only if it passed) and exits 1 if the engine the device would serve failed.
     """
-    from edge.registry import Registry
-    from edge.runtime.engines import build_plan
-    from edge.serving import tensor_names
+    from edge.inference.engine_cache import build_plan
+    from edge.inference.pool import tensor_names
+    from edge.inference.registry import Registry
 
     manager = _engine_manager(obj)
     try:

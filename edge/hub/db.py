@@ -26,7 +26,7 @@ from sqlalchemy import (
     event,
 )
 
-from edge.store.records import utc_now
+from edge.clock import utc_now
 
 metadata = MetaData()
 

@@ -19,7 +19,7 @@ from sqlalchemy import Engine, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from edge.hub import db, worklist
-from edge.registry import sha256_file
+from edge.inference.registry import sha256_file
 from edge.sync import protocol
 
 

@@ -7,40 +7,18 @@ cannot become such an image is refused with a code before it is stored.
 
 from __future__ import annotations
 
-import hashlib
 import struct
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
 
 from edge.errors import Code, EdgeError
-from edge.store.records import StudyInfo
+from edge.imaging.decoded import DecodedImage, sha256_hex
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 JPEG_MAGIC = b"\xff\xd8\xff"
 MAX_PIXELS = 100_000_000  # 10k x 10k: larger than any radiograph, smaller than a bomb
-
-
-@dataclass(frozen=True)
-class DecodedImage:
-    pixels: np.ndarray
-    format: str  # dicom | png | jpeg
-    sha256: str
-    study: StudyInfo = field(default_factory=StudyInfo)
-    sop_instance_uid: str | None = None
-    frames: int = 1
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def height(self) -> int:
-        return int(self.pixels.shape[0])
-
-    @property
-    def width(self) -> int:
-        return int(self.pixels.shape[1])
 
 
 def read_input(path: Path, max_bytes: int) -> bytes:
@@ -97,10 +75,6 @@ def decode_bytes(data: bytes, name: str = "input") -> DecodedImage:
 
         return decode_dicom(data, name)
     return _decode_raster(data, kind, name)
-
-
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def _decode_raster(data: bytes, kind: str, name: str) -> DecodedImage:

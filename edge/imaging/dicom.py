@@ -21,8 +21,8 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, iter_pixels
 
 from edge.errors import Code, EdgeError
-from edge.imaging.decode import DecodedImage, sha256_hex
-from edge.store.records import StudyInfo
+from edge.imaging.decoded import DecodedImage, sha256_hex
+from edge.study import StudyInfo
 
 _AGE = re.compile(r"^(\d{3})([DWMY])$")
 _AGE_UNIT_YEARS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}

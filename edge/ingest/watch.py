@@ -21,12 +21,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge.clock import utc_now
 from edge.config import Settings
 from edge.errors import Code, EdgeError
 from edge.imaging.decode import read_input
 from edge.pipeline import Decoder, Pipeline
 from edge.store.files import DIR_MODE, fsync_dir, write_atomically
-from edge.store.records import utc_now
 
 log = logging.getLogger(__name__)
 PARTIAL_SUFFIXES = (".part", ".partial", ".tmp", ".crdownload", ".download", ".filepart", ".swp")

@@ -29,8 +29,7 @@ import numpy as np
 from edge.config import RuntimeSettings
 from edge.errors import Code, EdgeError
 from edge.runtime import device_memory
-from edge.runtime.base import Runner, TensorNames
-from edge.runtime.engines import TensorSpec, bind, concrete_shape
+from edge.runtime.base import Runner, TensorNames, TensorSpec, bind, concrete_shape
 from edge.store.files import write_atomically
 
 log = logging.getLogger(__name__)

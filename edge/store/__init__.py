@@ -1,6 +1,6 @@
 """The device store (SQLite via sqlite-utils) and the image files it owns."""
 
-from edge.store.records import IngestOutcome, Job, NewImage, ResultRecord, StudyInfo, utc_now
+from edge.store.records import IngestOutcome, Job, NewImage, ResultRecord
 from edge.store.store import Store, open_database
 
 __all__ = [
@@ -9,7 +9,5 @@ __all__ = [
     "NewImage",
     "ResultRecord",
     "Store",
-    "StudyInfo",
     "open_database",
-    "utc_now",
 ]

@@ -10,9 +10,9 @@ from typing import Any
 
 from sqlite_utils import Database
 
+from edge.clock import utc_now
 from edge.errors import Code, EdgeError
 from edge.store import schema
-from edge.store.records import utc_now
 
 
 def _dicts(cursor: sqlite3.Cursor) -> list[dict[str, Any]]:

@@ -4,29 +4,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from typing import Any
 
-
-def utc_now() -> str:
-    """UTC time as ISO-8601 with milliseconds and `Z`, the one time format of the store."""
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-@dataclass(frozen=True)
-class StudyInfo:
-    """What an input says about its study. `phi_*` fields never leave the device as-is."""
-
-    study_uid: str | None = None
-    phi_patient_id: str | None = None
-    phi_patient_name: str | None = None
-    phi_accession: str | None = None
-    patient_age_years: float | None = None
-    patient_sex: str | None = None
-    modality: str | None = None
-    body_part: str | None = None
-    description: str | None = None
-    study_date: str | None = None
+from edge.study import StudyInfo
 
 
 @dataclass(frozen=True)

@@ -19,20 +19,23 @@ from typing import Any
 
 from sqlite_utils import Database
 
+from edge.clock import utc_now
 from edge.errors import Code, EdgeError
 from edge.ids import uuid7
 from edge.store import schema
 from edge.store.files import DIR_MODE, remove_quietly, write_atomically
 from edge.store.reads import Reads
-from edge.store.records import IngestOutcome, Job, NewImage, ResultRecord, StudyInfo, utc_now
+from edge.store.records import IngestOutcome, Job, NewImage, ResultRecord
 from edge.store.sync_records import SyncRecords
 from edge.store.technician import TechnicianActions
+from edge.study import StudyInfo
 
 _DISK_FULL_MARKERS = ("database or disk is full", "disk i/o error")
 
 
-def open_database(path: Path, busy_timeout_ms: int = 10_000) -> Database:
-    """Open (creating if needed) the SQLite file with the pragmas the store relies on."""
+def open_database(path: Path, busy_timeout_ms: int = 10_000, *, migrate: bool = True) -> Database:
+    """Open (creating if needed) the SQLite file with the pragmas the store relies on; `migrate`
+    False for a reader that opens often (the TUI's refresh) once the schema is known current."""
     path.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
     conn = sqlite3.connect(str(path), timeout=busy_timeout_ms / 1000)
     conn.row_factory = sqlite3.Row
@@ -41,7 +44,8 @@ def open_database(path: Path, busy_timeout_ms: int = 10_000) -> Database:
     db.execute("PRAGMA synchronous=FULL")  # a committed result survives a power cut
     db.execute("PRAGMA foreign_keys=ON")
     db.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
-    _migrate(db, busy_timeout_ms)
+    if migrate:
+        _migrate(db, busy_timeout_ms)
     return db
 
 
@@ -64,10 +68,10 @@ def _migrate(db: Database, busy_timeout_ms: int) -> None:
 class Store(Reads, TechnicianActions, SyncRecords):
     """Repository over the device database and the image files beside it."""
 
-    def __init__(self, data_dir: Path, *, busy_timeout_ms: int = 10_000) -> None:
+    def __init__(self, data_dir: Path, *, busy_timeout_ms: int = 10_000, migrate: bool = True) -> None:
         self.data_dir = data_dir
         self.db_path = data_dir / "edge.db"
-        self.db = open_database(self.db_path, busy_timeout_ms)
+        self.db = open_database(self.db_path, busy_timeout_ms, migrate=migrate)
 
     def close(self) -> None:
         self.db.close()
@@ -302,15 +306,22 @@ class Store(Reads, TechnicianActions, SyncRecords):
         with self._writing("requeue jobs"), self._transaction():
             return int(self.db.execute(sql, params).rowcount)
 
-    def requeue_dead_workers(self, host: str, is_alive: Callable[[int], bool]) -> int:
-        """Requeue jobs held by processes of this host that no longer exist.
+    def requeue_dead_workers(
+        self, host: str, is_alive: Callable[[int], bool], *, job_id: str | None = None
+    ) -> int:
+        """Requeue jobs (or the one named) held by processes of this host that no longer exist.
 
         Worker ids are `host:pid:suffix`; a job claimed by a process that crashed or was killed
         goes back to the queue (the work is idempotent: a result commits only once per job).
+        The agent sweeps at start and on its maintenance tick; a caller that wants one job now
+        (`edge infer`, a re-run) takes over that job's lease only.
         """
-        rows = self.db.execute(
-            "SELECT id, worker FROM jobs WHERE state = 'running' AND worker LIKE ?", [f"{host}:%"]
-        ).fetchall()
+        sql = "SELECT id, worker FROM jobs WHERE state = 'running' AND worker LIKE ?"
+        params: list[Any] = [f"{host}:%"]
+        if job_id is not None:
+            sql += " AND id = ?"
+            params.append(job_id)
+        rows = self.db.execute(sql, params).fetchall()
         dead = []
         for row in rows:
             parts = str(row["worker"]).split(":")

@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from edge.store.records import utc_now
+from edge.clock import utc_now
 
 
 class SyncRecords:

@@ -15,10 +15,10 @@ from typing import Any
 
 from sqlite_utils import Database
 
+from edge.clock import utc_now
 from edge.errors import Code, EdgeError
 from edge.ids import uuid7
 from edge.store.files import remove_quietly
-from edge.store.records import utc_now
 
 URGENT_PRIORITY = 10  # queued jobs of an urgent study are claimed before everything else
 MAX_NOTE_CHARS = 2000

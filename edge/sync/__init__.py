@@ -11,6 +11,7 @@ import signal
 from pathlib import Path
 
 from edge.config import Settings
+from edge.processes import process_alive
 
 
 def pid_file(settings: Settings) -> Path:
@@ -21,12 +22,9 @@ def sync_agent_pid(settings: Settings) -> int | None:
     """The pid of a running `edge sync run`, or None (no pid file, or its process is gone)."""
     try:
         pid = int(pid_file(settings).read_text().strip())
-        os.kill(pid, 0)
-    except PermissionError:
-        return pid  # alive, another user's (the service's dynamic user)
     except (OSError, ValueError):
         return None
-    return pid
+    return pid if process_alive(pid) else None
 
 
 def request_sync_now(settings: Settings) -> bool:

@@ -24,9 +24,9 @@ from packaging.version import InvalidVersion, Version
 from edge.config import Settings
 from edge.errors import Code, EdgeError
 from edge.imaging.decode import decode_bytes
-from edge.registry import Registry, sha256_file
+from edge.inference.pool import tensor_names
+from edge.inference.registry import Registry, sha256_file
 from edge.runtime.onnxruntime import OnnxRuntimeRunner
-from edge.serving import tensor_names
 from edge.sync import protocol
 
 log = logging.getLogger(__name__)

@@ -21,11 +21,11 @@ import time
 
 import httpx
 
-from edge import service
+from edge import systemd
+from edge.clock import utc_now
 from edge.config import Settings
 from edge.store import Store
 from edge.store.files import write_atomically
-from edge.store.records import utc_now
 from edge.sync import pid_file
 from edge.sync.client import Credential, HubRefused, HubUnavailable, SyncClient
 
@@ -84,24 +84,24 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> int:
         httpx.Client() as http,
     ):
         client = SyncClient(settings, store, http, credential)
-        pet = _Petter(service.watchdog_interval())
+        pet = _Petter(systemd.watchdog_interval())
         client.on_progress = pet
         log.info("sync agent for %s running", credential.hub_url)
-        service.notify(f"READY=1\nSTATUS=syncing with {credential.hub_url}")
+        systemd.notify(f"READY=1\nSTATUS=syncing with {credential.hub_url}")
         while not stop.is_set():
             ok = run_round(client)
             pet()
             failures = 0 if ok else failures + 1
             delay = settings.sync.interval_s if ok else min(settings.sync.max_backoff_s, 2.0**failures)
             delay *= random.uniform(0.5, 1.0)  # jitter: a fleet coming back does not arrive in step
-            service.notify(f"STATUS={_status_line(store)}")
+            systemd.notify(f"STATUS={_status_line(store)}")
             deadline = time.monotonic() + delay
             while not stop.is_set() and (left := deadline - time.monotonic()) > 0:
                 if wake.wait(min(left, pet.interval or left)):
                     break
                 pet()
             wake.clear()
-        service.notify("STOPPING=1")
+        systemd.notify("STOPPING=1")
     pid_file(settings).unlink(missing_ok=True)
     return 0
 
@@ -118,7 +118,7 @@ class _Petter:
             return
         now = time.monotonic()
         if now - self._last >= self.interval / 4:
-            service.notify("WATCHDOG=1")
+            systemd.notify("WATCHDOG=1")
             self._last = now
 
 

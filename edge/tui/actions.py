@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 
 from edge.config import Settings
+from edge.device import Device
 from edge.errors import EdgeError
-from edge.store import Store
+from edge.sync import request_sync_now
 from edge.tui.context import TuiContext
 
 log = logging.getLogger(__name__)
@@ -37,34 +38,20 @@ def mark_seen(context: TuiContext, result_id: str) -> str:
 
 def rerun(context: TuiContext, image_id: str, model_name: str) -> str:
     """Queue the image for another model; without a running agent, analyse it now."""
-    context.registry.get(model_name)  # an unknown or broken model is refused before queueing
-    with context.open_store() as store:
-        job_id = store.requeue_with_model(image_id, model_name, context.actor)
-        job = store.job(job_id) or {}
-        if job.get("state") == "done":
-            return f"already analysed with {model_name}: its result is in the worklist"
-        if job.get("state") == "running":
-            return f"{model_name} is analysing it right now"
-        if context.agent(context.settings).get("running"):
-            return f"queued for {model_name}: the agent will analyse it"
-        return _analyse_now(context, store, job_id, model_name)
-
-
-def _analyse_now(context: TuiContext, store: Store, job_id: str, model_name: str) -> str:
-    from edge.pipeline import Pipeline
-
-    pipeline = Pipeline(context.settings, store, actor=context.actor)
-    try:
-        job = store.claim_job(pipeline.worker_id, job_id)
-        if job is None:  # an agent that just started took it
-            return f"queued for {model_name}"
-        try:
-            pipeline.process(job)
-        except EdgeError as error:
-            return f"{model_name} did not score it: {error.one_line()}"
-    finally:
-        pipeline.close()
-    result = store.result_for_job(job_id) or {}
+    agent_running = bool(context.agent(context.settings).get("running"))
+    with Device(context.settings, actor=context.actor, registry=context.registry) as device:
+        rerun = device.rerun(image_id, model_name, agent_running=agent_running)
+    if rerun.state == "done":
+        return f"already analysed with {model_name}: its result is in the worklist"
+    if rerun.state == "running":
+        return f"{model_name} is analysing it right now"
+    if rerun.state == "queued":
+        return f"queued for {model_name}" + (": the agent will analyse it" if agent_running else "")
+    analysis = rerun.analysis
+    assert analysis is not None
+    if not analysis.ok or analysis.result is None:
+        return f"{model_name} did not score it: {analysis.code}: {analysis.message}"
+    result = analysis.result
     return (
         f"{model_name}: {result.get('finding')}, P({result.get('finding_label')}) = "
         f"{float(result.get('probability') or 0):.3f}"
@@ -86,11 +73,7 @@ def study_contents(context: TuiContext, study_id: str) -> dict[str, int]:
 
 
 def sync_now(settings: Settings) -> str:
-    """Ask the sync service to run now (edge.sync, when this build has it)."""
-    try:
-        from edge.sync import request_sync_now
-    except ImportError:
-        return "sync is not installed on this device"
+    """Ask the sync service to run now."""
     try:
         answer = request_sync_now(settings)
     except EdgeError as error:

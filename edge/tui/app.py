@@ -132,16 +132,12 @@ def create_app(
     context.live_source = live_source
     context.live_model = live_model
     context.live_realtime = live_realtime
+    context.ensure_schema()
     return EdgeApp(context)
 
 
 def run_tui(settings: Settings, **options: Any) -> int:
     """Run the TUI in this terminal until the technician quits; the exit status."""
-    from edge.store import Store
-
-    # Create (or migrate) the database before the screens read it, so that a fresh device shows
-    # an empty worklist rather than an error.
-    Store(settings.data_dir, busy_timeout_ms=settings.store.busy_timeout_ms).close()
     app = create_app(settings, **options)
     result = app.run()
     return int(result or 0)

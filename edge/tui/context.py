@@ -14,7 +14,7 @@ from functools import cached_property
 from typing import Any
 
 from edge.config import Settings
-from edge.registry import Registry
+from edge.inference.registry import Registry
 from edge.store import Store
 
 HealthSource = Callable[[Settings, Store], dict[str, Any]]
@@ -23,19 +23,19 @@ AgentSource = Callable[[Settings], dict[str, Any]]
 
 
 def _default_health(settings: Settings, store: Store) -> dict[str, Any]:
-    from edge.health import snapshot
+    from edge.operations.health import snapshot
 
     return snapshot(settings, store)
 
 
 def _default_agent(settings: Settings) -> dict[str, Any]:
-    from edge.health import read_agent
+    from edge.operations.health import read_agent
 
     return read_agent(settings)
 
 
 def _default_facts() -> dict[str, Any]:
-    from edge.tui.device_facts import host_facts
+    from edge.operations.host import host_facts
 
     return host_facts()
 
@@ -56,7 +56,7 @@ def technician() -> str:
 class TuiContext:
     settings: Settings
     health: HealthSource = _default_health
-    """The health snapshot (agent, queue, disk, sync); `edge.health.snapshot` in the field."""
+    """The health snapshot (agent, queue, disk, sync); `edge.operations.health.snapshot` in the field."""
     agent: AgentSource = _default_agent
     """The agent's report (running or not, pid, sources): whether the TUI or the agent analyses."""
     facts: FactsSource = _default_facts
@@ -75,8 +75,17 @@ class TuiContext:
     """Play a file source at its own speed (a stand-in for a device); False: every frame, fast."""
 
     def open_store(self) -> Store:
-        """A store for the calling thread (SQLite connections are not shared between threads)."""
-        return Store(self.settings.data_dir, busy_timeout_ms=self.settings.store.busy_timeout_ms)
+        """A store for the calling thread (SQLite connections are not shared between threads).
+        The schema was brought up to date once, when the app started (`ensure_schema`), so the
+        screens' refreshes only read: no migration check every two seconds."""
+        return Store(
+            self.settings.data_dir, busy_timeout_ms=self.settings.store.busy_timeout_ms, migrate=False
+        )
+
+    def ensure_schema(self) -> None:
+        """Create or upgrade the database before the screens read it, so a fresh device shows an
+        empty worklist rather than an error."""
+        Store(self.settings.data_dir, busy_timeout_ms=self.settings.store.busy_timeout_ms).close()
 
     @cached_property
     def registry(self) -> Registry:

@@ -15,18 +15,21 @@ from typing import Any
 import cv2
 import numpy as np
 
+from edge.clock import utc_now
 from edge.config import Settings
 from edge.errors import Code, EdgeError
 from edge.ids import uuid7
-from edge.imaging.decode import DecodedImage, sha256_hex
+from edge.imaging.decoded import DecodedImage, sha256_hex
+from edge.imaging.dicom import display_frames
 from edge.imaging.explain import heatmap_png
 from edge.imaging.png import with_text
-from edge.pipeline import Analysis, Pipeline, result_record
-from edge.postprocess import decide_from_probabilities
-from edge.registry import sha256_file
-from edge.serving import ServedModel
-from edge.store import Job, NewImage, Store, StudyInfo, utc_now
+from edge.inference.pool import ModelPool, ServedModel
+from edge.inference.postprocess import decide_from_probabilities
+from edge.inference.registry import sha256_file
+from edge.results import Analysis, audit_refusal, result_record
+from edge.store import Job, NewImage, Store
 from edge.store.files import remove_quietly, write_atomically
+from edge.study import StudyInfo
 from edge.video.clip import AGGREGATE, ClipSummary
 from edge.video.live import LiveAnalyzer
 from edge.video.source import FrameSource
@@ -35,15 +38,21 @@ log = logging.getLogger(__name__)
 
 
 def analyse_recording(
-    pipeline: Pipeline, path: Path, model: str | None = None, *, realtime: bool = False
+    settings: Settings,
+    store: Store,
+    pool: ModelPool,
+    path: Path,
+    model: str | None = None,
+    *,
+    actor: str = "cli",
+    realtime: bool = False,
 ) -> Analysis:
     """A video file as one clip (every frame offered, paced by the file's own clock)."""
-    store = pipeline.store
     try:
         if not path.is_file():
             raise EdgeError(Code.INPUT_NOT_FOUND, f"{path} does not exist")
         sha = sha256_file(path)
-        served = pipeline.pool.get(model or pipeline.settings.video.model)
+        served = pool.get(model or settings.video.model)
         existing = store.clip_for_source(sha, served.name)
         if existing is not None:
             result = store.result(existing["result_id"])
@@ -51,13 +60,13 @@ def analyse_recording(
                 str(path), result=result, job_id=result["job_id"] if result else None, duplicate=True
             )
         source = FrameSource(str(path), realtime=realtime, lossless=not realtime)
-        summary, analyzer, elapsed = _record(pipeline, served, source)
+        summary, analyzer, elapsed = _record(settings, served, source)
         events = list(summary.events)
         if source.stats.end_reason not in ("end of file", "stopped"):
             events.append(source.stats.end_reason)
         summary.events = events
         result_id = store_clip(
-            pipeline.settings,
+            settings,
             store,
             summary,
             served,
@@ -68,16 +77,16 @@ def analyse_recording(
             elapsed_s=elapsed,
         )
     except EdgeError as error:
-        pipeline._audit_refusal(error)
+        audit_refusal(store, actor, error)
         return Analysis.refused(str(path), error)
     result = store.result(result_id)
     return Analysis(str(path), result=result, job_id=result["job_id"] if result else None)
 
 
 def _record(
-    pipeline: Pipeline, served: ServedModel, source: FrameSource
+    settings: Settings, served: ServedModel, source: FrameSource
 ) -> tuple[ClipSummary, LiveAnalyzer, float]:
-    analyzer = LiveAnalyzer(pipeline.settings, served, source)
+    analyzer = LiveAnalyzer(settings, served, source)
     analyzer.start_clip()
     started = time.monotonic()
     try:
@@ -93,16 +102,17 @@ def _record(
     return analyzer.stop_clip(), analyzer, time.monotonic() - started
 
 
-def process_cine(pipeline: Pipeline, job: Job, decoded: DecodedImage, data: bytes) -> str:
+def process_cine(
+    settings: Settings, store: Store, pool: ModelPool, job: Job, decoded: DecodedImage, data: bytes
+) -> str:
     """The worker's path for a multi-frame DICOM (ultrasound cine): the frames become a clip."""
-    from edge.imaging.dicom import display_frames
 
-    served = pipeline.pool.get(job.model_name)
+    served = pool.get(job.model_name)
     source = FrameSource("dicom cine", lossless=True, frames=display_frames(data))
-    summary, analyzer, elapsed = _record(pipeline, served, source)
+    summary, analyzer, elapsed = _record(settings, served, source)
     return store_clip(
-        pipeline.settings,
-        pipeline.store,
+        settings,
+        store,
         summary,
         served,
         analyzer,

@@ -21,7 +21,7 @@ import numpy as np
 
 from edge.config import Settings
 from edge.errors import Code, EdgeError
-from edge.serving import ServedModel
+from edge.inference.pool import ServedModel
 from edge.video.clip import MIN_FRAMES, ClipRecorder, ClipSummary
 from edge.video.monitor import FreezeDetector, is_black
 from edge.video.roi import Box, crop, detect_sector, fits

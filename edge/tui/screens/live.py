@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar, cast
 
 from PIL import Image as PILImage
 from rich.markup import escape
@@ -20,6 +20,7 @@ from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import Footer, Input, Static
 
+from edge.device import Device, Live, capture_clip
 from edge.errors import Code, EdgeError
 from edge.tui.screens.base import ActionFinished, EdgeScreen
 from edge.tui.widgets.picture import Picture
@@ -98,8 +99,7 @@ class LiveScreen(EdgeScreen):
         self.recording = False
         self._stop = threading.Event()
         self._analyzer: LiveAnalyzer | None = None
-        self._pool: Any = None
-        self._served: Any = None
+        self._live: Live | None = None
         self._last_thumbnail_at = -1.0
         self._progress = ""
         self._clip_lock = threading.Lock()
@@ -197,47 +197,44 @@ class LiveScreen(EdgeScreen):
 
     @work(thread=True, exclusive=True, group="live")
     def _analyse(self, source: str, model_name: str) -> None:
-        from edge.registry import Registry
-        from edge.serving import ModelPool
-
         settings = self.context.settings
-        pool = ModelPool(Registry(settings.models.dir), settings, settings.data_dir / "cache")
         try:
-            served = pool.get(model_name)
-            output = served.entry.manifest.output
-            _, point = served.entry.operating_point(settings.models.operating_point)
-            self._pool, self._served = pool, served
-            self.post_message(
-                LiveStarted(
-                    LiveModel(
-                        served.name,
-                        served.version,
-                        output.positive,
-                        point.threshold,
-                        point.threshold_for_clips,
+            with Device(settings, actor=self.context.actor, registry=self.context.registry) as device:
+                live = device.live(
+                    source,
+                    model_name,
+                    realtime=self.context.live_realtime,
+                    on_score=lambda score: self._scored(score, frames),
+                    source_type=_WatchedSource,
+                )
+                frames = cast(_WatchedSource, live.frames)
+                served, analyzer = live.served, live.analyzer
+                _, point = served.entry.operating_point(settings.models.operating_point)
+                self._live = live
+                self.post_message(
+                    LiveStarted(
+                        LiveModel(
+                            served.name,
+                            served.version,
+                            served.entry.manifest.output.positive,
+                            point.threshold,
+                            point.threshold_for_clips,
+                        )
                     )
                 )
-            )
-            realtime = self.context.live_realtime
-            frames = _WatchedSource.from_settings(source, settings.video, realtime=realtime)
-            analyzer = LiveAnalyzer(
-                settings, served, frames, on_score=lambda score: self._scored(score, frames)
-            )
-            with self._clip_lock:
-                self._analyzer = analyzer
-                if self._clip_requested:
-                    analyzer.start_clip()
-                    self._clip_requested = False
-            with frames:
-                analyzer.run(self._stop)
-            self._post_thumbnail(frames, analyzer, force=True)
-            ended = "stopped" if self._stop.is_set() else frames.stats.end_reason or "ended"
-            counted = f"{analyzer.stats.frames_analysed} frame(s) analysed of {frames.stats.read} read"
-            self.post_message(LiveEnded(f"{ended}: {counted}", ok=True))
+                with self._clip_lock:
+                    self._analyzer = analyzer
+                    if self._clip_requested:
+                        analyzer.start_clip()
+                        self._clip_requested = False
+                with frames:
+                    analyzer.run(self._stop)
+                self._post_thumbnail(frames, analyzer, force=True)
+                ended = "stopped" if self._stop.is_set() else frames.stats.end_reason or "ended"
+                counted = f"{analyzer.stats.frames_analysed} frame(s) analysed of {frames.stats.read} read"
+                self.post_message(LiveEnded(f"{ended}: {counted}", ok=True))
         except EdgeError as error:
             self.post_message(LiveEnded(error.one_line(), ok=False))
-        finally:
-            pool.close()
 
     def _scored(self, score: LiveScore, frames: _WatchedSource) -> None:
         """Called in the analysis thread for every frame looked at."""
@@ -256,19 +253,11 @@ class LiveScreen(EdgeScreen):
 
     def _store_clip(self) -> str:
         """Runs in a thread worker (`perform`): the clip's files and rows, like `edge capture --record`."""
-        from edge.video.analysis import store_capture
-
-        analyzer = self._analyzer
-        if analyzer is None:
+        live = self._live
+        if live is None or self._analyzer is None:
             raise EdgeError(Code.VIDEO_TOO_SHORT, "no clip is being recorded")
         with self.context.open_store() as store:
-            result_id = store_capture(self.context.settings, store, analyzer, self._served)
-            result = store.result(result_id) or {}
-            clip = store.clip_for_result(result_id) or {}
-        return (
-            f"clip stored: {result.get('finding')} P({result.get('finding_label')}) = "
-            f"{float(result.get('probability') or 0):.3f} over {clip.get('frames_analysed')} frames"
-        )
+            return capture_clip(self.context.settings, store, live)
 
     # ------------------------------------------------------------------ messages
 

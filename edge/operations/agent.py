@@ -20,11 +20,13 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
-from edge import health, housekeeping, service
+from edge import systemd
 from edge.config import Settings
+from edge.device import Device
 from edge.errors import Code, EdgeError
 from edge.ingest.guard import GuardedDecoder
-from edge.pipeline import Pipeline
+from edge.operations import health, housekeeping
+from edge.processes import process_alive, this_host
 from edge.store import Store
 from edge.store.files import write_atomically
 
@@ -40,7 +42,7 @@ class Agent:
         self.stop = threading.Event()
         self.wake = threading.Event()
         self.ready = threading.Event()
-        self.heartbeat = service.Heartbeat()
+        self.heartbeat = systemd.Heartbeat()
         self.listener: Any = None
         self.started = datetime.now(timezone.utc)
         self.jobs_done = 0
@@ -56,21 +58,20 @@ class Agent:
 
     # ------------------------------------------------------------------ threads
 
-    def _pipeline(self, actor: str) -> Pipeline:
-        store = Store(self.settings.data_dir, busy_timeout_ms=self.settings.store.busy_timeout_ms)
-        return Pipeline(self.settings, store, actor=actor)
-
     def _work(self) -> None:
         """The worker thread: its own store connection, models opened before READY."""
-        pipeline = None
+        device = None
         try:
-            pipeline = self._pipeline("agent")  # requeues jobs held by dead processes on this host
-            self._warm_up(pipeline)
+            device = Device(self.settings, actor="agent")
+            requeued = device.requeue_dead_workers()
+            if requeued:
+                log.warning("%d job(s) held by processes that died went back to the queue", requeued)
+            self._warm_up(device)
             self.worker_ready.set()
             while not self.stop.is_set():
                 self.heartbeat.beat()
                 try:
-                    worked = pipeline.run_once()
+                    worked = device.pipeline.run_once()
                 except EdgeError as error:  # the store itself failed (disk full, I/O error)
                     log.error("worker: %s", error.one_line())
                     if error.code is Code.DISK_FULL:
@@ -89,22 +90,21 @@ class Agent:
             self.failed = True
             self.stop.set()
         finally:
-            if pipeline is not None:
-                pipeline.close()
-                pipeline.store.close()
+            if device is not None:
+                device.close()
 
     def _watch(self, decoder: GuardedDecoder) -> None:
         from edge.ingest.watch import DropFolder
 
-        pipeline = self._pipeline("watch")
-        try:
+        with Device(self.settings, actor="watch") as device:
             folder = DropFolder(
-                self.settings, pipeline, decoder.decode, on_queued=self.wake.set, accepting=self.accepting
+                self.settings,
+                device.pipeline,
+                decoder.decode,
+                on_queued=self.wake.set,
+                accepting=self.accepting,
             )
             folder.run(self.stop)
-        finally:
-            pipeline.close()
-            pipeline.store.close()
 
     def _maintain(self) -> None:
         while not self.ready.wait(1.0):  # agent.json says "running" only once the sources are up
@@ -123,6 +123,8 @@ class Agent:
                     housekeeping.ensure_reserve(self.settings)
                 now = time.monotonic()
                 try:
+                    # Leases: a job whose holder died (an `edge infer` killed mid-job) returns.
+                    store.requeue_dead_workers(this_host(), process_alive)
                     if now - last_checkpoint > CHECKPOINT_EVERY_S:
                         store.checkpoint()
                         last_checkpoint = now
@@ -158,8 +160,8 @@ class Agent:
         write_atomically(health.agent_file(self.settings), json.dumps(report, indent=1).encode())
         # Under systemd without a watchdog nothing else says STATUS=; the watchdog says it itself,
         # and outside systemd there is no one to tell. The snapshot is not free: build it only then.
-        if os.environ.get("NOTIFY_SOCKET") and service.watchdog_interval() is None:
-            service.notify(f"STATUS={health.status_line(health.snapshot(self.settings, store))}")
+        if os.environ.get("NOTIFY_SOCKET") and systemd.watchdog_interval() is None:
+            systemd.notify(f"STATUS={health.status_line(health.snapshot(self.settings, store))}")
 
     def healthy(self, store: Store) -> tuple[bool, str]:
         """The watchdog's question: is the worker looping and does the store answer?"""
@@ -175,14 +177,14 @@ class Agent:
         self._threads.append(thread)
 
     def _start_watchdog(self) -> None:
-        interval = service.watchdog_interval()
+        interval = systemd.watchdog_interval()
         if interval is None:
             return
 
         def run() -> None:
             # The watchdog's store connection belongs to its own thread.
             with Store(self.settings.data_dir, busy_timeout_ms=self.settings.store.busy_timeout_ms) as store:
-                service.Watchdog(
+                systemd.Watchdog(
                     interval,
                     lambda: self.healthy(store),
                     lambda: health.status_line(health.snapshot(self.settings, store)),
@@ -215,7 +217,7 @@ class Agent:
 
                 self.listener = DicomListener(
                     self.settings,
-                    lambda: self._pipeline("dicom"),
+                    lambda: Device(self.settings, actor="dicom").pipeline,  # closed by the listener
                     decoder.decode,
                     on_queued=self.wake.set,
                     accepting=self.accepting,
@@ -225,10 +227,10 @@ class Agent:
             log.info(
                 "agent running (dicom %s, watch %s)", self.settings.dicom.enabled, self.settings.watch.enabled
             )
-            service.notify("READY=1")
+            systemd.notify("READY=1")
             self.ready.set()
             self.stop.wait()
-            service.notify("STOPPING=1")
+            systemd.notify("STOPPING=1")
             log.info("stopping: sources first, then the job in hand")
         finally:
             if self.listener is not None:
@@ -240,14 +242,14 @@ class Agent:
             decoder.close()
         return 1 if self.failed else 0
 
-    def _warm_up(self, pipeline: Pipeline) -> None:
+    def _warm_up(self, device: Device) -> None:
         """Open every installed model before READY: a first TensorRT build takes minutes, and the
         service must not look ready (or be killed by the watchdog) while it runs."""
-        for name in pipeline.registry.names():
-            service.notify(f"STATUS=loading model {name}")
-            service.notify("EXTEND_TIMEOUT_USEC=1800000000")
+        for name in device.registry.names():
+            systemd.notify(f"STATUS=loading model {name}")
+            systemd.notify("EXTEND_TIMEOUT_USEC=1800000000")
             try:
-                served = pipeline.pool.get(name)
+                served = device.pool.get(name)
                 log.info("model %s %s ready on %s/%s", name, served.version, served.backend, served.precision)
             except EdgeError as error:
                 log.error("model %s cannot be served: %s", name, error.one_line())

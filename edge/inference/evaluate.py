@@ -16,14 +16,14 @@ from typing import Any
 
 import numpy as np
 
-from edge import metrics as m
-from edge import plots
 from edge.config import Settings
 from edge.errors import Code, EdgeError
 from edge.imaging.decode import decode_bytes, read_input
-from edge.postprocess import softmax
-from edge.registry import Registry
-from edge.serving import ModelPool
+from edge.inference import metrics as m
+from edge.inference import plots
+from edge.inference.pool import ModelPool
+from edge.inference.postprocess import softmax
+from edge.inference.registry import Registry
 
 BATCH = 16
 BOOTSTRAP_ROUNDS = 1000

@@ -25,15 +25,14 @@ from rich.console import Console
 from rich.table import Table
 
 from edge.config import Settings
+from edge.device import Device
 from edge.errors import Code, EdgeError
 from edge.imaging.decode import decode_bytes
 from edge.imaging.png import with_text
 from edge.imaging.preprocess import preprocess
-from edge.pipeline import Pipeline
-from edge.registry import ModelEntry, Registry
+from edge.inference.pool import ModelPool, tensor_names
+from edge.inference.registry import ModelEntry, Registry
 from edge.runtime.onnxruntime import OnnxRuntimeRunner
-from edge.serving import ModelPool, tensor_names
-from edge.store import Store
 
 WARMUP = 5
 
@@ -155,20 +154,15 @@ def run_bench(settings: Settings, model_name: str, runs: int) -> dict[str, Any]:
     report["opencv_dnn"]["fp32"] = _opencv_dnn(entry.variant_file(fp32), batch, names.outputs[0], runs)
     with tempfile.TemporaryDirectory(prefix="edge-bench-") as tmp:
         bench_settings = settings.model_copy(update={"data_dir": Path(tmp) / "data"})
-        with Store(bench_settings.data_dir) as store:
-            pool = ModelPool(registry, bench_settings, Path(tmp) / "cache")
-            pipeline = Pipeline(bench_settings, store, registry=registry, pool=pool, actor="bench")
-            try:
-                for variant in variants:
-                    pool.pin(pool.load_variant(entry.name, variant))
-                    for kind, source, make in inputs:
-                        folder = Path(tmp) / "inputs" / variant / kind
-                        blobs = make(source.read_bytes(), runs + WARMUP, variant)
-                        queue = iter(_write_all(folder, blobs, source.suffix))
-                        step = partial(_analyse_next, pipeline, queue, entry.name)
-                        report["full_path"].setdefault(kind, {})[variant] = timed(step, runs)
-            finally:
-                pipeline.close()
+        with Device(bench_settings, actor="bench", registry=registry) as device:
+            for variant in variants:
+                device.pool.pin(device.pool.load_variant(entry.name, variant))
+                for kind, source, make in inputs:
+                    folder = Path(tmp) / "inputs" / variant / kind
+                    blobs = make(source.read_bytes(), runs + WARMUP, variant)
+                    queue = iter(_write_all(folder, blobs, source.suffix))
+                    step = partial(_analyse_next, device, queue, entry.name)
+                    report["full_path"].setdefault(kind, {})[variant] = timed(step, runs)
     report["auto_choice"] = _auto_choice(registry, settings, entry.name)
     report["ratios"] = ratios(report, fp32)
     return report
@@ -184,8 +178,8 @@ def _write_all(folder: Path, blobs: list[bytes], suffix: str) -> list[Path]:
     return paths
 
 
-def _analyse_next(pipeline: Pipeline, queue: Iterator[Path], model: str) -> None:
-    analyses = pipeline.analyse_file(next(queue), model, source="bench")
+def _analyse_next(device: Device, queue: Iterator[Path], model: str) -> None:
+    analyses = device.analyse_file(next(queue), model, source="bench")
     if analyses[0].duplicate:
         raise RuntimeError("bench input was a duplicate: the full path was not measured")
     if not analyses[0].ok:

@@ -12,9 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from edge.errors import Code, EdgeError
-from edge.imaging.decode import DecodedImage
+from edge.imaging.decoded import DecodedImage
 from edge.imaging.quality import QualityMetrics, measure
-from edge.registry import Manifest
+from edge.inference.registry import Manifest
 
 LATERAL_VIEWS = {"LL", "RL", "LATERAL", "LAT", "LLD", "RLD"}
 

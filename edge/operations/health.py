@@ -8,7 +8,6 @@ works, and says so, when no agent is running.
 from __future__ import annotations
 
 import json
-import os
 import platform
 import sys
 import time
@@ -17,7 +16,8 @@ from typing import Any
 
 from edge import __version__
 from edge.config import Settings
-from edge.housekeeping import disk_state
+from edge.operations.housekeeping import disk_state
+from edge.processes import process_alive
 from edge.store import Store
 from edge.sync.client import sync_status
 
@@ -36,22 +36,12 @@ def read_agent(settings: Settings) -> dict[str, Any]:
     except (OSError, ValueError):
         return {"running": False, "reason": "no agent has run with this data directory"}
     pid = int(report.get("pid", 0))
-    alive = pid > 0 and _alive(pid)
+    alive = pid > 0 and process_alive(pid)
     fresh = time.time() - float(report.get("updated_epoch", 0)) < STALE_AFTER_S
     report["running"] = alive and fresh
     if not report["running"]:
         report["reason"] = "the agent is not running" if not alive else "the agent stopped reporting"
     return report
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def versions() -> dict[str, str]:

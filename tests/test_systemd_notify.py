@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from edge import service
-from edge.agent import Agent
+from edge import systemd
 from edge.config import Settings
+from edge.operations.agent import Agent
 from edge.pipeline import Pipeline
 
 
@@ -37,21 +37,21 @@ def received(sock: socket.socket) -> list[str]:
 
 
 def test_notify_sends_a_datagram(notify_socket: socket.socket) -> None:
-    assert service.notify("READY=1")
+    assert systemd.notify("READY=1")
     assert received(notify_socket) == ["READY=1"]
 
 
 def test_notify_is_quiet_outside_systemd(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
-    assert service.notify("READY=1") is False
+    assert systemd.notify("READY=1") is False
 
 
 def test_watchdog_interval_follows_systemd(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WATCHDOG_USEC", "20000000")
     monkeypatch.delenv("WATCHDOG_PID", raising=False)
-    assert service.watchdog_interval() == 10.0
+    assert systemd.watchdog_interval() == 10.0
     monkeypatch.setenv("WATCHDOG_PID", "1")  # meant for another process
-    assert service.watchdog_interval() is None
+    assert systemd.watchdog_interval() is None
 
 
 def test_a_wedged_worker_stops_the_pets(

@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from edge.metrics import roc_auc
-from edge.postprocess import softmax
+from edge.inference.metrics import roc_auc
+from edge.inference.postprocess import softmax
 
 MAX_AUC_DELTA = 0.005
 MIN_AGREEMENT = 0.99

@@ -7,7 +7,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from edge.registry import ModelEntry
+from edge.inference.registry import ModelEntry
 
 
 def print_model(console: Console, entry: ModelEntry, checks: dict[str, str]) -> None:

@@ -10,10 +10,10 @@ from rich.console import Console
 from rich.table import Table
 
 from edge.config import Settings
+from edge.device import Device
 from edge.errors import EdgeError
-from edge.pipeline import Analysis, Pipeline
-from edge.registry import Registry
-from edge.store import Store
+from edge.inference.registry import Registry
+from edge.results import Analysis
 
 
 def demo_inputs(settings: Settings) -> list[tuple[Path, str]]:
@@ -39,15 +39,12 @@ def run_demo(settings: Settings, *, fresh: bool = False, explicit_data_dir: bool
     )
     started = time.perf_counter()
     rows: list[tuple[Path, str, Analysis]] = []
-    with Store(settings.data_dir, busy_timeout_ms=settings.store.busy_timeout_ms) as store:
-        pipeline = Pipeline(settings, store, actor="demo")
-        try:
-            for path, truth in inputs:
-                for analysis in pipeline.analyse_file(path, source="demo"):
-                    rows.append((path, truth, analysis))
-        finally:
-            pipeline.close()
-        counts = store.counts()
+    with Device(settings, actor="demo") as device:
+        for path, truth in inputs:
+            for analysis in device.analyse_file(path, source="demo"):
+                rows.append((path, truth, analysis))
+        counts = device.store.counts()
+        db_path = device.store.db_path
     elapsed = time.perf_counter() - started
     console.print(_table(rows))
     scored = [(truth, a) for _, truth, a in rows if a.ok and a.result]
@@ -58,7 +55,7 @@ def run_demo(settings: Settings, *, fresh: bool = False, explicit_data_dir: bool
         f"{agree} of {len(scored)} (samples, not a validation: see `edge models show`). "
         f"{elapsed:.1f} s in all."
     )
-    console.print(f"database: [bold]{store.db_path}[/] ({counts['results']} results stored)")
+    console.print(f"database: [bold]{db_path}[/] ({counts['results']} results stored)")
     console.print(f"images:   {settings.data_dir / 'images'}")
     sample = inputs[0][0] if inputs else "IMAGE"
     console.print(f"next:     edge infer {sample} --json    |    edge models show {settings.models.default}")

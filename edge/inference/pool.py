@@ -24,8 +24,8 @@ from edge import runtime
 from edge.config import Settings
 from edge.errors import Code, EdgeError
 from edge.imaging.preprocess import PreprocessSpec, preprocess_batch
-from edge.postprocess import Finding, decide
-from edge.registry import ModelEntry, Registry, Variant
+from edge.inference.postprocess import Finding, decide
+from edge.inference.registry import ModelEntry, Registry, Variant
 from edge.runtime.base import Runner, TensorNames
 from edge.runtime.onnxruntime import OnnxRuntimeRunner
 
@@ -213,7 +213,7 @@ class ModelPool:
         return ServedModel(entry, chosen, runner, entry.manifest.variants[chosen].sha256)
 
     def _load_tensorrt(self, entry: ModelEntry) -> ServedModel:
-        from edge.runtime.engine_manager import EngineManager
+        from edge.inference.engine_manager import EngineManager
 
         manager = self.engine_manager or EngineManager(self.settings)
         runner, attempt = manager.serve(entry, tensor_names(entry))

@@ -23,11 +23,11 @@ from edge.config import Settings
 from edge.errors import Code, EdgeError
 from edge.imaging.decode import decode_bytes
 from edge.imaging.preprocess import preprocess_batch
-from edge.parity import ParityReport, compare
-from edge.registry import ModelEntry
+from edge.inference.engine_cache import Attempt, EngineCache, EngineKey, build_plan
+from edge.inference.parity import ParityReport, compare
+from edge.inference.registry import ModelEntry
 from edge.runtime.base import Runner, TensorNames
 from edge.runtime.device_memory import GpuInfo
-from edge.runtime.engines import Attempt, EngineCache, EngineKey, build_plan
 from edge.runtime.onnxruntime import OnnxRuntimeRunner
 from edge.store.files import write_atomically
 
@@ -226,6 +226,6 @@ class EngineManager:
 
 
 def _now() -> str:
-    from edge.store.records import utc_now
+    from edge.clock import utc_now
 
     return utc_now()

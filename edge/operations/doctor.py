@@ -19,10 +19,10 @@ from datetime import datetime, timezone
 
 from sqlite_utils import Database
 
-from edge import health, housekeeping
 from edge.config import Settings
 from edge.errors import EdgeError
-from edge.registry import Registry
+from edge.inference.registry import Registry
+from edge.operations import health, housekeeping
 from edge.store import Store, schema
 
 LEVELS = {"pass": 0, "warn": 1, "fail": 2}
@@ -144,7 +144,7 @@ def _models(settings: Settings) -> list[Check]:
 
 
 def _engines(settings: Settings) -> list[Check]:
-    from edge.runtime.engines import EngineCache
+    from edge.inference.engine_cache import EngineCache
 
     records = EngineCache(settings.data_dir / "engines").records()
     if not records:

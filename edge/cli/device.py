@@ -25,7 +25,7 @@ from edge.cli.base import Context, cli, pass_context
 @pass_context
 def run(obj: Context, dicom: bool | None, port: int | None, watch: bool | None, inbox: Path | None) -> None:
     """Run the agent: ingest sources and the worker, until SIGTERM or Ctrl-C."""
-    from edge.agent import Agent
+    from edge.operations.agent import Agent
 
     settings = obj.settings
     dicom_update: dict[str, Any] = {} if dicom is None else {"enabled": dicom}
@@ -51,7 +51,7 @@ def run(obj: Context, dicom: bool | None, port: int | None, watch: bool | None, 
 def doctor(obj: Context, as_json: bool) -> None:
     """Check this device: packages, backends and GPU, models, engines, database, disk, clock,
     listener, agent. One pass/warn/fail line each; exit status 0, 1 or 2 for the worst."""
-    from edge.doctor import run_checks, worst
+    from edge.operations.doctor import run_checks, worst
 
     checks = run_checks(obj.settings)
     if as_json:
@@ -71,7 +71,7 @@ def doctor(obj: Context, as_json: bool) -> None:
 @pass_context
 def status(obj: Context, as_json: bool) -> None:
     """Health snapshot: agent, queue depth, last result, errors, disk, versions."""
-    from edge.health import snapshot, status_line
+    from edge.operations.health import snapshot, status_line
 
     snap = snapshot(obj.settings)
     if as_json:
