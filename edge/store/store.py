@@ -24,9 +24,9 @@ from edge.errors import Code, EdgeError
 from edge.ids import uuid7
 from edge.store import schema
 from edge.store.files import DIR_MODE, remove_quietly, write_atomically
+from edge.store.outbox import OutboxAndReviews
 from edge.store.reads import Reads
 from edge.store.records import IngestOutcome, Job, NewImage, ResultRecord
-from edge.store.sync_records import SyncRecords
 from edge.store.technician import TechnicianActions
 from edge.study import StudyInfo
 
@@ -65,7 +65,7 @@ def _migrate(db: Database, busy_timeout_ms: int) -> None:
             time.sleep(0.05)
 
 
-class Store(Reads, TechnicianActions, SyncRecords):
+class Store(Reads, TechnicianActions, OutboxAndReviews):
     """Repository over the device database and the image files beside it."""
 
     def __init__(self, data_dir: Path, *, busy_timeout_ms: int = 10_000, migrate: bool = True) -> None:

@@ -14,7 +14,7 @@ from sqlite_utils import Database
 from edge.clock import utc_now
 
 
-class SyncRecords:
+class OutboxAndReviews:
     db: Database
     data_dir: Path
 
