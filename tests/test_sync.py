@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from edge.config import Settings, load_settings
-from edge.hub import service
+from edge.hub import devices, releases, reviews
 from edge.pipeline import Pipeline
 from edge.store import Store
 from edge.sync import protocol
@@ -56,7 +56,7 @@ def samples(count: int) -> list[Path]:
 
 
 def test_enrolment_is_one_time(hub: Hub, device: Settings) -> None:
-    code = service.create_enroll_code(hub.engine)
+    code = devices.create_enroll_code(hub.engine)
     from edge.sync.client import enroll
 
     credential = enroll(device, "http://testserver", code, "clinic-1", hub.client)
@@ -96,7 +96,7 @@ def test_results_arrive_once_then_files_then_reviews_come_back(hub: Hub, device:
         assert client.push_results() == 4
         with hub.engine.connect() as conn:
             assert conn.execute(select(func.count()).select_from(db.records)).scalar() == 4
-        service.add_review(
+        reviews.add_review(
             hub.engine,
             result_ids[0],
             "disagree",
@@ -308,7 +308,7 @@ def test_security_refusals(hub: Hub, tmp_path: Path) -> None:
     )
     assert bomb_reply.status_code == 400
     # Another device's data does not exist for you.
-    service.add_review(hub.engine, "01a22600-0000-7000-8000-000000000001", "agree")
+    reviews.add_review(hub.engine, "01a22600-0000-7000-8000-000000000001", "agree")
     other = hub.client.get(
         "/v1/reviews?cursor=0", headers=signed_headers(second, "GET", "/v1/reviews?cursor=0", b"")
     )
@@ -334,6 +334,30 @@ def test_security_refusals(hub: Hub, tmp_path: Path) -> None:
         path, content=b"abc", headers=signed_headers(second, "PATCH", path, b"abc", **{"Upload-Offset": "0"})
     )
     assert theft.status_code == 404
+
+
+def test_every_refusal_is_a_wire_code_in_json(hub: Hub, device: Settings) -> None:
+    """The hub's own refusals and the framework's (unknown path, wrong method, malformed query)
+    all answer `protocol.Refusal`; the client reads the code from it, never from the text."""
+    answers = {
+        "no credential": hub.client.post("/v1/batches", content=batch_body()),
+        "unknown path": hub.client.get("/v1/nothing-here"),
+        "wrong method": hub.client.put("/v1/batches", content=b"{}"),
+        "malformed query": hub.client.get("/v1/reviews?cursor=not-a-number"),
+    }
+    codes = {name: protocol.read_refusal(r.content) for name, r in answers.items()}
+    assert {name: (answers[name].status_code, c.code if c else None) for name, c in codes.items()} == {
+        "no credential": (401, protocol.WireCode.NO_CREDENTIAL),
+        "unknown path": (404, protocol.WireCode.NOT_FOUND),
+        "wrong method": (405, protocol.WireCode.METHOD_NOT_ALLOWED),
+        "malformed query": (422, protocol.WireCode.BAD_REQUEST),
+    }
+    with Store(device.data_dir) as store:
+        client = hub.sync_client(device, store, hub.enroll(device))
+        client.credential.secret = "wrong"
+        with pytest.raises(HubRefused) as refused:
+            client.pull_reviews()
+    assert (refused.value.status, refused.value.code) == (401, protocol.WireCode.BAD_CREDENTIAL)
 
 
 def test_rate_limit(tmp_path: Path) -> None:
@@ -363,7 +387,7 @@ def publish(hub: Hub, folder: Path, key: Any, out: Path) -> None:
     from tools.publish_model import sign_release
 
     release = sign_release(folder, key, out)
-    service.publish_release(hub.engine, hub.settings.hub_dir / "files", release, out)
+    releases.publish_release(hub.engine, hub.settings.hub_dir / "files", release, out)
 
 
 def test_signed_model_update_installs_and_bad_ones_do_not(hub: Hub, tmp_path: Path) -> None:

@@ -33,13 +33,26 @@ from edge.store import Store
 from edge.store.files import write_atomically
 from edge.sync import protocol
 from edge.sync.deid import Deidentifier
+from edge.sync.protocol import WireCode
 
 log = logging.getLogger(__name__)
 THUMBNAIL_SIDE = 256
 
 
 class HubRefused(Exception):
-    """The hub answered with a refusal that retrying will not fix (4xx)."""
+    """The hub answered with a refusal that retrying will not fix (4xx): its status, its wire
+    code (None when the body was not the hub's refusal, e.g. a proxy's page) and its sentence."""
+
+    def __init__(self, status: int, code: WireCode | None, message: str) -> None:
+        super().__init__(f"{status} {code.value}: {message}" if code else f"{status} {message}")
+        self.status, self.code, self.message = status, code, message
+
+    @classmethod
+    def from_response(cls, response: httpx.Response) -> HubRefused:
+        refusal = protocol.read_refusal(response.content)
+        if refusal is None:
+            return cls(response.status_code, None, response.text[:300])
+        return cls(response.status_code, refusal.code, refusal.message[:300])
 
 
 class HubUnavailable(Exception):
@@ -79,7 +92,7 @@ def enroll(settings: Settings, hub_url: str, code: str, device_name: str, http: 
         hub_url.rstrip("/") + "/v1/enroll", content=body, headers={"Content-Type": "application/json"}
     )
     if response.status_code != 200:
-        raise EdgeError(Code.CONFIG_INVALID, f"enrolment refused: {response.text[:200]}")
+        raise EdgeError(Code.CONFIG_INVALID, f"enrolment refused: {HubRefused.from_response(response)}")
     reply = protocol.EnrollResponse.model_validate_json(response.content)
     credential = Credential(hub_url.rstrip("/"), reply.device_id, reply.secret, reply.hub_time - time.time())
     credential.save(settings)
@@ -134,11 +147,12 @@ class SyncClient:
         self.on_progress()
         if response.status_code == 429 or response.status_code >= 500:
             raise HubUnavailable(f"hub answered {response.status_code}")
-        if response.status_code == 401 and "STALE_REQUEST" in response.text:
-            self._resync_clock()
-            raise HubUnavailable("clock skew: resynchronised with the hub")
         if response.status_code >= 400:
-            raise HubRefused(f"{response.status_code} {response.text[:300]}")
+            refused = HubRefused.from_response(response)
+            if refused.code is WireCode.STALE_REQUEST:
+                self._resync_clock()
+                raise HubUnavailable("clock skew: resynchronised with the hub")
+            raise refused
         return response
 
     def _resync_clock(self) -> None:
@@ -294,7 +308,7 @@ class SyncClient:
                     {"Upload-Offset": str(offset), "Content-Type": "application/offset+octet-stream"},
                 )
             except HubRefused as exc:
-                if "WRONG_OFFSET" not in str(exc):
+                if exc.code is not WireCode.WRONG_OFFSET:
                     raise
                 head = self._send("HEAD", f"/v1/uploads/{state.upload_id}")  # resume where the hub is
                 offset = int(head.headers["Upload-Offset"])
