@@ -23,6 +23,7 @@ from edge.hub import db, devices
 from edge.hub.app import create_app
 from edge.store import Store
 from edge.sync.client import Credential, SyncClient, enroll
+from edge.sync.runner import exchange
 
 # Debian installs the server binaries per major version (15 on bookworm, 17 on trixie).
 _PG_BINS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name))
@@ -151,7 +152,7 @@ def device_results(
         for analysis in analyses[:urgent]:
             assert analysis.study_id is not None
             store.set_urgent(analysis.study_id, True, "technician")
-        SyncClient(settings, store, http, credential).run_round()
+        exchange(SyncClient(settings, store, http, credential))
     return [str(analysis.result["id"]) for analysis in analyses if analysis.result]
 
 

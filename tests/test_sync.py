@@ -20,7 +20,8 @@ from edge.hub import devices, releases, reviews
 from edge.pipeline import Pipeline
 from edge.store import Store
 from edge.sync import protocol
-from edge.sync.client import Credential, HubRefused, SyncClient, sync_status
+from edge.sync.client import Credential, HubRefused, SyncClient
+from edge.sync.runner import exchange, sync_status
 from tests.conftest import DEFAULT_MODEL, MODELS
 from tests.hubfixtures import Hub, postgres_url, reset  # noqa: F401 - postgres_url is a fixture
 from tools import dicomgen
@@ -74,7 +75,7 @@ def test_results_arrive_once_then_files_then_reviews_come_back(hub: Hub, device:
     with Store(device.data_dir) as store:
         result_ids = analysed(device, store, samples(4))
         client = hub.sync_client(device, store, hub.enroll(device))
-        counts = client.run_round()
+        counts = exchange(client)
         assert counts["results"] == 4
         assert counts["files"] == 8  # a thumbnail and a heatmap each
         assert store.pending_counts() == {}
@@ -228,7 +229,7 @@ def test_nothing_identifying_leaves_the_device(hub: Hub, tmp_path: Path) -> None
         credential = hub.enroll(device)
         recording = httpx.Client(transport=Recording(hub.client._transport), base_url="http://testserver")
         client = SyncClient(device, store, recording, credential)
-        counts = client.run_round()
+        counts = exchange(client)
         assert counts["results"] == 1
         assert counts["files"] == 3
     everything = b"\n".join(sent)
@@ -406,7 +407,7 @@ def test_signed_model_update_installs_and_bad_ones_do_not(hub: Hub, tmp_path: Pa
     with Store(device.data_dir) as store:
         client = hub.sync_client(device, store, hub.enroll(device))
         from edge.registry import Registry
-        from edge.sync.models import pull_models
+        from edge.sync.releases import pull_models
 
         assert pull_models(client) == 1
         assert Registry(models).get("tiny").manifest.version == "0.0.2"
@@ -428,7 +429,7 @@ def test_a_release_this_device_cannot_install_is_refused_once_and_the_rest_still
     know, as from a newer release tool) is recorded and not downloaded again every round; the
     other releases in the same pull still install, and sync status names the refusal."""
     from edge.registry import Registry
-    from edge.sync import models as model_sync
+    from edge.sync import releases as model_sync
     from tests.tinymodel import make_model_dir
     from tools.publish_model import keygen, load_key
 
@@ -475,7 +476,7 @@ def test_a_release_this_device_cannot_install_is_refused_once_and_the_rest_still
 def test_a_model_that_fails_its_self_test_is_rolled_back(tmp_path: Path) -> None:
     from edge.errors import EdgeError
     from edge.registry import Registry
-    from edge.sync.models import install
+    from edge.sync.releases import install
     from tests.tinymodel import make_model_dir
 
     models = tmp_path / "models"
@@ -524,7 +525,7 @@ def test_a_result_gone_from_the_device_does_not_wedge_the_queue(hub: Hub, device
         store.db.execute("UPDATE outbox SET acked_at = NULL WHERE kind = 'result'")
         store.db.execute("DELETE FROM results WHERE id = ?", [gone])
         store.db.conn.commit()
-        counts = client.run_round()
+        counts = exchange(client)
         assert counts["results"] == 2
         assert store.pending_counts() == {}
         notes = [
@@ -550,7 +551,7 @@ def test_doctor_says_what_the_link_is_doing(hub: Hub, device: Settings) -> None:
     with Store(device.data_dir) as store:
         analysed(device, store, samples(1))
         client = hub.sync_client(device, store, hub.enroll(device))
-        client.run_round()
+        exchange(client)
         found = lines()
         assert found["hub"][0] == "pass"
         assert "up to date" in found["hub"][1]

@@ -64,7 +64,7 @@ def sync_now(obj: Context) -> None:
     from edge.store import Store
     from edge.sync import request_sync_now
     from edge.sync.client import Credential, SyncClient
-    from edge.sync.runner import run_round
+    from edge.sync.runner import run_round, sync_status
 
     if request_sync_now(obj.settings):
         click.echo("asked the running sync agent to sync now")
@@ -75,8 +75,6 @@ def sync_now(obj: Context) -> None:
         sys.exit(EXIT_USAGE)
     with Store(obj.settings.data_dir) as store, httpx.Client(timeout=obj.settings.sync.timeout_s) as http:
         ok = run_round(SyncClient(obj.settings, store, http, credential))
-        from edge.sync.client import sync_status
-
         click.echo(json.dumps(sync_status(obj.settings, store), indent=2))
     sys.exit(0 if ok else EXIT_REFUSED)
 
@@ -87,7 +85,7 @@ def sync_now(obj: Context) -> None:
 def sync_status_command(obj: Context, as_json: bool) -> None:
     """Offline / syncing / failed / up to date, pending counts, last success, last error."""
     from edge.store import Store
-    from edge.sync.client import sync_status
+    from edge.sync.runner import sync_status
 
     with Store(obj.settings.data_dir) as store:
         status = sync_status(obj.settings, store)

@@ -1,11 +1,13 @@
-"""The device's sync agent: outbox -> de-identify -> hub, at least once; reviews and models back.
+"""The device's client of the hub: enrolment, signed requests, and each exchange of a round.
 
-One round: (1) results, in batches of `batch_records`, oldest sequence first, gzip-compressed,
-signed; what the hub stored or already had is acknowledged locally, never deleted; (2) then
-files, in CHUNK_BYTES pieces that resume from the hub's offset after a cut: thumbnails and
-heatmaps, and full images only if `[sync] images = "full"`, under a bandwidth cap; (3) reviews
-by cursor, applied with the cursor in one transaction; (4) model releases (edge.sync.models).
-The HTTP client is injected (tests drive the real hub app through it).
+(1) results, in batches of `batch_records`, oldest sequence first, gzip-compressed, signed;
+what the hub stored or already had is acknowledged locally, never deleted; (2) then files, in
+CHUNK_BYTES pieces that resume from the hub's offset after a cut: thumbnails and heatmaps, and
+full images only if `[sync] images = "full"`, under a bandwidth cap; (3) reviews by cursor,
+applied with the cursor in one transaction; (4) the release list and release files, for
+`edge.sync.releases`. `edge.sync.runner` runs them in that order. A refusal is read by its
+`protocol.WireCode` from the hub's JSON body. The HTTP client is injected (tests drive the real
+hub app through it).
 """
 
 from __future__ import annotations
@@ -334,44 +336,16 @@ class SyncClient:
                 return added
             added += self.store.apply_reviews([r.model_dump() for r in page.reviews], page.cursor)
 
-    # ------------------------------------------------------------------ a round
+    # ------------------------------------------------------------------ model releases
 
-    def run_round(self) -> dict[str, int]:
-        """Everything that is pending, in order; raises HubUnavailable/HubRefused on failure."""
-        counts = {"results": self.push_results()}
-        self.queue_uploads()
-        counts["files"] = self.push_files()
-        counts["reviews"] = self.pull_reviews()
-        if self.settings.sync.public_key:
-            from edge.sync.models import pull_models
+    def releases(self) -> list[protocol.ModelRelease]:
+        """The signed releases the hub offers this device's programme (not yet verified)."""
+        return [protocol.ModelRelease(**r) for r in self._send("GET", "/v1/models").json()]
 
-            counts["models"] = pull_models(self)
-        return counts
-
-
-def sync_status(settings: Settings, store: Store) -> dict[str, Any]:
-    """For `edge sync status`, the health snapshot and the TUI: offline / syncing / failed / up to date."""
-    credential = Credential.load(settings)
-    state = store.sync_state()
-    pending = store.pending_counts()
-    if credential is None:
-        summary = "not configured"
-    elif state.get("last_error") and (state.get("last_error_at") or "") > (state.get("last_success") or ""):
-        summary = "offline" if state.get("last_error_kind") == "unavailable" else "failed"
-    elif state.get("running"):
-        summary = "syncing"
-    else:
-        summary = "up to date" if not pending.get("result") else "syncing"
-    return {
-        "state": summary,
-        "hub": credential.hub_url if credential else None,
-        "last_success": state.get("last_success"),
-        "last_error": state.get("last_error"),
-        "last_error_at": state.get("last_error_at"),
-        "pending": {
-            "results": pending.get("result", 0),
-            "files": sum(v for k, v in pending.items() if k in ("thumbnail", "heatmap", "image")),
-        },
-        "review_cursor": state.get("review_cursor", 0),
-        "models_refused": state.get("models_refused", {}),
-    }
+    def release_file(self, release: protocol.ModelRelease, file: str, offset: int = 0) -> httpx.Response:
+        """One file of a release, from byte `offset` on (206) when the hub honours the Range."""
+        return self._send(
+            "GET",
+            f"/v1/models/{release.name}/{release.version}/{file}",
+            headers={"Range": f"bytes={offset}-"} if offset else {},
+        )
