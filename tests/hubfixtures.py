@@ -19,10 +19,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from edge.config import Settings
-from edge.hub import db, service
+from edge.hub import db, devices
 from edge.hub.app import create_app
 from edge.store import Store
 from edge.sync.client import Credential, SyncClient, enroll
+from edge.sync.runner import exchange
 
 # Debian installs the server binaries per major version (15 on bookworm, 17 on trixie).
 _PG_BINS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name))
@@ -108,7 +109,7 @@ class Hub:
         self.client = TestClient(self.app, base_url="http://testserver")
 
     def enroll(self, device_settings: Settings, name: str = "device") -> Credential:
-        code = service.create_enroll_code(self.engine)
+        code = devices.create_enroll_code(self.engine)
         return enroll(device_settings, "http://testserver", code, name, self.client)
 
     def sync_client(self, device_settings: Settings, store: Store, credential: Credential) -> SyncClient:
@@ -133,7 +134,7 @@ REVIEW_PASSWORD = "correct horse battery staple"
 
 def enroll_in(hub: Hub, device_settings: Settings, programme: str, name: str) -> Credential:
     """Enrol a device into a programme (what an administrator's code for that programme does)."""
-    code = service.create_enroll_code(hub.engine, programme)
+    code = devices.create_enroll_code(hub.engine, programme)
     return enroll(device_settings, "http://testserver", code, name, hub.client)
 
 
@@ -151,7 +152,7 @@ def device_results(
         for analysis in analyses[:urgent]:
             assert analysis.study_id is not None
             store.set_urgent(analysis.study_id, True, "technician")
-        SyncClient(settings, store, http, credential).run_round()
+        exchange(SyncClient(settings, store, http, credential))
     return [str(analysis.result["id"]) for analysis in analyses if analysis.result]
 
 

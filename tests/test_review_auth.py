@@ -15,7 +15,7 @@ from sqlalchemy import select, update
 
 from edge.cli import cli
 from edge.config import load_settings
-from edge.hub import accounts, db, web, web_admin, web_review
+from edge.hub import accounts, db, routes_account, routes_admin, routes_review
 from edge.hub.limits import RateLimiter
 from tests.hubfixtures import (  # noqa: F401 - postgres_url and world are fixtures
     HTML,
@@ -40,7 +40,7 @@ def routes(world: World) -> list[tuple[str, str]]:
         "name": "review.css",
     }
     out = []
-    for route in [*web.router.routes, *web_review.router.routes, *web_admin.router.routes]:
+    for route in [*routes_account.router.routes, *routes_review.router.routes, *routes_admin.router.routes]:
         if isinstance(route, APIRoute):
             path = "/review" + re.sub(r"\{(\w+)\}", lambda m: values[m.group(1)], route.path)
             out += [(method, path) for method in sorted(route.methods)]

@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from edge.config import load_settings
-from edge.hub import accounts, db, service
+from edge.hub import accounts, db, devices, reviews
 from edge.hub.app import create_app
 from edge.store import Store
 from edge.sync.client import SyncClient, enroll
@@ -131,7 +131,7 @@ def world(database: str, tmp_path: Path) -> Iterator[dict[str, Any]]:
             sync={"images": "full"},
         )
         xray_credential = enroll(
-            xray, live.url, service.create_enroll_code(engine, "north"), "xray-room-1", http
+            xray, live.url, devices.create_enroll_code(engine, "north"), "xray-room-1", http
         )
         # demo-07 first (pneumonia on the model's validation labels): the urgent one read below.
         xray_inputs = [demo[2], demo[0], demo[3], *samples[10:12], *samples[:2]]
@@ -143,10 +143,10 @@ def world(database: str, tmp_path: Path) -> Iterator[dict[str, Any]]:
             sync={"images": "thumbnails"},
         )
         laptop_credential = enroll(
-            laptop, live.url, service.create_enroll_code(engine, "north"), "clinic-laptop", http
+            laptop, live.url, devices.create_enroll_code(engine, "north"), "clinic-laptop", http
         )
         others = device_results(laptop, http, laptop_credential, [*samples[2:5], *samples[12:14]])
-        service.add_review(engine, others[-1], "agree", finding="normal", reviewer="dr-okafor")
+        reviews.add_review(engine, others[-1], "agree", finding="normal", reviewer="dr-okafor")
         accounts.create_user(engine, "dr-mbeki", REVIEW_PASSWORD, "specialist", ("north",))
         yield {
             "live": live,

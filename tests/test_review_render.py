@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.hub import render, views
+from edge.hub import presenters, render
 from edge.hub.render import Renditions, snap_width, split_overlay
 from edge.hub.worklist import Study
 from edge.imaging.explain import overlay
@@ -166,7 +166,7 @@ def test_the_page_shows_named_fields_only() -> None:
         },
         "surprise": {"InstitutionName": "Saint Qwerty"},
     }
-    view = views.study_view(_study(payload))
+    view = presenters.study_view(_study(payload))
     text = repr(view)
     assert "Zxqwerty" not in text
     assert "Qwerty" not in text
@@ -175,32 +175,32 @@ def test_the_page_shows_named_fields_only() -> None:
     assert view["urgent"]
     assert view["window_level"]
     assert ("age", "4 y") in view["patient_rows"]
-    assert views.age(0.5) == "6 mo"
-    assert views.age(None) == "age ?"
-    assert views.patient(4.0, "F") == "4 y · female"
-    assert views.patient(None, None) == "-"
-    assert views.patient(None, "M") == "male"
+    assert presenters.age(0.5) == "6 mo"
+    assert presenters.age(None) == "age ?"
+    assert presenters.patient(4.0, "F") == "4 y · female"
+    assert presenters.patient(None, None) == "-"
+    assert presenters.patient(None, "M") == "male"
     assert ("sharpness", "120") in view["quality_rows"]
-    assert views.study_view(_study({"study": {"modality": "US"}}))["window_level"] is False
-    broken = views.study_view(_study({"result": "not a dict", "study": ["nor this"]}))  # a bad payload
+    assert presenters.study_view(_study({"study": {"modality": "US"}}))["window_level"] is False
+    broken = presenters.study_view(_study({"result": "not a dict", "study": ["nor this"]}))  # a bad payload
     assert broken["finding"] == "-"
 
 
 def test_the_finding_follows_the_verdict_when_left_empty() -> None:
     labels = ["normal", "pneumonia"]
-    assert views.default_finding("agree", "pneumonia", labels) == "pneumonia"
-    assert views.default_finding("disagree", "pneumonia", labels) == "normal"
-    assert views.default_finding("disagree", "benign", ["benign", "malignant", "normal"]) is None
-    assert views.default_finding("uncertain", "pneumonia", labels) is None
+    assert presenters.default_finding("agree", "pneumonia", labels) == "pneumonia"
+    assert presenters.default_finding("disagree", "pneumonia", labels) == "normal"
+    assert presenters.default_finding("disagree", "benign", ["benign", "malignant", "normal"]) is None
+    assert presenters.default_finding("uncertain", "pneumonia", labels) is None
 
 
 def test_a_clip_is_drawn_as_a_sparkline() -> None:
-    line = views.sparkline([[0.0, 0.1], [0.5, 0.9], [1.0, 0.4]], 0.5, width=100, height=50)
+    line = presenters.sparkline([[0.0, 0.1], [0.5, 0.9], [1.0, 0.4]], 0.5, width=100, height=50)
     assert line is not None
     assert line["points"].split()[0] == "1.0,43.4"  # 50 - 2 - 0.1 * 46
     assert line["threshold_y"] == 25.0
-    assert views.sparkline([[0.0, 0.1]], 0.5) is None
-    assert views.sparkline("nonsense", 0.5) is None
+    assert presenters.sparkline([[0.0, 0.1]], 0.5) is None
+    assert presenters.sparkline("nonsense", 0.5) is None
 
 
 def test_a_full_size_radiograph_travels_in_a_second_at_1_mbit(tmp_path: Path) -> None:

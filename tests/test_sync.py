@@ -16,11 +16,12 @@ import httpx
 import pytest
 
 from edge.config import Settings, load_settings
-from edge.hub import service
+from edge.hub import devices, releases, reviews
 from edge.pipeline import Pipeline
 from edge.store import Store
 from edge.sync import protocol
-from edge.sync.client import Credential, HubRefused, SyncClient, sync_status
+from edge.sync.client import Credential, HubRefused, SyncClient
+from edge.sync.runner import exchange, sync_status
 from tests.conftest import DEFAULT_MODEL, MODELS
 from tests.hubfixtures import Hub, postgres_url, reset  # noqa: F401 - postgres_url is a fixture
 from tools import dicomgen
@@ -56,7 +57,7 @@ def samples(count: int) -> list[Path]:
 
 
 def test_enrolment_is_one_time(hub: Hub, device: Settings) -> None:
-    code = service.create_enroll_code(hub.engine)
+    code = devices.create_enroll_code(hub.engine)
     from edge.sync.client import enroll
 
     credential = enroll(device, "http://testserver", code, "clinic-1", hub.client)
@@ -74,7 +75,7 @@ def test_results_arrive_once_then_files_then_reviews_come_back(hub: Hub, device:
     with Store(device.data_dir) as store:
         result_ids = analysed(device, store, samples(4))
         client = hub.sync_client(device, store, hub.enroll(device))
-        counts = client.run_round()
+        counts = exchange(client)
         assert counts["results"] == 4
         assert counts["files"] == 8  # a thumbnail and a heatmap each
         assert store.pending_counts() == {}
@@ -96,7 +97,7 @@ def test_results_arrive_once_then_files_then_reviews_come_back(hub: Hub, device:
         assert client.push_results() == 4
         with hub.engine.connect() as conn:
             assert conn.execute(select(func.count()).select_from(db.records)).scalar() == 4
-        service.add_review(
+        reviews.add_review(
             hub.engine,
             result_ids[0],
             "disagree",
@@ -228,7 +229,7 @@ def test_nothing_identifying_leaves_the_device(hub: Hub, tmp_path: Path) -> None
         credential = hub.enroll(device)
         recording = httpx.Client(transport=Recording(hub.client._transport), base_url="http://testserver")
         client = SyncClient(device, store, recording, credential)
-        counts = client.run_round()
+        counts = exchange(client)
         assert counts["results"] == 1
         assert counts["files"] == 3
     everything = b"\n".join(sent)
@@ -308,7 +309,7 @@ def test_security_refusals(hub: Hub, tmp_path: Path) -> None:
     )
     assert bomb_reply.status_code == 400
     # Another device's data does not exist for you.
-    service.add_review(hub.engine, "01a22600-0000-7000-8000-000000000001", "agree")
+    reviews.add_review(hub.engine, "01a22600-0000-7000-8000-000000000001", "agree")
     other = hub.client.get(
         "/v1/reviews?cursor=0", headers=signed_headers(second, "GET", "/v1/reviews?cursor=0", b"")
     )
@@ -334,6 +335,30 @@ def test_security_refusals(hub: Hub, tmp_path: Path) -> None:
         path, content=b"abc", headers=signed_headers(second, "PATCH", path, b"abc", **{"Upload-Offset": "0"})
     )
     assert theft.status_code == 404
+
+
+def test_every_refusal_is_a_wire_code_in_json(hub: Hub, device: Settings) -> None:
+    """The hub's own refusals and the framework's (unknown path, wrong method, malformed query)
+    all answer `protocol.Refusal`; the client reads the code from it, never from the text."""
+    answers = {
+        "no credential": hub.client.post("/v1/batches", content=batch_body()),
+        "unknown path": hub.client.get("/v1/nothing-here"),
+        "wrong method": hub.client.put("/v1/batches", content=b"{}"),
+        "malformed query": hub.client.get("/v1/reviews?cursor=not-a-number"),
+    }
+    codes = {name: protocol.read_refusal(r.content) for name, r in answers.items()}
+    assert {name: (answers[name].status_code, c.code if c else None) for name, c in codes.items()} == {
+        "no credential": (401, protocol.WireCode.NO_CREDENTIAL),
+        "unknown path": (404, protocol.WireCode.NOT_FOUND),
+        "wrong method": (405, protocol.WireCode.METHOD_NOT_ALLOWED),
+        "malformed query": (422, protocol.WireCode.BAD_REQUEST),
+    }
+    with Store(device.data_dir) as store:
+        client = hub.sync_client(device, store, hub.enroll(device))
+        client.credential.secret = "wrong"
+        with pytest.raises(HubRefused) as refused:
+            client.pull_reviews()
+    assert (refused.value.status, refused.value.code) == (401, protocol.WireCode.BAD_CREDENTIAL)
 
 
 def test_rate_limit(tmp_path: Path) -> None:
@@ -363,7 +388,7 @@ def publish(hub: Hub, folder: Path, key: Any, out: Path) -> None:
     from tools.publish_model import sign_release
 
     release = sign_release(folder, key, out)
-    service.publish_release(hub.engine, hub.settings.hub_dir / "files", release, out)
+    releases.publish_release(hub.engine, hub.settings.hub_dir / "files", release, out)
 
 
 def test_signed_model_update_installs_and_bad_ones_do_not(hub: Hub, tmp_path: Path) -> None:
@@ -382,7 +407,7 @@ def test_signed_model_update_installs_and_bad_ones_do_not(hub: Hub, tmp_path: Pa
     with Store(device.data_dir) as store:
         client = hub.sync_client(device, store, hub.enroll(device))
         from edge.inference.registry import Registry
-        from edge.sync.models import pull_models
+        from edge.sync.releases import pull_models
 
         assert pull_models(client) == 1
         assert Registry(models).get("tiny").manifest.version == "0.0.2"
@@ -404,7 +429,7 @@ def test_a_release_this_device_cannot_install_is_refused_once_and_the_rest_still
     know, as from a newer release tool) is recorded and not downloaded again every round; the
     other releases in the same pull still install, and sync status names the refusal."""
     from edge.inference.registry import Registry
-    from edge.sync import models as model_sync
+    from edge.sync import releases as model_sync
     from tests.tinymodel import make_model_dir
     from tools.publish_model import keygen, load_key
 
@@ -451,7 +476,7 @@ def test_a_release_this_device_cannot_install_is_refused_once_and_the_rest_still
 def test_a_model_that_fails_its_self_test_is_rolled_back(tmp_path: Path) -> None:
     from edge.errors import EdgeError
     from edge.inference.registry import Registry
-    from edge.sync.models import install
+    from edge.sync.releases import install
     from tests.tinymodel import make_model_dir
 
     models = tmp_path / "models"
@@ -500,7 +525,7 @@ def test_a_result_gone_from_the_device_does_not_wedge_the_queue(hub: Hub, device
         store.db.execute("UPDATE outbox SET acked_at = NULL WHERE kind = 'result'")
         store.db.execute("DELETE FROM results WHERE id = ?", [gone])
         store.db.conn.commit()
-        counts = client.run_round()
+        counts = exchange(client)
         assert counts["results"] == 2
         assert store.pending_counts() == {}
         notes = [
@@ -526,7 +551,7 @@ def test_doctor_says_what_the_link_is_doing(hub: Hub, device: Settings) -> None:
     with Store(device.data_dir) as store:
         analysed(device, store, samples(1))
         client = hub.sync_client(device, store, hub.enroll(device))
-        client.run_round()
+        exchange(client)
         found = lines()
         assert found["hub"][0] == "pass"
         assert "up to date" in found["hub"][1]

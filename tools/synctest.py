@@ -147,7 +147,7 @@ def run(
 def _run(
     results: int, kills: int, seed: int, work: Path, database_url: str | None, faults: Faults
 ) -> dict[str, Any]:
-    from edge.hub import db, service
+    from edge.hub import db, devices, reviews
 
     rng = random.Random(seed)
     device = load_settings(data_dir=work / "device", explain={"heatmaps": False})
@@ -160,7 +160,7 @@ def _run(
     hub = start_hub(hub_dir, hub_port, database_url, log)
     wait_http(hub_port)
     proxy = FaultProxy(hub_port, faults, seed).start()
-    code = service.create_enroll_code(engine)
+    code = devices.create_enroll_code(engine)
     subprocess.run(
         [
             sys.executable,
@@ -207,7 +207,7 @@ def _run(
             arrived = [r[0] for r in conn.execute(select(db.records.c.uuid).limit(5000)).all()]
         for uuid in rng.sample(arrived, min(3, len(arrived))):
             if uuid not in reviewed:
-                service.add_review(
+                reviews.add_review(
                     engine, uuid, rng.choice(["agree", "disagree", "uncertain"]), note="synctest"
                 )
                 reviewed.add(uuid)

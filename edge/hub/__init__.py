@@ -2,4 +2,12 @@
 
 Only this package imports the web framework and SQLAlchemy (an import-linter contract). State
 lives in SQLite for one machine or PostgreSQL by URL; files on disk.
+
+Modules, from the top down (a module imports only from its own line or below; none imports back):
+- `app`: assembles the FastAPI app; `review_app`: the review pages' sub-application (/review)
+- `routes_device` (the devices' API, /v1), `routes_account`, `routes_review`, `routes_admin`
+- `review_http` (sessions, CSRF, headers, templates), `presenters` (what a page shows)
+- the logic, without HTTP: `devices` (enrolment, authentication), `intake` (batches, uploads),
+  `reviews`, `releases`, `accounts` (readers' passwords and sessions), `worklist`, `render`
+- `audit`, `db` (tables), `limits`, `errors` (`HubError`), `identities` (`Device`, `User`)
 """

@@ -32,10 +32,9 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import Engine, delete, insert, select, update
 
 from edge.hub import db
-from edge.hub.service import record_audit
+from edge.hub.audit import record_audit
+from edge.hub.identities import ALL_PROGRAMMES, ROLES, User
 
-ROLES = ("specialist", "administrator")
-ALL_PROGRAMMES = "*"
 MIN_PASSWORD = 12
 MAX_PASSWORD = 256  # argon2 takes any length; a megabyte "password" should not cost us a hash
 MAX_FAILURES = 5
@@ -52,23 +51,6 @@ _dummy_hash: str | None = None
 
 class AccountError(Exception):
     """A refusal worded for the person at the form."""
-
-
-@dataclass(frozen=True)
-class User:
-    id: str
-    name: str
-    role: str
-    programmes: tuple[str, ...]
-
-    @property
-    def is_admin(self) -> bool:
-        return self.role == "administrator"
-
-    @property
-    def sees_all(self) -> bool:
-        """Administrators, and readers bound to every programme, see every device's results."""
-        return self.is_admin or ALL_PROGRAMMES in self.programmes
 
 
 @dataclass(frozen=True)

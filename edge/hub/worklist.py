@@ -16,7 +16,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import date, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlencode
 
 from sqlalchemy import (
@@ -35,9 +35,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from edge.hub import db
-
-if TYPE_CHECKING:  # accounts imports service, which imports this module
-    from edge.hub.accounts import User
+from edge.hub.identities import User
 
 PAGE_SIZE = 50
 STATES = ("all", "unreviewed", "reviewed")

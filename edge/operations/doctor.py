@@ -258,7 +258,7 @@ def _agent(settings: Settings) -> list[Check]:
 
 def _hub(settings: Settings) -> list[Check]:
     from edge.sync import sync_agent_pid
-    from edge.sync.client import sync_status
+    from edge.sync.runner import sync_status
 
     try:
         with Store(settings.data_dir, busy_timeout_ms=settings.store.busy_timeout_ms) as store:

@@ -19,7 +19,7 @@ from edge.config import Settings
 from edge.operations.housekeeping import disk_state
 from edge.processes import process_alive
 from edge.store import Store
-from edge.sync.client import sync_status
+from edge.sync.runner import sync_status
 
 AGENT_FILE = "agent.json"
 STALE_AFTER_S = 180.0

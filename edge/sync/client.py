@@ -1,11 +1,13 @@
-"""The device's sync agent: outbox -> de-identify -> hub, at least once; reviews and models back.
+"""The device's client of the hub: enrolment, signed requests, and each exchange of a round.
 
-One round: (1) results, in batches of `batch_records`, oldest sequence first, gzip-compressed,
-signed; what the hub stored or already had is acknowledged locally, never deleted; (2) then
-files, in CHUNK_BYTES pieces that resume from the hub's offset after a cut: thumbnails and
-heatmaps, and full images only if `[sync] images = "full"`, under a bandwidth cap; (3) reviews
-by cursor, applied with the cursor in one transaction; (4) model releases (edge.sync.models).
-The HTTP client is injected (tests drive the real hub app through it).
+(1) results, in batches of `batch_records`, oldest sequence first, gzip-compressed, signed;
+what the hub stored or already had is acknowledged locally, never deleted; (2) then files, in
+CHUNK_BYTES pieces that resume from the hub's offset after a cut: thumbnails and heatmaps, and
+full images only if `[sync] images = "full"`, under a bandwidth cap; (3) reviews by cursor,
+applied with the cursor in one transaction; (4) the release list and release files, for
+`edge.sync.releases`. `edge.sync.runner` runs them in that order. A refusal is read by its
+`protocol.WireCode` from the hub's JSON body. The HTTP client is injected (tests drive the real
+hub app through it).
 """
 
 from __future__ import annotations
@@ -33,13 +35,26 @@ from edge.store import Store
 from edge.store.files import write_atomically
 from edge.sync import protocol
 from edge.sync.deid import Deidentifier
+from edge.sync.protocol import WireCode
 
 log = logging.getLogger(__name__)
 THUMBNAIL_SIDE = 256
 
 
 class HubRefused(Exception):
-    """The hub answered with a refusal that retrying will not fix (4xx)."""
+    """The hub answered with a refusal that retrying will not fix (4xx): its status, its wire
+    code (None when the body was not the hub's refusal, e.g. a proxy's page) and its sentence."""
+
+    def __init__(self, status: int, code: WireCode | None, message: str) -> None:
+        super().__init__(f"{status} {code.value}: {message}" if code else f"{status} {message}")
+        self.status, self.code, self.message = status, code, message
+
+    @classmethod
+    def from_response(cls, response: httpx.Response) -> HubRefused:
+        refusal = protocol.read_refusal(response.content)
+        if refusal is None:
+            return cls(response.status_code, None, response.text[:300])
+        return cls(response.status_code, refusal.code, refusal.message[:300])
 
 
 class HubUnavailable(Exception):
@@ -79,7 +94,7 @@ def enroll(settings: Settings, hub_url: str, code: str, device_name: str, http: 
         hub_url.rstrip("/") + "/v1/enroll", content=body, headers={"Content-Type": "application/json"}
     )
     if response.status_code != 200:
-        raise EdgeError(Code.CONFIG_INVALID, f"enrolment refused: {response.text[:200]}")
+        raise EdgeError(Code.CONFIG_INVALID, f"enrolment refused: {HubRefused.from_response(response)}")
     reply = protocol.EnrollResponse.model_validate_json(response.content)
     credential = Credential(hub_url.rstrip("/"), reply.device_id, reply.secret, reply.hub_time - time.time())
     credential.save(settings)
@@ -134,11 +149,12 @@ class SyncClient:
         self.on_progress()
         if response.status_code == 429 or response.status_code >= 500:
             raise HubUnavailable(f"hub answered {response.status_code}")
-        if response.status_code == 401 and "STALE_REQUEST" in response.text:
-            self._resync_clock()
-            raise HubUnavailable("clock skew: resynchronised with the hub")
         if response.status_code >= 400:
-            raise HubRefused(f"{response.status_code} {response.text[:300]}")
+            refused = HubRefused.from_response(response)
+            if refused.code is WireCode.STALE_REQUEST:
+                self._resync_clock()
+                raise HubUnavailable("clock skew: resynchronised with the hub")
+            raise refused
         return response
 
     def _resync_clock(self) -> None:
@@ -294,7 +310,7 @@ class SyncClient:
                     {"Upload-Offset": str(offset), "Content-Type": "application/offset+octet-stream"},
                 )
             except HubRefused as exc:
-                if "WRONG_OFFSET" not in str(exc):
+                if exc.code is not WireCode.WRONG_OFFSET:
                     raise
                 head = self._send("HEAD", f"/v1/uploads/{state.upload_id}")  # resume where the hub is
                 offset = int(head.headers["Upload-Offset"])
@@ -320,44 +336,16 @@ class SyncClient:
                 return added
             added += self.store.apply_reviews([r.model_dump() for r in page.reviews], page.cursor)
 
-    # ------------------------------------------------------------------ a round
+    # ------------------------------------------------------------------ model releases
 
-    def run_round(self) -> dict[str, int]:
-        """Everything that is pending, in order; raises HubUnavailable/HubRefused on failure."""
-        counts = {"results": self.push_results()}
-        self.queue_uploads()
-        counts["files"] = self.push_files()
-        counts["reviews"] = self.pull_reviews()
-        if self.settings.sync.public_key:
-            from edge.sync.models import pull_models
+    def releases(self) -> list[protocol.ModelRelease]:
+        """The signed releases the hub offers this device's programme (not yet verified)."""
+        return [protocol.ModelRelease(**r) for r in self._send("GET", "/v1/models").json()]
 
-            counts["models"] = pull_models(self)
-        return counts
-
-
-def sync_status(settings: Settings, store: Store) -> dict[str, Any]:
-    """For `edge sync status`, the health snapshot and the TUI: offline / syncing / failed / up to date."""
-    credential = Credential.load(settings)
-    state = store.sync_state()
-    pending = store.pending_counts()
-    if credential is None:
-        summary = "not configured"
-    elif state.get("last_error") and (state.get("last_error_at") or "") > (state.get("last_success") or ""):
-        summary = "offline" if state.get("last_error_kind") == "unavailable" else "failed"
-    elif state.get("running"):
-        summary = "syncing"
-    else:
-        summary = "up to date" if not pending.get("result") else "syncing"
-    return {
-        "state": summary,
-        "hub": credential.hub_url if credential else None,
-        "last_success": state.get("last_success"),
-        "last_error": state.get("last_error"),
-        "last_error_at": state.get("last_error_at"),
-        "pending": {
-            "results": pending.get("result", 0),
-            "files": sum(v for k, v in pending.items() if k in ("thumbnail", "heatmap", "image")),
-        },
-        "review_cursor": state.get("review_cursor", 0),
-        "models_refused": state.get("models_refused", {}),
-    }
+    def release_file(self, release: protocol.ModelRelease, file: str, offset: int = 0) -> httpx.Response:
+        """One file of a release, from byte `offset` on (206) when the hub honours the Range."""
+        return self._send(
+            "GET",
+            f"/v1/models/{release.name}/{release.version}/{file}",
+            headers={"Range": f"bytes={offset}-"} if offset else {},
+        )

@@ -11,6 +11,10 @@ Result batches are gzip-compressed JSON. Each record carries the device-made UUI
 gapless outbox sequence number and the sha256 of its canonical payload; the hub stores each
 (device, uuid) once, answers "duplicate" for a re-send with the same hash and quarantines (never
 overwrites) a re-send with a different one.
+
+Every refusal is a JSON body `{"code": ..., "message": ...}` (`Refusal`) with its HTTP status;
+the code is a `WireCode` (stable, listed in docs/codes.md), the sentence may improve. The device
+decides on the code, never on the sentence.
 """
 
 from __future__ import annotations
@@ -19,9 +23,10 @@ import gzip
 import hashlib
 import hmac
 import json
+from enum import Enum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 VERSION = 1
 MAX_SKEW_S = 300
@@ -31,8 +36,50 @@ MAX_INFLATED_BYTES = 16 * 1024 * 1024  # after gunzip: a zip bomb stops here
 CHUNK_BYTES = 256 * 1024  # upload chunk: small enough for a 2G link to finish one
 
 
+class WireCode(str, Enum):
+    """Why the hub refused a request; docs/codes.md ("Wire codes") says what each means."""
+
+    # The request as a whole
+    BAD_REQUEST = "BAD_REQUEST"
+    BAD_BODY = "BAD_BODY"
+    TOO_LARGE = "TOO_LARGE"
+    RATE_LIMITED = "RATE_LIMITED"
+    NOT_FOUND = "NOT_FOUND"
+    METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
+    # Enrolment and each request's credential
+    ENROLL_REFUSED = "ENROLL_REFUSED"
+    NO_CREDENTIAL = "NO_CREDENTIAL"
+    BAD_CREDENTIAL = "BAD_CREDENTIAL"
+    BAD_SIGNATURE = "BAD_SIGNATURE"
+    STALE_REQUEST = "STALE_REQUEST"
+    REPLAYED = "REPLAYED"
+    # Results
+    BAD_RECORD = "BAD_RECORD"
+    # Uploads
+    RESULT_FIRST = "RESULT_FIRST"
+    UPLOAD_CONFLICT = "UPLOAD_CONFLICT"
+    NO_SUCH_UPLOAD = "NO_SUCH_UPLOAD"
+    BAD_OFFSET = "BAD_OFFSET"
+    WRONG_OFFSET = "WRONG_OFFSET"
+    TOO_LONG = "TOO_LONG"
+    CHECKSUM_MISMATCH = "CHECKSUM_MISMATCH"
+    # Reviews
+    BAD_VERDICT = "BAD_VERDICT"
+    NO_SUCH_RESULT = "NO_SUCH_RESULT"
+    # Model releases
+    BAD_RELEASE = "BAD_RELEASE"
+    NO_SUCH_FILE = "NO_SUCH_FILE"
+
+
 class _Wire(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class Refusal(_Wire):
+    """The body of every refusal the hub answers (with its HTTP status)."""
+
+    code: WireCode
+    message: str
 
 
 class EnrollRequest(_Wire):
@@ -107,6 +154,15 @@ class ModelRelease(_Wire):
     sizes: dict[str, int]
     manifest: str  # the model.toml text
     signature: str  # hex ed25519 signature over canonical(release without signature)
+
+
+def read_refusal(body: bytes) -> Refusal | None:
+    """The hub's refusal in a response body, or None when the body is not one (a proxy's error
+    page, or a code this software does not know yet)."""
+    try:
+        return Refusal.model_validate_json(body)
+    except ValidationError:
+        return None
 
 
 def canonical(data: Any) -> bytes:

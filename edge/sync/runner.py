@@ -1,4 +1,6 @@
-"""`edge sync run`: the sync agent's loop, its own process (edge-sync.service).
+"""`edge sync run`: the sync agent's loop, its own process (edge-sync.service); one round of
+it (`exchange`: results, files, reviews, model releases, in that order); and `sync_status`, the
+summary of the state each round records.
 
 Rounds run every `interval_s` while all goes well; after a failure the wait grows exponentially
 (with jitter) up to `max_backoff_s`, so a dead link costs almost nothing and a returning one is
@@ -18,6 +20,7 @@ import random
 import signal
 import threading
 import time
+from typing import Any
 
 import httpx
 
@@ -28,8 +31,20 @@ from edge.store import Store
 from edge.store.files import write_atomically
 from edge.sync import pid_file
 from edge.sync.client import Credential, HubRefused, HubUnavailable, SyncClient
+from edge.sync.releases import pull_models
 
 log = logging.getLogger(__name__)
+
+
+def exchange(client: SyncClient) -> dict[str, int]:
+    """Everything that is pending, in order; raises HubUnavailable/HubRefused on failure."""
+    counts = {"results": client.push_results()}
+    client.queue_uploads()
+    counts["files"] = client.push_files()
+    counts["reviews"] = client.pull_reviews()
+    if client.settings.sync.public_key:
+        counts["models"] = pull_models(client)
+    return counts
 
 
 def run_round(client: SyncClient) -> bool:
@@ -37,7 +52,7 @@ def run_round(client: SyncClient) -> bool:
     store = client.store
     store.set_sync_state(running=True)
     try:
-        counts = client.run_round()
+        counts = exchange(client)
     except HubUnavailable as exc:
         store.set_sync_state(
             running=False,
@@ -130,3 +145,31 @@ def _status_line(store: Store) -> str:
     failing = bool(state.get("last_error")) and since_success
     error = f"; failing: {state['last_error']}" if failing else ""
     return f"waiting: {waiting}{error}"[:200]
+
+
+def sync_status(settings: Settings, store: Store) -> dict[str, Any]:
+    """For `edge sync status`, the health snapshot and the TUI: offline / syncing / failed / up to date."""
+    credential = Credential.load(settings)
+    state = store.sync_state()
+    pending = store.pending_counts()
+    if credential is None:
+        summary = "not configured"
+    elif state.get("last_error") and (state.get("last_error_at") or "") > (state.get("last_success") or ""):
+        summary = "offline" if state.get("last_error_kind") == "unavailable" else "failed"
+    elif state.get("running"):
+        summary = "syncing"
+    else:
+        summary = "up to date" if not pending.get("result") else "syncing"
+    return {
+        "state": summary,
+        "hub": credential.hub_url if credential else None,
+        "last_success": state.get("last_success"),
+        "last_error": state.get("last_error"),
+        "last_error_at": state.get("last_error_at"),
+        "pending": {
+            "results": pending.get("result", 0),
+            "files": sum(v for k, v in pending.items() if k in ("thumbnail", "heatmap", "image")),
+        },
+        "review_cursor": state.get("review_cursor", 0),
+        "models_refused": state.get("models_refused", {}),
+    }

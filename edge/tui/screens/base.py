@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from textual import work
 from textual.message import Message
@@ -17,9 +17,6 @@ from textual.screen import Screen
 
 from edge.errors import EdgeError
 from edge.tui.context import TuiContext
-
-if TYPE_CHECKING:
-    from edge.tui.app import EdgeApp
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +33,10 @@ class EdgeScreen(Screen[None]):
 
     @property
     def context(self) -> TuiContext:
-        app: EdgeApp = self.app  # type: ignore[assignment]
-        return app.context
+        # The app holds the context (EdgeApp.context); read by name so the screens need not
+        # import the app, which imports them.
+        context: TuiContext = self.app.context  # type: ignore[attr-defined]
+        return context
 
     def reload(self) -> None:
         """Read the screen's data again (shown again, after an action, on the refresh timer)."""

@@ -1,4 +1,5 @@
-"""The reader's pages: the worklist, one study with its pictures, and the verdict form.
+"""The reader's pages: the worklist, one study with its pictures, and the verdict form (and
+the pages' own CSS and script).
 
 The worklist's filters travel in the query string of every study link, so next/previous and
 "after the verdict" follow the list the reader was looking at.
@@ -16,8 +17,8 @@ from fastapi.responses import RedirectResponse, Response
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
-from edge.hub import db, service, views, worklist
-from edge.hub.webbase import Reader, ReaderDep, Refused, page, state
+from edge.hub import db, presenters, reviews, worklist
+from edge.hub.review_http import Reader, ReaderDep, Refused, page, state, static_response
 from edge.hub.worklist import Filters, Study
 
 router = APIRouter()
@@ -40,6 +41,11 @@ def _study_or_404(request: Request, reader: Reader, uuid: str) -> Study:
     return study
 
 
+@router.get("/static/{name}")
+def static_file(name: str, request: Request) -> Response:
+    return static_response(request, name)
+
+
 @router.get("/")
 def worklist_page(request: Request, reader: ReaderDep) -> Response:
     web = state(request)
@@ -52,9 +58,9 @@ def worklist_page(request: Request, reader: ReaderDep) -> Response:
         listing=listing,
         options=worklist.filter_options(web.engine, reader.user),
         context=listing.filters.query(),
-        when=views.when,
-        percent=views.percent,
-        patient=views.patient,
+        when=presenters.when,
+        percent=presenters.percent,
+        patient=presenters.patient,
         saved=_saved(request),
         unknown=worklist.UNKNOWN,
     )
@@ -71,12 +77,12 @@ def _study_page(request: Request, reader: Reader, study: Study, status: int = 20
         reader,
         status=status,
         study=study,
-        view=views.study_view(study),
+        view=presenters.study_view(study),
         picture=web.renditions.describe(study.uploads),
         context=context,
         previous=previous,
         following=following,
-        when=views.when,
+        when=presenters.when,
         saved=_saved(request),
         form={"verdict": "", "finding": "", "note": "", "errors": [], **form},
     )
@@ -133,7 +139,7 @@ async def submit_review(uuid: str, request: Request, reader: ReaderDep) -> Respo
     note = str(form.get("note") or "").strip()
     study = await run_in_threadpool(_study_or_404, request, reader, uuid)
     errors = []
-    if verdict not in service.VERDICTS:
+    if verdict not in reviews.VERDICTS:
         errors.append("Choose a verdict: agree (a), disagree (d) or uncertain (u).")
     if len(finding) > MAX_FINDING:
         errors.append(f"The finding has at most {MAX_FINDING} characters.")
@@ -142,11 +148,13 @@ async def submit_review(uuid: str, request: Request, reader: ReaderDep) -> Respo
     if errors:
         form_values = {"verdict": verdict, "finding": finding, "note": note, "errors": errors}
         return await run_in_threadpool(lambda: _study_page(request, reader, study, 400, **form_values))
-    view = views.study_view(study)
-    chosen = finding or views.default_finding(verdict, study.part("result").get("finding"), view["labels"])
+    view = presenters.study_view(study)
+    chosen = finding or presenters.default_finding(
+        verdict, study.part("result").get("finding"), view["labels"]
+    )
     if not await run_in_threadpool(_repeated, request, reader, study, verdict, chosen, note or None):
         await run_in_threadpool(
-            service.add_review,
+            reviews.add_review,
             state(request).engine,
             study.uuid,
             verdict,

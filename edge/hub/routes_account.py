@@ -1,48 +1,30 @@
-"""The remote specialists' review pages, mounted by `edge.hub.app` at /review.
+"""Logging in and out of the review pages, and the reader's own account page (their password).
 
-Server-rendered HTML (Jinja2 templates in edge/hub/templates), one small CSS file and one
-plain script (edge/hub/static); no build step. This module makes the sub-application and holds
-logging in and out and the reader's own account page; the worklist and study pages are in
-`web_review`, the administrators' page in `web_admin`, the shared checks in `webbase`.
+The login form has its own CSRF secret in a short-lived SameSite=Strict cookie (there is no
+session yet), and is rate-limited per client address.
 """
 
 from __future__ import annotations
 
 import secrets
-from pathlib import Path
-from urllib.parse import urlencode
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
-from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 
-from edge.hub import accounts, service
-from edge.hub.limits import RateLimiter
-from edge.hub.render import Renditions
-from edge.hub.web_admin import router as admin_router
-from edge.hub.web_review import router as review_router
-from edge.hub.webbase import (
+from edge.hub import accounts
+from edge.hub.audit import record_audit
+from edge.hub.review_http import (
     LOGIN_COOKIE,
     SESSION_COOKIE,
-    LoginRequired,
     ReaderDep,
-    Refused,
-    SecurityHeaders,
-    WebState,
     base_path,
     client_address,
-    load_static,
-    make_templates,
     page,
     same_origin,
     session_cookie,
     state,
-    static_response,
 )
-
-LOGIN_RATE_PER_S = 10 / 60  # ten attempts a minute per address, after a burst of ten
-LOGIN_BURST = 10
 
 router = APIRouter()
 
@@ -83,11 +65,6 @@ def _login_page(request: Request, message: str = "", status: int = 200, name: st
     return response
 
 
-@router.get("/static/{name}")
-def static_file(name: str, request: Request) -> Response:
-    return static_response(request, name)
-
-
 @router.get("/login")
 def login_form(request: Request) -> Response:
     web = state(request)
@@ -123,7 +100,7 @@ async def login(request: Request) -> Response:
 async def logout(request: Request, reader: ReaderDep) -> Response:
     web = state(request)
     await run_in_threadpool(accounts.close_session, web.engine, reader.session.token_hash)
-    await run_in_threadpool(service.record_audit, web.engine, reader.user.name, "logout")
+    await run_in_threadpool(record_audit, web.engine, reader.user.name, "logout")
     response = RedirectResponse(f"{base_path(request)}/login", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path=base_path(request) or "/", httponly=True, samesite="strict")
     return response
@@ -159,36 +136,3 @@ async def change_password(request: Request, reader: ReaderDep) -> Response:
     return page(
         request, "account.html", reader, message="Password changed; your other sessions are closed.", error=""
     )
-
-
-def create_web_app(engine: Engine, files: Path) -> FastAPI:
-    app = FastAPI(title="edge hub review", docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.web = WebState(
-        engine=engine,
-        files=files,
-        renditions=Renditions(files / "renditions"),
-        login_limiter=RateLimiter(LOGIN_RATE_PER_S, LOGIN_BURST),
-        templates=make_templates(),
-        static=load_static(),
-    )
-    app.add_middleware(SecurityHeaders)
-
-    @app.exception_handler(LoginRequired)
-    async def _login_required(request: Request, _: LoginRequired) -> Response:
-        wants_page = request.method in ("GET", "HEAD") and "text/html" in request.headers.get("accept", "")
-        if wants_page:
-            target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-            query = "?" + urlencode({"next": target}) if target.startswith(base_path(request) + "/") else ""
-            return RedirectResponse(f"{base_path(request)}/login{query}", status_code=303)
-        return Response("log in first", status_code=401, media_type="text/plain")
-
-    @app.exception_handler(Refused)
-    async def _refused(request: Request, error: Refused) -> Response:
-        if "text/html" in request.headers.get("accept", ""):
-            return page(request, "error.html", None, status=error.status, message=error.message)
-        return Response(error.message, status_code=error.status, media_type="text/plain")
-
-    app.include_router(router)
-    app.include_router(review_router)
-    app.include_router(admin_router)
-    return app

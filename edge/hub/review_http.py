@@ -1,4 +1,5 @@
-"""What every review page shares: the session and CSRF checks, templates, static files, headers.
+"""The review pages' HTTP plumbing, which every route of theirs shares: the session and CSRF
+checks, templates, static files, security headers.
 
 - The session comes from the `edge_session` cookie (HttpOnly, SameSite=Strict, Secure over
   HTTPS); `current_reader` refuses a request without a live one, and for every method other
@@ -29,6 +30,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from edge.hub import accounts
+from edge.hub.identities import User
 from edge.hub.limits import RateLimiter
 from edge.hub.render import Renditions
 
@@ -80,7 +82,7 @@ class Reader:
     session: accounts.Session
 
     @property
-    def user(self) -> accounts.User:
+    def user(self) -> User:
         return self.session.user
 
     def csrf(self) -> str:

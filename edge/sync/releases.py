@@ -1,5 +1,6 @@
-"""Model updates from the hub: signed, resumable, verified, installed atomically, self-tested,
-rolled back on failure, never a downgrade.
+"""Model releases from the hub: signed, resumable, verified, installed atomically, self-tested,
+rolled back on failure, never a downgrade. The sync runner pulls them after each round's
+results, files and reviews; the HTTP goes through the `SyncClient` it is given.
 
 A release is signed with the publisher's ed25519 key (tools/publish_model.py); the device pins
 the public key (`[sync] public_key`) and ignores anything else, so neither the hub nor the link
@@ -28,6 +29,7 @@ from edge.inference.pool import tensor_names
 from edge.inference.registry import Registry, sha256_file
 from edge.runtime.onnxruntime import OnnxRuntimeRunner
 from edge.sync import protocol
+from edge.sync.client import SyncClient
 
 log = logging.getLogger(__name__)
 
@@ -91,19 +93,12 @@ def install(settings: Settings, staged: Path, name: str) -> None:
     log.info("installed model %s (previous kept in %s)", name, backup if had_old else "nowhere: new model")
 
 
-def _download(client: object, release: protocol.ModelRelease, file: str, target: Path) -> None:
+def _download(client: SyncClient, release: protocol.ModelRelease, file: str, target: Path) -> None:
     """Resumable: a partial file continues from its size (HTTP Range)."""
-    from edge.sync.client import SyncClient
-
-    assert isinstance(client, SyncClient)
     partial = target.with_name(target.name + ".part")
     have = partial.stat().st_size if partial.exists() else 0
     if have < release.sizes[file]:
-        response = client._send(
-            "GET",
-            f"/v1/models/{release.name}/{release.version}/{file}",
-            headers={"Range": f"bytes={have}-"} if have else {},
-        )
+        response = client.release_file(release, file, have)
         mode = "ab" if have and response.status_code == 206 else "wb"
         with partial.open(mode) as handle:
             handle.write(response.content)
@@ -114,16 +109,13 @@ def _download(client: object, release: protocol.ModelRelease, file: str, target:
     partial.rename(target)
 
 
-def pull_models(client: object) -> int:
+def pull_models(client: SyncClient) -> int:
     """Install every signed release newer than what is installed; returns how many were."""
-    from edge.sync.client import SyncClient
-
-    assert isinstance(client, SyncClient)
     settings = client.settings
     public_key = settings.sync.public_key
     if not public_key:
         return 0
-    releases = [protocol.ModelRelease(**r) for r in client._send("GET", "/v1/models").json()]
+    releases = client.releases()
     registry = Registry(settings.models.dir)
     # A release this device refused (a manifest newer than its software, a failed self-test) is
     # not downloaded again every round; a later version of the model is tried afresh.

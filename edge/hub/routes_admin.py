@@ -14,8 +14,9 @@ from fastapi.responses import Response
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
-from edge.hub import accounts, db, service, views, worklist
-from edge.hub.webbase import AdminDep, Reader, page, state
+from edge.hub import accounts, db, devices, presenters, worklist
+from edge.hub.identities import ALL_PROGRAMMES, ROLES
+from edge.hub.review_http import AdminDep, Reader, page, state
 
 router = APIRouter()
 AUDIT_ROWS = 50
@@ -48,8 +49,8 @@ def _overview(request: Request) -> dict[str, Any]:
         "devices": devices,
         "audit": audit,
         "programmes": worklist.programmes(engine),
-        "roles": accounts.ROLES,
-        "when": views.when,
+        "roles": ROLES,
+        "when": presenters.when,
     }
 
 
@@ -130,7 +131,7 @@ async def create_enroll_code(request: Request, reader: AdminDep) -> Response:
     form = await request.form()
     try:
         [programme] = accounts.parse_programmes(str(form.get("programme") or "default"))
-        if programme == accounts.ALL_PROGRAMMES:
+        if programme == ALL_PROGRAMMES:
             raise accounts.AccountError("A device belongs to one programme.")
         hours = float(str(form.get("ttl_hours") or "72"))
         if not 0 < hours <= MAX_CODE_TTL_HOURS:
@@ -142,7 +143,7 @@ async def create_enroll_code(request: Request, reader: AdminDep) -> Response:
     except accounts.AccountError as error:
         return await run_in_threadpool(_admin_page, request, reader, 400, error=str(error))
     code = await run_in_threadpool(
-        service.create_enroll_code, state(request).engine, programme, hours, reader.user.name
+        devices.create_enroll_code, state(request).engine, programme, hours, reader.user.name
     )
     secret = {"label": f"Enrolment code for programme {programme} (valid {hours:g} h)", "value": code}
     return await run_in_threadpool(_admin_page, request, reader, message="Code created.", secret=secret)

@@ -1,0 +1,199 @@
+"""`edge hub ...`: the hub itself (serve, enrolment codes, reviews, releases, accounts)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from edge.cli.base import EXIT_REFUSED, Context, cli, pass_context
+
+
+@cli.group()
+def hub() -> None:
+    """The hub: serve, enroll-code, review, publish, user."""
+
+
+@hub.command("serve")
+@pass_context
+def hub_serve(obj: Context) -> None:
+    """Serve the hub: the devices' API under /v1 and the specialists' review pages under /review."""
+    import uvicorn
+
+    from edge.hub.app import create_app
+
+    settings = obj.settings
+    uvicorn.run(
+        create_app(settings),
+        host=settings.hub.bind,
+        port=settings.hub.port,
+        log_level="info",
+        proxy_headers=True,
+    )
+
+
+@hub.command("enroll-code")
+@click.option("--programme", default="default", show_default=True)
+@pass_context
+def hub_enroll_code(obj: Context, programme: str) -> None:
+    """Make a one-time enrolment code for a new device (valid [hub] code_ttl_hours)."""
+    from edge.hub import db, devices
+
+    engine = db.make_engine(obj.settings.hub_database_url)
+    click.echo(devices.create_enroll_code(engine, programme, obj.settings.hub.code_ttl_hours, actor="cli"))
+
+
+@hub.command("review")
+@click.argument("result_uuid")
+@click.argument("verdict", type=click.Choice(["agree", "disagree", "uncertain"]))
+@click.option("--finding")
+@click.option("--note")
+@click.option("--reviewer", default="specialist")
+@pass_context
+def hub_review(
+    obj: Context, result_uuid: str, verdict: str, finding: str | None, note: str | None, reviewer: str
+) -> None:
+    """Record a specialist's review of a synced result (the web page does this for readers)."""
+    from edge.hub import db, reviews
+    from edge.hub.errors import HubError
+
+    engine = db.make_engine(obj.settings.hub_database_url)
+    try:
+        click.echo(
+            reviews.add_review(engine, result_uuid, verdict, finding=finding, note=note, reviewer=reviewer)
+        )
+    except HubError as error:
+        click.echo(f"{error.code.value}: {error.message}", err=True)
+        sys.exit(EXIT_REFUSED)
+
+
+@hub.command("publish")
+@click.argument("release_json", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--programme", default="default", show_default=True)
+@pass_context
+def hub_publish(obj: Context, release_json: Path, programme: str) -> None:
+    """Publish a signed model release (made by tools/publish_model.py) to the devices."""
+    from edge.hub import db, releases
+    from edge.sync import protocol
+
+    release = protocol.ModelRelease.model_validate_json(release_json.read_text())
+    engine = db.make_engine(obj.settings.hub_database_url)
+    releases.publish_release(engine, obj.settings.hub_dir / "files", release, release_json.parent, programme)
+    click.echo(f"published {release.name} {release.version} to programme {programme}")
+
+
+# ---------------------------------------------------------------------- hub accounts
+
+
+@hub.group("user")
+def hub_user() -> None:
+    """Accounts for the review pages: add, list, password, disable, enable."""
+
+
+def _password(from_stdin: bool, name: str) -> str:
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    return str(click.prompt(f"Password for {name}", hide_input=True, confirmation_prompt=True))
+
+
+@hub_user.command("add")
+@click.argument("name")
+@click.option(
+    "--role", type=click.Choice(["specialist", "administrator"]), default="specialist", show_default=True
+)
+@click.option(
+    "--programme",
+    "programmes",
+    multiple=True,
+    help="A programme whose results this reader sees (repeat for more; '*' for all). Default: default.",
+)
+@click.option("--password-stdin", is_flag=True, help="Read the password from the first line of stdin.")
+@pass_context
+def hub_user_add(
+    obj: Context, name: str, role: str, programmes: tuple[str, ...], password_stdin: bool
+) -> None:
+    """Create an account (the first administrator is made this way)."""
+    from edge.hub import accounts, db
+
+    engine = db.make_engine(obj.settings.hub_database_url)
+    try:
+        user = accounts.create_user(
+            engine, name, _password(password_stdin, name), role, programmes or ("default",), actor="cli"
+        )
+    except accounts.AccountError as error:
+        click.echo(f"REFUSED: {error}", err=True)
+        sys.exit(EXIT_REFUSED)
+    click.echo(f"created {user.role} {user.name} (programmes: {', '.join(user.programmes)})")
+
+
+@hub_user.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@pass_context
+def hub_user_list(obj: Context, as_json: bool) -> None:
+    """Every account, its role, programmes and state."""
+    from edge.hub import accounts, db
+
+    users = accounts.list_users(db.make_engine(obj.settings.hub_database_url))
+    if as_json:
+        click.echo(json.dumps(users, indent=2))
+        return
+    for user in users:
+        state = "disabled" if user["disabled"] else "locked" if user["locked"] else "active"
+        click.echo(
+            f"{user['name']:<24} {user['role']:<14} {state:<9} {','.join(user['programmes'])}"
+            f"  last login {user['last_login_at'] or 'never'}"
+        )
+
+
+@hub_user.command("password")
+@click.argument("name")
+@click.option("--password-stdin", is_flag=True, help="Read the password from the first line of stdin.")
+@pass_context
+def hub_user_password(obj: Context, name: str, password_stdin: bool) -> None:
+    """Set an account's password (and unlock it); its sessions end."""
+    from edge.hub import accounts, db
+
+    engine = db.make_engine(obj.settings.hub_database_url)
+    user = accounts.find_user(engine, name)
+    if user is None:
+        click.echo(f"REFUSED: no account called {name}", err=True)
+        sys.exit(EXIT_REFUSED)
+    try:
+        accounts.set_password(engine, user.id, _password(password_stdin, user.name), actor="cli")
+    except accounts.AccountError as error:
+        click.echo(f"REFUSED: {error}", err=True)
+        sys.exit(EXIT_REFUSED)
+    click.echo(f"password set for {user.name}")
+
+
+@hub_user.command("disable")
+@click.argument("name")
+@pass_context
+def hub_user_disable(obj: Context, name: str) -> None:
+    """Stop an account from logging in; its sessions end at once."""
+    _set_disabled(obj, name, True)
+
+
+@hub_user.command("enable")
+@click.argument("name")
+@pass_context
+def hub_user_enable(obj: Context, name: str) -> None:
+    """Let a disabled account log in again."""
+    _set_disabled(obj, name, False)
+
+
+def _set_disabled(obj: Context, name: str, disabled: bool) -> None:
+    from edge.hub import accounts, db
+
+    engine = db.make_engine(obj.settings.hub_database_url)
+    user = accounts.find_user(engine, name)
+    try:
+        if user is None:
+            raise accounts.AccountError(f"no account called {name}")
+        accounts.update_user(engine, user.id, "cli", disabled=disabled)
+    except accounts.AccountError as error:
+        click.echo(f"REFUSED: {error}", err=True)
+        sys.exit(EXIT_REFUSED)
+    click.echo(f"{'disabled' if disabled else 'enabled'} {user.name}")

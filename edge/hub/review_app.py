@@ -1,0 +1,68 @@
+"""The remote specialists' review pages as one FastAPI sub-application, which `edge.hub.app`
+mounts at /review with its own middleware (security headers) and refusal pages, so the device
+API under /v1 is untouched.
+
+Server-rendered HTML (Jinja2 templates in edge/hub/templates), one small CSS file and one plain
+script (edge/hub/static); no build step. The routes: `routes_account` (logging in and out, the
+reader's own account), `routes_review` (worklist, study, verdict), `routes_admin` (the
+administrators' page); what they share (sessions, CSRF, headers, templates) is `review_http`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlencode
+
+from fastapi import FastAPI, Request
+from fastapi.responses import RedirectResponse, Response
+from sqlalchemy import Engine
+
+from edge.hub import routes_account, routes_admin, routes_review
+from edge.hub.limits import RateLimiter
+from edge.hub.render import Renditions
+from edge.hub.review_http import (
+    LoginRequired,
+    Refused,
+    SecurityHeaders,
+    WebState,
+    base_path,
+    load_static,
+    make_templates,
+    page,
+)
+
+LOGIN_RATE_PER_S = 10 / 60  # ten attempts a minute per address, after a burst of ten
+LOGIN_BURST = 10
+
+
+def create_review_app(engine: Engine, files: Path) -> FastAPI:
+    app = FastAPI(title="edge hub review", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.web = WebState(
+        engine=engine,
+        files=files,
+        renditions=Renditions(files / "renditions"),
+        login_limiter=RateLimiter(LOGIN_RATE_PER_S, LOGIN_BURST),
+        templates=make_templates(),
+        static=load_static(),
+    )
+    app.add_middleware(SecurityHeaders)
+
+    @app.exception_handler(LoginRequired)
+    async def _login_required(request: Request, _: LoginRequired) -> Response:
+        wants_page = request.method in ("GET", "HEAD") and "text/html" in request.headers.get("accept", "")
+        if wants_page:
+            target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            query = "?" + urlencode({"next": target}) if target.startswith(base_path(request) + "/") else ""
+            return RedirectResponse(f"{base_path(request)}/login{query}", status_code=303)
+        return Response("log in first", status_code=401, media_type="text/plain")
+
+    @app.exception_handler(Refused)
+    async def _refused(request: Request, error: Refused) -> Response:
+        if "text/html" in request.headers.get("accept", ""):
+            return page(request, "error.html", None, status=error.status, message=error.message)
+        return Response(error.message, status_code=error.status, media_type="text/plain")
+
+    app.include_router(routes_account.router)
+    app.include_router(routes_review.router)
+    app.include_router(routes_admin.router)
+    return app
