@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import select
 
 from edge.hub import accounts, db, worklist
+from edge.hub.worklist_index import backfill
 from edge.store import Store
 from edge.sync.client import SyncClient
 from tests.hubfixtures import (  # noqa: F401 - postgres_url and world are fixtures
@@ -70,22 +71,22 @@ def test_worklist_order_filters_and_paging(world: World, monkeypatch: pytest.Mon
     everything = worklist.worklist_page(engine, admin, worklist.Filters())
     rows = everything.rows
     assert everything.total == len(world.north.results) + len(world.south.results)
-    keys = [(row["verdict"] is not None, not row["urgent"]) for row in rows]
+    keys = [(row.verdict is not None, not row.urgent) for row in rows]
     assert keys == sorted(keys)  # unreviewed before reviewed, urgent first within each
-    assert rows[0]["urgent"]
-    assert rows[0]["result_uuid"] == world.north.results[0]
-    unreviewed = [row["record_id"] for row in rows if row["verdict"] is None and not row["urgent"]]
+    assert rows[0].urgent
+    assert rows[0].result_uuid == world.north.results[0]
+    unreviewed = [row.record_id for row in rows if row.verdict is None and not row.urgent]
     assert unreviewed == sorted(unreviewed)  # oldest waiting first
     # next/previous walk exactly this order
-    uuids = [row["result_uuid"] for row in rows]
+    uuids = [row.result_uuid for row in rows]
     for index, row in enumerate(rows):
-        previous, following = worklist.neighbours(engine, admin, worklist.Filters(), row["record_id"])
+        previous, following = worklist.neighbours(engine, admin, worklist.Filters(), row.record_id)
         assert previous == (uuids[index - 1] if index else None)
         assert following == (uuids[index + 1] if index + 1 < len(uuids) else None)
 
     def listed(**query: str) -> list[str]:
         return [
-            row["result_uuid"]
+            row.result_uuid
             for row in worklist.worklist_page(engine, admin, worklist.Filters.parse(query)).rows
         ]
 
@@ -94,15 +95,13 @@ def test_worklist_order_filters_and_paging(world: World, monkeypatch: pytest.Mon
     assert listed(urgent="1") == [world.north.results[0]]
     assert set(listed(modality=worklist.UNKNOWN)) == set(uuids)  # PNG inputs carry no modality
     assert listed(modality="CT") == []
-    findings = {row["finding"] for row in rows}
+    findings = {row.finding for row in rows}
     for finding in findings:
-        assert set(listed(finding=finding)) == {
-            row["result_uuid"] for row in rows if row["finding"] == finding
-        }
-    reviewed = {row["result_uuid"] for row in rows if row["verdict"]}
+        assert set(listed(finding=finding)) == {row.result_uuid for row in rows if row.finding == finding}
+    reviewed = {row.result_uuid for row in rows if row.verdict}
     assert set(listed(state="reviewed")) == reviewed
     assert set(listed(state="unreviewed")) == set(uuids) - reviewed
-    today = rows[0]["received_at"][:10]
+    today = rows[0].received_at[:10]
     assert set(listed(since=today, until=today)) == set(uuids)
     assert listed(until="2000-01-01") == []
     assert listed(since="2999-01-01") == []
@@ -111,7 +110,7 @@ def test_worklist_order_filters_and_paging(world: World, monkeypatch: pytest.Mon
     )
     monkeypatch.setattr(worklist, "PAGE_SIZE", 2)
     pages = [worklist.worklist_page(engine, admin, worklist.Filters(page=n)) for n in (1, 2, 3, 4)]
-    assert [row["result_uuid"] for page in pages[:3] for row in page.rows] == uuids
+    assert [row.result_uuid for page in pages[:3] for row in page.rows] == uuids
     assert pages[0].pages == 3
     assert pages[3].page == 3
     client = reader(world, "admin")
@@ -125,8 +124,8 @@ def test_records_stored_before_the_worklist_existed_are_indexed_at_start(world: 
     with engine.begin() as conn:
         before = conn.execute(select(db.worklist).order_by(db.worklist.c.record_id)).all()
         conn.execute(db.worklist.delete())
-    assert worklist.backfill(engine, batch=2) == len(before) == len(world.north.results + world.south.results)
-    assert worklist.backfill(engine) == 0
+    assert backfill(engine, batch=2) == len(before) == len(world.north.results + world.south.results)
+    assert backfill(engine) == 0
     with engine.connect() as conn:
         after = conn.execute(select(db.worklist).order_by(db.worklist.c.record_id)).all()
         assert conn.execute(select(func.count()).select_from(db.records)).scalar_one() == len(after)

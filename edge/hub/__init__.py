@@ -8,6 +8,8 @@ Modules, from the top down (a module imports only from its own line or below; no
 - `routes_device` (the devices' API, /v1), `routes_account`, `routes_review`, `routes_admin`
 - `review_http` (sessions, CSRF, headers, templates), `presenters` (what a page shows)
 - the logic, without HTTP: `devices` (enrolment, authentication), `intake` (batches, uploads),
-  `reviews`, `releases`, `accounts` (readers' passwords and sessions), `worklist`, `render`
+  `reviews`, `releases`, `accounts` (readers' passwords and sessions), `worklist` (what a reader
+  may see), `render` (pictures)
+- `worklist_index` (the worklist projection, written with each record)
 - `audit`, `db` (tables), `limits`, `errors` (`HubError`), `identities` (`Device`, `User`)
 """

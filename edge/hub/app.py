@@ -12,7 +12,7 @@ from sqlalchemy import Engine
 from starlette.exceptions import HTTPException
 
 from edge.config import Settings
-from edge.hub import db, routes_device, worklist
+from edge.hub import db, routes_device, worklist_index
 from edge.hub.errors import HubError
 from edge.hub.limits import RateLimiter
 from edge.hub.review_app import create_review_app
@@ -32,7 +32,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.add_exception_handler(RequestValidationError, routes_device.invalid_request)
     app.include_router(routes_device.router)
 
-    worklist.backfill(engine)  # results stored before the review pages existed
+    worklist_index.backfill(engine)  # results stored before the review pages existed
     app.mount("/review", create_review_app(engine, files))
 
     @app.get("/", include_in_schema=False)

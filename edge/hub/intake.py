@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from edge.hub import db, worklist
+from edge.hub import db, worklist_index
 from edge.hub.audit import record_audit
 from edge.hub.errors import HubError
 from edge.hub.identities import Device
@@ -83,7 +83,7 @@ def _store_batch_once(engine: Engine, device: Device, batch: protocol.Batch) -> 
                 )
             )
             record_id = inserted.inserted_primary_key[0]  # type: ignore[index]
-            worklist.index_record(conn, record_id, device.id, record.uuid, record.payload, received)
+            worklist_index.index_record(conn, record_id, device.id, record.uuid, record.payload, received)
             known[record.uuid] = record.sha256
             stored.append(record.uuid)
     if quarantined:

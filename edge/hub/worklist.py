@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import date, timedelta
 from typing import Any
 from urllib.parse import urlencode
@@ -26,13 +26,10 @@ from sqlalchemy import (
     case,
     exists,
     func,
-    insert,
     literal,
     select,
     tuple_,
 )
-from sqlalchemy.engine import Connection
-from sqlalchemy.exc import IntegrityError
 
 from edge.hub import db
 from edge.hub.identities import User
@@ -45,84 +42,58 @@ _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 w, d, r = db.worklist, db.devices, db.reviews
 
 
-# ------------------------------------------------------------------ the projection
+# ------------------------------------------------------------------ what the pages receive
 
 
-def _text(value: Any, limit: int) -> str | None:
-    return None if value is None or value == "" or isinstance(value, (dict, list)) else str(value)[:limit]
+@dataclass(frozen=True)
+class WorklistRow:
+    """One result as the worklist (and a study's "other results") lists it: the projection's
+    columns (`worklist_index`), its device, and its latest review."""
+
+    record_id: int
+    device_id: str
+    result_uuid: str
+    received_at: str
+    urgent: bool
+    modality: str | None
+    body_part: str | None
+    view: str | None
+    age_years: float | None
+    sex: str | None
+    finding: str | None
+    model: str | None
+    model_version: str | None
+    probability: float | None
+    threshold: float | None
+    patient: str | None  # the device's keyed pseudonym
+    study_date: str | None
+    device_name: str
+    site: str
+    verdict: str | None  # the latest review's; None while unreviewed
+    reviewer: str | None  # the latest review's
+    reviews: int  # how many reviews the result has
+
+    @classmethod
+    def from_row(cls, row: Any) -> WorklistRow:
+        return cls(**{f.name: getattr(row, f.name) for f in fields(cls)})
 
 
-def _number(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+@dataclass(frozen=True)
+class ReviewRow:
+    """One specialist's review of a study."""
 
+    seq: int
+    id: str
+    verdict: str
+    finding: str | None
+    note: str | None
+    reviewer: str | None
+    reviewer_role: str | None
+    reviewed_at: str
 
-def index_values(record_id: int, device_id: str, uuid: str, payload: Any, received_at: str) -> dict[str, Any]:
-    """The worklist row for one stored record (a payload from a device is read defensively)."""
-    payload = payload if isinstance(payload, dict) else {}
-    result = payload.get("result") if isinstance(payload.get("result"), dict) else {}
-    study = payload.get("study") if isinstance(payload.get("study"), dict) else {}
-    return {
-        "record_id": record_id,
-        "device_id": device_id,
-        "result_uuid": uuid,
-        "received_at": received_at,
-        "urgent": study.get("urgent") is True,
-        "modality": _text(study.get("modality"), 16),
-        "body_part": _text(study.get("body_part"), 32),
-        "view": _text(study.get("view"), 16),
-        "age_years": _number(study.get("age_years")),
-        "sex": study.get("sex") if study.get("sex") in ("M", "F", "O") else None,
-        "finding": _text(result.get("finding"), 64),
-        "model": _text(result.get("model"), 64),
-        "model_version": _text(result.get("version"), 32),
-        "probability": _number(result.get("probability")),
-        "threshold": _number(result.get("threshold")),
-        "patient": _text(study.get("patient"), 40),
-        "study_date": _text(study.get("study_date"), 32),
-    }
-
-
-def index_record(
-    conn: Connection, record_id: int, device_id: str, uuid: str, payload: Any, received: str
-) -> None:
-    """Called in the transaction that stores the record."""
-    conn.execute(insert(w).values(**index_values(record_id, device_id, uuid, payload, received)))
-
-
-def backfill(engine: Engine, batch: int = 500) -> int:
-    """Index records stored before the worklist existed (run when the hub starts)."""
-    added, collisions = 0, 0
-    while True:
-        try:
-            rows = _backfill_batch(engine, batch)
-        except IntegrityError:  # another hub process indexed the same records first: look again
-            collisions += 1
-            if collisions > 5:
-                raise
-            continue
-        added += len(rows)
-        if len(rows) < batch:
-            return added
-
-
-def _backfill_batch(engine: Engine, batch: int) -> list[Any]:
-    with engine.begin() as conn:
-        rows = conn.execute(
-            select(
-                db.records.c.id,
-                db.records.c.device_id,
-                db.records.c.uuid,
-                db.records.c.payload,
-                db.records.c.received_at,
-            )
-            .outerjoin(w, w.c.record_id == db.records.c.id)
-            .where(w.c.record_id.is_(None))
-            .order_by(db.records.c.id)
-            .limit(batch)
-        ).all()
-        for row in rows:
-            index_record(conn, row.id, row.device_id, row.uuid, row.payload, row.received_at)
-    return list(rows)
+    @classmethod
+    def from_row(cls, row: Any) -> ReviewRow:
+        return cls(**{f.name: getattr(row, f.name) for f in fields(cls)})
 
 
 # ------------------------------------------------------------------ filters
@@ -263,7 +234,7 @@ def _rows(user: User, filters: Filters) -> Select[Any]:
 
 @dataclass
 class Page:
-    rows: list[dict[str, Any]]
+    rows: list[WorklistRow]
     total: int
     page: int
     pages: int
@@ -282,7 +253,7 @@ def worklist_page(engine: Engine, user: User, filters: Filters) -> Page:
         rows = conn.execute(
             _rows(user, filters).order_by(*_order_keys()).limit(PAGE_SIZE).offset((page - 1) * PAGE_SIZE)
         ).all()
-    return Page([dict(row._mapping) for row in rows], total, page, pages, replace(filters, page=page))
+    return Page([WorklistRow.from_row(row) for row in rows], total, page, pages, replace(filters, page=page))
 
 
 @dataclass
@@ -332,9 +303,9 @@ class Study:
     programme: str
     received_at: str
     payload: dict[str, Any]
-    reviews: list[dict[str, Any]] = field(default_factory=list)
-    uploads: dict[str, Any] = field(default_factory=dict)
-    others: list[dict[str, Any]] = field(default_factory=list)
+    reviews: list[ReviewRow] = field(default_factory=list)  # newest first
+    uploads: dict[str, Any] = field(default_factory=dict)  # kind -> its `uploads` row
+    others: list[WorklistRow] = field(default_factory=list)  # this patient's other results
 
     def part(self, name: str) -> dict[str, Any]:
         value = self.payload.get(name)
@@ -365,7 +336,7 @@ def find_study(engine: Engine, user: User, uuid: str) -> Study | None:
             row.payload if isinstance(row.payload, dict) else {},
         )
         study.reviews = [
-            dict(review._mapping)
+            ReviewRow.from_row(review)
             for review in conn.execute(
                 select(r)
                 .where(r.c.result_uuid == uuid, r.c.device_id == row.device_id)
@@ -384,7 +355,7 @@ def find_study(engine: Engine, user: User, uuid: str) -> Study | None:
         patient = study.part("study").get("patient")
         if patient:
             study.others = [
-                dict(other._mapping)
+                WorklistRow.from_row(other)
                 for other in conn.execute(
                     _rows(user, Filters())
                     .where(
