@@ -6,13 +6,13 @@ parts itself:
 
 - `analyse_file`: ingest one file and analyse it now (`edge infer`, the demo);
 - `rerun`: queue a stored image for another model and, when no agent runs, analyse it now;
-- `live` / `store_capture`: a live ultrasound session and its recorded clip (`edge capture`,
+- `live` / `capture_clip`: a live ultrasound session and its recorded clip (`edge capture`,
   the TUI's live screen).
 
-A `Device` belongs to one thread (its SQLite connection does). It never requeues other
-processes' jobs: the agent does that at its start and on its maintenance tick
-(`requeue_dead_workers`), and a caller that wants one job now takes over that job's lease only
-when its holder is gone (`Pipeline._analyse_job`).
+A `Device` belongs to one thread (its SQLite connection does). Opening one requeues nothing:
+the agent's maintenance tick returns jobs whose holders died (`Store.requeue_dead_workers`), and
+a caller that wants one job now takes over that job's lease only when its holder is gone
+(`Pipeline._claim`).
 """
 
 from __future__ import annotations
@@ -20,20 +20,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 from edge.config import Settings
 from edge.inference.pool import ModelPool, ServedModel
 from edge.inference.registry import Registry
 from edge.pipeline import Pipeline
-from edge.processes import process_alive, this_host
 from edge.results import Analysis
 from edge.store import Store
 from edge.video.analysis import store_capture
 from edge.video.live import LiveAnalyzer, LiveScore
 from edge.video.source import FrameSource
-
-_Source = TypeVar("_Source", bound=FrameSource)
 
 
 @dataclass(frozen=True)
@@ -97,11 +93,6 @@ class Device:
             return Rerun(model_name, job_id, "queued")
         return Rerun(model_name, job_id, "refused", analysis)
 
-    def requeue_dead_workers(self) -> int:
-        """Jobs that processes of this host held when they died go back to the queue (the agent
-        at its start and on its maintenance tick)."""
-        return self.store.requeue_dead_workers(this_host(), process_alive)
-
     # ------------------------------------------------------------------ live ultrasound
 
     def live(
@@ -111,7 +102,7 @@ class Device:
         *,
         realtime: bool = True,
         on_score: Callable[[LiveScore], None] = lambda score: None,
-        source_type: type[_Source] | type[FrameSource] = FrameSource,
+        source_type: type[FrameSource] = FrameSource,
     ) -> Live:
         """A live session on `source`, opened as the active device profile says; start the
         analyzer with `live.analyzer.run(stop)` inside `with live.frames:`."""

@@ -32,7 +32,7 @@ from edge.imaging.explain import heatmap_png
 from edge.inference import gate
 from edge.inference.pool import ModelPool, Prediction, ServedModel
 from edge.inference.registry import Registry
-from edge.processes import new_worker_id, process_alive, this_host
+from edge.processes import new_worker_id
 from edge.results import Analysis, audit_refusal, result_record
 from edge.store import IngestOutcome, Job, NewImage, Store
 from edge.store.files import remove_quietly, write_atomically
@@ -186,7 +186,7 @@ class Pipeline:
 
     def _claim(self, job_id: str) -> Job | None:
         job = self.store.claim_job(self.worker_id, job_id)
-        if job is None and self.store.requeue_dead_workers(this_host(), process_alive, job_id=job_id):
+        if job is None and self.store.requeue_dead_workers(job_id=job_id):
             # The lease: the process that held this job is gone, so this one takes it over.
             job = self.store.claim_job(self.worker_id, job_id)
         return job

@@ -1,11 +1,12 @@
 """`edge run`: the agent. One process runs the enabled ingest sources and the worker.
 
 Threads: the worker (claims queued jobs and scores them), the drop-folder watcher, pynetdicom's
-association threads for the DICOM listener, a maintenance thread (disk guard, reserve, WAL
-checkpoint, retention, agent.json) and, under systemd, the watchdog. Start-up: migrate the store,
-requeue jobs held by dead processes, sweep orphaned files, open every model (a TensorRT engine
-may be built now: STATUS says so), then READY=1. SIGTERM or SIGINT: STOPPING=1, the sources
-stop first, the worker finishes the job in hand, and the process exits.
+association threads for the DICOM listener, a maintenance thread (jobs held by dead processes
+back to the queue, disk guard, reserve, WAL checkpoint, retention, agent.json) and, under
+systemd, the watchdog. Start-up: migrate the store, sweep orphaned files, open every model (a
+TensorRT engine may be built now: STATUS says so), then READY=1 and the first maintenance tick.
+SIGTERM or SIGINT: STOPPING=1, the sources stop first, the worker finishes the job in hand, and
+the process exits.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from edge.device import Device
 from edge.errors import Code, EdgeError
 from edge.ingest.guard import GuardedDecoder
 from edge.operations import health, housekeeping
-from edge.processes import process_alive, this_host
 from edge.store import Store
 from edge.store.files import write_atomically
 
@@ -63,9 +63,6 @@ class Agent:
         device = None
         try:
             device = Device(self.settings, actor="agent")
-            requeued = device.requeue_dead_workers()
-            if requeued:
-                log.warning("%d job(s) held by processes that died went back to the queue", requeued)
             self._warm_up(device)
             self.worker_ready.set()
             while not self.stop.is_set():
@@ -123,8 +120,11 @@ class Agent:
                     housekeeping.ensure_reserve(self.settings)
                 now = time.monotonic()
                 try:
-                    # Leases: a job whose holder died (an `edge infer` killed mid-job) returns.
-                    store.requeue_dead_workers(this_host(), process_alive)
+                    # Leases: jobs whose holder died (this agent's previous run, an `edge infer`
+                    # killed mid-job) return to the queue, from the first tick after start on.
+                    requeued = store.requeue_dead_workers()
+                    if requeued:
+                        log.warning("%d job(s) held by processes that died went back to the queue", requeued)
                     if now - last_checkpoint > CHECKPOINT_EVERY_S:
                         store.checkpoint()
                         last_checkpoint = now

@@ -13,7 +13,7 @@ import contextlib
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from sqlite_utils import Database
 from edge.clock import utc_now
 from edge.errors import Code, EdgeError
 from edge.ids import uuid7
+from edge.processes import process_alive, this_host
 from edge.store import schema
 from edge.store.files import DIR_MODE, remove_quietly, write_atomically
 from edge.store.outbox import OutboxAndReviews
@@ -306,18 +307,17 @@ class Store(Reads, TechnicianActions, OutboxAndReviews):
         with self._writing("requeue jobs"), self._transaction():
             return int(self.db.execute(sql, params).rowcount)
 
-    def requeue_dead_workers(
-        self, host: str, is_alive: Callable[[int], bool], *, job_id: str | None = None
-    ) -> int:
+    def requeue_dead_workers(self, *, job_id: str | None = None) -> int:
         """Requeue jobs (or the one named) held by processes of this host that no longer exist.
 
-        Worker ids are `host:pid:suffix`; a job claimed by a process that crashed or was killed
-        goes back to the queue (the work is idempotent: a result commits only once per job).
-        The agent sweeps at start and on its maintenance tick; a caller that wants one job now
-        (`edge infer`, a re-run) takes over that job's lease only.
+        Worker ids are `host:pid:suffix` (`processes.new_worker_id`); a job claimed by a process
+        that crashed or was killed goes back to the queue (the work is idempotent: a result
+        commits only once per job). The agent sweeps on its maintenance tick, the first one right
+        after it starts; a caller that wants one job now (`edge infer`, a re-run) takes over that
+        job's lease only.
         """
         sql = "SELECT id, worker FROM jobs WHERE state = 'running' AND worker LIKE ?"
-        params: list[Any] = [f"{host}:%"]
+        params: list[Any] = [f"{this_host()}:%"]
         if job_id is not None:
             sql += " AND id = ?"
             params.append(job_id)
@@ -325,7 +325,7 @@ class Store(Reads, TechnicianActions, OutboxAndReviews):
         dead = []
         for row in rows:
             parts = str(row["worker"]).split(":")
-            if len(parts) >= 2 and parts[1].isdigit() and not is_alive(int(parts[1])):
+            if len(parts) >= 2 and parts[1].isdigit() and not process_alive(int(parts[1])):
                 dead.append(row["id"])
         if not dead:
             return 0
