@@ -80,7 +80,7 @@ class Device:
     def rerun(self, image_id: str, model_name: str, *, agent_running: bool) -> Rerun:
         """Queue a stored image for `model_name`; when no agent runs, analyse it here and now."""
         self.registry.get(model_name)  # an unknown or broken model is refused before queueing
-        job_id = self.store.requeue_with_model(image_id, model_name, self.actor)
+        job_id = self.store.technician.requeue_with_model(image_id, model_name, self.actor)
         state = (self.store.job(job_id) or {}).get("state", "missing")
         if state in ("done", "running"):
             return Rerun(model_name, job_id, state)

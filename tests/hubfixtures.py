@@ -151,7 +151,7 @@ def device_results(
         pipeline.close()
         for analysis in analyses[:urgent]:
             assert analysis.study_id is not None
-            store.set_urgent(analysis.study_id, True, "technician")
+            store.technician.set_urgent(analysis.study_id, True, "technician")
         exchange(SyncClient(settings, store, http, credential))
     return [str(analysis.result["id"]) for analysis in analyses if analysis.result]
 

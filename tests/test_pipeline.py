@@ -12,6 +12,7 @@ import pytest
 from edge.config import Settings, load_settings
 from edge.pipeline import Pipeline
 from edge.store import Store
+from edge.store.writer import Writer
 from tests.conftest import gradient, png_bytes
 from tests.tinymodel import make_model_dir
 from tools import dicomgen
@@ -144,7 +145,7 @@ def test_store_failure_at_commit_leaves_no_partial_result_and_recovers(
     def failing(*args: Any, **kwargs: Any) -> None:
         raise sqlite3.OperationalError("injected: power cut before the outbox row")
 
-    monkeypatch.setattr(Store, "_enqueue_outbox", failing)
+    monkeypatch.setattr(Writer, "enqueue_outbox", failing)
     [analysis] = pipeline.analyse_file(path)
     assert analysis.code == "STORE_WRITE_FAILED"
     counts = store.counts()

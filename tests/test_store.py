@@ -13,6 +13,7 @@ from sqlite_utils import Database
 from edge.errors import Code, EdgeError
 from edge.store import NewImage, ResultRecord, Store, schema
 from edge.store.files import write_atomically
+from edge.store.writer import Writer
 from edge.study import StudyInfo
 
 
@@ -161,14 +162,14 @@ def test_images_of_one_study_share_it(store: Store) -> None:
 
 
 def test_failed_ingest_leaves_no_rows_and_no_file(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
-    original = Store._insert
+    original = Writer.insert
 
-    def failing(self: Store, table: str, row: dict[str, Any]) -> None:
+    def failing(self: Writer, table: str, row: dict[str, Any]) -> None:
         if table == "jobs":
             raise sqlite3.OperationalError("injected failure between image and job rows")
         original(self, table, row)
 
-    monkeypatch.setattr(Store, "_insert", failing)
+    monkeypatch.setattr(Writer, "insert", failing)
     with pytest.raises(sqlite3.OperationalError, match="injected"):
         store.ingest(new_image(), ["m"], actor="test")
     counts = store.counts()
@@ -185,7 +186,7 @@ def test_result_job_state_and_outbox_commit_together(store: Store, monkeypatch: 
     def failing(*args: Any, **kwargs: Any) -> None:
         raise sqlite3.OperationalError("injected failure before the outbox row")
 
-    monkeypatch.setattr(Store, "_enqueue_outbox", failing)
+    monkeypatch.setattr(Writer, "enqueue_outbox", failing)
     with pytest.raises(sqlite3.OperationalError, match="injected"):
         store.complete_job(job, result_record())
     counts = store.counts()
@@ -246,7 +247,7 @@ def test_disk_full_during_a_commit_is_a_coded_refusal(store: Store, monkeypatch:
     def full(*args: Any, **kwargs: Any) -> None:
         raise sqlite3.OperationalError("database or disk is full")
 
-    monkeypatch.setattr(Store, "_audit", full)
+    monkeypatch.setattr(Writer, "audit", full)
     with pytest.raises(EdgeError) as caught:
         store.audit("test", "x", None, {})
     assert caught.value.code is Code.DISK_FULL

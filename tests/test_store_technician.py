@@ -30,20 +30,22 @@ def test_migration_adds_notes_and_seen_marks(store: Store) -> None:
 
 def test_worklist_puts_urgent_first_then_newest_and_filters(filled: tuple[Store, Filled]) -> None:
     store, ids = filled
-    rows = store.worklist()
+    rows = store.technician.worklist()
     assert rows[0]["job_id"] == ids["dicom"]["job_id"]
     assert [row["queued_at"] for row in rows[1:]] == sorted(
         (row["queued_at"] for row in rows[1:]), reverse=True
     )
-    assert {row["state"] for row in store.worklist(states=("refused",))} == {"refused"}
-    assert [row["job_id"] for row in store.worklist(urgent_only=True)] == [ids["dicom"]["job_id"]]
-    unseen = store.worklist(unseen_only=True)
+    assert {row["state"] for row in store.technician.worklist(states=("refused",))} == {"refused"}
+    assert [row["job_id"] for row in store.technician.worklist(urgent_only=True)] == [ids["dicom"]["job_id"]]
+    unseen = store.technician.worklist(unseen_only=True)
     assert ids["normal_png"]["job_id"] not in {row["job_id"] for row in unseen}
     assert all(row["result_id"] for row in unseen)
-    assert {row["phi_original_name"] for row in store.worklist(search="SAMPLE-12")} == {"sample-12.png"}
-    assert store.worklist(search="100%") == []  # LIKE wildcards are matched literally
-    assert len(store.worklist(search="MODALITY_NOT")) == 1
-    reviewed = store.worklist_item(ids["pneumonia_png"]["job_id"])
+    assert {row["phi_original_name"] for row in store.technician.worklist(search="SAMPLE-12")} == {
+        "sample-12.png"
+    }
+    assert store.technician.worklist(search="100%") == []  # LIKE wildcards are matched literally
+    assert len(store.technician.worklist(search="MODALITY_NOT")) == 1
+    reviewed = store.technician.worklist_item(ids["pneumonia_png"]["job_id"])
     assert reviewed is not None
     assert reviewed["review_verdict"] == "agree"
 
@@ -51,12 +53,12 @@ def test_worklist_puts_urgent_first_then_newest_and_filters(filled: tuple[Store,
 def test_set_urgent_moves_queued_jobs_up_and_is_audited(filled: tuple[Store, Filled]) -> None:
     store, ids = filled
     queued = ids["queued"]
-    store.set_urgent(queued["study_id"], True, "tui:ana")
+    store.technician.set_urgent(queued["study_id"], True, "tui:ana")
     priority = store.db.execute(
         "SELECT priority FROM jobs WHERE image_id = ?", [queued["image_id"]]
     ).fetchone()[0]
     assert priority == URGENT_PRIORITY
-    store.set_urgent(queued["study_id"], False, "tui:ana")
+    store.technician.set_urgent(queued["study_id"], False, "tui:ana")
     actions = [
         (a["action"], a["actor"], a["subject_id"]) for a in store.audit_rows() if a["actor"] == "tui:ana"
     ]
@@ -65,51 +67,53 @@ def test_set_urgent_moves_queued_jobs_up_and_is_audited(filled: tuple[Store, Fil
         ("study.not_urgent", "tui:ana", queued["study_id"]),
     ]
     with pytest.raises(EdgeError) as missing:
-        store.set_urgent("no-such-study", True, "tui:ana")
+        store.technician.set_urgent("no-such-study", True, "tui:ana")
     assert missing.value.code is Code.INPUT_NOT_FOUND
 
 
 def test_notes_are_kept_and_never_copied_into_the_audit_trail(filled: tuple[Store, Filled]) -> None:
     store, ids = filled
     study = ids["breast"]["study_id"]
-    note_id = store.add_note(study, "  Patient Jane Roe prefers a call  ", "tui:ana")
-    assert [n["phi_text"] for n in store.notes_for(study)] == ["Patient Jane Roe prefers a call"]
+    note_id = store.technician.add_note(study, "  Patient Jane Roe prefers a call  ", "tui:ana")
+    assert [n["phi_text"] for n in store.technician.notes_for(study)] == ["Patient Jane Roe prefers a call"]
     audit = list(store.audit_rows("note.added"))[-1]  # the fixture added the first
     assert json.loads(audit["detail"]) == {"chars": 31, "note": note_id}
     for bad in ("   ", "x" * 2001):
         with pytest.raises(EdgeError):
-            store.add_note(study, bad, "tui:ana")
+            store.technician.add_note(study, bad, "tui:ana")
     with pytest.raises(EdgeError) as gone:
-        store.add_note("no-such-study", "text", "tui:ana")
+        store.technician.add_note("no-such-study", "text", "tui:ana")
     assert gone.value.code is Code.INPUT_NOT_FOUND
 
 
 def test_mark_seen_once(filled: tuple[Store, Filled]) -> None:
     store, ids = filled
     result_id = ids["breast"]["result_id"]
-    assert store.mark_seen(result_id, "tui:ana") is True
-    assert store.mark_seen(result_id, "tui:bo") is False
+    assert store.technician.mark_seen(result_id, "tui:ana") is True
+    assert store.technician.mark_seen(result_id, "tui:bo") is False
     assert (store.result(result_id) or {})["seen_by"] == "tui:ana"
     assert len(list(store.audit_rows("result.seen"))) == 2  # one from the fixture, one here
     with pytest.raises(EdgeError):
-        store.mark_seen("no-such-result", "tui:ana")
+        store.technician.mark_seen("no-such-result", "tui:ana")
 
 
 def test_requeue_with_model_adds_reopens_or_returns_the_job(filled: tuple[Store, Filled]) -> None:
     store, ids = filled
     image = ids["normal_png"]["image_id"]
-    new = store.requeue_with_model(image, "us-breast", "tui:ana")
+    new = store.technician.requeue_with_model(image, "us-breast", "tui:ana")
     assert (store.job(new) or {})["state"] == "queued"
-    assert store.requeue_with_model(image, "us-breast", "tui:ana") == new  # queued: the same job
-    assert store.requeue_with_model(image, "cxr-pneumonia", "tui:ana") == ids["normal_png"]["job_id"]  # done
+    assert store.technician.requeue_with_model(image, "us-breast", "tui:ana") == new  # queued: the same job
+    assert (
+        store.technician.requeue_with_model(image, "cxr-pneumonia", "tui:ana") == ids["normal_png"]["job_id"]
+    )  # done
     refused = ids["refused"]
-    again = store.requeue_with_model(refused["image_id"], "us-breast", "tui:ana")
+    again = store.technician.requeue_with_model(refused["image_id"], "us-breast", "tui:ana")
     assert again == refused["job_id"]
     job = store.job(again) or {}
     assert (job["state"], job["error_code"], job["worker"]) == ("queued", None, None)
     assert len(list(store.audit_rows("job.rerun"))) == 2
     with pytest.raises(EdgeError):
-        store.requeue_with_model("no-such-image", "us-breast", "tui:ana")
+        store.technician.requeue_with_model("no-such-image", "us-breast", "tui:ana")
 
 
 def test_delete_study_removes_rows_and_files_and_withdraws_unsent_records(
@@ -124,8 +128,8 @@ def test_delete_study_removes_rows_and_files_and_withdraws_unsent_records(
     clip_files = [store.data_dir / p for k in clip_row["key_frames"] for p in (k["path"], k["heatmap"]) if p]
     clip_files.append(store.data_dir / clip_row["video_path"])
     assert all(path.is_file() for path in [image_path, *clip_files])
-    store.add_note(study_id, "wrong patient", "tui:ana")
-    removed = store.delete_study(study_id, "tui:ana")
+    store.technician.add_note(study_id, "wrong patient", "tui:ana")
+    removed = store.technician.delete_study(study_id, "tui:ana")
     assert removed == {
         "images": 1,
         "results": 1,
@@ -136,7 +140,7 @@ def test_delete_study_removes_rows_and_files_and_withdraws_unsent_records(
     assert not any(path.exists() for path in [image_path, *clip_files])
     assert not clip_files[0].parent.exists()  # the clip's own folder goes too
     assert store.result(clip["result_id"]) is None
-    assert store.notes_for(study_id) == []
+    assert store.technician.notes_for(study_id) == []
     outbox = store.db.execute("SELECT acked_at, last_error FROM outbox WHERE ref_id = ?", [clip["result_id"]])
     assert [tuple(row)[1] for row in outbox.fetchall()] == [WITHDRAWN_NOTE]
     audit = list(store.audit_rows("study.deleted"))
@@ -144,14 +148,14 @@ def test_delete_study_removes_rows_and_files_and_withdraws_unsent_records(
         ("tui:ana", study_id, removed)
     ]
     with pytest.raises(EdgeError):
-        store.delete_study(study_id, "tui:ana")
+        store.technician.delete_study(study_id, "tui:ana")
 
 
 def test_a_study_with_a_running_job_is_not_deleted(filled: tuple[Store, Filled]) -> None:
     store, ids = filled
     running = ids["running"]
     with pytest.raises(EdgeError) as busy:
-        store.delete_study(running["study_id"], "tui:ana")
+        store.technician.delete_study(running["study_id"], "tui:ana")
     assert "being analysed" in busy.value.message
     assert store.image(running["image_id"]) is not None
     assert list(store.audit_rows("study.deleted")) == []
@@ -159,7 +163,7 @@ def test_a_study_with_a_running_job_is_not_deleted(filled: tuple[Store, Filled])
 
 def test_models_in_use_reports_what_served_each_model(filled: tuple[Store, Filled]) -> None:
     store, _ = filled
-    served = {row["model_name"]: row for row in store.models_in_use()}
+    served = {row["model_name"]: row for row in store.technician.models_in_use()}
     assert set(served) == {"cxr-pneumonia", "us-breast"}
     chest = served["cxr-pneumonia"]
     assert (chest["backend"], chest["precision"]) == ("onnxruntime", "fp32")

@@ -78,7 +78,7 @@ def test_results_arrive_once_then_files_then_reviews_come_back(hub: Hub, device:
         counts = exchange(client)
         assert counts["results"] == 4
         assert counts["files"] == 8  # a thumbnail and a heatmap each
-        assert store.pending_counts() == {}
+        assert store.outbox.pending_counts() == {}
         from sqlalchemy import func, select
 
         from edge.hub import db
@@ -527,7 +527,7 @@ def test_a_result_gone_from_the_device_does_not_wedge_the_queue(hub: Hub, device
         store.db.conn.commit()
         counts = exchange(client)
         assert counts["results"] == 2
-        assert store.pending_counts() == {}
+        assert store.outbox.pending_counts() == {}
         notes = [
             row[0]
             for row in store.db.execute(
@@ -556,12 +556,12 @@ def test_doctor_says_what_the_link_is_doing(hub: Hub, device: Settings) -> None:
         assert found["hub"][0] == "pass"
         assert "up to date" in found["hub"][1]
         assert found["sync agent"][0] == "warn"  # enrolled, but no `edge sync run` here
-        store.set_sync_state(
+        store.outbox.set_sync_state(
             last_error="the hub cannot be reached: ConnectError",
             last_error_at="2999-01-01T00:00:00.000Z",
             last_error_kind="unavailable",
         )
         assert lines()["hub"][0] == "warn"
-        store.set_sync_state(last_error="the hub refused: 401", last_error_kind="refused")
+        store.outbox.set_sync_state(last_error="the hub refused: 401", last_error_kind="refused")
         assert lines()["hub"] == ("fail", lines()["hub"][1])
         assert "401" in lines()["hub"][1]

@@ -246,7 +246,7 @@ def test_flag_urgent_note_and_mark_seen_write_through_the_store(filled: tuple[Se
     with store_of(settings) as store:
         study = store.db.execute("SELECT urgent FROM studies WHERE id = ?", [breast["study_id"]]).fetchone()
         assert study["urgent"] == 1
-        notes = store.notes_for(breast["study_id"])
+        notes = store.technician.notes_for(breast["study_id"])
         assert [(n["phi_text"], n["author"], n["result_id"]) for n in notes] == [
             ("Lump in the left breast, 2 cm; repeat in 6 weeks.", "tui:test", breast["result_id"])
         ]
@@ -358,7 +358,7 @@ def test_delete_asks_first_then_removes_rows_and_files_with_an_audit_row(
     assert not image.exists()
     assert not heatmap.exists()
     with store_of(settings) as store:
-        assert store.worklist_item(target["job_id"]) is None
+        assert store.technician.worklist_item(target["job_id"]) is None
         audit = list(store.audit_rows("study.deleted"))
         assert [(a["actor"], a["subject_id"]) for a in audit] == [("tui:test", target["study_id"])]
         assert json.loads(audit[0]["detail"])["files"] == 2

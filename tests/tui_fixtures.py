@@ -123,11 +123,11 @@ def fill_store(settings: Settings, *, with_clip: bool = True) -> Filled:
         finally:
             pipeline.close()
         clock.set("2025-03-14T09:10:00.000Z")
-        store.set_urgent(ids["dicom"]["study_id"], True, "tui:amina")
-        store.add_note(
+        store.technician.set_urgent(ids["dicom"]["study_id"], True, "tui:amina")
+        store.technician.add_note(
             ids["dicom"]["study_id"], "Child coughing for 3 weeks; mother asks for a call.", "tui:amina"
         )
-        store.mark_seen(ids["normal_png"]["result_id"], "tui:amina")
+        store.technician.mark_seen(ids["normal_png"]["result_id"], "tui:amina")
         add_review(store, ids["pneumonia_png"]["result_id"])
     return Filled(ids)
 
@@ -135,7 +135,7 @@ def fill_store(settings: Settings, *, with_clip: bool = True) -> Filled:
 def add_review(store: Store, result_id: str) -> None:
     """A specialist's review as the sync will store it (the hub makes reviews; no store method
     receives them yet, so the fixture writes the row itself)."""
-    with store._transaction():
+    with store.writer.transaction("add a review"):
         store.db.execute(
             "INSERT INTO reviews (id, result_id, verdict, finding, note, reviewer_role, reviewed_at,"
             " received_at) VALUES (?, ?, 'agree', 'pneumonia', ?, 'radiologist', ?, ?)",

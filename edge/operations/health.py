@@ -74,7 +74,7 @@ def snapshot(settings: Settings, store: Store | None = None) -> dict[str, Any]:
             "counts": counts,
             "last_result": store.last_result(),
             "recent_errors": store.recent_errors(),
-            "outbox_pending": sum(store.pending_counts().values()),
+            "outbox_pending": sum(store.outbox.pending_counts().values()),
             "sync": sync_status(settings, store),
             "disk": {
                 "free_mb": disk.free_mb,

@@ -4,26 +4,20 @@ reviews applied with their cursor, and the agent's own state."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
-from sqlite_utils import Database
-
 from edge.clock import utc_now
+from edge.store.writer import Writer
 
 
 class OutboxAndReviews:
-    db: Database
-    data_dir: Path
+    """`store.outbox`: what the sync agent reads and marks (it writes through the store's one
+    `Writer`)."""
 
-    # Provided by Store (the transaction, disk-full guard and audit helpers every write uses).
-    _writing: Callable[[str], AbstractContextManager[None]]
-    _transaction: Callable[[], AbstractContextManager[None]]
-    _insert: Callable[[str, dict[str, Any]], None]
-    _enqueue_outbox: Callable[[str, str, dict[str, Any]], None]
-    _audit: Callable[[str, str, str | None, dict[str, Any]], None]
+    def __init__(self, writer: Writer) -> None:
+        self.writer = writer
+        self.db = writer.db
 
     # ------------------------------------------------------------------ outbox
 
@@ -40,7 +34,7 @@ class OutboxAndReviews:
         if not outbox_ids:
             return
         now = utc_now()
-        with self._writing("acknowledge synced records"), self._transaction():
+        with self.writer.transaction("acknowledge synced records"):
             for outbox_id in outbox_ids:
                 self.db.execute(
                     "UPDATE outbox SET acked_at = ?, sent_at = coalesce(sent_at, ?), last_error = ?"
@@ -51,7 +45,7 @@ class OutboxAndReviews:
     def mark_attempt(self, outbox_ids: Sequence[str], error: str | None) -> None:
         if not outbox_ids:
             return
-        with self._writing("record a sync attempt"), self._transaction():
+        with self.writer.transaction("record a sync attempt"):
             for outbox_id in outbox_ids:
                 self.db.execute(
                     "UPDATE outbox SET attempts = attempts + 1, sent_at = ?, last_error = ? WHERE id = ?",
@@ -61,14 +55,14 @@ class OutboxAndReviews:
     def add_upload_tasks(self, tasks: Sequence[tuple[str, str, dict[str, Any]]]) -> int:
         """(kind, ref_id, payload) upload tasks, each once (a second call adds nothing)."""
         added = 0
-        with self._writing("queue uploads"), self._transaction():
+        with self.writer.transaction("queue uploads"):
             for kind, ref_id, payload in tasks:
                 exists = self.db.execute(
                     "SELECT 1 FROM outbox WHERE kind = ? AND ref_id = ?", [kind, ref_id]
                 ).fetchone()
                 if exists:
                     continue
-                self._enqueue_outbox(kind, ref_id, payload)
+                self.writer.enqueue_outbox(kind, ref_id, payload)
                 added += 1
         return added
 
@@ -97,7 +91,7 @@ class OutboxAndReviews:
         """Reviews and the cursor that fetched them commit together: a crash repeats the pull,
         and a review already here is not added twice."""
         added = 0
-        with self._writing("store reviews"), self._transaction():
+        with self.writer.transaction("store reviews"):
             for review in reviews:
                 known = self.db.execute("SELECT 1 FROM reviews WHERE id = ?", [review["id"]]).fetchone()
                 exists = self.db.execute(
@@ -105,7 +99,7 @@ class OutboxAndReviews:
                 ).fetchone()
                 if known or not exists:
                     continue
-                self._insert(
+                self.writer.insert(
                     "reviews",
                     {
                         "id": review["id"],
@@ -118,7 +112,9 @@ class OutboxAndReviews:
                         "received_at": utc_now(),
                     },
                 )
-                self._audit("sync", "review.received", review["result_uuid"], {"verdict": review["verdict"]})
+                self.writer.audit(
+                    "sync", "review.received", review["result_uuid"], {"verdict": review["verdict"]}
+                )
                 added += 1
             self._set_state("review_cursor", cursor)
         return added
@@ -133,7 +129,7 @@ class OutboxAndReviews:
         )
 
     def set_sync_state(self, **values: Any) -> None:
-        with self._writing("record the sync state"), self._transaction():
+        with self.writer.transaction("record the sync state"):
             for key, value in values.items():
                 self._set_state(key, value)
 

@@ -20,8 +20,12 @@ def _dicts(cursor: sqlite3.Cursor) -> list[dict[str, Any]]:
 
 
 class Reads:
-    db: Database
-    data_dir: Path
+    """The store's reads (`Store` is its one subclass: a store is read like this, and writes
+    through its parts)."""
+
+    def __init__(self, db: Database, data_dir: Path) -> None:
+        self.db = db
+        self.data_dir = data_dir
 
     def job(self, job_id: str) -> dict[str, Any] | None:
         return self._one("SELECT * FROM jobs WHERE id = ?", [job_id])

@@ -9,11 +9,10 @@ not shared across threads).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +28,8 @@ from edge.store.outbox import OutboxAndReviews
 from edge.store.reads import Reads
 from edge.store.records import IngestOutcome, Job, NewImage, ResultRecord
 from edge.store.technician import TechnicianActions
+from edge.store.writer import Writer
 from edge.study import StudyInfo
-
-_DISK_FULL_MARKERS = ("database or disk is full", "disk i/o error")
 
 
 def open_database(path: Path, busy_timeout_ms: int = 10_000, *, migrate: bool = True) -> Database:
@@ -66,13 +64,19 @@ def _migrate(db: Database, busy_timeout_ms: int) -> None:
             time.sleep(0.05)
 
 
-class Store(Reads, TechnicianActions, OutboxAndReviews):
-    """Repository over the device database and the image files beside it."""
+class Store(Reads):
+    """Repository over the device database and the image files beside it.
+
+    Read directly (`Reads`); written by ingest and the worker (here), the technician's marks
+    (`store.technician`) and the sync agent (`store.outbox`), all through one `Writer`.
+    """
 
     def __init__(self, data_dir: Path, *, busy_timeout_ms: int = 10_000, migrate: bool = True) -> None:
-        self.data_dir = data_dir
         self.db_path = data_dir / "edge.db"
-        self.db = open_database(self.db_path, busy_timeout_ms, migrate=migrate)
+        super().__init__(open_database(self.db_path, busy_timeout_ms, migrate=migrate), data_dir)
+        self.writer = Writer(self.db, data_dir)
+        self.technician = TechnicianActions(self.writer, self)
+        self.outbox = OutboxAndReviews(self.writer)
 
     def close(self) -> None:
         self.db.close()
@@ -97,11 +101,11 @@ class Store(Reads, TechnicianActions, OutboxAndReviews):
             return self._add_missing_jobs(existing, model_names, actor=actor)
         image_id, absolute = self._write_image_file(image)
         try:
-            with self._writing("store the image"), self._transaction():
+            with self.writer.transaction("store the image"):
                 now = utc_now()
                 study_id = self._insert_image(image_id, absolute, image, now)
-                job_ids = tuple(self._insert_job(image_id, name, now) for name in model_names)
-                self._audit(actor, "image.ingested", image_id, {"jobs": len(job_ids)})
+                job_ids = tuple(self.writer.insert_job(image_id, name, now) for name in model_names)
+                self.writer.audit(actor, "image.ingested", image_id, {"jobs": len(job_ids)})
         except sqlite3.IntegrityError:
             # Another ingester stored the same image between our lookup and our commit.
             remove_quietly(absolute)
@@ -124,7 +128,7 @@ class Store(Reads, TechnicianActions, OutboxAndReviews):
     def _insert_image(self, image_id: str, absolute: Path, image: NewImage, now: str) -> str:
         """The study (found or made) and the image row; returns the study id."""
         study_id = self._upsert_study(image.study, image.source)
-        self._insert(
+        self.writer.insert(
             "images",
             {
                 "id": image_id,
@@ -154,7 +158,7 @@ class Store(Reads, TechnicianActions, OutboxAndReviews):
     def _add_missing_jobs(
         self, existing: dict[str, Any], model_names: Sequence[str], *, actor: str
     ) -> IngestOutcome:
-        with self._writing("queue the jobs"), self._transaction():
+        with self.writer.transaction("queue the jobs"):
             now = utc_now()
             job_ids = []
             for name in model_names:
@@ -162,8 +166,8 @@ class Store(Reads, TechnicianActions, OutboxAndReviews):
                     "SELECT id FROM jobs WHERE image_id = ? AND model_name = ?",
                     [existing["id"], name],
                 ).fetchone()
-                job_ids.append(row["id"] if row else self._insert_job(existing["id"], name, now))
-            self._audit(actor, "image.duplicate", existing["id"], {})
+                job_ids.append(row["id"] if row else self.writer.insert_job(existing["id"], name, now))
+            self.writer.audit(actor, "image.duplicate", existing["id"], {})
         return IngestOutcome(existing["id"], existing["study_id"], tuple(job_ids), duplicate=True)
 
     def _upsert_study(self, study: StudyInfo, source: str) -> str:
@@ -172,28 +176,11 @@ class Store(Reads, TechnicianActions, OutboxAndReviews):
             if row:
                 return str(row["id"])
         study_id = uuid7()
-        self._insert(
+        self.writer.insert(
             "studies",
             {"id": study_id, **study.__dict__, "source": source, "received_at": utc_now()},
         )
         return study_id
-
-    def _insert_job(self, image_id: str, model_name: str, now: str, **columns: Any) -> str:
-        """A new job row (queued unless `columns` say otherwise); its id."""
-        job_id = uuid7()
-        self._insert(
-            "jobs",
-            {
-                "id": job_id,
-                "image_id": image_id,
-                "model_name": model_name,
-                "state": "queued",
-                "created_at": now,
-                "updated_at": now,
-                **columns,
-            },
-        )
-        return job_id
 
     # ------------------------------------------------------------------ the worker's side
 
@@ -207,7 +194,7 @@ class Store(Reads, TechnicianActions, OutboxAndReviews):
         params: list[Any] = [worker, utc_now(), utc_now()]
         if job_id:
             params.append(job_id)
-        with self._writing("claim a job"), self._transaction():
+        with self.writer.transaction("claim a job"):
             row = self.db.execute(
                 "UPDATE jobs SET state = 'running', worker = ?, claimed_at = ?, updated_at = ?,"
                 f" attempts = attempts + 1 WHERE id = {target} AND state = 'queued' RETURNING *",
@@ -225,9 +212,9 @@ class Store(Reads, TechnicianActions, OutboxAndReviews):
         """
         result_id = result_id or uuid7()
         now = utc_now()
-        with self._writing("store the result"), self._transaction():
+        with self.writer.transaction("store the result"):
             self._finish(job, "done", now)
-            self._insert(
+            self.writer.insert(
                 "results",
                 {
                     "id": result_id,
@@ -239,7 +226,7 @@ class Store(Reads, TechnicianActions, OutboxAndReviews):
             )
             if clip is not None:
                 self._insert_clip(result_id, result.model_name, clip, now)
-            self._enqueue_outbox("result", result_id, {"result_id": result_id, "job_id": job.id})
+            self.writer.enqueue_outbox("result", result_id, {"result_id": result_id, "job_id": job.id})
         return result_id
 
     def record_clip(
@@ -256,13 +243,13 @@ class Store(Reads, TechnicianActions, OutboxAndReviews):
         named by the clip (key frames, heatmaps, video) must already be on disk."""
         image_id, absolute = self._write_image_file(key_image)
         try:
-            with self._writing("store the clip"), self._transaction():
+            with self.writer.transaction("store the clip"):
                 now = utc_now()
                 study_id = self._insert_image(image_id, absolute, key_image, now)
-                job_id = self._insert_job(
+                job_id = self.writer.insert_job(
                     image_id, result.model_name, now, state="done", attempts=1, worker=actor, claimed_at=now
                 )
-                self._insert(
+                self.writer.insert(
                     "results",
                     {
                         "id": result_id,
@@ -273,8 +260,8 @@ class Store(Reads, TechnicianActions, OutboxAndReviews):
                     },
                 )
                 self._insert_clip(result_id, result.model_name, clip, now)
-                self._enqueue_outbox("result", result_id, {"result_id": result_id, "job_id": job_id})
-                self._audit(actor, "clip.recorded", result_id, {"frames": clip.get("frames_analysed")})
+                self.writer.enqueue_outbox("result", result_id, {"result_id": result_id, "job_id": job_id})
+                self.writer.audit(actor, "clip.recorded", result_id, {"frames": clip.get("frames_analysed")})
         except BaseException:
             remove_quietly(absolute)
             raise
@@ -284,13 +271,13 @@ class Store(Reads, TechnicianActions, OutboxAndReviews):
         row = {"id": uuid7(), "result_id": result_id, "model_name": model_name, "created_at": now}
         for key, value in clip.items():
             row[key] = json.dumps(value) if key in ("roi", "series", "key_frames", "events") else value
-        self._insert("clips", row)
+        self.writer.insert("clips", row)
 
     def fail_job(self, job: Job, code: Code, message: str, *, refused: bool = False) -> None:
         """End a job without a result: `refused` for inputs a model must not score."""
-        with self._writing("record the failure"), self._transaction():
+        with self.writer.transaction("record the failure"):
             self._finish(job, "refused" if refused else "failed", utc_now(), code, message)
-            self._audit(
+            self.writer.audit(
                 job.worker or "worker",
                 f"job.{'refused' if refused else 'failed'}",
                 job.id,
@@ -304,7 +291,7 @@ class Store(Reads, TechnicianActions, OutboxAndReviews):
         if worker_prefix is not None:
             sql += " AND worker LIKE ?"
             params.append(f"{worker_prefix}%")
-        with self._writing("requeue jobs"), self._transaction():
+        with self.writer.transaction("requeue jobs"):
             return int(self.db.execute(sql, params).rowcount)
 
     def requeue_dead_workers(self, *, job_id: str | None = None) -> int:
@@ -329,14 +316,14 @@ class Store(Reads, TechnicianActions, OutboxAndReviews):
                 dead.append(row["id"])
         if not dead:
             return 0
-        with self._writing("requeue jobs"), self._transaction():
+        with self.writer.transaction("requeue jobs"):
             marks = ", ".join("?" for _ in dead)
             cursor = self.db.execute(
                 "UPDATE jobs SET state = 'queued', worker = NULL, updated_at = ?"
                 f" WHERE state = 'running' AND id IN ({marks})",
                 [utc_now(), *dead],
             )
-            self._audit("store", "jobs.requeued", None, {"count": cursor.rowcount})
+            self.writer.audit("store", "jobs.requeued", None, {"count": cursor.rowcount})
             return int(cursor.rowcount)
 
     def _finish(
@@ -356,26 +343,12 @@ class Store(Reads, TechnicianActions, OutboxAndReviews):
             # The job was requeued and claimed by someone else meanwhile: their answer stands.
             raise EdgeError(Code.STORE_WRITE_FAILED, f"job {job.id} is no longer held by {job.worker}")
 
-    def _enqueue_outbox(self, kind: str, ref_id: str, payload: dict[str, Any]) -> None:
-        self._insert(
-            "outbox",
-            {
-                "id": uuid7(),
-                "kind": kind,
-                "ref_id": ref_id,
-                "payload": json.dumps(payload, sort_keys=True),
-                "created_at": utc_now(),
-            },
-        )
-
-    # ------------------------------------------------------------------ reads
-
     # ------------------------------------------------------------------ housekeeping
 
     def mark_purged(self, image_id: str) -> None:
-        with self._writing("record a purge"), self._transaction():
+        with self.writer.transaction("record a purge"):
             self.db.execute("UPDATE images SET purged_at = ? WHERE id = ?", [utc_now(), image_id])
-            self._audit("retention", "image.purged", image_id, {})
+            self.writer.audit("retention", "image.purged", image_id, {})
 
     def checkpoint(self) -> None:
         """Fold the WAL back into the database file and truncate it (keeps the WAL from growing)."""
@@ -385,70 +358,5 @@ class Store(Reads, TechnicianActions, OutboxAndReviews):
 
     def audit(self, actor: str, action: str, subject_id: str | None, detail: dict[str, Any]) -> None:
         """Record an event of its own (e.g. a refused input that was never stored)."""
-        with self._writing("write the audit trail"), self._transaction():
-            self._audit(actor, action, subject_id, detail)
-
-    def _audit(self, actor: str, action: str, subject_id: str | None, detail: dict[str, Any]) -> None:
-        self._insert(
-            "audit",
-            {
-                "id": uuid7(),
-                "at": utc_now(),
-                "actor": actor,
-                "action": action,
-                "subject_id": subject_id,
-                "detail": json.dumps(detail, sort_keys=True),
-            },
-        )
-
-    # ------------------------------------------------------------------ helpers
-
-    def _insert(self, table: str, row: dict[str, Any]) -> None:
-        columns = ", ".join(row)
-        marks = ", ".join("?" for _ in row)
-        self.db.execute(f"INSERT INTO {table} ({columns}) VALUES ({marks})", list(row.values()))
-
-    def _writing(self, what: str) -> _WriteGuard:
-        return _WriteGuard(what)
-
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[None]:
-        """A write transaction that takes the write lock first (BEGIN IMMEDIATE).
-
-        A deferred transaction that reads, then writes, fails at once with "database is locked"
-        when another connection committed in between (its snapshot is stale, and SQLite's busy
-        handler does not help); taking the lock up front makes concurrent writers (the DICOM
-        listener's threads, the worker, a CLI) queue on the busy timeout instead.
-        """
-        if self.db.conn.in_transaction:  # nested: part of the enclosing transaction
-            yield
-            return
-        self.db.conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            if self.db.conn.in_transaction:
-                self.db.conn.execute("ROLLBACK")
-            raise
-        try:
-            self.db.conn.execute("COMMIT")
-        except BaseException:  # e.g. the disk filled at commit: nothing of it may stay pending
-            if self.db.conn.in_transaction:
-                self.db.conn.execute("ROLLBACK")
-            raise
-
-
-class _WriteGuard:
-    """Turns SQLite's disk-full errors into the coded refusal the rest of the product shows."""
-
-    def __init__(self, what: str) -> None:
-        self.what = what
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
-        if isinstance(exc, sqlite3.OperationalError) and any(
-            marker in str(exc).lower() for marker in _DISK_FULL_MARKERS
-        ):
-            raise EdgeError(Code.DISK_FULL, f"cannot {self.what}: the disk is full") from exc
+        with self.writer.transaction("write the audit trail"):
+            self.writer.audit(actor, action, subject_id, detail)

@@ -1,7 +1,8 @@
 """The technician's side of the store: the worklist's reads and the marks a person makes on it.
 
-Mixed into `Store`, so these are still the only SQL writes on the device: every write is one
-transaction (`_transaction`, under `_writing` for the disk-full refusal) with its audit row. Audit
+A part of `Store` (`store.technician`), so these are still the only SQL writes on the device:
+every write is one transaction (`Writer.transaction`, with the disk-full refusal) with its audit
+row. Audit
 details never carry free text (a note may name a patient), only ids and counts.
 """
 
@@ -9,16 +10,16 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
-from sqlite_utils import Database
 
 from edge.clock import utc_now
 from edge.errors import Code, EdgeError
 from edge.ids import uuid7
 from edge.store.files import remove_quietly
+from edge.store.reads import Reads
+from edge.store.writer import Writer
 
 URGENT_PRIORITY = 10  # queued jobs of an urgent study are claimed before everything else
 MAX_NOTE_CHARS = 2000
@@ -63,15 +64,14 @@ def _like_pattern(text: str) -> str:
 
 
 class TechnicianActions:
-    db: Database
-    data_dir: Path
-    # Provided by Store (the transaction, disk-full guard and audit helpers every write uses).
-    _transaction: Callable[[], contextlib.AbstractContextManager[None]]
-    _writing: Callable[[str], contextlib.AbstractContextManager[None]]
-    _audit: Callable[[str, str, str | None, dict[str, Any]], None]
-    _insert: Callable[[str, dict[str, Any]], None]
-    _insert_job: Callable[..., str]
-    referenced_files: Callable[[str | None], list[str]]  # Reads
+    """`store.technician`: the worklist and the marks a person makes. Writes go through the
+    store's one `Writer`; the files a study owns are found by the store's reads."""
+
+    def __init__(self, writer: Writer, reads: Reads) -> None:
+        self.writer = writer
+        self.reads = reads
+        self.db = writer.db
+        self.data_dir = writer.data_dir
 
     # ------------------------------------------------------------------ reads
 
@@ -157,7 +157,7 @@ class TechnicianActions:
 
     def set_urgent(self, study_id: str, urgent: bool, actor: str) -> None:
         """Flag (or unflag) a study urgent; its queued jobs move to the front of the queue."""
-        with self._writing("flag the study"), self._transaction():
+        with self.writer.transaction("flag the study"):
             cursor = self.db.execute("UPDATE studies SET urgent = ? WHERE id = ?", [int(urgent), study_id])
             if cursor.rowcount != 1:
                 raise EdgeError(Code.INPUT_NOT_FOUND, f"study {study_id} is not in the store")
@@ -166,7 +166,7 @@ class TechnicianActions:
                 " AND image_id IN (SELECT id FROM images WHERE study_id = ?)",
                 [URGENT_PRIORITY if urgent else 0, utc_now(), study_id],
             )
-            self._audit(actor, "study.urgent" if urgent else "study.not_urgent", study_id, {})
+            self.writer.audit(actor, "study.urgent" if urgent else "study.not_urgent", study_id, {})
 
     def add_note(self, study_id: str, text: str, actor: str, *, result_id: str | None = None) -> str:
         """A local note on a study (and the result it is about). Returns the note's id."""
@@ -176,9 +176,9 @@ class TechnicianActions:
         if len(text) > MAX_NOTE_CHARS:
             raise EdgeError(Code.STORE_WRITE_FAILED, f"a note holds at most {MAX_NOTE_CHARS} characters")
         note_id = uuid7()
-        with self._writing("store the note"), self._transaction():
+        with self.writer.transaction("store the note"):
             try:
-                self._insert(
+                self.writer.insert(
                     "notes",
                     {
                         "id": note_id,
@@ -191,12 +191,12 @@ class TechnicianActions:
                 )
             except sqlite3.IntegrityError as exc:  # the study or result is gone (deleted)
                 raise EdgeError(Code.INPUT_NOT_FOUND, f"study {study_id} is not in the store") from exc
-            self._audit(actor, "note.added", study_id, {"note": note_id, "chars": len(text)})
+            self.writer.audit(actor, "note.added", study_id, {"note": note_id, "chars": len(text)})
         return note_id
 
     def mark_seen(self, result_id: str, actor: str) -> bool:
         """Record that a person looked at a result; False when it was already marked."""
-        with self._writing("mark the result seen"), self._transaction():
+        with self.writer.transaction("mark the result seen"):
             cursor = self.db.execute(
                 "UPDATE results SET seen_at = ?, seen_by = ? WHERE id = ? AND seen_at IS NULL",
                 [utc_now(), actor, result_id],
@@ -205,7 +205,7 @@ class TechnicianActions:
                 if self.db.execute("SELECT 1 FROM results WHERE id = ?", [result_id]).fetchone() is None:
                     raise EdgeError(Code.INPUT_NOT_FOUND, f"result {result_id} is not in the store")
                 return False
-            self._audit(actor, "result.seen", result_id, {})
+            self.writer.audit(actor, "result.seen", result_id, {})
         return True
 
     def requeue_with_model(self, image_id: str, model_name: str, actor: str) -> str:
@@ -214,7 +214,7 @@ class TechnicianActions:
         A new (image, model) pair gets a new job; a refused or failed one goes back to the queue
         (the model or the gate may have changed); a queued, running or done one is returned as it
         is (one result per image and model)."""
-        with self._writing("queue the job"), self._transaction():
+        with self.writer.transaction("queue the job"):
             image = self.db.execute(
                 "SELECT i.id, s.urgent FROM images i JOIN studies s ON s.id = i.study_id WHERE i.id = ?",
                 [image_id],
@@ -227,7 +227,7 @@ class TechnicianActions:
                 "SELECT id, state FROM jobs WHERE image_id = ? AND model_name = ?", [image_id, model_name]
             ).fetchone()
             if job is None:
-                job_id = self._insert_job(image_id, model_name, now, priority=priority)
+                job_id = self.writer.insert_job(image_id, model_name, now, priority=priority)
             elif job["state"] in ("refused", "failed"):
                 job_id = str(job["id"])
                 self.db.execute(
@@ -237,7 +237,7 @@ class TechnicianActions:
                 )
             else:
                 return str(job["id"])
-            self._audit(actor, "job.rerun", job_id, {"model": model_name, "image": image_id})
+            self.writer.audit(actor, "job.rerun", job_id, {"model": model_name, "image": image_id})
         return job_id
 
     def delete_study(self, study_id: str, actor: str) -> dict[str, int]:
@@ -248,7 +248,7 @@ class TechnicianActions:
         leaves orphan files (swept by housekeeping), never a row without its file. Outbox rows
         stay (the sequence has no holes); those not yet sent are closed with a note, so the sync
         neither sends nor waits for records that no longer exist."""
-        with self._writing("delete the study"), self._transaction():
+        with self.writer.transaction("delete the study"):
             if self.db.execute("SELECT 1 FROM studies WHERE id = ?", [study_id]).fetchone() is None:
                 raise EdgeError(Code.INPUT_NOT_FOUND, f"study {study_id} is not in the store")
             contents = self.study_contents(study_id)
@@ -282,7 +282,7 @@ class TechnicianActions:
                 "files": len(files),
                 "unsent_withdrawn": int(withdrawn),
             }
-            self._audit(actor, "study.deleted", study_id, removed)
+            self.writer.audit(actor, "study.deleted", study_id, removed)
         for path in files:
             remove_quietly(path)
         for folder in sorted({path.parent for path in files}, key=lambda p: len(p.parts), reverse=True):
@@ -292,4 +292,4 @@ class TechnicianActions:
 
     def _study_files(self, study_id: str) -> list[Path]:
         """Every file the study's rows point at (resolved in the data directory)."""
-        return [self.data_dir / path for path in self.referenced_files(study_id)]
+        return [self.data_dir / path for path in self.reads.referenced_files(study_id)]

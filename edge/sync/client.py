@@ -173,7 +173,7 @@ class SyncClient:
         """Send every unacknowledged result; returns how many the hub now has."""
         sent = 0
         while True:
-            rows = self.store.pending_outbox(["result"], self.settings.sync.batch_records)
+            rows = self.store.outbox.pending_outbox(["result"], self.settings.sync.batch_records)
             if not rows:
                 return sent
             built = [(row, self._record(row)) for row in rows]
@@ -182,7 +182,7 @@ class SyncClient:
                 # A study deleted on the device after its result was queued: nothing to send, and
                 # a missing row must not wedge the queue behind it.
                 log.warning("%d queued result(s) no longer on the device; not sent", len(gone))
-                self.store.mark_acked(gone, note="withdrawn: the result is no longer on the device")
+                self.store.outbox.mark_acked(gone, note="withdrawn: the result is no longer on the device")
             rows = [row for row, record in built if record is not None]
             records = [record for _, record in built if record is not None]
             if not records:
@@ -196,14 +196,16 @@ class SyncClient:
                     {"Content-Encoding": "gzip", "Content-Type": "application/json"},
                 )
             except (HubUnavailable, HubRefused) as exc:
-                self.store.mark_attempt([row["id"] for row in rows], str(exc)[:200])
+                self.store.outbox.mark_attempt([row["id"] for row in rows], str(exc)[:200])
                 raise
             reply = protocol.BatchReply.model_validate_json(response.content)
             by_uuid = {row["ref_id"]: row["id"] for row in rows}
-            self.store.mark_acked([by_uuid[u] for u in reply.stored + reply.duplicates])
+            self.store.outbox.mark_acked([by_uuid[u] for u in reply.stored + reply.duplicates])
             if reply.quarantined:
                 log.error("the hub quarantined %d record(s) (same id, other content)", len(reply.quarantined))
-                self.store.mark_acked([by_uuid[u] for u in reply.quarantined], note="quarantined by the hub")
+                self.store.outbox.mark_acked(
+                    [by_uuid[u] for u in reply.quarantined], note="quarantined by the hub"
+                )
             sent += len(reply.stored) + len(reply.duplicates)
 
     def _record(self, row: dict[str, Any]) -> protocol.Record | None:
@@ -233,7 +235,7 @@ class SyncClient:
         kinds = [] if mode == "none" else ["thumbnail", "heatmap"] + (["image"] if mode == "full" else [])
         tasks = []
         for kind in kinds:
-            for row in self.store.acked_results_without_uploads(kind):
+            for row in self.store.outbox.acked_results_without_uploads(kind):
                 meta = json.loads(row.get("meta") or "{}")
                 if str(meta.get("burned_in_annotation") or "").upper() == "YES":
                     continue  # pixels with burned-in text never leave the device
@@ -241,11 +243,11 @@ class SyncClient:
                     continue
                 ref = row["image_id"] if kind == "image" else row["result_id"]
                 tasks.append((kind, ref, {"result_id": row["result_id"], "image_id": row["image_id"]}))
-        return self.store.add_upload_tasks(tasks)
+        return self.store.outbox.add_upload_tasks(tasks)
 
     def push_files(self) -> int:
         done = 0
-        for row in self.store.pending_outbox(["thumbnail", "heatmap", "image"], 1000):
+        for row in self.store.outbox.pending_outbox(["thumbnail", "heatmap", "image"], 1000):
             payload = json.loads(row["payload"])
             try:
                 data, media_type = self._file_bytes(row["kind"], payload)
@@ -254,13 +256,15 @@ class SyncClient:
                 log.warning(
                     "%s for %s is no longer on the device (%s); not sent", row["kind"], row["ref_id"], exc
                 )
-                self.store.mark_acked([row["id"]], note="withdrawn: the file is no longer on the device")
+                self.store.outbox.mark_acked(
+                    [row["id"]], note="withdrawn: the file is no longer on the device"
+                )
                 continue
             if data is None:
-                self.store.mark_acked([row["id"]], note="withheld: must not leave the device")
+                self.store.outbox.mark_acked([row["id"]], note="withheld: must not leave the device")
                 continue
             self._upload(row["kind"], row["ref_id"], payload["result_id"], data, media_type)
-            self.store.mark_acked([row["id"]])
+            self.store.outbox.mark_acked([row["id"]])
             done += 1
         return done
 
@@ -328,13 +332,13 @@ class SyncClient:
     def pull_reviews(self) -> int:
         added = 0
         while True:
-            cursor = int(self.store.sync_state().get("review_cursor", 0))
+            cursor = int(self.store.outbox.sync_state().get("review_cursor", 0))
             page = protocol.ReviewPage.model_validate_json(
                 self._send("GET", f"/v1/reviews?cursor={cursor}").content
             )
             if page.cursor == cursor:
                 return added
-            added += self.store.apply_reviews([r.model_dump() for r in page.reviews], page.cursor)
+            added += self.store.outbox.apply_reviews([r.model_dump() for r in page.reviews], page.cursor)
 
     # ------------------------------------------------------------------ model releases
 

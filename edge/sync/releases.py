@@ -119,7 +119,7 @@ def pull_models(client: SyncClient) -> int:
     registry = Registry(settings.models.dir)
     # A release this device refused (a manifest newer than its software, a failed self-test) is
     # not downloaded again every round; a later version of the model is tried afresh.
-    refused: dict[str, str] = client.store.sync_state().get("models_refused", {})
+    refused: dict[str, str] = client.store.outbox.sync_state().get("models_refused", {})
     installed = 0
     for release in releases:
         current = registry.get(release.name).manifest.version if release.name in registry.names() else None
@@ -147,7 +147,7 @@ def pull_models(client: SyncClient) -> int:
         except EdgeError as error:
             log.error("model release %s refused: %s", key, error.one_line())
             refused[key] = error.one_line()[:300]
-            client.store.set_sync_state(models_refused=refused)
+            client.store.outbox.set_sync_state(models_refused=refused)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return installed

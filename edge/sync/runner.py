@@ -50,11 +50,11 @@ def exchange(client: SyncClient) -> dict[str, int]:
 def run_round(client: SyncClient) -> bool:
     """One round with its outcome recorded; True when everything pending went through."""
     store = client.store
-    store.set_sync_state(running=True)
+    store.outbox.set_sync_state(running=True)
     try:
         counts = exchange(client)
     except HubUnavailable as exc:
-        store.set_sync_state(
+        store.outbox.set_sync_state(
             running=False,
             last_error=f"the hub cannot be reached: {exc}"[:300],
             last_error_at=utc_now(),
@@ -63,7 +63,7 @@ def run_round(client: SyncClient) -> bool:
         log.warning("sync: hub unavailable: %s", exc)
         return False
     except HubRefused as exc:
-        store.set_sync_state(
+        store.outbox.set_sync_state(
             running=False,
             last_error=f"the hub refused: {exc}"[:300],
             last_error_at=utc_now(),
@@ -71,7 +71,7 @@ def run_round(client: SyncClient) -> bool:
         )
         log.error("sync: refused: %s", exc)
         return False
-    store.set_sync_state(running=False, last_success=utc_now())
+    store.outbox.set_sync_state(running=False, last_success=utc_now())
     if any(counts.values()):
         log.info("sync: %s", counts)
     return True
@@ -138,8 +138,8 @@ class _Petter:
 
 
 def _status_line(store: Store) -> str:
-    pending = store.pending_counts()
-    state = store.sync_state()
+    pending = store.outbox.pending_counts()
+    state = store.outbox.sync_state()
     waiting = ", ".join(f"{count} {kind}" for kind, count in sorted(pending.items())) or "nothing"
     since_success = (state.get("last_error_at") or "") > (state.get("last_success") or "")
     failing = bool(state.get("last_error")) and since_success
@@ -150,8 +150,8 @@ def _status_line(store: Store) -> str:
 def sync_status(settings: Settings, store: Store) -> dict[str, Any]:
     """For `edge sync status`, the health snapshot and the TUI: offline / syncing / failed / up to date."""
     credential = Credential.load(settings)
-    state = store.sync_state()
-    pending = store.pending_counts()
+    state = store.outbox.sync_state()
+    pending = store.outbox.pending_counts()
     if credential is None:
         summary = "not configured"
     elif state.get("last_error") and (state.get("last_error_at") or "") > (state.get("last_success") or ""):

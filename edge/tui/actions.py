@@ -20,19 +20,19 @@ log = logging.getLogger(__name__)
 
 def set_urgent(context: TuiContext, study_id: str, urgent: bool) -> str:
     with context.open_store() as store:
-        store.set_urgent(study_id, urgent, context.actor)
+        store.technician.set_urgent(study_id, urgent, context.actor)
     return "flagged urgent: it is now at the top of the worklist" if urgent else "urgent flag removed"
 
 
 def add_note(context: TuiContext, study_id: str, text: str, result_id: str | None = None) -> str:
     with context.open_store() as store:
-        store.add_note(study_id, text, context.actor, result_id=result_id)
+        store.technician.add_note(study_id, text, context.actor, result_id=result_id)
     return "note added"
 
 
 def mark_seen(context: TuiContext, result_id: str) -> str:
     with context.open_store() as store:
-        fresh = store.mark_seen(result_id, context.actor)
+        fresh = store.technician.mark_seen(result_id, context.actor)
     return "marked seen" if fresh else "already marked seen"
 
 
@@ -60,7 +60,7 @@ def rerun(context: TuiContext, image_id: str, model_name: str) -> str:
 
 def delete_study(context: TuiContext, study_id: str) -> str:
     with context.open_store() as store:
-        removed = store.delete_study(study_id, context.actor)
+        removed = store.technician.delete_study(study_id, context.actor)
     return (
         f"study deleted: {removed['images']} image(s), {removed['results']} result(s), "
         f"{removed['files']} file(s); the audit trail records it"
@@ -69,7 +69,7 @@ def delete_study(context: TuiContext, study_id: str) -> str:
 
 def study_contents(context: TuiContext, study_id: str) -> dict[str, int]:
     with context.open_store() as store:
-        return store.study_contents(study_id)
+        return store.technician.study_contents(study_id)
 
 
 def sync_now(settings: Settings) -> str:

@@ -69,7 +69,7 @@ class ResultDetail:
 
 def load_worklist(context: TuiContext, chosen: WorklistFilter) -> list[dict[str, Any]]:
     with context.open_store() as store:
-        return store.worklist(
+        return store.technician.worklist(
             search=chosen.search,
             states=(chosen.state,) if chosen.state else (),
             urgent_only=chosen.urgent_only,
@@ -79,13 +79,13 @@ def load_worklist(context: TuiContext, chosen: WorklistFilter) -> list[dict[str,
 
 def load_result(context: TuiContext, job_id: str) -> ResultDetail | None:
     with context.open_store() as store:
-        item = store.worklist_item(job_id)
+        item = store.technician.worklist_item(job_id)
         if item is None:
             return None
         result = store.result(item["result_id"]) if item.get("result_id") else None
         clip = store.clip_for_result(item["result_id"]) if result else None
-        reviews = store.reviews_for(item["result_id"]) if result else []
-        notes = store.notes_for(item["study_id"])
+        reviews = store.technician.reviews_for(item["result_id"]) if result else []
+        notes = store.technician.notes_for(item["study_id"])
     title, flags = None, []
     try:
         manifest = context.registry.get(item["model_name"]).manifest
@@ -158,7 +158,7 @@ def _shrunk(image: Image.Image) -> Image.Image:
 def load_health(context: TuiContext) -> dict[str, Any]:
     with context.open_store() as store:
         snap = context.health(context.settings, store)
-        snap["models_in_use"] = store.models_in_use()
+        snap["models_in_use"] = store.technician.models_in_use()
     return snap
 
 
