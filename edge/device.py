@@ -116,10 +116,10 @@ def capture_clip(settings: Settings, store: Store, live: Live) -> str:
     """Stop the live session's recording and store it as a clip; one sentence to show. `store`
     is the calling thread's (the TUI stores from another thread than the one analysing)."""
     result_id = store_capture(settings, store, live.analyzer, live.served)
-    result = store.result(result_id) or {}
+    result = store.result(result_id)
+    assert result is not None  # committed just now, in this thread
     clip = store.clip_for_result(result_id) or {}
     return (
-        f"clip stored: {result.get('finding')} P({result.get('finding_label')}) = "
-        f"{float(result.get('probability') or 0):.3f} over {clip.get('frames_analysed')} frames;"
-        f" result {result_id}"
+        f"clip stored: {result.finding} P({result.finding_label}) = {result.probability:.3f}"
+        f" over {clip.get('frames_analysed')} frames; result {result_id}"
     )

@@ -217,7 +217,7 @@ class Pipeline:
             return Analysis.refused(source, error, job_id=job_id, duplicate=duplicate, **ids)
         result = self.store.result_for_job(job_id)
         assert result is not None
-        assert result["id"] == result_id
+        assert result.id == result_id
         return Analysis(source, result=result, job_id=job_id, duplicate=duplicate, **ids)
 
     # ------------------------------------------------------------------ 4-5: job to result

@@ -15,7 +15,7 @@ from typing import Any
 from edge.errors import EdgeError
 from edge.inference.pool import ServedModel
 from edge.inference.postprocess import Finding
-from edge.store import ResultRecord, Store
+from edge.store import ResultRecord, Store, StoredResult
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ class Analysis:
     input: str
     code: str | None = None
     message: str | None = None
-    result: dict[str, Any] | None = None
+    result: StoredResult | None = None
     study_id: str | None = None
     image_id: str | None = None
     job_id: str | None = None

@@ -153,7 +153,7 @@ def device_results(
             assert analysis.study_id is not None
             store.technician.set_urgent(analysis.study_id, True, "technician")
         exchange(SyncClient(settings, store, http, credential))
-    return [str(analysis.result["id"]) for analysis in analyses if analysis.result]
+    return [str(analysis.result.id) for analysis in analyses if analysis.result]
 
 
 class LiveHub:

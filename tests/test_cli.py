@@ -62,7 +62,9 @@ def test_infer_dicom_json_has_every_field(tmp_path: Path, sample_dcm: Path) -> N
     assert 0.0 <= record["probability"] <= 1.0
     assert record["backend"] == "onnxruntime"
     with Store(tmp_path / "data") as store:
-        assert store.result_for_job(record["job_id"])["id"] == record["result_id"]
+        stored = store.result_for_job(record["job_id"])
+        assert stored is not None
+        assert stored.id == record["result_id"]
 
 
 def test_infer_text_output_and_idempotence(tmp_path: Path, sample_png: Path) -> None:

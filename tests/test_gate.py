@@ -125,4 +125,4 @@ def test_the_gate_can_be_switched_off_by_a_site(settings: Settings, store: Store
     [analysis] = pipeline.analyse_file(blank)
     pipeline.close()
     assert analysis.ok
-    assert analysis.result["quality"]["uniform_fraction"] == 1.0  # measured and stored all the same
+    assert analysis.result.quality["uniform_fraction"] == 1.0  # measured and stored all the same

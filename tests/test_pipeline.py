@@ -49,14 +49,15 @@ def test_png_to_result_with_provenance(env: Any, tmp_path: Path) -> None:
     [analysis] = pipeline.analyse_file(bright)
     assert analysis.ok, analysis.message
     r = analysis.result
-    assert (r["finding"], r["finding_label"], r["operating_point"]) == ("finding", "finding", "balanced")
-    assert r["model_name"] == "tiny"
-    assert r["model_version"] == "0.0.1"
-    assert len(r["model_sha256"]) == 64
-    assert r["backend"] == "onnxruntime"
-    assert r["precision"] in ("fp32", "int8")
-    assert 0 < r["latency_ms"] <= r["total_ms"]
-    assert r["probability"] == pytest.approx(r["probabilities"]["finding"])
+    assert r is not None
+    assert (r.finding, r.finding_label, r.operating_point) == ("finding", "finding", "balanced")
+    assert r.model_name == "tiny"
+    assert r.model_version == "0.0.1"
+    assert len(r.model_sha256) == 64
+    assert r.backend == "onnxruntime"
+    assert r.precision in ("fp32", "int8")
+    assert 0 < r.latency_ms <= r.total_ms
+    assert r.probability == pytest.approx(r.probabilities["finding"])
     assert stored(store) == {"studies": 1, "images": 1, "jobs": 1, "results": 1, "outbox": 1}
     job = store.job(analysis.job_id)
     assert job is not None
@@ -69,7 +70,7 @@ def test_the_same_file_twice_is_one_result(env: Any, tmp_path: Path) -> None:
     first = pipeline.analyse_file(path)[0]
     again = pipeline.analyse_file(path)[0]
     assert again.duplicate
-    assert again.result["id"] == first.result["id"]
+    assert again.result.id == first.result.id
     assert stored(store)["results"] == 1
 
 
@@ -78,7 +79,7 @@ def test_dicom_is_routed_by_modality_and_body_part(env: Any, tmp_path: Path) -> 
     cr = dicomgen.grey_dicom(dicomgen.twelve_bit(gradient()), bits_stored=12, window=(2048, 4096))
     [analysis] = pipeline.analyse_file(write(tmp_path / "cr.dcm", dicomgen.to_bytes(cr)))
     assert analysis.ok
-    assert analysis.result["model_name"] == "tiny"
+    assert analysis.result.model_name == "tiny"
     study = store.db.execute("SELECT * FROM studies").fetchone()
     assert (study["modality"], study["body_part"], study["phi_patient_id"]) == ("CR", "CHEST", "SYNTH-0001")
 

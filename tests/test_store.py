@@ -201,8 +201,8 @@ def test_result_job_state_and_outbox_commit_together(store: Store, monkeypatch: 
     assert (counts["results"], counts["outbox"], counts["jobs_done"]) == (1, 1, 1)
     row = store.result_for_job(job.id)
     assert row is not None
-    assert row["id"] == result_id
-    assert row["probabilities"] == {"normal": 0.1, "pneumonia": 0.9}
+    assert row.id == result_id
+    assert row.probabilities == {"normal": 0.1, "pneumonia": 0.9}
     outbox = dict(store.db.execute("SELECT * FROM outbox").fetchone())
     assert (outbox["kind"], outbox["ref_id"], outbox["seq"]) == ("result", result_id, 1)
 

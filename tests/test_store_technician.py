@@ -91,7 +91,9 @@ def test_mark_seen_once(filled: tuple[Store, Filled]) -> None:
     result_id = ids["breast"]["result_id"]
     assert store.technician.mark_seen(result_id, "tui:ana") is True
     assert store.technician.mark_seen(result_id, "tui:bo") is False
-    assert (store.result(result_id) or {})["seen_by"] == "tui:ana"
+    seen = store.result(result_id)
+    assert seen is not None
+    assert seen.seen_by == "tui:ana"
     assert len(list(store.audit_rows("result.seen"))) == 2  # one from the fixture, one here
     with pytest.raises(EdgeError):
         store.technician.mark_seen("no-such-result", "tui:ana")
@@ -121,9 +123,10 @@ def test_delete_study_removes_rows_and_files_and_withdraws_unsent_records(
 ) -> None:
     store, ids = filled
     clip = ids["clip"]
-    result = store.result(clip["result_id"]) or {}
-    image_path = store.image_file(result["image_id"])
-    study_id = (store.image(result["image_id"]) or {})["study_id"]
+    result = store.result(clip["result_id"])
+    assert result is not None
+    image_path = store.image_file(result.image_id)
+    study_id = (store.image(result.image_id) or {})["study_id"]
     clip_row = store.clip_for_result(clip["result_id"]) or {}
     clip_files = [store.data_dir / p for k in clip_row["key_frames"] for p in (k["path"], k["heatmap"]) if p]
     clip_files.append(store.data_dir / clip_row["video_path"])

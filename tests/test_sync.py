@@ -47,7 +47,7 @@ def device(tmp_path: Path) -> Settings:
 
 def analysed(settings: Settings, store: Store, paths: list[Path]) -> list[str]:
     pipeline = Pipeline(settings, store)
-    results = [a.result["id"] for path in paths for a in pipeline.analyse_file(path) if a.ok]
+    results = [a.result.id for path in paths for a in pipeline.analyse_file(path) if a.ok]
     pipeline.close()
     return results
 

@@ -252,7 +252,7 @@ def test_flag_urgent_note_and_mark_seen_write_through_the_store(filled: tuple[Se
         ]
         seen = store.result(breast["result_id"])
         assert seen is not None
-        assert seen["seen_by"] == "tui:test"
+        assert seen.seen_by == "tui:test"
         actions = [(a["action"], a["actor"]) for a in store.audit_rows() if a["actor"] == "tui:test"]
         assert actions == [
             ("study.urgent", "tui:test"),
@@ -333,7 +333,7 @@ def test_delete_asks_first_then_removes_rows_and_files_with_an_audit_row(
     target = ids["pneumonia_png"]
     with store_of(settings) as store:
         image = settings.data_dir / store.image(target["image_id"])["path"]  # type: ignore[index]
-        heatmap = settings.data_dir / store.result(target["result_id"])["heatmap_path"]  # type: ignore[index]
+        heatmap = settings.data_dir / store.result(target["result_id"]).heatmap_path  # type: ignore[union-attr,operator]
     assert image.is_file()
     assert heatmap.is_file()
     app = build_app(settings)

@@ -128,11 +128,12 @@ def test_every_real_recording_gives_a_clip_or_a_coded_refusal(pipeline: Pipeline
         assert pipeline.store.counts()["images"] == 0  # fail closed: nothing of the screen is kept
         return
     result = analysis.result
-    clip = pipeline.store.clip_for_result(result["id"])
+    assert result is not None
+    clip = pipeline.store.clip_for_result(result.id)
     assert clip is not None
     assert clip["frames_analysed"] >= 3
     assert clip["aggregate"].startswith("mean")
-    assert abs(np.mean([p for _, p in clip["series"]]) - result["probability"]) < 1e-3
+    assert abs(np.mean([p for _, p in clip["series"]]) - result.probability) < 1e-3
     assert 1 <= len(clip["key_frames"]) <= pipeline.settings.video.key_frames
     for key in clip["key_frames"]:
         assert (pipeline.store.data_dir / key["path"]).is_file()
@@ -162,7 +163,7 @@ def test_the_same_recording_twice_is_one_clip(pipeline: Pipeline, tmp_path: Path
     shutil.copy(CLIPS[0], copy)
     again = pipeline.analyse_file(copy)[0]
     assert again.duplicate
-    assert again.result["id"] == first.result["id"]
+    assert again.result.id == first.result.id
     assert pipeline.store.counts()["results"] == 1
 
 
@@ -173,8 +174,8 @@ def test_the_same_recording_with_another_model_is_another_clip(pipeline: Pipelin
     first = pipeline.analyse_file(CLIPS[0])[0]
     second = pipeline.analyse_file(CLIPS[0], model=other)[0]
     assert not second.duplicate, "the second model's question was answered with the first's result"
-    assert second.result["model_name"] == other != first.result["model_name"]
-    assert pipeline.analyse_file(CLIPS[0], model=other)[0].result["id"] == second.result["id"]
+    assert second.result.model_name == other != first.result.model_name
+    assert pipeline.analyse_file(CLIPS[0], model=other)[0].result.id == second.result.id
     assert pipeline.store.counts()["results"] == 2
 
 
@@ -189,10 +190,10 @@ def test_a_clip_is_judged_by_the_clip_threshold_of_its_operating_point(pipeline:
     assert point.clip_threshold != point.threshold
     [analysis] = pipeline.analyse_file(CLIP, model="us-lung")
     assert analysis.ok, analysis.message
-    assert analysis.result["threshold"] == point.clip_threshold
-    assert analysis.result["operating_point"] == name
-    positive = analysis.result["probability"] >= point.clip_threshold
-    assert (analysis.result["finding"] == entry.manifest.output.positive) == positive
+    assert analysis.result.threshold == point.clip_threshold
+    assert analysis.result.operating_point == name
+    positive = analysis.result.probability >= point.clip_threshold
+    assert (analysis.result.finding == entry.manifest.output.positive) == positive
 
 
 def test_the_orphan_sweep_keeps_a_stored_clips_files(pipeline: Pipeline) -> None:
@@ -205,7 +206,7 @@ def test_the_orphan_sweep_keeps_a_stored_clips_files(pipeline: Pipeline) -> None
 
     [analysis] = pipeline.analyse_file(CLIP, model="us-lung")
     assert analysis.ok, analysis.message
-    clip = pipeline.store.clip_for_result(analysis.result["id"])
+    clip = pipeline.store.clip_for_result(analysis.result.id)
     assert clip is not None
     files = [pipeline.store.data_dir / p for k in clip["key_frames"] for p in (k["path"], k["heatmap"]) if p]
     files.append(pipeline.store.data_dir / clip["video_path"])
@@ -252,7 +253,7 @@ def test_lung_clips_point_the_right_way(pipeline: Pipeline) -> None:
     needs_data()
     if ultrasound_model() != "us-lung":
         pytest.skip("the lung model is not shipped yet")
-    scores = {path.name: pipeline.analyse_file(path)[0].result["probability"] for path in CLIPS}
+    scores = {path.name: pipeline.analyse_file(path)[0].result.probability for path in CLIPS}
     covid = [p for name, p in scores.items() if name.startswith("Cov")]
     regular = [p for name, p in scores.items() if name.startswith("Reg")]
     print("\nlung clips, clip-level P(covid):", json.dumps({k: round(v, 3) for k, v in scores.items()}))
@@ -283,7 +284,7 @@ def test_a_stream_cut_mid_file_is_analysed_to_where_it_ends(pipeline: Pipeline, 
     cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
     [analysis] = pipeline.analyse_file(cut)
     assert analysis.ok, analysis.message
-    clip = pipeline.store.clip_for_result(analysis.result["id"])
+    clip = pipeline.store.clip_for_result(analysis.result.id)
     assert any("ended early" in event for event in clip["events"]), clip["events"]
     assert clip["duration_s"] < 6.0  # about half of the 10 s
 
@@ -421,7 +422,7 @@ def test_a_dicom_cine_goes_to_the_video_path(pipeline: Pipeline, tmp_path: Path)
     path.write_bytes(dicomgen.to_bytes(ds))
     [analysis] = pipeline.analyse_file(path, model=ultrasound_model())
     assert analysis.ok, analysis.message
-    clip = pipeline.store.clip_for_result(analysis.result["id"])
+    clip = pipeline.store.clip_for_result(analysis.result.id)
     assert clip["source"] == "dicom"
     assert clip["frames_analysed"] >= 3
     assert clip["duration_s"] > 1.0  # paced by FrameTime, not by the machine

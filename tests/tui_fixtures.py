@@ -87,7 +87,7 @@ def _analysed(pipeline: Pipeline, path: Path, model: str | None = None) -> dict[
         "study_id": analysis.study_id,
         "image_id": analysis.image_id,
         "job_id": analysis.job_id,
-        "result_id": analysis.result["id"] if analysis.result else None,
+        "result_id": analysis.result.id if analysis.result else None,
         "code": analysis.code,
     }
 

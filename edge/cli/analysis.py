@@ -6,7 +6,7 @@ import json
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
@@ -14,10 +14,13 @@ from rich.console import Console
 from edge.cli.base import EXIT_REFUSED, EXIT_USAGE, Context, cli, pass_context
 from edge.errors import EdgeError
 
+if TYPE_CHECKING:  # the analysis modules load models: only when a command runs
+    from edge.results import Analysis
+
 # ---------------------------------------------------------------------- infer
 
 
-def analysis_json(analysis: Any, heatmap: Path | None = None) -> dict[str, Any]:
+def analysis_json(analysis: Analysis, heatmap: Path | None = None) -> dict[str, Any]:
     """The stable JSON shape of one analysis (one input, one model)."""
     out: dict[str, Any] = {
         "input": analysis.input,
@@ -31,36 +34,38 @@ def analysis_json(analysis: Any, heatmap: Path | None = None) -> dict[str, Any]:
         out.update(code=analysis.code, reason=analysis.message)
         return out
     r = analysis.result
+    assert r is not None
     out.update(
-        result_id=r["id"],
-        finding=r["finding"],
-        positive_label=r["finding_label"],
-        probability=round(r["probability"], 6),
-        probabilities={k: round(v, 6) for k, v in r["probabilities"].items()},
-        threshold=r["threshold"],
-        operating_point=r["operating_point"],
-        model=r["model_name"],
-        model_version=r["model_version"],
-        model_sha256=r["model_sha256"],
-        variant=r["variant"],
-        backend=r["backend"],
-        precision=r["precision"],
-        latency_ms=round(r["latency_ms"], 3),
-        total_ms=round(r["total_ms"], 3),
+        result_id=r.id,
+        finding=r.finding,
+        positive_label=r.finding_label,
+        probability=round(r.probability, 6),
+        probabilities={k: round(v, 6) for k, v in r.probabilities.items()},
+        threshold=r.threshold,
+        operating_point=r.operating_point,
+        model=r.model_name,
+        model_version=r.model_version,
+        model_sha256=r.model_sha256,
+        variant=r.variant,
+        backend=r.backend,
+        precision=r.precision,
+        latency_ms=round(r.latency_ms, 3),
+        total_ms=round(r.total_ms, 3),
         heatmap=str(heatmap) if heatmap else None,
     )
     return out
 
 
-def analysis_line(analysis: Any) -> str:
+def analysis_line(analysis: Analysis) -> str:
     if not analysis.ok:
         return f"REFUSED {analysis.input}  {analysis.code}: {analysis.message}"
     r = analysis.result
+    assert r is not None
     again = "  (already analysed)" if analysis.duplicate else ""
     return (
-        f"OK      {analysis.input}  {r['finding']}  P({r['finding_label']})={r['probability']:.3f}"
-        f"  threshold {r['threshold']:.3f} ({r['operating_point']})  {r['model_name']} {r['model_version']}"
-        f"  {r['backend']}/{r['precision']}  {r['latency_ms']:.1f} ms{again}"
+        f"OK      {analysis.input}  {r.finding}  P({r.finding_label})={r.probability:.3f}"
+        f"  threshold {r.threshold:.3f} ({r.operating_point})  {r.model_name} {r.model_version}"
+        f"  {r.backend}/{r.precision}  {r.latency_ms:.1f} ms{again}"
     )
 
 
@@ -101,16 +106,17 @@ def infer(
     sys.exit(EXIT_REFUSED if refused else 0)
 
 
-def _heatmap_copy(data_dir: Path, analysis: Any, source: Path, target_dir: Path | None) -> Path | None:
+def _heatmap_copy(data_dir: Path, analysis: Analysis, source: Path, target_dir: Path | None) -> Path | None:
     """The stored heatmap, copied into `target_dir` when asked (else the stored file itself)."""
-    stored = analysis.result.get("heatmap_path") if analysis.ok else None
-    if not stored:
+    result = analysis.result
+    stored = result.heatmap_path if result else None
+    if result is None or not stored:
         return None
     path = data_dir / stored
     if target_dir is None:
         return path
     target_dir.mkdir(parents=True, exist_ok=True)
-    target = target_dir / f"{source.stem}.{analysis.result['model_name']}.heatmap.png"
+    target = target_dir / f"{source.stem}.{result.model_name}.heatmap.png"
     shutil.copyfile(path, target)
     return target
 

@@ -48,7 +48,7 @@ def run_demo(settings: Settings, *, fresh: bool = False, explicit_data_dir: bool
     elapsed = time.perf_counter() - started
     console.print(_table(rows))
     scored = [(truth, a) for _, truth, a in rows if a.ok and a.result]
-    agree = sum(1 for truth, a in scored if a.result and a.result["finding"] == truth)
+    agree = sum(1 for truth, a in scored if a.result and a.result.finding == truth)
     refused = len(rows) - len(scored)
     console.print(
         f"{len(scored)} analysed, {refused} refused; the model agrees with the published label on "
@@ -68,10 +68,10 @@ def _table(rows: list[tuple[Path, str, Analysis]]) -> Table:
     title = "results"
     positive = "positive"
     if first:
-        positive = first["finding_label"]
+        positive = first.finding_label
         title = (
-            f"{first['model_name']} {first['model_version']} on {first['backend']}/{first['variant']}, "
-            f"threshold {first['threshold']:.3f} ({first['operating_point']})"
+            f"{first.model_name} {first.model_version} on {first.backend}/{first.variant}, "
+            f"threshold {first.threshold:.3f} ({first.operating_point})"
         )
     table = Table(title=title)
     for header in ("sample", "label", "finding", f"P({positive})", "ms"):
@@ -81,12 +81,12 @@ def _table(rows: list[tuple[Path, str, Analysis]]) -> Table:
             table.add_row(path.name, truth, f"[red]{analysis.code}[/]", "", "")
             continue
         r = analysis.result
-        colour = "green" if r["finding"] == truth else "yellow"
+        colour = "green" if r.finding == truth else "yellow"
         table.add_row(
             path.name,
             truth,
-            f"[{colour}]{r['finding']}[/]",
-            f"{r['probability']:.3f}",
-            f"{r['latency_ms']:.1f}",
+            f"[{colour}]{r.finding}[/]",
+            f"{r.probability:.3f}",
+            f"{r.latency_ms:.1f}",
         )
     return table

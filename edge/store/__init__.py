@@ -1,6 +1,6 @@
 """The device store (SQLite via sqlite-utils) and the image files it owns."""
 
-from edge.store.records import IngestOutcome, Job, NewImage, ResultRecord
+from edge.store.records import IngestOutcome, Job, NewImage, ResultRecord, StoredResult
 from edge.store.store import Store, open_database
 
 __all__ = [
@@ -9,5 +9,6 @@ __all__ = [
     "NewImage",
     "ResultRecord",
     "Store",
+    "StoredResult",
     "open_database",
 ]

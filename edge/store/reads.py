@@ -13,6 +13,7 @@ from sqlite_utils import Database
 from edge.clock import utc_now
 from edge.errors import Code, EdgeError
 from edge.store import schema
+from edge.store.records import StoredResult
 
 
 def _dicts(cursor: sqlite3.Cursor) -> list[dict[str, Any]]:
@@ -43,28 +44,13 @@ class Reads:
         """Where a result's heatmap overlay lives (written before its row commits)."""
         return self.data_dir / "heatmaps" / utc_now()[:10] / f"{result_id}.png"
 
-    def result_for_job(self, job_id: str) -> dict[str, Any] | None:
+    def result_for_job(self, job_id: str) -> StoredResult | None:
         row = self._one("SELECT * FROM results WHERE job_id = ?", [job_id])
-        if row is not None:
-            row["probabilities"] = json.loads(row["probabilities"])
-            row["quality"] = json.loads(row["quality"]) if row.get("quality") else None
-        return row
+        return StoredResult.from_row(row) if row is not None else None
 
-    def result(self, result_id: str) -> dict[str, Any] | None:
+    def result(self, result_id: str) -> StoredResult | None:
         row = self._one("SELECT * FROM results WHERE id = ?", [result_id])
-        if row is not None:
-            row["probabilities"] = json.loads(row["probabilities"])
-            row["quality"] = json.loads(row["quality"]) if row.get("quality") else None
-        return row
-
-    def recent_results(self, limit: int = 50) -> list[dict[str, Any]]:
-        return _dicts(
-            self.db.execute(
-                "SELECT r.*, i.phi_original_name, i.format FROM results r"
-                " JOIN images i ON i.id = r.image_id ORDER BY r.created_at DESC LIMIT ?",
-                [limit],
-            )
-        )
+        return StoredResult.from_row(row) if row is not None else None
 
     def counts(self) -> dict[str, int]:
         """Row counts per table and jobs per state (for status and tests)."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from edge.study import StudyInfo
@@ -86,3 +86,25 @@ class ResultRecord:
         row["probabilities"] = json.dumps(self.probabilities, sort_keys=True)
         row["quality"] = json.dumps(self.quality, sort_keys=True) if self.quality is not None else None
         return row
+
+
+@dataclass(frozen=True, kw_only=True)
+class StoredResult(ResultRecord):
+    """A result as read back: the record it was stored from, where it sits, who has seen it.
+    What every reader gets (`Store.result`, `result_for_job`, `Analysis.result`), so a result's
+    fields are named once, here and in `ResultRecord`."""
+
+    id: str
+    job_id: str
+    image_id: str
+    created_at: str
+    seen_at: str | None = None
+    seen_by: str | None = None
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> StoredResult:
+        known = {f.name for f in fields(cls)}
+        values = {key: value for key, value in row.items() if key in known}
+        values["probabilities"] = json.loads(row["probabilities"])
+        values["quality"] = json.loads(row["quality"]) if row.get("quality") else None
+        return cls(**values)

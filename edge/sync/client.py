@@ -212,15 +212,15 @@ class SyncClient:
         result = self.store.result(row["ref_id"])
         if result is None:
             return None
-        image = self.store.image(result["image_id"]) or {}
+        image = self.store.image(result.image_id) or {}
         image["meta"] = json.loads(image.get("meta") or "{}")
         study = dict(
             self.store.db.execute("SELECT * FROM studies WHERE id = ?", [image["study_id"]]).fetchone()
         )
-        clip = self.store.clip_for_result(result["id"])
+        clip = self.store.clip_for_result(result.id)
         payload = self.deid.result_payload(result, study, image, clip, self.settings.site)
         return protocol.Record(
-            uuid=result["id"],
+            uuid=result.id,
             seq=row["seq"],
             kind="result",
             sha256=protocol.payload_hash(payload),
@@ -271,8 +271,10 @@ class SyncClient:
     def _file_bytes(self, kind: str, payload: dict[str, Any]) -> tuple[bytes | None, str]:
         store = self.store
         if kind == "heatmap":
-            result = store.result(payload["result_id"]) or {}
-            return (store.data_dir / result["heatmap_path"]).read_bytes(), "image/png"
+            result = store.result(payload["result_id"])
+            if result is None or result.heatmap_path is None:
+                raise FileNotFoundError(f"result {payload['result_id']} has no heatmap")
+            return (store.data_dir / result.heatmap_path).read_bytes(), "image/png"
         image = store.image(payload["image_id"]) or {}  # {} (deleted): KeyError below
         data = (store.data_dir / image["path"]).read_bytes()
         if kind == "image" and image["format"] == "dicom":

@@ -27,6 +27,7 @@ from typing import Any, Literal
 import pydicom
 from pydicom.dataset import Dataset
 
+from edge.store import StoredResult
 from edge.store.files import write_atomically
 
 DatePolicy = Literal["keep", "shift", "remove"]
@@ -203,7 +204,7 @@ class Deidentifier:
 
     def result_payload(
         self,
-        row: dict[str, Any],
+        result: StoredResult,
         study: dict[str, Any],
         image: dict[str, Any],
         clip: dict[str, Any] | None,
@@ -213,21 +214,21 @@ class Deidentifier:
         meta = image.get("meta") or {}
         payload: dict[str, Any] = {
             "result": {
-                "model": row["model_name"],
-                "version": row["model_version"],
-                "model_sha256": row["model_sha256"],
-                "variant": row["variant"],
-                "backend": row["backend"],
-                "precision": row["precision"],
-                "finding": row["finding"],
-                "positive_label": row["finding_label"],
-                "probability": round(row["probability"], 5),
-                "probabilities": {k: round(v, 5) for k, v in row["probabilities"].items()},
-                "threshold": row["threshold"],
-                "operating_point": row["operating_point"],
-                "latency_ms": round(row["latency_ms"], 2),
-                "quality": row.get("quality"),
-                "created": self.date(row["created_at"]),
+                "model": result.model_name,
+                "version": result.model_version,
+                "model_sha256": result.model_sha256,
+                "variant": result.variant,
+                "backend": result.backend,
+                "precision": result.precision,
+                "finding": result.finding,
+                "positive_label": result.finding_label,
+                "probability": round(result.probability, 5),
+                "probabilities": {k: round(v, 5) for k, v in result.probabilities.items()},
+                "threshold": result.threshold,
+                "operating_point": result.operating_point,
+                "latency_ms": round(result.latency_ms, 2),
+                "quality": result.quality,
+                "created": self.date(result.created_at),
             },
             "study": {
                 "patient": self.pseudonym(study.get("phi_patient_id")),

@@ -52,10 +52,7 @@ def rerun(context: TuiContext, image_id: str, model_name: str) -> str:
     if not analysis.ok or analysis.result is None:
         return f"{model_name} did not score it: {analysis.code}: {analysis.message}"
     result = analysis.result
-    return (
-        f"{model_name}: {result.get('finding')}, P({result.get('finding_label')}) = "
-        f"{float(result.get('probability') or 0):.3f}"
-    )
+    return f"{model_name}: {result.finding}, P({result.finding_label}) = {result.probability:.3f}"
 
 
 def delete_study(context: TuiContext, study_id: str) -> str:

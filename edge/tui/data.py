@@ -15,6 +15,7 @@ from PIL import Image
 
 from edge.errors import EdgeError
 from edge.imaging.decode import decode_bytes, read_input
+from edge.store import StoredResult
 from edge.tui.context import TuiContext
 
 # The worklist's state filter cycles through these (None: every state).
@@ -59,7 +60,7 @@ class QualityFlag:
 class ResultDetail:
     item: dict[str, Any]
     """The worklist row: job, image, study and (when done) the result's summary."""
-    result: dict[str, Any] | None = None
+    result: StoredResult | None = None
     clip: dict[str, Any] | None = None
     reviews: list[dict[str, Any]] = field(default_factory=list)
     notes: list[dict[str, Any]] = field(default_factory=list)
@@ -90,11 +91,11 @@ def load_result(context: TuiContext, job_id: str) -> ResultDetail | None:
     try:
         manifest = context.registry.get(item["model_name"]).manifest
         title = manifest.title
-        if result and result.get("quality"):
-            flags = quality_flags(result["quality"], manifest.quality.model_dump())
+        if result and result.quality:
+            flags = quality_flags(result.quality, manifest.quality.model_dump())
     except EdgeError:  # the model was removed since: the result still shows, without limits
-        if result and result.get("quality"):
-            flags = quality_flags(result["quality"], {})
+        if result and result.quality:
+            flags = quality_flags(result.quality, {})
     return ResultDetail(item, result, clip, reviews, notes, flags, title)
 
 
@@ -123,7 +124,7 @@ def quality_flags(measures: dict[str, float], rule: dict[str, Any]) -> list[Qual
 def load_picture(context: TuiContext, detail: ResultDetail, heatmap: bool) -> tuple[Image.Image | None, str]:
     """The image to draw (the heatmap overlay when asked and stored) and a caption saying which."""
     item, data_dir = detail.item, context.settings.data_dir
-    stored_heatmap = (detail.result or {}).get("heatmap_path")
+    stored_heatmap = detail.result.heatmap_path if detail.result else None
     if heatmap and stored_heatmap:
         path = data_dir / stored_heatmap
         try:

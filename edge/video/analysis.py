@@ -57,7 +57,7 @@ def analyse_recording(
         if existing is not None:
             result = store.result(existing["result_id"])
             return Analysis(
-                str(path), result=result, job_id=result["job_id"] if result else None, duplicate=True
+                str(path), result=result, job_id=result.job_id if result else None, duplicate=True
             )
         source = FrameSource(str(path), realtime=realtime, lossless=not realtime)
         summary, analyzer, elapsed = _record(settings, served, source)
@@ -80,7 +80,7 @@ def analyse_recording(
         audit_refusal(store, actor, error)
         return Analysis.refused(str(path), error)
     result = store.result(result_id)
-    return Analysis(str(path), result=result, job_id=result["job_id"] if result else None)
+    return Analysis(str(path), result=result, job_id=result.job_id if result else None)
 
 
 def _record(

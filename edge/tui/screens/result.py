@@ -14,6 +14,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
 from textual.widgets import Footer, Static
 
+from edge.store import StoredResult
 from edge.tui.data import ResultDetail, display_name, is_positive, load_picture, load_result
 from edge.tui.screens.base import EdgeScreen
 from edge.tui.screens.item_actions import ITEM_BINDINGS, ItemActions
@@ -131,10 +132,10 @@ def sections(detail: ResultDetail, stamp: Any) -> dict[str, str]:
         out["probabilities"] = _probabilities(result)
         out["quality"] = _quality(detail)
         out["model"] = (
-            f"[b]Model[/b] {result['model_name']} {result['model_version']}"
+            f"[b]Model[/b] {result.model_name} {result.model_version}"
             + (f"\n{escape(detail.model_title)}" if detail.model_title else "")
-            + f"\n{result['variant']} · {result['backend']}/{result['precision']}"
-            + f"\noperating point [b]{result['operating_point']}[/b], threshold {result['threshold']:.3f}"
+            + f"\n{result.variant} · {result.backend}/{result.precision}"
+            + f"\noperating point [b]{result.operating_point}[/b], threshold {result.threshold:.3f}"
         )
     else:
         out["model"] = f"[b]Model[/b] {item['model_name']}"
@@ -150,15 +151,15 @@ def sections(detail: ResultDetail, stamp: Any) -> dict[str, str]:
     return out
 
 
-def _finding(item: dict[str, Any], result: dict[str, Any] | None) -> str:
+def _finding(item: dict[str, Any], result: StoredResult | None) -> str:
     if result:
-        positive = is_positive(result)
+        positive = is_positive(item)  # the worklist row carries the result's decision
         colour = "bold yellow" if positive else "bold green"
         urgent = "[bold white on red] URGENT [/] " if item["urgent"] else ""
         seen = f"seen by {escape(str(item['seen_by']))}" if item.get("seen_at") else "[b]not seen yet[/b] (m)"
         return (
-            f"{urgent}[{colour}]{result['finding'].upper()}[/]\n"
-            f"P({result['finding_label']}) = [b]{result['probability']:.3f}[/b] (calibrated) · {seen}"
+            f"{urgent}[{colour}]{result.finding.upper()}[/]\n"
+            f"P({result.finding_label}) = [b]{result.probability:.3f}[/b] (calibrated) · {seen}"
         )
     state = item["state"]
     urgent = "[bold white on red] URGENT [/] " if item["urgent"] else ""
@@ -170,12 +171,12 @@ def _finding(item: dict[str, Any], result: dict[str, Any] | None) -> str:
     return f"{urgent}[cyan]{'RUNNING' if state == 'running' else 'NEW'}[/] waiting for {item['model_name']}"
 
 
-def _probabilities(result: dict[str, Any]) -> str:
+def _probabilities(result: StoredResult) -> str:
     lines = ["[b]Probabilities[/b] (calibrated)"]
-    width = max(len(label) for label in result["probabilities"])
-    for label, value in sorted(result["probabilities"].items(), key=lambda kv: -kv[1]):
+    width = max(len(label) for label in result.probabilities)
+    for label, value in sorted(result.probabilities.items(), key=lambda kv: -kv[1]):
         filled = round(value * BAR_WIDTH)
-        mark = "[yellow]" if label == result["finding_label"] else "[blue]"
+        mark = "[yellow]" if label == result.finding_label else "[blue]"
         bar = f"{mark}{'█' * filled}[/]{'·' * (BAR_WIDTH - filled)}"
         lines.append(f"{label:<{width}} {bar} {value:.3f}")
     return "\n".join(lines)
