@@ -31,23 +31,21 @@ def test_migration_adds_notes_and_seen_marks(store: Store) -> None:
 def test_worklist_puts_urgent_first_then_newest_and_filters(filled: tuple[Store, Filled]) -> None:
     store, ids = filled
     rows = store.technician.worklist()
-    assert rows[0]["job_id"] == ids["dicom"]["job_id"]
-    assert [row["queued_at"] for row in rows[1:]] == sorted(
-        (row["queued_at"] for row in rows[1:]), reverse=True
-    )
-    assert {row["state"] for row in store.technician.worklist(states=("refused",))} == {"refused"}
-    assert [row["job_id"] for row in store.technician.worklist(urgent_only=True)] == [ids["dicom"]["job_id"]]
+    assert rows[0].job_id == ids["dicom"]["job_id"]
+    assert [row.queued_at for row in rows[1:]] == sorted((row.queued_at for row in rows[1:]), reverse=True)
+    assert {row.state for row in store.technician.worklist(states=("refused",))} == {"refused"}
+    assert [row.job_id for row in store.technician.worklist(urgent_only=True)] == [ids["dicom"]["job_id"]]
     unseen = store.technician.worklist(unseen_only=True)
-    assert ids["normal_png"]["job_id"] not in {row["job_id"] for row in unseen}
-    assert all(row["result_id"] for row in unseen)
-    assert {row["phi_original_name"] for row in store.technician.worklist(search="SAMPLE-12")} == {
+    assert ids["normal_png"]["job_id"] not in {row.job_id for row in unseen}
+    assert all(row.result_id for row in unseen)
+    assert {row.phi_original_name for row in store.technician.worklist(search="SAMPLE-12")} == {
         "sample-12.png"
     }
     assert store.technician.worklist(search="100%") == []  # LIKE wildcards are matched literally
     assert len(store.technician.worklist(search="MODALITY_NOT")) == 1
     reviewed = store.technician.worklist_item(ids["pneumonia_png"]["job_id"])
     assert reviewed is not None
-    assert reviewed["review_verdict"] == "agree"
+    assert reviewed.review_verdict == "agree"
 
 
 def test_set_urgent_moves_queued_jobs_up_and_is_audited(filled: tuple[Store, Filled]) -> None:

@@ -104,10 +104,10 @@ def test_worklist_shows_every_state_urgent_first_and_the_refusal_reason(
     async def scenario(pilot: Pilot[Any], said: list[str]) -> None:
         screen = worklist(pilot.app)  # type: ignore[arg-type]
         rows = screen.rows
-        assert rows[0]["job_id"] == ids["dicom"]["job_id"]  # flagged urgent: first
-        assert [row["urgent"] for row in rows] == sorted((row["urgent"] for row in rows), reverse=True)
-        assert {row["state"] for row in rows} == {"done", "queued", "running", "refused"}
-        unflagged = [row["queued_at"] for row in rows[1:]]
+        assert rows[0].job_id == ids["dicom"]["job_id"]  # flagged urgent: first
+        assert [row.urgent for row in rows] == sorted((row.urgent for row in rows), reverse=True)
+        assert {row.state for row in rows} == {"done", "queued", "running", "refused"}
+        unflagged = [row.queued_at for row in rows[1:]]
         assert unflagged == sorted(unflagged, reverse=True)  # then the newest first
         assert "pneumonia" in text_of(pilot.app, "#row-detail")  # type: ignore[arg-type]
         await go_to_row(pilot, ids["refused"]["job_id"])
@@ -128,21 +128,21 @@ def test_search_and_filters_narrow_the_worklist(filled: tuple[Settings, Filled])
         assert screen.query_one("#search", Input).has_focus
         await pilot.press(*"synthetic")
         await settle(pilot)
-        assert {row["phi_patient_name"] for row in screen.rows} == {"Sample^Synthetic"}
+        assert {row.phi_patient_name for row in screen.rows} == {"Sample^Synthetic"}
         await pilot.press("escape", "f")  # back to the table; state filter: new
         await settle(pilot)
-        assert [row["state"] for row in screen.rows] == ["queued"]
+        assert [row.state for row in screen.rows] == ["queued"]
         assert "state: new" in text_of(pilot.app, "#filter-state")  # type: ignore[arg-type]
         await pilot.press("x", "U")  # clear, then urgent only
         await settle(pilot)
-        assert [row["job_id"] for row in screen.rows] == [ids["dicom"]["job_id"]]
+        assert [row.job_id for row in screen.rows] == [ids["dicom"]["job_id"]]
         await pilot.press("x", "V")  # unseen results only
         await settle(pilot)
         assert screen.rows
-        assert all(row["result_id"] and not row["seen_at"] for row in screen.rows)
+        assert all(row.result_id and not row.seen_at for row in screen.rows)
         await pilot.press("x", "f", "f", "f", "f")  # state: refused
         await settle(pilot)
-        assert [row["job_id"] for row in screen.rows] == [ids["refused"]["job_id"]]
+        assert [row.job_id for row in screen.rows] == [ids["refused"]["job_id"]]
         await pilot.press("x")
         await settle(pilot)
         assert len(screen.rows) == everything
@@ -224,9 +224,9 @@ def test_flag_urgent_note_and_mark_seen_write_through_the_store(filled: tuple[Se
         await pilot.press("u")
         await settle(pilot)
         assert said[-1].startswith("flagged urgent")
-        assert screen.current_item()["job_id"] == breast["job_id"]  # type: ignore[index]
+        assert screen.current_item().job_id == breast["job_id"]  # type: ignore[union-attr]
         # Both urgent now: the newer first.
-        assert [row["job_id"] for row in screen.rows[:2]] == [breast["job_id"], ids["dicom"]["job_id"]]
+        assert [row.job_id for row in screen.rows[:2]] == [breast["job_id"], ids["dicom"]["job_id"]]
         await pilot.press("n")
         await pilot.pause()
         dialog = pilot.app.screen
@@ -352,7 +352,7 @@ def test_delete_asks_first_then_removes_rows_and_files_with_an_audit_row(
         await pilot.press("y")
         await settle(pilot)
         assert said[-1].startswith("study deleted: 1 image(s), 1 result(s)")
-        assert target["job_id"] not in {row["job_id"] for row in worklist(pilot.app).rows}  # type: ignore[arg-type]
+        assert target["job_id"] not in {row.job_id for row in worklist(pilot.app).rows}  # type: ignore[arg-type]
 
     drive(app, scenario)
     assert not image.exists()
@@ -388,8 +388,8 @@ def test_a_study_being_analysed_cannot_be_deleted(filled: tuple[Settings, Filled
     app = build_app(settings)
 
     async def scenario(pilot: Pilot[Any], said: list[str]) -> None:
-        running = next(row for row in worklist(pilot.app).rows if row["state"] == "running")  # type: ignore[arg-type]
-        await go_to_row(pilot, running["job_id"])
+        running = next(row for row in worklist(pilot.app).rows if row.state == "running")  # type: ignore[arg-type]
+        await go_to_row(pilot, running.job_id)
         await pilot.press("D")
         await settle(pilot)
         assert not isinstance(pilot.app.screen, ConfirmDialog)

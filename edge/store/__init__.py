@@ -1,6 +1,6 @@
 """The device store (SQLite via sqlite-utils) and the image files it owns."""
 
-from edge.store.records import IngestOutcome, Job, NewImage, ResultRecord, StoredResult
+from edge.store.records import IngestOutcome, Job, NewImage, ResultRecord, StoredResult, WorklistItem
 from edge.store.store import Store, open_database
 
 __all__ = [
@@ -10,5 +10,6 @@ __all__ = [
     "ResultRecord",
     "Store",
     "StoredResult",
+    "WorklistItem",
     "open_database",
 ]

@@ -108,3 +108,56 @@ class StoredResult(ResultRecord):
         values["probabilities"] = json.loads(row["probabilities"])
         values["quality"] = json.loads(row["quality"]) if row.get("quality") else None
         return cls(**values)
+
+
+@dataclass(frozen=True)
+class WorklistItem:
+    """One row of the technician's worklist: a job with its image, study, result summary and the
+    latest specialist verdict (`phi_*` fields never leave the device)."""
+
+    job_id: str
+    state: str  # queued | running | done | failed | refused
+    error_code: str | None
+    error_message: str | None
+    model_name: str
+    queued_at: str
+    updated_at: str
+    image_id: str
+    phi_original_name: str | None
+    format: str
+    width: int
+    height: int
+    frames: int
+    purged_at: str | None
+    study_id: str
+    urgent: bool
+    modality: str | None
+    body_part: str | None
+    description: str | None
+    source: str | None
+    phi_patient_name: str | None
+    phi_patient_id: str | None
+    phi_accession: str | None
+    patient_age_years: float | None
+    patient_sex: str | None
+    study_date: str | None
+    received_at: str
+    result_id: str | None
+    finding: str | None
+    finding_label: str | None
+    probability: float | None
+    threshold: float | None
+    operating_point: str | None
+    seen_at: str | None
+    seen_by: str | None
+    review_verdict: str | None
+    notes: int
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> WorklistItem:
+        return cls(**{**row, "urgent": bool(row["urgent"])})
+
+    @property
+    def positive(self) -> bool:
+        """The stored decision: the result records its finding and the label it was judged for."""
+        return self.finding is not None and self.finding == self.finding_label

@@ -19,6 +19,7 @@ from edge.errors import Code, EdgeError
 from edge.ids import uuid7
 from edge.store.files import remove_quietly
 from edge.store.reads import Reads
+from edge.store.records import WorklistItem
 from edge.store.writer import Writer
 
 URGENT_PRIORITY = 10  # queued jobs of an urgent study are claimed before everything else
@@ -83,7 +84,7 @@ class TechnicianActions:
         urgent_only: bool = False,
         unseen_only: bool = False,
         limit: int = 500,
-    ) -> list[dict[str, Any]]:
+    ) -> list[WorklistItem]:
         """Jobs with their study, image, result and latest review: urgent studies first, then the
         newest work. `search` matches (case-insensitively) names, ids, file name, description,
         model, finding and refusal code."""
@@ -105,11 +106,11 @@ class TechnicianActions:
         sql = _WORKLIST_SELECT + (" WHERE " + " AND ".join(where) if where else "")
         sql += " ORDER BY s.urgent DESC, j.created_at DESC, j.rowid DESC LIMIT ?"
         params.append(limit)
-        return [dict(row) for row in self.db.execute(sql, params).fetchall()]
+        return [WorklistItem.from_row(dict(row)) for row in self.db.execute(sql, params).fetchall()]
 
-    def worklist_item(self, job_id: str) -> dict[str, Any] | None:
+    def worklist_item(self, job_id: str) -> WorklistItem | None:
         row = self.db.execute(_WORKLIST_SELECT + " WHERE j.id = ?", [job_id]).fetchone()
-        return dict(row) if row else None
+        return WorklistItem.from_row(dict(row)) if row else None
 
     def reviews_for(self, result_id: str) -> list[dict[str, Any]]:
         """The specialists' reviews of a result, newest first."""

@@ -15,7 +15,7 @@ from PIL import Image
 
 from edge.errors import EdgeError
 from edge.imaging.decode import decode_bytes, read_input
-from edge.store import StoredResult
+from edge.store import StoredResult, WorklistItem
 from edge.tui.context import TuiContext
 
 # The worklist's state filter cycles through these (None: every state).
@@ -58,7 +58,7 @@ class QualityFlag:
 
 @dataclass(frozen=True)
 class ResultDetail:
-    item: dict[str, Any]
+    item: WorklistItem
     """The worklist row: job, image, study and (when done) the result's summary."""
     result: StoredResult | None = None
     clip: dict[str, Any] | None = None
@@ -68,7 +68,7 @@ class ResultDetail:
     model_title: str | None = None
 
 
-def load_worklist(context: TuiContext, chosen: WorklistFilter) -> list[dict[str, Any]]:
+def load_worklist(context: TuiContext, chosen: WorklistFilter) -> list[WorklistItem]:
     with context.open_store() as store:
         return store.technician.worklist(
             search=chosen.search,
@@ -83,13 +83,13 @@ def load_result(context: TuiContext, job_id: str) -> ResultDetail | None:
         item = store.technician.worklist_item(job_id)
         if item is None:
             return None
-        result = store.result(item["result_id"]) if item.get("result_id") else None
-        clip = store.clip_for_result(item["result_id"]) if result else None
-        reviews = store.technician.reviews_for(item["result_id"]) if result else []
-        notes = store.technician.notes_for(item["study_id"])
+        result = store.result(item.result_id) if item.result_id else None
+        clip = store.clip_for_result(result.id) if result else None
+        reviews = store.technician.reviews_for(result.id) if result else []
+        notes = store.technician.notes_for(item.study_id)
     title, flags = None, []
     try:
-        manifest = context.registry.get(item["model_name"]).manifest
+        manifest = context.registry.get(item.model_name).manifest
         title = manifest.title
         if result and result.quality:
             flags = quality_flags(result.quality, manifest.quality.model_dump())
@@ -132,10 +132,10 @@ def load_picture(context: TuiContext, detail: ResultDetail, heatmap: bool) -> tu
                 return _shrunk(opened.convert("RGB")), "heatmap overlay (t: image)"
         except OSError:
             return None, "the heatmap file is missing"
-    if item.get("purged_at"):
+    if item.purged_at:
         return None, "image file removed by retention (the hub has it)"
     with context.open_store() as store:
-        path = store.image_file(item["image_id"])
+        path = store.image_file(item.image_id)
     try:
         decoded = decode_bytes(read_input(path, context.settings.store.max_input_bytes), path.name)
     except EdgeError as error:
@@ -216,17 +216,12 @@ def sync_view(snap: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def display_name(item: dict[str, Any]) -> str:
+def display_name(item: WorklistItem) -> str:
     """Who or what a worklist row is: the patient's name (DICOM) or the file name as received."""
-    name = item.get("phi_patient_name")
+    name = item.phi_patient_name
     if name:
         return " ".join(part for part in str(name).replace("^", " ").split() if part)
-    original = item.get("phi_original_name")
+    original = item.phi_original_name
     if original:
         return Path(str(original)).name
-    return item.get("description") or item.get("source") or "-"
-
-
-def is_positive(item: dict[str, Any]) -> bool:
-    """The stored decision: the result records its finding and the label it was judged for."""
-    return item.get("finding") is not None and item["finding"] == item["finding_label"]
+    return item.description or item.source or "-"

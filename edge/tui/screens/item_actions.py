@@ -12,6 +12,7 @@ from textual import work
 from textual.binding import Binding
 
 from edge.errors import EdgeError
+from edge.store import WorklistItem
 from edge.tui import actions
 from edge.tui.data import display_name, installed_models
 from edge.tui.screens.base import ActionFinished, EdgeScreen
@@ -29,7 +30,7 @@ ITEM_BINDINGS = [
 class ItemActions(EdgeScreen):
     """A screen with a current worklist row (`current_item`) the technician acts on."""
 
-    def current_item(self) -> dict[str, Any] | None:
+    def current_item(self) -> WorklistItem | None:
         """The row the actions apply to; None when there is none (an empty worklist)."""
         return None
 
@@ -38,7 +39,7 @@ class ItemActions(EdgeScreen):
         only the deleted study) the one it returns to."""
         return self
 
-    def _item_or_say(self) -> dict[str, Any] | None:
+    def _item_or_say(self) -> WorklistItem | None:
         item = self.current_item()
         if item is None:
             self.notify("no study selected", severity="warning")
@@ -47,7 +48,7 @@ class ItemActions(EdgeScreen):
     def action_toggle_urgent(self) -> None:
         item = self._item_or_say()
         if item is not None:
-            self.perform(actions.set_urgent, self.context, item["study_id"], not item["urgent"])
+            self.perform(actions.set_urgent, self.context, item.study_id, not item.urgent)
 
     def action_note(self) -> None:
         item = self._item_or_say()
@@ -56,7 +57,7 @@ class ItemActions(EdgeScreen):
 
         def save(text: str | None) -> None:
             if text:
-                self.perform(actions.add_note, self.context, item["study_id"], text, item.get("result_id"))
+                self.perform(actions.add_note, self.context, item.study_id, text, item.result_id)
 
         self.app.push_screen(NoteDialog(display_name(item)), save)
 
@@ -64,10 +65,10 @@ class ItemActions(EdgeScreen):
         item = self._item_or_say()
         if item is None:
             return
-        if not item.get("result_id"):
+        if not item.result_id:
             self.notify("no result to mark yet (the job is not done)", severity="warning")
             return
-        self.perform(actions.mark_seen, self.context, item["result_id"])
+        self.perform(actions.mark_seen, self.context, item.result_id)
 
     def action_rerun(self) -> None:
         item = self._item_or_say()
@@ -75,17 +76,17 @@ class ItemActions(EdgeScreen):
             self._choose_model(item)
 
     @work(thread=True, group="dialog")
-    def _choose_model(self, item: dict[str, Any]) -> None:
+    def _choose_model(self, item: WorklistItem) -> None:
         models = installed_models(self.context)  # reads every manifest: off the UI thread
         self.app.call_from_thread(self._ask_model, item, models)
 
-    def _ask_model(self, item: dict[str, Any], models: list[dict[str, Any]]) -> None:
+    def _ask_model(self, item: WorklistItem, models: list[dict[str, Any]]) -> None:
         def chosen(model: str | None) -> None:
             if model:
                 self.notify(f"re-running with {model}…", timeout=3)
-                self.perform(actions.rerun, self.context, item["image_id"], model)
+                self.perform(actions.rerun, self.context, item.image_id, model)
 
-        self.app.push_screen(ModelDialog(models, item["model_name"]), chosen)
+        self.app.push_screen(ModelDialog(models, item.model_name), chosen)
 
     def action_delete(self) -> None:
         item = self._item_or_say()
@@ -93,15 +94,15 @@ class ItemActions(EdgeScreen):
             self._prepare_delete(item)
 
     @work(thread=True, group="dialog")
-    def _prepare_delete(self, item: dict[str, Any]) -> None:
+    def _prepare_delete(self, item: WorklistItem) -> None:
         try:
-            contents = actions.study_contents(self.context, item["study_id"])
+            contents = actions.study_contents(self.context, item.study_id)
         except EdgeError as error:
             self.post_message(ActionFinished(error.one_line(), ok=False))
             return
         self.app.call_from_thread(self._confirm_delete, item, contents)
 
-    def _confirm_delete(self, item: dict[str, Any], contents: dict[str, int]) -> None:
+    def _confirm_delete(self, item: WorklistItem, contents: dict[str, int]) -> None:
         if contents["running"]:
             self.notify(
                 "the study is being analysed right now: delete it when the job ends", severity="error"
@@ -115,7 +116,7 @@ class ItemActions(EdgeScreen):
 
         def confirmed(yes: bool | None) -> None:
             if yes:
-                self.screen_for_delete().perform(actions.delete_study, self.context, item["study_id"])
+                self.screen_for_delete().perform(actions.delete_study, self.context, item.study_id)
             else:
                 self.notify("nothing deleted", timeout=3)
 

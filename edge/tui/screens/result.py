@@ -14,8 +14,8 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
 from textual.widgets import Footer, Static
 
-from edge.store import StoredResult
-from edge.tui.data import ResultDetail, display_name, is_positive, load_picture, load_result
+from edge.store import StoredResult, WorklistItem
+from edge.tui.data import ResultDetail, display_name, load_picture, load_result
 from edge.tui.screens.base import EdgeScreen
 from edge.tui.screens.item_actions import ITEM_BINDINGS, ItemActions
 from edge.tui.widgets.picture import Picture
@@ -105,7 +105,7 @@ class ResultScreen(ItemActions):
 
     # ------------------------------------------------------------------ actions
 
-    def current_item(self) -> dict[str, Any] | None:
+    def current_item(self) -> WorklistItem | None:
         return self.detail.item if self.detail else None
 
     def screen_for_delete(self) -> EdgeScreen:
@@ -138,7 +138,7 @@ def sections(detail: ResultDetail, stamp: Any) -> dict[str, str]:
             + f"\noperating point [b]{result.operating_point}[/b], threshold {result.threshold:.3f}"
         )
     else:
-        out["model"] = f"[b]Model[/b] {item['model_name']}"
+        out["model"] = f"[b]Model[/b] {item.model_name}"
     if detail.clip:
         clip = detail.clip
         out["clip"] = (
@@ -151,24 +151,23 @@ def sections(detail: ResultDetail, stamp: Any) -> dict[str, str]:
     return out
 
 
-def _finding(item: dict[str, Any], result: StoredResult | None) -> str:
+def _finding(item: WorklistItem, result: StoredResult | None) -> str:
     if result:
-        positive = is_positive(item)  # the worklist row carries the result's decision
+        positive = item.positive  # the worklist row carries the result's decision
         colour = "bold yellow" if positive else "bold green"
-        urgent = "[bold white on red] URGENT [/] " if item["urgent"] else ""
-        seen = f"seen by {escape(str(item['seen_by']))}" if item.get("seen_at") else "[b]not seen yet[/b] (m)"
+        urgent = "[bold white on red] URGENT [/] " if item.urgent else ""
+        seen = f"seen by {escape(str(item.seen_by))}" if item.seen_at else "[b]not seen yet[/b] (m)"
         return (
             f"{urgent}[{colour}]{result.finding.upper()}[/]\n"
             f"P({result.finding_label}) = [b]{result.probability:.3f}[/b] (calibrated) · {seen}"
         )
-    state = item["state"]
-    urgent = "[bold white on red] URGENT [/] " if item["urgent"] else ""
+    state = item.state
+    urgent = "[bold white on red] URGENT [/] " if item.urgent else ""
     if state in ("refused", "failed"):
         return (
-            f"{urgent}[bold magenta]{state.upper()}[/] {item.get('error_code')}\n"
-            f"{escape(item.get('error_message') or '')}"
+            f"{urgent}[bold magenta]{state.upper()}[/] {item.error_code}\n{escape(item.error_message or '')}"
         )
-    return f"{urgent}[cyan]{'RUNNING' if state == 'running' else 'NEW'}[/] waiting for {item['model_name']}"
+    return f"{urgent}[cyan]{'RUNNING' if state == 'running' else 'NEW'}[/] waiting for {item.model_name}"
 
 
 def _probabilities(result: StoredResult) -> str:
@@ -223,21 +222,21 @@ def _notes(detail: ResultDetail, stamp: Any) -> str:
     return "\n".join(lines)
 
 
-def _study(item: dict[str, Any], stamp: Any) -> str:
+def _study(item: WorklistItem, stamp: Any) -> str:
     lines = [f"[b]Study[/b] {escape(display_name(item))}"]
     facts = [
-        item.get("phi_patient_id") and f"ID {item['phi_patient_id']}",
-        item.get("patient_age_years") is not None and f"{item['patient_age_years']:g} y",
-        item.get("patient_sex"),
-        item.get("modality"),
-        item.get("body_part"),
+        item.phi_patient_id and f"ID {item.phi_patient_id}",
+        item.patient_age_years is not None and f"{item.patient_age_years:g} y",
+        item.patient_sex,
+        item.modality,
+        item.body_part,
     ]
     shown = [escape(str(fact)) for fact in facts if fact]
     if shown:
         lines.append(" · ".join(shown))
-    if item.get("description"):
-        lines.append(escape(str(item["description"])))
-    lines.append(f"received {stamp(item['received_at'])} via {item['source']}")
-    if item.get("phi_original_name") and item.get("phi_patient_name"):
-        lines.append(f"file {escape(str(item['phi_original_name']))}")
+    if item.description:
+        lines.append(escape(str(item.description)))
+    lines.append(f"received {stamp(item.received_at)} via {item.source}")
+    if item.phi_original_name and item.phi_patient_name:
+        lines.append(f"file {escape(str(item.phi_original_name))}")
     return "\n".join(lines)

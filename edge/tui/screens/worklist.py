@@ -18,12 +18,12 @@ from textual.containers import Horizontal
 from textual.message import Message
 from textual.widgets import DataTable, Footer, Input, Static
 
+from edge.store import WorklistItem
 from edge.tui.data import (
     STATE_FILTERS,
     STATE_LABELS,
     WorklistFilter,
     display_name,
-    is_positive,
     load_worklist,
 )
 from edge.tui.screens.item_actions import ITEM_BINDINGS, ItemActions
@@ -51,26 +51,26 @@ TABLE_CHROME = 2 + 2 * len(COLUMNS)  # the vertical scrollbar, and one cell of p
 
 
 class WorklistLoaded(Message):
-    def __init__(self, rows: list[dict[str, Any]], chosen: WorklistFilter) -> None:
+    def __init__(self, rows: list[WorklistItem], chosen: WorklistFilter) -> None:
         super().__init__()
         self.rows = rows
         self.chosen = chosen
 
 
-def badge(item: dict[str, Any]) -> Text:
-    if item["urgent"]:
+def badge(item: WorklistItem) -> Text:
+    if item.urgent:
         return Text("URGENT", style="bold white on red")
-    if is_positive(item):
+    if item.positive:
         return Text("POS", style="bold black on yellow")
     return Text("")
 
 
-def finding_cell(item: dict[str, Any]) -> Text:
-    if item["state"] == "done" and item.get("finding"):
-        style = "bold yellow" if is_positive(item) else ""
-        return Text(f"{item['finding']} {item['probability']:.2f}", style=style)
-    if item["state"] in ("refused", "failed"):
-        return Text(item.get("error_code") or item["state"], style=STATE_STYLES[item["state"]])
+def finding_cell(item: WorklistItem) -> Text:
+    if item.state == "done" and item.finding:
+        style = "bold yellow" if item.positive else ""
+        return Text(f"{item.finding} {item.probability:.2f}", style=style)
+    if item.state in ("refused", "failed"):
+        return Text(item.error_code or item.state, style=STATE_STYLES[item.state])
     return Text("…", style="dim")
 
 
@@ -87,8 +87,8 @@ class WorklistScreen(ItemActions):
     def __init__(self) -> None:
         super().__init__()
         self.chosen = WorklistFilter()
-        self.rows: list[dict[str, Any]] = []
-        self._by_job: dict[str, dict[str, Any]] = {}
+        self.rows: list[WorklistItem] = []
+        self._by_job: dict[str, WorklistItem] = {}
         self._signature: object = None
 
     def compose(self) -> ComposeResult:
@@ -116,12 +116,12 @@ class WorklistScreen(ItemActions):
     def on_worklist_loaded(self, message: WorklistLoaded) -> None:
         if message.chosen != self.chosen:
             return  # the filter changed while this was read: a newer load is on its way
-        signature = (self.size.width, [tuple(sorted(row.items())) for row in message.rows])
+        signature = (self.size.width, list(message.rows))  # frozen records compare by value
         if signature == self._signature:
             return
         self._signature = signature
         self.rows = message.rows
-        self._by_job = {row["job_id"]: row for row in self.rows}
+        self._by_job = {row.job_id: row for row in self.rows}
         self._fill_table()
 
     def _fill_table(self) -> None:
@@ -133,18 +133,18 @@ class WorklistScreen(ItemActions):
         for key, label, width in COLUMNS:
             table.add_column(label, width=width or name_width, key=key)
         for item in self.rows:
-            unseen = item.get("result_id") and not item.get("seen_at")
+            unseen = item.result_id and not item.seen_at
             table.add_row(
                 badge(item),
-                Text(STATE_LABELS[item["state"]], style=STATE_STYLES[item["state"]]),
-                self.context.when(item["queued_at"]),
+                Text(STATE_LABELS[item.state], style=STATE_STYLES[item.state]),
+                self.context.when(item.queued_at),
                 Text(display_name(item), style="bold" if unseen else ""),
-                item["model_name"],
+                item.model_name,
                 finding_cell(item),
-                key=item["job_id"],
+                key=item.job_id,
             )
-        if keep is not None and keep["job_id"] in self._by_job:
-            table.move_cursor(row=table.get_row_index(keep["job_id"]))
+        if keep is not None and keep.job_id in self._by_job:
+            table.move_cursor(row=table.get_row_index(keep.job_id))
         self._describe_current()
 
     def on_resize(self, event: events.Resize) -> None:
@@ -154,7 +154,7 @@ class WorklistScreen(ItemActions):
 
     # ------------------------------------------------------------------ the current row
 
-    def current_item(self) -> dict[str, Any] | None:
+    def current_item(self) -> WorklistItem | None:
         table = self.query_one(DataTable)
         if not self.rows or table.row_count == 0:
             return None
@@ -178,7 +178,7 @@ class WorklistScreen(ItemActions):
                 else "Nothing matches the search and filters (x clears the filters)."
             )
             return
-        detail.update(describe(item, self.context.stamp(item["received_at"])))
+        detail.update(describe(item, self.context.stamp(item.received_at)))
 
     # ------------------------------------------------------------------ search and filters
 
@@ -218,32 +218,32 @@ class WorklistScreen(ItemActions):
         self.reload()
 
 
-def describe(item: dict[str, Any], received: str) -> str:
+def describe(item: WorklistItem, received: str) -> str:
     """Two lines about one row: who and what, then its outcome in words."""
-    kind = " ".join(str(part) for part in (item.get("modality"), item.get("body_part")) if part)
+    kind = " ".join(str(part) for part in (item.modality, item.body_part) if part)
     first = [
         f"[b]{escape(display_name(item))}[/b]",
-        kind or str(item.get("format") or ""),
+        kind or str(item.format or ""),
         f"received {received}",
     ]
-    if item.get("description"):
-        first.insert(2, escape(str(item["description"])))
-    if item.get("notes"):
-        first.append(f"{item['notes']} note(s)")
-    state = item["state"]
+    if item.description:
+        first.insert(2, escape(str(item.description)))
+    if item.notes:
+        first.append(f"{item.notes} note(s)")
+    state = item.state
     if state == "done":
         second = (
-            f"{item['finding']}: P({item['finding_label']}) = {item['probability']:.3f}, threshold "
-            f"{item['threshold']:.3f} ({item['operating_point']})"
+            f"{item.finding}: P({item.finding_label}) = {item.probability:.3f}, threshold "
+            f"{item.threshold:.3f} ({item.operating_point})"
         )
-        if item.get("review_verdict"):
-            second += f" · specialist: {item['review_verdict']}"
-        second += f" · seen by {item['seen_by']}" if item.get("seen_at") else " · not seen yet"
+        if item.review_verdict:
+            second += f" · specialist: {item.review_verdict}"
+        second += f" · seen by {item.seen_by}" if item.seen_at else " · not seen yet"
     elif state in ("refused", "failed"):
-        reason = escape(item.get("error_message") or "")
-        second = f"[{STATE_STYLES[state]}]{state}[/] {item.get('error_code')}: {reason}"
+        reason = escape(item.error_message or "")
+        second = f"[{STATE_STYLES[state]}]{state}[/] {item.error_code}: {reason}"
     elif state == "running":
-        second = f"{item['model_name']} is analysing it now"
+        second = f"{item.model_name} is analysing it now"
     else:
-        second = f"waiting for {item['model_name']}"
+        second = f"waiting for {item.model_name}"
     return " · ".join(first) + "\n" + second
