@@ -10,7 +10,7 @@ parts itself:
   the TUI's live screen).
 
 A `Device` belongs to one thread (its SQLite connection does). Opening one requeues nothing:
-the agent's maintenance tick returns jobs whose holders died (`Store.requeue_dead_workers`), and
+the agent's worker returns jobs whose holders died or whose leases ran out (`store.leases`), and
 a caller that wants one job now takes over that job's lease only when its holder is gone
 (`Pipeline._claim`).
 """

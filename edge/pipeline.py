@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 
 
 Decoder = Callable[[bytes, str], DecodedImage]
+# Failures of the device, not of the job: the job goes back to the queue for a later attempt.
+_DEVICE_FAILURES = frozenset({Code.DISK_FULL, Code.STORE_WRITE_FAILED})
+RECLAIM_EVERY_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,8 @@ class Pipeline:
         self.pool = pool or ModelPool(self.registry, settings, settings.data_dir / "cache")
         self.actor = actor
         self.worker_id = new_worker_id()
+        self._next_reclaim = 0.0
+        self._unreleased: dict[str, tuple[Job, EdgeError]] = {}
 
     def close(self) -> None:
         self.pool.close()
@@ -185,10 +190,11 @@ class Pipeline:
         return Analysis(source, result=self.store.result_for_job(job_id), job_id=job_id)
 
     def _claim(self, job_id: str) -> Job | None:
-        job = self.store.claim_job(self.worker_id, job_id)
-        if job is None and self.store.requeue_dead_workers(job_id=job_id):
-            # The lease: the process that held this job is gone, so this one takes it over.
-            job = self.store.claim_job(self.worker_id, job_id)
+        lease_s = self.settings.worker.lease_s
+        job = self.store.claim_job(self.worker_id, job_id, lease_s=lease_s)
+        if job is None and self.store.leases.reclaim(self.settings.worker.max_attempts, job_id=job_id)[0]:
+            # Its holder is gone or its lease ran out: this process takes the job over.
+            job = self.store.claim_job(self.worker_id, job_id, lease_s=lease_s)
         return job
 
     def _analyse_job(
@@ -223,46 +229,96 @@ class Pipeline:
     # ------------------------------------------------------------------ 4-5: job to result
 
     def run_once(self) -> bool:
-        """Claim and process the next queued job; False when the queue is empty."""
-        job = self.store.claim_job(self.worker_id)
+        """Claim and process the next queued job; False when the queue is empty. A full disk
+        is raised (the agent backs off and frees its reserve); other failures end the job."""
+        self._release_held()
+        self._reclaim_stale_jobs()
+        job = self.store.claim_job(self.worker_id, lease_s=self.settings.worker.lease_s)
         if job is None:
             return False
         try:
             self.process(job)
         except EdgeError as error:
+            if error.code is Code.DISK_FULL:
+                raise
             log.warning("job %s ended without a result: %s", job.id, error.one_line())
         return True
 
+    def _reclaim_stale_jobs(self) -> None:
+        """Leases: jobs whose holder died (this agent's previous run, an `edge infer` killed
+        mid-job) or went silent go back to the queue, or end as JOB_ABANDONED; looked for at
+        most every few seconds (one indexed query when there are none)."""
+        now = time.monotonic()
+        if now < self._next_reclaim:
+            return
+        self._next_reclaim = now + RECLAIM_EVERY_S
+        requeued, abandoned = self.store.leases.reclaim(self.settings.worker.max_attempts)
+        if requeued:
+            log.warning("%d job(s) whose worker died or went silent are queued again", requeued)
+        if abandoned:
+            log.error("%d job(s) given up after repeated attempts (JOB_ABANDONED)", abandoned)
+
     def process(self, job: Job, decoded: DecodedImage | None = None, decode_ms: float = 0.0) -> str:
-        """Score one claimed job and store its result; a failure ends the job with its code."""
-        started = time.perf_counter()
+        """Score one claimed job and store its result. A refusal or failure of the job ends it
+        with its code; a failure of the device (full disk, store error) gives it back to the
+        queue; a bug ends it as INFERENCE_FAILED. Whatever happens, the job is not left running."""
         try:
-            data: bytes | None = None
-            if decoded is None:
-                path = self.store.image_file(job.image_id)
-                data = read_input(path, self.settings.store.max_input_bytes)
-                decoded = decode_bytes(data, path.name)
-            model = self.pool.get(job.model_name)
-            verdict = gate.check(decoded, model.entry.manifest)
-            if self.settings.gate.enabled and not verdict.passed:
-                refusal = verdict.first()
-                self.store.fail_job(job, refusal.code, refusal.message, refused=True)
-                raise refusal
-            if decoded.frames > 1:  # a cine: the frames go to the video path, as one clip
-                if data is None:  # decoded by the caller (`edge infer`): read the file once, here
-                    limit = self.settings.store.max_input_bytes
-                    data = read_input(self.store.image_file(job.image_id), limit)
-                return process_cine(self.settings, self.store, self.pool, job, decoded, data)
-            prediction = model.predict([decoded.pixels], self.settings.models.operating_point)[0]
+            return self._score(job, decoded, decode_ms)
         except EdgeError as error:
-            if (self.store.job(job.id) or {}).get("state") == "running":
-                self.store.fail_job(job, error.code, error.message)
+            self._end_without_result(job, error)
             raise
         except Exception as exc:  # a bug must end the job, not wedge the queue
             log.exception("job %s failed unexpectedly", job.id)
             failure = EdgeError(Code.INFERENCE_FAILED, f"internal error: {type(exc).__name__}")
-            self.store.fail_job(job, failure.code, failure.message)
+            self._end_without_result(job, failure)
             raise failure from exc
+
+    def _end_without_result(self, job: Job, error: EdgeError) -> None:
+        try:
+            if error.code in _DEVICE_FAILURES:
+                if self.store.leases.release(job, error.code, error.message):
+                    log.warning("job %s back in the queue: %s", job.id, error.one_line())
+                return
+            row = self.store.job(job.id) or {}
+            if row.get("state") == "running" and row.get("worker") == job.worker:
+                self.store.fail_job(job, error.code, error.message)
+        except (EdgeError, sqlite3.Error) as exc:
+            # The store cannot write either (the disk is still full): released by the next
+            # `run_once` that can write, or by anyone once its lease has run out.
+            log.warning("job %s stays claimed for now: %s", job.id, exc)
+            self._unreleased[job.id] = (job, error)
+
+    def _release_held(self) -> None:
+        """Give back the jobs a full disk kept us from releasing, now that we may write again."""
+        for job_id, (job, error) in list(self._unreleased.items()):
+            try:
+                self.store.leases.release(job, error.code, error.message)
+            except (EdgeError, sqlite3.Error):
+                return  # still cannot write; the next turn tries again
+            del self._unreleased[job_id]
+
+    def _score(self, job: Job, decoded: DecodedImage | None, decode_ms: float) -> str:
+        started = time.perf_counter()
+        data: bytes | None = None
+        if decoded is None:
+            path = self.store.image_file(job.image_id)
+            data = read_input(path, self.settings.store.max_input_bytes)
+            decoded = decode_bytes(data, path.name)
+        model = self.pool.get(job.model_name)
+        verdict = gate.check(decoded, model.entry.manifest)
+        if self.settings.gate.enabled and not verdict.passed:
+            refusal = verdict.first()
+            self.store.fail_job(job, refusal.code, refusal.message, refused=True)
+            raise refusal
+        if decoded.frames > 1:  # a cine: the frames go to the video path, as one clip
+            if data is None:  # decoded by the caller (`edge infer`): read the file once, here
+                data = read_input(self.store.image_file(job.image_id), self.settings.store.max_input_bytes)
+            return process_cine(self.settings, self.store, self.pool, job, decoded, data)
+        prediction = model.predict([decoded.pixels], self.settings.models.operating_point)[0]
+        # The lease: still ours after inference (renewed for the writes), or given to another
+        # worker because this one took too long, in which case its answer stands, not ours.
+        if not self.store.leases.renew(job, self.settings.worker.lease_s):
+            raise EdgeError(Code.JOB_LEASE_LOST, f"job {job.id} was given to another worker (lease ended)")
         finding = prediction.finding
         result_id = uuid7()
         heatmap = self._write_heatmap(result_id, model, decoded, prediction)
@@ -280,8 +336,6 @@ class Pipeline:
             if heatmap is not None:
                 remove_quietly(heatmap)
             if isinstance(exc, sqlite3.Error):
-                # The transaction rolled back: the job stays claimed by this worker and returns
-                # to the queue when a later process finds this one gone.
                 raise EdgeError(Code.STORE_WRITE_FAILED, f"result not stored: {exc}") from exc
             raise
         log.info(

@@ -1,15 +1,31 @@
-"""Which process holds what: the one pid-alive check and the worker identity that job leases use.
+"""Which process holds what: job holders, the one-per-data-directory locks, and the doorbell.
 
-A job is claimed by `host:pid:suffix`; a later process on the same host finds the holder gone
-with `process_alive` and returns its jobs to the queue. The same check reads the agent's and the
-sync service's pid files.
+- A job is claimed by `host:pid:suffix`; a later process on the same host finds the holder gone
+  with `process_alive` and returns its jobs to the queue (a reused pid only delays that until
+  the job's lease ends: nothing is signalled).
+- `InstanceLock`: an flock the agent (`edge run`) and the sync agent each hold for their whole
+  life. The kernel drops it when the process dies however it dies, so "is it running?" is
+  "is the lock held?", never "is that pid alive?" (a pid file outlives a SIGKILL and its pid is
+  reused). A second agent on the same data directory is refused, naming the first.
+- `Doorbell`: a FIFO that a running process reads; `ring` wakes it, and tells whether anyone
+  was there to hear (no reader: ENXIO). It replaces SIGUSR1 to a pid read from a file.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
+import json
 import os
+import select
 import socket
+import stat
+import time
+from pathlib import Path
+from typing import Any
 
+from edge.errors import Code, EdgeError
 from edge.ids import uuid7
 
 
@@ -34,3 +50,136 @@ def new_worker_id() -> str:
     """`host:pid:suffix`: the holder recorded on a claimed job (the suffix tells two pipelines of
     one process apart)."""
     return f"{this_host()}:{os.getpid()}:{uuid7()[-8:]}"
+
+
+ACQUIRE_WITHIN_S = 1.0
+
+
+class InstanceLock:
+    """An exclusive flock on `path` held for a process's life, the holder's pid and start time
+    written inside for the message that refuses a second one (`role` names it, e.g. "agent")."""
+
+    def __init__(self, path: Path, role: str) -> None:
+        self.path = path
+        self.role = role
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        if not _flock_within(fd, ACQUIRE_WITHIN_S):
+            os.close(fd)
+            first = holder(self.path) or {}
+            raise EdgeError(
+                Code.ALREADY_RUNNING,
+                f"another {self.role} already runs on {self.path.parent}"
+                f" (pid {first.get('pid', '?')}, started {first.get('started', '?')});"
+                " stop it first, or give this one another --data-dir",
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "host": this_host(), "started": _now()}).encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the lock; the file stays (unlinking would race)
+            self._fd = None
+
+    def __enter__(self) -> InstanceLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+
+def _flock_within(fd: int, seconds: float) -> bool:
+    """Take the exclusive lock, retrying briefly: `holder` takes a shared lock for an instant
+    to look, and a process starting at that instant must not mistake the look for a rival."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+
+
+def holder(path: Path) -> dict[str, Any] | None:
+    """What the holder of the lock at `path` wrote (pid, host, started), or None when no
+    process holds it (never run, stopped, or killed: the kernel released it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                return dict(json.loads(os.read(fd, 4096) or b"{}"))
+            except ValueError:
+                return {}  # held, its holder still writing who it is
+        return None  # we could take it: nobody holds it (released again on close)
+    finally:
+        os.close(fd)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+class Doorbell:
+    """A named pipe at `path`: the process that `listen`s is woken by any `ring`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def listen(self) -> None:
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            if not stat.S_ISFIFO(self.path.lstat().st_mode):
+                self.path.unlink()
+        with contextlib.suppress(FileExistsError):
+            os.mkfifo(self.path, 0o600)
+        # Read-write: the reader never sees end-of-file when a ringer closes its end.
+        self._fd = os.open(self.path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to `timeout` s for a ring; True when rung (all pending rings are consumed)."""
+        if self._fd is None:
+            time.sleep(timeout)
+            return False
+        ready, _, _ = select.select([self._fd], [], [], max(timeout, 0.0))
+        if not ready:
+            return False
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self._fd, 512):
+                pass
+        return True
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def ring(path: Path) -> bool:
+    """Wake the process listening at `path`; False when none listens (or there is no bell)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno in (errno.ENXIO, errno.ENOENT, errno.EACCES, errno.EPERM):
+            return False
+        raise
+    try:
+        if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+            return False
+        with contextlib.suppress(BlockingIOError):  # the pipe is full: it will wake anyway
+            os.write(fd, b"!")
+        return True
+    finally:
+        os.close(fd)

@@ -68,13 +68,36 @@ def test_orphans_are_swept_only_when_old(settings: Settings, store: Store) -> No
     tmp = kept.parent / ".x.png.123.tmp"
     tmp.write_bytes(b"x")
     assert housekeeping.sweep_orphans(store) == 0  # too recent: may belong to a commit in flight
-    old = time.time() - 2 * housekeeping.ORPHAN_AGE_S
+    old = time.time() - 2 * housekeeping.ORPHAN_GRACE_S
     for path in (orphan, tmp, kept):
         os.utime(path, (old, old))
     assert housekeeping.sweep_orphans(store) == 2
     assert kept.exists()
     assert not orphan.exists()
     assert not tmp.exists()
+
+
+def test_interrupted_writes_temporary_files_are_swept_a_short_grace_after_they_stop(
+    settings: Settings, store: Store
+) -> None:
+    """Before: only images/heatmaps/clips were looked at, only an hour later and only at agent
+    start, so a crash's `.tmp` files (agent.json, sync state) survived the restart after it."""
+    leftovers = [
+        settings.data_dir / ".agent.json.01a2.tmp",
+        settings.data_dir / "sync" / ".state.json.01a2.tmp",
+    ]
+    for path in leftovers:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half")
+    keep = settings.data_dir / "sync" / "credential.json"
+    keep.write_bytes(b"{}")
+    assert housekeeping.ORPHAN_GRACE_S <= 300
+    old = time.time() - housekeeping.ORPHAN_GRACE_S - 1
+    for path in (*leftovers, keep):
+        os.utime(path, (old, old))
+    assert housekeeping.sweep_orphans(store) == 2
+    assert not any(path.exists() for path in leftovers)
+    assert keep.exists()
 
 
 def _result_for(store: Store, image_id: str, acked: bool) -> None:

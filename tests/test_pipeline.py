@@ -150,11 +150,11 @@ def test_store_failure_at_commit_leaves_no_partial_result_and_recovers(
     [analysis] = pipeline.analyse_file(path)
     assert analysis.code == "STORE_WRITE_FAILED"
     counts = store.counts()
-    assert (counts["images"], counts["jobs_running"], counts["results"], counts["outbox"]) == (1, 1, 0, 0)
+    assert (counts["images"], counts["jobs_queued"], counts["results"], counts["outbox"]) == (1, 1, 0, 0)
+    job = store.db.execute("SELECT state, attempts, error_code FROM jobs").fetchone()
+    # A failure of the device, not of the job: back in the queue at once, the attempt not counted.
+    assert tuple(job) == ("queued", 0, "STORE_WRITE_FAILED")
     monkeypatch.undo()
-    # The worker that held the job is gone (simulated): a new process requeues and finishes it.
-    store.db.execute("UPDATE jobs SET worker = ?", [pipeline.worker_id.split(":")[0] + ":999999999:x"])
-    store.db.conn.commit()
     again = Pipeline(settings, store)
     [analysis] = again.analyse_file(path)
     assert analysis.ok

@@ -4,6 +4,7 @@ import errno
 import os
 import sqlite3
 import stat
+import time
 from pathlib import Path
 from typing import Any
 
@@ -193,7 +194,9 @@ def test_result_job_state_and_outbox_commit_together(store: Store, monkeypatch: 
     assert (counts["results"], counts["outbox"], counts["jobs_running"], counts["jobs_done"]) == (0, 0, 1, 0)
 
     monkeypatch.undo()
-    assert store.requeue_running() == 1  # what the agent does on restart
+    store.db.execute("UPDATE jobs SET lease_until = '2000-01-01T00:00:00.000Z'")  # the lease ran out
+    store.db.conn.commit()
+    assert store.leases.reclaim(max_attempts=3) == (1, 0)  # what the agent's maintenance tick does
     job = store.claim_job("w2")
     assert job is not None
     result_id = store.complete_job(job, result_record())
@@ -209,9 +212,10 @@ def test_result_job_state_and_outbox_commit_together(store: Store, monkeypatch: 
 
 def test_a_job_requeued_elsewhere_cannot_be_completed_by_its_old_worker(store: Store) -> None:
     store.ingest(new_image(), ["m"], actor="test")
-    stale = store.claim_job("old-worker")
+    stale = store.claim_job("old-worker", lease_s=0.001)
     assert stale is not None
-    store.requeue_running()
+    time.sleep(0.01)
+    assert store.leases.reclaim(max_attempts=3) == (1, 0)
     fresh = store.claim_job("new-worker")
     assert fresh is not None
     assert fresh.attempts == 2

@@ -210,7 +210,7 @@ def test_the_orphan_sweep_keeps_a_stored_clips_files(pipeline: Pipeline) -> None
     assert clip is not None
     files = [pipeline.store.data_dir / p for k in clip["key_frames"] for p in (k["path"], k["heatmap"]) if p]
     files.append(pipeline.store.data_dir / clip["video_path"])
-    old = time.time() - 2 * housekeeping.ORPHAN_AGE_S
+    old = time.time() - 2 * housekeeping.ORPHAN_GRACE_S
     for path in pipeline.store.data_dir.rglob("*"):
         if path.is_file():
             os.utime(path, (old, old))

@@ -1,10 +1,12 @@
 """`edge run`: the agent. One process runs the enabled ingest sources and the worker.
 
-Threads: the worker (claims queued jobs and scores them), the drop-folder watcher, pynetdicom's
-association threads for the DICOM listener, a maintenance thread (jobs held by dead processes
-back to the queue, disk guard, reserve, WAL checkpoint, retention, agent.json) and, under
-systemd, the watchdog. Start-up: migrate the store, sweep orphaned files, open every model (a
-TensorRT engine may be built now: STATUS says so), then READY=1 and the first maintenance tick.
+Threads: the worker (claims queued jobs and scores them; every few seconds it also returns jobs
+whose holder died or whose lease ran out to the queue, `Pipeline.run_once`), the drop-folder
+watcher, pynetdicom's association threads for the DICOM listener, a maintenance thread (disk
+guard, reserve, orphan sweep, WAL checkpoint, retention, agent.json) and, under systemd, the
+watchdog. Start-up: take the data directory's agent lock (a second agent is refused, naming the
+first), migrate the store, sweep orphaned files, open every model (a TensorRT engine may be
+built now: STATUS says so), then READY=1 and the first maintenance tick.
 SIGTERM or SIGINT: STOPPING=1, the sources stop first, the worker finishes the job in hand, and
 the process exits.
 """
@@ -15,6 +17,7 @@ import json
 import logging
 import os
 import signal
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -27,6 +30,7 @@ from edge.device import Device
 from edge.errors import Code, EdgeError
 from edge.ingest.guard import GuardedDecoder
 from edge.operations import health, housekeeping
+from edge.processes import InstanceLock
 from edge.store import Store
 from edge.store.files import write_atomically
 
@@ -34,6 +38,7 @@ log = logging.getLogger(__name__)
 MAINTENANCE_S = 30.0
 CHECKPOINT_EVERY_S = 600.0
 RETENTION_EVERY_S = 3600.0
+SWEEP_EVERY_S = 600.0
 
 
 class Agent:
@@ -48,6 +53,7 @@ class Agent:
         self.jobs_done = 0
         self.worker_ready = threading.Event()
         self.failed = False
+        self._disk_warned = False
         self._threads: list[threading.Thread] = []
 
     # ------------------------------------------------------------------ disk guard
@@ -108,40 +114,46 @@ class Agent:
             if self.stop.is_set():
                 return
         store = Store(self.settings.data_dir, busy_timeout_ms=self.settings.store.busy_timeout_ms)
-        last_checkpoint = last_retention = time.monotonic()
-        warned = False
+        # (every s, task): each runs when its period has passed since it last ran; the first
+        # two run on every tick, the first tick right after start. (Stale jobs are reclaimed by
+        # the worker itself, `Pipeline.run_once`.)
+        tasks: list[tuple[float, Callable[[Store], object]]] = [
+            (0.0, lambda _: self._guard_disk()),
+            (0.0, self._write_agent_file),
+            (SWEEP_EVERY_S, housekeeping.sweep_orphans),
+            (CHECKPOINT_EVERY_S, lambda store: store.checkpoint()),
+            (RETENTION_EVERY_S, self._purge),
+        ]
+        last = [time.monotonic()] * len(tasks)
         try:
             while True:
-                state = housekeeping.disk_state(self.settings)
-                if state.warning and not warned:
-                    log.warning("disk: %s", state.reason)
-                warned = state.warning
-                if state.accepting:
-                    housekeeping.ensure_reserve(self.settings)
-                now = time.monotonic()
-                try:
-                    # Leases: jobs whose holder died (this agent's previous run, an `edge infer`
-                    # killed mid-job) return to the queue, from the first tick after start on.
-                    requeued = store.requeue_dead_workers()
-                    if requeued:
-                        log.warning("%d job(s) held by processes that died went back to the queue", requeued)
-                    if now - last_checkpoint > CHECKPOINT_EVERY_S:
-                        store.checkpoint()
-                        last_checkpoint = now
-                    if now - last_retention > RETENTION_EVERY_S:
-                        housekeeping.purge_expired(
-                            store,
-                            self.settings.store.retention_days,
-                            image_upload=self.settings.sync.images == "full",
-                        )
-                        last_retention = now
-                    self._write_agent_file(store)
-                except EdgeError as error:
-                    log.error("maintenance: %s", error.one_line())
+                for index, (every, task) in enumerate(tasks):
+                    now = time.monotonic()
+                    if every and now - last[index] < every:
+                        continue
+                    last[index] = now
+                    try:
+                        task(store)
+                    except (EdgeError, sqlite3.Error, OSError) as error:
+                        text = error.one_line() if isinstance(error, EdgeError) else repr(error)
+                        log.error("maintenance: %s", text)
                 if self.stop.wait(MAINTENANCE_S):
                     return
         finally:
             store.close()
+
+    def _guard_disk(self) -> None:
+        state = housekeeping.disk_state(self.settings)
+        if state.warning and not self._disk_warned:
+            log.warning("disk: %s", state.reason)
+        self._disk_warned = state.warning
+        if state.accepting:
+            housekeeping.ensure_reserve(self.settings)
+
+    def _purge(self, store: Store) -> None:
+        housekeeping.purge_expired(
+            store, self.settings.store.retention_days, image_upload=self.settings.sync.images == "full"
+        )
 
     def _write_agent_file(self, store: Store) -> None:
         report = {
@@ -196,6 +208,19 @@ class Agent:
     # ------------------------------------------------------------------ lifecycle
 
     def run(self, install_signals: bool = True) -> int:
+        """Run until stopped; the exit status (0 stopped, 1 refused or failed)."""
+        lock = InstanceLock(health.agent_lock(self.settings), "agent (`edge run`)")
+        try:
+            lock.acquire()  # one agent per data directory, held until this process ends
+        except EdgeError as error:
+            log.error("%s", error.one_line())
+            return 1
+        try:
+            return self._run(install_signals)
+        finally:
+            lock.release()
+
+    def _run(self, install_signals: bool) -> int:
         if install_signals:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(signum, lambda *_: self.stop.set())

@@ -244,6 +244,9 @@ def _listener(settings: Settings) -> list[Check]:
 
 def _agent(settings: Settings) -> list[Check]:
     agent = health.read_agent(settings)
+    if agent.get("starting"):
+        started = f"pid {agent['pid']}, started {agent['started_at']}"
+        return [Check("agent", "pass", f"{started}, opening its models")]
     if agent.get("running"):
         return [
             Check(
@@ -257,7 +260,7 @@ def _agent(settings: Settings) -> list[Check]:
 
 
 def _hub(settings: Settings) -> list[Check]:
-    from edge.sync import sync_agent_pid
+    from edge.sync import sync_agent
     from edge.sync.runner import sync_status
 
     try:
@@ -276,11 +279,12 @@ def _hub(settings: Settings) -> list[Check]:
             )
         ]
     checks = []
-    pid = sync_agent_pid(settings)
-    if pid is None:
+    running = sync_agent(settings)
+    if running is None:
         checks.append(Check("sync agent", "warn", "not running: nothing is sent (systemctl start edge-sync)"))
     else:
-        checks.append(Check("sync agent", "pass", f"pid {pid}"))
+        since_start = f"pid {running.get('pid')}, since {running.get('started')}"
+        checks.append(Check("sync agent", "pass", since_start))
     since = f"last success {status['last_success'] or 'never'}"
     if status["state"] == "failed":
         checks.append(Check("hub", "fail", f"{status['hub']}: {status['last_error']}; {waiting}"))

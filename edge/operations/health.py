@@ -1,8 +1,8 @@
 """One health snapshot for `edge status --json`, the TUI, the hub and the agent's STATUS= line.
 
-The agent writes `<data dir>/agent.json` (pid, start, last heartbeat, sources) on every
-maintenance tick; everything else is read from the store and the host, so the snapshot also
-works, and says so, when no agent is running.
+The agent holds `<data dir>/agent.lock` while it runs and writes `<data dir>/agent.json` (pid,
+start, last heartbeat, sources) on every maintenance tick; everything else is read from the
+store and the host, so the snapshot also works, and says so, when no agent is running.
 """
 
 from __future__ import annotations
@@ -17,11 +17,12 @@ from typing import Any
 from edge import __version__
 from edge.config import Settings
 from edge.operations.housekeeping import disk_state
-from edge.processes import process_alive
+from edge.processes import holder
 from edge.store import Store
 from edge.sync.runner import sync_status
 
 AGENT_FILE = "agent.json"
+AGENT_LOCK = "agent.lock"
 STALE_AFTER_S = 180.0
 
 
@@ -29,18 +30,28 @@ def agent_file(settings: Settings) -> Path:
     return settings.data_dir / AGENT_FILE
 
 
+def agent_lock(settings: Settings) -> Path:
+    """The flock `edge run` holds for its life (`processes.InstanceLock`)."""
+    return settings.data_dir / AGENT_LOCK
+
+
 def read_agent(settings: Settings) -> dict[str, Any]:
-    """The agent's own report, with `running` decided here (pid alive, report fresh)."""
+    """The agent's own report, with `running` decided here: its lock is held (the kernel drops
+    it when the agent dies, so a reused pid cannot look like an agent) and its report is fresh."""
+    first = holder(agent_lock(settings))
     try:
         report = json.loads(agent_file(settings).read_text())
     except (OSError, ValueError):
-        return {"running": False, "reason": "no agent has run with this data directory"}
-    pid = int(report.get("pid", 0))
-    alive = pid > 0 and process_alive(pid)
-    fresh = time.time() - float(report.get("updated_epoch", 0)) < STALE_AFTER_S
-    report["running"] = alive and fresh
+        report = {}
+    if first is None:
+        reason = "the agent is not running" if report else "no agent has run with this data directory"
+        return {**report, "running": False, "reason": reason}
+    if report.get("pid") != first.get("pid"):  # started, not reporting yet (models loading)
+        started = first.get("started")
+        return {"pid": first.get("pid"), "started_at": started, "running": True, "starting": True}
+    report["running"] = time.time() - float(report.get("updated_epoch", 0)) < STALE_AFTER_S
     if not report["running"]:
-        report["reason"] = "the agent is not running" if not alive else "the agent stopped reporting"
+        report["reason"] = "the agent stopped reporting (wedged?)"
     return report
 
 

@@ -5,8 +5,9 @@ WAL checkpoints. Called by the agent's maintenance thread and by `edge doctor`.
   the drop folder leaves files where they are); below `warn_free_mb` it warns.
 - A reserve file (`reserve_mb`) is kept full; when the disk fills anyway it is deleted, because
   SQLite needs free pages even to delete rows, and recreated once space is back.
-- Image and heatmap files that no row points at (a crash between the file and its commit) are
-  swept once they are old enough not to belong to a commit in flight.
+- Image, heatmap and clip files that no row points at (a crash between the file and its
+  commit), and interrupted writes' temporary files, are swept right after start and then every
+  few minutes, once old enough (ORPHAN_GRACE_S) not to belong to a commit in flight.
 - Image files go only after the retention period, and only once the hub acknowledged every
   result of the image (and the image itself where full images are sent): the clinic's PACS or
   modality is the archive, the box is not; results, heatmaps and thumbnails stay.
@@ -18,6 +19,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -27,7 +29,9 @@ from edge.store import Store
 from edge.store.files import remove_quietly
 
 log = logging.getLogger(__name__)
-ORPHAN_AGE_S = 3600.0
+# A file is written before the row that names it commits (seconds later, or as long as a live
+# clip is still being recorded, which keeps touching its file): younger files are in flight.
+ORPHAN_GRACE_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -91,24 +95,36 @@ def release_reserve(settings: Settings) -> bool:
     return True
 
 
-def sweep_orphans(store: Store, min_age_s: float = ORPHAN_AGE_S) -> int:
-    """Delete image, heatmap and clip files (and temporary files) that no row points at."""
+def sweep_orphans(store: Store, min_age_s: float = ORPHAN_GRACE_S) -> int:
+    """Delete image, heatmap and clip files that no row points at, and the temporary files of
+    interrupted atomic writes anywhere in the data directory, once older than `min_age_s`."""
     referenced = set(store.referenced_files())
     cutoff = time.time() - min_age_s
     removed = 0
-    for folder in ("images", "heatmaps", "clips"):
-        root = store.data_dir / folder
-        if not root.is_dir():
-            continue
-        for path in root.rglob("*"):
+    for path in _candidates(store.data_dir):
+        try:
             if not path.is_file() or path.stat().st_mtime > cutoff:
                 continue
-            if str(path.relative_to(store.data_dir)) not in referenced:
-                remove_quietly(path)
-                removed += 1
+        except OSError:  # removed meanwhile (a study deleted, retention)
+            continue
+        if path.name.endswith(".tmp") or str(path.relative_to(store.data_dir)) not in referenced:
+            remove_quietly(path)
+            removed += 1
     if removed:
         log.warning("swept %d orphaned file(s) left by an interrupted write", removed)
     return removed
+
+
+def _candidates(data_dir: Path) -> Iterator[Path]:
+    """Files the store owns (images, heatmaps, clips) and `write_atomically`'s temporary files
+    (`.name.<id>.tmp`) in the data directory's own folders (agent.json, the sync state)."""
+    for folder in ("images", "heatmaps", "clips"):
+        root = data_dir / folder
+        if root.is_dir():
+            yield from root.rglob("*")
+    for own in (data_dir, data_dir / "sync", data_dir / "cache"):
+        if own.is_dir():
+            yield from own.glob(".*.tmp")
 
 
 def purge_expired(store: Store, retention_days: float, *, image_upload: bool = False) -> int:

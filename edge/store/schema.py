@@ -263,3 +263,10 @@ def m011_clip_per_model(db: Database) -> None:
     db.execute("DROP TABLE clips")
     db.execute("ALTER TABLE clips_new RENAME TO clips")
     db.execute("CREATE UNIQUE INDEX clips_source_model ON clips(source_sha256, model_name)")
+
+
+@migrations()
+def m012_job_leases(db: Database) -> None:
+    # A claimed job is held until `lease_until` (UTC, the store's time format); its worker renews
+    # it. Jobs running under older software have none: they count as expired (edge.store.leases).
+    db.execute("ALTER TABLE jobs ADD COLUMN lease_until TEXT")

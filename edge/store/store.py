@@ -18,12 +18,12 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from edge.clock import utc_now
+from edge.clock import utc_after, utc_now
 from edge.errors import Code, EdgeError
 from edge.ids import uuid7
-from edge.processes import process_alive, this_host
 from edge.store import schema
 from edge.store.files import DIR_MODE, remove_quietly, write_atomically
+from edge.store.leases import Leases
 from edge.store.outbox import OutboxAndReviews
 from edge.store.reads import Reads
 from edge.store.records import IngestOutcome, Job, NewImage, ResultRecord
@@ -77,6 +77,7 @@ class Store(Reads):
         self.writer = Writer(self.db, data_dir)
         self.technician = TechnicianActions(self.writer, self)
         self.outbox = OutboxAndReviews(self.writer)
+        self.leases = Leases(self.writer)
 
     def close(self) -> None:
         self.db.close()
@@ -184,20 +185,23 @@ class Store(Reads):
 
     # ------------------------------------------------------------------ the worker's side
 
-    def claim_job(self, worker: str, job_id: str | None = None) -> Job | None:
-        """Take the next queued job (or the named one) for `worker`, in one statement."""
+    def claim_job(self, worker: str, job_id: str | None = None, *, lease_s: float = 300.0) -> Job | None:
+        """Take the next queued job (or the named one) for `worker`, in one statement, with a
+        lease of `lease_s` seconds that the worker renews (`store.leases`)."""
         target = (
             "?"
             if job_id
             else "(SELECT id FROM jobs WHERE state = 'queued' ORDER BY priority DESC, created_at LIMIT 1)"
         )
-        params: list[Any] = [worker, utc_now(), utc_now()]
+        now = utc_now()
+        params: list[Any] = [worker, now, now, utc_after(lease_s)]
         if job_id:
             params.append(job_id)
         with self.writer.transaction("claim a job"):
             row = self.db.execute(
                 "UPDATE jobs SET state = 'running', worker = ?, claimed_at = ?, updated_at = ?,"
-                f" attempts = attempts + 1 WHERE id = {target} AND state = 'queued' RETURNING *",
+                " lease_until = ?, attempts = attempts + 1, error_code = NULL, error_message = NULL"
+                f" WHERE id = {target} AND state = 'queued' RETURNING *",
                 params,
             ).fetchone()
         return Job.from_row(dict(row)) if row else None
@@ -284,48 +288,6 @@ class Store(Reads):
                 {"code": code.value},
             )
 
-    def requeue_running(self, *, worker_prefix: str | None = None) -> int:
-        """Return jobs claimed by processes that are gone to the queue (used at start-up)."""
-        sql = "UPDATE jobs SET state = 'queued', worker = NULL, updated_at = ? WHERE state = 'running'"
-        params: list[Any] = [utc_now()]
-        if worker_prefix is not None:
-            sql += " AND worker LIKE ?"
-            params.append(f"{worker_prefix}%")
-        with self.writer.transaction("requeue jobs"):
-            return int(self.db.execute(sql, params).rowcount)
-
-    def requeue_dead_workers(self, *, job_id: str | None = None) -> int:
-        """Requeue jobs (or the one named) held by processes of this host that no longer exist.
-
-        Worker ids are `host:pid:suffix` (`processes.new_worker_id`); a job claimed by a process
-        that crashed or was killed goes back to the queue (the work is idempotent: a result
-        commits only once per job). The agent sweeps on its maintenance tick, the first one right
-        after it starts; a caller that wants one job now (`edge infer`, a re-run) takes over that
-        job's lease only.
-        """
-        sql = "SELECT id, worker FROM jobs WHERE state = 'running' AND worker LIKE ?"
-        params: list[Any] = [f"{this_host()}:%"]
-        if job_id is not None:
-            sql += " AND id = ?"
-            params.append(job_id)
-        rows = self.db.execute(sql, params).fetchall()
-        dead = []
-        for row in rows:
-            parts = str(row["worker"]).split(":")
-            if len(parts) >= 2 and parts[1].isdigit() and not process_alive(int(parts[1])):
-                dead.append(row["id"])
-        if not dead:
-            return 0
-        with self.writer.transaction("requeue jobs"):
-            marks = ", ".join("?" for _ in dead)
-            cursor = self.db.execute(
-                "UPDATE jobs SET state = 'queued', worker = NULL, updated_at = ?"
-                f" WHERE state = 'running' AND id IN ({marks})",
-                [utc_now(), *dead],
-            )
-            self.writer.audit("store", "jobs.requeued", None, {"count": cursor.rowcount})
-            return int(cursor.rowcount)
-
     def _finish(
         self,
         job: Job,
@@ -335,8 +297,8 @@ class Store(Reads):
         message: str | None = None,
     ) -> None:
         cursor = self.db.execute(
-            "UPDATE jobs SET state = ?, updated_at = ?, error_code = ?, error_message = ?"
-            " WHERE id = ? AND state = 'running' AND worker IS ?",
+            "UPDATE jobs SET state = ?, updated_at = ?, error_code = ?, error_message = ?,"
+            " lease_until = NULL WHERE id = ? AND state = 'running' AND worker IS ?",
             [state, now, code.value if code else None, message, job.id, job.worker],
         )
         if cursor.rowcount != 1:

@@ -6,32 +6,29 @@ The device never deletes what the hub has not acknowledged; the hub stores each 
 
 from __future__ import annotations
 
-import os
-import signal
 from pathlib import Path
+from typing import Any
 
 from edge.config import Settings
-from edge.processes import process_alive
+from edge.processes import holder, ring
 
 
-def pid_file(settings: Settings) -> Path:
-    return settings.data_dir / "sync" / "sync.pid"
+def sync_lock(settings: Settings) -> Path:
+    """The flock `edge sync run` holds for its life (one sync agent per data directory)."""
+    return settings.data_dir / "sync" / "sync.lock"
 
 
-def sync_agent_pid(settings: Settings) -> int | None:
-    """The pid of a running `edge sync run`, or None (no pid file, or its process is gone)."""
-    try:
-        pid = int(pid_file(settings).read_text().strip())
-    except (OSError, ValueError):
-        return None
-    return pid if process_alive(pid) else None
+def doorbell(settings: Settings) -> Path:
+    """The FIFO a running `edge sync run` listens on; `edge sync now` and the TUI ring it."""
+    return settings.data_dir / "sync" / "wake"
+
+
+def sync_agent(settings: Settings) -> dict[str, Any] | None:
+    """The running `edge sync run` (pid, host, started), or None: its lock is held or not."""
+    return holder(sync_lock(settings))
 
 
 def request_sync_now(settings: Settings) -> bool:
-    """Wake a running `edge sync run` (SIGUSR1); False when none runs (then sync in-process)."""
-    try:
-        pid = int(pid_file(settings).read_text().strip())
-        os.kill(pid, signal.SIGUSR1)
-    except (OSError, ValueError):
-        return False
-    return True
+    """Wake a running `edge sync run`; False when none runs (then sync in-process). No signal
+    goes to a pid read from a file: a stale one may name an unrelated process."""
+    return sync_agent(settings) is not None and ring(doorbell(settings))

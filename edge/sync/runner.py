@@ -4,7 +4,8 @@ summary of the state each round records.
 
 Rounds run every `interval_s` while all goes well; after a failure the wait grows exponentially
 (with jitter) up to `max_backoff_s`, so a dead link costs almost nothing and a returning one is
-found by itself. `edge sync now` (SIGUSR1) wakes it at once. State for `edge sync status`, the
+found by itself. `edge sync now` rings its doorbell (a FIFO) and wakes it at once; the sync
+agent's lock keeps it to one per data directory. State for `edge sync status`, the
 TUI and the health snapshot is written to the store after every round.
 
 Under systemd (edge-sync.service, Type=notify) it says READY=1 once the store is open and pets
@@ -15,7 +16,6 @@ request hung past its timeout, or a wedged store, stops the pets and systemd res
 from __future__ import annotations
 
 import logging
-import os
 import random
 import signal
 import threading
@@ -27,9 +27,10 @@ import httpx
 from edge import systemd
 from edge.clock import utc_now
 from edge.config import Settings
+from edge.errors import EdgeError
+from edge.processes import Doorbell, InstanceLock, ring
 from edge.store import Store
-from edge.store.files import write_atomically
-from edge.sync import pid_file
+from edge.sync import doorbell, sync_lock
 from edge.sync.client import Credential, HubRefused, HubUnavailable, SyncClient
 from edge.sync.releases import pull_models
 
@@ -79,20 +80,34 @@ def run_round(client: SyncClient) -> bool:
 
 def serve(settings: Settings, stop: threading.Event | None = None) -> int:
     stop = stop or threading.Event()
-    wake = threading.Event()
     credential = Credential.load(settings)
     if credential is None:
         log.error("sync is not configured: run `edge sync enroll URL CODE` first")
         return 2
+    lock = InstanceLock(sync_lock(settings), "sync agent (`edge sync run`)")
+    try:
+        lock.acquire()  # one sync agent per data directory, held until this process ends
+    except EdgeError as error:
+        log.error("%s", error.one_line())
+        return 1
+    (settings.data_dir / "sync" / "sync.pid").unlink(missing_ok=True)  # left by older versions
+    bell = Doorbell(doorbell(settings))
+    try:
+        bell.listen()
+        return _loop(settings, credential, bell, stop)
+    finally:
+        bell.close()
+        lock.release()
 
+
+def _loop(settings: Settings, credential: Credential, bell: Doorbell, stop: threading.Event) -> int:
     def halt(*_: object) -> None:
         stop.set()
-        wake.set()
+        ring(bell.path)
 
     signal.signal(signal.SIGTERM, halt)
     signal.signal(signal.SIGINT, halt)
-    signal.signal(signal.SIGUSR1, lambda *_: wake.set())
-    write_atomically(pid_file(settings), str(os.getpid()).encode())
+    signal.signal(signal.SIGUSR1, lambda *_: ring(bell.path))  # older `edge sync now`: harmless
     failures = 0
     with (
         Store(settings.data_dir, busy_timeout_ms=settings.store.busy_timeout_ms) as store,
@@ -112,12 +127,10 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> int:
             systemd.notify(f"STATUS={_status_line(store)}")
             deadline = time.monotonic() + delay
             while not stop.is_set() and (left := deadline - time.monotonic()) > 0:
-                if wake.wait(min(left, pet.interval or left)):
-                    break
+                if bell.wait(min(left, pet.interval or left)):
+                    break  # `edge sync now`, the TUI, or a stop
                 pet()
-            wake.clear()
         systemd.notify("STOPPING=1")
-    pid_file(settings).unlink(missing_ok=True)
     return 0
 
 

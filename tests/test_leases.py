@@ -1,0 +1,207 @@
+"""Job leases: no job stays "running" while the agent runs (issue 19, item 1).
+
+A claimed job returns to the queue when its worker fails after the claim for a reason that is
+not the job's (a full disk), when its holder dies (a killed `edge infer`), or when its lease runs
+out (a wedged worker); after `max_attempts` claims without an answer it ends as JOB_ABANDONED.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge.config import Settings, load_settings
+from edge.errors import Code, EdgeError
+from edge.imaging.decode import decode_bytes
+from edge.pipeline import Pipeline
+from edge.store import Store
+from tests.conftest import gradient, png_bytes
+from tests.tinymodel import make_model_dir
+from tools import crashtest
+
+PAST = "2000-01-01T00:00:00.000Z"
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Any:
+    make_model_dir(tmp_path / "models")
+    settings = load_settings(
+        data_dir=tmp_path / "data", models={"dir": tmp_path / "models", "default": "tiny"}
+    )
+    store = Store(settings.data_dir)
+    pipeline = Pipeline(settings, store)
+    yield settings, store, pipeline
+    pipeline.close()
+    store.close()
+
+
+def queue_one(store: Store, seed: int = 0) -> str:
+    data = png_bytes((gradient() + seed).astype("uint8"))
+    outcome = store.ingest(
+        Pipeline.new_image(decode_bytes(data), data, "watch", "x.png"), ["tiny"], actor="test"
+    )
+    return outcome.job_ids[0]
+
+
+def job_row(store: Store, job_id: str) -> dict[str, Any]:
+    row = store.job(job_id)
+    assert row is not None
+    return row
+
+
+def test_a_full_disk_after_the_claim_returns_the_job_to_the_queue(
+    env: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The heatmap write fails after the job was claimed: before, the job stayed "running" under
+    the live idle worker until the agent restarted."""
+    _settings, store, pipeline = env
+    job_id = queue_one(store)
+
+    def disk_full(*args: Any, **kwargs: Any) -> None:
+        raise EdgeError(Code.DISK_FULL, "no space left to store the heatmap")
+
+    monkeypatch.setattr(Pipeline, "_write_heatmap", disk_full)
+    with pytest.raises(EdgeError) as raised:
+        pipeline.run_once()  # the agent's worker sees DISK_FULL and backs off
+    assert raised.value.code is Code.DISK_FULL
+    row = job_row(store, job_id)
+    assert (row["state"], row["attempts"], row["error_code"]) == ("queued", 0, "DISK_FULL")
+    monkeypatch.undo()
+    assert pipeline.run_once() is True  # the same live worker, no restart
+    assert job_row(store, job_id)["state"] == "done"
+    assert store.counts()["results"] == 1
+
+
+def test_a_job_the_full_disk_kept_from_being_released_is_released_when_space_returns(
+    env: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _settings, store, pipeline = env
+    job_id = queue_one(store)
+
+    def disk_full(*args: Any, **kwargs: Any) -> None:
+        raise EdgeError(Code.DISK_FULL, "disk full")
+
+    monkeypatch.setattr(Pipeline, "_write_heatmap", disk_full)
+    monkeypatch.setattr(type(store.leases), "release", disk_full)  # the store cannot write either
+    with pytest.raises(EdgeError):
+        pipeline.run_once()
+    assert job_row(store, job_id)["state"] == "running"
+    monkeypatch.undo()
+    assert pipeline.run_once() is True  # gives it back, claims it again, finishes it
+    assert job_row(store, job_id)["state"] == "done"
+
+
+def test_a_wedged_worker_loses_its_job_and_its_late_answer_is_dropped(env: Any) -> None:
+    settings, store, pipeline = env
+    job_id = queue_one(store)
+    job = store.claim_job(pipeline.worker_id, lease_s=300)
+    assert job is not None
+    store.db.execute("UPDATE jobs SET lease_until = ?", [PAST])  # it went silent past its lease
+    store.db.conn.commit()
+    other = Pipeline(settings, store)
+    assert other.run_once() is True  # reclaims the job (its lease ended) and answers it
+    assert job_row(store, job_id)["worker"] == other.worker_id
+    with pytest.raises(EdgeError) as late:
+        pipeline.process(job)  # the wedged worker wakes up and finishes
+    assert late.value.code is Code.JOB_LEASE_LOST
+    assert store.counts()["results"] == 1
+    other.close()
+
+
+def test_a_job_that_kills_every_worker_is_abandoned_with_a_code(env: Any) -> None:
+    settings, store, _pipeline = env
+    job_id = queue_one(store)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], check=True, capture_output=True, text=True
+    )
+    dead_worker = f"{os.uname().nodename}:{dead.stdout.strip()}:x"
+    for _attempt in range(settings.worker.max_attempts):
+        claimed = store.claim_job(dead_worker)
+        assert claimed is not None
+        assert claimed.id == job_id
+        assert store.leases.reclaim(settings.worker.max_attempts) in ((1, 0), (0, 1))
+    row = job_row(store, job_id)
+    assert (row["state"], row["error_code"], row["attempts"]) == ("failed", "JOB_ABANDONED", 3)
+    actions = [r["action"] for r in store.db.execute("SELECT action FROM audit").fetchall()]
+    assert "job.abandoned" in actions
+
+
+def test_stale_leases_of_older_software_count_as_expired(store: Store) -> None:
+    job_id = queue_one_plain(store)
+    store.db.execute("UPDATE jobs SET state = 'running', worker = 'elsewhere:1:x', lease_until = NULL")
+    store.db.conn.commit()
+    assert [row["id"] for row in store.leases.stale()] == [job_id]
+
+
+def queue_one_plain(store: Store) -> str:
+    from tests.test_store import new_image
+
+    return store.ingest(new_image(), ["m"], actor="test").job_ids[0]
+
+
+_HOLD_A_JOB = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from edge.config import load_settings
+    from edge.store import Store
+    from edge.processes import new_worker_id
+    settings = load_settings(data_dir=Path(sys.argv[1]))
+    with Store(settings.data_dir) as store:
+        job = store.claim_job(new_worker_id(), lease_s=3600)  # like `edge infer` mid-inference
+        print(job.id if job else "none", flush=True)
+        time.sleep(600)
+    """
+)
+
+
+def test_a_killed_infer_s_job_is_finished_by_the_running_agent(tmp_path: Path, sample_png: Path) -> None:
+    """Before, a job held by a killed `edge infer` waited for some new process to start."""
+    data, inbox = tmp_path / "data", tmp_path / "inbox"
+    inbox.mkdir()
+    settings: Settings = load_settings(data_dir=data)
+    with Store(data) as store:  # queued, as the drop folder or the listener would leave it
+        raw = sample_png.read_bytes()
+        store.ingest(
+            Pipeline.new_image(decode_bytes(raw), raw, "cli", sample_png.name), ["cxr-pneumonia"], actor="t"
+        )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_A_JOB, str(data)], stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdout is not None
+    held = holder.stdout.readline().strip()
+    assert held != "none"
+    log = tmp_path / "agent.log"
+    with log.open("ab") as handle:
+        agent = crashtest.start_agent(data, inbox, handle)
+    try:
+        crashtest.wait_until_running(data, agent.pid, timeout_s=120)
+        time.sleep(1.0)
+        with Store(data) as store:
+            assert job_row(store, held)["state"] == "running"  # its holder is alive: not taken
+        holder.send_signal(signal.SIGKILL)  # `edge infer` killed mid-job
+        holder.wait()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with Store(data) as store:
+                if job_row(store, held)["state"] == "done":
+                    break
+            time.sleep(0.5)
+        with Store(data) as store:
+            row = job_row(store, held)
+            assert row["state"] == "done", (row, log.read_text()[-2000:])
+            assert row["attempts"] == 2
+            assert store.counts()["results"] == 1
+    finally:
+        holder.kill()
+        agent.send_signal(signal.SIGTERM)
+        agent.wait(timeout=120)
+    assert settings.worker.max_attempts == 3
