@@ -145,6 +145,30 @@ def test_auto_precision_measures_once_then_remembers(
     again.close()
 
 
+def test_an_int8_variant_that_computes_something_else_here_is_not_served(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The manifest's gate was measured elsewhere; on this machine the variant must still match
+    FP32 on the model's samples (ONNX Runtime's x86 INT8 kernels without VNNI do not)."""
+    from edge.inference.pool import parity_refusals
+    from edge.operations.doctor import _models
+
+    make_model_dir(tmp_path / "models", int8_weight=-3.0)  # "INT8" that flips the answer
+    settings = load_settings(data_dir=tmp_path / "data", models={"dir": tmp_path / "models"})
+    for precision in ("auto", "int8"):  # asked for INT8 explicitly: FP32 too, loudly
+        chosen = settings.model_copy(
+            update={"runtime": settings.runtime.model_copy(update={"precision": precision})}
+        )
+        pool = ModelPool(Registry(tmp_path / "models"), chosen, settings.data_dir / "cache")
+        assert pool.get("tiny").variant_name == "fp32"
+        pool.close()
+    assert "VARIANT_PARITY_FAILED: tiny int8 differs from fp32 on this machine" in caplog.text
+    [refused] = parity_refusals(settings.data_dir / "cache")
+    assert (refused["variant"], refused["passed"], refused["agreement"]) == ("int8", False, 0.0)
+    [check] = _models(settings)
+    assert "not served on this machine (VARIANT_PARITY_FAILED): int8" in check.message
+
+
 def test_explicit_precision(tiny: tuple[Registry, Settings]) -> None:
     registry, settings = tiny
     fp32_only = settings.model_copy(

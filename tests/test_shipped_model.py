@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -55,21 +56,30 @@ def test_validation_figures_meet_the_foundation_bar(entry: ModelEntry) -> None:
             assert variant.gate.agreement >= 0.99
 
 
-def test_every_servable_variant_agrees_with_fp32_on_the_samples(entry: ModelEntry, pool: ModelPool) -> None:
+def _agrees(reference: list[Any], other: list[Any]) -> bool:
+    agree = np.mean([a.finding.finding == b.finding.finding for a, b in zip(reference, other, strict=True)])
+    diffs = [
+        abs(a.finding.probability - b.finding.probability) for a, b in zip(reference, other, strict=True)
+    ]
+    return bool(agree >= 0.9 and max(diffs) < 0.15)
+
+
+def test_the_variant_served_on_this_machine_agrees_with_fp32_on_the_samples(
+    entry: ModelEntry, pool: ModelPool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Whatever this machine serves must compute what FP32 computes. An INT8 variant that does
+    not here (ONNX Runtime's x86 INT8 kernels without VNNI saturate: seen on an AVX2-only AMD
+    EPYC, P off by 0.65) is refused with VARIANT_PARITY_FAILED and FP32 is served instead."""
     images = [decode_bytes(p.read_bytes(), p.name).pixels for p, _ in entry.samples]
     reference = pool.load_variant(entry.name, "fp32").predict(images)
+    served = pool.get(entry.name)
+    assert _agrees(reference, served.predict(images)), served.variant_name
     for name, variant in entry.manifest.variants.items():
         if name == "fp32" or not variant.servable:
             continue
-        other = pool.load_variant(entry.name, name).predict(images)
-        agree = np.mean(
-            [a.finding.finding == b.finding.finding for a, b in zip(reference, other, strict=True)]
-        )
-        assert agree >= 0.9, name
-        diffs = [
-            abs(a.finding.probability - b.finding.probability) for a, b in zip(reference, other, strict=True)
-        ]
-        assert max(diffs) < 0.15, name
+        if not _agrees(reference, pool.load_variant(entry.name, name).predict(images)):
+            assert served.variant_name != name
+            assert f"VARIANT_PARITY_FAILED: {entry.name} {name} differs" in caplog.text
 
 
 def test_samples_are_mostly_right(entry: ModelEntry, pool: ModelPool) -> None:

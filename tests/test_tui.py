@@ -16,8 +16,9 @@ from textual.pilot import Pilot
 from textual.widgets import DataTable, Input, OptionList, Static
 
 from edge.config import Settings
-from edge.operations.health import agent_file, snapshot
+from edge.operations.health import agent_file, agent_lock, snapshot
 from edge.operations.host import host_facts
+from edge.processes import InstanceLock
 from edge.store import Store
 from edge.tui.app import EdgeApp, create_app, run_tui
 from edge.tui.screens.dialogs import ConfirmDialog, ModelDialog, NoteDialog
@@ -306,6 +307,8 @@ def test_rerun_with_another_model_is_analysed_here_when_no_agent_runs(
 def test_rerun_is_left_to_a_running_agent(filled: tuple[Settings, Filled]) -> None:
     settings, ids = filled
     agent_file(settings).write_text(json.dumps({"pid": os.getpid(), "updated_epoch": time.time()}))
+    lock = InstanceLock(agent_lock(settings), "agent")  # what a running `edge run` holds
+    lock.acquire()
     app = build_app(settings)
 
     async def scenario(pilot: Pilot[Any], said: list[str]) -> None:
@@ -317,7 +320,10 @@ def test_rerun_is_left_to_a_running_agent(filled: tuple[Settings, Filled]) -> No
         await settle(pilot)
         assert said[-1] == "queued for cxr-pneumonia: the agent will analyse it"
 
-    drive(app, scenario)
+    try:
+        drive(app, scenario)
+    finally:
+        lock.release()
     with store_of(settings) as store:
         job = store.db.execute(
             "SELECT state FROM jobs WHERE image_id = ? AND model_name = 'cxr-pneumonia'",

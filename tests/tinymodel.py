@@ -38,10 +38,31 @@ def tiny_onnx(path: Path, weight: float = 1.0, size: int = 8) -> None:
     path.write_bytes(model.SerializeToString())
 
 
-def manifest(folder: Path, **overrides: Any) -> dict[str, Any]:
+def write_samples(folder: Path) -> None:
+    """Two attributed-style sample images and their labels: what parity checks run on."""
+    import cv2
+
+    samples = folder / "samples"
+    samples.mkdir(exist_ok=True)
+    rows = ["path,label"]
+    for name, value, label in (
+        ("bright.png", 230, "finding"),
+        ("dark.png", 20, "normal"),
+        ("mid.png", 150, "finding"),
+    ):
+        ok, png = cv2.imencode(".png", np.full((16, 16), value, np.uint8))
+        assert ok
+        (samples / name).write_bytes(png.tobytes())
+        rows.append(f"{name},{label}")
+    (samples / "labels.csv").write_text("\n".join(rows) + "\n")
+
+
+def manifest(folder: Path, *, int8_weight: float = 1.01, **overrides: Any) -> dict[str, Any]:
+    """`int8_weight` far from 1 makes an "INT8" variant that computes something else."""
     files = {"fp32": "tiny-fp32.onnx", "int8": "tiny-int8.onnx"}
     tiny_onnx(folder / files["fp32"])
-    tiny_onnx(folder / files["int8"], weight=1.01)
+    tiny_onnx(folder / files["int8"], weight=int8_weight)
+    write_samples(folder)
 
     def sha(name: str) -> str:
         return hashlib.sha256((folder / name).read_bytes()).hexdigest()
@@ -89,8 +110,10 @@ def manifest(folder: Path, **overrides: Any) -> dict[str, Any]:
     return data
 
 
-def make_model_dir(models_dir: Path, name: str = "tiny", **overrides: Any) -> Path:
+def make_model_dir(
+    models_dir: Path, name: str = "tiny", *, int8_weight: float = 1.01, **overrides: Any
+) -> Path:
     folder = models_dir / name
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "model.toml").write_text(tomli_w.dumps(manifest(folder, **overrides)))
+    (folder / "model.toml").write_text(tomli_w.dumps(manifest(folder, int8_weight=int8_weight, **overrides)))
     return folder

@@ -3,7 +3,9 @@ preprocessing and postprocessing.
 
 `precision = "auto"` picks, among the variants that passed their accuracy gate, the one that is
 fastest *on this machine*, measured once and remembered: on some CPUs an INT8 QDQ graph is
-slower than FP32, and assuming otherwise would make the device slower for no gain.
+slower than FP32, and assuming otherwise would make the device slower for no gain. Before that,
+a reduced-precision variant must compute on this machine what FP32 computes (`local_parity`):
+on some CPUs it does not, and assuming it does would make the device wrong.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from edge import runtime
 from edge.config import Settings
 from edge.errors import Code, EdgeError
 from edge.imaging.preprocess import PreprocessSpec, preprocess_batch
+from edge.inference.local_parity import reference_variant, verify_here
 from edge.inference.postprocess import Finding, decide
 from edge.inference.registry import ModelEntry, Registry, Variant
 from edge.runtime.base import Runner, TensorNames
@@ -34,6 +37,7 @@ from edge.runtime.onnxruntime import OnnxRuntimeRunner
 SPEEDUP_MARGIN = 0.9
 log = logging.getLogger(__name__)
 _TIMING_RUNS = 25
+CACHE_FILE = "variant-choice.json"
 
 
 @dataclass
@@ -129,14 +133,37 @@ def candidate_variants(entry: ModelEntry, backend: str, precision: str) -> list[
     return names
 
 
+# CPU features that change which integer kernels ONNX Runtime runs (and so INT8 results).
+_KERNEL_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm", "sve")
+
+
 def _machine_key() -> str:
     cpu = platform.processor() or platform.machine()
+    flags: set[str] = set()
     try:
         with open("/proc/cpuinfo") as handle:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in handle if ln.startswith("model name")), cpu)
+            lines = handle.readlines()
+        cpu = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), cpu)
+        line = next((ln for ln in lines if ln.startswith(("flags", "Features"))), "")
+        flags = set(line.split(":", 1)[-1].split())
     except OSError:
         pass
-    return f"{platform.machine()}|{cpu}|{os.cpu_count()}"
+    features = ",".join(flag for flag in _KERNEL_FLAGS if flag in flags)
+    return f"{platform.machine()}|{cpu}|{features}|{os.cpu_count()}"
+
+
+def parity_refusals(cache_dir: Path) -> list[dict[str, Any]]:
+    """The variants found on this machine not to compute what FP32 computes (for `edge doctor`)."""
+    try:
+        cache = json.loads((cache_dir / CACHE_FILE).read_text())
+    except (OSError, ValueError):
+        return []
+    machine = _machine_key()
+    return [
+        verdict
+        for key, verdict in cache.items()
+        if key.startswith("parity|") and key.endswith(machine) and not verdict.get("passed")
+    ]
 
 
 def _time_runner(runner: Runner, spec: PreprocessSpec) -> float:
@@ -158,7 +185,7 @@ class ModelPool:
     def __init__(self, registry: Registry, settings: Settings, cache_dir: Path) -> None:
         self.registry = registry
         self.settings = settings
-        self.cache_file = cache_dir / "variant-choice.json"
+        self.cache_file = cache_dir / CACHE_FILE
         self._served: dict[str, ServedModel] = {}
         self.engine_manager: Any = None  # set to share one EngineManager (tests inject doubles)
 
@@ -204,6 +231,7 @@ class ModelPool:
                 log.error("%s: falling back to ONNX Runtime: %s", entry.name, error.one_line())
                 runner_cls = OnnxRuntimeRunner
         names = candidate_variants(entry, runner_cls.backend, self.settings.runtime.precision)
+        names = self._right_here(entry, runner_cls, names)
         if len(names) == 1:
             return self.load_variant(name, names[0])
         verify = self.settings.models.verify_checksums
@@ -219,6 +247,62 @@ class ModelPool:
         runner, attempt = manager.serve(entry, tensor_names(entry))
         variant = entry.manifest.variants[attempt.variant]
         return ServedModel(entry, attempt.variant, runner, variant.sha256, precision=attempt.precision)
+
+    def _right_here(self, entry: ModelEntry, runner_cls: type[Runner], names: list[str]) -> list[str]:
+        """The candidates that compute on this machine what FP32 computes (`local_parity`),
+        each verified once per (files, runtime version, machine); FP32 when none does."""
+        variants = entry.manifest.variants
+        reference = reference_variant(entry, runner_cls.backend)
+        if reference is None:
+            return names
+        verify = self.settings.models.verify_checksums
+        cache = self._read_cache()
+        kept = []
+        for name in names:
+            if variants[name].precision == "fp32":
+                kept.append(name)
+                continue
+            key = "|".join(
+                [
+                    "parity",
+                    entry.name,
+                    name,
+                    variants[name].sha256[:16],
+                    variants[reference].sha256[:16],
+                    runner_cls.backend,
+                    _backend_version(runner_cls.backend),
+                    _machine_key(),
+                ]
+            )
+            verdict = cache.get(key)
+            if verdict is None:
+                try:
+                    report = verify_here(
+                        entry,
+                        runner_cls,
+                        tensor_names(entry),
+                        entry.variant_file(reference, verify=verify),
+                        entry.variant_file(name, verify=verify),
+                        self.settings,
+                    )
+                    verdict = {"model": entry.name, "variant": name, **report.as_dict()}
+                except EdgeError as error:
+                    verdict = {"model": entry.name, "variant": name, "passed": False, "error": error.message}
+                cache[key] = verdict
+                self._write_cache(cache)
+            if verdict.get("passed"):
+                kept.append(name)
+                continue
+            measured = f"top-1 agreement {verdict.get('agreement')}"
+            detail = (
+                verdict.get("error") or f"{measured}, max |logit diff| {verdict.get('max_abs_logit_diff')}"
+            )
+            refusal = EdgeError(
+                Code.VARIANT_PARITY_FAILED,
+                f"{entry.name} {name} differs from {reference} on this machine ({detail}): not served here",
+            )
+            log.error("%s", refusal.one_line())
+        return kept or [reference]
 
     def _fastest(self, entry: ModelEntry, runner_cls: type[Runner], files: dict[str, Path]) -> str:
         key = "|".join(

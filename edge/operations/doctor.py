@@ -21,6 +21,7 @@ from sqlite_utils import Database
 
 from edge.config import Settings
 from edge.errors import EdgeError
+from edge.inference.pool import parity_refusals
 from edge.inference.registry import Registry
 from edge.operations import health, housekeeping
 from edge.store import Store, schema
@@ -124,6 +125,7 @@ def _models(settings: Settings) -> list[Check]:
     if not names:
         return [Check("models", "fail", f"no model in {settings.models.dir}")]
     out = []
+    refused_here = parity_refusals(settings.data_dir / "cache")
     for name in names:
         try:
             entry = registry.get(name)
@@ -137,6 +139,9 @@ def _models(settings: Settings) -> list[Check]:
             message = f"{entry.manifest.version}, {len(entry.manifest.variants)} files verified (sha256)"
             if gated:
                 message += f"; not servable (failed gate): {', '.join(gated)}"
+            differs = [v["variant"] for v in refused_here if v.get("model") == name]
+            if differs:
+                message += f"; not served on this machine (VARIANT_PARITY_FAILED): {', '.join(differs)}"
             out.append(Check(f"model {name}", "pass", message))
         except EdgeError as error:
             out.append(Check(f"model {name}", "fail", error.one_line()))

@@ -1,0 +1,71 @@
+"""Does a reduced-precision variant compute here what FP32 computes here?
+
+The INT8 gate in the manifest was measured on the machine that quantised the model. The same
+graph can compute something else on another CPU: ONNX Runtime's x86 INT8 kernels without VNNI
+(AVX2-only CPUs, e.g. many AMD EPYC and older Intel) multiply u8 by s8 into 16-bit pairs that
+saturate, and a model quantised without `reduce_range` then drifts by far more than its gate
+allowed (seen here: P(pneumonia) off by 0.65 on a shipped sample). So before a non-FP32 variant
+is served on ONNX Runtime, it is run beside FP32 on the model's own sample images, on this
+machine, and must meet the manifest's parity rule (the same one a TensorRT engine meets). The
+verdict is remembered per (variant file, runtime version, machine); a variant that fails is not
+served here, and the log, `edge doctor` and `edge models` say why.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edge.config import Settings
+from edge.errors import Code, EdgeError
+from edge.imaging.decode import decode_bytes
+from edge.imaging.preprocess import preprocess_batch
+from edge.inference.parity import ParityReport, compare
+from edge.inference.registry import ModelEntry
+from edge.runtime.base import Runner, TensorNames
+
+
+def reference_variant(entry: ModelEntry, backend: str) -> str | None:
+    """The servable FP32 variant this backend runs: the reference a cheaper one is held to."""
+    return next(
+        (
+            name
+            for name, variant in entry.manifest.variants.items()
+            if variant.precision == "fp32" and variant.servable and backend in variant.backends
+        ),
+        None,
+    )
+
+
+def verify_here(
+    entry: ModelEntry,
+    runner_cls: type[Runner],
+    names: TensorNames,
+    reference: Path,
+    candidate: Path,
+    settings: Settings,
+) -> ParityReport:
+    """`candidate` against `reference` (both on `runner_cls`) over the model's sample images."""
+    samples = entry.samples
+    if not samples:
+        raise EdgeError(Code.VARIANT_PARITY_FAILED, f"{entry.name} ships no sample images to verify on")
+    labels = entry.manifest.output.labels
+    images = [decode_bytes(path.read_bytes(), path.name).pixels for path, _ in samples]
+    truth = np.array([labels.index(label) for _, label in samples])
+    batch = preprocess_batch(images, entry.manifest.input.preprocess_spec())
+    logits = entry.manifest.output.logits
+    with runner_cls(reference, names, settings.runtime) as runner:
+        expected = runner.infer(batch)[logits]
+    with runner_cls(candidate, names, settings.runtime) as runner:
+        actual = runner.infer(batch)[logits]
+    rule = entry.manifest.parity
+    return compare(
+        expected,
+        actual,
+        truth,
+        labels.index(entry.manifest.output.positive),
+        max_auc_delta=rule.max_auc_delta,
+        min_agreement=rule.min_agreement,
+        max_abs_logit_diff=rule.max_abs_logit_diff,
+    )
