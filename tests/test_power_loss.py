@@ -118,7 +118,7 @@ def test_power_cuts_during_ingest_and_sync_lose_nothing_acknowledged(disk: Power
     disk.close()  # the campaign mounts its own
     work = tmp_path / "campaign"
     work.mkdir()
-    report = run(cuts=10, seed=7, work=work, min_s=2.0, max_s=7.0)
+    report = run(cuts=10, seed=7, work=work)
     assert not failed(report), report
     assert report["cuts"] == 10
     assert report["acknowledged"] > 0, report

@@ -11,7 +11,9 @@ the cut (docs/power-loss.md). Each round:
    the real disk: the hub does not lose power), and two clients: `edge infer --json` on new
    PNG copies and dcmtk's `storescu` sending new DICOM copies to the listener. An input whose
    acknowledgement never came is sent again in a later round, as a modality or a person would;
-3. after a random delay, cut the power (the file system's daemon first, then every process).
+3. cut the power: a fifth of the time during the boot (within --min-s of power-on), else at a
+   random instant within --max-s of the agent's listener being up (the file system's daemon
+   first, then every process).
 
 Acknowledged means: a result line printed by `edge infer`, a C-STORE Success seen by
 `storescu`. Checks after every boot: `PRAGMA integrity_check` ok; every acknowledged `edge infer`
@@ -37,6 +39,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -182,6 +185,16 @@ class Round:
             else:
                 time.sleep(0.2)  # the listener is not up yet (booting) or refused: try again
 
+    def wait_listening(self, timeout_s: float) -> None:
+        """Until the agent's DICOM listener accepts connections (the agent is up)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and self.agent.poll() is None:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.1)
+
     def kill_all(self) -> None:
         with self.lock:
             self.stop.set()
@@ -205,7 +218,7 @@ def check(data_dir: Path, inputs: Inputs) -> dict[str, Any]:
     if not db_path.exists():
         found["lost"] += sorted(inputs.acked_results.values()) + sorted(inputs.acked_sops)
         return found
-    with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=30) as conn:
+    with closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=30)) as conn:
         found["integrity"] = conn.execute("PRAGMA integrity_check").fetchone()[0]
         results = {row[0] for row in conn.execute("SELECT id FROM results")}
         sops = {
@@ -269,7 +282,7 @@ def hub_report(data_dir: Path, hub_db: Path, inputs: Inputs) -> dict[str, Any]:
     }
 
 
-def run(cuts: int, seed: int, work: Path, min_s: float = 2.0, max_s: float = 10.0) -> dict[str, Any]:
+def run(cuts: int, seed: int, work: Path, min_s: float = 3.0, max_s: float = 6.0) -> dict[str, Any]:
     """The campaign; whatever happens, no process or mount outlives it."""
     rng = random.Random(seed)
     started = time.monotonic()
@@ -307,7 +320,11 @@ def run(cuts: int, seed: int, work: Path, min_s: float = 2.0, max_s: float = 10.
             record(report, number, "boot", check(data_dir, inputs))
             this = Round(data_dir, inputs, port, log)
             this.start()
-            time.sleep(rng.uniform(min_s, max_s))
+            if rng.random() < 0.2:  # during the boot: recovery, migrations, requeueing
+                time.sleep(rng.uniform(0.2, min_s))
+            else:  # during the work, however slow this machine is to start the software
+                this.wait_listening(timeout_s=90)
+                time.sleep(rng.uniform(0.0, max_s))
             lost = disk.cut()
             this.kill_all()
             report["cuts"] += 1
@@ -345,8 +362,8 @@ def enroll(data_dir: Path, hub_dir: Path, hub_port: int, env: dict[str, str], lo
         try:
             code = devices.create_enroll_code(engine)
             subprocess.run(
-                [sys.executable, "-m", "edge", "--data-dir", str(data_dir), "sync", "enroll",
-                 f"http://127.0.0.1:{hub_port}", code, "--name", "powercut"],
+                [sys.executable, "-m", "edge", "--data-dir", str(data_dir), "sync", "enroll", "--name",
+                 "powercut", "--", f"http://127.0.0.1:{hub_port}", code],  # a code may begin with "-"
                 env=env, check=True, stdout=log, stderr=log,
             )  # fmt: skip
             return
@@ -402,8 +419,12 @@ def main() -> None:
     )
     parser.add_argument("--cuts", type=int, default=200)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--min-s", type=float, default=2.0, help="earliest cut after power-on")
-    parser.add_argument("--max-s", type=float, default=10.0, help="latest cut after power-on")
+    parser.add_argument(
+        "--min-s", type=float, default=3.0, help="a fifth of the cuts: within this long of power-on"
+    )
+    parser.add_argument(
+        "--max-s", type=float, default=6.0, help="the others: within this long of the agent being up"
+    )
     parser.add_argument(
         "--work", type=Path, help="keep the disk, logs and hub here (default: a temporary folder)"
     )

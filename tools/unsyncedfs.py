@@ -144,7 +144,7 @@ class Gauge:
     after the cut the harness can tell what the cut threw away: (SQLite WAL or journal files,
     other files, directories) with unsynced changes, and fsyncs served so far."""
 
-    FIELDS = ("wal", "files", "dirs", "fsyncs")
+    FIELDS = ("wal", "files", "dirs", "fsyncs", "shm")
 
     def __init__(self, path: Path) -> None:
         import mmap
@@ -157,7 +157,8 @@ class Gauge:
     def show(self, unsynced: set[Node]) -> None:
         dirs = sum(node.is_dir for node in unsynced)
         wal = sum(node.name.endswith(("-wal", "-journal")) for node in unsynced if not node.is_dir)
-        values = (wal, len(unsynced) - dirs - wal, dirs, self.fsyncs)
+        shm = sum(node.name.endswith("-shm") for node in unsynced)  # never synced, never data
+        values = (wal, len(unsynced) - dirs - wal - shm, dirs, self.fsyncs, shm)
         self._map[:] = b"".join(value.to_bytes(8, "little") for value in values)
 
     @classmethod
