@@ -1,4 +1,5 @@
-"""Crash-safe file writes: temporary name, fsync, rename, fsync the directory.
+"""Crash-safe file writes: temporary name, fsync, rename, fsync the directory (and the parents
+of any directory made for it).
 
 After `write_atomically` returns, the file is on disk under its final name with its full
 content, or (on any failure) nothing is there under that name. Files hold patient images, so
@@ -27,9 +28,22 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def make_dirs(path: Path) -> None:
+    """Make `path` and its missing parents, each new name made durable in its parent. A new
+    directory's name is data of the parent directory: until the parent is fsynced, a power cut
+    can take the new directory away with every file later made durable inside it."""
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    for folder in reversed(missing):
+        folder.mkdir(mode=DIR_MODE, exist_ok=True)  # exists: made by a concurrent writer
+        fsync_dir(folder.parent)  # whoever made it, it is durable when this returns
+
+
 def write_atomically(path: Path, data: bytes) -> None:
     """Write `data` to `path` so that a crash at any instant leaves all of it or none."""
-    path.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    make_dirs(path.parent)
     tmp = path.with_name(f".{path.name}.{uuid7()}.tmp")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
