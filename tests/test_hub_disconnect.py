@@ -43,14 +43,19 @@ def live(settings: Settings, tmp_path: Path) -> Iterator[tuple[LiveHub, Captured
 
     app.add_api_route("/v1/boom", boom, methods=["POST"])
     captured = Captured()
+    edge_logger = logging.getLogger("edge")
+    level = edge_logger.level
     with LiveHub(app) as hub:
-        # uvicorn's own loggers do not propagate to the root: listen to them and to edge's
-        watched = [logging.getLogger("uvicorn"), logging.getLogger("edge")]
+        # uvicorn's own loggers do not propagate to the root: listen to them and to edge's (at
+        # warning at least, whatever an earlier `edge` command configured the root to)
+        watched = [logging.getLogger("uvicorn"), edge_logger]
         for logger in watched:
             logger.addHandler(captured)
+        edge_logger.setLevel(logging.INFO)
         try:
             yield hub, captured
         finally:
+            edge_logger.setLevel(level)
             for logger in watched:
                 logger.removeHandler(captured)
 
