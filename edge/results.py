@@ -9,6 +9,7 @@ so a result names its model and finding the same way whichever way it came.
 from __future__ import annotations
 
 import logging
+import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,13 +44,16 @@ class Analysis:
 
 
 def audit_refusal(store: Store, actor: str, error: EdgeError) -> None:
-    """Log a refused input and record it in the audit trail: its code only (a file name can
-    identify a patient). A refusal that cannot be audited (a full disk) is still logged."""
-    log.warning("input refused: %s", error.one_line())
+    """Record a refused input in the audit trail, its code only (a file name can identify a
+    patient), and log it: one line either way. A refusal that cannot be audited (the store
+    cannot write: a full disk) is logged as an error that says so."""
     try:
         store.audit(actor, "input.refused", None, {"code": error.code.value})
-    except EdgeError as audit_error:
-        log.error("refusal not audited: %s", audit_error.one_line())
+    except (EdgeError, sqlite3.Error) as exc:
+        cause = exc.one_line() if isinstance(exc, EdgeError) else f"the store: {exc}"
+        log.error("input refused, not audited: %s (%s)", error.one_line(), cause)
+        return
+    log.warning("input refused: %s", error.one_line())
 
 
 def result_record(

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import json
+import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -9,7 +14,9 @@ from typing import Any
 import pytest
 
 from edge.config import Settings
-from edge.imaging.decode import decode_bytes
+from edge.errors import EdgeError
+from edge.imaging.decode import DecodedImage, decode_bytes
+from edge.ingest import watch
 from edge.ingest.watch import DropFolder
 from edge.pipeline import Pipeline
 from edge.store import Store
@@ -67,13 +74,7 @@ def test_partial_and_hidden_names_are_left_alone(folder: Any) -> None:
     drop, clock, _ = folder
     for name in (".hidden.png", "upload.png.part", "x.crdownload"):
         (drop.inbox / name).write_bytes(png_bytes(gradient()))
-    assert settle(drop, clock) == {
-        "ingested": 0,
-        "duplicate": 0,
-        "quarantined": 0,
-        "waiting": 0,
-        "deferred": 0,
-    }
+    assert not any(settle(drop, clock).values())
     assert len(list(drop.inbox.iterdir())) == 3
 
 
@@ -120,7 +121,7 @@ def test_full_disk_leaves_files_in_the_inbox(settings: Settings, store: Store) -
         accepting=lambda: (False, "12 MB free, below the 500 MB floor"),
     )
     (drop.inbox / "a.png").write_bytes(png_bytes(gradient()))
-    assert settle(drop, clock)["deferred"] == 1
+    assert settle(drop, clock)["paused"] == 1
     assert (drop.inbox / "a.png").exists()
     assert store.counts()["images"] == 0
 
@@ -132,3 +133,171 @@ def test_the_same_name_twice_keeps_both(folder: Any) -> None:
     (drop.inbox / "x.png").write_bytes(png_bytes(gradient(70, 50)))
     settle(drop, clock)
     assert sorted(p.name for p in drop.processed.rglob("*.png")) == ["x.1.png", "x.png"]
+
+
+# ------------------------------------------------------------------ refusals are audited
+
+
+def refusal_codes(store: Store) -> list[str]:
+    return sorted(json.loads(row["detail"])["code"] for row in store.audit_rows("input.refused"))
+
+
+def test_every_refusal_is_audited_with_its_code(settings: Settings, store: Store) -> None:
+    """The file itself refused (empty, too large, not a regular file) as well as the decoder's
+    refusals: each leaves one audit row with its code, as the README promises."""
+    small = settings.model_copy(
+        update={
+            "watch": settings.watch.model_copy(update={"settle_s": 0.0}),
+            "store": settings.store.model_copy(update={"max_input_bytes": 4096}),
+        }
+    )
+    drop = DropFolder(small, Pipeline(small, store, actor="watch"), decode_bytes, clock=Clock())
+    (drop.inbox / "empty.dcm").write_bytes(b"")
+    (drop.inbox / "huge.png").write_bytes(b"\0" * 5000)
+    os.mkfifo(drop.inbox / "pipe.dcm")
+    (drop.inbox / "notes.txt").write_text("hello")
+    assert drop.scan_once()["quarantined"] == 4
+    assert refusal_codes(store) == ["INPUT_EMPTY", "INPUT_NOT_IMAGE", "INPUT_TOO_LARGE", "INPUT_UNREADABLE"]
+    reasons = {p.name: p.read_text() for p in drop.quarantine.rglob("*.reason.txt")}
+    assert reasons["empty.dcm.reason.txt"].startswith("INPUT_EMPTY: ")
+    assert drop.scan_once()["quarantined"] == 0  # moved: audited once
+    assert len(refusal_codes(store)) == 4
+
+
+# ------------------------------------------------------------------ a full disk, quietly
+
+
+class CountingDecoder:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, data: bytes, name: str) -> DecodedImage:
+        self.calls += 1
+        return decode_bytes(data, name)
+
+
+def fill_the_disk(store: Store) -> None:
+    """The database can grow no more: every write fails as on a full disk (DISK_FULL)."""
+    pages = store.db.execute("PRAGMA page_count").fetchone()[0]
+    store.db.execute(f"PRAGMA max_page_count = {pages}")
+    for pad in (1000, 100, 1):  # use up the free pages inside the file, to the last bytes
+        with contextlib.suppress(EdgeError):
+            for _ in range(10_000):
+                store.audit("test", "filler", None, {"pad": "x" * pad})
+    with pytest.raises(EdgeError, match="DISK_FULL"):
+        store.audit("test", "filler", None, {})
+
+
+def free_the_disk(store: Store) -> None:
+    store.db.execute("PRAGMA max_page_count = 1073741823")
+
+
+def device_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name.startswith("edge") and r.levelno >= logging.WARNING]
+
+
+def test_a_full_store_is_tried_once_a_minute_not_every_file_every_scan(
+    settings: Settings, store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The fault campaign's flood: with the store full, every scan decoded every file and logged
+    two lines for each. Now one file is tried per RETRY_S and the rest are left alone; once the
+    disk is freed, every file left in the inbox is taken."""
+    watched = settings.model_copy(update={"watch": settings.watch.model_copy(update={"settle_s": 0.0})})
+    clock, decoder = Clock(), CountingDecoder()
+    drop = DropFolder(watched, Pipeline(watched, store, actor="watch"), decoder, clock=clock)
+    for index in range(20):
+        (drop.inbox / f"{index:02}.png").write_bytes(png_bytes(gradient(64, 40 + index)))
+    fill_the_disk(store)
+    caplog.set_level(logging.INFO)
+    for _ in range(25):  # 25 s of scans, one a second
+        drop.scan_once()
+        clock.now += 1
+    assert decoder.calls == 1  # before: 25 scans x 20 files
+    lines = device_lines(caplog)
+    assert len(lines) == 2, [r.getMessage() for r in lines]  # before: 1,000
+    assert {r.getMessage().split(":")[0] for r in lines} == {"input refused, not audited", "drop folder"}
+    assert len(list(drop.inbox.iterdir())) == 20
+    clock.now += watch.RETRY_S
+    assert drop.scan_once()["deferred"] == 1  # still full: one more file tried
+    assert decoder.calls == 2
+    free_the_disk(store)
+    clock.now += watch.RETRY_S
+    assert drop.scan_once()["ingested"] == 20  # the disk was freed: everything left is taken
+    assert not list(drop.inbox.iterdir())
+    assert any(r.getMessage() == "drop folder: the store takes files again" for r in caplog.records)
+
+
+def test_while_the_disk_guard_says_no_no_file_is_touched(
+    folder: Any, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    drop, clock, store = folder
+    state = {"accepting": False}
+    drop._accepting = lambda: (state["accepting"], "12 MB free, below the 500 MB floor")
+    (drop.inbox / "a.png").write_bytes(png_bytes(gradient()))
+    monkeypatch.setattr(DropFolder, "candidates", lambda self: pytest.fail("the inbox was listed"))
+    caplog.set_level(logging.INFO)
+    for _ in range(30):
+        assert drop.scan_once()["paused"] == 1
+        clock.now += 1
+    assert [r.getMessage() for r in device_lines(caplog)] == [
+        "drop folder paused: 12 MB free, below the 500 MB floor; files stay in the inbox"
+    ]
+    monkeypatch.undo()
+    state["accepting"] = True
+    assert settle(drop, clock)["ingested"] == 1
+    assert store.counts()["images"] == 1
+
+
+# ------------------------------------------------------------------ what it could not move
+
+
+def test_a_refused_file_that_cannot_be_moved_is_not_decoded_again_until_it_changes(
+    settings: Settings, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    watched = settings.model_copy(update={"watch": settings.watch.model_copy(update={"settle_s": 0.0})})
+    clock, decoder = Clock(), CountingDecoder()
+    drop = DropFolder(watched, Pipeline(watched, store, actor="watch"), decoder, clock=clock)
+    target = drop.inbox / "cut.png"
+    target.write_bytes(png_bytes(gradient())[:-20])
+    real_move = DropFolder._move_now
+
+    def read_only(self: DropFolder, *args: Any) -> None:
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(DropFolder, "_move_now", read_only)
+    assert drop.scan_once()["held"] == 1
+    for _ in range(10):
+        clock.now += 1
+        assert drop.scan_once()["held"] == 1
+    assert decoder.calls == 1
+    assert refusal_codes(store) == ["IMAGE_TRUNCATED"]
+
+    target.write_bytes(png_bytes(gradient())[:-30])  # changed: a new file, decoded again
+    os.utime(target, ns=(1, 1))
+    drop.scan_once()
+    assert decoder.calls == 2
+    assert len(refusal_codes(store)) == 2
+
+    monkeypatch.setattr(DropFolder, "_move_now", real_move)
+    clock.now += watch.RETRY_S
+    assert drop.scan_once()["quarantined"] == 1  # only the move is tried again
+    assert decoder.calls == 2
+    assert len(refusal_codes(store)) == 2
+    assert [p.name for p in drop.quarantine.rglob("*.png")] == ["cut.png"]
+
+
+def test_the_memory_is_bounded(settings: Settings, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    watched = settings.model_copy(update={"watch": settings.watch.model_copy(update={"settle_s": 0.0})})
+    drop = DropFolder(watched, Pipeline(watched, store, actor="watch"), decode_bytes, clock=Clock())
+    monkeypatch.setattr(watch, "MAX_HELD", 3)
+    monkeypatch.setattr(
+        DropFolder, "_move_now", lambda self, *args: (_ for _ in ()).throw(OSError(errno.EROFS, "ro"))
+    )
+    for index in range(5):
+        (drop.inbox / f"{index}.txt").write_text(f"not an image {index}")
+    drop.scan_once()
+    assert len(drop._held) == 3
+    for path in drop.inbox.iterdir():
+        path.unlink()
+    drop.scan_once()  # files taken away by hand are forgotten
+    assert (len(drop._held), len(drop._seen)) == (0, 0)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 
 import click
 
+from edge import log as edge_log
 from edge.cli.base import EXIT_REFUSED, Context, cli, pass_context
 
 
@@ -25,6 +27,8 @@ def hub_serve(obj: Context) -> None:
     from edge.hub.app import create_app
 
     settings = obj.settings
+    if not logging.getLogger().isEnabledFor(logging.INFO):
+        edge_log.configure(logging.INFO)  # a service logs what it does (a client gone mid-request too)
     uvicorn.run(
         create_app(settings),
         host=settings.hub.bind,

@@ -11,5 +11,6 @@ Modules, from the top down (a module imports only from its own line or below; no
   `reviews`, `releases`, `accounts` (readers' passwords and sessions), `worklist` (what a reader
   may see), `render` (pictures)
 - `worklist_index` (the worklist projection, written with each record)
-- `audit`, `db` (tables), `limits`, `errors` (`HubError`), `identities` (`Device`, `User`)
+- `audit`, `db` (tables), `limits`, `errors` (`HubError`), `identities` (`Device`, `User`),
+  `disconnects` (a client gone mid-request: one log line)
 """

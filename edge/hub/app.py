@@ -12,7 +12,7 @@ from sqlalchemy import Engine
 from starlette.exceptions import HTTPException
 
 from edge.config import Settings
-from edge.hub import db, routes_device, worklist_index
+from edge.hub import db, disconnects, routes_device, worklist_index
 from edge.hub.errors import HubError
 from edge.hub.limits import RateLimiter
 from edge.hub.review_app import create_review_app
@@ -30,6 +30,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.add_exception_handler(HubError, routes_device.hub_refused)
     app.add_exception_handler(HTTPException, routes_device.framework_refused)
     app.add_exception_handler(RequestValidationError, routes_device.invalid_request)
+    disconnects.install(app)  # a client gone mid-request: one line, no traceback
     app.include_router(routes_device.router)
 
     worklist_index.backfill(engine)  # results stored before the review pages existed

@@ -17,7 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse, Response
 from sqlalchemy import Engine
 
-from edge.hub import routes_account, routes_admin, routes_review
+from edge.hub import disconnects, routes_account, routes_admin, routes_review
 from edge.hub.limits import RateLimiter
 from edge.hub.render import Renditions
 from edge.hub.review_http import (
@@ -46,6 +46,7 @@ def create_review_app(engine: Engine, files: Path) -> FastAPI:
         static=load_static(),
     )
     app.add_middleware(SecurityHeaders)
+    disconnects.install(app)  # its own exception handling: the hub app's handler is not reached
 
     @app.exception_handler(LoginRequired)
     async def _login_required(request: Request, _: LoginRequired) -> Response:

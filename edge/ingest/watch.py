@@ -5,10 +5,20 @@ to, a USB import script) are ingested once complete, then moved out of the way.
   unchanged for `settle_s` (a copy in progress keeps changing). Polling, not inotify: it works
   the same on SMB/NFS shares, where change notification is unreliable.
 - After the ingest commits, the file moves to processed/<date>/; a refused file moves to
-  quarantine/<date>/ with `<name>.reason.txt` holding `CODE: sentence`. A crash between the
-  commit and the move makes the next scan see the file again: it is then a duplicate (same
-  bytes), stored once, and simply moved. A restart never processes a file twice.
-- When the disk guard says no, or the store cannot write, files stay in the inbox for later.
+  quarantine/<date>/ with `<name>.reason.txt` holding `CODE: sentence`. Every refusal is
+  audited (its code), whether the decoder or the file itself (empty, too large, unreadable)
+  refused it. A crash between the commit and the move makes the next scan see the file again:
+  it is then a duplicate (same bytes), stored once, and simply moved. A restart never processes
+  a file twice.
+- When the disk guard says no, the folder pauses: no file is looked at until it says yes again
+  (one log line each way). When the store cannot write (DISK_FULL, STORE_WRITE_FAILED), the
+  file stays in the inbox and the folder tries again after `RETRY_S`, one file first; the
+  others are left alone meanwhile, and once the store takes a file again (or the guard comes
+  back from a pause) every file left in the inbox is taken.
+- What the folder did not take is remembered by path, size and modification time (a changed
+  file is a new file): a file the store could not take, and one refused or stored whose move
+  failed (a read-only inbox, a full quarantine), is not decoded again each scan; only the move
+  is tried again, after `RETRY_S`. At most `MAX_HELD` files are remembered.
 """
 
 from __future__ import annotations
@@ -17,6 +27,7 @@ import logging
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,11 +37,17 @@ from edge.config import Settings
 from edge.errors import Code, EdgeError
 from edge.imaging.decode import read_input
 from edge.pipeline import Decoder, Pipeline
+from edge.results import audit_refusal
 from edge.store.files import DIR_MODE, fsync_dir, write_atomically
 
 log = logging.getLogger(__name__)
 PARTIAL_SUFFIXES = (".part", ".partial", ".tmp", ".crdownload", ".download", ".filepart", ".swp")
 LEAVE_FOR_LATER = {Code.DISK_FULL, Code.STORE_WRITE_FAILED}
+RETRY_S = 60.0
+MAX_HELD = 10_000
+COUNTS = ("ingested", "duplicate", "quarantined", "waiting", "deferred", "held", "gone", "paused")
+
+_Key = tuple[Path, int, int]  # path, size, mtime_ns: a file as the folder saw it
 
 
 @dataclass
@@ -38,6 +55,17 @@ class _Seen:
     size: int
     mtime_ns: int
     stable_since: float
+
+
+@dataclass
+class _Held:
+    """A file not taken: `target` None when the store could not take it (take it again later),
+    else where it goes (processed/ or quarantine/) and `reason` its refusal, already audited."""
+
+    retry_at: float
+    target: Path | None = None
+    reason: str | None = None
+    outcome: str = "deferred"  # what the scan counts once the move is done
 
 
 class DropFolder:
@@ -61,6 +89,10 @@ class DropFolder:
         self._accepting = accepting
         self._clock = clock
         self._seen: dict[Path, _Seen] = {}
+        self._held: OrderedDict[_Key, _Held] = OrderedDict()  # oldest first
+        self._paused: str | None = None  # the disk guard's reason while it says no
+        self._blocked: str | None = None  # why the store could not take a file, until one is taken
+        self._retry_at = 0.0  # while blocked: when to try a file again
         for folder in (self.inbox, self.processed, self.quarantine):
             folder.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
 
@@ -78,48 +110,111 @@ class DropFolder:
                 out.append(Path(root) / name)
         return out
 
-    def _complete(self, path: Path, now: float) -> bool:
+    def _settled(self, path: Path, now: float) -> _Key | None:
+        """The file's key once it is complete (unchanged for `settle_s`); None while it is not."""
         try:
             stat = path.stat()
         except FileNotFoundError:
             self._seen.pop(path, None)
-            return False
+            return None
         seen = self._seen.get(path)
         if seen is None or (seen.size, seen.mtime_ns) != (stat.st_size, stat.st_mtime_ns):
             self._seen[path] = _Seen(stat.st_size, stat.st_mtime_ns, now)
-            return self.settings.watch.settle_s == 0
-        return now - seen.stable_since >= self.settings.watch.settle_s
+            settled = self.settings.watch.settle_s == 0
+        else:
+            settled = now - seen.stable_since >= self.settings.watch.settle_s
+        return (path, stat.st_size, stat.st_mtime_ns) if settled else None
 
     def scan_once(self) -> dict[str, int]:
         """One pass over the inbox; returns counts of what happened (for logs and tests)."""
-        counts = {"ingested": 0, "duplicate": 0, "quarantined": 0, "waiting": 0, "deferred": 0}
+        counts = dict.fromkeys(COUNTS, 0)
         now = self._clock()
-        for path in self.candidates():
-            if not self._complete(path, now):
+        if not self._guard_allows() or now < self._retry_at:
+            counts["paused"] = 1  # nothing is looked at: no churn while the answer would be no
+            return counts
+        paths = self.candidates()
+        self._forget_all_but(paths)
+        settled = []
+        for path in paths:
+            key = self._settled(path, now)
+            if key is None:
                 counts["waiting"] += 1
                 continue
-            accepting, reason = self._accepting()
-            if not accepting:
-                log.warning("drop folder paused: %s", reason)
-                counts["deferred"] += 1
+            held = self._held.get(key)
+            if held is not None and now < held.retry_at:
+                counts["held"] += 1
+                continue
+            settled.append((held is not None, key))
+        # Files never tried before those the store could not take: one that keeps failing (its
+        # retry comes after the others) cannot stop the others from being taken.
+        for _, key in sorted(settled, key=lambda entry: entry[0]):
+            if not self._guard_allows():
+                counts["paused"] = 1
                 break
-            counts[self._take(path)] += 1
+            outcome = self._take(key, now)
+            counts[outcome] += 1
+            if outcome == "deferred":
+                break  # the store cannot write: the next files would fail the same way
         return counts
 
-    def _take(self, path: Path) -> str:
+    def _guard_allows(self) -> bool:
+        """The disk guard's answer; its change either way logged once."""
+        accepting, reason = self._accepting()
+        if not accepting:
+            if self._paused is None:
+                log.warning("drop folder paused: %s; files stay in the inbox", reason)
+            self._paused = reason
+            return False
+        if self._paused is not None:
+            log.info("drop folder resumed: the disk guard accepts files again")
+            self._paused = None
+            self._unblock()
+        return True
+
+    def _take(self, key: _Key, now: float) -> str:
+        path = key[0]
+        held = self._held.pop(key, None)
+        if held is not None and held.target is not None:  # refused or stored before: only the move
+            return self._move(key, held.target, held.reason, now, held.outcome)
         try:
             data = read_input(path, self.settings.store.max_input_bytes)
+        except EdgeError as error:
+            if error.code is Code.INPUT_NOT_FOUND:  # taken away since the listing: nothing refused
+                self._seen.pop(path, None)
+                return "gone"
+            audit_refusal(self._pipeline.store, self._pipeline.actor, error)  # ingest audits its own
+            return self._move(key, self.quarantine, error.one_line(), now, "quarantined")
+        try:
             ingested = self._pipeline.ingest(data, path.name, "watch", decoder=self._decoder)
         except EdgeError as error:
             if error.code in LEAVE_FOR_LATER:
+                self._block(key, error, now)
                 return "deferred"
-            self._move(path, self.quarantine, reason=error.one_line())
-            return "quarantined"
-        self._move(path, self.processed)
+            return self._move(key, self.quarantine, error.one_line(), now, "quarantined")
+        self._unblock()
         self._on_queued()
-        return "duplicate" if ingested.outcome.duplicate else "ingested"
+        return self._move(
+            key, self.processed, None, now, "duplicate" if ingested.outcome.duplicate else "ingested"
+        )
 
-    def _move(self, path: Path, target_root: Path, reason: str | None = None) -> None:
+    def _move(self, key: _Key, target_root: Path, reason: str | None, now: float, outcome: str) -> str:
+        """Move the file out of the inbox; if that fails, remember it and try only the move again
+        after RETRY_S (it is never decoded, audited or stored twice for this)."""
+        try:
+            self._move_now(key[0], target_root, reason)
+        except (OSError, EdgeError) as exc:
+            cause = exc.one_line() if isinstance(exc, EdgeError) else exc.strerror or type(exc).__name__
+            log.warning(
+                "drop folder: a file cannot be moved to %s/ (%s); tried again in %.0f s",
+                target_root.name,
+                cause,
+                RETRY_S,
+            )
+            self._hold(key, _Held(now + RETRY_S, target_root, reason, outcome))
+            return "held"
+        return outcome
+
+    def _move_now(self, path: Path, target_root: Path, reason: str | None) -> None:
         day = target_root / utc_now()[:10]
         day.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
         target = day / path.name
@@ -134,13 +229,49 @@ class DropFolder:
         fsync_dir(path.parent)
         self._seen.pop(path, None)
 
+    def _block(self, key: _Key, error: EdgeError, now: float) -> None:
+        """The store could not take a file: leave it, and every other, until RETRY_S has passed."""
+        if self._blocked is None:
+            log.warning(
+                "drop folder: the store cannot take files (%s); they stay in the inbox, tried again"
+                " every %.0f s",
+                error.one_line(),
+                RETRY_S,
+            )
+        self._blocked = error.one_line()
+        self._retry_at = now + RETRY_S
+        self._hold(key, _Held(now + RETRY_S))
+
+    def _unblock(self) -> None:
+        """The store takes files again (or the disk guard came back): every file left is taken."""
+        if self._blocked is None:
+            return
+        log.info("drop folder: the store takes files again")
+        self._blocked = None
+        self._retry_at = 0.0
+        for key in [key for key, held in self._held.items() if held.target is None]:
+            del self._held[key]
+
+    def _hold(self, key: _Key, held: _Held) -> None:
+        self._held[key] = held
+        while len(self._held) > MAX_HELD:  # forgotten: decoded once more, at worst
+            self._held.popitem(last=False)
+
+    def _forget_all_but(self, paths: list[Path]) -> None:
+        """Memory only for files still in the inbox (one removed by hand is forgotten)."""
+        present = set(paths)
+        for path in [path for path in self._seen if path not in present]:
+            del self._seen[path]
+        for key in [key for key in self._held if key[0] not in present]:
+            del self._held[key]
+
     def run(self, stop: threading.Event) -> None:
         log.info("watching %s every %.1f s", self.inbox, self.settings.watch.interval_s)
         while not stop.is_set():
             try:
                 counts = self.scan_once()
                 if counts["ingested"] or counts["quarantined"]:
-                    log.info("drop folder: %s", counts)
+                    log.info("drop folder: %s", {name: count for name, count in counts.items() if count})
             except Exception:  # the watcher must outlive one bad scan
                 log.exception("drop folder scan failed")
             stop.wait(self.settings.watch.interval_s)
