@@ -112,6 +112,24 @@ def test_write_atomically_survives_a_cut_in_a_new_directory(disk: PowerDisk) -> 
     assert target.read_bytes() == b"pixels"
 
 
+def test_a_drop_folder_input_moved_into_a_new_day_survives_a_cut(disk: PowerDisk) -> None:
+    """The drop folder moves each input to processed/<day>/ or quarantine/<day>/: the move is
+    durable only if the new day directory's name is (found by the campaign; fixed with
+    make_dirs)."""
+    from edge.config import load_settings
+    from edge.ingest.watch import DropFolder
+
+    settings = load_settings(data_dir=disk.mountpoint / "data", watch={"inbox": disk.mountpoint / "inbox"})
+    folder = DropFolder(settings, None, lambda data, name: None)  # type: ignore[arg-type]
+    dropped = folder.inbox / "scan.png"
+    write_atomically(dropped, b"pixels")  # a complete, durable input, as a modality leaves it
+    folder._move_now(dropped, folder.processed, None)
+    reboot(disk)
+    [moved] = list(folder.processed.rglob("scan.png"))
+    assert moved.read_bytes() == b"pixels"
+    assert not dropped.exists()
+
+
 def test_power_cuts_during_ingest_and_sync_lose_nothing_acknowledged(disk: PowerDisk, tmp_path: Path) -> None:
     if not shutil.which("storescu"):
         pytest.fail("dcmtk's storescu is missing (.ci/run installs dcmtk)")

@@ -38,7 +38,7 @@ from edge.errors import Code, EdgeError
 from edge.imaging.decode import read_input
 from edge.pipeline import Decoder, Pipeline
 from edge.results import audit_refusal
-from edge.store.files import DIR_MODE, fsync_dir, write_atomically
+from edge.store.files import fsync_dir, make_dirs, write_atomically
 
 log = logging.getLogger(__name__)
 PARTIAL_SUFFIXES = (".part", ".partial", ".tmp", ".crdownload", ".download", ".filepart", ".swp")
@@ -94,7 +94,7 @@ class DropFolder:
         self._blocked: str | None = None  # why the store could not take a file, until one is taken
         self._retry_at = 0.0  # while blocked: when to try a file again
         for folder in (self.inbox, self.processed, self.quarantine):
-            folder.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+            make_dirs(folder)
 
     def candidates(self) -> list[Path]:
         out = []
@@ -216,7 +216,7 @@ class DropFolder:
 
     def _move_now(self, path: Path, target_root: Path, reason: str | None) -> None:
         day = target_root / utc_now()[:10]
-        day.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        make_dirs(day)  # durable: a power cut must not take a moved input's folder away
         target = day / path.name
         counter = 1
         while target.exists():  # the same name dropped twice: keep both
