@@ -268,7 +268,7 @@ def test_the_migration_and_the_settings(tmp_path: Path) -> None:
         columns = {row[1] for row in store.db.execute("PRAGMA table_info(pacs_exports)")}
     assert {"sop_instance_uid", "state", "attempts", "next_attempt_at", "status"} <= columns
     assert load_settings(data_dir=tmp_path).pacs.enabled is False
-    with pytest.raises(EdgeError, match="pacs.host is required"):
+    with pytest.raises(EdgeError, match=r"pacs\.host is required"):
         load_settings(pacs={"enabled": True})
     with pytest.raises(EdgeError, match="called_ae"):
         load_settings(pacs={"called_ae": "BAD\\AE"})
