@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import platformdirs
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from edge.compat import tomllib
@@ -195,6 +195,50 @@ class SyncSettings(_Section):
     """Hex ed25519 public key that model releases must be signed with (pinned on the device)."""
 
 
+_AE_TITLE = r"^[ -\[\]-~]{1,16}$"  # 1-16 printable ASCII characters, no backslash
+
+
+class PacsSettings(_Section):
+    """Results back into the hospital's PACS: a structured report and a heatmap secondary
+    capture per result of a DICOM input, sent by C-STORE (edge/interop, `edge pacs run`)."""
+
+    enabled: bool = False
+    host: str | None = None
+    """The PACS (or router) that receives the results; required when enabled."""
+    port: int = Field(default=104, ge=1, le=65535)
+    called_ae: str = Field(default="PACS", pattern=_AE_TITLE)
+    """The PACS's AE title."""
+    calling_ae: str = Field(default="EDGE", pattern=_AE_TITLE)
+    """This device's AE title, as the PACS knows it (many PACS accept only known callers)."""
+    timeout_s: float = Field(default=30.0, gt=0, le=600)
+    """Connection, association and per-object answer timeout."""
+    heatmaps: bool = True
+    """Send the heatmap overlay as a secondary capture next to each report."""
+    interval_s: float = Field(default=10.0, gt=0)
+    """How often the exporter looks for new results when nothing failed."""
+    max_backoff_s: float = Field(default=900.0, gt=0)
+    """Longest wait after failures (unreachable PACS, refused objects), growing exponentially."""
+    max_attempts: int = Field(default=10, ge=1)
+    """Refusals by the PACS of one object before it is marked failed (`edge pacs send-now
+    --retry-failed` queues it again)."""
+    backfill_days: float = Field(default=7.0, ge=0)
+    """Results older than this when the exporter first sees them (PACS export switched on
+    later) are recorded as skipped, not sent."""
+
+    @field_validator("called_ae", "calling_ae", mode="after")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("an AE title cannot be only spaces")
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _host_when_enabled(self) -> PacsSettings:
+        if self.enabled and not self.host:
+            raise ValueError("pacs.host is required when pacs.enabled is true")
+        return self
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="EDGE_",
@@ -217,6 +261,7 @@ class Settings(BaseSettings):
     video: VideoSettings = Field(default_factory=VideoSettings)
     hub: HubSettings = Field(default_factory=HubSettings)
     sync: SyncSettings = Field(default_factory=SyncSettings)
+    pacs: PacsSettings = Field(default_factory=PacsSettings)
     config_file: Path | None = None
     """Where the file-level values came from (informational; not read from the file)."""
 

@@ -306,6 +306,27 @@ def _hub(settings: Settings) -> list[Check]:
     return checks
 
 
+def _pacs(settings: Settings) -> list[Check]:
+    """The PACS results go back to: answers C-ECHO or not, what waits, what it refused."""
+    from edge.interop import cstore
+    from edge.interop.pacs_export import pacs_status
+
+    config = settings.pacs
+    if not config.enabled:
+        return [Check("pacs", "pass", "disabled")]
+    with Store(settings.data_dir, busy_timeout_ms=settings.store.busy_timeout_ms) as store:
+        status = pacs_status(settings, store)
+    counts = status["counts"]
+    waiting = f"{counts['pending']} object(s) waiting, {counts['failed']} refused"
+    dead = cstore.echo(config.model_copy(update={"timeout_s": min(config.timeout_s, 5.0)}))
+    if dead is not None:
+        return [Check("pacs", "fail", f"{dead}; {waiting}; results wait on this device until it answers")]
+    if counts["failed"] or status["exporter"] is None:
+        running = "" if status["exporter"] else "; exporter not running (systemctl start edge-pacs)"
+        return [Check("pacs", "warn", f"{cstore.destination(config)} answers C-ECHO; {waiting}{running}")]
+    return [Check("pacs", "pass", f"{cstore.destination(config)} answers C-ECHO; {waiting}")]
+
+
 CHECKS: list[Callable[[Settings], list[Check]]] = [
     _python,
     _packages,
@@ -318,6 +339,7 @@ CHECKS: list[Callable[[Settings], list[Check]]] = [
     _listener,
     _agent,
     _hub,
+    _pacs,
 ]
 
 

@@ -89,7 +89,8 @@ class Reads:
         running, every result of it acknowledged by the hub, and no upload of it still waiting.
         With `image_upload` (the site sends full images) the hub must also have acknowledged the
         image itself. Nothing the hub has not acknowledged is ever returned; an image that was
-        refused (no result) goes after retention, since it never travels."""
+        refused (no result) goes after retention, since it never travels. An image whose result
+        still waits to go back into the PACS stays too."""
         sql = (
             "SELECT i.id, i.path FROM images i WHERE i.purged_at IS NULL AND i.created_at < ?"
             " AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.image_id = i.id"
@@ -99,6 +100,9 @@ class Reads:
             "   AND o.acked_at IS NOT NULL))"
             " AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.kind IN ('image', 'thumbnail')"
             "  AND o.ref_id = i.id AND o.acked_at IS NULL)"
+            # The PACS exporter copies the source's patient and study from its file.
+            " AND NOT EXISTS (SELECT 1 FROM pacs_exports p WHERE p.image_id = i.id"
+            "  AND p.state = 'pending')"
         )
         if image_upload:
             sql += (

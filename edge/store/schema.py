@@ -270,3 +270,40 @@ def m012_job_leases(db: Database) -> None:
     # A claimed job is held until `lease_until` (UTC, the store's time format); its worker renews
     # it. Jobs running under older software have none: they count as expired (edge.store.leases).
     db.execute("ALTER TABLE jobs ADD COLUMN lease_until TEXT")
+
+
+@migrations()
+def m013_pacs_exports(db: Database) -> None:
+    # Results sent back into the hospital's PACS (edge/interop): one row per (result, kind), kind
+    # `sr` (the structured report) or `heatmap` (the secondary capture). The SOP Instance UID is
+    # made from the result id, so a resend after a crash is the same instance (the PACS keeps
+    # it once). A row is `pending` until the PACS answered success, `sent` after, `skipped`
+    # (with its reason) when the result has nothing a PACS can file (a PNG/JPEG input, no
+    # heatmap), `failed` after the PACS refused it `[pacs] max_attempts` times.
+    db.execute(
+        """
+        CREATE TABLE pacs_exports (
+            id TEXT PRIMARY KEY,
+            result_id TEXT NOT NULL,           -- no foreign keys: a deleted study's rows stay as
+            image_id TEXT NOT NULL,            -- the record of what the PACS was sent
+            kind TEXT NOT NULL CHECK (kind IN ('sr', 'heatmap')),
+            sop_instance_uid TEXT UNIQUE,      -- NULL when skipped
+            state TEXT NOT NULL CHECK (state IN ('pending', 'sent', 'skipped', 'failed')),
+            reason TEXT,                       -- why skipped or failed (never patient-identifying)
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at TEXT,              -- NULL: at once
+            last_error TEXT,
+            status TEXT,                       -- the PACS's last C-STORE status, hex
+            destination TEXT,                  -- called AE@host:port that acknowledged it
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            sent_at TEXT,
+            UNIQUE (result_id, kind)
+        )
+        """
+    )
+    db.execute("CREATE INDEX pacs_exports_due ON pacs_exports(state, next_attempt_at)")
+    db.execute("CREATE INDEX pacs_exports_image ON pacs_exports(image_id, state)")
+    db.execute(
+        "CREATE TABLE pacs_state (key TEXT PRIMARY KEY, value TEXT NOT NULL, updated_at TEXT NOT NULL)"
+    )

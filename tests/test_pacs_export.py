@@ -1,0 +1,284 @@
+"""Results back into the PACS: the queue, the objects, the C-STORE answers, the CLI and doctor,
+against a C-STORE receiver in this process (tests/test_pacs_orthanc.py uses a real PACS)."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from click.testing import CliRunner
+
+from edge.cli import cli
+from edge.clock import utc_after
+from edge.config import load_settings
+from edge.errors import EdgeError
+from edge.interop import pacs_export, sr
+from edge.interop.pacs_export import PacsExporter, pacs_status
+from edge.operations import doctor
+from edge.store import Store, schema
+from edge.store.pacs import PacsExports
+from tests.pacsfixtures import STUDY_UID, Receiver, analyse, free_port, pacs_settings
+
+
+@pytest.fixture
+def receiver() -> Any:
+    server = Receiver()
+    yield server
+    server.close()
+
+
+def _rows(settings: Any) -> list[Any]:
+    with Store(settings.data_dir) as store:
+        return [dict(row) for row in store.db.execute("SELECT * FROM pacs_exports ORDER BY result_id, kind")]
+
+
+def _round(settings: Any) -> bool:
+    with Store(settings.data_dir) as store:
+        return PacsExporter(settings, store).run_round()
+
+
+def test_each_dicom_result_goes_back_into_its_study_as_a_report_and_a_heatmap(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    settings = pacs_settings(tmp_path, receiver.port)
+    dicom_ids = analyse(settings, tmp_path, dicoms=2, pngs=1)[:2]
+    assert _round(settings)
+    expected = {sr.instance_uid(rid, kind) for rid in dicom_ids for kind in ("sr", "heatmap")}
+    assert set(receiver.uids()) == expected
+    assert set(receiver.uids().values()) == {1}
+    source = pydicom.dcmread(tmp_path / "cr-0.dcm")
+    for dataset in receiver.received:
+        # The source's study and patient, copied; new series, never the source's.
+        assert dataset.StudyInstanceUID == STUDY_UID
+        assert (dataset.PatientName, dataset.PatientID) == ("Pacs^Synthetic", "SYNTH-PACS-1")
+        assert (dataset.PatientBirthDate, dataset.IssuerOfPatientID) == ("20200101", "SYNTH")
+        assert dataset.AccessionNumber == source.AccessionNumber
+        assert dataset.SeriesInstanceUID != source.SeriesInstanceUID
+        assert dataset.Modality in ("SR", "OT")
+    reports = [ds for ds in receiver.received if ds.Modality == "SR"]
+    assert len({ds.SeriesInstanceUID for ds in reports}) == 1  # one series per model in a study
+    with Store(settings.data_dir) as store:
+        result = store.result(dicom_ids[0])
+        assert result is not None
+        report = next(ds for ds in reports if ds.SOPInstanceUID == sr.instance_uid(result.id, "sr"))
+        text = _dump(report)
+        assert f"sha256={result.model_sha256}" in text
+        assert "Calibrated probability of finding" in text
+        assert "Decision threshold" in text
+        status = pacs_status(settings, store)
+    assert status["state"] == "up to date"
+    assert status["counts"] == {"pending": 0, "sent": 4, "skipped": 2, "failed": 0}
+    assert status["skipped"] == {pacs_export.NOT_DICOM: 2}
+
+
+def _dump(dataset: pydicom.Dataset) -> str:
+    return "\n".join(str(element.value) for element in dataset.iterall() if element.VR != "SQ")
+
+
+@pytest.mark.skipif(shutil.which("dsrdump") is None, reason="dcmtk's dsrdump is not installed")
+def test_dsrdump_reads_every_report(tmp_path: Path, receiver: Receiver) -> None:
+    settings = pacs_settings(tmp_path, receiver.port)
+    analyse(settings, tmp_path, dicoms=3)
+    assert _round(settings)
+    reports = [ds for ds in receiver.received if ds.Modality == "SR"]
+    assert len(reports) == 3
+    for index, report in enumerate(reports):
+        path = tmp_path / f"sr-{index}.dcm"
+        report.save_as(path, enforce_file_format=True)
+        done = subprocess.run(["dsrdump", "-Ee", str(path)], capture_output=True, text=True, check=False)
+        assert done.returncode == 0, done.stderr
+        assert "Imaging Measurement Report" in done.stdout
+        assert "Algorithm Name" in done.stdout
+        assert '"tiny"' in done.stdout
+        assert "Operating point" in done.stdout
+        assert "Pacs^Synthetic" in done.stdout
+
+
+def test_a_rebuild_is_the_same_instance(tmp_path: Path, receiver: Receiver) -> None:
+    settings = pacs_settings(tmp_path, receiver.port)
+    [result_id] = analyse(settings, tmp_path, dicoms=1)
+    with Store(settings.data_dir) as store:
+        exporter = PacsExporter(settings, store)
+        exporter.queue_new()
+        builds = []
+        for _ in range(2):
+            for export in exporter.exports.exports_for_result(result_id):
+                buffer = io.BytesIO()
+                exporter._build(export, {}).save_as(buffer, enforce_file_format=True)
+                builds.append(buffer.getvalue())
+    assert builds[:2] == builds[2:]
+
+
+@pytest.mark.parametrize("status", [0x0111, 0xB000])
+def test_already_have_it_and_warnings_count_as_done(tmp_path: Path, status: int) -> None:
+    server = Receiver(lambda _: status)
+    try:
+        settings = pacs_settings(tmp_path, server.port)
+        analyse(settings, tmp_path, dicoms=1)
+        assert _round(settings)
+    finally:
+        server.close()
+    assert {(row["state"], row["status"]) for row in _rows(settings)} == {("sent", f"0x{status:04X}")}
+
+
+def test_a_refusal_is_retried_with_backoff_then_fails_and_can_be_requeued(tmp_path: Path) -> None:
+    server = Receiver(lambda _: 0xA700)  # out of resources
+    try:
+        settings = pacs_settings(tmp_path, server.port, max_attempts=2, interval_s=30, max_backoff_s=900)
+        analyse(settings, tmp_path, dicoms=1)
+        assert _round(settings)  # reachable: the loop does not back off, the rows do
+        rows = _rows(settings)
+        assert {(r["state"], r["attempts"], r["status"]) for r in rows} == {("pending", 1, "0xA700")}
+        assert all(r["next_attempt_at"] > utc_after(5) for r in rows)
+        assert len(server.received) == 2
+        _round(settings)  # not due yet: nothing sent
+        assert len(server.received) == 2
+        with Store(settings.data_dir) as store:
+            PacsExports(store.writer).retry_now(failed_too=False)
+        _round(settings)
+        assert {(r["state"], r["attempts"]) for r in _rows(settings)} == {("failed", 2)}
+        server.answer = lambda _: 0x0000
+        runner = CliRunner()
+        args = ["--data-dir", str(settings.data_dir)]
+        env = _env(settings)
+        assert runner.invoke(cli, [*args, "pacs", "send-now"], env=env).exit_code == 0
+        assert {r["state"] for r in _rows(settings)} == {"failed"}  # not without --retry-failed
+        done = runner.invoke(cli, [*args, "pacs", "send-now", "--retry-failed"], env=env)
+        assert done.exit_code == 0, done.output
+        assert {r["state"] for r in _rows(settings)} == {"sent"}
+    finally:
+        server.close()
+
+
+def _env(settings: Any) -> dict[str, str]:
+    pacs = settings.pacs
+    return {
+        "EDGE_PACS__ENABLED": "true",
+        "EDGE_PACS__HOST": pacs.host,
+        "EDGE_PACS__PORT": str(pacs.port),
+        "EDGE_PACS__CALLED_AE": pacs.called_ae,
+        "EDGE_PACS__TIMEOUT_S": "5",
+        "EDGE_MODELS__DIR": str(settings.models.dir),
+    }
+
+
+def test_an_unreachable_pacs_keeps_everything_and_doctor_names_it(tmp_path: Path) -> None:
+    settings = pacs_settings(tmp_path, free_port(), timeout_s=2)
+    analyse(settings, tmp_path, dicoms=1)
+    assert not _round(settings)
+    assert {(r["state"], r["attempts"]) for r in _rows(settings)} == {("pending", 0)}
+    with Store(settings.data_dir) as store:
+        status = pacs_status(settings, store)
+    assert status["state"] == "unreachable"
+    assert f"ORTHANC@127.0.0.1:{settings.pacs.port}" in status["last_error"]
+    [check] = doctor._pacs(settings)
+    assert check.level == "fail"
+    assert f"ORTHANC@127.0.0.1:{settings.pacs.port}" in check.message
+    assert "2 object(s) waiting" in check.message
+    result = CliRunner().invoke(
+        cli, ["--data-dir", str(settings.data_dir), "pacs", "status", "--json"], env=_env(settings)
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["counts"]["pending"] == 2
+
+
+def test_doctor_passes_a_live_pacs_and_a_disabled_one(tmp_path: Path, receiver: Receiver) -> None:
+    settings = pacs_settings(tmp_path, receiver.port)
+    [check] = doctor._pacs(settings)
+    assert check.level == "warn"  # answers C-ECHO, but no exporter runs
+    assert "answers C-ECHO" in check.message
+    assert "not running" in check.message
+    [disabled] = doctor._pacs(load_settings(data_dir=tmp_path / "other"))
+    assert (disabled.level, disabled.message) == ("pass", "disabled")
+
+
+def test_a_crash_after_the_pacs_answered_sends_the_same_uid_again(
+    tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed between the PACS's answer and the commit: the row is still pending, the resend
+    carries the same SOP Instance UID (the PACS keeps it once), and the row ends sent once."""
+    settings = pacs_settings(tmp_path, receiver.port, heatmaps=False)
+    [result_id] = analyse(settings, tmp_path, dicoms=1)
+
+    def crash(*_: Any, **__: Any) -> None:
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(PacsExports, "mark_sent", crash)
+    with pytest.raises(KeyboardInterrupt):
+        _round(settings)
+    assert [r["state"] for r in _rows(settings) if r["kind"] == "sr"] == ["pending"]
+    monkeypatch.undo()
+    assert _round(settings)
+    assert receiver.uids() == {sr.instance_uid(result_id, "sr"): 2}
+    rows = _rows(settings)
+    assert sorted((r["kind"], r["state"]) for r in rows) == [("heatmap", "skipped"), ("sr", "sent")]
+
+
+def test_queueing_is_once_per_result_and_kind(tmp_path: Path, receiver: Receiver) -> None:
+    settings = pacs_settings(tmp_path, receiver.port)
+    analyse(settings, tmp_path, dicoms=2)
+    with Store(settings.data_dir) as store, Store(settings.data_dir) as other:
+        assert PacsExporter(settings, store).queue_new() == 4
+        assert PacsExporter(settings, other).queue_new() == 0
+        # Two exporters racing on the same candidates: the (result, kind) pair keeps one row.
+        exports = PacsExports(other.writer)
+        rows = exports.due(10)
+        from edge.store.pacs import NewExport
+
+        again = [NewExport(r.result_id, r.image_id, r.kind, r.sop_instance_uid) for r in rows]
+        assert exports.queue(again) == 0
+    assert len(_rows(settings)) == 4
+
+
+def test_old_results_are_not_backfilled(tmp_path: Path, receiver: Receiver) -> None:
+    settings = pacs_settings(tmp_path, receiver.port, backfill_days=0)
+    analyse(settings, tmp_path, dicoms=1)
+    assert _round(settings)
+    assert {(r["state"], r["reason"]) for r in _rows(settings)} == {("skipped", pacs_export.TOO_OLD)}
+    assert receiver.received == []
+
+
+def test_a_pending_export_keeps_the_source_image_and_a_deleted_study_is_skipped(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    settings = pacs_settings(tmp_path, receiver.port)
+    analyse(settings, tmp_path, dicoms=1)
+    with Store(settings.data_dir) as store:
+        exporter = PacsExporter(settings, store)
+        exporter.queue_new()
+        future = utc_after(86400 * 365)
+        store.db.execute("UPDATE outbox SET acked_at = created_at")  # the hub has everything
+        assert store.purgeable_images(future, image_upload=False) == []  # the PACS has not
+        [study] = [row["id"] for row in store.db.execute("SELECT id FROM studies")]
+        store.technician.delete_study(study, "tester")  # no foreign key stops a deletion
+        assert exporter.run_round()
+    assert {(r["state"], r["reason"]) for r in _rows(settings)} == {("skipped", pacs_export.RESULT_GONE)}
+    assert receiver.received == []
+
+
+def test_the_migration_and_the_settings(tmp_path: Path) -> None:
+    assert "m013_pacs_exports" in [m.name for m in schema.migrations._migrations]
+    with Store(tmp_path / "data") as store:
+        columns = {row[1] for row in store.db.execute("PRAGMA table_info(pacs_exports)")}
+    assert {"sop_instance_uid", "state", "attempts", "next_attempt_at", "status"} <= columns
+    assert load_settings(data_dir=tmp_path).pacs.enabled is False
+    with pytest.raises(EdgeError, match=r"pacs\.host is required"):
+        load_settings(pacs={"enabled": True})
+    with pytest.raises(EdgeError, match="called_ae"):
+        load_settings(pacs={"called_ae": "BAD\\AE"})
+    with pytest.raises(EdgeError, match="called_ae"):
+        load_settings(pacs={"called_ae": "X" * 17})
+
+
+def test_run_refuses_when_disabled(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["--data-dir", str(tmp_path / "data"), "pacs", "run"])
+    assert result.exit_code == 2
+    status = CliRunner().invoke(cli, ["--data-dir", str(tmp_path / "data"), "pacs", "status"])
+    assert status.exit_code == 0
+    assert status.output.startswith("disabled")
