@@ -55,7 +55,9 @@ def _decode_dataset(ds: Dataset, data: bytes, name: str) -> DecodedImage:
                 Code.DICOM_TRUNCATED,
                 f"{name}: an image object ({sop_name}) without its pixel data: an incomplete transfer",
             )
-        raise UndecodableDicom(Code.DICOM_NO_PIXELS, f"{name} has no pixel data ({sop_name})", header(ds, data))
+        raise UndecodableDicom(
+            Code.DICOM_NO_PIXELS, f"{name} has no pixel data ({sop_name})", header(ds, data)
+        )
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     _infer_missing_transfer_syntax(ds)
     _refuse_impossible_header(ds, frames, name)
@@ -77,9 +79,13 @@ def _decode_dataset(ds: Dataset, data: bytes, name: str) -> DecodedImage:
         detail = f"({what}): {type(exc).__name__}: {exc}"
         if syntax is not None and not syntax.is_compressed:
             # Native pixels always decode when the header and the bytes agree: they do not.
-            raise EdgeError(Code.DICOM_INVALID, f"{name}: pixel data do not match the header {detail}"[:300]) from exc
+            raise EdgeError(
+                Code.DICOM_INVALID, f"{name}: pixel data do not match the header {detail}"[:300]
+            ) from exc
         raise UndecodableDicom(
-            Code.DICOM_UNSUPPORTED, f"{name}: pixel data could not be decoded {detail}"[:300], header(ds, data)
+            Code.DICOM_UNSUPPORTED,
+            f"{name}: pixel data could not be decoded {detail}"[:300],
+            header(ds, data),
         ) from exc
     return DecodedImage(
         pixels=pixels,
