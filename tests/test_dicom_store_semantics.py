@@ -4,6 +4,7 @@ every rejection says why. Against dcmtk's `storescu` and pynetdicom as the sende
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import socket
 import threading
@@ -17,8 +18,10 @@ from pydicom.uid import RLELossless
 from pynetdicom import AE
 
 from edge.config import Settings
+from edge.errors import Code
 from edge.pipeline import Pipeline
-from edge.store import Store
+from edge.store import NOT_ANALYSED, NewImage, Store
+from edge.study import StudyInfo
 from tests.pacs_study import expected, mixed_study, outcome
 from tests.test_dicom_listener import Listening, counts, dcmtk_or_skip, free_port, send
 from tools import dicomgen
@@ -221,3 +224,49 @@ def test_each_rejection_is_logged_with_its_own_code(
         record.getMessage() for record in caplog.records if record.name == "edge.ingest.dicom_listener"
     ]
     assert [m.split(":")[0] for m in messages if "rejected" in m] == [code]
+
+
+# ------------------------------------------------------------------ the store's side
+
+
+def _image(data: bytes, syntax: str, study_uid: str = "1.2.9") -> NewImage:
+    return NewImage(
+        data=data,
+        sha256=hashlib.sha256(data).hexdigest(),
+        format="dicom",
+        width=4,
+        height=3,
+        study=StudyInfo(study_uid=study_uid, modality="CT"),
+        source="dicom",
+        sop_instance_uid="1.2.3.4",
+        meta={"transfer_syntax": syntax},
+    )
+
+
+def test_a_stored_unanalysed_instance_gets_its_job_once_a_model_accepts_it(store: Store) -> None:
+    kept = store.ingest(
+        _image(b"ct", "1.2.840.10008.1.2.1"), [], actor="dicom", refusal=(Code.NO_MODEL_FOR_INPUT, "no model")
+    )
+    [refused] = kept.job_ids
+    assert store.job(refused)["model_name"] == NOT_ANALYSED  # type: ignore[index]
+    assert store.job(refused)["state"] == "refused"  # type: ignore[index]
+    again = store.ingest(
+        _image(b"ct", "1.2.840.10008.1.2.1"), [], actor="dicom", refusal=(Code.NO_MODEL_FOR_INPUT, "no")
+    )
+    assert (again.duplicate, again.job_ids) == (True, (refused,))  # nothing doubled
+    later = store.ingest(_image(b"ct", "1.2.840.10008.1.2.1"), ["ct-model"], actor="dicom")
+    rows = store.db.execute("SELECT model_name, state FROM jobs").fetchall()
+    assert [tuple(r) for r in rows] == [("ct-model", "queued")]
+    assert later.image_id == kept.image_id
+
+
+def test_a_reused_uid_is_a_conflict_but_another_encoding_is_the_same_instance(store: Store) -> None:
+    store.ingest(_image(b"first", "1.2.840.10008.1.2.1"), ["m"], actor="dicom")
+    transcoded = store.ingest(_image(b"first as rle", "1.2.840.10008.1.2.5"), ["m"], actor="dicom")
+    assert (transcoded.duplicate, transcoded.conflict) == (True, False)
+    reused = store.ingest(_image(b"another object", "1.2.840.10008.1.2.1"), ["m"], actor="dicom")
+    assert (reused.duplicate, reused.conflict) == (True, True)
+    other_study = store.ingest(_image(b"x", "1.2.840.10008.1.2.5", study_uid="9.9"), ["m"], actor="dicom")
+    assert other_study.conflict
+    assert store.counts()["images"] == 1
+    assert store.counts()["jobs"] == 1
