@@ -5,7 +5,9 @@ Read top to bottom, this is the flow of a study on the device:
 1. read and decode the input; anything that is not an image we can read is refused with a code
    and nothing is stored (only an audit row says it happened);
 2. choose the model(s) that may score it, and load them before storing anything, so that a
-   missing or corrupt model refuses the input instead of leaving a job nobody can run;
+   missing or corrupt model refuses the input instead of leaving a job nobody can run (the
+   DICOM listener, a PACS's store, keeps a well-formed instance all the same, with a refused
+   job saying why it is not analysed);
 3. store the file (durably) and queue one job per model, in one transaction;
 4. claim a job, preprocess, infer, turn logits into a calibrated probability and a finding at
    the site's operating point;
@@ -28,6 +30,7 @@ from edge.config import Settings
 from edge.errors import Code, EdgeError
 from edge.ids import uuid7
 from edge.imaging.decode import DecodedImage, decode_bytes, read_input
+from edge.imaging.decoded import DicomHeader, UndecodableDicom
 from edge.imaging.explain import heatmap_png
 from edge.inference import gate
 from edge.inference.pool import ModelPool, Prediction, ServedModel
@@ -50,8 +53,11 @@ RECLAIM_EVERY_S = 5.0
 @dataclass(frozen=True)
 class Ingested:
     outcome: IngestOutcome
-    decoded: DecodedImage
+    decoded: DecodedImage | None
+    """None for an instance stored without decodable pixels (`refusal` says why)."""
     decode_ms: float
+    refusal: EdgeError | None = None
+    """Why a stored DICOM instance is not analysed (`ingest(keep_dicom=True)` only)."""
 
 
 def _looks_like_video(path: Path) -> bool:
@@ -102,9 +108,11 @@ class Pipeline:
         except EdgeError as error:  # already audited
             return [Analysis.refused(str(path), error)]
         outcome = ingested.outcome
+        assert ingested.decoded is not None  # only the DICOM listener keeps what it cannot decode
+        decoded = ingested.decoded
         ids = {"study_id": outcome.study_id, "image_id": outcome.image_id}
         return [
-            self._analyse_job(str(path), job_id, ingested.decoded, ingested.decode_ms, outcome.duplicate, ids)
+            self._analyse_job(str(path), job_id, decoded, ingested.decode_ms, outcome.duplicate, ids)
             for job_id in outcome.job_ids
         ]
 
@@ -117,6 +125,7 @@ class Pipeline:
         model: str | None = None,
         decoder: Decoder | None = None,
         load_models: bool = False,
+        keep_dicom: bool = False,
     ) -> Ingested:
         """Steps 1-3 for any source: decode (guarded, when a decoder is given), route, store and
         queue. A refusal is audited (code only) and raised; nothing is stored for it.
@@ -124,18 +133,35 @@ class Pipeline:
         `load_models` opens each model before storing (an interactive caller wants the answer
         now); the agent's sources only check that the models exist and leave loading to the
         worker, which ends the job with a code if a model cannot be loaded.
+
+        `keep_dicom` is a PACS's store (the DICOM listener): a well-formed DICOM instance that
+        will not be analysed (no model accepts it, or its pixels are in an encoding this build
+        cannot decode) is stored all the same, with a refused job saying why
+        (`Ingested.refusal`); only bytes that are not a readable DICOM object are refused.
+        A SOP Instance UID already stored with other content is refused (`DICOM_UID_CONFLICT`).
         """
         try:
             started = time.perf_counter()
-            decoded = (decoder or decode_bytes)(data, name)
+            try:
+                decoded = (decoder or decode_bytes)(data, name)
+            except UndecodableDicom as refusal:
+                if not keep_dicom:
+                    raise
+                return self._keep_unanalysed(refusal.header, data, name, source, refusal)
             decode_ms = (time.perf_counter() - started) * 1000
-            models = [model] if model else self.route(decoded)
-            for model_name in models:
-                if load_models:
-                    self.pool.get(model_name)
-                else:
-                    self.registry.get(model_name)
+            try:
+                models = [model] if model else self.route(decoded)
+                for model_name in models:
+                    if load_models:
+                        self.pool.get(model_name)
+                    else:
+                        self.registry.get(model_name)
+            except EdgeError as refusal:  # no model, or none that can be opened
+                if not (keep_dicom and decoded.format == "dicom"):
+                    raise
+                return self._keep_unanalysed(decoded, data, name, source, refusal)
             outcome = self.store.ingest(self.new_image(decoded, data, source, name), models, actor=source)
+            self._refuse_conflict(outcome)
         except sqlite3.Error as exc:
             error = EdgeError(Code.STORE_WRITE_FAILED, f"the input could not be stored: {exc}")
             self._audit_refusal(error)
@@ -144,6 +170,29 @@ class Pipeline:
             self._audit_refusal(error)
             raise
         return Ingested(outcome, decoded, decode_ms)
+
+    def _keep_unanalysed(
+        self, image: DecodedImage | DicomHeader, data: bytes, name: str, source: str, refusal: EdgeError
+    ) -> Ingested:
+        """Store a DICOM instance no model will analyse, with its refusal as a refused job."""
+        outcome = self.store.ingest(
+            self.new_image(image, data, source, name),
+            [],
+            actor=source,
+            refusal=(refusal.code, refusal.message),
+        )
+        self._refuse_conflict(outcome)
+        log.info("stored, not analysed: %s", refusal.one_line())
+        return Ingested(outcome, image if isinstance(image, DecodedImage) else None, 0.0, refusal)
+
+    @staticmethod
+    def _refuse_conflict(outcome: IngestOutcome) -> None:
+        if outcome.conflict:
+            raise EdgeError(
+                Code.DICOM_UID_CONFLICT,
+                f"a different object with this SOP Instance UID is stored already (image"
+                f" {outcome.image_id}): that one is kept, this one was not stored",
+            )
 
     def _audit_refusal(self, error: EdgeError) -> None:
         audit_refusal(self.store, self.actor, error)
@@ -161,7 +210,9 @@ class Pipeline:
         return names
 
     @staticmethod
-    def new_image(decoded: DecodedImage, data: bytes, source: str, name: str | None) -> NewImage:
+    def new_image(
+        decoded: DecodedImage | DicomHeader, data: bytes, source: str, name: str | None
+    ) -> NewImage:
         return NewImage(
             data=data,
             sha256=decoded.sha256,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import struct
 from pathlib import Path
 
@@ -12,7 +13,8 @@ import pytest
 from pydicom.uid import RLELossless
 
 from edge.errors import Code, EdgeError
-from edge.imaging.decode import decode_bytes, read_input, sniff
+from edge.imaging.decode import decode_bytes, jpeg_size, read_input, sniff
+from edge.imaging.decoded import UndecodableDicom
 from edge.imaging.dicom import parse_age
 from tests.conftest import gradient, jpeg_bytes, png_bytes
 from tools import dicomgen
@@ -80,6 +82,35 @@ def test_truncated_jpeg_is_refused_not_grey_filled() -> None:
 def test_png_claiming_a_huge_size_is_refused_before_decoding() -> None:
     data = bytearray(png_bytes(IMAGE))
     data[16:24] = struct.pack(">II", 100_000, 100_000)
+    assert refusal(bytes(data)) is Code.IMAGE_DECODE_FAILED
+
+
+@pytest.mark.parametrize("progressive", [False, True])
+@pytest.mark.parametrize("size", [(65500, 65500), (0, 64), (64, 0)])
+def test_jpeg_whose_frame_header_claims_a_huge_size_is_refused_before_decoding(
+    size: tuple[int, int], progressive: bool
+) -> None:
+    """Issue 18: a SOF claiming 65500x65500 reached OpenCV, whose limit raised a traceback."""
+    ok, encoded = cv2.imencode(".jpg", IMAGE, [cv2.IMWRITE_JPEG_PROGRESSIVE, int(progressive)])
+    assert ok
+    data = bytearray(encoded.tobytes())
+    sof = data.find(b"\xff\xc2" if progressive else b"\xff\xc0")
+    data[sof + 5 : sof + 9] = struct.pack(">HH", size[1], size[0])
+    with pytest.raises(EdgeError) as caught:
+        decode_bytes(bytes(data), "input")
+    assert caught.value.code is Code.IMAGE_DECODE_FAILED
+    assert f"{size[0]}x{size[1]}" in caught.value.message
+
+
+def test_jpeg_size_comes_from_its_frame_header() -> None:
+    assert jpeg_size(jpeg_bytes(gradient(64, 48))) == (48, 64)
+    assert jpeg_size(b"\xff\xd8\xff\xda\x00\x02") is None  # a scan with no frame header
+    assert refusal(b"\xff\xd8\xff\xda\x00\x02\xff\xd9") is Code.IMAGE_DECODE_FAILED
+
+
+def test_png_without_ihdr_first_is_refused() -> None:
+    data = bytearray(png_bytes(IMAGE))
+    data[12:16] = b"IDAT"
     assert refusal(bytes(data)) is Code.IMAGE_DECODE_FAILED
 
 
@@ -277,7 +308,49 @@ def test_garbage_after_the_dicom_preamble() -> None:
 
 def test_truncated_dicom_pixel_data() -> None:
     data = dicom(stored=STORED_12, bits_stored=12, window=(2048, 4096))
-    assert refusal(data[: len(data) - 1000]) in (Code.DICOM_INVALID, Code.DICOM_UNSUPPORTED)
+    assert refusal(data[: len(data) - 1000]) is Code.DICOM_TRUNCATED
+
+
+@pytest.mark.parametrize("fraction", [0.01, 0.05, 0.2, 0.5, 0.9, 0.99, 0.999])
+@pytest.mark.parametrize("syntax", [None, RLELossless], ids=["native", "rle"])
+def test_a_dicom_cut_anywhere_is_truncated_not_unsupported(fraction: float, syntax: str | None) -> None:
+    """Issue 18: cut transfers were DICOM_UNSUPPORTED ("send uncompressed") or DICOM_NO_PIXELS
+    ("not scored"), so a broken transfer looked like a choice; it is DICOM_TRUNCATED: resend."""
+    stored = (np.arange(200 * 160, dtype=np.uint32).reshape(200, 160) % 4096).astype(np.uint16)
+    data = dicom(stored=stored, bits_stored=12, window=(2048, 4096), transfer_syntax=syntax)
+    assert refusal(data[: int(len(data) * fraction)]) is Code.DICOM_TRUNCATED
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"Rows": 0},
+        {"Columns": 0},
+        {"BitsAllocated": 12},
+        {"BitsStored": 20},
+        {"SamplesPerPixel": 2},
+        {"Rows": 64},  # more rows than the pixel data hold
+        {"Rows": 65535, "Columns": 65535},
+    ],
+    ids=lambda change: ",".join(f"{k}={v}" for k, v in change.items()),
+)
+def test_impossible_header_is_invalid_not_unsupported(change: dict[str, int]) -> None:
+    ds = dicomgen.grey_dicom(dicomgen.twelve_bit(np.zeros((32, 32), np.uint8)), bits_stored=12)
+    for keyword, value in change.items():
+        setattr(ds, keyword, value)
+    assert refusal(dicomgen.to_bytes(ds)) is Code.DICOM_INVALID
+
+
+def test_unsupported_pixels_carry_the_header_for_a_receiver_that_keeps_them() -> None:
+    ds = dicomgen.undecodable_dicom()
+    data = dicomgen.to_bytes(ds)
+    with pytest.raises(UndecodableDicom) as caught:
+        decode_bytes(data)
+    assert caught.value.code is Code.DICOM_UNSUPPORTED
+    kept = caught.value.header
+    assert (kept.width, kept.height, kept.sop_instance_uid) == (64, 48, str(ds.SOPInstanceUID))
+    assert kept.study.modality == "CR"
+    assert pickle.loads(pickle.dumps(caught.value)).header == kept  # crosses the guard's pipe
 
 
 def pydicom_bundled_files() -> list[Path]:

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from edge.config import Settings
+from edge.errors import Code, EdgeError
 from edge.inference.pool import ModelPool
 from edge.inference.registry import Registry
 from edge.pipeline import Pipeline
@@ -273,7 +274,9 @@ def test_a_truncated_mp4_is_a_coded_refusal(pipeline: Pipeline, tmp_path: Path) 
     assert pipeline.store.counts()["images"] == 0
 
 
-def test_a_stream_cut_mid_file_is_analysed_to_where_it_ends(pipeline: Pipeline, tmp_path: Path) -> None:
+def test_a_stream_cut_mid_file_is_refused_not_stored(pipeline: Pipeline, tmp_path: Path) -> None:
+    """Issue 18: a recording that ends before its last frame (a stream saved as it came, cut)
+    was stored as a clip with a note in its events: now a coded refusal, and nothing kept."""
     needs_data()
     whole = tmp_path / "whole.avi"  # MJPEG in AVI: readable up to the cut, as a capture file is
     writer = cv2.VideoWriter(str(whole), cv2.VideoWriter.fourcc(*"MJPG"), 12, (388, 540))
@@ -283,10 +286,24 @@ def test_a_stream_cut_mid_file_is_analysed_to_where_it_ends(pipeline: Pipeline, 
     cut = tmp_path / "cut.avi"
     cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
     [analysis] = pipeline.analyse_file(cut)
-    assert analysis.ok, analysis.message
-    clip = pipeline.store.clip_for_result(analysis.result.id)
-    assert any("ended early" in event for event in clip["events"]), clip["events"]
-    assert clip["duration_s"] < 6.0  # about half of the 10 s
+    assert analysis.code == "VIDEO_SOURCE_LOST", analysis.message
+    assert "ended early" in analysis.message
+    assert pipeline.store.counts()["results"] == 0
+    assert not [p for p in (pipeline.store.data_dir / "clips").rglob("*") if p.is_file()]
+
+
+@pytest.mark.parametrize("frames", [1, 2])
+def test_a_video_of_one_or_two_frames_is_too_short(pipeline: Pipeline, tmp_path: Path, frames: int) -> None:
+    """Issue 18: a 1-frame video was VIDEO_NO_SECTOR ("scan, the picture must move")."""
+    needs_data()
+    path = tmp_path / "short.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), 12, (388, 540))
+    for frame in recording_frames(DATA / "devices" / "butterfly-ocular-phantom.mp4", frames, (388, 540)):
+        writer.write(np.ascontiguousarray(frame[:, :, ::-1]))
+    writer.release()
+    [analysis] = pipeline.analyse_file(path)
+    assert analysis.code == "VIDEO_TOO_SHORT", analysis.message
+    assert pipeline.store.counts()["results"] == 0
 
 
 class Stream:
@@ -426,3 +443,58 @@ def test_a_dicom_cine_goes_to_the_video_path(pipeline: Pipeline, tmp_path: Path)
     assert clip["source"] == "dicom"
     assert clip["frames_analysed"] >= 3
     assert clip["duration_s"] > 1.0  # paced by FrameTime, not by the machine
+
+
+def test_a_live_capture_whose_stream_dies_mid_clip_stores_nothing(settings: Settings) -> None:
+    """Issue 18: with the stream killed at 16 s of 20, `edge capture --record` said "clip
+    stored" over the 16 s; the lost source is now VIDEO_SOURCE_LOST and no clip is kept."""
+    from edge.device import Device, capture_clip
+
+    needs_data()
+    frames = recording_frames(DATA / "devices" / "butterfly-ocular-phantom.mp4", 150, (388, 540))
+    stream = Stream(frames, stall_after=50, stall_s=30)  # 2 s of pictures, then nothing
+    tuned = settings.model_copy(
+        update={"video": settings.video.model_copy(update={"model": ultrasound_model(), "stall_s": 30.0})}
+    )
+    try:
+        with Device(tuned, actor="capture") as device:
+            session = device.live(stream.url)
+            session.analyzer.start_clip()
+            with session.frames:
+                session.analyzer.run(threading.Event(), max_seconds=8)
+            assert session.analyzer.stats.frames_analysed > 10  # it was scanning well before
+            with pytest.raises(EdgeError) as refused:
+                capture_clip(tuned, device.store, session)
+            assert refused.value.code is Code.VIDEO_SOURCE_LOST
+            assert "no frame from the stream" in refused.value.message
+            assert device.store.counts()["results"] == 0
+    finally:
+        stream.close()
+
+
+def test_a_live_capture_whose_stream_is_reopened_mid_clip_stores_nothing(settings: Settings) -> None:
+    """A stream that stalls and comes back mid-clip: frames are missing from the clip's middle."""
+    from edge.video.analysis import store_capture
+
+    needs_data()
+    stream = Stream(
+        recording_frames(DATA / "devices" / "butterfly-ocular-phantom.mp4", 200, (388, 540)),
+        stall_after=60,
+        stall_s=2.5,
+    )
+    pool = ModelPool(Registry(MODELS), settings, settings.data_dir / "cache")
+    served = pool.get(ultrasound_model())
+    source = FrameSource(stream.url, stall_s=1.0, reconnect_max_s=1.0)
+    analyzer = LiveAnalyzer(settings, served, source)
+    analyzer.start_clip()
+    try:
+        with source:
+            analyzer.run(threading.Event(), max_seconds=8)
+        assert source.stats.reconnects >= 1
+        with Store(settings.data_dir) as store, pytest.raises(EdgeError) as refused:
+            store_capture(settings, store, analyzer, served)
+        assert refused.value.code is Code.VIDEO_SOURCE_LOST
+        assert "reopened" in refused.value.message
+    finally:
+        stream.close()
+        pool.close()

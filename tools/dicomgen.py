@@ -128,3 +128,16 @@ def to_bytes(ds: Dataset) -> bytes:
 def twelve_bit(display: np.ndarray) -> np.ndarray:
     """8-bit display values -> 12-bit stored values whose full-range window maps back exactly."""
     return (display.astype(np.uint16) * 16 + 8).astype(np.uint16)
+
+
+def undecodable_dicom(**base: Any) -> Dataset:
+    """A well-formed image object whose compressed pixel data no decoder can read (JPEG 2000
+    syntax, bytes that are not a codestream): what a receiver must store, yet cannot analyse."""
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEG2000Lossless
+
+    ds = grey_dicom(np.zeros((48, 64), np.uint16), bits_stored=12, **base)
+    ds.PixelData = encapsulate([bytes(range(256)) * 4])
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = JPEG2000Lossless
+    return ds

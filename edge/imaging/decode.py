@@ -82,7 +82,10 @@ def _decode_raster(data: bytes, kind: str, name: str) -> DecodedImage:
         _check_png(data, name)
     else:
         _check_jpeg(data, name)
-    decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    try:
+        decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error as exc:  # OpenCV's own limits (size, corrupt data) raise rather than return None
+        raise EdgeError(Code.IMAGE_DECODE_FAILED, f"{name} could not be decoded as {kind.upper()}") from exc
     if decoded is None or decoded.size == 0:
         raise EdgeError(Code.IMAGE_DECODE_FAILED, f"{name} could not be decoded as {kind.upper()}")
     pixels = to_display_uint8(decoded)
@@ -117,18 +120,60 @@ def to_display_uint8(decoded: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
+def _refuse_implausible_size(width: int, height: int, name: str) -> None:
+    """The header's claim, checked before any decoder allocates for it."""
+    if width == 0 or height == 0 or width * height > MAX_PIXELS:
+        raise EdgeError(Code.IMAGE_DECODE_FAILED, f"{name} claims an implausible size {width}x{height}")
+
+
 def _check_png(data: bytes, name: str) -> None:
     if len(data) < 33:
         raise EdgeError(Code.IMAGE_TRUNCATED, f"{name} is a truncated PNG (no header)")
+    if data[12:16] != b"IHDR":
+        raise EdgeError(Code.IMAGE_DECODE_FAILED, f"{name} is not a valid PNG (no IHDR chunk first)")
     width, height = struct.unpack(">II", data[16:24])
-    if width == 0 or height == 0 or width * height > MAX_PIXELS:
-        raise EdgeError(Code.IMAGE_DECODE_FAILED, f"{name} claims an implausible size {width}x{height}")
+    _refuse_implausible_size(width, height, name)
     # A complete PNG ends with the IEND chunk (its CRC is fixed: AE 42 60 82).
     if data.rstrip(b"\x00")[-12:] != b"\x00\x00\x00\x00IEND\xaeB`\x82":
         raise EdgeError(Code.IMAGE_TRUNCATED, f"{name} is a truncated PNG (no IEND chunk)")
+
+
+# Start-of-frame markers (baseline, progressive, lossless, arithmetic): they carry the size.
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_JPEG_STANDALONE = frozenset(range(0xD0, 0xDA)) | {0x01}  # RSTn, SOI, EOI, TEM: no length field
+
+
+def jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the first start-of-frame segment, read by walking the marker
+    segments before the scan; None when no frame header comes before the image data."""
+    position = 2  # after SOI
+    while position + 4 <= len(data):
+        if data[position] != 0xFF:
+            return None
+        marker = data[position + 1]
+        if marker == 0xFF:  # fill byte
+            position += 1
+            continue
+        if marker in _JPEG_STANDALONE:
+            position += 2
+            continue
+        if marker == 0xDA:  # start of scan: no frame header before it
+            return None
+        (length,) = struct.unpack(">H", data[position + 2 : position + 4])
+        if marker in _JPEG_SOF:
+            if position + 9 > len(data):
+                return None
+            height, width = struct.unpack(">HH", data[position + 5 : position + 9])
+            return width, height
+        position += 2 + length
+    return None
 
 
 def _check_jpeg(data: bytes, name: str) -> None:
     # libjpeg fills a truncated JPEG with grey and only warns: refuse it before it is scored.
     if not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
         raise EdgeError(Code.IMAGE_TRUNCATED, f"{name} is a truncated JPEG (no end-of-image marker)")
+    size = jpeg_size(data)
+    if size is None:
+        raise EdgeError(Code.IMAGE_DECODE_FAILED, f"{name} is not a valid JPEG (no frame header)")
+    _refuse_implausible_size(*size, name)

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from edge.errors import Code, EdgeError
 from edge.study import StudyInfo
 
 
@@ -34,3 +35,31 @@ class DecodedImage:
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True)
+class DicomHeader:
+    """What a well-formed DICOM object says about itself when its pixels cannot be shown (an
+    encoding this build cannot decode): enough to store it, as a PACS does, without analysing it.
+    The same fields as `DecodedImage`, with the size read from the header."""
+
+    sha256: str
+    width: int
+    height: int
+    study: StudyInfo = field(default_factory=StudyInfo)
+    sop_instance_uid: str | None = None
+    frames: int = 1
+    meta: dict[str, Any] = field(default_factory=dict)
+    format: str = "dicom"
+
+
+class UndecodableDicom(EdgeError):
+    """A refusal of a well-formed DICOM object's pixels (`DICOM_UNSUPPORTED`, `DICOM_NO_PIXELS`),
+    carrying its header, so a receiver that keeps every instance can store it unanalysed."""
+
+    def __init__(self, code: Code, message: str, header: DicomHeader) -> None:
+        super().__init__(code, message)
+        self.header = header
+
+    def __reduce__(self) -> tuple[Any, ...]:  # crosses the guarded decoder's pipe
+        return (type(self), (self.code, self.message, self.header))

@@ -21,17 +21,23 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, iter_pixels
 
 from edge.errors import Code, EdgeError
-from edge.imaging.decoded import DecodedImage, sha256_hex
+from edge.imaging.decoded import DecodedImage, DicomHeader, UndecodableDicom, sha256_hex
 from edge.study import StudyInfo
 
+MAX_FRAME_PIXELS = 100_000_000  # as for PNG/JPEG: larger than any radiograph, smaller than a bomb
 _AGE = re.compile(r"^(\d{3})([DWMY])$")
 _AGE_UNIT_YEARS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}
 
 
 def decode_dicom(data: bytes, name: str = "input") -> DecodedImage:
-    """DICOM bytes -> display image; anything malformed becomes a coded refusal, never a crash."""
+    """DICOM bytes -> display image; anything malformed becomes a coded refusal, never a crash.
+
+    A well-formed object whose pixels this build cannot show is refused with `UndecodableDicom`
+    (it carries the header, so the DICOM listener can still store it); an object cut short is
+    `DICOM_TRUNCATED`; a header no image can have is `DICOM_INVALID`."""
     ds = _read(data, name)
     try:
+        _refuse_if_truncated(ds, data, name)
         return _decode_dataset(ds, data, name)
     except EdgeError:
         raise
@@ -43,11 +49,19 @@ def decode_dicom(data: bytes, name: str = "input") -> DecodedImage:
 
 def _decode_dataset(ds: Dataset, data: bytes, name: str) -> DecodedImage:
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-        sop = ds.get("SOPClassUID")
-        sop_name = getattr(sop, "name", None) or str(sop or "unknown SOP class")
-        raise EdgeError(Code.DICOM_NO_PIXELS, f"{name} has no pixel data ({sop_name})")
+        sop_name = _sop_class_name(ds)
+        if "Image Storage" in sop_name:  # pixel data is mandatory in every image object
+            raise EdgeError(
+                Code.DICOM_TRUNCATED,
+                f"{name}: an image object ({sop_name}) without its pixel data: an incomplete transfer",
+            )
+        raise UndecodableDicom(
+            Code.DICOM_NO_PIXELS, f"{name} has no pixel data ({sop_name})", header(ds, data)
+        )
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     _infer_missing_transfer_syntax(ds)
+    _refuse_impossible_header(ds, frames, name)
+    syntax = _safe(lambda: uid.UID(str(ds.file_meta.TransferSyntaxUID)))
     try:
         if frames > 1:
             # A cine: the middle frame stands for it here (metadata, gate); the worker hands the
@@ -56,14 +70,22 @@ def _decode_dataset(ds: Dataset, data: bytes, name: str) -> DecodedImage:
         else:
             stored = _stored_pixels(ds, data)
         pixels = display_pixels(stored, ds)
-    except EdgeError:
+    except EdgeError as error:
+        if error.code is Code.DICOM_UNSUPPORTED:
+            raise UndecodableDicom(error.code, f"{name}: {error.message}", header(ds, data)) from error
         raise
     except Exception as exc:
-        syntax = _safe(lambda: ds.file_meta.TransferSyntaxUID)
         what = getattr(syntax, "name", None) or str(syntax or "unknown transfer syntax")
-        raise EdgeError(
+        detail = f"({what}): {type(exc).__name__}: {exc}"
+        if syntax is not None and not syntax.is_compressed:
+            # Native pixels always decode when the header and the bytes agree: they do not.
+            raise EdgeError(
+                Code.DICOM_INVALID, f"{name}: pixel data do not match the header {detail}"[:300]
+            ) from exc
+        raise UndecodableDicom(
             Code.DICOM_UNSUPPORTED,
-            f"{name}: pixel data could not be decoded ({what}): {type(exc).__name__}: {exc}"[:300],
+            f"{name}: pixel data could not be decoded {detail}"[:300],
+            header(ds, data),
         ) from exc
     return DecodedImage(
         pixels=pixels,
@@ -74,6 +96,74 @@ def _decode_dataset(ds: Dataset, data: bytes, name: str) -> DecodedImage:
         frames=frames,
         meta=technical_meta(ds),
     )
+
+
+def header(ds: Dataset, data: bytes) -> DicomHeader:
+    """What the object says about itself, for storing it without its pixels decoded."""
+    return DicomHeader(
+        sha256=sha256_hex(data),
+        width=_safe(lambda: int(ds.Columns)) or 0,
+        height=_safe(lambda: int(ds.Rows)) or 0,
+        study=study_info(ds),
+        sop_instance_uid=_text(ds, "SOPInstanceUID"),
+        frames=_safe(lambda: int(ds.get("NumberOfFrames", 1) or 1)) or 1,
+        meta=technical_meta(ds),
+    )
+
+
+def _sop_class_name(ds: Dataset) -> str:
+    sop = _safe(lambda: ds.get("SOPClassUID")) or _safe(lambda: ds.file_meta.MediaStorageSOPClassUID)
+    return str(getattr(sop, "name", None) or sop or "unknown SOP class")
+
+
+def _refuse_if_truncated(ds: Dataset, data: bytes, name: str) -> None:
+    """An element whose stated length runs past the last byte: the object was cut short.
+
+    pydicom reads what is there (a short value, or the elements before an undefined-length
+    one that never ends) and only warns; the file offsets it records tell. A deflated body is
+    read from an inflated copy, whose offsets are not the file's: left to the other checks."""
+    syntax = _safe(lambda: str(ds.file_meta.TransferSyntaxUID))
+    if syntax == uid.DeflatedExplicitVRLittleEndian:
+        return
+    for element in ds.elements():
+        start = getattr(element, "value_tell", None)
+        length = getattr(element, "length", None)
+        if start is None or length is None or length == 0xFFFFFFFF:
+            continue
+        if start + length > len(data):
+            raise EdgeError(
+                Code.DICOM_TRUNCATED,
+                f"{name} ends {start + length - len(data)} bytes before its last element does:"
+                " an incomplete transfer",
+            )
+
+
+_BITS_ALLOCATED = (1, 8, 16, 32, 64)
+
+
+def _refuse_impossible_header(ds: Dataset, frames: int, name: str) -> None:
+    """Sizes and depths no image can have are a malformed object (DICOM_INVALID: check the
+    sender), not an encoding this build lacks; checked before any decoder allocates for them."""
+    rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    allocated, stored = int(ds.get("BitsAllocated", 0) or 0), int(ds.get("BitsStored", 0) or 0)
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    problem = None
+    if rows <= 0 or columns <= 0 or rows * columns > MAX_FRAME_PIXELS:
+        problem = f"{columns}x{rows} pixels"
+    elif allocated not in _BITS_ALLOCATED or not 0 < stored <= allocated:
+        problem = f"{stored} bits stored in {allocated} allocated"
+    elif samples not in (1, 3):
+        problem = f"{samples} samples per pixel"
+    elif frames < 1:
+        problem = f"{frames} frames"
+    else:
+        syntax = _safe(lambda: uid.UID(str(ds.file_meta.TransferSyntaxUID)))
+        raw = _safe(lambda: ds["PixelData"].value) if "PixelData" in ds else None
+        expected = (rows * columns * samples * frames * allocated + 7) // 8
+        if syntax is not None and not syntax.is_compressed and raw is not None and len(raw) < expected:
+            problem = f"{len(raw)} bytes of pixel data where the header needs {expected}"
+    if problem:
+        raise EdgeError(Code.DICOM_INVALID, f"{name}: impossible image header ({problem})")
 
 
 def display_frames(data: bytes) -> Iterator[tuple[float, np.ndarray]]:

@@ -1,18 +1,33 @@
-"""DICOM C-STORE listener (pynetdicom): X-ray units push images here.
+"""DICOM C-STORE listener (pynetdicom): X-ray units and PACS push images here.
 
 A thin handler, as pynetdicom advises: take the encoded dataset, hand it to the pipeline's
-ingest (guarded decode, route, durable store, job queued) and answer Success only after the job
-row is committed, so a modality whose image we did not keep will send it again. Status codes:
+ingest (guarded decode, route, durable store, job queued) and answer only after the rows are
+committed, so a sender whose image we did not keep will send it again.
 
-- 0x0000 Success: stored and queued (or a duplicate of what is already stored: idempotent);
-- 0xA700 Out of resources: the disk guard says no, or the store could not write; the modality
-  retries later and nothing is lost;
-- 0xC000 Cannot understand: the dataset cannot be decoded or no model accepts it; the refusal
-  is in the log and the audit trail with its code.
+Store semantics of a PACS: every well-formed DICOM instance is stored, and whether it is
+analysed is a separate decision. A CT, an MR or an extremity film in a study a PACS forwards is
+stored with a refused job naming why (`NO_MODEL_FOR_INPUT`, `DICOM_UNSUPPORTED`): the technician
+sees it in the worklist, and the chest films of the same study are analysed. Answering such an
+instance with a failure made Orthanc abort the whole C-MOVE, and dcmtk's storescu stop, so the
+chest films were lost with it (issue 18). Status codes:
 
-Associations are refused from calling AE titles outside `[dicom] allowed_callers` (when set),
-and to any called AE title but ours. C-ECHO is answered. Each association thread has its own
-store connection (SQLite connections are per thread).
+- 0x0000 Success: stored (analysed or not), or a duplicate of what is already stored;
+- 0xB006 Warning, elements discarded: a SOP Instance UID already stored with other content
+  (`DICOM_UID_CONFLICT`): the stored object stays, this one was not kept; logged and audited;
+- 0xA700 Refused, out of resources: the disk guard says no, or the disk is full; nothing is
+  lost, the sender retries later;
+- 0xC000 Error, cannot understand: bytes that are not a readable DICOM object (`DICOM_INVALID`,
+  `DICOM_TRUNCATED`), or a file that hangs or kills the bounded decoder;
+- 0x0110 Processing failure: the store could not write (`STORE_WRITE_FAILED`) or a bug.
+
+Every non-success answer carries its refusal code in the Error Comment (0000,0902).
+
+Associations: up to `[dicom] max_associations` are served at once, each in its own thread with
+its own store connection (SQLite connections are per thread). Rejections say why, on the wire
+and in the log: a calling AE title outside `[dicom] allowed_callers` (when set; permanent,
+calling AE not recognised, `CALLER_NOT_ALLOWED`), another called AE title than ours (permanent,
+called AE not recognised, `CALLED_AE_UNKNOWN`), or all slots taken (transient, local limit
+exceeded, `LISTENER_BUSY`). C-ECHO is answered.
 """
 
 from __future__ import annotations
@@ -23,7 +38,9 @@ from collections.abc import Callable
 from typing import Any
 
 from pydicom import uid
+from pydicom.dataset import Dataset
 from pynetdicom import AE, StoragePresentationContexts, evt
+from pynetdicom.association import Association
 
 from edge.config import Settings
 from edge.errors import Code, EdgeError
@@ -32,9 +49,15 @@ from edge.pipeline import Decoder, Pipeline
 log = logging.getLogger(__name__)
 
 SUCCESS = 0x0000
+ELEMENTS_DISCARDED = 0xB006
 OUT_OF_RESOURCES = 0xA700
 CANNOT_UNDERSTAND = 0xC000
-RETRY_LATER = {Code.DISK_FULL, Code.STORE_WRITE_FAILED}
+PROCESSING_FAILURE = 0x0110
+_STATUS = {
+    Code.DISK_FULL: OUT_OF_RESOURCES,
+    Code.STORE_WRITE_FAILED: PROCESSING_FAILURE,
+    Code.DICOM_UID_CONFLICT: ELEMENTS_DISCARDED,
+}
 VERIFICATION = "1.2.840.10008.1.1"  # C-ECHO
 
 TRANSFER_SYNTAXES = [
@@ -63,6 +86,67 @@ def image_storage_classes() -> list[str]:
     ]
 
 
+def answer(code: Code | None) -> Dataset:
+    """The C-STORE response's status (and the refusal code as its Error Comment)."""
+    status = Dataset()
+    if code is None:
+        status.Status = SUCCESS
+        return status
+    status.Status = _STATUS.get(code, CANNOT_UNDERSTAND)
+    status.ErrorComment = code.value
+    return status
+
+
+def rejection(assoc: Association, busy: bool) -> EdgeError:
+    """Why an association was rejected, in pynetdicom's order of precedence (the limit last)."""
+    requestor = assoc.requestor
+    who = f"association from AE {requestor.ae_title!r} at {requestor.address}"
+    if busy:
+        limit = assoc.ae.maximum_associations
+        return EdgeError(Code.LISTENER_BUSY, f"{who} rejected: {limit} associations already served")
+    called = str(getattr(requestor.primitive, "called_ae_title", "") or "").strip()
+    if called != str(assoc.acceptor.ae_title).strip():
+        return EdgeError(Code.CALLED_AE_UNKNOWN, f"{who} rejected: it called AE {called!r}, not ours")
+    return EdgeError(Code.CALLER_NOT_ALLOWED, f"{who} rejected (not in [dicom] allowed_callers)")
+
+
+class AdmittingAE(AE):
+    """An AE whose association limit counts admitted associations only.
+
+    pynetdicom checks `maximum_associations` against every acceptor thread alive, including
+    those still negotiating and those being torn down after a rejection, so a burst of 12
+    connections with a limit of 4 got 2 accepted (issue 18). Its check reads
+    `active_associations` from the negotiating thread: answered here by admitting that thread
+    when a slot is free (under a lock, so a burst admits exactly the limit), else by a list one
+    longer than the limit, which pynetdicom rejects as local-limit-exceeded. Every other caller
+    gets pynetdicom's own answer.
+    """
+
+    def __init__(self, ae_title: str, allowed: Callable[[Association], bool]) -> None:
+        super().__init__(ae_title=ae_title)
+        self._allowed = allowed
+        self._admission = threading.Lock()
+        self._admitted: list[Association] = []
+        self.busy: set[Association] = set()
+
+    @property
+    def active_associations(self) -> list[Association]:
+        everyone = super().active_associations
+        current = threading.current_thread()
+        if not isinstance(current, Association) or not current.is_acceptor or current.is_established:
+            return everyone
+        if not self._allowed(current):
+            return []  # rejected for its AE titles, which the log and the wire should say
+        with self._admission:
+            self._admitted = [held for held in self._admitted if held.is_alive()]
+            if current in self._admitted or len(self._admitted) < self.maximum_associations:
+                if current not in self._admitted:
+                    self._admitted.append(current)
+                return list(self._admitted)
+            self.busy.add(current)
+            return [*self._admitted, current]
+
+
 class DicomListener:
     def __init__(
         self,
@@ -81,7 +165,12 @@ class DicomListener:
         self._accepting = accepting
         self._local = threading.local()
         self._server: Any = None
+        self._ae: AdmittingAE | None = None
+        self._count = threading.Lock()
         self.stored = 0
+        """Instances stored (analysed or not); duplicates not counted."""
+        self.not_analysed = 0
+        """Of those, instances stored with a refusal instead of a job."""
 
     def _pipeline(self) -> Pipeline:
         pipeline = getattr(self._local, "pipeline", None)
@@ -98,9 +187,17 @@ class DicomListener:
             pipeline.close()
             pipeline.store.close()
 
+    def _allowed(self, assoc: Association) -> bool:
+        """The AE title checks pynetdicom makes, repeated for the admission (`AdmittingAE`)."""
+        config = self.settings.dicom
+        calling = str(assoc.requestor.ae_title).strip()
+        called = str(getattr(assoc.requestor.primitive, "called_ae_title", "") or "").strip()
+        allowed_callers = [caller.strip() for caller in config.allowed_callers]
+        return called == config.ae_title.strip() and (not allowed_callers or calling in allowed_callers)
+
     def start(self) -> None:
         config = self.settings.dicom
-        ae = AE(ae_title=config.ae_title)
+        ae = AdmittingAE(config.ae_title, self._allowed)
         ae.maximum_associations = config.max_associations
         ae.require_called_aet = True
         if config.allowed_callers:
@@ -115,8 +212,15 @@ class DicomListener:
             (evt.EVT_REJECTED, self._on_rejected),
             (evt.EVT_CONN_CLOSE, self._on_closed),
         ]
+        self._ae = ae
         self._server = ae.start_server((config.bind, config.port), block=False, evt_handlers=handlers)
-        log.info("DICOM listener %s on %s:%d", config.ae_title, config.bind, config.port)
+        log.info(
+            "DICOM listener %s on %s:%d (%d associations at once)",
+            config.ae_title,
+            config.bind,
+            config.port,
+            config.max_associations,
+        )
 
     @property
     def port(self) -> int:
@@ -129,28 +233,32 @@ class DicomListener:
             self._server = None
 
     def _on_rejected(self, event: Any) -> None:
-        requestor = event.assoc.requestor
-        error = EdgeError(
-            Code.CALLER_NOT_ALLOWED,
-            f"association from AE {requestor.ae_title!r} at {requestor.address} rejected (not allowed)",
-        )
-        log.warning("%s", error.one_line())
+        busy = self._ae is not None and event.assoc in self._ae.busy
+        if busy and self._ae is not None:
+            self._ae.busy.discard(event.assoc)
+        log.warning("%s", rejection(event.assoc, busy).one_line())
 
-    def _on_store(self, event: Any) -> int:
+    def _on_store(self, event: Any) -> Dataset:
         accepting, reason = self._accepting()
         if not accepting:
             log.warning("C-STORE answered out-of-resources: %s", reason)
-            return OUT_OF_RESOURCES
+            return answer(Code.DISK_FULL)
         caller = str(event.assoc.requestor.ae_title)
         try:
             data = event.encoded_dataset(include_meta=True)
             pipeline = self._pipeline()
-            pipeline.ingest(data, f"C-STORE from {caller}", "dicom", decoder=self._decoder)
-        except EdgeError as error:
-            return OUT_OF_RESOURCES if error.code in RETRY_LATER else CANNOT_UNDERSTAND
-        except Exception:  # a bug must not leave the modality without an answer
+            ingested = pipeline.ingest(
+                data, f"C-STORE from {caller}", "dicom", decoder=self._decoder, keep_dicom=True
+            )
+        except EdgeError as error:  # logged and audited by the pipeline
+            return answer(error.code)
+        except Exception:  # a bug must not leave the sender without an answer
             log.exception("C-STORE handler failed")
-            return OUT_OF_RESOURCES
-        self.stored += 1
-        self._on_queued()
-        return SUCCESS
+            return answer(Code.STORE_WRITE_FAILED)
+        if not ingested.outcome.duplicate:
+            with self._count:
+                self.stored += 1
+                self.not_analysed += ingested.refusal is not None
+        if ingested.refusal is None:
+            self._on_queued()
+        return answer(None)

@@ -8,6 +8,10 @@ from typing import Any
 
 from edge.study import StudyInfo
 
+NOT_ANALYSED = "(none)"
+"""The model name of the job that records why a stored image is not analysed by any model (the
+DICOM listener keeps every well-formed instance, as a PACS does: a CT, an extremity film)."""
+
 
 @dataclass(frozen=True)
 class NewImage:
@@ -37,6 +41,9 @@ class IngestOutcome:
     job_ids: tuple[str, ...]
     duplicate: bool
     """True when the same bytes (or SOP Instance UID) were already stored."""
+    conflict: bool = False
+    """True when the SOP Instance UID is stored with other content (same encoding, other bytes,
+    or another study): the stored one stays, this one was not kept."""
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from edge.store.files import DIR_MODE, remove_quietly, write_atomically
 from edge.store.leases import Leases
 from edge.store.outbox import OutboxAndReviews
 from edge.store.reads import Reads
-from edge.store.records import IngestOutcome, Job, NewImage, ResultRecord
+from edge.store.records import NOT_ANALYSED, IngestOutcome, Job, NewImage, ResultRecord
 from edge.store.technician import TechnicianActions
 from edge.store.writer import Writer
 from edge.study import StudyInfo
@@ -90,34 +90,56 @@ class Store(Reads):
 
     # ------------------------------------------------------------------ ingest
 
-    def ingest(self, image: NewImage, model_names: Sequence[str], *, actor: str) -> IngestOutcome:
+    def ingest(
+        self,
+        image: NewImage,
+        model_names: Sequence[str],
+        *,
+        actor: str,
+        refusal: tuple[Code, str] | None = None,
+    ) -> IngestOutcome:
         """Store an image and queue one job per model, atomically and idempotently.
 
         The file is made durable before the rows that point at it commit; if the commit fails
         the file is removed again. The same bytes or SOP Instance UID twice give one image, and
-        only the jobs not yet queued for it are added.
+        only the jobs not yet queued for it are added; a SOP Instance UID stored with other
+        content is a conflict: nothing is added (`IngestOutcome.conflict`).
+
+        `refusal` (code, sentence) stores an image no model will analyse (the DICOM listener keeps
+        every well-formed instance) with one refused job, model `NOT_ANALYSED`, saying why: the
+        technician sees it in the worklist and may still re-run it with a model of their choice.
         """
         existing = self._find_image(image)
         if existing is not None:
-            return self._add_missing_jobs(existing, model_names, actor=actor)
+            return self._add_missing_jobs(existing, image, model_names, actor=actor)
         image_id, absolute = self._write_image_file(image)
         try:
             with self.writer.transaction("store the image"):
                 now = utc_now()
                 study_id = self._insert_image(image_id, absolute, image, now)
-                job_ids = tuple(self.writer.insert_job(image_id, name, now) for name in model_names)
-                self.writer.audit(actor, "image.ingested", image_id, {"jobs": len(job_ids)})
+                if refusal is None:
+                    job_ids = tuple(self.writer.insert_job(image_id, name, now) for name in model_names)
+                    self.writer.audit(actor, "image.ingested", image_id, {"jobs": len(job_ids)})
+                else:
+                    code, message = refusal
+                    job_ids = (self._insert_refused_job(image_id, code, message, now),)
+                    self.writer.audit(actor, "image.ingested", image_id, {"jobs": 0, "refused": code.value})
         except sqlite3.IntegrityError:
             # Another ingester stored the same image between our lookup and our commit.
             remove_quietly(absolute)
             again = self._find_image(image)
             if again is None:
                 raise
-            return self._add_missing_jobs(again, model_names, actor=actor)
+            return self._add_missing_jobs(again, image, model_names, actor=actor)
         except BaseException:
             remove_quietly(absolute)
             raise
         return IngestOutcome(image_id, study_id, job_ids, duplicate=False)
+
+    def _insert_refused_job(self, image_id: str, code: Code, message: str, now: str) -> str:
+        return self.writer.insert_job(
+            image_id, NOT_ANALYSED, now, state="refused", error_code=code.value, error_message=message
+        )
 
     def _write_image_file(self, image: NewImage) -> tuple[str, Path]:
         """A new image id and its file, durable before any row points at it."""
@@ -151,25 +173,51 @@ class Store(Reads):
 
     def _find_image(self, image: NewImage) -> dict[str, Any] | None:
         row = self.db.execute(
-            "SELECT id, study_id FROM images WHERE sha256 = ? OR sop_instance_uid = ? LIMIT 1",
+            "SELECT i.id, i.study_id, i.sha256, i.meta, s.study_uid FROM images i"
+            " JOIN studies s ON s.id = i.study_id WHERE i.sha256 = ? OR i.sop_instance_uid = ? LIMIT 1",
             [image.sha256, image.sop_instance_uid],
         ).fetchone()
         return dict(row) if row else None
 
+    @staticmethod
+    def _conflicts(existing: dict[str, Any], image: NewImage) -> bool:
+        """Other content under a stored SOP Instance UID. The same instance in another transfer
+        syntax (a PACS may transcode what it forwards) is a duplicate, not a conflict; the same
+        syntax with other bytes, or another study, is another object reusing the UID."""
+        if existing["sha256"] == image.sha256:
+            return False
+        if existing["study_uid"] and image.study.study_uid and existing["study_uid"] != image.study.study_uid:
+            return True
+        stored_syntax = json.loads(existing["meta"] or "{}").get("transfer_syntax")
+        return bool(stored_syntax == image.meta.get("transfer_syntax"))
+
     def _add_missing_jobs(
-        self, existing: dict[str, Any], model_names: Sequence[str], *, actor: str
+        self, existing: dict[str, Any], image: NewImage, model_names: Sequence[str], *, actor: str
     ) -> IngestOutcome:
+        image_id = existing["id"]
+        conflict = self._conflicts(existing, image)
         with self.writer.transaction("queue the jobs"):
             now = utc_now()
             job_ids = []
-            for name in model_names:
+            for name in () if conflict else model_names:
                 row = self.db.execute(
-                    "SELECT id FROM jobs WHERE image_id = ? AND model_name = ?",
-                    [existing["id"], name],
+                    "SELECT id FROM jobs WHERE image_id = ? AND model_name = ?", [image_id, name]
                 ).fetchone()
-                job_ids.append(row["id"] if row else self.writer.insert_job(existing["id"], name, now))
-            self.writer.audit(actor, "image.duplicate", existing["id"], {})
-        return IngestOutcome(existing["id"], existing["study_id"], tuple(job_ids), duplicate=True)
+                job_ids.append(row["id"] if row else self.writer.insert_job(image_id, name, now))
+            if job_ids:
+                # A model now accepts what was stored unanalysed: its "not analysed" entry goes.
+                self.db.execute(
+                    "DELETE FROM jobs WHERE image_id = ? AND model_name = ? AND state = 'refused'",
+                    [image_id, NOT_ANALYSED],
+                )
+            else:
+                job_ids = [
+                    row["id"] for row in self.db.execute("SELECT id FROM jobs WHERE image_id = ?", [image_id])
+                ]
+            self.writer.audit(actor, "image.duplicate", image_id, {"conflict": conflict} if conflict else {})
+        return IngestOutcome(
+            image_id, existing["study_id"], tuple(job_ids), duplicate=True, conflict=conflict
+        )
 
     def _upsert_study(self, study: StudyInfo, source: str) -> str:
         if study.study_uid:

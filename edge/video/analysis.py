@@ -60,11 +60,7 @@ def analyse_recording(
                 str(path), result=result, job_id=result.job_id if result else None, duplicate=True
             )
         source = FrameSource(str(path), realtime=realtime, lossless=not realtime)
-        summary, analyzer, elapsed = _record(settings, served, source)
-        events = list(summary.events)
-        if source.stats.end_reason not in ("end of file", "stopped"):
-            events.append(source.stats.end_reason)
-        summary.events = events
+        summary, analyzer, elapsed = _record(settings, served, source)  # a truncated file is refused
         result_id = store_clip(
             settings,
             store,

@@ -28,6 +28,11 @@ from edge.video.roi import Box, crop, detect_sector, fits
 from edge.video.source import Frame, FrameSource
 
 log = logging.getLogger(__name__)
+# A live source silent this long when the clip stops was lost (a stream killed, a cable
+# pulled): reconnecting only begins after `[video] stall_s`, which may be after the clip ends.
+SOURCE_LOST_S = 2.0
+# How sources end normally: a file or a cine read to its end, or told to stop.
+NORMAL_ENDS = ("end of file", "end of frames", "stopped", "")
 
 
 @dataclass(frozen=True)
@@ -86,6 +91,9 @@ class LiveAnalyzer:
         self._recent: deque[tuple[float, np.ndarray]] = deque(maxlen=recent)
         self._last_recheck = 0.0
         self._lock = threading.Lock()
+        self._last_frame_at: float | None = None
+        self._run_ended_at: float | None = None  # when `run` returned (the capture stopped)
+        self._clip_reconnects: int | None = None  # the source's count when the clip's first frame came
 
     # ------------------------------------------------------------------ clips
 
@@ -102,19 +110,34 @@ class LiveAnalyzer:
                 max_side=self.video.clip_max_side,
                 key_frames=self.video.key_frames,
             )
+            self._clip_reconnects = None
 
     def stop_clip(self) -> ClipSummary:
+        """The clip recorded since `start_clip`; refused with a code, and nothing kept, when it
+        has too few analysable frames or its source was lost before it ended (fail closed: a
+        clip cut short must not read as a finding)."""
         with self._lock:
             recorder, self.recorder = self.recorder, None
         if recorder is None:
             raise EdgeError(Code.VIDEO_TOO_SHORT, "no clip is being recorded")
         summary = recorder.finish()
+        lost = self.source_lost()
+        if lost:
+            if summary.video_file:
+                summary.video_file.unlink(missing_ok=True)
+            raise EdgeError(
+                Code.VIDEO_SOURCE_LOST,
+                f"{lost}: the clip ({summary.frames_analysed} frames analysed) is incomplete, not stored",
+            )
         if summary.frames_analysed < MIN_FRAMES:
             if summary.video_file:
                 summary.video_file.unlink(missing_ok=True)
             reason = "; ".join(summary.events[:5]) or "too few frames"
             counts = self.stats.status_counts
-            if self.roi is None:
+            if self.roi is None and not counts:
+                # Ended before one sector-detection window was seen (a single frame, a blip).
+                code = Code.VIDEO_TOO_SHORT
+            elif self.roi is None:
                 code = Code.VIDEO_FROZEN if counts.get("frozen") else Code.VIDEO_NO_SECTOR
             elif counts.get("black", 0) > counts.get("ok", 0):
                 code = Code.VIDEO_BLACK
@@ -127,6 +150,21 @@ class LiveAnalyzer:
             )
         return summary
 
+    def source_lost(self) -> str | None:
+        """Why the source cannot be trusted to have delivered the whole clip, or None: it was
+        reopened after frames had come, it ended otherwise than at its end (a truncated
+        recording), or a live source fell silent before the clip was stopped."""
+        stats = self.source.stats
+        if self._clip_reconnects is not None and stats.reconnects > self._clip_reconnects:
+            return f"the {self.source.kind} was lost and reopened during the clip"
+        if stats.ended and stats.end_reason not in NORMAL_ENDS:
+            return f"the {self.source.kind} ended early ({stats.end_reason})"
+        if not self.source.lossless and self._last_frame_at is not None:
+            silent = (self._run_ended_at or time.monotonic()) - self._last_frame_at
+            if silent > SOURCE_LOST_S:
+                return f"no frame from the {self.source.kind} for the last {silent:.0f} s"
+        return None
+
     # ------------------------------------------------------------------ the loop
 
     def run(self, stop: threading.Event, max_seconds: float | None = None) -> LiveStats:
@@ -137,6 +175,7 @@ class LiveAnalyzer:
         self._next_at = -1.0
         self.warm_up()
         started = time.monotonic()
+        self._run_ended_at = None
         while not stop.is_set():
             if max_seconds is not None and time.monotonic() - started > max_seconds:
                 break
@@ -145,6 +184,9 @@ class LiveAnalyzer:
                 if self.source.ended:
                     break
                 continue
+            self._last_frame_at = time.monotonic()
+            if self.recorder is not None and self._clip_reconnects is None:
+                self._clip_reconnects = self.source.stats.reconnects
             resized = frame.resized or (self._shape is not None and frame.image.shape != self._shape)
             self._shape = frame.image.shape
             if resized and self.fixed_roi is None:
@@ -160,6 +202,7 @@ class LiveAnalyzer:
                 continue
             self._paced(frame)
             self._recheck_sector(frame)
+        self._run_ended_at = time.monotonic()
         return self.stats
 
     def _recheck_sector(self, frame: Frame) -> None:

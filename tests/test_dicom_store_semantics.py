@@ -1,0 +1,272 @@
+"""The listener as a PACS's store (issue 18): every well-formed instance is stored, whether it is
+analysed is a separate, coded decision; associations up to the limit are served at once, and
+every rejection says why. Against dcmtk's `storescu` and pynetdicom as the sender."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import socket
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.uid import RLELossless
+from pynetdicom import AE
+
+from edge.config import Settings
+from edge.errors import Code
+from edge.pipeline import Pipeline
+from edge.store import NOT_ANALYSED, NewImage, Store
+from edge.study import StudyInfo
+from tests.pacs_study import expected, mixed_study, outcome
+from tests.test_dicom_listener import Listening, counts, dcmtk_or_skip, free_port, send
+from tools import dicomgen
+
+VERIFICATION = "1.2.840.10008.1.1"
+
+
+def listener_settings(settings: Settings, **dicom: object) -> Settings:
+    update = {"enabled": True, "port": free_port(), "bind": "127.0.0.1", **dicom}
+    return settings.model_copy(update={"dicom": settings.dicom.model_copy(update=update)})
+
+
+def analyse_queue(settings: Settings) -> None:
+    """What the agent's worker does: every queued job to its result or refusal."""
+    with Store(settings.data_dir) as store:
+        pipeline = Pipeline(settings, store, actor="worker")
+        try:
+            while pipeline.run_once():
+                pass
+        finally:
+            pipeline.close()
+
+
+def test_a_mixed_batch_is_stored_whole_and_storescu_does_not_halt(settings: Settings, tmp_path: Path) -> None:
+    dcmtk_or_skip()
+    instances = mixed_study(tmp_path / "study")
+    configured = listener_settings(settings)
+    with Listening(configured) as running:
+        # storescu sends one transfer syntax per SOP class: the compressed files go on their own.
+        by_syntax = {"rle": ("-xr",), "undecodable": ("-xv",)}
+        plain = [i.path for i in instances if not any(k in i.label for k in by_syntax)]
+        result = send(running, *plain, calling="ORTHANC", extra=("-R",))
+        assert result.returncode == 0, result.stderr  # no halt at the CT, the MR or the hand
+        assert result.stderr.count("Received Store Response (Success)") == len(plain), result.stderr
+        for key, extra in by_syntax.items():
+            one = next(i.path for i in instances if key in i.label)
+            assert send(running, one, calling="ORTHANC", extra=extra).returncode == 0
+        assert running.listener.stored == len(instances)
+        assert running.listener.not_analysed == 4
+    analyse_queue(configured)
+    with Store(configured.data_dir) as store:
+        assert outcome(store) == expected(instances)
+        refusals = [r for r in store.audit_rows("image.ingested") if "refused" in r["detail"]]
+        assert len(refusals) == 4  # the decision not to analyse is in the audit trail
+        listed = store.technician.worklist(search="NO_MODEL_FOR_INPUT")
+        assert len(listed) == 3
+        assert {item.state for item in listed} == {"refused"}
+
+
+def test_a_reused_sop_instance_uid_is_a_logged_warning_and_the_first_object_stays(
+    settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    dcmtk_or_skip()
+    instances = mixed_study(tmp_path / "study")
+    first, other = instances[0].path, instances[2].path
+    reused = pydicom.dcmread(other)
+    original = pydicom.dcmread(first)
+    reused.SOPInstanceUID = reused.file_meta.MediaStorageSOPInstanceUID = original.SOPInstanceUID
+    (tmp_path / "reused.dcm").write_bytes(dicomgen.to_bytes(reused))
+    transcoded = pydicom.dcmread(first)
+    transcoded.compress(RLELossless, encoding_plugin="pydicom", generate_instance_uid=False)
+    (tmp_path / "transcoded.dcm").write_bytes(dicomgen.to_bytes(transcoded))
+    with Listening(listener_settings(settings)) as running, caplog.at_level(logging.WARNING):
+        assert send(running, first).returncode == 0
+        transcoded_answer = send(running, tmp_path / "transcoded.dcm", extra=("-xr",))
+        assert "Received Store Response (Success)" in transcoded_answer.stderr  # the same object
+        reused_answer = send(running, tmp_path / "reused.dcm")
+    assert reused_answer.returncode == 0, reused_answer.stderr  # a warning: the sender goes on
+    assert "Received Store Response (Warning: ElementsDiscarded)" in reused_answer.stderr, (
+        reused_answer.stderr
+    )
+    assert any("DICOM_UID_CONFLICT" in record.getMessage() for record in caplog.records)
+    with Store(running.settings.data_dir) as store:
+        assert store.counts()["images"] == 1
+        stored = pydicom.dcmread(store.data_dir / store.db.execute("SELECT path FROM images").fetchone()[0])
+        codes = [r["detail"] for r in store.audit_rows("input.refused")]
+    assert stored.PixelData == pydicom.dcmread(first).PixelData != reused.PixelData
+    assert codes == ['{"code": "DICOM_UID_CONFLICT"}']
+
+
+def test_bytes_that_are_not_dicom_are_the_only_cannot_understand(settings: Settings, tmp_path: Path) -> None:
+    dcmtk_or_skip()
+    ds = dicomgen.grey_dicom(dicomgen.twelve_bit(np.zeros((64, 64), np.uint8)), bits_stored=12)
+    ds.Rows = 0  # an impossible header: no image has it
+    broken = tmp_path / "impossible.dcm"
+    broken.write_bytes(dicomgen.to_bytes(ds))
+    with Listening(listener_settings(settings)) as running:
+        result = send(running, broken)
+    assert "Error: CannotUnderstand" in result.stderr, result.stderr
+    assert counts(running.settings)["images"] == 0
+
+
+def _associate(
+    port: int, start: threading.Barrier, hold_s: float, out: list[object], calling: str = "XRAY1"
+) -> None:
+    ae = AE(ae_title=calling)
+    ae.add_requested_context(VERIFICATION)
+    start.wait()
+    assoc = ae.associate("127.0.0.1", port, ae_title="EDGE")
+    if assoc.is_established:
+        time.sleep(hold_s)  # hold the slot while the others knock
+        status = assoc.send_c_echo()
+        assoc.release()
+        out.append(("accepted", int(status.Status)))
+    elif assoc.is_rejected:
+        primitive = assoc.acceptor.primitive
+        out.append(("rejected", primitive.result, primitive.result_source, primitive.diagnostic))
+    else:
+        out.append(("failed",))
+
+
+def burst(port: int, count: int, hold_s: float = 2.0) -> list[object]:
+    start = threading.Barrier(count)
+    out: list[object] = []
+    threads = [threading.Thread(target=_associate, args=(port, start, hold_s, out)) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return out
+
+
+def test_associations_up_to_the_limit_are_served_at_once_and_the_rest_told_busy(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 18: 12 simultaneous associations with max_associations = 4 got 2 accepted, and
+    every rejection was logged as CALLER_NOT_ALLOWED."""
+    configured = listener_settings(settings, max_associations=4)
+    with Listening(configured) as running, caplog.at_level(logging.WARNING):
+        port = running.settings.dicom.port
+        # Connections that have not asked for an association yet (a slow sender, a port scan)
+        # counted against pynetdicom's limit: with three of them, 1 of 12 was accepted.
+        idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+        time.sleep(0.3)
+        for _ in range(2):  # the slots come back once the first four release
+            answers = burst(port, 12)
+            accepted = [a for a in answers if a[0] == "accepted"]
+            rejected = [a for a in answers if a[0] == "rejected"]
+            assert len(accepted) == 4, answers
+            assert all(a[1] == 0 for a in accepted), answers
+            # transient (2), from the presentation layer (3): local limit exceeded (2)
+            assert rejected == [("rejected", 2, 3, 2)] * 8, answers
+        for connection in idle:
+            connection.close()
+    messages = [
+        record.getMessage() for record in caplog.records if record.name == "edge.ingest.dicom_listener"
+    ]
+    assert sum("LISTENER_BUSY" in m for m in messages) == 16
+    assert not any("CALLER_NOT_ALLOWED" in m for m in messages)
+
+
+def test_concurrent_senders_all_store(settings: Settings, tmp_path: Path) -> None:
+    dcmtk_or_skip()
+    instances = mixed_study(tmp_path / "study")
+    configured = listener_settings(settings, max_associations=4)
+    results: list[object] = []
+    with Listening(configured) as running:
+        plain = [i.path for i in instances if i.label not in ("chest-cr-rle-ap", "undecodable")]
+        threads = [
+            threading.Thread(
+                target=lambda chunk=plain[i::4]: results.append(send(running, *chunk, extra=("-R",)))
+            )
+            for i in range(4)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+    assert [r.returncode for r in results] == [0, 0, 0, 0]  # type: ignore[attr-defined]
+    assert counts(configured)["images"] == len(plain)
+
+
+@pytest.mark.parametrize(
+    ("allowed", "calling", "called", "code", "reason"),
+    [
+        ([], "ANYONE", "NOTEDGE", "CALLED_AE_UNKNOWN", 7),
+        (["XRAY1"], "XRAY1", "NOTEDGE", "CALLED_AE_UNKNOWN", 7),
+        (["XRAY1"], "INTRUDER", "EDGE", "CALLER_NOT_ALLOWED", 3),
+    ],
+)
+def test_each_rejection_is_logged_with_its_own_code(
+    settings: Settings,
+    caplog: pytest.LogCaptureFixture,
+    allowed: list[str],
+    calling: str,
+    called: str,
+    code: str,
+    reason: int,
+) -> None:
+    configured = listener_settings(settings, allowed_callers=allowed)
+    with Listening(configured) as running, caplog.at_level(logging.WARNING):
+        ae = AE(ae_title=calling)
+        ae.add_requested_context(VERIFICATION)
+        assoc = ae.associate("127.0.0.1", running.settings.dicom.port, ae_title=called)
+        assert assoc.is_rejected
+        primitive = assoc.acceptor.primitive
+        assert (primitive.result, primitive.result_source, primitive.diagnostic) == (1, 1, reason)
+        time.sleep(0.2)  # the listener's log line is written in its association thread
+    messages = [
+        record.getMessage() for record in caplog.records if record.name == "edge.ingest.dicom_listener"
+    ]
+    assert [m.split(":")[0] for m in messages if "rejected" in m] == [code]
+
+
+# ------------------------------------------------------------------ the store's side
+
+
+def _image(data: bytes, syntax: str, study_uid: str = "1.2.9") -> NewImage:
+    return NewImage(
+        data=data,
+        sha256=hashlib.sha256(data).hexdigest(),
+        format="dicom",
+        width=4,
+        height=3,
+        study=StudyInfo(study_uid=study_uid, modality="CT"),
+        source="dicom",
+        sop_instance_uid="1.2.3.4",
+        meta={"transfer_syntax": syntax},
+    )
+
+
+def test_a_stored_unanalysed_instance_gets_its_job_once_a_model_accepts_it(store: Store) -> None:
+    kept = store.ingest(
+        _image(b"ct", "1.2.840.10008.1.2.1"), [], actor="dicom", refusal=(Code.NO_MODEL_FOR_INPUT, "no model")
+    )
+    [refused] = kept.job_ids
+    assert store.job(refused)["model_name"] == NOT_ANALYSED  # type: ignore[index]
+    assert store.job(refused)["state"] == "refused"  # type: ignore[index]
+    again = store.ingest(
+        _image(b"ct", "1.2.840.10008.1.2.1"), [], actor="dicom", refusal=(Code.NO_MODEL_FOR_INPUT, "no")
+    )
+    assert (again.duplicate, again.job_ids) == (True, (refused,))  # nothing doubled
+    later = store.ingest(_image(b"ct", "1.2.840.10008.1.2.1"), ["ct-model"], actor="dicom")
+    rows = store.db.execute("SELECT model_name, state FROM jobs").fetchall()
+    assert [tuple(r) for r in rows] == [("ct-model", "queued")]
+    assert later.image_id == kept.image_id
+
+
+def test_a_reused_uid_is_a_conflict_but_another_encoding_is_the_same_instance(store: Store) -> None:
+    store.ingest(_image(b"first", "1.2.840.10008.1.2.1"), ["m"], actor="dicom")
+    transcoded = store.ingest(_image(b"first as rle", "1.2.840.10008.1.2.5"), ["m"], actor="dicom")
+    assert (transcoded.duplicate, transcoded.conflict) == (True, False)
+    reused = store.ingest(_image(b"another object", "1.2.840.10008.1.2.1"), ["m"], actor="dicom")
+    assert (reused.duplicate, reused.conflict) == (True, True)
+    other_study = store.ingest(_image(b"x", "1.2.840.10008.1.2.5", study_uid="9.9"), ["m"], actor="dicom")
+    assert other_study.conflict
+    assert store.counts()["images"] == 1
+    assert store.counts()["jobs"] == 1
