@@ -138,15 +138,22 @@ class Doorbell:
         self.path = path
         self._fd: int | None = None
 
-    def listen(self) -> None:
+    def listen(self) -> bool:
+        """Start listening; False (and the process only polls) where the data directory's file
+        system has no named pipes (FAT, some FUSE and network file systems)."""
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            if not stat.S_ISFIFO(self.path.lstat().st_mode):
-                self.path.unlink()
-        with contextlib.suppress(FileExistsError):
-            os.mkfifo(self.path, 0o600)
-        # Read-write: the reader never sees end-of-file when a ringer closes its end.
-        self._fd = os.open(self.path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                if not stat.S_ISFIFO(self.path.lstat().st_mode):
+                    self.path.unlink()
+            with contextlib.suppress(FileExistsError):
+                os.mkfifo(self.path, 0o600)
+            # Read-write: the reader never sees end-of-file when a ringer closes its end.
+            self._fd = os.open(self.path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            self._fd = None
+            return False
+        return True
 
     def wait(self, timeout: float) -> bool:
         """Wait up to `timeout` s for a ring; True when rung (all pending rings are consumed)."""

@@ -130,3 +130,20 @@ def test_a_second_agent_on_one_data_directory_exits_with_a_code_naming_the_first
     finally:
         first.send_signal(signal.SIGTERM)
         first.wait(timeout=120)
+
+
+def test_a_file_system_without_named_pipes_leaves_the_sync_agent_polling(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by the power-cut campaign (its FUSE file system has no mknod): `edge sync run`
+    died at start. A data directory on FAT or some network file systems is the same."""
+
+    def no_fifos(*args: object) -> None:
+        raise OSError(38, "Function not implemented")
+
+    monkeypatch.setattr(os, "mkfifo", no_fifos)
+    bell = Doorbell(tmp_path / "sync" / "wake")
+    assert bell.listen() is False
+    assert bell.wait(0.01) is False  # waits out its timeout: the loop's own schedule
+    assert ring(bell.path) is False
+    bell.close()

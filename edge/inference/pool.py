@@ -31,6 +31,7 @@ from edge.inference.postprocess import Finding, decide
 from edge.inference.registry import ModelEntry, Registry, Variant
 from edge.runtime.base import Runner, TensorNames
 from edge.runtime.onnxruntime import OnnxRuntimeRunner
+from edge.store.files import write_atomically
 
 # A lower precision must beat fp32 by this margin to be chosen: timing noise on a shared
 # machine must not flip the choice back and forth between runs.
@@ -275,6 +276,7 @@ class ModelPool:
                 ]
             )
             verdict = cache.get(key)
+            measured_now = verdict is None
             if verdict is None:
                 try:
                     report = verify_here(
@@ -301,7 +303,8 @@ class ModelPool:
                 Code.VARIANT_PARITY_FAILED,
                 f"{entry.name} {name} differs from {reference} on this machine ({detail}): not served here",
             )
-            log.error("%s", refusal.one_line())
+            # Loud when found; a known verdict read back at every start is only a note.
+            log.log(logging.ERROR if measured_now else logging.INFO, "%s", refusal.one_line())
         return kept or [reference]
 
     def _fastest(self, entry: ModelEntry, runner_cls: type[Runner], files: dict[str, Path]) -> str:
@@ -336,12 +339,9 @@ class ModelPool:
             return {}
 
     def _write_cache(self, cache: dict[str, dict[str, object]]) -> None:
-        try:
-            self.cache_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.cache_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps(cache, indent=2, sort_keys=True))
-            tmp.replace(self.cache_file)
-        except OSError:
+        try:  # durable: a power cut must not make every boot measure again
+            write_atomically(self.cache_file, json.dumps(cache, indent=2, sort_keys=True).encode())
+        except EdgeError:
             return  # only a cache: measuring again next time is the cost
 
 

@@ -93,7 +93,10 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> int:
     (settings.data_dir / "sync" / "sync.pid").unlink(missing_ok=True)  # left by older versions
     bell = Doorbell(doorbell(settings))
     try:
-        bell.listen()
+        if not bell.listen():
+            log.warning(
+                "no doorbell at %s (no named pipes here): `edge sync now` waits for the next round", bell.path
+            )
         return _loop(settings, credential, bell, stop)
     finally:
         bell.close()
