@@ -17,14 +17,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from edge.config import Settings
 from edge.errors import Code, EdgeError
-from edge.imaging.decode import decode_bytes
-from edge.imaging.preprocess import preprocess_batch
 from edge.inference.engine_cache import Attempt, EngineCache, EngineKey, build_plan
-from edge.inference.parity import ParityReport, compare
+from edge.inference.local_parity import judge, sample_batch
+from edge.inference.parity import ParityReport
 from edge.inference.registry import ModelEntry
 from edge.runtime.base import Runner, TensorNames
 from edge.runtime.device_memory import GpuInfo
@@ -164,29 +161,14 @@ class EngineManager:
 
     def verify(self, entry: ModelEntry, attempt: Attempt, engine: Path, names: TensorNames) -> ParityReport:
         """Engine vs ONNX Runtime on the same source ONNX, over the model's sample images."""
-        samples = entry.samples
-        if not samples:
-            raise EdgeError(Code.ENGINE_PARITY_FAILED, f"{entry.name} ships no sample images to verify on")
-        labels = entry.manifest.output.labels
-        images = [decode_bytes(path.read_bytes(), path.name).pixels for path, _ in samples]
-        truth = np.array([labels.index(label) for _, label in samples])
-        batch = preprocess_batch(images, entry.manifest.input.preprocess_spec())
+        batch, truth = sample_batch(entry, Code.ENGINE_PARITY_FAILED)
         logits_name = entry.manifest.output.logits
         source = entry.variant_file(attempt.variant, verify=self.settings.models.verify_checksums)
         with OnnxRuntimeRunner(source, names, self.settings.runtime) as reference:
             expected = reference.infer(batch)[logits_name]
         with self._runner(engine, names) as candidate:
             actual = candidate.infer(batch)[logits_name]
-        rule = entry.manifest.parity
-        report = compare(
-            expected,
-            actual,
-            truth,
-            labels.index(entry.manifest.output.positive),
-            max_auc_delta=rule.max_auc_delta,
-            min_agreement=rule.min_agreement,
-            max_abs_logit_diff=rule.max_abs_logit_diff,
-        )
+        report = judge(entry, expected, actual, truth)
         key = self.key(entry, attempt)
         record = self.cache.record(key) or {}
         self.cache.write_record(

@@ -38,6 +38,32 @@ def reference_variant(entry: ModelEntry, backend: str) -> str | None:
     )
 
 
+def sample_batch(entry: ModelEntry, code: Code) -> tuple[np.ndarray, np.ndarray]:
+    """The model's sample images as one preprocessed batch, and their labels as indices; a
+    model without samples cannot be verified (`code` says which check refused)."""
+    samples = entry.samples
+    if not samples:
+        raise EdgeError(code, f"{entry.name} ships no sample images to verify on")
+    labels = entry.manifest.output.labels
+    images = [decode_bytes(path.read_bytes(), path.name).pixels for path, _ in samples]
+    truth = np.array([labels.index(label) for _, label in samples])
+    return preprocess_batch(images, entry.manifest.input.preprocess_spec()), truth
+
+
+def judge(entry: ModelEntry, expected: np.ndarray, actual: np.ndarray, truth: np.ndarray) -> ParityReport:
+    """The manifest's parity rule applied to two runs' logits over the same samples."""
+    rule = entry.manifest.parity
+    return compare(
+        expected,
+        actual,
+        truth,
+        entry.manifest.output.labels.index(entry.manifest.output.positive),
+        max_auc_delta=rule.max_auc_delta,
+        min_agreement=rule.min_agreement,
+        max_abs_logit_diff=rule.max_abs_logit_diff,
+    )
+
+
 def verify_here(
     entry: ModelEntry,
     runner_cls: type[Runner],
@@ -47,25 +73,10 @@ def verify_here(
     settings: Settings,
 ) -> ParityReport:
     """`candidate` against `reference` (both on `runner_cls`) over the model's sample images."""
-    samples = entry.samples
-    if not samples:
-        raise EdgeError(Code.VARIANT_PARITY_FAILED, f"{entry.name} ships no sample images to verify on")
-    labels = entry.manifest.output.labels
-    images = [decode_bytes(path.read_bytes(), path.name).pixels for path, _ in samples]
-    truth = np.array([labels.index(label) for _, label in samples])
-    batch = preprocess_batch(images, entry.manifest.input.preprocess_spec())
+    batch, truth = sample_batch(entry, Code.VARIANT_PARITY_FAILED)
     logits = entry.manifest.output.logits
     with runner_cls(reference, names, settings.runtime) as runner:
         expected = runner.infer(batch)[logits]
     with runner_cls(candidate, names, settings.runtime) as runner:
         actual = runner.infer(batch)[logits]
-    rule = entry.manifest.parity
-    return compare(
-        expected,
-        actual,
-        truth,
-        labels.index(entry.manifest.output.positive),
-        max_auc_delta=rule.max_auc_delta,
-        min_agreement=rule.min_agreement,
-        max_abs_logit_diff=rule.max_abs_logit_diff,
-    )
+    return judge(entry, expected, actual, truth)

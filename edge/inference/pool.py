@@ -233,11 +233,10 @@ class ModelPool:
                 runner_cls = OnnxRuntimeRunner
         names = candidate_variants(entry, runner_cls.backend, self.settings.runtime.precision)
         names = self._right_here(entry, runner_cls, names)
-        if len(names) == 1:
-            return self.load_variant(name, names[0])
         verify = self.settings.models.verify_checksums
         files = {n: entry.variant_file(n, verify=verify) for n in names}
-        chosen = self._fastest(entry, runner_cls, files)
+        # On the backend chosen here (ONNX Runtime after a TensorRT fallback), not the configured one.
+        chosen = names[0] if len(names) == 1 else self._fastest(entry, runner_cls, files)
         runner = runner_cls(files[chosen], tensor_names(entry), self.settings.runtime)
         return ServedModel(entry, chosen, runner, entry.manifest.variants[chosen].sha256)
 
