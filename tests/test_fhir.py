@@ -7,7 +7,11 @@ value anywhere; an OperationOutcome with its status for every refusal."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import shlex
+import shutil
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -94,8 +98,8 @@ def fhir_fixture(world: World, tmp_path_factory: pytest.TempPathFactory) -> Iter
     engine = world.hub.engine
     tokens = {
         "admin": fhir_tokens.create_token(engine, "all", ["*"])[1],
-        "north": fhir_tokens.create_token(engine, "dhis2-north", ["north"])[1],
-        "south": fhir_tokens.create_token(engine, "dhis2-south", ["south"])[1],
+        "north": fhir_tokens.create_token(engine, "his-north", ["north"])[1],
+        "south": fhir_tokens.create_token(engine, "his-south", ["south"])[1],
         "north-elsewhere": fhir_tokens.create_token(engine, "north-other-site", ["north"], ["other-site"])[1],
     }
     yield Fhir(world, tokens, phi_result, pseudonym)
@@ -424,3 +428,62 @@ def test_other_refusals_are_operation_outcomes_too(fhir: Fhir) -> None:
     assert refused(admin.get("/fhir/metadata", headers={"Accept": "application/fhir+xml"}), 406)
     included = search(admin, "_include=DiagnosticReport:result&_include:iterate=Observation:device")
     assert included.total == len(fhir.all_results)  # accepted: everything is included anyway
+
+
+# ------------------------------------------------------------------ the documented commands
+
+
+def _documented_commands() -> list[str]:
+    text = (Path(__file__).resolve().parent.parent / "docs" / "integration.md").read_text()
+    section = text.split("\n## FHIR for health information systems\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```sh\n(.*?)```", section, re.DOTALL)
+    return [line.strip() for block in blocks for line in block.splitlines() if line.strip()]
+
+
+def test_the_documented_commands_work(fhir: Fhir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/integration.md's commands, as written: the CLI's in-process, each curl against the
+    hub served by uvicorn on a local port."""
+    if fhir.world.hub.engine.dialect.name != "sqlite":
+        pytest.skip("the commands are the same on PostgreSQL; run once")
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+    from tests.hubfixtures import LiveHub
+
+    commands = _documented_commands()
+    edge = [shlex.split(line) for line in commands if line.startswith("edge ")]
+    curls = [line for line in commands if line.startswith("curl ")]
+    assert len(edge) >= 2
+    assert len(curls) >= 5
+    assert " ".join(edge[0][:4]) == "edge hub fhir-token create"
+    url = fhir.world.hub.engine.url.render_as_string(hide_password=False)
+    monkeypatch.setenv("EDGE_HUB__DATABASE_URL", url)
+    run = CliRunner()
+    token = ""
+    for words in edge:
+        done = run.invoke(cli, ["--data-dir", str(tmp_path), *words[1:]])
+        assert done.exit_code == 0, (words, done.output)
+        if words[3] == "create":
+            token = done.stdout.strip().splitlines()[-1]
+    assert token.startswith(fhir_tokens.PREFIX)
+    with LiveHub(fhir.world.hub.app) as live:
+        env = {
+            **os.environ,
+            "HUB": live.url,
+            "TOKEN": token,
+            "REPORT": fhir.phi_result,
+            "PATIENT": fhir.pseudonym,
+        }
+        kinds = []
+        for line in curls:
+            done = subprocess.run(
+                ["bash", "-c", line], check=False, env=env, capture_output=True, text=True, timeout=60
+            )
+            assert done.returncode == 0, (line, done.stderr)
+            body = json.loads(done.stdout)
+            kinds.append(body["resourceType"])
+            if body["resourceType"] == "Bundle":
+                Bundle.model_validate(body)
+        assert kinds[0] == "CapabilityStatement"
+        assert {"Bundle", "DiagnosticReport", "Patient"} <= set(kinds)
+    revoked = run.invoke(cli, ["--data-dir", str(tmp_path), "hub", "fhir-token", "revoke", "dhis2-north"])
+    assert revoked.exit_code == 0, revoked.output
