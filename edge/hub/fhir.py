@@ -272,9 +272,9 @@ def _conclusion(source: ReportSource) -> str:
     parts = [f"CAD ({model or 'model'}): {_text(result.get('finding')) or 'no finding'}"]
     if probability is not None:
         label = _text(result.get("positive_label")) or "positive"
-        detail = f"P({label}) = {probability:.3f}"
+        detail = f"P({label}) = {probability:.4g}"
         if threshold is not None:
-            detail += f", threshold {threshold:.3f}"
+            detail += f", threshold {threshold:.4g}"
         operating_point = _text(result.get("operating_point"))
         if operating_point:
             detail += f" ({operating_point})"

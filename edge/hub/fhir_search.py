@@ -327,7 +327,7 @@ def _sources(conn: Any, rows: Sequence[Any]) -> list[ReportSource]:
     by_key: dict[tuple[str, str], list[ReviewRow]] = {}
     if rows:
         for review in conn.execute(
-            select(r).where(r.c.result_uuid.in_({row.uuid for row in rows})).order_by(r.c.seq)
+            select(r).where(r.c.result_uuid.in_(sorted({row.uuid for row in rows}))).order_by(r.c.seq)
         ):
             by_key.setdefault((review.device_id, review.result_uuid), []).append(ReviewRow.from_row(review))
     return [
