@@ -1,4 +1,4 @@
-"""`edge hub ...`: the hub itself (serve, enrolment codes, reviews, releases, accounts)."""
+"""`edge hub ...`: the hub itself (serve, enrolment codes, reviews, releases, accounts, FHIR tokens)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from edge.cli.base import EXIT_REFUSED, Context, cli, pass_context
 
 @cli.group()
 def hub() -> None:
-    """The hub: serve, enroll-code, review, publish, user."""
+    """The hub: serve, enroll-code, review, publish, user, fhir-token."""
 
 
 @hub.command("serve")
@@ -201,3 +201,72 @@ def _set_disabled(obj: Context, name: str, disabled: bool) -> None:
         click.echo(f"REFUSED: {error}", err=True)
         sys.exit(EXIT_REFUSED)
     click.echo(f"{'disabled' if disabled else 'enabled'} {user.name}")
+
+
+# ---------------------------------------------------------------------- FHIR clients
+
+
+@hub.group("fhir-token")
+def hub_fhir_token() -> None:
+    """Bearer tokens for health information systems reading /fhir: create, list, revoke."""
+
+
+@hub_fhir_token.command("create")
+@click.argument("name")
+@click.option(
+    "--programme",
+    "programmes",
+    multiple=True,
+    required=True,
+    help="A programme whose results this client reads (repeat for more; '*' for all).",
+)
+@click.option("--site", "sites", multiple=True, help="Only this site of those programmes (repeat for more).")
+@pass_context
+def hub_fhir_token_create(
+    obj: Context, name: str, programmes: tuple[str, ...], sites: tuple[str, ...]
+) -> None:
+    """Make a token for one client system; it is printed once, and the hub keeps only its hash."""
+    from edge.hub import db, fhir_tokens
+    from edge.hub.accounts import AccountError
+
+    engine = db.make_engine(obj.settings.hub_database_url)
+    try:
+        token_id, token = fhir_tokens.create_token(engine, name, programmes, sites, actor="cli")
+    except AccountError as error:
+        click.echo(f"REFUSED: {error}", err=True)
+        sys.exit(EXIT_REFUSED)
+    click.echo(f"token {token_id} for {name} (shown once; send it as 'Authorization: Bearer ...'):", err=True)
+    click.echo(token)
+
+
+@hub_fhir_token.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@pass_context
+def hub_fhir_token_list(obj: Context, as_json: bool) -> None:
+    """Every token: client, scope, state and last use (never the token itself)."""
+    from edge.hub import db, fhir_tokens
+
+    tokens = fhir_tokens.list_tokens(db.make_engine(obj.settings.hub_database_url))
+    if as_json:
+        click.echo(json.dumps(tokens, indent=2))
+        return
+    for token in tokens:
+        state = f"revoked {token['revoked_at']}" if token["revoked"] else "active"
+        scope = ",".join(token["programmes"]) + (
+            f" sites {','.join(token['sites'])}" if token["sites"] else ""
+        )
+        click.echo(f"{token['id']}  {token['name']:<20} {state:<10} {scope}  created {token['created_at']}")
+
+
+@hub_fhir_token.command("revoke")
+@click.argument("name_or_id")
+@pass_context
+def hub_fhir_token_revoke(obj: Context, name_or_id: str) -> None:
+    """Revoke a client's active token (by its name or id); its next request is refused."""
+    from edge.hub import db, fhir_tokens
+
+    revoked = fhir_tokens.revoke_token(db.make_engine(obj.settings.hub_database_url), name_or_id, actor="cli")
+    if not revoked:
+        click.echo(f"REFUSED: no active token {name_or_id}", err=True)
+        sys.exit(EXIT_REFUSED)
+    click.echo(f"revoked {', '.join(revoked)}")

@@ -5,6 +5,8 @@ lives in SQLite for one machine or PostgreSQL by URL; files on disk.
 
 Modules, from the top down (a module imports only from its own line or below; none imports back):
 - `app`: assembles the FastAPI app; `review_app`: the review pages' sub-application (/review)
+  and `routes_fhir`: the read-only FHIR R4 sub-application (/fhir), over `fhir_server` and
+  `fhir` (resources), `fhir_search` (queries), `fhir_tokens` (scope, tokens), `fhir_codes`
 - `routes_device` (the devices' API, /v1), `routes_account`, `routes_review`, `routes_admin`
 - `review_http` (sessions, CSRF, headers, templates), `presenters` (what a page shows)
 - the logic, without HTTP: `devices` (enrolment, authentication), `intake` (batches, uploads),

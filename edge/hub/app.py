@@ -1,6 +1,7 @@
-"""The hub's web application, assembled: the devices' API (`routes_device`) under /v1 and the
+"""The hub's web application, assembled: the devices' API (`routes_device`) under /v1, the
 specialists' review pages (`review_app`, their own sub-application with its own sessions and
-headers) mounted at /review. Routes and logic live in those modules; this one only wires them.
+headers) mounted at /review, and the read-only FHIR endpoint (`routes_fhir`) at /fhir. Routes
+and logic live in those modules; this one only wires them.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from edge.hub import db, disconnects, routes_device, worklist_index
 from edge.hub.errors import HubError
 from edge.hub.limits import RateLimiter
 from edge.hub.review_app import create_review_app
+from edge.hub.routes_fhir import create_fhir_app
 from edge.sync import protocol
 
 
@@ -34,6 +36,9 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.include_router(routes_device.router)
 
     worklist_index.backfill(engine)  # results stored before the review pages existed
+    fhir_app = create_fhir_app(engine)  # read-only FHIR R4 for health information systems
+    app.mount("/fhir", fhir_app)
+    app.mount("/review/fhir", fhir_app)  # where a reader's browser sends its session cookie
     app.mount("/review", create_review_app(engine, files))
 
     @app.get("/", include_in_schema=False)

@@ -197,6 +197,21 @@ worklist = Table(
 )
 
 
+# Bearer tokens of health information systems reading /fhir (edge/hub/fhir_tokens.py).
+fhir_tokens = Table(
+    "fhir_tokens",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("name", String(64), nullable=False, index=True),  # the client, e.g. "dhis2-north"
+    Column("token_hash", String(64), nullable=False, unique=True),  # sha256 of the token
+    Column("programmes", JSON, nullable=False),  # programme names, or ["*"] for all of them
+    Column("sites", JSON, nullable=False),  # site names within them; [] for every site
+    Column("created_at", String(32), nullable=False),
+    Column("created_by", String(64), nullable=False),
+    Column("last_used_at", Float),  # epoch seconds, written at most once a minute
+    Column("revoked_at", String(32)),
+)
+
 now = utc_now  # the one time format, shared with the device store
 
 
