@@ -1,7 +1,8 @@
 """The device store (SQLite via sqlite-utils) and the image files it owns."""
 
+from edge.store.database import open_database
 from edge.store.records import IngestOutcome, Job, NewImage, ResultRecord, StoredResult, WorklistItem
-from edge.store.store import Store, open_database
+from edge.store.store import Store
 
 __all__ = [
     "IngestOutcome",
