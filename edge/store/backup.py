@@ -240,6 +240,7 @@ def _set_aside(current: Path) -> Path | None:
         os.link(current, aside)  # edge.db stays in place until the restored file replaces it
     except OSError:
         os.replace(current, aside)  # no hard links here (or not a file): a moment without edge.db
-    with contextlib.suppress(OSError):
-        os.chmod(aside, FILE_MODE)  # patient data
+    if aside.is_file():
+        with contextlib.suppress(OSError):
+            os.chmod(aside, FILE_MODE)  # patient data
     return aside
