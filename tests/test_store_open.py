@@ -11,7 +11,6 @@ import sqlite3
 import stat
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from edge.cli import cli
 from edge.config import Settings, load_settings
 from edge.errors import Code, EdgeError
 from edge.operations.doctor import run_checks
+from edge.processes import InstanceLock
 from edge.store import Store
 from tests.conftest import MODELS
 
@@ -341,28 +341,49 @@ def settings_for(data: Path) -> Settings:
 
 
 def test_restore_is_refused_while_the_agent_runs(data: Path, backup: Path) -> None:
-    from edge.operations.health import agent_file
+    from edge.operations.health import agent_lock
 
     before = digest(data / "edge.db")
-    report = {"pid": os.getpid(), "updated_epoch": time.time(), "started_at": "now"}
-    agent_file(settings_for(data)).write_text(json.dumps(report))
-    code, _, err = cli_run(data, "store", "restore", str(backup))
+    with InstanceLock(agent_lock(settings_for(data)), "agent"):  # what a running `edge run` holds
+        code, _, err = cli_run(data, "store", "restore", str(backup))
     assert code == 1
-    assert err.startswith("STORE_IN_USE: the agent is running")
+    assert err.startswith(f"STORE_IN_USE: the agent is running (pid {os.getpid()})")
     assert "systemctl stop edge-agent" in err
     assert digest(data / "edge.db") == before
     assert not list(data.glob("edge.db.damaged-*"))
 
 
 def test_restore_is_refused_while_the_sync_agent_runs(data: Path, backup: Path) -> None:
-    from edge.sync import pid_file
+    from edge.sync import sync_lock
 
-    path = pid_file(settings_for(data))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(str(os.getpid()))
-    code, _, err = cli_run(data, "store", "restore", str(backup))
+    with InstanceLock(sync_lock(settings_for(data)), "sync agent"):
+        code, _, err = cli_run(data, "store", "restore", str(backup))
     assert code == 1
     assert err.startswith("STORE_IN_USE: the sync agent is running")
+
+
+def test_no_agent_starts_while_a_restore_holds_the_store(data: Path, backup: Path) -> None:
+    """The restore holds both instance locks while the files change."""
+    from edge.operations.health import agent_lock
+    from edge.store import backup as backups
+
+    settings = settings_for(data)
+    seen: list[str] = []
+
+    def restore_and_try_an_agent(*args: object, **kwargs: object) -> object:
+        try:
+            InstanceLock(agent_lock(settings), "agent").acquire()
+        except EdgeError as error:
+            seen.append(error.code.value)
+        return real(*args, **kwargs)
+
+    real = backups.restore
+    backups.restore = restore_and_try_an_agent  # type: ignore[assignment]
+    try:
+        assert cli_run(data, "store", "restore", str(backup))[0] == 0
+    finally:
+        backups.restore = real
+    assert seen == ["ALREADY_RUNNING"]
 
 
 @pytest.mark.parametrize("damage", ["truncated", "random bytes", "pages overwritten", "not edge", "missing"])

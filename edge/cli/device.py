@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 def run(obj: Context, dicom: bool | None, port: int | None, watch: bool | None, inbox: Path | None) -> None:
     """Run the agent: ingest sources and the worker, until SIGTERM or Ctrl-C."""
     from edge.operations.agent import Agent
+    from edge.store.database import preflight
 
     settings = obj.settings
     dicom_update: dict[str, Any] = {} if dicom is None else {"enabled": dicom}
@@ -47,6 +48,7 @@ def run(obj: Context, dicom: bool | None, port: int | None, watch: bool | None, 
     if not logging.getLogger().isEnabledFor(logging.INFO):
         edge_log.configure(logging.INFO)  # a service logs what it does
     try:
+        preflight(settings.db_path)  # a read-only or damaged store refuses before the agent's lock
         sys.exit(Agent(settings).run())
     except EdgeError as error:  # e.g. the store refused at start: coded in the journal, then exit
         log.error("%s", error.one_line())

@@ -1,9 +1,10 @@
 """Opening the device database: the one path every process takes, and what it refuses.
 
 Every `Store` (the agent's threads, `edge infer`, `edge status`, the TUI, the sync agent, the
-doctor) opens `edge.db` here. What can be wrong with the file is found before SQLite is asked to
-use it, and whatever SQLite still says is turned into a coded refusal whose sentence names the
-next step, never a traceback:
+doctor) opens `edge.db` here. The directory and files are checked with stat() (never by opening
+the database file: see `connect`), the file's size against the page count in its header, and
+whatever SQLite says is turned into a coded refusal whose sentence names the next step, never a
+traceback:
 
 - damaged (`STORE_CORRUPT`): random bytes, a truncated file (its header counts more pages than
   the file holds), "file is not a database", "database disk image is malformed";
@@ -100,13 +101,13 @@ def connect(
     reader: bool = False,
     check: bool = False,
 ) -> tuple[Database, SchemaState]:
-    """`open_database`, with the schema as found (before any migration)."""
-    problem = _access_problem(path)
-    if problem is not None:
-        raise problem
-    damage = header_problem(path)
-    if damage is not None:
-        raise corrupt(path, damage)
+    """`open_database`, with the schema as found (before any migration).
+
+    Nothing here opens the database file itself: closing any descriptor of it would drop the
+    POSIX locks every SQLite connection of this process holds on it (the agent's threads each
+    have one), and another process could then checkpoint and delete the WAL under them.
+    Only stat() and SQLite look at it; `preflight` reads the header where no connection is open."""
+    _refuse_by_stat(path)
     try:
         conn = sqlite3.connect(str(path), timeout=busy_timeout_ms / 1000)
     except sqlite3.Error as exc:
@@ -123,6 +124,9 @@ def connect(
         db.execute("PRAGMA synchronous=FULL")  # a committed result survives a power cut
         db.execute("PRAGMA foreign_keys=ON")
         db.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        damage = _truncation(db, path)
+        if damage is not None:
+            raise corrupt(path, damage)
         state = schema_state(db)
         if state.newer:
             if not reader:
@@ -142,6 +146,27 @@ def connect(
         conn.close()
         raise
     return db, state
+
+
+def _refuse_by_stat(path: Path) -> None:
+    problem = _access_problem(path)
+    if problem is not None:
+        raise problem
+    damage = _size_problem(path)
+    if damage is not None:
+        raise corrupt(path, damage)
+
+
+def preflight(path: Path) -> None:
+    """Refuse, without asking SQLite, a database (and data directory) that cannot be used: not
+    writable, not a regular file, or damaged by its header. It reads the file, so only where this
+    process has no connection to it: `edge run` does it first, before the agent's lock."""
+    problem = _access_problem(path)
+    if problem is not None:
+        raise problem
+    damage = header_problem(path)
+    if damage is not None:
+        raise corrupt(path, damage)
 
 
 def _migrate(db: Database, busy_timeout_ms: int) -> None:
@@ -291,10 +316,49 @@ def _access_problem(path: Path, *, create: bool = True) -> EdgeError | None:
     return None
 
 
+def _wal_has_frames(path: Path) -> bool:
+    wal = path.with_name(path.name + "-wal")
+    try:
+        return wal.stat().st_size > _WAL_HEADER
+    except OSError:
+        return False
+
+
+def _size_problem(path: Path) -> str | None:
+    """What stat() alone shows: emptied, or shorter than any SQLite header."""
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return None  # absent (a new device) or not statable: SQLite and `refusal` say which
+    if size == 0:
+        # SQLite takes an empty file for a new database; beside stored images it is a truncated
+        # one, and opening it would start an empty store (and sweep the images as orphans).
+        images = path.parent / "images"
+        if images.is_dir() and any(images.iterdir()):
+            return "truncated to 0 bytes, though images are stored beside it"
+        return None
+    if size < 100:
+        return f"truncated: {size} bytes, shorter than an SQLite header"
+    return None
+
+
+def _truncation(db: Database, path: Path) -> str | None:
+    """Shorter than its header says (SQLite may open such a file and fail later, mid-command).
+    With frames in the -wal the WAL has the last word on the size: then SQLite judges."""
+    if _wal_has_frames(path):
+        return None
+    pages = int(db.execute("PRAGMA page_count").fetchone()[0])
+    page_size = int(db.execute("PRAGMA page_size").fetchone()[0])
+    size = path.stat().st_size
+    if size >= pages * page_size or _wal_has_frames(path):  # a writer may have just begun a WAL
+        return None
+    return f"truncated: {size} of its {pages * page_size} bytes"
+
+
 def header_problem(path: Path) -> str | None:
-    """What is wrong with an SQLite file, from its 100-byte header, before SQLite reads it (a
-    truncated file may otherwise open and fail later, in the middle of a command); None if
-    nothing (or it does not exist)."""
+    """What is wrong with an SQLite file, from its 100-byte header, before SQLite reads it;
+    None if nothing (or it does not exist). It opens the file: never call it where this process
+    has a connection to it (see `connect`)."""
     try:
         size = path.stat().st_size
         with path.open("rb") as handle:
@@ -303,15 +367,8 @@ def header_problem(path: Path) -> str | None:
         return None  # a new device: created now
     except OSError as exc:
         return f"it cannot be read: {exc.strerror or exc}"
-    if size == 0:
-        # SQLite takes an empty file for a new database; beside stored images it is a truncated
-        # one, and opening it would start an empty store (and sweep the images as orphans).
-        images = path.parent / "images"
-        if images.is_dir() and any(images.iterdir()):
-            return "truncated to 0 bytes, though images are stored beside it"
-        return None
-    if len(header) < 100:
-        return f"truncated: {size} bytes, shorter than an SQLite header"
+    if size < 100:
+        return _size_problem(path)
     if not header.startswith(_MAGIC):
         return "not an SQLite database: its first bytes are not an SQLite header"
     page_size = int.from_bytes(header[16:18], "big")
@@ -320,10 +377,8 @@ def header_problem(path: Path) -> str | None:
         return f"its header is damaged (page size {page_size})"
     # The page count in the header is valid when its change counter matches (SQLite >= 3.7.0).
     # With frames in the -wal, the WAL has the last word on the size: then leave it to SQLite.
-    wal = path.with_name(path.name + "-wal")
-    wal_frames = wal.is_file() and wal.stat().st_size > _WAL_HEADER
-    if header[24:28] == header[92:96] and not wal_frames:
+    if header[24:28] == header[92:96] and not _wal_has_frames(path):
         expected = int.from_bytes(header[28:32], "big") * page_size
-        if size < expected:
+        if size < expected and not _wal_has_frames(path):
             return f"truncated: {size} of its {expected} bytes"
     return None
