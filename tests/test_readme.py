@@ -266,6 +266,12 @@ class World:
             raise LookupError("CODE: no `edge hub enroll-code` ran before this command")
         return self.code
 
+    def backup(self) -> str:
+        made = sorted((Path(self.env["device"]["EDGE_DATA_DIR"]) / "backups").glob("*.db"))
+        if not made:
+            raise LookupError("BACKUP.db: no `edge store backup` ran before this command")
+        return str(made[-1])
+
     def hub(self) -> str:
         if self.hub_url is None:
             raise LookupError("the hub: no `edge hub serve` runs before this command")
@@ -295,6 +301,7 @@ PLACEHOLDERS = {
     "NAME": Placeholder("a model name", lambda w, a: "cxr-pneumonia"),
     "https://hub.example.org": Placeholder("the hub: `edge hub serve` on localhost", lambda w, a: w.hub()),
     "CODE": Placeholder("the code `edge hub enroll-code` printed", lambda w, a: w.enroll_code()),
+    "BACKUP.db": Placeholder("the backup `edge store backup` made", lambda w, a: w.backup()),
 }
 
 # Option values the README shows that would make the test slow; the option is still parsed as shown.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Any
@@ -37,11 +38,38 @@ class Context:
                 sys.exit(EXIT_USAGE)
         return self._settings
 
+    def store_refusal(self, exc: sqlite3.DatabaseError) -> EdgeError | None:
+        """The coded refusal for an SQLite error that surfaced in a command (a database damaged
+        beyond what opening it showed), or None: not about the file, or no store was opened."""
+        if self._settings is None:
+            return None
+        from edge.store.database import refusal
+
+        return refusal(exc, self._settings.db_path)
+
 
 pass_context = click.make_pass_decorator(Context)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class EdgeGroup(click.Group):
+    """Every subcommand's refusals end the same way: `CODE: sentence` on stderr and exit status
+    1, never a traceback (a damaged, read-only or newer database refuses in any command)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except EdgeError as error:
+            click.echo(error.one_line(), err=True)
+            sys.exit(EXIT_REFUSED)
+        except sqlite3.DatabaseError as exc:
+            coded = ctx.obj.store_refusal(exc) if isinstance(ctx.obj, Context) else None
+            if coded is None:
+                raise
+            click.echo(coded.one_line(), err=True)
+            sys.exit(EXIT_REFUSED)
+
+
+@click.group(cls=EdgeGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="edge")
 @click.option(
     "--config",

@@ -12,7 +12,11 @@ import click
 from rich.console import Console
 
 from edge import log as edge_log
-from edge.cli.base import Context, cli, pass_context
+from edge import systemd
+from edge.cli.base import EXIT_REFUSED, Context, cli, pass_context
+from edge.errors import EdgeError
+
+log = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------- run
 
@@ -26,6 +30,7 @@ from edge.cli.base import Context, cli, pass_context
 def run(obj: Context, dicom: bool | None, port: int | None, watch: bool | None, inbox: Path | None) -> None:
     """Run the agent: ingest sources and the worker, until SIGTERM or Ctrl-C."""
     from edge.operations.agent import Agent
+    from edge.store.database import preflight
 
     settings = obj.settings
     dicom_update: dict[str, Any] = {} if dicom is None else {"enabled": dicom}
@@ -42,7 +47,13 @@ def run(obj: Context, dicom: bool | None, port: int | None, watch: bool | None, 
     )
     if not logging.getLogger().isEnabledFor(logging.INFO):
         edge_log.configure(logging.INFO)  # a service logs what it does
-    sys.exit(Agent(settings).run())
+    try:
+        preflight(settings.db_path)  # a read-only or damaged store refuses before the agent's lock
+        sys.exit(Agent(settings).run())
+    except EdgeError as error:  # e.g. the store refused at start: coded in the journal, then exit
+        log.error("%s", error.one_line())
+        systemd.notify(f"STATUS={error.one_line()[:200]}")
+        sys.exit(EXIT_REFUSED)
 
 
 @cli.command()
@@ -76,12 +87,17 @@ def status(obj: Context, as_json: bool) -> None:
     snap = snapshot(obj.settings)
     if as_json:
         click.echo(json.dumps(snap, indent=2, default=str))
-        return
-    agent = snap["agent"]
-    click.echo(f"agent: {'running, pid ' + str(agent['pid']) if agent['running'] else agent.get('reason')}")
-    click.echo(status_line(snap))
-    for error in snap["recent_errors"]:
-        click.echo(f"recent: {error['state']} {error['error_code']}: {error['error_message']}")
+    else:
+        agent = snap["agent"]
+        click.echo(
+            f"agent: {'running, pid ' + str(agent['pid']) if agent['running'] else agent.get('reason')}"
+        )
+        click.echo(status_line(snap))
+        for error in snap["recent_errors"]:
+            click.echo(f"recent: {error['state']} {error['error_code']}: {error['error_message']}")
+    if snap["schema"]["newer"]:  # it read what it could; now say why nothing here may write
+        click.echo(snap["schema"]["refusal"], err=True)
+        sys.exit(EXIT_REFUSED)
 
 
 @cli.command()

@@ -224,7 +224,7 @@ class Agent:
         if install_signals:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(signum, lambda *_: self.stop.set())
-        with Store(self.settings.data_dir) as store:  # create and migrate once, before the threads
+        with Store(self.settings.data_dir, check=True) as store:  # create, migrate, quick_check: or refuse
             housekeeping.sweep_orphans(store)
         ingest = self.settings.ingest
         decoder = GuardedDecoder(ingest.decode_timeout_s, ingest.decode_memory_mb, ingest.decode_workers)

@@ -5,26 +5,22 @@ Each check returns one line; the exit status is the worst (0 pass, 1 warn, 2 fai
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import importlib
 import importlib.util
 import platform
 import socket
-import sqlite3
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-
-from sqlite_utils import Database
 
 from edge.config import Settings
 from edge.errors import EdgeError
 from edge.inference.pool import parity_refusals
 from edge.inference.registry import Registry
 from edge.operations import health, housekeeping
-from edge.store import Store, schema
+from edge.store import Store, database
 
 LEVELS = {"pass": 0, "warn": 1, "fail": 2}
 
@@ -177,23 +173,22 @@ def _engines(settings: Settings) -> list[Check]:
 
 
 def _database(settings: Settings) -> list[Check]:
+    """The store's own refusals (edge.store.database) and its one health check, thorough here."""
     if not settings.db_path.exists():
         return [Check("database", "warn", f"{settings.db_path} does not exist yet (created on first use)")]
-    latest = schema.latest_version()
     try:
-        # The version as found, read-only: opening the Store below applies pending migrations.
-        with contextlib.closing(sqlite3.connect(f"file:{settings.db_path}?mode=ro", uri=True)) as found_db:
-            found = schema.schema_version(Database(found_db))
-        with Store(settings.data_dir) as store:
-            integrity = store.integrity()
-    except Exception as exc:  # noqa: BLE001 - a broken database is exactly what doctor reports
-        return [Check("database", "fail", f"cannot open {settings.db_path}: {exc}")]
-    # A schema newer than this software knows was written by a newer edge: it must not run here.
-    level = "pass" if integrity == "ok" and found <= latest else "fail"
-    upgraded = (
-        " (upgraded now)" if found < latest else " (newer than this software)" if found > latest else ""
-    )
-    return [Check("database", level, f"integrity {integrity}, schema {found}/{latest}{upgraded}")]
+        # As a reader: a newer schema is opened read-only and named below, not refused.
+        with Store(settings.data_dir, busy_timeout_ms=settings.store.busy_timeout_ms, reader=True) as store:
+            found = store.schema
+            problem = database.verify(store.db, thorough=True)
+    except EdgeError as error:  # damaged, read-only, unopenable: the code says which
+        return [Check("database", "fail", error.one_line())]
+    if problem is not None:
+        return [Check("database", "fail", database.corrupt(settings.db_path, problem).one_line())]
+    if found.newer:  # written by newer software: it must not run here
+        return [Check("database", "fail", database.schema_newer(settings.db_path, found).one_line())]
+    upgraded = " (upgraded now)" if found.pending else ""
+    return [Check("database", "pass", f"integrity ok, schema {found.version}/{found.latest}{upgraded}")]
 
 
 def _disk(settings: Settings) -> list[Check]:
@@ -218,8 +213,11 @@ def _clock(settings: Settings) -> list[Check]:
             )
         ]
     if settings.db_path.exists():
-        with Store(settings.data_dir) as store:
-            row = store.db.execute("SELECT max(at) FROM audit").fetchone()[0]
+        try:
+            with Store(settings.data_dir, reader=True) as store:
+                row = store.db.execute("SELECT max(at) FROM audit").fetchone()[0]
+        except EdgeError:  # the database check names it
+            row = None
         if row and row > now.isoformat():
             return [Check("clock", "warn", f"the clock is behind the newest record ({row}): time went back")]
     return [Check("clock", "pass", now.isoformat(timespec="seconds"))]
@@ -269,10 +267,10 @@ def _hub(settings: Settings) -> list[Check]:
     from edge.sync.runner import sync_status
 
     try:
-        with Store(settings.data_dir, busy_timeout_ms=settings.store.busy_timeout_ms) as store:
+        with Store(settings.data_dir, busy_timeout_ms=settings.store.busy_timeout_ms, reader=True) as store:
             status = sync_status(settings, store)
-    except EdgeError as error:
-        return [Check("hub", "fail", error.one_line())]
+    except EdgeError as error:  # the database check says what is wrong and what to do
+        return [Check("hub", "fail", f"the sync state cannot be read ({error.code.value})")]
     waiting = f"{status['pending']['results']} result(s), {status['pending']['files']} file(s) waiting"
     if status["hub"] is None:
         return [

@@ -19,6 +19,7 @@ from edge.config import Settings
 from edge.operations.housekeeping import disk_state
 from edge.processes import holder
 from edge.store import Store
+from edge.store.database import schema_newer
 from edge.sync.runner import sync_status
 
 AGENT_FILE = "agent.json"
@@ -74,13 +75,22 @@ def versions() -> dict[str, str]:
 def snapshot(settings: Settings, store: Store | None = None) -> dict[str, Any]:
     disk = disk_state(settings)
     own = store is None
-    store = store or Store(settings.data_dir, busy_timeout_ms=settings.store.busy_timeout_ms)
+    # A reader: a database written by newer software is shown (read-only), and says so.
+    store = store or Store(settings.data_dir, busy_timeout_ms=settings.store.busy_timeout_ms, reader=True)
     try:
         counts = store.counts()
+        newer = schema_newer(store.db_path, store.schema) if store.schema.newer else None
         out: dict[str, Any] = {
             "site": settings.site,
             "data_dir": str(settings.data_dir),
             "agent": read_agent(settings),
+            "schema": {
+                "version": store.schema.version,
+                "latest": store.schema.latest,
+                "newer": store.schema.newer,
+                "unknown": list(store.schema.unknown),
+                "refusal": newer.one_line() if newer else None,
+            },
             "queue_depth": counts["jobs_queued"] + counts["jobs_running"],
             "counts": counts,
             "last_result": store.last_result(),

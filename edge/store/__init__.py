@@ -1,5 +1,6 @@
 """The device store (SQLite via sqlite-utils) and the image files it owns."""
 
+from edge.store.database import open_database
 from edge.store.records import (
     NOT_ANALYSED,
     IngestOutcome,
@@ -9,7 +10,7 @@ from edge.store.records import (
     StoredResult,
     WorklistItem,
 )
-from edge.store.store import Store, open_database
+from edge.store.store import Store
 
 __all__ = [
     "NOT_ANALYSED",

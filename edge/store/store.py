@@ -11,18 +11,15 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlite_utils import Database
-
 from edge.clock import utc_after, utc_now
 from edge.errors import Code, EdgeError
 from edge.ids import uuid7
-from edge.store import schema
-from edge.store.files import DIR_MODE, remove_quietly, write_atomically
+from edge.store.database import DB_NAME, connect
+from edge.store.files import remove_quietly, write_atomically
 from edge.store.leases import Leases
 from edge.store.outbox import OutboxAndReviews
 from edge.store.reads import Reads
@@ -32,38 +29,6 @@ from edge.store.writer import Writer
 from edge.study import StudyInfo
 
 
-def open_database(path: Path, busy_timeout_ms: int = 10_000, *, migrate: bool = True) -> Database:
-    """Open (creating if needed) the SQLite file with the pragmas the store relies on; `migrate`
-    False for a reader that opens often (the TUI's refresh) once the schema is known current."""
-    path.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-    conn = sqlite3.connect(str(path), timeout=busy_timeout_ms / 1000)
-    conn.row_factory = sqlite3.Row
-    db = Database(conn)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=FULL")  # a committed result survives a power cut
-    db.execute("PRAGMA foreign_keys=ON")
-    db.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
-    if migrate:
-        _migrate(db, busy_timeout_ms)
-    return db
-
-
-def _migrate(db: Database, busy_timeout_ms: int) -> None:
-    """Apply pending migrations; processes or threads opening a new database at the same moment
-    may find it locked (creating the migrations table is not covered by the busy handler), so
-    retry within the busy timeout."""
-    deadline = time.monotonic() + busy_timeout_ms / 1000
-    while True:
-        try:
-            schema.migrations.apply(db)
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() > deadline:
-                raise
-            db.conn.rollback()
-            time.sleep(0.05)
-
-
 class Store(Reads):
     """Repository over the device database and the image files beside it.
 
@@ -71,9 +36,21 @@ class Store(Reads):
     (`store.technician`) and the sync agent (`store.outbox`), all through one `Writer`.
     """
 
-    def __init__(self, data_dir: Path, *, busy_timeout_ms: int = 10_000, migrate: bool = True) -> None:
-        self.db_path = data_dir / "edge.db"
-        super().__init__(open_database(self.db_path, busy_timeout_ms, migrate=migrate), data_dir)
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        busy_timeout_ms: int = 10_000,
+        migrate: bool = True,
+        reader: bool = False,
+        check: bool = False,
+    ) -> None:
+        """Open the store, or refuse with a code (`edge.store.database`: damaged, read-only,
+        unopenable, newer schema). `reader`: writes nothing, so a newer schema is opened
+        read-only rather than refused (`schema.newer` says so); `check`: quick_check first."""
+        self.db_path = data_dir / DB_NAME
+        db, self.schema = connect(self.db_path, busy_timeout_ms, migrate=migrate, reader=reader, check=check)
+        super().__init__(db, data_dir)
         self.writer = Writer(self.db, data_dir)
         self.technician = TechnicianActions(self.writer, self)
         self.outbox = OutboxAndReviews(self.writer)

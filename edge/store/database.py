@@ -1,0 +1,384 @@
+"""Opening the device database: the one path every process takes, and what it refuses.
+
+Every `Store` (the agent's threads, `edge infer`, `edge status`, the TUI, the sync agent, the
+doctor) opens `edge.db` here. The directory and files are checked with stat() (never by opening
+the database file: see `connect`), the file's size against the page count in its header, and
+whatever SQLite says is turned into a coded refusal whose sentence names the next step, never a
+traceback:
+
+- damaged (`STORE_CORRUPT`): random bytes, a truncated file (its header counts more pages than
+  the file holds), "file is not a database", "database disk image is malformed";
+- read-only (`STORE_READ_ONLY`): the data directory, the database or its -wal/-shm may not be
+  written (a read-only mount, permissions);
+- unopenable (`STORE_UNOPENABLE`): not a regular file, unreadable, an I/O error, or a filesystem
+  on which write-ahead logging does not work;
+- written by newer software (`STORE_SCHEMA_NEWER`): a migration this version does not know. A
+  writer refuses it; a pure reader (`reader=True`: `edge status`, `edge doctor`) may open it,
+  read-only (`PRAGMA query_only`), and says so (`Store.schema.newer`).
+
+`verify` is the one answer to "is the store healthy" (quick_check, or integrity_check when
+thorough): the agent runs it when it starts, `edge doctor` and the backups use it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlite_utils import Database
+
+from edge.errors import Code, EdgeError
+from edge.store import schema
+from edge.store.files import DIR_MODE
+
+DB_NAME = "edge.db"
+SIDECARS = ("-wal", "-shm")
+BACKUP_DIR = "backups"
+_MAGIC = b"SQLite format 3\x00"
+_WAL_HEADER = 32
+
+
+@dataclass(frozen=True)
+class SchemaState:
+    """The migrations a database records, against the ones this software knows."""
+
+    applied: tuple[str, ...]
+    known: tuple[str, ...]
+
+    @property
+    def unknown(self) -> tuple[str, ...]:
+        """Applied by newer software: this version does not know what they changed."""
+        return tuple(name for name in self.applied if name not in self.known)
+
+    @property
+    def pending(self) -> tuple[str, ...]:
+        return tuple(name for name in self.known if name not in self.applied)
+
+    @property
+    def newer(self) -> bool:
+        return bool(self.unknown)
+
+    @property
+    def version(self) -> int:
+        return len(self.applied)
+
+    @property
+    def latest(self) -> int:
+        return len(self.known)
+
+
+def schema_state(db: Database) -> SchemaState:
+    return SchemaState(
+        tuple(m.name for m in schema.migrations.applied(db)),
+        tuple(m.name for m in schema.migrations._migrations),
+    )
+
+
+def open_database(
+    path: Path,
+    busy_timeout_ms: int = 10_000,
+    *,
+    migrate: bool = True,
+    reader: bool = False,
+    check: bool = False,
+) -> Database:
+    """Open (creating if needed) the SQLite file with the pragmas the store relies on, or refuse
+    with a code. `migrate` False for a reader that opens often (the TUI's refresh) once the schema
+    is known current; `reader` True for one that writes nothing and may show a newer schema;
+    `check` runs quick_check (the agent, once at start)."""
+    return connect(path, busy_timeout_ms, migrate=migrate, reader=reader, check=check)[0]
+
+
+def connect(
+    path: Path,
+    busy_timeout_ms: int = 10_000,
+    *,
+    migrate: bool = True,
+    reader: bool = False,
+    check: bool = False,
+) -> tuple[Database, SchemaState]:
+    """`open_database`, with the schema as found (before any migration).
+
+    Nothing here opens the database file itself: closing any descriptor of it would drop the
+    POSIX locks every SQLite connection of this process holds on it (the agent's threads each
+    have one), and another process could then checkpoint and delete the WAL under them.
+    Only stat() and SQLite look at it; `preflight` reads the header where no connection is open."""
+    _refuse_by_stat(path)
+    try:
+        conn = sqlite3.connect(str(path), timeout=busy_timeout_ms / 1000)
+    except sqlite3.Error as exc:
+        coded = refusal(exc, path)
+        if coded is None:
+            raise
+        raise coded from exc
+    try:
+        conn.row_factory = sqlite3.Row
+        db = Database(conn)
+        mode = str(db.execute("PRAGMA journal_mode=WAL").fetchone()[0]).lower()
+        if mode != "wal":  # e.g. a network filesystem without shared memory: crash safety is gone
+            raise unopenable(path, f"SQLite cannot use write-ahead logging there (journal mode {mode})")
+        db.execute("PRAGMA synchronous=FULL")  # a committed result survives a power cut
+        db.execute("PRAGMA foreign_keys=ON")
+        db.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        damage = _truncation(db, path)
+        if damage is not None:
+            raise corrupt(path, damage)
+        state = schema_state(db)
+        if state.newer:
+            if not reader:
+                raise schema_newer(path, state)
+            db.execute("PRAGMA query_only=ON")  # nothing this version writes goes into it
+        elif migrate:
+            _migrate(db, busy_timeout_ms)
+        if check and (found := verify(db)) is not None:
+            raise corrupt(path, found)
+    except sqlite3.Error as exc:
+        conn.close()
+        coded = refusal(exc, path)
+        if coded is None:
+            raise
+        raise coded from exc
+    except BaseException:
+        conn.close()
+        raise
+    return db, state
+
+
+def _refuse_by_stat(path: Path) -> None:
+    problem = _access_problem(path)
+    if problem is not None:
+        raise problem
+    damage = _size_problem(path)
+    if damage is not None:
+        raise corrupt(path, damage)
+
+
+def preflight(path: Path) -> None:
+    """Refuse, without asking SQLite, a database (and data directory) that cannot be used: not
+    writable, not a regular file, or damaged by its header. It reads the file, so only where this
+    process has no connection to it: `edge run` does it first, before the agent's lock."""
+    problem = _access_problem(path)
+    if problem is not None:
+        raise problem
+    damage = header_problem(path)
+    if damage is not None:
+        raise corrupt(path, damage)
+
+
+def _migrate(db: Database, busy_timeout_ms: int) -> None:
+    """Apply pending migrations; processes or threads opening a new database at the same moment
+    may find it locked (creating the migrations table is not covered by the busy handler), so
+    retry within the busy timeout."""
+    deadline = time.monotonic() + busy_timeout_ms / 1000
+    while True:
+        try:
+            schema.migrations.apply(db)
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            db.conn.rollback()
+            time.sleep(0.05)
+
+
+def verify(db: Database, *, thorough: bool = False) -> str | None:
+    """None when the database is healthy, else what SQLite found. quick_check reads every page
+    (seconds per GB); integrity_check (`thorough`) also checks every index against its table."""
+    pragma = "integrity_check" if thorough else "quick_check"
+    try:
+        rows = [str(row[0]) for row in db.execute(f"PRAGMA {pragma}(5)").fetchall()]
+    except sqlite3.DatabaseError as exc:
+        return str(exc)
+    return None if rows == ["ok"] else "; ".join(rows)
+
+
+# ---------------------------------------------------------------------- what is refused, and why
+
+
+def refusal(exc: sqlite3.Error, path: Path) -> EdgeError | None:
+    """The coded refusal for an SQLite error about the database at `path`, or None when it says
+    nothing about the file itself (a lock, a constraint, a bug: those stay what they are)."""
+    name = str(getattr(exc, "sqlite_errorname", ""))  # Python >= 3.11; the text below otherwise
+    text = str(exc).lower()
+    if name.startswith("SQLITE_NOTADB") or "not a database" in text:
+        return corrupt(path, "not an SQLite database")
+    if name.startswith("SQLITE_CORRUPT") or "malformed" in text:
+        return corrupt(path, "database disk image is malformed")
+    if name.startswith("SQLITE_FULL") or "database or disk is full" in text:
+        return EdgeError(Code.DISK_FULL, f"no space left for the database {path}: free space (`edge doctor`)")
+    if name.startswith("SQLITE_READONLY") or "readonly database" in text:
+        return _access_problem(path, create=False) or read_only(path, "SQLite may not write it")
+    if name.startswith("SQLITE_CANTOPEN") or "unable to open" in text:
+        return _access_problem(path, create=False) or unopenable(
+            path, "SQLite cannot open it or its -wal/-shm file"
+        )
+    if name.startswith("SQLITE_IOERR") or "disk i/o error" in text:
+        return unopenable(path, "a disk I/O error (a failing disk, or a damaged -wal/-shm file)")
+    return None
+
+
+def corrupt(path: Path, detail: str) -> EdgeError:
+    return EdgeError(
+        Code.STORE_CORRUPT,
+        f"the database {path.absolute()} is damaged ({detail}); nothing was written to it. "
+        f"Run `edge doctor`; {restore_hint(path.parent)}",
+    )
+
+
+def read_only(path: Path, detail: str) -> EdgeError:
+    return EdgeError(
+        Code.STORE_READ_ONLY,
+        f"{path.absolute()} cannot be written ({detail}): nothing can be stored. Remount the data directory "
+        "read-write or give the service's user write access to it, then `edge doctor`",
+    )
+
+
+def unopenable(path: Path, detail: str) -> EdgeError:
+    return EdgeError(
+        Code.STORE_UNOPENABLE,
+        f"cannot open the database {path.absolute()}: {detail}. It and its -wal/-shm files must be "
+        "regular files on a local filesystem that the service's user may read and write; "
+        "`edge doctor` checks it",
+    )
+
+
+def schema_newer(path: Path, state: SchemaState) -> EdgeError:
+    return EdgeError(
+        Code.STORE_SCHEMA_NEWER,
+        f"the database {path.absolute()} was written by newer edge software (schema "
+        f"{state.version}, newer than this software's {state.latest}: {', '.join(state.unknown)}); "
+        "this version writes nothing into it. Upgrade edge on this device (or restore a backup "
+        "this version made)",
+    )
+
+
+def backup_dir(data_dir: Path) -> Path:
+    return data_dir / BACKUP_DIR
+
+
+def newest_backup(data_dir: Path) -> Path | None:
+    try:
+        found = [p for p in backup_dir(data_dir).glob("*.db") if p.is_file()]
+    except OSError:
+        return None
+    return max(found, key=lambda p: (p.stat().st_mtime, p.name), default=None)
+
+
+def restore_hint(data_dir: Path) -> str:
+    """The exact command that restores the newest backup (the data directory named: under
+    systemd it is the service's state directory, not the default of the shell running it)."""
+    data_dir = data_dir.absolute()
+    newest = newest_backup(data_dir)
+    which = "the newest backup" if newest else f"a backup (there is none in {backup_dir(data_dir)})"
+    command = f"edge --data-dir {data_dir} store restore {newest or 'BACKUP.db'}"
+    return f"stop the agent and restore {which}: `{command}`"
+
+
+# ---------------------------------------------------------------------- checks before SQLite
+
+
+def _why_read_only(directory: Path) -> str:
+    try:
+        if os.statvfs(directory).f_flag & os.ST_RDONLY:
+            return "a read-only filesystem"
+    except OSError:
+        pass
+    return f"no write permission for uid {os.geteuid()}"
+
+
+def _access_problem(path: Path, *, create: bool = True) -> EdgeError | None:
+    """The data directory, the database and its -wal/-shm as the file system has them."""
+    directory = path.parent
+    if create and not directory.exists():
+        try:
+            directory.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        except OSError as exc:
+            if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+                return read_only(directory, f"cannot create it: {exc.strerror}")
+            return unopenable(path, f"cannot create {directory}: {exc.strerror}")
+    if not directory.is_dir():
+        return unopenable(path, f"{directory} is not a directory")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return read_only(directory, _why_read_only(directory))
+    for file in (path, *(path.with_name(path.name + suffix) for suffix in SIDECARS)):
+        if not os.path.lexists(file):
+            continue
+        if not file.is_file():
+            return unopenable(path, f"{file.name} is not a regular file")
+        if not os.access(file, os.R_OK):
+            return unopenable(path, f"{file.name} may not be read by uid {os.geteuid()}")
+        if not os.access(file, os.W_OK):
+            return read_only(file, _why_read_only(directory))
+    return None
+
+
+def _wal_has_frames(path: Path) -> bool:
+    wal = path.with_name(path.name + "-wal")
+    try:
+        return wal.stat().st_size > _WAL_HEADER
+    except OSError:
+        return False
+
+
+def _size_problem(path: Path) -> str | None:
+    """What stat() alone shows: emptied, or shorter than any SQLite header."""
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return None  # absent (a new device) or not statable: SQLite and `refusal` say which
+    if size == 0:
+        # SQLite takes an empty file for a new database; beside stored images it is a truncated
+        # one, and opening it would start an empty store (and sweep the images as orphans).
+        images = path.parent / "images"
+        if images.is_dir() and any(images.iterdir()):
+            return "truncated to 0 bytes, though images are stored beside it"
+        return None
+    if size < 100:
+        return f"truncated: {size} bytes, shorter than an SQLite header"
+    return None
+
+
+def _truncation(db: Database, path: Path) -> str | None:
+    """Shorter than its header says (SQLite may open such a file and fail later, mid-command).
+    With frames in the -wal the WAL has the last word on the size: then SQLite judges."""
+    if _wal_has_frames(path):
+        return None
+    pages = int(db.execute("PRAGMA page_count").fetchone()[0])
+    page_size = int(db.execute("PRAGMA page_size").fetchone()[0])
+    size = path.stat().st_size
+    if size >= pages * page_size or _wal_has_frames(path):  # a writer may have just begun a WAL
+        return None
+    return f"truncated: {size} of its {pages * page_size} bytes"
+
+
+def header_problem(path: Path) -> str | None:
+    """What is wrong with an SQLite file, from its 100-byte header, before SQLite reads it;
+    None if nothing (or it does not exist). It opens the file: never call it where this process
+    has a connection to it (see `connect`)."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as handle:
+            header = handle.read(100)
+    except FileNotFoundError:
+        return None  # a new device: created now
+    except OSError as exc:
+        return f"it cannot be read: {exc.strerror or exc}"
+    if size < 100:
+        return _size_problem(path)
+    if not header.startswith(_MAGIC):
+        return "not an SQLite database: its first bytes are not an SQLite header"
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    if page_size < 512 or page_size & (page_size - 1):
+        return f"its header is damaged (page size {page_size})"
+    # The page count in the header is valid when its change counter matches (SQLite >= 3.7.0).
+    # With frames in the -wal, the WAL has the last word on the size: then leave it to SQLite.
+    if header[24:28] == header[92:96] and not _wal_has_frames(path):
+        expected = int.from_bytes(header[28:32], "big") * page_size
+        if size < expected and not _wal_has_frames(path):
+            return f"truncated: {size} of its {expected} bytes"
+    return None
