@@ -155,6 +155,9 @@ def test_forced_precision_is_recorded(
     tmp_path: Path, sample_png: Path, monkeypatch: pytest.MonkeyPatch, precision: str
 ) -> None:
     monkeypatch.setenv("EDGE_RUNTIME__PRECISION", precision)
-    code, out, _ = run(tmp_path, "infer", str(sample_png), "--json")
+    code, out, err = run(tmp_path, "infer", str(sample_png), "--json")
     assert code == 0
-    assert json.loads(out)["precision"] == precision
+    recorded = json.loads(out)["precision"]
+    # INT8 unless it computes something else on this machine than FP32 (local parity): then FP32,
+    # and the refusal is said (an AVX2-only x86 CPU without VNNI is such a machine).
+    assert recorded == precision or (recorded == "fp32" and "VARIANT_PARITY_FAILED" in err)

@@ -24,10 +24,14 @@ def publish_release(
     target = files / "releases" / release.name / release.version
     target.mkdir(parents=True, exist_ok=True)
     for name, digest in release.files.items():
+        destination = (target / name).resolve()
+        if not destination.is_relative_to(target.resolve()):  # "../x" or "/x": not inside the release
+            raise HubError(400, WireCode.BAD_RELEASE, f"{name} is not a path inside the release")
         data = (folder / name).read_bytes()
         if hashlib.sha256(data).hexdigest() != digest:
             raise HubError(400, WireCode.BAD_RELEASE, f"{name} does not match the release's sha256")
-        (target / name).write_bytes(data)
+        destination.parent.mkdir(parents=True, exist_ok=True)  # a model's samples/ folder
+        destination.write_bytes(data)
     with engine.begin() as conn:
         conn.execute(
             delete(db.releases).where(

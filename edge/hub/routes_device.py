@@ -192,11 +192,17 @@ async def models(request: Request) -> list[protocol.ModelRelease]:
     return await run_in_threadpool(releases.releases_for, _api(request).engine, device)
 
 
-@router.get("/models/{name}/{version}/{file}")
+@router.get("/models/{name}/{version}/{file:path}")  # a model's samples/ are in a folder
 async def model_file(name: str, version: str, file: str, request: Request) -> FileResponse:
     device, _ = await device_for(request, 0)
     api = _api(request)
     path = await run_in_threadpool(
-        releases.release_file, api.files, api.engine, device, name, version, Path(file).name
+        releases.release_file,
+        api.files,
+        api.engine,
+        device,
+        name,
+        version,
+        file,  # only names the release lists
     )
     return FileResponse(path)  # serves Range requests: downloads resume
