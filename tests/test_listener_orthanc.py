@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +25,18 @@ from tests.test_dicom_listener import Listening, free_port
 from tests.test_dicom_store_semantics import analyse_queue, listener_settings
 
 ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
-MOVESCU = shutil.which("movescu") or "/usr/bin/movescu"
+
+
+def _dcmtk(tool: str) -> str:
+    """dcmtk's tool, not pynetdicom's console script of the same name in the venv (earlier on
+    PATH once the venv is activated, as in CI, and with another output)."""
+    venv_bin = str(Path(sys.prefix) / "bin")
+    path = os.environ.get("PATH", "").split(os.pathsep)
+    found = shutil.which(tool, path=os.pathsep.join(p for p in path if p.rstrip("/") != venv_bin))
+    return found or f"/usr/bin/{tool}"
+
+
+MOVESCU = _dcmtk("movescu")
 
 
 def orthanc_or_skip() -> None:
