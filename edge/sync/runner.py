@@ -94,9 +94,7 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> int:
     bell = Doorbell(doorbell(settings))
     try:
         if not bell.listen():
-            log.warning(
-                "no doorbell at %s (no named pipes here): `edge sync now` waits for the next round", bell.path
-            )
+            log.warning("no doorbell at %s (no named pipes here): `edge sync now` syncs by itself", bell.path)
         return _loop(settings, credential, bell, stop)
     finally:
         bell.close()
