@@ -344,15 +344,25 @@ def _size_problem(path: Path) -> str | None:
 
 def _truncation(db: Database, path: Path) -> str | None:
     """Shorter than its header says (SQLite may open such a file and fail later, mid-command).
-    With frames in the -wal the WAL has the last word on the size: then SQLite judges."""
+    With frames in the -wal the WAL has the last word on the size: then SQLite judges.
+
+    Read inside one read transaction, so that the page count, the WAL and the file's size belong
+    to one snapshot: a checkpoint cannot reset the WAL under a reader, and pages another process
+    commits meanwhile go to the WAL, not the file (outside a snapshot, a commit between the
+    reads made a healthy database look truncated)."""
     if _wal_has_frames(path):
         return None
-    pages = int(db.execute("PRAGMA page_count").fetchone()[0])
-    page_size = int(db.execute("PRAGMA page_size").fetchone()[0])
-    size = path.stat().st_size
-    if size >= pages * page_size or _wal_has_frames(path):  # a writer may have just begun a WAL
-        return None
-    return f"truncated: {size} of its {pages * page_size} bytes"
+    db.conn.execute("BEGIN")
+    try:
+        db.execute("SELECT count(*) FROM sqlite_master").fetchone()  # takes the read snapshot
+        pages = int(db.execute("PRAGMA page_count").fetchone()[0])
+        page_size = int(db.execute("PRAGMA page_size").fetchone()[0])
+        size = path.stat().st_size
+        if size >= pages * page_size or _wal_has_frames(path):
+            return None
+        return f"truncated: {size} of its {pages * page_size} bytes"
+    finally:
+        db.conn.execute("COMMIT")
 
 
 def header_problem(path: Path) -> str | None:
