@@ -462,7 +462,9 @@ def test_a_live_capture_whose_stream_dies_mid_clip_stores_nothing(settings: Sett
             session.analyzer.start_clip()
             with session.frames:
                 session.analyzer.run(threading.Event(), max_seconds=8)
-            assert session.analyzer.stats.frames_analysed > 10  # it was scanning well before
+            # It was scanning before the stream died (2 s at up to 10 analysed frames a second; a
+            # loaded CI machine analyses fewer).
+            assert session.analyzer.stats.frames_analysed >= 3
             with pytest.raises(EdgeError) as refused:
                 capture_clip(tuned, device.store, session)
             assert refused.value.code is Code.VIDEO_SOURCE_LOST
