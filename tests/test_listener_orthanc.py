@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,20 +22,10 @@ from edge.store import Store
 from tests.pacs_study import Instance, expected, mixed_study, outcome
 from tests.test_dicom_listener import Listening, free_port
 from tests.test_dicom_store_semantics import analyse_queue, listener_settings
+from tools import dcmtk
 
 ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
-
-
-def _dcmtk(tool: str) -> str:
-    """dcmtk's tool, not pynetdicom's console script of the same name in the venv (earlier on
-    PATH once the venv is activated, as in CI, and with another output)."""
-    venv_bin = str(Path(sys.prefix) / "bin")
-    path = os.environ.get("PATH", "").split(os.pathsep)
-    found = shutil.which(tool, path=os.pathsep.join(p for p in path if p.rstrip("/") != venv_bin))
-    return found or f"/usr/bin/{tool}"
-
-
-MOVESCU = _dcmtk("movescu")
+MOVESCU = dcmtk.tool("movescu")
 
 
 def orthanc_or_skip() -> None:

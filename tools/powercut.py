@@ -47,7 +47,10 @@ if __package__ in (None, ""):  # run as `python tools/powercut.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from edge.operations.bench import dicom_variants, png_variants
+from tools import dcmtk
 from tools.unsyncedfs import PowerDisk
+
+STORESCU = dcmtk.tool("storescu")  # dcmtk's, whose answer lines this parses
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "models" / "cxr-pneumonia" / "samples"
@@ -174,7 +177,7 @@ class Round:
                 return
             try:
                 client = self.spawn(
-                    "storescu", "-v", "-aec", "EDGE", "-to", "20", "127.0.0.1", str(self.port), str(path),
+                    STORESCU, "-v", "-aec", "EDGE", "-to", "20", "127.0.0.1", str(self.port), str(path),
                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                 )  # fmt: skip
             except RuntimeError:
