@@ -46,7 +46,7 @@ def store_restore(obj: Context, src: Path) -> None:
 
     SRC must pass integrity_check and come from this version of edge or an older one (an older
     one is upgraded). The database it replaces is kept as edge.db.damaged-<time>. Images stored
-    after the backup was made have no row in it: the agent sweeps them an hour later.
+    after the backup was made have no row in it: the agent sweeps them when it starts.
     """
     from edge.operations.health import agent_lock
     from edge.store.backup import restore

@@ -15,7 +15,7 @@ they are large), the sync credential and pseudonym key (`sync/`), TensorRT engin
 newer software; it copies the backup next to the database, keeps the file it replaces as
 `edge.db.damaged-<UTC time>` (with that file's -wal), removes the old -shm, and renames the copy
 into place. Rows whose image file is gone since (retention) stay without their image; files
-stored after the backup have no row and are swept as orphans by the agent an hour later.
+stored after the backup have no row and are swept as orphans by the agent when it starts.
 Refusing while the agent or the sync agent runs is the caller's part (the CLI): the store does
 not know about processes.
 """
