@@ -92,6 +92,9 @@ class ExplainSettings(_Section):
 class GateSettings(_Section):
     enabled: bool = True
     """Refuse inputs a model must not score (wrong modality/view/age, poor quality), with codes."""
+    applicability: bool = True
+    """Refuse inputs unlike the model's training images (OUT_OF_SCOPE, edge/inference/scope.py),
+    also when a model is forced. Off only to study what a model says outside its scope."""
 
 
 class IngestSettings(_Section):

@@ -91,6 +91,10 @@ class Pipeline:
     def close(self) -> None:
         self.pool.close()
 
+    @property
+    def enforce_scope(self) -> bool:
+        return self.settings.gate.enabled and self.settings.gate.applicability
+
     # ------------------------------------------------------------------ 1-3: input to queue
 
     def analyse_file(self, path: Path, model: str | None = None, source: str = "cli") -> list[Analysis]:
@@ -366,6 +370,10 @@ class Pipeline:
                 data = read_input(self.store.image_file(job.image_id), self.settings.store.max_input_bytes)
             return process_cine(self.settings, self.store, self.pool, job, decoded, data)
         prediction = model.predict([decoded.pixels], self.settings.models.operating_point)[0]
+        out_of_scope = model.out_of_scope(prediction.scope, self.enforce_scope)
+        if out_of_scope is not None:  # no finding, even with the model forced: it was not made for this
+            self.store.fail_job(job, out_of_scope.code, out_of_scope.message, refused=True)
+            raise out_of_scope
         # The lease: still ours after inference (renewed for the writes), or given to another
         # worker because this one took too long, in which case its answer stands, not ours.
         if not self.store.leases.renew(job, self.settings.worker.lease_s):
@@ -380,6 +388,7 @@ class Pipeline:
             total_ms=decode_ms + (time.perf_counter() - started) * 1000,
             heatmap_path=str(heatmap.relative_to(self.store.data_dir)) if heatmap else None,
             quality=verdict.quality.as_dict(),
+            applicability=prediction.scope.as_dict() if prediction.scope else None,
         )
         try:
             self.store.complete_job(job, record, result_id)

@@ -64,6 +64,7 @@ def result_record(
     total_ms: float,
     heatmap_path: str | None = None,
     quality: dict[str, Any] | None = None,
+    applicability: dict[str, Any] | None = None,
 ) -> ResultRecord:
     """A result as stored: which model (name, version, file, variant, backend) decided what."""
     return ResultRecord(
@@ -83,4 +84,5 @@ def result_record(
         total_ms=total_ms,
         heatmap_path=heatmap_path,
         quality=quality,
+        applicability=applicability,
     )

@@ -27,6 +27,7 @@ import random
 from pathlib import Path
 
 import numpy as np
+import onnx
 from onnxruntime.quantization import (
     CalibrationDataReader,
     CalibrationMethod,
@@ -38,6 +39,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from rich.console import Console
 
 from edge.inference.parity import ParityReport, compare
+from tools.graph_edits import fold_int32_dequantize, tensorrt_qdq_problems
 from tools.recipe import (
     Recipe,
     Sample,
@@ -96,8 +98,18 @@ def quantize(prepared: Path, out: Path, calibration: np.ndarray, fmt: str, metho
             "ActivationSymmetric": qdq,
             "WeightSymmetric": True,
             "CalibPercentile": 99.999,
+            # Biases stay float: TensorRT's DequantizeLinear takes INT8/FP8/INT4, never the int32
+            # bias ONNX Runtime writes by default (onnx-tensorrt#850), so no engine would build.
+            "QuantizeBias": False,
         },
     )
+    if qdq:  # older quantisers ignore QuantizeBias: fold what is left, then refuse what TensorRT cannot take
+        model = onnx.load(str(out))
+        fold_int32_dequantize(model)
+        problems = tensorrt_qdq_problems(model)
+        if problems:
+            raise SystemExit(f"{out}: TensorRT could not build this QDQ graph: {'; '.join(problems)}")
+        onnx.save(model, str(out))
 
 
 def gate_entry(report: ParityReport, reference: np.ndarray, candidate: np.ndarray, truth: np.ndarray) -> dict:

@@ -98,7 +98,8 @@ def count_flops(model: nn.Module, shape: list[int]) -> float:
 
 
 def export_onnx(model: nn.Module, recipe: Recipe, path: Path) -> None:
-    """FP32 ONNX with a dynamic batch and named tensors (image -> logits, cam)."""
+    """FP32 ONNX with a dynamic batch and named tensors (image -> logits, cam, features: the
+    pooled penultimate activations the applicability check scores, tools/graph_edits.py)."""
     model.eval()
     example = torch.zeros(1, *recipe.raw["input"]["shape"])
     batch = torch.export.Dim("batch", min=1, max=64)
@@ -114,6 +115,12 @@ def export_onnx(model: nn.Module, recipe: Recipe, path: Path) -> None:
     )
     assert program is not None
     program.save(str(path))
+    import onnx
+
+    from tools.graph_edits import add_features_output, feature_taps
+
+    exported = onnx.load(str(path))
+    onnx.save(add_features_output(exported, feature_taps(exported)), str(path))
 
 
 def fold_fp32(recipe: Recipe, fold_dir: Path) -> Path:

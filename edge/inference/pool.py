@@ -29,6 +29,8 @@ from edge.imaging.preprocess import PreprocessSpec, preprocess_batch
 from edge.inference.local_parity import reference_variant, verify_here
 from edge.inference.postprocess import Finding, decide
 from edge.inference.registry import ModelEntry, Registry, Variant
+from edge.inference.scope import Scope, ScopeCheck
+from edge.inference.scope import refusal as scope_refusal
 from edge.runtime.base import Runner, TensorNames
 from edge.runtime.onnxruntime import OnnxRuntimeRunner
 from edge.store.files import write_atomically
@@ -47,6 +49,8 @@ class Prediction:
     latency_ms: float
     """Time inside the backend's infer call, shared equally by the images of the batch."""
     outputs: dict[str, np.ndarray]
+    scope: Scope | None = None
+    """The applicability check's verdict; None for a model released without one."""
 
 
 class ServedModel:
@@ -57,6 +61,8 @@ class ServedModel:
         runner: Runner,
         file_sha256: str,
         precision: str | None = None,
+        *,
+        verify: bool = True,
     ) -> None:
         self.entry = entry
         self.variant_name = variant_name
@@ -66,6 +72,7 @@ class ServedModel:
         # A TensorRT engine may run at another precision than its source file (FP16 from FP32).
         self._precision = precision or self.variant.precision
         self.spec: PreprocessSpec = entry.manifest.input.preprocess_spec()
+        self.scope_check: ScopeCheck | None = entry.scope_check(verify=verify)
 
     @property
     def name(self) -> str:
@@ -97,6 +104,7 @@ class ServedModel:
                 f"{self.name}: logits shape {logits.shape}, expected ({len(images)}, {len(out.labels)})",
             )
         op_name, op = self.entry.operating_point(operating_point)
+        scopes = self._scopes(outputs, len(images))
         predictions = []
         for index in range(len(images)):
             try:
@@ -106,8 +114,28 @@ class ServedModel:
             except ValueError as exc:
                 raise EdgeError(Code.MODEL_OUTPUT_INVALID, f"{self.name}: {exc}") from exc
             per_image = {name: value[index] for name, value in outputs.items()}
-            predictions.append(Prediction(finding, latency_ms, per_image))
+            predictions.append(Prediction(finding, latency_ms, per_image, scopes[index]))
         return predictions
+
+    def out_of_scope(self, scope: Scope | None, enforce: bool) -> EdgeError | None:
+        """The OUT_OF_SCOPE refusal for an input the check refuses (None: may be answered).
+        `enforce` is the site's `[gate]` (enabled and applicability)."""
+        spec = self.entry.manifest.applicability
+        if not enforce or scope is None or spec is None or not scope.refused:
+            return None
+        return scope_refusal(self.name, spec.looks_like, scope)
+
+    def _scopes(self, outputs: dict[str, np.ndarray], count: int) -> list[Scope | None]:
+        if self.scope_check is None:
+            return [None] * count
+        spec = self.entry.manifest.applicability
+        assert spec is not None
+        if spec.features not in outputs:
+            raise EdgeError(
+                Code.MODEL_OUTPUT_INVALID,
+                f"{self.name}: no {spec.features!r} output for its applicability check",
+            )
+        return list(self.scope_check.judge(outputs[spec.features]))
 
     def close(self) -> None:
         self.runner.close()
@@ -116,6 +144,8 @@ class ServedModel:
 def tensor_names(entry: ModelEntry) -> TensorNames:
     out = entry.manifest.output
     outputs = (out.logits,) + ((out.cam,) if out.cam else ())
+    if entry.manifest.applicability is not None:
+        outputs += (entry.manifest.applicability.features,)
     return TensorNames(entry.manifest.input.name, outputs)
 
 
@@ -219,7 +249,7 @@ class ModelPool:
             )
         path = entry.variant_file(variant, verify=self.settings.models.verify_checksums)
         runner = runner_cls(path, tensor_names(entry), self.settings.runtime)
-        return ServedModel(entry, variant, runner, spec.sha256)
+        return ServedModel(entry, variant, runner, spec.sha256, verify=self.settings.models.verify_checksums)
 
     def _load(self, name: str) -> ServedModel:
         entry = self.registry.get(name)
@@ -238,7 +268,13 @@ class ModelPool:
         # On the backend chosen here (ONNX Runtime after a TensorRT fallback), not the configured one.
         chosen = names[0] if len(names) == 1 else self._fastest(entry, runner_cls, files)
         runner = runner_cls(files[chosen], tensor_names(entry), self.settings.runtime)
-        return ServedModel(entry, chosen, runner, entry.manifest.variants[chosen].sha256)
+        return ServedModel(
+            entry,
+            chosen,
+            runner,
+            entry.manifest.variants[chosen].sha256,
+            verify=self.settings.models.verify_checksums,
+        )
 
     def _load_tensorrt(self, entry: ModelEntry) -> ServedModel:
         from edge.inference.engine_manager import EngineManager
@@ -246,7 +282,14 @@ class ModelPool:
         manager = self.engine_manager or EngineManager(self.settings)
         runner, attempt = manager.serve(entry, tensor_names(entry))
         variant = entry.manifest.variants[attempt.variant]
-        return ServedModel(entry, attempt.variant, runner, variant.sha256, precision=attempt.precision)
+        return ServedModel(
+            entry,
+            attempt.variant,
+            runner,
+            variant.sha256,
+            precision=attempt.precision,
+            verify=self.settings.models.verify_checksums,
+        )
 
     def _right_here(self, entry: ModelEntry, runner_cls: type[Runner], names: list[str]) -> list[str]:
         """The candidates that compute on this machine what FP32 computes (`local_parity`),

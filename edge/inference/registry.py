@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from edge.compat import tomllib
 from edge.errors import Code, EdgeError
 from edge.imaging.preprocess import PreprocessSpec
+from edge.inference.scope import ScopeCheck
 
 MANIFEST = "model.toml"
 Precision = Literal["fp32", "fp16", "int8"]
@@ -177,6 +178,25 @@ class Variant(_Strict):
         )
 
 
+class Applicability(_Strict):
+    """The out-of-distribution check (edge/inference/scope.py): statistics of the model's own
+    pooled features on its training images, in `file` (verified like a model file)."""
+
+    method: Literal["mahalanobis"] = "mahalanobis"
+    features: str = "features"
+    """The ONNX output holding the pooled penultimate activations [N, C]."""
+    file: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    threshold: float = Field(gt=0)
+    """Distances above this are refused (OUT_OF_SCOPE): exceeded by <= 1% of validation images."""
+    looks_like: str
+    """What an in-scope input is, for the refusal sentence ("a paediatric chest X-ray")."""
+    calibration: str = ""
+    validation_refused: float | None = None
+    measured: dict[str, dict[str, dict[str, float]]] = Field(default_factory=dict)
+    """Per variant, per out-of-distribution set: images, auroc, refused (tools/applicability.py)."""
+
+
 class Manifest(_Strict):
     schema_version: Literal[1] = 1
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
@@ -196,6 +216,7 @@ class Manifest(_Strict):
     training: dict[str, Any] = Field(default_factory=dict)
     samples: str | None = "samples"
     """Folder (relative to the manifest) of attributed sample images with a labels.csv."""
+    applicability: Applicability | None = None
 
     @model_validator(mode="after")
     def _references(self) -> Manifest:
@@ -237,6 +258,24 @@ class ModelEntry:
                     f"{spec.sha256[:12]}...; refusing a modified or corrupt model",
                 )
         return path
+
+    def scope_check(self, *, verify: bool = True) -> ScopeCheck | None:
+        """The applicability check's statistics, verified against their sha256; None when the
+        manifest has no check (a model released before it existed)."""
+        spec = self.manifest.applicability
+        if spec is None:
+            return None
+        path = self.folder / spec.file
+        if not path.is_file():
+            raise EdgeError(
+                Code.MODEL_FILE_MISSING, f"{self.name}: applicability file {spec.file} is missing"
+            )
+        if verify and sha256_file(path) != spec.sha256:
+            raise EdgeError(
+                Code.MODEL_CHECKSUM_MISMATCH,
+                f"{self.name}: {spec.file} does not match its sha256 in the manifest; refusing it",
+            )
+        return ScopeCheck.load(path, spec.threshold)
 
     def operating_point(self, name: str | None) -> tuple[str, OperatingPoint]:
         chosen = name or self.manifest.default_operating_point

@@ -87,11 +87,17 @@ class ResultRecord:
     total_ms: float
     heatmap_path: str | None = None
     quality: dict[str, float] | None = None
+    applicability: dict[str, Any] | None = None
+    """The applicability check (edge/inference/scope.py `Scope.as_dict`): state ("in scope" or
+    "borderline"; an out-of-scope input gets no result), distance, p_value, threshold. None for
+    a model released without the check."""
 
     def to_row(self) -> dict[str, Any]:
         row = asdict(self)
         row["probabilities"] = json.dumps(self.probabilities, sort_keys=True)
-        row["quality"] = json.dumps(self.quality, sort_keys=True) if self.quality is not None else None
+        for name in ("quality", "applicability"):
+            value = row[name]
+            row[name] = json.dumps(value, sort_keys=True) if value is not None else None
         return row
 
 
@@ -113,7 +119,8 @@ class StoredResult(ResultRecord):
         known = {f.name for f in fields(cls)}
         values = {key: value for key, value in row.items() if key in known}
         values["probabilities"] = json.loads(row["probabilities"])
-        values["quality"] = json.loads(row["quality"]) if row.get("quality") else None
+        for name in ("quality", "applicability"):
+            values[name] = json.loads(row[name]) if row.get(name) else None
         return cls(**values)
 
 

@@ -307,3 +307,10 @@ def m013_pacs_exports(db: Database) -> None:
     db.execute(
         "CREATE TABLE pacs_state (key TEXT PRIMARY KEY, value TEXT NOT NULL, updated_at TEXT NOT NULL)"
     )
+
+
+@migrations()
+def m015_result_applicability(db: Database) -> None:
+    # The applicability check's verdict with each result (JSON: state, distance, p_value,
+    # threshold; edge/inference/scope.py). NULL for results of models released without one.
+    db.execute("ALTER TABLE results ADD COLUMN applicability TEXT")

@@ -184,6 +184,13 @@ def store_clip(
             _write(video_path, summary.video_file.read_bytes(), written)
             summary.video_file.unlink(missing_ok=True)
             video_rel = _rel(store.data_dir, video_path)
+        clip_scope = served.scope_check.judge_clip(summary.distances) if served.scope_check else None
+        enforce = settings.gate.enabled and settings.gate.applicability
+        out_of_scope = served.out_of_scope(clip_scope, enforce)
+        if out_of_scope is not None:
+            if job is not None:
+                store.fail_job(job, out_of_scope.code, out_of_scope.message, refused=True)
+            raise out_of_scope
         op_name, op = served.entry.operating_point(settings.models.operating_point)
         finding = decide_from_probabilities(
             summary.probabilities, manifest.output.positive, op.threshold_for_clips, op_name
@@ -195,6 +202,7 @@ def store_clip(
             latency_ms=statistics.median(latencies) if latencies else 0.0,
             total_ms=elapsed_s * 1000,
             heatmap_path=key_frames[-1]["heatmap"] if key_frames else None,
+            applicability=clip_scope.as_dict() if clip_scope else None,
         )
         clip = {
             "source": source,

@@ -44,6 +44,9 @@ class ClipSummary:
     key_frames: list[KeyFrame]
     video_file: Path | None
     events: list[str] = field(default_factory=list)
+    distances: list[float] = field(default_factory=list)
+    """Each analysed frame's applicability distance (edge/inference/scope.py), where the model has
+    the check: the clip is judged by their median."""
 
 
 class ClipRecorder:
@@ -64,6 +67,7 @@ class ClipRecorder:
         self.max_side = max_side
         self.key_count = key_frames
         self.series: list[tuple[float, float]] = []
+        self.distances: list[float] = []
         self.sums = np.zeros(len(labels))
         self.excluded = 0
         self.events: list[str] = []
@@ -82,8 +86,15 @@ class ClipRecorder:
             self.events.append(f"{reason} at {t:.1f} s")
 
     def add(
-        self, t: float, crop: np.ndarray, probabilities: dict[str, float], cam: np.ndarray | None
+        self,
+        t: float,
+        crop: np.ndarray,
+        probabilities: dict[str, float],
+        cam: np.ndarray | None,
+        distance: float | None = None,
     ) -> None:
+        if distance is not None:
+            self.distances.append(distance)
         if self._start_t is None:
             self._start_t = t
         rel = t - self._start_t
@@ -138,6 +149,7 @@ class ClipRecorder:
             key_frames=keys,
             video_file=self._video,
             events=self.events,
+            distances=self.distances,
         )
 
     def discard(self) -> None:

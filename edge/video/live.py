@@ -44,6 +44,8 @@ class LiveScore:
     smoothed: float | None = None
     finding: str | None = None
     latency_ms: float | None = None
+    scope: str | None = None
+    """The applicability check's word for this frame (in scope, borderline, out of scope)."""
 
 
 @dataclass
@@ -294,10 +296,18 @@ class LiveAnalyzer:
             if self.recorder is not None:
                 cam_name = self.model.entry.manifest.output.cam
                 cam = prediction.outputs.get(cam_name) if cam_name else None
-                self.recorder.add(frame.position_s, sector, prediction.finding.probabilities, cam)
+                distance = prediction.scope.distance if prediction.scope else None
+                self.recorder.add(frame.position_s, sector, prediction.finding.probabilities, cam, distance)
         return self._emit(
             LiveScore(
-                frame.index, frame.position_s, "ok", p, self.smoothed, prediction.finding.finding, latency
+                frame.index,
+                frame.position_s,
+                "ok",
+                p,
+                self.smoothed,
+                prediction.finding.finding,
+                latency,
+                prediction.scope.state if prediction.scope else None,
             )
         )
 

@@ -1,0 +1,178 @@
+"""Applicability: is this image the kind of image the model was trained on? Pure numpy.
+
+The score is the class-conditional Mahalanobis distance with a shared covariance (Lee et al.
+2018, "A simple unified framework for detecting out-of-distribution samples and adversarial
+attacks") of the model's own pooled activations (the ONNX output `features`): the squared
+distance to the nearest class mean under one covariance fitted on the training images, for the
+stem and every residual block, combined as Lee et al. do across layers (here without tuning on
+outliers: each layer is scaled by its own 99th validation percentile and the largest counts).
+Why this one:
+- it uses what the network already computes in the same forward pass, so it runs the same on
+  ONNX Runtime and TensorRT, with no gradients and no second network;
+- it needs only a mean per class and one precision matrix (about 100 KB per model), where a
+  k-nearest-neighbour score (Sun et al. 2022) would ship features of thousands of training
+  images and search them on a $250 box;
+- the energy score (Liu et al. 2020) reads only the logits, which in a two-class model trained
+  without outlier exposure say little about what the picture is: a breast scan can still give
+  a large "normal" logit. Distance in feature space sees that the picture itself is unlike any
+  training image. The last layer alone was not enough for the small ultrasound models (a chest
+  X-ray given to us-breast: AUROC 0.81); the early layers see grey levels and texture.
+
+The threshold is the score that at most 1% of in-distribution validation images (out of fold
+where the model was cross-validated) exceed (tools/applicability.py computes it at release). A
+conformal p-value against those validation scores turns the distance into words a reader can
+use: in scope, borderline (p < 5%), out of scope (p < 1%: refused). The same p-value ranks the
+models for an input that names no body part (edge/pipeline.py's routing).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge.errors import Code, EdgeError
+
+IN_SCOPE = "in scope"
+BORDERLINE = "borderline"
+OUT_OF_SCOPE = "out of scope"
+BORDERLINE_P = 0.05
+
+
+@dataclass(frozen=True)
+class Scope:
+    """One image's applicability: the distance, its p-value among validation images, the word."""
+
+    distance: float
+    p_value: float
+    threshold: float
+    state: str
+
+    @property
+    def refused(self) -> bool:
+        return self.state == OUT_OF_SCOPE
+
+    def as_dict(self) -> dict[str, float | str]:
+        return {
+            "state": self.state,
+            "distance": round(self.distance, 3),
+            "p_value": round(self.p_value, 4),
+            "threshold": round(self.threshold, 3),
+        }
+
+
+class ScopeCheck:
+    """The statistics of one model's applicability check, loaded from its model folder.
+
+    `features` concatenates the pooled activations of several layers (`sizes` values each);
+    each layer has its class means, shared precision matrix and scale (its own 99th percentile
+    of validation distances). An image's distance is the largest of its layers' scaled
+    distances: an X-ray given to an ultrasound model is caught by the early layers (texture,
+    grey levels), an ultrasound of the wrong organ by the late ones.
+    """
+
+    def __init__(
+        self,
+        sizes: list[int],
+        means: list[np.ndarray],
+        precisions: list[np.ndarray],
+        scales: np.ndarray,
+        calibration: np.ndarray,
+        threshold: float,
+    ) -> None:
+        self.sizes = [int(n) for n in sizes]
+        self.means = [np.asarray(m, np.float64) for m in means]
+        self.precisions = [np.asarray(p, np.float64) for p in precisions]
+        self.scales = np.asarray(scales, np.float64)
+        self.calibration = np.sort(np.asarray(calibration, np.float64))
+        self.threshold = float(threshold)
+        for size, mean, precision in zip(self.sizes, self.means, self.precisions, strict=True):
+            if mean.shape[1] != size or precision.shape != (size, size):
+                raise ValueError("layer statistics do not match the layer sizes")
+        if len(self.scales) != len(self.sizes) or not len(self.calibration):
+            raise ValueError("scales or calibration missing")
+
+    @classmethod
+    def load(cls, path: Path, threshold: float) -> ScopeCheck:
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                sizes = [int(n) for n in data["sizes"]]
+                layers = range(len(sizes))
+                return cls(
+                    sizes,
+                    [data[f"means_{k}"] for k in layers],
+                    [data[f"precision_{k}"] for k in layers],
+                    data["scales"],
+                    data["calibration"],
+                    threshold,
+                )
+        except (OSError, KeyError, ValueError) as exc:
+            raise EdgeError(
+                Code.MODEL_MANIFEST_INVALID, f"{path.name}: applicability statistics unusable: {exc}"
+            ) from exc
+
+    @property
+    def width(self) -> int:
+        return sum(self.sizes)
+
+    def layer_distances(self, features: np.ndarray) -> list[np.ndarray]:
+        """Per layer: squared Mahalanobis distance of each row to its nearest class mean, on
+        square-rooted activations (pooled ReLU outputs are skewed; the root makes them closer
+        to the Gaussian the distance assumes)."""
+        features = np.asarray(features, np.float64).reshape(len(features), -1)
+        if features.shape[1] != self.width:
+            raise EdgeError(
+                Code.MODEL_OUTPUT_INVALID,
+                f"features have {features.shape[1]} values, the check expects {self.width}",
+            )
+        out = []
+        start = 0
+        for size, means, precision in zip(self.sizes, self.means, self.precisions, strict=True):
+            layer = np.sqrt(np.clip(features[:, start : start + size], 0, None))
+            start += size
+            centred = layer[:, None, :] - means[None, :, :]  # N x classes x width
+            out.append(np.einsum("ncd,de,nce->nc", centred, precision, centred).min(axis=1))
+        return out
+
+    def distances(self, features: np.ndarray) -> np.ndarray:
+        """The largest scaled layer distance of each row (inf for non-finite features)."""
+        features = np.asarray(features, np.float64).reshape(len(features), -1)
+        scaled = np.max(np.stack(self.layer_distances(features)) / self.scales[:, None], axis=0)
+        return np.where(np.isfinite(features).all(axis=1), scaled, np.inf)
+
+    def p_values(self, distances: np.ndarray) -> np.ndarray:
+        """Conformal p-value: the share of validation images at least as far out (+1 smoothing)."""
+        at_least = len(self.calibration) - np.searchsorted(self.calibration, distances, side="left")
+        return (1 + at_least) / (1 + len(self.calibration))
+
+    def judge(self, features: np.ndarray) -> list[Scope]:
+        return self.judge_distances(self.distances(features))
+
+    def judge_distances(self, distances: np.ndarray) -> list[Scope]:
+        out = []
+        for distance, p_value in zip(distances, self.p_values(distances), strict=True):
+            if distance > self.threshold:
+                state = OUT_OF_SCOPE
+            elif p_value < BORDERLINE_P:
+                state = BORDERLINE
+            else:
+                state = IN_SCOPE
+            out.append(Scope(float(distance), float(p_value), self.threshold, state))
+        return out
+
+    def judge_clip(self, distances: list[float]) -> Scope | None:
+        """A clip by the median of its frames' distances: a few odd frames (a probe lifted off
+        the skin) neither refuse a clip nor let one through."""
+        if not distances:
+            return None
+        return self.judge_distances(np.array([float(np.median(distances))]))[0]
+
+
+def refusal(model: str, looks_like: str, scope: Scope) -> EdgeError:
+    """OUT_OF_SCOPE: the sentence a technician reads."""
+    return EdgeError(
+        Code.OUT_OF_SCOPE,
+        f"this does not look like {looks_like}: check the model or the image ({model}'s"
+        f" applicability check: distance {scope.distance:.0f}, limit {scope.threshold:.0f})",
+    )
