@@ -67,6 +67,7 @@ class Code(str, Enum):
     # The job queue
     JOB_ABANDONED = "JOB_ABANDONED"
     JOB_LEASE_LOST = "JOB_LEASE_LOST"
+    INSTANCE_SUPERSEDED = "INSTANCE_SUPERSEDED"
     # Store and host
     STORE_WRITE_FAILED = "STORE_WRITE_FAILED"
     DISK_FULL = "DISK_FULL"

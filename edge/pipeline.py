@@ -31,13 +31,14 @@ from edge.errors import Code, EdgeError
 from edge.ids import uuid7
 from edge.imaging.decode import DecodedImage, decode_bytes, read_input
 from edge.imaging.decoded import DicomHeader, UndecodableDicom
+from edge.imaging.dicom_changes import changed_fields
 from edge.imaging.explain import heatmap_png
 from edge.inference import gate
 from edge.inference.pool import ModelPool, Prediction, ServedModel
 from edge.inference.registry import Registry
 from edge.processes import new_worker_id
 from edge.results import Analysis, audit_refusal, result_record
-from edge.store import IngestOutcome, Job, NewImage, Store
+from edge.store import Corrections, IngestOutcome, Job, NewImage, Store
 from edge.store.files import remove_quietly, write_atomically
 from edge.video.analysis import analyse_recording, process_cine
 
@@ -142,7 +143,8 @@ class Pipeline:
         will not be analysed (no model accepts it, or its pixels are in an encoding this build
         cannot decode) is stored all the same, with a refused job saying why
         (`Ingested.refusal`); only bytes that are not a readable DICOM object are refused.
-        A SOP Instance UID already stored with other content is refused (`DICOM_UID_CONFLICT`).
+        A SOP Instance UID already stored with other content is refused (`DICOM_UID_CONFLICT`),
+        unless it is a correction of the same patient's instance (`_corrections`).
         """
         try:
             started = time.perf_counter()
@@ -164,7 +166,12 @@ class Pipeline:
                 if not (keep_dicom and decoded.format == "dicom"):
                     raise
                 return self._keep_unanalysed(decoded, data, name, source, refusal)
-            outcome = self.store.ingest(self.new_image(decoded, data, source, name), models, actor=source)
+            outcome = self.store.ingest(
+                self.new_image(decoded, data, source, name),
+                models,
+                actor=source,
+                corrections=self._corrections(keep_dicom),
+            )
             self._refuse_conflict(outcome)
         except sqlite3.Error as exc:
             error = EdgeError(Code.STORE_WRITE_FAILED, f"the input could not be stored: {exc}")
@@ -184,10 +191,20 @@ class Pipeline:
             [],
             actor=source,
             refusal=(refusal.code, refusal.message),
+            corrections=self._corrections(keep_dicom=True),
         )
         self._refuse_conflict(outcome)
         log.info("stored, not analysed: %s", refusal.one_line())
         return Ingested(outcome, image if isinstance(image, DecodedImage) else None, 0.0, refusal)
+
+    @staticmethod
+    def _corrections(keep_dicom: bool) -> Corrections:
+        """Issue 14: an instance stored before that arrives with other content from the same
+        patient and study is a correction, stored as a new version and analysed anew when
+        something an analysis reads changed. Through the DICOM listener only header corrections:
+        DICOM gives an instance whose pixels change a new UID, so there changed pixels under an
+        old UID stay a conflict (issue 17's hostile collision)."""
+        return Corrections(changed_fields, pixels=not keep_dicom)
 
     @staticmethod
     def _refuse_conflict(outcome: IngestOutcome) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import re
 from collections.abc import Callable, Iterator
+from datetime import date
 from typing import Any, cast
 
 import numpy as np
@@ -19,6 +20,7 @@ from pydicom import uid
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, iter_pixels
+from pydicom.valuerep import DA
 
 from edge.errors import Code, EdgeError
 from edge.imaging.decoded import DecodedImage, DicomHeader, UndecodableDicom, sha256_hex
@@ -27,6 +29,9 @@ from edge.study import StudyInfo
 MAX_FRAME_PIXELS = 100_000_000  # as for PNG/JPEG: larger than any radiograph, smaller than a bomb
 _AGE = re.compile(r"^(\d{3})([DWMY])$")
 _AGE_UNIT_YEARS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}
+# The date an age is counted to when PatientAge is absent, in order of preference (issue 14).
+AGE_REFERENCE_DATES = ("StudyDate", "AcquisitionDate", "ContentDate", "SeriesDate")
+MAX_AGE_YEARS = 130
 
 
 def decode_dicom(data: bytes, name: str = "input") -> DecodedImage:
@@ -338,6 +343,53 @@ def parse_age(value: Any) -> float | None:
     return round(int(match.group(1)) * _AGE_UNIT_YEARS[match.group(2)], 3)
 
 
+def patient_age(ds: Dataset) -> tuple[float | None, str | None]:
+    """The patient's age in years and where it came from (`meta["age_source"]`).
+
+    PatientAge when it is readable; else PatientBirthDate counted to the first readable date of
+    `AGE_REFERENCE_DATES`, source `PatientBirthDate+StudyDate` (or the date used). An impossible
+    result (born after that date, older than `MAX_AGE_YEARS`) is no age, not a guess. The birth
+    date itself is never kept: only the age, as PatientAge would have said it, is stored and
+    may travel (de-identification keeps age, drops birth dates)."""
+    stated = parse_age(_text(ds, "PatientAge"))
+    if stated is not None:
+        return stated, "PatientAge"
+    born = _date(ds, "PatientBirthDate")
+    if born is None:
+        return None, None
+    for keyword in AGE_REFERENCE_DATES:
+        on = _date(ds, keyword)
+        if on is not None:
+            age = age_between(born, on)
+            return (age, f"PatientBirthDate+{keyword}") if age is not None else (None, None)
+    return None, None
+
+
+def age_between(born: date, on: date) -> float | None:
+    """Age in years at `on`, at PatientAge's own resolution: completed years from two years
+    old, completed months before, days in the first month (so a derived age says no more about
+    the birth date than a stated one). None when impossible."""
+    if on < born:
+        return None
+    years = on.year - born.year - ((on.month, on.day) < (born.month, born.day))
+    if years > MAX_AGE_YEARS:
+        return None
+    if years >= 2:
+        return float(years)
+    months = (on.year - born.year) * 12 + on.month - born.month - (on.day < born.day)
+    if months >= 1:
+        return round(months / 12, 3)
+    return round((on - born).days / 365.25, 3)
+
+
+def _date(ds: Dataset, keyword: str) -> date | None:
+    """A DA element as a date through pydicom's own parsing; None when absent or unreadable."""
+    text = _text(ds, keyword)
+    if text is None:
+        return None
+    return cast(date | None, _safe(lambda: DA(text)))
+
+
 def _text(ds: Dataset, keyword: str) -> str | None:
     value = _safe(lambda: ds.get(keyword))
     if value is None or value == "":
@@ -351,7 +403,7 @@ def study_info(ds: Dataset) -> StudyInfo:
         phi_patient_id=_text(ds, "PatientID"),
         phi_patient_name=_text(ds, "PatientName"),
         phi_accession=_text(ds, "AccessionNumber"),
-        patient_age_years=parse_age(_text(ds, "PatientAge")),
+        patient_age_years=patient_age(ds)[0],
         patient_sex=_text(ds, "PatientSex"),
         modality=_text(ds, "Modality"),
         body_part=(_text(ds, "BodyPartExamined") or "").upper() or None,
@@ -379,4 +431,5 @@ def technical_meta(ds: Dataset) -> dict[str, Any]:
         "manufacturer": _text(ds, "Manufacturer"),
         "model": _text(ds, "ManufacturerModelName"),
         "burned_in_annotation": _text(ds, "BurnedInAnnotation"),
+        "age_source": patient_age(ds)[1],
     }

@@ -17,6 +17,12 @@ from edge.imaging.quality import QualityMetrics, measure
 from edge.inference.registry import Manifest
 
 LATERAL_VIEWS = {"LL", "RL", "LATERAL", "LAT", "LLD", "RLD"}
+_DATE_WORDS = {
+    "StudyDate": "study date",
+    "AcquisitionDate": "acquisition date",
+    "ContentDate": "content date",
+    "SeriesDate": "series date",
+}
 
 
 @dataclass(frozen=True)
@@ -77,10 +83,22 @@ def applicability(decoded: DecodedImage, manifest: Manifest) -> list[EdgeError]:
             out.append(
                 EdgeError(
                     Code.AGE_OUT_OF_RANGE,
-                    f"{name} was validated for ages {low:g}-{high:g} years, the patient is {age:g}",
+                    f"{name} was validated for ages {low:g}-{high:g} years, the patient is {age:g}"
+                    + _age_origin(decoded.meta.get("age_source")),
                 )
             )
     return out
+
+
+def _age_origin(source: object) -> str:
+    """Where a derived age came from, for the refusal sentence ("... the patient is 86 (from
+    birth date and study date)"), so the technician knows which dates to check; nothing for a
+    stated PatientAge."""
+    text = str(source or "")
+    if not text.startswith("PatientBirthDate+"):
+        return ""
+    keyword = text.split("+", 1)[1]
+    return f" (from birth date and {_DATE_WORDS.get(keyword, keyword)})"
 
 
 def quality(metrics: QualityMetrics, manifest: Manifest) -> list[EdgeError]:

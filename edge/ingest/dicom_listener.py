@@ -11,9 +11,12 @@ sees it in the worklist, and the chest films of the same study are analysed. Ans
 instance with a failure made Orthanc abort the whole C-MOVE, and dcmtk's storescu stop, so the
 chest films were lost with it (issue 18). Status codes:
 
-- 0x0000 Success: stored (analysed or not), or a duplicate of what is already stored;
+- 0x0000 Success: stored (analysed or not), a duplicate of what is already stored, or a header
+  correction of a stored instance (same UID, patient and study, same pixels; attributes the
+  analysis reads changed: a new version, analysed anew, issue 14);
 - 0xB006 Warning, elements discarded: a SOP Instance UID already stored with other content
-  (`DICOM_UID_CONFLICT`): the stored object stays, this one was not kept; logged and audited;
+  (`DICOM_UID_CONFLICT`: another patient or study, or other pixels, which DICOM gives a new
+  UID): the stored object stays, this one was not kept; logged and audited;
 - 0xA700 Refused, out of resources: the disk guard says no, or the disk is full; nothing is
   lost, the sender retries later;
 - 0xC000 Error, cannot understand: bytes that are not a readable DICOM object (`DICOM_INVALID`,

@@ -10,10 +10,11 @@ from edge.store.records import (
     StoredResult,
     WorklistItem,
 )
-from edge.store.store import Store
+from edge.store.store import Corrections, Store
 
 __all__ = [
     "NOT_ANALYSED",
+    "Corrections",
     "IngestOutcome",
     "Job",
     "NewImage",

@@ -310,6 +310,17 @@ def m013_pacs_exports(db: Database) -> None:
 
 
 @migrations()
+def m014_image_versions(db: Database) -> None:
+    # A corrected instance (issue 14: the same SOP Instance UID, other content, from the same
+    # patient and study) is a new image row, analysed again; the version it replaces stays with
+    # its jobs and results, marked here: `superseded_by` the image that replaced it (NULL: the
+    # current version). `sop_instance_uid` is UNIQUE, so only the current version carries the
+    # UID; a superseded one has NULL there and its UID is that of the image it names.
+    db.execute("ALTER TABLE images ADD COLUMN superseded_by TEXT")
+    db.execute("ALTER TABLE images ADD COLUMN superseded_at TEXT")
+
+
+@migrations()
 def m015_result_applicability(db: Database) -> None:
     # The applicability check's verdict with each result (JSON: state, distance, p_value,
     # threshold; edge/inference/scope.py). NULL for results of models released without one.

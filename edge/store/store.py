@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,24 @@ from edge.store.records import NOT_ANALYSED, IngestOutcome, Job, NewImage, Resul
 from edge.store.technician import TechnicianActions
 from edge.store.writer import Writer
 from edge.study import StudyInfo
+
+
+@dataclass(frozen=True)
+class Corrections:
+    """How `Store.ingest` tells a corrected instance from a duplicate or a conflict when a SOP
+    Instance UID it holds arrives with other bytes (issue 14).
+
+    `changed(stored, received)` names what differs (`edge.imaging.dicom_changes`: attribute names
+    and "pixels", never values; [] when nothing an analysis reads differs; None when it cannot
+    tell). `pixels`: whether changed pixels make a new version (`edge infer`, the drop folder:
+    someone chose to send this file again) or a conflict (the DICOM listener: DICOM gives an
+    instance whose pixels change a new UID, so there it is another object reusing the UID)."""
+
+    changed: Callable[[bytes, bytes], Sequence[str] | None]
+    pixels: bool
+
+
+_IDENTITY = frozenset({"PatientID", "StudyInstanceUID"})
 
 
 class Store(Reads):
@@ -74,13 +93,17 @@ class Store(Reads):
         *,
         actor: str,
         refusal: tuple[Code, str] | None = None,
+        corrections: Corrections | None = None,
     ) -> IngestOutcome:
         """Store an image and queue one job per model, atomically and idempotently.
 
         The file is made durable before the rows that point at it commit; if the commit fails
         the file is removed again. The same bytes or SOP Instance UID twice give one image, and
         only the jobs not yet queued for it are added; a SOP Instance UID stored with other
-        content is a conflict: nothing is added (`IngestOutcome.conflict`).
+        content is a conflict: nothing is added (`IngestOutcome.conflict`). With `corrections`,
+        other content under a stored UID from the same patient and study is a corrected
+        instance when something an analysis reads changed: a new version, analysed anew
+        (`_store_version`), or still a duplicate when nothing it reads changed.
 
         `refusal` (code, sentence) stores an image no model will analyse (the DICOM listener keeps
         every well-formed instance) with one refused job, model `NOT_ANALYSED`, saying why: the
@@ -88,7 +111,14 @@ class Store(Reads):
         """
         existing = self._find_image(image)
         if existing is not None:
-            return self._add_missing_jobs(existing, image, model_names, actor=actor)
+            verdict, changes = self._verdict(existing, image, corrections)
+            if verdict == "version":
+                return self._store_version(
+                    existing, image, model_names, changes, actor=actor, refusal=refusal
+                )
+            return self._add_missing_jobs(
+                existing, image, model_names, actor=actor, conflict=verdict == "conflict"
+            )
         image_id, absolute = self._write_image_file(image)
         try:
             with self.writer.transaction("store the image"):
@@ -104,14 +134,20 @@ class Store(Reads):
         except sqlite3.IntegrityError:
             # Another ingester stored the same image between our lookup and our commit.
             remove_quietly(absolute)
-            again = self._find_image(image)
-            if again is None:
-                raise
-            return self._add_missing_jobs(again, image, model_names, actor=actor)
+            return self._after_race(image, model_names, actor=actor)
         except BaseException:
             remove_quietly(absolute)
             raise
         return IngestOutcome(image_id, study_id, job_ids, duplicate=False)
+
+    def _after_race(self, image: NewImage, model_names: Sequence[str], *, actor: str) -> IngestOutcome:
+        """Another ingester stored the same image (or a version of it) between our lookup and our
+        commit: theirs stands, judged by the plain rule (no second comparison, no loop)."""
+        again = self._find_image(image)
+        if again is None:
+            raise sqlite3.IntegrityError("an image row vanished while it was being stored")
+        verdict, _ = self._verdict(again, image, None)
+        return self._add_missing_jobs(again, image, model_names, actor=actor, conflict=verdict == "conflict")
 
     def _insert_refused_job(self, image_id: str, code: Code, message: str, now: str) -> str:
         return self.writer.insert_job(
@@ -149,34 +185,143 @@ class Store(Reads):
         return study_id
 
     def _find_image(self, image: NewImage) -> dict[str, Any] | None:
+        """The image with these bytes (a superseded version too), else the current version of
+        this SOP Instance UID (only the current version carries it)."""
         row = self.db.execute(
-            "SELECT i.id, i.study_id, i.sha256, i.meta, s.study_uid FROM images i"
-            " JOIN studies s ON s.id = i.study_id WHERE i.sha256 = ? OR i.sop_instance_uid = ? LIMIT 1",
-            [image.sha256, image.sop_instance_uid],
+            "SELECT i.id, i.study_id, i.sha256, i.meta, i.path, i.purged_at, i.superseded_by, s.study_uid,"
+            " s.phi_patient_id FROM images i JOIN studies s ON s.id = i.study_id"
+            " WHERE i.sha256 = ? OR i.sop_instance_uid = ? ORDER BY i.sha256 = ? DESC LIMIT 1",
+            [image.sha256, image.sop_instance_uid, image.sha256],
         ).fetchone()
         return dict(row) if row else None
 
-    @staticmethod
-    def _conflicts(existing: dict[str, Any], image: NewImage) -> bool:
-        """Other content under a stored SOP Instance UID. The same instance in another transfer
-        syntax (a PACS may transcode what it forwards) is a duplicate, not a conflict; the same
-        syntax with other bytes, or another study, is another object reusing the UID."""
+    def _verdict(
+        self, existing: dict[str, Any], image: NewImage, corrections: Corrections | None
+    ) -> tuple[str, list[str]]:
+        """`duplicate`, `conflict` or `version` (with what changed) for an image whose bytes or
+        SOP Instance UID are stored.
+
+        Another patient or study under the UID is another object reusing it: a conflict,
+        whoever sends it. Without `corrections` (or when the stored file cannot be compared),
+        the plain rule: the same instance in another transfer syntax (a PACS may transcode what
+        it forwards) is a duplicate, the same syntax with other bytes a conflict."""
         if existing["sha256"] == image.sha256:
-            return False
-        if existing["study_uid"] and image.study.study_uid and existing["study_uid"] != image.study.study_uid:
-            return True
-        stored_syntax = json.loads(existing["meta"] or "{}").get("transfer_syntax")
-        return bool(stored_syntax == image.meta.get("transfer_syntax"))
+            return "duplicate", []
+        study = image.study
+        if _differ(existing["study_uid"], study.study_uid) or _differ(
+            existing["phi_patient_id"], study.phi_patient_id
+        ):
+            return "conflict", []
+        same_syntax = json.loads(existing["meta"] or "{}").get("transfer_syntax") == image.meta.get(
+            "transfer_syntax"
+        )
+        changes = None if corrections is None else self._changes(existing, image, corrections)
+        if changes is None:
+            return ("conflict" if same_syntax else "duplicate"), []
+        if _IDENTITY & set(changes):
+            return "conflict", []
+        if not changes:
+            return "duplicate", []  # nothing an analysis reads changed: its result stands
+        if "pixels" in changes and corrections is not None and not corrections.pixels:
+            transcoded = changes == ["pixels"] and not same_syntax  # lossy: still the same instance
+            return ("duplicate" if transcoded else "conflict"), []
+        return "version", changes
+
+    def _changes(
+        self, existing: dict[str, Any], image: NewImage, corrections: Corrections
+    ) -> list[str] | None:
+        if existing["purged_at"]:
+            return None
+        try:
+            stored = (self.data_dir / existing["path"]).read_bytes()
+        except OSError:
+            return None
+        changes = corrections.changed(stored, image.data)
+        return None if changes is None else list(changes)
+
+    def _store_version(
+        self,
+        existing: dict[str, Any],
+        image: NewImage,
+        model_names: Sequence[str],
+        changes: Sequence[str],
+        *,
+        actor: str,
+        refusal: tuple[Code, str] | None,
+    ) -> IngestOutcome:
+        """A corrected instance: a new image row that takes over the SOP Instance UID, its jobs,
+        and an `image.corrected` audit row naming what changed (names only). The version it
+        replaces keeps its jobs and results, marked `superseded_by`; its jobs not yet analysed
+        end `INSTANCE_SUPERSEDED`. The study's attributes become the corrected ones (what the
+        worklist shows and what travels: age, sex, modality, body part, date)."""
+        image_id, absolute = self._write_image_file(image)
+        try:
+            with self.writer.transaction("store the corrected instance"):
+                now = utc_now()
+                released = self.db.execute(
+                    "UPDATE images SET sop_instance_uid = NULL, superseded_by = ?, superseded_at = ?"
+                    " WHERE id = ? AND superseded_by IS NULL",
+                    [image_id, now, existing["id"]],
+                )
+                if released.rowcount != 1:
+                    raise sqlite3.IntegrityError("the stored version was replaced meanwhile")
+                study_id = self._insert_image(image_id, absolute, image, now)
+                self._correct_study(study_id, image.study)
+                self.db.execute(
+                    "UPDATE jobs SET state = 'refused', error_code = ?, error_message = ?, updated_at = ?,"
+                    " lease_until = NULL WHERE image_id = ? AND state = 'queued'",
+                    [
+                        Code.INSTANCE_SUPERSEDED.value,
+                        f"a corrected version of this instance (image {image_id}) is analysed instead",
+                        now,
+                        existing["id"],
+                    ],
+                )
+                detail: dict[str, Any] = {"supersedes": existing["id"], "changed": list(changes)}
+                if refusal is None:
+                    job_ids = tuple(self.writer.insert_job(image_id, name, now) for name in model_names)
+                    detail["jobs"] = len(job_ids)
+                else:
+                    job_ids = (self._insert_refused_job(image_id, refusal[0], refusal[1], now),)
+                    detail |= {"jobs": 0, "refused": refusal[0].value}
+                self.writer.audit(actor, "image.corrected", image_id, detail)
+        except sqlite3.IntegrityError:
+            remove_quietly(absolute)
+            return self._after_race(image, model_names, actor=actor)
+        except BaseException:
+            remove_quietly(absolute)
+            raise
+        return IngestOutcome(image_id, study_id, job_ids, duplicate=False)
+
+    def _correct_study(self, study_id: str, study: StudyInfo) -> None:
+        self.db.execute(
+            "UPDATE studies SET patient_age_years = ?, patient_sex = ?, modality = ?, body_part = ?,"
+            " study_date = ? WHERE id = ?",
+            [
+                study.patient_age_years,
+                study.patient_sex,
+                study.modality,
+                study.body_part,
+                study.study_date,
+                study_id,
+            ],
+        )
 
     def _add_missing_jobs(
-        self, existing: dict[str, Any], image: NewImage, model_names: Sequence[str], *, actor: str
+        self,
+        existing: dict[str, Any],
+        image: NewImage,
+        model_names: Sequence[str],
+        *,
+        actor: str,
+        conflict: bool,
     ) -> IngestOutcome:
         image_id = existing["id"]
-        conflict = self._conflicts(existing, image)
         with self.writer.transaction("queue the jobs"):
             now = utc_now()
             job_ids = []
-            for name in () if conflict else model_names:
+            # A superseded version (its bytes sent again) gets no new jobs: the current one is analysed.
+            for name in () if conflict or existing["superseded_by"] else model_names:
                 row = self.db.execute(
                     "SELECT id FROM jobs WHERE image_id = ? AND model_name = ?", [image_id, name]
                 ).fetchone()
@@ -347,3 +492,8 @@ class Store(Reads):
         """Record an event of its own (e.g. a refused input that was never stored)."""
         with self.writer.transaction("write the audit trail"):
             self.writer.audit(actor, action, subject_id, detail)
+
+
+def _differ(stored: str | None, received: str | None) -> bool:
+    """Both known and not the same (an attribute one side lacks says nothing)."""
+    return bool(stored and received and stored != received)
