@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.logging import RichHandler
 from rich.text import Text
 
 from edge.config import Settings, load_settings
@@ -232,8 +233,12 @@ def _summary(report: Report, console: Console) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    sys.exit(run(parse_args(argv), argv=argv))
+    console = Console(stderr=True, highlight=False)
+    # The product's warnings and errors (a build starting, an engine refused) through the same
+    # console as the progress bars, so neither garbles the other.
+    handler = RichHandler(console=console, show_time=False, show_path=False, markup=False)
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s", handlers=[handler])
+    sys.exit(run(parse_args(argv), console=console, argv=argv))
 
 
 if __name__ == "__main__":

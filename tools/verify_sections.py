@@ -212,23 +212,31 @@ def versions(machine: Machine) -> dict[str, Any]:
 
 def tensorrt_support(machine: Machine) -> dict[str, Any]:
     """TensorRT's version and the product's verdict on it (the version gate)."""
-    if importlib.util.find_spec("tensorrt") is None:
-        if machine.jetson:
-            raise EdgeError(Code.BACKEND_UNAVAILABLE, str(machine.tensorrt_problem))
-        raise Skip(str(machine.tensorrt_problem))
     from edge.runtime import tensorrt as backend
+
+    if importlib.util.find_spec("tensorrt") is None:
+        reason = backend.TensorRTRunner.unavailable_reason()
+        if machine.jetson:
+            raise EdgeError(Code.BACKEND_UNAVAILABLE, reason)
+        raise Skip(reason)
 
     version = backend.tensorrt_version()
     data: dict[str, Any] = {"version": version, "headline": f"TensorRT {version}"}
     gate = getattr(backend, "version_support", None)
     if gate is None:
         data["gate"] = "this build has no version gate"
-        return data
-    verdict = gate(version)
-    data.update(supported=bool(verdict.supported), flavour=verdict.flavour, message=verdict.message)
-    if not verdict.supported:
-        machine.tensorrt_problem = f"TensorRT {version} is not supported: {verdict.message}"
-        raise CheckFailed(Code.BACKEND_UNAVAILABLE.value, machine.tensorrt_problem, data)
+    else:
+        verdict = gate(version)
+        data.update(supported=bool(verdict.supported), flavour=verdict.flavour, message=verdict.message)
+        if not verdict.supported:
+            machine.tensorrt_problem = f"TensorRT {version} is not supported: {verdict.message}"
+            raise CheckFailed(Code.BACKEND_UNAVAILABLE.value, machine.tensorrt_problem, data)
+    if machine.gpu_problem:
+        # Installed without a GPU to run on (a CI machine with the bindings): nothing to verify.
+        problem = f"TensorRT {version} is installed but has no GPU: {machine.gpu_problem}"
+        if machine.jetson:
+            raise CheckFailed(Code.BACKEND_UNAVAILABLE.value, problem, data)
+        raise Skip(problem)
     return data
 
 
