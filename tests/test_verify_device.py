@@ -56,6 +56,9 @@ def by_name(report: dict[str, Any]) -> dict[tuple[str, str | None], dict[str, An
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, dict[str, Any], str]:
     """One `--quick` run of the real command in a subprocess, shared by the checks below."""
+    if importlib.util.find_spec("tensorrt"):
+        # It would build every engine for real (minutes): there, run the tool itself.
+        pytest.skip("TensorRT is installed: run python -m tools.verify_device instead")
     folder = tmp_path_factory.mktemp("verify")
     out = folder / "report.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_")}
@@ -77,14 +80,12 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, dict[str, 
 def test_quick_run_on_a_machine_without_gpu_is_complete_and_honest(
     quick_run: tuple[int, dict[str, Any], str],
 ) -> None:
-    if HAS_GPU_STACK:
-        pytest.skip("this machine has a GPU stack: the skips below would not happen")
     code, report, stderr = quick_run
     assert report["schema"] == SCHEMA
     assert report["quick"] is True
-    assert code == EXIT_OK == report["exit_code"], stderr
-    assert report["counts"]["failed"] == 0
-    assert report["failed"] == []
+    assert code == report["exit_code"]
+    assert "passed" in stderr
+    assert "skipped" in stderr  # the human summary
     models = sorted(p.name for p in (REPO / "models").iterdir() if (p / "model.toml").is_file())
     sections = by_name(report)
     for section in report["sections"]:
@@ -93,9 +94,6 @@ def test_quick_run_on_a_machine_without_gpu_is_complete_and_honest(
         if section["status"] == "skipped":
             assert section["reason"].strip(), section
     assert sections[("versions", None)]["status"] == "passed"
-    assert sections[("versions", None)]["data"]["tensorrt"] is None
-    assert "TensorRT is not installed" in sections[("tensorrt.version", None)]["reason"]
-    assert "cuda-python is not installed" in sections[("device_memory", None)]["reason"]
     for model in models:
         baseline = sections[("onnxruntime.cpu", model)]
         assert baseline["status"] == "passed", baseline
@@ -104,13 +102,19 @@ def test_quick_run_on_a_machine_without_gpu_is_complete_and_honest(
         assert 0 < data["top1_matches_label"] <= data["images"]
         assert 0 < data["batch1"]["median_ms"] <= data["batch1"]["p90_ms"]
         assert data["other_variants"], "the INT8 variants are judged against FP32 on the CPU too"
+    if HAS_GPU_STACK:
+        return  # the skips below are this (GPU-less, TensorRT-less) machine's
+    assert code == EXIT_OK, stderr
+    assert report["failed"] == []
+    assert sections[("versions", None)]["data"]["tensorrt"] is None
+    assert "TensorRT is not installed" in sections[("tensorrt.version", None)]["reason"]
+    assert "cuda-python is not installed" in sections[("device_memory", None)]["reason"]
+    for model in models:
         assert sections[("onnxruntime.cuda", model)]["status"] == "skipped"
         for name, _ in verify_device.TENSORRT_SECTIONS:
             skipped = sections[(name, model)]
             assert skipped["status"] == "skipped"
             assert "see tensorrt.version" in skipped["reason"]
-    assert "passed" in stderr
-    assert "skipped" in stderr
 
 
 def test_exit_code_and_report_when_the_machine_is_a_jetson_without_tensorrt(tmp_path: Path) -> None:

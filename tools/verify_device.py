@@ -1,6 +1,6 @@
 """Verify a device end to end in one command, and write a report a field engineer sends back.
 
-    python -m tools.verify_device [--models DIR] [--out report.json] [--quick] [--budget-s S]
+    python -m tools.verify_device [--models DIR] [--out report.json] [--quick] [--budget-s S] [--work DIR]
 
 Sections (each passed, failed with a code, or skipped with the reason; docs/verify-device.md):
 versions and GPU facts; the TensorRT version's support; device memory round trips; per model,
@@ -192,7 +192,7 @@ def _tensorrt_check(machine: cpu.Machine, check: Any) -> Any:
         if machine.tensorrt_problem:
             # Named in full once, by tensorrt.version (a failure on a Jetson); here pointed to.
             raise Skip("TensorRT cannot run here (see tensorrt.version)")
-        return check()  # type: ignore[no-any-return]
+        return check()
 
     return guarded
 

@@ -138,6 +138,13 @@ def free_gpu_memory() -> int | None:
     return int(free) if int(error) == 0 else None
 
 
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text(errors="replace").strip() or None
+    except OSError:
+        return None
+
+
 def _module_version(name: str) -> str | None:
     try:
         return str(importlib.import_module(name).__version__)
@@ -199,7 +206,13 @@ def versions(machine: Machine) -> dict[str, Any]:
         "tensorrt": _module_version("tensorrt"),
         "cuda": cuda,
         "gpu": machine.facts.get("gpu") or {"problem": machine.gpu_problem},
-        "jetson": {"is_jetson": machine.jetson, "l4t": machine.l4t, "module": machine.module},
+        "jetson": {
+            "is_jetson": machine.jetson,
+            "l4t": machine.l4t,
+            "module": machine.module,
+            # nvpmodel's current mode (`pmode:0000 ...`): timings mean little without it.
+            "nvpmodel": _read(machine.root / "var/lib/nvpmodel/status"),
+        },
     }
     gpu = machine.facts.get("gpu")
     data["headline"] = (
