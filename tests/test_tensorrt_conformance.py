@@ -108,11 +108,13 @@ def uses() -> tuple[Use, ...]:
             name = ".".join(parts) if rooted else node.attr
             found.append(Use(name, node.lineno, rooted, call, isinstance(node.ctx, ast.Store)))
         elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
-            # getattr(trt, "X"), hasattr(trt, "X")
+            # getattr(trt, "X"), hasattr(trt, "X"); a computed name cannot be checked, so it fails
             if node.func.id in {"getattr", "hasattr", "setattr"} and len(node.args) >= 2:
                 target, attr = node.args[0], node.args[1]
-                if _is_trt(target) and isinstance(attr, ast.Constant) and isinstance(attr.value, str):
-                    found.append(Use(attr.value, node.lineno, rooted=True))
+                if _is_trt(target):
+                    literal = isinstance(attr, ast.Constant) and isinstance(attr.value, str)
+                    name = str(attr.value) if literal else f"{node.func.id}(trt, <computed>)"
+                    found.append(Use(name, node.lineno, rooted=True))
         elif isinstance(node, ast.ClassDef):
             for base in node.bases:
                 parts, root = _chain(base)
