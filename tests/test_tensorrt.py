@@ -17,7 +17,7 @@ from edge import runtime
 from edge.cli import cli
 from edge.config import Settings, load_settings
 from edge.errors import Code, EdgeError
-from edge.inference.engine_cache import Attempt, EngineKey, build_plan
+from edge.inference.engine_cache import Attempt, BuildHost, EngineKey, build_plan
 from edge.inference.engine_manager import EngineManager
 from edge.inference.pool import ModelPool, tensor_names
 from edge.inference.registry import Registry
@@ -29,10 +29,27 @@ from tests.tinymodel import make_model_dir
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 ORIN = GpuInfo("Orin (nvgpu)", "8.7", 8 * 2**30)
+ORIN_NANO = BuildHost(
+    "10.3.0", ORIN, "12.6", "12.6", "R36.4.3", "NVIDIA Jetson Orin Nano Engineering Reference Developer Kit"
+)
 
 
 def key(**changes: Any) -> EngineKey:
-    base = EngineKey("m", "1.0.0", "a" * 64, "int8", "10.3.0", "Orin (nvgpu)", "8.7", 8)
+    base = EngineKey(
+        model="m",
+        version="1.0.0",
+        onnx_sha256="a" * 64,
+        precision="int8",
+        tensorrt="10.3.0",
+        gpu="Orin (nvgpu)",
+        compute_capability="8.7",
+        max_batch=8,
+        workspace_mb=512,
+        cuda_runtime="12.6",
+        cuda_driver="12.6",
+        l4t="R36.4.3",
+        module="NVIDIA Jetson Orin Nano Developer Kit",
+    )
     return replace(base, **changes)
 
 
@@ -48,6 +65,11 @@ def test_engine_key_changes_with_everything_that_invalidates_an_engine() -> None
         ("compute_capability", "9.0"),
         ("max_batch", 4),
         ("version", "1.0.1"),
+        ("workspace_mb", 1024),
+        ("cuda_runtime", "12.8"),
+        ("cuda_driver", "13.0"),
+        ("l4t", "R36.4.4"),
+        ("module", "NVIDIA Jetson AGX Orin Developer Kit"),
     ]:
         assert key(**{field: value}).stem != reference.stem, field
 
@@ -122,8 +144,13 @@ def test_only_the_batch_may_be_dynamic() -> None:
 
 
 class Doubles:
-    def __init__(self, fail: set[str] = frozenset(), noisy: set[str] = frozenset()) -> None:  # type: ignore[assignment]
-        self.fail, self.noisy = fail, noisy
+    def __init__(
+        self,
+        fail: set[str] = frozenset(),  # type: ignore[assignment]
+        noisy: set[str] = frozenset(),  # type: ignore[assignment]
+        failure: str = "DequantizeLinear: unsupported INT32 input",
+    ) -> None:
+        self.fail, self.noisy, self.failure = fail, noisy, failure
         self.builds: list[str] = []
 
     def builder(self, source: Path, precision: str, **kwargs: Any) -> bytes:
@@ -132,7 +159,7 @@ class Doubles:
         assert kwargs["input_name"] == "image"
         assert kwargs["max_batch"] >= 1
         if precision in self.fail:
-            raise EdgeError(Code.ENGINE_BUILD_FAILED, f"{precision}: out of memory (simulated)")
+            raise EdgeError(Code.ENGINE_BUILD_FAILED, f"{precision}: {self.failure} (simulated)")
         return precision.encode() + b"\n" + source.read_bytes()
 
     def runner(self, engine: Path, names: TensorNames) -> Runner:
@@ -161,7 +188,7 @@ def cxr_settings(tmp_path: Path) -> Settings:
 
 def manager(settings: Settings, doubles: Doubles) -> EngineManager:
     return EngineManager(
-        settings, builder=doubles.builder, runner_factory=doubles.runner, identity=lambda: ("10.3.0", ORIN)
+        settings, builder=doubles.builder, runner_factory=doubles.runner, identity=lambda: ORIN_NANO
     )
 
 
@@ -224,7 +251,7 @@ def test_an_upgrade_rebuilds_instead_of_failing_to_deserialize(cxr_settings: Set
         cxr_settings,
         builder=doubles.builder,
         runner_factory=doubles.runner,
-        identity=lambda: ("10.3.0", GpuInfo("Orin (nvgpu)", "8.7", 8 * 2**30)),
+        identity=lambda: ORIN_NANO,
     )
     upgraded.settings = cxr_settings.model_copy(
         update={"runtime": cxr_settings.runtime.model_copy(update={"max_batch": 4})}
