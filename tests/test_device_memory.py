@@ -130,10 +130,7 @@ def test_l4t_release_and_module_from_a_jetson(tmp_path: Path) -> None:
     model = tmp_path / "model"
     model.write_bytes(b"NVIDIA Jetson Orin Nano Engineering Reference Developer Kit\x00")
     assert device_memory.l4t_release(release) == "R36.4.3"
-    assert (
-        device_memory.jetson_module(model)
-        == "NVIDIA Jetson Orin Nano Engineering Reference Developer Kit Super"
-    )
+    assert device_memory.jetson_module(model) == "NVIDIA Jetson Orin Nano Engineering Reference Developer Kit"
     release.write_text("something else entirely\n")
     assert device_memory.l4t_release(release) == "something else entirely"
 
