@@ -159,8 +159,8 @@ def availability_problem() -> str | None:
         return support.message
     if not device_memory.available():
         return (
-            "TensorRT is installed but neither cuda-python nor pycuda is: on a Jetson "
-            'pip install -e ".[jetson]"; see docs/jetson.md'
+            "TensorRT is installed but neither cuda-python nor pycuda is: "
+            'pip install -e ".[jetson]" on a Jetson; see docs/jetson.md'
         )
     try:
         device_memory.gpu_count()
