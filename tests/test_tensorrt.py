@@ -21,18 +21,32 @@ from edge.inference.engine_cache import Attempt, EngineKey, build_plan
 from edge.inference.engine_manager import EngineManager
 from edge.inference.pool import ModelPool, tensor_names
 from edge.inference.registry import Registry
-from edge.runtime.base import Runner, TensorNames, TensorSpec, bind, concrete_shape
-from edge.runtime.device_memory import GpuInfo, open_device_memory
+from edge.runtime.base import TensorNames, TensorSpec, bind, concrete_shape
+from edge.runtime.device_memory import open_device_memory
 from edge.runtime.onnxruntime import OnnxRuntimeRunner
 from tests.conftest import DEFAULT_MODEL, MODELS
+from tests.engine_doubles import ORIN_NANO, Doubles, manager
 from tests.tinymodel import make_model_dir
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
-ORIN = GpuInfo("Orin (nvgpu)", "8.7", 8 * 2**30)
 
 
 def key(**changes: Any) -> EngineKey:
-    base = EngineKey("m", "1.0.0", "a" * 64, "int8", "10.3.0", "Orin (nvgpu)", "8.7", 8)
+    base = EngineKey(
+        model="m",
+        version="1.0.0",
+        onnx_sha256="a" * 64,
+        precision="int8",
+        tensorrt="10.3.0",
+        gpu="Orin (nvgpu)",
+        compute_capability="8.7",
+        max_batch=8,
+        workspace_mb=512,
+        cuda_runtime="12.6",
+        cuda_driver="12.6",
+        l4t="R36.4.3",
+        module="NVIDIA Jetson Orin Nano Developer Kit",
+    )
     return replace(base, **changes)
 
 
@@ -48,6 +62,11 @@ def test_engine_key_changes_with_everything_that_invalidates_an_engine() -> None
         ("compute_capability", "9.0"),
         ("max_batch", 4),
         ("version", "1.0.1"),
+        ("workspace_mb", 1024),
+        ("cuda_runtime", "12.8"),
+        ("cuda_driver", "13.0"),
+        ("l4t", "R36.4.4"),
+        ("module", "NVIDIA Jetson AGX Orin Developer Kit"),
     ]:
         assert key(**{field: value}).stem != reference.stem, field
 
@@ -117,52 +136,12 @@ def test_only_the_batch_may_be_dynamic() -> None:
 
 
 # ------------------------------------------------------------------ the manager, with doubles
-# The builder double writes the source ONNX itself as the "engine" and the runner double opens it
-# with ONNX Runtime: the cache, fallback, records and parity logic run for real around them.
-
-
-class Doubles:
-    def __init__(self, fail: set[str] = frozenset(), noisy: set[str] = frozenset()) -> None:  # type: ignore[assignment]
-        self.fail, self.noisy = fail, noisy
-        self.builds: list[str] = []
-
-    def builder(self, source: Path, precision: str, **kwargs: Any) -> bytes:
-        self.builds.append(precision)
-        assert kwargs["timing_cache"].name.startswith("timing-trt10.3.0-sm87")
-        assert kwargs["input_name"] == "image"
-        assert kwargs["max_batch"] >= 1
-        if precision in self.fail:
-            raise EdgeError(Code.ENGINE_BUILD_FAILED, f"{precision}: out of memory (simulated)")
-        return precision.encode() + b"\n" + source.read_bytes()
-
-    def runner(self, engine: Path, names: TensorNames) -> Runner:
-        precision, _, onnx_bytes = engine.read_bytes().partition(b"\n")
-        plain = engine.with_suffix(".onnx-as-engine")
-        plain.write_bytes(onnx_bytes)
-        inner = OnnxRuntimeRunner(plain, names, load_settings().runtime)
-        if precision.decode() in self.noisy:
-            original = inner.infer
-
-            def noisy(batch: np.ndarray) -> dict[str, np.ndarray]:
-                out = original(batch)
-                return {
-                    k: v + np.random.default_rng(0).normal(0, 5, v.shape).astype(v.dtype)
-                    for k, v in out.items()
-                }
-
-            inner.infer = noisy  # type: ignore[method-assign]
-        return inner
+# (tests/engine_doubles.py): the cache, fallback, records and parity logic run for real.
 
 
 @pytest.fixture
 def cxr_settings(tmp_path: Path) -> Settings:
     return load_settings(data_dir=tmp_path / "data", models={"dir": MODELS})
-
-
-def manager(settings: Settings, doubles: Doubles) -> EngineManager:
-    return EngineManager(
-        settings, builder=doubles.builder, runner_factory=doubles.runner, identity=lambda: ("10.3.0", ORIN)
-    )
 
 
 def test_serve_prefers_int8_builds_once_and_records_the_parity_verdict(cxr_settings: Settings) -> None:
@@ -224,7 +203,7 @@ def test_an_upgrade_rebuilds_instead_of_failing_to_deserialize(cxr_settings: Set
         cxr_settings,
         builder=doubles.builder,
         runner_factory=doubles.runner,
-        identity=lambda: ("10.3.0", GpuInfo("Orin (nvgpu)", "8.7", 8 * 2**30)),
+        identity=lambda: ORIN_NANO,
     )
     upgraded.settings = cxr_settings.model_copy(
         update={"runtime": cxr_settings.runtime.model_copy(update={"max_batch": 4})}

@@ -159,12 +159,13 @@ def models_build(obj: Context, names: tuple[str, ...], force: bool) -> None:
     """Build TensorRT engines on this device (all models, or NAMES), each precision in turn.
 
     INT8 from the QDQ graph, then FP16 and FP32 from the FP32 graph; a failed precision is
-    recorded and the next one tried. Engines are cached per model file, TensorRT version and
-    GPU, with a persisted timing cache. Needs TensorRT (JetPack) and a GPU.
+    recorded and the next one tried. A recorded failure is built again when what it was built
+    from changes (TensorRT, CUDA, workspace, model file), later for out of memory, or now with
+    --force. Engines are cached per model file, TensorRT, CUDA, GPU and workspace, with a
+    persisted timing cache. Needs a supported TensorRT (docs/jetson.md) and a GPU.
     """
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from edge.inference.engine_cache import build_plan
     from edge.inference.registry import Registry
 
     manager = _engine_manager(obj)
@@ -173,7 +174,7 @@ def models_build(obj: Context, names: tuple[str, ...], force: bool) -> None:
     for name in names or tuple(registry.names()):
         try:
             entry = registry.get(name)
-            plan = build_plan(entry, "auto" if force else obj.settings.runtime.precision)
+            plan = manager.plan(entry, "auto" if force else obj.settings.runtime.precision)
         except EdgeError as error:
             click.echo(f"{name}: {error.one_line()}")
             failed = True
@@ -210,14 +211,13 @@ def models_verify(obj: Context, name: str, as_json: bool) -> None:
     Reports max logit difference, top-1 agreement and AUC difference, records the verdict (an
     engine serves only if it passed) and exits 1 if the engine the device would serve failed.
     """
-    from edge.inference.engine_cache import build_plan
     from edge.inference.pool import tensor_names
     from edge.inference.registry import Registry
 
     manager = _engine_manager(obj)
     try:
         entry = Registry(obj.settings.models.dir).get(name)
-        plan = build_plan(entry, obj.settings.runtime.precision)
+        plan = manager.plan(entry, obj.settings.runtime.precision)
     except EdgeError as error:
         click.echo(error.one_line(), err=True)
         sys.exit(EXIT_REFUSED)

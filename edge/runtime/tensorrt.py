@@ -1,22 +1,31 @@
-"""TensorRT 10 on NVIDIA GPUs (Jetson first): engine building and the runner.
+"""TensorRT on NVIDIA GPUs (Jetson first): the version gate, engine building and the runner.
 
-Everything TensorRT-specific lives here, its import guarded; the bookkeeping that needs no GPU
-is in `engines.py`, device memory in `device_memory.py`, orchestration (cache, fallback, parity)
-in `engine_manager.py`.
+Every TensorRT call of the backend is in this module, always through a local name `trt`, and
+`TRT_API` lists each TensorRT name it uses (classes, enum members, functions, and methods or
+properties as `Class.member`), per API flavour; the conformance test holds the table to this
+file's source and to the real bindings of every supported version. Which versions are supported,
+and why, is `tensorrt_versions.py`; the bookkeeping that needs no GPU is in
+`edge/inference/engine_cache.py`, device memory in `device_memory.py`, orchestration (cache,
+fallback, parity) in `edge/inference/engine_manager.py`.
 
-- Build: from ONNX with the TensorRT builder. INT8 comes from the explicitly quantised (QDQ)
-  graph as a *strongly typed* network (TensorRT's implicit INT8 calibration is deprecated since
-  10.1); FP16 and FP32 come from the FP32 graph. One optimisation profile, batch 1..max_batch;
-  a workspace limit (an 8 GB Orin Nano has no room for greed); a persisted timing cache; a
-  progress monitor, because a build takes minutes on an Orin and silence looks like a crash.
-- Run: deserialize, one execution context, tensors bound by the manifest's names,
-  `set_tensor_address` + `execute_async_v3` on our own CUDA stream, page-locked host buffers.
-  A lock makes one runner safe to share between threads.
+- Build: from ONNX with the TensorRT builder, the way each flavour wants it: INT8 from the
+  explicitly quantised (QDQ) graph, FP16 and FP32 from the FP32 graph (on 11, where weak typing
+  is gone, FP16 only from an FP16 graph). The "fp32" engine is FP32: TF32, on by default on Ampere
+  and later (every Orin), is switched off for it. One optimisation profile, batch 1..max_batch; a
+  workspace limit (an 8 GB Orin Nano has no room for greed); a persisted timing cache; a progress
+  monitor where the API has one (10 and 11), because a build takes minutes on an Orin and
+  silence looks like a crash.
+- Run: deserialize, one execution context, tensors bound by the manifest's names; every other
+  engine output gets a scratch device buffer, because `execute_async_v3` needs an address for
+  each. `set_tensor_address` + `execute_async_v3` on our own CUDA stream, page-locked host
+  buffers. A lock makes one runner safe to share between threads.
+- Available only where TensorRT imports, its version is supported and a CUDA GPU answers; asked
+  once per process, so a machine without a GPU serves with ONNX Runtime without an error per model.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import functools
 import logging
 import threading
 import time
@@ -30,7 +39,18 @@ from edge.config import RuntimeSettings
 from edge.errors import Code, EdgeError
 from edge.runtime import device_memory
 from edge.runtime.base import Runner, TensorNames, TensorSpec, bind, concrete_shape
+from edge.runtime.tensorrt_versions import VersionSupport, version_support
 from edge.store.files import write_atomically
+
+__all__ = [
+    "TRT_API",
+    "TensorRTRunner",
+    "VersionSupport",
+    "api_names",
+    "build_engine",
+    "tensorrt_version",
+    "version_support",
+]
 
 log = logging.getLogger(__name__)
 
@@ -38,16 +58,115 @@ log = logging.getLogger(__name__)
 ProgressCallback = Callable[[str, float], None]
 
 
-def _trt() -> Any:
+def _members(owner: str, members: str) -> tuple[str, ...]:
+    return tuple(f"{owner}.{member}" for member in members.split())
+
+
+_PROGRESS_API = (
+    "IProgressMonitor",
+    *_members("IProgressMonitor", "phase_start step_complete phase_finish"),
+    "IBuilderConfig.progress_monitor",
+)
+
+# Every TensorRT name this module uses, relative to the `tensorrt` module: "common" on every
+# supported version, the others only on that flavour's path (see `tensorrt_versions`).
+TRT_API: dict[str, tuple[str, ...]] = {
+    "common": (
+        *("__version__", "nptype", "ILogger", "Builder", "OnnxParser", "Runtime"),
+        *_members("ILogger", "log Severity.ERROR Severity.WARNING"),
+        *_members("Builder", "create_network create_builder_config create_optimization_profile"),
+        "Builder.build_serialized_network",
+        *_members("OnnxParser", "parse num_errors get_error"),
+        *_members("IBuilderConfig", "set_memory_pool_limit clear_flag add_optimization_profile"),
+        *_members("IBuilderConfig", "create_timing_cache set_timing_cache get_timing_cache"),
+        *("BuilderFlag", "MemoryPoolType", "TensorIOMode", "ILogger.Severity"),
+        *("MemoryPoolType.WORKSPACE", "BuilderFlag.TF32", "TensorIOMode.INPUT"),
+        *("ITimingCache.serialize", "IOptimizationProfile.set_shape", "Runtime.deserialize_cuda_engine"),
+        *_members("ICudaEngine", "num_io_tensors get_tensor_name get_tensor_mode get_tensor_dtype"),
+        *_members("ICudaEngine", "get_tensor_shape get_tensor_profile_shape create_execution_context"),
+        *_members("IExecutionContext", "set_tensor_address set_input_shape execute_async_v3"),
+        "IExecutionContext.get_tensor_shape",
+    ),
+    "8.6": (
+        *("NetworkDefinitionCreationFlag", "NetworkDefinitionCreationFlag.EXPLICIT_BATCH"),
+        "IBuilderConfig.set_flag",
+        *("BuilderFlag.INT8", "BuilderFlag.FP16"),
+    ),
+    "10": (
+        *("NetworkDefinitionCreationFlag", "NetworkDefinitionCreationFlag.STRONGLY_TYPED"),
+        *("IBuilderConfig.set_flag", "BuilderFlag.FP16"),
+        *_PROGRESS_API,
+    ),
+    "11": _PROGRESS_API,
+}
+
+
+def api_names(flavour: str) -> tuple[str, ...]:
+    """Every TensorRT name the backend uses on `flavour` ("8.6", "10", "11")."""
+    return (*TRT_API["common"], *TRT_API[flavour])
+
+
+NOT_INSTALLED = (
+    "TensorRT is not installed: on a Jetson it comes with JetPack (use a venv with "
+    "--system-site-packages); see docs/jetson.md"
+)
+
+
+def _import_tensorrt() -> Any:
+    """The tensorrt module whatever its version (to read and report it), or BACKEND_UNAVAILABLE."""
     try:
-        import tensorrt
-    except ImportError as exc:
-        raise EdgeError(Code.BACKEND_UNAVAILABLE, TensorRTRunner.unavailable_reason()) from exc
-    return tensorrt
+        import tensorrt as trt
+    except ModuleNotFoundError as exc:
+        if exc.name == "tensorrt":
+            raise EdgeError(Code.BACKEND_UNAVAILABLE, NOT_INSTALLED) from exc
+        raise EdgeError(Code.BACKEND_UNAVAILABLE, f"TensorRT does not import: {exc}") from exc
+    except Exception as exc:  # e.g. OSError: libnvinfer.so.10 cannot be loaded
+        raise EdgeError(
+            Code.BACKEND_UNAVAILABLE, f"TensorRT does not import: {type(exc).__name__}: {exc}"[:300]
+        ) from exc
+    return trt
+
+
+def _trt() -> Any:
+    """TensorRT, once its version passed the gate: nothing is built or loaded on a refused one."""
+    trt = _import_tensorrt()
+    support = version_support(str(trt.__version__))
+    if not support.supported:
+        raise EdgeError(Code.BACKEND_UNAVAILABLE, support.message)
+    return trt
+
+
+def _flavour(trt: Any) -> str:
+    return version_support(str(trt.__version__)).flavour or ""
 
 
 def tensorrt_version() -> str:
-    return str(_trt().__version__)
+    """The installed TensorRT's version, supported or not (for keys, reports and refusals)."""
+    trt = _import_tensorrt()
+    return str(trt.__version__)
+
+
+@functools.lru_cache(maxsize=1)
+def availability_problem() -> str | None:
+    """Why TensorRT cannot serve on this machine (one sentence), or None when it can. Asked once
+    per process: neither the installed TensorRT nor the GPU changes while it runs."""
+    try:
+        trt = _import_tensorrt()
+    except EdgeError as error:
+        return error.message
+    support = version_support(str(trt.__version__))
+    if not support.supported:
+        return support.message
+    if not device_memory.available():
+        return (
+            "TensorRT is installed but neither cuda-python nor pycuda is: "
+            'pip install -e ".[jetson]" on a Jetson; see docs/jetson.md'
+        )
+    try:
+        device_memory.gpu_count()
+    except EdgeError as error:
+        return f"TensorRT {trt.__version__} is installed but there is {error.message}"
+    return None
 
 
 class _Logger:
@@ -61,7 +180,7 @@ class _Logger:
 
         class Bridge(trt.ILogger):
             def __init__(inner) -> None:
-                trt.ILogger.__init__(inner)
+                super().__init__()
 
             def log(inner, severity: Any, message: str) -> None:
                 if severity <= trt.ILogger.Severity.ERROR:
@@ -103,7 +222,7 @@ def _progress_monitor(trt: Any, callback: ProgressCallback) -> Any:
 
     class Monitor(trt.IProgressMonitor):
         def __init__(self) -> None:
-            trt.IProgressMonitor.__init__(self)
+            super().__init__()
             self.phases: dict[str, tuple[str | None, int, int]] = {}
 
         def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
@@ -141,7 +260,8 @@ def build_engine(
     timing_cache: Path,
     progress: ProgressCallback | None = None,
 ) -> bytes:
-    """A serialized engine, or ENGINE_BUILD_FAILED with TensorRT's own words."""
+    """A serialized engine, or ENGINE_BUILD_FAILED with TensorRT's own words (BACKEND_UNAVAILABLE
+    for a TensorRT version the gate refuses, before anything is parsed)."""
     try:
         return _build(
             onnx_file, precision, input_name, input_shape, max_batch, workspace_mb, timing_cache, progress
@@ -149,8 +269,10 @@ def build_engine(
     except EdgeError:
         raise
     except Exception as exc:  # e.g. RuntimeError from an inconsistent profile, MemoryError
+        # The type stays in the message: the engine manager retries out-of-memory failures later.
         raise EdgeError(
-            Code.ENGINE_BUILD_FAILED, f"{precision} engine from {onnx_file.name}: {exc}"[:500]
+            Code.ENGINE_BUILD_FAILED,
+            f"{precision} engine from {onnx_file.name}: {type(exc).__name__}: {exc}"[:500],
         ) from exc
 
 
@@ -165,14 +287,11 @@ def _build(
     progress: ProgressCallback | None,
 ) -> bytes:
     trt = _trt()
+    flavour = _flavour(trt)
     logger = _logger()
     mark = logger.mark()
     builder = trt.Builder(logger.bridge)
-    flags = 0
-    if precision == "int8":
-        # Q/DQ nodes carry the scales; a strongly typed network follows the graph's types exactly.
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    network = builder.create_network(flags)
+    network = builder.create_network(_network_flags(trt, flavour, precision))
     parser = trt.OnnxParser(network, logger.bridge)
     if not parser.parse(onnx_file.read_bytes(), str(onnx_file)):
         problems = [str(parser.get_error(i)) for i in range(parser.num_errors)]
@@ -181,8 +300,7 @@ def _build(
         )
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb * 1024 * 1024)
-    if precision == "fp16":
-        config.set_flag(trt.BuilderFlag.FP16)
+    _set_precision(trt, flavour, config, precision)
     profile = builder.create_optimization_profile()
     channels, height, width = input_shape
     one = (1, channels, height, width)
@@ -195,7 +313,7 @@ def _build(
         )
         cache = config.create_timing_cache(b"")
         config.set_timing_cache(cache, ignore_mismatch=False)
-    if progress is not None and hasattr(trt, "IProgressMonitor"):
+    if progress is not None and flavour != "8.6":  # 8.6 has no IProgressMonitor
         config.progress_monitor = _progress_monitor(trt, progress)
     started = time.monotonic()
     serialized = builder.build_serialized_network(network, config)
@@ -205,6 +323,31 @@ def _build(
     write_atomically(timing_cache, bytes(config.get_timing_cache().serialize()))
     log.info("built %s engine from %s in %.0f s", precision, onnx_file.name, time.monotonic() - started)
     return bytes(serialized)
+
+
+def _network_flags(trt: Any, flavour: str, precision: str) -> int:
+    if flavour == "8.6":
+        # 8.6's default network is implicit-batch, which the ONNX parser refuses.
+        return 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    if flavour == "10" and precision == "int8":
+        # Q/DQ nodes carry the scales; a strongly typed network follows the graph's types exactly.
+        return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    # 10 at FP16/FP32: weakly typed, the precision set by a flag. 11: every network is strongly
+    # typed (its STRONGLY_TYPED flag is deprecated), the precision is the ONNX file's.
+    return 0
+
+
+def _set_precision(trt: Any, flavour: str, config: Any, precision: str) -> None:
+    if precision == "fp32":
+        # TF32 is on by default on Ampere and later (every Orin): without this, an "fp32" engine
+        # rounds convolution and matmul inputs to 10 mantissa bits without saying so.
+        config.clear_flag(trt.BuilderFlag.TF32)
+    elif flavour == "8.6":
+        # No strong typing before 9: explicit quantisation (QDQ) builds with the INT8 flag set.
+        config.set_flag(trt.BuilderFlag.INT8 if precision == "int8" else trt.BuilderFlag.FP16)
+    elif flavour == "10" and precision == "fp16":
+        config.set_flag(trt.BuilderFlag.FP16)
+    # 10 at INT8 (strongly typed) and everything on 11: no precision flag, the graph's types rule.
 
 
 def engine_tensors(engine: Any) -> list[TensorSpec]:
@@ -228,19 +371,12 @@ class TensorRTRunner(Runner):
 
     @classmethod
     def is_available(cls) -> bool:
-        return importlib.util.find_spec("tensorrt") is not None and bool(device_memory.available())
+        """TensorRT imports, its version is supported and a CUDA GPU answers."""
+        return availability_problem() is None
 
     @classmethod
     def unavailable_reason(cls) -> str:
-        if importlib.util.find_spec("tensorrt") is None:
-            return (
-                "TensorRT is not installed: on a Jetson it comes with JetPack (use a venv with "
-                "--system-site-packages); see docs/jetson.md"
-            )
-        return (
-            "TensorRT is installed but neither cuda-python nor pycuda is: "
-            'pip install "cuda-python>=12.6,<13" (JetPack 6 ships CUDA 12)'
-        )
+        return availability_problem() or "TensorRT is available"
 
     def __init__(
         self,
@@ -251,10 +387,11 @@ class TensorRTRunner(Runner):
     ) -> None:
         """`model_file` is a serialized engine (the engine manager builds it from the ONNX)."""
         super().__init__(model_file, names, settings)
+        _trt()  # the version gate, before any GPU memory is touched
         self._lock = threading.Lock()
         self._owns_memory = memory is None
         self._memory = memory or device_memory.open_device_memory(settings.device_memory)
-        self._device: dict[str, int] = {}
+        self._device: dict[str, int] = {}  # every bound tensor's device buffer, scratch ones too
         self._host: dict[str, np.ndarray] = {}
         self._stream: Any = None
         self._engine: Any = None
@@ -274,23 +411,39 @@ class TensorRTRunner(Runner):
         logger = _logger()
         mark = logger.mark()
         self._runtime = trt.Runtime(logger.bridge)
-        self._engine = self._runtime.deserialize_cuda_engine(model_file.read_bytes())
+        try:
+            serialized = model_file.read_bytes()
+        except OSError as exc:
+            raise EdgeError(Code.ENGINE_UNREADABLE, f"{model_file.name} cannot be read: {exc}") from exc
+        self._engine = self._runtime.deserialize_cuda_engine(serialized)
         if self._engine is None:
             reason = "; ".join(logger.errors_since(mark)[-2:]) or "incompatible or corrupt engine"
-            raise EdgeError(Code.ENGINE_BUILD_FAILED, f"{model_file.name} does not deserialize: {reason}")
+            raise EdgeError(Code.ENGINE_UNREADABLE, f"{model_file.name} does not deserialize: {reason}")
         self._context = self._engine.create_execution_context()
         if self._context is None:  # e.g. out of device memory on an 8 GB Orin
             reason = "; ".join(logger.errors_since(mark)[-2:]) or "no execution context (out of memory?)"
             raise EdgeError(Code.ENGINE_BUILD_FAILED, f"{model_file.name}: {reason}")
-        self._input, self._outputs = bind(engine_tensors(self._engine), names)
+        specs = engine_tensors(self._engine)
+        self._input, self._outputs = bind(specs, names)
         profile_max = self._engine.get_tensor_profile_shape(names.input, 0)[2]
         self.max_batch = int(profile_max[0])
         self._stream = self._memory.stream_create()
         for spec in (self._input, *self._outputs):
             shape = concrete_shape(spec, self.max_batch)
             self._host[spec.name] = self._memory.pinned_empty(shape, spec.dtype)
-            self._device[spec.name] = self._memory.malloc(self._host[spec.name].nbytes)
-            self._context.set_tensor_address(spec.name, self._device[spec.name])
+            self._set_address(spec.name, self._memory.malloc(self._host[spec.name].nbytes))
+        # execute_async_v3 needs an address for every output, wanted or not: the outputs the
+        # manifest does not name write into device scratch buffers that are never copied back.
+        wanted = {spec.name for spec in self._outputs}
+        for spec in specs:
+            if not spec.is_input and spec.name not in wanted:
+                shape = concrete_shape(spec, self.max_batch)
+                self._set_address(spec.name, self._memory.malloc(int(np.prod(shape)) * spec.dtype.itemsize))
+
+    def _set_address(self, name: str, pointer: int) -> None:
+        self._device[name] = pointer  # recorded first, so _release frees it whatever happens
+        if not self._context.set_tensor_address(name, pointer):
+            raise EdgeError(Code.INFERENCE_FAILED, f"TensorRT refused the device address of {name!r}")
 
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         if len(batch) == 0:
