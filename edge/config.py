@@ -23,6 +23,10 @@ from edge.errors import Code, EdgeError
 SYSTEM_CONFIG = Path("/etc/edge/edge.toml")
 
 
+DEMO_MODEL = "cxr-pneumonia"
+"""The model `edge demo` and `edge bench` use when `[models] default` names none."""
+
+
 def default_data_dir() -> Path:
     """`$STATE_DIRECTORY` under systemd (first entry if several), else a per-user folder."""
     state = os.environ.get("STATE_DIRECTORY")
@@ -61,7 +65,9 @@ class RuntimeSettings(_Section):
 
 class ModelSettings(_Section):
     dir: Path = Field(default_factory=default_models_dir)
-    default: str = "cxr-pneumonia"
+    default: str | None = None
+    """An explicit override: the model for every input with no modality (PNG/JPEG). Unset, such an
+    input goes to the model whose applicability check accepts it best (never a silent default)."""
     """Model used for inputs that carry no modality (PNG/JPEG) when none is named."""
     operating_point: str | None = None
     """The site's chosen operating point (e.g. `screening`); None uses each manifest's default."""

@@ -219,16 +219,39 @@ class Pipeline:
         audit_refusal(self.store, self.actor, error)
 
     def route(self, decoded: DecodedImage) -> list[str]:
-        names = self.registry.route(
-            decoded.study.modality, decoded.study.body_part, self.settings.models.default
-        )
+        """The model(s) for an input. `[models] default` is an explicit override for inputs with
+        no modality. Otherwise every model whose manifest accepts the input; when several do and
+        the input does not say what it is (no modality, or no body part), the one whose
+        applicability check finds it most typical of its training images (highest p-value)
+        serves, so one image never yields two findings from two models by accident. An input
+        none would accept is then refused by that model's check (OUT_OF_SCOPE), not answered."""
+        study = decoded.study
+        if study.modality is None and self.settings.models.default:
+            return [self.settings.models.default]
+        names = self.registry.route(study.modality, study.body_part)
         if not names:
             raise EdgeError(
                 Code.NO_MODEL_FOR_INPUT,
-                f"no installed model accepts modality {decoded.study.modality}"
-                f" / body part {decoded.study.body_part or 'unspecified'}",
+                f"no installed model accepts modality {study.modality or '(none)'}"
+                f" / body part {study.body_part or 'unspecified'}",
             )
+        if len(names) > 1 and not (study.modality and study.body_part):
+            return [self._most_applicable(decoded, names)]
         return names
+
+    def _most_applicable(self, decoded: DecodedImage, names: list[str]) -> str:
+        ranked: list[tuple[float, float, str]] = []
+        for name in names:
+            served = self.pool.get(name)  # a model that cannot be opened refuses the input here
+            scope = served.predict([decoded.pixels])[0].scope
+            # (p-value, closeness): a model without a check ranks last but can still serve
+            ranked.append((-1.0, 0.0, name) if scope is None else (scope.p_value, -scope.distance, name))
+        ranked.sort(reverse=True)
+        log.info(
+            "routed by applicability: %s",
+            ", ".join(f"{name} p={p:.3f}" for p, _, name in ranked),
+        )
+        return ranked[0][2]
 
     @staticmethod
     def new_image(

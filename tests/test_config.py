@@ -12,7 +12,7 @@ def test_defaults_need_no_file(tmp_path: Path) -> None:
     settings = load_settings()
     assert settings.runtime.backend == "auto"
     assert settings.runtime.precision == "auto"
-    assert settings.models.default == "cxr-pneumonia"
+    assert settings.models.default is None  # no silent default model: routing by applicability
     assert settings.data_dir == tmp_path / "xdg" / "edge"  # platformdirs honours XDG_DATA_HOME
     assert settings.config_file is None
 

@@ -105,11 +105,11 @@ def test_unparseable_manifest(tmp_path: Path) -> None:
 def test_routing_by_modality_and_body_part(tmp_path: Path) -> None:
     make_model_dir(tmp_path)
     registry = Registry(tmp_path)
-    assert registry.route("CR", "CHEST", "default-model") == ["tiny"]
-    assert registry.route("CR", None, "default-model") == ["tiny"]
-    assert registry.route("CR", "KNEE", "default-model") == []
-    assert registry.route("US", "CHEST", "default-model") == []
-    assert registry.route(None, None, "default-model") == ["default-model"]
+    assert registry.route("CR", "CHEST") == ["tiny"]
+    assert registry.route("CR", None) == ["tiny"]
+    assert registry.route("CR", "KNEE") == []
+    assert registry.route("US", "CHEST") == []
+    assert registry.route(None, None) == ["tiny"]  # it takes unlabelled inputs
 
 
 def test_manifest_fixture_is_itself_valid(tmp_path: Path) -> None:

@@ -38,7 +38,8 @@ IN_CI = bool(os.environ.get("CI"))
 # declared in TRT_API (the check cannot see a receiver's type, so it errs towards asking).
 NOT_TENSORRT = {
     "name", "dtype", "shape",  # TensorSpec's fields
-    "nbytes",  # numpy arrays
+    "nbytes", "itemsize",  # numpy arrays and dtypes
+    "message",  # EdgeError.message
     "append", "clear", "pop",  # lists and dicts
     "device_memory", "free",  # RuntimeSettings.device_memory; the DeviceMemory layer
 }  # fmt: skip

@@ -24,12 +24,12 @@ from rich.console import Console
 from edge.config import load_settings
 from edge.errors import Code, EdgeError
 from edge.runtime.base import Runner, TensorNames
-from edge.runtime.device_memory import GpuInfo
-from edge.runtime.onnxruntime import OnnxRuntimeRunner
 from tests.conftest import REPO
+from tests.engine_doubles import ORIN_NANO, Doubles
+from tests.fake_tensorrt import FakeDeviceMemory, fake_tensorrt
 from tests.tinymodel import make_model_dir
 from tools import verify_device
-from tools.verify_hooks import TensorRTHooks
+from tools.verify_hooks import TensorRTHooks, execute_only, parse_onnx
 from tools.verify_report import (
     EXIT_FAILED,
     EXIT_OK,
@@ -40,7 +40,7 @@ from tools.verify_report import (
     Skip,
     summary_stats,
 )
-from tools.verify_sections import Machine, jetson_facts, parse_l4t_release
+from tools.verify_sections import Machine, jetson_facts
 
 HAS_GPU_STACK = any(importlib.util.find_spec(m) for m in ("tensorrt", "cuda", "pycuda"))
 SECTION_KEYS = {"section", "model", "status", "seconds"}
@@ -122,7 +122,7 @@ def test_exit_code_and_report_when_the_machine_is_a_jetson_without_tensorrt(tmp_
     make_model_dir(tmp_path / "models")
     machine = Machine(
         jetson=True,
-        l4t="36.4.0",
+        l4t="R36.4.0",
         module="NVIDIA Jetson Orin Nano Developer Kit",
         tensorrt_problem="TensorRT is not installed: ...",
         gpu_problem="no CUDA device memory: cuda-python is not installed",
@@ -134,7 +134,7 @@ def test_exit_code_and_report_when_the_machine_is_a_jetson_without_tensorrt(tmp_
     assert report["failed"] == ["tensorrt.version", "device_memory"]
     sections = by_name(report)
     assert sections[("tensorrt.version", None)]["code"] == Code.BACKEND_UNAVAILABLE.value
-    assert sections[("versions", None)]["data"]["jetson"]["l4t"] == "36.4.0"
+    assert sections[("versions", None)]["data"]["jetson"]["l4t"] == "R36.4.0"
     assert sections[("tensorrt.build", "tiny")]["status"] == "skipped"
 
 
@@ -208,76 +208,64 @@ def test_sections_past_the_time_budget_are_skipped_not_run(tmp_path: Path) -> No
     assert "time budget" in report.sections[1]["reason"]
 
 
-def test_l4t_release_and_jetson_facts(tmp_path: Path) -> None:
-    line = "# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64, DATE: ..."
-    assert parse_l4t_release(line) == "36.4.3"
-    assert parse_l4t_release("garbage") is None
+def test_jetson_facts_come_from_the_products_readers(tmp_path: Path) -> None:
+    """The L4T release and module as `edge.runtime.device_memory` reads them for the engine
+    cache key, so the report and the cache name the same machine the same way."""
     assert jetson_facts(tmp_path) == (False, None, None)
     (tmp_path / "etc").mkdir()
-    (tmp_path / "etc/nv_tegra_release").write_text(line + "\n")
+    (tmp_path / "etc/nv_tegra_release").write_text(
+        "# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64, DATE: ...\n"
+    )
     (tmp_path / "proc/device-tree").mkdir(parents=True)
     (tmp_path / "proc/device-tree/model").write_text(
         "NVIDIA Jetson Orin Nano Engineering Reference Developer Kit\x00"
     )
-    assert jetson_facts(tmp_path) == (
-        True,
-        "36.4.3",
-        "NVIDIA Jetson Orin Nano Engineering Reference Developer Kit",
-    )
+    assert jetson_facts(tmp_path) == (True, "R36.4.3", ORIN_NANO.module)
 
 
 # ---------------------------------------------------------------------- TensorRT sections, with doubles
 
 
-class FakeTensorRT:
-    """The suite's TensorRT doubles: an "engine" is the precision and the source ONNX bytes,
-    opened by ONNX Runtime. The cache, manager, parity, threads, batches and recovery logic
-    around them run for real."""
+def doubled_hooks(doubles: Doubles, free: Callable[[], int | None] = lambda: 4 << 30) -> TensorRTHooks:
+    """The sections' TensorRT calls on the suite's engine-manager doubles (tests/engine_doubles.py:
+    an "engine" is the precision and the source ONNX bytes, opened by ONNX Runtime), on an Orin
+    Nano's build host. The cache, manager, parity, threads, batches and recovery logic around them
+    run for real. Two things the doubles leave out are added here: the builder reports a progress
+    phase, as TensorRT's progress monitor does, and an engine cut short (tag intact, ONNX cut) is
+    ENGINE_UNREADABLE, as TensorRT's deserialization makes it."""
 
-    def __init__(
-        self, noisy: frozenset[str] = frozenset(), free: Callable[[], int | None] | None = None
-    ) -> None:
-        self.noisy = noisy
-        self.builds: list[str] = []
-        self.free = free or (lambda: 4 << 30)
+    def builder(source: Path, precision: str, **kwargs: Any) -> bytes:
+        data = doubles.builder(source, precision, **kwargs)
+        if kwargs.get("progress") is not None:
+            kwargs["progress"]("Building engine", 1.0)
+        return data
 
-    def builder(self, source: Path, precision: str, **kwargs: Any) -> bytes:
-        self.builds.append(precision)
-        progress = kwargs.get("progress")
-        if progress is not None:
-            progress("Building engine", 1.0)
-        return precision.encode() + b"\n" + source.read_bytes()
+    def runner(engine: Path, names: TensorNames) -> Runner:
+        try:
+            return doubles.runner(engine, names)
+        except EdgeError as error:
+            if "ONNX Runtime cannot load" not in error.message:
+                raise
+            raise EdgeError(Code.ENGINE_UNREADABLE, f"{engine.name} does not deserialize (cut)") from error
 
-    def runner(self, engine: Path, names: TensorNames) -> Runner:
-        precision, _, onnx_bytes = engine.read_bytes().partition(b"\n")
-        plain = engine.with_name(engine.name + ".onnx")
-        plain.write_bytes(onnx_bytes)
-        inner = OnnxRuntimeRunner(plain, names, load_settings().runtime)
-        if precision.decode() in self.noisy:
-            original = inner.infer
-            inner.infer = lambda batch: {k: v + 3.0 for k, v in original(batch).items()}  # type: ignore[method-assign]
-        return inner
+    def parse(path: Path, strongly_typed: bool) -> dict[str, Any]:
+        import onnx
 
-    def hooks(self) -> TensorRTHooks:
-        def parse(path: Path, strongly_typed: bool) -> dict[str, Any]:
-            import onnx
+        return {"layers": len(onnx.load(str(path)).graph.node), "strongly_typed": strongly_typed}
 
-            graph = onnx.load(str(path)).graph
-            return {"layers": len(graph.node), "strongly_typed": strongly_typed}
+    @contextlib.contextmanager
+    def execute_only(engine: Path, names: TensorNames, batch: np.ndarray, settings: Any) -> Iterator[Any]:
+        with runner(engine, names) as opened:
+            yield lambda: opened.infer(batch)
 
-        @contextlib.contextmanager
-        def execute_only(engine: Path, names: TensorNames, batch: np.ndarray, settings: Any) -> Iterator[Any]:
-            with self.runner(engine, names) as runner:
-                yield lambda: runner.infer(batch)
-
-        return TensorRTHooks(
-            builder=self.builder,
-            runner_factory=self.runner,
-            identity=lambda: ("10.3.0", GpuInfo("Orin (nvgpu)", "8.7", 8 << 30)),
-            parse=parse,
-            execute_only=execute_only,
-            free_memory=self.free,
-        )
+    return TensorRTHooks(
+        builder=builder,
+        runner_factory=runner,
+        identity=lambda: ORIN_NANO,
+        parse=parse,
+        execute_only=execute_only,
+        free_memory=free,
+    )
 
 
 def quiet() -> Console:
@@ -301,16 +289,18 @@ FAKE_GPU = Machine(jetson=False, gpu_problem="no GPU here (the TensorRT sections
 
 def test_tensorrt_sections_run_against_the_fake(tmp_path: Path) -> None:
     make_model_dir(tmp_path / "models")
-    fake = FakeTensorRT()
-    code, report = run_in_process(tmp_path, machine=FAKE_GPU, hooks=fake.hooks())
+    doubles = Doubles()
+    code, report = run_in_process(tmp_path, machine=FAKE_GPU, hooks=doubled_hooks(doubles))
+    assert code == EXIT_OK, report["failed"]
     sections = by_name(report)
-    for name in ("parse", "build", "timing_cache", "parity", "batches", "threads", "latency", "open_close"):
-        section = sections[(f"tensorrt.{name}", "tiny")]
+    for name, _ in verify_device.TENSORRT_SECTIONS:
+        section = sections[(name, "tiny")]
         assert section["status"] == "passed", section
     build = sections[("tensorrt.build", "tiny")]["data"]["engines"]
     assert list(build) == ["int8", "fp16", "fp32"]
     assert build["int8"]["progress_phases"] == ["Building engine"]
-    assert fake.builds[:4] == ["int8", "fp16", "fp32", "int8"]  # then the timing-cache rebuild
+    # Three builds, the timing-cache rebuild, and the cut engine's rebuild (nothing else).
+    assert doubles.builds == ["int8", "fp16", "fp32", "int8", "int8"]
     parity = sections[("tensorrt.parity", "tiny")]["data"]["engines"]
     assert parity["fp16"]["vs_source"]["max_abs_logit_diff"] == 0.0
     assert parity["int8"]["vs_fp32"]["max_abs_logit_diff"] > 0  # the tiny "INT8" computes 1.01x
@@ -325,24 +315,25 @@ def test_tensorrt_sections_run_against_the_fake(tmp_path: Path) -> None:
         assert latency[kind]["median_ms"] > 0
     memory = sections[("tensorrt.open_close", "tiny")]["data"]
     assert (memory["cycles"], memory["drift_mib"]) == (5, 0.0)
-    # The manager of this build serves another precision instead of rebuilding a cut engine;
-    # the section says so. Once the engine manager rebuilds it, the section passes.
-    recovery = sections[("tensorrt.corrupt_engine", "tiny")]
-    if recovery["status"] == "failed":
-        assert recovery["code"] == "ENGINE_NOT_RECOVERED", recovery
-        assert recovery["data"]["truncated_to"] < recovery["data"]["bytes"]
-        assert code == EXIT_FAILED
-    else:
-        assert recovery["status"] == "passed", recovery
-        assert recovery["data"]["rebuilt"]
-        assert recovery["data"]["served_after"] == "int8"
+    # The engine manager moves the cut engine aside, rebuilds it once, and serves it again.
+    recovery = sections[("tensorrt.corrupt_engine", "tiny")]["data"]
+    assert recovery["precision"] == recovery["served_after"] == "int8"
+    assert recovery["truncated_to"] < recovery["bytes"]
+    assert recovery["rebuilt"] is True
+    assert recovery["moved_aside"] == recovery["engine"] + ".bad"
+    assert recovery["parity_after"] is True  # the rebuilt engine was judged before serving
+    assert (tmp_path / "work/engines" / recovery["moved_aside"]).stat().st_size == recovery["truncated_to"]
 
 
 def test_a_failed_parity_and_a_memory_leak_are_failures_with_their_codes(tmp_path: Path) -> None:
     make_model_dir(tmp_path / "models")
     leaked = iter(range(100))
-    fake = FakeTensorRT(noisy=frozenset({"int8"}), free=lambda: (4 << 30) - next(leaked) * (20 << 20))
-    code, report = run_in_process(tmp_path, machine=FAKE_GPU, hooks=fake.hooks())
+
+    def leaking() -> int:  # 20 MiB less free memory after every cycle
+        return (4 << 30) - next(leaked) * (20 << 20)
+
+    hooks = doubled_hooks(Doubles(noisy={"int8"}), free=leaking)
+    code, report = run_in_process(tmp_path, machine=FAKE_GPU, hooks=hooks)
     assert code == EXIT_FAILED
     sections = by_name(report)
     parity = sections[("tensorrt.parity", "tiny")]
@@ -357,15 +348,7 @@ def test_a_failed_parity_and_a_memory_leak_are_failures_with_their_codes(tmp_pat
 
 def test_a_failed_build_leaves_the_other_precisions_checked(tmp_path: Path) -> None:
     make_model_dir(tmp_path / "models")
-    fake = FakeTensorRT()
-    hooks = fake.hooks()
-
-    def builder(source: Path, precision: str, **kwargs: Any) -> bytes:
-        if precision == "int8":
-            raise EdgeError(Code.ENGINE_BUILD_FAILED, "int8 engine: DequantizeLinear input must be INT8")
-        return fake.builder(source, precision, **kwargs)
-
-    hooks.builder = builder
+    hooks = doubled_hooks(Doubles(fail={"int8"}))  # "DequantizeLinear: unsupported INT32 input"
     _, report = run_in_process(tmp_path, machine=FAKE_GPU, hooks=hooks)
     sections = by_name(report)
     build = sections[("tensorrt.build", "tiny")]
@@ -374,3 +357,70 @@ def test_a_failed_build_leaves_the_other_precisions_checked(tmp_path: Path) -> N
     assert "DequantizeLinear" in build["data"]["engines"]["int8"]["error"]
     assert list(sections[("tensorrt.parity", "tiny")]["data"]["engines"]) == ["fp16", "fp32"]
     assert sections[("tensorrt.timing_cache", "tiny")]["data"]["precision"] == "fp16"
+
+
+# ---------------------------------------------------------------------- the hooks, on a fake TensorRT
+
+
+@pytest.fixture
+def fake_trt(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], FakeDeviceMemory]:
+    """A fake `tensorrt` of a given version (tests/fake_tensorrt.py) where `import tensorrt`
+    finds it, with the product's process-wide logger forgotten, and fake device memory."""
+    from edge.runtime import device_memory
+    from edge.runtime import tensorrt as backend
+
+    def put(version: str) -> FakeDeviceMemory:
+        monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt(version))
+        monkeypatch.setattr(backend, "_shared_logger", None)
+        memory = FakeDeviceMemory()
+        monkeypatch.setattr(device_memory, "open_device_memory", lambda choice="auto": memory)
+        return memory
+
+    return put
+
+
+@pytest.mark.parametrize("version", ["8.6.2", "10.3.0", "11.4.0"])
+def test_the_execute_only_timer_binds_every_tensor_and_frees_it(
+    fake_trt: Callable[[str], FakeDeviceMemory], tmp_path: Path, version: str
+) -> None:
+    from edge.runtime.tensorrt import build_engine
+
+    memory = fake_trt(version)
+    (tmp_path / "model.onnx").write_bytes(b"an onnx model")
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(
+        build_engine(
+            tmp_path / "model.onnx",
+            "fp32",
+            input_name="image",
+            input_shape=(1, 8, 8),
+            max_batch=4,
+            workspace_mb=64,
+            timing_cache=tmp_path / "timing.cache",
+        )
+    )
+    names = TensorNames("image", ("logits", "cam"))
+    with execute_only(engine, names, np.zeros((1, 1, 8, 8), np.float32), load_settings()) as run:
+        assert len(memory.allocated) == 4  # "features", which no manifest names, too
+        for _ in range(3):
+            run()  # execute_async_v3 refuses (INFERENCE_FAILED) if a tensor has no address
+    assert memory.allocated == {}
+
+
+def test_the_parse_hook_uses_the_products_network_and_version_gate(
+    fake_trt: Callable[[str], FakeDeviceMemory], tmp_path: Path
+) -> None:
+    onnx_file = tmp_path / "model.onnx"
+    onnx_file.write_bytes(b"not onnx")
+    fake_trt("8.6.2")
+    with pytest.raises(EdgeError) as caught:
+        parse_onnx(onnx_file, strongly_typed=True)
+    # TensorRT's own words about the file, not about an implicit-batch network: the 8.6 network
+    # is made explicit-batch, as the product's build makes it.
+    assert caught.value.code is Code.ENGINE_BUILD_FAILED
+    assert "failed to parse the ONNX model" in caught.value.message
+    fake_trt("10.1.0")
+    with pytest.raises(EdgeError) as caught:
+        parse_onnx(onnx_file, strongly_typed=True)
+    assert caught.value.code is Code.BACKEND_UNAVAILABLE
+    assert "older than 10.3" in caught.value.message

@@ -19,6 +19,7 @@ from edge.errors import Code, EdgeError
 from edge.inference.engine_manager import Builder, Identity, RunnerFactory
 from edge.runtime import device_memory
 from edge.runtime.base import TensorNames, concrete_shape
+from edge.runtime.tensorrt_versions import version_support
 from tools.verify_sections import free_gpu_memory
 
 ExecuteOnly = Callable[[Path, TensorNames, np.ndarray, Settings], contextlib.AbstractContextManager]
@@ -38,28 +39,27 @@ def dequantize_inputs(path: Path) -> dict[str, int]:
     }
 
 
-def _trt_logger(trt: Any) -> Any:
+def _trt_logger() -> Any:
     """The product's logger bridge. TensorRT keeps the first logger of the process and ignores
     later ones (NVIDIA/TensorRT#1475): had this tool's parse made its own first, the product's
-    builds would lose the error messages they report."""
+    builds would lose the error messages they report. Getting it passes the version gate."""
     from edge.runtime import tensorrt as backend
 
-    shared = getattr(backend, "_logger", None)  # private, so looked up, not assumed
-    return shared().bridge if shared is not None else trt.Logger(trt.Logger.WARNING)
+    return backend._logger().bridge
 
 
 def parse_onnx(onnx_file: Path, strongly_typed: bool) -> dict[str, Any]:
-    """The ONNX file through TensorRT's parser alone: layers, inputs, outputs or its errors."""
+    """The ONNX file through TensorRT's parser alone, on the network the product's build makes
+    for it (explicit batch on 8.6, strongly typed for a QDQ file on 10, always on 11): layers,
+    inputs, outputs or its errors."""
     import tensorrt as trt
 
-    logger = _trt_logger(trt)
+    from edge.runtime import tensorrt as backend
+
+    logger = _trt_logger()  # first: BACKEND_UNAVAILABLE on a version the gate refuses
+    flavour = version_support(str(trt.__version__)).flavour or ""
+    flags = backend._network_flags(trt, flavour, "int8" if strongly_typed else "fp32")
     builder = trt.Builder(logger)
-    flags = 0
-    creation = trt.NetworkDefinitionCreationFlag
-    if int(trt.__version__.split(".")[0]) < 10:  # 8.x: without it, an implicit-batch network
-        flags |= 1 << int(creation.EXPLICIT_BATCH)
-    if strongly_typed and hasattr(creation, "STRONGLY_TYPED"):
-        flags |= 1 << int(creation.STRONGLY_TYPED)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(onnx_file.read_bytes(), str(onnx_file)):
@@ -71,7 +71,8 @@ def parse_onnx(onnx_file: Path, strongly_typed: bool) -> dict[str, Any]:
         "layers": network.num_layers,
         "inputs": [network.get_input(i).name for i in range(network.num_inputs)],
         "outputs": [network.get_output(i).name for i in range(network.num_outputs)],
-        "strongly_typed": bool(strongly_typed and hasattr(creation, "STRONGLY_TYPED")),
+        "flavour": flavour,
+        "strongly_typed": flavour == "11" or (flavour == "10" and strongly_typed),
     }
 
 
@@ -90,7 +91,7 @@ def execute_only(
     pointers: list[int] = []
     host = stream = context = engine = None
     try:
-        runtime = trt.Runtime(_trt_logger(trt))
+        runtime = trt.Runtime(_trt_logger())
         engine = runtime.deserialize_cuda_engine(engine_file.read_bytes())
         if engine is None:
             raise EdgeError(Code.ENGINE_BUILD_FAILED, f"{engine_file.name} does not deserialize")

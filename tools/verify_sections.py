@@ -9,10 +9,8 @@ needs the GPU and TensorRT: there their absence is a failure.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import os
 import platform
-import re
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,13 +25,10 @@ from edge.imaging.explain import evidence_map
 from edge.inference.local_parity import judge, reference_variant, sample_batch
 from edge.inference.pool import tensor_names
 from edge.inference.registry import ModelEntry
-from edge.operations.host import board_model
 from edge.runtime import device_memory
 from edge.runtime.onnxruntime import OnnxRuntimeRunner
 from tools.check_device_memory import round_trip
 from tools.verify_report import ROUND_TRIP_MISMATCH, CheckFailed, Skip, timed_ms
-
-_L4T = re.compile(r"#\s*R(\d+)\s*\(release\),\s*REVISION:\s*([\d.]+)")
 
 
 @dataclass(frozen=True)
@@ -73,66 +68,22 @@ class Machine:
     facts: dict[str, Any] = field(default_factory=dict)
 
 
-def parse_l4t_release(text: str) -> str | None:
-    """`# R36 (release), REVISION: 4.0, ...` (/etc/nv_tegra_release) -> "36.4.0"."""
-    match = _L4T.search(text)
-    return f"{match.group(1)}.{match.group(2)}" if match else None
-
-
 def jetson_facts(root: Path) -> tuple[bool, str | None, str | None]:
-    """(is a Jetson, L4T release, module name from the device tree)."""
-    try:
-        release = parse_l4t_release((root / "etc/nv_tegra_release").read_text(errors="replace"))
-    except OSError:
-        release = None
-    module = board_model(root)
+    """(is a Jetson, L4T release "R36.4.3", module name from the device tree), read by the
+    product's own readers (the engine cache key holds the same two facts)."""
+    release = device_memory.l4t_release(root / "etc/nv_tegra_release") or None
+    module = device_memory.jetson_module(root / "proc/device-tree/model") or None
     jetson = release is not None or bool(module and "jetson" in module.lower())
     return jetson, release, module
 
 
-def cuda_versions_int(value: int) -> str:
-    """CUDA's integer versions (12060) as "12.6"."""
-    return f"{value // 1000}.{(value % 1000) // 10}"
-
-
-def _cudart() -> Any:
-    """cuda-python's runtime module (its name moved in 12.6), None without cuda-python."""
-    for name in ("cuda.bindings.runtime", "cuda.cudart"):
-        try:
-            return importlib.import_module(name)
-        except ImportError:
-            continue
-    return None
-
-
-def cuda_facts() -> dict[str, Any]:
-    """CUDA runtime and driver versions, through whichever binding imports."""
-    runtime = _cudart()
-    if runtime is not None:
-        out: dict[str, Any] = {"bindings": "cuda-python"}
-        for key, call in (
-            ("runtime", runtime.cudaRuntimeGetVersion),
-            ("driver", runtime.cudaDriverGetVersion),
-        ):
-            error, value = call()
-            out[key] = cuda_versions_int(int(value)) if int(error) == 0 else f"error {int(error)}"
-        return out
-    if importlib.util.find_spec("pycuda") is not None:
-        driver = importlib.import_module("pycuda.driver")
-        driver.init()
-        return {
-            "bindings": "pycuda",
-            "runtime": ".".join(str(p) for p in driver.get_version()[:2]),
-            "driver": cuda_versions_int(int(driver.get_driver_version())),
-        }
-    return {"bindings": None, "note": "neither cuda-python nor pycuda is installed"}
-
-
 def free_gpu_memory() -> int | None:
     """Free device memory in bytes (cuda-python's cudaMemGetInfo), None where it cannot be read.
-    On a Jetson the GPU shares the board's RAM, so this is the system's free memory as CUDA sees it."""
-    runtime = _cudart()
-    if runtime is None:
+    On a Jetson the GPU shares the board's RAM, so this is the system's free memory as CUDA sees it.
+    The memory layer has no reader for it, so its own lookup of cuda-python's runtime is used."""
+    try:
+        runtime = device_memory._cudart()
+    except EdgeError:
         return None
     error, free, _total = runtime.cudaMemGetInfo()
     return int(free) if int(error) == 0 else None
@@ -153,7 +104,10 @@ def _module_version(name: str) -> str | None:
 
 
 def probe(settings: Settings, root: Path = Path("/")) -> Machine:
-    """Find the Jetson facts and whether TensorRT and a GPU can serve here."""
+    """Find the Jetson facts, the GPU's and CUDA's, and whether TensorRT can serve here (the
+    product's own answer, `availability_problem`: installed, a supported version, a GPU)."""
+    from edge.runtime.tensorrt import availability_problem
+
     jetson, l4t, module = jetson_facts(root)
     machine = Machine(root=root, jetson=jetson, l4t=l4t, module=module)
     try:
@@ -164,19 +118,16 @@ def probe(settings: Settings, root: Path = Path("/")) -> Machine:
         try:
             machine.facts["gpu"] = {
                 **asdict(memory.gpu_info()),
+                "count": device_memory.gpu_count(memory.name),
                 "implementation": memory.name,
                 "free_memory": free_gpu_memory(),
             }
+            machine.facts["cuda"] = {"bindings": memory.name, **asdict(memory.cuda_versions())}
         except EdgeError as error:
             machine.gpu_problem = error.message
         finally:
             memory.close()
-    if importlib.util.find_spec("tensorrt") is None:
-        from edge.runtime.tensorrt import TensorRTRunner
-
-        machine.tensorrt_problem = TensorRTRunner.unavailable_reason()
-    elif machine.gpu_problem:
-        machine.tensorrt_problem = f"no GPU for TensorRT: {machine.gpu_problem}"
+    machine.tensorrt_problem = availability_problem()
     return machine
 
 
@@ -191,10 +142,6 @@ def versions(machine: Machine) -> dict[str, Any]:
         }
     except ImportError:
         ort = None
-    try:
-        cuda = cuda_facts()
-    except Exception as exc:  # noqa: BLE001 - a broken driver install is itself a fact to report
-        cuda = {"error": f"{type(exc).__name__}: {exc}"}
     data = {
         "python": sys.version.split()[0],
         "platform": platform.platform(),
@@ -204,7 +151,8 @@ def versions(machine: Machine) -> dict[str, Any]:
         "numpy": np.__version__,
         "onnxruntime": ort,
         "tensorrt": _module_version("tensorrt"),
-        "cuda": cuda,
+        # CUDA runtime and driver versions, through the memory layer that opened the GPU.
+        "cuda": machine.facts.get("cuda") or {"bindings": None, "problem": machine.gpu_problem},
         "gpu": machine.facts.get("gpu") or {"problem": machine.gpu_problem},
         "jetson": {
             "is_jetson": machine.jetson,
@@ -224,26 +172,26 @@ def versions(machine: Machine) -> dict[str, Any]:
 
 
 def tensorrt_support(machine: Machine) -> dict[str, Any]:
-    """TensorRT's version and the product's verdict on it (the version gate)."""
-    from edge.runtime import tensorrt as backend
+    """TensorRT's version and the product's verdict on it (the version gate, `version_support`)."""
+    from edge.runtime.tensorrt import tensorrt_version, version_support
 
-    if importlib.util.find_spec("tensorrt") is None:
-        reason = backend.TensorRTRunner.unavailable_reason()
+    try:
+        version = tensorrt_version()
+    except EdgeError as error:  # not installed, or does not import
         if machine.jetson:
-            raise EdgeError(Code.BACKEND_UNAVAILABLE, reason)
-        raise Skip(reason)
-
-    version = backend.tensorrt_version()
-    data: dict[str, Any] = {"version": version, "headline": f"TensorRT {version}"}
-    gate = getattr(backend, "version_support", None)
-    if gate is None:
-        data["gate"] = "this build has no version gate"
-    else:
-        verdict = gate(version)
-        data.update(supported=bool(verdict.supported), flavour=verdict.flavour, message=verdict.message)
-        if not verdict.supported:
-            machine.tensorrt_problem = f"TensorRT {version} is not supported: {verdict.message}"
-            raise CheckFailed(Code.BACKEND_UNAVAILABLE.value, machine.tensorrt_problem, data)
+            raise
+        raise Skip(error.message) from None
+    verdict = version_support(version)
+    data: dict[str, Any] = {
+        "version": version,
+        "supported": verdict.supported,
+        "flavour": verdict.flavour,
+        "message": verdict.message,
+        "headline": f"TensorRT {version}, API flavour {verdict.flavour}",
+    }
+    if not verdict.supported:
+        machine.tensorrt_problem = verdict.message
+        raise CheckFailed(Code.BACKEND_UNAVAILABLE.value, verdict.message, data)
     if machine.gpu_problem:
         # Installed without a GPU to run on (a CI machine with the bindings): nothing to verify.
         problem = f"TensorRT {version} is installed but has no GPU: {machine.gpu_problem}"

@@ -25,7 +25,7 @@ from edge.config import Settings
 from edge.errors import Code, EdgeError
 from edge.imaging.decode import decode_bytes
 from edge.imaging.preprocess import preprocess_batch
-from edge.inference.engine_cache import Attempt, build_plan
+from edge.inference.engine_cache import Attempt
 from edge.inference.engine_manager import EngineManager
 from edge.inference.local_parity import judge, reference_variant, sample_batch
 from edge.inference.pool import ServedModel, tensor_names
@@ -139,7 +139,8 @@ class ModelChecks:
         """Every engine of the plan, forced (a cold build is what is timed), with progress."""
         results: dict[str, Any] = {}
         problems = []
-        for attempt in build_plan(self.entry, "auto"):
+        # The manager's plan: the version gate first, then what this TensorRT flavour builds.
+        for attempt in self.manager.plan(self.entry, "auto"):
             before = sum(self._timing_caches().values())
             phases: set[str] = set()
             started = time.monotonic()
@@ -392,19 +393,23 @@ class ModelChecks:
         return data
 
     def corrupt_engine(self) -> dict[str, Any]:
-        """A cached engine cut in half, then served again through the engine manager: the
-        manager must rebuild it (not fall back to another precision, not fail)."""
+        """The serving engine's cached file cut in half, then the model served again through the
+        engine manager: the manager must move the cut file aside (`*.engine.bad`), rebuild that
+        precision once and serve it again (not fall back to another precision, not fail)."""
         self.need_engines()
         runner, attempt = self.manager.serve(self.entry, self.names)
         runner.close()
         engine = self.manager.cache.engine_path(self.manager.key(self.entry, attempt))
         original = engine.read_bytes()
-        engine.write_bytes(original[: len(original) // 2])
+        cut = len(original) // 2
+        engine.write_bytes(original[:cut])
+        bad = engine.with_name(engine.name + ".bad")
+        bad.unlink(missing_ok=True)  # only the one this section makes counts
         data: dict[str, Any] = {
             "precision": attempt.precision,
             "engine": engine.name,
             "bytes": len(original),
-            "truncated_to": len(original) // 2,
+            "truncated_to": cut,
         }
         try:
             runner, after = self.manager.serve(self.entry, self.names)
@@ -417,15 +422,22 @@ class ModelChecks:
             runner.infer(batch[:1])
         finally:
             runner.close()
-        rebuilt = engine.is_file() and engine.stat().st_size != len(original) // 2
-        data.update(served_after=after.precision, rebuilt=rebuilt)
+        rebuilt = engine.is_file() and engine.read_bytes() != original[:cut]
+        moved_aside = bad.is_file() and bad.stat().st_size == cut
+        parity = (self.manager.cache.record(self.manager.key(self.entry, after)) or {}).get("parity", {})
+        data.update(
+            served_after=after.precision,
+            rebuilt=rebuilt,
+            moved_aside=bad.name if moved_aside else None,
+            parity_after=parity.get("passed"),
+        )
         if after != attempt or not rebuilt:
             raise CheckFailed(
                 ENGINE_NOT_RECOVERED,
                 f"the truncated {attempt.precision} engine was not rebuilt "
                 f"(the manager served {after.precision}, the file is "
-                f"{'still cut' if not rebuilt else 'rebuilt'})",
+                f"{'rebuilt' if rebuilt else 'still cut'})",
                 data,
             )
-        data["headline"] = f"truncated {attempt.precision} engine rebuilt and served"
+        data["headline"] = f"truncated {attempt.precision} engine moved aside, rebuilt and served again"
         return data

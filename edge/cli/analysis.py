@@ -12,6 +12,7 @@ import click
 from rich.console import Console
 
 from edge.cli.base import EXIT_REFUSED, EXIT_USAGE, Context, cli, pass_context
+from edge.config import DEMO_MODEL
 from edge.errors import EdgeError
 
 if TYPE_CHECKING:  # the analysis modules load models: only when a command runs
@@ -257,7 +258,7 @@ def bench(obj: Context, model_name: str | None, runs: int, as_json: bool) -> Non
     from edge.operations.bench import print_report, run_bench
 
     try:
-        report = run_bench(obj.settings, model_name or obj.settings.models.default, runs)
+        report = run_bench(obj.settings, model_name or obj.settings.models.default or DEMO_MODEL, runs)
     except EdgeError as error:
         click.echo(error.one_line(), err=True)
         sys.exit(EXIT_REFUSED)

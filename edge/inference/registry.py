@@ -343,16 +343,18 @@ class Registry:
     def entries(self) -> list[ModelEntry]:
         return [self.get(name) for name in self.names()]
 
-    def route(self, modality: str | None, body_part: str | None, default: str) -> list[str]:
-        """Models for an input: those whose manifest accepts its modality and body part.
-
-        Inputs with no modality (PNG/JPEG) go to the site's default model.
-        """
-        if not modality:
-            return [default]
+    def route(self, modality: str | None, body_part: str | None) -> list[str]:
+        """Models whose manifest may score an input: for DICOM, those accepting its modality and
+        (when it names one) its body part; for an input with no modality (PNG/JPEG), every model
+        that takes unlabelled inputs. Which of several serves an input that names no body part is
+        the applicability check's to decide (edge/pipeline.py), never a silent default."""
         chosen = []
         for entry in self.entries():
             accepts = entry.manifest.accepts
+            if not modality:
+                if accepts.unlabelled:
+                    chosen.append(entry.name)
+                continue
             if accepts.modalities and modality.upper() not in accepts.modalities:
                 continue
             if accepts.body_parts and body_part and body_part.upper() not in accepts.body_parts:

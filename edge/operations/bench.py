@@ -3,9 +3,11 @@
 Measured, each as the median of N runs at batch 1 on this machine, now:
 - raw `session.run` of every servable ONNX Runtime variant (FP32, INT8 QDQ, INT8 QOperator);
 - the same FP32 ONNX through OpenCV DNN (an independent runtime);
+- what the applicability check adds (the `features` output and the distances);
 - the product's full path (read + decode + route + durable store + preprocess + infer +
-  postprocess + result and outbox commit) for each kind of sample the model ships (PNG, JPEG,
-  DICOM), per variant, each run on a distinct file so that de-duplication cannot short-cut it.
+  applicability check + postprocess + result and outbox commit) for each kind of sample the
+  model ships (PNG, JPEG, DICOM), per variant, each run on a distinct file so that
+  de-duplication cannot short-cut it.
 Absolute times on a shared machine are noise; the ratios between figures of one run are not.
 """
 
@@ -151,6 +153,7 @@ def run_bench(settings: Settings, model_name: str, runs: int) -> dict[str, Any]:
         finally:
             runner.close()
     fp32 = next(n for n in variants if entry.manifest.variants[n].precision == "fp32")
+    report["applicability"] = _applicability_cost(entry, fp32, batch, settings, runs)
     report["opencv_dnn"]["fp32"] = _opencv_dnn(entry.variant_file(fp32), batch, names.outputs[0], runs)
     with tempfile.TemporaryDirectory(prefix="edge-bench-") as tmp:
         bench_settings = settings.model_copy(update={"data_dir": Path(tmp) / "data"})
@@ -166,6 +169,36 @@ def run_bench(settings: Settings, model_name: str, runs: int) -> dict[str, Any]:
     report["auto_choice"] = _auto_choice(registry, settings, entry.name)
     report["ratios"] = ratios(report, fp32)
     return report
+
+
+def _applicability_cost(
+    entry: ModelEntry, variant: str, batch: np.ndarray, settings: Settings, runs: int
+) -> dict[str, Any]:
+    """What the applicability check adds: the `features` output (the same session run asked for
+    one more output) and the distances in numpy (edge/inference/scope.py)."""
+    check = entry.scope_check()
+    spec = entry.manifest.applicability
+    if check is None or spec is None:
+        return {}
+    names = tensor_names(entry)
+    feed = {names.input: batch}
+    others = [name for name in names.outputs if name != spec.features]
+    runner = OnnxRuntimeRunner(entry.variant_file(variant), names, settings.runtime)
+    try:
+        without = timed(partial(runner.session.run, others, feed), runs)
+        with_features = timed(partial(runner.session.run, list(names.outputs), feed), runs)
+        features = runner.session.run([spec.features], feed)[0]
+    finally:
+        runner.close()
+    judge = timed(partial(check.judge, features), runs)
+    added = max(0.0, with_features["median_ms"] - without["median_ms"]) + judge["median_ms"]
+    return {
+        "variant": variant,
+        "session_without_features": without,
+        "session_with_features": with_features,
+        "judge": judge,
+        "added_ms": round(added, 4),
+    }
 
 
 def _write_all(folder: Path, blobs: list[bytes], suffix: str) -> list[Path]:
@@ -207,6 +240,13 @@ def ratios(report: dict[str, Any], fp32: str) -> dict[str, float]:
         for kind, per_variant in report["full_path"].items():
             if variant in per_variant:
                 out[f"pipeline {kind}/raw ({variant})"] = round(per_variant[variant]["median_ms"] / ms, 3)
+    applicability = report.get("applicability") or {}
+    for kind, per_variant in report["full_path"].items():
+        if applicability.get("variant") in per_variant:
+            full = per_variant[applicability["variant"]]["median_ms"]
+            out[f"applicability check/full path ({kind}, {applicability['variant']})"] = round(
+                applicability["added_ms"] / full, 3
+            )
     dnn = report["opencv_dnn"].get("fp32", {})
     if "median_ms" in dnn:
         out["onnxruntime/opencv-dnn (fp32 raw)"] = round(raw[fp32] / dnn["median_ms"], 3)
@@ -229,6 +269,16 @@ def print_report(console: Console, report: dict[str, Any]) -> None:
     for kind, per_variant in report["full_path"].items():
         for variant, t in per_variant.items():
             table.add_row(f"full path ({kind})", variant, f"{t['median_ms']:.3f}", f"{t['p95_ms']:.3f}")
+    applicability = report.get("applicability") or {}
+    if applicability:
+        variant = applicability["variant"]
+        for label, key in (
+            ("session.run without features", "session_without_features"),
+            ("session.run with features", "session_with_features"),
+            ("applicability distances (numpy)", "judge"),
+        ):
+            t = applicability[key]
+            table.add_row(label, variant, f"{t['median_ms']:.3f}", f"{t['p95_ms']:.3f}")
     console.print(table)
     ratios_table = Table("ratio", "value")
     for name, value in report["ratios"].items():

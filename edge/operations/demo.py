@@ -9,7 +9,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from edge.config import Settings
+from edge.config import DEMO_MODEL, Settings
 from edge.device import Device
 from edge.errors import EdgeError
 from edge.inference.registry import Registry
@@ -18,7 +18,7 @@ from edge.results import Analysis
 
 def demo_inputs(settings: Settings) -> list[tuple[Path, str]]:
     """The default model's sample images marked for the demo, as (file, true label)."""
-    entry = Registry(settings.models.dir).get(settings.models.default)
+    entry = Registry(settings.models.dir).get(settings.models.default or DEMO_MODEL)
     return [(path, label) for path, label in entry.samples if path.parent.name == "demo"] or entry.samples
 
 
@@ -58,7 +58,8 @@ def run_demo(settings: Settings, *, fresh: bool = False, explicit_data_dir: bool
     console.print(f"database: [bold]{db_path}[/] ({counts['results']} results stored)")
     console.print(f"images:   {settings.data_dir / 'images'}")
     sample = inputs[0][0] if inputs else "IMAGE"
-    console.print(f"next:     edge infer {sample} --json    |    edge models show {settings.models.default}")
+    model = settings.models.default or DEMO_MODEL
+    console.print(f"next:     edge infer {sample} --json    |    edge models show {model}")
     return 0 if refused == 0 else 1
 
 

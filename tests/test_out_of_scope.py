@@ -1,0 +1,118 @@
+"""Know when not to answer (issue 14), on the shipped models and real images: each model's own
+samples are answered, other kinds of picture are refused OUT_OF_SCOPE even with the model forced,
+and an unlabelled image goes to the model it belongs to."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pydicom.data
+import pytest
+
+from edge.config import Settings
+from edge.errors import Code
+from edge.imaging.decode import decode_bytes
+from edge.pipeline import Pipeline
+from edge.store import Store
+from tests.conftest import MODELS, REPO, png_bytes
+
+EYE = REPO / "samples" / "ood" / "sonosite-anon-eye1.jpg"  # a real ocular ultrasound still
+LUNG_CLIP = REPO / "samples" / "video" / "lung-covid-butterfly.mp4"
+EYE_CLIP = REPO / "samples" / "video" / "clarius-ocular-short.mp4"
+MODEL_NAMES = ("cxr-pneumonia", "us-breast", "us-lung")
+
+
+def samples_of(model: str, count: int = 3) -> list[Path]:
+    folder = MODELS / model / "samples"
+    return sorted(p for p in folder.glob("sample-*") if p.suffix in (".png", ".jpg"))[:count]
+
+
+@pytest.fixture
+def pipeline(settings: Settings) -> Iterator[Pipeline]:
+    with Store(settings.data_dir) as store:
+        running = Pipeline(settings, store)
+        yield running
+        running.close()
+
+
+def as_png(tmp_path: Path, name: str, image: np.ndarray) -> Path:
+    path = tmp_path / f"{name}.png"
+    path.write_bytes(png_bytes(image))
+    return path
+
+
+def ct_slice() -> np.ndarray:
+    """pydicom's bundled CT slice, as the display image a PNG export would hold."""
+    path = Path(pydicom.data.__file__).parent / "test_files" / "CT_small.dcm"
+    return decode_bytes(path.read_bytes(), path.name).pixels
+
+
+def photograph() -> np.ndarray:
+    skimage_data = pytest.importorskip("skimage.data")
+    return np.asarray(skimage_data.coffee())
+
+
+@pytest.mark.parametrize("model", MODEL_NAMES)
+def test_each_model_answers_its_own_samples_routed_to_it(pipeline: Pipeline, model: str) -> None:
+    for path in samples_of(model):
+        [analysis] = pipeline.analyse_file(path)  # no --model: routed by applicability
+        assert analysis.ok, f"{path}: {analysis.code} {analysis.message}"
+        assert analysis.result is not None
+        assert analysis.result.model_name == model
+        applicability = analysis.result.applicability
+        assert applicability is not None
+        assert applicability["state"] in ("in scope", "borderline")
+
+
+@pytest.mark.parametrize("model", MODEL_NAMES)
+def test_other_pictures_are_refused_even_with_the_model_forced(
+    pipeline: Pipeline, tmp_path: Path, model: str
+) -> None:
+    others = [p for other in MODEL_NAMES if other != model for p in samples_of(other, 2)]
+    inputs = [*others, EYE, as_png(tmp_path, "ct", ct_slice()), as_png(tmp_path, "photo", photograph())]
+    for path in inputs:
+        [analysis] = pipeline.analyse_file(path, model=model)
+        assert analysis.code == Code.OUT_OF_SCOPE.value, f"{model} on {path.name}: {analysis.code}"
+        assert analysis.message is not None
+        assert analysis.message.startswith("this does not look like")
+        assert analysis.result is None
+
+
+def test_unlabelled_pictures_of_no_model_are_refused(pipeline: Pipeline, tmp_path: Path) -> None:
+    for path in (EYE, as_png(tmp_path, "ct", ct_slice()), as_png(tmp_path, "photo", photograph())):
+        [analysis] = pipeline.analyse_file(path)
+        assert analysis.code == Code.OUT_OF_SCOPE.value, f"{path.name}: {analysis.code} {analysis.message}"
+
+
+def test_the_refusal_is_stored_audited_and_never_a_finding(pipeline: Pipeline, settings: Settings) -> None:
+    [analysis] = pipeline.analyse_file(EYE, model="us-lung")
+    assert analysis.code == Code.OUT_OF_SCOPE.value
+    store = pipeline.store
+    job = store.job(analysis.job_id or "")
+    assert job is not None
+    assert (job["state"], job["error_code"]) == ("refused", "OUT_OF_SCOPE")
+    assert store.counts()["results"] == 0
+    kinds = [row["kind"] for row in store.db.query("SELECT kind FROM outbox")]
+    assert "result" not in kinds
+
+
+def test_a_clip_of_an_eye_is_refused_and_a_lung_clip_answered(pipeline: Pipeline) -> None:
+    [eye] = pipeline.analyse_file(EYE_CLIP, model="us-lung")
+    assert eye.code == Code.OUT_OF_SCOPE.value, eye.message
+    [lung] = pipeline.analyse_file(LUNG_CLIP, model="us-lung")
+    assert lung.ok, lung.message
+    assert lung.result is not None
+    assert lung.result.applicability is not None
+
+
+def test_the_check_can_be_switched_off_to_study_a_model(tmp_path: Path) -> None:
+    from edge.config import load_settings
+
+    settings = load_settings(data_dir=tmp_path / "data", models={"dir": MODELS}, gate={"applicability": False})
+    with Store(settings.data_dir) as store:
+        running = Pipeline(settings, store)
+        [analysis] = running.analyse_file(EYE, model="us-lung")
+        running.close()
+    assert analysis.ok
