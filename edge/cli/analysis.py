@@ -59,7 +59,7 @@ def analysis_json(analysis: Analysis, heatmap: Path | None = None) -> dict[str, 
     return out
 
 
-def analysis_line(analysis: Analysis) -> str:
+def analysis_line(analysis: Analysis, heatmap: Path | None = None) -> str:
     """One line per analysis; a result of a model with an applicability check adds a second,
     indented line with its word, number and meaning."""
     if not analysis.ok:
@@ -71,6 +71,7 @@ def analysis_line(analysis: Analysis) -> str:
         f"OK      {analysis.input}  {r.finding}  P({r.finding_label})={r.probability:.3f}"
         f"  threshold {r.threshold:.3f} ({r.operating_point})  {r.model_name} {r.model_version}"
         f"  {r.backend}/{r.precision}  {r.latency_ms:.1f} ms{again}"
+        + (f"  heatmap {heatmap}" if heatmap else "")
     )
     from edge.inference.scope import plain_words  # numpy: only when a command runs
 
@@ -114,7 +115,7 @@ def infer(
                 if as_json:
                     click.echo(json.dumps(analysis_json(analysis, heatmap), sort_keys=True))
                 else:
-                    click.echo(analysis_line(analysis) + (f"  heatmap {heatmap}" if heatmap else ""))
+                    click.echo(analysis_line(analysis, heatmap))
     sys.exit(EXIT_REFUSED if refused else 0)
 
 
