@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
 from edge import __version__
 from edge.cli import cli
+from edge.inference.pool import ServedModel
+from edge.inference.scope import Scope
+from edge.inference.scope import refusal as scope_refusal
 from edge.store import Store
 from tests.conftest import DEFAULT_MODEL, gradient, png_bytes
 
@@ -97,6 +102,9 @@ def test_bad_inputs_one_coded_line_each_and_nonzero_exit(tmp_path: Path, sample_
     code, out, _ = run(tmp_path, "infer", *inputs)
     lines = out.strip().splitlines()
     assert code == 1
+    lines = [
+        line for line in lines if not line.startswith(" ")
+    ]  # an applicability line continues its input's
     assert len(lines) == 5
     codes = [line.split()[2].rstrip(":") if line.startswith("REFUSED") else "OK" for line in lines]
     assert codes == ["INPUT_NOT_FOUND", "INPUT_NOT_IMAGE", "IMAGE_TRUNCATED", "DICOM_NO_PIXELS", "OK"]
@@ -168,3 +176,72 @@ def test_forced_precision_is_recorded(
 
     refused = parity_refusals(tmp_path / "data" / "cache")
     assert recorded == precision or (recorded == "fp32" and len(refused) == 2)
+
+
+BORDERLINE = Scope(distance=31.4, p_value=0.0312, threshold=40.2, state="borderline")
+
+
+def _judged(monkeypatch: pytest.MonkeyPatch, scope: Scope, refuse: bool = False) -> None:
+    """Every prediction carries this applicability verdict (the check's own numbers are
+    tested with the models; here only how a verdict is shown)."""
+    original = ServedModel.predict
+
+    def predict(self: ServedModel, images: list[Any], operating_point: str | None = None) -> list[Any]:
+        return [replace(p, scope=scope) for p in original(self, images, operating_point)]
+
+    monkeypatch.setattr(ServedModel, "predict", predict)
+    if refuse:
+        monkeypatch.setattr(
+            ServedModel,
+            "out_of_scope",
+            lambda self, scope, enforce: scope_refusal(self.name, "a paediatric chest X-ray", scope),
+        )
+
+
+def test_infer_shows_the_applicability_of_a_stored_result(
+    tmp_path: Path, sample_png: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _judged(monkeypatch, BORDERLINE)
+    code, out, _ = run(tmp_path, "infer", str(sample_png), "--json")
+    assert code == 0
+    record = json.loads(out)
+    assert record["applicability"] == BORDERLINE.as_dict()
+    with Store(tmp_path / "data") as store:
+        stored = store.result(record["result_id"])
+        assert stored is not None
+        assert stored.applicability == record["applicability"]  # what is stored is what is shown
+    code, again, _ = run(tmp_path, "infer", str(sample_png))  # the stored result, as text
+    assert code == 0
+    first, second = again.splitlines()
+    assert first.startswith("OK ")
+    assert "already analysed" in first
+    assert second == (
+        "        applicability: borderline (p = 0.03): near the edge of what the model was trained on;"
+        " read the result with extra care"
+    )
+
+
+def test_infer_json_applicability_is_null_without_a_check(
+    tmp_path: Path, sample_png: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ServedModel, "_scopes", lambda self, outputs, count: [None] * count)
+    code, out, _ = run(tmp_path, "infer", str(sample_png), "--json")
+    assert code == 0
+    assert json.loads(out)["applicability"] is None
+    code, text, _ = run(tmp_path, "infer", str(sample_png))
+    assert len(text.splitlines()) == 1  # no applicability line to print
+
+
+def test_an_out_of_scope_input_is_refused_like_any_other(
+    tmp_path: Path, sample_png: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _judged(monkeypatch, Scope(distance=95.0, p_value=0.001, threshold=40.2, state="out of scope"), True)
+    code, out, _ = run(tmp_path, "infer", str(sample_png))
+    assert code == 1
+    assert out.startswith(
+        f"REFUSED {sample_png}  OUT_OF_SCOPE: this does not look like a paediatric chest X-ray"
+    )
+    code, out, _ = run(tmp_path, "infer", str(sample_png), "--json")
+    record = json.loads(out)
+    assert (record["status"], record["code"]) == ("refused", "OUT_OF_SCOPE")
+    assert "applicability" not in record  # a refusal has no result, so no verdict of one

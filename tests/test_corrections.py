@@ -86,6 +86,9 @@ def test_a_corrected_header_is_a_new_analysis_and_the_old_result_stays_supersede
     assert (new["sop_instance_uid"], new["superseded_by"]) == (uid, None)
     study = store.db.execute("SELECT body_part, patient_age_years FROM studies").fetchone()
     assert tuple(study) == ("ABDOMEN", 45.0)  # the study says what the correction says
+    # The technician's worklist reads the old version's result as superseded, the new one not.
+    rows = {item.image_id: item for item in store.technician.worklist()}
+    assert (rows[before.image_id].superseded, rows[after.image_id].superseded) == (True, False)
 
 
 def test_a_corrected_age_turns_a_refusal_into_a_result(

@@ -565,3 +565,95 @@ def test_doctor_says_what_the_link_is_doing(hub: Hub, device: Settings) -> None:
         store.outbox.set_sync_state(last_error="the hub refused: 401", last_error_kind="refused")
         assert lines()["hub"] == ("fail", lines()["hub"][1])
         assert "401" in lines()["hub"][1]
+
+
+def test_the_applicability_travels_to_the_hub_and_its_review_page(
+    hub: Hub, device: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dataclasses import replace
+
+    from sqlalchemy import select
+
+    from edge.hub import accounts, db
+    from edge.inference.pool import ServedModel
+    from edge.inference.scope import Scope
+    from tests.hubfixtures import login
+
+    borderline = Scope(distance=31.4, p_value=0.0312, threshold=40.2, state="borderline")
+    original = ServedModel.predict
+    monkeypatch.setattr(
+        ServedModel,
+        "predict",
+        lambda self, images, op=None: [replace(p, scope=borderline) for p in original(self, images, op)],
+    )
+    with Store(device.data_dir) as store:
+        [result_id] = analysed(device, store, samples(1))
+        assert exchange(hub.sync_client(device, store, hub.enroll(device)))["results"] == 1
+    with hub.engine.connect() as conn:
+        payload = conn.execute(select(db.records.c.payload)).scalar_one()
+        assert payload["result"]["applicability"] == borderline.as_dict()  # numbers and a word only
+        assert conn.execute(select(db.worklist.c.scope)).scalar_one() == "borderline"
+    accounts.create_user(hub.engine, "reader", "correct horse battery staple", "specialist", ("*",))
+    assert login(hub.client, "reader", "correct horse battery staple") == 303
+    page = hub.client.get(f"/review/studies/{result_id}").text
+    assert '<span class="badge scope borderline">borderline</span> p = 0.03' in page
+    assert "near the edge of what the model was trained on" in page
+    assert 'class="badge borderline"' in hub.client.get("/review/").text
+
+
+def test_a_payload_without_applicability_from_an_older_device_is_accepted(hub: Hub, tmp_path: Path) -> None:
+    from sqlalchemy import select
+
+    from edge.hub import accounts, db
+    from tests.hubfixtures import login
+
+    older = load_settings(data_dir=tmp_path / "older")
+    credential = hub.enroll(older, "older")
+    body = batch_body()  # what a device before the applicability check sends
+    reply = hub.client.post(
+        "/v1/batches",
+        content=body,
+        headers={
+            **signed_headers(credential, "POST", "/v1/batches", body),
+            "Content-Encoding": "gzip",
+            "Content-Type": "application/json",
+        },
+    )
+    assert reply.status_code == 200, reply.text
+    assert protocol.BatchReply.model_validate_json(reply.content).stored == [
+        "01a22600-0000-7000-8000-000000000001"
+    ]
+    with hub.engine.connect() as conn:
+        assert conn.execute(select(db.worklist.c.scope)).scalar_one() == ""  # none sent
+    accounts.create_user(hub.engine, "reader", "correct horse battery staple", "specialist", ("*",))
+    assert login(hub.client, "reader", "correct horse battery staple") == 303
+    page = hub.client.get("/review/studies/01a22600-0000-7000-8000-000000000001").text
+    assert "applicability not reported" in page
+    assert "badge borderline" not in hub.client.get("/review/").text
+
+
+def test_a_hub_made_before_the_scope_column_gets_it_filled_from_the_payloads(
+    hub: Hub, device: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sqlalchemy import inspect, select
+
+    from edge.hub import db, worklist_index
+
+    with Store(device.data_dir) as store:
+        analysed(device, store, samples(2))
+        client = hub.sync_client(device, store, hub.enroll(device))
+        assert exchange(client)["results"] == 2
+    with hub.engine.begin() as conn:  # the first record says borderline, as a newer device would
+        first = conn.execute(select(db.records).order_by(db.records.c.id)).first()
+        assert first is not None
+        payload = dict(first.payload)
+        payload["result"] = {**payload["result"], "applicability": {"state": "borderline", "p_value": 0.03}}
+        conn.execute(db.records.update().where(db.records.c.id == first.id).values(payload=payload))
+        conn.exec_driver_sql("ALTER TABLE worklist DROP COLUMN scope")  # the hub before this change
+    assert "scope" not in {c["name"] for c in inspect(hub.engine).get_columns("worklist")}
+    assert db.add_new_columns(hub.engine) == ["worklist.scope"]
+    assert db.add_new_columns(hub.engine) == []  # once
+    worklist_index.backfill(hub.engine, batch=1)
+    with hub.engine.connect() as conn:
+        scopes = conn.execute(select(db.worklist.c.scope).order_by(db.worklist.c.record_id)).scalars().all()
+    assert scopes == ["borderline", ""]

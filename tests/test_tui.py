@@ -7,6 +7,7 @@ import json
 import os
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +22,12 @@ from edge.operations.host import host_facts
 from edge.processes import InstanceLock
 from edge.store import Store
 from edge.tui.app import EdgeApp, create_app, run_tui
+from edge.tui.data import ResultDetail
 from edge.tui.screens.dialogs import ConfirmDialog, ModelDialog, NoteDialog
 from edge.tui.screens.help import HelpScreen
 from edge.tui.screens.live import LiveScreen
-from edge.tui.screens.result import ResultScreen
-from edge.tui.screens.worklist import WorklistScreen
+from edge.tui.screens.result import ResultScreen, sections
+from edge.tui.screens.worklist import BORDERLINE_MARK, WorklistScreen, badge, describe, finding_cell
 from edge.tui.widgets.picture import Picture
 from edge.tui.widgets.score_trace import ScoreTrace
 from tests.tui_fixtures import CLIP, Filled, build_app, copy_of_template, fixed_health, settle
@@ -171,6 +173,9 @@ def test_result_screen_shows_image_heatmap_numbers_review_and_notes(filled: tupl
         assert "fp32 · onnxruntime/fp32" in model
         assert "operating point balanced" in model
         assert "sharpness" in text_of(pilot.app, "#section-quality")  # type: ignore[arg-type]
+        scope = text_of(pilot.app, "#section-applicability")  # type: ignore[arg-type]
+        assert "BORDERLINE p = 0.03" in scope
+        assert "near the edge of what the model was trained on" in scope
         review = text_of(pilot.app, "#section-review")  # type: ignore[arg-type]
         assert "agree" in review
         assert "radiologist" in review
@@ -190,8 +195,34 @@ def test_result_screen_shows_image_heatmap_numbers_review_and_notes(filled: tupl
         assert "tui:amina" in notes
         assert "URGENT" in text_of(pilot.app, "#section-finding")  # type: ignore[arg-type]
         assert "SYNTH-0003" in text_of(pilot.app, "#section-study")  # type: ignore[arg-type]
+        scope = text_of(pilot.app, "#section-applicability")  # type: ignore[arg-type]
+        assert "not checked" in scope or "IN SCOPE" in scope  # the shipped model's own check
 
     drive(app, scenario)
+
+
+def test_the_worklist_marks_borderline_superseded_and_out_of_scope_rows(
+    filled: tuple[Settings, Filled],
+) -> None:
+    settings, ids = filled
+    with store_of(settings) as store:
+        borderline = store.technician.worklist_item(ids["pneumonia_png"]["job_id"])
+        refused = store.technician.worklist_item(ids["refused"]["job_id"])
+    assert borderline is not None
+    assert refused is not None
+    assert (borderline.applicability_state, borderline.applicability_p) == ("borderline", 0.0312)
+    assert badge(borderline).plain == f"POS {BORDERLINE_MARK}"
+    assert "borderline (p = 0.03)" in describe(borderline, "today")
+    assert badge(replace(borderline, finding="normal")).plain == BORDERLINE_MARK
+    old = replace(borderline, superseded=True)
+    assert badge(old).plain == "OLD"
+    assert "superseded" in describe(old, "today")
+    assert "SUPERSEDED" in sections(ResultDetail(old), str)["finding"]
+    sentence = "this does not look like a paediatric chest X-ray: check the model or the image"
+    out = replace(refused, error_code="OUT_OF_SCOPE", error_message=sentence)
+    assert finding_cell(out).plain == "OUT_OF_SCOPE"
+    assert f"refused[/] OUT_OF_SCOPE: {sentence}" in describe(out, "today")
+    assert sentence in sections(ResultDetail(out), str)["finding"]
 
 
 def test_refused_and_clip_results_open_too(filled: tuple[Settings, Filled]) -> None:

@@ -8,6 +8,7 @@ the data alone; ids stay random (the TUI never shows them).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -129,7 +130,19 @@ def fill_store(settings: Settings, *, with_clip: bool = True) -> Filled:
         )
         store.technician.mark_seen(ids["normal_png"]["result_id"], "tui:amina")
         add_review(store, ids["pneumonia_png"]["result_id"])
+        mark_applicability(store, ids["pneumonia_png"]["result_id"], BORDERLINE_SCOPE)
     return Filled(ids)
+
+
+# A verdict near the edge of the model's training data (edge/inference/scope.py `Scope.as_dict`).
+BORDERLINE_SCOPE = {"state": "borderline", "distance": 31.4, "p_value": 0.0312, "threshold": 40.2}
+
+
+def mark_applicability(store: Store, result_id: str, scope: dict[str, Any]) -> None:
+    """Set a result's applicability verdict, so the screens show a borderline result whatever
+    the shipped model's own check says of this sample."""
+    with store.writer.transaction("set the applicability"):
+        store.db.execute("UPDATE results SET applicability = ? WHERE id = ?", [json.dumps(scope), result_id])
 
 
 def add_review(store: Store, result_id: str) -> None:

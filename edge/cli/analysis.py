@@ -53,21 +53,31 @@ def analysis_json(analysis: Analysis, heatmap: Path | None = None) -> dict[str, 
         latency_ms=round(r.latency_ms, 3),
         total_ms=round(r.total_ms, 3),
         heatmap=str(heatmap) if heatmap else None,
+        # The applicability check (edge/inference/scope.py): state "in scope" or "borderline",
+        # distance, p_value, threshold; null for a model released without the check.
+        applicability=r.applicability,
     )
     return out
 
 
-def analysis_line(analysis: Analysis) -> str:
+def analysis_line(analysis: Analysis, heatmap: Path | None = None) -> str:
+    """One line per analysis; a result of a model with an applicability check adds a second,
+    indented line with its word, number and meaning."""
     if not analysis.ok:
         return f"REFUSED {analysis.input}  {analysis.code}: {analysis.message}"
     r = analysis.result
     assert r is not None
     again = "  (already analysed)" if analysis.duplicate else ""
-    return (
+    line = (
         f"OK      {analysis.input}  {r.finding}  P({r.finding_label})={r.probability:.3f}"
         f"  threshold {r.threshold:.3f} ({r.operating_point})  {r.model_name} {r.model_version}"
         f"  {r.backend}/{r.precision}  {r.latency_ms:.1f} ms{again}"
+        + (f"  heatmap {heatmap}" if heatmap else "")
     )
+    from edge.inference.scope import plain_words  # numpy: only when a command runs
+
+    words = plain_words(r.applicability)
+    return line + (f"\n        applicability: {words}" if words else "")
 
 
 @cli.command()
@@ -88,8 +98,11 @@ def infer(
 
     PATHS are DICOM, PNG or JPEG files. Each input prints one line (or one JSON object): the
     finding, its calibrated probability, the threshold and operating point, the model and
-    version, the backend and precision, and the inference latency. An input that cannot be
-    analysed prints `CODE: reason`; the exit status is then 1.
+    version, the backend and precision, and the inference latency; where the model has an
+    applicability check, an indented line says whether the image is in scope or borderline
+    (near the edge of what the model was trained on) with its p-value. An input that cannot
+    be analysed prints `CODE: reason` (OUT_OF_SCOPE: the image is unlike the model's training
+    images); the exit status is then 1.
     """
     from edge.device import Device
 
@@ -103,7 +116,7 @@ def infer(
                 if as_json:
                     click.echo(json.dumps(analysis_json(analysis, heatmap), sort_keys=True))
                 else:
-                    click.echo(analysis_line(analysis) + (f"  heatmap {heatmap}" if heatmap else ""))
+                    click.echo(analysis_line(analysis, heatmap))
     sys.exit(EXIT_REFUSED if refused else 0)
 
 

@@ -24,7 +24,9 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    inspect,
 )
+from sqlalchemy.exc import DBAPIError
 
 from edge.clock import utc_now
 
@@ -194,6 +196,10 @@ worklist = Table(
     Column("threshold", Float),
     Column("patient", String(40), index=True),  # the device's keyed pseudonym
     Column("study_date", String(32)),
+    # The applicability word the device sent ("in scope", "borderline"); "" when it sent none
+    # (an older device, a model without the check); NULL only in a row indexed before the
+    # column existed, until `worklist_index.backfill` fills it from the payload.
+    Column("scope", String(16)),
 )
 
 
@@ -240,4 +246,47 @@ def make_engine(url: str) -> Engine:
     else:
         engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1), pool_pre_ping=True)
     metadata.create_all(engine)
+    add_new_columns(engine)
     return engine
+
+
+def add_new_columns(engine: Engine) -> list[str]:
+    """Add the columns a newer hub declares to the tables an older hub made: `create_all` makes
+    missing tables, never missing columns. The one way the hub's schema grows: a new column is
+    nullable with no default (ALTER TABLE ... ADD COLUMN is then the same, and cheap, on SQLite
+    and PostgreSQL), existing rows read NULL, and whoever added the column fills it from what is
+    stored (the worklist's `scope`: `worklist_index.backfill`). Another hub process adding the
+    same column first is no error. Returns "table.column" for each column added."""
+    added = []
+    quote = engine.dialect.identifier_preparer.quote
+    for table in metadata.sorted_tables:
+        present = _column_names(engine, table.name)
+        if present is None:  # made just now by create_all, with every column
+            continue
+        for column in table.columns:
+            if column.name in present:
+                continue
+            if not column.nullable or column.default is not None or column.server_default is not None:
+                raise RuntimeError(
+                    f"{table.name}.{column.name}: a column added later must be nullable, no default"
+                )
+            ddl = (
+                f"ALTER TABLE {quote(table.name)} ADD COLUMN {quote(column.name)}"
+                f" {column.type.compile(dialect=engine.dialect)}"
+            )
+            try:
+                with engine.begin() as conn:
+                    conn.exec_driver_sql(ddl)
+            except DBAPIError:
+                if column.name not in (_column_names(engine, table.name) or set()):
+                    raise
+                continue  # another hub process added it first
+            added.append(f"{table.name}.{column.name}")
+    return added
+
+
+def _column_names(engine: Engine, table: str) -> set[str] | None:
+    inspector = inspect(engine)
+    if not inspector.has_table(table):
+        return None
+    return {column["name"] for column in inspector.get_columns(table)}

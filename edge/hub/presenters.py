@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from edge.hub.worklist import Study
+from edge.inference.scope import BORDERLINE, MEANINGS, p_text
 
 QUALITY_LABELS = {
     "min_side": ("short side", "{:.0f} px"),
@@ -84,6 +85,21 @@ def sparkline(series: Any, threshold: Any, width: int = 240, height: int = 48) -
     return {"width": width, "height": height, "points": line, "threshold_y": limit}
 
 
+def applicability(result: dict[str, Any]) -> dict[str, Any] | None:
+    """The applicability check the device ran (edge/inference/scope.py): its word, p-value and
+    what they mean; None when the payload carries none (an older device, a model without it)."""
+    scope = _dict(result.get("applicability"))
+    state, p_value = scope.get("state"), scope.get("p_value")
+    if state not in MEANINGS or not isinstance(p_value, (int, float)) or isinstance(p_value, bool):
+        return None
+    return {
+        "state": state,
+        "p": p_text(float(p_value)),
+        "meaning": MEANINGS[state],
+        "borderline": state == BORDERLINE,
+    }
+
+
 def study_view(study: Study) -> dict[str, Any]:
     """The study page's facts, as (label, value) rows and a few named values."""
     result, meta, image = study.part("result"), study.part("study"), study.part("image")
@@ -140,6 +156,7 @@ def study_view(study: Study) -> dict[str, Any]:
         "probability_value": probability if isinstance(probability, (int, float)) else None,
         "threshold_value": threshold if isinstance(threshold, (int, float)) else None,
         "probabilities": [(label, percent(value)) for label, value in probabilities.items()],
+        "applicability": applicability(result),
         "labels": labels,
         "urgent": meta.get("urgent") is True,
         "window_level": str(meta.get("modality") or "").upper() not in NO_WINDOW_LEVEL,

@@ -67,6 +67,7 @@ class WorklistRow:
     threshold: float | None
     patient: str | None  # the device's keyed pseudonym
     study_date: str | None
+    scope: str | None  # the applicability word: "in scope", "borderline"; "" when none was sent
     device_name: str
     site: str
     verdict: str | None  # the latest review's; None while unreviewed

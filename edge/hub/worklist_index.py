@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from edge.hub import db
+from edge.inference.scope import MEANINGS
 
 
 def _text(value: Any, limit: int) -> str | None:
@@ -47,7 +48,16 @@ def index_values(record_id: int, device_id: str, uuid: str, payload: Any, receiv
         "threshold": _number(result.get("threshold")),
         "patient": _text(study.get("patient"), 40),
         "study_date": _text(study.get("study_date"), 32),
+        "scope": scope_word(result),
     }
+
+
+def scope_word(result: Any) -> str:
+    """The applicability word of a result's payload; "" when it carries none (an older device,
+    a model without the check) or an unknown one."""
+    scope = result.get("applicability") if isinstance(result, dict) else None
+    state = scope.get("state") if isinstance(scope, dict) else None
+    return state if state in MEANINGS else ""
 
 
 def index_record(
@@ -58,7 +68,8 @@ def index_record(
 
 
 def backfill(engine: Engine, batch: int = 500) -> int:
-    """Index records stored before the worklist existed (run when the hub starts)."""
+    """Index records stored before the worklist existed, and fill the columns added to it since
+    in rows indexed before them (run when the hub starts)."""
     added, collisions = 0, 0
     while True:
         try:
@@ -70,7 +81,28 @@ def backfill(engine: Engine, batch: int = 500) -> int:
             continue
         added += len(rows)
         if len(rows) < batch:
-            return added
+            break
+    while _fill_scope(engine, batch) == batch:
+        pass
+    return added
+
+
+def _fill_scope(engine: Engine, batch: int) -> int:
+    """The `scope` column (added to the worklist later: NULL in older rows) from the payloads."""
+    w = db.worklist
+    with engine.begin() as conn:
+        rows = conn.execute(
+            select(w.c.record_id, db.records.c.payload)
+            .join(db.records, db.records.c.id == w.c.record_id)
+            .where(w.c.scope.is_(None))
+            .order_by(w.c.record_id)
+            .limit(batch)
+        ).all()
+        for row in rows:
+            payload = row.payload if isinstance(row.payload, dict) else {}
+            result = payload.get("result")
+            conn.execute(update(w).where(w.c.record_id == row.record_id).values(scope=scope_word(result)))
+    return len(rows)
 
 
 def _backfill_batch(engine: Engine, batch: int) -> list[Any]:

@@ -27,8 +27,10 @@ models for an input that names no body part (edge/pipeline.py's routing).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -167,6 +169,33 @@ class ScopeCheck:
         if not distances:
             return None
         return self.judge_distances(np.array([float(np.median(distances))]))[0]
+
+
+# What each word means, in a technician's words (edge infer, the TUI; the hub says the same).
+MEANINGS = {
+    IN_SCOPE: "like the images the model was trained on",
+    BORDERLINE: "near the edge of what the model was trained on; read the result with extra care",
+    OUT_OF_SCOPE: "unlike the images the model was trained on; no result",
+}
+
+
+def p_text(p_value: float) -> str:
+    """`0.03`, `0.004`: two decimals, three below 1% (the refusal's own range)."""
+    return f"{p_value:.2f}" if p_value >= 0.01 else f"{p_value:.3f}"
+
+
+def plain_words(applicability: Mapping[str, Any] | None) -> str | None:
+    """One result's applicability (a stored `Scope.as_dict`) as one plain line:
+    'borderline (p = 0.03): near the edge of what the model was trained on; ...'; None when the
+    result has none (a model released without the check) or it is unreadable."""
+    if not applicability:
+        return None
+    state = applicability.get("state")
+    if state not in MEANINGS:
+        return None
+    p_value = applicability.get("p_value")
+    number = f" (p = {p_text(p_value)})" if isinstance(p_value, (int, float)) else ""
+    return f"{state}{number}: {MEANINGS[state]}"
 
 
 def refusal(model: str, looks_like: str, scope: Scope) -> EdgeError:

@@ -143,6 +143,9 @@ class WorklistItem:
     height: int
     frames: int
     purged_at: str | None
+    superseded: bool
+    """A corrected version of this image came later (`images.superseded_by`, migration m014):
+    this row's result is for the old version."""
     study_id: str
     urgent: bool
     modality: str | None
@@ -164,12 +167,20 @@ class WorklistItem:
     operating_point: str | None
     seen_at: str | None
     seen_by: str | None
+    applicability_state: str | None
+    """The result's applicability word ("in scope", "borderline"); None without a check."""
+    applicability_p: float | None
     review_verdict: str | None
     notes: int
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> WorklistItem:
-        return cls(**{**row, "urgent": bool(row["urgent"])})
+        return cls(**{**row, "urgent": bool(row["urgent"]), "superseded": bool(row["superseded"])})
+
+    @property
+    def borderline(self) -> bool:
+        """The applicability check found the image near the edge of the model's training data."""
+        return self.applicability_state == "borderline"
 
     @property
     def positive(self) -> bool:

@@ -31,11 +31,14 @@ _WORKLIST_SELECT = """
 SELECT j.id AS job_id, j.state, j.error_code, j.error_message, j.model_name,
        j.created_at AS queued_at, j.updated_at,
        i.id AS image_id, i.phi_original_name, i.format, i.width, i.height, i.frames, i.purged_at,
+       i.superseded_by IS NOT NULL AS superseded,
        s.id AS study_id, s.urgent, s.modality, s.body_part, s.description, s.source,
        s.phi_patient_name, s.phi_patient_id, s.phi_accession, s.patient_age_years, s.patient_sex,
        s.study_date, s.received_at,
        r.id AS result_id, r.finding, r.finding_label, r.probability, r.threshold, r.operating_point,
        r.seen_at, r.seen_by,
+       json_extract(r.applicability, '$.state') AS applicability_state,
+       json_extract(r.applicability, '$.p_value') AS applicability_p,
        (SELECT v.verdict FROM reviews v WHERE v.result_id = r.id
          ORDER BY v.reviewed_at DESC LIMIT 1) AS review_verdict,
        (SELECT count(*) FROM notes n WHERE n.study_id = s.id) AS notes

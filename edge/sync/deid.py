@@ -156,6 +156,17 @@ UIDS = [
 ]
 
 
+APPLICABILITY_KEYS = ("state", "distance", "p_value", "threshold")
+
+
+def _applicability(scope: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The applicability verdict (edge/inference/scope.py `Scope.as_dict`), named key by key:
+    a word and three numbers about the model's feature space, nothing about the patient."""
+    if not scope:
+        return None
+    return {key: scope[key] for key in APPLICABILITY_KEYS if key in scope}
+
+
 class Deidentifier:
     def __init__(self, key: bytes, dates: DatePolicy = "shift") -> None:
         self._key = key
@@ -252,6 +263,12 @@ class Deidentifier:
             },
             "site": site,
         }
+        applicability = _applicability(result.applicability)
+        if applicability is not None:
+            # Only when the model has the check: a result without one sends the payload it always
+            # sent, so a result queued before this field existed keeps its hash on a re-send
+            # (a different hash under a known uuid is quarantined by the hub).
+            payload["result"]["applicability"] = applicability
         if clip is not None:
             payload["clip"] = {
                 k: clip[k] for k in ("frames_analysed", "frames_excluded", "duration_s", "aggregate")

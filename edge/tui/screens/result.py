@@ -14,6 +14,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
 from textual.widgets import Footer, Static
 
+from edge.inference.scope import BORDERLINE, IN_SCOPE, MEANINGS, OUT_OF_SCOPE, p_text
 from edge.store import StoredResult, WorklistItem
 from edge.tui.data import ResultDetail, display_name, load_picture, load_result
 from edge.tui.screens.base import EdgeScreen
@@ -23,6 +24,8 @@ from edge.tui.widgets.top_bar import TopBar
 
 BAR_WIDTH = 16
 QUALITY_STYLES = {"ok": "green", "borderline": "yellow", "beyond": "bold red", "no limit": "dim"}
+APPLICABILITY_STYLES = {IN_SCOPE: "green", BORDERLINE: "bold black on yellow", OUT_OF_SCOPE: "bold red"}
+SUPERSEDED = "SUPERSEDED: a corrected version of this image came later; this result is for the old one"
 
 
 class ResultLoaded(Message):
@@ -58,6 +61,7 @@ class ResultScreen(ItemActions):
             with VerticalScroll(id="result-details"):
                 for section in (
                     "finding",
+                    "applicability",
                     "probabilities",
                     "quality",
                     "model",
@@ -126,9 +130,12 @@ class ResultScreen(ItemActions):
 def sections(detail: ResultDetail, stamp: Any) -> dict[str, str]:
     """Markup per section (empty: hidden). `stamp` formats a stored time for display."""
     item, result = detail.item, detail.result
-    out = dict.fromkeys(("finding", "probabilities", "quality", "model", "clip", "review", "notes"), "")
+    out = dict.fromkeys(
+        ("finding", "applicability", "probabilities", "quality", "model", "clip", "review", "notes"), ""
+    )
     out["finding"] = _finding(item, result)
     if result:
+        out["applicability"] = _applicability(result)
         out["probabilities"] = _probabilities(result)
         out["quality"] = _quality(detail)
         out["model"] = (
@@ -152,6 +159,7 @@ def sections(detail: ResultDetail, stamp: Any) -> dict[str, str]:
 
 
 def _finding(item: WorklistItem, result: StoredResult | None) -> str:
+    old = f"\n[dim]{SUPERSEDED}[/dim]" if item.superseded else ""
     if result:
         positive = item.positive  # the worklist row carries the result's decision
         colour = "bold yellow" if positive else "bold green"
@@ -159,15 +167,30 @@ def _finding(item: WorklistItem, result: StoredResult | None) -> str:
         seen = f"seen by {escape(str(item.seen_by))}" if item.seen_at else "[b]not seen yet[/b] (m)"
         return (
             f"{urgent}[{colour}]{result.finding.upper()}[/]\n"
-            f"P({result.finding_label}) = [b]{result.probability:.3f}[/b] (calibrated) · {seen}"
+            f"P({result.finding_label}) = [b]{result.probability:.3f}[/b] (calibrated) · {seen}{old}"
         )
     state = item.state
     urgent = "[bold white on red] URGENT [/] " if item.urgent else ""
     if state in ("refused", "failed"):
         return (
-            f"{urgent}[bold magenta]{state.upper()}[/] {item.error_code}\n{escape(item.error_message or '')}"
+            f"{urgent}[bold magenta]{state.upper()}[/] {item.error_code}\n"
+            f"{escape(item.error_message or '')}{old}"
         )
-    return f"{urgent}[cyan]{'RUNNING' if state == 'running' else 'NEW'}[/] waiting for {item.model_name}"
+    return f"{urgent}[cyan]{'RUNNING' if state == 'running' else 'NEW'}[/] waiting for {item.model_name}{old}"
+
+
+def _applicability(result: StoredResult) -> str:
+    """The applicability check's word and number, and what they mean for whoever reads on."""
+    scope = result.applicability or {}
+    state, p_value = scope.get("state"), scope.get("p_value")
+    if state not in MEANINGS or not isinstance(p_value, (int, float)):
+        return "[b]Applicability[/b] [dim]not checked: this model version has no applicability check[/dim]"
+    style = APPLICABILITY_STYLES.get(state, "")
+    share = f"{p_value:.0%}" if p_value >= 0.01 else "under 1%"
+    return (
+        f"[b]Applicability[/b] [{style}]{state.upper()}[/] p = [b]{p_text(p_value)}[/b]\n"
+        f"{MEANINGS[state]} ({share} of its test images are this unusual)"
+    )
 
 
 def _probabilities(result: StoredResult) -> str:

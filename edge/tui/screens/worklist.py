@@ -18,6 +18,7 @@ from textual.containers import Horizontal
 from textual.message import Message
 from textual.widgets import DataTable, Footer, Input, Static
 
+from edge.inference.scope import p_text
 from edge.store import WorklistItem
 from edge.tui.data import (
     STATE_FILTERS,
@@ -57,12 +58,22 @@ class WorklistLoaded(Message):
         self.chosen = chosen
 
 
+BORDERLINE_MARK = "?"  # after POS, or alone: the applicability check found the image borderline
+
+
 def badge(item: WorklistItem) -> Text:
+    """At most 6 cells: URGENT; else POS and/or the borderline mark, or OLD for a result of a
+    superseded (corrected since) image. The row's detail line below the table says it in words."""
     if item.urgent:
         return Text("URGENT", style="bold white on red")
+    if item.superseded:
+        return Text("OLD", style="dim")
+    out = Text("")
     if item.positive:
-        return Text("POS", style="bold black on yellow")
-    return Text("")
+        out.append("POS", style="bold black on yellow")
+    if item.state == "done" and item.borderline:
+        out.append((" " if out else "") + BORDERLINE_MARK, style="bold magenta")
+    return out
 
 
 def finding_cell(item: WorklistItem) -> Text:
@@ -236,6 +247,12 @@ def describe(item: WorklistItem, received: str) -> str:
             f"{item.finding}: P({item.finding_label}) = {item.probability:.3f}, threshold "
             f"{item.threshold:.3f} ({item.operating_point})"
         )
+        if item.borderline:
+            p_value = item.applicability_p
+            number = f" (p = {p_text(p_value)})" if p_value is not None else ""
+            second += (
+                f" · [magenta]{BORDERLINE_MARK} borderline{number}[/]: near the edge of the model's training"
+            )
         if item.review_verdict:
             second += f" · specialist: {item.review_verdict}"
         second += f" · seen by {item.seen_by}" if item.seen_at else " · not seen yet"
@@ -246,4 +263,6 @@ def describe(item: WorklistItem, received: str) -> str:
         second = f"{item.model_name} is analysing it now"
     else:
         second = f"waiting for {item.model_name}"
+    if item.superseded:
+        second += " · [dim]superseded: a corrected version of this image came later[/dim]"
     return " · ".join(first) + "\n" + second
