@@ -110,7 +110,9 @@ def test_a_clip_of_an_eye_is_refused_and_a_lung_clip_answered(pipeline: Pipeline
 def test_the_check_can_be_switched_off_to_study_a_model(tmp_path: Path) -> None:
     from edge.config import load_settings
 
-    settings = load_settings(data_dir=tmp_path / "data", models={"dir": MODELS}, gate={"applicability": False})
+    settings = load_settings(
+        data_dir=tmp_path / "data", models={"dir": MODELS}, gate={"applicability": False}
+    )
     with Store(settings.data_dir) as store:
         running = Pipeline(settings, store)
         [analysis] = running.analyse_file(EYE, model="us-lung")
