@@ -402,7 +402,7 @@ class Pipeline:
         model = self.pool.get(job.model_name)
         verdict = gate.check(decoded, model.entry.manifest)
         if self.settings.gate.enabled and not verdict.passed:
-            refusal = verdict.first()
+            refusal = self._out_of_scope_first(model, decoded, verdict) or verdict.first()
             self.store.fail_job(job, refusal.code, refusal.message, refused=True)
             raise refusal
         if decoded.frames > 1:  # a cine: the frames go to the video path, as one clip
@@ -447,6 +447,23 @@ class Pipeline:
             model.precision,
         )
         return result_id
+
+    def _out_of_scope_first(
+        self, model: ServedModel, decoded: DecodedImage, verdict: gate.GateResult
+    ) -> EdgeError | None:
+        """An image refused for its quality alone may not be the kind of image the model reads at
+        all (an eye scan is "mostly blank" to a chest X-ray model): saying so is the more useful
+        refusal. Metadata refusals (modality, view, age) are certain and stay first."""
+        if not self.enforce_scope or model.scope_check is None:
+            return None
+        if any(r.code not in gate.QUALITY_CODES for r in verdict.refusals):
+            return None
+        scope = model.predict([decoded.pixels])[0].scope
+        refusal = model.out_of_scope(scope, True)
+        if refusal is None:
+            return None
+        also = ", ".join(r.code.value for r in verdict.refusals)
+        return EdgeError(refusal.code, f"{refusal.message} (also: {also})")
 
     def _write_heatmap(
         self, result_id: str, model: ServedModel, decoded: DecodedImage, prediction: Prediction

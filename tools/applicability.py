@@ -239,7 +239,10 @@ def measure(recipe: Recipe, variant: str, stats: dict[str, Any], threshold: floa
     return rows
 
 
-def card_table(rows: dict[str, list[dict[str, Any]]], threshold: float, calibration_kind: str) -> str:
+def card_table(
+    rows: dict[str, list[dict[str, Any]]], thresholds: dict[str, float], calibration_kind: str
+) -> str:
+    shown = ", ".join(f"{variant} {value:.3f}" for variant, value in thresholds.items())
     lines = [
         CARD_BEGIN,
         "## Applicability (out-of-distribution check)",
@@ -247,8 +250,9 @@ def card_table(rows: dict[str, list[dict[str, Any]]], threshold: float, calibrat
         "Every input is also scored by its distance from the training images in the network's",
         "own feature space, layer by layer (class-conditional Mahalanobis distance with a shared",
         "covariance, Lee et al. 2018: `edge/inference/scope.py`); above the threshold it is",
-        f"refused as `OUT_OF_SCOPE`, not answered. Threshold {threshold:.3f}: at most 1% of",
-        f"in-distribution validation images ({calibration_kind}) are refused.",
+        f"refused as `OUT_OF_SCOPE`, not answered. Thresholds ({shown}): at most 1% of",
+        f"in-distribution validation images ({calibration_kind}) are refused, through each",
+        "variant's own features (INT8 rounding moves them; a TensorRT engine uses its source's).",
         "AUROC: in-distribution evaluation images against each set (1.0 = always told apart);",
         "refused: the share refused at the shipped threshold. Reproduce:",
         "`python -m tools.applicability --config tools/configs/<name>.toml`.",
@@ -280,8 +284,13 @@ def card_table(rows: dict[str, list[dict[str, Any]]], threshold: float, calibrat
 
 
 def write(
-    recipe: Recipe, stats: dict[str, Any], threshold: float, rows: dict[str, list[dict[str, Any]]]
+    recipe: Recipe,
+    per_variant: dict[str, dict[str, Any]],
+    thresholds: dict[str, float],
+    rows: dict[str, list[dict[str, Any]]],
 ) -> None:
+    stats = per_variant["fp32"]
+    threshold = thresholds["fp32"]
     folder = REPO / "models" / recipe.name
     target = folder / STATS
     check: ScopeCheck = stats["check"]
@@ -294,6 +303,11 @@ def write(
         sizes=np.array(check.sizes, np.int32),
         scales=stats["scales"].astype(np.float32),
         calibration=np.sort(stats["validation"]).astype(np.float32),
+        **{
+            f"calibration_{v}": np.sort(per_variant[v]["validation"]).astype(np.float32)
+            for v in per_variant
+            if v != "fp32"
+        },
         **layers,
     )
     digest = hashlib.sha256(target.read_bytes()).hexdigest()
@@ -307,6 +321,7 @@ def write(
         "file": STATS,
         "sha256": digest,
         "threshold": round(threshold, 4),
+        "variant_thresholds": {v: round(t, 4) for v, t in thresholds.items() if v != "fp32"},
         "calibration": stats["calibration_kind"],
         "validation_refused": round(float((validation > threshold).mean()), 4),
         "measured": {
@@ -328,7 +343,8 @@ def write_card(recipe: Recipe) -> None:
     }
     card = folder / "MODEL_CARD.md"
     text = card.read_text()
-    table = card_table(rows, spec["threshold"], spec["calibration"])
+    thresholds = {"fp32": spec["threshold"], **spec.get("variant_thresholds", {})}
+    table = card_table(rows, thresholds, spec["calibration"])
     if CARD_BEGIN in text:
         text = text[: text.index(CARD_BEGIN)] + table + text[text.index(CARD_END) + len(CARD_END) :]
     else:
@@ -360,20 +376,20 @@ def main() -> None:
         return
     variants = args.variants.split(",")
     per_variant = {variant: in_distribution(recipe, variant) for variant in variants}
-    stats = per_variant["fp32"]
-    # One threshold for whatever variant the device serves: at most 1% of validation refused for each.
-    threshold = max(threshold_for(per_variant[v]["validation"]) for v in variants)
+    # Each variant its own threshold: at most 1% of validation refused through its own features.
+    thresholds = {v: threshold_for(per_variant[v]["validation"]) for v in variants}
     for variant in variants:
-        refused = (per_variant[variant]["validation"] > threshold).mean()
+        refused = (per_variant[variant]["validation"] > thresholds[variant]).mean()
         console.print(
-            f"{recipe.name} {variant}: threshold {threshold:.3f}, {refused:.2%} of validation refused"
+            f"{recipe.name} {variant}: threshold {thresholds[variant]:.3f}, "
+            f"{refused:.2%} of validation refused"
         )
     rows = {}
     for variant in variants:
-        rows[variant] = measure(recipe, variant, per_variant[variant], threshold)
+        rows[variant] = measure(recipe, variant, per_variant[variant], thresholds[variant])
     print(json.dumps(rows, indent=1))
     if args.write:
-        write(recipe, stats, threshold, rows)
+        write(recipe, per_variant, thresholds, rows)
         console.print(f"written: models/{recipe.name}/{STATS}, model.toml [applicability], MODEL_CARD.md")
 
 

@@ -17,6 +17,17 @@ from edge.imaging.quality import QualityMetrics, measure
 from edge.inference.registry import Manifest
 
 LATERAL_VIEWS = {"LL", "RL", "LATERAL", "LAT", "LLD", "RLD"}
+QUALITY_CODES = frozenset(
+    {
+        Code.IMAGE_TOO_SMALL,
+        Code.UNDEREXPOSED,
+        Code.OVEREXPOSED,
+        Code.LOW_CONTRAST,
+        Code.BLURRED,
+        Code.MOSTLY_BLANK,
+    }
+)
+"""Refusals for the pixels' quality (the others are for what the metadata says)."""
 _DATE_WORDS = {
     "StudyDate": "study date",
     "AcquisitionDate": "acquisition date",

@@ -72,7 +72,7 @@ class ServedModel:
         # A TensorRT engine may run at another precision than its source file (FP16 from FP32).
         self._precision = precision or self.variant.precision
         self.spec: PreprocessSpec = entry.manifest.input.preprocess_spec()
-        self.scope_check: ScopeCheck | None = entry.scope_check(verify=verify)
+        self.scope_check: ScopeCheck | None = entry.scope_check(variant_name, verify=verify)
 
     @property
     def name(self) -> str:

@@ -189,6 +189,9 @@ class Applicability(_Strict):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     threshold: float = Field(gt=0)
     """Distances above this are refused (OUT_OF_SCOPE): exceeded by <= 1% of validation images."""
+    variant_thresholds: dict[str, float] = Field(default_factory=dict)
+    """The same rule on a reduced-precision variant's own features (INT8 rounding moves them):
+    the served variant's threshold applies (a TensorRT engine: its source variant's)."""
     looks_like: str
     """What an in-scope input is, for the refusal sentence ("a paediatric chest X-ray")."""
     calibration: str = ""
@@ -259,9 +262,10 @@ class ModelEntry:
                 )
         return path
 
-    def scope_check(self, *, verify: bool = True) -> ScopeCheck | None:
-        """The applicability check's statistics, verified against their sha256; None when the
-        manifest has no check (a model released before it existed)."""
+    def scope_check(self, variant: str = "fp32", *, verify: bool = True) -> ScopeCheck | None:
+        """The applicability check's statistics for features computed by `variant`, verified
+        against their sha256; None when the manifest has no check (a model released before it
+        existed)."""
         spec = self.manifest.applicability
         if spec is None:
             return None
@@ -275,6 +279,8 @@ class ModelEntry:
                 Code.MODEL_CHECKSUM_MISMATCH,
                 f"{self.name}: {spec.file} does not match its sha256 in the manifest; refusing it",
             )
+        if variant in spec.variant_thresholds:
+            return ScopeCheck.load(path, spec.variant_thresholds[variant], variant)
         return ScopeCheck.load(path, spec.threshold)
 
     def operating_point(self, name: str | None) -> tuple[str, OperatingPoint]:

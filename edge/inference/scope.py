@@ -96,17 +96,20 @@ class ScopeCheck:
             raise ValueError("scales or calibration missing")
 
     @classmethod
-    def load(cls, path: Path, threshold: float) -> ScopeCheck:
+    def load(cls, path: Path, threshold: float, variant: str | None = None) -> ScopeCheck:
+        """`variant`: judge features that variant computes, against its own validation
+        distances (`calibration_<variant>`), where the file has them."""
         try:
             with np.load(path, allow_pickle=False) as data:
                 sizes = [int(n) for n in data["sizes"]]
                 layers = range(len(sizes))
+                calibration = f"calibration_{variant}" if variant else "calibration"
                 return cls(
                     sizes,
                     [data[f"means_{k}"] for k in layers],
                     [data[f"precision_{k}"] for k in layers],
                     data["scales"],
-                    data["calibration"],
+                    data[calibration if calibration in data.files else "calibration"],
                     threshold,
                 )
         except (OSError, KeyError, ValueError) as exc:
@@ -203,5 +206,5 @@ def refusal(model: str, looks_like: str, scope: Scope) -> EdgeError:
     return EdgeError(
         Code.OUT_OF_SCOPE,
         f"this does not look like {looks_like}: check the model or the image ({model}'s"
-        f" applicability check: distance {scope.distance:.0f}, limit {scope.threshold:.0f})",
+        f" applicability check: distance {scope.distance:.2f}, limit {scope.threshold:.2f})",
     )
