@@ -109,12 +109,14 @@ def test_calibrate_on_a_folder_moves_the_threshold_and_helps_held_out_cases(
     out = json.loads(result.stdout)
     assert "OUT_OF_SCOPE" not in out["left_out"]  # the shifted films stay in scope
     profile = site_profile.SiteProfile(**out["profile"])
-    assert profile.source == "data" and profile.cases == 96
+    assert profile.source == "data"
+    assert profile.cases == 96
     assert profile.cases_per_class == {"normal": 48, "pneumonia": 48}
     assert profile.model_version == shipped.version
     balanced = profile.operating_points["balanced"]
     assert balanced.threshold > shipped.operating_points["balanced"].threshold + 0.1
-    assert balanced.sensitivity_ci95 is not None and balanced.specificity_ci95 is not None
+    assert balanced.sensitivity_ci95 is not None
+    assert balanced.specificity_ci95 is not None
     assert balanced.specificity_ci95[0] <= balanced.specificity <= balanced.specificity_ci95[1]
     after_balanced, before_balanced = profile.after["balanced"], profile.before["balanced"]
     assert isinstance(after_balanced, site_profile.PointFigures)
@@ -130,7 +132,8 @@ def test_calibrate_on_a_folder_moves_the_threshold_and_helps_held_out_cases(
         actions = [row["action"] for row in store.audit_rows() if row["action"].startswith("profile.")]
     assert actions == ["profile.created", "profile.activated"]
     shown = run(settings, "models", "show", DEFAULT_MODEL)
-    assert profile.id in shown.output and "before (shipped), balanced" in shown.output
+    assert profile.id in shown.output
+    assert "before (shipped), balanced" in shown.output
 
 
 def test_below_the_minimum_per_class_is_refused_with_its_code(
@@ -138,7 +141,8 @@ def test_below_the_minimum_per_class_is_refused_with_its_code(
 ) -> None:
     result = calibrate(settings, "--data", str(site["held_out"]))  # default 30 per class, 24 here
     assert result.exit_code == 1
-    assert "CALIBRATION_TOO_FEW_CASES" in result.output and "normal 24, pneumonia 24" in result.output
+    assert "CALIBRATION_TOO_FEW_CASES" in result.output
+    assert "normal 24, pneumonia 24" in result.output
     assert not (settings.data_dir / "profiles" / DEFAULT_MODEL).exists()
 
 
@@ -156,18 +160,21 @@ def test_profile_applied_recorded_and_reset(settings: Settings, site: dict[str, 
             assert first.result.profile_id == profile.id
             assert first.result.threshold == profile.operating_points["balanced"].threshold
             stored = store.result(first.result.id)
-            assert stored is not None and stored.profile_id == profile.id
+            assert stored is not None
+            assert stored.profile_id == profile.id
             # --reset: the shipped calibration, in the same running pipeline, history kept.
             assert calibrate(settings, "--reset").exit_code == 0
             [second] = pipeline.analyse_file(films[1], model=DEFAULT_MODEL)
-            assert second.result is not None and second.result.profile_id is None
+            assert second.result is not None
+            assert second.result.profile_id is None
             shipped = Registry(MODELS).get(DEFAULT_MODEL).manifest.operating_points["balanced"]
             assert second.result.threshold == shipped.threshold
         finally:
             pipeline.close()
         assert [r["action"] for r in store.audit_rows() if r["action"] == "profile.reset"]
     listed = run(settings, "models", "profiles", DEFAULT_MODEL)
-    assert profile.id in listed.output and "in force: the shipped calibration" in listed.output
+    assert profile.id in listed.output
+    assert "in force: the shipped calibration" in listed.output
 
 
 def test_a_profile_for_another_model_version_is_ignored_with_a_warning(
@@ -218,7 +225,8 @@ def test_calibrate_from_reviews_and_the_prior_estimate(settings: Settings, site:
         finally:
             pipeline.close()
         too_few = calibrate(settings, "--from-reviews")  # nothing reviewed yet
-        assert too_few.exit_code == 1 and "CALIBRATION_TOO_FEW_CASES" in too_few.output
+        assert too_few.exit_code == 1
+        assert "CALIBRATION_TOO_FEW_CASES" in too_few.output
         reviews = []
         for number, (result, label) in enumerate(results):
             verdict = "uncertain" if number % 12 == 0 else "agree" if result.finding == label else "disagree"
@@ -238,7 +246,8 @@ def test_calibrate_from_reviews_and_the_prior_estimate(settings: Settings, site:
     out = json.loads(result.stdout)
     assert out["left_out"] == {"uncertain": uncertain}
     profile = site_profile.SiteProfile(**out["profile"])
-    assert profile.source == "reviews" and profile.cases == len(films) - uncertain
+    assert profile.source == "reviews"
+    assert profile.cases == len(films) - uncertain
     # The same films through a folder: the stored probabilities give back the same fit.
     from_data = calibrate(settings, "--data", str(site["calibration"]), "--json")
     direct = site_profile.SiteProfile(**json.loads(from_data.stdout)["profile"])
@@ -248,11 +257,13 @@ def test_calibrate_from_reviews_and_the_prior_estimate(settings: Settings, site:
     shown = run(settings, "models", "prior", DEFAULT_MODEL, "--json")
     assert shown.exit_code == 0, shown.output
     report = json.loads(shown.stdout)
-    assert report["results"] == len(films) and report["applied"] is False
+    assert report["results"] == len(films)
+    assert report["applied"] is False
     assert report["training_prevalence"] == pytest.approx(581 / 782, abs=1e-3)
     assert 0.3 < report["estimated_prevalence"] < 0.75
     text = run(settings, "models", "prior", DEFAULT_MODEL).output
-    assert "Not applied" in text and "training prevalence" in text
+    assert "Not applied" in text
+    assert "training prevalence" in text
 
 
 def test_prior_em_recovers_a_known_prevalence() -> None:
