@@ -85,4 +85,5 @@ def result_record(
         heatmap_path=heatmap_path,
         quality=quality,
         applicability=applicability,
+        profile_id=finding.profile_id,
     )

@@ -136,7 +136,7 @@ def test_network_exports_to_onnx_with_the_same_logits(tmp_path: Path) -> None:
 
 
 def test_shipped_threshold_rounds_down_to_four_decimals() -> None:
-    from tools.release import shipped_threshold
+    from edge.inference.calibration import shipped_threshold
 
     assert shipped_threshold(0.23138) == 0.2313  # rounding to nearest gave 0.2314: a lost case
     assert shipped_threshold(0.11806) == 0.118

@@ -16,7 +16,6 @@ import csv
 import datetime as dt
 import hashlib
 import json
-import math
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -32,6 +31,11 @@ from rich.console import Console
 from edge.imaging.decode import decode_bytes
 from edge.inference import metrics as m
 from edge.inference import plots
+from edge.inference.calibration import (  # the rules a site calibration uses too
+    DECIMALS,
+    SCREENING_SENSITIVITY,
+    choose_thresholds,
+)
 from edge.inference.postprocess import softmax
 from tools import dicomgen
 from tools.recipe import (
@@ -47,8 +51,6 @@ from tools.recipe import (
 )
 
 console = Console()
-SCREENING_SENSITIVITY = 0.95  # default; a recipe may ask for more ([release] screening_sensitivity)
-DECIMALS = 4  # the manifest's temperature and thresholds; every figure is computed at these values
 MAX_SAMPLE_BYTES = 160_000  # keeps each model's samples around a megabyte
 
 
@@ -283,22 +285,6 @@ def write_plots(folder: Path, recipe: Recipe, sets: dict[str, Predictions], temp
     plots.save_png(plots.reliability_plot(curves, counts, title), folder / "reliability.png")
 
 
-def shipped_threshold(value: float, decimals: int = DECIMALS) -> float:
-    """`value` rounded DOWN to `decimals` places: the threshold written to the manifest.
-
-    Thresholds are probabilities of validation images; rounding to nearest could move one just
-    above an image it was chosen to include and lose that case. Flooring only adds positives, so
-    sensitivity never drops; the stated figures are then computed at the floored value.
-    """
-    step = 10.0**-decimals
-    shipped = round(math.floor(value / step) * step, decimals)
-    while shipped > value:  # guard against float error in the division
-        shipped = round(shipped - step, decimals)
-    while round(shipped + step, decimals) <= value:
-        shipped = round(shipped + step, decimals)
-    return shipped
-
-
 def operating_points(
     validation: Predictions, recipe: Recipe, temperature: float
 ) -> tuple[dict[str, float], float]:
@@ -309,10 +295,7 @@ def operating_points(
     truth = validation.truth == positive
     prob = softmax(validation.logits, temperature)[:, positive]
     target = float(recipe.raw.get("release", {}).get("screening_sensitivity", SCREENING_SENSITIVITY))
-    balanced = m.youden_threshold(truth, prob)
-    # Screening must never be less sensitive than the balanced point (flooring keeps the order).
-    screening = min(balanced, m.threshold_for_sensitivity(truth, prob, target))
-    return {"balanced": shipped_threshold(balanced), "screening": shipped_threshold(screening)}, target
+    return choose_thresholds(truth, prob, target), target
 
 
 def operating_point_entries(

@@ -3,7 +3,7 @@
 Subcommands live in one module per area; importing them registers them on the group.
 """
 
-from edge.cli import analysis, device, hub, models, pacs, store, sync  # noqa: F401  (registers the subcommands)
+from edge.cli import analysis, device, hub, models, pacs, site, store, sync  # noqa: F401  (registers the subcommands)
 from edge.cli.base import cli
 
 

@@ -44,6 +44,8 @@ def analysis_json(analysis: Analysis, heatmap: Path | None = None) -> dict[str, 
         probabilities={k: round(v, 6) for k, v in r.probabilities.items()},
         threshold=r.threshold,
         operating_point=r.operating_point,
+        # The site profile whose temperature and threshold decided; null: the shipped ones.
+        profile_id=r.profile_id,
         model=r.model_name,
         model_version=r.model_version,
         model_sha256=r.model_sha256,
@@ -70,7 +72,9 @@ def analysis_line(analysis: Analysis, heatmap: Path | None = None) -> str:
     again = "  (already analysed)" if analysis.duplicate else ""
     line = (
         f"OK      {analysis.input}  {r.finding}  P({r.finding_label})={r.probability:.3f}"
-        f"  threshold {r.threshold:.3f} ({r.operating_point})  {r.model_name} {r.model_version}"
+        f"  threshold {r.threshold:.3f} ({r.operating_point}"
+        + (f", site profile {r.profile_id}" if r.profile_id else "")
+        + f")  {r.model_name} {r.model_version}"
         f"  {r.backend}/{r.precision}  {r.latency_ms:.1f} ms{again}"
         + (f"  heatmap {heatmap}" if heatmap else "")
     )

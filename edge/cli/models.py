@@ -82,9 +82,26 @@ def models_show(obj: Context, name: str, as_json: bool) -> None:
             json.dumps({"manifest": entry.manifest.model_dump(mode="json"), "file_checks": checks}, indent=2)
         )
         sys.exit(0 if all(v == "ok" for v in checks.values()) else EXIT_REFUSED)
-    from edge.cli.reports import print_model
+    from edge.cli.reports import print_model, print_profile
+    from edge.inference import site_profile
 
-    print_model(Console(), entry, checks)
+    console = Console()
+    print_model(console, entry, checks)
+    try:  # the site's calibration in force, with its before/after figures
+        active = site_profile.active_id(obj.settings.data_dir, name)
+        profile = site_profile.load(obj.settings.data_dir, name, active) if active else None
+    except EdgeError as error:
+        console.print(f"[red]site profile[/]: {error.one_line()} (the shipped calibration serves)")
+    else:
+        if profile is None:
+            console.print("calibration in force: shipped (no site profile; edge models calibrate)")
+        elif profile.model_version != entry.manifest.version:
+            console.print(
+                f"[yellow]site profile {profile.id} is for version {profile.model_version}[/]: "
+                "ignored, the shipped calibration serves"
+            )
+        else:
+            print_profile(console, profile, entry.manifest, active=True)
     sys.exit(0 if all(v == "ok" for v in checks.values()) else EXIT_REFUSED)
 
 

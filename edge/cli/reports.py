@@ -7,7 +7,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from edge.inference.registry import ModelEntry
+from edge.inference.registry import Manifest, ModelEntry
+from edge.inference.site_profile import PointFigures, SiteProfile
 
 
 def print_model(console: Console, entry: ModelEntry, checks: dict[str, str]) -> None:
@@ -117,3 +118,47 @@ def print_evaluation(console: Console, result: Any) -> None:
         console.print(f"[yellow]refused[/] {item['path']}  {item['code']}: {item['reason']}")
     for kind, path in result.files.items():
         console.print(f"{kind}: {path}")
+
+
+def print_profile(console: Console, profile: SiteProfile, manifest: Manifest, *, active: bool) -> None:
+    """A site profile: what it changes against the shipped calibration, and the figures on the
+    site's cases before (shipped) and after (profile; fitted on those cases: optimistic)."""
+    state = "in force" if active else "not in force"
+    console.print(
+        f"[bold]site profile {profile.id}[/] ({state}): {profile.source}, {profile.description}; "
+        f"{profile.cases} cases ({', '.join(f'{k} {v}' for k, v in profile.cases_per_class.items())}); "
+        f"created {profile.created_at}"
+    )
+    console.print(f"temperature {manifest.output.temperature:.4f} (shipped) -> {profile.temperature:.4f}")
+    points = Table(
+        "operating point", "threshold shipped -> site", "sensitivity (95% CI)", "specificity (95% CI)"
+    )
+
+    def with_ci(value: float | None, ci: tuple[float, float] | None) -> str:
+        if value is None:
+            return "-"
+        return f"{value:.3f}" + (f" ({ci[0]:.3f}-{ci[1]:.3f})" if ci else "")
+
+    for name, point in profile.operating_points.items():
+        shipped = manifest.operating_points.get(name)
+        points.add_row(
+            name,
+            f"{shipped.threshold:.4f} -> {point.threshold:.4f}" if shipped else f"{point.threshold:.4f}",
+            with_ci(point.sensitivity, point.sensitivity_ci95),
+            with_ci(point.specificity, point.specificity_ci95),
+        )
+    console.print(points)
+    figures = Table("on the site's cases", "accuracy", "sensitivity", "specificity")
+    for side, values in (("before (shipped)", profile.before), ("after (profile)", profile.after)):
+        for name, value in values.items():
+            if isinstance(value, PointFigures):
+                figures.add_row(
+                    f"{side}, {name}",
+                    f"{value.accuracy:.3f}",
+                    f"{value.sensitivity:.3f}",
+                    f"{value.specificity:.3f}",
+                )
+    console.print(figures)
+    auc = profile.before.get("auc")
+    if isinstance(auc, float):
+        console.print(f"AUC on these cases {auc:.3f} (a temperature does not change the ranking)")

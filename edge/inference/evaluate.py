@@ -95,7 +95,8 @@ def evaluate(
     pool = ModelPool(registry, settings, settings.data_dir / "cache")
     try:
         served = pool.load_variant(name, variant) if variant else pool.get(name)
-        op_name, op = entry.operating_point(operating_point or settings.models.operating_point)
+        # What serves here: the site profile in force, if any, else the manifest's calibration.
+        temperature, op_name, op, _ = served.calibration(operating_point or settings.models.operating_point)
         logits, truth, kept, refused = _run(served, rows, settings.store.max_input_bytes, labels)
     finally:
         pool.close()
@@ -112,7 +113,7 @@ def evaluate(
     if not kept:
         raise EdgeError(Code.INPUT_NOT_IMAGE, f"none of the {len(rows)} images could be analysed")
     positive = labels.index(entry.manifest.output.positive)
-    probs = softmax(logits, entry.manifest.output.temperature)
+    probs = softmax(logits, temperature)
     raw = softmax(logits)
     result.metrics = _metrics(truth, probs, raw, positive, op.threshold, len(labels))
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -120,8 +121,41 @@ def evaluate(
     return result
 
 
+@dataclass
+class Scored:
+    """A labelled folder as the served model scored it (`edge models calibrate`)."""
+
+    logits: np.ndarray
+    truth: np.ndarray
+    kept: list[Path]
+    refused: list[dict[str, str]]
+    variant: str
+    backend: str
+
+
+def score_folder(settings: Settings, name: str, folder: Path) -> Scored:
+    """Raw logits of every image of a labelled folder through the served model (the path of
+    `edge models eval`); images the applicability check refuses (OUT_OF_SCOPE, as in service,
+    where they get no result) are left out with that code, like undecodable ones."""
+    registry = Registry(settings.models.dir)
+    labels = registry.get(name).manifest.output.labels
+    rows = read_labels(folder, labels)
+    pool = ModelPool(registry, settings, settings.data_dir / "cache")
+    try:
+        served = pool.get(name)
+        enforce = settings.gate.enabled and settings.gate.applicability
+        logits, truth, kept, refused = _run(served, rows, settings.store.max_input_bytes, labels, enforce)
+    finally:
+        pool.close()
+    return Scored(logits, truth, kept, refused, served.variant_name, served.backend)
+
+
 def _run(
-    served: Any, rows: list[tuple[Path, str]], max_bytes: int, labels: list[str]
+    served: Any,
+    rows: list[tuple[Path, str]],
+    max_bytes: int,
+    labels: list[str],
+    refuse_out_of_scope: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, list[Path], list[dict[str, str]]]:
     logits, truth, kept, refused = [], [], [], []
     for start in range(0, len(rows), BATCH):
@@ -135,6 +169,10 @@ def _run(
         if not images:
             continue
         for (path, label), prediction in zip(batch_rows, served.predict(images), strict=True):
+            refusal = served.out_of_scope(prediction.scope, refuse_out_of_scope)
+            if refusal is not None:
+                refused.append({"path": str(path), "code": refusal.code.value, "reason": refusal.message})
+                continue
             logits.append(prediction.outputs[served.entry.manifest.output.logits])
             truth.append(labels.index(label))
             kept.append(path)

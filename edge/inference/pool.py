@@ -28,9 +28,10 @@ from edge.errors import Code, EdgeError
 from edge.imaging.preprocess import PreprocessSpec, preprocess_batch
 from edge.inference.local_parity import reference_variant, verify_here
 from edge.inference.postprocess import Finding, decide
-from edge.inference.registry import ModelEntry, Registry, Variant
+from edge.inference.registry import ModelEntry, OperatingPoint, Registry, Variant
 from edge.inference.scope import Scope, ScopeCheck
 from edge.inference.scope import refusal as scope_refusal
+from edge.inference.site_profile import ActiveProfiles, SiteProfile
 from edge.runtime.base import Runner, TensorNames
 from edge.runtime.onnxruntime import OnnxRuntimeRunner
 from edge.store.files import write_atomically
@@ -73,6 +74,8 @@ class ServedModel:
         self._precision = precision or self.variant.precision
         self.spec: PreprocessSpec = entry.manifest.input.preprocess_spec()
         self.scope_check: ScopeCheck | None = entry.scope_check(variant_name, verify=verify)
+        self.profiles: ActiveProfiles | None = None
+        """The site's profiles (set by the pool); None: the manifest's calibration only."""
 
     @property
     def name(self) -> str:
@@ -90,6 +93,22 @@ class ServedModel:
     def precision(self) -> str:
         return self._precision
 
+    @property
+    def profile(self) -> SiteProfile | None:
+        """The site profile in force for this model version now (re-read when it changes)."""
+        return self.profiles.get(self.entry) if self.profiles is not None else None
+
+    def calibration(
+        self, operating_point: str | None = None
+    ) -> tuple[float, str, OperatingPoint, str | None]:
+        """What decides now: temperature, operating point (name and threshold) and profile id.
+        A site profile replaces the temperature and the thresholds of the points it names."""
+        op_name, op = self.entry.operating_point(operating_point)
+        profile = self.profile
+        if profile is None:
+            return self.entry.manifest.output.temperature, op_name, op, None
+        return profile.temperature, op_name, profile.point(op_name, op), profile.id
+
     def predict(self, images: list[np.ndarray], operating_point: str | None = None) -> list[Prediction]:
         """Display images (uint8) -> one calibrated finding each."""
         batch = preprocess_batch(images, self.spec)
@@ -103,13 +122,13 @@ class ServedModel:
                 Code.MODEL_OUTPUT_INVALID,
                 f"{self.name}: logits shape {logits.shape}, expected ({len(images)}, {len(out.labels)})",
             )
-        op_name, op = self.entry.operating_point(operating_point)
+        temperature, op_name, op, profile_id = self.calibration(operating_point)
         scopes = self._scopes(outputs, len(images))
         predictions = []
         for index in range(len(images)):
             try:
                 finding = decide(
-                    logits[index], out.labels, out.positive, out.temperature, op.threshold, op_name
+                    logits[index], out.labels, out.positive, temperature, op.threshold, op_name, profile_id
                 )
             except ValueError as exc:
                 raise EdgeError(Code.MODEL_OUTPUT_INVALID, f"{self.name}: {exc}") from exc
@@ -219,10 +238,13 @@ class ModelPool:
         self.cache_file = cache_dir / CACHE_FILE
         self._served: dict[str, ServedModel] = {}
         self.engine_manager: Any = None  # set to share one EngineManager (tests inject doubles)
+        self.profiles = ActiveProfiles(settings.data_dir)
 
     def get(self, name: str) -> ServedModel:
         if name not in self._served:
-            self._served[name] = self._load(name)
+            served = self._load(name)
+            served.profiles = self.profiles
+            self._served[name] = served
         return self._served[name]
 
     def close(self) -> None:
@@ -235,6 +257,8 @@ class ModelPool:
         old = self._served.pop(served.name, None)
         if old is not None and old is not served:
             old.close()
+        if served.profiles is None:
+            served.profiles = self.profiles
         self._served[served.name] = served
 
     def load_variant(self, name: str, variant: str) -> ServedModel:
@@ -249,7 +273,11 @@ class ModelPool:
             )
         path = entry.variant_file(variant, verify=self.settings.models.verify_checksums)
         runner = runner_cls(path, tensor_names(entry), self.settings.runtime)
-        return ServedModel(entry, variant, runner, spec.sha256, verify=self.settings.models.verify_checksums)
+        served = ServedModel(
+            entry, variant, runner, spec.sha256, verify=self.settings.models.verify_checksums
+        )
+        served.profiles = self.profiles
+        return served
 
     def _load(self, name: str) -> ServedModel:
         entry = self.registry.get(name)

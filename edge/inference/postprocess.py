@@ -26,6 +26,8 @@ class Finding:
     probabilities: dict[str, float]
     threshold: float
     operating_point: str
+    profile_id: str | None = None
+    """The site profile whose temperature and threshold decided (None: the shipped ones)."""
 
 
 def decide(
@@ -35,16 +37,21 @@ def decide(
     temperature: float,
     threshold: float,
     operating_point: str,
+    profile_id: str | None = None,
 ) -> Finding:
     probs = softmax(np.asarray(logits_row)[np.newaxis], temperature)[0]
     if probs.shape[0] != len(labels) or not np.all(np.isfinite(probs)):
         raise ValueError(f"expected {len(labels)} finite class scores, got {probs.shape[0]}")
     by_label = {label: float(p) for label, p in zip(labels, probs, strict=True)}
-    return decide_from_probabilities(by_label, positive, threshold, operating_point)
+    return decide_from_probabilities(by_label, positive, threshold, operating_point, profile_id)
 
 
 def decide_from_probabilities(
-    by_label: dict[str, float], positive: str, threshold: float, operating_point: str
+    by_label: dict[str, float],
+    positive: str,
+    threshold: float,
+    operating_point: str,
+    profile_id: str | None = None,
 ) -> Finding:
     """The finding for already calibrated probabilities (e.g. a clip's aggregate)."""
     p_positive = by_label[positive]
@@ -53,4 +60,4 @@ def decide_from_probabilities(
     else:
         others = {k: v for k, v in by_label.items() if k != positive}
         finding = max(others, key=others.__getitem__)
-    return Finding(finding, positive, p_positive, by_label, threshold, operating_point)
+    return Finding(finding, positive, p_positive, by_label, threshold, operating_point, profile_id)

@@ -91,6 +91,9 @@ class ResultRecord:
     """The applicability check (edge/inference/scope.py `Scope.as_dict`): state ("in scope" or
     "borderline"; an out-of-scope input gets no result), distance, p_value, threshold. None for
     a model released without the check."""
+    profile_id: str | None = None
+    """The site profile (edge/inference/site_profile.py) whose temperature and threshold made
+    this result; None: the model's shipped calibration."""
 
     def to_row(self) -> dict[str, Any]:
         row = asdict(self)

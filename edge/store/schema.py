@@ -325,3 +325,10 @@ def m015_result_applicability(db: Database) -> None:
     # The applicability check's verdict with each result (JSON: state, distance, p_value,
     # threshold; edge/inference/scope.py). NULL for results of models released without one.
     db.execute("ALTER TABLE results ADD COLUMN applicability TEXT")
+
+
+@migrations()
+def m016_result_profile(db: Database) -> None:
+    # The site profile (temperature and thresholds, edge/inference/site_profile.py) in force
+    # when the result was made. NULL: the model's shipped calibration.
+    db.execute("ALTER TABLE results ADD COLUMN profile_id TEXT")

@@ -269,6 +269,10 @@ class Deidentifier:
             # sent, so a result queued before this field existed keeps its hash on a re-send
             # (a different hash under a known uuid is quarantined by the hub).
             payload["result"]["applicability"] = applicability
+        if result.profile_id is not None:
+            # The site profile that decided (an id: model, version, a time; no patient data).
+            # Only when one did, for the same reason as applicability above.
+            payload["result"]["profile_id"] = result.profile_id
         if clip is not None:
             payload["clip"] = {
                 k: clip[k] for k in ("frames_analysed", "frames_excluded", "duration_s", "aggregate")

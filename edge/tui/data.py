@@ -15,6 +15,7 @@ from PIL import Image
 
 from edge.errors import EdgeError
 from edge.imaging.decode import decode_bytes, read_input
+from edge.inference import site_profile
 from edge.store import StoredResult, WorklistItem
 from edge.tui.context import TuiContext
 
@@ -179,9 +180,24 @@ def installed_models(context: TuiContext) -> list[dict[str, Any]]:
                 "title": manifest.title,
                 "modalities": list(manifest.accepts.modalities),
                 "variants": sorted(v for v, spec in manifest.variants.items() if spec.servable),
+                "profile": _profile(context, name, manifest.version),
             }
         )
     return out
+
+
+def _profile(context: TuiContext, name: str, version: str) -> str:
+    """The calibration in force, in words: a site profile's id, or the shipped one."""
+    try:
+        chosen = site_profile.active_id(context.settings.data_dir, name)
+        profile = site_profile.load(context.settings.data_dir, name, chosen) if chosen else None
+    except EdgeError as error:
+        return f"shipped calibration ({error.code.value})"
+    if profile is None:
+        return "shipped calibration"
+    if profile.model_version != version:
+        return f"shipped calibration (site profile {profile.id} is for {profile.model_version})"
+    return f"site profile {profile.id}"
 
 
 def load_device(context: TuiContext) -> dict[str, Any]:

@@ -191,9 +191,10 @@ def store_clip(
             if job is not None:
                 store.fail_job(job, out_of_scope.code, out_of_scope.message, refused=True)
             raise out_of_scope
-        op_name, op = served.entry.operating_point(settings.models.operating_point)
+        # The frames were scored under the profile in force; the clip is judged under it too.
+        _, op_name, op, profile_id = served.calibration(settings.models.operating_point)
         finding = decide_from_probabilities(
-            summary.probabilities, manifest.output.positive, op.threshold_for_clips, op_name
+            summary.probabilities, manifest.output.positive, op.threshold_for_clips, op_name, profile_id
         )
         latencies = analyzer.stats.latencies_ms
         record = result_record(

@@ -114,6 +114,8 @@ def models(snap: dict[str, Any]) -> str:
             else "[dim]not used yet[/dim]"
         )
         lines.append(f"{model['name']} {model['version']} · {serving}")
+        if model.get("profile"):
+            lines.append(f"  calibration: {escape(model['profile'])}")
     return "\n".join(lines)
 
 

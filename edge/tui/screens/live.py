@@ -209,7 +209,7 @@ class LiveScreen(EdgeScreen):
                 )
                 frames = cast(_WatchedSource, live.frames)
                 served, analyzer = live.served, live.analyzer
-                _, point = served.entry.operating_point(settings.models.operating_point)
+                _, _, point, _ = served.calibration(settings.models.operating_point)
                 self._live = live
                 self.post_message(
                     LiveStarted(

@@ -1,0 +1,183 @@
+"""How a temperature and operating points are chosen on a set of labelled cases. Pure numpy.
+
+One home for the rules, so that a release (tools/release.py, on the validation predictions) and
+a site calibration (`edge models calibrate`, on the site's own cases) choose the same way:
+temperature by negative log-likelihood (`metrics.fit_temperature`), `balanced` by Youden's J,
+`screening` as the highest threshold reaching the target sensitivity (never above balanced),
+each threshold floored to DECIMALS places so the stated figures are exactly the product's.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edge.inference import metrics as m
+from edge.inference.postprocess import softmax
+
+SCREENING_SENSITIVITY = 0.95  # default; a recipe may ask for more ([release] screening_sensitivity)
+DECIMALS = 4  # a manifest's or profile's temperature and thresholds; figures are computed at them
+RULES = ("balanced", "screening")
+"""The operating points whose rule is known; another point a manifest names keeps its threshold."""
+BOOTSTRAP_ROUNDS = 1000
+
+
+def shipped_threshold(value: float, decimals: int = DECIMALS) -> float:
+    """`value` rounded DOWN to `decimals` places: the threshold written to a manifest or profile.
+
+    Thresholds are probabilities of validation images; rounding to nearest could move one just
+    above an image it was chosen to include and lose that case. Flooring only adds positives, so
+    sensitivity never drops; the stated figures are then computed at the floored value.
+    """
+    step = 10.0**-decimals
+    shipped = round(math.floor(value / step) * step, decimals)
+    while shipped > value:  # guard against float error in the division
+        shipped = round(shipped - step, decimals)
+    while round(shipped + step, decimals) <= value:
+        shipped = round(shipped + step, decimals)
+    return shipped
+
+
+def choose_thresholds(truth: np.ndarray, prob: np.ndarray, screening_target: float) -> dict[str, float]:
+    """`balanced` (Youden's J) and `screening` (sensitivity >= target), both floored.
+
+    `truth`: whether each case is positive; `prob`: its calibrated P(positive) at the temperature
+    that will be shipped (rounded), so that the probabilities are the product's."""
+    balanced = m.youden_threshold(truth, prob)
+    # Screening must never be less sensitive than the balanced point (flooring keeps the order).
+    screening = min(balanced, m.threshold_for_sensitivity(truth, prob, screening_target))
+    return {"balanced": shipped_threshold(balanced), "screening": shipped_threshold(screening)}
+
+
+def fitted_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The NLL temperature, rounded as shipped (every later figure is computed at this value)."""
+    return round(m.fit_temperature(logits, labels), DECIMALS)
+
+
+def screening_target(description: str, default: float = SCREENING_SENSITIVITY) -> float:
+    """The target a released screening point was chosen for, read from its description
+    ("sensitivity >= 0.99 on the validation predictions", written by tools/release.py)."""
+    found = re.search(r"sensitivity >= ([0-9]*\.?[0-9]+)", description)
+    return float(found.group(1)) if found else default
+
+
+def rule_description(name: str, target: float, where: str) -> str:
+    return {
+        "balanced": f"Youden's J on {where}",
+        "screening": f"sensitivity >= {target} on {where}",
+    }[name]
+
+
+# ---------------------------------------------------------------------- a site's fit
+
+
+@dataclass(frozen=True)
+class Cases:
+    """Labelled cases as the model scored them: raw logits and the index of the true label."""
+
+    logits: np.ndarray
+    truth: np.ndarray
+    labels: list[str]
+    positive: str
+
+    @property
+    def is_positive(self) -> np.ndarray:
+        return np.asarray(self.truth == self.labels.index(self.positive))
+
+    def prob(self, temperature: float) -> np.ndarray:
+        return np.asarray(softmax(self.logits, temperature)[:, self.labels.index(self.positive)])
+
+    def per_class(self) -> dict[str, int]:
+        counts = np.bincount(self.truth, minlength=len(self.labels))
+        return {label: int(counts[i]) for i, label in enumerate(self.labels)}
+
+
+@dataclass
+class PointFit:
+    threshold: float
+    description: str
+    sensitivity: float
+    specificity: float
+    sensitivity_ci95: tuple[float, float]
+    specificity_ci95: tuple[float, float]
+
+
+@dataclass
+class SiteFit:
+    temperature: float
+    points: dict[str, PointFit]
+    before: dict[str, Any] = field(default_factory=dict)
+    after: dict[str, Any] = field(default_factory=dict)
+
+
+def figures(cases: Cases, temperature: float, thresholds: dict[str, float]) -> dict[str, Any]:
+    """AUC and, per operating point, accuracy, sensitivity and specificity on these cases."""
+    truth, prob = cases.is_positive, cases.prob(temperature)
+    out: dict[str, Any] = {"auc": _round(m.roc_auc(truth, prob))}
+    for name, threshold in thresholds.items():
+        counts = m.at_threshold(truth, prob, threshold)
+        out[name] = {
+            "accuracy": _round(counts.accuracy),
+            "sensitivity": _round(counts.sensitivity),
+            "specificity": _round(counts.specificity),
+        }
+    return out
+
+
+def fit_site(
+    cases: Cases,
+    shipped_temperature: float,
+    shipped_thresholds: dict[str, float],
+    targets: dict[str, float],
+    where: str,
+    *,
+    seed: int = 0,
+    rounds: int = BOOTSTRAP_ROUNDS,
+) -> SiteFit:
+    """Refit the temperature and each named point (`targets`: point -> screening target, only
+    points in RULES) on the site's cases, with percentile bootstrap intervals of the
+    sensitivity and specificity at each chosen threshold, and the figures before (the shipped
+    calibration) and after, both on these same cases."""
+    temperature = fitted_temperature(cases.logits, cases.truth)
+    truth, prob = cases.is_positive, cases.prob(temperature)
+    chosen: dict[str, float] = {}
+    for name, target in targets.items():
+        chosen[name] = choose_thresholds(truth, prob, target)[name]
+    points = {}
+    for name, threshold in chosen.items():
+        counts = m.at_threshold(truth, prob, threshold)
+        predicted = prob >= threshold
+        points[name] = PointFit(
+            threshold=threshold,
+            description=rule_description(name, targets[name], where),
+            sensitivity=_round(counts.sensitivity),
+            specificity=_round(counts.specificity),
+            sensitivity_ci95=_interval(_sensitivity, truth, predicted, seed, rounds),
+            specificity_ci95=_interval(_specificity, truth, predicted, seed, rounds),
+        )
+    before = figures(cases, shipped_temperature, shipped_thresholds)
+    after = figures(cases, temperature, {**shipped_thresholds, **chosen})
+    return SiteFit(temperature, points, before, after)
+
+
+def _sensitivity(truth: np.ndarray, predicted: np.ndarray) -> float:
+    return float(predicted[truth].mean()) if truth.any() else float("nan")
+
+
+def _specificity(truth: np.ndarray, predicted: np.ndarray) -> float:
+    return float((~predicted[~truth]).mean()) if (~truth).any() else float("nan")
+
+
+def _interval(
+    statistic: Any, truth: np.ndarray, predicted: np.ndarray, seed: int, rounds: int
+) -> tuple[float, float]:
+    low, high = m.bootstrap_interval(statistic, truth, predicted, rounds=rounds, seed=seed)
+    return (_round(low), _round(high))
+
+
+def _round(value: float) -> float:
+    return round(float(value), 4)

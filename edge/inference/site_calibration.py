@@ -1,0 +1,261 @@
+"""`edge models calibrate` and `edge models prior`: a site's cases -> a site profile; a site's
+results -> its prevalence.
+
+Cases come from a labelled folder (scored through the served model, the path of `edge models
+eval`) or from this device's results that a specialist reviewed (the review's finding is the
+label). Stored results keep calibrated probabilities, not logits; `T * log(p)` gives the logits
+back up to a constant per row, which softmax ignores, where T is the temperature that made them
+(the manifest's, or that of the profile the result records). So a site's history can be
+refitted, and re-read under the shipped calibration for the prevalence estimate, exactly.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.config import Settings
+from edge.errors import Code, EdgeError
+from edge.inference import calibration, prior, site_profile
+from edge.inference.calibration import RULES, Cases
+from edge.inference.evaluate import score_folder
+from edge.inference.postprocess import softmax
+from edge.inference.registry import ModelEntry
+from edge.inference.site_profile import PointFigures, ProfilePoint, SiteProfile
+from edge.store import Store
+
+log = logging.getLogger(__name__)
+MIN_PER_CLASS = 30
+MIN_RESULTS_FOR_PRIOR = 30
+EXAMPLE_PROBABILITIES = (0.1, 0.25, 0.5, 0.75, 0.9)
+
+
+@dataclass
+class SiteCases:
+    cases: Cases
+    description: str
+    left_out: dict[str, int] = field(default_factory=dict)
+    """Why candidate cases were not used, with counts (codes or reasons; never file names)."""
+
+
+def calibratable_points(entry: ModelEntry) -> list[str]:
+    """The model's operating points whose rule is known (the others keep their threshold)."""
+    return [name for name in entry.manifest.operating_points if name in RULES]
+
+
+def cases_from_folder(settings: Settings, entry: ModelEntry, folder: Path) -> SiteCases:
+    scored = score_folder(settings, entry.name, folder)
+    out = entry.manifest.output
+    left_out = Counter(row["code"] for row in scored.refused)
+    logits = scored.logits if len(scored.kept) else np.zeros((0, len(out.labels)))
+    cases = Cases(logits, np.asarray(scored.truth, np.int64), list(out.labels), out.positive)
+    return SiteCases(cases, f"{len(scored.kept)} labelled images of a site folder", dict(left_out))
+
+
+def _temperatures(settings: Settings, entry: ModelEntry, profile_ids: set[str]) -> dict[str | None, float]:
+    """Which temperature made the results: the manifest's, or each recorded profile's."""
+    out: dict[str | None, float] = {None: entry.manifest.output.temperature}
+    for profile_id in profile_ids:
+        try:
+            out[profile_id] = site_profile.load(settings.data_dir, entry.name, profile_id).temperature
+        except EdgeError as error:
+            log.warning("%s", error.one_line())
+    return out
+
+
+def _logits(
+    rows: list[dict[str, Any]], labels: list[str], temperatures: dict[str | None, float]
+) -> np.ndarray:
+    out = np.zeros((len(rows), len(labels)))
+    for index, row in enumerate(rows):
+        probabilities = json.loads(row["probabilities"])
+        p = np.array([probabilities[label] for label in labels], np.float64)
+        out[index] = temperatures[row["profile_id"]] * np.log(np.clip(p, 1e-12, 1.0))
+    return out
+
+
+def review_label(row: dict[str, Any], labels: list[str]) -> str | None:
+    """The specialist's label for a reviewed result, or None (uncertain; a disagreement that
+    names no finding where more than one other label is possible)."""
+    if row["verdict"] == "agree":
+        return str(row["finding"])
+    if row["verdict"] != "disagree":
+        return None
+    if row["review_finding"] in labels:
+        return str(row["review_finding"])
+    others = [label for label in labels if label != row["finding"]]
+    return others[0] if len(others) == 1 else None  # binary: "disagree" says which
+
+
+def cases_from_reviews(settings: Settings, store: Store, entry: ModelEntry) -> SiteCases:
+    out = entry.manifest.output
+    rows = [r for r in store.image_results(entry.name, entry.manifest.version) if r["verdict"]]
+    temperatures = _temperatures(settings, entry, {r["profile_id"] for r in rows if r["profile_id"]})
+    left_out: Counter[str] = Counter()
+    kept, truth = [], []
+    for row in rows:
+        label = review_label(row, list(out.labels))
+        if label is None:
+            left_out["uncertain" if row["verdict"] == "uncertain" else "disagree without a finding"] += 1
+        elif row["profile_id"] not in temperatures:
+            left_out["made under an unknown profile"] += 1
+        else:
+            kept.append(row)
+            truth.append(out.labels.index(label))
+    logits = _logits(kept, list(out.labels), temperatures)
+    cases = Cases(logits, np.asarray(truth, np.int64), list(out.labels), out.positive)
+    return SiteCases(cases, f"{len(kept)} results reviewed by specialists on this device", dict(left_out))
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+
+
+def calibrate(
+    settings: Settings,
+    store: Store,
+    entry: ModelEntry,
+    site: SiteCases,
+    source: str,
+    *,
+    min_per_class: int = MIN_PER_CLASS,
+    points: list[str] | None = None,
+    actor: str = "cli",
+) -> SiteProfile:
+    """Fit, write and activate a profile; refused (nothing written) below `min_per_class`."""
+    cases = site.cases
+    per_class = cases.per_class()
+    short = {label: n for label, n in per_class.items() if n < min_per_class}
+    if short:
+        counts = ", ".join(f"{label} {n}" for label, n in per_class.items())
+        raise EdgeError(
+            Code.CALIBRATION_TOO_FEW_CASES,
+            f"{entry.name} {entry.manifest.version}: {counts} usable cases; at least {min_per_class} "
+            f"of each class are needed ({', '.join(short)} short). Nothing was changed",
+        )
+    manifest = entry.manifest
+    chosen = points or calibratable_points(entry)
+    targets = {
+        name: calibration.screening_target(manifest.operating_points[name].description) for name in chosen
+    }
+    shipped = {name: op.threshold for name, op in manifest.operating_points.items()}
+    fit = calibration.fit_site(
+        cases, manifest.output.temperature, shipped, targets, "the site's cases", seed=0
+    )
+    created = _now()
+    while True:
+        stamp = created.strftime("%Y-%m-%dT%H:%M:%SZ")
+        profile_id = site_profile.new_id(entry.name, manifest.version, stamp)
+        if not (site_profile.folder(settings.data_dir, entry.name) / f"{profile_id}.toml").exists():
+            break
+        created += dt.timedelta(seconds=1)  # ids are unique: two in one second take the next
+    profile = SiteProfile(
+        id=profile_id,
+        model=entry.name,
+        model_version=manifest.version,
+        created_at=stamp,
+        source=source,
+        description=site.description,
+        temperature=fit.temperature,
+        cases=len(cases.truth),
+        cases_per_class=per_class,
+        operating_points={
+            name: ProfilePoint(
+                threshold=p.threshold,
+                description=p.description,
+                sensitivity=p.sensitivity,
+                specificity=p.specificity,
+                sensitivity_ci95=p.sensitivity_ci95,
+                specificity_ci95=p.specificity_ci95,
+            )
+            for name, p in fit.points.items()
+        },
+        before=_figures(fit.before),
+        after=_figures(fit.after),
+    )
+    site_profile.write_profile(settings.data_dir, profile)
+    store.audit(actor, "profile.created", profile.id, {"source": source, "cases": profile.cases})
+    activate(settings, store, entry.name, profile.id, actor=actor)
+    return profile
+
+
+def _figures(raw: dict[str, Any]) -> dict[str, float | PointFigures]:
+    return {k: (float(v) if k == "auc" else PointFigures(**v)) for k, v in raw.items()}
+
+
+def activate(
+    settings: Settings, store: Store, model: str, profile_id: str | None, *, actor: str = "cli"
+) -> None:
+    """Make a profile (or, None, the shipped calibration) the one in force; audited."""
+    previous = site_profile.active_id(settings.data_dir, model)
+    site_profile.activate(settings.data_dir, model, profile_id)
+    action = "profile.activated" if profile_id else "profile.reset"
+    store.audit(actor, action, profile_id, {"model": model, "previous": previous})
+
+
+# ---------------------------------------------------------------------- prevalence
+
+
+def training_prior(entry: ModelEntry) -> tuple[float | None, str]:
+    """The positive label's prevalence the calibration was fitted under, and where it is read:
+    the manifest's validation split (drawn from the training distribution), else nothing."""
+    for key in ("validation", "holdout"):
+        figures = entry.manifest.metrics.get(key) or {}
+        images, positives = figures.get("images"), figures.get("positives")
+        if images and positives is not None:
+            return positives / images, f"the manifest's {figures.get('kind') or key}: {positives} of {images}"
+    return None, "the manifest states no class counts"
+
+
+def prior_report(
+    settings: Settings, store: Store, entry: ModelEntry, since: str | None = None
+) -> dict[str, Any]:
+    """The site's estimated prevalence of the positive label from its stored results, with the
+    training prevalence and what a few posteriors would become. Shown, never applied."""
+    out = entry.manifest.output
+    pi_t, where = training_prior(entry)
+    if pi_t is None:
+        raise EdgeError(
+            Code.PRIOR_TOO_FEW_RESULTS,
+            f"{entry.name} {entry.manifest.version}: {where}, so no prevalence can be compared",
+        )
+    rows = store.image_results(entry.name, entry.manifest.version, since)
+    temperatures = _temperatures(settings, entry, {r["profile_id"] for r in rows if r["profile_id"]})
+    rows = [r for r in rows if r["profile_id"] in temperatures]
+    if len(rows) < MIN_RESULTS_FOR_PRIOR:
+        raise EdgeError(
+            Code.PRIOR_TOO_FEW_RESULTS,
+            f"{entry.name} {entry.manifest.version}: {len(rows)} results"
+            + (f" since {since}" if since else "")
+            + f"; at least {MIN_RESULTS_FOR_PRIOR} are needed",
+        )
+    # Under the shipped temperature: the posteriors the training prevalence is the prior of.
+    logits = _logits(rows, list(out.labels), temperatures)
+    posterior = softmax(logits, out.temperature)[:, out.labels.index(out.positive)]
+    found = prior.estimate(posterior, pi_t)
+    return {
+        "model": entry.name,
+        "version": entry.manifest.version,
+        "positive": out.positive,
+        "results": found.results,
+        "since": since,
+        "first": rows[0]["created_at"],
+        "last": rows[-1]["created_at"],
+        "estimated_prevalence": found.prior,
+        "estimated_prevalence_ci95": list(found.ci95),
+        "training_prevalence": round(pi_t, 4),
+        "training_prevalence_from": where,
+        "mean_posterior": round(float(posterior.mean()), 4),
+        "examples": [
+            {"posterior": p, "adjusted": round(float(prior.adjust(p, pi_t, found.prior)), 4)}
+            for p in EXAMPLE_PROBABILITIES
+        ],
+        "applied": False,
+    }

@@ -1,0 +1,228 @@
+"""Site profiles: a site's own temperature and thresholds for one model version, beside the data.
+
+A profile never edits the shipped model. It lives at `<data_dir>/profiles/<model>/<id>.toml`,
+immutable once written; `<data_dir>/profiles/<model>/active` holds the id in force (absent or
+empty: the shipped calibration). The serving layer (`ActiveProfiles`, read by `ServedModel`)
+applies the active profile's temperature and the thresholds of the operating points it names
+(the others, and a clip threshold it does not give, keep the manifest's); a profile made for
+another model version is ignored with a warning. Every result records the profile's id.
+
+Profiles come from `edge models calibrate` (source "data" or "reviews") or from the hub
+(source "hub", signed and installed like a model update); the file format is the same.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Literal
+
+import tomli_w
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from edge.compat import tomllib
+from edge.errors import Code, EdgeError
+from edge.inference.registry import ModelEntry, OperatingPoint
+from edge.store.files import write_atomically
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+PROFILES = "profiles"
+ACTIVE = "active"
+STAMP = re.compile(r"^\d{8}T\d{6}Z$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ProfilePoint(_Strict):
+    """One operating point as the site refitted it, with its figures on the site's cases."""
+
+    threshold: float = Field(ge=0, le=1)
+    description: str = ""
+    sensitivity: float | None = None
+    specificity: float | None = None
+    sensitivity_ci95: tuple[float, float] | None = None
+    specificity_ci95: tuple[float, float] | None = None
+    clip_threshold: float | None = Field(default=None, ge=0, le=1)
+    """For clips; None keeps the manifest's clip threshold."""
+
+
+class PointFigures(_Strict):
+    accuracy: float
+    sensitivity: float
+    specificity: float
+
+
+class SiteProfile(_Strict):
+    schema_version: Literal[1] = 1
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9.+-]*-site-\d{8}T\d{6}Z$")
+    """`<model>-<model_version>-site-<UTC stamp>`: unique per model, sorts by time."""
+    model: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
+    model_version: str
+    created_at: str = Field(pattern=r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+    source: Literal["data", "reviews", "hub"]
+    description: str = ""
+    """What the cases were (never patient data or file names)."""
+    temperature: float = Field(gt=0)
+    cases: int = Field(ge=0)
+    cases_per_class: dict[str, int] = Field(default_factory=dict)
+    operating_points: dict[str, ProfilePoint] = Field(default_factory=dict)
+    before: dict[str, float | PointFigures] = Field(default_factory=dict)
+    """The shipped calibration on the same cases: `auc`, and per operating point name its
+    accuracy, sensitivity and specificity."""
+    after: dict[str, float | PointFigures] = Field(default_factory=dict)
+    """The same with this profile (on the cases it was fitted on: optimistic)."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SiteProfile:
+        if not self.id.startswith(f"{self.model}-{self.model_version}-site-"):
+            raise ValueError(f"id {self.id!r} does not name {self.model} {self.model_version}")
+        for side in (self.before, self.after):
+            for key, value in side.items():
+                if (key == "auc") != isinstance(value, float):
+                    raise ValueError(f"{key!r}: auc is a number, an operating point has its figures")
+        return self
+
+    def point(self, name: str, shipped: OperatingPoint) -> OperatingPoint:
+        """The operating point `name` as served under this profile."""
+        mine = self.operating_points.get(name)
+        if mine is None:
+            return shipped
+        return OperatingPoint(
+            threshold=mine.threshold,
+            description=mine.description,
+            sensitivity=mine.sensitivity,
+            specificity=mine.specificity,
+            clip_threshold=shipped.clip_threshold if mine.clip_threshold is None else mine.clip_threshold,
+        )
+
+
+def new_id(model: str, version: str, created_at: str) -> str:
+    """`created_at` as the profile's UTC stamp: 2026-12-02T16:05:01Z -> 20261202T160501Z."""
+    stamp = created_at.replace("-", "").replace(":", "")
+    return f"{model}-{version}-site-{stamp}"
+
+
+def folder(data_dir: Path, model: str) -> Path:
+    return data_dir / PROFILES / model
+
+
+def read_profile(path: Path) -> SiteProfile:
+    try:
+        with path.open("rb") as handle:
+            raw = tomllib.load(handle)
+        profile = SiteProfile(**raw)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise EdgeError(Code.PROFILE_INVALID, f"site profile {path.name} cannot be read: {exc}") from exc
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        raise EdgeError(Code.PROFILE_INVALID, f"site profile {path.name}: {where}: {first['msg']}") from exc
+    if path.stem != profile.id:
+        raise EdgeError(Code.PROFILE_INVALID, f"site profile {path.name} names itself {profile.id!r}")
+    return profile
+
+
+def write_profile(data_dir: Path, profile: SiteProfile) -> Path:
+    """Write a new profile (never over an existing one: profiles are history)."""
+    path = folder(data_dir, profile.model) / f"{profile.id}.toml"
+    if path.exists():
+        raise EdgeError(Code.PROFILE_INVALID, f"site profile {profile.id} already exists")
+    data = profile.model_dump(mode="json", exclude_none=True)
+    write_atomically(path, tomli_w.dumps(data).encode())
+    return path
+
+
+def load(data_dir: Path, model: str, profile_id: str) -> SiteProfile:
+    path = folder(data_dir, model) / f"{profile_id}.toml"
+    if "/" in profile_id or not path.is_file():
+        raise EdgeError(Code.PROFILE_INVALID, f"no site profile {profile_id!r} for {model}")
+    return read_profile(path)
+
+
+def history(data_dir: Path, model: str) -> list[SiteProfile]:
+    """Every readable profile of `model`, oldest first (ids sort by time); unreadable ones logged."""
+    out = []
+    for path in sorted(folder(data_dir, model).glob("*.toml")):
+        try:
+            out.append(read_profile(path))
+        except EdgeError as error:
+            log.warning("%s", error.one_line())
+    return sorted(out, key=lambda p: (p.created_at, p.id))
+
+
+def active_id(data_dir: Path, model: str) -> str | None:
+    try:
+        text = (folder(data_dir, model) / ACTIVE).read_text().strip()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise EdgeError(Code.PROFILE_INVALID, f"{model}: the active profile cannot be read: {exc}") from exc
+    return text or None
+
+
+def activate(data_dir: Path, model: str, profile_id: str | None) -> None:
+    """Make `profile_id` the one in force (None: the shipped calibration), atomically."""
+    if profile_id is not None:
+        load(data_dir, model, profile_id)  # refuses an unknown or unreadable id
+    write_atomically(folder(data_dir, model) / ACTIVE, ((profile_id or "") + "\n").encode())
+
+
+class ActiveProfiles:
+    """What serving applies: each model's active profile, re-read when the `active` file changes.
+
+    One stat per call (the file is replaced atomically, so its inode changes with every write):
+    a profile activated or reset by the CLI or the sync agent is in force in a running agent
+    from its next batch, without a restart."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self._seen: dict[str, tuple[tuple[int, int, int] | None, SiteProfile | None]] = {}
+        self._warned: set[tuple[str, str]] = set()
+
+    def get(self, entry: ModelEntry) -> SiteProfile | None:
+        name, version = entry.name, entry.manifest.version
+        path = folder(self.data_dir, name) / ACTIVE
+        try:
+            st = os.stat(path)
+            key: tuple[int, int, int] | None = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except OSError:
+            key = None
+        seen = self._seen.get(name)
+        if seen is not None and seen[0] == key:
+            profile = seen[1]
+        else:
+            profile = self._read(name, key)
+            self._seen[name] = (key, profile)
+        if profile is None or profile.model_version == version:
+            return profile
+        if (profile.id, version) not in self._warned:  # once, not once per image
+            self._warned.add((profile.id, version))
+            log.warning(
+                "%s: site profile %s is for version %s, this is %s: ignored, the shipped "
+                "calibration serves (calibrate again for this version)",
+                name,
+                profile.id,
+                profile.model_version,
+                version,
+            )
+        return None
+
+    def _read(self, name: str, key: tuple[int, int, int] | None) -> SiteProfile | None:
+        if key is None:
+            return None
+        try:
+            chosen = active_id(self.data_dir, name)
+            profile = load(self.data_dir, name, chosen) if chosen else None
+        except EdgeError as error:
+            # Loudly: the shipped calibration serves, and results record no profile.
+            log.error("%s: serving the shipped calibration: %s", name, error.one_line())
+            return None
+        if profile is not None:
+            log.info("%s: site profile %s in force", name, profile.id)
+        return profile

@@ -1,0 +1,300 @@
+"""Site calibration (issue 15): `edge models calibrate` from a labelled folder and from the
+specialists' reviews, the minimum per class, `--reset`, the profile applied by serving and
+recorded with every result, a profile of another version ignored, and the prevalence EM."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edge.cli import cli
+from edge.config import Settings
+from edge.imaging.decode import decode_bytes
+from edge.inference import metrics as m
+from edge.inference import prior, site_profile
+from edge.inference.pool import ModelPool
+from edge.inference.postprocess import softmax
+from edge.inference.registry import Registry
+from edge.pipeline import Pipeline
+from edge.store import Store
+from tests.conftest import DEFAULT_MODEL, MODELS
+
+# A softer, noisier detector: blur with sensor noise pushes normal films' P(pneumonia) up, so
+# the shipped point fails, while every film still passes the quality gate (blur alone is
+# refused as BLURRED) and stays a chest film.
+SHIFTS = ((3.0, 8.0), (3.5, 10.0), (4.0, 12.0))  # (blur sigma, noise sd in grey levels)
+
+
+def shifted(pixels: np.ndarray, sigma: float, noise: float, flip: bool, seed: int) -> np.ndarray:
+    soft = cv2.GaussianBlur(pixels, (0, 0), sigma).astype(np.float64)
+    out = np.clip(soft + np.random.default_rng(seed).normal(0, noise, soft.shape), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(out[:, ::-1]) if flip else out
+
+
+def write_folder(folder: Path, items: list[tuple[str, np.ndarray, str]]) -> Path:
+    folder.mkdir(parents=True)
+    with (folder / "labels.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label"])
+        for name, pixels, label in items:
+            ok, encoded = cv2.imencode(".png", pixels)
+            assert ok
+            (folder / name).write_bytes(encoded.tobytes())
+            writer.writerow([name, label])
+    return folder
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The bundled samples, shifted: the first 8 films of each class (x6 variants: 48 per class)
+    to calibrate on, the other 4 of each class (24 per class) held out."""
+    entry = Registry(MODELS).get(DEFAULT_MODEL)
+    by_label: dict[str, list[np.ndarray]] = {}
+    for path, label in entry.samples:
+        if path.suffix == ".png":
+            by_label.setdefault(label, []).append(decode_bytes(path.read_bytes(), path.name).pixels)
+    root = tmp_path_factory.mktemp("site")
+    sets: dict[str, list[tuple[str, np.ndarray, str]]] = {"calibration": [], "held_out": []}
+    for label, films in by_label.items():
+        for number, pixels in enumerate(films):
+            part = "calibration" if number < 8 else "held_out"
+            for sigma, noise in SHIFTS:
+                for flip in (False, True):
+                    name = f"{label[:1]}{number:02d}-{sigma}-{int(flip)}.png"
+                    seed = len(sets[part]) + (1000 if part == "held_out" else 0)
+                    sets[part].append((name, shifted(pixels, sigma, noise, flip, seed), label))
+    return {part: write_folder(root / part, items) for part, items in sets.items()}
+
+
+def run(settings: Settings, *args: str) -> Any:
+    return CliRunner().invoke(
+        cli,
+        ["--data-dir", str(settings.data_dir), *args],
+        catch_exceptions=False,
+    )
+
+
+def calibrate(settings: Settings, *args: str) -> Any:
+    return run(settings, "models", "calibrate", DEFAULT_MODEL, *args)
+
+
+def accuracy_on(settings: Settings, folder: Path) -> float:
+    """Accuracy at the balanced point as this device serves now (profile or shipped)."""
+    registry = Registry(MODELS)
+    pool = ModelPool(registry, settings, settings.data_dir / "cache")
+    rows = list(csv.DictReader((folder / "labels.csv").open()))
+    images = [decode_bytes((folder / r["path"]).read_bytes(), r["path"]).pixels for r in rows]
+    try:
+        found = [p.finding.finding for p in pool.get(DEFAULT_MODEL).predict(images, "balanced")]
+    finally:
+        pool.close()
+    return float(np.mean([f == r["label"] for f, r in zip(found, rows, strict=True)]))
+
+
+def test_calibrate_on_a_folder_moves_the_threshold_and_helps_held_out_cases(
+    settings: Settings, site: dict[str, Path]
+) -> None:
+    shipped = Registry(MODELS).get(DEFAULT_MODEL).manifest
+    before = accuracy_on(settings, site["held_out"])
+    result = calibrate(settings, "--data", str(site["calibration"]), "--json")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert "OUT_OF_SCOPE" not in out["left_out"]  # the shifted films stay in scope
+    profile = site_profile.SiteProfile(**out["profile"])
+    assert profile.source == "data"
+    assert profile.cases == 96
+    assert profile.cases_per_class == {"normal": 48, "pneumonia": 48}
+    assert profile.model_version == shipped.version
+    balanced = profile.operating_points["balanced"]
+    assert balanced.threshold > shipped.operating_points["balanced"].threshold + 0.1
+    assert balanced.sensitivity_ci95 is not None
+    assert balanced.specificity_ci95 is not None
+    assert balanced.specificity_ci95[0] <= balanced.specificity <= balanced.specificity_ci95[1]
+    after_balanced, before_balanced = profile.after["balanced"], profile.before["balanced"]
+    assert isinstance(after_balanced, site_profile.PointFigures)
+    assert isinstance(before_balanced, site_profile.PointFigures)
+    assert after_balanced.accuracy > before_balanced.accuracy
+    # On disk, in force, audited; the held-out films of the same site are read better.
+    assert site_profile.active_id(settings.data_dir, DEFAULT_MODEL) == profile.id
+    path = settings.data_dir / "profiles" / DEFAULT_MODEL / f"{profile.id}.toml"
+    assert site_profile.read_profile(path) == profile
+    after = accuracy_on(settings, site["held_out"])
+    assert after > before, (before, after)
+    with Store(settings.data_dir) as store:
+        actions = [row["action"] for row in store.audit_rows() if row["action"].startswith("profile.")]
+    assert actions == ["profile.created", "profile.activated"]
+    shown = run(settings, "models", "show", DEFAULT_MODEL)
+    assert profile.id in shown.output
+    assert "before (shipped), balanced" in shown.output
+
+
+def test_below_the_minimum_per_class_is_refused_with_its_code(
+    settings: Settings, site: dict[str, Path]
+) -> None:
+    result = calibrate(settings, "--data", str(site["held_out"]))  # default 30 per class, 24 here
+    assert result.exit_code == 1
+    assert "CALIBRATION_TOO_FEW_CASES" in result.output
+    assert "normal 24, pneumonia 24" in result.output
+    assert not (settings.data_dir / "profiles" / DEFAULT_MODEL).exists()
+
+
+def test_profile_applied_recorded_and_reset(settings: Settings, site: dict[str, Path]) -> None:
+    assert calibrate(settings, "--data", str(site["calibration"])).exit_code == 0
+    active = site_profile.active_id(settings.data_dir, DEFAULT_MODEL)
+    assert active is not None
+    profile = site_profile.load(settings.data_dir, DEFAULT_MODEL, active)
+    films = sorted(site["held_out"].glob("*.png"))
+    with Store(settings.data_dir) as store:
+        pipeline = Pipeline(settings, store)
+        try:
+            [first] = pipeline.analyse_file(films[0], model=DEFAULT_MODEL)
+            assert first.result is not None
+            assert first.result.profile_id == profile.id
+            assert first.result.threshold == profile.operating_points["balanced"].threshold
+            stored = store.result(first.result.id)
+            assert stored is not None
+            assert stored.profile_id == profile.id
+            # --reset: the shipped calibration, in the same running pipeline, history kept.
+            assert calibrate(settings, "--reset").exit_code == 0
+            [second] = pipeline.analyse_file(films[1], model=DEFAULT_MODEL)
+            assert second.result is not None
+            assert second.result.profile_id is None
+            shipped = Registry(MODELS).get(DEFAULT_MODEL).manifest.operating_points["balanced"]
+            assert second.result.threshold == shipped.threshold
+        finally:
+            pipeline.close()
+        assert [r["action"] for r in store.audit_rows() if r["action"] == "profile.reset"]
+    listed = run(settings, "models", "profiles", DEFAULT_MODEL)
+    assert profile.id in listed.output
+    assert "in force: the shipped calibration" in listed.output
+
+
+def test_a_profile_for_another_model_version_is_ignored_with_a_warning(
+    settings: Settings, sample_png: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    manifest = Registry(MODELS).get(DEFAULT_MODEL).manifest
+    stamp = "2026-12-02T16:05:01Z"
+    old = site_profile.SiteProfile(
+        id=site_profile.new_id(DEFAULT_MODEL, "0.9.0", stamp),
+        model=DEFAULT_MODEL,
+        model_version="0.9.0",
+        created_at=stamp,
+        source="hub",
+        temperature=5.0,
+        cases=100,
+        operating_points={"balanced": site_profile.ProfilePoint(threshold=0.99)},
+    )
+    site_profile.write_profile(settings.data_dir, old)
+    site_profile.activate(settings.data_dir, DEFAULT_MODEL, old.id)
+    pool = ModelPool(Registry(MODELS), settings, settings.data_dir / "cache")
+    pixels = decode_bytes(sample_png.read_bytes(), sample_png.name).pixels
+    with caplog.at_level(logging.WARNING):
+        try:
+            served = pool.get(DEFAULT_MODEL)
+            [prediction] = served.predict([pixels], "balanced")
+            served.predict([pixels], "balanced")
+        finally:
+            pool.close()
+    assert prediction.finding.profile_id is None
+    assert prediction.finding.threshold == manifest.operating_points["balanced"].threshold
+    warnings = [r for r in caplog.records if "is for version 0.9.0" in r.getMessage()]
+    assert len(warnings) == 1  # once, not once per image
+
+
+def test_calibrate_from_reviews_and_the_prior_estimate(settings: Settings, site: dict[str, Path]) -> None:
+    """The device's results of the calibration films, reviewed as a specialist would (agree
+    where the model was right, disagree naming the finding where not, some uncertain)."""
+    films = sorted(site["calibration"].glob("*.png"))
+    truth = {r["path"]: r["label"] for r in csv.DictReader((site["calibration"] / "labels.csv").open())}
+    results = []
+    with Store(settings.data_dir) as store:
+        pipeline = Pipeline(settings, store)
+        try:
+            for film in films:
+                [analysis] = pipeline.analyse_file(film, model=DEFAULT_MODEL)
+                assert analysis.result is not None, analysis.code
+                results.append((analysis.result, truth[film.name]))
+        finally:
+            pipeline.close()
+        too_few = calibrate(settings, "--from-reviews")  # nothing reviewed yet
+        assert too_few.exit_code == 1
+        assert "CALIBRATION_TOO_FEW_CASES" in too_few.output
+        reviews = []
+        for number, (result, label) in enumerate(results):
+            verdict = "uncertain" if number % 12 == 0 else "agree" if result.finding == label else "disagree"
+            reviews.append(
+                {
+                    "id": f"review-{number}",
+                    "result_uuid": result.id,
+                    "verdict": verdict,
+                    "finding": label if verdict == "disagree" else None,
+                    "reviewed_at": "2026-12-02T10:00:00Z",
+                }
+            )
+        store.outbox.apply_reviews(reviews, cursor=len(reviews))
+    uncertain = sum(1 for r in reviews if r["verdict"] == "uncertain")
+    result = calibrate(settings, "--from-reviews", "--json")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["left_out"] == {"uncertain": uncertain}
+    profile = site_profile.SiteProfile(**out["profile"])
+    assert profile.source == "reviews"
+    assert profile.cases == len(films) - uncertain
+    # The same films through a folder: the stored probabilities give back the same fit.
+    from_data = calibrate(settings, "--data", str(site["calibration"]), "--json")
+    direct = site_profile.SiteProfile(**json.loads(from_data.stdout)["profile"])
+    assert direct.operating_points["balanced"].threshold > 0.3
+    assert abs(profile.temperature - direct.temperature) < 0.5
+    # The prevalence of this device's results (half pneumonia) against the training split's.
+    shown = run(settings, "models", "prior", DEFAULT_MODEL, "--json")
+    assert shown.exit_code == 0, shown.output
+    report = json.loads(shown.stdout)
+    assert report["results"] == len(films)
+    assert report["applied"] is False
+    assert report["training_prevalence"] == pytest.approx(581 / 782, abs=1e-3)
+    assert 0.3 < report["estimated_prevalence"] < 0.75
+    text = run(settings, "models", "prior", DEFAULT_MODEL).output
+    assert "Not applied" in text
+    assert "training prevalence" in text
+
+
+def test_prior_em_recovers_a_known_prevalence() -> None:
+    """Synthetic: scores from two Gaussians, posteriors exact under the training prior 0.74;
+    a site with prevalence 0.3 (and one with 0.6) is recovered within a few points."""
+    rng = np.random.default_rng(7)
+    training = 0.74
+
+    def posteriors(prevalence: float, n: int = 3000) -> np.ndarray:
+        positive = rng.random(n) < prevalence
+        score = rng.normal(np.where(positive, 1.2, -1.2), 1.0)
+        # log-likelihood ratio of N(1.2, 1) vs N(-1.2, 1) is 2.4 * score
+        logits = np.stack([np.zeros(n), 2.4 * score + np.log(training / (1 - training))], axis=1)
+        return softmax(logits)[:, 1]
+
+    for prevalence in (0.3, 0.6):
+        found = prior.estimate(posteriors(prevalence), training, rounds=100)
+        assert abs(found.prior - prevalence) < 0.04, found
+        assert found.ci95[0] <= found.prior <= found.ci95[1]
+    # Adjusting to the training prior itself changes nothing; to a lower one, lowers.
+    assert prior.adjust(0.5, training, training) == pytest.approx(0.5)
+    assert float(prior.adjust(0.5, training, 0.3)) < 0.5
+
+
+def test_release_and_site_share_the_threshold_rules() -> None:
+    from edge.inference.calibration import choose_thresholds, screening_target
+
+    truth = np.array([0, 0, 0, 1, 1, 1], bool)
+    prob = np.array([0.1, 0.2, 0.6, 0.55, 0.8, 0.9])
+    chosen = choose_thresholds(truth, prob, 0.95)
+    assert chosen["screening"] <= chosen["balanced"]
+    assert m.at_threshold(truth, prob, chosen["screening"]).sensitivity >= 0.95
+    assert screening_target("sensitivity >= 0.99 on the validation predictions") == 0.99
+    assert screening_target("hand-picked") == 0.95
