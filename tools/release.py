@@ -16,7 +16,6 @@ import csv
 import datetime as dt
 import hashlib
 import json
-import math
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -284,19 +283,9 @@ def write_plots(folder: Path, recipe: Recipe, sets: dict[str, Predictions], temp
 
 
 def shipped_threshold(value: float, decimals: int = DECIMALS) -> float:
-    """`value` rounded DOWN to `decimals` places: the threshold written to the manifest.
-
-    Thresholds are probabilities of validation images; rounding to nearest could move one just
-    above an image it was chosen to include and lose that case. Flooring only adds positives, so
-    sensitivity never drops; the stated figures are then computed at the floored value.
-    """
-    step = 10.0**-decimals
-    shipped = round(math.floor(value / step) * step, decimals)
-    while shipped > value:  # guard against float error in the division
-        shipped = round(shipped - step, decimals)
-    while round(shipped + step, decimals) <= value:
-        shipped = round(shipped + step, decimals)
-    return shipped
+    """`value` rounded DOWN to `decimals` places: the threshold written to the manifest
+    (`metrics.floor_threshold`, which says why)."""
+    return m.floor_threshold(value, decimals)
 
 
 def operating_points(
@@ -309,10 +298,8 @@ def operating_points(
     truth = validation.truth == positive
     prob = softmax(validation.logits, temperature)[:, positive]
     target = float(recipe.raw.get("release", {}).get("screening_sensitivity", SCREENING_SENSITIVITY))
-    balanced = m.youden_threshold(truth, prob)
-    # Screening must never be less sensitive than the balanced point (flooring keeps the order).
-    screening = min(balanced, m.threshold_for_sensitivity(truth, prob, target))
-    return {"balanced": shipped_threshold(balanced), "screening": shipped_threshold(screening)}, target
+    # Screening is never less sensitive than the balanced point (flooring keeps the order).
+    return m.operating_thresholds(truth, prob, target, DECIMALS), target
 
 
 def operating_point_entries(

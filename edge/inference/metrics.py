@@ -7,6 +7,7 @@ same way.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -89,6 +90,36 @@ def youden_threshold(truth: np.ndarray, score: np.ndarray) -> float:
     finite = np.isfinite(thresholds)
     index = int(np.argmax(np.where(finite, tpr - fpr, -np.inf)))
     return float(thresholds[index])
+
+
+def floor_threshold(value: float, decimals: int = 4) -> float:
+    """`value` rounded DOWN to `decimals` places: a threshold as shipped.
+
+    Thresholds are probabilities of validation images; rounding to nearest could move one just
+    above an image it was chosen to include and lose that case. Flooring only adds positives, so
+    sensitivity never drops; the stated figures are then computed at the floored value.
+    """
+    step = 10.0**-decimals
+    shipped = round(math.floor(value / step) * step, decimals)
+    while shipped > value:  # guard against float error in the division
+        shipped = round(shipped - step, decimals)
+    while round(shipped + step, decimals) <= value:
+        shipped = round(shipped + step, decimals)
+    return shipped
+
+
+def operating_thresholds(
+    truth: np.ndarray, probability: np.ndarray, screening_sensitivity: float, decimals: int = 4
+) -> dict[str, float]:
+    """The two shipped operating points, floored: `balanced` by Youden's J and `screening` the
+    highest threshold with sensitivity >= `screening_sensitivity`, never above `balanced`.
+    The release tool, site calibration and the hub's suggestions all choose them here."""
+    balanced = youden_threshold(truth, probability)
+    screening = min(balanced, threshold_for_sensitivity(truth, probability, screening_sensitivity))
+    return {
+        "balanced": floor_threshold(balanced, decimals),
+        "screening": floor_threshold(screening, decimals),
+    }
 
 
 def expected_calibration_error(correct_or_truth: np.ndarray, confidence: np.ndarray, bins: int = 15) -> float:
