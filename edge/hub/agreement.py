@@ -17,7 +17,6 @@ Below `MIN_CASES_PER_CLASS` labelled cases of any class no suggestion is made, a
 from __future__ import annotations
 
 import math
-import tomllib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ import numpy as np
 from pydantic import ValidationError
 from sqlalchemy import Engine, and_, select
 
+from edge.compat import tomllib
 from edge.errors import EdgeError
 from edge.hub import db
 from edge.inference import metrics
@@ -84,7 +84,10 @@ def reviewed_cases(engine: Engine) -> dict[SiteModel, CaseSet]:
         .join(db.devices, db.devices.c.id == db.records.c.device_id)
         .join(
             db.reviews,
-            and_(db.reviews.c.device_id == db.records.c.device_id, db.reviews.c.result_uuid == db.records.c.uuid),
+            and_(
+                db.reviews.c.device_id == db.records.c.device_id,
+                db.reviews.c.result_uuid == db.records.c.uuid,
+            ),
         )
         .where(db.records.c.kind == "result")
         .order_by(db.reviews.c.seq)
@@ -203,6 +206,17 @@ def figures(group: CaseSet, manifest: Manifest | None) -> dict[str, Any]:
             "its probabilities were made with: publish that release on this hub first"
         )
         return out
+    unknown = sum(1 for case in cases if case.unknown_profile)
+    if (
+        unknown
+        and min(Counter(c.label for c in cases if not c.unknown_profile).values() or [0])
+        < MIN_CASES_PER_CLASS
+    ):
+        out["refusal"] = (
+            f"{unknown} cases were made under a site profile this hub did not publish (its temperature "
+            f"is unknown); without them fewer than {MIN_CASES_PER_CLASS} of a class remain"
+        )
+        return out
     out["suggestion"] = suggest(group, manifest)
     return out
 
@@ -277,7 +291,7 @@ def _interval(statistic: Any, truth: np.ndarray, score: np.ndarray) -> list[floa
     low, high = metrics.bootstrap_interval(
         statistic, truth, score, rounds=BOOTSTRAP_ROUNDS, seed=BOOTSTRAP_SEED
     )
-    return None if math.isnan(low) else [_round(low), _round(high)]
+    return None if math.isnan(low) else [round(low, 4), round(high, 4)]
 
 
 def _round(value: float) -> float | None:

@@ -99,7 +99,9 @@ def _without_none(figures: dict[str, Any]) -> dict[str, Any]:
 def check(release: protocol.ProfileRelease) -> SiteProfile:
     """The release's profile, which must say what the release says it is."""
     if not release.signature:
-        raise HubError(400, WireCode.BAD_PROFILE, "the profile is not signed: sign it with the publisher's key")
+        raise HubError(
+            400, WireCode.BAD_PROFILE, "the profile is not signed: sign it with the publisher's key"
+        )
     try:
         profile = parse_profile(release.profile)
     except (ValueError, ValidationError) as error:
@@ -110,7 +112,9 @@ def check(release: protocol.ProfileRelease) -> SiteProfile:
         release.model_version,
         release.created_at,
     ):
-        raise HubError(400, WireCode.BAD_PROFILE, "the profile's id, model, version or time differ from the release's")
+        raise HubError(
+            400, WireCode.BAD_PROFILE, "the profile's id, model, version or time differ from the release's"
+        )
     return profile
 
 
@@ -128,7 +132,9 @@ def publish(engine: Engine, release: protocol.ProfileRelease, actor: str) -> Non
         ).first()
         if known is not None:
             if known.release != release.model_dump():
-                raise HubError(409, WireCode.BAD_PROFILE, f"another profile {release.id} is published for this site")
+                raise HubError(
+                    409, WireCode.BAD_PROFILE, f"another profile {release.id} is published for this site"
+                )
             return
         conn.execute(
             insert(db.site_profiles).values(

@@ -7,10 +7,11 @@ profiles replaces it with the same fields.)
 
 from __future__ import annotations
 
-import tomllib
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from edge.compat import tomllib
 
 
 class _Strict(BaseModel):
