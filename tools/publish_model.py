@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge.inference.registry import read_manifest
-from edge.sync import protocol
+from edge.sync import protocol, signatures
 
 
 def keygen(out: Path) -> str:
@@ -56,17 +56,17 @@ def sign_release(model_dir: Path, key: Ed25519PrivateKey, out: Path) -> protocol
         "manifest": (model_dir / "model.toml").read_text(),
         "signature": "",
     }
-    signature = key.sign(protocol.release_to_sign(unsigned)).hex()
+    signature = signatures.sign(unsigned, key)
     release = protocol.ModelRelease(**{**unsigned, "signature": signature})
     (out / "release.json").write_text(json.dumps(release.model_dump(), indent=1))
     return release
 
 
 def load_key(path: Path) -> Ed25519PrivateKey:
-    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    if not isinstance(key, Ed25519PrivateKey):
-        raise SystemExit(f"{path} is not an ed25519 private key")
-    return key
+    try:
+        return signatures.load_private_key(path)
+    except ValueError as error:
+        raise SystemExit(str(error)) from error
 
 
 def main() -> None:

@@ -6,11 +6,15 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
 import click
 
 from edge import log as edge_log
-from edge.cli.base import EXIT_REFUSED, Context, cli, pass_context
+from edge.cli.base import EXIT_REFUSED, EXIT_USAGE, Context, cli, pass_context
+
+if TYPE_CHECKING:
+    from edge.sync.protocol import ProfileRelease
 
 
 @cli.group()
@@ -86,6 +90,138 @@ def hub_publish(obj: Context, release_json: Path, programme: str) -> None:
     engine = db.make_engine(obj.settings.hub_database_url)
     releases.publish_release(engine, obj.settings.hub_dir / "files", release, release_json.parent, programme)
     click.echo(f"published {release.name} {release.version} to programme {programme}")
+
+
+# ---------------------------------------------------------------------- site profiles
+
+
+@hub.group("profile")
+def hub_profile() -> None:
+    """Site profiles from the specialists' reviews: list, draft, sign, publish."""
+
+
+def _refused(error: Exception) -> NoReturn:
+    from edge.hub.errors import HubError
+
+    text = f"{error.code.value}: {error.message}" if isinstance(error, HubError) else f"REFUSED: {error}"
+    click.echo(text, err=True)
+    sys.exit(EXIT_REFUSED)
+
+
+def _draft(obj: Context, programme: str, site: str, model: str, version: str | None) -> ProfileRelease:
+    from edge.hub import db, site_profiles
+    from edge.hub.errors import HubError
+
+    engine = db.make_engine(obj.settings.hub_database_url)
+    try:
+        return site_profiles.draft(engine, obj.settings.models.dir, programme, site, model, version)
+    except HubError as error:
+        _refused(error)
+
+
+@hub_profile.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@pass_context
+def hub_profile_list(obj: Context, as_json: bool) -> None:
+    """Every published site profile: site, model version, temperature, when and by whom."""
+    from edge.hub import db, site_profiles
+
+    rows = site_profiles.list_profiles(db.make_engine(obj.settings.hub_database_url))
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        click.echo(
+            f"{row['profile_id']}  {row['programme']}/{row['site'] or '-'}  temperature {row['temperature']}"
+            f"  published {row['published_at']} by {row['published_by']}"
+        )
+
+
+@hub_profile.command("draft")
+@click.option("--site", required=True, help="The site, as its devices enrolled.")
+@click.option("--model", required=True)
+@click.option("--programme", default="default", show_default=True)
+@click.option("--version", help="The model version (default: the newest reviewed at the site).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@pass_context
+def hub_profile_draft(
+    obj: Context, site: str, model: str, programme: str, version: str | None, out: Path
+) -> None:
+    """Write the site's suggested profile, unsigned, to sign where the publisher's key is."""
+    release = _draft(obj, programme, site, model, version)
+    out.write_text(json.dumps(release.model_dump(), indent=1))
+    click.echo(f"wrote {out}: sign it with `edge hub profile sign {out} --key publisher.key`")
+
+
+@hub_profile.command("sign")
+@click.argument("draft", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--key", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path))
+def hub_profile_sign(draft: Path, key: Path, out: Path | None) -> None:
+    """Sign a drafted profile with the publisher's key (the one model releases are signed with)."""
+    from edge.sync import protocol, signatures
+
+    release = protocol.ProfileRelease.model_validate_json(draft.read_text())
+    try:
+        signed = release.model_copy(
+            update={"signature": signatures.sign(release.model_dump(), signatures.load_private_key(key))}
+        )
+    except ValueError as error:
+        _refused(error)
+    target = out or draft.with_name(f"{release.id}.json")
+    target.write_text(json.dumps(signed.model_dump(), indent=1))
+    click.echo(f"signed {release.id} -> {target}: `edge hub profile publish --signed {target}`")
+
+
+@hub_profile.command("publish")
+@click.option("--site", help="The site, as its devices enrolled (with --key).")
+@click.option("--model", help="The model (with --key).")
+@click.option("--programme", default="default", show_default=True)
+@click.option("--version", help="The model version (default: the newest reviewed at the site).")
+@click.option(
+    "--key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Draft, sign and publish in one go.",
+)
+@click.option(
+    "--signed",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Publish a profile signed elsewhere.",
+)
+@pass_context
+def hub_profile_publish(
+    obj: Context,
+    site: str | None,
+    model: str | None,
+    programme: str,
+    version: str | None,
+    key: Path | None,
+    signed: Path | None,
+) -> None:
+    """Publish a signed site profile to that site's devices: `--signed FILE`, or `--site S
+    --model M --key publisher.key` where the key is at hand (it is read, never stored)."""
+    from edge.hub import db, site_profiles
+    from edge.hub.errors import HubError
+    from edge.sync import protocol, signatures
+
+    if (signed is None) == (key is None) or (key is not None and not (site is not None and model)):
+        click.echo("give --signed FILE, or --site, --model and --key", err=True)
+        sys.exit(EXIT_USAGE)
+    if signed is not None:
+        release = protocol.ProfileRelease.model_validate_json(signed.read_text())
+    else:
+        draft = _draft(obj, programme, site or "", model or "", version)
+        try:
+            private = signatures.load_private_key(Path(str(key)))
+        except ValueError as error:
+            _refused(error)
+            return
+        release = draft.model_copy(update={"signature": signatures.sign(draft.model_dump(), private)})
+    try:
+        site_profiles.publish(db.make_engine(obj.settings.hub_database_url), release, actor="cli")
+    except HubError as error:
+        _refused(error)
+    click.echo(f"published {release.id} to site {release.site or '(unnamed)'} ({release.programme})")
 
 
 # ---------------------------------------------------------------------- hub accounts

@@ -110,3 +110,45 @@ def sync_pseudonym(obj: Context, patient_id: str) -> None:
     from edge.sync.deid import Deidentifier
 
     click.echo(Deidentifier.for_device(obj.settings.data_dir / "sync").pseudonym(patient_id))
+
+
+# ---------------------------------------------------------------------- site profiles
+
+
+@sync.group("profile")
+def sync_profile() -> None:
+    """Site profiles the hub sent: list, rollback."""
+
+
+@sync_profile.command("list")
+@click.argument("model")
+@pass_context
+def sync_profile_list(obj: Context, model: str) -> None:
+    """The site profiles kept for MODEL, oldest first; * marks the active one."""
+    from edge.sync.profiles import active_id, installed
+
+    active = active_id(obj.settings, model)
+    for profile in installed(obj.settings, model):
+        mark = "*" if profile.id == active else " "
+        click.echo(
+            f"{mark} {profile.id}  {profile.source:<7} {profile.model} {profile.model_version}"
+            f"  temperature {profile.temperature}  {profile.cases} cases"
+        )
+
+
+@sync_profile.command("rollback")
+@click.argument("model")
+@pass_context
+def sync_profile_rollback(obj: Context, model: str) -> None:
+    """Make the site profile before the active one of MODEL active again (audited); sync does
+    not install the one rolled back from again."""
+    from edge.store import Store
+    from edge.sync.profiles import rollback
+
+    try:
+        with Store(obj.settings.data_dir, busy_timeout_ms=obj.settings.store.busy_timeout_ms) as store:
+            previous = rollback(obj.settings, store, model)
+    except EdgeError as error:
+        click.echo(error.one_line(), err=True)
+        sys.exit(EXIT_REFUSED)
+    click.echo(f"{model}: site profile {previous.id} is active again")

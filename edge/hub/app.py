@@ -39,7 +39,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     fhir_app = create_fhir_app(engine)  # read-only FHIR R4 for health information systems
     app.mount("/fhir", fhir_app)
     app.mount("/review/fhir", fhir_app)  # where a reader's browser sends its session cookie
-    app.mount("/review", create_review_app(engine, files))
+    app.mount("/review", create_review_app(engine, files, settings.models.dir))
 
     @app.get("/", include_in_schema=False)
     async def home() -> RedirectResponse:  # the bare host name leads to the review pages

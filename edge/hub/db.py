@@ -133,6 +133,24 @@ releases = Table(
     Column("created_at", String(32), nullable=False),
 )
 
+# Signed site profiles (edge/hub/site_profiles.py), offered to the devices of one programme's site.
+site_profiles = Table(
+    "site_profiles",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("profile_id", String(128), nullable=False),
+    Column("programme", String(64), nullable=False),
+    Column("site", String(64), nullable=False),
+    Column("model", String(64), nullable=False),
+    Column("model_version", String(32), nullable=False),
+    Column("created_at", String(32), nullable=False),  # the profile's own (signed) time
+    Column("temperature", Float, nullable=False),
+    Column("release", JSON, nullable=False),  # the signed ProfileRelease
+    Column("published_at", String(32), nullable=False),
+    Column("published_by", String(64), nullable=False),
+    UniqueConstraint("programme", "site", "profile_id", name="site_profiles_site_id"),
+)
+
 audit = Table(
     "audit",
     metadata,

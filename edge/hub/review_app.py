@@ -17,7 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse, Response
 from sqlalchemy import Engine
 
-from edge.hub import disconnects, routes_account, routes_admin, routes_review
+from edge.hub import disconnects, routes_account, routes_admin, routes_profiles, routes_review
 from edge.hub.limits import RateLimiter
 from edge.hub.render import Renditions
 from edge.hub.review_http import (
@@ -35,7 +35,7 @@ LOGIN_RATE_PER_S = 10 / 60  # ten attempts a minute per address, after a burst o
 LOGIN_BURST = 10
 
 
-def create_review_app(engine: Engine, files: Path) -> FastAPI:
+def create_review_app(engine: Engine, files: Path, models_dir: Path | None = None) -> FastAPI:
     app = FastAPI(title="edge hub review", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.web = WebState(
         engine=engine,
@@ -44,6 +44,7 @@ def create_review_app(engine: Engine, files: Path) -> FastAPI:
         login_limiter=RateLimiter(LOGIN_RATE_PER_S, LOGIN_BURST),
         templates=make_templates(),
         static=load_static(),
+        models_dir=models_dir,
     )
     app.add_middleware(SecurityHeaders)
     disconnects.install(app)  # its own exception handling: the hub app's handler is not reached
@@ -66,4 +67,5 @@ def create_review_app(engine: Engine, files: Path) -> FastAPI:
     app.include_router(routes_account.router)
     app.include_router(routes_review.router)
     app.include_router(routes_admin.router)
+    app.include_router(routes_profiles.router)
     return app

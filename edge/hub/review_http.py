@@ -73,6 +73,7 @@ class WebState:
     login_limiter: RateLimiter
     templates: jinja2.Environment
     static: dict[str, tuple[bytes, bytes, str, str]]  # name -> (raw, gzipped, media type, hash)
+    models_dir: Path | None = None  # the hub's own model manifests (agreement.shipped_manifest)
 
 
 @dataclass(frozen=True)

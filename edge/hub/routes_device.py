@@ -23,7 +23,7 @@ from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from edge.hub import devices, intake, releases, reviews
+from edge.hub import devices, intake, releases, reviews, site_profiles
 from edge.hub.errors import HubError
 from edge.hub.identities import Device
 from edge.hub.limits import RateLimiter
@@ -206,3 +206,10 @@ async def model_file(name: str, version: str, file: str, request: Request) -> Fi
         file,  # only names the release lists
     )
     return FileResponse(path)  # serves Range requests: downloads resume
+
+
+@router.get("/profiles")
+async def profiles(request: Request) -> list[protocol.ProfileRelease]:
+    """The signed site profiles offered to this device's site (newest per model version)."""
+    device, _ = await device_for(request, 0)
+    return await run_in_threadpool(site_profiles.profiles_for, _api(request).engine, device)

@@ -226,3 +226,14 @@ class ActiveProfiles:
         if profile is not None:
             log.info("%s: site profile %s in force", name, profile.id)
         return profile
+
+
+def parse_profile(text: str) -> SiteProfile:
+    """A profile from its TOML text, as a signed release carries it (tomllib's and pydantic's
+    errors propagate: the caller says which release was refused)."""
+    return SiteProfile(**tomllib.loads(text))
+
+
+def profile_toml(profile: SiteProfile) -> str:
+    """A profile as TOML text (what is signed and installed): no nulls, TOML has none."""
+    return tomli_w.dumps(profile.model_dump(mode="json", exclude_none=True))

@@ -355,3 +355,9 @@ class SyncClient:
             f"/v1/models/{release.name}/{release.version}/{file}",
             headers={"Range": f"bytes={offset}-"} if offset else {},
         )
+
+    # ------------------------------------------------------------------ site profiles
+
+    def profiles(self) -> list[protocol.ProfileRelease]:
+        """The signed site profiles the hub offers this device's site (not yet verified)."""
+        return [protocol.ProfileRelease(**p) for p in self._send("GET", "/v1/profiles").json()]

@@ -69,6 +69,9 @@ class WireCode(str, Enum):
     # Model releases
     BAD_RELEASE = "BAD_RELEASE"
     NO_SUCH_FILE = "NO_SUCH_FILE"
+    # Site profiles
+    BAD_PROFILE = "BAD_PROFILE"
+    TOO_FEW_CASES = "TOO_FEW_CASES"
 
 
 class _Wire(BaseModel):
@@ -156,6 +159,21 @@ class ModelRelease(_Wire):
     signature: str  # hex ed25519 signature over canonical(release without signature)
 
 
+class ProfileRelease(_Wire):
+    """A site profile (edge/inference/site_profile.py) for one site's devices, signed like a
+    model release: same key, same scheme (edge/sync/signatures.py). The programme and site are
+    signed too, so a hub cannot hand one site's profile to another unnoticed."""
+
+    id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")
+    model: str = Field(min_length=1, max_length=64)
+    model_version: str = Field(min_length=1, max_length=32)
+    programme: str = Field(max_length=64)
+    site: str = Field(max_length=64)
+    created_at: str
+    profile: str  # the profile's TOML text, written on the device as <id>.toml
+    signature: str  # hex ed25519 signature over canonical(this without signature)
+
+
 def read_refusal(body: bytes) -> Refusal | None:
     """The hub's refusal in a response body, or None when the body is not one (a proxy's error
     page, or a code this software does not know yet)."""
@@ -205,4 +223,5 @@ def inflate(body: bytes, limit: int = MAX_INFLATED_BYTES) -> bytes:
 
 
 def release_to_sign(release: dict[str, Any]) -> bytes:
+    """What a model release or a site profile is signed over: all of it but its signature."""
     return canonical({k: v for k, v in release.items() if k != "signature"})

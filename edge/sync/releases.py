@@ -18,8 +18,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from packaging.version import InvalidVersion, Version
 
 from edge.config import Settings
@@ -28,19 +26,15 @@ from edge.imaging.decode import decode_bytes
 from edge.inference.pool import tensor_names
 from edge.inference.registry import Registry, sha256_file
 from edge.runtime.onnxruntime import OnnxRuntimeRunner
-from edge.sync import protocol
+from edge.sync import protocol, signatures
 from edge.sync.client import SyncClient
 
 log = logging.getLogger(__name__)
 
 
-def verify_signature(release: protocol.ModelRelease, public_key_hex: str) -> bool:
-    try:
-        key = Ed25519PublicKey.from_public_bytes(bytes.fromhex(public_key_hex))
-        key.verify(bytes.fromhex(release.signature), protocol.release_to_sign(release.model_dump()))
-    except (InvalidSignature, ValueError):
-        return False
-    return True
+def verify_signature(release: protocol.ModelRelease | protocol.ProfileRelease, public_key_hex: str) -> bool:
+    """A model release or a site profile, signed by the pinned key (one scheme: signatures.py)."""
+    return signatures.verify(release.model_dump(), public_key_hex)
 
 
 def is_newer(candidate: str, installed: str | None) -> bool:

@@ -1,5 +1,5 @@
 """`edge sync run`: the sync agent's loop, its own process (edge-sync.service); one round of
-it (`exchange`: results, files, reviews, model releases, in that order); and `sync_status`, the
+it (`exchange`: results, files, reviews, model releases, site profiles, in that order); and `sync_status`, the
 summary of the state each round records.
 
 Rounds run every `interval_s` while all goes well; after a failure the wait grows exponentially
@@ -32,6 +32,7 @@ from edge.processes import Doorbell, InstanceLock, ring
 from edge.store import Store
 from edge.sync import doorbell, sync_lock
 from edge.sync.client import Credential, HubRefused, HubUnavailable, SyncClient
+from edge.sync.profiles import pull_profiles
 from edge.sync.releases import pull_models
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ def exchange(client: SyncClient) -> dict[str, int]:
     counts["reviews"] = client.pull_reviews()
     if client.settings.sync.public_key:
         counts["models"] = pull_models(client)
+        counts["profiles"] = pull_profiles(client)  # after the models: a profile names a version
     return counts
 
 
@@ -186,4 +188,5 @@ def sync_status(settings: Settings, store: Store) -> dict[str, Any]:
         },
         "review_cursor": state.get("review_cursor", 0),
         "models_refused": state.get("models_refused", {}),
+        "profiles_refused": state.get("profiles_refused", {}),
     }

@@ -1,0 +1,307 @@
+"""How a model agrees with the specialists, per site and model version, from the reviewed
+results; and the site's suggested temperature and thresholds. No HTTP.
+
+A site is a device's programme and site as it enrolled (`devices.programme`, `devices.site`):
+every device of that site counts, and a profile made here is offered to all of them.
+
+The specialist's label of a result is its latest review: "agree" keeps the model's finding, a
+"disagree" that names a finding gives that finding; "uncertain" and a disagreement without a
+finding give no label and are only counted. The model's probabilities are what the device
+reported (calibrated); for the refit its logits are recovered up to a constant per case
+(`T * log p`, T the temperature that produced p: the shipped one, or that of a profile this hub
+published), the temperature refitted by `metrics.fit_temperature` and the thresholds chosen by
+`calibration.choose_thresholds` (Youden's J; sensitivity >= 0.99), as the release tool does.
+Below `MIN_CASES_PER_CLASS` labelled cases of any class no suggestion is made, and it says so.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import ValidationError
+from sqlalchemy import Engine, and_, select
+
+from edge.compat import tomllib
+from edge.errors import EdgeError
+from edge.hub import db
+from edge.inference import calibration, metrics
+from edge.inference.postprocess import softmax
+from edge.inference.registry import Manifest, Registry
+
+MIN_CASES_PER_CLASS = 30
+SCREENING_SENSITIVITY = 0.99
+BOOTSTRAP_ROUNDS = 1000
+BOOTSTRAP_SEED = 0
+DECIMALS = calibration.DECIMALS  # the temperature and thresholds, as in a manifest
+_FLOOR = 1e-6  # probabilities are sent rounded to 5 decimals: a 0 would be log(0)
+
+
+@dataclass(frozen=True)
+class SiteModel:
+    programme: str
+    site: str
+    model: str
+    version: str
+
+
+@dataclass
+class Case:
+    finding: str  # the model's
+    label: str  # the specialist's
+    probability: float  # calibrated P(positive), as reported
+    probabilities: dict[str, float]
+    temperature: float | None  # of the profile that produced them; None: the shipped one
+    unknown_profile: bool = False  # made under a profile this hub did not publish
+
+
+@dataclass
+class CaseSet:
+    key: SiteModel
+    positive: str = ""
+    labels: list[str] = field(default_factory=list)
+    cases: list[Case] = field(default_factory=list)
+    unlabelled: int = 0  # reviewed "uncertain", or disagreed without a finding
+
+
+def reviewed_cases(engine: Engine) -> dict[SiteModel, CaseSet]:
+    """Every reviewed result, by site and model version, labelled by its latest review."""
+    temperatures = _published_temperatures(engine)
+    query = (
+        select(
+            db.records.c.device_id,
+            db.records.c.uuid,
+            db.records.c.payload,
+            db.devices.c.programme,
+            db.devices.c.site,
+            db.reviews.c.verdict,
+            db.reviews.c.finding,
+        )
+        .join(db.devices, db.devices.c.id == db.records.c.device_id)
+        .join(
+            db.reviews,
+            and_(
+                db.reviews.c.device_id == db.records.c.device_id,
+                db.reviews.c.result_uuid == db.records.c.uuid,
+            ),
+        )
+        .where(db.records.c.kind == "result")
+        .order_by(db.reviews.c.seq)
+    )
+    latest: dict[tuple[str, str], Any] = {}
+    with engine.connect() as conn:
+        for row in conn.execute(query):
+            latest[(row.device_id, row.uuid)] = row  # ordered by seq: the last one wins
+    groups: dict[SiteModel, CaseSet] = {}
+    for row in latest.values():
+        result = (row.payload or {}).get("result") or {}
+        probabilities = result.get("probabilities") or {}
+        model, version, positive = result.get("model"), result.get("version"), result.get("positive_label")
+        if not (model and version and positive in probabilities and result.get("finding")):
+            continue  # an older or odd payload: nothing to measure
+        key = SiteModel(row.programme, row.site or "", str(model), str(version))
+        group = groups.setdefault(key, CaseSet(key, str(positive), sorted(probabilities)))
+        label = _label(row.verdict, row.finding, str(result["finding"]), group.labels)
+        if label is None:
+            group.unlabelled += 1
+            continue
+        profile = str(result.get("profile_id") or "")
+        group.cases.append(
+            Case(
+                finding=str(result["finding"]),
+                label=label,
+                probability=float(result.get("probability", probabilities[positive])),
+                probabilities={k: float(v) for k, v in probabilities.items()},
+                temperature=temperatures.get(profile) if profile else None,
+                unknown_profile=bool(profile) and profile not in temperatures,
+            )
+        )
+    return dict(sorted(groups.items(), key=lambda item: _sort_key(item[0])))
+
+
+def _sort_key(key: SiteModel) -> tuple[str, str, str, str]:
+    return (key.programme, key.site, key.model, key.version)
+
+
+def _label(verdict: str, finding: str | None, model_finding: str, labels: list[str]) -> str | None:
+    if verdict == "agree":
+        return model_finding
+    if verdict == "disagree" and finding in labels:
+        return finding
+    return None
+
+
+def _published_temperatures(engine: Engine) -> dict[str, float]:
+    with engine.connect() as conn:
+        rows = conn.execute(select(db.site_profiles.c.profile_id, db.site_profiles.c.temperature)).all()
+    return {row.profile_id: float(row.temperature) for row in rows}
+
+
+def shipped_manifest(engine: Engine, models_dir: Path | None, model: str, version: str) -> Manifest | None:
+    """The manifest of a model version: from a release published on this hub, else from the
+    hub's own models folder when it holds that very version; None when the hub knows neither."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(db.releases.c.release).where(db.releases.c.name == model, db.releases.c.version == version)
+        ).first()
+    if row is not None:
+        try:
+            return Manifest(**tomllib.loads(row.release["manifest"]))
+        except (tomllib.TOMLDecodeError, ValidationError, KeyError, TypeError):
+            pass
+    if models_dir is not None:
+        try:
+            manifest = Registry(models_dir).get(model).manifest
+        except EdgeError:
+            return None
+        if manifest.version == version:
+            return manifest
+    return None
+
+
+# ------------------------------------------------------------------ the figures
+
+
+def figures(group: CaseSet, manifest: Manifest | None) -> dict[str, Any]:
+    """Agreement, AUC and (enough cases and a known shipped temperature permitting) the
+    suggested temperature and thresholds, as plain JSON-able values."""
+    labels, positive, cases = group.labels, group.positive, group.cases
+    per_class = Counter(case.label for case in cases)
+    matrix = [[sum(1 for c in cases if c.label == t and c.finding == f) for f in labels] for t in labels]
+    truth = np.array([case.label == positive for case in cases], bool)
+    score = np.array([case.probability for case in cases], np.float64)
+    auc = metrics.roc_auc(truth, score) if len(cases) else math.nan
+    out: dict[str, Any] = {
+        "programme": group.key.programme,
+        "site": group.key.site,
+        "model": group.key.model,
+        "model_version": group.key.version,
+        "positive": positive,
+        "labels": labels,
+        "cases": len(cases),
+        "unlabelled": group.unlabelled,
+        "cases_per_class": {label: per_class.get(label, 0) for label in labels},
+        "confusion": {"rows": "specialist", "columns": "model", "matrix": matrix},
+        "agreement": _round(sum(1 for c in cases if c.label == c.finding) / len(cases)) if cases else None,
+        "auc": _round(auc),
+        "auc_ci95": _interval(metrics.roc_auc, truth, score),
+        "suggestion": None,
+        "refusal": None,
+    }
+    short = {label: n for label, n in out["cases_per_class"].items() if n < MIN_CASES_PER_CLASS}
+    if short:
+        named = ", ".join(f"{n} {label}" for label, n in short.items())
+        out["refusal"] = (
+            f"too few reviewed cases for site thresholds: {named}; at least {MIN_CASES_PER_CLASS} "
+            "of each class are needed"
+        )
+        return out
+    if manifest is None:
+        out["refusal"] = (
+            f"the hub knows no release of {group.key.model} {group.key.version}, so not the temperature "
+            "its probabilities were made with: publish that release on this hub first"
+        )
+        return out
+    unknown = sum(1 for case in cases if case.unknown_profile)
+    if (
+        unknown
+        and min(Counter(c.label for c in cases if not c.unknown_profile).values() or [0])
+        < MIN_CASES_PER_CLASS
+    ):
+        out["refusal"] = (
+            f"{unknown} cases were made under a site profile this hub did not publish (its temperature "
+            f"is unknown); without them fewer than {MIN_CASES_PER_CLASS} of a class remain"
+        )
+        return out
+    out["suggestion"] = suggest(group, manifest)
+    return out
+
+
+def suggest(group: CaseSet, manifest: Manifest) -> dict[str, Any]:
+    """The refitted temperature, the thresholds at it, and before/after figures on these cases."""
+    shipped_t = manifest.output.temperature
+    labels = manifest.output.labels
+    positive_index = labels.index(group.positive)
+    usable = [c for c in group.cases if not c.unknown_profile and set(c.probabilities) == set(labels)]
+    logits = np.array(
+        [
+            [(c.temperature or shipped_t) * math.log(max(c.probabilities[label], _FLOOR)) for label in labels]
+            for c in usable
+        ],
+        np.float64,
+    ).reshape(len(usable), len(labels))
+    y = np.array([labels.index(c.label) for c in usable], np.int64)
+    truth = y == positive_index
+    temperature = round(metrics.fit_temperature(logits, y), DECIMALS)
+    before_p = softmax(logits, shipped_t)[:, positive_index]
+    after_p = softmax(logits, temperature)[:, positive_index]
+    thresholds = calibration.choose_thresholds(truth, after_p, SCREENING_SENSITIVITY)
+    before: dict[str, Any] = {"auc": _round(metrics.roc_auc(truth, before_p))}
+    after: dict[str, Any] = {"auc": _round(metrics.roc_auc(truth, after_p))}
+    for name, point in manifest.operating_points.items():
+        before[name] = _at(truth, before_p, point.threshold)
+    points: dict[str, Any] = {}
+    rules = {"balanced": "Youden's J", "screening": f"sensitivity >= {SCREENING_SENSITIVITY}"}
+    for name, threshold in thresholds.items():
+        after[name] = _at(truth, after_p, threshold)
+        points[name] = {
+            "threshold": threshold,
+            "description": f"{rules[name]} on {len(usable)} cases reviewed by this site's specialists",
+            "sensitivity": after[name]["sensitivity"],
+            "specificity": after[name]["specificity"],
+            "sensitivity_ci95": _interval(_sensitivity_at(threshold), truth, after_p),
+            "specificity_ci95": _interval(_specificity_at(threshold), truth, after_p),
+        }
+    return {
+        "shipped_temperature": shipped_t,
+        "temperature": temperature,
+        "cases": len(usable),
+        "cases_per_class": {label: int((y == i).sum()) for i, label in enumerate(labels)},
+        "operating_points": points,
+        "before": before,
+        "after": after,
+    }
+
+
+def _sensitivity_at(threshold: float) -> Any:
+    return lambda truth, score: metrics.at_threshold(truth, score, threshold).sensitivity
+
+
+def _specificity_at(threshold: float) -> Any:
+    return lambda truth, score: metrics.at_threshold(truth, score, threshold).specificity
+
+
+def _at(truth: np.ndarray, score: np.ndarray, threshold: float) -> dict[str, float | None]:
+    counts = metrics.at_threshold(truth, score, threshold)
+    return {
+        "threshold": threshold,
+        "accuracy": _round(counts.accuracy),
+        "sensitivity": _round(counts.sensitivity),
+        "specificity": _round(counts.specificity),
+    }
+
+
+def _interval(statistic: Any, truth: np.ndarray, score: np.ndarray) -> list[float] | None:
+    if len(truth) == 0 or truth.all() or not truth.any():
+        return None
+    low, high = metrics.bootstrap_interval(
+        statistic, truth, score, rounds=BOOTSTRAP_ROUNDS, seed=BOOTSTRAP_SEED
+    )
+    return None if math.isnan(low) else [round(low, 4), round(high, 4)]
+
+
+def _round(value: float) -> float | None:
+    return None if value is None or math.isnan(value) else round(float(value), 4)
+
+
+def site_figures(engine: Engine, models_dir: Path | None) -> list[dict[str, Any]]:
+    """Every site x model version with reviewed results: what the admin page and JSON show."""
+    out = []
+    for group in reviewed_cases(engine).values():
+        manifest = shipped_manifest(engine, models_dir, group.key.model, group.key.version)
+        out.append(figures(group, manifest))
+    return out

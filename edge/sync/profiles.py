@@ -1,0 +1,173 @@
+"""Site profiles from the hub: signed like model releases (same pinned key, same scheme), never
+a downgrade, installed atomically, the previous ones kept for a rollback. The sync runner pulls
+them after the model releases; the HTTP goes through the `SyncClient` it is given.
+
+On the device a model's profiles are `<data_dir>/profiles/<model>/<id>.toml`, and
+`<data_dir>/profiles/<model>/active` holds the active one's id (the serving layer reads them).
+A profile is refused, with a code, when its signature does not verify, when it does not parse,
+when its model version is not the installed one, or when it is older (`created_at`) than the
+active profile: the refusal is logged, audited and recorded in the sync state
+(`profiles_refused`), so it is not fetched and refused again every round. Each profile is
+installed once: one a technician rolled back from, or reset, does not come back by itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from edge.config import Settings
+from edge.errors import Code, EdgeError
+from edge.inference.registry import Registry
+from edge.inference.site_profile import SiteProfile, parse_profile
+from edge.store import Store
+from edge.store.files import write_atomically
+from edge.sync import protocol
+from edge.sync.client import SyncClient
+from edge.sync.releases import verify_signature
+
+log = logging.getLogger(__name__)
+ACTIVE = "active"
+ACTOR = "sync"
+
+
+def profiles_dir(settings: Settings, model: str) -> Path:
+    return settings.data_dir / "profiles" / model
+
+
+def active_id(settings: Settings, model: str) -> str | None:
+    path = profiles_dir(settings, model) / ACTIVE
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        return None
+    return text or None
+
+
+def installed(settings: Settings, model: str) -> list[SiteProfile]:
+    """The profiles kept for `model`, oldest first (unreadable files are skipped)."""
+    out = []
+    for path in sorted(profiles_dir(settings, model).glob("*.toml")):
+        try:
+            out.append(parse_profile(path.read_text()))
+        except (OSError, ValueError, ValidationError):
+            log.warning("site profile %s cannot be read: skipped", path)
+    return sorted(out, key=lambda profile: (profile.created_at, profile.id))
+
+
+def _profile(settings: Settings, model: str, profile_id: str) -> SiteProfile | None:
+    return next((p for p in installed(settings, model) if p.id == profile_id), None)
+
+
+def install(
+    settings: Settings, store: Store, release: protocol.ProfileRelease, public_key: str
+) -> SiteProfile:
+    """Verify, check and install one profile and make it active; raises EdgeError with the code."""
+    if not verify_signature(release, public_key):
+        raise EdgeError(
+            Code.PROFILE_SIGNATURE_INVALID, f"site profile {release.id} is not signed by the pinned key"
+        )
+    try:
+        profile = parse_profile(release.profile)
+    except (ValueError, ValidationError) as error:
+        raise EdgeError(Code.PROFILE_INVALID, f"site profile {release.id} does not parse: {error}") from error
+    if (profile.id, profile.model, profile.model_version) != (
+        release.id,
+        release.model,
+        release.model_version,
+    ):
+        raise EdgeError(Code.PROFILE_INVALID, f"site profile {release.id} says it is another profile")
+    registry = Registry(settings.models.dir)
+    version = registry.get(profile.model).manifest.version if profile.model in registry.names() else None
+    if version != profile.model_version:
+        raise EdgeError(
+            Code.PROFILE_MODEL_NOT_INSTALLED,
+            f"site profile {profile.id} is for {profile.model} {profile.model_version};"
+            f" installed: {version or 'none'}",
+        )
+    current_id = active_id(settings, profile.model)
+    current = _profile(settings, profile.model, current_id) if current_id else None
+    if current is not None and profile.created_at < current.created_at:
+        raise EdgeError(
+            Code.PROFILE_DOWNGRADE,
+            f"site profile {profile.id} ({profile.created_at}) is older than the active"
+            f" {current.id} ({current.created_at})",
+        )
+    folder = profiles_dir(settings, profile.model)
+    write_atomically(folder / f"{profile.id}.toml", release.profile.encode())
+    write_atomically(folder / ACTIVE, f"{profile.id}\n".encode())
+    store.audit(
+        ACTOR,
+        "profile.installed",
+        None,
+        {
+            "model": profile.model,
+            "version": profile.model_version,
+            "profile": profile.id,
+            "previous": current_id,
+        },
+    )
+    log.info(
+        "site profile %s installed and active for %s (previous: %s)", profile.id, profile.model, current_id
+    )
+    return profile
+
+
+def _seen_key(release: protocol.ProfileRelease) -> str:
+    """A profile as this device saw it: a corrected one (other bytes) under the same id is new."""
+    digest = hashlib.sha256(protocol.canonical(release.model_dump())).hexdigest()[:16]
+    return f"{release.model} {release.id} {digest}"
+
+
+def pull_profiles(client: SyncClient) -> int:
+    """Install every signed profile offered to this site not yet seen; returns how many were."""
+    settings, store = client.settings, client.store
+    public_key = settings.sync.public_key
+    if not public_key:
+        return 0
+    state = store.outbox.sync_state()
+    refused: dict[str, str] = state.get("profiles_refused", {})
+    seen: list[str] = state.get("profiles_installed", [])
+    count = 0
+    for release in sorted(client.profiles(), key=lambda r: (r.created_at, r.id)):
+        key = _seen_key(release)
+        if key in refused or key in seen or active_id(settings, release.model) == release.id:
+            continue
+        try:
+            install(settings, store, release, public_key)
+        except EdgeError as error:
+            log.error("site profile %s refused: %s", release.id, error.one_line())
+            refused[key] = error.one_line()[:300]
+            store.outbox.set_sync_state(profiles_refused=refused)
+            store.audit(
+                ACTOR,
+                "profile.refused",
+                None,
+                {"model": release.model, "profile": release.id, "code": error.code.value},
+            )
+            continue
+        seen.append(key)
+        store.outbox.set_sync_state(profiles_installed=seen)
+        count += 1
+    return count
+
+
+def rollback(settings: Settings, store: Store, model: str) -> SiteProfile:
+    """Make the profile before the active one active again (by `created_at`); the one rolled
+    back from stays on disk and is not installed again by sync."""
+    current_id = active_id(settings, model)
+    kept = installed(settings, model)
+    index = next((i for i, p in enumerate(kept) if p.id == current_id), None)
+    if current_id is None or index is None or index == 0:
+        raise EdgeError(
+            Code.PROFILE_NO_PREVIOUS,
+            f"{model}: no site profile before {'the active ' + current_id if current_id else 'none active'}",
+        )
+    previous = kept[index - 1]
+    write_atomically(profiles_dir(settings, model) / ACTIVE, f"{previous.id}\n".encode())
+    store.audit(ACTOR, "profile.rolled_back", None, {"model": model, "from": current_id, "to": previous.id})
+    log.info("site profile of %s rolled back from %s to %s", model, current_id, previous.id)
+    return previous

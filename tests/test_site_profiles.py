@@ -1,0 +1,378 @@
+"""The hub's per-site agreement with the specialists and signed site profiles: figures on
+synthetic reviewed results (SQLite and PostgreSQL), the admin page, publish -> device pull ->
+verified -> installed and active, a tampered profile and a downgrade refused, rollback."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import insert
+
+from edge.config import Settings, load_settings
+from edge.errors import Code, EdgeError
+from edge.hub import agreement, db, reviews, site_profiles
+from edge.hub.errors import HubError
+from edge.inference import metrics
+from edge.store import Store
+from edge.sync import profiles, protocol, signatures
+from edge.sync.protocol import WireCode
+from tests.hubfixtures import REVIEW_PASSWORD, Hub, login, postgres_url, reset  # noqa: F401 - a fixture
+from tests.tinymodel import make_model_dir
+
+SITE = "north-clinic"
+PROGRAMME = "default"
+T0 = 1.0  # the tiny model's shipped temperature (its manifest's default)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def hub(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Hub]:
+    models = tmp_path / "models"
+    make_model_dir(models)
+    settings = load_settings(data_dir=tmp_path / "hub-host", models={"dir": models})
+    url = (
+        f"sqlite:///{tmp_path / 'hub.db'}"
+        if request.param == "sqlite"
+        else request.getfixturevalue("postgres_url")
+    )
+    running = Hub(settings, url)
+    reset(running.engine)
+    yield running
+    running.client.close()
+
+
+@pytest.fixture
+def key(tmp_path: Path) -> tuple[str, Any]:
+    from tools.publish_model import keygen
+
+    public = keygen(tmp_path / "publisher.key")
+    return public, signatures.load_private_key(tmp_path / "publisher.key")
+
+
+def device_settings(hub: Hub, tmp_path: Path, public: str, name: str = "dev") -> Settings:
+    return load_settings(
+        data_dir=tmp_path / name,
+        site=SITE,
+        models={"dir": hub.settings.models.dir},
+        sync={"public_key": public},
+    )
+
+
+def synthetic_cases(per_class: int, seed: int = 1) -> list[tuple[str, float]]:
+    """(specialist's label, P(finding) as the device reported it): normals shifted upwards, as
+    at a new site, so the shipped 0.5 flags too many of them."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for label, centre in (("normal", 0.6), ("finding", 2.5)):
+        for z in rng.normal(centre, 1.0, per_class):
+            out.append((label, float(round(1 / (1 + np.exp(-z)), 5))))
+    return out
+
+
+def add_reviewed(hub: Hub, device_id: str, cases: list[tuple[str, float]], uncertain: int = 2) -> None:
+    """Results as the device synced them, each reviewed: agree when the model was right,
+    disagree naming the right finding otherwise; `uncertain` more reviewed "uncertain"."""
+    rows = [*cases, *[("?", 0.5)] * uncertain]
+    for seq, (label, p) in enumerate(rows, start=1):
+        result_uuid = str(uuid.uuid4())
+        finding = "finding" if p >= 0.5 else "normal"
+        payload = {
+            "result": {
+                "model": "tiny",
+                "version": "0.0.1",
+                "finding": finding,
+                "positive_label": "finding",
+                "probability": p,
+                "probabilities": {"normal": round(1 - p, 5), "finding": p},
+                "threshold": 0.5,
+                "operating_point": "balanced",
+            },
+            "site": SITE,
+        }
+        with hub.engine.begin() as conn:
+            conn.execute(
+                insert(db.records).values(
+                    device_id=device_id,
+                    uuid=result_uuid,
+                    seq=seq,
+                    kind="result",
+                    sha256=protocol.payload_hash(payload),
+                    payload=payload,
+                    received_at=db.now(),
+                )
+            )
+        if label == "?":
+            reviews.add_review(hub.engine, result_uuid, "uncertain", reviewer="dr")
+        elif label == finding:
+            reviews.add_review(hub.engine, result_uuid, "agree", reviewer="dr")
+        else:
+            reviews.add_review(hub.engine, result_uuid, "disagree", finding=label, reviewer="dr")
+
+
+def enrolled(hub: Hub, settings: Settings) -> tuple[str, Any]:
+    credential = hub.enroll(settings)
+    return credential.device_id, credential
+
+
+def signed(release: protocol.ProfileRelease, private: Any) -> protocol.ProfileRelease:
+    return release.model_copy(update={"signature": signatures.sign(release.model_dump(), private)})
+
+
+# ------------------------------------------------------------------ the figures
+
+
+def test_agreement_figures_on_synthetic_reviews(hub: Hub, tmp_path: Path, key: tuple[str, Any]) -> None:
+    device_id, _ = enrolled(hub, device_settings(hub, tmp_path, key[0]))
+    cases = synthetic_cases(40)
+    add_reviewed(hub, device_id, cases)
+    [figures] = agreement.site_figures(hub.engine, hub.settings.models.dir)
+    assert (figures["programme"], figures["site"], figures["model"], figures["model_version"]) == (
+        PROGRAMME,
+        SITE,
+        "tiny",
+        "0.0.1",
+    )
+    assert figures["cases"] == 80
+    assert figures["unlabelled"] == 2
+    assert figures["cases_per_class"] == {"finding": 40, "normal": 40}
+    truth = np.array([label == "finding" for label, _ in cases])
+    score = np.array([p for _, p in cases])
+    model_positive = score >= 0.5
+    labels = figures["labels"]  # sorted: finding, normal
+    matrix = figures["confusion"]["matrix"]
+    assert matrix[labels.index("normal")][labels.index("finding")] == int((~truth & model_positive).sum())
+    assert matrix[labels.index("finding")][labels.index("finding")] == int((truth & model_positive).sum())
+    assert sum(map(sum, matrix)) == 80
+    assert figures["auc"] == round(metrics.roc_auc(truth, score), 4)
+    low, high = figures["auc_ci95"]
+    assert low <= figures["auc"] <= high
+    assert agreement.site_figures(hub.engine, hub.settings.models.dir) == [figures]  # seeded
+    suggestion = figures["suggestion"]
+    assert figures["refusal"] is None
+    assert suggestion["shipped_temperature"] == T0
+    assert suggestion["temperature"] > 0
+    points = suggestion["operating_points"]
+    assert points["screening"]["threshold"] <= points["balanced"]["threshold"]
+    assert points["screening"]["sensitivity"] >= 0.99
+    # The shifted normals: the site's balanced point moves up and gains specificity.
+    assert suggestion["after"]["balanced"]["specificity"] > suggestion["before"]["balanced"]["specificity"]
+    lo, hi = points["balanced"]["specificity_ci95"]
+    assert lo <= points["balanced"]["specificity"] <= hi
+
+
+def test_too_few_cases_per_class_gives_no_suggestion(hub: Hub, tmp_path: Path, key: tuple[str, Any]) -> None:
+    device_id, _ = enrolled(hub, device_settings(hub, tmp_path, key[0]))
+    add_reviewed(hub, device_id, synthetic_cases(29))
+    [figures] = agreement.site_figures(hub.engine, hub.settings.models.dir)
+    assert figures["suggestion"] is None
+    assert "at least 30" in figures["refusal"]
+    with pytest.raises(HubError) as refused:
+        site_profiles.draft(hub.engine, hub.settings.models.dir, PROGRAMME, SITE, "tiny")
+    assert refused.value.code is WireCode.TOO_FEW_CASES
+
+
+# ------------------------------------------------------------------ the admin page
+
+
+def test_the_agreement_page_is_for_administrators_and_publishes_with_csrf(
+    hub: Hub, tmp_path: Path, key: tuple[str, Any]
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from edge.hub import accounts
+
+    device_id, _ = enrolled(hub, device_settings(hub, tmp_path, key[0]))
+    add_reviewed(hub, device_id, synthetic_cases(40))
+    accounts.create_user(hub.engine, "admin", REVIEW_PASSWORD, "administrator", ("*",))
+    accounts.create_user(hub.engine, "reader", REVIEW_PASSWORD, "specialist", ("*",))
+    reader = TestClient(hub.app, base_url="http://testserver")
+    assert login(reader, "reader") == 303
+    assert reader.get("/review/admin/agreement", headers={"accept": "text/html"}).status_code == 403
+    assert reader.get("/review/admin/agreement.json").status_code == 403
+    admin = TestClient(hub.app, base_url="http://testserver")
+    assert login(admin, "admin") == 303
+    page = admin.get("/review/admin/agreement")
+    assert page.status_code == 200
+    assert SITE in page.text
+    assert "Suggested for this site" in page.text
+    data = admin.get("/review/admin/agreement.json").json()
+    assert data["minimum_cases_per_class"] == 30
+    assert data["sites"][0]["cases"] == 80
+    draft_link = re.search(r'href="(/review/admin/profiles/draft\?[^"]+)"', page.text)
+    assert draft_link is not None
+    draft = protocol.ProfileRelease.model_validate_json(
+        admin.get(draft_link.group(1).replace("&amp;", "&")).content
+    )
+    assert draft.signature == ""
+    assert draft.site == SITE
+    text = signed(draft, key[1]).model_dump_json()
+    assert admin.post("/review/admin/profiles", data={"signed": text}).status_code == 403  # no CSRF token
+    token = re.search(r'<meta name="csrf-token" content="([^"]+)"', page.text)
+    assert token is not None
+    unsigned = admin.post(
+        "/review/admin/profiles", data={"signed": draft.model_dump_json(), "csrf": token.group(1)}
+    )
+    assert unsigned.status_code == 400
+    assert "not signed" in unsigned.text
+    done = admin.post("/review/admin/profiles", data={"signed": text, "csrf": token.group(1)})
+    assert done.status_code == 200
+    assert f"Profile {draft.id} published" in done.text
+    assert [row["profile_id"] for row in site_profiles.list_profiles(hub.engine)] == [draft.id]
+
+
+# ------------------------------------------------------------------ the device
+
+
+def publish_at(hub: Hub, private: Any, moment: datetime) -> protocol.ProfileRelease:
+    release = signed(
+        site_profiles.draft(hub.engine, hub.settings.models.dir, PROGRAMME, SITE, "tiny", now=moment), private
+    )
+    site_profiles.publish(hub.engine, release, actor="test")
+    return release
+
+
+def test_publish_pull_install_rollback(hub: Hub, tmp_path: Path, key: tuple[str, Any]) -> None:
+    settings = device_settings(hub, tmp_path, key[0])
+    device_id, credential = enrolled(hub, settings)
+    other = device_settings(hub, tmp_path, key[0], "elsewhere").model_copy(update={"site": "south"})
+    add_reviewed(hub, device_id, synthetic_cases(40))
+    first_time = datetime(2026, 12, 2, 16, 5, 1, tzinfo=timezone.utc)
+    first = publish_at(hub, key[1], first_time)
+    assert first.id == "tiny-0.0.1-site-20261202T160501Z"
+    folder = settings.data_dir / "profiles" / "tiny"
+    with Store(settings.data_dir) as store:
+        client = hub.sync_client(settings, store, credential)
+        assert profiles.pull_profiles(client) == 1
+        assert (folder / f"{first.id}.toml").read_text() == first.profile
+        assert (folder / "active").read_text().strip() == first.id
+        assert profiles.pull_profiles(client) == 0  # installed once
+        second = publish_at(hub, key[1], first_time + timedelta(days=1))
+        assert profiles.pull_profiles(client) == 1
+        assert profiles.active_id(settings, "tiny") == second.id
+        assert [p.id for p in profiles.installed(settings, "tiny")] == [first.id, second.id]
+        assert profiles.rollback(settings, store, "tiny").id == first.id
+        assert (folder / "active").read_text().strip() == first.id
+        assert profiles.pull_profiles(client) == 0  # the one rolled back from does not come back
+        with pytest.raises(EdgeError) as none_before:
+            profiles.rollback(settings, store, "tiny")
+        assert none_before.value.code is Code.PROFILE_NO_PREVIOUS
+        actions = [row["action"] for row in store.audit_rows() if row["action"].startswith("profile.")]
+        assert actions == ["profile.installed", "profile.installed", "profile.rolled_back"]
+    # Offered to that site's devices only.
+    with Store(other.data_dir) as store:
+        client = hub.sync_client(other, store, hub.enroll(other))
+        assert client.profiles() == []
+
+
+def test_a_tampered_profile_is_refused_once(hub: Hub, tmp_path: Path, key: tuple[str, Any]) -> None:
+    settings = device_settings(hub, tmp_path, key[0])
+    device_id, credential = enrolled(hub, settings)
+    add_reviewed(hub, device_id, synthetic_cases(40))
+    release = signed(
+        site_profiles.draft(hub.engine, hub.settings.models.dir, PROGRAMME, SITE, "tiny"), key[1]
+    )
+    tampered = release.model_copy(
+        update={"profile": re.sub(r"temperature = [0-9.]+", "temperature = 9.0", release.profile)}
+    )
+    assert tampered.profile != release.profile
+    site_profiles.publish(hub.engine, tampered, actor="test")  # the hub holds no key: devices check
+    with Store(settings.data_dir) as store:
+        client = hub.sync_client(settings, store, credential)
+        assert profiles.pull_profiles(client) == 0
+        assert profiles.active_id(settings, "tiny") is None
+        [reason] = store.outbox.sync_state()["profiles_refused"].values()
+        assert reason.startswith("PROFILE_SIGNATURE_INVALID")
+        assert profiles.pull_profiles(client) == 0
+        refusals = list(store.audit_rows("profile.refused"))
+        assert len(refusals) == 1  # not refused again every round
+
+
+def test_a_downgrade_and_a_profile_for_another_model_version_are_refused(
+    hub: Hub, tmp_path: Path, key: tuple[str, Any]
+) -> None:
+    settings = device_settings(hub, tmp_path, key[0])
+    device_id, credential = enrolled(hub, settings)
+    add_reviewed(hub, device_id, synthetic_cases(40))
+    older = publish_at(hub, key[1], datetime(2026, 1, 1, tzinfo=timezone.utc))
+    # A newer profile made on the device itself (e.g. `edge models calibrate`) is active.
+    newer = older.profile.replace(older.id, "tiny-0.0.1-site-20270101T000000Z").replace(
+        'created_at = "2026-01-01T00:00:00Z"', 'created_at = "2027-01-01T00:00:00Z"'
+    )
+    folder = settings.data_dir / "profiles" / "tiny"
+    folder.mkdir(parents=True)
+    (folder / "tiny-0.0.1-site-20270101T000000Z.toml").write_text(newer)
+    (folder / "active").write_text("tiny-0.0.1-site-20270101T000000Z\n")
+    with Store(settings.data_dir) as store:
+        client = hub.sync_client(settings, store, credential)
+        assert profiles.pull_profiles(client) == 0
+        assert profiles.active_id(settings, "tiny") == "tiny-0.0.1-site-20270101T000000Z"
+        [reason] = store.outbox.sync_state()["profiles_refused"].values()
+        assert reason.startswith("PROFILE_DOWNGRADE")
+        assert profiles.pull_profiles(client) == 0
+        assert len(list(store.audit_rows("profile.refused"))) == 1
+        other_version = signed(
+            older.model_copy(
+                update={"model_version": "9.9.9", "profile": older.profile.replace('"0.0.1"', '"9.9.9"')}
+            ),
+            key[1],
+        )
+        with pytest.raises(EdgeError) as refused:
+            profiles.install(settings, store, other_version, key[0])
+        assert refused.value.code is Code.PROFILE_MODEL_NOT_INSTALLED
+
+
+def test_cli_publishes_with_the_key_and_lists(
+    hub: Hub, tmp_path: Path, key: tuple[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edge.cli import cli
+
+    device_id, _ = enrolled(hub, device_settings(hub, tmp_path, key[0]))
+    add_reviewed(hub, device_id, synthetic_cases(40))
+    monkeypatch.setenv(
+        "EDGE_HUB__DATABASE_URL",
+        str(hub.engine.url.render_as_string(hide_password=False)).replace("+psycopg", ""),
+    )
+    monkeypatch.setenv("EDGE_MODELS__DIR", str(hub.settings.models.dir))
+    runner = CliRunner()
+    base = ["--data-dir", str(tmp_path / "cli")]
+    draft_file = tmp_path / "draft.json"
+    done = runner.invoke(
+        cli, [*base, "hub", "profile", "draft", "--site", SITE, "--model", "tiny", "--out", str(draft_file)]
+    )
+    assert done.exit_code == 0, done.output
+    done = runner.invoke(
+        cli, [*base, "hub", "profile", "sign", str(draft_file), "--key", str(tmp_path / "publisher.key")]
+    )
+    assert done.exit_code == 0, done.output
+    release = protocol.ProfileRelease.model_validate_json(draft_file.read_text())
+    signed_file = tmp_path / f"{release.id}.json"
+    assert signatures.verify(
+        protocol.ProfileRelease.model_validate_json(signed_file.read_text()).model_dump(), key[0]
+    )
+    done = runner.invoke(cli, [*base, "hub", "profile", "publish", "--signed", str(signed_file)])
+    assert done.exit_code == 0, done.output
+    done = runner.invoke(
+        cli,
+        [
+            *base,
+            "hub",
+            "profile",
+            "publish",
+            "--site",
+            SITE,
+            "--model",
+            "tiny",
+            "--key",
+            str(tmp_path / "publisher.key"),
+        ],
+    )
+    assert done.exit_code == 0, done.output
+    listed = runner.invoke(cli, [*base, "hub", "profile", "list"])
+    assert release.id in listed.output
