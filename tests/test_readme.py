@@ -52,7 +52,7 @@ REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
 MODELS = REPO / "models"
 CXR_SAMPLES = MODELS / "cxr-pneumonia" / "samples"
-VIDEO = REPO / "samples" / "video" / "clarius-ocular-short.mp4"
+VIDEO = REPO / "samples" / "video" / "lung-regular-alines.mp4"  # one the lung model answers
 PASSWORD = "correct horse battery staple"
 READY_TIMEOUT_S = 120.0  # services open every model before they say READY
 ONE_SHOT_TIMEOUT_S = 120  # a command run in-process that never returns is a service
@@ -255,7 +255,8 @@ class World:
 
     def labelled_folder(self, argv: Sequence[str]) -> str:
         """The evaluated model's shipped samples and their labels.csv, as a site's folder."""
-        model = argv[argv.index("eval") + 1]
+        verb = "eval" if "eval" in argv else "calibrate"
+        model = argv[argv.index(verb) + 1]
         target = self.root / f"labelled-{model}"
         if not target.exists():
             shutil.copytree(MODELS / model / "samples", target)
@@ -572,6 +573,16 @@ def check_output(path: tuple[str, ...], argv: Sequence[str], code: int, out: str
     if path in (("models", "build"), ("models", "verify")):  # only run where TensorRT is absent
         assert code == 1, f"exit {code}"
         assert err.startswith("BACKEND_UNAVAILABLE: "), err
+        return
+    if path == ("infer",) and any("/ood/" in a for a in argv):  # the README shows a refusal
+        assert code == 1, f"exit {code}"
+        assert "OUT_OF_SCOPE: this does not look like" in out, out
+        return
+    if path in (("models", "calibrate"), ("models", "prior")) and "--reset" not in argv:
+        # A fresh data directory has neither 30 cases per class nor 30 results: the refusal the
+        # README names, which proves the command reached its data.
+        assert code == 1, f"exit {code}"
+        assert err.startswith(("CALIBRATION_TOO_FEW_CASES: ", "PRIOR_TOO_FEW_RESULTS: ")), err
         return
     assert code == 0, f"exit {code}\n{out}\n{err}"
     assert out.strip() or err.strip(), "printed nothing"
