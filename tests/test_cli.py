@@ -168,13 +168,16 @@ def test_forced_precision_is_recorded(
     monkeypatch.setenv("EDGE_RUNTIME__PRECISION", precision)
     code, out, _ = run(tmp_path, "infer", str(sample_png), "--json")
     assert code == 0
-    recorded = json.loads(out)["precision"]
+    answer = json.loads(out)
+    recorded = answer["precision"]
+    assert answer["model"] == DEFAULT_MODEL  # routed by applicability: the X-ray model's own sample
     # INT8 unless it computes something else on this machine than FP32 (local parity): then FP32,
-    # and the refusal is recorded for `edge doctor` (an AVX2-only x86 CPU without VNNI is such a
-    # machine).
+    # and the refusal of both of the model's INT8 variants is recorded for `edge doctor` (an
+    # AVX2-only x86 CPU without VNNI is such a machine). Routing an unlabelled PNG loads every
+    # shipped model, so the cache holds the other models' verdicts too: only this model's count.
     from edge.inference.pool import parity_refusals
 
-    refused = parity_refusals(tmp_path / "data" / "cache")
+    refused = [r for r in parity_refusals(tmp_path / "data" / "cache") if r["model"] == DEFAULT_MODEL]
     assert recorded == precision or (recorded == "fp32" and len(refused) == 2)
 
 

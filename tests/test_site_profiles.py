@@ -21,6 +21,7 @@ from edge.errors import Code, EdgeError
 from edge.hub import agreement, db, reviews, site_profiles
 from edge.hub.errors import HubError
 from edge.inference import metrics
+from edge.inference.site_profile import PointFigures
 from edge.store import Store
 from edge.sync import profiles, protocol, signatures
 from edge.sync.protocol import WireCode
@@ -178,6 +179,19 @@ def test_too_few_cases_per_class_gives_no_suggestion(hub: Hub, tmp_path: Path, k
     assert refused.value.code is WireCode.TOO_FEW_CASES
 
 
+def test_a_draft_states_every_figure_of_a_point_or_is_refused() -> None:
+    """The profile's before/after figures are the schema's (accuracy, sensitivity, specificity;
+    the page's threshold is not one of them); one that could not be computed refuses the draft."""
+    figures = site_profiles._figures(
+        {"auc": 0.9, "balanced": {"threshold": 0.5, "accuracy": 0.8, "sensitivity": 0.7, "specificity": 0.9}}
+    )
+    assert figures["balanced"] == PointFigures(accuracy=0.8, sensitivity=0.7, specificity=0.9)
+    with pytest.raises(HubError) as refused:
+        site_profiles._figures({"balanced": {"accuracy": 0.8, "sensitivity": None, "specificity": 0.9}})
+    assert refused.value.code is WireCode.TOO_FEW_CASES
+    assert "sensitivity" in str(refused.value)
+
+
 # ------------------------------------------------------------------ the admin page
 
 
@@ -317,10 +331,11 @@ def test_a_downgrade_and_a_profile_for_another_model_version_are_refused(
         assert reason.startswith("PROFILE_DOWNGRADE")
         assert profiles.pull_profiles(client) == 0
         assert len(list(store.audit_rows("profile.refused"))) == 1
+        # A profile's id names its model version: another version is another id.
+        other_id = older.id.replace("tiny-0.0.1-", "tiny-9.9.9-")
+        other_text = older.profile.replace(older.id, other_id).replace('"0.0.1"', '"9.9.9"')
         other_version = signed(
-            older.model_copy(
-                update={"model_version": "9.9.9", "profile": older.profile.replace('"0.0.1"', '"9.9.9"')}
-            ),
+            older.model_copy(update={"id": other_id, "model_version": "9.9.9", "profile": other_text}),
             key[1],
         )
         with pytest.raises(EdgeError) as refused:

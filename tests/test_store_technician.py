@@ -11,7 +11,7 @@ import pytest
 from edge.errors import Code, EdgeError
 from edge.store import Store
 from edge.store.technician import URGENT_PRIORITY, WITHDRAWN_NOTE
-from tests.tui_fixtures import Filled, copy_of_template
+from tests.tui_fixtures import CLIP_MODEL, Filled, copy_of_template
 
 
 @pytest.fixture
@@ -121,6 +121,9 @@ def test_delete_study_removes_rows_and_files_and_withdraws_unsent_records(
 ) -> None:
     store, ids = filled
     clip = ids["clip"]
+    # The filled store's clip must be one its model answers (tests/tui_fixtures.py: the lung
+    # recording through us-lung); a refused clip (OUT_OF_SCOPE) stores no result to delete.
+    assert clip["result_id"] is not None, f"the fixture's clip was refused: {clip['code']}"
     result = store.result(clip["result_id"])
     assert result is not None
     image_path = store.image_file(result.image_id)
@@ -165,7 +168,9 @@ def test_a_study_with_a_running_job_is_not_deleted(filled: tuple[Store, Filled])
 def test_models_in_use_reports_what_served_each_model(filled: tuple[Store, Filled]) -> None:
     store, _ = filled
     served = {row["model_name"]: row for row in store.technician.models_in_use()}
-    assert set(served) == {"cxr-pneumonia", "us-breast"}
+    # The X-ray samples, the breast sample and the refused DICOM (us-breast), and the stored clip's
+    # model (the lung recording through us-lung).
+    assert set(served) == {"cxr-pneumonia", "us-breast", CLIP_MODEL}
     chest = served["cxr-pneumonia"]
     assert (chest["backend"], chest["precision"]) == ("onnxruntime", "fp32")
     assert chest["results"] == 3

@@ -643,12 +643,18 @@ def test_a_hub_made_before_the_scope_column_gets_it_filled_from_the_payloads(
         analysed(device, store, samples(2))
         client = hub.sync_client(device, store, hub.enroll(device))
         assert exchange(client)["results"] == 2
-    with hub.engine.begin() as conn:  # the first record says borderline, as a newer device would
-        first = conn.execute(select(db.records).order_by(db.records.c.id)).first()
-        assert first is not None
+    # The shipped model has the check: both records carry a verdict. The first is made to say
+    # borderline; the second loses its verdict, as an older device's (or a model's without the
+    # check) would have none.
+    with hub.engine.begin() as conn:
+        first, second = conn.execute(select(db.records).order_by(db.records.c.id)).all()
+        assert second.payload["result"]["applicability"]["state"] == "in scope"
         payload = dict(first.payload)
         payload["result"] = {**payload["result"], "applicability": {"state": "borderline", "p_value": 0.03}}
         conn.execute(db.records.update().where(db.records.c.id == first.id).values(payload=payload))
+        older = dict(second.payload)
+        older["result"] = {k: v for k, v in older["result"].items() if k != "applicability"}
+        conn.execute(db.records.update().where(db.records.c.id == second.id).values(payload=older))
         conn.exec_driver_sql("ALTER TABLE worklist DROP COLUMN scope")  # the hub before this change
     assert "scope" not in {c["name"] for c in inspect(hub.engine).get_columns("worklist")}
     assert db.add_new_columns(hub.engine) == ["worklist.scope"]

@@ -25,12 +25,22 @@ from edge.tui.app import EdgeApp, create_app, run_tui
 from edge.tui.data import ResultDetail
 from edge.tui.screens.dialogs import ConfirmDialog, ModelDialog, NoteDialog
 from edge.tui.screens.help import HelpScreen
-from edge.tui.screens.live import LiveScreen
+from edge.tui.screens.live import LiveModel, LiveScreen, status_text
 from edge.tui.screens.result import ResultScreen, sections
 from edge.tui.screens.worklist import BORDERLINE_MARK, WorklistScreen, badge, describe, finding_cell
 from edge.tui.widgets.picture import Picture
 from edge.tui.widgets.score_trace import ScoreTrace
-from tests.tui_fixtures import CLIP, Filled, build_app, copy_of_template, fixed_health, settle
+from edge.video.live import LiveScore
+from tests.tui_fixtures import (
+    CLIP,
+    CLIP_MODEL,
+    OCULAR,
+    Filled,
+    build_app,
+    copy_of_template,
+    fixed_health,
+    settle,
+)
 
 Scenario = Callable[[Pilot[Any], list[str]], Awaitable[None]]
 
@@ -169,7 +179,7 @@ def test_result_screen_shows_image_heatmap_numbers_review_and_notes(filled: tupl
         assert "P(pneumonia) = 0.9" in finding
         assert "normal" in text_of(pilot.app, "#section-probabilities")  # type: ignore[arg-type]
         model = text_of(pilot.app, "#section-model")  # type: ignore[arg-type]
-        assert "cxr-pneumonia 1.0.1" in model
+        assert "cxr-pneumonia 1.1.0" in model
         assert "fp32 · onnxruntime/fp32" in model
         assert "operating point balanced" in model
         assert "sharpness" in text_of(pilot.app, "#section-quality")  # type: ignore[arg-type]
@@ -196,7 +206,7 @@ def test_result_screen_shows_image_heatmap_numbers_review_and_notes(filled: tupl
         assert "URGENT" in text_of(pilot.app, "#section-finding")  # type: ignore[arg-type]
         assert "SYNTH-0003" in text_of(pilot.app, "#section-study")  # type: ignore[arg-type]
         scope = text_of(pilot.app, "#section-applicability")  # type: ignore[arg-type]
-        assert "not checked" in scope or "IN SCOPE" in scope  # the shipped model's own check
+        assert "IN SCOPE" in scope  # the shipped model's own check of its own sample
 
     drive(app, scenario)
 
@@ -304,20 +314,28 @@ def test_rerun_with_another_model_is_analysed_here_when_no_agent_runs(
     async def scenario(pilot: Pilot[Any], said: list[str]) -> None:
         screen = worklist(pilot.app)  # type: ignore[arg-type]
         before = len(screen.rows)
-        await go_to_row(pilot, ids["normal_png"]["job_id"])
+        # The chest X-ray us-breast refused, run through the model made for it.
+        await go_to_row(pilot, ids["refused"]["job_id"])
         await pilot.press("r")
         await settle(pilot)
         assert isinstance(pilot.app.screen, ModelDialog)
-        await pilot.press("enter")  # the cursor starts on the other model
+        await pilot.press("enter")  # the cursor starts on the first other model: cxr-pneumonia
         await settle(pilot)
-        assert said[-1].startswith("us-breast: ")  # scored at once: the agent is not running
+        assert said[-1].startswith("cxr-pneumonia: ")  # scored at once: the agent is not running
         assert len(screen.rows) == before + 1
-        # The refused job again: the gate refuses it again, with its reason.
+        # The refused job again with the same model: the gate refuses it again, with its reason.
         await go_to_row(pilot, ids["refused"]["job_id"])
         await pilot.press("r")
         await settle(pilot)
         await choose_model(pilot, "us-breast")
         assert "did not score it: MODALITY_NOT_ACCEPTED" in said[-1]
+        # A chest X-ray forced through the breast model: analysed here too, and refused as unlike
+        # the model's training images.
+        await go_to_row(pilot, ids["normal_png"]["job_id"])
+        await pilot.press("r")
+        await settle(pilot)
+        await choose_model(pilot, "us-breast")
+        assert said[-1].startswith("us-breast did not score it: OUT_OF_SCOPE: ")
         # Choosing the model that already scored it changes nothing.
         await go_to_row(pilot, ids["normal_png"]["job_id"])
         await pilot.press("r")
@@ -327,12 +345,17 @@ def test_rerun_with_another_model_is_analysed_here_when_no_agent_runs(
 
     drive(app, scenario)
     with store_of(settings) as store:
-        jobs = store.db.execute(
-            "SELECT model_name, state FROM jobs WHERE image_id = ? ORDER BY model_name",
-            [ids["normal_png"]["image_id"]],
-        ).fetchall()
-        assert [tuple(job) for job in jobs] == [("cxr-pneumonia", "done"), ("us-breast", "done")]
-        assert len(list(store.audit_rows("job.rerun"))) == 2
+
+        def jobs_of(name: str) -> list[tuple[str, str]]:
+            rows = store.db.execute(
+                "SELECT model_name, state FROM jobs WHERE image_id = ? ORDER BY model_name",
+                [ids[name]["image_id"]],
+            ).fetchall()
+            return [tuple(job) for job in rows]
+
+        assert jobs_of("refused") == [("cxr-pneumonia", "done"), ("us-breast", "refused")]
+        assert jobs_of("normal_png") == [("cxr-pneumonia", "done"), ("us-breast", "refused")]
+        assert len(list(store.audit_rows("job.rerun"))) == 3
 
 
 def test_rerun_is_left_to_a_running_agent(filled: tuple[Settings, Filled]) -> None:
@@ -515,7 +538,7 @@ def test_device_screen_shows_disk_queue_models_services_and_jetson_temperature(
         assert "41.0 GB free" in text_of(pilot.app, "#device-storage")  # type: ignore[arg-type]
         assert "1 new, 1 running, 1 refused" in text_of(pilot.app, "#device-queue")  # type: ignore[arg-type]
         models = text_of(pilot.app, "#device-models")  # type: ignore[arg-type]
-        assert "cxr-pneumonia 1.0.1 · serves fp32 on onnxruntime/fp32" in models
+        assert "cxr-pneumonia 1.1.0 · serves fp32 on onnxruntime/fp32" in models
         assert "not running" in text_of(pilot.app, "#device-services")  # type: ignore[arg-type]
         host = text_of(pilot.app, "#device-host")  # type: ignore[arg-type]
         assert "Jetson Orin Nano" in host
@@ -566,6 +589,7 @@ def test_live_screen_scores_a_recording_and_stores_the_clip(filled: tuple[Settin
         assert not screen.running
         assert screen.recording
         assert len(screen.scores) >= 10
+        assert screen.out_of_scope == 0  # a lung clip, played to the lung model
         assert all(0.0 <= value <= 1.0 for value in screen.scores)
         assert screen.query_one(ScoreTrace).values == screen.scores
         assert screen.query_one(".picture-image").image is not None  # type: ignore[attr-defined]
@@ -584,6 +608,47 @@ def test_live_screen_scores_a_recording_and_stores_the_clip(filled: tuple[Settin
         assert len(clips) == 1
         assert clips[0]["frames_analysed"] >= 3
         assert [a["actor"] for a in store.audit_rows("clip.recorded")] == ["file", "capture"]
+
+
+@pytest.mark.slow
+def test_live_screen_marks_frames_out_of_scope_and_the_clip_is_refused(
+    filled: tuple[Settings, Filled],
+) -> None:
+    settings, _ = filled
+    app = build_app(settings, live_source=str(OCULAR))  # an eye, played to the lung model
+
+    async def scenario(pilot: Pilot[Any], said: list[str]) -> None:
+        await pilot.press("2", "c")
+        await settle(pilot)
+        screen = pilot.app.screen
+        assert isinstance(screen, LiveScreen)
+        assert not screen.running
+        assert screen.out_of_scope > len(screen.scores) // 2  # the clip is judged by its median frame
+        assert f"({screen.out_of_scope} out of scope)" in text_of(pilot.app, "#live-info")  # type: ignore[arg-type]
+        await pilot.press("c")
+        await settle(pilot)
+        assert said[-1].startswith("OUT_OF_SCOPE: ")
+        assert "OUT_OF_SCOPE" in text_of(pilot.app, "#live-clip")  # type: ignore[arg-type]
+
+    drive(app, scenario)
+    with store_of(settings) as store:
+        assert not store.db.execute("SELECT 1 FROM clips WHERE source = 'capture'").fetchall()
+
+
+def test_live_status_words_follow_the_applicability_check() -> None:
+    model = LiveModel(CLIP_MODEL, "1.1.0", "covid", 0.5, 0.5)
+
+    def status(scope: str | None) -> list[str]:
+        return status_text(LiveScore(7, 2.3, "ok", 0.71, 0.64, "covid", 12.0, scope), model).splitlines()
+
+    for scope in (None, "in scope"):
+        assert status(scope)[0].startswith("[green]OK[/] [bold yellow]covid[/] · t=2.3 s")
+    assert "borderline" in status("borderline")[0]
+    assert "covid" in status("borderline")[0]
+    out = status("out of scope")
+    assert "OUT OF SCOPE" in out[0]
+    assert "covid" not in out[0]  # no finding for a frame unlike the model's training images
+    assert "0.640" in out[1]
 
 
 def test_live_screen_says_when_the_source_cannot_be_opened(

@@ -34,10 +34,14 @@ REPO = Path(__file__).resolve().parent.parent
 MODELS = REPO / "models"
 CXR = MODELS / "cxr-pneumonia" / "samples"
 US = MODELS / "us-breast" / "samples"
-# A real recording shipped with the repository (samples/video/README.md): the live screen plays it
-# and the store holds a clip analysed from it, so the TUI tests need no shared data.
-CLIP = REPO / "samples" / "video" / "clarius-ocular-short.mp4"
+# A real lung recording shipped with the repository (samples/video/README.md): the live screen
+# plays it through the lung model and the store holds a clip analysed from it, so the TUI tests
+# need no shared data. The ocular recording beside it is an eye: the ultrasound models refuse a
+# clip of it OUT_OF_SCOPE, so it stands only for that refusal (test_tui.py's live tests).
+CLIP = REPO / "samples" / "video" / "lung-regular-alines.mp4"
+CLIP_MODEL = "us-lung"
 STORED_CLIP = CLIP
+OCULAR = REPO / "samples" / "video" / "clarius-ocular-short.mp4"
 NOW = datetime(2025, 3, 14, 9, 30, tzinfo=timezone.utc)
 
 
@@ -82,8 +86,13 @@ class Filled:
         return self.ids[name]
 
 
-def _analysed(pipeline: Pipeline, path: Path, model: str | None = None) -> dict[str, Any]:
+def _analysed(
+    pipeline: Pipeline, path: Path, model: str | None = None, refused: str | None = None
+) -> dict[str, Any]:
+    """Analyse one sample; it must be scored, or refused with `refused`'s code (a sample the
+    model does not accept any more would otherwise leave rows the tests cannot find)."""
     analysis = pipeline.analyse_file(path, model)[0]
+    assert analysis.code == refused, f"{path.name} with {model}: {analysis.code}: {analysis.message}"
     return {
         "study_id": analysis.study_id,
         "image_id": analysis.image_id,
@@ -107,12 +116,14 @@ def fill_store(settings: Settings, *, with_clip: bool = True) -> Filled:
             clock.set("2025-03-14T08:12:00.000Z")
             ids["dicom"] = _analysed(pipeline, CXR / "demo" / "demo-07.dcm")
             clock.set("2025-03-14T08:20:00.000Z")
-            ids["refused"] = _analysed(pipeline, CXR / "demo" / "demo-06.dcm", "us-breast")
+            ids["refused"] = _analysed(
+                pipeline, CXR / "demo" / "demo-06.dcm", "us-breast", refused="MODALITY_NOT_ACCEPTED"
+            )
             clock.set("2025-03-14T08:31:00.000Z")
             ids["breast"] = _analysed(pipeline, US / "sample-14.png", "us-breast")
             if with_clip:
                 clock.set("2025-03-14T08:44:00.000Z")
-                ids["clip"] = _analysed(pipeline, STORED_CLIP, "us-breast")
+                ids["clip"] = _analysed(pipeline, STORED_CLIP, CLIP_MODEL)
             clock.set("2025-03-14T09:02:00.000Z")
             queued = pipeline.ingest((CXR / "demo" / "demo-08.dcm").read_bytes(), "demo-08.dcm", "dicom")
             ids["queued"] = {"study_id": queued.outcome.study_id, "image_id": queued.outcome.image_id}
@@ -232,7 +243,7 @@ def build_app(settings: Settings, **overrides: Any) -> EdgeApp:
         "graphics": "halfcell",
         "refresh_s": 3600.0,
         "actor": "tui:test",
-        "live_model": "us-breast",
+        "live_model": CLIP_MODEL,
         "live_realtime": False,
     }
     options.update(overrides)

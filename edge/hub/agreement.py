@@ -206,15 +206,25 @@ def figures(group: CaseSet, manifest: Manifest | None) -> dict[str, Any]:
             "its probabilities were made with: publish that release on this hub first"
         )
         return out
-    unknown = sum(1 for case in cases if case.unknown_profile)
-    if (
-        unknown
-        and min(Counter(c.label for c in cases if not c.unknown_profile).values() or [0])
-        < MIN_CASES_PER_CLASS
-    ):
+    # The refit reads only the cases it can: enough of each class must remain among them.
+    remaining = Counter(c.label for c in _usable(group, manifest))
+    if any(remaining.get(label, 0) < MIN_CASES_PER_CLASS for label in manifest.output.labels):
+        unknown = sum(1 for case in cases if case.unknown_profile)
+        other = len(cases) - unknown - sum(remaining.values())
+        reasons = []
+        if unknown:
+            reasons.append(
+                f"{unknown} cases were made under a site profile this hub did not publish (its "
+                "temperature is unknown)"
+            )
+        if other:
+            reasons.append(
+                f"{other} cases do not give the probabilities of {', '.join(manifest.output.labels)}"
+            )
+        named = ", ".join(f"{remaining.get(label, 0)} {label}" for label in manifest.output.labels)
         out["refusal"] = (
-            f"{unknown} cases were made under a site profile this hub did not publish (its temperature "
-            f"is unknown); without them fewer than {MIN_CASES_PER_CLASS} of a class remain"
+            "; ".join([*reasons, f"{named} usable cases remain"])
+            + f"; at least {MIN_CASES_PER_CLASS} of each class are needed"
         )
         return out
     out["suggestion"] = suggest(group, manifest)
@@ -226,7 +236,7 @@ def suggest(group: CaseSet, manifest: Manifest) -> dict[str, Any]:
     shipped_t = manifest.output.temperature
     labels = manifest.output.labels
     positive_index = labels.index(group.positive)
-    usable = [c for c in group.cases if not c.unknown_profile and set(c.probabilities) == set(labels)]
+    usable = _usable(group, manifest)
     logits = np.array(
         [
             [(c.temperature or shipped_t) * math.log(max(c.probabilities[label], _FLOOR)) for label in labels]
@@ -265,6 +275,12 @@ def suggest(group: CaseSet, manifest: Manifest) -> dict[str, Any]:
         "before": before,
         "after": after,
     }
+
+
+def _usable(group: CaseSet, manifest: Manifest) -> list[Case]:
+    """The cases the refit can read: a known temperature and the manifest's labels."""
+    labels = set(manifest.output.labels)
+    return [c for c in group.cases if not c.unknown_profile and set(c.probabilities) == labels]
 
 
 def _sensitivity_at(threshold: float) -> Any:

@@ -21,7 +21,13 @@ from edge.hub import agreement, db
 from edge.hub.audit import record_audit
 from edge.hub.errors import HubError
 from edge.hub.identities import Device
-from edge.inference.site_profile import ProfilePoint, SiteProfile, parse_profile, profile_toml
+from edge.inference.site_profile import (
+    PointFigures,
+    ProfilePoint,
+    SiteProfile,
+    parse_profile,
+    profile_toml,
+)
 from edge.sync import protocol
 from edge.sync.protocol import WireCode
 
@@ -56,6 +62,7 @@ def draft(
         raise HubError(409, code, str(figures["refusal"]))
     moment = (now or datetime.now(timezone.utc)).replace(microsecond=0)
     created_at = moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    before, after = _figures(suggestion["before"]), _figures(suggestion["after"])
     profile = SiteProfile(
         id=f"{model}-{group.key.version}-site-{moment.strftime('%Y%m%dT%H%M%SZ')}",
         model=model,
@@ -72,8 +79,8 @@ def draft(
         operating_points={
             name: ProfilePoint(**point) for name, point in suggestion["operating_points"].items()
         },
-        before=_without_none(suggestion["before"]),
-        after=_without_none(suggestion["after"]),
+        before=before,
+        after=after,
     )
     return protocol.ProfileRelease(
         id=profile.id,
@@ -87,13 +94,29 @@ def draft(
     )
 
 
-def _without_none(figures: dict[str, Any]) -> dict[str, Any]:
-    """TOML has no null: a figure that could not be computed is left out."""
-    return {
-        key: _without_none(value) if isinstance(value, dict) else value
-        for key, value in figures.items()
-        if value is not None
-    }
+def _figures(side: dict[str, Any]) -> dict[str, float | PointFigures]:
+    """The suggestion's before or after figures in the profile's schema: `auc`, and per
+    operating point its accuracy, sensitivity and specificity (the threshold the page shows is
+    the manifest's or the profile's own, not a figure). A point's figures are all or nothing: a
+    suggestion whose figures could not all be computed (a class missing among the cases it was
+    fitted on) is refused rather than signed with a gap."""
+    out: dict[str, float | PointFigures] = {}
+    for key, value in side.items():
+        if key == "auc":
+            if value is None:
+                raise HubError(409, WireCode.TOO_FEW_CASES, "the AUC on the site's cases cannot be computed")
+            out[key] = float(value)
+            continue
+        figures = {name: value.get(name) for name in PointFigures.model_fields}
+        missing = [name for name, figure in figures.items() if figure is None]
+        if missing:
+            raise HubError(
+                409,
+                WireCode.TOO_FEW_CASES,
+                f"{key}: the {', '.join(missing)} on the site's cases cannot be computed",
+            )
+        out[key] = PointFigures(**{name: float(figure) for name, figure in figures.items()})
+    return out
 
 
 def check(release: protocol.ProfileRelease) -> SiteProfile:

@@ -156,6 +156,14 @@ def store_clip(
     folder = store.data_dir / "clips" / utc_now()[:10] / result_id
     written: list[Path] = []
     try:
+        # Judged before anything is written: a refused clip leaves no file or folder behind.
+        clip_scope = served.scope_check.judge_clip(summary.distances) if served.scope_check else None
+        enforce = settings.gate.enabled and settings.gate.applicability
+        out_of_scope = served.out_of_scope(clip_scope, enforce)
+        if out_of_scope is not None:
+            if job is not None:
+                store.fail_job(job, out_of_scope.code, out_of_scope.message, refused=True)
+            raise out_of_scope
         key_frames: list[dict[str, Any]] = []
         key_pngs = [_png(key.image) for key in summary.key_frames]
         target = manifest.output.labels.index(manifest.output.positive)
@@ -184,13 +192,6 @@ def store_clip(
             _write(video_path, summary.video_file.read_bytes(), written)
             summary.video_file.unlink(missing_ok=True)
             video_rel = _rel(store.data_dir, video_path)
-        clip_scope = served.scope_check.judge_clip(summary.distances) if served.scope_check else None
-        enforce = settings.gate.enabled and settings.gate.applicability
-        out_of_scope = served.out_of_scope(clip_scope, enforce)
-        if out_of_scope is not None:
-            if job is not None:
-                store.fail_job(job, out_of_scope.code, out_of_scope.message, refused=True)
-            raise out_of_scope
         # The frames were scored under the profile in force; the clip is judged under it too.
         _, op_name, op, profile_id = served.calibration(settings.models.operating_point)
         finding = decide_from_probabilities(

@@ -22,6 +22,7 @@ from textual.widgets import Footer, Input, Static
 
 from edge.device import Device, Live, capture_clip
 from edge.errors import Code, EdgeError
+from edge.inference.scope import BORDERLINE, OUT_OF_SCOPE
 from edge.tui.screens.base import ActionFinished, EdgeScreen
 from edge.tui.widgets.picture import Picture
 from edge.tui.widgets.score_trace import ScoreTrace
@@ -37,6 +38,10 @@ STATUS_WORDS = {
     "frozen": "[yellow]FROZEN[/] the picture has not changed: scanner frozen or cable?",
     "black": "[yellow]BLACK[/] nothing on screen: probe asleep or unplugged?",
     "no-sector": "[yellow]NO SECTOR[/] looking for the moving image area",
+}
+SCOPE_WORDS = {  # the applicability check's word for an analysed frame (edge/inference/scope.py)
+    OUT_OF_SCOPE: "[bold red]OUT OF SCOPE[/] unlike the model's training images: wrong model or view?",
+    BORDERLINE: "[yellow]borderline[/]",
 }
 
 
@@ -94,6 +99,8 @@ class LiveScreen(EdgeScreen):
     def __init__(self) -> None:
         super().__init__()
         self.scores: list[float] = []
+        self.out_of_scope = 0
+        """Frames the applicability check judged unlike the model's training images."""
         self.model: LiveModel | None = None
         self.running = False
         self.recording = False
@@ -161,6 +168,7 @@ class LiveScreen(EdgeScreen):
         self.running = True
         self._analyzer = None
         self.scores = []
+        self.out_of_scope = 0
         self._last_thumbnail_at = -1.0
         self.query_one("#live-status", Static).update(f"opening {escape(source)}…")
         self._analyse(source, self.context.live_model or self.context.settings.video.model)
@@ -281,12 +289,14 @@ class LiveScreen(EdgeScreen):
         if score.status == "ok" and score.smoothed is not None:
             self.scores.append(score.smoothed)
             self.query_one(ScoreTrace).update_values(self.scores)
+            self.out_of_scope += score.scope == OUT_OF_SCOPE
         self.query_one("#live-status", Static).update(status_text(score, self.model))
         analyzer = self._analyzer
         if analyzer is not None:
             stats = analyzer.stats
+            unlike = f" ({self.out_of_scope} out of scope)" if self.out_of_scope else ""
             self._progress = (
-                f"{stats.frames_analysed} frames analysed · sector {stats.roi or 'not found yet'}"
+                f"{stats.frames_analysed} frames analysed{unlike} · sector {stats.roi or 'not found yet'}"
             )
             self.query_one("#live-info", Static).update(self._progress)
 
@@ -310,13 +320,16 @@ def status_text(score: LiveScore, model: LiveModel | None) -> str:
     if score.status != "ok":
         return f"{STATUS_WORDS.get(score.status, score.status)}\n{position}"
     label = model.positive if model else "positive"
+    numbers = f"P({label}) [b]{score.smoothed:.3f}[/b] smoothed · {score.probability:.3f} now"
+    if score.scope == OUT_OF_SCOPE:
+        # No finding for a frame unlike the model's training images: a clip of such frames is
+        # refused OUT_OF_SCOPE, so the screen says so while the probe is still on the patient.
+        return f"{SCOPE_WORDS[OUT_OF_SCOPE]} · {position}\n[dim]{numbers}[/dim]"
     # The word is this frame's finding (judged by the frame threshold); its colour says the same.
     above = model is not None and score.finding == model.positive
     colour = "bold yellow" if above else "bold green"
-    return (
-        f"{STATUS_WORDS['ok']} [{colour}]{score.finding}[/] · {position}\n"
-        f"P({label}) [b]{score.smoothed:.3f}[/b] smoothed · {score.probability:.3f} now"
-    )
+    near_edge = f" · {SCOPE_WORDS[BORDERLINE]}" if score.scope == BORDERLINE else ""
+    return f"{STATUS_WORDS['ok']} [{colour}]{score.finding}[/]{near_edge} · {position}\n{numbers}"
 
 
 def _thumbnail(frame: Frame | None, analyzer: LiveAnalyzer) -> PILImage.Image | None:
