@@ -305,14 +305,23 @@ def _access_problem(path: Path, *, create: bool = True) -> EdgeError | None:
     if not os.access(directory, os.W_OK | os.X_OK):
         return read_only(directory, _why_read_only(directory))
     for file in (path, *(path.with_name(path.name + suffix) for suffix in SIDECARS)):
-        if not os.path.lexists(file):
-            continue
-        if not file.is_file():
-            return unopenable(path, f"{file.name} is not a regular file")
-        if not os.access(file, os.R_OK):
-            return unopenable(path, f"{file.name} may not be read by uid {os.geteuid()}")
-        if not os.access(file, os.W_OK):
-            return read_only(file, _why_read_only(directory))
+        problem = _file_problem(path, file, directory)
+        # SQLite removes the -wal/-shm when another process closes the last connection: a file
+        # that is gone by the time we looked at it is no problem (seen as "may not be read").
+        if problem is not None and os.path.lexists(file):
+            return problem
+    return None
+
+
+def _file_problem(path: Path, file: Path, directory: Path) -> EdgeError | None:
+    if not os.path.lexists(file):
+        return None
+    if not file.is_file():
+        return unopenable(path, f"{file.name} is not a regular file")
+    if not os.access(file, os.R_OK):
+        return unopenable(path, f"{file.name} may not be read by uid {os.geteuid()}")
+    if not os.access(file, os.W_OK):
+        return read_only(file, _why_read_only(directory))
     return None
 
 
