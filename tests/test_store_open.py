@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
 import shutil
 import sqlite3
@@ -13,6 +14,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -23,6 +25,7 @@ from edge.errors import Code, EdgeError
 from edge.operations.doctor import run_checks
 from edge.processes import InstanceLock
 from edge.store import Store
+from edge.store.schema import latest_version, schema_version
 from tests.conftest import MODELS
 
 RUN_TIMEOUT_S = 90  # `edge run` must refuse at start, long before this
@@ -416,3 +419,30 @@ def test_restore_refuses_a_backup_of_newer_software(data: Path, backup: Path) ->
     assert code == 1
     assert err.startswith("STORE_SCHEMA_NEWER: ")
     assert digest(data / "edge.db") == before
+
+
+def _open_at_once(path: str, barrier: Any, out: Any) -> None:
+    barrier.wait()
+    try:
+        with Store(Path(path)):
+            out.put("ok")
+    except Exception as exc:  # noqa: BLE001 - reported to the parent as text
+        out.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_processes_creating_a_new_database_at_once_all_open_it(tmp_path: Path) -> None:
+    """Each reads which migrations are pending, then applies them: one may find a migration the
+    other applied meanwhile ("table studies already exists", "duplicate column name"). Before
+    the retry, 15 of 20 rounds of six processes had such a failure."""
+    context = multiprocessing.get_context("fork")
+    for round_ in range(5):
+        folder = tmp_path / f"round-{round_}"
+        barrier, out = context.Barrier(6), context.Queue()
+        workers = [context.Process(target=_open_at_once, args=(str(folder), barrier, out)) for _ in range(6)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(60)
+        assert [out.get(timeout=5) for _ in workers] == ["ok"] * 6
+        with Store(folder) as store:
+            assert schema_version(store.db) == latest_version()

@@ -26,14 +26,18 @@ import errno
 import os
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from sqlite_utils import Database
 
 from edge.errors import Code, EdgeError
 from edge.store import schema
 from edge.store.files import DIR_MODE
+
+T = TypeVar("T")
 
 DB_NAME = "edge.db"
 SIDECARS = ("-wal", "-shm")
@@ -118,7 +122,11 @@ def connect(
     try:
         conn.row_factory = sqlite3.Row
         db = Database(conn)
-        mode = str(db.execute("PRAGMA journal_mode=WAL").fetchone()[0]).lower()
+        # A brand-new file: switching it to WAL needs a lock SQLite's busy handler does not wait
+        # for, so a process opening it at the same moment as another waits here instead.
+        mode = str(
+            _while_locked(busy_timeout_ms, lambda: db.execute("PRAGMA journal_mode=WAL").fetchone()[0])
+        ).lower()
         if mode != "wal":  # e.g. a network filesystem without shared memory: crash safety is gone
             raise unopenable(path, f"SQLite cannot use write-ahead logging there (journal mode {mode})")
         db.execute("PRAGMA synchronous=FULL")  # a committed result survives a power cut
@@ -169,20 +177,36 @@ def preflight(path: Path) -> None:
         raise corrupt(path, damage)
 
 
-def _migrate(db: Database, busy_timeout_ms: int) -> None:
-    """Apply pending migrations; processes or threads opening a new database at the same moment
-    may find it locked (creating the migrations table is not covered by the busy handler), so
-    retry within the busy timeout."""
+def _while_locked(
+    busy_timeout_ms: int,
+    action: Callable[[], T],
+    signs: tuple[str, ...] = ("locked",),
+    before_retry: Callable[[], object] = lambda: None,
+) -> T:
+    """`action`, tried again while it fails with one of `signs` (another process at work on the
+    same file), until the busy timeout has passed."""
     deadline = time.monotonic() + busy_timeout_ms / 1000
     while True:
         try:
-            schema.migrations.apply(db)
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() > deadline:
+            return action()
+        except (sqlite3.OperationalError, sqlite3.IntegrityError) as exc:
+            if not any(sign in str(exc) for sign in signs) or time.monotonic() > deadline:
                 raise
-            db.conn.rollback()
+            before_retry()
             time.sleep(0.05)
+
+
+# What SQLite says when another process applied the same migration between our reading which are
+# pending and our applying it: every migration is one transaction, so ours rolled back whole.
+_RACED = ("locked", "already exists", "duplicate column name", "UNIQUE constraint failed: _sqlite_migrations")
+
+
+def _migrate(db: Database, busy_timeout_ms: int) -> None:
+    """Apply pending migrations. Processes or threads opening a new database at the same moment
+    race: one may find it locked (creating the migrations table is not covered by the busy
+    handler), or find that a migration it read as pending was applied by the other meanwhile
+    ("table already exists"). Either way it rolls back and reads again, within the busy timeout."""
+    _while_locked(busy_timeout_ms, lambda: schema.migrations.apply(db), _RACED, db.conn.rollback)
 
 
 def verify(db: Database, *, thorough: bool = False) -> str | None:
