@@ -33,7 +33,7 @@ from rich.console import Console
 from edge.compat import tomllib
 from edge.imaging.preprocess import preprocess_batch
 from edge.inference import metrics as m
-from edge.inference.scope import ScopeCheck
+from edge.inference.scope import ScopeCheck, layer_values
 from tools.ood_sets import ood_sets
 from tools.recipe import (
     REPO,
@@ -91,10 +91,6 @@ def layer_sizes(path: Path) -> list[int]:
     return sizes
 
 
-def _root(features: np.ndarray, start: int, size: int) -> np.ndarray:
-    return np.sqrt(np.clip(features[:, start : start + size], 0, None))  # as ScopeCheck scores
-
-
 def fit_check(
     features: np.ndarray,
     labels: np.ndarray,
@@ -108,10 +104,10 @@ def fit_check(
     means, precisions = [], []
     start = 0
     for size in sizes:
-        layer = _root(features, start, size)
+        layer = layer_values(features, start, size)
         noise = None
         for other in variants or []:
-            delta = _root(other, start, size) - layer
+            delta = layer_values(other, start, size) - layer
             noise = (0 if noise is None else noise) + delta.T @ delta / len(delta)
         start += size
         mean, precision = fit(layer, labels, classes, noise)

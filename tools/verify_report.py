@@ -20,6 +20,7 @@ from typing import Any
 
 from edge.clock import utc_now
 from edge.errors import EdgeError
+from edge.operations.bench import sample_ms
 from edge.store.files import write_atomically
 
 SCHEMA = "edge.verify_device/1"
@@ -68,15 +69,8 @@ def summary_stats(samples_ms: Sequence[float]) -> dict[str, float | int]:
 
 
 def timed_ms(fn: Callable[[], object], runs: int, warmup: int) -> dict[str, float | int]:
-    """`fn` run `warmup` times unmeasured (lazy allocations, clocks ramping up), then timed."""
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - started) * 1000)
-    return summary_stats(samples)
+    """`fn` run `warmup` times unmeasured, then timed (`edge bench`'s own loop)."""
+    return summary_stats(sample_ms(fn, runs, warmup))
 
 
 class Report:

@@ -64,6 +64,12 @@ class Scope:
         }
 
 
+def layer_values(features: np.ndarray, start: int, size: int) -> np.ndarray:
+    """One layer's pooled activations as the check scores them: square-rooted (pooled ReLU outputs
+    are skewed; the root brings them closer to the Gaussian the distance assumes)."""
+    return np.sqrt(np.clip(features[:, start : start + size], 0, None))
+
+
 class ScopeCheck:
     """The statistics of one model's applicability check, loaded from its model folder.
 
@@ -134,7 +140,7 @@ class ScopeCheck:
         out = []
         start = 0
         for size, means, precision in zip(self.sizes, self.means, self.precisions, strict=True):
-            layer = np.sqrt(np.clip(features[:, start : start + size], 0, None))
+            layer = layer_values(features, start, size)
             start += size
             centred = layer[:, None, :] - means[None, :, :]  # N x classes x width
             out.append(np.einsum("ncd,de,nce->nc", centred, precision, centred).min(axis=1))

@@ -39,7 +39,9 @@ from edge.runtime.onnxruntime import OnnxRuntimeRunner
 WARMUP = 5
 
 
-def timed(fn: Callable[[], object], runs: int, warmup: int = WARMUP) -> dict[str, float]:
+def sample_ms(fn: Callable[[], object], runs: int, warmup: int = WARMUP) -> list[float]:
+    """`fn` run `warmup` times unmeasured (lazy allocations, clocks ramping up), then `runs`
+    times, each timed in milliseconds."""
     for _ in range(warmup):
         fn()
     samples = []
@@ -47,7 +49,11 @@ def timed(fn: Callable[[], object], runs: int, warmup: int = WARMUP) -> dict[str
         started = time.perf_counter()
         fn()
         samples.append((time.perf_counter() - started) * 1000)
-    samples.sort()
+    return samples
+
+
+def timed(fn: Callable[[], object], runs: int, warmup: int = WARMUP) -> dict[str, float]:
+    samples = sorted(sample_ms(fn, runs, warmup))
     return {
         "median_ms": round(statistics.median(samples), 4),
         "p95_ms": round(samples[min(len(samples) - 1, int(0.95 * len(samples)))], 4),
