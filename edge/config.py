@@ -102,6 +102,11 @@ class GateSettings(_Section):
     """Refuse inputs unlike the model's training images (OUT_OF_SCOPE, edge/inference/scope.py),
     also when a model is forced. Off only to study what a model says outside its scope."""
 
+    @property
+    def refuses_out_of_scope(self) -> bool:
+        """The one place that says whether OUT_OF_SCOPE is enforced (the gate on, and the check)."""
+        return self.enabled and self.applicability
+
 
 class IngestSettings(_Section):
     decode_timeout_s: float = Field(default=30.0, gt=0)

@@ -92,10 +92,6 @@ class Pipeline:
     def close(self) -> None:
         self.pool.close()
 
-    @property
-    def enforce_scope(self) -> bool:
-        return self.settings.gate.enabled and self.settings.gate.applicability
-
     # ------------------------------------------------------------------ 1-3: input to queue
 
     def analyse_file(self, path: Path, model: str | None = None, source: str = "cli") -> list[Analysis]:
@@ -410,7 +406,7 @@ class Pipeline:
                 data = read_input(self.store.image_file(job.image_id), self.settings.store.max_input_bytes)
             return process_cine(self.settings, self.store, self.pool, job, decoded, data)
         prediction = model.predict([decoded.pixels], self.settings.models.operating_point)[0]
-        out_of_scope = model.out_of_scope(prediction.scope, self.enforce_scope)
+        out_of_scope = model.out_of_scope(prediction.scope, self.settings.gate.refuses_out_of_scope)
         if out_of_scope is not None:  # no finding, even with the model forced: it was not made for this
             self.store.fail_job(job, out_of_scope.code, out_of_scope.message, refused=True)
             raise out_of_scope
@@ -454,7 +450,7 @@ class Pipeline:
         """An image refused for its quality alone may not be the kind of image the model reads at
         all (an eye scan is "mostly blank" to a chest X-ray model): saying so is the more useful
         refusal. Metadata refusals (modality, view, age) are certain and stay first."""
-        if not self.enforce_scope or model.scope_check is None:
+        if not self.settings.gate.refuses_out_of_scope or model.scope_check is None:
             return None
         if any(r.code not in gate.QUALITY_CODES for r in verdict.refusals):
             return None

@@ -143,7 +143,7 @@ def score_folder(settings: Settings, name: str, folder: Path) -> Scored:
     pool = ModelPool(registry, settings, settings.data_dir / "cache")
     try:
         served = pool.get(name)
-        enforce = settings.gate.enabled and settings.gate.applicability
+        enforce = settings.gate.refuses_out_of_scope
         logits, truth, kept, refused = _run(served, rows, settings.store.max_input_bytes, labels, enforce)
     finally:
         pool.close()

@@ -158,7 +158,7 @@ def store_clip(
     try:
         # Judged before anything is written: a refused clip leaves no file or folder behind.
         clip_scope = served.scope_check.judge_clip(summary.distances) if served.scope_check else None
-        enforce = settings.gate.enabled and settings.gate.applicability
+        enforce = settings.gate.refuses_out_of_scope
         out_of_scope = served.out_of_scope(clip_scope, enforce)
         if out_of_scope is not None:
             if job is not None:
