@@ -114,6 +114,9 @@ class IngestSettings(_Section):
     decode_memory_mb: int = Field(default=2048, ge=256)
     """Address-space bound of the decoder process (DECODE_CRASHED beyond it)."""
     decode_workers: int = Field(default=1, ge=1, le=16)
+    decode_recycle_mb: int = Field(default=512, ge=64)
+    """A decoder process holding more than this after a job is replaced by a fresh one, so what
+    one large input left behind does not count against the next input's memory bound."""
 
 
 class DicomSettings(_Section):
@@ -123,8 +126,37 @@ class DicomSettings(_Section):
     port: int = Field(default=11112, ge=1, le=65535)
     """11112 is the registered DICOM port that needs no privilege; 104 needs CAP_NET_BIND_SERVICE."""
     allowed_callers: list[str] = Field(default_factory=list)
-    """Calling AE titles allowed to send; empty allows any (logged as a warning at start)."""
+    """Calling AE titles allowed to send. Empty (a fresh install) refuses every caller, each
+    refusal logged and recorded with its AE title for `edge doctor`, which prints the line to
+    add; `["*"]` accepts any calling AE title (a warning at start)."""
+    allowed_networks: list[str] = Field(default_factory=list)
+    """Addresses or networks (`10.0.5.7`, `10.0.5.0/24`) allowed to connect; empty: any."""
     max_associations: int = Field(default=4, ge=1, le=64)
+    idle_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    """An association that stored nothing for this long gives its slot to a new one when all are
+    taken (C-ECHO does not count as work). A connection silent for a minute is closed anyway."""
+    tls_cert: Path | None = None
+    """DICOM TLS: the listener's certificate chain (PEM). With `tls_key`, only TLS is accepted."""
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
+    """When set, callers must present a certificate signed by this CA (mutual TLS)."""
+
+    @field_validator("allowed_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for network in value:
+            ipaddress.ip_network(network, strict=False)  # a ValueError names the bad entry
+        return value
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> DicomSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key are set together")
+        if self.tls_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_ca needs tls_cert and tls_key")
+        return self
 
 
 class WatchSettings(_Section):
@@ -134,6 +166,9 @@ class WatchSettings(_Section):
     interval_s: float = Field(default=2.0, gt=0)
     settle_s: float = Field(default=2.0, ge=0)
     """A file is picked up once its size and time have not changed for this long."""
+    owners: list[str] = Field(default_factory=list)
+    """User names or uids that may own dropped files; empty: the agent's own user. Files of any
+    other owner, symbolic links and hard links are refused (quarantined) unread."""
 
 
 class WorkerSettings(_Section):
@@ -190,6 +225,17 @@ class HubSettings(_Section):
     """Requests per second per device (a token bucket); beyond it: 429."""
     rate_burst: int = Field(default=60, ge=1)
     code_ttl_hours: float = Field(default=72.0, gt=0)
+    upload_result_mb: float = Field(default=520.0, gt=0)
+    """MB a device may upload for one result (thumbnail, heatmap, full image up to the protocol's
+    512 MB); beyond it, or past `upload_result_files`, a new upload is refused (QUOTA_EXCEEDED)."""
+    upload_result_files: int = Field(default=3, ge=1)
+    upload_device_gb: float = Field(default=50.0, gt=0)
+    """GB one device may keep on the hub in uploads, all results together (and `upload_device_files`)."""
+    upload_device_files: int = Field(default=500_000, ge=1)
+    render_memory_mb: int = Field(default=1024, ge=128)
+    """Address-space bound of the process that decodes device images for the review pages."""
+    render_max_pixels: int = Field(default=80_000_000, ge=1)
+    """An uploaded image above this many pixels (read from its header) is not decoded."""
 
 
 class SyncSettings(_Section):
@@ -198,6 +244,10 @@ class SyncSettings(_Section):
     images: Literal["none", "thumbnails", "full"] = "thumbnails"
     """Results always travel first; then thumbnails (and heatmaps); full images only if "full"."""
     dates: Literal["keep", "shift", "remove"] = "shift"
+    burned_text: Literal["any", "identifiers"] = "any"
+    """Text OCR finds in outgoing pixels that is blacked out: "any" (every word), or only words
+    matching the patient's identifiers (every word still when none is known). Unreadable pixels
+    are withheld either way (edge/sync/outgoing.py)."""
     bandwidth_kbps: float = Field(default=0.0, ge=0)
     """Upload cap in kilobits per second; 0 for none (a satellite link bills by the byte)."""
     batch_records: int = Field(default=100, ge=1, le=200)
@@ -207,6 +257,13 @@ class SyncSettings(_Section):
     timeout_s: float = Field(default=30.0, gt=0)
     public_key: str | None = None
     """Hex ed25519 public key that model releases must be signed with (pinned on the device)."""
+
+
+class SecuritySettings(_Section):
+    require_encrypted_storage: bool | Literal["warn"] = "warn"
+    """Whether the data folder must be on encrypted storage (edge/operations/storage_encryption.py):
+    `warn` (default) logs and `edge doctor` warns; true: `edge run` refuses to start
+    (STORAGE_NOT_ENCRYPTED); false: the risk is accepted (e.g. a self-encrypting drive)."""
 
 
 _AE_TITLE = r"^[ -\[\]-~]{1,16}$"  # 1-16 printable ASCII characters, no backslash
@@ -276,6 +333,7 @@ class Settings(BaseSettings):
     hub: HubSettings = Field(default_factory=HubSettings)
     sync: SyncSettings = Field(default_factory=SyncSettings)
     pacs: PacsSettings = Field(default_factory=PacsSettings)
+    security: SecuritySettings = Field(default_factory=SecuritySettings)
     config_file: Path | None = None
     """Where the file-level values came from (informational; not read from the file)."""
 

@@ -22,6 +22,7 @@ import re
 import sys
 import threading
 import time
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -167,6 +168,13 @@ atexit.register(_repeats.flush)  # registered after logging's own: runs before i
 
 
 def configure(level: int = logging.WARNING) -> None:
+    # Libraries' warnings (pydicom on a non-conformant file, numpy, ...) become log records under
+    # `py.warnings`: shown with -v and in the service's journal, never spilled onto a technician's
+    # terminal between a command's sentences. Each distinct warning once ("default"), and the
+    # repeat filter below summarises floods.
+    logging.captureWarnings(False)  # off, then on: installed again if something restored the
+    logging.captureWarnings(True)  # original showwarning meanwhile (warnings.catch_warnings)
+    warnings.simplefilter("default")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Formatter(journald=bool(os.environ.get("JOURNAL_STREAM"))))
     handler.addFilter(_repeats)

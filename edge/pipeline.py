@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import cv2
+import numpy as np
 
 from edge.config import Settings
 from edge.errors import Code, EdgeError
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 
 
 Decoder = Callable[[bytes, str], DecodedImage]
+FrameDecoder = Callable[[bytes, str], list[tuple[float, "np.ndarray"]]]
 # Failures of the device, not of the job: the job goes back to the queue for a later attempt.
 _DEVICE_FAILURES = frozenset({Code.DISK_FULL, Code.STORE_WRITE_FAILED})
 RECLAIM_EVERY_S = 5.0
@@ -85,6 +87,11 @@ class Pipeline:
         self.registry = registry or Registry(settings.models.dir)
         self.pool = pool or ModelPool(self.registry, settings, settings.data_dir / "cache")
         self.actor = actor
+        self.decoder: Decoder = decode_bytes
+        """How a stored image is decoded again for its job; the agent sets its guarded decoder."""
+        self.frame_decoder: FrameDecoder | None = None
+        """How a cine's frames are decoded for the video path (None: in this process); the agent
+        sets its guarded decoder's `frames`."""
         self.worker_id = new_worker_id()
         self._next_reclaim = 0.0
         self._unreleased: dict[str, tuple[Job, EdgeError]] = {}
@@ -139,13 +146,14 @@ class Pipeline:
         will not be analysed (no model accepts it, or its pixels are in an encoding this build
         cannot decode) is stored all the same, with a refused job saying why
         (`Ingested.refusal`); only bytes that are not a readable DICOM object are refused.
-        A SOP Instance UID already stored with other content is refused (`DICOM_UID_CONFLICT`),
-        unless it is a correction of the same patient's instance (`_corrections`).
+        A SOP Instance UID already stored with other content is a correction of the same
+        patient's instance (`_corrections`) or another object reusing the UID, stored alongside
+        and logged as INSTANCE_UID_COLLISION (`Store.ingest`).
         """
         try:
             started = time.perf_counter()
             try:
-                decoded = (decoder or decode_bytes)(data, name)
+                decoded = (decoder or self.decoder)(data, name)
             except UndecodableDicom as refusal:
                 if not keep_dicom:
                     raise
@@ -168,7 +176,7 @@ class Pipeline:
                 actor=source,
                 corrections=self._corrections(keep_dicom),
             )
-            self._refuse_conflict(outcome)
+            self._note_collision(outcome)
         except sqlite3.Error as exc:
             error = EdgeError(Code.STORE_WRITE_FAILED, f"the input could not be stored: {exc}")
             self._audit_refusal(error)
@@ -189,7 +197,7 @@ class Pipeline:
             refusal=(refusal.code, refusal.message),
             corrections=self._corrections(keep_dicom=True),
         )
-        self._refuse_conflict(outcome)
+        self._note_collision(outcome)
         log.info("stored, not analysed: %s", refusal.one_line())
         return Ingested(outcome, image if isinstance(image, DecodedImage) else None, 0.0, refusal)
 
@@ -199,17 +207,20 @@ class Pipeline:
         patient and study is a correction, stored as a new version and analysed anew when
         something an analysis reads changed. Through the DICOM listener only header corrections:
         DICOM gives an instance whose pixels change a new UID, so there changed pixels under an
-        old UID stay a conflict (issue 17's hostile collision)."""
+        old UID are another object (issue 17's hostile collision), stored alongside."""
         return Corrections(changed_fields, pixels=not keep_dicom)
 
     @staticmethod
-    def _refuse_conflict(outcome: IngestOutcome) -> None:
-        if outcome.conflict:
-            raise EdgeError(
-                Code.DICOM_UID_CONFLICT,
-                f"a different object with this SOP Instance UID is stored already (image"
-                f" {outcome.image_id}): that one is kept, this one was not stored",
+    def _note_collision(outcome: IngestOutcome) -> None:
+        """Another object under a stored SOP Instance UID was kept alongside (audited by the
+        store in the same transaction): one coded line for whoever reads the log."""
+        if outcome.collides_with is not None:
+            collision = EdgeError(
+                Code.INSTANCE_UID_COLLISION,
+                f"image {outcome.image_id} reuses the SOP Instance UID of image {outcome.collides_with}"
+                f" with other content: both are kept, the new one without the UID",
             )
+            log.warning("%s", collision.one_line())
 
     def _audit_refusal(self, error: EdgeError) -> None:
         audit_refusal(self.store, self.actor, error)
@@ -394,7 +405,7 @@ class Pipeline:
         if decoded is None:
             path = self.store.image_file(job.image_id)
             data = read_input(path, self.settings.store.max_input_bytes)
-            decoded = decode_bytes(data, path.name)
+            decoded = self.decoder(data, path.name)
         model = self.pool.get(job.model_name)
         verdict = gate.check(decoded, model.entry.manifest)
         if self.settings.gate.enabled and not verdict.passed:
@@ -404,7 +415,8 @@ class Pipeline:
         if decoded.frames > 1:  # a cine: the frames go to the video path, as one clip
             if data is None:  # decoded by the caller (`edge infer`): read the file once, here
                 data = read_input(self.store.image_file(job.image_id), self.settings.store.max_input_bytes)
-            return process_cine(self.settings, self.store, self.pool, job, decoded, data)
+            frames = None if self.frame_decoder is None else self.frame_decoder(data, f"job {job.id}")
+            return process_cine(self.settings, self.store, self.pool, job, decoded, data, frames)
         prediction = model.predict([decoded.pixels], self.settings.models.operating_point)[0]
         out_of_scope = model.out_of_scope(prediction.scope, self.settings.gate.refuses_out_of_scope)
         if out_of_scope is not None:  # no finding, even with the model forced: it was not made for this

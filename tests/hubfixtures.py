@@ -99,6 +99,14 @@ def postgres_url() -> Iterator[str]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def database_url(request: pytest.FixtureRequest, folder: Path) -> str:
+    """The hub database for a test parametrised over "sqlite" and "postgresql"."""
+    if request.param == "sqlite":
+        return f"sqlite:///{folder / 'hub.db'}"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
 class Hub:
     def __init__(self, settings: Settings, url: str) -> None:
         self.settings = settings.model_copy(
@@ -110,7 +118,7 @@ class Hub:
 
     def enroll(self, device_settings: Settings, name: str = "device") -> Credential:
         code = devices.create_enroll_code(self.engine)
-        return enroll(device_settings, "http://testserver", code, name, self.client)
+        return enroll(device_settings, "http://testserver", code, name, self.client, insecure=True)
 
     def sync_client(self, device_settings: Settings, store: Store, credential: Credential) -> SyncClient:
         return SyncClient(device_settings, store, self.client, credential)
@@ -135,7 +143,7 @@ REVIEW_PASSWORD = "correct horse battery staple"
 def enroll_in(hub: Hub, device_settings: Settings, programme: str, name: str) -> Credential:
     """Enrol a device into a programme (what an administrator's code for that programme does)."""
     code = devices.create_enroll_code(hub.engine, programme)
-    return enroll(device_settings, "http://testserver", code, name, hub.client)
+    return enroll(device_settings, "http://testserver", code, name, hub.client, insecure=True)
 
 
 def device_results(
@@ -230,11 +238,7 @@ def world_fixture(
         patch.setattr("edge.config.SYSTEM_CONFIG", tmp / "no-system-config.toml")
         for variable in [name for name in os.environ if name.startswith("EDGE_")]:
             patch.delenv(variable)
-        url = (
-            f"sqlite:///{tmp / 'hub.db'}"
-            if request.param == "sqlite"
-            else request.getfixturevalue("postgres_url")
-        )
+        url = database_url(request, tmp)
         hub = Hub(load_settings(data_dir=tmp / "hub-host"), url)
         reset(hub.engine)
         devices = {}

@@ -1,7 +1,8 @@
 """A corrected instance (issue 14): the same SOP Instance UID with other content the analysis
 reads is a new version, analysed anew, with an audit row naming what changed (never the values);
 the old result stays, superseded. Identical bytes stay a duplicate; another patient or study
-under the UID stays a conflict; through the DICOM listener, only header corrections."""
+under the UID is a collision, kept alongside; through the DICOM listener, only header
+corrections (other pixels under a stored UID are a collision there)."""
 
 from __future__ import annotations
 
@@ -142,14 +143,22 @@ def test_what_no_analysis_reads_is_no_correction(settings: Settings, store: Stor
 @pytest.mark.parametrize(
     "identity", [{"PatientID": "SOMEONE-ELSE"}, {"StudyInstanceUID": "1.2.826.0.1.3680043.8.498.1"}]
 )
-def test_another_patient_or_study_under_the_uid_stays_a_conflict(
+def test_another_patient_or_study_under_the_uid_is_kept_alongside(
     settings: Settings, store: Store, tmp_path: Path, identity: dict[str, str]
 ) -> None:
     first = _chest_film(tmp_path / "first.dcm", PatientAge="004Y")
-    _infer(settings, store, first)
+    before = _infer(settings, store, first)
     other = _infer(settings, store, _variant(first, tmp_path / "other.dcm", **identity))
-    assert other.code == "DICOM_UID_CONFLICT"
-    assert store.counts()["images"] == 1
+    assert other.code is None
+    assert not other.duplicate
+    assert other.image_id != before.image_id
+    assert store.counts()["images"] == 2
+    [collision] = [json.loads(row["detail"]) for row in store.audit_rows("image.uid_collision")]
+    assert collision["code"] == "INSTANCE_UID_COLLISION"
+    assert collision["collides_with"] == before.image_id
+    assert collision["changed"] == list(identity)
+    holder = store.db.execute("SELECT id FROM images WHERE sop_instance_uid IS NOT NULL").fetchone()
+    assert holder["id"] == before.image_id  # the stored object keeps its UID
 
 
 def _image(data: bytes, uid: str = "1.2.3.4", patient: str = "P1") -> NewImage:
@@ -172,7 +181,7 @@ def test_a_queued_job_of_a_replaced_version_ends_superseded(store: Store) -> Non
     header_fix = Corrections(lambda old, new: ["BodyPartExamined"], pixels=False)
     first = store.ingest(_image(b"v1"), ["m"], actor="watch")
     second = store.ingest(_image(b"v2"), ["m"], actor="watch", corrections=header_fix)
-    assert (second.duplicate, second.conflict) == (False, False)
+    assert (second.duplicate, second.collides_with) == (False, None)
     old_job = store.job(first.job_ids[0])
     assert old_job is not None
     assert (old_job["state"], old_job["error_code"]) == ("refused", Code.INSTANCE_SUPERSEDED.value)
@@ -185,13 +194,22 @@ def test_a_queued_job_of_a_replaced_version_ends_superseded(store: Store) -> Non
     assert store.counts()["jobs"] == 2
 
 
-def test_without_a_comparison_the_plain_rule_holds(store: Store) -> None:
+@pytest.mark.security
+def test_what_cannot_be_compared_or_has_other_pixels_from_a_pacs_is_kept_alongside(store: Store) -> None:
+    """Issue 17: nothing sent under a stored UID is dropped; the stored one keeps the UID."""
     cannot_tell = Corrections(lambda old, new: None, pixels=True)
-    store.ingest(_image(b"v1"), ["m"], actor="watch")
+    first = store.ingest(_image(b"v1"), ["m"], actor="watch")
     reused = store.ingest(_image(b"v2"), ["m"], actor="watch", corrections=cannot_tell)
-    assert reused.conflict
+    assert (reused.duplicate, reused.collides_with) == (False, first.image_id)
     pixels_from_a_pacs = Corrections(lambda old, new: ["pixels"], pixels=False)
-    assert store.ingest(_image(b"v3"), ["m"], actor="dicom", corrections=pixels_from_a_pacs).conflict
+    third = store.ingest(_image(b"v3"), ["m"], actor="dicom", corrections=pixels_from_a_pacs)
+    assert third.collides_with == first.image_id
+    assert store.counts()["images"] == 3
+    assert store.counts()["jobs"] == 3  # each object is analysed
+    again = store.ingest(_image(b"v3"), ["m"], actor="dicom", corrections=pixels_from_a_pacs)
+    assert (again.duplicate, again.image_id) == (True, third.image_id)  # idempotent
+    uids = store.db.execute("SELECT id FROM images WHERE sop_instance_uid = '1.2.3.4'").fetchall()
+    assert [row["id"] for row in uids] == [first.image_id]
 
 
 def test_changed_fields_names_only_what_the_analysis_reads(tmp_path: Path) -> None:
@@ -219,12 +237,12 @@ def test_changed_fields_names_only_what_the_analysis_reads(tmp_path: Path) -> No
 # ---------------------------------------------------------------------- the DICOM listener
 
 
-def test_the_listener_takes_a_header_correction_and_refuses_new_pixels_under_an_old_uid(
+def test_the_listener_takes_a_header_correction_and_keeps_new_pixels_under_an_old_uid_apart(
     settings: Settings, tmp_path: Path
 ) -> None:
     """A PACS re-sending an instance with corrected attributes keeps its UID (archives update
     headers in place); changed pixels get a new UID in DICOM, so under an old one they are
-    another object: the first stays (0xB006)."""
+    another object: kept alongside (Success), the stored version untouched."""
     dcmtk_or_skip()
     first = _chest_film(tmp_path / "first.dcm", PatientAge="004Y")
     fixed = _variant(first, tmp_path / "fixed.dcm", ViewPosition="AP")
@@ -233,9 +251,9 @@ def test_the_listener_takes_a_header_correction_and_refuses_new_pixels_under_an_
         assert "Received Store Response (Success)" in send(running, first).stderr
         assert "Received Store Response (Success)" in send(running, fixed).stderr
         answer = send(running, repainted).stderr
-        assert "Received Store Response (Warning: ElementsDiscarded)" in answer, answer
+        assert "Received Store Response (Success)" in answer, answer
     with Store(running.settings.data_dir) as store:
-        assert store.counts()["images"] == 2
+        assert store.counts()["images"] == 3
         assert _corrected_rows(store)[0]["changed"] == ["ViewPosition"]
-        refused = [r["detail"] for r in store.audit_rows("input.refused")]
-        assert refused == ['{"code": "DICOM_UID_CONFLICT"}']
+        [collision] = [json.loads(r["detail"]) for r in store.audit_rows("image.uid_collision")]
+        assert collision["changed"] == ["pixels"]

@@ -130,6 +130,7 @@ def test_rle_compressed_store(listening: Listening) -> None:
     assert counts(listening.settings)["images"] == len(rle)
 
 
+@pytest.mark.security
 def test_disallowed_caller_and_wrong_called_title_are_rejected(listening: Listening) -> None:
     for calling, called in (("INTRUDER", "EDGE"), ("XRAY1", "NOTEDGE")):
         result = send(listening, demo_dicoms()[0], calling=calling, called=called)

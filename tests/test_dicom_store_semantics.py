@@ -5,6 +5,7 @@ every rejection says why. Against dcmtk's `storescu` and pynetdicom as the sende
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import socket
 import threading
@@ -20,7 +21,7 @@ from pynetdicom import AE
 from edge.config import Settings
 from edge.errors import Code
 from edge.pipeline import Pipeline
-from edge.store import NOT_ANALYSED, NewImage, Store
+from edge.store import NOT_ANALYSED, Corrections, NewImage, Store
 from edge.study import StudyInfo
 from tests.pacs_study import expected, mixed_study, outcome
 from tests.test_dicom_listener import Listening, counts, dcmtk_or_skip, free_port, send
@@ -30,7 +31,7 @@ VERIFICATION = "1.2.840.10008.1.1"
 
 
 def listener_settings(settings: Settings, **dicom: object) -> Settings:
-    update = {"enabled": True, "port": free_port(), "bind": "127.0.0.1", **dicom}
+    update = {"enabled": True, "port": free_port(), "bind": "127.0.0.1", "allowed_callers": ["*"], **dicom}
     return settings.model_copy(update={"dicom": settings.dicom.model_copy(update=update)})
 
 
@@ -71,9 +72,14 @@ def test_a_mixed_batch_is_stored_whole_and_storescu_does_not_halt(settings: Sett
         assert {item.state for item in listed} == {"refused"}
 
 
-def test_a_reused_sop_instance_uid_is_a_logged_warning_and_the_first_object_stays(
+@pytest.mark.security
+def test_a_reused_sop_instance_uid_is_kept_alongside_logged_and_audited(
     settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """Issue 17: another image under a stored UID, sent in another transfer syntax, was answered
+    Success and dropped without a trace. Now: same pixels in another encoding is the same
+    instance (a duplicate); other content under the UID is stored alongside, the first keeps
+    the UID, and both the log and the audit trail say INSTANCE_UID_COLLISION."""
     dcmtk_or_skip()
     instances = mixed_study(tmp_path / "study")
     first, other = instances[0].path, instances[2].path
@@ -84,22 +90,32 @@ def test_a_reused_sop_instance_uid_is_a_logged_warning_and_the_first_object_stay
     transcoded = pydicom.dcmread(first)
     transcoded.compress(RLELossless, encoding_plugin="pydicom", generate_instance_uid=False)
     (tmp_path / "transcoded.dcm").write_bytes(dicomgen.to_bytes(transcoded))
+    reused.compress(RLELossless, encoding_plugin="pydicom", generate_instance_uid=False)
+    (tmp_path / "reused-rle.dcm").write_bytes(dicomgen.to_bytes(reused))
     with Listening(listener_settings(settings)) as running, caplog.at_level(logging.WARNING):
         assert send(running, first).returncode == 0
         transcoded_answer = send(running, tmp_path / "transcoded.dcm", extra=("-xr",))
         assert "Received Store Response (Success)" in transcoded_answer.stderr  # the same object
-        reused_answer = send(running, tmp_path / "reused.dcm")
-    assert reused_answer.returncode == 0, reused_answer.stderr  # a warning: the sender goes on
-    assert "Received Store Response (Warning: ElementsDiscarded)" in reused_answer.stderr, (
-        reused_answer.stderr
-    )
-    assert any("DICOM_UID_CONFLICT" in record.getMessage() for record in caplog.records)
+        assert counts(running.settings)["images"] == 1
+        reused_answer = send(running, tmp_path / "reused-rle.dcm", extra=("-xr",))
+        again = send(running, tmp_path / "reused-rle.dcm", extra=("-xr",))
+    for answer in (reused_answer, again):
+        assert "Received Store Response (Success)" in answer.stderr, answer.stderr
+    collisions = [r.getMessage() for r in caplog.records if "INSTANCE_UID_COLLISION" in r.getMessage()]
+    assert len(collisions) == 1, collisions  # the second send is a duplicate of the kept one
     with Store(running.settings.data_dir) as store:
-        assert store.counts()["images"] == 1
-        stored = pydicom.dcmread(store.data_dir / store.db.execute("SELECT path FROM images").fetchone()[0])
-        codes = [r["detail"] for r in store.audit_rows("input.refused")]
-    assert stored.PixelData == pydicom.dcmread(first).PixelData != reused.PixelData
-    assert codes == ['{"code": "DICOM_UID_CONFLICT"}']
+        assert store.counts()["images"] == 2
+        rows = store.db.execute(
+            "SELECT id, path, sop_instance_uid FROM images ORDER BY created_at, id"
+        ).fetchall()
+        audited = [json.loads(r["detail"]) for r in store.audit_rows("image.uid_collision")]
+    holder = next(row for row in rows if row["sop_instance_uid"] == original.SOPInstanceUID)
+    kept = next(row for row in rows if row["sop_instance_uid"] is None)
+    assert pydicom.dcmread(running.settings.data_dir / holder["path"]).PixelData == original.PixelData
+    assert pydicom.dcmread(running.settings.data_dir / kept["path"]).pixel_array.tolist() == (
+        pydicom.dcmread(other).pixel_array.tolist()
+    )
+    assert [(a["code"], a["collides_with"]) for a in audited] == [("INSTANCE_UID_COLLISION", holder["id"])]
 
 
 def test_bytes_that_are_not_dicom_are_the_only_cannot_understand(settings: Settings, tmp_path: Path) -> None:
@@ -260,13 +276,41 @@ def test_a_stored_unanalysed_instance_gets_its_job_once_a_model_accepts_it(store
     assert later.image_id == kept.image_id
 
 
-def test_a_reused_uid_is_a_conflict_but_another_encoding_is_the_same_instance(store: Store) -> None:
-    store.ingest(_image(b"first", "1.2.840.10008.1.2.1"), ["m"], actor="dicom")
-    transcoded = store.ingest(_image(b"first as rle", "1.2.840.10008.1.2.5"), ["m"], actor="dicom")
-    assert (transcoded.duplicate, transcoded.conflict) == (True, False)
+def test_one_rule_for_a_stored_uid_same_pixels_duplicate_other_content_kept_apart(store: Store) -> None:
+    same_pixels = Corrections(lambda old, new: [], pixels=False)
+    first = store.ingest(_image(b"first", "1.2.840.10008.1.2.1"), ["m"], actor="dicom")
+    transcoded = store.ingest(
+        _image(b"first as rle", "1.2.840.10008.1.2.5"), ["m"], actor="dicom", corrections=same_pixels
+    )
+    assert (transcoded.duplicate, transcoded.collides_with) == (True, None)
     reused = store.ingest(_image(b"another object", "1.2.840.10008.1.2.1"), ["m"], actor="dicom")
-    assert (reused.duplicate, reused.conflict) == (True, True)
-    other_study = store.ingest(_image(b"x", "1.2.840.10008.1.2.5", study_uid="9.9"), ["m"], actor="dicom")
-    assert other_study.conflict
-    assert store.counts()["images"] == 1
-    assert store.counts()["jobs"] == 1
+    assert (reused.duplicate, reused.collides_with) == (False, first.image_id)
+    other_study = store.ingest(
+        _image(b"x", "1.2.840.10008.1.2.5", study_uid="9.9"), ["m"], actor="dicom", corrections=same_pixels
+    )
+    assert other_study.collides_with == first.image_id
+    assert store.counts()["images"] == 3
+    assert store.counts()["jobs"] == 3
+
+
+@pytest.mark.security
+def test_other_pixels_under_a_stored_uid_in_another_syntax_are_not_dropped_as_a_transcode(
+    settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The attack of issue 17: the same header, other pixels, RLE-encoded. Main took it for a
+    lossy transcode of the stored instance: Success, nothing kept, nothing logged."""
+    dcmtk_or_skip()
+    first = mixed_study(tmp_path / "study")[0].path
+    other = pydicom.dcmread(first)
+    other.PixelData = np.ascontiguousarray(other.pixel_array[::-1]).tobytes()  # another picture
+    other.compress(RLELossless, encoding_plugin="pydicom", generate_instance_uid=False)
+    (tmp_path / "other.dcm").write_bytes(dicomgen.to_bytes(other))
+    with Listening(listener_settings(settings)) as running, caplog.at_level(logging.WARNING):
+        assert send(running, first).returncode == 0
+        answer = send(running, tmp_path / "other.dcm", extra=("-xr",))
+    assert "Received Store Response (Success)" in answer.stderr, answer.stderr
+    assert counts(running.settings)["images"] == 2
+    assert any(r.getMessage().startswith("INSTANCE_UID_COLLISION: ") for r in caplog.records)
+    with Store(running.settings.data_dir) as store:
+        [audited] = [json.loads(r["detail"]) for r in store.audit_rows("image.uid_collision")]
+    assert audited["changed"] == ["pixels"]

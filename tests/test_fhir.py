@@ -286,6 +286,7 @@ def test_paging_is_stable_and_bounded(fhir: Fhir) -> None:
 # ------------------------------------------------------------------ who may read what
 
 
+@pytest.mark.security
 def test_no_credential_no_data_and_programmes_stay_apart(fhir: Fhir) -> None:
     anonymous = fhir.client(None)
     metadata = CapabilityStatement.model_validate(resource(anonymous.get("/fhir/metadata")))
@@ -330,6 +331,7 @@ def test_no_credential_no_data_and_programmes_stay_apart(fhir: Fhir) -> None:
     assert self_link.startswith("http://testserver/review/fhir/DiagnosticReport")
 
 
+@pytest.mark.security
 def test_a_revoked_token_is_refused_at_once(
     fhir: Fhir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -370,6 +372,7 @@ def test_a_revoked_token_is_refused_at_once(
 # ------------------------------------------------------------------ nothing identifying
 
 
+@pytest.mark.security
 def test_no_identifying_value_in_any_resource(fhir: Fhir) -> None:
     admin = fhir.client()
     texts = [admin.get("/fhir/DiagnosticReport?_count=100").text]

@@ -282,3 +282,34 @@ def test_run_refuses_when_disabled(tmp_path: Path) -> None:
     status = CliRunner().invoke(cli, ["--data-dir", str(tmp_path / "data"), "pacs", "status"])
     assert status.exit_code == 0
     assert status.output.startswith("disabled")
+
+
+@pytest.mark.security
+def test_a_result_of_an_object_kept_beside_a_reused_uid_is_not_sent(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """Issue 17: another object under a stored SOP Instance UID is kept alongside; in the PACS
+    that UID is the first object, so a report referencing it would describe the wrong image."""
+    from edge.pipeline import Pipeline
+    from tests.pacsfixtures import chest_dicom
+
+    settings = pacs_settings(tmp_path, receiver.port)
+    analyse(settings, tmp_path, dicoms=1)
+    reused = pydicom.dcmread(io.BytesIO(chest_dicom(1)))
+    first = pydicom.dcmread(io.BytesIO(chest_dicom(0)))
+    reused.SOPInstanceUID = reused.file_meta.MediaStorageSOPInstanceUID = first.SOPInstanceUID
+    reused.PatientID = "SOMEONE-ELSE"  # not a correction of the first: another object
+    path = tmp_path / "reused.dcm"
+    reused.save_as(path)
+    with Store(settings.data_dir) as store:
+        pipeline = Pipeline(settings, store)
+        try:
+            [analysis] = pipeline.analyse_file(path)
+        finally:
+            pipeline.close()
+        assert analysis.ok, analysis.message
+        assert store.counts()["images"] == 2
+    assert _round(settings)
+    reasons = {(r["kind"], r["state"], r["reason"]) for r in _rows(settings)}
+    assert ("sr", "skipped", pacs_export.UID_COLLISION) in reasons
+    assert ("sr", "sent", None) in reasons

@@ -34,6 +34,7 @@ def test_tiny_model_loads(tmp_path: Path) -> None:
     assert entry.operating_point("no-such-point")[0] == "balanced"
 
 
+@pytest.mark.security
 def test_checksum_mismatch_is_refused(tmp_path: Path) -> None:
     folder = make_model_dir(tmp_path)
     onnx_file = folder / "tiny-fp32.onnx"

@@ -38,6 +38,8 @@ def routes(world: World) -> list[tuple[str, str]]:
         "uuid": world.north.results[0],
         "user_id": world.users["north-reader"],
         "name": "review.css",
+        "device_id": "no-such-device",  # revoking: a harmless post finds nothing to revoke
+        "code_id": "no-such-code",
     }
     out = []
     for route in [*routes_account.router.routes, *routes_review.router.routes, *routes_admin.router.routes]:
@@ -50,6 +52,7 @@ def routes(world: World) -> list[tuple[str, str]]:
 PUBLIC = {("GET", "/review/login"), ("POST", "/review/login"), ("GET", "/review/static/review.css")}
 
 
+@pytest.mark.security
 def test_no_page_image_or_post_works_without_a_session(world: World) -> None:
     client = browser(world)
     before = review_count(world)
@@ -75,6 +78,7 @@ def test_no_page_image_or_post_works_without_a_session(world: World) -> None:
     assert client.get("/review/", headers=HTML, follow_redirects=False).status_code == 303
 
 
+@pytest.mark.security
 def test_every_form_post_needs_the_sessions_csrf_token(world: World) -> None:
     admin = reader(world, "admin")
     other_token = csrf(reader(world, "north-reader"))  # a real token, of another session
@@ -122,6 +126,7 @@ def test_every_form_post_needs_the_sessions_csrf_token(world: World) -> None:
     assert denied.status_code == 403
 
 
+@pytest.mark.security
 def test_a_reader_sees_only_the_programmes_they_read_for(world: World) -> None:
     north, south = world.north.results, world.south.results
     client = reader(world, "north-reader")
@@ -159,6 +164,7 @@ def test_a_reader_sees_only_the_programmes_they_read_for(world: World) -> None:
     assert not any(uuid in south_view for uuid in north)
 
 
+@pytest.mark.security
 def test_wrong_passwords_lock_the_account_for_a_while(world: World) -> None:
     engine = world.hub.engine
     accounts.create_user(engine, "locky", REVIEW_PASSWORD, "specialist", ("north",))
@@ -178,7 +184,9 @@ def test_wrong_passwords_lock_the_account_for_a_while(world: World) -> None:
     assert "user.locked" in actions
     assert actions[-1] == "login.refused"
     with engine.begin() as conn:  # the lock runs out
-        conn.execute(update(db.users).where(db.users.c.name == "locky").values(locked_until=1.0))
+        conn.execute(
+            update(db.login_failures).where(db.login_failures.c.name == "locky").values(locked_until=1.0)
+        )
     assert login(client, "locky") == 303
     with engine.connect() as conn:
         last = conn.execute(
@@ -188,6 +196,25 @@ def test_wrong_passwords_lock_the_account_for_a_while(world: World) -> None:
     assert last.action == "login.ok"
 
 
+@pytest.mark.security
+def test_an_administrator_unlocks_an_account_on_the_admin_page(world: World) -> None:
+    engine = world.hub.engine
+    user = accounts.create_user(engine, "locked-out", REVIEW_PASSWORD, "specialist", ("north",))
+    client = browser(world)
+    for _ in range(accounts.MAX_FAILURES):
+        login(client, "locked-out", "not-the-password")
+    assert login(client, "locked-out") == 401
+    admin = reader(world, "admin")
+    assert ">locked<" in admin.get("/review/admin", headers=HTML).text
+    page = admin.post(f"/review/admin/users/{user.id}", data={"csrf": csrf(admin), "action": "unlock"})
+    assert page.status_code == 200
+    assert login(client, "locked-out") == 303
+    with engine.connect() as conn:
+        row = conn.execute(select(db.audit).where(db.audit.c.action == "user.unlocked")).all()[-1]
+    assert (row.actor, row.detail["user"]) == ("admin", "locked-out")
+
+
+@pytest.mark.security
 def test_logging_in_is_rate_limited_per_address(world: World) -> None:
     state = web_app(world.hub).state.web
     generous = state.login_limiter
@@ -201,6 +228,7 @@ def test_logging_in_is_rate_limited_per_address(world: World) -> None:
     assert codes[3:] == [429, 429]
 
 
+@pytest.mark.security
 def test_logging_out_ends_the_session_everywhere(world: World) -> None:
     client = reader(world, "north-reader")
     cookie = client.cookies.get("edge_session")
@@ -219,6 +247,7 @@ def test_logging_out_ends_the_session_everywhere(world: World) -> None:
         assert conn.execute(select(db.audit).where(db.audit.c.action == "logout")).first() is not None
 
 
+@pytest.mark.security
 def test_idle_and_old_sessions_expire(world: World) -> None:
     for column in ("last_seen_at", "expires_at"):
         client = reader(world, "north-reader")
@@ -227,6 +256,7 @@ def test_idle_and_old_sessions_expire(world: World) -> None:
         assert client.get("/review/", headers=HTML, follow_redirects=False).status_code == 303, column
 
 
+@pytest.mark.security
 def test_only_administrators_administer(world: World) -> None:
     specialist = reader(world, "north-reader")
     assert specialist.get("/review/admin", headers=HTML).status_code == 403
@@ -275,7 +305,7 @@ def test_only_administrators_administer(world: World) -> None:
     from edge.sync.client import enroll
 
     device = load_settings(data_dir=world.north.settings.data_dir.parent / "east")
-    credential = enroll(device, "http://testserver", code, "east-1", world.hub.client)
+    credential = enroll(device, "http://testserver", code, "east-1", world.hub.client, insecure=True)
     with world.hub.engine.connect() as conn:
         programme = conn.execute(
             select(db.devices.c.programme).where(db.devices.c.id == credential.device_id)
@@ -283,6 +313,7 @@ def test_only_administrators_administer(world: World) -> None:
     assert programme == "east"
 
 
+@pytest.mark.security
 def test_pages_carry_the_security_headers(world: World) -> None:
     client = reader(world, "north-reader")
     for path in (
@@ -363,6 +394,7 @@ def test_the_first_administrator_is_made_on_the_command_line(
     assert client.get("/review/", headers=HTML, follow_redirects=False).status_code == 303
 
 
+@pytest.mark.security
 def test_a_changed_right_takes_effect_at_once(world: World) -> None:
     accounts.create_user(world.hub.engine, "mover", REVIEW_PASSWORD, "specialist", ("north",))
     mover = reader(world, "mover")

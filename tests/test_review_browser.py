@@ -41,7 +41,10 @@ SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
 MAX_SCREENSHOT_BYTES = 200_000
 # Read at import: the suite's autouse fixture clears every EDGE_* variable before each test.
 UPDATE_SCREENSHOTS = os.environ.get("EDGE_UPDATE_SCREENSHOTS") == "1"
-ONE_MBIT = {"offline": False, "latency": 150, "downloadThroughput": 125_000, "uploadThroughput": 62_500}
+# The trial's link: 1 Mbit/s down, 300 ms latency (CDP Network.emulateNetworkConditions).
+ONE_MBIT = {"offline": False, "latency": 300, "downloadThroughput": 125_000, "uploadThroughput": 62_500}
+WORKLIST_BUDGET_S = 1.5  # the worklist usable (rows listed, keys live) over that link, cold cache
+STUDY_BUDGET_S = 2.5  # a study's image on screen (and the verdict open) over that link
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 expect = playwright_api.expect
@@ -97,6 +100,12 @@ def until(condition: Any, timeout: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("the page did not get there in time")
         time.sleep(0.05)
+
+
+def since_navigation(page: Any, mark: str) -> float:
+    """Seconds from the navigation's start to the page script's mark, on the browser's own clock
+    (Playwright's round trips to Python are not the reader's wait)."""
+    return round(page.evaluate(f"performance.getEntriesByName('{mark}')[0].startTime") / 1000, 2)
 
 
 def _shrink_into(source: Path, target: Path) -> None:
@@ -187,16 +196,23 @@ def test_a_specialist_reads_and_the_clinic_gets_the_verdict(world: dict[str, Any
         assert "unreviewed" in (first.get_attribute("class") or "")
 
         page.keyboard.press("Enter")  # the selected (top) row: urgent and unreviewed
-        page.wait_for_url(f"**/review/studies/{world['urgent']}")
+        page.wait_for_url(f"**/review/studies/{world['urgent']}?upto=*")  # the list pinned
         viewer = page.locator("#viewer")
-        page.wait_for_selector("#viewer[data-loaded][data-layer-loaded='heat']")
+        page.wait_for_selector("#viewer[data-loaded]")
         weights.take()
         assert page.locator("#reviews").inner_text() == "None yet."
 
-        # The heatmap: off and on from the keyboard, opacity by key and by slider.
-        assert viewer.get_attribute("data-heat") == "on"
-        page.keyboard.press("h")
+        # The heatmap: off when the study opens (no anchoring), on and off from the keyboard,
+        # with its legend; opacity by key and by slider.
         assert viewer.get_attribute("data-heat") == "off"
+        assert page.locator("#heat-canvas").is_hidden()
+        assert page.locator("#heat-legend").is_hidden()
+        page.keyboard.press("h")
+        page.wait_for_selector("#viewer[data-layer-loaded='heat']")
+        assert viewer.get_attribute("data-heat") == "on"
+        assert page.locator("#heat-canvas").is_visible()
+        assert "not a finding" in page.locator("#heat-legend").inner_text()
+        page.keyboard.press("h")
         assert page.locator("#heat-canvas").is_hidden()
         page.keyboard.press("h")
         assert page.locator("#heat-canvas").is_visible()
@@ -242,8 +258,8 @@ def test_a_specialist_reads_and_the_clinic_gets_the_verdict(world: dict[str, Any
         page.keyboard.press("r")
         page.screenshot(path=str(tmp_path / "review-study.png"))
 
-        # Over an emulated 1 Mbit/s link (150 ms latency), with a cold cache: how long until the
-        # image and its heatmap are on screen, and how many bytes that took.
+        # Over an emulated 1 Mbit/s link (300 ms latency), with a cold cache: how long until the
+        # worklist is usable and until a study's image is on screen, and how many bytes that took.
         cold = browser.new_context(viewport={"width": 1280, "height": 800})
         cold.add_cookies(context.cookies())
         slow = cold.new_page()
@@ -251,15 +267,16 @@ def test_a_specialist_reads_and_the_clinic_gets_the_verdict(world: dict[str, Any
         cdp.send("Network.enable")
         cdp.send("Network.emulateNetworkConditions", ONE_MBIT)
         slow_weights = Weights(slow)
-        started = time.monotonic()
-        slow.goto(live.url + "/review/")
+        slow.goto(live.url + "/review/", wait_until="domcontentloaded")
         slow.wait_for_selector("#worklist tbody tr.selected")
-        report["worklist_seconds_at_1_mbit"] = round(time.monotonic() - started, 2)
-        report["worklist_bytes_cold"] = slow_weights.take()  # the page, its CSS and its script
-        started = time.monotonic()
-        slow.goto(page.url)
-        slow.wait_for_selector("#viewer[data-loaded][data-layer-loaded='heat']", timeout=30_000)
-        report["study_seconds_at_1_mbit"] = round(time.monotonic() - started, 2)
+        report["worklist_seconds_at_1_mbit"] = since_navigation(slow, "edge:worklist-ready")
+        slow.wait_for_load_state("load")  # the thumbnails (lazy) too, for the byte count
+        report["worklist_bytes_cold"] = slow_weights.take()  # the page, its CSS, script, thumbnails
+        slow.goto(page.url, wait_until="commit")
+        slow.wait_for_selector("#viewer[data-loaded]", timeout=30_000)
+        report["study_seconds_at_1_mbit"] = since_navigation(slow, "edge:image-shown")
+        assert slow.locator("#verdict-agree").is_enabled()  # the verdict opened with the image
+        slow.wait_for_selector("#viewer[data-layer-loaded='heat']", timeout=30_000)
         report["study_bytes"] = slow_weights.take()  # the page, the image and the heat layer
         cold.close()
 
@@ -300,10 +317,12 @@ def test_a_specialist_reads_and_the_clinic_gets_the_verdict(world: dict[str, Any
 
     (tmp_path / "page-weight.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
-    assert report["worklist_bytes_cold"]["total"] < 40_000
+    assert report["worklist_bytes_cold"]["total"] < 60_000
     assert report["study_bytes"]["total"] < 200_000
-    assert report["worklist_seconds_at_1_mbit"] < 3
-    assert report["study_seconds_at_1_mbit"] < 4
+    # One cold load each, on shared CPUs: a gross regression fails here; the budgets themselves
+    # are asserted on the best of three cold loads (tests/test_review_reading.py).
+    assert report["worklist_seconds_at_1_mbit"] <= 2 * WORKLIST_BUDGET_S
+    assert report["study_seconds_at_1_mbit"] <= 2 * STUDY_BUDGET_S
     if UPDATE_SCREENSHOTS:
         for name in ("review-worklist.png", "review-study.png"):
             _shrink_into(tmp_path / name, SCREENSHOTS / name)

@@ -145,6 +145,7 @@ def _study(payload: dict) -> Study:
     return Study(1, "u", "d", "xray-1", "site-a", "default", "2026-11-29T09:25:26.972Z", payload)
 
 
+@pytest.mark.security
 def test_the_page_shows_named_fields_only() -> None:
     payload = {
         "result": {
@@ -176,12 +177,15 @@ def test_the_page_shows_named_fields_only() -> None:
     assert view["window_level"]
     assert ("age", "4 y") in view["patient_rows"]
     assert presenters.age(0.5) == "6 mo"
-    assert presenters.age(None) == "age ?"
-    assert presenters.patient(4.0, "F") == "4 y · female"
-    assert presenters.patient(None, None) == "-"
+    assert presenters.age(None) is None  # never a literal "age ?" on the page
+    assert presenters.patient(4.0, "F") == "1-4 y · female"  # an age band on the worklist
+    assert presenters.patient(None, None) == "age and sex not recorded"
     assert presenters.patient(None, "M") == "male"
     assert ("sharpness", "120") in view["quality_rows"]
     assert presenters.study_view(_study({"study": {"modality": "US"}}))["window_level"] is False
+    clip = presenters.study_view(_study({"study": {"modality": "US"}, "clip": {"frames_analysed": 9}}))
+    assert clip["clip"]  # the page says "cine not available: one key frame"
+    assert not view["clip"]
     broken = presenters.study_view(_study({"result": "not a dict", "study": ["nor this"]}))  # a bad payload
     assert broken["finding"] == "-"
 
@@ -228,3 +232,63 @@ def test_a_missing_or_damaged_file_leaves_what_else_there_is(tmp_path: Path) -> 
         assert renditions.layer({"heatmap": heatmap}) is None
     assert renditions.describe({"heatmap": gone}).source is None
     assert renditions.image({"image": damaged, "thumbnail": thumbnail}, 512) is not None  # the thumbnail
+
+
+def test_the_page_never_recovers_the_picture_from_the_heatmap_when_a_real_one_exists(tmp_path: Path) -> None:
+    """The trial read a 224-px picture undone from the heatmap blend while the thumbnail was on
+    the hub; the page now shows the thumbnail (a preview) and keeps the heat as its own layer."""
+    image, heat = grey_image(1200, 1000), blob(1200, 1000)
+    heatmap = _upload(tmp_path, "heat.png", _png(overlay(image, heat)))
+    thumbnail = _upload(
+        tmp_path, "thumb.png", _png(cv2.resize(image, (213, 256), interpolation=cv2.INTER_AREA))
+    )
+    renditions = Renditions(tmp_path / "cache")
+    shown = presenters.picture(renditions, {"thumbnail": thumbnail, "heatmap": heatmap})
+    assert (shown.source, shown.width, shown.layer) == ("thumbnail", 213, "heat")
+    jpeg = presenters.image(renditions, {"thumbnail": thumbnail, "heatmap": heatmap}, 1024)
+    assert jpeg is not None
+    assert cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_UNCHANGED).shape[1] == 213
+    # Only a heatmap (a DICOM with burned-in text sends no thumbnail): the recovered grey is all.
+    alone = presenters.picture(renditions, {"heatmap": heatmap})
+    assert (alone.source, alone.layer) == ("heatmap", "heat")
+    small = presenters.thumbnail_jpeg({"thumbnail": thumbnail})
+    assert small is not None
+    assert (
+        cv2.imdecode(np.frombuffer(small, np.uint8), cv2.IMREAD_UNCHANGED).shape[1] == presenters.THUMB_WIDTH
+    )
+    assert len(small) < 4000
+
+
+def test_worklist_columns_say_where_they_come_from() -> None:
+    from edge.hub.worklist import WorklistRow
+
+    base = dict.fromkeys(WorklistRow.__dataclass_fields__)
+    row = WorklistRow(
+        **{
+            **base,
+            "record_id": 1,
+            "device_id": "d",
+            "result_uuid": "u",
+            "urgent": False,
+            "received_at": "2026-12-01T08:00:00Z",
+            "device_name": "x",
+            "site": "s",
+            "reviews": 0,
+            "thumbnail": False,
+        }
+    )
+    assert presenters.acquired(row)[0] == "received 2026-12-01 08:00 UTC"  # the fallback, said so
+    dated = row.__class__(**{**row.__dict__, "study_date": "20261130"})
+    assert presenters.acquired(dated)[0] == "2026-11-30"
+    analysed = row.__class__(**{**row.__dict__, "analysed": "2026-11-30T07:15:02Z"})
+    assert presenters.acquired(analysed)[0] == "2026-11-30 07:15 UTC"
+    manifest = SimpleNamespace(accepts=SimpleNamespace(modalities=["CR", "DX"], body_parts=["CHEST"]))
+    kinds = presenters.Kinds(lambda model, version: manifest if model == "cxr" else None)
+    png = row.__class__(**{**row.__dict__, "model": "cxr", "model_version": "1.0.0"})
+    assert kinds(png) == ("X-ray · chest", True)
+    assert kinds(row) == ("not sent", False)
+    dicom = row.__class__(**{**row.__dict__, "modality": "US", "body_part": "LUNG"})
+    assert kinds(dicom) == ("ultrasound (US) · lung", False)
+    assert presenters.age_band(0.4) == "under 1 y"
+    assert presenters.age_band(70) == "65 y and over"
+    assert presenters.short_key("S-0123456789abcdef0123") == "S-01234567"

@@ -25,7 +25,7 @@ from edge.inference.site_profile import PointFigures
 from edge.store import Store
 from edge.sync import profiles, protocol, signatures
 from edge.sync.protocol import WireCode
-from tests.hubfixtures import REVIEW_PASSWORD, Hub, login, postgres_url, reset  # noqa: F401 - a fixture
+from tests.hubfixtures import REVIEW_PASSWORD, Hub, database_url, login, postgres_url, reset  # noqa: F401 - a fixture
 from tests.tinymodel import make_model_dir
 
 SITE = "north-clinic"
@@ -38,11 +38,7 @@ def hub(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Hub]:
     models = tmp_path / "models"
     make_model_dir(models)
     settings = load_settings(data_dir=tmp_path / "hub-host", models={"dir": models})
-    url = (
-        f"sqlite:///{tmp_path / 'hub.db'}"
-        if request.param == "sqlite"
-        else request.getfixturevalue("postgres_url")
-    )
+    url = database_url(request, tmp_path)
     running = Hub(settings, url)
     reset(running.engine)
     yield running
@@ -195,6 +191,7 @@ def test_a_draft_states_every_figure_of_a_point_or_is_refused() -> None:
 # ------------------------------------------------------------------ the admin page
 
 
+@pytest.mark.security
 def test_the_agreement_page_is_for_administrators_and_publishes_with_csrf(
     hub: Hub, tmp_path: Path, key: tuple[str, Any]
 ) -> None:
@@ -285,6 +282,7 @@ def test_publish_pull_install_rollback(hub: Hub, tmp_path: Path, key: tuple[str,
         assert client.profiles() == []
 
 
+@pytest.mark.security
 def test_a_tampered_profile_is_refused_once(hub: Hub, tmp_path: Path, key: tuple[str, Any]) -> None:
     settings = device_settings(hub, tmp_path, key[0])
     device_id, credential = enrolled(hub, settings)
@@ -308,6 +306,7 @@ def test_a_tampered_profile_is_refused_once(hub: Hub, tmp_path: Path, key: tuple
         assert len(refusals) == 1  # not refused again every round
 
 
+@pytest.mark.security
 def test_a_downgrade_and_a_profile_for_another_model_version_are_refused(
     hub: Hub, tmp_path: Path, key: tuple[str, Any]
 ) -> None:

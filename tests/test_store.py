@@ -148,11 +148,14 @@ def test_same_bytes_twice_are_one_image(store: Store) -> None:
     assert len(list((store.data_dir / "images").rglob("*.png"))) == 1
 
 
-def test_same_sop_instance_uid_is_one_image(store: Store) -> None:
+def test_same_sop_instance_uid_with_other_bytes_is_kept_alongside(store: Store) -> None:
+    """Without a comparison of the two, other bytes under a stored UID are another object:
+    stored without the UID (the first keeps it), never dropped as a duplicate (issue 17)."""
     first = store.ingest(new_image(b"a", sop_instance_uid="1.2.3"), ["m"], actor="test")
     again = store.ingest(new_image(b"b", sop_instance_uid="1.2.3"), ["m"], actor="test")
-    assert again.duplicate
-    assert again.image_id == first.image_id
+    assert (again.duplicate, again.collides_with) == (False, first.image_id)
+    same = store.ingest(new_image(b"a", sop_instance_uid="1.2.3"), ["m"], actor="test")
+    assert (same.duplicate, same.image_id) == (True, first.image_id)
 
 
 def test_images_of_one_study_share_it(store: Store) -> None:

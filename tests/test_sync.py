@@ -19,7 +19,7 @@ from edge.config import Settings, load_settings
 from edge.hub import devices, releases, reviews
 from edge.pipeline import Pipeline
 from edge.store import Store
-from edge.sync import protocol
+from edge.sync import protocol, signatures
 from edge.sync.client import Credential, HubRefused, SyncClient
 from edge.sync.runner import exchange, sync_status
 from tests.conftest import DEFAULT_MODEL, MODELS
@@ -56,19 +56,21 @@ def samples(count: int) -> list[Path]:
     return sorted((MODELS / DEFAULT_MODEL / "samples").glob("*.png"))[:count]
 
 
+@pytest.mark.security
 def test_enrolment_is_one_time(hub: Hub, device: Settings) -> None:
     code = devices.create_enroll_code(hub.engine)
     from edge.sync.client import enroll
 
-    credential = enroll(device, "http://testserver", code, "clinic-1", hub.client)
+    credential = enroll(device, "http://testserver", code, "clinic-1", hub.client, insecure=True)
     assert Credential.load(device) == credential
     assert (Credential.path(device).stat().st_mode & 0o777) == 0o600
+    assert (Credential.key_path(device).stat().st_mode & 0o777) == 0o600
     from edge.errors import EdgeError
 
     with pytest.raises(EdgeError, match="enrolment refused"):
-        enroll(device, "http://testserver", code, "clinic-2", hub.client)  # used already
+        enroll(device, "http://testserver", code, "clinic-2", hub.client, insecure=True)  # used already
     with pytest.raises(EdgeError):
-        enroll(device, "http://testserver", "not-a-real-code", "clinic-3", hub.client)
+        enroll(device, "http://testserver", "not-a-real-code", "clinic-3", hub.client, insecure=True)
 
 
 def test_results_arrive_once_then_files_then_reviews_come_back(hub: Hub, device: Settings) -> None:
@@ -116,6 +118,7 @@ def test_results_arrive_once_then_files_then_reviews_come_back(hub: Hub, device:
         assert sync_status(device, store)["state"] == "up to date"
 
 
+@pytest.mark.security
 def test_the_same_uuid_with_other_content_is_quarantined(hub: Hub, device: Settings) -> None:
     with Store(device.data_dir) as store:
         analysed(device, store, samples(1))
@@ -186,6 +189,7 @@ PHI = {
 }
 
 
+@pytest.mark.security
 def test_nothing_identifying_leaves_the_device(hub: Hub, tmp_path: Path) -> None:
     device = load_settings(data_dir=tmp_path / "device", models={"dir": MODELS}, sync={"images": "full"})
     png = samples(1)[0]
@@ -250,13 +254,7 @@ def signed_headers(
 ) -> dict[str, str]:
     timestamp = override.pop("timestamp", f"{time.time():.3f}")
     nonce = override.pop("nonce", "n-" + hashlib.sha256(body + timestamp.encode()).hexdigest()[:20])
-    return {
-        "Authorization": f"Bearer {credential.device_id}.{credential.secret}",
-        "X-Edge-Timestamp": timestamp,
-        "X-Edge-Nonce": nonce,
-        "X-Edge-Signature": protocol.sign(credential.signing_key, method, path, timestamp, nonce, body),
-        **override,
-    }
+    return {**credential.headers(method, path, body, timestamp, nonce), **override}
 
 
 def batch_body(uuid: str = "01a22600-0000-7000-8000-000000000001") -> bytes:
@@ -273,6 +271,7 @@ def batch_body(uuid: str = "01a22600-0000-7000-8000-000000000001") -> bytes:
     )
 
 
+@pytest.mark.security
 def test_security_refusals(hub: Hub, tmp_path: Path) -> None:
     one = load_settings(data_dir=tmp_path / "one")
     two = load_settings(data_dir=tmp_path / "two")
@@ -282,8 +281,8 @@ def test_security_refusals(hub: Hub, tmp_path: Path) -> None:
     gz = {"Content-Encoding": "gzip"}
 
     assert post("/v1/batches", content=body, headers=gz).status_code == 401  # no credential
-    forged = signed_headers(first, "POST", "/v1/batches", body)
-    forged["Authorization"] = f"Bearer {first.device_id}.not-the-secret"
+    forged = signed_headers(second, "POST", "/v1/batches", body)  # another device's key
+    forged["X-Edge-Device"] = first.device_id
     assert post("/v1/batches", content=body, headers={**forged, **gz}).status_code == 401
     good = signed_headers(first, "POST", "/v1/batches", body)
     tampered = body[:-4] + b"\x00\x00\x00\x00"
@@ -355,12 +354,13 @@ def test_every_refusal_is_a_wire_code_in_json(hub: Hub, device: Settings) -> Non
     }
     with Store(device.data_dir) as store:
         client = hub.sync_client(device, store, hub.enroll(device))
-        client.credential.secret = "wrong"
+        client.credential.device_id = "01a22600-0000-7000-8000-00000000dead"
         with pytest.raises(HubRefused) as refused:
             client.pull_reviews()
     assert (refused.value.status, refused.value.code) == (401, protocol.WireCode.BAD_CREDENTIAL)
 
 
+@pytest.mark.security
 def test_rate_limit(tmp_path: Path) -> None:
     hub = Hub(
         load_settings(data_dir=tmp_path / "h", hub={"rate_per_s": 1.0, "rate_burst": 5}),
@@ -370,7 +370,9 @@ def test_rate_limit(tmp_path: Path) -> None:
     credential = hub.enroll(device)
     codes = []
     for index in range(12):
-        headers = signed_headers(credential, "GET", "/v1/reviews?cursor=0", b"", nonce=f"rate-{index}")
+        headers = signed_headers(
+            credential, "GET", "/v1/reviews?cursor=0", b"", nonce=f"rate-limit-nonce-{index:04d}"
+        )
         codes.append(hub.client.get("/v1/reviews?cursor=0", headers=headers).status_code)
     assert 429 in codes
     assert codes[0] == 200
@@ -391,6 +393,7 @@ def publish(hub: Hub, folder: Path, key: Any, out: Path) -> None:
     releases.publish_release(hub.engine, hub.settings.hub_dir / "files", release, out)
 
 
+@pytest.mark.security
 def test_signed_model_update_installs_and_bad_ones_do_not(hub: Hub, tmp_path: Path) -> None:
     from tests.tinymodel import make_model_dir
     from tools.publish_model import keygen, load_key
@@ -492,7 +495,9 @@ def test_a_model_that_fails_its_self_test_is_rolled_back(tmp_path: Path) -> None
 
 def test_status_says_offline_when_the_hub_is_gone(tmp_path: Path) -> None:
     device = load_settings(data_dir=tmp_path / "d", models={"dir": MODELS})
-    Credential("http://127.0.0.1:9", "dev", "secret").save(device)  # port 9: nothing listens
+    Credential("http://127.0.0.1:9", "dev", key=signatures.new_device_key()).save(
+        device, True
+    )  # port 9: nothing listens
     from edge.sync.runner import run_round
 
     with Store(device.data_dir) as store, httpx.Client() as http:
@@ -507,7 +512,7 @@ def test_status_says_offline_when_the_hub_is_gone(tmp_path: Path) -> None:
 def test_a_refusal_is_not_retried_blindly(hub: Hub, device: Settings) -> None:
     with Store(device.data_dir) as store:
         client = hub.sync_client(device, store, hub.enroll(device))
-        client.credential.secret = "wrong"
+        client.credential.key = signatures.new_device_key()  # not the key the hub has
         with pytest.raises(HubRefused):
             client.pull_reviews()
 

@@ -89,3 +89,19 @@ def test_units_name_what_the_issue_requires() -> None:
     ):
         assert setting in text, setting
     assert "PrivateDevices=yes" not in text  # it would hide the GPU
+
+
+@pytest.mark.security
+@pytest.mark.parametrize("unit", UNITS, ids=lambda p: p.name)
+def test_units_bound_their_memory(unit: Path) -> None:
+    """Issue 17: a service without a memory bound could take the whole 8 GB of a Jetson (shared
+    with the GPU) and make the kernel kill another one. MemoryHigh below MemoryMax, both set."""
+    settings = dict(line.split("=", 1) for line in unit.read_text().splitlines() if line.startswith("Memory"))
+    units = {"K": 2**10, "M": 2**20, "G": 2**30}
+
+    def size(value: str) -> int:
+        return int(value[:-1]) * units[value[-1]] if value[-1] in units else int(value)
+
+    assert "MemoryMax" in settings, unit.name
+    assert "MemoryHigh" in settings, unit.name
+    assert 0 < size(settings["MemoryHigh"]) < size(settings["MemoryMax"]) <= 4 * 2**30

@@ -107,7 +107,7 @@ def test_the_sync_agent_is_ready_and_pets_while_the_link_is_down(
     import os
 
     from edge.config import load_settings
-    from edge.sync import runner
+    from edge.sync import runner, signatures
     from edge.sync.client import Credential
 
     with socket.socket() as probe:  # a port nobody listens on: the link is down
@@ -116,7 +116,7 @@ def test_the_sync_agent_is_ready_and_pets_while_the_link_is_down(
     settings = load_settings(
         data_dir=tmp_path / "device", sync={"interval_s": 0.2, "max_backoff_s": 1, "timeout_s": 1}
     )
-    Credential(f"http://127.0.0.1:{dead}", "device-1", "secret").save(settings)
+    Credential(f"http://127.0.0.1:{dead}", "device-1", key=signatures.new_device_key()).save(settings, True)
     monkeypatch.setenv("WATCHDOG_USEC", "400000")  # pets due every 0.2 s
     monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
     monkeypatch.setattr(runner.signal, "signal", lambda *_: None)  # not the main thread

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -22,8 +20,8 @@ from edge.operations.host import host_facts
 from edge.processes import InstanceLock
 from edge.store import Store
 from edge.tui.app import EdgeApp, create_app, run_tui
-from edge.tui.data import ResultDetail
-from edge.tui.screens.dialogs import ConfirmDialog, ModelDialog, NoteDialog
+from edge.tui.data import ResultDetail, is_urgent
+from edge.tui.screens.dialogs import DeleteDialog, ModelDialog, NoteDialog
 from edge.tui.screens.help import HelpScreen
 from edge.tui.screens.live import LiveModel, LiveScreen, status_text
 from edge.tui.screens.result import ResultScreen, sections
@@ -38,36 +36,15 @@ from tests.tui_fixtures import (
     Filled,
     build_app,
     copy_of_template,
+    drive,
     fixed_health,
     settle,
 )
-
-Scenario = Callable[[Pilot[Any], list[str]], Awaitable[None]]
 
 
 @pytest.fixture
 def filled(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> tuple[Settings, Filled]:
     return copy_of_template(tmp_path_factory, tmp_path)
-
-
-def drive(app: EdgeApp, scenario: Scenario, size: tuple[int, int] = (80, 24)) -> list[str]:
-    """Run `scenario(pilot, notifications)` against the app; returns what it notified."""
-    said: list[str] = []
-    original = app.notify
-
-    def notify(message: str, **options: Any) -> None:
-        said.append(message)
-        original(message, **options)
-
-    app.notify = notify  # type: ignore[method-assign]
-
-    async def run() -> None:
-        async with app.run_test(size=size) as pilot:
-            await settle(pilot)
-            await scenario(pilot, said)
-
-    asyncio.run(run())
-    return said
 
 
 def text_of(app: EdgeApp, selector: str) -> str:
@@ -120,8 +97,16 @@ def test_worklist_shows_every_state_urgent_first_and_the_refusal_reason(
         assert rows[0].job_id == ids["dicom"]["job_id"]  # flagged urgent: first
         assert [row.urgent for row in rows] == sorted((row.urgent for row in rows), reverse=True)
         assert {row.state for row in rows} == {"done", "queued", "running", "refused"}
-        unflagged = [row.queued_at for row in rows[1:]]
-        assert unflagged == sorted(unflagged, reverse=True)  # then the newest first
+        # Then the positive findings (urgent too), then the rest; each group newest first.
+        urgency = [is_urgent(row) for row in rows]
+        assert urgency == sorted(urgency, reverse=True)
+        positives = [row for row in rows[1:] if is_urgent(row)]
+        assert positives
+        assert all(row.positive for row in positives)
+        for group in (positives, [row for row in rows if not is_urgent(row)]):
+            times = [row.queued_at for row in group]
+            assert times == sorted(times, reverse=True)
+        assert "sorted: flagged, positive, newest" in text_of(pilot.app, "#filter-state")  # type: ignore[arg-type]
         assert "pneumonia" in text_of(pilot.app, "#row-detail")  # type: ignore[arg-type]
         await go_to_row(pilot, ids["refused"]["job_id"])
         detail = text_of(pilot.app, "#row-detail")  # type: ignore[arg-type]
@@ -146,9 +131,12 @@ def test_search_and_filters_narrow_the_worklist(filled: tuple[Settings, Filled])
         await settle(pilot)
         assert [row.state for row in screen.rows] == ["queued"]
         assert "state: new" in text_of(pilot.app, "#filter-state")  # type: ignore[arg-type]
-        await pilot.press("x", "U")  # clear, then urgent only
+        await pilot.press("x", "u")  # clear, then urgent only: flagged studies and positive findings
         await settle(pilot)
-        assert [row.job_id for row in screen.rows] == [ids["dicom"]["job_id"]]
+        assert screen.rows[0].job_id == ids["dicom"]["job_id"]
+        assert ids["pneumonia_png"]["job_id"] in {row.job_id for row in screen.rows}
+        assert all(is_urgent(row) for row in screen.rows)
+        assert "URGENT ONLY" in text_of(pilot.app, "#filter-state")  # type: ignore[arg-type]
         await pilot.press("x", "V")  # unseen results only
         await settle(pilot)
         assert screen.rows
@@ -187,7 +175,8 @@ def test_result_screen_shows_image_heatmap_numbers_review_and_notes(filled: tupl
         assert "BORDERLINE p = 0.03" in scope
         assert "near the edge of what the model was trained on" in scope
         review = text_of(pilot.app, "#section-review")  # type: ignore[arg-type]
-        assert "agree" in review
+        assert "AGREE" in review
+        assert "their finding: pneumonia" in review
         assert "radiologist" in review
         assert "Right lower lobe consolidation" in review
         picture = screen.query_one(Picture)
@@ -221,7 +210,7 @@ def test_the_worklist_marks_borderline_superseded_and_out_of_scope_rows(
     assert borderline is not None
     assert refused is not None
     assert (borderline.applicability_state, borderline.applicability_p) == ("borderline", 0.0312)
-    assert badge(borderline).plain == f"POS {BORDERLINE_MARK}"
+    assert badge(borderline).plain == f"POS{BORDERLINE_MARK}"
     assert "borderline (p = 0.03)" in describe(borderline, "today")
     assert badge(replace(borderline, finding="normal")).plain == BORDERLINE_MARK
     old = replace(borderline, superseded=True)
@@ -263,7 +252,7 @@ def test_flag_urgent_note_and_mark_seen_write_through_the_store(filled: tuple[Se
     async def scenario(pilot: Pilot[Any], said: list[str]) -> None:
         screen = worklist(pilot.app)  # type: ignore[arg-type]
         await go_to_row(pilot, breast["job_id"])
-        await pilot.press("u")
+        await pilot.press("exclamation_mark")
         await settle(pilot)
         assert said[-1].startswith("flagged urgent")
         assert screen.current_item().job_id == breast["job_id"]  # type: ignore[union-attr]
@@ -402,14 +391,18 @@ def test_delete_asks_first_then_removes_rows_and_files_with_an_audit_row(
         await go_to_row(pilot, target["job_id"])
         await pilot.press("D")
         await settle(pilot)
-        assert isinstance(pilot.app.screen, ConfirmDialog)
+        assert isinstance(pilot.app.screen, DeleteDialog)
         await pilot.press("enter", "n")  # Enter does not confirm; n keeps it
         await settle(pilot)
         assert said[-1] == "nothing deleted"
         assert image.is_file()
         await pilot.press("delete")
         await settle(pilot)
-        await pilot.press("y")
+        await pilot.press("r")  # the study's only result: not offered, says why, stays open
+        await settle(pilot)
+        assert isinstance(pilot.app.screen, DeleteDialog)
+        assert "only result" in said[-1]
+        await pilot.press("s")
         await settle(pilot)
         assert said[-1].startswith("study deleted: 1 image(s), 1 result(s)")
         assert target["job_id"] not in {row.job_id for row in worklist(pilot.app).rows}  # type: ignore[arg-type]
@@ -432,7 +425,7 @@ def test_delete_from_the_result_screen_returns_to_the_worklist(filled: tuple[Set
         await open_row(pilot, ids["clip"]["job_id"])
         await pilot.press("D")
         await settle(pilot)
-        await pilot.press("y")
+        await pilot.press("s")
         await settle(pilot)
         assert isinstance(pilot.app.screen, WorklistScreen)
         assert said[-1].startswith("study deleted")
@@ -452,7 +445,7 @@ def test_a_study_being_analysed_cannot_be_deleted(filled: tuple[Settings, Filled
         await go_to_row(pilot, running.job_id)
         await pilot.press("D")
         await settle(pilot)
-        assert not isinstance(pilot.app.screen, ConfirmDialog)
+        assert not isinstance(pilot.app.screen, DeleteDialog)
         assert "being analysed right now" in said[-1]
 
     drive(app, scenario)
@@ -479,11 +472,29 @@ def test_keys_reach_every_screen_help_and_the_command_palette(filled: tuple[Sett
         await pilot.pause()
         assert isinstance(pilot.app.screen, HelpScreen)
         keys = str(pilot.app.screen.query_one("#help-body Static", Static).render())
-        for words in ("Urgent", "Re-run", "Delete", "Sync now", "Clip", "ctrl+p"):
+        for words in (
+            "Flag",
+            "Urgent only",
+            "Re-run",
+            "Delete",
+            "Sync now",
+            "Clip",
+            "ctrl+p",
+            "glossary",
+        ):
             assert words in keys
         await pilot.press("escape")
         commands = {command.title for command in pilot.app.get_system_commands(pilot.app.screen)}
-        assert {"Go to Sync", "Go to Device", "Urgent", "Note", "Re-run", "Delete", "Search"} <= commands
+        assert {
+            "Go to Sync",
+            "Go to Device",
+            "Flag",
+            "Urgent only",
+            "Note",
+            "Re-run",
+            "Delete",
+        } <= commands
+        assert {"Search", "Glossary"} <= commands
         await pilot.press("3", "ctrl+p")
         await pilot.pause()
         assert isinstance(pilot.app.screen, CommandPalette)
@@ -555,7 +566,7 @@ def test_an_empty_device_says_how_studies_arrive(tmp_path: Path) -> None:
 
     async def scenario(pilot: Pilot[Any], said: list[str]) -> None:
         assert "No studies yet" in text_of(pilot.app, "#row-detail")  # type: ignore[arg-type]
-        await pilot.press("u")
+        await pilot.press("exclamation_mark")
         assert said[-1] == "no study selected"
 
     drive(app, scenario)
@@ -642,7 +653,9 @@ def test_live_status_words_follow_the_applicability_check() -> None:
         return status_text(LiveScore(7, 2.3, "ok", 0.71, 0.64, "covid", 12.0, scope), model).splitlines()
 
     for scope in (None, "in scope"):
-        assert status(scope)[0].startswith("[green]OK[/] [bold yellow]covid[/] · t=2.3 s")
+        assert status(scope)[0].startswith(
+            "[green]OK[/] picture usable · this frame: [bold yellow]covid[/] · t=2.3 s"
+        )
     assert "borderline" in status("borderline")[0]
     assert "covid" in status("borderline")[0]
     out = status("out of scope")

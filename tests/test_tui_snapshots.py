@@ -22,6 +22,7 @@ from tests.tui_fixtures import (
     CLIP,
     RUNNING_AGENT,
     Filled,
+    add_second_result,
     build_app,
     copy_of_template,
     fixed_health,
@@ -29,7 +30,7 @@ from tests.tui_fixtures import (
 )
 
 SMALL = (80, 24)
-LARGE = (120, 36)
+LARGE = (120, 40)
 Compare = Callable[..., bool]
 
 FAILED_SYNC = {
@@ -79,6 +80,15 @@ def test_worklist_large(snap_compare: Compare, filled: tuple[Any, Filled]) -> No
     assert snap_compare(app_for(filled), terminal_size=LARGE, run_before=steps())
 
 
+def test_worklist_urgent_filter(snap_compare: Compare, filled: tuple[Any, Filled]) -> None:
+    assert snap_compare(app_for(filled), terminal_size=SMALL, run_before=steps("u"))
+
+
+def test_worklist_search_then_list_keys(snap_compare: Compare, filled: tuple[Any, Filled]) -> None:
+    # Down leaves the search box: the list has the focus, the footer its keys again.
+    assert snap_compare(app_for(filled), terminal_size=SMALL, run_before=steps("slash", *"sample", "down"))
+
+
 def test_worklist_refused_row_filtered(snap_compare: Compare, filled: tuple[Any, Filled]) -> None:
     assert snap_compare(app_for(filled), terminal_size=SMALL, run_before=steps("f", "f", "f", "f"))
 
@@ -100,6 +110,14 @@ def test_result_refused(snap_compare: Compare, filled: tuple[Any, Filled]) -> No
 
 def test_delete_confirmation(snap_compare: Compare, filled: tuple[Any, Filled]) -> None:
     row = filled[1]["breast"]["job_id"]
+    assert snap_compare(app_for(filled), terminal_size=SMALL, run_before=steps("D", row=row))
+
+
+def test_delete_one_result_of_a_dicom_study(snap_compare: Compare, filled: tuple[Any, Filled]) -> None:
+    # The DICOM refused by the wrong model (us-breast) in a study with a second row: r is offered.
+    settings, ids = filled
+    add_second_result(settings, ids)
+    row = ids["refused"]["job_id"]
     assert snap_compare(app_for(filled), terminal_size=SMALL, run_before=steps("D", row=row))
 
 
@@ -147,3 +165,12 @@ def test_device_large_with_the_agent_running(snap_compare: Compare, filled: tupl
 
 def test_help(snap_compare: Compare, filled: tuple[Any, Filled]) -> None:
     assert snap_compare(app_for(filled), terminal_size=SMALL, run_before=steps("question_mark"))
+
+
+def test_glossary(snap_compare: Compare, filled: tuple[Any, Filled]) -> None:
+    assert snap_compare(app_for(filled), terminal_size=SMALL, run_before=steps("g"))
+
+
+def test_result_with_reply_large(snap_compare: Compare, filled: tuple[Any, Filled]) -> None:
+    row = filled[1]["pneumonia_png"]["job_id"]
+    assert snap_compare(app_for(filled), terminal_size=LARGE, run_before=steps("enter", row=row))

@@ -17,6 +17,7 @@ import pytest
 
 from edge.config import Settings
 from edge.errors import Code, EdgeError
+from edge.imaging.dicom import display_frames
 from edge.inference.pool import ModelPool
 from edge.inference.registry import Registry
 from edge.pipeline import Pipeline
@@ -470,8 +471,16 @@ def test_a_dicom_cine_goes_to_the_video_path(pipeline: Pipeline, tmp_path: Path)
     ds.FrameTime = 100.0
     path = tmp_path / "cine.dcm"
     path.write_bytes(dicomgen.to_bytes(ds))
+    decoded_by: list[str] = []
+
+    def guarded(data: bytes, name: str) -> list[tuple[float, np.ndarray]]:
+        decoded_by.append(name)  # the agent gives its guarded decoder's `frames` (issue 17)
+        return list(display_frames(data))
+
+    pipeline.frame_decoder = guarded
     [analysis] = pipeline.analyse_file(path, model=ultrasound_model())
     assert analysis.ok, analysis.message
+    assert len(decoded_by) == 1
     clip = pipeline.store.clip_for_result(analysis.result.id)
     assert clip["source"] == "dicom"
     assert clip["frames_analysed"] >= 3

@@ -312,3 +312,71 @@ def test_the_memory_is_bounded(settings: Settings, store: Store, monkeypatch: py
         path.unlink()
     drop.scan_once()  # files taken away by hand are forgotten
     assert (len(drop._held), len(drop._seen)) == (0, 0)
+
+
+# ------------------------------------------------------------------ links and owners (issue 17)
+
+
+@pytest.mark.security
+def test_a_symlink_is_quarantined_unread_and_its_target_untouched(
+    folder: Any, sample_dcm: Path, tmp_path: Path
+) -> None:
+    """The folder followed a link to any file the agent could read (another study's DICOM in
+    the data directory, a key): now it is refused as a link, whatever it points at."""
+    drop, clock, store = folder
+    secret = tmp_path / "elsewhere" / "other-patient.dcm"
+    secret.parent.mkdir()
+    shutil.copy(sample_dcm, secret)
+    (drop.inbox / "looks-fine.dcm").symlink_to(secret)
+    assert settle(drop, clock)["quarantined"] == 1
+    assert store.counts()["images"] == 0
+    assert refusal_codes(store) == ["DROP_FILE_LINKED"]
+    assert secret.read_bytes() == sample_dcm.read_bytes()  # the target stays where it was
+    moved = next(p for p in drop.quarantine.rglob("looks-fine.dcm"))
+    assert moved.is_symlink()  # the link itself was moved, never its target
+    reason = next(drop.quarantine.rglob("*.reason.txt")).read_text()
+    assert reason.startswith("DROP_FILE_LINKED: ")
+
+
+@pytest.mark.security
+def test_a_hard_link_is_quarantined_unread(folder: Any, sample_dcm: Path, tmp_path: Path) -> None:
+    drop, clock, store = folder
+    secret = tmp_path / "other-patient.dcm"
+    shutil.copy(sample_dcm, secret)
+    os.link(secret, drop.inbox / "b.dcm")
+    assert settle(drop, clock)["quarantined"] == 1
+    assert store.counts()["images"] == 0
+    assert refusal_codes(store) == ["DROP_FILE_LINKED"]
+    assert secret.exists()
+
+
+@pytest.mark.security
+def test_a_file_of_another_owner_is_quarantined_unread(
+    settings: Settings, store: Store, sample_dcm: Path
+) -> None:
+    """Only files of `[watch] owners` (default: the agent's own user) are read; here the
+    expected owner is someone else, so our own file stands for a stranger's."""
+    other = str(os.geteuid() + 4242)
+    watched = settings.model_copy(
+        update={"watch": settings.watch.model_copy(update={"settle_s": 0.0, "owners": [other]})}
+    )
+    drop = DropFolder(watched, Pipeline(watched, store, actor="watch"), decode_bytes, clock=Clock())
+    shutil.copy(sample_dcm, drop.inbox / "b.dcm")
+    assert drop.scan_once()["quarantined"] == 1
+    assert refusal_codes(store) == ["DROP_FILE_NOT_OWNED"]
+    assert store.counts()["images"] == 0
+
+
+@pytest.mark.security
+def test_a_file_swapped_for_a_symlink_after_the_listing_is_not_followed(
+    sample_dcm: Path, tmp_path: Path
+) -> None:
+    """The check is on what was opened (O_NOFOLLOW, fstat), not on an earlier stat."""
+    target = tmp_path / "target.dcm"
+    shutil.copy(sample_dcm, target)
+    link = tmp_path / "dropped.dcm"
+    link.symlink_to(target)
+    with pytest.raises(EdgeError) as refused:
+        watch.read_dropped(link, 1 << 30, frozenset({os.geteuid()}))
+    assert refused.value.code.value == "DROP_FILE_LINKED"
+    assert watch.read_dropped(target, 1 << 30, frozenset({os.geteuid()})) == sample_dcm.read_bytes()

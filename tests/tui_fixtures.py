@@ -8,11 +8,12 @@ the data alone; ids stay random (the TUI never shows them).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -27,7 +28,9 @@ from edge.config import Settings, load_settings
 from edge.operations.health import snapshot
 from edge.pipeline import Pipeline
 from edge.store import Store
+from edge.tui import actions
 from edge.tui.app import EdgeApp, create_app
+from edge.tui.context import TuiContext
 from edge.video import analysis as _video_analysis  # noqa: F401 - loaded now, so its clock is frozen too
 
 REPO = Path(__file__).resolve().parent.parent
@@ -255,3 +258,43 @@ async def settle(pilot: Pilot[Any], rounds: int = 3) -> None:
     for _ in range(rounds):
         await pilot.app.workers.wait_for_complete()
         await pilot.pause()
+
+
+def add_second_result(settings: Settings, ids: Filled) -> str:
+    """The refused DICOM (us-breast: the wrong model) analysed again with the chest model, here
+    (no agent): its study now holds two rows. Returns the chest result's job id."""
+    context = TuiContext(settings, agent=lambda _: {"running": False}, actor="tui:test")
+    clock = FrozenClock()
+    clock.set("2025-03-14T09:15:00.000Z")  # fixed, so the snapshots that show it do not change
+    with frozen_store_clock(clock):
+        said = actions.rerun(context, ids["refused"]["image_id"], "cxr-pneumonia")
+    assert said.startswith("cxr-pneumonia: "), said
+    with Store(settings.data_dir) as store:
+        row = store.db.execute(
+            "SELECT id FROM jobs WHERE image_id = ? AND model_name = 'cxr-pneumonia'",
+            [ids["refused"]["image_id"]],
+        ).fetchone()
+    return str(row["id"])
+
+
+Scenario = Callable[[Pilot[Any], list[str]], Awaitable[None]]
+
+
+def drive(app: EdgeApp, scenario: Scenario, size: tuple[int, int] = (80, 24)) -> list[str]:
+    """Run `scenario(pilot, notifications)` against the app; returns what it notified."""
+    said: list[str] = []
+    original = app.notify
+
+    def notify(message: str, **options: Any) -> None:
+        said.append(message)
+        original(message, **options)
+
+    app.notify = notify  # type: ignore[method-assign]
+
+    async def run() -> None:
+        async with app.run_test(size=size) as pilot:
+            await settle(pilot)
+            await scenario(pilot, said)
+
+    asyncio.run(run())
+    return said

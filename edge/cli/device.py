@@ -60,8 +60,8 @@ def run(obj: Context, dicom: bool | None, port: int | None, watch: bool | None, 
 @click.option("--json", "as_json", is_flag=True)
 @pass_context
 def doctor(obj: Context, as_json: bool) -> None:
-    """Check this device: packages, backends and GPU, models, engines, database, disk, clock,
-    listener, agent. One pass/warn/fail line each; exit status 0, 1 or 2 for the worst."""
+    """Check this device: packages, backends and GPU, models, engines, database, disk, encryption
+    at rest, clock, listener, agent. One pass/warn/fail line each; exit status 0, 1 or 2 for the worst."""
     from edge.operations.doctor import run_checks, worst
 
     checks = run_checks(obj.settings)

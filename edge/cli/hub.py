@@ -19,27 +19,45 @@ if TYPE_CHECKING:
 
 @cli.group()
 def hub() -> None:
-    """The hub: serve, enroll-code, review, publish, user, fhir-token."""
+    """The hub: serve, enroll-code, devices, codes, review, publish, user, fhir-token."""
 
 
 @hub.command("serve")
+@click.option("--bind", help="Address to listen on (default [hub] bind, 127.0.0.1: this machine only).")
+@click.option("--port", type=click.IntRange(1, 65535), help="TCP port (default [hub] port, 8720).")
 @pass_context
-def hub_serve(obj: Context) -> None:
-    """Serve the hub: the devices' API under /v1 and the specialists' review pages under /review."""
+def hub_serve(obj: Context, bind: str | None, port: int | None) -> None:
+    """Serve the hub: the devices' API under /v1 and the specialists' review pages under /review.
+
+    It speaks plain HTTP: to reach it from other machines, keep it on 127.0.0.1 behind a TLS
+    reverse proxy (README, "The hub"), or bind a private address only."""
+    import socket
+
     import uvicorn
 
     from edge.hub.app import create_app
 
     settings = obj.settings
+    host = bind if bind is not None else settings.hub.bind
+    port = port if port is not None else settings.hub.port
+    try:  # a typo'd address refuses in one line, before the app is built
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        click.echo(
+            f"CONFIG_INVALID: cannot listen on {host!r}: {exc}; give an address of this machine", err=True
+        )
+        sys.exit(EXIT_USAGE)
     if not logging.getLogger().isEnabledFor(logging.INFO):
         edge_log.configure(logging.INFO)  # a service logs what it does (a client gone mid-request too)
-    uvicorn.run(
-        create_app(settings),
-        host=settings.hub.bind,
-        port=settings.hub.port,
-        log_level="info",
-        proxy_headers=True,
-    )
+    log = logging.getLogger(__name__)
+    log.info("hub listening on http://%s:%d/ (review pages under /review/)", host, port)
+    if host not in ("127.0.0.1", "::1", "localhost"):
+        log.warning(
+            "the hub serves plain HTTP on %s: put a TLS reverse proxy in front of it before "
+            "specialists or devices reach it over a network you do not control",
+            host,
+        )
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", proxy_headers=True)
 
 
 @hub.command("enroll-code")
@@ -83,12 +101,23 @@ def hub_review(
 @pass_context
 def hub_publish(obj: Context, release_json: Path, programme: str) -> None:
     """Publish a signed model release (made by tools/publish_model.py) to the devices."""
+    from pydantic import ValidationError
+
     from edge.hub import db, releases
+    from edge.hub.errors import HubError
     from edge.sync import protocol
 
-    release = protocol.ModelRelease.model_validate_json(release_json.read_text())
-    engine = db.make_engine(obj.settings.hub_database_url)
-    releases.publish_release(engine, obj.settings.hub_dir / "files", release, release_json.parent, programme)
+    try:
+        release = protocol.ModelRelease.model_validate_json(release_json.read_text())
+        engine = db.make_engine(obj.settings.hub_database_url)
+        releases.publish_release(
+            engine, obj.settings.hub_dir / "files", release, release_json.parent, programme
+        )
+    except ValidationError as error:
+        click.echo(f"BAD_RELEASE: {release_json} is not a release: {error.errors()[0]['msg']}", err=True)
+        sys.exit(EXIT_REFUSED)
+    except HubError as error:
+        _refused(error)
     click.echo(f"published {release.name} {release.version} to programme {programme}")
 
 
@@ -229,7 +258,7 @@ def hub_profile_publish(
 
 @hub.group("user")
 def hub_user() -> None:
-    """Accounts for the review pages: add, list, password, disable, enable."""
+    """Accounts for the review pages: add, list, password, disable, enable, unlock."""
 
 
 def _password(from_stdin: bool, name: str) -> str:
@@ -322,6 +351,21 @@ def hub_user_disable(obj: Context, name: str) -> None:
 def hub_user_enable(obj: Context, name: str) -> None:
     """Let a disabled account log in again."""
     _set_disabled(obj, name, False)
+
+
+@hub_user.command("unlock")
+@click.argument("name")
+@pass_context
+def hub_user_unlock(obj: Context, name: str) -> None:
+    """Lift the login lock of an account (every address); audited."""
+    from edge.hub import accounts, db
+
+    try:
+        user = accounts.unlock_user(db.make_engine(obj.settings.hub_database_url), name, actor="cli")
+    except accounts.AccountError as error:
+        click.echo(f"REFUSED: {error}", err=True)
+        sys.exit(EXIT_REFUSED)
+    click.echo(f"unlocked {user.name}")
 
 
 def _set_disabled(obj: Context, name: str, disabled: bool) -> None:

@@ -23,9 +23,11 @@ def pacs() -> None:
 def pacs_run(obj: Context) -> None:
     """Run the exporter until stopped (the edge-pacs service)."""
     from edge.interop.pacs_export import serve
+    from edge.operations import storage_encryption
 
     if not logging.getLogger().isEnabledFor(logging.INFO):
         edge_log.configure(logging.INFO)
+    storage_encryption.enforce(obj.settings)  # STORAGE_NOT_ENCRYPTED when it is required
     sys.exit(serve(obj.settings))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from typing import Any
 
 import click
 
@@ -24,9 +25,15 @@ def sync() -> None:
 @click.argument("url")
 @click.argument("code")
 @click.option("--name", help="This device's name on the hub (default: the host name).")
+@click.option(
+    "--insecure",
+    is_flag=True,
+    help="Allow a plain http:// hub URL (a lab only: results travel unencrypted). Kept for sync.",
+)
 @pass_context
-def sync_enroll(obj: Context, url: str, code: str, name: str | None) -> None:
-    """Exchange a one-time CODE from the hub's administrator for this device's credential."""
+def sync_enroll(obj: Context, url: str, code: str, name: str | None, insecure: bool) -> None:
+    """Make this device's key pair and register it with the hub, using a one-time CODE from the
+    hub's administrator. The private key stays in this device's data folder (owner-only)."""
     import socket
 
     import httpx
@@ -35,7 +42,7 @@ def sync_enroll(obj: Context, url: str, code: str, name: str | None) -> None:
 
     try:
         with httpx.Client(timeout=30) as http:
-            credential = enroll(obj.settings, url, code, name or socket.gethostname(), http)
+            credential = enroll(obj.settings, url, code, name or socket.gethostname(), http, insecure)
     except (EdgeError, httpx.HTTPError) as error:
         click.echo(
             error.one_line() if isinstance(error, EdgeError) else f"HUB_UNREACHABLE: {error}", err=True
@@ -48,16 +55,19 @@ def sync_enroll(obj: Context, url: str, code: str, name: str | None) -> None:
 @pass_context
 def sync_run(obj: Context) -> None:
     """Run the sync agent until stopped (the edge-sync service)."""
+    from edge.operations import storage_encryption
     from edge.sync.runner import serve
 
     if not logging.getLogger().isEnabledFor(logging.INFO):
         edge_log.configure(logging.INFO)
+    storage_encryption.enforce(obj.settings)  # STORAGE_NOT_ENCRYPTED when it is required
     sys.exit(serve(obj.settings))
 
 
 @sync.command("now")
+@click.option("--json", "as_json", is_flag=True, help="Print the sync report as JSON (for scripts).")
 @pass_context
-def sync_now(obj: Context) -> None:
+def sync_now(obj: Context, as_json: bool) -> None:
     """Sync at once: wake the running agent, or run one round here if none runs."""
     import httpx
 
@@ -67,16 +77,52 @@ def sync_now(obj: Context) -> None:
     from edge.sync.runner import run_round, sync_status
 
     if request_sync_now(obj.settings):
-        click.echo("asked the running sync agent to sync now")
+        click.echo(
+            json.dumps({"requested": True})
+            if as_json
+            else "Asked the running sync service (edge-sync) to sync now; edge sync status shows how it went."
+        )
         return
     credential = Credential.load(obj.settings)
     if credential is None:
-        click.echo("CONFIG_INVALID: sync is not configured: edge sync enroll URL CODE", err=True)
+        click.echo(
+            "CONFIG_INVALID: sync is not configured: enrol this device first with "
+            "edge sync enroll HUB_URL CODE (the code comes from the hub's administrator)",
+            err=True,
+        )
         sys.exit(EXIT_USAGE)
     with Store(obj.settings.data_dir) as store, httpx.Client(timeout=obj.settings.sync.timeout_s) as http:
-        ok = run_round(SyncClient(obj.settings, store, http, credential))
-        click.echo(json.dumps(sync_status(obj.settings, store), indent=2))
+        try:
+            client = SyncClient(obj.settings, store, http, credential)
+        except EdgeError as error:
+            click.echo(error.one_line(), err=True)
+            sys.exit(EXIT_REFUSED)
+        ok = run_round(client)
+        status = sync_status(obj.settings, store)
+    click.echo(json.dumps(status, indent=2) if as_json else "\n".join(round_sentences(ok, status)))
     sys.exit(0 if ok else EXIT_REFUSED)
+
+
+def round_sentences(ok: bool, status: dict[str, Any]) -> list[str]:
+    """`edge sync now`'s report in sentences: what happened, what waits, what to do."""
+    hub = status.get("hub") or "the hub"
+    pending = status.get("pending") or {}
+    results, files = int(pending.get("results", 0)), int(pending.get("files", 0))
+    lines = [f"Synced with {hub}." if ok else f"The sync with {hub} did not complete."]
+    if results or files:
+        lines.append(f"Still waiting to be sent: {results} result(s), {files} file(s).")
+    else:
+        lines.append("Nothing is waiting: the hub has every result.")
+    lines.append(f"Last success: {status.get('last_success') or 'never'}.")
+    if not ok and status.get("last_error"):
+        lines.append(f"Last error ({status.get('last_error_at') or 'just now'}): {status['last_error']}")
+        lines.append(
+            "It is tried again automatically while edge-sync runs (sudo systemctl start edge-sync); "
+            "edge sync status shows the state."
+        )
+    for release, reason in (status.get("models_refused") or {}).items():
+        lines.append(f"Model release {release} was refused (the installed version keeps serving): {reason}")
+    return lines
 
 
 @sync.command("status")

@@ -11,7 +11,7 @@ Modules, from the top down (a module imports only from its own line or below; no
 - `review_http` (sessions, CSRF, headers, templates), `presenters` (what a page shows)
 - the logic, without HTTP: `devices` (enrolment, authentication), `intake` (batches, uploads),
   `reviews`, `releases`, `accounts` (readers' passwords and sessions), `worklist` (what a reader
-  may see), `render` (pictures)
+  may see), `render` (pictures; it decodes uploads through `render_process`, a bounded child)
 - `worklist_index` (the worklist projection, written with each record)
 - `audit`, `db` (tables), `limits`, `errors` (`HubError`), `identities` (`Device`, `User`),
   `disconnects` (a client gone mid-request: one log line)

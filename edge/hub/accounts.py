@@ -3,8 +3,12 @@
 - Passwords are hashed with argon2-cffi's `PasswordHasher` (argon2id, the library's RFC 9106
   defaults); a hash made with older parameters is replaced at the next successful login. A name
   that does not exist costs the same verification as one that does (no account discovery by time).
-- `MAX_FAILURES` consecutive wrong passwords lock the account for `LOCK_S`; a locked account is
-  refused without looking at the password. Every attempt leaves an audit row.
+- `MAX_FAILURES` attempts without a success from one client address lock the account for that
+  address for `LOCK_S` (`ACCOUNT_MAX_FAILURES` from all addresses together lock it for all). An
+  attempt is counted before its password is checked, in one transaction holding the counter's
+  row, so parallel attempts cannot slip past the limit; a locked account still costs an argon2
+  verification (its refusal takes as long as a wrong password's). An administrator unlocks an
+  account (`edge hub user unlock`, the admin page). Every attempt leaves an audit row.
 - A session is a random token in an HttpOnly, SameSite=Strict cookie; the hub stores only its
   sha256, with an idle and an absolute expiry. Logging out deletes the row, so a copied cookie
   is worthless afterwards; a password change or a disabled account ends every session.
@@ -17,7 +21,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import hashlib
 import hmac
 import re
@@ -30,6 +33,8 @@ from typing import Any
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import Engine, delete, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from edge.hub import db
 from edge.hub.audit import record_audit
@@ -37,7 +42,9 @@ from edge.hub.identities import ALL_PROGRAMMES, ROLES, User
 
 MIN_PASSWORD = 12
 MAX_PASSWORD = 256  # argon2 takes any length; a megabyte "password" should not cost us a hash
-MAX_FAILURES = 5
+MAX_FAILURES = 5  # per account and client address
+ACCOUNT_MAX_FAILURES = 50  # per account over every address: a guess spread over many machines
+ANY_ADDRESS = "*"
 LOCK_S = 15 * 60
 SESSION_IDLE_S = 2 * 3600
 SESSION_MAX_S = 12 * 3600
@@ -147,7 +154,11 @@ def create_user(
 def list_users(engine: Engine) -> list[dict[str, Any]]:
     with engine.connect() as conn:
         rows = conn.execute(select(db.users).order_by(db.users.c.name)).all()
-    now = time.time()
+        locked = set(
+            conn.execute(
+                select(db.login_failures.c.name).where(db.login_failures.c.locked_until > time.time())
+            ).scalars()
+        )
     return [
         {
             "id": row.id,
@@ -157,7 +168,7 @@ def list_users(engine: Engine) -> list[dict[str, Any]]:
             "created_at": row.created_at,
             "last_login_at": row.last_login_at,
             "disabled": row.disabled_at is not None,
-            "locked": bool(row.locked_until and row.locked_until > now),
+            "locked": row.name in locked,
             "failed_logins": row.failed_logins,
         }
         for row in rows
@@ -197,6 +208,10 @@ def update_user(
         values.update(failed_logins=0, locked_until=None)
     if not values:
         return
+    if unlock:
+        current_name = find_user(engine, user_id)
+        if current_name is not None:
+            _forget_failures(engine, current_name.name)
     active_admins = select(db.users.c.id).where(
         db.users.c.role == "administrator", db.users.c.disabled_at.is_(None)
     )
@@ -239,6 +254,7 @@ def set_password(
                 locked_until=None,
             )
         )
+    _forget_failures(engine, row.name)  # a new password lifts the locks too
     revoke_sessions(engine, user_id, keep=keep_session)
     record_audit(engine, actor, "user.password_set", user=row.name)
 
@@ -246,37 +262,133 @@ def set_password(
 # ------------------------------------------------------------------ logging in
 
 
-def _verify_dummy(password: str) -> None:
+def _dummy() -> str:
     global _dummy_hash  # noqa: PLW0603 - made once, lazily: hashing at import time would slow every CLI start
     if _dummy_hash is None:
         _dummy_hash = _hasher.hash(secrets.token_hex(16))
-    with contextlib.suppress(VerificationError):
-        _hasher.verify(_dummy_hash, password)
+    return _dummy_hash
+
+
+def _verifies(password_hash: str, password: str) -> bool:
+    try:
+        return bool(_hasher.verify(password_hash, password))
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    allowed: bool  # neither the (account, address) pair nor the account is locked
+    locks: bool  # this attempt reached a limit: if it fails, the account is now locked
+
+
+def _reserve_attempt(engine: Engine, name: str, address: str, now: float) -> _Attempt:
+    """Count this attempt as a failure before the password is looked at, in one transaction that
+    holds the counters' rows (SQLite: BEGIN IMMEDIATE; PostgreSQL: SELECT ... FOR UPDATE). A burst
+    of parallel attempts is then serialised here: only the first `MAX_FAILURES` of a pair are
+    ever verified, whichever of them carries the right password."""
+    upsert = postgresql_insert if engine.dialect.name == "postgresql" else sqlite_insert
+    table = db.login_failures
+    allowed, locks = True, False
+    with engine.begin() as conn:
+        # Quiet for LOCK_S and not locked: forgotten (the table stays as small as the attacks).
+        conn.execute(
+            delete(table).where(
+                table.c.last_at < now - LOCK_S,
+                table.c.locked_until.is_(None) | (table.c.locked_until < now),
+            )
+        )
+        for key, limit in ((address, MAX_FAILURES), (ANY_ADDRESS, ACCOUNT_MAX_FAILURES)):
+            conn.execute(
+                upsert(table)
+                .values(name=name, address=key, failures=0, locked_until=None, last_at=now)
+                .on_conflict_do_nothing()
+            )
+            where = (table.c.name == name) & (table.c.address == key)
+            row = conn.execute(select(table).where(where).with_for_update()).one()
+            failures, locked_until = row.failures, row.locked_until
+            if locked_until is not None and locked_until <= now:  # the lock ran out
+                failures, locked_until = 0, None
+            if locked_until is not None:
+                # Locked for this pair: refused, and not counted against the account as a whole
+                # (one address hammering on must not lock the reader out everywhere).
+                allowed = False
+                conn.execute(update(table).where(where).values(last_at=now))
+                break
+            else:
+                failures += 1
+                if failures >= limit:  # this attempt is the last one verified
+                    locked_until, locks = now + LOCK_S, True
+            conn.execute(
+                update(table).where(where).values(failures=failures, locked_until=locked_until, last_at=now)
+            )
+    return _Attempt(allowed, locks and allowed)
+
+
+def _forget_failures(engine: Engine, name: str, address: str | None = None) -> None:
+    """After a success: this pair's and the account's counters. An unlock: every address's."""
+    condition = db.login_failures.c.name == name
+    if address is not None:
+        condition &= db.login_failures.c.address.in_([address, ANY_ADDRESS])
+    with engine.begin() as conn:
+        conn.execute(delete(db.login_failures).where(condition))
+
+
+def is_locked(engine: Engine, name: str, now: float | None = None) -> bool:
+    """Whether some address (or the account as a whole) is locked out of `name`."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(db.login_failures.c.name).where(
+                db.login_failures.c.name == name, db.login_failures.c.locked_until > (now or time.time())
+            )
+        ).first()
+    return row is not None
+
+
+def unlock_user(engine: Engine, name_or_id: str, actor: str) -> User:
+    """An administrator lifts every lock on an account (all addresses); audited."""
+    user = find_user(engine, name_or_id)
+    if user is None:
+        raise AccountError("no such account")
+    _forget_failures(engine, user.name)
+    with engine.begin() as conn:  # the columns older hubs locked with
+        conn.execute(
+            update(db.users).where(db.users.c.id == user.id).values(failed_logins=0, locked_until=None)
+        )
+    record_audit(engine, actor, "user.unlocked", user=user.name)
+    return user
 
 
 def authenticate(engine: Engine, name: str, password: str, address: str = "", purpose: str = "login") -> User:
     """The user, or AccountError with one sentence for every kind of refusal. `purpose` names
-    the audit rows ("login", or "password_check" when a logged-in reader confirms theirs)."""
+    the audit rows ("login", or "password_check" when a logged-in reader confirms theirs).
+
+    Every attempt costs one argon2 verification, whether the name exists, the account is locked
+    or the password is too long: the time of a refusal says nothing about the account."""
     refused = AccountError(
         f"Wrong name or password. After {MAX_FAILURES} failed attempts an account is locked for "
         f"{LOCK_S // 60} minutes."
     )
     cleaned = name.strip().lower()[:64]
+    address = (address or "-")[:64]
+    attempt = _reserve_attempt(engine, cleaned, address, time.time())
     with engine.connect() as conn:
         row = conn.execute(select(db.users).where(db.users.c.name == cleaned)).first()
-    if row is None or len(password) > MAX_PASSWORD:
-        _verify_dummy(password[:MAX_PASSWORD])
-        record_audit(engine, cleaned or "-", f"{purpose}.failed", reason="unknown name", address=address)
+    usable = row is not None and len(password) <= MAX_PASSWORD
+    stored = row.password_hash if row is not None and usable else _dummy()
+    verified = _verifies(stored, password[:MAX_PASSWORD]) and usable
+    actor = cleaned or "-"
+    if not attempt.allowed:
+        record_audit(engine, actor, f"{purpose}.refused", reason="locked", address=address)
         raise refused
-    now = time.time()
-    if row.locked_until and row.locked_until > now:
-        record_audit(engine, row.name, f"{purpose}.refused", reason="locked", address=address)
+    if not verified:
+        reason = "wrong password" if row is not None else "unknown name"
+        record_audit(engine, actor, f"{purpose}.failed", reason=reason, address=address)
+        if attempt.locks:
+            record_audit(engine, actor, "user.locked", seconds=LOCK_S, address=address)
         raise refused
-    try:
-        _hasher.verify(row.password_hash, password)
-    except (VerificationError, InvalidHashError):
-        _count_failure(engine, row.id, row.name, address, purpose)
-        raise refused from None
+    assert row is not None
+    _forget_failures(engine, cleaned, address)
     if row.disabled_at is not None:
         record_audit(engine, row.name, f"{purpose}.refused", reason="disabled", address=address)
         raise AccountError("This account is disabled. Ask the hub's administrator.")
@@ -289,27 +401,6 @@ def authenticate(engine: Engine, name: str, password: str, address: str = "", pu
         conn.execute(update(db.users).where(db.users.c.id == row.id).values(**values))
     record_audit(engine, row.name, f"{purpose}.ok", address=address)
     return _user(row)
-
-
-def _count_failure(engine: Engine, user_id: str, name: str, address: str, purpose: str) -> None:
-    with engine.begin() as conn:
-        conn.execute(
-            update(db.users)
-            .where(db.users.c.id == user_id)
-            .values(failed_logins=db.users.c.failed_logins + 1)
-        )
-        failures = conn.execute(select(db.users.c.failed_logins).where(db.users.c.id == user_id)).scalar_one()
-        if failures >= MAX_FAILURES:
-            conn.execute(
-                update(db.users)
-                .where(db.users.c.id == user_id)
-                .values(locked_until=time.time() + LOCK_S, failed_logins=0)
-            )
-    record_audit(
-        engine, name, f"{purpose}.failed", reason="wrong password", address=address, failures=failures
-    )
-    if failures >= MAX_FAILURES:
-        record_audit(engine, name, "user.locked", seconds=LOCK_S, address=address)
 
 
 # ------------------------------------------------------------------ sessions

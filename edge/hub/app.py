@@ -13,9 +13,10 @@ from sqlalchemy import Engine
 from starlette.exceptions import HTTPException
 
 from edge.config import Settings
-from edge.hub import db, disconnects, routes_device, worklist_index
+from edge.hub import db, disconnects, intake, routes_device, worklist_index
 from edge.hub.errors import HubError
 from edge.hub.limits import RateLimiter
+from edge.hub.render import Renditions
 from edge.hub.review_app import create_review_app
 from edge.hub.routes_fhir import create_fhir_app
 from edge.sync import protocol
@@ -25,9 +26,16 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     engine = engine or db.make_engine(settings.hub_database_url)
     files = settings.hub_dir / "files"
     files.mkdir(parents=True, exist_ok=True)
-    app = FastAPI(title="edge hub", version=str(protocol.VERSION), docs_url=None, redoc_url=None)
+    # No /openapi.json, /docs or /redoc: the schema is a map of the API for whoever asks, and
+    # the protocol is documented in edge/sync/protocol.py and docs/codes.md.
+    app = FastAPI(
+        title="edge hub", version=str(protocol.VERSION), docs_url=None, redoc_url=None, openapi_url=None
+    )
     app.state.device_api = routes_device.DeviceApi(
-        engine, files, RateLimiter(settings.hub.rate_per_s, settings.hub.rate_burst)
+        engine,
+        files,
+        RateLimiter(settings.hub.rate_per_s, settings.hub.rate_burst),
+        intake.UploadQuotas.from_settings(settings.hub),
     )
     app.add_exception_handler(HubError, routes_device.hub_refused)
     app.add_exception_handler(HTTPException, routes_device.framework_refused)
@@ -39,7 +47,10 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     fhir_app = create_fhir_app(engine)  # read-only FHIR R4 for health information systems
     app.mount("/fhir", fhir_app)
     app.mount("/review/fhir", fhir_app)  # where a reader's browser sends its session cookie
-    app.mount("/review", create_review_app(engine, files, settings.models.dir))
+    renditions = Renditions(
+        files / "renditions", settings.hub.render_memory_mb, settings.hub.render_max_pixels
+    )
+    app.mount("/review", create_review_app(engine, files, settings.models.dir, renditions))
 
     @app.get("/", include_in_schema=False)
     async def home() -> RedirectResponse:  # the bare host name leads to the review pages

@@ -39,10 +39,13 @@ devices = Table(
     Column("name", String(64), nullable=False),
     Column("site", String(64), nullable=False, default=""),
     Column("programme", String(64), nullable=False, default="default"),
-    Column("credential_hash", String(64), nullable=False),  # sha256 of the device secret
+    # Protocol 1's sha256 of a shared secret; "" since protocol 2 (no device secret exists any
+    # more), kept because older databases declare it NOT NULL.
+    Column("credential_hash", String(64), nullable=False),
     Column("created_at", String(32), nullable=False),
     Column("last_seen_at", String(32)),
     Column("revoked_at", String(32)),
+    Column("public_key", String(64)),  # hex ed25519: checks every request; NULL: protocol 1, refused
 )
 
 enroll_codes = Table(
@@ -54,6 +57,7 @@ enroll_codes = Table(
     Column("expires_at", String(32), nullable=False),
     Column("used_at", String(32)),
     Column("device_id", String(36)),
+    Column("revoked_at", String(32)),  # an unused code withdrawn: it enrols nothing
 )
 
 records = Table(
@@ -181,6 +185,18 @@ users = Table(
     Column("locked_until", Float),  # epoch seconds
 )
 
+# Login attempts since the last success, per account and client address, and per account over
+# every address ("*"); counted before the password is checked (edge/hub/accounts.py).
+login_failures = Table(
+    "login_failures",
+    metadata,
+    Column("name", String(64), primary_key=True),  # the name as typed, known account or not
+    Column("address", String(64), primary_key=True),
+    Column("failures", Integer, nullable=False),
+    Column("locked_until", Float),  # epoch seconds
+    Column("last_at", Float, nullable=False, index=True),
+)
+
 sessions = Table(
     "sessions",
     metadata,
@@ -235,6 +251,8 @@ fhir_tokens = Table(
     Column("last_used_at", Float),  # epoch seconds, written at most once a minute
     Column("revoked_at", String(32)),
 )
+
+MAX_INT = 2**31 - 1  # an Integer column on PostgreSQL (SQLite's are 64-bit)
 
 now = utc_now  # the one time format, shared with the device store
 

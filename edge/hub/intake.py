@@ -4,13 +4,15 @@ worklist in the same transaction, and files by resumable (tus-style) uploads. No
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Connection, Engine, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from edge.hub import db, worklist_index
@@ -28,6 +30,11 @@ def store_batch(engine: Engine, device: Device, batch: protocol.Batch) -> protoc
     """Store each (device, uuid) once. Same content again: a duplicate. Different content under
     a known uuid: quarantined, never overwriting what is stored."""
     for record in batch.records:
+        if record.seq > db.MAX_INT:  # the column's range (32 bits on PostgreSQL): no 500
+            raise HubError(400, WireCode.BAD_RECORD, f"record {record.uuid}: seq is out of range")
+        problem = _unstorable(record.payload)
+        if problem is not None:
+            raise HubError(400, WireCode.BAD_RECORD, f"record {record.uuid}: {problem}")
         if protocol.payload_hash(record.payload) != record.sha256:
             raise HubError(
                 400, WireCode.BAD_RECORD, f"record {record.uuid}: sha256 does not match its payload"
@@ -39,6 +46,26 @@ def store_batch(engine: Engine, device: Device, batch: protocol.Batch) -> protoc
             if attempt == 2:
                 raise
     raise AssertionError("unreachable")
+
+
+def _unstorable(payload: dict[str, Any]) -> str | None:
+    """Why a payload cannot be stored and read back as numbers, or None: NaN and Infinity are no
+    JSON (PostgreSQL refuses them) and an integer past 64 bits is no age or probability (the
+    readers' float() overflows). Both were 500s before."""
+    try:
+        json.dumps(payload, allow_nan=False)
+    except ValueError:
+        return "NaN or Infinity in its payload"
+    pending: list[Any] = [payload]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, dict):
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+        elif isinstance(value, int) and abs(value) >= 2**63:
+            return "an integer in its payload is out of range"
+    return None
 
 
 def _store_batch_once(engine: Engine, device: Device, batch: protocol.Batch) -> protocol.BatchReply:
@@ -96,13 +123,38 @@ def _store_batch_once(engine: Engine, device: Device, batch: protocol.Batch) -> 
 # ------------------------------------------------------------------ uploads (tus-style offsets)
 
 
+@dataclass(frozen=True)
+class UploadQuotas:
+    """What one device may keep on the hub (`[hub] upload_*`): a device is trusted with its own
+    results, not with the hub's disk."""
+
+    result_bytes: int = 520 * 1024 * 1024
+    result_files: int = 3
+    device_bytes: int = 50 * 1024**3
+    device_files: int = 500_000
+
+    @classmethod
+    def from_settings(cls, hub: Any) -> UploadQuotas:
+        return cls(
+            result_bytes=int(hub.upload_result_mb * 1024 * 1024),
+            result_files=hub.upload_result_files,
+            device_bytes=int(hub.upload_device_gb * 1024**3),
+            device_files=hub.upload_device_files,
+        )
+
+
 def start_upload(
-    engine: Engine, files: Path, device: Device, start: protocol.UploadStart
+    engine: Engine,
+    files: Path,
+    device: Device,
+    start: protocol.UploadStart,
+    quotas: UploadQuotas = UploadQuotas(),  # frozen: one default shared safely
 ) -> protocol.UploadState:
+    record_uuid, result_uuid = str(start.record_uuid), str(start.result_uuid)
     with engine.connect() as conn:
         owned = conn.execute(
             select(db.records.c.id).where(
-                db.records.c.device_id == device.id, db.records.c.uuid == start.result_uuid
+                db.records.c.device_id == device.id, db.records.c.uuid == result_uuid
             )
         ).first()
     if owned is None:
@@ -110,40 +162,76 @@ def start_upload(
             409, WireCode.RESULT_FIRST, "results travel first: this file's result is not on the hub yet"
         )
     upload_id = str(uuid.uuid4())
-    path = files / device.id / f"{start.record_uuid}.{start.kind}"
+    # Only names the hub made: the device's identifiers never reach the file system.
+    path = files / device.id / upload_id
     try:
         with engine.begin() as conn:
-            conn.execute(
-                insert(db.uploads).values(
-                    id=upload_id,
-                    device_id=device.id,
-                    record_uuid=start.record_uuid,
-                    result_uuid=start.result_uuid,
-                    kind=start.kind,
-                    size=start.size,
-                    sha256=start.sha256,
-                    media_type=start.media_type,
-                    offset=0,
-                    path=str(path),
-                    complete=False,
-                    created_at=db.now(),
+            if _existing(conn, device, record_uuid, start.kind) is None:
+                _check_quotas(conn, device, result_uuid, start.size, quotas)
+                conn.execute(
+                    insert(db.uploads).values(
+                        id=upload_id,
+                        device_id=device.id,
+                        record_uuid=record_uuid,
+                        result_uuid=result_uuid,
+                        kind=start.kind,
+                        size=start.size,
+                        sha256=start.sha256,
+                        media_type=start.media_type,
+                        offset=0,
+                        path=str(path),
+                        complete=False,
+                        created_at=db.now(),
+                    )
                 )
-            )
     except IntegrityError:
-        pass  # resumed: the same file was started before
+        pass  # resumed: a concurrent copy of this request started the same file
     with engine.connect() as conn:
-        row = conn.execute(
-            select(db.uploads).where(
-                db.uploads.c.device_id == device.id,
-                db.uploads.c.record_uuid == start.record_uuid,
-                db.uploads.c.kind == start.kind,
-            )
-        ).one()
+        row = _existing(conn, device, record_uuid, start.kind)
+    assert row is not None
     if row.sha256 != start.sha256 or row.size != start.size:
         raise HubError(
             409, WireCode.UPLOAD_CONFLICT, "a different file was started under this record and kind"
         )
     return protocol.UploadState(upload_id=row.id, offset=row.offset, complete=row.complete)
+
+
+def _existing(conn: Connection, device: Device, record_uuid: str, kind: str) -> Any:
+    return conn.execute(
+        select(db.uploads).where(
+            db.uploads.c.device_id == device.id,
+            db.uploads.c.record_uuid == record_uuid,
+            db.uploads.c.kind == kind,
+        )
+    ).first()
+
+
+def _check_quotas(
+    conn: Connection, device: Device, result_uuid: str, size: int, quotas: UploadQuotas
+) -> None:
+    """Refuse a new upload past the device's or the result's quota. The device's row is locked
+    first (PostgreSQL; SQLite's transactions take the write lock at BEGIN), so two concurrent
+    starts cannot both fit under the same remaining quota."""
+    conn.execute(select(db.devices.c.id).where(db.devices.c.id == device.id).with_for_update())
+    mine = db.uploads.c.device_id == device.id
+    for scope, condition, max_bytes, max_files in (
+        (
+            "this result",
+            mine & (db.uploads.c.result_uuid == result_uuid),
+            quotas.result_bytes,
+            quotas.result_files,
+        ),
+        ("this device", mine, quotas.device_bytes, quotas.device_files),
+    ):
+        count, total = conn.execute(
+            select(func.count(), func.coalesce(func.sum(db.uploads.c.size), 0)).where(condition)
+        ).one()
+        if count + 1 > max_files or total + size > max_bytes:
+            raise HubError(
+                413,
+                WireCode.QUOTA_EXCEEDED,
+                f"the upload quota of {scope} is spent ({max_files} files, {max_bytes} bytes)",
+            )
 
 
 def upload_state(engine: Engine, device: Device, upload_id: str) -> Any:

@@ -7,9 +7,15 @@ list is the second gate).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from edge.hub.worklist import Study
+import cv2
+import numpy as np
+
+from edge.hub.render import Picture, Renditions, encode_jpeg, resize_to_width
+from edge.hub.worklist import Study, WorklistRow
 from edge.inference.scope import BORDERLINE, MEANINGS, p_text
 
 QUALITY_LABELS = {
@@ -22,6 +28,18 @@ QUALITY_LABELS = {
 }
 SEX = {"M": "male", "F": "female", "O": "other"}
 NO_WINDOW_LEVEL = ("US",)  # ultrasound is shown as the sonographer saw it
+MODALITY_NAMES = {"CR": "X-ray", "DX": "X-ray", "US": "ultrasound", "CT": "CT", "MR": "MR"}
+# Age bands rather than ages on the worklist: enough to triage (child doses, paediatric
+# normals), less to recognise a patient by from across the room.
+AGE_BANDS = (
+    (1, "under 1 y"),
+    (5, "1-4 y"),
+    (12, "5-11 y"),
+    (18, "12-17 y"),
+    (40, "18-39 y"),
+    (65, "40-64 y"),
+)
+THUMB_WIDTH = 64  # worklist thumbnails: ~2 kB each, fifty rows stay light on a 1 Mbit/s link
 
 
 def _dict(value: Any) -> dict[str, Any]:
@@ -36,20 +54,32 @@ def when(stamp: Any) -> str:
     return f"{text[:10]} {text[11:16]} UTC"
 
 
-def age(years: Any) -> str:
-    if not isinstance(years, (int, float)) or isinstance(years, bool):
-        return "age ?"
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def age(years: Any) -> str | None:
+    """'4 y', '6 mo'; None when the device did not know it (never a literal 'age ?')."""
+    if not _number(years):
+        return None
     return f"{years:g} y" if years >= 2 else f"{round(years * 12)} mo"
 
 
-def sex(code: Any) -> str:
-    return SEX.get(str(code), "sex ?")
+def sex(code: Any) -> str | None:
+    return SEX.get(str(code))
+
+
+def age_band(years: Any) -> str | None:
+    if not _number(years):
+        return None
+    return next((label for limit, label in AGE_BANDS if years < limit), "65 y and over")
 
 
 def patient(years: Any, code: Any) -> str:
-    """'4 y · female' for the worklist; '-' when the device knew neither (PNG/JPEG inputs)."""
-    known = [text for text in (age(years), sex(code)) if not text.endswith("?")]
-    return " · ".join(known) or "-"
+    """'1-4 y · female' for the worklist; 'age and sex not recorded' when the device knew
+    neither (PNG/JPEG inputs)."""
+    known = [text for text in (age_band(years), sex(code)) if text]
+    return " · ".join(known) or "age and sex not recorded"
 
 
 def percent(value: Any) -> str:
@@ -100,8 +130,10 @@ def applicability(result: dict[str, Any]) -> dict[str, Any] | None:
     }
 
 
-def study_view(study: Study) -> dict[str, Any]:
-    """The study page's facts, as (label, value) rows and a few named values."""
+def study_view(study: Study, kinds: Kinds | None = None) -> dict[str, Any]:
+    """The study page's facts, as (label, value) rows and a few named values. `kinds` says
+    what the model reads when the study carries no modality (a PNG/JPEG input): an ultrasound
+    model's picture gets gain/contrast, not window/level."""
     result, meta, image = study.part("result"), study.part("study"), study.part("image")
     probability, threshold = result.get("probability"), result.get("threshold")
     positive = (
@@ -113,14 +145,16 @@ def study_view(study: Study) -> dict[str, Any]:
     labels = [str(label) for label in probabilities]
     patient = [
         ("patient", meta.get("patient") or "-"),
-        ("age", age(meta.get("age_years"))),
-        ("sex", sex(meta.get("sex"))),
-        ("modality", meta.get("modality") or "-"),
-        ("body part", meta.get("body_part") or "-"),
+        ("age", age(meta.get("age_years")) or "not recorded"),
+        ("sex", sex(meta.get("sex")) or "not recorded"),
+        ("modality", meta.get("modality") or "not sent (a PNG/JPEG input)"),
+        ("body part", meta.get("body_part") or "not sent"),
         ("view", meta.get("view") or "-"),
         ("study date", meta.get("study_date") or "-"),
+        ("study key", meta.get("study") or "-"),
         ("site", study.site or "-"),
         ("device", study.device_name),
+        ("analysed", when(result.get("created"))),
         ("received", when(study.received_at)),
     ]
     runtime = f"{result.get('precision', '-')}, {result.get('backend', '-')}"
@@ -130,7 +164,6 @@ def study_view(study: Study) -> dict[str, Any]:
         ("operating point", result.get("operating_point") or "-"),
         ("variant", f"{result.get('variant', '-')} ({runtime})"),
         ("image", f"{size} {image.get('format', '')}".strip()),
-        ("analysed", str(result.get("created") or "-")[:10]),
     ]
     quality = _dict(result.get("quality"))
     quality_rows = [
@@ -159,13 +192,21 @@ def study_view(study: Study) -> dict[str, Any]:
         "applicability": applicability(result),
         "labels": labels,
         "urgent": meta.get("urgent") is True,
-        "window_level": str(meta.get("modality") or "").upper() not in NO_WINDOW_LEVEL,
+        "window_level": _window_level(meta.get("modality"), result, kinds),
+        "clip": bool(clip),
         "patient_rows": patient,
         "model_rows": model,
         "quality_rows": quality_rows,
         "clip_rows": clip_rows,
         "sparkline": sparkline(clip.get("series"), threshold) if clip else None,
     }
+
+
+def _window_level(modality: Any, result: dict[str, Any], kinds: Kinds | None) -> bool:
+    if modality:
+        return str(modality).upper() not in NO_WINDOW_LEVEL
+    accepted = kinds.accepted(result.get("model"), result.get("version"))[0] if kinds else []
+    return not accepted or any(m not in NO_WINDOW_LEVEL for m in accepted)
 
 
 def default_finding(verdict: str, model_finding: str | None, labels: list[str]) -> str | None:
@@ -176,3 +217,154 @@ def default_finding(verdict: str, model_finding: str | None, labels: list[str]) 
     if verdict == "disagree" and model_finding in labels and len(labels) == 2:
         return next(label for label in labels if label != model_finding)
     return None
+
+
+# ------------------------------------------------------------------ the worklist's columns
+
+
+def acquired(row: WorklistRow) -> tuple[str, str]:
+    """(when, where that time comes from) for a worklist row: the device's own time of the
+    analysis, else the study date, else (said plainly) the hub's receive time."""
+    if row.analysed:
+        return when(row.analysed), "the device's time of the analysis (dates follow the clinic's date policy)"
+    if row.study_date:
+        text = str(row.study_date)
+        day = f"{text[:4]}-{text[4:6]}-{text[6:8]}" if len(text) == 8 and text.isdigit() else text
+        return day, "the study date the device sent (no time of analysis was sent)"
+    return f"received {when(row.received_at)}", "the device sent no time: this is when the hub received it"
+
+
+def short_key(key: str | None) -> str:
+    """'S-1a2b3c4d' from the device's 20-digit keyed study pseudonym (the full key in a title)."""
+    return key[:10] if key else "-"
+
+
+class Kinds:
+    """Modality and body part for results that carry none (PNG/JPEG inputs): what the model
+    accepts, from its manifest (one look-up per model version and page)."""
+
+    def __init__(self, lookup: Callable[[str, str], Any]) -> None:
+        self._lookup = lookup
+        self._known: dict[tuple[str, str], tuple[list[str], list[str]]] = {}
+
+    def accepted(self, model: Any, version: Any) -> tuple[list[str], list[str]]:
+        """(DICOM modalities, body parts) the model's manifest accepts; empty when unknown."""
+        if not model:
+            return [], []
+        key = (str(model), str(version or ""))
+        if key not in self._known:
+            accepts = getattr(self._lookup(*key), "accepts", None)
+            self._known[key] = (
+                [str(m).upper() for m in getattr(accepts, "modalities", [])],
+                [str(p).lower() for p in getattr(accepts, "body_parts", [])],
+            )
+        return self._known[key]
+
+    def _from_model(self, model: str | None, version: str | None) -> tuple[str, str] | None:
+        modalities, parts = self.accepted(model, version)
+        names = sorted({MODALITY_NAMES.get(m, m) for m in modalities})
+        return (" / ".join(names), " / ".join(parts)) if names else None
+
+    def __call__(self, row: WorklistRow) -> tuple[str, bool]:
+        """(text, whether it was inferred from the model rather than sent with the study)."""
+        if row.modality:
+            name = MODALITY_NAMES.get(row.modality.upper())
+            text = f"{name} ({row.modality})" if name and name != row.modality else row.modality
+            part = (row.body_part or "").lower()
+            return " · ".join(t for t in (text, part, row.view or "") if t), False
+        inferred = self._from_model(row.model, row.model_version)
+        if inferred is None:
+            return "not sent", False
+        return " · ".join(t for t in inferred if t), True
+
+
+# ------------------------------------------------------------------ the study's pictures
+
+
+def _without_heatmap(uploads: dict[str, Any]) -> dict[str, Any]:
+    """The uploads a base image may come from: once the full image or the thumbnail is on the
+    hub, the grey recovered from the heatmap blend is not used (it is the model's input size,
+    224 px, and carries the blend's rounding): only a study with neither falls back to it."""
+    if "image" in uploads or "thumbnail" in uploads:
+        return {kind: row for kind, row in uploads.items() if kind != "heatmap"}
+    return uploads
+
+
+def picture(renditions: Renditions, uploads: dict[str, Any]) -> Picture:
+    """What the study page shows: the best base image and, separately, the heat layer."""
+    base = renditions.describe(_without_heatmap(uploads))
+    if "heatmap" not in uploads or base.source in (None, "heatmap", "overlay"):
+        return base
+    alone = renditions.describe({"heatmap": uploads["heatmap"]})
+    layer = {"heatmap": "heat", "overlay": "overlay"}.get(alone.source or "")
+    return Picture(base.source, base.width, base.height, layer)
+
+
+def image(renditions: Renditions, uploads: dict[str, Any], width: int) -> bytes | None:
+    return renditions.image(_without_heatmap(uploads), width)
+
+
+def preview_note(study: Study, source: str | None) -> str | None:
+    """What the reader is told when the picture is not the diagnostic image."""
+    if source == "image" or source is None:
+        return None
+    if "image" in study.pending:
+        return "Preview only: the diagnostic image is on its way (the clinic's device is still sending it)."
+    return (
+        "Preview only: this clinic's device does not send the diagnostic image (its [sync] images "
+        "setting), or it has not started sending it."
+    )
+
+
+def thumbnail_jpeg(uploads: dict[str, Any], width: int = THUMB_WIDTH) -> bytes | None:
+    """The synced thumbnail, shrunk for a worklist row."""
+    row = uploads.get("thumbnail")
+    if row is None:
+        return None
+    try:
+        decoded = cv2.imdecode(np.frombuffer(Path(row.path).read_bytes(), np.uint8), cv2.IMREAD_GRAYSCALE)
+    except OSError:
+        return None
+    if decoded is None:
+        return None
+    return encode_jpeg(resize_to_width(decoded, width), quality=80)
+
+
+def _spacing(value: Any) -> tuple[float, float] | None:
+    try:
+        row, column = (float(v) for v in value)
+    except (TypeError, ValueError):
+        return None
+    return (row, column) if row > 0 and column > 0 else None
+
+
+def pixel_spacing(study: Study) -> dict[str, Any] | None:
+    """Millimetres per pixel of the original image (row, column) and the attribute it came
+    from: PixelSpacing (the patient plane) before ImagerPixelSpacing (the detector plane), from
+    the payload when it carries one, else from the full DICOM file's header; None when neither
+    says, and the page measures in pixels."""
+    image_part = study.part("image")
+    for key, name in (("pixel_spacing", "PixelSpacing"), ("imager_pixel_spacing", "ImagerPixelSpacing")):
+        found = _spacing(image_part.get(key))
+        if found:
+            return {"row": found[0], "column": found[1], "source": name}
+    row = study.uploads.get("image")
+    if row is None or "dicom" not in str(row.media_type):
+        return None
+    import pydicom  # the hub reads a DICOM header only here
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        header = pydicom.dcmread(row.path, stop_before_pixels=True)
+    except (OSError, InvalidDicomError, ValueError):
+        return None
+    for name in ("PixelSpacing", "ImagerPixelSpacing"):
+        found = _spacing(header.get(name))
+        if found:
+            return {"row": found[0], "column": found[1], "source": name}
+    return None
+
+
+def reviews_marked(study: Study) -> list[tuple[Any, bool]]:
+    """(review, superseded) newest first: only the latest verdict counts."""
+    return [(review, index > 0) for index, review in enumerate(study.reviews)]

@@ -15,23 +15,32 @@ from edge.hub.errors import HubError
 from edge.hub.identities import Device
 from edge.sync import protocol
 from edge.sync.protocol import WireCode
+from edge.sync.release_paths import release_path_problem
 
 
 def publish_release(
     engine: Engine, files: Path, release: protocol.ModelRelease, folder: Path, programme: str = "default"
 ) -> None:
     """Store a release signed by the publisher (the hub never holds the signing key)."""
+    for part in (release.name, release.version):
+        if release_path_problem(part) is not None or "/" in part:
+            raise HubError(400, WireCode.BAD_RELEASE, f"{part!r} is not a plain release name or version")
+    problems = [problem for name in release.files if (problem := release_path_problem(name))]
+    if problems:
+        raise HubError(400, WireCode.BAD_RELEASE, problems[0])
+    if set(release.sizes) != set(release.files):
+        raise HubError(400, WireCode.BAD_RELEASE, "the release's sizes and files name different files")
     target = files / "releases" / release.name / release.version
-    target.mkdir(parents=True, exist_ok=True)
     for name, digest in release.files.items():
-        destination = (target / name).resolve()
-        if not destination.is_relative_to(target.resolve()):  # "../x" or "/x": not inside the release
-            raise HubError(400, WireCode.BAD_RELEASE, f"{name} is not a path inside the release")
-        data = (folder / name).read_bytes()
-        if hashlib.sha256(data).hexdigest() != digest:
-            raise HubError(400, WireCode.BAD_RELEASE, f"{name} does not match the release's sha256")
-        destination.parent.mkdir(parents=True, exist_ok=True)  # a model's samples/ folder
-        destination.write_bytes(data)
+        source = folder / name
+        if not source.is_file():
+            raise HubError(400, WireCode.BAD_RELEASE, f"{name} is listed but not in {folder}")
+        destination = target / name
+        destination.parent.mkdir(parents=True, exist_ok=True)  # a model's samples/ and plots/
+        sha, size = _copy_hashed(source, destination)
+        if sha != digest or size != release.sizes[name]:
+            destination.unlink()
+            raise HubError(400, WireCode.BAD_RELEASE, f"{name} does not match the release's sha256 and size")
     with engine.begin() as conn:
         conn.execute(
             delete(db.releases).where(
@@ -59,7 +68,23 @@ def releases_for(engine: Engine, device: Device) -> list[protocol.ModelRelease]:
 
 
 def release_file(files: Path, engine: Engine, device: Device, name: str, version: str, file: str) -> Path:
-    for release in releases_for(engine, device):
-        if release.name == name and release.version == version and file in release.files:
-            return files / "releases" / name / version / file
+    """The stored file of a release offered to this device; only names the release lists, and
+    only safe ones (a release stored by an older hub is not trusted to have checked them)."""
+    if release_path_problem(file) is None:
+        for release in releases_for(engine, device):
+            if release.name == name and release.version == version and file in release.files:
+                path = files / "releases" / release.name / release.version / file
+                if path.is_file():  # gone from the disk: a 404, not the file server's 500
+                    return path
     raise HubError(404, WireCode.NO_SUCH_FILE, "no such release file for this device")
+
+
+def _copy_hashed(source: Path, destination: Path) -> tuple[str, int]:
+    """Copy in pieces (a model file can be hundreds of MB), returning the copy's sha256 and size."""
+    digest, size = hashlib.sha256(), 0
+    with source.open("rb") as reader, destination.open("wb") as writer:
+        while piece := reader.read(1024 * 1024):
+            digest.update(piece)
+            size += len(piece)
+            writer.write(piece)
+    return digest.hexdigest(), size

@@ -14,13 +14,20 @@ colours: window/level never touches it and opacity is the reader's. A colour ima
 does not fit that model; there the overlay itself is shown as the layer.
 
 Renditions are cached on disk by the sha256 of their source: a file never changes under a hash.
+A device's upload is never decoded in the hub's own process: its header's claimed size is
+checked first (`[hub] render_max_pixels`), then a child process bounded in memory
+(`[hub] render_memory_mb`, `render_process.py`) decodes it once into a "master" no larger than
+the widest rendition, cached with the source's true size; every rendition is made from that.
+A source that is refused stays refused (remembered in the cache): the page shows the next best.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import struct
+import sys
 import tempfile
 import threading
 from collections import OrderedDict
@@ -32,13 +39,16 @@ from typing import Any
 import cv2
 import numpy as np
 
-from edge.errors import EdgeError
+from edge.hub.render_process import RenderRefused, claimed_pixels, read_job, run_bounded
 from edge.imaging.decode import decode_bytes
+
+log = logging.getLogger(__name__)
 
 WIDTHS = (256, 384, 512, 768, 1024, 1536, 2048)
 HEAT_SIDE = 256  # the class activation map is a 7x7 to 14x14 grid: 256 px lose nothing of it
 OVERLAY_ALPHA = 0.45  # edge.imaging.explain.overlay's blend weight at full heat
 JPEG_QUALITY = 85
+MASTER_SIDE = WIDTHS[-1]  # a decoded source is kept no larger than the widest rendition
 _FIT_RESIDUAL = 12.0  # squared grey levels over the three channels: ~2 levels of rounding each
 _FIT_SHARE = 0.01  # the blend model must explain all but 1% of the pixels
 
@@ -173,8 +183,11 @@ SPLITS_KEPT = 64  # heatmap-sized (device max_side), so a few MB at most
 class Renditions:
     """Renditions of one hub's uploads, cached under `folder`."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(
+        self, folder: Path, memory_mb: int = 1024, max_pixels: int = 80_000_000, timeout_s: float = 60.0
+    ) -> None:
         self.folder = folder
+        self.memory_mb, self.max_pixels, self.timeout_s = memory_mb, max_pixels, timeout_s
         # A study view asks for its description, image and layer: three requests, one split.
         self._splits: OrderedDict[str, Split] = OrderedDict()
         self._lock = threading.Lock()
@@ -186,12 +199,43 @@ class Renditions:
         except FileNotFoundError:
             pass
         data = make()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-        os.replace(temporary, path)  # two readers making the same file: either copy is right
+        _write_atomically(path, data)
         return data
+
+    def _decoded(
+        self, key: str, source: Any, job: dict[str, Any]
+    ) -> tuple[dict[str, Any], np.ndarray] | None:
+        """(meta, pixels) of what the bounded child made of `source` once (see the module
+        docstring); None when the source is refused, or unreadable now (then not remembered)."""
+        path = self.folder / key[:2] / key
+        if not path.exists():
+            try:
+                pixels = claimed_pixels(Path(source.path))
+            except OSError:
+                return None
+            try:
+                if pixels is not None and pixels > self.max_pixels:
+                    raise RenderRefused(
+                        f"its header claims {pixels} pixels, over the {self.max_pixels} limit"
+                    )
+                job = {**job, "source": str(source.path), "out": str(path)}
+                run_bounded("edge.hub.render", job, self.memory_mb, self.timeout_s)
+                if not path.exists():
+                    raise RenderRefused("the decode process wrote nothing")
+            except RenderRefused as error:
+                log.warning("upload %s is not shown: %s", source.sha256[:12], error)
+                _write_atomically(path, json.dumps({"refused": str(error)[:300]}).encode() + b"\n")
+        try:
+            meta_line, _, png = path.read_bytes().partition(b"\n")
+            meta = json.loads(meta_line)
+        except (OSError, ValueError):
+            return None
+        if "refused" in meta:
+            return None
+        decoded = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)  # our own, bounded
+        if decoded is None:
+            return None
+        return meta, (decoded if decoded.ndim == 2 else np.ascontiguousarray(decoded[:, :, ::-1]))
 
     def _split(self, heatmap: Any) -> Split | None:
         """The heatmap undone into image and heat; None without a readable heatmap."""
@@ -211,33 +255,19 @@ class Renditions:
         return split
 
     def _read_split(self, heatmap: Any) -> Split | None:
-        def make() -> bytes:
-            split = split_overlay(_rgb(Path(heatmap.path).read_bytes()))
-            return (
-                json.dumps({"fits": split.fits}).encode()
-                + b"\n"
-                + encode_png(np.stack([split.base, split.heat, split.base], axis=2))
-            )
-
-        try:
-            meta, _, png = self._cached(f"{heatmap.sha256}-split", make).partition(b"\n")
-        except (OSError, ValueError):  # the file is gone or damaged: show what else there is
+        made = self._decoded(f"{heatmap.sha256}-split", heatmap, {"job": "split"})
+        if made is None:
             return None
-        both = _rgb(png)
-        return Split(base=both[:, :, 0], heat=both[:, :, 1], fits=bool(json.loads(meta)["fits"]))
+        meta, both = made
+        return Split(base=both[:, :, 0], heat=both[:, :, 1], fits=bool(meta["fits"]))
 
-    @staticmethod
-    def _overlay(heatmap: Any) -> np.ndarray | None:
-        try:
-            return _rgb(Path(heatmap.path).read_bytes())
-        except (OSError, ValueError):
-            return None
+    def _overlay(self, heatmap: Any) -> np.ndarray | None:
+        made = self._decoded(f"{heatmap.sha256}-overlay-master", heatmap, {"job": "master", "as": "overlay"})
+        return None if made is None else made[1]
 
     def _image(self, row: Any) -> np.ndarray | None:
-        try:
-            return decode_bytes(Path(row.path).read_bytes(), "hub image").pixels
-        except (EdgeError, OSError):
-            return None
+        made = self._decoded(f"{row.sha256}-image-master", row, {"job": "master", "as": "image"})
+        return None if made is None else made[1]
 
     def _base(self, uploads: dict[str, Any]) -> tuple[str, Any, np.ndarray] | None:
         """(source kind, its upload row, pixels), best first."""
@@ -296,3 +326,43 @@ class Renditions:
             return None
         data = self._cached(f"{heatmap.sha256}-overlay.jpg", lambda: encode_jpeg(overlay))
         return data, "image/jpeg", "overlay"
+
+
+# ------------------------------------------------------------------ the bounded child's side
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    with os.fdopen(handle, "wb") as out:
+        out.write(data)
+    os.replace(temporary, path)  # two readers making the same file: either copy is right
+
+
+def boxed(pixels: np.ndarray, side: int = MASTER_SIDE) -> np.ndarray:
+    """Scaled down to fit a side x side box (never enlarged)."""
+    scale = side / max(pixels.shape[:2])
+    if scale >= 1.0:
+        return pixels
+    size = (max(1, round(pixels.shape[1] * scale)), max(1, round(pixels.shape[0] * scale)))
+    return cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
+
+
+def make_in_child(job: dict[str, Any]) -> None:
+    """What `python -m edge.hub.render job.json` does, inside its memory bound: decode the
+    upload once and write the bounded result with a JSON line of facts before it."""
+    data = Path(job["source"]).read_bytes()
+    if job["job"] == "split":
+        split = split_overlay(_rgb(data))
+        base, heat = boxed(split.base), boxed(split.heat)
+        meta: dict[str, Any] = {"fits": split.fits}
+        encoded = encode_png(np.stack([base, heat, base], axis=2))
+    else:
+        pixels = decode_bytes(data, "hub image").pixels if job["as"] == "image" else _rgb(data)
+        meta = {"width": int(pixels.shape[1]), "height": int(pixels.shape[0])}
+        encoded = encode_png(boxed(pixels))
+    _write_atomically(Path(job["out"]), json.dumps(meta).encode() + b"\n" + encoded)
+
+
+if __name__ == "__main__":
+    make_in_child(read_job(sys.argv))

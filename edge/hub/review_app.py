@@ -35,12 +35,14 @@ LOGIN_RATE_PER_S = 10 / 60  # ten attempts a minute per address, after a burst o
 LOGIN_BURST = 10
 
 
-def create_review_app(engine: Engine, files: Path, models_dir: Path | None = None) -> FastAPI:
+def create_review_app(
+    engine: Engine, files: Path, models_dir: Path | None = None, renditions: Renditions | None = None
+) -> FastAPI:
     app = FastAPI(title="edge hub review", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.web = WebState(
         engine=engine,
         files=files,
-        renditions=Renditions(files / "renditions"),
+        renditions=renditions or Renditions(files / "renditions"),
         login_limiter=RateLimiter(LOGIN_RATE_PER_S, LOGIN_BURST),
         templates=make_templates(),
         static=load_static(),

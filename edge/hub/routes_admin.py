@@ -1,5 +1,6 @@
 """The administrators' page: accounts (create, role, programmes, disable, unlock, new password),
-enrolment codes for new devices, the devices and the latest audit rows.
+enrolment codes for new devices (made, listed, unused ones revoked), the devices (revoked: their
+next request is refused) and the latest audit rows.
 
 A generated password or enrolment code is shown once, in the response to the post that made
 it (never in a URL, never stored in clear: the pages are `no-store`).
@@ -15,6 +16,7 @@ from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from edge.hub import accounts, db, devices, presenters, worklist
+from edge.hub.errors import HubError
 from edge.hub.identities import ALL_PROGRAMMES, ROLES
 from edge.hub.review_http import AdminDep, Reader, page, state
 
@@ -26,27 +28,14 @@ MAX_CODE_TTL_HOURS = 24 * 30
 def _overview(request: Request) -> dict[str, Any]:
     engine = state(request).engine
     with engine.connect() as conn:
-        devices = [
-            dict(row._mapping)
-            for row in conn.execute(
-                select(
-                    db.devices.c.id,
-                    db.devices.c.name,
-                    db.devices.c.site,
-                    db.devices.c.programme,
-                    db.devices.c.created_at,
-                    db.devices.c.last_seen_at,
-                    db.devices.c.revoked_at,
-                ).order_by(db.devices.c.programme, db.devices.c.site, db.devices.c.name)
-            )
-        ]
         audit = [
             dict(row._mapping)
             for row in conn.execute(select(db.audit).order_by(db.audit.c.id.desc()).limit(AUDIT_ROWS))
         ]
     return {
         "users": accounts.list_users(engine),
-        "devices": devices,
+        "devices": devices.list_devices(engine),
+        "codes": [code for code in devices.list_codes(engine) if code["state"] == "unused"],
         "audit": audit,
         "programmes": worklist.programmes(engine),
         "roles": ROLES,
@@ -112,7 +101,7 @@ async def change_user(user_id: str, request: Request, reader: AdminDep) -> Respo
                 accounts.update_user, engine, user_id, reader.user.name, disabled=action == "disable"
             )
         elif action == "unlock":
-            await run_in_threadpool(accounts.update_user, engine, user_id, reader.user.name, unlock=True)
+            await run_in_threadpool(accounts.unlock_user, engine, user_id, reader.user.name)
         elif action == "password":
             password = accounts.generate_password()
             own = reader.session.token_hash if user_id == reader.user.id else None  # stay logged in
@@ -147,3 +136,28 @@ async def create_enroll_code(request: Request, reader: AdminDep) -> Response:
     )
     secret = {"label": f"Enrolment code for programme {programme} (valid {hours:g} h)", "value": code}
     return await run_in_threadpool(_admin_page, request, reader, message="Code created.", secret=secret)
+
+
+@router.post("/admin/devices/{device_id}/revoke")
+async def revoke_device(device_id: str, request: Request, reader: AdminDep) -> Response:
+    """Revoke a device: audited, and its very next request is refused (`DEVICE_REVOKED`)."""
+    try:
+        device = await run_in_threadpool(
+            devices.revoke_device, state(request).engine, device_id, reader.user.name
+        )
+    except HubError as error:
+        return await run_in_threadpool(_admin_page, request, reader, error.status, error=error.message)
+    message = f"Device {device.name} revoked: it must be enrolled again with a new code."
+    return await run_in_threadpool(_admin_page, request, reader, message=message)
+
+
+@router.post("/admin/enroll-codes/{code_id}/revoke")
+async def revoke_enroll_code(code_id: str, request: Request, reader: AdminDep) -> Response:
+    """Revoke an unused enrolment code (listed by its id: the page never shows a code again)."""
+    try:
+        revoked = await run_in_threadpool(
+            devices.revoke_code, state(request).engine, code_id, reader.user.name
+        )
+    except HubError as error:
+        return await run_in_threadpool(_admin_page, request, reader, error.status, error=error.message)
+    return await run_in_threadpool(_admin_page, request, reader, message=f"Code {revoked} revoked.")

@@ -1,7 +1,7 @@
 """The devices' API under /v1: enrolment, result batches, resumable uploads, reviews and signed
 model releases. A thin HTTP layer over `devices`, `intake`, `reviews` and `releases`.
 
-Every device request is authenticated (credential + signature + clock + nonce), size-limited
+Every device request is authenticated (protocol version + key signature + clock + nonce), size-limited
 before it is read into memory, and rate-limited per device; every refusal is the JSON body
 `protocol.Refusal` (`{"code": ..., "message": ...}`, the code a `protocol.WireCode`) with its
 HTTP status: the hub's own refusals (`HubError`), and the framework's (an unknown path, a wrong
@@ -11,11 +11,11 @@ method, a malformed query) alike. `app.py` installs the handlers below on the wh
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import ValidationError
@@ -23,7 +23,7 @@ from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from edge.hub import devices, intake, releases, reviews, site_profiles
+from edge.hub import db, devices, intake, releases, reviews, site_profiles
 from edge.hub.errors import HubError
 from edge.hub.identities import Device
 from edge.hub.limits import RateLimiter
@@ -40,6 +40,7 @@ class DeviceApi:
     engine: Engine
     files: Path
     limiter: RateLimiter
+    quotas: intake.UploadQuotas = field(default_factory=intake.UploadQuotas)
 
 
 def _api(request: Request) -> DeviceApi:
@@ -84,6 +85,8 @@ async def invalid_request(request: Request, error: Exception) -> Response:
 async def read_limited(request: Request, limit: int) -> bytes:
     """The body, refused (413) before it can exceed `limit`, with or without a Content-Length."""
     declared = request.headers.get("content-length")
+    if declared is not None and not declared.isdigit():
+        raise HubError(400, WireCode.BAD_REQUEST, "Content-Length must be a number of bytes")
     if declared is not None and int(declared) > limit:
         raise HubError(413, WireCode.TOO_LARGE, f"the body is {declared} bytes; the limit is {limit}")
     chunks, size = [], 0
@@ -101,15 +104,7 @@ async def device_for(request: Request, limit: int = protocol.MAX_BODY_BYTES) -> 
     body = await read_limited(request, limit)
     path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
     headers = {k.lower(): v for k, v in request.headers.items()}
-    device = await run_in_threadpool(
-        devices.authenticate,
-        api.engine,
-        request.headers.get("authorization"),
-        headers,
-        request.method,
-        path,
-        body,
-    )
+    device = await run_in_threadpool(devices.authenticate, api.engine, headers, request.method, path, body)
     if not api.limiter.allow(device.id):
         raise HubError(429, WireCode.RATE_LIMITED, "too many requests: slow down")
     return device, body
@@ -135,6 +130,7 @@ async def enroll(request: Request) -> protocol.EnrollResponse:
     client = request.client.host if request.client else "unknown"
     if not _api(request).limiter.allow(f"enroll:{client}"):
         raise HubError(429, WireCode.RATE_LIMITED, "too many enrolment attempts")
+    devices.check_version(request.headers.get(protocol.HEADER_PROTOCOL))  # before the body's schema
     body = await read_limited(request, 4096)
     return await run_in_threadpool(devices.enroll, _api(request).engine, parse(protocol.EnrollRequest, body))
 
@@ -156,7 +152,7 @@ async def start_upload(request: Request) -> protocol.UploadState:
     device, body = await device_for(request, 4096)
     api = _api(request)
     return await run_in_threadpool(
-        intake.start_upload, api.engine, api.files, device, parse(protocol.UploadStart, body)
+        intake.start_upload, api.engine, api.files, device, parse(protocol.UploadStart, body), api.quotas
     )
 
 
@@ -170,10 +166,11 @@ async def upload_offset(upload_id: str, request: Request) -> Response:
 @router.patch("/uploads/{upload_id}")
 async def upload_chunk(upload_id: str, request: Request) -> protocol.UploadState:
     device, chunk = await device_for(request, protocol.CHUNK_BYTES)
-    try:
-        offset = int(request.headers.get("upload-offset", ""))
-    except ValueError as exc:
-        raise HubError(400, WireCode.BAD_OFFSET, "Upload-Offset must be an integer") from exc
+    offset_text = request.headers.get("upload-offset", "")
+    # digits only: int() would also take "-1", " 1", "1_0" and 4000-digit numbers
+    if not offset_text.isascii() or not offset_text.isdigit() or len(offset_text) > 12:
+        raise HubError(400, WireCode.BAD_OFFSET, "Upload-Offset must be a byte offset (0 or more)")
+    offset = int(offset_text)
     # fsync and the file's running hash: off the event loop, so other devices are served meanwhile
     return await run_in_threadpool(
         intake.append_chunk, _api(request).engine, device, upload_id, offset, chunk
@@ -181,7 +178,9 @@ async def upload_chunk(upload_id: str, request: Request) -> protocol.UploadState
 
 
 @router.get("/reviews")
-async def reviews_since(request: Request, cursor: int = 0) -> protocol.ReviewPage:
+async def reviews_since(
+    request: Request, cursor: Annotated[int, Query(ge=0, le=db.MAX_INT)] = 0
+) -> protocol.ReviewPage:
     device, _ = await device_for(request, 0)
     return await run_in_threadpool(reviews.reviews_since, _api(request).engine, device, cursor)
 

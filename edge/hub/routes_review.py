@@ -2,13 +2,16 @@
 the pages' own CSS and script).
 
 The worklist's filters travel in the query string of every study link, so next/previous and
-"after the verdict" follow the list the reader was looking at.
+"after the verdict" follow the list the reader was looking at; so does `upto`, which pins the
+list to the results held when it was loaded (edge/hub/worklist.py: the order never changes
+under the reader).
 """
 
 from __future__ import annotations
 
 import re
 import time
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -17,7 +20,7 @@ from fastapi.responses import RedirectResponse, Response
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
-from edge.hub import db, presenters, reviews, worklist
+from edge.hub import agreement, db, presenters, reviews, worklist
 from edge.hub.review_http import Reader, ReaderDep, Refused, page, state, static_response
 from edge.hub.worklist import Filters, Study
 
@@ -41,6 +44,14 @@ def _study_or_404(request: Request, reader: Reader, uuid: str) -> Study:
     return study
 
 
+def _kinds(request: Request) -> presenters.Kinds:
+    """What each model reads, from its manifest (for studies that carry no modality)."""
+    web = state(request)
+    return presenters.Kinds(
+        lambda model, version: agreement.shipped_manifest(web.engine, web.models_dir, model, version)
+    )
+
+
 @router.get("/static/{name}")
 def static_file(name: str, request: Request) -> Response:
     return static_response(request, name)
@@ -58,7 +69,11 @@ def worklist_page(request: Request, reader: ReaderDep) -> Response:
         listing=listing,
         options=worklist.filter_options(web.engine, reader.user),
         context=listing.filters.query(),
+        unpinned=replace(listing.filters, upto=0, page=1).query(),
         when=presenters.when,
+        acquired=presenters.acquired,
+        kinds=_kinds(request),
+        short_key=presenters.short_key,
         percent=presenters.percent,
         patient=presenters.patient,
         saved=_saved(request),
@@ -71,14 +86,21 @@ def _study_page(request: Request, reader: Reader, study: Study, status: int = 20
     filters = Filters.parse(request.query_params)
     previous, following = worklist.neighbours(web.engine, reader.user, filters, study.record_id)
     context = filters.query()
+    picture = presenters.picture(web.renditions, study.uploads)
+    kinds = _kinds(request)
     return page(
         request,
         "study.html",
         reader,
         status=status,
         study=study,
-        view=presenters.study_view(study),
-        picture=web.renditions.describe(study.uploads),
+        view=presenters.study_view(study, kinds),
+        picture=picture,
+        preview=presenters.preview_note(study, picture.source),
+        spacing=presenters.pixel_spacing(study) if picture.source else None,
+        original_width=study.part("image").get("width"),
+        marked_reviews=presenters.reviews_marked(study),
+        short_key=presenters.short_key,
         context=context,
         previous=previous,
         following=following,
@@ -96,9 +118,18 @@ def study_page(uuid: str, request: Request, reader: ReaderDep) -> Response:
 @router.get("/studies/{uuid}/image")
 def study_image(uuid: str, request: Request, reader: ReaderDep, w: int = 1024) -> Response:
     study = _study_or_404(request, reader, uuid)
-    data = state(request).renditions.image(study.uploads, max(64, min(w, 4096)))
+    data = presenters.image(state(request).renditions, study.uploads, max(64, min(w, 4096)))
     if data is None:
         raise Refused(404, "No image was sent for this study.")
+    return Response(data, media_type="image/jpeg")
+
+
+@router.get("/studies/{uuid}/thumbnail")
+def study_thumbnail(uuid: str, request: Request, reader: ReaderDep) -> Response:
+    """The worklist row's small picture (the synced thumbnail, shrunk)."""
+    data = presenters.thumbnail_jpeg(_study_or_404(request, reader, uuid).uploads)
+    if data is None:
+        raise Refused(404, "No thumbnail was sent for this study.")
     return Response(data, media_type="image/jpeg")
 
 

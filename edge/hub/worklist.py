@@ -4,10 +4,15 @@ neighbours for next/previous.
 Every query is scoped by the reader's programmes, joined through the device that sent the
 result: a result outside them does not exist for that reader (404, never 403).
 
-Order: unreviewed before reviewed; within each, urgent first; unreviewed results oldest first
-(the clinic that has waited longest), reviewed ones newest first. The three keys are plain
-integer expressions, so "next" and "previous" are row-value comparisons on the same keys
-(SQLite and PostgreSQL alike), and the order is total (the record id breaks every tie).
+Order: urgent first (flagged at the clinic, then the model's probability at or over its
+threshold), then the highest probability, then the newest. The order does not depend on whether
+a result has been reviewed: a verdict marks its row and never moves it, so the reader's next
+`j` lands where they expect (a list that re-sorted after every verdict sent a verdict to the
+wrong patient). The list is also pinned to the results the hub held when it was loaded (`upto`,
+the highest record id then, carried in every link): results that arrive while the reader works
+wait for a reload instead of pushing rows down. The keys are plain expressions, so "next" and
+"previous" are row-value comparisons on the same keys (SQLite and PostgreSQL alike), and the
+order is total (the record id breaks every tie).
 """
 
 from __future__ import annotations
@@ -73,10 +78,25 @@ class WorklistRow:
     verdict: str | None  # the latest review's; None while unreviewed
     reviewer: str | None  # the latest review's
     reviews: int  # how many reviews the result has
+    # From the record's payload and uploads (`with_details`), for the worklist page only.
+    analysed: str | None = None  # result.created: the device's time (date-shifted like dates)
+    study_key: str | None = None  # the device's keyed study pseudonym ("S-...")
+    thumbnail: bool = False  # a synced thumbnail is on the hub
 
     @classmethod
     def from_row(cls, row: Any) -> WorklistRow:
-        return cls(**{f.name: getattr(row, f.name) for f in fields(cls)})
+        return cls(**{f.name: getattr(row, f.name) for f in fields(cls) if hasattr(row, f.name)})
+
+    @property
+    def positive(self) -> bool:
+        return (
+            self.probability is not None and self.threshold is not None and self.probability >= self.threshold
+        )
+
+    @property
+    def superseded(self) -> int:
+        """Earlier verdicts on this result: only the latest counts."""
+        return max(0, self.reviews - 1)
 
 
 @dataclass(frozen=True)
@@ -110,6 +130,7 @@ class Filters:
     urgent: bool = False
     since: str = ""  # YYYY-MM-DD, on the day the hub received the result (UTC)
     until: str = ""
+    upto: int = 0  # the highest record id when the list was loaded; 0: not pinned yet
     page: int = 1
 
     @classmethod
@@ -130,6 +151,10 @@ class Filters:
             page = min(max(int(params.get("page") or 1), 1), 100_000)
         except ValueError:
             page = 1
+        try:
+            upto = min(max(int(params.get("upto") or 0), 0), 2**62)  # a bigint, never an overflow
+        except ValueError:
+            upto = 0
         state = text("state")
         return cls(
             site=text("site"),
@@ -140,12 +165,13 @@ class Filters:
             urgent=text("urgent") in ("1", "on", "true"),
             since=day("since"),
             until=day("until"),
+            upto=upto,
             page=page,
         )
 
     def query(self, page: int | None = None) -> str:
         """The query string for these filters (defaults left out); `page=None` leaves it out."""
-        values = {k: v for k, v in asdict(self).items() if k != "page" and v not in ("", False, "all")}
+        values = {k: v for k, v in asdict(self).items() if k != "page" and v not in ("", False, "all", 0)}
         if values.get("urgent"):
             values["urgent"] = "1"
         if page is not None and page > 1:
@@ -154,19 +180,22 @@ class Filters:
 
     @property
     def active(self) -> bool:
-        return replace(self, page=1) != Filters()
+        return replace(self, page=1, upto=0) != Filters()
 
 
 def _reviewed() -> ColumnElement[bool]:
     return exists().where(r.c.result_uuid == w.c.result_uuid, r.c.device_id == w.c.device_id)
 
 
-def _order_keys() -> tuple[ColumnElement[int], ColumnElement[int], ColumnElement[int]]:
-    reviewed = _reviewed()
+def _order_keys() -> tuple[ColumnElement[int], ColumnElement[float], ColumnElement[int]]:
+    """(0 flagged urgent, 1 positive, 2 the rest; minus the probability; minus the record id),
+    ascending. The clinic's flag goes first: a person at the patient's side asked for speed.
+    Nothing here changes when a verdict is added, so rows never move under the reader."""
+    positive = w.c.probability.is_not(None) & w.c.threshold.is_not(None) & (w.c.probability >= w.c.threshold)
     return (
-        case((reviewed, 1), else_=0),
-        case((w.c.urgent.is_(True), 0), else_=1),
-        case((reviewed, -w.c.record_id), else_=w.c.record_id),
+        case((w.c.urgent.is_(True), 0), (positive, 1), else_=2),
+        -func.coalesce(w.c.probability, -1.0),
+        -w.c.record_id,
     )
 
 
@@ -197,6 +226,8 @@ def _conditions(user: User, filters: Filters) -> list[ColumnElement[bool]]:
     if filters.until:
         after = (date.fromisoformat(filters.until) + timedelta(days=1)).isoformat()
         conditions.append(w.c.received_at < after)
+    if filters.upto:
+        conditions.append(w.c.record_id <= filters.upto)
     return conditions
 
 
@@ -240,10 +271,21 @@ class Page:
     page: int
     pages: int
     filters: Filters
+    newer: int = 0  # results that arrived after the list was pinned (shown on a reload)
+
+
+def _newest(conn: Any, user: User) -> int:
+    newest = conn.execute(
+        select(func.max(w.c.record_id)).select_from(w.join(d, d.c.id == w.c.device_id)).where(*_scope(user))
+    ).scalar_one()
+    return int(newest or 0)
 
 
 def worklist_page(engine: Engine, user: User, filters: Filters) -> Page:
     with engine.connect() as conn:
+        newest = _newest(conn, user)
+        if not filters.upto:
+            filters = replace(filters, upto=newest)
         total = conn.execute(
             select(func.count())
             .select_from(w.join(d, d.c.id == w.c.device_id))
@@ -254,7 +296,66 @@ def worklist_page(engine: Engine, user: User, filters: Filters) -> Page:
         rows = conn.execute(
             _rows(user, filters).order_by(*_order_keys()).limit(PAGE_SIZE).offset((page - 1) * PAGE_SIZE)
         ).all()
-    return Page([WorklistRow.from_row(row) for row in rows], total, page, pages, replace(filters, page=page))
+        listed = with_details(conn, [WorklistRow.from_row(row) for row in rows])
+        newer = 0
+        if newest > filters.upto:
+            newer = conn.execute(
+                select(func.count())
+                .select_from(w.join(d, d.c.id == w.c.device_id))
+                .where(*_conditions(user, replace(filters, upto=0)), w.c.record_id > filters.upto)
+            ).scalar_one()
+    return Page(listed, total, page, pages, replace(filters, page=page), int(newer))
+
+
+def _text(value: Any) -> str | None:
+    return str(value)[:64] if isinstance(value, (str, int, float)) and value != "" else None
+
+
+def with_details(conn: Any, rows: list[WorklistRow]) -> list[WorklistRow]:
+    """The rows with what only the payloads and uploads hold: the device's own time, the study
+    key and whether a thumbnail was synced (one query each for the whole page)."""
+    if not rows:
+        return rows
+    payloads = {
+        row.id: row.payload if isinstance(row.payload, dict) else {}
+        for row in conn.execute(
+            select(db.records.c.id, db.records.c.payload).where(
+                db.records.c.id.in_([row.record_id for row in rows])
+            )
+        )
+    }
+    u = db.uploads
+    images: dict[tuple[str, str], str] = {}
+    for row in rows:
+        image = payloads.get(row.record_id, {}).get("image")
+        if isinstance(image, dict) and image.get("uuid"):
+            images[(row.device_id, str(image["uuid"]))] = row.result_uuid
+    thumbnails = set()
+    for upload in conn.execute(
+        select(u.c.device_id, u.c.record_uuid, u.c.result_uuid).where(
+            u.c.kind == "thumbnail",
+            u.c.complete.is_(True),
+            u.c.device_id.in_({row.device_id for row in rows}),
+            u.c.result_uuid.in_([row.result_uuid for row in rows])
+            | u.c.record_uuid.in_([uuid for _, uuid in images]),
+        )
+    ):
+        thumbnails.add((upload.device_id, upload.result_uuid))
+        if (upload.device_id, upload.record_uuid) in images:
+            thumbnails.add((upload.device_id, images[(upload.device_id, upload.record_uuid)]))
+    out = []
+    for row in rows:
+        payload = payloads.get(row.record_id, {})
+        result, study = payload.get("result"), payload.get("study")
+        out.append(
+            replace(
+                row,
+                analysed=_text(result.get("created")) if isinstance(result, dict) else None,
+                study_key=_text(study.get("study")) if isinstance(study, dict) else None,
+                thumbnail=(row.device_id, row.result_uuid) in thumbnails,
+            )
+        )
+    return out
 
 
 @dataclass
@@ -307,6 +408,7 @@ class Study:
     reviews: list[ReviewRow] = field(default_factory=list)  # newest first
     uploads: dict[str, Any] = field(default_factory=dict)  # kind -> its `uploads` row
     others: list[WorklistRow] = field(default_factory=list)  # this patient's other results
+    pending: set[str] = field(default_factory=set)  # upload kinds begun but not complete yet
 
     def part(self, name: str) -> dict[str, Any]:
         value = self.payload.get(name)
@@ -353,32 +455,52 @@ def find_study(engine: Engine, user: User, uuid: str) -> Study | None:
             )
         ):
             study.uploads.setdefault(upload.kind, upload)
+        study.pending = {
+            upload.kind
+            for upload in conn.execute(
+                select(db.uploads.c.kind).where(
+                    db.uploads.c.device_id == row.device_id,
+                    db.uploads.c.complete.is_(False),
+                    (db.uploads.c.result_uuid == uuid) | (db.uploads.c.record_uuid == image_uuid),
+                )
+            )
+        }
         patient = study.part("study").get("patient")
         if patient:
-            study.others = [
-                WorklistRow.from_row(other)
-                for other in conn.execute(
-                    _rows(user, Filters())
-                    .where(
-                        w.c.patient == str(patient),
-                        w.c.device_id == row.device_id,
-                        w.c.record_id != row.id,
+            study.others = with_details(
+                conn,
+                [
+                    WorklistRow.from_row(other)
+                    for other in conn.execute(
+                        _rows(user, Filters())
+                        .where(
+                            w.c.patient == str(patient),
+                            w.c.device_id == row.device_id,
+                            w.c.record_id != row.id,
+                        )
+                        .order_by(w.c.record_id.desc())
+                        .limit(20)
                     )
-                    .order_by(w.c.record_id.desc())
-                    .limit(20)
-                )
-            ]
+                ],
+            )
     return study
+
+
+def _position(conn: Any, record_id: int) -> Any:
+    """This record's order keys as literals, for the row-value comparisons."""
+    current = conn.execute(select(*_order_keys()).where(w.c.record_id == record_id)).first()
+    if current is None:
+        return None
+    return tuple_(*(literal(value) for value in current))
 
 
 def neighbours(engine: Engine, user: User, filters: Filters, record_id: int) -> tuple[str | None, str | None]:
     """(previous, next) result uuids around this record in the filtered worklist order."""
     keys = _order_keys()
     with engine.connect() as conn:
-        current = conn.execute(select(*keys).where(w.c.record_id == record_id)).first()
-        if current is None:
+        here = _position(conn, record_id)
+        if here is None:
             return None, None
-        here = tuple_(*(literal(int(value)) for value in current))
         base = _rows(user, filters)
         before = conn.execute(
             base.where(tuple_(*keys) < here).order_by(*(key.desc() for key in keys)).limit(1)
@@ -387,15 +509,19 @@ def neighbours(engine: Engine, user: User, filters: Filters, record_id: int) -> 
     return (before.result_uuid if before else None, after.result_uuid if after else None)
 
 
-def next_unreviewed(engine: Engine, user: User, filters: Filters, exclude: int) -> str | None:
-    """Where a reader goes after a verdict: the first unreviewed result in their filtered list."""
+def next_unreviewed(engine: Engine, user: User, filters: Filters, record_id: int) -> str | None:
+    """Where a reader goes after a verdict: the first unreviewed result after this one in their
+    filtered list (the order never changes, so this is the row below), else the first
+    unreviewed one above it; None when none is left."""
+    keys = _order_keys()
+    unreviewed = _rows(user, replace(filters, state="unreviewed", page=1)).where(w.c.record_id != record_id)
     with engine.connect() as conn:
-        row = conn.execute(
-            _rows(user, replace(filters, state="unreviewed", page=1))
-            .where(w.c.record_id != exclude)
-            .order_by(*_order_keys())
-            .limit(1)
-        ).first()
+        here = _position(conn, record_id)
+        row = None
+        if here is not None:
+            row = conn.execute(unreviewed.where(tuple_(*keys) > here).order_by(*keys).limit(1)).first()
+        if row is None:
+            row = conn.execute(unreviewed.order_by(*keys).limit(1)).first()
     return row.result_uuid if row else None
 
 

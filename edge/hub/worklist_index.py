@@ -7,6 +7,7 @@ are indexed when the hub starts (`backfill`).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from sqlalchemy import Engine, insert, select, update
@@ -22,7 +23,13 @@ def _text(value: Any, limit: int) -> str | None:
 
 
 def _number(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # a device's 400-digit integer is no age or probability
+        return None
+    return number if math.isfinite(number) else None
 
 
 def index_values(record_id: int, device_id: str, uuid: str, payload: Any, received_at: str) -> dict[str, Any]:

@@ -4,7 +4,7 @@ attributes the analysis reads, and "pixels"; never their values (they can identi
 Ingest asks this when an instance it holds arrives again with other bytes: an honest correction
 (a fixed body part, age or pixels) is analysed again as a new version, a copy that differs only
 in what no analysis reads (another transfer syntax, a PACS's own tags) stays a duplicate, and
-another patient or study under the UID stays a conflict.
+another patient or study under the UID is a collision, kept alongside (edge.store.Store.ingest).
 """
 
 from __future__ import annotations

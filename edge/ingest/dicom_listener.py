@@ -11,12 +11,13 @@ sees it in the worklist, and the chest films of the same study are analysed. Ans
 instance with a failure made Orthanc abort the whole C-MOVE, and dcmtk's storescu stop, so the
 chest films were lost with it (issue 18). Status codes:
 
-- 0x0000 Success: stored (analysed or not), a duplicate of what is already stored, or a header
-  correction of a stored instance (same UID, patient and study, same pixels; attributes the
-  analysis reads changed: a new version, analysed anew, issue 14);
-- 0xB006 Warning, elements discarded: a SOP Instance UID already stored with other content
-  (`DICOM_UID_CONFLICT`: another patient or study, or other pixels, which DICOM gives a new
-  UID): the stored object stays, this one was not kept; logged and audited;
+- 0x0000 Success: stored (analysed or not), a duplicate of what is already stored (same UID,
+  same pixels, nothing the analysis reads changed), a header correction of a stored instance
+  (same UID, patient and study, same pixels; attributes the analysis reads changed: a new
+  version, analysed anew, issue 14), or another object under a stored UID (another patient or
+  study, other pixels, which DICOM gives a new UID): kept alongside, the stored one untouched,
+  logged and audited as `INSTANCE_UID_COLLISION` (issue 17: it was answered Success and dropped
+  when it came in another transfer syntax);
 - 0xA700 Refused, out of resources: the disk guard says no, or the disk is full; nothing is
   lost, the sender retries later;
 - 0xC000 Error, cannot understand: bytes that are not a readable DICOM object (`DICOM_INVALID`,
@@ -27,16 +28,21 @@ Every non-success answer carries its refusal code in the Error Comment (0000,090
 
 Associations: up to `[dicom] max_associations` are served at once, each in its own thread with
 its own store connection (SQLite connections are per thread). Rejections say why, on the wire
-and in the log: a calling AE title outside `[dicom] allowed_callers` (when set; permanent,
-calling AE not recognised, `CALLER_NOT_ALLOWED`), another called AE title than ours (permanent,
-called AE not recognised, `CALLED_AE_UNKNOWN`), or all slots taken (transient, local limit
-exceeded, `LISTENER_BUSY`). C-ECHO is answered.
+and in the log: a calling AE title outside `[dicom] allowed_callers` (permanent, calling AE not
+recognised, `CALLER_NOT_ALLOWED`; an empty list refuses everyone and records who tried, see
+`dicom_access`), another called AE title than ours (permanent, called AE not recognised,
+`CALLED_AE_UNKNOWN`), or all slots taken (transient, local limit exceeded, `LISTENER_BUSY`).
+C-ECHO is answered, but is not work: when every slot is taken, the association that has stored
+nothing for longest, beyond `[dicom] idle_timeout_s`, is aborted to admit the newcomer
+(`LISTENER_IDLE_CLOSED`), so callers holding idle associations open with C-ECHO cannot lock the
+modalities out (issue 17). Addresses and TLS: `dicom_access`.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -47,19 +53,19 @@ from pynetdicom.association import Association
 
 from edge.config import Settings
 from edge.errors import Code, EdgeError
+from edge.ingest import dicom_access
+from edge.ingest.dicom_access import CallerPolicy, SeenCallers
 from edge.pipeline import Decoder, Pipeline
 
 log = logging.getLogger(__name__)
 
 SUCCESS = 0x0000
-ELEMENTS_DISCARDED = 0xB006
 OUT_OF_RESOURCES = 0xA700
 CANNOT_UNDERSTAND = 0xC000
 PROCESSING_FAILURE = 0x0110
 _STATUS = {
     Code.DISK_FULL: OUT_OF_RESOURCES,
     Code.STORE_WRITE_FAILED: PROCESSING_FAILURE,
-    Code.DICOM_UID_CONFLICT: ELEMENTS_DISCARDED,
 }
 VERIFICATION = "1.2.840.10008.1.1"  # C-ECHO
 
@@ -114,7 +120,8 @@ def rejection(assoc: Association, busy: bool) -> EdgeError:
 
 
 class AdmittingAE(AE):
-    """An AE whose association limit counts admitted associations only.
+    """An AE whose association limit counts admitted associations only, and that gives an idle
+    association's slot to a newcomer.
 
     pynetdicom checks `maximum_associations` against every acceptor thread alive, including
     those still negotiating and those being torn down after a rejection, so a burst of 12
@@ -123,14 +130,30 @@ class AdmittingAE(AE):
     when a slot is free (under a lock, so a burst admits exactly the limit), else by a list one
     longer than the limit, which pynetdicom rejects as local-limit-exceeded. Every other caller
     gets pynetdicom's own answer.
+
+    A slot is free too when an admitted association has done no work (no C-STORE) for `idle_s`:
+    the idlest is aborted and the newcomer admitted in its place (issue 17: four associations
+    kept open with C-ECHO locked every modality out).
     """
 
-    def __init__(self, ae_title: str, allowed: Callable[[Association], bool]) -> None:
+    def __init__(
+        self, ae_title: str, allowed: Callable[[Association], bool], policy: CallerPolicy, idle_s: float
+    ) -> None:
         super().__init__(ae_title=ae_title)
         self._allowed = allowed
+        self._policy = policy
+        self.idle_s = idle_s
         self._admission = threading.Lock()
         self._admitted: list[Association] = []
+        self._last_work: dict[Association, float] = {}
+        self._working: set[Association] = set()
         self.busy: set[Association] = set()
+
+    @property  # type: ignore[misc]
+    def require_calling_aet(self) -> list[str]:
+        """The policy's titles (none allowed: a title nobody can send), never pynetdicom's
+        empty default that lets anyone in."""
+        return self._policy.pynetdicom_titles()
 
     @property
     def active_associations(self) -> list[Association]:
@@ -140,14 +163,56 @@ class AdmittingAE(AE):
             return everyone
         if not self._allowed(current):
             return []  # rejected for its AE titles, which the log and the wire should say
+        evicted = None
         with self._admission:
             self._admitted = [held for held in self._admitted if held.is_alive()]
-            if current in self._admitted or len(self._admitted) < self.maximum_associations:
-                if current not in self._admitted:
-                    self._admitted.append(current)
+            self._last_work = {held: at for held, at in self._last_work.items() if held in self._admitted}
+            if current in self._admitted:
                 return list(self._admitted)
-            self.busy.add(current)
-            return [*self._admitted, current]
+            if len(self._admitted) >= self.maximum_associations:
+                evicted = self._idlest()
+                if evicted is not None:
+                    self._admitted.remove(evicted)
+            if len(self._admitted) < self.maximum_associations:
+                self._admitted.append(current)
+                self._last_work[current] = time.monotonic()
+                admitted = list(self._admitted)
+            else:
+                self.busy.add(current)
+                admitted = [*self._admitted, current]
+        if evicted is not None:
+            self._evict(evicted, current)
+        return admitted
+
+    def _idlest(self) -> Association | None:
+        """The admitted association that did no work for longest, if beyond `idle_s`."""
+        now = time.monotonic()
+        idle = [
+            (at, held)
+            for held, at in self._last_work.items()
+            if held not in self._working and now - at >= self.idle_s
+        ]
+        return min(idle, key=lambda entry: entry[0])[1] if idle else None
+
+    def _evict(self, idle: Association, newcomer: Association) -> None:
+        error = EdgeError(
+            Code.LISTENER_IDLE_CLOSED,
+            f"association from AE {idle.requestor.ae_title!r} at {idle.requestor.address} aborted:"
+            f" no C-STORE for {self.idle_s:g} s and AE {newcomer.requestor.ae_title!r} needs its slot",
+        )
+        log.warning("%s", error.one_line())
+        # Not from this (the newcomer's) thread: abort() waits for the idle one's connection to end.
+        threading.Thread(target=idle.abort, name="DicomIdleAbort", daemon=True).start()
+
+    def working(self, assoc: Association, busy: bool) -> None:
+        """A C-STORE starts (`busy`) or ends on `assoc`: it is not idle."""
+        with self._admission:
+            if busy:
+                self._working.add(assoc)
+            else:
+                self._working.discard(assoc)
+            if assoc in self._admitted:
+                self._last_work[assoc] = time.monotonic()
 
 
 class DicomListener:
@@ -169,6 +234,8 @@ class DicomListener:
         self._local = threading.local()
         self._server: Any = None
         self._ae: AdmittingAE | None = None
+        self.policy = CallerPolicy(settings.dicom)
+        self.seen = SeenCallers(settings.data_dir)
         self._count = threading.Lock()
         self.stored = 0
         """Instances stored (analysed or not); duplicates not counted."""
@@ -195,18 +262,26 @@ class DicomListener:
         config = self.settings.dicom
         calling = str(assoc.requestor.ae_title).strip()
         called = str(getattr(assoc.requestor.primitive, "called_ae_title", "") or "").strip()
-        allowed_callers = [caller.strip() for caller in config.allowed_callers]
-        return called == config.ae_title.strip() and (not allowed_callers or calling in allowed_callers)
+        return called == config.ae_title.strip() and self.policy.title_allowed(calling)
 
     def start(self) -> None:
         config = self.settings.dicom
-        ae = AdmittingAE(config.ae_title, self._allowed)
+        ae = AdmittingAE(config.ae_title, self._allowed, self.policy, config.idle_timeout_s)
         ae.maximum_associations = config.max_associations
         ae.require_called_aet = True
-        if config.allowed_callers:
-            ae.require_calling_aet = list(config.allowed_callers)
-        else:
-            log.warning("DICOM listener accepts any calling AE title: set [dicom] allowed_callers")
+        # Negotiation and each DIMSE message get 30 s; a connection silent for a minute is closed,
+        # but never while one of its stores is still decoding (the idle timer runs meanwhile,
+        # so a timeout shorter than the decoder's aborted the association after a slow store).
+        ae.acse_timeout = 30
+        ae.dimse_timeout = 30
+        ae.network_timeout = max(60.0, self.settings.ingest.decode_timeout_s + 30)
+        if self.policy.any_title:
+            log.warning('DICOM listener accepts any calling AE title ([dicom] allowed_callers = ["*"])')
+        elif not self.policy.titles:
+            log.warning(
+                "DICOM listener refuses every caller until [dicom] allowed_callers lists them;"
+                " `edge doctor` names those refused"
+            )
         ae.add_supported_context(VERIFICATION)
         for sop_class in image_storage_classes():
             ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
@@ -216,13 +291,14 @@ class DicomListener:
             (evt.EVT_CONN_CLOSE, self._on_closed),
         ]
         self._ae = ae
-        self._server = ae.start_server((config.bind, config.port), block=False, evt_handlers=handlers)
+        self._server = dicom_access.start_server(ae, config, self.policy, handlers)
         log.info(
-            "DICOM listener %s on %s:%d (%d associations at once)",
+            "DICOM listener %s on %s:%d (%d associations at once%s)",
             config.ae_title,
             config.bind,
             config.port,
             config.max_associations,
+            ", TLS only" if self._server.ssl_context is not None else "",
         )
 
     @property
@@ -239,7 +315,16 @@ class DicomListener:
         busy = self._ae is not None and event.assoc in self._ae.busy
         if busy and self._ae is not None:
             self._ae.busy.discard(event.assoc)
-        log.warning("%s", rejection(event.assoc, busy).one_line())
+        error = rejection(event.assoc, busy)
+        log.warning("%s", error.one_line())
+        if error.code is Code.CALLER_NOT_ALLOWED:
+            requestor = event.assoc.requestor
+            title = str(requestor.ae_title).strip()
+            self.seen.record(title, str(requestor.address))
+            log.warning(
+                "to accept it: %s",
+                dicom_access.allow_line(sorted({*self.policy.titles, title}), self.settings.config_file),
+            )
 
     def _on_store(self, event: Any) -> Dataset:
         accepting, reason = self._accepting()
@@ -247,6 +332,8 @@ class DicomListener:
             log.warning("C-STORE answered out-of-resources: %s", reason)
             return answer(Code.DISK_FULL)
         caller = str(event.assoc.requestor.ae_title)
+        if self._ae is not None:
+            self._ae.working(event.assoc, True)
         try:
             data = event.encoded_dataset(include_meta=True)
             pipeline = self._pipeline()
@@ -258,6 +345,9 @@ class DicomListener:
         except Exception:  # a bug must not leave the sender without an answer
             log.exception("C-STORE handler failed")
             return answer(Code.STORE_WRITE_FAILED)
+        finally:
+            if self._ae is not None:
+                self._ae.working(event.assoc, False)
         if not ingested.outcome.duplicate:
             with self._count:
                 self.stored += 1

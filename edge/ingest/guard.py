@@ -9,11 +9,17 @@ bound) the input is refused with DECODE_CRASHED. The agent itself never sees the
 Workers are plain `python -m edge.ingest.guard` subprocesses speaking length-prefixed pickles
 over their stdin/stdout, so nothing depends on how the parent was started or on forking a
 threaded process (the DICOM listener is threaded).
+
+A worker whose resident memory is above `recycle_mb` after a job is replaced (issue 17): after
+one large input it kept ~900 MB of heap, which counts against its address-space bound, so the
+next large study, one it had accepted before, was refused as DECODE_CRASHED. Each answer
+carries the worker's resident size, read from /proc after the job's objects are freed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import pickle
@@ -25,8 +31,11 @@ import sys
 import threading
 from typing import IO, Any
 
+import numpy as np
+
 from edge.errors import Code, EdgeError
 from edge.imaging.decode import DecodedImage, decode_bytes
+from edge.imaging.dicom import display_frames
 
 log = logging.getLogger(__name__)
 _HEADER = struct.Struct(">Q")
@@ -54,6 +63,17 @@ def _read_frame(stream: IO[bytes]) -> Any:
     return pickle.loads(_read_exact(stream, size))
 
 
+def resident_bytes() -> int:
+    """This process's resident set now (Linux /proc), else its peak (getrusage)."""
+    try:
+        with open("/proc/self/statm", "rb") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
 def serve(memory_mb: int) -> None:
     """The worker's loop: limit its own memory, then decode requests until stdin closes."""
     import resource
@@ -64,11 +84,11 @@ def serve(memory_mb: int) -> None:
     sys.stdout = sys.stderr  # nothing but frames on the real stdout
     while True:
         try:
-            data, name = _read_frame(source)
+            op, data, name = _read_frame(source)
         except EOFError:
             return
         try:
-            result: Any = decode_bytes(data, name)
+            result: Any = decode_bytes(data, name) if op == "image" else list(display_frames(data))
         except EdgeError as error:
             result = error
         except MemoryError:
@@ -80,6 +100,9 @@ def serve(memory_mb: int) -> None:
                 Code.IMAGE_DECODE_FAILED, f"{name} could not be decoded ({type(exc).__name__})"
             )
         _write_frame(sink, result)
+        del data, result
+        gc.collect()  # the job's objects are freed before the size is read
+        _write_frame(sink, resident_bytes())
 
 
 class _Worker:
@@ -90,15 +113,19 @@ class _Worker:
             stdout=subprocess.PIPE,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
+        self.resident = 0
+        """Its resident bytes after the last job."""
 
-    def ask(self, data: bytes, name: str, timeout_s: float) -> Any:
+    def ask(self, op: str, data: bytes, name: str, timeout_s: float) -> Any:
         assert self.process.stdin is not None
         assert self.process.stdout is not None
-        _write_frame(self.process.stdin, (data, name))
+        _write_frame(self.process.stdin, (op, data, name))
         ready, _, _ = select.select([self.process.stdout], [], [], timeout_s)
         if not ready:
             raise TimeoutError
-        return _read_frame(self.process.stdout)
+        result = _read_frame(self.process.stdout)
+        self.resident = int(_read_frame(self.process.stdout))  # sent right after the answer
+        return result
 
     def kill(self) -> None:
         self.process.kill()
@@ -112,9 +139,14 @@ class _Worker:
 class GuardedDecoder:
     """`decode(data, name)` like `decode_bytes`, but in bounded worker processes."""
 
-    def __init__(self, timeout_s: float = 30.0, memory_mb: int = 2048, workers: int = 1) -> None:
+    def __init__(
+        self, timeout_s: float = 30.0, memory_mb: int = 2048, workers: int = 1, recycle_mb: int = 512
+    ) -> None:
         self.timeout_s = timeout_s
         self.memory_mb = memory_mb
+        self.recycle_mb = recycle_mb
+        self.recycled = 0
+        """Workers replaced for their size after a job (not for a timeout or a crash)."""
         self._idle: queue.Queue[_Worker] = queue.Queue()
         self._all: list[_Worker] = []
         self._lock = threading.Lock()
@@ -135,10 +167,24 @@ class GuardedDecoder:
         self._add()
 
     def decode(self, data: bytes, name: str = "input") -> DecodedImage:
+        result = self._ask("image", data, name)
+        if not isinstance(result, DecodedImage):
+            raise EdgeError(Code.DECODE_CRASHED, f"{name}: the decoder answered nonsense")
+        return result
+
+    def frames(self, data: bytes, name: str = "cine") -> list[tuple[float, np.ndarray]]:
+        """Every display frame of a multi-frame DICOM (`display_frames`), decoded in a worker
+        under the same bounds: the video path's cines, which the agent decoded in-process."""
+        result = self._ask("frames", data, name)
+        if not isinstance(result, list):
+            raise EdgeError(Code.DECODE_CRASHED, f"{name}: the decoder answered nonsense")
+        return result
+
+    def _ask(self, op: str, data: bytes, name: str) -> Any:
         worker = self._idle.get()
         healthy = True
         try:
-            result = worker.ask(data, name, self.timeout_s)
+            result = worker.ask(op, data, name, self.timeout_s)
         except TimeoutError as exc:
             healthy = False
             log.error("decoding took over %.0f s: decoder process killed and replaced", self.timeout_s)
@@ -150,15 +196,26 @@ class GuardedDecoder:
             log.error("the decoder process died: replaced")
             raise EdgeError(Code.DECODE_CRASHED, f"{name}: the decoder crashed on this file") from exc
         finally:
-            if healthy:
+            if healthy and worker.resident > self.recycle_mb * 1024 * 1024:
+                log.info(
+                    "the decoder process holds %d MB after %s: replaced (over [ingest] decode_recycle_mb)",
+                    worker.resident // (1024 * 1024),
+                    name,
+                )
+                self.recycled += 1
+                self._replace(worker)
+            elif healthy:
                 self._idle.put(worker)
             else:
                 self._replace(worker)
         if isinstance(result, EdgeError):
             raise result
-        if not isinstance(result, DecodedImage):
-            raise EdgeError(Code.DECODE_CRASHED, f"{name}: the decoder answered nonsense")
         return result
+
+    def pids(self) -> list[int]:
+        """The worker processes' ids (which process decodes: for tests and `edge status`)."""
+        with self._lock:
+            return [worker.process.pid for worker in self._all]
 
     def close(self) -> None:
         with self._lock:

@@ -19,12 +19,22 @@ to, a USB import script) are ingested once complete, then moved out of the way.
   file is a new file): a file the store could not take, and one refused or stored whose move
   failed (a read-only inbox, a full quarantine), is not decoded again each scan; only the move
   is tried again, after `RETRY_S`. At most `MAX_HELD` files are remembered.
+- Only plain files of the expected owner are read (issue 17): a symbolic link
+  (`DROP_FILE_LINKED`: it could point at any file the agent may read, another patient's study
+  included), a file with more than one hard link (`DROP_FILE_LINKED`: the same trick without a
+  symlink), or one owned by another user than `[watch] owners` (default: the agent's own;
+  `DROP_FILE_NOT_OWNED`) is quarantined unread, like any refusal. The file is opened with
+  O_NOFOLLOW and judged by fstat() on what was opened, so swapping it for a link between the
+  listing and the read does not help.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import pwd
+import stat
 import threading
 import time
 from collections import OrderedDict
@@ -35,7 +45,6 @@ from pathlib import Path
 from edge.clock import utc_now
 from edge.config import Settings
 from edge.errors import Code, EdgeError
-from edge.imaging.decode import read_input
 from edge.pipeline import Decoder, Pipeline
 from edge.results import audit_refusal
 from edge.store.files import fsync_dir, make_dirs, write_atomically
@@ -48,6 +57,60 @@ MAX_HELD = 10_000
 COUNTS = ("ingested", "duplicate", "quarantined", "waiting", "deferred", "held", "gone", "paused")
 
 _Key = tuple[Path, int, int]  # path, size, mtime_ns: a file as the folder saw it
+
+
+def expected_owners(names: list[str]) -> frozenset[int]:
+    """The uids `[watch] owners` names (user names or numbers); none named: our own user."""
+    if not names:
+        return frozenset({os.geteuid()})
+    uids = set()
+    for name in names:
+        if name.isdigit():
+            uids.add(int(name))
+            continue
+        try:
+            uids.add(pwd.getpwnam(name).pw_uid)
+        except KeyError as exc:
+            raise EdgeError(Code.CONFIG_INVALID, f"[watch] owners: no user {name!r} on this device") from exc
+    return frozenset(uids)
+
+
+def read_dropped(path: Path, max_bytes: int, owners: frozenset[int]) -> bytes:
+    """A dropped file's bytes, if it is a plain file of an expected owner with one link: opened
+    without following a symlink (O_NOFOLLOW) or waiting on a FIFO (O_NONBLOCK), then judged by
+    what was opened (fstat), so no swap between the check and the read gets past it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError as exc:
+        raise EdgeError(Code.INPUT_NOT_FOUND, f"{path.name} is gone") from exc
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise EdgeError(Code.DROP_FILE_LINKED, f"{path.name} is a symbolic link: not read") from exc
+        raise EdgeError(Code.INPUT_UNREADABLE, f"{path.name} cannot be read: {exc.strerror}") from exc
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise EdgeError(Code.INPUT_UNREADABLE, f"{path.name} is not a regular file")
+        if info.st_nlink > 1:
+            raise EdgeError(Code.DROP_FILE_LINKED, f"{path.name} has {info.st_nlink} hard links: not read")
+        if info.st_uid not in owners:
+            raise EdgeError(
+                Code.DROP_FILE_NOT_OWNED,
+                f"{path.name} belongs to uid {info.st_uid}, not to [watch] owners: not read",
+            )
+        if info.st_size > max_bytes:
+            raise EdgeError(
+                Code.INPUT_TOO_LARGE, f"{path.name} is {info.st_size} bytes, over the {max_bytes} limit"
+            )
+        try:
+            data = handle.read(max_bytes + 1)
+        except OSError as exc:
+            raise EdgeError(Code.INPUT_UNREADABLE, f"{path.name} cannot be read: {exc.strerror}") from exc
+    if len(data) > max_bytes:  # grew after the fstat
+        raise EdgeError(Code.INPUT_TOO_LARGE, f"{path.name} is over the {max_bytes} byte limit")
+    if not data:
+        raise EdgeError(Code.INPUT_EMPTY, f"{path.name} is empty")
+    return data
 
 
 @dataclass
@@ -93,6 +156,7 @@ class DropFolder:
         self._paused: str | None = None  # the disk guard's reason while it says no
         self._blocked: str | None = None  # why the store could not take a file, until one is taken
         self._retry_at = 0.0  # while blocked: when to try a file again
+        self._owners = expected_owners(settings.watch.owners)
         for folder in (self.inbox, self.processed, self.quarantine):
             make_dirs(folder)
 
@@ -113,17 +177,17 @@ class DropFolder:
     def _settled(self, path: Path, now: float) -> _Key | None:
         """The file's key once it is complete (unchanged for `settle_s`); None while it is not."""
         try:
-            stat = path.stat()
+            info = path.lstat()  # a link is judged as itself (and refused when read)
         except FileNotFoundError:
             self._seen.pop(path, None)
             return None
         seen = self._seen.get(path)
-        if seen is None or (seen.size, seen.mtime_ns) != (stat.st_size, stat.st_mtime_ns):
-            self._seen[path] = _Seen(stat.st_size, stat.st_mtime_ns, now)
+        if seen is None or (seen.size, seen.mtime_ns) != (info.st_size, info.st_mtime_ns):
+            self._seen[path] = _Seen(info.st_size, info.st_mtime_ns, now)
             settled = self.settings.watch.settle_s == 0
         else:
             settled = now - seen.stable_since >= self.settings.watch.settle_s
-        return (path, stat.st_size, stat.st_mtime_ns) if settled else None
+        return (path, info.st_size, info.st_mtime_ns) if settled else None
 
     def scan_once(self) -> dict[str, int]:
         """One pass over the inbox; returns counts of what happened (for logs and tests)."""
@@ -177,7 +241,7 @@ class DropFolder:
         if held is not None and held.target is not None:  # refused or stored before: only the move
             return self._move(key, held.target, held.reason, now, held.outcome)
         try:
-            data = read_input(path, self.settings.store.max_input_bytes)
+            data = read_dropped(path, self.settings.store.max_input_bytes, self._owners)
         except EdgeError as error:
             if error.code is Code.INPUT_NOT_FOUND:  # taken away since the listing: nothing refused
                 self._seen.pop(path, None)

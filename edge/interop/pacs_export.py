@@ -58,6 +58,7 @@ HEATMAPS_OFF = "heatmaps are not sent ([pacs] heatmaps = false)"
 TOO_OLD = "older than [pacs] backfill_days when the exporter first saw it"
 SOURCE_GONE = "the source image was purged before export"
 RESULT_GONE = "the result was deleted before export"
+UID_COLLISION = "its SOP Instance UID belongs to another stored object (INSTANCE_UID_COLLISION)"
 
 
 def exporter_lock(settings: Settings) -> Path:
@@ -109,6 +110,8 @@ class PacsExporter:
                 if row["created_at"] < horizon
                 else SOURCE_GONE
                 if row["purged_at"]
+                else UID_COLLISION
+                if row.get("uid_collision")
                 else None
             )
             heatmap_skipped = skipped or (

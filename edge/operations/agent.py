@@ -29,7 +29,7 @@ from edge.config import Settings
 from edge.device import Device
 from edge.errors import Code, EdgeError
 from edge.ingest.guard import GuardedDecoder
-from edge.operations import health, housekeeping
+from edge.operations import health, housekeeping, storage_encryption
 from edge.processes import InstanceLock
 from edge.store import Store
 from edge.store.files import write_atomically
@@ -64,11 +64,15 @@ class Agent:
 
     # ------------------------------------------------------------------ threads
 
-    def _work(self) -> None:
-        """The worker thread: its own store connection, models opened before READY."""
+    def _work(self, decoder: GuardedDecoder) -> None:
+        """The worker thread: its own store connection, models opened before READY. A job whose
+        image is read back from the store is decoded by the guarded decoder too (issue 17: the
+        worker decoded it again in the agent's own process, unbounded)."""
         device = None
         try:
             device = Device(self.settings, actor="agent")
+            device.pipeline.decoder = decoder.decode
+            device.pipeline.frame_decoder = decoder.frames
             self._warm_up(device)
             self.worker_ready.set()
             while not self.stop.is_set():
@@ -209,6 +213,7 @@ class Agent:
 
     def run(self, install_signals: bool = True) -> int:
         """Run until stopped; the exit status (0 stopped, 1 refused or failed)."""
+        storage_encryption.enforce(self.settings)  # STORAGE_NOT_ENCRYPTED when it is required
         lock = InstanceLock(health.agent_lock(self.settings), "agent (`edge run`)")
         try:
             lock.acquire()  # one agent per data directory, held until this process ends
@@ -227,9 +232,11 @@ class Agent:
         with Store(self.settings.data_dir, check=True) as store:  # create, migrate, quick_check: or refuse
             housekeeping.sweep_orphans(store)
         ingest = self.settings.ingest
-        decoder = GuardedDecoder(ingest.decode_timeout_s, ingest.decode_memory_mb, ingest.decode_workers)
+        decoder = GuardedDecoder(
+            ingest.decode_timeout_s, ingest.decode_memory_mb, ingest.decode_workers, ingest.decode_recycle_mb
+        )
         try:
-            self._start("worker", self._work)
+            self._start("worker", self._work, decoder)
             while not (self.worker_ready.wait(1.0) or self.stop.is_set()):
                 pass
             if self.stop.is_set():

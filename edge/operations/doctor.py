@@ -19,7 +19,7 @@ from edge.config import Settings
 from edge.errors import EdgeError
 from edge.inference.pool import parity_refusals
 from edge.inference.registry import Registry
-from edge.operations import health, housekeeping
+from edge.operations import file_modes, health, housekeeping, storage_encryption
 from edge.store import Store, database
 
 LEVELS = {"pass": 0, "warn": 1, "fail": 2}
@@ -191,6 +191,30 @@ def _database(settings: Settings) -> list[Check]:
     return [Check("database", "pass", f"integrity ok, schema {found.version}/{found.latest}{upgraded}")]
 
 
+def _file_modes(settings: Settings) -> list[Check]:
+    """Tightens as it checks: a world-readable edge.db or hub.db is fixed, and said so."""
+    done = file_modes.tighten(file_modes.data_roots(settings))
+    if done.refused:
+        return [
+            Check(
+                "file modes",
+                "fail",
+                f"{len(done.refused)} data file(s) readable by others and not ours to change, e.g."
+                f" {done.refused[0]}: run `edge doctor` as their owner (the service user)",
+            )
+        ]
+    if done.changed:
+        return [
+            Check(
+                "file modes",
+                "warn",
+                f"{len(done.changed)} data file(s) were readable by other users, now owner-only,"
+                f" e.g. {done.changed[0].name}",
+            )
+        ]
+    return [Check("file modes", "pass", "data files are readable by their owner only")]
+
+
 def _disk(settings: Settings) -> list[Check]:
     state = housekeeping.disk_state(settings)
     level = "fail" if not state.accepting else "warn" if state.warning else "pass"
@@ -200,6 +224,13 @@ def _disk(settings: Settings) -> list[Check]:
         message += "; emergency reserve not in place"
         level = max(level, "warn", key=LEVELS.__getitem__)
     return [Check("disk", level, message)]
+
+
+def _encryption(settings: Settings) -> list[Check]:
+    """Patient data at rest: on encrypted storage or not (storage_encryption.py)."""
+    return [
+        Check("encryption", level, message) for level, message in storage_encryption.doctor_lines(settings)
+    ]
 
 
 def _clock(settings: Settings) -> list[Check]:
@@ -245,6 +276,17 @@ def _listener(settings: Settings) -> list[Check]:
     return [Check("dicom listener", "warn", f"port {config.port} is free: the agent is not running")]
 
 
+def _dicom_callers(settings: Settings) -> list[Check]:
+    """Who the listener refused for their calling AE title, and the line that would allow them
+    (a fresh install refuses everyone until the modalities are listed); the TUI shows the same."""
+    if not settings.dicom.enabled:
+        return []
+    from edge.ingest.dicom_access import callers_verdict
+
+    level, message = callers_verdict(settings)
+    return [Check("dicom callers", level, message)]
+
+
 def _agent(settings: Settings) -> list[Check]:
     agent = health.read_agent(settings)
     if agent.get("starting"):
@@ -264,7 +306,7 @@ def _agent(settings: Settings) -> list[Check]:
 
 def _hub(settings: Settings) -> list[Check]:
     from edge.sync import sync_agent
-    from edge.sync.runner import sync_status
+    from edge.sync.runner import NEEDS_ACTION, sync_status
 
     try:
         with Store(settings.data_dir, busy_timeout_ms=settings.store.busy_timeout_ms, reader=True) as store:
@@ -289,7 +331,7 @@ def _hub(settings: Settings) -> list[Check]:
         since_start = f"pid {running.get('pid')}, since {running.get('started')}"
         checks.append(Check("sync agent", "pass", since_start))
     since = f"last success {status['last_success'] or 'never'}"
-    if status["state"] == "failed":
+    if status["state"] in NEEDS_ACTION:  # failed, revoked, upgrade required
         checks.append(Check("hub", "fail", f"{status['hub']}: {status['last_error']}; {waiting}"))
     elif status["state"] == "offline":
         checks.append(
@@ -332,9 +374,12 @@ CHECKS: list[Callable[[Settings], list[Check]]] = [
     _models,
     _engines,
     _database,
+    _file_modes,
     _disk,
+    _encryption,
     _clock,
     _listener,
+    _dicom_callers,
     _agent,
     _hub,
     _pacs,

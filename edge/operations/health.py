@@ -105,11 +105,21 @@ def snapshot(settings: Settings, store: Store | None = None) -> dict[str, Any]:
                 "reason": disk.reason,
             },
             "versions": versions(),
+            "dicom_callers": _dicom_callers(settings),
         }
     finally:
         if own:
             store.close()
     return out
+
+
+def _dicom_callers(settings: Settings) -> list[str] | None:
+    """The listener's caller verdict (level, sentence) when it listens (`dicom_access`)."""
+    if not settings.dicom.enabled:
+        return None
+    from edge.ingest.dicom_access import callers_verdict
+
+    return list(callers_verdict(settings))
 
 
 def status_line(snap: dict[str, Any]) -> str:

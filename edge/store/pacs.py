@@ -70,7 +70,11 @@ class PacsExports:
         """Results no export row names yet, oldest first, with what deciding about them needs."""
         rows = self.db.execute(
             "SELECT r.id AS result_id, r.image_id, r.created_at, r.heatmap_path, i.format,"
-            " i.path, i.purged_at, i.sop_instance_uid AS source_uid FROM results r"
+            " i.path, i.purged_at, i.sop_instance_uid AS source_uid,"
+            # kept beside the object holding its UID (image.uid_collision): in the PACS that UID
+            # is the other object, so a result referencing it would describe the wrong image
+            " (i.format = 'dicom' AND i.sop_instance_uid IS NULL AND i.superseded_by IS NULL)"
+            " AS uid_collision FROM results r"
             " JOIN images i ON i.id = r.image_id"
             " WHERE NOT EXISTS (SELECT 1 FROM pacs_exports p WHERE p.result_id = r.id)"
             " ORDER BY r.created_at LIMIT ?",

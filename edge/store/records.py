@@ -41,9 +41,10 @@ class IngestOutcome:
     job_ids: tuple[str, ...]
     duplicate: bool
     """True when the same bytes (or SOP Instance UID) were already stored."""
-    conflict: bool = False
-    """True when the SOP Instance UID is stored with other content (same encoding, other bytes,
-    or another study): the stored one stays, this one was not kept."""
+    collides_with: str | None = None
+    """The image holding this SOP Instance UID when this is another object under it (another
+    patient or study, other pixels, or content that cannot be compared): this one was stored
+    alongside as a new image without the UID, and audited `image.uid_collision` (issue 17)."""
 
 
 @dataclass(frozen=True)
@@ -175,10 +176,21 @@ class WorklistItem:
     applicability_p: float | None
     review_verdict: str | None
     notes: int
+    review_finding: str | None = None
+    """The latest review's finding in the specialist's words (None: none given, or no review)."""
+    review_received_at: str | None = None
+    """When the newest review reached this device (the sync stores it)."""
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> WorklistItem:
         return cls(**{**row, "urgent": bool(row["urgent"]), "superseded": bool(row["superseded"])})
+
+    @property
+    def new_reply(self) -> bool:
+        """A specialist's review came back after the result was last marked seen (or it never was)."""
+        if not self.review_received_at:
+            return False
+        return self.seen_at is None or self.review_received_at > self.seen_at
 
     @property
     def borderline(self) -> bool:

@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from edge.clock import utc_after, utc_now
 from edge.errors import Code, EdgeError
 from edge.ids import uuid7
+from edge.store import instances
 from edge.store.database import DB_NAME, connect
 from edge.store.files import remove_quietly, write_atomically
+from edge.store.instances import Corrections
 from edge.store.leases import Leases
 from edge.store.outbox import OutboxAndReviews
 from edge.store.reads import Reads
@@ -28,24 +29,6 @@ from edge.store.records import NOT_ANALYSED, IngestOutcome, Job, NewImage, Resul
 from edge.store.technician import TechnicianActions
 from edge.store.writer import Writer
 from edge.study import StudyInfo
-
-
-@dataclass(frozen=True)
-class Corrections:
-    """How `Store.ingest` tells a corrected instance from a duplicate or a conflict when a SOP
-    Instance UID it holds arrives with other bytes (issue 14).
-
-    `changed(stored, received)` names what differs (`edge.imaging.dicom_changes`: attribute names
-    and "pixels", never values; [] when nothing an analysis reads differs; None when it cannot
-    tell). `pixels`: whether changed pixels make a new version (`edge infer`, the drop folder:
-    someone chose to send this file again) or a conflict (the DICOM listener: DICOM gives an
-    instance whose pixels change a new UID, so there it is another object reusing the UID)."""
-
-    changed: Callable[[bytes, bytes], Sequence[str] | None]
-    pixels: bool
-
-
-_IDENTITY = frozenset({"PatientID", "StudyInstanceUID"})
 
 
 class Store(Reads):
@@ -98,56 +81,93 @@ class Store(Reads):
         """Store an image and queue one job per model, atomically and idempotently.
 
         The file is made durable before the rows that point at it commit; if the commit fails
-        the file is removed again. The same bytes or SOP Instance UID twice give one image, and
-        only the jobs not yet queued for it are added; a SOP Instance UID stored with other
-        content is a conflict: nothing is added (`IngestOutcome.conflict`). With `corrections`,
-        other content under a stored UID from the same patient and study is a corrected
-        instance when something an analysis reads changed: a new version, analysed anew
-        (`_store_version`), or still a duplicate when nothing it reads changed.
+        the file is removed again. One rule for a SOP Instance UID that is stored already
+        (`instances.verdict`): the same bytes, or the same pixels with nothing an analysis reads changed,
+        are a duplicate (one image; only the jobs not yet queued are added); the same patient's
+        instance with corrected attributes (or, with `corrections.pixels`, corrected pixels) is a
+        new version, analysed anew (`_store_version`); anything else under the UID is another
+        object reusing it: stored alongside as a new image, analysed, and audited
+        `image.uid_collision` with code INSTANCE_UID_COLLISION (`IngestOutcome.collides_with`).
+        Nothing sent is dropped, and the stored object is never replaced by a stranger.
 
         `refusal` (code, sentence) stores an image no model will analyse (the DICOM listener keeps
         every well-formed instance) with one refused job, model `NOT_ANALYSED`, saying why: the
         technician sees it in the worklist and may still re-run it with a model of their choice.
         """
         existing = self._find_image(image)
-        if existing is not None:
-            verdict, changes = self._verdict(existing, image, corrections)
-            if verdict == "version":
-                return self._store_version(
-                    existing, image, model_names, changes, actor=actor, refusal=refusal
-                )
-            return self._add_missing_jobs(
-                existing, image, model_names, actor=actor, conflict=verdict == "conflict"
+        if existing is None:
+            return self._store_new(image, model_names, actor=actor, refusal=refusal)
+        verdict, changes = instances.verdict(self.data_dir, existing, image, corrections)
+        if verdict == "version":
+            return self._store_version(existing, image, model_names, changes, actor=actor, refusal=refusal)
+        if verdict == "collision":
+            return self._store_new(
+                image, model_names, actor=actor, refusal=refusal, collision=(existing["id"], changes)
             )
+        return self._add_missing_jobs(existing, image, model_names, actor=actor)
+
+    def _store_new(
+        self,
+        image: NewImage,
+        model_names: Sequence[str],
+        *,
+        actor: str,
+        refusal: tuple[Code, str] | None,
+        collision: tuple[str, list[str]] | None = None,
+    ) -> IngestOutcome:
+        """A new image row and its jobs. A `collision` (the image holding the UID, what differs)
+        is stored without the UID (unique: it stays with the image that holds it; the file keeps
+        it) and audited as such instead of `image.ingested`."""
         image_id, absolute = self._write_image_file(image)
         try:
             with self.writer.transaction("store the image"):
                 now = utc_now()
-                study_id = self._insert_image(image_id, absolute, image, now)
+                study_id = self._insert_image(image_id, absolute, image, now, keep_uid=collision is None)
+                detail: dict[str, Any]
                 if refusal is None:
                     job_ids = tuple(self.writer.insert_job(image_id, name, now) for name in model_names)
-                    self.writer.audit(actor, "image.ingested", image_id, {"jobs": len(job_ids)})
+                    detail = {"jobs": len(job_ids)}
                 else:
                     code, message = refusal
                     job_ids = (self._insert_refused_job(image_id, code, message, now),)
-                    self.writer.audit(actor, "image.ingested", image_id, {"jobs": 0, "refused": code.value})
+                    detail = {"jobs": 0, "refused": code.value}
+                if collision is None:
+                    self.writer.audit(actor, "image.ingested", image_id, detail)
+                else:
+                    holder, changed = collision
+                    detail |= {
+                        "code": Code.INSTANCE_UID_COLLISION.value,
+                        "collides_with": holder,
+                        "changed": changed,  # names only, never values
+                    }
+                    self.writer.audit(actor, "image.uid_collision", image_id, detail)
         except sqlite3.IntegrityError:
             # Another ingester stored the same image between our lookup and our commit.
             remove_quietly(absolute)
-            return self._after_race(image, model_names, actor=actor)
+            return self._after_race(image, model_names, actor=actor, refusal=refusal)
         except BaseException:
             remove_quietly(absolute)
             raise
-        return IngestOutcome(image_id, study_id, job_ids, duplicate=False)
+        return IngestOutcome(
+            image_id, study_id, job_ids, duplicate=False, collides_with=collision[0] if collision else None
+        )
 
-    def _after_race(self, image: NewImage, model_names: Sequence[str], *, actor: str) -> IngestOutcome:
-        """Another ingester stored the same image (or a version of it) between our lookup and our
-        commit: theirs stands, judged by the plain rule (no second comparison, no loop)."""
+    def _after_race(
+        self, image: NewImage, model_names: Sequence[str], *, actor: str, refusal: tuple[Code, str] | None
+    ) -> IngestOutcome:
+        """Another ingester stored the same image (or another object under its UID) between our
+        lookup and our commit: judged again by the plain rule (no second comparison). The same
+        bytes end as a duplicate; other bytes are stored alongside, without the UID, so this
+        ends after one more try at most."""
         again = self._find_image(image)
         if again is None:
             raise sqlite3.IntegrityError("an image row vanished while it was being stored")
-        verdict, _ = self._verdict(again, image, None)
-        return self._add_missing_jobs(again, image, model_names, actor=actor, conflict=verdict == "conflict")
+        verdict, changes = instances.verdict(self.data_dir, again, image, None)
+        if verdict == "duplicate":
+            return self._add_missing_jobs(again, image, model_names, actor=actor)
+        return self._store_new(
+            image, model_names, actor=actor, refusal=refusal, collision=(again["id"], changes)
+        )
 
     def _insert_refused_job(self, image_id: str, code: Code, message: str, now: str) -> str:
         return self.writer.insert_job(
@@ -161,7 +181,9 @@ class Store(Reads):
         write_atomically(absolute, image.data)
         return image_id, absolute
 
-    def _insert_image(self, image_id: str, absolute: Path, image: NewImage, now: str) -> str:
+    def _insert_image(
+        self, image_id: str, absolute: Path, image: NewImage, now: str, *, keep_uid: bool = True
+    ) -> str:
         """The study (found or made) and the image row; returns the study id."""
         study_id = self._upsert_study(image.study, image.source)
         self.writer.insert(
@@ -169,7 +191,7 @@ class Store(Reads):
             {
                 "id": image_id,
                 "study_id": study_id,
-                "sop_instance_uid": image.sop_instance_uid,
+                "sop_instance_uid": image.sop_instance_uid if keep_uid else None,
                 "sha256": image.sha256,
                 "path": str(absolute.relative_to(self.data_dir)),
                 "format": image.format,
@@ -194,50 +216,6 @@ class Store(Reads):
             [image.sha256, image.sop_instance_uid, image.sha256],
         ).fetchone()
         return dict(row) if row else None
-
-    def _verdict(
-        self, existing: dict[str, Any], image: NewImage, corrections: Corrections | None
-    ) -> tuple[str, list[str]]:
-        """`duplicate`, `conflict` or `version` (with what changed) for an image whose bytes or
-        SOP Instance UID are stored.
-
-        Another patient or study under the UID is another object reusing it: a conflict,
-        whoever sends it. Without `corrections` (or when the stored file cannot be compared),
-        the plain rule: the same instance in another transfer syntax (a PACS may transcode what
-        it forwards) is a duplicate, the same syntax with other bytes a conflict."""
-        if existing["sha256"] == image.sha256:
-            return "duplicate", []
-        study = image.study
-        if _differ(existing["study_uid"], study.study_uid) or _differ(
-            existing["phi_patient_id"], study.phi_patient_id
-        ):
-            return "conflict", []
-        same_syntax = json.loads(existing["meta"] or "{}").get("transfer_syntax") == image.meta.get(
-            "transfer_syntax"
-        )
-        changes = None if corrections is None else self._changes(existing, image, corrections)
-        if changes is None:
-            return ("conflict" if same_syntax else "duplicate"), []
-        if _IDENTITY & set(changes):
-            return "conflict", []
-        if not changes:
-            return "duplicate", []  # nothing an analysis reads changed: its result stands
-        if "pixels" in changes and corrections is not None and not corrections.pixels:
-            transcoded = changes == ["pixels"] and not same_syntax  # lossy: still the same instance
-            return ("duplicate" if transcoded else "conflict"), []
-        return "version", changes
-
-    def _changes(
-        self, existing: dict[str, Any], image: NewImage, corrections: Corrections
-    ) -> list[str] | None:
-        if existing["purged_at"]:
-            return None
-        try:
-            stored = (self.data_dir / existing["path"]).read_bytes()
-        except OSError:
-            return None
-        changes = corrections.changed(stored, image.data)
-        return None if changes is None else list(changes)
 
     def _store_version(
         self,
@@ -287,7 +265,7 @@ class Store(Reads):
                 self.writer.audit(actor, "image.corrected", image_id, detail)
         except sqlite3.IntegrityError:
             remove_quietly(absolute)
-            return self._after_race(image, model_names, actor=actor)
+            return self._after_race(image, model_names, actor=actor, refusal=refusal)
         except BaseException:
             remove_quietly(absolute)
             raise
@@ -314,14 +292,13 @@ class Store(Reads):
         model_names: Sequence[str],
         *,
         actor: str,
-        conflict: bool,
     ) -> IngestOutcome:
         image_id = existing["id"]
         with self.writer.transaction("queue the jobs"):
             now = utc_now()
             job_ids = []
             # A superseded version (its bytes sent again) gets no new jobs: the current one is analysed.
-            for name in () if conflict or existing["superseded_by"] else model_names:
+            for name in () if existing["superseded_by"] else model_names:
                 row = self.db.execute(
                     "SELECT id FROM jobs WHERE image_id = ? AND model_name = ?", [image_id, name]
                 ).fetchone()
@@ -336,10 +313,8 @@ class Store(Reads):
                 job_ids = [
                     row["id"] for row in self.db.execute("SELECT id FROM jobs WHERE image_id = ?", [image_id])
                 ]
-            self.writer.audit(actor, "image.duplicate", image_id, {"conflict": conflict} if conflict else {})
-        return IngestOutcome(
-            image_id, existing["study_id"], tuple(job_ids), duplicate=True, conflict=conflict
-        )
+            self.writer.audit(actor, "image.duplicate", image_id, {})
+        return IngestOutcome(image_id, existing["study_id"], tuple(job_ids), duplicate=True)
 
     def _upsert_study(self, study: StudyInfo, source: str) -> str:
         if study.study_uid:
@@ -492,8 +467,3 @@ class Store(Reads):
         """Record an event of its own (e.g. a refused input that was never stored)."""
         with self.writer.transaction("write the audit trail"):
             self.writer.audit(actor, action, subject_id, detail)
-
-
-def _differ(stored: str | None, received: str | None) -> bool:
-    """Both known and not the same (an attribute one side lacks says nothing)."""
-    return bool(stored and received and stored != received)

@@ -9,6 +9,7 @@ details never carry free text (a note may name a patient), only ids and counts.
 from __future__ import annotations
 
 import contextlib
+import json
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,6 +42,9 @@ SELECT j.id AS job_id, j.state, j.error_code, j.error_message, j.model_name,
        json_extract(r.applicability, '$.p_value') AS applicability_p,
        (SELECT v.verdict FROM reviews v WHERE v.result_id = r.id
          ORDER BY v.reviewed_at DESC LIMIT 1) AS review_verdict,
+       (SELECT v.finding FROM reviews v WHERE v.result_id = r.id
+         ORDER BY v.reviewed_at DESC LIMIT 1) AS review_finding,
+       (SELECT max(v.received_at) FROM reviews v WHERE v.result_id = r.id) AS review_received_at,
        (SELECT count(*) FROM notes n WHERE n.study_id = s.id) AS notes
 FROM jobs j
 JOIN images i ON i.id = j.image_id
@@ -60,6 +64,10 @@ _SEARCHED_COLUMNS = (
     "j.error_code",
     "r.finding",
 )
+
+# A current (not superseded) result whose finding is the one the model looks for: with a flagged
+# study, what "urgent" means on the worklist (its filter and its order).
+_POSITIVE = "(r.finding IS NOT NULL AND r.finding = r.finding_label AND i.superseded_by IS NULL)"
 
 
 def _like_pattern(text: str) -> str:
@@ -86,10 +94,13 @@ class TechnicianActions:
         states: Sequence[str] = (),
         urgent_only: bool = False,
         unseen_only: bool = False,
+        positive_counts_as_urgent: bool = False,
         limit: int = 500,
     ) -> list[WorklistItem]:
         """Jobs with their study, image, result and latest review: urgent studies first, then the
-        newest work. `search` matches (case-insensitively) names, ids, file name, description,
+        newest work. With `positive_counts_as_urgent` (the TUI), a positive finding is urgent too:
+        flagged studies first, then positive findings, then the newest; `urgent_only` keeps both.
+        `search` matches (case-insensitively) names, ids, file name, description,
         model, finding and refusal code."""
         where: list[str] = []
         params: list[Any] = []
@@ -103,11 +114,12 @@ class TechnicianActions:
             where.append(f"j.state IN ({', '.join('?' for _ in states)})")
             params.extend(states)
         if urgent_only:
-            where.append("s.urgent = 1")
+            where.append(f"(s.urgent = 1 OR {_POSITIVE})" if positive_counts_as_urgent else "s.urgent = 1")
         if unseen_only:
             where.append("r.id IS NOT NULL AND r.seen_at IS NULL")
         sql = _WORKLIST_SELECT + (" WHERE " + " AND ".join(where) if where else "")
-        sql += " ORDER BY s.urgent DESC, j.created_at DESC, j.rowid DESC LIMIT ?"
+        positive_first = f"{_POSITIVE} DESC, " if positive_counts_as_urgent else ""
+        sql += f" ORDER BY s.urgent DESC, {positive_first}j.created_at DESC, j.rowid DESC LIMIT ?"
         params.append(limit)
         return [WorklistItem.from_row(dict(row)) for row in self.db.execute(sql, params).fetchall()]
 
@@ -199,10 +211,12 @@ class TechnicianActions:
         return note_id
 
     def mark_seen(self, result_id: str, actor: str) -> bool:
-        """Record that a person looked at a result; False when it was already marked."""
+        """Record that a person looked at a result (and at its latest specialist reply: a reply
+        that came after the mark is new again); False when it was already marked."""
         with self.writer.transaction("mark the result seen"):
             cursor = self.db.execute(
-                "UPDATE results SET seen_at = ?, seen_by = ? WHERE id = ? AND seen_at IS NULL",
+                "UPDATE results SET seen_at = ?, seen_by = ? WHERE id = ? AND (seen_at IS NULL"
+                " OR seen_at < (SELECT max(received_at) FROM reviews WHERE result_id = results.id))",
                 [utc_now(), actor, result_id],
             )
             if cursor.rowcount != 1:
@@ -293,6 +307,101 @@ class TechnicianActions:
             with contextlib.suppress(OSError):  # not empty (other studies' files) or already gone
                 folder.rmdir()
         return removed
+
+    def job_contents(self, job_id: str) -> dict[str, Any]:
+        """What deleting one job's result would remove, and whether the study keeps other rows
+        (the confirmation offers "this result only" only then)."""
+        job = self.db.execute(
+            "SELECT j.state, j.image_id, i.study_id, r.id AS result_id FROM jobs j"
+            " JOIN images i ON i.id = j.image_id LEFT JOIN results r ON r.job_id = j.id WHERE j.id = ?",
+            [job_id],
+        ).fetchone()
+        if job is None:
+            raise EdgeError(Code.INPUT_NOT_FOUND, f"job {job_id} is not in the store")
+        others = self.db.execute(
+            "SELECT count(*) FROM jobs WHERE id != ? AND image_id IN"
+            " (SELECT id FROM images WHERE study_id = ?)",
+            [job_id, job["study_id"]],
+        ).fetchone()[0]
+        reviews = 0
+        if job["result_id"]:
+            reviews = self.db.execute(
+                "SELECT count(*) FROM reviews WHERE result_id = ?", [job["result_id"]]
+            ).fetchone()[0]
+        return {
+            "state": job["state"],
+            "study_id": job["study_id"],
+            "result_id": job["result_id"],
+            "reviews": int(reviews),
+            "other_jobs": int(others),
+        }
+
+    def delete_result(self, job_id: str, actor: str) -> dict[str, int]:
+        """Delete one job and its result (a wrong-model result), keeping the study, its image and
+        its other results; returns what went.
+
+        Refused while the job runs, and for the study's only job (the image would stay with
+        nothing showing it: delete the study instead). Its notes stay on the study; unsent outbox
+        rows for the result are closed as for a study. Telling the hub (a tombstone) is not done
+        here: a result it already has stays there."""
+        with self.writer.transaction("delete the result"):
+            contents = self.job_contents(job_id)
+            if contents["state"] == "running":
+                raise EdgeError(
+                    Code.STORE_WRITE_FAILED,
+                    "the result is being made right now: delete it when the job ends",
+                )
+            if not contents["other_jobs"]:
+                raise EdgeError(
+                    Code.STORE_WRITE_FAILED,
+                    "this is the study's only result: delete the whole study instead",
+                )
+            result_id = contents["result_id"]
+            files: list[Path] = []
+            withdrawn = 0
+            if result_id:
+                owned = self._result_files(result_id)
+                withdrawn = self.db.execute(
+                    "UPDATE outbox SET acked_at = ?, last_error = ? WHERE acked_at IS NULL AND ref_id = ?",
+                    [utc_now(), WITHDRAWN_NOTE.replace("study", "result"), result_id],
+                ).rowcount
+                for sql in (
+                    "UPDATE notes SET result_id = NULL WHERE result_id = ?",
+                    "DELETE FROM reviews WHERE result_id = ?",
+                    "DELETE FROM clips WHERE result_id = ?",
+                    "DELETE FROM results WHERE id = ?",
+                ):
+                    self.db.execute(sql, [result_id])
+            self.db.execute("DELETE FROM jobs WHERE id = ?", [job_id])
+            if result_id:
+                # A clip's video can serve another model's clip of the same recording: keep what
+                # the study's remaining rows still point at.
+                still = set(self.reads.referenced_files(contents["study_id"]))
+                files = [self.data_dir / path for path in owned if path not in still]
+            removed = {
+                "results": 1 if result_id else 0,
+                "reviews": contents["reviews"],
+                "files": len(files),
+                "unsent_withdrawn": int(withdrawn),
+            }
+            self.writer.audit(actor, "result.deleted", job_id, removed)
+        for path in files:
+            remove_quietly(path)
+        return removed
+
+    def _result_files(self, result_id: str) -> list[str]:
+        """The files one result owns: its heatmap and its clip's key frames and video (never the
+        image, which other results of the study share)."""
+        row = self.db.execute("SELECT heatmap_path FROM results WHERE id = ?", [result_id]).fetchone()
+        relative = [row[0]] if row and row[0] else []
+        for key_frames, video_path in self.db.execute(
+            "SELECT key_frames, video_path FROM clips WHERE result_id = ?", [result_id]
+        ):
+            for key in json.loads(key_frames or "[]"):
+                relative += [p for p in (key.get("path"), key.get("heatmap")) if p]
+            if video_path:
+                relative.append(video_path)
+        return relative
 
     def _study_files(self, study_id: str) -> list[Path]:
         """Every file the study's rows point at (resolved in the data directory)."""

@@ -13,32 +13,32 @@ hub app through it).
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import logging
 import secrets
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import httpx
-import numpy as np
 import stamina
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge.config import Settings
 from edge.errors import Code, EdgeError
-from edge.imaging.decode import decode_bytes
 from edge.store import Store
 from edge.store.files import write_atomically
-from edge.sync import protocol
+from edge.sync import protocol, signatures
 from edge.sync.deid import Deidentifier
+from edge.sync.outgoing import PixelGuard
 from edge.sync.protocol import WireCode
 
 log = logging.getLogger(__name__)
-THUMBNAIL_SIDE = 256
 
 
 class HubRefused(Exception):
@@ -46,6 +46,9 @@ class HubRefused(Exception):
     code (None when the body was not the hub's refusal, e.g. a proxy's page) and its sentence."""
 
     def __init__(self, status: int, code: WireCode | None, message: str) -> None:
+        if code is WireCode.DEVICE_REVOKED:
+            # What the technician must do, first: the status line and the TUI show this sentence.
+            message = f"revoked: re-enrol this device (edge sync enroll URL CODE, a new code): {message}"
         super().__init__(f"{status} {code.value}: {message}" if code else f"{status} {message}")
         self.status, self.code, self.message = status, code, message
 
@@ -61,43 +64,129 @@ class HubUnavailable(Exception):
     """Connection refused, cut, timed out, or the hub answered 5xx/429: try again later."""
 
 
+def check_hub_url(url: str, insecure: bool) -> None:
+    """https, plain http to this machine itself (loopback: no network path to listen on, e.g. a
+    local TLS tunnel or a hub on the same box), or any http when the device was enrolled with
+    --insecure (a lab). Over plain http on a network anyone on the path reads the de-identified
+    results and can pose as the hub to the device."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError) as exc:
+        raise EdgeError(Code.CONFIG_INVALID, f"the hub URL {url!r} is not a URL: {exc}") from exc
+    if parsed.scheme not in ("https", "http") or not parsed.host:
+        raise EdgeError(Code.CONFIG_INVALID, f"the hub URL {url!r} must be https://HOST[:PORT]")
+    if parsed.scheme == "http" and not insecure and not _loopback(parsed.host):
+        raise EdgeError(
+            Code.HUB_URL_INSECURE,
+            f"the hub URL {url} is plain http: use https, or enrol with --insecure in a lab",
+        )
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 @dataclass
 class Credential:
+    """Who this device is to its hub: its id, its hub and its private key (the key lives in its
+    own owner-only file, `key_path`, written once at enrolment and never sent anywhere)."""
+
     hub_url: str
     device_id: str
-    secret: str
     clock_offset: float = 0.0
-
-    @property
-    def signing_key(self) -> str:
-        return protocol.signing_key(self.secret)
+    insecure: bool = False
+    key: Ed25519PrivateKey | None = field(default=None, repr=False, compare=False)
 
     @staticmethod
     def path(settings: Settings) -> Path:
         return settings.data_dir / "sync" / "credential.json"
 
+    @staticmethod
+    def key_path(settings: Settings) -> Path:
+        return settings.data_dir / "sync" / "device.key"
+
     @classmethod
     def load(cls, settings: Settings) -> Credential | None:
         try:
-            return cls(**json.loads(cls.path(settings).read_text()))
-        except (OSError, ValueError, TypeError):
+            data = json.loads(cls.path(settings).read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(data, dict) or "secret" in data:
+            _say_once(settings, "this device enrolled with sync protocol 1 (a shared secret): enrol it again")
+            return None
+        try:
+            key = signatures.load_private_key(cls.key_path(settings))
+            return cls(**data, key=key)
+        except (OSError, ValueError, TypeError) as exc:
+            _say_once(settings, f"the device's key cannot be read ({type(exc).__name__}): enrol it again")
             return None
 
-    def save(self, settings: Settings) -> None:
-        write_atomically(self.path(settings), json.dumps(self.__dict__, indent=1).encode())
+    def save(self, settings: Settings, with_key: bool = False) -> None:
+        """The credential file (never the key in it); the key file too once, at enrolment."""
+        if with_key:
+            if self.key is None:
+                raise EdgeError(Code.CONFIG_INVALID, "no key to keep: enrol the device again")
+            write_atomically(self.key_path(settings), signatures.private_pem(self.key))
+        fields: dict[str, Any] = {"hub_url": self.hub_url, "device_id": self.device_id}
+        fields |= {"clock_offset": self.clock_offset, "insecure": self.insecure}
+        write_atomically(self.path(settings), json.dumps(fields, indent=1).encode())
+
+    def headers(
+        self, method: str, path: str, body: bytes, timestamp: str | None = None, nonce: str | None = None
+    ) -> dict[str, str]:
+        """The signed headers of one request (`path` with its query string); a fresh nonce and
+        the hub's time unless given (tests give them to build replays)."""
+        if self.key is None:
+            raise EdgeError(Code.CONFIG_INVALID, "this credential has no key: enrol the device again")
+        timestamp = timestamp or f"{time.time() + self.clock_offset:.3f}"
+        nonce = nonce or secrets.token_urlsafe(24)
+        message = protocol.request_to_sign(method, path, body, timestamp, nonce, self.device_id)
+        return {
+            protocol.HEADER_DEVICE: self.device_id,
+            protocol.HEADER_PROTOCOL: str(protocol.VERSION),
+            protocol.HEADER_TIMESTAMP: timestamp,
+            protocol.HEADER_NONCE: nonce,
+            protocol.HEADER_SIGNATURE: self.key.sign(message).hex(),
+        }
 
 
-def enroll(settings: Settings, hub_url: str, code: str, device_name: str, http: httpx.Client) -> Credential:
-    """Exchange the one-time code for this device's credential and keep it (owner-only file)."""
-    body = protocol.EnrollRequest(code=code, device_name=device_name, site=settings.site).model_dump_json()
+_SAID: set[tuple[Path, str]] = set()
+
+
+def _say_once(settings: Settings, message: str) -> None:
+    """Once per process: the TUI and the health snapshot load the credential every few seconds."""
+    if (settings.data_dir, message) not in _SAID:
+        _SAID.add((settings.data_dir, message))
+        log.error("%s", message)
+
+
+def enroll(
+    settings: Settings, hub_url: str, code: str, device_name: str, http: httpx.Client, insecure: bool = False
+) -> Credential:
+    """Make this device's key pair and register its public half with the one-time code; keep
+    the private half in an owner-only file (it never leaves the device)."""
+    hub_url = hub_url.rstrip("/")
+    check_hub_url(hub_url, insecure)
+    key = signatures.new_device_key()
+    request = {"code": code, "device_name": device_name, "site": settings.site}
+    request["public_key"] = signatures.public_hex(key)
+    request["proof"] = key.sign(protocol.enrollment_to_sign(request)).hex()
+    body = protocol.EnrollRequest(**request).model_dump_json()
     response = http.post(
-        hub_url.rstrip("/") + "/v1/enroll", content=body, headers={"Content-Type": "application/json"}
+        hub_url + "/v1/enroll",
+        content=body,
+        headers={"Content-Type": "application/json", protocol.HEADER_PROTOCOL: str(protocol.VERSION)},
     )
     if response.status_code != 200:
         raise EdgeError(Code.CONFIG_INVALID, f"enrolment refused: {HubRefused.from_response(response)}")
     reply = protocol.EnrollResponse.model_validate_json(response.content)
-    credential = Credential(hub_url.rstrip("/"), reply.device_id, reply.secret, reply.hub_time - time.time())
-    credential.save(settings)
+    credential = Credential(hub_url, reply.device_id, reply.hub_time - time.time(), insecure, key)
+    credential.save(settings, with_key=True)
     return credential
 
 
@@ -107,7 +196,9 @@ class SyncClient:
         self.store = store
         self.http = http
         self.credential = credential
+        check_hub_url(credential.hub_url, credential.insecure)  # a hand-edited credential too
         self.deid = Deidentifier.for_device(settings.data_dir / "sync", settings.sync.dates)
+        self.pixels = PixelGuard(settings.sync.burned_text)
         # Called after every answered request: the service's watchdog pets on progress, so a long
         # drain over a slow link is alive while a hung one is restarted.
         self.on_progress: Callable[[], None] = lambda: None
@@ -124,18 +215,11 @@ class SyncClient:
                 return self._send_once(method, path, body, headers or {})
         raise AssertionError("unreachable")
 
+    def _signed(self, method: str, path: str, body: bytes, headers: dict[str, str]) -> dict[str, str]:
+        return {**self.credential.headers(method, path, body), **headers}
+
     def _send_once(self, method: str, path: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
-        timestamp = f"{time.time() + self.credential.clock_offset:.3f}"
-        nonce = secrets.token_hex(16)
-        signed = {
-            "Authorization": f"Bearer {self.credential.device_id}.{self.credential.secret}",
-            "X-Edge-Timestamp": timestamp,
-            "X-Edge-Nonce": nonce,
-            "X-Edge-Signature": protocol.sign(
-                self.credential.signing_key, method, path, timestamp, nonce, body
-            ),
-            **headers,
-        }
+        signed = self._signed(method, path, body, headers)
         try:
             response = self.http.request(
                 method,
@@ -154,6 +238,8 @@ class SyncClient:
             if refused.code is WireCode.STALE_REQUEST:
                 self._resync_clock()
                 raise HubUnavailable("clock skew: resynchronised with the hub")
+            if refused.code in (WireCode.DEVICE_REVOKED, WireCode.UPGRADE_REQUIRED):
+                log.error("sync: %s", refused)  # not a passing fault: the technician must act
             raise refused
         return response
 
@@ -236,9 +322,8 @@ class SyncClient:
         tasks = []
         for kind in kinds:
             for row in self.store.outbox.acked_results_without_uploads(kind):
-                meta = json.loads(row.get("meta") or "{}")
-                if str(meta.get("burned_in_annotation") or "").upper() == "YES":
-                    continue  # pixels with burned-in text never leave the device
+                # Burned-in text (flagged or not) is decided when the file is prepared
+                # (`edge.sync.outgoing`), so the technician sees each withheld file's reason.
                 if kind == "heatmap" and not row.get("heatmap_path"):
                     continue
                 ref = row["image_id"] if kind == "image" else row["result_id"]
@@ -250,7 +335,7 @@ class SyncClient:
         for row in self.store.outbox.pending_outbox(["thumbnail", "heatmap", "image"], 1000):
             payload = json.loads(row["payload"])
             try:
-                data, media_type = self._file_bytes(row["kind"], payload)
+                data, media_type, note = self._file_bytes(row["kind"], payload)
             except (KeyError, TypeError, FileNotFoundError) as exc:
                 # Deleted with its study, or the file is gone: say so once, keep the queue moving.
                 log.warning(
@@ -261,34 +346,47 @@ class SyncClient:
                 )
                 continue
             if data is None:
-                self.store.outbox.mark_acked([row["id"]], note="withheld: must not leave the device")
+                self.store.outbox.mark_acked([row["id"]], note=note or "withheld: must not leave the device")
                 continue
             self._upload(row["kind"], row["ref_id"], payload["result_id"], data, media_type)
-            self.store.outbox.mark_acked([row["id"]])
+            self.store.outbox.mark_acked([row["id"]], note=note)
             done += 1
         return done
 
-    def _file_bytes(self, kind: str, payload: dict[str, Any]) -> tuple[bytes | None, str]:
+    def _file_bytes(self, kind: str, payload: dict[str, Any]) -> tuple[bytes | None, str, str | None]:
+        """The bytes of one outgoing file as `edge.sync.outgoing` lets them leave (sector only,
+        burned-in text blacked out, or withheld), and the note for the technician."""
         store = self.store
+        heatmap = None
         if kind == "heatmap":
             result = store.result(payload["result_id"])
             if result is None or result.heatmap_path is None:
                 raise FileNotFoundError(f"result {payload['result_id']} has no heatmap")
-            return (store.data_dir / result.heatmap_path).read_bytes(), "image/png"
+            heatmap = (store.data_dir / result.heatmap_path).read_bytes()
         image = store.image(payload["image_id"]) or {}  # {} (deleted): KeyError below
         data = (store.data_dir / image["path"]).read_bytes()
-        if kind == "image" and image["format"] == "dicom":
-            return self.deid.dicom(data), "application/dicom"
-        pixels = decode_bytes(data, "stored image").pixels  # PNG re-encoded: no metadata travels
-        if kind == "thumbnail":
-            scale = min(1.0, THUMBNAIL_SIDE / max(pixels.shape[:2]))
-            if scale < 1.0:
-                size = (max(1, round(pixels.shape[1] * scale)), max(1, round(pixels.shape[0] * scale)))
-                pixels = cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
-        ok, encoded = cv2.imencode(
-            ".png", np.ascontiguousarray(pixels[:, :, ::-1] if pixels.ndim == 3 else pixels)
+        image["meta"] = json.loads(image.get("meta") or "{}")
+        study = store.db.execute("SELECT * FROM studies WHERE id = ?", [image["study_id"]]).fetchone()
+        outgoing = self.pixels.prepare(
+            kind, image, dict(study) if study else None, data, heatmap, deidentify=self.deid.dicom
         )
-        return (encoded.tobytes() if ok else None), "image/png"
+        if outgoing.code is not None:
+            withheld = outgoing.data is None
+            log.log(
+                logging.WARNING if withheld else logging.INFO,
+                "%s: %s of result %s: %s",
+                outgoing.code.value,
+                kind,
+                payload["result_id"],
+                outgoing.note,
+            )
+            store.audit(
+                "sync",
+                "pixels.withheld" if withheld else "pixels.redacted",
+                payload["result_id"],
+                {"code": outgoing.code.value, "kind": kind, **outgoing.detail},
+            )
+        return outgoing.data, outgoing.media_type, outgoing.note
 
     def _upload(self, kind: str, record_uuid: str, result_uuid: str, data: bytes, media_type: str) -> None:
         start = protocol.UploadStart(
@@ -348,13 +446,28 @@ class SyncClient:
         """The signed releases the hub offers this device's programme (not yet verified)."""
         return [protocol.ModelRelease(**r) for r in self._send("GET", "/v1/models").json()]
 
-    def release_file(self, release: protocol.ModelRelease, file: str, offset: int = 0) -> httpx.Response:
-        """One file of a release, from byte `offset` on (206) when the hub honours the Range."""
-        return self._send(
-            "GET",
-            f"/v1/models/{release.name}/{release.version}/{file}",
-            headers={"Range": f"bytes={offset}-"} if offset else {},
-        )
+    @contextmanager
+    def release_file(
+        self, release: protocol.ModelRelease, file: str, offset: int = 0
+    ) -> Iterator[httpx.Response]:
+        """One file of a release, from byte `offset` on (206) when the hub honours the Range, as a
+        stream: the body is read in pieces by the caller, never whole into memory (a model file
+        can be larger than the device's free memory)."""
+        path = f"/v1/models/{release.name}/{release.version}/{file}"
+        headers = self._signed("GET", path, b"", {"Range": f"bytes={offset}-"} if offset else {})
+        try:
+            with self.http.stream(
+                "GET", self.credential.hub_url + path, headers=headers, timeout=self.settings.sync.timeout_s
+            ) as response:
+                self.on_progress()
+                if response.status_code == 429 or response.status_code >= 500:
+                    raise HubUnavailable(f"hub answered {response.status_code}")
+                if response.status_code >= 400:
+                    response.read()  # a refusal's JSON body: small (the hub's own answer)
+                    raise HubRefused.from_response(response)
+                yield response
+        except httpx.TransportError as exc:
+            raise HubUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
     # ------------------------------------------------------------------ site profiles
 

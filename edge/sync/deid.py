@@ -8,10 +8,13 @@
   `remove`.
 - Free text (descriptions, comments, names of people and places) is dropped, not scrubbed.
 - Age and sex are kept (PS3.15's retain-patient-characteristics option): a reader needs them.
-- DICOM files sent in full lose every attribute of the basic profile list below, all private
-  tags and overlays, and get UIDs remapped through the same keyed hash (links between a study's
-  images survive; the original UIDs do not). A file that says it has burned-in annotation is not
-  sent at all, nor are thumbnails made from its pixels.
+- DICOM files sent in full are built anew from an allow-list (`deid_dicom.py`: PS3.15 Annex E
+  basic profile with the modified-dates and patient-characteristics options, the profile's table
+  from dicom-anonymizer): what a reader needs and nothing else, at every depth; private tags,
+  curves and overlays go; UIDs are remapped through the same keyed hash (links between a study's
+  images survive; the original UIDs do not). A file whose header says it has burned-in annotation
+  (in any spelling) is not sent at all; every other picture that leaves is first read for text
+  by `edge/sync/outgoing.py`.
 """
 
 from __future__ import annotations
@@ -19,144 +22,51 @@ from __future__ import annotations
 import hashlib
 import hmac
 import io
+import re
 import secrets
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
 import pydicom
-from pydicom.dataset import Dataset
 
+from edge.imaging.dicom_redact import burned_in_flag
 from edge.store import StoredResult
 from edge.store.files import write_atomically
+from edge.sync import deid_dicom
 
 DatePolicy = Literal["keep", "shift", "remove"]
 
-# PS3.15 Table E.1-1, basic profile: attributes removed (X/Z/D/U actions applied as removal or
-# replacement below). Identity, people, places, free text, device identity, dates and times.
-REMOVE = [
-    "PatientName",
-    "PatientID",
-    "PatientBirthDate",
-    "PatientBirthTime",
-    "PatientBirthName",
-    "PatientAddress",
-    "PatientTelephoneNumbers",
-    "PatientMotherBirthName",
-    "OtherPatientIDs",
-    "OtherPatientNames",
-    "OtherPatientIDsSequence",
-    "PatientComments",
-    "PatientInsurancePlanCodeSequence",
-    "MedicalRecordLocator",
-    "MilitaryRank",
-    "BranchOfService",
-    "EthnicGroup",
-    "Occupation",
-    "AdditionalPatientHistory",
-    "PatientReligiousPreference",
-    "PatientSize",
-    "PatientWeight",
-    "ResponsiblePerson",
-    "ResponsibleOrganization",
-    "PregnancyStatus",
-    "ReferringPhysicianName",
-    "ReferringPhysicianAddress",
-    "ReferringPhysicianTelephoneNumbers",
-    "ReferringPhysicianIdentificationSequence",
-    "PerformingPhysicianName",
-    "PerformingPhysicianIdentificationSequence",
-    "NameOfPhysiciansReadingStudy",
-    "PhysiciansReadingStudyIdentificationSequence",
-    "PhysiciansOfRecord",
-    "PhysiciansOfRecordIdentificationSequence",
-    "RequestingPhysician",
-    "ScheduledPerformingPhysicianName",
-    "OperatorsName",
-    "OperatorIdentificationSequence",
-    "InstitutionName",
-    "InstitutionAddress",
-    "InstitutionalDepartmentName",
-    "InstitutionCodeSequence",
-    "StationName",
-    "DeviceSerialNumber",
-    "DetectorID",
-    "PlateID",
-    "CassetteID",
-    "GantryID",
-    "AccessionNumber",
-    "StudyID",
-    "StudyDescription",
-    "SeriesDescription",
-    "ImageComments",
-    "ProtocolName",
-    "PerformedProcedureStepDescription",
-    "PerformedProcedureStepID",
-    "RequestedProcedureDescription",
-    "RequestedProcedureID",
-    "RequestAttributesSequence",
-    "ReasonForStudy",
-    "RequestedContrastAgent",
-    "AdmittingDiagnosesDescription",
-    "DerivationDescription",
-    "AcquisitionComments",
-    "ContentSequence",
-    "ReferencedPatientSequence",
-    "ReferencedStudySequence",
-    "ReferencedPerformedProcedureStepSequence",
-    "IssuerOfPatientID",
-    "CurrentPatientLocation",
-    "AdmissionID",
-    "ServiceEpisodeID",
-    "VisitComments",
-    "TextComments",
-    "TextString",
-    "FillerOrderNumberImagingServiceRequest",
-    "PlacerOrderNumberImagingServiceRequest",
-    "OriginalAttributesSequence",
-    "ModifiedAttributesSequence",
-    "ContributingEquipmentSequence",
-    "SourceApplicationEntityTitle",
-    "ConsultingPhysicianName",
-]
-DATES = [
-    "StudyDate",
-    "SeriesDate",
-    "AcquisitionDate",
-    "ContentDate",
-    "InstanceCreationDate",
-    "OverlayDate",
-    "CurveDate",
-    "AcquisitionDateTime",
-    "PerformedProcedureStepStartDate",
-    "PerformedProcedureStepEndDate",
-]
-TIMES = [
-    "StudyTime",
-    "SeriesTime",
-    "AcquisitionTime",
-    "ContentTime",
-    "InstanceCreationTime",
-    "OverlayTime",
-    "CurveTime",
-    "PerformedProcedureStepStartTime",
-    "PerformedProcedureStepEndTime",
-]
-UIDS = [
-    "StudyInstanceUID",
-    "SeriesInstanceUID",
-    "SOPInstanceUID",
-    "FrameOfReferenceUID",
-    "ReferencedSOPInstanceUID",
-    "IrradiationEventUID",
-    "SynchronizationFrameOfReferenceUID",
-    "StorageMediaFileSetUID",
-    "ConcatenationUID",
-    "DimensionOrganizationUID",
-]
-
-
 APPLICABILITY_KEYS = ("state", "distance", "p_value", "threshold")
+
+
+# Fields of the payload that come from an input file (DICOM code strings): a short code or nothing.
+# The shape is a code's (letters, digits, space, underscore, at most 16: DICOM's CS), so a file's
+# free text never rides in them; lower case is let through (PNG inputs, sloppy modalities).
+_CODE = re.compile(r"[A-Za-z0-9 _]{1,16}")
+_NAME = re.compile(r"[a-z0-9_]{1,40}")
+
+
+def _code(value: Any) -> str | None:
+    return value if isinstance(value, str) and _CODE.fullmatch(value) else None
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _quality(quality: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The quality gate's measures: named numbers, nothing else."""
+    if quality is None:
+        return None
+    return {k: v for k, v in quality.items() if isinstance(k, str) and _NAME.fullmatch(k) and _number(v)}
+
+
+def _series(series: Any) -> list[Any]:
+    """A clip's (time, probability) pairs: numbers only."""
+    if not isinstance(series, list):
+        return []
+    return [p for p in series if isinstance(p, list | tuple) and len(p) == 2 and all(map(_number, p))]
 
 
 def _applicability(scope: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -221,7 +131,10 @@ class Deidentifier:
         clip: dict[str, Any] | None,
         site: str,
     ) -> dict[str, Any]:
-        """What the hub gets for one result: the answer and its provenance, never identity."""
+        """What the hub gets for one result: the answer and its provenance, never identity.
+        Every field is named here; those that come from an input file are checked to be a code
+        or a number (`_code`, `_quality`, `_series`), so no free text can ride in them. For any
+        valid input the payload is what it always was, so a queued result keeps its hash."""
         meta = image.get("meta") or {}
         payload: dict[str, Any] = {
             "result": {
@@ -238,7 +151,7 @@ class Deidentifier:
                 "threshold": result.threshold,
                 "operating_point": result.operating_point,
                 "latency_ms": round(result.latency_ms, 2),
-                "quality": result.quality,
+                "quality": _quality(result.quality),
                 "created": self.date(result.created_at),
             },
             "study": {
@@ -248,9 +161,9 @@ class Deidentifier:
                 if study.get("patient_age_years") is None
                 else round(study["patient_age_years"], 1),
                 "sex": study.get("patient_sex") if study.get("patient_sex") in ("M", "F", "O") else None,
-                "modality": study.get("modality"),
-                "body_part": study.get("body_part"),
-                "view": meta.get("view_position"),
+                "modality": _code(study.get("modality")),
+                "body_part": _code(study.get("body_part")),
+                "view": _code(meta.get("view_position")),
                 "study_date": self.date(study.get("study_date")),
                 "urgent": bool(study.get("urgent")),
             },
@@ -277,50 +190,22 @@ class Deidentifier:
             payload["clip"] = {
                 k: clip[k] for k in ("frames_analysed", "frames_excluded", "duration_s", "aggregate")
             }
-            payload["clip"]["series"] = clip["series"]
+            # `aggregate` is this code's own sentence (edge/video/clip.py AGGREGATE), not input.
+            payload["clip"]["series"] = _series(clip["series"])
         return payload
 
     # ------------------------------------------------------------------ DICOM files
 
-    @staticmethod
-    def _strip(ds: Dataset) -> None:
-        for keyword in REMOVE:
-            if keyword in ds:
-                del ds[keyword]
-        ds.remove_private_tags()
-        for tag in [t for t in ds.keys() if 0x6000 <= t.group <= 0x60FF]:  # noqa: SIM118 - tags, not elements; overlays may carry text
-            del ds[tag]
-        for keyword in TIMES:
-            if keyword in ds:
-                del ds[keyword]
-
-    def _dates_and_uids(self, ds: Dataset) -> None:
-        for keyword in DATES:
-            if keyword in ds:
-                replaced = self.date(str(ds[keyword].value))
-                if replaced is None:
-                    del ds[keyword]
-                else:
-                    ds[keyword].value = replaced[:8]
-        for element in list(ds.iterall()):
-            if element.keyword in UIDS and element.value:
-                element.value = self.uid(str(element.value))
-
     def dicom(self, data: bytes) -> bytes | None:
         """The file with the basic profile applied; None when it must not leave the device."""
-        ds = pydicom.dcmread(io.BytesIO(data))
-        if str(ds.get("BurnedInAnnotation", "")).upper() == "YES":
+        ds = pydicom.dcmread(io.BytesIO(data), force=True)  # as ingest read it: meta may be missing
+        if burned_in_flag(ds.get("BurnedInAnnotation")):  # "Y", "YES\\NO" too
             return None
         patient_id = str(ds.get("PatientID", "") or "")
-        self._strip(ds)
-        self._dates_and_uids(ds)
-        pseudonym = self.pseudonym(patient_id)
-        ds.PatientID = pseudonym or ""
-        ds.PatientName = pseudonym or ""
-        ds.PatientIdentityRemoved = "YES"
-        ds.DeidentificationMethod = "edge PS3.15 basic profile, keyed pseudonym, dates " + self.dates
-        if hasattr(ds, "file_meta"):
-            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        policy = deid_dicom.Policy(uid=self.uid, date=self.date, dates=self.dates)
+        sent = deid_dicom.deidentify(ds, policy, self.pseudonym(patient_id))
+        if sent is None:
+            return None
         buffer = io.BytesIO()
-        ds.save_as(buffer, enforce_file_format=True)
+        sent.save_as(buffer, enforce_file_format=True)
         return buffer.getvalue()

@@ -1,11 +1,15 @@
-"""The wire protocol between a device and its hub, version 1. Both sides import this module.
+"""The wire protocol between a device and its hub, version 2. Both sides import this module.
 
-Requests carry `Authorization: Bearer <device id>.<secret>` and a signature over
-`METHOD\\nPATH\\nTIMESTAMP\\nNONCE\\nsha256(body)` (HMAC-SHA256 keyed with the secret), in
-`X-Edge-Timestamp`, `X-Edge-Nonce`, `X-Edge-Signature`. The hub refuses a bad signature (a
-tampered request), a timestamp more than `MAX_SKEW_S` from its clock and a nonce it has seen
-(a replayed request). A device that retries re-signs: a retry is new on the wire and
-idempotent in content.
+A device is known by an ed25519 key pair it makes at enrolment: the private key never leaves
+the device, the hub stores only the public key. Every request carries `X-Edge-Device`,
+`X-Edge-Protocol`, `X-Edge-Timestamp`, `X-Edge-Nonce` and `X-Edge-Signature`, the device's
+signature over `request_to_sign` (method, path with query, sha256 of the body, timestamp, nonce,
+device id, protocol version). Nothing on the wire lets a listener sign another request. The hub
+refuses another protocol version (`UPGRADE_REQUIRED`, and so every version-1 bearer request), a
+bad signature (a tampered request, or another key), a timestamp that is not a plain finite
+number (`BAD_TIMESTAMP`: no nan, no inf) or is more than `MAX_SKEW_S` from its clock, and a
+nonce it has seen within the window (a replayed request). A device that retries re-signs: a
+retry is new on the wire and idempotent in content.
 
 Result batches are gzip-compressed JSON. Each record carries the device-made UUID, the device's
 gapless outbox sequence number and the sha256 of its canonical payload; the hub stores each
@@ -21,14 +25,18 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import hmac
 import json
+import math
+import re
 from enum import Enum
 from typing import Any, Literal
+from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-VERSION = 1
+VERSION = 2
+"""Bumped whenever a request's authentication or a body's schema changes incompatibly; a hub
+speaks exactly one version and refuses the others with `UPGRADE_REQUIRED`."""
 MAX_SKEW_S = 300
 MAX_BATCH_RECORDS = 200
 MAX_BODY_BYTES = 2 * 1024 * 1024  # compressed, on the wire
@@ -53,6 +61,9 @@ class WireCode(str, Enum):
     BAD_SIGNATURE = "BAD_SIGNATURE"
     STALE_REQUEST = "STALE_REQUEST"
     REPLAYED = "REPLAYED"
+    BAD_TIMESTAMP = "BAD_TIMESTAMP"
+    DEVICE_REVOKED = "DEVICE_REVOKED"
+    UPGRADE_REQUIRED = "UPGRADE_REQUIRED"
     # Results
     BAD_RECORD = "BAD_RECORD"
     # Uploads
@@ -63,6 +74,7 @@ class WireCode(str, Enum):
     WRONG_OFFSET = "WRONG_OFFSET"
     TOO_LONG = "TOO_LONG"
     CHECKSUM_MISMATCH = "CHECKSUM_MISMATCH"
+    QUOTA_EXCEEDED = "QUOTA_EXCEEDED"
     # Reviews
     BAD_VERDICT = "BAD_VERDICT"
     NO_SUCH_RESULT = "NO_SUCH_RESULT"
@@ -85,16 +97,23 @@ class Refusal(_Wire):
     message: str
 
 
+HEX_KEY = r"^[0-9a-f]{64}$"  # a raw ed25519 public key, hex
+HEX_SIGNATURE = r"^[0-9a-f]{128}$"
+
+
 class EnrollRequest(_Wire):
     code: str = Field(min_length=8, max_length=64)
     device_name: str = Field(min_length=1, max_length=64)
     site: str = Field(default="", max_length=64)
+    public_key: str = Field(pattern=HEX_KEY)
+    proof: str = Field(pattern=HEX_SIGNATURE)
+    """The new key's signature over `enrollment_to_sign(this)`: the device holds its private key."""
 
 
 class EnrollResponse(_Wire):
     device_id: str
-    secret: str
     hub_time: float
+    protocol: int = VERSION
 
 
 class Record(_Wire):
@@ -106,7 +125,7 @@ class Record(_Wire):
 
 
 class Batch(_Wire):
-    protocol: Literal[1] = 1
+    protocol: Literal[1] = 1  # the batch body's own format: unchanged since sync protocol 1
     batch_id: str = Field(min_length=36, max_length=36)
     records: list[Record] = Field(min_length=1, max_length=MAX_BATCH_RECORDS)
 
@@ -119,10 +138,11 @@ class BatchReply(_Wire):
 
 
 class UploadStart(_Wire):
-    record_uuid: str = Field(min_length=36, max_length=36)
+    # UUIDs, not any 36 characters: the hub once built a file path from this (issue 17).
+    record_uuid: UUID
     """The outbox row the file belongs to (its result, or the image itself)."""
     kind: Literal["thumbnail", "heatmap", "image"]
-    result_uuid: str = Field(min_length=36, max_length=36)
+    result_uuid: UUID
     size: int = Field(ge=1, le=512 * 1024 * 1024)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     media_type: str = Field(max_length=64)
@@ -192,19 +212,58 @@ def payload_hash(payload: dict[str, Any]) -> str:
     return hashlib.sha256(canonical(payload)).hexdigest()
 
 
-def string_to_sign(method: str, path: str, timestamp: str, nonce: str, body: bytes) -> bytes:
-    return f"{method.upper()}\n{path}\n{timestamp}\n{nonce}\n{hashlib.sha256(body).hexdigest()}".encode()
+# ------------------------------------------------------------------ request signatures
+
+HEADER_DEVICE = "X-Edge-Device"
+HEADER_PROTOCOL = "X-Edge-Protocol"
+HEADER_TIMESTAMP = "X-Edge-Timestamp"
+HEADER_NONCE = "X-Edge-Nonce"
+HEADER_SIGNATURE = "X-Edge-Signature"
+# Seconds since the epoch as digits with an optional fraction: float() would also take "nan",
+# "inf", "1e9" and surrounding blanks, and a nan compares false with every bound.
+_TIMESTAMP = re.compile(r"[0-9]{1,11}(\.[0-9]{1,6})?")
+NONCE = re.compile(r"[A-Za-z0-9_-]{16,64}")
 
 
-def signing_key(secret: str) -> str:
-    """The HMAC key both sides derive from a device's secret; the hub stores only this."""
-    return hashlib.sha256(secret.encode()).hexdigest()
+def request_to_sign(
+    method: str, path: str, body: bytes, timestamp: str, nonce: str, device_id: str, version: int = VERSION
+) -> bytes:
+    """What a device signs for one request; `path` includes the query string. The leading tag
+    keeps a request signature from ever being read as another document's."""
+    fields = [
+        f"edge-request-v{version}",
+        method.upper(),
+        path,
+        hashlib.sha256(body).hexdigest(),
+        timestamp,
+        nonce,
+        device_id,
+        str(version),
+    ]
+    return "\n".join(fields).encode()
 
 
-def sign(secret: str, method: str, path: str, timestamp: str, nonce: str, body: bytes) -> str:
-    return hmac.new(
-        secret.encode(), string_to_sign(method, path, timestamp, nonce, body), hashlib.sha256
-    ).hexdigest()
+def enrollment_to_sign(request: dict[str, Any]) -> bytes:
+    """What a new key signs at enrolment (the request without its proof), tagged like a request."""
+    return b"edge-enroll-v%d\n" % VERSION + canonical({k: v for k, v in request.items() if k != "proof"})
+
+
+def parse_timestamp(text: str) -> float | None:
+    """The signed timestamp as a finite number, or None when it is anything else."""
+    if not _TIMESTAMP.fullmatch(text):
+        return None
+    value = float(text)
+    return value if math.isfinite(value) else None
+
+
+def upgrade_message(received: str | None) -> str:
+    """The one sentence a device on another protocol version is refused with."""
+    what = f"protocol {received}" if received else "protocol 1 (a bearer credential)"
+    return (
+        f"this hub speaks sync protocol {VERSION} and the device sent {what}: upgrade the device "
+        f"software to a version speaking sync protocol {VERSION} (a newer device: upgrade the hub), "
+        "then enrol it again"
+    )
 
 
 def compress(data: Any) -> bytes:
@@ -216,9 +275,14 @@ def inflate(body: bytes, limit: int = MAX_INFLATED_BYTES) -> bytes:
     import zlib
 
     decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    out = decompressor.decompress(body, limit + 1)
+    try:
+        out = decompressor.decompress(body, limit + 1)
+    except zlib.error as exc:  # not gzip, or a damaged stream: the caller's ValueError, not a 500
+        raise ValueError(f"not a gzip stream ({exc})") from exc
     if len(out) > limit or decompressor.unconsumed_tail:
         raise ValueError(f"inflates to more than {limit} bytes")
+    if not decompressor.eof:
+        raise ValueError("the gzip stream is truncated")
     return out
 
 

@@ -4,10 +4,13 @@ results, files and reviews; the HTTP goes through the `SyncClient` it is given.
 
 A release is signed with the publisher's ed25519 key (tools/publish_model.py); the device pins
 the public key (`[sync] public_key`) and ignores anything else, so neither the hub nor the link
-can change what runs on the device. Files download into the state directory with HTTP Range (a
-cut resumes where it stopped), each checked against the signed sha256. Installation swaps the
-model folder with renames and keeps the previous one; a self-test (manifest, checksums, ONNX
-Runtime on the model's samples) runs before and after the swap, and failure restores the old one.
+can change what runs on the device. Files stream to disk in the state directory with HTTP Range
+(a cut resumes where it stopped), never more than their signed size (the transfer stops at the
+first byte past it), each checked against the signed sha256; a file name must be a safe relative
+path (`release_paths.py`: the shipped layout's samples/ and plots/ folders, nothing outside).
+Installation swaps the model folder with renames and keeps the previous one; a self-test
+(manifest, checksums, ONNX Runtime on the model's samples) runs before and after the swap, and
+failure restores the old one.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from edge.inference.pool import tensor_names
 from edge.inference.registry import Registry, sha256_file
 from edge.runtime.onnxruntime import OnnxRuntimeRunner
 from edge.sync import protocol, signatures
-from edge.sync.client import SyncClient
+from edge.sync.client import HubUnavailable, SyncClient
+from edge.sync.release_paths import release_path_problem
 
 log = logging.getLogger(__name__)
 
@@ -88,19 +92,48 @@ def install(settings: Settings, staged: Path, name: str) -> None:
 
 
 def _download(client: SyncClient, release: protocol.ModelRelease, file: str, target: Path) -> None:
-    """Resumable: a partial file continues from its size (HTTP Range)."""
-    partial = target.with_name(target.name + ".part")
+    """Stream one file to disk, resumable: a partial file continues from its size (HTTP Range).
+    The signed size is enforced while the bytes arrive (the transfer stops at the first byte
+    past it) and the signed sha256 is checked before the file takes its name."""
+    signed_size, partial = release.sizes[file], target.with_name(target.name + ".part")
     have = partial.stat().st_size if partial.exists() else 0
-    if have < release.sizes[file]:
-        response = client.release_file(release, file, have)
-        mode = "ab" if have and response.status_code == 206 else "wb"
-        with partial.open(mode) as handle:
-            handle.write(response.content)
-    digest = sha256_file(partial)
-    if digest != release.files[file]:
+    if have > signed_size:
+        partial.unlink()
+        have = 0
+    if have < signed_size:
+        with client.release_file(release, file, have) as response:
+            resumed = have > 0 and response.status_code == 206
+            written = have if resumed else 0
+            with partial.open("ab" if resumed else "wb") as out:
+                for piece in response.iter_bytes():  # as they arrive: a cut loses nothing written
+                    written += len(piece)
+                    if written > signed_size:
+                        out.close()
+                        partial.unlink()
+                        raise EdgeError(
+                            Code.MODEL_SIZE_MISMATCH,
+                            f"{release.name} {release.version}: {file} is larger than its signed "
+                            f"{signed_size} bytes: download stopped",
+                        )
+                    out.write(piece)
+        if written < signed_size:  # cut short: the next round resumes from here
+            raise HubUnavailable(f"{file}: {written} of {signed_size} bytes arrived")
+    if sha256_file(partial) != release.files[file]:
         partial.unlink(missing_ok=True)
         raise EdgeError(Code.MODEL_CHECKSUM_MISMATCH, f"{release.name} {release.version}: {file} is corrupt")
     partial.rename(target)
+
+
+def _unsafe_names(release: protocol.ModelRelease) -> str | None:
+    """Why this release's file list cannot be written under its folder, or None."""
+    if set(release.sizes) != set(release.files):
+        return "its sizes and files name different files"
+    for name in (release.name, release.version, *release.files):
+        if release_path_problem(name) is not None:
+            return release_path_problem(name)
+    if "/" in release.name or "/" in release.version:
+        return "a name or version with '/'"
+    return None
 
 
 def pull_models(client: SyncClient) -> int:
@@ -124,6 +157,13 @@ def pull_models(client: SyncClient) -> int:
             continue
         if not verify_signature(release, public_key):
             log.error("release %s is not signed by the pinned key: ignored", key)
+            continue
+        unsafe = _unsafe_names(release)
+        if unsafe is not None:  # signed, but a name that could write outside its folder
+            error = EdgeError(Code.MODEL_MANIFEST_INVALID, f"{key}: {unsafe}")
+            log.error("model release %s refused: %s", key, error.one_line())
+            refused[key] = error.one_line()[:300]
+            client.store.outbox.set_sync_state(models_refused=refused)
             continue
         # Download faults (the link, a corrupt transfer) propagate: the round is retried and
         # the download resumes. What fails installation is this release's own fault.

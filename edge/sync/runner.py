@@ -31,8 +31,9 @@ from edge.errors import EdgeError
 from edge.processes import Doorbell, InstanceLock, ring
 from edge.store import Store
 from edge.sync import doorbell, sync_lock
-from edge.sync.client import Credential, HubRefused, HubUnavailable, SyncClient
+from edge.sync.client import Credential, HubRefused, HubUnavailable, SyncClient, check_hub_url
 from edge.sync.profiles import pull_profiles
+from edge.sync.protocol import WireCode
 from edge.sync.releases import pull_models
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,14 @@ def exchange(client: SyncClient) -> dict[str, int]:
         counts["models"] = pull_models(client)
         counts["profiles"] = pull_profiles(client)  # after the models: a profile names a version
     return counts
+
+
+# Refusals no retry will fix, each a state of its own (`edge sync status`, the TUI, `edge doctor`).
+_REFUSAL_KINDS: dict[WireCode | None, str] = {
+    WireCode.DEVICE_REVOKED: "revoked",
+    WireCode.UPGRADE_REQUIRED: "upgrade required",
+}
+NEEDS_ACTION = ("failed", *_REFUSAL_KINDS.values())
 
 
 def run_round(client: SyncClient) -> bool:
@@ -70,7 +79,7 @@ def run_round(client: SyncClient) -> bool:
             running=False,
             last_error=f"the hub refused: {exc}"[:300],
             last_error_at=utc_now(),
-            last_error_kind="refused",
+            last_error_kind=_REFUSAL_KINDS.get(exc.code, "refused"),
         )
         log.error("sync: refused: %s", exc)
         return False
@@ -85,6 +94,11 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> int:
     credential = Credential.load(settings)
     if credential is None:
         log.error("sync is not configured: run `edge sync enroll URL CODE` first")
+        return 2
+    try:
+        check_hub_url(credential.hub_url, credential.insecure)
+    except EdgeError as error:
+        log.error("%s", error.one_line())
         return 2
     lock = InstanceLock(sync_lock(settings), "sync agent (`edge sync run`)")
     try:
@@ -171,7 +185,8 @@ def sync_status(settings: Settings, store: Store) -> dict[str, Any]:
     if credential is None:
         summary = "not configured"
     elif state.get("last_error") and (state.get("last_error_at") or "") > (state.get("last_success") or ""):
-        summary = "offline" if state.get("last_error_kind") == "unavailable" else "failed"
+        kind = state.get("last_error_kind")
+        summary = "offline" if kind == "unavailable" else kind if kind in NEEDS_ACTION else "failed"
     elif state.get("running"):
         summary = "syncing"
     else:

@@ -8,10 +8,12 @@ transaction with its audit row each); a refusal is raised as `EdgeError` and sho
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from edge.config import Settings
 from edge.device import Device
 from edge.errors import EdgeError
+from edge.hints import SYNC_NOT_CONFIGURED, SYNC_NOT_RUNNING, next_step
 from edge.sync import request_sync_now
 from edge.tui.context import TuiContext
 
@@ -50,7 +52,10 @@ def rerun(context: TuiContext, image_id: str, model_name: str) -> str:
     analysis = rerun.analysis
     assert analysis is not None
     if not analysis.ok or analysis.result is None:
-        return f"{model_name} did not score it: {analysis.code}: {analysis.message}"
+        step = next_step(analysis.code)
+        return f"{model_name} did not score it: {analysis.code}: {analysis.message}" + (
+            f"\nNext: {step}" if step else ""
+        )
     result = analysis.result
     return f"{model_name}: {result.finding}, P({result.finding_label}) = {result.probability:.3f}"
 
@@ -64,6 +69,27 @@ def delete_study(context: TuiContext, study_id: str) -> str:
     )
 
 
+def delete_result(context: TuiContext, job_id: str) -> str:
+    """Delete one row's result (a wrong model's), keeping the study and its other results."""
+    with context.open_store() as store:
+        removed = store.technician.delete_result(job_id, context.actor)
+    return (
+        f"result deleted ({removed['files']} file(s)); the study and its other results stay. "
+        "The hub keeps a copy it already has"
+    )
+
+
+def job_contents(context: TuiContext, job_id: str) -> dict[str, Any]:
+    with context.open_store() as store:
+        return store.technician.job_contents(job_id)
+
+
+def refusal_sentence(error: EdgeError) -> str:
+    """`CODE: sentence`, and what to do next when the hints table knows the code."""
+    step = next_step(error.code)
+    return error.one_line() + (f"\nNext: {step}" if step else "")
+
+
 def study_contents(context: TuiContext, study_id: str) -> dict[str, int]:
     with context.open_store() as store:
         return store.technician.study_contents(study_id)
@@ -74,9 +100,12 @@ def sync_now(settings: Settings) -> str:
     try:
         answer = request_sync_now(settings)
     except EdgeError as error:
-        return error.one_line()
+        return refusal_sentence(error)
     if answer is False:
-        return "no sync service is running: start it (edge sync run) to send results"
+        from edge.sync.client import Credential
+
+        # Not enrolled: starting a service would not help; enrolling is the next step.
+        return SYNC_NOT_RUNNING if Credential.load(settings) is not None else SYNC_NOT_CONFIGURED
     if isinstance(answer, str):
         return answer
     return "sync requested: the panel updates when it finishes"

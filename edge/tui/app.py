@@ -1,8 +1,9 @@
 """`edge tui`: the technicians' terminal UI over the device store and the health snapshot.
 
 Four screens, each its own mode (1 worklist, 2 live ultrasound, 3 sync, 4 device); a result
-opens over the worklist; `?` lists every key; ctrl+p finds every action by name. It reads the
-store directly, so it works with or without the agent, and the header says which.
+opens over the worklist; `?` lists every key, `g` explains every word and mark; ctrl+p finds
+every action by name. It reads the store directly, so it works with or without the agent, and
+the header says which.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from edge.tui.context import AgentSource, FactsSource, HealthSource, TuiContext
 
 # Before textual-image's terminal queries (in widgets.picture, imported by the screens).
 from edge.tui.screens.device import DeviceScreen
+from edge.tui.screens.glossary import GlossaryScreen
 from edge.tui.screens.help import HelpScreen
 from edge.tui.screens.live import LiveScreen
 from edge.tui.screens.result import ResultScreen
@@ -52,6 +54,7 @@ class EdgeApp(App[int]):
         Binding("3", "switch_mode('sync')", "Sync", show=False),
         Binding("4", "switch_mode('device')", "Device", show=False),
         Binding("question_mark,f1", "help", "Help"),
+        Binding("g", "glossary", "Glossary", show=False),
         Binding("q", "quit", "Quit", show=False),
     ]
 
@@ -85,12 +88,17 @@ class EdgeApp(App[int]):
         ]
         self.push_screen(HelpScreen(sections))
 
+    def action_glossary(self) -> None:
+        if not isinstance(self.screen, GlossaryScreen):
+            self.push_screen(GlossaryScreen())
+
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
         for mode, name in SCREEN_NAMES.items():
             yield SystemCommand(
                 f"Go to {name}", f"switch to the {name.lower()} screen", partial(self.switch_mode, mode)
             )
         yield SystemCommand("Help: keys", "every key of every screen", self.action_help)
+        yield SystemCommand("Glossary", "what the marks and numbers mean", self.action_glossary)
         # The current screen's own actions, by their names (flag urgent, note, sync now, ...).
         for binding in getattr(screen, "BINDINGS", []):
             if isinstance(binding, Binding) and binding.description:

@@ -106,14 +106,17 @@ class TuiContext:
             parsed = parsed.replace(tzinfo=timezone.utc)
         return parsed.astimezone(self.display_tz)
 
-    def when(self, iso: str | None) -> str:
-        """`14:05` today, `03-12 14:05` before: short enough for an 80-column worklist."""
+    def when(self, iso: str | None, *, narrow: bool = False) -> str:
+        """`14:05` today, `12 Mar 14:05` before (`narrow`: `12 Mar`, for an 80-column worklist;
+        the row's detail line has the full time)."""
         moment = self.local(iso)
         if moment is None:
             return "-"
         if moment.date() == self.now().date():
             return moment.strftime("%H:%M")
-        return moment.strftime("%m-%d %H:%M")
+        if narrow:
+            return f"{moment.day} {moment:%b}"
+        return f"{moment.day} {moment:%b %H:%M}"
 
     def stamp(self, iso: str | None) -> str:
         moment = self.local(iso)

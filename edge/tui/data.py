@@ -32,20 +32,54 @@ PICTURE_MAX_SIDE = 512  # the terminal shows far fewer pixels; decoding more onl
 BORDERLINE = 0.15  # a quality measure within 15% of its limit is flagged borderline
 
 
+SORT_WORDS = "sorted: flagged, positive, newest"
+
+
 @dataclass(frozen=True)
 class WorklistFilter:
     search: str = ""
     state: str | None = None
     urgent_only: bool = False
+    """Flagged studies and positive findings only (what "urgent" means on the worklist)."""
     unseen_only: bool = False
 
     def describe(self) -> str:
-        parts = [f"state: {STATE_LABELS.get(self.state or '', 'all')}"]
-        if self.urgent_only:
-            parts.append("urgent only")
+        parts = ["[b]URGENT ONLY[/b]" if self.urgent_only else SORT_WORDS]
+        if self.state:
+            parts.append(f"state: {STATE_LABELS[self.state]}")
         if self.unseen_only:
             parts.append("unseen only")
         return " · ".join(parts)
+
+
+def is_urgent(item: WorklistItem) -> bool:
+    """Flagged by a person, or a positive finding on the current version of the image."""
+    return item.urgent or (item.state == "done" and item.positive and not item.superseded)
+
+
+def review_words(item: WorklistItem) -> str:
+    """The specialist's answer in a few words: agree / disagree: their finding / uncertain /
+    pending (a result with no review back yet); empty before there is a result."""
+    if not item.result_id:
+        return ""
+    verdict = item.review_verdict
+    if not verdict:
+        return "pending"
+    if item.review_finding and verdict != "agree":
+        return f"{verdict}: {item.review_finding}"
+    return verdict
+
+
+def middle_ellipsis(text: str, width: int) -> str:
+    """`text` in at most `width` cells, cut in the middle so both ends stay readable (file names
+    differ at the end: `study-2025-…-07.dcm`)."""
+    if len(text) <= width:
+        return text
+    if width <= 1:
+        return text[:width]
+    head = width // 2
+    tail = width - 1 - head
+    return text[:head] + "…" + (text[-tail:] if tail else "")
 
 
 @dataclass(frozen=True)
@@ -76,6 +110,7 @@ def load_worklist(context: TuiContext, chosen: WorklistFilter) -> list[WorklistI
             states=(chosen.state,) if chosen.state else (),
             urgent_only=chosen.urgent_only,
             unseen_only=chosen.unseen_only,
+            positive_counts_as_urgent=True,
         )
 
 
@@ -232,12 +267,36 @@ def sync_view(snap: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _readable(value: object) -> str:
+    """A stored name as a person reads it, or "" when it says nothing (DICOM's `^` separators,
+    or placeholders such as `--` or `^^^` that anonymising senders write)."""
+    text = " ".join(str(value or "").replace("^", " ").split())
+    return text if any(char.isalnum() for char in text) else ""
+
+
 def display_name(item: WorklistItem) -> str:
-    """Who or what a worklist row is: the patient's name (DICOM) or the file name as received."""
-    name = item.phi_patient_name
+    """Who or what a worklist row is: the patient's name (DICOM), else the accession or patient
+    id, else the file name as received; never a bare placeholder."""
+    name = _readable(item.phi_patient_name)
     if name:
-        return " ".join(part for part in str(name).replace("^", " ").split() if part)
-    original = item.phi_original_name
+        return name
+    for label, value in (("accession", item.phi_accession), ("patient ID", item.phi_patient_id)):
+        if _readable(value):
+            return f"{label} {_readable(value)}"
+    original = _readable(item.phi_original_name)
     if original:
-        return Path(str(original)).name
-    return item.description or item.source or "-"
+        return Path(str(item.phi_original_name)).name
+    return _readable(item.description) or _readable(item.source) or "unnamed study"
+
+
+def identity_lines(item: WorklistItem) -> list[str]:
+    """Everything a technician can tell a study by (for the delete confirmation): name, patient
+    id, accession, file name, what it is and when it came."""
+    facts = [
+        ("patient", _readable(item.phi_patient_name)),
+        ("patient ID", _readable(item.phi_patient_id)),
+        ("accession", _readable(item.phi_accession)),
+        ("file", Path(str(item.phi_original_name)).name if _readable(item.phi_original_name) else ""),
+        ("study", " ".join(str(p) for p in (item.modality, item.body_part, item.description) if p)),
+    ]
+    return [f"{label}: {value}" for label, value in facts if value]

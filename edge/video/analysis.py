@@ -9,6 +9,7 @@ import logging
 import statistics
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -99,12 +100,21 @@ def _record(
 
 
 def process_cine(
-    settings: Settings, store: Store, pool: ModelPool, job: Job, decoded: DecodedImage, data: bytes
+    settings: Settings,
+    store: Store,
+    pool: ModelPool,
+    job: Job,
+    decoded: DecodedImage,
+    data: bytes,
+    frames: Iterable[tuple[float, np.ndarray]] | None = None,
 ) -> str:
-    """The worker's path for a multi-frame DICOM (ultrasound cine): the frames become a clip."""
+    """The worker's path for a multi-frame DICOM (ultrasound cine): the frames become a clip.
+    `frames`: already decoded (the agent's guarded decoder), else decoded here from `data`."""
 
     served = pool.get(job.model_name)
-    source = FrameSource("dicom cine", lossless=True, frames=display_frames(data))
+    source = FrameSource(
+        "dicom cine", lossless=True, frames=display_frames(data) if frames is None else frames
+    )
     summary, analyzer, elapsed = _record(settings, served, source)
     return store_clip(
         settings,

@@ -74,3 +74,12 @@ def crop(image: np.ndarray, box: Box) -> np.ndarray:
 def fits(box: Box, shape: tuple[int, ...]) -> bool:
     x, y, w, h = box
     return x >= 0 and y >= 0 and w > 0 and h > 0 and x + w <= shape[1] and y + h <= shape[0]
+
+
+def detect_still_sector(image: np.ndarray, min_area_fraction: float = MIN_AREA_FRACTION) -> Box | None:
+    """The sector of a single frame (a still, a stored key image), which has no motion to go by:
+    the largest region that is not black, found by the same closing and opening that clean the
+    moving region, so thin strokes (text, calipers, scale ticks) fall away. Given the frames
+    (black, 2 x picture), the temporal deviation `detect_sector` thresholds is the picture."""
+    grey = to_grey(image).astype(np.float32)
+    return detect_sector([np.zeros_like(grey), 2 * grey], min_area_fraction)

@@ -37,7 +37,17 @@
       rows[index].classList.add("selected");
       rows[index].scrollIntoView({ block: "nearest" });
     }
-    select(0);
+    // The next unreviewed row below the selection (the order never changes under the reader).
+    function nextUnreviewed() {
+      for (let i = index + 1; i < rows.length; i++) {
+        if (rows[i].classList.contains("unreviewed")) return i;
+      }
+      return index;
+    }
+    // Back from a verdict: the row just read stays where it was, selected, so j goes on from it.
+    const justRead = rows.findIndex(function (row) { return row.classList.contains("just-read"); });
+    select(justRead >= 0 ? justRead : 0);
+    performance.mark("edge:worklist-ready");  // the page weight budget's end point (tests)
     rows.forEach(function (row) {
       row.addEventListener("click", function (event) {
         if (!event.target.closest("a")) window.location.href = row.dataset.href;
@@ -48,6 +58,7 @@
       if (typing(active) || !plainKey(event) || ownsKey(active, event.key) || (active && active.closest("form"))) return;
       if (event.key === "j" || event.key === "ArrowDown") select(index + 1);
       else if (event.key === "k" || event.key === "ArrowUp") select(index - 1);
+      else if (event.key === "n") select(nextUnreviewed());
       else if (event.key === "Enter" || event.key === "o") window.location.href = rows[index].dataset.href;
       else return;
       event.preventDefault();
@@ -63,6 +74,16 @@
     return [channel(3), channel(2), channel(1)];
   }
 
+  // Window presets on the 8-bit display image (not Hounsfield units: the hub holds a display
+  // rendition), as [window, level]: lungs sit in the dark half, bone in the bright one.
+  const PRESETS = {
+    default: [256, 128],
+    lung: [170, 80],
+    soft: [140, 135],
+    bone: [110, 195],
+  };
+  const PRESET_KEYS = { "1": "default", "2": "lung", "3": "soft", "4": "bone" };
+
   function viewer() {
     const root = document.getElementById("viewer");
     const frame = document.getElementById("frame");
@@ -71,26 +92,41 @@
     const imageCanvas = document.getElementById("image-canvas");
     const heatCanvas = document.getElementById("heat-canvas");
     const loading = document.getElementById("loading");
+    const legend = document.getElementById("heat-legend");
+    const measureLayer = document.getElementById("measure-layer");
+    const measureLine = document.getElementById("measure-line");
     const fullWidth = Number(root.dataset.width);
     const fullHeight = Number(root.dataset.height);
+    const greyscale = root.dataset.windowLevel === "1";  // X-ray: window/level; ultrasound: gain/contrast
     const control = function (id) { return document.getElementById(id); };
     const view = { scale: 1, x: 0, y: 0, fitWidth: 0, fitHeight: 0 };
-    const wl = { window: 256, level: 128, invert: false };
+    const wl = { window: 256, level: 128, invert: false, gain: 100, contrast: 100 };
     let source = null;
     let target = null;
     let loadedWidth = 0;
     let requestedWidth = 0;
     let pending = false;
+    let layerRequested = false;
+    let measuring = false;
+
+    function lookup() {
+      const lut = new Uint8ClampedArray(256);
+      const low = wl.level - wl.window / 2;
+      for (let value = 0; value < 256; value++) {
+        if (greyscale) {
+          const out = ((value - low) / wl.window) * 255;
+          lut[value] = wl.invert ? 255 - out : out;
+        } else {
+          lut[value] = ((value * wl.gain) / 100 - 128) * (wl.contrast / 100) + 128;
+        }
+      }
+      return lut;
+    }
 
     function render() {
       pending = false;
       if (!source) return;
-      const lut = new Uint8ClampedArray(256);
-      const low = wl.level - wl.window / 2;
-      for (let value = 0; value < 256; value++) {
-        const out = ((value - low) / wl.window) * 255;
-        lut[value] = wl.invert ? 255 - out : out;
-      }
+      const lut = lookup();
       const from = source.data;
       const to = target.data;
       for (let i = 0; i < from.length; i += 4) {
@@ -100,11 +136,18 @@
         to[i + 3] = 255;
       }
       imageCanvas.getContext("2d").putImageData(target, 0, 0);
-      const shown = control("wl-value");
-      if (shown) shown.value = "W " + Math.round(wl.window) + " L " + Math.round(wl.level) + (wl.invert ? " inverted" : "");
-      root.dataset.window = String(Math.round(wl.window));
-      root.dataset.level = String(Math.round(wl.level));
-      root.dataset.invert = wl.invert ? "1" : "0";
+      if (greyscale) {
+        const shown = control("wl-value");
+        if (shown) shown.value = "W " + Math.round(wl.window) + " L " + Math.round(wl.level) + (wl.invert ? " inverted" : "");
+        root.dataset.window = String(Math.round(wl.window));
+        root.dataset.level = String(Math.round(wl.level));
+        root.dataset.invert = wl.invert ? "1" : "0";
+      } else {
+        const shown = control("gc-value");
+        if (shown) shown.value = "gain " + Math.round(wl.gain) + "% contrast " + Math.round(wl.contrast) + "%";
+        root.dataset.gain = String(Math.round(wl.gain));
+        root.dataset.contrast = String(Math.round(wl.contrast));
+      }
     }
 
     function schedule() {
@@ -114,13 +157,20 @@
       }
     }
 
+    function shown() {
+      if (loading) loading.hidden = true;
+      root.dataset.loaded = String(loadedWidth);
+      performance.mark("edge:image-shown");
+      document.dispatchEvent(new CustomEvent("edge:image-shown"));
+    }
+
     function load(width) {
       requestedWidth = width;
       const picture = new Image();
       picture.decoding = "async";
       if (!loadedWidth) {
         picture.className = "preview";  // a progressive JPEG paints while it arrives
-        frame.appendChild(picture);
+        frame.insertBefore(picture, frame.firstChild);
       }
       picture.onload = function () {
         const scratch = document.createElement("canvas");
@@ -135,11 +185,11 @@
         loadedWidth = picture.naturalWidth;
         render();
         if (picture.parentNode) picture.parentNode.removeChild(picture);
-        if (loading) loading.hidden = true;
-        root.dataset.loaded = String(loadedWidth);
+        shown();
+        loadLayer();  // after the image: the heat is off until asked for, it must not delay it
       };
       picture.onerror = function () {
-        if (loading) loading.textContent = "The image could not be loaded.";
+        if (loading) loading.textContent = "The image could not be loaded: reload the page. The verdict stays closed until it is shown.";
       };
       picture.src = root.dataset.image + "?w=" + width;
     }
@@ -190,7 +240,8 @@
 
     function loadLayer() {
       const kind = root.dataset.layerKind;
-      if (!kind || !heatCanvas) return;
+      if (!kind || !heatCanvas || layerRequested) return;
+      layerRequested = true;
       const picture = new Image();
       picture.onload = function () {
         heatCanvas.width = picture.naturalWidth;
@@ -226,34 +277,109 @@
       root.dataset.opacity = String(value);
     }
 
+    // Off until the reader asks: a colour map drawn before the reader has looked anchors them
+    // on where the model looked.
     function toggleHeat(show) {
       const box = control("heat-toggle");
       if (!box || !heatCanvas) return;
       box.checked = show === undefined ? !box.checked : show;
       heatCanvas.hidden = !box.checked;
+      if (legend) legend.hidden = !box.checked;
       root.dataset.heat = box.checked ? "on" : "off";
+      if (box.checked) loadLayer();
     }
 
     function setWindowLevel(window_, level, invert) {
-      if (root.dataset.windowLevel !== "1") return;
+      if (!greyscale) return;
       wl.window = clamp(window_, 1, 512);
       wl.level = clamp(level, 0, 255);
       if (invert !== undefined) wl.invert = invert;
       if (control("window")) control("window").value = String(Math.round(wl.window));
       if (control("level")) control("level").value = String(Math.round(wl.level));
+      root.querySelectorAll(".preset").forEach(function (button) {
+        const preset = PRESETS[button.dataset.preset];
+        button.setAttribute("aria-pressed", String(preset[0] === Math.round(wl.window) && preset[1] === Math.round(wl.level)));
+      });
+      schedule();
+    }
+
+    function preset(name) {
+      if (!greyscale || !PRESETS[name]) return false;
+      setWindowLevel(PRESETS[name][0], PRESETS[name][1]);
+      root.dataset.preset = name;
+      return true;
+    }
+
+    function setGainContrast(gain, contrast) {
+      if (greyscale) return;
+      wl.gain = clamp(gain, 25, 300);
+      wl.contrast = clamp(contrast, 25, 300);
+      if (control("gain")) control("gain").value = String(Math.round(wl.gain));
+      if (control("contrast")) control("contrast").value = String(Math.round(wl.contrast));
       schedule();
     }
 
     function reset() {
       setWindowLevel(256, 128, false);
+      setGainContrast(100, 100);
       fit();
     }
 
-    // Pointer: drag pans; right button or shift drags window (across) and level (down).
+    // ------------------------------------------------------------ measurement
+
+    // Stage pixels -> pixels of the picture shown (its full width, data-width).
+    function toPicture(clientX, clientY) {
+      const box = stage.getBoundingClientRect();
+      const x = (clientX - box.left - view.x) / view.scale;
+      const y = (clientY - box.top - view.y) / view.scale;
+      return { x: (x * fullWidth) / view.fitWidth, y: (y * fullHeight) / view.fitHeight };
+    }
+
+    // A length between two picture points: in mm through the original image's pixel spacing
+    // (the picture may be a smaller rendition of it), else in the original's pixels.
+    function length(a, b) {
+      const toOriginal = Number(root.dataset.originalWidth || fullWidth) / fullWidth;
+      const dx = (b.x - a.x) * toOriginal;
+      const dy = (b.y - a.y) * toOriginal;
+      const row = Number(root.dataset.spacingRow);
+      const column = Number(root.dataset.spacingColumn);
+      if (row > 0 && column > 0) {
+        const mm = Math.hypot(dx * column, dy * row);
+        return { value: mm, text: mm.toFixed(1) + " mm (" + root.dataset.spacingSource + ")" };
+      }
+      const px = Math.hypot(dx, dy);
+      return { value: px, text: Math.round(px) + " px (image pixels: no pixel spacing was sent)" };
+    }
+
+    function drawMeasure(a, b) {
+      measureLayer.setAttribute("viewBox", "0 0 " + fullWidth + " " + fullHeight);
+      measureLine.setAttribute("x1", String(a.x));
+      measureLine.setAttribute("y1", String(a.y));
+      measureLine.setAttribute("x2", String(b.x));
+      measureLine.setAttribute("y2", String(b.y));
+      measureLayer.classList.add("visible");
+      const result = length(a, b);
+      control("measure-value").value = result.text;
+      root.dataset.measure = result.value.toFixed(2);
+      root.dataset.measureUnit = root.dataset.spacingRow ? "mm" : "px";
+    }
+
+    function toggleMeasure(on) {
+      measuring = on === undefined ? !measuring : on;
+      const button = control("measure");
+      if (button) button.setAttribute("aria-pressed", String(measuring));
+      stage.classList.toggle("measuring", measuring);
+      root.dataset.measuring = measuring ? "1" : "0";
+    }
+
+    // Pointer: drag pans; right button or shift drags window (across) and level (down), or gain
+    // and contrast on ultrasound; in measure mode a drag draws the ruler.
     let drag = null;
     stage.addEventListener("contextmenu", function (event) { event.preventDefault(); });
     stage.addEventListener("pointerdown", function (event) {
-      drag = { x: event.clientX, y: event.clientY, wl: event.button === 2 || event.shiftKey };
+      const ruler = measuring && event.button === 0 && !event.shiftKey;
+      drag = { x: event.clientX, y: event.clientY, wl: event.button === 2 || event.shiftKey, ruler: ruler };
+      if (ruler) drag.start = toPicture(event.clientX, event.clientY);
       stage.setPointerCapture(event.pointerId);
       stage.classList.add("dragging");
     });
@@ -263,8 +389,11 @@
       const dy = event.clientY - drag.y;
       drag.x = event.clientX;
       drag.y = event.clientY;
-      if (drag.wl) {
-        setWindowLevel(wl.window + dx, wl.level + dy * 0.5);
+      if (drag.ruler) {
+        drawMeasure(drag.start, toPicture(event.clientX, event.clientY));
+      } else if (drag.wl) {
+        if (greyscale) setWindowLevel(wl.window + dx, wl.level + dy * 0.5);
+        else setGainContrast(wl.gain - dy * 0.5, wl.contrast + dx * 0.5);
       } else {
         view.x += dx;
         view.y += dy;
@@ -290,19 +419,25 @@
     root.querySelectorAll(".tools button, .tools input[type=checkbox]").forEach(function (tool) {
       tool.addEventListener("click", function () { tool.blur(); });
     });
+    root.querySelectorAll(".preset").forEach(function (button) {
+      button.addEventListener("click", function () { preset(button.dataset.preset); });
+    });
     bind("heat-toggle", "change", function () { toggleHeat(control("heat-toggle").checked); });
     bind("heat-opacity", "input", function () { setOpacity(Number(control("heat-opacity").value)); });
     bind("window", "input", function () { setWindowLevel(Number(control("window").value), wl.level); });
     bind("level", "input", function () { setWindowLevel(wl.window, Number(control("level").value)); });
     bind("invert", "click", function () { setWindowLevel(wl.window, wl.level, !wl.invert); });
+    bind("gain", "input", function () { setGainContrast(Number(control("gain").value), wl.contrast); });
+    bind("contrast", "input", function () { setGainContrast(wl.gain, Number(control("contrast").value)); });
+    bind("measure", "click", function () { toggleMeasure(); });
     bind("zoom-in", "click", function () { zoomCentre(1.25); });
     bind("zoom-out", "click", function () { zoomCentre(0.8); });
     bind("reset", "click", reset);
 
     fit();
     load(wantedWidth());
-    loadLayer();
-    toggleHeat(true);
+    toggleHeat(false);
+    setWindowLevel(256, 128, false);
 
     return {
       key: function (key) {
@@ -310,6 +445,8 @@
         else if (key === "[") setOpacity(Number(root.dataset.opacity || 60) - 10);
         else if (key === "]") setOpacity(Number(root.dataset.opacity || 60) + 10);
         else if (key === "i") setWindowLevel(wl.window, wl.level, !wl.invert);
+        else if (key in PRESET_KEYS) return preset(PRESET_KEYS[key]);
+        else if (key === "m") toggleMeasure();
         else if (key === "r" || key === "0") reset();
         else if (key === "+" || key === "=") zoomCentre(1.25);
         else if (key === "-") zoomCentre(0.8);
@@ -327,6 +464,18 @@
     const finding = document.getElementById("finding");
     const note = document.getElementById("note");
     const labels = finding.dataset.labels ? finding.dataset.labels.split("|") : [];
+    const fields = document.getElementById("verdict-fields");
+    const send = document.getElementById("send");
+    // Closed (in the page itself, so no early click gets through) until the image is on screen:
+    // a verdict on a study the reader has not seen is not a reading.
+    function open() { return !fields.disabled; }
+    document.addEventListener("edge:image-shown", function () {
+      fields.disabled = false;
+      if (!form.dataset.sent) send.disabled = false;
+      const wait = document.getElementById("verdict-wait");
+      if (wait) wait.hidden = true;
+      form.dataset.open = "1";
+    });
     const model = finding.dataset.model;
     let findingTouched = finding.value !== "";
     finding.addEventListener("input", function () { findingTouched = finding.value !== ""; });
@@ -352,6 +501,10 @@
     });
 
     form.addEventListener("submit", function (event) {
+      if (!open()) {
+        event.preventDefault();
+        return;
+      }
       if (!form.querySelector("input[name=verdict]:checked")) {
         event.preventDefault();
         let message = form.querySelector(".error.client");
@@ -388,6 +541,10 @@
       }
       if (!plainKey(event) || ownsKey(active, event.key)) return;
       const key = event.key;
+      if (["a", "d", "u", "Enter"].includes(key) && !open()) {
+        event.preventDefault();  // the image is not shown yet: no verdict keys
+        return;
+      }
       if (key === "a") choose("agree");
       else if (key === "d") choose("disagree");
       else if (key === "u") choose("uncertain");

@@ -11,14 +11,17 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from textual import work
+from textual import events, work
 from textual.message import Message
 from textual.screen import Screen
 
 from edge.errors import EdgeError
+from edge.tui.actions import refusal_sentence
 from edge.tui.context import TuiContext
 
 log = logging.getLogger(__name__)
+
+WIDE_COLUMNS = 110  # a terminal this wide gets the larger layouts (app.tcss `.-wide`)
 
 
 class ActionFinished(Message):
@@ -37,6 +40,10 @@ class EdgeScreen(Screen[None]):
         # import the app, which imports them.
         context: TuiContext = self.app.context  # type: ignore[attr-defined]
         return context
+
+    def on_resize(self, event: events.Resize) -> None:
+        # 120 columns and more: the stylesheet's `.-wide` rules (a bigger image, more columns).
+        self.set_class(event.size.width >= WIDE_COLUMNS, "-wide")
 
     def reload(self) -> None:
         """Read the screen's data again (shown again, after an action, on the refresh timer)."""
@@ -63,7 +70,7 @@ class EdgeScreen(Screen[None]):
         try:
             sentence, ok = action(*args), True
         except EdgeError as error:
-            sentence, ok = error.one_line(), False
+            sentence, ok = refusal_sentence(error), False
         except Exception as exc:
             log.exception("a TUI action failed")
             sentence, ok = f"the action failed: {type(exc).__name__}: {exc}", False

@@ -12,6 +12,7 @@ from textual.containers import VerticalScroll
 from textual.message import Message
 from textual.widgets import Footer, Static
 
+from edge.hints import AGENT_STOPPED, next_step
 from edge.tui.data import load_device
 from edge.tui.screens.base import EdgeScreen
 from edge.tui.widgets.top_bar import TopBar
@@ -97,6 +98,9 @@ def queue(snap: dict[str, Any]) -> str:
         lines.append(
             f"[magenta]{error['state']}[/] {error['error_code']}: {escape(str(error['error_message']))}"
         )
+        step = next_step(error["error_code"])
+        if step:
+            lines.append(f"  [dim]next:[/dim] {escape(step)}")
     return "\n".join(lines)
 
 
@@ -130,10 +134,13 @@ def services(snap: dict[str, Any], stamp: Any) -> str:
         ]
         sources = agent.get("sources") or {}
         lines.append(f"DICOM listener: {sources.get('dicom') or 'off'}")
+        callers = snap.get("dicom_callers")
+        if callers and callers[0] != "pass":  # a modality refused: the line that allows it
+            lines.append(f"  [yellow]callers:[/] {escape(callers[1])}")
         lines.append(f"drop folder: {escape(str(sources.get('watch') or 'off'))}")
     else:
         lines = [f"[b]Agent[/b] [yellow]not running[/]: {escape(str(agent.get('reason', '')))}"]
-        lines.append("nothing is received or analysed until it runs (systemctl start edge)")
+        lines.append(AGENT_STOPPED)
     last = snap.get("last_result")
     if last:
         lines.append(f"last result {stamp(last['created_at'])}: {last['model_name']} {last['finding']}")

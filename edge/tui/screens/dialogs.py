@@ -36,6 +36,36 @@ class ConfirmDialog(ModalScreen[bool]):
         self.dismiss(yes)
 
 
+class DeleteDialog(ModalScreen[str | None]):
+    """Delete one row's result (`r`: a wrong model's, the study stays) or the whole study (`s`).
+    Answers "result", "study" or None. No key defaults: Enter does nothing here."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("r", "answer('result')", "This result only"),
+        Binding("s", "answer('study')", "Whole study"),
+        Binding("n,escape", "answer(None)", "Keep"),
+    ]
+
+    def __init__(self, title: str, body: str, *, result_allowed: bool) -> None:
+        super().__init__()
+        self._title, self._body, self._result_allowed = title, body, result_allowed
+
+    def compose(self) -> ComposeResult:
+        keys = "[b]s[/b] delete the whole study    [b]n[/b] / [b]esc[/b] keep it"
+        if self._result_allowed:
+            keys = "[b]r[/b] delete this result only    " + keys
+        with Vertical(classes="dialog danger"):
+            yield Static(self._title, classes="dialog-title")
+            yield Static(self._body, classes="dialog-body")
+            yield Static(keys, classes="dialog-keys")
+
+    def action_answer(self, choice: str | None) -> None:
+        if choice == "result" and not self._result_allowed:
+            self.notify("this is the study's only result: s deletes the study", severity="warning")
+            return
+        self.dismiss(choice)
+
+
 class NoteDialog(ModalScreen[str | None]):
     BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel")]
 

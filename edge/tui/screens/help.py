@@ -12,12 +12,24 @@ from textual.widgets import Static
 
 INTRO = (
     "[b]edge[/b]: AI second reads on this device. Every result is decision support for a clinician.\n"
-    "Everything works by keyboard. [b]ctrl+p[/b] opens the command palette: every action by name."
+    "Everything works by keyboard. [b]ctrl+p[/b] opens the command palette: every action by name.\n"
+    "[b]g[/b] opens the glossary: what URGENT, POS, the probability and the threshold mean.\n"
+    "Urgent rows are studies flagged with [b]![/b] and positive findings; [b]u[/b] shows only them."
 )
-TABLE_KEYS = "[b]↑ ↓ pgup pgdn home end[/b] move · [b]enter[/b] open the result"
+TABLE_KEYS = (
+    "[b]↑ ↓ pgup pgdn home end[/b] move · [b]enter[/b] open the result\n"
+    "  In the search box: [b]↓[/b], [b]enter[/b] or [b]esc[/b] go back to the list"
+)
 
 
-KEY_NAMES = {"question_mark": "?", "slash": "/", "delete": "del", "escape": "esc", "backspace": "bksp"}
+KEY_NAMES = {
+    "question_mark": "?",
+    "slash": "/",
+    "delete": "del",
+    "escape": "esc",
+    "backspace": "bksp",
+    "exclamation_mark": "!",
+}
 
 
 def key_lines(bindings: list[BindingType]) -> list[str]:
@@ -26,7 +38,8 @@ def key_lines(bindings: list[BindingType]) -> list[str]:
         if not isinstance(binding, Binding) or not binding.description:
             continue
         keys = " / ".join(KEY_NAMES.get(key.strip(), key.strip()) for key in binding.key.split(","))
-        lines.append(f"  [b]{keys:<14}[/b] {binding.description}")
+        extra = f" [dim]({binding.tooltip})[/dim]" if binding.tooltip else ""
+        lines.append(f"  [b]{keys:<14}[/b] {binding.description}{extra}")
     return lines
 
 

@@ -320,7 +320,9 @@ def status_text(score: LiveScore, model: LiveModel | None) -> str:
     if score.status != "ok":
         return f"{STATUS_WORDS.get(score.status, score.status)}\n{position}"
     label = model.positive if model else "positive"
-    numbers = f"P({label}) [b]{score.smoothed:.3f}[/b] smoothed · {score.probability:.3f} now"
+    numbers = (
+        f"P({label}) [b]{score.smoothed:.3f}[/b] over the last seconds · {score.probability:.3f} this frame"
+    )
     if score.scope == OUT_OF_SCOPE:
         # No finding for a frame unlike the model's training images: a clip of such frames is
         # refused OUT_OF_SCOPE, so the screen says so while the probe is still on the patient.
@@ -329,7 +331,8 @@ def status_text(score: LiveScore, model: LiveModel | None) -> str:
     above = model is not None and score.finding == model.positive
     colour = "bold yellow" if above else "bold green"
     near_edge = f" · {SCOPE_WORDS[BORDERLINE]}" if score.scope == BORDERLINE else ""
-    return f"{STATUS_WORDS['ok']} [{colour}]{score.finding}[/]{near_edge} · {position}\n{numbers}"
+    finding = f"[{colour}]{score.finding}[/]{near_edge}"
+    return f"{STATUS_WORDS['ok']} picture usable · this frame: {finding} · {position}\n{numbers}"
 
 
 def _thumbnail(frame: Frame | None, analyzer: LiveAnalyzer) -> PILImage.Image | None:

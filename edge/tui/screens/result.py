@@ -14,6 +14,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
 from textual.widgets import Footer, Static
 
+from edge.hints import next_step
 from edge.inference.scope import BORDERLINE, IN_SCOPE, MEANINGS, OUT_OF_SCOPE, p_text
 from edge.store import StoredResult, WorklistItem
 from edge.tui.data import ResultDetail, display_name, load_picture, load_result
@@ -24,6 +25,26 @@ from edge.tui.widgets.top_bar import TopBar
 
 BAR_WIDTH = 16
 QUALITY_STYLES = {"ok": "green", "borderline": "yellow", "beyond": "bold red", "no limit": "dim"}
+QUALITY_STATES = {
+    "ok": "ok",
+    "borderline": "borderline: close to the limit",
+    "beyond": "beyond the limit",
+    "no limit": "no limit",
+}
+# The quality gate's measures in plain words (what the number is of).
+QUALITY_WORDS = {
+    "min_side": "smallest side, pixels",
+    "black_fraction": "share of black (clipped dark)",
+    "white_fraction": "share of white (clipped bright)",
+    "dynamic_range": "grey range used",
+    "sharpness": "sharpness (fine detail)",
+    "uniform_fraction": "share of flat grey (no anatomy)",
+}
+# What an operating point means for this patient (models name theirs in model.toml).
+OPERATING_POINTS = {
+    "balanced": "set to weigh missed cases and false alarms evenly",
+    "screening": "set to miss very few cases, at the cost of more false alarms",
+}
 APPLICABILITY_STYLES = {IN_SCOPE: "green", BORDERLINE: "bold black on yellow", OUT_OF_SCOPE: "bold red"}
 SUPERSEDED = "SUPERSEDED: a corrected version of this image came later; this result is for the old one"
 
@@ -44,7 +65,7 @@ class PictureLoaded(Message):
 class ResultScreen(ItemActions):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape,backspace", "back", "Back"),
-        Binding("t", "toggle_heatmap", "Heatmap/image"),
+        Binding("t", "toggle_heatmap", "Heatmap", tooltip="heatmap overlay or the image alone"),
         *ITEM_BINDINGS,
     ]
 
@@ -60,13 +81,13 @@ class ResultScreen(ItemActions):
             yield Picture(self.context.graphics, id="picture")
             with VerticalScroll(id="result-details"):
                 for section in (
+                    "review",
                     "finding",
                     "applicability",
                     "probabilities",
                     "quality",
                     "model",
                     "clip",
-                    "review",
                     "notes",
                     "study",
                 ):
@@ -131,7 +152,7 @@ def sections(detail: ResultDetail, stamp: Any) -> dict[str, str]:
     """Markup per section (empty: hidden). `stamp` formats a stored time for display."""
     item, result = detail.item, detail.result
     out = dict.fromkeys(
-        ("finding", "applicability", "probabilities", "quality", "model", "clip", "review", "notes"), ""
+        ("review", "finding", "applicability", "probabilities", "quality", "model", "clip", "notes"), ""
     )
     out["finding"] = _finding(item, result)
     if result:
@@ -158,23 +179,44 @@ def sections(detail: ResultDetail, stamp: Any) -> dict[str, str]:
     return out
 
 
+def threshold_words(result: StoredResult) -> str:
+    """The threshold and operating point for this patient, in one plain sentence."""
+    meaning = OPERATING_POINTS.get(result.operating_point, "as chosen for this site")
+    return (
+        f"Called {result.finding_label} from {result.threshold:.2f} up "
+        f"(operating point {result.operating_point}: {meaning})"
+    )
+
+
+def _how_many(probability: float) -> str:
+    """A calibrated probability as a count a person can picture ("about 7 in 10")."""
+    tenths = round(probability * 10)
+    if tenths >= 10:
+        return "nearly all"
+    if tenths <= 0:
+        return "very few"
+    return f"about {tenths} in 10"
+
+
 def _finding(item: WorklistItem, result: StoredResult | None) -> str:
     old = f"\n[dim]{SUPERSEDED}[/dim]" if item.superseded else ""
+    urgent = "[bold white on red] URGENT [/] " if item.urgent else ""
     if result:
         positive = item.positive  # the worklist row carries the result's decision
         colour = "bold yellow" if positive else "bold green"
-        urgent = "[bold white on red] URGENT [/] " if item.urgent else ""
-        seen = f"seen by {escape(str(item.seen_by))}" if item.seen_at else "[b]not seen yet[/b] (m)"
+        seen = f"seen by {escape(str(item.seen_by))}" if item.seen_at else "[b]not seen yet[/b] (m marks it)"
         return (
-            f"{urgent}[{colour}]{result.finding.upper()}[/]\n"
-            f"P({result.finding_label}) = [b]{result.probability:.3f}[/b] (calibrated) · {seen}{old}"
+            f"{urgent}[{colour}]{result.finding.upper()}[/] · {seen}\n"
+            f"P({result.finding_label}) = [b]{result.probability:.3f}[/b]: the model's calibrated estimate; "
+            f"of images it scores like this, {_how_many(result.probability)} show {result.finding_label}\n"
+            f"{threshold_words(result)}{old}"
         )
     state = item.state
-    urgent = "[bold white on red] URGENT [/] " if item.urgent else ""
     if state in ("refused", "failed"):
+        step = next_step(item.error_code)
         return (
             f"{urgent}[bold magenta]{state.upper()}[/] {item.error_code}\n"
-            f"{escape(item.error_message or '')}{old}"
+            f"{escape(item.error_message or '')}{old}" + (f"\n[b]Next:[/b] {escape(step)}" if step else "")
         )
     return f"{urgent}[cyan]{'RUNNING' if state == 'running' else 'NEW'}[/] waiting for {item.model_name}{old}"
 
@@ -194,7 +236,7 @@ def _applicability(result: StoredResult) -> str:
 
 
 def _probabilities(result: StoredResult) -> str:
-    lines = ["[b]Probabilities[/b] (calibrated)"]
+    lines = ["[b]Probabilities[/b] per label (calibrated; they add up to 1)"]
     width = max(len(label) for label in result.probabilities)
     for label, value in sorted(result.probabilities.items(), key=lambda kv: -kv[1]):
         filled = round(value * BAR_WIDTH)
@@ -207,29 +249,36 @@ def _probabilities(result: StoredResult) -> str:
 def _quality(detail: ResultDetail) -> str:
     if not detail.quality:
         return ""
-    lines = ["[b]Quality[/b] (the gate's measures)"]
+    lines = ["[b]Quality[/b] (measured before the model runs; past a limit, the image is refused)"]
     for flag in detail.quality:
         limit = "" if flag.limit is None else f" ({flag.bound} {flag.limit:g})"
-        value = f"{flag.value:.0f}" if flag.value >= 10 else f"{flag.value:.3f}"
+        value = f"{flag.value:.0f}" if flag.value >= 10 else f"{flag.value:.2f}"
         style = QUALITY_STYLES[flag.state]
-        lines.append(f"{flag.name.replace('_', ' ')} {value}{limit} [{style}]{flag.state}[/]")
+        name = QUALITY_WORDS.get(flag.name, flag.name.replace("_", " "))
+        lines.append(f"{name} {value}{limit} [{style}]{QUALITY_STATES[flag.state]}[/]")
     return "\n".join(lines)
 
 
 def _review(detail: ResultDetail, stamp: Any) -> str:
+    """The specialist's reply, first on the screen: verdict, their finding, the note, who, when."""
     if not detail.result:
         return ""
     if not detail.reviews:
-        return "[b]Specialist review[/b]\n[dim]not back yet[/dim]"
+        return "[b]Specialist[/b] [dim]pending: no reply yet (it comes with the sync)[/dim]"
     review = detail.reviews[0]
-    colour = {"agree": "green", "disagree": "bold red", "uncertain": "yellow"}.get(review["verdict"], "")
+    colour = {"agree": "bold green", "disagree": "bold red", "uncertain": "bold yellow"}.get(
+        review["verdict"], ""
+    )
+    new = "[bold cyan]● new reply[/] (m marks it read) · " if detail.item.new_reply else ""
+    verdict = f"[{colour}]{str(review['verdict']).upper()}[/]"
+    if review.get("finding"):
+        verdict += f" · their finding: [b]{escape(str(review['finding']))}[/b]"
     lines = [
-        f"[b]Specialist review[/b] [{colour}]{review['verdict']}[/]"
-        + (f" · {escape(str(review['finding']))}" if review.get("finding") else ""),
+        f"{new}[b]Specialist[/b] {verdict}",
         f"{escape(str(review.get('reviewer_role') or 'specialist'))}, {stamp(review['reviewed_at'])}",
     ]
     if review.get("note"):
-        lines.append(escape(str(review["note"])))
+        lines.append(f"“{escape(str(review['note']))}”")
     if len(detail.reviews) > 1:
         lines.append(f"[dim]{len(detail.reviews) - 1} earlier review(s)[/dim]")
     return "\n".join(lines)

@@ -1,4 +1,5 @@
-"""The worklist: every image and model as one row, urgent studies first, then the newest.
+"""The worklist: every image and model as one row; urgent first (studies a person flagged, then
+positive findings), then the newest; the specialist's reply in its own column.
 
 Live (reloaded every few seconds from the store, which the agent writes from another process):
 new, running, done, and refused with its reason. The row under the cursor is described in full
@@ -18,6 +19,7 @@ from textual.containers import Horizontal
 from textual.message import Message
 from textual.widgets import DataTable, Footer, Input, Static
 
+from edge.hints import next_step
 from edge.inference.scope import p_text
 from edge.store import WorklistItem
 from edge.tui.data import (
@@ -25,8 +27,12 @@ from edge.tui.data import (
     STATE_LABELS,
     WorklistFilter,
     display_name,
+    is_urgent,
     load_worklist,
+    middle_ellipsis,
+    review_words,
 )
+from edge.tui.screens.base import WIDE_COLUMNS
 from edge.tui.screens.item_actions import ITEM_BINDINGS, ItemActions
 from edge.tui.screens.result import ResultScreen
 from edge.tui.widgets.top_bar import TopBar
@@ -38,17 +44,12 @@ STATE_STYLES = {
     "refused": "magenta",
     "failed": "red",
 }
-# (key, label, width); the name column (None) takes the width the others leave.
-COLUMNS: tuple[tuple[str, str, int | None], ...] = (
-    ("badge", "", 6),
-    ("state", "state", 7),
-    ("time", "time", 11),
-    ("name", "patient / file", None),
-    ("model", "model", 13),
-    ("finding", "finding", 14),
-)
+WIDE = WIDE_COLUMNS  # from here on: the state column, full dates, a wider review column
 NAME_MIN_WIDTH = 14
-TABLE_CHROME = 2 + 2 * len(COLUMNS)  # the vertical scrollbar, and one cell of padding each side
+NAME_MIN_WIDTH_LAST = 10  # when even the review column cannot give more
+REVIEW_MIN_WIDTH = 7  # "pending"
+NEW_REPLY = "●"  # before the review: the specialist's answer came after the row was marked seen
+REVIEW_STYLES = {"agree": "green", "disagree": "bold red", "uncertain": "yellow", "pending": "dim"}
 
 
 class WorklistLoaded(Message):
@@ -61,35 +62,85 @@ class WorklistLoaded(Message):
 BORDERLINE_MARK = "?"  # after POS, or alone: the applicability check found the image borderline
 
 
-def badge(item: WorklistItem) -> Text:
-    """At most 6 cells: URGENT; else POS and/or the borderline mark, or OLD for a result of a
-    superseded (corrected since) image. The row's detail line below the table says it in words."""
+def badge(item: WorklistItem, wide: bool = False) -> Text:
+    """URGENT (flagged by a person; URG when narrow); else POS (a positive finding: urgent too)
+    and/or the borderline mark, or OLD for a result of a superseded (corrected since) image. The
+    glossary (g) and the row's detail line below the table say it in words."""
     if item.urgent:
-        return Text("URGENT", style="bold white on red")
+        return Text("URGENT" if wide else "URG", style="bold white on red")
     if item.superseded:
         return Text("OLD", style="dim")
     out = Text("")
-    if item.positive:
+    if item.state == "done" and item.positive:
         out.append("POS", style="bold black on yellow")
     if item.state == "done" and item.borderline:
-        out.append((" " if out else "") + BORDERLINE_MARK, style="bold magenta")
+        out.append(BORDERLINE_MARK, style="bold magenta")
     return out
 
 
 def finding_cell(item: WorklistItem) -> Text:
+    """The finding with its probability; the full refusal code; else what the job is doing."""
     if item.state == "done" and item.finding:
         style = "bold yellow" if item.positive else ""
         return Text(f"{item.finding} {item.probability:.2f}", style=style)
     if item.state in ("refused", "failed"):
         return Text(item.error_code or item.state, style=STATE_STYLES[item.state])
-    return Text("…", style="dim")
+    return Text("analysing" if item.state == "running" else "waiting", style="dim cyan")
+
+
+def review_cell(item: WorklistItem) -> Text:
+    words = review_words(item)
+    out = Text(f"{NEW_REPLY} " if item.new_reply else "", style="bold cyan")
+    out.append(words, style=REVIEW_STYLES.get(item.review_verdict or words, ""))
+    return out
+
+
+def layout(width: int, rows: list[WorklistItem], when: Any) -> list[tuple[str, str, int]]:
+    """(key, label, width) per column for a terminal `width` cells wide: every column but the
+    name as wide as its widest cell (codes and dates in full), the name the rest. Under WIDE
+    columns the state column goes (the finding column says waiting / analysing / the code)."""
+    wide = width >= WIDE
+
+    def widest(texts: list[str], floor: int) -> int:
+        return max([floor, *(len(text) for text in texts)])
+
+    columns = [("badge", "", 6 if wide else 4)]
+    if wide:
+        columns.append(("state", "state", 7))
+    columns += [
+        (
+            "time",
+            "received" if wide else "when",
+            widest([when(row.queued_at, narrow=not wide) for row in rows], 5),
+        ),
+        ("name", "patient / file", 0),
+        ("model", "model", widest([row.model_name for row in rows], 5)),
+        ("finding", "finding", widest([finding_cell(row).plain for row in rows], 7)),
+        ("review", "review", min(widest([review_cell(row).plain for row in rows], 6), 28 if wide else 12)),
+    ]
+    chrome = 1 + 2 * len(columns)  # the vertical scrollbar (app.tcss), one cell of padding each side
+    name = width - sum(size for _, _, size in columns) - chrome
+    if name < NAME_MIN_WIDTH:  # the review column gives way first (its words are in the detail line)
+        key, label, review = columns[-1]
+        cut = min(NAME_MIN_WIDTH - name, review - REVIEW_MIN_WIDTH)
+        columns[-1] = (key, label, review - max(cut, 0))
+        name += max(cut, 0)
+    name = max(NAME_MIN_WIDTH_LAST, name)
+    return [(key, label, size or name) for key, label, size in columns]
 
 
 class WorklistScreen(ItemActions):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("slash", "search", "Search"),
-        Binding("f", "cycle_state", "Filter"),
-        Binding("U", "toggle_filter('urgent_only')", "Urgent only", show=False),
+        Binding(
+            "u",
+            "toggle_filter('urgent_only')",
+            "Urgent only",
+            tooltip="flagged studies and positive findings",
+        ),
+        Binding(
+            "f", "cycle_state", "State filter", show=False, tooltip="all, new, running, done, refused, failed"
+        ),
         Binding("V", "toggle_filter('unseen_only')", "Unseen only", show=False),
         Binding("x", "clear_filters", "Clear filters", show=False),
         *ITEM_BINDINGS,
@@ -139,21 +190,25 @@ class WorklistScreen(ItemActions):
         table = self.query_one(DataTable)
         keep = self.current_item()
         table.clear(columns=True)
-        fixed = sum(width for _, _, width in COLUMNS if width)
-        name_width = max(NAME_MIN_WIDTH, self.size.width - fixed - TABLE_CHROME)
-        for key, label, width in COLUMNS:
-            table.add_column(label, width=width or name_width, key=key)
+        columns = layout(self.size.width, self.rows, self.context.when)
+        widths = {key: size for key, _, size in columns}
+        wide = "state" in widths
+        for key, label, size in columns:
+            table.add_column(label, width=size, key=key)
         for item in self.rows:
             unseen = item.result_id and not item.seen_at
-            table.add_row(
-                badge(item),
-                Text(STATE_LABELS[item.state], style=STATE_STYLES[item.state]),
-                self.context.when(item.queued_at),
-                Text(display_name(item), style="bold" if unseen else ""),
-                item.model_name,
-                finding_cell(item),
-                key=item.job_id,
-            )
+            cells = {
+                "badge": badge(item, wide),
+                "state": Text(STATE_LABELS[item.state], style=STATE_STYLES[item.state]),
+                "time": self.context.when(item.queued_at, narrow=not wide),
+                "name": Text(
+                    middle_ellipsis(display_name(item), widths["name"]), style="bold" if unseen else ""
+                ),
+                "model": item.model_name,
+                "finding": finding_cell(item),
+                "review": _fit(review_cell(item), widths["review"]),
+            }
+            table.add_row(*(cells[key] for key, _, _ in columns), key=item.job_id)
         if keep is not None and keep.job_id in self._by_job:
             table.move_cursor(row=table.get_row_index(keep.job_id))
         self._describe_current()
@@ -186,10 +241,10 @@ class WorklistScreen(ItemActions):
             detail.update(
                 "No studies yet: send images to the DICOM listener or the drop folder, or use edge infer."
                 if empty
-                else "Nothing matches the search and filters (x clears the filters)."
+                else "Nothing matches the search and filters (x clears them; u switches the urgent filter)."
             )
             return
-        detail.update(describe(item, self.context.stamp(item.received_at)))
+        detail.update(describe(item, self.context.when(item.received_at)))
 
     # ------------------------------------------------------------------ search and filters
 
@@ -203,9 +258,12 @@ class WorklistScreen(ItemActions):
         self.query_one(DataTable).focus()
 
     def on_key(self, event: events.Key) -> None:
-        if event.key == "escape" and self.query_one("#search", Input).has_focus:
+        # As in lazygit or k9s: the search box keeps only typing; Down, Enter (on_input_submitted)
+        # and Escape hand the keys back to the list, where letters are commands again.
+        if event.key in ("escape", "down", "tab") and self.query_one("#search", Input).has_focus:
             self.query_one(DataTable).focus()
             event.stop()
+            event.prevent_default()
 
     def action_cycle_state(self) -> None:
         following = STATE_FILTERS[(STATE_FILTERS.index(self.chosen.state) + 1) % len(STATE_FILTERS)]
@@ -229,40 +287,65 @@ class WorklistScreen(ItemActions):
         self.reload()
 
 
+def _fit(text: Text, width: int) -> Text:
+    if len(text.plain) <= width:
+        return text
+    out = text.copy()
+    out.truncate(width - 1)
+    out.append("…")
+    return out
+
+
 def describe(item: WorklistItem, received: str) -> str:
-    """Two lines about one row: who and what, then its outcome in words."""
+    """Up to three lines about one row: who and what; its outcome in words; the specialist's
+    reply (or, for a refusal, what to do next)."""
     kind = " ".join(str(part) for part in (item.modality, item.body_part) if part)
-    first = [
-        f"[b]{escape(display_name(item))}[/b]",
-        kind or str(item.format or ""),
-        f"received {received}",
-    ]
+    first = [f"[b]{escape(display_name(item))}[/b]"]
+    if item.urgent:
+        first.insert(0, "[bold white on red]URGENT[/] flagged")
+    elif is_urgent(item):
+        first.insert(0, "[bold black on yellow]POS[/] positive finding")
+    first += [kind or str(item.format or ""), f"received {received}"]
     if item.description:
-        first.insert(2, escape(str(item.description)))
+        first.insert(-1, escape(str(item.description)))
     if item.notes:
         first.append(f"{item.notes} note(s)")
-    state = item.state
-    if state == "done":
-        second = (
-            f"{item.finding}: P({item.finding_label}) = {item.probability:.3f}, threshold "
-            f"{item.threshold:.3f} ({item.operating_point})"
-        )
-        if item.borderline:
-            p_value = item.applicability_p
-            number = f" (p = {p_text(p_value)})" if p_value is not None else ""
-            second += (
-                f" · [magenta]{BORDERLINE_MARK} borderline{number}[/]: near the edge of the model's training"
-            )
-        if item.review_verdict:
-            second += f" · specialist: {item.review_verdict}"
-        second += f" · seen by {item.seen_by}" if item.seen_at else " · not seen yet"
-    elif state in ("refused", "failed"):
-        reason = escape(item.error_message or "")
-        second = f"[{STATE_STYLES[state]}]{state}[/] {item.error_code}: {reason}"
-    elif state == "running":
-        second = f"{item.model_name} is analysing it now"
-    else:
-        second = f"waiting for {item.model_name}"
+    second, third = _outcome(item)
     if item.superseded:
         second += " · [dim]superseded: a corrected version of this image came later[/dim]"
-    return " · ".join(first) + "\n" + second
+    return " · ".join(first) + "\n" + second + (f"\n{third}" if third else "")
+
+
+def _outcome(item: WorklistItem) -> tuple[str, str]:
+    """The row's outcome in words, and the line under it: the specialist's reply, or what to do
+    after a refusal."""
+    state = item.state
+    if state == "running":
+        return f"{item.model_name} is analysing it now", ""
+    if state == "queued":
+        return f"waiting for {item.model_name}", ""
+    if state in ("refused", "failed"):
+        step = next_step(item.error_code)
+        reason = escape(item.error_message or "")
+        return (
+            f"[{STATE_STYLES[state]}]{state}[/] {item.error_code}: {reason}",
+            f"Next: {escape(step)}" if step else "",
+        )
+    second = (
+        f"{item.model_name}: [b]{item.finding}[/b], P({item.finding_label}) = {item.probability:.2f} "
+        f"(called {item.finding_label} from {item.threshold:.2f})"
+    )
+    if item.borderline:
+        p_value = item.applicability_p
+        number = f" (p = {p_text(p_value)})" if p_value is not None else ""
+        second += (
+            f" · [magenta]{BORDERLINE_MARK} borderline{number}[/]: near the edge of the model's training"
+        )
+    second += f" · seen by {escape(str(item.seen_by))}" if item.seen_at else " · not seen yet (m)"
+    if not item.review_verdict:
+        return second, "specialist: [dim]pending (no reply yet)[/dim]"
+    new = f"[bold cyan]{NEW_REPLY} new reply[/] " if item.new_reply else ""
+    return (
+        second,
+        f"{new}specialist: [b]{escape(review_words(item))}[/b] · Enter opens the reply and its note",
+    )

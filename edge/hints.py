@@ -1,0 +1,128 @@
+"""What to do next after each refusal, in a technician's words: one sentence per code.
+
+The TUI shows it under every refusal (worklist detail, result screen, action notices); the CLI may
+too. docs/codes.md keeps the long form for field engineers; this table is the short form for the
+person at the keyboard, and it names the real commands and unit names (edge-agent, edge-sync).
+A test keeps it complete: every `Code` has a next step.
+"""
+
+from __future__ import annotations
+
+from edge.errors import Code
+
+RESEND = "ask the sender to send it again (the transfer was incomplete)"
+REACQUIRE = "repeat the acquisition, then send the new image"
+OTHER_MODEL = "re-run it with a model that accepts it (r), or read it without the model"
+SEE_LOG = "see the log (journalctl -u edge-agent) and tell the field engineer"
+REINSTALL = "tell the field engineer: the model must be reinstalled (edge models verify NAME says why)"
+
+NEXT_STEPS: dict[Code, str] = {
+    # Input: the file itself
+    Code.INPUT_NOT_FOUND: "check the path, or the study was deleted meanwhile: refresh the worklist",
+    Code.INPUT_UNREADABLE: "check the file's permissions, then send it again",
+    Code.INPUT_EMPTY: RESEND,
+    Code.INPUT_TOO_LARGE: "send a smaller export, or ask to raise [store] max_input_bytes",
+    Code.INPUT_NOT_IMAGE: "send a DICOM, PNG or JPEG image (the file name does not count)",
+    Code.IMAGE_TRUNCATED: RESEND,
+    Code.IMAGE_DECODE_FAILED: "export the image again from the scanner and send it again",
+    Code.DICOM_INVALID: "check the sender's DICOM export settings, then send it again",
+    Code.DICOM_TRUNCATED: RESEND,
+    Code.DICOM_UID_CONFLICT: "check the sender (it reused an id); delete the stored study for the new one",
+    Code.INSTANCE_UID_COLLISION: "both images are kept: compare them and tell the sender it reused an id",
+    Code.DICOM_NO_PIXELS: "nothing to do: objects without an image are kept but not scored",
+    Code.DICOM_UNSUPPORTED: "send it uncompressed (or in another transfer syntax) from the sender",
+    Code.DICOM_MULTIFRAME: "nothing to do: cines are analysed as clips now",
+    # Applicability and quality gate
+    Code.MODALITY_NOT_ACCEPTED: OTHER_MODEL,
+    Code.BODY_PART_NOT_ACCEPTED: OTHER_MODEL,
+    Code.VIEW_NOT_ACCEPTED: "send the frontal (PA/AP) view",
+    Code.AGE_OUT_OF_RANGE: "read it without the model: it was not validated for this age",
+    Code.IMAGE_TOO_SMALL: "send the original image, not a thumbnail or a screenshot",
+    Code.UNDEREXPOSED: REACQUIRE,
+    Code.OVEREXPOSED: REACQUIRE,
+    Code.LOW_CONTRAST: "check the window and the exposure; repeat the acquisition if needed",
+    Code.BLURRED: "repeat the acquisition, keeping the patient and the probe still",
+    Code.MOSTLY_BLANK: "check the detector or the probe contact, then repeat the acquisition",
+    Code.OUT_OF_SCOPE: "check that the image and the model match; read it without the model",
+    # Ingest boundary
+    Code.DECODE_TIMEOUT: "check the sender: the file is quarantined; tell the field engineer if it repeats",
+    Code.DECODE_CRASHED: "check the sender: the file is quarantined; tell the field engineer if it repeats",
+    Code.CALLER_NOT_ALLOWED: "add the modality's AE title to [dicom] allowed_callers if it is yours",
+    Code.CALLER_ADDRESS_NOT_ALLOWED: "add the modality's address to [dicom] allowed_networks if it is yours",
+    Code.LISTENER_IDLE_CLOSED: "nothing: an idle link made room; if a modality is cut, raise idle_timeout_s",
+    Code.DICOM_TLS_REFUSED: "set the modality up for DICOM TLS with a certificate the clinic's CA signed",
+    Code.DROP_FILE_LINKED: "copy the file itself into the drop folder, not a link to it",
+    Code.DROP_FILE_NOT_OWNED: "write files as the expected user, or add that user to [watch] owners",
+    Code.CALLED_AE_UNKNOWN: "set the sender's destination AE title to this device's [dicom] ae_title",
+    Code.LISTENER_BUSY: "nothing if it then arrives; raise [dicom] max_associations if it persists",
+    # Video
+    Code.VIDEO_UNREADABLE: "check the cable, the URL or the file, then start again",
+    Code.VIDEO_NO_SECTOR: "scan (the picture must move), or set the device profile's roi",
+    Code.VIDEO_FROZEN: "unfreeze the scanner, or check the capture",
+    Code.VIDEO_BLACK: "check the probe and the capture card",
+    Code.VIDEO_TOO_SHORT: "record a longer clip",
+    Code.VIDEO_SOURCE_LOST: "check the source and record again",
+    # Models and runtime
+    Code.NO_MODEL_FOR_INPUT: "re-run it with a model you choose (r), or install one for this kind of image",
+    Code.MODEL_UNKNOWN: "choose an installed model (edge models list)",
+    Code.MODEL_MANIFEST_INVALID: REINSTALL,
+    Code.MODEL_FILE_MISSING: REINSTALL,
+    Code.MODEL_CHECKSUM_MISMATCH: REINSTALL,
+    Code.MODEL_VARIANT_UNAVAILABLE: 'set [runtime] precision = "auto"',
+    Code.MODEL_OUTPUT_INVALID: "tell the field engineer: the model file is wrong",
+    Code.MODEL_SIZE_MISMATCH: "nothing: the next sync tries again; if it persists, tell the hub admin",
+    Code.BACKEND_UNAVAILABLE: 'set [runtime] backend = "auto", then run edge doctor',
+    Code.ENGINE_BUILD_FAILED: "nothing now (ONNX Runtime serves); tell the field engineer",
+    Code.ENGINE_UNREADABLE: "run edge models build NAME --force, or tell the field engineer",
+    Code.ENGINE_PARITY_FAILED: "run edge models verify NAME and tell the field engineer",
+    Code.VARIANT_PARITY_FAILED: "nothing: FP32 is used (slower but right)",
+    Code.INFERENCE_FAILED: "re-run it (r); if it fails again, " + SEE_LOG,
+    # Site calibration and site profiles
+    Code.CALIBRATION_TOO_FEW_CASES: "label or have reviewed more cases of the class named, then again",
+    Code.PRIOR_TOO_FEW_RESULTS: "wait for more results, or widen --since",
+    Code.PROFILE_INVALID: "the shipped calibration is used meanwhile; tell the field engineer",
+    Code.PROFILE_SIGNATURE_INVALID: "ask the hub to publish it again, signed (edge hub profile sign)",
+    Code.PROFILE_DOWNGRADE: "nothing: the newer local profile stays",
+    Code.PROFILE_MODEL_NOT_INSTALLED: "install that model version to use the profile",
+    Code.PROFILE_NO_PREVIOUS: "nothing to roll back to (edge sync profile list MODEL)",
+    # The job queue
+    Code.JOB_ABANDONED: "re-run it (r) once the cause is fixed; " + SEE_LOG,
+    Code.JOB_LEASE_LOST: "nothing if it then finished; else re-run it (r)",
+    Code.INSTANCE_SUPERSEDED: "nothing: open the corrected version's result",
+    # Store and host
+    Code.STORE_WRITE_FAILED: "check the disk (4 Device), then try again",
+    Code.DISK_FULL: "free space (edge store backup, then retention), then try again",
+    Code.STORE_CORRUPT: "run edge doctor; restore a backup as its sentence says",
+    Code.STORE_READ_ONLY: "give the service user write access or remount read-write; edge doctor",
+    Code.STORE_UNOPENABLE: "move the data directory to a local disk or fix the file; edge doctor",
+    Code.STORE_SCHEMA_NEWER: "upgrade edge on this device (or restore a backup this version made)",
+    Code.STORE_IN_USE: "systemctl stop edge-agent edge-sync, then restore",
+    Code.BACKUP_INVALID: "choose another backup file",
+    Code.ALREADY_RUNNING: "stop the other one first (systemctl stop edge-agent), or use another --data-dir",
+    Code.CONFIG_INVALID: "fix the key the sentence names in /etc/edge/edge.toml",
+    # Security and privacy
+    Code.HUB_URL_INSECURE: "enrol with the hub's https:// address (edge sync enroll https://HUB CODE)",
+    Code.STORAGE_NOT_ENCRYPTED: "tell the field engineer: the data must be on an encrypted disk",
+    Code.BURNED_IN_TEXT_REDACTED: "nothing: text in the picture was blacked out before it was sent",
+    Code.PIXELS_WITHHELD: "nothing (the result was sent); if tesseract-ocr is missing, tell the engineer",
+}
+
+AGENT_STOPPED = (
+    "nothing is received or analysed until it runs: sudo systemctl start edge-agent "
+    "(results reach the hub through edge-sync)"
+)
+SYNC_NOT_CONFIGURED = (
+    "enrol this device with the hub: edge sync enroll HUB_URL CODE, then systemctl start edge-sync"
+)
+SYNC_NOT_RUNNING = "no sync service is running: sudo systemctl start edge-sync (or edge sync run)"
+
+
+def next_step(code: str | Code | None) -> str | None:
+    """The next step for a refusal code (a stored `error_code` is a plain string); None for an
+    unknown or absent code (a newer device's code read by an older TUI)."""
+    if code is None:
+        return None
+    try:
+        return NEXT_STEPS[Code(code)]
+    except ValueError:
+        return None

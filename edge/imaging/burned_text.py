@@ -1,0 +1,261 @@
+"""Burned-in text: find it in the pixels and black it out. Pure numpy in and out; the OCR engine
+is passed in (`edge.imaging.ocr`).
+
+A scanner's `BurnedInAnnotation` flag is often absent or wrong, so the pixels decide. Whatever
+is about to leave the device is read by OCR (scaled up so that small screen text is big enough
+for the engine: text a person can read in a thumbnail must be text the engine can read), and
+each word is blacked out, with a margin, when it matches one of the patient's identifiers
+(fuzzily: OCR confuses O/0, I/1, S/5 ...) or, under the policy "any", when it is any text at all.
+The result is read again: what the second reading still finds is blacked out too. Pixels that
+cannot be read (engine missing or failing, too large) raise `PixelsUnchecked`: the caller
+withholds them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from difflib import SequenceMatcher
+
+import cv2
+import numpy as np
+
+from edge.imaging.ocr import Box, OcrBackend, OcrUnavailable, Word
+
+OCR_TARGET_SIDE = 1600  # the longest side OCR sees: small text scaled up until it is legible
+OCR_MAX_UPSCALE = 4.0
+MAX_PIXELS = 40_000_000  # larger is not read (time, memory): withheld instead
+# Under policy "any", what counts as text: speckle and lung read through the top-hat layers
+# come back as short "words" of confidence 40-70 (tools/burned_text_bench.py, clean images).
+MIN_CONFIDENCE = 75.0
+# With no identifier to match (a PNG from the drop folder, a header without names), confidence
+# is all there is: lower, so text over speckle is caught at the cost of more false redactions.
+MIN_CONFIDENCE_UNKNOWN_PATIENT = 40.0
+MIN_TEXT_CHARS = 2
+MATCH_RATIO = 0.78  # similarity of an OCR word to an identifier that counts as the identifier
+MIN_TOKEN = 3  # shorter name parts ("LI", "MA") would match half of the screen's labels
+PASSES = 2
+TOPHAT_KERNEL = 31  # px at OCR scale: strokes thinner than this count as text strokes
+
+# OCR reads these for one another; both sides are folded before they are compared.
+_CONFUSABLE = str.maketrans({"O": "0", "Q": "0", "D": "0", "I": "1", "L": "1", "|": "1", "S": "5",
+                             "B": "8", "Z": "2", "G": "6", "T": "7"})  # fmt: skip
+
+
+class PixelsUnchecked(Exception):
+    """These pixels could not be checked for text; they must not leave the device."""
+
+
+def fold(text: str) -> str:
+    """Upper case, letters and digits only, OCR look-alikes made one."""
+    return re.sub(r"[^A-Z0-9]", "", text.upper().translate(_CONFUSABLE))
+
+
+@dataclass(frozen=True)
+class Identifiers:
+    """What identifies the patient, as OCR might read it: folded tokens (name parts, IDs,
+    accession) and the birth date in the usual ways a screen writes a date."""
+
+    tokens: tuple[str, ...] = ()
+
+    @classmethod
+    def from_values(
+        cls,
+        names: Iterable[str | None] = (),
+        ids: Iterable[str | None] = (),
+        dates: Iterable[str | None] = (),
+    ) -> Identifiers:
+        tokens: set[str] = set()
+        for name in names:
+            for part in re.split(r"[\^\s,.=]+", name or ""):
+                if len(fold(part)) >= MIN_TOKEN:
+                    tokens.add(fold(part))
+        for value in ids:
+            if value and len(fold(value)) >= MIN_TOKEN:
+                tokens.add(fold(value))
+        for value in dates:
+            tokens.update(fold(form) for form in _date_forms(value or ""))
+        return cls(tuple(sorted(tokens)))
+
+    def __bool__(self) -> bool:
+        return bool(self.tokens)
+
+    def match(self, text: str) -> bool:
+        """Whether `text` (one word, or words of one line run together) holds an identifier."""
+        folded = fold(text)
+        if len(folded) < MIN_TOKEN:
+            return False
+        return any(_similar(token, folded) for token in self.tokens)
+
+
+def _date_forms(value: str) -> list[str]:
+    digits = re.sub(r"\D", "", value)
+    if len(digits) != 8:
+        return []
+    y, m, d = digits[:4], digits[4:6], digits[6:]
+    return [digits, f"{d}{m}{y}", f"{m}{d}{y}", f"{d}{m}{y[2:]}", f"{m}{d}{y[2:]}"]
+
+
+def _similar(token: str, text: str) -> bool:
+    # Whole, or a piece of it: OCR splits "40817253" into "408" and "17253" on a speckled
+    # background, and each piece is part of the number.
+    if token in text or (len(text) >= 4 and text in token):
+        return True
+    # The token inside a longer word ("NAME:DOE"), or the word a cut-off token: compare each
+    # window of the token's length, so a label glued to the value still matches.
+    width = len(token)
+    if len(text) <= width:
+        return SequenceMatcher(None, token, text).ratio() >= MATCH_RATIO
+    return any(
+        SequenceMatcher(None, token, text[i : i + width]).ratio() >= MATCH_RATIO
+        for i in range(len(text) - width + 1)
+    )
+
+
+@dataclass(frozen=True)
+class TextPolicy:
+    redact_all: bool  # "any": every word found; else only words matching an identifier
+    min_confidence: float = MIN_CONFIDENCE
+
+
+@dataclass
+class Findings:
+    """What the readings found: boxes (in the image's pixels) to black out, and how many words
+    of each kind; counts only, never the text (it may be a name)."""
+
+    boxes: list[Box] = field(default_factory=list)
+    identifiers: int = 0
+    other_text: int = 0
+    words_read: int = 0
+
+    def add(self, other: Findings) -> None:
+        self.boxes += other.boxes
+        self.identifiers += other.identifiers
+        self.other_text += other.other_text
+        self.words_read += other.words_read
+
+
+def mask_outside(image: np.ndarray, box: Box) -> np.ndarray:
+    """Black everywhere except inside `box` (the imaging sector); a copy."""
+    x, y, w, h = box
+    out = np.zeros_like(image)
+    out[y : y + h, x : x + w] = image[y : y + h, x : x + w]
+    return out
+
+
+def grow_boxes(boxes: Sequence[Box], shape: tuple[int, ...]) -> list[Box]:
+    """Each box grown by a third of its height (at least 3 px) up and down, so antialiased
+    edges, accents and descenders go too, and by its height sideways: a character or two OCR
+    left out of the word (read as noise) goes with it. Clipped to the image."""
+    height, width = shape[:2]
+    grown = []
+    for x, y, w, h in boxes:
+        grow_y, grow_x = max(3, h // 3), max(3, h)
+        x0, y0 = max(0, x - grow_x), max(0, y - grow_y)
+        x1, y1 = min(width, x + w + grow_x), min(height, y + h + grow_y)
+        if x1 > x0 and y1 > y0:
+            grown.append((x0, y0, x1 - x0, y1 - y0))
+    return grown
+
+
+def black_out(image: np.ndarray, boxes: Sequence[Box]) -> np.ndarray:
+    """Black rectangles over `boxes`, exactly (grow them first); a copy."""
+    out = image.copy()
+    for x, y, w, h in boxes:
+        out[max(0, y) : y + h, max(0, x) : x + w] = 0
+    return out
+
+
+def scale_boxes(boxes: Sequence[Box], sx: float, sy: float) -> list[Box]:
+    """Boxes of one image in another of the same picture, sized by (sx, sy); rounded outwards."""
+    scaled = []
+    for x, y, w, h in boxes:
+        x0, y0 = int(np.floor(x * sx)), int(np.floor(y * sy))
+        x1, y1 = int(np.ceil((x + w) * sx)), int(np.ceil((y + h) * sy))
+        scaled.append((x0, y0, max(1, x1 - x0), max(1, y1 - y0)))
+    return scaled
+
+
+def read_text(image: np.ndarray, ocr: OcrBackend, identifiers: Identifiers, policy: TextPolicy) -> Findings:
+    """One reading: the words to black out, as boxes in `image`'s own pixels."""
+    height, width = image.shape[:2]
+    if height * width > MAX_PIXELS:
+        raise PixelsUnchecked(f"{width}x{height} is too large to read for text")
+    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) if image.ndim == 3 else image
+    scale = min(OCR_MAX_UPSCALE, max(1.0, OCR_TARGET_SIDE / max(height, width)))
+    if scale > 1.0:
+        grey = cv2.resize(grey, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
+    words: list[Word] = []
+    try:
+        for page in text_layers(grey):
+            words += ocr.words(page)
+    except OcrUnavailable as exc:
+        raise PixelsUnchecked(f"OCR failed: {exc}") from exc
+    findings = Findings(words_read=len(words))
+    flagged: set[int] = set()
+    for index in _identifier_words(words, identifiers):
+        flagged.add(index)
+        findings.identifiers += 1
+    if policy.redact_all:
+        for index, word in enumerate(words):
+            if index not in flagged and _is_text(word, policy):
+                flagged.add(index)
+                findings.other_text += 1
+    findings.boxes = scale_boxes([words[i].box for i in sorted(flagged)], 1 / scale, 1 / scale)
+    return findings
+
+
+def text_layers(grey: np.ndarray) -> list[np.ndarray]:
+    """The picture as two black-on-white pages for OCR: bright strokes (a white top-hat: text
+    narrower than the kernel, lifted off the speckle or the lung behind it) and dark strokes (a
+    black top-hat), each binarised by Otsu. Read plain, Tesseract misses most text drawn over
+    an ultrasound sector; read this way it finds it (tools/burned_text_bench.py)."""
+    kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (TOPHAT_KERNEL, TOPHAT_KERNEL))
+    pages = []
+    for operation in (cv2.MORPH_TOPHAT, cv2.MORPH_BLACKHAT):
+        strokes = cv2.morphologyEx(grey, operation, kernel)
+        _, binary = cv2.threshold(strokes, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+        pages.append(255 - binary)
+    return pages
+
+
+def _is_text(word: Word, policy: TextPolicy) -> bool:
+    return word.confidence >= policy.min_confidence and len(re.sub(r"[\W_]", "", word.text)) >= MIN_TEXT_CHARS
+
+
+def _identifier_words(words: Sequence[Word], identifiers: Identifiers) -> set[int]:
+    """Words that are, or with up to two neighbours on their line make, an identifier (OCR may
+    split "123 456 78" or "DOE JOHN" where the header has one value)."""
+    if not identifiers:
+        return set()
+    found: set[int] = set()
+    for index, word in enumerate(words):
+        run = [index]
+        for following in (index + 1, index + 2):
+            if following < len(words) and words[following].line == word.line:
+                run.append(following)
+            else:
+                break
+        for end in range(1, len(run) + 1):
+            if identifiers.match("".join(words[i].text for i in run[:end])):
+                found.update(run[:end])
+                break
+    return found
+
+
+def redact_text(
+    image: np.ndarray, ocr: OcrBackend, identifiers: Identifiers, policy: TextPolicy
+) -> tuple[np.ndarray, Findings]:
+    """Black out the text the policy names, reading again after each pass; `PixelsUnchecked`
+    when the pixels cannot be read."""
+    total = Findings()
+    for _ in range(PASSES):
+        found = read_text(image, ocr, identifiers, policy)
+        total.words_read += found.words_read
+        if not found.boxes:
+            break
+        grown = grow_boxes(found.boxes, image.shape)
+        image = black_out(image, grown)
+        total.add(Findings(grown, found.identifiers, found.other_text))
+    return image, total

@@ -1,0 +1,67 @@
+"""Black out regions in a DICOM object's own pixel data, in place, so a full image can leave the
+device with the same redactions as its thumbnail. Pure pydicom and numpy.
+
+Only what can be rewritten exactly is: one frame, greyscale (MONOCHROME1/2) or RGB, native or
+compressed with a decoder installed (a compressed object is rewritten as Explicit VR Little
+Endian: re-encoding it lossily would change the picture). Anything else raises
+`CannotRedact`, and the caller withholds the file.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+import numpy as np
+import pydicom
+
+from edge.imaging.ocr import Box
+
+
+class CannotRedact(Exception):
+    """The pixel data of this object cannot be rewritten here."""
+
+
+def burned_in_flag(value: object) -> bool:
+    """Whether a BurnedInAnnotation value says "yes" in any of the ways found in the field:
+    "YES", "Y", "yes ", "YES\\NO" (multi-valued), b"YES"."""
+    if value is None:
+        return False
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    parts = value if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else str(value).split("\\")
+    return any(str(part).strip().upper() in {"YES", "Y", "TRUE", "1"} for part in parts)
+
+
+def redact_pixel_data(data: bytes, keep: Box | None, boxes: Sequence[Box]) -> bytes:
+    """The object with everything outside `keep` (when given) and inside `boxes` (margins
+    already added) set to the value that displays as black."""
+    ds = pydicom.dcmread(io.BytesIO(data))
+    if int(ds.get("NumberOfFrames", 1) or 1) != 1:
+        raise CannotRedact("a multi-frame object")
+    photometric = str(ds.get("PhotometricInterpretation", ""))
+    try:
+        if ds.file_meta.TransferSyntaxUID.is_compressed:
+            ds.decompress(as_rgb=True, generate_instance_uid=False)
+            photometric = str(ds.PhotometricInterpretation)
+        pixels = np.array(ds.pixel_array)  # writable copy
+    except Exception as exc:
+        raise CannotRedact(f"pixel data not decodable ({type(exc).__name__})") from exc
+    if photometric not in {"MONOCHROME1", "MONOCHROME2", "RGB"}:
+        raise CannotRedact(f"photometric interpretation {photometric or 'absent'}")
+    black = pixels.max() if photometric == "MONOCHROME1" else (0 if photometric == "RGB" else pixels.min())
+    height, width = pixels.shape[:2]
+    region = np.zeros((height, width), dtype=bool)
+    if keep is not None:
+        x, y, w, h = keep
+        region[:] = True
+        region[y : y + h, x : x + w] = False
+    for x, y, w, h in boxes:
+        region[max(0, y) : y + h, max(0, x) : x + w] = True
+    pixels[region] = black
+    ds.PixelData = pixels.tobytes()
+    if photometric == "RGB":
+        ds.PlanarConfiguration = 0  # numpy's layout is pixel-interleaved
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()

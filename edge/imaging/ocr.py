@@ -1,0 +1,105 @@
+"""Reading text in pixels: the small contract an OCR engine fills, and Tesseract behind it.
+
+A backend is `is_available()` plus `words(image)`: the words it read, each with its box and its
+confidence. Tesseract (Debian's `tesseract-ocr`) is driven through pytesseract, which runs the
+`tesseract` program once per call: nothing to compile on a Jetson, no coupling to the
+libtesseract ABI, and a hung or crashing engine is a child process with a timeout, not the sync
+agent. Every failure is `OcrUnavailable`, so the caller can fail closed (withhold the pixels).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+Box = tuple[int, int, int, int]  # x, y, width, height
+
+
+@dataclass(frozen=True)
+class Word:
+    text: str
+    confidence: float  # 0..100, as the engine reports it
+    box: Box
+    line: tuple[int, int, int]  # block, paragraph, line: words on one line may form one identifier
+
+
+class OcrUnavailable(Exception):
+    """The engine is missing, timed out or failed: these pixels were not checked."""
+
+
+class OcrBackend(Protocol):
+    name: str
+
+    def is_available(self) -> bool: ...
+
+    def words(self, image: np.ndarray) -> list[Word]: ...
+
+
+class TesseractOcr:
+    """Tesseract 4/5 (LSTM) in sparse-text mode: screen text is scattered labels, not a page."""
+
+    name = "tesseract"
+
+    def __init__(self, timeout_s: float = 20.0, command: str | None = None) -> None:
+        self.timeout_s = timeout_s
+        self.command = command
+        self._found = False
+
+    def _module(self):  # type: ignore[no-untyped-def]
+        try:
+            import pytesseract
+        except ImportError as exc:
+            raise OcrUnavailable("the pytesseract package is not installed") from exc
+        # pytesseract keeps the program in a module global: each engine sets its own before use.
+        pytesseract.pytesseract.tesseract_cmd = self.command or "tesseract"
+        return pytesseract
+
+    def is_available(self) -> bool:
+        # Found once is enough (a later failure is an OcrUnavailable); missing is asked again.
+        if self._found:
+            return True
+        try:
+            self._module().get_tesseract_version()
+        except Exception:  # noqa: BLE001 - any failure means "cannot check pixels"
+            return False
+        self._found = True
+        return True
+
+    def words(self, image: np.ndarray) -> list[Word]:
+        pytesseract = self._module()
+        try:
+            data = pytesseract.image_to_data(
+                np.ascontiguousarray(image),
+                lang="eng",
+                # psm 11: sparse text, as much as possible in no particular order.
+                config="--psm 11 --oem 1",
+                output_type=pytesseract.Output.DICT,
+                timeout=self.timeout_s,
+            )
+        except Exception as exc:
+            raise OcrUnavailable(f"{type(exc).__name__}: {str(exc)[:160]}") from exc
+        words = []
+        for index, raw in enumerate(data["text"]):
+            text = (raw or "").strip()
+            if not text:
+                continue
+            words.append(
+                Word(
+                    text=text,
+                    confidence=float(data["conf"][index]),
+                    box=(
+                        int(data["left"][index]),
+                        int(data["top"][index]),
+                        int(data["width"][index]),
+                        int(data["height"][index]),
+                    ),
+                    line=(
+                        int(data["block_num"][index]),
+                        int(data["par_num"][index]),
+                        int(data["line_num"][index]),
+                    ),
+                )
+            )
+        return words

@@ -1,0 +1,280 @@
+"""What pixels leave the device: the one decision every thumbnail, heatmap and full image passes
+on its way to the hub (issue 17: burned-in patient text).
+
+The header's `BurnedInAnnotation` flag is not trusted to be there or right, so the pixels
+decide. For ultrasound, only the imaging sector travels: everything around it (where scanners
+draw the name, ID and date) is black (`edge.video.roi`, the same detection as the live path;
+key frames of a clip are already the sector). Then the exact pixels about to leave are read by
+OCR and text is blacked out (`edge.imaging.burned_text`): the words that match the patient's
+name parts, IDs, accession or birth date, and under `[sync] burned_text = "any"` (the default)
+every other confident word too; when the device knows no identifier to look for, every word, at
+a lower confidence.
+Pixels that cannot be checked are withheld: no OCR engine, an engine failure, an image too large,
+an ultrasound image without a sector, a full DICOM whose pixel data cannot be rewritten. So is
+every image whose header says there is burned-in text, however it says it ("YES", "Y",
+"YES\\NO"), as before. Each redaction and withholding returns a code and a note for the
+technician; the client logs and audits it.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+
+from edge.errors import Code
+from edge.imaging.burned_text import (
+    MIN_CONFIDENCE,
+    MIN_CONFIDENCE_UNKNOWN_PATIENT,
+    Findings,
+    Identifiers,
+    PixelsUnchecked,
+    TextPolicy,
+    black_out,
+    grow_boxes,
+    mask_outside,
+    read_text,
+    redact_text,
+    scale_boxes,
+)
+from edge.imaging.decode import decode_bytes
+from edge.imaging.dicom_redact import CannotRedact, burned_in_flag, redact_pixel_data
+from edge.imaging.ocr import Box, OcrBackend, TesseractOcr
+from edge.video.roi import detect_still_sector
+
+log = logging.getLogger(__name__)
+THUMBNAIL_SIDE = 256
+_CACHE = 8  # a result's thumbnail, heatmap and image are cleaned from one reading of the image
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """The bytes to send (None: withheld), and what was done to them."""
+
+    data: bytes | None
+    media_type: str
+    code: Code | None = None  # BURNED_IN_TEXT_REDACTED, PIXELS_WITHHELD; None: checked, no text
+    note: str | None = None  # for the technician (outbox note): counts and reasons, no text read
+    detail: dict[str, Any] = field(default_factory=dict)  # for the audit row: ids, counts, reason
+
+
+@dataclass
+class _Cleaned:
+    """One stored image, its sector found and its text read once, at full resolution."""
+
+    pixels: np.ndarray  # display pixels, outside the sector black, text blacked out
+    sector: Box | None
+    findings: Findings
+
+
+def _withheld(media_type: str, reason: str, sentence: str) -> Outgoing:
+    return Outgoing(
+        None, media_type, Code.PIXELS_WITHHELD, f"withheld ({Code.PIXELS_WITHHELD.value}): {sentence}",
+        {"reason": reason},
+    )  # fmt: skip
+
+
+def is_ultrasound(image: dict[str, Any], study: dict[str, Any] | None) -> bool:
+    meta = image.get("meta") or {}
+    return (
+        str(meta.get("modality") or (study or {}).get("modality") or "").upper() == "US"
+        or "ultrasound" in str(meta.get("sop_class") or "").lower()
+        or meta.get("kind") == "video key frame"
+    )
+
+
+def identifiers_of(data: bytes, image: dict[str, Any], study: dict[str, Any] | None) -> Identifiers:
+    """The patient's identifiers as the device knows them: the study row, and for DICOM the
+    header itself (other IDs, other names, the birth date: none of which a row keeps)."""
+    study = study or {}
+    names = [study.get("phi_patient_name")]
+    ids = [study.get("phi_patient_id"), study.get("phi_accession")]
+    dates: list[str | None] = []
+    if image.get("format") == "dicom":
+        import pydicom
+
+        try:
+            ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+        except Exception:  # noqa: BLE001 - the row's identifiers are still used
+            ds = None
+        if ds is not None:
+            names += [str(ds.get("PatientName") or "")] + [
+                str(n) for n in _values(ds.get("OtherPatientNames"))
+            ]
+            ids += [str(ds.get(k) or "") for k in ("PatientID", "AccessionNumber", "OtherPatientIDs")]
+            dates.append(str(ds.get("PatientBirthDate") or ""))
+    return Identifiers.from_values(names, ids, dates)
+
+
+def _values(value: Any) -> list[Any]:
+    """A DICOM value of multiplicity 0, 1 or n, as a list."""
+    from pydicom.multival import MultiValue
+
+    if value is None or value == "":
+        return []
+    return list(value) if isinstance(value, (MultiValue, list, tuple)) else [value]
+
+
+class PixelGuard:
+    """Decides and prepares the pixels of one outgoing file. `ocr` is injected (tests)."""
+
+    def __init__(self, policy: str, ocr: OcrBackend | None = None) -> None:
+        self.policy = policy
+        self.ocr = ocr if ocr is not None else TesseractOcr()
+        self._cleaned: OrderedDict[str, _Cleaned] = OrderedDict()
+
+    def prepare(
+        self,
+        kind: str,
+        image: dict[str, Any],
+        study: dict[str, Any] | None,
+        data: bytes,
+        heatmap: bytes | None = None,
+        deidentify: Callable[[bytes], bytes | None] | None = None,
+    ) -> Outgoing:
+        media_type = (
+            "application/dicom" if kind == "image" and image.get("format") == "dicom" else "image/png"
+        )
+        meta = image.get("meta") or {}
+        if burned_in_flag(meta.get("burned_in_annotation")):
+            return _withheld(media_type, "flagged", "the header says the pixels carry burned-in text")
+        if not self.ocr.is_available():
+            log.error("%s: OCR engine %s unavailable", Code.PIXELS_WITHHELD.value, self.ocr.name)
+            return _withheld(
+                media_type, "ocr_unavailable", f"no OCR engine ({self.ocr.name}) to check for text"
+            )
+        identifiers = identifiers_of(data, image, study)
+        policy = TextPolicy(
+            redact_all=self.policy == "any" or not identifiers,
+            min_confidence=MIN_CONFIDENCE if identifiers else MIN_CONFIDENCE_UNKNOWN_PATIENT,
+        )
+        try:
+            cleaned = self._clean(image, study, data, identifiers, policy)
+            if cleaned is None:
+                return _withheld(media_type, "no_sector", "no imaging sector found in this ultrasound image")
+            if kind == "thumbnail":
+                out, extra = self._rendition(_thumbnail(cleaned.pixels), identifiers, policy)
+            elif kind == "heatmap":
+                out, extra = self._heatmap(heatmap or b"", cleaned, identifiers, policy)
+            elif image.get("format") == "dicom":
+                return self._full_dicom(data, cleaned, identifiers, policy, deidentify)
+            else:
+                out, extra = cleaned.pixels, Findings()
+        except PixelsUnchecked as exc:
+            log.error("%s: %s", Code.PIXELS_WITHHELD.value, exc)
+            return _withheld(
+                media_type, "unchecked", f"the pixels could not be checked for text ({exc})"[:200]
+            )
+        return _encoded(out, _merged(cleaned.findings, extra))
+
+    def _clean(
+        self, image: dict[str, Any], study: dict[str, Any] | None, data: bytes, identifiers: Identifiers,
+        policy: TextPolicy,
+    ) -> _Cleaned | None:  # fmt: skip
+        key = f"{image.get('id')}:{policy.redact_all}"
+        if key in self._cleaned:
+            self._cleaned.move_to_end(key)
+            return self._cleaned[key]
+        pixels = decode_bytes(data, "stored image").pixels
+        sector = None
+        if is_ultrasound(image, study) and (image.get("meta") or {}).get("kind") != "video key frame":
+            sector = detect_still_sector(pixels)
+            if sector is None:
+                return None
+            pixels = mask_outside(pixels, sector)
+        pixels, findings = redact_text(pixels, self.ocr, identifiers, policy)
+        cleaned = _Cleaned(pixels, sector, findings)
+        self._cleaned[key] = cleaned
+        while len(self._cleaned) > _CACHE:
+            self._cleaned.popitem(last=False)
+        return cleaned
+
+    def _rendition(
+        self, pixels: np.ndarray, identifiers: Identifiers, policy: TextPolicy
+    ) -> tuple[np.ndarray, Findings]:
+        """The exact pixels about to leave, read once more: scaling can make text legible again."""
+        found = read_text(pixels, self.ocr, identifiers, policy)
+        grown = grow_boxes(found.boxes, pixels.shape)
+        return black_out(pixels, grown), Findings(grown, found.identifiers, found.other_text)
+
+    def _heatmap(
+        self, data: bytes, cleaned: _Cleaned, identifiers: Identifiers, policy: TextPolicy
+    ) -> tuple[np.ndarray, Findings]:
+        heat = decode_bytes(data, "stored heatmap").pixels
+        src_h, src_w = cleaned.pixels.shape[:2]
+        sx, sy = heat.shape[1] / src_w, heat.shape[0] / src_h
+        # A heatmap of the same picture (the overlay, smaller) takes the image's sector and
+        # redactions, scaled; one of another geometry is a clip key frame's (already the sector).
+        if abs(sx - sy) <= 0.02 * max(sx, sy):
+            if cleaned.sector is not None:
+                heat = mask_outside(heat, scale_boxes([cleaned.sector], sx, sy)[0])
+            heat = black_out(heat, scale_boxes(cleaned.findings.boxes, sx, sy))
+        return self._rendition(heat, identifiers, policy)
+
+    def _full_dicom(
+        self, data: bytes, cleaned: _Cleaned, identifiers: Identifiers, policy: TextPolicy,
+        deidentify: Callable[[bytes], bytes | None] | None,
+    ) -> Outgoing:  # fmt: skip
+        media_type = "application/dicom"
+        try:
+            redacted = redact_pixel_data(data, cleaned.sector, cleaned.findings.boxes)
+        except CannotRedact as exc:
+            log.warning("%s: full image: %s", Code.PIXELS_WITHHELD.value, exc)
+            return _withheld(media_type, "not_rewritable", f"its pixel data cannot be rewritten here ({exc})")
+        # The file's own pixels, as a viewer shows them: when they are the pixels already read
+        # (the usual case), that reading stands; otherwise they are read once more.
+        shown = decode_bytes(redacted, "redacted image").pixels
+        check = Findings()
+        if shown.shape != cleaned.pixels.shape or not np.array_equal(shown, cleaned.pixels):
+            check = read_text(shown, self.ocr, identifiers, policy)
+        if check.boxes:
+            redacted = redact_pixel_data(redacted, None, grow_boxes(check.boxes, cleaned.pixels.shape))
+        out = deidentify(redacted) if deidentify is not None else redacted
+        if out is None:
+            return _withheld(media_type, "deidentifier", "the de-identifier refused it")
+        return _outcome(out, media_type, _merged(cleaned.findings, check))
+
+
+def _thumbnail(pixels: np.ndarray) -> np.ndarray:
+    scale = min(1.0, THUMBNAIL_SIDE / max(pixels.shape[:2]))
+    if scale >= 1.0:
+        return pixels
+    size = (max(1, round(pixels.shape[1] * scale)), max(1, round(pixels.shape[0] * scale)))
+    return cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
+
+
+def _merged(first: Findings, second: Findings) -> Findings:
+    total = Findings()
+    total.add(first)
+    total.add(second)
+    return total
+
+
+def _encoded(pixels: np.ndarray, findings: Findings) -> Outgoing:
+    ok, encoded = cv2.imencode(
+        ".png", np.ascontiguousarray(pixels[:, :, ::-1] if pixels.ndim == 3 else pixels)
+    )
+    if not ok:
+        return _withheld("image/png", "encode", "the image could not be encoded")
+    return _outcome(encoded.tobytes(), "image/png", findings)
+
+
+def _outcome(data: bytes, media_type: str, findings: Findings) -> Outgoing:
+    detail = {
+        "identifiers": findings.identifiers,
+        "other_text": findings.other_text,
+        "regions": len(findings.boxes),
+    }
+    if not findings.boxes:
+        return Outgoing(data, media_type, None, None, detail)
+    note = (
+        f"sent with text blacked out ({Code.BURNED_IN_TEXT_REDACTED.value}): "
+        f"{findings.identifiers} identifier word(s), {findings.other_text} other word(s)"
+    )
+    return Outgoing(data, media_type, Code.BURNED_IN_TEXT_REDACTED, note, detail)

@@ -1,0 +1,248 @@
+"""Burned-in text in pixels leaving for the hub (issue 17 item 2): the sector, OCR redaction, and
+withholding whatever cannot be checked."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from edge.errors import Code
+from edge.imaging.burned_text import Identifiers, TextPolicy, fold, redact_text, text_layers
+from edge.imaging.decode import decode_bytes
+from edge.imaging.dicom_redact import burned_in_flag
+from edge.imaging.ocr import OcrUnavailable, TesseractOcr, Word
+from edge.sync.outgoing import PixelGuard
+
+SAMPLE = Path(__file__).resolve().parent.parent / "samples" / "ood" / "sonosite-anon-eye1.jpg"
+NAME, MRN = "HOLLOWAY^MARGARET", "40817253"
+TESSERACT = TesseractOcr()
+needs_tesseract = pytest.mark.skipif(not TESSERACT.is_available(), reason="tesseract-ocr not installed")
+
+
+def _readable(pixels: np.ndarray, secrets: list[str]) -> list[str]:
+    """The secrets OCR can still read in `pixels` (upscaled like the guard reads them)."""
+    grey = cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY) if pixels.ndim == 3 else pixels
+    scale = max(1.0, 1600 / max(grey.shape))
+    grey = cv2.resize(grey, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
+    # The strongest reader at hand stands in for a person: the guard's own layers (plain reading
+    # found nothing more on these images), each word fuzzily, and the words run together.
+    words = [w for page in text_layers(grey) for w in TESSERACT.words(page)]
+    line = fold("".join(w.text for w in words))
+    return [
+        s
+        for s in secrets
+        if fold(s) in line or any(Identifiers.from_values(ids=[s]).match(w.text) for w in words)
+    ]
+
+
+def _screen_with_name() -> np.ndarray:
+    """A real ultrasound screen with the patient's name drawn beside the sector and the MRN
+    drawn inside it, as scanners burn them in."""
+    pixels = decode_bytes(SAMPLE.read_bytes()).pixels.copy()
+    cv2.putText(pixels, "HOLLOWAY MARGARET", (20, 40), cv2.FONT_HERSHEY_SIMPLEX, 0.8, (255, 255, 255), 2)
+    cv2.putText(pixels, MRN, (420, 560), cv2.FONT_HERSHEY_DUPLEX, 0.9, (235, 235, 235), 2)
+    return pixels
+
+
+def _us_dicom(pixels: np.ndarray, flag: str | None = None) -> bytes:
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.6.1"
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.6.1"  # Ultrasound Image Storage
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.Modality, ds.PatientName, ds.PatientID = "US", NAME, MRN
+    ds.PatientBirthDate = "19610304"
+    if flag is not None:
+        ds.BurnedInAnnotation = flag
+    ds.Rows, ds.Columns = pixels.shape[:2]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = np.ascontiguousarray(pixels).tobytes()
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def _heatmap_png(pixels: np.ndarray) -> bytes:
+    small = cv2.resize(pixels, (512, 384), interpolation=cv2.INTER_AREA)
+    heat = cv2.applyColorMap(np.tile(np.linspace(0, 255, 512, dtype=np.uint8), (384, 1)), cv2.COLORMAP_JET)
+    blended = cv2.addWeighted(small, 0.6, heat[:, :, ::-1], 0.4, 0)
+    return cv2.imencode(".png", np.ascontiguousarray(blended[:, :, ::-1]))[1].tobytes()
+
+
+IMAGE_ROW = {"id": "img-1", "format": "dicom", "meta": {"modality": "US"}}
+STUDY_ROW = {"modality": "US", "phi_patient_name": NAME, "phi_patient_id": MRN, "phi_accession": None}
+
+
+@needs_tesseract
+@pytest.mark.slow
+@pytest.mark.security
+def test_a_flagless_ultrasound_never_sends_a_readable_name() -> None:
+    # Under "identifiers", the weaker policy ("any" blacks out a superset of its words).
+    policy = "identifiers"
+    screen = _screen_with_name()
+    data = _us_dicom(screen)  # no BurnedInAnnotation at all: the case that leaked
+    assert _readable(screen, ["HOLLOWAY", MRN]) == ["HOLLOWAY", MRN]  # the test's text is legible
+    guard = PixelGuard(policy)
+    sent = {
+        "thumbnail": guard.prepare("thumbnail", IMAGE_ROW, STUDY_ROW, data),
+        "heatmap": guard.prepare("heatmap", IMAGE_ROW, STUDY_ROW, data, _heatmap_png(screen)),
+        "image": guard.prepare("image", IMAGE_ROW, STUDY_ROW, data),
+    }
+    for kind, outgoing in sent.items():
+        assert outgoing.data is not None, kind
+        assert outgoing.code in (None, Code.BURNED_IN_TEXT_REDACTED), kind
+        assert "HOLLOWAY" not in (outgoing.note or "")  # the note counts, it never quotes
+        pixels = decode_bytes(outgoing.data, kind).pixels
+        assert _readable(pixels, ["HOLLOWAY", "MARGARET", MRN]) == [], kind
+    full = pydicom.dcmread(io.BytesIO(sent["image"].data or b""))
+    assert full.pixel_array[40, 40].max() == 0  # beside the sector: black in the file's own pixels
+
+
+@needs_tesseract
+@pytest.mark.slow
+@pytest.mark.security
+def test_overlays_in_several_fonts_sizes_and_contrasts_are_unreadable_after() -> None:
+    base = decode_bytes(SAMPLE.read_bytes()).pixels
+    overlays = [
+        (cv2.FONT_HERSHEY_SIMPLEX, 0.6, 255, (400, 360)),
+        (cv2.FONT_HERSHEY_PLAIN, 1.6, 200, (420, 520)),
+        (cv2.FONT_HERSHEY_COMPLEX, 0.7, 170, (390, 600)),
+    ]
+    ocr = TesseractOcr()
+    identifiers = Identifiers.from_values([NAME], [MRN])
+    for font, size, grey, at in overlays:
+        pixels = base.copy()
+        cv2.putText(pixels, f"MRN {MRN}", at, font, size, (grey, grey, grey), 2 if size < 1 else 1)
+        assert _readable(pixels, [MRN]) == [MRN]
+        out, found = redact_text(pixels, ocr, identifiers, TextPolicy(redact_all=False))
+        assert found.identifiers >= 1
+        assert _readable(out, [MRN]) == []
+
+
+class _NoOcr:
+    name = "absent"
+
+    def is_available(self) -> bool:
+        return False
+
+    def words(self, image: np.ndarray) -> list[Word]:
+        raise AssertionError("never called when unavailable")
+
+
+class _FailingOcr:
+    name = "failing"
+
+    def is_available(self) -> bool:
+        return True
+
+    def words(self, image: np.ndarray) -> list[Word]:
+        raise OcrUnavailable("Tesseract process timeout")
+
+
+@pytest.mark.security
+@pytest.mark.parametrize("ocr", [_NoOcr(), _FailingOcr(), TesseractOcr(command="/nonexistent/tesseract")])
+@pytest.mark.parametrize("kind", ["thumbnail", "heatmap", "image"])
+def test_pixels_that_cannot_be_checked_are_withheld(ocr: object, kind: str) -> None:
+    screen = _screen_with_name()
+    guard = PixelGuard("any", ocr=ocr)  # type: ignore[arg-type]
+    outgoing = guard.prepare(kind, IMAGE_ROW, STUDY_ROW, _us_dicom(screen), _heatmap_png(screen))
+    assert outgoing.data is None
+    assert outgoing.code is Code.PIXELS_WITHHELD
+    assert "PIXELS_WITHHELD" in (outgoing.note or "")
+
+
+@pytest.mark.security
+@pytest.mark.parametrize("flag", ["YES", "Y", "yes ", "YES\\NO", "NO\\YES"])
+def test_any_form_of_the_flag_saying_yes_withholds(flag: str) -> None:
+    data = _us_dicom(_screen_with_name(), flag=flag)
+    stored = pydicom.dcmread(io.BytesIO(data)).get("BurnedInAnnotation")
+    assert burned_in_flag(stored)
+    row = {**IMAGE_ROW, "meta": {"modality": "US", "burned_in_annotation": flag}}
+    outgoing = PixelGuard("any", ocr=_NoOcr()).prepare("thumbnail", row, STUDY_ROW, data)
+    assert outgoing.data is None
+    assert outgoing.code is Code.PIXELS_WITHHELD
+
+
+@pytest.mark.parametrize("value", [None, "", "NO", "N"])
+def test_a_flag_saying_no_is_not_yes(value: str | None) -> None:
+    assert not burned_in_flag(value)
+
+
+def test_identifiers_match_through_ocr_errors() -> None:
+    ids = Identifiers.from_values([NAME], [MRN, "ACC-99812"], ["19610304"])
+    for read in ["HOLLOWAY", "H0LL0WAY", "Holloway,", "NAME:HOLLOWAY", "4O8I7253", "408172S3", "04/03/1961"]:
+        assert ids.match(read), read
+    for other in ["4.5cm", "Res", "ABDOMEN", "12:30:11", "G:68"]:
+        assert not ids.match(other), other
+    assert not Identifiers.from_values()  # nothing known: the guard then blacks out every word
+
+
+def test_a_still_ultrasound_screen_has_a_sector_without_its_margins() -> None:
+    from edge.video.roi import detect_still_sector
+
+    box = detect_still_sector(_screen_with_name())
+    assert box is not None
+    x, y, w, h = box
+    assert x > 60  # the name drawn at the top left is outside
+    assert y > 60
+    assert w * h > 0.1 * 960 * 720
+    assert detect_still_sector(np.zeros((480, 640, 3), np.uint8)) is None  # nothing: withheld
+
+
+class _OneWordOcr:
+    """Reads one confident word at the top left of whatever it is shown."""
+
+    name = "one-word"
+
+    def is_available(self) -> bool:
+        return True
+
+    def words(self, image: np.ndarray) -> list[Word]:
+        return [Word("SMITH", 91.0, (4, 4, 40, 12), (1, 1, 1))]
+
+
+@pytest.mark.security
+@pytest.mark.parametrize("ocr", [_OneWordOcr(), _NoOcr()])
+def test_the_client_notes_and_audits_what_it_did_to_the_pixels(tmp_path: Path, ocr: object) -> None:
+    from edge.config import load_settings
+    from edge.pipeline import Pipeline
+    from edge.store import Store
+    from edge.sync.runner import exchange
+    from tests.conftest import DEFAULT_MODEL, MODELS
+    from tests.hubfixtures import Hub, reset
+
+    hub = Hub(load_settings(data_dir=tmp_path / "hub-host"), f"sqlite:///{tmp_path / 'hub.db'}")
+    reset(hub.engine)
+    device = load_settings(
+        data_dir=tmp_path / "device", models={"dir": MODELS}, sync={"images": "thumbnails"}
+    )
+    sample = sorted((MODELS / DEFAULT_MODEL / "samples").glob("*.png"))[0]
+    with Store(device.data_dir) as store:
+        pipeline = Pipeline(device, store)
+        assert [a for a in pipeline.analyse_file(sample) if a.ok]
+        pipeline.close()
+        client = hub.sync_client(device, store, hub.enroll(device))
+        client.pixels = PixelGuard("any", ocr=ocr)  # type: ignore[arg-type]
+        exchange(client)
+        notes = [
+            row[0]
+            for row in store.db.execute(
+                "SELECT last_error FROM outbox WHERE kind IN ('thumbnail', 'heatmap')"
+            )
+        ]
+        actions = [row["action"] for row in store.audit_rows() if row["action"].startswith("pixels.")]
+    hub.client.close()
+    expected = "BURNED_IN_TEXT_REDACTED" if isinstance(ocr, _OneWordOcr) else "PIXELS_WITHHELD"
+    assert len(notes) == 2
+    assert all(expected in (note or "") for note in notes)
+    assert actions == ["pixels.redacted" if expected.startswith("BURNED") else "pixels.withheld"] * 2
