@@ -246,3 +246,22 @@ def test_the_client_notes_and_audits_what_it_did_to_the_pixels(tmp_path: Path, o
     assert len(notes) == 2
     assert all(expected in (note or "") for note in notes)
     assert actions == ["pixels.redacted" if expected.startswith("BURNED") else "pixels.withheld"] * 2
+
+
+@needs_tesseract
+def test_the_same_pixels_are_read_once_and_other_pixels_afresh(monkeypatch) -> None:
+    """Readings are kept by the pixels' digest: a re-sent thumbnail costs no second OCR run, and
+    any changed pixel (a blacked-out word) is read again."""
+    pixels = np.full((60, 240), 255, np.uint8)
+    pixels[55:, :] = np.random.default_rng().integers(200, 256, (5, 240))  # never read before
+    cv2.putText(pixels, "MEMO 4711", (8, 40), cv2.FONT_HERSHEY_SIMPLEX, 1.0, 0, 2)
+    runs: list[int] = []
+    real = TesseractOcr._read
+    monkeypatch.setattr(TesseractOcr, "_read", lambda self, page: runs.append(1) or real(self, page))
+    first, again = TesseractOcr().words(pixels), TesseractOcr().words(pixels.copy())
+    assert "4711" in " ".join(w.text for w in first)
+    assert first == again and len(runs) == 1
+    changed = pixels.copy()
+    changed[0, 0] = 0
+    TesseractOcr().words(changed)
+    assert len(runs) == 2

@@ -9,8 +9,11 @@ agent. Every failure is `OcrUnavailable`, so the caller can fail closed (withhol
 
 from __future__ import annotations
 
+import hashlib
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import numpy as np
 
@@ -41,6 +44,13 @@ class TesseractOcr:
     """Tesseract 4/5 (LSTM) in sparse-text mode: screen text is scattered labels, not a page."""
 
     name = "tesseract"
+    # Readings kept by the pixels' digest: the engine is deterministic, and the same pixels come
+    # back often (a thumbnail re-sent after a cut link, the heatmap read beside its image, every
+    # pass of a re-read after black-out that changed nothing). A reading is a few hundred bytes.
+    # Shared by every engine in the process; the key names the program that read.
+    MEMO_SIZE = 256
+    _memo: ClassVar[OrderedDict[bytes, list[Word]]] = OrderedDict()
+    _memo_lock = threading.Lock()
 
     def __init__(self, timeout_s: float = 20.0, command: str | None = None) -> None:
         self.timeout_s = timeout_s
@@ -68,10 +78,24 @@ class TesseractOcr:
         return True
 
     def words(self, image: np.ndarray) -> list[Word]:
+        page = np.ascontiguousarray(image)
+        key = _digest(page, self.command)
+        with self._memo_lock:
+            if key in self._memo:
+                self._memo.move_to_end(key)
+                return list(self._memo[key])
+        words = self._read(page)
+        with self._memo_lock:
+            self._memo[key] = words
+            while len(self._memo) > self.MEMO_SIZE:
+                self._memo.popitem(last=False)
+        return list(words)
+
+    def _read(self, page: np.ndarray) -> list[Word]:
         pytesseract = self._module()
         try:
             data = pytesseract.image_to_data(
-                np.ascontiguousarray(image),
+                page,
                 lang="eng",
                 # psm 11: sparse text, as much as possible in no particular order.
                 config="--psm 11 --oem 1",
@@ -103,3 +127,11 @@ class TesseractOcr:
                 )
             )
         return words
+
+
+def _digest(page: np.ndarray, command: str | None) -> bytes:
+    """What a reading depends on: the pixels, their layout, and which engine program read them."""
+    hasher = hashlib.blake2b(digest_size=20)
+    hasher.update(f"{page.shape}|{page.dtype.str}|{command}".encode())
+    hasher.update(page.data)
+    return hasher.digest()
