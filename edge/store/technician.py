@@ -19,7 +19,7 @@ from edge.clock import utc_now
 from edge.errors import Code, EdgeError
 from edge.ids import uuid7
 from edge.store.files import remove_quietly
-from edge.store.reads import Reads
+from edge.store.reads import Reads, evidence_beside
 from edge.store.records import WorklistItem
 from edge.store.writer import Writer
 
@@ -393,12 +393,13 @@ class TechnicianActions:
         """The files one result owns: its heatmap and its clip's key frames and video (never the
         image, which other results of the study share)."""
         row = self.db.execute("SELECT heatmap_path FROM results WHERE id = ?", [result_id]).fetchone()
-        relative = [row[0]] if row and row[0] else []
+        relative = [row[0], evidence_beside(row[0])] if row and row[0] else []
         for key_frames, video_path in self.db.execute(
             "SELECT key_frames, video_path FROM clips WHERE result_id = ?", [result_id]
         ):
             for key in json.loads(key_frames or "[]"):
                 relative += [p for p in (key.get("path"), key.get("heatmap")) if p]
+                relative += [evidence_beside(key["heatmap"])] if key.get("heatmap") else []
             if video_path:
                 relative.append(video_path)
         return relative

@@ -33,6 +33,7 @@ from edge.config import Settings
 from edge.errors import Code, EdgeError
 from edge.store import Store
 from edge.store.files import write_atomically
+from edge.store.reads import evidence_beside
 from edge.sync import protocol, signatures
 from edge.sync.deid import Deidentifier
 from edge.sync.outgoing import PixelGuard
@@ -362,7 +363,13 @@ class SyncClient:
             result = store.result(payload["result_id"])
             if result is None or result.heatmap_path is None:
                 raise FileNotFoundError(f"result {payload['result_id']} has no heatmap")
-            heatmap = (store.data_dir / result.heatmap_path).read_bytes()
+            # The evidence grid where the result has one (a few hundred bytes; the hub draws the
+            # overlay), else the blended PNG of a result stored before grids were kept.
+            grid = store.data_dir / evidence_beside(result.heatmap_path)
+            if grid.exists():
+                kind, heatmap = "evidence", grid.read_bytes()
+            else:
+                heatmap = (store.data_dir / result.heatmap_path).read_bytes()
         image = store.image(payload["image_id"]) or {}  # {} (deleted): KeyError below
         data = (store.data_dir / image["path"]).read_bytes()
         image["meta"] = json.loads(image.get("meta") or "{}")
