@@ -249,7 +249,8 @@ class SyncSettings(_Section):
     matching the patient's identifiers (every word still when none is known). Unreadable pixels
     are withheld either way (edge/sync/outgoing.py)."""
     bandwidth_kbps: float = Field(default=0.0, ge=0)
-    """Upload cap in kilobits per second; 0 for none (a satellite link bills by the byte)."""
+    """Upload cap in kilobits per second; 0 for none (a satellite link bills by the byte). Every
+    request is paced by its bytes on the wire, headers included (edge/sync/client.py)."""
     batch_records: int = Field(default=100, ge=1, le=200)
     interval_s: float = Field(default=30.0, gt=0)
     """Between rounds when all is sent; failures back off exponentially up to `max_backoff_s`."""

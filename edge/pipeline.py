@@ -30,6 +30,7 @@ import numpy as np
 from edge.config import Settings
 from edge.errors import Code, EdgeError
 from edge.ids import uuid7
+from edge.imaging import evidence
 from edge.imaging.decode import DecodedImage, decode_bytes, read_input
 from edge.imaging.decoded import DicomHeader, UndecodableDicom
 from edge.imaging.dicom_changes import changed_fields
@@ -41,6 +42,7 @@ from edge.processes import new_worker_id
 from edge.results import Analysis, audit_refusal, result_record
 from edge.store import Corrections, IngestOutcome, Job, NewImage, Store
 from edge.store.files import remove_quietly, write_atomically
+from edge.store.reads import evidence_beside
 from edge.video.analysis import analyse_recording, process_cine
 
 log = logging.getLogger(__name__)
@@ -443,6 +445,7 @@ class Pipeline:
         except BaseException as exc:
             if heatmap is not None:
                 remove_quietly(heatmap)
+                remove_quietly(Path(evidence_beside(str(heatmap))))
             if isinstance(exc, sqlite3.Error):
                 raise EdgeError(Code.STORE_WRITE_FAILED, f"result not stored: {exc}") from exc
             raise
@@ -476,22 +479,21 @@ class Pipeline:
     def _write_heatmap(
         self, result_id: str, model: ServedModel, decoded: DecodedImage, prediction: Prediction
     ) -> Path | None:
-        """The CAM overlay, made durable before the result row that names it."""
+        """The CAM overlay (for the technician's screen and the PACS) and, beside it, the evidence
+        grid the hub renders its own overlay from (a few hundred bytes on the wire instead of the
+        PNG), both made durable before the result row that names them."""
         cam_name = model.entry.manifest.output.cam
         if not self.settings.explain.heatmaps or cam_name is None or cam_name not in prediction.outputs:
             return None
         target = model.entry.manifest.output.labels.index(prediction.finding.positive)
         try:
-            data = heatmap_png(
-                decoded.pixels,
-                prediction.outputs[cam_name],
-                target,
-                model.spec,
-                self.settings.explain.max_side,
-            )
+            cam = prediction.outputs[cam_name]
+            data = heatmap_png(decoded.pixels, cam, target, model.spec, self.settings.explain.max_side)
+            grid = evidence.encode(cam, target, model.spec, *decoded.pixels.shape[:2])
         except (ValueError, cv2.error) as exc:  # a result without its picture beats no result
             log.warning("job %s: no heatmap: %s", result_id, exc)
             return None
         path = self.store.heatmap_file(result_id)
+        write_atomically(Path(evidence_beside(str(path))), grid)
         write_atomically(path, data)
         return path

@@ -10,6 +10,7 @@ import pytest
 
 from edge.errors import Code, EdgeError
 from edge.store import Store
+from edge.store.reads import evidence_beside
 from edge.store.technician import URGENT_PRIORITY, WITHDRAWN_NOTE
 from tests.tui_fixtures import CLIP_MODEL, Filled, copy_of_template
 
@@ -130,6 +131,10 @@ def test_delete_study_removes_rows_and_files_and_withdraws_unsent_records(
     study_id = (store.image(result.image_id) or {})["study_id"]
     clip_row = store.clip_for_result(clip["result_id"]) or {}
     clip_files = [store.data_dir / p for k in clip_row["key_frames"] for p in (k["path"], k["heatmap"]) if p]
+    # Each key frame's heatmap has its evidence grid beside it (issue 21): it goes with the study.
+    clip_files += [
+        store.data_dir / evidence_beside(k["heatmap"]) for k in clip_row["key_frames"] if k["heatmap"]
+    ]
     clip_files.append(store.data_dir / clip_row["video_path"])
     assert all(path.is_file() for path in [image_path, *clip_files])
     store.technician.add_note(study_id, "wrong patient", "tui:ana")

@@ -14,7 +14,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from edge.hub.render import Picture, Renditions, encode_jpeg, resize_to_width
+from edge.hub.render import Picture, Renditions, encode_jpeg, is_evidence, resize_to_width
 from edge.hub.worklist import Study, WorklistRow
 from edge.inference.scope import BORDERLINE, MEANINGS, p_text
 
@@ -295,6 +295,8 @@ def picture(renditions: Renditions, uploads: dict[str, Any]) -> Picture:
     base = renditions.describe(_without_heatmap(uploads))
     if "heatmap" not in uploads or base.source in (None, "heatmap", "overlay"):
         return base
+    if is_evidence(uploads["heatmap"]):  # the grid: the hub draws the heat over this base
+        return Picture(base.source, base.width, base.height, "heat")
     alone = renditions.describe({"heatmap": uploads["heatmap"]})
     layer = {"heatmap": "heat", "overlay": "overlay"}.get(alone.source or "")
     return Picture(base.source, base.width, base.height, layer)

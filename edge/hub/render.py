@@ -19,6 +19,13 @@ checked first (`[hub] render_max_pixels`), then a child process bounded in memor
 (`[hub] render_memory_mb`, `render_process.py`) decodes it once into a "master" no larger than
 the widest rendition, cached with the source's true size; every rendition is made from that.
 A source that is refused stays refused (remembered in the cache): the page shows the next best.
+
+A device since issue 21 sends, under the "heatmap" kind, the class-activation evidence grid
+itself (`edge.imaging.evidence`, media type `MEDIA_TYPE`: a few hundred bytes) instead of the
+blended PNG. There is nothing to un-blend: the bounded child reads the grid, places it on the
+image frame with the geometry it carries (`explain.to_image_frame`) and writes the grey heat
+layer the page colours, the same layer a split PNG gives. The base image is then the thumbnail
+or the full image. An older device's PNG is handled as above.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ import cv2
 import numpy as np
 
 from edge.hub.render_process import RenderRefused, claimed_pixels, read_job, run_bounded
+from edge.imaging import evidence
 from edge.imaging.decode import decode_bytes
 
 log = logging.getLogger(__name__)
@@ -148,6 +156,11 @@ def png_size(path: Path) -> tuple[int, int] | None:
     return int(width), int(height)
 
 
+def is_evidence(row: Any) -> bool:
+    """An upload that is an evidence grid (a device since issue 21), not a blended PNG."""
+    return row is not None and str(getattr(row, "media_type", "")) == evidence.MEDIA_TYPE
+
+
 def _rgb(data: bytes) -> np.ndarray:
     decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if decoded is None:
@@ -238,8 +251,8 @@ class Renditions:
         return meta, (decoded if decoded.ndim == 2 else np.ascontiguousarray(decoded[:, :, ::-1]))
 
     def _split(self, heatmap: Any) -> Split | None:
-        """The heatmap undone into image and heat; None without a readable heatmap."""
-        if heatmap is None:
+        """The heatmap undone into image and heat; None without a readable blended heatmap."""
+        if heatmap is None or is_evidence(heatmap):
             return None
         with self._lock:  # request threads share this
             if heatmap.sha256 in self._splits:
@@ -284,7 +297,8 @@ class Renditions:
             pixels = self._image(thumbnail)
             if pixels is not None:
                 return "thumbnail", thumbnail, pixels
-        overlay = self._overlay(uploads["heatmap"]) if "heatmap" in uploads else None
+        heatmap = uploads.get("heatmap")
+        overlay = self._overlay(heatmap) if heatmap is not None and not is_evidence(heatmap) else None
         if overlay is not None:
             return "overlay", uploads["heatmap"], overlay
         return None
@@ -296,6 +310,8 @@ class Renditions:
         kind, _, pixels = base
         split = self._split(uploads.get("heatmap"))
         layer = None if split is None or kind == "overlay" else ("heat" if split.fits else "overlay")
+        if is_evidence(uploads.get("heatmap")):
+            layer = "heat"
         return Picture(kind, int(pixels.shape[1]), int(pixels.shape[0]), layer)
 
     def image(self, uploads: dict[str, Any], requested_width: int) -> bytes | None:
@@ -312,6 +328,16 @@ class Renditions:
     def layer(self, uploads: dict[str, Any]) -> tuple[bytes, str, str] | None:
         """(bytes, media type, "heat" | "overlay") for the layer over the image."""
         heatmap = uploads.get("heatmap")
+        if heatmap is not None and is_evidence(heatmap):
+            made = self._decoded(f"{heatmap.sha256}-evidence-{HEAT_SIDE}", heatmap, {"job": "evidence"})
+            if made is None:
+                return None
+            heat = made[1]
+            return (
+                self._cached(f"{heatmap.sha256}-heat-{HEAT_SIDE}.png", lambda: encode_png(heat)),
+                "image/png",
+                "heat",
+            )
         split = self._split(heatmap)
         if heatmap is None or split is None:
             return None
@@ -352,10 +378,18 @@ def make_in_child(job: dict[str, Any]) -> None:
     """What `python -m edge.hub.render job.json` does, inside its memory bound: decode the
     upload once and write the bounded result with a JSON line of facts before it."""
     data = Path(job["source"]).read_bytes()
-    if job["job"] == "split":
+    meta: dict[str, Any]
+    if job["job"] == "evidence":  # the grid placed on the image frame, HEAT_SIDE wide
+        grid = evidence.decode(data)
+        width = min(HEAT_SIDE, grid.image_width)
+        height = max(1, round(grid.image_height * width / grid.image_width))
+        heat = np.clip(np.rint(grid.heat(height, width) * 255), 0, 255).astype(np.uint8)
+        meta = {"width": grid.image_width, "height": grid.image_height}
+        encoded = encode_png(heat)
+    elif job["job"] == "split":
         split = split_overlay(_rgb(data))
         base, heat = boxed(split.base), boxed(split.heat)
-        meta: dict[str, Any] = {"fits": split.fits}
+        meta = {"fits": split.fits}
         encoded = encode_png(np.stack([base, heat, base], axis=2))
     else:
         pixels = decode_bytes(data, "hub image").pixels if job["as"] == "image" else _rgb(data)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.imaging.decode import JPEG_MAGIC, PNG_MAGIC, jpeg_size
+from edge.imaging.evidence import MAGIC as EVIDENCE_MAGIC
 
 log = logging.getLogger(__name__)
 HEADER_BYTES = 256 * 1024  # a JPEG's frame header may follow large EXIF/ICC segments
@@ -40,6 +41,9 @@ def claimed_pixels(path: Path) -> int | None:
     if head.startswith(PNG_MAGIC) and len(head) >= 24:
         width, height = struct.unpack(">II", head[16:24])
         return int(width) * int(height)
+    if head.startswith(EVIDENCE_MAGIC) and len(head) >= 10:  # a CAM grid: its cells
+        height, width = struct.unpack("<HH", head[6:10])
+        return int(height) * int(width)
     if head.startswith(JPEG_MAGIC):
         size = jpeg_size(head)
         return None if size is None else size[0] * size[1]

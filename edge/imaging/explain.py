@@ -14,13 +14,18 @@ import numpy as np
 from edge.imaging.preprocess import PreprocessSpec, to_colour
 
 
-def evidence_map(cam: np.ndarray, target: int) -> np.ndarray:
-    """[classes, h, w] -> [h, w] float in 0..1: positive evidence for `target`, max-normalised."""
+def evidence_margin(cam: np.ndarray, target: int) -> np.ndarray:
+    """[classes, h, w] -> [h, w] float32 >= 0: positive evidence for `target`, in logit units."""
     if cam.ndim != 3 or not 0 <= target < cam.shape[0]:
         raise ValueError(f"expected a [classes, h, w] map with class {target}, got {cam.shape}")
     others = np.delete(cam, target, axis=0)
     margin = cam[target] - (others.mean(axis=0) if len(others) else 0.0)
-    positive = np.maximum(margin, 0.0)
+    return np.maximum(margin, 0.0).astype(np.float32)
+
+
+def evidence_map(cam: np.ndarray, target: int) -> np.ndarray:
+    """[classes, h, w] -> [h, w] float in 0..1: positive evidence for `target`, max-normalised."""
+    positive = evidence_margin(cam, target)
     peak = float(positive.max())
     return (positive / peak).astype(np.float32) if peak > 0 else np.zeros_like(positive, np.float32)
 

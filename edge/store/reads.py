@@ -15,6 +15,15 @@ from edge.errors import Code, EdgeError
 from edge.store import schema
 from edge.store.records import StoredResult
 
+EVIDENCE_SUFFIX = ".evidence"
+
+
+def evidence_beside(heatmap: str) -> str:
+    """Where the evidence grid of a heatmap lives (edge.imaging.evidence): beside its PNG, same
+    name, so every result that has one keeps it without a schema change, and results stored
+    before it (a PNG alone) are told apart by the file being absent."""
+    return str(Path(heatmap).with_suffix(EVIDENCE_SUFFIX))
+
 
 def _dicts(cursor: sqlite3.Cursor) -> list[dict[str, Any]]:
     return [dict(row) for row in cursor.fetchall()]
@@ -121,14 +130,12 @@ class Reads:
             row[0]
             for row in self.db.execute("SELECT path FROM images i WHERE purged_at IS NULL" + where, params)
         ]
-        relative += [
-            row[0]
-            for row in self.db.execute(
-                "SELECT r.heatmap_path FROM results r JOIN images i ON i.id = r.image_id"
-                " WHERE r.heatmap_path IS NOT NULL" + where,
-                params,
-            )
-        ]
+        for row in self.db.execute(
+            "SELECT r.heatmap_path FROM results r JOIN images i ON i.id = r.image_id"
+            " WHERE r.heatmap_path IS NOT NULL" + where,
+            params,
+        ):
+            relative += [row[0], evidence_beside(row[0])]
         clips = self.db.execute(
             "SELECT c.key_frames, c.video_path FROM clips c JOIN results r ON r.id = c.result_id"
             " JOIN images i ON i.id = r.image_id WHERE 1 = 1" + where,
@@ -137,6 +144,7 @@ class Reads:
         for key_frames, video_path in clips:
             for key in json.loads(key_frames or "[]"):
                 relative += [p for p in (key.get("path"), key.get("heatmap")) if p]
+                relative += [evidence_beside(key["heatmap"])] if key.get("heatmap") else []
             if video_path:
                 relative.append(video_path)
         return list(dict.fromkeys(relative))

@@ -19,7 +19,7 @@ from edge.clock import utc_now
 from edge.errors import Code, EdgeError
 from edge.ids import uuid7
 from edge.store.files import remove_quietly
-from edge.store.reads import Reads
+from edge.store.reads import EVIDENCE_SUFFIX, Reads, evidence_beside
 from edge.store.records import WorklistItem
 from edge.store.writer import Writer
 
@@ -393,16 +393,26 @@ class TechnicianActions:
         """The files one result owns: its heatmap and its clip's key frames and video (never the
         image, which other results of the study share)."""
         row = self.db.execute("SELECT heatmap_path FROM results WHERE id = ?", [result_id]).fetchone()
-        relative = [row[0]] if row and row[0] else []
+        relative = [row[0], evidence_beside(row[0])] if row and row[0] else []
         for key_frames, video_path in self.db.execute(
             "SELECT key_frames, video_path FROM clips WHERE result_id = ?", [result_id]
         ):
             for key in json.loads(key_frames or "[]"):
                 relative += [p for p in (key.get("path"), key.get("heatmap")) if p]
+                relative += [evidence_beside(key["heatmap"])] if key.get("heatmap") else []
             if video_path:
                 relative.append(video_path)
-        return relative
+        return _present_grids(self.data_dir, relative)
 
     def _study_files(self, study_id: str) -> list[Path]:
         """Every file the study's rows point at (resolved in the data directory)."""
-        return [self.data_dir / path for path in self.reads.referenced_files(study_id)]
+        return [
+            self.data_dir / path
+            for path in _present_grids(self.data_dir, self.reads.referenced_files(study_id))
+        ]
+
+
+def _present_grids(data_dir: Path, relative: list[str]) -> list[str]:
+    """`relative` less the evidence grids that are not there (a result stored before grids were
+    kept has only its PNG): the counts a deletion reports are of files that went."""
+    return [p for p in relative if not p.endswith(EVIDENCE_SUFFIX) or (data_dir / p).exists()]

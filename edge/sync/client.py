@@ -33,6 +33,7 @@ from edge.config import Settings
 from edge.errors import Code, EdgeError
 from edge.store import Store
 from edge.store.files import write_atomically
+from edge.store.reads import evidence_beside
 from edge.sync import protocol, signatures
 from edge.sync.deid import Deidentifier
 from edge.sync.outgoing import PixelGuard
@@ -190,6 +191,20 @@ def enroll(
     return credential
 
 
+# What httpx adds to every request beyond our own headers (Host, Accept, Accept-Encoding,
+# Connection, User-Agent, Content-Length and the request line's constant part), measured on the
+# wire by tools/wire_budget.py: the cap counts a request as the bytes it really costs.
+_HTTPX_HEADER_BYTES = 170
+# Link time left idle (preparing a file, waiting for the hub) that the cap lets the next request
+# use: short, so that over any half-minute the rate stays within a few percent of the cap.
+_IDLE_CREDIT_S = 0.5
+
+
+def _request_bytes(method: str, path: str, body: bytes, headers: dict[str, str]) -> int:
+    own = sum(len(name) + len(value) + 4 for name, value in headers.items())
+    return len(method) + len(path) + own + _HTTPX_HEADER_BYTES + len(body)
+
+
 class SyncClient:
     def __init__(self, settings: Settings, store: Store, http: httpx.Client, credential: Credential) -> None:
         self.settings = settings
@@ -199,6 +214,7 @@ class SyncClient:
         check_hub_url(credential.hub_url, credential.insecure)  # a hand-edited credential too
         self.deid = Deidentifier.for_device(settings.data_dir / "sync", settings.sync.dates)
         self.pixels = PixelGuard(settings.sync.burned_text)
+        self._link_free_at = time.monotonic()  # when the capped link has carried what was sent
         # Called after every answered request: the service's watchdog pets on progress, so a long
         # drain over a slow link is alive while a hung one is restarted.
         self.on_progress: Callable[[], None] = lambda: None
@@ -220,6 +236,7 @@ class SyncClient:
 
     def _send_once(self, method: str, path: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
         signed = self._signed(method, path, body, headers)
+        self._throttle(_request_bytes(method, path, body, signed))
         try:
             response = self.http.request(
                 method,
@@ -362,7 +379,13 @@ class SyncClient:
             result = store.result(payload["result_id"])
             if result is None or result.heatmap_path is None:
                 raise FileNotFoundError(f"result {payload['result_id']} has no heatmap")
-            heatmap = (store.data_dir / result.heatmap_path).read_bytes()
+            # The evidence grid where the result has one (a few hundred bytes; the hub draws the
+            # overlay), else the blended PNG of a result stored before grids were kept.
+            grid = store.data_dir / evidence_beside(result.heatmap_path)
+            if grid.exists():
+                kind, heatmap = "evidence", grid.read_bytes()
+            else:
+                heatmap = (store.data_dir / result.heatmap_path).read_bytes()
         image = store.image(payload["image_id"]) or {}  # {} (deleted): KeyError below
         data = (store.data_dir / image["path"]).read_bytes()
         image["meta"] = json.loads(image.get("meta") or "{}")
@@ -405,7 +428,6 @@ class SyncClient:
         offset = state.offset
         while not state.complete:
             chunk = data[offset : offset + protocol.CHUNK_BYTES]
-            self._throttle(len(chunk))
             try:
                 response = self._send(
                     "PATCH",
@@ -423,9 +445,21 @@ class SyncClient:
             offset = state.offset
 
     def _throttle(self, size: int) -> None:
+        """`[sync] bandwidth_kbps` over every request (results, files, reviews), counted as the
+        bytes it puts on the wire: a request goes once the link, at the cap, would have carried
+        it after the ones before it. Link time left idle (OCR, a slow hub) is credited for at
+        most `_IDLE_CREDIT_S`, and none before the client's first request, so no stretch of
+        traffic from the client's start carries more than the cap. Before, only upload chunks
+        waited, for their payload alone: small files (a grid, a thumbnail) went over the cap
+        by their request headers."""
         kbps = self.settings.sync.bandwidth_kbps
-        if kbps > 0:
-            time.sleep(size * 8 / (kbps * 1000))
+        if kbps <= 0:
+            return
+        now = time.monotonic()
+        start = max(self._link_free_at, now - _IDLE_CREDIT_S)
+        self._link_free_at = start + size * 8 / (kbps * 1000)
+        if self._link_free_at > now:
+            time.sleep(self._link_free_at - now)
 
     # ------------------------------------------------------------------ reviews
 

@@ -45,11 +45,18 @@ from edge.imaging.burned_text import (
 )
 from edge.imaging.decode import decode_bytes
 from edge.imaging.dicom_redact import CannotRedact, burned_in_flag, redact_pixel_data
+from edge.imaging.evidence import MEDIA_TYPE as EVIDENCE_MEDIA_TYPE
 from edge.imaging.ocr import Box, OcrBackend, TesseractOcr
 from edge.video.roi import detect_still_sector
 
 log = logging.getLogger(__name__)
+# The thumbnail is the worklist's and the study view's preview, never the diagnostic image: a
+# greyscale JPEG at quality 80, at most 256 px, costs 5.7-7.3 KB for the shipped samples where
+# the PNG of the same pixels cost 26-31 KB (issue 21's wire budget: <= 15 KB per result with its
+# pictures). WebP would save ~2 KB more, but every decoder on the way (the hub's header check and
+# bounded decode, edge.imaging.decode) already reads JPEG.
 THUMBNAIL_SIDE = 256
+THUMBNAIL_QUALITY = 80
 _CACHE = 8  # a result's thumbnail, heatmap and image are cleaned from one reading of the image
 
 
@@ -138,8 +145,8 @@ class PixelGuard:
         heatmap: bytes | None = None,
         deidentify: Callable[[bytes], bytes | None] | None = None,
     ) -> Outgoing:
-        media_type = (
-            "application/dicom" if kind == "image" and image.get("format") == "dicom" else "image/png"
+        media_type = {"thumbnail": "image/jpeg", "evidence": EVIDENCE_MEDIA_TYPE}.get(
+            kind, "application/dicom" if kind == "image" and image.get("format") == "dicom" else "image/png"
         )
         meta = image.get("meta") or {}
         if burned_in_flag(meta.get("burned_in_annotation")):
@@ -149,6 +156,10 @@ class PixelGuard:
             return _withheld(
                 media_type, "ocr_unavailable", f"no OCR engine ({self.ocr.name}) to check for text"
             )
+        if kind == "evidence":
+            # The evidence grid carries no pixel of the patient (edge.imaging.evidence): it leaves
+            # unchanged, only where the image's pictures may (the checks above), and is not read.
+            return Outgoing(heatmap, media_type, None, None, {"regions": 0})
         identifiers = identifiers_of(data, image, study)
         policy = TextPolicy(
             redact_all=self.policy == "any" or not identifiers,
@@ -160,6 +171,7 @@ class PixelGuard:
                 return _withheld(media_type, "no_sector", "no imaging sector found in this ultrasound image")
             if kind == "thumbnail":
                 out, extra = self._rendition(_thumbnail(cleaned.pixels), identifiers, policy)
+                return _encoded(out, _merged(cleaned.findings, extra), jpeg=True)
             elif kind == "heatmap":
                 out, extra = self._heatmap(heatmap or b"", cleaned, identifiers, policy)
             elif image.get("format") == "dicom":
@@ -256,13 +268,20 @@ def _merged(first: Findings, second: Findings) -> Findings:
     return total
 
 
-def _encoded(pixels: np.ndarray, findings: Findings) -> Outgoing:
-    ok, encoded = cv2.imencode(
-        ".png", np.ascontiguousarray(pixels[:, :, ::-1] if pixels.ndim == 3 else pixels)
-    )
+def _encoded(pixels: np.ndarray, findings: Findings, jpeg: bool = False) -> Outgoing:
+    if jpeg:  # the thumbnail: greyscale (a Doppler's colour is not needed to find the study)
+        grey = cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY) if pixels.ndim == 3 else pixels
+        params = [cv2.IMWRITE_JPEG_QUALITY, THUMBNAIL_QUALITY, cv2.IMWRITE_JPEG_OPTIMIZE, 1]
+        ok, encoded = cv2.imencode(".jpg", np.ascontiguousarray(grey), params)
+        media_type = "image/jpeg"
+    else:
+        ok, encoded = cv2.imencode(
+            ".png", np.ascontiguousarray(pixels[:, :, ::-1] if pixels.ndim == 3 else pixels)
+        )
+        media_type = "image/png"
     if not ok:
-        return _withheld("image/png", "encode", "the image could not be encoded")
-    return _outcome(encoded.tobytes(), "image/png", findings)
+        return _withheld(media_type, "encode", "the image could not be encoded")
+    return _outcome(encoded.tobytes(), media_type, findings)
 
 
 def _outcome(data: bytes, media_type: str, findings: Findings) -> Outgoing:

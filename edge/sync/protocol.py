@@ -142,6 +142,9 @@ class UploadStart(_Wire):
     record_uuid: UUID
     """The outbox row the file belongs to (its result, or the image itself)."""
     kind: Literal["thumbnail", "heatmap", "image"]
+    """A "heatmap" is the CAM evidence grid (media type `edge.imaging.evidence.MEDIA_TYPE`,
+    under 250 bytes) from devices since issue 21, a blended PNG from older ones; the hub reads
+    the media type. A thumbnail is a greyscale JPEG (a PNG from older devices)."""
     result_uuid: UUID
     size: int = Field(ge=1, le=512 * 1024 * 1024)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")

@@ -20,6 +20,7 @@ from edge.clock import utc_now
 from edge.config import Settings
 from edge.errors import Code, EdgeError
 from edge.ids import uuid7
+from edge.imaging import evidence
 from edge.imaging.decoded import DecodedImage, sha256_hex
 from edge.imaging.dicom import display_frames
 from edge.imaging.explain import heatmap_png
@@ -30,6 +31,7 @@ from edge.inference.registry import sha256_file
 from edge.results import Analysis, audit_refusal, result_record
 from edge.store import Job, NewImage, Store
 from edge.store.files import remove_quietly, write_atomically
+from edge.store.reads import evidence_beside
 from edge.study import StudyInfo
 from edge.video.clip import AGGREGATE, ClipSummary
 from edge.video.live import LiveAnalyzer
@@ -186,6 +188,12 @@ def store_clip(
                 _write(
                     heat_path,
                     heatmap_png(key.image, key.cam, target, served.spec, settings.explain.max_side),
+                    written,
+                )
+                # What the hub renders its overlay from (edge.imaging.evidence), beside the PNG.
+                _write(
+                    Path(evidence_beside(str(heat_path))),
+                    evidence.encode(key.cam, target, served.spec, *key.image.shape[:2]),
                     written,
                 )
             key_frames.append(

@@ -1,0 +1,32 @@
+"""Issue 21's wire budgets, measured through a byte-counting proxy in front of a real hub
+(tools/wire_budget.py, small): results alone <= 200 B each, a negative finding with its
+thumbnail and heatmap <= 15 KB, the bandwidth cap honoured within 5%."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tools import wire_budget
+
+
+@pytest.mark.slow
+def test_the_wire_budgets_hold(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "budget.json"
+    status = wire_budget.main(["--small", "--json", str(out)])
+    table = capsys.readouterr().out
+    figures = json.loads(out.read_text())
+    assert status == 0, table
+    assert figures["failures"] == []
+    assert figures["results"] == 200
+    assert figures["bytes_per_result"] <= wire_budget.RESULT_BUDGET
+    negatives, positives = figures["pictures"]["negative"], figures["pictures"]["positive"]
+    assert negatives, table  # the samples give both findings: each is measured
+    assert positives, table
+    assert max(negatives) <= wire_budget.PICTURES_BUDGET
+    # The heatmap travels as its evidence grid: the upload, requests and answers included, is
+    # a small fraction of the old 78 KB PNG.
+    assert max(figures["files"]["heatmap"]) < 2_500
+    assert abs(figures["cap_measured_kbps"] / figures["cap_kbps"] - 1) <= wire_budget.CAP_TOLERANCE
