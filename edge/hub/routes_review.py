@@ -41,6 +41,8 @@ def _study_or_404(request: Request, reader: Reader, uuid: str) -> Study:
     study = worklist.find_study(state(request).engine, reader.user, uuid)
     if study is None:
         raise Refused(404, "No such study, or it belongs to a programme you do not read for.")
+    if study.deleted_at is not None:
+        raise Refused(410, "This study was deleted on the device; the hub keeps it only until it is purged.")
     return study
 
 

@@ -409,6 +409,7 @@ class Study:
     uploads: dict[str, Any] = field(default_factory=dict)  # kind -> its `uploads` row
     others: list[WorklistRow] = field(default_factory=list)  # this patient's other results
     pending: set[str] = field(default_factory=set)  # upload kinds begun but not complete yet
+    deleted_at: str | None = None  # deleted on the device (a tombstone): the page answers 410
 
     def part(self, name: str) -> dict[str, Any]:
         value = self.payload.get(name)
@@ -438,6 +439,9 @@ def find_study(engine: Engine, user: User, uuid: str) -> Study | None:
             row.received_at,
             row.payload if isinstance(row.payload, dict) else {},
         )
+        if row.deleted_at is not None:  # hidden: nothing of it is read, its verdicts included
+            study.deleted_at = row.deleted_at
+            return study
         study.reviews = [
             ReviewRow.from_row(review)
             for review in conn.execute(
