@@ -172,3 +172,22 @@ def test_the_cli_purges_with_a_dry_run_first(tmp_path: Path) -> None:
     assert "removed 2 result(s)" in done.output
     again = runner.invoke(cli, ["--data-dir", str(data), "hub", "purge"], env=env, catch_exceptions=False)
     assert "removed 0 result(s)" in again.output
+
+
+def test_the_servers_loop_purges_at_once_then_waits(engine: Engine, tmp_path: Path) -> None:
+    import time
+
+    files = tmp_path / "files"
+    stocked(engine, files, 2)
+    time.sleep(0.05)
+    stop = threading.Event()
+    policy = retention.Policy(records_days=1e-7, renditions_days=0)  # older than about 9 ms
+    loop = threading.Thread(target=retention.run_periodically, args=(engine, files, policy, 3600, stop))
+    loop.start()
+    deadline = time.monotonic() + 30
+    while count(engine, db.records) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop.set()
+    loop.join(timeout=30)
+    assert not loop.is_alive()
+    assert count(engine, db.records) == 0

@@ -80,6 +80,7 @@ class WorklistRow:
     reviews: int  # how many reviews the result has
     # From the record's payload and uploads (`with_details`), for the worklist page only.
     analysed: str | None = None  # result.created: the device's time (date-shifted like dates)
+    acquired: str | None = None  # image.acquired: from the DICOM header (date-shifted like dates)
     study_key: str | None = None  # the device's keyed study pseudonym ("S-...")
     thumbnail: bool = False  # a synced thumbnail is on the hub
 
@@ -346,11 +347,12 @@ def with_details(conn: Any, rows: list[WorklistRow]) -> list[WorklistRow]:
     out = []
     for row in rows:
         payload = payloads.get(row.record_id, {})
-        result, study = payload.get("result"), payload.get("study")
+        result, study, image = payload.get("result"), payload.get("study"), payload.get("image")
         out.append(
             replace(
                 row,
                 analysed=_text(result.get("created")) if isinstance(result, dict) else None,
+                acquired=_text(image.get("acquired")) if isinstance(image, dict) else None,
                 study_key=_text(study.get("study")) if isinstance(study, dict) else None,
                 thumbnail=(row.device_id, row.result_uuid) in thumbnails,
             )
