@@ -5,17 +5,48 @@ result keeps its hash)."""
 
 from __future__ import annotations
 
+import json
+from datetime import datetime
+from pathlib import Path
+
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from edge.hub import presenters
+from edge.hub.worklist import WorklistRow
 from edge.imaging import acquisition
 from edge.imaging.dicom import technical_meta
 from edge.sync import protocol
 from edge.sync.deid import Deidentifier
 from tests.test_deid_markers import _result
 from tools import dicomgen
+
+_ROW = {
+    "record_id": 1,
+    "device_id": "d",
+    "result_uuid": "u",
+    "received_at": "2026-12-01T08:00:00.000Z",
+    "urgent": False,
+    "modality": None,
+    "body_part": None,
+    "view": None,
+    "age_years": None,
+    "sex": None,
+    "finding": None,
+    "model": None,
+    "model_version": None,
+    "probability": None,
+    "threshold": None,
+    "patient": None,
+    "study_date": None,
+    "scope": None,
+    "device_name": "n",
+    "site": "s",
+    "verdict": None,
+    "reviewer": None,
+    "reviews": 0,
+}
 
 
 def _dicom(**extra: object) -> Dataset:
@@ -73,34 +104,8 @@ def test_the_payload_carries_them_shifted_and_an_older_image_keeps_its_hash() ->
 def test_the_worklist_shows_the_acquisition_time_and_the_ruler_the_region_calibration() -> None:
     from types import SimpleNamespace
 
-    from edge.hub.worklist import WorklistRow
-
     row = WorklistRow(
-        **{
-            "record_id": 1,
-            "device_id": "d",
-            "result_uuid": "u",
-            "received_at": "2026-12-01T08:00:00.000Z",
-            "urgent": False,
-            "modality": None,
-            "body_part": None,
-            "view": None,
-            "age_years": None,
-            "sex": None,
-            "finding": None,
-            "model": None,
-            "model_version": None,
-            "probability": None,
-            "threshold": None,
-            "patient": None,
-            "study_date": None,
-            "scope": None,
-            "device_name": "n",
-            "site": "s",
-            "verdict": None,
-            "reviewer": None,
-            "reviews": 0,
-        },
+        **_ROW,
         analysed="2026-11-30T07:15:02Z",
         acquired="2026-11-29T10:11:12",
     )
@@ -115,3 +120,37 @@ def test_the_worklist_shows_the_acquisition_time_and_the_ruler_the_region_calibr
         "column": 0.2,
         "source": "SequenceOfUltrasoundRegions",
     }
+
+
+def test_a_png_carries_its_files_time_said_so(tmp_path: Path) -> None:
+    import os
+    import shutil
+
+    from edge.config import load_settings
+    from edge.pipeline import Pipeline
+    from edge.store import Store
+    from tests.conftest import DEFAULT_MODEL, MODELS
+
+    sample = sorted((MODELS / DEFAULT_MODEL / "samples").glob("*.png"))[0]
+    dropped = shutil.copy(sample, tmp_path / "xray.png")
+    moment = datetime(2026, 11, 29, 10, 11, 12).timestamp()
+    os.utime(dropped, (moment, moment))
+    settings = load_settings(data_dir=tmp_path / "device", models={"dir": MODELS}, sync={"dates": "keep"})
+    with Store(settings.data_dir) as store:
+        pipeline = Pipeline(settings, store)
+        (analysis,) = pipeline.analyse_file(Path(dropped))
+        pipeline.close()
+        assert analysis.result is not None
+        image = store.image(analysis.result.image_id) or {}
+        meta = json.loads(image["meta"])
+        assert (meta["acquired"], meta["acquired_from"]) == ("2026-11-29T10:11:12", "file")
+        study = dict(store.db.execute("SELECT * FROM studies WHERE id = ?", [image["study_id"]]).fetchone())
+        payload = Deidentifier(b"k" * 32, "keep").result_payload(
+            analysis.result, study, {**image, "meta": meta}, None, "site-1"
+        )
+    assert (payload["image"]["acquired"], payload["image"]["acquired_from"]) == (
+        "2026-11-29T10:11:12",
+        "file",
+    )
+    row = WorklistRow(**{**_ROW, "acquired": "2026-11-29T10:11:12", "acquired_from": "file"})
+    assert "file's time" in presenters.acquired(row)[1]

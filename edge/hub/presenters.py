@@ -234,11 +234,12 @@ def acquired(row: WorklistRow) -> tuple[str, str]:
     image's header, else the device's own time of the analysis, else the study date, else (said
     plainly) the hub's receive time."""
     if row.acquired:
-        return (
-            local_when(row.acquired),
-            "the acquisition time in the image's header, on the modality's clock (dates follow the"
-            " clinic's date policy)",
+        where = (
+            "the image file's time on the device"
+            if row.acquired_from == "file"
+            else "the acquisition time in the image's header, on the modality's clock"
         )
+        return local_when(row.acquired), f"{where} (dates follow the clinic's date policy)"
     if row.analysed:
         return when(row.analysed), "the device's time of the analysis (dates follow the clinic's date policy)"
     if row.study_date:

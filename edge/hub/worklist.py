@@ -81,6 +81,7 @@ class WorklistRow:
     # From the record's payload and uploads (`with_details`), for the worklist page only.
     analysed: str | None = None  # result.created: the device's time (date-shifted like dates)
     acquired: str | None = None  # image.acquired: from the DICOM header (date-shifted like dates)
+    acquired_from: str | None = None  # "file": a PNG/JPEG's file time on the device, not a header's
     study_key: str | None = None  # the device's keyed study pseudonym ("S-...")
     thumbnail: bool = False  # a synced thumbnail is on the hub
 
@@ -353,6 +354,7 @@ def with_details(conn: Any, rows: list[WorklistRow]) -> list[WorklistRow]:
                 row,
                 analysed=_text(result.get("created")) if isinstance(result, dict) else None,
                 acquired=_text(image.get("acquired")) if isinstance(image, dict) else None,
+                acquired_from=_text(image.get("acquired_from")) if isinstance(image, dict) else None,
                 study_key=_text(study.get("study")) if isinstance(study, dict) else None,
                 thumbnail=(row.device_id, row.result_uuid) in thumbnails,
             )

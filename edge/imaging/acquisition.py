@@ -47,6 +47,13 @@ def moment(date_time: str | None) -> str | None:
     return value.strftime("%Y-%m-%dT%H:%M:%S")
 
 
+def file_moment(mtime_ns: int) -> dict[str, str]:
+    """A PNG/JPEG's stand-in for an acquisition time: its file's modification time on the
+    device's clock (local, like a modality's), said to come from the file."""
+    moment = datetime.fromtimestamp(mtime_ns / 1e9).strftime("%Y-%m-%dT%H:%M:%S")
+    return {"acquired": moment, "acquired_from": "file"}
+
+
 def acquired(ds: Any) -> str | None:
     found = moment(_text(_get(ds, "AcquisitionDateTime")))
     for date_key, time_key in (("AcquisitionDate", "AcquisitionTime"), ("ContentDate", "ContentTime")):

@@ -195,6 +195,8 @@ class Deidentifier:
         shifted = self.date(moment) if isinstance(moment, str) and ISO_MOMENT.match(moment) else None
         if shifted:
             payload["image"]["acquired"] = shifted
+            if meta.get("acquired_from") == "file":  # a PNG/JPEG's file time, not a header's
+                payload["image"]["acquired_from"] = "file"
         for key in ("pixel_spacing", "imager_pixel_spacing", "ultrasound_region_spacing"):
             found = spacing(meta.get(key))
             if found:
