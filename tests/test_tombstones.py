@@ -19,8 +19,9 @@ from sqlalchemy import func, select
 
 from edge.config import Settings, load_settings
 from edge.device import Device
-from edge.hub import accounts, db, fhir_tokens, retention, reviews
+from edge.hub import accounts, db, fhir_tokens, retention, reviews, routes_review
 from edge.hub.errors import HubError
+from edge.hub.review_http import Refused
 from edge.store import Store
 from edge.sync import protocol
 from edge.sync.runner import exchange, sync_status
@@ -204,6 +205,10 @@ def test_a_tombstone_before_its_result_still_wins(hub: Hub, device: Settings) ->
         )
     assert [d.get("result_on_hub") for d in details] == [False, None]
     assert details[1]["arrived_after_tombstone"] is True
+    # A verdict sent from a page opened before the deletion: the page's 410, not a 500.
+    with pytest.raises(Refused) as gone:
+        routes_review._add_review(hub.engine, result, "agree", reviewer="dr-b")
+    assert gone.value.status == 410
 
 
 _DELETE_THEN_DIE = """
