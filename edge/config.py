@@ -236,6 +236,20 @@ class HubSettings(_Section):
     """Address-space bound of the process that decodes device images for the review pages."""
     render_max_pixels: int = Field(default=80_000_000, ge=1)
     """An uploaded image above this many pixels (read from its header) is not decoded."""
+    tombstone_purge_after_days: float = Field(default=7.0, ge=0)
+    """A result deleted on its device is hidden on the hub at once and its rows and files are
+    purged this many days later (the grace lets an administrator look into a mistaken deletion
+    in the audit; 0: at the next purge)."""
+    keep_images_days: float = Field(default=0.0, ge=0)
+    """Days the hub keeps uploaded files (thumbnails, heatmaps, full images) and their cached
+    renditions after upload; 0 keeps them as long as their result (docs/install.md, "Retention")."""
+    keep_records_days: float = Field(default=0.0, ge=0)
+    """Days the hub keeps a result (its row, reviews, files) after receiving it; 0 for ever."""
+    keep_renditions_days: float = Field(default=30.0, ge=0)
+    """Days a cached rendition (made again on demand from its upload) is kept after it was made;
+    0 for ever."""
+    purge_interval_s: float = Field(default=3600.0, ge=0)
+    """How often `edge hub serve` runs the purge (`edge hub purge` runs it once); 0: never."""
 
 
 class SyncSettings(_Section):

@@ -20,7 +20,7 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from edge.config import Settings
 from edge.errors import Code, EdgeError
 from edge.ids import uuid7
 from edge.imaging import evidence
+from edge.imaging.acquisition import file_moment
 from edge.imaging.decode import DecodedImage, decode_bytes, read_input
 from edge.imaging.decoded import DicomHeader, UndecodableDicom
 from edge.imaging.dicom_changes import changed_fields
@@ -114,7 +115,13 @@ class Pipeline:
             self._audit_refusal(error)
             return [Analysis.refused(str(path), error)]
         try:
-            ingested = self.ingest(data, path.name, source, model=model, load_models=True)
+            mtime_ns: int | None = path.stat().st_mtime_ns
+        except OSError:  # taken away since it was read: no file time, the rest as usual
+            mtime_ns = None
+        try:
+            ingested = self.ingest(
+                data, path.name, source, model=model, load_models=True, file_mtime_ns=mtime_ns
+            )
         except EdgeError as error:  # already audited
             return [Analysis.refused(str(path), error)]
         outcome = ingested.outcome
@@ -136,6 +143,7 @@ class Pipeline:
         decoder: Decoder | None = None,
         load_models: bool = False,
         keep_dicom: bool = False,
+        file_mtime_ns: int | None = None,
     ) -> Ingested:
         """Steps 1-3 for any source: decode (guarded, when a decoder is given), route, store and
         queue. A refusal is audited (code only) and raised; nothing is stored for it.
@@ -172,6 +180,8 @@ class Pipeline:
                 if not (keep_dicom and decoded.format == "dicom"):
                     raise
                 return self._keep_unanalysed(decoded, data, name, source, refusal)
+            if file_mtime_ns is not None and decoded.format != "dicom":  # no header to say when
+                decoded = replace(decoded, meta={**decoded.meta, **file_moment(file_mtime_ns)})
             outcome = self.store.ingest(
                 self.new_image(decoded, data, source, name),
                 models,

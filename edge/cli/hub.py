@@ -14,12 +14,15 @@ from edge import log as edge_log
 from edge.cli.base import EXIT_REFUSED, EXIT_USAGE, Context, cli, pass_context
 
 if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from edge.config import Settings
     from edge.sync.protocol import ProfileRelease
 
 
 @cli.group()
 def hub() -> None:
-    """The hub: serve, enroll-code, devices, codes, review, publish, user, fhir-token."""
+    """The hub: serve, enroll-code, devices, codes, review, publish, user, fhir-token, purge."""
 
 
 @hub.command("serve")
@@ -57,7 +60,55 @@ def hub_serve(obj: Context, bind: str | None, port: int | None) -> None:
             "specialists or devices reach it over a network you do not control",
             host,
         )
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", proxy_headers=True)
+    app = create_app(settings)
+    _start_purge_loop(settings, app.state.device_api.engine)
+    uvicorn.run(app, host=host, port=port, log_level="info", proxy_headers=True)
+
+
+def _start_purge_loop(settings: Settings, engine: Engine) -> None:
+    """The retention purge every `[hub] purge_interval_s`, in a daemon thread of the server."""
+    import threading
+
+    from edge.hub import retention
+
+    if settings.hub.purge_interval_s <= 0:
+        return
+    policy = retention.Policy.from_settings(settings.hub)
+    threading.Thread(
+        target=retention.run_periodically,
+        args=(engine, settings.hub_dir / "files", policy, settings.hub.purge_interval_s, threading.Event()),
+        name="hub-purge",
+        daemon=True,
+    ).start()
+
+
+@hub.command("purge")
+@click.option("--dry-run", is_flag=True, help="Count what would go; remove nothing.")
+@pass_context
+def hub_purge(obj: Context, dry_run: bool) -> None:
+    """Remove what the retention settings no longer keep: results deleted on their devices
+    (after [hub] tombstone_purge_after_days), and by keep_records_days, keep_images_days and
+    keep_renditions_days. Audited; safe while the hub serves (and runs it itself)."""
+    from edge.hub import db, retention
+
+    settings = obj.settings
+    engine = db.make_engine(settings.hub_database_url)
+    report = retention.purge(
+        engine,
+        settings.hub_dir / "files",
+        retention.Policy.from_settings(settings.hub),
+        dry_run=dry_run,
+        actor="cli",
+    )
+    if report.skipped:
+        click.echo(f"nothing done: {report.skipped}; try again when it ends")
+        return
+    verb = "would remove" if dry_run else "removed"
+    click.echo(
+        f"{verb} {report.records} result(s) ({report.deleted_on_device} deleted on their devices), "
+        f"{report.uploads} upload(s), {report.files} file(s) ({report.file_bytes / 1e6:.1f} MB) "
+        f"and {report.renditions} cached rendition(s)"
+    )
 
 
 @hub.command("enroll-code")

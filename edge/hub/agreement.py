@@ -89,7 +89,7 @@ def reviewed_cases(engine: Engine) -> dict[SiteModel, CaseSet]:
                 db.reviews.c.result_uuid == db.records.c.uuid,
             ),
         )
-        .where(db.records.c.kind == "result")
+        .where(db.records.c.kind == "result", db.records.c.deleted_at.is_(None))
         .order_by(db.reviews.c.seq)
     )
     latest: dict[tuple[str, str], Any] = {}

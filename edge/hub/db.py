@@ -71,7 +71,23 @@ records = Table(
     Column("sha256", String(64), nullable=False),
     Column("payload", JSON, nullable=False),
     Column("received_at", String(32), nullable=False),
+    # When the hub learnt the result was deleted on the device (a tombstone): hidden from then
+    # on (no worklist row, 410 on its page), purged after `[hub] tombstone_purge_after_days`.
+    Column("deleted_at", String(32)),
     UniqueConstraint("device_id", "uuid", name="records_device_uuid"),
+)
+
+# Deletions devices sent (edge/hub/tombstones.py), one per (device, result): kept after the
+# purge, so a re-sent tombstone is a duplicate and a result arriving after its tombstone (out
+# of order) is stored hidden. Only uuids and times: no patient data.
+tombstones = Table(
+    "tombstones",
+    metadata,
+    Column("device_id", String(36), primary_key=True),
+    Column("result_uuid", String(36), primary_key=True),
+    Column("seq", Integer, nullable=False),
+    Column("deleted_at", String(32), nullable=False),  # the device's clock
+    Column("received_at", String(32), nullable=False, index=True),
 )
 
 quarantine = Table(

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from edge.hub import db, worklist_index
+from edge.hub import db, tombstones, worklist_index
 from edge.hub.audit import record_audit
 from edge.hub.errors import HubError
 from edge.hub.identities import Device
@@ -110,7 +110,9 @@ def _store_batch_once(engine: Engine, device: Device, batch: protocol.Batch) -> 
                 )
             )
             record_id = inserted.inserted_primary_key[0]  # type: ignore[index]
-            worklist_index.index_record(conn, record_id, device.id, record.uuid, record.payload, received)
+            # A tombstone that came first (out of order) wins: stored hidden, never listed.
+            if not tombstones.hide_if_tombstoned(conn, device.id, record.uuid, record_id, received):
+                worklist_index.index_record(conn, record_id, device.id, record.uuid, record.payload, received)
             known[record.uuid] = record.sha256
             stored.append(record.uuid)
     if quarantined:

@@ -54,6 +54,12 @@ def when(stamp: Any) -> str:
     return f"{text[:10]} {text[11:16]} UTC"
 
 
+def local_when(stamp: Any) -> str:
+    """'2026-11-29T09:25:26' (a DICOM time: the modality's clock, no zone) -> '2026-11-29 09:25'."""
+    text = str(stamp or "")
+    return f"{text[:10]} {text[11:16]}" if len(text) >= 16 and text[10] == "T" else text or "-"
+
+
 def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -154,6 +160,7 @@ def study_view(study: Study, kinds: Kinds | None = None) -> dict[str, Any]:
         ("study key", meta.get("study") or "-"),
         ("site", study.site or "-"),
         ("device", study.device_name),
+        ("acquired", local_when(study.part("image").get("acquired"))),
         ("analysed", when(result.get("created"))),
         ("received", when(study.received_at)),
     ]
@@ -223,8 +230,16 @@ def default_finding(verdict: str, model_finding: str | None, labels: list[str]) 
 
 
 def acquired(row: WorklistRow) -> tuple[str, str]:
-    """(when, where that time comes from) for a worklist row: the device's own time of the
-    analysis, else the study date, else (said plainly) the hub's receive time."""
+    """(when, where that time comes from) for a worklist row: the acquisition time from the
+    image's header, else the device's own time of the analysis, else the study date, else (said
+    plainly) the hub's receive time."""
+    if row.acquired:
+        where = (
+            "the image file's time on the device"
+            if row.acquired_from == "file"
+            else "the acquisition time in the image's header, on the modality's clock"
+        )
+        return local_when(row.acquired), f"{where} (dates follow the clinic's date policy)"
     if row.analysed:
         return when(row.analysed), "the device's time of the analysis (dates follow the clinic's date policy)"
     if row.study_date:
@@ -346,7 +361,11 @@ def pixel_spacing(study: Study) -> dict[str, Any] | None:
     the payload when it carries one, else from the full DICOM file's header; None when neither
     says, and the page measures in pixels."""
     image_part = study.part("image")
-    for key, name in (("pixel_spacing", "PixelSpacing"), ("imager_pixel_spacing", "ImagerPixelSpacing")):
+    for key, name in (
+        ("pixel_spacing", "PixelSpacing"),
+        ("imager_pixel_spacing", "ImagerPixelSpacing"),
+        ("ultrasound_region_spacing", "SequenceOfUltrasoundRegions"),
+    ):
         found = _spacing(image_part.get(key))
         if found:
             return {"row": found[0], "column": found[1], "source": name}

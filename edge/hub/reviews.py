@@ -37,9 +37,11 @@ def add_review(
     if device_id is not None:  # the web page knows which device's result the reader opened
         where.append(db.records.c.device_id == device_id)
     with engine.connect() as conn:
-        record = conn.execute(select(db.records.c.device_id).where(*where)).first()
+        record = conn.execute(select(db.records.c.device_id, db.records.c.deleted_at).where(*where)).first()
     if record is None:
         raise HubError(404, WireCode.NO_SUCH_RESULT, "no synced result with that id")
+    if record.deleted_at is not None:
+        raise HubError(410, WireCode.NO_SUCH_RESULT, "the result was deleted on the device")
     review_id = str(uuid.uuid4())
     with engine.begin() as conn:
         conn.execute(

@@ -23,7 +23,7 @@ from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from edge.hub import db, devices, intake, releases, reviews, site_profiles
+from edge.hub import db, devices, intake, releases, reviews, site_profiles, tombstones
 from edge.hub.errors import HubError
 from edge.hub.identities import Device
 from edge.hub.limits import RateLimiter
@@ -144,6 +144,19 @@ async def batches(request: Request) -> protocol.BatchReply:
         raise HubError(400, WireCode.BAD_BODY, f"the body does not inflate: {exc}") from exc
     return await run_in_threadpool(
         intake.store_batch, _api(request).engine, device, parse(protocol.Batch, raw)
+    )
+
+
+@router.post("/tombstones")
+async def deletions(request: Request) -> protocol.TombstoneReply:
+    """Results deleted on the device: hidden at once, purged later (edge/hub/tombstones.py)."""
+    device, body = await device_for(request)
+    try:
+        raw = protocol.inflate(body) if request.headers.get("content-encoding") == "gzip" else body
+    except (ValueError, OSError) as exc:
+        raise HubError(400, WireCode.BAD_BODY, f"the body does not inflate: {exc}") from exc
+    return await run_in_threadpool(
+        tombstones.apply_tombstones, _api(request).engine, device, parse(protocol.TombstoneBatch, raw)
     )
 
 

@@ -21,6 +21,7 @@ from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from edge.hub import agreement, db, presenters, reviews, worklist
+from edge.hub.errors import HubError
 from edge.hub.review_http import Reader, ReaderDep, Refused, page, state, static_response
 from edge.hub.worklist import Filters, Study
 
@@ -37,10 +38,21 @@ def _saved(request: Request) -> str:
     return value if _UUID.match(value) else ""
 
 
+def _add_review(*args: Any, **kwargs: Any) -> str:
+    """`reviews.add_review`; a result its device deleted since the page opened: the page's 410."""
+    try:
+        return reviews.add_review(*args, **kwargs)
+    except HubError as error:
+        gone = "This study was deleted on the device while it was open."
+        raise Refused(error.status, gone if error.status == 410 else error.message) from error
+
+
 def _study_or_404(request: Request, reader: Reader, uuid: str) -> Study:
     study = worklist.find_study(state(request).engine, reader.user, uuid)
     if study is None:
         raise Refused(404, "No such study, or it belongs to a programme you do not read for.")
+    if study.deleted_at is not None:
+        raise Refused(410, "This study was deleted on the device; the hub keeps it only until it is purged.")
     return study
 
 
@@ -185,7 +197,7 @@ async def submit_review(uuid: str, request: Request, reader: ReaderDep) -> Respo
     )
     if not await run_in_threadpool(_repeated, request, reader, study, verdict, chosen, note or None):
         await run_in_threadpool(
-            reviews.add_review,
+            _add_review,
             state(request).engine,
             study.uuid,
             verdict,

@@ -80,6 +80,8 @@ class WorklistRow:
     reviews: int  # how many reviews the result has
     # From the record's payload and uploads (`with_details`), for the worklist page only.
     analysed: str | None = None  # result.created: the device's time (date-shifted like dates)
+    acquired: str | None = None  # image.acquired: from the DICOM header (date-shifted like dates)
+    acquired_from: str | None = None  # "file": a PNG/JPEG's file time on the device, not a header's
     study_key: str | None = None  # the device's keyed study pseudonym ("S-...")
     thumbnail: bool = False  # a synced thumbnail is on the hub
 
@@ -346,11 +348,13 @@ def with_details(conn: Any, rows: list[WorklistRow]) -> list[WorklistRow]:
     out = []
     for row in rows:
         payload = payloads.get(row.record_id, {})
-        result, study = payload.get("result"), payload.get("study")
+        result, study, image = payload.get("result"), payload.get("study"), payload.get("image")
         out.append(
             replace(
                 row,
                 analysed=_text(result.get("created")) if isinstance(result, dict) else None,
+                acquired=_text(image.get("acquired")) if isinstance(image, dict) else None,
+                acquired_from=_text(image.get("acquired_from")) if isinstance(image, dict) else None,
                 study_key=_text(study.get("study")) if isinstance(study, dict) else None,
                 thumbnail=(row.device_id, row.result_uuid) in thumbnails,
             )
@@ -409,6 +413,7 @@ class Study:
     uploads: dict[str, Any] = field(default_factory=dict)  # kind -> its `uploads` row
     others: list[WorklistRow] = field(default_factory=list)  # this patient's other results
     pending: set[str] = field(default_factory=set)  # upload kinds begun but not complete yet
+    deleted_at: str | None = None  # deleted on the device (a tombstone): the page answers 410
 
     def part(self, name: str) -> dict[str, Any]:
         value = self.payload.get(name)
@@ -438,6 +443,9 @@ def find_study(engine: Engine, user: User, uuid: str) -> Study | None:
             row.received_at,
             row.payload if isinstance(row.payload, dict) else {},
         )
+        if row.deleted_at is not None:  # hidden: nothing of it is read, its verdicts included
+            study.deleted_at = row.deleted_at
+            return study
         study.reviews = [
             ReviewRow.from_row(review)
             for review in conn.execute(

@@ -123,7 +123,7 @@ def _backfill_batch(engine: Engine, batch: int) -> list[Any]:
                 db.records.c.received_at,
             )
             .outerjoin(db.worklist, db.worklist.c.record_id == db.records.c.id)
-            .where(db.worklist.c.record_id.is_(None))
+            .where(db.worklist.c.record_id.is_(None), db.records.c.deleted_at.is_(None))
             .order_by(db.records.c.id)
             .limit(batch)
         ).all()

@@ -23,6 +23,7 @@ from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, i
 from pydicom.valuerep import DA
 
 from edge.errors import Code, EdgeError
+from edge.imaging.acquisition import acquisition_facts
 from edge.imaging.decoded import DecodedImage, DicomHeader, UndecodableDicom, sha256_hex
 from edge.study import StudyInfo
 
@@ -432,4 +433,5 @@ def technical_meta(ds: Dataset) -> dict[str, Any]:
         "model": _text(ds, "ManufacturerModelName"),
         "burned_in_annotation": _text(ds, "BurnedInAnnotation"),
         "age_source": patient_age(ds)[1],
+        **acquisition_facts(ds),  # the acquisition time and pixel spacings the payload sends
     }

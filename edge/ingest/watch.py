@@ -249,7 +249,9 @@ class DropFolder:
             audit_refusal(self._pipeline.store, self._pipeline.actor, error)  # ingest audits its own
             return self._move(key, self.quarantine, error.one_line(), now, "quarantined")
         try:
-            ingested = self._pipeline.ingest(data, path.name, "watch", decoder=self._decoder)
+            ingested = self._pipeline.ingest(
+                data, path.name, "watch", decoder=self._decoder, file_mtime_ns=key[2]
+            )
         except EdgeError as error:
             if error.code in LEAVE_FOR_LATER:
                 self._block(key, error, now)

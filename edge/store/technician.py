@@ -283,6 +283,10 @@ class TechnicianActions:
                 f" AND (ref_id IN ({results}) OR ref_id IN ({images}))",
                 [utc_now(), WITHDRAWN_NOTE, study_id, study_id],
             ).rowcount
+            # After the withdrawal above, which would close them too (same ref_id).
+            tombstones = self._enqueue_tombstones(
+                [row[0] for row in self.db.execute(results, [study_id])], "study"
+            )
             for sql in (
                 "DELETE FROM notes WHERE study_id = ?",
                 f"DELETE FROM reviews WHERE result_id IN ({results})",
@@ -299,6 +303,7 @@ class TechnicianActions:
                 "notes": contents["notes"],
                 "files": len(files),
                 "unsent_withdrawn": int(withdrawn),
+                "tombstones": tombstones,
             }
             self.writer.audit(actor, "study.deleted", study_id, removed)
         for path in files:
@@ -342,8 +347,8 @@ class TechnicianActions:
 
         Refused while the job runs, and for the study's only job (the image would stay with
         nothing showing it: delete the study instead). Its notes stay on the study; unsent outbox
-        rows for the result are closed as for a study. Telling the hub (a tombstone) is not done
-        here: a result it already has stays there."""
+        rows for the result are closed as for a study, and the hub is told by a tombstone, as
+        for a study."""
         with self.writer.transaction("delete the result"):
             contents = self.job_contents(job_id)
             if contents["state"] == "running":
@@ -358,13 +363,14 @@ class TechnicianActions:
                 )
             result_id = contents["result_id"]
             files: list[Path] = []
-            withdrawn = 0
+            withdrawn = tombstones = 0
             if result_id:
                 owned = self._result_files(result_id)
                 withdrawn = self.db.execute(
                     "UPDATE outbox SET acked_at = ?, last_error = ? WHERE acked_at IS NULL AND ref_id = ?",
                     [utc_now(), WITHDRAWN_NOTE.replace("study", "result"), result_id],
                 ).rowcount
+                tombstones = self._enqueue_tombstones([result_id], "result")
                 for sql in (
                     "UPDATE notes SET result_id = NULL WHERE result_id = ?",
                     "DELETE FROM reviews WHERE result_id = ?",
@@ -383,11 +389,31 @@ class TechnicianActions:
                 "reviews": contents["reviews"],
                 "files": len(files),
                 "unsent_withdrawn": int(withdrawn),
+                "tombstones": tombstones,
             }
             self.writer.audit(actor, "result.deleted", job_id, removed)
         for path in files:
             remove_quietly(path)
         return removed
+
+    def _enqueue_tombstones(self, result_ids: Sequence[str], what: str) -> int:
+        """A tombstone in the outbox for each of these results that was queued for the hub, in
+        the caller's (the deletion's) transaction: a kill after the commit loses no deletion.
+        Queued is enough ("may have been synced"): the sync agent may hold the result in a batch
+        on the wire right now, and a tombstone the hub cannot match yet is kept there and wins
+        when the result arrives. Only the result's uuid travels, no patient data."""
+        count = 0
+        for result_id in result_ids:
+            queued = self.db.execute(
+                "SELECT 1 FROM outbox WHERE kind = 'result' AND ref_id = ?", [result_id]
+            ).fetchone()
+            if queued is None:
+                continue
+            self.writer.enqueue_outbox(
+                "tombstone", result_id, {"result_uuid": result_id, "what": what, "deleted_at": utc_now()}
+            )
+            count += 1
+        return count
 
     def _result_files(self, result_id: str) -> list[str]:
         """The files one result owns: its heatmap and its clip's key frames and video (never the

@@ -311,6 +311,13 @@ class SyncClient:
                 )
             sent += len(reply.stored) + len(reply.duplicates)
 
+    def send_tombstones(self, batch: protocol.TombstoneBatch) -> protocol.TombstoneReply:
+        """One batch of deletions (`edge.sync.deletions` decides what goes and marks it)."""
+        body = protocol.compress(batch.model_dump(mode="json"))
+        headers = {"Content-Encoding": "gzip", "Content-Type": "application/json"}
+        response = self._send("POST", "/v1/tombstones", body, headers)
+        return protocol.TombstoneReply.model_validate_json(response.content)
+
     def _record(self, row: dict[str, Any]) -> protocol.Record | None:
         result = self.store.result(row["ref_id"])
         if result is None:

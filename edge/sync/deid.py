@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 import pydicom
 
+from edge.imaging.acquisition import ISO_MOMENT, spacing
 from edge.imaging.dicom_redact import burned_in_flag
 from edge.store import StoredResult
 from edge.store.files import write_atomically
@@ -186,6 +187,20 @@ class Deidentifier:
             # The site profile that decided (an id: model, version, a time; no patient data).
             # Only when one did, for the same reason as applicability above.
             payload["result"]["profile_id"] = result.profile_id
+        # The acquisition time (date-shifted like every date) and the pixel spacings, only when
+        # the image's header gave them: an image stored before they were read has none, so a
+        # result queued before keeps its payload and its hash (the hub quarantines a re-send
+        # under a known uuid with another hash).
+        moment = meta.get("acquired")
+        shifted = self.date(moment) if isinstance(moment, str) and ISO_MOMENT.match(moment) else None
+        if shifted:
+            payload["image"]["acquired"] = shifted
+            if meta.get("acquired_from") == "file":  # a PNG/JPEG's file time, not a header's
+                payload["image"]["acquired_from"] = "file"
+        for key in ("pixel_spacing", "imager_pixel_spacing", "ultrasound_region_spacing"):
+            found = spacing(meta.get(key))
+            if found:
+                payload["image"][key] = found
         if clip is not None:
             payload["clip"] = {
                 k: clip[k] for k in ("frames_analysed", "frames_excluded", "duration_s", "aggregate")

@@ -292,3 +292,27 @@ def inflate(body: bytes, limit: int = MAX_INFLATED_BYTES) -> bytes:
 def release_to_sign(release: dict[str, Any]) -> bytes:
     """What a model release or a site profile is signed over: all of it but its signature."""
     return canonical({k: v for k, v in release.items() if k != "signature"})
+
+
+# ------------------------------------------------------------------ deletions (tombstones)
+
+
+class Tombstone(_Wire):
+    """A result deleted on the device: its uuid and the device's outbox sequence, nothing else
+    (no patient data). Idempotent by (device, result uuid): a re-send is a duplicate."""
+
+    result_uuid: UUID
+    seq: int = Field(ge=1)
+    deleted_at: str = Field(max_length=32)  # the device's clock, for the audit only
+
+
+class TombstoneBatch(_Wire):
+    batch_id: str = Field(min_length=36, max_length=36)
+    tombstones: list[Tombstone] = Field(min_length=1, max_length=MAX_BATCH_RECORDS)
+
+
+class TombstoneReply(_Wire):
+    applied: list[str]
+    """Result uuids hidden now, or held until their result arrives (then stored hidden)."""
+    duplicates: list[str]
+    hub_time: float

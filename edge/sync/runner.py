@@ -32,6 +32,7 @@ from edge.processes import Doorbell, InstanceLock, ring
 from edge.store import Store
 from edge.sync import doorbell, sync_lock
 from edge.sync.client import Credential, HubRefused, HubUnavailable, SyncClient, check_hub_url
+from edge.sync.deletions import push_tombstones
 from edge.sync.profiles import pull_profiles
 from edge.sync.protocol import WireCode
 from edge.sync.releases import pull_models
@@ -40,8 +41,10 @@ log = logging.getLogger(__name__)
 
 
 def exchange(client: SyncClient) -> dict[str, int]:
-    """Everything that is pending, in order; raises HubUnavailable/HubRefused on failure."""
+    """Everything that is pending, in order (results, deletions, files, reviews, ...); raises
+    HubUnavailable/HubRefused on failure."""
     counts = {"results": client.push_results()}
+    counts["deletions"] = push_tombstones(client)  # after the results: a result before its tombstone
     client.queue_uploads()
     counts["files"] = client.push_files()
     counts["reviews"] = client.pull_reviews()
@@ -190,7 +193,8 @@ def sync_status(settings: Settings, store: Store) -> dict[str, Any]:
     elif state.get("running"):
         summary = "syncing"
     else:
-        summary = "up to date" if not pending.get("result") else "syncing"
+        waiting = pending.get("result") or pending.get("tombstone")
+        summary = "syncing" if waiting else "up to date"
     return {
         "state": summary,
         "hub": credential.hub_url if credential else None,
@@ -199,6 +203,7 @@ def sync_status(settings: Settings, store: Store) -> dict[str, Any]:
         "last_error_at": state.get("last_error_at"),
         "pending": {
             "results": pending.get("result", 0),
+            "deletions": pending.get("tombstone", 0),
             "files": sum(v for k, v in pending.items() if k in ("thumbnail", "heatmap", "image")),
         },
         "review_cursor": state.get("review_cursor", 0),
