@@ -236,6 +236,9 @@ class HubSettings(_Section):
     """Address-space bound of the process that decodes device images for the review pages."""
     render_max_pixels: int = Field(default=80_000_000, ge=1)
     """An uploaded image above this many pixels (read from its header) is not decoded."""
+    nodes: int = Field(default=1, ge=1)
+    """How many hub processes serve this database (behind one load balancer). Above 1 the
+    database must be PostgreSQL (`HUB_NODES_NEED_POSTGRESQL`); docs/install.md, "A programme's hub"."""
 
 
 class SyncSettings(_Section):
