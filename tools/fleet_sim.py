@@ -92,7 +92,7 @@ class SimDevice:
             started = time.perf_counter()
             try:
                 response = self.http.request(
-                    method, self.credential.hub_url + path, content=body, headers=signed, timeout=30
+                    method, self.credential.hub_url + path, content=body, headers=signed
                 )
             except httpx.TransportError:
                 response = None
@@ -341,7 +341,7 @@ def run_fleet(
     tally = Tally()
     folder = Path(tempfile.mkdtemp(prefix="edge-fleet-"))
     limits = httpx.Limits(max_connections=workers * 2, max_keepalive_connections=workers)
-    with httpx.Client(limits=limits) as http:
+    with httpx.Client(limits=limits, timeout=30) as http:
         started = time.monotonic()
         credentials = enroll_fleet(engine, hub_url, devices_n, folder, http, workers)
         enrol_s = time.monotonic() - started

@@ -89,6 +89,7 @@ class HubCluster:
         self.cpu_seconds = [0.0] * nodes  # of killed instances; live ones are read on demand
         self.kills = 0
         self.nginx: subprocess.Popen[bytes] | None = None
+        self.nginx_folder: Path | None = None  # its own temporary folder when run as `nobody`
 
     # ------------------------------------------------------------------ nodes
 
@@ -142,16 +143,21 @@ class HubCluster:
     # ------------------------------------------------------------------ nginx
 
     def start_nginx(self) -> None:
-        folder = self.folder / "nginx"
-        folder.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            # Unprivileged, as a service account would run it: `nobody`, in a folder of its own
+            # (the cluster's folder may sit under one only root can enter, e.g. pytest's).
+            folder = Path(tempfile.mkdtemp(prefix="edge-nginx-"))
+            shutil.chown(folder, "nobody")
+            self.nginx_folder = folder
+        else:
+            folder = self.folder / "nginx"
+            folder.mkdir(parents=True, exist_ok=True)
         servers = "\n".join(f"    server 127.0.0.1:{p} max_fails=1 fail_timeout=2s;" for p in self.ports)
         conf = folder / "nginx.conf"
         conf.write_text(NGINX_CONF.format(folder=folder, servers=servers, port=self.port))
         command = [NGINX, "-p", str(folder), "-c", str(conf), "-e", str(folder / "error.log")]
-        if os.geteuid() == 0:  # unprivileged, as a service account would run it
-            for path in [folder, *folder.iterdir()]:
-                shutil.chown(path, "nobody")
-            os.chmod(self.folder, 0o711)
+        if os.geteuid() == 0:
+            shutil.chown(conf, "nobody")
             command = ["runuser", "-u", "nobody", "--", *command]
         log = (self.folder / "nginx.log").open("ab")
         self.nginx = subprocess.Popen(command, stdout=log, stderr=log, start_new_session=True)
@@ -179,6 +185,8 @@ class HubCluster:
                 except subprocess.TimeoutExpired:
                     process.kill()
                     process.wait()
+        if self.nginx_folder is not None:
+            shutil.rmtree(self.nginx_folder, ignore_errors=True)
 
     def __enter__(self) -> HubCluster:
         try:
