@@ -114,9 +114,11 @@ def test_a_fleet_through_nginx_loses_and_doubles_nothing_when_a_node_is_killed(
     assert report["kills"] == 1
     assert report["results_sent"] == devices * results
     assert (report["on_hub"], report["lost"], report["duplicated"]) == (devices * results, 0, 0)
-    assert report["quarantined"] == 0 and report["unexpected"] == 0
+    assert report["quarantined"] == 0
+    assert report["unexpected"] == 0
     assert report["uploads_complete"] == report["uploads_sent"] == devices * results
-    assert report["reviews_pulled"] == report["reviews_made"] and report["devices_missing_reviews"] == 0
+    assert report["reviews_pulled"] == report["reviews_made"]
+    assert report["devices_missing_reviews"] == 0
     with engine.connect() as conn:  # each upload's bytes are whole in PostgreSQL
         assert conn.execute(select(func.count(func.distinct(db.upload_chunks.c.upload_id)))).scalar_one() == (
             devices * results
