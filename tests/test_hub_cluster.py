@@ -19,7 +19,9 @@ from edge.config import load_settings
 from edge.errors import Code, EdgeError
 from edge.hub import blobs, db
 from edge.hub.app import create_app
+from edge.hub.errors import HubError
 from edge.sync import protocol
+from edge.sync.protocol import WireCode
 from tests.hubfixtures import Hub, postgres_url, reset  # noqa: F401 - a fixture
 from tools.fleet_sim import SimDevice, Tally, run_fleet
 from tools.hub_cluster import HubCluster, nginx_available
@@ -78,6 +80,11 @@ def test_an_upload_started_on_one_node_finishes_on_another_and_is_read_on_a_thir
         row = conn.execute(select(db.uploads).where(db.uploads.c.id == state.upload_id)).one()
     readable = blobs.readable(nodes[2].engine, tmp_path / "node2" / "cache", {"image": row})
     assert Path(readable["image"].path).read_bytes() == data  # copied once into node 2's cache
+    # a late copy of the first PATCH, reaching a node after the upload moved on, erases nothing
+    with pytest.raises(HubError) as late:
+        blobs.for_engine(nodes[1].engine).write(row, 0, data[: protocol.CHUNK_BYTES])
+    assert late.value.code is WireCode.WRONG_OFFSET
+    assert blobs.for_engine(nodes[1].engine).digest(row) == row.sha256
     for node in nodes:
         node.engine.dispose()
 

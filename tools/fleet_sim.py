@@ -27,6 +27,7 @@ import argparse
 import contextlib
 import json
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -385,6 +386,7 @@ def run_fleet(
             for d, n in zip(fleet, pulled, strict=False)
             if n != expected_reviews.get(d.credential.device_id, 0)
         )
+    shutil.rmtree(folder, ignore_errors=True)  # the devices' keys and credentials
     sent_uuids = {u for d in fleet for u in d.uuids}
     figures = database_figures(engine, sent_uuids)
     latencies = sorted(tally.latencies)

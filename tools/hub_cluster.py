@@ -81,6 +81,7 @@ class HubCluster:
 
     def __init__(self, nodes: int, database_url: str, port: int = 0, folder: Path | None = None) -> None:
         self.database_url = database_url
+        self.own_folder = folder is None  # made here: removed by `stop`
         self.folder = folder or Path(tempfile.mkdtemp(prefix="edge-hub-cluster-"))
         self.ports = [postgres_temp.free_port() for _ in range(nodes)]
         self.port = port or postgres_temp.free_port()
@@ -187,6 +188,8 @@ class HubCluster:
                     process.wait()
         if self.nginx_folder is not None:
             shutil.rmtree(self.nginx_folder, ignore_errors=True)
+        if self.own_folder:
+            shutil.rmtree(self.folder, ignore_errors=True)
 
     def __enter__(self) -> HubCluster:
         try:

@@ -29,7 +29,9 @@ from sqlalchemy import Engine, delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from edge.hub import db
+from edge.hub.errors import HubError
 from edge.inference.registry import sha256_file
+from edge.sync.protocol import WireCode
 
 
 class UploadBlobs(Protocol):
@@ -76,13 +78,22 @@ class FileBlobs:
 class PostgresBlobs:
     """Uploads as chunk rows in PostgreSQL; complete ones copied into `cache` on first use."""
 
-    def __init__(self, engine: Engine, cache: Path) -> None:
+    def __init__(self, engine: Engine, cache: Path | None) -> None:
         self.engine, self.cache = engine, cache
 
     def write(self, row: Any, offset: int, chunk: bytes) -> None:
-        c = db.upload_chunks.c
+        c, u = db.upload_chunks.c, db.uploads.c
         try:
             with self.engine.begin() as conn:
+                # Nodes serve one upload's requests at once: under the row's lock, a late copy of
+                # an older request (its offset behind the upload's now) cannot erase later chunks.
+                current = conn.execute(
+                    select(u.offset, u.complete).where(u.id == row.id).with_for_update()
+                ).one()
+                if current.complete or current.offset != offset:
+                    raise HubError(
+                        409, WireCode.WRONG_OFFSET, f"the upload is at byte {current.offset}, not {offset}"
+                    )
                 conn.execute(delete(db.upload_chunks).where(c.upload_id == row.id, c.offset >= offset))
                 conn.execute(insert(db.upload_chunks).values(upload_id=row.id, offset=offset, data=chunk))
         except IntegrityError:
@@ -113,6 +124,8 @@ class PostgresBlobs:
         legacy = Path(row.path)
         if legacy.exists():  # written as a file before the hub moved to PostgreSQL
             return legacy
+        if self.cache is None:
+            raise ValueError("PostgresBlobs.local needs this node's cache folder")
         path = self.cache / row.sha256[:2] / row.sha256  # content-addressed: never stale
         if path.exists():
             return path
@@ -133,9 +146,9 @@ class PostgresBlobs:
 
 def for_engine(engine: Engine, cache: Path | None = None) -> UploadBlobs:
     """The home of upload bytes for this hub database. `cache`: this node's folder for copies
-    of complete uploads (PostgreSQL only; default beside nothing, so pass the hub's)."""
+    of complete uploads (PostgreSQL; needed only by `local`, i.e. by whoever reads files)."""
     if engine.dialect.name == "postgresql":
-        return PostgresBlobs(engine, cache or Path(os.environ.get("TMPDIR", "/tmp")) / "edge-hub-blobs")
+        return PostgresBlobs(engine, cache)
     return FileBlobs()
 
 
