@@ -465,16 +465,18 @@ def scaling_svg(reports: list[dict[str, Any]], path: Path) -> None:
         f'<text x="{left - 8}" y="{top - 10}" fill="#1f77b4">results/s</text>',
         f'<text x="{width - 40}" y="{top - 10}" fill="#d62728" text-anchor="middle">p99 ms</text>',
     ]
-    for _label, values, top_value, colour in (
-        ("rate", rates, top_rate, "#1f77b4"),
-        ("p99", p99, top_p99, "#d62728"),
+    # results/s labelled above its points, p99 below (their lines may meet at the last count)
+    for values, top_value, colour, unit, shift in (
+        (rates, top_rate, "#1f77b4", "results/s", -8),
+        (p99, top_p99, "#d62728", "ms p99", 18),
     ):
-        points = " ".join(f"{x(n):.1f},{y(v, top_value):.1f}" for n, v in zip(nodes, values, strict=False))
+        points = " ".join(f"{x(n):.1f},{y(v, top_value):.1f}" for n, v in zip(nodes, values, strict=True))
         parts.append(f'<polyline points="{points}" fill="none" stroke="{colour}" stroke-width="2"/>')
-        for n, v in zip(nodes, values, strict=False):
+        for n, v in zip(nodes, values, strict=True):
             parts.append(f'<circle cx="{x(n):.1f}" cy="{y(v, top_value):.1f}" r="4" fill="{colour}"/>')
             parts.append(
-                f'<text x="{x(n) + 6:.1f}" y="{y(v, top_value) - 6:.1f}" fill="{colour}">{v:g}</text>'
+                f'<text x="{x(n):.1f}" y="{y(v, top_value) + shift:.1f}" fill="{colour}"'
+                f' text-anchor="middle">{v:g} {unit}</text>'
             )
     for n in nodes:
         parts.append(f'<text x="{x(n):.1f}" y="{bottom + 16}" text-anchor="middle">{n}</text>')
