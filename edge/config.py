@@ -250,6 +250,9 @@ class HubSettings(_Section):
     0 for ever."""
     purge_interval_s: float = Field(default=3600.0, ge=0)
     """How often `edge hub serve` runs the purge (`edge hub purge` runs it once); 0: never."""
+    nodes: int = Field(default=1, ge=1)
+    """How many hub processes serve this database (behind one load balancer). Above 1 the
+    database must be PostgreSQL (`HUB_NODES_NEED_POSTGRESQL`); docs/install.md, "A programme's hub"."""
 
 
 class SyncSettings(_Section):

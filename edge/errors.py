@@ -83,6 +83,8 @@ class Code(str, Enum):
     PROFILE_NO_PREVIOUS = "PROFILE_NO_PREVIOUS"
     # The link to the hub (edge/sync/client.py)
     HUB_URL_INSECURE = "HUB_URL_INSECURE"
+    # The hub itself (edge/hub/cluster.py)
+    HUB_NODES_NEED_POSTGRESQL = "HUB_NODES_NEED_POSTGRESQL"
     # The job queue
     JOB_ABANDONED = "JOB_ABANDONED"
     JOB_LEASE_LOST = "JOB_LEASE_LOST"

@@ -102,6 +102,7 @@ NEXT_STEPS: dict[Code, str] = {
     Code.CONFIG_INVALID: "fix the key the sentence names in /etc/edge/edge.toml",
     # Security and privacy
     Code.HUB_URL_INSECURE: "enrol with the hub's https:// address (edge sync enroll https://HUB CODE)",
+    Code.HUB_NODES_NEED_POSTGRESQL: "set [hub] database_url to a PostgreSQL URL, or [hub] nodes = 1",
     Code.STORAGE_NOT_ENCRYPTED: "tell the field engineer: the data must be on an encrypted disk",
     Code.BURNED_IN_TEXT_REDACTED: "nothing: text in the picture was blacked out before it was sent",
     Code.PIXELS_WITHHELD: "nothing (the result was sent); if tesseract-ocr is missing, tell the engineer",

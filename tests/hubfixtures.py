@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import socket
-import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -24,79 +20,27 @@ from edge.hub.app import create_app
 from edge.store import Store
 from edge.sync.client import Credential, SyncClient, enroll
 from edge.sync.runner import exchange
+from tools import postgres_temp
 
-# Debian installs the server binaries per major version (15 on bookworm, 17 on trixie).
-_PG_BINS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name))
-PG_BIN = _PG_BINS[-1] if _PG_BINS else Path("/usr/lib/postgresql/missing/bin")
+PG_BIN = postgres_temp.PG_BIN
 
 
 def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _as_postgres(command: list[str]) -> list[str]:
-    return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
+    return postgres_temp.free_port()
 
 
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
-    """EDGE_TEST_POSTGRES_URL if set, else a throwaway cluster (Debian's postgresql package)."""
+    """EDGE_TEST_POSTGRES_URL if set, else a throwaway cluster (tools/postgres_temp.py)."""
     if os.environ.get("EDGE_TEST_POSTGRES_URL"):
         yield os.environ["EDGE_TEST_POSTGRES_URL"]
         return
-    if not (PG_BIN / "initdb").exists():
+    if not postgres_temp.available():
         if os.environ.get("CI"):
             pytest.fail("PostgreSQL is missing: .ci/run must apt-get install postgresql")
         pytest.skip("PostgreSQL is not installed")
-    folder = Path(tempfile.mkdtemp(prefix="edge-pg-"))
-    data = folder / "data"
-    if os.geteuid() == 0:
-        shutil.chown(folder, "postgres", "postgres")
-    port = _free_port()
-    subprocess.run(
-        _as_postgres([str(PG_BIN / "initdb"), "-D", str(data), "-U", "edge", "--auth=trust"]),
-        check=True,
-        capture_output=True,
-    )
-    server = subprocess.Popen(
-        _as_postgres(
-            [
-                str(PG_BIN / "postgres"),
-                "-D",
-                str(data),
-                "-p",
-                str(port),
-                "-k",
-                str(folder),
-                "-c",
-                "listen_addresses=127.0.0.1",
-                "-c",
-                "fsync=off",
-            ]
-        ),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"postgresql://edge@127.0.0.1:{port}/postgres"
-    try:
-        import psycopg
-
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                psycopg.connect(url.replace("postgresql://", "postgresql://", 1), connect_timeout=2).close()
-                break
-            except psycopg.OperationalError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.3)
+    with postgres_temp.throwaway_postgres() as url:
         yield url
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def database_url(request: pytest.FixtureRequest, folder: Path) -> str:

@@ -13,7 +13,7 @@ from sqlalchemy import Engine
 from starlette.exceptions import HTTPException
 
 from edge.config import Settings
-from edge.hub import db, disconnects, intake, routes_device, worklist_index
+from edge.hub import cluster, db, disconnects, intake, routes_device, worklist_index
 from edge.hub.errors import HubError
 from edge.hub.limits import RateLimiter
 from edge.hub.render import Renditions
@@ -23,6 +23,10 @@ from edge.sync import protocol
 
 
 def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
+    cluster.refuse_sqlite_for_several_nodes(
+        engine.url.render_as_string() if engine is not None else settings.hub_database_url,
+        settings.hub.nodes,
+    )
     engine = engine or db.make_engine(settings.hub_database_url)
     files = settings.hub_dir / "files"
     files.mkdir(parents=True, exist_ok=True)
@@ -43,7 +47,9 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     disconnects.install(app)  # a client gone mid-request: one line, no traceback
     app.include_router(routes_device.router)
 
-    worklist_index.backfill(engine)  # results stored before the review pages existed
+    with cluster.one_node_at_a_time(engine, "worklist-backfill") as mine:
+        if mine:  # results stored before the review pages existed; one node does it for all
+            worklist_index.backfill(engine)
     fhir_app = create_fhir_app(engine)  # read-only FHIR R4 for health information systems
     app.mount("/fhir", fhir_app)
     app.mount("/review/fhir", fhir_app)  # where a reader's browser sends its session cookie

@@ -7,16 +7,20 @@ resolved by retrying the transaction, after which the row is simply there.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Column,
     Engine,
     Float,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -126,6 +130,16 @@ uploads = Table(
     Column("complete", Boolean, nullable=False, default=False),
     Column("created_at", String(32), nullable=False),
     UniqueConstraint("device_id", "record_uuid", "kind", name="uploads_device_record_kind"),
+)
+
+# The bytes of uploads on PostgreSQL (edge/hub/blobs.py): any hub node resumes any upload. One
+# row per acknowledged chunk; on SQLite (one node) the bytes stay files and this table is empty.
+upload_chunks = Table(
+    "upload_chunks",
+    metadata,
+    Column("upload_id", String(36), primary_key=True),
+    Column("offset", BigInteger, primary_key=True, autoincrement=False),
+    Column("data", LargeBinary, nullable=False),
 )
 
 reviews = Table(
@@ -297,9 +311,32 @@ def make_engine(url: str) -> Engine:
 
     else:
         engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1), pool_pre_ping=True)
-    metadata.create_all(engine)
-    add_new_columns(engine)
+    with schema_lock(engine):
+        metadata.create_all(engine)
+        add_new_columns(engine)
     return engine
+
+
+SCHEMA_LOCK_KEY = 0x6564676501  # "edge" + 1: the advisory lock of schema changes
+
+
+@contextmanager
+def schema_lock(engine: Engine) -> Iterator[None]:
+    """Hub nodes starting together on one PostgreSQL change the schema one at a time: two
+    concurrent CREATE TABLE of one name fail in PostgreSQL's catalogue (pg_type's unique key),
+    not with "already exists". A session advisory lock, released however the holder ends. On
+    SQLite (one node) there is nothing to order."""
+    if engine.dialect.name != "postgresql":
+        yield
+        return
+    with engine.connect() as conn:
+        conn.exec_driver_sql(f"SELECT pg_advisory_lock({SCHEMA_LOCK_KEY})")
+        conn.commit()
+        try:
+            yield
+        finally:
+            conn.exec_driver_sql(f"SELECT pg_advisory_unlock({SCHEMA_LOCK_KEY})")
+            conn.commit()
 
 
 def add_new_columns(engine: Engine) -> list[str]:

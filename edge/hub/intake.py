@@ -5,7 +5,6 @@ worklist in the same transaction, and files by resumable (tus-style) uploads. No
 from __future__ import annotations
 
 import json
-import os
 import time
 import uuid
 from dataclasses import dataclass
@@ -15,11 +14,10 @@ from typing import Any
 from sqlalchemy import Connection, Engine, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from edge.hub import db, tombstones, worklist_index
+from edge.hub import blobs, db, tombstones, worklist_index
 from edge.hub.audit import record_audit
 from edge.hub.errors import HubError
 from edge.hub.identities import Device
-from edge.inference.registry import sha256_file
 from edge.sync import protocol
 from edge.sync.protocol import WireCode
 
@@ -254,18 +252,12 @@ def append_chunk(
         raise HubError(409, WireCode.WRONG_OFFSET, f"the upload is at byte {row.offset}, not {offset}")
     if offset + len(chunk) > row.size:
         raise HubError(400, WireCode.TOO_LONG, "more bytes than announced")
-    path = Path(row.path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("r+b" if path.exists() else "wb") as handle:
-        handle.truncate(offset)  # a chunk written but never acknowledged is overwritten
-        handle.seek(offset)
-        handle.write(chunk)
-        handle.flush()
-        os.fsync(handle.fileno())
+    store = blobs.for_engine(engine)  # files (SQLite) or chunk rows any node reads (PostgreSQL)
+    store.write(row, offset, chunk)  # a chunk written but never acknowledged is overwritten
     new_offset = offset + len(chunk)
     complete = new_offset == row.size
-    if complete and sha256_file(path) != row.sha256:
-        path.unlink(missing_ok=True)
+    if complete and store.digest(row) != row.sha256:
+        store.discard(row)
         with engine.begin() as conn:
             conn.execute(update(db.uploads).where(db.uploads.c.id == upload_id).values(offset=0))
         raise HubError(

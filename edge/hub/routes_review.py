@@ -20,7 +20,7 @@ from fastapi.responses import RedirectResponse, Response
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
-from edge.hub import agreement, db, presenters, reviews, worklist
+from edge.hub import agreement, blobs, db, presenters, reviews, worklist
 from edge.hub.errors import HubError
 from edge.hub.review_http import Reader, ReaderDep, Refused, page, state, static_response
 from edge.hub.worklist import Filters, Study
@@ -53,6 +53,9 @@ def _study_or_404(request: Request, reader: Reader, uuid: str) -> Study:
         raise Refused(404, "No such study, or it belongs to a programme you do not read for.")
     if study.deleted_at is not None:
         raise Refused(410, "This study was deleted on the device; the hub keeps it only until it is purged.")
+    # Upload bytes as files on this node (on PostgreSQL: copied once from the chunk rows).
+    web = state(request)
+    study.uploads = blobs.readable(web.engine, web.files / "blob-cache", study.uploads)
     return study
 
 
