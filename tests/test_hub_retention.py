@@ -44,6 +44,16 @@ def count(engine: Engine, table: object) -> int:
         return int(conn.execute(select(func.count()).select_from(table)).scalar_one())  # type: ignore[arg-type]
 
 
+def bytes_kept(engine: Engine, paths: list[Path]) -> list[bool]:
+    """Per upload: are its bytes still stored (files on SQLite, chunk rows on PostgreSQL)?"""
+    if engine.dialect.name != "postgresql":
+        return [p.is_file() for p in paths]
+    with engine.connect() as conn:
+        chunked = set(conn.execute(select(db.upload_chunks.c.upload_id).distinct()).scalars())
+        ids = list(conn.execute(select(db.uploads.c.id)).scalars())
+    return [upload in chunked for upload in ids] + [False] * (len(paths) - len(ids))
+
+
 def upload_paths(engine: Engine) -> list[Path]:
     with engine.connect() as conn:
         return [Path(p) for p in conn.execute(select(db.uploads.c.path)).scalars()]
@@ -71,7 +81,7 @@ def test_files_then_results_go_by_policy(engine: Engine, tmp_path: Path) -> None
     rendition = cached_rendition(files, engine)
     paths = upload_paths(engine)
     assert len(paths) == 6
-    assert all(p.is_file() for p in paths)
+    assert all(bytes_kept(engine, paths))
     policy = retention.Policy(images_days=30, records_days=365, renditions_days=0)
 
     early = retention.purge(engine, files, policy, now=NOW + timedelta(days=29))
@@ -80,7 +90,8 @@ def test_files_then_results_go_by_policy(engine: Engine, tmp_path: Path) -> None
     images = retention.purge(engine, files, policy, now=NOW + timedelta(days=31))
     assert (images.records, images.uploads, images.files, images.renditions) == (0, 6, 6, 1)
     assert images.file_bytes == 3 * sum(len(data) for data, _ in UPLOADS.values())
-    assert not any(p.exists() for p in paths)
+    assert not any(bytes_kept(engine, paths))
+    assert count(engine, db.upload_chunks) == 0
     assert not rendition.exists()
     assert count(engine, db.records) == 3
     assert count(engine, db.worklist) == 3
@@ -111,7 +122,7 @@ def test_a_dry_run_counts_what_the_real_run_removes(engine: Engine, tmp_path: Pa
     dry = retention.purge(engine, files, policy, now=later, dry_run=True)
     assert (dry.records, dry.uploads, dry.files) == (4, 8, 8)
     assert count(engine, db.records) == 4
-    assert all(p.is_file() for p in upload_paths(engine))
+    assert all(bytes_kept(engine, upload_paths(engine)))
     with engine.connect() as conn:  # nothing done, nothing audited
         actions = set(conn.execute(select(db.audit.c.action)).scalars())
     assert not actions & {"hub.purged", "results.purged"}
@@ -191,3 +202,36 @@ def test_the_servers_loop_purges_at_once_then_waits(engine: Engine, tmp_path: Pa
     loop.join(timeout=30)
     assert not loop.is_alive()
     assert count(engine, db.records) == 0
+
+
+def test_purged_uploads_take_their_chunk_rows_and_every_nodes_copies(engine: Engine, tmp_path: Path) -> None:
+    """On PostgreSQL the bytes are chunk rows and each node keeps copies (edge/hub/blobs.py):
+    a purge removes the rows with their upload, and each node sweeps copies no upload names."""
+    from sqlalchemy import insert
+
+    from edge.hub.blobs import CACHE_FOLDER
+
+    files, other_node = tmp_path / "files", tmp_path / "node-2"
+    stocked(engine, files, 1)
+    with engine.begin() as conn:
+        rows = conn.execute(select(db.uploads.c.id, db.uploads.c.sha256)).all()
+        for row in rows if engine.dialect.name != "postgresql" else []:  # PostgreSQL has its own
+            conn.execute(insert(db.upload_chunks).values(upload_id=row.id, offset=0, data=b"bytes"))
+    copies = []
+    for node in (files, other_node):
+        for row in rows:
+            copy = node / CACHE_FOLDER / row.sha256[:2] / row.sha256
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            copy.write_bytes(b"bytes")
+            copies.append(copy)
+    assert retention.sweep_node_copies(engine, other_node) == 0  # still named by their uploads
+
+    policy = retention.Policy(images_days=30, records_days=0, renditions_days=0)
+    report = retention.purge(engine, files, policy, now=NOW + timedelta(days=31))
+    assert report.uploads == 2
+    assert count(engine, db.upload_chunks) == 0
+    assert not any(copy.exists() for copy in copies[:2])  # the purging node's own copies
+    assert all(copy.exists() for copy in copies[2:])
+    assert retention.sweep_node_copies(engine, other_node, dry_run=True) == 2
+    assert retention.sweep_node_copies(engine, other_node) == 2
+    assert not any(copy.exists() for copy in copies)

@@ -169,7 +169,7 @@ def test_an_upload_cut_midway_resumes_from_the_hubs_offset(hub: Hub, device: Set
         assert row.complete
         from edge.hub import blobs  # a file on SQLite; chunk rows on PostgreSQL, copied out here
 
-        local = blobs.for_engine(hub.engine, hub.settings.hub_dir / "blob-cache").local(row)
+        local = blobs.for_engine(hub.engine, hub.settings.hub_dir / blobs.CACHE_FOLDER).local(row)
         assert local is not None
         assert local.read_bytes() == data
 

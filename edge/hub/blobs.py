@@ -33,6 +33,8 @@ from edge.hub.errors import HubError
 from edge.inference.registry import sha256_file
 from edge.sync.protocol import WireCode
 
+CACHE_FOLDER = "blob-cache"  # under the hub's files folder: this node's copies (PostgreSQL)
+
 
 class UploadBlobs(Protocol):
     """The bytes of one upload row (`db.uploads`)."""

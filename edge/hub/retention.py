@@ -26,6 +26,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, delete, func, insert, or_, select, text
 
 from edge.hub import db
+from edge.hub.blobs import CACHE_FOLDER
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,7 @@ def _purge_records(engine: Engine, files: Path, policy: Policy, now: datetime, r
         due.append(rec.c.received_at <= _cutoff(now, policy.records_days))
     last = 0
     while True:
-        paths: list[tuple[Path, str]] = []
+        gone: list[Any] = []  # the upload rows whose bytes go
         with engine.begin() as conn:
             rows = conn.execute(
                 select(rec.c.id, rec.c.device_id, rec.c.uuid, rec.c.payload, rec.c.deleted_at)
@@ -141,7 +142,7 @@ def _purge_records(engine: Engine, files: Path, policy: Policy, now: datetime, r
             last = rows[-1].id
             for row in rows:
                 uploads = _record_uploads(conn, row)
-                paths += [(Path(u.path), u.sha256) for u in uploads]
+                gone += uploads
                 report.uploads += len(uploads)
                 report.records += 1
                 report.deleted_on_device += row.deleted_at is not None
@@ -149,7 +150,7 @@ def _purge_records(engine: Engine, files: Path, policy: Policy, now: datetime, r
                 if report.dry_run:
                     continue
                 if uploads:
-                    conn.execute(delete(db.uploads).where(db.uploads.c.id.in_([u.id for u in uploads])))
+                    _delete_uploads(conn, [u.id for u in uploads])
                 conn.execute(
                     delete(db.reviews).where(
                         db.reviews.c.device_id == row.device_id, db.reviews.c.result_uuid == row.uuid
@@ -167,7 +168,7 @@ def _purge_records(engine: Engine, files: Path, policy: Policy, now: datetime, r
                         detail={"results": [[row.device_id, row.uuid] for row in rows]},
                     )
                 )
-        _remove_files(engine, files, paths, report)
+        _remove_files(engine, files, gone, report)
 
 
 def _record_uploads(conn: Connection, row: Any) -> list[Any]:
@@ -211,22 +212,55 @@ def _purge_old_uploads(engine: Engine, files: Path, cutoff: str, report: PurgeRe
             last = rows[-1].id
             report.uploads += len(rows)
             if not report.dry_run:
-                conn.execute(delete(u).where(u.c.id.in_([row.id for row in rows])))
-        _remove_files(engine, files, [(Path(row.path), row.sha256) for row in rows], report)
+                _delete_uploads(conn, [row.id for row in rows])
+        _remove_files(engine, files, rows, report)
 
 
-def _remove_files(engine: Engine, files: Path, paths: list[tuple[Path, str]], report: PurgeReport) -> None:
-    """Upload files, and the renditions made from them unless another upload has the same bytes."""
-    for path, sha256 in paths:
-        try:
-            size = path.stat().st_size
-        except OSError:
-            size = None
-        if size is not None:
+def _delete_uploads(conn: Connection, ids: list[str]) -> None:
+    """Upload rows and, on PostgreSQL, their chunk rows (the bytes themselves: edge/hub/blobs.py)."""
+    conn.execute(delete(db.upload_chunks).where(db.upload_chunks.c.upload_id.in_(ids)))
+    conn.execute(delete(db.uploads).where(db.uploads.c.id.in_(ids)))
+
+
+def sweep_node_copies(engine: Engine, files: Path, dry_run: bool = False) -> int:
+    """This node's copies of upload bytes (`<files>/blob-cache`, PostgreSQL) whose upload row is
+    gone: every node runs it, since the purge itself runs on one node at a time and the others'
+    copies would otherwise outlive the policy. The number of copies removed."""
+    folder = files / CACHE_FOLDER
+    if not folder.is_dir():
+        return 0
+    copies = [path for path in folder.glob("*/*") if path.is_file() and not path.name.endswith(".tmp")]
+    removed = 0
+    for start in range(0, len(copies), BATCH):
+        batch = copies[start : start + BATCH]
+        with engine.connect() as conn:
+            known = set(
+                conn.execute(
+                    select(db.uploads.c.sha256).where(db.uploads.c.sha256.in_([p.name for p in batch]))
+                ).scalars()
+            )
+        for path in batch:
+            if path.name not in known:
+                removed += 1
+                if not dry_run:
+                    path.unlink(missing_ok=True)
+    return removed
+
+
+def _remove_files(engine: Engine, files: Path, uploads: list[Any], report: PurgeReport) -> None:
+    """The uploads' bytes (a file, or on PostgreSQL chunk rows already deleted with the upload
+    row, and this node's copy), and the renditions made from them unless another upload has the
+    same bytes. `files`/`file_bytes` count the uploads whose bytes were stored."""
+    chunked = engine.dialect.name == "postgresql"
+    for upload in uploads:
+        path, sha256 = Path(upload.path), upload.sha256
+        stored = path.is_file()
+        if stored or (chunked and upload.offset):
             report.files += 1
-            report.file_bytes += size
-            if not report.dry_run:
-                path.unlink(missing_ok=True)
+            report.file_bytes += int(upload.offset or 0) if not stored else path.stat().st_size
+        if not report.dry_run:
+            path.unlink(missing_ok=True)
+            (files / CACHE_FOLDER / sha256[:2] / sha256).unlink(missing_ok=True)
         with engine.connect() as conn:
             still = conn.execute(
                 select(func.count()).select_from(db.uploads).where(db.uploads.c.sha256 == sha256)
@@ -260,6 +294,7 @@ def run_periodically(engine: Engine, files: Path, policy: Policy, interval_s: fl
         started = time.monotonic()
         try:
             report = purge(engine, files, policy)
+            sweep_node_copies(engine, files)
             if report.records or report.uploads or report.renditions:
                 log.info("purge: %s", report.summary())
         except Exception:  # the next round tries again; the server keeps serving

@@ -55,7 +55,7 @@ def _study_or_404(request: Request, reader: Reader, uuid: str) -> Study:
         raise Refused(410, "This study was deleted on the device; the hub keeps it only until it is purged.")
     # Upload bytes as files on this node (on PostgreSQL: copied once from the chunk rows).
     web = state(request)
-    study.uploads = blobs.readable(web.engine, web.files / "blob-cache", study.uploads)
+    study.uploads = blobs.readable(web.engine, web.files / blobs.CACHE_FOLDER, study.uploads)
     return study
 
 
