@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -247,7 +247,7 @@ def sweep_node_copies(engine: Engine, files: Path, dry_run: bool = False) -> int
     return removed
 
 
-def _remove_files(engine: Engine, files: Path, uploads: list[Any], report: PurgeReport) -> None:
+def _remove_files(engine: Engine, files: Path, uploads: Sequence[Any], report: PurgeReport) -> None:
     """The uploads' bytes (a file, or on PostgreSQL chunk rows already deleted with the upload
     row, and this node's copy), and the renditions made from them unless another upload has the
     same bytes. `files`/`file_bytes` count the uploads whose bytes were stored."""
