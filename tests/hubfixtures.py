@@ -244,3 +244,17 @@ def review_count(world: World) -> int:
 
     with world.hub.engine.connect() as conn:
         return int(conn.execute(select(func.count()).select_from(db.reviews)).scalar_one())
+
+
+def upload_bytes_kept(engine: Any, where: Any = None) -> list[bool]:
+    """Per upload row (filtered by `where`): are its bytes still stored? Files on SQLite, chunk
+    rows on PostgreSQL (edge/hub/blobs.py); a row whose bytes were never written reads False."""
+    from sqlalchemy import select
+
+    query = select(db.uploads.c.id, db.uploads.c.path)
+    with engine.connect() as conn:
+        rows = conn.execute(query if where is None else query.where(where)).all()
+        if engine.dialect.name != "postgresql":
+            return [Path(row.path).is_file() for row in rows]
+        chunked = set(conn.execute(select(db.upload_chunks.c.upload_id).distinct()).scalars())
+    return [row.id in chunked for row in rows]

@@ -15,7 +15,7 @@ from sqlalchemy import Engine, func, select
 from edge.cli import cli
 from edge.hub import db, retention
 from edge.hub.identities import Device
-from tests.hubfixtures import postgres_url, reset  # noqa: F401 - postgres_url is a fixture
+from tests.hubfixtures import postgres_url, reset, upload_bytes_kept  # noqa: F401 - postgres_url is a fixture
 from tools.hub_disk import enrol_device, fill
 
 PAYLOAD = {
@@ -42,16 +42,6 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Engine:
 def count(engine: Engine, table: object) -> int:
     with engine.connect() as conn:
         return int(conn.execute(select(func.count()).select_from(table)).scalar_one())  # type: ignore[arg-type]
-
-
-def bytes_kept(engine: Engine, paths: list[Path]) -> list[bool]:
-    """Per upload: are its bytes still stored (files on SQLite, chunk rows on PostgreSQL)?"""
-    if engine.dialect.name != "postgresql":
-        return [p.is_file() for p in paths]
-    with engine.connect() as conn:
-        chunked = set(conn.execute(select(db.upload_chunks.c.upload_id).distinct()).scalars())
-        ids = list(conn.execute(select(db.uploads.c.id)).scalars())
-    return [upload in chunked for upload in ids] + [False] * (len(paths) - len(ids))
 
 
 def upload_paths(engine: Engine) -> list[Path]:
@@ -81,7 +71,7 @@ def test_files_then_results_go_by_policy(engine: Engine, tmp_path: Path) -> None
     rendition = cached_rendition(files, engine)
     paths = upload_paths(engine)
     assert len(paths) == 6
-    assert all(bytes_kept(engine, paths))
+    assert all(upload_bytes_kept(engine))
     policy = retention.Policy(images_days=30, records_days=365, renditions_days=0)
 
     early = retention.purge(engine, files, policy, now=NOW + timedelta(days=29))
@@ -90,7 +80,7 @@ def test_files_then_results_go_by_policy(engine: Engine, tmp_path: Path) -> None
     images = retention.purge(engine, files, policy, now=NOW + timedelta(days=31))
     assert (images.records, images.uploads, images.files, images.renditions) == (0, 6, 6, 1)
     assert images.file_bytes == 3 * sum(len(data) for data, _ in UPLOADS.values())
-    assert not any(bytes_kept(engine, paths))
+    assert not any(p.exists() for p in paths)
     assert count(engine, db.upload_chunks) == 0
     assert not rendition.exists()
     assert count(engine, db.records) == 3
@@ -122,7 +112,7 @@ def test_a_dry_run_counts_what_the_real_run_removes(engine: Engine, tmp_path: Pa
     dry = retention.purge(engine, files, policy, now=later, dry_run=True)
     assert (dry.records, dry.uploads, dry.files) == (4, 8, 8)
     assert count(engine, db.records) == 4
-    assert all(bytes_kept(engine, upload_paths(engine)))
+    assert all(upload_bytes_kept(engine))
     with engine.connect() as conn:  # nothing done, nothing audited
         actions = set(conn.execute(select(db.audit.c.action)).scalars())
     assert not actions & {"hub.purged", "results.purged"}

@@ -26,7 +26,14 @@ from edge.store import Store
 from edge.sync import protocol
 from edge.sync.runner import exchange, sync_status
 from tests.conftest import DEFAULT_MODEL, MODELS
-from tests.hubfixtures import REVIEW_PASSWORD, Hub, login, postgres_url, reset  # noqa: F401 - a fixture
+from tests.hubfixtures import (  # noqa: F401 - postgres_url is a fixture
+    REVIEW_PASSWORD,
+    Hub,
+    login,
+    postgres_url,
+    reset,
+    upload_bytes_kept,
+)
 
 HTML = {"accept": "text/html"}
 
@@ -146,13 +153,15 @@ def test_a_study_deleted_on_the_device_is_hidden_on_the_hub_and_purged_after_the
             Path(p)
             for p in conn.execute(select(db.uploads.c.path).where(db.uploads.c.result_uuid == gone)).scalars()
         ]
-    assert all(path.is_file() for path in paths)
+        ids = list(conn.execute(select(db.uploads.c.id).where(db.uploads.c.result_uuid == gone)).scalars())
+    assert all(upload_bytes_kept(hub.engine, db.uploads.c.result_uuid == gone))
     policy = retention.Policy.from_settings(hub.settings.hub)
     now = datetime.now(timezone.utc)
     assert retention.purge(hub.engine, files, policy, now=now + timedelta(days=6)).records == 0
     report = retention.purge(hub.engine, files, policy, now=now + timedelta(days=8))
     assert (report.records, report.deleted_on_device, report.uploads, report.files) == (1, 1, 2, 2)
     assert not any(path.exists() for path in paths)
+    assert count(hub, db.upload_chunks, db.upload_chunks.c.upload_id.in_(ids)) == 0
     assert count(hub, db.records, db.records.c.uuid == gone) == 0
     assert count(hub, db.reviews, db.reviews.c.result_uuid == gone) == 0
     assert count(hub, db.records, db.records.c.uuid == kept) == 1

@@ -16,21 +16,20 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, delete, func, insert, or_, select, text
+from sqlalchemy import Connection, Engine, delete, func, insert, or_, select
 
 from edge.hub import db
 from edge.hub.blobs import CACHE_FOLDER
+from edge.hub.cluster import one_node_at_a_time
 
 log = logging.getLogger(__name__)
 
-PURGE_LOCK_KEY = 0x6564676570757267  # "edgepurg": the advisory lock's key, one per hub database
 BATCH = 200
 
 
@@ -85,7 +84,8 @@ def purge(
     """One purge by `policy` (see the module docstring); what it removed, or would remove."""
     now = now or datetime.now(timezone.utc)
     report = PurgeReport(dry_run=dry_run)
-    with _exclusive(engine) as held:
+    # PostgreSQL: an advisory lock for the whole purge; SQLite has one writer at a time anyway.
+    with one_node_at_a_time(engine, "purge") as held:
         if not held:
             report.skipped = "another hub process is purging"
             return report
@@ -102,24 +102,6 @@ def purge(
                     )
                 )
     return report
-
-
-@contextmanager
-def _exclusive(engine: Engine) -> Iterator[bool]:
-    """PostgreSQL: the advisory lock, held by its own connection for the whole purge (True when
-    this process got it). SQLite has one writer at a time anyway: always True."""
-    if engine.dialect.name != "postgresql":
-        yield True
-        return
-    with engine.connect() as conn:
-        held = bool(conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": PURGE_LOCK_KEY}).scalar())
-        conn.commit()
-        try:
-            yield held
-        finally:
-            if held:
-                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": PURGE_LOCK_KEY})
-                conn.commit()
 
 
 def _purge_records(engine: Engine, files: Path, policy: Policy, now: datetime, report: PurgeReport) -> None:

@@ -135,13 +135,18 @@ async def enroll(request: Request) -> protocol.EnrollResponse:
     return await run_in_threadpool(devices.enroll, _api(request).engine, parse(protocol.EnrollRequest, body))
 
 
+def _inflated(request: Request, body: bytes) -> bytes:
+    """The body as sent, or inflated when the device gzipped it (a bad stream is a 400)."""
+    try:
+        return protocol.inflate(body) if request.headers.get("content-encoding") == "gzip" else body
+    except (ValueError, OSError) as exc:
+        raise HubError(400, WireCode.BAD_BODY, f"the body does not inflate: {exc}") from exc
+
+
 @router.post("/batches")
 async def batches(request: Request) -> protocol.BatchReply:
     device, body = await device_for(request)
-    try:
-        raw = protocol.inflate(body) if request.headers.get("content-encoding") == "gzip" else body
-    except (ValueError, OSError) as exc:
-        raise HubError(400, WireCode.BAD_BODY, f"the body does not inflate: {exc}") from exc
+    raw = _inflated(request, body)
     return await run_in_threadpool(
         intake.store_batch, _api(request).engine, device, parse(protocol.Batch, raw)
     )
@@ -151,10 +156,7 @@ async def batches(request: Request) -> protocol.BatchReply:
 async def deletions(request: Request) -> protocol.TombstoneReply:
     """Results deleted on the device: hidden at once, purged later (edge/hub/tombstones.py)."""
     device, body = await device_for(request)
-    try:
-        raw = protocol.inflate(body) if request.headers.get("content-encoding") == "gzip" else body
-    except (ValueError, OSError) as exc:
-        raise HubError(400, WireCode.BAD_BODY, f"the body does not inflate: {exc}") from exc
+    raw = _inflated(request, body)
     return await run_in_threadpool(
         tombstones.apply_tombstones, _api(request).engine, device, parse(protocol.TombstoneBatch, raw)
     )
