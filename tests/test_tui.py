@@ -414,7 +414,7 @@ def test_delete_asks_first_then_removes_rows_and_files_with_an_audit_row(
         assert store.technician.worklist_item(target["job_id"]) is None
         audit = list(store.audit_rows("study.deleted"))
         assert [(a["actor"], a["subject_id"]) for a in audit] == [("tui:test", target["study_id"])]
-        assert json.loads(audit[0]["detail"])["files"] == 2
+        assert json.loads(audit[0]["detail"])["files"] == 3  # image, heatmap PNG, evidence grid
 
 
 def test_delete_from_the_result_screen_returns_to_the_worklist(filled: tuple[Settings, Filled]) -> None:

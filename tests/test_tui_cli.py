@@ -25,6 +25,7 @@ def served(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
     seen: dict[str, Any] = {}
     monkeypatch.setattr("edge.hub.app.create_app", lambda settings: "hub-app")
     monkeypatch.setattr("uvicorn.run", lambda app, **options: seen.update(app=app, **options))
+    monkeypatch.setattr("edge.cli.hub._start_purge_loop", lambda settings, app: seen.update(purging=app))
     yield seen
     edge_log.configure(logging.WARNING)  # the serve command logged to the runner's closed stream
 

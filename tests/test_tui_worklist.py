@@ -172,7 +172,7 @@ def test_delete_result_removes_its_files_and_refuses_the_last_or_running_row(
         heatmap = settings.data_dir / str(stored.heatmap_path)
         removed = store.technician.delete_result(chest_job, "tui:ana")
         assert removed["results"] == 1
-        assert removed["files"] == 1
+        assert removed["files"] == 2  # its heatmap PNG and its evidence grid
         assert not heatmap.exists()
         assert store.result(chest.result_id) is None
         notes = store.technician.notes_for(chest.study_id)

@@ -6,7 +6,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
@@ -14,8 +14,6 @@ from edge import log as edge_log
 from edge.cli.base import EXIT_REFUSED, EXIT_USAGE, Context, cli, pass_context
 
 if TYPE_CHECKING:
-    from sqlalchemy import Engine
-
     from edge.config import Settings
     from edge.sync.protocol import ProfileRelease
 
@@ -61,12 +59,13 @@ def hub_serve(obj: Context, bind: str | None, port: int | None) -> None:
             host,
         )
     app = create_app(settings)
-    _start_purge_loop(settings, app.state.device_api.engine)
+    _start_purge_loop(settings, app)
     uvicorn.run(app, host=host, port=port, log_level="info", proxy_headers=True)
 
 
-def _start_purge_loop(settings: Settings, engine: Engine) -> None:
-    """The retention purge every `[hub] purge_interval_s`, in a daemon thread of the server."""
+def _start_purge_loop(settings: Settings, app: Any) -> None:
+    """The retention purge every `[hub] purge_interval_s`, in a daemon thread of the server
+    (on the app's own database engine)."""
     import threading
 
     from edge.hub import retention
@@ -74,9 +73,10 @@ def _start_purge_loop(settings: Settings, engine: Engine) -> None:
     if settings.hub.purge_interval_s <= 0:
         return
     policy = retention.Policy.from_settings(settings.hub)
+    engine, files = app.state.device_api.engine, settings.hub_dir / "files"
     threading.Thread(
         target=retention.run_periodically,
-        args=(engine, settings.hub_dir / "files", policy, settings.hub.purge_interval_s, threading.Event()),
+        args=(engine, files, policy, settings.hub.purge_interval_s, threading.Event()),
         name="hub-purge",
         daemon=True,
     ).start()
