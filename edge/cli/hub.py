@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -180,6 +181,15 @@ def hub_profile() -> None:
     """Site profiles from the specialists' reviews: list, draft, sign, publish."""
 
 
+def echo_rows(rows: list[dict[str, Any]], as_json: bool, line: Callable[[dict[str, Any]], str]) -> None:
+    """A listing: JSON for scripts, else one line per row."""
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        click.echo(line(row))
+
+
 def _refused(error: Exception) -> NoReturn:
     from edge.hub.errors import HubError
 
@@ -206,15 +216,14 @@ def hub_profile_list(obj: Context, as_json: bool) -> None:
     """Every published site profile: site, model version, temperature, when and by whom."""
     from edge.hub import db, site_profiles
 
-    rows = site_profiles.list_profiles(db.make_engine(obj.settings.hub_database_url))
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
-        return
-    for row in rows:
-        click.echo(
-            f"{row['profile_id']}  {row['programme']}/{row['site'] or '-'}  temperature {row['temperature']}"
-            f"  published {row['published_at']} by {row['published_by']}"
-        )
+    echo_rows(
+        site_profiles.list_profiles(db.make_engine(obj.settings.hub_database_url)),
+        as_json,
+        lambda row: (
+            f"{row['profile_id']}  {row['programme']}/{row['site'] or '-'}"
+            f"  temperature {row['temperature']}  published {row['published_at']} by {row['published_by']}"
+        ),
+    )
 
 
 @hub_profile.command("draft")

@@ -4,13 +4,11 @@ are made by `edge hub enroll-code` (cli/hub.py) or on the admin page."""
 
 from __future__ import annotations
 
-import json
-
 import click
 
 from edge.cli.base import Context, pass_context
 from edge.cli.hub import _refused as _refuse
-from edge.cli.hub import hub
+from edge.cli.hub import echo_rows, hub
 
 
 @hub.group("devices")
@@ -25,15 +23,14 @@ def hub_devices_list(obj: Context, as_json: bool) -> None:
     """Every device: id, name, programme/site, state, key fingerprint and last request."""
     from edge.hub import db, devices
 
-    rows = devices.list_devices(db.make_engine(obj.settings.hub_database_url))
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
-        return
-    for row in rows:
-        click.echo(
-            f"{row['id']}  {row['name']:<20} {row['programme']}/{row['site'] or '-'}  {row['state']:<8}"
-            f" key {row['key']}  last seen {row['last_seen_at'] or 'never'}"
-        )
+    echo_rows(
+        devices.list_devices(db.make_engine(obj.settings.hub_database_url)),
+        as_json,
+        lambda row: (
+            f"{row['id']}  {row['name']:<20} {row['programme']}/{row['site'] or '-'}"
+            f"  {row['state']:<8} key {row['key']}  last seen {row['last_seen_at'] or 'never'}"
+        ),
+    )
 
 
 @hub_devices.command("revoke")
@@ -64,15 +61,14 @@ def hub_codes_list(obj: Context, as_json: bool) -> None:
     """Every enrolment code by its id (the code itself is never stored): state and device."""
     from edge.hub import db, devices
 
-    rows = devices.list_codes(db.make_engine(obj.settings.hub_database_url))
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
-        return
-    for row in rows:
-        click.echo(
+    echo_rows(
+        devices.list_codes(db.make_engine(obj.settings.hub_database_url)),
+        as_json,
+        lambda row: (
             f"{row['id']}  {row['programme']:<12} {row['state']:<8} expires {row['expires_at']}"
             + (f"  device {row['device_id']}" if row["device_id"] else "")
-        )
+        ),
+    )
 
 
 @hub_codes.command("revoke")

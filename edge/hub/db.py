@@ -7,10 +7,10 @@ resolved by retrying the transaction, after which the row is simply there.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     JSON,
@@ -30,7 +30,7 @@ from sqlalchemy import (
     event,
     inspect,
 )
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from edge.clock import utc_now
 
@@ -379,3 +379,18 @@ def _column_names(engine: Engine, table: str) -> set[str] | None:
     if not inspector.has_table(table):
         return None
     return {column["name"] for column in inspector.get_columns(table)}
+
+
+Answer = TypeVar("Answer")
+
+
+def despite_races(attempt: Callable[[], Answer], tries: int = 3) -> Answer:
+    """`attempt()` again when a concurrent copy of the same request won the race for a unique
+    row (the second look sees that row and answers "duplicate")."""
+    for left in range(tries - 1, -1, -1):
+        try:
+            return attempt()
+        except IntegrityError:
+            if not left:
+                raise
+    raise AssertionError("unreachable")

@@ -37,13 +37,7 @@ def store_batch(engine: Engine, device: Device, batch: protocol.Batch) -> protoc
             raise HubError(
                 400, WireCode.BAD_RECORD, f"record {record.uuid}: sha256 does not match its payload"
             )
-    for attempt in range(3):
-        try:
-            return _store_batch_once(engine, device, batch)
-        except IntegrityError:  # a concurrent copy of the same batch won the race: look again
-            if attempt == 2:
-                raise
-    raise AssertionError("unreachable")
+    return db.despite_races(lambda: _store_batch_once(engine, device, batch))
 
 
 def _unstorable(payload: dict[str, Any]) -> str | None:

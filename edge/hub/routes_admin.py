@@ -8,6 +8,7 @@ it (never in a URL, never stored in clear: the pages are `no-store`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -141,23 +142,31 @@ async def create_enroll_code(request: Request, reader: AdminDep) -> Response:
 @router.post("/admin/devices/{device_id}/revoke")
 async def revoke_device(device_id: str, request: Request, reader: AdminDep) -> Response:
     """Revoke a device: audited, and its very next request is refused (`DEVICE_REVOKED`)."""
-    try:
-        device = await run_in_threadpool(
-            devices.revoke_device, state(request).engine, device_id, reader.user.name
-        )
-    except HubError as error:
-        return await run_in_threadpool(_admin_page, request, reader, error.status, error=error.message)
-    message = f"Device {device.name} revoked: it must be enrolled again with a new code."
-    return await run_in_threadpool(_admin_page, request, reader, message=message)
+    return await _revoke(
+        request,
+        reader,
+        lambda: devices.revoke_device(state(request).engine, device_id, reader.user.name),
+        lambda device: f"Device {device.name} revoked: it must be enrolled again with a new code.",
+    )
 
 
 @router.post("/admin/enroll-codes/{code_id}/revoke")
 async def revoke_enroll_code(code_id: str, request: Request, reader: AdminDep) -> Response:
     """Revoke an unused enrolment code (listed by its id: the page never shows a code again)."""
+    return await _revoke(
+        request,
+        reader,
+        lambda: devices.revoke_code(state(request).engine, code_id, reader.user.name),
+        lambda revoked: f"Code {revoked} revoked.",
+    )
+
+
+async def _revoke(
+    request: Request, reader: Reader, revoke: Callable[[], Any], said: Callable[[Any], str]
+) -> Response:
+    """Run one revocation off the event loop; the admin page again, with what was done or why not."""
     try:
-        revoked = await run_in_threadpool(
-            devices.revoke_code, state(request).engine, code_id, reader.user.name
-        )
+        revoked = await run_in_threadpool(revoke)
     except HubError as error:
         return await run_in_threadpool(_admin_page, request, reader, error.status, error=error.message)
-    return await run_in_threadpool(_admin_page, request, reader, message=f"Code {revoked} revoked.")
+    return await run_in_threadpool(_admin_page, request, reader, message=said(revoked))

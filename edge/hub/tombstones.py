@@ -16,7 +16,6 @@ import time
 from typing import Any
 
 from sqlalchemy import Connection, Engine, delete, insert, select, update
-from sqlalchemy.exc import IntegrityError
 
 from edge.hub import db
 from edge.hub.identities import Device
@@ -26,13 +25,7 @@ from edge.sync import protocol
 def apply_tombstones(
     engine: Engine, device: Device, batch: protocol.TombstoneBatch
 ) -> protocol.TombstoneReply:
-    for attempt in range(3):
-        try:
-            return _apply_once(engine, device, batch)
-        except IntegrityError:  # a concurrent copy of the same batch won the race: look again
-            if attempt == 2:
-                raise
-    raise AssertionError("unreachable")
+    return db.despite_races(lambda: _apply_once(engine, device, batch))
 
 
 def _apply_once(engine: Engine, device: Device, batch: protocol.TombstoneBatch) -> protocol.TombstoneReply:
