@@ -245,3 +245,19 @@ def test_a_hub_that_refuses_the_kind_does_not_stop_the_round(
     assert note[1] is not None
     assert set(_uploads(hub, "thumbnail")) == {result}
     hub.client.close()
+
+
+def test_a_flagged_negative_sends_it_by_default(tmp_path: Path, hub: Hub) -> None:
+    """Urgent means positive findings and flagged studies: a technician's flag is enough."""
+    device = _device(tmp_path)
+    with Store(device.data_dir) as store:
+        results = _analyse(device, store, [SAMPLES / NEGATIVE, SAMPLES / "sample-02.png"])
+        assert not any(results.values())
+        flagged = next(iter(results))
+        study = store.db.execute(
+            "SELECT i.study_id FROM results r JOIN images i ON i.id = r.image_id WHERE r.id = ?", [flagged]
+        ).fetchone()[0]
+        store.technician.set_urgent(study, True, "technician")
+        exchange(hub.sync_client(device, store, hub.enroll(device)))
+    assert set(_uploads(hub, "rendition")) == {flagged}
+    hub.client.close()
