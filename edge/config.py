@@ -260,6 +260,11 @@ class SyncSettings(_Section):
     """Set by `edge sync enroll`; the credential itself lives in the state directory."""
     images: Literal["none", "thumbnails", "full"] = "thumbnails"
     """Results always travel first; then thumbnails (and heatmaps); full images only if "full"."""
+    diagnostic: Literal["positive", "always", "on-request", "never"] = "positive"
+    """The 1024-px greyscale diagnostic rendition (edge/sync/outgoing.py), sent after the lean
+    payload: "positive" for positive findings and flagged (urgent) studies and whenever the hub
+    asks; "always" for every result; "on-request" only when the hub asks; "never". Never sent
+    when `images = "none"`."""
     dates: Literal["keep", "shift", "remove"] = "shift"
     burned_text: Literal["any", "identifiers"] = "any"
     """Text OCR finds in outgoing pixels that is blacked out: "any" (every word), or only words

@@ -165,7 +165,8 @@ def test_a_study_deleted_on_the_device_is_hidden_on_the_hub_and_purged_after_the
     assert count(hub, db.records, db.records.c.uuid == gone) == 0
     assert count(hub, db.reviews, db.reviews.c.result_uuid == gone) == 0
     assert count(hub, db.records, db.records.c.uuid == kept) == 1
-    assert count(hub, db.uploads, db.uploads.c.result_uuid == kept) == 2
+    # thumbnail, heatmap and the diagnostic rendition the hub asked for when its page was opened
+    assert count(hub, db.uploads, db.uploads.c.result_uuid == kept) == 3
     assert count(hub, db.tombstones) == 1  # kept: a late copy of the result is still hidden
     assert count(hub, db.audit, db.audit.c.action == "results.purged") == 1
     assert page.get(f"/review/studies/{gone}", headers=HTML).status_code == 404

@@ -29,4 +29,8 @@ def test_the_wire_budgets_hold(tmp_path: Path, capsys: pytest.CaptureFixture[str
     # The heatmap travels as its evidence grid: the upload, requests and answers included, is
     # a small fraction of the old 78 KB PNG.
     assert max(figures["files"]["heatmap"]) < 2_500
+    # The diagnostic rendition (issue 20), reported apart: positive findings carry one by
+    # default, negative ones none.
+    assert figures["renditions_carried"] == {"negative": 0, "positive": len(positives)}
+    assert len(figures["files"]["rendition"]) == len(positives)
     assert abs(figures["cap_measured_kbps"] / figures["cap_kbps"] - 1) <= wire_budget.CAP_TOLERANCE

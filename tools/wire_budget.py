@@ -12,7 +12,9 @@ sync client sends them:
 1. results alone (`[sync] images = "none"`): batches of results, bytes per result;
 2. pictures (`images = "thumbnails"`): one result at a time, its result batch, its thumbnail and
    its heatmap (the evidence grid), so each result's bytes are its own; negative and positive
-   findings reported separately;
+   findings reported separately; the diagnostic rendition (issue 20: positive findings by
+   default, `[sync] diagnostic`) apart, in KB each and how many results carried one, and not
+   in those results' totals (it is a separate, lower-priority class);
 3. the bandwidth cap (`[sync] bandwidth_kbps`): results sent under the cap, the device-to-hub
    rate measured at the proxy against it (budget: within 5%).
 
@@ -240,7 +242,10 @@ class Report:
     results_bytes: int = 0
     round_fixed_bytes: int = 0
     pictures: dict[str, list[int]] = field(default_factory=lambda: {"negative": [], "positive": []})
-    files: dict[str, list[int]] = field(default_factory=lambda: {"thumbnail": [], "heatmap": []})
+    files: dict[str, list[int]] = field(
+        default_factory=lambda: {"thumbnail": [], "heatmap": [], "rendition": []}
+    )
+    carried: dict[str, int] = field(default_factory=lambda: {"negative": 0, "positive": 0})
     cap_kbps: float = 0.0
     cap_measured_kbps: float = 0.0
     cap_up_bytes: int = 0
@@ -264,6 +269,17 @@ class Report:
             failed.append(f"bandwidth cap: {self.cap_measured_kbps:.1f} kbit/s against {self.cap_kbps:g}")
         return failed
 
+    def rendition_row(self) -> str:
+        sizes = self.files["rendition"]
+        mean_kb = statistics.mean(sizes) / 1000 if sizes else 0.0
+        measured = sum(len(v) for v in self.pictures.values())
+        return (
+            f"| results that carried a diagnostic rendition: positive {self.carried['positive']}"
+            f" of {len(self.pictures['positive'])}, negative {self.carried['negative']}"
+            f" of {len(self.pictures['negative'])} | {sum(self.carried.values())} of {measured}"
+            f" | {mean_kb:.1f} KB each | | |"
+        )
+
     def table(self) -> str:
         def row(what: str, values: list[int]) -> str:
             if not values:
@@ -279,6 +295,8 @@ class Report:
             row("positive result + thumbnail + heatmap", self.pictures["positive"]),
             row("  of which the thumbnail upload", self.files["thumbnail"]),
             row("  of which the heatmap (grid) upload", self.files["heatmap"]),
+            row("diagnostic rendition upload (apart from the totals above)", self.files["rendition"]),
+            self.rendition_row(),
             f"| a sync round's fixed cost (reviews, releases...) | 1 | {self.round_fixed_bytes:,} | | |",
         ]
         if self.cap_kbps:
@@ -329,11 +347,15 @@ def measure(folder: Path, results: int, pictures: int, cap_kbps: float) -> Repor
             client = SyncClient(settings, store, http, credential)
             _count_uploads(client, proxy, report.files)
             for _, positive in analyse(settings, store, pictures, "p"):
+                finding = "positive" if positive else "negative"
+                renditions = len(report.files["rendition"])
                 proxy.reset()
                 client.push_results()
                 client.queue_uploads()
                 client.push_files()
-                report.pictures["positive" if positive else "negative"].append(proxy.reset().total)
+                rendition = sum(report.files["rendition"][renditions:])
+                report.carried[finding] += int(rendition > 0)
+                report.pictures[finding].append(proxy.reset().total - rendition)
     return report
 
 
@@ -375,6 +397,7 @@ def main(argv: list[str] | None = None) -> int:
             "round_fixed_bytes": report.round_fixed_bytes,
             "pictures": report.pictures,
             "files": report.files,
+            "renditions_carried": report.carried,
             "cap_kbps": report.cap_kbps,
             "cap_measured_kbps": report.cap_measured_kbps,
             "failures": failures,

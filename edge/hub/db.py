@@ -157,6 +157,17 @@ reviews = Table(
     Column("reviewed_at", String(32), nullable=False),
 )
 
+# A specialist opened a study that has no diagnostic rendition (issue 20): the device pulls these
+# (GET /v1/renditions/requested) and sends the rendition. Only uuids, a time and who asked.
+rendition_requests = Table(
+    "rendition_requests",
+    metadata,
+    Column("device_id", String(36), primary_key=True),
+    Column("result_uuid", String(36), primary_key=True),
+    Column("requested_at", String(32), nullable=False, index=True),
+    Column("requested_by", String(64)),
+)
+
 releases = Table(
     "releases",
     metadata,

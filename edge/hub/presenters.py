@@ -16,6 +16,7 @@ import numpy as np
 
 from edge.hub.render import Picture, Renditions, encode_jpeg, is_evidence, resize_to_width
 from edge.hub.worklist import Study, WorklistRow
+from edge.imaging import rendition_meta
 from edge.inference.scope import BORDERLINE, MEANINGS, p_text
 
 QUALITY_LABELS = {
@@ -300,7 +301,7 @@ def _without_heatmap(uploads: dict[str, Any]) -> dict[str, Any]:
     """The uploads a base image may come from: once the full image or the thumbnail is on the
     hub, the grey recovered from the heatmap blend is not used (it is the model's input size,
     224 px, and carries the blend's rounding): only a study with neither falls back to it."""
-    if "image" in uploads or "thumbnail" in uploads:
+    if "rendition" in uploads or "image" in uploads or "thumbnail" in uploads:
         return {kind: row for kind, row in uploads.items() if kind != "heatmap"}
     return uploads
 
@@ -321,9 +322,18 @@ def image(renditions: Renditions, uploads: dict[str, Any], width: int) -> bytes 
     return renditions.image(_without_heatmap(uploads), width)
 
 
-def preview_note(study: Study, source: str | None) -> str | None:
+def preview_note(study: Study, source: str | None, requested: bool = False) -> str | None:
     """What the reader is told when the picture is not the diagnostic image."""
-    if source == "image" or source is None:
+    if source in ("rendition", "image"):
+        return None
+    if "rendition" in study.pending:
+        return "Preview only: the diagnostic image is on its way (the clinic's device is sending it)."
+    if requested:
+        return (
+            "Preview only: diagnostic image requested from the device; it comes at the clinic's "
+            "next sync (reload then)."
+        )
+    if source is None:
         return None
     if "image" in study.pending:
         return "Preview only: the diagnostic image is on its way (the clinic's device is still sending it)."
@@ -331,6 +341,33 @@ def preview_note(study: Study, source: str | None) -> str | None:
         "Preview only: this clinic's device does not send the diagnostic image (its [sync] images "
         "setting), or it has not started sending it."
     )
+
+
+_VOI_WORDS = {"VOI LUT": "the file's VOI LUT", "stored range": "the stored range (no window in the file)"}
+
+
+def rendition_windowing(uploads: dict[str, Any]) -> str | None:
+    """How the device made the rendition's grey levels (its JPEG comment, rendition_meta), in
+    words for the page; None without a rendition or its facts."""
+    row = uploads.get("rendition")
+    if row is None:
+        return None
+    try:
+        with open(row.path, "rb") as handle:
+            facts = rendition_meta.read(handle.read(64 * 1024))
+    except OSError:
+        return None
+    if not facts:
+        return None
+    voi = str(facts.get("voi") or "as stored")
+    if voi == "window" and facts.get("window_center") is not None:
+        words = f"window centre {facts['window_center']:g}, width {facts.get('window_width') or 0:g}"
+    else:
+        words = _VOI_WORDS.get(voi, "the pixels as stored")
+    photometric = facts.get("photometric")
+    if photometric == "MONOCHROME1":
+        words += ", inverted (MONOCHROME1)"
+    return f"grey levels from {words} on the device"
 
 
 def thumbnail_jpeg(uploads: dict[str, Any], width: int = THUMB_WIDTH) -> bytes | None:

@@ -175,7 +175,7 @@ def _rgb(data: bytes) -> np.ndarray:
 class Picture:
     """What the study page can show for one result."""
 
-    source: str | None  # "image", "heatmap" (the grey recovered from it), "thumbnail", "overlay"
+    source: str | None  # "rendition", "image", "heatmap" (the grey recovered from it), "thumbnail", "overlay"
     width: int
     height: int
     layer: str | None  # "heat" (grey heat, coloured by the page), "overlay", or None
@@ -183,6 +183,7 @@ class Picture:
     @property
     def label(self) -> str:
         return {
+            "rendition": "diagnostic rendition (1024 px, greyscale)",
             "image": "full image",
             "heatmap": "image recovered from the heatmap overlay",
             "thumbnail": "thumbnail (the device sends full images only with [sync] images = full)",
@@ -283,7 +284,12 @@ class Renditions:
         return None if made is None else made[1]
 
     def _base(self, uploads: dict[str, Any]) -> tuple[str, Any, np.ndarray] | None:
-        """(source kind, its upload row, pixels), best first."""
+        """(source kind, its upload row, pixels), best first: the diagnostic rendition (made
+        for reading), the full image, then the lean payload's pictures."""
+        if "rendition" in uploads:
+            pixels = self._image(uploads["rendition"])
+            if pixels is not None:
+                return "rendition", uploads["rendition"], pixels
         if "image" in uploads:
             pixels = self._image(uploads["image"])
             if pixels is not None:

@@ -23,7 +23,7 @@ from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from edge.hub import db, devices, intake, releases, reviews, site_profiles, tombstones
+from edge.hub import db, devices, intake, releases, rendition_requests, reviews, site_profiles, tombstones
 from edge.hub.errors import HubError
 from edge.hub.identities import Device
 from edge.hub.limits import RateLimiter
@@ -198,6 +198,13 @@ async def reviews_since(
 ) -> protocol.ReviewPage:
     device, _ = await device_for(request, 0)
     return await run_in_threadpool(reviews.reviews_since, _api(request).engine, device, cursor)
+
+
+@router.get("/renditions/requested")
+async def renditions_requested(request: Request) -> protocol.RenditionRequests:
+    """Results whose diagnostic rendition a specialist asked for (edge/hub/rendition_requests.py)."""
+    device, _ = await device_for(request, 0)
+    return await run_in_threadpool(rendition_requests.open_requests, _api(request).engine, device)
 
 
 @router.get("/models")

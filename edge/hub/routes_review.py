@@ -20,7 +20,7 @@ from fastapi.responses import RedirectResponse, Response
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
-from edge.hub import agreement, blobs, db, presenters, reviews, worklist
+from edge.hub import agreement, blobs, db, presenters, rendition_requests, reviews, worklist
 from edge.hub.errors import HubError
 from edge.hub.review_http import Reader, ReaderDep, Refused, page, state, static_response
 from edge.hub.worklist import Filters, Study
@@ -103,6 +103,12 @@ def _study_page(request: Request, reader: Reader, study: Study, status: int = 20
     context = filters.query()
     picture = presenters.picture(web.renditions, study.uploads)
     kinds = _kinds(request)
+    # No picture to read from yet (neither the rendition nor the full image): opening the study
+    # asks the device for its rendition, which it sends at its next round (issue 20).
+    requested = False
+    if not {"rendition", "image"} & (set(study.uploads) | study.pending):
+        rendition_requests.ask(web.engine, study.device_id, study.uuid, reader.user.name)
+        requested = True
     return page(
         request,
         "study.html",
@@ -111,7 +117,8 @@ def _study_page(request: Request, reader: Reader, study: Study, status: int = 20
         study=study,
         view=presenters.study_view(study, kinds),
         picture=picture,
-        preview=presenters.preview_note(study, picture.source),
+        preview=presenters.preview_note(study, picture.source, requested),
+        windowing=presenters.rendition_windowing(study.uploads) if picture.source == "rendition" else None,
         spacing=presenters.pixel_spacing(study) if picture.source else None,
         original_width=study.part("image").get("width"),
         marked_reviews=presenters.reviews_marked(study),

@@ -198,6 +198,9 @@ _HTTPX_HEADER_BYTES = 170
 # Link time left idle (preparing a file, waiting for the hub) that the cap lets the next request
 # use: short, so that over any half-minute the rate stays within a few percent of the cap.
 _IDLE_CREDIT_S = 0.5
+# Every file kind, in the order a round sends them (pending_outbox orders by seq; the rendition
+# is queued last).
+UPLOAD_KINDS = ("thumbnail", "heatmap", "image", "rendition")
 
 
 def _request_bytes(method: str, path: str, body: bytes, headers: dict[str, str]) -> int:
@@ -352,11 +355,22 @@ class SyncClient:
                     continue
                 ref = row["image_id"] if kind == "image" else row["result_id"]
                 tasks.append((kind, ref, {"result_id": row["result_id"], "image_id": row["image_id"]}))
+        # The diagnostic rendition last (the lean payload first), for urgent results by default.
+        diagnostic = self.settings.sync.diagnostic
+        if mode != "none" and diagnostic in ("positive", "always"):
+            for row in self.store.outbox.results_due_a_rendition(only_urgent=diagnostic == "positive"):
+                payload = {"result_id": row["result_id"], "image_id": row["image_id"]}
+                tasks.append(("rendition", row["result_id"], payload))
         return self.store.outbox.add_upload_tasks(tasks)
+
+    def rendition_requests(self) -> protocol.RenditionRequests:
+        """The results whose diagnostic rendition the hub asked for (edge/sync/renditions.py)."""
+        content = self._send("GET", "/v1/renditions/requested").content
+        return protocol.RenditionRequests.model_validate_json(content)
 
     def push_files(self) -> int:
         done = 0
-        for row in self.store.outbox.pending_outbox(["thumbnail", "heatmap", "image"], 1000):
+        for row in self.store.outbox.pending_outbox(UPLOAD_KINDS, 1000):
             payload = json.loads(row["payload"])
             try:
                 data, media_type, note = self._file_bytes(row["kind"], payload)
@@ -372,7 +386,15 @@ class SyncClient:
             if data is None:
                 self.store.outbox.mark_acked([row["id"]], note=note or "withheld: must not leave the device")
                 continue
-            self._upload(row["kind"], row["ref_id"], payload["result_id"], data, media_type)
+            try:
+                self._upload(row["kind"], row["ref_id"], payload["result_id"], data, media_type)
+            except HubRefused as exc:
+                if row["kind"] != "rendition" or exc.code is not WireCode.BAD_REQUEST:
+                    raise
+                # A hub older than the diagnostic rendition refuses the kind: the lean payload
+                # is there, so the round goes on and the technician sees why it was not sent.
+                self.store.outbox.mark_acked([row["id"]], note="not sent: the hub does not take renditions")
+                continue
             self.store.outbox.mark_acked([row["id"]], note=note)
             done += 1
         return done

@@ -1,4 +1,5 @@
-"""What pixels leave the device: the one decision every thumbnail, heatmap and full image passes
+"""What pixels leave the device: the one decision every thumbnail, heatmap, diagnostic
+rendition and full image passes
 on its way to the hub (issue 17: burned-in patient text).
 
 The header's `BurnedInAnnotation` flag is not trusted to be there or right, so the pixels
@@ -22,7 +23,7 @@ import io
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import cv2
@@ -47,6 +48,7 @@ from edge.imaging.decode import decode_bytes
 from edge.imaging.dicom_redact import CannotRedact, burned_in_flag, redact_pixel_data
 from edge.imaging.evidence import MEDIA_TYPE as EVIDENCE_MEDIA_TYPE
 from edge.imaging.ocr import Box, OcrBackend, TesseractOcr
+from edge.imaging.rendition_meta import embed, scaled, windowing_of
 from edge.video.roi import detect_still_sector
 
 log = logging.getLogger(__name__)
@@ -57,6 +59,20 @@ log = logging.getLogger(__name__)
 # bounded decode, edge.imaging.decode) already reads JPEG.
 THUMBNAIL_SIDE = 256
 THUMBNAIL_QUALITY = 80
+# The diagnostic rendition (issue 20 item 2): the display image, greyscale, 1024 px on its long
+# side, for the specialist to read from. JPEG quality 88, measured on the shipped samples scaled
+# to 1024 px (docs/install.md, "Diagnostic rendition"): q=80 50 KB, PSNR 51.4 dB;
+# q=85 58 KB, 52.5 dB; q=88 66 KB, 53.5 dB; q=90 73 KB, 54.2 dB; q=95 109 KB, 56.8 dB (with
+# film-like grain: 85 / 110 / 137 / 163 / 296 KB). 88 keeps a 1 MB 8-bit image at 8:1-16:1,
+# well inside the 30:1 that radiology guidance on irreversible compression of chest radiographs
+# accepts, while 95 costs 1.65x the bytes of 88 for no difference on a reading screen. Once a
+# day over a 2G link (50 kbit/s) 66 KB is ~11 s; it goes after the lean payload.
+RENDITION_SIDE = 1024
+RENDITION_QUALITY = 88
+_JPEG_SIDES = {
+    "thumbnail": (THUMBNAIL_SIDE, THUMBNAIL_QUALITY),
+    "rendition": (RENDITION_SIDE, RENDITION_QUALITY),
+}
 _CACHE = 8  # a result's thumbnail, heatmap and image are cleaned from one reading of the image
 
 
@@ -145,7 +161,8 @@ class PixelGuard:
         heatmap: bytes | None = None,
         deidentify: Callable[[bytes], bytes | None] | None = None,
     ) -> Outgoing:
-        media_type = {"thumbnail": "image/jpeg", "evidence": EVIDENCE_MEDIA_TYPE}.get(
+        media_types = dict.fromkeys(_JPEG_SIDES, "image/jpeg") | {"evidence": EVIDENCE_MEDIA_TYPE}
+        media_type = media_types.get(
             kind, "application/dicom" if kind == "image" and image.get("format") == "dicom" else "image/png"
         )
         meta = image.get("meta") or {}
@@ -169,9 +186,15 @@ class PixelGuard:
             cleaned = self._clean(image, study, data, identifiers, policy)
             if cleaned is None:
                 return _withheld(media_type, "no_sector", "no imaging sector found in this ultrasound image")
-            if kind == "thumbnail":
-                out, extra = self._rendition(_thumbnail(cleaned.pixels), identifiers, policy)
-                return _encoded(out, _merged(cleaned.findings, extra), jpeg=True)
+            if kind in _JPEG_SIDES:
+                side, quality = _JPEG_SIDES[kind]
+                out, extra = self._rendition(_shrunk(cleaned.pixels, side), identifiers, policy)
+                sent = _encoded(out, _merged(cleaned.findings, extra), jpeg_quality=quality)
+                if kind == "rendition" and sent.data is not None:
+                    # The window that made these grey levels, in the file (rendition_meta).
+                    facts = scaled(windowing_of(data, image), cleaned.pixels.shape[:2], out.shape[:2])
+                    sent = replace(sent, data=embed(sent.data, facts))
+                return sent
             elif kind == "heatmap":
                 out, extra = self._heatmap(heatmap or b"", cleaned, identifiers, policy)
             elif image.get("format") == "dicom":
@@ -253,8 +276,9 @@ class PixelGuard:
         return _outcome(out, media_type, _merged(cleaned.findings, check))
 
 
-def _thumbnail(pixels: np.ndarray) -> np.ndarray:
-    scale = min(1.0, THUMBNAIL_SIDE / max(pixels.shape[:2]))
+def _shrunk(pixels: np.ndarray, side: int) -> np.ndarray:
+    """At most `side` px on the long side (never enlarged)."""
+    scale = min(1.0, side / max(pixels.shape[:2]))
     if scale >= 1.0:
         return pixels
     size = (max(1, round(pixels.shape[1] * scale)), max(1, round(pixels.shape[0] * scale)))
@@ -268,10 +292,10 @@ def _merged(first: Findings, second: Findings) -> Findings:
     return total
 
 
-def _encoded(pixels: np.ndarray, findings: Findings, jpeg: bool = False) -> Outgoing:
-    if jpeg:  # the thumbnail: greyscale (a Doppler's colour is not needed to find the study)
+def _encoded(pixels: np.ndarray, findings: Findings, jpeg_quality: int | None = None) -> Outgoing:
+    if jpeg_quality is not None:  # thumbnail, rendition: greyscale (no Doppler colour is read)
         grey = cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY) if pixels.ndim == 3 else pixels
-        params = [cv2.IMWRITE_JPEG_QUALITY, THUMBNAIL_QUALITY, cv2.IMWRITE_JPEG_OPTIMIZE, 1]
+        params = [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality, cv2.IMWRITE_JPEG_OPTIMIZE, 1]
         ok, encoded = cv2.imencode(".jpg", np.ascontiguousarray(grey), params)
         media_type = "image/jpeg"
     else:

@@ -141,8 +141,10 @@ class UploadStart(_Wire):
     # UUIDs, not any 36 characters: the hub once built a file path from this (issue 17).
     record_uuid: UUID
     """The outbox row the file belongs to (its result, or the image itself)."""
-    kind: Literal["thumbnail", "heatmap", "image"]
-    """A "heatmap" is the CAM evidence grid (media type `edge.imaging.evidence.MEDIA_TYPE`,
+    kind: Literal["thumbnail", "heatmap", "image", "rendition"]
+    """A "rendition" is the 1024-px greyscale JPEG the specialist reads from, its windowing in a
+    JPEG comment (edge.imaging.rendition_meta; issue 20). A "heatmap" is the CAM evidence grid
+    (media type `edge.imaging.evidence.MEDIA_TYPE`,
     under 250 bytes) from devices since issue 21, a blended PNG from older ones; the hub reads
     the media type. A thumbnail is a greyscale JPEG (a PNG from older devices)."""
     result_uuid: UUID
@@ -171,6 +173,16 @@ class ReviewPage(_Wire):
     reviews: list[Review]
     cursor: int
     hub_time: float
+
+
+class RenditionRequests(_Wire):
+    """Results of this device whose diagnostic rendition a specialist asked for and the hub has
+    not received (oldest first, at most `MAX_RENDITION_REQUESTS`)."""
+
+    results: list[UUID]
+
+
+MAX_RENDITION_REQUESTS = 200
 
 
 class ModelRelease(_Wire):

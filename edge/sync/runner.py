@@ -31,11 +31,19 @@ from edge.errors import EdgeError
 from edge.processes import Doorbell, InstanceLock, ring
 from edge.store import Store
 from edge.sync import doorbell, sync_lock
-from edge.sync.client import Credential, HubRefused, HubUnavailable, SyncClient, check_hub_url
+from edge.sync.client import (
+    UPLOAD_KINDS,
+    Credential,
+    HubRefused,
+    HubUnavailable,
+    SyncClient,
+    check_hub_url,
+)
 from edge.sync.deletions import push_tombstones
 from edge.sync.profiles import pull_profiles
 from edge.sync.protocol import WireCode
 from edge.sync.releases import pull_models
+from edge.sync.renditions import pull_rendition_requests
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +53,7 @@ def exchange(client: SyncClient) -> dict[str, int]:
     HubUnavailable/HubRefused on failure."""
     counts = {"results": client.push_results()}
     counts["deletions"] = push_tombstones(client)  # after the results: a result before its tombstone
+    pull_rendition_requests(client)  # before queueing: a requested rendition goes this round
     client.queue_uploads()
     counts["files"] = client.push_files()
     counts["reviews"] = client.pull_reviews()
@@ -204,7 +213,7 @@ def sync_status(settings: Settings, store: Store) -> dict[str, Any]:
         "pending": {
             "results": pending.get("result", 0),
             "deletions": pending.get("tombstone", 0),
-            "files": sum(v for k, v in pending.items() if k in ("thumbnail", "heatmap", "image")),
+            "files": sum(v for k, v in pending.items() if k in UPLOAD_KINDS),
         },
         "review_cursor": state.get("review_cursor", 0),
         "models_refused": state.get("models_refused", {}),
