@@ -91,6 +91,9 @@ class Code(str, Enum):
     INSTANCE_SUPERSEDED = "INSTANCE_SUPERSEDED"
     # Store and host
     STORE_WRITE_FAILED = "STORE_WRITE_FAILED"
+    # A technician's request the store declines (nothing is wrong with the disk)
+    DELETE_REFUSED = "DELETE_REFUSED"
+    NOTE_REFUSED = "NOTE_REFUSED"
     DISK_FULL = "DISK_FULL"
     STORE_CORRUPT = "STORE_CORRUPT"
     STORE_READ_ONLY = "STORE_READ_ONLY"
@@ -104,6 +107,22 @@ class Code(str, Enum):
     # Pixels leaving for the hub (edge/sync/outgoing.py): burned-in text
     BURNED_IN_TEXT_REDACTED = "BURNED_IN_TEXT_REDACTED"
     PIXELS_WITHHELD = "PIXELS_WITHHELD"
+
+
+# Refusals a restart of the service cannot mend (a person must act: repair, restore, reinstall,
+# edit the configuration, encrypt the disk). A service refusing with one exits with
+# EXIT_NEEDS_A_PERSON, which its systemd unit does not restart (RestartPreventExitStatus=):
+# twenty restarts in two minutes would only bury the one coded line in the journal.
+NEEDS_A_PERSON = frozenset(
+    {
+        Code.STORE_CORRUPT,
+        Code.STORE_SCHEMA_NEWER,
+        Code.STORE_UNOPENABLE,
+        Code.STORE_READ_ONLY,
+        Code.STORAGE_NOT_ENCRYPTED,
+        Code.CONFIG_INVALID,
+    }
+)
 
 
 class EdgeError(Exception):

@@ -91,6 +91,8 @@ NEXT_STEPS: dict[Code, str] = {
     Code.INSTANCE_SUPERSEDED: "nothing: open the corrected version's result",
     # Store and host
     Code.STORE_WRITE_FAILED: "check the disk (4 Device), then try again",
+    Code.DELETE_REFUSED: "wait for the job to end; a study's only result goes with its study (D, then s)",
+    Code.NOTE_REFUSED: "write a note of 1 to 2,000 characters",
     Code.DISK_FULL: "free space (edge store backup, then retention), then try again",
     Code.STORE_CORRUPT: "run edge doctor; restore a backup as its sentence says",
     Code.STORE_READ_ONLY: "give the service user write access or remount read-write; edge doctor",

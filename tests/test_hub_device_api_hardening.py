@@ -187,3 +187,18 @@ def test_every_malformed_body_on_every_device_route_is_a_coded_4xx(hub: Hub, tmp
 @pytest.mark.parametrize("path", ["/openapi.json", "/docs", "/redoc", "/v1/openapi.json"])
 def test_the_api_schema_is_not_public(hub: Hub, path: str) -> None:
     assert hub.client.get(path).status_code == 404
+
+
+def test_the_default_per_result_quota_holds_one_file_of_each_upload_kind() -> None:
+    """A device that sends everything its settings allow for one result (thumbnail, heatmap,
+    full image, diagnostic rendition, ...) stays inside the default quota: a new upload kind
+    must raise it, or a compliant device is refused (QUOTA_EXCEEDED) on its last file."""
+    from typing import get_args
+
+    from edge.config import HubSettings
+    from edge.hub.intake import UploadQuotas
+    from edge.sync.client import UPLOAD_KINDS
+
+    kinds = set(get_args(protocol.UploadStart.model_fields["kind"].annotation))
+    assert kinds == set(UPLOAD_KINDS)
+    assert UploadQuotas().result_files == HubSettings().upload_result_files == len(kinds)

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from edge import log as edge_log
 from edge.cli import cli
+from edge.cli.base import EXIT_NEEDS_A_PERSON
 from edge.config import Settings, load_settings
 from edge.errors import Code, EdgeError
 from edge.operations import doctor, storage_encryption
@@ -290,7 +292,7 @@ def test_doctor_runs_the_check_on_this_machine(settings: Settings) -> None:
 
 @pytest.mark.security
 def test_the_agent_refuses_to_start_on_plain_storage_when_required(
-    fake: FakeHost, data: Path, monkeypatch: pytest.MonkeyPatch
+    fake: FakeHost, data: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     fake.mount(data, "254:0", "ext4", "/dev/vda")
     host = fake.host
@@ -304,13 +306,16 @@ def test_the_agent_refuses_to_start_on_plain_storage_when_required(
 
     config = data / "edge.toml"
     config.write_text(f'data_dir = "{data / "edge"}"\n[security]\nrequire_encrypted_storage = true\n')
+    monkeypatch.setattr(edge_log, "configure", lambda level=0: None)  # keep caplog's handler
+    caplog.set_level("INFO")
     result = CliRunner().invoke(cli, ["--config", str(config), "run", "--no-dicom", "--no-watch"])
-    assert result.exit_code == 1
+    assert result.exit_code == EXIT_NEEDS_A_PERSON  # not restarted by systemd: a person must act
     assert not (data / "edge" / "agent.lock").exists()
     for service in (["sync", "run"], ["pacs", "run"]):  # the other services holding patient data
+        caplog.clear()
         result = CliRunner().invoke(cli, ["--config", str(config), *service])
-        assert result.exit_code == 1, service
-        assert "STORAGE_NOT_ENCRYPTED" in result.output, service
+        assert result.exit_code == EXIT_NEEDS_A_PERSON, service
+        assert "STORAGE_NOT_ENCRYPTED" in caplog.text, service  # the journal's coded line
 
 
 def test_the_agent_warns_by_default_and_is_silent_when_accepted(

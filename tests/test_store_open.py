@@ -20,6 +20,7 @@ import pytest
 from click.testing import CliRunner
 
 from edge.cli import cli
+from edge.cli.base import EXIT_NEEDS_A_PERSON
 from edge.config import Settings, load_settings
 from edge.errors import Code, EdgeError
 from edge.operations.doctor import run_checks
@@ -180,9 +181,10 @@ def test_run_refuses_at_start_with_its_code_in_the_log(
     before = digest(db)
     monkeypatch.setenv("JOURNAL_STREAM", "8:1")  # journald's marker: lines carry their priority
     result = subprocess_run(data, "run", "--no-dicom", "--no-watch")
-    assert result.returncode == 1, result.stderr[-2000:]
+    # 78: systemd does not restart it (RestartPreventExitStatus=), a restart cannot mend it
+    assert result.returncode == EXIT_NEEDS_A_PERSON, result.stderr[-2000:]
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
-    assert f"<3>edge.cli.device: {code.value}: " in result.stderr
+    assert f"<3>edge.service: {code.value}: " in result.stderr
     assert digest(db) == before
     assert not (data / "agent.json").exists()  # it never looked like a running agent
 
@@ -192,7 +194,8 @@ def test_a_read_only_data_directory_is_refused_by_every_command(data: Path, samp
     for prefix in read_only_prefix(data):
         for args in (["status"], ["infer", str(sample_dcm)], ["run", "--no-dicom", "--no-watch"]):
             result = subprocess_run(data, *args, prefix=prefix)
-            assert result.returncode == 1, (args, result.stderr[-2000:])
+            status = EXIT_NEEDS_A_PERSON if args[0] == "run" else 1  # a service is not restarted
+            assert result.returncode == status, (args, result.stderr[-2000:])
             assert "Traceback" not in result.stderr, result.stderr[-3000:]
             assert "STORE_READ_ONLY: " in result.stderr, (args, result.stderr[-2000:])
             assert "read-write" in result.stderr

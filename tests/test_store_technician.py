@@ -78,8 +78,9 @@ def test_notes_are_kept_and_never_copied_into_the_audit_trail(filled: tuple[Stor
     audit = list(store.audit_rows("note.added"))[-1]  # the fixture added the first
     assert json.loads(audit["detail"]) == {"chars": 31, "note": note_id}
     for bad in ("   ", "x" * 2001):
-        with pytest.raises(EdgeError):
+        with pytest.raises(EdgeError) as refused:
             store.technician.add_note(study, bad, "tui:ana")
+        assert refused.value.code is Code.NOTE_REFUSED
     with pytest.raises(EdgeError) as gone:
         store.technician.add_note("no-such-study", "text", "tui:ana")
     assert gone.value.code is Code.INPUT_NOT_FOUND

@@ -105,3 +105,13 @@ def test_units_bound_their_memory(unit: Path) -> None:
     assert "MemoryMax" in settings, unit.name
     assert "MemoryHigh" in settings, unit.name
     assert 0 < size(settings["MemoryHigh"]) < size(settings["MemoryMax"]) <= 4 * 2**30
+
+
+@pytest.mark.parametrize("unit", UNITS, ids=lambda p: p.name)
+def test_a_refusal_that_needs_a_person_is_not_restarted(unit: Path) -> None:
+    """A service refusing for a reason a restart cannot mend exits EXIT_NEEDS_A_PERSON (a bad
+    configuration: EXIT_USAGE); the unit must not restart it into its start limit."""
+    from edge.cli.base import EXIT_NEEDS_A_PERSON, EXIT_USAGE
+
+    [line] = [line for line in unit.read_text().splitlines() if line.startswith("RestartPreventExitStatus=")]
+    assert set(line.split("=", 1)[1].split()) == {str(EXIT_USAGE), str(EXIT_NEEDS_A_PERSON)}

@@ -180,6 +180,7 @@ def test_delete_result_removes_its_files_and_refuses_the_last_or_running_row(
         with pytest.raises(EdgeError) as last:
             store.technician.delete_result(ids["refused"]["job_id"], "tui:ana")
         assert "only result" in last.value.message
+        assert last.value.code is Code.DELETE_REFUSED  # a refusal, not a disk failure
         running = store.db.execute(
             "SELECT id FROM jobs WHERE state = 'running' AND image_id = ?", [ids["running"]["image_id"]]
         ).fetchone()
@@ -187,6 +188,7 @@ def test_delete_result_removes_its_files_and_refuses_the_last_or_running_row(
         with pytest.raises(EdgeError) as busy:
             store.technician.delete_result(str(running["id"]), "tui:ana")
         assert "right now" in busy.value.message
+        assert busy.value.code is Code.DELETE_REFUSED
         with pytest.raises(EdgeError) as missing:
             store.technician.delete_result("no-such-job", "tui:ana")
         assert missing.value.code is Code.INPUT_NOT_FOUND

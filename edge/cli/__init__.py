@@ -5,7 +5,7 @@ Subcommands live in one module per area; importing them registers them on the gr
 
 import os
 
-from edge.cli import analysis, device, hub, hub_devices, models, pacs, site, store, sync  # noqa: F401  (registers the subcommands)
+from edge.cli import analysis, device, hub, hub_accounts, hub_devices, models, pacs, site, store, sync  # noqa: F401  (registers the subcommands)
 from edge.cli.base import cli
 
 PRIVATE_UMASK = 0o077

@@ -5,18 +5,35 @@ from __future__ import annotations
 import logging
 import sqlite3
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
-from edge import __version__
+from edge import __version__, systemd
 from edge import log as edge_log
 from edge.config import Settings, load_settings
-from edge.errors import EdgeError
+from edge.errors import NEEDS_A_PERSON, EdgeError
 
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
+# EX_CONFIG (sysexits.h): a service refused for a reason a restart cannot mend
+# (edge.errors.NEEDS_A_PERSON); the systemd units name it in RestartPreventExitStatus=.
+EXIT_NEEDS_A_PERSON = 78
+
+
+def run_service(serve: Callable[[], int]) -> NoReturn:
+    """Run a service's loop (`edge run`, `edge sync run`, `edge pacs run`) and exit with its
+    status; a refusal is one coded line in the journal and in `systemctl status` (STATUS=), and
+    exits EXIT_NEEDS_A_PERSON when a restart cannot mend it."""
+    try:
+        status = serve()
+    except EdgeError as error:
+        logging.getLogger("edge.service").error("%s", error.one_line())
+        systemd.notify(f"STATUS={error.one_line()[:200]}")
+        sys.exit(EXIT_NEEDS_A_PERSON if error.code in NEEDS_A_PERSON else EXIT_REFUSED)
+    sys.exit(status)
 
 
 class Context:

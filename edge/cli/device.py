@@ -12,9 +12,7 @@ import click
 from rich.console import Console
 
 from edge import log as edge_log
-from edge import systemd
-from edge.cli.base import EXIT_REFUSED, Context, cli, pass_context
-from edge.errors import EdgeError
+from edge.cli.base import EXIT_REFUSED, Context, cli, pass_context, run_service
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +45,12 @@ def run(obj: Context, dicom: bool | None, port: int | None, watch: bool | None, 
     )
     if not logging.getLogger().isEnabledFor(logging.INFO):
         edge_log.configure(logging.INFO)  # a service logs what it does
-    try:
+
+    def serve() -> int:
         preflight(settings.db_path)  # a read-only or damaged store refuses before the agent's lock
-        sys.exit(Agent(settings).run())
-    except EdgeError as error:  # e.g. the store refused at start: coded in the journal, then exit
-        log.error("%s", error.one_line())
-        systemd.notify(f"STATUS={error.one_line()[:200]}")
-        sys.exit(EXIT_REFUSED)
+        return Agent(settings).run()
+
+    run_service(serve)
 
 
 @cli.command()

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from edge import log as edge_log
-from edge.cli.base import EXIT_REFUSED, EXIT_USAGE, Context, cli, pass_context
+from edge.cli.base import EXIT_REFUSED, EXIT_USAGE, Context, cli, pass_context, run_service
 
 
 @cli.group()
@@ -27,8 +27,12 @@ def pacs_run(obj: Context) -> None:
 
     if not logging.getLogger().isEnabledFor(logging.INFO):
         edge_log.configure(logging.INFO)
-    storage_encryption.enforce(obj.settings)  # STORAGE_NOT_ENCRYPTED when it is required
-    sys.exit(serve(obj.settings))
+
+    def refused_or_served() -> int:
+        storage_encryption.enforce(obj.settings)  # STORAGE_NOT_ENCRYPTED when it is required
+        return serve(obj.settings)
+
+    run_service(refused_or_served)
 
 
 @pacs.command("send-now")

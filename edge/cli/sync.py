@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from edge import log as edge_log
-from edge.cli.base import EXIT_REFUSED, EXIT_USAGE, Context, cli, pass_context
+from edge.cli.base import EXIT_REFUSED, EXIT_USAGE, Context, cli, pass_context, run_service
 from edge.errors import EdgeError
 
 # ---------------------------------------------------------------------- sync (device side)
@@ -60,8 +60,12 @@ def sync_run(obj: Context) -> None:
 
     if not logging.getLogger().isEnabledFor(logging.INFO):
         edge_log.configure(logging.INFO)
-    storage_encryption.enforce(obj.settings)  # STORAGE_NOT_ENCRYPTED when it is required
-    sys.exit(serve(obj.settings))
+
+    def refused_or_served() -> int:
+        storage_encryption.enforce(obj.settings)  # STORAGE_NOT_ENCRYPTED when it is required
+        return serve(obj.settings)
+
+    run_service(refused_or_served)
 
 
 @sync.command("now")

@@ -188,9 +188,9 @@ class TechnicianActions:
         """A local note on a study (and the result it is about). Returns the note's id."""
         text = text.strip()
         if not text:
-            raise EdgeError(Code.STORE_WRITE_FAILED, "an empty note was not stored")
+            raise EdgeError(Code.NOTE_REFUSED, "an empty note was not stored")
         if len(text) > MAX_NOTE_CHARS:
-            raise EdgeError(Code.STORE_WRITE_FAILED, f"a note holds at most {MAX_NOTE_CHARS} characters")
+            raise EdgeError(Code.NOTE_REFUSED, f"a note holds at most {MAX_NOTE_CHARS} characters")
         note_id = uuid7()
         with self.writer.transaction("store the note"):
             try:
@@ -272,7 +272,7 @@ class TechnicianActions:
             contents = self.study_contents(study_id)
             if contents["running"]:
                 raise EdgeError(
-                    Code.STORE_WRITE_FAILED,
+                    Code.DELETE_REFUSED,
                     "the study is being analysed right now: delete it when the job ends",
                 )
             files = self._study_files(study_id)
@@ -353,12 +353,12 @@ class TechnicianActions:
             contents = self.job_contents(job_id)
             if contents["state"] == "running":
                 raise EdgeError(
-                    Code.STORE_WRITE_FAILED,
+                    Code.DELETE_REFUSED,
                     "the result is being made right now: delete it when the job ends",
                 )
             if not contents["other_jobs"]:
                 raise EdgeError(
-                    Code.STORE_WRITE_FAILED,
+                    Code.DELETE_REFUSED,
                     "this is the study's only result: delete the whole study instead",
                 )
             result_id = contents["result_id"]
