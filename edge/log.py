@@ -26,6 +26,7 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from edge.errors import EdgeError
 
@@ -163,6 +164,13 @@ class RepeatFilter(logging.Filter):
             self.sink(summary)
 
 
+def _handle_unless_closed(handler: logging.StreamHandler[Any], record: logging.LogRecord) -> None:
+    """The summaries flushed at exit go to a stream that may be gone by then (a test runner's
+    capture, a closed pipe): dropped rather than a "write to closed file" traceback."""
+    if not getattr(handler.stream, "closed", False):
+        handler.handle(record)
+
+
 _repeats = RepeatFilter()
 atexit.register(_repeats.flush)  # registered after logging's own: runs before its shutdown
 
@@ -178,7 +186,7 @@ def configure(level: int = logging.WARNING) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Formatter(journald=bool(os.environ.get("JOURNAL_STREAM"))))
     handler.addFilter(_repeats)
-    _repeats.sink = handler.handle
+    _repeats.sink = lambda record: _handle_unless_closed(handler, record)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

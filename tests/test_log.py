@@ -136,3 +136,22 @@ def test_configure_installs_the_filter(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(root, "level", root.level)
     edge_log.configure(logging.INFO)
     assert any(isinstance(f, RepeatFilter) for f in root.handlers[0].filters)
+
+
+def test_the_exit_summary_to_a_closed_stream_is_dropped_quietly(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """At exit the held summaries are flushed; a stream closed by then (a test runner's capture,
+    a closed pipe) must not cost a "write to closed file" traceback on the real stderr."""
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", list(root.handlers))
+    monkeypatch.setattr(root, "level", root.level)
+    stream = io.StringIO()
+    monkeypatch.setattr(edge_log.sys, "stderr", stream)
+    edge_log.configure(logging.INFO)
+    for _ in range(3):
+        logging.getLogger("edge.test").warning("the same warning")
+    assert stream.getvalue().count("the same warning") == 1  # the repeats are held
+    stream.close()
+    edge_log._repeats.flush()  # what atexit runs
+    assert "Traceback" not in capsys.readouterr().err
