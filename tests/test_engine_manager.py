@@ -300,3 +300,37 @@ def test_the_build_host_is_asked_once(cxr_settings: Settings, entry: ModelEntry)
     )
     serve(the_manager, entry)
     assert len(asked) == 1
+
+
+def test_an_int8_engine_is_judged_for_applicability_as_it_computes(
+    cxr_settings: Settings, entry: ModelEntry
+) -> None:
+    """The engine's parity run also measures its applicability distances against FP32's on ONNX
+    Runtime (`scope_ratio`, kept with the verdict); the pool then judges the engine by FP32's
+    limit scaled by it where that is stricter than the manifest's INT8 limit (scope.localised),
+    never looser. A verdict recorded before the ratio existed is measured again."""
+    from edge.inference.pool import ModelPool
+
+    the_manager = manager(cxr_settings, Doubles())
+    assert serve(the_manager, entry) == INT8
+    verdict = int8_record(the_manager, entry)["parity"]
+    ratio = verdict["scope_ratio"]
+    assert 0.5 < ratio < 2.0
+    pool = ModelPool(Registry(MODELS), cxr_settings, cxr_settings.data_dir / "cache")
+    pool.engine_manager = the_manager
+    served = pool._load_tensorrt(entry)
+    try:
+        fp32, manifest = entry.scope_check("fp32"), entry.scope_check("int8-qdq")
+        assert fp32 is not None
+        assert manifest is not None
+        assert served.precision == "int8"
+        assert served.scope_check is not None
+        assert served.scope_check.threshold == pytest.approx(min(manifest.threshold, fp32.threshold * ratio))
+    finally:
+        served.close()
+    key = the_manager.key(entry, INT8)
+    record = the_manager.cache.record(key) or {}
+    old = {k: v for k, v in record["parity"].items() if k != "scope_ratio"}
+    the_manager.cache.write_record(key, {**{k: v for k, v in record.items() if k != "key"}, "parity": old})
+    serve(the_manager, entry)
+    assert int8_record(the_manager, entry)["parity"]["scope_ratio"] == pytest.approx(ratio)

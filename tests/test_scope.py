@@ -98,3 +98,26 @@ def test_the_refusal_sentence_names_what_the_model_reads() -> None:
     error = refusal("cxr-pneumonia", "a frontal paediatric chest X-ray", scope)
     assert error.code is Code.OUT_OF_SCOPE
     assert error.message.startswith("this does not look like a frontal paediatric chest X-ray: check")
+
+
+def test_a_variant_is_judged_by_fp32_scaled_to_this_machine_where_that_is_stricter() -> None:
+    """scope.localised: the manifest's INT8 threshold was fitted on another machine's INT8
+    features; where this machine's variant computes nearly FP32's distances (the measured
+    ratio), FP32's threshold and calibration scaled by that ratio judge it. Never looser."""
+    from edge.inference.scope import distance_ratio, localised
+
+    fp32 = two_layer_check(threshold=1.0)
+    lenient = two_layer_check(threshold=1.8)
+    here = localised(lenient, fp32, 1.05)
+    assert here.threshold == pytest.approx(1.05)
+    assert np.allclose(here.calibration, fp32.calibration * 1.05)
+    far = np.array([[1.0, 1.0, 16.0, 16.0, 16.0]])  # layer 1: (4, 4, 4) after sqrt, 3 from class 1
+    distance = float(fp32.distances(far)[0])
+    assert 1.05 < distance < 1.8  # answered by the manifest's threshold, refused here
+    assert lenient.judge(far)[0].state != OUT_OF_SCOPE
+    assert here.judge(far)[0].state == OUT_OF_SCOPE
+    assert localised(lenient, fp32, 2.0) is lenient  # FP32 x 2 would be looser than the manifest
+    assert localised(lenient, fp32, None) is lenient  # not measured: the manifest
+    assert localised(lenient, fp32, float("nan")) is lenient
+    reference = np.array([[1.0, 1.0, 16.0, 9.0, 9.0], [4.0, 4.0, 16.0, 16.0, 16.0]])
+    assert distance_ratio(fp32, reference, reference) == pytest.approx(1.0)

@@ -82,6 +82,29 @@ def test_the_variant_served_on_this_machine_agrees_with_fp32_on_the_samples(
             assert f"VARIANT_PARITY_FAILED: {entry.name} {name} differs" in caplog.text
 
 
+def test_the_served_variant_is_judged_for_applicability_as_this_machine_computes(
+    entry: ModelEntry, pool: ModelPool
+) -> None:
+    """An INT8 variant served here is judged by FP32's limit scaled by its distance ratio
+    measured here (scope.localised) wherever that is stricter than the manifest's own, and the
+    model's samples, on which the ratio was measured, are all still answered."""
+    served = pool.get(entry.name)
+    assert served.scope_check is not None
+    manifest_check = entry.scope_check(served.variant_name)
+    assert manifest_check is not None
+    if served.variant.precision != "fp32":
+        fp32 = entry.scope_check("fp32")
+        assert fp32 is not None
+        ratio = pool._scope_ratios[(entry.name, served.variant_name)]
+        assert ratio is not None
+        assert 0.5 < ratio < 2.0
+        expected = min(manifest_check.threshold, fp32.threshold * ratio)
+        assert served.scope_check.threshold == pytest.approx(expected)
+    images = [decode_bytes(p.read_bytes(), p.name).pixels for p, _ in entry.samples]
+    scopes = [prediction.scope for prediction in served.predict(images)]
+    assert all(scope is not None and not scope.refused for scope in scopes)
+
+
 def test_samples_are_mostly_right(entry: ModelEntry, pool: ModelPool) -> None:
     images, labels = [], []
     for path, label in entry.samples:

@@ -34,7 +34,7 @@ from edge.inference.engine_cache import (
     failure_record,
     retry_verdict,
 )
-from edge.inference.local_parity import judge, sample_batch
+from edge.inference.local_parity import judge, reference_variant, sample_batch, with_scope_ratio
 from edge.inference.parity import ParityReport
 from edge.inference.registry import ModelEntry
 from edge.runtime import device_memory
@@ -244,11 +244,21 @@ class EngineManager:
     def _judge(self, entry: ModelEntry, attempt: Attempt, candidate: Runner) -> ParityReport:
         batch, truth = sample_batch(entry, Code.ENGINE_PARITY_FAILED)
         logits_name = entry.manifest.output.logits
-        source = entry.variant_file(attempt.variant, verify=self.settings.models.verify_checksums)
+        verify = self.settings.models.verify_checksums
+        source = entry.variant_file(attempt.variant, verify=verify)
         with OnnxRuntimeRunner(source, candidate.names, self.settings.runtime) as reference:
-            expected = reference.infer(batch)[logits_name]
-        actual = candidate.infer(batch)[logits_name]
-        report = judge(entry, expected, actual, truth)
+            expected = reference.infer(batch)
+        actual = candidate.infer(batch)
+        report = judge(entry, expected[logits_name], actual[logits_name], truth)
+        # The applicability check is judged against FP32 (scope.localised): an INT8 engine's
+        # features are compared with FP32's on ONNX Runtime, not with its QDQ source's.
+        fp32 = reference_variant(entry, "onnxruntime")
+        if fp32 is not None and fp32 != attempt.variant and entry.manifest.applicability is not None:
+            with OnnxRuntimeRunner(
+                entry.variant_file(fp32, verify=verify), candidate.names, self.settings.runtime
+            ) as ref:
+                expected = ref.infer(batch)
+        report = with_scope_ratio(entry, report, expected, actual, self.settings)
         key = self.key(entry, attempt)
         record = self.cache.record(key) or {}
         self.cache.write_record(
@@ -269,7 +279,7 @@ class EngineManager:
                 try:
                     # Read after opening: a rebuilt engine has no verdict yet and is judged now.
                     verdict = (self.cache.record(self.key(entry, attempt)) or {}).get("parity")
-                    if verdict is None:
+                    if verdict is None or "scope_ratio" not in verdict:  # older verdicts lack it
                         verdict = self._judge(entry, attempt, runner).as_dict()
                     if not verdict.get("passed"):
                         raise EdgeError(

@@ -13,6 +13,7 @@ served here, and the log, `edge doctor` and `edge models` say why.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from edge.imaging.decode import decode_bytes
 from edge.imaging.preprocess import preprocess_batch
 from edge.inference.parity import ParityReport, compare
 from edge.inference.registry import ModelEntry
+from edge.inference.scope import distance_ratio
 from edge.runtime.base import Runner, TensorNames
 
 
@@ -76,7 +78,27 @@ def verify_here(
     batch, truth = sample_batch(entry, Code.VARIANT_PARITY_FAILED)
     logits = entry.manifest.output.logits
     with runner_cls(reference, names, settings.runtime) as runner:
-        expected = runner.infer(batch)[logits]
+        expected = runner.infer(batch)
     with runner_cls(candidate, names, settings.runtime) as runner:
-        actual = runner.infer(batch)[logits]
-    return judge(entry, expected, actual, truth)
+        actual = runner.infer(batch)
+    report = judge(entry, expected[logits], actual[logits], truth)
+    return with_scope_ratio(entry, report, expected, actual, settings)
+
+
+def with_scope_ratio(
+    entry: ModelEntry,
+    report: ParityReport,
+    fp32_outputs: dict[str, np.ndarray],
+    candidate_outputs: dict[str, np.ndarray],
+    settings: Settings,
+) -> ParityReport:
+    """The report with how far the candidate's applicability distances run from FP32's on this
+    machine (`scope.localised` judges the candidate by it); as it was without a check."""
+    spec = entry.manifest.applicability
+    if spec is None or spec.features not in fp32_outputs or spec.features not in candidate_outputs:
+        return report
+    check = entry.scope_check("fp32", verify=settings.models.verify_checksums)
+    if check is None:
+        return report
+    ratio = distance_ratio(check, fp32_outputs[spec.features], candidate_outputs[spec.features])
+    return replace(report, scope_ratio=ratio)

@@ -30,6 +30,10 @@ class ParityReport:
     max_abs_logit_diff: float
     passed: bool
     rule: str
+    scope_ratio: float | None = None
+    """Median, over the same images, of the candidate's applicability distance over the
+    reference's (both under the FP32 statistics); None without an applicability check. Read by
+    `edge.inference.scope.localised`: it does not decide `passed`."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

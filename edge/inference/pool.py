@@ -29,7 +29,7 @@ from edge.imaging.preprocess import PreprocessSpec, preprocess_batch
 from edge.inference.local_parity import reference_variant, verify_here
 from edge.inference.postprocess import Finding, decide
 from edge.inference.registry import ModelEntry, OperatingPoint, Registry, Variant
-from edge.inference.scope import Scope, ScopeCheck
+from edge.inference.scope import Scope, ScopeCheck, localised
 from edge.inference.scope import refusal as scope_refusal
 from edge.inference.site_profile import ActiveProfiles, SiteProfile
 from edge.runtime.base import Runner, TensorNames
@@ -156,6 +156,28 @@ class ServedModel:
             )
         return list(self.scope_check.judge(outputs[spec.features]))
 
+    def localise_scope(self, ratio: float | None, *, verify: bool = True) -> None:
+        """Judge a reduced-precision variant's applicability as FP32's check scaled by what this
+        machine's variant computes (`scope.localised`), where that is stricter than its manifest."""
+        if self.scope_check is None or self.precision == "fp32" or ratio is None:
+            return
+        fp32_check = self.entry.scope_check("fp32", verify=verify)
+        if fp32_check is None:
+            return
+        manifest_threshold = self.scope_check.threshold
+        self.scope_check = localised(self.scope_check, fp32_check, ratio)
+        if self.scope_check.threshold < manifest_threshold:
+            log.info(
+                "%s %s: applicability limit %.3f here (FP32's %.3f x this machine's distance ratio"
+                " %.3f), not the manifest's %.3f",
+                self.name,
+                self.variant_name,
+                self.scope_check.threshold,
+                fp32_check.threshold,
+                ratio,
+                manifest_threshold,
+            )
+
     def close(self) -> None:
         self.runner.close()
 
@@ -202,6 +224,11 @@ def _machine_key() -> str:
     return f"{platform.machine()}|{cpu}|{features}|{os.cpu_count()}"
 
 
+# Local parity verdicts in the cache: "parity+scope" since they carry the applicability distance
+# ratio (scope.localised); older "parity" verdicts are measured again once.
+PARITY_KEY = "parity+scope"
+
+
 def parity_refusals(cache_dir: Path) -> list[dict[str, Any]]:
     """The variants found on this machine not to compute what FP32 computes (for `edge doctor`)."""
     try:
@@ -212,7 +239,7 @@ def parity_refusals(cache_dir: Path) -> list[dict[str, Any]]:
     return [
         verdict
         for key, verdict in cache.items()
-        if key.startswith("parity|") and key.endswith(machine) and not verdict.get("passed")
+        if key.startswith(PARITY_KEY + "|") and key.endswith(machine) and not verdict.get("passed")
     ]
 
 
@@ -237,6 +264,8 @@ class ModelPool:
         self.settings = settings
         self.cache_file = cache_dir / CACHE_FILE
         self._served: dict[str, ServedModel] = {}
+        # (model, variant) -> its applicability distances over FP32's, measured here (local parity)
+        self._scope_ratios: dict[tuple[str, str], float | None] = {}
         self.engine_manager: Any = None  # set to share one EngineManager (tests inject doubles)
         self.profiles = ActiveProfiles(settings.data_dir)
 
@@ -296,13 +325,9 @@ class ModelPool:
         # On the backend chosen here (ONNX Runtime after a TensorRT fallback), not the configured one.
         chosen = names[0] if len(names) == 1 else self._fastest(entry, runner_cls, files)
         runner = runner_cls(files[chosen], tensor_names(entry), self.settings.runtime)
-        return ServedModel(
-            entry,
-            chosen,
-            runner,
-            entry.manifest.variants[chosen].sha256,
-            verify=self.settings.models.verify_checksums,
-        )
+        served = ServedModel(entry, chosen, runner, entry.manifest.variants[chosen].sha256, verify=verify)
+        served.localise_scope(self._scope_ratios.get((entry.name, chosen)), verify=verify)
+        return served
 
     def _load_tensorrt(self, entry: ModelEntry) -> ServedModel:
         from edge.inference.engine_manager import EngineManager
@@ -310,14 +335,14 @@ class ModelPool:
         manager = self.engine_manager or EngineManager(self.settings)
         runner, attempt = manager.serve(entry, tensor_names(entry))
         variant = entry.manifest.variants[attempt.variant]
-        return ServedModel(
-            entry,
-            attempt.variant,
-            runner,
-            variant.sha256,
-            precision=attempt.precision,
-            verify=self.settings.models.verify_checksums,
+        verify = self.settings.models.verify_checksums
+        served = ServedModel(
+            entry, attempt.variant, runner, variant.sha256, precision=attempt.precision, verify=verify
         )
+        verdict = (manager.cache.record(manager.key(entry, attempt)) or {}).get("parity") or {}
+        ratio = verdict.get("scope_ratio")
+        served.localise_scope(float(ratio) if isinstance(ratio, (int, float)) else None, verify=verify)
+        return served
 
     def _right_here(self, entry: ModelEntry, runner_cls: type[Runner], names: list[str]) -> list[str]:
         """The candidates that compute on this machine what FP32 computes (`local_parity`),
@@ -335,7 +360,7 @@ class ModelPool:
                 continue
             key = "|".join(
                 [
-                    "parity",
+                    PARITY_KEY,
                     entry.name,
                     name,
                     variants[name].sha256[:16],
@@ -364,6 +389,10 @@ class ModelPool:
                 self._write_cache(cache)
             if verdict.get("passed"):
                 kept.append(name)
+                ratio = verdict.get("scope_ratio")
+                self._scope_ratios[(entry.name, name)] = (
+                    float(ratio) if isinstance(ratio, (int, float)) else None
+                )
                 continue
             measured = f"top-1 agreement {verdict.get('agreement')}"
             detail = (

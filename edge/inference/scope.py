@@ -180,6 +180,41 @@ class ScopeCheck:
         return self.judge_distances(np.array([float(np.median(distances))]))[0]
 
 
+def localised(variant_check: ScopeCheck, fp32_check: ScopeCheck, ratio: float | None) -> ScopeCheck:
+    """The check a reduced-precision variant is judged by on this machine.
+
+    Its manifest threshold and calibration were fitted on the features that variant computed on
+    the machine that quantised it. INT8 kernels differ between machines (ONNX Runtime's x86
+    kernels with and without VNNI; TensorRT), so there the variant's distances may have run
+    well above FP32's and its threshold with them (cxr-pneumonia: 1.79 for INT8 against 1.39
+    for FP32), while here it computes nearly what FP32 computes (median distance ratio 1.01 on
+    the samples): judged by the manifest's threshold, a photograph refused by FP32 (distance
+    1.51) was only borderline under INT8 (1.55). So where FP32's threshold and calibration,
+    scaled by this machine's measured ratio (`ParityReport.scope_ratio`, from the local parity
+    run over the model's samples), are stricter, they are used; never looser than the manifest.
+    """
+    if ratio is None or not np.isfinite(ratio) or ratio <= 0:
+        return variant_check
+    here = fp32_check.threshold * ratio
+    if here >= variant_check.threshold:
+        return variant_check
+    return ScopeCheck(
+        fp32_check.sizes,
+        fp32_check.means,
+        fp32_check.precisions,
+        fp32_check.scales,
+        fp32_check.calibration * ratio,
+        here,
+    )
+
+
+def distance_ratio(check: ScopeCheck, reference: np.ndarray, candidate: np.ndarray) -> float | None:
+    """Median of candidate / reference distances over the same images (finite, positive ones)."""
+    before, after = check.distances(reference), check.distances(candidate)
+    usable = np.isfinite(before) & np.isfinite(after) & (before > 0)
+    return round(float(np.median(after[usable] / before[usable])), 6) if usable.any() else None
+
+
 # What each word means, in a technician's words (edge infer, the TUI; the hub says the same).
 MEANINGS = {
     IN_SCOPE: "like the images the model was trained on",
