@@ -8,8 +8,10 @@ processes), unless `--hub URL --postgres URL` name a running one. Each device en
 one-time code and its own ed25519 key (`edge.sync.client.enroll`: the product's enrolment),
 then sends its results as gzip batches signed per request (`Credential.headers`: key, clock,
 nonce), `--per-batch` results each, in the payload shape of `edge/sync/deid.py`'s
-`result_payload`; with `--images` each result's thumbnail goes up as a resumable upload (start,
-then PATCH at the offset the hub holds). A transient answer (no connection, 5xx, 429, or
+`result_payload`; with `--images` each result's lean pictures go up as resumable uploads (start,
+then PATCH at the offset the hub holds): a 256-px greyscale JPEG thumbnail (q80, as
+edge/sync/outgoing.py makes it; this noise costs ~9 KB) and the evidence grid
+(edge/imaging/evidence.py, ~75 B). A transient answer (no connection, 5xx, 429, or
 `REPLAYED`: a request whose first copy reached a node that died) is sent again, newly signed,
 as the device's sync does. Meanwhile a reviewer agrees with some results on the hub, and at the
 end every device pulls its reviews back. `--kill-every S` SIGKILLs a random node about every S
@@ -47,8 +49,11 @@ from sqlalchemy import Engine, func, select, text
 
 from edge.config import load_settings
 from edge.hub import db, devices, reviews
+from edge.imaging import evidence
+from edge.imaging.preprocess import PreprocessSpec
 from edge.sync import protocol
 from edge.sync.client import Credential, enroll
+from edge.sync.outgoing import THUMBNAIL_QUALITY
 from tools import postgres_temp
 from tools.hub_cluster import HubCluster
 
@@ -148,18 +153,19 @@ class SimDevice:
             self.uuids += [r["uuid"] for r in chunk]
             if images:
                 for record in chunk:
-                    self.upload(record["uuid"], thumbnail(rng))
+                    self.upload(record["uuid"], "thumbnail", thumbnail(rng), "image/jpeg")
+                    self.upload(record["uuid"], "heatmap", evidence_grid(rng), evidence.MEDIA_TYPE)
 
-    def upload(self, result_uuid: str, data: bytes) -> None:
+    def upload(self, result_uuid: str, kind: str, data: bytes, media_type: str) -> None:
         import hashlib
 
         start = protocol.UploadStart(
             record_uuid=uuid.UUID(result_uuid),
-            kind="thumbnail",
+            kind=kind,  # type: ignore[arg-type]
             result_uuid=uuid.UUID(result_uuid),
             size=len(data),
             sha256=hashlib.sha256(data).hexdigest(),
-            media_type="image/png",
+            media_type=media_type,
         )
         state = protocol.UploadState.model_validate_json(
             self.request(
@@ -243,9 +249,17 @@ def result_payload(rng: random.Random, device: int) -> dict[str, Any]:
 
 
 def thumbnail(rng: random.Random) -> bytes:
-    """A 128-px greyscale PNG (~10 KB): a worklist thumbnail's size, unique bytes."""
-    noise = np.random.default_rng(rng.getrandbits(32)).integers(0, 255, (128, 128), dtype=np.uint8)
-    return bytes(cv2.imencode(".png", cv2.GaussianBlur(noise, (5, 5), 0))[1])
+    """A 256-px greyscale JPEG at the device's quality (~7 KB, the lean sync's thumbnail), unique
+    bytes: smoothed noise stands in for an X-ray's texture."""
+    noise = np.random.default_rng(rng.getrandbits(32)).integers(0, 255, (256, 256), dtype=np.uint8)
+    smooth = cv2.GaussianBlur(noise, (9, 9), 0)
+    return bytes(cv2.imencode(".jpg", smooth, [cv2.IMWRITE_JPEG_QUALITY, THUMBNAIL_QUALITY])[1])
+
+
+def evidence_grid(rng: random.Random) -> bytes:
+    """A 7x7 class-activation map as the device sends it (edge.imaging.evidence.encode)."""
+    cam = np.random.default_rng(rng.getrandbits(32)).random((2, 7, 7)).astype(np.float32)
+    return evidence.encode(cam, 1, PreprocessSpec(224, 224), 1024, 1024)
 
 
 # ------------------------------------------------------------------ one run
@@ -494,7 +508,11 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, default=3)
     parser.add_argument("--scale", help="node counts to compare, e.g. 1,3 (one fresh database each)")
     parser.add_argument("--workers", type=int, default=32, help="devices sending at once")
-    parser.add_argument("--images", action="store_true", help="also upload a ~10 KB thumbnail per result")
+    parser.add_argument(
+        "--images",
+        action="store_true",
+        help="also upload the lean pictures (thumbnail, evidence grid)",
+    )
     parser.add_argument("--kill-every", type=float, default=0.0, help="SIGKILL a random node about every S s")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", type=Path, help="write the report(s) here")
