@@ -3,13 +3,13 @@ API's bearer tokens (edge/hub/accounts.py). Every change is audited on the hub."
 
 from __future__ import annotations
 
-import json
 import sys
+from typing import Any
 
 import click
 
 from edge.cli.base import EXIT_REFUSED, Context, pass_context
-from edge.cli.hub import hub
+from edge.cli.hub import echo_rows, hub
 
 
 @hub.group("user")
@@ -60,16 +60,15 @@ def hub_user_list(obj: Context, as_json: bool) -> None:
     """Every account, its role, programmes and state."""
     from edge.hub import accounts, db
 
-    users = accounts.list_users(db.make_engine(obj.settings.hub_database_url))
-    if as_json:
-        click.echo(json.dumps(users, indent=2))
-        return
-    for user in users:
-        state = "disabled" if user["disabled"] else "locked" if user["locked"] else "active"
-        click.echo(
-            f"{user['name']:<24} {user['role']:<14} {state:<9} {','.join(user['programmes'])}"
-            f"  last login {user['last_login_at'] or 'never'}"
-        )
+    echo_rows(accounts.list_users(db.make_engine(obj.settings.hub_database_url)), as_json, _user_line)
+
+
+def _user_line(user: dict[str, Any]) -> str:
+    state = "disabled" if user["disabled"] else "locked" if user["locked"] else "active"
+    return (
+        f"{user['name']:<24} {user['role']:<14} {state:<9} {','.join(user['programmes'])}"
+        f"  last login {user['last_login_at'] or 'never'}"
+    )
 
 
 @hub_user.command("password")
@@ -182,16 +181,13 @@ def hub_fhir_token_list(obj: Context, as_json: bool) -> None:
     """Every token: client, scope, state and last use (never the token itself)."""
     from edge.hub import db, fhir_tokens
 
-    tokens = fhir_tokens.list_tokens(db.make_engine(obj.settings.hub_database_url))
-    if as_json:
-        click.echo(json.dumps(tokens, indent=2))
-        return
-    for token in tokens:
-        state = f"revoked {token['revoked_at']}" if token["revoked"] else "active"
-        scope = ",".join(token["programmes"]) + (
-            f" sites {','.join(token['sites'])}" if token["sites"] else ""
-        )
-        click.echo(f"{token['id']}  {token['name']:<20} {state:<10} {scope}  created {token['created_at']}")
+    echo_rows(fhir_tokens.list_tokens(db.make_engine(obj.settings.hub_database_url)), as_json, _token_line)
+
+
+def _token_line(token: dict[str, Any]) -> str:
+    state = f"revoked {token['revoked_at']}" if token["revoked"] else "active"
+    scope = ",".join(token["programmes"]) + (f" sites {','.join(token['sites'])}" if token["sites"] else "")
+    return f"{token['id']}  {token['name']:<20} {state:<10} {scope}  created {token['created_at']}"
 
 
 @hub_fhir_token.command("revoke")
