@@ -12,7 +12,7 @@ import pytest
 
 from edge.hub import presenters, render
 from edge.hub.render import Renditions, snap_width, split_overlay
-from edge.hub.worklist import Study
+from edge.hub.study import Study
 from edge.imaging.explain import overlay
 
 

@@ -15,7 +15,8 @@ import cv2
 import numpy as np
 
 from edge.hub.render import Picture, Renditions, encode_jpeg, is_evidence, resize_to_width
-from edge.hub.worklist import Study, WorklistRow
+from edge.hub.study import Study
+from edge.hub.worklist import WorklistRow
 from edge.imaging import rendition_meta
 from edge.inference.scope import BORDERLINE, MEANINGS, p_text
 

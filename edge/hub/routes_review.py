@@ -23,7 +23,8 @@ from starlette.concurrency import run_in_threadpool
 from edge.hub import agreement, blobs, db, presenters, rendition_requests, reviews, worklist
 from edge.hub.errors import HubError
 from edge.hub.review_http import Reader, ReaderDep, Refused, page, state, static_response
-from edge.hub.worklist import Filters, Study
+from edge.hub.study import Study, find_study
+from edge.hub.worklist import Filters
 
 router = APIRouter()
 MAX_NOTE = 2000
@@ -48,7 +49,7 @@ def _add_review(*args: Any, **kwargs: Any) -> str:
 
 
 def _study_or_404(request: Request, reader: Reader, uuid: str) -> Study:
-    study = worklist.find_study(state(request).engine, reader.user, uuid)
+    study = find_study(state(request).engine, reader.user, uuid)
     if study is None:
         raise Refused(404, "No such study, or it belongs to a programme you do not read for.")
     if study.deleted_at is not None:

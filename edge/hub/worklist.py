@@ -1,5 +1,5 @@
-"""What a reader may see: the worklist (filters, order, paging), one study in full, and its
-neighbours for next/previous.
+"""What a reader may see: the worklist (filters, order, paging) and a result's neighbours for
+next/previous (one study in full: edge/hub/study.py).
 
 Every query is scoped by the reader's programmes, joined through the device that sent the
 result: a result outside them does not exist for that reader (404, never 403).
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from datetime import date, timedelta
 from typing import Any
 from urllib.parse import urlencode
@@ -201,12 +201,12 @@ def _order_keys() -> tuple[ColumnElement[int], ColumnElement[float], ColumnEleme
     )
 
 
-def _scope(user: User) -> list[ColumnElement[bool]]:
+def reader_scope(user: User) -> list[ColumnElement[bool]]:
     return [] if user.sees_all else [d.c.programme.in_(user.programmes)]
 
 
 def _conditions(user: User, filters: Filters) -> list[ColumnElement[bool]]:
-    conditions = _scope(user)
+    conditions = reader_scope(user)
     if filters.site:
         conditions.append(d.c.site == filters.site)
     if filters.device:
@@ -243,7 +243,7 @@ def _latest(column: Any) -> Any:
     )
 
 
-def _rows(user: User, filters: Filters) -> Select[Any]:
+def reader_rows(user: User, filters: Filters) -> Select[Any]:
     reviews = (
         select(func.count())
         .where(r.c.result_uuid == w.c.result_uuid, r.c.device_id == w.c.device_id)
@@ -278,7 +278,9 @@ class Page:
 
 def _newest(conn: Any, user: User) -> int:
     newest = conn.execute(
-        select(func.max(w.c.record_id)).select_from(w.join(d, d.c.id == w.c.device_id)).where(*_scope(user))
+        select(func.max(w.c.record_id))
+        .select_from(w.join(d, d.c.id == w.c.device_id))
+        .where(*reader_scope(user))
     ).scalar_one()
     return int(newest or 0)
 
@@ -296,7 +298,10 @@ def worklist_page(engine: Engine, user: User, filters: Filters) -> Page:
         pages = max(1, -(-total // PAGE_SIZE))
         page = min(filters.page, pages)
         rows = conn.execute(
-            _rows(user, filters).order_by(*_order_keys()).limit(PAGE_SIZE).offset((page - 1) * PAGE_SIZE)
+            reader_rows(user, filters)
+            .order_by(*_order_keys())
+            .limit(PAGE_SIZE)
+            .offset((page - 1) * PAGE_SIZE)
         ).all()
         listed = with_details(conn, [WorklistRow.from_row(row) for row in rows])
         newer = 0
@@ -373,7 +378,7 @@ class Options:
 def filter_options(engine: Engine, user: User) -> Options:
     """The values the filters offer: only what this reader can see."""
     scoped = w.join(d, d.c.id == w.c.device_id)
-    conditions = _scope(user)
+    conditions = reader_scope(user)
     with engine.connect() as conn:
         devices = conn.execute(
             select(d.c.id, d.c.name, d.c.site).where(*conditions).order_by(d.c.site, d.c.name)
@@ -396,104 +401,6 @@ def filter_options(engine: Engine, user: User) -> Options:
     )
 
 
-# ------------------------------------------------------------------ one study
-
-
-@dataclass
-class Study:
-    record_id: int
-    uuid: str
-    device_id: str
-    device_name: str
-    site: str
-    programme: str
-    received_at: str
-    payload: dict[str, Any]
-    reviews: list[ReviewRow] = field(default_factory=list)  # newest first
-    uploads: dict[str, Any] = field(default_factory=dict)  # kind -> its `uploads` row
-    others: list[WorklistRow] = field(default_factory=list)  # this patient's other results
-    pending: set[str] = field(default_factory=set)  # upload kinds begun but not complete yet
-    deleted_at: str | None = None  # deleted on the device (a tombstone): the page answers 410
-
-    def part(self, name: str) -> dict[str, Any]:
-        value = self.payload.get(name)
-        return value if isinstance(value, dict) else {}
-
-
-def find_study(engine: Engine, user: User, uuid: str) -> Study | None:
-    """The result with its device, uploads, reviews and this patient's other results; None when
-    it does not exist or lies outside the reader's programmes."""
-    with engine.connect() as conn:
-        row = conn.execute(
-            select(db.records, d.c.name.label("device_name"), d.c.site, d.c.programme)
-            .join(d, d.c.id == db.records.c.device_id)
-            .where(db.records.c.uuid == uuid, *_scope(user))
-            .order_by(db.records.c.id)
-            .limit(1)
-        ).first()
-        if row is None:
-            return None
-        study = Study(
-            row.id,
-            row.uuid,
-            row.device_id,
-            row.device_name,
-            row.site,
-            row.programme,
-            row.received_at,
-            row.payload if isinstance(row.payload, dict) else {},
-        )
-        if row.deleted_at is not None:  # hidden: nothing of it is read, its verdicts included
-            study.deleted_at = row.deleted_at
-            return study
-        study.reviews = [
-            ReviewRow.from_row(review)
-            for review in conn.execute(
-                select(r)
-                .where(r.c.result_uuid == uuid, r.c.device_id == row.device_id)
-                .order_by(r.c.seq.desc())
-            )
-        ]
-        image_uuid = str(study.part("image").get("uuid") or "")
-        for upload in conn.execute(
-            select(db.uploads).where(
-                db.uploads.c.device_id == row.device_id,
-                db.uploads.c.complete.is_(True),
-                (db.uploads.c.result_uuid == uuid) | (db.uploads.c.record_uuid == image_uuid),
-            )
-        ):
-            study.uploads.setdefault(upload.kind, upload)
-        study.pending = {
-            upload.kind
-            for upload in conn.execute(
-                select(db.uploads.c.kind).where(
-                    db.uploads.c.device_id == row.device_id,
-                    db.uploads.c.complete.is_(False),
-                    (db.uploads.c.result_uuid == uuid) | (db.uploads.c.record_uuid == image_uuid),
-                )
-            )
-        }
-        patient = study.part("study").get("patient")
-        if patient:
-            study.others = with_details(
-                conn,
-                [
-                    WorklistRow.from_row(other)
-                    for other in conn.execute(
-                        _rows(user, Filters())
-                        .where(
-                            w.c.patient == str(patient),
-                            w.c.device_id == row.device_id,
-                            w.c.record_id != row.id,
-                        )
-                        .order_by(w.c.record_id.desc())
-                        .limit(20)
-                    )
-                ],
-            )
-    return study
-
-
 def _position(conn: Any, record_id: int) -> Any:
     """This record's order keys as literals, for the row-value comparisons."""
     current = conn.execute(select(*_order_keys()).where(w.c.record_id == record_id)).first()
@@ -509,7 +416,7 @@ def neighbours(engine: Engine, user: User, filters: Filters, record_id: int) -> 
         here = _position(conn, record_id)
         if here is None:
             return None, None
-        base = _rows(user, filters)
+        base = reader_rows(user, filters)
         before = conn.execute(
             base.where(tuple_(*keys) < here).order_by(*(key.desc() for key in keys)).limit(1)
         ).first()
@@ -522,7 +429,9 @@ def next_unreviewed(engine: Engine, user: User, filters: Filters, record_id: int
     filtered list (the order never changes, so this is the row below), else the first
     unreviewed one above it; None when none is left."""
     keys = _order_keys()
-    unreviewed = _rows(user, replace(filters, state="unreviewed", page=1)).where(w.c.record_id != record_id)
+    unreviewed = reader_rows(user, replace(filters, state="unreviewed", page=1)).where(
+        w.c.record_id != record_id
+    )
     with engine.connect() as conn:
         here = _position(conn, record_id)
         row = None
