@@ -228,7 +228,8 @@ class HubSettings(_Section):
     upload_result_mb: float = Field(default=520.0, gt=0)
     """MB a device may upload for one result (thumbnail, heatmap, full image up to the protocol's
     512 MB); beyond it, or past `upload_result_files`, a new upload is refused (QUOTA_EXCEEDED)."""
-    upload_result_files: int = Field(default=3, ge=1)
+    upload_result_files: int = Field(default=5, ge=1)
+    """Files one result may keep: thumbnail, heatmap, full image, diagnostic rendition, cine."""
     upload_device_gb: float = Field(default=50.0, gt=0)
     """GB one device may keep on the hub in uploads, all results together (and `upload_device_files`)."""
     upload_device_files: int = Field(default=500_000, ge=1)
