@@ -333,6 +333,32 @@ def test_a_lost_or_damaged_video_is_acknowledged_with_a_note(
     assert set(_uploads(hub, "rendition")) == {result_id}
 
 
+def test_a_hub_older_than_the_cine_does_not_stop_the_round(
+    tmp_path: Path, hub: Hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An older hub answers 400 BAD_REQUEST to the new kind: noted, the rest still goes."""
+    from edge.sync.client import HubRefused
+    from edge.sync.protocol import WireCode
+
+    device = _device(tmp_path)
+    with Store(device.data_dir) as store:
+        result_id, _ = _clip(device, store)
+        client = hub.sync_client(device, store, hub.enroll(device))
+        upload = client._upload
+
+        def older_hub(kind: str, *args: Any) -> None:
+            if kind == "cine":
+                raise HubRefused(400, WireCode.BAD_REQUEST, "kind: Input should be 'thumbnail'")
+            upload(kind, *args)
+
+        monkeypatch.setattr(client, "_upload", older_hub)
+        assert exchange(client)["files"] == 3  # thumbnail, heatmap, rendition
+        row = _outbox(store, "cine")
+    assert row["last_error"] == "not sent: the hub does not take cines"
+    assert row["acked_at"] is not None
+    assert set(_uploads(hub, "rendition")) == {result_id}
+
+
 def test_the_cine_is_purged_with_the_images_and_hidden_by_a_tombstone(tmp_path: Path, hub: Hub) -> None:
     device = _device(tmp_path)
     page = _reader(hub)

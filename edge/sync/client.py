@@ -399,7 +399,7 @@ class SyncClient:
                     raise
                 # A hub older than the diagnostic rendition (or the cine) refuses the kind: the
                 # lean payload is there, so the round goes on and the technician sees why.
-                note = f"not sent: the hub does not take {row['kind']} uploads"
+                note = f"not sent: the hub does not take {row['kind']}s"
                 self.store.outbox.mark_acked([row["id"]], note=note)
                 continue
             self.store.outbox.mark_acked([row["id"]], note=note)
