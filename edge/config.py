@@ -227,10 +227,10 @@ class HubSettings(_Section):
     code_ttl_hours: float = Field(default=72.0, gt=0)
     upload_result_mb: float = Field(default=520.0, gt=0)
     """MB a device may upload for one result (thumbnail, heatmap, full image up to the protocol's
-    512 MB, diagnostic rendition); beyond it, or past `upload_result_files`, a new upload is
-    refused (QUOTA_EXCEEDED)."""
-    upload_result_files: int = Field(default=4, ge=1)
-    """Files per result: one of each upload kind (thumbnail, heatmap, image, rendition)."""
+    512 MB, diagnostic rendition, cine); beyond it, or past `upload_result_files`, a new upload
+    is refused (QUOTA_EXCEEDED)."""
+    upload_result_files: int = Field(default=5, ge=1)
+    """Files per result: one of each upload kind (thumbnail, heatmap, image, rendition, cine)."""
     upload_device_gb: float = Field(default=50.0, gt=0)
     """GB one device may keep on the hub in uploads, all results together (and `upload_device_files`)."""
     upload_device_files: int = Field(default=500_000, ge=1)

@@ -107,6 +107,7 @@ class Code(str, Enum):
     # Pixels leaving for the hub (edge/sync/outgoing.py): burned-in text
     BURNED_IN_TEXT_REDACTED = "BURNED_IN_TEXT_REDACTED"
     PIXELS_WITHHELD = "PIXELS_WITHHELD"
+    CINE_UNAVAILABLE = "CINE_UNAVAILABLE"
 
 
 # Refusals a restart of the service cannot mend (a person must act: repair, restore, reinstall,

@@ -108,6 +108,7 @@ NEXT_STEPS: dict[Code, str] = {
     Code.STORAGE_NOT_ENCRYPTED: "tell the field engineer: the data must be on an encrypted disk",
     Code.BURNED_IN_TEXT_REDACTED: "nothing: text in the picture was blacked out before it was sent",
     Code.PIXELS_WITHHELD: "nothing (the result was sent); if tesseract-ocr is missing, tell the engineer",
+    Code.CINE_UNAVAILABLE: "nothing (the result and key frames went); re-analyse the recording for a cine",
 }
 
 AGENT_STOPPED = (

@@ -33,4 +33,7 @@ def test_the_wire_budgets_hold(tmp_path: Path, capsys: pytest.CaptureFixture[str
     # default, negative ones none.
     assert figures["renditions_carried"] == {"negative": 0, "positive": len(positives)}
     assert len(figures["files"]["rendition"]) == len(positives)
+    # A clip's cine (issue 20), reported apart: the flagged clip carried one, under its budget.
+    assert figures["cines_carried"] == {"clips": 1, "carried": 1}
+    assert 0 < max(figures["files"]["cine"]) <= wire_budget.CINE_BUDGET
     assert abs(figures["cap_measured_kbps"] / figures["cap_kbps"] - 1) <= wire_budget.CAP_TOLERANCE

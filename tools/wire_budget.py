@@ -16,7 +16,11 @@ sync client sends them:
    default, `[sync] diagnostic`) apart, in KB each and how many results carried one, and not
    in those results' totals (it is a separate, lower-priority class);
 3. the bandwidth cap (`[sync] bandwidth_kbps`): results sent under the cap, the device-to-hub
-   rate measured at the proxy against it (budget: within 5%).
+   rate measured at the proxy against it (budget: within 5%);
+4. a clip's cine (issue 20, upload kind "cine"): the lung recording shipped in samples/video
+   through the product's clip path, its study flagged urgent (as a technician does, so the
+   default `[sync] diagnostic` sends it), the cine reported apart in KB and how many clips
+   carried one (budget: `CINE_BUDGET`).
 
 Fixed costs of a sync round that do not grow with the results (the review cursor, the release
 and profile lists) are reported once, apart. Exit status 1 when a budget is missed.
@@ -52,6 +56,8 @@ SAMPLES = MODELS / "cxr-pneumonia" / "samples"
 RESULT_BUDGET = 200  # bytes per result, results alone
 PICTURES_BUDGET = 15_000  # bytes per negative result with its thumbnail and heatmap
 CAP_TOLERANCE = 0.05
+CLIP = REPO / "samples" / "video" / "lung-regular-alines.mp4"
+CINE_BUDGET = 250_000  # bytes on the wire for one clip's cine (edge/video/filmstrip.py)
 
 
 # ------------------------------------------------------------------ the counting proxy
@@ -226,8 +232,9 @@ def analyse(settings: Settings, store: Store, count: int, tag: str) -> Iterator[
         pipeline.close()
 
 
-def device_settings(folder: Path, images: str, cap_kbps: float = 0.0) -> Settings:
+def device_settings(folder: Path, images: str, cap_kbps: float = 0.0, **more: Any) -> Settings:
     return load_settings(
+        **more,
         data_dir=folder,
         models={"dir": MODELS},
         explain={"heatmaps": images != "none"},  # results alone: no CAM work to wait for
@@ -243,9 +250,11 @@ class Report:
     round_fixed_bytes: int = 0
     pictures: dict[str, list[int]] = field(default_factory=lambda: {"negative": [], "positive": []})
     files: dict[str, list[int]] = field(
-        default_factory=lambda: {"thumbnail": [], "heatmap": [], "rendition": []}
+        default_factory=lambda: {"thumbnail": [], "heatmap": [], "rendition": [], "cine": []}
     )
     carried: dict[str, int] = field(default_factory=lambda: {"negative": 0, "positive": 0})
+    clips: int = 0  # clip results measured
+    clips_carried: int = 0  # of which sent a cine
     cap_kbps: float = 0.0
     cap_measured_kbps: float = 0.0
     cap_up_bytes: int = 0
@@ -265,6 +274,8 @@ class Report:
             failed.append("no negative finding among the pictures")
         elif worst > PICTURES_BUDGET:
             failed.append(f"a negative result with its pictures: {worst} B > {PICTURES_BUDGET}")
+        if max(self.files["cine"], default=0) > CINE_BUDGET:
+            failed.append(f"a clip's cine: {max(self.files['cine'])} B > {CINE_BUDGET}")
         if self.cap_kbps and abs(self.cap_ratio() - 1) > CAP_TOLERANCE:
             failed.append(f"bandwidth cap: {self.cap_measured_kbps:.1f} kbit/s against {self.cap_kbps:g}")
         return failed
@@ -297,6 +308,8 @@ class Report:
             row("  of which the heatmap (grid) upload", self.files["heatmap"]),
             row("diagnostic rendition upload (apart from the totals above)", self.files["rendition"]),
             self.rendition_row(),
+            row("clip cine upload (apart from the totals above)", self.files["cine"]),
+            f"| clips that carried a cine (flagged urgent) | {self.clips_carried} of {self.clips} | | | |",
             f"| a sync round's fixed cost (reviews, releases...) | 1 | {self.round_fixed_bytes:,} | | |",
         ]
         if self.cap_kbps:
@@ -307,7 +320,7 @@ class Report:
         return "\n".join(lines)
 
 
-def measure(folder: Path, results: int, pictures: int, cap_kbps: float) -> Report:
+def measure(folder: Path, results: int, pictures: int, cap_kbps: float, clips: bool = True) -> Report:
     from edge.hub import devices
     from edge.sync.runner import exchange
 
@@ -356,7 +369,40 @@ def measure(folder: Path, results: int, pictures: int, cap_kbps: float) -> Repor
                 rendition = sum(report.files["rendition"][renditions:])
                 report.carried[finding] += int(rendition > 0)
                 report.pictures[finding].append(proxy.reset().total - rendition)
+        if clips:
+            _measure_clip(folder, url, http, hub.engine, proxy, report)
     return report
+
+
+def _measure_clip(
+    folder: Path, url: str, http: httpx.Client, engine: Any, proxy: CountingProxy, report: Report
+) -> None:
+    """4. the shipped lung recording as a clip result, flagged urgent, sent with its pictures:
+    its cine's upload counted by kind (`_count_uploads`)."""
+    from edge.hub import devices
+
+    settings = device_settings(folder / "device-clip", "thumbnails", video={"model": "us-lung"})
+    credential = enroll(settings, url, devices.create_enroll_code(engine), "budget-clip", http)
+    with Store(settings.data_dir) as store:
+        pipeline = Pipeline(settings, store, actor="wire_budget")
+        try:
+            analyses = [a for a in pipeline.analyse_file(CLIP, model="us-lung") if a.ok and a.result]
+        finally:
+            pipeline.close()
+        client = SyncClient(settings, store, http, credential)
+        counted: dict[str, list[int]] = {}  # the clip's other pictures stay out of rows 2.
+        _count_uploads(client, proxy, counted)
+        for analysis in analyses:
+            assert analysis.result is not None
+            image = store.image(analysis.result.image_id) or {}  # a clip's study: its key frame's
+            store.technician.set_urgent(str(image["study_id"]), True, "wire_budget")
+            cines = len(counted.get("cine", []))
+            client.push_results()
+            client.queue_uploads()
+            client.push_files()
+            report.clips += 1
+            report.clips_carried += int(len(counted.get("cine", [])) > cines)
+        report.files["cine"] += counted.get("cine", [])
 
 
 def _count_uploads(client: SyncClient, proxy: CountingProxy, files: dict[str, list[int]]) -> None:
@@ -379,13 +425,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=int, default=1000, help="results sent alone (images = none)")
     parser.add_argument("--pictures", type=int, default=21, help="results sent one by one with pictures")
     parser.add_argument("--cap-kbps", type=float, default=64.0, help="bandwidth cap to check (0: skip)")
+    parser.add_argument("--no-clip", action="store_true", help="skip the clip's cine (4.)")
     parser.add_argument("--small", action="store_true", help="CI size: 200 results, 7 with pictures")
     parser.add_argument("--json", type=Path, help="write the figures here too")
     args = parser.parse_args(argv)
     if args.small:
         args.results, args.pictures = 200, 7
     with tempfile.TemporaryDirectory(prefix="wire-budget-") as folder:
-        report = measure(Path(folder), args.results, args.pictures, args.cap_kbps)
+        report = measure(Path(folder), args.results, args.pictures, args.cap_kbps, not args.no_clip)
     print(report.table())
     failures = report.failures()
     for failure in failures:
@@ -398,6 +445,7 @@ def main(argv: list[str] | None = None) -> int:
             "pictures": report.pictures,
             "files": report.files,
             "renditions_carried": report.carried,
+            "cines_carried": {"clips": report.clips, "carried": report.clips_carried},
             "cap_kbps": report.cap_kbps,
             "cap_measured_kbps": report.cap_measured_kbps,
             "failures": failures,

@@ -123,7 +123,7 @@ class UploadQuotas:
     results, not with the hub's disk."""
 
     result_bytes: int = 520 * 1024 * 1024
-    result_files: int = 4  # one of each upload kind (edge.sync.protocol.UploadStart.kind)
+    result_files: int = 5  # one of each upload kind (edge.sync.protocol.UploadStart.kind)
     device_bytes: int = 50 * 1024**3
     device_files: int = 500_000
 

@@ -120,7 +120,14 @@ def sparkline(series: Any, threshold: Any, width: int = 240, height: int = 48) -
 
     line = " ".join(f"{round((t - start) / span * (width - 2) + 1, 1)},{y(p)}" for t, p in points)
     limit = y(float(threshold)) if isinstance(threshold, (int, float)) else None
-    return {"width": width, "height": height, "points": line, "threshold_y": limit}
+    return {
+        "width": width,
+        "height": height,
+        "points": line,
+        "threshold_y": limit,
+        "start": start,
+        "span": span,
+    }
 
 
 def applicability(result: dict[str, Any]) -> dict[str, Any] | None:
@@ -369,6 +376,53 @@ def rendition_windowing(uploads: dict[str, Any]) -> str | None:
     if photometric == "MONOCHROME1":
         words += ", inverted (MONOCHROME1)"
     return f"grey levels from {words} on the device"
+
+
+def cine(uploads: dict[str, Any]) -> dict[str, Any] | None:
+    """A clip's cine (upload kind "cine", edge/video/filmstrip.py) as the page's player needs
+    it: frame count and size, and each frame's time and probability, from the filmstrip's own
+    JPEG comment; None without one, or when its facts do not describe its frames."""
+    row = uploads.get("cine")
+    if row is None:
+        return None
+    try:
+        with open(row.path, "rb") as handle:
+            facts = rendition_meta.read(handle.read(64 * 1024))
+    except OSError:
+        return None
+    if not facts or facts.get("kind") != "cine":
+        return None
+    try:
+        frames, width, height = int(facts["frames"]), int(facts["frame_width"]), int(facts["frame_height"])
+        times = [float(t) for t in facts["times_s"]]
+        probabilities = [None if p is None else float(p) for p in facts.get("p") or [None] * frames]
+    except (KeyError, TypeError, ValueError):
+        return None
+    if frames < 1 or width < 1 or height < 1 or len(times) != frames or len(probabilities) != frames:
+        return None
+    return {
+        "frames": frames,
+        "width": width,
+        "height": height,
+        "times": ",".join(f"{t:.3f}" for t in times),
+        "p": ",".join("" if p is None else f"{p:.4f}" for p in probabilities),
+        "truncated": bool(facts.get("truncated")),
+    }
+
+
+def cine_note(study: Study, requested: bool) -> str:
+    """What a clip's page says when it has no cine (yet)."""
+    if "cine" in study.pending:
+        return "Cine on its way: the clinic's device is sending the clip's frames (reload then)."
+    if requested:
+        return (
+            "Cine requested from the device with the diagnostic image; it comes at the clinic's "
+            "next sync (reload then). Meanwhile: one key frame."
+        )
+    return (
+        "Cine not available: one key frame (the device did not send the clip's frames: its "
+        "[sync] diagnostic setting, an older device, or the video was not readable there)."
+    )
 
 
 def thumbnail_jpeg(uploads: dict[str, Any], width: int = THUMB_WIDTH) -> bytes | None:

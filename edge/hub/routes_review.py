@@ -120,6 +120,8 @@ def _study_page(request: Request, reader: Reader, study: Study, status: int = 20
         picture=picture,
         preview=presenters.preview_note(study, picture.source, requested),
         windowing=presenters.rendition_windowing(study.uploads) if picture.source == "rendition" else None,
+        cine=presenters.cine(study.uploads),
+        cine_note=presenters.cine_note(study, requested),
         spacing=presenters.pixel_spacing(study) if picture.source else None,
         original_width=study.part("image").get("width"),
         marked_reviews=presenters.reviews_marked(study),
@@ -153,6 +155,21 @@ def study_thumbnail(uuid: str, request: Request, reader: ReaderDep) -> Response:
     data = presenters.thumbnail_jpeg(_study_or_404(request, reader, uuid).uploads)
     if data is None:
         raise Refused(404, "No thumbnail was sent for this study.")
+    return Response(data, media_type="image/jpeg")
+
+
+@router.get("/studies/{uuid}/cine")
+def study_cine(uuid: str, request: Request, reader: ReaderDep) -> Response:
+    """A clip's filmstrip as the device sent it (its frames stacked top to bottom, its facts in
+    a JPEG comment): already a small greyscale JPEG, so it is not decoded here."""
+    row = _study_or_404(request, reader, uuid).uploads.get("cine")
+    if row is None:
+        raise Refused(404, "No cine was sent for this study.")
+    try:
+        with open(row.path, "rb") as handle:
+            data = handle.read()
+    except OSError as error:
+        raise Refused(404, "The cine's file is not on this hub.") from error
     return Response(data, media_type="image/jpeg")
 
 

@@ -79,9 +79,19 @@ class OutboxAndReviews:
         ).fetchall()
         return [dict(row) for row in rows]
 
-    def results_due_a_rendition(self, only_urgent: bool, limit: int = 500) -> list[dict[str, Any]]:
-        """Results the hub has, with no rendition task yet: with `only_urgent`, only positive
-        findings (current results) and results of flagged studies (issue 20's "urgent")."""
+    def results_due_a_rendition(
+        self, only_urgent: bool, limit: int = 500, kind: str = "rendition"
+    ) -> list[dict[str, Any]]:
+        """Results the hub has, with no `kind` task yet ("rendition", or "cine": only clips
+        with a video): with `only_urgent`, only positive findings (current results) and results
+        of flagged studies (issue 20's "urgent")."""
+        if kind not in ("rendition", "cine"):
+            raise ValueError(f"not a diagnostic upload kind: {kind}")
+        clips = (
+            " AND EXISTS (SELECT 1 FROM clips c WHERE c.result_id = r.id AND c.video_path IS NOT NULL)"
+            if kind == "cine"
+            else ""
+        )
         urgent = (
             " AND ((r.finding IS NOT NULL AND r.finding = r.finding_label AND i.superseded_by IS NULL)"
             " OR s.urgent = 1)"
@@ -92,9 +102,9 @@ class OutboxAndReviews:
             "SELECT r.id AS result_id, r.image_id FROM results r"
             " JOIN images i ON i.id = r.image_id JOIN studies s ON s.id = i.study_id"
             " JOIN outbox o ON o.kind = 'result' AND o.ref_id = r.id AND o.acked_at IS NOT NULL"
-            " WHERE NOT EXISTS (SELECT 1 FROM outbox u WHERE u.kind = 'rendition' AND u.ref_id = r.id)"
-            f" AND i.purged_at IS NULL{urgent} ORDER BY r.created_at LIMIT ?",
-            [limit],
+            " WHERE NOT EXISTS (SELECT 1 FROM outbox u WHERE u.kind = ? AND u.ref_id = r.id)"
+            f" AND i.purged_at IS NULL{clips}{urgent} ORDER BY r.created_at LIMIT ?",
+            [kind, limit],
         ).fetchall()
         return [dict(row) for row in rows]
 

@@ -35,8 +35,9 @@ from edge.store import Store
 from edge.store.files import write_atomically
 from edge.store.reads import evidence_beside
 from edge.sync import protocol, signatures
+from edge.sync.cine import outgoing_cine
 from edge.sync.deid import Deidentifier
-from edge.sync.outgoing import PixelGuard
+from edge.sync.outgoing import Outgoing, PixelGuard
 from edge.sync.protocol import WireCode
 
 log = logging.getLogger(__name__)
@@ -199,8 +200,10 @@ _HTTPX_HEADER_BYTES = 170
 # use: short, so that over any half-minute the rate stays within a few percent of the cap.
 _IDLE_CREDIT_S = 0.5
 # Every file kind, in the order a round sends them (pending_outbox orders by seq; the rendition
-# is queued last).
-UPLOAD_KINDS = ("thumbnail", "heatmap", "image", "rendition")
+# and a clip's cine, edge/sync/cine.py, are queued last).
+UPLOAD_KINDS = ("thumbnail", "heatmap", "image", "rendition", "cine")
+# Kinds a hub older than them refuses (BAD_REQUEST): not sent, noted, and the round goes on.
+_NEWER_KINDS = ("rendition", "cine")
 
 
 def _request_bytes(method: str, path: str, body: bytes, headers: dict[str, str]) -> int:
@@ -358,9 +361,12 @@ class SyncClient:
         # The diagnostic rendition last (the lean payload first), for urgent results by default.
         diagnostic = self.settings.sync.diagnostic
         if mode != "none" and diagnostic in ("positive", "always"):
-            for row in self.store.outbox.results_due_a_rendition(only_urgent=diagnostic == "positive"):
-                payload = {"result_id": row["result_id"], "image_id": row["image_id"]}
-                tasks.append(("rendition", row["result_id"], payload))
+            # A clip's cine goes under the same policy, after its rendition.
+            for kind in ("rendition", "cine"):
+                due = self.store.outbox.results_due_a_rendition(diagnostic == "positive", kind=kind)
+                for row in due:
+                    payload = {"result_id": row["result_id"], "image_id": row["image_id"]}
+                    tasks.append((kind, row["result_id"], payload))
         return self.store.outbox.add_upload_tasks(tasks)
 
     def rendition_requests(self) -> protocol.RenditionRequests:
@@ -389,11 +395,12 @@ class SyncClient:
             try:
                 self._upload(row["kind"], row["ref_id"], payload["result_id"], data, media_type)
             except HubRefused as exc:
-                if row["kind"] != "rendition" or exc.code is not WireCode.BAD_REQUEST:
+                if row["kind"] not in _NEWER_KINDS or exc.code is not WireCode.BAD_REQUEST:
                     raise
-                # A hub older than the diagnostic rendition refuses the kind: the lean payload
-                # is there, so the round goes on and the technician sees why it was not sent.
-                self.store.outbox.mark_acked([row["id"]], note="not sent: the hub does not take renditions")
+                # A hub older than the diagnostic rendition (or the cine) refuses the kind: the
+                # lean payload is there, so the round goes on and the technician sees why.
+                note = f"not sent: the hub does not take {row['kind']}s"
+                self.store.outbox.mark_acked([row["id"]], note=note)
                 continue
             self.store.outbox.mark_acked([row["id"]], note=note)
             done += 1
@@ -403,6 +410,8 @@ class SyncClient:
         """The bytes of one outgoing file as `edge.sync.outgoing` lets them leave (sector only,
         burned-in text blacked out, or withheld), and the note for the technician."""
         store = self.store
+        if kind == "cine":
+            return self._noted(kind, payload, outgoing_cine(store, self.pixels, payload))
         heatmap = None
         if kind == "heatmap":
             result = store.result(payload["result_id"])
@@ -422,6 +431,13 @@ class SyncClient:
         outgoing = self.pixels.prepare(
             kind, image, dict(study) if study else None, data, heatmap, deidentify=self.deid.dicom
         )
+        return self._noted(kind, payload, outgoing)
+
+    def _noted(
+        self, kind: str, payload: dict[str, Any], outgoing: Outgoing
+    ) -> tuple[bytes | None, str, str | None]:
+        """What was done to an outgoing file, in the log and the audit (a coded line each)."""
+        store = self.store
         if outgoing.code is not None:
             withheld = outgoing.data is None
             log.log(
@@ -432,9 +448,10 @@ class SyncClient:
                 payload["result_id"],
                 outgoing.note,
             )
+            action = "pixels.withheld" if withheld else "pixels.redacted"
             store.audit(
                 "sync",
-                "pixels.withheld" if withheld else "pixels.redacted",
+                "cine.unavailable" if outgoing.code is Code.CINE_UNAVAILABLE else action,
                 payload["result_id"],
                 {"code": outgoing.code.value, "kind": kind, **outgoing.detail},
             )

@@ -1,5 +1,5 @@
 """What pixels leave the device: the one decision every thumbnail, heatmap, diagnostic
-rendition and full image passes
+rendition, clip cine and full image passes
 on its way to the hub (issue 17: burned-in patient text).
 
 The header's `BurnedInAnnotation` flag is not trusted to be there or right, so the pixels
@@ -49,6 +49,7 @@ from edge.imaging.dicom_redact import CannotRedact, burned_in_flag, redact_pixel
 from edge.imaging.evidence import MEDIA_TYPE as EVIDENCE_MEDIA_TYPE
 from edge.imaging.ocr import Box, OcrBackend, TesseractOcr
 from edge.imaging.rendition_meta import embed, scaled, windowing_of
+from edge.video.filmstrip import Cine, CineUnreadable, pack_within
 from edge.video.roi import detect_still_sector
 
 log = logging.getLogger(__name__)
@@ -207,6 +208,41 @@ class PixelGuard:
                 media_type, "unchecked", f"the pixels could not be checked for text ({exc})"[:200]
             )
         return _encoded(out, _merged(cleaned.findings, extra))
+
+    def prepare_cine(self, cine: Cine, image: dict[str, Any], study: dict[str, Any] | None) -> Outgoing:
+        """A clip's filmstrip (edge/video/filmstrip.py). Its frames are the sector already, but
+        are read all the same, once: the per-pixel maximum over the chosen frames shows any
+        static burned-in text (every frame's bright pixels at once), and the boxes found there
+        are blacked out of every frame, under the same policy as the other kinds. Withheld
+        under the same conditions (flagged header, no OCR engine, an OCR failure)."""
+        media_type = "image/jpeg"
+        if burned_in_flag((image.get("meta") or {}).get("burned_in_annotation")):
+            return _withheld(media_type, "flagged", "the header says the pixels carry burned-in text")
+        if not self.ocr.is_available():
+            log.error("%s: OCR engine %s unavailable", Code.PIXELS_WITHHELD.value, self.ocr.name)
+            return _withheld(
+                media_type, "ocr_unavailable", f"no OCR engine ({self.ocr.name}) to check for text"
+            )
+        identifiers = identifiers_of(b"", image, study)  # a key frame's row: the study's names
+        policy = TextPolicy(
+            redact_all=self.policy == "any" or not identifiers,
+            min_confidence=MIN_CONFIDENCE if identifiers else MIN_CONFIDENCE_UNKNOWN_PATIENT,
+        )
+        try:
+            brightest = np.maximum.reduce(cine.frames)
+            found = read_text(brightest, self.ocr, identifiers, policy)
+        except PixelsUnchecked as exc:
+            log.error("%s: %s", Code.PIXELS_WITHHELD.value, exc)
+            return _withheld(
+                media_type, "unchecked", f"the pixels could not be checked for text ({exc})"[:200]
+            )
+        grown = grow_boxes(found.boxes, brightest.shape)
+        cleaned = cine.with_frames([black_out(frame, grown) for frame in cine.frames])
+        try:
+            data, _ = pack_within(cleaned)
+        except CineUnreadable:
+            return _withheld(media_type, "encode", "the filmstrip could not be encoded")
+        return _outcome(data, media_type, Findings(grown, found.identifiers, found.other_text))
 
     def _clean(
         self, image: dict[str, Any], study: dict[str, Any] | None, data: bytes, identifiers: Identifiers,

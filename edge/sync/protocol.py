@@ -32,7 +32,7 @@ from enum import Enum
 from typing import Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 VERSION = 2
 """Bumped whenever a request's authentication or a body's schema changes incompatibly; a hub
@@ -141,9 +141,12 @@ class UploadStart(_Wire):
     # UUIDs, not any 36 characters: the hub once built a file path from this (issue 17).
     record_uuid: UUID
     """The outbox row the file belongs to (its result, or the image itself)."""
-    kind: Literal["thumbnail", "heatmap", "image", "rendition"]
+    kind: Literal["thumbnail", "heatmap", "image", "rendition", "cine"]
     """A "rendition" is the 1024-px greyscale JPEG the specialist reads from, its windowing in a
-    JPEG comment (edge.imaging.rendition_meta; issue 20). A "heatmap" is the CAM evidence grid
+    JPEG comment (edge.imaging.rendition_meta; issue 20). A "cine" is a clip result's motion:
+    one greyscale JPEG of at most 32 frames (<= 320 px) stacked top to bottom, its facts (frame
+    count and size, per-frame times and probabilities) in the same kind of JPEG comment
+    (edge.video.filmstrip; at most `MAX_CINE_BYTES`). A "heatmap" is the CAM evidence grid
     (media type `edge.imaging.evidence.MEDIA_TYPE`,
     under 250 bytes) from devices since issue 21, a blended PNG from older ones; the hub reads
     the media type. A thumbnail is a greyscale JPEG (a PNG from older devices)."""
@@ -151,6 +154,19 @@ class UploadStart(_Wire):
     size: int = Field(ge=1, le=512 * 1024 * 1024)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     media_type: str = Field(max_length=64)
+
+    @model_validator(mode="after")
+    def _size_of_its_kind(self) -> UploadStart:
+        # A cine is made small on purpose (edge.video.filmstrip: ~250 KB at most): one claiming
+        # more is not one, and must not take a result's quota.
+        if self.kind == "cine" and self.size > MAX_CINE_BYTES:
+            raise ValueError(f"a cine is at most {MAX_CINE_BYTES} bytes")
+        return self
+
+
+# The device keeps a cine under 250 KB (edge.video.filmstrip.CINE_MAX_BYTES); the hub accepts
+# up to four times that, so a later device may trade a little more for it without a new hub.
+MAX_CINE_BYTES = 1_000_000
 
 
 class UploadState(_Wire):

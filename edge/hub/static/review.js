@@ -1,5 +1,5 @@
 // The review pages' only script (plain, no build step): worklist keys; the study viewer (image
-// with window/level, heatmap layer, zoom and pan); verdict keys. Every page works without it,
+// with window/level, heatmap layer, zoom and pan); a clip's cine player; verdict keys. Every page works without it,
 // only slower to read with.
 (function () {
   "use strict";
@@ -456,6 +456,96 @@
     };
   }
 
+  // ---------------------------------------------------------------- cine
+
+  // A clip's frames as one filmstrip (the device stacked them top to bottom, edge/video/
+  // filmstrip.py): frame i is band i of the one picture, shown for as long as the clip showed
+  // it (the frames' own times, not a fixed rate). The still above keeps heatmap and window.
+  function cine() {
+    const root = document.getElementById("cine");
+    if (!root) return null;
+    const canvas = document.getElementById("cine-canvas");
+    const counter = document.getElementById("cine-counter");
+    const playButton = document.getElementById("cine-play");
+    const cursor = document.getElementById("cine-cursor");
+    const count = Number(root.dataset.frames);
+    const width = Number(root.dataset.frameWidth);
+    const height = Number(root.dataset.frameHeight);
+    const times = root.dataset.times.split(",").map(Number);
+    const chances = root.dataset.p.split(",").map(function (value) { return value === "" ? null : Number(value); });
+    const strip = new Image();
+    let index = 0;
+    let timer = null;
+    let ready = false;
+
+    function draw() {
+      if (ready) canvas.getContext("2d").drawImage(strip, 0, index * height, width, height, 0, 0, width, height);
+      let text = "frame " + (index + 1) + " / " + count + ", " + times[index].toFixed(1) + " s";
+      if (chances[index] !== null) text += ", p " + Math.round(chances[index] * 100) + "%";
+      counter.value = text;
+      root.dataset.frame = String(index);
+      if (cursor) {  // where this frame sits on the clip's probability curve
+        const x = ((times[index] - Number(cursor.dataset.start)) / Number(cursor.dataset.span)) * (Number(cursor.dataset.width) - 2) + 1;
+        cursor.setAttribute("x1", x.toFixed(1));
+        cursor.setAttribute("x2", x.toFixed(1));
+      }
+    }
+
+    function show(next) {
+      index = (next + count) % count;
+      draw();
+    }
+
+    function gap() {  // to the next frame's time; the last frame waits one mean gap, then loops
+      if (index + 1 < count) return times[index + 1] - times[index];
+      return count > 1 ? (times[count - 1] - times[0]) / (count - 1) : 0.5;
+    }
+
+    function tick() {
+      timer = window.setTimeout(function () {
+        show(index + 1);
+        tick();
+      }, Math.max(40, gap() * 1000));
+    }
+
+    function play(on) {
+      const playing = (on === undefined ? timer === null : on) && count > 1;
+      if (timer !== null) window.clearTimeout(timer);
+      timer = null;
+      if (playing) tick();
+      playButton.setAttribute("aria-pressed", String(playing));
+      playButton.firstChild.textContent = playing ? "pause " : "play ";
+      root.dataset.playing = playing ? "1" : "0";
+    }
+
+    function step(delta) {
+      play(false);
+      show(index + delta);
+    }
+
+    strip.onload = function () {
+      ready = true;
+      draw();
+      root.dataset.loaded = "1";
+    };
+    strip.onerror = function () { counter.value = "The cine could not be loaded: reload the page."; };
+    strip.src = root.dataset.src;
+    playButton.addEventListener("click", function () { play(); });
+    document.getElementById("cine-previous").addEventListener("click", function () { step(-1); });
+    document.getElementById("cine-next").addEventListener("click", function () { step(1); });
+    draw();
+
+    return {
+      key: function (key) {
+        if (key === " ") play();
+        else if (key === ",") step(-1);
+        else if (key === ".") step(1);
+        else return false;
+        return true;
+      },
+    };
+  }
+
   // ---------------------------------------------------------------- verdict
 
   function verdict(pictures) {
@@ -560,7 +650,8 @@
 
   document.addEventListener("DOMContentLoaded", function () {
     worklist();
-    const pictures = viewer();
-    verdict(pictures);
+    const still = viewer();
+    const player = cine();
+    verdict({ key: function (key) { return Boolean((still && still.key(key)) || (player && player.key(key))); } });
   });
 })();
