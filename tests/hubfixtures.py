@@ -18,7 +18,8 @@ from edge.config import Settings
 from edge.hub import db, devices
 from edge.hub.app import create_app
 from edge.store import Store
-from edge.sync.client import Credential, SyncClient, enroll
+from edge.sync.client import SyncClient
+from edge.sync.credential import Credential, enroll
 from edge.sync.runner import exchange
 from tools import postgres_temp
 

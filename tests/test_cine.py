@@ -338,7 +338,7 @@ def test_a_hub_older_than_the_cine_does_not_stop_the_round(
     tmp_path: Path, hub: Hub, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An older hub answers 400 BAD_REQUEST to the new kind: noted, the rest still goes."""
-    from edge.sync.client import HubRefused
+    from edge.sync.credential import HubRefused
     from edge.sync.protocol import WireCode
 
     device = _device(tmp_path)
@@ -430,7 +430,8 @@ def test_the_player_plays_pauses_and_steps_by_key(tmp_path: Path) -> None:
         import httpx
 
         from edge.hub import devices
-        from edge.sync.client import SyncClient, enroll
+        from edge.sync.client import SyncClient
+        from edge.sync.credential import enroll
 
         with httpx.Client(timeout=30) as http, Store(device.data_dir) as store:
             credential = enroll(device, live.url, devices.create_enroll_code(engine), "us-laptop", http)

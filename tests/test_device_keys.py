@@ -28,7 +28,8 @@ from edge.hub import accounts, db, devices
 from edge.hub.app import create_app
 from edge.store import Store
 from edge.sync import protocol, signatures
-from edge.sync.client import Credential, HubRefused, SyncClient, check_hub_url, enroll
+from edge.sync.client import SyncClient
+from edge.sync.credential import Credential, HubRefused, check_hub_url, enroll
 from edge.sync.protocol import WireCode
 from edge.sync.runner import exchange, run_round, sync_status
 from tests.conftest import DEFAULT_MODEL, MODELS

@@ -222,7 +222,7 @@ def test_a_hub_that_refuses_the_kind_does_not_stop_the_round(
     tmp_path: Path, hub: Hub, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An older hub answers 400 BAD_REQUEST to the new kind: noted, the rest still goes."""
-    from edge.sync.client import HubRefused
+    from edge.sync.credential import HubRefused
     from edge.sync.protocol import WireCode
 
     device = _device(tmp_path, diagnostic="always")

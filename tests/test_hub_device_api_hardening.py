@@ -14,7 +14,7 @@ import pytest
 
 from edge.config import load_settings
 from edge.sync import protocol
-from edge.sync.client import Credential
+from edge.sync.credential import Credential
 from tests.hubfixtures import Hub, database_url, postgres_url, reset  # noqa: F401 - postgres_url is a fixture
 from tests.test_sync import batch_body, signed_headers
 

@@ -24,7 +24,8 @@ from edge.hub import db
 from edge.store import Store
 from edge.sync import protocol, signatures
 from edge.sync import releases as model_sync
-from edge.sync.client import Credential, HubUnavailable, SyncClient
+from edge.sync.client import SyncClient
+from edge.sync.credential import Credential, HubUnavailable
 from tests.hubfixtures import Hub
 
 PIECE = 64 * 1024

@@ -302,7 +302,7 @@ def test_only_administrators_administer(world: World) -> None:
         "/review/admin/enroll-codes", data={"csrf": csrf(admin), "programme": "east", "ttl_hours": "2"}
     )
     code = re.search(r'<code id="secret-value">([^<]+)</code>', coded.text).group(1)  # type: ignore[union-attr]
-    from edge.sync.client import enroll
+    from edge.sync.credential import enroll
 
     device = load_settings(data_dir=world.north.settings.data_dir.parent / "east")
     credential = enroll(device, "http://testserver", code, "east-1", world.hub.client, insecure=True)

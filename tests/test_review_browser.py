@@ -26,7 +26,8 @@ from edge.config import load_settings
 from edge.hub import accounts, db, devices, reviews
 from edge.hub.app import create_app
 from edge.store import Store
-from edge.sync.client import SyncClient, enroll
+from edge.sync.client import SyncClient
+from edge.sync.credential import enroll
 from tests.conftest import DEFAULT_MODEL, MODELS
 from tests.hubfixtures import (  # noqa: F401 - postgres_url is a fixture
     REVIEW_PASSWORD,

@@ -22,7 +22,7 @@ from pydicom.uid import generate_uid
 from edge.config import load_settings
 from edge.hub import accounts, db, devices, reviews
 from edge.hub.app import create_app
-from edge.sync.client import enroll
+from edge.sync.credential import enroll
 from tests.conftest import DEFAULT_MODEL, MODELS
 from tests.hubfixtures import REVIEW_PASSWORD, LiveHub, device_results
 from tests.test_review_browser import _browser

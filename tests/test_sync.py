@@ -20,7 +20,8 @@ from edge.hub import devices, releases, reviews
 from edge.pipeline import Pipeline
 from edge.store import Store
 from edge.sync import protocol, signatures
-from edge.sync.client import Credential, HubRefused, SyncClient
+from edge.sync.client import SyncClient
+from edge.sync.credential import Credential, HubRefused
 from edge.sync.runner import exchange, sync_status
 from tests.conftest import DEFAULT_MODEL, MODELS
 from tests.hubfixtures import Hub, postgres_url, reset  # noqa: F401 - postgres_url is a fixture
@@ -59,7 +60,7 @@ def samples(count: int) -> list[Path]:
 @pytest.mark.security
 def test_enrolment_is_one_time(hub: Hub, device: Settings) -> None:
     code = devices.create_enroll_code(hub.engine)
-    from edge.sync.client import enroll
+    from edge.sync.credential import enroll
 
     credential = enroll(device, "http://testserver", code, "clinic-1", hub.client, insecure=True)
     assert Credential.load(device) == credential

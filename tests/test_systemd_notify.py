@@ -108,7 +108,7 @@ def test_the_sync_agent_is_ready_and_pets_while_the_link_is_down(
 
     from edge.config import load_settings
     from edge.sync import runner, signatures
-    from edge.sync.client import Credential
+    from edge.sync.credential import Credential
 
     with socket.socket() as probe:  # a port nobody listens on: the link is down
         probe.bind(("127.0.0.1", 0))

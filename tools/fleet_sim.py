@@ -5,7 +5,7 @@
 
 Starts a throwaway PostgreSQL and tools/hub_cluster.py (nginx in front of `--nodes` hub
 processes), unless `--hub URL --postgres URL` name a running one. Each device enrols with a
-one-time code and its own ed25519 key (`edge.sync.client.enroll`: the product's enrolment),
+one-time code and its own ed25519 key (`edge.sync.credential.enroll`: the product's enrolment),
 then sends its results as gzip batches signed per request (`Credential.headers`: key, clock,
 nonce), `--per-batch` results each, in the payload shape of `edge/sync/deid.py`'s
 `result_payload`; with `--images` each result's lean pictures go up as resumable uploads (start,
@@ -52,7 +52,7 @@ from edge.hub import db, devices, reviews
 from edge.imaging import evidence
 from edge.imaging.preprocess import PreprocessSpec
 from edge.sync import protocol
-from edge.sync.client import Credential, enroll
+from edge.sync.credential import Credential, enroll
 from edge.sync.outgoing import THUMBNAIL_QUALITY
 from tools import postgres_temp
 from tools.hub_cluster import HubCluster

@@ -110,7 +110,8 @@ def real_result(work: Path) -> tuple[dict[str, Any], dict[str, tuple[bytes, str]
     from edge.hub.app import create_app
     from edge.pipeline import Pipeline
     from edge.store import Store
-    from edge.sync.client import SyncClient, enroll
+    from edge.sync.client import SyncClient
+    from edge.sync.credential import enroll
     from edge.sync.runner import exchange
 
     models = Path(__file__).resolve().parents[1] / "models"

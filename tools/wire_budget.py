@@ -48,7 +48,8 @@ from edge.imaging.decode import decode_bytes
 from edge.operations.bench import png_variants
 from edge.pipeline import Pipeline
 from edge.store import Store
-from edge.sync.client import SyncClient, enroll
+from edge.sync.client import SyncClient
+from edge.sync.credential import enroll
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS = REPO / "models"

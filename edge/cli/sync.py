@@ -38,7 +38,7 @@ def sync_enroll(obj: Context, url: str, code: str, name: str | None, insecure: b
 
     import httpx
 
-    from edge.sync.client import enroll
+    from edge.sync.credential import enroll
 
     try:
         with httpx.Client(timeout=30) as http:
@@ -77,7 +77,8 @@ def sync_now(obj: Context, as_json: bool) -> None:
 
     from edge.store import Store
     from edge.sync import request_sync_now
-    from edge.sync.client import Credential, SyncClient
+    from edge.sync.client import SyncClient
+    from edge.sync.credential import Credential
     from edge.sync.runner import run_round, sync_status
 
     if request_sync_now(obj.settings):

@@ -13,7 +13,8 @@ import logging
 import uuid
 
 from edge.sync import protocol
-from edge.sync.client import HubRefused, SyncClient
+from edge.sync.client import SyncClient
+from edge.sync.credential import HubRefused
 from edge.sync.protocol import WireCode
 
 log = logging.getLogger(__name__)

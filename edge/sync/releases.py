@@ -30,7 +30,8 @@ from edge.inference.pool import tensor_names
 from edge.inference.registry import Registry, sha256_file
 from edge.runtime.onnxruntime import OnnxRuntimeRunner
 from edge.sync import protocol, signatures
-from edge.sync.client import HubUnavailable, SyncClient
+from edge.sync.client import SyncClient
+from edge.sync.credential import HubUnavailable
 from edge.sync.release_paths import release_path_problem
 
 log = logging.getLogger(__name__)

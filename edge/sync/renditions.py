@@ -9,7 +9,8 @@ that does not ask yet (an older hub: 404 NOT_FOUND) is a round without requests,
 from __future__ import annotations
 
 from edge.sync.cine import has_video
-from edge.sync.client import HubRefused, SyncClient
+from edge.sync.client import SyncClient
+from edge.sync.credential import HubRefused
 from edge.sync.protocol import WireCode
 
 

@@ -31,14 +31,8 @@ from edge.errors import EdgeError
 from edge.processes import Doorbell, InstanceLock, ring
 from edge.store import Store
 from edge.sync import doorbell, sync_lock
-from edge.sync.client import (
-    UPLOAD_KINDS,
-    Credential,
-    HubRefused,
-    HubUnavailable,
-    SyncClient,
-    check_hub_url,
-)
+from edge.sync.client import UPLOAD_KINDS, SyncClient
+from edge.sync.credential import Credential, HubRefused, HubUnavailable, check_hub_url
 from edge.sync.deletions import push_tombstones
 from edge.sync.profiles import pull_profiles
 from edge.sync.protocol import WireCode

@@ -102,7 +102,7 @@ def sync_now(settings: Settings) -> str:
     except EdgeError as error:
         return refusal_sentence(error)
     if answer is False:
-        from edge.sync.client import Credential
+        from edge.sync.credential import Credential
 
         # Not enrolled: starting a service would not help; enrolling is the next step.
         return SYNC_NOT_RUNNING if Credential.load(settings) is not None else SYNC_NOT_CONFIGURED

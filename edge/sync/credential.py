@@ -1,0 +1,177 @@
+"""Who this device is to its hub, and how the hub says no: the credential (device id, hub URL,
+the private key in its own owner-only file), enrolment with a one-time code, the check that
+the hub's URL is safe to send to, and the two ways a request fails (`HubRefused`: a refusal
+retrying will not fix; `HubUnavailable`: try again later). Below `client.py`, which sends the
+rounds with them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from edge.config import Settings
+from edge.errors import Code, EdgeError
+from edge.store.files import write_atomically
+from edge.sync import protocol, signatures
+from edge.sync.protocol import WireCode
+
+log = logging.getLogger(__name__)
+
+
+class HubRefused(Exception):
+    """The hub answered with a refusal that retrying will not fix (4xx): its status, its wire
+    code (None when the body was not the hub's refusal, e.g. a proxy's page) and its sentence."""
+
+    def __init__(self, status: int, code: WireCode | None, message: str) -> None:
+        if code is WireCode.DEVICE_REVOKED:
+            # What the technician must do, first: the status line and the TUI show this sentence.
+            message = f"revoked: re-enrol this device (edge sync enroll URL CODE, a new code): {message}"
+        super().__init__(f"{status} {code.value}: {message}" if code else f"{status} {message}")
+        self.status, self.code, self.message = status, code, message
+
+    @classmethod
+    def from_response(cls, response: httpx.Response) -> HubRefused:
+        refusal = protocol.read_refusal(response.content)
+        if refusal is None:
+            return cls(response.status_code, None, response.text[:300])
+        return cls(response.status_code, refusal.code, refusal.message[:300])
+
+
+class HubUnavailable(Exception):
+    """Connection refused, cut, timed out, or the hub answered 5xx/429: try again later."""
+
+
+def check_hub_url(url: str, insecure: bool) -> None:
+    """https, plain http to this machine itself (loopback: no network path to listen on, e.g. a
+    local TLS tunnel or a hub on the same box), or any http when the device was enrolled with
+    --insecure (a lab). Over plain http on a network anyone on the path reads the de-identified
+    results and can pose as the hub to the device."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError) as exc:
+        raise EdgeError(Code.CONFIG_INVALID, f"the hub URL {url!r} is not a URL: {exc}") from exc
+    if parsed.scheme not in ("https", "http") or not parsed.host:
+        raise EdgeError(Code.CONFIG_INVALID, f"the hub URL {url!r} must be https://HOST[:PORT]")
+    if parsed.scheme == "http" and not insecure and not _loopback(parsed.host):
+        raise EdgeError(
+            Code.HUB_URL_INSECURE,
+            f"the hub URL {url} is plain http: use https, or enrol with --insecure in a lab",
+        )
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass
+class Credential:
+    """Who this device is to its hub: its id, its hub and its private key (the key lives in its
+    own owner-only file, `key_path`, written once at enrolment and never sent anywhere)."""
+
+    hub_url: str
+    device_id: str
+    clock_offset: float = 0.0
+    insecure: bool = False
+    key: Ed25519PrivateKey | None = field(default=None, repr=False, compare=False)
+
+    @staticmethod
+    def path(settings: Settings) -> Path:
+        return settings.data_dir / "sync" / "credential.json"
+
+    @staticmethod
+    def key_path(settings: Settings) -> Path:
+        return settings.data_dir / "sync" / "device.key"
+
+    @classmethod
+    def load(cls, settings: Settings) -> Credential | None:
+        try:
+            data = json.loads(cls.path(settings).read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(data, dict) or "secret" in data:
+            _say_once(settings, "this device enrolled with sync protocol 1 (a shared secret): enrol it again")
+            return None
+        try:
+            key = signatures.load_private_key(cls.key_path(settings))
+            return cls(**data, key=key)
+        except (OSError, ValueError, TypeError) as exc:
+            _say_once(settings, f"the device's key cannot be read ({type(exc).__name__}): enrol it again")
+            return None
+
+    def save(self, settings: Settings, with_key: bool = False) -> None:
+        """The credential file (never the key in it); the key file too once, at enrolment."""
+        if with_key:
+            if self.key is None:
+                raise EdgeError(Code.CONFIG_INVALID, "no key to keep: enrol the device again")
+            write_atomically(self.key_path(settings), signatures.private_pem(self.key))
+        fields: dict[str, Any] = {"hub_url": self.hub_url, "device_id": self.device_id}
+        fields |= {"clock_offset": self.clock_offset, "insecure": self.insecure}
+        write_atomically(self.path(settings), json.dumps(fields, indent=1).encode())
+
+    def headers(
+        self, method: str, path: str, body: bytes, timestamp: str | None = None, nonce: str | None = None
+    ) -> dict[str, str]:
+        """The signed headers of one request (`path` with its query string); a fresh nonce and
+        the hub's time unless given (tests give them to build replays)."""
+        if self.key is None:
+            raise EdgeError(Code.CONFIG_INVALID, "this credential has no key: enrol the device again")
+        timestamp = timestamp or f"{time.time() + self.clock_offset:.3f}"
+        nonce = nonce or secrets.token_urlsafe(24)
+        message = protocol.request_to_sign(method, path, body, timestamp, nonce, self.device_id)
+        return {
+            protocol.HEADER_DEVICE: self.device_id,
+            protocol.HEADER_PROTOCOL: str(protocol.VERSION),
+            protocol.HEADER_TIMESTAMP: timestamp,
+            protocol.HEADER_NONCE: nonce,
+            protocol.HEADER_SIGNATURE: self.key.sign(message).hex(),
+        }
+
+
+_SAID: set[tuple[Path, str]] = set()
+
+
+def _say_once(settings: Settings, message: str) -> None:
+    """Once per process: the TUI and the health snapshot load the credential every few seconds."""
+    if (settings.data_dir, message) not in _SAID:
+        _SAID.add((settings.data_dir, message))
+        log.error("%s", message)
+
+
+def enroll(
+    settings: Settings, hub_url: str, code: str, device_name: str, http: httpx.Client, insecure: bool = False
+) -> Credential:
+    """Make this device's key pair and register its public half with the one-time code; keep
+    the private half in an owner-only file (it never leaves the device)."""
+    hub_url = hub_url.rstrip("/")
+    check_hub_url(hub_url, insecure)
+    key = signatures.new_device_key()
+    request = {"code": code, "device_name": device_name, "site": settings.site}
+    request["public_key"] = signatures.public_hex(key)
+    request["proof"] = key.sign(protocol.enrollment_to_sign(request)).hex()
+    body = protocol.EnrollRequest(**request).model_dump_json()
+    response = http.post(
+        hub_url + "/v1/enroll",
+        content=body,
+        headers={"Content-Type": "application/json", protocol.HEADER_PROTOCOL: str(protocol.VERSION)},
+    )
+    if response.status_code != 200:
+        raise EdgeError(Code.CONFIG_INVALID, f"enrolment refused: {HubRefused.from_response(response)}")
+    reply = protocol.EnrollResponse.model_validate_json(response.content)
+    credential = Credential(hub_url, reply.device_id, reply.hub_time - time.time(), insecure, key)
+    credential.save(settings, with_key=True)
+    return credential
