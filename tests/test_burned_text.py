@@ -269,3 +269,26 @@ def test_the_same_pixels_are_read_once_and_other_pixels_afresh(monkeypatch) -> N
     changed[0, 0] = 0
     TesseractOcr().words(changed)
     assert len(runs) == 2
+
+
+def test_with_no_identifier_known_speckle_words_are_not_text_but_an_id_or_a_name_is() -> None:
+    """Under "any" with no identifier known, a reading of confidence 40-75 counts only when it is
+    shaped like what a screen prints about a patient (3+ characters with a digit, or mostly
+    capitals): lung and breast speckle read as "we", "ae", "Peed" blacked out up to a third of
+    a clip's picture. Confident words (>= 75) count as before; with a known patient, as before."""
+    from edge.imaging.burned_text import MIN_CONFIDENCE_UNKNOWN_PATIENT, _is_text
+
+    unknown = TextPolicy(redact_all=True, min_confidence=MIN_CONFIDENCE_UNKNOWN_PATIENT)
+    known = TextPolicy(redact_all=True)
+
+    def word(text: str, confidence: float) -> Word:
+        return Word(text, confidence, (0, 0, 10, 10), (1, 1, 1))
+
+    for speckle in ("we", "ae;", "wee", "Peed", "Mart", "“st", "~~"):
+        assert not _is_text(word(speckle, 55.0), unknown), speckle
+    for printed in ("NKWO.40817253", "OKONKWO", "408", "817263", "DOE^JANE", "12/03/2026"):
+        assert _is_text(word(printed, 50.0), unknown), printed
+    assert _is_text(word("ow", 80.0), unknown)  # confident: text, whatever its shape
+    assert not _is_text(word("OKONKWO", 39.0), unknown)  # below the floor
+    assert not _is_text(word("OKONKWO", 60.0), known)  # known patient: its names match instead
+    assert _is_text(word("ward", 90.0), known)

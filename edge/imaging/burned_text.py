@@ -221,7 +221,24 @@ def text_layers(grey: np.ndarray) -> list[np.ndarray]:
 
 
 def _is_text(word: Word, policy: TextPolicy) -> bool:
-    return word.confidence >= policy.min_confidence and len(re.sub(r"[\W_]", "", word.text)) >= MIN_TEXT_CHARS
+    characters = re.sub(r"[\W_]", "", word.text)
+    if word.confidence < policy.min_confidence or len(characters) < MIN_TEXT_CHARS:
+        return False
+    if word.confidence >= MIN_CONFIDENCE:
+        return True
+    return _looks_like_an_identifier(characters)
+
+
+def _looks_like_an_identifier(characters: str) -> bool:
+    """A low-confidence reading (only with no identifier known) counts when it is shaped like
+    what a screen prints about a patient: three or more characters with a digit (an ID, a date)
+    or mostly capitals (a name). Speckle and lung read through the top-hat layers come back as
+    short lower-case "words" ("we", "ae", "wee", "Peed": 11-57 boxes on a clean ultrasound still
+    or clip), which blacked out up to a third of a lung clip's picture before this rule."""
+    if len(characters) < 3:
+        return False
+    capitals = sum(character.isupper() for character in characters)
+    return any(character.isdigit() for character in characters) or capitals >= 0.6 * len(characters)
 
 
 def _identifier_words(words: Sequence[Word], identifiers: Identifiers) -> set[int]:
