@@ -41,6 +41,10 @@ from tests.hubfixtures import (  # noqa: F401 - postgres_url is a fixture
 )
 from tests.test_burned_text import _FailingOcr, _NoOcr
 
+# Read at import, before the isolating fixture clears $EDGE_*: EDGE_UPDATE_SCREENSHOTS=1 redraws
+# docs/screenshots/review-cine.png
+from tests.test_review_browser import SCREENSHOTS, UPDATE_SCREENSHOTS, _browser, _shrink_into
+
 REPO = Path(__file__).resolve().parents[1]
 LUNG_CLIP = REPO / "samples" / "video" / "lung-regular-alines.mp4"
 
@@ -417,7 +421,6 @@ def test_the_player_plays_pauses_and_steps_by_key(tmp_path: Path) -> None:
 
     from edge.hub.app import create_app
     from tests.hubfixtures import LiveHub
-    from tests.test_review_browser import _browser
 
     database = f"sqlite:///{tmp_path / 'hub.db'}"
     settings = load_settings(data_dir=tmp_path / "hub-host", hub={"database_url": database})
@@ -491,6 +494,11 @@ def test_the_player_plays_pauses_and_steps_by_key(tmp_path: Path) -> None:
             violations = Axe().run(page).response["violations"]
             serious = [(v["id"], v["impact"]) for v in violations if v["impact"] in ("serious", "critical")]
             assert serious == []
+            if UPDATE_SCREENSHOTS:  # docs/screenshots/review-cine.png (tests/test_review_browser.py)
+                page.keyboard.press("h")  # heatmap off again, as the page opens
+                page.evaluate("document.activeElement.blur(); window.scrollTo(0, 0)")
+                page.screenshot(path=str(tmp_path / "review-cine.png"))
+                _shrink_into(tmp_path / "review-cine.png", SCREENSHOTS / "review-cine.png")
             chromium.close()
             assert problems == []
     engine.dispose()

@@ -114,7 +114,7 @@ def test_positive_sends_it_negative_only_when_the_hub_asks(tmp_path: Path, hub: 
         assert client.rendition_requests().results == []  # it arrived: no longer open
         assert exchange(client)["files"] == 0  # and it is not sent twice
     answer = page.get(f"/review/studies/{neg}", headers=HTML)
-    assert "diagnostic rendition (1024 px, greyscale)" in answer.text
+    assert "diagnostic rendition (greyscale, at most 1024 px; never enlarged)" in answer.text
     assert "requested from the device" not in answer.text
     assert "grey levels from the pixels as stored on the device" in answer.text
     image = page.get(f"/review/studies/{neg}/image?w=1024")

@@ -183,7 +183,7 @@ class Picture:
     @property
     def label(self) -> str:
         return {
-            "rendition": "diagnostic rendition (1024 px, greyscale)",
+            "rendition": "diagnostic rendition (greyscale, at most 1024 px; never enlarged)",
             "image": "full image",
             "heatmap": "image recovered from the heatmap overlay",
             "thumbnail": "thumbnail (the device sends full images only with [sync] images = full)",
