@@ -351,20 +351,26 @@ def preview_note(study: Study, source: str | None, requested: bool = False) -> s
     )
 
 
+def _jpeg_facts(uploads: dict[str, Any], kind: str) -> dict[str, Any] | None:
+    """The facts the device wrote in an upload's JPEG comment (edge.imaging.rendition_meta);
+    None without that upload or a readable comment."""
+    row = uploads.get(kind)
+    if row is None:
+        return None
+    try:
+        with open(row.path, "rb") as handle:
+            return rendition_meta.read(handle.read(64 * 1024))
+    except OSError:
+        return None
+
+
 _VOI_WORDS = {"VOI LUT": "the file's VOI LUT", "stored range": "the stored range (no window in the file)"}
 
 
 def rendition_windowing(uploads: dict[str, Any]) -> str | None:
     """How the device made the rendition's grey levels (its JPEG comment, rendition_meta), in
     words for the page; None without a rendition or its facts."""
-    row = uploads.get("rendition")
-    if row is None:
-        return None
-    try:
-        with open(row.path, "rb") as handle:
-            facts = rendition_meta.read(handle.read(64 * 1024))
-    except OSError:
-        return None
+    facts = _jpeg_facts(uploads, "rendition")
     if not facts:
         return None
     voi = str(facts.get("voi") or "as stored")
@@ -382,14 +388,7 @@ def cine(uploads: dict[str, Any]) -> dict[str, Any] | None:
     """A clip's cine (upload kind "cine", edge/video/filmstrip.py) as the page's player needs
     it: frame count and size, and each frame's time and probability, from the filmstrip's own
     JPEG comment; None without one, or when its facts do not describe its frames."""
-    row = uploads.get("cine")
-    if row is None:
-        return None
-    try:
-        with open(row.path, "rb") as handle:
-            facts = rendition_meta.read(handle.read(64 * 1024))
-    except OSError:
-        return None
+    facts = _jpeg_facts(uploads, "cine")
     if not facts or facts.get("kind") != "cine":
         return None
     try:
