@@ -7,6 +7,7 @@ study page plays it. The lung recording shipped in samples/video is the clip thr
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
@@ -311,6 +312,7 @@ def test_the_diagnostic_setting_decides_for_the_cine_too(
 def test_a_lost_or_damaged_video_is_acknowledged_with_a_note(
     tmp_path: Path, hub: Hub, damage: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.WARNING)  # an earlier CLI test may have left the root logger at ERROR
     device = _device(tmp_path)
     with Store(device.data_dir) as store:
         result_id, _ = _clip(device, store)
