@@ -1,0 +1,187 @@
+"""Training for shift and measuring it: the acquisition-shift primitives (tools/augment.py), the
+shift-aware validation (tools/shift_eval.py) on a real ONNX model, and the clip scale sweep
+(tools/clip_scale.py) through the product's clip path with the shipped lung model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from tests.test_tools import make_recipe
+from tests.tinymodel import tiny_onnx
+from tools import augment as a
+from tools import shift_eval
+
+
+def sharpness(image: np.ndarray) -> float:
+    return float(cv2.Laplacian(image.astype(np.float32), cv2.CV_32F).var())
+
+
+def checkerboard(size: int = 64) -> np.ndarray:
+    board = (np.indices((size, size)).sum(axis=0) % 2 * 200 + 20).astype(np.uint8)
+    return board
+
+
+def test_each_acquisition_shift_moves_the_picture_the_way_its_name_says() -> None:
+    rng = np.random.default_rng(0)
+    board = checkerboard()
+    assert sharpness(a.blur(board, 1.5)) < 0.2 * sharpness(board)
+    assert sharpness(a.lower_resolution(board, 0.5)) < 0.2 * sharpness(board)  # fine detail gone
+    flat = np.full((64, 64), 128, np.uint8)
+    assert 6 < a.noise(flat, 8.0, rng).std() < 10
+    ramp = np.tile(np.linspace(100, 140, 64).astype(np.uint8), (64, 1))
+    assert a.local_contrast(ramp, 3.0).std() > ramp.std()  # CLAHE stretches a narrow range
+    assert a.intensity(ramp, gamma=1.6).mean() < ramp.mean() < a.intensity(ramp, gamma=0.6).mean()
+    assert a.intensity(ramp, contrast=0.5).std() < ramp.std()
+    assert a.intensity(ramp, gain=0.7).mean() < ramp.mean()
+    recompressed = a.jpeg(board, 25)
+    assert recompressed.shape == board.shape
+    assert recompressed.dtype == np.uint8
+    assert np.abs(recompressed.astype(int) - board).mean() > 0  # lossy
+    rgb = np.dstack([board, board // 2, board // 3])
+    for shifted in (a.jpeg(rgb, 40), a.local_contrast(rgb, 2.0), a.lower_resolution(rgb, 0.4)):
+        assert shifted.shape == rgb.shape
+        assert shifted.dtype == np.uint8
+    bright_top = np.zeros((64, 64), np.uint8)
+    bright_top[:16] = 255
+    assert a.depth_crop(bright_top, 0.25)[:21].mean() > 200  # the top quarter fills more rows
+    centre_column = np.zeros((64, 64), np.uint8)
+    centre_column[:, 28:36] = 255
+    assert 15 <= (a.stretch(centre_column, 2.0)[0] > 128).sum() <= 17  # twice as wide, the height kept
+    assert (a.stretch(centre_column, 2.0)[:, 32] == 255).all()
+    zoomed = a.affine(bright_top, 0.0, 0.5, (0.0, 0.0))
+    assert zoomed[:16].mean() == 0  # zoomed out: black border where nothing was imaged
+
+
+def test_training_augmentation_with_every_shift_keeps_shape_and_never_mirrors_a_chest() -> None:
+    recipe_augment = {
+        "kind": "xray",
+        "rotate_deg": 10.0,
+        "scale": [0.85, 1.15],
+        "translate": 0.06,
+        "contrast": [0.7, 1.3],
+        "brightness": 0.1,
+        "gamma": [0.7, 1.4],
+        "resolution": [0.35, 0.9],
+        "blur": [0.3, 1.5],
+        "local_contrast": [1.0, 3.0],
+        "noise": [2.0, 8.0],
+        "jpeg": [30, 90],
+        "aspect": [0.8, 1.25],
+        "hflip": False,
+    }
+    for key in ("resolution", "blur", "local_contrast", "noise", "jpeg", "aspect"):
+        recipe_augment[f"{key}_p"] = 1.0  # every one of them fires here
+    image = np.zeros((64, 64), np.uint8)
+    image[:, :16] = 255
+    rng = np.random.default_rng(4)
+    outs = [a.augment(image, recipe_augment, rng) for _ in range(20)]
+    for out in outs:
+        assert out.shape == image.shape
+        assert out.dtype == np.uint8
+        assert out[:, :20].mean() > out[:, 44:].mean()
+    assert len({out.tobytes() for out in outs}) == len(outs)
+
+
+def _synthetic(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Dark noisy squares are normal, bright ones positive: the tiny model scores brightness."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(count) % 2
+    bases = rng.normal(100 + 30 * labels, 20)  # the classes overlap, as real ones do
+    images = np.stack([np.clip(rng.normal(base, 12, (32, 32)), 0, 255).astype(np.uint8) for base in bases])
+    return images, labels
+
+
+def test_shift_aware_validation_reports_each_shift_and_the_threshold_it_would_choose(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    recipe = make_recipe(tmp_path, [])
+    recipe.raw["augment"] = {"kind": "xray"}
+    onnx = tmp_path / "tiny.onnx"
+    tiny_onnx(onnx, weight=1.0, size=32)
+    val, test = _synthetic(200, 1), _synthetic(200, 2)
+    scorer = shift_eval.candidate_scorer(recipe, onnx, *val)
+    clean_p = scorer.probability(test[0])
+    assert 0.0 < scorer.threshold < 1.0
+    assert scorer.temperature > 0
+
+    result = shift_eval.evaluate(scorer, shift_eval.shifts_for(recipe), test, val, seed=0)
+    rows = result["rows"]
+    assert next(iter(rows)) == "clean"
+    assert list(rows)[-1] == "all shifts pooled"
+    assert set(shift_eval.XRAY) <= set(rows)
+    assert 0.75 < rows["clean"]["auc"] < 1.0
+    assert rows["clean"]["median_p_negatives"] == pytest.approx(
+        float(np.median(clean_p[test[1] == 0])), abs=1e-4
+    )
+    # A brighter exposure pushes this brightness-reading model's negatives up: the table shows it.
+    assert rows["brighter (gamma 0.6)"]["median_p_negatives"] > rows["clean"]["median_p_negatives"]
+    assert rows["brighter (gamma 0.6)"]["specificity"] < rows["clean"]["specificity"]
+    assert 0.0 <= result["threshold_chosen_on_shifted_validation"] <= 1.0
+    # Where every site exposes brighter, choosing on the shifted validation split moves the
+    # threshold up, after the negatives, and wins back specificity on the shifted images.
+    brighter = {"brighter": shift_eval.XRAY["brighter (gamma 0.6)"]}
+    only_bright = shift_eval.evaluate(scorer, brighter, test, val, seed=0)
+    assert only_bright["threshold_chosen_on_shifted_validation"] > scorer.threshold
+    at_shift = only_bright["pooled_at_shift_threshold"]["specificity"]
+    assert at_shift > only_bright["rows"]["brighter"]["specificity"]
+    low, high = rows["all shifts pooled"]["auc_ci95"]
+    assert low <= rows["all shifts pooled"]["auc"] <= high
+
+
+def test_the_ultrasound_shifts_are_the_ultrasound_ones(tmp_path: Path) -> None:
+    recipe = make_recipe(tmp_path, [])
+    recipe.raw["augment"] = {"kind": "ultrasound"}
+    names = set(shift_eval.shifts_for(recipe))
+    assert {"gain 0.7", "speckle 0.3", "shallower depth (25%)", "half resolution"} <= names
+    assert "rotated 10 degrees" not in names
+
+
+def test_a_cross_validated_model_has_no_held_out_split_unless_told(tmp_path: Path) -> None:
+    rows = [
+        {"path": f"{i}.png", "class_name": ["normal", "pneumonia"][i % 2], "patient": f"p{i}"}
+        for i in range(10)
+    ]
+    recipe = make_recipe(tmp_path, rows)
+    recipe.raw["data"]["cv_folds"] = 5
+    with pytest.raises(SystemExit, match="trained on every image"):
+        shift_eval.splits(recipe, seen=False)
+    test, val, kind = shift_eval.splits(recipe, seen=True)
+    assert len(test) == 10
+    assert not val
+    assert "optimistic" in kind
+    del recipe.raw["data"]["cv_folds"]
+    test, val, kind = shift_eval.splits(recipe, seen=False)
+    assert test
+    assert val
+    assert not {s.path for s in test} & {s.path for s in val}
+
+
+def test_the_clip_scale_sweep_measures_what_the_product_computes(settings, store) -> None:  # type: ignore[no-untyped-def]
+    """At 1x the sweep's clip probability is the stored result of `edge infer clip.mp4`."""
+    from edge.inference.pool import ModelPool
+    from edge.inference.registry import Registry
+    from edge.video.analysis import analyse_recording
+    from tools import clip_scale
+
+    pool = ModelPool(Registry(settings.models.dir), settings, settings.data_dir / "cache")
+    served = pool.get("us-lung")
+    frames = clip_scale.read_clip(clip_scale.SAMPLE)
+    sizes = {name: next(clip_scale.rescaled(frames, s))[1].shape[:2] for name, s in clip_scale.SCALES.items()}
+    height, width = frames[0][1].shape[:2]
+    assert sizes["1x"] == (height, width)
+    assert sizes["0.5x"] == (round(height / 2), round(width / 2))
+    assert sizes["4K stretched"] == (2160, 3840)
+
+    result = clip_scale.sweep(settings, served, [clip_scale.SAMPLE])
+    row = result["clips"][0]
+    assert set(row["probability"]) == set(clip_scale.SCALES)
+    stored = analyse_recording(settings, store, pool, clip_scale.SAMPLE)
+    assert stored.result is not None
+    assert row["probability"]["1x"] == pytest.approx(stored.result.probability, abs=1e-4)
+    assert row["finding"]["1x"] == stored.result.finding
+    assert row["spread"] == pytest.approx(
+        max(row["probability"].values()) - min(row["probability"].values()), abs=2e-4
+    )
