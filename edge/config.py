@@ -185,6 +185,12 @@ class WorkerSettings(_Section):
 class VideoProfile(_Section):
     roi: tuple[int, int, int, int] | None = None
     """x, y, width, height of the imaging sector on this device's screen (skips detection)."""
+    horizontal_stretch: float = Field(default=1.0, ge=0.25, le=4.0)
+    """How much wider the capture shows the picture than the scanner drew it: 1.78 where a
+    capture card stretches a square picture to fill 16:9 (0.75 where it squeezes). The sector is
+    brought back to its true shape before the model sees it or a frame is stored: the models were
+    trained on undistorted images, and a stretched lung clip reads as `covid`
+    (tools/clip_scale.py)."""
     width: int | None = None
     height: int | None = None
     fps: float | None = None

@@ -177,11 +177,29 @@ def test_the_clip_scale_sweep_measures_what_the_product_computes(settings, store
 
     result = clip_scale.sweep(settings, served, [clip_scale.SAMPLE])
     row = result["clips"][0]
-    assert set(row["probability"]) == set(clip_scale.SCALES)
+    assert set(row["probability"]) == {*clip_scale.SCALES, clip_scale.PROFILED}
     stored = analyse_recording(settings, store, pool, clip_scale.SAMPLE)
     assert stored.result is not None
     assert row["probability"]["1x"] == pytest.approx(stored.result.probability, abs=1e-4)
     assert row["finding"]["1x"] == stored.result.finding
+    # A device profile that says how much the capture stretches gives the undistorted reading back
+    # (4K unstretched is about the 4x picture).
+    assert row["probability"][clip_scale.PROFILED] == pytest.approx(row["probability"]["4x"], abs=0.02)
     assert row["spread"] == pytest.approx(
-        max(row["probability"].values()) - min(row["probability"].values()), abs=2e-4
+        max(row["probability"][k] for k in ("0.5x", "1x", "2x", "4x"))
+        - min(row["probability"][k] for k in ("0.5x", "1x", "2x", "4x")),
+        abs=2e-4,
     )
+
+
+def test_a_stretched_capture_is_brought_back_to_the_shape_the_scanner_drew() -> None:
+    from edge.video.roi import unstretch
+
+    circle = np.zeros((90, 90), np.uint8)
+    cv2.circle(circle, (45, 45), 30, 255, -1)
+    stretched = cv2.resize(circle, (160, 90), interpolation=cv2.INTER_LINEAR)  # 16:9 capture
+    back = unstretch(stretched, 160 / 90)
+    assert back.shape == (90, 90)
+    assert np.abs(back.astype(int) - circle).mean() < 4
+    assert unstretch(circle, 1.0) is circle
+    assert unstretch(circle, 0.5).shape == (90, 180)  # a squeezed capture is widened

@@ -24,7 +24,7 @@ from edge.errors import Code, EdgeError
 from edge.inference.pool import ServedModel
 from edge.video.clip import MIN_FRAMES, ClipRecorder, ClipSummary
 from edge.video.monitor import FreezeDetector, is_black
-from edge.video.roi import Box, crop, detect_sector, fits
+from edge.video.roi import Box, crop, detect_sector, fits, unstretch
 from edge.video.source import Frame, FrameSource
 
 log = logging.getLogger(__name__)
@@ -79,6 +79,7 @@ class LiveAnalyzer:
         self.operating_point = operating_point or settings.models.operating_point
         profile = self.video.profiles.get(self.video.profile or "") if self.video.profile else None
         self.fixed_roi: Box | None = profile.roi if profile else None
+        self.horizontal_stretch = profile.horizontal_stretch if profile else 1.0
         self.roi: Box | None = self.fixed_roi
         self.stats = LiveStats()
         self.smoothed: float | None = None
@@ -273,7 +274,7 @@ class LiveAnalyzer:
         if not fits(self.roi, frame.image.shape):
             self.roi = self.fixed_roi if self.fixed_roi and fits(self.fixed_roi, frame.image.shape) else None
             return self._emit(LiveScore(frame.index, frame.position_s, "no-sector"))
-        sector = crop(frame.image, self.roi)
+        sector = unstretch(crop(frame.image, self.roi), self.horizontal_stretch)
         status = (
             "black"
             if is_black(sector)

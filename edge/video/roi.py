@@ -71,6 +71,17 @@ def crop(image: np.ndarray, box: Box) -> np.ndarray:
     return np.ascontiguousarray(image[y : y + h, x : x + w])
 
 
+def unstretch(image: np.ndarray, horizontal_stretch: float) -> np.ndarray:
+    """`image` in the shape the scanner drew it, the height kept: a capture stretched sideways
+    (`horizontal_stretch` > 1) is narrowed back, a squeezed one widened."""
+    if abs(horizontal_stretch - 1.0) < 1e-3:
+        return image
+    height, width = image.shape[:2]
+    size = (max(1, round(width / horizontal_stretch)), height)
+    interpolation = cv2.INTER_AREA if horizontal_stretch > 1 else cv2.INTER_LINEAR
+    return cv2.resize(image, size, interpolation=interpolation)
+
+
 def fits(box: Box, shape: tuple[int, ...]) -> bool:
     x, y, w, h = box
     return x >= 0 and y >= 0 and w > 0 and h > 0 and x + w <= shape[1] and y + h <= shape[0]
