@@ -203,3 +203,54 @@ def test_a_stretched_capture_is_brought_back_to_the_shape_the_scanner_drew() -> 
     assert np.abs(back.astype(int) - circle).mean() < 4
     assert unstretch(circle, 1.0) is circle
     assert unstretch(circle, 0.5).shape == (90, 180)  # a squeezed capture is widened
+
+
+def test_a_release_scores_every_validation_image_under_every_shift(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """tools/release.py chooses thresholds on these: each image once per shift, by a model that
+    never trained on it, a clip's frames grouped per shift so a per-video mean never mixes two."""
+    pytest.importorskip("onnxruntime")
+    from tools.recipe import load_pixels, read_samples, run_onnx
+    from tools.release_sets import Predictions, shifted_sets
+
+    images, labels = _synthetic(12, 3)
+    rows = []
+    for index, (image, label) in enumerate(zip(images, labels, strict=True)):
+        cv2.imwrite(str(tmp_path / f"{index}.png"), image)
+        rows.append(
+            {
+                "path": f"{index}.png",
+                "class_name": ["normal", "pneumonia"][label],
+                "patient": f"v{index // 3}",
+            }
+        )
+    recipe = make_recipe(tmp_path, rows)
+    recipe.raw["augment"] = {"kind": "xray"}
+    recipe.raw["release"] = {"aggregate_by": "patient"}
+    monkeypatch.setenv("EDGE_TOOLS_RUNS", str(tmp_path / "runs"))
+    recipe.run_dir().mkdir(parents=True)
+    tiny_onnx(recipe.run_dir() / "t-fp32.onnx", size=32)
+    samples = read_samples(recipe)
+    truth = np.array([s.label for s in samples])
+    clean = Predictions("validation split", samples, np.zeros((12, 2), np.float32), truth)
+
+    shifted = shifted_sets(recipe, {"validation": clean}, seed=5)["validation_shifted"]
+    count = len(shift_eval.XRAY)
+    assert shifted.kind == f"validation split under {count} acquisition shifts"
+    assert len(shifted.samples) == 12 * count
+    assert shifted.logits.shape == (12 * count, 2)
+    assert (shifted.truth == np.tile(truth, count)).all()
+    assert len({s.row["patient"] for s in shifted.samples}) == 4 * count  # per video and shift
+    first_name, first_shift = next(iter(shift_eval.XRAY.items()))
+    assert {s.row["shift"] for s in shifted.samples[:12]} == {first_name}
+    expected = run_onnx(
+        recipe.run_dir() / "t-fp32.onnx",
+        np.stack(
+            [
+                shift_eval.normalise(x, recipe.spec)
+                for x in shift_eval.shifted(load_pixels(recipe, samples), first_shift, 5)
+            ]
+        ),
+    )
+    assert np.allclose(shifted.logits[:12], expected)

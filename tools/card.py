@@ -89,9 +89,21 @@ def write_card(recipe: Recipe, manifest: dict[str, Any], out_dir: Path) -> None:
     lines += [
         "",
         "AUC intervals are 95% percentile bootstrap (1,000 resamples). Probabilities are calibrated by",
-        f"temperature scaling (T = {manifest['output']['temperature']:.3f}, fitted on validation); ECE uses",
-        "15 equal-width bins on top-1 confidence.",
+        f"temperature scaling (T = {manifest['output']['temperature']:.3f}, fitted where the thresholds were",
+        "chosen: see Operating points); ECE uses 15 equal-width bins on top-1 confidence.",
         "",
+        *(
+            [
+                "Rows ending `_shifted` are the same images under each acquisition shift of",
+                "tools/shift_eval.py in turn (exposure, contrast, CLAHE, resolution, blur, noise, JPEG,",
+                "zoom; for ultrasound gain, speckle, depth and pixel aspect), each scored by a model that",
+                "never trained on it: a floor for what a new site sees, not a stand-in for an external",
+                "test set (other patients, disease mix and devices shift in ways no transform imitates).",
+                "",
+            ]
+            if any(name.endswith("_shifted") for name in manifest["metrics"])
+            else []
+        ),
         "![ROC](plots/roc.png) ![Reliability](plots/reliability.png)",
         "",
         "## Operating points",

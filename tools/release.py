@@ -4,9 +4,11 @@ plots, manifest and model card, all into models/<name>/.
     python -m tools.release --config tools/configs/cxr-pneumonia.toml --version 1.0.0
 
 Needs runs/<name>/ from tools.train (or tools.crossval) and tools.quantize. Every choice
-(temperature, thresholds) is made on the validation predictions: the validation split, or for
-cross-validated recipes the out-of-fold predictions. A holdout split, where there is one, is
-only measured, never tuned on.
+(temperature, thresholds) is made on the validation predictions under the acquisition shifts of
+tools/shift_eval.py (`[release] choose_on = "clean"`: on them as they are): the validation
+split, or for cross-validated recipes the out-of-fold predictions, each image scored by a model
+that never trained on it (tools/release_sets.py). A holdout split, where there is one, is only
+measured, never tuned on; the card states every set's figures, clean and under shift.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import hashlib
 import json
 import shutil
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +32,7 @@ from rich.console import Console
 from edge.imaging.decode import decode_bytes
 from edge.inference import metrics as m
 from edge.inference import plots
-from edge.inference.calibration import (  # the rules a site calibration uses too
-    DECIMALS,
-    SCREENING_SENSITIVITY,
-    choose_thresholds,
-)
+from edge.inference.calibration import DECIMALS
 from edge.inference.postprocess import softmax
 from tools import dicomgen
 from tools.recipe import (
@@ -44,24 +41,20 @@ from tools.recipe import (
     Sample,
     load_recipe,
     model_inputs,
-    read_oof,
-    read_samples,
     run_onnx,
-    split_samples,
+)
+from tools.release_sets import (
+    Predictions,
+    evaluation_sets,
+    grouped,
+    operating_point_entries,
+    operating_points,
+    report,
+    shifted_sets,
 )
 
 console = Console()
 MAX_SAMPLE_BYTES = 160_000  # keeps each model's samples around a megabyte
-
-
-@dataclass
-class Predictions:
-    """One evaluation set: which images, the FP32 logits for them, their true labels."""
-
-    kind: str
-    samples: list[Sample]
-    logits: np.ndarray
-    truth: np.ndarray
 
 
 def sha256(path: Path) -> str:
@@ -75,68 +68,6 @@ def git_commit() -> str:
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
-
-
-def evaluation_sets(recipe: Recipe) -> dict[str, Predictions]:
-    """`validation` (what calibration and thresholds are fitted on) and, if any, `holdout`."""
-    run = recipe.run_dir()
-    if recipe.data.get("cv_folds"):
-        by_path = read_oof(run / "oof.npz")
-        samples = read_samples(recipe)
-        logits = np.stack([by_path[s.path] for s in samples])
-        kind = f"{recipe.data['cv_folds']}-fold cross-validation, out-of-fold predictions"
-        return {"validation": Predictions(kind, samples, logits, np.array([s.label for s in samples]))}
-    out = {}
-    for split, name in (("val", "validation"), ("holdout", "holdout")):
-        samples = split_samples(recipe, split)
-        logits = run_onnx(run / f"{recipe.name}-fp32.onnx", model_inputs(recipe, samples))
-        out[name] = Predictions(f"{name} split", samples, logits, np.array([s.label for s in samples]))
-    return out
-
-
-def report(
-    predictions: Predictions, recipe: Recipe, temperature: float, thresholds: dict[str, float], seed: int
-) -> dict[str, Any]:
-    positive = recipe.labels.index(recipe.positive)
-    cal = softmax(predictions.logits, temperature)
-    raw = softmax(predictions.logits)
-    truth = predictions.truth
-    is_positive, prob = truth == positive, cal[:, positive]
-    low, high = m.bootstrap_interval(m.roc_auc, is_positive, prob, rounds=1000, seed=seed)
-    out: dict[str, Any] = {
-        "kind": predictions.kind,
-        "images": len(truth),
-        "positives": int(is_positive.sum()),
-        "auc": round(m.roc_auc(is_positive, prob), 4),
-        "auc_ci95": [round(low, 4), round(high, 4)],
-    }
-    for name, threshold in thresholds.items():
-        counts = m.at_threshold(is_positive, prob, threshold)
-        out[f"{name}_sensitivity"] = round(counts.sensitivity, 4)
-        out[f"{name}_specificity"] = round(counts.specificity, 4)
-        out[f"{name}_accuracy"] = round(counts.accuracy, 4)
-    if len(recipe.labels) > 2:
-        out["accuracy_top1"] = round(float((cal.argmax(1) == truth).mean()), 4)
-    out["ece_uncalibrated"] = round(m.expected_calibration_error(raw.argmax(1) == truth, raw.max(1)), 4)
-    out["ece_calibrated"] = round(m.expected_calibration_error(cal.argmax(1) == truth, cal.max(1)), 4)
-    return out
-
-
-def grouped(predictions: Predictions, recipe: Recipe, temperature: float, column: str) -> Predictions:
-    """One row per group (e.g. per video): the mean of its images' calibrated probabilities,
-    expressed back as log-probabilities so that `report` can treat it like any other set."""
-    probs = softmax(predictions.logits, temperature)
-    groups: dict[str, list[int]] = {}
-    for index, sample in enumerate(predictions.samples):
-        groups.setdefault(sample.row.get(column) or sample.group, []).append(index)
-    names = sorted(groups)
-    mean = np.stack([probs[groups[g]].mean(axis=0) for g in names])
-    truth = np.array([int(np.bincount(predictions.truth[groups[g]]).argmax()) for g in names])
-    members = [predictions.samples[groups[g][0]] for g in names]
-    # log(p) * temperature reproduces p exactly through softmax(. / temperature).
-    return Predictions(
-        f"per {column} (mean of its frames)", members, np.log(mean + 1e-12) * temperature, truth
-    )
 
 
 def pick_samples(pool: list[Sample], recipe: Recipe, per_class: int, seed: int, small: bool) -> list[Sample]:
@@ -285,49 +216,6 @@ def write_plots(folder: Path, recipe: Recipe, sets: dict[str, Predictions], temp
     plots.save_png(plots.reliability_plot(curves, counts, title), folder / "reliability.png")
 
 
-def operating_points(
-    validation: Predictions, recipe: Recipe, temperature: float
-) -> tuple[dict[str, float], float]:
-    """The shipped thresholds (already floored to DECIMALS) and the screening target.
-
-    Pass the shipped (rounded) temperature, so that the probabilities are the product's."""
-    positive = recipe.labels.index(recipe.positive)
-    truth = validation.truth == positive
-    prob = softmax(validation.logits, temperature)[:, positive]
-    target = float(recipe.raw.get("release", {}).get("screening_sensitivity", SCREENING_SENSITIVITY))
-    return choose_thresholds(truth, prob, target), target
-
-
-def operating_point_entries(
-    thresholds: dict[str, float],
-    validation_metrics: dict[str, Any],
-    screening_target: float,
-    clips: tuple[dict[str, float], dict[str, Any]] | None = None,
-) -> dict[str, dict[str, Any]]:
-    """The manifest's [operating_points]: each threshold exactly as shipped, with the validation
-    sensitivity and specificity that `report` measured at that very threshold. `clips`: the
-    per-video thresholds and the per-video metrics measured at them, for models that score clips."""
-    descriptions = {
-        "balanced": "Youden's J on the validation predictions",
-        "screening": f"sensitivity >= {screening_target} on the validation predictions",
-    }
-    entries: dict[str, dict[str, Any]] = {}
-    for name in ("balanced", "screening"):
-        entry = {
-            "threshold": thresholds[name],
-            "description": descriptions[name],
-            "sensitivity": validation_metrics[f"{name}_sensitivity"],
-            "specificity": validation_metrics[f"{name}_specificity"],
-        }
-        if clips is not None:
-            clip_thresholds, clip_metrics = clips
-            entry["clip_threshold"] = clip_thresholds[name]
-            entry["clip_sensitivity"] = clip_metrics[f"{name}_sensitivity"]
-            entry["clip_specificity"] = clip_metrics[f"{name}_specificity"]
-        entries[name] = entry
-    return entries
-
-
 def ship_variants(recipe: Recipe, out_dir: Path) -> dict[str, Any]:
     run = recipe.run_dir()
     gates = json.loads((run / "gate.json").read_text())
@@ -394,22 +282,26 @@ def main() -> None:
     out_dir = REPO / "models" / recipe.name
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    with console.status("FP32 predictions for the evaluation sets..."):
+    with console.status("FP32 predictions for the evaluation sets, clean and under shift..."):
         sets = evaluation_sets(recipe)
+        sets.update(shifted_sets(recipe, sets, seed))
     validation = sets["validation"]
+    # Chosen where a new site's images look different (issue 15): the clean validation split
+    # flatters, and its threshold did not transfer. `[release] choose_on = "clean"` for the old rule.
+    chosen = "validation" if settings.get("choose_on") == "clean" else "validation_shifted"
+    fitted = sets[chosen]
     # Rounded once, here: the probabilities behind every threshold and figure are then exactly
     # those the product computes from the manifest.
-    temperature = round(m.fit_temperature(validation.logits, validation.truth), DECIMALS)
-    thresholds, screening_target = operating_points(validation, recipe, temperature)
+    temperature = round(m.fit_temperature(fitted.logits, fitted.truth), DECIMALS)
+    thresholds, screening_target = operating_points(fitted, recipe, temperature)
     metrics = {name: report(p, recipe, temperature, thresholds, seed) for name, p in sets.items()}
     clip_thresholds: dict[str, float] | None = None
     if settings.get("aggregate_by"):
         column = settings["aggregate_by"]
         # A clip's probability is the mean of its frames': its thresholds are chosen by the same
         # rules on the per-group (per-video) means, and its figures are stated at them.
-        clip_thresholds, _ = operating_points(
-            grouped(validation, recipe, temperature, column), recipe, temperature
-        )
+        per_clip = grouped(fitted, recipe, temperature, column)
+        clip_thresholds, _ = operating_points(per_clip, recipe, temperature)
         for name, p in list(sets.items()):
             per_group = grouped(p, recipe, temperature, column)
             metrics[f"{name}_per_{column}"] = report(per_group, recipe, temperature, clip_thresholds, seed)
@@ -492,11 +384,12 @@ def main() -> None:
         "default_operating_point": "balanced",
         "operating_points": operating_point_entries(
             thresholds,
-            metrics["validation"],
+            metrics[chosen],
             screening_target,
-            clips=(clip_thresholds, metrics[f"validation_per_{settings['aggregate_by']}"])
+            clips=(clip_thresholds, metrics[f"{chosen}_per_{settings['aggregate_by']}"])
             if clip_thresholds
             else None,
+            where=fitted.kind,
         ),
         "variants": variants,
         "metrics": metrics,

@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -211,6 +212,47 @@ def splits(recipe: Recipe, seen: bool) -> tuple[list[Sample], list[Sample], str]
     split = group_split(samples, recipe)
     pick = {name: [s for s in samples if split[s.path] == name] for name in ("val", "holdout")}
     return pick["holdout"], pick["val"], "patient-level holdout split (never used for any choice)"
+
+
+def held_out_models(recipe: Recipe, samples: list[Sample]) -> dict[str, Path]:
+    """image path -> the FP32 ONNX of a model that never trained on it: each cross-validation
+    fold's own (exported once from its checkpoint: torch), else the run's model."""
+    run = recipe.run_dir()
+    if not recipe.data.get("cv_folds"):
+        return {s.path: run / f"{recipe.name}-fp32.onnx" for s in samples}
+    from tools.recipe import read_split
+    from tools.train import fold_fp32  # torch, as every release needs
+
+    fold_of = read_split(recipe)
+    exported = {fold: fold_fp32(recipe, run / fold) for fold in sorted({fold_of[s.path] for s in samples})}
+    return {s.path: exported[fold_of[s.path]] for s in samples}
+
+
+def shifted_predictions(
+    recipe: Recipe, samples: list[Sample], model_of: dict[str, Path], seed: int
+) -> tuple[list[Sample], np.ndarray]:
+    """Every sample under every shift of its modality, each scored by `model_of[sample.path]`:
+    the samples (tagged with the shift in `row["shift"]` and, so that a per-video mean never
+    mixes shifts, in `group` and any `[release] aggregate_by` column) and their logits."""
+    pixels = load_pixels(recipe, samples)
+    column = recipe.raw.get("release", {}).get("aggregate_by")
+    models = sorted(set(model_of.values()))
+    tagged: list[Sample] = []
+    logits: list[np.ndarray] = []
+    for k, (name, shift) in enumerate(shifts_for(recipe).items()):
+        images = shifted(pixels, shift, seed + k)
+        inputs = np.stack([normalise(image, recipe.spec) for image in images])
+        out = np.zeros((len(samples), len(recipe.labels)), np.float32)
+        for model in models:
+            rows = np.array([model_of[s.path] == model for s in samples])
+            out[rows] = run_onnx(model, inputs[rows])
+        logits.append(out)
+        for sample in samples:
+            row = {**sample.row, "shift": name}
+            if column:
+                row[column] = f"{sample.row.get(column) or sample.group} | {name}"
+            tagged.append(replace(sample, group=f"{sample.group} | {name}", row=row))
+    return tagged, np.concatenate(logits)
 
 
 def main() -> None:
