@@ -288,8 +288,8 @@ def main() -> None:
     validation = sets["validation"]
     # Chosen where a new site's images look different (issue 15): the clean validation split
     # flatters, and its threshold did not transfer. `[release] choose_on = "clean"` for the old rule.
-    chosen = "validation" if settings.get("choose_on") == "clean" else "validation_shifted"
-    fitted = sets[chosen]
+    chosen_on = "validation" if settings.get("choose_on") == "clean" else "validation_shifted"
+    fitted = sets[chosen_on]
     # Rounded once, here: the probabilities behind every threshold and figure are then exactly
     # those the product computes from the manifest.
     temperature = round(m.fit_temperature(fitted.logits, fitted.truth), DECIMALS)
@@ -384,9 +384,9 @@ def main() -> None:
         "default_operating_point": "balanced",
         "operating_points": operating_point_entries(
             thresholds,
-            metrics[chosen],
+            metrics[chosen_on],
             screening_target,
-            clips=(clip_thresholds, metrics[f"{chosen}_per_{settings['aggregate_by']}"])
+            clips=(clip_thresholds, metrics[f"{chosen_on}_per_{settings['aggregate_by']}"])
             if clip_thresholds
             else None,
             where=fitted.kind,

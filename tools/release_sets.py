@@ -128,7 +128,7 @@ def operating_point_entries(
     and specificity that `report` measured at that very threshold on the set it was chosen on
     (`where`, its kind). `clips`: the per-video thresholds and the per-video metrics measured at
     them, for models that score clips."""
-    on = f"the {where} predictions"
+    on = f"the predictions on the {where}"
     descriptions = {name: rule_description(name, screening_target, on) for name in ("balanced", "screening")}
     entries: dict[str, dict[str, Any]] = {}
     for name in ("balanced", "screening"):
