@@ -254,3 +254,15 @@ def test_a_release_scores_every_validation_image_under_every_shift(
         ),
     )
     assert np.allclose(shifted.logits[:12], expected)
+
+
+def test_a_gate_with_an_unmeasured_field_still_writes_a_manifest() -> None:
+    """A cross-validated INT8 gate carries the parity report's `scope_ratio`, None when it was
+    not measured: TOML has no null, and the release must not fail on it (it did)."""
+    import tomli_w
+
+    from tools.release import _without_none
+
+    gate = {"passed": True, "out_of_fold": {"images": 3, "scope_ratio": None, "agreement": 1.0}}
+    assert _without_none(gate) == {"passed": True, "out_of_fold": {"images": 3, "agreement": 1.0}}
+    assert "scope_ratio" not in tomli_w.dumps({"gate": _without_none(gate)})

@@ -246,7 +246,7 @@ def ship_variants(recipe: Recipe, out_dir: Path) -> dict[str, Any]:
             # TensorRT builds from explicit QDQ only; QOperator graphs are for ONNX Runtime.
             "backends": ["onnxruntime", "tensorrt"] if quantization == "qdq" else ["onnxruntime"],
             "gate": {
-                k: gate[k]
+                k: _without_none(gate[k])
                 for k in (
                     "passed",
                     "images",
@@ -389,7 +389,7 @@ def main() -> None:
             clips=(clip_thresholds, metrics[f"{chosen_on}_per_{settings['aggregate_by']}"])
             if clip_thresholds
             else None,
-            where=fitted.kind,
+            where=f"the {fitted.kind}",
         ),
         "variants": variants,
         "metrics": metrics,
@@ -414,6 +414,13 @@ def main() -> None:
 
     write_card(recipe, manifest, out_dir)
     console.print(f"[green]released[/] {recipe.name} {args.version} into {out_dir}")
+
+
+def _without_none(value: Any) -> Any:
+    """TOML has no null: a gate's unmeasured fields (a parity report's `scope_ratio`) are left out."""
+    if isinstance(value, dict):
+        return {k: _without_none(v) for k, v in value.items() if v is not None}
+    return value
 
 
 def _training_seconds(recipe: Recipe, summary: dict[str, Any]) -> float:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from edge.inference import metrics as m
-from edge.inference.calibration import SCREENING_SENSITIVITY, choose_thresholds, rule_description
+from edge.inference.calibration import RULES, SCREENING_SENSITIVITY, choose_thresholds, rule_description
 from edge.inference.postprocess import softmax
 from tools.recipe import Recipe, Sample, model_inputs, read_oof, read_samples, run_onnx, split_samples
 from tools.shift_eval import held_out_models, shifted_predictions
@@ -122,14 +122,13 @@ def operating_point_entries(
     validation_metrics: dict[str, Any],
     screening_target: float,
     clips: tuple[dict[str, float], dict[str, Any]] | None = None,
-    where: str = "validation split",
+    where: str = "the validation predictions",
 ) -> dict[str, dict[str, Any]]:
     """The manifest's [operating_points]: each threshold exactly as shipped, with the sensitivity
     and specificity that `report` measured at that very threshold on the set it was chosen on
     (`where`, its kind). `clips`: the per-video thresholds and the per-video metrics measured at
     them, for models that score clips."""
-    on = f"the predictions on the {where}"
-    descriptions = {name: rule_description(name, screening_target, on) for name in ("balanced", "screening")}
+    descriptions = {name: rule_description(name, screening_target, where) for name in RULES}
     entries: dict[str, dict[str, Any]] = {}
     for name in ("balanced", "screening"):
         entry = {
