@@ -190,7 +190,8 @@ class VideoProfile(_Section):
     capture card stretches a square picture to fill 16:9 (0.75 where it squeezes). The sector is
     brought back to its true shape before the model sees it or a frame is stored: the models were
     trained on undistorted images, and a stretched lung clip reads as `covid`
-    (tools/clip_scale.py)."""
+    (tools/clip_scale.py). Live captures only (a device or a stream): files and DICOM cines never
+    went through the card."""
     width: int | None = None
     height: int | None = None
     fps: float | None = None

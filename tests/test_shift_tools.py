@@ -266,3 +266,25 @@ def test_a_gate_with_an_unmeasured_field_still_writes_a_manifest() -> None:
     gate = {"passed": True, "out_of_fold": {"images": 3, "scope_ratio": None, "agreement": 1.0}}
     assert _without_none(gate) == {"passed": True, "out_of_fold": {"images": 3, "agreement": 1.0}}
     assert "scope_ratio" not in tomli_w.dumps({"gate": _without_none(gate)})
+
+
+def test_the_profile_unstretches_live_captures_but_never_files_or_dicom_cines(settings) -> None:  # type: ignore[no-untyped-def]
+    from edge.config import VideoProfile
+    from edge.inference.pool import ModelPool
+    from edge.inference.registry import Registry
+    from edge.video.live import LiveAnalyzer
+    from edge.video.source import FrameSource
+
+    profile = VideoProfile(horizontal_stretch=1.78)
+    video = settings.video.model_copy(update={"profiles": {"card": profile}, "profile": "card"})
+    configured = settings.model_copy(update={"video": video})
+    served = ModelPool(Registry(settings.models.dir), configured, settings.data_dir / "cache").get("us-lung")
+    frames = [(0.0, np.zeros((90, 160, 3), np.uint8))]
+    stretch_of = {
+        "device": LiveAnalyzer(configured, served, FrameSource("/dev/video7")).horizontal_stretch,
+        "stream": LiveAnalyzer(configured, served, FrameSource("rtsp://scanner/live")).horizontal_stretch,
+        "file": LiveAnalyzer(configured, served, FrameSource("clip.mp4")).horizontal_stretch,
+        "DICOM cine": LiveAnalyzer(configured, served, FrameSource("cine", frames=frames)).horizontal_stretch,
+        "no profile": LiveAnalyzer(settings, served, FrameSource("/dev/video7")).horizontal_stretch,
+    }
+    assert stretch_of == {"device": 1.78, "stream": 1.78, "file": 1.0, "DICOM cine": 1.0, "no profile": 1.0}

@@ -36,7 +36,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from edge.config import Settings, VideoProfile, load_settings
+from edge.config import load_settings
 from edge.inference.pool import ModelPool, ServedModel
 from edge.inference.postprocess import decide_from_probabilities
 from edge.inference.registry import Registry, sha256_file
@@ -87,19 +87,16 @@ def rescaled(
         yield t, image if size == (width, height) else cv2.resize(image, size, interpolation=interpolation)
 
 
-def with_stretch(settings: Settings, factor: float) -> Settings:
-    """`settings` with a video profile whose `horizontal_stretch` is `factor`."""
-    profile = VideoProfile(horizontal_stretch=round(factor, 3))
-    video = settings.video.model_copy(update={"profiles": {"sweep": profile}, "profile": "sweep"})
-    return settings.model_copy(update={"video": video})
-
-
 def clip_probability(
-    settings: Any, served: ServedModel, frames: Iterable[tuple[float, np.ndarray]]
+    settings: Any,
+    served: ServedModel,
+    frames: Iterable[tuple[float, np.ndarray]],
+    horizontal_stretch: float | None = None,
 ) -> tuple[float, str]:
-    """The clip's probability and finding, exactly as `edge infer clip.mp4` computes them."""
+    """The clip's probability and finding, exactly as `edge infer clip.mp4` computes them; with
+    `horizontal_stretch`, as a live capture under a profile saying so."""
     source = FrameSource("clip", lossless=True, frames=frames)
-    analyzer = LiveAnalyzer(settings, served, source)
+    analyzer = LiveAnalyzer(settings, served, source, horizontal_stretch=horizontal_stretch)
     analyzer.start_clip()
     with source:
         analyzer.run(threading.Event())
@@ -134,7 +131,7 @@ def sweep(settings: Any, served: ServedModel, paths: list[Path]) -> dict[str, An
         height, width = frames[0][1].shape[:2]
         factor = (3840 / width) / (2160 / height)
         by_scale[PROFILED] = clip_probability(
-            with_stretch(settings, factor), served, rescaled(frames, SCALES[STRETCHED])
+            settings, served, rescaled(frames, SCALES[STRETCHED]), horizontal_stretch=round(factor, 3)
         )
         native = by_scale["1x"][1]
         probabilities = [by_scale[k][0] for k in same_aspect]

@@ -28,6 +28,8 @@ from edge.video.roi import Box, crop, detect_sector, fits, unstretch
 from edge.video.source import Frame, FrameSource
 
 log = logging.getLogger(__name__)
+CAPTURES = ("device", "stream")
+"""Sources that come through a capture card or encoder, which the device profile describes."""
 # A live source silent this long when the clip stops was lost (a stream killed, a cable
 # pulled): reconnecting only begins after `[video] stall_s`, which may be after the clip ends.
 SOURCE_LOST_S = 2.0
@@ -70,6 +72,7 @@ class LiveAnalyzer:
         *,
         on_score: Callable[[LiveScore], None] = lambda score: None,
         operating_point: str | None = None,
+        horizontal_stretch: float | None = None,
     ) -> None:
         self.settings = settings
         self.video = settings.video
@@ -79,7 +82,14 @@ class LiveAnalyzer:
         self.operating_point = operating_point or settings.models.operating_point
         profile = self.video.profiles.get(self.video.profile or "") if self.video.profile else None
         self.fixed_roi: Box | None = profile.roi if profile else None
-        self.horizontal_stretch = profile.horizontal_stretch if profile else 1.0
+        # The profile describes the capture: a file or a DICOM cine was never through the card
+        # (a recording made here already holds the corrected sector).
+        captured = source.kind in CAPTURES and profile is not None
+        self.horizontal_stretch = (
+            horizontal_stretch
+            if horizontal_stretch is not None
+            else (profile.horizontal_stretch if captured and profile else 1.0)
+        )
         self.roi: Box | None = self.fixed_roi
         self.stats = LiveStats()
         self.smoothed: float | None = None
