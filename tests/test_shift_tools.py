@@ -57,23 +57,14 @@ def test_each_acquisition_shift_moves_the_picture_the_way_its_name_says() -> Non
 
 
 def test_training_augmentation_with_every_shift_keeps_shape_and_never_mirrors_a_chest() -> None:
-    recipe_augment = {
-        "kind": "xray",
-        "rotate_deg": 10.0,
-        "scale": [0.85, 1.15],
-        "translate": 0.06,
-        "contrast": [0.7, 1.3],
-        "brightness": 0.1,
-        "gamma": [0.7, 1.4],
-        "resolution": [0.35, 0.9],
-        "blur": [0.3, 1.5],
-        "local_contrast": [1.0, 3.0],
-        "noise": [2.0, 8.0],
-        "jpeg": [30, 90],
-        "aspect": [0.8, 1.25],
-        "hflip": False,
-    }
+    """The chest recipe as shipped, plus a pixel-aspect change, with every optional shift firing."""
+    from tools.recipe import REPO, load_recipe
+
+    recipe_augment = dict(load_recipe(REPO / "tools" / "configs" / "cxr-pneumonia.toml").raw["augment"])
+    recipe_augment["aspect"] = [0.8, 1.25]
+    assert recipe_augment["hflip"] is False
     for key in ("resolution", "blur", "local_contrast", "noise", "jpeg", "aspect"):
+        assert key in recipe_augment
         recipe_augment[f"{key}_p"] = 1.0  # every one of them fires here
     image = np.zeros((64, 64), np.uint8)
     image[:, :16] = 255

@@ -18,8 +18,9 @@ for each shift and for all of them pooled:
   held-out figures look there (what a release should ship if it chose on shift).
 
 The shipped model is read from models/<name> (its temperature and balanced threshold); a
-candidate ONNX is calibrated here exactly as tools/release.py would (temperature by NLL and
-Youden's J on the clean validation split), so the two are compared by the same rule. Images are
+candidate ONNX is calibrated here as the shipped models were (temperature by NLL and Youden's J
+on the clean validation split), so the two are compared by the same rule. (A release now
+chooses under shift: tools/release.py.) Images are
 the recipe's patient-level `holdout` split (never used for any choice); thresholds come from
 `val`. Cross-validated recipes have no split the shipped model never saw: the tool says so and
 stops unless `--seen` is given (then every figure is labelled optimistic).
@@ -41,11 +42,11 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from edge.compat import tomllib
 from edge.imaging.preprocess import normalise
 from edge.inference import metrics as m
 from edge.inference.calibration import choose_thresholds, fitted_temperature
 from edge.inference.postprocess import softmax
+from edge.inference.registry import Registry
 from tools import augment as a
 from tools.recipe import REPO, Recipe, Sample, group_split, load_pixels, load_recipe, read_samples, run_onnx
 
@@ -102,16 +103,16 @@ class Scorer:
         return np.asarray(softmax(self.logits(images), self.temperature)[:, self.positive])
 
 
-def shipped_scorer(recipe: Recipe, model_dir: Path) -> Scorer:
-    manifest = tomllib.loads((model_dir / "model.toml").read_text())
-    out = manifest["output"]
-    threshold = float(manifest["operating_points"]["balanced"]["threshold"])
-    onnx = model_dir / manifest["variants"]["fp32"]["file"]
-    return Scorer(recipe, onnx, float(out.get("temperature", 1.0)), threshold)
+def shipped_scorer(recipe: Recipe, models_dir: Path) -> Scorer:
+    """The released model as its manifest says (read and its FP32 file verified by the registry)."""
+    entry = Registry(models_dir).get(recipe.name)
+    threshold = entry.manifest.operating_points["balanced"].threshold
+    return Scorer(recipe, entry.variant_file("fp32"), entry.manifest.output.temperature, threshold)
 
 
 def candidate_scorer(recipe: Recipe, onnx: Path, val_x: np.ndarray, val_y: np.ndarray) -> Scorer:
-    """Calibrated as tools/release.py does: NLL temperature, then Youden's J on clean validation."""
+    """Calibrated as the released models were (`[release] choose_on = "clean"`): NLL temperature,
+    then Youden's J on clean validation, so a candidate and a shipped model meet on one rule."""
     scorer = Scorer(recipe, onnx, 1.0, 0.5)
     logits = scorer.logits(val_x)
     scorer.temperature = fitted_temperature(logits, val_y)
@@ -260,7 +261,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--config", type=Path, required=True)
-    parser.add_argument("--model-dir", type=Path, help="a released model folder (default models/<name>)")
+    parser.add_argument("--models-dir", type=Path, default=REPO / "models", help="released models")
     parser.add_argument("--onnx", type=Path, help="a candidate FP32 ONNX instead of the shipped model")
     parser.add_argument("--limit", type=int, help="at most N images per split (smoke tests)")
     parser.add_argument("--seen", action="store_true", help="cross-validated recipes: use every image")
@@ -282,7 +283,7 @@ def main() -> None:
             raise SystemExit("a candidate needs a validation split to be calibrated on")
         scorer = candidate_scorer(recipe, args.onnx, *val)
     else:
-        scorer = shipped_scorer(recipe, args.model_dir or REPO / "models" / recipe.name)
+        scorer = shipped_scorer(recipe, args.models_dir)
     result = evaluate(scorer, shifts_for(recipe), test, val, args.seed)
     result.update(model=recipe.name, images=len(test_s), kind=kind)
     print_table(f"{recipe.name}: {len(test_s)} images, {kind}", result)

@@ -84,12 +84,10 @@ class LiveAnalyzer:
         self.fixed_roi: Box | None = profile.roi if profile else None
         # The profile describes the capture: a file or a DICOM cine was never through the card
         # (a recording made here already holds the corrected sector).
-        captured = source.kind in CAPTURES and profile is not None
-        self.horizontal_stretch = (
-            horizontal_stretch
-            if horizontal_stretch is not None
-            else (profile.horizontal_stretch if captured and profile else 1.0)
-        )
+        if horizontal_stretch is None:
+            captured = source.kind in CAPTURES
+            horizontal_stretch = profile.horizontal_stretch if profile is not None and captured else 1.0
+        self.horizontal_stretch = horizontal_stretch
         self.roi: Box | None = self.fixed_roi
         self.stats = LiveStats()
         self.smoothed: float | None = None
