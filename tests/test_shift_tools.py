@@ -259,14 +259,14 @@ def test_a_gate_with_an_unmeasured_field_still_writes_a_manifest() -> None:
     assert "scope_ratio" not in tomli_w.dumps({"gate": _without_none(gate)})
 
 
-def test_the_profile_unstretches_live_captures_but_never_files_or_dicom_cines(settings) -> None:  # type: ignore[no-untyped-def]
+def test_the_profile_describes_live_captures_but_never_files_or_dicom_cines(settings) -> None:  # type: ignore[no-untyped-def]
     from edge.config import VideoProfile
     from edge.inference.pool import ModelPool
     from edge.inference.registry import Registry
     from edge.video.live import LiveAnalyzer
     from edge.video.source import FrameSource
 
-    profile = VideoProfile(horizontal_stretch=1.78)
+    profile = VideoProfile(horizontal_stretch=1.78, roi=(10, 5, 60, 50))
     video = settings.video.model_copy(update={"profiles": {"card": profile}, "profile": "card"})
     configured = settings.model_copy(update={"video": video})
     served = ModelPool(Registry(settings.models.dir), configured, settings.data_dir / "cache").get("us-lung")
@@ -279,3 +279,7 @@ def test_the_profile_unstretches_live_captures_but_never_files_or_dicom_cines(se
         "no profile": LiveAnalyzer(settings, served, FrameSource("/dev/video7")).horizontal_stretch,
     }
     assert stretch_of == {"device": 1.78, "stream": 1.78, "file": 1.0, "DICOM cine": 1.0, "no profile": 1.0}
+    # Its sector position is the capture's screen too: a file is searched for its own sector.
+    assert LiveAnalyzer(configured, served, FrameSource("/dev/video7")).roi == (10, 5, 60, 50)
+    assert LiveAnalyzer(configured, served, FrameSource("clip.mp4")).roi is None
+    assert LiveAnalyzer(configured, served, FrameSource("cine", frames=frames)).roi is None

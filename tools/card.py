@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from tools.recipe import Recipe
+from tools.robustness import card_lines
 
 
 def _fmt(value: Any) -> str:
@@ -137,6 +138,7 @@ def write_card(recipe: Recipe, manifest: dict[str, Any], out_dir: Path) -> None:
         "A site picks one in its config (`[models] operating_point`), after validating locally.",
         "",
     ]
+    lines += card_lines(manifest.get("robustness"))
     lines += ["## Limitations and known failure modes"]
     lines += [f"- {item}" for item in card.get("limitations", [])]
     lines += [

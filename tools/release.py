@@ -52,6 +52,7 @@ from tools.release_sets import (
     report,
     shifted_sets,
 )
+from tools.robustness import by_shift, clip_stability
 
 console = Console()
 MAX_SAMPLE_BYTES = 160_000  # keeps each model's samples around a megabyte
@@ -364,6 +365,8 @@ def main() -> None:
             f"by {recipe.data.get('group_column') or 'image'}: {summary['train_images']} train / "
             f"{summary['val_images']} val / {summary['holdout_images']} holdout images"
         )
+    measured = "holdout_shifted" if "holdout_shifted" in sets else "validation_shifted"
+    robustness: dict[str, Any] = {"by_shift": by_shift(sets[measured], recipe, temperature, thresholds, seed)}
     manifest = {
         "schema_version": 1,
         "name": recipe.name,
@@ -408,8 +411,14 @@ def main() -> None:
             "released": dt.date.today().isoformat(),
         },
         "samples": "samples",
+        "robustness": robustness,
     }
     (out_dir / "model.toml").write_text(tomli_w.dumps(manifest))
+    if settings.get("clip_scale"):
+        # Through the product's clip path, so the released folder itself is what is measured.
+        with console.status("clip findings across input size, every variant..."):
+            robustness["clip_scale"] = clip_stability(out_dir.parent, recipe.name, list(variants))
+        (out_dir / "model.toml").write_text(tomli_w.dumps(manifest))
     from tools.card import write_card
 
     write_card(recipe, manifest, out_dir)

@@ -7,7 +7,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from edge.inference.registry import Manifest, ModelEntry
+from edge.inference.registry import Manifest, ModelEntry, Robustness
 from edge.inference.site_profile import PointFigures, SiteProfile
 
 
@@ -99,6 +99,31 @@ def print_model(console: Console, entry: ModelEntry, checks: dict[str, str]) -> 
     for split, values in m.metrics.items():
         shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items())
         console.print(f"metrics ({split}): {shown}")
+    for line in robustness_lines(m.robustness):
+        console.print(line)
+
+
+def robustness_lines(robustness: Robustness | None) -> list[str]:
+    """One line per check measured at release (the card has the tables)."""
+    if robustness is None:
+        return []
+    lines = []
+    if robustness.by_shift is not None:
+        shifts = robustness.by_shift.shifts
+        worst_auc = min(shifts, key=lambda k: shifts[k].auc)
+        worst_spec = min(shifts, key=lambda k: shifts[k].specificity)
+        lines.append(
+            f"under {len(shifts)} acquisition shifts ({robustness.by_shift.measured_on}): lowest AUC "
+            f"{shifts[worst_auc].auc:.3f} ({worst_auc}); lowest specificity at "
+            f"{robustness.by_shift.operating_point} {shifts[worst_spec].specificity:.3f} ({worst_spec})"
+        )
+    for variant, s in robustness.clip_scale.items():
+        lines.append(
+            f"clip findings across input size ({variant}): {s.flipping_half_to_4x} of {s.clips} clips "
+            f"change between 0.5x and 4x; stretched to 4K {s.flipping_stretched}, with the profile "
+            f"{s.flipping_stretched_with_profile}; largest spread of P {s.largest_spread:.3f}"
+        )
+    return lines
 
 
 def print_evaluation(console: Console, result: Any) -> None:

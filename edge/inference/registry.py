@@ -200,6 +200,44 @@ class Applicability(_Strict):
     """Per variant, per out-of-distribution set: images, auroc, refused (tools/applicability.py)."""
 
 
+class ShiftFigures(_Strict):
+    auc: float
+    auc_ci95: tuple[float, float]
+    sensitivity: float
+    specificity: float
+    accuracy: float
+
+
+class ShiftCheck(_Strict):
+    """Held-out figures under each synthetic acquisition shift, at one operating point."""
+
+    measured_on: str
+    operating_point: str
+    shifts: dict[str, ShiftFigures]
+
+
+class ClipStability(_Strict):
+    """One variant's clips through the product's clip path at other input sizes (tools/clip_scale.py)."""
+
+    clips: int
+    flipping_half_to_4x: int
+    """Clips whose finding at 0.5x, 2x or 4x of their size differs from the one at 1x."""
+    flipping_stretched: int
+    flipping_stretched_with_profile: int
+    largest_spread: float
+    mean_spread: float
+    flips: dict[str, list[str]] = Field(default_factory=dict)
+    """Clip -> the sizes at which its finding changed (only clips that changed)."""
+
+
+class Robustness(_Strict):
+    """Measured at release, for the card and `edge models show`; never used to decide."""
+
+    by_shift: ShiftCheck | None = None
+    clip_scale: dict[str, ClipStability] = Field(default_factory=dict)
+    """Per variant."""
+
+
 class Manifest(_Strict):
     schema_version: Literal[1] = 1
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
@@ -220,6 +258,7 @@ class Manifest(_Strict):
     samples: str | None = "samples"
     """Folder (relative to the manifest) of attributed sample images with a labels.csv."""
     applicability: Applicability | None = None
+    robustness: Robustness | None = None
 
     @model_validator(mode="after")
     def _references(self) -> Manifest:

@@ -81,11 +81,12 @@ class LiveAnalyzer:
         self.on_score = on_score
         self.operating_point = operating_point or settings.models.operating_point
         profile = self.video.profiles.get(self.video.profile or "") if self.video.profile else None
-        self.fixed_roi: Box | None = profile.roi if profile else None
-        # The profile describes the capture: a file or a DICOM cine was never through the card
-        # (a recording made here already holds the corrected sector).
+        # The profile describes this device's capture (where the sector sits on its screen, how
+        # the card stretches it): a file or a DICOM cine never went through that card, and a
+        # recording made here already holds the corrected sector, so its sector is detected.
+        captured = profile is not None and source.kind in CAPTURES
+        self.fixed_roi: Box | None = profile.roi if profile is not None and captured else None
         if horizontal_stretch is None:
-            captured = source.kind in CAPTURES
             horizontal_stretch = profile.horizontal_stretch if profile is not None and captured else 1.0
         self.horizontal_stretch = horizontal_stretch
         self.roi: Box | None = self.fixed_roi
