@@ -184,7 +184,8 @@ class WorkerSettings(_Section):
 
 class VideoProfile(_Section):
     roi: tuple[int, int, int, int] | None = None
-    """x, y, width, height of the imaging sector on this device's screen (skips detection)."""
+    """x, y, width, height of the imaging sector on this device's screen (skips detection). Live
+    captures only (a device or a stream): a file or a DICOM cine is searched for its own sector."""
     horizontal_stretch: float = Field(default=1.0, ge=0.25, le=4.0)
     """How much wider the capture shows the picture than the scanner drew it: 1.78 where a
     capture card stretches a square picture to fill 16:9 (0.75 where it squeezes). The sector is

@@ -57,7 +57,7 @@ NEXT_STEPS: dict[Code, str] = {
     Code.LISTENER_BUSY: "nothing if it then arrives; raise [dicom] max_associations if it persists",
     # Video
     Code.VIDEO_UNREADABLE: "check the cable, the URL or the file, then start again",
-    Code.VIDEO_NO_SECTOR: "scan (the picture must move), or set the device profile's roi",
+    Code.VIDEO_NO_SECTOR: "scan (the picture must move); for a live capture, set the device profile's roi",
     Code.VIDEO_FROZEN: "unfreeze the scanner, or check the capture",
     Code.VIDEO_BLACK: "check the probe and the capture card",
     Code.VIDEO_TOO_SHORT: "record a longer clip",

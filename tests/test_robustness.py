@@ -55,6 +55,7 @@ def test_each_shift_is_measured_alone_at_the_shipped_balanced_threshold(tmp_path
         figures = check["shifts"][name]
         assert figures["auc"] == expected["auc"]
         assert figures["auc_ci95"] == expected["auc_ci95"]
+        assert figures["sensitivity"] == expected["balanced_sensitivity"]
         assert figures["specificity"] == expected["balanced_specificity"]
         assert figures["accuracy"] == expected["balanced_accuracy"]
     assert check["shifts"]["JPEG quality 25"]["auc"] < check["shifts"]["blur"]["auc"]

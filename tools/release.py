@@ -366,7 +366,11 @@ def main() -> None:
             f"{summary['val_images']} val / {summary['holdout_images']} holdout images"
         )
     measured = "holdout_shifted" if "holdout_shifted" in sets else "validation_shifted"
-    robustness: dict[str, Any] = {"by_shift": by_shift(sets[measured], recipe, temperature, thresholds, seed)}
+    robustness: dict[str, Any] = {
+        "by_shift": by_shift(
+            sets[measured], recipe, temperature, thresholds, seed, chosen_here=measured == chosen_on
+        )
+    }
     manifest = {
         "schema_version": 1,
         "name": recipe.name,

@@ -213,7 +213,7 @@ class ShiftCheck(_Strict):
 
     measured_on: str
     operating_point: str
-    shifts: dict[str, ShiftFigures]
+    shifts: dict[str, ShiftFigures] = Field(min_length=1)
 
 
 class ClipStability(_Strict):
