@@ -5,7 +5,6 @@ another input size. Both go into the manifest's [robustness] and the card; neith
 
 from __future__ import annotations
 
-import logging
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -64,7 +63,6 @@ def clip_stability(
     from edge.inference.registry import Registry
     from tools.clip_scale import PROFILED, STRETCHED, clips, sweep
 
-    logging.getLogger("edge").setLevel(logging.ERROR)
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         # The product's defaults, never this machine's config: a release measures the model.
