@@ -150,9 +150,10 @@ def sweep(settings: Any, served: ServedModel, paths: list[Path]) -> dict[str, An
         "version": served.entry.manifest.version,
         "variant": served.variant_name,
         "clips": rows,
-        "clips_flipping_0.5x_to_4x": sum(any(k in same_aspect for k in r["flips"]) for r in rows),
-        "clips_flipping_when_stretched": sum(STRETCHED in r["flips"] for r in rows),
-        "clips_flipping_stretched_with_profile": sum(PROFILED in r["flips"] for r in rows),
+        # Under the names of the manifest's [robustness.clip_scale.<variant>] (ClipStability).
+        "flipping_half_to_4x": sum(any(k in same_aspect for k in r["flips"]) for r in rows),
+        "flipping_stretched": sum(STRETCHED in r["flips"] for r in rows),
+        "flipping_stretched_with_profile": sum(PROFILED in r["flips"] for r in rows),
         "largest_spread": max(r["spread"] for r in rows),
         "mean_spread": round(float(np.mean([r["spread"] for r in rows])), 4),
         "spread_is_over": "0.5x to 4x, the same aspect",
@@ -173,9 +174,9 @@ def print_table(result: dict[str, Any]) -> None:
         table.add_row(row["clip"], *cells, ", ".join(row["flips"]) or "-")
     console.print(table)
     console.print(
-        f"clips whose finding changes between 0.5x and 4x: {result['clips_flipping_0.5x_to_4x']} of "
-        f"{len(result['clips'])}; stretched to 4K: {result['clips_flipping_when_stretched']}, with the "
-        f"device profile's horizontal_stretch: {result['clips_flipping_stretched_with_profile']}; "
+        f"clips whose finding changes between 0.5x and 4x: {result['flipping_half_to_4x']} of "
+        f"{len(result['clips'])}; stretched to 4K: {result['flipping_stretched']}, with the "
+        f"device profile's horizontal_stretch: {result['flipping_stretched_with_profile']}; "
         f"spread of P(covid) across sizes: largest {result['largest_spread']:.3f}, "
         f"mean {result['mean_spread']:.3f}"
     )

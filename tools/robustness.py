@@ -13,6 +13,14 @@ from tools.recipe import Recipe
 from tools.release_sets import Predictions, report
 
 MEASURED_AT = "balanced"
+COUNTS = (
+    "flipping_half_to_4x",
+    "flipping_stretched",
+    "flipping_stretched_with_profile",
+    "largest_spread",
+    "mean_spread",
+)
+"""The sweep's summary kept in the manifest (tools/clip_scale.py names them as ClipStability does)."""
 
 
 def by_shift(
@@ -74,11 +82,7 @@ def clip_stability(
             result = sweep(settings, pool.load_variant(model, variant), paths)
             out[variant] = {
                 "clips": len(result["clips"]),
-                "flipping_half_to_4x": result["clips_flipping_0.5x_to_4x"],
-                "flipping_stretched": result["clips_flipping_when_stretched"],
-                "flipping_stretched_with_profile": result["clips_flipping_stretched_with_profile"],
-                "largest_spread": result["largest_spread"],
-                "mean_spread": result["mean_spread"],
+                **{k: result[k] for k in COUNTS},
                 "flips": {
                     row["clip"]: [k for k in row["flips"] if k not in (STRETCHED, PROFILED)]
                     for row in result["clips"]

@@ -84,10 +84,10 @@ class LiveAnalyzer:
         # The profile describes this device's capture (where the sector sits on its screen, how
         # the card stretches it): a file or a DICOM cine never went through that card, and a
         # recording made here already holds the corrected sector, so its sector is detected.
-        captured = profile is not None and source.kind in CAPTURES
-        self.fixed_roi: Box | None = profile.roi if profile is not None and captured else None
+        capture = profile if source.kind in CAPTURES else None
+        self.fixed_roi: Box | None = capture.roi if capture is not None else None
         if horizontal_stretch is None:
-            horizontal_stretch = profile.horizontal_stretch if profile is not None and captured else 1.0
+            horizontal_stretch = capture.horizontal_stretch if capture is not None else 1.0
         self.horizontal_stretch = horizontal_stretch
         self.roi: Box | None = self.fixed_roi
         self.stats = LiveStats()
