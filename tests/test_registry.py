@@ -68,7 +68,7 @@ def test_unknown_model(tmp_path: Path, name: str) -> None:
     assert "tiny" in caught.value.message  # says what is installed
 
 
-def _broken(tmp_path: Path, mutate: Any) -> EdgeError:
+def _broken(tmp_path: Path, mutate: Any, code: Code = Code.MODEL_MANIFEST_INVALID) -> EdgeError:
     folder = make_model_dir(tmp_path)
     with (folder / "model.toml").open("rb") as handle:
         data = tomllib.load(handle)
@@ -78,12 +78,17 @@ def _broken(tmp_path: Path, mutate: Any) -> EdgeError:
     (folder / "model.toml").write_text(tomli_w.dumps(data))
     with pytest.raises(EdgeError) as caught:
         Registry(tmp_path).get("tiny")
-    assert caught.value.code is Code.MODEL_MANIFEST_INVALID
+    assert caught.value.code is code
     return caught.value
 
 
 def test_manifest_errors_are_specific(tmp_path: Path) -> None:
-    assert "surprise" in _broken(tmp_path / "a", lambda d: d.update(surprise=1)).message
+    # A key or a schema this reader does not know comes from a newer release tool (or a typo):
+    # the fix is newer software, not reinstalling the model.
+    newer = Code.MODEL_NEEDS_NEWER_SOFTWARE
+    assert "surprise" in _broken(tmp_path / "a", lambda d: d.update(surprise=1), newer).message
+    assert "schema 2" in _broken(tmp_path / "a2", lambda d: d.update(schema_version=2), newer).message
+    assert "schema_version" in _broken(tmp_path / "a3", lambda d: d.update(schema_version=0)).message
     assert "positive" in _broken(tmp_path / "b", lambda d: d["output"].update(positive="x")).message
     assert (
         "default_operating_point"

@@ -434,8 +434,10 @@ def test_a_release_this_device_cannot_install_is_refused_once_and_the_rest_still
     hub: Hub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A correctly signed release whose manifest this software refuses (here: a key it does not
-    know, as from a newer release tool) is recorded and not downloaded again every round; the
-    other releases in the same pull still install, and sync status names the refusal."""
+    know, as from a newer release tool) is refused from the manifest alone, without downloading
+    its files, and recorded; the other releases in the same pull still install, and sync status
+    names the refusal. Once the device's software reads that key (it was updated), the release
+    is tried again and installs."""
     from edge.inference.registry import Registry
     from edge.sync import releases as model_sync
     from tests.tinymodel import make_model_dir
@@ -472,13 +474,25 @@ def test_a_release_this_device_cannot_install_is_refused_once_and_the_rest_still
         assert model_sync.pull_models(client) == 1  # tiny2 installs although tiny 0.0.2 was refused
         assert Registry(models).get("tiny").manifest.version == "0.0.1"  # the old one still serves
         assert "tiny2" in Registry(models).names()
-        assert "tiny" in downloads
+        assert downloads == ["tiny2"] * len(downloads)  # nothing of tiny 0.0.2 was fetched
         refused = sync_status(device, store)["models_refused"]
         assert list(refused) == ["tiny 0.0.2"]
-        assert refused["tiny 0.0.2"].startswith("MODEL_MANIFEST_INVALID")
+        assert refused["tiny 0.0.2"].startswith("MODEL_NEEDS_NEWER_SOFTWARE")
+        assert "future_key" in refused["tiny 0.0.2"]
         downloads.clear()
         assert model_sync.pull_models(client) == 0
-        assert downloads == []  # not fetched again
+        assert downloads == []
+
+        # The device's edge is updated: its manifest reader now knows `future_key`.
+        from edge.inference import registry
+
+        class NewerManifest(registry.Manifest):
+            future_key: int = 0
+
+        monkeypatch.setattr(registry, "Manifest", NewerManifest)
+        assert model_sync.pull_models(client) == 1
+        assert Registry(models).get("tiny").manifest.version == "0.0.2"
+        assert sync_status(device, store)["models_refused"] == {}
 
 
 def test_a_model_that_fails_its_self_test_is_rolled_back(tmp_path: Path) -> None:

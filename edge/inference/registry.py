@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
@@ -238,8 +239,12 @@ class Robustness(_Strict):
     """Per variant."""
 
 
+MANIFEST_SCHEMA_VERSION: Literal[1] = 1
+"""Raised only when an older reader would misread a manifest (not for new optional sections)."""
+
+
 class Manifest(_Strict):
-    schema_version: Literal[1] = 1
+    schema_version: Literal[1] = MANIFEST_SCHEMA_VERSION
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
     version: str
     title: str
@@ -353,13 +358,48 @@ def read_manifest(path: Path) -> Manifest:
     try:
         with path.open("rb") as handle:
             raw = tomllib.load(handle)
-        return Manifest(**raw)
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise EdgeError(Code.MODEL_MANIFEST_INVALID, f"{path} cannot be read: {exc}") from exc
+    return manifest_from(raw, str(path))
+
+
+def parse_manifest(text: str, where: str) -> Manifest:
+    """A manifest's TOML text (a release's, before any of its files is downloaded)."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise EdgeError(Code.MODEL_MANIFEST_INVALID, f"{where} cannot be read: {exc}") from exc
+    return manifest_from(raw, where)
+
+
+def manifest_from(raw: dict[str, Any], where: str) -> Manifest:
+    """The manifest, or a coded refusal that tells a manifest from newer software (a later
+    schema, a key this reader does not know: update edge, the installed model keeps serving)
+    from a broken one (reinstall)."""
+    version = raw.get("schema_version", MANIFEST_SCHEMA_VERSION)
+    if isinstance(version, int) and version > MANIFEST_SCHEMA_VERSION:
+        raise EdgeError(
+            Code.MODEL_NEEDS_NEWER_SOFTWARE,
+            f"{where}: manifest schema {version}; this edge reads schema {MANIFEST_SCHEMA_VERSION}",
+        )
+    try:
+        return Manifest(**raw)
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        raise EdgeError(Code.MODEL_MANIFEST_INVALID, f"{path}: {where}: {first['msg']}") from exc
+        field = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        if first["type"] == "extra_forbidden":
+            raise EdgeError(
+                Code.MODEL_NEEDS_NEWER_SOFTWARE,
+                f"{where}: {field}: a key this edge does not know (from a newer release tool, or misspelt)",
+            ) from exc
+        raise EdgeError(Code.MODEL_MANIFEST_INVALID, f"{where}: {field}: {first['msg']}") from exc
+
+
+def manifest_schema_id() -> str:
+    """A fingerprint of what this software's manifest reader accepts. A release refused under
+    another fingerprint (older software) is tried again: it may be readable now."""
+    schema = json.dumps(Manifest.model_json_schema(), sort_keys=True)
+    return hashlib.sha256(schema.encode()).hexdigest()[:16]
 
 
 class Registry:

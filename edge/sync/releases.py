@@ -27,7 +27,7 @@ from edge.config import Settings
 from edge.errors import Code, EdgeError
 from edge.imaging.decode import decode_bytes
 from edge.inference.pool import tensor_names
-from edge.inference.registry import Registry, sha256_file
+from edge.inference.registry import Registry, manifest_schema_id, parse_manifest, sha256_file
 from edge.runtime.onnxruntime import OnnxRuntimeRunner
 from edge.sync import protocol, signatures
 from edge.sync.client import SyncClient
@@ -137,6 +137,31 @@ def _unsafe_names(release: protocol.ModelRelease) -> str | None:
     return None
 
 
+class _Refusals:
+    """Releases this device refused (a manifest of newer software, a failed self-test), kept in
+    the sync state so that they are not downloaded again every round; a later version of the
+    model is tried afresh, and so is every refused release once this edge reads manifests
+    differently (it was updated): the refusals carry the schema fingerprint they were made under."""
+
+    def __init__(self, client: SyncClient) -> None:
+        self.outbox = client.store.outbox
+        state = self.outbox.sync_state()
+        self.schema = manifest_schema_id()
+        self.by_key: dict[str, str] = state.get("models_refused", {})
+        if self.by_key and state.get("models_refused_schema") != self.schema:
+            log.info("this edge reads manifests differently now: trying %d refused again", len(self.by_key))
+            self.by_key = {}
+            self._save()
+
+    def add(self, key: str, error: EdgeError) -> None:
+        log.error("model release %s refused: %s", key, error.one_line())
+        self.by_key[key] = error.one_line()[:300]
+        self._save()
+
+    def _save(self) -> None:
+        self.outbox.set_sync_state(models_refused=self.by_key, models_refused_schema=self.schema)
+
+
 def pull_models(client: SyncClient) -> int:
     """Install every signed release newer than what is installed; returns how many were."""
     settings = client.settings
@@ -145,26 +170,26 @@ def pull_models(client: SyncClient) -> int:
         return 0
     releases = client.releases()
     registry = Registry(settings.models.dir)
-    # A release this device refused (a manifest newer than its software, a failed self-test) is
-    # not downloaded again every round; a later version of the model is tried afresh.
-    refused: dict[str, str] = client.store.outbox.sync_state().get("models_refused", {})
+    refused = _Refusals(client)
     installed = 0
     for release in releases:
         current = registry.get(release.name).manifest.version if release.name in registry.names() else None
         if not is_newer(release.version, current):
             continue  # same or older: never a downgrade
         key = f"{release.name} {release.version}"
-        if key in refused:
+        if key in refused.by_key:
             continue
         if not verify_signature(release, public_key):
             log.error("release %s is not signed by the pinned key: ignored", key)
             continue
         unsafe = _unsafe_names(release)
         if unsafe is not None:  # signed, but a name that could write outside its folder
-            error = EdgeError(Code.MODEL_MANIFEST_INVALID, f"{key}: {unsafe}")
-            log.error("model release %s refused: %s", key, error.one_line())
-            refused[key] = error.one_line()[:300]
-            client.store.outbox.set_sync_state(models_refused=refused)
+            refused.add(key, EdgeError(Code.MODEL_MANIFEST_INVALID, f"{key}: {unsafe}"))
+            continue
+        try:  # the manifest travels in the release: one this edge cannot read costs no download
+            parse_manifest(release.manifest, key)
+        except EdgeError as error:
+            refused.add(key, error)
             continue
         # Download faults (the link, a corrupt transfer) propagate: the round is retried and
         # the download resumes. What fails installation is this release's own fault.
@@ -180,9 +205,7 @@ def pull_models(client: SyncClient) -> int:
             install(settings, folder, release.name)
             installed += 1
         except EdgeError as error:
-            log.error("model release %s refused: %s", key, error.one_line())
-            refused[key] = error.one_line()[:300]
-            client.store.outbox.set_sync_state(models_refused=refused)
+            refused.add(key, error)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return installed
