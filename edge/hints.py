@@ -66,7 +66,7 @@ NEXT_STEPS: dict[Code, str] = {
     Code.NO_MODEL_FOR_INPUT: "re-run it with a model you choose (r), or install one for this kind of image",
     Code.MODEL_UNKNOWN: "choose an installed model (edge models list)",
     Code.MODEL_MANIFEST_INVALID: REINSTALL,
-    Code.MODEL_NEEDS_NEWER_SOFTWARE: "nothing now (the installed model serves); update edge on this device",
+    Code.MODEL_NEEDS_NEWER_SOFTWARE: "update edge on this device (a newer release tool made this model)",
     Code.MODEL_FILE_MISSING: REINSTALL,
     Code.MODEL_CHECKSUM_MISMATCH: REINSTALL,
     Code.MODEL_VARIANT_UNAVAILABLE: 'set [runtime] precision = "auto"',

@@ -88,6 +88,8 @@ def test_manifest_errors_are_specific(tmp_path: Path) -> None:
     newer = Code.MODEL_NEEDS_NEWER_SOFTWARE
     assert "surprise" in _broken(tmp_path / "a", lambda d: d.update(surprise=1), newer).message
     assert "schema 2" in _broken(tmp_path / "a2", lambda d: d.update(schema_version=2), newer).message
+    both = lambda d: (d["input"].update(colour="rgb"), d.update(surprise=1))  # noqa: E731
+    assert "surprise" in _broken(tmp_path / "a4", both, newer).message  # the unknown key decides
     assert "schema_version" in _broken(tmp_path / "a3", lambda d: d.update(schema_version=0)).message
     assert "positive" in _broken(tmp_path / "b", lambda d: d["output"].update(positive="x")).message
     assert (

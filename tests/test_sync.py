@@ -438,6 +438,7 @@ def test_a_release_this_device_cannot_install_is_refused_once_and_the_rest_still
     its files, and recorded; the other releases in the same pull still install, and sync status
     names the refusal. Once the device's software reads that key (it was updated), the release
     is tried again and installs."""
+    from edge.inference import registry
     from edge.inference.registry import Registry
     from edge.sync import releases as model_sync
     from tests.tinymodel import make_model_dir
@@ -482,10 +483,14 @@ def test_a_release_this_device_cannot_install_is_refused_once_and_the_rest_still
         downloads.clear()
         assert model_sync.pull_models(client) == 0
         assert downloads == []
+        # Refusals recorded by older software carry no fingerprint: each is tried once more.
+        store.outbox.set_sync_state(models_refused_schema=None)
+        assert model_sync.pull_models(client) == 0
+        assert downloads == []  # refused again from its manifest alone
+        assert store.outbox.sync_state()["models_refused_schema"] == registry.manifest_schema_id()
+        assert list(sync_status(device, store)["models_refused"]) == ["tiny 0.0.2"]
 
         # The device's edge is updated: its manifest reader now knows `future_key`.
-        from edge.inference import registry
-
         class NewerManifest(registry.Manifest):
             future_key: int = 0
 

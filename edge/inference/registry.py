@@ -387,18 +387,29 @@ def manifest_from(raw: dict[str, Any], where: str) -> Manifest:
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        if first["type"] == "extra_forbidden":
+        unknown = [e for e in exc.errors() if e["type"] == "extra_forbidden"]
+        if unknown:  # with other errors too: a newer tool's new key often comes with new values
+            key = ".".join(str(p) for p in unknown[0]["loc"])
             raise EdgeError(
                 Code.MODEL_NEEDS_NEWER_SOFTWARE,
-                f"{where}: {field}: a key this edge does not know (from a newer release tool, or misspelt)",
+                f"{where}: {key}: a key this edge does not know (from a newer release tool, or misspelt)",
             ) from exc
         raise EdgeError(Code.MODEL_MANIFEST_INVALID, f"{where}: {field}: {first['msg']}") from exc
 
 
 def manifest_schema_id() -> str:
-    """A fingerprint of what this software's manifest reader accepts. A release refused under
-    another fingerprint (older software) is tried again: it may be readable now."""
-    schema = json.dumps(Manifest.model_json_schema(), sort_keys=True)
+    """A fingerprint of what this software's manifest reader accepts (fields, types, allowed
+    values; not the prose). A release refused under another fingerprint (older software) is
+    tried again: it may be readable now."""
+
+    def without_prose(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: without_prose(v) for k, v in node.items() if k not in ("description", "title")}
+        if isinstance(node, list):
+            return [without_prose(v) for v in node]
+        return node
+
+    schema = json.dumps(without_prose(Manifest.model_json_schema()), sort_keys=True)
     return hashlib.sha256(schema.encode()).hexdigest()[:16]
 
 
