@@ -1,6 +1,7 @@
 """Train a small CNN from scratch on the CPU, then export it to ONNX.
 
     python -m tools.train --config tools/configs/cxr-pneumonia.toml [--resume] [--epochs N]
+    python -m tools.train --config ... --member K    # an ensemble member: same split, other seed
 
 Writes runs/<name>/: split.csv (every image's split), last.pt / best.pt (resumable
 checkpoints), history.json, <name>-fp32.onnx (checked against torch on real images before it
@@ -42,6 +43,7 @@ from tools.recipe import (
 )
 
 console = Console()
+MEMBER_SEED_STRIDE = 7919  # a prime well past any fold count
 
 
 def seed_everything(seed: int) -> None:
@@ -175,6 +177,14 @@ def main() -> None:
     )
     parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--fold", type=int, help="cross-validation recipes: train the model for this fold")
+    parser.add_argument(
+        "--member",
+        type=int,
+        default=0,
+        help="ensemble member K >= 1: the same split and recipe, another initialisation and "
+        "augmentation draw, in runs/<name>/member-K (0, the default, is the ordinary run; for a "
+        "cross-validated recipe, a member of the final fit on all the data)",
+    )
     parser.add_argument("--resume", action="store_true", help="continue from the run's last.pt")
     parser.add_argument("--epochs", type=int, help="override the recipe's epoch count")
     parser.add_argument("--limit", type=int, help="use only N training images (smoke tests)")
@@ -182,13 +192,21 @@ def main() -> None:
     args = parser.parse_args()
 
     recipe = load_recipe(args.config)
-    seed_everything(recipe.raw["seed"] + (args.fold or 0))
+    if args.member < 0 or (args.member and args.fold is not None):
+        parser.error("--member is K >= 1, and not with --fold")
+    # A member's offset is far from the folds' (0..K-1) so no member repeats a fold's draw; the
+    # split keeps the recipe's own seed, so every member is judged on the same holdout.
+    seed_offset = (args.fold or 0) + MEMBER_SEED_STRIDE * args.member
+    seed_everything(recipe.raw["seed"] + seed_offset)
     if args.threads:
         torch.set_num_threads(args.threads)
     hp = dict(recipe.raw["train"])
     if args.epochs:
         hp["epochs"] = args.epochs
     run, train_s, val_s, hold_s = select_data(recipe, args.fold)
+    if args.member:
+        run = run / f"member-{args.member}"
+        run.mkdir(exist_ok=True)
     if args.limit:  # a seeded random subset keeps both classes in a smoke run
         pick = random.Random(0)
         train_s = pick.sample(train_s, min(args.limit, len(train_s)))
@@ -234,7 +252,7 @@ def main() -> None:
         torch.set_rng_state(checkpoint["torch_rng"])
         console.print(f"resumed after epoch {state['epoch']} (best AUC {state['best_auc']:.4f})")
 
-    rng = np.random.default_rng(recipe.raw["seed"] + (args.fold or 0) * 1000 + state["epoch"])
+    rng = np.random.default_rng(recipe.raw["seed"] + seed_offset * 1000 + state["epoch"])
     columns = [
         TextColumn("{task.description}"),
         BarColumn(),
