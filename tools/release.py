@@ -418,13 +418,20 @@ def main() -> None:
         "robustness": robustness,
     }
     (out_dir / "model.toml").write_text(tomli_w.dumps(manifest))
-    if settings.get("clip_scale"):
-        # Through the product's clip path, so the released folder itself is what is measured.
-        with console.status("clip findings across input size, every variant..."):
-            robustness["clip_scale"] = clip_stability(out_dir.parent, recipe.name, list(variants))
-        (out_dir / "model.toml").write_text(tomli_w.dumps(manifest))
     from tools.card import write_card
 
+    if settings.get("clip_scale"):
+        # Through the product's clip path, so the released folder itself is what is measured.
+        try:
+            with console.status("clip findings across input size, every variant..."):
+                robustness["clip_scale"] = clip_stability(out_dir.parent, recipe.name, list(variants))
+        except Exception as exc:
+            write_card(recipe, manifest, out_dir)  # the card matches the manifest, without the check
+            raise SystemExit(
+                f"{recipe.name} {args.version}: the clip check failed ({exc!r}). model.toml and the card "
+                "are written without it: do not publish this folder; fix the cause and release again"
+            ) from exc
+        (out_dir / "model.toml").write_text(tomli_w.dumps(manifest))
     write_card(recipe, manifest, out_dir)
     console.print(f"[green]released[/] {recipe.name} {args.version} into {out_dir}")
 
