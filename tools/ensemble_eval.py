@@ -73,11 +73,6 @@ def ensemble(members: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     }
 
 
-def negative_log_likelihood(logits: np.ndarray, truth: np.ndarray, temperature: float) -> float:
-    probs = softmax(logits, temperature)
-    return float(-np.log(probs[np.arange(len(truth)), truth] + 1e-12).mean())
-
-
 def assess(
     recipe: Recipe, val: dict[str, Any], hold: dict[str, Any], val_logits: dict, hold_logits: dict, seed: int
 ) -> dict[str, Any]:
@@ -112,8 +107,8 @@ def assess(
         "thresholds": thresholds,
         "clean": report(clean, recipe, temperature, thresholds, seed),
         "shifted": report(pooled, recipe, temperature, thresholds, seed),
-        "nll_clean": round(negative_log_likelihood(clean.logits, clean.truth, temperature), 4),
-        "nll_shifted": round(negative_log_likelihood(pooled.logits, pooled.truth, temperature), 4),
+        "nll_clean": round(m.negative_log_likelihood(clean.logits, clean.truth, temperature), 4),
+        "nll_shifted": round(m.negative_log_likelihood(pooled.logits, pooled.truth, temperature), 4),
         "worst_shift": worst,
         "worst_shift_auc": round(per_shift_auc[worst], 4),
     }

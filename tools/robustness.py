@@ -80,14 +80,15 @@ def clip_stability(
         paths = clips(limit)
         for variant in variants:
             result = sweep(settings, pool.load_variant(model, variant), paths)
+            # Per clip, the sizes (not the stretched views) at which its finding changed.
+            at_size = {
+                row["clip"]: [k for k in row["flips"] if k not in (STRETCHED, PROFILED)]
+                for row in result["clips"]
+            }
             out[variant] = {
                 "clips": len(result["clips"]),
                 **{k: result[k] for k in COUNTS},
-                "flips": {
-                    row["clip"]: [k for k in row["flips"] if k not in (STRETCHED, PROFILED)]
-                    for row in result["clips"]
-                    if any(k not in (STRETCHED, PROFILED) for k in row["flips"])
-                },
+                "flips": {clip: sizes for clip, sizes in at_size.items() if sizes},
             }
     return out
 

@@ -123,6 +123,14 @@ def reliability_bins(
     return out
 
 
+def negative_log_likelihood(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
+    """Mean -log p(true class) of softmax(logits / temperature), computed in log space."""
+    scaled = np.asarray(logits, np.float64) / temperature
+    scaled -= scaled.max(axis=1, keepdims=True)
+    log_probs = scaled - np.log(np.exp(scaled).sum(axis=1, keepdims=True))
+    return float(-log_probs[np.arange(len(labels)), np.asarray(labels, np.int64)].mean())
+
+
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     """The temperature minimising validation negative log-likelihood (golden-section search).
 
@@ -132,10 +140,7 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     labels = np.asarray(labels, np.int64)
 
     def nll(temperature: float) -> float:
-        scaled = logits / temperature
-        scaled -= scaled.max(axis=1, keepdims=True)
-        log_probs = scaled - np.log(np.exp(scaled).sum(axis=1, keepdims=True))
-        return float(-log_probs[np.arange(len(labels)), labels].mean())
+        return negative_log_likelihood(logits, labels, temperature)
 
     low, high = np.log(0.05), np.log(20.0)
     golden = (np.sqrt(5) - 1) / 2
