@@ -329,9 +329,9 @@ def write(
     write_card(recipe)
 
 
-def write_card(recipe: Recipe) -> None:
-    """The card's applicability table, from the figures the manifest holds."""
-    folder = REPO / "models" / recipe.name
+def write_card(recipe: Recipe, folder: Path | None = None) -> None:
+    """The card's applicability table, from the figures the manifest holds (models/<name>/)."""
+    folder = folder or REPO / "models" / recipe.name
     spec = tomllib.loads((folder / "model.toml").read_text())["applicability"]
     rows = {
         variant: [{"set": name, "auroc": None, **figures} for name, figures in sets.items()]

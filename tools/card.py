@@ -17,7 +17,10 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def write_card(recipe: Recipe, manifest: dict[str, Any], out_dir: Path) -> None:
+def write_card(
+    recipe: Recipe, manifest: dict[str, Any], out_dir: Path, extra: list[str] | None = None
+) -> None:
+    """`extra`: lines placed before the limitations (a re-release says what it kept)."""
     card = recipe.raw.get("card", {})
     t = manifest["training"]
     group = recipe.data.get("group_column") or "image"
@@ -139,6 +142,7 @@ def write_card(recipe: Recipe, manifest: dict[str, Any], out_dir: Path) -> None:
         "",
     ]
     lines += card_lines(manifest.get("robustness"))
+    lines += extra or []
     lines += ["## Limitations and known failure modes"]
     lines += [f"- {item}" for item in card.get("limitations", [])]
     lines += [

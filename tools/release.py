@@ -32,7 +32,6 @@ from rich.console import Console
 from edge.imaging.decode import decode_bytes
 from edge.inference import metrics as m
 from edge.inference import plots
-from edge.inference.calibration import DECIMALS
 from edge.inference.postprocess import softmax
 from tools import dicomgen
 from tools.recipe import (
@@ -40,19 +39,16 @@ from tools.recipe import (
     Recipe,
     Sample,
     load_recipe,
-    model_inputs,
-    run_onnx,
 )
 from tools.release_sets import (
     Predictions,
+    choose,
     evaluation_sets,
-    grouped,
-    operating_point_entries,
-    operating_points,
-    report,
+    manifest_operating_points,
+    measure_variants,
     shifted_sets,
 )
-from tools.robustness import by_shift, clip_stability
+from tools.robustness import clip_stability, shifts_measured
 
 console = Console()
 MAX_SAMPLE_BYTES = 160_000  # keeps each model's samples around a megabyte
@@ -287,43 +283,17 @@ def main() -> None:
         sets = evaluation_sets(recipe)
         sets.update(shifted_sets(recipe, sets, seed))
     validation = sets["validation"]
-    # Chosen where a new site's images look different (issue 15): the clean validation split
-    # flatters, and its threshold did not transfer. `[release] choose_on = "clean"` for the old rule.
-    chosen_on = "validation" if settings.get("choose_on") == "clean" else "validation_shifted"
-    fitted = sets[chosen_on]
-    # Rounded once, here: the probabilities behind every threshold and figure are then exactly
-    # those the product computes from the manifest.
-    temperature = round(m.fit_temperature(fitted.logits, fitted.truth), DECIMALS)
-    thresholds, screening_target = operating_points(fitted, recipe, temperature)
-    metrics = {name: report(p, recipe, temperature, thresholds, seed) for name, p in sets.items()}
-    clip_thresholds: dict[str, float] | None = None
-    if settings.get("aggregate_by"):
-        column = settings["aggregate_by"]
-        # A clip's probability is the mean of its frames': its thresholds are chosen by the same
-        # rules on the per-group (per-video) means, and its figures are stated at them.
-        per_clip = grouped(fitted, recipe, temperature, column)
-        clip_thresholds, _ = operating_points(per_clip, recipe, temperature)
-        for name, p in list(sets.items()):
-            per_group = grouped(p, recipe, temperature, column)
-            metrics[f"{name}_per_{column}"] = report(per_group, recipe, temperature, clip_thresholds, seed)
+    choice = choose(recipe, sets, seed)
+    temperature, metrics = choice.temperature, choice.metrics
     console.print(
-        f"temperature {temperature:.3f}; thresholds {thresholds}; clip thresholds {clip_thresholds}"
+        f"temperature {temperature:.3f}; thresholds {choice.thresholds}; "
+        f"clip thresholds {choice.clip_thresholds}"
     )
     console.print(json.dumps(metrics, indent=1))
     write_plots(out_dir / "plots", recipe, sets, temperature)
     variants = ship_variants(recipe, out_dir)
-    if "holdout" in sets:
-        holdout = sets["holdout"]
-        for variant, spec in variants.items():
-            if spec["precision"] != "fp32":
-                logits = run_onnx(out_dir / spec["file"], model_inputs(recipe, holdout.samples))
-                metrics[f"holdout_{variant}"] = report(
-                    Predictions(f"holdout split, {variant}", holdout.samples, logits, holdout.truth),
-                    recipe,
-                    temperature,
-                    thresholds,
-                    seed,
-                )
+    int8 = {v: out_dir / spec["file"] for v, spec in variants.items() if spec["precision"] != "fp32"}
+    measure_variants(recipe, sets, int8, choice, seed)
 
     # Samples: from the holdout split where there is one; a cross-validated model's final run saw
     # every image, so its samples are training images (said in the card).
@@ -365,12 +335,7 @@ def main() -> None:
             f"by {recipe.data.get('group_column') or 'image'}: {summary['train_images']} train / "
             f"{summary['val_images']} val / {summary['holdout_images']} holdout images"
         )
-    measured = "holdout_shifted" if "holdout_shifted" in sets else "validation_shifted"
-    robustness: dict[str, Any] = {
-        "by_shift": by_shift(
-            sets[measured], recipe, temperature, thresholds, seed, chosen_here=measured == chosen_on
-        )
-    }
+    robustness: dict[str, Any] = {"by_shift": shifts_measured(recipe, sets, choice, seed)}
     manifest = {
         "schema_version": 1,
         "name": recipe.name,
@@ -389,15 +354,7 @@ def main() -> None:
             "temperature": temperature,
         },
         "default_operating_point": "balanced",
-        "operating_points": operating_point_entries(
-            thresholds,
-            metrics[chosen_on],
-            screening_target,
-            clips=(clip_thresholds, metrics[f"{chosen_on}_per_{settings['aggregate_by']}"])
-            if clip_thresholds
-            else None,
-            where=f"the {fitted.kind}",
-        ),
+        "operating_points": manifest_operating_points(recipe, sets, choice),
         "variants": variants,
         "metrics": metrics,
         "training": {

@@ -8,14 +8,30 @@ too (edge/inference/calibration.py); the others are only measured.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edge.inference import metrics as m
-from edge.inference.calibration import RULES, SCREENING_SENSITIVITY, choose_thresholds, rule_description
+from edge.inference.calibration import (
+    DECIMALS,
+    RULES,
+    SCREENING_SENSITIVITY,
+    choose_thresholds,
+    rule_description,
+)
 from edge.inference.postprocess import softmax
-from tools.recipe import Recipe, Sample, model_inputs, read_oof, read_samples, run_onnx, split_samples
+from tools.recipe import (
+    Recipe,
+    Sample,
+    group_split,
+    model_inputs,
+    read_oof,
+    read_samples,
+    read_split,
+    run_onnx,
+)
 from tools.shift_eval import held_out_models, shifted_predictions
 
 
@@ -29,19 +45,26 @@ class Predictions:
     truth: np.ndarray
 
 
-def evaluation_sets(recipe: Recipe) -> dict[str, Predictions]:
-    """`validation` (what calibration and thresholds are fitted on) and, if any, `holdout`."""
+def evaluation_sets(recipe: Recipe, fp32: Path | None = None) -> dict[str, Predictions]:
+    """`validation` (what calibration and thresholds are fitted on) and, if any, `holdout`.
+
+    `fp32`: the weights to score (a shipped model's file); default the run's own export."""
     run = recipe.run_dir()
     if recipe.data.get("cv_folds"):
+        if fp32 is not None:
+            raise SystemExit(cv_needs_folds(recipe))
         by_path = read_oof(run / "oof.npz")
         samples = read_samples(recipe)
         logits = np.stack([by_path[s.path] for s in samples])
         kind = f"{recipe.data['cv_folds']}-fold cross-validation, out-of-fold predictions"
         return {"validation": Predictions(kind, samples, logits, np.array([s.label for s in samples]))}
     out = {}
+    # The run's split.csv, or (a shipped model, no run) the recipe's seeded split recomputed.
+    every = read_samples(recipe)
+    split_of = read_split(recipe) if fp32 is None else group_split(every, recipe)
     for split, name in (("val", "validation"), ("holdout", "holdout")):
-        samples = split_samples(recipe, split)
-        logits = run_onnx(run / f"{recipe.name}-fp32.onnx", model_inputs(recipe, samples))
+        samples = [s for s in every if split_of.get(s.path) == split]
+        logits = run_onnx(fp32 or run / f"{recipe.name}-fp32.onnx", model_inputs(recipe, samples))
         out[name] = Predictions(f"{name} split", samples, logits, np.array([s.label for s in samples]))
     return out
 
@@ -91,12 +114,28 @@ def grouped(predictions: Predictions, recipe: Recipe, temperature: float, column
     )
 
 
-def shifted_sets(recipe: Recipe, sets: dict[str, Predictions], seed: int) -> dict[str, Predictions]:
+def cv_needs_folds(recipe: Recipe) -> str:
+    return (
+        f"{recipe.name} is cross-validated: its thresholds are chosen on out-of-fold predictions, "
+        "which need the fold models of its training run (tools.crossval), not the shipped file"
+    )
+
+
+def shifted_sets(
+    recipe: Recipe, sets: dict[str, Predictions], seed: int, fp32: Path | None = None
+) -> dict[str, Predictions]:
     """Each evaluation set again under every acquisition shift of tools/shift_eval.py, each image
-    scored by a model that never trained on it: `<name>_shifted`."""
+    scored by a model that never trained on it (`fp32` where given, as `evaluation_sets`):
+    `<name>_shifted`."""
     out = {}
     for name, predictions in sets.items():
-        model_of = held_out_models(recipe, predictions.samples)
+        if fp32 is not None and recipe.data.get("cv_folds"):
+            raise SystemExit(cv_needs_folds(recipe))
+        model_of = (
+            {s.path: fp32 for s in predictions.samples}
+            if fp32 is not None
+            else held_out_models(recipe, predictions.samples)
+        )
         samples, logits = shifted_predictions(recipe, predictions.samples, model_of, seed)
         copies = len(samples) // len(predictions.samples)
         kind = f"{predictions.kind} under {copies} acquisition shifts"
@@ -144,3 +183,78 @@ def operating_point_entries(
             entry["clip_specificity"] = clip_metrics[f"{name}_specificity"]
         entries[name] = entry
     return entries
+
+
+@dataclass
+class Choice:
+    """What a release chose (temperature, thresholds, per clip too) on the set `chosen_on`, and
+    every set's figures at those choices (`metrics`, keyed as the manifest's [metrics])."""
+
+    chosen_on: str
+    temperature: float
+    thresholds: dict[str, float]
+    screening_target: float
+    clip_thresholds: dict[str, float] | None
+    metrics: dict[str, Any]
+
+
+def choose(recipe: Recipe, sets: dict[str, Predictions], seed: int) -> Choice:
+    """The release's rules, on `sets` from `evaluation_sets` plus `shifted_sets`."""
+    settings = recipe.raw.get("release", {})
+    # Chosen where a new site's images look different (issue 15): the clean validation split
+    # flatters, and its threshold did not transfer. `[release] choose_on = "clean"` for the old rule.
+    chosen_on = "validation" if settings.get("choose_on") == "clean" else "validation_shifted"
+    fitted = sets[chosen_on]
+    # Rounded once, here: the probabilities behind every threshold and figure are then exactly
+    # those the product computes from the manifest.
+    temperature = round(m.fit_temperature(fitted.logits, fitted.truth), DECIMALS)
+    thresholds, screening_target = operating_points(fitted, recipe, temperature)
+    metrics = {name: report(p, recipe, temperature, thresholds, seed) for name, p in sets.items()}
+    clip_thresholds: dict[str, float] | None = None
+    if settings.get("aggregate_by"):
+        column = settings["aggregate_by"]
+        # A clip's probability is the mean of its frames': its thresholds are chosen by the same
+        # rules on the per-group (per-video) means, and its figures are stated at them.
+        per_clip = grouped(fitted, recipe, temperature, column)
+        clip_thresholds, _ = operating_points(per_clip, recipe, temperature)
+        for name, p in list(sets.items()):
+            per_group = grouped(p, recipe, temperature, column)
+            metrics[f"{name}_per_{column}"] = report(per_group, recipe, temperature, clip_thresholds, seed)
+    return Choice(chosen_on, temperature, thresholds, screening_target, clip_thresholds, metrics)
+
+
+def measure_variants(
+    recipe: Recipe, sets: dict[str, Predictions], files: dict[str, Path], choice: Choice, seed: int
+) -> None:
+    """Each INT8 variant's own figures on the holdout split, at the FP32's choices
+    (`holdout_<variant>` in `choice.metrics`). `files`: variant -> its ONNX file."""
+    if "holdout" not in sets:
+        return
+    holdout = sets["holdout"]
+    inputs = model_inputs(recipe, holdout.samples)
+    for variant, path in files.items():
+        logits = run_onnx(path, inputs)
+        choice.metrics[f"holdout_{variant}"] = report(
+            Predictions(f"holdout split, {variant}", holdout.samples, logits, holdout.truth),
+            recipe,
+            choice.temperature,
+            choice.thresholds,
+            seed,
+        )
+
+
+def manifest_operating_points(
+    recipe: Recipe, sets: dict[str, Predictions], choice: Choice
+) -> dict[str, dict[str, Any]]:
+    """The manifest's [operating_points] for `choice` (`operating_point_entries`)."""
+    column = recipe.raw.get("release", {}).get("aggregate_by")
+    clips = None
+    if choice.clip_thresholds:
+        clips = (choice.clip_thresholds, choice.metrics[f"{choice.chosen_on}_per_{column}"])
+    return operating_point_entries(
+        choice.thresholds,
+        choice.metrics[choice.chosen_on],
+        choice.screening_target,
+        clips=clips,
+        where=f"the {sets[choice.chosen_on].kind}",
+    )

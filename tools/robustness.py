@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tools.recipe import Recipe
-from tools.release_sets import Predictions, report
+from tools.release_sets import Choice, Predictions, report
 
 MEASURED_AT = "balanced"
 COUNTS = (
@@ -21,6 +21,22 @@ COUNTS = (
     "mean_spread",
 )
 """The sweep's summary kept in the manifest (tools/clip_scale.py names them as ClipStability does)."""
+
+
+def shifts_measured(
+    recipe: Recipe, sets: dict[str, Predictions], choice: Choice, seed: int
+) -> dict[str, Any]:
+    """[robustness] by_shift of a release: on the holdout split under the shifts where there is
+    one, else on the shifted set the thresholds were chosen on (said so)."""
+    measured = "holdout_shifted" if "holdout_shifted" in sets else "validation_shifted"
+    return by_shift(
+        sets[measured],
+        recipe,
+        choice.temperature,
+        choice.thresholds,
+        seed,
+        chosen_here=measured == choice.chosen_on,
+    )
 
 
 def by_shift(

@@ -1,0 +1,138 @@
+"""tools/rerelease.py: a shipped model's operating points chosen again under shift, with the very
+same weights, by the release's own rules; refused where it cannot be done honestly."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+import tomli_w
+
+from edge.compat import tomllib
+from edge.inference.registry import Registry
+from tests.test_tools import make_recipe
+from tests.tinymodel import manifest as tiny_manifest
+from tools import shift_eval
+from tools.recipe import Recipe
+
+pytest.importorskip("onnxruntime")
+
+VERSION = "0.0.1"
+
+
+def _shipped(tmp_path: Path) -> tuple[Recipe, Path]:
+    """A recipe over synthetic images (brighter is positive, the classes overlap) and a model
+    folder released from it the old way: temperature and thresholds on the clean validation."""
+    from tools.release_sets import choose, evaluation_sets, manifest_operating_points
+
+    rng = np.random.default_rng(7)
+    rows = []
+    for index in range(60):
+        label = index % 2
+        image = np.clip(rng.normal(rng.normal(100 + 30 * label, 20), 12, (24, 24)), 0, 255)
+        cv2.imwrite(str(tmp_path / f"{index}.png"), image.astype(np.uint8))
+        name = ["normal", "pneumonia"][label]
+        rows.append({"path": f"{index}.png", "class_name": name, "patient": f"p{index}"})
+    recipe = make_recipe(tmp_path, rows)
+    recipe.raw["input"]["shape"] = [1, 8, 8]
+    recipe.raw["augment"] = {"kind": "xray"}
+    models = tmp_path / "models"
+    folder = models / recipe.name
+    folder.mkdir(parents=True)
+    data = tiny_manifest(folder, int8_weight=1.0, input={"name": "image", **recipe.raw["input"]})
+    data["output"]["labels"], data["output"]["positive"] = recipe.labels, recipe.positive
+    data["variants"]["fp32"]["quantization"] = "none"  # as a release writes it (the card shows it)
+    recipe.raw["release"] = {"choose_on": "clean"}
+    sets = evaluation_sets(recipe, folder / data["variants"]["fp32"]["file"])
+    old = choose(recipe, sets, recipe.raw["seed"])
+    del recipe.raw["release"]
+    data["output"]["temperature"] = old.temperature
+    data["operating_points"] = manifest_operating_points(recipe, sets, old)
+    data["metrics"] = old.metrics
+    data["training"] = {
+        "recipe": "recipe.toml",
+        "data": str(tmp_path),
+        "split": "by patient",
+        "seed": recipe.raw["seed"],
+        "epochs_run": 1,
+        "best_epoch": 1,
+        "train_seconds": 60.0,
+        "params": 2,
+        "gflops": 0.0,
+        "torch": "none",
+        "commit": "0" * 40,
+        "released": "2026-11-29",
+    }
+    (folder / "model.toml").write_text(tomli_w.dumps(data))
+    Registry(models).get(recipe.name)  # a valid release
+    return recipe, models
+
+
+def _onnx_bytes(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*.onnx"))}
+
+
+def test_a_rerelease_chooses_under_shift_and_keeps_every_weight(tmp_path: Path) -> None:
+    from tools.release_sets import choose, evaluation_sets, shifted_sets
+    from tools.rerelease import rerelease
+
+    recipe, models = _shipped(tmp_path)
+    folder = models / recipe.name
+    before_bytes = _onnx_bytes(folder)
+    before: dict[str, Any] = tomllib.loads((folder / "model.toml").read_text())
+
+    new = rerelease(recipe, models, "0.0.2")
+
+    assert _onnx_bytes(folder) == before_bytes  # not one weight changed
+    assert new["variants"] == before["variants"]
+    assert new["training"]["commit"] == before["training"]["commit"]  # the weights' origin
+    entry = Registry(models).get(recipe.name)
+    assert entry.manifest.version == "0.0.2"
+    # Exactly what the release's rules choose on the shifted validation split, computed apart.
+    fp32 = folder / before["variants"]["fp32"]["file"]
+    sets = evaluation_sets(recipe, fp32)
+    sets.update(shifted_sets(recipe, sets, recipe.raw["seed"], fp32))
+    expected = choose(recipe, sets, recipe.raw["seed"])
+    assert expected.chosen_on == "validation_shifted"
+    assert entry.manifest.output.temperature == expected.temperature
+    for name, threshold in expected.thresholds.items():
+        assert entry.manifest.operating_points[name].threshold == threshold
+    assert "under 13 acquisition shifts" in new["operating_points"]["balanced"]["description"]
+    assert {"validation", "holdout", "validation_shifted", "holdout_shifted", "holdout_int8"} <= set(
+        new["metrics"]
+    )
+    assert list(new["robustness"]["by_shift"]["shifts"]) == list(shift_eval.XRAY)
+    card = (folder / "MODEL_CARD.md").read_text()
+    assert "# Model card: t 0.0.2" in card
+    assert "## Re-release" in card
+    assert f"{before['version']} (chosen on the clean validation split)" in card
+    assert f"{expected.thresholds['balanced']:.4f}" in card
+    assert (folder / "plots" / "roc.png").is_file()
+
+
+def test_a_rerelease_refuses_other_weights_the_same_version_and_cross_validated_recipes(
+    tmp_path: Path,
+) -> None:
+    from tools.rerelease import rerelease
+
+    recipe, models = _shipped(tmp_path)
+    folder = models / recipe.name
+    with pytest.raises(SystemExit, match=r"already 0\.0\.1"):
+        rerelease(recipe, models, VERSION)
+
+    # The manifest's figures are not what this file gives on this split: other weights or split.
+    data = tomllib.loads((folder / "model.toml").read_text())
+    data["metrics"]["validation"]["auc"] = round(data["metrics"]["validation"]["auc"] - 0.01, 4)
+    (folder / "model.toml").write_text(tomli_w.dumps(data))
+    written = (folder / "model.toml").read_bytes()
+    with pytest.raises(SystemExit, match="does not reproduce"):
+        rerelease(recipe, models, "0.0.2")
+    assert (folder / "model.toml").read_bytes() == written  # nothing was written
+
+    recipe.raw["data"]["cv_folds"] = 5
+    with pytest.raises(SystemExit, match="cross-validated"):
+        rerelease(recipe, models, "0.0.2")
