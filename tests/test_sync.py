@@ -500,6 +500,47 @@ def test_a_release_this_device_cannot_install_is_refused_once_and_the_rest_still
         assert sync_status(device, store)["models_refused"] == {}
 
 
+def test_a_release_that_keeps_its_weights_fetches_only_what_changed(
+    hub: Hub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new version with the same ONNX files (its operating points chosen again) costs a slow
+    link nothing but what differs: files the installed version holds with the signed size and
+    sha256 are copied; one that differs on the device (here: damaged) is downloaded."""
+    from edge.inference.registry import Registry
+    from edge.sync import releases as model_sync
+    from tests.tinymodel import make_model_dir
+    from tools.publish_model import keygen, load_key
+
+    models = tmp_path / "models"
+    make_model_dir(models)
+    public = keygen(tmp_path / "publisher.key")
+    newer = edited_copy(models / "tiny", tmp_path / "newer" / "tiny", "threshold = 0.5", "threshold = 0.6")
+    newer_manifest = (newer / "model.toml").read_text()
+    (newer / "model.toml").write_text(newer_manifest.replace('version = "0.0.1"', 'version = "0.0.2"', 1))
+    (newer / "samples" / "mid.png").write_bytes((newer / "samples" / "bright.png").read_bytes())
+    publish(hub, newer, load_key(tmp_path / "publisher.key"), tmp_path / "release")
+    installed_int8 = models / "tiny" / "tiny-int8.onnx"
+    installed_int8.write_bytes(installed_int8.read_bytes()[:-1] + b"\x00")  # damaged on the device
+    fetched: list[str] = []
+    real_download = model_sync._download
+    monkeypatch.setattr(
+        model_sync, "_download", lambda c, r, f, t: (fetched.append(f), real_download(c, r, f, t))
+    )
+    device = load_settings(data_dir=tmp_path / "dev", models={"dir": models}, sync={"public_key": public})
+    with Store(device.data_dir) as store:
+        client = hub.sync_client(device, store, hub.enroll(device))
+        assert model_sync.pull_models(client) == 1
+    entry = Registry(models).get("tiny")
+    assert entry.manifest.version == "0.0.2"
+    assert entry.manifest.operating_points["balanced"].threshold == 0.6
+    assert sorted(fetched) == ["samples/mid.png", "tiny-int8.onnx"]  # the changed and the damaged
+    for variant in ("fp32", "int8"):
+        entry.variant_file(variant)  # every file verified against the signed manifest
+    assert (models / "tiny" / "samples" / "mid.png").read_bytes() == (
+        newer / "samples" / "mid.png"
+    ).read_bytes()
+
+
 def test_a_model_that_fails_its_self_test_is_rolled_back(tmp_path: Path) -> None:
     from edge.errors import EdgeError
     from edge.inference.registry import Registry

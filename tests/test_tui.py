@@ -167,7 +167,7 @@ def test_result_screen_shows_image_heatmap_numbers_review_and_notes(filled: tupl
         assert "P(pneumonia) = 0.9" in finding
         assert "normal" in text_of(pilot.app, "#section-probabilities")  # type: ignore[arg-type]
         model = text_of(pilot.app, "#section-model")  # type: ignore[arg-type]
-        assert "cxr-pneumonia 1.1.0" in model
+        assert "cxr-pneumonia 1.2.0" in model
         assert "fp32 · onnxruntime/fp32" in model
         assert "operating point balanced" in model
         assert "sharpness" in text_of(pilot.app, "#section-quality")  # type: ignore[arg-type]
@@ -549,7 +549,7 @@ def test_device_screen_shows_disk_queue_models_services_and_jetson_temperature(
         assert "41.0 GB free" in text_of(pilot.app, "#device-storage")  # type: ignore[arg-type]
         assert "1 new, 1 running, 1 refused" in text_of(pilot.app, "#device-queue")  # type: ignore[arg-type]
         models = text_of(pilot.app, "#device-models")  # type: ignore[arg-type]
-        assert "cxr-pneumonia 1.1.0 · serves fp32 on onnxruntime/fp32" in models
+        assert "cxr-pneumonia 1.2.0 · serves fp32 on onnxruntime/fp32" in models
         assert "not running" in text_of(pilot.app, "#device-services")  # type: ignore[arg-type]
         host = text_of(pilot.app, "#device-host")  # type: ignore[arg-type]
         assert "Jetson Orin Nano" in host

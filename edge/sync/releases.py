@@ -6,8 +6,10 @@ A release is signed with the publisher's ed25519 key (tools/publish_model.py); t
 the public key (`[sync] public_key`) and ignores anything else, so neither the hub nor the link
 can change what runs on the device. Files stream to disk in the state directory with HTTP Range
 (a cut resumes where it stopped), never more than their signed size (the transfer stops at the
-first byte past it), each checked against the signed sha256; a file name must be a safe relative
-path (`release_paths.py`: the shipped layout's samples/ and plots/ folders, nothing outside).
+first byte past it), each checked against the signed sha256; a file the installed version already
+holds with that size and sha256 (the weights of a release that changed only its calibration) is
+copied instead of fetched. A file name must be a safe relative path (`release_paths.py`: the
+shipped layout's samples/ and plots/ folders, nothing outside).
 Installation swaps the model folder with renames and keeps the previous one; a self-test
 (manifest, checksums, ONNX Runtime on the model's samples) runs before and after the swap, and
 failure restores the old one.
@@ -125,6 +127,46 @@ def _download(client: SyncClient, release: protocol.ModelRelease, file: str, tar
     partial.rename(target)
 
 
+def _fetch_files(client: SyncClient, release: protocol.ModelRelease, folder: Path, installed: Path) -> None:
+    """Every file of `release` into `folder`: kept from an earlier round, copied from the
+    `installed` version where it is the same, else downloaded."""
+    reused = 0
+    for file in release.files:
+        if (folder / file).exists():
+            continue
+        (folder / file).parent.mkdir(parents=True, exist_ok=True)
+        if _reuse_installed(installed / file, release, file, folder / file):
+            reused += release.sizes[file]
+        else:
+            _download(client, release, file, folder / file)
+    if reused:
+        log.info(
+            "%s %s: %d bytes already on this device (same signed sha256): not downloaded",
+            release.name,
+            release.version,
+            reused,
+        )
+
+
+def _reuse_installed(source: Path, release: protocol.ModelRelease, file: str, target: Path) -> bool:
+    """Copy `file` from the installed version where it has the signed size and sha256 (a release
+    that keeps its weights and changes its calibration costs a slow link only its manifest)."""
+    try:
+        if not source.is_file() or source.stat().st_size != release.sizes[file]:
+            return False
+        if sha256_file(source) != release.files[file]:
+            return False
+        partial = target.with_name(target.name + ".part")
+        shutil.copyfile(source, partial)
+    except OSError:
+        return False  # unreadable here: the download path fetches it
+    if sha256_file(partial) != release.files[file]:  # changed while copied: fetch it instead
+        partial.unlink(missing_ok=True)
+        return False
+    partial.rename(target)
+    return True
+
+
 def _unsafe_names(release: protocol.ModelRelease) -> str | None:
     """Why this release's file list cannot be written under its folder, or None."""
     if set(release.sizes) != set(release.files):
@@ -196,10 +238,7 @@ def pull_models(client: SyncClient) -> int:
         staging = settings.data_dir / "sync" / "incoming" / f"{release.name}-{release.version}"
         folder = staging / release.name
         folder.mkdir(parents=True, exist_ok=True)
-        for file in release.files:
-            if not (folder / file).exists():
-                (folder / file).parent.mkdir(parents=True, exist_ok=True)
-                _download(client, release, file, folder / file)
+        _fetch_files(client, release, folder, settings.models.dir / release.name)
         (folder / "model.toml").write_text(release.manifest)
         try:
             install(settings, folder, release.name)
