@@ -105,13 +105,24 @@ def test_a_rerelease_chooses_under_shift_and_keeps_every_weight(tmp_path: Path) 
     assert {"validation", "holdout", "validation_shifted", "holdout_shifted", "holdout_int8"} <= set(
         new["metrics"]
     )
-    assert list(new["robustness"]["by_shift"]["shifts"]) == list(shift_eval.XRAY)
+    # The shipped manifest had no [robustness] (older devices refuse it): the shape is kept, so
+    # every device that runs 0.0.1 installs 0.0.2; the per-shift table is in the card.
+    assert set(new) == set(before)
     card = (folder / "MODEL_CARD.md").read_text()
+    assert "## Under acquisition shift" in card
+    for shift in shift_eval.XRAY:
+        assert f"| {shift} |" in card
     assert "# Model card: t 0.0.2" in card
     assert "## Re-release" in card
-    assert f"{before['version']} (chosen on the clean validation split)" in card
+    assert before["operating_points"]["balanced"]["description"] in card  # what 0.0.1 chose on
     assert f"{expected.thresholds['balanced']:.4f}" in card
     assert (folder / "plots" / "roc.png").is_file()
+
+    # Once a manifest has [robustness], a re-release restates it at its own choices.
+    (folder / "model.toml").write_text(tomli_w.dumps({**new, "robustness": {}}))
+    again = rerelease(recipe, models, "0.0.3")
+    assert list(again["robustness"]["by_shift"]["shifts"]) == list(shift_eval.XRAY)
+    assert Registry(models).get(recipe.name).manifest.robustness is not None
 
 
 def test_a_rerelease_refuses_other_weights_the_same_version_and_cross_validated_recipes(
@@ -121,8 +132,9 @@ def test_a_rerelease_refuses_other_weights_the_same_version_and_cross_validated_
 
     recipe, models = _shipped(tmp_path)
     folder = models / recipe.name
-    with pytest.raises(SystemExit, match=r"already 0\.0\.1"):
-        rerelease(recipe, models, VERSION)
+    for not_above in (VERSION, "0.0.0", "next"):  # devices install only a newer version
+        with pytest.raises(SystemExit, match="not above it"):
+            rerelease(recipe, models, not_above)
 
     # The manifest's figures are not what this file gives on this split: other weights or split.
     data = tomllib.loads((folder / "model.toml").read_text())
@@ -132,6 +144,18 @@ def test_a_rerelease_refuses_other_weights_the_same_version_and_cross_validated_
     with pytest.raises(SystemExit, match="does not reproduce"):
         rerelease(recipe, models, "0.0.2")
     assert (folder / "model.toml").read_bytes() == written  # nothing was written
+
+    # Clip findings across input size move with the clip thresholds: only a release measures them.
+    data["metrics"]["validation"]["auc"] = round(data["metrics"]["validation"]["auc"] + 0.01, 4)
+    stable = dict.fromkeys(
+        ("flipping_half_to_4x", "flipping_stretched", "flipping_stretched_with_profile"), 0
+    )
+    data["robustness"] = {
+        "clip_scale": {"fp32": {"clips": 1, **stable, "largest_spread": 0.0, "mean_spread": 0.0}}
+    }
+    (folder / "model.toml").write_text(tomli_w.dumps(data))
+    with pytest.raises(SystemExit, match="clip findings"):
+        rerelease(recipe, models, "0.0.2")
 
     recipe.raw["data"]["cv_folds"] = 5
     with pytest.raises(SystemExit, match="cross-validated"):

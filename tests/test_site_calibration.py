@@ -27,19 +27,21 @@ from edge.pipeline import Pipeline
 from edge.store import Store
 from tests.conftest import DEFAULT_MODEL, MODELS
 
-# A site whose detector is a little softer: mild blur with faint sensor noise (the noise keeps
-# every film above the quality gate's sharpness floor; blur alone is refused as BLURRED). It
-# pushes normal films' P(pneumonia) up, so the shipped point flags some of them, while every film
-# stays a chest film the model answers: stronger blur or noise (sigma 3-4 with 8-12 grey levels),
-# or mirrored films, are refused OUT_OF_SCOPE by the applicability check. Gamma, contrast,
-# brightness and JPEG re-compression alone leave this model's answers unchanged on the samples,
-# so they would give the calibration nothing to correct.
+# A site whose films come out brighter and a little softer than the training hospital's: gamma
+# 0.5 (over-exposed, or a brighter default look-up table), mild blur, faint sensor noise (the
+# noise keeps every film above the quality gate's sharpness floor; blur alone is refused as
+# BLURRED). Like the external test films of issue 15 it pushes normal films' P(pneumonia) up, so
+# the shipped point, though chosen under shift, flags some of them, while every film stays a
+# chest film the model answers: stronger blur or noise (sigma 3-4 with 8-12 grey levels), or
+# mirrored films, are refused OUT_OF_SCOPE by the applicability check.
 SHIFTS = (2.5, 2.65, 2.8, 2.95, 3.1, 3.25)  # blur sigma (pixels), one variant of each film per value
 NOISE = 3.0  # sensor noise sd in grey levels
+GAMMA = 0.75  # < 1: brighter
 
 
 def shifted(pixels: np.ndarray, sigma: float, seed: int) -> np.ndarray:
-    soft = cv2.GaussianBlur(pixels, (0, 0), sigma).astype(np.float64)
+    bright = 255.0 * (pixels / 255.0) ** GAMMA
+    soft = cv2.GaussianBlur(bright, (0, 0), sigma)
     noisy = soft + np.random.default_rng(seed).normal(0, NOISE, soft.shape)
     return np.clip(noisy, 0, 255).astype(np.uint8)
 
@@ -211,6 +213,70 @@ def test_a_profile_for_another_model_version_is_ignored_with_a_warning(
     assert prediction.finding.threshold == manifest.operating_points["balanced"].threshold
     warnings = [r for r in caplog.records if "is for version 0.9.0" in r.getMessage()]
     assert len(warnings) == 1  # once, not once per image
+
+
+def test_a_profile_follows_a_later_version_with_the_same_weights_only(
+    settings: Settings, sample_png: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A release that chose only its operating points again (tools/rerelease.py) keeps the
+    site's calibration: the profile was fitted to the weights. Other weights: ignored."""
+    from edge.inference.registry import ModelEntry
+
+    entry = Registry(MODELS).get(DEFAULT_MODEL)
+    stamp = "2026-12-02T16:05:01Z"
+    old = site_profile.SiteProfile(
+        id=site_profile.new_id(DEFAULT_MODEL, "0.9.0", stamp),
+        model=DEFAULT_MODEL,
+        model_version="0.9.0",
+        created_at=stamp,
+        source="data",
+        temperature=5.0,
+        cases=100,
+        operating_points={"balanced": site_profile.ProfilePoint(threshold=0.99)},
+    )
+    site_profile.write_profile(settings.data_dir, old)
+    site_profile.activate(settings.data_dir, DEFAULT_MODEL, old.id)
+    # This device served 0.9.0 with these very files (serving and calibrate record it).
+    earlier = ModelEntry(entry.manifest.model_copy(update={"version": "0.9.0"}), entry.folder)
+    site_profile.remember_weights(settings.data_dir, earlier)
+    assert site_profile.recorded_weights(settings.data_dir, DEFAULT_MODEL) == {
+        "0.9.0": site_profile.weights_id(entry)
+    }
+    assert site_profile.history(settings.data_dir, DEFAULT_MODEL) == [old]  # the record is no profile
+    pixels = decode_bytes(sample_png.read_bytes(), sample_png.name).pixels
+
+    def served() -> Any:
+        pool = ModelPool(Registry(MODELS), settings, settings.data_dir / "cache")
+        try:
+            return pool.get(DEFAULT_MODEL).predict([pixels], "balanced")[0]
+        finally:
+            pool.close()
+
+    with caplog.at_level(logging.INFO):
+        prediction = served()
+    assert prediction.finding.profile_id == old.id
+    assert prediction.finding.threshold == 0.99
+    assert any("serves" in r.getMessage() and "the same weights" in r.getMessage() for r in caplog.records)
+    shown = " ".join(run(settings, "models", "show", DEFAULT_MODEL).output.split())  # unwrapped
+    assert f"it serves {entry.manifest.version}, which has the same weights" in shown
+
+    # Version 0.9.0 had other weights (one variant differs): the shipped calibration serves.
+    other = entry.manifest.model_copy(
+        update={
+            "version": "0.9.0",
+            "variants": {
+                name: spec.model_copy(update={"sha256": "0" * 64}) if name == "fp32" else spec
+                for name, spec in entry.manifest.variants.items()
+            },
+        }
+    )
+    site_profile.remember_weights(settings.data_dir, ModelEntry(other, entry.folder))
+    prediction = served()
+    assert prediction.finding.profile_id is None
+    assert prediction.finding.threshold == entry.manifest.operating_points["balanced"].threshold
+    assert "(other weights): ignored" in " ".join(
+        run(settings, "models", "show", DEFAULT_MODEL).output.split()
+    )
 
 
 def test_calibrate_from_reviews_and_the_prior_estimate(settings: Settings, site: dict[str, Path]) -> None:

@@ -526,6 +526,14 @@ def test_a_release_that_keeps_its_weights_fetches_only_what_changed(
     monkeypatch.setattr(
         model_sync, "_download", lambda c, r, f, t: (fetched.append(f), real_download(c, r, f, t))
     )
+    real_copy = shutil.copyfile
+
+    def copy_that_goes_wrong(source: Path, target: Path) -> Any:  # e.g. a bad sector on the way
+        real_copy(source, target)
+        if Path(source).name == "tiny-fp32.onnx":
+            Path(target).write_bytes(b"\x00" + Path(target).read_bytes()[1:])
+
+    monkeypatch.setattr(model_sync.shutil, "copyfile", copy_that_goes_wrong)
     device = load_settings(data_dir=tmp_path / "dev", models={"dir": models}, sync={"public_key": public})
     with Store(device.data_dir) as store:
         client = hub.sync_client(device, store, hub.enroll(device))
@@ -533,7 +541,9 @@ def test_a_release_that_keeps_its_weights_fetches_only_what_changed(
     entry = Registry(models).get("tiny")
     assert entry.manifest.version == "0.0.2"
     assert entry.manifest.operating_points["balanced"].threshold == 0.6
-    assert sorted(fetched) == ["samples/mid.png", "tiny-int8.onnx"]  # the changed and the damaged
+    # Copied: the unchanged and intact; fetched: the changed, the damaged, and the badly copied.
+    assert sorted(fetched) == ["samples/mid.png", "tiny-fp32.onnx", "tiny-int8.onnx"]
+    assert "samples/bright.png" not in fetched
     for variant in ("fp32", "int8"):
         entry.variant_file(variant)  # every file verified against the signed manifest
     assert (models / "tiny" / "samples" / "mid.png").read_bytes() == (

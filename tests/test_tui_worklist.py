@@ -312,7 +312,7 @@ def test_the_result_screen_puts_the_reply_first_and_explains_the_numbers(
         finding = str(result.query_one("#section-finding", Static).render())
         assert "calibrated estimate" in finding
         assert "in 10 show pneumonia" in finding or "nearly all show pneumonia" in finding
-        assert "Called pneumonia from 0.19 up" in finding
+        assert "Called pneumonia from 0.48 up" in finding
         assert "missed cases and false alarms" in finding
         await pilot.press("escape")
         await settle(pilot)

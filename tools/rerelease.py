@@ -8,15 +8,23 @@ balanced point did not transfer to another hospital's films (issue 15). tools/re
 chooses under the acquisition shifts of tools/shift_eval.py, but a release needs a training run.
 This one needs only the released folder (models/<name>/): the same ONNX files (their bytes and
 hashes unchanged, so a repository or a device stores nothing new), the same samples, export check,
-INT8 gates and applicability statistics. It rewrites model.toml's temperature, operating points,
-metrics and [robustness], the plots and the card.
+INT8 gates and applicability statistics. It rewrites model.toml's temperature, operating points
+and metrics (clean and `_shifted`), the ROC and reliability plots and the card (with the per-shift
+table). It never changes the manifest's shape: a section the shipped manifest lacks (such as
+[robustness], newer than some devices' software) goes into the card only, so every device that
+runs the shipped version can install the new one. Not redone: plots/failures.png and the card's
+observed failure modes in the recipe's [card] limitations, which quote the old threshold's errors
+(`python -m tools.failures` with a runs folder holding the split and this FP32 file, then edit
+the recipe's text and run this again).
 
 Before choosing anything it scores the recipe's validation split with the shipped FP32 file at the
 shipped temperature and thresholds, and stops unless that reproduces the manifest's own validation
 figures: otherwise the split or the weights are not those the release was made from.
 
 Cross-validated recipes choose on out-of-fold predictions, which need the fold models of their
-training run: they are refused here (use tools.crossval and tools.release).
+training run: they are refused here (use tools.crossval and tools.release), as is a manifest with
+clip findings across input size (they depend on the clip thresholds, and only a release measures
+them) and a version that is not above the shipped one (devices never install it).
 """
 
 from __future__ import annotations
@@ -30,7 +38,9 @@ import tomli_w
 from rich.console import Console
 
 from edge.compat import tomllib
+from edge.inference.calibration import rule_description
 from edge.inference.registry import Registry
+from edge.sync.releases import is_newer
 from tools.recipe import REPO, Recipe, load_recipe
 from tools.release import git_commit, write_plots
 from tools.release_sets import (
@@ -73,13 +83,20 @@ def rereleased(
     out["output"] = {**manifest["output"], "temperature": choice.temperature}
     out["operating_points"] = manifest_operating_points(recipe, sets, choice)
     out["metrics"] = choice.metrics
-    out["robustness"] = {"by_shift": shifts_measured(recipe, sets, choice, recipe.raw["seed"])}
     out["training"] = {**manifest["training"], "released": dt.date.today().isoformat()}
     return out
 
 
+def with_robustness(
+    manifest: dict[str, Any], recipe: Recipe, sets: dict[str, Predictions], choice: Choice
+) -> dict[str, Any]:
+    """The manifest the card is written from: with [robustness] measured at the new choices."""
+    return {**manifest, "robustness": {"by_shift": shifts_measured(recipe, sets, choice, recipe.raw["seed"])}}
+
+
 def lineage_text(previous: dict[str, Any], choice: Choice, sets: dict[str, Predictions]) -> list[str]:
     """The card's note: which weights, what changed, and what the previous version shipped."""
+    rule = rule_description("balanced", choice.screening_target, f"the {sets[choice.chosen_on].kind}")
     before = previous["operating_points"]
     return [
         "## Re-release",
@@ -88,16 +105,17 @@ def lineage_text(previous: dict[str, Any], choice: Choice, sets: dict[str, Predi
         f"commit `{git_commit()[:12]}`. Only the temperature and the operating points were chosen again, "
         f"on the {sets[choice.chosen_on].kind}, and every figure restated at them.",
         "",
-        "| | temperature | balanced threshold | screening threshold |",
-        "|---|---|---|---|",
-        f"| {previous['version']} (chosen on the clean validation split) "
-        f"| {previous['output']['temperature']:.4f} "
-        f"| {before['balanced']['threshold']:.4f} | {before['screening']['threshold']:.4f} |",
+        "| | temperature | balanced threshold | screening threshold | how chosen (balanced) |",
+        "|---|---|---|---|---|",
+        f"| {previous['version']} | {previous['output']['temperature']:.4f} "
+        f"| {before['balanced']['threshold']:.4f} | {before['screening']['threshold']:.4f} "
+        f"| {before['balanced'].get('description', '')} |",
         f"| this version | {choice.temperature:.4f} | {choice.thresholds['balanced']:.4f} "
-        f"| {choice.thresholds['screening']:.4f} |",
+        f"| {choice.thresholds['screening']:.4f} | {rule} |",
         "",
-        "A site profile calibrated for the previous version is not applied to this one (it names its",
-        "version): calibrate again (`edge models calibrate`), on the same cases.",
+        "A site profile fitted on a site's own cases for the previous version keeps serving this one",
+        "(a profile is fitted to weights, and these are the same): the site's calibration, not this",
+        "version's, stays in force until the site resets it (`edge models calibrate NAME --reset`).",
         "",
     ]
 
@@ -109,8 +127,16 @@ def rerelease(recipe: Recipe, models_dir: Path, version: str) -> dict[str, Any]:
     out_dir = models_dir / recipe.name
     entry = Registry(models_dir).get(recipe.name)  # verifies every variant's hash
     manifest = tomllib.loads((out_dir / "model.toml").read_text())
-    if version == manifest["version"]:
-        raise SystemExit(f"{recipe.name} is already {version}: give the new version")
+    if not is_newer(version, manifest["version"]):
+        raise SystemExit(
+            f"{recipe.name} {manifest['version']} is shipped: {version!r} is not above it, and devices "
+            "install only a newer version"
+        )
+    if "clip_scale" in manifest.get("robustness", {}):
+        raise SystemExit(
+            f"{recipe.name} records clip findings across input size, which move with its clip "
+            "thresholds and only a release measures (tools.release)"
+        )
     seed = recipe.raw["seed"]
     fp32 = entry.variant_file("fp32")
     with console.status("the shipped FP32 file on the evaluation sets, clean and under shift..."):
@@ -131,11 +157,18 @@ def rerelease(recipe: Recipe, models_dir: Path, version: str) -> dict[str, Any]:
     from tools.card import write_card
 
     write_plots(out_dir / "plots", recipe, sets, choice.temperature)
+    if "robustness" in manifest:  # the shape the shipped manifest has, no more
+        new = with_robustness(new, recipe, sets, choice)
     (out_dir / "model.toml").write_text(tomli_w.dumps(new))
-    write_card(recipe, new, out_dir, extra=lineage_text(manifest, choice, sets))
+    card_from = with_robustness(new, recipe, sets, choice)
+    write_card(recipe, card_from, out_dir, extra=lineage_text(manifest, choice, sets))
     if "applicability" in new:  # the card's table, from the [applicability] kept as it was
         applicability.write_card(recipe, out_dir)
     Registry(models_dir).get(recipe.name)  # the product reads what was written
+    console.print(
+        "[yellow]not redone[/]: plots/failures.png and the observed failure modes in the recipe's "
+        "\\[card] limitations quote the previous threshold (tools.failures)"
+    )
     return new
 
 

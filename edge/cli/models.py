@@ -95,12 +95,17 @@ def models_show(obj: Context, name: str, as_json: bool) -> None:
     else:
         if profile is None:
             console.print("calibration in force: shipped (no site profile; edge models calibrate)")
-        elif profile.model_version != entry.manifest.version:
+        elif not site_profile.serves(obj.settings.data_dir, profile, entry):
             console.print(
-                f"[yellow]site profile {profile.id} is for version {profile.model_version}[/]: "
-                "ignored, the shipped calibration serves"
+                f"[yellow]site profile {profile.id} is for version {profile.model_version}[/] "
+                "(other weights): ignored, the shipped calibration serves"
             )
         else:
+            if profile.model_version != entry.manifest.version:
+                console.print(
+                    f"site profile {profile.id} was fitted for {profile.model_version}; it serves "
+                    f"{entry.manifest.version}, which has the same weights"
+                )
             print_profile(console, profile, entry.manifest, active=True)
     sys.exit(0 if all(v == "ok" for v in checks.values()) else EXIT_REFUSED)
 

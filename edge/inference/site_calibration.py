@@ -181,6 +181,7 @@ def calibrate(
         after=_figures(fit.after),
     )
     site_profile.write_profile(settings.data_dir, profile)
+    site_profile.remember_weights(settings.data_dir, entry)
     store.audit(actor, "profile.created", profile.id, {"source": source, "cases": profile.cases})
     activate(settings, store, entry.name, profile.id, actor=actor)
     return profile

@@ -4,8 +4,11 @@ A profile never edits the shipped model. It lives at `<data_dir>/profiles/<model
 immutable once written; `<data_dir>/profiles/<model>/active` holds the id in force (absent or
 empty: the shipped calibration). The serving layer (`ActiveProfiles`, read by `ServedModel`)
 applies the active profile's temperature and the thresholds of the operating points it names
-(the others, and a clip threshold it does not give, keep the manifest's); a profile made for
-another model version is ignored with a warning. Every result records the profile's id.
+(the others, and a clip threshold it does not give, keep the manifest's). A profile is fitted to
+weights: it also serves a later version whose every variant has the same sha256 as the version
+it was made for (a release that chose only its operating points again, tools/rerelease.py), as
+`<data_dir>/profiles/<model>/weights` records them on this device; a profile made for other
+weights is ignored with a warning. Every result records the profile's id.
 
 Profiles come from `edge models calibrate` (source "data" or "reviews") or from the hub
 (source "hub", signed and installed like a model update); the file format is the same.
@@ -13,6 +16,7 @@ Profiles come from `edge models calibrate` (source "data" or "reviews") or from 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -32,6 +36,8 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 PROFILES = "profiles"
 ACTIVE = "active"
+WEIGHTS = "weights"
+"""Lines `<version> <weights id>`: the weights of each version this device served a profile with."""
 STAMP = re.compile(r"^\d{8}T\d{6}Z$")
 
 
@@ -173,6 +179,49 @@ def activate(data_dir: Path, model: str, profile_id: str | None) -> None:
     write_atomically(folder(data_dir, model) / ACTIVE, ((profile_id or "") + "\n").encode())
 
 
+def weights_id(entry: ModelEntry) -> str:
+    """One id for a version's weights: every variant's name and signed sha256."""
+    variants = sorted(entry.manifest.variants.items())
+    return hashlib.sha256("\n".join(f"{name} {spec.sha256}" for name, spec in variants).encode()).hexdigest()
+
+
+def recorded_weights(data_dir: Path, model: str) -> dict[str, str]:
+    """version -> weights id, as `remember_weights` wrote them (unreadable: none, logged)."""
+    try:
+        text = (folder(data_dir, model) / WEIGHTS).read_text()
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        log.warning("%s: the record of its versions' weights cannot be read: %s", model, exc)
+        return {}
+    return dict(line.split(" ", 1) for line in text.splitlines() if line.count(" ") == 1)
+
+
+def remember_weights(data_dir: Path, entry: ModelEntry) -> None:
+    """Record which weights this version has, so that a profile fitted for it can follow a later
+    version with the same weights. A failure (a full disk) is logged: serving goes on."""
+    known = recorded_weights(data_dir, entry.name)
+    version, weights = entry.manifest.version, weights_id(entry)
+    if known.get(version) == weights:
+        return
+    known[version] = weights
+    try:
+        write_atomically(
+            folder(data_dir, entry.name) / WEIGHTS,
+            "".join(f"{v} {w}\n" for v, w in sorted(known.items())).encode(),
+        )
+    except OSError as exc:
+        log.warning("%s %s: its weights could not be recorded: %s", entry.name, version, exc)
+
+
+def serves(data_dir: Path, profile: SiteProfile, entry: ModelEntry) -> bool:
+    """Whether `profile` applies to the installed `entry`: made for this version, or for one whose
+    weights this device recorded as identical to this version's."""
+    if profile.model_version == entry.manifest.version:
+        return True
+    return recorded_weights(data_dir, entry.name).get(profile.model_version) == weights_id(entry)
+
+
 class ActiveProfiles:
     """What serving applies: each model's active profile, re-read when the `active` file changes.
 
@@ -183,7 +232,7 @@ class ActiveProfiles:
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
         self._seen: dict[str, tuple[tuple[int, int, int] | None, SiteProfile | None]] = {}
-        self._warned: set[tuple[str, str]] = set()
+        self._serves: dict[tuple[str, str], bool] = {}  # (profile id, model version)
 
     def get(self, entry: ModelEntry) -> SiteProfile | None:
         name, version = entry.name, entry.manifest.version
@@ -199,19 +248,31 @@ class ActiveProfiles:
         else:
             profile = self._read(name, key)
             self._seen[name] = (key, profile)
-        if profile is None or profile.model_version == version:
-            return profile
-        if (profile.id, version) not in self._warned:  # once, not once per image
-            self._warned.add((profile.id, version))
-            log.warning(
-                "%s: site profile %s is for version %s, this is %s: ignored, the shipped "
-                "calibration serves (calibrate again for this version)",
-                name,
-                profile.id,
-                profile.model_version,
-                version,
-            )
-        return None
+        if profile is None:
+            return None
+        verdict = self._serves.get((profile.id, version))
+        if verdict is None:  # once per profile and version, not once per image
+            verdict = self._serves[(profile.id, version)] = serves(self.data_dir, profile, entry)
+            if profile.model_version == version:
+                remember_weights(self.data_dir, entry)
+            elif verdict:
+                log.info(
+                    "%s: site profile %s, fitted for version %s, serves %s: the same weights",
+                    name,
+                    profile.id,
+                    profile.model_version,
+                    version,
+                )
+            else:
+                log.warning(
+                    "%s: site profile %s is for version %s, this is %s with other weights: "
+                    "ignored, the shipped calibration serves (calibrate again for this version)",
+                    name,
+                    profile.id,
+                    profile.model_version,
+                    version,
+                )
+        return profile if verdict else None
 
     def _read(self, name: str, key: tuple[int, int, int] | None) -> SiteProfile | None:
         if key is None:

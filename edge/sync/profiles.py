@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from edge.config import Settings
 from edge.errors import Code, EdgeError
 from edge.inference.registry import Registry
-from edge.inference.site_profile import SiteProfile, parse_profile
+from edge.inference.site_profile import SiteProfile, parse_profile, serves
 from edge.store import Store
 from edge.store.files import write_atomically
 from edge.sync import protocol
@@ -81,8 +81,10 @@ def install(
     ):
         raise EdgeError(Code.PROFILE_INVALID, f"site profile {release.id} says it is another profile")
     registry = Registry(settings.models.dir)
-    version = registry.get(profile.model).manifest.version if profile.model in registry.names() else None
-    if version != profile.model_version:
+    entry = registry.get(profile.model) if profile.model in registry.names() else None
+    version = entry.manifest.version if entry is not None else None
+    # A profile fitted for the weights installed here (an earlier version with the same files).
+    if entry is None or not serves(settings.data_dir, profile, entry):
         raise EdgeError(
             Code.PROFILE_MODEL_NOT_INSTALLED,
             f"site profile {profile.id} is for {profile.model} {profile.model_version};"

@@ -16,6 +16,7 @@ from PIL import Image
 from edge.errors import EdgeError
 from edge.imaging.decode import decode_bytes, read_input
 from edge.inference import site_profile
+from edge.inference.registry import ModelEntry
 from edge.store import StoredResult, WorklistItem
 from edge.tui.context import TuiContext
 
@@ -204,10 +205,11 @@ def installed_models(context: TuiContext) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for name in context.registry.names():
         try:
-            manifest = context.registry.get(name).manifest
+            entry = context.registry.get(name)
         except EdgeError as error:
             out.append({"name": name, "error": error.one_line()})
             continue
+        manifest = entry.manifest
         out.append(
             {
                 "name": name,
@@ -215,23 +217,26 @@ def installed_models(context: TuiContext) -> list[dict[str, Any]]:
                 "title": manifest.title,
                 "modalities": list(manifest.accepts.modalities),
                 "variants": sorted(v for v, spec in manifest.variants.items() if spec.servable),
-                "profile": _profile(context, name, manifest.version),
+                "profile": _profile(context, entry),
             }
         )
     return out
 
 
-def _profile(context: TuiContext, name: str, version: str) -> str:
+def _profile(context: TuiContext, entry: ModelEntry) -> str:
     """The calibration in force, in words: a site profile's id, or the shipped one."""
+    data_dir, name = context.settings.data_dir, entry.name
     try:
-        chosen = site_profile.active_id(context.settings.data_dir, name)
-        profile = site_profile.load(context.settings.data_dir, name, chosen) if chosen else None
+        chosen = site_profile.active_id(data_dir, name)
+        profile = site_profile.load(data_dir, name, chosen) if chosen else None
     except EdgeError as error:
         return f"shipped calibration ({error.code.value})"
     if profile is None:
         return "shipped calibration"
-    if profile.model_version != version:
+    if not site_profile.serves(data_dir, profile, entry):
         return f"shipped calibration (site profile {profile.id} is for {profile.model_version})"
+    if profile.model_version != entry.manifest.version:
+        return f"site profile {profile.id} (the same weights)"
     return f"site profile {profile.id}"
 
 
