@@ -183,23 +183,29 @@ def test_profile_applied_recorded_and_reset(settings: Settings, site: dict[str, 
     assert "in force: the shipped calibration" in listed.output
 
 
-def test_a_profile_for_another_model_version_is_ignored_with_a_warning(
-    settings: Settings, sample_png: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    manifest = Registry(MODELS).get(DEFAULT_MODEL).manifest
+def in_force_for(settings: Settings, version: str, source: Any) -> site_profile.SiteProfile:
+    """A profile made for `version` (temperature 5, balanced 0.99: unmistakable), in force."""
     stamp = "2026-12-02T16:05:01Z"
-    old = site_profile.SiteProfile(
-        id=site_profile.new_id(DEFAULT_MODEL, "0.9.0", stamp),
+    profile = site_profile.SiteProfile(
+        id=site_profile.new_id(DEFAULT_MODEL, version, stamp),
         model=DEFAULT_MODEL,
-        model_version="0.9.0",
+        model_version=version,
         created_at=stamp,
-        source="hub",
+        source=source,
         temperature=5.0,
         cases=100,
         operating_points={"balanced": site_profile.ProfilePoint(threshold=0.99)},
     )
-    site_profile.write_profile(settings.data_dir, old)
-    site_profile.activate(settings.data_dir, DEFAULT_MODEL, old.id)
+    site_profile.write_profile(settings.data_dir, profile)
+    site_profile.activate(settings.data_dir, DEFAULT_MODEL, profile.id)
+    return profile
+
+
+def test_a_profile_for_another_model_version_is_ignored_with_a_warning(
+    settings: Settings, sample_png: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    manifest = Registry(MODELS).get(DEFAULT_MODEL).manifest
+    in_force_for(settings, "0.9.0", "hub")
     pool = ModelPool(Registry(MODELS), settings, settings.data_dir / "cache")
     pixels = decode_bytes(sample_png.read_bytes(), sample_png.name).pixels
     with caplog.at_level(logging.WARNING):
@@ -223,19 +229,7 @@ def test_a_profile_follows_a_later_version_with_the_same_weights_only(
     from edge.inference.registry import ModelEntry
 
     entry = Registry(MODELS).get(DEFAULT_MODEL)
-    stamp = "2026-12-02T16:05:01Z"
-    old = site_profile.SiteProfile(
-        id=site_profile.new_id(DEFAULT_MODEL, "0.9.0", stamp),
-        model=DEFAULT_MODEL,
-        model_version="0.9.0",
-        created_at=stamp,
-        source="data",
-        temperature=5.0,
-        cases=100,
-        operating_points={"balanced": site_profile.ProfilePoint(threshold=0.99)},
-    )
-    site_profile.write_profile(settings.data_dir, old)
-    site_profile.activate(settings.data_dir, DEFAULT_MODEL, old.id)
+    old = in_force_for(settings, "0.9.0", "data")
     # This device served 0.9.0 with these very files (serving and calibrate record it).
     earlier = ModelEntry(entry.manifest.model_copy(update={"version": "0.9.0"}), entry.folder)
     site_profile.remember_weights(settings.data_dir, earlier)
