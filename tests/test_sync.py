@@ -544,6 +544,10 @@ def test_a_release_that_keeps_its_weights_fetches_only_what_changed(
     # Copied: the unchanged and intact; fetched: the changed, the damaged, and the badly copied.
     assert sorted(fetched) == ["samples/mid.png", "tiny-fp32.onnx", "tiny-int8.onnx"]
     assert "samples/bright.png" not in fetched
+    # The outgoing version's weights are recorded: a site profile fitted for 0.0.1 serves 0.0.2.
+    from edge.inference import site_profile
+
+    assert site_profile.recorded_weights(device.data_dir, "tiny") == {"0.0.1": site_profile.weights_id(entry)}
     for variant in ("fp32", "int8"):
         entry.variant_file(variant)  # every file verified against the signed manifest
     assert (models / "tiny" / "samples" / "mid.png").read_bytes() == (

@@ -7,7 +7,8 @@ applies the active profile's temperature and the thresholds of the operating poi
 (the others, and a clip threshold it does not give, keep the manifest's). A profile is fitted to
 weights: it also serves a later version whose every variant has the same sha256 as the version
 it was made for (a release that chose only its operating points again, tools/rerelease.py), as
-`<data_dir>/profiles/<model>/weights` records them on this device; a profile made for other
+`<data_dir>/profiles/<model>/weights` records them on this device (when a profile serves or is
+made, and when a model update replaces a version); a profile made for other
 weights is ignored with a warning. Every result records the profile's id.
 
 Profiles come from `edge models calibrate` (source "data" or "reviews") or from the hub

@@ -28,6 +28,7 @@ from packaging.version import InvalidVersion, Version
 from edge.config import Settings
 from edge.errors import Code, EdgeError
 from edge.imaging.decode import decode_bytes
+from edge.inference import site_profile
 from edge.inference.pool import tensor_names
 from edge.inference.registry import Registry, manifest_schema_id, parse_manifest, sha256_file
 from edge.runtime.onnxruntime import OnnxRuntimeRunner
@@ -76,6 +77,11 @@ def install(settings: Settings, staged: Path, name: str) -> None:
     models_dir = settings.models.dir
     self_test(staged.parent, name, settings)
     target = models_dir / name
+    if target.exists():  # which weights the outgoing version had: its site profiles may follow
+        try:
+            site_profile.remember_weights(settings.data_dir, Registry(models_dir).get(name))
+        except EdgeError as error:
+            log.warning("%s: the installed version cannot be read: %s", name, error.one_line())
     backup = models_dir / ".previous" / f"{name}-{int(time.time())}"
     had_old = target.exists()
     if had_old:
