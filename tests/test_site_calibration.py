@@ -222,7 +222,7 @@ def test_a_profile_for_another_model_version_is_ignored_with_a_warning(
 
 
 def test_a_profile_follows_a_later_version_with_the_same_weights_only(
-    settings: Settings, sample_png: Path, caplog: pytest.LogCaptureFixture
+    settings: Settings, sample_png: Path, caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
     """A release that chose only its operating points again (tools/rerelease.py) keeps the
     site's calibration: the profile was fitted to the weights. Other weights: ignored."""
@@ -237,6 +237,16 @@ def test_a_profile_follows_a_later_version_with_the_same_weights_only(
         "0.9.0": site_profile.weights_id(entry)
     }
     assert site_profile.history(settings.data_dir, DEFAULT_MODEL) == [old]  # the record is no profile
+    # A disk that cannot take the record is logged; serving goes on.
+    from edge.errors import Code, EdgeError
+
+    def full(path: Path, data: bytes) -> None:
+        raise EdgeError(Code.DISK_FULL, f"no space left to store {path.name}")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(site_profile, "write_atomically", full)
+        site_profile.remember_weights(tmp_path, earlier)
+    assert site_profile.recorded_weights(tmp_path, DEFAULT_MODEL) == {}
     pixels = decode_bytes(sample_png.read_bytes(), sample_png.name).pixels
 
     def served() -> Any:

@@ -211,7 +211,7 @@ def remember_weights(data_dir: Path, entry: ModelEntry) -> None:
             folder(data_dir, entry.name) / WEIGHTS,
             "".join(f"{v} {w}\n" for v, w in sorted(known.items())).encode(),
         )
-    except OSError as exc:
+    except (OSError, EdgeError) as exc:  # a full disk (DISK_FULL) must not stop serving
         log.warning("%s %s: its weights could not be recorded: %s", entry.name, version, exc)
 
 
