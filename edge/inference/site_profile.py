@@ -38,7 +38,7 @@ SCHEMA_VERSION = 1
 PROFILES = "profiles"
 ACTIVE = "active"
 WEIGHTS = "weights"
-"""Lines `<version> <weights id>`: the weights of each version this device served a profile with."""
+"""Lines `<version> <weights id>`: each version's weights, as this device met them (remember_weights)."""
 STAMP = re.compile(r"^\d{8}T\d{6}Z$")
 
 
