@@ -127,10 +127,10 @@ def shifted_sets(
     """Each evaluation set again under every acquisition shift of tools/shift_eval.py, each image
     scored by a model that never trained on it (`fp32` where given, as `evaluation_sets`):
     `<name>_shifted`."""
+    if fp32 is not None and recipe.data.get("cv_folds"):
+        raise SystemExit(cv_needs_folds(recipe))
     out = {}
     for name, predictions in sets.items():
-        if fp32 is not None and recipe.data.get("cv_folds"):
-            raise SystemExit(cv_needs_folds(recipe))
         model_of = (
             {s.path: fp32 for s in predictions.samples}
             if fp32 is not None

@@ -87,13 +87,6 @@ def rereleased(
     return out
 
 
-def with_robustness(
-    manifest: dict[str, Any], recipe: Recipe, sets: dict[str, Predictions], choice: Choice
-) -> dict[str, Any]:
-    """The manifest the card is written from: with [robustness] measured at the new choices."""
-    return {**manifest, "robustness": {"by_shift": shifts_measured(recipe, sets, choice, recipe.raw["seed"])}}
-
-
 def lineage_text(previous: dict[str, Any], choice: Choice, sets: dict[str, Predictions]) -> list[str]:
     """The card's note: which weights, what changed, and what the previous version shipped."""
     rule = rule_description("balanced", choice.screening_target, f"the {sets[choice.chosen_on].kind}")
@@ -156,11 +149,12 @@ def rerelease(recipe: Recipe, models_dir: Path, version: str) -> dict[str, Any]:
     from tools import applicability
     from tools.card import write_card
 
-    write_plots(out_dir / "plots", recipe, sets, choice.temperature)
+    robustness = {"by_shift": shifts_measured(recipe, sets, choice, seed)}
     if "robustness" in manifest:  # the shape the shipped manifest has, no more
-        new = with_robustness(new, recipe, sets, choice)
+        new["robustness"] = robustness
+    write_plots(out_dir / "plots", recipe, sets, choice.temperature)
     (out_dir / "model.toml").write_text(tomli_w.dumps(new))
-    card_from = with_robustness(new, recipe, sets, choice)
+    card_from = {**new, "robustness": robustness}  # the card shows the per-shift table either way
     write_card(recipe, card_from, out_dir, extra=lineage_text(manifest, choice, sets))
     if "applicability" in new:  # the card's table, from the [applicability] kept as it was
         applicability.write_card(recipe, out_dir)

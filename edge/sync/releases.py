@@ -77,14 +77,13 @@ def install(settings: Settings, staged: Path, name: str) -> None:
     models_dir = settings.models.dir
     self_test(staged.parent, name, settings)
     target = models_dir / name
-    if target.exists():  # which weights the outgoing version had: its site profiles may follow
+    backup = models_dir / ".previous" / f"{name}-{int(time.time())}"
+    had_old = target.exists()
+    if had_old:  # which weights the outgoing version had: its site profiles may follow
         try:
             site_profile.remember_weights(settings.data_dir, Registry(models_dir).get(name))
         except EdgeError as error:
             log.warning("%s: the installed version cannot be read: %s", name, error.one_line())
-    backup = models_dir / ".previous" / f"{name}-{int(time.time())}"
-    had_old = target.exists()
-    if had_old:
         backup.parent.mkdir(parents=True, exist_ok=True)
         target.rename(backup)
     try:
@@ -156,17 +155,16 @@ def _fetch_files(client: SyncClient, release: protocol.ModelRelease, folder: Pat
 
 def _reuse_installed(source: Path, release: protocol.ModelRelease, file: str, target: Path) -> bool:
     """Copy `file` from the installed version where it has the signed size and sha256 (a release
-    that keeps its weights and changes its calibration costs a slow link only its manifest)."""
+    that keeps its weights and changes its calibration costs a slow link only its manifest).
+    The copy itself is hashed, once: what takes the name is what was checked."""
+    partial = target.with_name(target.name + ".part")
     try:
         if not source.is_file() or source.stat().st_size != release.sizes[file]:
             return False
-        if sha256_file(source) != release.files[file]:
-            return False
-        partial = target.with_name(target.name + ".part")
         shutil.copyfile(source, partial)
     except OSError:
         return False  # unreadable here: the download path fetches it
-    if sha256_file(partial) != release.files[file]:  # changed while copied: fetch it instead
+    if sha256_file(partial) != release.files[file]:  # other bytes, or changed while copied
         partial.unlink(missing_ok=True)
         return False
     partial.rename(target)
