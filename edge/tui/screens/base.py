@@ -41,9 +41,17 @@ class EdgeScreen(Screen[None]):
         context: TuiContext = self.app.context  # type: ignore[attr-defined]
         return context
 
+    def on_mount(self) -> None:
+        # Set before the first layout too, not only on Resize: a screen pushed onto a wide
+        # terminal could lay its picture out narrow first and keep that height (a flaky layout).
+        self._fit_width(self.app.size.width)
+
     def on_resize(self, event: events.Resize) -> None:
-        # 120 columns and more: the stylesheet's `.-wide` rules (a bigger image, more columns).
-        self.set_class(event.size.width >= WIDE_COLUMNS, "-wide")
+        self._fit_width(event.size.width)
+
+    def _fit_width(self, columns: int) -> None:
+        # WIDE_COLUMNS and more: the stylesheet's `.-wide` rules (a bigger image, more columns).
+        self.set_class(columns >= WIDE_COLUMNS, "-wide")
 
     def reload(self) -> None:
         """Read the screen's data again (shown again, after an action, on the refresh timer)."""
