@@ -76,7 +76,7 @@ NEXT_STEPS: dict[Code, str] = {
     Code.ENGINE_BUILD_FAILED: "nothing now (ONNX Runtime serves); tell the field engineer",
     Code.ENGINE_UNREADABLE: "run edge models build NAME --force, or tell the field engineer",
     Code.ENGINE_PARITY_FAILED: "run edge models verify NAME and tell the field engineer",
-    Code.VARIANT_PARITY_FAILED: "nothing: FP32 is used (slower but right)",
+    Code.VARIANT_PARITY_FAILED: "nothing: a variant that matches FP32 here is used (right, perhaps slower)",
     Code.INFERENCE_FAILED: "re-run it (r); if it fails again, " + SEE_LOG,
     # Site calibration and site profiles
     Code.CALIBRATION_TOO_FEW_CASES: "label or have reviewed more cases of the class named, then again",

@@ -203,7 +203,7 @@ def test_a_full_store_is_tried_once_a_minute_not_every_file_every_scan(
     two lines for each. Now one file is tried per RETRY_S and the rest are left alone; once the
     disk is freed, every file left in the inbox is taken."""
     # FP32: loading a model checks its INT8 variants against FP32 once and logs each refusal on
-    # a machine where they differ (VARIANT_PARITY_FAILED, an error line per variant of every
+    # a machine where they differ (VARIANT_PARITY_FAILED, a warning per variant of every
     # model routing loads); those lines are the machine's, not the flood this test counts.
     watched = settings.model_copy(
         update={

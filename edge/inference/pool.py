@@ -353,7 +353,8 @@ class ModelPool:
             return names
         verify = self.settings.models.verify_checksums
         cache = self._read_cache()
-        kept = []
+        kept: list[str] = []
+        refusals: list[tuple[str, bool, str]] = []  # (variant, found now, what differs)
         for name in names:
             if variants[name].precision == "fp32":
                 kept.append(name)
@@ -398,13 +399,25 @@ class ModelPool:
             detail = (
                 verdict.get("error") or f"{measured}, max |logit diff| {verdict.get('max_abs_logit_diff')}"
             )
+            refusals.append((name, measured_now, detail))
+        served = kept or [reference]
+        instead = served[0] if len(served) == 1 else f"the fastest of {', '.join(served)}"
+        for name, measured_now, detail in refusals:
             refusal = EdgeError(
                 Code.VARIANT_PARITY_FAILED,
-                f"{entry.name} {name} differs from {reference} on this machine ({detail}): not served here",
+                f"{entry.name} {name} differs from {reference} on this machine ({detail}): "
+                f"not served here; served instead: {instead}",
             )
-            # Loud when found; a known verdict read back at every start is only a note.
-            log.log(logging.ERROR if measured_now else logging.INFO, "%s", refusal.one_line())
-        return kept or [reference]
+            log.log(self._refusal_level(measured_now), "%s", refusal.one_line())
+        return served
+
+    def _refusal_level(self, measured_now: bool) -> int:
+        # A known verdict read back at every start is only a note. Found now, it is a warning:
+        # the answers stay right (another variant serves), only slower; an error where the
+        # configuration asked for that precision by name and will not get it.
+        if not measured_now:
+            return logging.INFO
+        return logging.WARNING if self.settings.runtime.precision == "auto" else logging.ERROR
 
     def _fastest(self, entry: ModelEntry, runner_cls: type[Runner], files: dict[str, Path]) -> str:
         key = "|".join(
