@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+import tomli_w
+import tomllib
 from rich.console import Console
 
 from edge.config import load_settings
@@ -136,6 +138,21 @@ def test_exit_code_and_report_when_the_machine_is_a_jetson_without_tensorrt(tmp_
     assert sections[("tensorrt.version", None)]["code"] == Code.BACKEND_UNAVAILABLE.value
     assert sections[("versions", None)]["data"]["jetson"]["l4t"] == "R36.4.0"
     assert sections[("tensorrt.build", "tiny")]["status"] == "skipped"
+
+
+def test_the_models_section_carries_the_broken_models_own_code(tmp_path: Path) -> None:
+    """A model from newer software is not a broken manifest: the section says which it is, and
+    the model that loads is still verified."""
+    make_model_dir(tmp_path / "models")
+    later = make_model_dir(tmp_path / "models", "later")
+    manifest = tomllib.loads((later / "model.toml").read_text())
+    (later / "model.toml").write_text(tomli_w.dumps({**manifest, "schema_version": 99}))
+    code, report = run_in_process(tmp_path, machine=FAKE_GPU)
+    assert code == EXIT_FAILED
+    models = by_name(report)[("models", None)]
+    assert models["code"] == Code.MODEL_NEEDS_NEWER_SOFTWARE.value
+    assert models["data"]["broken"]["later"].startswith("MODEL_NEEDS_NEWER_SOFTWARE: ")
+    assert list(models["data"]["models"]) == ["tiny"]
 
 
 def test_no_models_is_a_usage_error(tmp_path: Path) -> None:

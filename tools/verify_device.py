@@ -33,7 +33,7 @@ from rich.logging import RichHandler
 from rich.text import Text
 
 from edge.config import Settings, load_settings
-from edge.errors import Code, EdgeError
+from edge.errors import EdgeError
 from edge.inference.registry import ModelEntry, Registry
 from tools import verify_sections as cpu
 from tools.verify_hooks import TensorRTHooks
@@ -145,14 +145,14 @@ def run(
     return report.exit_code()
 
 
-def _entries(registry: Registry) -> tuple[list[ModelEntry], dict[str, str]]:
+def _entries(registry: Registry) -> tuple[list[ModelEntry], dict[str, EdgeError]]:
     """The models that load, and why each of the others does not (the models section fails)."""
     entries, broken = [], {}
     for name in registry.names():
         try:
             entries.append(registry.get(name))
         except EdgeError as error:
-            broken[name] = error.one_line()
+            broken[name] = error
     return entries, broken
 
 
@@ -160,7 +160,7 @@ def _run_sections(
     report: Report,
     settings: Settings,
     entries: list[ModelEntry],
-    broken: dict[str, str],
+    broken: dict[str, EdgeError],
     reps: cpu.Reps,
     hooks: TensorRTHooks | None,
     machine: cpu.Machine | None,
@@ -197,7 +197,7 @@ def _tensorrt_check(machine: cpu.Machine, check: Any) -> Any:
     return guarded
 
 
-def _models(entries: list[ModelEntry], broken: dict[str, str]) -> dict[str, Any]:
+def _models(entries: list[ModelEntry], broken: dict[str, EdgeError]) -> dict[str, Any]:
     models = {
         e.name: {
             "version": e.manifest.version,
@@ -207,10 +207,11 @@ def _models(entries: list[ModelEntry], broken: dict[str, str]) -> dict[str, Any]
         for e in entries
     }
     if broken:
-        message = "; ".join(broken.values())
-        raise CheckFailed(
-            Code.MODEL_MANIFEST_INVALID.value, message[:500], {"models": models, "broken": broken}
-        )
+        lines = {name: error.one_line() for name, error in broken.items()}
+        # The section carries the first broken model's own code (a checksum, a missing file, a
+        # bad manifest...); every model's line is in the message and the data.
+        code = next(iter(broken.values())).code.value
+        raise CheckFailed(code, "; ".join(lines.values())[:500], {"models": models, "broken": lines})
     return {"models": models, "headline": ", ".join(f"{n} {m['version']}" for n, m in models.items())}
 
 
