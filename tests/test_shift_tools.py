@@ -283,3 +283,32 @@ def test_the_profile_describes_live_captures_but_never_files_or_dicom_cines(sett
     assert LiveAnalyzer(configured, served, FrameSource("/dev/video7")).roi == (10, 5, 60, 50)
     assert LiveAnalyzer(configured, served, FrameSource("clip.mp4")).roi is None
     assert LiveAnalyzer(configured, served, FrameSource("cine", frames=frames)).roi is None
+
+
+def test_a_simulated_site_whose_normals_score_high_is_read_better_after_calibrating(tmp_path: Path) -> None:
+    """tools/site_sim.py: calibrating (the product's `fit_site`) on a stratified draw of a site
+    whose normals score as high as the shipped threshold reads its other cases better; on a site
+    the shipped point already suits, it changes little. The combined shifts keep the picture."""
+    from edge.inference.registry import Registry
+    from tests.tinymodel import make_model_dir
+    from tools import site_sim
+
+    make_model_dir(tmp_path / "models")  # labels normal/finding, balanced at 0.5, temperature 1
+    entry = Registry(tmp_path / "models").get("tiny")
+    rng = np.random.default_rng(0)
+    truth = np.r_[np.zeros(300, np.int64), np.ones(300, np.int64)]
+    # The logit difference: positives around +4, normals around +1 (P 0.73 > 0.5: flagged),
+    # a site that moved the normals up; the same with the normals at -3 suits the shipped point.
+    for normals, before_at_most, threshold_above in ((1.0, 0.75, 0.5), (-3.0, 1.0, 0.0)):
+        margin = np.where(truth == 1, 4.0, normals) + rng.normal(0, 0.8, len(truth))
+        logits = np.stack([np.zeros(len(truth)), margin], axis=1)
+        result = site_sim.simulate(entry, logits, truth, negatives=38, positives=62, draws=20, seed=1)
+        assert result["before"]["accuracy"] <= before_at_most
+        assert result["after"]["accuracy"]["p05"] >= 0.9
+        assert result["after"]["threshold"]["median"] > threshold_above
+        assert 0 <= result["after_reaching_target"] <= 1
+    with pytest.raises(SystemExit, match="too few"):
+        site_sim.simulate(entry, logits[:50], truth[:50], negatives=38, positives=62, draws=2, seed=1)
+    picture = checkerboard()
+    for shift in [*site_sim.COMBINED["xray"].values(), *site_sim.COMBINED["ultrasound"].values()]:
+        assert shift(picture, rng).shape == picture.shape
