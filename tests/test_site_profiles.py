@@ -160,6 +160,9 @@ def test_agreement_figures_on_synthetic_reviews(hub: Hub, tmp_path: Path, key: t
     assert points["screening"]["sensitivity"] >= 0.99
     # The shifted normals: the site's balanced point moves up and gains specificity.
     assert suggestion["after"]["balanced"]["specificity"] > suggestion["before"]["balanced"]["specificity"]
+    # ... and read on cases it was not chosen on, it still reads more of them right.
+    cross_validated = suggestion["after"]["balanced (cross-validated)"]
+    assert cross_validated["accuracy"] > suggestion["before"]["balanced"]["accuracy"]
     lo, hi = points["balanced"]["specificity_ci95"]
     assert lo <= points["balanced"]["specificity"] <= hi
 

@@ -7,6 +7,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from edge.inference.calibration import CROSS_VALIDATED
 from edge.inference.registry import Manifest, ModelEntry, Robustness
 from edge.inference.site_profile import PointFigures, SiteProfile
 
@@ -147,7 +148,8 @@ def print_evaluation(console: Console, result: Any) -> None:
 
 def print_profile(console: Console, profile: SiteProfile, manifest: Manifest, *, active: bool) -> None:
     """A site profile: what it changes against the shipped calibration, and the figures on the
-    site's cases before (shipped) and after (profile; fitted on those cases: optimistic)."""
+    site's cases before (shipped) and after (profile; fitted on those cases: optimistic; and
+    cross-validated, each case read by a point chosen on the others), with what it is worth."""
     state = "in force" if active else "not in force"
     console.print(
         f"[bold]site profile {profile.id}[/] ({state}): {profile.source}, {profile.description}; "
@@ -177,13 +179,37 @@ def print_profile(console: Console, profile: SiteProfile, manifest: Manifest, *,
     for side, values in (("before (shipped)", profile.before), ("after (profile)", profile.after)):
         for name, value in values.items():
             if isinstance(value, PointFigures):
+                point = name.removesuffix(CROSS_VALIDATED)
+                label = f"{side}, {point}" if point == name else f"cross-validated, {point}"
                 figures.add_row(
-                    f"{side}, {name}",
+                    label,
                     f"{value.accuracy:.3f}",
                     f"{value.sensitivity:.3f}",
                     f"{value.specificity:.3f}",
                 )
     console.print(figures)
+    for line in gain_lines(profile):
+        console.print(line)
     auc = profile.before.get("auc")
     if isinstance(auc, float):
         console.print(f"AUC on these cases {auc:.3f} (a temperature does not change the ranking)")
+
+
+def gain_lines(profile: SiteProfile) -> list[str]:
+    """Per refitted point, the shipped point's accuracy on the site's cases beside the site
+    point's cross-validated one: whether the profile is worth keeping (profiles made before the
+    cross-validated figures existed have none, and say nothing)."""
+    lines = []
+    for name in profile.operating_points:
+        before, cv = profile.before.get(name), profile.after.get(name + CROSS_VALIDATED)
+        if not (isinstance(before, PointFigures) and isinstance(cv, PointFigures)):
+            continue
+        compared = f"accuracy {before.accuracy:.3f} shipped, {cv.accuracy:.3f} with the site's point"
+        if cv.accuracy > before.accuracy:
+            lines.append(f"[green]{name}[/]: {compared} on cases it was not chosen on: a gain")
+        else:
+            lines.append(
+                f"[yellow]{name}[/]: {compared} on cases it was not chosen on: no gain, the shipped "
+                f"point already suits these cases (edge models calibrate {profile.model} --reset goes back)"
+            )
+    return lines

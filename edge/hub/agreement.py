@@ -266,6 +266,12 @@ def suggest(group: CaseSet, manifest: Manifest) -> dict[str, Any]:
             "sensitivity_ci95": _interval(_sensitivity_at(threshold), truth, after_p),
             "specificity_ci95": _interval(_specificity_at(threshold), truth, after_p),
         }
+    # What the site's points are worth on cases they were not chosen on (the figures above are
+    # read on the cases they were chosen on).
+    targets = dict.fromkeys(thresholds, SCREENING_SENSITIVITY)
+    site_cases = calibration.Cases(logits, y, list(labels), group.positive)
+    for name, reading in calibration.cross_validated(site_cases, targets, seed=BOOTSTRAP_SEED).items():
+        after[name + calibration.CROSS_VALIDATED] = reading
     return {
         "shipped_temperature": shipped_t,
         "temperature": temperature,
