@@ -56,6 +56,26 @@ def test_thresholds_meet_their_targets() -> None:
     assert counts.sensitivity + counts.specificity == pytest.approx(best)
 
 
+def test_youden_range_and_the_threshold_shipped_in_its_middle() -> None:
+    """Separable cases: every threshold in (0.2, 0.9] is perfect; the edge 0.9 sits on the least
+    suspicious positive, the shipped choice is the log-odds middle 0.6, on 4 decimals, never on
+    or below the range's bottom (saturated probabilities), the edge when nothing is below."""
+    from edge.inference.calibration import middle_threshold
+
+    truth = np.array([0, 0, 0, 1, 1, 1], bool)
+    assert m.youden_range(truth, np.array([0.05, 0.1, 0.2, 0.9, 0.95, 0.99])) == (0.2, 0.9)
+    assert m.youden_threshold(truth, np.array([0.05, 0.1, 0.2, 0.9, 0.95, 0.99])) == 0.9
+    assert middle_threshold(0.2, 0.9) == 0.6
+    # 0.6 flags a positive and a negative more than 0.9 does: the same J, one range down to 0.2.
+    tied = np.array([1, 1, 0, 0], bool), np.array([0.9, 0.6, 0.6, 0.2])
+    assert m.youden_range(*tied) == (0.2, 0.9)
+    assert m.youden_range(np.array([1, 1], bool), np.array([0.2, 0.4])) == (-np.inf, 0.2)
+    assert middle_threshold(-np.inf, 0.2) == 0.2
+    assert middle_threshold(2.3e-18, 0.9918) == 0.0001  # not floored to 0: that flags everything
+    assert middle_threshold(0.0, 0.9918) == 0.0001
+    assert middle_threshold(0.30001, 0.30009) == 0.3  # no 4-decimal threshold inside: the edge floored
+
+
 def test_ece_of_a_perfectly_calibrated_and_an_overconfident_model() -> None:
     conf = RNG.random(20000)
     hits = RNG.random(20000) < conf

@@ -398,7 +398,7 @@ def test_the_cross_validated_reading_tells_a_site_that_needs_its_point_from_one_
         fit = fit_site(cases, 1.0, shipped, targets, "test", rounds=20)
         before, inside = fit.before["balanced"], fit.after["balanced"]
         outside = fit.after["balanced" + CROSS_VALIDATED]
-        assert outside == cross_validated(cases, targets)["balanced"]  # seeded: the same again
+        assert outside == cross_validated(cases, 1.0, targets)["balanced"]  # seeded: the same again
         assert outside["accuracy"] <= inside["accuracy"]
         gains[normals] = outside["accuracy"] - before["accuracy"]
     assert gains[-3.0] <= 0.01
@@ -406,4 +406,23 @@ def test_the_cross_validated_reading_tells_a_site_that_needs_its_point_from_one_
     few = Cases(
         np.zeros((8, 2)), np.r_[np.zeros(4, np.int64), np.ones(4, np.int64)], ["normal", "finding"], "finding"
     )
-    assert cross_validated(few, targets) == {}
+    assert cross_validated(few, 1.0, targets) == {}
+
+
+def test_a_site_the_model_separates_keeps_a_temperature_near_the_shipped_one() -> None:
+    """Plain NLL on perfectly separated cases has no minimum: T falls to its floor and every P
+    shown becomes 0 or 1. The site's fit keeps the shipped temperature's neighbourhood there,
+    and still follows clear evidence (logits twice as confident as they should be)."""
+    from edge.inference import metrics as m
+    from edge.inference.calibration import site_temperature
+
+    rng = np.random.default_rng(5)
+    truth = np.r_[np.zeros(38, np.int64), np.ones(62, np.int64)]
+    separated = np.stack([np.zeros(100), np.where(truth == 1, 4.0, -4.0) + rng.normal(0, 1, 100)], axis=1)
+    assert m.fit_temperature(separated, truth) < 0.06
+    assert 0.5 < site_temperature(separated, truth, 1.3) <= 1.3
+    # Overlapping classes whose logits are twice what their frequencies say: T near 2 wins.
+    margin = rng.normal(0, 1.5, 2000)
+    labels = (rng.random(2000) < 1 / (1 + np.exp(-margin))).astype(np.int64)
+    doubled = np.stack([np.zeros(2000), 2 * margin], axis=1)
+    assert 1.7 < site_temperature(doubled, labels, 1.0) < 2.3

@@ -74,11 +74,13 @@ COMBINED: dict[str, dict[str, Shift]] = {
 }
 
 
-def site_logits(recipe: Recipe, fp32: Path, seed: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """The holdout's FP32 logits as each simulated site would produce them, and the labels."""
-    holdout = evaluation_sets(recipe, fp32).get("holdout")
+def site_logits(
+    recipe: Recipe, fp32: Path, seed: int, split: str = "holdout"
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The split's FP32 logits as each simulated site would produce them, and the labels."""
+    holdout = evaluation_sets(recipe, fp32).get(split)
     if holdout is None:
-        raise SystemExit(f"{recipe.name} has no holdout split to simulate sites from")
+        raise SystemExit(f"{recipe.name} has no {split} split to simulate sites from")
     kind = "ultrasound" if recipe.raw["augment"].get("kind") == "ultrasound" else "xray"
     pixels = load_pixels(recipe, holdout.samples)
     sites = {UNSHIFTED: holdout.logits}
@@ -205,6 +207,12 @@ def main() -> None:
     parser.add_argument("--positives", type=int, default=62, help="calibration cases per draw, positive")
     parser.add_argument("--draws", type=int, default=200)
     parser.add_argument("--seed", type=int, default=20261203)
+    parser.add_argument(
+        "--split",
+        choices=("holdout", "validation"),
+        default="holdout",
+        help="holdout to report; validation to tune the calibration procedure itself on",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     recipe = load_recipe(args.config)
@@ -212,14 +220,14 @@ def main() -> None:
         raise SystemExit(cv_needs_folds(recipe))
     entry = Registry(args.models_dir).get(recipe.name)
     with console.status("scoring the holdout as each simulated site would show it..."):
-        sites, truth = site_logits(recipe, entry.variant_file("fp32"), args.seed)
+        sites, truth = site_logits(recipe, entry.variant_file("fp32"), args.seed, args.split)
     results = {
         name: simulate(entry, logits, truth, args.negatives, args.positives, args.draws, args.seed)
         for name, logits in sites.items()
     }
     title = (
         f"{recipe.name} {entry.manifest.version}: calibrated on {args.negatives}+{args.positives} cases "
-        f"of each site ({args.draws} draws), read on the site's other holdout cases"
+        f"of each site ({args.draws} draws), read on the site's other {args.split} cases"
     )
     print_table(title, results)
     if args.json:

@@ -179,8 +179,8 @@ def print_profile(console: Console, profile: SiteProfile, manifest: Manifest, *,
     for side, values in (("before (shipped)", profile.before), ("after (profile)", profile.after)):
         for name, value in values.items():
             if isinstance(value, PointFigures):
-                point = name.removesuffix(CROSS_VALIDATED)
-                label = f"{side}, {point}" if point == name else f"cross-validated, {point}"
+                point_name = name.removesuffix(CROSS_VALIDATED)
+                label = f"{side}, {name}" if point_name == name else f"cross-validated, {point_name}"
                 figures.add_row(
                     label,
                     f"{value.accuracy:.3f}",

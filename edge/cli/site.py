@@ -50,9 +50,10 @@ def models_calibrate(
     """Refit the temperature and thresholds on this site's cases into a site profile and put
     it in force (never editing the shipped model); --reset goes back to the shipped calibration.
 
-    The rules are the release tool's: temperature by likelihood, balanced by Youden's J,
-    screening at the released sensitivity target; sensitivity and specificity with 95%
-    bootstrap intervals. Prints the figures before and after on the same cases."""
+    The rules are the release tool's: temperature by likelihood (held near the shipped one by a
+    prior, as a site has few cases), balanced by Youden's J, screening at the released
+    sensitivity target; sensitivity and specificity with 95% bootstrap intervals. Prints the
+    figures before and after on the same cases, and cross-validated on them."""
     from edge.cli.reports import print_profile
     from edge.inference import site_calibration as sc
     from edge.inference.registry import Registry

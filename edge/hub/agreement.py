@@ -9,7 +9,8 @@ The specialist's label of a result is its latest review: "agree" keeps the model
 finding give no label and are only counted. The model's probabilities are what the device
 reported (calibrated); for the refit its logits are recovered up to a constant per case
 (`T * log p`, T the temperature that produced p: the shipped one, or that of a profile this hub
-published), the temperature refitted by `metrics.fit_temperature` and the thresholds chosen by
+published), the temperature refitted by `calibration.site_temperature` (NLL with a prior at the
+shipped temperature, as `edge models calibrate` fits) and the thresholds chosen by
 `calibration.choose_thresholds` (Youden's J; sensitivity >= 0.99), as the release tool does.
 Below `MIN_CASES_PER_CLASS` labelled cases of any class no suggestion is made, and it says so.
 """
@@ -246,7 +247,7 @@ def suggest(group: CaseSet, manifest: Manifest) -> dict[str, Any]:
     ).reshape(len(usable), len(labels))
     y = np.array([labels.index(c.label) for c in usable], np.int64)
     truth = y == positive_index
-    temperature = round(metrics.fit_temperature(logits, y), DECIMALS)
+    temperature = calibration.site_temperature(logits, y, shipped_t)
     before_p = softmax(logits, shipped_t)[:, positive_index]
     after_p = softmax(logits, temperature)[:, positive_index]
     thresholds = calibration.choose_thresholds(truth, after_p, SCREENING_SENSITIVITY)
@@ -270,7 +271,8 @@ def suggest(group: CaseSet, manifest: Manifest) -> dict[str, Any]:
     # read on the cases they were chosen on).
     targets = dict.fromkeys(thresholds, SCREENING_SENSITIVITY)
     site_cases = calibration.Cases(logits, y, list(labels), group.positive)
-    for name, reading in calibration.cross_validated(site_cases, targets, seed=BOOTSTRAP_SEED).items():
+    readings = calibration.cross_validated(site_cases, shipped_t, targets, seed=BOOTSTRAP_SEED)
+    for name, reading in readings.items():
         after[name + calibration.CROSS_VALIDATED] = reading
     return {
         "shipped_temperature": shipped_t,

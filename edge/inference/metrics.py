@@ -7,6 +7,7 @@ same way.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -84,11 +85,21 @@ def threshold_for_sensitivity(truth: np.ndarray, score: np.ndarray, sensitivity:
 
 
 def youden_threshold(truth: np.ndarray, score: np.ndarray) -> float:
-    """The threshold maximising sensitivity + specificity - 1 (Youden's J)."""
+    """The highest threshold maximising sensitivity + specificity - 1 (Youden's J)."""
+    return youden_range(truth, score)[1]
+
+
+def youden_range(truth: np.ndarray, score: np.ndarray) -> tuple[float, float]:
+    """(low, high): every threshold above `low` and at most `high` maximises Youden's J on these
+    cases (`low` is -inf when that reaches down to the lowest score). `high` sits on a case."""
     fpr, tpr, thresholds = roc_curve(truth, score)
-    finite = np.isfinite(thresholds)
-    index = int(np.argmax(np.where(finite, tpr - fpr, -np.inf)))
-    return float(thresholds[index])
+    j = np.where(np.isfinite(thresholds), tpr - fpr, -np.inf)
+    top = int(np.argmax(j))
+    bottom = top
+    while bottom + 1 < len(j) and j[bottom + 1] == j[top]:
+        bottom += 1  # the same J lower down: the same range, wider
+    low = float(thresholds[bottom + 1]) if bottom + 1 < len(thresholds) else -math.inf
+    return low, float(thresholds[top])
 
 
 def expected_calibration_error(correct_or_truth: np.ndarray, confidence: np.ndarray, bins: int = 15) -> float:
@@ -131,16 +142,22 @@ def negative_log_likelihood(logits: np.ndarray, labels: np.ndarray, temperature:
     return float(-log_probs[np.arange(len(labels)), np.asarray(labels, np.int64)].mean())
 
 
-def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+def fit_temperature(
+    logits: np.ndarray, labels: np.ndarray, prior: tuple[float, float] | None = None
+) -> float:
     """The temperature minimising validation negative log-likelihood (golden-section search).
 
     One scalar cannot change the ranking, so AUC and accuracy stay; only confidence moves.
+    `prior` (centre, sd of log T): a log-normal prior on T, the maximum a posteriori instead.
     """
     logits = np.asarray(logits, np.float64)
     labels = np.asarray(labels, np.int64)
 
     def nll(temperature: float) -> float:
-        return negative_log_likelihood(logits, labels, temperature)
+        total = negative_log_likelihood(logits, labels, temperature) * len(labels)
+        if prior is not None:
+            total += (math.log(temperature) - math.log(prior[0])) ** 2 / (2 * prior[1] ** 2)
+        return total
 
     low, high = np.log(0.05), np.log(20.0)
     golden = (np.sqrt(5) - 1) / 2

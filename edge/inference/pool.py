@@ -399,7 +399,7 @@ class ModelPool:
             detail = (
                 verdict.get("error") or f"{measured}, max |logit diff| {verdict.get('max_abs_logit_diff')}"
             )
-            refusals.append((name, measured_now, detail))
+            refusals.append((name, measured_now, str(detail)))
         served = kept or [reference]
         instead = served[0] if len(served) == 1 else f"the fastest of {', '.join(served)}"
         for name, measured_now, detail in refusals:
