@@ -73,7 +73,32 @@ def test_youden_range_and_the_threshold_shipped_in_its_middle() -> None:
     assert middle_threshold(-np.inf, 0.2) == 0.2
     assert middle_threshold(2.3e-18, 0.9918) == 0.0001  # not floored to 0: that flags everything
     assert middle_threshold(0.0, 0.9918) == 0.0001
+    assert middle_threshold(0.5, 1.0) == 0.9999  # saturated positives: not on the case at 1.0
+    assert middle_threshold(0.99995, 1.0) == 1.0  # nothing on 4 decimals between: as before
     assert middle_threshold(0.30001, 0.30009) == 0.3  # no 4-decimal threshold inside: the edge floored
+
+
+def test_youden_range_compares_j_exactly() -> None:
+    """Equal J must compare equal: in floats tp/P - fp/N can differ by an ulp for the same J (30
+    + 30 cases, scores tied in positive/negative pairs), which cut the range short."""
+    from fractions import Fraction
+
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        truth = np.r_[np.ones(30, bool), np.zeros(30, bool)]
+        score = np.round(rng.random(60), 1)  # coarse scores: many ties, several equal-J steps
+        scores = sorted(set(score.tolist()), reverse=True)
+        exact = [
+            Fraction(int((score[truth] >= t).sum()), 30) - Fraction(int((score[~truth] >= t).sum()), 30)
+            for t in scores
+        ]
+        best = max(exact)
+        top = exact.index(best)
+        bottom = top
+        while bottom + 1 < len(exact) and exact[bottom + 1] == best:
+            bottom += 1
+        low = scores[bottom + 1] if bottom + 1 < len(scores) else -np.inf
+        assert m.youden_range(truth, score) == (low, scores[top])
 
 
 def test_ece_of_a_perfectly_calibrated_and_an_overconfident_model() -> None:

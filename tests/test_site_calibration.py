@@ -426,3 +426,38 @@ def test_a_site_the_model_separates_keeps_a_temperature_near_the_shipped_one() -
     labels = (rng.random(2000) < 1 / (1 + np.exp(-margin))).astype(np.int64)
     doubled = np.stack([np.zeros(2000), 2 * margin], axis=1)
     assert 1.7 < site_temperature(doubled, labels, 1.0) < 2.3
+
+
+def test_the_gain_line_judges_each_point_by_what_it_is_for() -> None:
+    """Screening by its sensitivity target first (a site point that reaches it where the shipped
+    one misses positives is a gain even at lower accuracy); balanced by sensitivity +
+    specificity."""
+    from edge.cli.reports import gain_lines
+    from edge.inference.site_profile import PointFigures, ProfilePoint, SiteProfile
+
+    def figures(sensitivity: float, specificity: float) -> PointFigures:
+        return PointFigures(accuracy=0.5, sensitivity=sensitivity, specificity=specificity)
+
+    profile = SiteProfile(
+        id="tiny-0.0.1-site-20261203T000000Z",
+        model="tiny",
+        model_version="0.0.1",
+        created_at="2026-12-03T00:00:00Z",
+        source="data",
+        temperature=1.0,
+        cases=100,
+        operating_points={
+            "screening": ProfilePoint(threshold=0.1, description="sensitivity >= 0.95 on the site's cases"),
+            "balanced": ProfilePoint(threshold=0.5, description="Youden's J on the site's cases"),
+        },
+        before={"screening": figures(0.375, 0.99), "balanced": figures(0.9, 0.9)},
+        after={
+            "screening (cross-validated)": figures(0.975, 0.40),
+            "balanced (cross-validated)": figures(0.92, 0.85),
+        },
+    )
+    screening, balanced = gain_lines(profile)
+    assert screening.startswith("[green]screening")
+    assert screening.endswith("a gain")
+    assert balanced.startswith("[yellow]balanced")
+    assert "no gain" in balanced

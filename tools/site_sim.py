@@ -16,7 +16,8 @@ film, the direction the external normals moved), and unshifted.
 1. It picks N cases of the site at random, stratified (default 38 normal and 62 pneumonia, the
    external test set's mix).
 2. It fits them with `edge.inference.calibration.fit_site`, the very function
-   `edge models calibrate` runs: temperature by NLL, the balanced point by Youden's J.
+   `edge models calibrate` runs: the site temperature (NLL, a prior at the shipped one), the
+   balanced point by Youden's J (the middle of its range).
 3. It reads every other case of that site at the shipped point and at the site's point.
 
 Accuracy is reported at the drawn mix (sensitivity and specificity weighted by it), so the
@@ -127,8 +128,8 @@ def simulate(
             [rng.choice(pos_index, positives, replace=False), rng.choice(neg_index, negatives, replace=False)]
         )
         rest = np.setdiff1d(np.arange(len(truth)), drawn)
-        # Few bootstrap rounds: the intervals are not read here, the temperature and thresholds
-        # do not depend on them.
+        # Few bootstrap rounds and no cross-validated reading: neither is read here, and the
+        # temperature and thresholds do not depend on them.
         fit = calibration.fit_site(
             Cases(logits[drawn], truth[drawn], labels, positive),
             shipped_t,
@@ -136,6 +137,7 @@ def simulate(
             targets,
             "sim",
             rounds=20,
+            cross_validate=False,
         )
         prob = softmax(logits[rest], fit.temperature)[:, labels.index(positive)]
         point = fit.points["balanced"].threshold

@@ -33,7 +33,7 @@ from rich.logging import RichHandler
 from rich.text import Text
 
 from edge.config import Settings, load_settings
-from edge.errors import EdgeError
+from edge.errors import Code, EdgeError
 from edge.inference.registry import ModelEntry, Registry
 from tools import verify_sections as cpu
 from tools.verify_hooks import TensorRTHooks
@@ -208,9 +208,11 @@ def _models(entries: list[ModelEntry], broken: dict[str, EdgeError]) -> dict[str
     }
     if broken:
         lines = {name: error.one_line() for name, error in broken.items()}
-        # The section carries the first broken model's own code (a checksum, a missing file, a
-        # bad manifest...); every model's line is in the message and the data.
-        code = next(iter(broken.values())).code.value
+        # The section carries a broken model's own code (a checksum, a missing file, a bad
+        # manifest...), one that needs repair before one that only needs newer software; every
+        # model's line is in the message and the data.
+        codes = [error.code for error in broken.values()]
+        code = next((c for c in codes if c != Code.MODEL_NEEDS_NEWER_SOFTWARE), codes[0]).value
         raise CheckFailed(code, "; ".join(lines.values())[:500], {"models": models, "broken": lines})
     return {"models": models, "headline": ", ".join(f"{n} {m['version']}" for n, m in models.items())}
 

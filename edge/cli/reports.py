@@ -7,7 +7,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from edge.inference.calibration import CROSS_VALIDATED
+from edge.inference.calibration import CROSS_VALIDATED, screening_target
 from edge.inference.registry import Manifest, ModelEntry, Robustness
 from edge.inference.site_profile import PointFigures, SiteProfile
 
@@ -196,20 +196,35 @@ def print_profile(console: Console, profile: SiteProfile, manifest: Manifest, *,
 
 
 def gain_lines(profile: SiteProfile) -> list[str]:
-    """Per refitted point, the shipped point's accuracy on the site's cases beside the site
-    point's cross-validated one: whether the profile is worth keeping (profiles made before the
-    cross-validated figures existed have none, and say nothing)."""
+    """Per refitted point, the shipped point on the site's cases beside the site point read
+    cross-validated, judged by what the point is for: `balanced` by sensitivity + specificity
+    (Youden's J, its rule), `screening` by reaching its sensitivity target first, then by
+    specificity. Profiles made before the cross-validated figures existed say nothing."""
     lines = []
-    for name in profile.operating_points:
+    for name, point in profile.operating_points.items():
         before, cv = profile.before.get(name), profile.after.get(name + CROSS_VALIDATED)
         if not (isinstance(before, PointFigures) and isinstance(cv, PointFigures)):
             continue
-        compared = f"accuracy {before.accuracy:.3f} shipped, {cv.accuracy:.3f} with the site's point"
-        if cv.accuracy > before.accuracy:
-            lines.append(f"[green]{name}[/]: {compared} on cases it was not chosen on: a gain")
+        compared = (
+            f"sensitivity / specificity {before.sensitivity:.3f} / {before.specificity:.3f} shipped, "
+            f"{cv.sensitivity:.3f} / {cv.specificity:.3f} with the site's point on cases it was not chosen on"
+        )
+        if _gains(name, point.description, before, cv):
+            lines.append(f"[green]{name}[/]: {compared}: a gain")
         else:
             lines.append(
-                f"[yellow]{name}[/]: {compared} on cases it was not chosen on: no gain, the shipped "
-                f"point already suits these cases (edge models calibrate {profile.model} --reset goes back)"
+                f"[yellow]{name}[/]: {compared}: no gain, the shipped point already suits these cases "
+                f"(edge models calibrate {profile.model} --reset goes back)"
             )
     return lines
+
+
+def _gains(name: str, description: str, before: PointFigures, cv: PointFigures) -> bool:
+    if name == "screening":
+        target = screening_target(description)
+        if (cv.sensitivity >= target) != (before.sensitivity >= target):
+            return cv.sensitivity >= target
+        if cv.sensitivity < target:
+            return cv.sensitivity > before.sensitivity
+        return cv.specificity > before.specificity
+    return cv.sensitivity + cv.specificity > before.sensitivity + before.specificity

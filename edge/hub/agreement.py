@@ -11,7 +11,8 @@ reported (calibrated); for the refit its logits are recovered up to a constant p
 (`T * log p`, T the temperature that produced p: the shipped one, or that of a profile this hub
 published), the temperature refitted by `calibration.site_temperature` (NLL with a prior at the
 shipped temperature, as `edge models calibrate` fits) and the thresholds chosen by
-`calibration.choose_thresholds` (Youden's J; sensitivity >= 0.99), as the release tool does.
+`calibration.choose_thresholds` (Youden's J; the sensitivity target the release chose its
+screening point for, 0.99 where the manifest does not say), as the release tool does.
 Below `MIN_CASES_PER_CLASS` labelled cases of any class no suggestion is made, and it says so.
 """
 
@@ -250,13 +251,21 @@ def suggest(group: CaseSet, manifest: Manifest) -> dict[str, Any]:
     temperature = calibration.site_temperature(logits, y, shipped_t)
     before_p = softmax(logits, shipped_t)[:, positive_index]
     after_p = softmax(logits, temperature)[:, positive_index]
-    thresholds = calibration.choose_thresholds(truth, after_p, SCREENING_SENSITIVITY)
+    # The screening target the release chose its point for (0.95 for some models), as
+    # `edge models calibrate` reads it; SCREENING_SENSITIVITY where the manifest does not say.
+    shipped_screening = manifest.operating_points.get("screening")
+    target = (
+        calibration.screening_target(shipped_screening.description, SCREENING_SENSITIVITY)
+        if shipped_screening is not None
+        else SCREENING_SENSITIVITY
+    )
+    thresholds = calibration.choose_thresholds(truth, after_p, target)
     before: dict[str, Any] = {"auc": _round(metrics.roc_auc(truth, before_p))}
     after: dict[str, Any] = {"auc": _round(metrics.roc_auc(truth, after_p))}
     for name, point in manifest.operating_points.items():
         before[name] = _at(truth, before_p, point.threshold)
     points: dict[str, Any] = {}
-    rules = {"balanced": "Youden's J", "screening": f"sensitivity >= {SCREENING_SENSITIVITY}"}
+    rules = {"balanced": "Youden's J", "screening": f"sensitivity >= {target}"}
     for name, threshold in thresholds.items():
         after[name] = _at(truth, after_p, threshold)
         points[name] = {
@@ -269,7 +278,7 @@ def suggest(group: CaseSet, manifest: Manifest) -> dict[str, Any]:
         }
     # What the site's points are worth on cases they were not chosen on (the figures above are
     # read on the cases they were chosen on).
-    targets = dict.fromkeys(thresholds, SCREENING_SENSITIVITY)
+    targets = dict.fromkeys(thresholds, target)
     site_cases = calibration.Cases(logits, y, list(labels), group.positive)
     readings = calibration.cross_validated(site_cases, shipped_t, targets, seed=BOOTSTRAP_SEED)
     for name, reading in readings.items():

@@ -2,7 +2,9 @@
 
 One home for the rules, so that a release (tools/release.py, on the validation predictions) and
 a site calibration (`edge models calibrate`, on the site's own cases) choose the same way:
-temperature by negative log-likelihood (`metrics.fit_temperature`), `balanced` by Youden's J,
+temperature by negative log-likelihood (`metrics.fit_temperature`; a site's with a prior at the
+shipped temperature, `site_temperature`, as a site has few cases), `balanced` by Youden's J (the
+floored log-odds middle of the range of thresholds that reach it, `middle_threshold`),
 `screening` as the highest threshold reaching the target sensitivity (never above balanced),
 each threshold floored to DECIMALS places so the stated figures are exactly the product's.
 """
@@ -56,7 +58,7 @@ def choose_thresholds(truth: np.ndarray, prob: np.ndarray, screening_target: flo
 
 
 def middle_threshold(low: float, high: float, decimals: int = DECIMALS) -> float:
-    """The threshold of `decimals` places in (low, high] nearest the log-odds middle of the range.
+    """The log-odds middle of the range (low, high], floored to `decimals` places.
 
     Every threshold in the range reads the cases it was chosen on alike, but its top edge sits on
     a case: the next case just like it falls on the wrong side. On a site's 100 cases the middle
@@ -64,13 +66,17 @@ def middle_threshold(low: float, high: float, decimals: int = DECIMALS) -> float
     Shipped thresholds have `decimals` places, so the choice is made among those, never on or
     below `low` (saturated probabilities would floor a middle of 1e-8 to 0 and flag every case);
     `high` floored, as before, when no such threshold lies in the range or nothing is below it."""
+    step = 10.0**-decimals
     top = shipped_threshold(high, decimals)
-    if low == -math.inf or not 0.0 < high < 1.0:
+    if low == -math.inf or not 0.0 < high <= 1.0:
         return top
-    lowest = round(shipped_threshold(max(low, 0.0), decimals) + 10.0**-decimals, decimals)
+    if high >= 1.0:  # saturated: 1.0 would sit on the case again; the top that stays below it
+        top = round(1.0 - step, decimals)
+    lowest = round(shipped_threshold(max(low, 0.0), decimals) + step, decimals)
     if lowest > top:
-        return top
-    middle = 1.0 / (1.0 + math.exp(-(_logit(high) + _logit(low)) / 2)) if low > 0.0 else 0.0
+        return shipped_threshold(high, decimals)
+    saturated = 1.0 - 1e-12
+    middle = 1.0 / (1.0 + math.exp(-(_logit(min(high, saturated)) + _logit(low)) / 2)) if low > 0.0 else 0.0
     return min(max(shipped_threshold(middle, decimals), lowest), top)
 
 
@@ -93,9 +99,9 @@ def site_temperature(logits: np.ndarray, labels: np.ndarray, shipped: float) -> 
     A release fits on hundreds of validation images; a site on as few as 30 of each class, which
     a model that ranks well often separates perfectly. The plain NLL then has no minimum and T
     falls to its floor (0.05): every probability the site is shown becomes 0.000 or 1.000. On the
-    validation split's simulated sites (100 cases: 38 normal, 62 pneumonia) the prior roughly
-    halved the other cases' NLL where the plain fit overshot (from 0.196 to 0.056 under third
-    resolution; its worst 5% from 0.71 to 0.07). Thresholds are chosen at this temperature, so
+    validation split's simulated sites (100 cases: 38 normal, 62 pneumonia) the prior cut the
+    other cases' NLL by more than two thirds where the plain fit overshot (from 0.196 to 0.056
+    under third resolution; its worst 5% from 0.71 to 0.07). Thresholds are chosen at this temperature, so
     which cases a point flags does not depend on it."""
     return round(m.fit_temperature(logits, labels, prior=(shipped, SITE_TEMPERATURE_SD)), DECIMALS)
 
@@ -179,6 +185,7 @@ def fit_site(
     *,
     seed: int = 0,
     rounds: int = BOOTSTRAP_ROUNDS,
+    cross_validate: bool = True,
 ) -> SiteFit:
     """Refit the temperature and each named point (`targets`: point -> screening target, only
     points in RULES) on the site's cases, with percentile bootstrap intervals of the
@@ -203,7 +210,8 @@ def fit_site(
         )
     before = figures(cases, shipped_temperature, shipped_thresholds)
     after = figures(cases, temperature, {**shipped_thresholds, **chosen})
-    for name, reading in cross_validated(cases, shipped_temperature, targets, seed=seed).items():
+    readings = cross_validated(cases, shipped_temperature, targets, seed=seed) if cross_validate else {}
+    for name, reading in readings.items():
         after[name + CROSS_VALIDATED] = reading
     return SiteFit(temperature, points, before, after)
 

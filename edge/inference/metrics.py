@@ -93,7 +93,13 @@ def youden_range(truth: np.ndarray, score: np.ndarray) -> tuple[float, float]:
     """(low, high): every threshold above `low` and at most `high` maximises Youden's J on these
     cases (`low` is -inf when that reaches down to the lowest score). `high` sits on a case."""
     fpr, tpr, thresholds = roc_curve(truth, score)
-    j = np.where(np.isfinite(thresholds), tpr - fpr, -np.inf)
+    positives = max(int(np.asarray(truth).astype(bool).sum()), 1)
+    negatives = max(int((~np.asarray(truth).astype(bool)).sum()), 1)
+    # J in whole cases (tp * N - fp * P): equal J must compare equal, which tpr - fpr in floats
+    # does not always (an ulp apart at 30 + 30 cases).
+    tp, fp = np.rint(tpr * positives).astype(np.int64), np.rint(fpr * negatives).astype(np.int64)
+    whole = tp * negatives - fp * positives
+    j = np.where(np.isfinite(thresholds), whole, np.iinfo(np.int64).min)
     top = int(np.argmax(j))
     bottom = top
     while bottom + 1 < len(j) and j[bottom + 1] == j[top]:

@@ -408,16 +408,19 @@ class ModelPool:
                 f"{entry.name} {name} differs from {reference} on this machine ({detail}): "
                 f"not served here; served instead: {instead}",
             )
-            log.log(self._refusal_level(measured_now), "%s", refusal.one_line())
+            wanted = self.settings.runtime.precision
+            denied = wanted != "auto" and all(variants[n].precision != wanted for n in served)
+            log.log(self._refusal_level(measured_now, denied), "%s", refusal.one_line())
         return served
 
-    def _refusal_level(self, measured_now: bool) -> int:
+    @staticmethod
+    def _refusal_level(measured_now: bool, denied: bool) -> int:
         # A known verdict read back at every start is only a note. Found now, it is a warning:
-        # the answers stay right (another variant serves), only slower; an error where the
-        # configuration asked for that precision by name and will not get it.
+        # the answers stay right (another variant serves), perhaps slower; an error where the
+        # configuration asked for a precision by name and no variant of it is served.
         if not measured_now:
             return logging.INFO
-        return logging.WARNING if self.settings.runtime.precision == "auto" else logging.ERROR
+        return logging.ERROR if denied else logging.WARNING
 
     def _fastest(self, entry: ModelEntry, runner_cls: type[Runner], files: dict[str, Path]) -> str:
         key = "|".join(
