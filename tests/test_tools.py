@@ -155,7 +155,8 @@ def test_operating_points_state_the_figures_of_the_shipped_threshold(tmp_path: P
     from tools.release_sets import Predictions, operating_point_entries, operating_points, report
 
     recipe = make_recipe(tmp_path, [])
-    # One cancer sits at P = 0.23138, the Youden threshold: rounding to 0.2314 would miss it.
+    # One cancer sits at P = 0.23138, the top of Youden's range (0.23, 0.23138]: rounding to
+    # 0.2314 would miss it; the shipped threshold is the range's middle, floored (0.2306).
     positives = [0.9, 0.8, 0.7, 0.6, 0.23138]
     negatives = [0.05, 0.1, 0.15, 0.2, 0.22, 0.23, 0.3]
     prob = np.array(positives + negatives)
@@ -180,7 +181,7 @@ def test_operating_points_state_the_figures_of_the_shipped_threshold(tmp_path: P
         specificity = (~found[truth == 0]).mean()
         assert entry["sensitivity"] == metrics[f"{name}_sensitivity"] == round(sensitivity, 4)
         assert entry["specificity"] == metrics[f"{name}_specificity"] == round(specificity, 4)
-    assert entries["balanced"]["threshold"] == 0.2313
+    assert entries["balanced"]["threshold"] == 0.2306
     assert entries["balanced"]["sensitivity"] == 1.0  # the edge case is kept, not lost
     assert entries["screening"]["threshold"] <= entries["balanced"]["threshold"]
 
