@@ -45,10 +45,13 @@ class Predictions:
     truth: np.ndarray
 
 
-def evaluation_sets(recipe: Recipe, fp32: Path | None = None) -> dict[str, Predictions]:
+def evaluation_sets(
+    recipe: Recipe, fp32: Path | None = None, names: tuple[str, ...] = ("validation", "holdout")
+) -> dict[str, Predictions]:
     """`validation` (what calibration and thresholds are fitted on) and, if any, `holdout`.
 
-    `fp32`: the weights to score (a shipped model's file); default the run's own export."""
+    `fp32`: the weights to score (a shipped model's file); default the run's own export.
+    `names`: only these of the two are scored (cross-validated recipes: validation only)."""
     run = recipe.run_dir()
     if recipe.data.get("cv_folds"):
         if fp32 is not None:
@@ -63,6 +66,8 @@ def evaluation_sets(recipe: Recipe, fp32: Path | None = None) -> dict[str, Predi
     every = read_samples(recipe)
     split_of = read_split(recipe) if fp32 is None else group_split(every, recipe)
     for split, name in (("val", "validation"), ("holdout", "holdout")):
+        if name not in names:
+            continue
         samples = [s for s in every if split_of.get(s.path) == split]
         logits = run_onnx(fp32 or run / f"{recipe.name}-fp32.onnx", model_inputs(recipe, samples))
         out[name] = Predictions(f"{name} split", samples, logits, np.array([s.label for s in samples]))

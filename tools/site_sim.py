@@ -79,7 +79,7 @@ def site_logits(
     recipe: Recipe, fp32: Path, seed: int, split: str = "holdout"
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """The split's FP32 logits as each simulated site would produce them, and the labels."""
-    holdout = evaluation_sets(recipe, fp32).get(split)
+    holdout = evaluation_sets(recipe, fp32, (split,)).get(split)
     if holdout is None:
         raise SystemExit(f"{recipe.name} has no {split} split to simulate sites from")
     kind = "ultrasound" if recipe.raw["augment"].get("kind") == "ultrasound" else "xray"
@@ -108,10 +108,9 @@ def simulate(
     share = positives / (positives + negatives)
     shipped_t = manifest.output.temperature
     shipped = {name: op.threshold for name, op in manifest.operating_points.items()}
-    targets = {
-        name: calibration.screening_target(manifest.operating_points[name].description)
-        for name in calibratable_points(entry)
-    }
+    targets = calibration.targets_for(
+        {name: manifest.operating_points[name].description for name in calibratable_points(entry)}
+    )
     rng = np.random.default_rng(seed)
     pos_index, neg_index = np.flatnonzero(is_positive), np.flatnonzero(~is_positive)
     if len(pos_index) <= positives or len(neg_index) <= negatives:

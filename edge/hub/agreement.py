@@ -253,12 +253,9 @@ def suggest(group: CaseSet, manifest: Manifest) -> dict[str, Any]:
     after_p = softmax(logits, temperature)[:, positive_index]
     # The screening target the release chose its point for (0.95 for some models), as
     # `edge models calibrate` reads it; SCREENING_SENSITIVITY where the manifest does not say.
-    shipped_screening = manifest.operating_points.get("screening")
-    target = (
-        calibration.screening_target(shipped_screening.description, SCREENING_SENSITIVITY)
-        if shipped_screening is not None
-        else SCREENING_SENSITIVITY
-    )
+    descriptions = {name: point.description for name, point in manifest.operating_points.items()}
+    targets_stated = calibration.targets_for(descriptions, SCREENING_SENSITIVITY)
+    target = targets_stated.get("screening", SCREENING_SENSITIVITY)
     thresholds = calibration.choose_thresholds(truth, after_p, target)
     before: dict[str, Any] = {"auc": _round(metrics.roc_auc(truth, before_p))}
     after: dict[str, Any] = {"auc": _round(metrics.roc_auc(truth, after_p))}

@@ -101,8 +101,8 @@ def site_temperature(logits: np.ndarray, labels: np.ndarray, shipped: float) -> 
     falls to its floor (0.05): every probability the site is shown becomes 0.000 or 1.000. On the
     validation split's simulated sites (100 cases: 38 normal, 62 pneumonia) the prior cut the
     other cases' NLL by more than two thirds where the plain fit overshot (from 0.196 to 0.056
-    under third resolution; its worst 5% from 0.71 to 0.07). Thresholds are chosen at this temperature, so
-    which cases a point flags does not depend on it."""
+    under third resolution; its worst 5% from 0.71 to 0.07). Thresholds are chosen at this
+    temperature, so which cases a point flags does not depend on it."""
     return round(m.fit_temperature(logits, labels, prior=(shipped, SITE_TEMPERATURE_SD)), DECIMALS)
 
 
@@ -111,6 +111,12 @@ def screening_target(description: str, default: float = SCREENING_SENSITIVITY) -
     ("sensitivity >= 0.99 on the validation predictions", written by tools/release.py)."""
     found = re.search(r"sensitivity >= ([0-9]*\.?[0-9]+)", description)
     return float(found.group(1)) if found else default
+
+
+def targets_for(descriptions: dict[str, str], default: float = SCREENING_SENSITIVITY) -> dict[str, float]:
+    """Each named point with a known rule (RULES) -> the sensitivity target its description
+    states (`default` where it states none): what a refit chooses each point for."""
+    return {name: screening_target(text, default) for name, text in descriptions.items() if name in RULES}
 
 
 def rule_description(name: str, target: float, where: str) -> str:

@@ -402,14 +402,14 @@ class ModelPool:
             refusals.append((name, measured_now, str(detail)))
         served = kept or [reference]
         instead = served[0] if len(served) == 1 else f"the fastest of {', '.join(served)}"
+        wanted = self.settings.runtime.precision
+        denied = wanted != "auto" and all(variants[n].precision != wanted for n in served)
         for name, measured_now, detail in refusals:
             refusal = EdgeError(
                 Code.VARIANT_PARITY_FAILED,
                 f"{entry.name} {name} differs from {reference} on this machine ({detail}): "
                 f"not served here; served instead: {instead}",
             )
-            wanted = self.settings.runtime.precision
-            denied = wanted != "auto" and all(variants[n].precision != wanted for n in served)
             log.log(self._refusal_level(measured_now, denied), "%s", refusal.one_line())
         return served
 

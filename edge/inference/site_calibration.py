@@ -142,9 +142,7 @@ def calibrate(
         )
     manifest = entry.manifest
     chosen = points or calibratable_points(entry)
-    targets = {
-        name: calibration.screening_target(manifest.operating_points[name].description) for name in chosen
-    }
+    targets = calibration.targets_for({name: manifest.operating_points[name].description for name in chosen})
     shipped = {name: op.threshold for name, op in manifest.operating_points.items()}
     fit = calibration.fit_site(
         cases, manifest.output.temperature, shipped, targets, "the site's cases", seed=0
