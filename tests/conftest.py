@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,20 @@ def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
     monkeypatch.setattr("edge.config.SYSTEM_CONFIG", tmp_path / "no-system-config.toml")
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
+
+
+@pytest.fixture(autouse=True)
+def _root_logger_restored() -> Iterator[None]:
+    """A command run in a test (`edge.log.configure`) sets the root logger's level (ERROR for
+    some) and installs its handler: undo both, so a later test's caplog sees warnings whatever
+    ran before it. (pytest's own capture handlers come and go with each phase: left alone.)"""
+    from edge.log import _repeats
+
+    root = logging.getLogger()
+    level = root.level
+    yield
+    root.setLevel(level)
+    root.handlers[:] = [handler for handler in root.handlers if _repeats not in handler.filters]
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +21,10 @@ from edge.config import Settings
 from edge.imaging.decode import decode_bytes
 from edge.inference import metrics as m
 from edge.inference import prior, site_profile
+from edge.inference import site_calibration as sc
 from edge.inference.pool import ModelPool
 from edge.inference.postprocess import softmax
-from edge.inference.registry import Registry
+from edge.inference.registry import ModelEntry, Registry
 from edge.pipeline import Pipeline
 from edge.store import Store
 from tests.conftest import DEFAULT_MODEL, MODELS
@@ -232,8 +234,6 @@ def test_a_profile_follows_a_later_version_with_the_same_weights_only(
 ) -> None:
     """A release that chose only its operating points again (tools/rerelease.py) keeps the
     site's calibration: the profile was fitted to the weights. Other weights: ignored."""
-    from edge.inference.registry import ModelEntry
-
     entry = Registry(MODELS).get(DEFAULT_MODEL)
     old = in_force_for(settings, "0.9.0", "data")
     # This device served 0.9.0 with these very files (serving and calibrate record it).
@@ -344,6 +344,55 @@ def test_calibrate_from_reviews_and_the_prior_estimate(settings: Settings, site:
     text = run(settings, "models", "prior", DEFAULT_MODEL).output
     assert "Not applied" in text
     assert "training prevalence" in text
+    # A release that chose only its thresholds again does not start the count again: results of
+    # an earlier version with these weights count, read back with that version's temperature.
+    entry = Registry(MODELS).get(DEFAULT_MODEL)
+    labels, t_now, t_old = list(entry.manifest.output.labels), entry.manifest.output.temperature, 2.6
+    output = entry.manifest.output.model_copy(update={"temperature": t_old})
+    earlier = ModelEntry(
+        entry.manifest.model_copy(update={"version": "0.9.0", "output": output}), entry.folder
+    )
+    site_profile.remember_weights(settings.data_dir, earlier)  # as a model update records it
+    with Store(settings.data_dir) as store:
+        before = sc.cases_from_reviews(settings, store, entry)
+        rows = store.db.execute(
+            "SELECT id, probabilities FROM results WHERE model_name = ? ORDER BY id", [DEFAULT_MODEL]
+        ).fetchall()
+        for row in rows[::2]:  # half of them, as 0.9.0 (twice the temperature) reported them
+            p = json.loads(row["probabilities"])
+            logits = t_now * np.log(np.array([p[label] for label in labels]))
+            q = dict(zip(labels, softmax(logits[None], t_old)[0].tolist(), strict=True))
+            store.db.execute(
+                "UPDATE results SET model_version = '0.9.0', probabilities = ? WHERE id = ?",
+                [json.dumps(q), row["id"]],
+            )
+        pooled = sc.cases_from_reviews(settings, store, entry)
+        assert f"(versions 0.9.0, {entry.manifest.version}: the same weights)" in pooled.description
+        assert pooled.left_out == before.left_out
+        np.testing.assert_array_equal(pooled.cases.truth, before.cases.truth)
+        # The logits come back up to a constant per case: the same posteriors at any temperature.
+        np.testing.assert_allclose(
+            softmax(pooled.cases.logits, t_now), softmax(before.cases.logits, t_now), atol=1e-5
+        )
+        report = sc.prior_report(settings, store, entry)
+        assert (report["results"], report["versions"]) == (len(rows), ["0.9.0", entry.manifest.version])
+        # Without that version's temperature its results cannot be read back: left out, said why.
+        (site_profile.folder(settings.data_dir, DEFAULT_MODEL) / site_profile.TEMPERATURES).unlink()
+        unknown = sc.cases_from_reviews(settings, store, entry)
+        why = "made by version 0.9.0, whose temperature is not known here"
+        assert unknown.left_out[why] + len(unknown.cases.truth) == len(before.cases.truth)
+        assert unknown.left_out[why] > 0
+        assert sc.prior_report(settings, store, entry)["results"] == len(rows) - len(rows[::2])
+    # ... and one of other weights never counts.
+    variants = entry.manifest.variants
+    other = ModelEntry(
+        earlier.manifest.model_copy(
+            update={"variants": {k: v.model_copy(update={"sha256": "0" * 64}) for k, v in variants.items()}}
+        ),
+        entry.folder,
+    )
+    site_profile.remember_weights(settings.data_dir, other)
+    assert site_profile.same_weights(settings.data_dir, entry) == []
 
 
 def test_prior_em_recovers_a_known_prevalence() -> None:
@@ -461,3 +510,27 @@ def test_the_gain_line_judges_each_point_by_what_it_is_for() -> None:
     assert screening.endswith("a gain")
     assert balanced.startswith("[yellow]balanced")
     assert "no gain" in balanced
+
+
+def test_an_earlier_versions_temperature_is_read_from_the_folder_an_update_kept(tmp_path: Path) -> None:
+    """Versions replaced before their temperature was recorded: the manifest in models/.previous."""
+    manifest = (MODELS / DEFAULT_MODEL / "model.toml").read_text()
+    version = Registry(MODELS).get(DEFAULT_MODEL).manifest.version
+    for folder, kept_version, temperature in (
+        (f"{DEFAULT_MODEL}-100", "0.8.0", "1.5"),
+        (f"{DEFAULT_MODEL}-200", "0.9.0", "2.25"),
+        (f"{DEFAULT_MODEL}-extra-300", "0.9.0", "9.0"),  # another model's name that begins alike
+        (f"{DEFAULT_MODEL}-400", "0.9.1", None),  # unreadable
+    ):
+        kept = tmp_path / ".previous" / folder
+        kept.mkdir(parents=True)
+        text = manifest.replace(f'version = "{version}"', f'version = "{kept_version}"', 1)
+        if temperature is None:
+            text = text[: len(text) // 2]
+        else:
+            text = re.sub(r"(?m)^temperature = .*$", f"temperature = {temperature}", text, count=1)
+        (kept / "model.toml").write_text(text)
+    assert sc._kept_temperature(tmp_path, DEFAULT_MODEL, "0.9.0") == 2.25
+    assert sc._kept_temperature(tmp_path, DEFAULT_MODEL, "0.8.0") == 1.5
+    assert sc._kept_temperature(tmp_path, DEFAULT_MODEL, "0.9.1") is None
+    assert sc._kept_temperature(tmp_path / "nowhere", DEFAULT_MODEL, "0.9.0") is None

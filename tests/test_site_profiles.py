@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import tomli_w
 from click.testing import CliRunner
 from sqlalchemy import insert
 
@@ -73,17 +74,24 @@ def synthetic_cases(per_class: int, seed: int = 1) -> list[tuple[str, float]]:
     return out
 
 
-def add_reviewed(hub: Hub, device_id: str, cases: list[tuple[str, float]], uncertain: int = 2) -> None:
+def add_reviewed(
+    hub: Hub,
+    device_id: str,
+    cases: list[tuple[str, float]],
+    uncertain: int = 2,
+    version: str = "0.0.1",
+    first_seq: int = 1,
+) -> None:
     """Results as the device synced them, each reviewed: agree when the model was right,
     disagree naming the right finding otherwise; `uncertain` more reviewed "uncertain"."""
     rows = [*cases, *[("?", 0.5)] * uncertain]
-    for seq, (label, p) in enumerate(rows, start=1):
+    for seq, (label, p) in enumerate(rows, start=first_seq):
         result_uuid = str(uuid.uuid4())
         finding = "finding" if p >= 0.5 else "normal"
         payload = {
             "result": {
                 "model": "tiny",
-                "version": "0.0.1",
+                "version": version,
                 "finding": finding,
                 "positive_label": "finding",
                 "probability": p,
@@ -165,6 +173,67 @@ def test_agreement_figures_on_synthetic_reviews(hub: Hub, tmp_path: Path, key: t
     assert cross_validated["accuracy"] > suggestion["before"]["balanced"]["accuracy"]
     lo, hi = points["balanced"]["specificity_ci95"]
     assert lo <= points["balanced"]["specificity"] <= hi
+
+
+def publish_manifest(hub: Hub, version: str, temperature: float, weights: str | None = None) -> None:
+    """A release of the tiny model as this hub would hold it: another version, its temperature,
+    the same weights unless `weights` (a sha256) says otherwise."""
+    from edge.inference.registry import Registry
+
+    manifest = Registry(hub.settings.models.dir).get("tiny").manifest
+    output = manifest.output.model_copy(update={"temperature": temperature})
+    variants = {
+        name: spec.model_copy(update={"sha256": weights or spec.sha256})
+        for name, spec in manifest.variants.items()
+    }
+    text = tomli_w.dumps(
+        manifest.model_copy(update={"version": version, "output": output, "variants": variants}).model_dump(
+            mode="json", exclude_none=True
+        )
+    )
+    with hub.engine.begin() as conn:
+        conn.execute(
+            insert(db.releases).values(
+                name="tiny", version=version, release={"manifest": text}, created_at=db.now()
+            )
+        )
+
+
+def test_versions_with_the_same_weights_are_pooled_each_read_at_its_temperature(
+    hub: Hub, tmp_path: Path, key: tuple[str, Any]
+) -> None:
+    """A re-release (same weights, another temperature) does not start the site's count again:
+    its cases and the earlier version's are one group, under the newest version, each case's
+    logits recovered with the temperature that made it. Other weights stand apart."""
+    device_id, _ = enrolled(hub, device_settings(hub, tmp_path, key[0]))
+    cases = synthetic_cases(20)
+    add_reviewed(hub, device_id, cases, uncertain=1)  # 0.0.1 at T0 = 1, from the models folder
+    publish_manifest(hub, "0.0.10", 2.0)
+    # The same films as 0.0.10 reported them: the same logits, at twice the temperature.
+    again = [(label, round(1 / (1 + (1 / p - 1) ** 0.5), 5)) for label, p in cases]
+    add_reviewed(hub, device_id, again, uncertain=1, version="0.0.10", first_seq=100)
+    publish_manifest(hub, "0.0.9", 1.0, weights="0" * 64)
+    add_reviewed(hub, device_id, cases[:5], uncertain=0, version="0.0.9", first_seq=200)
+    groups = agreement.reviewed_cases(hub.engine, hub.settings.models.dir)
+    assert [(k.version, g.versions, len(g.cases)) for k, g in groups.items()] == [
+        ("0.0.9", ["0.0.9"], 5),
+        ("0.0.10", ["0.0.1", "0.0.10"], 80),  # 1.10 after 1.9: by number, not by text
+    ]
+    pooled = groups[next(k for k in groups if k.version == "0.0.10")]
+    assert pooled.unlabelled == 2
+    labels = ["normal", "finding"]
+    logits = agreement.case_logits(pooled.cases, pooled, labels, 2.0)
+    difference = logits[:, 1] - logits[:, 0]
+    first = [c.version == "0.0.1" for c in pooled.cases]
+    np.testing.assert_allclose(
+        sorted(difference[np.array(first)]), sorted(difference[~np.array(first)]), atol=2e-3
+    )
+    [figures] = [f for f in agreement.site_figures(hub.engine, hub.settings.models.dir) if f["cases"] == 80]
+    assert (figures["model_version"], figures["model_versions"]) == ("0.0.10", ["0.0.1", "0.0.10"])
+    assert figures["suggestion"]["shipped_temperature"] == 2.0
+    draft = site_profiles.draft(hub.engine, hub.settings.models.dir, PROGRAMME, SITE, "tiny", "0.0.1")
+    assert draft.model_version == "0.0.10"
+    assert "(versions 0.0.1, 0.0.10: the same weights)" in draft.profile
 
 
 def test_too_few_cases_per_class_gives_no_suggestion(hub: Hub, tmp_path: Path, key: tuple[str, Any]) -> None:

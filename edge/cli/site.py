@@ -24,7 +24,11 @@ from edge.errors import EdgeError
     type=click.Path(file_okay=False, path_type=Path),
     help="Folder with the site's images and a labels.csv (columns path,label), as for eval.",
 )
-@click.option("--from-reviews", is_flag=True, help="The results of this version the specialists reviewed.")
+@click.option(
+    "--from-reviews",
+    is_flag=True,
+    help="The results the specialists reviewed (this version's, and earlier ones' with the same weights).",
+)
 @click.option("--reset", is_flag=True, help="Serve the shipped calibration again (profiles are kept).")
 @click.option(
     "--min-per-class", default=30, show_default=True, help="Refuse below this many cases of a class."
@@ -127,7 +131,7 @@ def models_profiles(obj: Context, name: str, as_json: bool) -> None:
         {
             "id": p.id,
             "active": p.id == active,
-            "applies": p.model_version == entry.manifest.version,
+            "applies": site_profile.serves(settings.data_dir, p, entry),
             "source": p.source,
             "cases": p.cases,
             "temperature": p.temperature,
@@ -143,7 +147,7 @@ def models_profiles(obj: Context, name: str, as_json: bool) -> None:
         return
     for row in rows:
         mark = "*" if row["active"] else " "
-        note = "" if row["applies"] else f"  (for another version: not applied to {entry.manifest.version})"
+        note = "" if row["applies"] else f"  (for other weights: not applied to {entry.manifest.version})"
         thresholds = ", ".join(f"{k} {v:.4f}" for k, v in row["thresholds"].items())
         click.echo(
             f"{mark} {row['id']}  {row['source']}, {row['cases']} cases, "
@@ -177,9 +181,12 @@ def models_prior(obj: Context, name: str, since: str | None, as_json: bool) -> N
         click.echo(json.dumps(report, indent=2))
         return
     low, high = report["estimated_prevalence_ci95"]
+    pooled = report["versions"] if len(report["versions"]) > 1 else []
     click.echo(
         f"{name} {report['version']}: {report['results']} results "
-        f"({report['first'][:10]} to {report['last'][:10]})"
+        f"({report['first'][:10]} to {report['last'][:10]}"
+        + (f"; of versions {', '.join(pooled)}, the same weights" if pooled else "")
+        + ")"
     )
     click.echo(
         f"estimated prevalence of {report['positive']} here: {report['estimated_prevalence']:.3f} "

@@ -1,5 +1,10 @@
-"""How a model agrees with the specialists, per site and model version, from the reviewed
+"""How a model agrees with the specialists, per site and model weights, from the reviewed
 results; and the site's suggested temperature and thresholds. No HTTP.
+
+Versions with the same weights (every variant's sha256, as the releases published here say: a
+release that chose only its operating points again) are pooled under the newest of them, so a
+re-release does not start a site's reviewed count again; a version the hub knows no release of
+stands alone.
 
 A site is a device's programme and site as it enrolled (`devices.programme`, `devices.site`):
 every device of that site counts, and a profile made here is offered to all of them.
@@ -8,10 +13,10 @@ The specialist's label of a result is its latest review: "agree" keeps the model
 "disagree" that names a finding gives that finding; "uncertain" and a disagreement without a
 finding give no label and are only counted. The model's probabilities are what the device
 reported (calibrated); for the refit its logits are recovered up to a constant per case
-(`T * log p`, T the temperature that produced p: the shipped one, or that of a profile this hub
-published), the temperature refitted by `calibration.site_temperature` (NLL with a prior at the
-shipped temperature, as `edge models calibrate` fits) and the thresholds chosen by
-`calibration.choose_thresholds` (Youden's J; the sensitivity target the release chose its
+(`T * log p`, T the temperature that produced p: its own version's shipped one, or that of a
+profile this hub published), the temperature refitted by `calibration.site_temperature` (NLL
+with a prior at the shipped temperature, as `edge models calibrate` fits) and the thresholds
+chosen by `calibration.choose_thresholds` (Youden's J; the sensitivity target the release chose its
 screening point for, 0.99 where the manifest does not say), as the release tool does.
 Below `MIN_CASES_PER_CLASS` labelled cases of any class no suggestion is made, and it says so.
 """
@@ -20,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +39,14 @@ from edge.hub import db
 from edge.inference import calibration, metrics
 from edge.inference.postprocess import softmax
 from edge.inference.registry import Manifest, Registry
+from edge.inference.site_profile import manifest_weights_id, version_order
 
 MIN_CASES_PER_CLASS = 30
 SCREENING_SENSITIVITY = 0.99
 BOOTSTRAP_ROUNDS = 1000
 BOOTSTRAP_SEED = 0
 DECIMALS = calibration.DECIMALS  # the temperature and thresholds, as in a manifest
+CROSS_VALIDATED = calibration.CROSS_VALIDATED  # the suffix of a point's cross-validated reading
 _FLOOR = 1e-6  # probabilities are sent rounded to 5 decimals: a 0 would be log(0)
 
 
@@ -48,7 +55,7 @@ class SiteModel:
     programme: str
     site: str
     model: str
-    version: str
+    version: str  # the newest version of the weights pooled
 
 
 @dataclass
@@ -57,8 +64,9 @@ class Case:
     label: str  # the specialist's
     probability: float  # calibrated P(positive), as reported
     probabilities: dict[str, float]
-    temperature: float | None  # of the profile that produced them; None: the shipped one
+    temperature: float | None  # of the profile that produced them; None: its version's shipped one
     unknown_profile: bool = False  # made under a profile this hub did not publish
+    version: str = ""  # of the model that made it
 
 
 @dataclass
@@ -68,9 +76,34 @@ class CaseSet:
     labels: list[str] = field(default_factory=list)
     cases: list[Case] = field(default_factory=list)
     unlabelled: int = 0  # reviewed "uncertain", or disagreed without a finding
+    versions: list[str] = field(default_factory=list)  # pooled (the same weights), oldest first
+    shipped_temperatures: dict[str, float] = field(default_factory=dict)  # by version, where known
 
 
-def reviewed_cases(engine: Engine) -> dict[SiteModel, CaseSet]:
+def reviewed_cases(engine: Engine, models_dir: Path | None = None) -> dict[SiteModel, CaseSet]:
+    """Every reviewed result, by site and model weights (the versions that share them pooled
+    under the newest), labelled by its latest review."""
+    pooled: dict[tuple[str, str, str, str], CaseSet] = {}
+    for key, group in _by_version(engine).items():
+        manifest = shipped_manifest(engine, models_dir, key.model, key.version)
+        weights = manifest_weights_id(manifest) if manifest is not None else f"version {key.version}"
+        if manifest is not None:
+            group.shipped_temperatures[key.version] = manifest.output.temperature
+        into = pooled.setdefault((key.programme, key.site, key.model, weights), group)
+        if into is not group:
+            into.cases.extend(group.cases)
+            into.unlabelled += group.unlabelled
+            into.versions.extend(group.versions)
+            into.shipped_temperatures.update(group.shipped_temperatures)
+    out = {}
+    for group in pooled.values():
+        group.versions.sort(key=version_order)
+        group.key = replace(group.key, version=group.versions[-1])
+        out[group.key] = group
+    return dict(sorted(out.items(), key=lambda item: _sort_key(item[0])))
+
+
+def _by_version(engine: Engine) -> dict[SiteModel, CaseSet]:
     """Every reviewed result, by site and model version, labelled by its latest review."""
     temperatures = _published_temperatures(engine)
     query = (
@@ -106,7 +139,9 @@ def reviewed_cases(engine: Engine) -> dict[SiteModel, CaseSet]:
         if not (model and version and positive in probabilities and result.get("finding")):
             continue  # an older or odd payload: nothing to measure
         key = SiteModel(row.programme, row.site or "", str(model), str(version))
-        group = groups.setdefault(key, CaseSet(key, str(positive), sorted(probabilities)))
+        group = groups.setdefault(
+            key, CaseSet(key, str(positive), sorted(probabilities), versions=[key.version])
+        )
         label = _label(row.verdict, row.finding, str(result["finding"]), group.labels)
         if label is None:
             group.unlabelled += 1
@@ -120,13 +155,14 @@ def reviewed_cases(engine: Engine) -> dict[SiteModel, CaseSet]:
                 probabilities={k: float(v) for k, v in probabilities.items()},
                 temperature=temperatures.get(profile) if profile else None,
                 unknown_profile=bool(profile) and profile not in temperatures,
+                version=key.version,
             )
         )
-    return dict(sorted(groups.items(), key=lambda item: _sort_key(item[0])))
+    return groups
 
 
-def _sort_key(key: SiteModel) -> tuple[str, str, str, str]:
-    return (key.programme, key.site, key.model, key.version)
+def _sort_key(key: SiteModel) -> tuple[str, str, str, tuple[int, Any]]:
+    return (key.programme, key.site, key.model, version_order(key.version))
 
 
 def _label(verdict: str, finding: str | None, model_finding: str, labels: list[str]) -> str | None:
@@ -182,6 +218,7 @@ def figures(group: CaseSet, manifest: Manifest | None) -> dict[str, Any]:
         "site": group.key.site,
         "model": group.key.model,
         "model_version": group.key.version,
+        "model_versions": group.versions,
         "positive": positive,
         "labels": labels,
         "cases": len(cases),
@@ -239,13 +276,7 @@ def suggest(group: CaseSet, manifest: Manifest) -> dict[str, Any]:
     labels = manifest.output.labels
     positive_index = labels.index(group.positive)
     usable = _usable(group, manifest)
-    logits = np.array(
-        [
-            [(c.temperature or shipped_t) * math.log(max(c.probabilities[label], _FLOOR)) for label in labels]
-            for c in usable
-        ],
-        np.float64,
-    ).reshape(len(usable), len(labels))
+    logits = case_logits(usable, group, labels, shipped_t)
     y = np.array([labels.index(c.label) for c in usable], np.int64)
     truth = y == positive_index
     temperature = calibration.site_temperature(logits, y, shipped_t)
@@ -279,7 +310,7 @@ def suggest(group: CaseSet, manifest: Manifest) -> dict[str, Any]:
     site_cases = calibration.Cases(logits, y, list(labels), group.positive)
     readings = calibration.cross_validated(site_cases, shipped_t, targets, seed=BOOTSTRAP_SEED)
     for name, reading in readings.items():
-        after[name + calibration.CROSS_VALIDATED] = reading
+        after[name + CROSS_VALIDATED] = reading
     return {
         "shipped_temperature": shipped_t,
         "temperature": temperature,
@@ -289,6 +320,16 @@ def suggest(group: CaseSet, manifest: Manifest) -> dict[str, Any]:
         "before": before,
         "after": after,
     }
+
+
+def case_logits(cases: list[Case], group: CaseSet, labels: list[str], shipped_t: float) -> np.ndarray:
+    """Each case's logits, up to a constant: `T * log p` with the temperature that made p (its
+    profile's, else its own version's shipped one; `shipped_t` where the group does not say)."""
+    rows = []
+    for case in cases:
+        temperature = case.temperature or group.shipped_temperatures.get(case.version, shipped_t)
+        rows.append([temperature * math.log(max(case.probabilities[label], _FLOOR)) for label in labels])
+    return np.array(rows, np.float64).reshape(len(cases), len(labels))
 
 
 def _usable(group: CaseSet, manifest: Manifest) -> list[Case]:
@@ -329,9 +370,9 @@ def _round(value: float) -> float | None:
 
 
 def site_figures(engine: Engine, models_dir: Path | None) -> list[dict[str, Any]]:
-    """Every site x model version with reviewed results: what the admin page and JSON show."""
+    """Every site x model weights with reviewed results: what the admin page and JSON show."""
     out = []
-    for group in reviewed_cases(engine).values():
+    for group in reviewed_cases(engine, models_dir).values():
         manifest = shipped_manifest(engine, models_dir, group.key.model, group.key.version)
         out.append(figures(group, manifest))
     return out

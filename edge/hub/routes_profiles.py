@@ -1,4 +1,4 @@
-"""The administrators' agreement page (per site and model version: how the model agrees with
+"""The administrators' agreement page (per site and model weights: how the model agrees with
 the specialists, and the site's suggested thresholds), its JSON, and site profiles: the
 unsigned draft to sign where the publisher's key is, and the post that publishes a signed one.
 Logic in `agreement.py` and `site_profiles.py`.
@@ -39,6 +39,7 @@ def _agreement_page(request: Request, reader: Reader, status: int = 200, **extra
         sites=_figures(request),
         profiles=site_profiles.list_profiles(web.engine),
         minimum=agreement.MIN_CASES_PER_CLASS,
+        cross_validated=agreement.CROSS_VALIDATED,
         when=presenters.when,
         **context,
     )

@@ -45,15 +45,15 @@ def draft(
     unless `version` says which); refused with TOO_FEW_CASES or BAD_PROFILE and the reason."""
     groups = [
         group
-        for key, group in agreement.reviewed_cases(engine).items()
+        for key, group in agreement.reviewed_cases(engine, models_dir).items()
         if (key.programme, key.site, key.model) == (programme, site, model)
-        and (version is None or key.version == version)
+        and (version is None or version in group.versions)
     ]
     if not groups:
         raise HubError(
             404, WireCode.TOO_FEW_CASES, f"no reviewed results of {model} from site {site!r} ({programme})"
         )
-    group = groups[-1]  # sorted by version text: give --version when several are reviewed
+    group = groups[-1]  # sorted by version: give --version for the weights of an older one
     manifest = agreement.shipped_manifest(engine, models_dir, model, group.key.version)
     figures = agreement.figures(group, manifest)
     suggestion = figures["suggestion"]
@@ -71,7 +71,8 @@ def draft(
         source="hub",
         description=(
             f"Refitted on the hub from {suggestion['cases']} results of site {site or '(unnamed)'} "
-            f"({programme}) reviewed by its specialists; thresholds chosen on those same cases."
+            f"({programme}){_pooled(group.versions)} reviewed by its specialists; thresholds chosen "
+            "on those same cases."
         ),
         temperature=suggestion["temperature"],
         cases=suggestion["cases"],
@@ -92,6 +93,10 @@ def draft(
         profile=profile_toml(profile),
         signature="",
     )
+
+
+def _pooled(versions: list[str]) -> str:
+    return f" (versions {', '.join(versions)}: the same weights)" if len(versions) > 1 else ""
 
 
 def _figures(side: dict[str, Any]) -> dict[str, float | PointFigures]:

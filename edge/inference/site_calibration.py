@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ from edge.inference import calibration, prior, site_profile
 from edge.inference.calibration import RULES, Cases
 from edge.inference.evaluate import score_folder
 from edge.inference.postprocess import softmax
-from edge.inference.registry import ModelEntry
+from edge.inference.registry import ModelEntry, read_manifest
 from edge.inference.site_profile import PointFigures, ProfilePoint, SiteProfile
 from edge.store import Store
 
@@ -59,25 +60,82 @@ def cases_from_folder(settings: Settings, entry: ModelEntry, folder: Path) -> Si
     return SiteCases(cases, f"{len(scored.kept)} labelled images of a site folder", dict(left_out))
 
 
-def _temperatures(settings: Settings, entry: ModelEntry, profile_ids: set[str]) -> dict[str | None, float]:
-    """Which temperature made the results: the manifest's, or each recorded profile's."""
-    out: dict[str | None, float] = {None: entry.manifest.output.temperature}
-    for profile_id in profile_ids:
+class _Temperatures:
+    """Which temperature made each stored result: that of the profile it records, else its
+    version's shipped one. This version's results count, and those of earlier versions this
+    device served with the same weights (a release that chose only its operating points again):
+    their logits are the same, read back with their own version's temperature."""
+
+    def __init__(self, settings: Settings, entry: ModelEntry) -> None:
+        self.versions = {entry.manifest.version: entry.manifest.output.temperature}
+        self.unknown: list[str] = []  # same weights, but no temperature known here
+        recorded = site_profile.recorded_temperatures(settings.data_dir, entry.name)
+        for version in site_profile.same_weights(settings.data_dir, entry):
+            found = recorded.get(version) or _kept_temperature(settings.models.dir, entry.name, version)
+            if found is None:
+                self.unknown.append(version)
+            else:
+                self.versions[version] = found
+        self.profiles: dict[str, float] = {}
+        self._settings, self._model = settings, entry.name
+
+    def all_versions(self) -> list[str]:
+        return [*self.versions, *self.unknown]
+
+    def read(self, rows: list[dict[str, Any]]) -> None:
+        """Load the temperature of every profile these rows record (unreadable: logged)."""
+        for profile_id in {r["profile_id"] for r in rows if r["profile_id"]} - set(self.profiles):
+            try:
+                profile = site_profile.load(self._settings.data_dir, self._model, profile_id)
+            except EdgeError as error:
+                log.warning("%s", error.one_line())
+            else:
+                self.profiles[profile_id] = profile.temperature
+
+    def of(self, row: dict[str, Any]) -> float | None:
+        if row["profile_id"]:
+            return self.profiles.get(row["profile_id"])
+        return self.versions.get(row["model_version"])
+
+    def why_not(self, row: dict[str, Any]) -> str:
+        if row["profile_id"]:
+            return "made under an unknown profile"
+        return f"made by version {row['model_version']}, whose temperature is not known here"
+
+    def description(self, rows: list[dict[str, Any]]) -> str:
+        """Which versions the rows come from, when more than one (else nothing)."""
+        versions = sorted({r["model_version"] for r in rows}, key=site_profile.version_order)
+        if len(versions) < 2:
+            return ""
+        return f" (versions {', '.join(versions)}: the same weights)"
+
+
+def _kept_temperature(models_dir: Path, model: str, version: str) -> float | None:
+    """The shipped temperature of `version` from the folder a model update kept it in
+    (`models/.previous/<model>-<time>`): for versions replaced before their temperature was
+    recorded."""
+    pattern = re.compile(re.escape(model) + r"-\d+")
+    for kept in sorted((models_dir / ".previous").glob(f"{model}-*"), reverse=True):
+        if not pattern.fullmatch(kept.name):
+            continue
         try:
-            out[profile_id] = site_profile.load(settings.data_dir, entry.name, profile_id).temperature
-        except EdgeError as error:
-            log.warning("%s", error.one_line())
-    return out
+            manifest = read_manifest(kept / "model.toml")
+        except (EdgeError, OSError) as error:
+            log.debug("%s: %s", kept, error)
+            continue
+        if manifest.version == version:
+            return manifest.output.temperature
+    return None
 
 
-def _logits(
-    rows: list[dict[str, Any]], labels: list[str], temperatures: dict[str | None, float]
-) -> np.ndarray:
+def _logits(rows: list[dict[str, Any]], labels: list[str], temperatures: _Temperatures) -> np.ndarray:
     out = np.zeros((len(rows), len(labels)))
     for index, row in enumerate(rows):
         probabilities = json.loads(row["probabilities"])
         p = np.array([probabilities[label] for label in labels], np.float64)
-        out[index] = temperatures[row["profile_id"]] * np.log(np.clip(p, 1e-12, 1.0))
+        temperature = temperatures.of(row)
+        assert temperature is not None  # the caller kept only rows whose temperature is known
+        out[index] = temperature * np.log(np.clip(p, 1e-12, 1.0))
     return out
 
 
@@ -96,22 +154,24 @@ def review_label(row: dict[str, Any], labels: list[str]) -> str | None:
 
 def cases_from_reviews(settings: Settings, store: Store, entry: ModelEntry) -> SiteCases:
     out = entry.manifest.output
-    rows = [r for r in store.image_results(entry.name, entry.manifest.version) if r["verdict"]]
-    temperatures = _temperatures(settings, entry, {r["profile_id"] for r in rows if r["profile_id"]})
+    temperatures = _Temperatures(settings, entry)
+    rows = [r for r in store.image_results(entry.name, temperatures.all_versions()) if r["verdict"]]
+    temperatures.read(rows)
     left_out: Counter[str] = Counter()
     kept, truth = [], []
     for row in rows:
         label = review_label(row, list(out.labels))
         if label is None:
             left_out["uncertain" if row["verdict"] == "uncertain" else "disagree without a finding"] += 1
-        elif row["profile_id"] not in temperatures:
-            left_out["made under an unknown profile"] += 1
+        elif temperatures.of(row) is None:
+            left_out[temperatures.why_not(row)] += 1
         else:
             kept.append(row)
             truth.append(out.labels.index(label))
     logits = _logits(kept, list(out.labels), temperatures)
     cases = Cases(logits, np.asarray(truth, np.int64), list(out.labels), out.positive)
-    return SiteCases(cases, f"{len(kept)} results reviewed by specialists on this device", dict(left_out))
+    described = f"{len(kept)} results reviewed by specialists on this device{temperatures.description(kept)}"
+    return SiteCases(cases, described, dict(left_out))
 
 
 def _now() -> dt.datetime:
@@ -225,9 +285,10 @@ def prior_report(
             Code.PRIOR_TOO_FEW_RESULTS,
             f"{entry.name} {entry.manifest.version}: {where}, so no prevalence can be compared",
         )
-    rows = store.image_results(entry.name, entry.manifest.version, since)
-    temperatures = _temperatures(settings, entry, {r["profile_id"] for r in rows if r["profile_id"]})
-    rows = [r for r in rows if r["profile_id"] in temperatures]
+    temperatures = _Temperatures(settings, entry)
+    rows = store.image_results(entry.name, temperatures.all_versions(), since)
+    temperatures.read(rows)
+    rows = [r for r in rows if temperatures.of(r) is not None]
     if len(rows) < MIN_RESULTS_FOR_PRIOR:
         raise EdgeError(
             Code.PRIOR_TOO_FEW_RESULTS,
@@ -244,6 +305,7 @@ def prior_report(
         "version": entry.manifest.version,
         "positive": out.positive,
         "results": found.results,
+        "versions": sorted({r["model_version"] for r in rows}, key=site_profile.version_order),
         "since": since,
         "first": rows[0]["created_at"],
         "last": rows[-1]["created_at"],

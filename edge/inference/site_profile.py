@@ -8,7 +8,8 @@ applies the active profile's temperature and the thresholds of the operating poi
 weights: it also serves a later version whose every variant has the same sha256 as the version
 it was made for (a release that chose only its operating points again, tools/rerelease.py), as
 `<data_dir>/profiles/<model>/weights` records them on this device (when a profile serves or is
-made, and when a model update replaces a version); a profile made for other
+made, and when a model update replaces a version, with its shipped temperature in
+`temperatures`, so the results it made can be read back there); a profile made for other
 weights is ignored with a warning. Every result records the profile's id.
 
 Profiles come from `edge models calibrate` (source "data" or "reviews") or from the hub
@@ -25,11 +26,12 @@ from pathlib import Path
 from typing import Literal
 
 import tomli_w
+from packaging.version import InvalidVersion, Version
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from edge.compat import tomllib
 from edge.errors import Code, EdgeError
-from edge.inference.registry import ModelEntry, OperatingPoint
+from edge.inference.registry import Manifest, ModelEntry, OperatingPoint
 from edge.store.files import write_atomically
 
 log = logging.getLogger(__name__)
@@ -39,6 +41,10 @@ PROFILES = "profiles"
 ACTIVE = "active"
 WEIGHTS = "weights"
 """Lines `<version> <weights id>`: each version's weights, as this device met them (remember_weights)."""
+TEMPERATURES = "temperatures"
+"""Lines `<version> <temperature>`: each version's shipped temperature, recorded with its weights
+(its results' logits are read back with it once the version is replaced). A file of its own: edges
+older than it read `weights` as they did."""
 STAMP = re.compile(r"^\d{8}T\d{6}Z$")
 
 
@@ -184,37 +190,78 @@ def activate(data_dir: Path, model: str, profile_id: str | None) -> None:
 
 def weights_id(entry: ModelEntry) -> str:
     """One id for a version's weights: every variant's name and signed sha256."""
-    variants = sorted(entry.manifest.variants.items())
+    return manifest_weights_id(entry.manifest)
+
+
+def manifest_weights_id(manifest: Manifest) -> str:
+    variants = sorted(manifest.variants.items())
     return hashlib.sha256("\n".join(f"{name} {spec.sha256}" for name, spec in variants).encode()).hexdigest()
 
 
-def recorded_weights(data_dir: Path, model: str) -> dict[str, str]:
-    """version -> weights id, as `remember_weights` wrote them (unreadable: none, logged)."""
+def _record(data_dir: Path, model: str, name: str) -> dict[str, str]:
+    """version -> value, from one of the per-version records (unreadable: none, logged)."""
     try:
-        text = (folder(data_dir, model) / WEIGHTS).read_text()
+        text = (folder(data_dir, model) / name).read_text()
     except FileNotFoundError:
         return {}
     except OSError as exc:
-        log.warning("%s: the record of its versions' weights cannot be read: %s", model, exc)
+        log.warning("%s: the record of its versions' %s cannot be read: %s", model, name, exc)
         return {}
     return dict(line.split(" ", 1) for line in text.splitlines() if line.count(" ") == 1)
 
 
+def recorded_weights(data_dir: Path, model: str) -> dict[str, str]:
+    """version -> weights id, as `remember_weights` wrote them."""
+    return _record(data_dir, model, WEIGHTS)
+
+
+def recorded_temperatures(data_dir: Path, model: str) -> dict[str, float]:
+    """version -> shipped temperature, as `remember_weights` wrote them (since this record began)."""
+    out = {}
+    for version, text in _record(data_dir, model, TEMPERATURES).items():
+        try:
+            out[version] = float(text)
+        except ValueError:
+            log.warning("%s: the recorded temperature of %s is not a number: %r", model, version, text)
+    return out
+
+
 def remember_weights(data_dir: Path, entry: ModelEntry) -> None:
-    """Record which weights this version has, so that a profile fitted for it can follow a later
-    version with the same weights. A failure (a full disk) is logged: serving goes on."""
-    known = recorded_weights(data_dir, entry.name)
-    version, weights = entry.manifest.version, weights_id(entry)
-    if known.get(version) == weights:
-        return
-    known[version] = weights
+    """Record which weights and temperature this version has, so that a profile fitted for it
+    can follow a later version with the same weights, and its reviewed results still count
+    there. A failure (a full disk) is logged: serving goes on."""
+    version = entry.manifest.version
+    records = (
+        (WEIGHTS, recorded_weights(data_dir, entry.name), weights_id(entry)),
+        (TEMPERATURES, _record(data_dir, entry.name, TEMPERATURES), repr(entry.manifest.output.temperature)),
+    )
+    for name, known, value in records:
+        if known.get(version) == value:
+            continue
+        known[version] = value
+        try:
+            write_atomically(
+                folder(data_dir, entry.name) / name,
+                "".join(f"{v} {w}\n" for v, w in sorted(known.items())).encode(),
+            )
+        except (OSError, EdgeError) as exc:  # a full disk (DISK_FULL) must not stop serving
+            log.warning("%s %s: its %s could not be recorded: %s", entry.name, version, name, exc)
+
+
+def same_weights(data_dir: Path, entry: ModelEntry) -> list[str]:
+    """The other versions this device recorded with this version's weights, oldest first by
+    their version number."""
+    mine = weights_id(entry)
+    versions = [v for v, w in recorded_weights(data_dir, entry.name).items() if w == mine]
+    return sorted((v for v in versions if v != entry.manifest.version), key=version_order)
+
+
+def version_order(version: str) -> tuple[int, Version | str]:
+    """Sort key: release numbers by their value (1.10.0 after 1.9.0); other text after, as text."""
     try:
-        write_atomically(
-            folder(data_dir, entry.name) / WEIGHTS,
-            "".join(f"{v} {w}\n" for v, w in sorted(known.items())).encode(),
-        )
-    except (OSError, EdgeError) as exc:  # a full disk (DISK_FULL) must not stop serving
-        log.warning("%s %s: its weights could not be recorded: %s", entry.name, version, exc)
+        return (0, Version(version))
+    except InvalidVersion:
+        return (1, version)
 
 
 def serves(data_dir: Path, profile: SiteProfile, entry: ModelEntry) -> bool:

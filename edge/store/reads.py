@@ -169,26 +169,31 @@ class Reads:
         )
 
     def image_results(
-        self, model_name: str, model_version: str, since: str | None = None
+        self, model_name: str, model_versions: Sequence[str], since: str | None = None
     ) -> list[dict[str, Any]]:
-        """Results of one model version for single images (a clip's probability is a mean of
-        frames, distributed otherwise), oldest first, each with the specialist's latest review
-        where there is one (`verdict`, `review_finding`; NULL when unreviewed). For a site's
-        calibration and its prevalence estimate: probabilities, finding, profile, no identity."""
+        """Results of these model versions for single images (a clip's probability is a mean of
+        frames, distributed otherwise), oldest first, each with the version that made it and the
+        specialist's latest review where there is one (`verdict`, `review_finding`; NULL when
+        unreviewed). For a site's calibration and its prevalence estimate: probabilities,
+        finding, profile, no identity."""
+        versions = list(model_versions)
+        if not versions:
+            return []
+        marks = ", ".join("?" * len(versions))
         return _dicts(
             self.db.execute(
-                """
-                SELECT r.id, r.finding, r.probabilities, r.profile_id, r.created_at,
+                f"""
+                SELECT r.id, r.model_version, r.finding, r.probabilities, r.profile_id, r.created_at,
                        v.verdict, v.finding AS review_finding
                 FROM results r
                 LEFT JOIN reviews v ON v.id = (
                     SELECT id FROM reviews WHERE result_id = r.id
                     ORDER BY reviewed_at DESC, id DESC LIMIT 1)
-                WHERE r.model_name = ? AND r.model_version = ? AND r.created_at >= ?
+                WHERE r.model_name = ? AND r.model_version IN ({marks}) AND r.created_at >= ?
                   AND NOT EXISTS (SELECT 1 FROM clips c WHERE c.result_id = r.id)
                 ORDER BY r.created_at, r.id
-                """,
-                [model_name, model_version, since or ""],
+                """,  # only "?" marks are formatted in
+                [model_name, *versions, since or ""],
             )
         )
 
