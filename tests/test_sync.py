@@ -415,12 +415,22 @@ def test_signed_model_update_installs_and_bad_ones_do_not(hub: Hub, tmp_path: Pa
     with Store(device.data_dir) as store:
         client = hub.sync_client(device, store, hub.enroll(device))
         from edge.inference.registry import Registry
-        from edge.sync.releases import pull_models
+        from edge.sync.releases import KEEP_PREVIOUS, prune_previous, pull_models
 
         assert pull_models(client) == 1
         assert Registry(models).get("tiny").manifest.version == "0.0.2"
         assert pull_models(client) == 0  # same version: nothing
         assert list((models / ".previous").iterdir())  # the old one is kept
+        # Only the newest KEEP_PREVIOUS set-aside versions stay (a small disk, years of updates).
+        [installed_from] = [p.name for p in (models / ".previous").iterdir()]
+        for stamp in (100, 200, 300):
+            (models / ".previous" / f"tiny-{stamp}").mkdir()
+        (models / ".previous" / "tiny-extra-50").mkdir()  # another model whose name begins alike
+        prune_previous(models, "tiny")
+        assert KEEP_PREVIOUS == 2
+        assert sorted(p.name for p in (models / ".previous").iterdir()) == sorted(
+            [installed_from, "tiny-300", "tiny-extra-50"]
+        )
         # A release signed by someone else is ignored.
         rogue = keygen(tmp_path / "rogue.key")
         assert rogue != public

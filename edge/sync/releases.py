@@ -10,7 +10,8 @@ first byte past it), each checked against the signed sha256; a file the installe
 holds with that size and sha256 (the weights of a release that changed only its calibration) is
 copied instead of fetched. A file name must be a safe relative path (`release_paths.py`: the
 shipped layout's samples/ and plots/ folders, nothing outside).
-Installation swaps the model folder with renames and keeps the previous one; a self-test
+Installation swaps the model folder with renames and keeps the previous one (the newest
+`KEEP_PREVIOUS` per model: older ones are deleted); a self-test
 (manifest, checksums, ONNX Runtime on the model's samples) runs before and after the swap, and
 failure restores the old one.
 """
@@ -18,6 +19,7 @@ failure restores the old one.
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import time
 from pathlib import Path
@@ -38,6 +40,7 @@ from edge.sync.credential import HubUnavailable
 from edge.sync.release_paths import release_path_problem
 
 log = logging.getLogger(__name__)
+KEEP_PREVIOUS = 2  # versions set aside per model in models/.previous (newest first)
 
 
 def verify_signature(release: protocol.ModelRelease | protocol.ProfileRelease, public_key_hex: str) -> bool:
@@ -97,6 +100,27 @@ def install(settings: Settings, staged: Path, name: str) -> None:
             backup.rename(target)
         raise
     log.info("installed model %s (previous kept in %s)", name, backup if had_old else "nowhere: new model")
+    prune_previous(models_dir, name)
+
+
+def prune_previous(models_dir: Path, name: str, keep: int = KEEP_PREVIOUS) -> None:
+    """Delete all but the newest `keep` folders an update set aside for `name`: a device
+    updated every few weeks must not fill its disk with old weights. Failures are logged."""
+    pattern = re.compile(re.escape(name) + r"-(\d+)")
+    kept = []
+    for folder in (models_dir / ".previous").glob(f"{name}-*"):
+        matched = pattern.fullmatch(folder.name)
+        if matched and folder.is_dir():
+            kept.append((int(matched.group(1)), folder))
+    for _, folder in sorted(kept, reverse=True)[keep:]:
+        try:
+            shutil.rmtree(folder)
+        except OSError as exc:
+            log.warning(
+                "model %s: an old version set aside in %s could not be deleted: %s", name, folder, exc
+            )
+        else:
+            log.info("model %s: deleted %s (the %d newest set-aside versions are kept)", name, folder, keep)
 
 
 def _download(client: SyncClient, release: protocol.ModelRelease, file: str, target: Path) -> None:
