@@ -307,6 +307,8 @@ def test_calibrate_from_reviews_and_the_prior_estimate(settings: Settings, site:
         too_few = calibrate(settings, "--from-reviews")  # nothing reviewed yet
         assert too_few.exit_code == 1
         assert "CALIBRATION_TOO_FEW_CASES" in too_few.output
+        shown = " ".join(run(settings, "models", "show", DEFAULT_MODEL).output.split())
+        assert "labelled: 0 normal, 0 pneumonia (30 more normal, 30 more pneumonia needed" in shown
         reviews = []
         for number, (result, label) in enumerate(results):
             verdict = "uncertain" if number % 12 == 0 else "agree" if result.finding == label else "disagree"
@@ -321,6 +323,8 @@ def test_calibrate_from_reviews_and_the_prior_estimate(settings: Settings, site:
             )
         store.outbox.apply_reviews(reviews, cursor=len(reviews))
     uncertain = sum(1 for r in reviews if r["verdict"] == "uncertain")
+    shown = " ".join(run(settings, "models", "show", DEFAULT_MODEL).output.split())
+    assert f"enough for edge models calibrate {DEFAULT_MODEL} --from-reviews" in shown
     result = calibrate(settings, "--from-reviews", "--json")
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)

@@ -158,7 +158,13 @@ def test_agreement_figures_on_synthetic_reviews(hub: Hub, tmp_path: Path, key: t
     assert figures["auc"] == round(metrics.roc_auc(truth, score), 4)
     low, high = figures["auc_ci95"]
     assert low <= figures["auc"] <= high
-    assert agreement.site_figures(hub.engine, hub.settings.models.dir) == [figures]  # seeded
+    # Seeded, and the cache (by content) gives what a fresh computation gives.
+    assert agreement.site_figures(hub.engine, hub.settings.models.dir) == [figures]
+    [group] = agreement.reviewed_cases(hub.engine, hub.settings.models.dir).values()
+    manifest = agreement.shipped_manifest(hub.engine, hub.settings.models.dir, "tiny", "0.0.1")
+    assert agreement.figures(group, manifest) == figures
+    agreement.site_figures(hub.engine, hub.settings.models.dir)[0]["cases"] = -1  # the caller's copy
+    assert agreement.site_figures(hub.engine, hub.settings.models.dir)[0]["cases"] == 80
     suggestion = figures["suggestion"]
     assert figures["refusal"] is None
     assert suggestion["shipped_temperature"] == T0
@@ -173,6 +179,10 @@ def test_agreement_figures_on_synthetic_reviews(hub: Hub, tmp_path: Path, key: t
     assert cross_validated["accuracy"] > suggestion["before"]["balanced"]["accuracy"]
     lo, hi = points["balanced"]["specificity_ci95"]
     assert lo <= points["balanced"]["specificity"] <= hi
+    # A new review is new content: figured again, not served from the cache.
+    add_reviewed(hub, device_id, synthetic_cases(1, seed=7), uncertain=0, first_seq=500)
+    [grown] = agreement.site_figures(hub.engine, hub.settings.models.dir)
+    assert (grown["cases"], grown["cases_per_class"]) == (82, {"finding": 41, "normal": 41})
 
 
 def publish_manifest(hub: Hub, version: str, temperature: float, weights: str | None = None) -> None:
@@ -412,6 +422,32 @@ def test_a_downgrade_and_a_profile_for_another_model_version_are_refused(
         with pytest.raises(EdgeError) as refused:
             profiles.install(settings, store, other_version, key[0])
         assert refused.value.code is Code.PROFILE_MODEL_NOT_INSTALLED
+
+
+def test_a_profile_for_a_version_not_yet_installed_waits_for_it(
+    hub: Hub, tmp_path: Path, key: tuple[str, Any]
+) -> None:
+    """The hub pools 0.0.1 and its re-release 0.0.2 and makes the profile for 0.0.2; a device
+    whose update to 0.0.2 has not arrived yet (a slow link) refuses it once, not every round,
+    and installs it once 0.0.2 is installed."""
+    settings = device_settings(hub, tmp_path, key[0])
+    device_id, credential = enrolled(hub, settings)
+    add_reviewed(hub, device_id, synthetic_cases(40))
+    publish_manifest(hub, "0.0.2", T0)
+    add_reviewed(hub, device_id, synthetic_cases(3, seed=3), uncertain=0, version="0.0.2", first_seq=300)
+    release = publish_at(hub, key[1], datetime(2026, 12, 2, tzinfo=timezone.utc))
+    assert release.model_version == "0.0.2"
+    with Store(settings.data_dir) as store:
+        client = hub.sync_client(settings, store, credential)
+        assert profiles.pull_profiles(client) == 0
+        assert profiles.pull_profiles(client) == 0
+        assert len(list(store.audit_rows("profile.refused"))) == 1  # once, not every round
+        [reason] = store.outbox.sync_state()["profiles_refused"].values()
+        assert reason.startswith("PROFILE_MODEL_NOT_INSTALLED")
+        manifest = settings.models.dir / "tiny" / "model.toml"  # the update arrives
+        manifest.write_text(manifest.read_text().replace('version = "0.0.1"', 'version = "0.0.2"', 1))
+        assert profiles.pull_profiles(client) == 1
+        assert profiles.active_id(settings, "tiny") == release.id
 
 
 def test_cli_publishes_with_the_key_and_lists(

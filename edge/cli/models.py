@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
@@ -13,6 +13,9 @@ from rich.table import Table
 
 from edge.cli.base import EXIT_REFUSED, Context, cli, pass_context
 from edge.errors import EdgeError
+
+if TYPE_CHECKING:
+    from edge.inference.registry import ModelEntry
 
 # ---------------------------------------------------------------------- models
 
@@ -107,7 +110,35 @@ def models_show(obj: Context, name: str, as_json: bool) -> None:
                     f"{entry.manifest.version}, which has the same weights"
                 )
             print_profile(console, profile, entry.manifest, active=True)
+    reviewed = _reviewed_line(obj, entry)
+    if reviewed:
+        console.print(reviewed)
     sys.exit(0 if all(v == "ok" for v in checks.values()) else EXIT_REFUSED)
+
+
+def _reviewed_line(obj: Context, entry: ModelEntry) -> str:
+    """How many of this site's results the specialists labelled, against what `calibrate
+    --from-reviews` needs; "" on a device with no store yet (none is created to say so)."""
+    from edge.inference import site_calibration as sc
+    from edge.store import Store
+    from edge.store.database import DB_NAME
+
+    settings = obj.settings
+    if not (settings.data_dir / DB_NAME).is_file():
+        return ""
+    try:
+        with Store(settings.data_dir, busy_timeout_ms=settings.store.busy_timeout_ms, reader=True) as store:
+            per_class = sc.cases_from_reviews(settings, store, entry).cases.per_class()
+    except EdgeError as error:
+        return f"[yellow]reviewed results[/]: cannot be read: {error.one_line()}"
+    counts = ", ".join(f"{n} {label}" for label, n in per_class.items())
+    short = {label: sc.MIN_PER_CLASS - n for label, n in per_class.items() if n < sc.MIN_PER_CLASS}
+    if short:
+        needed = ", ".join(f"{n} more {label}" for label, n in short.items())
+        verdict = f"{needed} needed before edge models calibrate {entry.name} --from-reviews"
+    else:
+        verdict = f"enough for edge models calibrate {entry.name} --from-reviews"
+    return f"reviewed by the specialists, labelled: {counts} ({verdict}; {sc.MIN_PER_CLASS} of each)"
 
 
 @models.command("eval")

@@ -23,9 +23,13 @@ Below `MIN_CASES_PER_CLASS` labelled cases of any class no suggestion is made, a
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import json
 import math
-from collections import Counter
-from dataclasses import dataclass, field, replace
+import threading
+from collections import Counter, OrderedDict
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -374,5 +378,35 @@ def site_figures(engine: Engine, models_dir: Path | None) -> list[dict[str, Any]
     out = []
     for group in reviewed_cases(engine, models_dir).values():
         manifest = shipped_manifest(engine, models_dir, group.key.model, group.key.version)
-        out.append(figures(group, manifest))
+        out.append(_FIGURES.get(group, manifest))
     return out
+
+
+class _FiguresCache:
+    """`figures` by the content of what they are computed from (every case, the manifest): the
+    bootstraps and the cross-validation cost about a second per 2,000-case site, and an
+    administrator's page reloads ask again for sites nobody reviewed since. Bounded; a copy out."""
+
+    def __init__(self, size: int = 256) -> None:
+        self._size = size
+        self._entries: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, group: CaseSet, manifest: Manifest | None) -> dict[str, Any]:
+        content = json.dumps(
+            [asdict(group), manifest.model_dump(mode="json") if manifest else None], sort_keys=True
+        )
+        key = hashlib.sha256(content.encode()).hexdigest()
+        with self._lock:
+            if key in self._entries:
+                self._entries.move_to_end(key)
+                return copy.deepcopy(self._entries[key])
+        found = figures(group, manifest)
+        with self._lock:
+            self._entries[key] = copy.deepcopy(found)
+            while len(self._entries) > self._size:
+                self._entries.popitem(last=False)
+        return found
+
+
+_FIGURES = _FiguresCache()

@@ -7,7 +7,9 @@ On the device a model's profiles are `<data_dir>/profiles/<model>/<id>.toml`, an
 A profile is refused, with a code, when its signature does not verify, when it does not parse,
 when its model version is not the installed one, or when it is older (`created_at`) than the
 active profile: the refusal is logged, audited and recorded in the sync state
-(`profiles_refused`), so it is not fetched and refused again every round. Each profile is
+(`profiles_refused`), so it is not fetched and refused again every round; one refused for the
+model version is tried again once another version is installed (its model update may arrive
+later, over a slow link). Each profile is
 installed once: one a technician rolled back from, or reset, does not come back by itself.
 """
 
@@ -134,15 +136,25 @@ def pull_profiles(client: SyncClient) -> int:
     refused: dict[str, str] = state.get("profiles_refused", {})
     seen: list[str] = state.get("profiles_installed", [])
     count = 0
+    registry = Registry(settings.models.dir)
     for release in sorted(client.profiles(), key=lambda r: (r.created_at, r.id)):
         key = _seen_key(release)
-        if key in refused or key in seen or active_id(settings, release.model) == release.id:
+        # "Not for the installed version" holds until the installed version changes (a model
+        # update still downloading over a slow link): that refusal is remembered per version.
+        waiting = f"{key} while {_installed_version(registry, release.model)} is installed"
+        if (
+            key in refused
+            or waiting in refused
+            or key in seen
+            or active_id(settings, release.model) == release.id
+        ):
             continue
         try:
             install(settings, store, release, public_key)
         except EdgeError as error:
             log.error("site profile %s refused: %s", release.id, error.one_line())
-            refused[key] = error.one_line()[:300]
+            for_now = error.code is Code.PROFILE_MODEL_NOT_INSTALLED
+            refused[waiting if for_now else key] = error.one_line()[:300]
             store.outbox.set_sync_state(profiles_refused=refused)
             store.audit(
                 ACTOR,
@@ -155,6 +167,13 @@ def pull_profiles(client: SyncClient) -> int:
         store.outbox.set_sync_state(profiles_installed=seen)
         count += 1
     return count
+
+
+def _installed_version(registry: Registry, model: str) -> str:
+    try:
+        return registry.get(model).manifest.version if model in registry.names() else "no version"
+    except EdgeError:
+        return "an unreadable version"
 
 
 def rollback(settings: Settings, store: Store, model: str) -> SiteProfile:
