@@ -538,3 +538,13 @@ def test_an_earlier_versions_temperature_is_read_from_the_folder_an_update_kept(
     assert sc._kept_temperature(tmp_path, DEFAULT_MODEL, "0.8.0") == 1.5
     assert sc._kept_temperature(tmp_path, DEFAULT_MODEL, "0.9.1") is None
     assert sc._kept_temperature(tmp_path / "nowhere", DEFAULT_MODEL, "0.9.0") is None
+
+
+def test_recorded_temperatures_and_version_order_refuse_what_cannot_be_right(tmp_path: Path) -> None:
+    folder = site_profile.folder(tmp_path, DEFAULT_MODEL)
+    folder.mkdir(parents=True)
+    lines = ("0.9.0 nan", "0.8.0 0", "0.7.0 1.5", "0.6.0 x", "0.5.0 inf", "odd")
+    (folder / site_profile.TEMPERATURES).write_text("\n".join(lines) + "\n")
+    assert site_profile.recorded_temperatures(tmp_path, DEFAULT_MODEL) == {"0.7.0": 1.5}
+    versions = ["1.10.0", "1.9.0", "1.2-hotfix!", "1.2.0"]
+    assert sorted(versions, key=site_profile.version_order) == ["1.2-hotfix!", "1.2.0", "1.9.0", "1.10.0"]

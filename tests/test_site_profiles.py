@@ -241,6 +241,11 @@ def test_versions_with_the_same_weights_are_pooled_each_read_at_its_temperature(
     [figures] = [f for f in agreement.site_figures(hub.engine, hub.settings.models.dir) if f["cases"] == 80]
     assert (figures["model_version"], figures["model_versions"]) == ("0.0.10", ["0.0.1", "0.0.10"])
     assert figures["suggestion"]["shipped_temperature"] == 2.0
+    # Its AUC ranks every case on one scale: the twins' AUC is the films' own.
+    truth = np.array([label == "finding" for label, _ in cases])
+    own = metrics.roc_auc(truth, np.array([p for _, p in cases]))
+    mixed = metrics.roc_auc(np.concatenate([truth, truth]), np.array([p for _, p in cases + again]))
+    assert abs(figures["auc"] - own) < 1e-3 < abs(mixed - own)
     draft = site_profiles.draft(hub.engine, hub.settings.models.dir, PROGRAMME, SITE, "tiny", "0.0.1")
     assert draft.model_version == "0.0.10"
     assert "(versions 0.0.1, 0.0.10: the same weights)" in draft.profile
@@ -442,12 +447,18 @@ def test_a_profile_for_a_version_not_yet_installed_waits_for_it(
         assert profiles.pull_profiles(client) == 0
         assert profiles.pull_profiles(client) == 0
         assert len(list(store.audit_rows("profile.refused"))) == 1  # once, not every round
-        [reason] = store.outbox.sync_state()["profiles_refused"].values()
+        [(waiting, reason)] = store.outbox.sync_state()["profiles_refused"].items()
         assert reason.startswith("PROFILE_MODEL_NOT_INSTALLED")
+        assert waiting.endswith(" while 0.0.1 is installed")
+        # As an edge before this rule recorded it (for good): tried once more, then waits too.
+        store.outbox.set_sync_state(profiles_refused={waiting.split(" while ")[0]: reason})
+        assert profiles.pull_profiles(client) == 0
+        assert store.outbox.sync_state()["profiles_refused"] == {waiting: reason}
         manifest = settings.models.dir / "tiny" / "model.toml"  # the update arrives
         manifest.write_text(manifest.read_text().replace('version = "0.0.1"', 'version = "0.0.2"', 1))
         assert profiles.pull_profiles(client) == 1
         assert profiles.active_id(settings, "tiny") == release.id
+        assert store.outbox.sync_state()["profiles_refused"] == {}  # no longer shown as refused
 
 
 def test_cli_publishes_with_the_key_and_lists(

@@ -17,6 +17,7 @@ import pytest
 
 from edge.config import Settings, load_settings
 from edge.hub import devices, releases, reviews
+from edge.inference import site_profile
 from edge.pipeline import Pipeline
 from edge.store import Store
 from edge.sync import protocol, signatures
@@ -417,19 +418,30 @@ def test_signed_model_update_installs_and_bad_ones_do_not(hub: Hub, tmp_path: Pa
         from edge.inference.registry import Registry
         from edge.sync.releases import KEEP_PREVIOUS, prune_previous, pull_models
 
+        # Versions set aside by earlier updates; only the newest KEEP_PREVIOUS stay (a small
+        # disk, years of updates), and what a deleted one was is recorded first.
+        previous = models / ".previous"
+        edited_copy(models / "tiny", previous / "tiny-100", 'version = "0.0.1"', 'version = "0.0.0"')
+        manifest = previous / "tiny-100" / "model.toml"  # its shipped temperature: 3.0
+        manifest.write_text(
+            manifest.read_text().replace('positive = "finding"', 'positive = "finding"\ntemperature = 3.0')
+        )
+        for name in ("tiny-200", "tiny-300", "tiny-extra-50"):  # the last: another model's name
+            (previous / name).mkdir()
         assert pull_models(client) == 1
         assert Registry(models).get("tiny").manifest.version == "0.0.2"
         assert pull_models(client) == 0  # same version: nothing
-        assert list((models / ".previous").iterdir())  # the old one is kept
-        # Only the newest KEEP_PREVIOUS set-aside versions stay (a small disk, years of updates).
-        [installed_from] = [p.name for p in (models / ".previous").iterdir()]
-        for stamp in (100, 200, 300):
-            (models / ".previous" / f"tiny-{stamp}").mkdir()
-        (models / ".previous" / "tiny-extra-50").mkdir()  # another model whose name begins alike
-        prune_previous(models, "tiny")
         assert KEEP_PREVIOUS == 2
-        assert sorted(p.name for p in (models / ".previous").iterdir()) == sorted(
+        [installed_from] = [p.name for p in previous.iterdir() if int(p.name.split("-")[-1]) > 1000]
+        assert sorted(p.name for p in previous.iterdir()) == sorted(
             [installed_from, "tiny-300", "tiny-extra-50"]
+        )
+        assert site_profile.recorded_temperatures(device.data_dir, "tiny")["0.0.0"] == 3.0
+        # The folder just set aside is kept whatever a clock gone backwards named it.
+        (previous / "tiny-5").mkdir()
+        prune_previous(device, "tiny", keep_also=previous / "tiny-5")
+        assert sorted(p.name for p in previous.iterdir()) == sorted(
+            [installed_from, "tiny-5", "tiny-extra-50"]
         )
         # A release signed by someone else is ignored.
         rogue = keygen(tmp_path / "rogue.key")
@@ -555,7 +567,6 @@ def test_a_release_that_keeps_its_weights_fetches_only_what_changed(
     assert sorted(fetched) == ["samples/mid.png", "tiny-fp32.onnx", "tiny-int8.onnx"]
     assert "samples/bright.png" not in fetched
     # The outgoing version's weights are recorded: a site profile fitted for 0.0.1 serves 0.0.2.
-    from edge.inference import site_profile
 
     assert site_profile.recorded_weights(device.data_dir, "tiny") == {"0.0.1": site_profile.weights_id(entry)}
     for variant in ("fp32", "int8"):

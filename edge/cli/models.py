@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -131,6 +132,8 @@ def _reviewed_line(obj: Context, entry: ModelEntry) -> str:
             per_class = sc.cases_from_reviews(settings, store, entry).cases.per_class()
     except EdgeError as error:
         return f"[yellow]reviewed results[/]: cannot be read: {error.one_line()}"
+    except (sqlite3.Error, KeyError, ValueError) as error:  # a busy or odd store: still show the rest
+        return f"[yellow]reviewed results[/]: cannot be read: {type(error).__name__}: {error}"
     counts = ", ".join(f"{n} {label}" for label, n in per_class.items())
     short = {label: sc.MIN_PER_CLASS - n for label, n in per_class.items() if n < sc.MIN_PER_CLASS}
     if short:

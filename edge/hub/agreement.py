@@ -215,7 +215,7 @@ def figures(group: CaseSet, manifest: Manifest | None) -> dict[str, Any]:
     per_class = Counter(case.label for case in cases)
     matrix = [[sum(1 for c in cases if c.label == t and c.finding == f) for f in labels] for t in labels]
     truth = np.array([case.label == positive for case in cases], bool)
-    score = np.array([case.probability for case in cases], np.float64)
+    score = _one_scale(group, manifest)
     auc = metrics.roc_auc(truth, score) if len(cases) else math.nan
     out: dict[str, Any] = {
         "programme": group.key.programme,
@@ -324,6 +324,21 @@ def suggest(group: CaseSet, manifest: Manifest) -> dict[str, Any]:
         "before": before,
         "after": after,
     }
+
+
+def _one_scale(group: CaseSet, manifest: Manifest | None) -> np.ndarray:
+    """P(positive) of every case on one scale, for the AUC: as the newest version's shipped
+    temperature would give it (cases of other versions, or made under a profile, were reported
+    at other temperatures, which would rank them on mixed scales); as reported where the
+    manifest is unknown or a case lacks one of its labels."""
+    reported = np.array([case.probability for case in group.cases], np.float64)
+    if manifest is None or not group.cases:
+        return reported
+    if any(set(c.probabilities) != set(manifest.output.labels) for c in group.cases):
+        return reported
+    labels, temperature = list(manifest.output.labels), manifest.output.temperature
+    logits = case_logits(group.cases, group, labels, temperature)
+    return softmax(logits, temperature)[:, labels.index(group.positive)]
 
 
 def case_logits(cases: list[Case], group: CaseSet, labels: list[str], shipped_t: float) -> np.ndarray:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import re
 from pathlib import Path
@@ -220,9 +221,13 @@ def recorded_temperatures(data_dir: Path, model: str) -> dict[str, float]:
     out = {}
     for version, text in _record(data_dir, model, TEMPERATURES).items():
         try:
-            out[version] = float(text)
+            value = float(text)
         except ValueError:
-            log.warning("%s: the recorded temperature of %s is not a number: %r", model, version, text)
+            value = math.nan
+        if math.isfinite(value) and value > 0:
+            out[version] = value
+        else:
+            log.warning("%s: the recorded temperature of %s is not one: %r", model, version, text)
     return out
 
 
@@ -257,11 +262,12 @@ def same_weights(data_dir: Path, entry: ModelEntry) -> list[str]:
 
 
 def version_order(version: str) -> tuple[int, Version | str]:
-    """Sort key: release numbers by their value (1.10.0 after 1.9.0); other text after, as text."""
+    """Sort key: release numbers by their value (1.10.0 after 1.9.0); other text (a hand-made
+    version a release would refuse) before them all, as text, so it is never taken as newest."""
     try:
-        return (0, Version(version))
+        return (1, Version(version))
     except InvalidVersion:
-        return (1, version)
+        return (0, version)
 
 
 def serves(data_dir: Path, profile: SiteProfile, entry: ModelEntry) -> bool:

@@ -142,6 +142,8 @@ def pull_profiles(client: SyncClient) -> int:
         # "Not for the installed version" holds until the installed version changes (a model
         # update still downloading over a slow link): that refusal is remembered per version.
         waiting = f"{key} while {_installed_version(registry, release.model)} is installed"
+        if refused.get(key, "").startswith(Code.PROFILE_MODEL_NOT_INSTALLED.value):
+            del refused[key]  # recorded before such refusals waited for another version: once more
         if (
             key in refused
             or waiting in refused
@@ -164,7 +166,9 @@ def pull_profiles(client: SyncClient) -> int:
             )
             continue
         seen.append(key)
-        store.outbox.set_sync_state(profiles_installed=seen)
+        for waited in [k for k in refused if k.startswith(key + " while ")]:
+            del refused[waited]  # installed now: no longer shown as refused
+        store.outbox.set_sync_state(profiles_installed=seen, profiles_refused=refused)
         count += 1
     return count
 

@@ -32,7 +32,14 @@ from edge.errors import Code, EdgeError
 from edge.imaging.decode import decode_bytes
 from edge.inference import site_profile
 from edge.inference.pool import tensor_names
-from edge.inference.registry import Registry, manifest_schema_id, parse_manifest, sha256_file
+from edge.inference.registry import (
+    ModelEntry,
+    Registry,
+    manifest_schema_id,
+    parse_manifest,
+    read_manifest,
+    sha256_file,
+)
 from edge.runtime.onnxruntime import OnnxRuntimeRunner
 from edge.sync import protocol, signatures
 from edge.sync.client import SyncClient
@@ -100,25 +107,34 @@ def install(settings: Settings, staged: Path, name: str) -> None:
             backup.rename(target)
         raise
     log.info("installed model %s (previous kept in %s)", name, backup if had_old else "nowhere: new model")
-    prune_previous(models_dir, name)
+    prune_previous(settings, name, backup if had_old else None)
 
 
-def prune_previous(models_dir: Path, name: str, keep: int = KEEP_PREVIOUS) -> None:
-    """Delete all but the newest `keep` folders an update set aside for `name`: a device
-    updated every few weeks must not fill its disk with old weights. Failures are logged."""
+def prune_previous(
+    settings: Settings, name: str, keep_also: Path | None = None, keep: int = KEEP_PREVIOUS
+) -> None:
+    """Delete all but the newest `keep` folders an update set aside for `name` (and never
+    `keep_also`, the one just set aside, whatever a wrong clock made of its name): a device
+    updated every few weeks must not fill its disk with old weights. What each deleted version
+    was is recorded first (`site_profile.remember_weights`: its weights and temperature, so its
+    reviewed results still count). Failures are logged."""
     pattern = re.compile(re.escape(name) + r"-(\d+)")
-    kept = []
-    for folder in (models_dir / ".previous").glob(f"{name}-*"):
+    candidates = []
+    for folder in (settings.models.dir / ".previous").glob(f"{name}-*"):
         matched = pattern.fullmatch(folder.name)
-        if matched and folder.is_dir():
-            kept.append((int(matched.group(1)), folder))
-    for _, folder in sorted(kept, reverse=True)[keep:]:
+        if matched and folder.is_dir() and folder != keep_also:
+            candidates.append((int(matched.group(1)), folder))
+    for _, folder in sorted(candidates, reverse=True)[keep - (keep_also is not None) :]:
+        try:
+            site_profile.remember_weights(
+                settings.data_dir, ModelEntry(read_manifest(folder / "model.toml"), folder)
+            )
+        except EdgeError as error:
+            log.info("model %s: %s holds no readable manifest: %s", name, folder, error.one_line())
         try:
             shutil.rmtree(folder)
         except OSError as exc:
-            log.warning(
-                "model %s: an old version set aside in %s could not be deleted: %s", name, folder, exc
-            )
+            log.warning("model %s: the old version in %s could not be deleted: %s", name, folder, exc)
         else:
             log.info("model %s: deleted %s (the %d newest set-aside versions are kept)", name, folder, keep)
 
