@@ -82,14 +82,18 @@ class CaseSet:
     unlabelled: int = 0  # reviewed "uncertain", or disagreed without a finding
     versions: list[str] = field(default_factory=list)  # pooled (the same weights), oldest first
     shipped_temperatures: dict[str, float] = field(default_factory=dict)  # by version, where known
+    manifest: Manifest | None = None  # the newest version's, as `shipped_manifest` found it
 
 
 def reviewed_cases(engine: Engine, models_dir: Path | None = None) -> dict[SiteModel, CaseSet]:
     """Every reviewed result, by site and model weights (the versions that share them pooled
     under the newest), labelled by its latest review."""
     pooled: dict[tuple[str, str, str, str], CaseSet] = {}
+    manifests: dict[tuple[str, str], Manifest | None] = {}  # each version looked up once
     for key, group in _by_version(engine).items():
-        manifest = shipped_manifest(engine, models_dir, key.model, key.version)
+        if (key.model, key.version) not in manifests:
+            manifests[(key.model, key.version)] = shipped_manifest(engine, models_dir, key.model, key.version)
+        manifest = manifests[(key.model, key.version)]
         weights = manifest_weights_id(manifest) if manifest is not None else f"version {key.version}"
         if manifest is not None:
             group.shipped_temperatures[key.version] = manifest.output.temperature
@@ -103,6 +107,7 @@ def reviewed_cases(engine: Engine, models_dir: Path | None = None) -> dict[SiteM
     for group in pooled.values():
         group.versions.sort(key=version_order)
         group.key = replace(group.key, version=group.versions[-1])
+        group.manifest = manifests[(group.key.model, group.key.version)]
         out[group.key] = group
     return dict(sorted(out.items(), key=lambda item: _sort_key(item[0])))
 
@@ -390,11 +395,7 @@ def _round(value: float) -> float | None:
 
 def site_figures(engine: Engine, models_dir: Path | None) -> list[dict[str, Any]]:
     """Every site x model weights with reviewed results: what the admin page and JSON show."""
-    out = []
-    for group in reviewed_cases(engine, models_dir).values():
-        manifest = shipped_manifest(engine, models_dir, group.key.model, group.key.version)
-        out.append(_FIGURES.get(group, manifest))
-    return out
+    return [_FIGURES.get(group) for group in reviewed_cases(engine, models_dir).values()]
 
 
 class _FiguresCache:
@@ -407,9 +408,11 @@ class _FiguresCache:
         self._entries: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, group: CaseSet, manifest: Manifest | None) -> dict[str, Any]:
+    def get(self, group: CaseSet) -> dict[str, Any]:
+        manifest = group.manifest
         content = json.dumps(
-            [asdict(group), manifest.model_dump(mode="json") if manifest else None], sort_keys=True
+            [asdict(replace(group, manifest=None)), manifest.model_dump(mode="json") if manifest else None],
+            sort_keys=True,
         )
         key = hashlib.sha256(content.encode()).hexdigest()
         with self._lock:

@@ -54,7 +54,7 @@ def draft(
             404, WireCode.TOO_FEW_CASES, f"no reviewed results of {model} from site {site!r} ({programme})"
         )
     group = groups[-1]  # sorted by version: give --version for the weights of an older one
-    manifest = agreement.shipped_manifest(engine, models_dir, model, group.key.version)
+    manifest = group.manifest
     figures = agreement.figures(group, manifest)
     suggestion = figures["suggestion"]
     if suggestion is None:

@@ -258,8 +258,8 @@ def cross_validated(
                 threshold = choose_thresholds(truth[fit], prob[fit], target)[name]
                 predicted[name][read] = prob[read] >= threshold
         for name, flagged in predicted.items():
-            right = flagged == truth
-            readings[name].append((right.mean(), flagged[truth].mean(), (~flagged[~truth]).mean()))
+            reading = ((flagged == truth).mean(), _sensitivity(truth, flagged), _specificity(truth, flagged))
+            readings[name].append(reading)
     out = {}
     for name, rows in readings.items():
         accuracy, sensitivity, specificity = np.mean(rows, axis=0)

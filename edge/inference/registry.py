@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import re
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
@@ -344,6 +345,26 @@ class ModelEntry:
             return []
         with labels.open(newline="") as handle:
             return [(folder / row["path"], row["label"]) for row in csv.DictReader(handle)]
+
+
+PREVIOUS = ".previous"
+"""`<models dir>/.previous/<model>-<unix time>`: a version a model update set aside."""
+
+
+def set_aside_path(models_dir: Path, name: str, now: float) -> Path:
+    return models_dir / PREVIOUS / f"{name}-{int(now)}"
+
+
+def set_aside(models_dir: Path, name: str) -> list[Path]:
+    """The folders model updates set `name`'s earlier versions aside in, newest first (by the
+    time in their names; another model whose name begins alike is not one of them)."""
+    pattern = re.compile(re.escape(name) + r"-(\d+)")
+    found = []
+    for folder in (models_dir / PREVIOUS).glob(f"{name}-*"):
+        matched = pattern.fullmatch(folder.name)
+        if matched and folder.is_dir():
+            found.append((int(matched.group(1)), folder))
+    return [folder for _, folder in sorted(found, reverse=True)]
 
 
 def sha256_file(path: Path) -> str:

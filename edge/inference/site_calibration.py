@@ -14,7 +14,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,7 @@ from edge.inference import calibration, prior, site_profile
 from edge.inference.calibration import RULES, Cases
 from edge.inference.evaluate import score_folder
 from edge.inference.postprocess import softmax
-from edge.inference.registry import ModelEntry, read_manifest
+from edge.inference.registry import ModelEntry, read_manifest, set_aside
 from edge.inference.site_profile import PointFigures, ProfilePoint, SiteProfile
 from edge.store import Store
 
@@ -114,14 +113,11 @@ def _kept_temperature(models_dir: Path, model: str, version: str) -> float | Non
     """The shipped temperature of `version` from the folder a model update kept it in
     (`models/.previous/<model>-<time>`): for versions replaced before their temperature was
     recorded."""
-    pattern = re.compile(re.escape(model) + r"-\d+")
-    for kept in sorted((models_dir / ".previous").glob(f"{model}-*"), reverse=True):
-        if not pattern.fullmatch(kept.name):
-            continue
+    for kept in set_aside(models_dir, model):
         try:
             manifest = read_manifest(kept / "model.toml")
-        except (EdgeError, OSError) as error:
-            log.debug("%s: %s", kept, error)
+        except EdgeError as error:
+            log.debug("%s", error.one_line())
             continue
         if manifest.version == version:
             return manifest.output.temperature

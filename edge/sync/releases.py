@@ -19,7 +19,6 @@ failure restores the old one.
 from __future__ import annotations
 
 import logging
-import re
 import shutil
 import time
 from pathlib import Path
@@ -38,6 +37,8 @@ from edge.inference.registry import (
     manifest_schema_id,
     parse_manifest,
     read_manifest,
+    set_aside,
+    set_aside_path,
     sha256_file,
 )
 from edge.runtime.onnxruntime import OnnxRuntimeRunner
@@ -87,7 +88,7 @@ def install(settings: Settings, staged: Path, name: str) -> None:
     models_dir = settings.models.dir
     self_test(staged.parent, name, settings)
     target = models_dir / name
-    backup = models_dir / ".previous" / f"{name}-{int(time.time())}"
+    backup = set_aside_path(models_dir, name, time.time())
     had_old = target.exists()
     if had_old:  # which weights the outgoing version had: its site profiles may follow
         try:
@@ -118,13 +119,8 @@ def prune_previous(
     updated every few weeks must not fill its disk with old weights. What each deleted version
     was is recorded first (`site_profile.remember_weights`: its weights and temperature, so its
     reviewed results still count). Failures are logged."""
-    pattern = re.compile(re.escape(name) + r"-(\d+)")
-    candidates = []
-    for folder in (settings.models.dir / ".previous").glob(f"{name}-*"):
-        matched = pattern.fullmatch(folder.name)
-        if matched and folder.is_dir() and folder != keep_also:
-            candidates.append((int(matched.group(1)), folder))
-    for _, folder in sorted(candidates, reverse=True)[keep - (keep_also is not None) :]:
+    candidates = [folder for folder in set_aside(settings.models.dir, name) if folder != keep_also]
+    for folder in candidates[keep - (keep_also is not None) :]:
         try:
             site_profile.remember_weights(
                 settings.data_dir, ModelEntry(read_manifest(folder / "model.toml"), folder)
