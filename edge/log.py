@@ -190,3 +190,8 @@ def configure(level: int = logging.WARNING) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+
+
+def is_configured_handler(handler: logging.Handler) -> bool:
+    """Whether `handler` is one `configure` installed (tests remove it after a command ran)."""
+    return _repeats in handler.filters

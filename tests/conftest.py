@@ -34,13 +34,13 @@ def _root_logger_restored() -> Iterator[None]:
     """A command run in a test (`edge.log.configure`) sets the root logger's level (ERROR for
     some) and installs its handler: undo both, so a later test's caplog sees warnings whatever
     ran before it. (pytest's own capture handlers come and go with each phase: left alone.)"""
-    from edge.log import _repeats
+    from edge.log import is_configured_handler
 
     root = logging.getLogger()
     level = root.level
     yield
     root.setLevel(level)
-    root.handlers[:] = [handler for handler in root.handlers if _repeats not in handler.filters]
+    root.handlers[:] = [handler for handler in root.handlers if not is_configured_handler(handler)]
 
 
 @pytest.fixture

@@ -134,6 +134,8 @@ def test_calibrate_on_a_folder_moves_the_threshold_and_helps_held_out_cases(
     cross_validated = profile.after["balanced (cross-validated)"]
     assert isinstance(cross_validated, site_profile.PointFigures)
     assert before_balanced.accuracy < cross_validated.accuracy <= after_balanced.accuracy + 0.02
+    gain = out["gains"]["balanced"]  # paired, on the same cases: clearly above 0 here
+    assert 0.0 < gain["ci95"][0] <= gain["youden_j"] <= gain["ci95"][1]
     # On disk, in force, audited; the held-out films of the same site are read better.
     assert site_profile.active_id(settings.data_dir, DEFAULT_MODEL) == profile.id
     path = settings.data_dir / "profiles" / DEFAULT_MODEL / f"{profile.id}.toml"
@@ -148,6 +150,9 @@ def test_calibrate_on_a_folder_moves_the_threshold_and_helps_held_out_cases(
     assert "before (shipped), balanced" in shown.output
     assert "cross-validated, balanced" in shown.output
     assert "with the site's point on cases it was not chosen on: a gain" in " ".join(shown.output.split())
+    # Printed when calibrating (a profile does not keep it): the same again, a new profile.
+    again = " ".join(calibrate(settings, "--data", str(site["calibration"])).output.split())
+    assert f"a gain (Youden's J {gain['youden_j']:+.3f}, 95% CI {gain['ci95'][0]:+.3f} to" in again
 
 
 def test_below_the_minimum_per_class_is_refused_with_its_code(
@@ -321,7 +326,12 @@ def test_calibrate_from_reviews_and_the_prior_estimate(settings: Settings, site:
                     "reviewed_at": "2026-12-02T10:00:00Z",
                 }
             )
-        store.outbox.apply_reviews(reviews, cursor=len(reviews))
+        store.outbox.apply_reviews(reviews[1:], cursor=len(reviews) - 1)
+        version = [results[0][0].model_version]
+        reviewed = store.image_results(DEFAULT_MODEL, version, reviewed_only=True)
+        assert [r["id"] for r in reviewed] == [r.id for r, _ in results[1:]]  # the database filters
+        assert len(store.image_results(DEFAULT_MODEL, version)) == len(results)
+        store.outbox.apply_reviews(reviews[:1], cursor=len(reviews))
     uncertain = sum(1 for r in reviews if r["verdict"] == "uncertain")
     shown = " ".join(run(settings, "models", "show", DEFAULT_MODEL).output.split())
     assert f"enough for edge models calibrate {DEFAULT_MODEL} --from-reviews" in shown
@@ -435,14 +445,15 @@ def test_release_and_site_share_the_threshold_rules() -> None:
 
 def test_the_cross_validated_reading_tells_a_site_that_needs_its_point_from_one_that_does_not() -> None:
     """In-sample, a refitted point always looks at least as good as the shipped one; read on
-    cases it was not chosen on, it beats the shipped point only where the site differs."""
+    cases it was not chosen on, it beats the shipped point only where the site differs. The
+    paired interval of that gain clears 0 only there."""
     from edge.inference.calibration import CROSS_VALIDATED, Cases, cross_validated, fit_site
 
     rng = np.random.default_rng(3)
     truth = np.r_[np.zeros(40, np.int64), np.ones(60, np.int64)]
     targets = {"balanced": 0.95, "screening": 0.95}
     shipped = {"balanced": 0.5, "screening": 0.2}
-    gains = {}
+    gains, intervals = {}, {}
     for normals in (-3.0, 1.0):  # as trained; normals scored up (P ~0.73: flagged at 0.5)
         margin = np.where(truth == 1, 3.0, normals) + rng.normal(0, 1.0, len(truth))
         cases = Cases(
@@ -454,8 +465,16 @@ def test_the_cross_validated_reading_tells_a_site_that_needs_its_point_from_one_
         assert outside == cross_validated(cases, 1.0, targets)["balanced"]  # seeded: the same again
         assert outside["accuracy"] <= inside["accuracy"]
         gains[normals] = outside["accuracy"] - before["accuracy"]
+        paired = fit.gains["balanced"]
+        j = outside["sensitivity"] + outside["specificity"] - before["sensitivity"] - before["specificity"]
+        assert paired.youden_j == pytest.approx(j, abs=2e-4)  # the same readings, paired
+        assert paired.ci95[0] <= paired.youden_j <= paired.ci95[1]
+        intervals[normals] = paired.ci95
     assert gains[-3.0] <= 0.01
+    assert intervals[-3.0][0] <= 0.0 <= intervals[-3.0][1]  # these cases cannot tell the two apart
     assert gains[1.0] > 0.1
+    assert intervals[1.0][0] > 0.1  # clearly better
+    assert set(fit_site(cases, 1.0, shipped, targets, "test", rounds=20, cross_validate=False).gains) == set()
     few = Cases(
         np.zeros((8, 2)), np.r_[np.zeros(4, np.int64), np.ones(4, np.int64)], ["normal", "finding"], "finding"
     )
@@ -486,6 +505,7 @@ def test_the_gain_line_judges_each_point_by_what_it_is_for() -> None:
     one misses positives is a gain even at lower accuracy); balanced by sensitivity +
     specificity."""
     from edge.cli.reports import gain_lines
+    from edge.inference.calibration import PairedGain
     from edge.inference.site_profile import PointFigures, ProfilePoint, SiteProfile
 
     def figures(sensitivity: float, specificity: float) -> PointFigures:
@@ -514,6 +534,10 @@ def test_the_gain_line_judges_each_point_by_what_it_is_for() -> None:
     assert screening.endswith("a gain")
     assert balanced.startswith("[yellow]balanced")
     assert "no gain" in balanced
+    unsure = PairedGain(youden_j=-0.03, ci95=(-0.08, 0.02))
+    _, balanced = gain_lines(profile, {"balanced": unsure})
+    sure = "(Youden's J -0.030, 95% CI -0.080 to +0.020: within what these cases can tell apart)"
+    assert f"no gain {sure}" in balanced
 
 
 def test_an_earlier_versions_temperature_is_read_from_the_folder_an_update_kept(tmp_path: Path) -> None:

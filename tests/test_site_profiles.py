@@ -177,6 +177,8 @@ def test_agreement_figures_on_synthetic_reviews(hub: Hub, tmp_path: Path, key: t
     # ... and read on cases it was not chosen on, it still reads more of them right.
     cross_validated = suggestion["after"]["balanced (cross-validated)"]
     assert cross_validated["accuracy"] > suggestion["before"]["balanced"]["accuracy"]
+    gain = suggestion["gains"]["balanced"]  # paired, as the device's calibrate prints it
+    assert 0.0 < gain["ci95"][0] <= gain["youden_j"] <= gain["ci95"][1]
     lo, hi = points["balanced"]["specificity_ci95"]
     assert lo <= points["balanced"]["specificity"] <= hi
     # A new review is new content: figured again, not served from the cache.
@@ -300,6 +302,7 @@ def test_the_agreement_page_is_for_administrators_and_publishes_with_csrf(
     assert page.status_code == 200
     assert SITE in page.text
     assert "Suggested for this site" in page.text
+    assert "balanced, cross-validated against the shipped point: Youden's J +" in page.text
     data = admin.get("/review/admin/agreement.json").json()
     assert data["minimum_cases_per_class"] == 30
     assert data["sites"][0]["cases"] == 80

@@ -415,7 +415,7 @@ def test_signed_model_update_installs_and_bad_ones_do_not(hub: Hub, tmp_path: Pa
     device = load_settings(data_dir=tmp_path / "dev", models={"dir": models}, sync={"public_key": public})
     with Store(device.data_dir) as store:
         client = hub.sync_client(device, store, hub.enroll(device))
-        from edge.inference.registry import Registry
+        from edge.inference.registry import Registry, set_aside_path
         from edge.sync.releases import KEEP_PREVIOUS, prune_previous, pull_models
 
         # Versions set aside by earlier updates; only the newest KEEP_PREVIOUS stay (a small
@@ -443,6 +443,9 @@ def test_signed_model_update_installs_and_bad_ones_do_not(hub: Hub, tmp_path: Pa
         assert sorted(p.name for p in previous.iterdir()) == sorted(
             [installed_from, "tiny-5", "tiny-extra-50"]
         )
+        # A name already taken (two updates in one second, a clock set back) is not reused.
+        assert set_aside_path(models, "tiny", 5.7) == previous / "tiny-6"
+        assert set_aside_path(models, "tiny", 7.0) == previous / "tiny-7"
         # A release signed by someone else is ignored.
         rogue = keygen(tmp_path / "rogue.key")
         assert rogue != public

@@ -7,7 +7,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from edge.inference.calibration import CROSS_VALIDATED, screening_target
+from edge.inference.calibration import CROSS_VALIDATED, PairedGain, screening_target
 from edge.inference.registry import Manifest, ModelEntry, Robustness
 from edge.inference.site_profile import PointFigures, SiteProfile
 
@@ -146,10 +146,18 @@ def print_evaluation(console: Console, result: Any) -> None:
         console.print(f"{kind}: {path}")
 
 
-def print_profile(console: Console, profile: SiteProfile, manifest: Manifest, *, active: bool) -> None:
+def print_profile(
+    console: Console,
+    profile: SiteProfile,
+    manifest: Manifest,
+    *,
+    active: bool,
+    gains: dict[str, PairedGain] | None = None,
+) -> None:
     """A site profile: what it changes against the shipped calibration, and the figures on the
     site's cases before (shipped) and after (profile; fitted on those cases: optimistic; and
-    cross-validated, each case read by a point chosen on the others), with what it is worth."""
+    cross-validated, each case read by a point chosen on the others), with what it is worth
+    (`gains`: the paired intervals, known only when the profile has just been fitted)."""
     state = "in force" if active else "not in force"
     console.print(
         f"[bold]site profile {profile.id}[/] ({state}): {profile.source}, {profile.description}; "
@@ -188,18 +196,21 @@ def print_profile(console: Console, profile: SiteProfile, manifest: Manifest, *,
                     f"{value.specificity:.3f}",
                 )
     console.print(figures)
-    for line in gain_lines(profile):
+    for line in gain_lines(profile, gains or {}):
         console.print(line)
     auc = profile.before.get("auc")
     if isinstance(auc, float):
         console.print(f"AUC on these cases {auc:.3f} (a temperature does not change the ranking)")
 
 
-def gain_lines(profile: SiteProfile) -> list[str]:
+def gain_lines(profile: SiteProfile, gains: dict[str, PairedGain] | None = None) -> list[str]:
     """Per refitted point, the shipped point on the site's cases beside the site point read
     cross-validated, judged by what the point is for: `balanced` by sensitivity + specificity
     (Youden's J, its rule), `screening` by reaching its sensitivity target first, then by
-    specificity. Profiles made before the cross-validated figures existed say nothing."""
+    specificity. With a point's paired gain (`gains`), how sure that is: an interval that holds
+    0 says these cases cannot tell the two points apart. Profiles made before the
+    cross-validated figures existed say nothing."""
+    gains = gains or {}
     lines = []
     for name, point in profile.operating_points.items():
         before, cv = profile.before.get(name), profile.after.get(name + CROSS_VALIDATED)
@@ -209,14 +220,25 @@ def gain_lines(profile: SiteProfile) -> list[str]:
             f"sensitivity / specificity {before.sensitivity:.3f} / {before.specificity:.3f} shipped, "
             f"{cv.sensitivity:.3f} / {cv.specificity:.3f} with the site's point on cases it was not chosen on"
         )
+        sure = _how_sure(gains.get(name))
         if _gains(name, point.description, before, cv):
-            lines.append(f"[green]{name}[/]: {compared}: a gain")
+            lines.append(f"[green]{name}[/]: {compared}: a gain{sure}")
         else:
             lines.append(
-                f"[yellow]{name}[/]: {compared}: no gain, the shipped point already suits these cases "
-                f"(edge models calibrate {profile.model} --reset goes back)"
+                f"[yellow]{name}[/]: {compared}: no gain{sure}, the shipped point already suits these "
+                f"cases (edge models calibrate {profile.model} --reset goes back)"
             )
     return lines
+
+
+def _how_sure(gain: PairedGain | None) -> str:
+    if gain is None:
+        return ""
+    low, high = gain.ci95
+    said = f" (Youden's J {gain.youden_j:+.3f}, 95% CI {low:+.3f} to {high:+.3f}"
+    if low <= 0.0 <= high:
+        return said + ": within what these cases can tell apart)"
+    return said + ")"
 
 
 def _gains(name: str, description: str, before: PointFigures, cv: PointFigures) -> bool:

@@ -3,6 +3,7 @@ this site (edge/inference/site_calibration.py) and seeing what is in force."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -55,7 +56,7 @@ def models_calibrate(
     it in force (never editing the shipped model); --reset goes back to the shipped calibration.
 
     The rules are the release tool's: temperature by likelihood (held near the shipped one by a
-    prior, as a site has few cases), balanced by Youden's J, screening at the released
+    prior, as a site has few cases), balanced by Youden's J (bagged), screening at the released
     sensitivity target; sensitivity and specificity with 95% bootstrap intervals. Prints the
     figures before and after on the same cases, and cross-validated on them."""
     from edge.cli.reports import print_profile
@@ -84,7 +85,7 @@ def models_calibrate(
             else:
                 assert data_dir is not None
                 site = sc.cases_from_folder(settings, entry, data_dir)
-            profile = sc.calibrate(
+            profile, gains = sc.calibrate(
                 settings,
                 store,
                 entry,
@@ -98,11 +99,18 @@ def models_calibrate(
         sys.exit(EXIT_REFUSED)
     if as_json:
         click.echo(
-            json.dumps({"profile": profile.model_dump(mode="json"), "left_out": site.left_out}, indent=2)
+            json.dumps(
+                {
+                    "profile": profile.model_dump(mode="json"),
+                    "left_out": site.left_out,
+                    "gains": {name: dataclasses.asdict(gain) for name, gain in gains.items()},
+                },
+                indent=2,
+            )
         )
         return
     console = Console()
-    print_profile(console, profile, entry.manifest, active=True)
+    print_profile(console, profile, entry.manifest, active=True, gains=gains)
     if site.left_out:
         console.print("left out: " + ", ".join(f"{n} {why}" for why, n in site.left_out.items()))
     console.print(

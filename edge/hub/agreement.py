@@ -317,9 +317,19 @@ def suggest(group: CaseSet, manifest: Manifest) -> dict[str, Any]:
     # read on the cases they were chosen on).
     targets = dict.fromkeys(thresholds, target)
     site_cases = calibration.Cases(logits, y, list(labels), group.positive)
-    readings = calibration.cross_validated(site_cases, shipped_t, targets, seed=BOOTSTRAP_SEED)
-    for name, reading in readings.items():
+    flags = calibration.out_of_fold(site_cases, shipped_t, targets, seed=BOOTSTRAP_SEED)
+    for name, reading in calibration.readings(flags, truth).items():
         after[name + CROSS_VALIDATED] = reading
+    # How sure the balanced point's gain is: paired, as `edge models calibrate` prints it.
+    gains = {
+        name: asdict(
+            calibration.paired_gain(
+                site_cases, shipped_t, manifest.operating_points[name].threshold, flagged, seed=BOOTSTRAP_SEED
+            )
+        )
+        for name, flagged in flags.items()
+        if name == "balanced" and name in manifest.operating_points
+    }
     return {
         "shipped_temperature": shipped_t,
         "temperature": temperature,
@@ -328,6 +338,7 @@ def suggest(group: CaseSet, manifest: Manifest) -> dict[str, Any]:
         "operating_points": points,
         "before": before,
         "after": after,
+        "gains": gains,
     }
 
 

@@ -352,7 +352,13 @@ PREVIOUS = ".previous"
 
 
 def set_aside_path(models_dir: Path, name: str, now: float) -> Path:
-    return models_dir / PREVIOUS / f"{name}-{int(now)}"
+    """A free folder to set `name`'s installed version aside in, named by `now`: a second
+    update within the same second (or a clock set back onto an earlier name) takes the next
+    free second instead of failing on the folder already there."""
+    stamp = int(now)
+    while (models_dir / PREVIOUS / f"{name}-{stamp}").exists():
+        stamp += 1
+    return models_dir / PREVIOUS / f"{name}-{stamp}"
 
 
 def set_aside(models_dir: Path, name: str) -> list[Path]:

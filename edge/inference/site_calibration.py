@@ -151,7 +151,7 @@ def review_label(row: dict[str, Any], labels: list[str]) -> str | None:
 def cases_from_reviews(settings: Settings, store: Store, entry: ModelEntry) -> SiteCases:
     out = entry.manifest.output
     temperatures = _Temperatures(settings, entry)
-    rows = [r for r in store.image_results(entry.name, temperatures.all_versions()) if r["verdict"]]
+    rows = store.image_results(entry.name, temperatures.all_versions(), reviewed_only=True)
     temperatures.read(rows)
     left_out: Counter[str] = Counter()
     kept, truth = [], []
@@ -184,8 +184,10 @@ def calibrate(
     min_per_class: int = MIN_PER_CLASS,
     points: list[str] | None = None,
     actor: str = "cli",
-) -> SiteProfile:
-    """Fit, write and activate a profile; refused (nothing written) below `min_per_class`."""
+) -> tuple[SiteProfile, dict[str, calibration.PairedGain]]:
+    """Fit, write and activate a profile; refused (nothing written) below `min_per_class`.
+    Returned with the balanced point's paired gain over the shipped one (`calibration.paired_gain`),
+    which the profile does not keep."""
     cases = site.cases
     per_class = cases.per_class()
     short = {label: n for label, n in per_class.items() if n < min_per_class}
@@ -236,9 +238,12 @@ def calibrate(
     )
     site_profile.write_profile(settings.data_dir, profile)
     site_profile.remember_weights(settings.data_dir, entry)
-    store.audit(actor, "profile.created", profile.id, {"source": source, "cases": profile.cases})
+    gains = {name: {"youden_j": g.youden_j, "ci95": list(g.ci95)} for name, g in fit.gains.items()}
+    store.audit(
+        actor, "profile.created", profile.id, {"source": source, "cases": profile.cases, "gains": gains}
+    )
     activate(settings, store, entry.name, profile.id, actor=actor)
-    return profile
+    return profile, fit.gains
 
 
 def _figures(raw: dict[str, Any]) -> dict[str, float | PointFigures]:

@@ -169,13 +169,19 @@ class Reads:
         )
 
     def image_results(
-        self, model_name: str, model_versions: Sequence[str], since: str | None = None
+        self,
+        model_name: str,
+        model_versions: Sequence[str],
+        since: str | None = None,
+        *,
+        reviewed_only: bool = False,
     ) -> list[dict[str, Any]]:
         """Results of these model versions for single images (a clip's probability is a mean of
         frames, distributed otherwise), oldest first, each with the version that made it and the
         specialist's latest review where there is one (`verdict`, `review_finding`; NULL when
-        unreviewed). For a site's calibration and its prevalence estimate: probabilities,
-        finding, profile, no identity."""
+        unreviewed; `reviewed_only`: only those reviewed, chosen by the database, as a year's
+        results may hold few). For a site's calibration and its prevalence estimate:
+        probabilities, finding, profile, no identity."""
         versions = list(model_versions)
         if not versions:
             return []
@@ -191,9 +197,10 @@ class Reads:
                     ORDER BY reviewed_at DESC, id DESC LIMIT 1)
                 WHERE r.model_name = ? AND r.model_version IN ({marks}) AND r.created_at >= ?
                   AND NOT EXISTS (SELECT 1 FROM clips c WHERE c.result_id = r.id)
+                  AND (? = 0 OR v.id IS NOT NULL)
                 ORDER BY r.created_at, r.id
                 """,  # only "?" marks are formatted in
-                [model_name, *versions, since or ""],
+                [model_name, *versions, since or "", int(reviewed_only)],
             )
         )
 
