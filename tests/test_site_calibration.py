@@ -444,9 +444,9 @@ def test_release_and_site_share_the_threshold_rules() -> None:
 
 
 def test_the_cross_validated_reading_tells_a_site_that_needs_its_point_from_one_that_does_not() -> None:
-    """In-sample, a refitted point always looks at least as good as the shipped one; read on
-    cases it was not chosen on, it beats the shipped point only where the site differs. The
-    paired interval of that gain clears 0 only there."""
+    """In-sample, a refitted point looks better than it is; read on cases it was not chosen on,
+    it beats the shipped point only where the site differs. The paired interval of that gain
+    clears 0 only there."""
     from edge.inference.calibration import CROSS_VALIDATED, Cases, cross_validated, fit_site
 
     rng = np.random.default_rng(3)

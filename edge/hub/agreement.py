@@ -302,12 +302,12 @@ def suggest(group: CaseSet, manifest: Manifest) -> dict[str, Any]:
     for name, point in manifest.operating_points.items():
         before[name] = _at(truth, before_p, point.threshold)
     points: dict[str, Any] = {}
-    rules = {"balanced": "Youden's J", "screening": f"sensitivity >= {target}"}
+    where = f"{len(usable)} cases reviewed by this site's specialists"
     for name, threshold in thresholds.items():
         after[name] = _at(truth, after_p, threshold)
         points[name] = {
             "threshold": threshold,
-            "description": f"{rules[name]} on {len(usable)} cases reviewed by this site's specialists",
+            "description": calibration.rule_description(name, target, where),
             "sensitivity": after[name]["sensitivity"],
             "specificity": after[name]["specificity"],
             "sensitivity_ci95": _interval(_sensitivity_at(threshold), truth, after_p),
@@ -411,7 +411,7 @@ def site_figures(engine: Engine, models_dir: Path | None) -> list[dict[str, Any]
 
 class _FiguresCache:
     """`figures` by the content of what they are computed from (every case, the manifest): the
-    bootstraps and the cross-validation cost about a second per 2,000-case site, and an
+    bootstraps and the cross-validation cost about 3 s per 2,000-case site (2 cores), and an
     administrator's page reloads ask again for sites nobody reviewed since. Bounded; a copy out."""
 
     def __init__(self, size: int = 256) -> None:

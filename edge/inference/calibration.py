@@ -48,12 +48,16 @@ def shipped_threshold(value: float, decimals: int = DECIMALS) -> float:
     return shipped
 
 
-def choose_thresholds(truth: np.ndarray, prob: np.ndarray, screening_target: float) -> dict[str, float]:
+def choose_thresholds(
+    truth: np.ndarray, prob: np.ndarray, screening_target: float, balanced: float | None = None
+) -> dict[str, float]:
     """`balanced` (Youden's J, bagged) and `screening` (sensitivity >= target), both floored.
 
     `truth`: whether each case is positive; `prob`: its calibrated P(positive) at the temperature
-    that will be shipped (rounded), so that the probabilities are the product's."""
-    balanced = balanced_threshold(truth, prob)
+    that will be shipped (rounded), so that the probabilities are the product's. `balanced`: its
+    threshold when already chosen on these cases (the resamples are not drawn again)."""
+    if balanced is None:
+        balanced = balanced_threshold(truth, prob)
     # Screening must never be less sensitive than the balanced point (flooring keeps the order).
     screening = min(balanced, m.threshold_for_sensitivity(truth, prob, screening_target))
     return {"balanced": shipped_threshold(balanced), "screening": shipped_threshold(screening)}
@@ -62,21 +66,23 @@ def choose_thresholds(truth: np.ndarray, prob: np.ndarray, screening_target: flo
 def balanced_threshold(
     truth: np.ndarray, prob: np.ndarray, *, rounds: int = BAGGING_ROUNDS, seed: int = 0
 ) -> float:
-    """Youden's J, bagged: the median, over `rounds` bootstrap resamples of the cases (each class
-    resampled on its own, so both are always there), of the threshold `middle_threshold` puts in
-    Youden's range; a shipped threshold, floored, as each of them is.
+    """Youden's J, bagged: the median of the threshold `middle_threshold` puts in Youden's range,
+    over the cases themselves and `rounds` bootstrap resamples of them (rounded down to an even
+    number; each class resampled on its own, so both are always there); a shipped threshold,
+    floored, as each of them is.
 
     Which range reaches the best J turns on the few cases nearest the boundary: on a site's 100
-    cases, one case more or less moves it, and the threshold with it. The median over resamples
-    is the threshold most resamples agree on. On the validation split's simulated sites
+    cases, one case more or less moves it, and the threshold with it. The median sits in the
+    middle of where the resamples put it, so it may lie outside the range these very cases give
+    (their in-sample J can then be below the range's). On the validation split's simulated sites
     (`python -m tools.site_sim --split validation`, against `--bagging-rounds 0`: 38 + 62 cases,
     the same 200 draws, read on the site's other films) the median accuracy rose in 9 of 17 sites
     and fell in none, the 5% worst draws rose in 16 and fell in none (darker: 0.942 to 0.950;
     CLAHE 3: 0.918 to 0.920, draws reaching 0.92 from 91% to 95%).
 
     An odd count of thresholds makes the median one of them, so `middle_threshold`'s guarantees
-    hold (never on a case, never 0 under saturated probabilities); seeded, so the same cases
-    always give the same threshold. With no case of a class there is nothing to resample: the
+    hold (on 4 decimals, never 0 under saturated probabilities); seeded, so the same cases always
+    give the same threshold. With no case of a class there is nothing to resample: the
     plain middle."""
     truth = np.asarray(truth, bool)
     prob = np.asarray(prob, np.float64)
@@ -90,6 +96,13 @@ def balanced_threshold(
         drawn = np.concatenate([rng.choice(positives, len(positives)), rng.choice(negatives, len(negatives))])
         chosen.append(middle_threshold(*m.youden_range(truth[drawn], prob[drawn])))
     return float(np.median(chosen))
+
+
+def _chosen(truth: np.ndarray, prob: np.ndarray, targets: dict[str, float]) -> dict[str, float]:
+    """The threshold of each named point (`targets`: point -> screening target), the balanced
+    one's resamples drawn once."""
+    balanced = balanced_threshold(truth, prob) if targets else None
+    return {name: choose_thresholds(truth, prob, target, balanced)[name] for name, target in targets.items()}
 
 
 def middle_threshold(low: float, high: float, decimals: int = DECIMALS) -> float:
@@ -156,7 +169,7 @@ def targets_for(descriptions: dict[str, str], default: float = SCREENING_SENSITI
 
 def rule_description(name: str, target: float, where: str) -> str:
     return {
-        "balanced": f"Youden's J on {where}",
+        "balanced": f"Youden's J (median over {BAGGING_ROUNDS} resamples) on {where}",
         "screening": f"sensitivity >= {target} on {where}",
     }[name]
 
@@ -246,9 +259,7 @@ def fit_site(
     calibration) and after, both on these same cases."""
     temperature = site_temperature(cases.logits, cases.truth, shipped_temperature)
     truth, prob = cases.is_positive, cases.prob(temperature)
-    chosen: dict[str, float] = {}
-    for name, target in targets.items():
-        chosen[name] = choose_thresholds(truth, prob, target)[name]
+    chosen = _chosen(truth, prob, targets)
     points = {}
     for name, threshold in chosen.items():
         counts = m.at_threshold(truth, prob, threshold)
@@ -291,10 +302,10 @@ def cross_validated(
     temperature and thresholds fitted on the other folds by the rules above, the figures of the
     out-of-fold readings averaged over `repeats` shuffles.
 
-    The `after` figures of `fit_site` are read on the cases the point was chosen on, so they are
-    never worse than `before` however little the site differs: this is what the site's point is
-    worth on its next cases, to set beside the shipped point's (fitted on none of them). {} when
-    a class has fewer cases than folds."""
+    The `after` figures of `fit_site` are read on the cases the point was chosen on, so they
+    flatter it however little the site differs: this is what the site's point is worth on its
+    next cases, to set beside the shipped point's (fitted on none of them). {} when a class has
+    fewer cases than folds."""
     flags = out_of_fold(cases, shipped_temperature, targets, folds=folds, repeats=repeats, seed=seed)
     return readings(flags, cases.is_positive)
 
@@ -340,8 +351,7 @@ def out_of_fold(
             fit, read = fold_of != fold, fold_of == fold
             temperature = site_temperature(cases.logits[fit], cases.truth[fit], shipped_temperature)
             prob = softmax(cases.logits, temperature)[:, positive]
-            for name, target in targets.items():
-                threshold = choose_thresholds(truth[fit], prob[fit], target)[name]
+            for name, threshold in _chosen(truth[fit], prob[fit], targets).items():
                 flags[name][repeat, read] = prob[read] >= threshold
     return flags
 

@@ -352,11 +352,15 @@ PREVIOUS = ".previous"
 
 
 def set_aside_path(models_dir: Path, name: str, now: float) -> Path:
-    """A free folder to set `name`'s installed version aside in, named by `now`: a second
-    update within the same second (or a clock set back onto an earlier name) takes the next
-    free second instead of failing on the folder already there."""
+    """A free folder to set `name`'s installed version aside in, named by `now`, and always after
+    every one already there: a second update within the same second, or a clock set back, must
+    neither fail on a folder already there nor name the newest set-aside version as the oldest
+    (pruning keeps the newest by name)."""
+    earlier = set_aside(models_dir, name)
     stamp = int(now)
-    while (models_dir / PREVIOUS / f"{name}-{stamp}").exists():
+    if earlier:
+        stamp = max(stamp, int(earlier[0].name.rsplit("-", 1)[1]) + 1)
+    while (models_dir / PREVIOUS / f"{name}-{stamp}").exists():  # a file of that name, say
         stamp += 1
     return models_dir / PREVIOUS / f"{name}-{stamp}"
 
