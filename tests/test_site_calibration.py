@@ -447,7 +447,10 @@ def test_the_cross_validated_reading_tells_a_site_that_needs_its_point_from_one_
     """In-sample, a refitted point looks better than it is; read on cases it was not chosen on,
     it beats the shipped point only where the site differs. The paired interval of that gain
     clears 0 only there."""
-    from edge.inference.calibration import CROSS_VALIDATED, Cases, cross_validated, fit_site
+    from edge.inference.calibration import CROSS_VALIDATED, Cases, fit_site, out_of_fold, readings
+
+    def cross_validated(cases: Cases, temperature: float, targets: dict[str, float]) -> dict[str, Any]:
+        return readings(out_of_fold(cases, temperature, targets), cases.is_positive)
 
     rng = np.random.default_rng(3)
     truth = np.r_[np.zeros(40, np.int64), np.ones(60, np.int64)]

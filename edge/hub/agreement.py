@@ -321,15 +321,8 @@ def suggest(group: CaseSet, manifest: Manifest) -> dict[str, Any]:
     for name, reading in calibration.readings(flags, truth).items():
         after[name + CROSS_VALIDATED] = reading
     # How sure the balanced point's gain is: paired, as `edge models calibrate` prints it.
-    gains = {
-        name: asdict(
-            calibration.paired_gain(
-                site_cases, shipped_t, manifest.operating_points[name].threshold, flagged, seed=BOOTSTRAP_SEED
-            )
-        )
-        for name, flagged in flags.items()
-        if name == "balanced" and name in manifest.operating_points
-    }
+    shipped_thresholds = {name: point.threshold for name, point in manifest.operating_points.items()}
+    gains = calibration.balanced_gain(site_cases, shipped_t, shipped_thresholds, flags, seed=BOOTSTRAP_SEED)
     return {
         "shipped_temperature": shipped_t,
         "temperature": temperature,
@@ -338,7 +331,7 @@ def suggest(group: CaseSet, manifest: Manifest) -> dict[str, Any]:
         "operating_points": points,
         "before": before,
         "after": after,
-        "gains": gains,
+        "gains": {name: asdict(gain) for name, gain in gains.items()},
     }
 
 

@@ -279,35 +279,8 @@ def fit_site(
     flags = out_of_fold(cases, shipped_temperature, targets, seed=seed)
     for name, reading in readings(flags, truth).items():
         after[name + CROSS_VALIDATED] = reading
-    gains = {
-        name: paired_gain(
-            cases, shipped_temperature, shipped_thresholds[name], flagged, seed=seed, rounds=rounds
-        )
-        for name, flagged in flags.items()
-        if name == "balanced" and name in shipped_thresholds
-    }
+    gains = balanced_gain(cases, shipped_temperature, shipped_thresholds, flags, seed=seed, rounds=rounds)
     return SiteFit(temperature, points, before, after, gains)
-
-
-def cross_validated(
-    cases: Cases,
-    shipped_temperature: float,
-    targets: dict[str, float],
-    *,
-    folds: int = CV_FOLDS,
-    repeats: int = CV_REPEATS,
-    seed: int = 0,
-) -> dict[str, dict[str, float]]:
-    """Each refitted point read on cases it was not fitted on: stratified `folds`-fold, the
-    temperature and thresholds fitted on the other folds by the rules above, the figures of the
-    out-of-fold readings averaged over `repeats` shuffles.
-
-    The `after` figures of `fit_site` are read on the cases the point was chosen on, so they
-    flatter it however little the site differs: this is what the site's point is worth on its
-    next cases, to set beside the shipped point's (fitted on none of them). {} when a class has
-    fewer cases than folds."""
-    flags = out_of_fold(cases, shipped_temperature, targets, folds=folds, repeats=repeats, seed=seed)
-    return readings(flags, cases.is_positive)
 
 
 def readings(flags: dict[str, np.ndarray], truth: np.ndarray) -> dict[str, dict[str, float]]:
@@ -334,9 +307,15 @@ def out_of_fold(
     repeats: int = CV_REPEATS,
     seed: int = 0,
 ) -> dict[str, np.ndarray]:
-    """Per refitted point, whether each case was flagged by the point fitted on the other folds:
-    (repeats, cases) booleans, one row per shuffle (`cross_validated`). {} when a class has
-    fewer cases than folds."""
+    """Each refitted point read on cases it was not fitted on: stratified `folds`-fold, the
+    temperature and thresholds fitted on the other folds by the rules above; per point, whether
+    each case was flagged, (repeats, cases) booleans, one row per shuffle (`readings` gives
+    their figures, `paired_gain` their gain over the shipped point). {} when a class has fewer
+    cases than folds.
+
+    The `after` figures of `fit_site` are read on the cases the point was chosen on, so they
+    flatter it however little the site differs: this is what the site's point is worth on its
+    next cases, to set beside the shipped point's (fitted on none of them)."""
     truth, positive = cases.is_positive, cases.labels.index(cases.positive)
     if min(cases.per_class().values()) < folds:
         return {}
@@ -354,6 +333,30 @@ def out_of_fold(
             for name, threshold in _chosen(truth[fit], prob[fit], targets).items():
                 flags[name][repeat, read] = prob[read] >= threshold
     return flags
+
+
+def balanced_gain(
+    cases: Cases,
+    shipped_temperature: float,
+    shipped_thresholds: dict[str, float],
+    flags: dict[str, np.ndarray],
+    *,
+    rounds: int = BOOTSTRAP_ROUNDS,
+    seed: int = 0,
+) -> dict[str, PairedGain]:
+    """{"balanced": its `paired_gain`} when the point was refitted (`flags`, from `out_of_fold`)
+    and shipped; else {}. Screening is judged by its sensitivity target, not by J."""
+    if "balanced" not in flags or "balanced" not in shipped_thresholds:
+        return {}
+    gain = paired_gain(
+        cases,
+        shipped_temperature,
+        shipped_thresholds["balanced"],
+        flags["balanced"],
+        rounds=rounds,
+        seed=seed,
+    )
+    return {"balanced": gain}
 
 
 def paired_gain(

@@ -15,7 +15,7 @@ import datetime as dt
 import json
 import logging
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -238,7 +238,7 @@ def calibrate(
     )
     site_profile.write_profile(settings.data_dir, profile)
     site_profile.remember_weights(settings.data_dir, entry)
-    gains = {name: {"youden_j": g.youden_j, "ci95": list(g.ci95)} for name, g in fit.gains.items()}
+    gains = {name: asdict(gain) for name, gain in fit.gains.items()}
     store.audit(
         actor, "profile.created", profile.id, {"source": source, "cases": profile.cases, "gains": gains}
     )

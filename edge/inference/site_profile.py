@@ -92,7 +92,7 @@ class SiteProfile(_Strict):
     after: dict[str, float | PointFigures] = Field(default_factory=dict)
     """The same with this profile (on the cases it was fitted on: optimistic), and per refitted
     point `<name> (cross-validated)`: each case read by a point chosen on the others
-    (`calibration.cross_validated`), the figure to set beside `before`."""
+    (`calibration.out_of_fold`), the figure to set beside `before`."""
 
     @model_validator(mode="after")
     def _consistent(self) -> SiteProfile:
