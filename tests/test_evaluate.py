@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from edge.cli import cli
 from edge.errors import Code, EdgeError
-from edge.inference.evaluate import read_labels
+from edge.inference.labels_table import read_labels
 from tests.conftest import DEFAULT_MODEL
 
 
@@ -79,6 +79,41 @@ def test_eval_reports_metrics_with_intervals_and_writes_plots(tmp_path: Path, sa
         ],
     )
     assert "95% CI" in text.output
+
+
+def test_a_spreadsheets_labels_table_reads_as_meant(tmp_path: Path) -> None:
+    folder = tmp_path / "site"
+    (folder / "NORMAL").mkdir(parents=True)
+    for name in ("NORMAL/a.jpeg", "b.jpeg", "c.jpeg"):
+        (folder / name).write_bytes(b"x")
+    # What a spreadsheet writes: a byte-order mark, CRLF, headers in its own case with an
+    # extra column first, labels in capitals, a Windows separator, a repeat, a blank last line.
+    (folder / "labels.csv").write_bytes(
+        "\ufeffPatient, Path ,LABEL\r\n"
+        "p1,NORMAL\\a.jpeg,NORMAL\r\n"
+        "p2, b.jpeg , Pneumonia\r\n"
+        "p3,c.jpeg,pneumonia\r\n"
+        "p3,./c.jpeg,pneumonia\r\n"
+        ",,\r\n".encode()
+    )
+    rows = read_labels(folder, ["normal", "pneumonia"])
+    assert rows == [
+        (folder / "NORMAL/a.jpeg", "normal"),
+        (folder / "b.jpeg", "pneumonia"),
+        (folder / "c.jpeg", "pneumonia"),
+    ]
+    with (folder / "labels.csv").open("a") as handle:
+        handle.write("p4,b.jpeg,normal\n")
+    with pytest.raises(EdgeError, match=r"line 7: b\.jpeg is normal, line 3 says pneumonia") as caught:
+        read_labels(folder, ["normal", "pneumonia"])
+    assert caught.value.code is Code.INPUT_UNREADABLE
+    (folder / "labels.csv").write_bytes(b"path,label\n" + "\xe9t\xe9,normal\n".encode("latin-1"))
+    with pytest.raises(EdgeError, match="not a UTF-8 CSV"):
+        read_labels(folder, ["normal"])
+    (folder / "labels.csv").write_text("path,label\n\n")
+    with pytest.raises(EdgeError, match="lists no images") as caught:
+        read_labels(folder, ["normal"])
+    assert caught.value.code is Code.INPUT_EMPTY
 
 
 def test_eval_refuses_bad_labels_and_missing_files(tmp_path: Path, samples: list) -> None:  # type: ignore[type-arg]

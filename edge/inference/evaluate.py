@@ -21,6 +21,7 @@ from edge.errors import Code, EdgeError
 from edge.imaging.decode import decode_bytes, read_input
 from edge.inference import metrics as m
 from edge.inference import plots
+from edge.inference.labels_table import read_labels
 from edge.inference.pool import ModelPool
 from edge.inference.postprocess import softmax
 from edge.inference.registry import Registry
@@ -41,42 +42,6 @@ class Evaluation:
     refused: list[dict[str, str]] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
-
-
-def read_labels(folder: Path, labels: list[str]) -> list[tuple[Path, str]]:
-    """`labels.csv` (path,label) -> rows; refuses a missing file, bad header, unknown labels,
-    missing images, with every offending line named."""
-    table = folder / "labels.csv"
-    if not table.is_file():
-        raise EdgeError(Code.INPUT_NOT_FOUND, f"{table} does not exist (expected columns path,label)")
-    with table.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        if not reader.fieldnames or not {"path", "label"} <= set(reader.fieldnames):
-            raise EdgeError(Code.INPUT_UNREADABLE, f"{table} needs a header with path and label columns")
-        rows = list(reader)
-    bad_labels = [
-        f"line {i + 2}: {row['label']!r}" for i, row in enumerate(rows) if row["label"] not in labels
-    ]
-    missing = [
-        f"line {i + 2}: {row['path']}" for i, row in enumerate(rows) if not (folder / row["path"]).is_file()
-    ]
-    if bad_labels:
-        raise EdgeError(
-            Code.INPUT_UNREADABLE,
-            f"unknown labels (the model knows {', '.join(labels)}): "
-            + "; ".join(bad_labels[:10])
-            + (f"; and {len(bad_labels) - 10} more" if len(bad_labels) > 10 else ""),
-        )
-    if missing:
-        raise EdgeError(
-            Code.INPUT_NOT_FOUND,
-            "missing images: "
-            + "; ".join(missing[:10])
-            + (f"; and {len(missing) - 10} more" if len(missing) > 10 else ""),
-        )
-    if not rows:
-        raise EdgeError(Code.INPUT_EMPTY, f"{table} lists no images")
-    return [(folder / row["path"], row["label"]) for row in rows]
 
 
 def evaluate(
