@@ -541,6 +541,10 @@ def test_the_gain_line_judges_each_point_by_what_it_is_for() -> None:
     _, balanced = gain_lines(profile, {"balanced": unsure})
     sure = "(Youden's J -0.030, 95% CI -0.080 to +0.020: within what these cases can tell apart)"
     assert f"no gain {sure}" in balanced
+    # The paired gain decides where the rounded figures cannot: a hair's gain in J reads as one.
+    hair = PairedGain(youden_j=0.00004, ci95=(-0.05, 0.05))
+    _, balanced = gain_lines(profile, {"balanced": hair})
+    assert "a gain (Youden's J +0.000" in balanced
 
 
 def test_an_earlier_versions_temperature_is_read_from_the_folder_an_update_kept(tmp_path: Path) -> None:

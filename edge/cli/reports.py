@@ -207,8 +207,9 @@ def gain_lines(profile: SiteProfile, gains: dict[str, PairedGain] | None = None)
     """Per refitted point, the shipped point on the site's cases beside the site point read
     cross-validated, judged by what the point is for: `balanced` by sensitivity + specificity
     (Youden's J, its rule), `screening` by reaching its sensitivity target first, then by
-    specificity. With a point's paired gain (`gains`), how sure that is: an interval that holds
-    0 says these cases cannot tell the two points apart. Profiles made before the
+    specificity. With a point's paired gain (`gains`), the word follows its sign and the line
+    says how sure that is: an interval that holds 0 says these cases cannot tell the two points
+    apart. Profiles made before the
     cross-validated figures existed say nothing."""
     gains = gains or {}
     lines = []
@@ -220,8 +221,11 @@ def gain_lines(profile: SiteProfile, gains: dict[str, PairedGain] | None = None)
             f"sensitivity / specificity {before.sensitivity:.3f} / {before.specificity:.3f} shipped, "
             f"{cv.sensitivity:.3f} / {cv.specificity:.3f} with the site's point on cases it was not chosen on"
         )
-        sure = _how_sure(gains.get(name))
-        if _gains(name, point.description, before, cv):
+        gain = gains.get(name)
+        sure = _how_sure(gain)
+        # With the paired gain at hand the word follows its sign: the stored figures are rounded
+        # to 4 decimals, and a difference under that must not read "a gain" beside "J -0.000".
+        if gain.youden_j > 0 if gain is not None else _gains(name, point.description, before, cv):
             lines.append(f"[green]{name}[/]: {compared}: a gain{sure}")
         else:
             lines.append(
