@@ -160,3 +160,26 @@ def test_a_rerelease_refuses_other_weights_the_same_version_and_cross_validated_
     recipe.raw["data"]["cv_folds"] = 5
     with pytest.raises(SystemExit, match="cross-validated"):
         rerelease(recipe, models, "0.0.2")
+
+
+def test_a_rerelease_that_fails_half_way_leaves_the_shipped_folder_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tools.card
+    from tools.rerelease import STAGING, rerelease
+
+    recipe, models = _shipped(tmp_path)
+    folder = models / recipe.name
+    shipped = {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+    def card_fails(*args: Any, **kwargs: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    # The manifest and plots are written before the card: all of them must stay unseen.
+    monkeypatch.setattr(tools.card, "write_card", card_fails)
+    with pytest.raises(OSError, match="No space"):
+        rerelease(recipe, models, "0.0.2")
+    after = {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    assert after == shipped
+    assert not (models / STAGING).exists()
+    assert Registry(models).names() == [recipe.name]

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,7 @@ from tools.release_sets import (
 from tools.robustness import shifts_measured
 
 console = Console()
+STAGING = ".rerelease-staging"  # under models/: the same file system, so the swap is two renames
 REPRODUCED = ("auc", "balanced_sensitivity", "balanced_specificity", "screening_sensitivity")
 """The shipped validation figures the shipped file must reproduce before anything is chosen."""
 
@@ -152,13 +154,24 @@ def rerelease(recipe: Recipe, models_dir: Path, version: str) -> dict[str, Any]:
     robustness = {"by_shift": shifts_measured(recipe, sets, choice, seed)}
     if "robustness" in manifest:  # the shape the shipped manifest has, no more
         new["robustness"] = robustness
-    write_plots(out_dir / "plots", recipe, sets, choice.temperature)
-    (out_dir / "model.toml").write_text(tomli_w.dumps(new))
-    card_from = {**new, "robustness": robustness}  # the card shows the per-shift table either way
-    write_card(recipe, card_from, out_dir, extra=lineage_text(manifest, choice, sets))
-    if "applicability" in new:  # the card's table, from the [applicability] kept as it was
-        applicability.write_card(recipe, out_dir)
-    Registry(models_dir).get(recipe.name)  # the product reads what was written
+    # Written into a copy beside the shipped folder and swapped in whole once the product reads
+    # it: a failure half way leaves the shipped release as it was, never half old, half new.
+    staging = models_dir / STAGING
+    shutil.rmtree(staging, ignore_errors=True)
+    staged = staging / recipe.name
+    try:
+        shutil.copytree(out_dir, staged)
+        write_plots(staged / "plots", recipe, sets, choice.temperature)
+        (staged / "model.toml").write_text(tomli_w.dumps(new))
+        card_from = {**new, "robustness": robustness}  # the card shows the per-shift table either way
+        write_card(recipe, card_from, staged, extra=lineage_text(manifest, choice, sets))
+        if "applicability" in new:  # the card's table, from the [applicability] kept as it was
+            applicability.write_card(recipe, staged)
+        Registry(staging).get(recipe.name)  # the product reads what was written
+        out_dir.rename(staging / "replaced")
+        staged.rename(out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     console.print(
         "[yellow]not redone[/]: plots/failures.png and the observed failure modes in the recipe's "
         "\\[card] limitations quote the previous threshold (tools.failures)"
