@@ -96,8 +96,9 @@ def test_a_spreadsheets_labels_table_reads_as_meant(tmp_path: Path) -> None:
         "p3,./c.jpeg,pneumonia\r\n"
         ",,\r\n".encode()
     )
-    rows = read_labels(folder, ["normal", "pneumonia"])
-    assert rows == [
+    table = read_labels(folder, ["normal", "pneumonia"])
+    assert table.repeated == 1
+    assert table.rows == [
         (folder / "NORMAL/a.jpeg", "normal"),
         (folder / "b.jpeg", "pneumonia"),
         (folder / "c.jpeg", "pneumonia"),
@@ -107,13 +108,27 @@ def test_a_spreadsheets_labels_table_reads_as_meant(tmp_path: Path) -> None:
     with pytest.raises(EdgeError, match=r"line 7: b\.jpeg is normal, line 3 says pneumonia") as caught:
         read_labels(folder, ["normal", "pneumonia"])
     assert caught.value.code is Code.INPUT_UNREADABLE
-    (folder / "labels.csv").write_bytes(b"path,label\n" + "\xe9t\xe9,normal\n".encode("latin-1"))
-    with pytest.raises(EdgeError, match="not a UTF-8 CSV"):
+    # European and "Unicode text" exports: semicolons in the Windows code page, tabs in UTF-16.
+    (folder / "\xe9t\xe9.jpeg").write_bytes(b"x")
+    expected = [(folder / "\xe9t\xe9.jpeg", "normal"), (folder / "b.jpeg", "pneumonia")]
+    for encoding, text in (
+        ("cp1252", "path;label\r\n\xe9t\xe9.jpeg;normal\r\nb.jpeg;pneumonia\r\n"),
+        ("utf-16", "path\tlabel\r\n\xe9t\xe9.jpeg\tnormal\r\nb.jpeg\tpneumonia\r\n"),
+    ):
+        (folder / "labels.csv").write_bytes(text.encode(encoding))
+        assert read_labels(folder, ["normal", "pneumonia"]).rows == expected, encoding
+    (folder / "labels.csv").write_text("path|label\nb.jpeg|normal\n")
+    with pytest.raises(EdgeError, match=r"commas, semicolons or tabs\); its first line is 'path\|label'"):
         read_labels(folder, ["normal"])
-    (folder / "labels.csv").write_text("path,label\n\n")
-    with pytest.raises(EdgeError, match="lists no images") as caught:
-        read_labels(folder, ["normal"])
-    assert caught.value.code is Code.INPUT_EMPTY
+    for empty in ("", "path,label\n\n"):
+        (folder / "labels.csv").write_text(empty)
+        with pytest.raises(EdgeError, match="is empty" if not empty else "lists no images") as caught:
+            read_labels(folder, ["normal"])
+        assert caught.value.code is Code.INPUT_EMPTY
+    # A folder sorted into one folder per class, as data sets are shared, and no table.
+    (folder / "labels.csv").unlink()
+    with pytest.raises(EdgeError, match=r"folders named after classes \(NORMAL\) are not read as labels"):
+        read_labels(folder, ["normal", "pneumonia"])
 
 
 def test_eval_refuses_bad_labels_and_missing_files(tmp_path: Path, samples: list) -> None:  # type: ignore[type-arg]

@@ -8,6 +8,7 @@ import csv
 import json
 import logging
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -163,6 +164,51 @@ def test_below_the_minimum_per_class_is_refused_with_its_code(
     assert "CALIBRATION_TOO_FEW_CASES" in result.output
     assert "normal 24, pneumonia 24" in result.output
     assert not (settings.data_dir / "profiles" / DEFAULT_MODEL).exists()
+    as_json = calibrate(settings, "--data", str(site["held_out"]), "--json")  # a script reads JSON
+    assert as_json.exit_code == 1
+    refusal = json.loads(as_json.stdout)
+    assert refusal["status"] == "refused"
+    assert refusal["code"] == "CALIBRATION_TOO_FEW_CASES"
+    assert "normal 24, pneumonia 24" in refusal["reason"]
+
+
+def test_calibrate_and_eval_count_a_folder_alike_and_name_what_they_leave_out(
+    settings: Settings, site: dict[str, Path], tmp_path: Path
+) -> None:
+    """An image the device would refuse (out of scope) is left out of both, named by both, and
+    the refusal for too few cases says how many went before counting; eval says which
+    calibration it read with (--every-image scores the refused ones too, as a card counts)."""
+    folder = tmp_path / "site"
+    shutil.copytree(site["held_out"], folder)
+    noise = np.random.default_rng(3).integers(0, 256, (300, 300), dtype=np.uint8)
+    cv2.imwrite(str(folder / "static.png"), noise)
+    with (folder / "labels.csv").open("a", newline="") as handle:
+        csv.writer(handle).writerows([["static.png", "normal"], ["./n08-2.5.png", "normal"]])
+    result = calibrate(settings, "--data", str(folder), "--min-per-class", "25")
+    assert result.exit_code == 1
+    said = " ".join(result.output.split())
+    assert f"left out {folder / 'static.png'} OUT_OF_SCOPE:" in said
+    assert "normal 24, pneumonia 24 usable cases (1 OUT_OF_SCOPE left out first)" in said
+
+    def evaluated(*extra: str) -> dict[str, Any]:
+        out = str(tmp_path / "e")
+        shown = run(settings, "models", "eval", DEFAULT_MODEL, "--data", str(folder), "--out", out, *extra)
+        assert shown.exit_code == 0, shown.output
+        return json.loads(shown.stdout) if "--json" in extra else {"text": " ".join(shown.output.split())}
+
+    as_served = evaluated("--json")
+    assert as_served["images"] == 48
+    assert as_served["repeated"] == 1
+    refused = [(Path(r["path"]).name, r["code"]) for r in as_served["refused"]]
+    assert refused == [("static.png", "OUT_OF_SCOPE")]
+    assert as_served["profile_id"] is None
+    assert evaluated("--json", "--every-image")["images"] == 49
+    assert calibrate(settings, "--data", str(site["calibration"])).exit_code == 0
+    text = evaluated()["text"]
+    active = site_profile.active_id(settings.data_dir, DEFAULT_MODEL)
+    assert f"site profile {active})" in text
+    assert "1 image(s) left out as the device would refuse them" in text
+    assert "listed 1 image(s) again under one label: counted once" in text
 
 
 def test_profile_applied_recorded_and_reset(settings: Settings, site: dict[str, Path]) -> None:
@@ -194,6 +240,14 @@ def test_profile_applied_recorded_and_reset(settings: Settings, site: dict[str, 
     listed = run(settings, "models", "profiles", DEFAULT_MODEL)
     assert profile.id in listed.output
     assert "in force: the shipped calibration" in listed.output
+    # The first film again: its stored result (the profile's) is shown, and said to be so.
+    again = " ".join(run(settings, "infer", "--model", DEFAULT_MODEL, str(films[0])).output.split())
+    assert f"site profile {profile.id})" in again
+    assert "(already analysed)" in again
+    assert "stored as first analysed; the shipped calibration is in force now" in again
+    second = " ".join(run(settings, "infer", "--model", DEFAULT_MODEL, str(films[1])).output.split())
+    assert "(already analysed)" in second
+    assert "stored as first analysed" not in second  # decided by what is in force
 
 
 def in_force_for(settings: Settings, version: str, source: Any) -> site_profile.SiteProfile:
@@ -534,7 +588,15 @@ def test_the_gain_line_judges_each_point_by_what_it_is_for() -> None:
     )
     screening, balanced = gain_lines(profile)
     assert screening.startswith("[green]screening")
-    assert screening.endswith("a gain")
+    assert screening.endswith("a gain (only one reaches sensitivity 0.950)")
+    # Both under the target with the same sensitivity: the one with more specificity is better.
+    level = profile.model_copy(
+        update={
+            "before": {**profile.before, "screening": figures(0.9, 0.80)},
+            "after": {**profile.after, "screening (cross-validated)": figures(0.9, 0.85)},
+        }
+    )
+    assert gain_lines(level)[0].endswith("a gain (the same sensitivity, under 0.950: by specificity)")
     assert balanced.startswith("[yellow]balanced")
     assert "no gain" in balanced
     unsure = PairedGain(youden_j=-0.03, ci95=(-0.08, 0.02))

@@ -120,8 +120,27 @@ def infer(
                 if as_json:
                     click.echo(json.dumps(analysis_json(analysis, heatmap), sort_keys=True))
                 else:
-                    click.echo(analysis_line(analysis, heatmap))
+                    click.echo(analysis_line(analysis, heatmap) + _calibration_since(settings, analysis))
     sys.exit(EXIT_REFUSED if refused else 0)
+
+
+def _calibration_since(settings: Any, analysis: Analysis) -> str:
+    """For an image analysed before, whose stored result was decided by another calibration
+    than the one in force now (a site profile made or reset since): say so, or whoever compares
+    before and after calibrating reads the old decision as the new one."""
+    from edge.inference import site_profile
+
+    r = analysis.result
+    if not analysis.duplicate or r is None:
+        return ""
+    now = site_profile.active_id(settings.data_dir, r.model_name)
+    if now == r.profile_id:
+        return ""
+    in_force = f"site profile {now}" if now else "the shipped calibration"
+    return (
+        f"\n        stored as first analysed; {in_force} is in force now and decides new images"
+        f" (edge models eval reads a labelled folder with it)"
+    )
 
 
 def _heatmap_copy(data_dir: Path, analysis: Analysis, source: Path, target_dir: Path | None) -> Path | None:

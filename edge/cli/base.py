@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import sys
@@ -21,6 +22,16 @@ EXIT_USAGE = 2
 # EX_CONFIG (sysexits.h): a service refused for a reason a restart cannot mend
 # (edge.errors.NEEDS_A_PERSON); the systemd units name it in RestartPreventExitStatus=.
 EXIT_NEEDS_A_PERSON = 78
+
+
+def refuse(error: EdgeError, as_json: bool = False) -> NoReturn:
+    """A command's refusal: `CODE: sentence` on stderr, exit 1; under --json also the object
+    `edge infer --json` gives a refused input (status, code, reason) on stdout, so a script
+    reading stdout gets JSON either way."""
+    if as_json:
+        click.echo(json.dumps({"status": "refused", "code": error.code.value, "reason": error.message}))
+    click.echo(error.one_line(), err=True)
+    sys.exit(EXIT_REFUSED)
 
 
 def run_service(serve: Callable[[], int]) -> NoReturn:

@@ -12,7 +12,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from edge.cli.base import EXIT_REFUSED, Context, cli, pass_context
+from edge.cli.base import EXIT_REFUSED, Context, cli, pass_context, refuse
 from edge.errors import EdgeError
 
 if TYPE_CHECKING:
@@ -161,6 +161,12 @@ def _reviewed_line(obj: Context, entry: ModelEntry) -> str:
 )
 @click.option("--variant", help="Evaluate this variant (default: the one the device would serve).")
 @click.option("--operating-point", help="Threshold to report at (default: the site's, else the model's).")
+@click.option(
+    "--every-image",
+    is_flag=True,
+    help="Score the images the applicability check refuses too (a model card counts every image; "
+    "by default they are left out and listed, as the device refuses them).",
+)
 @click.option("--json", "as_json", is_flag=True)
 @pass_context
 def models_eval(
@@ -170,6 +176,7 @@ def models_eval(
     out_dir: Path | None,
     variant: str | None,
     operating_point: str | None,
+    every_image: bool,
     as_json: bool,
 ) -> None:
     """Measure a model on a labelled folder with the product's own decode, preprocess and backend.
@@ -183,11 +190,16 @@ def models_eval(
     target = out_dir or Path(f"eval-{name}")
     try:
         result = evaluate(
-            obj.settings, name, data_dir, target, variant=variant, operating_point=operating_point
+            obj.settings,
+            name,
+            data_dir,
+            target,
+            variant=variant,
+            operating_point=operating_point,
+            every_image=every_image,
         )
     except EdgeError as error:
-        click.echo(error.one_line(), err=True)
-        sys.exit(EXIT_REFUSED)
+        refuse(error, as_json)
     if as_json:
         click.echo(json.dumps(result.__dict__, indent=2))
     else:

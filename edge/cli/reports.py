@@ -131,7 +131,8 @@ def print_evaluation(console: Console, result: Any) -> None:
     console.print(
         f"[bold]{result.model}[/] {result.version} ({result.variant} on {result.backend}), "
         f"{result.images} images; operating point {result.operating_point} "
-        f"(threshold {result.threshold:.3f})"
+        f"(threshold {result.threshold:.3f}, temperature {result.temperature:.3f}, "
+        + (f"site profile {result.profile_id})" if result.profile_id else "as shipped)")
     )
     table = Table("metric", "value", "95% CI")
     for key, value in result.metrics.items():
@@ -142,6 +143,14 @@ def print_evaluation(console: Console, result: Any) -> None:
     console.print(table)
     for item in result.refused:
         console.print(f"[yellow]refused[/] {item['path']}  {item['code']}: {item['reason']}")
+    if result.repeated:
+        console.print(f"labels.csv listed {result.repeated} image(s) again under one label: counted once")
+    out_of_scope = sum(item["code"] == "OUT_OF_SCOPE" for item in result.refused)
+    if out_of_scope and not result.every_image:
+        console.print(
+            f"{out_of_scope} image(s) left out as the device would refuse them (no result in "
+            "service); --every-image scores them too, as a model card counts them"
+        )
     for kind, path in result.files.items():
         console.print(f"{kind}: {path}")
 
@@ -225,12 +234,14 @@ def gain_lines(profile: SiteProfile, gains: dict[str, PairedGain] | None = None)
         sure = _how_sure(gain)
         # With the paired gain at hand the word follows its sign: the stored figures are rounded
         # to 4 decimals, and a difference under that must not read "a gain" beside "J -0.000".
-        if gain.youden_j > 0 if gain is not None else _gains(name, point.description, before, cv):
-            lines.append(f"[green]{name}[/]: {compared}: a gain{sure}")
+        better, measure = _gains(name, point.description, before, cv)
+        by = f" ({measure})" if measure else ""
+        if gain.youden_j > 0 if gain is not None else better:
+            lines.append(f"[green]{name}[/]: {compared}: a gain{by}{sure}")
         else:
             lines.append(
-                f"[yellow]{name}[/]: {compared}: no gain{sure}, the shipped point already suits these "
-                f"cases (edge models calibrate {profile.model} --reset goes back)"
+                f"[yellow]{name}[/]: {compared}: no gain{by}{sure}, the shipped point already suits "
+                f"these cases (edge models calibrate {profile.model} --reset goes back)"
             )
     return lines
 
@@ -245,12 +256,14 @@ def _how_sure(gain: PairedGain | None) -> str:
     return said + ")"
 
 
-def _gains(name: str, description: str, before: PointFigures, cv: PointFigures) -> bool:
+def _gains(name: str, description: str, before: PointFigures, cv: PointFigures) -> tuple[bool, str]:
+    """Whether the site point does better at what its point is for, and by which measure."""
     if name == "screening":
         target = screening_target(description)
         if (cv.sensitivity >= target) != (before.sensitivity >= target):
-            return cv.sensitivity >= target
-        if cv.sensitivity < target:
-            return cv.sensitivity > before.sensitivity
-        return cv.specificity > before.specificity
-    return cv.sensitivity + cv.specificity > before.sensitivity + before.specificity
+            return cv.sensitivity >= target, f"only one reaches sensitivity {target:.3f}"
+        if cv.sensitivity < target and cv.sensitivity != before.sensitivity:
+            return cv.sensitivity > before.sensitivity, f"both under sensitivity {target:.3f}: the nearer"
+        both = "both reach" if cv.sensitivity >= target else "the same sensitivity, under"
+        return cv.specificity > before.specificity, f"{both} {target:.3f}: by specificity"
+    return cv.sensitivity + cv.specificity > before.sensitivity + before.specificity, ""

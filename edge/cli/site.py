@@ -12,7 +12,7 @@ from typing import Any
 import click
 from rich.console import Console
 
-from edge.cli.base import EXIT_REFUSED, Context, pass_context
+from edge.cli.base import EXIT_REFUSED, Context, pass_context, refuse
 from edge.cli.models import models
 from edge.errors import EdgeError
 
@@ -67,6 +67,7 @@ def models_calibrate(
     if sum((data_dir is not None, from_reviews, reset)) != 1:
         raise click.UsageError("give exactly one of --data DIR, --from-reviews, --reset")
     settings = obj.settings
+    site: sc.SiteCases | None = None
     try:
         entry = Registry(settings.models.dir).get(name)
         known = sc.calibratable_points(entry)
@@ -95,8 +96,9 @@ def models_calibrate(
                 points=list(points) or None,
             )
     except EdgeError as error:
-        click.echo(error.one_line(), err=True)
-        sys.exit(EXIT_REFUSED)
+        if not as_json and site is not None:
+            _name_left_out(site, err=True)
+        refuse(error, as_json)
     if as_json:
         click.echo(
             json.dumps(
@@ -111,11 +113,18 @@ def models_calibrate(
         return
     console = Console()
     print_profile(console, profile, entry.manifest, active=True, gains=gains)
+    _name_left_out(site)
     if site.left_out:
         console.print("left out: " + ", ".join(f"{n} {why}" for why, n in site.left_out.items()))
     console.print(
         f"[green]site profile {profile.id} is in force[/] (edge models calibrate {name} --reset to undo)"
     )
+
+
+def _name_left_out(site: Any, err: bool = False) -> None:
+    """A folder's images that were not used, each with why, as `edge models eval` lists them."""
+    for item in site.left_out_files:
+        click.echo(f"left out {item['path']}  {item['code']}: {item['reason']}", err=err)
 
 
 @models.command("profiles")
@@ -183,8 +192,7 @@ def models_prior(obj: Context, name: str, since: str | None, as_json: bool) -> N
         with Store(settings.data_dir, busy_timeout_ms=settings.store.busy_timeout_ms) as store:
             report = sc.prior_report(settings, store, entry, since)
     except EdgeError as error:
-        click.echo(error.one_line(), err=True)
-        sys.exit(EXIT_REFUSED)
+        refuse(error, as_json)
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return

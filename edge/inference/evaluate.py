@@ -40,6 +40,14 @@ class Evaluation:
     threshold: float
     images: int
     refused: list[dict[str, str]] = field(default_factory=list)
+    temperature: float = 1.0
+    profile_id: str | None = None
+    """The site profile whose temperature and threshold were used (None: the shipped ones)."""
+    every_image: bool = False
+    """Images the applicability check refuses were scored too (as a model card counts them);
+    otherwise they are left out and listed, as in service, where they get no result."""
+    repeated: int = 0
+    """Lines of labels.csv that listed an image again under the same label (counted once)."""
     metrics: dict[str, Any] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
 
@@ -52,17 +60,24 @@ def evaluate(
     *,
     variant: str | None = None,
     operating_point: str | None = None,
+    every_image: bool = False,
 ) -> Evaluation:
     registry = Registry(settings.models.dir)
     entry = registry.get(name)
     labels = entry.manifest.output.labels
-    rows = read_labels(folder, labels)
+    table = read_labels(folder, labels)
+    rows = table.rows
     pool = ModelPool(registry, settings, settings.data_dir / "cache")
     try:
         served = pool.load_variant(name, variant) if variant else pool.get(name)
         # What serves here: the site profile in force, if any, else the manifest's calibration.
-        temperature, op_name, op, _ = served.calibration(operating_point or settings.models.operating_point)
-        logits, truth, kept, refused = _run(served, rows, settings.store.max_input_bytes, labels)
+        temperature, op_name, op, profile_id = served.calibration(
+            operating_point or settings.models.operating_point
+        )
+        # As in service, where an image the applicability check refuses gets no result (and as
+        # `edge models calibrate` counts the same folder), unless every image is asked for.
+        enforce = settings.gate.refuses_out_of_scope and not every_image
+        logits, truth, kept, refused = _run(served, rows, settings.store.max_input_bytes, labels, enforce)
     finally:
         pool.close()
     result = Evaluation(
@@ -74,6 +89,10 @@ def evaluate(
         op.threshold,
         len(kept),
         refused,
+        temperature,
+        profile_id,
+        every_image,
+        table.repeated,
     )
     if not kept:
         raise EdgeError(Code.INPUT_NOT_IMAGE, f"none of the {len(rows)} images could be analysed")
@@ -96,6 +115,8 @@ class Scored:
     refused: list[dict[str, str]]
     variant: str
     backend: str
+    repeated: int = 0
+    """Lines of labels.csv that listed an image again under the same label (counted once)."""
 
 
 def score_folder(settings: Settings, name: str, folder: Path) -> Scored:
@@ -104,7 +125,8 @@ def score_folder(settings: Settings, name: str, folder: Path) -> Scored:
     where they get no result) are left out with that code, like undecodable ones."""
     registry = Registry(settings.models.dir)
     labels = registry.get(name).manifest.output.labels
-    rows = read_labels(folder, labels)
+    table = read_labels(folder, labels)
+    rows = table.rows
     pool = ModelPool(registry, settings, settings.data_dir / "cache")
     try:
         served = pool.get(name)
@@ -112,7 +134,7 @@ def score_folder(settings: Settings, name: str, folder: Path) -> Scored:
         logits, truth, kept, refused = _run(served, rows, settings.store.max_input_bytes, labels, enforce)
     finally:
         pool.close()
-    return Scored(logits, truth, kept, refused, served.variant_name, served.backend)
+    return Scored(logits, truth, kept, refused, served.variant_name, served.backend, table.repeated)
 
 
 def _run(

@@ -1,44 +1,63 @@
 """A site's `labels.csv` (columns path,label), as `edge models eval` and `calibrate` read it.
 
-The table is made by people, often in a spreadsheet, so what a spreadsheet adds is read as meant:
-a UTF-8 byte-order mark, CRLF line ends, header names in another case or with spaces, extra
-columns, a label in another case ("NORMAL" for `normal`), Windows separators in a relative path.
-Anything that would change a figure is refused with every offending line named: an unknown
-label, a missing image, an empty table, the same image listed under two labels. The same image
-listed twice under one label counts once (twice would weigh it double in every figure).
+The table is made by people, often in a spreadsheet, so what a spreadsheet writes is read as
+meant: a UTF-8 byte-order mark, UTF-16 ("Unicode text"), a Windows code page, semicolons or tabs
+between the columns (European and "text" exports), CRLF line ends, header names in another case
+or with spaces, extra columns, a label in another case ("NORMAL" for `normal`), Windows
+separators in a relative path. Anything that would change a figure is refused with every
+offending line named: an unknown label, a missing image, an empty table, the same image listed
+under two labels. The same image listed twice under one label counts once (twice would weigh it
+double in every figure), and the caller says so.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
-import logging
+import io
+from dataclasses import dataclass
 from pathlib import Path, PureWindowsPath
 
 from edge.errors import Code, EdgeError
 
-log = logging.getLogger(__name__)
-
 SHOWN = 10  # offending lines named in a refusal; the rest counted
+DELIMITERS = (",", ";", "\t")  # tried in this order on the header line
 
 
-def read_labels(folder: Path, labels: list[str]) -> list[tuple[Path, str]]:
-    """`folder/labels.csv` -> (image path, the model's label) per image, in the table's order."""
+@dataclass(frozen=True)
+class LabelledImages:
+    rows: list[tuple[Path, str]]
+    """(image path, the model's label) per image, in the table's order, each image once."""
+    repeated: int = 0
+    """Lines that listed an image again under the same label (counted once)."""
+
+
+def read_labels(folder: Path, labels: list[str]) -> LabelledImages:
+    """`folder/labels.csv` read as the module docstring says, or a coded refusal."""
     table = folder / "labels.csv"
     if not table.is_file():
-        raise EdgeError(Code.INPUT_NOT_FOUND, f"{table} does not exist (expected columns path,label)")
-    try:
-        with table.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.reader(handle)
-            header = [name.strip().lower() for name in next(reader, [])]
-            lines = list(enumerate(reader, start=2))
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise EdgeError(Code.INPUT_UNREADABLE, f"{table} is not a UTF-8 CSV table: {exc}") from exc
-    if not {"path", "label"} <= set(header):
-        raise EdgeError(Code.INPUT_UNREADABLE, f"{table} needs a header with path and label columns")
+        classes = sorted(p.name for p in folder.glob("*") if p.is_dir() and p.name.lower() in labels)
+        hint = (
+            f"; folders named after classes ({', '.join(classes)}) are not read as labels" if classes else ""
+        )
+        raise EdgeError(Code.INPUT_NOT_FOUND, f"{table} does not exist (expected columns path,label{hint})")
+    text = _text(table)
+    if not text.strip():
+        raise EdgeError(Code.INPUT_EMPTY, f"{table} is empty (expected columns path,label)")
+    header_line = text.splitlines()[0]
+    delimiter = next((d for d in DELIMITERS if {"path", "label"} <= _names(header_line.split(d))), None)
+    if delimiter is None:
+        raise EdgeError(
+            Code.INPUT_UNREADABLE,
+            f"{table} needs a header with path and label columns (separated by commas, semicolons "
+            f"or tabs); its first line is {header_line[:80]!r}",
+        )
+    lines = list(enumerate(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter), start=1))
+    header = [name.strip().lower() for name in lines[0][1]]
     path_at, label_at = header.index("path"), header.index("label")
     by_lower = {label.lower(): label for label in labels}
     bad_labels, missing, rows = [], [], []
-    for number, cells in lines:
+    for number, cells in lines[1:]:
         if not any(cell.strip() for cell in cells):
             continue  # a blank line, as spreadsheets leave at the end
         raw_path = cells[path_at].strip() if path_at < len(cells) else ""
@@ -63,12 +82,33 @@ def read_labels(folder: Path, labels: list[str]) -> list[tuple[Path, str]]:
     return _once_each(rows)
 
 
+def _text(table: Path) -> str:
+    """The table's text: UTF-16 by its byte-order mark, else UTF-8 (with or without a mark),
+    else the Windows code page a spreadsheet saves "CSV" in. A wrong guess can only misname a
+    path or a label, which is then refused with its line."""
+    data = table.read_bytes()
+    if data[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
+        encodings = ["utf-16"]
+    else:
+        encodings = ["utf-8-sig", "cp1252"]
+    for encoding in encodings:
+        try:
+            return data.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+    raise EdgeError(Code.INPUT_UNREADABLE, f"{table} is not text in a known encoding: save it as CSV UTF-8")
+
+
+def _names(cells: list[str]) -> set[str]:
+    return {cell.strip().strip('"').lower() for cell in cells}
+
+
 def _relative(raw: str) -> str:
     """A path as written; one with only Windows separators (`NORMAL\\IM-1.jpeg`) read as such."""
     return PureWindowsPath(raw).as_posix() if "\\" in raw and "/" not in raw else raw
 
 
-def _once_each(rows: list[tuple[int, Path, str]]) -> list[tuple[Path, str]]:
+def _once_each(rows: list[tuple[int, Path, str]]) -> LabelledImages:
     first: dict[Path, tuple[int, str]] = {}
     conflicts, repeats, kept = [], 0, []
     for number, path, label in rows:
@@ -83,9 +123,7 @@ def _once_each(rows: list[tuple[int, Path, str]]) -> list[tuple[Path, str]]:
             repeats += 1
     if conflicts:
         raise EdgeError(Code.INPUT_UNREADABLE, f"images listed under two labels: {_listed(conflicts)}")
-    if repeats:
-        log.warning("labels.csv lists %d image(s) more than once under the same label: counted once", repeats)
-    return kept
+    return LabelledImages(kept, repeats)
 
 
 def _listed(items: list[str]) -> str:

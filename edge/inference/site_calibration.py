@@ -34,6 +34,7 @@ from edge.store import Store
 log = logging.getLogger(__name__)
 MIN_PER_CLASS = 30
 MIN_RESULTS_FOR_PRIOR = 30
+REPEATED = "listed again in labels.csv (counted once)"
 EXAMPLE_PROBABILITIES = (0.1, 0.25, 0.5, 0.75, 0.9)
 
 
@@ -42,7 +43,11 @@ class SiteCases:
     cases: Cases
     description: str
     left_out: dict[str, int] = field(default_factory=dict)
-    """Why candidate cases were not used, with counts (codes or reasons; never file names)."""
+    """Why candidate cases were not used, with counts (codes or reasons; never file names: this
+    goes into the audit)."""
+    left_out_files: list[dict[str, str]] = field(default_factory=list)
+    """A folder's images that were not used (path, code, reason), for the person at the
+    command line only: never audited or kept."""
 
 
 def calibratable_points(entry: ModelEntry) -> list[str]:
@@ -54,9 +59,12 @@ def cases_from_folder(settings: Settings, entry: ModelEntry, folder: Path) -> Si
     scored = score_folder(settings, entry.name, folder)
     out = entry.manifest.output
     left_out = Counter(row["code"] for row in scored.refused)
+    if scored.repeated:
+        left_out[REPEATED] = scored.repeated
     logits = scored.logits if len(scored.kept) else np.zeros((0, len(out.labels)))
     cases = Cases(logits, np.asarray(scored.truth, np.int64), list(out.labels), out.positive)
-    return SiteCases(cases, f"{len(scored.kept)} labelled images of a site folder", dict(left_out))
+    described = f"{len(scored.kept)} labelled images of a site folder"
+    return SiteCases(cases, described, dict(left_out), scored.refused)
 
 
 class _Temperatures:
@@ -193,10 +201,12 @@ def calibrate(
     short = {label: n for label, n in per_class.items() if n < min_per_class}
     if short:
         counts = ", ".join(f"{label} {n}" for label, n in per_class.items())
+        lost = [f"{n} {why}" for why, n in site.left_out.items() if why != REPEATED]
+        before = f" ({', '.join(lost)} left out first)" if lost else ""
         raise EdgeError(
             Code.CALIBRATION_TOO_FEW_CASES,
-            f"{entry.name} {entry.manifest.version}: {counts} usable cases; at least {min_per_class} "
-            f"of each class are needed ({', '.join(short)} short). Nothing was changed",
+            f"{entry.name} {entry.manifest.version}: {counts} usable cases{before}; at least "
+            f"{min_per_class} of each class are needed ({', '.join(short)} short). Nothing was changed",
         )
     manifest = entry.manifest
     chosen = points or calibratable_points(entry)
