@@ -641,3 +641,28 @@ def test_recorded_temperatures_and_version_order_refuse_what_cannot_be_right(tmp
     assert site_profile.recorded_temperatures(tmp_path, DEFAULT_MODEL) == {"0.7.0": 1.5}
     versions = ["1.10.0", "1.9.0", "1.2-hotfix!", "1.2.0"]
     assert sorted(versions, key=site_profile.version_order) == ["1.2-hotfix!", "1.2.0", "1.9.0", "1.10.0"]
+
+
+def test_one_rule_reads_a_review_as_a_label_on_the_device_and_the_hub() -> None:
+    """The device's calibration and the hub's agreement page call the same function: a finding
+    in another case is the label; one the model has no label for is left out, not guessed."""
+    from edge.hub import agreement
+    from edge.inference import review_label as rl
+
+    assert agreement.specialist_label is rl.specialist_label
+    assert sc.specialist_label is rl.specialist_label
+    binary = ["normal", "pneumonia"]
+    cases = {
+        ("agree", None, "normal"): ("normal", ""),
+        ("disagree", "Pneumonia ", "normal"): ("pneumonia", ""),
+        ("disagree", "", "normal"): ("pneumonia", ""),  # two labels: disagreeing says which
+        ("disagree", None, "pneumonia"): ("normal", ""),
+        ("disagree", "pneumonia (bacterial)", "normal"): (None, rl.UNKNOWN_FINDING),
+        ("disagree", "NORMAL", "normal"): (None, rl.SELF_CONTRADICTING),
+        ("uncertain", "pneumonia", "normal"): (None, rl.UNCERTAIN),
+    }
+    for (verdict, finding, model_finding), expected in cases.items():
+        assert rl.specialist_label(verdict, finding, model_finding, binary) == expected, (verdict, finding)
+    three = ["normal", "benign", "malignant"]
+    assert rl.specialist_label("disagree", None, "benign", three) == (None, rl.NO_FINDING)
+    assert rl.specialist_label("disagree", "Malignant", "benign", three) == ("malignant", "")

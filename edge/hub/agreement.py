@@ -43,6 +43,7 @@ from edge.hub import db
 from edge.inference import calibration, metrics
 from edge.inference.postprocess import softmax
 from edge.inference.registry import Manifest, Registry
+from edge.inference.review_label import specialist_label
 from edge.inference.site_profile import manifest_weights_id, version_order
 
 MIN_CASES_PER_CLASS = 30
@@ -79,7 +80,7 @@ class CaseSet:
     positive: str = ""
     labels: list[str] = field(default_factory=list)
     cases: list[Case] = field(default_factory=list)
-    unlabelled: int = 0  # reviewed "uncertain", or disagreed without a finding
+    unlabelled: int = 0  # reviews that name no label (edge.inference.review_label says which)
     versions: list[str] = field(default_factory=list)  # pooled (the same weights), oldest first
     shipped_temperatures: dict[str, float] = field(default_factory=dict)  # by version, where known
     manifest: Manifest | None = None  # the newest version's, as `shipped_manifest` found it
@@ -151,7 +152,7 @@ def _by_version(engine: Engine) -> dict[SiteModel, CaseSet]:
         group = groups.setdefault(
             key, CaseSet(key, str(positive), sorted(probabilities), versions=[key.version])
         )
-        label = _label(row.verdict, row.finding, str(result["finding"]), group.labels)
+        label, _ = specialist_label(row.verdict, row.finding, str(result["finding"]), group.labels)
         if label is None:
             group.unlabelled += 1
             continue
@@ -172,14 +173,6 @@ def _by_version(engine: Engine) -> dict[SiteModel, CaseSet]:
 
 def _sort_key(key: SiteModel) -> tuple[str, str, str, tuple[int, Any]]:
     return (key.programme, key.site, key.model, version_order(key.version))
-
-
-def _label(verdict: str, finding: str | None, model_finding: str, labels: list[str]) -> str | None:
-    if verdict == "agree":
-        return model_finding
-    if verdict == "disagree" and finding in labels:
-        return finding
-    return None
 
 
 def _published_temperatures(engine: Engine) -> dict[str, float]:

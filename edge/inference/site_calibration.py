@@ -28,6 +28,7 @@ from edge.inference.calibration import RULES, Cases
 from edge.inference.evaluate import score_folder
 from edge.inference.postprocess import softmax
 from edge.inference.registry import ModelEntry, read_manifest, set_aside
+from edge.inference.review_label import specialist_label
 from edge.inference.site_profile import PointFigures, ProfilePoint, SiteProfile
 from edge.store import Store
 
@@ -143,19 +144,6 @@ def _logits(rows: list[dict[str, Any]], labels: list[str], temperatures: _Temper
     return out
 
 
-def review_label(row: dict[str, Any], labels: list[str]) -> str | None:
-    """The specialist's label for a reviewed result, or None (uncertain; a disagreement that
-    names no finding where more than one other label is possible)."""
-    if row["verdict"] == "agree":
-        return str(row["finding"])
-    if row["verdict"] != "disagree":
-        return None
-    if row["review_finding"] in labels:
-        return str(row["review_finding"])
-    others = [label for label in labels if label != row["finding"]]
-    return others[0] if len(others) == 1 else None  # binary: "disagree" says which
-
-
 def cases_from_reviews(settings: Settings, store: Store, entry: ModelEntry) -> SiteCases:
     out = entry.manifest.output
     temperatures = _Temperatures(settings, entry)
@@ -164,9 +152,9 @@ def cases_from_reviews(settings: Settings, store: Store, entry: ModelEntry) -> S
     left_out: Counter[str] = Counter()
     kept, truth = [], []
     for row in rows:
-        label = review_label(row, list(out.labels))
+        label, why = specialist_label(row["verdict"], row["review_finding"], row["finding"], list(out.labels))
         if label is None:
-            left_out["uncertain" if row["verdict"] == "uncertain" else "disagree without a finding"] += 1
+            left_out[why] += 1
         elif temperatures.of(row) is None:
             left_out[temperatures.why_not(row)] += 1
         else:
