@@ -36,7 +36,7 @@ from edge.imaging.decode import DecodedImage, decode_bytes, read_input
 from edge.imaging.decoded import DicomHeader, UndecodableDicom
 from edge.imaging.dicom_changes import changed_fields
 from edge.imaging.explain import heatmap_png
-from edge.inference import gate
+from edge.inference import gate, routing
 from edge.inference.pool import ModelPool, Prediction, ServedModel
 from edge.inference.registry import Registry
 from edge.processes import new_worker_id
@@ -47,6 +47,10 @@ from edge.store.reads import evidence_beside
 from edge.video.analysis import analyse_recording, process_cine
 
 log = logging.getLogger(__name__)
+
+
+class UnsureRoute(EdgeError):
+    """No model finds an input that does not say what it is clearly like its own images."""
 
 
 Decoder = Callable[[bytes, str], DecodedImage]
@@ -177,9 +181,11 @@ class Pipeline:
                     else:
                         self.registry.get(model_name)
             except EdgeError as refusal:  # no model, or none that can be opened
-                if not (keep_dicom and decoded.format == "dicom"):
+                # A routing guess not answered is kept like a PACS's instance: in the worklist
+                # with its refusal, for the technician to see and re-run with the model named.
+                if not (isinstance(refusal, UnsureRoute) or (keep_dicom and decoded.format == "dicom")):
                     raise
-                return self._keep_unanalysed(decoded, data, name, source, refusal)
+                return self._keep_unanalysed(decoded, data, name, source, refusal, keep_dicom)
             if file_mtime_ns is not None and decoded.format != "dicom":  # no header to say when
                 decoded = replace(decoded, meta={**decoded.meta, **file_moment(file_mtime_ns)})
             outcome = self.store.ingest(
@@ -199,15 +205,21 @@ class Pipeline:
         return Ingested(outcome, decoded, decode_ms)
 
     def _keep_unanalysed(
-        self, image: DecodedImage | DicomHeader, data: bytes, name: str, source: str, refusal: EdgeError
+        self,
+        image: DecodedImage | DicomHeader,
+        data: bytes,
+        name: str,
+        source: str,
+        refusal: EdgeError,
+        keep_dicom: bool = True,
     ) -> Ingested:
-        """Store a DICOM instance no model will analyse, with its refusal as a refused job."""
+        """Store an input no model will analyse, with its refusal as a refused job."""
         outcome = self.store.ingest(
             self.new_image(image, data, source, name),
             [],
             actor=source,
             refusal=(refusal.code, refusal.message),
-            corrections=self._corrections(keep_dicom=True),
+            corrections=self._corrections(keep_dicom),
         )
         self._note_collision(outcome)
         log.info("stored, not analysed: %s", refusal.one_line())
@@ -242,8 +254,9 @@ class Pipeline:
         no modality. Otherwise every model whose manifest accepts the input; when several do and
         the input does not say what it is (no modality, or no body part), the one whose
         applicability check finds it most typical of its training images (highest p-value)
-        serves, so one image never yields two findings from two models by accident. An input
-        none would accept is then refused by that model's check (OUT_OF_SCOPE), not answered."""
+        serves, so one image never yields two findings from two models by accident. That is a
+        guess, answered only when the chosen model finds the input in scope (edge.inference.
+        routing says why); otherwise NO_MODEL_FOR_INPUT, every model's reading named."""
         study = decoded.study
         if study.modality is None and self.settings.models.default:
             return [self.settings.models.default]
@@ -259,18 +272,21 @@ class Pipeline:
         return names
 
     def _most_applicable(self, decoded: DecodedImage, names: list[str]) -> str:
-        ranked: list[tuple[float, float, str]] = []
+        readings = []
         for name in names:
             served = self.pool.get(name)  # a model that cannot be opened refuses the input here
-            scope = served.predict([decoded.pixels])[0].scope
-            # (p-value, closeness): a model without a check ranks last but can still serve
-            ranked.append((-1.0, 0.0, name) if scope is None else (scope.p_value, -scope.distance, name))
-        ranked.sort(reverse=True)
-        log.info(
-            "routed by applicability: %s",
-            ", ".join(f"{name} p={p:.3f}" for p, _, name in ranked),
-        )
-        return ranked[0][2]
+            readings.append(routing.Reading.of(name, served.predict([decoded.pixels])[0].scope))
+        order = routing.ranked(readings)
+        log.info("routed by applicability: %s", routing.said(order))
+        if not routing.sure(order[0]) and self.settings.gate.refuses_out_of_scope:
+            raise UnsureRoute(
+                Code.NO_MODEL_FOR_INPUT,
+                f"the input does not say what it is (modality {decoded.study.modality or 'none'}, body "
+                f"part {decoded.study.body_part or 'none'}) and no model finds it clearly like its own "
+                f"images ({routing.said(order)}): name the model (--model; [models] default for a "
+                "device on one kind of scanner) or send it as DICOM",
+            )
+        return order[0].model
 
     @staticmethod
     def new_image(

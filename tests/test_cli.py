@@ -204,8 +204,8 @@ def _judged(monkeypatch: pytest.MonkeyPatch, scope: Scope, refuse: bool = False)
 def test_infer_shows_the_applicability_of_a_stored_result(
     tmp_path: Path, sample_png: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _judged(monkeypatch, BORDERLINE)
-    code, out, _ = run(tmp_path, "infer", str(sample_png), "--json")
+    _judged(monkeypatch, BORDERLINE)  # named: a routing guess is answered only in scope
+    code, out, _ = run(tmp_path, "infer", "--model", DEFAULT_MODEL, str(sample_png), "--json")
     assert code == 0
     record = json.loads(out)
     assert record["applicability"] == BORDERLINE.as_dict()
@@ -213,7 +213,7 @@ def test_infer_shows_the_applicability_of_a_stored_result(
         stored = store.result(record["result_id"])
         assert stored is not None
         assert stored.applicability == record["applicability"]  # what is stored is what is shown
-    code, again, _ = run(tmp_path, "infer", str(sample_png))  # the stored result, as text
+    code, again, _ = run(tmp_path, "infer", "--model", DEFAULT_MODEL, str(sample_png))  # the stored result, as text
     assert code == 0
     first, second = again.splitlines()
     assert first.startswith("OK ")
@@ -228,10 +228,10 @@ def test_infer_json_applicability_is_null_without_a_check(
     tmp_path: Path, sample_png: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(ServedModel, "_scopes", lambda self, outputs, count: [None] * count)
-    code, out, _ = run(tmp_path, "infer", str(sample_png), "--json")
+    code, out, _ = run(tmp_path, "infer", "--model", DEFAULT_MODEL, str(sample_png), "--json")
     assert code == 0
     assert json.loads(out)["applicability"] is None
-    code, text, _ = run(tmp_path, "infer", str(sample_png))
+    code, text, _ = run(tmp_path, "infer", "--model", DEFAULT_MODEL, str(sample_png))
     assert len(text.splitlines()) == 1  # no applicability line to print
 
 
@@ -239,12 +239,12 @@ def test_an_out_of_scope_input_is_refused_like_any_other(
     tmp_path: Path, sample_png: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _judged(monkeypatch, Scope(distance=95.0, p_value=0.001, threshold=40.2, state="out of scope"), True)
-    code, out, _ = run(tmp_path, "infer", str(sample_png))
+    code, out, _ = run(tmp_path, "infer", "--model", DEFAULT_MODEL, str(sample_png))
     assert code == 1
     assert out.startswith(
         f"REFUSED {sample_png}  OUT_OF_SCOPE: this does not look like a paediatric chest X-ray"
     )
-    code, out, _ = run(tmp_path, "infer", str(sample_png), "--json")
+    code, out, _ = run(tmp_path, "infer", "--model", DEFAULT_MODEL, str(sample_png), "--json")
     record = json.loads(out)
     assert (record["status"], record["code"]) == ("refused", "OUT_OF_SCOPE")
     assert "applicability" not in record  # a refusal has no result, so no verdict of one

@@ -112,9 +112,42 @@ def test_other_pictures_are_refused_even_with_the_model_forced(
 
 
 def test_unlabelled_pictures_of_no_model_are_refused(pipeline: Pipeline, tmp_path: Path) -> None:
+    """No model's check finds them in scope, so routing will not guess: kept with a refused
+    job (in the worklist, to re-run with the model named), every model's reading named."""
     for path in (EYE, as_png(tmp_path, "ct", ct_slice()), as_png(tmp_path, "photo", photograph())):
         [analysis] = pipeline.analyse_file(path)
-        assert analysis.code == Code.OUT_OF_SCOPE.value, f"{path.name}: {analysis.code} {analysis.message}"
+        assert analysis.code == Code.NO_MODEL_FOR_INPUT.value, f"{path.name}: {analysis.code}"
+        assert analysis.message is not None
+        assert "no model finds it clearly like its own images" in analysis.message
+        for model in MODEL_NAMES:
+            assert f"{model} p=" in analysis.message
+        job = pipeline.store.job(analysis.job_id or "")
+        assert job is not None
+        assert (job["state"], job["error_code"]) == ("refused", "NO_MODEL_FOR_INPUT")
+    assert pipeline.store.counts()["results"] == 0
+
+
+def test_a_routing_guess_is_answered_only_in_scope() -> None:
+    """us-lung's check lets most chest films through (its card: 40% refused), so a chest film
+    the chest check finds borderline can rank the lung model first: that guess is not answered
+    (it would read "covid"); a model released without a check ranks last and may serve."""
+    from edge.inference import routing
+    from edge.inference.scope import BORDERLINE, IN_SCOPE, OUT_OF_SCOPE
+
+    chest_film = [
+        routing.Reading("cxr-pneumonia", 0.032, 0.78, BORDERLINE),
+        routing.Reading("us-lung", 0.035, 0.68, BORDERLINE),
+        routing.Reading("us-breast", 0.0016, 4.3, OUT_OF_SCOPE),
+    ]
+    order = routing.ranked(chest_film)
+    assert [r.model for r in order] == ["us-lung", "cxr-pneumonia", "us-breast"]
+    assert not routing.sure(order[0])
+    assert routing.said(order).startswith("us-lung p=0.035 borderline, cxr-pneumonia p=0.032")
+    lung_frame = [routing.Reading("us-lung", 0.4, 0.3, IN_SCOPE), *chest_film[:1]]
+    assert routing.sure(routing.ranked(lung_frame)[0])
+    unchecked = routing.Reading.of("legacy", None)
+    assert routing.ranked([unchecked, chest_film[2]])[0] is chest_film[2]
+    assert routing.sure(unchecked)
 
 
 def test_the_refusal_is_stored_audited_and_never_a_finding(pipeline: Pipeline, settings: Settings) -> None:

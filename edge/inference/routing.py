@@ -1,0 +1,50 @@
+"""Which model serves an input that does not say what it is (no modality, or a modality several
+models take and no body part): each candidate's applicability check reads it, and the one that
+finds it most typical of its own training images (highest conformal p-value, then nearest)
+serves. Pure.
+
+That is a guess, and the checks are not equally sharp: the lung ultrasound model's check lets
+60% of chest films through (its card's measured table), so a chest film its own check finds
+borderline can rank the lung model first and read "covid". A guess is therefore answered only
+when the chosen model finds the input in scope; a borderline or out-of-scope best guess is
+refused where the gate refuses out-of-scope inputs, and naming the model (or sending DICOM)
+ends the refusal. `python -m tools.routing_eval` measures what this saves and costs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from edge.inference.scope import IN_SCOPE, Scope
+
+NO_CHECK = "no check"
+
+
+@dataclass(frozen=True)
+class Reading:
+    model: str
+    p_value: float  # -1 for a model released without a check: it ranks last but can serve
+    distance: float
+    state: str
+
+    @classmethod
+    def of(cls, model: str, scope: Scope | None) -> Reading:
+        if scope is None:
+            return cls(model, -1.0, 0.0, NO_CHECK)
+        return cls(model, scope.p_value, scope.distance, scope.state)
+
+
+def ranked(readings: list[Reading]) -> list[Reading]:
+    """Most applicable first: highest p-value, then smallest distance, then name (stable)."""
+    return sorted(readings, key=lambda r: (-r.p_value, r.distance, r.model))
+
+
+def sure(best: Reading) -> bool:
+    """Whether a guess may be answered: the chosen model finds the input in scope."""
+    return best.state in (IN_SCOPE, NO_CHECK)
+
+
+def said(readings: list[Reading]) -> str:
+    return ", ".join(
+        r.model if r.state == NO_CHECK else f"{r.model} p={r.p_value:.3f} {r.state}" for r in readings
+    )
