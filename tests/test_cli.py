@@ -213,7 +213,8 @@ def test_infer_shows_the_applicability_of_a_stored_result(
         stored = store.result(record["result_id"])
         assert stored is not None
         assert stored.applicability == record["applicability"]  # what is stored is what is shown
-    code, again, _ = run(tmp_path, "infer", "--model", DEFAULT_MODEL, str(sample_png))  # the stored result, as text
+    # The stored result, as text.
+    code, again, _ = run(tmp_path, "infer", "--model", DEFAULT_MODEL, str(sample_png))
     assert code == 0
     first, second = again.splitlines()
     assert first.startswith("OK ")

@@ -394,6 +394,15 @@ def test_a_tampered_profile_is_refused_once(hub: Hub, tmp_path: Path, key: tuple
         assert profiles.pull_profiles(client) == 0
         refusals = list(store.audit_rows("profile.refused"))
         assert len(refusals) == 1  # not refused again every round
+        # Said wherever the sync is shown (sync now|status, doctor, the TUI's sync screen).
+        from edge.sync.runner import refused_updates, sync_status
+        from edge.tui.data import sync_view
+
+        status = sync_status(settings, store)
+        [line] = refused_updates(status)
+        assert line.startswith(f"site profile {release.id} refused (tiny keeps its calibration in force)")
+        assert "PROFILE_SIGNATURE_INVALID" in line
+        assert sync_view({"sync": status})["refused"] == [line]
 
 
 @pytest.mark.security

@@ -125,8 +125,9 @@ def round_sentences(ok: bool, status: dict[str, Any]) -> list[str]:
             "It is tried again automatically while edge-sync runs (sudo systemctl start edge-sync); "
             "edge sync status shows the state."
         )
-    for release, reason in (status.get("models_refused") or {}).items():
-        lines.append(f"Model release {release} was refused (the installed version keeps serving): {reason}")
+    from edge.sync.runner import refused_updates
+
+    lines += [line[:1].upper() + line[1:] + "." for line in refused_updates(status)]
     return lines
 
 
@@ -136,7 +137,7 @@ def round_sentences(ok: bool, status: dict[str, Any]) -> list[str]:
 def sync_status_command(obj: Context, as_json: bool) -> None:
     """Offline / syncing / failed / up to date, pending counts, last success, last error."""
     from edge.store import Store
-    from edge.sync.runner import sync_status
+    from edge.sync.runner import refused_updates, sync_status
 
     with Store(obj.settings.data_dir) as store:
         status = sync_status(obj.settings, store)
@@ -149,8 +150,8 @@ def sync_status_command(obj: Context, as_json: bool) -> None:
     )
     if status["last_error"]:
         click.echo(f"last error ({status['last_error_at']}): {status['last_error']}")
-    for release, reason in status["models_refused"].items():
-        click.echo(f"model release {release} refused (the installed version keeps serving): {reason}")
+    for line in refused_updates(status):
+        click.echo(line)
 
 
 @sync.command("pseudonym")

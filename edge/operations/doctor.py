@@ -306,7 +306,7 @@ def _agent(settings: Settings) -> list[Check]:
 
 def _hub(settings: Settings) -> list[Check]:
     from edge.sync import sync_agent
-    from edge.sync.runner import NEEDS_ACTION, sync_status
+    from edge.sync.runner import NEEDS_ACTION, refused_updates, sync_status
 
     try:
         with Store(settings.data_dir, busy_timeout_ms=settings.store.busy_timeout_ms, reader=True) as store:
@@ -339,10 +339,7 @@ def _hub(settings: Settings) -> list[Check]:
         )
     else:
         checks.append(Check("hub", "pass", f"{status['hub']}: {status['state']}, {since}; {waiting}"))
-    for release, reason in status["models_refused"].items():
-        checks.append(
-            Check("model update", "warn", f"{release} refused, the installed version serves: {reason}")
-        )
+    checks += [Check("hub update", "warn", line) for line in refused_updates(status)]
     return checks
 
 

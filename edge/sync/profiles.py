@@ -187,10 +187,12 @@ def rollback(settings: Settings, store: Store, model: str) -> SiteProfile:
     kept = installed(settings, model)
     index = next((i for i, p in enumerate(kept) if p.id == current_id), None)
     if current_id is None or index is None or index == 0:
-        raise EdgeError(
-            Code.PROFILE_NO_PREVIOUS,
-            f"{model}: no site profile before {'the active ' + current_id if current_id else 'none active'}",
+        said = (
+            f"no site profile before the active {current_id}"
+            if current_id
+            else "no site profile is active (the shipped calibration serves): nothing to roll back"
         )
+        raise EdgeError(Code.PROFILE_NO_PREVIOUS, f"{model}: {said}")
     previous = kept[index - 1]
     write_atomically(profiles_dir(settings, model) / ACTIVE, f"{previous.id}\n".encode())
     store.audit(ACTOR, "profile.rolled_back", None, {"model": model, "from": current_id, "to": previous.id})

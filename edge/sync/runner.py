@@ -213,3 +213,22 @@ def sync_status(settings: Settings, store: Store) -> dict[str, Any]:
         "models_refused": state.get("models_refused", {}),
         "profiles_refused": state.get("profiles_refused", {}),
     }
+
+
+def refused_updates(status: dict[str, Any]) -> list[str]:
+    """What the hub sent that this device refused, one sentence each, for every place that
+    shows the sync (edge sync now|status, edge doctor, the TUI): a model release, whose
+    installed version keeps serving, and a site profile, whose calibration in force stays. A
+    profile for a model version not installed yet is waiting, not refused."""
+    lines = [
+        f"model release {release} refused (the installed version keeps serving): {reason}"
+        for release, reason in (status.get("models_refused") or {}).items()
+    ]
+    for key, reason in (status.get("profiles_refused") or {}).items():
+        model, profile_id, *_ = key.split(" ")
+        if " while " in key:
+            lines.append(f"site profile {profile_id} waits for its model version: {reason}")
+        else:
+            kept = f"{model} keeps its calibration in force"
+            lines.append(f"site profile {profile_id} refused ({kept}): {reason}")
+    return lines

@@ -18,6 +18,7 @@ from edge.imaging.decode import decode_bytes, read_input
 from edge.inference import site_profile
 from edge.inference.registry import ModelEntry
 from edge.store import StoredResult, WorklistItem
+from edge.sync.runner import refused_updates
 from edge.tui.context import TuiContext
 
 # The worklist's state filter cycles through these (None: every state).
@@ -261,6 +262,7 @@ def sync_view(snap: dict[str, Any]) -> dict[str, Any]:
             "pending": {"records": int(snap.get("outbox_pending", 0))},
             "last_error": None,
             "last_error_at": None,
+            "refused": [],
         }
     return {
         "state": sync.get("state") or "unknown",
@@ -269,6 +271,7 @@ def sync_view(snap: dict[str, Any]) -> dict[str, Any]:
         "pending": dict(sync.get("pending") or {}),
         "last_error": sync.get("last_error"),
         "last_error_at": sync.get("last_error_at"),
+        "refused": refused_updates(sync),
     }
 
 

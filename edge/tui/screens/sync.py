@@ -76,8 +76,10 @@ class SyncScreen(EdgeScreen):
         )
         error = view["last_error"]
         when = f" ({self.context.stamp(view['last_error_at'])})" if view["last_error_at"] else ""
+        refused = "".join(f"\n[yellow]{escape(line)}[/]" for line in view.get("refused", []))
         self.query_one("#sync-error", Static).update(
-            f"[b]Last error[/b]{when}\n{escape(str(error))}" if error else "[b]Last error[/b] none"
+            (f"[b]Last error[/b]{when}\n{escape(str(error))}" if error else "[b]Last error[/b] none")
+            + (f"\n\n[b]Refused from the hub[/b]{refused}" if refused else "")
         )
 
     def action_sync_now(self) -> None:
