@@ -361,6 +361,15 @@ def test_publish_pull_install_rollback(hub: Hub, tmp_path: Path, key: tuple[str,
         assert profiles.rollback(settings, store, "tiny").id == first.id
         assert (folder / "active").read_text().strip() == first.id
         assert profiles.pull_profiles(client) == 0  # the one rolled back from does not come back
+        # An older one published after a newer: the publisher is told no device will get it.
+        earlier = first_time - timedelta(days=1)
+        draft = site_profiles.draft(hub.engine, hub.settings.models.dir, PROGRAMME, SITE, "tiny", now=earlier)
+        note = site_profiles.publish(hub.engine, signed(draft, key[1]), actor="test")
+        assert note == (
+            f"a newer profile, {second.id}, is published for this site and version: devices are "
+            "offered the newest, so this one reaches none"
+        )
+        assert profiles.pull_profiles(client) == 0
         with pytest.raises(EdgeError) as none_before:
             profiles.rollback(settings, store, "tiny")
         assert none_before.value.code is Code.PROFILE_NO_PREVIOUS
@@ -403,6 +412,14 @@ def test_a_tampered_profile_is_refused_once(hub: Hub, tmp_path: Path, key: tuple
         assert line.startswith(f"site profile {release.id} refused (tiny keeps its calibration in force)")
         assert "PROFILE_SIGNATURE_INVALID" in line
         assert sync_view({"sync": status})["refused"] == [line]
+        # Signed properly and published again under its id, as docs/codes.md advises: it
+        # replaces the bad one on the hub, installs, and the old refusal is no longer shown.
+        note = site_profiles.publish(hub.engine, release, actor="test")
+        assert note is not None
+        assert note.startswith(f"it replaces the profile published under {release.id}")
+        assert profiles.pull_profiles(client) == 1
+        assert profiles.active_id(settings, "tiny") == release.id
+        assert refused_updates(sync_status(settings, store)) == []
 
 
 @pytest.mark.security

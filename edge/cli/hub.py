@@ -308,7 +308,11 @@ def hub_profile_publish(
             return
         release = draft.model_copy(update={"signature": signatures.sign(draft.model_dump(), private)})
     try:
-        site_profiles.publish(db.make_engine(obj.settings.hub_database_url), release, actor="cli")
+        note = site_profiles.publish(db.make_engine(obj.settings.hub_database_url), release, actor="cli")
     except HubError as error:
         _refused(error)
-    click.echo(f"published {release.id} to site {release.site or '(unnamed)'} ({release.programme})")
+        return
+    click.echo(
+        f"published {release.id} to site {release.site or '(unnamed)'} ({release.programme})"
+        + (f": {note}" if note else "")
+    )

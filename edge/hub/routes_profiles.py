@@ -92,8 +92,11 @@ async def profile_publish(request: Request, reader: AdminDep) -> Response:
             release = protocol.ProfileRelease.model_validate_json(text)
         except ValidationError as error:
             raise HubError(400, protocol.WireCode.BAD_PROFILE, "that is not a signed site profile") from error
-        await run_in_threadpool(site_profiles.publish, state(request).engine, release, reader.user.name)
+        note = await run_in_threadpool(
+            site_profiles.publish, state(request).engine, release, reader.user.name
+        )
     except HubError as error:
         return await run_in_threadpool(_agreement_page, request, reader, 400, error=error.message)
-    message = f"Profile {release.id} published for site {release.site or '(unnamed)'} ({release.programme})."
+    message = f"Profile {release.id} published for site {release.site or '(unnamed)'} ({release.programme})"
+    message += f": {note}." if note else "."
     return await run_in_threadpool(_agreement_page, request, reader, message=message)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Engine, insert, select, update
 
 from edge.hub import agreement, db
 from edge.hub.audit import record_audit
@@ -146,48 +146,69 @@ def check(release: protocol.ProfileRelease) -> SiteProfile:
     return profile
 
 
-def publish(engine: Engine, release: protocol.ProfileRelease, actor: str) -> None:
+def publish(engine: Engine, release: protocol.ProfileRelease, actor: str) -> str | None:
     """Store a signed profile for its site's devices (the signature is the devices' to verify:
-    the hub holds no key). Publishing the same one again changes nothing."""
+    the hub holds no key). Publishing the same one again changes nothing; other bytes under a
+    published id replace it (a profile a device refused, signed again as docs/codes.md advises;
+    a device takes a profile's other bytes as new). Returns what the publisher must know: that
+    it replaced one, or that a newer profile of the same site and version is published, which
+    devices are offered instead."""
     profile = check(release)
+    here = (
+        db.site_profiles.c.programme == release.programme,
+        db.site_profiles.c.site == release.site,
+    )
+    values = {
+        "model": release.model,
+        "model_version": release.model_version,
+        "created_at": release.created_at,
+        "temperature": profile.temperature,
+        "release": release.model_dump(),
+        "published_at": db.now(),
+        "published_by": actor,
+    }
     with engine.begin() as conn:
-        known = conn.execute(
-            select(db.site_profiles.c.release).where(
-                db.site_profiles.c.programme == release.programme,
-                db.site_profiles.c.site == release.site,
-                db.site_profiles.c.profile_id == release.id,
-            )
-        ).first()
-        if known is not None:
-            if known.release != release.model_dump():
-                raise HubError(
-                    409, WireCode.BAD_PROFILE, f"another profile {release.id} is published for this site"
+        this_id = (*here, db.site_profiles.c.profile_id == release.id)
+        known = conn.execute(select(db.site_profiles.c.release).where(*this_id)).first()
+        if known is not None and known.release == release.model_dump():
+            return None
+        if known is None:
+            conn.execute(
+                insert(db.site_profiles).values(
+                    profile_id=release.id, programme=release.programme, site=release.site, **values
                 )
-            return
-        conn.execute(
-            insert(db.site_profiles).values(
-                profile_id=release.id,
-                programme=release.programme,
-                site=release.site,
-                model=release.model,
-                model_version=release.model_version,
-                created_at=release.created_at,
-                temperature=profile.temperature,
-                release=release.model_dump(),
-                published_at=db.now(),
-                published_by=actor,
             )
-        )
+        else:
+            conn.execute(update(db.site_profiles).where(*this_id).values(**values))
+        newer = conn.execute(
+            select(db.site_profiles.c.profile_id)
+            .where(
+                *here,
+                db.site_profiles.c.model == release.model,
+                db.site_profiles.c.model_version == release.model_version,
+                db.site_profiles.c.created_at > release.created_at,
+            )
+            .order_by(db.site_profiles.c.created_at.desc())
+        ).first()
     record_audit(
         engine,
         actor,
-        "profile.published",
+        "profile.published" if known is None else "profile.republished",
         profile=release.id,
         programme=release.programme,
         site=release.site,
         model=release.model,
         version=release.model_version,
     )
+    notes = []
+    if known is not None:
+        notes.append(f"it replaces the profile published under {release.id} before (other bytes)")
+    if newer is not None:
+        notes.append(
+            f"a newer profile, {newer.profile_id}, is published for this site and version: devices "
+            "are offered the newest, so this one reaches none"
+        )
+    return "; ".join(notes) or None
 
 
 def profiles_for(engine: Engine, device: Device) -> list[protocol.ProfileRelease]:

@@ -166,8 +166,10 @@ def pull_profiles(client: SyncClient) -> int:
             )
             continue
         seen.append(key)
-        for waited in [k for k in refused if k.startswith(key + " while ")]:
-            del refused[waited]  # installed now: no longer shown as refused
+        # Installed now: no longer shown as refused, nor are other bytes of the same profile
+        # refused before (a signature mended and published again under its id).
+        for before in [k for k in refused if k.split(" ")[:2] == [release.model, release.id]]:
+            del refused[before]
         store.outbox.set_sync_state(profiles_installed=seen, profiles_refused=refused)
         count += 1
     return count
