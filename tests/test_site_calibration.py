@@ -119,6 +119,7 @@ def test_calibrate_on_a_folder_moves_the_threshold_and_helps_held_out_cases(
     assert "OUT_OF_SCOPE" not in out["left_out"]  # the shifted films stay in scope
     profile = site_profile.SiteProfile(**out["profile"])
     assert profile.source == "data"
+    assert "labels.csv sha256 " in profile.description  # which table, without its folder's name
     assert profile.cases == 96
     assert profile.cases_per_class == {"normal": 48, "pneumonia": 48}
     assert profile.model_version == shipped.version
@@ -164,6 +165,9 @@ def test_below_the_minimum_per_class_is_refused_with_its_code(
     assert "CALIBRATION_TOO_FEW_CASES" in result.output
     assert "normal 24, pneumonia 24" in result.output
     assert not (settings.data_dir / "profiles" / DEFAULT_MODEL).exists()
+    with Store(settings.data_dir) as store:
+        [refused] = store.audit_rows("calibration.refused")
+    assert json.loads(refused["detail"])["code"] == "CALIBRATION_TOO_FEW_CASES"
     as_json = calibrate(settings, "--data", str(site["held_out"]), "--json")  # a script reads JSON
     assert as_json.exit_code == 1
     refusal = json.loads(as_json.stdout)

@@ -12,6 +12,7 @@ refitted, and re-read under the shipped calibration for the prevalence estimate,
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
 from collections import Counter
@@ -64,7 +65,9 @@ def cases_from_folder(settings: Settings, entry: ModelEntry, folder: Path) -> Si
         left_out[REPEATED] = scored.repeated
     logits = scored.logits if len(scored.kept) else np.zeros((0, len(out.labels)))
     cases = Cases(logits, np.asarray(scored.truth, np.int64), list(out.labels), out.positive)
-    described = f"{len(scored.kept)} labelled images of a site folder"
+    # Which table it was (a digest: the folder's path may name a person or a place).
+    table = hashlib.sha256((folder / "labels.csv").read_bytes()).hexdigest()[:16]
+    described = f"{len(scored.kept)} labelled images of a site folder (labels.csv sha256 {table}...)"
     return SiteCases(cases, described, dict(left_out), scored.refused)
 
 
@@ -191,11 +194,14 @@ def calibrate(
         counts = ", ".join(f"{label} {n}" for label, n in per_class.items())
         lost = [f"{n} {why}" for why, n in site.left_out.items() if why != REPEATED]
         before = f" ({', '.join(lost)} left out first)" if lost else ""
-        raise EdgeError(
+        refusal = EdgeError(
             Code.CALIBRATION_TOO_FEW_CASES,
             f"{entry.name} {entry.manifest.version}: {counts} usable cases{before}; at least "
             f"{min_per_class} of each class are needed ({', '.join(short)} short). Nothing was changed",
         )
+        detail = {"model": entry.name, "source": source, "code": refusal.code.value, "cases": per_class}
+        store.audit(actor, "calibration.refused", None, {**detail, "left_out": site.left_out})
+        raise refusal
     manifest = entry.manifest
     chosen = points or calibratable_points(entry)
     targets = calibration.targets_for({name: manifest.operating_points[name].description for name in chosen})
