@@ -670,3 +670,22 @@ def test_one_rule_reads_a_review_as_a_label_on_the_device_and_the_hub() -> None:
     three = ["normal", "benign", "malignant"]
     assert rl.specialist_label("disagree", None, "benign", three) == (None, rl.NO_FINDING)
     assert rl.specialist_label("disagree", "Malignant", "benign", three) == ("malignant", "")
+
+
+def test_a_profile_is_never_written_over_another(settings: Settings) -> None:
+    """Two calibrations in one second: the second id is taken at the moment of writing (a link
+    that fails when the name exists), so neither overwrites the other."""
+    profile = site_profile.SiteProfile(
+        id="tiny-0.0.1-site-20261203T000000Z",
+        model="tiny",
+        model_version="0.0.1",
+        created_at="2026-12-03T00:00:00Z",
+        source="data",
+        temperature=1.0,
+        cases=60,
+    )
+    path = site_profile.write_profile(settings.data_dir, profile)
+    with pytest.raises(site_profile.ProfileExists):
+        site_profile.write_profile(settings.data_dir, profile.model_copy(update={"temperature": 2.0}))
+    assert site_profile.read_profile(path).temperature == 1.0
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # nothing staged left behind

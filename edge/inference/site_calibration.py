@@ -213,19 +213,35 @@ def calibrate(
     while True:
         stamp = created.strftime("%Y-%m-%dT%H:%M:%SZ")
         profile_id = site_profile.new_id(entry.name, manifest.version, stamp)
-        if not (site_profile.folder(settings.data_dir, entry.name) / f"{profile_id}.toml").exists():
+        profile = _profile(profile_id, stamp, entry, site, fit, source)
+        try:
+            site_profile.write_profile(settings.data_dir, profile)
             break
-        created += dt.timedelta(seconds=1)  # ids are unique: two in one second take the next
-    profile = SiteProfile(
+        except site_profile.ProfileExists:
+            created += dt.timedelta(seconds=1)  # ids are unique: two in one second take the next
+    site_profile.remember_weights(settings.data_dir, entry)
+    gains = {name: asdict(gain) for name, gain in fit.gains.items()}
+    store.audit(
+        actor, "profile.created", profile.id, {"source": source, "cases": profile.cases, "gains": gains}
+    )
+    activate(settings, store, entry.name, profile.id, actor=actor)
+    return profile, fit.gains
+
+
+def _profile(
+    profile_id: str, stamp: str, entry: ModelEntry, site: SiteCases, fit: calibration.SiteFit, source: str
+) -> SiteProfile:
+    cases = site.cases
+    return SiteProfile(
         id=profile_id,
         model=entry.name,
-        model_version=manifest.version,
+        model_version=entry.manifest.version,
         created_at=stamp,
         source=source,
         description=site.description,
         temperature=fit.temperature,
         cases=len(cases.truth),
-        cases_per_class=per_class,
+        cases_per_class=cases.per_class(),
         operating_points={
             name: ProfilePoint(
                 threshold=p.threshold,
@@ -240,14 +256,6 @@ def calibrate(
         before=_figures(fit.before),
         after=_figures(fit.after),
     )
-    site_profile.write_profile(settings.data_dir, profile)
-    site_profile.remember_weights(settings.data_dir, entry)
-    gains = {name: asdict(gain) for name, gain in fit.gains.items()}
-    store.audit(
-        actor, "profile.created", profile.id, {"source": source, "cases": profile.cases, "gains": gains}
-    )
-    activate(settings, store, entry.name, profile.id, actor=actor)
-    return profile, fit.gains
 
 
 def _figures(raw: dict[str, Any]) -> dict[str, float | PointFigures]:

@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from edge.compat import tomllib
 from edge.errors import Code, EdgeError
 from edge.inference.registry import Manifest, ModelEntry, OperatingPoint
-from edge.store.files import write_atomically
+from edge.store.files import fsync_dir, write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -144,13 +144,24 @@ def read_profile(path: Path) -> SiteProfile:
     return profile
 
 
+class ProfileExists(EdgeError):
+    """A profile with this id is on disk already (two calibrations in one second)."""
+
+
 def write_profile(data_dir: Path, profile: SiteProfile) -> Path:
-    """Write a new profile (never over an existing one: profiles are history)."""
+    """Write a new profile, never over an existing one (profiles are history), even when two
+    are written at once: the whole file is linked into place, which fails if the name is taken."""
     path = folder(data_dir, profile.model) / f"{profile.id}.toml"
-    if path.exists():
-        raise EdgeError(Code.PROFILE_INVALID, f"site profile {profile.id} already exists")
     data = profile.model_dump(mode="json", exclude_none=True)
-    write_atomically(path, tomli_w.dumps(data).encode())
+    staged = path.with_name(f".{path.name}.{os.getpid()}.new")
+    write_atomically(staged, tomli_w.dumps(data).encode())
+    try:
+        os.link(staged, path)
+    except FileExistsError:
+        raise ProfileExists(Code.PROFILE_INVALID, f"site profile {profile.id} already exists") from None
+    finally:
+        staged.unlink(missing_ok=True)
+    fsync_dir(path.parent)
     return path
 
 
