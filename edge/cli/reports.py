@@ -33,7 +33,7 @@ def print_model(console: Console, entry: ModelEntry, checks: dict[str, str]) -> 
     console.print(
         f"output: {o.logits} over {o.labels}"
         + (f", heatmap {o.cam}" if o.cam else "")
-        + f"; positive {o.positive}; temperature {o.temperature:.3f}"
+        + f"; positive {o.positive}; temperature {o.temperature:.3f} (as shipped)"
     )
     clips = any(op.clip_threshold is not None for op in m.operating_points.values())
     points = Table(
@@ -43,6 +43,7 @@ def print_model(console: Console, entry: ModelEntry, checks: dict[str, str]) -> 
         "specificity",
         *(("clip threshold", "clip sens / spec") if clips else ()),
         "use",
+        title="operating points as shipped (a site profile in force, below, replaces their thresholds)",
     )
 
     def figure(value: float | None) -> str:

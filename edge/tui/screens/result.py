@@ -164,6 +164,7 @@ def sections(detail: ResultDetail, stamp: Any) -> dict[str, str]:
             + (f"\n{escape(detail.model_title)}" if detail.model_title else "")
             + f"\n{result.variant} · {result.backend}/{result.precision}"
             + f"\noperating point [b]{result.operating_point}[/b], threshold {result.threshold:.3f}"
+            + (f" (site profile {escape(result.profile_id)})" if result.profile_id else " (as shipped)")
         )
     else:
         out["model"] = f"[b]Model[/b] {item.model_name}"
