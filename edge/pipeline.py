@@ -50,7 +50,8 @@ log = logging.getLogger(__name__)
 
 
 class UnsureRoute(EdgeError):
-    """No model finds an input that does not say what it is clearly like its own images."""
+    """No model finds an input that does not say what it is clearly like its own images: kept
+    unanalysed with this refusal (OUT_OF_SCOPE or NO_MODEL_FOR_INPUT, routing.refusal)."""
 
 
 Decoder = Callable[[bytes, str], DecodedImage]
@@ -279,13 +280,14 @@ class Pipeline:
         order = routing.ranked(readings)
         log.info("routed by applicability: %s", routing.said(order))
         if not routing.sure(order[0]) and self.settings.gate.refuses_out_of_scope:
-            raise UnsureRoute(
-                Code.NO_MODEL_FOR_INPUT,
-                f"the input does not say what it is (modality {decoded.study.modality or 'none'}, body "
-                f"part {decoded.study.body_part or 'none'}) and no model finds it clearly like its own "
-                f"images ({routing.said(order)}): name the model (--model; [models] default for a "
-                "device on one kind of scanner) or send it as DICOM",
-            )
+            looks_like = {
+                r.model: spec.looks_like
+                for r in order
+                if (spec := self.registry.get(r.model).manifest.applicability) is not None
+            }
+            study = decoded.study
+            error = routing.refusal(order, looks_like, study.modality, study.body_part)
+            raise UnsureRoute(error.code, error.message)
         return order[0].model
 
     @staticmethod

@@ -112,18 +112,20 @@ def test_other_pictures_are_refused_even_with_the_model_forced(
 
 
 def test_unlabelled_pictures_of_no_model_are_refused(pipeline: Pipeline, tmp_path: Path) -> None:
-    """No model's check finds them in scope, so routing will not guess: kept with a refused
-    job (in the worklist, to re-run with the model named), every model's reading named."""
+    """Every model's check finds them out of scope: refused OUT_OF_SCOPE, like none of the
+    models' images (each named with its reading), and kept with a refused job in the worklist."""
     for path in (EYE, as_png(tmp_path, "ct", ct_slice()), as_png(tmp_path, "photo", photograph())):
         [analysis] = pipeline.analyse_file(path)
-        assert analysis.code == Code.NO_MODEL_FOR_INPUT.value, f"{path.name}: {analysis.code}"
+        assert analysis.code == Code.OUT_OF_SCOPE.value, f"{path.name}: {analysis.code}"
         assert analysis.message is not None
-        assert "no model finds it clearly like its own images" in analysis.message
+        assert analysis.message.startswith("this does not look like a")
+        assert ", nor a " in analysis.message
+        assert "chest X-ray" in analysis.message
         for model in MODEL_NAMES:
             assert f"{model} p=" in analysis.message
         job = pipeline.store.job(analysis.job_id or "")
         assert job is not None
-        assert (job["state"], job["error_code"]) == ("refused", "NO_MODEL_FOR_INPUT")
+        assert (job["state"], job["error_code"]) == ("refused", "OUT_OF_SCOPE")
     assert pipeline.store.counts()["results"] == 0
 
 
@@ -145,6 +147,9 @@ def test_a_routing_guess_is_answered_only_in_scope() -> None:
     assert routing.said(order).startswith("us-lung p=0.035 borderline, cxr-pneumonia p=0.032")
     lung_frame = [routing.Reading("us-lung", 0.4, 0.3, IN_SCOPE), *chest_film[:1]]
     assert routing.sure(routing.ranked(lung_frame)[0])
+    unsure = routing.refusal(order, {}, None, None)
+    assert unsure.code is Code.NO_MODEL_FOR_INPUT  # may be one of them: the device will not guess
+    assert "name the model (--model" in unsure.message
     unchecked = routing.Reading.of("legacy", None)
     assert routing.ranked([unchecked, chest_film[2]])[0] is chest_film[2]
     assert routing.sure(unchecked)

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from edge.inference.scope import IN_SCOPE, Scope
+from edge.errors import Code, EdgeError
+from edge.inference.scope import IN_SCOPE, OUT_OF_SCOPE, Scope
 
 NO_CHECK = "no check"
 
@@ -47,4 +48,23 @@ def sure(best: Reading) -> bool:
 def said(readings: list[Reading]) -> str:
     return ", ".join(
         r.model if r.state == NO_CHECK else f"{r.model} p={r.p_value:.3f} {r.state}" for r in readings
+    )
+
+
+def refusal(
+    order: list[Reading], looks_like: dict[str, str], modality: str | None, body_part: str | None
+) -> EdgeError:
+    """Why a guess is not answered. Out of scope for every model: OUT_OF_SCOPE, the picture is
+    like none of them (as one model's check says of it when named). A borderline best guess:
+    NO_MODEL_FOR_INPUT, the picture may be one of them but the device will not guess which."""
+    readings = said(order)
+    if all(r.state == OUT_OF_SCOPE for r in order):
+        kinds = ", nor ".join(looks_like.get(r.model, r.model) for r in order)
+        return EdgeError(Code.OUT_OF_SCOPE, f"this does not look like {kinds} ({readings})")
+    return EdgeError(
+        Code.NO_MODEL_FOR_INPUT,
+        f"the input does not say what it is (modality {modality or 'none'}, body part "
+        f"{body_part or 'none'}) and no model finds it clearly like its own images ({readings}): "
+        "name the model (--model; [models] default for a device on one kind of scanner) or send "
+        "it as DICOM",
     )
