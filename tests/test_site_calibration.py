@@ -561,24 +561,31 @@ def test_a_site_the_model_separates_keeps_a_temperature_near_the_shipped_one() -
     assert 1.7 < site_temperature(doubled, labels, 1.0) < 2.3
 
 
+def tiny_profile(**fields: Any) -> site_profile.SiteProfile:
+    """A profile of the tests' tiny model, made on 2026-12-03 from a folder, temperature 1."""
+    made = {
+        "id": "tiny-0.0.1-site-20261203T000000Z",
+        "model": "tiny",
+        "model_version": "0.0.1",
+        "created_at": "2026-12-03T00:00:00Z",
+        "source": "data",
+        "temperature": 1.0,
+    }
+    return site_profile.SiteProfile(**{**made, **fields})
+
+
 def test_the_gain_line_judges_each_point_by_what_it_is_for() -> None:
     """Screening by its sensitivity target first (a site point that reaches it where the shipped
     one misses positives is a gain even at lower accuracy); balanced by sensitivity +
     specificity."""
     from edge.cli.reports import gain_lines
     from edge.inference.calibration import PairedGain
-    from edge.inference.site_profile import PointFigures, ProfilePoint, SiteProfile
+    from edge.inference.site_profile import PointFigures, ProfilePoint
 
     def figures(sensitivity: float, specificity: float) -> PointFigures:
         return PointFigures(accuracy=0.5, sensitivity=sensitivity, specificity=specificity)
 
-    profile = SiteProfile(
-        id="tiny-0.0.1-site-20261203T000000Z",
-        model="tiny",
-        model_version="0.0.1",
-        created_at="2026-12-03T00:00:00Z",
-        source="data",
-        temperature=1.0,
+    profile = tiny_profile(
         cases=100,
         operating_points={
             "screening": ProfilePoint(threshold=0.1, description="sensitivity >= 0.95 on the site's cases"),
@@ -675,15 +682,7 @@ def test_one_rule_reads_a_review_as_a_label_on_the_device_and_the_hub() -> None:
 def test_a_profile_is_never_written_over_another(settings: Settings) -> None:
     """Two calibrations in one second: the second id is taken at the moment of writing (a link
     that fails when the name exists), so neither overwrites the other."""
-    profile = site_profile.SiteProfile(
-        id="tiny-0.0.1-site-20261203T000000Z",
-        model="tiny",
-        model_version="0.0.1",
-        created_at="2026-12-03T00:00:00Z",
-        source="data",
-        temperature=1.0,
-        cases=60,
-    )
+    profile = tiny_profile(cases=60)
     path = site_profile.write_profile(settings.data_dir, profile)
     with pytest.raises(site_profile.ProfileExists):
         site_profile.write_profile(settings.data_dir, profile.model_copy(update={"temperature": 2.0}))
