@@ -49,11 +49,6 @@ from edge.video.analysis import analyse_recording, process_cine
 log = logging.getLogger(__name__)
 
 
-class UnsureRoute(EdgeError):
-    """No model finds an input that does not say what it is clearly like its own images: kept
-    unanalysed with this refusal (OUT_OF_SCOPE or NO_MODEL_FOR_INPUT, routing.refusal)."""
-
-
 Decoder = Callable[[bytes, str], DecodedImage]
 FrameDecoder = Callable[[bytes, str], list[tuple[float, "np.ndarray"]]]
 # Failures of the device, not of the job: the job goes back to the queue for a later attempt.
@@ -182,11 +177,9 @@ class Pipeline:
                     else:
                         self.registry.get(model_name)
             except EdgeError as refusal:  # no model, or none that can be opened
-                # A routing guess not answered is kept like a PACS's instance: in the worklist
-                # with its refusal, for the technician to see and re-run with the model named.
-                if not (isinstance(refusal, UnsureRoute) or (keep_dicom and decoded.format == "dicom")):
+                if not (keep_dicom and decoded.format == "dicom"):
                     raise
-                return self._keep_unanalysed(decoded, data, name, source, refusal, keep_dicom)
+                return self._keep_unanalysed(decoded, data, name, source, refusal)
             if file_mtime_ns is not None and decoded.format != "dicom":  # no header to say when
                 decoded = replace(decoded, meta={**decoded.meta, **file_moment(file_mtime_ns)})
             outcome = self.store.ingest(
@@ -206,21 +199,15 @@ class Pipeline:
         return Ingested(outcome, decoded, decode_ms)
 
     def _keep_unanalysed(
-        self,
-        image: DecodedImage | DicomHeader,
-        data: bytes,
-        name: str,
-        source: str,
-        refusal: EdgeError,
-        keep_dicom: bool = True,
+        self, image: DecodedImage | DicomHeader, data: bytes, name: str, source: str, refusal: EdgeError
     ) -> Ingested:
-        """Store an input no model will analyse, with its refusal as a refused job."""
+        """Store a DICOM instance no model will analyse, with its refusal as a refused job."""
         outcome = self.store.ingest(
             self.new_image(image, data, source, name),
             [],
             actor=source,
             refusal=(refusal.code, refusal.message),
-            corrections=self._corrections(keep_dicom),
+            corrections=self._corrections(keep_dicom=True),
         )
         self._note_collision(outcome)
         log.info("stored, not analysed: %s", refusal.one_line())
@@ -255,9 +242,10 @@ class Pipeline:
         no modality. Otherwise every model whose manifest accepts the input; when several do and
         the input does not say what it is (no modality, or no body part), the one whose
         applicability check finds it most typical of its training images (highest p-value)
-        serves, so one image never yields two findings from two models by accident. That is a
-        guess, answered only when the chosen model finds the input in scope (edge.inference.
-        routing says why); otherwise NO_MODEL_FOR_INPUT, every model's reading named."""
+        serves, so one image never yields two findings from two models by accident. For an
+        input with no modality that guess is answered only when the chosen model finds it in
+        scope (edge.inference.routing says why); otherwise it is refused, every model's reading
+        named: OUT_OF_SCOPE (like none of them) or NO_MODEL_FOR_INPUT (a borderline best guess)."""
         study = decoded.study
         if study.modality is None and self.settings.models.default:
             return [self.settings.models.default]
@@ -279,15 +267,18 @@ class Pipeline:
             readings.append(routing.Reading.of(name, served.predict([decoded.pixels])[0].scope))
         order = routing.ranked(readings)
         log.info("routed by applicability: %s", routing.said(order))
-        if not routing.sure(order[0]) and self.settings.gate.refuses_out_of_scope:
+        # Without a modality the guess spans X-ray and ultrasound, where a wrong model is worst;
+        # a DICOM modality without a body part keeps the best guess (the model's own check
+        # still refuses it out of scope), as a PACS's lung cines often lack the body part.
+        unsure = not routing.sure(order[0]) and decoded.study.modality is None
+        if unsure and self.settings.gate.refuses_out_of_scope:
             looks_like = {
                 r.model: spec.looks_like
                 for r in order
                 if (spec := self.registry.get(r.model).manifest.applicability) is not None
             }
             study = decoded.study
-            error = routing.refusal(order, looks_like, study.modality, study.body_part)
-            raise UnsureRoute(error.code, error.message)
+            raise routing.refusal(order, looks_like, study.modality, study.body_part)
         return order[0].model
 
     @staticmethod

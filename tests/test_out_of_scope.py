@@ -113,7 +113,7 @@ def test_other_pictures_are_refused_even_with_the_model_forced(
 
 def test_unlabelled_pictures_of_no_model_are_refused(pipeline: Pipeline, tmp_path: Path) -> None:
     """Every model's check finds them out of scope: refused OUT_OF_SCOPE, like none of the
-    models' images (each named with its reading), and kept with a refused job in the worklist."""
+    models' images (each named with its reading); nothing stored but the audit row."""
     for path in (EYE, as_png(tmp_path, "ct", ct_slice()), as_png(tmp_path, "photo", photograph())):
         [analysis] = pipeline.analyse_file(path)
         assert analysis.code == Code.OUT_OF_SCOPE.value, f"{path.name}: {analysis.code}"
@@ -123,10 +123,10 @@ def test_unlabelled_pictures_of_no_model_are_refused(pipeline: Pipeline, tmp_pat
         assert "chest X-ray" in analysis.message
         for model in MODEL_NAMES:
             assert f"{model} p=" in analysis.message
-        job = pipeline.store.job(analysis.job_id or "")
-        assert job is not None
-        assert (job["state"], job["error_code"]) == ("refused", "OUT_OF_SCOPE")
+        assert analysis.job_id is None
     assert pipeline.store.counts()["results"] == 0
+    assert pipeline.store.counts()["images"] == 0
+    assert len(list(pipeline.store.audit_rows("input.refused"))) == 3
 
 
 def test_a_routing_guess_is_answered_only_in_scope() -> None:

@@ -5,10 +5,12 @@ serves. Pure.
 
 That is a guess, and the checks are not equally sharp: the lung ultrasound model's check lets
 60% of chest films through (its card's measured table), so a chest film its own check finds
-borderline can rank the lung model first and read "covid". A guess is therefore answered only
-when the chosen model finds the input in scope; a borderline or out-of-scope best guess is
-refused where the gate refuses out-of-scope inputs, and naming the model (or sending DICOM)
-ends the refusal. `python -m tools.routing_eval` measures what this saves and costs.
+borderline can rank the lung model first and read "covid". For an input with no modality (a
+PNG or JPEG, where the guess spans X-ray and ultrasound) a guess is therefore answered only when
+the chosen model finds the input in scope; otherwise it is refused where the gate refuses
+out-of-scope inputs, and naming the model (or sending DICOM, which carries its modality) ends
+the refusal. A model released without a check ranks last. `python -m tools.routing_eval`
+measures what this saves and costs.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ NO_CHECK = "no check"
 @dataclass(frozen=True)
 class Reading:
     model: str
-    p_value: float  # -1 for a model released without a check: it ranks last but can serve
+    p_value: float  # -1 for a model released without a check: it ranks last
     distance: float
     state: str
 
