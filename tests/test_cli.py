@@ -249,3 +249,28 @@ def test_an_out_of_scope_input_is_refused_like_any_other(
     record = json.loads(out)
     assert (record["status"], record["code"]) == ("refused", "OUT_OF_SCOPE")
     assert "applicability" not in record  # a refusal has no result, so no verdict of one
+
+
+def test_an_unlabelled_picture_every_model_finds_borderline_is_not_guessed(
+    tmp_path: Path, sample_png: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A PNG says nothing of what it is; where the best guess is only borderline the device
+    will not pick a model (a chest film read by the lung model would say "covid"): refused,
+    every model's reading named, nothing stored. Named, the model answers; with the gate off,
+    the best guess serves as before."""
+    _judged(monkeypatch, BORDERLINE)
+    code, out, _ = run(tmp_path, "infer", str(sample_png), "--json")
+    assert code == 1
+    refused = json.loads(out)
+    assert (refused["status"], refused["code"]) == ("refused", "NO_MODEL_FOR_INPUT")
+    assert "no model finds it clearly like its own images" in refused["reason"]
+    assert "cxr-pneumonia p=0.031 borderline" in refused["reason"]
+    with Store(tmp_path / "data") as store:
+        assert store.counts()["images"] == 0
+    code, out, _ = run(tmp_path, "infer", "--model", DEFAULT_MODEL, str(sample_png), "--json")
+    assert code == 0
+    assert json.loads(out)["applicability"]["state"] == "borderline"
+    config = tmp_path / "gate-off.toml"
+    config.write_text("[gate]\napplicability = false\n")
+    code, out, _ = run(tmp_path / "other", "--config", str(config), "infer", str(sample_png), "--json")
+    assert code == 0, out
