@@ -183,3 +183,44 @@ def test_a_rerelease_that_fails_half_way_leaves_the_shipped_folder_as_it_was(
     assert after == shipped
     assert not (models / STAGING).exists()
     assert Registry(models).names() == [recipe.name]
+
+
+def test_the_swap_and_a_run_stopped_half_way_through_it(tmp_path: Path) -> None:
+    from tools.rerelease import recover, replaced_path, swap_in
+
+    models = tmp_path / "models"
+    shipped, staged = models / "m", models / ".rerelease-staging" / "m"
+    for folder, text in ((shipped, "shipped"), (staged, "new")):
+        folder.mkdir(parents=True)
+        (folder / "model.toml").write_text(text)
+    swap_in(staged, shipped)
+    assert (shipped / "model.toml").read_text() == "new"
+    assert not replaced_path(shipped).exists()
+    # Stopped between the two renames (power cut): the next run puts the shipped folder back.
+    shipped.rename(replaced_path(shipped))
+    recover(models, "m")
+    assert (shipped / "model.toml").read_text() == "new"
+    assert not replaced_path(shipped).exists()
+
+
+def test_a_failed_second_rename_restores_the_shipped_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tools.rerelease import replaced_path, swap_in
+
+    shipped, staged = tmp_path / "m", tmp_path / "staged"
+    for folder, text in ((shipped, "shipped"), (staged, "new")):
+        folder.mkdir()
+        (folder / "model.toml").write_text(text)
+    original = Path.rename
+
+    def rename(self: Path, target: Any) -> Path:
+        if self == staged:
+            raise OSError(5, "Input/output error")
+        return original(self, target)
+
+    monkeypatch.setattr(Path, "rename", rename)
+    with pytest.raises(OSError, match="Input/output"):
+        swap_in(staged, shipped)
+    assert (shipped / "model.toml").read_text() == "shipped"
+    assert not replaced_path(shipped).exists()

@@ -115,11 +115,39 @@ def lineage_text(previous: dict[str, Any], choice: Choice, sets: dict[str, Predi
     ]
 
 
+def replaced_path(out_dir: Path) -> Path:
+    """Where the shipped folder waits while the new one is renamed into its place."""
+    return out_dir.with_name(f".{out_dir.name}.replaced")
+
+
+def recover(models_dir: Path, name: str) -> None:
+    """After a run stopped between the two renames of `swap_in`: the shipped folder back."""
+    out_dir, kept = models_dir / name, replaced_path(models_dir / name)
+    if kept.is_dir() and not out_dir.exists():
+        kept.rename(out_dir)
+    shutil.rmtree(kept, ignore_errors=True)
+    shutil.rmtree(models_dir / STAGING, ignore_errors=True)
+
+
+def swap_in(staged: Path, out_dir: Path) -> None:
+    """Two renames on one file system; the shipped folder is deleted only once the new one is
+    in its place, and put back if that fails."""
+    kept = replaced_path(out_dir)
+    out_dir.rename(kept)
+    try:
+        staged.rename(out_dir)
+    except BaseException:
+        kept.rename(out_dir)
+        raise
+    shutil.rmtree(kept)
+
+
 def rerelease(recipe: Recipe, models_dir: Path, version: str) -> dict[str, Any]:
     """Writes models_dir/<name>/ as `version` (module docstring) and returns its manifest."""
     if recipe.data.get("cv_folds"):
         raise SystemExit(cv_needs_folds(recipe))
     out_dir = models_dir / recipe.name
+    recover(models_dir, recipe.name)
     entry = Registry(models_dir).get(recipe.name)  # verifies every variant's hash
     manifest = tomllib.loads((out_dir / "model.toml").read_text())
     if not is_newer(version, manifest["version"]):
@@ -157,7 +185,6 @@ def rerelease(recipe: Recipe, models_dir: Path, version: str) -> dict[str, Any]:
     # Written into a copy beside the shipped folder and swapped in whole once the product reads
     # it: a failure half way leaves the shipped release as it was, never half old, half new.
     staging = models_dir / STAGING
-    shutil.rmtree(staging, ignore_errors=True)
     staged = staging / recipe.name
     try:
         shutil.copytree(out_dir, staged)
@@ -168,8 +195,7 @@ def rerelease(recipe: Recipe, models_dir: Path, version: str) -> dict[str, Any]:
         if "applicability" in new:  # the card's table, from the [applicability] kept as it was
             applicability.write_card(recipe, staged)
         Registry(staging).get(recipe.name)  # the product reads what was written
-        out_dir.rename(staging / "replaced")
-        staged.rename(out_dir)
+        swap_in(staged, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     console.print(
