@@ -412,13 +412,34 @@ def test_a_tampered_profile_is_refused_once(hub: Hub, tmp_path: Path, key: tuple
         assert line.startswith(f"site profile {release.id} refused (tiny keeps its calibration in force)")
         assert "PROFILE_SIGNATURE_INVALID" in line
         assert sync_view({"sync": status})["refused"] == [line]
-        # Signed properly and published again under its id, as docs/codes.md advises: it
-        # replaces the bad one on the hub, installs, and the old refusal is no longer shown.
-        note = site_profiles.publish(hub.engine, release, actor="test")
-        assert note is not None
-        assert note.startswith(f"it replaces the profile published under {release.id}")
+        # Another profile under a published id is refused: a device may serve the first.
+        with pytest.raises(HubError, match="draft a new one"):
+            site_profiles.publish(hub.engine, release, actor="test")
+
+
+@pytest.mark.security
+def test_a_profile_signed_with_the_wrong_key_can_be_signed_again(
+    hub: Hub, tmp_path: Path, key: tuple[str, Any]
+) -> None:
+    """As docs/codes.md advises for PROFILE_SIGNATURE_INVALID: the same profile, signed with
+    the publisher's key and published again, replaces the bad one; devices install it and no
+    longer show the refusal."""
+    settings = device_settings(hub, tmp_path, key[0])
+    device_id, credential = enrolled(hub, settings)
+    add_reviewed(hub, device_id, synthetic_cases(40))
+    draft = site_profiles.draft(hub.engine, hub.settings.models.dir, PROGRAMME, SITE, "tiny")
+    site_profiles.publish(hub.engine, signed(draft, signatures.new_device_key()), actor="test")
+    with Store(settings.data_dir) as store:
+        client = hub.sync_client(settings, store, credential)
+        assert profiles.pull_profiles(client) == 0
+        from edge.sync.runner import refused_updates, sync_status
+
+        [line] = refused_updates(sync_status(settings, store))
+        assert "PROFILE_SIGNATURE_INVALID" in line
+        note = site_profiles.publish(hub.engine, signed(draft, key[1]), actor="test")
+        assert note == f"its signature replaces the one published for {draft.id} before"
         assert profiles.pull_profiles(client) == 1
-        assert profiles.active_id(settings, "tiny") == release.id
+        assert profiles.active_id(settings, "tiny") == draft.id
         assert refused_updates(sync_status(settings, store)) == []
 
 

@@ -148,11 +148,12 @@ def check(release: protocol.ProfileRelease) -> SiteProfile:
 
 def publish(engine: Engine, release: protocol.ProfileRelease, actor: str) -> str | None:
     """Store a signed profile for its site's devices (the signature is the devices' to verify:
-    the hub holds no key). Publishing the same one again changes nothing; other bytes under a
-    published id replace it (a profile a device refused, signed again as docs/codes.md advises;
-    a device takes a profile's other bytes as new). Returns what the publisher must know: that
-    it replaced one, or that a newer profile of the same site and version is published, which
-    devices are offered instead."""
+    the hub holds no key). Publishing the same one again changes nothing; the same profile
+    with another signature replaces it (one devices refused, signed again with the publisher's
+    key as docs/codes.md advises; a device takes its other bytes as new); another profile under
+    a published id is refused (devices may already serve the first: one id, one calibration).
+    Returns what the publisher must know: that it replaced one, or that a newer profile of the
+    same site and version is published, which devices are offered instead."""
     profile = check(release)
     here = (
         db.site_profiles.c.programme == release.programme,
@@ -172,6 +173,12 @@ def publish(engine: Engine, release: protocol.ProfileRelease, actor: str) -> str
         known = conn.execute(select(db.site_profiles.c.release).where(*this_id)).first()
         if known is not None and known.release == release.model_dump():
             return None
+        if known is not None and _unsigned(known.release) != _unsigned(release.model_dump()):
+            raise HubError(
+                409,
+                WireCode.BAD_PROFILE,
+                f"another profile {release.id} is published for this site: draft a new one (a new id)",
+            )
         if known is None:
             conn.execute(
                 insert(db.site_profiles).values(
@@ -202,13 +209,17 @@ def publish(engine: Engine, release: protocol.ProfileRelease, actor: str) -> str
     )
     notes = []
     if known is not None:
-        notes.append(f"it replaces the profile published under {release.id} before (other bytes)")
+        notes.append(f"its signature replaces the one published for {release.id} before")
     if newer is not None:
         notes.append(
             f"a newer profile, {newer.profile_id}, is published for this site and version: devices "
             "are offered the newest, so this one reaches none"
         )
     return "; ".join(notes) or None
+
+
+def _unsigned(release: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in release.items() if k != "signature"}
 
 
 def profiles_for(engine: Engine, device: Device) -> list[protocol.ProfileRelease]:
