@@ -117,6 +117,12 @@ def test_a_spreadsheets_labels_table_reads_as_meant(tmp_path: Path) -> None:
     ):
         (folder / "labels.csv").write_bytes(text.encode(encoding))
         assert read_labels(folder, ["normal", "pneumonia"]).rows == expected, encoding
+    # Excel's separator line, a blank line, a quoted header holding the separator.
+    (folder / "labels.csv").write_text('sep=;\n\npath;"label";"note; free"\nb.jpeg;Normal;x\n')
+    assert read_labels(folder, ["normal"]).rows == [(folder / "b.jpeg", "normal")]
+    (folder / "labels.csv").write_text('path,"a,label"\nb.jpeg,normal\n')
+    with pytest.raises(EdgeError, match="needs a header with path and label"):
+        read_labels(folder, ["normal"])
     (folder / "labels.csv").write_text("path|label\nb.jpeg|normal\n")
     with pytest.raises(EdgeError, match=r"commas, semicolons or tabs\); its first line is 'path\|label'"):
         read_labels(folder, ["normal"])

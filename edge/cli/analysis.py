@@ -129,11 +129,17 @@ def _calibration_since(settings: Any, analysis: Analysis) -> str:
     than the one in force now (a site profile made or reset since): say so, or whoever compares
     before and after calibrating reads the old decision as the new one."""
     from edge.inference import site_profile
+    from edge.inference.registry import Registry
 
     r = analysis.result
     if not analysis.duplicate or r is None:
         return ""
-    now = site_profile.active_id(settings.data_dir, r.model_name)
+    try:  # what serving applies: a profile fitted to other weights is ignored there too
+        entry = Registry(settings.models.dir).get(r.model_name)
+        profile = site_profile.ActiveProfiles(settings.data_dir).get(entry)
+    except EdgeError:
+        return ""  # the model or its profile unreadable: the stored result's line says enough
+    now = profile.id if profile else None
     if now == r.profile_id:
         return ""
     in_force = f"site profile {now}" if now else "the shipped calibration"

@@ -95,7 +95,11 @@ def evaluate(
         table.repeated,
     )
     if not kept:
-        raise EdgeError(Code.INPUT_NOT_IMAGE, f"none of the {len(rows)} images could be analysed")
+        why = ", ".join(sorted({item["code"] for item in refused}))
+        hint = "; --every-image scores those out of scope" if "OUT_OF_SCOPE" in why else ""
+        raise EdgeError(
+            Code.INPUT_NOT_IMAGE, f"none of the {len(rows)} images could be analysed ({why}){hint}"
+        )
     positive = labels.index(entry.manifest.output.positive)
     probs = softmax(logits, temperature)
     raw = softmax(logits)

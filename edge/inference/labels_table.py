@@ -44,20 +44,11 @@ def read_labels(folder: Path, labels: list[str]) -> LabelledImages:
     text = _text(table)
     if not text.strip():
         raise EdgeError(Code.INPUT_EMPTY, f"{table} is empty (expected columns path,label)")
-    header_line = text.splitlines()[0]
-    delimiter = next((d for d in DELIMITERS if {"path", "label"} <= _names(header_line.split(d))), None)
-    if delimiter is None:
-        raise EdgeError(
-            Code.INPUT_UNREADABLE,
-            f"{table} needs a header with path and label columns (separated by commas, semicolons "
-            f"or tabs); its first line is {header_line[:80]!r}",
-        )
-    lines = list(enumerate(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter), start=1))
-    header = [name.strip().lower() for name in lines[0][1]]
+    lines, header = _header(table, text)
     path_at, label_at = header.index("path"), header.index("label")
     by_lower = {label.lower(): label for label in labels}
     bad_labels, missing, rows = [], [], []
-    for number, cells in lines[1:]:
+    for number, cells in lines:
         if not any(cell.strip() for cell in cells):
             continue  # a blank line, as spreadsheets leave at the end
         raw_path = cells[path_at].strip() if path_at < len(cells) else ""
@@ -99,8 +90,23 @@ def _text(table: Path) -> str:
     raise EdgeError(Code.INPUT_UNREADABLE, f"{table} is not text in a known encoding: save it as CSV UTF-8")
 
 
-def _names(cells: list[str]) -> set[str]:
-    return {cell.strip().strip('"').lower() for cell in cells}
+def _header(table: Path, text: str) -> tuple[list[tuple[int, list[str]]], list[str]]:
+    """The numbered rows after the header, and the header's names: the first delimiter whose
+    reading of the first row (after blank lines and Excel's `sep=` line) names path and label."""
+    for delimiter in DELIMITERS:
+        read = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+        rows = [(n, c) for n, c in enumerate(read, start=1) if any(cell.strip() for cell in c)]
+        if rows and delimiter.join(rows[0][1]).strip().lower().startswith("sep="):
+            rows = rows[1:]
+        header = [name.strip().lower() for name in rows[0][1]] if rows else []
+        if {"path", "label"} <= set(header):
+            return rows[1:], header
+    first = next((line for line in text.splitlines() if line.strip()), "")
+    raise EdgeError(
+        Code.INPUT_UNREADABLE,
+        f"{table} needs a header with path and label columns (separated by commas, semicolons "
+        f"or tabs); its first line is {first[:80]!r}",
+    )
 
 
 def _relative(raw: str) -> str:

@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import re
+import uuid
 from pathlib import Path
 from typing import Literal
 
@@ -153,12 +154,14 @@ def write_profile(data_dir: Path, profile: SiteProfile) -> Path:
     are written at once: the whole file is linked into place, which fails if the name is taken."""
     path = folder(data_dir, profile.model) / f"{profile.id}.toml"
     data = profile.model_dump(mode="json", exclude_none=True)
-    staged = path.with_name(f".{path.name}.{os.getpid()}.new")
+    staged = path.with_name(f".{path.name}.{uuid.uuid4().hex}.new")
     write_atomically(staged, tomli_w.dumps(data).encode())
     try:
         os.link(staged, path)
     except FileExistsError:
         raise ProfileExists(Code.PROFILE_INVALID, f"site profile {profile.id} already exists") from None
+    except OSError as exc:  # a file system without hard links, a full disk
+        raise EdgeError(Code.STORE_WRITE_FAILED, f"site profile {profile.id} not written: {exc}") from exc
     finally:
         staged.unlink(missing_ok=True)
     fsync_dir(path.parent)

@@ -339,7 +339,10 @@ def _hub(settings: Settings) -> list[Check]:
         )
     else:
         checks.append(Check("hub", "pass", f"{status['hub']}: {status['state']}, {since}; {waiting}"))
-    checks += [Check("hub update", "warn", line) for line in refused_updates(status)]
+    checks += [
+        Check("model update" if line.startswith("model release") else "site profile", "warn", line)
+        for line in refused_updates(status)
+    ]
     return checks
 
 
