@@ -270,12 +270,14 @@ class Pipeline:
         # Without a modality the guess spans X-ray and ultrasound, where a wrong model is worst;
         # a DICOM modality without a body part keeps the best guess (the model's own check
         # still refuses it out of scope), as a PACS's lung cines often lack the body part.
-        unsure = not routing.sure(order[0]) and decoded.study.modality is None
+        manifests = {name: self.registry.get(name).manifest for name in names}
+        sharp = {n for n, m in manifests.items() if routing.sharp(m, [o for o in names if o != n])}
+        unsure = not routing.sure(order, sharp) and decoded.study.modality is None
         if unsure and self.settings.gate.refuses_out_of_scope:
             looks_like = {
-                r.model: spec.looks_like
-                for r in order
-                if (spec := self.registry.get(r.model).manifest.applicability) is not None
+                name: spec.looks_like
+                for name, manifest in manifests.items()
+                if (spec := manifest.applicability) is not None
             }
             study = decoded.study
             raise routing.refusal(order, looks_like, study.modality, study.body_part)

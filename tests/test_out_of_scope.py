@@ -14,6 +14,7 @@ import pytest
 from edge.config import Settings, load_settings
 from edge.errors import Code
 from edge.imaging.decode import decode_bytes
+from edge.inference.registry import Registry
 from edge.pipeline import Pipeline
 from edge.store import Store
 from tests.conftest import MODELS, REPO, png_bytes
@@ -129,10 +130,11 @@ def test_unlabelled_pictures_of_no_model_are_refused(pipeline: Pipeline, tmp_pat
     assert len(list(pipeline.store.audit_rows("input.refused"))) == 3
 
 
-def test_a_routing_guess_is_answered_only_in_scope() -> None:
+def test_a_routing_guess_is_answered_only_where_it_is_sure() -> None:
     """us-lung's check lets most chest films through (its card: 40% refused), so a chest film
     the chest check finds borderline can rank the lung model first: that guess is not answered
-    (it would read "covid"); a model released without a check ranks last and may serve."""
+    (it would read "covid"). A borderline guess is answered only by a sharp check that no
+    other model's check shares; a model released without a check ranks last."""
     from edge.inference import routing
     from edge.inference.scope import BORDERLINE, IN_SCOPE, OUT_OF_SCOPE
 
@@ -143,16 +145,25 @@ def test_a_routing_guess_is_answered_only_in_scope() -> None:
     ]
     order = routing.ranked(chest_film)
     assert [r.model for r in order] == ["us-lung", "cxr-pneumonia", "us-breast"]
-    assert not routing.sure(order[0])
+    assert not routing.sure(order, {"cxr-pneumonia", "us-lung"})  # another model takes it too
     assert routing.said(order).startswith("us-lung p=0.035 borderline, cxr-pneumonia p=0.032")
+    lung_out = routing.Reading("us-lung", 0.002, 2.7, OUT_OF_SCOPE)
+    alone = routing.ranked([chest_film[0], chest_film[2], lung_out])
+    assert routing.sure(alone, {"cxr-pneumonia"})  # borderline for the chest check alone
+    assert not routing.sure(alone)  # not a sharp check: not answered
+    registry = Registry(MODELS)
+    sharp = {
+        n for n in MODEL_NAMES if routing.sharp(registry.get(n).manifest, [o for o in MODEL_NAMES if o != n])
+    }
+    assert sharp == {"cxr-pneumonia"}  # us-breast refuses 94% of lung frames, us-lung 40% of films
     lung_frame = [routing.Reading("us-lung", 0.4, 0.3, IN_SCOPE), *chest_film[:1]]
-    assert routing.sure(routing.ranked(lung_frame)[0])
+    assert routing.sure(routing.ranked(lung_frame))
     unsure = routing.refusal(order, {}, None, None)
     assert unsure.code is Code.NO_MODEL_FOR_INPUT  # may be one of them: the device will not guess
     assert "name the model (--model" in unsure.message
     unchecked = routing.Reading.of("legacy", None)
     assert routing.ranked([unchecked, chest_film[2]])[0] is chest_film[2]
-    assert routing.sure(unchecked)
+    assert routing.sure([unchecked])
 
 
 def test_the_refusal_is_stored_audited_and_never_a_finding(pipeline: Pipeline, settings: Settings) -> None:

@@ -10,8 +10,9 @@ data set is sampled (seeded), each image offered plain and under one acquisition
 blur and JPEG re-compression together, drawn per image, as an unfamiliar site's export may do),
 and routed as the device routes. Counted per set: answered by its own model, answered by another
 model (the error that matters: a chest film read "covid" by the lung ultrasound model), refused.
-Beside the product's rule (answer only an in-scope guess) the same readings under the previous
-rule (answer the best guess unless out of scope) show what the rule saves and what it costs.
+Beside the product's rule (edge/inference/routing.py: an in-scope guess, or a borderline one of a
+sharp check that no other model takes) the same readings under "in scope only" and the previous
+rule (the best guess unless out of scope) show what the rule saves and what it costs.
 
 The images come from the models' own data sets, most of them seen in training: the "own model"
 figures flatter it. What this measures is the confusion between models, which training on one
@@ -65,19 +66,24 @@ def route(pool: ModelPool, names: list[str], pixels: np.ndarray) -> list[routing
 
 
 def outcome(order: list[routing.Reading], own: str, answers: Any) -> str:
-    if not answers(order[0]):
+    if not answers(order):
         return "refused"
     return "own model" if order[0].model == own else "another model"
 
 
 def measure(per_set: int, seed: int) -> dict[str, Any]:
-    rules = {"in scope only (the product)": routing.sure, "unless out of scope (before)": _unless_out}
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(data_dir=Path(tmp))  # the product's defaults, not this machine's
         registry = Registry(REPO / "models")
         settings.models.dir = registry.models_dir
         pool = ModelPool(registry, settings, Path(tmp) / "cache")
         names = registry.names()
+        sharp = {n for n in names if routing.sharp(registry.get(n).manifest, [o for o in names if o != n])}
+        rules = {
+            "the product's": lambda order: routing.sure(order, sharp),
+            "in scope only": routing.sure,
+            "unless out of scope (before)": _unless_out,
+        }
         rng = np.random.default_rng(seed)
         counts: dict[str, dict[str, dict[str, int]]] = {}
         wrong: list[dict[str, Any]] = []
@@ -90,7 +96,7 @@ def measure(per_set: int, seed: int) -> dict[str, Any]:
                         kind = outcome(order, own, answers)
                         cell = counts.setdefault(f"{own} {variant}", {}).setdefault(rule, {})
                         cell[kind] = cell.get(kind, 0) + 1
-                        if kind == "another model" and answers is routing.sure:
+                        if kind == "another model" and rule == "the product's":
                             wrong.append(
                                 {
                                     "image": path.name,
@@ -100,11 +106,18 @@ def measure(per_set: int, seed: int) -> dict[str, Any]:
                                 }
                             )
         pool.close()
-    return {"per_set": per_set, "seed": seed, "models": names, "counts": counts, "answered_wrongly": wrong}
+    return {
+        "per_set": per_set,
+        "seed": seed,
+        "models": names,
+        "sharp_checks": sorted(sharp),
+        "counts": counts,
+        "answered_wrongly": wrong,
+    }
 
 
-def _unless_out(best: routing.Reading) -> bool:
-    return best.state != OUT_OF_SCOPE
+def _unless_out(order: list[routing.Reading]) -> bool:
+    return order[0].state != OUT_OF_SCOPE
 
 
 def print_table(result: dict[str, Any]) -> None:

@@ -6,8 +6,11 @@ serves. Pure.
 That is a guess, and the checks are not equally sharp: the lung ultrasound model's check lets
 60% of chest films through (its card's measured table), so a chest film its own check finds
 borderline can rank the lung model first and read "covid". For an input with no modality (a
-PNG or JPEG, where the guess spans X-ray and ultrasound) a guess is therefore answered only when
-the chosen model finds the input in scope; otherwise it is refused where the gate refuses
+PNG or JPEG, where the guess spans X-ray and ultrasound) a guess is therefore answered only
+when the chosen model finds the input in scope, or finds it borderline while every other
+candidate finds it out of scope and its own check is a sharp one: measured on each other
+candidate's images (the manifest's applicability table), it refuses at least 95% of them, the
+goal every check is held to (README). Otherwise the guess is refused where the gate refuses
 out-of-scope inputs, and naming the model (or sending DICOM, which carries its modality) ends
 the refusal. A model released without a check ranks last. `python -m tools.routing_eval`
 measures what this saves and costs.
@@ -15,12 +18,15 @@ measures what this saves and costs.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from edge.errors import Code, EdgeError
-from edge.inference.scope import IN_SCOPE, OUT_OF_SCOPE, Scope
+from edge.inference.registry import Manifest
+from edge.inference.scope import BORDERLINE, IN_SCOPE, OUT_OF_SCOPE, Scope
 
 NO_CHECK = "no check"
+SHARP = 0.95  # the share of another model's images a check must refuse to answer a borderline guess
 
 
 @dataclass(frozen=True)
@@ -42,9 +48,21 @@ def ranked(readings: list[Reading]) -> list[Reading]:
     return sorted(readings, key=lambda r: (-r.p_value, r.distance, r.model))
 
 
-def sure(best: Reading) -> bool:
-    """Whether a guess may be answered: the chosen model finds the input in scope."""
-    return best.state in (IN_SCOPE, NO_CHECK)
+def sharp(manifest: Manifest, others: list[str]) -> bool:
+    """Whether this model's check refuses at least SHARP of each other model's images, as its
+    release measured them (FP32's table: the served variant's threshold is set to match it)."""
+    spec = manifest.applicability
+    table = spec.measured.get("fp32", {}) if spec else {}
+    return all(table.get(f"{other} images", {}).get("refused", 0.0) >= SHARP for other in others)
+
+
+def sure(order: list[Reading], sharp_checks: Collection[str] = ()) -> bool:
+    """Whether the best guess (`order[0]`) may be answered (the module docstring says when)."""
+    best = order[0]
+    if best.state in (IN_SCOPE, NO_CHECK):
+        return True
+    alone = all(r.state == OUT_OF_SCOPE for r in order[1:])
+    return best.state == BORDERLINE and best.model in sharp_checks and alone
 
 
 def said(readings: list[Reading]) -> str:
