@@ -696,6 +696,8 @@ def test_the_applicability_travels_to_the_hub_and_its_review_page(
         "predict",
         lambda self, images, op=None: [replace(p, scope=borderline) for p in original(self, images, op)],
     )
+    # Every model borderline: routing would not guess, so this device names its model.
+    device.models.default = DEFAULT_MODEL
     with Store(device.data_dir) as store:
         [result_id] = analysed(device, store, samples(1))
         assert exchange(hub.sync_client(device, store, hub.enroll(device)))["results"] == 1
