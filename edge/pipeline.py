@@ -243,8 +243,8 @@ class Pipeline:
         the input does not say what it is (no modality, or no body part), the one whose
         applicability check finds it most typical of its training images (highest p-value)
         serves, so one image never yields two findings from two models by accident. For an
-        input with no modality that guess is answered only when the chosen model finds it in
-        scope (edge.inference.routing says why); otherwise it is refused, every model's reading
+        input with no modality that guess is answered only where it is sure (edge.inference.
+        routing says when and why); otherwise it is refused, every model's reading
         named: OUT_OF_SCOPE (like none of them) or NO_MODEL_FOR_INPUT (a borderline best guess)."""
         study = decoded.study
         if study.modality is None and self.settings.models.default:
