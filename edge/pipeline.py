@@ -267,13 +267,15 @@ class Pipeline:
             readings.append(routing.Reading.of(name, served.predict([decoded.pixels])[0].scope))
         order = routing.ranked(readings)
         log.info("routed by applicability: %s", routing.said(order))
+        manifests = {name: self.registry.get(name).manifest for name in names}
+        sharp = {n for n, m in manifests.items() if routing.sharp(m, [o for o in names if o != n])}
+        choice = routing.chosen(order, sharp)
         # Without a modality the guess spans X-ray and ultrasound, where a wrong model is worst;
         # a DICOM modality without a body part keeps the best guess (the model's own check
         # still refuses it out of scope), as a PACS's lung cines often lack the body part.
-        manifests = {name: self.registry.get(name).manifest for name in names}
-        sharp = {n for n, m in manifests.items() if routing.sharp(m, [o for o in names if o != n])}
-        unsure = not routing.sure(order, sharp) and decoded.study.modality is None
-        if unsure and self.settings.gate.refuses_out_of_scope:
+        if decoded.study.modality is not None or not self.settings.gate.refuses_out_of_scope:
+            return order[0].model
+        if choice is None:
             looks_like = {
                 name: spec.looks_like
                 for name, manifest in manifests.items()
@@ -281,7 +283,7 @@ class Pipeline:
             }
             study = decoded.study
             raise routing.refusal(order, looks_like, study.modality, study.body_part)
-        return order[0].model
+        return choice.model
 
     @staticmethod
     def new_image(

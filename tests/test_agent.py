@@ -86,7 +86,8 @@ def test_disk_full_refuses_clearly_keeps_everything_and_recovers(tmp_path: Path)
     try:
         settings = load_settings(
             data_dir=mount,
-            models={"dir": MODELS},
+            # Named: noise is stored (then refused out of scope), as routing would refuse it first.
+            models={"dir": MODELS, "default": "cxr-pneumonia"},
             explain={"heatmaps": False},
             store={"min_free_mb": 0, "reserve_mb": 0},
         )

@@ -251,23 +251,30 @@ def test_an_out_of_scope_input_is_refused_like_any_other(
     assert "applicability" not in record  # a refusal has no result, so no verdict of one
 
 
-def test_an_unlabelled_picture_every_model_finds_borderline_is_not_guessed(
+def test_an_unlabelled_picture_no_sharp_check_takes_is_not_guessed(
     tmp_path: Path, sample_png: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A PNG says nothing of what it is; where the best guess is only borderline the device
-    will not pick a model (a chest film read by the lung model would say "covid"): refused,
-    every model's reading named, nothing stored. Named, the model answers; with the gate off,
-    the best guess serves as before."""
-    _judged(monkeypatch, BORDERLINE)
+    """A PNG says nothing of what it is. Where the chest check (the one sharp check) finds it
+    out of scope and the others only borderline, the device will not pick a model (a chest film
+    read by the lung model would say "covid"): refused, every model's reading named, nothing
+    stored. Named, a model answers; with the check off, the best guess serves as before."""
+    out_of_scope = Scope(distance=95.0, p_value=0.001, threshold=40.2, state="out of scope")
+    original = ServedModel.predict
+
+    def predict(self: ServedModel, images: list[Any], operating_point: str | None = None) -> list[Any]:
+        scope = out_of_scope if self.name == DEFAULT_MODEL else BORDERLINE
+        return [replace(p, scope=scope) for p in original(self, images, operating_point)]
+
+    monkeypatch.setattr(ServedModel, "predict", predict)
     code, out, _ = run(tmp_path, "infer", str(sample_png), "--json")
     assert code == 1
     refused = json.loads(out)
     assert (refused["status"], refused["code"]) == ("refused", "NO_MODEL_FOR_INPUT")
     assert "no model finds it clearly like its own images" in refused["reason"]
-    assert "cxr-pneumonia p=0.031 borderline" in refused["reason"]
+    assert "us-lung p=0.031 borderline" in refused["reason"]
     with Store(tmp_path / "data") as store:
         assert store.counts()["images"] == 0
-    code, out, _ = run(tmp_path, "infer", "--model", DEFAULT_MODEL, str(sample_png), "--json")
+    code, out, _ = run(tmp_path, "infer", "--model", "us-lung", str(sample_png), "--json")
     assert code == 0
     assert json.loads(out)["applicability"]["state"] == "borderline"
     config = tmp_path / "gate-off.toml"

@@ -130,14 +130,19 @@ def test_unlabelled_pictures_of_no_model_are_refused(pipeline: Pipeline, tmp_pat
     assert len(list(pipeline.store.audit_rows("input.refused"))) == 3
 
 
-def test_a_routing_guess_is_answered_only_where_it_is_sure() -> None:
+def test_a_routing_guess_weighs_what_each_check_can_tell() -> None:
     """us-lung's check lets most chest films through (its card: 40% refused), so a chest film
-    the chest check finds borderline can rank the lung model first: that guess is not answered
-    (it would read "covid"). A borderline guess is answered only by a sharp check that no
-    other model's check shares; a model released without a check ranks last."""
+    the chest check finds borderline can rank the lung model first. The chest check is sharp
+    (it refuses all other models' images), so its taking the film decides; without a sharp
+    check, only an in-scope best guess is answered (a borderline one would read "covid")."""
     from edge.inference import routing
     from edge.inference.scope import BORDERLINE, IN_SCOPE, OUT_OF_SCOPE
 
+    registry = Registry(MODELS)
+    sharp = {
+        n for n in MODEL_NAMES if routing.sharp(registry.get(n).manifest, [o for o in MODEL_NAMES if o != n])
+    }
+    assert sharp == {"cxr-pneumonia"}  # us-breast refuses 94% of lung frames, us-lung 40% of films
     chest_film = [
         routing.Reading("cxr-pneumonia", 0.032, 0.78, BORDERLINE),
         routing.Reading("us-lung", 0.035, 0.68, BORDERLINE),
@@ -145,25 +150,20 @@ def test_a_routing_guess_is_answered_only_where_it_is_sure() -> None:
     ]
     order = routing.ranked(chest_film)
     assert [r.model for r in order] == ["us-lung", "cxr-pneumonia", "us-breast"]
-    assert not routing.sure(order, {"cxr-pneumonia", "us-lung"})  # another model takes it too
     assert routing.said(order).startswith("us-lung p=0.035 borderline, cxr-pneumonia p=0.032")
-    lung_out = routing.Reading("us-lung", 0.002, 2.7, OUT_OF_SCOPE)
-    alone = routing.ranked([chest_film[0], chest_film[2], lung_out])
-    assert routing.sure(alone, {"cxr-pneumonia"})  # borderline for the chest check alone
-    assert not routing.sure(alone)  # not a sharp check: not answered
-    registry = Registry(MODELS)
-    sharp = {
-        n for n in MODEL_NAMES if routing.sharp(registry.get(n).manifest, [o for o in MODEL_NAMES if o != n])
-    }
-    assert sharp == {"cxr-pneumonia"}  # us-breast refuses 94% of lung frames, us-lung 40% of films
-    lung_frame = [routing.Reading("us-lung", 0.4, 0.3, IN_SCOPE), *chest_film[:1]]
-    assert routing.sure(routing.ranked(lung_frame))
-    unsure = routing.refusal(order, {}, None, None)
+    assert routing.chosen(order, sharp) is chest_film[0]  # the sharp check that takes it
+    assert routing.chosen(order) is None  # no sharp check: a borderline best guess is refused
+    chest_out = routing.Reading("cxr-pneumonia", 0.001, 1.3, OUT_OF_SCOPE)
+    lung_borderline = routing.ranked([chest_film[1], chest_film[2], chest_out])
+    assert routing.chosen(lung_borderline, sharp) is None
+    unsure = routing.refusal(lung_borderline, {}, None, None)
     assert unsure.code is Code.NO_MODEL_FOR_INPUT  # may be one of them: the device will not guess
     assert "name the model (--model" in unsure.message
+    lung_frame = routing.ranked([routing.Reading("us-lung", 0.4, 0.3, IN_SCOPE), chest_out])
+    assert routing.chosen(lung_frame, sharp) is lung_frame[0]
     unchecked = routing.Reading.of("legacy", None)
     assert routing.ranked([unchecked, chest_film[2]])[0] is chest_film[2]
-    assert routing.sure([unchecked])
+    assert routing.chosen([unchecked]) is unchecked
 
 
 def test_the_refusal_is_stored_audited_and_never_a_finding(pipeline: Pipeline, settings: Settings) -> None:

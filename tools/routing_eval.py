@@ -10,9 +10,9 @@ data set is sampled (seeded), each image offered plain and under one acquisition
 blur and JPEG re-compression together, drawn per image, as an unfamiliar site's export may do),
 and routed as the device routes. Counted per set: answered by its own model, answered by another
 model (the error that matters: a chest film read "covid" by the lung ultrasound model), refused.
-Beside the product's rule (edge/inference/routing.py: an in-scope guess, or a borderline one of a
-sharp check that no other model takes) the same readings under "in scope only" and the previous
-rule (the best guess unless out of scope) show what the rule saves and what it costs.
+Beside the product's rule (edge/inference/routing.py: a sharp check that takes the input decides,
+else an in-scope best guess) the same readings under "in scope only" and the previous rule (the
+best guess unless out of scope) show what the rule saves and what it costs.
 
 The images come from the models' own data sets, most of them seen in training: the "own model"
 figures flatter it. What this measures is the confusion between models, which training on one
@@ -65,10 +65,11 @@ def route(pool: ModelPool, names: list[str], pixels: np.ndarray) -> list[routing
     return routing.ranked(readings)
 
 
-def outcome(order: list[routing.Reading], own: str, answers: Any) -> str:
-    if not answers(order):
+def outcome(order: list[routing.Reading], own: str, serves: Any) -> str:
+    reading = serves(order)
+    if reading is None:
         return "refused"
-    return "own model" if order[0].model == own else "another model"
+    return "own model" if reading.model == own else "another model"
 
 
 def measure(per_set: int, seed: int) -> dict[str, Any]:
@@ -80,8 +81,8 @@ def measure(per_set: int, seed: int) -> dict[str, Any]:
         names = registry.names()
         sharp = {n for n in names if routing.sharp(registry.get(n).manifest, [o for o in names if o != n])}
         rules = {
-            "the product's": lambda order: routing.sure(order, sharp),
-            "in scope only": routing.sure,
+            "the product's": lambda order: routing.chosen(order, sharp),
+            "in scope only": routing.chosen,
             "unless out of scope (before)": _unless_out,
         }
         rng = np.random.default_rng(seed)
@@ -92,8 +93,8 @@ def measure(per_set: int, seed: int) -> dict[str, Any]:
                 pixels = decode_bytes(path.read_bytes(), path.name).pixels
                 for variant, image in (("plain", pixels), ("shifted", site_shift(pixels, rng))):
                     order = route(pool, names, image)
-                    for rule, answers in rules.items():
-                        kind = outcome(order, own, answers)
+                    for rule, serves in rules.items():
+                        kind = outcome(order, own, serves)
                         cell = counts.setdefault(f"{own} {variant}", {}).setdefault(rule, {})
                         cell[kind] = cell.get(kind, 0) + 1
                         if kind == "another model" and rule == "the product's":
@@ -116,8 +117,8 @@ def measure(per_set: int, seed: int) -> dict[str, Any]:
     }
 
 
-def _unless_out(order: list[routing.Reading]) -> bool:
-    return order[0].state != OUT_OF_SCOPE
+def _unless_out(order: list[routing.Reading]) -> routing.Reading | None:
+    return order[0] if order[0].state != OUT_OF_SCOPE else None
 
 
 def print_table(result: dict[str, Any]) -> None:

@@ -6,14 +6,18 @@ serves. Pure.
 That is a guess, and the checks are not equally sharp: the lung ultrasound model's check lets
 60% of chest films through (its card's measured table), so a chest film its own check finds
 borderline can rank the lung model first and read "covid". For an input with no modality (a
-PNG or JPEG, where the guess spans X-ray and ultrasound) a guess is therefore answered only
-when the chosen model finds the input in scope, or finds it borderline while every other
-candidate finds it out of scope and its own check is a sharp one: measured on each other
-candidate's images (the manifest's applicability table), it refuses at least 95% of them, the
-goal every check is held to (README). Otherwise the guess is refused where the gate refuses
-out-of-scope inputs, and naming the model (or sending DICOM, which carries its modality) ends
-the refusal. A model released without a check ranks last. `python -m tools.routing_eval`
-measures what this saves and costs.
+PNG or JPEG, where the guess spans X-ray and ultrasound) the evidence is weighed, not only ranked:
+
+- a sharp check that takes the input decides: one that refuses at least 95% of each other
+  candidate's images (its manifest's measured table; the goal every check is held to, README),
+  so its "in scope" or "borderline" says "mine" whatever weaker checks also say. Of the three
+  shipped checks only cxr-pneumonia's is sharp;
+- otherwise the best guess serves only when its model finds the input in scope;
+- otherwise the input is refused where the gate refuses out-of-scope inputs, and naming the
+  model (or sending DICOM, which carries its modality) ends the refusal.
+
+A model released without a check ranks last. `python -m tools.routing_eval` measures what this
+saves and costs.
 """
 
 from __future__ import annotations
@@ -56,13 +60,13 @@ def sharp(manifest: Manifest, others: list[str]) -> bool:
     return all(table.get(f"{other} images", {}).get("refused", 0.0) >= SHARP for other in others)
 
 
-def sure(order: list[Reading], sharp_checks: Collection[str] = ()) -> bool:
-    """Whether the best guess (`order[0]`) may be answered (the module docstring says when)."""
+def chosen(order: list[Reading], sharp_checks: Collection[str] = ()) -> Reading | None:
+    """The reading whose model serves (`order` ranked), or None: refuse (the module docstring)."""
+    for reading in order:
+        if reading.model in sharp_checks and reading.state in (IN_SCOPE, BORDERLINE):
+            return reading
     best = order[0]
-    if best.state in (IN_SCOPE, NO_CHECK):
-        return True
-    alone = all(r.state == OUT_OF_SCOPE for r in order[1:])
-    return best.state == BORDERLINE and best.model in sharp_checks and alone
+    return best if best.state in (IN_SCOPE, NO_CHECK) else None
 
 
 def said(readings: list[Reading]) -> str:
