@@ -34,7 +34,14 @@ class Clock:
 @pytest.fixture
 def folder(settings: Settings, store: Store) -> tuple[DropFolder, Clock, Store]:
     clock = Clock()
-    watched = settings.model_copy(update={"watch": settings.watch.model_copy(update={"settle_s": 2.0})})
+    # The drop folder's mechanics, on gradients no model's check takes: the model is named (a
+    # device on one kind of scanner), so they are stored and refused by it, not by routing.
+    watched = settings.model_copy(
+        update={
+            "watch": settings.watch.model_copy(update={"settle_s": 2.0}),
+            "models": settings.models.model_copy(update={"default": DEFAULT_MODEL}),
+        }
+    )
     pipeline = Pipeline(watched, store, actor="watch")
     return DropFolder(watched, pipeline, decode_bytes, clock=clock), clock, store
 
