@@ -261,20 +261,19 @@ class Pipeline:
         return names
 
     def _most_applicable(self, decoded: DecodedImage, names: list[str]) -> str:
-        readings = []
+        readings, manifests = [], {}
         for name in names:
             served = self.pool.get(name)  # a model that cannot be opened refuses the input here
             readings.append(routing.Reading.of(name, served.predict([decoded.pixels])[0].scope))
+            manifests[name] = served.entry.manifest
         order = routing.ranked(readings)
         log.info("routed by applicability: %s", routing.said(order))
-        manifests = {name: self.registry.get(name).manifest for name in names}
-        sharp = {n for n, m in manifests.items() if routing.sharp(m, [o for o in names if o != n])}
-        choice = routing.chosen(order, sharp)
         # Without a modality the guess spans X-ray and ultrasound, where a wrong model is worst;
         # a DICOM modality without a body part keeps the best guess (the model's own check
         # still refuses it out of scope), as a PACS's lung cines often lack the body part.
         if decoded.study.modality is not None or not self.settings.gate.refuses_out_of_scope:
             return order[0].model
+        choice = routing.chosen(order, routing.sharp_checks(manifests))
         if choice is None:
             looks_like = {
                 name: spec.looks_like

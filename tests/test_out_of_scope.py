@@ -139,9 +139,7 @@ def test_a_routing_guess_weighs_what_each_check_can_tell() -> None:
     from edge.inference.scope import BORDERLINE, IN_SCOPE, OUT_OF_SCOPE
 
     registry = Registry(MODELS)
-    sharp = {
-        n for n in MODEL_NAMES if routing.sharp(registry.get(n).manifest, [o for o in MODEL_NAMES if o != n])
-    }
+    sharp = routing.sharp_checks({n: registry.get(n).manifest for n in MODEL_NAMES})
     assert sharp == {"cxr-pneumonia"}  # us-breast refuses 94% of lung frames, us-lung 40% of films
     chest_film = [
         routing.Reading("cxr-pneumonia", 0.032, 0.78, BORDERLINE),

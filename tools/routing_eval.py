@@ -79,7 +79,7 @@ def measure(per_set: int, seed: int) -> dict[str, Any]:
         settings.models.dir = registry.models_dir
         pool = ModelPool(registry, settings, Path(tmp) / "cache")
         names = registry.names()
-        sharp = {n for n in names if routing.sharp(registry.get(n).manifest, [o for o in names if o != n])}
+        sharp = routing.sharp_checks({n: registry.get(n).manifest for n in names})
         rules = {
             "the product's": lambda order: routing.chosen(order, sharp),
             "in scope only": routing.chosen,

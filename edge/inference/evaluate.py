@@ -121,6 +121,8 @@ class Scored:
     backend: str
     repeated: int = 0
     """Lines of labels.csv that listed an image again under the same label (counted once)."""
+    table_digest: str = ""
+    """sha256 of the labels.csv read."""
 
 
 def score_folder(settings: Settings, name: str, folder: Path) -> Scored:
@@ -138,7 +140,9 @@ def score_folder(settings: Settings, name: str, folder: Path) -> Scored:
         logits, truth, kept, refused = _run(served, rows, settings.store.max_input_bytes, labels, enforce)
     finally:
         pool.close()
-    return Scored(logits, truth, kept, refused, served.variant_name, served.backend, table.repeated)
+    return Scored(
+        logits, truth, kept, refused, served.variant_name, served.backend, table.repeated, table.digest
+    )
 
 
 def _run(

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import codecs
 import csv
+import hashlib
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PureWindowsPath
 
 from edge.errors import Code, EdgeError
@@ -30,6 +31,8 @@ class LabelledImages:
     """(image path, the model's label) per image, in the table's order, each image once."""
     repeated: int = 0
     """Lines that listed an image again under the same label (counted once)."""
+    digest: str = ""
+    """sha256 of the table as read: which table it was, without its folder's name."""
 
 
 def read_labels(folder: Path, labels: list[str]) -> LabelledImages:
@@ -41,16 +44,15 @@ def read_labels(folder: Path, labels: list[str]) -> LabelledImages:
             f"; folders named after classes ({', '.join(classes)}) are not read as labels" if classes else ""
         )
         raise EdgeError(Code.INPUT_NOT_FOUND, f"{table} does not exist (expected columns path,label{hint})")
-    text = _text(table)
+    data = table.read_bytes()
+    text = _text(table, data)
     if not text.strip():
         raise EdgeError(Code.INPUT_EMPTY, f"{table} is empty (expected columns path,label)")
     lines, header = _header(table, text)
     path_at, label_at = header.index("path"), header.index("label")
     by_lower = {label.lower(): label for label in labels}
     bad_labels, missing, rows = [], [], []
-    for number, cells in lines:
-        if not any(cell.strip() for cell in cells):
-            continue  # a blank line, as spreadsheets leave at the end
+    for number, cells in lines:  # blank lines, as spreadsheets leave at the end, are gone
         raw_path = cells[path_at].strip() if path_at < len(cells) else ""
         raw_label = cells[label_at].strip() if label_at < len(cells) else ""
         label = by_lower.get(raw_label.lower())
@@ -70,14 +72,13 @@ def read_labels(folder: Path, labels: list[str]) -> LabelledImages:
         raise EdgeError(Code.INPUT_NOT_FOUND, f"missing images: {_listed(missing)}")
     if not rows:
         raise EdgeError(Code.INPUT_EMPTY, f"{table} lists no images")
-    return _once_each(rows)
+    return replace(_once_each(rows), digest=hashlib.sha256(data).hexdigest())
 
 
-def _text(table: Path) -> str:
+def _text(table: Path, data: bytes) -> str:
     """The table's text: UTF-16 by its byte-order mark, else UTF-8 (with or without a mark),
     else the Windows code page a spreadsheet saves "CSV" in. A wrong guess can only misname a
     path or a label, which is then refused with its line."""
-    data = table.read_bytes()
     if data[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
         encodings = ["utf-16"]
     else:

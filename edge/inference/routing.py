@@ -52,12 +52,20 @@ def ranked(readings: list[Reading]) -> list[Reading]:
     return sorted(readings, key=lambda r: (-r.p_value, r.distance, r.model))
 
 
-def sharp(manifest: Manifest, others: list[str]) -> bool:
-    """Whether this model's check refuses at least SHARP of each other model's images, as its
-    release measured them (FP32's table: the served variant's threshold is set to match it)."""
-    spec = manifest.applicability
-    table = spec.measured.get("fp32", {}) if spec else {}
-    return all(table.get(f"{other} images", {}).get("refused", 0.0) >= SHARP for other in others)
+def sharp_checks(manifests: dict[str, Manifest]) -> set[str]:
+    """The candidates whose check refuses at least SHARP of each other candidate's images, as
+    its release measured them (FP32's table: the served variant's threshold is set to match)."""
+
+    def refused(manifest: Manifest, other: str) -> float:
+        spec = manifest.applicability
+        table = spec.measured.get("fp32", {}) if spec else {}
+        return table.get(f"{other} images", {}).get("refused", 0.0)
+
+    return {
+        name
+        for name, manifest in manifests.items()
+        if all(refused(manifest, other) >= SHARP for other in manifests if other != name)
+    }
 
 
 def chosen(order: list[Reading], sharp_checks: Collection[str] = ()) -> Reading | None:

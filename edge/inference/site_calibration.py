@@ -12,7 +12,6 @@ refitted, and re-read under the shipped calibration for the prevalence estimate,
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import logging
 from collections import Counter
@@ -66,7 +65,7 @@ def cases_from_folder(settings: Settings, entry: ModelEntry, folder: Path) -> Si
     logits = scored.logits if len(scored.kept) else np.zeros((0, len(out.labels)))
     cases = Cases(logits, np.asarray(scored.truth, np.int64), list(out.labels), out.positive)
     # Which table it was (a digest: the folder's path may name a person or a place).
-    table = hashlib.sha256((folder / "labels.csv").read_bytes()).hexdigest()[:16]
+    table = scored.table_digest[:16]
     described = f"{len(scored.kept)} labelled images of a site folder (labels.csv sha256 {table}...)"
     return SiteCases(cases, described, dict(left_out), scored.refused)
 
