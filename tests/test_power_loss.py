@@ -5,6 +5,7 @@ ingest and sync."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sqlite3
@@ -137,8 +138,9 @@ def test_power_cuts_during_ingest_and_sync_lose_nothing_acknowledged(disk: Power
     work = tmp_path / "campaign"
     work.mkdir()
     report = run(cuts=10, seed=7, work=work)
-    assert not failed(report), report
+    assert not failed(report), json.dumps(report, indent=1)
     assert report["cuts"] == 10
-    assert report["acknowledged"] > 0, report
+    # both clients got through: the listener accepts storescu's AE title (it once refused every send)
+    assert min(report["acknowledged_by"].values()) > 0, report["acknowledged_by"]
     assert report["cuts_losing_unsynced"]["any"] > 0, report  # the cuts threw something away
     assert report["final"]["hub_results"] == report["final"]["device_results"] > 0

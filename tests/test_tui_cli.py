@@ -129,3 +129,36 @@ def test_library_warnings_go_to_the_log_not_the_terminal(capsys: pytest.CaptureF
     finally:
         logging.captureWarnings(False)
         edge_log.configure(logging.WARNING)
+
+
+def test_sync_now_says_what_it_is_sending_before_a_long_round(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A first sync of a day's results took minutes with nothing on the screen: it now says what
+    it sends first (on stderr, so `--json` stays one document)."""
+    from edge.config import load_settings
+    from edge.pipeline import Pipeline
+    from edge.store import Store
+    from edge.sync import signatures
+    from edge.sync.credential import Credential
+    from tests.conftest import DEFAULT_MODEL, MODELS
+
+    monkeypatch.setattr("edge.sync.request_sync_now", lambda settings: False)
+    settings = load_settings(data_dir=tmp_path / "data", models={"dir": MODELS}, sync={"timeout_s": 1})
+    with socket.socket() as probe:  # a port nobody listens on: the link is down
+        probe.bind(("127.0.0.1", 0))
+        dead = probe.getsockname()[1]
+    Credential(f"http://127.0.0.1:{dead}", "device-1", key=signatures.new_device_key()).save(settings, True)
+    with Store(settings.data_dir) as store:
+        pipeline = Pipeline(settings, store)
+        [sample] = sorted((MODELS / DEFAULT_MODEL / "samples").glob("*.png"))[:1]
+        assert all(a.ok for a in pipeline.analyse_file(sample))
+        pipeline.close()
+    result = invoke(tmp_path, "sync", "now")
+    assert result.exit_code == 1, result.output
+    assert f"Sending 1 result(s) to http://127.0.0.1:{dead}" in result.stderr
+    assert "The sync with" in result.stdout
+    assert "did not complete" in result.stdout
+    result = invoke(tmp_path, "sync", "now", "--json")
+    assert "Sending" not in result.stderr
+    assert json.loads(result.stdout)["pending"]["results"] == 1

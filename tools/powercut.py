@@ -72,6 +72,7 @@ def device_env(port: int) -> dict[str, str]:
         "EDGE_WORKER__POLL_S": "0.2",
         "EDGE_DICOM__PORT": str(port),
         "EDGE_DICOM__BIND": "127.0.0.1",
+        "EDGE_DICOM__ALLOWED_CALLERS": '["STORESCU"]',  # storescu's default calling AE title
         "EDGE_SYNC__INTERVAL_S": "0.3",
         "EDGE_SYNC__MAX_BACKOFF_S": "1",
         "EDGE_SYNC__TIMEOUT_S": "10",
@@ -198,6 +199,12 @@ class Round:
             except OSError:
                 time.sleep(0.1)
 
+    def note_exited(self) -> None:
+        """The agent or the sync agent that is no longer running while the disk still is."""
+        for process in (self.agent, self.sync):
+            if process.poll() is not None:
+                self.exited_early.append(f"edge {process.args[5]} exited {process.returncode}")  # type: ignore[index]
+
     def kill_all(self) -> None:
         with self.lock:
             self.stop.set()
@@ -206,8 +213,6 @@ class Round:
                     process.kill()
             for process in self.processes:
                 process.wait()
-                if process in (self.agent, self.sync) and process.returncode != -signal.SIGKILL:
-                    self.exited_early.append(f"edge {process.args[5]} exited {process.returncode}")  # type: ignore[index]
         for thread in self.threads:
             thread.join(timeout=30)
 
@@ -328,6 +333,9 @@ def run(cuts: int, seed: int, work: Path, min_s: float = 3.0, max_s: float = 6.0
             else:  # during the work, however slow this machine is to start the software
                 this.wait_listening(timeout_s=90)
                 time.sleep(rng.uniform(0.0, max_s))
+            # judged before the cut: a process that the vanished disk stops in the instant
+            # before it is killed is doing what it should
+            this.note_exited()
             lost = disk.cut()
             this.kill_all()
             report["cuts"] += 1
@@ -390,9 +398,10 @@ def drain(
             time.sleep(1)
             if (data_dir / "edge.db").exists() and settled(data_dir, hub_db):
                 break
+        last.note_exited()
     finally:
         last.kill_all()
-    return hub_report(data_dir, hub_db, inputs)
+    return {**hub_report(data_dir, hub_db, inputs), "software_exited_early": len(last.exited_early)}
 
 
 def record(report: dict[str, Any], number: int, when: str, found: dict[str, Any]) -> None:
@@ -413,6 +422,7 @@ def failed(report: dict[str, Any]) -> bool:
         or report["software_exited_early"] or not final
         or final["hub_duplicates"] or final["hub_missing"] or final["hub_quarantined"]
         or final["jobs_left_unfinished"] or final["dicom_acked_without_result"]
+        or final["software_exited_early"]
     )  # fmt: skip
 
 

@@ -102,6 +102,15 @@ def sync_now(obj: Context, as_json: bool) -> None:
         except EdgeError as error:
             click.echo(error.one_line(), err=True)
             sys.exit(EXIT_REFUSED)
+        waiting = sync_status(obj.settings, store)["pending"]
+        if not as_json and waiting["results"] + waiting["files"]:
+            # a first sync of a day's work takes minutes on a slow link: say so before it starts
+            files = f" and {waiting['files']} file(s)" if waiting["files"] else ""
+            click.echo(
+                f"Sending {waiting['results']} result(s){files} to {credential.hub_url}; on a slow link "
+                "this takes minutes. What went through stays sent if it stops.",
+                err=True,
+            )
         ok = run_round(client)
         status = sync_status(obj.settings, store)
     click.echo(json.dumps(status, indent=2) if as_json else "\n".join(round_sentences(ok, status)))
