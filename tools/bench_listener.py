@@ -17,6 +17,7 @@ import signal
 import sqlite3
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from datetime import datetime
@@ -109,6 +110,8 @@ def main() -> None:
     print(json.dumps(report, indent=1))
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
+    if report["storescu_exit"] or report["stored"] != report["images_sent"]:
+        sys.exit(f"not a measurement: {report['stored']} of {report['images_sent']} stored")
 
 
 if __name__ == "__main__":

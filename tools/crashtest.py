@@ -65,6 +65,7 @@ def spawn_agent(data_dir: Path, log: Any, *run_args: str) -> subprocess.Popen[by
         "EDGE_STORE__MIN_FREE_MB": "0",
         "EDGE_STORE__RESERVE_MB": "0",
         "EDGE_WORKER__POLL_S": "0.2",
+        "EDGE_DICOM__ALLOWED_CALLERS": '["STORESCU"]',  # dcmtk's storescu, the benches' modality
     }
     command = [sys.executable, "-m", "edge", "--data-dir", str(data_dir), "run", *run_args]
     return subprocess.Popen(command, env=env, stdout=log, stderr=log)
