@@ -34,7 +34,8 @@ from tests.tinymodel import make_model_dir
 from tools import dicomgen
 
 STUDY_UID = "1.2.826.0.1.3680043.8.498.1111"
-ORTHANC = shutil.which("Orthanc")
+# Debian installs it in /usr/sbin, which a non-root user's PATH lacks
+ORTHANC = shutil.which("Orthanc") or ("/usr/sbin/Orthanc" if Path("/usr/sbin/Orthanc").exists() else None)
 
 
 def free_port() -> int:

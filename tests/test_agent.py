@@ -26,7 +26,7 @@ def test_agent_ingests_scores_and_stops_cleanly(tmp_path: Path, sample_png: Path
     inbox.mkdir()
     agent = start(data, inbox, tmp_path / "agent.log")
     try:
-        crashtest.wait_until_running(data, agent.pid, timeout_s=120)
+        assert crashtest.wait_until_running(data, agent.pid, timeout_s=120), "the agent did not start"
         shutil.copy(sample_png, inbox / "a.png")
         shutil.copy(sample_dcm, inbox / "b.dcm")
         (inbox / "c.txt").write_text("not an image")
@@ -63,6 +63,10 @@ def test_crash_safety_under_sigkill(tmp_path: Path) -> None:
     assert report["wrong"] == [], report["wrong"]
     assert report["integrity"] == "ok"
     assert report["results"] + report["coded_refusals"] == 24
+    assert report["results"] == report["good_inputs"] > 0  # every good image answered
+    assert report["never_up"] == 0
+    # the kills landed in the work, not only in the start (they all did, before the agent was up)
+    assert report["kills_in_work"] > 0, report
     assert report["last_exit"] == 0
 
 

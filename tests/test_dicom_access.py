@@ -76,9 +76,16 @@ def test_addresses_outside_allowed_networks_are_closed(
         time.sleep(0.2)
     assert counts(elsewhere)["images"] == 0
     assert any(r.getMessage().startswith("CALLER_ADDRESS_NOT_ALLOWED: ") for r in caplog.records)
+    # doctor said "pass" here: only refused AE titles were recorded, so the installer saw nothing
+    check = next(c for c in doctor.run_checks(elsewhere) if c.name == "dicom callers")
+    assert check.level == "warn", check.message
+    assert "connections from 127.0.0.1 (1x" in check.message
+    assert "not in [dicom] allowed_networks" in check.message
     local = configured(settings, allowed_callers=["XRAY1"], allowed_networks=["127.0.0.0/8"])
     with Listening(local) as running:
         assert send(running, one_file()).returncode == 0
+    check = next(c for c in doctor.run_checks(local) if c.name == "dicom callers")
+    assert check.level == "pass", check.message  # allowed since
 
 
 class IdleHolder:
@@ -218,6 +225,10 @@ def test_dicom_tls_with_client_certificates(settings: Settings, tmp_path: Path) 
         anonymous = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(server_cert))
         assert not echo(anonymous)  # no client certificate
         assert echo(client)  # and the listener still serves after the failures
+    check = next(c for c in doctor.run_checks(secured) if c.name == "dicom callers")
+    assert check.level == "warn", check.message
+    assert "connections from 127.0.0.1" in check.message
+    assert "TLS handshake failed" in check.message
 
 
 def test_tls_settings_are_checked(settings: Settings, tmp_path: Path) -> None:
@@ -242,3 +253,31 @@ def test_a_caller_retrying_in_a_loop_is_counted_without_a_write_each_time(tmp_pa
     seen._written["XRAY1"] -= 120  # a minute later: the next refusal writes them all
     seen.record("XRAY1", "10.0.0.5")
     assert seen.read()["XRAY1"]["count"] == 52
+
+
+def test_doctor_warns_about_refused_connections_for_a_day_and_never_offers_them_as_titles(
+    settings: Settings,
+) -> None:
+    import json
+
+    from edge.clock import utc_after
+    from edge.ingest.dicom_access import SEEN_FILE, SeenCallers, callers_verdict
+
+    device = configured(settings, allowed_callers=["XRAY1"], allowed_networks=["10.1.0.0/16"])
+    seen = SeenCallers(device.data_dir)
+    seen.record("", "10.2.0.7", kind="tls")
+    level, message = callers_verdict(device)
+    assert level == "warn"
+    assert "connections from 10.2.0.7 (1x" in message
+    assert "TLS handshake failed" in message
+    assert "allowed_callers" not in message  # a connection is not a title to allow
+    entries = json.loads((device.data_dir / SEEN_FILE).read_text())
+    for entry in entries.values():
+        entry["last"] = utc_after(-2 * 24 * 3600)  # two days ago: a scan then, quiet since
+    entries["OLDXRAY"] = {"address": "10.1.0.9", "count": 3, "first": "x", "last": "y"}  # as before kinds
+    (device.data_dir / SEEN_FILE).write_text(json.dumps(entries))
+    level, message = callers_verdict(device)
+    assert level == "warn"
+    assert "10.2.0.7" not in message
+    assert "'OLDXRAY' from 10.1.0.9" in message
+    assert '[dicom] allowed_callers = ["OLDXRAY", "XRAY1"]' in message

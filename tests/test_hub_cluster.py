@@ -125,7 +125,7 @@ def test_a_fleet_through_nginx_loses_and_doubles_nothing_when_a_node_is_killed(
     assert report["unexpected"] == 0
     # two lean pictures per result: the thumbnail and the evidence grid
     assert report["uploads_complete"] == report["uploads_sent"] == 2 * devices * results
-    assert report["reviews_pulled"] == report["reviews_made"]
+    assert report["reviews_pulled"] == report["reviews_made"] > 0
     assert report["devices_missing_reviews"] == 0
     with engine.connect() as conn:  # each upload's bytes are whole in PostgreSQL
         assert conn.execute(select(func.count(func.distinct(db.upload_chunks.c.upload_id)))).scalar_one() == (

@@ -113,7 +113,7 @@ def test_a_second_agent_on_one_data_directory_exits_with_a_code_naming_the_first
     with log.open("ab") as handle:
         first = crashtest.start_agent(data, inbox, handle)
     try:
-        crashtest.wait_until_running(data, first.pid, timeout_s=120)
+        assert crashtest.wait_until_running(data, first.pid, timeout_s=120), "the agent did not start"
         second = subprocess.run(
             [sys.executable, "-m", "edge", "--data-dir", str(data), "run", "--watch", "--inbox", str(inbox)],
             capture_output=True,

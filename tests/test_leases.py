@@ -183,7 +183,7 @@ def test_a_killed_infer_s_job_is_finished_by_the_running_agent(tmp_path: Path, s
     with log.open("ab") as handle:
         agent = crashtest.start_agent(data, inbox, handle)
     try:
-        crashtest.wait_until_running(data, agent.pid, timeout_s=120)
+        assert crashtest.wait_until_running(data, agent.pid, timeout_s=120), "the agent did not start"
         time.sleep(1.0)
         with Store(data) as store:
             assert job_row(store, held)["state"] == "running"  # its holder is alive: not taken

@@ -52,7 +52,8 @@ def run(images: int, work: Path) -> dict[str, Any]:
     with (work / "agent.log").open("ab") as log:
         agent = spawn_agent(data, log, "--dicom", "--port", str(port), "--no-watch")
     try:
-        wait_until_running(data, agent.pid, timeout_s=120)
+        if not wait_until_running(data, agent.pid, timeout_s=120):
+            raise RuntimeError("the agent did not start within 120 s")
         started = time.perf_counter()
         result = subprocess.run(
             ["/usr/bin/storescu", "-aec", "EDGE", "127.0.0.1", str(port), *map(str, files)],
@@ -110,8 +111,11 @@ def main() -> None:
     print(json.dumps(report, indent=1))
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
-    if report["storescu_exit"] or report["stored"] != report["images_sent"]:
-        sys.exit(f"not a measurement: {report['stored']} of {report['images_sent']} stored")
+    if report["storescu_exit"] or not report["images_sent"] == report["stored"] == report["results"]:
+        sys.exit(
+            f"not a measurement: {report['images_sent']} sent, {report['stored']} stored, "
+            f"{report['results']} results"
+        )
 
 
 if __name__ == "__main__":

@@ -77,17 +77,24 @@ def drop(inbox: Path, name: str, data: bytes) -> None:
     os.replace(partial, inbox / name)
 
 
-def wait_until_running(data_dir: Path, pid: int, timeout_s: float) -> None:
-    """Until this agent wrote its status file (it installs its signal handlers before that)."""
+def wait_until_running(data_dir: Path, pid: int, timeout_s: float) -> bool:
+    """Until this agent wrote its status file (it installs its signal handlers before that);
+    False when it did not within `timeout_s`."""
     status = data_dir / "agent.json"
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
             if json.loads(status.read_text()).get("pid") == pid:
-                return
+                return True
         except (OSError, ValueError):
             pass
         time.sleep(0.2)
+    return False
+
+
+def work_in_flight(db: Path, inbox: Path) -> bool:
+    """Something the agent is working on: a file waiting in the inbox or a job not final."""
+    return not drained(db, inbox) and (db.exists() or any(p.is_file() for p in inbox.rglob("*")))
 
 
 def drained(db: Path, inbox: Path) -> bool:
@@ -151,6 +158,8 @@ def check(work: Path, inputs: list[tuple[str, bytes, bool]]) -> dict[str, Any]:
             report["results"] += 1
         elif job["state"] in ("refused", "failed") and job["error_code"]:
             report["coded_refusals"] += 1
+            if not broken:  # a good image refused is no success, however well coded
+                report["wrong"].append(f"{name}: a good image was refused: {job['error_code']}")
         else:
             report["lost"].append(f"{name}: job {job['state']} with {results} results")
     report["processed_twice"] = len(processed_names) - len(set(processed_names))
@@ -169,6 +178,8 @@ def run(images: int, kills: int, seed: int, workdir: Path, log_path: Path) -> di
     started = time.monotonic()
     pending = list(inputs)
     kill_log = []
+    kills_in_work = 0
+    never_up = 0
     with log_path.open("ab") as log:
         agent = start_agent(data_dir, inbox, log)
         for number in range(kills):
@@ -176,7 +187,12 @@ def run(images: int, kills: int, seed: int, workdir: Path, log_path: Path) -> di
             for name, data, _ in pending[:wave]:
                 drop(inbox, name, data)
             pending = pending[wave:]
-            time.sleep(rng.uniform(0.3, 2.5))  # let it get somewhere, then pull the plug
+            if rng.random() < 0.2:  # during the start: recovery, requeueing, model loading
+                time.sleep(rng.uniform(0.3, 2.5))
+            else:  # in the work, however slow this machine is to start the agent
+                never_up += not wait_until_running(data_dir, agent.pid, timeout_s=120)
+                time.sleep(rng.uniform(0.0, 2.0))
+                kills_in_work += work_in_flight(data_dir / "edge.db", inbox)
             agent.send_signal(signal.SIGKILL)
             agent.wait()
             kill_log.append(round(time.monotonic() - started, 2))
@@ -186,12 +202,15 @@ def run(images: int, kills: int, seed: int, workdir: Path, log_path: Path) -> di
         deadline = time.monotonic() + 120 + images * 0.5
         while not drained(data_dir / "edge.db", inbox) and time.monotonic() < deadline:
             time.sleep(0.5)
-        wait_until_running(data_dir, agent.pid, timeout_s=60)
+        never_up += not wait_until_running(data_dir, agent.pid, timeout_s=60)
         agent.send_signal(signal.SIGTERM)  # the last one is stopped cleanly: it must exit 0
         exit_code = agent.wait(timeout=120)
     report = check(workdir, inputs)
     report.update(
         kills=kills,
+        kills_in_work=kills_in_work,
+        never_up=never_up,
+        good_inputs=sum(not broken for _, _, broken in inputs),
         seed=seed,
         seconds=round(time.monotonic() - started, 1),
         last_exit=exit_code,
@@ -227,6 +246,8 @@ def main() -> None:
         or report["wrong"]
         or report["processed_twice"]
         or report["integrity"] != "ok"
+        or report["never_up"]
+        or report["results"] != report["good_inputs"]
     )
     sys.exit(1 if bad else 0)
 

@@ -423,6 +423,8 @@ def failed(report: dict[str, Any]) -> bool:
         or final["hub_duplicates"] or final["hub_missing"] or final["hub_quarantined"]
         or final["jobs_left_unfinished"] or final["dicom_acked_without_result"]
         or final["software_exited_early"]
+        # a client that never got an acknowledgement in a real campaign checked nothing
+        or (report["cuts"] >= 5 and min(report["acknowledged_by"].values()) == 0)
     )  # fmt: skip
 
 

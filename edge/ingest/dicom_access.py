@@ -5,6 +5,9 @@
   would trust whoever reaches the port first on a clinic network, and an installer standing at
   the modality sees the rejection at once. Each refused title is recorded with its address in
   `<data dir>/dicom-callers-seen.json`; `edge doctor` names them with the exact line to add.
+  Connections refused for their address or a failed TLS handshake are recorded there too, and
+  doctor warns about them for a day (a modality outside `allowed_networks`, or with the wrong
+  certificate, reaches nothing and is otherwise only in the log).
   `["*"]` accepts any title, a choice the log warns about at every start.
 - Addresses: `[dicom] allowed_networks` (addresses or CIDR networks); others are closed before
   any DICOM byte or TLS handshake is exchanged (`CALLER_ADDRESS_NOT_ALLOWED`).
@@ -28,7 +31,7 @@ from typing import Any
 
 from pynetdicom.transport import ThreadedAssociationServer
 
-from edge.clock import utc_now
+from edge.clock import utc_after, utc_now
 from edge.config import DicomSettings, Settings
 from edge.errors import Code, EdgeError
 from edge.store.files import write_atomically
@@ -42,6 +45,18 @@ NOBODY = "\\"
 pynetdicom is given to check against when no title is allowed."""
 MAX_SEEN = 64
 REWRITE_S = 60.0
+RECENT_S = 24 * 3600.0
+"""How long doctor keeps warning about a refused address or TLS handshake (a port scan once a
+month must not leave it warning for ever; a modality that keeps trying is seen every day)."""
+CONNECTION_REFUSALS = {
+    "address": "closed: not in [dicom] allowed_networks (add its address or network if it is yours)",
+    "tls": "TLS handshake failed (its certificate is not signed by [dicom] tls_ca, or it does not speak TLS)",
+}
+
+
+def connection_key(kind: str, address: str) -> str:
+    """The file's key for a refused connection: never an AE title (a backslash cannot be in one)."""
+    return f"{NOBODY}{kind} {address}"
 
 
 class CallerPolicy:
@@ -91,9 +106,12 @@ class SeenCallers:
             return {}
         return value if isinstance(value, dict) else {}
 
-    def record(self, title: str, address: str) -> None:
-        """Count a refusal; the file is written at most once a minute per title, so a caller
-        retrying in a loop costs no disk writes."""
+    def record(self, title: str, address: str, kind: str = "title") -> None:
+        """Count a refusal (of a calling AE title, else of a connection: `kind` "address" or
+        "tls", keyed by its address); the file is written at most once a minute per key, so a
+        caller retrying in a loop costs no disk writes."""
+        if kind != "title":
+            title = connection_key(kind, address)
         with self._lock:
             self._pending[title] = self._pending.get(title, 0) + 1
             last = self._written.get(title)
@@ -105,6 +123,8 @@ class SeenCallers:
             entry = seen.get(title) or {"first": now, "count": 0}
             count = int(entry.get("count", 0)) + self._pending.pop(title)
             entry.update(address=address, last=now, count=count)
+            if kind != "title":
+                entry["kind"] = kind
             seen[title] = entry
             if len(seen) > MAX_SEEN:  # a scanner cycling titles must not grow the file without end
                 for stale in sorted(seen, key=lambda name: str(seen[name].get("last")))[
@@ -147,6 +167,7 @@ class GuardedServer(ThreadedAssociationServer):
 
     policy: CallerPolicy
     handshake_s: float
+    seen: SeenCallers | None = None
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         assert self.socket is not None
@@ -165,6 +186,8 @@ class GuardedServer(ThreadedAssociationServer):
                 Code.DICOM_TLS_REFUSED, f"connection from {address[0]} dropped: TLS handshake failed ({exc})"
             )
             log.warning("%s", error.one_line())
+            if self.seen is not None:
+                self.seen.record("", str(address[0]), kind="tls")
             raise OSError(str(exc)) from exc  # socketserver drops the connection quietly
         wrapped.settimeout(None)
         return wrapped, address
@@ -178,12 +201,16 @@ class GuardedServer(ThreadedAssociationServer):
             f"connection from {host} closed: not in [dicom] allowed_networks",
         )
         log.warning("%s", error.one_line())
+        if self.seen is not None:
+            self.seen.record("", host, kind="address")
         return False
 
 
-def start_server(ae: Any, config: DicomSettings, policy: CallerPolicy, handlers: list[Any]) -> GuardedServer:
+def start_server(
+    ae: Any, config: DicomSettings, policy: CallerPolicy, handlers: list[Any], seen: SeenCallers | None = None
+) -> GuardedServer:
     """`AE.start_server(block=False)`, with our server class (pynetdicom's `start_server` takes
-    none; `make_server` does)."""
+    none; `make_server` does); refused connections are recorded in `seen`."""
     server = ae.make_server(
         (config.bind, config.port),
         ssl_context=tls_context(config),
@@ -191,6 +218,7 @@ def start_server(ae: Any, config: DicomSettings, policy: CallerPolicy, handlers:
         server_class=GuardedServer,
     )
     server.policy = policy
+    server.seen = seen
     server.handshake_s = float(ae.acse_timeout or 30)
     thread = threading.Thread(target=server.serve_forever, name="DicomListener", daemon=True)
     thread.start()
@@ -216,16 +244,39 @@ def callers_verdict(settings: Settings) -> tuple[str, str]:
     if ANY_CALLER in config.allowed_callers:
         return "warn", 'any calling AE title may send ([dicom] allowed_callers = ["*"])'
     seen = SeenCallers(settings.data_dir).read()
-    refused = {title: entry for title, entry in seen.items() if title not in config.allowed_callers}
-    if not refused:
+    connections = _recent_connection_refusals(seen, CallerPolicy(config))
+    refused = {
+        title: entry
+        for title, entry in seen.items()
+        if "kind" not in entry and title not in config.allowed_callers  # connections have a kind
+    }
+    if not refused and not connections:
         if not config.allowed_callers:
             return "warn", "no calling AE title is allowed yet: every modality is refused"
         return "pass", f"allowed: {', '.join(config.allowed_callers)}"
-    named = "; ".join(
-        f"{title!r} from {entry.get('address')} ({entry.get('count')}x, last {entry.get('last')})"
-        for title, entry in sorted(refused.items())
-    )
-    wanted = sorted({*config.allowed_callers, *refused})
-    return "warn", (
-        f"refused (not allowed): {named}. If they are yours, set {allow_line(wanted, settings.config_file)}"
-    )
+    sentences = list(connections)
+    if refused:
+        named = "; ".join(
+            f"{title!r} from {entry.get('address')} ({entry.get('count')}x, last {entry.get('last')})"
+            for title, entry in sorted(refused.items())
+        )
+        allow = allow_line(sorted({*config.allowed_callers, *refused}), settings.config_file)
+        sentences.insert(0, f"refused (not allowed): {named}. If they are yours, set {allow}")
+    return "warn", ". ".join(sentences)
+
+
+def _recent_connection_refusals(seen: dict[str, dict[str, Any]], policy: CallerPolicy) -> list[str]:
+    """Connections refused in the last `RECENT_S` for their address (unless allowed now) or TLS."""
+    since = utc_after(-RECENT_S)
+    sentences = []
+    for entry in sorted(seen.values(), key=lambda entry: str(entry.get("last"))):
+        kind, address = entry.get("kind"), str(entry.get("address"))
+        if kind not in CONNECTION_REFUSALS or str(entry.get("last")) < since:
+            continue
+        if kind == "address" and policy.address_allowed(address):
+            continue  # allowed since
+        sentences.append(
+            f"connections from {address} ({entry.get('count')}x, last {entry.get('last')}) "
+            f"{CONNECTION_REFUSALS[kind]}"
+        )
+    return sentences

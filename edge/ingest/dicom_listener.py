@@ -291,7 +291,7 @@ class DicomListener:
             (evt.EVT_CONN_CLOSE, self._on_closed),
         ]
         self._ae = ae
-        self._server = dicom_access.start_server(ae, config, self.policy, handlers)
+        self._server = dicom_access.start_server(ae, config, self.policy, handlers, self.seen)
         log.info(
             "DICOM listener %s on %s:%d (%d associations at once%s)",
             config.ae_title,
