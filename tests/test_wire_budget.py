@@ -26,6 +26,10 @@ def test_the_wire_budgets_hold(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert negatives, table  # the samples give both findings: each is measured
     assert positives, table
     assert max(negatives) <= wire_budget.PICTURES_BUDGET
+    # each measured picture carried its thumbnail and heatmap (none held back by a guard)
+    assert (
+        len(figures["files"]["thumbnail"]) == len(figures["files"]["heatmap"]) == len(negatives + positives)
+    )
     # The heatmap travels as its evidence grid: the upload, requests and answers included, is
     # a small fraction of the old 78 KB PNG.
     assert max(figures["files"]["heatmap"]) < 2_500

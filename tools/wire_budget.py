@@ -275,6 +275,10 @@ class Report:
             failed.append("no negative finding among the pictures")
         elif worst > PICTURES_BUDGET:
             failed.append(f"a negative result with its pictures: {worst} B > {PICTURES_BUDGET}")
+        measured = sum(len(sizes) for sizes in self.pictures.values())
+        for kind in ("thumbnail", "heatmap"):  # a picture sent without one would pass more easily
+            if len(self.files[kind]) < measured:
+                failed.append(f"{len(self.files[kind])} {kind} upload(s) for {measured} pictures measured")
         if max(self.files["cine"], default=0) > CINE_BUDGET:
             failed.append(f"a clip's cine: {max(self.files['cine'])} B > {CINE_BUDGET}")
         if self.cap_kbps and abs(self.cap_ratio() - 1) > CAP_TOLERANCE:
