@@ -313,3 +313,33 @@ def test_a_result_of_an_object_kept_beside_a_reused_uid_is_not_sent(
     reasons = {(r["kind"], r["state"], r["reason"]) for r in _rows(settings)}
     assert ("sr", "skipped", pacs_export.UID_COLLISION) in reasons
     assert ("sr", "sent", None) in reasons
+
+
+def test_a_pacs_nobody_answers_for_is_told_apart_from_one_that_aborts(tmp_path: Path) -> None:
+    """pynetdicom flags a failed TCP connect as an abort: the installer read "aborted the
+    association" for a wrong port or a firewall. A closed port now says it does not answer."""
+    import socket
+    import threading
+
+    from edge.interop import cstore
+
+    closed = pacs_settings(tmp_path, free_port())
+    assert cstore.echo(closed.pacs) == (
+        f"ORTHANC@127.0.0.1:{closed.pacs.port} does not answer (connection refused)"
+    )
+    with socket.socket() as server:  # something listens there, and hangs up on every caller
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+
+        def hang_up() -> None:
+            while True:
+                try:
+                    connection, _ = server.accept()
+                except OSError:
+                    return
+                connection.close()
+
+        threading.Thread(target=hang_up, daemon=True).start()
+        rude = pacs_settings(tmp_path, server.getsockname()[1])
+        answer = cstore.echo(rude.pacs)
+    assert answer == f"ORTHANC@127.0.0.1:{rude.pacs.port} aborted the association", answer

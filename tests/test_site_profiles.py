@@ -370,11 +370,20 @@ def test_publish_pull_install_rollback(hub: Hub, tmp_path: Path, key: tuple[str,
             "offered the newest, so this one reaches none"
         )
         assert profiles.pull_profiles(client) == 0
+        # the first was installed over the shipped calibration: rolling back from it puts that back
+        assert profiles.rollback(settings, store, "tiny") is None
+        assert profiles.active_id(settings, "tiny") is None
+        assert profiles.pull_profiles(client) == 0  # and neither comes back by itself
         with pytest.raises(EdgeError) as none_before:
             profiles.rollback(settings, store, "tiny")
         assert none_before.value.code is Code.PROFILE_NO_PREVIOUS
         actions = [row["action"] for row in store.audit_rows() if row["action"].startswith("profile.")]
-        assert actions == ["profile.installed", "profile.installed", "profile.rolled_back"]
+        assert actions == [
+            "profile.installed",
+            "profile.installed",
+            "profile.rolled_back",
+            "profile.rolled_back",
+        ]
     # Offered to that site's devices only.
     with Store(other.data_dir) as store:
         client = hub.sync_client(other, store, hub.enroll(other))
@@ -559,3 +568,30 @@ def test_cli_publishes_with_the_key_and_lists(
     assert done.exit_code == 0, done.output
     listed = runner.invoke(cli, [*base, "hub", "profile", "list"])
     assert release.id in listed.output
+
+
+def test_rollback_undoes_an_install_over_a_profile_the_site_had_withdrawn(
+    hub: Hub, tmp_path: Path, key: tuple[str, Any]
+) -> None:
+    """Found by following the docs: a local profile, `calibrate --reset`, then the hub's profile
+    installed over the shipped calibration; rollback made the withdrawn local profile serve
+    again, where undoing the install means the shipped calibration."""
+    from edge.inference import site_calibration, site_profile
+    from tests.test_site_calibration import tiny_profile
+
+    settings = device_settings(hub, tmp_path, key[0])
+    device_id, credential = enrolled(hub, settings)
+    add_reviewed(hub, device_id, synthetic_cases(40))
+    local = tiny_profile(created_at="2026-12-01T00:00:00Z", id="tiny-0.0.1-site-20261201T000000Z", cases=60)
+    with Store(settings.data_dir) as store:
+        site_profile.write_profile(settings.data_dir, local)
+        site_calibration.activate(settings, store, "tiny", local.id)
+        site_calibration.activate(settings, store, "tiny", None)  # `calibrate --reset`: withdrawn
+        published = publish_at(hub, key[1], datetime(2026, 12, 2, 16, 5, 1, tzinfo=timezone.utc))
+        assert profiles.pull_profiles(hub.sync_client(settings, store, credential)) == 1
+        assert profiles.active_id(settings, "tiny") == published.id
+        assert profiles.rollback(settings, store, "tiny") is None
+        assert profiles.active_id(settings, "tiny") is None
+        # made active by hand later, it goes back to what was in force then (the hub's)
+        site_calibration.activate(settings, store, "tiny", local.id)
+        assert profiles.rollback(settings, store, "tiny") is None  # it was the shipped one then

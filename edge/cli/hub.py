@@ -33,7 +33,7 @@ def hub_serve(obj: Context, bind: str | None, port: int | None) -> None:
     """Serve the hub: the devices' API under /v1 and the specialists' review pages under /review.
 
     It speaks plain HTTP: to reach it from other machines, keep it on 127.0.0.1 behind a TLS
-    reverse proxy (README, "The hub"), or bind a private address only."""
+    reverse proxy (README, "Remote review"), or bind a private address only."""
     import socket
 
     import uvicorn

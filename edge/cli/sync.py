@@ -201,8 +201,8 @@ def sync_profile_list(obj: Context, model: str) -> None:
 @click.argument("model")
 @pass_context
 def sync_profile_rollback(obj: Context, model: str) -> None:
-    """Make the site profile before the active one of MODEL active again (audited); sync does
-    not install the one rolled back from again."""
+    """Put back what was in force before the active site profile of MODEL (an earlier profile,
+    or the shipped calibration; audited); sync does not install the one rolled back from again."""
     from edge.store import Store
     from edge.sync.profiles import rollback
 
@@ -212,4 +212,7 @@ def sync_profile_rollback(obj: Context, model: str) -> None:
     except EdgeError as error:
         click.echo(error.one_line(), err=True)
         sys.exit(EXIT_REFUSED)
-    click.echo(f"{model}: site profile {previous.id} is active again")
+    if previous is None:
+        click.echo(f"{model}: no site profile is active now: the shipped calibration serves, as before")
+    else:
+        click.echo(f"{model}: site profile {previous.id} is active again")

@@ -11,7 +11,8 @@ lost when no standard code fits (a breast lesion the model calls "benign" has no
   254837009 Malignant neoplasm of breast (us-breast's "malignant" only), 17621005 Normal
   (cxr-pneumonia's "normal" and us-lung's "regular", the A-line pattern of a normal lung).
 - v3-ObservationInterpretation POS / NEG: the probability against the site threshold.
-- v3-ObservationValue PSEUDED: the security label of every resource (pseudonymised data).
+- v3-ObservationValue PSEUDED: the security label of every resource about a patient
+  (pseudonymised data); the Device, the model, has none.
 
 The hub's own systems are URNs under `urn:edge-clinic:` (identifiers, not addresses).
 """

@@ -167,7 +167,11 @@ def _refuse_impossible_header(ds: Dataset, frames: int, name: str) -> None:
         raw = _safe(lambda: ds["PixelData"].value) if "PixelData" in ds else None
         expected = (rows * columns * samples * frames * allocated + 7) // 8
         if syntax is not None and not syntax.is_compressed and raw is not None and len(raw) < expected:
-            problem = f"{len(raw)} bytes of pixel data where the header needs {expected}"
+            # over the network a file cut short before sending looks the same: say both
+            problem = (
+                f"{len(raw)} bytes of pixel data where the header needs {expected}: a header that"
+                " is wrong, or a file cut short before it was sent"
+            )
     if problem:
         raise EdgeError(Code.DICOM_INVALID, f"{name}: impossible image header ({problem})")
 

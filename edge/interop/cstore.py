@@ -12,6 +12,7 @@ One association carries a round's objects. What an answer means for the exporter
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 from types import TracebackType
@@ -69,8 +70,22 @@ def _refusal(assoc: Association, config: PacsSettings) -> str:
             f" {config.called_ae} its AE title?)"
         )
     if assoc.is_aborted:
-        return f"{where} aborted the association"
+        # pynetdicom flags a TCP connect that failed as aborted too: what the installer must
+        # hear then is that nothing answers at that address (host, port, firewall), not a PACS's abort
+        unreachable = _connect_problem(config)
+        if unreachable is None:
+            return f"{where} aborted the association"
+        return f"{where} does not answer ({unreachable})"
     return f"{where} does not answer (connection refused or no answer within {config.timeout_s:g} s)"
+
+
+def _connect_problem(config: PacsSettings) -> str | None:
+    """Why a TCP connection to the PACS cannot be opened, or None when it can."""
+    try:
+        socket.create_connection((config.host or "", config.port), timeout=min(config.timeout_s, 10)).close()
+    except OSError as exc:
+        return (exc.strerror or str(exc) or type(exc).__name__).lower()
+    return None
 
 
 class Sender:

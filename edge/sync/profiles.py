@@ -16,6 +16,7 @@ installed once: one a technician rolled back from, or reset, does not come back 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from pathlib import Path
 
@@ -182,21 +183,48 @@ def _installed_version(registry: Registry, model: str) -> str:
         return "an unreadable version"
 
 
-def rollback(settings: Settings, store: Store, model: str) -> SiteProfile:
-    """Make the profile before the active one active again (by `created_at`); the one rolled
-    back from stays on disk and is not installed again by sync."""
+def rollback(settings: Settings, store: Store, model: str) -> SiteProfile | None:
+    """Put back what was in force before the active profile became active: an earlier profile,
+    or (None) the shipped calibration, as the audit trail recorded it. A profile with no such
+    record goes back to the one before it by `created_at`. The one rolled back from stays on
+    disk and is not installed again by sync."""
     current_id = active_id(settings, model)
-    kept = installed(settings, model)
-    index = next((i for i, p in enumerate(kept) if p.id == current_id), None)
-    if current_id is None or index is None or index == 0:
-        said = (
-            f"no site profile before the active {current_id}"
-            if current_id
-            else "no site profile is active (the shipped calibration serves): nothing to roll back"
+    if current_id is None:
+        raise EdgeError(
+            Code.PROFILE_NO_PREVIOUS,
+            f"{model}: no site profile is active (the shipped calibration serves): nothing to roll back",
         )
-        raise EdgeError(Code.PROFILE_NO_PREVIOUS, f"{model}: {said}")
-    previous = kept[index - 1]
-    write_atomically(profiles_dir(settings, model) / ACTIVE, f"{previous.id}\n".encode())
-    store.audit(ACTOR, "profile.rolled_back", None, {"model": model, "from": current_id, "to": previous.id})
-    log.info("site profile of %s rolled back from %s to %s", model, current_id, previous.id)
+    kept = installed(settings, model)
+    recorded, before_id = _in_force_before(store, model, current_id)
+    if recorded and before_id is None:
+        previous = None
+    elif recorded and (found := next((p for p in kept if p.id == before_id), None)) is not None:
+        previous = found
+    else:  # no record, or the profile recorded is gone: the one before by date
+        index = next((i for i, p in enumerate(kept) if p.id == current_id), 0)
+        if index == 0:
+            raise EdgeError(
+                Code.PROFILE_NO_PREVIOUS, f"{model}: no site profile before the active {current_id}"
+            )
+        previous = kept[index - 1]
+    to = previous.id if previous is not None else None
+    write_atomically(profiles_dir(settings, model) / ACTIVE, f"{to or ''}\n".encode())
+    store.audit(ACTOR, "profile.rolled_back", None, {"model": model, "from": current_id, "to": to})
+    log.info(
+        "site profile of %s rolled back from %s to %s", model, current_id, to or "the shipped calibration"
+    )
     return previous
+
+
+def _in_force_before(store: Store, model: str, profile_id: str) -> tuple[bool, str | None]:
+    """(found, id) of what was in force just before `profile_id` was last installed or made
+    active (a roll back to it is not such a moment: it undoes, and the undo's undo is older)."""
+    found: tuple[bool, str | None] = (False, None)
+    for row in store.audit_rows():
+        if row["action"] not in ("profile.installed", "profile.activated"):
+            continue
+        detail = json.loads(row["detail"] or "{}")
+        made_active = detail.get("profile") if row["action"] == "profile.installed" else row["subject_id"]
+        if detail.get("model") == model and made_active == profile_id:
+            found = (True, detail.get("previous"))
+    return found
