@@ -265,7 +265,7 @@ def test_doctor_warns_about_refused_connections_for_a_day_and_never_offers_them_
 
     device = configured(settings, allowed_callers=["XRAY1"], allowed_networks=["10.1.0.0/16"])
     seen = SeenCallers(device.data_dir)
-    seen.record("", "10.2.0.7", kind="tls")
+    seen.record_connection("tls", "10.2.0.7")
     level, message = callers_verdict(device)
     assert level == "warn"
     assert "connections from 10.2.0.7 (1x" in message

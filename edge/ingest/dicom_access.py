@@ -106,12 +106,17 @@ class SeenCallers:
             return {}
         return value if isinstance(value, dict) else {}
 
-    def record(self, title: str, address: str, kind: str = "title") -> None:
-        """Count a refusal (of a calling AE title, else of a connection: `kind` "address" or
-        "tls", keyed by its address); the file is written at most once a minute per key, so a
-        caller retrying in a loop costs no disk writes."""
-        if kind != "title":
-            title = connection_key(kind, address)
+    def record(self, title: str, address: str) -> None:
+        """Count a refused calling AE title."""
+        self._count(title, address, None)
+
+    def record_connection(self, kind: str, address: str) -> None:
+        """Count a connection refused before any title was read (`kind`: "address" or "tls")."""
+        self._count(connection_key(kind, address), address, kind)
+
+    def _count(self, title: str, address: str, kind: str | None) -> None:
+        """The file is written at most once a minute per key, so a caller retrying in a loop
+        costs no disk writes."""
         with self._lock:
             self._pending[title] = self._pending.get(title, 0) + 1
             last = self._written.get(title)
@@ -123,7 +128,7 @@ class SeenCallers:
             entry = seen.get(title) or {"first": now, "count": 0}
             count = int(entry.get("count", 0)) + self._pending.pop(title)
             entry.update(address=address, last=now, count=count)
-            if kind != "title":
+            if kind is not None:
                 entry["kind"] = kind
             seen[title] = entry
             if len(seen) > MAX_SEEN:  # a scanner cycling titles must not grow the file without end
@@ -187,7 +192,7 @@ class GuardedServer(ThreadedAssociationServer):
             )
             log.warning("%s", error.one_line())
             if self.seen is not None:
-                self.seen.record("", str(address[0]), kind="tls")
+                self.seen.record_connection("tls", str(address[0]))
             raise OSError(str(exc)) from exc  # socketserver drops the connection quietly
         wrapped.settimeout(None)
         return wrapped, address
@@ -202,7 +207,7 @@ class GuardedServer(ThreadedAssociationServer):
         )
         log.warning("%s", error.one_line())
         if self.seen is not None:
-            self.seen.record("", host, kind="address")
+            self.seen.record_connection("address", host)
         return False
 
 

@@ -24,6 +24,7 @@ from pydantic import ValidationError
 
 from edge.config import Settings
 from edge.errors import Code, EdgeError
+from edge.inference import site_profile
 from edge.inference.registry import Registry
 from edge.inference.site_profile import SiteProfile, parse_profile, serves
 from edge.store import Store
@@ -38,27 +39,16 @@ ACTOR = "sync"
 
 
 def profiles_dir(settings: Settings, model: str) -> Path:
-    return settings.data_dir / "profiles" / model
+    return site_profile.folder(settings.data_dir, model)
 
 
 def active_id(settings: Settings, model: str) -> str | None:
-    path = profiles_dir(settings, model) / ACTIVE
-    try:
-        text = path.read_text().strip()
-    except FileNotFoundError:
-        return None
-    return text or None
+    return site_profile.active_id(settings.data_dir, model)
 
 
 def installed(settings: Settings, model: str) -> list[SiteProfile]:
-    """The profiles kept for `model`, oldest first (unreadable files are skipped)."""
-    out = []
-    for path in sorted(profiles_dir(settings, model).glob("*.toml")):
-        try:
-            out.append(parse_profile(path.read_text()))
-        except (OSError, ValueError, ValidationError):
-            log.warning("site profile %s cannot be read: skipped", path)
-    return sorted(out, key=lambda profile: (profile.created_at, profile.id))
+    """The profiles kept for `model`, oldest first (unreadable files are logged and skipped)."""
+    return site_profile.history(settings.data_dir, model)
 
 
 def _profile(settings: Settings, model: str, profile_id: str) -> SiteProfile | None:
@@ -208,7 +198,7 @@ def rollback(settings: Settings, store: Store, model: str) -> SiteProfile | None
             )
         previous = kept[index - 1]
     to = previous.id if previous is not None else None
-    write_atomically(profiles_dir(settings, model) / ACTIVE, f"{to or ''}\n".encode())
+    site_profile.activate(settings.data_dir, model, to)
     store.audit(ACTOR, "profile.rolled_back", None, {"model": model, "from": current_id, "to": to})
     log.info(
         "site profile of %s rolled back from %s to %s", model, current_id, to or "the shipped calibration"
@@ -220,9 +210,8 @@ def _in_force_before(store: Store, model: str, profile_id: str) -> tuple[bool, s
     """(found, id) of what was in force just before `profile_id` was last installed or made
     active (a roll back to it is not such a moment: it undoes, and the undo's undo is older)."""
     found: tuple[bool, str | None] = (False, None)
-    for row in store.audit_rows():
-        if row["action"] not in ("profile.installed", "profile.activated"):
-            continue
+    rows = [*store.audit_rows("profile.installed"), *store.audit_rows("profile.activated")]
+    for row in sorted(rows, key=lambda row: row["id"]):  # ids sort by time, as audit_rows orders
         detail = json.loads(row["detail"] or "{}")
         made_active = detail.get("profile") if row["action"] == "profile.installed" else row["subject_id"]
         if detail.get("model") == model and made_active == profile_id:
