@@ -343,3 +343,26 @@ def test_a_pacs_nobody_answers_for_is_told_apart_from_one_that_aborts(tmp_path: 
         rude = pacs_settings(tmp_path, server.getsockname()[1])
         answer = cstore.echo(rude.pacs)
     assert answer == f"ORTHANC@127.0.0.1:{rude.pacs.port} aborted the association", answer
+
+
+def test_the_report_and_fhir_code_every_shipped_label_alike() -> None:
+    """One table: a PACS reading the SR and an EHR reading FHIR see the same SNOMED CT code."""
+    from edge.hub import fhir, fhir_codes
+    from edge.inference.registry import read_manifest
+
+    seen = {}
+    for manifest_path in sorted(Path(__file__).parents[1].glob("models/*/model.toml")):
+        manifest = read_manifest(manifest_path)
+        for label in manifest.output.labels:
+            in_report = sr.label_code(manifest.name, label)
+            in_fhir = fhir.finding_concept(manifest.name, label).coding or []
+            snomed = [c.code for c in in_fhir if c.system == fhir_codes.SNOMED]
+            if in_report.scheme_designator == "SCT":
+                assert snomed == [in_report.value], (manifest.name, label)
+            else:
+                assert snomed == [], (manifest.name, label)
+                assert (in_report.scheme_designator, in_report.meaning) == (sr.PRIVATE_SCHEME, label)
+            seen[(manifest.name, label)] = in_report.value
+    assert seen[("us-breast", "malignant")] == "254837009"  # of the breast, not any malignancy
+    assert seen[("us-lung", "regular")] == seen[("cxr-pneumonia", "normal")] == "17621005"
+    assert seen[("us-breast", "benign")] == "BENIGN"  # cysts too: no neoplasm concept fits

@@ -44,6 +44,7 @@ from fhir.resources.R4B.resource import Resource
 
 from edge.hub import fhir_codes as codes
 from edge.hub.fhir_search import FHIR_ID, ReportSource, organization_id
+from edge.interop.finding_codes import snomed_for
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _DATE_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$")
@@ -65,7 +66,7 @@ def _own(code: str, text: str | None = None) -> CodeableConcept:
 def finding_concept(model: str | None, label: str) -> CodeableConcept:
     """A finding: its SNOMED CT code where one fits, the model's own label always (as text too)."""
     coding = [_coding(codes.FINDING, label, label)]
-    snomed = codes.snomed_for(model, label)
+    snomed = snomed_for(model, label)
     if snomed is not None:
         coding.insert(0, _coding(codes.SNOMED, *snomed))
     return CodeableConcept(coding=coding, text=label)

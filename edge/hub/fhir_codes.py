@@ -7,9 +7,7 @@ lost when no standard code fits (a breast lesion the model calls "benign" has no
 - LOINC 18748-4 "Diagnostic imaging study": the report's code.
 - HL7 v2-0074 RAD "Radiology": the report's category; observation-category "imaging".
 - SNOMED CT 404684003 "Clinical finding": the code of the finding Observation.
-- SNOMED CT findings: 233604007 Pneumonia, 840539006 COVID-19 (disease caused by SARS-CoV-2),
-  254837009 Malignant neoplasm of breast (us-breast's "malignant" only), 17621005 Normal
-  (cxr-pneumonia's "normal" and us-lung's "regular", the A-line pattern of a normal lung).
+- SNOMED CT findings: `edge/interop/finding_codes.py`, the one table the DICOM SR uses too.
 - v3-ObservationInterpretation POS / NEG: the probability against the site threshold.
 - v3-ObservationValue PSEUDED: the security label of every resource about a patient
   (pseudonymised data); the Device, the model, has none.
@@ -53,22 +51,3 @@ OBSERVATION_CODES = {
     "reviewed-finding": "Specialist's finding",
 }
 VERDICTS = {"agree": "agrees with the CAD finding", "disagree": "disagrees", "uncertain": "uncertain"}
-
-# (model or None for any model, label) -> (SNOMED CT code, display)
-_SNOMED_FINDINGS: dict[tuple[str | None, str], tuple[str, str]] = {
-    (None, "pneumonia"): ("233604007", "Pneumonia"),
-    (None, "covid"): ("840539006", "Disease caused by severe acute respiratory syndrome coronavirus 2"),
-    ("us-breast", "malignant"): ("254837009", "Malignant neoplasm of breast"),
-    ("cxr-pneumonia", "normal"): ("17621005", "Normal"),
-    ("us-lung", "regular"): ("17621005", "Normal"),
-}
-
-
-def snomed_for(model: str | None, label: str) -> tuple[str, str] | None:
-    """The SNOMED CT (code, display) for a model's label, or None where no code fits."""
-    return _SNOMED_FINDINGS.get((model, label)) or _SNOMED_FINDINGS.get((None, label))
-
-
-def labels_for_snomed(code: str) -> list[tuple[str | None, str]]:
-    """Every (model or None, label) a SNOMED CT code stands for (for a `conclusion` search)."""
-    return [key for key, (snomed, _) in _SNOMED_FINDINGS.items() if snomed == code]

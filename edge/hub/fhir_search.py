@@ -27,6 +27,7 @@ from sqlalchemy import ColumnElement, Engine, and_, case, exists, false, func, o
 from edge.hub import db, fhir_codes
 from edge.hub.fhir_tokens import Access
 from edge.hub.worklist import ReviewRow
+from edge.interop.finding_codes import labels_for_snomed
 
 DEFAULT_COUNT = 20
 MAX_COUNT = 100
@@ -259,7 +260,7 @@ def _conclusion_condition(tokens: Iterable[tuple[str | None, str]]) -> ColumnEle
     options: list[ColumnElement[bool]] = []
     for system, code in tokens:
         if system == fhir_codes.SNOMED:
-            for model, label in fhir_codes.labels_for_snomed(code):
+            for model, label in labels_for_snomed(code):
                 options.append(
                     finding == label if model is None else and_(w.c.model == model, finding == label)
                 )

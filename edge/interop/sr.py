@@ -31,6 +31,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian
 
 from edge import __version__
+from edge.interop.finding_codes import snomed_for
 from edge.store import StoredResult
 
 MANUFACTURER = "edge"
@@ -39,15 +40,6 @@ SR_SERIES_NUMBER = 9901
 HEATMAP_SERIES_NUMBER = 9902
 
 _UNITLESS = hd.sr.CodedConcept("1", "UCUM", "no units")
-# Labels the shipped models use, with the SNOMED CT concept each names; any other label is coded
-# in the private scheme (its code meaning is the label).
-_SNOMED = {
-    "pneumonia": ("233604007", "Pneumonia"),
-    "normal": ("17621005", "Normal"),
-    "malignant": ("363346000", "Malignant neoplastic disease"),
-    "benign": ("3898006", "Neoplasm, benign"),
-    "covid": ("840539006", "Disease caused by severe acute respiratory syndrome coronavirus 2"[:64]),
-}
 _FINDING = hd.sr.CodedConcept("121071", "DCM", "Finding")
 _OPERATING_POINT = hd.sr.CodedConcept("OPERATING-POINT", PRIVATE_SCHEME, "Operating point")
 _APPLICABILITY = hd.sr.CodedConcept("APPLICABILITY", PRIVATE_SCHEME, "Applicability")
@@ -78,10 +70,12 @@ def series_uid(study_uid: str, model_name: str, model_version: str, kind: str) -
     return derived_uid("series", study_uid, model_name, model_version, kind)
 
 
-def label_code(label: str) -> hd.sr.CodedConcept:
-    known = _SNOMED.get(label.lower())
+def label_code(model: str, label: str) -> hd.sr.CodedConcept:
+    """The finding as a code: SNOMED CT where the label has a concept (the table the hub's FHIR
+    uses too), else the private scheme with the label as its meaning (LO: 64 characters)."""
+    known = snomed_for(model, label)
     if known is not None:
-        return hd.sr.CodedConcept(known[0], "SCT", known[1])
+        return hd.sr.CodedConcept(known[0], "SCT", known[1][:64])
     return hd.sr.CodedConcept(label.upper()[:16], PRIVATE_SCHEME, label[:64])
 
 
@@ -226,7 +220,7 @@ def build_sr(result: StoredResult, source: Dataset, provenance: Provenance) -> h
         algorithm_id=algorithm,
         measurements=_measurements(result),
         qualitative_evaluations=[
-            hd.sr.QualitativeEvaluation(_FINDING, label_code(result.finding)),
+            hd.sr.QualitativeEvaluation(_FINDING, label_code(result.model_name, result.finding)),
             hd.sr.QualitativeEvaluation(
                 _OPERATING_POINT,
                 hd.sr.CodedConcept(
