@@ -260,6 +260,11 @@ class HubSettings(_Section):
     0 for ever."""
     purge_interval_s: float = Field(default=3600.0, ge=0)
     """How often `edge hub serve` runs the purge (`edge hub purge` runs it once); 0: never."""
+    publisher_public_key: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
+    """Hex ed25519 public key of the publisher: the one the devices pin as `[sync] public_key`.
+    When set, `edge hub publish` and `edge hub profile publish` refuse a release or profile its
+    signature does not verify with, at once, instead of every device refusing it at its next
+    sync; unset, the hub cannot tell (it never holds the publisher's key) and devices check."""
     nodes: int = Field(default=1, ge=1)
     """How many hub processes serve this database (behind one load balancer). Above 1 the
     database must be PostgreSQL (`HUB_NODES_NEED_POSTGRESQL`); docs/install.md, "A programme's hub"."""

@@ -595,3 +595,58 @@ def test_rollback_undoes_an_install_over_a_profile_the_site_had_withdrawn(
         # made active by hand later, it goes back to what was in force then (the hub's)
         site_calibration.activate(settings, store, "tiny", local.id)
         assert profiles.rollback(settings, store, "tiny") is None  # it was the shipped one then
+
+
+@pytest.mark.security
+def test_a_hub_that_knows_the_publishers_key_refuses_a_wrong_signature_at_publish(
+    hub: Hub, tmp_path: Path, key: tuple[str, Any]
+) -> None:
+    """`[hub] publisher_public_key`: the administrator hears at once, on the page or the CLI,
+    what every device would otherwise say at its next sync; nothing is stored."""
+    from fastapi.testclient import TestClient
+
+    from edge.cli import cli
+    from edge.hub import accounts
+    from edge.hub.app import create_app
+
+    device_id, _ = enrolled(hub, device_settings(hub, tmp_path, key[0]))
+    add_reviewed(hub, device_id, synthetic_cases(40))
+    draft = site_profiles.draft(hub.engine, hub.settings.models.dir, PROGRAMME, SITE, "tiny")
+    wrong = signed(draft, signatures.new_device_key())
+    with pytest.raises(HubError, match="not the publisher's") as refused:
+        site_profiles.publish(hub.engine, wrong, actor="test", publisher_key=key[0])
+    assert refused.value.code == WireCode.BAD_PROFILE
+    assert site_profiles.list_profiles(hub.engine) == []
+    # The CLI reads the key from the hub's settings.
+    (tmp_path / "wrong.json").write_text(wrong.model_dump_json())
+    env = {
+        "EDGE_DATA_DIR": str(hub.settings.data_dir),
+        "EDGE_HUB__DATABASE_URL": str(hub.settings.hub.database_url),
+        "EDGE_HUB__PUBLISHER_PUBLIC_KEY": key[0],
+    }
+    command = ["hub", "profile", "publish", "--signed", str(tmp_path / "wrong.json")]
+    run = CliRunner().invoke(cli, command, env=env)
+    assert run.exit_code != 0
+    assert "BAD_PROFILE" in run.output
+    assert "not the publisher's" in run.output
+    assert site_profiles.list_profiles(hub.engine) == []
+    # The admin page too, on a hub configured with the key.
+    configured = hub.settings.model_copy(
+        update={"hub": hub.settings.hub.model_copy(update={"publisher_public_key": key[0]})}
+    )
+    accounts.create_user(hub.engine, "admin", REVIEW_PASSWORD, "administrator", ("*",))
+    admin = TestClient(create_app(configured, hub.engine), base_url="http://testserver")
+    assert login(admin, "admin") == 303
+    page = admin.get("/review/admin/agreement")
+    token = re.search(r'<meta name="csrf-token" content="([^"]+)"', page.text)
+    assert token is not None
+    csrf = token.group(1)
+    answer = admin.post("/review/admin/profiles", data={"signed": wrong.model_dump_json(), "csrf": csrf})
+    assert answer.status_code == 400
+    assert "not the publisher" in answer.text
+    assert site_profiles.list_profiles(hub.engine) == []
+    right = admin.post(
+        "/review/admin/profiles", data={"signed": signed(draft, key[1]).model_dump_json(), "csrf": csrf}
+    )
+    assert right.status_code == 200
+    assert [row["profile_id"] for row in site_profiles.list_profiles(hub.engine)] == [draft.id]

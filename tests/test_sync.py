@@ -455,6 +455,21 @@ def test_signed_model_update_installs_and_bad_ones_do_not(hub: Hub, tmp_path: Pa
         publish(hub, newest, load_key(tmp_path / "rogue.key"), tmp_path / "forged")
         assert pull_models(client) == 0
         assert Registry(models).get("tiny").manifest.version == "0.0.2"
+        # A hub that knows the publisher's public key refuses it at publish, and keeps nothing.
+        from edge.hub.errors import HubError
+        from tools.publish_model import sign_release
+
+        forged = sign_release(newest, load_key(tmp_path / "rogue.key"), tmp_path / "forged-again")
+        with pytest.raises(HubError, match="not the publisher's") as refused:
+            releases.publish_release(
+                hub.engine, tmp_path / "unused", forged, tmp_path / "forged-again", publisher_key=public
+            )
+        assert refused.value.code == protocol.WireCode.BAD_RELEASE
+        assert not (tmp_path / "unused").exists()  # refused before a file was copied
+        right = sign_release(newest, key, tmp_path / "signed-right")
+        releases.publish_release(
+            hub.engine, tmp_path / "files-right", right, tmp_path / "signed-right", publisher_key=public
+        )
 
 
 def test_a_release_this_device_cannot_install_is_refused_once_and_the_rest_still_install(

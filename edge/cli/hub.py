@@ -164,7 +164,12 @@ def hub_publish(obj: Context, release_json: Path, programme: str) -> None:
         release = protocol.ModelRelease.model_validate_json(release_json.read_text())
         engine = db.make_engine(obj.settings.hub_database_url)
         releases.publish_release(
-            engine, obj.settings.hub_dir / "files", release, release_json.parent, programme
+            engine,
+            obj.settings.hub_dir / "files",
+            release,
+            release_json.parent,
+            programme,
+            publisher_key=obj.settings.hub.publisher_public_key,
         )
     except ValidationError as error:
         click.echo(f"BAD_RELEASE: {release_json} is not a release: {error.errors()[0]['msg']}", err=True)
@@ -308,7 +313,12 @@ def hub_profile_publish(
             return
         release = draft.model_copy(update={"signature": signatures.sign(draft.model_dump(), private)})
     try:
-        note = site_profiles.publish(db.make_engine(obj.settings.hub_database_url), release, actor="cli")
+        note = site_profiles.publish(
+            db.make_engine(obj.settings.hub_database_url),
+            release,
+            actor="cli",
+            publisher_key=obj.settings.hub.publisher_public_key,
+        )
     except HubError as error:
         _refused(error)
         return

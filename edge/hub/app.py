@@ -56,7 +56,10 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     renditions = Renditions(
         files / "renditions", settings.hub.render_memory_mb, settings.hub.render_max_pixels
     )
-    app.mount("/review", create_review_app(engine, files, settings.models.dir, renditions))
+    app.mount(
+        "/review",
+        create_review_app(engine, files, settings.models.dir, renditions, settings.hub.publisher_public_key),
+    )
 
     @app.get("/", include_in_schema=False)
     async def home() -> RedirectResponse:  # the bare host name leads to the review pages

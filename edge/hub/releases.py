@@ -6,22 +6,45 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Engine, delete, insert, select
 
 from edge.hub import db
 from edge.hub.audit import record_audit
+from edge.hub.devices import fingerprint
 from edge.hub.errors import HubError
 from edge.hub.identities import Device
-from edge.sync import protocol
+from edge.sync import protocol, signatures
 from edge.sync.protocol import WireCode
 from edge.sync.release_paths import release_path_problem
 
 
+def require_publisher_signature(document: dict[str, Any], publisher_key: str | None, code: WireCode) -> None:
+    """Refuse a release or profile that the devices pinning `publisher_key` would refuse (no key
+    configured: nothing to check here, the devices do)."""
+    if publisher_key is None or signatures.verify(document, publisher_key):
+        return
+    raise HubError(
+        400,
+        code,
+        "the signature is not the publisher's ([hub] publisher_public_key, fingerprint "
+        f"{fingerprint(publisher_key)}): every device pinning that key would refuse it; "
+        "sign it with the publisher's key",
+    )
+
+
 def publish_release(
-    engine: Engine, files: Path, release: protocol.ModelRelease, folder: Path, programme: str = "default"
+    engine: Engine,
+    files: Path,
+    release: protocol.ModelRelease,
+    folder: Path,
+    programme: str = "default",
+    publisher_key: str | None = None,
 ) -> None:
-    """Store a release signed by the publisher (the hub never holds the signing key)."""
+    """Store a release signed by the publisher (the hub never holds the signing key; it checks
+    the signature when it knows the publisher's public key)."""
+    require_publisher_signature(release.model_dump(), publisher_key, WireCode.BAD_RELEASE)
     for part in (release.name, release.version):
         if release_path_problem(part) is not None or "/" in part:
             raise HubError(400, WireCode.BAD_RELEASE, f"{part!r} is not a plain release name or version")

@@ -36,7 +36,11 @@ LOGIN_BURST = 10
 
 
 def create_review_app(
-    engine: Engine, files: Path, models_dir: Path | None = None, renditions: Renditions | None = None
+    engine: Engine,
+    files: Path,
+    models_dir: Path | None = None,
+    renditions: Renditions | None = None,
+    publisher_key: str | None = None,
 ) -> FastAPI:
     app = FastAPI(title="edge hub review", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.web = WebState(
@@ -47,6 +51,7 @@ def create_review_app(
         templates=make_templates(),
         static=load_static(),
         models_dir=models_dir,
+        publisher_key=publisher_key,
     )
     app.add_middleware(SecurityHeaders)
     disconnects.install(app)  # its own exception handling: the hub app's handler is not reached

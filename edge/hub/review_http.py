@@ -74,6 +74,7 @@ class WebState:
     templates: jinja2.Environment
     static: dict[str, tuple[bytes, bytes, str, str]]  # name -> (raw, gzipped, media type, hash)
     models_dir: Path | None = None  # the hub's own model manifests (agreement.shipped_manifest)
+    publisher_key: str | None = None  # [hub] publisher_public_key: profiles' signatures checked
 
 
 @dataclass(frozen=True)

@@ -92,8 +92,9 @@ async def profile_publish(request: Request, reader: AdminDep) -> Response:
             release = protocol.ProfileRelease.model_validate_json(text)
         except ValidationError as error:
             raise HubError(400, protocol.WireCode.BAD_PROFILE, "that is not a signed site profile") from error
+        web = state(request)
         note = await run_in_threadpool(
-            site_profiles.publish, state(request).engine, release, reader.user.name
+            site_profiles.publish, web.engine, release, reader.user.name, web.publisher_key
         )
     except HubError as error:
         return await run_in_threadpool(_agreement_page, request, reader, 400, error=error.message)

@@ -21,6 +21,7 @@ from edge.hub import agreement, db
 from edge.hub.audit import record_audit
 from edge.hub.errors import HubError
 from edge.hub.identities import Device
+from edge.hub.releases import require_publisher_signature
 from edge.inference.site_profile import (
     PointFigures,
     ProfilePoint,
@@ -146,15 +147,19 @@ def check(release: protocol.ProfileRelease) -> SiteProfile:
     return profile
 
 
-def publish(engine: Engine, release: protocol.ProfileRelease, actor: str) -> str | None:
-    """Store a signed profile for its site's devices (the signature is the devices' to verify:
-    the hub holds no key). Publishing the same one again changes nothing; the same profile
+def publish(
+    engine: Engine, release: protocol.ProfileRelease, actor: str, publisher_key: str | None = None
+) -> str | None:
+    """Store a signed profile for its site's devices (the signature is the devices' to verify;
+    the hub holds no private key, and checks it too when it knows the publisher's public key,
+    `[hub] publisher_public_key`). Publishing the same one again changes nothing; the same profile
     with another signature replaces it (one devices refused, signed again with the publisher's
     key as docs/codes.md advises; a device takes its other bytes as new); another profile under
     a published id is refused (devices may already serve the first: one id, one calibration).
     Returns what the publisher must know: that it replaced one, or that a newer profile of the
     same site and version is published, which devices are offered instead."""
     profile = check(release)
+    require_publisher_signature(release.model_dump(), publisher_key, WireCode.BAD_PROFILE)
     here = (
         db.site_profiles.c.programme == release.programme,
         db.site_profiles.c.site == release.site,
