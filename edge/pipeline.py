@@ -36,7 +36,8 @@ from edge.imaging.decode import DecodedImage, decode_bytes, read_input
 from edge.imaging.decoded import DicomHeader, UndecodableDicom
 from edge.imaging.dicom_changes import changed_fields
 from edge.imaging.explain import heatmap_png
-from edge.inference import gate, routing
+from edge.inference import gate
+from edge.inference.model_choice import models_for
 from edge.inference.pool import ModelPool, Prediction, ServedModel
 from edge.inference.registry import Registry
 from edge.processes import new_worker_id
@@ -238,51 +239,8 @@ class Pipeline:
         audit_refusal(self.store, self.actor, error)
 
     def route(self, decoded: DecodedImage) -> list[str]:
-        """The model(s) for an input. `[models] default` is an explicit override for inputs with
-        no modality. Otherwise every model whose manifest accepts the input; when several do and
-        the input does not say what it is (no modality, or no body part), the one whose
-        applicability check finds it most typical of its training images (highest p-value)
-        serves, so one image never yields two findings from two models by accident. For an
-        input with no modality that guess is answered only where it is sure (edge.inference.
-        routing says when and why); otherwise it is refused, every model's reading
-        named: OUT_OF_SCOPE (like none of them) or NO_MODEL_FOR_INPUT (a borderline best guess)."""
-        study = decoded.study
-        if study.modality is None and self.settings.models.default:
-            return [self.settings.models.default]
-        names = self.registry.route(study.modality, study.body_part)
-        if not names:
-            raise EdgeError(
-                Code.NO_MODEL_FOR_INPUT,
-                f"no installed model accepts modality {study.modality or '(none)'}"
-                f" / body part {study.body_part or 'unspecified'}",
-            )
-        if len(names) > 1 and not (study.modality and study.body_part):
-            return [self._most_applicable(decoded, names)]
-        return names
-
-    def _most_applicable(self, decoded: DecodedImage, names: list[str]) -> str:
-        readings, manifests = [], {}
-        for name in names:
-            served = self.pool.get(name)  # a model that cannot be opened refuses the input here
-            readings.append(routing.Reading.of(name, served.predict([decoded.pixels])[0].scope))
-            manifests[name] = served.entry.manifest
-        order = routing.ranked(readings)
-        log.info("routed by applicability: %s", routing.said(order))
-        # Without a modality the guess spans X-ray and ultrasound, where a wrong model is worst;
-        # a DICOM modality without a body part keeps the best guess (the model's own check
-        # still refuses it out of scope), as a PACS's lung cines often lack the body part.
-        if decoded.study.modality is not None or not self.settings.gate.refuses_out_of_scope:
-            return order[0].model
-        choice = routing.chosen(order, routing.sharp_checks(manifests))
-        if choice is None:
-            looks_like = {
-                name: spec.looks_like
-                for name, manifest in manifests.items()
-                if (spec := manifest.applicability) is not None
-            }
-            study = decoded.study
-            raise routing.refusal(order, looks_like, study.modality, study.body_part)
-        return choice.model
+        """The model(s) for an input (`edge.inference.model_choice.models_for`)."""
+        return models_for(decoded, self.settings, self.registry, self.pool)
 
     @staticmethod
     def new_image(

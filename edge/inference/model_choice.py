@@ -1,0 +1,66 @@
+"""Which installed model(s) score an input: by the modality and body part it says it is, and,
+where that does not settle it, by each candidate's applicability check (weighed by
+`edge.inference.routing`, which is pure; here the candidates are opened and read).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from edge.config import Settings
+from edge.errors import Code, EdgeError
+from edge.imaging.decode import DecodedImage
+from edge.inference import routing
+from edge.inference.pool import ModelPool
+from edge.inference.registry import Registry
+
+log = logging.getLogger(__name__)
+
+
+def models_for(decoded: DecodedImage, settings: Settings, registry: Registry, pool: ModelPool) -> list[str]:
+    """The model(s) for an input. `[models] default` is an explicit override for inputs with
+    no modality. Otherwise every model whose manifest accepts the input; when several do and
+    the input does not say what it is (no modality, or no body part), the one whose
+    applicability check finds it most typical of its training images (highest p-value)
+    serves, so one image never yields two findings from two models by accident. For an
+    input with no modality that guess is answered only where it is sure (edge.inference.
+    routing says when and why); otherwise it is refused, every model's reading
+    named: OUT_OF_SCOPE (like none of them) or NO_MODEL_FOR_INPUT (a borderline best guess)."""
+    study = decoded.study
+    if study.modality is None and settings.models.default:
+        return [settings.models.default]
+    names = registry.route(study.modality, study.body_part)
+    if not names:
+        raise EdgeError(
+            Code.NO_MODEL_FOR_INPUT,
+            f"no installed model accepts modality {study.modality or '(none)'}"
+            f" / body part {study.body_part or 'unspecified'}",
+        )
+    if len(names) > 1 and not (study.modality and study.body_part):
+        return [_most_applicable(decoded, names, settings, pool)]
+    return names
+
+
+def _most_applicable(decoded: DecodedImage, names: list[str], settings: Settings, pool: ModelPool) -> str:
+    readings, manifests = [], {}
+    for name in names:
+        served = pool.get(name)  # a model that cannot be opened refuses the input here
+        readings.append(routing.Reading.of(name, served.predict([decoded.pixels])[0].scope))
+        manifests[name] = served.entry.manifest
+    order = routing.ranked(readings)
+    log.info("routed by applicability: %s", routing.said(order))
+    # Without a modality the guess spans X-ray and ultrasound, where a wrong model is worst;
+    # a DICOM modality without a body part keeps the best guess (the model's own check
+    # still refuses it out of scope), as a PACS's lung cines often lack the body part.
+    if decoded.study.modality is not None or not settings.gate.refuses_out_of_scope:
+        return order[0].model
+    choice = routing.chosen(order, routing.sharp_checks(manifests))
+    if choice is None:
+        looks_like = {
+            name: spec.looks_like
+            for name, manifest in manifests.items()
+            if (spec := manifest.applicability) is not None
+        }
+        study = decoded.study
+        raise routing.refusal(order, looks_like, study.modality, study.body_part)
+    return choice.model
