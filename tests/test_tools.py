@@ -468,3 +468,71 @@ def test_the_cpu_int8_format_has_7_bit_weights_and_tensorrts_qdq_keeps_8(tmp_pat
         widest[fmt] = int(np.abs(int8[0].astype(np.int32)).max())
     assert widest["qop"] <= 64
     assert widest["qdq"] == 127
+
+
+def test_int8_here_compares_a_requantised_model_with_fp32_on_this_cpu(tmp_path: Path) -> None:
+    """tools/int8_here.py on a tiny recipe: the requantised variants are measured against FP32
+    on the recipe's validation images; a shipped variant that is absent is not listed."""
+    import json
+    import subprocess
+    import sys
+
+    import cv2
+    import onnx
+    import tomli_w
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(2)
+    rows = []
+    for index in range(40):
+        label = "pneumonia" if index % 2 else "normal"
+        image = rng.integers(0, 60, (32, 32), dtype=np.uint8)
+        if label == "pneumonia":
+            cv2.circle(image, (16, 16), 8, 220, -1)
+        cv2.imwrite(str(tmp_path / f"{index}.png"), image)
+        rows.append({"path": f"{index}.png", "class_name": label, "patient": ""})
+    recipe = make_recipe(tmp_path, rows, group_column="")
+    (tmp_path / "recipe.toml").write_text(tomli_w.dumps(recipe.raw))
+    initializers = [
+        numpy_helper.from_array(rng.normal(size=(4, 1, 3, 3)).astype(np.float32), "w"),
+        numpy_helper.from_array(rng.normal(size=(4, 2)).astype(np.float32), "fc"),
+    ]
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["image", "w"], ["features"], pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", ["features"], ["relu"]),
+            helper.make_node("GlobalAveragePool", ["relu"], ["pooled"]),
+            helper.make_node("Flatten", ["pooled"], ["flat"]),
+            helper.make_node("MatMul", ["flat", "fc"], ["logits"]),
+        ],
+        "tiny",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, 32, 32])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 2])],
+        initializers,
+    )
+    models = tmp_path / "models"
+    (models / "t").mkdir(parents=True)
+    onnx.save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
+        str(models / "t" / "t-fp32.onnx"),
+    )
+    out = tmp_path / "report.json"
+    subprocess.run(
+        [
+            *(sys.executable, "-m", "tools.int8_here", "--config", str(tmp_path / "recipe.toml")),
+            *("--models-dir", str(models), "--calibration-images", "8", "--json", str(out)),
+        ],
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+    )
+    report = json.loads(out.read_text())
+    assert report["cpu"]
+    assert sorted(report["variants"]) == ["requantised int8-qdq", "requantised int8-qop"]
+    assert report["images"] == sum(
+        1 for v in group_split(read_samples(recipe), recipe).values() if v == "val"
+    )
+    for row in report["variants"].values():
+        assert 0.0 <= row["agreement"] <= 1.0
+        assert 0.0 <= row["auc"] <= 1.0
+        assert isinstance(row["passed"], bool)

@@ -1,0 +1,114 @@
+"""Does INT8 compute here what FP32 computes here? The shipped variants, and the same FP32
+quantised again by tools/quantize.py's current recipe, each against FP32 on this machine.
+
+    python -m tools.int8_here --config tools/configs/cxr-pneumonia.toml
+
+The release gate is measured where the model was quantised. ONNX Runtime's x86 INT8 kernels
+differ by CPU (edge/inference/local_parity.py): a variant that passed there can fail here, and
+the device then serves FP32. This measures by how much, on the recipe's validation images (all
+of its images for a cross-validated recipe: fidelity, as its gate), calibrated as quantize.py
+does (the same images, the same seed), so a change to the recipe is judged on the CPU that
+needed it before any release. Nothing is written outside a temporary folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from onnxruntime.quantization.shape_inference import quant_pre_process
+from rich.console import Console
+
+from edge.inference.parity import compare
+from tools.quantize import quantize
+from tools.recipe import REPO, group_split, load_recipe, model_inputs, read_samples, run_onnx
+
+console = Console()
+
+
+def cpu_int8_path() -> str:
+    """What ONNX Runtime's x86 INT8 kernels can use on this CPU (VNNI adds u8 x s8 in 32 bits)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown"
+    if "avx512_vnni" in flags or "avx_vnni" in flags:
+        return "x86 with VNNI"
+    if "avx2" in flags:
+        return "x86 AVX2 without VNNI (16-bit pair sums)"
+    return "not x86 AVX2" if "flags" in flags else "unknown"
+
+
+def _probabilities(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config", type=Path, required=True)
+    parser.add_argument("--models-dir", type=Path, default=REPO / "models")
+    parser.add_argument("--calibration-images", type=int, default=None)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    recipe = load_recipe(args.config)
+    samples = read_samples(recipe)
+    if recipe.data.get("cv_folds"):
+        train = evaluated = samples
+    else:
+        split = group_split(samples, recipe)  # train.py's split, computed the same way
+        train = [s for s in samples if split[s.path] == "train"]
+        evaluated = [s for s in samples if split[s.path] == "val"]
+    count = args.calibration_images or int(recipe.raw.get("quantize", {}).get("calibration_images", 400))
+    picked = random.Random(recipe.raw["seed"]).sample(range(len(train)), min(count, len(train)))
+    method = recipe.raw.get("quantize", {}).get("method", "minmax")
+    inputs = model_inputs(recipe, evaluated)
+    calibration = model_inputs(recipe, [train[i] for i in picked])
+    truth = np.array([s.label for s in evaluated])
+    positive = recipe.labels.index(recipe.positive)
+    folder = args.models_dir / recipe.name
+    fp32 = folder / f"{recipe.name}-fp32.onnx"
+    reference = run_onnx(fp32, inputs)
+    candidates = {f"shipped int8-{fmt}": folder / f"{recipe.name}-int8-{fmt}.onnx" for fmt in ("qdq", "qop")}
+    report: dict[str, Any] = {"cpu": cpu_int8_path(), "images": len(evaluated), "variants": {}}
+    with tempfile.TemporaryDirectory() as scratch:
+        prepared = Path(scratch) / "prep.onnx"
+        quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=False)
+        for fmt in ("qdq", "qop"):
+            out = Path(scratch) / f"int8-{fmt}.onnx"
+            with console.status(f"quantising ({fmt}, {method}, {len(picked)} images)..."):
+                quantize(prepared, out, calibration, fmt, method)
+            candidates[f"requantised int8-{fmt}"] = out
+        for name, path in candidates.items():
+            if not path.is_file():
+                continue
+            logits = run_onnx(path, inputs)
+            parity = compare(reference, logits, truth, positive)
+            moved = np.abs(_probabilities(reference)[:, positive] - _probabilities(logits)[:, positive])
+            report["variants"][name] = {
+                "agreement": round(parity.agreement, 4),
+                "auc": round(parity.auc, 4),
+                "auc_fp32": round(parity.auc_reference, 4),
+                "passed": parity.passed,
+                "largest_probability_change": round(float(moved.max()), 4),
+            }
+    console.print(f"{recipe.name}: {report['images']} images, {report['cpu']}")
+    for name, row in report["variants"].items():
+        console.print(
+            f"  {name:22} agreement {row['agreement']:.4f}  AUC {row['auc']:.4f} (FP32 {row['auc_fp32']:.4f})"
+            f"  largest change in P({recipe.positive}) {row['largest_probability_change']:.3f}"
+            f"  {'passes' if row['passed'] else 'FAILS'} the gate's rule"
+        )
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
