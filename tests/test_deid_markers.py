@@ -465,3 +465,25 @@ def test_the_result_payload_carries_codes_and_numbers_never_free_text() -> None:
         assert leaked not in text, leaked
     assert hostile["result"]["quality"] == {"contrast": 0.5}
     assert hostile["study"]["modality"] is hostile["study"]["body_part"] is hostile["study"]["view"] is None
+
+
+@pytest.mark.security
+@pytest.mark.parametrize("dates", ["shift", "keep"])
+def test_a_date_carrying_text_goes_out_as_no_date(dates: str) -> None:
+    """A StudyDate is stored as the file wrote it; a scanner that put a name and MRN behind the
+    date must not get them to the hub under any date policy (found by an audit: both leaked)."""
+    deid = Deidentifier(b"k" * 32, dates=dates)  # type: ignore[arg-type]
+    for hostile in (
+        "2026-10-15 HOLLOWAY^MARGARET MRN40817253",
+        "20261015 HOLLOWAY",
+        "2026-10-15THOLLOWAY",
+        "2026-10-15T10:00:00Z HOLLOWAY",
+        "HOLLOWAY",
+    ):
+        assert deid.date(hostile) is None, hostile
+    for valid in ("20261015", "2026-10-15", "2026-10-15T10:00:00", "2026-10-15T10:00:00.123Z"):
+        out = deid.date(valid)
+        assert out is not None
+        assert (out == valid) == (dates == "keep")
+        assert len(out) == len(valid)
+    assert deid.date("2026-10-15T10:00:00+02:00") is not None

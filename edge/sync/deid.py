@@ -38,6 +38,10 @@ from edge.sync import deid_dicom
 
 DatePolicy = Literal["keep", "shift", "remove"]
 
+# What a date may look like on the way out: DICOM DA, or ISO 8601 (a date, or a date-time with
+# seconds, optional fraction and zone: the store's own times and a header's acquisition time).
+_DATE_FORM = re.compile(r"^(\d{8}|\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})?)?)$")
+
 APPLICABILITY_KEYS = ("state", "distance", "p_value", "threshold")
 
 
@@ -109,8 +113,10 @@ class Deidentifier:
         return "2.25." + str(int.from_bytes(self._mac(f"uid:{original}")[:16], "big"))
 
     def date(self, value: str | None) -> str | None:
-        """A DICOM DA (YYYYMMDD) or an ISO date-time prefix, under the date policy."""
-        if not value or self.dates == "remove":
+        """A DICOM DA (YYYYMMDD) or an ISO date or date-time, under the date policy. Anything else
+        (a StudyDate is free text to a careless scanner: "2026-10-15 SURNAME^GIVEN MRN") is
+        None under every policy, so no text rides out behind a date."""
+        if not value or self.dates == "remove" or not _DATE_FORM.match(value):
             return None
         if self.dates == "keep":
             return value
