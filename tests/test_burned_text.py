@@ -292,3 +292,49 @@ def test_with_no_identifier_known_speckle_words_are_not_text_but_an_id_or_a_name
     assert not _is_text(word("OKONKWO", 39.0), unknown)  # below the floor
     assert not _is_text(word("OKONKWO", 60.0), known)  # known patient: its names match instead
     assert _is_text(word("ward", 90.0), known)
+
+
+@needs_tesseract
+@pytest.mark.security
+def test_text_as_bright_as_its_background_in_another_hue_is_read() -> None:
+    """Magenta on grey has the grey's luminance: a greyscale reading sees nothing, while the
+    full image leaves in colour. The colour-difference planes are read too (found by an audit)."""
+    picture = np.full((220, 760, 3), 128, np.uint8)
+    magenta = (255, 56, 166)  # 0.299 R + 0.587 G + 0.114 B = 128
+    cv2.putText(picture, "HOLLOWAY MARGARET", (30, 80), cv2.FONT_HERSHEY_SIMPLEX, 1.2, magenta, 3)
+    cv2.putText(picture, "MRN 40817253", (30, 160), cv2.FONT_HERSHEY_SIMPLEX, 1.2, magenta, 3)
+    secrets = ["HOLLOWAY", MRN]
+    assert _readable(picture, secrets) == []  # invisible to a reading of the luminance
+    assert _readable(picture[..., 1].copy(), secrets)  # plain in the green channel
+    out, found = redact_text(picture, TESSERACT, Identifiers.from_values([NAME], [MRN]), TextPolicy(True))
+    assert found.boxes
+    for channel in range(3):
+        assert _readable(out[..., channel].copy(), secrets) == [], channel
+
+
+@needs_tesseract
+@pytest.mark.security
+def test_a_full_dicom_keeps_no_text_hidden_outside_its_window() -> None:
+    """The full image keeps its stored values: a name drawn far below the window is black on the
+    display the guard read, and readable to whoever widens the window (found by an audit)."""
+    from edge.imaging.dicom_redact import stored_value_views
+    from tools import dicomgen
+
+    picture = np.tile(np.linspace(8300, 12200, 896), (896, 1)).astype(np.uint16)
+    label = np.zeros(picture.shape, np.uint8)
+    cv2.putText(label, "HOLLOWAY MARGARET", (40, 60), cv2.FONT_HERSHEY_SIMPLEX, 1.2, 255, 3)
+    cv2.putText(label, "MRN 40817253", (40, 120), cv2.FONT_HERSHEY_SIMPLEX, 1.2, 255, 3)
+    picture[:150, :720] = 7000  # a band below the window: black when displayed
+    picture[label > 0] = 700  # and the text further below it: black on black
+    ds = dicomgen.grey_dicom(picture, bits_stored=16, window=(10240, 4096), patient_id=MRN, patient_name=NAME)
+    data = dicomgen.to_bytes(ds)
+    secrets = ["HOLLOWAY", MRN]
+    assert _readable(decode_bytes(data).pixels, secrets) == []  # the display hides it
+    assert any(_readable(view, secrets) for view in stored_value_views(data))  # the values do not
+    image = {"id": "full-1", "format": "dicom", "meta": {"modality": "CR"}}
+    study = {"phi_patient_name": NAME, "phi_patient_id": MRN}
+    sent = PixelGuard("any", ocr=TESSERACT).prepare("image", image, study, data)
+    assert sent.data is not None
+    assert sent.code is Code.BURNED_IN_TEXT_REDACTED
+    for view in stored_value_views(sent.data):
+        assert _readable(view, secrets) == []

@@ -3,6 +3,8 @@ quantised again by tools/quantize.py's current recipe, each against FP32 on this
 
     python -m tools.int8_here --config tools/configs/cxr-pneumonia.toml
 
+Each is also judged as the device judges it before serving it (edge/inference/local_parity.py:
+the manifest's parity rule, on the model's sample images), where the model folder has samples.
 The release gate is measured where the model was quantised. ONNX Runtime's x86 INT8 kernels
 differ by CPU (edge/inference/local_parity.py): a variant that passed there can fail here, and
 the device then serves FP32. This measures by how much, on the recipe's validation images (all
@@ -24,7 +26,10 @@ import numpy as np
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from rich.console import Console
 
+from edge.errors import Code, EdgeError
+from edge.inference.local_parity import judge, sample_batch
 from edge.inference.parity import compare
+from edge.inference.registry import ModelEntry, Registry
 from tools.quantize import quantize
 from tools.recipe import REPO, group_split, load_recipe, model_inputs, read_samples, run_onnx
 
@@ -42,6 +47,15 @@ def cpu_int8_path() -> str:
     if "avx2" in flags:
         return "x86 AVX2 without VNNI (16-bit pair sums)"
     return "not x86 AVX2" if "flags" in flags else "unknown"
+
+
+def _entry(models_dir: Path, name: str) -> ModelEntry | None:
+    """The installed model with its sample images (the load-time parity check's), if any."""
+    try:
+        entry = Registry(models_dir).get(name)
+    except EdgeError:
+        return None
+    return entry if entry.samples else None
 
 
 def _probabilities(logits: np.ndarray) -> np.ndarray:
@@ -78,6 +92,10 @@ def main() -> None:
     reference = run_onnx(fp32, inputs)
     candidates = {f"shipped int8-{fmt}": folder / f"{recipe.name}-int8-{fmt}.onnx" for fmt in ("qdq", "qop")}
     report: dict[str, Any] = {"cpu": cpu_int8_path(), "images": len(evaluated), "variants": {}}
+    entry = _entry(args.models_dir, recipe.name)
+    if entry is not None:
+        sample_inputs, sample_truth = sample_batch(entry, Code.VARIANT_PARITY_FAILED)
+        sample_reference = run_onnx(fp32, sample_inputs)
     with tempfile.TemporaryDirectory() as scratch:
         prepared = Path(scratch) / "prep.onnx"
         quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=False)
@@ -99,12 +117,22 @@ def main() -> None:
                 "passed": parity.passed,
                 "largest_probability_change": round(float(moved.max()), 4),
             }
+            if entry is not None:  # what the device itself checks before serving it here
+                served = judge(entry, sample_reference, run_onnx(path, sample_inputs), sample_truth)
+                report["variants"][name]["serves_here"] = served.passed
+                report["variants"][name]["samples_max_abs_logit_diff"] = round(served.max_abs_logit_diff, 4)
     console.print(f"{recipe.name}: {report['images']} images, {report['cpu']}")
     for name, row in report["variants"].items():
         console.print(
             f"  {name:22} agreement {row['agreement']:.4f}  AUC {row['auc']:.4f} (FP32 {row['auc_fp32']:.4f})"
             f"  largest change in P({recipe.positive}) {row['largest_probability_change']:.3f}"
             f"  {'passes' if row['passed'] else 'FAILS'} the gate's rule"
+            + (
+                f"; on the samples: max |logit diff| {row['samples_max_abs_logit_diff']:.3f},"
+                f" {'served here' if row['serves_here'] else 'NOT served here'}"
+                if "serves_here" in row
+                else ""
+            )
         )
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))

@@ -37,6 +37,8 @@ MATCH_RATIO = 0.78  # similarity of an OCR word to an identifier that counts as 
 MIN_TOKEN = 3  # shorter name parts ("LI", "MA") would match half of the screen's labels
 PASSES = 2
 TOPHAT_KERNEL = 31  # px at OCR scale: strokes thinner than this count as text strokes
+COLOURLESS = 12  # grey levels between channels below which a picture is grey (JPEG's chroma noise)
+COLOUR_CONTRAST = 32  # a colour-difference plane's range (median of 3) below which it is not read
 
 # OCR reads these for one another; both sides are folded before they are compared.
 _CONFUSABLE = str.maketrans({"O": "0", "Q": "0", "D": "0", "I": "1", "L": "1", "|": "1", "S": "5",
@@ -182,14 +184,15 @@ def read_text(image: np.ndarray, ocr: OcrBackend, identifiers: Identifiers, poli
     height, width = image.shape[:2]
     if height * width > MAX_PIXELS:
         raise PixelsUnchecked(f"{width}x{height} is too large to read for text")
-    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) if image.ndim == 3 else image
     scale = min(OCR_MAX_UPSCALE, max(1.0, OCR_TARGET_SIDE / max(height, width)))
-    if scale > 1.0:
-        grey = cv2.resize(grey, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
     words: list[Word] = []
     try:
-        for page in text_layers(grey):
-            words += ocr.words(page)
+        for plane in planes(image):
+            read = plane
+            if scale > 1.0:
+                read = cv2.resize(plane, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
+            for page in text_layers(read):
+                words += ocr.words(page)
     except OcrUnavailable as exc:
         raise PixelsUnchecked(f"OCR failed: {exc}") from exc
     findings = Findings(words_read=len(words))
@@ -204,6 +207,28 @@ def read_text(image: np.ndarray, ocr: OcrBackend, identifiers: Identifiers, poli
                 findings.other_text += 1
     findings.boxes = scale_boxes([words[i].box for i in sorted(flagged)], 1 / scale, 1 / scale)
     return findings
+
+
+def planes(image: np.ndarray) -> list[np.ndarray]:
+    """The greyscale pictures to read: the luminance, and for a picture in colour its two colour
+    differences (YCrCb's Cr and Cb) too. Text as bright as its background in another hue (magenta
+    on grey, red on a green Doppler flow) vanishes in the luminance a greyscale reading sees, but
+    not from the colour image that leaves; it cannot match its background in all three planes."""
+    if image.ndim != 3:
+        return [image]
+    channels = np.ascontiguousarray(image[..., :3])
+    grey = cv2.cvtColor(channels, cv2.COLOR_RGB2GRAY)
+    if int(np.abs(channels.astype(np.int16) - channels[..., :1]).max()) <= COLOURLESS:
+        return [grey]
+    ycrcb = cv2.cvtColor(channels, cv2.COLOR_RGB2YCrCb)
+    # A plane is read only where it holds a colour contrast: a tinted grey picture (a lung clip
+    # exported in sepia) has flat planes whose noise, read, blacks out speckle for nothing.
+    read = [grey]
+    for plane in (ycrcb[..., 1], ycrcb[..., 2]):
+        steady = cv2.medianBlur(plane, 3)  # JPEG's chroma noise is not a contrast
+        if int(steady.max()) - int(steady.min()) > COLOUR_CONTRAST:
+            read.append(plane)
+    return read
 
 
 def text_layers(grey: np.ndarray) -> list[np.ndarray]:

@@ -65,3 +65,30 @@ def redact_pixel_data(data: bytes, keep: Box | None, boxes: Sequence[Box]) -> by
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
+
+
+def stored_value_views(data: bytes) -> list[np.ndarray]:
+    """A one-frame greyscale object's stored values as 8-bit pictures, whatever its window says:
+    scaled from its lowest value to its highest, and by rank (each distinct value a step of its
+    own, so a few levels far outside the window stay apart). Text drawn below or above the VOI
+    window is black or white on the display a viewer opens with, yet readable to whoever widens
+    the window of the full file; these are read for it too. None for RGB (its display is its
+    values) or what `redact_pixel_data` would refuse."""
+    ds = pydicom.dcmread(io.BytesIO(data))
+    if int(ds.get("NumberOfFrames", 1) or 1) != 1:
+        return []
+    if str(ds.get("PhotometricInterpretation", "")) not in {"MONOCHROME1", "MONOCHROME2"}:
+        return []
+    try:
+        values = np.asarray(ds.pixel_array)
+    except Exception:  # noqa: BLE001 - redact_pixel_data refuses it on its own terms
+        return []
+    if values.ndim != 2:
+        return []
+    low, high = float(values.min()), float(values.max())
+    if high <= low:
+        return []
+    spread = np.round((values.astype(np.float64) - low) * (255.0 / (high - low))).astype(np.uint8)
+    levels, rank = np.unique(values, return_inverse=True)
+    ranked = np.round(rank.reshape(values.shape) * (255.0 / max(1, len(levels) - 1))).astype(np.uint8)
+    return [spread, ranked]

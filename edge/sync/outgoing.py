@@ -45,7 +45,7 @@ from edge.imaging.burned_text import (
     scale_boxes,
 )
 from edge.imaging.decode import decode_bytes
-from edge.imaging.dicom_redact import CannotRedact, burned_in_flag, redact_pixel_data
+from edge.imaging.dicom_redact import CannotRedact, burned_in_flag, redact_pixel_data, stored_value_views
 from edge.imaging.evidence import MEDIA_TYPE as EVIDENCE_MEDIA_TYPE
 from edge.imaging.ocr import Box, OcrBackend, TesseractOcr
 from edge.imaging.rendition_meta import embed, scaled, windowing_of
@@ -304,6 +304,10 @@ class PixelGuard:
         check = Findings()
         if shown.shape != cleaned.pixels.shape or not np.array_equal(shown, cleaned.pixels):
             check = read_text(shown, self.ocr, identifiers, policy)
+        # The file keeps its stored values, not the display: text outside the window is read too.
+        for view in stored_value_views(redacted):
+            if view.shape[:2] == cleaned.pixels.shape[:2]:
+                check.add(read_text(view, self.ocr, identifiers, policy))
         if check.boxes:
             redacted = redact_pixel_data(redacted, None, grow_boxes(check.boxes, cleaned.pixels.shape))
         out = deidentify(redacted) if deidentify is not None else redacted
