@@ -487,3 +487,32 @@ def test_a_date_carrying_text_goes_out_as_no_date(dates: str) -> None:
         assert (out == valid) == (dates == "keep")
         assert len(out) == len(valid)
     assert deid.date("2026-10-15T10:00:00+02:00") is not None
+
+
+@pytest.mark.security
+def test_binary_values_on_the_list_carry_no_hidden_text() -> None:
+    """What an audit placed in allow-listed binary or coded values: an ICC profile's text, bytes
+    in a VOI LUT, a second picture in a functional group, a name as a third Image Type value. None
+    reaches the hub; a real (monotone) LUT, the picture and Image Type's defined values do."""
+    ds = marked_dataset(Markers())
+    secret = b"HOLLOWAY40817253"
+    ds.ICCProfile = b"\0\0\x02\x0cICC desc " + secret + b"\0" * 16
+    lut = bytearray(np.arange(4096, dtype="<u2").tobytes())
+    lut[:16] = secret
+    forged = Dataset()
+    forged.LUTDescriptor = [4096, 0, 12]
+    forged.LUTData = bytes(lut)
+    ds.VOILUTSequence.append(forged)
+    ds.SharedFunctionalGroupsSequence[0].add(DataElement(0x7FE00010, "OB", secret))
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "HOLLOWAY"]
+    sent = Deidentifier(b"k" * 32).dicom(dicomgen.to_bytes(ds))
+    assert sent is not None
+    for hidden in (secret, b"HOLLOWAY", b"40817253"):
+        assert hidden not in sent
+    out = pydicom.dcmread(io.BytesIO(sent))
+    assert "ICCProfile" not in out
+    assert len(out.VOILUTSequence[0].LUTData) == 8192  # the real LUT
+    assert "LUTData" not in out.VOILUTSequence[1]
+    assert "PixelData" not in out.SharedFunctionalGroupsSequence[0]
+    assert len(out.PixelData) == out.Rows * out.Columns * 2
+    assert list(out.ImageType) == ["ORIGINAL", "PRIMARY"]

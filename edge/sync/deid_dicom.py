@@ -55,7 +55,7 @@ PIXEL = (
     "LargestImagePixelValue PixelPaddingValue PixelPaddingRangeLimit "
     "RedPaletteColorLookupTableDescriptor GreenPaletteColorLookupTableDescriptor "
     "BluePaletteColorLookupTableDescriptor RedPaletteColorLookupTableData "
-    "GreenPaletteColorLookupTableData BluePaletteColorLookupTableData ICCProfile ColorSpace "
+    "GreenPaletteColorLookupTableData BluePaletteColorLookupTableData ColorSpace "
     "PixelData FloatPixelData DoubleFloatPixelData ExtendedOffsetTable ExtendedOffsetTableLengths "
     "NumberOfFrames FrameIncrementPointer FrameTime FrameTimeVector CineRate "
     "RecommendedDisplayFrameRate ActualFrameDuration LossyImageCompression "
@@ -98,6 +98,26 @@ STUDY = (
 # Private attributes a reader needs, by private creator -> element offsets (0x00-0xFF): none yet.
 # An entry must name one vendor's block that holds no identity (PS3.15's Retain Safe Private).
 PRIVATE_ALLOWED: dict[str, frozenset[int]] = {}
+
+# The picture itself, once, at the top: pixel data inside a sequence (a second picture, never
+# read for burned-in text) is not sent. An ICC profile is not on the list at all: a binary blob
+# with text tags of its own, and a reader's screen shows the picture without it.
+TOP_LEVEL_ONLY = frozenset(
+    int(tag_for_keyword(keyword) or 0)
+    for keyword in [
+        "PixelData",
+        "FloatPixelData",
+        "DoubleFloatPixelData",
+        "ExtendedOffsetTable",
+        "ExtendedOffsetTableLengths",
+        "RedPaletteColorLookupTableData",
+        "GreenPaletteColorLookupTableData",
+        "BluePaletteColorLookupTableData",
+    ]
+)
+# A modality or VOI LUT maps stored values to display values: a curve, monotone. Bytes that are
+# not one (text placed in the table) are not a LUT a reader needs.
+LUT_DATA = int(tag_for_keyword("LUTData") or 0)
 
 TEXT_VRS = frozenset({"AE", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT"})
 DATE_VRS = frozenset({"DA", "DT", "TM"})
@@ -179,6 +199,33 @@ def _values(element: DataElement) -> list[str]:
     return ["" if item is None else str(item) for item in items]
 
 
+def _image_type(element: DataElement) -> DataElement | None:
+    """Image Type's first two values, which the standard defines (ORIGINAL or DERIVED, PRIMARY
+    or SECONDARY); its third and later are each IOD's or vendor's own words, which a reader does
+    not need and a short name in capitals would pass for (an audit placed one there)."""
+    values = _values(element)[:2]
+    allowed = ({"ORIGINAL", "DERIVED"}, {"PRIMARY", "SECONDARY"})
+    kept = [value for value, terms in zip(values, allowed, strict=False) if value in terms]
+    if len(kept) != len(values) or not kept:
+        return None
+    return DataElement(element.tag, "CS", kept if len(kept) > 1 else kept[0])
+
+
+def _monotone(element: DataElement) -> bool:
+    """Whether LUT data is a curve: its entries (16-bit, as every LUT's are stored here; 8-bit
+    tables are widened on reading) never fall, or never rise (an inverting LUT)."""
+    value = element.value
+    if isinstance(value, bytes | bytearray):
+        entries = np.frombuffer(bytes(value)[: len(value) // 2 * 2], dtype="<u2").astype(np.int64)
+    else:
+        listed = list(value) if isinstance(value, MultiValue | list | tuple) else [value]
+        entries = np.asarray(listed, np.int64)
+    if len(entries) < 2:
+        return True
+    steps = np.diff(entries)
+    return bool((steps >= 0).all() or (steps <= 0).all())
+
+
 def _vr_fits(tag: int, vr: str) -> bool:
     return vr in dictionary_VR(tag).split(" or ")
 
@@ -188,6 +235,7 @@ class Walker:
 
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
+        self.depth = 0  # 0: the dataset itself; 1 and more: items of its sequences
 
     def copy(self, source: Dataset) -> Dataset:
         out = Dataset()
@@ -208,12 +256,22 @@ class Walker:
         keyword = ALLOWED.get(tag)
         if keyword is None or element.VR == "UN" or element.VR in TEXT_VRS or not _vr_fits(tag, element.VR):
             return None
+        if tag in TOP_LEVEL_ONLY and self.depth > 0:
+            return None
         if element.VR == "SQ":
-            return DataElement(tag, "SQ", Sequence([self.copy(item) for item in element.value]))
+            self.depth += 1
+            try:
+                return DataElement(tag, "SQ", Sequence([self.copy(item) for item in element.value]))
+            finally:
+                self.depth -= 1
+        if tag == LUT_DATA and not _monotone(element):
+            return None
         if element.VR in DATE_VRS:
             return self._date(element)
         if element.VR == "UI":
             return self._uid(element)
+        if keyword == "ImageType":
+            return _image_type(element)
         shape = _VALUES.get(keyword) or _SHAPES.get(element.VR)
         if shape is not None and not all(shape.fullmatch(v) for v in _values(element)):
             return None
