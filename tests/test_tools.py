@@ -44,6 +44,23 @@ def make_recipe(tmp_path: Path, rows: list[dict[str, str]], group_column: str = 
     return Recipe(raw, tmp_path / "recipe.toml")
 
 
+def circle_images(folder: Path, count: int, seed: int) -> list[dict[str, str]]:
+    """`count` 32x32 noise PNGs in `folder`, every other one with a bright disc ("pneumonia"),
+    as labels.csv rows."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for index in range(count):
+        label = "pneumonia" if index % 2 else "normal"
+        image = rng.integers(0, 60, (32, 32), dtype=np.uint8)
+        if label == "pneumonia":
+            cv2.circle(image, (16, 16), 8, 220, -1)
+        cv2.imwrite(str(folder / f"{index}.png"), image)
+        rows.append({"path": f"{index}.png", "class_name": label, "patient": ""})
+    return rows
+
+
 def test_group_split_keeps_patients_whole_and_classes_balanced(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     rows = []
@@ -271,22 +288,12 @@ def test_a_cross_validated_int8_gate_measures_each_fold_on_unseen_images(
     import subprocess
     import sys
 
-    import cv2
     import tomli_w
 
     from edge.inference.registry import Gate
     from tools.release import _without_none
 
-    rng = np.random.default_rng(1)
-    rows = []
-    for index in range(32):
-        label = "pneumonia" if index % 2 else "normal"
-        image = rng.integers(0, 60, (32, 32), dtype=np.uint8)
-        if label == "pneumonia":
-            cv2.circle(image, (16, 16), 8, 220, -1)
-        cv2.imwrite(str(tmp_path / f"{index}.png"), image)
-        rows.append({"path": f"{index}.png", "class_name": label, "patient": ""})
-    recipe = make_recipe(tmp_path, rows, group_column="")
+    recipe = make_recipe(tmp_path, circle_images(tmp_path, 32, seed=1), group_column="")
     recipe.raw["data"].update(cv_folds=2)
     recipe.raw.update(
         net={"widths": [4, 8], "blocks": [1]},
@@ -477,21 +484,12 @@ def test_int8_here_compares_a_requantised_model_with_fp32_on_this_cpu(tmp_path: 
     import subprocess
     import sys
 
-    import cv2
     import onnx
     import tomli_w
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(2)
-    rows = []
-    for index in range(40):
-        label = "pneumonia" if index % 2 else "normal"
-        image = rng.integers(0, 60, (32, 32), dtype=np.uint8)
-        if label == "pneumonia":
-            cv2.circle(image, (16, 16), 8, 220, -1)
-        cv2.imwrite(str(tmp_path / f"{index}.png"), image)
-        rows.append({"path": f"{index}.png", "class_name": label, "patient": ""})
-    recipe = make_recipe(tmp_path, rows, group_column="")
+    recipe = make_recipe(tmp_path, circle_images(tmp_path, 40, seed=2), group_column="")
     (tmp_path / "recipe.toml").write_text(tomli_w.dumps(recipe.raw))
     initializers = [
         numpy_helper.from_array(rng.normal(size=(4, 1, 3, 3)).astype(np.float32), "w"),
