@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -29,24 +28,13 @@ from rich.console import Console
 from edge.errors import Code, EdgeError
 from edge.inference.local_parity import judge, sample_batch
 from edge.inference.parity import compare
+from edge.inference.pool import machine_key
+from edge.inference.postprocess import softmax
 from edge.inference.registry import ModelEntry, Registry
-from tools.quantize import quantize
+from tools.quantize import gate_images, quantize
 from tools.recipe import REPO, group_split, load_recipe, model_inputs, read_samples, run_onnx
 
 console = Console()
-
-
-def cpu_int8_path() -> str:
-    """What ONNX Runtime's x86 INT8 kernels can use on this CPU (VNNI adds u8 x s8 in 32 bits)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "unknown"
-    if "avx512_vnni" in flags or "avx_vnni" in flags:
-        return "x86 with VNNI"
-    if "avx2" in flags:
-        return "x86 AVX2 without VNNI (16-bit pair sums)"
-    return "not x86 AVX2" if "flags" in flags else "unknown"
 
 
 def _entry(models_dir: Path, name: str) -> ModelEntry | None:
@@ -56,11 +44,6 @@ def _entry(models_dir: Path, name: str) -> ModelEntry | None:
     except EdgeError:
         return None
     return entry if entry.samples else None
-
-
-def _probabilities(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
 
 
 def main() -> None:
@@ -73,25 +56,21 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     recipe = load_recipe(args.config)
-    samples = read_samples(recipe)
-    if recipe.data.get("cv_folds"):
-        train = evaluated = samples
-    else:
-        split = group_split(samples, recipe)  # train.py's split, computed the same way
-        train = [s for s in samples if split[s.path] == "train"]
-        evaluated = [s for s in samples if split[s.path] == "val"]
     count = args.calibration_images or int(recipe.raw.get("quantize", {}).get("calibration_images", 400))
-    picked = random.Random(recipe.raw["seed"]).sample(range(len(train)), min(count, len(train)))
+    split = group_split(read_samples(recipe), recipe)  # train.py's split, computed as it does
+    evaluated, picked = gate_images(recipe, split, count)
     method = recipe.raw.get("quantize", {}).get("method", "minmax")
     inputs = model_inputs(recipe, evaluated)
-    calibration = model_inputs(recipe, [train[i] for i in picked])
+    calibration = model_inputs(recipe, picked)
     truth = np.array([s.label for s in evaluated])
     positive = recipe.labels.index(recipe.positive)
     folder = args.models_dir / recipe.name
     fp32 = folder / f"{recipe.name}-fp32.onnx"
     reference = run_onnx(fp32, inputs)
+    reference_positive = softmax(reference)[:, positive]
     candidates = {f"shipped int8-{fmt}": folder / f"{recipe.name}-int8-{fmt}.onnx" for fmt in ("qdq", "qop")}
-    report: dict[str, Any] = {"cpu": cpu_int8_path(), "images": len(evaluated), "variants": {}}
+    # The machine as the device keys its parity verdicts: its integer-kernel CPU features decide.
+    report: dict[str, Any] = {"cpu": machine_key(), "images": len(evaluated), "variants": {}}
     entry = _entry(args.models_dir, recipe.name)
     if entry is not None:
         sample_inputs, sample_truth = sample_batch(entry, Code.VARIANT_PARITY_FAILED)
@@ -109,7 +88,7 @@ def main() -> None:
                 continue
             logits = run_onnx(path, inputs)
             parity = compare(reference, logits, truth, positive)
-            moved = np.abs(_probabilities(reference)[:, positive] - _probabilities(logits)[:, positive])
+            moved = np.abs(reference_positive - softmax(logits)[:, positive])
             report["variants"][name] = {
                 "agreement": round(parity.agreement, 4),
                 "auc": round(parity.auc, 4),

@@ -50,7 +50,6 @@ from tools.recipe import (
     read_samples,
     read_split,
     run_onnx,
-    split_samples,
 )
 
 console = Console()
@@ -80,6 +79,25 @@ METHODS = {
     "percentile": CalibrationMethod.Percentile,
     "entropy": CalibrationMethod.Entropy,
 }
+
+
+def gate_images(
+    recipe: Recipe, split: dict[str, str], calibration_images: int
+) -> tuple[list[Sample], list[Sample]]:
+    """The images the gate compares the precisions on, and the training images quantisation
+    calibrates on (`calibration_images` of them, drawn with the recipe's seed). A cross-validated
+    recipe's shipped model was trained on every image; its gate compares the two precisions of
+    that one model on all of them (fidelity, not accuracy). `split`: path -> train.py's split."""
+    samples = read_samples(recipe)
+    if recipe.data.get("cv_folds"):
+        val = train = samples
+    else:
+        val = [s for s in samples if split.get(s.path) == "val"]
+        train = [s for s in samples if split.get(s.path) == "train"]
+    # Positions, not samples: random.sample picks by index, so the same images as ever are chosen.
+    count = min(calibration_images, len(train))
+    picked = random.Random(recipe.raw["seed"]).sample(range(len(train)), count)
+    return val, [train[i] for i in picked]
 
 
 def quantize(prepared: Path, out: Path, calibration: np.ndarray, fmt: str, method: str) -> None:
@@ -210,18 +228,10 @@ def main() -> None:
     )
 
     cross_validated = bool(recipe.data.get("cv_folds"))
-    # A cross-validated recipe's shipped model was trained on every image; its gate compares the
-    # two precisions of that one model on all of them (fidelity, not accuracy).
-    val = read_samples(recipe) if cross_validated else split_samples(recipe, "val")
-    train = val if cross_validated else split_samples(recipe, "train")
-    # Positions, not samples: random.sample picks by index, so the same images as ever are chosen.
-    count = min(calibration_images, len(train))
-    picked = random.Random(recipe.raw["seed"]).sample(range(len(train)), count)
+    val, picked = gate_images(recipe, {} if cross_validated else read_split(recipe), calibration_images)
     with console.status(f"preparing {len(picked)} calibration and {len(val)} validation images..."):
         val_inputs = model_inputs(recipe, val)
-        calibration = (
-            val_inputs[picked] if cross_validated else model_inputs(recipe, [train[i] for i in picked])
-        )
+        calibration = model_inputs(recipe, picked)
     truth = np.array([s.label for s in val])
     positive = recipe.labels.index(recipe.positive)
 

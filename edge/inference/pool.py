@@ -209,7 +209,9 @@ def candidate_variants(entry: ModelEntry, backend: str, precision: str) -> list[
 _KERNEL_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm", "sve")
 
 
-def _machine_key() -> str:
+def machine_key() -> str:
+    """This machine as its INT8 verdicts are keyed: architecture, CPU model, the integer-kernel
+    features ONNX Runtime's choice of kernels turns on, cores."""
     cpu = platform.processor() or platform.machine()
     flags: set[str] = set()
     try:
@@ -235,7 +237,7 @@ def parity_refusals(cache_dir: Path) -> list[dict[str, Any]]:
         cache = json.loads((cache_dir / CACHE_FILE).read_text())
     except (OSError, ValueError):
         return []
-    machine = _machine_key()
+    machine = machine_key()
     return [
         verdict
         for key, verdict in cache.items()
@@ -368,7 +370,7 @@ class ModelPool:
                     variants[reference].sha256[:16],
                     runner_cls.backend,
                     _backend_version(runner_cls.backend),
-                    _machine_key(),
+                    machine_key(),
                 ]
             )
             verdict = cache.get(key)
@@ -429,7 +431,7 @@ class ModelPool:
                 *(entry.manifest.variants[n].sha256[:16] for n in sorted(files)),
                 runner_cls.backend,
                 _backend_version(runner_cls.backend),
-                _machine_key(),
+                machine_key(),
                 str(self.settings.runtime.threads),
             ]
         )
