@@ -399,6 +399,65 @@ def test_no_marker_reaches_the_hub(hub: Hub, tmp_path: Path, images: str) -> Non
     assert (client.deid.pseudonym(markers.texts[0]) or "").encode() in held
 
 
+def _jpeg_with_text_segments(pixels: np.ndarray, text: bytes) -> bytes:
+    """A baseline JPEG of `pixels` carrying `text` where devices put theirs: a comment (COM) and
+    an application segment (APP1), both right after the start-of-image marker."""
+    import cv2
+
+    ok, encoded = cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    assert ok
+    stream = encoded.tobytes()
+
+    def segment(marker: int, body: bytes) -> bytes:
+        return bytes([0xFF, marker]) + (len(body) + 2).to_bytes(2, "big") + body
+
+    return stream[:2] + segment(0xFE, b"Patient " + text) + segment(0xE1, b"Vendor\0" + text) + stream[2:]
+
+
+@pytest.mark.security
+def test_text_inside_a_compressed_stream_does_not_reach_the_hub_in_full_mode(
+    hub: Hub, tmp_path: Path
+) -> None:
+    """A JPEG-compressed film whose stream holds the patient's name in a comment and an APP
+    segment: the full DICOM sent is built from decoded pixels, so neither segment travels."""
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit
+
+    from edge.imaging.decode import decode_bytes
+    from edge.pipeline import Pipeline
+
+    markers = Markers()
+    ds = marked_dataset(markers)
+    ds.ViewPosition = "PA"
+    secret = markers.text().encode()
+    png = sorted((MODELS / DEFAULT_MODEL / "samples").glob("*.png"))[0]
+    pixels = decode_bytes(png.read_bytes()).pixels
+    grey = pixels if pixels.ndim == 2 else pixels[:, :, 0]
+    ds.Rows, ds.Columns = grey.shape
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    for keyword in ("WindowCenter", "WindowWidth", "RescaleIntercept", "RescaleSlope", "VOILUTSequence"):
+        if keyword in ds:  # the 12-bit film's display: this one is 8 bits as stored
+            delattr(ds, keyword)
+    ds.PixelData = encapsulate([_jpeg_with_text_segments(np.ascontiguousarray(grey), secret)])
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    source = dicomgen.to_bytes(ds)
+    assert source.count(secret) == 2
+    path = tmp_path / "compressed.dcm"
+    path.write_bytes(source)
+    device = load_settings(data_dir=tmp_path / "device", models={"dir": MODELS}, sync={"images": "full"})
+    with Store(device.data_dir) as store:
+        pipeline = Pipeline(device, store)
+        analyses = pipeline.analyse_file(path)
+        pipeline.close()
+        assert [a.ok for a in analyses] == [True], [a.message for a in analyses]
+        counts = exchange(hub.sync_client(device, store, hub.enroll(device)))
+    assert counts["files"] == 3  # thumbnail, rendition and the full DICOM
+    held = _hub_bytes(tmp_path)
+    assert secret not in held
+    assert markers.found(held) == []
+
+
 # ------------------------------------------------------------------ the result payload
 
 

@@ -477,9 +477,13 @@ def test_the_cpu_int8_format_has_7_bit_weights_and_tensorrts_qdq_keeps_8(tmp_pat
     assert widest["qdq"] == 127
 
 
-def test_int8_here_compares_a_requantised_model_with_fp32_on_this_cpu(tmp_path: Path) -> None:
+@pytest.mark.parametrize("cross_validated", [False, True])
+def test_int8_here_compares_a_requantised_model_with_fp32_on_this_cpu(
+    tmp_path: Path, cross_validated: bool
+) -> None:
     """tools/int8_here.py on a tiny recipe: the requantised variants are measured against FP32
-    on the recipe's validation images; a shipped variant that is absent is not listed."""
+    on the recipe's validation images (every image of a cross-validated recipe, as its gate);
+    a shipped variant that is absent is not listed."""
     import json
     import subprocess
     import sys
@@ -490,6 +494,9 @@ def test_int8_here_compares_a_requantised_model_with_fp32_on_this_cpu(tmp_path: 
 
     rng = np.random.default_rng(2)
     recipe = make_recipe(tmp_path, circle_images(tmp_path, 40, seed=2), group_column="")
+    if cross_validated:  # as us-breast and us-lung: no validation split, folds instead
+        del recipe.raw["data"]["val_fraction"], recipe.raw["data"]["holdout_fraction"]
+        recipe.raw["data"]["cv_folds"] = 2
     (tmp_path / "recipe.toml").write_text(tomli_w.dumps(recipe.raw))
     initializers = [
         numpy_helper.from_array(rng.normal(size=(4, 1, 3, 3)).astype(np.float32), "w"),
@@ -519,6 +526,7 @@ def test_int8_here_compares_a_requantised_model_with_fp32_on_this_cpu(tmp_path: 
         [
             *(sys.executable, "-m", "tools.int8_here", "--config", str(tmp_path / "recipe.toml")),
             *("--models-dir", str(models), "--calibration-images", "8", "--json", str(out)),
+            *("--keep", str(tmp_path / "kept")),
         ],
         check=True,
         cwd=Path(__file__).resolve().parents[1],
@@ -527,10 +535,47 @@ def test_int8_here_compares_a_requantised_model_with_fp32_on_this_cpu(tmp_path: 
     report = json.loads(out.read_text())
     assert report["cpu"]
     assert sorted(report["variants"]) == ["requantised int8-qdq", "requantised int8-qop"]
-    assert report["images"] == sum(
-        1 for v in group_split(read_samples(recipe), recipe).values() if v == "val"
+    assert report["images"] == (
+        40
+        if cross_validated
+        else sum(1 for v in group_split(read_samples(recipe), recipe).values() if v == "val")
     )
     for row in report["variants"].values():
         assert 0.0 <= row["agreement"] <= 1.0
         assert 0.0 <= row["auc"] <= 1.0
         assert isinstance(row["passed"], bool)
+    # --keep: the requantised files, named as a model folder names them, for another machine.
+    assert sorted(p.name for p in (tmp_path / "kept").iterdir()) == ["t-int8-qdq.onnx", "t-int8-qop.onnx"]
+
+
+def test_int8_here_judges_variants_from_elsewhere_on_the_samples_alone(tmp_path: Path) -> None:
+    """--samples-only: on a machine without the training data, a shipped model's variants and
+    those brought in a folder are judged as the device judges them, on the model's samples."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    brought = tmp_path / "brought"
+    brought.mkdir()
+    shutil.copyfile(repo / "models/us-lung/us-lung-int8-qop.onnx", brought / "us-lung-int8-qop.onnx")
+    out = tmp_path / "report.json"
+    subprocess.run(
+        [
+            *(sys.executable, "-m", "tools.int8_here", "--config", "tools/configs/us-lung.toml"),
+            *("--samples-only", str(brought), "--json", str(out)),
+        ],
+        check=True,
+        cwd=repo,
+        capture_output=True,
+    )
+    report = json.loads(out.read_text())
+    assert report["images"] == 0  # no training data was read
+    rows = report["variants"]
+    assert sorted(rows) == ["requantised int8-qop", "shipped int8-qdq", "shipped int8-qop"]
+    for row in rows.values():
+        assert isinstance(row["serves_here"], bool)
+        assert 0.0 <= row["samples_agreement"] <= 1.0
+    # The same file judged twice gives the same verdict.
+    assert rows["requantised int8-qop"] == rows["shipped int8-qop"]

@@ -23,7 +23,7 @@ from edge.config import Settings
 from edge.errors import Code, EdgeError
 from edge.imaging.explain import evidence_map
 from edge.inference.local_parity import judge, reference_variant, sample_batch
-from edge.inference.pool import tensor_names
+from edge.inference.pool import machine_key, tensor_names
 from edge.inference.registry import ModelEntry
 from edge.runtime import device_memory
 from edge.runtime.onnxruntime import OnnxRuntimeRunner
@@ -147,6 +147,10 @@ def versions(machine: Machine) -> dict[str, Any]:
         "platform": platform.platform(),
         "machine": platform.machine(),
         "cpus": os.cpu_count(),
+        # The key the device files its INT8 parity verdicts under (CPU model, VNNI and the other
+        # integer-kernel features ONNX Runtime's kernels depend on): the CPU sections' INT8
+        # verdicts hold for this kind of CPU only.
+        "cpu": machine_key(),
         "edge": edge.__version__,
         "numpy": np.__version__,
         "onnxruntime": ort,
