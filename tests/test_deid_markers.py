@@ -527,6 +527,64 @@ def test_the_result_payload_carries_codes_and_numbers_never_free_text() -> None:
 
 
 @pytest.mark.security
+def test_a_surname_in_a_code_string_goes_out_as_no_code() -> None:
+    """A surname in capitals has a code string's shape (at most 16 letters). Body part, view,
+    modality and every other code string kept in a full DICOM go out only as terms the standard
+    defines for them; a technician's "cr" is still a modality."""
+    deid = Deidentifier(b"k" * 32)
+    image = {"id": "i1", "format": "dicom", "width": 8, "height": 8, "frames": 1}
+    payload = deid.result_payload(
+        _result({}),
+        {"id": "s1", "study_uid": "1.2.3", "modality": "HO", "body_part": "HOLLOWAY", "patient_sex": "F"},
+        {**image, "meta": {"view_position": "MARGARET"}},
+        None,
+        "site-1",
+    )
+    assert payload["study"]["modality"] is payload["study"]["body_part"] is payload["study"]["view"] is None
+    sloppy = deid.result_payload(
+        _result({}), {"id": "s1", "modality": "cr", "body_part": "CHEST"}, image, None, "site-1"
+    )
+    assert (sloppy["study"]["modality"], sloppy["study"]["body_part"]) == ("cr", "CHEST")
+    ds = marked_dataset(Markers())
+    for keyword in ("BodyPartExamined", "ViewPosition", "PatientPosition", "Laterality", "Modality"):
+        if keyword in ds:  # the markers' own (some under another VR): set anew, as code strings
+            del ds[keyword]
+    ds.BodyPartExamined = "HOLLOWAY"
+    ds.ViewPosition = "MARGARET"
+    ds.PatientPosition = "LEE"
+    ds.Laterality = "L"
+    ds.Modality = "DX"
+    sent = deid.dicom(dicomgen.to_bytes(ds))
+    assert sent is not None
+    for name in (b"HOLLOWAY", b"MARGARET", b"LEE"):
+        assert name not in sent
+    out = pydicom.dcmread(io.BytesIO(sent))
+    assert (out.Modality, out.Laterality) == ("DX", "L")
+    assert "BodyPartExamined" not in out
+    ds.BodyPartExamined, ds.ViewPosition = "CHEST", "PA"
+    out = pydicom.dcmread(io.BytesIO(deid.dicom(dicomgen.to_bytes(ds)) or b""))
+    assert (out.BodyPartExamined, out.ViewPosition) == ("CHEST", "PA")
+
+
+def test_every_code_string_the_allow_list_keeps_has_its_terms() -> None:
+    """A code string added to the allow-list without the terms it may hold would be dropped
+    always; the lists are the standard's (Body Part Examined: PS3.16 Table L-1, as highdicom
+    ships it where it does)."""
+    from pydicom.datadict import dictionary_VR
+
+    from edge.sync import dicom_terms
+
+    kept = {k for t, k in deid_dicom.ALLOWED.items() if "CS" in dictionary_VR(t)} - {"ImageType"}
+    assert kept <= set(dicom_terms.TERMS) | {"PatientOrientation"}
+    assert {"CR", "DX", "US", "MG"} <= dicom_terms.MODALITIES
+    try:
+        from highdicom._standard_utils import get_anatomic_region_map
+    except ImportError:
+        return
+    assert set(get_anatomic_region_map()) == dicom_terms.BODY_PARTS
+
+
+@pytest.mark.security
 @pytest.mark.parametrize("dates", ["shift", "keep"])
 def test_a_date_carrying_text_goes_out_as_no_date(dates: str) -> None:
     """A StudyDate is stored as the file wrote it; a scanner that put a name and MRN behind the

@@ -35,6 +35,7 @@ from edge.imaging.dicom_redact import burned_in_flag
 from edge.store import StoredResult
 from edge.store.files import write_atomically
 from edge.sync import deid_dicom
+from edge.sync.dicom_terms import defined
 
 DatePolicy = Literal["keep", "shift", "remove"]
 
@@ -45,15 +46,17 @@ _DATE_FORM = re.compile(r"^(\d{8}|\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}:\d{2}(\.\d{1,6}
 APPLICABILITY_KEYS = ("state", "distance", "p_value", "threshold")
 
 
-# Fields of the payload that come from an input file (DICOM code strings): a short code or nothing.
-# The shape is a code's (letters, digits, space, underscore, at most 16: DICOM's CS), so a file's
-# free text never rides in them; lower case is let through (PNG inputs, sloppy modalities).
-_CODE = re.compile(r"[A-Za-z0-9 _]{1,16}")
 _NAME = re.compile(r"[a-z0-9_]{1,40}")
 
 
-def _code(value: Any) -> str | None:
-    return value if isinstance(value, str) and _CODE.fullmatch(value) else None
+def _code(keyword: str, value: Any) -> str | None:
+    """A field of the payload that comes from an input file's DICOM code string: sent as it came
+    when it is one of the terms the standard defines for that attribute (`dicom_terms`; in any
+    case: sloppy modalities write "cr"), else nothing. A code string's shape is not enough: a
+    surname in capitals has it."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    return value if defined(keyword, value.upper()) else None
 
 
 def _number(value: Any) -> bool:
@@ -168,9 +171,9 @@ class Deidentifier:
                 if study.get("patient_age_years") is None
                 else round(study["patient_age_years"], 1),
                 "sex": study.get("patient_sex") if study.get("patient_sex") in ("M", "F", "O") else None,
-                "modality": _code(study.get("modality")),
-                "body_part": _code(study.get("body_part")),
-                "view": _code(meta.get("view_position")),
+                "modality": _code("Modality", study.get("modality")),
+                "body_part": _code("BodyPartExamined", study.get("body_part")),
+                "view": _code("ViewPosition", meta.get("view_position")),
                 "study_date": self.date(study.get("study_date")),
                 "urgent": bool(study.get("urgent")),
             },

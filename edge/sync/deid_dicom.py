@@ -45,6 +45,8 @@ from pydicom.uid import (
     UID_dictionary,
 )
 
+from edge.sync.dicom_terms import defined
+
 # The edition of PS3.15 whose Table E.1-1 applies (dicom-anonymizer's name for it).
 PROFILE_EDITION = "dicomfields_2026c"
 
@@ -121,16 +123,15 @@ LUT_DATA = int(tag_for_keyword("LUTData") or 0)
 
 TEXT_VRS = frozenset({"AE", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT"})
 DATE_VRS = frozenset({"DA", "DT", "TM"})
-# Values of these VRs are strings a name could be smuggled in: each must look like its VR.
+# Values of these VRs are strings a name could be smuggled in: each must look like its VR. A
+# code string (CS) must be more: one of the terms the standard defines for it (`dicom_terms`),
+# as a surname has a code string's shape.
 _SHAPES = {
-    "CS": re.compile(r"[A-Z0-9 _]{0,16}"),
     "DS": re.compile(r"[0-9+\-.eE ]{0,32}"),  # a float set in code may print longer than 16
     "IS": re.compile(r"[0-9+\- ]{0,12}"),
     "AS": re.compile(r"[0-9]{3}[DWMY]"),
     "UI": re.compile(r"[0-9.]{0,64}"),
 }
-# Values that are a closed set, where a looser shape would let text through.
-_VALUES = {"PatientSex": re.compile(r"[MFO]")}
 
 
 def _tags(keywords: Iterable[str]) -> dict[int, str]:
@@ -272,7 +273,9 @@ class Walker:
             return self._uid(element)
         if keyword == "ImageType":
             return _image_type(element)
-        shape = _VALUES.get(keyword) or _SHAPES.get(element.VR)
+        if element.VR == "CS":  # a code: one the standard defines for it, or nothing
+            return element if all(not v.strip() or defined(keyword, v) for v in _values(element)) else None
+        shape = _SHAPES.get(element.VR)
         if shape is not None and not all(shape.fullmatch(v) for v in _values(element)):
             return None
         return element
