@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +95,39 @@ def site_logits(
     return sites, holdout.truth
 
 
+def _setup(
+    entry: ModelEntry, truth: np.ndarray
+) -> tuple[list[str], str, np.ndarray, dict[str, float], dict[str, float]]:
+    """The model's labels and positive label, which cases are positive, its shipped thresholds
+    and the screening targets a refit chooses for."""
+    manifest = entry.manifest
+    labels, positive = list(manifest.output.labels), manifest.output.positive
+    shipped = {name: op.threshold for name, op in manifest.operating_points.items()}
+    targets = calibration.targets_for(
+        {name: manifest.operating_points[name].description for name in calibratable_points(entry)}
+    )
+    return labels, positive, truth == labels.index(positive), shipped, targets
+
+
+def _draws(
+    is_positive: np.ndarray, positive: str, negatives: int, positives: int, draws: int, seed: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Each draw's stratified calibration cases and the site's rest (seeded: the same draws for
+    the same arguments)."""
+    rng = np.random.default_rng(seed)
+    pos_index, neg_index = np.flatnonzero(is_positive), np.flatnonzero(~is_positive)
+    if len(pos_index) <= positives or len(neg_index) <= negatives:
+        raise SystemExit(
+            f"the holdout has {len(pos_index)} {positive} and {len(neg_index)} other cases: too few to "
+            f"draw {positives} and {negatives} and keep some to judge on"
+        )
+    for _ in range(draws):
+        drawn = np.concatenate(
+            [rng.choice(pos_index, positives, replace=False), rng.choice(neg_index, negatives, replace=False)]
+        )
+        yield drawn, np.setdiff1d(np.arange(len(is_positive)), drawn)
+
+
 def simulate(
     entry: ModelEntry,
     logits: np.ndarray,
@@ -107,31 +141,14 @@ def simulate(
     """`draws` calibrations on stratified samples of one site, each judged on the site's rest.
     `bagging_rounds` other than the product's chooses the balanced point with that many (0: the
     plain middle of Youden's range), at the temperature the product fitted."""
-    manifest = entry.manifest
-    labels, positive = list(manifest.output.labels), manifest.output.positive
-    is_positive = truth == labels.index(positive)
+    labels, positive, is_positive, shipped, targets = _setup(entry, truth)
     share = positives / (positives + negatives)
-    shipped_t = manifest.output.temperature
-    shipped = {name: op.threshold for name, op in manifest.operating_points.items()}
-    targets = calibration.targets_for(
-        {name: manifest.operating_points[name].description for name in calibratable_points(entry)}
-    )
-    rng = np.random.default_rng(seed)
-    pos_index, neg_index = np.flatnonzero(is_positive), np.flatnonzero(~is_positive)
-    if len(pos_index) <= positives or len(neg_index) <= negatives:
-        raise SystemExit(
-            f"the holdout has {len(pos_index)} {positive} and {len(neg_index)} other cases: too few to "
-            f"draw {positives} and {negatives} and keep some to judge on"
-        )
+    shipped_t = entry.manifest.output.temperature
     before = _read(
         is_positive, softmax(logits, shipped_t)[:, labels.index(positive)], shipped["balanced"], share
     )
     after: list[dict[str, float]] = []
-    for _ in range(draws):
-        drawn = np.concatenate(
-            [rng.choice(pos_index, positives, replace=False), rng.choice(neg_index, negatives, replace=False)]
-        )
-        rest = np.setdiff1d(np.arange(len(truth)), drawn)
+    for drawn, rest in _draws(is_positive, positive, negatives, positives, draws, seed):
         # Few bootstrap rounds and no cross-validated reading: neither is read here, and the
         # temperature and thresholds do not depend on them.
         fit = calibration.fit_site(
@@ -176,24 +193,12 @@ def screening(
     as the product fits it (`fit_site` cross-validated: the shipped point kept where the site's
     own reads no better out of fold) and always the site's own (the rule before). Sensitivity is
     what the point is for: its mean and 5% worst draw; specificity its mean."""
-    manifest = entry.manifest
-    labels, positive = list(manifest.output.labels), manifest.output.positive
-    is_positive = truth == labels.index(positive)
-    shipped = {name: op.threshold for name, op in manifest.operating_points.items()}
-    targets = calibration.targets_for(
-        {name: manifest.operating_points[name].description for name in calibratable_points(entry)}
-    )
-    rng = np.random.default_rng(seed)
-    pos_index, neg_index = np.flatnonzero(is_positive), np.flatnonzero(~is_positive)
+    labels, positive, is_positive, shipped, targets = _setup(entry, truth)
     read: dict[str, list[tuple[float, float]]] = {"product": [], "always refit": []}
     kept = 0
-    for _ in range(draws):
-        drawn = np.concatenate(
-            [rng.choice(pos_index, positives, replace=False), rng.choice(neg_index, negatives, replace=False)]
-        )
-        rest = np.setdiff1d(np.arange(len(truth)), drawn)
+    for drawn, rest in _draws(is_positive, positive, negatives, positives, draws, seed):
         cases = Cases(logits[drawn], truth[drawn], labels, positive)
-        t0 = manifest.output.temperature
+        t0 = entry.manifest.output.temperature
         for rule, cross_validate in (("product", True), ("always refit", False)):
             fit = calibration.fit_site(
                 cases, t0, shipped, targets, "sim", rounds=20, cross_validate=cross_validate
