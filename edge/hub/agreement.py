@@ -299,19 +299,18 @@ def suggest(group: CaseSet, manifest: Manifest) -> dict[str, Any]:
         seed=BOOTSTRAP_SEED,
         rounds=BOOTSTRAP_ROUNDS,
     )
-    truth, before_p, after_p = cases.is_positive, cases.prob(shipped_t), cases.prob(fit.temperature)
-    before: dict[str, Any] = {"auc": _round(metrics.roc_auc(truth, before_p))}
-    after: dict[str, Any] = {"auc": _round(metrics.roc_auc(truth, after_p))}
-    for name, threshold in shipped.items():
-        before[name] = _at(truth, before_p, threshold)
+    # fit_site's figures on these cases, each point with the threshold it was read at.
+    before: dict[str, Any] = {"auc": fit.before["auc"]}
+    before.update({name: {"threshold": shipped[name], **fit.before[name]} for name in shipped})
+    after: dict[str, Any] = {"auc": fit.after["auc"]}
     points: dict[str, Any] = {}
     for name, point in fit.points.items():
-        after[name] = _at(truth, after_p, point.threshold)
+        after[name] = {"threshold": point.threshold, **fit.after[name]}
         points[name] = {
             "threshold": point.threshold,
             "description": point.description,
-            "sensitivity": after[name]["sensitivity"],
-            "specificity": after[name]["specificity"],
+            "sensitivity": point.sensitivity,
+            "specificity": point.specificity,
             "sensitivity_ci95": _finite(point.sensitivity_ci95),
             "specificity_ci95": _finite(point.specificity_ci95),
         }
@@ -364,16 +363,6 @@ def _usable(group: CaseSet, manifest: Manifest) -> list[Case]:
     """The cases the refit can read: a known temperature and the manifest's labels."""
     labels = set(manifest.output.labels)
     return [c for c in group.cases if not c.unknown_profile and set(c.probabilities) == labels]
-
-
-def _at(truth: np.ndarray, score: np.ndarray, threshold: float) -> dict[str, float | None]:
-    counts = metrics.at_threshold(truth, score, threshold)
-    return {
-        "threshold": threshold,
-        "accuracy": _round(counts.accuracy),
-        "sensitivity": _round(counts.sensitivity),
-        "specificity": _round(counts.specificity),
-    }
 
 
 def _interval(statistic: Any, truth: np.ndarray, score: np.ndarray) -> list[float] | None:
