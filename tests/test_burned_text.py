@@ -21,14 +21,17 @@ from edge.imaging.ocr import OcrUnavailable, TesseractOcr, Word
 from edge.sync.outgoing import PixelGuard
 
 SAMPLE = Path(__file__).resolve().parent.parent / "samples" / "ood" / "sonosite-anon-eye1.jpg"
+SAMPLES_CXR = Path(__file__).resolve().parent.parent / "models" / "cxr-pneumonia" / "samples"
 NAME, MRN = "HOLLOWAY^MARGARET", "40817253"
 TESSERACT = TesseractOcr()
 needs_tesseract = pytest.mark.skipif(not TESSERACT.is_available(), reason="tesseract-ocr not installed")
 
 
-def _readable(pixels: np.ndarray, secrets: list[str]) -> list[str]:
-    """The secrets OCR can still read in `pixels` (upscaled like the guard reads them)."""
+def _readable(pixels: np.ndarray, secrets: list[str], turn: int | None = None) -> list[str]:
+    """The secrets OCR can still read in `pixels` (upscaled like the guard reads them), turned by
+    `turn` (a cv2.ROTATE_* code) first when given."""
     grey = cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY) if pixels.ndim == 3 else pixels
+    grey = grey if turn is None else cv2.rotate(grey, turn)
     scale = max(1.0, 1600 / max(grey.shape))
     grey = cv2.resize(grey, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
     # The strongest reader at hand stands in for a person: the guard's own layers (plain reading
@@ -338,3 +341,32 @@ def test_a_full_dicom_keeps_no_text_hidden_outside_its_window() -> None:
     assert sent.code is Code.BURNED_IN_TEXT_REDACTED
     for view in stored_value_views(sent.data):
         assert _readable(view, secrets) == []
+
+
+@needs_tesseract
+@pytest.mark.security
+def test_a_label_running_up_the_film_is_read_and_blacked_out() -> None:
+    """As an audit found: a name and ID written up the left edge of a chest film (a vertical
+    label, common on CR and DX) were read by nobody and reached the hub in the full image, the
+    rendition and the thumbnail. Pages are now read turned a quarter either way too."""
+    from tools import dicomgen
+
+    film = decode_bytes((SAMPLES_CXR / "sample-01.png").read_bytes()).pixels
+    film = cv2.resize(film, (1024, 1024), interpolation=cv2.INTER_CUBIC)
+    film = film[:, :, 0] if film.ndim == 3 else film
+    band = np.zeros((60, 700), np.uint8)
+    cv2.putText(band, "HOLLOWAY 40817253", (10, 45), cv2.FONT_HERSHEY_SIMPLEX, 1.4, 255, 3)
+    upward = cv2.rotate(band, cv2.ROTATE_90_COUNTERCLOCKWISE)
+    film[150 : 150 + upward.shape[0], 10 : 10 + upward.shape[1]] |= upward
+    secrets = ["HOLLOWAY", MRN]
+    assert _readable(film, secrets) == []  # upright, nothing: why it was missed
+    assert _readable(film, secrets, cv2.ROTATE_90_CLOCKWISE) == secrets
+    data = dicomgen.to_bytes(dicomgen.grey_dicom(film, bits_stored=8, patient_id=MRN, patient_name=NAME))
+    image = {"id": "vertical-1", "format": "dicom", "meta": {"modality": "CR"}}
+    study = {"modality": "CR", "phi_patient_name": NAME, "phi_patient_id": MRN}
+    for kind in ("image", "rendition", "thumbnail"):
+        sent = PixelGuard("identifiers", ocr=TESSERACT).prepare(kind, image, study, data)
+        assert sent.data is not None, kind
+        assert sent.code is Code.BURNED_IN_TEXT_REDACTED, kind
+        pixels = decode_bytes(sent.data).pixels
+        assert _readable(pixels, secrets, cv2.ROTATE_90_CLOCKWISE) == [], kind

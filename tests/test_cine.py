@@ -226,6 +226,41 @@ def test_text_shown_in_some_frames_only_is_blacked_out_of_every_frame(tmp_path: 
         assert frame[text_box].mean() < 12  # blacked out of every frame, shown or not
 
 
+def test_text_flashed_in_one_frame_is_blacked_out_of_every_frame(tmp_path: Path) -> None:
+    """As an audit found: the patient's name and ID in one frame of 30 were read on neither the
+    maximum nor the 90th percentile and left readable in that frame. They are read on the picture
+    of what each frame shows brighter than its neighbours (`outshining`)."""
+    ocr = TesseractOcr()
+    if not ocr.is_available():
+        pytest.skip("tesseract-ocr is not installed")
+    source = cv2.VideoCapture(
+        str(Path(__file__).resolve().parents[1] / "samples/video/lung-regular-alines.mp4")
+    )
+    frames = []
+    while True:
+        ok, frame = source.read()
+        if not ok:
+            break
+        frames.append(frame)
+    path = tmp_path / "flash.mp4"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), 15.0, frames[0].shape[1::-1])
+    for index, frame in enumerate(frames):
+        if index == 1:
+            cv2.putText(frame, "HOLLOWAY", (80, 145), cv2.FONT_HERSHEY_SIMPLEX, 0.75, (110,) * 3, 2)
+            cv2.putText(frame, "40817253", (80, 177), cv2.FONT_HERSHEY_SIMPLEX, 0.75, (110,) * 3, 2)
+        writer.write(frame)
+    writer.release()
+    cine = read_cine(path, None)
+    study = {"phi_patient_name": "HOLLOWAY^MARGARET", "phi_patient_id": "40817253"}
+    sent = PixelGuard("identifiers", ocr).prepare_cine(cine, KEY_FRAME, study)
+    assert sent.code is Code.BURNED_IN_TEXT_REDACTED
+    facts = rendition_meta.read(sent.data or b"")
+    assert facts is not None
+    shown = unpack(sent.data or b"", facts)[1]
+    assert shown[(slice(128, 148), slice(82, 190))].mean() < 12  # the name
+    assert shown[(slice(160, 180), slice(82, 190))].mean() < 12  # the ID
+
+
 @pytest.mark.security
 @pytest.mark.parametrize("ocr", [_NoOcr(), _FailingOcr()])
 def test_a_cine_that_cannot_be_checked_is_withheld(tmp_path: Path, ocr: Any) -> None:

@@ -633,3 +633,24 @@ def test_binary_values_on_the_list_carry_no_hidden_text() -> None:
     assert "PixelData" not in out.SharedFunctionalGroupsSequence[0]
     assert len(out.PixelData) == out.Rows * out.Columns * 2
     assert list(out.ImageType) == ["ORIGINAL", "PRIMARY"]
+
+
+def test_tables_a_grey_picture_does_not_use_carry_no_hidden_text() -> None:
+    """As an audit found: a name and an accession in an Extended Offset Table of uncompressed
+    pixels, and in palette tables of a MONOCHROME2 picture, reached the hub byte for byte. Neither
+    is read for a grey picture; the picture and its window arrive as before."""
+    ds = marked_dataset(Markers())
+    secret = b"HOLLOWAY^MARGARET 40817253 ACC99812"
+    ds.ExtendedOffsetTable = secret + b"\0" * (48 - len(secret))
+    ds.ExtendedOffsetTableLengths = b"12 Rue Haute " + b"\0" * 3
+    for colour in ("Red", "Green", "Blue"):
+        setattr(ds, f"{colour}PaletteColorLookupTableDescriptor", [18, 0, 8])
+        setattr(ds, f"{colour}PaletteColorLookupTableData", secret + b"\0")
+    sent = Deidentifier(b"k" * 32).dicom(dicomgen.to_bytes(ds))
+    assert sent is not None
+    for hidden in (b"HOLLOWAY", b"40817253", b"ACC99812", b"Rue Haute"):
+        assert hidden not in sent
+    out = pydicom.dcmread(io.BytesIO(sent))
+    assert out.PhotometricInterpretation == "MONOCHROME2"
+    assert len(out.PixelData) == out.Rows * out.Columns * 2
+    assert not [e.keyword for e in out if "Palette" in e.keyword or "ExtendedOffset" in e.keyword]

@@ -59,8 +59,19 @@ def image_sets(count: int, rng: random.Random) -> dict[str, list[tuple[Path, boo
 
 
 def draw(pixels: np.ndarray, text: str, rng: random.Random, sector: bool) -> tuple[np.ndarray, str]:
-    """`text` drawn once, in a random font, size, place and grey; returns the image and how."""
+    """`text` drawn once, in a random font, size, place and grey, one time in four running up or
+    down the picture (a film's vertical label); returns the image and how."""
     out = pixels.copy() if pixels.ndim == 3 else cv2.cvtColor(pixels, cv2.COLOR_GRAY2RGB)
+    turn = rng.choice([None, None, None, cv2.ROTATE_90_CLOCKWISE, cv2.ROTATE_90_COUNTERCLOCKWISE])
+    if turn is None:
+        return _upright(out, text, rng, sector)
+    # Drawn upright on the picture turned, then turned back.
+    back = cv2.ROTATE_90_COUNTERCLOCKWISE if turn == cv2.ROTATE_90_CLOCKWISE else cv2.ROTATE_90_CLOCKWISE
+    drawn, how = _upright(cv2.rotate(out, turn), text, rng, sector)
+    return cv2.rotate(drawn, back), how + ("/down" if turn == cv2.ROTATE_90_CLOCKWISE else "/up")
+
+
+def _upright(out: np.ndarray, text: str, rng: random.Random, sector: bool) -> tuple[np.ndarray, str]:
     height, width = out.shape[:2]
     grey = rng.choice([255, 220, 170])
     # Screens burn text into the margins; a still or an X-ray anywhere (the sector test: inside).
@@ -85,8 +96,11 @@ def readable(pixels: np.ndarray, ocr: TesseractOcr, secret: str) -> bool:
     grey = cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY) if pixels.ndim == 3 else pixels
     scale = min(4.0, max(1.0, 1600 / max(grey.shape)))
     grey = cv2.resize(grey, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
-    # The guard's own two layers (a plain reading found nothing more on these images).
-    words = [w for page in text_layers(grey) for w in ocr.words(page)]
+    # The guard's own two layers (a plain reading found nothing more on these images), upright
+    # and turned a quarter either way (text running up or down the picture).
+    turns = (cv2.ROTATE_90_CLOCKWISE, cv2.ROTATE_90_COUNTERCLOCKWISE)
+    pages = [turned for page in text_layers(grey) for turned in (page, *(cv2.rotate(page, t) for t in turns))]
+    words = [w for page in pages for w in ocr.words(page)]
     joined = fold("".join(w.text for w in words))
     ids = Identifiers.from_values(ids=[secret])
     return fold(secret) in joined or any(ids.match(w.text) for w in words if len(fold(w.text)) >= 5)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from difflib import SequenceMatcher
 
 import cv2
@@ -119,6 +119,7 @@ def _similar(token: str, text: str) -> bool:
 class TextPolicy:
     redact_all: bool  # "any": every word found; else only words matching an identifier
     min_confidence: float = MIN_CONFIDENCE
+    sideways: bool = True  # also read each page turned a quarter either way (`_sideways_words`)
 
 
 @dataclass
@@ -193,6 +194,8 @@ def read_text(image: np.ndarray, ocr: OcrBackend, identifiers: Identifiers, poli
                 read = cv2.resize(plane, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
             for page in text_layers(read):
                 words += ocr.words(page)
+                if policy.sideways:
+                    words += _sideways_words(page, ocr)
     except OcrUnavailable as exc:
         raise PixelsUnchecked(f"OCR failed: {exc}") from exc
     findings = Findings(words_read=len(words))
@@ -207,6 +210,26 @@ def read_text(image: np.ndarray, ocr: OcrBackend, identifiers: Identifiers, poli
                 findings.other_text += 1
     findings.boxes = scale_boxes([words[i].box for i in sorted(flagged)], 1 / scale, 1 / scale)
     return findings
+
+
+_TURNS = (cv2.ROTATE_90_CLOCKWISE, cv2.ROTATE_90_COUNTERCLOCKWISE)
+
+
+def _sideways_words(page: np.ndarray, ocr: OcrBackend) -> list[Word]:
+    """The words of text that runs up or down the picture (a film's vertical label, a name
+    along its edge), with their boxes turned back into `page`'s pixels. Tesseract reads only
+    upright lines; a page turned the wrong way reads upside down and gives nothing."""
+    height, width = page.shape[:2]
+    found = []
+    for index, turn in enumerate(_TURNS):
+        for word in ocr.words(cv2.rotate(page, turn)):
+            x, y, w, h = word.box
+            # Clockwise, (px, py) went to (height - 1 - py, px); the other way, to (py, width - 1 - px).
+            box = (y, height - x - w, h, w) if turn == cv2.ROTATE_90_CLOCKWISE else (width - y - h, x, h, w)
+            # Its own line numbers, so no upright word is taken for part of a turned line.
+            line = (word.line[0] - 1000 * (index + 1), word.line[1], word.line[2])
+            found.append(replace(word, box=box, line=line))
+    return found
 
 
 def planes(image: np.ndarray) -> list[np.ndarray]:
