@@ -316,6 +316,15 @@ def test_a_file_whose_pixel_module_cannot_size_its_pixels_is_withheld() -> None:
     assert Deidentifier(b"k" * 32).dicom(dicomgen.to_bytes(ds)) is None
 
 
+def test_a_file_whose_high_bit_is_not_its_top_stored_bit_is_withheld() -> None:
+    """High Bit 15 over 12 bits stored: pydicom (and the text check) reads the lowest 12 bits, a
+    viewer following the standard the highest 12; text in the four bits only one of them reads
+    could pass unseen."""
+    ds = marked_dataset(Markers())
+    ds.BitsStored, ds.HighBit = 12, 15
+    assert Deidentifier(b"k" * 32).dicom(dicomgen.to_bytes(ds)) is None
+
+
 @pytest.mark.security
 def test_a_file_in_a_private_transfer_syntax_is_withheld() -> None:
     ds = marked_dataset(Markers())

@@ -400,7 +400,12 @@ def _native_pixels(out: Dataset, *, big_endian: bool) -> None:
     if len(data) > expected + (expected % 2):
         data = data[:expected] + b"\0" * (expected % 2)
     allocated, stored = int(out.get("BitsAllocated", 0)), int(out.get("BitsStored", 0))
-    if allocated in (16, 32) and 0 < stored < allocated and int(out.get("HighBit", -1)) == stored - 1:
+    if "HighBit" in out and int(out.HighBit) != stored - 1:
+        # Readers disagree on which bits hold the value (pydicom takes the lowest Bits Stored,
+        # the standard counts down from High Bit): the picture the text check read may not be
+        # the one a viewer shows, so the file is not sent as it is.
+        raise ValueError(f"High Bit {out.HighBit} with {stored} bits stored")
+    if allocated in (16, 32) and 0 < stored < allocated:
         words = np.frombuffer(
             data[: len(data) - len(data) % (allocated // 8)], f"{'>' if big_endian else '<'}u{allocated // 8}"
         )
