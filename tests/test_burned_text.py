@@ -370,3 +370,26 @@ def test_a_label_running_up_the_film_is_read_and_blacked_out() -> None:
         assert sent.code is Code.BURNED_IN_TEXT_REDACTED, kind
         pixels = decode_bytes(sent.data).pixels
         assert _readable(pixels, secrets, cv2.ROTATE_90_CLOCKWISE) == [], kind
+
+
+def test_a_turned_page_counts_only_words_shaped_like_an_id_or_a_name() -> None:
+    """Speckle and anatomy read sideways come back as confident short words; on a turned page
+    only identifiers and words shaped like one count, upright pages are judged as before."""
+    from edge.imaging.burned_text import read_text
+
+    class _SameWords:
+        name = "double"
+
+        def is_available(self) -> bool:
+            return True
+
+        def words(self, image: np.ndarray) -> list[Word]:
+            speckle = Word("at", 95.0, (0, 0, 10, 10), (1, 1, 1))
+            return [speckle, Word("A40817253", 90.0, (20, 0, 40, 10), (1, 1, 2))]
+
+    picture = np.zeros((200, 300), np.uint8)
+    upright_only = read_text(picture, _SameWords(), Identifiers(), TextPolicy(True, sideways=False))
+    both = read_text(picture, _SameWords(), Identifiers(), TextPolicy(True))
+    # Two layers: upright both words each; turned both ways, the ID-shaped word only.
+    assert upright_only.other_text == 4
+    assert both.other_text == 4 + 4

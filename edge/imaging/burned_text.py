@@ -186,18 +186,20 @@ def read_text(image: np.ndarray, ocr: OcrBackend, identifiers: Identifiers, poli
     if height * width > MAX_PIXELS:
         raise PixelsUnchecked(f"{width}x{height} is too large to read for text")
     scale = min(OCR_MAX_UPSCALE, max(1.0, OCR_TARGET_SIDE / max(height, width)))
-    words: list[Word] = []
+    upright: list[Word] = []
+    turned: list[Word] = []
     try:
         for plane in planes(image):
             read = plane
             if scale > 1.0:
                 read = cv2.resize(plane, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
             for page in text_layers(read):
-                words += ocr.words(page)
+                upright += ocr.words(page)
                 if policy.sideways:
-                    words += _sideways_words(page, ocr)
+                    turned += _sideways_words(page, ocr)
     except OcrUnavailable as exc:
         raise PixelsUnchecked(f"OCR failed: {exc}") from exc
+    words = upright + turned
     findings = Findings(words_read=len(words))
     flagged: set[int] = set()
     for index in _identifier_words(words, identifiers):
@@ -205,9 +207,15 @@ def read_text(image: np.ndarray, ocr: OcrBackend, identifiers: Identifiers, poli
         findings.identifiers += 1
     if policy.redact_all:
         for index, word in enumerate(words):
-            if index not in flagged and _is_text(word, policy):
-                flagged.add(index)
-                findings.other_text += 1
+            if index in flagged or not _is_text(word, policy):
+                continue
+            # A turned page's other words count only when shaped like an ID or a name: speckle
+            # and anatomy read sideways give confident short words ("at", "if", "oO": 0-7 on each
+            # of 12 clean bench images); counted, they blacked out 10 of the 12, against 5.
+            if index >= len(upright) and not _looks_like_an_identifier(re.sub(r"[\W_]", "", word.text)):
+                continue
+            flagged.add(index)
+            findings.other_text += 1
     findings.boxes = scale_boxes([words[i].box for i in sorted(flagged)], 1 / scale, 1 / scale)
     return findings
 
