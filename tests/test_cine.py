@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from edge.store import Store
 from edge.sync.outgoing import PixelGuard
 from edge.sync.protocol import MAX_CINE_BYTES, UploadStart
 from edge.sync.runner import exchange
-from edge.video.filmstrip import CINE_FRAMES, CINE_MAX_BYTES, CINE_SIDE, evenly, pack, read_cine, unpack
+from edge.video.filmstrip import CINE_FRAMES, CINE_MAX_BYTES, CINE_SIDE, Cine, evenly, pack, read_cine, unpack
 from tests.conftest import MODELS
 from tests.hubfixtures import (  # noqa: F401 - postgres_url is a fixture
     HTML,
@@ -184,15 +184,9 @@ def test_burned_text_is_blacked_out_of_every_frame(tmp_path: Path) -> None:
     )
 
 
-@pytest.mark.security
-def test_text_shown_in_some_frames_only_is_blacked_out_of_every_frame(tmp_path: Path) -> None:
-    """As an audit found: a grey name and ID (level 110) burned into some frames of a real lung
-    clip (here every third), no identifier known. On the per-pixel maximum the other frames'
-    speckle raises the text's background and it is not read (it stayed in the frames that show
-    it); the 90th percentile reads it."""
-    ocr = TesseractOcr()
-    if not ocr.is_available():
-        pytest.skip("tesseract-ocr is not installed")
+def _lung_clip_with_name(tmp_path: Path, shows: Callable[[int], bool], x: int) -> Cine:
+    """The sample lung clip with a grey name and ID (level 110) burned into the frames `shows`
+    picks, read back as its cine."""
     source = cv2.VideoCapture(
         str(Path(__file__).resolve().parents[1] / "samples/video/lung-regular-alines.mp4")
     )
@@ -202,15 +196,27 @@ def test_text_shown_in_some_frames_only_is_blacked_out_of_every_frame(tmp_path: 
         if not ok:
             break
         frames.append(frame)
-    path = tmp_path / "blinking.mp4"
+    path = tmp_path / "overlaid.mp4"
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), 15.0, frames[0].shape[1::-1])
     for index, frame in enumerate(frames):
-        if index % 3 == 0:
-            cv2.putText(frame, "HOLLOWAY", (78, 145), cv2.FONT_HERSHEY_SIMPLEX, 0.75, (110,) * 3, 2)
-            cv2.putText(frame, "40817253", (78, 177), cv2.FONT_HERSHEY_SIMPLEX, 0.75, (110,) * 3, 2)
+        if shows(index):
+            cv2.putText(frame, "HOLLOWAY", (x, 145), cv2.FONT_HERSHEY_SIMPLEX, 0.75, (110,) * 3, 2)
+            cv2.putText(frame, "40817253", (x, 177), cv2.FONT_HERSHEY_SIMPLEX, 0.75, (110,) * 3, 2)
         writer.write(frame)
     writer.release()
-    cine = read_cine(path, None)
+    return read_cine(path, None)
+
+
+@pytest.mark.security
+def test_text_shown_in_some_frames_only_is_blacked_out_of_every_frame(tmp_path: Path) -> None:
+    """As an audit found: a grey name and ID (level 110) burned into some frames of a real lung
+    clip (here every third), no identifier known. On the per-pixel maximum the other frames'
+    speckle raises the text's background and it is not read (it stayed in the frames that show
+    it); the 90th percentile reads it."""
+    ocr = TesseractOcr()
+    if not ocr.is_available():
+        pytest.skip("tesseract-ocr is not installed")
+    cine = _lung_clip_with_name(tmp_path, lambda index: index % 3 == 0, 78)
 
     from edge.imaging.burned_text import fold, text_layers
 
@@ -236,24 +242,7 @@ def test_text_flashed_in_a_frame_or_two_is_blacked_out_of_every_frame(
     ocr = TesseractOcr()
     if not ocr.is_available():
         pytest.skip("tesseract-ocr is not installed")
-    source = cv2.VideoCapture(
-        str(Path(__file__).resolve().parents[1] / "samples/video/lung-regular-alines.mp4")
-    )
-    frames = []
-    while True:
-        ok, frame = source.read()
-        if not ok:
-            break
-        frames.append(frame)
-    path = tmp_path / "flash.mp4"
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), 15.0, frames[0].shape[1::-1])
-    for index, frame in enumerate(frames):
-        if index in shown:
-            cv2.putText(frame, "HOLLOWAY", (80, 145), cv2.FONT_HERSHEY_SIMPLEX, 0.75, (110,) * 3, 2)
-            cv2.putText(frame, "40817253", (80, 177), cv2.FONT_HERSHEY_SIMPLEX, 0.75, (110,) * 3, 2)
-        writer.write(frame)
-    writer.release()
-    cine = read_cine(path, None)
+    cine = _lung_clip_with_name(tmp_path, lambda index: index in shown, 80)
     study = {"phi_patient_name": "HOLLOWAY^MARGARET", "phi_patient_id": "40817253"}
     sent = PixelGuard("identifiers", ocr).prepare_cine(cine, KEY_FRAME, study)
     assert sent.code is Code.BURNED_IN_TEXT_REDACTED
