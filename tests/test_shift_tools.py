@@ -302,18 +302,18 @@ def test_a_simulated_site_whose_normals_score_high_is_read_better_after_calibrat
     for normals, before_at_most, threshold_above in ((1.0, 0.75, 0.5), (-3.0, 1.0, 0.0)):
         margin = np.where(truth == 1, 4.0, normals) + rng.normal(0, 0.8, len(truth))
         logits = np.stack([np.zeros(len(truth)), margin], axis=1)
-        result = site_sim.simulate(entry, logits, truth, negatives=38, positives=62, draws=20, seed=1)
+        result = site_sim.simulate(entry, logits, truth, site_sim.Sampling(38, 62, draws=20, seed=1))
         assert result["before"]["accuracy"] <= before_at_most
         assert result["after"]["accuracy"]["p05"] >= 0.9
         assert result["after"]["threshold"]["median"] > threshold_above
         assert 0 <= result["after_reaching_target"] <= 1
     with pytest.raises(SystemExit, match="too few"):
-        site_sim.simulate(entry, logits[:50], truth[:50], negatives=38, positives=62, draws=2, seed=1)
+        site_sim.simulate(entry, logits[:50], truth[:50], site_sim.Sampling(38, 62, draws=2, seed=1))
     picture = checkerboard()
     for shift in [*site_sim.COMBINED["xray"].values(), *site_sim.COMBINED["ultrasound"].values()]:
         assert shift(picture, rng).shape == picture.shape
     # The screening point, as the product fits it and always refitted, on the same draws.
-    read = site_sim.screening(entry, logits, truth, negatives=38, positives=62, draws=4, seed=1)
+    read = site_sim.screening(entry, logits, truth, site_sim.Sampling(38, 62, draws=4, seed=1))
     assert 0.0 <= read["kept"] <= 1.0
     for rule in ("product", "always refit"):
         assert 0.0 <= read[rule]["sensitivity_p05"] <= read[rule]["sensitivity"] <= 1.0

@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -109,46 +110,53 @@ def _setup(
     return labels, positive, truth == labels.index(positive), shipped, targets
 
 
-def _draws(
-    is_positive: np.ndarray, positive: str, negatives: int, positives: int, draws: int, seed: int
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Each draw's stratified calibration cases and the site's rest (seeded: the same draws for
-    the same arguments)."""
-    rng = np.random.default_rng(seed)
-    pos_index, neg_index = np.flatnonzero(is_positive), np.flatnonzero(~is_positive)
-    if len(pos_index) <= positives or len(neg_index) <= negatives:
-        raise SystemExit(
-            f"the holdout has {len(pos_index)} {positive} and {len(neg_index)} other cases: too few to "
-            f"draw {positives} and {negatives} and keep some to judge on"
-        )
-    for _ in range(draws):
-        drawn = np.concatenate(
-            [rng.choice(pos_index, positives, replace=False), rng.choice(neg_index, negatives, replace=False)]
-        )
-        yield drawn, np.setdiff1d(np.arange(len(is_positive)), drawn)
+@dataclass(frozen=True)
+class Sampling:
+    """How a site's calibration cases are drawn: `negatives` + `positives` cases per draw,
+    `draws` draws, seeded (the same draws for the same sampling)."""
+
+    negatives: int
+    positives: int
+    draws: int
+    seed: int
+
+    def split(self, is_positive: np.ndarray, positive: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Each draw's stratified calibration cases and the site's rest."""
+        rng = np.random.default_rng(self.seed)
+        pos_index, neg_index = np.flatnonzero(is_positive), np.flatnonzero(~is_positive)
+        if len(pos_index) <= self.positives or len(neg_index) <= self.negatives:
+            raise SystemExit(
+                f"the holdout has {len(pos_index)} {positive} and {len(neg_index)} other cases: too few "
+                f"to draw {self.positives} and {self.negatives} and keep some to judge on"
+            )
+        for _ in range(self.draws):
+            drawn = np.concatenate(
+                [
+                    rng.choice(pos_index, self.positives, replace=False),
+                    rng.choice(neg_index, self.negatives, replace=False),
+                ]
+            )
+            yield drawn, np.setdiff1d(np.arange(len(is_positive)), drawn)
 
 
 def simulate(
     entry: ModelEntry,
     logits: np.ndarray,
     truth: np.ndarray,
-    negatives: int,
-    positives: int,
-    draws: int,
-    seed: int,
+    sampling: Sampling,
     bagging_rounds: int = calibration.BAGGING_ROUNDS,
 ) -> dict[str, Any]:
     """`draws` calibrations on stratified samples of one site, each judged on the site's rest.
     `bagging_rounds` other than the product's chooses the balanced point with that many (0: the
     plain middle of Youden's range), at the temperature the product fitted."""
     labels, positive, is_positive, shipped, targets = _setup(entry, truth)
-    share = positives / (positives + negatives)
+    share = sampling.positives / (sampling.positives + sampling.negatives)
     shipped_t = entry.manifest.output.temperature
     before = _read(
         is_positive, softmax(logits, shipped_t)[:, labels.index(positive)], shipped["balanced"], share
     )
     after: list[dict[str, float]] = []
-    for drawn, rest in _draws(is_positive, positive, negatives, positives, draws, seed):
+    for drawn, rest in sampling.split(is_positive, positive):
         # Few bootstrap rounds and no cross-validated reading: neither is read here, and the
         # temperature and thresholds do not depend on them.
         fit = calibration.fit_site(
@@ -184,10 +192,7 @@ def screening(
     entry: ModelEntry,
     logits: np.ndarray,
     truth: np.ndarray,
-    negatives: int,
-    positives: int,
-    draws: int,
-    seed: int,
+    sampling: Sampling,
 ) -> dict[str, Any]:
     """The screening point after calibrating, read on the site's rest, two ways on the same draws:
     as the product fits it (`fit_site` cross-validated: the shipped point kept where the site's
@@ -196,7 +201,7 @@ def screening(
     labels, positive, is_positive, shipped, targets = _setup(entry, truth)
     read: dict[str, list[tuple[float, float]]] = {"product": [], "always refit": []}
     kept = 0
-    for drawn, rest in _draws(is_positive, positive, negatives, positives, draws, seed):
+    for drawn, rest in sampling.split(is_positive, positive):
         cases = Cases(logits[drawn], truth[drawn], labels, positive)
         t0 = entry.manifest.output.temperature
         for rule, cross_validate in (("product", True), ("always refit", False)):
@@ -208,7 +213,7 @@ def screening(
             prob = softmax(logits[rest], fit.temperature)[:, labels.index(positive)]
             counts = m.at_threshold(is_positive[rest], prob, point.threshold)
             read[rule].append((counts.sensitivity, counts.specificity))
-    out: dict[str, Any] = {"target": targets.get("screening"), "kept": round(kept / draws, 3)}
+    out: dict[str, Any] = {"target": targets.get("screening"), "kept": round(kept / sampling.draws, 3)}
     for rule, rows in read.items():
         values = np.array(rows)
         out[rule] = {
@@ -316,11 +321,9 @@ def main() -> None:
     entry = Registry(args.models_dir).get(recipe.name)
     with console.status("scoring the holdout as each simulated site would show it..."):
         sites, truth = site_logits(recipe, entry.variant_file("fp32"), args.seed, args.split)
+    sampling = Sampling(args.negatives, args.positives, args.draws, args.seed)
     if args.screening:
-        found = {
-            name: screening(entry, logits, truth, args.negatives, args.positives, args.draws, args.seed)
-            for name, logits in sites.items()
-        }
+        found = {name: screening(entry, logits, truth, sampling) for name, logits in sites.items()}
         print_screening(
             f"{recipe.name} {entry.manifest.version}: the screening point after calibrating on "
             f"{args.negatives}+{args.positives} cases of each site ({args.draws} draws), read on the "
@@ -331,10 +334,7 @@ def main() -> None:
             args.json.write_text(json.dumps({"model": recipe.name, "screening": found}, indent=1))
         return
     results = {
-        name: simulate(
-            entry, logits, truth, args.negatives, args.positives, args.draws, args.seed, args.bagging_rounds
-        )
-        for name, logits in sites.items()
+        name: simulate(entry, logits, truth, sampling, args.bagging_rounds) for name, logits in sites.items()
     }
     title = (
         f"{recipe.name} {entry.manifest.version}: calibrated on {args.negatives}+{args.positives} cases "

@@ -118,7 +118,11 @@ TOP_LEVEL_ONLY = frozenset(
 # A palette is read only for PALETTE COLOR pixels: on any other picture its tables are bytes no
 # reader shows, where text could ride. (An Extended Offset Table is not on the list at all: the
 # pixel data sent is rewritten, and a reader finds its frames without one.)
-PALETTE = ("Red", "Green", "Blue")
+PALETTE = tuple(
+    f"{colour}PaletteColorLookupTable{part}"
+    for colour in ("Red", "Green", "Blue")
+    for part in ("Descriptor", "Data")
+)
 # A modality or VOI LUT maps stored values to display values: a curve, monotone. Bytes that are
 # not one (text placed in the table) are not a LUT a reader needs.
 LUT_DATA = int(tag_for_keyword("LUTData") or 0)
@@ -367,11 +371,9 @@ def deidentify(source: Dataset, policy: Policy, pseudonym: str | None) -> Datase
         if keyword not in out:
             setattr(out, keyword, "")
     if str(out.get("PhotometricInterpretation", "")).strip() != "PALETTE COLOR":
-        for colour in PALETTE:
-            for part in ("Descriptor", "Data"):
-                keyword = f"{colour}PaletteColorLookupTable{part}"
-                if keyword in out:
-                    delattr(out, keyword)
+        for keyword in PALETTE:
+            if keyword in out:
+                delattr(out, keyword)
     _mark(out, policy.dates)
     if not UID(syntax).is_compressed:
         try:

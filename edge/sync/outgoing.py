@@ -211,10 +211,10 @@ class PixelGuard:
 
     def prepare_cine(self, cine: Cine, image: dict[str, Any], study: dict[str, Any] | None) -> Outgoing:
         """A clip's filmstrip (edge/video/filmstrip.py). Its frames are the sector already, but
-        are read all the same, on two pictures of them all (`cine_composites`), and the boxes
-        found on either are blacked out of every frame, under the same policy as the other
-        kinds. Withheld under the same conditions (flagged header, no OCR engine, an OCR
-        failure)."""
+        are read all the same, on two pictures of them all (`cine_composites`) and, for the
+        patient's identifiers, on a third (`outshining`: a name flashed in a frame or two); the
+        boxes found are blacked out of every frame, under the same policy as the other kinds.
+        Withheld under the same conditions (flagged header, no OCR engine, an OCR failure)."""
         media_type = "image/jpeg"
         if burned_in_flag((image.get("meta") or {}).get("burned_in_annotation")):
             return _withheld(media_type, "flagged", "the header says the pixels carry burned-in text")
@@ -357,8 +357,8 @@ def outshining(frames: list[np.ndarray]) -> np.ndarray:
     values = np.stack(frames).astype(np.int16)
     out = np.zeros(values.shape[1:], np.int16)
     for index in range(len(values)):
-        near = [j for j in range(index - CINE_NEIGHBOURS, index + CINE_NEIGHBOURS + 1) if j != index]
-        neighbours = np.sort(values[[j for j in near if 0 <= j < len(values)]], axis=0)
+        near = range(max(0, index - CINE_NEIGHBOURS), min(len(values), index + CINE_NEIGHBOURS + 1))
+        neighbours = np.sort(values[[j for j in near if j != index]], axis=0)
         np.maximum(out, values[index] - neighbours[-min(2, len(neighbours))], out=out)
     page = cv2.morphologyEx(out.clip(0, 255).astype(np.uint8), cv2.MORPH_OPEN, np.ones((2, 2), np.uint8))
     # What is left below `CINE_EXCESS_FLOOR` is speckle's doing: read with it, OCR took 2-6 times
