@@ -97,6 +97,29 @@ def work_in_flight(db: Path, inbox: Path) -> bool:
     return not drained(db, inbox) and (db.exists() or any(p.is_file() for p in inbox.rglob("*")))
 
 
+def progress(db: Path, inbox: Path) -> int:
+    """Jobs the agent finished less files still waiting: grows with each file it takes or answers."""
+    waiting = sum(p.is_file() for p in inbox.rglob("*"))
+    if not db.exists():
+        return -waiting
+    try:
+        with sqlite3.connect(db, timeout=10) as conn:
+            query = "SELECT count(*) FROM jobs WHERE state NOT IN ('queued', 'running')"
+            finished = conn.execute(query).fetchone()[0]
+    except sqlite3.OperationalError:  # the agent is still creating its tables
+        finished = 0
+    return finished - waiting
+
+
+def wait_for_progress(db: Path, inbox: Path, beyond: int, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if progress(db, inbox) > beyond:
+            return True
+        time.sleep(0.02)
+    return False
+
+
 def drained(db: Path, inbox: Path) -> bool:
     if any(p for p in inbox.rglob("*") if p.is_file()):
         return False
@@ -187,11 +210,16 @@ def run(images: int, kills: int, seed: int, workdir: Path, log_path: Path) -> di
             for name, data, _ in pending[:wave]:
                 drop(inbox, name, data)
             pending = pending[wave:]
+            dropped = progress(data_dir / "edge.db", inbox)
             if rng.random() < 0.2:  # during the start: recovery, requeueing, model loading
                 time.sleep(rng.uniform(0.3, 2.5))
-            else:  # in the work, however slow this machine is to start the agent
+            else:  # in the work, however slow or fast this machine is
                 never_up += not wait_until_running(data_dir, agent.pid, timeout_s=120)
-                time.sleep(rng.uniform(0.0, 2.0))
+                # Once the agent has taken one file of the wave, then up to half as long again: a
+                # fixed pause after the start let a fast machine finish every wave before its kill.
+                began = time.monotonic()
+                wait_for_progress(data_dir / "edge.db", inbox, beyond=dropped, timeout_s=120)
+                time.sleep(rng.uniform(0.0, 0.5) * (time.monotonic() - began))
                 kills_in_work += work_in_flight(data_dir / "edge.db", inbox)
             agent.send_signal(signal.SIGKILL)
             agent.wait()

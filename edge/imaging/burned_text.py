@@ -13,8 +13,10 @@ withholds them.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from difflib import SequenceMatcher
 
@@ -36,6 +38,10 @@ MIN_TEXT_CHARS = 2
 MATCH_RATIO = 0.78  # similarity of an OCR word to an identifier that counts as the identifier
 MIN_TOKEN = 3  # shorter name parts ("LI", "MA") would match half of the screen's labels
 PASSES = 2
+OCR_MAX_WORKERS = 3  # pages read at once (`ocr_workers`)
+# Pixels of the pages in the engine at once: a large film's pages are read fewer at a time, as
+# each Tesseract child holds its page several times over (a 40 MP film's alone is 40 MB a copy).
+IN_FLIGHT_PIXELS = 30_000_000
 TOPHAT_KERNEL = 31  # px at OCR scale: strokes thinner than this count as text strokes
 COLOURLESS = 12  # grey levels between channels below which a picture is grey (JPEG's chroma noise)
 COLOUR_CONTRAST = 32  # a colour-difference plane's range (median of 3) below which it is not read
@@ -119,7 +125,7 @@ def _similar(token: str, text: str) -> bool:
 class TextPolicy:
     redact_all: bool  # "any": every word found; else only words matching an identifier
     min_confidence: float = MIN_CONFIDENCE
-    sideways: bool = True  # also read each page turned a quarter either way (`_sideways_words`)
+    sideways: bool = True  # also read each page turned a quarter either way (`_turned_back`)
 
 
 @dataclass
@@ -186,19 +192,24 @@ def read_text(image: np.ndarray, ocr: OcrBackend, identifiers: Identifiers, poli
     if height * width > MAX_PIXELS:
         raise PixelsUnchecked(f"{width}x{height} is too large to read for text")
     scale = min(OCR_MAX_UPSCALE, max(1.0, OCR_TARGET_SIDE / max(height, width)))
-    upright: list[Word] = []
-    turned: list[Word] = []
+    pages: list[np.ndarray] = []
+    for plane in planes(image):
+        read = plane
+        if scale > 1.0:
+            read = cv2.resize(plane, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
+        pages += text_layers(read)
+    turns = _TURNS if policy.sideways else ()
+    # Every page, upright and turned, is read before any is judged, several at a time.
+    turned_sheets = [(page, turn) for page in pages for turn in turns]
+    sheets: list[tuple[np.ndarray, int | None]] = [*((page, None) for page in pages), *turned_sheets]
     try:
-        for plane in planes(image):
-            read = plane
-            if scale > 1.0:
-                read = cv2.resize(plane, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
-            for page in text_layers(read):
-                upright += ocr.words(page)
-                if policy.sideways:
-                    turned += _sideways_words(page, ocr)
+        readings = _read_all(sheets, ocr)
     except OcrUnavailable as exc:
         raise PixelsUnchecked(f"OCR failed: {exc}") from exc
+    upright = [word for words in readings[: len(pages)] for word in words]
+    turned: list[Word] = []
+    for (page, turn), words in zip(turned_sheets, readings[len(pages) :], strict=True):
+        turned += _turned_back(words, page.shape, turn)
     words = upright + turned
     findings = Findings(words_read=len(words))
     flagged: set[int] = set()
@@ -223,20 +234,44 @@ def read_text(image: np.ndarray, ocr: OcrBackend, identifiers: Identifiers, poli
 _TURNS = (cv2.ROTATE_90_CLOCKWISE, cv2.ROTATE_90_COUNTERCLOCKWISE)
 
 
-def _sideways_words(page: np.ndarray, ocr: OcrBackend) -> list[Word]:
-    """The words of text that runs up or down the picture (a film's vertical label, a name
-    along its edge), with their boxes turned back into `page`'s pixels. Tesseract reads only
-    upright lines; a page turned the wrong way reads upside down and gives nothing."""
-    height, width = page.shape[:2]
+def _read_all(sheets: Sequence[tuple[np.ndarray, int | None]], ocr: OcrBackend) -> list[list[Word]]:
+    """The words of each page turned as its sheet says (None: upright), in order. The engine is
+    a child process per page (Tesseract, one thread each), so up to `ocr_workers()` are read at
+    once, fewer for large pictures: a still's 6 to 18 pages took one core each in turn."""
+
+    def read(sheet: tuple[np.ndarray, int | None]) -> list[Word]:
+        page, turn = sheet
+        return ocr.words(page if turn is None else cv2.rotate(page, turn))
+
+    largest = max((page.size for page, _ in sheets), default=1)
+    workers = min(ocr_workers(), len(sheets), max(1, IN_FLIGHT_PIXELS // largest))
+    if workers <= 1:
+        return [read(sheet) for sheet in sheets]
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ocr") as pool:
+        return list(pool.map(read, sheets))
+
+
+def ocr_workers() -> int:
+    """Pages read at once: the cores this process may use, at most `OCR_MAX_WORKERS` (the sync
+    agent runs at Nice 10: the agent's inference keeps its cores first)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(OCR_MAX_WORKERS, cores))
+
+
+def _turned_back(words: Sequence[Word], shape: tuple[int, ...], turn: int) -> list[Word]:
+    """The words read on a page turned by `turn` (one of `_TURNS`: text running up or down the
+    picture: a film's vertical label, a name along its edge), with their boxes turned back into
+    the upright page of `shape`. Tesseract reads only upright lines; a page turned the wrong
+    way reads upside down and gives nothing, hence both turns."""
+    height, width = shape[:2]
     found = []
-    for index, turn in enumerate(_TURNS):
-        for word in ocr.words(cv2.rotate(page, turn)):
-            x, y, w, h = word.box
-            # Clockwise, (px, py) went to (height - 1 - py, px); the other way, to (py, width - 1 - px).
-            box = (y, height - x - w, h, w) if turn == cv2.ROTATE_90_CLOCKWISE else (width - y - h, x, h, w)
-            # Its own line numbers, so no upright word is taken for part of a turned line.
-            line = (word.line[0] - 1000 * (index + 1), word.line[1], word.line[2])
-            found.append(replace(word, box=box, line=line))
+    for word in words:
+        x, y, w, h = word.box
+        # Clockwise, (px, py) went to (height - 1 - py, px); the other way, to (py, width - 1 - px).
+        box = (y, height - x - w, h, w) if turn == cv2.ROTATE_90_CLOCKWISE else (width - y - h, x, h, w)
+        # Its own line numbers, so no upright word is taken for part of a turned line.
+        line = (word.line[0] - 1000 * (_TURNS.index(turn) + 1), word.line[1], word.line[2])
+        found.append(replace(word, box=box, line=line))
     return found
 
 

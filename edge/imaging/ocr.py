@@ -10,6 +10,7 @@ agent. Every failure is `OcrUnavailable`, so the caller can fail closed (withhol
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -64,6 +65,12 @@ class TesseractOcr:
             raise OcrUnavailable("the pytesseract package is not installed") from exc
         # pytesseract keeps the program in a module global: each engine sets its own before use.
         pytesseract.pytesseract.tesseract_cmd = self.command or "tesseract"
+        # Debian's Tesseract is built with OpenMP: with no limit, its nested parallel regions
+        # start more threads than there are cores, which spin against each other and anything
+        # else running (one page took 4x as long on 2 cores; tesseract-ocr/tesseract#3109).
+        # One thread per child: `burned_text` reads pages side by side instead. The child
+        # inherits this; an operator's own setting wins.
+        os.environ.setdefault("OMP_THREAD_LIMIT", "1")
         return pytesseract
 
     def is_available(self) -> bool:

@@ -1,0 +1,109 @@
+"""How pages go to the OCR engine: several at a time, each Tesseract child on one thread, and the
+findings the same as when read one after another (edge/imaging/burned_text.py `_read_all`,
+edge/imaging/ocr.py)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.imaging import burned_text
+from edge.imaging.burned_text import Identifiers, TextPolicy, read_text
+from edge.imaging.ocr import TesseractOcr, Word
+
+
+class _CountingOcr:
+    """Reads a word whose text says which page it was shown (its mean grey and shape) and how
+    many readings were under way at once, taking a moment over each as an engine would."""
+
+    name = "counting"
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.now = self.most = 0
+
+    def is_available(self) -> bool:
+        return True
+
+    def words(self, image: np.ndarray) -> list[Word]:
+        with self.lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+        time.sleep(0.05)
+        with self.lock:
+            self.now -= 1
+        label = f"P{int(image.mean())}X{image.shape[0]}X{image.shape[1]}"
+        return [Word(label, 95.0, (1, 2, 3, 4), (1, 1, 1))]
+
+
+def _picture(height: int, width: int) -> np.ndarray:
+    rng = np.random.default_rng(3)
+    colour = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    colour[..., 0] = 255 - colour[..., 1]  # colour contrast: all three planes are read
+    return colour
+
+
+def test_pages_are_read_side_by_side_and_found_as_one_after_another(monkeypatch) -> None:
+    picture = _picture(120, 160)
+    policy = TextPolicy(redact_all=True)
+    monkeypatch.setattr(burned_text, "ocr_workers", lambda: 1)
+    alone = _CountingOcr()
+    one_by_one = read_text(picture, alone, Identifiers(), policy)
+    monkeypatch.setattr(burned_text, "ocr_workers", lambda: 3)
+    together = _CountingOcr()
+    side_by_side = read_text(picture, together, Identifiers(), policy)
+    assert alone.most == 1
+    assert together.most == 3
+    assert side_by_side == one_by_one  # the same words, boxes and counts, in the same order
+    assert one_by_one.words_read == 18  # 3 planes, 2 layers, upright and turned both ways
+
+
+def test_a_large_films_pages_are_read_fewer_at_a_time(monkeypatch) -> None:
+    """Each Tesseract child holds its page several times over: at most IN_FLIGHT_PIXELS at once."""
+    monkeypatch.setattr(burned_text, "ocr_workers", lambda: 3)
+    side = int((burned_text.IN_FLIGHT_PIXELS // 2) ** 0.5) + 1  # two such pages are too many
+    film = np.zeros((side, side), np.uint8)
+    ocr = _CountingOcr()
+    read_text(film, ocr, Identifiers(), TextPolicy(redact_all=True))
+    assert ocr.most == 1
+    small = _CountingOcr()
+    read_text(film[:400, :400], small, Identifiers(), TextPolicy(redact_all=True))
+    assert small.most == 3
+
+
+def test_the_cores_bound_the_readings_at_once() -> None:
+    cores = len(os.sched_getaffinity(0))
+    assert burned_text.ocr_workers() == max(1, min(burned_text.OCR_MAX_WORKERS, cores))
+
+
+@pytest.mark.skipif(
+    shutil.which("tesseract") is None and not os.environ.get("CI"), reason="tesseract-ocr not installed"
+)
+def test_each_tesseract_child_runs_on_one_thread_unless_set(tmp_path: Path, monkeypatch) -> None:
+    """Debian's Tesseract is built with OpenMP, whose spinning threads slow readings side by side
+    (and the agent's inference beside them) several times over: the child gets
+    OMP_THREAD_LIMIT=1, and an operator's own value is kept."""
+    log = tmp_path / "threads.log"
+    wrapper = tmp_path / "tesseract"
+    wrapper.write_text(f'#!/bin/sh\necho "${{OMP_THREAD_LIMIT:-unset}}" >> {log}\nexec tesseract "$@"\n')
+    wrapper.chmod(wrapper.stat().st_mode | stat.S_IEXEC)
+    page = np.full((60, 240), 255, np.uint8)
+    cv2.putText(page, "THREAD 42", (8, 40), cv2.FONT_HERSHEY_SIMPLEX, 1.0, 0, 2)
+
+    monkeypatch.delenv("OMP_THREAD_LIMIT", raising=False)
+    words = TesseractOcr(command=str(wrapper)).words(page)
+    assert "42" in " ".join(word.text for word in words)
+    first = log.read_text().split()  # pytesseract also asks the program's version
+    assert first and set(first) == {"1"}, first
+    monkeypatch.setenv("OMP_THREAD_LIMIT", "2")
+    page[0, 0] = 0  # other pixels: not answered from the memo
+    TesseractOcr(command=str(wrapper)).words(page)
+    assert set(log.read_text().split()[len(first) :]) == {"2"}
