@@ -102,7 +102,8 @@ def test_each_tesseract_child_runs_on_one_thread_unless_set(tmp_path: Path, monk
     words = TesseractOcr(command=str(wrapper)).words(page)
     assert "42" in " ".join(word.text for word in words)
     first = log.read_text().split()  # pytesseract also asks the program's version
-    assert first and set(first) == {"1"}, first
+    assert first
+    assert set(first) == {"1"}, first
     monkeypatch.setenv("OMP_THREAD_LIMIT", "2")
     page[0, 0] = 0  # other pixels: not answered from the memo
     TesseractOcr(command=str(wrapper)).words(page)
