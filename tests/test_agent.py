@@ -67,6 +67,7 @@ def test_crash_safety_under_sigkill(tmp_path: Path) -> None:
     assert report["never_up"] == 0
     # the kills landed in the work, not only in the start (they all did, before the agent was up)
     assert report["kills_in_work"] > 0, report
+    assert report["waits_timed_out"] == 0, report
     assert report["last_exit"] == 0
 
 

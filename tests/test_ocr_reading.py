@@ -40,8 +40,10 @@ class _CountingOcr:
         time.sleep(0.05)
         with self.lock:
             self.now -= 1
-        label = f"P{int(image.mean())}X{image.shape[0]}X{image.shape[1]}"
-        return [Word(label, 95.0, (1, 2, 3, 4), (1, 1, 1))]
+        # What is read, where, and on which line all follow from the page shown.
+        mean, (height, width) = int(image.mean()), image.shape[:2]
+        box = (mean % 50, height % 37, 5 + width % 11, 6 + mean % 5)
+        return [Word(f"P{mean}X{height}X{width}", 95.0, box, (mean, height % 7, width % 5))]
 
 
 def _picture(height: int, width: int) -> np.ndarray:
@@ -62,12 +64,21 @@ def test_pages_are_read_side_by_side_and_found_as_one_after_another(monkeypatch)
     side_by_side = read_text(picture, together, Identifiers(), policy)
     assert alone.most == 1
     assert together.most == 3
-    assert side_by_side == one_by_one  # the same words, boxes and counts, in the same order
     assert one_by_one.words_read == 18  # 3 planes, 2 layers, upright and turned both ways
+    assert len(set(one_by_one.boxes)) > 6  # the pages' words differ, so their order shows
+    assert side_by_side == one_by_one  # the same words, boxes and counts, in the same order
+    # Each page's reading comes back against its own page and turn.
+    sheets = list(burned_text._sheets(picture, 4.0, burned_text._TURNS))  # as read_text scales it
+    serial = [
+        (page.shape, turn, together.words(page if turn is None else cv2.rotate(page, turn)))
+        for page, turn in sheets
+    ]
+    assert burned_text._read_all(sheets, _CountingOcr(), page_pixels=1) == serial
 
 
 def test_a_large_films_pages_are_read_fewer_at_a_time(monkeypatch) -> None:
-    """Each Tesseract child holds its page several times over: at most IN_FLIGHT_PIXELS at once."""
+    """The sync service's memory cap counts its Tesseract children: at most IN_FLIGHT_PIXELS of
+    pages are read at once."""
     monkeypatch.setattr(burned_text, "ocr_workers", lambda: 3)
     side = int((burned_text.IN_FLIGHT_PIXELS // 2) ** 0.5) + 1  # two such pages are too many
     film = np.zeros((side, side), np.uint8)
@@ -79,9 +90,12 @@ def test_a_large_films_pages_are_read_fewer_at_a_time(monkeypatch) -> None:
     assert small.most == 3
 
 
-def test_the_cores_bound_the_readings_at_once() -> None:
-    cores = len(os.sched_getaffinity(0))
-    assert burned_text.ocr_workers() == max(1, min(burned_text.OCR_MAX_WORKERS, cores))
+@pytest.mark.parametrize(("cores", "workers"), [(1, 1), (2, 2), (8, 3)])
+def test_the_cores_this_process_may_use_bound_the_readings_at_once(
+    monkeypatch, cores: int, workers: int
+) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    assert burned_text.ocr_workers() == workers
 
 
 @pytest.mark.skipif(

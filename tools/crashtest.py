@@ -203,23 +203,29 @@ def run(images: int, kills: int, seed: int, workdir: Path, log_path: Path) -> di
     kill_log = []
     kills_in_work = 0
     never_up = 0
+    waits_timed_out = 0  # kills made after a minute's wait for the agent to take a file
     with log_path.open("ab") as log:
         agent = start_agent(data_dir, inbox, log)
         for number in range(kills):
             wave = max(1, len(pending) // max(1, kills - number)) if pending else 0
+            # What `progress` will read once the wave is down and before the agent takes any of it.
+            untouched = progress(data_dir / "edge.db", inbox) - wave
             for name, data, _ in pending[:wave]:
                 drop(inbox, name, data)
             pending = pending[wave:]
-            dropped = progress(data_dir / "edge.db", inbox)
             if rng.random() < 0.2:  # during the start: recovery, requeueing, model loading
                 time.sleep(rng.uniform(0.3, 2.5))
             else:  # in the work, however slow or fast this machine is
-                never_up += not wait_until_running(data_dir, agent.pid, timeout_s=120)
-                # Once the agent has taken one file of the wave, then up to half as long again: a
-                # fixed pause after the start let a fast machine finish every wave before its kill.
-                began = time.monotonic()
-                wait_for_progress(data_dir / "edge.db", inbox, beyond=dropped, timeout_s=120)
-                time.sleep(rng.uniform(0.0, 0.5) * (time.monotonic() - began))
+                up = wait_until_running(data_dir, agent.pid, timeout_s=120)
+                never_up += not up
+                if up and wave:
+                    # Once the agent has taken a file of the wave, then up to half as long again
+                    # (2 s at most): a fixed pause after the start let a fast machine finish
+                    # every wave before its kill.
+                    began = time.monotonic()
+                    took = wait_for_progress(data_dir / "edge.db", inbox, beyond=untouched, timeout_s=60)
+                    waits_timed_out += not took
+                    time.sleep(min(2.0, rng.uniform(0.0, 0.5) * (time.monotonic() - began)))
                 kills_in_work += work_in_flight(data_dir / "edge.db", inbox)
             agent.send_signal(signal.SIGKILL)
             agent.wait()
@@ -237,6 +243,7 @@ def run(images: int, kills: int, seed: int, workdir: Path, log_path: Path) -> di
     report.update(
         kills=kills,
         kills_in_work=kills_in_work,
+        waits_timed_out=waits_timed_out,
         never_up=never_up,
         good_inputs=sum(not broken for _, _, broken in inputs),
         seed=seed,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from difflib import SequenceMatcher
@@ -39,9 +39,9 @@ MATCH_RATIO = 0.78  # similarity of an OCR word to an identifier that counts as 
 MIN_TOKEN = 3  # shorter name parts ("LI", "MA") would match half of the screen's labels
 PASSES = 2
 OCR_MAX_WORKERS = 3  # pages read at once (`ocr_workers`)
-# Pixels of the pages in the engine at once: a large film's pages are read fewer at a time, as
-# each Tesseract child holds its page several times over (a 40 MP film's alone is 40 MB a copy).
-IN_FLIGHT_PIXELS = 30_000_000
+# Pixels of the pages read at once: an ultrasound picture's (up to 2.6 MP each at OCR scale) 3
+# at a time, a film's (7 MP and more) one at a time (`_read_all`).
+IN_FLIGHT_PIXELS = 8_000_000
 TOPHAT_KERNEL = 31  # px at OCR scale: strokes thinner than this count as text strokes
 COLOURLESS = 12  # grey levels between channels below which a picture is grey (JPEG's chroma noise)
 COLOUR_CONTRAST = 32  # a colour-difference plane's range (median of 3) below which it is not read
@@ -192,24 +192,20 @@ def read_text(image: np.ndarray, ocr: OcrBackend, identifiers: Identifiers, poli
     if height * width > MAX_PIXELS:
         raise PixelsUnchecked(f"{width}x{height} is too large to read for text")
     scale = min(OCR_MAX_UPSCALE, max(1.0, OCR_TARGET_SIDE / max(height, width)))
-    pages: list[np.ndarray] = []
-    for plane in planes(image):
-        read = plane
-        if scale > 1.0:
-            read = cv2.resize(plane, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
-        pages += text_layers(read)
     turns = _TURNS if policy.sideways else ()
-    # Every page, upright and turned, is read before any is judged, several at a time.
-    turned_sheets = [(page, turn) for page in pages for turn in turns]
-    sheets: list[tuple[np.ndarray, int | None]] = [*((page, None) for page in pages), *turned_sheets]
+    page_pixels = round(height * scale) * round(width * scale)
     try:
-        readings = _read_all(sheets, ocr)
+        readings = _read_all(_sheets(image, scale, turns), ocr, page_pixels)
     except OcrUnavailable as exc:
         raise PixelsUnchecked(f"OCR failed: {exc}") from exc
-    upright = [word for words in readings[: len(pages)] for word in words]
-    turned: list[Word] = []
-    for (page, turn), words in zip(turned_sheets, readings[len(pages) :], strict=True):
-        turned += _turned_back(words, page.shape, turn)
+    # Upright words first, then turned ones, each in page order (as `_identifier_words` expects).
+    upright = [word for _, turn, words in readings if turn is None for word in words]
+    turned = [
+        word
+        for shape, turn, words in readings
+        if turn is not None
+        for word in _turned_back(words, shape, turn)
+    ]
     words = upright + turned
     findings = Findings(words_read=len(words))
     flagged: set[int] = set()
@@ -234,17 +230,36 @@ def read_text(image: np.ndarray, ocr: OcrBackend, identifiers: Identifiers, poli
 _TURNS = (cv2.ROTATE_90_CLOCKWISE, cv2.ROTATE_90_COUNTERCLOCKWISE)
 
 
-def _read_all(sheets: Sequence[tuple[np.ndarray, int | None]], ocr: OcrBackend) -> list[list[Word]]:
-    """The words of each page turned as its sheet says (None: upright), in order. The engine is
-    a child process per page (Tesseract, one thread each), so up to `ocr_workers()` are read at
-    once, fewer for large pictures: a still's 6 to 18 pages took one core each in turn."""
+Sheet = tuple[np.ndarray, int | None]  # a page and the turn to read it at (None: upright)
 
-    def read(sheet: tuple[np.ndarray, int | None]) -> list[Word]:
+
+def _sheets(image: np.ndarray, scale: float, turns: Sequence[int]) -> Iterator[Sheet]:
+    """The pages to read, made as they are asked for: each plane scaled by `scale`, its two
+    text layers, each upright and then at each of `turns`."""
+    for plane in planes(image):
+        read = plane
+        if scale > 1.0:
+            read = cv2.resize(plane, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
+        for page in text_layers(read):
+            yield page, None
+            for turn in turns:
+                yield page, turn
+
+
+def _read_all(
+    sheets: Iterable[Sheet], ocr: OcrBackend, page_pixels: int
+) -> list[tuple[tuple[int, ...], int | None, list[Word]]]:
+    """Each sheet's page shape, turn and words, in order. The engine is a child process per
+    page (Tesseract, one thread each), so up to `ocr_workers()` pages are read at once. Fewer
+    when they are large: the sync service's memory cap counts its children, and one holds a
+    page of 2.6 MP in 44 MB, 10 MP in 70 MB. One at a time, each page is made only when its
+    turn comes (a large film's pages are not all held at once)."""
+
+    def read(sheet: Sheet) -> tuple[tuple[int, ...], int | None, list[Word]]:
         page, turn = sheet
-        return ocr.words(page if turn is None else cv2.rotate(page, turn))
+        return page.shape, turn, ocr.words(page if turn is None else cv2.rotate(page, turn))
 
-    largest = max((page.size for page, _ in sheets), default=1)
-    workers = min(ocr_workers(), len(sheets), max(1, IN_FLIGHT_PIXELS // largest))
+    workers = min(ocr_workers(), max(1, IN_FLIGHT_PIXELS // max(1, page_pixels)))
     if workers <= 1:
         return [read(sheet) for sheet in sheets]
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ocr") as pool:
