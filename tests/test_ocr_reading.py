@@ -17,7 +17,7 @@ import pytest
 
 from edge.imaging import burned_text
 from edge.imaging.burned_text import Identifiers, TextPolicy, read_text
-from edge.imaging.ocr import TesseractOcr, Word
+from edge.imaging.ocr import OcrUnavailable, TesseractOcr, Word, parse_tsv
 
 
 class _CountingOcr:
@@ -115,10 +115,50 @@ def test_each_tesseract_child_runs_on_one_thread_unless_set(tmp_path: Path, monk
     monkeypatch.delenv("OMP_THREAD_LIMIT", raising=False)
     words = TesseractOcr(command=str(wrapper)).words(page)
     assert "42" in " ".join(word.text for word in words)
-    first = log.read_text().split()  # pytesseract also asks the program's version
-    assert first
-    assert set(first) == {"1"}, first
+    assert log.read_text().split() == ["1"]
+    assert "OMP_THREAD_LIMIT" not in os.environ  # the child's alone: nothing else is limited
     monkeypatch.setenv("OMP_THREAD_LIMIT", "2")
     page[0, 0] = 0  # other pixels: not answered from the memo
     TesseractOcr(command=str(wrapper)).words(page)
-    assert set(log.read_text().split()[len(first) :]) == {"2"}
+    assert log.read_text().split() == ["1", "2"]
+
+
+def _program(folder: Path, script: str) -> str:
+    program = folder / "engine"
+    program.write_text(f"#!/bin/sh\n{script}\n")
+    program.chmod(program.stat().st_mode | stat.S_IEXEC)
+    return str(program)
+
+
+@pytest.mark.parametrize(
+    ("script", "says"),
+    [
+        ("echo 'Error, cannot read input file' >&2; exit 1", "exited 1: Error, cannot read input file"),
+        ("sleep 5", "TimeoutExpired"),
+        ("echo 'not a table'", "unexpected output"),
+        ("printf 'level\\tleft\\ttext\\n5\\tx\\tWORD\\n'", "unexpected output"),
+    ],
+)
+def test_an_engine_that_fails_hangs_or_talks_nonsense_is_unavailable(
+    tmp_path: Path, script: str, says: str
+) -> None:
+    """Every failure is OcrUnavailable, which withholds the pixels (never sends them unread)."""
+    engine = TesseractOcr(timeout_s=0.5, command=_program(tmp_path, script))
+    with pytest.raises(OcrUnavailable, match=says):
+        engine.words(np.random.default_rng().integers(0, 256, (20, 30), dtype=np.uint8))
+    assert not TesseractOcr(command=str(tmp_path / "missing")).is_available()
+
+
+def test_tesseract_tsv_rows_become_words() -> None:
+    tsv = (
+        "level\tpage_num\tblock_num\tpar_num\tline_num\tword_num\tleft\ttop\twidth\theight\tconf\ttext\n"
+        "1\t1\t0\t0\t0\t0\t0\t0\t640\t480\t-1\t\n"
+        "5\t1\t2\t1\t3\t1\t10\t20\t30\t12\t91.5\tDOE\n"
+        "5\t1\t2\t1\t3\t2\t44\t20\t30\t12\t88\t 4711 \n"
+        "5\t1\t2\t1\t3\t3\t80\t20\t5\t12\t95\n"  # a word row cut short: no text
+    )
+    assert parse_tsv(tsv) == [
+        Word("DOE", 91.5, (10, 20, 30, 12), (2, 1, 3)),
+        Word("4711", 88.0, (44, 20, 30, 12), (2, 1, 3)),
+    ]
+    assert parse_tsv("") == []
