@@ -94,21 +94,12 @@ def wait_until_running(data_dir: Path, pid: int, timeout_s: float) -> bool:
 
 def work_in_flight(db: Path, inbox: Path) -> bool:
     """Something the agent is working on: a file waiting in the inbox or a job not final."""
-    return not drained(db, inbox) and (db.exists() or any(p.is_file() for p in inbox.rglob("*")))
+    return not drained(db, inbox) and (db.exists() or _waiting(inbox) > 0)
 
 
 def progress(db: Path, inbox: Path) -> int:
     """Jobs the agent finished less files still waiting: grows with each file it takes or answers."""
-    waiting = sum(p.is_file() for p in inbox.rglob("*"))
-    if not db.exists():
-        return -waiting
-    try:
-        with sqlite3.connect(db, timeout=10) as conn:
-            query = "SELECT count(*) FROM jobs WHERE state NOT IN ('queued', 'running')"
-            finished = conn.execute(query).fetchone()[0]
-    except sqlite3.OperationalError:  # the agent is still creating its tables
-        finished = 0
-    return finished - waiting
+    return (_jobs(db, final=True) or 0) - _waiting(inbox)
 
 
 def wait_for_progress(db: Path, inbox: Path, beyond: int, timeout_s: float) -> bool:
@@ -121,13 +112,24 @@ def wait_for_progress(db: Path, inbox: Path, beyond: int, timeout_s: float) -> b
 
 
 def drained(db: Path, inbox: Path) -> bool:
-    if any(p for p in inbox.rglob("*") if p.is_file()):
-        return False
+    return _waiting(inbox) == 0 and _jobs(db, final=False) == 0
+
+
+def _waiting(inbox: Path) -> int:
+    return sum(p.is_file() for p in inbox.rglob("*"))
+
+
+def _jobs(db: Path, final: bool) -> int | None:
+    """The agent's jobs that are final (or, with `final` False, still queued or running); None
+    before it made its database."""
     if not db.exists():
-        return False
-    with sqlite3.connect(db, timeout=10) as conn:
-        pending = conn.execute("SELECT count(*) FROM jobs WHERE state IN ('queued', 'running')").fetchone()[0]
-    return pending == 0
+        return None
+    query = f"SELECT count(*) FROM jobs WHERE state {'NOT IN' if final else 'IN'} ('queued', 'running')"
+    try:
+        with sqlite3.connect(db, timeout=10) as conn:
+            return conn.execute(query).fetchone()[0]
+    except sqlite3.OperationalError:  # the agent is still creating its tables
+        return None
 
 
 def check(work: Path, inputs: list[tuple[str, bytes, bool]]) -> dict[str, Any]:
