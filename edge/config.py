@@ -180,6 +180,9 @@ class WorkerSettings(_Section):
     """A claimed job is the worker's for this long, renewed at each step; then it is requeued."""
     max_attempts: int = Field(default=3, ge=1)
     """Claims that end without an answer (the worker died or went silent) before JOB_ABANDONED."""
+    max_restarts: int = Field(default=10, ge=1)
+    """Restarts of the device (power cuts, reboots) during one job before JOB_ABANDONED; they do
+    not count as attempts: the input did not cause them."""
 
 
 class VideoProfile(_Section):

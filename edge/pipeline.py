@@ -276,7 +276,7 @@ class Pipeline:
     def _claim(self, job_id: str) -> Job | None:
         lease_s = self.settings.worker.lease_s
         job = self.store.claim_job(self.worker_id, job_id, lease_s=lease_s)
-        if job is None and self.store.leases.reclaim(self.settings.worker.max_attempts, job_id=job_id)[0]:
+        if job is None and self._reclaim(job_id)[0]:
             # Its holder is gone or its lease ran out: this process takes the job over.
             job = self.store.claim_job(self.worker_id, job_id, lease_s=lease_s)
         return job
@@ -328,6 +328,10 @@ class Pipeline:
             log.warning("job %s ended without a result: %s", job.id, error.one_line())
         return True
 
+    def _reclaim(self, job_id: str | None = None) -> tuple[int, int]:
+        limits = self.settings.worker
+        return self.store.leases.reclaim(limits.max_attempts, max_restarts=limits.max_restarts, job_id=job_id)
+
     def _reclaim_stale_jobs(self) -> None:
         """Leases: jobs whose holder died (this agent's previous run, an `edge infer` killed
         mid-job) or went silent go back to the queue, or end as JOB_ABANDONED; looked for at
@@ -336,7 +340,7 @@ class Pipeline:
         if now < self._next_reclaim:
             return
         self._next_reclaim = now + RECLAIM_EVERY_S
-        requeued, abandoned = self.store.leases.reclaim(self.settings.worker.max_attempts)
+        requeued, abandoned = self._reclaim()
         if requeued:
             log.warning("%d job(s) whose worker died or went silent are queued again", requeued)
         if abandoned:

@@ -1,8 +1,10 @@
 """Which process holds what: job holders, the one-per-data-directory locks, and the doorbell.
 
-- A job is claimed by `host:pid:suffix`; a later process on the same host finds the holder gone
-  with `process_alive` and returns its jobs to the queue (a reused pid only delays that until
-  the job's lease ends: nothing is signalled).
+- A job is claimed by `host:pid:suffix:boot`; a later process on the same host finds the holder
+  gone with `process_alive` and returns its jobs to the queue (a reused pid only delays that
+  until the job's lease ends: nothing is signalled). A holder of an earlier boot of this host is
+  gone however its pid is used now, and its death was the device's (a power cut, a reboot), not
+  its input's (`holder_state`).
 - `InstanceLock`: an flock the agent (`edge run`) and the sync agent each hold for their whole
   life. The kernel drops it when the process dies however it dies, so "is it running?" is
   "is the lock held?", never "is that pid alive?" (a pid file outlives a SIGKILL and its pid is
@@ -46,10 +48,36 @@ def this_host() -> str:
     return socket.gethostname()
 
 
+BOOT_ID_FILE = Path("/proc/sys/kernel/random/boot_id")
+
+
+def boot_id() -> str | None:
+    """This boot of the machine, shortened (the kernel draws a new one at every boot); None
+    where the kernel does not say."""
+    try:
+        return BOOT_ID_FILE.read_text().strip().replace("-", "")[:12] or None
+    except OSError:
+        return None
+
+
 def new_worker_id() -> str:
-    """`host:pid:suffix`: the holder recorded on a claimed job (the suffix tells two pipelines of
-    one process apart)."""
-    return f"{this_host()}:{os.getpid()}:{uuid7()[-8:]}"
+    """`host:pid:suffix:boot`: the holder recorded on a claimed job (the suffix tells two
+    pipelines of one process apart; the boot tells a holder that a restart killed)."""
+    return f"{this_host()}:{os.getpid()}:{uuid7()[-8:]}:{boot_id() or ''}"
+
+
+def holder_state(worker: str | None) -> str:
+    """What became of a job's holder: "restarted" (a process of this host before its last
+    boot), "gone" (a process of this boot that no longer exists), "alive", or "unknown" (another
+    host, or a holder recorded without its host and pid)."""
+    parts = (worker or "").split(":")
+    if len(parts) < 2 or parts[0] != this_host() or not parts[1].isdigit():
+        return "unknown"
+    held_in = parts[3] if len(parts) > 3 else ""  # older holders did not record their boot
+    now = boot_id()
+    if held_in and now and held_in != now:
+        return "restarted"
+    return "alive" if process_alive(int(parts[1])) else "gone"
 
 
 ACQUIRE_WITHIN_S = 1.0

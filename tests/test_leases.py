@@ -7,6 +7,7 @@ out (a wedged worker); after `max_attempts` claims without an answer it ends as 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -18,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from edge import processes
 from edge.config import Settings, load_settings
 from edge.errors import Code, EdgeError
 from edge.imaging.decode import decode_bytes
@@ -132,6 +134,56 @@ def test_a_job_that_kills_every_worker_is_abandoned_with_a_code(env: Any) -> Non
     assert (row["state"], row["error_code"], row["attempts"]) == ("failed", "JOB_ABANDONED", 3)
     actions = [r["action"] for r in store.db.execute("SELECT action FROM audit").fetchall()]
     assert "job.abandoned" in actions
+
+
+def test_a_restart_of_the_device_is_not_counted_against_the_job(env: Any, monkeypatch: Any) -> None:
+    """A power cut kills the worker whatever it was doing: the claim is given back, counted as a
+    restart, and the holder of an earlier boot is gone at once, even under a pid now in use
+    (boot order gives services the same pids). Only `max_restarts` of them end the job."""
+    settings, store, _pipeline = env
+    job_id = queue_one(store)
+    monkeypatch.setattr(processes, "boot_id", lambda: "bootnow")
+    alive_pid = os.getpid()
+    earlier_boot = f"{processes.this_host()}:{alive_pid}:x:bootbefore"
+    limits = settings.worker
+    for restart in range(1, limits.max_restarts):
+        assert store.claim_job(earlier_boot) is not None
+        assert store.leases.reclaim(limits.max_attempts, max_restarts=limits.max_restarts) == (1, 0)
+        row = job_row(store, job_id)
+        assert (row["state"], row["attempts"], row["restarts"]) == ("queued", 0, restart)
+    assert restart > limits.max_attempts  # more restarts than attempts allow, and still queued
+    assert store.claim_job(earlier_boot) is not None
+    assert store.leases.reclaim(limits.max_attempts, max_restarts=limits.max_restarts) == (0, 1)
+    row = job_row(store, job_id)
+    assert (row["state"], row["error_code"], row["restarts"]) == ("failed", "JOB_ABANDONED", 10)
+    assert "10 restarts of the device" in row["error_message"]
+    requeued = store.db.execute("SELECT detail FROM audit WHERE action = 'jobs.requeued'").fetchall()
+    assert all(json.loads(r["detail"])["after_restart"] == 1 for r in requeued)
+
+
+def test_a_holder_of_this_boot_is_alive_while_its_process_is(monkeypatch: Any) -> None:
+    monkeypatch.setattr(processes, "boot_id", lambda: "bootnow")
+    host = processes.this_host()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], check=True, capture_output=True, text=True
+    )
+    assert processes.holder_state(f"{host}:{os.getpid()}:x:bootnow") == "alive"
+    assert processes.holder_state(f"{host}:{dead.stdout.strip()}:x:bootnow") == "gone"
+    assert processes.holder_state(f"{host}:{os.getpid()}:x:bootbefore") == "restarted"
+    assert processes.holder_state(f"{host}:{os.getpid()}:x") == "alive"  # older software: no boot
+    assert processes.holder_state(f"{host}:{os.getpid()}:x:") == "alive"  # the kernel did not say
+    assert processes.holder_state(f"elsewhere:{os.getpid()}:x:bootbefore") == "unknown"
+    assert processes.holder_state(None) == "unknown"
+    assert processes.new_worker_id().endswith(":bootnow")
+
+
+def test_the_boot_is_read_from_the_kernel(tmp_path: Path, monkeypatch: Any) -> None:
+    boot_file = tmp_path / "boot_id"
+    boot_file.write_text("4e3a5c1f-9b2d-4c8e-a1f0-2d7b6e9c0a11\n")
+    monkeypatch.setattr(processes, "BOOT_ID_FILE", boot_file)
+    assert processes.boot_id() == "4e3a5c1f9b2d"
+    monkeypatch.setattr(processes, "BOOT_ID_FILE", tmp_path / "absent")
+    assert processes.boot_id() is None
 
 
 def test_stale_leases_of_older_software_count_as_expired(store: Store) -> None:

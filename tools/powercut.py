@@ -15,13 +15,16 @@ the cut (docs/power-loss.md). Each round:
    random instant within --max-s of the agent's listener being up (the file system's daemon
    first, then every process).
 
+The kernel of this machine keeps running, so the software of each round is told the new boot
+it would see after a real power cut (`BOOTED`: `edge.processes.boot_id` answers the round's).
+
 Acknowledged means: a result line printed by `edge infer`, a C-STORE Success seen by
 `storescu`. Checks after every boot: `PRAGMA integrity_check` ok; every acknowledged `edge infer`
 result and every acknowledged DICOM image in the database; no input stored twice, no job with
 two results, no result with two outbox rows; every file the database points at present. At the
 end the software runs once more until every queued job is done and the hub has every result;
-then the hub holds each result exactly once and nothing quarantined. Exit status 1 on any
-violation.
+then the hub holds each result exactly once and nothing quarantined, and no job was abandoned
+(a power cut is never held against an input). Exit status 1 on any violation.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections import Counter
 from contextlib import closing
 from pathlib import Path
@@ -55,6 +59,12 @@ STORESCU = dcmtk.tool("storescu")  # dcmtk's, whose answer lines this parses
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "models" / "cxr-pneumonia" / "samples"
 MODEL = "cxr-pneumonia"
+
+# `python -c BOOTED BOOT edge-arguments...`: the edge CLI in a process that sees boot BOOT.
+BOOTED = (
+    "import runpy, sys; import edge.processes as p; boot = sys.argv.pop(1); p.boot_id = lambda: boot;"
+    " runpy.run_module('edge', run_name='__main__', alter_sys=True)"
+)
 
 
 def free_port() -> int:
@@ -125,6 +135,7 @@ class Round:
         self.processes: list[subprocess.Popen[bytes]] = []
         self.lock = threading.Lock()
         self.exited_early: list[str] = []
+        self.boot = uuid.uuid4().hex[:12]
 
     def spawn(self, *args: str, **kwargs: Any) -> subprocess.Popen[bytes]:
         with self.lock:
@@ -135,7 +146,7 @@ class Round:
             return process
 
     def edge(self, *args: str) -> tuple[str, ...]:
-        return (sys.executable, "-m", "edge", "--data-dir", str(self.data_dir), *args)
+        return (sys.executable, "-c", BOOTED, self.boot, "--data-dir", str(self.data_dir), *args)
 
     def start(self) -> None:
         self.agent = self.spawn(*self.edge("run", "--dicom", "--no-watch"), stdout=self.log, stderr=self.log)
@@ -201,9 +212,9 @@ class Round:
 
     def note_exited(self) -> None:
         """The agent or the sync agent that is no longer running while the disk still is."""
-        for process in (self.agent, self.sync):
+        for name, process in (("run", self.agent), ("sync", self.sync)):
             if process.poll() is not None:
-                self.exited_early.append(f"edge {process.args[5]} exited {process.returncode}")  # type: ignore[index]
+                self.exited_early.append(f"edge {name} exited {process.returncode}")
 
     def kill_all(self) -> None:
         with self.lock:
@@ -275,6 +286,7 @@ def hub_report(data_dir: Path, hub_db: Path, inputs: Inputs) -> dict[str, Any]:
         open_jobs = conn.execute("SELECT count(*) FROM jobs WHERE state IN ('queued', 'running')").fetchone()[
             0
         ]
+        abandoned = conn.execute("SELECT count(*) FROM jobs WHERE error_code = 'JOB_ABANDONED'").fetchone()[0]
     with sqlite3.connect(hub_db) as conn:
         uuids = Counter(row[0] for row in conn.execute("SELECT uuid FROM records WHERE kind = 'result'"))
         quarantined = conn.execute("SELECT count(*) FROM quarantine").fetchone()[0]
@@ -286,6 +298,7 @@ def hub_report(data_dir: Path, hub_db: Path, inputs: Inputs) -> dict[str, Any]:
         "hub_unknown": len(set(uuids) - results),
         "hub_quarantined": quarantined,
         "jobs_left_unfinished": open_jobs,
+        "jobs_abandoned": abandoned,
         "dicom_acked_without_result": len(inputs.acked_sops - sop_done),
     }
 
@@ -421,7 +434,7 @@ def failed(report: dict[str, Any]) -> bool:
         report["lost"] or report["duplicates"] or report["missing_files"] or report["integrity_failures"]
         or report["software_exited_early"] or not final
         or final["hub_duplicates"] or final["hub_missing"] or final["hub_quarantined"]
-        or final["jobs_left_unfinished"] or final["dicom_acked_without_result"]
+        or final["jobs_left_unfinished"] or final["jobs_abandoned"] or final["dicom_acked_without_result"]
         or final["software_exited_early"]
         # a client that never got an acknowledgement in a real campaign checked nothing
         or (report["cuts"] >= 5 and min(report["acknowledged_by"].values()) == 0)

@@ -7,6 +7,10 @@ on this host is gone (killed, crashed: no need to wait for the lease), or when i
 releases it after a failure that was not the job's fault (a full disk, a store error after the
 claim). After `max_attempts` claims that ended without an answer the job fails with
 `JOB_ABANDONED` instead of returning (an input that kills every worker must not loop forever).
+A claim that a restart of the device ended (a power cut, a reboot: its holder ran in an earlier
+boot) is not the input's doing and is not counted as an attempt; such restarts are counted
+apart, and only `max_restarts` of them end the job (an input that hangs the whole device, as a
+GPU fault can on a Jetson, must not loop forever either).
 
 The work is idempotent: a result commits only if the job is still running under the worker
 that computed it, so a worker that outlived its lease cannot overwrite anyone's answer.
@@ -18,17 +22,12 @@ from typing import Any
 
 from edge.clock import utc_after, utc_now
 from edge.errors import Code
-from edge.processes import process_alive, this_host
+from edge.processes import holder_state
 from edge.store.records import Job
 from edge.store.writer import Writer
 
-
-def _holder_gone(worker: str | None) -> bool:
-    """The holder is a process of this host that no longer exists."""
-    parts = (worker or "").split(":")
-    if len(parts) < 2 or parts[0] != this_host() or not parts[1].isdigit():
-        return False
-    return not process_alive(int(parts[1]))
+MAX_RESTARTS = 10
+"""Restarts of the device during one job before it is abandoned (`[worker] max_restarts`)."""
 
 
 class Leases:
@@ -61,52 +60,79 @@ class Leases:
         return cursor.rowcount == 1
 
     def stale(self, job_id: str | None = None) -> list[dict[str, Any]]:
-        """Running jobs (or the one named) whose lease ran out or whose holder here is gone."""
-        sql = "SELECT id, worker, attempts, lease_until FROM jobs WHERE state = 'running'"
+        """Running jobs (or the one named) whose lease ran out or whose holder here is gone,
+        each with `holder`: its `processes.holder_state`."""
+        sql = "SELECT id, worker, attempts, restarts, lease_until FROM jobs WHERE state = 'running'"
         params: list[Any] = []
         if job_id is not None:
             sql += " AND id = ?"
             params.append(job_id)
         now = utc_now()
         rows = [dict(row) for row in self.db.execute(sql, params).fetchall()]
+        for row in rows:
+            row["holder"] = holder_state(row["worker"])
         return [
             row
             for row in rows
-            if row["lease_until"] is None or row["lease_until"] < now or _holder_gone(row["worker"])
+            if row["lease_until"] is None
+            or row["lease_until"] < now
+            or row["holder"] in ("gone", "restarted")
         ]
 
-    def reclaim(self, max_attempts: int, *, job_id: str | None = None) -> tuple[int, int]:
-        """Return stale jobs to the queue, or fail those that used up their attempts with
-        `JOB_ABANDONED`; (requeued, abandoned). Called by the agent's worker every few seconds
-        (`Pipeline.run_once`) and by a caller that wants one job now (`edge infer`)."""
+    def reclaim(
+        self, max_attempts: int, *, max_restarts: int = MAX_RESTARTS, job_id: str | None = None
+    ) -> tuple[int, int]:
+        """Return stale jobs to the queue, or fail those that used up their attempts (or their
+        restarts) with `JOB_ABANDONED`; (requeued, abandoned). Called by the agent's worker
+        every few seconds (`Pipeline.run_once`) and by a caller that wants one job now
+        (`edge infer`)."""
         stale = self.stale(job_id)
         if not stale:
             return 0, 0
-        requeued = abandoned = 0
+        requeued = abandoned = after_restart = 0
         with self.writer.transaction("requeue jobs"):
             now = utc_now()
             for row in stale:
-                if row["attempts"] >= max_attempts:
-                    message = (
-                        f"given up after {row['attempts']} attempts: each time its worker died or"
-                        " stopped answering before a result was stored"
-                    )
+                restarted = row["holder"] == "restarted"
+                message = _given_up(row, restarted, max_attempts, max_restarts)
+                if message is not None:
                     cursor = self.db.execute(
                         "UPDATE jobs SET state = 'failed', worker = NULL, lease_until = NULL,"
-                        " error_code = ?, error_message = ?, updated_at = ?"
+                        " error_code = ?, error_message = ?, updated_at = ?, restarts = restarts + ?"
                         " WHERE id = ? AND state = 'running' AND worker IS ?",
-                        [Code.JOB_ABANDONED.value, message, now, row["id"], row["worker"]],
+                        [Code.JOB_ABANDONED.value, message, now, int(restarted), row["id"], row["worker"]],
                     )
                     if cursor.rowcount:
                         abandoned += 1
-                        self.writer.audit("store", "job.abandoned", row["id"], {"attempts": row["attempts"]})
+                        detail = {"attempts": row["attempts"], "restarts": row["restarts"] + restarted}
+                        self.writer.audit("store", "job.abandoned", row["id"], detail)
                     continue
+                # A restart gives the claim's attempt back and counts a restart instead.
                 cursor = self.db.execute(
-                    "UPDATE jobs SET state = 'queued', worker = NULL, lease_until = NULL, updated_at = ?"
+                    "UPDATE jobs SET state = 'queued', worker = NULL, lease_until = NULL, updated_at = ?,"
+                    " attempts = max(attempts - ?, 0), restarts = restarts + ?"
                     " WHERE id = ? AND state = 'running' AND worker IS ?",
-                    [now, row["id"], row["worker"]],
+                    [now, int(restarted), int(restarted), row["id"], row["worker"]],
                 )
                 requeued += cursor.rowcount
+                if cursor.rowcount and restarted:
+                    after_restart += 1
             if requeued:
-                self.writer.audit("store", "jobs.requeued", None, {"count": requeued})
+                detail = {"count": requeued, "after_restart": after_restart}
+                self.writer.audit("store", "jobs.requeued", None, detail)
         return requeued, abandoned
+
+
+def _given_up(row: dict[str, Any], restarted: bool, max_attempts: int, max_restarts: int) -> str | None:
+    """Why a stale job ends as JOB_ABANDONED instead of going back to the queue, or None."""
+    if restarted and row["restarts"] + 1 >= max_restarts:
+        return (
+            f"given up after {row['restarts'] + 1} restarts of the device while it was being"
+            " analysed (power cuts, or an input that brings the whole device down)"
+        )
+    if not restarted and row["attempts"] >= max_attempts:
+        return (
+            f"given up after {row['attempts']} attempts: each time its worker died or"
+            " stopped answering before a result was stored"
+        )
+    return None

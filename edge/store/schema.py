@@ -332,3 +332,10 @@ def m016_result_profile(db: Database) -> None:
     # The site profile (temperature and thresholds, edge/inference/site_profile.py) in force
     # when the result was made. NULL: the model's shipped calibration.
     db.execute("ALTER TABLE results ADD COLUMN profile_id TEXT")
+
+
+@migrations()
+def m017_job_restarts(db: Database) -> None:
+    # Claims of a job that a restart of the device ended (a power cut, a reboot): they are not
+    # counted in `attempts`, and `[worker] max_restarts` of them end the job (edge.store.leases).
+    db.execute("ALTER TABLE jobs ADD COLUMN restarts INTEGER NOT NULL DEFAULT 0")
