@@ -287,6 +287,7 @@ def hub_report(data_dir: Path, hub_db: Path, inputs: Inputs) -> dict[str, Any]:
             0
         ]
         abandoned = conn.execute("SELECT count(*) FROM jobs WHERE error_code = 'JOB_ABANDONED'").fetchone()[0]
+        restarts = conn.execute("SELECT coalesce(sum(restarts), 0) FROM jobs").fetchone()[0]
     with sqlite3.connect(hub_db) as conn:
         uuids = Counter(row[0] for row in conn.execute("SELECT uuid FROM records WHERE kind = 'result'"))
         quarantined = conn.execute("SELECT count(*) FROM quarantine").fetchone()[0]
@@ -299,6 +300,7 @@ def hub_report(data_dir: Path, hub_db: Path, inputs: Inputs) -> dict[str, Any]:
         "hub_quarantined": quarantined,
         "jobs_left_unfinished": open_jobs,
         "jobs_abandoned": abandoned,
+        "job_claims_ended_by_a_cut": restarts,  # given back, not counted as attempts
         "dicom_acked_without_result": len(inputs.acked_sops - sop_done),
     }
 
