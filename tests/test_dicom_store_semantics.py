@@ -11,12 +11,15 @@ import socket
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
 import pytest
 from pydicom.uid import RLELossless
-from pynetdicom import AE
+from pynetdicom import AE, evt
+from pynetdicom.association import Association
+from pynetdicom.pdu import A_ASSOCIATE_RJ
 
 from edge.config import Settings
 from edge.errors import Code
@@ -130,21 +133,42 @@ def test_bytes_that_are_not_dicom_are_the_only_cannot_understand(settings: Setti
     assert counts(running.settings)["images"] == 0
 
 
+def associate(port: int, calling: str, called: str = "EDGE") -> tuple[Association, tuple[int, ...] | None]:
+    """An association requested as a modality would, and the A-ASSOCIATE-RJ received for it, if
+    one came: (result, source, diagnostic).
+
+    The rejection is taken from the PDU as it arrives, not from `Association.is_rejected`:
+    pynetdicom's requestor checks that its socket is still connected after sending the
+    request, and when the listener's rejection has already arrived and closed the connection
+    by then (a loaded machine), it reports a failed connection instead, with the rejection
+    unread (one CI run, December 2026)."""
+    received: list[A_ASSOCIATE_RJ] = []
+
+    def on_pdu(event: Any) -> None:
+        if isinstance(event.pdu, A_ASSOCIATE_RJ):
+            received.append(event.pdu)
+
+    ae = AE(ae_title=calling)
+    ae.add_requested_context(VERIFICATION)
+    assoc = ae.associate("127.0.0.1", port, ae_title=called, evt_handlers=[(evt.EVT_PDU_RECV, on_pdu)])
+    if not received:
+        return assoc, None
+    pdu = received[0]
+    return assoc, (int(pdu.result or 0), int(pdu.source or 0), int(pdu.reason_diagnostic or 0))
+
+
 def _associate(
     port: int, start: threading.Barrier, hold_s: float, out: list[object], calling: str = "XRAY1"
 ) -> None:
-    ae = AE(ae_title=calling)
-    ae.add_requested_context(VERIFICATION)
     start.wait()
-    assoc = ae.associate("127.0.0.1", port, ae_title="EDGE")
+    assoc, rejected = associate(port, calling)
     if assoc.is_established:
         time.sleep(hold_s)  # hold the slot while the others knock
         status = assoc.send_c_echo()
         assoc.release()
         out.append(("accepted", int(status.Status)))
-    elif assoc.is_rejected:
-        primitive = assoc.acceptor.primitive
-        out.append(("rejected", primitive.result, primitive.result_source, primitive.diagnostic))
+    elif rejected is not None:
+        out.append(("rejected", *rejected))
     else:
         out.append(("failed",))
 
@@ -229,12 +253,9 @@ def test_each_rejection_is_logged_with_its_own_code(
 ) -> None:
     configured = listener_settings(settings, allowed_callers=allowed)
     with Listening(configured) as running, caplog.at_level(logging.WARNING):
-        ae = AE(ae_title=calling)
-        ae.add_requested_context(VERIFICATION)
-        assoc = ae.associate("127.0.0.1", running.settings.dicom.port, ae_title=called)
-        assert assoc.is_rejected
-        primitive = assoc.acceptor.primitive
-        assert (primitive.result, primitive.result_source, primitive.diagnostic) == (1, 1, reason)
+        assoc, rejected = associate(running.settings.dicom.port, calling, called)
+        assert not assoc.is_established
+        assert rejected == (1, 1, reason)  # permanent, by the service user, this reason
         time.sleep(0.2)  # the listener's log line is written in its association thread
     messages = [
         record.getMessage() for record in caplog.records if record.name == "edge.ingest.dicom_listener"

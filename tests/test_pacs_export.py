@@ -366,3 +366,59 @@ def test_the_report_and_fhir_code_every_shipped_label_alike() -> None:
     assert seen[("us-breast", "malignant")] == "254837009"  # of the breast, not any malignancy
     assert seen[("us-lung", "regular")] == seen[("cxr-pneumonia", "normal")] == "17621005"
     assert seen[("us-breast", "benign")] == "BENIGN"  # cysts too: no neoplasm concept fits
+
+
+@pytest.mark.parametrize(
+    ("known_callers", "ae_title", "said"),
+    [
+        (["SOMEONE"], "ORTHANC", "Calling AE title not recognised (add EDGE to its known callers"),
+        ([], "NOTORTHANC", "Called AE title not recognised (is ORTHANC its AE title?"),
+    ],
+)
+@pytest.mark.parametrize("answer_first", [False, True])
+def test_a_pacs_that_rejects_us_is_told_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, known_callers: list[str], ae_title: str, said: str,
+    answer_first: bool,
+) -> None:  # fmt: skip
+    """The PACS's reason reaches the installer, even when its rejection arrives (and closes the
+    connection) before pynetdicom looks at its socket, which pynetdicom reports as a failed
+    connection: `answer_first` holds the requestor up until then, as a busy box can."""
+    import threading
+
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+    from edge.interop import cstore
+
+    pacs = AE(ae_title=ae_title)
+    pacs.add_supported_context(Verification)
+    pacs.require_called_aet = True
+    pacs.require_calling_aet = known_callers
+    server = pacs.start_server(("127.0.0.1", 0), block=False)
+    seen: list[Any] = []
+    if answer_first:
+        associate = AE.associate
+
+        def held_up(self: AE, *args: Any, **kwargs: Any) -> Any:
+            closed = threading.Event()  # pynetdicom closes the connection once the rejection is in
+            kwargs["evt_handlers"] = [
+                *kwargs.get("evt_handlers", []),
+                (evt.EVT_REQUESTED, lambda _: closed.wait(10)),
+                (evt.EVT_CONN_CLOSE, lambda _: closed.set()),
+            ]
+            seen.append(assoc := associate(self, *args, **kwargs))
+            return assoc
+
+        monkeypatch.setattr(AE, "associate", held_up)
+    try:
+        settings = pacs_settings(tmp_path, server.server_address[1])
+        answer = cstore.echo(settings.pacs)
+    finally:
+        server.shutdown()
+    assert answer is not None
+    assert answer.startswith(
+        f"ORTHANC@127.0.0.1:{settings.pacs.port} rejected the association (permanently): "
+    )
+    assert said in answer, answer
+    if answer_first:  # the race was run: pynetdicom itself did not see the rejection
+        assert [(a.is_rejected, a.is_aborted) for a in seen] == [(False, True)]

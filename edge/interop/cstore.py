@@ -16,11 +16,13 @@ import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Any
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE
+from pynetdicom import AE, evt
 from pynetdicom.association import Association
+from pynetdicom.pdu import A_ASSOCIATE_RJ
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from edge.config import PacsSettings
@@ -62,12 +64,28 @@ def _application_entity(config: PacsSettings) -> AE:
     return ae
 
 
-def _refusal(assoc: Association, config: PacsSettings) -> str:
+def _associate(ae: AE, config: PacsSettings) -> tuple[Association, A_ASSOCIATE_RJ | None]:
+    """The association, and the PACS's A-ASSOCIATE-RJ if it sent one. The rejection is taken
+    from the PDU as it arrives: pynetdicom checks that its socket is still connected after
+    sending the request, and a rejection that arrived (and closed the connection) before that
+    check is reported as a failed connection, its reason unread (a PACS on the LAN, a busy box)."""
+    rejections: list[A_ASSOCIATE_RJ] = []
+
+    def on_pdu(event: Any) -> None:
+        if isinstance(event.pdu, A_ASSOCIATE_RJ):
+            rejections.append(event.pdu)
+
+    handlers: list[Any] = [(evt.EVT_PDU_RECV, on_pdu)]
+    assoc = ae.associate(config.host or "", config.port, ae_title=config.called_ae, evt_handlers=handlers)
+    return assoc, rejections[0] if rejections else None
+
+
+def _refusal(assoc: Association, config: PacsSettings, rejection: A_ASSOCIATE_RJ | None) -> str:
     where = destination(config)
-    if assoc.is_rejected:
+    if rejection is not None:
+        lasting = "for now" if rejection.result == 2 else "permanently"
         return (
-            f"{where} rejected the association (is {config.calling_ae} a known caller, and"
-            f" {config.called_ae} its AE title?)"
+            f"{where} rejected the association ({lasting}): {rejection.reason_str}{_hint(rejection, config)}"
         )
     if assoc.is_aborted:
         # pynetdicom flags a TCP connect that failed as aborted too: what the installer must
@@ -77,6 +95,18 @@ def _refusal(assoc: Association, config: PacsSettings) -> str:
             return f"{where} aborted the association"
         return f"{where} does not answer ({unreachable})"
     return f"{where} does not answer (connection refused or no answer within {config.timeout_s:g} s)"
+
+
+def _hint(rejection: A_ASSOCIATE_RJ, config: PacsSettings) -> str:
+    """What the installer can change, for the rejections the PACS's user (not its protocol
+    stack) gives for the AE titles."""
+    if rejection.source != 1:
+        return ""
+    if rejection.reason_diagnostic == 3:
+        return f" (add {config.calling_ae} to its known callers, or set [pacs] calling_ae)"
+    if rejection.reason_diagnostic == 7:
+        return f" (is {config.called_ae} its AE title? [pacs] called_ae)"
+    return f" (is {config.calling_ae} a known caller, and {config.called_ae} its AE title?)"
 
 
 def _connect_problem(config: PacsSettings) -> str | None:
@@ -103,9 +133,9 @@ class Sender:
             # sent in the syntax of the context accepted for it.
             ae.add_requested_context(sop_class, ExplicitVRLittleEndian)
             ae.add_requested_context(sop_class, ImplicitVRLittleEndian)
-        assoc = ae.associate(self.config.host or "", self.config.port, ae_title=self.config.called_ae)
+        assoc, rejection = _associate(ae, self.config)
         if not assoc.is_established:
-            raise DestinationUnavailable(_refusal(assoc, self.config))
+            raise DestinationUnavailable(_refusal(assoc, self.config, rejection))
         self._assoc = assoc
         return self
 
@@ -151,9 +181,9 @@ def echo(config: PacsSettings) -> str | None:
     """C-ECHO the PACS: None when it answered, else why not (for `edge doctor`)."""
     ae = _application_entity(config)
     ae.add_requested_context(Verification)
-    assoc = ae.associate(config.host or "", config.port, ae_title=config.called_ae)
+    assoc, rejection = _associate(ae, config)
     if not assoc.is_established:
-        return _refusal(assoc, config)
+        return _refusal(assoc, config, rejection)
     try:
         status = assoc.send_c_echo()
     finally:
