@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import cv2
@@ -90,3 +91,15 @@ def gradient(height: int = 64, width: int = 48) -> np.ndarray:
     """A deterministic uint8 test image with structure in both directions."""
     y, x = np.mgrid[0:height, 0:width]
     return ((x * 255 // (width - 1) + y * 3) % 256).astype(np.uint8)
+
+
+def eventually(condition: Callable[[], object], timeout_s: float = 10.0) -> bool:
+    """Whether `condition` holds within `timeout_s`, asked every 20 ms: for what another thread
+    or process does in its own time (a log line, a file, a thread ending), where a fixed sleep
+    fails on a loaded machine."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True

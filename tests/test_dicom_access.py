@@ -17,6 +17,7 @@ from pynetdicom import AE
 from edge.config import Settings
 from edge.operations import doctor, health
 from edge.tui.screens import device as device_screen
+from tests.conftest import eventually
 from tests.test_dicom_listener import Listening, counts, dcmtk_or_skip, demo_dicoms, free_port, send
 
 VERIFICATION = "1.2.840.10008.1.1"
@@ -44,9 +45,13 @@ def test_a_fresh_install_refuses_every_caller_and_doctor_names_the_line_to_allow
         refused = send(running, one_file(), calling="XRAY1")
         assert refused.returncode != 0
         assert "Association Rejected" in refused.stderr
-        time.sleep(0.2)  # the log line is written in the association's thread
+
+        def listener_lines() -> list[str]:  # written in the association's thread, after its answer
+            return [r.getMessage() for r in caplog.records if r.name == "edge.ingest.dicom_listener"]
+
+        assert eventually(lambda: any("allowed_callers = " in line for line in listener_lines()))
     assert counts(fresh)["images"] == 0
-    lines = [r.getMessage() for r in caplog.records if r.name == "edge.ingest.dicom_listener"]
+    lines = listener_lines()
     assert any(line.startswith("CALLER_NOT_ALLOWED: ") and "'XRAY1'" in line for line in lines), lines
     assert any('allowed_callers = ["XRAY1"]' in line for line in lines), lines
 
@@ -133,6 +138,10 @@ def test_idle_echo_associations_cannot_lock_out_a_modality(
         started = time.perf_counter()
         assert send(running, first).returncode == 0
         baseline = time.perf_counter() - started
+        # its association's thread ends in its own time: until then it holds a slot
+        listener_ae = running.listener._ae
+        assert listener_ae is not None
+        assert eventually(lambda: not any(held.is_alive() for held in listener_ae._admitted))
         for _ in range(4):
             idle_holders.append(IdleHolder(running.settings.dicom.port))
         time.sleep(1.5)  # idle for longer than idle_timeout_s, but still pinging

@@ -26,6 +26,7 @@ from edge.errors import Code
 from edge.pipeline import Pipeline
 from edge.store import NOT_ANALYSED, Corrections, NewImage, Store
 from edge.study import StudyInfo
+from tests.conftest import eventually
 from tests.pacs_study import expected, mixed_study, outcome
 from tests.test_dicom_listener import Listening, counts, dcmtk_or_skip, free_port, send
 from tools import dicomgen
@@ -158,12 +159,15 @@ def associate(port: int, calling: str, called: str = "EDGE") -> tuple[Associatio
 
 
 def _associate(
-    port: int, start: threading.Barrier, hold_s: float, out: list[object], calling: str = "XRAY1"
+    port: int, start: threading.Barrier, answered: list[object], out: list[object], calling: str = "XRAY1"
 ) -> None:
     start.wait()
     assoc, rejected = associate(port, calling)
+    answered.append(assoc)
     if assoc.is_established:
-        time.sleep(hold_s)  # hold the slot while the others knock
+        # Hold the slot until every caller of the burst has its answer (a fixed hold let a
+        # negotiation slowed by a loaded machine find a slot freed already).
+        eventually(lambda: len(answered) == start.parties, timeout_s=60)
         status = assoc.send_c_echo()
         assoc.release()
         out.append(("accepted", int(status.Status)))
@@ -173,14 +177,15 @@ def _associate(
         out.append(("failed",))
 
 
-def burst(port: int, count: int, hold_s: float = 2.0) -> list[object]:
+def burst(port: int, count: int) -> list[object]:
     start = threading.Barrier(count)
+    answered: list[object] = []
     out: list[object] = []
-    threads = [threading.Thread(target=_associate, args=(port, start, hold_s, out)) for _ in range(count)]
+    threads = [threading.Thread(target=_associate, args=(port, start, answered, out)) for _ in range(count)]
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join(60)
+        thread.join(90)
     return out
 
 
@@ -192,6 +197,8 @@ def test_associations_up_to_the_limit_are_served_at_once_and_the_rest_told_busy(
     configured = listener_settings(settings, max_associations=4)
     with Listening(configured) as running, caplog.at_level(logging.WARNING):
         port = running.settings.dicom.port
+        listener_ae = running.listener._ae
+        assert listener_ae is not None
         # Connections that have not asked for an association yet (a slow sender, a port scan)
         # counted against pynetdicom's limit: with three of them, 1 of 12 was accepted.
         idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
@@ -204,6 +211,8 @@ def test_associations_up_to_the_limit_are_served_at_once_and_the_rest_told_busy(
             assert all(a[1] == 0 for a in accepted), answers
             # transient (2), from the presentation layer (3): local limit exceeded (2)
             assert rejected == [("rejected", 2, 3, 2)] * 8, answers
+            # pynetdicom's threads of the released associations end in their own time
+            assert eventually(lambda: not any(held.is_alive() for held in listener_ae._admitted))
         for connection in idle:
             connection.close()
     messages = [
@@ -256,11 +265,16 @@ def test_each_rejection_is_logged_with_its_own_code(
         assoc, rejected = associate(running.settings.dicom.port, calling, called)
         assert not assoc.is_established
         assert rejected == (1, 1, reason)  # permanent, by the service user, this reason
-        time.sleep(0.2)  # the listener's log line is written in its association thread
-    messages = [
-        record.getMessage() for record in caplog.records if record.name == "edge.ingest.dicom_listener"
-    ]
-    assert [m.split(":")[0] for m in messages if "rejected" in m] == [code]
+
+        def rejections() -> list[str]:  # logged in the listener's association thread
+            return [
+                record.getMessage().split(":")[0]
+                for record in caplog.records
+                if record.name == "edge.ingest.dicom_listener" and "rejected" in record.getMessage()
+            ]
+
+        assert eventually(rejections)
+    assert rejections() == [code]
 
 
 # ------------------------------------------------------------------ the store's side

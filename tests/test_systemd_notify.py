@@ -36,6 +36,16 @@ def received(sock: socket.socket) -> list[str]:
             return out
 
 
+def collected(sock: socket.socket, seconds: float) -> list[str]:
+    """Every datagram for `seconds`, read as they come: the socket queues only a few (Linux's
+    `net.unix.max_dgram_qlen`, 10 here), and a sender finding it full blocks."""
+    out: list[str] = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        out += received(sock)
+    return out
+
+
 def test_notify_sends_a_datagram(notify_socket: socket.socket) -> None:
     assert systemd.notify("READY=1")
     assert received(notify_socket) == ["READY=1"]
@@ -86,10 +96,8 @@ def test_a_wedged_worker_stops_the_pets(
         assert any(m.startswith("STATUS=queue ") for m in healthy)
 
         wedge.set()
-        time.sleep(2.5)  # stall_s passes: from here on no pets
-        received(notify_socket)
-        time.sleep(1.5)
-        wedged = received(notify_socket)
+        collected(notify_socket, 2.5)  # stall_s passes: from here on no pets
+        wedged = collected(notify_socket, 1.5)
         assert "WATCHDOG=1" not in wedged
         assert any(m.startswith("STATUS=") for m in wedged)  # still says what it is doing
     finally:
@@ -123,10 +131,13 @@ def test_the_sync_agent_is_ready_and_pets_while_the_link_is_down(
     stop = threading.Event()
     thread = threading.Thread(target=runner.serve, args=(settings, stop))
     thread.start()
-    time.sleep(4)
+    messages = collected(notify_socket, 4)
     stop.set()
-    thread.join(30)
-    messages = received(notify_socket)
+    deadline = time.monotonic() + 30
+    while thread.is_alive() and time.monotonic() < deadline:
+        messages += received(notify_socket)
+    assert not thread.is_alive()
+    messages += received(notify_socket)
     assert messages[0].startswith("READY=1"), messages[:3]
     assert messages.count("WATCHDOG=1") >= 5
     assert any(m.startswith("STATUS=") and "failing" in m and "cannot be reached" in m for m in messages)
