@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from textual.command import CommandPalette
+from textual.command import CommandList, CommandPalette
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Input, OptionList, Static
 
@@ -500,7 +500,15 @@ def test_keys_reach_every_screen_help_and_the_command_palette(filled: tuple[Sett
         await pilot.pause()
         assert isinstance(pilot.app.screen, CommandPalette)
         await pilot.press(*"sync now")
-        await pilot.pause(0.5)
+        # the palette searches in its own time: Enter before it highlights the command runs nothing
+        found = pilot.app.screen.query_one(CommandList)
+        for _ in range(200):
+            chosen = found.highlighted
+            if chosen is not None and "Sync now" in str(found.get_option_at_index(chosen).prompt):
+                break
+            await pilot.pause(0.05)
+        else:
+            raise AssertionError("the palette never offered Sync now")
         await pilot.press("enter")
         await settle(pilot)
         assert said[-1].startswith("no sync service is running") or "sync" in said[-1]
