@@ -89,6 +89,7 @@ NEXT_STEPS: dict[Code, str] = {
     # The job queue
     Code.JOB_ABANDONED: "re-run it (r) once the cause is fixed; " + SEE_LOG,
     Code.JOB_LEASE_LOST: "nothing if it then finished; else re-run it (r)",
+    Code.JOB_INTERRUPTED: "nothing: it is queued again and the agent analyses it",
     Code.INSTANCE_SUPERSEDED: "nothing: open the corrected version's result",
     # Store and host
     Code.STORE_WRITE_FAILED: "check the disk (4 Device), then try again",

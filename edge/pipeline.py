@@ -16,6 +16,7 @@ Read top to bottom, this is the flow of a study on the device:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import time
@@ -354,6 +355,12 @@ class Pipeline:
             return self._score(job, decoded, decode_ms)
         except EdgeError as error:
             self._end_without_result(job, error)
+            raise
+        except (KeyboardInterrupt, SystemExit):
+            # The process is being stopped, not failed by its input: the job goes back to the
+            # queue now, its attempt not counted (left running, its holder's death would count).
+            with contextlib.suppress(EdgeError, sqlite3.Error):
+                self.store.leases.release(job, Code.JOB_INTERRUPTED, "stopped before a result was stored")
             raise
         except Exception as exc:  # a bug must end the job, not wedge the queue
             log.exception("job %s failed unexpectedly", job.id)

@@ -82,6 +82,30 @@ def test_a_full_disk_after_the_claim_returns_the_job_to_the_queue(
     assert store.counts()["results"] == 1
 
 
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, SystemExit])
+def test_a_process_stopped_mid_job_gives_the_job_back_uncounted(
+    env: Any, monkeypatch: pytest.MonkeyPatch, stop: type[BaseException]
+) -> None:
+    """Ctrl-C on `edge infer` (or a handler's sys.exit) while it analyses: the job went back to
+    the queue only once the process was gone, counted as a death: three impatient Ctrl-C on a
+    slow device abandoned the study."""
+    settings, store, pipeline = env
+    job_id = queue_one(store)
+
+    def interrupted(*args: Any, **kwargs: Any) -> None:
+        raise stop()
+
+    monkeypatch.setattr(Pipeline, "_write_heatmap", interrupted)
+    for _ in range(settings.worker.max_attempts + 1):
+        with pytest.raises(stop):
+            pipeline.run_once()
+        row = job_row(store, job_id)
+        assert (row["state"], row["attempts"], row["error_code"]) == ("queued", 0, "JOB_INTERRUPTED")
+    monkeypatch.undo()
+    assert pipeline.run_once() is True
+    assert job_row(store, job_id)["state"] == "done"
+
+
 def test_a_job_the_full_disk_kept_from_being_released_is_released_when_space_returns(
     env: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
