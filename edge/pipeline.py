@@ -331,7 +331,7 @@ class Pipeline:
 
     def _reclaim(self, job_id: str | None = None) -> tuple[int, int]:
         limits = self.settings.worker
-        return self.store.leases.reclaim(limits.max_attempts, max_restarts=limits.max_restarts, job_id=job_id)
+        return self.store.leases.reclaim(limits.max_attempts, limits.max_restarts, job_id=job_id)
 
     def _reclaim_stale_jobs(self) -> None:
         """Leases: jobs whose holder died (this agent's previous run, an `edge infer` killed

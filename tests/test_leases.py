@@ -153,7 +153,8 @@ def test_a_job_that_kills_every_worker_is_abandoned_with_a_code(env: Any) -> Non
         claimed = store.claim_job(dead_worker)
         assert claimed is not None
         assert claimed.id == job_id
-        assert store.leases.reclaim(settings.worker.max_attempts) in ((1, 0), (0, 1))
+        limits = settings.worker
+        assert store.leases.reclaim(limits.max_attempts, limits.max_restarts) in ((1, 0), (0, 1))
     row = job_row(store, job_id)
     assert (row["state"], row["error_code"], row["attempts"]) == ("failed", "JOB_ABANDONED", 3)
     actions = [r["action"] for r in store.db.execute("SELECT action FROM audit").fetchall()]
@@ -172,12 +173,12 @@ def test_a_restart_of_the_device_is_not_counted_against_the_job(env: Any, monkey
     limits = settings.worker
     for restart in range(1, limits.max_restarts):
         assert store.claim_job(earlier_boot) is not None
-        assert store.leases.reclaim(limits.max_attempts, max_restarts=limits.max_restarts) == (1, 0)
+        assert store.leases.reclaim(limits.max_attempts, limits.max_restarts) == (1, 0)
         row = job_row(store, job_id)
         assert (row["state"], row["attempts"], row["restarts"]) == ("queued", 0, restart)
     assert restart > limits.max_attempts  # more restarts than attempts allow, and still queued
     assert store.claim_job(earlier_boot) is not None
-    assert store.leases.reclaim(limits.max_attempts, max_restarts=limits.max_restarts) == (0, 1)
+    assert store.leases.reclaim(limits.max_attempts, limits.max_restarts) == (0, 1)
     row = job_row(store, job_id)
     assert (row["state"], row["error_code"], row["restarts"]) == ("failed", "JOB_ABANDONED", 10)
     assert "10 restarts of the device" in row["error_message"]

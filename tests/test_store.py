@@ -199,7 +199,8 @@ def test_result_job_state_and_outbox_commit_together(store: Store, monkeypatch: 
     monkeypatch.undo()
     store.db.execute("UPDATE jobs SET lease_until = '2000-01-01T00:00:00.000Z'")  # the lease ran out
     store.db.conn.commit()
-    assert store.leases.reclaim(max_attempts=3) == (1, 0)  # what the agent's maintenance tick does
+    # what the agent's maintenance tick does
+    assert store.leases.reclaim(max_attempts=3, max_restarts=10) == (1, 0)
     job = store.claim_job("w2")
     assert job is not None
     result_id = store.complete_job(job, result_record())
@@ -218,7 +219,7 @@ def test_a_job_requeued_elsewhere_cannot_be_completed_by_its_old_worker(store: S
     stale = store.claim_job("old-worker", lease_s=0.001)
     assert stale is not None
     time.sleep(0.01)
-    assert store.leases.reclaim(max_attempts=3) == (1, 0)
+    assert store.leases.reclaim(max_attempts=3, max_restarts=10) == (1, 0)
     fresh = store.claim_job("new-worker")
     assert fresh is not None
     assert fresh.attempts == 2

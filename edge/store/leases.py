@@ -26,9 +26,6 @@ from edge.processes import holder_state
 from edge.store.records import Job
 from edge.store.writer import Writer
 
-MAX_RESTARTS = 10
-"""Restarts of the device during one job before it is abandoned (`[worker] max_restarts`)."""
-
 
 class Leases:
     def __init__(self, writer: Writer) -> None:
@@ -79,9 +76,7 @@ class Leases:
             or row["holder"] in ("gone", "restarted")
         ]
 
-    def reclaim(
-        self, max_attempts: int, *, max_restarts: int = MAX_RESTARTS, job_id: str | None = None
-    ) -> tuple[int, int]:
+    def reclaim(self, max_attempts: int, max_restarts: int, *, job_id: str | None = None) -> tuple[int, int]:
         """Return stale jobs to the queue, or fail those that used up their attempts (or their
         restarts) with `JOB_ABANDONED`; (requeued, abandoned). Called by the agent's worker
         every few seconds (`Pipeline.run_once`) and by a caller that wants one job now
