@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import json
 import os
 import select
@@ -51,9 +52,10 @@ def this_host() -> str:
 BOOT_ID_FILE = Path("/proc/sys/kernel/random/boot_id")
 
 
+@functools.cache
 def boot_id() -> str | None:
     """This boot of the machine, shortened (the kernel draws a new one at every boot); None
-    where the kernel does not say."""
+    where the kernel does not say. Read once: it cannot change under a running process."""
     try:
         return BOOT_ID_FILE.read_text().strip().replace("-", "")[:12] or None
     except OSError:

@@ -206,9 +206,15 @@ def test_the_boot_is_read_from_the_kernel(tmp_path: Path, monkeypatch: Any) -> N
     boot_file = tmp_path / "boot_id"
     boot_file.write_text("4e3a5c1f-9b2d-4c8e-a1f0-2d7b6e9c0a11\n")
     monkeypatch.setattr(processes, "BOOT_ID_FILE", boot_file)
-    assert processes.boot_id() == "4e3a5c1f9b2d"
-    monkeypatch.setattr(processes, "BOOT_ID_FILE", tmp_path / "absent")
-    assert processes.boot_id() is None
+    try:
+        processes.boot_id.cache_clear()
+        assert processes.boot_id() == "4e3a5c1f9b2d"
+        monkeypatch.setattr(processes, "BOOT_ID_FILE", tmp_path / "absent")
+        assert processes.boot_id() == "4e3a5c1f9b2d"  # read once per process
+        processes.boot_id.cache_clear()
+        assert processes.boot_id() is None
+    finally:
+        processes.boot_id.cache_clear()  # the real one for the tests after
 
 
 def test_stale_leases_of_older_software_count_as_expired(store: Store) -> None:
