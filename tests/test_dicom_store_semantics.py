@@ -11,18 +11,17 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pydicom
 import pytest
 from pydicom.uid import RLELossless
-from pynetdicom import AE, evt
+from pynetdicom import AE
 from pynetdicom.association import Association
-from pynetdicom.pdu import A_ASSOCIATE_RJ
 
 from edge.config import Settings
 from edge.errors import Code
+from edge.interop import cstore
 from edge.pipeline import Pipeline
 from edge.store import NOT_ANALYSED, Corrections, NewImage, Store
 from edge.study import StudyInfo
@@ -135,26 +134,15 @@ def test_bytes_that_are_not_dicom_are_the_only_cannot_understand(settings: Setti
 
 
 def associate(port: int, calling: str, called: str = "EDGE") -> tuple[Association, tuple[int, ...] | None]:
-    """An association requested as a modality would, and the A-ASSOCIATE-RJ received for it, if
-    one came: (result, source, diagnostic).
-
-    The rejection is taken from the PDU as it arrives, not from `Association.is_rejected`:
-    pynetdicom's requestor checks that its socket is still connected after sending the
-    request, and when the listener's rejection has already arrived and closed the connection
-    by then (a loaded machine), it reports a failed connection instead, with the rejection
-    unread (one CI run, December 2026)."""
-    received: list[A_ASSOCIATE_RJ] = []
-
-    def on_pdu(event: Any) -> None:
-        if isinstance(event.pdu, A_ASSOCIATE_RJ):
-            received.append(event.pdu)
-
+    """An association requested as a modality would, and the A-ASSOCIATE-RJ received for it,
+    if one came: (result, source, diagnostic). Read as the PDU arrives (`cstore.associate`),
+    not from `Association.is_rejected`, which a loaded machine can miss (one CI run, December
+    2026)."""
     ae = AE(ae_title=calling)
     ae.add_requested_context(VERIFICATION)
-    assoc = ae.associate("127.0.0.1", port, ae_title=called, evt_handlers=[(evt.EVT_PDU_RECV, on_pdu)])
-    if not received:
+    assoc, pdu = cstore.associate(ae, "127.0.0.1", port, called)
+    if pdu is None:
         return assoc, None
-    pdu = received[0]
     return assoc, (int(pdu.result or 0), int(pdu.source or 0), int(pdu.reason_diagnostic or 0))
 
 

@@ -64,11 +64,12 @@ def _application_entity(config: PacsSettings) -> AE:
     return ae
 
 
-def _associate(ae: AE, config: PacsSettings) -> tuple[Association, A_ASSOCIATE_RJ | None]:
-    """The association, and the PACS's A-ASSOCIATE-RJ if it sent one. The rejection is taken
-    from the PDU as it arrives: pynetdicom checks that its socket is still connected after
-    sending the request, and a rejection that arrived (and closed the connection) before that
-    check is reported as a failed connection, its reason unread (a PACS on the LAN, a busy box)."""
+def associate(ae: AE, host: str, port: int, called_ae: str) -> tuple[Association, A_ASSOCIATE_RJ | None]:
+    """The association `ae` requests, and the peer's A-ASSOCIATE-RJ if it sent one. The
+    rejection is taken from the PDU as it arrives: pynetdicom checks that its socket is still
+    connected after sending the request, and a rejection that arrived (and closed the
+    connection) before that check is reported as a failed connection, its reason unread (a
+    peer on the LAN, a busy box)."""
     rejections: list[A_ASSOCIATE_RJ] = []
 
     def on_pdu(event: Any) -> None:
@@ -76,7 +77,7 @@ def _associate(ae: AE, config: PacsSettings) -> tuple[Association, A_ASSOCIATE_R
             rejections.append(event.pdu)
 
     handlers: list[Any] = [(evt.EVT_PDU_RECV, on_pdu)]
-    assoc = ae.associate(config.host or "", config.port, ae_title=config.called_ae, evt_handlers=handlers)
+    assoc = ae.associate(host, port, ae_title=called_ae, evt_handlers=handlers)
     return assoc, rejections[0] if rejections else None
 
 
@@ -133,7 +134,7 @@ class Sender:
             # sent in the syntax of the context accepted for it.
             ae.add_requested_context(sop_class, ExplicitVRLittleEndian)
             ae.add_requested_context(sop_class, ImplicitVRLittleEndian)
-        assoc, rejection = _associate(ae, self.config)
+        assoc, rejection = associate(ae, self.config.host or "", self.config.port, self.config.called_ae)
         if not assoc.is_established:
             raise DestinationUnavailable(_refusal(assoc, self.config, rejection))
         self._assoc = assoc
@@ -181,7 +182,7 @@ def echo(config: PacsSettings) -> str | None:
     """C-ECHO the PACS: None when it answered, else why not (for `edge doctor`)."""
     ae = _application_entity(config)
     ae.add_requested_context(Verification)
-    assoc, rejection = _associate(ae, config)
+    assoc, rejection = associate(ae, config.host or "", config.port, config.called_ae)
     if not assoc.is_established:
         return _refusal(assoc, config, rejection)
     try:
