@@ -25,6 +25,7 @@ from pydicom.valuerep import DA
 from edge.errors import Code, EdgeError
 from edge.imaging.acquisition import acquisition_facts
 from edge.imaging.decoded import DecodedImage, DicomHeader, UndecodableDicom, sha256_hex
+from edge.imaging.per_value import per_value
 from edge.study import StudyInfo
 
 MAX_FRAME_PIXELS = 100_000_000  # as for PNG/JPEG: larger than any radiograph, smaller than a bomb
@@ -260,20 +261,26 @@ def display_pixels(stored: np.ndarray, ds: Dataset) -> np.ndarray:
     if photometric in ("MONOCHROME1", "MONOCHROME2"):
         return _grey_display(stored, ds, invert=photometric == "MONOCHROME1")
     if photometric == "PALETTE COLOR":
-        rgb = apply_color_lut(stored, ds)
-        return _scale_to_uint8(
-            rgb.astype(np.float64), 0.0, float(rgb.max() if rgb.dtype != np.uint8 else 255)
-        )
+        return per_value(stored, lambda values: _palette_values(values, ds))
     if photometric in ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT"):
         # pydicom's pixel_array has already converted YBR to RGB (as_rgb defaults to True).
-        bits = int(ds.get("BitsStored", 8))
-        return _scale_to_uint8(stored.astype(np.float64), 0.0, float(2**bits - 1))
+        top = float(2 ** int(ds.get("BitsStored", 8)) - 1)
+        return per_value(stored, lambda values: _scale_to_uint8(values.astype(np.float64), 0.0, top))
     raise EdgeError(Code.DICOM_UNSUPPORTED, f"photometric interpretation {photometric} is not supported")
 
 
 def _grey_display(stored: np.ndarray, ds: Dataset, *, invert: bool) -> np.ndarray:
     if stored.ndim != 2:
         raise EdgeError(Code.DICOM_UNSUPPORTED, f"unexpected grey pixel array shape {stored.shape}")
+    return per_value(stored, lambda values: _grey_values(values, ds, invert=invert))
+
+
+def _palette_values(stored: np.ndarray, ds: Dataset) -> np.ndarray:
+    rgb = apply_color_lut(stored, ds)
+    return _scale_to_uint8(rgb.astype(np.float64), 0.0, float(rgb.max() if rgb.dtype != np.uint8 else 255))
+
+
+def _grey_values(stored: np.ndarray, ds: Dataset, *, invert: bool) -> np.ndarray:
     modality = apply_modality_lut(stored, ds)
     low, high = voi_output_range(ds, modality)
     _widen_8_bit_voi_lut(ds)

@@ -16,6 +16,7 @@ import numpy as np
 import pydicom
 
 from edge.imaging.ocr import Box
+from edge.imaging.per_value import per_value
 
 
 class CannotRedact(Exception):
@@ -88,7 +89,12 @@ def stored_value_views(data: bytes) -> list[np.ndarray]:
     low, high = float(values.min()), float(values.max())
     if high <= low:
         return []
-    spread = np.round((values.astype(np.float64) - low) * (255.0 / (high - low))).astype(np.uint8)
-    levels, rank = np.unique(values, return_inverse=True)
-    ranked = np.round(rank.reshape(values.shape) * (255.0 / max(1, len(levels) - 1))).astype(np.uint8)
-    return [spread, ranked]
+
+    def spread(levels: np.ndarray) -> np.ndarray:
+        return np.round((levels.astype(np.float64) - low) * (255.0 / (high - low))).astype(np.uint8)
+
+    def ranked(levels: np.ndarray) -> np.ndarray:
+        distinct, rank = np.unique(levels, return_inverse=True)
+        return np.round(rank.reshape(levels.shape) * (255.0 / max(1, len(distinct) - 1))).astype(np.uint8)
+
+    return [per_value(values, spread), per_value(values, ranked)]  # once per level: a film is 16 MP
