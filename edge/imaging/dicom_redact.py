@@ -42,9 +42,11 @@ def redact_pixel_data(data: bytes, keep: Box | None, boxes: Sequence[Box]) -> by
         raise CannotRedact("a multi-frame object")
     photometric = str(ds.get("PhotometricInterpretation", ""))
     try:
+        syntax = str(ds.file_meta.TransferSyntaxUID)
         if ds.file_meta.TransferSyntaxUID.is_compressed:
             ds.decompress(as_rgb=True, generate_instance_uid=False)
             photometric = str(ds.PhotometricInterpretation)
+            _say_lossy(ds, syntax)
         pixels = np.array(ds.pixel_array)  # writable copy
     except Exception as exc:
         raise CannotRedact(f"pixel data not decodable ({type(exc).__name__})") from exc
@@ -66,6 +68,28 @@ def redact_pixel_data(data: bytes, keep: Box | None, boxes: Sequence[Box]) -> by
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
+
+
+# Transfer syntaxes that are lossy whatever their parameters, and the method each names (PS3.3
+# C.7.6.1.1.5.1). JPEG 2000 and HTJ2K may be either: there the source's own flag is all there is.
+LOSSY_SYNTAXES = {
+    "1.2.840.10008.1.2.4.50": "ISO_10918_1",  # JPEG Baseline
+    "1.2.840.10008.1.2.4.51": "ISO_10918_1",  # JPEG Extended (12-bit)
+    "1.2.840.10008.1.2.4.81": "ISO_14495_1",  # JPEG-LS near-lossless
+}
+
+
+def _say_lossy(ds: pydicom.Dataset, syntax: str) -> None:
+    """Once lossy, always lossy (PS3.3 C.7.6.1.1.5): pixels decoded from a lossy syntax and
+    written uncompressed keep "01" and the method, even when the source did not say so."""
+    method = LOSSY_SYNTAXES.get(syntax)
+    if method is None:
+        return
+    ds.LossyImageCompression = "01"
+    found = ds.get("LossyImageCompressionMethod")
+    methods = [] if not found else [str(found)] if isinstance(found, str) else [str(m) for m in found]
+    if method not in methods:
+        ds.LossyImageCompressionMethod = [*methods, method] if methods else method
 
 
 def stored_value_views(data: bytes) -> list[np.ndarray]:

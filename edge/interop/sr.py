@@ -21,6 +21,7 @@ The report (TID 1500, one TID 1501 measurement group per result):
 from __future__ import annotations
 
 import datetime as dt
+import re
 import uuid
 from dataclasses import dataclass
 
@@ -31,6 +32,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian
 
 from edge import __version__
+from edge.imaging.anatomy import region
 from edge.interop.finding_codes import snomed_for
 from edge.store import StoredResult
 
@@ -146,9 +148,23 @@ def _created(result: StoredResult) -> dt.datetime:
     return dt.datetime.strptime(result.created_at[:19], "%Y-%m-%dT%H:%M:%S")
 
 
-def _stamp(ds: Dataset, result: StoredResult) -> None:
+def _local(when: dt.datetime, source: Dataset) -> tuple[dt.datetime, str | None]:
+    """The result's time (UTC) on the study's clock: at the source's own offset from UTC when it
+    states one, else on this device's clock with no offset written. The study's dates and times
+    are copied as the source has them, and an offset applies to every date and time of the
+    object (PS3.3 C.12.1.1.8): "+0000" beside them would move the study (found by dciodvfy's
+    reviewer)."""
+    offset = str(source.get("TimezoneOffsetFromUTC") or "").strip()
+    match = re.fullmatch(r"([+-])(\d\d)(\d\d)", offset)
+    if match and int(match[2]) <= 14 and int(match[3]) < 60:
+        sign = 1 if match[1] == "+" else -1
+        return when + sign * dt.timedelta(hours=int(match[2]), minutes=int(match[3])), offset
+    return when.replace(tzinfo=dt.timezone.utc).astimezone().replace(tzinfo=None), None
+
+
+def _stamp(ds: Dataset, result: StoredResult, source: Dataset) -> None:
     """Dates and times from the result, not from the clock: a rebuild is byte-identical."""
-    when = _created(result)
+    when, offset = _local(_created(result), source)
     for prefix in ("Content", "InstanceCreation", "Series"):
         if prefix != "Series" or "SeriesDate" in ds:
             setattr(ds, f"{prefix}Date", when.strftime("%Y%m%d"))
@@ -159,7 +175,13 @@ def _stamp(ds: Dataset, result: StoredResult) -> None:
     for item in ds.get("ContributingEquipmentSequence", []):  # highdicom names itself, with `now`
         if "ContributionDateTime" in item:
             item.ContributionDateTime = when.strftime("%Y%m%d%H%M%S")
-    ds.TimezoneOffsetFromUTC = "+0000"
+    if offset is not None:
+        ds.TimezoneOffsetFromUTC = offset
+    elif "TimezoneOffsetFromUTC" in ds:
+        del ds.TimezoneOffsetFromUTC
+    # Text written here (the site's name, the model's words) may be outside the source's
+    # character set, which the copied names were decoded from: everything is written as UTF-8.
+    ds.SpecificCharacterSet = "ISO_IR 192"
 
 
 def _algorithm(result: StoredResult) -> hd.sr.AlgorithmIdentification:
@@ -256,7 +278,7 @@ def build_sr(result: StoredResult, source: Dataset, provenance: Provenance) -> h
     _copy_modules(source, sr)
     sr.SeriesDescription = f"AI result: {result.model_name} {result.model_version}"[:64]
     sr.add_new(0x00181020, "LO", [__version__, result.model_version])  # Software Versions
-    _stamp(sr, result)
+    _stamp(sr, result, source)
     return sr
 
 
@@ -286,7 +308,11 @@ def build_heatmap(result: StoredResult, source: Dataset, overlay_rgb: np.ndarray
         sc.add_new(0x00200020, "CS", None)  # Patient Orientation, empty
     sc.SeriesDescription = f"AI heatmap: {result.model_name} {result.model_version}"[:64]
     sc.add_new(0x00080008, "CS", ["DERIVED", "SECONDARY"])  # Image Type
-    sc.BurnedInAnnotation = "NO"
+    # The overlay is the source's picture blended with the map: it carries whatever text the
+    # source's pixels do, and says so unless the source said it has none.
+    source_flag = str(source.get("BurnedInAnnotation") or "").strip().upper()
+    sc.BurnedInAnnotation = "NO" if source_flag == "NO" else "YES"
+    _laterality(source, sc)
     sc.ImageComments = (
         f"{result.model_name} {result.model_version}: {result.finding}, "
         f"P({result.finding_label})={result.probability:.3f}, threshold {result.threshold:.3f} "
@@ -298,8 +324,25 @@ def build_heatmap(result: StoredResult, source: Dataset, overlay_rgb: np.ndarray
     sc.SourceImageSequence = [reference]
     sc.DerivationDescription = "Class activation map of the model's output, blended over the image"
     sc.add_new(0x00181020, "LO", [__version__, result.model_version])  # Software Versions
-    _stamp(sc, result)
+    _stamp(sc, result, source)
     return sc
+
+
+def _laterality(source: Dataset, sc: Dataset) -> None:
+    """Which side the picture shows, and of what, as the source says: for a paired organ (a
+    breast) a heatmap without it cannot be told from the other side's. Laterality (General
+    Series, Type 2C) from the source's, else from its Image Laterality when that names one side;
+    present and empty (unknown) for a paired part that neither names, absent otherwise."""
+    if "BodyPartExamined" in source:
+        sc.BodyPartExamined = source.BodyPartExamined
+    for keyword in ("Laterality", "ImageLaterality"):
+        side = str(source.get(keyword) or "").strip().upper()
+        if side in ("R", "L"):
+            sc.Laterality = side
+            return
+    part = region(source.get("BodyPartExamined"))
+    if part is not None and part.paired:
+        sc.add_new(0x00200060, "CS", None)  # Laterality, unknown
 
 
 def _describable(source: Dataset) -> bool:

@@ -231,5 +231,8 @@ class Deidentifier:
         if sent is None:
             return None
         buffer = io.BytesIO()
-        sent.save_as(buffer, enforce_file_format=True)
+        try:
+            sent.save_as(buffer, enforce_file_format=True)
+        except (AttributeError, ValueError, TypeError):  # no SOP Instance UID: not a storable object
+            return None
         return buffer.getvalue()

@@ -45,6 +45,7 @@ from pydicom.uid import (
     UID_dictionary,
 )
 
+from edge.imaging.anatomy import region
 from edge.sync.dicom_terms import defined
 
 # The edition of PS3.15 whose Table E.1-1 applies (dicom-anonymizer's name for it).
@@ -86,6 +87,7 @@ DISPLAY = (
 STUDY = (
     "SpecificCharacterSet SOPClassUID SOPInstanceUID StudyInstanceUID SeriesInstanceUID Modality "
     "BodyPartExamined ViewPosition Laterality ImageLaterality ImageType ConversionType "
+    "DetectorType PositionerType "
     "SeriesNumber InstanceNumber AcquisitionNumber "
     # Retain Patient Characteristics: age and sex, which the reader needs and the result payload
     # carries. Size and weight are not kept: no model or review page uses them, and exact height
@@ -370,6 +372,7 @@ def deidentify(source: Dataset, policy: Policy, pseudonym: str | None) -> Datase
     for keyword in ("StudyDate", "StudyTime"):
         if keyword not in out:
             setattr(out, keyword, "")
+    _required_of_its_iod(out)
     if str(out.get("PhotometricInterpretation", "")).strip() != "PALETTE COLOR":
         for keyword in PALETTE:
             if keyword in out:
@@ -387,6 +390,56 @@ def deidentify(source: Dataset, policy: Policy, pseudonym: str | None) -> Datase
     if "SOPInstanceUID" in out:
         out.file_meta.MediaStorageSOPInstanceUID = out.SOPInstanceUID
     return out
+
+
+# The digital X-ray family (DX, mammography, intra-oral; for presentation and for processing),
+# whose modules ask for more than the others' (PS3.3 A.26-A.28).
+CR_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
+DX_FAMILY = frozenset(
+    f"1.2.840.10008.5.1.4.1.1.1.{kind}{purpose}" for kind in (1, 2, 3) for purpose in ("", ".1")
+)
+# Written by this code, never the source's text: what a required attribute says when the
+# allow-list could not carry the source's value (PS3.15 E.1: a dummy value for Type 1).
+REMOVED = "removed by de-identification"
+
+
+def _required_of_its_iod(out: Dataset) -> None:
+    """What the object's IOD requires and the allow-list cannot carry (text, coded sequences
+    whose meanings are text), written so that the file stays valid for a PACS on the hub's side
+    (as found by dciodvfy): Type 2 present and empty, Type 1 with a value that says nothing of
+    the source. The source's own text never comes back."""
+    if "Manufacturer" not in out:  # General Equipment, Type 2: in every image IOD
+        out.Manufacturer = ""
+    if "RescaleIntercept" in out and str(out.get("Modality", "")) not in ("CT", "PT"):
+        # Rescale Type (LO, dropped as text) is Type 1C beside a rescale, and Type 1 with the
+        # Enumerated Value US in DX: "US" is "unspecified", true of any value the source held.
+        out.RescaleType = "US"
+    if "PixelSpacingCalibrationType" in out:  # its description (LO, Type 1C) was dropped
+        out.PixelSpacingCalibrationDescription = REMOVED
+    for keyword in ("SeriesNumber", "InstanceNumber"):  # General Series and Image, Type 2
+        if keyword not in out:
+            setattr(out, keyword, None)
+    if "PatientOrientation" not in out and "ImageOrientationPatient" not in out:
+        out.PatientOrientation = None  # Type 2C: unknown
+    sop_class = str(out.get("SOPClassUID", ""))
+    if sop_class == CR_STORAGE and "ViewPosition" not in out:
+        out.ViewPosition = None  # CR Series, Type 2
+    if sop_class in DX_FAMILY:
+        for keyword in ("DetectorType", "PositionerType"):  # Type 2
+            if keyword not in out:
+                setattr(out, keyword, None)
+        out.AcquisitionContextSequence = Sequence([])  # Type 2; its items hold text
+        # Type 2, and known when Body Part Examined is: its code from the standard's table
+        # (PS3.16 Table L-1), never the source's sequence (whose meanings are text).
+        known = region(out.get("BodyPartExamined"))
+        item = Dataset()
+        if known is not None:
+            item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = (
+                known.code,
+                known.scheme,
+                known.meaning,
+            )
+        out.AnatomicRegionSequence = Sequence([item] if known is not None else [])
 
 
 def _native_pixels(out: Dataset, *, big_endian: bool) -> None:

@@ -90,6 +90,8 @@ TERMS: dict[str, frozenset[str]] = {
     "BurnedInAnnotation": _words("YES NO"),
     "RecognizableVisualFeatures": _words("YES NO"),
     "PixelSpacingCalibrationType": _words("GEOMETRY FIDUCIAL"),
+    "DetectorType": _words("DIRECT SCINTILLATOR STORAGE FILM"),  # C.8.11.4
+    "PositionerType": _words("CARM COLUMN MAMMOGRAPHIC PANORAMIC CEPHALOSTAT RIGID NONE"),  # C.8.11.5
     "PatientPosition": _words("HFP HFS HFDR HFDL FFDR FFDL FFP FFS LFP LFS RFP RFS AFDR AFDL PFDR PFDL"),
     "VOILUTFunction": _words("LINEAR LINEAR_EXACT SIGMOID"),
     "PresentationLUTShape": _words("IDENTITY INVERSE"),
