@@ -131,7 +131,9 @@ def fake_tensorrt(version: str) -> types.ModuleType:
             self.profiles.append(profile)
             return len(self.profiles) - 1
 
-        def create_timing_cache(self, serialized_timing_cache: bytes) -> ITimingCache:
+        def create_timing_cache(self, serialized_timing_cache: bytes) -> ITimingCache | None:
+            if serialized_timing_cache.startswith(b"damaged"):
+                return None  # as TensorRT answers a blob it cannot read (trtexec checks for it)
             return ITimingCache(serialized_timing_cache)
 
         def set_timing_cache(self, cache: ITimingCache, ignore_mismatch: bool) -> bool:

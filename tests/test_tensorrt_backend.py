@@ -221,6 +221,32 @@ def test_a_parse_error_is_a_build_failure_in_tensorrts_words(install: Any, tmp_p
     assert "failed to parse the ONNX model" in caught.value.message
 
 
+def test_a_damaged_timing_cache_is_replaced_and_an_unsaved_one_keeps_the_engine(
+    install: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The timing cache is one file for every model's builds and only a speed-up: a damaged one
+    (a power cut) must not fail them all, nor one that cannot be written (a full disk, a file
+    left root-owned by a build under sudo) throw the engine just built away."""
+    install("10.3.0")
+    onnx = tmp_path / "model.onnx"
+    onnx.write_bytes(b"an onnx model")
+    cache = tmp_path / "timing.cache"
+    arguments: dict[str, Any] = {
+        "input_name": "image", "input_shape": (1, 8, 8), "max_batch": 4, "workspace_mb": 64, "timing_cache": cache,
+    }  # fmt: skip
+    cache.write_bytes(b"damaged by a power cut")
+    assert build_engine(onnx, "fp32", **arguments)
+    assert cache.read_bytes() == b"timing cache"  # a new one, saved
+
+    def full_disk(path: Path, data: bytes) -> None:
+        raise EdgeError(Code.DISK_FULL, f"no space left for {path.name}")
+
+    monkeypatch.setattr(backend, "write_atomically", full_disk)
+    with caplog.at_level(logging.WARNING, logger=backend.log.name):
+        assert build_engine(onnx, "fp32", **arguments)
+    assert "the timing cache was not saved: DISK_FULL: no space left" in caplog.text
+
+
 # ------------------------------------------------------------------ the runner
 
 
@@ -258,6 +284,24 @@ def test_outputs_the_manifest_does_not_name_are_bound_to_scratch(
     assert got["cam"].shape == (6, 2, 8, 8)
     runner.close()
     assert memory.allocated == {}
+
+
+def test_a_release_that_fails_still_lets_everything_go(install: Any, tmp_path: Path) -> None:
+    """After a sticky CUDA error every call fails: the release must still free every buffer and
+    drop the engine, say the first error, and not raise again at the next close."""
+    install("10.3.0")
+    memory = FakeDeviceMemory()
+    runner = TensorRTRunner(engine_file(tmp_path), NAMES, load_settings().runtime, memory=memory)
+
+    def sticky(stream: Any) -> None:
+        raise RuntimeError("an illegal memory access was encountered")
+
+    memory.synchronize = sticky  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        runner.close()
+    assert memory.allocated == {}
+    assert runner._context is None
+    runner.close()  # nothing is held any more
 
 
 def test_an_engine_that_does_not_deserialize_is_unreadable(install: Any, tmp_path: Path) -> None:

@@ -307,9 +307,12 @@ def _build(
     profile.set_shape(input_name, one, one, (max_batch, channels, height, width))
     config.add_optimization_profile(profile)
     cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
-    if not config.set_timing_cache(cache, ignore_mismatch=False):
+    # A blob TensorRT cannot read gives no cache at all (None; trtexec checks for it too), and
+    # the file is shared by every model's builds: a damaged one must not stop them all.
+    if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
         log.warning(
-            "the timing cache %s does not fit this TensorRT/GPU: starting a new one", timing_cache.name
+            "the timing cache %s is unreadable or does not fit this TensorRT/GPU: starting a new one",
+            timing_cache.name,
         )
         cache = config.create_timing_cache(b"")
         config.set_timing_cache(cache, ignore_mismatch=False)
@@ -320,7 +323,11 @@ def _build(
     if serialized is None:
         reason = "; ".join(logger.errors_since(mark)[-3:]) or "the builder returned nothing"
         raise EdgeError(Code.ENGINE_BUILD_FAILED, f"{precision} engine from {onnx_file.name}: {reason}"[:500])
-    write_atomically(timing_cache, bytes(config.get_timing_cache().serialize()))
+    try:
+        write_atomically(timing_cache, bytes(config.get_timing_cache().serialize()))
+    except EdgeError as error:
+        # A speed-up only (a full disk, a root-owned file): the engine just built is good.
+        log.warning("the timing cache was not saved: %s", error.one_line())
     log.info("built %s engine from %s in %.0f s", precision, onnx_file.name, time.monotonic() - started)
     return bytes(serialized)
 
@@ -489,20 +496,32 @@ class TensorRTRunner(Runner):
             self._release()
 
     def _release(self) -> None:
+        """Everything is let go whatever fails on the way: after a sticky CUDA error (an illegal
+        address) every call raises again, and a release that stopped at the first would leave
+        the rest held and make every later `close` raise too. The first error is raised at the
+        end."""
+        steps: list[Callable[[], object]] = []
         if self._stream is not None:
-            self._memory.synchronize(self._stream)
-        for pointer in self._device.values():
-            self._memory.free(pointer)
-        for array in self._host.values():
-            self._memory.pinned_free(array)
+            steps.append(functools.partial(self._memory.synchronize, self._stream))
+        steps += [functools.partial(self._memory.free, pointer) for pointer in self._device.values()]
+        steps += [functools.partial(self._memory.pinned_free, array) for array in self._host.values()]
         if self._stream is not None:
-            self._memory.stream_destroy(self._stream)
+            steps.append(functools.partial(self._memory.stream_destroy, self._stream))
         self._device.clear()
         self._host.clear()
         self._stream = None
         # Context before engine before runtime: TensorRT's own teardown order.
-        self._context = None
-        self._engine = None
-        self._runtime = None
+        steps += [
+            functools.partial(setattr, self, name, None) for name in ("_context", "_engine", "_runtime")
+        ]
         if self._owns_memory:
-            self._memory.close()
+            steps.append(self._memory.close)
+            self._owns_memory = False  # closed once, even if closing fails
+        first: BaseException | None = None
+        for step in steps:
+            try:
+                step()
+            except Exception as exc:  # noqa: BLE001 - the rest must still be let go
+                first = first or exc
+        if first is not None:
+            raise first
