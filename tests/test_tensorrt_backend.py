@@ -231,9 +231,8 @@ def test_a_damaged_timing_cache_is_replaced_and_an_unsaved_one_keeps_the_engine(
     onnx = tmp_path / "model.onnx"
     onnx.write_bytes(b"an onnx model")
     cache = tmp_path / "timing.cache"
-    arguments: dict[str, Any] = {
-        "input_name": "image", "input_shape": (1, 8, 8), "max_batch": 4, "workspace_mb": 64, "timing_cache": cache,
-    }  # fmt: skip
+    arguments: dict[str, Any] = {"input_name": "image", "input_shape": (1, 8, 8), "max_batch": 4}
+    arguments |= {"workspace_mb": 64, "timing_cache": cache}
     cache.write_bytes(b"damaged by a power cut")
     assert build_engine(onnx, "fp32", **arguments)
     assert cache.read_bytes() == b"timing cache"  # a new one, saved
