@@ -303,6 +303,26 @@ def test_a_release_that_fails_still_lets_everything_go(install: Any, tmp_path: P
     runner.close()  # nothing is held any more
 
 
+def test_an_engine_that_does_not_fit_in_gpu_memory_is_not_called_unreadable(
+    install: Any, tmp_path: Path
+) -> None:
+    """Out of device memory is not the file's fault: an unreadable engine is moved aside and
+    rebuilt for minutes (engine_manager), one that does not fit now is not."""
+    fake = install("10.3.0")
+    engine = engine_file(tmp_path)
+
+    def no_memory(runtime: Any, serialized: bytes) -> None:
+        runtime.logger.log(fake.ILogger.Severity.ERROR, "2: [executionContext.cpp] Error Code 2: OutOfMemory")
+
+    fake.Runtime.deserialize_cuda_engine = no_memory
+    memory = FakeDeviceMemory()
+    with pytest.raises(EdgeError) as caught:
+        TensorRTRunner(engine, NAMES, load_settings().runtime, memory=memory)
+    assert caught.value.code is Code.ENGINE_BUILD_FAILED
+    assert "not enough GPU memory" in caught.value.message
+    assert memory.allocated == {}
+
+
 def test_an_engine_that_does_not_deserialize_is_unreadable(install: Any, tmp_path: Path) -> None:
     install("10.3.0")
     engine = engine_file(tmp_path)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -373,6 +374,11 @@ def engine_tensors(engine: Any) -> list[TensorSpec]:
     return specs
 
 
+# How TensorRT says a load ran out of device memory ("Error Code 2: OutOfMemory", "Cuda Runtime
+# (out of memory)", "Requested amount of GPU memory ... could not be allocated").
+_OUT_OF_MEMORY = re.compile(r"out ?of ?memory|could not be allocated", re.IGNORECASE)
+
+
 class TensorRTRunner(Runner):
     backend = "tensorrt"
 
@@ -425,6 +431,12 @@ class TensorRTRunner(Runner):
         self._engine = self._runtime.deserialize_cuda_engine(serialized)
         if self._engine is None:
             reason = "; ".join(logger.errors_since(mark)[-2:]) or "incompatible or corrupt engine"
+            if _OUT_OF_MEMORY.search(reason):
+                # Not the file's fault (several models on an 8 GB Orin): it is not moved aside
+                # and rebuilt for minutes, as an unreadable one is; the model serves on the CPU.
+                raise EdgeError(
+                    Code.ENGINE_BUILD_FAILED, f"{model_file.name}: not enough GPU memory to load it: {reason}"
+                )
             raise EdgeError(Code.ENGINE_UNREADABLE, f"{model_file.name} does not deserialize: {reason}")
         self._context = self._engine.create_execution_context()
         if self._context is None:  # e.g. out of device memory on an 8 GB Orin
