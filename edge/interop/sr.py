@@ -276,6 +276,13 @@ def build_sr(result: StoredResult, source: Dataset, provenance: Provenance) -> h
         transfer_syntax_uid=ExplicitVRLittleEndian,
     )
     _copy_modules(source, sr)
+    # The private scheme named where a reader looks it up (PS3.3 C.12.1.1.2: a designator
+    # beginning "99" is private; this says whose it is).
+    scheme = Dataset()
+    scheme.CodingSchemeDesignator = PRIVATE_SCHEME
+    scheme.CodingSchemeName = "edge inference: result and quality concepts"
+    scheme.CodingSchemeResponsibleOrganization = MANUFACTURER
+    sr.CodingSchemeIdentificationSequence = [scheme]
     sr.SeriesDescription = f"AI result: {result.model_name} {result.model_version}"[:64]
     sr.add_new(0x00181020, "LO", [__version__, result.model_version])  # Software Versions
     _stamp(sr, result, source)
