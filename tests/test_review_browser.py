@@ -327,3 +327,74 @@ def test_a_specialist_reads_and_the_clinic_gets_the_verdict(world: dict[str, Any
     if UPDATE_SCREENSHOTS:
         for name in ("review-worklist.png", "review-study.png"):
             _shrink_into(tmp_path / name, SCREENSHOTS / name)
+
+
+@pytest.mark.parametrize("database", ["sqlite"], indirect=True)
+def test_the_keyboard_and_a_lost_session_never_cost_a_verdict(world: dict[str, Any]) -> None:
+    """Found by an accessibility audit (axe-core and the keyboard): arrows on a focused verdict
+    left the study; Enter after a tool pressed from the keyboard sent the verdict; a verdict sent
+    after the session ended was a plain 401 and lost with its note. Now the arrows stay with the
+    radios, Enter stays with the focused tool, and the unsent verdict is offered again on its
+    study after logging in again, until the hub has saved it."""
+    live, engine = world["live"], world["engine"]
+    problems: list[str] = []
+    with playwright_api.sync_playwright() as playwright:
+        browser = _browser(playwright)
+        page = browser.new_context(viewport={"width": 1280, "height": 800}).new_page()
+        page.on("pageerror", lambda error: problems.append(str(error)))
+        page.goto(live.url + "/review/login")
+        page.fill("#name", "dr-mbeki")
+        page.fill("#password", REVIEW_PASSWORD)
+        page.click("#login-form button[type=submit]")
+        page.wait_for_selector("#worklist tbody tr.selected")
+        page.keyboard.press("j")  # the selection moves, is marked current and has the focus
+        selected = page.locator("#worklist tbody tr.selected")
+        assert selected.get_attribute("aria-current") == "true"
+        assert page.evaluate("document.activeElement.closest('tr.selected') !== null")
+        page.keyboard.press("k")
+        page.keyboard.press("o")
+        page.wait_for_selector("#viewer[data-loaded]")
+        study = page.url
+
+        page.focus("#verdict-agree")
+        page.keyboard.press("Space")
+        page.keyboard.press("ArrowRight")  # the next verdict, not the next study
+        assert page.url == study
+        assert page.locator("#verdict-disagree").is_checked()
+
+        page.focus("#zoom-in")
+        page.keyboard.press("Enter")
+        page.keyboard.press("Enter")  # the tool again, not the verdict
+        assert page.url == study
+        assert page.evaluate("document.activeElement.id") == "zoom-in"
+
+        page.fill("#note", "Lateral view needed.")
+        with engine.begin() as conn:  # the session ends (2 h idle, a restart): every one goes
+            conn.execute(db.sessions.delete())
+        page.click("#send")
+        page.wait_for_url("**/review/login?*expired=1*")
+        assert "session ended" in page.locator(".error").inner_text()
+        page.fill("#name", "dr-mbeki")
+        page.fill("#password", REVIEW_PASSWORD)
+        page.click("#login-form button[type=submit]")
+        page.wait_for_url(study)  # back on the study, the unsent verdict offered again
+        page.wait_for_selector("#draft-restored")
+        assert page.locator("#verdict-disagree").is_checked()
+        assert page.locator("#note").input_value() == "Lateral view needed."
+        page.wait_for_selector("#viewer[data-loaded]")
+        page.click("#send")
+        page.wait_for_url("**saved=*")
+        page.goto(study)  # saved: not offered again
+        page.wait_for_selector("#viewer[data-loaded]")
+        assert page.locator("#draft-restored").count() == 0
+        assert page.locator("#note").input_value() == ""
+
+        missing = page.goto(live.url + "/review/no-such-page")
+        assert missing is not None
+        assert missing.status == 404
+        assert "text/html" in (missing.headers.get("content-type") or "")
+        browser.close()
+    assert problems == []
+    with engine.connect() as conn:
+        saved = conn.execute(db.reviews.select()).fetchall()
+    assert any(row.note == "Lateral view needed." and row.verdict == "disagree" for row in saved)

@@ -14,13 +14,16 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import RedirectResponse, Response
 from sqlalchemy import Engine
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from edge.hub import disconnects, routes_account, routes_admin, routes_profiles, routes_review
 from edge.hub.limits import RateLimiter
 from edge.hub.render import Renditions
 from edge.hub.review_http import (
+    SESSION_COOKIE,
     LoginRequired,
     Refused,
     SecurityHeaders,
@@ -58,12 +61,27 @@ def create_review_app(
 
     @app.exception_handler(LoginRequired)
     async def _login_required(request: Request, _: LoginRequired) -> Response:
-        wants_page = request.method in ("GET", "HEAD") and "text/html" in request.headers.get("accept", "")
-        if wants_page:
-            target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-            query = "?" + urlencode({"next": target}) if target.startswith(base_path(request) + "/") else ""
-            return RedirectResponse(f"{base_path(request)}/login{query}", status_code=303)
-        return Response("log in first", status_code=401, media_type="text/plain")
+        if "text/html" not in request.headers.get("accept", ""):
+            return Response("log in first", status_code=401, media_type="text/plain")
+        path = request.url.path
+        if request.method not in ("GET", "HEAD"):
+            # A form sent after the session ended (a verdict after 2 h idle): back to the page it
+            # came from once logged in again, where the unsent verdict, kept in the browser's
+            # tab (review.js), is offered again. Before, a plain 401 lost it.
+            path = path.removesuffix("/review") if path.endswith("/review") else base_path(request) + "/"
+        target = path + (f"?{request.url.query}" if request.url.query else "")
+        query: dict[str, str] = {"next": target} if target.startswith(base_path(request) + "/") else {}
+        if request.cookies.get(SESSION_COOKIE):  # a session was sent and is over: say so
+            query["expired"] = "1"
+        suffix = "?" + urlencode(query) if query else ""
+        return RedirectResponse(f"{base_path(request)}/login{suffix}", status_code=303)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _not_found(request: Request, error: StarletteHTTPException) -> Response:
+        """A page that does not exist is a page in a browser, not the framework's JSON."""
+        if error.status_code == 404 and "text/html" in request.headers.get("accept", ""):
+            return page(request, "error.html", None, status=404, message="There is no such page.")
+        return await http_exception_handler(request, error)
 
     @app.exception_handler(Refused)
     async def _refused(request: Request, error: Refused) -> Response:

@@ -27,6 +27,10 @@ from edge.hub.review_http import (
 )
 
 router = APIRouter()
+EXPIRED = (
+    "Your session ended: log in again. A verdict you had not sent is kept in this browser tab "
+    "and offered again on its study."
+)
 
 
 def _safe_next(request: Request, target: str | None) -> str:
@@ -70,6 +74,8 @@ def login_form(request: Request) -> Response:
     web = state(request)
     if accounts.session_for(web.engine, request.cookies.get(SESSION_COOKIE)) is not None:
         return RedirectResponse(_safe_next(request, request.query_params.get("next")), status_code=303)
+    if request.query_params.get("expired") == "1":
+        return _login_page(request, EXPIRED)
     return _login_page(request)
 
 

@@ -14,11 +14,13 @@
     return !(event.ctrlKey || event.metaKey || event.altKey);
   }
 
-  // A focused link, button or slider keeps its own keys (Enter, space, arrows).
+  // A focused link, button or slider keeps its own keys (Enter, space, arrows), and so does a
+  // radio or a checkbox its arrows: a screen reader's user moves through the verdicts with them,
+  // and ArrowRight there left the study (found by an accessibility audit).
   function ownsKey(element, key) {
     if (!element) return false;
     if ((element.tagName === "A" || element.tagName === "BUTTON") && (key === "Enter" || key === " ")) return true;
-    return element.type === "range" && key.startsWith("Arrow");
+    return ["range", "radio", "checkbox"].includes(element.type) && key.startsWith("Arrow");
   }
 
   function clamp(value, low, high) {
@@ -31,11 +33,17 @@
     const rows = Array.from(document.querySelectorAll("#worklist tbody tr"));
     if (!rows.length) return;
     let index = 0;
-    function select(next) {
+    // The selected row is outlined and marked current, and its study link takes the focus
+    // when the keys moved it, so a screen reader says which study Enter opens.
+    function select(next, focus) {
       rows[index].classList.remove("selected");
+      rows[index].removeAttribute("aria-current");
       index = clamp(next, 0, rows.length - 1);
       rows[index].classList.add("selected");
+      rows[index].setAttribute("aria-current", "true");
       rows[index].scrollIntoView({ block: "nearest" });
+      const link = rows[index].querySelector("a[href]");
+      if (focus && link) link.focus({ preventScroll: true });
     }
     // The next unreviewed row below the selection (the order never changes under the reader).
     function nextUnreviewed() {
@@ -56,9 +64,9 @@
     document.addEventListener("keydown", function (event) {
       const active = document.activeElement;
       if (typing(active) || !plainKey(event) || ownsKey(active, event.key) || (active && active.closest("form"))) return;
-      if (event.key === "j" || event.key === "ArrowDown") select(index + 1);
-      else if (event.key === "k" || event.key === "ArrowUp") select(index - 1);
-      else if (event.key === "n") select(nextUnreviewed());
+      if (event.key === "j" || event.key === "ArrowDown") select(index + 1, true);
+      else if (event.key === "k" || event.key === "ArrowUp") select(index - 1, true);
+      else if (event.key === "n") select(nextUnreviewed(), true);
       else if (event.key === "Enter" || event.key === "o") window.location.href = rows[index].dataset.href;
       else return;
       event.preventDefault();
@@ -170,6 +178,7 @@
       picture.decoding = "async";
       if (!loadedWidth) {
         picture.className = "preview";  // a progressive JPEG paints while it arrives
+        picture.alt = "";  // decorative: the canvas above it carries the image's label
         frame.insertBefore(picture, frame.firstChild);
       }
       picture.onload = function () {
@@ -406,7 +415,15 @@
     }
     stage.addEventListener("pointerup", endDrag);
     stage.addEventListener("pointercancel", endDrag);
+    // The wheel zooms the image where the page has nothing to scroll (a laptop's screen: the
+    // whole reading fits), with Ctrl, or once the image was clicked; otherwise it scrolls the
+    // page, so a zoomed-in or small screen does not trap the reader above the verdict form.
+    let engaged = false;
+    stage.addEventListener("pointerdown", function () { engaged = true; });
+    stage.addEventListener("pointerleave", function () { engaged = false; });
     stage.addEventListener("wheel", function (event) {
+      const scrolls = document.documentElement.scrollHeight > window.innerHeight + 1;
+      if (scrolls && !engaged && !event.ctrlKey) return;
       event.preventDefault();
       const box = stage.getBoundingClientRect();
       zoomAt(event.clientX - box.left, event.clientY - box.top, Math.exp(-event.deltaY * 0.0015));
@@ -415,9 +432,11 @@
     window.addEventListener("resize", fit);
 
     const bind = function (id, type, handler) { if (control(id)) control(id).addEventListener(type, handler); };
-    // After a click the tool buttons give the keyboard back to the shortcuts.
+    // After a mouse click the tool buttons give the keyboard back to the shortcuts. Pressed from
+    // the keyboard (detail 0) they keep the focus: its ring shows where the reader is, and the
+    // next Enter presses the tool again rather than sending the verdict.
     root.querySelectorAll(".tools button, .tools input[type=checkbox]").forEach(function (tool) {
-      tool.addEventListener("click", function () { tool.blur(); });
+      tool.addEventListener("click", function (event) { if (event.detail > 0) tool.blur(); });
     });
     root.querySelectorAll(".preset").forEach(function (button) {
       button.addEventListener("click", function () { preset(button.dataset.preset); });
@@ -546,6 +565,44 @@
     };
   }
 
+  // ---------------------------------------------------------------- drafts
+
+  // An unsent verdict outlives a lost session (2 h idle, a hub restart): the form's values are
+  // kept in this tab (sessionStorage: gone with the tab, never sent anywhere) until the hub says
+  // it saved them, and offered again on the study after logging in again.
+  function draftKey(path) { return "edge:draft:" + path.split("?")[0].replace(/\/review$/, ""); }
+
+  function forgetSaved() {
+    const saved = document.getElementById("just-read");
+    if (!saved) return;
+    try { sessionStorage.removeItem(draftKey(new URL(saved.href).pathname)); } catch (error) { /* storage off */ }
+  }
+
+  function keepDrafts(form, finding, note) {
+    const key = draftKey(new URL(form.action).pathname);
+    const checked = function () { return form.querySelector("input[name=verdict]:checked"); };
+    function store() {
+      const draft = { verdict: checked() ? checked().value : "", finding: finding.value, note: note.value };
+      try { sessionStorage.setItem(key, JSON.stringify(draft)); } catch (error) { /* storage off or full */ }
+    }
+    let draft = null;
+    try { draft = JSON.parse(sessionStorage.getItem(key) || "null"); } catch (error) { draft = null; }
+    if (draft && !checked() && !note.value && (draft.verdict || draft.note)) {
+      const radio = document.getElementById("verdict-" + draft.verdict);
+      if (radio) radio.checked = true;
+      finding.value = draft.finding || finding.value;
+      note.value = draft.note || "";
+      const kept = document.createElement("p");
+      kept.className = "notice";
+      kept.setAttribute("role", "status");
+      kept.id = "draft-restored";
+      kept.textContent = "Your unsent verdict on this study was kept: check it, then send it.";
+      form.insertBefore(kept, form.firstChild.nextSibling);
+    }
+    form.addEventListener("input", store);
+    form.addEventListener("change", store);
+  }
+
   // ---------------------------------------------------------------- verdict
 
   function verdict(pictures) {
@@ -615,6 +672,8 @@
       document.getElementById("send").disabled = true;
     });
 
+    keepDrafts(form, finding, note);
+
     const go = function (id) {
       const link = document.getElementById(id);
       if (link) window.location.href = link.href;
@@ -638,7 +697,11 @@
       if (key === "a") choose("agree");
       else if (key === "d") choose("disagree");
       else if (key === "u") choose("uncertain");
-      else if (key === "Enter") form.requestSubmit();
+      else if (key === "Enter") {
+        // Only from the page itself or the form: Enter on a focused tool is that tool's.
+        if (active && active !== document.body && !form.contains(active)) return;
+        form.requestSubmit();
+      }
       else if (key === "f") finding.focus();
       else if (key === "n") note.focus();
       else if (key === "j" || key === "ArrowRight") go("next");
@@ -649,6 +712,7 @@
   }
 
   document.addEventListener("DOMContentLoaded", function () {
+    forgetSaved();
     worklist();
     const still = viewer();
     const player = cine();
