@@ -12,7 +12,7 @@ from edge.errors import Code, EdgeError
 from edge.store import Store
 from edge.store.reads import evidence_beside
 from edge.store.technician import URGENT_PRIORITY, WITHDRAWN_NOTE
-from tests.tui_fixtures import CLIP_MODEL, Filled, copy_of_template
+from tests.tui_fixtures import CLIP_MODEL, Filled, add_review, copy_of_template
 
 
 @pytest.fixture
@@ -47,6 +47,32 @@ def test_worklist_puts_urgent_first_then_newest_and_filters(filled: tuple[Store,
     reviewed = store.technician.worklist_item(ids["pneumonia_png"]["job_id"])
     assert reviewed is not None
     assert reviewed.review_verdict == "agree"
+
+
+def test_a_disagreement_not_yet_seen_comes_right_after_the_flagged(filled: tuple[Store, Filled]) -> None:
+    """A specialist who disagrees with a normal result (a child to recall) in a reply the
+    technician has not seen: urgent on the technician's worklist, before the positive findings,
+    kept by urgent-only, until it is marked seen (a TUI audit found one at row 193 of 500)."""
+    store, ids = filled
+    normal = ids["normal_png"]  # marked seen by the fixture at 09:10; this reply came after
+    later = "2025-03-14T11:00:00.000Z"
+    add_review(store, normal["result_id"], "disagree", "pneumonia", "Consolidation: recall.", later, None)
+
+    def order() -> list[str]:
+        return [row.job_id for row in store.technician.worklist(positive_counts_as_urgent=True)]
+
+    def urgent() -> set[str]:
+        rows = store.technician.worklist(positive_counts_as_urgent=True, urgent_only=True)
+        return {row.job_id for row in rows}
+
+    assert order()[:2] == [ids["dicom"]["job_id"], normal["job_id"]]
+    assert normal["job_id"] in urgent()
+    assert store.technician.worklist()[1].job_id != normal["job_id"]  # other callers: flags alone
+    store.technician.mark_seen(normal["result_id"], "tui:amina")
+    assert order()[1] != normal["job_id"]
+    assert normal["job_id"] not in urgent()
+    add_review(store, normal["result_id"], "agree", "normal", "", "2025-03-14T12:00:00.000Z", None)
+    assert normal["job_id"] not in urgent()  # a newer reply that agrees: not urgent
 
 
 def test_set_urgent_moves_queued_jobs_up_and_is_audited(filled: tuple[Store, Filled]) -> None:

@@ -21,7 +21,7 @@ from edge.operations.host import host_facts
 from edge.processes import InstanceLock
 from edge.store import Store
 from edge.tui.app import EdgeApp, create_app, run_tui
-from edge.tui.data import ResultDetail, is_urgent
+from edge.tui.data import ResultDetail, is_urgent, new_disagreement
 from edge.tui.screens.dialogs import DeleteDialog, ModelDialog, NoteDialog
 from edge.tui.screens.help import HelpScreen
 from edge.tui.screens.live import LiveModel, LiveScreen, status_text
@@ -98,16 +98,21 @@ def test_worklist_shows_every_state_urgent_first_and_the_refusal_reason(
         assert rows[0].job_id == ids["dicom"]["job_id"]  # flagged urgent: first
         assert [row.urgent for row in rows] == sorted((row.urgent for row in rows), reverse=True)
         assert {row.state for row in rows} == {"done", "queued", "running", "refused"}
-        # Then the positive findings (urgent too), then the rest; each group newest first.
+        # Then the specialists' disagreements not yet seen, then the positive findings (urgent
+        # too), then the rest; each group newest first.
         urgency = [is_urgent(row) for row in rows]
         assert urgency == sorted(urgency, reverse=True)
-        positives = [row for row in rows[1:] if is_urgent(row)]
+        replies = [row for row in rows[1:] if new_disagreement(row)]
+        positives = [row for row in rows[1:] if is_urgent(row) and not new_disagreement(row)]
         assert positives
         assert all(row.positive for row in positives)
-        for group in (positives, [row for row in rows if not is_urgent(row)]):
+        assert rows[1 : 1 + len(replies)] == replies
+        for group in (replies, positives, [row for row in rows if not is_urgent(row)]):
             times = [row.queued_at for row in group]
             assert times == sorted(times, reverse=True)
-        assert "sorted: flagged, positive, newest" in text_of(pilot.app, "#filter-state")  # type: ignore[arg-type]
+        assert "sorted: flagged, disagreed, positive, newest" in text_of(
+            pilot.app, "#filter-state"
+        )  # type: ignore[arg-type]
         assert "pneumonia" in text_of(pilot.app, "#row-detail")  # type: ignore[arg-type]
         await go_to_row(pilot, ids["refused"]["job_id"])
         detail = text_of(pilot.app, "#row-detail")  # type: ignore[arg-type]

@@ -346,3 +346,22 @@ def test_hints_name_the_real_units_and_commands(filled: tuple[Settings, Filled])
     assert "Next: re-run it with a model that accepts it" in describe(refused, "today")
     sentence = actions.refusal_sentence(EdgeError(Code.DISK_FULL, "no space left"))
     assert sentence.startswith("DISK_FULL: no space left\nNext: free space")
+
+
+def test_home_and_end_go_to_the_first_and_the_last_row(filled: tuple[Settings, Filled]) -> None:
+    """The help says home and end move; DataTable's own scroll sideways, and the Linux console
+    and PuTTY send ctrl+Home as Home, so there was no way to either end (a TUI audit)."""
+    settings, _ = filled
+    app = build_app(settings)
+
+    async def scenario(pilot: Pilot[Any], said: list[str]) -> None:
+        rows = screen_of(pilot.app).rows
+        assert len(rows) > 2
+        await pilot.press("end")
+        await settle(pilot)
+        assert highlighted(pilot.app) == rows[-1].job_id
+        await pilot.press("home")
+        await settle(pilot)
+        assert highlighted(pilot.app) == rows[0].job_id
+
+    drive(app, scenario)

@@ -159,19 +159,29 @@ def mark_applicability(store: Store, result_id: str, scope: dict[str, Any]) -> N
         store.db.execute("UPDATE results SET applicability = ? WHERE id = ?", [json.dumps(scope), result_id])
 
 
-def add_review(store: Store, result_id: str) -> None:
+def add_review(
+    store: Store,
+    result_id: str,
+    verdict: str = "agree",
+    finding: str = "pneumonia",
+    note: str = "Right lower lobe consolidation. Treat per protocol.",
+    received_at: str = "2025-03-14T09:21:00.000Z",
+    reviewed_at: str | None = "2025-03-14T09:20:00.000Z",
+) -> None:
     """A specialist's review as the sync will store it (the hub makes reviews; no store method
-    receives them yet, so the fixture writes the row itself)."""
+    receives them yet, so the fixture writes the row itself); `reviewed_at` None: when received."""
     with store.writer.transaction("add a review"):
         store.db.execute(
             "INSERT INTO reviews (id, result_id, verdict, finding, note, reviewer_role, reviewed_at,"
-            " received_at) VALUES (?, ?, 'agree', 'pneumonia', ?, 'radiologist', ?, ?)",
+            " received_at) VALUES (?, ?, ?, ?, ?, 'radiologist', ?, ?)",
             [
-                f"review-{result_id}",
+                f"review-{result_id}-{received_at}",
                 result_id,
-                "Right lower lobe consolidation. Treat per protocol.",
-                "2025-03-14T09:20:00.000Z",
-                "2025-03-14T09:21:00.000Z",
+                verdict,
+                finding,
+                note,
+                reviewed_at or received_at,
+                received_at,
             ],
         )
 

@@ -68,6 +68,12 @@ _SEARCHED_COLUMNS = (
 # A current (not superseded) result whose finding is the one the model looks for: with a flagged
 # study, what "urgent" means on the worklist (its filter and its order).
 _POSITIVE = "(r.finding IS NOT NULL AND r.finding = r.finding_label AND i.superseded_by IS NULL)"
+# A specialist who disagrees, in a reply the technician has not marked seen: a child to recall or
+# a film to repeat, urgent until it is seen (a TUI audit found one at row 193 of 500, ordered as
+# an ordinary old normal result, and outside the urgent-only filter).
+NEW_DISAGREEMENT = (  # coalesce: never NULL, which DESC would order after every 0
+    "(coalesce(review_verdict, '') = 'disagree' AND (r.seen_at IS NULL OR review_received_at > r.seen_at))"
+)
 
 
 def _like_pattern(text: str) -> str:
@@ -98,8 +104,9 @@ class TechnicianActions:
         limit: int = 500,
     ) -> list[WorklistItem]:
         """Jobs with their study, image, result and latest review: urgent studies first, then the
-        newest work. With `positive_counts_as_urgent` (the TUI), a positive finding is urgent too:
-        flagged studies first, then positive findings, then the newest; `urgent_only` keeps both.
+        newest work. With `positive_counts_as_urgent` (the TUI), a positive finding and a
+        specialist's disagreement not yet seen are urgent too: flagged studies first, then those
+        disagreements, then positive findings, then the newest; `urgent_only` keeps all three.
         `search` matches (case-insensitively) names, ids, file name, description,
         model, finding and refusal code."""
         where: list[str] = []
@@ -114,11 +121,15 @@ class TechnicianActions:
             where.append(f"j.state IN ({', '.join('?' for _ in states)})")
             params.extend(states)
         if urgent_only:
-            where.append(f"(s.urgent = 1 OR {_POSITIVE})" if positive_counts_as_urgent else "s.urgent = 1")
+            where.append(
+                f"(s.urgent = 1 OR {NEW_DISAGREEMENT} OR {_POSITIVE})"
+                if positive_counts_as_urgent
+                else "s.urgent = 1"
+            )
         if unseen_only:
             where.append("r.id IS NOT NULL AND r.seen_at IS NULL")
         sql = _WORKLIST_SELECT + (" WHERE " + " AND ".join(where) if where else "")
-        positive_first = f"{_POSITIVE} DESC, " if positive_counts_as_urgent else ""
+        positive_first = f"{NEW_DISAGREEMENT} DESC, {_POSITIVE} DESC, " if positive_counts_as_urgent else ""
         sql += f" ORDER BY s.urgent DESC, {positive_first}j.created_at DESC, j.rowid DESC LIMIT ?"
         params.append(limit)
         return [WorklistItem.from_row(dict(row)) for row in self.db.execute(sql, params).fetchall()]

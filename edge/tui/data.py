@@ -34,7 +34,7 @@ PICTURE_MAX_SIDE = 512  # the terminal shows far fewer pixels; decoding more onl
 BORDERLINE = 0.15  # a quality measure within 15% of its limit is flagged borderline
 
 
-SORT_WORDS = "sorted: flagged, positive, newest"
+SORT_WORDS = "sorted: flagged, disagreed, positive, newest"
 
 
 @dataclass(frozen=True)
@@ -55,8 +55,18 @@ class WorklistFilter:
 
 
 def is_urgent(item: WorklistItem) -> bool:
-    """Flagged by a person, or a positive finding on the current version of the image."""
-    return item.urgent or (item.state == "done" and item.positive and not item.superseded)
+    """Flagged by a person, a specialist's disagreement not yet seen, or a positive finding on
+    the current version of the image (`store.technician.worklist`'s order)."""
+    return (
+        item.urgent
+        or new_disagreement(item)
+        or (item.state == "done" and item.positive and not item.superseded)
+    )
+
+
+def new_disagreement(item: WorklistItem) -> bool:
+    """The specialist disagrees with the model, in a reply not yet marked seen."""
+    return item.review_verdict == "disagree" and item.new_reply
 
 
 def review_words(item: WorklistItem) -> str:

@@ -19,9 +19,16 @@ TERMS: tuple[tuple[str, str], ...] = (
         "their waiting images are analysed first.",
     ),
     (
+        "[bold white on magenta]REPLY![/] / [bold white on magenta]RPL![/]",
+        "the specialist disagrees with the model, in a reply not yet marked seen (key m): read "
+        "it first, a child may need recalling or a film repeating. These come right after the "
+        "flagged studies, and u keeps them.",
+    ),
+    (
         "[bold black on yellow]POS[/]",
         "the model's finding is positive (e.g. pneumonia). Positive findings are urgent too: "
-        "they come right after the flagged studies, and u shows only urgent rows.",
+        "they come after the flagged studies and the replies that disagree, and u shows only "
+        "urgent rows.",
     ),
     (
         "[bold magenta]?[/] borderline",

@@ -30,6 +30,7 @@ from edge.tui.data import (
     is_urgent,
     load_worklist,
     middle_ellipsis,
+    new_disagreement,
     review_words,
 )
 from edge.tui.screens.base import WIDE_COLUMNS
@@ -52,6 +53,17 @@ NEW_REPLY = "●"  # before the review: the specialist's answer came after the r
 REVIEW_STYLES = {"agree": "green", "disagree": "bold red", "uncertain": "yellow", "pending": "dim"}
 
 
+class WorklistTable(DataTable[Text | str]):
+    """Home and End go to the first and the last row, as the help says: DataTable's own scroll
+    sideways, and its ctrl+Home / ctrl+End never arrive from the Linux console or PuTTY, which
+    send the same code as Home and End."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("home", "scroll_top", "First row", show=False),
+        Binding("end", "scroll_bottom", "Last row", show=False),
+    ]
+
+
 class WorklistLoaded(Message):
     def __init__(self, rows: list[WorklistItem], chosen: WorklistFilter) -> None:
         super().__init__()
@@ -63,11 +75,14 @@ BORDERLINE_MARK = "?"  # after POS, or alone: the applicability check found the 
 
 
 def badge(item: WorklistItem, wide: bool = False) -> Text:
-    """URGENT (flagged by a person; URG when narrow); else POS (a positive finding: urgent too)
+    """URGENT (flagged by a person; URG when narrow); else REPLY! (RPL!: a specialist's
+    disagreement not yet seen, urgent too); else POS (a positive finding: urgent too)
     and/or the borderline mark, or OLD for a result of a superseded (corrected since) image. The
     glossary (g) and the row's detail line below the table say it in words."""
     if item.urgent:
         return Text("URGENT" if wide else "URG", style="bold white on red")
+    if new_disagreement(item):
+        return Text("REPLY!" if wide else "RPL!", style="bold white on magenta")
     if item.superseded:
         return Text("OLD", style="dim")
     out = Text("")
@@ -158,7 +173,7 @@ class WorklistScreen(ItemActions):
         with Horizontal(id="filter-bar"):
             yield Input(placeholder="/ search: name, file, model, finding, code", id="search")
             yield Static(self.chosen.describe(), id="filter-state")
-        yield DataTable(id="worklist", cursor_type="row", zebra_stripes=True)
+        yield WorklistTable(id="worklist", cursor_type="row", zebra_stripes=True)
         yield Static("", id="row-detail")
         yield Footer(compact=True)
 
