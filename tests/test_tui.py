@@ -110,9 +110,7 @@ def test_worklist_shows_every_state_urgent_first_and_the_refusal_reason(
         for group in (replies, positives, [row for row in rows if not is_urgent(row)]):
             times = [row.queued_at for row in group]
             assert times == sorted(times, reverse=True)
-        assert "sorted: flagged, disagreed, positive, newest" in text_of(
-            pilot.app, "#filter-state"
-        )  # type: ignore[arg-type]
+        assert "sorted: flagged, disagreed, positive, newest" in text_of(pilot.app, "#filter-state")  # type: ignore[arg-type]
         assert "pneumonia" in text_of(pilot.app, "#row-detail")  # type: ignore[arg-type]
         await go_to_row(pilot, ids["refused"]["job_id"])
         detail = text_of(pilot.app, "#row-detail")  # type: ignore[arg-type]
