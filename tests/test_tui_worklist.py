@@ -365,3 +365,15 @@ def test_home_and_end_go_to_the_first_and_the_last_row(filled: tuple[Settings, F
         assert highlighted(pilot.app) == rows[0].job_id
 
     drive(app, scenario)
+
+
+def test_the_palette_names_keys_as_printed_on_them(filled: tuple[Settings, Filled]) -> None:
+    settings, _ = filled
+    app = build_app(settings)
+
+    async def scenario(pilot: Pilot[Any], said: list[str]) -> None:
+        helps = {command.title: command.help for command in pilot.app.get_system_commands(pilot.app.screen)}
+        assert helps["Flag"] == "key ! on this screen"  # not "exclamation_mark"
+        assert helps["Search"] == "key / on this screen"
+
+    drive(app, scenario)

@@ -26,7 +26,7 @@ from edge.tui.context import AgentSource, FactsSource, HealthSource, TuiContext
 # Before textual-image's terminal queries (in widgets.picture, imported by the screens).
 from edge.tui.screens.device import DeviceScreen
 from edge.tui.screens.glossary import GlossaryScreen
-from edge.tui.screens.help import HelpScreen
+from edge.tui.screens.help import HelpScreen, key_name
 from edge.tui.screens.live import LiveScreen
 from edge.tui.screens.result import ResultScreen
 from edge.tui.screens.sync import SyncScreen
@@ -104,7 +104,7 @@ class EdgeApp(App[int]):
             if isinstance(binding, Binding) and binding.description:
                 yield SystemCommand(
                     binding.description,
-                    f"key {binding.key.split(',')[0]} on this screen",
+                    f"key {key_name(binding.key.split(',')[0])} on this screen",
                     partial(screen.run_action, binding.action),
                 )
         yield from super().get_system_commands(screen)

@@ -32,12 +32,17 @@ KEY_NAMES = {
 }
 
 
+def key_name(key: str) -> str:
+    """A key as printed on it ("!", not Textual's "exclamation_mark")."""
+    return KEY_NAMES.get(key.strip(), key.strip())
+
+
 def key_lines(bindings: list[BindingType]) -> list[str]:
     lines = []
     for binding in bindings:
         if not isinstance(binding, Binding) or not binding.description:
             continue
-        keys = " / ".join(KEY_NAMES.get(key.strip(), key.strip()) for key in binding.key.split(","))
+        keys = " / ".join(key_name(key) for key in binding.key.split(","))
         extra = f" [dim]({binding.tooltip})[/dim]" if binding.tooltip else ""
         lines.append(f"  [b]{keys:<14}[/b] {binding.description}{extra}")
     return lines

@@ -312,12 +312,16 @@ def _fit(text: Text, width: int) -> Text:
 
 
 def describe(item: WorklistItem, received: str) -> str:
-    """Up to three lines about one row: who and what; its outcome in words; the specialist's
-    reply (or, for a refusal, what to do next)."""
+    """Up to three lines about one row: its outcome in words; the specialist's reply (or, for a
+    refusal, what to do next); who and what. In that order: the panel holds five lines at 80x24,
+    and a long name or description wrapping there had pushed the next step out of it (the row
+    above already names the patient)."""
     kind = " ".join(str(part) for part in (item.modality, item.body_part) if part)
     first = [f"[b]{escape(display_name(item))}[/b]"]
     if item.urgent:
         first.insert(0, "[bold white on red]URGENT[/] flagged")
+    elif new_disagreement(item):
+        first.insert(0, "[bold white on magenta]REPLY![/] the specialist disagrees")
     elif is_urgent(item):
         first.insert(0, "[bold black on yellow]POS[/] positive finding")
     first += [kind or str(item.format or ""), f"received {received}"]
@@ -328,7 +332,7 @@ def describe(item: WorklistItem, received: str) -> str:
     second, third = _outcome(item)
     if item.superseded:
         second += " · [dim]superseded: a corrected version of this image came later[/dim]"
-    return " · ".join(first) + "\n" + second + (f"\n{third}" if third else "")
+    return second + (f"\n{third}" if third else "") + "\n" + " · ".join(first)
 
 
 def _outcome(item: WorklistItem) -> tuple[str, str]:
