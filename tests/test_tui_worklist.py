@@ -377,3 +377,25 @@ def test_the_palette_names_keys_as_printed_on_them(filled: tuple[Settings, Fille
         assert helps["Search"] == "key / on this screen"
 
     drive(app, scenario)
+
+
+def test_a_result_the_hub_has_not_got_says_not_sent_not_pending(filled: tuple[Settings, Filled]) -> None:
+    """ "pending" was said of a result waiting at the hub for a specialist and of one still on
+    this device behind a dead link alike (a TUI audit): only the first can be read by anyone."""
+    settings, ids = filled
+    job_id, result_id = ids["normal_png"]["job_id"], ids["normal_png"]["result_id"]
+    with Store(settings.data_dir) as store:
+        item = store.technician.worklist_item(job_id)
+        assert item is not None
+        assert (item.at_hub, review_words(item)) == (False, "not sent")
+        assert "not sent" in describe(item, "08:00")
+        with store.writer.transaction("the hub acknowledged it"):
+            store.db.execute(
+                "UPDATE outbox SET sent_at = '2025-03-14T10:00:00Z', acked_at = '2025-03-14T10:00:01Z'"
+                " WHERE kind = 'result' AND ref_id = ?",
+                [result_id],
+            )
+        item = store.technician.worklist_item(job_id)
+        assert item is not None
+        assert (item.at_hub, review_words(item)) == (True, "pending")
+        assert "pending (at the hub, no reply yet)" in describe(item, "08:00")

@@ -128,6 +128,9 @@ class StoredResult(ResultRecord):
         return cls(**values)
 
 
+_FLAGS = ("urgent", "superseded", "at_hub")  # SQLite gives 0/1
+
+
 @dataclass(frozen=True)
 class WorklistItem:
     """One row of the technician's worklist: a job with its image, study, result summary and the
@@ -180,10 +183,13 @@ class WorklistItem:
     """The latest review's finding in the specialist's words (None: none given, or no review)."""
     review_received_at: str | None = None
     """When the newest review reached this device (the sync stores it)."""
+    at_hub: bool = False
+    """The hub acknowledged the result: a specialist can read it (False: not sent yet)."""
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> WorklistItem:
-        return cls(**{**row, "urgent": bool(row["urgent"]), "superseded": bool(row["superseded"])})
+        flags: dict[str, Any] = {key: bool(row[key]) for key in _FLAGS if key in row}
+        return cls(**{**row, **flags})
 
     @property
     def new_reply(self) -> bool:

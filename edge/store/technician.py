@@ -45,7 +45,9 @@ SELECT j.id AS job_id, j.state, j.error_code, j.error_message, j.model_name,
        (SELECT v.finding FROM reviews v WHERE v.result_id = r.id
          ORDER BY v.reviewed_at DESC LIMIT 1) AS review_finding,
        (SELECT max(v.received_at) FROM reviews v WHERE v.result_id = r.id) AS review_received_at,
-       (SELECT count(*) FROM notes n WHERE n.study_id = s.id) AS notes
+       (SELECT count(*) FROM notes n WHERE n.study_id = s.id) AS notes,
+       EXISTS(SELECT 1 FROM outbox o WHERE o.kind = 'result' AND o.ref_id = r.id
+              AND o.acked_at IS NOT NULL) AS at_hub
 FROM jobs j
 JOIN images i ON i.id = j.image_id
 JOIN studies s ON s.id = i.study_id

@@ -35,6 +35,7 @@ BORDERLINE = 0.15  # a quality measure within 15% of its limit is flagged border
 
 
 SORT_WORDS = "sorted: flagged, disagreed, positive, newest"
+NOT_SENT = "not sent"
 
 
 @dataclass(frozen=True)
@@ -71,12 +72,13 @@ def new_disagreement(item: WorklistItem) -> bool:
 
 def review_words(item: WorklistItem) -> str:
     """The specialist's answer in a few words: agree / disagree: their finding / uncertain /
-    pending (a result with no review back yet); empty before there is a result."""
+    pending (at the hub, no reply yet) / not sent (the hub has not got it: no specialist can
+    read it yet, a TUI audit found "pending" said of both); empty before there is a result."""
     if not item.result_id:
         return ""
     verdict = item.review_verdict
     if not verdict:
-        return "pending"
+        return "pending" if item.at_hub else NOT_SENT
     if item.review_finding and verdict != "agree":
         return f"{verdict}: {item.review_finding}"
     return verdict

@@ -265,7 +265,12 @@ def _review(detail: ResultDetail, stamp: Any) -> str:
     if not detail.result:
         return ""
     if not detail.reviews:
-        return "[b]Specialist[/b] [dim]pending: no reply yet (it comes with the sync)[/dim]"
+        if not detail.item.at_hub:
+            return (
+                "[b]Specialist[/b] [yellow]not sent[/]: the hub has not got this result yet, so no "
+                "specialist can read it; it goes with the next sync (3 Sync says how that goes)"
+            )
+        return "[b]Specialist[/b] [dim]pending: at the hub, no reply yet (it comes with the sync)[/dim]"
     review = detail.reviews[0]
     colour = {"agree": "bold green", "disagree": "bold red", "uncertain": "bold yellow"}.get(
         review["verdict"], ""

@@ -48,9 +48,15 @@ STATE_STYLES = {
 WIDE = WIDE_COLUMNS  # from here on: the state column, full dates, a wider review column
 NAME_MIN_WIDTH = 14
 NAME_MIN_WIDTH_LAST = 10  # when even the review column cannot give more
-REVIEW_MIN_WIDTH = 7  # "pending"
+REVIEW_MIN_WIDTH = 8  # "not sent"
 NEW_REPLY = "●"  # before the review: the specialist's answer came after the row was marked seen
-REVIEW_STYLES = {"agree": "green", "disagree": "bold red", "uncertain": "yellow", "pending": "dim"}
+REVIEW_STYLES = {
+    "agree": "green",
+    "disagree": "bold red",
+    "uncertain": "yellow",
+    "pending": "dim",
+    "not sent": "yellow",
+}
 
 
 class WorklistTable(DataTable[Text | str]):
@@ -362,7 +368,12 @@ def _outcome(item: WorklistItem) -> tuple[str, str]:
         )
     second += f" · seen by {escape(str(item.seen_by))}" if item.seen_at else " · not seen yet (m)"
     if not item.review_verdict:
-        return second, "specialist: [dim]pending (no reply yet)[/dim]"
+        if not item.at_hub:
+            return (
+                second,
+                "specialist: [yellow]not sent[/yellow]: the hub has not got it yet (3 Sync says why)",
+            )
+        return second, "specialist: [dim]pending (at the hub, no reply yet)[/dim]"
     new = f"[bold cyan]{NEW_REPLY} new reply[/] " if item.new_reply else ""
     return (
         second,
