@@ -399,3 +399,17 @@ def test_a_result_the_hub_has_not_got_says_not_sent_not_pending(filled: tuple[Se
         assert item is not None
         assert (item.at_hub, review_words(item)) == (True, "pending")
         assert "pending (at the hub, no reply yet)" in describe(item, "08:00")
+
+
+def test_a_refusal_that_was_also_blank_says_to_repeat_the_film() -> None:
+    """The next step followed the first refusal code alone: out of scope said "check the image
+    and the model" of a film that was also blank and blurred, which is a film to repeat."""
+    from edge.hints import refusal_next_step
+
+    message = "this does not look like a frontal paediatric chest X-ray (also: MOSTLY_BLANK, BLURRED)"
+    step = refusal_next_step("OUT_OF_SCOPE", message)
+    assert step is not None
+    assert step.startswith(str(next_step("OUT_OF_SCOPE")))
+    assert f"as it was also MOSTLY_BLANK, BLURRED: {next_step('MOSTLY_BLANK')}" in step
+    assert refusal_next_step("BLURRED", "blurred") == next_step("BLURRED")
+    assert refusal_next_step("OUT_OF_SCOPE", "(also: NOT_A_CODE)") == next_step("OUT_OF_SCOPE")

@@ -14,7 +14,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
 from textual.widgets import Footer, Static
 
-from edge.hints import next_step
+from edge.hints import refusal_next_step
 from edge.inference.scope import BORDERLINE, IN_SCOPE, MEANINGS, OUT_OF_SCOPE, p_text
 from edge.store import StoredResult, WorklistItem
 from edge.tui.data import ResultDetail, display_name, load_picture, load_result
@@ -214,7 +214,7 @@ def _finding(item: WorklistItem, result: StoredResult | None) -> str:
         )
     state = item.state
     if state in ("refused", "failed"):
-        step = next_step(item.error_code)
+        step = refusal_next_step(item.error_code, item.error_message)
         return (
             f"{urgent}[bold magenta]{state.upper()}[/] {item.error_code}\n"
             f"{escape(item.error_message or '')}{old}" + (f"\n[b]Next:[/b] {escape(step)}" if step else "")

@@ -19,7 +19,7 @@ from textual.containers import Horizontal
 from textual.message import Message
 from textual.widgets import DataTable, Footer, Input, Static
 
-from edge.hints import next_step
+from edge.hints import refusal_next_step
 from edge.inference.scope import p_text
 from edge.store import WorklistItem
 from edge.tui.data import (
@@ -350,7 +350,7 @@ def _outcome(item: WorklistItem) -> tuple[str, str]:
     if state == "queued":
         return f"waiting for {item.model_name}", ""
     if state in ("refused", "failed"):
-        step = next_step(item.error_code)
+        step = refusal_next_step(item.error_code, item.error_message)
         reason = escape(item.error_message or "")
         return (
             f"[{STATE_STYLES[state]}]{state}[/] {item.error_code}: {reason}",
