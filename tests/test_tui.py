@@ -716,3 +716,49 @@ def test_host_facts_read_a_jetson_from_proc_and_sys(tmp_path: Path) -> None:
     assert facts["memory_mb"] == (7620, 4409)
     bare = host_facts(tmp_path / "nothing-here")
     assert (bare["board"], bare["jetson"], bare["gpu_load"], bare["temperatures"]) == (None, False, None, [])
+
+
+def test_the_heatmap_survives_no_colour_and_the_linux_console(
+    filled: tuple[Settings, Filled], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under NO_COLOR the overlay's colours turned grey like the anatomy, and the Linux console's
+    fonts have no half block (a TUI audit): there the picture is ASCII by brightness, and the
+    heatmap's warm cells are in reverse video, which needs neither colour nor a glyph."""
+    import numpy as np
+    from PIL import Image as PILImage
+
+    from edge.tui.widgets.picture import HEAT_WORDS, RAMP, TextImage, plain_terminal, text_cells
+
+    assert plain_terminal({"NO_COLOR": "1", "TERM": "xterm-256color"})
+    assert plain_terminal({"TERM": "linux"})
+    assert not plain_terminal({"TERM": "xterm-256color"})
+    grey = np.tile(np.linspace(0, 255, 64, dtype=np.uint8), (32, 1))
+    overlay = np.dstack([grey, grey, grey])
+    overlay[8:16, 40:56] = (230, 180, 20)  # the colour map's warm end, over the right middle
+    picture = PILImage.fromarray(overlay)
+    cells = text_cells(picture, 32, 8, heat=True)
+    rows = cells.plain.split("\n")
+    assert len(rows) == 8
+    assert all(len(row) == 32 and set(row) <= set(RAMP) for row in rows)
+    hot = {(span.start // 33, span.start % 33) for span in cells.spans if "reverse" in str(span.style)}
+    assert hot
+    assert all(2 <= row <= 4 and 19 <= col <= 28 for row, col in hot)
+    assert not text_cells(picture, 32, 8, heat=False).spans
+
+    monkeypatch.setenv("NO_COLOR", "1")
+    settings, ids = filled
+    app = build_app(settings, graphics="auto")
+
+    async def scenario(pilot: Pilot[Any], said: list[str]) -> None:
+        await open_row(pilot, ids["pneumonia_png"]["job_id"])
+        shown = pilot.app.screen.query_one(Picture)
+        image = shown.query_one(".picture-image")
+        assert isinstance(image, TextImage)
+        assert image.heat
+        assert HEAT_WORDS in str(shown.query_one(".picture-caption", Static).render())
+        await pilot.press("t")  # the image alone: nothing reversed, no words about it
+        await settle(pilot)
+        assert not image.heat
+        assert HEAT_WORDS not in str(shown.query_one(".picture-caption", Static).render())
+
+    drive(app, scenario)

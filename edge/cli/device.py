@@ -100,10 +100,11 @@ def status(obj: Context, as_json: bool) -> None:
 @cli.command()
 @click.option(
     "--graphics",
-    type=click.Choice(["auto", "halfcell", "unicode"]),
+    type=click.Choice(["auto", "halfcell", "unicode", "text"]),
     default="auto",
     show_default=True,
-    help="How images are drawn: auto picks what the terminal supports (half-cell blocks over SSH).",
+    help="How images are drawn: auto picks what the terminal supports (half-cell blocks over SSH; "
+    "text, ASCII with the heatmap in reverse video, under NO_COLOR or on the Linux console).",
 )
 @click.option("--live", "live_source", help="Video source for the live screen (device, file or URL).")
 @click.option("--live-model", help="Model for the live screen (default: the site's ultrasound model).")

@@ -56,10 +56,11 @@ class ResultLoaded(Message):
 
 
 class PictureLoaded(Message):
-    def __init__(self, image: PILImage.Image | None, caption: str) -> None:
+    def __init__(self, image: PILImage.Image | None, caption: str, heat: bool = False) -> None:
         super().__init__()
         self.image = image
         self.caption = caption
+        self.heat = heat  # the image is the heatmap overlay
 
 
 class ResultScreen(ItemActions):
@@ -109,7 +110,10 @@ class ResultScreen(ItemActions):
     @work(thread=True, exclusive=True, group="picture")
     def _load_picture(self, detail: ResultDetail, heatmap: bool) -> None:
         image, caption = load_picture(self.context, detail, heatmap)
-        self.post_message(PictureLoaded(image, caption))
+        heat = (
+            heatmap and image is not None and detail.result is not None and bool(detail.result.heatmap_path)
+        )
+        self.post_message(PictureLoaded(image, caption, heat))
 
     def on_result_loaded(self, message: ResultLoaded) -> None:
         first = self.detail is None
@@ -126,7 +130,7 @@ class ResultScreen(ItemActions):
             self._load_picture(message.detail, self.heatmap)
 
     def on_picture_loaded(self, message: PictureLoaded) -> None:
-        self.query_one(Picture).show(message.image, message.caption)
+        self.query_one(Picture).show(message.image, message.caption, heat=message.heat)
 
     # ------------------------------------------------------------------ actions
 
