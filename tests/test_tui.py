@@ -762,3 +762,26 @@ def test_the_heatmap_survives_no_colour_and_the_linux_console(
         assert HEAT_WORDS not in str(shown.query_one(".picture-caption", Static).render())
 
     drive(app, scenario)
+
+
+def test_rerun_starts_on_a_model_that_takes_the_image(filled: tuple[Settings, Filled]) -> None:
+    """A chest film scored by the chest model: no other model takes CR, so the cursor starts on
+    its own (Enter changes nothing), not on us-breast, which would refuse it (a TUI audit); the
+    models that would are marked."""
+    settings, ids = filled
+    app = build_app(settings)
+
+    async def scenario(pilot: Pilot[Any], said: list[str]) -> None:
+        await go_to_row(pilot, ids["dicom"]["job_id"])
+        await pilot.press("r")
+        await settle(pilot)
+        dialog = pilot.app.screen
+        assert isinstance(dialog, ModelDialog)
+        options = dialog.query_one(OptionList)
+        assert options.highlighted is not None
+        assert options.get_option_at_index(options.highlighted).id == "cxr-pneumonia"
+        breast = str(options.get_option("us-breast").prompt)
+        assert "not CR" in breast
+        await pilot.press("escape")
+
+    drive(app, scenario)

@@ -93,9 +93,13 @@ class ModelDialog(ModalScreen[str | None]):
 
     BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel")]
 
-    def __init__(self, models: list[dict[str, Any]], current: str) -> None:
+    def __init__(self, models: list[dict[str, Any]], current: str, modality: str | None = None) -> None:
         super().__init__()
-        self._models, self._current = models, current
+        self._models, self._current, self._modality = models, current, modality
+
+    def _accepts(self, model: dict[str, Any]) -> bool:
+        """Whether the model takes the image's modality (any, when either is not known)."""
+        return not self._modality or not model["modalities"] or self._modality in model["modalities"]
 
     def compose(self) -> ComposeResult:
         options = []
@@ -105,6 +109,8 @@ class ModelDialog(ModalScreen[str | None]):
                 continue
             accepts = "/".join(model["modalities"]) or "any"
             mark = " (this result)" if model["name"] == self._current else ""
+            if not self._accepts(model):
+                accepts += f", not {self._modality}"
             options.append(
                 Option(
                     f"{model['name']} {model['version']}{mark} · {accepts} · {model['title']}",
@@ -117,14 +123,16 @@ class ModelDialog(ModalScreen[str | None]):
             yield Static("[b]enter[/b] run    [b]esc[/b] cancel", classes="dialog-keys")
 
     def on_mount(self) -> None:
-        # "Re-run with another model": the cursor starts on the first other one that can load.
-        others = [
-            index
-            for index, model in enumerate(self._models)
-            if model["name"] != self._current and "error" not in model
+        # "Re-run with another model": the cursor starts on the first other one that can load and
+        # takes the image's modality; with none, on this result's own (Enter then changes
+        # nothing), not on one that would refuse it (a chest film's started on us-breast).
+        loadable = [index for index, model in enumerate(self._models) if "error" not in model]
+        fitting = [
+            i for i in loadable if self._models[i]["name"] != self._current and self._accepts(self._models[i])
         ]
+        own = [i for i in loadable if self._models[i]["name"] == self._current]
         options = self.query_one(OptionList)
-        options.highlighted = others[0] if others else 0
+        options.highlighted = (fitting or own or loadable or [0])[0]
         options.focus()
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:

@@ -88,7 +88,7 @@ class ItemActions(EdgeScreen):
                 self.notify(f"re-running with {model}…", timeout=3)
                 self.perform(actions.rerun, self.context, item.image_id, model)
 
-        self.app.push_screen(ModelDialog(models, item.model_name), chosen)
+        self.app.push_screen(ModelDialog(models, item.model_name, item.modality), chosen)
 
     def action_delete(self) -> None:
         # The row is taken now, when the key is pressed: what the dialog names and what `r`/`s`
