@@ -228,6 +228,16 @@ def login(client: TestClient, name: str, password: str = REVIEW_PASSWORD) -> int
     return reply.status_code
 
 
+def fill_login(page: Any, name: str, url: str | None = None) -> None:
+    """Log in from the login form in a browser (Playwright's page): at `url` (the hub's
+    base), or on the login page the browser is already on."""
+    if url is not None:
+        page.goto(url + "/review/login")
+    page.fill("#name", name)
+    page.fill("#password", REVIEW_PASSWORD)
+    page.click("#login-form button[type=submit]")
+
+
 def reader(world: World, name: str) -> TestClient:
     client = browser(world)
     assert login(client, name) == 303

@@ -35,6 +35,7 @@ from tests.hubfixtures import (  # noqa: F401 - postgres_url is a fixture
     HTML,
     REVIEW_PASSWORD,
     Hub,
+    fill_login,
     login,
     postgres_url,
     reset,
@@ -516,10 +517,7 @@ def test_the_player_plays_pauses_and_steps_by_key(tmp_path: Path) -> None:
             problems: list[str] = []
             page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
             page.on("pageerror", lambda error: problems.append(str(error)))
-            page.goto(live.url + "/review/login")
-            page.fill("#name", "dr-reads")
-            page.fill("#password", REVIEW_PASSWORD)
-            page.click("#login-form button[type=submit]")
+            fill_login(page, "dr-reads", live.url)
             page.wait_for_selector("#worklist")
             page.goto(f"{live.url}/review/studies/{result_id}")
             page.wait_for_selector("#cine[data-loaded]")

@@ -33,6 +33,7 @@ from tests.hubfixtures import (  # noqa: F401 - postgres_url is a fixture
     REVIEW_PASSWORD,
     LiveHub,
     device_results,
+    fill_login,
     postgres_url,
     reset,
 )
@@ -342,10 +343,7 @@ def test_the_keyboard_and_a_lost_session_never_cost_a_verdict(world: dict[str, A
         browser = _browser(playwright)
         page = browser.new_context(viewport={"width": 1280, "height": 800}).new_page()
         page.on("pageerror", lambda error: problems.append(str(error)))
-        page.goto(live.url + "/review/login")
-        page.fill("#name", "dr-mbeki")
-        page.fill("#password", REVIEW_PASSWORD)
-        page.click("#login-form button[type=submit]")
+        fill_login(page, "dr-mbeki", live.url)
         page.wait_for_selector("#worklist tbody tr.selected")
         page.keyboard.press("j")  # the selection moves, is marked current and has the focus
         selected = page.locator("#worklist tbody tr.selected")
@@ -374,9 +372,7 @@ def test_the_keyboard_and_a_lost_session_never_cost_a_verdict(world: dict[str, A
         page.click("#send")
         page.wait_for_url("**/review/login?*expired=1*")
         assert "session ended" in page.locator(".error").inner_text()
-        page.fill("#name", "dr-mbeki")
-        page.fill("#password", REVIEW_PASSWORD)
-        page.click("#login-form button[type=submit]")
+        fill_login(page, "dr-mbeki")
         page.wait_for_url(study)  # back on the study, the unsent verdict offered again
         page.wait_for_selector("#draft-restored")
         assert page.locator("#verdict-disagree").is_checked()

@@ -24,7 +24,7 @@ from edge.hub import accounts, db, devices, reviews
 from edge.hub.app import create_app
 from edge.sync.credential import enroll
 from tests.conftest import DEFAULT_MODEL, MODELS
-from tests.hubfixtures import REVIEW_PASSWORD, LiveHub, device_results
+from tests.hubfixtures import REVIEW_PASSWORD, LiveHub, device_results, fill_login
 from tests.test_review_browser import _browser
 
 playwright_api = pytest.importorskip("playwright.sync_api")
@@ -100,10 +100,7 @@ def browser(hub: dict[str, Any]) -> Iterator[Any]:
         chromium = _browser(playwright)
         context = chromium.new_context(viewport={"width": 1280, "height": 800})
         page = context.new_page()
-        page.goto(hub["live"].url + "/review/login")
-        page.fill("#name", "dr-reads")
-        page.fill("#password", REVIEW_PASSWORD)
-        page.click("#login-form button[type=submit]")
+        fill_login(page, "dr-reads", hub["live"].url)
         page.wait_for_selector("#worklist")
         page.close()
         yield context
