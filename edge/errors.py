@@ -6,6 +6,7 @@ the human sentence may be improved freely. `docs/codes.md` lists them all.
 
 from __future__ import annotations
 
+import re
 from enum import Enum
 
 
@@ -143,3 +144,22 @@ class EdgeError(Exception):
     def one_line(self) -> str:
         """The form shown in the CLI, the TUI and the log: `CODE: sentence`."""
         return f"{self.code.value}: {self.message}"
+
+
+# One refusal that stands for several (the gate's first, the out-of-scope refusal of an image
+# that also failed the quality gate) names the others at the end of its sentence; what reads
+# them back (the technician's next steps) reads this form.
+_ALSO = re.compile(r"\(also: ([A-Z0-9_]+(?:, [A-Z0-9_]+)*)\)\s*$")
+
+
+def with_others(error: EdgeError, others: list[EdgeError]) -> EdgeError:
+    """`error`, its sentence naming the codes of `others` found with it: "... (also: A, B)"."""
+    if not others:
+        return error
+    return EdgeError(error.code, f"{error.message} (also: {', '.join(o.code.value for o in others)})")
+
+
+def others_named(message: str | None) -> list[str]:
+    """The codes a refusal's sentence names as found with it (`with_others`)."""
+    found = _ALSO.search(message or "")
+    return found[1].split(", ") if found else []

@@ -8,9 +8,7 @@ A test keeps it complete: every `Code` has a next step.
 
 from __future__ import annotations
 
-import re
-
-from edge.errors import Code
+from edge.errors import Code, others_named
 
 RESEND = "ask the sender to send it again (the transfer was incomplete)"
 REACQUIRE = "repeat the acquisition, then send the new image"
@@ -136,20 +134,12 @@ def next_step(code: str | Code | None) -> str | None:
         return None
 
 
-# How a refusal names the others found with it (`gate.GateResult.first`, the pipeline's
-# out-of-scope refusal): "... (also: MOSTLY_BLANK, BLURRED)" at the end of its sentence.
-_ALSO = re.compile(r"\(also: ([A-Z0-9_]+(?:, [A-Z0-9_]+)*)\)\s*$")
-
-
 def refusal_next_step(code: str | Code | None, message: str | None) -> str | None:
     """The next step for a refusal and, where the refusals found with it call for another one,
     that too: an image refused as out of scope that was also blank or blurred is a film to
     repeat, which the first code's step alone did not say (found by a TUI audit)."""
     first = next_step(code)
-    found = _ALSO.search(message or "")
-    others = [
-        other for other in (found[1].split(", ") if found else []) if next_step(other) not in (None, first)
-    ]
+    others = [other for other in others_named(message) if next_step(other) not in (None, first)]
     if not others:
         return first
     extra = f"as it was also {', '.join(others)}: {next_step(others[0])}"

@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 
 from edge.config import Settings
-from edge.errors import Code, EdgeError
+from edge.errors import Code, EdgeError, with_others
 from edge.ids import uuid7
 from edge.imaging import evidence
 from edge.imaging.acquisition import file_moment
@@ -464,8 +464,7 @@ class Pipeline:
         refusal = model.out_of_scope(scope, True)
         if refusal is None:
             return None
-        also = ", ".join(r.code.value for r in verdict.refusals)
-        return EdgeError(refusal.code, f"{refusal.message} (also: {also})")
+        return with_others(refusal, verdict.refusals)
 
     def _write_heatmap(
         self, result_id: str, model: ServedModel, decoded: DecodedImage, prediction: Prediction

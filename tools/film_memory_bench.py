@@ -34,6 +34,7 @@ import pydicom
 
 from edge.imaging import dicom
 from edge.imaging.decode import decode_bytes
+from edge.imaging.dicom_redact import value_views
 from edge.imaging.per_value import per_value
 from tools import dicomgen
 
@@ -73,16 +74,7 @@ def _measure(work: Callable[[], list[np.ndarray]]) -> tuple[list[np.ndarray], in
 def _views(
     values: np.ndarray, apply: Callable[[np.ndarray, Callable[[np.ndarray], np.ndarray]], np.ndarray]
 ) -> list[np.ndarray]:
-    low, high = float(values.min()), float(values.max())
-
-    def spread(levels: np.ndarray) -> np.ndarray:
-        return np.round((levels.astype(np.float64) - low) * (255.0 / (high - low))).astype(np.uint8)
-
-    def ranked(levels: np.ndarray) -> np.ndarray:
-        distinct, rank = np.unique(levels, return_inverse=True)
-        return np.round(rank.reshape(levels.shape) * (255.0 / max(1, len(distinct) - 1))).astype(np.uint8)
-
-    return [apply(values, spread), apply(values, ranked)]
+    return [apply(values, view) for view in value_views(values)]
 
 
 def compare(data: bytes) -> dict[str, object]:

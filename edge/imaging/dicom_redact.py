@@ -10,7 +10,7 @@ Endian: re-encoding it lossily would change the picture). Anything else raises
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pydicom
@@ -110,6 +110,13 @@ def stored_value_views(data: bytes) -> list[np.ndarray]:
         return []
     if values.ndim != 2:
         return []
+    return [per_value(values, view) for view in value_views(values)]  # once per level: a film is 16 MP
+
+
+def value_views(values: np.ndarray) -> list[Callable[[np.ndarray], np.ndarray]]:
+    """The functions that make `stored_value_views` of these stored values (a film's, or any of
+    its levels): spread from the lowest value to the highest, and by rank. None when every value
+    is the same."""
     low, high = float(values.min()), float(values.max())
     if high <= low:
         return []
@@ -121,4 +128,4 @@ def stored_value_views(data: bytes) -> list[np.ndarray]:
         distinct, rank = np.unique(levels, return_inverse=True)
         return np.round(rank.reshape(levels.shape) * (255.0 / max(1, len(distinct) - 1))).astype(np.uint8)
 
-    return [per_value(values, spread), per_value(values, ranked)]  # once per level: a film is 16 MP
+    return [spread, ranked]

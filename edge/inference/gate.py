@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from edge.errors import Code, EdgeError
+from edge.errors import Code, EdgeError, with_others
 from edge.imaging.decoded import DecodedImage
 from edge.imaging.quality import QualityMetrics, measure
 from edge.inference.registry import Manifest
@@ -47,11 +47,7 @@ class GateResult:
 
     def first(self) -> EdgeError:
         """The refusal a job records: the first, with the others named in its sentence."""
-        first = self.refusals[0]
-        if len(self.refusals) == 1:
-            return first
-        others = ", ".join(r.code.value for r in self.refusals[1:])
-        return EdgeError(first.code, f"{first.message} (also: {others})")
+        return with_others(self.refusals[0], self.refusals[1:])
 
 
 def applicability(decoded: DecodedImage, manifest: Manifest) -> list[EdgeError]:
