@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from functools import cache
 
 import numpy as np
+from pydicom import uid
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -45,7 +46,7 @@ from pydicom.uid import (
     UID_dictionary,
 )
 
-from edge.imaging.anatomy import region
+from edge.imaging.anatomy import Region, region
 from edge.sync.dicom_terms import defined
 
 # The edition of PS3.15 whose Table E.1-1 applies (dicom-anonymizer's name for it).
@@ -369,9 +370,7 @@ def deidentify(source: Dataset, policy: Policy, pseudonym: str | None) -> Datase
     # Z action leaves them, so the file stays valid for a PACS on the hub's side.
     for keyword in ("PatientBirthDate", "ReferringPhysicianName", "StudyID", "AccessionNumber"):
         setattr(out, keyword, "")
-    for keyword in ("StudyDate", "StudyTime"):
-        if keyword not in out:
-            setattr(out, keyword, "")
+    _empty_if_absent(out, "StudyDate", "StudyTime")
     _required_of_its_iod(out)
     if str(out.get("PhotometricInterpretation", "")).strip() != "PALETTE COLOR":
         for keyword in PALETTE:
@@ -394,13 +393,26 @@ def deidentify(source: Dataset, policy: Policy, pseudonym: str | None) -> Datase
 
 # The digital X-ray family (DX, mammography, intra-oral; for presentation and for processing),
 # whose modules ask for more than the others' (PS3.3 A.26-A.28).
-CR_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
 DX_FAMILY = frozenset(
-    f"1.2.840.10008.5.1.4.1.1.1.{kind}{purpose}" for kind in (1, 2, 3) for purpose in ("", ".1")
+    {
+        uid.DigitalXRayImageStorageForPresentation,
+        uid.DigitalXRayImageStorageForProcessing,
+        uid.DigitalMammographyXRayImageStorageForPresentation,
+        uid.DigitalMammographyXRayImageStorageForProcessing,
+        uid.DigitalIntraOralXRayImageStorageForPresentation,
+        uid.DigitalIntraOralXRayImageStorageForProcessing,
+    }
 )
 # Written by this code, never the source's text: what a required attribute says when the
 # allow-list could not carry the source's value (PS3.15 E.1: a dummy value for Type 1).
 REMOVED = "removed by de-identification"
+
+
+def _empty_if_absent(out: Dataset, *keywords: str) -> None:
+    """Type 2 attributes the source left out: present and empty, which Type 2 allows."""
+    for keyword in keywords:
+        if keyword not in out:
+            setattr(out, keyword, None)
 
 
 def _required_of_its_iod(out: Dataset) -> None:
@@ -408,38 +420,33 @@ def _required_of_its_iod(out: Dataset) -> None:
     whose meanings are text), written so that the file stays valid for a PACS on the hub's side
     (as found by dciodvfy): Type 2 present and empty, Type 1 with a value that says nothing of
     the source. The source's own text never comes back."""
-    if "Manufacturer" not in out:  # General Equipment, Type 2: in every image IOD
-        out.Manufacturer = ""
+    # General Equipment, Series and Image (every image IOD); CR Series.
+    _empty_if_absent(out, "Manufacturer", "SeriesNumber", "InstanceNumber")
+    if "ImageOrientationPatient" not in out:
+        _empty_if_absent(out, "PatientOrientation")  # Type 2C: unknown
+    sop_class = str(out.get("SOPClassUID", ""))
+    if sop_class == uid.ComputedRadiographyImageStorage:
+        _empty_if_absent(out, "ViewPosition")
     if "RescaleIntercept" in out and str(out.get("Modality", "")) not in ("CT", "PT"):
         # Rescale Type (LO, dropped as text) is Type 1C beside a rescale, and Type 1 with the
         # Enumerated Value US in DX: "US" is "unspecified", true of any value the source held.
         out.RescaleType = "US"
     if "PixelSpacingCalibrationType" in out:  # its description (LO, Type 1C) was dropped
         out.PixelSpacingCalibrationDescription = REMOVED
-    for keyword in ("SeriesNumber", "InstanceNumber"):  # General Series and Image, Type 2
-        if keyword not in out:
-            setattr(out, keyword, None)
-    if "PatientOrientation" not in out and "ImageOrientationPatient" not in out:
-        out.PatientOrientation = None  # Type 2C: unknown
-    sop_class = str(out.get("SOPClassUID", ""))
-    if sop_class == CR_STORAGE and "ViewPosition" not in out:
-        out.ViewPosition = None  # CR Series, Type 2
     if sop_class in DX_FAMILY:
-        for keyword in ("DetectorType", "PositionerType"):  # Type 2
-            if keyword not in out:
-                setattr(out, keyword, None)
+        _empty_if_absent(out, "DetectorType", "PositionerType")
         out.AcquisitionContextSequence = Sequence([])  # Type 2; its items hold text
         # Type 2, and known when Body Part Examined is: its code from the standard's table
         # (PS3.16 Table L-1), never the source's sequence (whose meanings are text).
-        known = region(out.get("BodyPartExamined"))
-        item = Dataset()
-        if known is not None:
-            item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = (
-                known.code,
-                known.scheme,
-                known.meaning,
-            )
-        out.AnatomicRegionSequence = Sequence([item] if known is not None else [])
+        out.AnatomicRegionSequence = Sequence(_coded(region(out.get("BodyPartExamined"))))
+
+
+def _coded(known: Region | None) -> list[Dataset]:
+    if known is None:
+        return []
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = known.code, known.scheme, known.meaning
+    return [item]
 
 
 def _native_pixels(out: Dataset, *, big_endian: bool) -> None:
