@@ -374,6 +374,17 @@ def engine_tensors(engine: Any) -> list[TensorSpec]:
     return specs
 
 
+def _each(steps: list[Callable[[], object]]) -> Exception | None:
+    """Every step run, whatever fails; the first failure, if any."""
+    first: Exception | None = None
+    for step in steps:
+        try:
+            step()
+        except Exception as exc:  # noqa: BLE001 - the rest must still run
+            first = first or exc
+    return first
+
+
 # How TensorRT says a load ran out of device memory ("Error Code 2: OutOfMemory", "Cuda Runtime
 # (out of memory)", "Requested amount of GPU memory ... could not be allocated").
 _OUT_OF_MEMORY = re.compile(r"out ?of ?memory|could not be allocated", re.IGNORECASE)
@@ -522,18 +533,13 @@ class TensorRTRunner(Runner):
         self._device.clear()
         self._host.clear()
         self._stream = None
+        first = _each(steps)
         # Context before engine before runtime: TensorRT's own teardown order.
-        steps += [
-            functools.partial(setattr, self, name, None) for name in ("_context", "_engine", "_runtime")
-        ]
+        self._context = None
+        self._engine = None
+        self._runtime = None
         if self._owns_memory:
-            steps.append(self._memory.close)
             self._owns_memory = False  # closed once, even if closing fails
-        first: BaseException | None = None
-        for step in steps:
-            try:
-                step()
-            except Exception as exc:  # noqa: BLE001 - the rest must still be let go
-                first = first or exc
+            first = first or _each([self._memory.close])
         if first is not None:
             raise first
