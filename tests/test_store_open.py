@@ -449,3 +449,25 @@ def test_processes_creating_a_new_database_at_once_all_open_it(tmp_path: Path) -
         assert [out.get(timeout=5) for _ in workers] == ["ok"] * 6
         with Store(folder) as store:
             assert schema_version(store.db) == latest_version()
+
+
+def test_a_migrations_table_left_without_its_unique_index_is_healed(tmp_path: Path) -> None:
+    """sqlite-utils makes the migrations table, then its unique index: a process that found the
+    database locked in between retried with the table there and never made the index, and two
+    processes then both recorded a migration (CI once: 14 recorded of 13). Opening heals it."""
+    from edge.store.database import MIGRATIONS_INDEX
+
+    with Store(tmp_path) as store:
+        store.db.execute(f"DROP INDEX [{MIGRATIONS_INDEX}]")
+        first = store.db.execute(
+            "SELECT migration_set, name, applied_at FROM _sqlite_migrations LIMIT 1"
+        ).fetchone()
+        store.db.execute(
+            "INSERT INTO _sqlite_migrations (migration_set, name, applied_at) VALUES (?, ?, ?)", list(first)
+        )
+        store.db.conn.commit()
+        assert schema_version(store.db) == latest_version() + 1  # the raced state
+    with Store(tmp_path) as store:
+        assert schema_version(store.db) == latest_version()
+        index = "SELECT sql FROM sqlite_master WHERE name = ?"
+        assert "UNIQUE" in store.db.execute(index, [MIGRATIONS_INDEX]).fetchone()[0]

@@ -206,7 +206,43 @@ def _migrate(db: Database, busy_timeout_ms: int) -> None:
     race: one may find it locked (creating the migrations table is not covered by the busy
     handler), or find that a migration it read as pending was applied by the other meanwhile
     ("table already exists"). Either way it rolls back and reads again, within the busy timeout."""
+    _while_locked(busy_timeout_ms, lambda: _migrations_table(db), ("locked",), db.conn.rollback)
     _while_locked(busy_timeout_ms, lambda: schema.migrations.apply(db), _RACED, db.conn.rollback)
+
+
+# sqlite-utils' name for the unique index on its migrations table (`create_index`'s default).
+MIGRATIONS_INDEX = "idx__sqlite_migrations_migration_set_name"
+
+
+def _migrations_table(db: Database) -> None:
+    """The migrations table with its unique index, made in one transaction. sqlite-utils makes
+    them in two steps: a process that found the database locked between them retried with the
+    table there, and the index was never made; two processes could then both record a migration
+    that ran twice without error (CI once: 14 recorded of 13). A database an older open left so is
+    healed here: its first record of each migration kept, then the index made. Only reads the
+    schema when the index is there (every open)."""
+    found = "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?"
+    if db.execute(found, [MIGRATIONS_INDEX]).fetchone():
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS [_sqlite_migrations] ([id] INTEGER PRIMARY KEY,"
+            " [migration_set] TEXT, [name] TEXT, [applied_at] TEXT)"
+        )
+        db.execute(
+            "DELETE FROM _sqlite_migrations WHERE rowid NOT IN"
+            " (SELECT min(rowid) FROM _sqlite_migrations GROUP BY migration_set, name)"
+        )
+        db.execute(
+            f"CREATE UNIQUE INDEX IF NOT EXISTS [{MIGRATIONS_INDEX}]"
+            " ON [_sqlite_migrations] ([migration_set], [name])"
+        )
+        db.execute("COMMIT")
+    except BaseException:
+        if db.conn.in_transaction:
+            db.execute("ROLLBACK")
+        raise
 
 
 def verify(db: Database, *, thorough: bool = False) -> str | None:
