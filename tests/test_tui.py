@@ -7,6 +7,7 @@ import os
 import re
 import time
 from dataclasses import replace
+from datetime import timezone
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,8 @@ from edge.operations.host import host_facts
 from edge.processes import InstanceLock
 from edge.store import Store
 from edge.tui.app import EdgeApp, create_app, run_tui
-from edge.tui.data import ResultDetail, is_urgent, new_disagreement
+from edge.tui.context import TuiContext
+from edge.tui.data import ResultDetail, is_urgent, new_disagreement, sync_short, sync_view
 from edge.tui.screens.dialogs import DeleteDialog, ModelDialog, NoteDialog
 from edge.tui.screens.help import HelpScreen
 from edge.tui.screens.live import LiveModel, LiveScreen, status_text
@@ -33,6 +35,7 @@ from edge.video.live import LiveScore
 from tests.tui_fixtures import (
     CLIP,
     CLIP_MODEL,
+    NOW,
     OCULAR,
     Filled,
     build_app,
@@ -359,7 +362,7 @@ def test_rerun_is_left_to_a_running_agent(filled: tuple[Settings, Filled]) -> No
     app = build_app(settings)
 
     async def scenario(pilot: Pilot[Any], said: list[str]) -> None:
-        assert pilot.app.agent_status == f"agent running, pid {os.getpid()}"  # type: ignore[attr-defined]
+        assert pilot.app.agent_status == "agent running"  # type: ignore[attr-defined]
         await go_to_row(pilot, ids["breast"]["job_id"])
         await pilot.press("r")
         await settle(pilot)
@@ -547,6 +550,49 @@ def test_sync_panel_shows_the_sync_report_in_plain_words(
         assert said[-1].startswith("sync requested")
 
     drive(app, scenario)
+
+
+def test_every_top_bar_says_how_long_the_hub_has_been_out_of_reach(filled: tuple[Settings, Filled]) -> None:
+    settings, _ = filled
+    report = {
+        "state": "offline",
+        "hub": "https://hub.example.org",
+        "last_success": "2025-03-11T07:58:00.000Z",  # three days before NOW
+        "last_error": "the hub cannot be reached: [Errno 101] Network is unreachable",
+        "last_error_at": "2025-03-14T09:25:00.000Z",
+        "pending": {"results": 9, "files": 14},
+    }
+    app = build_app(settings, health=fixed_health(snapshot, sync=report))
+
+    async def scenario(pilot: Pilot[Any], said: list[str]) -> None:
+        for screen in ("1", "4"):
+            await pilot.press(screen)
+            await settle(pilot)
+            bar = text_of(pilot.app, ".top-bar")  # type: ignore[arg-type]
+            assert "agent NOT running · offline 3d, 9 waiting" in bar, bar
+
+    drive(app, scenario)
+
+
+@pytest.mark.parametrize(
+    ("state", "last_success", "pending", "words"),
+    [
+        ("up to date", "2025-03-14T09:29:00Z", 0, "sync ok"),
+        ("syncing", "2025-03-14T09:29:00Z", 3, "sending, 3 waiting"),
+        ("offline", "2025-03-14T09:05:00Z", 2, "offline 25m, 2 waiting"),
+        ("offline", "2025-03-14T01:30:00Z", 0, "offline 8h"),
+        ("offline", None, 5, "offline, 5 waiting"),  # never reached the hub
+        ("failed", "2025-03-10T09:30:00Z", 1, "SYNC FAILED, 1 waiting"),
+        ("revoked", None, 4, "SYNC REVOKED, 4 waiting"),
+        ("offline", "2025-03-14T09:45:00Z", 0, "offline 0m"),  # the device clock behind the record
+    ],
+)
+def test_the_sync_state_in_a_few_words(state: str, last_success: str | None, pending: int, words: str) -> None:
+    context = TuiContext(Settings(), clock=lambda: NOW, display_tz=timezone.utc)
+    view = {"state": state, "last_success": last_success, "pending": {"results": pending}}
+    assert sync_short(view, context)[0] == words
+    not_set_up = sync_view({"outbox_pending": 7})
+    assert sync_short(not_set_up, context) == ("no hub", "dim")
 
 
 def test_device_screen_shows_disk_queue_models_services_and_jetson_temperature(

@@ -22,6 +22,7 @@ from textual.screen import Screen
 
 from edge.config import Settings
 from edge.tui.context import AgentSource, FactsSource, HealthSource, TuiContext
+from edge.tui.data import load_health, sync_short, sync_view
 
 # Before textual-image's terminal queries (in widgets.picture, imported by the screens).
 from edge.tui.screens.device import DeviceScreen
@@ -39,6 +40,8 @@ SCREEN_NAMES = {"worklist": "Worklist", "live": "Live ultrasound", "sync": "Sync
 
 class EdgeApp(App[int]):
     agent_status = reactive("agent: checking…")
+    sync_status: reactive[tuple[str, str]] = reactive(("", ""))
+    """The sync state in a few words and its style (`data.sync_short`), for the top bar."""
     CSS_PATH = "app.tcss"
     TITLE = "edge"
     MODES: ClassVar[dict[str, str | Callable[[], Screen[Any]]]] = {
@@ -65,14 +68,21 @@ class EdgeApp(App[int]):
         self.site = context.settings.site
 
     def on_mount(self) -> None:
-        self._check_agent()
-        self.set_interval(max(self.context.refresh_s, 5.0), self._check_agent)
+        self._check_background()
+        self.set_interval(max(self.context.refresh_s, 5.0), self._check_background)
 
     @work(thread=True, exclusive=True, group="agent")
-    def _check_agent(self) -> None:
+    def _check_background(self) -> None:
+        """Whether the agent runs and how the sync stands: what every screen's top bar says."""
         agent = self.context.agent(self.context.settings)
-        words = f"agent running, pid {agent.get('pid')}" if agent.get("running") else "agent NOT running"
+        words = "agent running" if agent.get("running") else "agent NOT running"
         self.call_from_thread(setattr, self, "agent_status", words)
+        try:
+            sync = sync_short(sync_view(load_health(self.context)), self.context)
+        except Exception:  # the bar must not die of it; the sync screen shows the error
+            log.exception("reading the sync state for the top bar")
+            sync = ("sync: unknown", "yellow")
+        self.call_from_thread(setattr, self, "sync_status", sync)
 
     # ------------------------------------------------------------------ help and the palette
 

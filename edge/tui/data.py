@@ -320,3 +320,40 @@ def identity_lines(item: WorklistItem) -> list[str]:
         ("study", " ".join(str(p) for p in (item.modality, item.body_part, item.description) if p)),
     ]
     return [f"{label}: {value}" for label, value in facts if value]
+
+
+# The top bar's sync state: one word or two, coloured by what it asks of the technician.
+_SYNC_SHORT = {
+    "up to date": ("sync ok", "green"),
+    "syncing": ("sending", "cyan"),
+    "offline": ("offline", "yellow"),
+    "failed": ("SYNC FAILED", "bold red"),
+    "revoked": ("SYNC REVOKED", "bold red"),
+    "upgrade required": ("SYNC: UPGRADE", "bold red"),
+    "not configured": ("no hub", "dim"),
+}
+
+
+def elapsed_words(seconds: float) -> str:
+    """A span as the top bar says it: 40m, 5h, 3d (never negative: clocks disagree)."""
+    minutes = max(0, int(seconds // 60))
+    if minutes < 120:
+        return f"{minutes}m"
+    if minutes < 48 * 60:
+        return f"{minutes // 60}h"
+    return f"{minutes // (24 * 60)}d"
+
+
+def sync_short(view: dict[str, Any], context: TuiContext) -> tuple[str, str]:
+    """The sync state in a few words, and its style: how long the hub has been out of reach
+    (since the last success) and how many results wait, so a technician sees days without a
+    link without opening the sync screen (which has the times and the error in full)."""
+    state = view["state"]
+    words, style = _SYNC_SHORT.get(state, (f"sync {state}", "yellow"))
+    last = context.local(view["last_success"])
+    if state == "offline" and last is not None:
+        words += f" {elapsed_words((context.now() - last).total_seconds())}"
+    waiting = int(view["pending"].get("results", 0) or 0)
+    if waiting and state not in ("up to date", "not configured"):  # without a hub nothing waits
+        words += f", {waiting} waiting"
+    return words, style
