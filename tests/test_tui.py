@@ -587,7 +587,9 @@ def test_every_top_bar_says_how_long_the_hub_has_been_out_of_reach(filled: tuple
         ("offline", "2025-03-14T09:45:00Z", 0, "offline 0m"),  # the device clock behind the record
     ],
 )
-def test_the_sync_state_in_a_few_words(state: str, last_success: str | None, pending: int, words: str) -> None:
+def test_the_sync_state_in_a_few_words(
+    state: str, last_success: str | None, pending: int, words: str
+) -> None:
     context = TuiContext(Settings(), clock=lambda: NOW, display_tz=timezone.utc)
     view = {"state": state, "last_success": last_success, "pending": {"results": pending}}
     assert sync_short(view, context)[0] == words
