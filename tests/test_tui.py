@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -810,6 +811,59 @@ def test_the_heatmap_survives_no_colour_and_the_linux_console(
         assert HEAT_WORDS not in str(shown.query_one(".picture-caption", Static).render())
 
     drive(app, scenario)
+
+
+# What console-setup's fonts (Lat15, Uni2, Terminus) draw beyond Latin-1, checked against their
+# unicode tables: box lines, the full block and two shades, and the few marks the screens use.
+CONSOLE_GLYPHS = set("─│┌┐└┘├┤═║╔╗╚╝█░▒·—“”…→←↑↓●") | {chr(c) for c in range(0x20, 0x7F)}
+CONSOLE_GLYPHS |= {chr(c) for c in range(0xA0, 0x100)}
+
+
+def test_the_linux_console_is_drawn_only_with_its_fonts_glyphs(
+    filled: tuple[Settings, Filled], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its fonts have no block elements nor emoji: Textual's tall and thick borders, scrollbar
+    ends, the palette's bar and icon and the live trace's eighths were replacement boxes."""
+    from textual.scrollbar import ScrollBar
+
+    monkeypatch.setenv("TERM", "linux")
+    monkeypatch.setattr(ScrollBar, "renderer", ScrollBar.renderer)  # the app swaps it: put it back
+    settings, ids = filled
+    app = build_app(settings, graphics="auto", console=None, live_source=str(CLIP))
+    drawn: dict[str, set[str]] = {}
+
+    def look(pilot: Pilot[Any], where: str) -> None:
+        svg = pilot.app.export_screenshot()
+        text = html.unescape("".join(re.findall(r"<text[^>]*>(.*?)</text>", svg)))
+        drawn[where] = set(text) - CONSOLE_GLYPHS
+
+    async def scenario(pilot: Pilot[Any], said: list[str]) -> None:
+        look(pilot, "worklist")
+        await open_row(pilot, ids["pneumonia_png"]["job_id"])
+        for _ in range(3):
+            await pilot.press("pagedown")  # the details scroll: a scrollbar
+        look(pilot, "result")
+        await pilot.press("escape", "r")
+        await settle(pilot)
+        look(pilot, "re-run dialog")
+        await pilot.press("escape", "n", "x")
+        look(pilot, "note dialog, typing")
+        await pilot.press("escape", "question_mark")
+        look(pilot, "help")
+        await pilot.press("escape", "ctrl+p", "s", "y")
+        await settle(pilot)
+        look(pilot, "command palette")
+        await pilot.press("escape", "3", "s")
+        await settle(pilot)
+        look(pilot, "sync, with a notice")
+        await pilot.press("2", "a")
+        await settle(pilot)
+        assert pilot.app.screen.query_one(ScoreTrace).values
+        look(pilot, "live, scored")
+
+    drive(app, scenario)
+    assert len(drawn) == 8
+    assert not {where: glyphs for where, glyphs in drawn.items() if glyphs}
 
 
 def test_rerun_starts_on_a_model_that_takes_the_image(filled: tuple[Settings, Filled]) -> None:

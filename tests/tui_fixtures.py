@@ -247,13 +247,15 @@ def copy_of_template(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -
 
 def build_app(settings: Settings, **overrides: Any) -> EdgeApp:
     """The app as the tests drive it: fixed clock, zone, host facts and host parts of the health
-    snapshot; half-cell images (no terminal graphics protocol); no timed reloads."""
+    snapshot; half-cell images (no terminal graphics protocol), Textual's own glyphs; no timed
+    reloads."""
     options: dict[str, Any] = {
         "health": fixed_health(snapshot),
         "facts": lambda: FIXED_FACTS,
         "clock": lambda: NOW,
         "display_tz": timezone.utc,
         "graphics": "halfcell",
+        "console": False,  # whatever TERM the tests run under
         "refresh_s": 3600.0,
         "actor": "tui:test",
         "live_model": CLIP_MODEL,

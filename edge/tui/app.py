@@ -19,6 +19,7 @@ from textual.app import App, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.reactive import reactive
 from textual.screen import Screen
+from textual.scrollbar import ScrollBar
 
 from edge.config import Settings
 from edge.tui.context import AgentSource, FactsSource, HealthSource, TuiContext
@@ -32,6 +33,7 @@ from edge.tui.screens.live import LiveScreen
 from edge.tui.screens.result import ResultScreen
 from edge.tui.screens.sync import SyncScreen
 from edge.tui.screens.worklist import WorklistScreen
+from edge.tui.terminal import CONSOLE_FONT_CLASS, WholeCellScrollBar, console_font
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,9 @@ class EdgeApp(App[int]):
         self.site = context.settings.site
 
     def on_mount(self) -> None:
+        if self.context.console_font:
+            self.add_class(CONSOLE_FONT_CLASS)
+            ScrollBar.renderer = WholeCellScrollBar
         self._check_background()
         self.set_interval(max(self.context.refresh_s, 5.0), self._check_background)
 
@@ -131,12 +136,15 @@ def create_app(
     actor: str | None = None,
     refresh_s: float = 2.0,
     graphics: str = "auto",
+    console: bool | None = None,
     live_source: str | None = None,
     live_model: str | None = None,
     live_realtime: bool = True,
 ) -> EdgeApp:
-    """The app, with every outside dependency replaceable (tests fix health, facts and clock)."""
+    """The app, with every outside dependency replaceable (tests fix health, facts and clock).
+    `console`: draw for the Linux console's fonts; None: when TERM says it is one."""
     context = TuiContext(settings, refresh_s=refresh_s, graphics=graphics, display_tz=display_tz)
+    context.console_font = console_font() if console is None else console
     if health is not None:
         context.health = health
     if agent is not None:

@@ -69,6 +69,8 @@ class TuiContext:
     """How often the worklist and panels reload (the agent writes from another process)."""
     graphics: str = "auto"
     """auto: sixel / kitty graphics where the terminal has them, else half-cell blocks; or halfcell."""
+    console_font: bool = False
+    """Draw only what the Linux console's fonts have (lines, no block elements): `terminal.py`."""
     live_source: str | None = None
     live_model: str | None = None
     live_realtime: bool = True

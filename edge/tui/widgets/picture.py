@@ -6,8 +6,6 @@ can force one."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -24,6 +22,8 @@ from textual.widgets import Static
 # cells then, textual-image's own fallback.
 from textual_image import _terminal as textual_image_terminal
 
+from edge.tui.terminal import plain_terminal
+
 try:
     textual_image_terminal.get_cell_size()
 except ZeroDivisionError:
@@ -35,14 +35,6 @@ from textual_image.widget import Image as BestImage
 RAMP = " .:-=+*#%@"  # darkest to brightest, in ASCII: every console's font draws these
 HOT = 60  # red minus blue of an overlay cell: the colour map's warm end (grey is 0, cold < 0)
 HEAT_WORDS = "reverse video: where the model looked"
-
-
-def plain_terminal(environ: Mapping[str, str] = os.environ) -> bool:
-    """Colour or the half-block glyph cannot be relied on here: NO_COLOR (no-color.org), under
-    which the heatmap's colours became grey like the anatomy, or the Linux console (TERM=linux),
-    whose console-setup fonts have no half block, so the whole picture was replacement glyphs
-    (found by a TUI audit)."""
-    return bool(environ.get("NO_COLOR")) or environ.get("TERM") == "linux"
 
 
 def text_cells(image: PILImage.Image, width: int, height: int, heat: bool) -> Text:

@@ -11,7 +11,10 @@ from collections.abc import Sequence
 from rich.text import Text
 from textual.widget import Widget
 
+from edge.tui.terminal import CONSOLE_FONT_CLASS
+
 BLOCKS = " ▁▂▃▄▅▆▇█"
+CONSOLE_BLOCKS = " ░▒█"  # the Linux console's fonts have no eighth blocks, but these
 
 
 class ScoreTrace(Widget):
@@ -36,14 +39,16 @@ class ScoreTrace(Widget):
     def render(self) -> Text:
         width, rows = max(1, self.size.width), max(1, self.size.height)
         shown = self.values[-width:]
-        levels = rows * 8
+        blocks = CONSOLE_BLOCKS if self.app.has_class(CONSOLE_FONT_CLASS) else BLOCKS
+        steps = len(blocks) - 1  # levels within one row
+        levels = rows * steps
         # The row the threshold falls in shows a dotted line where the trace is below it.
         threshold_row = None
         if self.threshold is not None:
-            threshold_row = rows - 1 - min(rows - 1, int(self.threshold * levels) // 8)
+            threshold_row = rows - 1 - min(rows - 1, int(self.threshold * levels) // steps)
         lines = []
         for row in range(rows):  # top row first
-            floor = (rows - 1 - row) * 8
+            floor = (rows - 1 - row) * steps
             line = Text()
             for value in shown:
                 filled = round(min(max(value, 0.0), 1.0) * levels) - floor
@@ -51,7 +56,7 @@ class ScoreTrace(Widget):
                 if filled <= 0 and row == threshold_row:
                     line.append("·", style="dim")
                     continue
-                line.append(BLOCKS[min(max(filled, 0), 8)], style="bold red" if above else "green")
+                line.append(blocks[min(max(filled, 0), steps)], style="bold red" if above else "green")
             if row == threshold_row and len(shown) < width:
                 line.append("·" * (width - len(shown)), style="dim")
             lines.append(line)
