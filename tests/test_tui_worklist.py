@@ -270,6 +270,7 @@ def test_a_reply_that_comes_after_the_seen_mark_is_new_again(filled: tuple[Setti
         assert (item.review_verdict, item.review_finding) == ("disagree", "pneumonia")
         assert review_words(item) == "disagree: pneumonia"
         assert review_cell(item).plain == "● disagree: pneumonia"
+        assert review_cell(item, 12).plain == "● disagree"  # 80 columns: the verdict whole
         assert store.technician.mark_seen(result_id, "tui:ana")  # a new reply: marked again
         # (the stored review time is in the future, so it stays newer than the mark)
 

@@ -47,8 +47,9 @@ STATE_STYLES = {
 }
 WIDE = WIDE_COLUMNS  # from here on: the state column, full dates, a wider review column
 NAME_MIN_WIDTH = 14
+NAME_LABEL = "patient / file"
 NAME_MIN_WIDTH_LAST = 10  # when even the review column cannot give more
-REVIEW_MIN_WIDTH = 8  # "not sent"
+REVIEW_MIN_WIDTH = 10  # "● disagree", "not sent"
 NEW_REPLY = "●"  # before the review: the specialist's answer came after the row was marked seen
 REVIEW_STYLES = {
     "agree": "green",
@@ -109,9 +110,14 @@ def finding_cell(item: WorklistItem) -> Text:
     return Text("analysing" if item.state == "running" else "waiting", style="dim cyan")
 
 
-def review_cell(item: WorklistItem) -> Text:
+def review_cell(item: WorklistItem, width: int | None = None) -> Text:
+    """The review in `width` cells: the specialist's finding goes before the verdict is cut
+    (`● disagree`, not `● disagr…`; the detail line has the finding)."""
     words = review_words(item)
-    out = Text(f"{NEW_REPLY} " if item.new_reply else "", style="bold cyan")
+    mark = f"{NEW_REPLY} " if item.new_reply else ""
+    if width is not None and len(mark + words) > width:
+        words = words.split(":")[0]
+    out = Text(mark, style="bold cyan")
     out.append(words, style=REVIEW_STYLES.get(item.review_verdict or words, ""))
     return out
 
@@ -134,7 +140,7 @@ def layout(width: int, rows: list[WorklistItem], when: Any) -> list[tuple[str, s
             "received" if wide else "when",
             widest([when(row.queued_at, narrow=not wide) for row in rows], 5),
         ),
-        ("name", "patient / file", 0),
+        ("name", NAME_LABEL, 0),
         ("model", "model", widest([row.model_name for row in rows], 5)),
         ("finding", "finding", widest([finding_cell(row).plain for row in rows], 7)),
         ("review", "review", min(widest([review_cell(row).plain for row in rows], 6), 28 if wide else 12)),
@@ -147,6 +153,8 @@ def layout(width: int, rows: list[WorklistItem], when: Any) -> list[tuple[str, s
         columns[-1] = (key, label, review - max(cut, 0))
         name += max(cut, 0)
     name = max(NAME_MIN_WIDTH_LAST, name)
+    if name < len(NAME_LABEL):
+        columns[columns.index(("name", NAME_LABEL, 0))] = ("name", NAME_LABEL.replace(" ", ""), 0)
     return [(key, label, size or name) for key, label, size in columns]
 
 
@@ -227,7 +235,7 @@ class WorklistScreen(ItemActions):
                 ),
                 "model": item.model_name,
                 "finding": finding_cell(item),
-                "review": _fit(review_cell(item), widths["review"]),
+                "review": _fit(review_cell(item, widths["review"]), widths["review"]),
             }
             table.add_row(*(cells[key] for key, _, _ in columns), key=item.job_id)
         if keep is not None and keep.job_id in self._by_job:
