@@ -296,6 +296,8 @@ def test_a_specialist_reads_and_the_clinic_gets_the_verdict(world: dict[str, Any
         page.wait_for_url("**/review/studies/*saved=*")
         assert world["urgent"] not in page.url.split("?")[0]  # on to the next unreviewed study
         assert "Verdict saved" in page.locator(".studybar").inner_text()
+        # Said by screen readers: the words go into the page's live region once it is up.
+        expect(page.locator("#announcer")).to_contain_text("Verdict saved")
         page.wait_for_selector("#viewer[data-loaded]")
         page.click("#just-read")  # back to the one just read: its review is listed
         page.wait_for_selector("#reviews li")
@@ -375,6 +377,7 @@ def test_the_keyboard_and_a_lost_session_never_cost_a_verdict(world: dict[str, A
         fill_login(page, "dr-mbeki")
         page.wait_for_url(study)  # back on the study, the unsent verdict offered again
         page.wait_for_selector("#draft-restored")
+        expect(page.locator("#announcer")).to_contain_text("unsent verdict")
         assert page.locator("#verdict-disagree").is_checked()
         assert page.locator("#note").input_value() == "Lateral view needed."
         page.wait_for_selector("#viewer[data-loaded]")

@@ -598,9 +598,27 @@
       kept.id = "draft-restored";
       kept.textContent = "Your unsent verdict on this study was kept: check it, then send it.";
       form.insertBefore(kept, form.firstChild.nextSibling);
+      announce(kept.textContent);
     }
     form.addEventListener("input", store);
     form.addEventListener("change", store);
+  }
+
+  // ---------------------------------------------------------------- notices read out
+
+  // A live region announces a change, not what was in the page when it loaded: a notice the hub
+  // rendered ("Verdict saved"), or one added with its text, went unsaid by screen readers. The
+  // page carries an empty region (base.html); the notices' words go into it once the page is up.
+  function announce(words) {
+    const region = document.getElementById("announcer");
+    if (!region || !words) return;
+    region.textContent = "";
+    window.setTimeout(function () { region.textContent = words; }, 300);
+  }
+
+  function announceNotices() {
+    const shown = document.querySelectorAll("main .notice[role=status]");
+    announce(Array.prototype.map.call(shown, function (notice) { return notice.textContent.trim(); }).join(" "));
   }
 
   // ---------------------------------------------------------------- verdict
@@ -713,6 +731,7 @@
 
   document.addEventListener("DOMContentLoaded", function () {
     forgetSaved();
+    announceNotices();
     worklist();
     const still = viewer();
     const player = cine();
