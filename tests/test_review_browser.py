@@ -347,6 +347,9 @@ def test_the_keyboard_and_a_lost_session_never_cost_a_verdict(world: dict[str, A
         page.on("pageerror", lambda error: problems.append(str(error)))
         fill_login(page, "dr-mbeki", live.url)
         page.wait_for_selector("#worklist tbody tr.selected")
+        page.focus("a.skip[href='#first-study']")  # past the header and the filters at once
+        page.keyboard.press("Enter")
+        expect(page.locator("#first-study")).to_be_focused()
         page.keyboard.press("j")  # the selection moves, is marked current and has the focus
         selected = page.locator("#worklist tbody tr.selected")
         assert selected.get_attribute("aria-current") == "true"
