@@ -9,9 +9,11 @@ its stored values (`edge.imaging.dicom_redact.stored_value_views`) two ways in o
 - `per value`: the product, each function worked out once per distinct value and looked up.
 The two must give the same pixels. Reported: the peak of Python's allocations (tracemalloc:
 numpy's arrays included, deterministic) and the median of 3 timings, and their ratios.
-`--guard` also runs the sync agent's whole preparation of the film (thumbnail, rendition and the
-full image, OCR included) in a fresh process per size and reports its peak RSS, and the peak
-before the work (imports, the film's bytes read): what the agent needs on the device for a film.
+`--guard` also runs the sync agent's preparation of the film in a fresh process per size, OCR
+included, as it is by default (thumbnail and rendition) and with `images = "full"` (the full
+image too). It reports the process's peak RSS, its peak before the work (imports, the film's
+bytes read), and the peak of the process and its OCR children together: what the sync service
+needs under its MemoryMax (systemd/edge-sync.service) for a film.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import json
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import tracemalloc
 from collections.abc import Callable
@@ -114,25 +117,67 @@ from edge.sync.outgoing import PixelGuard
 def peak():  # VmHWM: this process's own peak (ru_maxrss carries the parent's across fork and exec)
     line = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:"))
     return int(line.split()[1]) // 1024
-NAME, MRN = sys.argv[1:3]
+NAME, MRN, KINDS = sys.argv[1:4]
 data = sys.stdin.buffer.read()
 before = peak()
 image = {"id": "film", "format": "dicom", "meta": {"modality": "CR"}}
 study = {"modality": "CR", "phi_patient_name": NAME, "phi_patient_id": MRN}
 guard = PixelGuard("identifiers")
-sent = {kind: guard.prepare(kind, image, study, data) for kind in ("thumbnail", "rendition", "image")}
+sent = {kind: guard.prepare(kind, image, study, data) for kind in KINDS.split(",")}
 print(json.dumps({"peak_rss_mb": peak(), "peak_rss_before_mb": before,
                   "withheld": [kind for kind, out in sent.items() if out.data is None]}))
 """
+# What the sync agent prepares of a film: by default (images = "thumbnails", the rendition of a
+# positive result), and with images = "full".
+GUARD_MODES = {"thumbnails": "thumbnail,rendition", "full": "thumbnail,rendition,image"}
 
 
-def guard(data: bytes) -> dict[str, object]:
-    """The sync agent's preparation of the film, in a fresh process (its peak RSS is its own)."""
+def _tree_rss_mb(root: int) -> int:
+    """The resident memory of a process and all its descendants (/proc), as its service's cgroup
+    counts it: the OCR engine runs as children."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    pending, total_kb = [root], 0
+    while pending:
+        pid = pending.pop()
+        pending += children.get(pid, [])
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        resident = [line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")]
+        total_kb += int(resident[0]) if resident else 0
+    return total_kb // 1024
+
+
+def guard(data: bytes, kinds: str) -> dict[str, object]:
+    """The sync agent's preparation of the film, in a fresh process: its own peak RSS, and the
+    peak of it and its OCR children together (sampled every 10 ms: what MemoryMax counts)."""
     start = time.perf_counter()
-    out = subprocess.run(
-        [sys.executable, "-c", _GUARD, NAME, MRN], input=data, capture_output=True, check=True
+    child = subprocess.Popen(
+        [sys.executable, "-c", _GUARD, NAME, MRN, kinds], stdin=subprocess.PIPE, stdout=subprocess.PIPE
     )
-    return {**json.loads(out.stdout), "seconds": round(time.perf_counter() - start, 1)}
+    tree_peak = 0
+
+    def sample() -> None:
+        nonlocal tree_peak
+        while child.poll() is None:
+            tree_peak = max(tree_peak, _tree_rss_mb(child.pid))
+            time.sleep(0.01)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    out, _ = child.communicate(data)
+    sampler.join()
+    if child.returncode:
+        raise SystemExit(f"the preparation failed ({child.returncode})")
+    return {**json.loads(out), "peak_tree_mb": tree_peak, "seconds": round(time.perf_counter() - start, 1)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         data = film(size)
         row = compare(data)
         if args.guard:
-            row["guard"] = guard(data)
+            row["guard"] = {mode: guard(data, kinds) for mode, kinds in GUARD_MODES.items()}
         rows.append(row)
         print(json.dumps(row), flush=True)
     return 0

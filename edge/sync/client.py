@@ -34,6 +34,7 @@ from edge.sync.cine import outgoing_cine
 from edge.sync.credential import Credential, HubRefused, HubUnavailable, check_hub_url
 from edge.sync.deid import Deidentifier
 from edge.sync.outgoing import Outgoing, PixelGuard
+from edge.sync.preparing import MAX_DEATHS, PreparationRecord
 from edge.sync.protocol import WireCode
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ class SyncClient:
         check_hub_url(credential.hub_url, credential.insecure)  # a hand-edited credential too
         self.deid = Deidentifier.for_device(settings.data_dir / "sync", settings.sync.dates)
         self.pixels = PixelGuard(settings.sync.burned_text)
+        self.preparing = PreparationRecord(settings.data_dir / "sync" / "preparing.json")
         self._link_free_at = time.monotonic()  # when the capped link has carried what was sent
         # Called after every answered request: the service's watchdog pets on progress, so a long
         # drain over a slow link is alive while a hung one is restarted.
@@ -225,8 +227,12 @@ class SyncClient:
         done = 0
         for row in self.store.outbox.pending_outbox(UPLOAD_KINDS, 1000):
             payload = json.loads(row["payload"])
+            deaths = self.preparing.begin(row["id"])
             try:
-                data, media_type, note = self._file_bytes(row["kind"], payload)
+                if deaths >= MAX_DEATHS:
+                    data, media_type, note = self._noted(row["kind"], payload, _killed_us(deaths))
+                else:
+                    data, media_type, note = self._file_bytes(row["kind"], payload)
             except (KeyError, TypeError, FileNotFoundError) as exc:
                 # Deleted with its study, or the file is gone: say so once, keep the queue moving.
                 log.warning(
@@ -236,6 +242,8 @@ class SyncClient:
                     [row["id"]], note="withdrawn: the file is no longer on the device"
                 )
                 continue
+            finally:
+                self.preparing.end()
             if data is None:
                 self.store.outbox.mark_acked([row["id"]], note=note or "withheld: must not leave the device")
                 continue
@@ -401,3 +409,15 @@ class SyncClient:
     def profiles(self) -> list[protocol.ProfileRelease]:
         """The signed site profiles the hub offers this device's site (not yet verified)."""
         return [protocol.ProfileRelease(**p) for p in self._send("GET", "/v1/profiles").json()]
+
+
+def _killed_us(deaths: int) -> Outgoing:
+    """A file whose preparation the service died in, `deaths` times (`edge.sync.preparing`)."""
+    return Outgoing(
+        None,
+        "application/octet-stream",
+        Code.PIXELS_WITHHELD,
+        f"withheld ({Code.PIXELS_WITHHELD.value}): the sync service stopped {deaths} times while "
+        "preparing this file (too large for its memory limit?); see docs/codes.md",
+        {"reason": "preparation_killed", "deaths": deaths},
+    )
