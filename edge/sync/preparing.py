@@ -9,9 +9,9 @@ succeeded or failed. A file whose preparation has started `MAX_DEATHS` times in 
 never ended is withheld with its reason, and the queue moves on.
 
 A power cut is not held against the file: the record carries the boot, as the agent's job
-holders do (`edge.processes.boot_id`). A SIGTERM from systemd (a stop, a restart) unwinds
-normally and clears the record. Only a death in the middle of the work counts: SIGKILL, the
-OOM killer, or a crash in native code.
+holders do (`edge.processes.boot_id`). A stop or restart by systemd (SIGTERM) lets the work end
+and clears the record, unless it outlasts the unit's TimeoutStopSec. What counts is a death in
+the middle of the work: SIGKILL, the OOM killer, or a crash in native code.
 """
 
 from __future__ import annotations
