@@ -323,6 +323,24 @@ def test_an_engine_that_does_not_fit_in_gpu_memory_is_not_called_unreadable(
     assert memory.allocated == {}
 
 
+def test_the_logger_keeps_the_newest_errors_and_every_mark_still_works(install: Any) -> None:
+    """One logger per process: a service that fails the same way for months must not grow it."""
+    fake = install("10.3.0")
+    logger = backend._logger()
+    first = logger.mark()
+    for number in range(1000):
+        logger.bridge.log(fake.ILogger.Severity.ERROR, f"error {number}")
+    assert len(logger._errors) == logger.KEPT_ERRORS
+    middle = logger.mark()
+    logger.bridge.log(fake.ILogger.Severity.WARNING, "a warning is not an error")
+    logger.bridge.log(fake.ILogger.Severity.ERROR, "the last one")
+    assert logger.errors_since(middle) == ["the last one"]
+    assert logger.errors_since(logger.mark()) == []
+    since_first = logger.errors_since(first)  # older than what is kept: the newest there are
+    assert len(since_first) == logger.KEPT_ERRORS
+    assert since_first[-2:] == ["error 999", "the last one"]
+
+
 def test_an_engine_that_does_not_deserialize_is_unreadable(install: Any, tmp_path: Path) -> None:
     install("10.3.0")
     engine = engine_file(tmp_path)

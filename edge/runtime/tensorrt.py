@@ -30,6 +30,7 @@ import logging
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -173,11 +174,15 @@ def availability_problem() -> str | None:
 class _Logger:
     """Bridges TensorRT's log to ours. TensorRT keeps one logger per process (NVIDIA/TensorRT#1475),
     so there is exactly one of these, shared by every builder, parser and runtime; each call
-    takes the errors logged during it from `errors_since(mark)`."""
+    takes the errors logged during it from `errors_since(mark)`. Only the newest
+    `KEPT_ERRORS` are held: a service that fails the same way for months keeps a bounded list."""
+
+    KEPT_ERRORS = 64
 
     def __init__(self, trt: Any) -> None:
         lock = threading.Lock()
-        errors: list[str] = []
+        errors: deque[str] = deque(maxlen=self.KEPT_ERRORS)
+        counted = [0]  # every error logged, kept or not: marks stay valid as old ones go
 
         class Bridge(trt.ILogger):
             def __init__(inner) -> None:
@@ -187,6 +192,7 @@ class _Logger:
                 if severity <= trt.ILogger.Severity.ERROR:
                     with lock:
                         errors.append(message)
+                        counted[0] += 1
                     log.error("tensorrt: %s", message)
                 elif severity <= trt.ILogger.Severity.WARNING:
                     log.warning("tensorrt: %s", message)
@@ -195,15 +201,17 @@ class _Logger:
 
         self.bridge = Bridge()
         self._errors = errors
+        self._counted = counted
         self._lock = lock
 
     def mark(self) -> int:
         with self._lock:
-            return len(self._errors)
+            return self._counted[0]
 
     def errors_since(self, mark: int) -> list[str]:
         with self._lock:
-            return list(self._errors[mark:])
+            newer = self._counted[0] - mark
+            return list(self._errors)[-newer:] if newer > 0 else []
 
 
 _shared_logger: _Logger | None = None
