@@ -335,8 +335,8 @@ _SYNC_SHORT = {
 
 
 def elapsed_words(seconds: float) -> str:
-    """A span as the top bar says it: 40m, 5h, 3d (never negative: clocks disagree)."""
-    minutes = max(0, int(seconds // 60))
+    """A span as the top bar says it: 40m, 5h, 3d."""
+    minutes = int(seconds // 60)
     if minutes < 120:
         return f"{minutes}m"
     if minutes < 48 * 60:
@@ -351,8 +351,9 @@ def sync_short(view: dict[str, Any], context: TuiContext) -> tuple[str, str]:
     state = view["state"]
     words, style = _SYNC_SHORT.get(state, (f"sync {state}", "yellow"))
     last = context.local(view["last_success"])
-    if state == "offline" and last is not None:
-        words += f" {elapsed_words((context.now() - last).total_seconds())}"
+    since = (context.now() - last).total_seconds() if last is not None else -1.0
+    if state == "offline" and since >= 0:  # a clock set back (no RTC battery, no NTP): no age
+        words += f" {elapsed_words(since)}"
     waiting = int(view["pending"].get("results", 0) or 0)
     if waiting and state not in ("up to date", "not configured"):  # without a hub nothing waits
         words += f", {waiting} waiting"
