@@ -79,6 +79,17 @@ def reset(engine: object) -> None:
             conn.execute(table.delete())
 
 
+@pytest.fixture(name="hub")
+def sqlite_hub(tmp_path: Path) -> Iterator[Hub]:
+    """A hub on SQLite in the test's folder, as `hub` (a module imports it to use it)."""
+    from edge.config import load_settings
+
+    running = Hub(load_settings(data_dir=tmp_path / "hub-host"), f"sqlite:///{tmp_path / 'hub.db'}")
+    reset(running.engine)
+    yield running
+    running.client.close()
+
+
 # ------------------------------------------------------------------ the review pages
 
 

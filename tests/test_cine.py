@@ -31,7 +31,7 @@ from edge.sync.protocol import MAX_CINE_BYTES, UploadStart
 from edge.sync.runner import exchange
 from edge.video.filmstrip import CINE_FRAMES, CINE_MAX_BYTES, CINE_SIDE, Cine, evenly, pack, read_cine, unpack
 from tests.conftest import MODELS
-from tests.hubfixtures import (  # noqa: F401 - postgres_url is a fixture
+from tests.hubfixtures import (  # noqa: F401 - postgres_url, sqlite_hub: fixtures
     HTML,
     REVIEW_PASSWORD,
     Hub,
@@ -39,6 +39,7 @@ from tests.hubfixtures import (  # noqa: F401 - postgres_url is a fixture
     login,
     postgres_url,
     reset,
+    sqlite_hub,
     upload_bytes_kept,
 )
 from tests.test_burned_text import _FailingOcr, _NoOcr
@@ -49,14 +50,6 @@ from tests.test_review_browser import SCREENSHOTS, UPDATE_SCREENSHOTS, _browser,
 
 REPO = Path(__file__).resolve().parents[1]
 LUNG_CLIP = REPO / "samples" / "video" / "lung-regular-alines.mp4"
-
-
-@pytest.fixture
-def hub(tmp_path: Path) -> Iterator[Hub]:
-    running = Hub(load_settings(data_dir=tmp_path / "hub-host"), f"sqlite:///{tmp_path / 'hub.db'}")
-    reset(running.engine)
-    yield running
-    running.client.close()
 
 
 def _device(tmp_path: Path, **sync: str) -> Settings:

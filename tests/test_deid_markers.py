@@ -31,7 +31,7 @@ from edge.sync import deid_dicom
 from edge.sync.deid import Deidentifier
 from edge.sync.runner import exchange
 from tests.conftest import DEFAULT_MODEL, MODELS
-from tests.hubfixtures import Hub, reset
+from tests.hubfixtures import Hub, sqlite_hub  # noqa: F401 - sqlite_hub: the hub fixture
 from tools import dicomgen
 
 TEXT_VRS = {"AE", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT", "CS"}
@@ -352,14 +352,6 @@ def test_an_allow_listed_private_attribute_is_kept_with_its_creator(monkeypatch:
 
 
 # ------------------------------------------------------------------ through the real hub
-
-
-@pytest.fixture
-def hub(tmp_path: Path) -> Iterator[Hub]:
-    running = Hub(load_settings(data_dir=tmp_path / "hub-host"), f"sqlite:///{tmp_path / 'hub.db'}")
-    reset(running.engine)
-    yield running
-    running.client.close()
 
 
 def _hub_bytes(tmp_path: Path) -> bytes:

@@ -12,7 +12,6 @@ import json
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,7 +24,7 @@ from edge.sync.credential import Credential
 from edge.sync.preparing import MAX_DEATHS, PreparationRecord
 from edge.sync.runner import exchange
 from tests.conftest import DEFAULT_MODEL, MODELS
-from tests.hubfixtures import Hub, reset
+from tests.hubfixtures import Hub, sqlite_hub  # noqa: F401 - sqlite_hub: the hub fixture
 
 # A sync process that dies (SIGKILL: what the OOM killer sends) while it prepares one file (an
 # image and a kind, on its command line), and prepares every other file as the product does;
@@ -53,14 +52,6 @@ with Store(settings.data_dir) as store:
     unreachable = httpx.Client(base_url="http://127.0.0.1:9")
     SyncClient(settings, store, unreachable, Credential.load(settings)).push_files()
 """
-
-
-@pytest.fixture
-def hub(tmp_path: Path) -> Iterator[Hub]:
-    running = Hub(load_settings(data_dir=tmp_path / "hub-host"), f"sqlite:///{tmp_path / 'hub.db'}")
-    reset(running.engine)
-    yield running
-    running.client.close()
 
 
 def _device(tmp_path: Path) -> Settings:
