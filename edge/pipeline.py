@@ -69,12 +69,17 @@ class Ingested:
 
 
 def _looks_like_video(path: Path) -> bool:
+    # A regular file only: opening a named pipe with no writer blocks for ever (found by fuzzing
+    # `edge infer`); anything else is refused by `read_input` with its code.
     try:
+        if not path.is_file():
+            return False
         with path.open("rb") as handle:
             head = handle.read(12)
     except OSError:
         return False
-    return head[4:8] == b"ftyp" or head.startswith((b"RIFF", b"\x1aE\xdf\xa3"))  # MP4/MOV, AVI, MKV
+    riff_video = head.startswith(b"RIFF") and head[8:12] == b"AVI "  # not WebP, also RIFF
+    return head[4:8] == b"ftyp" or riff_video or head.startswith(b"\x1aE\xdf\xa3")  # MP4/MOV, AVI, MKV
 
 
 class Pipeline:

@@ -81,7 +81,10 @@ def _decode_dataset(ds: Dataset, data: bytes, name: str) -> DecodedImage:
         if error.code is Code.DICOM_UNSUPPORTED:
             raise UndecodableDicom(error.code, f"{name}: {error.message}", header(ds, data)) from error
         raise
-    except Exception as exc:
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # hostile or broken files raise anything, a Rust decoder's
+        # panic too (pyo3's PanicException is a BaseException: a corrupt RLE frame, by fuzzing)
         what = getattr(syntax, "name", None) or str(syntax or "unknown transfer syntax")
         detail = f"({what}): {type(exc).__name__}: {exc}"
         if syntax is not None and not syntax.is_compressed:

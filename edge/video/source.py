@@ -193,10 +193,15 @@ class FrameSource:
         self._last_shape: tuple[int, ...] | None = None
         self._started = time.monotonic()
         if self._frames is not None:
-            for position, image in self._frames:
-                if self._stop.is_set():
-                    break
-                self._deliver(image[:, :, ::-1] if image.ndim == 3 else image, position)
+            try:
+                for position, image in self._frames:
+                    if self._stop.is_set():
+                        break
+                    self._deliver(image[:, :, ::-1] if image.ndim == 3 else image, position)
+            except Exception as exc:  # noqa: BLE001 - a damaged frame of a cine: the clip ends, cut short
+                # (the thread died without a word before, and its reader waited for ever)
+                self._finish(f"frame {self._index + 1} could not be decoded: {type(exc).__name__}"[:120])
+                return
             self._finish("end of frames")
             return
         while not self._stop.is_set():

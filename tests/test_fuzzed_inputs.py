@@ -1,0 +1,74 @@
+"""Inputs a fuzzing of `edge infer` found unanswered: each now gets its code, in this process.
+
+The agent's guarded decoder answered all of them already; `edge infer` (and the TUI's re-run)
+decode in their own process, where these hung or ended in a traceback.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.encaps import encapsulate, generate_frames
+
+from edge.errors import EdgeError
+from edge.imaging.decode import decode_bytes
+from edge.pipeline import _looks_like_video
+from edge.video.source import FrameSource
+from tests.conftest import MODELS
+
+DEMO_RLE = MODELS / "cxr-pneumonia" / "samples" / "demo" / "demo-06.dcm"
+
+
+def test_a_named_pipe_or_a_webp_is_not_taken_for_a_video(tmp_path: Path) -> None:
+    """Opening a FIFO with no writer blocked for ever; a WebP (RIFF too) was refused as a video."""
+    fifo = tmp_path / "study.dcm"
+    os.mkfifo(fifo)
+    assert not _looks_like_video(fifo)  # returns at once: nothing opened
+    webp = tmp_path / "photo.jpg"
+    webp.write_bytes(b"RIFF\x24\x00\x00\x00WEBPVP8 " + bytes(32))
+    assert not _looks_like_video(webp)
+    avi = tmp_path / "clip.avi"
+    avi.write_bytes(b"RIFF\x24\x00\x00\x00AVI LIST" + bytes(32))
+    assert _looks_like_video(avi)
+
+
+@pytest.mark.skipif(not DEMO_RLE.exists(), reason="the bundled RLE demo film")
+def test_a_decoder_that_panics_is_a_coded_refusal() -> None:
+    """pylibjpeg-rle's Rust panics on an overflowing run (pyo3's PanicException, a
+    BaseException): it went past `except Exception` as an uncoded traceback."""
+    ds = pydicom.dcmread(DEMO_RLE)
+    assert ds.file_meta.TransferSyntaxUID == pydicom.uid.RLELossless
+    fragment = bytearray(next(generate_frames(ds.PixelData, number_of_frames=1)))
+    fragment[25428] = 0x81  # one control byte: a replicate run past the end of the frame
+    ds.PixelData = encapsulate([bytes(fragment)])
+    buffer = io.BytesIO()
+    ds.save_as(buffer)
+    with pytest.raises(EdgeError) as refused:
+        decode_bytes(buffer.getvalue(), "damaged.dcm")
+    assert refused.value.code.value.startswith("DICOM_")
+
+
+def test_a_cine_frame_that_does_not_decode_ends_the_clip_cut_short() -> None:
+    """The frame reader died with the exception and never said it had ended: the analysis
+    waited for ever with its job running. Now the source ends, and the clip reads as cut short
+    (VIDEO_SOURCE_LOST: nothing of it stored)."""
+
+    def frames() -> Iterator[tuple[float, np.ndarray]]:
+        for index in range(3):
+            yield index / 10, np.zeros((64, 64), np.uint8)
+        raise RuntimeError("Unable to decode as exceptions were raised by all available plugins")
+
+    source = FrameSource("cine.dcm", frames=frames()).start()  # not lossless: nobody reads here
+    deadline = time.monotonic() + 10
+    while not source.stats.ended and time.monotonic() < deadline:
+        time.sleep(0.01)
+    source.stop()
+    assert source.stats.ended
+    assert source.stats.end_reason == "frame 4 could not be decoded: RuntimeError"
