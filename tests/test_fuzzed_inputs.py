@@ -72,3 +72,23 @@ def test_a_cine_frame_that_does_not_decode_ends_the_clip_cut_short() -> None:
     source.stop()
     assert source.stats.ended
     assert source.stats.end_reason == "frame 4 could not be decoded: RuntimeError"
+
+
+def test_a_picture_too_deep_for_the_memory_left_is_a_coded_refusal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 10000 x 10000 RGBA 16-bit PNG (760 KB) under an address-space limit: numpy's
+    MemoryError was a traceback. Here the allocation's failure is simulated (a double); the
+    fuzzing that found it ran the real file under RLIMIT_AS (/work/scratch/fuzz, in the note)."""
+    import cv2
+
+    from edge.errors import Code
+    from edge.imaging import decode
+
+    def no_memory(decoded: np.ndarray) -> np.ndarray:
+        raise MemoryError("Unable to allocate 381. MiB")
+
+    monkeypatch.setattr(decode, "to_display_uint8", no_memory)
+    _, png = cv2.imencode(".png", np.zeros((8, 8, 4), np.uint16))
+    with pytest.raises(EdgeError) as refused:
+        decode_bytes(png.tobytes(), "bomb.png")
+    assert refused.value.code is Code.IMAGE_DECODE_FAILED
+    assert "not enough memory" in refused.value.message

@@ -70,11 +70,19 @@ def _looks_like_raw_dicom(data: bytes) -> bool:
 def decode_bytes(data: bytes, name: str = "input") -> DecodedImage:
     """Decode any supported input; every failure becomes a coded refusal."""
     kind = sniff(data)
-    if kind == "dicom":
-        from edge.imaging.dicom import decode_dicom  # pydicom is only needed for DICOM
+    try:
+        if kind == "dicom":
+            from edge.imaging.dicom import decode_dicom  # pydicom is only needed for DICOM
 
-        return decode_dicom(data, name)
-    return _decode_raster(data, kind, name)
+            return decode_dicom(data, name)
+        return _decode_raster(data, kind, name)
+    except MemoryError as exc:
+        # Where the decoding is not in the agent's bounded process (`edge infer`, a re-run), a
+        # picture under the pixel limit but too deep for the memory left (a 10000 x 10000 RGBA
+        # 16-bit PNG of 760 KB, by fuzzing) ended in a traceback.
+        raise EdgeError(
+            Code.IMAGE_DECODE_FAILED, f"{name} could not be decoded: not enough memory for its pixels"
+        ) from exc
 
 
 def _decode_raster(data: bytes, kind: str, name: str) -> DecodedImage:
