@@ -34,6 +34,7 @@ from edge.tui.screens.result import ResultScreen
 from edge.tui.screens.sync import SyncScreen
 from edge.tui.screens.worklist import WorklistScreen
 from edge.tui.terminal import CONSOLE_FONT_CLASS, WholeCellScrollBar, console_font
+from edge.tui.widgets.top_bar import AGENT_DOWN, AGENT_UP
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ class EdgeApp(App[int]):
     def _check_background(self) -> None:
         """Whether the agent runs and how the sync stands: what every screen's top bar says."""
         agent = self.context.agent(self.context.settings)
-        words = "agent running" if agent.get("running") else "agent NOT running"
+        words = AGENT_UP if agent.get("running") else AGENT_DOWN
         self.call_from_thread(setattr, self, "agent_status", words)
         try:
             sync = sync_short(sync_view(load_health(self.context)), self.context)

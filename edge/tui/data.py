@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from edge.errors import EdgeError
+from edge.hints import SYNC_NOT_CONFIGURED
 from edge.imaging.decode import decode_bytes, read_input
 from edge.inference import site_profile
 from edge.inference.registry import ModelEntry
@@ -322,15 +323,35 @@ def identity_lines(item: WorklistItem) -> list[str]:
     return [f"{label}: {value}" for label, value in facts if value]
 
 
-# The top bar's sync state: one word or two, coloured by what it asks of the technician.
-_SYNC_SHORT = {
-    "up to date": ("sync ok", "green"),
-    "syncing": ("sending", "cyan"),
-    "offline": ("offline", "yellow"),
-    "failed": ("SYNC FAILED", "bold red"),
-    "revoked": ("SYNC REVOKED", "bold red"),
-    "upgrade required": ("SYNC: UPGRADE", "bold red"),
-    "not configured": ("no hub", "dim"),
+@dataclass(frozen=True)
+class SyncState:
+    short: str  # the top bar's word or two
+    style: str  # coloured by what it asks of the technician
+    meaning: str  # the sync screen's sentence
+
+
+SYNC_STATES = {
+    "up to date": SyncState("sync ok", "green", "everything the hub needs has been sent and acknowledged"),
+    "syncing": SyncState("sending", "cyan", "sending now"),
+    "offline": SyncState(
+        "offline", "yellow", "the hub cannot be reached: results wait here and go when the link is back"
+    ),
+    "failed": SyncState(
+        "SYNC FAILED",
+        "bold red",
+        "the last attempt failed (below); it is tried again automatically while edge-sync runs",
+    ),
+    "revoked": SyncState(
+        "SYNC REVOKED",
+        "bold red",
+        "the hub revoked this device: nothing more is sent; enrol it again with a new code",
+    ),
+    "upgrade required": SyncState(
+        "SYNC: UPGRADE", "bold red", "the hub speaks another sync protocol: upgrade this device's software"
+    ),
+    "not configured": SyncState(
+        "no hub", "dim", "no hub is set up: results stay on this device.\n" + SYNC_NOT_CONFIGURED
+    ),
 }
 
 
@@ -349,7 +370,8 @@ def sync_short(view: dict[str, Any], context: TuiContext) -> tuple[str, str]:
     (since the last success) and how many results wait, so a technician sees days without a
     link without opening the sync screen (which has the times and the error in full)."""
     state = view["state"]
-    words, style = _SYNC_SHORT.get(state, (f"sync {state}", "yellow"))
+    known = SYNC_STATES.get(state)
+    words, style = (known.short, known.style) if known else (f"sync {state}", "yellow")
     last = context.local(view["last_success"])
     since = (context.now() - last).total_seconds() if last is not None else -1.0
     if state == "offline" and since >= 0:  # a clock set back (no RTC battery, no NTP): no age

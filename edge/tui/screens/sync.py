@@ -12,27 +12,10 @@ from textual.containers import VerticalScroll
 from textual.message import Message
 from textual.widgets import Footer, Static
 
-from edge.hints import SYNC_NOT_CONFIGURED
 from edge.tui import actions
-from edge.tui.data import load_health, sync_view
+from edge.tui.data import SYNC_STATES, load_health, sync_view
 from edge.tui.screens.base import EdgeScreen
 from edge.tui.widgets.top_bar import TopBar
-
-STATES = {
-    "up to date": ("green", "everything the hub needs has been sent and acknowledged"),
-    "syncing": ("cyan", "sending now"),
-    "offline": ("yellow", "the hub cannot be reached: results wait here and go when the link is back"),
-    "failed": (
-        "bold red",
-        "the last attempt failed (below); it is tried again automatically while edge-sync runs",
-    ),
-    "revoked": (
-        "bold red",
-        "the hub revoked this device: nothing more is sent; enrol it again with a new code",
-    ),
-    "upgrade required": ("bold red", "the hub speaks another sync protocol: upgrade this device's software"),
-    "not configured": ("dim", "no hub is set up: results stay on this device.\n" + SYNC_NOT_CONFIGURED),
-}
 
 
 class SyncLoaded(Message):
@@ -64,7 +47,8 @@ class SyncScreen(EdgeScreen):
 
     def on_sync_loaded(self, message: SyncLoaded) -> None:
         view = message.view
-        colour, meaning = STATES.get(view["state"], ("", ""))
+        known = SYNC_STATES.get(view["state"])
+        colour, meaning = (known.style, known.meaning) if known else ("", "")
         self.query_one("#sync-state", Static).update(
             f"[b]Sync[/b]  [{colour}]● {view['state'].upper()}[/]\n{meaning}"
         )

@@ -10,6 +10,7 @@ from typing import Any
 from rich.markup import escape
 from textual.widgets import Static
 
+AGENT_UP, AGENT_DOWN = "agent running", "agent NOT running"
 TABS = (("worklist", "1 Worklist"), ("live", "2 Live"), ("sync", "3 Sync"), ("device", "4 Device"))
 
 
@@ -27,7 +28,7 @@ class TopBar(Static):
             f"[reverse b] {label} [/]" if mode == self.current else f" {label} " for mode, label in TABS
         )
         agent = escape(getattr(self.app, "agent_status", ""))
-        if "NOT" in agent:
+        if agent == AGENT_DOWN:
             agent = f"[bold red]{agent}[/]"
         sync_words, sync_style = getattr(self.app, "sync_status", ("", ""))
         sync = f" · [{sync_style}]{escape(sync_words)}[/]" if sync_words else ""
