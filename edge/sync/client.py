@@ -33,7 +33,7 @@ from edge.sync import protocol
 from edge.sync.cine import outgoing_cine
 from edge.sync.credential import Credential, HubRefused, HubUnavailable, check_hub_url
 from edge.sync.deid import Deidentifier
-from edge.sync.outgoing import Outgoing, PixelGuard
+from edge.sync.outgoing import Outgoing, PixelGuard, withheld
 from edge.sync.preparing import MAX_DEATHS, PreparationRecord
 from edge.sync.protocol import WireCode
 
@@ -413,11 +413,8 @@ class SyncClient:
 
 def _killed_us(deaths: int) -> Outgoing:
     """A file whose preparation the service died in, `deaths` times (`edge.sync.preparing`)."""
-    return Outgoing(
-        None,
-        "application/octet-stream",
-        Code.PIXELS_WITHHELD,
-        f"withheld ({Code.PIXELS_WITHHELD.value}): the sync service stopped {deaths} times while "
-        "preparing this file (too large for its memory limit?); see docs/codes.md",
-        {"reason": "preparation_killed", "deaths": deaths},
+    sentence = (
+        f"the sync service stopped {deaths} times while preparing this file (too large for its "
+        "memory limit?); see docs/codes.md"
     )
+    return withheld("application/octet-stream", "preparation_killed", sentence, deaths=deaths)

@@ -97,10 +97,11 @@ class _Cleaned:
     findings: Findings
 
 
-def _withheld(media_type: str, reason: str, sentence: str) -> Outgoing:
+def withheld(media_type: str, reason: str, sentence: str, **detail: Any) -> Outgoing:
+    """A file that must not leave, with its reason (`detail` goes into the audit row too)."""
     return Outgoing(
         None, media_type, Code.PIXELS_WITHHELD, f"withheld ({Code.PIXELS_WITHHELD.value}): {sentence}",
-        {"reason": reason},
+        {"reason": reason, **detail},
     )  # fmt: skip
 
 
@@ -168,10 +169,10 @@ class PixelGuard:
         )
         meta = image.get("meta") or {}
         if burned_in_flag(meta.get("burned_in_annotation")):
-            return _withheld(media_type, "flagged", "the header says the pixels carry burned-in text")
+            return withheld(media_type, "flagged", "the header says the pixels carry burned-in text")
         if not self.ocr.is_available():
             log.error("%s: OCR engine %s unavailable", Code.PIXELS_WITHHELD.value, self.ocr.name)
-            return _withheld(
+            return withheld(
                 media_type, "ocr_unavailable", f"no OCR engine ({self.ocr.name}) to check for text"
             )
         if kind == "evidence":
@@ -186,7 +187,7 @@ class PixelGuard:
         try:
             cleaned = self._clean(image, study, data, identifiers, policy)
             if cleaned is None:
-                return _withheld(media_type, "no_sector", "no imaging sector found in this ultrasound image")
+                return withheld(media_type, "no_sector", "no imaging sector found in this ultrasound image")
             if kind in _JPEG_SIDES:
                 side, quality = _JPEG_SIDES[kind]
                 out, extra = self._rendition(_shrunk(cleaned.pixels, side), identifiers, policy)
@@ -204,7 +205,7 @@ class PixelGuard:
                 out, extra = cleaned.pixels, Findings()
         except PixelsUnchecked as exc:
             log.error("%s: %s", Code.PIXELS_WITHHELD.value, exc)
-            return _withheld(
+            return withheld(
                 media_type, "unchecked", f"the pixels could not be checked for text ({exc})"[:200]
             )
         return _encoded(out, _merged(cleaned.findings, extra))
@@ -217,10 +218,10 @@ class PixelGuard:
         Withheld under the same conditions (flagged header, no OCR engine, an OCR failure)."""
         media_type = "image/jpeg"
         if burned_in_flag((image.get("meta") or {}).get("burned_in_annotation")):
-            return _withheld(media_type, "flagged", "the header says the pixels carry burned-in text")
+            return withheld(media_type, "flagged", "the header says the pixels carry burned-in text")
         if not self.ocr.is_available():
             log.error("%s: OCR engine %s unavailable", Code.PIXELS_WITHHELD.value, self.ocr.name)
-            return _withheld(
+            return withheld(
                 media_type, "ocr_unavailable", f"no OCR engine ({self.ocr.name}) to check for text"
             )
         identifiers = identifiers_of(b"", image, study)  # a key frame's row: the study's names
@@ -247,7 +248,7 @@ class PixelGuard:
                 )
         except PixelsUnchecked as exc:
             log.error("%s: %s", Code.PIXELS_WITHHELD.value, exc)
-            return _withheld(
+            return withheld(
                 media_type, "unchecked", f"the pixels could not be checked for text ({exc})"[:200]
             )
         grown = grow_boxes(found.boxes, cine.frames[0].shape)
@@ -255,7 +256,7 @@ class PixelGuard:
         try:
             data, _ = pack_within(cleaned)
         except CineUnreadable:
-            return _withheld(media_type, "encode", "the filmstrip could not be encoded")
+            return withheld(media_type, "encode", "the filmstrip could not be encoded")
         return _outcome(data, media_type, Findings(grown, found.identifiers, found.other_text))
 
     def _clean(
@@ -311,7 +312,7 @@ class PixelGuard:
             redacted = redact_pixel_data(data, cleaned.sector, cleaned.findings.boxes)
         except CannotRedact as exc:
             log.warning("%s: full image: %s", Code.PIXELS_WITHHELD.value, exc)
-            return _withheld(media_type, "not_rewritable", f"its pixel data cannot be rewritten here ({exc})")
+            return withheld(media_type, "not_rewritable", f"its pixel data cannot be rewritten here ({exc})")
         # The file's own pixels, as a viewer shows them: when they are the pixels already read
         # (the usual case), that reading stands; otherwise they are read once more.
         shown = decode_bytes(redacted, "redacted image").pixels
@@ -326,7 +327,7 @@ class PixelGuard:
             redacted = redact_pixel_data(redacted, None, grow_boxes(check.boxes, cleaned.pixels.shape))
         out = deidentify(redacted) if deidentify is not None else redacted
         if out is None:
-            return _withheld(media_type, "deidentifier", "the de-identifier refused it")
+            return withheld(media_type, "deidentifier", "the de-identifier refused it")
         return _outcome(out, media_type, _merged(cleaned.findings, check))
 
 
@@ -397,7 +398,7 @@ def _encoded(pixels: np.ndarray, findings: Findings, jpeg_quality: int | None = 
         )
         media_type = "image/png"
     if not ok:
-        return _withheld(media_type, "encode", "the image could not be encoded")
+        return withheld(media_type, "encode", "the image could not be encoded")
     return _outcome(encoded.tobytes(), media_type, findings)
 
 

@@ -37,11 +37,11 @@ class PreparationRecord:
         self.path = path
 
     def begin(self, row_id: str) -> int:
-        earlier = self._read()
-        same = earlier.get("row") == row_id and earlier.get("boot") == (boot_id() or "")
+        earlier, boot = self._read(), boot_id() or ""
+        same = earlier.get("row") == row_id and earlier.get("boot") == boot
         starts = earlier.get("starts")
         deaths = starts if same and isinstance(starts, int) else 0
-        self._write({"row": row_id, "boot": boot_id() or "", "starts": deaths + 1})
+        self._write({"row": row_id, "boot": boot, "starts": deaths + 1})
         return deaths
 
     def end(self) -> None:
