@@ -188,20 +188,24 @@ class FrameSource:
             self._condition.notify_all()
 
     def _run(self) -> None:
-        backoff = 0.5
+        """The reader thread: whatever ends it, the source ends with a reason. A damaged frame of
+        a cine raised out of it, the thread died without a word, and its reader waited for ever
+        with the job running (found by fuzzing); now the clip reads as cut short."""
         self._index = 0
+        try:
+            self._read_source()
+        except Exception as exc:  # noqa: BLE001 - any decoder's error ends the source, said
+            self._finish(f"frame {self._index + 1} could not be decoded: {type(exc).__name__}"[:120])
+
+    def _read_source(self) -> None:
+        backoff = 0.5
         self._last_shape: tuple[int, ...] | None = None
         self._started = time.monotonic()
         if self._frames is not None:
-            try:
-                for position, image in self._frames:
-                    if self._stop.is_set():
-                        break
-                    self._deliver(image[:, :, ::-1] if image.ndim == 3 else image, position)
-            except Exception as exc:  # noqa: BLE001 - a damaged frame of a cine: the clip ends, cut short
-                # (the thread died without a word before, and its reader waited for ever)
-                self._finish(f"frame {self._index + 1} could not be decoded: {type(exc).__name__}"[:120])
-                return
+            for position, image in self._frames:
+                if self._stop.is_set():
+                    break
+                self._deliver(image[:, :, ::-1] if image.ndim == 3 else image, position)
             self._finish("end of frames")
             return
         while not self._stop.is_set():
