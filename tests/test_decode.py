@@ -330,6 +330,8 @@ def test_a_dicom_cut_anywhere_is_truncated_not_unsupported(fraction: float, synt
         {"BitsStored": 20},
         {"SamplesPerPixel": 2},
         {"Rows": 64},  # more rows than the pixel data hold
+        {"Rows": 1},  # pixel data for 32 times the rows the header says (was DICOM_UNSUPPORTED)
+        {"Rows": 16},  # one whole frame more than the header describes
         {"Rows": 65535, "Columns": 65535},
     ],
     ids=lambda change: ",".join(f"{k}={v}" for k, v in change.items()),
@@ -339,6 +341,29 @@ def test_impossible_header_is_invalid_not_unsupported(change: dict[str, int]) ->
     for keyword, value in change.items():
         setattr(ds, keyword, value)
     assert refusal(dicomgen.to_bytes(ds)) is Code.DICOM_INVALID
+
+
+def test_frames_beyond_number_of_frames_are_an_invalid_header() -> None:
+    """A single-frame header over twelve frames' bytes: not a picture to cut the first frame from."""
+    frames = np.stack([IMAGE] * 12)
+    ds = dicomgen.base_dataset(dicomgen.US_STORAGE, modality="US")
+    ds.set_pixel_data(frames, "MONOCHROME2", 8)
+    ds.NumberOfFrames = 1
+    assert refusal(dicomgen.to_bytes(ds)) is Code.DICOM_INVALID
+
+
+def test_a_padding_byte_after_the_pixels_is_not_a_wrong_header() -> None:
+    ds = dicomgen.grey_dicom(np.arange(9, dtype=np.uint8).reshape(3, 3), bits_stored=8)
+    ds.PixelData = ds.PixelData + b"\x00" * 3  # less than one frame over: padding, not frames
+    assert decode_bytes(dicomgen.to_bytes(ds)).pixels.shape == (3, 3)
+
+
+def test_native_ybr_full_422_shares_chroma_and_is_not_short() -> None:
+    """4:2:2 keeps two bytes a pixel, not three (Part 5, 8.2.1); its valid files were refused as
+    short pixel data. Decoded, it is the RGB pydicom makes of it."""
+    path = Path(pydicom.__file__).parent / "data" / "test_files" / "SC_ybr_full_422_uncompressed.dcm"
+    decoded = decode_bytes(path.read_bytes(), path.name)
+    assert np.array_equal(decoded.pixels, pydicom.dcmread(path).pixel_array)
 
 
 def test_unsupported_pixels_carry_the_header_for_a_receiver_that_keeps_them() -> None:

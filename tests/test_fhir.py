@@ -387,8 +387,8 @@ def test_no_identifying_value_in_any_resource(fhir: Fhir) -> None:
                 assert not word.search(everything), f"{keyword} ({fragment}) is in a FHIR resource"
     # The birth year and the study date as values of their own, not four digits inside a random
     # hex id or a uuid's group (a 1 in 16,000 chance per place that failed CI once).
-    for date in ("1961", "20261015"):
-        assert not re.search(rf"(?<![0-9A-Za-z-]){date}(?![0-9A-Za-z])", everything), date
+    for value in ("1961", "20261015"):
+        assert not re.search(rf"(?<![0-9A-Za-z-]){value}(?![0-9A-Za-z])", everything), value
     patient = json.loads(texts[1])
     assert set(patient) == {"resourceType", "id", "meta", "identifier", "managingOrganization"}
     assert patient["identifier"][0]["value"] == fhir.pseudonym

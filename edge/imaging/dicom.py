@@ -20,6 +20,7 @@ from pydicom import uid
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, iter_pixels
+from pydicom.pixels.utils import get_expected_length
 from pydicom.valuerep import DA
 
 from edge.errors import Code, EdgeError
@@ -169,12 +170,25 @@ def _refuse_impossible_header(ds: Dataset, frames: int, name: str) -> None:
     else:
         syntax = _safe(lambda: uid.UID(str(ds.file_meta.TransferSyntaxUID)))
         raw = _safe(lambda: ds["PixelData"].value) if "PixelData" in ds else None
-        expected = (rows * columns * samples * frames * allocated + 7) // 8
-        if syntax is not None and not syntax.is_compressed and raw is not None and len(raw) < expected:
+        # pydicom's count knows the standard's packings (1-bit, YBR_FULL_422's shared chroma)
+        expected = _safe(lambda: get_expected_length(ds)) or (
+            (rows * columns * samples * frames * allocated + 7) // 8
+        )
+        native = syntax is not None and not syntax.is_compressed and raw is not None
+        held = len(raw) if native and raw is not None else expected
+        if held < expected:
             # over the network a file cut short before sending looks the same: say both
             problem = (
-                f"{len(raw)} bytes of pixel data where the header needs {expected}: a header that"
+                f"{held} bytes of pixel data where the header needs {expected}: a header that"
                 " is wrong, or a file cut short before it was sent"
+            )
+        elif held >= expected + max(1, expected // frames):
+            # A whole frame or more beyond what the header describes: its rows, columns or
+            # number of frames are wrong, so any picture cut from these bytes would be too
+            # (a padding byte or a few are allowed).
+            problem = (
+                f"{held} bytes of pixel data where the header describes {expected}: its rows,"
+                " columns or number of frames are wrong"
             )
     if problem:
         raise EdgeError(Code.DICOM_INVALID, f"{name}: impossible image header ({problem})")
