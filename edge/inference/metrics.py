@@ -23,12 +23,12 @@ def roc_auc(truth: np.ndarray, score: np.ndarray) -> float:
     order = np.argsort(score, kind="mergesort")
     ranks = np.empty(len(score), np.float64)
     sorted_scores = score[order]
-    # Average ranks over ties.
+    # Average ranks over ties, one run of equal scores at a time (in numpy: a bootstrap asks
+    # a thousand times, and a loop over 2,000 distinct scores made it half a site's figures).
     boundaries = np.flatnonzero(np.diff(sorted_scores)) + 1
     starts = np.concatenate([[0], boundaries])
     ends = np.concatenate([boundaries, [len(score)]])
-    for start, end in zip(starts, ends, strict=True):
-        ranks[order[start:end]] = (start + end + 1) / 2
+    ranks[order] = np.repeat((starts + ends + 1) / 2, ends - starts)
     return float((ranks[truth].sum() - positives * (positives + 1) / 2) / (positives * negatives))
 
 
