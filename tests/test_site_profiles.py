@@ -277,6 +277,42 @@ def test_a_draft_states_every_figure_of_a_point_or_is_refused() -> None:
     assert "sensitivity" in str(refused.value)
 
 
+def test_figures_past_the_pages_budget_come_from_the_background(
+    hub: Hub, tmp_path: Path, key: tuple[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cold hub of many sites kept the page computing for minutes (92 s at 200,000 results):
+    past its budget a page shows the quick figures and the rest are computed meanwhile."""
+    from fastapi.testclient import TestClient
+
+    from edge.hub import accounts
+
+    monkeypatch.setattr(agreement, "_FIGURES", agreement._FiguresCache())  # nothing known yet
+    monkeypatch.setattr(agreement, "FIGURES_BUDGET_S", 0.0)
+    device_id, _ = enrolled(hub, device_settings(hub, tmp_path, key[0]))
+    add_reviewed(hub, device_id, synthetic_cases(40))
+    accounts.create_user(hub.engine, "admin", REVIEW_PASSWORD, "administrator", ("*",))
+    admin = TestClient(hub.app, base_url="http://testserver")
+    assert login(admin, "admin") == 303
+    page = admin.get("/review/admin/agreement")  # hands the figures to the background
+    assert page.status_code == 200
+    assert "Not yet shown: the interval" in page.text
+    assert "80 labelled cases" in page.text
+    [group] = agreement.reviewed_cases(hub.engine, hub.settings.models.dir).values()
+    quick = agreement.figures(group, group.manifest, full=False)
+    assert quick["pending"] == agreement.PENDING
+    assert (quick["cases"], quick["suggestion"], quick["auc_ci95"]) == (80, None, None)
+    assert quick["auc"] is not None
+    assert sum(map(sum, quick["confusion"]["matrix"])) == 80
+    agreement.wait_for_figures()
+    page = admin.get("/review/admin/agreement")
+    assert "Suggested for this site" in page.text
+    assert "Not yet shown" not in page.text
+    [computed] = agreement.site_figures(hub.engine, hub.settings.models.dir, budget_s=0.0)
+    assert computed == agreement.figures(group, group.manifest)
+    assert computed["pending"] is None
+    assert computed["suggestion"] is not None
+
+
 # ------------------------------------------------------------------ the admin page
 
 

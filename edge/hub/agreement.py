@@ -27,8 +27,11 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
 import math
+import queue
 import threading
+import time
 from collections import Counter, OrderedDict
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -47,7 +50,15 @@ from edge.inference.registry import Manifest, Registry
 from edge.inference.review_label import specialist_label
 from edge.inference.site_profile import manifest_weights_id, version_order
 
+log = logging.getLogger(__name__)
+
 MIN_CASES_PER_CLASS = 30
+# Of figure work per page: the bootstraps and the cross-validation take about 1 s per 2,000-case
+# site, so a hub of many sites, cold after a restart, would keep the page (and a proxy in front of
+# it, 60 s by default in nginx) waiting for minutes. Beyond it, the rest are computed in the
+# background and shown in part meanwhile.
+FIGURES_BUDGET_S = 5.0
+PENDING = "the interval and the site's suggestion are being computed: reload in a minute"
 SCREENING_SENSITIVITY = 0.99
 BOOTSTRAP_ROUNDS = 1000
 BOOTSTRAP_SEED = 0
@@ -121,7 +132,8 @@ def _by_version(engine: Engine) -> dict[SiteModel, CaseSet]:
         select(
             db.records.c.device_id,
             db.records.c.uuid,
-            db.records.c.payload,
+            # the result alone: a payload's study, image and clip series are not read here
+            db.records.c.payload["result"].label("result"),
             db.devices.c.programme,
             db.devices.c.site,
             db.reviews.c.verdict,
@@ -144,7 +156,7 @@ def _by_version(engine: Engine) -> dict[SiteModel, CaseSet]:
             latest[(row.device_id, row.uuid)] = row  # ordered by seq: the last one wins
     groups: dict[SiteModel, CaseSet] = {}
     for row in latest.values():
-        result = (row.payload or {}).get("result") or {}
+        result = row.result if isinstance(row.result, dict) else {}
         probabilities = result.get("probabilities") or {}
         model, version, positive = result.get("model"), result.get("version"), result.get("positive_label")
         if not (model and version and positive in probabilities and result.get("finding")):
@@ -207,9 +219,10 @@ def shipped_manifest(engine: Engine, models_dir: Path | None, model: str, versio
 # ------------------------------------------------------------------ the figures
 
 
-def figures(group: CaseSet, manifest: Manifest | None) -> dict[str, Any]:
+def figures(group: CaseSet, manifest: Manifest | None, *, full: bool = True) -> dict[str, Any]:
     """Agreement, AUC and (enough cases and a known shipped temperature permitting) the
-    suggested temperature and thresholds, as plain JSON-able values."""
+    suggested temperature and thresholds, as plain JSON-able values. Not `full`: only what is
+    quick (counts, agreement, AUC), with `pending` saying the rest is on its way."""
     labels, positive, cases = group.labels, group.positive, group.cases
     per_class = Counter(case.label for case in cases)
     matrix = [[sum(1 for c in cases if c.label == t and c.finding == f) for f in labels] for t in labels]
@@ -230,10 +243,13 @@ def figures(group: CaseSet, manifest: Manifest | None) -> dict[str, Any]:
         "confusion": {"rows": "specialist", "columns": "model", "matrix": matrix},
         "agreement": _round(sum(1 for c in cases if c.label == c.finding) / len(cases)) if cases else None,
         "auc": _round(auc),
-        "auc_ci95": _interval(metrics.roc_auc, truth, score),
+        "auc_ci95": _interval(metrics.roc_auc, truth, score) if full else None,
         "suggestion": None,
         "refusal": None,
+        "pending": None if full else PENDING,
     }
+    if not full:
+        return out
     short = {label: n for label, n in out["cases_per_class"].items() if n < MIN_CASES_PER_CLASS}
     if short:
         named = ", ".join(f"{n} {label}" for label, n in short.items())
@@ -378,38 +394,94 @@ def _round(value: float) -> float | None:
     return None if value is None or math.isnan(value) else round(float(value), 4)
 
 
-def site_figures(engine: Engine, models_dir: Path | None) -> list[dict[str, Any]]:
-    """Every site x model weights with reviewed results: what the admin page and JSON show."""
-    return [_FIGURES.get(group) for group in reviewed_cases(engine, models_dir).values()]
+def site_figures(
+    engine: Engine, models_dir: Path | None, budget_s: float | None = None
+) -> list[dict[str, Any]]:
+    """Every site x model weights with reviewed results: what the admin page and JSON show.
+    Figures not known yet are computed here while `budget_s` lasts (None: all of them), the
+    others in the background; those are shown meanwhile in part (`figures(full=False)`)."""
+    deadline = None if budget_s is None else time.monotonic() + budget_s
+    out = []
+    for group in reviewed_cases(engine, models_dir).values():
+        key = _FIGURES.key(group)
+        found = _FIGURES.cached(key)
+        if found is None and (deadline is None or time.monotonic() < deadline):
+            found = _FIGURES.compute(key, group)
+        elif found is None:
+            _FIGURES.in_background(key, group)
+            found = figures(group, group.manifest, full=False)
+        out.append(found)
+    return out
+
+
+def wait_for_figures() -> None:
+    """Until the figures handed to the background are computed (tests, tools)."""
+    _FIGURES.join()
 
 
 class _FiguresCache:
-    """`figures` by the content of what they are computed from (every case, the manifest): the
-    bootstraps and the cross-validation cost about 3 s per 2,000-case site (2 cores), and an
-    administrator's page reloads ask again for sites nobody reviewed since. Bounded; a copy out."""
+    """`figures` by the content of what they are computed from (every case, the manifest): an
+    administrator's page reloads ask again for sites nobody reviewed since. Bounded; a copy out.
+    One background thread per process computes what a page had no time left for."""
 
     def __init__(self, size: int = 256) -> None:
         self._size = size
         self._entries: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._lock = threading.Lock()
+        self._queue: queue.Queue[tuple[str, CaseSet]] = queue.Queue()
+        self._queued: set[str] = set()
+        self._worker: threading.Thread | None = None
 
-    def get(self, group: CaseSet) -> dict[str, Any]:
+    @staticmethod
+    def key(group: CaseSet) -> str:
         manifest = group.manifest
         content = json.dumps(
             [asdict(replace(group, manifest=None)), manifest.model_dump(mode="json") if manifest else None],
             sort_keys=True,
         )
-        key = hashlib.sha256(content.encode()).hexdigest()
+        return hashlib.sha256(content.encode()).hexdigest()
+
+    def cached(self, key: str) -> dict[str, Any] | None:
         with self._lock:
-            if key in self._entries:
-                self._entries.move_to_end(key)
-                return copy.deepcopy(self._entries[key])
-        found = figures(group, manifest)
+            if key not in self._entries:
+                return None
+            self._entries.move_to_end(key)
+            return copy.deepcopy(self._entries[key])
+
+    def compute(self, key: str, group: CaseSet) -> dict[str, Any]:
+        found = figures(group, group.manifest)
         with self._lock:
             self._entries[key] = copy.deepcopy(found)
             while len(self._entries) > self._size:
                 self._entries.popitem(last=False)
         return found
+
+    def in_background(self, key: str, group: CaseSet) -> None:
+        with self._lock:
+            if key in self._queued:
+                return  # asked by an earlier page: once is enough
+            self._queued.add(key)
+            if self._worker is None or not self._worker.is_alive():
+                self._worker = threading.Thread(target=self._work, name="agreement-figures", daemon=True)
+                self._worker.start()
+        self._queue.put((key, group))
+
+    def _work(self) -> None:
+        while True:
+            key, group = self._queue.get()
+            try:
+                self.compute(key, group)
+            except Exception:  # a page asking again queues it again; the log says why it failed
+                log.exception(
+                    "agreement figures of %s %s %s failed", group.key.site, group.key.model, group.key.version
+                )
+            finally:
+                with self._lock:
+                    self._queued.discard(key)
+                self._queue.task_done()
+
+    def join(self) -> None:
+        self._queue.join()
 
 
 _FIGURES = _FiguresCache()

@@ -25,7 +25,7 @@ MAX_PROFILE_BYTES = 64 * 1024
 
 def _figures(request: Request) -> list[dict[str, Any]]:
     web = state(request)
-    return agreement.site_figures(web.engine, web.models_dir)
+    return agreement.site_figures(web.engine, web.models_dir, agreement.FIGURES_BUDGET_S)
 
 
 def _agreement_page(request: Request, reader: Reader, status: int = 200, **extra: Any) -> Response:
