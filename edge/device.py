@@ -24,6 +24,7 @@ from pathlib import Path
 from edge.config import Settings
 from edge.inference.pool import ModelPool, ServedModel
 from edge.inference.registry import Registry
+from edge.ingest.guard import GuardedDecoder
 from edge.pipeline import Pipeline
 from edge.results import Analysis
 from edge.store import Store
@@ -53,15 +54,36 @@ class Live:
 
 
 class Device:
-    def __init__(self, settings: Settings, *, actor: str = "cli", registry: Registry | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        actor: str = "cli",
+        registry: Registry | None = None,
+        guarded: bool = False,
+    ) -> None:
+        """`guarded`: images are decoded as the agent decodes them, in a worker process bounded
+        by `[ingest] decode_timeout_s` and `decode_memory_mb` (edge.ingest.guard), for files
+        from anywhere (`edge infer`, the TUI's re-run); a decompression bomb or a decoder that
+        hangs then costs a coded refusal, not this process or the device's memory."""
         self.settings = settings
         self.actor = actor
         self.store = Store(settings.data_dir, busy_timeout_ms=settings.store.busy_timeout_ms)
         self.registry = registry or Registry(settings.models.dir)
         self.pool = ModelPool(self.registry, settings, settings.data_dir / "cache")
         self.pipeline = Pipeline(settings, self.store, registry=self.registry, pool=self.pool, actor=actor)
+        self.decoder: GuardedDecoder | None = None
+        if guarded:
+            ingest = settings.ingest
+            self.decoder = GuardedDecoder(
+                ingest.decode_timeout_s, ingest.decode_memory_mb, 1, ingest.decode_recycle_mb
+            )
+            self.pipeline.decoder = self.decoder.decode
+            self.pipeline.frame_decoder = self.decoder.frames
 
     def close(self) -> None:
+        if self.decoder is not None:
+            self.decoder.close()
         self.pool.close()
         self.store.close()
 

@@ -1,7 +1,9 @@
 """Inputs a fuzzing of `edge infer` found unanswered: each now gets its code, in this process.
 
 The agent's guarded decoder answered all of them already; `edge infer` (and the TUI's re-run)
-decode in their own process, where these hung or ended in a traceback.
+decoded in their own process, where these hung or ended in a traceback. The decoding functions
+are tested here in this process (the guard's worker runs the same ones); `edge infer` now decodes
+in the guard too (the last test).
 """
 
 from __future__ import annotations
@@ -92,3 +94,42 @@ def test_a_picture_too_deep_for_the_memory_left_is_a_coded_refusal(monkeypatch: 
         decode_bytes(png.tobytes(), "bomb.png")
     assert refused.value.code is Code.IMAGE_DECODE_FAILED
     assert "not enough memory" in refused.value.message
+
+
+def png_bomb(side: int) -> bytes:
+    """A PNG of zeros, 16-bit RGBA, `side` x `side`: about 780 KB that unpack to 800 MB at 10000
+    (within the pixel limit, 100 million), written a row at a time."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    packer, row = zlib.compressobj(9), bytes(1 + side * 8)
+    pixels = b"".join(packer.compress(row) for _ in range(side)) + packer.flush()
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 16, 6, 0, 0, 0))
+    return b"\x89PNG\r\n\x1a\n" + header + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+
+
+def test_edge_infer_decodes_in_the_agents_bounded_worker(tmp_path: Path) -> None:
+    """`edge infer` decoded in its own process, unbounded: the bomb above took 2.3 GB of the
+    device's memory to be analysed. It is now decoded as the agent decodes, in a worker under
+    `[ingest] decode_memory_mb`, and refused with a code; nothing is stored for it."""
+    import json
+
+    from click.testing import CliRunner
+
+    from edge.cli import cli
+    from edge.store import Store
+
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_bomb(10_000))
+    config = tmp_path / "edge.toml"
+    config.write_text("[ingest]\ndecode_memory_mb = 1024\n")
+    data = tmp_path / "data"
+    args = ["--config", str(config), "--data-dir", str(data), "infer", "--json", str(bomb)]
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 1
+    assert json.loads(result.stdout)["code"] in ("IMAGE_DECODE_FAILED", "DECODE_CRASHED")
+    with Store(data) as store:
+        assert store.counts()["images"] == 0

@@ -112,7 +112,7 @@ def infer(
 
     settings = obj.settings
     refused = False
-    with Device(settings) as device:
+    with Device(settings, guarded=True) as device:  # decoded as the agent decodes: bounded
         for path in paths:
             for analysis in device.analyse_file(path, model_name):
                 refused |= not analysis.ok

@@ -41,7 +41,9 @@ def mark_seen(context: TuiContext, result_id: str) -> str:
 def rerun(context: TuiContext, image_id: str, model_name: str) -> str:
     """Queue the image for another model; without a running agent, analyse it now."""
     agent_running = bool(context.agent(context.settings).get("running"))
-    with Device(context.settings, actor=context.actor, registry=context.registry) as device:
+    # analysed here only without an agent: then decoded as the agent would, bounded
+    guarded = not agent_running
+    with Device(context.settings, actor=context.actor, registry=context.registry, guarded=guarded) as device:
         rerun = device.rerun(image_id, model_name, agent_running=agent_running)
     if rerun.state == "done":
         return f"already analysed with {model_name}: its result is in the worklist"
