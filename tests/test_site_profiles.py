@@ -277,6 +277,41 @@ def test_a_draft_states_every_figure_of_a_point_or_is_refused() -> None:
     assert "sensitivity" in str(refused.value)
 
 
+def test_an_odd_result_is_left_out_of_the_figures(hub: Hub, tmp_path: Path, key: tuple[str, Any]) -> None:
+    """The scan reads each field of a result from the database; a result whose fields are not
+    what a device sends (an older or broken one) is left out, never the page's failure."""
+    device_id, _ = enrolled(hub, device_settings(hub, tmp_path, key[0]))
+    add_reviewed(hub, device_id, synthetic_cases(40))
+    good = {"model": "tiny", "version": "0.0.1", "finding": "finding", "positive_label": "finding"}
+    good["probabilities"] = {"normal": 0.2, "finding": 0.8}
+    odd = [
+        "not a result",
+        {**good, "probability": "high"},
+        {**good, "probabilities": [0.2, 0.8]},
+        {**good, "probabilities": {"normal": "low", "finding": 0.8}},
+        {**good, "model": None},
+        {**good, "finding": ""},
+    ]
+    for seq, result in enumerate(odd, start=1000):
+        result_uuid = str(uuid.uuid4())
+        payload = {"result": result, "site": SITE}
+        with hub.engine.begin() as conn:
+            conn.execute(
+                insert(db.records).values(
+                    device_id=device_id,
+                    uuid=result_uuid,
+                    seq=seq,
+                    kind="result",
+                    sha256=protocol.payload_hash(payload),
+                    payload=payload,
+                    received_at=db.now(),
+                )
+            )
+        reviews.add_review(hub.engine, result_uuid, "agree", reviewer="dr")
+    [figures] = agreement.site_figures(hub.engine, hub.settings.models.dir)
+    assert (figures["cases"], figures["unlabelled"]) == (80, 2)
+
+
 def test_figures_past_the_pages_budget_come_from_the_background(
     hub: Hub, tmp_path: Path, key: tuple[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
