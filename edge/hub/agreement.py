@@ -128,10 +128,10 @@ def reviewed_cases(engine: Engine, models_dir: Path | None = None) -> dict[SiteM
 def _by_version(engine: Engine) -> dict[SiteModel, CaseSet]:
     """Every reviewed result, by site and model version, labelled by its latest review."""
     temperatures = _published_temperatures(engine)
-    result = db.records.c.payload
+    payload = db.records.c.payload
 
-    def field(name: str) -> Any:
-        return result[("result", name)]
+    def of_result(name: str) -> Any:
+        return payload[("result", name)]
 
     # Only the fields read here, each extracted by the database: decoding every result whole
     # was most of the page at 200,000 results (its quality, applicability, timings...).
@@ -139,13 +139,13 @@ def _by_version(engine: Engine) -> dict[SiteModel, CaseSet]:
         select(
             db.records.c.device_id,
             db.records.c.uuid,
-            field("model").as_string().label("model"),
-            field("version").as_string().label("version"),
-            field("positive_label").as_string().label("positive"),
-            field("finding").as_string().label("model_finding"),
-            field("probability").as_string().label("probability"),  # a number, read below
-            field("profile_id").as_string().label("profile"),
-            field("probabilities").label("probabilities"),
+            of_result("model").as_string().label("model"),
+            of_result("version").as_string().label("version"),
+            of_result("positive_label").as_string().label("positive"),
+            of_result("finding").as_string().label("model_finding"),
+            of_result("probability").as_string().label("probability"),  # a number, read below
+            of_result("profile_id").as_string().label("profile"),
+            of_result("probabilities").label("probabilities"),
             db.devices.c.programme,
             db.devices.c.site,
             db.reviews.c.verdict,
@@ -170,15 +170,15 @@ def _by_version(engine: Engine) -> dict[SiteModel, CaseSet]:
     for row in latest.values():
         model, version, positive, finding, probability, profile, probabilities = row[:7]
         programme, site, verdict, review_finding = row[7:]
-        if not (isinstance(probabilities, dict) and model and version and positive in probabilities):
+        if not (
+            isinstance(probabilities, dict) and model and version and finding and positive in probabilities
+        ):
             continue  # an older or odd payload: nothing to measure
         try:
             reported = float(probabilities[positive] if probability is None else probability)
             scores = {k: float(v) for k, v in probabilities.items()}
         except (TypeError, ValueError):
             continue  # as odd
-        if not finding:
-            continue
         key = SiteModel(programme, site or "", str(model), str(version))
         group = groups.get(key)
         if group is None:
