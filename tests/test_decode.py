@@ -352,10 +352,11 @@ def test_frames_beyond_number_of_frames_are_an_invalid_header() -> None:
     assert refusal(dicomgen.to_bytes(ds)) is Code.DICOM_INVALID
 
 
-def test_a_padding_byte_after_the_pixels_is_not_a_wrong_header() -> None:
-    ds = dicomgen.grey_dicom(np.arange(9, dtype=np.uint8).reshape(3, 3), bits_stored=8)
-    ds.PixelData = ds.PixelData + b"\x00" * 3  # less than one frame over: padding, not frames
-    assert decode_bytes(dicomgen.to_bytes(ds)).pixels.shape == (3, 3)
+@pytest.mark.parametrize("side", [1, 3])
+def test_a_padding_byte_after_the_pixels_is_not_a_wrong_header(side: int) -> None:
+    ds = dicomgen.grey_dicom(np.arange(side * side, dtype=np.uint8).reshape(side, side), bits_stored=8)
+    ds.PixelData = ds.PixelData[: side * side] + b"\x00" * (1 if side == 1 else 3)  # under a frame
+    assert decode_bytes(dicomgen.to_bytes(ds)).pixels.shape == (side, side)
 
 
 def test_native_ybr_full_422_shares_chroma_and_is_not_short() -> None:

@@ -182,10 +182,10 @@ def _refuse_impossible_header(ds: Dataset, frames: int, name: str) -> None:
                 f"{held} bytes of pixel data where the header needs {expected}: a header that"
                 " is wrong, or a file cut short before it was sent"
             )
-        elif held >= expected + max(1, expected // frames):
+        elif held >= expected + max(2, expected // frames):
             # A whole frame or more beyond what the header describes: its rows, columns or
             # number of frames are wrong, so any picture cut from these bytes would be too
-            # (a padding byte or a few are allowed).
+            # (less than a frame is padding: always the byte that makes an odd length even).
             problem = (
                 f"{held} bytes of pixel data where the header describes {expected}: its rows,"
                 " columns or number of frames are wrong"
