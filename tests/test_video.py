@@ -501,9 +501,11 @@ def test_a_live_capture_whose_stream_dies_mid_clip_stores_nothing(settings: Sett
 
     needs_data()
     frames = recording_frames(DATA / "devices" / "butterfly-ocular-phantom.mp4", 150, (388, 540))
-    stream = Stream(frames, stall_after=50, stall_s=30)  # 2 s of pictures, then nothing
+    # 2 s of pictures, then nothing for longer than the run (and a stall's reopening) lasts; the
+    # stop at 8 s waits for the reader's read to give up, at 12 s
+    stream = Stream(frames, stall_after=50, stall_s=10)
     tuned = settings.model_copy(
-        update={"video": settings.video.model_copy(update={"model": ultrasound_model(), "stall_s": 30.0})}
+        update={"video": settings.video.model_copy(update={"model": ultrasound_model(), "stall_s": 10.0})}
     )
     try:
         with Device(tuned, actor="capture") as device:
@@ -549,3 +551,53 @@ def test_a_live_capture_whose_stream_is_reopened_mid_clip_stores_nothing(setting
     finally:
         stream.close()
         pool.close()
+
+
+EXIT_WHILE_READING = """
+import atexit, sys, threading, time
+
+def reader_left() -> None:  # registered first, so it runs after the source module's own
+    alive = [t.name for t in threading.enumerate() if t.name.startswith("video:")]
+    print("readers alive at exit:", alive, flush=True)
+
+atexit.register(reader_left)
+from edge.video.source import FrameSource
+
+source = FrameSource(sys.argv[1], stall_s=3.0, reconnect_max_s=1.0).start()
+deadline = time.monotonic() + 20
+while source.stats.read < 5 and time.monotonic() < deadline:
+    time.sleep(0.05)
+time.sleep(1.0)  # the stream has stalled: the reader sits in OpenCV's read
+print("frames read:", source.stats.read, flush=True)
+"""
+
+
+def test_a_process_that_ends_while_its_reader_waits_on_a_stalled_stream_exits_cleanly() -> None:
+    """A process that ended (Ctrl-C in the TUI's live screen, `edge capture`) while its reader sat
+    in OpenCV's read of a stalled stream aborted about one time in two: "terminate called without
+    an active exception", exit 134, as the thread was unwound through C++ at interpreter exit
+    (FFmpeg's read waits 30 s). A read now gives up after `stall_s`, and sources still running at
+    exit are stopped, their readers waited for, first."""
+    import re
+    import subprocess
+    import sys
+
+    frames = [np.full((120, 160, 3), i, np.uint8) for i in range(40)]
+    stream = Stream(frames, stall_after=10, stall_s=12)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", EXIT_WHILE_READING, stream.url],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=REPO,
+        )
+    finally:
+        stream.close()
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "terminate called" not in done.stderr
+    read = re.search(r"frames read: (\d+)", done.stdout)
+    assert read is not None
+    assert int(read.group(1)) >= 5  # it was reading before the stall
+    assert "readers alive at exit: []" in done.stdout

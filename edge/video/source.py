@@ -11,13 +11,19 @@ carries the monotonic time it was captured, for capture-to-result latency.
   to stand in for a live device in tests and benchmarks.
 - A frame whose size differs from the previous one is flagged (`resized`): the sector must be
   found again.
+- A stream's open and each read give up after `stall_s` (FFmpeg's own timeout is 30 s), and
+  stopping waits for the reader: a process that ended while its reader sat in OpenCV's read
+  aborted ("terminate called without an active exception", exit 134: the thread was unwound
+  through C++ at interpreter exit). Sources still running at exit are stopped first.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +66,13 @@ def kind_of(source: str) -> str:
 
 
 _Source = TypeVar("_Source", bound="FrameSource")
+_RUNNING: weakref.WeakSet[FrameSource] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_running_sources() -> None:
+    for source in list(_RUNNING):
+        source.stop()
 
 
 class FrameSource:
@@ -119,9 +132,15 @@ class FrameSource:
 
     def _open(self, source: str) -> Any:
         target: Any = int(source) if source.isdigit() else source
-        capture = (
-            cv2.VideoCapture(target, cv2.CAP_V4L2) if self.kind == "device" else cv2.VideoCapture(target)
-        )
+        if self.kind == "device":
+            capture = cv2.VideoCapture(target, cv2.CAP_V4L2)
+        elif self.kind == "stream":  # bounded: a read that gives up leaves the capture failed,
+            # so only when the stall would be declared anyway (then it is reopened)
+            limit_ms = int(self._stall_s * 1000)
+            bounds = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, limit_ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, limit_ms]
+            capture = cv2.VideoCapture(target, cv2.CAP_ANY, bounds)
+        else:
+            capture = cv2.VideoCapture(target)
         width, height, fps, fourcc = self._settings
         if self.kind == "device":
             if fourcc:
@@ -137,14 +156,20 @@ class FrameSource:
 
     def start(self) -> FrameSource:
         self._thread.start()
+        _RUNNING.add(self)
         return self
 
     def stop(self) -> None:
+        """Stop the reader and wait for it: at most a read's bound (`stall_s`) for a stream."""
         self._stop.set()
         with self._condition:
             self._condition.notify_all()
         if self._thread.is_alive():
-            self._thread.join(timeout=10)
+            patience = max(10.0, self._stall_s + 5.0)
+            self._thread.join(timeout=patience)
+            if self._thread.is_alive():
+                log.warning("the %s reader did not stop within %.0f s", self.kind, patience)
+        _RUNNING.discard(self)
 
     def __enter__(self) -> FrameSource:
         return self.start()
@@ -241,6 +266,8 @@ class FrameSource:
             ok, image = capture.read()
             now = time.monotonic()
             if not ok or image is None:
+                if self._stop.is_set():
+                    return "stopped"  # a read that gave up after the stop: no stall to reopen
                 if self.kind == "file":
                     if self.frame_count and self._index < self.frame_count - 1:
                         return (
