@@ -101,24 +101,29 @@ def add_reviewed(
             },
             "site": SITE,
         }
-        with hub.engine.begin() as conn:
-            conn.execute(
-                insert(db.records).values(
-                    device_id=device_id,
-                    uuid=result_uuid,
-                    seq=seq,
-                    kind="result",
-                    sha256=protocol.payload_hash(payload),
-                    payload=payload,
-                    received_at=db.now(),
-                )
-            )
+        stored_result(hub, device_id, result_uuid, seq, payload)
         if label == "?":
             reviews.add_review(hub.engine, result_uuid, "uncertain", reviewer="dr")
         elif label == finding:
             reviews.add_review(hub.engine, result_uuid, "agree", reviewer="dr")
         else:
             reviews.add_review(hub.engine, result_uuid, "disagree", finding=label, reviewer="dr")
+
+
+def stored_result(hub: Hub, device_id: str, result_uuid: str, seq: int, payload: dict[str, Any]) -> None:
+    """A result record as intake stores one a device synced."""
+    with hub.engine.begin() as conn:
+        conn.execute(
+            insert(db.records).values(
+                device_id=device_id,
+                uuid=result_uuid,
+                seq=seq,
+                kind="result",
+                sha256=protocol.payload_hash(payload),
+                payload=payload,
+                received_at=db.now(),
+            )
+        )
 
 
 def enrolled(hub: Hub, settings: Settings) -> tuple[str, Any]:
@@ -295,18 +300,7 @@ def test_an_odd_result_is_left_out_of_the_figures(hub: Hub, tmp_path: Path, key:
     for seq, result in enumerate(odd, start=1000):
         result_uuid = str(uuid.uuid4())
         payload = {"result": result, "site": SITE}
-        with hub.engine.begin() as conn:
-            conn.execute(
-                insert(db.records).values(
-                    device_id=device_id,
-                    uuid=result_uuid,
-                    seq=seq,
-                    kind="result",
-                    sha256=protocol.payload_hash(payload),
-                    payload=payload,
-                    received_at=db.now(),
-                )
-            )
+        stored_result(hub, device_id, result_uuid, seq, payload)
         reviews.add_review(hub.engine, result_uuid, "agree", reviewer="dr")
     [figures] = agreement.site_figures(hub.engine, hub.settings.models.dir)
     assert (figures["cases"], figures["unlabelled"]) == (80, 2)
