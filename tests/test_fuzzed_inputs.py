@@ -130,6 +130,9 @@ def test_edge_infer_decodes_in_the_agents_bounded_worker(tmp_path: Path) -> None
     args = ["--config", str(config), "--data-dir", str(data), "infer", "--json", str(bomb)]
     result = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert result.exit_code == 1
-    assert json.loads(result.stdout)["code"] in ("IMAGE_DECODE_FAILED", "DECODE_CRASHED")
+    refusal = json.loads(result.stdout)
+    assert refusal["code"] in ("IMAGE_DECODE_FAILED", "DECODE_CRASHED")
+    if refusal["code"] == "IMAGE_DECODE_FAILED":  # (a worker killed outright says less)
+        assert "10000x10000 pixels, 800 MB decoded" in refusal["reason"]
     with Store(data) as store:
         assert store.counts()["images"] == 0

@@ -90,12 +90,13 @@ def _decode_raster(data: bytes, kind: str, name: str) -> DecodedImage:
         _check_png(data, name)
     else:
         _check_jpeg(data, name)
+    failed = f"{name} could not be decoded as {kind.upper()}{_decoded_size(data, kind)}"
     try:
         decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     except cv2.error as exc:  # OpenCV's own limits (size, corrupt data) raise rather than return None
-        raise EdgeError(Code.IMAGE_DECODE_FAILED, f"{name} could not be decoded as {kind.upper()}") from exc
+        raise EdgeError(Code.IMAGE_DECODE_FAILED, failed) from exc
     if decoded is None or decoded.size == 0:
-        raise EdgeError(Code.IMAGE_DECODE_FAILED, f"{name} could not be decoded as {kind.upper()}")
+        raise EdgeError(Code.IMAGE_DECODE_FAILED, failed)
     pixels = to_display_uint8(decoded)
     return DecodedImage(
         pixels=pixels,
@@ -103,6 +104,25 @@ def _decode_raster(data: bytes, kind: str, name: str) -> DecodedImage:
         sha256=sha256_hex(data),
         meta={"channels": 1 if pixels.ndim == 2 else 3, "source_dtype": str(decoded.dtype)},
     )
+
+
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # by IHDR colour type
+
+
+def _decoded_size(data: bytes, kind: str) -> str:
+    """What the header says decoding takes, for a refusal: a small file that unpacks to hundreds
+    of MB fails in the guard's memory bound, and the words should let the reader see why."""
+    if kind == "png":
+        width, height = struct.unpack(">II", data[16:24])
+        depth, channels = data[24], _PNG_CHANNELS.get(data[25], 4)
+        size = width * height * channels * max(1, depth // 8)
+    else:
+        found = jpeg_size(data)
+        if found is None:
+            return ""
+        width, height = found
+        size = width * height * 3
+    return f" ({width}x{height} pixels, {size / 1e6:.0f} MB decoded)"
 
 
 def to_display_uint8(decoded: np.ndarray) -> np.ndarray:
