@@ -112,8 +112,8 @@ def png_bomb(side: int) -> bytes:
 
 
 def test_edge_infer_decodes_in_the_agents_bounded_worker(tmp_path: Path) -> None:
-    """`edge infer` decoded in its own process, unbounded: the bomb above took 2.3 GB of the
-    device's memory to be analysed. It is now decoded as the agent decodes, in a worker under
+    """`edge infer` decoded in its own process, unbounded: the bomb above was analysed at 2.1 GB
+    peak resident memory. It is now decoded as the agent decodes, in a worker under
     `[ingest] decode_memory_mb`, and refused with a code; nothing is stored for it."""
     import json
 
