@@ -220,8 +220,8 @@ class VideoSettings(_Section):
     key_frames: int = Field(default=4, ge=1, le=16)
     reconnect_max_s: float = Field(default=8.0, gt=0)
     stall_s: float = Field(default=5.0, gt=0)
-    """A live source without a frame this long is reopened; a stream's open and each read give
-    up after it too (stopping a session waits for that at most)."""
+    """A live source without a frame this long is reopened; a stream's reads give up after it
+    too, its open after at least 15 s (stopping a session waits for those at most)."""
     profile: str | None = None
     """Name of the device profile in use (a key of `profiles`)."""
     profiles: dict[str, VideoProfile] = Field(default_factory=dict)

@@ -342,6 +342,22 @@ def test_figures_past_the_pages_budget_come_from_the_background(
     assert computed["suggestion"] is not None
 
 
+def test_a_hub_of_more_sites_than_the_cache_held_shows_them_all_once_computed(
+    hub: Hub, tmp_path: Path, key: tuple[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With more site x model groups than the cache held, the background's results evicted one
+    another: some sites stayed "pending" on every load. The cache now holds twice a page's."""
+    monkeypatch.setattr(agreement, "_FIGURES", agreement._FiguresCache(size=4))
+    device_id, _ = enrolled(hub, device_settings(hub, tmp_path, key[0]))
+    for index in range(6):  # versions the hub knows no release of: a group each
+        add_reviewed(hub, device_id, synthetic_cases(3), uncertain=0, version=f"0.0.{index + 1}")
+    first = agreement.site_figures(hub.engine, hub.settings.models.dir, budget_s=0.0)
+    assert [f["pending"] for f in first] == [agreement.PENDING] * 6
+    agreement.wait_for_figures()
+    again = agreement.site_figures(hub.engine, hub.settings.models.dir, budget_s=0.0)
+    assert [f["pending"] for f in again] == [None] * 6
+
+
 # ------------------------------------------------------------------ the admin page
 
 

@@ -164,8 +164,8 @@ def _by_version(engine: Engine) -> dict[SiteModel, CaseSet]:
     )
     latest: dict[tuple[str, str], tuple[Any, ...]] = {}
     with engine.connect() as conn:
-        for row in conn.execute(query).tuples():
-            latest[row[:2]] = row[2:]  # ordered by seq: the last one wins
+        for found in conn.execute(query):
+            latest[(found[0], found[1])] = tuple(found[2:])  # ordered by seq: the last one wins
     groups: dict[SiteModel, CaseSet] = {}
     for row in latest.values():
         model, version, positive, finding, probability, profile, probabilities = row[:7]
@@ -416,11 +416,14 @@ def site_figures(
     engine: Engine, models_dir: Path | None, budget_s: float | None = None
 ) -> list[dict[str, Any]]:
     """Every site x model weights with reviewed results: what the admin page and JSON show.
-    Figures not known yet are computed here while `budget_s` lasts (None: all of them), the
-    others in the background; those are shown meanwhile in part (`figures(full=False)`)."""
+    Figures not known yet are computed here until `budget_s` has passed since the call began
+    (None: all of them; the scan counts, and a site begun is finished), the others in the
+    background; those are shown meanwhile in part (`figures(full=False)`)."""
     deadline = None if budget_s is None else time.monotonic() + budget_s
+    groups = reviewed_cases(engine, models_dir)
+    _FIGURES.hold_at_least(2 * len(groups))  # a page's sites never evict one another
     out = []
-    for group in reviewed_cases(engine, models_dir).values():
+    for group in groups.values():
         key = _FIGURES.key(group)
         found = _FIGURES.cached(key)
         if found is None and (deadline is None or time.monotonic() < deadline):
@@ -439,16 +442,21 @@ def wait_for_figures() -> None:
 
 class _FiguresCache:
     """`figures` by the content of what they are computed from (every case, the manifest): an
-    administrator's page reloads ask again for sites nobody reviewed since. Bounded; a copy out.
-    One background thread per process computes what a page had no time left for."""
+    administrator's page reloads ask again for sites nobody reviewed since. Bounded (at least
+    twice the sites a page shows); a copy out. One background thread per process computes what
+    a page had no time left for: per site the newest cases asked for, once."""
 
     def __init__(self, size: int = 256) -> None:
         self._size = size
         self._entries: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._lock = threading.Lock()
-        self._queue: queue.Queue[tuple[str, CaseSet]] = queue.Queue()
-        self._queued: set[str] = set()
+        self._queue: queue.Queue[SiteModel] = queue.Queue()
+        self._waiting: dict[SiteModel, tuple[str, CaseSet]] = {}  # the newest asked, per site
         self._worker: threading.Thread | None = None
+
+    def hold_at_least(self, entries: int) -> None:
+        with self._lock:
+            self._size = max(self._size, entries)
 
     @staticmethod
     def key(group: CaseSet) -> str:
@@ -484,26 +492,26 @@ class _FiguresCache:
 
     def in_background(self, key: str, group: CaseSet) -> None:
         with self._lock:
-            if key in self._queued:
-                return  # asked by an earlier page: once is enough
-            self._queued.add(key)
+            queued = group.key in self._waiting
+            self._waiting[group.key] = (key, group)  # newer cases replace what still waits
+            if queued:
+                return
             if self._worker is None or not self._worker.is_alive():
                 self._worker = threading.Thread(target=self._work, name="agreement-figures", daemon=True)
                 self._worker.start()
-        self._queue.put((key, group))
+        self._queue.put(group.key)
 
     def _work(self) -> None:
         while True:
-            key, group = self._queue.get()
+            site = self._queue.get()
+            with self._lock:
+                key, group = self._waiting.pop(site)
             try:
-                self.compute(key, group)
+                if self.cached(key) is None:  # a page may have computed it meanwhile
+                    self.compute(key, group)
             except Exception:  # a page asking again queues it again; the log says why it failed
-                log.exception(
-                    "agreement figures of %s %s %s failed", group.key.site, group.key.model, group.key.version
-                )
+                log.exception("agreement figures of %s %s %s failed", site.site, site.model, site.version)
             finally:
-                with self._lock:
-                    self._queued.discard(key)
                 self._queue.task_done()
 
     def join(self) -> None:

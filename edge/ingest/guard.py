@@ -106,11 +106,12 @@ def serve(memory_mb: int) -> None:
 
 
 class _Worker:
-    def __init__(self, memory_mb: int) -> None:
+    def __init__(self, memory_mb: int, quiet: bool = False) -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "edge.ingest.guard", str(memory_mb)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL if quiet else None,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         self.resident = 0
@@ -140,11 +141,21 @@ class GuardedDecoder:
     """`decode(data, name)` like `decode_bytes`, but in bounded worker processes."""
 
     def __init__(
-        self, timeout_s: float = 30.0, memory_mb: int = 2048, workers: int = 1, recycle_mb: int = 512
+        self,
+        timeout_s: float = 30.0,
+        memory_mb: int = 2048,
+        workers: int = 1,
+        recycle_mb: int = 512,
+        *,
+        quiet: bool = False,
     ) -> None:
+        """`quiet`: the workers' stderr (decoders' warnings, a dying worker's traceback) is
+        dropped, for a terminal a screen is drawn on (the TUI); the refusal still says what
+        happened. Otherwise it is the parent's (the agent's journal)."""
         self.timeout_s = timeout_s
         self.memory_mb = memory_mb
         self.recycle_mb = recycle_mb
+        self.quiet = quiet
         self.recycled = 0
         """Workers replaced for their size after a job (not for a timeout or a crash)."""
         self._idle: queue.Queue[_Worker] = queue.Queue()
@@ -154,7 +165,7 @@ class GuardedDecoder:
             self._add()
 
     def _add(self) -> None:
-        worker = _Worker(self.memory_mb)
+        worker = _Worker(self.memory_mb, self.quiet)
         with self._lock:
             self._all.append(worker)
         self._idle.put(worker)

@@ -11,10 +11,10 @@ carries the monotonic time it was captured, for capture-to-result latency.
   to stand in for a live device in tests and benchmarks.
 - A frame whose size differs from the previous one is flagged (`resized`): the sector must be
   found again.
-- A stream's open and each read give up after `stall_s` (FFmpeg's own timeout is 30 s), and
-  stopping waits for the reader: a process that ended while its reader sat in OpenCV's read
-  aborted ("terminate called without an active exception", exit 134: the thread was unwound
-  through C++ at interpreter exit). Sources still running at exit are stopped first.
+- A stream's reads give up after `stall_s`, its open after at least 15 s (FFmpeg's own timeout
+  is 30 s for both), and stopping waits for the reader: a process that ended while its reader
+  sat in OpenCV's read aborted ("terminate called without an active exception", exit 134: the
+  thread was unwound through C++ at interpreter exit). Sources running at exit are stopped first.
 """
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ def kind_of(source: str) -> str:
 
 
 _Source = TypeVar("_Source", bound="FrameSource")
+OPEN_TIMEOUT_S = 15.0  # a stream's open, at least (FFmpeg's own: 30 s)
 _RUNNING: weakref.WeakSet[FrameSource] = weakref.WeakSet()
 
 
@@ -102,6 +103,7 @@ class FrameSource:
         self._settings = (width, height, fps, fourcc)
         self._reconnect_max_s = reconnect_max_s
         self._stall_s = stall_s
+        self._open_s = max(stall_s, OPEN_TIMEOUT_S)
         self._opener = opener or self._open
         self.stats = SourceStats()
         self._slot: Frame | None = None
@@ -135,9 +137,10 @@ class FrameSource:
         if self.kind == "device":
             capture = cv2.VideoCapture(target, cv2.CAP_V4L2)
         elif self.kind == "stream":  # bounded: a read that gives up leaves the capture failed,
-            # so only when the stall would be declared anyway (then it is reopened)
-            limit_ms = int(self._stall_s * 1000)
-            bounds = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, limit_ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, limit_ms]
+            # so only when the stall would be declared anyway (then it is reopened); opening
+            # probes the stream (FFmpeg reads up to 5 s of it), so it gets longer
+            read_ms, open_ms = int(self._stall_s * 1000), int(self._open_s * 1000)
+            bounds = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, open_ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, read_ms]
             capture = cv2.VideoCapture(target, cv2.CAP_ANY, bounds)
         else:
             capture = cv2.VideoCapture(target)
@@ -160,12 +163,13 @@ class FrameSource:
         return self
 
     def stop(self) -> None:
-        """Stop the reader and wait for it: at most a read's bound (`stall_s`) for a stream."""
+        """Stop the reader and wait for it: at most an open's or a read's bound for a stream
+        (V4L2 devices: OpenCV's own 10 s)."""
         self._stop.set()
         with self._condition:
             self._condition.notify_all()
         if self._thread.is_alive():
-            patience = max(10.0, self._stall_s + 5.0)
+            patience = max(10.0, self._stall_s, self._open_s) + 5.0
             self._thread.join(timeout=patience)
             if self._thread.is_alive():
                 log.warning("the %s reader did not stop within %.0f s", self.kind, patience)
