@@ -30,7 +30,7 @@ def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 def _plan(engine: Engine) -> str:
-    query = worklist.reader_rows(READER, worklist.Filters()).order_by(*worklist._order_keys()).limit(50)
+    query = worklist.reader_rows(READER, worklist.Filters()).order_by(*worklist.ORDER).limit(50)
     compiled = query.compile(engine, compile_kwargs={"literal_binds": True})
     explain = "EXPLAIN QUERY PLAN " if engine.dialect.name == "sqlite" else "EXPLAIN "
     with engine.connect() as conn:

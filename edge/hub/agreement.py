@@ -507,7 +507,9 @@ class _FiguresCache:
             with self._lock:
                 key, group = self._waiting.pop(site)
             try:
-                if self.cached(key) is None:  # a page may have computed it meanwhile
+                with self._lock:
+                    known = key in self._entries  # a page may have computed it meanwhile
+                if not known:
                     self.compute(key, group)
             except Exception:  # a page asking again queues it again; the log says why it failed
                 log.exception("agreement figures of %s %s %s failed", site.site, site.model, site.version)

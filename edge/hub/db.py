@@ -286,7 +286,7 @@ worklist = Table(
 
 
 def _worklist_order() -> tuple[ColumnElement[int], ColumnElement[float], ColumnElement[int]]:
-    """The readers' order (edge/hub/worklist.py `_order_keys`): 0 flagged urgent, 1 positive,
+    """The readers' order (edge/hub/worklist.py `ORDER`): 0 flagged urgent, 1 positive,
     2 the rest; minus the probability; minus the record id, ascending. Its constants are written
     into the SQL, not bound: the databases use an index on expressions only for the same
     expressions, and a bound constant is not one (PostgreSQL's generic plans, SQLite's planner)."""

@@ -44,6 +44,9 @@ PAGE_SIZE = 50
 STATES = ("all", "unreviewed", "reviewed")
 UNKNOWN = "unknown"  # the modality filter's value for results that carry none (PNG/JPEG inputs)
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+# The order's keys, ascending (the module's docstring says why): the expressions of the index the
+# page is read along, so the two cannot drift apart.
+ORDER = db.WORKLIST_ORDER
 
 w, d, r = db.worklist, db.devices, db.reviews
 
@@ -190,14 +193,6 @@ def _reviewed() -> ColumnElement[bool]:
     return exists().where(r.c.result_uuid == w.c.result_uuid, r.c.device_id == w.c.device_id)
 
 
-def _order_keys() -> tuple[ColumnElement[int], ColumnElement[float], ColumnElement[int]]:
-    """(0 flagged urgent, 1 positive, 2 the rest; minus the probability; minus the record id),
-    ascending. The clinic's flag goes first: a person at the patient's side asked for speed.
-    Nothing here changes when a verdict is added, so rows never move under the reader. The
-    expressions of the index the page is read along (`db.WORKLIST_ORDER`)."""
-    return db.WORKLIST_ORDER
-
-
 def reader_scope(user: User) -> list[ColumnElement[bool]]:
     return [] if user.sees_all else [d.c.programme.in_(user.programmes)]
 
@@ -298,10 +293,7 @@ def worklist_page(engine: Engine, user: User, filters: Filters) -> Page:
         pages = max(1, -(-total // PAGE_SIZE))
         page = min(filters.page, pages)
         rows = conn.execute(
-            reader_rows(user, filters)
-            .order_by(*_order_keys())
-            .limit(PAGE_SIZE)
-            .offset((page - 1) * PAGE_SIZE)
+            reader_rows(user, filters).order_by(*ORDER).limit(PAGE_SIZE).offset((page - 1) * PAGE_SIZE)
         ).all()
         listed = with_details(conn, [WorklistRow.from_row(row) for row in rows])
         newer = 0
@@ -434,7 +426,7 @@ def filter_options(engine: Engine, user: User) -> Options:
 
 def _position(conn: Any, record_id: int) -> Any:
     """This record's order keys as literals, for the row-value comparisons."""
-    current = conn.execute(select(*_order_keys()).where(w.c.record_id == record_id)).first()
+    current = conn.execute(select(*ORDER).where(w.c.record_id == record_id)).first()
     if current is None:
         return None
     return tuple_(*(literal(value) for value in current))
@@ -442,16 +434,15 @@ def _position(conn: Any, record_id: int) -> Any:
 
 def neighbours(engine: Engine, user: User, filters: Filters, record_id: int) -> tuple[str | None, str | None]:
     """(previous, next) result uuids around this record in the filtered worklist order."""
-    keys = _order_keys()
     with engine.connect() as conn:
         here = _position(conn, record_id)
         if here is None:
             return None, None
         base = reader_rows(user, filters)
         before = conn.execute(
-            base.where(tuple_(*keys) < here).order_by(*(key.desc() for key in keys)).limit(1)
+            base.where(tuple_(*ORDER) < here).order_by(*(key.desc() for key in ORDER)).limit(1)
         ).first()
-        after = conn.execute(base.where(tuple_(*keys) > here).order_by(*keys).limit(1)).first()
+        after = conn.execute(base.where(tuple_(*ORDER) > here).order_by(*ORDER).limit(1)).first()
     return (before.result_uuid if before else None, after.result_uuid if after else None)
 
 
@@ -459,7 +450,6 @@ def next_unreviewed(engine: Engine, user: User, filters: Filters, record_id: int
     """Where a reader goes after a verdict: the first unreviewed result after this one in their
     filtered list (the order never changes, so this is the row below), else the first
     unreviewed one above it; None when none is left."""
-    keys = _order_keys()
     unreviewed = reader_rows(user, replace(filters, state="unreviewed", page=1)).where(
         w.c.record_id != record_id
     )
@@ -467,9 +457,9 @@ def next_unreviewed(engine: Engine, user: User, filters: Filters, record_id: int
         here = _position(conn, record_id)
         row = None
         if here is not None:
-            row = conn.execute(unreviewed.where(tuple_(*keys) > here).order_by(*keys).limit(1)).first()
+            row = conn.execute(unreviewed.where(tuple_(*ORDER) > here).order_by(*ORDER).limit(1)).first()
         if row is None:
-            row = conn.execute(unreviewed.order_by(*keys).limit(1)).first()
+            row = conn.execute(unreviewed.order_by(*ORDER).limit(1)).first()
     return row.result_uuid if row else None
 
 

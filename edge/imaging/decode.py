@@ -90,13 +90,12 @@ def _decode_raster(data: bytes, kind: str, name: str) -> DecodedImage:
         _check_png(data, name)
     else:
         _check_jpeg(data, name)
-    failed = f"{name} could not be decoded as {kind.upper()}{_decoded_size(data, kind)}"
     try:
         decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     except cv2.error as exc:  # OpenCV's own limits (size, corrupt data) raise rather than return None
-        raise EdgeError(Code.IMAGE_DECODE_FAILED, failed) from exc
+        raise _undecodable(data, kind, name) from exc
     if decoded is None or decoded.size == 0:
-        raise EdgeError(Code.IMAGE_DECODE_FAILED, failed)
+        raise _undecodable(data, kind, name)
     pixels = to_display_uint8(decoded)
     return DecodedImage(
         pixels=pixels,
@@ -109,9 +108,15 @@ def _decode_raster(data: bytes, kind: str, name: str) -> DecodedImage:
 _PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # by IHDR colour type
 
 
+def _undecodable(data: bytes, kind: str, name: str) -> EdgeError:
+    what = f"{name} could not be decoded as {kind.upper()}{_decoded_size(data, kind)}"
+    return EdgeError(Code.IMAGE_DECODE_FAILED, what)
+
+
 def _decoded_size(data: bytes, kind: str) -> str:
-    """What the header says decoding takes, for a refusal: a small file that unpacks to hundreds
-    of MB fails in the guard's memory bound, and the words should let the reader see why."""
+    """What the header says decoding takes, for a refusal (worked out only then): a small file
+    that unpacks to hundreds of MB fails in the guard's memory bound, and the words should let
+    the reader see why."""
     if kind == "png":
         width, height = struct.unpack(">II", data[16:24])
         depth, channels = data[24], _PNG_CHANNELS.get(data[25], 4)
