@@ -110,7 +110,7 @@ class GateSettings(_Section):
 
 class IngestSettings(_Section):
     decode_timeout_s: float = Field(default=30.0, gt=0)
-    """A decode taking longer is killed and refused (DECODE_TIMEOUT)."""
+    """A decode taking longer is killed and refused (DECODE_TIMEOUT); for a cine, each frame."""
     decode_memory_mb: int = Field(default=2048, ge=256)
     """Address-space bound of the decoder process (DECODE_CRASHED beyond it)."""
     decode_workers: int = Field(default=1, ge=1, le=16)

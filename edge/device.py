@@ -65,10 +65,9 @@ class Device:
         """`guarded`: images are decoded as the agent decodes them, in a worker process bounded
         by `[ingest] decode_timeout_s` and `decode_memory_mb` (edge.ingest.guard), for files
         from anywhere (`edge infer`, the TUI's re-run); a decompression bomb or a decoder that
-        hangs then costs a coded refusal, not this process or the device's memory. Its stderr
-        is dropped (the TUI draws on this terminal). A cine's frames are still decoded here, one
-        at a time: the worker hands all of them back at once, about three times the frames'
-        size, which refused a 20 s cine that decodes here."""
+        hangs then costs a coded refusal, not this process or the device's memory. A cine's
+        frames are streamed from a worker of their own (`GuardedDecoder.frames`). The workers'
+        stderr is dropped (the TUI draws on this terminal)."""
         self.settings = settings
         self.actor = actor
         self.store = Store(settings.data_dir, busy_timeout_ms=settings.store.busy_timeout_ms)
@@ -82,6 +81,7 @@ class Device:
                 ingest.decode_timeout_s, ingest.decode_memory_mb, 1, ingest.decode_recycle_mb, quiet=True
             )
             self.pipeline.decoder = self.decoder.decode
+            self.pipeline.frame_decoder = self.decoder.frames
 
     def close(self) -> None:
         if self.decoder is not None:

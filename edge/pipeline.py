@@ -20,7 +20,7 @@ import contextlib
 import logging
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 
 
 Decoder = Callable[[bytes, str], DecodedImage]
-FrameDecoder = Callable[[bytes, str], list[tuple[float, "np.ndarray"]]]
+FrameDecoder = Callable[[bytes, str], Iterable[tuple[float, "np.ndarray"]]]
 # Failures of the device, not of the job: the job goes back to the queue for a later attempt.
 _DEVICE_FAILURES = frozenset({Code.DISK_FULL, Code.STORE_WRITE_FAILED})
 RECLAIM_EVERY_S = 5.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -107,23 +108,111 @@ def test_the_worker_decodes_stored_images_with_the_guarded_decoder(
     assert len(calls) == 2  # at ingest, and again for the job: both through the guard
 
 
+def _cine(frames: int) -> bytes:
+    from tools import dicomgen
+
+    stack = np.stack([np.roll(gradient(64, 48), 5 * i, axis=1) for i in range(frames)])
+    ds = dicomgen.base_dataset(dicomgen.US_STORAGE, modality="US", body_part=None, patient_age=None)
+    ds.set_pixel_data(stack, "MONOCHROME2", 8, generate_instance_uid=False)
+    ds.FrameTime = 100.0
+    return dicomgen.to_bytes(ds)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 @pytest.mark.security
 def test_cine_frames_are_decoded_in_the_worker_like_in_process() -> None:
     """Issue 17: the video path decoded a cine's frames in the agent's own process; the guard
     now answers them too, the same frames, under the same bounds."""
     from edge.imaging.dicom import display_frames
-    from tools import dicomgen
 
-    frames = np.stack([np.roll(gradient(64, 48), 5 * i, axis=1) for i in range(4)])
-    ds = dicomgen.base_dataset(dicomgen.US_STORAGE, modality="US", body_part=None, patient_age=None)
-    ds.set_pixel_data(frames, "MONOCHROME2", 8, generate_instance_uid=False)
-    ds.FrameTime = 100.0
-    data = dicomgen.to_bytes(ds)
+    data = _cine(4)
     with GuardedDecoder(timeout_s=20) as guarded:
-        answered = guarded.frames(data, "cine.dcm")
+        answered = list(guarded.frames(data, "cine.dcm"))
         with pytest.raises(EdgeError) as caught:
-            guarded.frames(b"not dicom", "x.dcm")
+            list(guarded.frames(b"not dicom", "x.dcm"))
         assert caught.value.code in (Code.DICOM_INVALID, Code.IMAGE_DECODE_FAILED)
     expected = list(display_frames(data))
     assert [t for t, _ in answered] == [t for t, _ in expected]
     assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(answered, expected, strict=True))
+
+
+@pytest.mark.security
+def test_a_cines_frames_stream_from_a_worker_of_their_own() -> None:
+    """A 30 s 800x600 cine (900 frames, 1.3 GB decoded) was DECODE_CRASHED under the default
+    2 GB bound: the worker answered with every frame at once. Frames now come one at a time from
+    a worker that lives for the cine, beside the pool's, which stays free for ingest."""
+    with GuardedDecoder(timeout_s=20) as guarded:
+        pool = set(guarded.pids())
+        frames = guarded.frames(_cine(6), "cine.dcm")
+        first = next(frames)
+        [streaming] = set(guarded.pids()) - pool
+        assert _alive(streaming)
+        assert guarded.decode(png_bytes(gradient()), "a.png").pixels.shape == gradient().shape  # pool is free
+        assert first[0] == 0.0
+        assert len(list(frames)) == 5
+        assert not _alive(streaming)
+        assert set(guarded.pids()) == pool
+
+        early = guarded.frames(_cine(6), "cine.dcm")
+        next(early)
+        [streaming] = set(guarded.pids()) - pool
+        early.close()  # the clip's limit, or the reader stopped: the worker goes at once
+        assert not _alive(streaming)
+        assert set(guarded.pids()) == pool
+
+
+@pytest.mark.security
+def test_a_worker_that_dies_mid_cine_ends_its_frames_with_a_code() -> None:
+    import os
+    import signal
+
+    with GuardedDecoder(timeout_s=20) as guarded:
+        pool = set(guarded.pids())
+        frames = guarded.frames(_cine(200), "cine.dcm")  # more than the pipe holds
+        next(frames)
+        [streaming] = set(guarded.pids()) - pool
+        os.kill(streaming, signal.SIGKILL)  # a C decoder's segfault, seen from here
+        with pytest.raises(EdgeError) as caught:
+            list(frames)
+        assert caught.value.code is Code.DECODE_CRASHED
+        assert "crashed at frame" in caught.value.message
+        assert set(guarded.pids()) == pool
+
+
+@pytest.mark.security
+def test_a_cine_frame_past_its_deadline_ends_the_frames_with_a_code() -> None:
+    with GuardedDecoder(timeout_s=0.001) as hurried:
+        pool = set(hurried.pids())
+        with pytest.raises(EdgeError) as caught:
+            list(hurried.frames(_cine(4), "cine.dcm"))  # the worker's start alone takes longer
+        assert caught.value.code is Code.DECODE_TIMEOUT
+        assert set(hurried.pids()) == pool
+
+
+@pytest.mark.security
+def test_a_cine_larger_decoded_than_the_bound_streams_through_it() -> None:
+    """What the fix is for: 200 frames of 600x800 RGB, a 7 s cine, are 288 MB decoded from a
+    few MB of JPEG. Answered all at once they took the worker past an 800 MB bound (its idle
+    address space is about 530 MB; the parent held all of them too); one at a time, each side
+    holds about one frame."""
+    from edge.imaging.dicom import display_frames
+    from tools import dicomgen
+
+    ramp = np.broadcast_to(np.linspace(0, 255, 800, dtype=np.uint8)[None, :, None], (600, 800, 3))
+    frames = [np.roll(ramp, 4 * i, axis=1) for i in range(200)]
+    data = dicomgen.to_bytes(dicomgen.jpeg_cine(frames))
+    assert len(data) < 20_000_000
+    with GuardedDecoder(timeout_s=30, memory_mb=800) as tight:
+        count, last = 0, None
+        for _, image in tight.frames(data, "cine.dcm"):
+            count, last = count + 1, image
+    assert count == 200
+    [(_, expected)] = deque(display_frames(data), maxlen=1)
+    assert last is not None
+    assert np.array_equal(last, expected)

@@ -470,28 +470,84 @@ def test_a_new_frame_size_resets_the_sector(settings: Settings) -> None:
     assert analyzer.stats.roi[0] + analyzer.stats.roi[2] <= 640
 
 
-def test_a_dicom_cine_goes_to_the_video_path(pipeline: Pipeline, tmp_path: Path) -> None:
-    needs_data()
-    frames = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in recording_frames(CLIPS[0], 24)])
+def _cine_file(tmp_path: Path, count: int) -> Path:
+    frames = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in recording_frames(CLIPS[0], count)])
     ds = dicomgen.base_dataset(dicomgen.US_STORAGE, modality="US", body_part=None, patient_age=None)
     ds.set_pixel_data(frames, "MONOCHROME2", 8, generate_instance_uid=False)
     ds.FrameTime = 100.0
     path = tmp_path / "cine.dcm"
     path.write_bytes(dicomgen.to_bytes(ds))
-    decoded_by: list[str] = []
+    return path
 
-    def guarded(data: bytes, name: str) -> list[tuple[float, np.ndarray]]:
-        decoded_by.append(name)  # the agent gives its guarded decoder's `frames` (issue 17)
-        return list(display_frames(data))
 
-    pipeline.frame_decoder = guarded
-    [analysis] = pipeline.analyse_file(path, model=ultrasound_model())
+def test_a_dicom_cine_goes_to_the_video_path(pipeline: Pipeline, tmp_path: Path) -> None:
+    from edge.ingest.guard import GuardedDecoder
+
+    needs_data()
+    path = _cine_file(tmp_path, 24)
+    with GuardedDecoder(timeout_s=30) as guarded:
+        decoded_by: list[str] = []
+
+        def frames(data: bytes, name: str) -> Iterator[tuple[float, np.ndarray]]:
+            decoded_by.append(name)  # the agent gives its guarded decoder's `frames` (issue 17)
+            return guarded.frames(data, name)
+
+        pipeline.frame_decoder = frames
+        [analysis] = pipeline.analyse_file(path, model=ultrasound_model())
+        assert set(guarded.pids()) == set(guarded.pids()[:1])  # the cine's own worker is gone
     assert analysis.ok, analysis.message
     assert len(decoded_by) == 1
     clip = pipeline.store.clip_for_result(analysis.result.id)
     assert clip["source"] == "dicom"
     assert clip["frames_analysed"] >= 3
     assert clip["duration_s"] > 1.0  # paced by FrameTime, not by the machine
+
+
+def test_edge_infer_streams_a_cines_frames_from_the_guard(settings: Settings, tmp_path: Path) -> None:
+    """`edge infer` and the TUI's re-run (Device(guarded=True)) decoded a cine's frames in
+    their own process; they now come from the guard's worker, one at a time, as in the agent."""
+    from edge.device import Device
+
+    needs_data()
+    path = _cine_file(tmp_path, 24)
+    with Device(settings, guarded=True) as device:
+        assert device.decoder is not None
+        streamed: list[str] = []
+        frames = device.decoder.frames
+
+        def counted(data: bytes, name: str) -> Iterator[tuple[float, np.ndarray]]:
+            streamed.append(name)
+            return frames(data, name)
+
+        assert device.pipeline.frame_decoder == frames
+        device.pipeline.frame_decoder = counted
+        [analysis] = device.analyse_file(path, model=ultrasound_model())
+        assert analysis.ok, analysis.message
+        clip = device.store.clip_for_result(analysis.result.id)
+    assert streamed == [f"job {analysis.job_id}"]
+    assert clip is not None
+    assert clip["source"] == "dicom"
+
+
+def test_a_cine_whose_decoder_fails_midway_is_refused_with_its_code(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    """The guarded decoder streams a cine's frames; one that crashes (or hangs) after some of
+    them ends the job with DECODE_CRASHED (DECODE_TIMEOUT), not a clip of what came before."""
+    needs_data()
+    path = _cine_file(tmp_path, 24)
+
+    def crashing(data: bytes, name: str) -> Iterator[tuple[float, np.ndarray]]:
+        yield from list(display_frames(data))[:12]
+        raise EdgeError(Code.DECODE_CRASHED, f"{name}: the decoder crashed at frame 13")
+
+    pipeline.frame_decoder = crashing
+    [analysis] = pipeline.analyse_file(path, model=ultrasound_model())
+    assert not analysis.ok
+    assert analysis.code == Code.DECODE_CRASHED, analysis.message
+    for table in ("clips", "results"):
+        assert pipeline.store.db.execute(f"select count(*) from {table}").fetchone()[0] == 0
+    assert not [p for p in pipeline.store.data_dir.rglob("*") if p.suffix in (".mp4", ".mkv", ".avi")]
 
 
 def test_a_live_capture_whose_stream_dies_mid_clip_stores_nothing(settings: Settings) -> None:

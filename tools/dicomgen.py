@@ -141,3 +141,29 @@ def undecodable_dicom(**base: Any) -> Dataset:
     ds["PixelData"].VR = "OB"
     ds.file_meta.TransferSyntaxUID = JPEG2000Lossless
     return ds
+
+
+def jpeg_cine(
+    frames: list[np.ndarray], frame_time_ms: float = 33.3, quality: int = 90, **base: Any
+) -> Dataset:
+    """An ultrasound cine as most scanners send one: RGB frames, each a JPEG Baseline
+    (YBR_FULL_422) fragment, so the file is a small fraction of its decoded size."""
+    from PIL import Image
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit
+
+    fragments = []
+    for frame in frames:
+        encoded = io.BytesIO()
+        Image.fromarray(frame).save(encoded, "JPEG", quality=quality)
+        fragments.append(encoded.getvalue())
+    rows, columns = frames[0].shape[:2]
+    ds = base_dataset(**{"sop_class": US_STORAGE, "modality": "US", "body_part": None, **base})
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PlanarConfiguration = rows, columns, 3, 0
+    ds.PhotometricInterpretation = "YBR_FULL_422"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.NumberOfFrames, ds.FrameTime = len(frames), frame_time_ms
+    ds.PixelData = encapsulate(fragments)
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    return ds

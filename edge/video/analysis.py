@@ -93,6 +93,8 @@ def _record(
             analyzer.run(threading.Event())
         if source.stats.end_reason.startswith("cannot open"):
             raise EdgeError(Code.VIDEO_UNREADABLE, f"{source.stats.end_reason} (damaged or incomplete file?)")
+        if source.stats.failure is not None:  # its frames' decoder refused, crashed or hung
+            raise source.stats.failure
     except BaseException:
         if analyzer.recorder is not None:
             analyzer.recorder.discard()

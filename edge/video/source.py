@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import cv2
 import numpy as np
 
+from edge.errors import EdgeError
+
 if TYPE_CHECKING:
     from edge.config import VideoSettings
 
@@ -55,6 +57,8 @@ class SourceStats:
     errors: list[str] = field(default_factory=list)
     ended: bool = False
     end_reason: str = ""
+    failure: EdgeError | None = None
+    """The coded refusal that ended the frames (a cine's guarded decoder: DECODE_CRASHED, ...)."""
 
 
 def kind_of(source: str) -> str:
@@ -93,8 +97,9 @@ class FrameSource:
         frames: Iterable[tuple[float, np.ndarray]] | None = None,
     ) -> None:
         """`lossless`: hand over every frame (the reader waits for the consumer), for analysing a
-        recording deterministically. `frames`: (position s, RGB image) pairs already in memory
-        (a DICOM cine), instead of opening `source`."""
+        recording deterministically. `frames`: (position s, RGB image) pairs of a DICOM cine,
+        in memory or decoded as they are read (a generator is closed when the reader stops),
+        instead of opening `source`."""
         self.source = source
         self.kind = "frames" if frames is not None else kind_of(source)
         self.realtime = realtime
@@ -223,6 +228,9 @@ class FrameSource:
         self._index = 0
         try:
             self._read_source()
+        except EdgeError as error:  # a guarded decoder's refusal: the job is refused with its code
+            self.stats.failure = error
+            self._finish(f"frame {self._index + 1} could not be decoded: {error.code.value}")
         except Exception as exc:  # noqa: BLE001 - any decoder's error ends the source, said
             self._finish(f"frame {self._index + 1} could not be decoded: {type(exc).__name__}"[:120])
 
@@ -231,10 +239,15 @@ class FrameSource:
         self._last_shape: tuple[int, ...] | None = None
         self._started = time.monotonic()
         if self._frames is not None:
-            for position, image in self._frames:
-                if self._stop.is_set():
-                    break
-                self._deliver(image[:, :, ::-1] if image.ndim == 3 else image, position)
+            try:
+                for position, image in self._frames:
+                    if self._stop.is_set():
+                        break
+                    self._deliver(image[:, :, ::-1] if image.ndim == 3 else image, position)
+            finally:
+                close = getattr(self._frames, "close", None)
+                if close is not None:  # a generator stopped early: its decoder goes now
+                    close()
             self._finish("end of frames")
             return
         while not self._stop.is_set():
