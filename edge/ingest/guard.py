@@ -254,7 +254,10 @@ class GuardedDecoder:
         `timeout_s`. A worker that dies or hangs ends them with DECODE_CRASHED or DECODE_TIMEOUT;
         a frame the decoder refuses ends them with its refusal. Closing the iterator early (the
         clip's limit) kills the worker."""
-        worker = _Worker(self.memory_mb, self.quiet)
+        try:
+            worker = _Worker(self.memory_mb, self.quiet)
+        except OSError as exc:  # no process to be had (memory, process limit): still a refusal
+            raise EdgeError(Code.DECODE_CRASHED, f"{name}: no decoder process could start ({exc})") from exc
         with self._lock:
             self._all.append(worker)  # killed by `close` too, should the reader still wait on it
         done = 0
