@@ -4,6 +4,7 @@ verified -> installed and active, a tampered profile and a downgrade refused, ro
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ from sqlalchemy import insert
 
 from edge.config import Settings, load_settings
 from edge.errors import Code, EdgeError
-from edge.hub import agreement, db, reviews, site_profiles
+from edge.hub import agreement, db, legacy_json, reviews, site_profiles
 from edge.hub.errors import HubError
 from edge.inference import metrics
 from edge.inference.site_profile import PointFigures
@@ -304,6 +305,42 @@ def test_an_odd_result_is_left_out_of_the_figures(hub: Hub, tmp_path: Path, key:
         reviews.add_review(hub.engine, result_uuid, "agree", reviewer="dr")
     [figures] = agreement.site_figures(hub.engine, hub.settings.models.dir)
     assert (figures["cases"], figures["unlabelled"]) == (80, 2)
+
+
+@pytest.mark.parametrize("hub", ["sqlite"], indirect=True)  # PostgreSQL's json never took NaN
+def test_an_older_hubs_nan_payloads_are_made_json_at_start(
+    hub: Hub, tmp_path: Path, key: tuple[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before intake refused them, a result with a NaN probability was stored as Python writes
+    it, which SQLite's JSON functions refuse: the one row failed the whole agreement page (and
+    retention's and FHIR's queries). A hub's start rewrites it with null; it is then left out."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import OperationalError
+
+    device_id, _ = enrolled(hub, device_settings(hub, tmp_path, key[0]))
+    add_reviewed(hub, device_id, synthetic_cases(40))
+    nan = float("nan")
+    result = {"model": "tiny", "version": "0.0.1", "finding": "finding", "positive_label": "finding"}
+    result |= {"probability": nan, "probabilities": {"normal": nan, "finding": float("inf")}}
+    stored_result(hub, device_id, "0000-nan", 1000, {"result": result, "site": SITE})
+    reviews.add_review(hub.engine, "0000-nan", "agree", reviewer="dr")
+    with pytest.raises(OperationalError, match="malformed JSON"):
+        agreement.site_figures(hub.engine, hub.settings.models.dir)
+
+    db.make_engine(str(hub.engine.url)).dispose()  # the hub starts again
+    [figures] = agreement.site_figures(hub.engine, hub.settings.models.dir)
+    assert figures["cases"] == 80  # the NaN result has no probability: left out
+    with hub.engine.connect() as conn:
+        [payload] = conn.execute(text("SELECT payload FROM records WHERE uuid = '0000-nan'")).one()
+    assert json.loads(payload)["result"]["probabilities"] == {"normal": None, "finding": None}
+    assert legacy_json.repair(hub.engine, db.json_columns()) == 0  # nothing left to do
+
+    with hub.engine.begin() as conn:  # a value not even Python reads: kept, and said
+        conn.execute(text("UPDATE records SET payload = '{\"result\": ' WHERE uuid = '0000-nan'"))
+    with caplog.at_level("ERROR"):
+        assert legacy_json.repair(hub.engine, db.json_columns()) == 0
+    assert "records.payload row" in caplog.text
+    assert "cannot be read; left as it is" in caplog.text
 
 
 def test_figures_past_the_pages_budget_come_from_the_background(

@@ -40,6 +40,7 @@ from sqlalchemy.schema import CreateIndex
 from sqlalchemy.sql.elements import Grouping
 
 from edge.clock import utc_now
+from edge.hub import legacy_json
 
 metadata = MetaData()
 
@@ -361,7 +362,13 @@ def make_engine(url: str) -> Engine:
         metadata.create_all(engine)
         add_new_columns(engine)
         add_new_indexes(engine)
+        legacy_json.repair(engine, json_columns())
     return engine
+
+
+def json_columns() -> list[tuple[str, str]]:
+    """Every (table, column) of the JSON type."""
+    return [(t.name, c.name) for t in metadata.sorted_tables for c in t.columns if isinstance(c.type, JSON)]
 
 
 SCHEMA_LOCK_KEY = 0x6564676501  # "edge" + 1: the advisory lock of schema changes
