@@ -130,6 +130,22 @@ def test_rle_compressed_store(listening: Listening) -> None:
     assert counts(listening.settings)["images"] == len(rle)
 
 
+def test_a_cine_as_a_video_stream_is_accepted(listening: Listening, tmp_path: Path) -> None:
+    """Ultrasound machines store long loops as H.264 (or MPEG-2, HEVC): the transfer syntax
+    was refused in negotiation, so storescu could not send the cine at all."""
+    from pydicom import uid
+
+    from tests.test_dicom_video import clip_frames, needs_ffmpeg
+
+    needs_ffmpeg()
+    path = tmp_path / "h264.dcm"
+    path.write_bytes(dicomgen.to_bytes(dicomgen.video_cine(clip_frames(12), uid.MPEG4HP41)))
+    result = send(listening, path, extra=("-xn",))  # proposes H.264 High Profile 4.1
+    assert result.returncode == 0, result.stderr
+    assert counts(listening.settings)["images"] == 1
+    assert counts(listening.settings)["jobs_queued"] == 1  # decoded: a job for the video path
+
+
 @pytest.mark.security
 def test_disallowed_caller_and_wrong_called_title_are_rejected(listening: Listening) -> None:
     for calling, called in (("INTRUDER", "EDGE"), ("XRAY1", "NOTEDGE")):

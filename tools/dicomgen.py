@@ -167,3 +167,38 @@ def jpeg_cine(
     ds["PixelData"].VR = "OB"
     ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
     return ds
+
+
+VIDEO_CODECS = {  # transfer syntax -> FFmpeg's encoder and elementary-stream format
+    "1.2.840.10008.1.2.4.101": ("mpeg2video", "mpeg2video", ["-q:v", "2"]),  # MPEG2MPHL
+    "1.2.840.10008.1.2.4.102": ("libx264", "h264", ["-profile:v", "high", "-level", "4.1"]),  # MPEG4HP41
+    "1.2.840.10008.1.2.4.107": ("libx265", "hevc", ["-x265-params", "log-level=error"]),  # HEVCMP51
+}
+
+
+def video_cine(frames: list[np.ndarray], transfer_syntax: str, fps: float = 10.0, **base: Any) -> Dataset:
+    """An ultrasound cine whose pixel data is one video stream (MPEG-2, H.264 or HEVC), encoded
+    by the `ffmpeg` program from RGB frames of even size, split into fragments of 64 KB."""
+    import subprocess
+
+    from pydicom.encaps import encapsulate
+
+    encoder, form, options = VIDEO_CODECS[transfer_syntax]
+    rows, columns = frames[0].shape[:2]
+    command = ["ffmpeg", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "rgb24"]
+    command += ["-s", f"{columns}x{rows}", "-r", str(fps), "-i", "-", "-c:v", encoder, *options]
+    command += ["-pix_fmt", "yuv420p", "-f", form, "-"]
+    raw = b"".join(np.ascontiguousarray(frame).tobytes() for frame in frames)
+    stream = subprocess.run(command, input=raw, capture_output=True, check=True).stdout
+    ds = base_dataset(**{"sop_class": US_STORAGE, "modality": "US", "body_part": None, **base})
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PlanarConfiguration = rows, columns, 3, 0
+    ds.PhotometricInterpretation = "YBR_PARTIAL_420"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.NumberOfFrames, ds.FrameTime, ds.FrameIncrementPointer = len(frames), 1000.0 / fps, 0x00181063
+    # One stream, cut into fragments wherever (the standard allows it): encapsulated as one
+    # "frame" of many fragments, with an empty offset table.
+    pieces = len(stream) // 65536 + 1
+    ds.PixelData = encapsulate([stream], fragments_per_frame=pieces)
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = transfer_syntax
+    return ds

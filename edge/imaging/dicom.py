@@ -26,6 +26,7 @@ from pydicom.valuerep import DA
 from edge.errors import Code, EdgeError
 from edge.imaging.acquisition import acquisition_facts
 from edge.imaging.decoded import DecodedImage, DicomHeader, UndecodableDicom, sha256_hex
+from edge.imaging.dicom_video import is_video, video_frames
 from edge.imaging.per_value import per_value
 from edge.study import StudyInfo
 
@@ -71,13 +72,16 @@ def _decode_dataset(ds: Dataset, data: bytes, name: str) -> DecodedImage:
     _refuse_impossible_header(ds, frames, name)
     syntax = _safe(lambda: uid.UID(str(ds.file_meta.TransferSyntaxUID)))
     try:
-        if frames > 1:
-            # A cine: the middle frame stands for it here (metadata, gate); the worker hands the
-            # whole file to the video path (edge.video.analysis.process_cine).
-            stored = np.asarray(pydicom.pixels.pixel_array(ds, index=frames // 2))
+        if is_video(ds):  # a video stream's pictures are display RGB already
+            pixels = _middle(video_frames(ds, name), frames)
         else:
-            stored = _stored_pixels(ds, data)
-        pixels = display_pixels(stored, ds)
+            if frames > 1:
+                # A cine: the middle frame stands for it here (metadata, gate); the worker hands
+                # the whole file to the video path (edge.video.analysis.process_cine).
+                stored = np.asarray(pydicom.pixels.pixel_array(ds, index=frames // 2))
+            else:
+                stored = _stored_pixels(ds, data)
+            pixels = display_pixels(stored, ds)
     except EdgeError as error:
         if error.code is Code.DICOM_UNSUPPORTED:
             raise UndecodableDicom(error.code, f"{name}: {error.message}", header(ds, data)) from error
@@ -202,8 +206,30 @@ def display_frames(data: bytes) -> Iterator[tuple[float, np.ndarray]]:
     if not frame_time_ms:
         rate = _safe(lambda: float(ds.get("CineRate") or ds.get("RecommendedDisplayFrameRate") or 0)) or 0.0
         frame_time_ms = 1000.0 / rate if rate else 1000.0 / 30
+    if is_video(ds):
+        stated = _safe(lambda: int(ds.get("NumberOfFrames", 1) or 1)) or 1
+        for index, picture in enumerate(video_frames(ds, "cine", stated)):
+            yield index * frame_time_ms / 1000, picture
+        return
     for index, stored in enumerate(iter_pixels(ds)):
         yield index * frame_time_ms / 1000, display_pixels(np.asarray(stored), ds)
+
+
+def _middle(pictures: Iterator[np.ndarray], frames: int) -> np.ndarray:
+    """The middle one of a cine's pictures (the last, should there be fewer), read up to it."""
+    chosen = None
+    try:
+        for index, picture in enumerate(pictures):
+            chosen = picture
+            if index >= frames // 2:
+                break
+    finally:
+        close = getattr(pictures, "close", None)
+        if close is not None:
+            close()
+    if chosen is None:
+        raise ValueError("no picture")
+    return chosen
 
 
 def _infer_missing_transfer_syntax(ds: Dataset) -> None:

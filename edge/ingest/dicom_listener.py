@@ -83,6 +83,9 @@ TRANSFER_SYNTAXES = [
     uid.JPEG2000Lossless,
     uid.JPEG2000,
     uid.RLELossless,
+    # Cines as video streams (MPEG-2, H.264, HEVC): ultrasound machines store long loops so
+    # (edge.imaging.dicom_video); refused in negotiation before, so the modality failed to send.
+    *uid.MPEGTransferSyntaxes,
 ]
 
 

@@ -1,0 +1,143 @@
+"""Cines whose pixel data is a video stream (MPEG-2, H.264, HEVC): decoded, not refused.
+
+Ultrasound machines store long loops this way; pydicom has no decoder for them, and the DICOM
+listener did not accept their transfer syntaxes, so such a cine could not even be sent. The
+streams here are encoded by the real `ffmpeg` program from the bundled lung clip's frames.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from pydicom import uid
+from pydicom.encaps import encapsulate
+
+from edge.config import Settings
+from edge.errors import Code
+from edge.imaging.decoded import UndecodableDicom
+from edge.imaging.dicom import decode_dicom, display_frames
+from tests.conftest import REPO
+from tools import dicomgen
+
+CLIP = REPO / "samples" / "video" / "lung-regular-alines.mp4"
+SYNTAXES = {
+    "mpeg2": uid.MPEG2MPHL,
+    "h264": uid.MPEG4HP41,
+    "hevc": uid.HEVCMP51,
+}
+
+
+def needs_ffmpeg() -> None:
+    if shutil.which("ffmpeg") is None:
+        if os.environ.get("CI"):
+            pytest.fail("ffmpeg is missing: .ci/run must apt-get install ffmpeg")
+        pytest.skip("the ffmpeg program is not installed")
+
+
+def clip_frames(count: int = 20) -> list[np.ndarray]:
+    capture = cv2.VideoCapture(str(CLIP))
+    frames = []
+    while len(frames) < count:
+        ok, bgr = capture.read()
+        if not ok:
+            break
+        rows, columns = bgr.shape[0] // 2 * 2, bgr.shape[1] // 2 * 2  # the encoders' 4:2:0
+        frames.append(np.ascontiguousarray(bgr[:rows, :columns, ::-1]))
+    capture.release()
+    return frames
+
+
+@pytest.fixture
+def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder
+
+
+@pytest.mark.parametrize("syntax", SYNTAXES.values(), ids=SYNTAXES.keys())
+def test_a_video_cine_decodes_frame_for_frame(syntax: str, private_tmp: Path) -> None:
+    needs_ffmpeg()
+    frames = clip_frames()
+    data = dicomgen.to_bytes(dicomgen.video_cine(frames, syntax, fps=10.0))
+    decoded = decode_dicom(data, "cine.dcm")
+    assert decoded.frames == len(frames)
+    # The middle picture stands for the cine (gate, metadata), as for any other cine.
+    distances = [np.abs(decoded.pixels.astype(int) - frame.astype(int)).mean() for frame in frames]
+    assert int(np.argmin(distances)) == len(frames) // 2
+    assert distances[len(frames) // 2] < 4  # lossy, but the same picture
+    shown = list(display_frames(data))
+    assert [round(t, 6) for t, _ in shown] == [round(i * 0.1, 6) for i in range(len(frames))]
+    for (_, picture), frame in zip(shown, frames, strict=True):
+        assert picture.shape == frame.shape
+        assert picture.dtype == np.uint8
+        assert np.abs(picture.astype(int) - frame.astype(int)).mean() < 4
+    assert not list(private_tmp.iterdir())  # the stream's file went with the frames
+
+
+def test_a_video_stream_no_decoder_reads_is_kept_but_not_analysed(private_tmp: Path) -> None:
+    """A well-formed object whose stream FFmpeg cannot read: stored by the listener, like any
+    other object this build cannot show (UndecodableDicom), never a crash."""
+    ds = dicomgen.video_cine(clip_frames(4), uid.MPEG4HP41) if shutil.which("ffmpeg") else None
+    if ds is None:
+        pytest.skip("the ffmpeg program is not installed")
+    ds.PixelData = encapsulate([bytes(range(256)) * 64])
+    with pytest.raises(UndecodableDicom) as caught:
+        decode_dicom(dicomgen.to_bytes(ds), "cine.dcm")
+    assert caught.value.code is Code.DICOM_UNSUPPORTED
+    assert "video stream" in caught.value.message
+    assert not list(private_tmp.iterdir())
+
+
+def test_a_stream_cut_inside_a_whole_object_ends_its_frames_with_a_code(private_tmp: Path) -> None:
+    """The object is complete but its stream holds half the frames its header states: the
+    pictures that decode are shown, and the frames end with DICOM_INVALID, which refuses the
+    job (the video path must not take half a clip for the whole)."""
+    from io import BytesIO
+
+    from pydicom.encaps import generate_fragments, parse_basic_offsets
+
+    from edge.errors import EdgeError
+
+    needs_ffmpeg()
+    ds = dicomgen.video_cine(clip_frames(20), uid.MPEG4HP41)
+    buffer = BytesIO(ds.PixelData)
+    parse_basic_offsets(buffer)
+    stream = b"".join(generate_fragments(buffer))
+    ds.PixelData = encapsulate([stream[: len(stream) // 2]])
+    data = dicomgen.to_bytes(ds)
+    assert decode_dicom(data, "cine.dcm").frames == 20  # its middle picture may still decode
+    shown, error = 0, None
+    try:
+        for _ in display_frames(data):
+            shown += 1
+    except EdgeError as raised:
+        error = raised
+    assert error is not None
+    assert error.code is Code.DICOM_INVALID
+    assert f"holds {shown} pictures where the header states 20 frames" in error.message
+    assert 0 < shown < 18
+    assert not list(private_tmp.iterdir())
+
+
+def test_a_video_cine_analysed_end_to_end_in_the_guard(settings: Settings, tmp_path: Path) -> None:
+    """`edge infer` (the guard's worker decodes, the frames stream to the video path): a clip
+    with its finding, as from the same frames in a JPEG cine."""
+    from edge.device import Device
+
+    needs_ffmpeg()
+    path = tmp_path / "h264.dcm"
+    path.write_bytes(dicomgen.to_bytes(dicomgen.video_cine(clip_frames(40), uid.MPEG4HP41, fps=10.0)))
+    with Device(settings, guarded=True) as device:
+        [analysis] = device.analyse_file(path, model="us-lung")
+        assert analysis.ok, analysis.message
+        clip = device.store.clip_for_result(analysis.result.id)
+    assert clip is not None
+    assert clip["source"] == "dicom"
+    assert clip["frames_analysed"] >= 3
