@@ -47,6 +47,7 @@ NEXT_STEPS: dict[Code, str] = {
     # Ingest boundary
     Code.DECODE_TIMEOUT: "check the sender: the file is quarantined; tell the field engineer if it repeats",
     Code.DECODE_CRASHED: "check the sender: the file is quarantined; tell the field engineer if it repeats",
+    Code.DECODER_UNAVAILABLE: "nothing if it passes: it is queued again; if it repeats, see edge doctor",
     Code.CALLER_NOT_ALLOWED: "add the modality's AE title to [dicom] allowed_callers if it is yours",
     Code.CALLER_ADDRESS_NOT_ALLOWED: "add the modality's address to [dicom] allowed_networks if it is yours",
     Code.LISTENER_IDLE_CLOSED: "nothing: an idle link made room; if a modality is cut, raise idle_timeout_s",

@@ -54,7 +54,11 @@ log = logging.getLogger(__name__)
 Decoder = Callable[[bytes, str], DecodedImage]
 FrameDecoder = Callable[[bytes, str], Iterable[tuple[float, "np.ndarray"]]]
 # Failures of the device, not of the job: the job goes back to the queue for a later attempt.
-_DEVICE_FAILURES = frozenset({Code.DISK_FULL, Code.STORE_WRITE_FAILED})
+# A stop (JOB_INTERRUPTED: a cine's decoder closed under it) or a decoder process that could not
+# start is not the job's fault either.
+_DEVICE_FAILURES = frozenset(
+    {Code.DISK_FULL, Code.STORE_WRITE_FAILED, Code.JOB_INTERRUPTED, Code.DECODER_UNAVAILABLE}
+)
 RECLAIM_EVERY_S = 5.0
 
 

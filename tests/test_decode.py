@@ -453,3 +453,27 @@ def test_a_large_film_is_shown_without_copies_of_it_in_floats() -> None:
     assert peak < 4 * stored.nbytes, (
         f"{peak / 2**20:.0f} MB at the peak for a {stored.nbytes / 2**20:.0f} MB film"
     )
+
+
+@pytest.mark.parametrize(
+    ("timing", "expected"),
+    [
+        ({"FrameTimeVector": [0, 100, 50, 200], "FrameTime": 40.0}, [0.0, 0.1, 0.15, 0.35]),
+        ({"FrameTimeVector": [0, 100], "FrameTime": 40.0}, [0.0, 0.04, 0.08, 0.12]),  # not one a frame
+        ({"CineRate": 20}, [0.0, 0.05, 0.1, 0.15]),
+        ({}, [0.0, 1 / 30, 2 / 30, 3 / 30]),
+    ],
+    ids=["vector", "vector-of-another-length", "cine-rate", "nothing"],
+)
+def test_a_cines_frame_times_come_from_its_header(timing: dict[str, object], expected: list[float]) -> None:
+    """A machine whose frame rate varies states each frame's increment (Frame Time Vector); it
+    was read as 30 frames a second."""
+    from edge.imaging.dicom import display_frames
+
+    stack = np.stack([np.roll(gradient(64, 48), 5 * i, axis=1) for i in range(4)])
+    ds = dicomgen.base_dataset(dicomgen.US_STORAGE, modality="US", body_part=None, patient_age=None)
+    ds.set_pixel_data(stack, "MONOCHROME2", 8, generate_instance_uid=False)
+    for keyword, value in timing.items():
+        setattr(ds, keyword, value)
+    times = [t for t, _ in display_frames(dicomgen.to_bytes(ds))]
+    assert times == pytest.approx(expected)

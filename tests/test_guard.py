@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -216,3 +219,48 @@ def test_a_cine_larger_decoded_than_the_bound_streams_through_it() -> None:
     [(_, expected)] = deque(display_frames(data), maxlen=1)
     assert last is not None
     assert np.array_equal(last, expected)
+
+
+@pytest.mark.security
+def test_a_cines_frames_have_a_decode_budget_in_all() -> None:
+    """Each frame is bounded by the reader's deadline; a cine of many slow frames (900 frames
+    just under 30 s each would hold the job for hours) by its budget, spent decoding only."""
+    with GuardedDecoder(timeout_s=20) as guarded:
+        assert guarded.cine_budget_s == 200
+        guarded.cine_budget_s = 0.0
+        with pytest.raises(EdgeError) as caught:
+            list(guarded.frames(_cine(4), "cine.dcm"))
+    assert caught.value.code is Code.DECODE_TIMEOUT
+    assert "its frames took longer than 0 s to decode (at frame 1)" in caught.value.message
+
+
+def test_closing_the_decoder_mid_cine_interrupts_it_without_blaming_the_file() -> None:
+    """The agent stopping closes its decoder, which kills a cine's worker under a reader in
+    another thread: JOB_INTERRUPTED (the job goes back to the queue), not DECODE_CRASHED (the
+    file refused for good), whichever way the reader finds its pipe gone."""
+    for _ in range(3):
+        guarded = GuardedDecoder(timeout_s=20)
+        reader = _Reader(guarded.frames(_cine(400), "cine.dcm"))
+        reader.start()
+        assert reader.started.wait(20)
+        guarded.close()
+        reader.join(20)
+        assert isinstance(reader.error, EdgeError), repr(reader.error)
+        assert reader.error.code is Code.JOB_INTERRUPTED
+
+
+class _Reader(threading.Thread):
+    """Reads frames as the video path does, keeping what ended them."""
+
+    def __init__(self, frames: Iterator[tuple[float, np.ndarray]]) -> None:
+        super().__init__()
+        self.frames, self.started = frames, threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            for _ in self.frames:
+                self.started.set()
+                time.sleep(0.002)
+        except BaseException as error:  # noqa: BLE001 - what the reader gets is the test
+            self.error = error

@@ -471,7 +471,9 @@ def test_a_new_frame_size_resets_the_sector(settings: Settings) -> None:
 
 
 def _cine_file(tmp_path: Path, count: int) -> Path:
-    frames = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in recording_frames(CLIPS[0], count)])
+    """A grey DICOM cine of the bundled lung clip's first frames (always in the repository)."""
+    sample = REPO / "samples" / "video" / "lung-regular-alines.mp4"
+    frames = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in recording_frames(sample, count)])
     ds = dicomgen.base_dataset(dicomgen.US_STORAGE, modality="US", body_part=None, patient_age=None)
     ds.set_pixel_data(frames, "MONOCHROME2", 8, generate_instance_uid=False)
     ds.FrameTime = 100.0
@@ -483,7 +485,6 @@ def _cine_file(tmp_path: Path, count: int) -> Path:
 def test_a_dicom_cine_goes_to_the_video_path(pipeline: Pipeline, tmp_path: Path) -> None:
     from edge.ingest.guard import GuardedDecoder
 
-    needs_data()
     path = _cine_file(tmp_path, 24)
     with GuardedDecoder(timeout_s=30) as guarded:
         decoded_by: list[str] = []
@@ -508,7 +509,6 @@ def test_edge_infer_streams_a_cines_frames_from_the_guard(settings: Settings, tm
     their own process; they now come from the guard's worker, one at a time, as in the agent."""
     from edge.device import Device
 
-    needs_data()
     path = _cine_file(tmp_path, 24)
     with Device(settings, guarded=True) as device:
         assert device.decoder is not None
@@ -534,7 +534,6 @@ def test_a_cine_whose_decoder_fails_midway_is_refused_with_its_code(
 ) -> None:
     """The guarded decoder streams a cine's frames; one that crashes (or hangs) after some of
     them ends the job with DECODE_CRASHED (DECODE_TIMEOUT), not a clip of what came before."""
-    needs_data()
     path = _cine_file(tmp_path, 24)
 
     def crashing(data: bytes, name: str) -> Iterator[tuple[float, np.ndarray]]:
@@ -548,6 +547,24 @@ def test_a_cine_whose_decoder_fails_midway_is_refused_with_its_code(
     for table in ("clips", "results"):
         assert pipeline.store.db.execute(f"select count(*) from {table}").fetchone()[0] == 0
     assert not [p for p in pipeline.store.data_dir.rglob("*") if p.suffix in (".mp4", ".mkv", ".avi")]
+
+
+def test_a_cine_interrupted_by_a_stop_goes_back_to_the_queue(pipeline: Pipeline, tmp_path: Path) -> None:
+    """The agent stopping closes its decoder under a cine (JOB_INTERRUPTED): the job is queued
+    again, its attempt not counted, and nothing is stored; the file is not refused for good."""
+    path = _cine_file(tmp_path, 24)
+
+    def interrupted(data: bytes, name: str) -> Iterator[tuple[float, np.ndarray]]:
+        yield from list(display_frames(data))[:12]
+        raise EdgeError(Code.JOB_INTERRUPTED, f"{name}: stopped at frame 13: the decoder was closed")
+
+    pipeline.frame_decoder = interrupted
+    [analysis] = pipeline.analyse_file(path, model=ultrasound_model())
+    assert not analysis.ok
+    [job] = pipeline.store.db.execute("select state, attempts, error_code from jobs").fetchall()
+    assert tuple(job) == ("queued", 0, "JOB_INTERRUPTED")
+    for table in ("clips", "results"):
+        assert pipeline.store.db.execute(f"select count(*) from {table}").fetchone()[0] == 0
 
 
 def test_a_live_capture_whose_stream_dies_mid_clip_stores_nothing(settings: Settings) -> None:

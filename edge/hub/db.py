@@ -362,13 +362,8 @@ def make_engine(url: str) -> Engine:
         metadata.create_all(engine)
         add_new_columns(engine)
         add_new_indexes(engine)
-        legacy_json.repair(engine, json_columns())
+        legacy_json.repair(engine, [("records", "payload")])
     return engine
-
-
-def json_columns() -> list[tuple[str, str]]:
-    """Every (table, column) of the JSON type."""
-    return [(t.name, c.name) for t in metadata.sorted_tables for c in t.columns if isinstance(c.type, JSON)]
 
 
 SCHEMA_LOCK_KEY = 0x6564676501  # "edge" + 1: the advisory lock of schema changes

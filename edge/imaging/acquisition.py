@@ -4,12 +4,14 @@
 plane), ImagerPixelSpacing (the detector plane) and an ultrasound region's calibration
 (SequenceOfUltrasoundRegions: PhysicalDeltaY/X in cm when its units say cm). Each value is
 checked to be a date or a number, so no free text rides in them; None where the header does not
-say or says nonsense.
+say or says nonsense. A cine's frame times (`frame_clock`) come from its header too.
 """
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -92,3 +94,40 @@ def _region_spacing(ds: Any) -> list[float] | None:
         return spacing([float(region.PhysicalDeltaY) * 10, float(region.PhysicalDeltaX) * 10])
     except Exception:  # noqa: BLE001 - absent or malformed: no calibration
         return None
+
+
+def frame_clock(ds: Any, frames: int) -> Callable[[int], float]:
+    """A cine's frame index -> seconds from its first frame: the Frame Time Vector's increments
+    where it holds one per frame (a machine whose frame rate varies), else Frame Time, Cine Rate
+    or the recommended display rate, else 30 a second; frames past the stated number go on at
+    the last interval."""
+    increments = _numbers(_get(ds, "FrameTimeVector"))
+    if increments is not None and len(increments) == frames > 1 and all(v >= 0 for v in increments):
+        times = [0.0]
+        for increment in increments[1:]:
+            times.append(times[-1] + increment / 1000)
+        step = times[-1] - times[-2]
+        return lambda index: times[index] if index < frames else times[-1] + (index - frames + 1) * step
+    frame_time_ms = _number(_get(ds, "FrameTime"))
+    if not frame_time_ms:
+        rate = _number(_get(ds, "CineRate")) or _number(_get(ds, "RecommendedDisplayFrameRate"))
+        frame_time_ms = 1000.0 / rate if rate else 1000.0 / 30
+    return lambda index: index * frame_time_ms / 1000
+
+
+def _number(value: Any) -> float | None:
+    """A positive finite number, else None."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) and number > 0 else None
+
+
+def _numbers(value: Any) -> list[float] | None:
+    """Finite numbers of a multi-valued element, else None."""
+    try:
+        numbers = [float(v) for v in (value if isinstance(value, list | tuple) else list(value))]
+    except (TypeError, ValueError):
+        return None
+    return numbers if all(math.isfinite(v) for v in numbers) else None

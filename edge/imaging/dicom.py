@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from datetime import date
 from typing import Any, cast
 
@@ -24,7 +24,7 @@ from pydicom.pixels.utils import get_expected_length
 from pydicom.valuerep import DA
 
 from edge.errors import Code, EdgeError
-from edge.imaging.acquisition import acquisition_facts
+from edge.imaging.acquisition import acquisition_facts, frame_clock
 from edge.imaging.decoded import DecodedImage, DicomHeader, UndecodableDicom, sha256_hex
 from edge.imaging.dicom_video import is_video, video_frames
 from edge.imaging.per_value import per_value
@@ -198,21 +198,18 @@ def _refuse_impossible_header(ds: Dataset, frames: int, name: str) -> None:
         raise EdgeError(Code.DICOM_INVALID, f"{name}: impossible image header ({problem})")
 
 
-def display_frames(data: bytes) -> Iterator[tuple[float, np.ndarray]]:
+def display_frames(data: bytes) -> Generator[tuple[float, np.ndarray], None, None]:
     """Every frame of a multi-frame DICOM as (seconds, display image), lazily (one in memory)."""
     ds = _read(data, "cine")
     _infer_missing_transfer_syntax(ds)
-    frame_time_ms = _safe(lambda: float(ds.get("FrameTime") or 0)) or 0.0
-    if not frame_time_ms:
-        rate = _safe(lambda: float(ds.get("CineRate") or ds.get("RecommendedDisplayFrameRate") or 0)) or 0.0
-        frame_time_ms = 1000.0 / rate if rate else 1000.0 / 30
+    stated = _safe(lambda: int(ds.get("NumberOfFrames", 1) or 1)) or 1
     if is_video(ds):
-        stated = _safe(lambda: int(ds.get("NumberOfFrames", 1) or 1)) or 1
-        for index, picture in enumerate(video_frames(ds, "cine", stated)):
-            yield index * frame_time_ms / 1000, picture
-        return
-    for index, stored in enumerate(iter_pixels(ds)):
-        yield index * frame_time_ms / 1000, display_pixels(np.asarray(stored), ds)
+        pictures: Iterator[np.ndarray] = video_frames(ds, "cine", stated)
+    else:
+        pictures = (display_pixels(np.asarray(stored), ds) for stored in iter_pixels(ds))
+    clock = frame_clock(ds, stated)
+    for index, picture in enumerate(pictures):
+        yield clock(index), picture
 
 
 def _middle(pictures: Iterator[np.ndarray], frames: int) -> np.ndarray:

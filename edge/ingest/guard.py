@@ -18,8 +18,8 @@ carries the worker's resident size, read from /proc after the job's objects are 
 A cine's frames are streamed, one message per frame, from a worker of their own that lives for
 that cine: the worker once answered with every frame at once, and a 30 s 800x600 cine (900
 frames, 1.3 GB decoded) was DECODE_CRASHED under the default 2 GB bound, while the parent held
-all of them too. The pipe's buffer paces the worker to the video path's reading, so either side
-holds about one frame, and the pool's workers stay free for ingest while the clip is analysed.
+all of them too. The pipe's buffer paces the worker to the video path's reading, so neither side
+holds the decoded cine, and the pool's workers stay free for ingest while the clip is analysed.
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ import struct
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Generator
 from typing import IO, Any
 
 import numpy as np
@@ -46,6 +47,10 @@ from edge.imaging.dicom import display_frames
 
 log = logging.getLogger(__name__)
 _HEADER = struct.Struct(">Q")
+CINE_BUDGET_FACTOR = 10
+"""A cine's frames get this many decode timeouts of decoding in all (300 s by default; a 30 s
+800x600 JPEG cine took 9 s here): a frame is bounded on its own, a cine of many slow frames
+was not."""
 
 
 def _write_frame(stream: IO[bytes], payload: Any) -> None:
@@ -55,17 +60,18 @@ def _write_frame(stream: IO[bytes], payload: Any) -> None:
     stream.flush()
 
 
-def _write_request(stream: IO[bytes], op: str, data: bytes, name: str) -> None:
+def _write_request(stream: IO[bytes], op: str, data: bytes, name: str, budget_s: float) -> None:
     """A request: its header pickled, then the input's bytes as they are. Pickled with them, a
-    512 MB input cost the sender two more copies of itself (the pickle, then header + pickle)."""
-    _write_frame(stream, (op, name, len(data)))
+    512 MB input cost the sender two more copies of itself (the pickle, then header + pickle).
+    `budget_s`: the decoding time a cine's frames get together."""
+    _write_frame(stream, (op, name, len(data), budget_s))
     stream.write(data)
     stream.flush()
 
 
-def _read_request(stream: IO[bytes]) -> tuple[str, bytes, str]:
-    op, name, size = _read_frame(stream)
-    return op, _read_exact(stream, size), name
+def _read_request(stream: IO[bytes]) -> tuple[str, bytes, str, float]:
+    op, name, size, budget_s = _read_frame(stream)
+    return op, _read_exact(stream, size), name, budget_s
 
 
 def _read_exact(stream: IO[bytes], size: int) -> bytes:
@@ -80,10 +86,13 @@ def _read_exact(stream: IO[bytes], size: int) -> bytes:
     return b"".join(chunks)
 
 
-def _read_frame(stream: IO[bytes]) -> Any:
+def _read_frame(stream: IO[bytes], limit: int = 1 << 40) -> Any:
     """The next pickled message, read into one buffer: the answers come from the raw pipe,
-    64 KB a read, and joining the pieces of a large decoded image cost a copy of it."""
+    64 KB a read, and joining the pieces of a large decoded image cost a copy of it. A length
+    over `limit` (more than the worker could hold) is a stream out of step: UnpicklingError."""
     (size,) = _HEADER.unpack(_read_exact(stream, _HEADER.size))
+    if size > limit:
+        raise pickle.UnpicklingError(f"a message of {size} bytes: the stream is out of step")
     buffer = bytearray(size)
     view, done = memoryview(buffer), 0
     while done < size:
@@ -116,20 +125,36 @@ def _refusal(exc: BaseException, name: str, memory_mb: int) -> EdgeError:
     return EdgeError(Code.IMAGE_DECODE_FAILED, f"{name} could not be decoded ({type(exc).__name__})")
 
 
-def _stream_frames(sink: IO[bytes], data: bytes, name: str, memory_mb: int) -> None:
-    """A cine's frames, one message each, then None; or the refusal that ended them."""
-    index = 0
+def _stream_frames(sink: IO[bytes], data: bytes, name: str, memory_mb: int, budget_s: float) -> None:
+    """A cine's frames, one message each, then None; or the refusal that ended them. The time
+    spent decoding them (not waiting for the reader) is bounded by `budget_s` in all: a frame
+    is bounded by the reader's deadline, and a cine of many slow frames by this."""
+    index, spent = 0, 0.0
+    frames = display_frames(data)
     try:
-        for frame in display_frames(data):
+        while True:
+            started = time.monotonic()
+            frame = next(frames, None)
+            spent += time.monotonic() - started
+            if frame is None:
+                break
+            if spent > budget_s:
+                raise TimeoutError
             _write_frame(sink, frame)
             index += 1
             del frame
+    except TimeoutError:
+        late = f"{name}: its frames took longer than {budget_s:g} s to decode (at frame {index + 1})"
+        _write_frame(sink, EdgeError(Code.DECODE_TIMEOUT, late))
+        return
     except Exception as exc:  # noqa: BLE001 - MemoryError included: a refusal, not a crash
         failure = _refusal(exc, name, memory_mb)
         if index:
             failure = EdgeError(failure.code, f"frame {index + 1}: {failure.message}")
         _write_frame(sink, failure)
         return
+    finally:
+        frames.close()
     _write_frame(sink, None)
 
 
@@ -139,16 +164,19 @@ def serve(memory_mb: int) -> None:
 
     limit = memory_mb * 1024 * 1024
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    source, sink = sys.stdin.buffer, sys.stdout.buffer
-    sys.stdout = sys.stderr  # nothing but frames on the real stdout
+    # The answers get the real stdout, buffered (each write whole) and to themselves: what C
+    # code prints to descriptor 1 goes to stderr, where it cannot put the stream out of step.
+    source, sink = sys.stdin.buffer, os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
     while True:
         try:
-            op, data, name = _read_request(source)
+            op, data, name, budget_s = _read_request(source)
         except EOFError:
             return
         result: Any = None
         if op == "frames":
-            _stream_frames(sink, data, name, memory_mb)
+            _stream_frames(sink, data, name, memory_mb, budget_s)
         else:
             try:
                 result = decode_bytes(data, name)
@@ -162,6 +190,7 @@ def serve(memory_mb: int) -> None:
 
 class _Worker:
     def __init__(self, memory_mb: int, quiet: bool = False) -> None:
+        self.limit = memory_mb * 1024 * 1024
         self.process = subprocess.Popen(
             [sys.executable, "-m", "edge.ingest.guard", str(memory_mb)],
             stdin=subprocess.PIPE,
@@ -172,20 +201,21 @@ class _Worker:
         self.resident = 0
         """Its resident bytes after the last job."""
 
-    def send(self, op: str, data: bytes, name: str) -> None:
+    def send(self, op: str, data: bytes, name: str, budget_s: float = 0.0) -> None:
         assert self.process.stdin is not None
-        _write_request(self.process.stdin, op, data, name)
+        _write_request(self.process.stdin, op, data, name, budget_s)
 
     def receive(self, timeout_s: float) -> Any:
         """The worker's next message, within `timeout_s` (TimeoutError)."""
         assert self.process.stdout is not None
         # Unbuffered: a buffered reader may already hold the next messages of a stream, which
-        # select, asking the pipe, would not see.
+        # poll, asking the pipe, would not see. (poll, not select: no limit on the descriptor.)
         answers = self.process.stdout.raw  # type: ignore[attr-defined]
-        ready, _, _ = select.select([answers], [], [], timeout_s)
-        if not ready:
+        waiting = select.poll()
+        waiting.register(answers.fileno(), select.POLLIN)
+        if not waiting.poll(max(0, int(timeout_s * 1000))):
             raise TimeoutError
-        return _read_frame(answers)
+        return _read_frame(answers, self.limit)
 
     def ask(self, op: str, data: bytes, name: str, timeout_s: float) -> Any:
         self.send(op, data, name)
@@ -223,6 +253,9 @@ class GuardedDecoder:
         self.quiet = quiet
         self.recycled = 0
         """Workers replaced for their size after a job (not for a timeout or a crash)."""
+        self.cine_budget_s = CINE_BUDGET_FACTOR * timeout_s
+        """The decoding time a cine's frames get together (each frame: `timeout_s`)."""
+        self._closing = threading.Event()
         self._idle: queue.Queue[_Worker] = queue.Queue()
         self._all: list[_Worker] = []
         self._lock = threading.Lock()
@@ -248,21 +281,25 @@ class GuardedDecoder:
             raise EdgeError(Code.DECODE_CRASHED, f"{name}: the decoder answered nonsense")
         return result
 
-    def frames(self, data: bytes, name: str = "cine") -> Iterator[tuple[float, np.ndarray]]:
+    def frames(self, data: bytes, name: str = "cine") -> Generator[tuple[float, np.ndarray], None, None]:
         """Every display frame of a multi-frame DICOM (`display_frames`), lazily, decoded in a
         worker of this cine's own under the same memory bound; each frame must come within
-        `timeout_s`. A worker that dies or hangs ends them with DECODE_CRASHED or DECODE_TIMEOUT;
-        a frame the decoder refuses ends them with its refusal. Closing the iterator early (the
-        clip's limit) kills the worker."""
+        `timeout_s`, and all of them within `cine_budget_s` of decoding. A worker that dies or
+        hangs ends them with DECODE_CRASHED or DECODE_TIMEOUT; a frame the decoder refuses ends
+        them with its refusal; `close` (the agent stopping) ends them with JOB_INTERRUPTED, and
+        a worker that cannot start with DECODER_UNAVAILABLE: the job goes back to the queue.
+        Closing the iterator early (the clip's limit) kills the worker."""
         try:
             worker = _Worker(self.memory_mb, self.quiet)
-        except OSError as exc:  # no process to be had (memory, process limit): still a refusal
-            raise EdgeError(Code.DECODE_CRASHED, f"{name}: no decoder process could start ({exc})") from exc
+        except OSError as exc:  # no process to be had (memory, process limit): not the file's fault
+            raise EdgeError(
+                Code.DECODER_UNAVAILABLE, f"{name}: no decoder process could start ({exc})"
+            ) from exc
         with self._lock:
             self._all.append(worker)  # killed by `close` too, should the reader still wait on it
         done = 0
         try:
-            worker.send("frames", data, name)
+            worker.send("frames", data, name, self.cine_budget_s)
             while True:
                 answer = worker.receive(self.timeout_s)
                 if answer is None:
@@ -277,7 +314,10 @@ class GuardedDecoder:
             log.error("a cine's frame took over %.0f s: decoder process killed", self.timeout_s)
             late = f"{name}: frame {done + 1} took longer than {self.timeout_s:g} s to decode"
             raise EdgeError(Code.DECODE_TIMEOUT, late) from exc
-        except (EOFError, OSError, pickle.UnpicklingError) as exc:
+        except (EOFError, OSError, ValueError, pickle.UnpicklingError) as exc:
+            if self._closing.is_set():
+                stopped = f"{name}: stopped at frame {done + 1}: the decoder was closed"
+                raise EdgeError(Code.JOB_INTERRUPTED, stopped) from exc
             log.error("the decoder process died in a cine, at frame %d", done + 1)
             raise EdgeError(Code.DECODE_CRASHED, f"{name}: the decoder crashed at frame {done + 1}") from exc
         finally:
@@ -297,7 +337,7 @@ class GuardedDecoder:
             raise EdgeError(
                 Code.DECODE_TIMEOUT, f"{name}: decoding took longer than {self.timeout_s:g} s"
             ) from exc
-        except (EOFError, OSError, pickle.UnpicklingError) as exc:
+        except (EOFError, OSError, ValueError, MemoryError, pickle.UnpicklingError) as exc:
             healthy = False
             log.error("the decoder process died: replaced")
             raise EdgeError(Code.DECODE_CRASHED, f"{name}: the decoder crashed on this file") from exc
@@ -324,6 +364,7 @@ class GuardedDecoder:
             return [worker.process.pid for worker in self._all]
 
     def close(self) -> None:
+        self._closing.set()
         with self._lock:
             workers, self._all = self._all, []
         for worker in workers:

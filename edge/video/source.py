@@ -228,7 +228,7 @@ class FrameSource:
         self._index = 0
         try:
             self._read_source()
-        except EdgeError as error:  # a guarded decoder's refusal: the job is refused with its code
+        except EdgeError as error:  # a decoder's coded refusal: the job ends with its code
             self.stats.failure = error
             self._finish(f"frame {self._index + 1} could not be decoded: {error.code.value}")
         except Exception as exc:  # noqa: BLE001 - any decoder's error ends the source, said
