@@ -529,42 +529,32 @@ def test_edge_infer_streams_a_cines_frames_from_the_guard(settings: Settings, tm
     assert clip["source"] == "dicom"
 
 
-def test_a_cine_whose_decoder_fails_midway_is_refused_with_its_code(
-    pipeline: Pipeline, tmp_path: Path
+@pytest.mark.parametrize(
+    ("code", "job"),
+    [(Code.DECODE_CRASHED, ("failed", 1)), (Code.JOB_INTERRUPTED, ("queued", 0))],
+    ids=["crashed", "interrupted"],
+)
+def test_a_cine_whose_decoder_ends_midway_stores_nothing(
+    pipeline: Pipeline, tmp_path: Path, code: Code, job: tuple[str, int]
 ) -> None:
-    """The guarded decoder streams a cine's frames; one that crashes (or hangs) after some of
-    them ends the job with DECODE_CRASHED (DECODE_TIMEOUT), not a clip of what came before."""
+    """The guarded decoder streams a cine's frames. One that crashes (or hangs) after some of
+    them ends the job with DECODE_CRASHED (DECODE_TIMEOUT), not a clip of what came before; the
+    decoder closed under it by the agent's stop (JOB_INTERRUPTED) gives the job back to the
+    queue, its attempt not counted: the file is not refused for good."""
     path = _cine_file(tmp_path, 24)
 
-    def crashing(data: bytes, name: str) -> Iterator[tuple[float, np.ndarray]]:
+    def ending(data: bytes, name: str) -> Iterator[tuple[float, np.ndarray]]:
         yield from list(display_frames(data))[:12]
-        raise EdgeError(Code.DECODE_CRASHED, f"{name}: the decoder crashed at frame 13")
+        raise EdgeError(code, f"{name}: the decoder ended at frame 13")
 
-    pipeline.frame_decoder = crashing
+    pipeline.frame_decoder = ending
     [analysis] = pipeline.analyse_file(path, model=ultrasound_model())
     assert not analysis.ok
-    assert analysis.code == Code.DECODE_CRASHED, analysis.message
+    [row] = pipeline.store.db.execute("select state, attempts, error_code from jobs").fetchall()
+    assert tuple(row) == (*job, code.value), analysis.message
     for table in ("clips", "results"):
         assert pipeline.store.db.execute(f"select count(*) from {table}").fetchone()[0] == 0
     assert not [p for p in pipeline.store.data_dir.rglob("*") if p.suffix in (".mp4", ".mkv", ".avi")]
-
-
-def test_a_cine_interrupted_by_a_stop_goes_back_to_the_queue(pipeline: Pipeline, tmp_path: Path) -> None:
-    """The agent stopping closes its decoder under a cine (JOB_INTERRUPTED): the job is queued
-    again, its attempt not counted, and nothing is stored; the file is not refused for good."""
-    path = _cine_file(tmp_path, 24)
-
-    def interrupted(data: bytes, name: str) -> Iterator[tuple[float, np.ndarray]]:
-        yield from list(display_frames(data))[:12]
-        raise EdgeError(Code.JOB_INTERRUPTED, f"{name}: stopped at frame 13: the decoder was closed")
-
-    pipeline.frame_decoder = interrupted
-    [analysis] = pipeline.analyse_file(path, model=ultrasound_model())
-    assert not analysis.ok
-    [job] = pipeline.store.db.execute("select state, attempts, error_code from jobs").fetchall()
-    assert tuple(job) == ("queued", 0, "JOB_INTERRUPTED")
-    for table in ("clips", "results"):
-        assert pipeline.store.db.execute(f"select count(*) from {table}").fetchone()[0] == 0
 
 
 def test_a_live_capture_whose_stream_dies_mid_clip_stores_nothing(settings: Settings) -> None:
