@@ -141,3 +141,20 @@ def test_a_video_cine_analysed_end_to_end_in_the_guard(settings: Settings, tmp_p
     assert clip is not None
     assert clip["source"] == "dicom"
     assert clip["frames_analysed"] >= 3
+
+
+def test_doctor_says_when_opencv_cannot_read_video_streams(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Jetson's system OpenCV may come without FFmpeg: such cines would be refused, and the
+    field engineer is told why before the first one is."""
+    from edge.operations import doctor
+
+    def decoders() -> doctor.Check:
+        return next(c for c in doctor.run_checks(settings) if c.name == "dicom decoders")
+
+    assert "H.264" not in decoders().message
+    monkeypatch.setattr(cv2.videoio_registry, "hasBackend", lambda backend: False)
+    check = decoders()
+    assert check.level == "warn"
+    assert "MPEG-2/H.264/HEVC cines (OpenCV without FFmpeg)" in check.message

@@ -57,6 +57,8 @@ def _packages(settings: Settings) -> list[Check]:
         )
     )
     absent = [f"{what} ({name})" for name, what in decoders.items() if importlib.util.find_spec(name) is None]
+    if not _opencv_reads_video():
+        absent.append("MPEG-2/H.264/HEVC cines (OpenCV without FFmpeg)")
     out.append(
         Check(
             "dicom decoders",
@@ -65,6 +67,17 @@ def _packages(settings: Settings) -> list[Check]:
         )
     )
     return out
+
+
+def _opencv_reads_video() -> bool:
+    """Whether OpenCV has FFmpeg: cines stored as a video stream and video files need it (a
+    Jetson's system OpenCV may have GStreamer only)."""
+    try:
+        import cv2
+
+        return bool(cv2.videoio_registry.hasBackend(cv2.CAP_FFMPEG))
+    except (ImportError, AttributeError):
+        return False
 
 
 def _backends(settings: Settings) -> list[Check]:
