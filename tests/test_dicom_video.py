@@ -158,3 +158,29 @@ def test_doctor_says_when_opencv_cannot_read_video_streams(
     check = decoders()
     assert check.level == "warn"
     assert "MPEG-2/H.264/HEVC cines (OpenCV without FFmpeg)" in check.message
+
+
+def test_a_killed_decoder_leaves_no_copy_of_the_stream(private_tmp: Path) -> None:
+    """The stream is the patient's pictures: written to the worker's own scratch folder, which
+    goes when the worker is killed (a hang, a crash), or at the next start if its agent died."""
+    import signal
+
+    from edge.errors import EdgeError
+    from edge.ingest.guard import GuardedDecoder
+
+    needs_ffmpeg()
+    data = dicomgen.to_bytes(dicomgen.video_cine(clip_frames(40), uid.MPEG4HP41))
+    left_by_a_dead_agent = private_tmp / "edge-guard-999999999-abc"
+    (left_by_a_dead_agent / "edge-video-x").mkdir(parents=True)
+    with GuardedDecoder(timeout_s=20) as guarded:
+        assert not left_by_a_dead_agent.exists()
+        pool = set(guarded.pids())
+        frames = guarded.frames(data, "cine.dcm")
+        next(frames)
+        [streaming] = set(guarded.pids()) - pool
+        assert list(private_tmp.glob("edge-guard-*/edge-video-*/stream.h264"))  # where it is
+        os.kill(streaming, signal.SIGKILL)
+        with pytest.raises(EdgeError):
+            list(frames)
+        assert not list(private_tmp.glob("edge-guard-*/edge-video-*"))
+    assert not list(private_tmp.iterdir())

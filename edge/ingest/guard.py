@@ -31,12 +31,15 @@ import os
 import pickle
 import queue
 import select
+import shutil
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Generator
+from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
@@ -188,16 +191,38 @@ def serve(memory_mb: int) -> None:
         _write_frame(sink, resident_bytes())
 
 
+SCRATCH_PREFIX = "edge-guard-"
+
+
+def _scratch_of_the_dead() -> list[Path]:
+    """Scratch folders of workers whose parent process is gone (a power cut, kill -9)."""
+    gone = []
+    for folder in Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*-*"):
+        owner = folder.name.removeprefix(SCRATCH_PREFIX).split("-", 1)[0]
+        if owner.isdigit() and not Path(f"/proc/{owner}").exists() and folder.stat().st_uid == os.getuid():
+            gone.append(folder)
+    return gone
+
+
 class _Worker:
+    """One decoder process. Its temporary files (a video cine's stream, GDCM's copy of a file:
+    the patient's pictures) go to a scratch folder of its own, removed when it is killed: a
+    worker killed mid-decode could not remove them itself."""
+
     def __init__(self, memory_mb: int, quiet: bool = False) -> None:
         self.limit = memory_mb * 1024 * 1024
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "edge.ingest.guard", str(memory_mb)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL if quiet else None,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
+        self.scratch = tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-")
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "edge.ingest.guard", str(memory_mb)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL if quiet else None,
+                env={**os.environ, "PYTHONUNBUFFERED": "1", "TMPDIR": self.scratch},
+            )
+        except BaseException:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+            raise
         self.resident = 0
         """Its resident bytes after the last job."""
 
@@ -226,6 +251,7 @@ class _Worker:
     def kill(self) -> None:
         self.process.kill()
         self.process.wait(timeout=10)
+        shutil.rmtree(self.scratch, ignore_errors=True)
         for stream in (self.process.stdin, self.process.stdout):
             if stream is not None:
                 with contextlib.suppress(OSError):  # unflushed bytes to a dead process
@@ -259,6 +285,8 @@ class GuardedDecoder:
         self._idle: queue.Queue[_Worker] = queue.Queue()
         self._all: list[_Worker] = []
         self._lock = threading.Lock()
+        for folder in _scratch_of_the_dead():  # what a decoder left when its agent died
+            shutil.rmtree(folder, ignore_errors=True)
         for _ in range(max(1, workers)):
             self._add()
 
