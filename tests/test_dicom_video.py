@@ -81,6 +81,18 @@ def test_a_video_cine_decodes_frame_for_frame(syntax: str, private_tmp: Path) ->
     assert not list(private_tmp.iterdir())  # the stream's file went with the frames
 
 
+def test_a_long_video_cine_is_stood_for_by_a_picture_a_second_in(private_tmp: Path) -> None:
+    """A stream has no index to seek by: its middle is read from the start, seconds for a long
+    loop each time it is shown. At most 30 pictures in (the middle of a short one) stands for it."""
+    needs_ffmpeg()
+    first = clip_frames(1)[0]
+    frames = [np.roll(first, 4 * i, axis=1) for i in range(70)]  # the sample has 30: each its own
+    decoded = decode_dicom(dicomgen.to_bytes(dicomgen.video_cine(frames, uid.MPEG4HP41)), "cine.dcm")
+    distances = [np.abs(decoded.pixels.astype(int) - frame.astype(int)).mean() for frame in frames]
+    assert decoded.frames == 70
+    assert int(np.argmin(distances)) == 30
+
+
 def test_a_video_stream_no_decoder_reads_is_kept_but_not_analysed(private_tmp: Path) -> None:
     """A well-formed object whose stream FFmpeg cannot read: stored by the listener, like any
     other object this build cannot show (UndecodableDicom), never a crash."""

@@ -30,6 +30,7 @@ from edge.imaging.dicom_video import is_video, video_frames
 from edge.imaging.per_value import per_value
 from edge.study import StudyInfo
 
+VIDEO_STANDS_AT = 30  # the picture that stands for a video cine: its middle, at most this far in
 MAX_FRAME_PIXELS = 100_000_000  # as for PNG/JPEG: larger than any radiograph, smaller than a bomb
 _AGE = re.compile(r"^(\d{3})([DWMY])$")
 _AGE_UNIT_YEARS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}
@@ -73,7 +74,10 @@ def _decode_dataset(ds: Dataset, data: bytes, name: str) -> DecodedImage:
     syntax = _safe(lambda: uid.UID(str(ds.file_meta.TransferSyntaxUID)))
     try:
         if is_video(ds):  # a video stream's pictures are display RGB already
-            pixels = _middle(video_frames(ds, name), frames)
+            # A stream is read from its start (no index to seek by): the middle of a 5-minute
+            # loop is 4,500 pictures in, seconds each time the TUI shows it; a second in stands
+            # for it as well.
+            pixels = _picture_at(video_frames(ds, name), min(frames // 2, VIDEO_STANDS_AT))
         else:
             if frames > 1:
                 # A cine: the middle frame stands for it here (metadata, gate); the worker hands
@@ -212,13 +216,13 @@ def display_frames(data: bytes) -> Generator[tuple[float, np.ndarray], None, Non
         yield clock(index), picture
 
 
-def _middle(pictures: Iterator[np.ndarray], frames: int) -> np.ndarray:
-    """The middle one of a cine's pictures (the last, should there be fewer), read up to it."""
+def _picture_at(pictures: Iterator[np.ndarray], wanted: int) -> np.ndarray:
+    """The picture at index `wanted` (the last, should there be fewer), read up to it."""
     chosen = None
     try:
         for index, picture in enumerate(pictures):
             chosen = picture
-            if index >= frames // 2:
+            if index >= wanted:
                 break
     finally:
         close = getattr(pictures, "close", None)
