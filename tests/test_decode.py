@@ -460,10 +460,12 @@ def test_a_large_film_is_shown_without_copies_of_it_in_floats() -> None:
     [
         ({"FrameTimeVector": [0, 100, 50, 200], "FrameTime": 40.0}, [0.0, 0.1, 0.15, 0.35]),
         ({"FrameTimeVector": [0, 100], "FrameTime": 40.0}, [0.0, 0.04, 0.08, 0.12]),  # not one a frame
+        ({"FrameTimeVector": [0, 0, 0, 0], "FrameTime": 40.0}, [0.0, 0.04, 0.08, 0.12]),  # no intervals
+        ({"FrameTimeVector": [0, 100, 1e300, 5], "FrameTime": 40.0}, [0.0, 0.04, 0.08, 0.12]),
         ({"CineRate": 20}, [0.0, 0.05, 0.1, 0.15]),
         ({}, [0.0, 1 / 30, 2 / 30, 3 / 30]),
     ],
-    ids=["vector", "vector-of-another-length", "cine-rate", "nothing"],
+    ids=["vector", "vector-of-another-length", "zeros", "absurd", "cine-rate", "nothing"],
 )
 def test_a_cines_frame_times_come_from_its_header(timing: dict[str, object], expected: list[float]) -> None:
     """A machine whose frame rate varies states each frame's increment (Frame Time Vector); it

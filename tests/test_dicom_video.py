@@ -19,7 +19,7 @@ from pydicom import uid
 from pydicom.encaps import encapsulate
 
 from edge.config import Settings
-from edge.errors import Code
+from edge.errors import Code, EdgeError
 from edge.imaging.decoded import UndecodableDicom
 from edge.imaging.dicom import decode_dicom, display_frames
 from tests.conftest import REPO
@@ -93,18 +93,43 @@ def test_a_long_video_cine_is_stood_for_by_a_picture_a_second_in(private_tmp: Pa
     assert int(np.argmin(distances)) == 30
 
 
-def test_a_video_stream_no_decoder_reads_is_kept_but_not_analysed(private_tmp: Path) -> None:
-    """A well-formed object whose stream FFmpeg cannot read: stored by the listener, like any
-    other object this build cannot show (UndecodableDicom), never a crash."""
-    ds = dicomgen.video_cine(clip_frames(4), uid.MPEG4HP41) if shutil.which("ffmpeg") else None
-    if ds is None:
-        pytest.skip("the ffmpeg program is not installed")
-    ds.PixelData = encapsulate([bytes(range(256)) * 64])
-    with pytest.raises(UndecodableDicom) as caught:
+@pytest.mark.parametrize(
+    ("pixel_data", "code"),
+    [
+        (b"\x00\x00\x00\x01" + bytes(range(256)) * 64, Code.DICOM_UNSUPPORTED),  # a stream, unreadable
+        (bytes(range(256)) * 64, Code.DICOM_INVALID),  # no stream at all
+        (b"#EXTM3U\n#EXTINF:1,\n/etc/hostname\n", Code.DICOM_INVALID),  # a playlist naming a file
+        (b"\x00\x00\x00\x18ftypisom" + bytes(64), Code.DICOM_INVALID),  # another container
+    ],
+    ids=["garbled-stream", "not-a-stream", "playlist", "mp4-container"],
+)
+def test_pixel_data_that_is_not_its_stream_is_refused_before_ffmpeg_sees_it(
+    private_tmp: Path, pixel_data: bytes, code: Code
+) -> None:
+    """FFmpeg probes whatever it is given as any format it knows: another container, or a
+    playlist whose entries (files on this device, network addresses) it would read. A stream
+    that starts as its syntax's does but will not decode is stored unanalysed
+    (UndecodableDicom); anything else is refused as malformed. Never a crash."""
+    needs_ffmpeg()
+    ds = dicomgen.video_cine(clip_frames(4), uid.MPEG4HP41)
+    ds.PixelData = encapsulate([pixel_data])
+    with pytest.raises(EdgeError) as caught:
         decode_dicom(dicomgen.to_bytes(ds), "cine.dcm")
-    assert caught.value.code is Code.DICOM_UNSUPPORTED
-    assert "video stream" in caught.value.message
+    assert caught.value.code is code, caught.value.message
+    assert isinstance(caught.value, UndecodableDicom) == (code is Code.DICOM_UNSUPPORTED)
     assert not list(private_tmp.iterdir())
+
+
+def test_pictures_of_another_size_than_the_header_says_are_refused(private_tmp: Path) -> None:
+    """A stream of 8192x8192 pictures under a 64x64 header decoded, 201 MB a picture past the
+    header's size checks: the stream's size is the header's or the object is malformed."""
+    needs_ffmpeg()
+    ds = dicomgen.video_cine(clip_frames(4), uid.MPEG4HP41)
+    ds.Rows, ds.Columns = 64, 64
+    with pytest.raises(EdgeError) as caught:
+        decode_dicom(dicomgen.to_bytes(ds), "cine.dcm")
+    assert caught.value.code is Code.DICOM_INVALID
+    assert "pictures are 322x322 where the header says 64x64" in caught.value.message
 
 
 def test_a_stream_cut_inside_a_whole_object_ends_its_frames_with_a_code(private_tmp: Path) -> None:
@@ -182,8 +207,10 @@ def test_a_killed_decoder_leaves_no_copy_of_the_stream(private_tmp: Path) -> Non
 
     needs_ffmpeg()
     data = dicomgen.to_bytes(dicomgen.video_cine(clip_frames(40), uid.MPEG4HP41))
-    left_by_a_dead_agent = private_tmp / "edge-guard-999999999-abc"
+    left_by_a_dead_agent = private_tmp / "edge-guard-abc"
     (left_by_a_dead_agent / "edge-video-x").mkdir(parents=True)
+    (left_by_a_dead_agent / ".owner").touch()  # its lock went with its process
+    os.utime(left_by_a_dead_agent, (1, 1))
     with GuardedDecoder(timeout_s=20) as guarded:
         assert not left_by_a_dead_agent.exists()
         pool = set(guarded.pids())

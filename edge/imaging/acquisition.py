@@ -96,13 +96,22 @@ def _region_spacing(ds: Any) -> list[float] | None:
         return None
 
 
+MAX_FRAME_INTERVAL_MS = 60_000.0  # a minute between two frames of a cine is no cine
+
+
 def frame_clock(ds: Any, frames: int) -> Callable[[int], float]:
     """A cine's frame index -> seconds from its first frame: the Frame Time Vector's increments
     where it holds one per frame (a machine whose frame rate varies), else Frame Time, Cine Rate
     or the recommended display rate, else 30 a second; frames past the stated number go on at
     the last interval."""
     increments = _numbers(_get(ds, "FrameTimeVector"))
-    if increments is not None and len(increments) == frames > 1 and all(v >= 0 for v in increments):
+    # One per frame, each after the first a real interval (all zeros put every frame at 0 s,
+    # and the video path then analysed only the first); else the rate below.
+    if (
+        increments is not None
+        and len(increments) == frames > 1
+        and all(0 < v <= MAX_FRAME_INTERVAL_MS for v in increments[1:])
+    ):
         times = [0.0]
         for increment in increments[1:]:
             times.append(times[-1] + increment / 1000)

@@ -6,14 +6,22 @@ per frame. pydicom has no decoder for it, so such a cine was refused (`DICOM_UNS
 the DICOM listener did not even accept the transfer syntax. The stream is written, fragment by
 fragment, to a private temporary file (OpenCV reads no buffers; the file is the patient's
 picture, so it is owner-only and removed when the frames end) and decoded by FFmpeg through
-OpenCV, the reader the video path already uses. FFmpeg finds the stream's format itself (an
-MPEG-2 elementary or program stream, an H.264 or HEVC byte stream) and converts its YBR to
-RGB. In the agent this runs in the guard's worker, like every decode of received bytes.
+OpenCV, the reader the video path already uses, which converts its YBR to RGB (honouring a
+BT.709 tag). FFmpeg probes what it is given as any format it knows (another container, a
+playlist naming files or addresses), so the pixel data must begin as its syntax's stream does
+(a start code; for MPEG-2 also a transport stream's sync byte), and in the guard's worker
+FFmpeg may open only these stream formats, from files (`FFMPEG_OPTIONS`). Its pictures must be
+the header's size. In the agent, `edge infer` and the TUI this runs in the guard's worker, like
+every decode of received bytes: a crafted stream of empty units takes FFmpeg's parser
+gigabytes, which only the worker's bound holds. (The sync service still decodes a stored
+picture for the hub in its own process.)
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import struct
 import tempfile
 from collections.abc import Iterator
 from io import BytesIO
@@ -29,6 +37,18 @@ from edge.errors import Code, EdgeError
 
 VIDEO_SYNTAXES = frozenset(uid.MPEGTransferSyntaxes)
 _SUFFIX = {"MPEG2": ".mpg", "MPEG-4": ".h264", "HEVC": ".hevc"}  # a hint; FFmpeg probes anyway
+FFMPEG_OPTIONS = "format_whitelist;h264,hevc,mpegvideo,mpeg,mpegts|protocol_whitelist;file"
+"""For OpenCV's FFmpeg reader where only these streams are read (the guard's worker sets it as
+OPENCV_FFMPEG_CAPTURE_OPTIONS): no other container, no playlist, no network."""
+
+
+def ffmpeg_available() -> bool:
+    """Whether OpenCV has FFmpeg (a Jetson's system OpenCV may have GStreamer only): without it
+    these syntaxes are not offered to senders, and `edge doctor` warns."""
+    try:
+        return bool(cv2.videoio_registry.hasBackend(cv2.CAP_FFMPEG))
+    except (AttributeError, cv2.error):
+        return False
 
 
 def is_video(ds: Dataset) -> bool:
@@ -40,31 +60,38 @@ def is_video(ds: Dataset) -> bool:
 
 
 def video_frames(ds: Dataset, name: str, stated: int = 0) -> Iterator[np.ndarray]:
-    """The stream's pictures in order, each RGB uint8; DICOM_UNSUPPORTED when none decodes (a
-    stream FFmpeg cannot read, or no stream at all). Read to its end, a stream of fewer pictures
-    than the `stated` number of frames (2% or 2 short) ends with DICOM_INVALID: a stream cut or
-    damaged inside a well-formed object, which the video path must not take for the whole clip."""
+    """The stream's pictures in order, each RGB uint8. Refused: pixel data that does not begin
+    as its syntax's stream does (FFmpeg would otherwise probe it as any format it knows: another
+    container, a playlist naming other files or addresses) or whose pictures are not the
+    header's Rows x Columns (DICOM_INVALID); a stream no picture of which decodes
+    (DICOM_UNSUPPORTED). Read to its end, a stream of fewer pictures than the `stated` number of
+    frames (2% short at most) ends with DICOM_INVALID: a stream cut or damaged inside a
+    well-formed object, which the video path must not take for the whole clip."""
     syntax = uid.UID(str(ds.file_meta.TransferSyntaxUID))
-    suffix = next((hint for key, hint in _SUFFIX.items() if key in syntax.name), ".bin")
+    family = next((key for key in _SUFFIX if key in syntax.name), "")
+    rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    count = 0
     with tempfile.TemporaryDirectory(prefix="edge-video-") as folder:
-        path = Path(folder) / f"stream{suffix}"
-        _write_stream(ds, path, name)
+        path = Path(folder) / f"stream{_SUFFIX.get(family, '.bin')}"
+        _write_stream(ds, path, name, family)
         capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
         try:
-            count = 0
+            size = (int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)), int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)))
+            if capture.isOpened() and all(size) and size != (rows, columns):  # 0: not known yet
+                raise _wrong_size(name, size, rows, columns)
             while capture.isOpened():
                 ok, bgr = capture.read()
                 if not ok:
                     break
+                if bgr.shape[:2] != (rows, columns):
+                    raise _wrong_size(name, bgr.shape[:2], rows, columns)
                 count += 1
                 yield np.ascontiguousarray(bgr[:, :, ::-1]) if bgr.ndim == 3 else bgr
         finally:
             capture.release()
     if not count:
-        raise EdgeError(
-            Code.DICOM_UNSUPPORTED, f"{name}: its video stream ({syntax.name}) could not be decoded"
-        )
-    if count < stated - max(2, stated // 50):
+        raise EdgeError(Code.DICOM_UNSUPPORTED, f"its video stream ({syntax.name}) could not be decoded")
+    if count < stated - stated // 50:
         raise EdgeError(
             Code.DICOM_INVALID,
             f"{name}: its video stream holds {count} pictures where the header states {stated}"
@@ -72,16 +99,56 @@ def video_frames(ds: Dataset, name: str, stated: int = 0) -> Iterator[np.ndarray
         )
 
 
-def _write_stream(ds: Dataset, path: Path, name: str) -> None:
-    """The fragments' bytes, in order, after the (ignored) basic offset table."""
+def _wrong_size(name: str, size: tuple[int, ...], rows: int, columns: int) -> EdgeError:
+    return EdgeError(
+        Code.DICOM_INVALID,
+        f"{name}: its video stream's pictures are {size[1]}x{size[0]} where the header says {columns}x{rows}",
+    )
+
+
+def _starts_as(family: str, head: bytes) -> bool:
+    """Whether a stream begins as one of `family` does: H.264 and HEVC byte streams with a start
+    code (after any zero bytes), MPEG-2 with one too (an elementary or program stream) or as a
+    transport stream (its sync byte)."""
+    code = head.lstrip(b"\x00")
+    started = len(head) - len(code) >= 2 and code[:1] == b"\x01"
+    if family == "MPEG2":
+        return started or head[:1] == b"\x47"
+    return started
+
+
+def _write_stream(ds: Dataset, path: Path, name: str, family: str) -> None:
+    """The fragments' bytes, in order, after the (ignored) basic offset table. A temporary disk
+    that is full is DISK_FULL (a failure of the device, tried again), not the file's fault."""
     try:
         buffer = BytesIO(ds.PixelData)
         parse_basic_offsets(buffer)
+        fragments = generate_fragments(buffer)
+        head = b""
+        for fragment in fragments:  # a sender may cut anywhere, even inside the first bytes
+            head += fragment
+            if len(head) >= 64:
+                break
+        if not _starts_as(family, head[:64]):
+            raise EdgeError(
+                Code.DICOM_INVALID, f"{name}: its pixel data is not the {syntax_name(ds)} stream it says"
+            )
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(descriptor, "wb") as stream:
-            for fragment in generate_fragments(buffer):
+            stream.write(head)
+            for fragment in fragments:
                 stream.write(fragment)
-    except (ValueError, KeyError, AttributeError, TypeError) as exc:  # not encapsulated as stated
+    except (ValueError, KeyError, AttributeError, TypeError, struct.error) as exc:  # not as stated
         raise EdgeError(
             Code.DICOM_INVALID, f"{name}: its video stream is not encapsulated as DICOM says ({exc})"[:300]
         ) from exc
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            raise
+        raise EdgeError(
+            Code.DISK_FULL, f"{name}: no room for its video stream's temporary file ({exc})"
+        ) from exc
+
+
+def syntax_name(ds: Dataset) -> str:
+    return str(getattr(ds.file_meta.TransferSyntaxUID, "name", "") or ds.file_meta.TransferSyntaxUID)

@@ -53,6 +53,7 @@ from pynetdicom.association import Association
 
 from edge.config import Settings
 from edge.errors import Code, EdgeError
+from edge.imaging.dicom_video import ffmpeg_available
 from edge.ingest import dicom_access
 from edge.ingest.dicom_access import CallerPolicy, SeenCallers
 from edge.pipeline import Decoder, Pipeline
@@ -65,6 +66,7 @@ CANNOT_UNDERSTAND = 0xC000
 PROCESSING_FAILURE = 0x0110
 _STATUS = {
     Code.DISK_FULL: OUT_OF_RESOURCES,
+    Code.DECODER_UNAVAILABLE: OUT_OF_RESOURCES,  # no decoder process could start: send again later
     Code.STORE_WRITE_FAILED: PROCESSING_FAILURE,
 }
 VERIFICATION = "1.2.840.10008.1.1"  # C-ECHO
@@ -85,7 +87,8 @@ TRANSFER_SYNTAXES = [
     uid.RLELossless,
     # Cines as video streams (MPEG-2, H.264, HEVC): ultrasound machines store long loops so
     # (edge.imaging.dicom_video); refused in negotiation before, so the modality failed to send.
-    *uid.MPEGTransferSyntaxes,
+    # Offered only where they decode: a sender that could fall back to JPEG then does.
+    *(uid.MPEGTransferSyntaxes if ffmpeg_available() else []),
 ]
 
 

@@ -31,15 +31,12 @@ import os
 import pickle
 import queue
 import select
-import shutil
 import struct
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Generator
-from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
@@ -47,6 +44,9 @@ import numpy as np
 from edge.errors import Code, EdgeError
 from edge.imaging.decode import DecodedImage, decode_bytes
 from edge.imaging.dicom import display_frames
+from edge.imaging.dicom_video import FFMPEG_OPTIONS
+from edge.ingest import scratch
+from edge.ingest.scratch import Scratch
 
 log = logging.getLogger(__name__)
 _HEADER = struct.Struct(">Q")
@@ -191,19 +191,6 @@ def serve(memory_mb: int) -> None:
         _write_frame(sink, resident_bytes())
 
 
-SCRATCH_PREFIX = "edge-guard-"
-
-
-def _scratch_of_the_dead() -> list[Path]:
-    """Scratch folders of workers whose parent process is gone (a power cut, kill -9)."""
-    gone = []
-    for folder in Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*-*"):
-        owner = folder.name.removeprefix(SCRATCH_PREFIX).split("-", 1)[0]
-        if owner.isdigit() and not Path(f"/proc/{owner}").exists() and folder.stat().st_uid == os.getuid():
-            gone.append(folder)
-    return gone
-
-
 class _Worker:
     """One decoder process. Its temporary files (a video cine's stream, GDCM's copy of a file:
     the patient's pictures) go to a scratch folder of its own, removed when it is killed: a
@@ -211,17 +198,19 @@ class _Worker:
 
     def __init__(self, memory_mb: int, quiet: bool = False) -> None:
         self.limit = memory_mb * 1024 * 1024
-        self.scratch = tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-")
+        self.scratch = Scratch()
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "TMPDIR": str(self.scratch.path)}
+        env["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = FFMPEG_OPTIONS  # its streams only, files only
         try:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "edge.ingest.guard", str(memory_mb)],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL if quiet else None,
-                env={**os.environ, "PYTHONUNBUFFERED": "1", "TMPDIR": self.scratch},
+                env=env,
             )
         except BaseException:
-            shutil.rmtree(self.scratch, ignore_errors=True)
+            self.scratch.remove()
             raise
         self.resident = 0
         """Its resident bytes after the last job."""
@@ -251,7 +240,7 @@ class _Worker:
     def kill(self) -> None:
         self.process.kill()
         self.process.wait(timeout=10)
-        shutil.rmtree(self.scratch, ignore_errors=True)
+        self.scratch.remove()
         for stream in (self.process.stdin, self.process.stdout):
             if stream is not None:
                 with contextlib.suppress(OSError):  # unflushed bytes to a dead process
@@ -285,9 +274,11 @@ class GuardedDecoder:
         self._idle: queue.Queue[_Worker] = queue.Queue()
         self._all: list[_Worker] = []
         self._lock = threading.Lock()
-        for folder in _scratch_of_the_dead():  # what a decoder left when its agent died
-            shutil.rmtree(folder, ignore_errors=True)
-        for _ in range(max(1, workers)):
+        self.size = max(1, workers)
+        self._short = 0
+        """Workers that could not be started again (memory, processes, /tmp full): retried."""
+        scratch.sweep()  # what a decoder left when its agent died
+        for _ in range(self.size):
             self._add()
 
     def _add(self) -> None:
@@ -301,7 +292,29 @@ class GuardedDecoder:
         with self._lock:
             if worker in self._all:
                 self._all.remove(worker)
-        self._add()
+            self._short += 1
+        self._top_up()
+
+    def _top_up(self) -> None:
+        """Start the workers missing; one that cannot start is tried again at the next decode
+        (a pool left empty waited for ever)."""
+        with self._lock:
+            short, self._short = self._short, 0
+        for _ in range(short):
+            try:
+                self._add()
+            except OSError as exc:
+                log.error("no decoder process could start (%s): tried again at the next decode", exc)
+                with self._lock:
+                    self._short += 1
+
+    def _take(self, name: str) -> _Worker:
+        self._top_up()
+        with self._lock:
+            none_left = self._short >= self.size
+        if none_left:
+            raise EdgeError(Code.DECODER_UNAVAILABLE, f"{name}: no decoder process could start")
+        return self._idle.get()
 
     def decode(self, data: bytes, name: str = "input") -> DecodedImage:
         result = self._ask("image", data, name)
@@ -355,7 +368,7 @@ class GuardedDecoder:
                     self._all.remove(worker)
 
     def _ask(self, op: str, data: bytes, name: str) -> Any:
-        worker = self._idle.get()
+        worker = self._take(name)
         healthy = True
         try:
             result = worker.ask(op, data, name, self.timeout_s)

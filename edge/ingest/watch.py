@@ -51,7 +51,7 @@ from edge.store.files import fsync_dir, make_dirs, write_atomically
 
 log = logging.getLogger(__name__)
 PARTIAL_SUFFIXES = (".part", ".partial", ".tmp", ".crdownload", ".download", ".filepart", ".swp")
-LEAVE_FOR_LATER = {Code.DISK_FULL, Code.STORE_WRITE_FAILED}
+LEAVE_FOR_LATER = {Code.DISK_FULL, Code.STORE_WRITE_FAILED, Code.DECODER_UNAVAILABLE}
 RETRY_S = 60.0
 MAX_HELD = 10_000
 COUNTS = ("ingested", "duplicate", "quarantined", "waiting", "deferred", "held", "gone", "paused")

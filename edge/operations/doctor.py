@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 
 from edge.config import Settings
 from edge.errors import EdgeError
+from edge.imaging.dicom_video import ffmpeg_available
 from edge.inference.pool import parity_refusals
 from edge.inference.registry import Registry
 from edge.operations import file_modes, health, housekeeping, storage_encryption
@@ -57,7 +58,7 @@ def _packages(settings: Settings) -> list[Check]:
         )
     )
     absent = [f"{what} ({name})" for name, what in decoders.items() if importlib.util.find_spec(name) is None]
-    if not _opencv_reads_video():
+    if not ffmpeg_available():
         absent.append("MPEG-2/H.264/HEVC cines (OpenCV without FFmpeg)")
     out.append(
         Check(
@@ -67,17 +68,6 @@ def _packages(settings: Settings) -> list[Check]:
         )
     )
     return out
-
-
-def _opencv_reads_video() -> bool:
-    """Whether OpenCV has FFmpeg: cines stored as a video stream and video files need it (a
-    Jetson's system OpenCV may have GStreamer only)."""
-    try:
-        import cv2
-
-        return bool(cv2.videoio_registry.hasBackend(cv2.CAP_FFMPEG))
-    except (ImportError, AttributeError):
-        return False
 
 
 def _backends(settings: Settings) -> list[Check]:

@@ -70,6 +70,9 @@ class EdgeApp(App[int]):
         self.title = f"edge · {context.settings.site}"
         self.site = context.settings.site
 
+    def on_unmount(self) -> None:
+        self.context.close()
+
     def on_mount(self) -> None:
         if self.context.console_font:
             self.add_class(CONSOLE_FONT_CLASS)

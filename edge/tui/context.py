@@ -15,6 +15,7 @@ from typing import Any
 
 from edge.config import Settings
 from edge.inference.registry import Registry
+from edge.ingest.guard import GuardedDecoder
 from edge.store import Store
 
 HealthSource = Callable[[Settings, Store], dict[str, Any]]
@@ -92,6 +93,23 @@ class TuiContext:
     @cached_property
     def registry(self) -> Registry:
         return Registry(self.settings.models.dir)
+
+    @cached_property
+    def decoder(self) -> GuardedDecoder:
+        """Stored pictures are shown as the agent decodes them, in one bounded, quiet worker
+        (started at the first picture): an object the agent's guard refused is stored all the
+        same (it may be the study's), and a crafted video stream that takes gigabytes to parse
+        took them from the TUI's own process."""
+        ingest = self.settings.ingest
+        return GuardedDecoder(
+            ingest.decode_timeout_s, ingest.decode_memory_mb, 1, ingest.decode_recycle_mb, quiet=True
+        )
+
+    def close(self) -> None:
+        """Stop the picture decoder, if one was started."""
+        decoder = self.__dict__.pop("decoder", None)
+        if decoder is not None:
+            decoder.close()
 
     def now(self) -> datetime:
         return self.clock().astimezone(self.display_tz)

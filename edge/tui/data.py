@@ -15,7 +15,7 @@ from PIL import Image
 
 from edge.errors import EdgeError
 from edge.hints import SYNC_NOT_CONFIGURED
-from edge.imaging.decode import decode_bytes, read_input
+from edge.imaging.decode import read_input
 from edge.inference import site_profile
 from edge.inference.registry import ModelEntry
 from edge.store import StoredResult, WorklistItem
@@ -188,7 +188,7 @@ def load_picture(context: TuiContext, detail: ResultDetail, heatmap: bool) -> tu
     with context.open_store() as store:
         path = store.image_file(item.image_id)
     try:
-        decoded = decode_bytes(read_input(path, context.settings.store.max_input_bytes), path.name)
+        decoded = context.decoder.decode(read_input(path, context.settings.store.max_input_bytes), path.name)
     except EdgeError as error:
         return None, error.one_line()
     caption = "image (t: heatmap)" if stored_heatmap else "image (no heatmap stored)"
