@@ -103,3 +103,14 @@ def eventually(condition: Callable[[], object], timeout_s: float = 10.0) -> bool
             return False
         time.sleep(0.02)
     return True
+
+
+@pytest.fixture
+def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """This process's temporary folder for the test: what was written there, and left, shows."""
+    import tempfile
+
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import cv2
@@ -51,14 +50,6 @@ def clip_frames(count: int = 20) -> list[np.ndarray]:
         frames.append(np.ascontiguousarray(bgr[:rows, :columns, ::-1]))
     capture.release()
     return frames
-
-
-@pytest.fixture
-def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    folder = tmp_path / "tmp"
-    folder.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(folder))
-    return folder
 
 
 @pytest.mark.parametrize("syntax", SYNTAXES.values(), ids=SYNTAXES.keys())

@@ -5,7 +5,6 @@ start again."""
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,14 +13,6 @@ from edge.errors import Code, EdgeError
 from edge.ingest import guard, scratch
 from edge.ingest.guard import GuardedDecoder
 from tests.conftest import gradient, png_bytes
-
-
-@pytest.fixture
-def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    folder = tmp_path / "tmp"
-    folder.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(folder))
-    return folder
 
 
 def _old(path: Path) -> Path:
