@@ -226,3 +226,29 @@ def test_doctor_reads_the_schema_as_found_and_refuses_a_newer_one(settings: Sett
     check = next(c for c in run_checks(settings) if c.name == "database")
     assert check.level == "fail"
     assert "newer than this software" in check.message
+
+
+def test_a_clips_recording_is_kept_in_the_data_folder_and_swept_an_hour_after(
+    settings: Settings, store: Store
+) -> None:
+    """A clip's video was recorded in /tmp: the patient's pictures outside the data folder (and
+    its encryption), left there by a power cut or kill -9 mid-clip (355 such files were in this
+    machine's /tmp). It is written under clips/ now, and swept at the next start an hour on
+    (a recording may wait that long for its stop)."""
+    from edge.video.clip import ClipRecorder
+
+    recorder = ClipRecorder(
+        ["normal", "finding"], "finding", fps=5, max_seconds=2, max_side=64, key_frames=2,
+        folder=settings.data_dir / "clips",
+    )  # fmt: skip
+    recorder._write_video(0.0, gradient(64, 48))
+    assert recorder._video is not None
+    recording = recorder._video
+    assert recording.parent == settings.data_dir / "clips"
+    assert recording.name.startswith(".recording-")
+    recorder._writer.release()  # the process died here: nothing else happens to it
+    assert housekeeping.sweep_orphans(store, min_age_s=0) == 0  # not an hour old: may be running
+    old = time.time() - housekeeping.RECORDING_GRACE_S - 1
+    os.utime(recording, (old, old))
+    assert housekeeping.sweep_orphans(store) == 1
+    assert not recording.exists()

@@ -27,11 +27,13 @@ from pathlib import Path
 from edge.config import Settings
 from edge.store import Store
 from edge.store.files import remove_quietly
+from edge.video.clip import RECORDING_PREFIX
 
 log = logging.getLogger(__name__)
 # A file is written before the row that names it commits (seconds later, or as long as a live
 # clip is still being recorded, which keeps touching its file): younger files are in flight.
 ORPHAN_GRACE_S = 120.0
+RECORDING_GRACE_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -97,13 +99,17 @@ def release_reserve(settings: Settings) -> bool:
 
 def sweep_orphans(store: Store, min_age_s: float = ORPHAN_GRACE_S) -> int:
     """Delete image, heatmap and clip files that no row points at, and the temporary files of
-    interrupted atomic writes anywhere in the data directory, once older than `min_age_s`."""
+    interrupted atomic writes anywhere in the data directory, once older than `min_age_s`
+    (a clip's video being recorded, `.recording-*`: an hour)."""
     referenced = set(store.referenced_files())
     cutoff = time.time() - min_age_s
     removed = 0
     for path in _candidates(store.data_dir):
+        # A clip being recorded (by the TUI's live screen or `edge capture` beside the agent)
+        # is written until its length is reached, then waits for its stop: an hour's grace.
+        grace = cutoff if not path.name.startswith(RECORDING_PREFIX) else time.time() - RECORDING_GRACE_S
         try:
-            if not path.is_file() or path.stat().st_mtime > cutoff:
+            if not path.is_file() or path.stat().st_mtime > min(cutoff, grace):
                 continue
         except OSError:  # removed meanwhile (a study deleted, retention)
             continue

@@ -49,6 +49,9 @@ class ClipSummary:
     the check: the clip is judged by their median."""
 
 
+RECORDING_PREFIX = ".recording-"
+
+
 class ClipRecorder:
     def __init__(
         self,
@@ -59,7 +62,13 @@ class ClipRecorder:
         max_seconds: float,
         max_side: int,
         key_frames: int,
+        folder: Path | None = None,
     ) -> None:
+        """`folder`: where the clip's video is written while it is recorded (the data
+        directory's clips folder: the patient's pictures stay where the store keeps them,
+        under its encryption, and a recording a power cut interrupted is swept at the next
+        start; /tmp held them outside both). None: the system's temporary folder."""
+        self.folder = folder
         self.labels = labels
         self.positive = positive
         self.fps = fps
@@ -123,7 +132,9 @@ class ClipRecorder:
                 max(16, int(crop.shape[1] * scale) // 2 * 2),
                 max(16, int(crop.shape[0] * scale) // 2 * 2),
             )
-            handle, name = tempfile.mkstemp(suffix=".mp4", prefix="edge-clip-")
+            if self.folder is not None:
+                self.folder.mkdir(parents=True, exist_ok=True)
+            handle, name = tempfile.mkstemp(suffix=".mp4", prefix=RECORDING_PREFIX, dir=self.folder)
             os.close(handle)  # OpenCV opens the file by name
             self._video = Path(name)
             self._writer = cv2.VideoWriter(name, cv2.VideoWriter.fourcc(*"mp4v"), self.fps, self._size)

@@ -121,6 +121,7 @@ class LiveAnalyzer:
                 max_seconds=self.video.clip_max_seconds,
                 max_side=self.video.clip_max_side,
                 key_frames=self.video.key_frames,
+                folder=self.settings.data_dir / "clips",
             )
             self._clip_reconnects = None
 
