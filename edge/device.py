@@ -76,10 +76,7 @@ class Device:
         self.pipeline = Pipeline(settings, self.store, registry=self.registry, pool=self.pool, actor=actor)
         self.decoder: GuardedDecoder | None = None
         if guarded:
-            ingest = settings.ingest
-            self.decoder = GuardedDecoder(
-                ingest.decode_timeout_s, ingest.decode_memory_mb, 1, ingest.decode_recycle_mb, quiet=True
-            )
+            self.decoder = GuardedDecoder.from_settings(settings.ingest, quiet=True)
             self.pipeline.decoder = self.decoder.decode
             self.pipeline.frame_decoder = self.decoder.frames
 

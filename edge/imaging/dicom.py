@@ -216,7 +216,7 @@ def display_frames(data: bytes) -> Generator[tuple[float, np.ndarray], None, Non
         yield clock(index), picture
 
 
-def _picture_at(pictures: Iterator[np.ndarray], wanted: int) -> np.ndarray:
+def _picture_at(pictures: Generator[np.ndarray, None, None], wanted: int) -> np.ndarray:
     """The picture at index `wanted` (the last, should there be fewer), read up to it."""
     chosen = None
     try:
@@ -225,9 +225,7 @@ def _picture_at(pictures: Iterator[np.ndarray], wanted: int) -> np.ndarray:
             if index >= wanted:
                 break
     finally:
-        close = getattr(pictures, "close", None)
-        if close is not None:
-            close()
+        pictures.close()  # its temporary file goes now
     if chosen is None:
         raise ValueError("no picture")
     return chosen

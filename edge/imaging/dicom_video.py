@@ -23,7 +23,7 @@ import errno
 import os
 import struct
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Generator
 from io import BytesIO
 from pathlib import Path
 
@@ -59,7 +59,7 @@ def is_video(ds: Dataset) -> bool:
         return False
 
 
-def video_frames(ds: Dataset, name: str, stated: int = 0) -> Iterator[np.ndarray]:
+def video_frames(ds: Dataset, name: str, stated: int = 0) -> Generator[np.ndarray, None, None]:
     """The stream's pictures in order, each RGB uint8. Refused: pixel data that does not begin
     as its syntax's stream does (FFmpeg would otherwise probe it as any format it knows: another
     container, a playlist naming other files or addresses) or whose pictures are not the
@@ -68,12 +68,12 @@ def video_frames(ds: Dataset, name: str, stated: int = 0) -> Iterator[np.ndarray
     frames (2% short at most) ends with DICOM_INVALID: a stream cut or damaged inside a
     well-formed object, which the video path must not take for the whole clip."""
     syntax = uid.UID(str(ds.file_meta.TransferSyntaxUID))
-    family = next((key for key in _SUFFIX if key in syntax.name), "")
+    family = _family(syntax)
     rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
     count = 0
     with tempfile.TemporaryDirectory(prefix="edge-video-") as folder:
         path = Path(folder) / f"stream{_SUFFIX.get(family, '.bin')}"
-        _write_stream(ds, path, name, family)
+        _write_stream(ds, path, name, syntax)
         capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
         try:
             size = (int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)), int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)))
@@ -117,7 +117,12 @@ def _starts_as(family: str, head: bytes) -> bool:
     return started
 
 
-def _write_stream(ds: Dataset, path: Path, name: str, family: str) -> None:
+def _family(syntax: uid.UID) -> str:
+    """MPEG2, MPEG-4 (H.264) or HEVC, by the syntax's name."""
+    return next((key for key in _SUFFIX if key in syntax.name), "")
+
+
+def _write_stream(ds: Dataset, path: Path, name: str, syntax: uid.UID) -> None:
     """The fragments' bytes, in order, after the (ignored) basic offset table. A temporary disk
     that is full is DISK_FULL (a failure of the device, tried again), not the file's fault."""
     try:
@@ -129,9 +134,9 @@ def _write_stream(ds: Dataset, path: Path, name: str, family: str) -> None:
             head += fragment
             if len(head) >= 64:
                 break
-        if not _starts_as(family, head[:64]):
+        if not _starts_as(_family(syntax), head[:64]):
             raise EdgeError(
-                Code.DICOM_INVALID, f"{name}: its pixel data is not the {syntax_name(ds)} stream it says"
+                Code.DICOM_INVALID, f"{name}: its pixel data is not the {syntax.name} stream it says"
             )
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(descriptor, "wb") as stream:
@@ -148,7 +153,3 @@ def _write_stream(ds: Dataset, path: Path, name: str, family: str) -> None:
         raise EdgeError(
             Code.DISK_FULL, f"{name}: no room for its video stream's temporary file ({exc})"
         ) from exc
-
-
-def syntax_name(ds: Dataset) -> str:
-    return str(getattr(ds.file_meta.TransferSyntaxUID, "name", "") or ds.file_meta.TransferSyntaxUID)

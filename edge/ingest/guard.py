@@ -37,7 +37,7 @@ import sys
 import threading
 import time
 from collections.abc import Generator
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -47,6 +47,9 @@ from edge.imaging.dicom import display_frames
 from edge.imaging.dicom_video import FFMPEG_OPTIONS
 from edge.ingest import scratch
 from edge.ingest.scratch import Scratch
+
+if TYPE_CHECKING:
+    from edge.config import IngestSettings
 
 log = logging.getLogger(__name__)
 _HEADER = struct.Struct(">Q")
@@ -280,6 +283,15 @@ class GuardedDecoder:
         scratch.sweep()  # what a decoder left when its agent died
         for _ in range(self.size):
             self._add()
+
+    @classmethod
+    def from_settings(
+        cls, ingest: IngestSettings, workers: int = 1, *, quiet: bool = False
+    ) -> GuardedDecoder:
+        """The decoder `[ingest]` describes (its timeout, memory bound and recycling size)."""
+        return cls(
+            ingest.decode_timeout_s, ingest.decode_memory_mb, workers, ingest.decode_recycle_mb, quiet=quiet
+        )
 
     def _add(self) -> None:
         worker = _Worker(self.memory_mb, self.quiet)

@@ -232,9 +232,7 @@ class Agent:
         with Store(self.settings.data_dir, check=True) as store:  # create, migrate, quick_check: or refuse
             housekeeping.sweep_orphans(store)
         ingest = self.settings.ingest
-        decoder = GuardedDecoder(
-            ingest.decode_timeout_s, ingest.decode_memory_mb, ingest.decode_workers, ingest.decode_recycle_mb
-        )
+        decoder = GuardedDecoder.from_settings(ingest, ingest.decode_workers)
         try:
             self._start("worker", self._work, decoder)
             while not (self.worker_ready.wait(1.0) or self.stop.is_set()):

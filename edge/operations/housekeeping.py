@@ -103,13 +103,14 @@ def sweep_orphans(store: Store, min_age_s: float = ORPHAN_GRACE_S) -> int:
     (a clip's video being recorded, `.recording-*`: an hour)."""
     referenced = set(store.referenced_files())
     cutoff = time.time() - min_age_s
+    recordings_cutoff = min(cutoff, time.time() - RECORDING_GRACE_S)
     removed = 0
     for path in _candidates(store.data_dir):
         # A clip being recorded (by the TUI's live screen or `edge capture` beside the agent)
         # is written until its length is reached, then waits for its stop: an hour's grace.
-        grace = cutoff if not path.name.startswith(RECORDING_PREFIX) else time.time() - RECORDING_GRACE_S
+        limit = recordings_cutoff if path.name.startswith(RECORDING_PREFIX) else cutoff
         try:
-            if not path.is_file() or path.stat().st_mtime > min(cutoff, grace):
+            if not path.is_file() or path.stat().st_mtime > limit:
                 continue
         except OSError:  # removed meanwhile (a study deleted, retention)
             continue

@@ -100,10 +100,7 @@ class TuiContext:
         (started at the first picture): an object the agent's guard refused is stored all the
         same (it may be the study's), and a crafted video stream that takes gigabytes to parse
         took them from the TUI's own process."""
-        ingest = self.settings.ingest
-        return GuardedDecoder(
-            ingest.decode_timeout_s, ingest.decode_memory_mb, 1, ingest.decode_recycle_mb, quiet=True
-        )
+        return GuardedDecoder.from_settings(self.settings.ingest, quiet=True)
 
     def close(self) -> None:
         """Stop the picture decoder, if one was started."""
