@@ -84,6 +84,22 @@ def test_a_long_video_cine_is_stood_for_by_a_picture_a_second_in(private_tmp: Pa
     assert int(np.argmin(distances)) == 30
 
 
+def test_a_video_cine_without_its_number_of_frames_is_still_a_cine(private_tmp: Path) -> None:
+    """Number of Frames is Type 1, yet a machine may leave it out: read as a still, the loop
+    went to a still's model, its first picture standing for it. The stream is counted instead."""
+    needs_ffmpeg()
+    frames = clip_frames(12)
+    ds = dicomgen.video_cine(frames, uid.MPEG4HP41)
+    del ds.NumberOfFrames
+    data = dicomgen.to_bytes(ds)
+    decoded = decode_dicom(data, "cine.dcm")
+    assert decoded.frames == 12
+    distances = [np.abs(decoded.pixels.astype(int) - frame.astype(int)).mean() for frame in frames]
+    assert int(np.argmin(distances)) == 6
+    assert len(list(display_frames(data))) == 12
+    assert not list(private_tmp.iterdir())
+
+
 @pytest.mark.parametrize(
     ("pixel_data", "code"),
     [

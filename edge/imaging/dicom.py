@@ -77,6 +77,11 @@ def _decode_dataset(ds: Dataset, data: bytes, name: str) -> DecodedImage:
             # A stream is read from its start (no index to seek by): the middle of a 5-minute
             # loop is 4,500 pictures in, seconds each time the TUI shows it; a second in stands
             # for it as well.
+            if "NumberOfFrames" not in ds:
+                # Type 1 in every multi-frame object, yet a stream is a cine whatever its header
+                # says: read as a still, a loop went to a still's model (its first picture). Its
+                # pictures are counted instead, once, here in the decoder.
+                frames = _count(video_frames(ds, name))
             pixels = _picture_at(video_frames(ds, name), min(frames // 2, VIDEO_STANDS_AT))
         else:
             if frames > 1:
@@ -229,6 +234,11 @@ def _picture_at(pictures: Generator[np.ndarray, None, None], wanted: int) -> np.
     if chosen is None:
         raise ValueError("no picture")
     return chosen
+
+
+def _count(pictures: Generator[np.ndarray, None, None]) -> int:
+    """How many pictures a stream holds, read to its end one at a time."""
+    return sum(1 for _ in pictures)
 
 
 def _infer_missing_transfer_syntax(ds: Dataset) -> None:
