@@ -66,7 +66,8 @@ class Device:
         by `[ingest] decode_timeout_s` and `decode_memory_mb` (edge.ingest.guard), for files
         from anywhere (`edge infer`, the TUI's re-run); a decompression bomb or a decoder that
         hangs then costs a coded refusal, not this process or the device's memory. A cine's
-        frames are streamed from a worker of their own (`GuardedDecoder.frames`). The workers'
+        frames, and a video file's, are streamed from a worker of their own (`GuardedDecoder.frames`,
+        `recording`). The workers'
         stderr is dropped (the TUI draws on this terminal)."""
         self.settings = settings
         self.actor = actor
@@ -79,6 +80,7 @@ class Device:
             self.decoder = GuardedDecoder.from_settings(settings.ingest, quiet=True)
             self.pipeline.decoder = self.decoder.decode
             self.pipeline.frame_decoder = self.decoder.frames
+            self.pipeline.recording_decoder = self.decoder.recording
 
     def close(self) -> None:
         if self.decoder is not None:

@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 
 Decoder = Callable[[bytes, str], DecodedImage]
 FrameDecoder = Callable[[bytes, str], Iterable[tuple[float, "np.ndarray"]]]
+RecordingDecoder = Callable[[Path], Iterable[tuple[float, "np.ndarray"]]]
 # Failures of the device, not of the job: the job goes back to the queue for a later attempt.
 # A stop (JOB_INTERRUPTED: a cine's decoder closed under it) or a decoder process that could not
 # start is not the job's fault either.
@@ -106,6 +107,9 @@ class Pipeline:
         self.frame_decoder: FrameDecoder | None = None
         """How a cine's frames are decoded for the video path (None: in this process); the agent
         sets its guarded decoder's `frames`."""
+        self.recording_decoder: RecordingDecoder | None = None
+        """How a video file's frames are decoded (None: in this process); `edge infer` and the
+        TUI set their guarded decoder's `recording`."""
         self.worker_id = new_worker_id()
         self._next_reclaim = 0.0
         self._unreleased: dict[str, tuple[Job, EdgeError]] = {}
@@ -119,7 +123,12 @@ class Pipeline:
         """Ingest one file and analyse it now, in this process (what `edge infer` does). A video
         file is analysed as one clip (edge.video.analysis)."""
         if _looks_like_video(path):
-            return [analyse_recording(self.settings, self.store, self.pool, path, model, actor=self.actor)]
+            return [
+                analyse_recording(
+                    self.settings, self.store, self.pool, path, model, actor=self.actor,
+                    decoder=self.recording_decoder,
+                )
+            ]  # fmt: skip
         try:
             data = read_input(path, self.settings.store.max_input_bytes)
         except EdgeError as error:

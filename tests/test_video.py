@@ -25,7 +25,7 @@ from edge.store import Store
 from edge.video.live import LiveAnalyzer
 from edge.video.monitor import FreezeDetector, is_black
 from edge.video.roi import crop, detect_sector
-from edge.video.source import FrameSource
+from edge.video.source import FrameSource, recorded_frames
 from tests.conftest import MODELS, REPO
 from tools import dicomgen
 
@@ -529,6 +529,67 @@ def test_edge_infer_streams_a_cines_frames_from_the_guard(settings: Settings, tm
     assert clip["source"] == "dicom"
 
 
+SAMPLE_CLIP = REPO / "samples" / "video" / "lung-regular-alines.mp4"
+
+
+def _mjpeg_recording(path: Path, frames: int) -> Path:
+    """An MJPEG AVI of the bundled clip's frames (readable up to a cut, as a capture file is)."""
+    source = list(recorded_frames(str(SAMPLE_CLIP)))
+    first = source[0][1]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), 10, (first.shape[1], first.shape[0]))
+    for index in range(frames):
+        writer.write(np.ascontiguousarray(source[index % len(source)][1][:, :, ::-1]))
+    writer.release()
+    return path
+
+
+def test_edge_infer_reads_a_recording_in_the_guard(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`edge infer clip.mp4` and the TUI read a video file with FFmpeg in their own process: a
+    crafted stream takes FFmpeg's parser gigabytes. Its frames now come from the guard's worker,
+    the same frames, at the same positions, as read here."""
+    from edge.device import Device
+
+    here = list(recorded_frames(str(SAMPLE_CLIP)))
+    with Device(settings, guarded=True) as device:
+        assert device.decoder is not None
+        there = list(device.decoder.recording(SAMPLE_CLIP))
+        assert [t for t, _ in there] == [t for t, _ in here]
+        assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(there, here, strict=True))
+
+        def nowhere(*_: object, **__: object) -> None:
+            raise AssertionError("a video file opened in the agent's process")
+
+        monkeypatch.setattr("edge.video.source.cv2.VideoCapture", nowhere)
+        [analysis] = device.analyse_file(SAMPLE_CLIP, model=ultrasound_model())
+        assert analysis.ok, analysis.message
+        clip = device.store.clip_for_result(analysis.result.id)
+    assert clip is not None
+    assert clip["source"] == "file"
+    assert clip["frames_analysed"] >= 3
+
+
+@pytest.mark.parametrize("guarded", [False, True], ids=["here", "guard"])
+def test_a_recording_cut_or_unreadable_is_refused_wherever_it_is_read(
+    settings: Settings, tmp_path: Path, guarded: bool
+) -> None:
+    from edge.device import Device
+
+    whole = _mjpeg_recording(tmp_path / "whole.avi", 60)
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    garbled = tmp_path / "garbled.mp4"
+    garbled.write_bytes(b"\x00\x00\x00\x18ftypisom" + bytes(range(256)) * 64)
+    with Device(settings, guarded=guarded) as device:
+        [lost] = device.analyse_file(cut, model=ultrasound_model())
+        [unreadable] = device.analyse_file(garbled, model=ultrasound_model())
+        assert device.store.counts()["results"] == 0
+    assert lost.code == Code.VIDEO_SOURCE_LOST.value, lost.message
+    assert "ended early: " in lost.message
+    assert unreadable.code == Code.VIDEO_UNREADABLE.value, unreadable.message
+
+
 @pytest.mark.parametrize(
     ("code", "job"),
     [(Code.DECODE_CRASHED, ("failed", 1)), (Code.JOB_INTERRUPTED, ("queued", 0))],
@@ -624,7 +685,7 @@ def reader_left() -> None:  # registered first, so it runs after the source modu
     print("readers alive at exit:", alive, flush=True)
 
 atexit.register(reader_left)
-from edge.video.source import FrameSource
+from edge.video.source import FrameSource, recorded_frames
 
 source = FrameSource(sys.argv[1], stall_s=3.0, reconnect_max_s=1.0).start()
 deadline = time.monotonic() + 20

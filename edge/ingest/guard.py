@@ -36,7 +36,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
+from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
@@ -47,6 +48,7 @@ from edge.imaging.dicom import display_frames
 from edge.imaging.dicom_video import FFMPEG_OPTIONS
 from edge.ingest import scratch
 from edge.ingest.scratch import Scratch
+from edge.video.source import RECORDING_FFMPEG_OPTIONS, recorded_frames
 
 if TYPE_CHECKING:
     from edge.config import IngestSettings
@@ -131,12 +133,14 @@ def _refusal(exc: BaseException, name: str, memory_mb: int) -> EdgeError:
     return EdgeError(Code.IMAGE_DECODE_FAILED, f"{name} could not be decoded ({type(exc).__name__})")
 
 
-def _stream_frames(sink: IO[bytes], data: bytes, name: str, memory_mb: int, budget_s: float) -> None:
-    """A cine's frames, one message each, then None; or the refusal that ended them. The time
-    spent decoding them (not waiting for the reader) is bounded by `budget_s` in all: a frame
-    is bounded by the reader's deadline, and a cine of many slow frames by this."""
+def _stream_frames(
+    sink: IO[bytes], frames: Generator[tuple[float, np.ndarray], None, None], name: str, memory_mb: int,
+    budget_s: float,
+) -> None:  # fmt: skip
+    """A cine's or a recording's frames, one message each, then None; or the refusal that ended
+    them. The time spent decoding them (not waiting for the reader) is bounded by `budget_s` in
+    all: a frame is bounded by the reader's deadline, and a cine of many slow frames by this."""
     index, spent = 0, 0.0
-    frames = display_frames(data)
     try:
         while True:
             started = time.monotonic()
@@ -164,6 +168,13 @@ def _stream_frames(sink: IO[bytes], data: bytes, name: str, memory_mb: int, budg
     _write_frame(sink, None)
 
 
+_FRAMES: dict[str, Any] = {
+    "frames": display_frames,  # a DICOM cine: its bytes
+    "recording": lambda path: recorded_frames(path.decode()),  # a video file: its path
+}
+"""The requests answered with a stream of frames, and what makes the frames of each."""
+
+
 def serve(memory_mb: int) -> None:
     """The worker's loop: limit its own memory, then decode requests until stdin closes."""
     import resource
@@ -181,8 +192,8 @@ def serve(memory_mb: int) -> None:
         except EOFError:
             return
         result: Any = None
-        if op == "frames":
-            _stream_frames(sink, data, name, memory_mb, budget_s)
+        if op in _FRAMES:
+            _stream_frames(sink, _FRAMES[op](data), name, memory_mb, budget_s)
         else:
             try:
                 result = decode_bytes(data, name)
@@ -199,11 +210,11 @@ class _Worker:
     the patient's pictures) go to a scratch folder of its own, removed when it is killed: a
     worker killed mid-decode could not remove them itself."""
 
-    def __init__(self, memory_mb: int, quiet: bool = False) -> None:
+    def __init__(self, memory_mb: int, quiet: bool = False, ffmpeg_options: str = FFMPEG_OPTIONS) -> None:
         self.limit = memory_mb * 1024 * 1024
         self.scratch = Scratch()
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "TMPDIR": str(self.scratch.path)}
-        env["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = FFMPEG_OPTIONS  # its streams only, files only
+        env["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = ffmpeg_options  # its formats only, files only
         try:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "edge.ingest.guard", str(memory_mb)],
@@ -334,7 +345,7 @@ class GuardedDecoder:
             raise EdgeError(Code.DECODE_CRASHED, f"{name}: the decoder answered nonsense")
         return result
 
-    def frames(self, data: bytes, name: str = "cine") -> Generator[tuple[float, np.ndarray], None, None]:
+    def frames(self, data: bytes, name: str = "cine") -> Iterator[tuple[float, np.ndarray]]:
         """Every display frame of a multi-frame DICOM (`display_frames`), lazily, decoded in a
         worker of this cine's own under the same memory bound; each frame must come within
         `timeout_s`, and all of them within `cine_budget_s` of decoding. A worker that dies or
@@ -342,8 +353,20 @@ class GuardedDecoder:
         them with its refusal; `close` (the agent stopping) ends them with JOB_INTERRUPTED, and
         a worker that cannot start with DECODER_UNAVAILABLE: the job goes back to the queue.
         Closing the iterator early (the clip's limit) kills the worker."""
+        return self._streamed("frames", data, name, FFMPEG_OPTIONS)
+
+    def recording(self, path: Path) -> Iterator[tuple[float, np.ndarray]]:
+        """A video file's frames (`recorded_frames`: `edge infer clip.mp4`), as `frames` streams
+        a cine's, from a worker whose FFmpeg opens only a recording's containers. Its decoder is
+        the same C code fed with bytes from outside: a crafted stream took FFmpeg's parser
+        gigabytes in the process that read it."""
+        return self._streamed("recording", str(path.resolve()).encode(), path.name, RECORDING_FFMPEG_OPTIONS)
+
+    def _streamed(
+        self, op: str, data: bytes, name: str, ffmpeg_options: str
+    ) -> Generator[tuple[float, np.ndarray], None, None]:
         try:
-            worker = _Worker(self.memory_mb, self.quiet)
+            worker = _Worker(self.memory_mb, self.quiet, ffmpeg_options)
         except OSError as exc:  # no process to be had (memory, process limit): not the file's fault
             raise EdgeError(
                 Code.DECODER_UNAVAILABLE, f"{name}: no decoder process could start ({exc})"
@@ -352,7 +375,7 @@ class GuardedDecoder:
             self._all.append(worker)  # killed by `close` too, should the reader still wait on it
         done = 0
         try:
-            worker.send("frames", data, name, self.cine_budget_s)
+            worker.send(op, data, name, self.cine_budget_s)
             while True:
                 answer = worker.receive(self.timeout_s)
                 if answer is None:

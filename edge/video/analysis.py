@@ -9,7 +9,7 @@ import logging
 import statistics
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -49,8 +49,10 @@ def analyse_recording(
     *,
     actor: str = "cli",
     realtime: bool = False,
+    decoder: Callable[[Path], Iterable[tuple[float, np.ndarray]]] | None = None,
 ) -> Analysis:
-    """A video file as one clip (every frame offered, paced by the file's own clock)."""
+    """A video file as one clip (every frame offered, paced by the file's own clock). `decoder`:
+    its frames decoded elsewhere (the guard's worker, `recorded_frames`), else read here."""
     try:
         if not path.is_file():
             raise EdgeError(Code.INPUT_NOT_FOUND, f"{path} does not exist")
@@ -62,7 +64,8 @@ def analyse_recording(
             return Analysis(
                 str(path), result=result, job_id=result.job_id if result else None, duplicate=True
             )
-        source = FrameSource(str(path), realtime=realtime, lossless=not realtime)
+        frames = None if decoder is None else decoder(path)
+        source = FrameSource(str(path), realtime=realtime, lossless=not realtime, frames=frames)
         summary, analyzer, elapsed = _record(settings, served, source)  # a truncated file is refused
         result_id = store_clip(
             settings,

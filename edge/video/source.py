@@ -24,7 +24,7 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import cv2
 import numpy as np
 
-from edge.errors import EdgeError
+from edge.errors import Code, EdgeError
 
 if TYPE_CHECKING:
     from edge.config import VideoSettings
@@ -59,6 +59,43 @@ class SourceStats:
     end_reason: str = ""
     failure: EdgeError | None = None
     """The coded refusal that ended the frames (a cine's guarded decoder: DECODE_CRASHED, ...)."""
+
+
+RECORDING_FFMPEG_OPTIONS = (
+    "format_whitelist;mov,avi,matroska,h264,hevc,mpegvideo,mpeg,mpegts|protocol_whitelist;file"
+)
+"""For OpenCV's FFmpeg reader in the guard's worker that reads a recording: the containers a
+recording comes in (MP4/MOV, AVI, MKV: what `edge infer` takes for a video) and bare streams,
+from files; no playlist, no network."""
+
+
+def recorded_frames(path: str) -> Generator[tuple[float, np.ndarray], None, None]:
+    """A recording's frames as (position s, RGB image), every one, in order, by its own clock:
+    what a lossless `FrameSource` of the file delivers, for decoding it in the guard's worker.
+    VIDEO_UNREADABLE when it cannot be opened; VIDEO_SOURCE_LOST when it ends before the frames
+    its container states (a truncated file: the clip would be incomplete)."""
+    name = Path(path).name
+    capture = cv2.VideoCapture(path)
+    try:
+        if not capture.isOpened():
+            raise EdgeError(Code.VIDEO_UNREADABLE, f"cannot open {name} (damaged or incomplete file?)")
+        stated, index = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0), 0
+        while True:
+            ok, image = capture.read()
+            if not ok or image is None:
+                break
+            position = (capture.get(cv2.CAP_PROP_POS_MSEC) or 0.0) / 1000
+            yield position, np.ascontiguousarray(image[:, :, ::-1]) if image.ndim == 3 else image
+            index += 1
+        if stated and index < stated - 1:
+            lost = f"{name}: {_ended_early(index, stated)}: the clip is incomplete, not stored"
+            raise EdgeError(Code.VIDEO_SOURCE_LOST, lost)
+    finally:
+        capture.release()
+
+
+def _ended_early(read: int, stated: int) -> str:
+    return f"the file ended early: {read} of {stated} frames (truncated?)"
 
 
 def kind_of(source: str) -> str:
@@ -287,9 +324,7 @@ class FrameSource:
                     return "stopped"  # a read that gave up after the stop: no stall to reopen
                 if self.kind == "file":
                     if self.frame_count and self._index < self.frame_count - 1:
-                        return (
-                            f"the file ended early: {self._index} of {self.frame_count} frames (truncated?)"
-                        )
+                        return _ended_early(self._index, self.frame_count)
                     return "end of file"
                 if now - last_ok > self._stall_s:
                     self._note(f"the {self.kind} stalled for {now - last_ok:.0f} s: reopening")
