@@ -570,6 +570,26 @@ def test_edge_infer_reads_a_recording_in_the_guard(
     assert clip["frames_analysed"] >= 3
 
 
+def test_a_recording_too_large_to_decode_is_refused_within_the_bound(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """A 7.5 MB AVI of 16000x16000 pictures took `edge infer` 5.6 GB and 42 s before it said
+    VIDEO_TOO_SHORT; in the guard it is refused, for its size, at the worker's bound."""
+    import subprocess
+
+    from edge.device import Device
+
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("the ffmpeg program is not installed")
+    big = tmp_path / "big.avi"
+    command = ["ffmpeg", "-loglevel", "error", "-f", "lavfi", "-i", "color=c=gray:s=16000x16000:r=5:d=1"]
+    subprocess.run([*command, "-c:v", "mjpeg", "-q:v", "31", "-pix_fmt", "yuvj420p", str(big)], check=True)
+    with Device(settings, guarded=True) as device:
+        [analysis] = device.analyse_file(big, model=ultrasound_model())
+    assert analysis.code == Code.DECODE_CRASHED.value, analysis.message
+    assert "more memory than the" in analysis.message
+
+
 @pytest.mark.parametrize("guarded", [False, True], ids=["here", "guard"])
 def test_a_recording_cut_or_unreadable_is_refused_wherever_it_is_read(
     settings: Settings, tmp_path: Path, guarded: bool

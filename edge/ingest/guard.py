@@ -40,6 +40,7 @@ from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+import cv2
 import numpy as np
 
 from edge.errors import Code, EdgeError
@@ -126,11 +127,19 @@ def _refusal(exc: BaseException, name: str, memory_mb: int) -> EdgeError:
     """What a worker answers for a failed decode: the decoder's own refusal, else a coded one."""
     if isinstance(exc, EdgeError):
         return exc
-    if isinstance(exc, MemoryError):
+    if isinstance(exc, MemoryError) or _out_of_memory(exc):
         return EdgeError(
             Code.DECODE_CRASHED, f"{name} needs more memory than the {memory_mb} MB decode bound"
         )
-    return EdgeError(Code.IMAGE_DECODE_FAILED, f"{name} could not be decoded ({type(exc).__name__})")
+    said = str(exc).strip().splitlines()  # what the decoder said, its first line: "error" alone
+    detail = f"{type(exc).__name__}: {said[0]}" if said else type(exc).__name__  # (OpenCV) told nothing
+    return EdgeError(Code.IMAGE_DECODE_FAILED, f"{name} could not be decoded ({detail[:160]})")
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """OpenCV's own MemoryError: a picture FFmpeg decoded, too large to copy under the bound (a
+    7.5 MB AVI of 16000x16000 pictures took a reader 5.6 GB)."""
+    return isinstance(exc, cv2.error) and getattr(exc, "code", None) == cv2.Error.StsNoMem
 
 
 def _stream_frames(
