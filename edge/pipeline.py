@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 
 from edge.config import Settings
-from edge.errors import Code, EdgeError, with_others
+from edge.errors import Code, EdgeError
 from edge.ids import uuid7
 from edge.imaging import evidence
 from edge.imaging.acquisition import file_moment
@@ -420,7 +420,7 @@ class Pipeline:
         model = self.pool.get(job.model_name)
         verdict = gate.check(decoded, model.entry.manifest)
         if self.settings.gate.enabled and not verdict.passed:
-            refusal = self._out_of_scope_first(model, decoded, verdict) or verdict.first()
+            refusal = gate.refusal_in_service(verdict, lambda: self._out_of_scope(model, decoded))
             self.store.fail_job(job, refusal.code, refusal.message, refused=True)
             raise refusal
         if decoded.frames > 1:  # a cine: the frames go to the video path, as one clip
@@ -468,21 +468,12 @@ class Pipeline:
         )
         return result_id
 
-    def _out_of_scope_first(
-        self, model: ServedModel, decoded: DecodedImage, verdict: gate.GateResult
-    ) -> EdgeError | None:
-        """An image refused for its quality alone may not be the kind of image the model reads at
-        all (an eye scan is "mostly blank" to a chest X-ray model): saying so is the more useful
-        refusal. Metadata refusals (modality, view, age) are certain and stay first."""
+    def _out_of_scope(self, model: ServedModel, decoded: DecodedImage) -> EdgeError | None:
+        """The applicability check's refusal of an image the gate refused for its quality
+        (`gate.refusal_in_service`), where the site enforces it."""
         if not self.settings.gate.refuses_out_of_scope or model.scope_check is None:
             return None
-        if any(r.code not in gate.QUALITY_CODES for r in verdict.refusals):
-            return None
-        scope = model.predict([decoded.pixels])[0].scope
-        refusal = model.out_of_scope(scope, True)
-        if refusal is None:
-            return None
-        return with_others(refusal, verdict.refusals)
+        return model.out_of_scope(model.predict([decoded.pixels])[0].scope, True)
 
     def _write_heatmap(
         self, result_id: str, model: ServedModel, decoded: DecodedImage, prediction: Prediction

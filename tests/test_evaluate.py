@@ -85,7 +85,7 @@ def test_a_spreadsheets_labels_table_reads_as_meant(tmp_path: Path) -> None:
     folder = tmp_path / "site"
     (folder / "NORMAL").mkdir(parents=True)
     for name in ("NORMAL/a.jpeg", "b.jpeg", "c.jpeg"):
-        (folder / name).write_bytes(b"x")
+        (folder / name).write_bytes(name.encode())  # each its own image (one is known by its bytes)
     # What a spreadsheet writes: a byte-order mark, CRLF, headers in its own case with an
     # extra column first, labels in capitals, a Windows separator, a repeat, a blank last line.
     (folder / "labels.csv").write_bytes(
@@ -109,7 +109,7 @@ def test_a_spreadsheets_labels_table_reads_as_meant(tmp_path: Path) -> None:
         read_labels(folder, ["normal", "pneumonia"])
     assert caught.value.code is Code.INPUT_UNREADABLE
     # European and "Unicode text" exports: semicolons in the Windows code page, tabs in UTF-16.
-    (folder / "\xe9t\xe9.jpeg").write_bytes(b"x")
+    (folder / "\xe9t\xe9.jpeg").write_bytes(b"ete")
     expected = [(folder / "\xe9t\xe9.jpeg", "normal"), (folder / "b.jpeg", "pneumonia")]
     for encoding, text in (
         ("cp1252", "path;label\r\n\xe9t\xe9.jpeg;normal\r\nb.jpeg;pneumonia\r\n"),

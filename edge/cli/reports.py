@@ -152,10 +152,10 @@ def print_evaluation(console: Console, result: Any) -> None:
         console.print(f"[yellow]refused[/] {item['path']}  {item['code']}: {item['reason']}")
     if result.repeated:
         console.print(f"labels.csv listed {result.repeated} image(s) again under one label: counted once")
-    out_of_scope = sum(item["code"] == "OUT_OF_SCOPE" for item in result.refused)
-    if out_of_scope and not result.every_image:
+    gated = sum(item.get("by") == "gate" for item in result.refused)
+    if gated and not result.every_image:
         console.print(
-            f"{out_of_scope} image(s) left out as the device would refuse them (no result in "
+            f"{gated} image(s) left out as the device would refuse them (no result in "
             "service); --every-image scores them too, as a model card counts them"
         )
     for kind, path in result.files.items():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,11 @@ from edge.errors import EdgeError
 )
 @click.option("--reset", is_flag=True, help="Serve the shipped calibration again (profiles are kept).")
 @click.option(
-    "--min-per-class", default=30, show_default=True, help="Refuse below this many cases of a class."
+    "--min-per-class",
+    type=click.IntRange(min=20),  # site_calibration.FLOOR_PER_CLASS (not imported: a slow import)
+    default=30,
+    show_default=True,
+    help="Refuse below this many cases of a class (20 at least).",
 )
 @click.option(
     "--operating-point",
@@ -175,10 +180,14 @@ def models_profiles(obj: Context, name: str, as_json: bool) -> None:
 
 @models.command("prior")
 @click.argument("name")
-@click.option("--since", help="Only results from this date (YYYY-MM-DD) on.")
+@click.option(
+    "--since",
+    type=click.DateTime(formats=["%Y-%m-%d"]),
+    help="Only results from this date (YYYY-MM-DD, UTC) on.",
+)
 @click.option("--json", "as_json", is_flag=True)
 @pass_context
-def models_prior(obj: Context, name: str, since: str | None, as_json: bool) -> None:
+def models_prior(obj: Context, name: str, since: datetime | None, as_json: bool) -> None:
     """Estimate this site's prevalence of the model's finding from its own results (Saerens,
     Latinne and Decaestecker 2002: EM on the calibrated posteriors), against the training
     prevalence, and show what posteriors would become under it. Shown only: never applied."""
@@ -190,7 +199,7 @@ def models_prior(obj: Context, name: str, since: str | None, as_json: bool) -> N
     try:
         entry = Registry(settings.models.dir).get(name)
         with Store(settings.data_dir, busy_timeout_ms=settings.store.busy_timeout_ms) as store:
-            report = sc.prior_report(settings, store, entry, since)
+            report = sc.prior_report(settings, store, entry, since.date().isoformat() if since else None)
     except EdgeError as error:
         refuse(error, as_json)
     if as_json:
@@ -201,6 +210,7 @@ def models_prior(obj: Context, name: str, since: str | None, as_json: bool) -> N
     click.echo(
         f"{name} {report['version']}: {report['results']} results "
         f"({report['first'][:10]} to {report['last'][:10]}"
+        + (f", asked for since {report['since']}" if report["since"] else "")
         + (f"; of versions {', '.join(pooled)}, the same weights" if pooled else "")
         + ")"
     )

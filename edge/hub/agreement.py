@@ -323,6 +323,11 @@ def suggest(group: CaseSet, manifest: Manifest) -> dict[str, Any]:
         "screening", SCREENING_SENSITIVITY
     )
     shipped = {name: point.threshold for name, point in manifest.operating_points.items()}
+    clips = {
+        name: op.clip_threshold
+        for name, op in manifest.operating_points.items()
+        if op.clip_threshold is not None
+    }
     where = f"{len(usable)} cases reviewed by this site's specialists"
     fit = calibration.fit_site(
         cases,
@@ -332,6 +337,7 @@ def suggest(group: CaseSet, manifest: Manifest) -> dict[str, Any]:
         where,
         seed=BOOTSTRAP_SEED,
         rounds=BOOTSTRAP_ROUNDS,
+        shipped_clip_thresholds=clips,
     )
     # fit_site's figures on these cases, each point with the threshold it was read at.
     before: dict[str, Any] = {"auc": fit.before["auc"]}
@@ -347,6 +353,7 @@ def suggest(group: CaseSet, manifest: Manifest) -> dict[str, Any]:
             "specificity": point.specificity,
             "sensitivity_ci95": _finite(point.sensitivity_ci95),
             "specificity_ci95": _finite(point.specificity_ci95),
+            "clip_threshold": point.clip_threshold,
         }
     # What the site's rules are worth on cases they were not chosen on (the figures above are
     # read on the cases the points were chosen on).

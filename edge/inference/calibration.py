@@ -206,6 +206,9 @@ class PointFit:
     specificity: float
     sensitivity_ci95: tuple[float, float]
     specificity_ci95: tuple[float, float]
+    clip_threshold: float | None = None
+    """A clip's (the mean of its frames'), carried to the site's temperature from the shipped
+    one (`carried_threshold`: exact when a clip's frames agree); no clip was fitted here."""
 
 
 @dataclass(frozen=True)
@@ -252,6 +255,7 @@ def fit_site(
     seed: int = 0,
     rounds: int = BOOTSTRAP_ROUNDS,
     cross_validate: bool = True,
+    shipped_clip_thresholds: dict[str, float] | None = None,
 ) -> SiteFit:
     """Refit the temperature and each named point (`targets`: point -> screening target, only
     points in RULES) on the site's cases, with percentile bootstrap intervals of the
@@ -268,7 +272,12 @@ def fit_site(
     all 17 with the rule (as trained 0.952 to 0.975), the mean in 14 (the same in 2);
     specificity fell in 8 (brighter + softer 0.922 to 0.765) and rose in 9. The balanced point is
     always the site's: the same rule there lowered the draws reaching accuracy 0.92 under CLAHE 3,
-    where the shipped point errs, from 90% to 78%."""
+    where the shipped point errs, from 90% to 78%.
+
+    Every shipped point not refitted, and every clip threshold (`shipped_clip_thresholds`), is
+    carried to the site's temperature: the profile serves them all at it, and a threshold chosen
+    at another temperature flagged other cases (a lung model's clip thresholds, chosen at T 2.0,
+    were read against frames at T 0.9)."""
     temperature = site_temperature(cases.logits, cases.truth, shipped_temperature)
     truth, prob = cases.is_positive, cases.prob(temperature)
     chosen = _chosen(truth, prob, targets)
@@ -280,22 +289,33 @@ def fit_site(
         flags = out_of_fold(cases, shipped_temperature, targets, seed=seed)
         cv = readings(flags, truth)
         gains = balanced_gain(cases, shipped_temperature, shipped_thresholds, flags, seed=seed, rounds=rounds)
-        for name, reading in cv.items():
-            after[name + CROSS_VALIDATED] = reading
-            if name not in KEEP_WITHOUT_GAIN or name not in shipped_thresholds:
+        for name in KEEP_WITHOUT_GAIN:
+            if name not in chosen or name not in shipped_thresholds:
                 continue
-            better, _ = site_point_better(name, targets[name], before[name], reading, gains.get(name))
+            reading = cv.get(name)
+            if reading is not None:
+                better, _ = site_point_better(name, targets[name], before[name], reading, gains.get(name))
+                why = "read no better on cases it was not chosen on"
+            else:  # too few cases of a class to read it out of fold: nothing shows it better
+                better, why = False, "could not be read on cases it was not chosen on (too few)"
             if not better:
                 shipped = shipped_thresholds[name]
                 chosen[name] = carried_threshold(cases, shipped, shipped_temperature, temperature)
-                descriptions[name] = (
-                    f"{KEPT}: {descriptions[name]} read no better on cases it was not chosen on"
-                )
+                descriptions[name] = f"{KEPT}: {descriptions[name]} {why}"
+        after.update({name + CROSS_VALIDATED: reading for name, reading in cv.items()})
         # Never less sensitive than balanced: a kept point above the site's balanced one is it.
-        if "balanced" in chosen and chosen.get("screening", -1.0) > chosen["balanced"]:
+        if "balanced" in targets and chosen.get("screening", -1.0) > chosen["balanced"]:
             chosen["screening"] = chosen["balanced"]
             above = "the shipped screening point lay above it"
             descriptions["screening"] = f"{descriptions['balanced']} ({above})"
+    for name, shipped in shipped_thresholds.items():
+        if name not in chosen:  # not refitted: what it flagged as shipped, at the site's temperature
+            chosen[name] = carried_threshold(cases, shipped, shipped_temperature, temperature)
+            descriptions[name] = f"{KEPT} (not refitted), carried to the site's temperature"
+    clips = {
+        name: carried_threshold(cases, clip, shipped_temperature, temperature)
+        for name, clip in (shipped_clip_thresholds or {}).items()
+    }
     points = {}
     for name, threshold in chosen.items():
         counts = m.at_threshold(truth, prob, threshold)
@@ -305,10 +325,11 @@ def fit_site(
             description=descriptions[name],
             sensitivity=_round(counts.sensitivity),
             specificity=_round(counts.specificity),
-            sensitivity_ci95=_interval(_sensitivity, truth, predicted, seed, rounds),
-            specificity_ci95=_interval(_specificity, truth, predicted, seed, rounds),
+            sensitivity_ci95=_interval(_sensitivity, truth, predicted, seed, rounds, predicted[truth]),
+            specificity_ci95=_interval(_specificity, truth, predicted, seed, rounds, ~predicted[~truth]),
+            clip_threshold=clips.get(name),
         )
-    after = {**figures(cases, temperature, {**shipped_thresholds, **chosen}), **after}
+    after = {**figures(cases, temperature, chosen), **after}
     return SiteFit(temperature, points, before, after, gains)
 
 
@@ -483,9 +504,12 @@ def _specificity(truth: np.ndarray, predicted: np.ndarray) -> float:
 
 
 def _interval(
-    statistic: Any, truth: np.ndarray, predicted: np.ndarray, seed: int, rounds: int
+    statistic: Any, truth: np.ndarray, predicted: np.ndarray, seed: int, rounds: int, right: np.ndarray
 ) -> tuple[float, float]:
-    low, high = m.bootstrap_interval(statistic, truth, predicted, rounds=rounds, seed=seed)
+    """The percentile bootstrap interval of a proportion (`right`: its cases, read right or
+    not), exact on the side where it is 0 or 1 (`metrics.widened_at_bounds`)."""
+    found = m.bootstrap_interval(statistic, truth, predicted, rounds=rounds, seed=seed)
+    low, high = m.widened_at_bounds(found, right)
     return (_round(low), _round(high))
 
 

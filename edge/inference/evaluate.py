@@ -19,8 +19,8 @@ import numpy as np
 from edge.config import Settings
 from edge.errors import Code, EdgeError
 from edge.imaging.decode import decode_bytes, read_input
+from edge.inference import gate, plots
 from edge.inference import metrics as m
-from edge.inference import plots
 from edge.inference.labels_table import read_labels
 from edge.inference.pool import ModelPool
 from edge.inference.postprocess import softmax
@@ -74,10 +74,10 @@ def evaluate(
         temperature, op_name, op, profile_id = served.calibration(
             operating_point or settings.models.operating_point
         )
-        # As in service, where an image the applicability check refuses gets no result (and as
-        # `edge models calibrate` counts the same folder), unless every image is asked for.
-        enforce = settings.gate.refuses_out_of_scope and not every_image
-        logits, truth, kept, refused = _run(served, rows, settings.store.max_input_bytes, labels, enforce)
+        # As in service, where an image the gate or the applicability check refuses gets no
+        # result (and as `edge models calibrate` counts the same folder), unless every image is
+        # asked for.
+        logits, truth, kept, refused = _run(served, rows, settings, labels, every_image=every_image)
     finally:
         pool.close()
     result = Evaluation(
@@ -128,7 +128,10 @@ class Scored:
 def score_folder(settings: Settings, name: str, folder: Path) -> Scored:
     """Raw logits of every image of a labelled folder through the served model (the path of
     `edge models eval`); images the applicability check refuses (OUT_OF_SCOPE, as in service,
-    where they get no result) are left out with that code, like undecodable ones."""
+    where they get no result) or the gate refuses (its metadata and quality checks, as in
+    service) are left out with their code, like undecodable ones: a site's threshold fitted on
+    films the device gives no result for (a blurred site's, 9 in 10) is fitted on the wrong
+    films."""
     registry = Registry(settings.models.dir)
     labels = registry.get(name).manifest.output.labels
     table = read_labels(folder, labels)
@@ -136,8 +139,7 @@ def score_folder(settings: Settings, name: str, folder: Path) -> Scored:
     pool = ModelPool(registry, settings, settings.data_dir / "cache")
     try:
         served = pool.get(name)
-        enforce = settings.gate.refuses_out_of_scope
-        logits, truth, kept, refused = _run(served, rows, settings.store.max_input_bytes, labels, enforce)
+        logits, truth, kept, refused = _run(served, rows, settings, labels)
     finally:
         pool.close()
     return Scored(
@@ -148,25 +150,40 @@ def score_folder(settings: Settings, name: str, folder: Path) -> Scored:
 def _run(
     served: Any,
     rows: list[tuple[Path, str]],
-    max_bytes: int,
+    settings: Settings,
     labels: list[str],
-    refuse_out_of_scope: bool = False,
+    *,
+    every_image: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, list[Path], list[dict[str, str]]]:
+    """Every row's logits through `served`, but for those service gives no result (`every_image`:
+    all that decode), which are `refused` with their code, as the pipeline would record it."""
+    gated = settings.gate.enabled and not every_image
+    refuse_out_of_scope = settings.gate.refuses_out_of_scope and not every_image
+    manifest = served.entry.manifest
     logits, truth, kept, refused = [], [], [], []
     for start in range(0, len(rows), BATCH):
         images, batch_rows = [], []
         for path, label in rows[start : start + BATCH]:
             try:
-                images.append(decode_bytes(read_input(path, max_bytes), path.name).pixels)
+                images.append(decode_bytes(read_input(path, settings.store.max_input_bytes), path.name))
                 batch_rows.append((path, label))
             except EdgeError as error:
-                refused.append({"path": str(path), "code": error.code.value, "reason": error.message})
+                refused.append(
+                    {"path": str(path), "code": error.code.value, "reason": error.message, "by": "decoder"}
+                )
         if not images:
             continue
-        for (path, label), prediction in zip(batch_rows, served.predict(images), strict=True):
-            refusal = served.out_of_scope(prediction.scope, refuse_out_of_scope)
-            if refusal is not None:
-                refused.append({"path": str(path), "code": refusal.code.value, "reason": refusal.message})
+        predictions = served.predict([decoded.pixels for decoded in images])
+        for (path, label), decoded, prediction in zip(batch_rows, images, predictions, strict=True):
+            scope_refusal = served.out_of_scope(prediction.scope, refuse_out_of_scope)
+            refusal = scope_refusal
+            verdict = gate.check(decoded, manifest) if gated else None
+            if verdict is not None and not verdict.passed:
+                refusal = gate.refusal_in_service(verdict, lambda: scope_refusal)  # noqa: B023 - called now
+            if refusal is not None:  # what service refuses: the gate's codes, or OUT_OF_SCOPE
+                refused.append(
+                    {"path": str(path), "code": refusal.code.value, "reason": refusal.message, "by": "gate"}
+                )
                 continue
             logits.append(prediction.outputs[served.entry.manifest.output.logits])
             truth.append(labels.index(label))
@@ -174,9 +191,11 @@ def _run(
     return np.array(logits), np.array(truth), kept, refused
 
 
-def _with_interval(statistic: Any, *arrays: np.ndarray) -> dict[str, float]:
+def _with_interval(statistic: Any, *arrays: np.ndarray, right: np.ndarray | None = None) -> dict[str, float]:
+    """`right`: a proportion's cases, each read right or not (its interval exact at 0 and 1)."""
     value = float(statistic(*arrays))
-    low, high = m.bootstrap_interval(statistic, *arrays, rounds=BOOTSTRAP_ROUNDS, seed=0)
+    found = m.bootstrap_interval(statistic, *arrays, rounds=BOOTSTRAP_ROUNDS, seed=0)
+    low, high = found if right is None else m.widened_at_bounds(found, right)
     return {"value": round(value, 4), "ci95_low": round(low, 4), "ci95_high": round(high, 4)}
 
 
@@ -203,9 +222,15 @@ def _metrics(
         "positives": int(is_positive.sum()),
         "negatives": int((~is_positive).sum()),
         "auc": _with_interval(m.roc_auc, is_positive, p_positive),
-        "sensitivity": _with_interval(sensitivity, is_positive, predicted_positive),
-        "specificity": _with_interval(specificity, is_positive, predicted_positive),
-        "accuracy": _with_interval(accuracy, is_positive, predicted_positive),
+        "sensitivity": _with_interval(
+            sensitivity, is_positive, predicted_positive, right=predicted_positive[is_positive]
+        ),
+        "specificity": _with_interval(
+            specificity, is_positive, predicted_positive, right=~predicted_positive[~is_positive]
+        ),
+        "accuracy": _with_interval(
+            accuracy, is_positive, predicted_positive, right=predicted_positive == is_positive
+        ),
         "ece": _with_interval(ece, truth, probs),
         "ece_uncalibrated": round(m.expected_calibration_error(raw.argmax(1) == truth, raw.max(1)), 4),
     }

@@ -9,6 +9,7 @@ job ends `refused`, so the technician sees it in the worklist with the reason.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from edge.errors import Code, EdgeError, with_others
@@ -166,3 +167,16 @@ def quality(metrics: QualityMetrics, manifest: Manifest) -> list[EdgeError]:
 def check(decoded: DecodedImage, manifest: Manifest) -> GateResult:
     metrics = measure(decoded.pixels)
     return GateResult(applicability(decoded, manifest) + quality(metrics, manifest), metrics)
+
+
+def refusal_in_service(verdict: GateResult, out_of_scope: Callable[[], EdgeError | None]) -> EdgeError:
+    """The refusal service records for an image the gate refuses (`verdict`). An image refused
+    for its quality alone may not be the kind of image the model reads at all (an eye scan is
+    "mostly blank" to a chest X-ray model): the applicability check's refusal (`out_of_scope`,
+    asked only then; None where it passes or is off) is the more useful one and comes first.
+    Metadata refusals (modality, view, age) are certain and stay first."""
+    if all(r.code in QUALITY_CODES for r in verdict.refusals):
+        found = out_of_scope()
+        if found is not None:
+            return with_others(found, verdict.refusals)
+    return verdict.first()

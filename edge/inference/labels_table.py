@@ -116,21 +116,38 @@ def _relative(raw: str) -> str:
 
 
 def _once_each(rows: list[tuple[int, Path, str]]) -> LabelledImages:
-    first: dict[Path, tuple[int, str]] = {}
+    """Each image once, by its content: the same file under two names (a copy, a link) counted
+    twice, and under two labels it was fitted on both (one mislabelled copy moved a site's
+    temperature from 1.30 to 1.76)."""
+    first: dict[str, tuple[int, Path, str]] = {}
     conflicts, repeats, kept = [], 0, []
     for number, path, label in rows:
-        key = path.resolve()
+        key = _content(path)
         if key not in first:
-            first[key] = (number, label)
+            first[key] = (number, path, label)
             kept.append((path, label))
-        elif first[key][1] != label:
-            earlier, said = first[key]
-            conflicts.append(f"line {number}: {path.name} is {label}, line {earlier} says {said}")
+            continue
+        earlier, was, said = first[key]
+        if said != label:
+            same = "" if was.resolve() == path.resolve() else f" ({was.name}, the same image)"
+            conflicts.append(f"line {number}: {path.name} is {label}, line {earlier}{same} says {said}")
         else:
             repeats += 1
     if conflicts:
         raise EdgeError(Code.INPUT_UNREADABLE, f"images listed under two labels: {_listed(conflicts)}")
     return LabelledImages(kept, repeats)
+
+
+def _content(path: Path) -> str:
+    """The file's sha256; its resolved path where it cannot be read (refused when it is)."""
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+    except OSError:
+        return f"path:{path.resolve()}"
+    return digest.hexdigest()
 
 
 def _listed(items: list[str]) -> str:

@@ -200,3 +200,20 @@ def bootstrap_interval(
     tail = (1 - level) / 2 * 100
     low, high = np.percentile(values, [tail, 100 - tail])
     return float(low), float(high)
+
+
+def widened_at_bounds(
+    interval: tuple[float, float], right: np.ndarray, level: float = 0.95
+) -> tuple[float, float]:
+    """A proportion's bootstrap `interval` (`right`: its cases, each read right or not), where
+    the proportion is 0 or 1, given the exact (Clopper-Pearson) bound on that side: every
+    resample of 43 of 43 is 43 of 43, and "1.000 (1.000-1.000)" claimed a certainty 43 cases
+    cannot give; (tail)^(1/n) is 0.918 there."""
+    low, high = interval
+    n, k = len(right), int(np.count_nonzero(right))
+    tail = (1 - level) / 2
+    if n and k == n:
+        low = min(low, tail ** (1.0 / n)) if np.isfinite(low) else tail ** (1.0 / n)
+    if n and k == 0:
+        high = max(high, 1.0 - tail ** (1.0 / n)) if np.isfinite(high) else 1.0 - tail ** (1.0 / n)
+    return low, high

@@ -34,6 +34,12 @@ from edge.store import Store
 
 log = logging.getLogger(__name__)
 MIN_PER_CLASS = 30
+FLOOR_PER_CLASS = 20
+"""The fewest cases of a class `--min-per-class` may ask for. The screening point targets a
+sensitivity of 0.95: below 20 positives one case moves a sensitivity by more than the 5% the
+target allows, so no threshold can be told to reach it (6 cases took a screening point from
+0.13 to 0.68 and showed "sensitivity 1.000 (1.000-1.000)"; it missed 4% of another 392 films'
+pneumonias the shipped point found)."""
 MIN_RESULTS_FOR_PRIOR = 30
 REPEATED = "listed again in labels.csv (counted once)"
 EXAMPLE_PROBABILITIES = (0.1, 0.25, 0.5, 0.75, 0.9)
@@ -186,6 +192,8 @@ def calibrate(
     """Fit, write and activate a profile; refused (nothing written) below `min_per_class`.
     Returned with the balanced point's paired gain over the shipped one (`calibration.paired_gain`),
     which the profile does not keep."""
+    if min_per_class < FLOOR_PER_CLASS:
+        raise ValueError(f"min_per_class {min_per_class} is under the floor of {FLOOR_PER_CLASS}")
     cases = site.cases
     per_class = cases.per_class()
     short = {label: n for label, n in per_class.items() if n < min_per_class}
@@ -205,9 +213,15 @@ def calibrate(
     chosen = points or calibratable_points(entry)
     targets = calibration.targets_for({name: manifest.operating_points[name].description for name in chosen})
     shipped = {name: op.threshold for name, op in manifest.operating_points.items()}
+    clips = {
+        name: op.clip_threshold
+        for name, op in manifest.operating_points.items()
+        if op.clip_threshold is not None
+    }
     fit = calibration.fit_site(
-        cases, manifest.output.temperature, shipped, targets, "the site's cases", seed=0
-    )
+        cases, manifest.output.temperature, shipped, targets, "the site's cases", seed=0,
+        shipped_clip_thresholds=clips,
+    )  # fmt: skip
     created = _now()
     while True:
         stamp = created.strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -249,6 +263,7 @@ def _profile(
                 specificity=p.specificity,
                 sensitivity_ci95=p.sensitivity_ci95,
                 specificity_ci95=p.specificity_ci95,
+                clip_threshold=p.clip_threshold,
             )
             for name, p in fit.points.items()
         },
