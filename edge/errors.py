@@ -82,6 +82,7 @@ class Code(str, Enum):
     # Site profiles from the hub (edge/sync/profiles.py)
     PROFILE_SIGNATURE_INVALID = "PROFILE_SIGNATURE_INVALID"
     PROFILE_DOWNGRADE = "PROFILE_DOWNGRADE"
+    PROFILE_OTHER_SITE = "PROFILE_OTHER_SITE"
     PROFILE_MODEL_NOT_INSTALLED = "PROFILE_MODEL_NOT_INSTALLED"
     PROFILE_NO_PREVIOUS = "PROFILE_NO_PREVIOUS"
     # The link to the hub (edge/sync/client.py)

@@ -84,7 +84,8 @@ NEXT_STEPS: dict[Code, str] = {
     Code.PRIOR_TOO_FEW_RESULTS: "wait for more results, or widen --since",
     Code.PROFILE_INVALID: "the shipped calibration is used meanwhile; tell the field engineer",
     Code.PROFILE_SIGNATURE_INVALID: "ask the hub to publish it again, signed (edge hub profile sign)",
-    Code.PROFILE_DOWNGRADE: "nothing: the newer local profile stays",
+    Code.PROFILE_DOWNGRADE: "nothing: the newer profile kept for these weights stays",
+    Code.PROFILE_OTHER_SITE: "ask the hub's administrator to publish this site's own profile",
     Code.PROFILE_MODEL_NOT_INSTALLED: "install that model version to use the profile",
     Code.PROFILE_NO_PREVIOUS: "nothing to roll back to (edge sync profile list MODEL)",
     # The job queue

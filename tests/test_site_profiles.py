@@ -605,7 +605,7 @@ def test_a_downgrade_and_a_profile_for_another_model_version_are_refused(
             key[1],
         )
         with pytest.raises(EdgeError) as refused:
-            profiles.install(settings, store, other_version, key[0])
+            profiles.install(settings, store, other_version, key[0], SITE)
         assert refused.value.code is Code.PROFILE_MODEL_NOT_INSTALLED
 
 

@@ -88,6 +88,9 @@ class Credential:
     clock_offset: float = 0.0
     insecure: bool = False
     key: Ed25519PrivateKey | None = field(default=None, repr=False, compare=False)
+    site: str | None = None
+    """The site this device enrolled as (the hub's name for it; what a site profile is signed
+    for); None for a device enrolled before it was kept: the settings' `site` then."""
 
     @staticmethod
     def path(settings: Settings) -> Path:
@@ -121,6 +124,8 @@ class Credential:
             write_atomically(self.key_path(settings), signatures.private_pem(self.key))
         fields: dict[str, Any] = {"hub_url": self.hub_url, "device_id": self.device_id}
         fields |= {"clock_offset": self.clock_offset, "insecure": self.insecure}
+        if self.site is not None:
+            fields["site"] = self.site
         write_atomically(self.path(settings), json.dumps(fields, indent=1).encode())
 
     def headers(
@@ -172,6 +177,7 @@ def enroll(
     if response.status_code != 200:
         raise EdgeError(Code.CONFIG_INVALID, f"enrolment refused: {HubRefused.from_response(response)}")
     reply = protocol.EnrollResponse.model_validate_json(response.content)
-    credential = Credential(hub_url, reply.device_id, reply.hub_time - time.time(), insecure, key)
+    offset = reply.hub_time - time.time()
+    credential = Credential(hub_url, reply.device_id, offset, insecure, key, site=settings.site)
     credential.save(settings, with_key=True)
     return credential

@@ -5,12 +5,16 @@ them after the model releases; the HTTP goes through the `SyncClient` it is give
 On the device a model's profiles are `<data_dir>/profiles/<model>/<id>.toml`, and
 `<data_dir>/profiles/<model>/active` holds the active one's id (the serving layer reads them).
 A profile is refused, with a code, when its signature does not verify, when it does not parse,
-when its model version is not the installed one, or when it is older (`created_at`) than the
-active profile: the refusal is logged, audited and recorded in the sync state
-(`profiles_refused`), so it is not fetched and refused again every round; one refused for the
-model version is tried again once another version is installed (its model update may arrive
-later, over a slow link). Each profile is
-installed once: one a technician rolled back from, or reset, does not come back by itself.
+when it is signed for another site than the one this device enrolled as, when its model version
+is not the installed one, or when it is older (`created_at`) than the newest profile kept for the
+installed weights (a reset or a rollback is no licence to install an older one): the refusal is
+logged, audited and recorded in the sync state (`profiles_refused`), so it is not fetched and
+refused again every round; one refused for the model version is tried again once another
+version is installed (its model update may arrive later, over a slow link), and one that failed
+for the device's own state (a full disk, an unwritable folder) at the next round. Each profile
+is installed once, as its audit record says (written after the files: a power cut between the
+install and the sync state's record of it must not undo a later rollback): one a technician
+rolled back from, or reset, does not come back by itself.
 """
 
 from __future__ import annotations
@@ -51,14 +55,20 @@ def installed(settings: Settings, model: str) -> list[SiteProfile]:
     return site_profile.history(settings.data_dir, model)
 
 
-def _profile(settings: Settings, model: str, profile_id: str) -> SiteProfile | None:
-    return next((p for p in installed(settings, model) if p.id == profile_id), None)
+PERMANENT = frozenset(
+    {Code.PROFILE_SIGNATURE_INVALID, Code.PROFILE_INVALID, Code.PROFILE_DOWNGRADE, Code.PROFILE_OTHER_SITE}
+)
+"""Refusals of the profile itself: remembered, never tried again. Any other (PROFILE_MODEL_NOT_
+INSTALLED waits for another version; DISK_FULL and the like for the next round) is the device's
+state: a disk full for one round refused a valid profile for good."""
+_PERMANENT_PREFIXES = tuple(f"{code.value}:" for code in PERMANENT)
 
 
 def install(
-    settings: Settings, store: Store, release: protocol.ProfileRelease, public_key: str
+    settings: Settings, store: Store, release: protocol.ProfileRelease, public_key: str, site: str
 ) -> SiteProfile:
-    """Verify, check and install one profile and make it active; raises EdgeError with the code."""
+    """Verify, check and install one profile and make it active; raises EdgeError with the code.
+    `site`: the site this device enrolled as (the hub's name for it)."""
     if not verify_signature(release, public_key):
         raise EdgeError(
             Code.PROFILE_SIGNATURE_INVALID, f"site profile {release.id} is not signed by the pinned key"
@@ -73,6 +83,12 @@ def install(
         release.model_version,
     ):
         raise EdgeError(Code.PROFILE_INVALID, f"site profile {release.id} says it is another profile")
+    if release.site != site:  # signed for one site's films: another's thresholds are no better
+        raise EdgeError(
+            Code.PROFILE_OTHER_SITE,
+            f"site profile {release.id} is signed for site {release.site or '(unnamed)'!r}; this"
+            f" device enrolled as site {site or '(unnamed)'!r}",
+        )
     registry = Registry(settings.models.dir)
     entry = registry.get(profile.model) if profile.model in registry.names() else None
     version = entry.manifest.version if entry is not None else None
@@ -84,12 +100,15 @@ def install(
             f" installed: {version or 'none'}",
         )
     current_id = active_id(settings, profile.model)
-    current = _profile(settings, profile.model, current_id) if current_id else None
-    if current is not None and profile.created_at < current.created_at:
+    # The newest kept for these weights, active or not: after a reset or a rollback the active
+    # one is older or none; one made for weights no longer installed does not count.
+    kept = [p for p in installed(settings, profile.model) if serves(settings.data_dir, p, entry)]
+    newest = max(kept, key=lambda p: (p.created_at, p.id), default=None)
+    if newest is not None and newest.id != profile.id and profile.created_at < newest.created_at:
         raise EdgeError(
             Code.PROFILE_DOWNGRADE,
-            f"site profile {profile.id} ({profile.created_at}) is older than the active"
-            f" {current.id} ({current.created_at})",
+            f"site profile {profile.id} ({profile.created_at}) is older than {newest.id}"
+            f" ({newest.created_at}), kept for the same model weights",
         )
     folder = profiles_dir(settings, profile.model)
     write_atomically(folder / f"{profile.id}.toml", release.profile.encode())
@@ -103,6 +122,7 @@ def install(
             "version": profile.model_version,
             "profile": profile.id,
             "previous": current_id,
+            "digest": _digest(release),
         },
     )
     log.info(
@@ -111,10 +131,23 @@ def install(
     return profile
 
 
+def _digest(release: protocol.ProfileRelease) -> str:
+    return hashlib.sha256(protocol.canonical(release.model_dump())).hexdigest()[:16]
+
+
 def _seen_key(release: protocol.ProfileRelease) -> str:
     """A profile as this device saw it: a corrected one (other bytes) under the same id is new."""
-    digest = hashlib.sha256(protocol.canonical(release.model_dump())).hexdigest()[:16]
-    return f"{release.model} {release.id} {digest}"
+    return f"{release.model} {release.id} {_digest(release)}"
+
+
+def _installed_before(store: Store) -> set[str]:
+    """The seen keys of every profile whose install completed, by the audit trail."""
+    keys = set()
+    for row in store.audit_rows("profile.installed"):
+        detail = json.loads(row["detail"] or "{}")
+        if detail.get("digest"):
+            keys.add(f"{detail.get('model')} {detail.get('profile')} {detail['digest']}")
+    return keys
 
 
 def pull_profiles(client: SyncClient) -> int:
@@ -128,13 +161,19 @@ def pull_profiles(client: SyncClient) -> int:
     seen: list[str] = state.get("profiles_installed", [])
     count = 0
     registry = Registry(settings.models.dir)
-    for release in sorted(client.profiles(), key=lambda r: (r.created_at, r.id)):
+    site = client.credential.site if client.credential.site is not None else settings.site
+    offered = sorted(client.profiles(), key=lambda r: (r.created_at, r.id))
+    done = _installed_before(store) if offered else set()
+    for release in offered:
         key = _seen_key(release)
         # "Not for the installed version" holds until the installed version changes (a model
         # update still downloading over a slow link): that refusal is remembered per version.
         waiting = f"{key} while {_installed_version(registry, release.model)} is installed"
-        if refused.get(key, "").startswith(Code.PROFILE_MODEL_NOT_INSTALLED.value):
-            del refused[key]  # recorded before such refusals waited for another version: once more
+        if not refused.get(key, "").startswith(_PERMANENT_PREFIXES):
+            refused.pop(key, None)  # the device's state then (or an older edge's note): once more
+        if key in done and key not in seen:  # installed, then the power went before it was noted
+            seen.append(key)
+            store.outbox.set_sync_state(profiles_installed=seen)
         if (
             key in refused
             or waiting in refused
@@ -143,7 +182,7 @@ def pull_profiles(client: SyncClient) -> int:
         ):
             continue
         try:
-            install(settings, store, release, public_key)
+            install(settings, store, release, public_key, site)
         except EdgeError as error:
             log.error("site profile %s refused: %s", release.id, error.one_line())
             for_now = error.code is Code.PROFILE_MODEL_NOT_INSTALLED
