@@ -771,3 +771,45 @@ def test_a_hub_that_knows_the_publishers_key_refuses_a_wrong_signature_at_publis
     )
     assert right.status_code == 200
     assert [row["profile_id"] for row in site_profiles.list_profiles(hub.engine)] == [draft.id]
+
+
+def test_two_sites_profiles_of_one_id_keep_their_own_temperatures(
+    hub: Hub, tmp_path: Path, key: tuple[str, Any]
+) -> None:
+    """A profile's id names its model, version and second, not its site: two sites' profiles
+    drafted in one second share it. The hub read the results each recorded with the temperature
+    of whichever it found first."""
+    north = device_settings(hub, tmp_path, key[0])
+    south = device_settings(hub, tmp_path, key[0], "south").model_copy(update={"site": "south"})
+    north_id, _ = enrolled(hub, north)
+    south_id, _ = enrolled(hub, south)
+    add_reviewed(hub, north_id, synthetic_cases(40))
+    moment = datetime(2026, 12, 2, 16, 5, 1, tzinfo=timezone.utc)
+    mine = site_profiles.draft(hub.engine, hub.settings.models.dir, PROGRAMME, SITE, "tiny", now=moment)
+    theirs = mine.model_copy(
+        update={
+            "site": "south",
+            "profile": re.sub(r"temperature = [0-9.]+", "temperature = 3.5", mine.profile),
+        }
+    )
+    for release in (mine, theirs):
+        site_profiles.publish(hub.engine, signed(release, key[1]), actor="test")
+    for device_id, first_seq in ((north_id, 1000), (south_id, 2000)):
+        result_uuid = str(uuid.uuid4())
+        payload = {
+            "result": {
+                "model": "tiny", "version": "0.0.1", "finding": "finding", "positive_label": "finding",
+                "probability": 0.8, "probabilities": {"normal": 0.2, "finding": 0.8}, "threshold": 0.5,
+                "operating_point": "balanced", "profile_id": mine.id,
+            },
+        }  # fmt: skip
+        stored_result(hub, device_id, result_uuid, first_seq, payload)
+        reviews.add_review(hub.engine, result_uuid, "agree", reviewer="dr")
+    found = {
+        key.site: [c.temperature for c in group.cases if c.temperature is not None]
+        for key, group in agreement._by_version(hub.engine).items()
+    }
+    published = site_profiles.list_profiles(hub.engine)
+    assert {row["site"] for row in published} == {SITE, "south"}
+    north_t = [row["temperature"] for row in published if row["site"] == SITE]
+    assert found == {SITE: north_t, "south": [3.5]}

@@ -188,14 +188,15 @@ def _by_version(engine: Engine) -> dict[SiteModel, CaseSet]:
             group.unlabelled += 1
             continue
         profile = str(profile or "")
+        published = (programme, site or "", profile)
         group.cases.append(
             Case(
                 finding=str(finding),
                 label=label,
                 probability=reported,
                 probabilities=scores,
-                temperature=temperatures.get(profile) if profile else None,
-                unknown_profile=bool(profile) and profile not in temperatures,
+                temperature=temperatures.get(published) if profile else None,
+                unknown_profile=bool(profile) and published not in temperatures,
                 version=key.version,
             )
         )
@@ -206,10 +207,15 @@ def _sort_key(key: SiteModel) -> tuple[str, str, str, tuple[int, Any]]:
     return (key.programme, key.site, key.model, version_order(key.version))
 
 
-def _published_temperatures(engine: Engine) -> dict[str, float]:
+def _published_temperatures(engine: Engine) -> dict[tuple[str, str, str], float]:
+    """Each published profile's temperature by (programme, site, id): an id names a model,
+    version and second, not a site, so two sites' profiles drafted in one second share it."""
+    columns = db.site_profiles.c
     with engine.connect() as conn:
-        rows = conn.execute(select(db.site_profiles.c.profile_id, db.site_profiles.c.temperature)).all()
-    return {row.profile_id: float(row.temperature) for row in rows}
+        rows = conn.execute(
+            select(columns.programme, columns.site, columns.profile_id, columns.temperature)
+        ).all()
+    return {(row.programme, row.site or "", row.profile_id): float(row.temperature) for row in rows}
 
 
 def shipped_manifest(engine: Engine, models_dir: Path | None, model: str, version: str) -> Manifest | None:
