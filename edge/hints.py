@@ -44,6 +44,7 @@ NEXT_STEPS: dict[Code, str] = {
     Code.BLURRED: "repeat the acquisition, keeping the patient and the probe still",
     Code.MOSTLY_BLANK: "check the detector or the probe contact, then repeat the acquisition",
     Code.OUT_OF_SCOPE: "check that the image and the model match; read it without the model",
+    Code.IMAGE_UPSIDE_DOWN: "look at the film: if upside down, export it the right way up and send it again",
     # Ingest boundary
     Code.DECODE_TIMEOUT: "check the sender: the file is quarantined; tell the field engineer if it repeats",
     Code.DECODE_CRASHED: "check the sender: the file is quarantined; tell the field engineer if it repeats",
@@ -65,6 +66,7 @@ NEXT_STEPS: dict[Code, str] = {
     Code.VIDEO_SOURCE_LOST: "check the source and record again",
     # Models and runtime
     Code.NO_MODEL_FOR_INPUT: "re-run it with a model you choose (r), or install one for this kind of image",
+    Code.MODALITY_CONTRADICTED: "check the modality and body part tags on the scanner or PACS, then resend",
     Code.MODEL_UNKNOWN: "choose an installed model (edge models list)",
     Code.MODEL_MANIFEST_INVALID: REINSTALL,
     Code.MODEL_NEEDS_NEWER_SOFTWARE: "update edge on this device (a newer release tool made this model)",

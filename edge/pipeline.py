@@ -37,7 +37,7 @@ from edge.imaging.decode import DecodedImage, decode_bytes, read_input
 from edge.imaging.decoded import DicomHeader, UndecodableDicom
 from edge.imaging.dicom_changes import changed_fields
 from edge.imaging.explain import heatmap_png
-from edge.inference import gate
+from edge.inference import gate, orientation
 from edge.inference.model_choice import models_for
 from edge.inference.pool import ModelPool, Prediction, ServedModel
 from edge.inference.registry import Registry
@@ -429,7 +429,10 @@ class Pipeline:
             frames = None if self.frame_decoder is None else self.frame_decoder(data, f"job {job.id}")
             return process_cine(self.settings, self.store, self.pool, job, decoded, data, frames)
         prediction = model.predict([decoded.pixels], self.settings.models.operating_point)[0]
-        out_of_scope = model.out_of_scope(prediction.scope, self.settings.gate.refuses_out_of_scope)
+        enforce = self.settings.gate.refuses_out_of_scope
+        out_of_scope = model.out_of_scope(prediction.scope, enforce) or orientation.upside_down(
+            model, decoded.pixels, prediction.scope, enforce
+        )
         if out_of_scope is not None:  # no finding, even with the model forced: it was not made for this
             self.store.fail_job(job, out_of_scope.code, out_of_scope.message, refused=True)
             raise out_of_scope

@@ -19,7 +19,7 @@ import numpy as np
 from edge.config import Settings
 from edge.errors import Code, EdgeError
 from edge.imaging.decode import decode_bytes, read_input
-from edge.inference import gate, plots
+from edge.inference import gate, orientation, plots
 from edge.inference import metrics as m
 from edge.inference.labels_table import read_labels
 from edge.inference.pool import ModelPool
@@ -160,7 +160,10 @@ def _run(
     gated = settings.gate.enabled and not every_image
     refuse_out_of_scope = settings.gate.refuses_out_of_scope and not every_image
     manifest = served.entry.manifest
-    logits, truth, kept, refused = [], [], [], []
+    logits: list[np.ndarray] = []
+    truth: list[int] = []
+    kept: list[Path] = []
+    refused: list[dict[str, str]] = []
     for start in range(0, len(rows), BATCH):
         images, batch_rows = [], []
         for path, label in rows[start : start + BATCH]:
@@ -176,10 +179,14 @@ def _run(
         predictions = served.predict([decoded.pixels for decoded in images])
         for (path, label), decoded, prediction in zip(batch_rows, images, predictions, strict=True):
             scope_refusal = served.out_of_scope(prediction.scope, refuse_out_of_scope)
-            refusal = scope_refusal
             verdict = gate.check(decoded, manifest) if gated else None
+            refusal: EdgeError | None
             if verdict is not None and not verdict.passed:
                 refusal = gate.refusal_in_service(verdict, lambda: scope_refusal)  # noqa: B023 - called now
+            else:  # as the pipeline reads a film the gate passed: its scope, then which way up
+                refusal = scope_refusal or orientation.upside_down(
+                    served, decoded.pixels, prediction.scope, refuse_out_of_scope
+                )
             if refusal is not None:  # what service refuses: the gate's codes, or OUT_OF_SCOPE
                 refused.append(
                     {"path": str(path), "code": refusal.code.value, "reason": refusal.message, "by": "gate"}

@@ -217,3 +217,13 @@ def widened_at_bounds(
     if n and k == 0:
         high = max(high, 1.0 - tail ** (1.0 / n)) if np.isfinite(high) else 1.0 - tail ** (1.0 / n)
     return low, high
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score 95% interval of a proportion (nan, nan for no cases)."""
+    if n <= 0:
+        return float("nan"), float("nan")
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)

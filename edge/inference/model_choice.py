@@ -10,9 +10,10 @@ import logging
 from edge.config import Settings
 from edge.errors import Code, EdgeError
 from edge.imaging.decode import DecodedImage
-from edge.inference import routing
-from edge.inference.pool import ModelPool
+from edge.inference import orientation, routing
+from edge.inference.pool import ModelPool, ServedModel
 from edge.inference.registry import Registry
+from edge.inference.scope import OUT_OF_SCOPE
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +38,43 @@ def models_for(decoded: DecodedImage, settings: Settings, registry: Registry, po
             f" / body part {study.body_part or 'unspecified'}",
         )
     if len(names) > 1 and not (study.modality and study.body_part):
-        return [_most_applicable(decoded, names, settings, pool)]
+        names = [_most_applicable(decoded, names, settings, pool)]
+    if study.modality is not None and settings.gate.refuses_out_of_scope:
+        _refuse_if_contradicted(decoded, names, registry, pool)
     return names
+
+
+def _refuse_if_contradicted(
+    decoded: DecodedImage, names: list[str], registry: Registry, pool: ModelPool
+) -> None:
+    """A header can be wrong: a chest film sent as US (a converter's default, a worklist entry
+    for the wrong room) went to the lung ultrasound model, whose check lets 60% of chest films
+    through, and read "covid" (an outside check: 26 of 50). So an installed model whose check
+    is sharp (`routing.sharp_checks`: it refuses at least 95% of every other model's images) and
+    that the header did not choose reads the picture too: where it finds it its own kind, the
+    header and the picture disagree and nothing is guessed (MODALITY_CONTRADICTED)."""
+    manifests = {}
+    for name in registry.names():
+        try:
+            manifests[name] = registry.get(name).manifest
+        except EdgeError as error:  # an unreadable model is no witness; the routed one says its own
+            log.debug("%s", error.one_line())
+    for name in sorted(routing.sharp_checks(manifests) - set(names)):
+        try:
+            scope = pool.get(name).predict([decoded.pixels])[0].scope
+        except EdgeError as error:  # a model that cannot be opened is no witness either
+            log.warning("%s could not read the input for its check: %s", name, error.one_line())
+            continue
+        if scope is None or scope.state == OUT_OF_SCOPE:
+            continue
+        study, spec = decoded.study, manifests[name].applicability
+        kind = spec.looks_like if spec is not None else name
+        raise EdgeError(
+            Code.MODALITY_CONTRADICTED,
+            f"the header says modality {study.modality} / body part {study.body_part or 'unspecified'}"
+            f" ({', '.join(names)}), but the picture looks like {kind} ({name}'s check: p="
+            f"{scope.p_value:.3f}, {scope.state}): not analysed; check the modality's or the PACS's tags",
+        )
 
 
 def _most_applicable(decoded: DecodedImage, names: list[str], settings: Settings, pool: ModelPool) -> str:
@@ -54,7 +90,8 @@ def _most_applicable(decoded: DecodedImage, names: list[str], settings: Settings
     # still refuses it out of scope), as a PACS's lung cines often lack the body part.
     if decoded.study.modality is not None or not settings.gate.refuses_out_of_scope:
         return order[0].model
-    choice = routing.chosen(order, routing.sharp_checks(manifests))
+    sharp = routing.sharp_checks(manifests)
+    choice = routing.chosen(order, sharp)
     if choice is None:
         looks_like = {
             name: spec.looks_like
@@ -63,4 +100,26 @@ def _most_applicable(decoded: DecodedImage, names: list[str], settings: Settings
         }
         study = decoded.study
         raise routing.refusal(order, looks_like, study.modality, study.body_part)
+    for name in sorted(sharp - {choice.model}):
+        _refuse_if_a_turned_film(decoded, pool.get(name))
     return choice.model
+
+
+def _refuse_if_a_turned_film(decoded: DecodedImage, served: ServedModel) -> None:
+    """A film upside down that a sharp film check refuses may still pass a weak check, which
+    then answers (an outside check: 6 of 300 chest films upside down read by the lung ultrasound
+    model, 5 "covid"). Turned the right way up, the film model's check takes it: then it is
+    refused as upside down, not read by a model of another kind."""
+    if not orientation.reads_films(served):
+        return
+    for prediction in served.predict(orientation.turned(decoded.pixels)):
+        scope = prediction.scope
+        if scope is not None and scope.state != OUT_OF_SCOPE:
+            spec = served.entry.manifest.applicability
+            kind = spec.looks_like if spec is not None else served.name
+            raise EdgeError(
+                Code.IMAGE_UPSIDE_DOWN,
+                f"this looks like {kind} shown upside down ({served.name}'s check on it turned the"
+                f" right way up: p={scope.p_value:.3f}, {scope.state}): not analysed; check the"
+                " film's orientation",
+            )
