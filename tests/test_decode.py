@@ -479,3 +479,50 @@ def test_a_cines_frame_times_come_from_its_header(timing: dict[str, object], exp
         setattr(ds, keyword, value)
     times = [t for t, _ in display_frames(dicomgen.to_bytes(ds))]
     assert times == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(("tag", "turn"), [(3, 2), (6, -1), (8, 1)])
+def test_a_jpeg_is_shown_as_its_exif_orientation_says(tag: int, turn: int) -> None:
+    """A phone's photograph of a film is stored sideways with an orientation tag: read as
+    stored, it was refused as unlike a chest film. The tag is applied (as a viewer shows it)."""
+    import io
+
+    from PIL import Image
+
+    upright = np.zeros((40, 80), np.uint8)
+    upright[:10, :20] = 255  # a bright block, top left
+    stored = np.ascontiguousarray(np.rot90(upright, -turn))  # as the camera stored it
+    image = Image.fromarray(stored)
+    exif = image.getexif()
+    exif[0x0112] = tag
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", exif=exif.tobytes(), quality=95)
+    shown = decode_bytes(buffer.getvalue(), "photo.jpg").pixels
+    assert shown.shape == upright.shape
+    assert np.abs(shown.astype(int) - upright.astype(int)).mean() < 4
+
+
+def _png16(values: np.ndarray, sbit: int | None = None) -> bytes:
+    ok, encoded = cv2.imencode(".png", values)
+    assert ok
+    data = encoded.tobytes()
+    if sbit is None:
+        return data
+    import zlib
+
+    chunk = b"sBIT" + bytes([sbit])
+    return data[:33] + struct.pack(">I", 1) + chunk + struct.pack(">I", zlib.crc32(chunk)) + data[33:]
+
+
+def test_a_16_bit_png_is_scaled_from_the_bits_it_uses() -> None:
+    """A detector's 12-bit values in a 16-bit PNG (at most 4095) were scaled as 16 bits: 16
+    times too dark, and every such film refused. The bits come from sBIT, else the values."""
+    film = gradient(64, 64)
+    twelve = (film.astype(np.uint32) * 4095 // 255).astype(np.uint16)
+    for data in (_png16(twelve), _png16(twelve, sbit=12)):
+        assert np.abs(decode_bytes(data, "12bit.png").pixels.astype(int) - film.astype(int)).max() <= 1
+    full = film.astype(np.uint16) * 257  # the whole 16-bit range: as before
+    assert np.array_equal(decode_bytes(_png16(full), "16bit.png").pixels, film)
+    # sBIT says 16 significant bits are not more than the values show: the values decide
+    dark = (film.astype(np.uint16) * 4).astype(np.uint16)  # at most 1020: 10 bits
+    assert decode_bytes(_png16(dark), "dark.png").pixels.max() >= 250

@@ -85,7 +85,7 @@ def test_a_picture_too_deep_for_the_memory_left_is_a_coded_refusal(monkeypatch: 
     from edge.errors import Code
     from edge.imaging import decode
 
-    def no_memory(decoded: np.ndarray) -> np.ndarray:
+    def no_memory(decoded: np.ndarray, significant_bits: int | None = None) -> np.ndarray:
         raise MemoryError("Unable to allocate 381. MiB")
 
     monkeypatch.setattr(decode, "to_display_uint8", no_memory)

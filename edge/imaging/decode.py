@@ -90,13 +90,17 @@ def _decode_raster(data: bytes, kind: str, name: str) -> DecodedImage:
         _check_png(data, name)
     else:
         _check_jpeg(data, name)
+    # A JPEG is shown as its EXIF orientation says (a phone's photograph of a film, stored
+    # sideways with a tag: read as stored, every such film was refused as unlike a chest film);
+    # OpenCV applies the tag unless asked for the file unchanged, which a PNG needs (its alpha).
+    flags = cv2.IMREAD_UNCHANGED if kind == "png" else cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH
     try:
-        decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        decoded = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     except cv2.error as exc:  # OpenCV's own limits (size, corrupt data) raise rather than return None
         raise _undecodable(data, kind, name) from exc
     if decoded is None or decoded.size == 0:
         raise _undecodable(data, kind, name)
-    pixels = to_display_uint8(decoded)
+    pixels = to_display_uint8(decoded, _png_significant_bits(data) if kind == "png" else None)
     return DecodedImage(
         pixels=pixels,
         format=kind,
@@ -130,15 +134,25 @@ def _decoded_size(data: bytes, kind: str) -> str:
     return f" ({width}x{height} pixels, {size / 1e6:.0f} MB decoded)"
 
 
-def to_display_uint8(decoded: np.ndarray) -> np.ndarray:
+def to_display_uint8(decoded: np.ndarray, significant_bits: int | None = None) -> np.ndarray:
     """OpenCV's BGR(A)/grey, 8 or 16 bit -> uint8 grey HxW or RGB HxWx3.
 
-    Three identical channels (how X-rays are usually exported) collapse to grey, the
-    canonical form of a radiograph.
+    16-bit samples are scaled from the bits they use: the PNG's sBIT chunk where it has one,
+    else the fewest of 8, 10, 12, 14 or 16 that hold its largest value. A detector's 12-bit
+    values in a 16-bit PNG (at most 4095), scaled as 16 bits, came out 16 times too dark and
+    every such film was refused. Three identical channels (how X-rays are usually exported)
+    collapse to grey, the canonical form of a radiograph.
     """
     image = decoded
     if image.dtype == np.uint16:
-        image = (image // 257).astype(np.uint8)
+        bits = significant_bits if significant_bits and 8 <= significant_bits < 16 else None
+        colour = image[:, :, :3] if image.ndim == 3 and image.shape[2] == 4 else image  # not alpha
+        bits = bits or next(b for b in (8, 10, 12, 14, 16) if int(colour.max()) < 1 << b)
+        if bits == 16:
+            image = (image // 257).astype(np.uint8)
+        else:
+            top = (1 << bits) - 1
+            image = (np.minimum(image, top).astype(np.uint32) * 255 // top).astype(np.uint8)
     elif image.dtype != np.uint8:
         raise EdgeError(Code.IMAGE_DECODE_FAILED, f"unsupported pixel type {image.dtype}")
     if image.ndim == 3 and image.shape[2] == 4:
@@ -169,6 +183,21 @@ def _check_png(data: bytes, name: str) -> None:
     # A complete PNG ends with the IEND chunk (its CRC is fixed: AE 42 60 82).
     if data.rstrip(b"\x00")[-12:] != b"\x00\x00\x00\x00IEND\xaeB`\x82":
         raise EdgeError(Code.IMAGE_TRUNCATED, f"{name} is a truncated PNG (no IEND chunk)")
+
+
+def _png_significant_bits(data: bytes) -> int | None:
+    """The most significant bits of any channel in the PNG's sBIT chunk (before its image
+    data), or None where it has none (or it is malformed)."""
+    position = 8
+    while position + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[position : position + 8])
+        if kind == b"IDAT":
+            return None
+        if kind == b"sBIT" and 1 <= length <= 4:
+            said = data[position + 8 : position + 8 + length]
+            return max(said) if said else None
+        position += 12 + length
+    return None
 
 
 # Start-of-frame markers (baseline, progressive, lossless, arithmetic): they carry the size.
