@@ -72,6 +72,14 @@ def test_applicability_from_dicom_metadata(real: DecodedImage, study: dict, meta
     assert gate.check(decoded, Registry(MODELS).get(DEFAULT_MODEL).manifest).first().code is Code(code)
 
 
+def test_a_chest_film_sent_as_thorax_is_a_chest_film(real: DecodedImage) -> None:
+    """THORAX is what some scanners send for the defined term CHEST: such a film found no model."""
+    decoded = replace(real, study=StudyInfo(modality="CR", body_part="Thorax"))
+    assert codes(decoded) == []
+    assert DEFAULT_MODEL in Registry(MODELS).route("CR", "THORAX")
+    assert Registry(MODELS).route("CR", "KNEE") == []
+
+
 def test_frontal_adult_and_paediatric_boundaries(real: DecodedImage) -> None:
     ok = replace(
         real,

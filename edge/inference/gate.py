@@ -71,7 +71,7 @@ def applicability(decoded: DecodedImage, manifest: Manifest) -> list[EdgeError]:
                 f"{name} accepts {'/'.join(accepts.modalities)}, not {study.modality}",
             )
         )
-    if study.body_part and accepts.body_parts and study.body_part.upper() not in accepts.body_parts:
+    if study.body_part and not accepts.takes_body_part(study.body_part):
         out.append(
             EdgeError(
                 Code.BODY_PART_NOT_ACCEPTED,

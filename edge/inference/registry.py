@@ -30,6 +30,11 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+BODY_PART_SYNONYMS = {"THORAX": "CHEST"}
+"""Body Part Examined values scanners send for a defined term (PS3.16 CID 4031 has CHEST): a
+chest film sent as CR / THORAX found no model."""
+
+
 class Accepts(_Strict):
     """What inputs the model may score; the applicability gate reads this."""
 
@@ -43,6 +48,13 @@ class Accepts(_Strict):
     """Inclusive patient age range the model was validated on."""
     unlabelled: bool = True
     """Whether PNG/JPEG inputs (no modality, body part or age) may be scored."""
+
+    def takes_body_part(self, body_part: str) -> bool:
+        """Whether `body_part` (as the header says it) is one of these, synonyms read as their
+        defined term (`BODY_PART_SYNONYMS`)."""
+        term = body_part.upper()
+        listed = {BODY_PART_SYNONYMS.get(part, part) for part in self.body_parts}
+        return not self.body_parts or BODY_PART_SYNONYMS.get(term, term) in listed
 
 
 class InputSpec(_Strict):
@@ -484,7 +496,7 @@ class Registry:
                 continue
             if accepts.modalities and modality.upper() not in accepts.modalities:
                 continue
-            if accepts.body_parts and body_part and body_part.upper() not in accepts.body_parts:
+            if body_part and not accepts.takes_body_part(body_part):
                 continue
             chosen.append(entry.name)
         return chosen
