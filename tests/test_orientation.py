@@ -93,3 +93,23 @@ def test_a_chest_film_whose_header_says_ultrasound_is_not_read_by_the_ultrasound
     # Named, the model reads it: the technician's decision, as for any forced model.
     [forced] = pipeline.analyse_file(path, model="us-lung")
     assert forced.code != Code.MODALITY_CONTRADICTED.value
+
+
+def test_a_film_refused_as_unlike_a_chest_film_says_what_it_looks_like_altered(
+    pipeline: Pipeline, samples: list[tuple[Path, str]], tmp_path: Path
+) -> None:
+    """Inverted (a wrong MONOCHROME1/2) or turned a quarter turn, a chest film is refused
+    OUT_OF_SCOPE ("does not look like a chest film"), which tells the technician nothing to
+    mend: the refusal now says what the check takes it for when altered."""
+    said = {"inverted": 0, "quarter turn": 0}
+    films = _films(samples)[:4]
+    for path, pixels in films:
+        for how, picture in (("inverted", 255 - pixels), ("quarter turn", np.rot90(pixels))):
+            target = tmp_path / f"{how}-{path.name}"
+            cv2.imwrite(str(target), np.ascontiguousarray(picture))
+            [analysis] = pipeline.analyse_file(target, model="cxr-pneumonia")
+            assert not analysis.ok
+            if analysis.code == Code.OUT_OF_SCOPE.value:
+                said[how] += how in (analysis.message or "")
+    assert said["inverted"] >= len(films) - 1
+    assert said["quarter turn"] >= len(films) - 1

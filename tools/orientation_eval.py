@@ -9,6 +9,8 @@ given, turned 180 degrees, flipped top to bottom and mirrored left to right, thr
 applicability check; the rule is applied to each as if it were the film given. Counted: films
 the right way up refused (the cost); films turned or flipped refused; normal films turned or
 flipped that would be answered "pneumonia" without the rule and with it. Wilson 95% intervals.
+Then films inverted, or turned a quarter turn (refused as unlike a chest film): how many of those
+refusals say what the film looks like altered (`orientation.explained`).
 The films are the model's own development set, most seen in training: the figures show the
 mechanism, not the rate on another site's films.
 """
@@ -66,6 +68,34 @@ def read(models: Path, count: int, seed: int) -> list[dict[str, Any]]:
             pool.close()
 
 
+def explained_share(models: Path, count: int, seed: int) -> dict[str, Any]:
+    """Films inverted or turned a quarter turn: refused OUT_OF_SCOPE, and how many refusals say
+    what the film looks like altered (`orientation.explained`)."""
+    rows = list(csv.DictReader((DATA / "labels.csv").open()))
+    random.Random(seed).shuffle(rows)
+    tally = {"inverted": [0, 0, 0], "quarter turn": [0, 0, 0]}  # films, refused, explained
+    with tempfile.TemporaryDirectory() as scratch:
+        settings = load_settings(data_dir=Path(scratch), models={"dir": models})
+        pool = ModelPool(Registry(models), settings, Path(scratch) / "cache")
+        try:
+            served = pool.get("cxr-pneumonia")
+            for row in rows[:count]:
+                pixels = decode_bytes((DATA / row["path"]).read_bytes(), row["path"]).pixels
+                for how, made in (("inverted", 255 - pixels), ("quarter turn", np.rot90(pixels))):
+                    altered = np.ascontiguousarray(made)
+                    refusal = served.out_of_scope(served.predict([altered])[0].scope, True)
+                    counts = tally[how]
+                    counts[0] += 1
+                    if refusal is not None:
+                        counts[1] += 1
+                        counts[2] += (
+                            orientation.explained(served, altered, refusal).message != refusal.message
+                        )
+        finally:
+            pool.close()
+    return {how: {"films": f, "refused": r, "explained": e} for how, (f, r, e) in tally.items()}
+
+
 def turned_of(view: int) -> list[int]:
     """Which views are `orientation.turned` of view `view` (0 given, 1 turned, 2 flipped, 3 mirrored)."""
     return {0: [1, 2], 1: [0, 3], 2: [3, 0], 3: [2, 1]}[view]
@@ -103,10 +133,18 @@ def main() -> None:
     parser.add_argument("--margins", default=str(orientation.MARGIN))
     parser.add_argument("--models", type=Path, default=Path(__file__).resolve().parents[1] / "models")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--explained", type=int, default=200, help="films inverted, and turned 90 degrees")
     args = parser.parse_args()
     films = read(args.models, args.films, args.seed)
-    results = [summary(films, float(m)) for m in args.margins.split(",")]
-    for result in results:
+    margins = args.margins.split(",") if films else []
+    results: list[dict[str, Any]] = [summary(films, float(m)) for m in margins]
+    if args.explained:
+        said = explained_share(args.models, args.explained, args.seed)
+        results.append({"explained": said})
+        for how, counts in said.items():
+            refused, explained = counts["refused"], counts["explained"]
+            print(f"{how}: {refused} of {counts['films']} refused OUT_OF_SCOPE, {explained} saying so")
+    for result in results[: len(margins)]:
         print(f"margin {result['margin']} ({result['films']} films, seed {args.seed})")
         for key, value in result.items():
             if isinstance(value, dict):
