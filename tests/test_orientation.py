@@ -12,10 +12,9 @@ import numpy as np
 import pytest
 
 from edge.config import Settings
-from edge.errors import Code, EdgeError
+from edge.errors import Code
 from edge.imaging.decode import decode_bytes
 from edge.inference import orientation
-from edge.inference.model_choice import _refuse_if_a_turned_film
 from edge.pipeline import Pipeline
 from edge.store import Store
 from tools import dicomgen
@@ -70,11 +69,11 @@ def test_an_upside_down_film_refused_by_the_film_check_is_not_read_by_another_ki
     decoded = decode_bytes(
         cv2.imencode(".png", np.ascontiguousarray(pixels[::-1, ::-1]))[1].tobytes(), "x.png"
     )
-    with pytest.raises(EdgeError) as refused:
-        _refuse_if_a_turned_film(decoded, served)
-    assert refused.value.code is Code.IMAGE_UPSIDE_DOWN
+    refused = orientation.taken_turned(served, decoded.pixels)
+    assert refused is not None
+    assert refused.code is Code.IMAGE_UPSIDE_DOWN
     breast = np.full((256, 256), 40, np.uint8)
-    _refuse_if_a_turned_film(decode_bytes(cv2.imencode(".png", breast)[1].tobytes(), "z.png"), served)
+    assert orientation.taken_turned(served, breast) is None
 
 
 def test_a_chest_film_whose_header_says_ultrasound_is_not_read_by_the_ultrasound_model(

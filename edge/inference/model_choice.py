@@ -11,7 +11,7 @@ from edge.config import Settings
 from edge.errors import Code, EdgeError
 from edge.imaging.decode import DecodedImage
 from edge.inference import orientation, routing
-from edge.inference.pool import ModelPool, ServedModel
+from edge.inference.pool import ModelPool
 from edge.inference.registry import Registry
 from edge.inference.scope import OUT_OF_SCOPE
 
@@ -100,26 +100,8 @@ def _most_applicable(decoded: DecodedImage, names: list[str], settings: Settings
         }
         study = decoded.study
         raise routing.refusal(order, looks_like, study.modality, study.body_part)
-    for name in sorted(sharp - {choice.model}):
-        _refuse_if_a_turned_film(decoded, pool.get(name))
+    for name in sorted(sharp - {choice.model}):  # a film upside down, taken by a weak check
+        upside_down = orientation.taken_turned(pool.get(name), decoded.pixels)
+        if upside_down is not None:
+            raise upside_down
     return choice.model
-
-
-def _refuse_if_a_turned_film(decoded: DecodedImage, served: ServedModel) -> None:
-    """A film upside down that a sharp film check refuses may still pass a weak check, which
-    then answers (an outside check: 6 of 300 chest films upside down read by the lung ultrasound
-    model, 5 "covid"). Turned the right way up, the film model's check takes it: then it is
-    refused as upside down, not read by a model of another kind."""
-    if not orientation.reads_films(served):
-        return
-    for prediction in served.predict(orientation.turned(decoded.pixels)):
-        scope = prediction.scope
-        if scope is not None and scope.state != OUT_OF_SCOPE:
-            spec = served.entry.manifest.applicability
-            kind = spec.looks_like if spec is not None else served.name
-            raise EdgeError(
-                Code.IMAGE_UPSIDE_DOWN,
-                f"this looks like {kind} shown upside down ({served.name}'s check on it turned the"
-                f" right way up: p={scope.p_value:.3f}, {scope.state}): not analysed; check the"
-                " film's orientation",
-            )

@@ -64,13 +64,32 @@ def upside_down(
     distances = [p.scope.distance for p in served.predict(turned(pixels)) if p.scope is not None]
     if not judged_upside_down(scope.distance, distances):
         return None
-    nearest = min(distances)
-    looks_like = served.entry.manifest.applicability
-    kind = looks_like.looks_like if looks_like is not None else served.name
+    nearest, given = min(distances), scope.distance
+    why = f"turned, it reads as {nearest:.2f} from the model's films against {given:.2f} as given"
+    return _upside_down(served, why)
+
+
+def taken_turned(served: ServedModel, pixels: np.ndarray) -> EdgeError | None:
+    """IMAGE_UPSIDE_DOWN for a picture a film model's check refused as given (routing chose a
+    model of another kind) where it takes it turned the right way up: a film upside down that
+    a sharp film check refuses may still pass a weak check, which then answered (an outside
+    check: 6 of 300 chest films upside down read by the lung ultrasound model, 5 "covid")."""
+    if not reads_films(served):
+        return None
+    for prediction in served.predict(turned(pixels)):
+        scope = prediction.scope
+        if scope is not None and not scope.refused:
+            why = f"{served.name}'s check on it turned the right way up: p={scope.p_value:.3f}, {scope.state}"
+            return _upside_down(served, why)
+    return None
+
+
+def _upside_down(served: ServedModel, why: str) -> EdgeError:
+    spec = served.entry.manifest.applicability
+    kind = spec.looks_like if spec is not None else served.name
     return EdgeError(
         Code.IMAGE_UPSIDE_DOWN,
-        f"this looks like {kind} shown upside down (turned, it reads as {nearest:.2f} from the"
-        f" model's films against {scope.distance:.2f} as given): not analysed; check the film's"
+        f"this looks like {kind} shown upside down ({why}): not analysed; check the film's"
         " orientation on the scanner or the viewer that exported it",
     )
 
