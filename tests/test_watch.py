@@ -387,3 +387,25 @@ def test_a_file_swapped_for_a_symlink_after_the_listing_is_not_followed(
         watch.read_dropped(link, 1 << 30, frozenset({os.geteuid()}))
     assert refused.value.code.value == "DROP_FILE_LINKED"
     assert watch.read_dropped(target, 1 << 30, frozenset({os.geteuid()})) == sample_dcm.read_bytes()
+
+
+def test_the_files_refused_at_the_door_are_shown_to_the_technician(folder: Any) -> None:
+    """A file refused before the store (not an image, undecodable, like no model's images) never
+    reaches the worklist: the device screen says how many, and the newest with why."""
+    from edge.tui.screens.device import queue
+
+    drop, clock, _ = folder
+    assert watch.recent_refusals(drop.settings) == (0, [])
+    for name in ("a.txt", "b.txt"):
+        (drop.inbox / name).write_text("not an image")
+    assert settle(drop, clock)["quarantined"] == 2
+    count, newest = watch.recent_refusals(drop.settings, limit=1)
+    assert count == 2
+    [item] = newest
+    assert item["name"] in ("a.txt", "b.txt")
+    assert item["reason"].startswith("INPUT_NOT_IMAGE")
+    snap = {"counts": {"studies": 0, "results": 0}, "queue_depth": 0, "outbox_pending": 0}
+    shown = queue({**snap, "drop_refused": count, "drop_refused_newest": newest})
+    assert "2 file(s) refused at the drop folder" in shown
+    assert "INPUT_NOT_IMAGE" in shown
+    assert "refused at the drop folder" not in queue(snap)  # nothing refused: nothing said

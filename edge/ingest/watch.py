@@ -341,3 +341,30 @@ class DropFolder:
             except Exception:  # the watcher must outlive one bad scan
                 log.exception("drop folder scan failed")
             stop.wait(self.settings.watch.interval_s)
+
+
+def recent_refusals(settings: Settings, days: int = 7, limit: int = 3) -> tuple[int, list[dict[str, str]]]:
+    """Files the drop folder refused (quarantine/<day>/<name>.reason.txt) in the last `days`
+    days: how many, and the newest `limit` (name, reason, when). A refused file never reaches
+    the store, so the worklist cannot show it: a technician who dropped one saw nothing."""
+    quarantine = settings.inbox.parent / "quarantine"
+    try:
+        folders = sorted((p for p in quarantine.iterdir() if p.is_dir()), reverse=True)[:days]
+    except OSError:
+        return 0, []
+    found: list[tuple[float, Path]] = []
+    for folder in folders:
+        try:
+            found.extend((entry.stat().st_mtime, entry) for entry in folder.glob("*.reason.txt"))
+        except OSError:
+            continue
+    found.sort(reverse=True)
+    newest = []
+    for when, path in found[:limit]:
+        try:
+            reason = path.read_text(errors="replace").strip().splitlines()[0][:300]
+        except (OSError, IndexError):
+            reason = "(the reason cannot be read)"
+        stamp = time.strftime("%Y-%m-%d %H:%M", time.gmtime(when))
+        newest.append({"name": path.name.removesuffix(".reason.txt"), "reason": reason, "when": stamp})
+    return len(found), newest

@@ -18,6 +18,7 @@ from edge.hints import SYNC_NOT_CONFIGURED
 from edge.imaging.decode import read_input
 from edge.inference import site_profile
 from edge.inference.registry import ModelEntry
+from edge.ingest.watch import recent_refusals
 from edge.store import StoredResult, WorklistItem
 from edge.sync.runner import refused_updates
 from edge.tui.context import TuiContext
@@ -260,6 +261,7 @@ def load_device(context: TuiContext) -> dict[str, Any]:
     snap["installed_models"] = installed_models(context)
     snap["host"] = context.facts()
     snap["backend_setting"] = f"{context.settings.runtime.backend}/{context.settings.runtime.precision}"
+    snap["drop_refused"], snap["drop_refused_newest"] = recent_refusals(context.settings)
     return snap
 
 

@@ -101,6 +101,13 @@ def queue(snap: dict[str, Any]) -> str:
         step = next_step(error["error_code"])
         if step:
             lines.append(f"  [dim]next:[/dim] {escape(step)}")
+    if snap.get("drop_refused"):
+        # Refused before the store (undecodable, unlike any model's images): not in the worklist.
+        lines.append(
+            f"{snap['drop_refused']} file(s) refused at the drop folder in 7 days (in its quarantine/):"
+        )
+        for item in snap.get("drop_refused_newest", []):
+            lines.append(f"  {item['when']} {escape(item['name'])}: {escape(item['reason'])}")
     return "\n".join(lines)
 
 
