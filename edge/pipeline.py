@@ -47,6 +47,7 @@ from edge.store import Corrections, IngestOutcome, Job, NewImage, Store
 from edge.store.files import remove_quietly, write_atomically
 from edge.store.reads import evidence_beside
 from edge.video.analysis import analyse_recording, process_cine
+from edge.video.source import is_recording
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +84,7 @@ def _looks_like_video(path: Path) -> bool:
             head = handle.read(12)
     except OSError:
         return False
-    riff_video = head.startswith(b"RIFF") and head[8:12] == b"AVI "  # not WebP, also RIFF
-    return head[4:8] == b"ftyp" or riff_video or head.startswith(b"\x1aE\xdf\xa3")  # MP4/MOV, AVI, MKV
+    return is_recording(head)
 
 
 class Pipeline:

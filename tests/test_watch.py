@@ -409,3 +409,26 @@ def test_the_files_refused_at_the_door_are_shown_to_the_technician(folder: Any) 
     assert "2 file(s) refused at the drop folder" in shown
     assert "INPUT_NOT_IMAGE" in shown
     assert "refused at the drop folder" not in queue(snap)  # nothing refused: nothing said
+
+
+def test_a_dropped_video_is_analysed_as_one_clip(folder: Any, tmp_path: Path) -> None:
+    """An ultrasound loop exported as MP4 was refused "not a DICOM, PNG or JPEG file", while
+    `edge infer` analysed it. It is a clip now, stored once; one cut short is refused, coded."""
+    from tests.conftest import REPO
+
+    drop, clock, store = folder
+    clip = REPO / "samples" / "video" / "lung-regular-alines.mp4"
+    shutil.copy(clip, drop.inbox / "loop.mp4")
+    assert settle(drop, clock)["ingested"] == 1
+    [row] = store.db.execute("SELECT source, frames_analysed FROM clips").fetchall()
+    assert row["source"] == "file"
+    assert row["frames_analysed"] >= 3
+    assert not (drop.inbox / "loop.mp4").exists()
+    shutil.copy(clip, drop.inbox / "again.mp4")  # the same recording: stored once
+    assert settle(drop, clock)["duplicate"] == 1
+    assert store.db.execute("SELECT count(*) FROM clips").fetchone()[0] == 1
+    (drop.inbox / "cut.mp4").write_bytes(clip.read_bytes()[: clip.stat().st_size // 2])
+    assert settle(drop, clock)["quarantined"] == 1
+    [reason] = drop.quarantine.rglob("cut.mp4.reason.txt")
+    assert reason.read_text().startswith(("VIDEO_UNREADABLE", "VIDEO_SOURCE_LOST"))
+    assert not list((store.data_dir / "clips").rglob("*dropped*"))  # no copy left

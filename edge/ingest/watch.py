@@ -1,5 +1,6 @@
 """A watched drop folder: DICOM, PNG or JPEG files left in an inbox (a share the X-ray PC writes
-to, a USB import script) are ingested once complete, then moved out of the way.
+to, a USB import script) are ingested once complete, then moved out of the way. A video file
+(MP4/MOV, AVI, MKV: an ultrasound loop exported) is analysed as one clip, as `edge infer` does.
 
 - Complete means: not hidden or named like a partial download, and size and modification time
   unchanged for `settle_s` (a copy in progress keeps changing). Polling, not inotify: it works
@@ -45,9 +46,12 @@ from pathlib import Path
 from edge.clock import utc_now
 from edge.config import Settings
 from edge.errors import Code, EdgeError
+from edge.ids import uuid7
 from edge.pipeline import Decoder, Pipeline
-from edge.results import audit_refusal
-from edge.store.files import fsync_dir, make_dirs, write_atomically
+from edge.results import Analysis, audit_refusal
+from edge.store.files import fsync_dir, make_dirs, remove_quietly, write_atomically
+from edge.video.clip import RECORDING_PREFIX
+from edge.video.source import is_recording
 
 log = logging.getLogger(__name__)
 PARTIAL_SUFFIXES = (".part", ".partial", ".tmp", ".crdownload", ".download", ".filepart", ".swp")
@@ -248,6 +252,8 @@ class DropFolder:
                 return "gone"
             audit_refusal(self._pipeline.store, self._pipeline.actor, error)  # ingest audits its own
             return self._move(key, self.quarantine, error.one_line(), now, "quarantined")
+        if is_recording(data[:12]):
+            return self._take_recording(key, data, now)
         try:
             ingested = self._pipeline.ingest(
                 data, path.name, "watch", decoder=self._decoder, file_mtime_ns=key[2]
@@ -262,6 +268,36 @@ class DropFolder:
         return self._move(
             key, self.processed, None, now, "duplicate" if ingested.outcome.duplicate else "ingested"
         )
+
+    def _take_recording(self, key: _Key, data: bytes, now: float) -> str:
+        """A video file (an ultrasound loop exported as MP4, AVI or MKV) analysed as one clip, as
+        `edge infer clip.mp4` does, its frames decoded in the guard's worker
+        (`Pipeline.recording_decoder`). It was refused as "not a DICOM, PNG or JPEG file".
+        The bytes already read and checked are what is analysed, from a private copy under the
+        data folder's clips/ (swept like an unfinished recording, should the agent die): the
+        dropped path could be swapped for a link after the check. A clip is stored once (by the
+        recording's sha256), so a restart mid-way analyses it again and stores it once."""
+        folder = self.settings.data_dir / "clips"
+        make_dirs(folder)
+        copy = folder / f"{RECORDING_PREFIX}dropped-{uuid7()}{key[0].suffix.lower()[:8]}"
+        try:
+            write_atomically(copy, data)
+            [analysis] = self._pipeline.analyse_file(copy, source="watch")
+        except EdgeError as error:  # the copy could not be written (a full disk)
+            analysis = Analysis.refused(key[0].name, error)
+        finally:
+            remove_quietly(copy)
+        code = Code(analysis.code) if analysis.code else None
+        if analysis.ok or analysis.duplicate:
+            self._unblock()
+            return self._move(
+                key, self.processed, None, now, "duplicate" if analysis.duplicate else "ingested"
+            )
+        if code in LEAVE_FOR_LATER or code is Code.JOB_INTERRUPTED:  # the device's state, not the file's
+            assert code is not None
+            self._block(key, EdgeError(code, analysis.message or ""), now)
+            return "deferred"
+        return self._move(key, self.quarantine, f"{analysis.code}: {analysis.message}", now, "quarantined")
 
     def _move(self, key: _Key, target_root: Path, reason: str | None, now: float, outcome: str) -> str:
         """Move the file out of the inbox; if that fails, remember it and try only the move again

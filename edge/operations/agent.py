@@ -104,6 +104,7 @@ class Agent:
         from edge.ingest.watch import DropFolder
 
         with Device(self.settings, actor="watch") as device:
+            device.pipeline.recording_decoder = decoder.recording  # a dropped video's frames
             folder = DropFolder(
                 self.settings,
                 device.pipeline,

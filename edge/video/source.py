@@ -69,6 +69,12 @@ recording comes in (MP4/MOV, AVI, MKV: what `edge infer` takes for a video) and 
 from files; no playlist, no network."""
 
 
+def is_recording(head: bytes) -> bool:
+    """Whether a file's first 12 bytes begin a recording: MP4/MOV, AVI (not WebP, also RIFF), MKV."""
+    riff_video = head.startswith(b"RIFF") and head[8:12] == b"AVI "
+    return head[4:8] == b"ftyp" or riff_video or head.startswith(b"\x1aE\xdf\xa3")
+
+
 def recorded_frames(path: str) -> Generator[tuple[float, np.ndarray], None, None]:
     """A recording's frames as (position s, RGB image), every one, in order, by its own clock:
     what a lossless `FrameSource` of the file delivers, for decoding it in the guard's worker.
