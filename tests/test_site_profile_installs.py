@@ -149,3 +149,24 @@ def test_a_profile_for_weights_no_longer_installed_is_no_reason_to_refuse(
         )
         profiles.install(settings, store, release, key[0], SITE)
         assert profiles.active_id(settings, "tiny") == new_id
+
+
+def test_a_hub_profile_never_overwrites_one_made_on_the_device(
+    hub: Hub, tmp_path: Path, key: tuple[str, Any]
+) -> None:
+    """Ids name a model, version and second: a profile calibrated on the device in the same
+    second as the hub's has its id. Overwritten, the results it decided would be read back with
+    another temperature."""
+    settings = device_settings(hub, tmp_path, key[0])
+    device_id, _ = enrolled(hub, settings)
+    add_reviewed(hub, device_id, synthetic_cases(40))
+    release = _draft(hub, key[1], T)
+    local = release.profile.replace('source = "hub"', 'source = "data"')
+    assert local != release.profile
+    folder = settings.data_dir / "profiles" / "tiny"
+    folder.mkdir(parents=True)
+    (folder / f"{release.id}.toml").write_text(local)
+    with Store(settings.data_dir) as store, pytest.raises(EdgeError) as refused:
+        profiles.install(settings, store, release, key[0], SITE)
+    assert refused.value.code is Code.PROFILE_INVALID
+    assert (folder / f"{release.id}.toml").read_text() == local

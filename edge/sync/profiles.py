@@ -111,6 +111,15 @@ def install(
             f" ({newest.created_at}), kept for the same model weights",
         )
     folder = profiles_dir(settings, profile.model)
+    mine = next((p for p in kept if p.id == profile.id and p.source != "hub"), None)
+    if mine is not None and (folder / f"{profile.id}.toml").read_bytes() != release.profile.encode():
+        # Ids name a model, version and second: one calibrated here in the same second as the
+        # hub's would be overwritten, and the results it decided read with another temperature.
+        raise EdgeError(
+            Code.PROFILE_INVALID,
+            f"site profile {profile.id} has the id of a profile made on this device ({mine.source}):"
+            " not installed over it",
+        )
     write_atomically(folder / f"{profile.id}.toml", release.profile.encode())
     write_atomically(folder / ACTIVE, f"{profile.id}\n".encode())
     store.audit(
