@@ -221,7 +221,7 @@ def models_prior(obj: Context, name: str, since: datetime | None, as_json: bool)
     click.echo(
         f"training prevalence: {report['training_prevalence']:.3f} ({report['training_prevalence_from']})"
     )
-    click.echo(f"P({report['positive']}) as served -> adjusted to this prevalence:")
+    click.echo(f"P({report['positive']}) under the shipped calibration -> adjusted to this prevalence:")
     for example in report["examples"]:
         click.echo(f"  {example['posterior']:.2f} -> {example['adjusted']:.3f}")
     click.echo(
