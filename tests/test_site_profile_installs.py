@@ -170,3 +170,11 @@ def test_a_hub_profile_never_overwrites_one_made_on_the_device(
         profiles.install(settings, store, release, key[0], SITE)
     assert refused.value.code is Code.PROFILE_INVALID
     assert (folder / f"{release.id}.toml").read_text() == local
+
+
+def test_a_profile_nested_beyond_reason_is_refused_not_a_crash() -> None:
+    """Arrays nested 3,000 deep made tomllib recurse out: a 500 on the hub's publish."""
+    from edge.inference.site_profile import parse_profile
+
+    with pytest.raises(ValueError, match="nested too deeply"):
+        parse_profile("a = " + "[" * 3000 + "]" * 3000)

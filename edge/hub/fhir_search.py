@@ -31,6 +31,13 @@ from edge.interop.finding_codes import labels_for_snomed
 
 DEFAULT_COUNT = 20
 MAX_COUNT = 100
+MAX_REPEATS = 4  # occurrences of one search parameter (FHIR's AND)
+MAX_VALUES = 32  # values of all occurrences of all parameters together (FHIR's OR, and AND)
+"""Each value of a search is a condition on every report the reader may see (status and
+conclusion each a subquery per row): one GET repeating `status` 400 times (15 KB of URL) took a
+SQLite hub 44 s, during which every other request, devices' batches and logins too, waited
+and failed. Searches beyond these are refused (400), as nothing a reader asks needs them."""
+MAX_PAGE = 2**31 - 1  # a page past this is no page (the position is an INTEGER column)
 MAX_REVIEWS = 20  # per report, the newest
 FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 STATUSES = ("preliminary", "final", "amended")
@@ -82,28 +89,36 @@ def _bounds(value: str) -> tuple[str, str, str]:
         start = datetime(year, month, day, hour, minute, second, tzinfo=timezone.utc)
     except ValueError:
         raise FhirError(400, "invalid", f"not a calendar date: {value!r}") from None
-    if g["zone"] and g["zone"] != "Z":
-        sign = 1 if g["zone"][0] == "+" else -1
-        hours, minutes = int(g["zone"][1:3]), int(g["zone"][4:6])
-        start -= sign * timedelta(hours=hours, minutes=minutes)  # a local time, given in UTC
-    if g["fraction"]:
-        start += timedelta(milliseconds=int(g["fraction"][1:4].ljust(3, "0")))
-        end = start + timedelta(milliseconds=1)
-    elif g["second"]:
-        end = start + timedelta(seconds=1)
-    elif g["minute"]:
-        end = start + timedelta(minutes=1)
-    elif g["day"]:
-        end = start + timedelta(days=1)
-    elif g["month"]:
-        end = datetime(year + month // 12, month % 12 + 1, 1, tzinfo=timezone.utc)
-    else:
-        end = datetime(year + 1, 1, 1, tzinfo=timezone.utc)
+    try:  # at the calendar's ends (year 9999, a zone across year 1) there is no later moment
+        start, end = _interval(start, g)
+    except (OverflowError, ValueError):
+        raise FhirError(400, "invalid", f"a date outside the calendar: {value!r}") from None
 
     def text(moment: datetime) -> str:
         return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
     return g["prefix"] or "eq", text(start), text(end)
+
+
+def _interval(start: datetime, g: dict[str, str | None]) -> tuple[datetime, datetime]:
+    """The moment a date names, in UTC, and the end of its precision."""
+    zone = g["zone"]
+    if zone and zone != "Z":
+        sign = 1 if zone[0] == "+" else -1
+        start -= sign * timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6]))  # local time, in UTC
+    if g["fraction"]:
+        start += timedelta(milliseconds=int(g["fraction"][1:4].ljust(3, "0")))
+        return start, start + timedelta(milliseconds=1)
+    if g["second"]:
+        return start, start + timedelta(seconds=1)
+    if g["minute"]:
+        return start, start + timedelta(minutes=1)
+    if g["day"]:
+        return start, start + timedelta(days=1)
+    if g["month"]:
+        month = int(g["month"])
+        return start, datetime(start.year + month // 12, month % 12 + 1, 1, tzinfo=timezone.utc)
+    return start, datetime(start.year + 1, 1, 1, tzinfo=timezone.utc)
 
 
 def _reference(value: str, kind: str) -> str:
@@ -141,7 +156,7 @@ class Search:
     @classmethod
     def parse(cls, params: Sequence[tuple[str, str]]) -> Search:
         found: dict[str, list[Any]] = {}
-        count, after, echo = DEFAULT_COUNT, 0, []
+        count, after, echo, terms = DEFAULT_COUNT, 0, [], 0
         for key, value in params:
             name = key.split(":", 1)[0]
             if name not in SEARCH_PARAMS + CONTROL_PARAMS:
@@ -151,13 +166,24 @@ class Search:
             if name == "_count":
                 count = min(_integer(key, value, 0), MAX_COUNT)
             elif name == "page":
-                after = _integer(key, value, 0)
+                after = min(_integer(key, value, 0), MAX_PAGE)
             elif name != "_format":  # the route checks _format (406 for anything but JSON)
                 values = [item.strip() for item in value.split(",")]
                 if not all(values):
                     raise FhirError(400, "invalid", f"an empty value in {key}={value!r}")
                 if name != "_include":
-                    found.setdefault(_SAME.get(name, name), []).append(_PARSERS[name](values))
+                    occurrences = found.setdefault(_SAME.get(name, name), [])
+                    parsed = _PARSERS[name](values)
+                    if parsed not in occurrences:  # the same condition twice is the condition once
+                        occurrences.append(parsed)
+                        terms += len(values)
+                    if len(occurrences) > MAX_REPEATS or terms > MAX_VALUES:
+                        raise FhirError(
+                            400,
+                            "too-costly",
+                            f"a search holds at most {MAX_REPEATS} occurrences of a parameter and"
+                            f" {MAX_VALUES} values in all: narrow it",
+                        )
                 elif any(item not in INCLUDES for item in values):
                     raise FhirError(400, "not-supported", f"_include={value!r} is not supported")
             if name != "page":

@@ -361,8 +361,13 @@ class ActiveProfiles:
 
 def parse_profile(text: str) -> SiteProfile:
     """A profile from its TOML text, as a signed release carries it (tomllib's and pydantic's
-    errors propagate: the caller says which release was refused)."""
-    return SiteProfile(**tomllib.loads(text))
+    errors propagate: the caller says which release was refused). Arrays nested thousands deep
+    exhaust tomllib's recursion: a ValueError too (it was a hub's 500)."""
+    try:
+        raw = tomllib.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply to be a site profile") from None
+    return SiteProfile(**raw)
 
 
 def profile_toml(profile: SiteProfile) -> str:
