@@ -208,11 +208,17 @@ def list_devices(engine: Engine) -> list[dict[str, Any]]:
     ]
 
 
-def list_codes(engine: Engine) -> list[dict[str, Any]]:
-    """Every enrolment code by its id (never the code): programme, dates, state, the device it made."""
+def list_codes(engine: Engine, unused_only: bool = False) -> list[dict[str, Any]]:
+    """Every enrolment code by its id (never the code): programme, dates, state, the device it
+    made. `unused_only`: the codes that can still enrol (the admin page's), chosen in SQL, not
+    from every code ever made."""
     now = datetime.now(timezone.utc).isoformat()
+    c = db.enroll_codes.c
+    query = select(db.enroll_codes).order_by(c.created_at.desc())
+    if unused_only:  # times in one format (isoformat, UTC), compared as text as `enroll` does
+        query = query.where(c.used_at.is_(None), c.revoked_at.is_(None), c.expires_at >= now)
     with engine.connect() as conn:
-        rows = conn.execute(select(db.enroll_codes).order_by(db.enroll_codes.c.created_at.desc())).all()
+        rows = conn.execute(query).all()
     return [
         {
             "id": row.code_hash[:CODE_ID_CHARS],

@@ -205,21 +205,21 @@ def _check_quotas(
 ) -> None:
     """Refuse a new upload past the device's or the result's quota. The device's row is locked
     first (PostgreSQL; SQLite's transactions take the write lock at BEGIN), so two concurrent
-    starts cannot both fit under the same remaining quota."""
+    starts cannot both fit under the same remaining quota. The device's files and bytes are its
+    running totals (`db.upload_totals`, kept by triggers: `quota_triggers`), one row however many
+    uploads it has; a result's few uploads are counted."""
     conn.execute(select(db.devices.c.id).where(db.devices.c.id == device.id).with_for_update())
-    mine = db.uploads.c.device_id == device.id
-    for scope, condition, max_bytes, max_files in (
-        (
-            "this result",
-            mine & (db.uploads.c.result_uuid == result_uuid),
-            quotas.result_bytes,
-            quotas.result_files,
-        ),
-        ("this device", mine, quotas.device_bytes, quotas.device_files),
+    u, t = db.uploads.c, db.upload_totals.c
+    result = conn.execute(
+        select(func.count(), func.coalesce(func.sum(u.size), 0)).where(
+            u.device_id == device.id, u.result_uuid == result_uuid
+        )
+    ).one()
+    totals = conn.execute(select(t.files, t.bytes).where(t.device_id == device.id)).first()
+    for scope, (count, total), max_bytes, max_files in (
+        ("this result", result, quotas.result_bytes, quotas.result_files),
+        ("this device", totals or (0, 0), quotas.device_bytes, quotas.device_files),
     ):
-        count, total = conn.execute(
-            select(func.count(), func.coalesce(func.sum(db.uploads.c.size), 0)).where(condition)
-        ).one()
         if count + 1 > max_files or total + size > max_bytes:
             raise HubError(
                 413,
@@ -230,7 +230,11 @@ def _check_quotas(
 
 def upload_state(engine: Engine, device: Device, upload_id: str) -> Any:
     with engine.connect() as conn:
-        row = conn.execute(select(db.uploads).where(db.uploads.c.id == upload_id)).first()
+        return _upload_row(conn, device, upload_id)
+
+
+def _upload_row(conn: Connection, device: Device, upload_id: str) -> Any:
+    row = conn.execute(select(db.uploads).where(db.uploads.c.id == upload_id)).first()
     if row is None or row.device_id != device.id:  # another device's upload does not exist for you
         raise HubError(404, WireCode.NO_SUCH_UPLOAD, "no such upload")
     return row
@@ -239,28 +243,83 @@ def upload_state(engine: Engine, device: Device, upload_id: str) -> Any:
 def append_chunk(
     engine: Engine, device: Device, upload_id: str, offset: int, chunk: bytes
 ) -> protocol.UploadState:
-    row = upload_state(engine, device, upload_id)
-    if row.complete:
-        return protocol.UploadState(upload_id=upload_id, offset=row.size, complete=True)
+    """Write a chunk at the upload's offset and move the offset past it, only forward: a late
+    copy of a chunk (a device's retry after a lost answer) never takes an upload back, nor erases
+    bytes written after it; it is answered with the upload's state or WRONG_OFFSET (the device
+    asks where the upload stands and resumes there)."""
+    store = blobs.for_engine(engine)  # files (SQLite) or chunk rows any node reads (PostgreSQL)
+    if isinstance(store, blobs.FileBlobs):
+        # A file is no transaction: it is written while this one holds SQLite's only write lock
+        # (BEGIN IMMEDIATE), so checking the offset, writing the bytes and moving the offset are
+        # one step for every other request.
+        with engine.begin() as conn:
+            row = _upload_row(conn, device, upload_id)
+            if row.complete:
+                return _completed(row)
+            _check_chunk(row, offset, chunk)
+            store.write(row, offset, chunk)
+            answer = _advance(conn, row, offset, len(chunk), _intact(store, row, offset + len(chunk)))
+    else:
+        # PostgreSQL: the chunk rows are written in their own transaction under the upload row's
+        # lock, after checking the offset there (`blobs.PostgresBlobs.write`: a copy arriving
+        # after the offset moved is refused and erases nothing); then the offset moves only from
+        # where this chunk started. No connection is held while the bytes are written or hashed.
+        with engine.connect() as conn:
+            row = _upload_row(conn, device, upload_id)
+        if row.complete:
+            return _completed(row)
+        _check_chunk(row, offset, chunk)
+        store.write(row, offset, chunk)
+        intact = _intact(store, row, offset + len(chunk))
+        with engine.begin() as conn:
+            answer = _advance(conn, row, offset, len(chunk), intact)
+    if isinstance(answer, HubError):
+        raise answer  # after the commit: an offset set back to 0 stays so
+    return answer
+
+
+def _check_chunk(row: Any, offset: int, chunk: bytes) -> None:
     if offset != row.offset:
         raise HubError(409, WireCode.WRONG_OFFSET, f"the upload is at byte {row.offset}, not {offset}")
     if offset + len(chunk) > row.size:
         raise HubError(400, WireCode.TOO_LONG, "more bytes than announced")
-    store = blobs.for_engine(engine)  # files (SQLite) or chunk rows any node reads (PostgreSQL)
-    store.write(row, offset, chunk)  # a chunk written but never acknowledged is overwritten
-    new_offset = offset + len(chunk)
-    complete = new_offset == row.size
-    if complete and store.digest(row) != row.sha256:
-        store.discard(row)
-        with engine.begin() as conn:
-            conn.execute(update(db.uploads).where(db.uploads.c.id == upload_id).values(offset=0))
-        raise HubError(
+
+
+def _completed(row: Any) -> protocol.UploadState:
+    return protocol.UploadState(upload_id=row.id, offset=row.size, complete=True)
+
+
+def _intact(store: blobs.UploadBlobs, row: Any, end: int) -> bool:
+    """False when the chunk ending at `end` was the last and the assembled file does not match
+    its sha256: its bytes are discarded (the device starts again)."""
+    if end < row.size or store.digest(row) == row.sha256:
+        return True
+    store.discard(row)
+    return False
+
+
+def _advance(
+    conn: Connection, row: Any, offset: int, length: int, intact: bool
+) -> protocol.UploadState | HubError:
+    """Move the upload's offset from `offset`, where the chunk just written starts, past it (or
+    back to 0 when the file is not `intact`): UPDATE ... WHERE offset = `offset`, so copies of
+    one chunk move it once, and a copy that lost the race moves nothing. The answer, or the
+    refusal to raise once the transaction is committed."""
+    u = db.uploads.c
+    at_start = (u.id == row.id) & (u.offset == offset) & u.complete.is_(False)
+    if not intact:
+        conn.execute(update(db.uploads).where(at_start).values(offset=0))
+        return HubError(
             422, WireCode.CHECKSUM_MISMATCH, "the assembled file does not match its sha256: start again"
         )
-    with engine.begin() as conn:
-        conn.execute(
-            update(db.uploads)
-            .where(db.uploads.c.id == upload_id)
-            .values(offset=new_offset, complete=complete)
-        )
-    return protocol.UploadState(upload_id=upload_id, offset=new_offset, complete=complete)
+    new_offset = offset + length
+    complete = new_offset == row.size
+    moved = conn.execute(update(db.uploads).where(at_start).values(offset=new_offset, complete=complete))
+    if moved.rowcount == 1:
+        return protocol.UploadState(upload_id=row.id, offset=new_offset, complete=complete)
+    now = conn.execute(select(u.offset, u.complete).where(u.id == row.id)).one()
+    if now.complete:
+        return _completed(row)
+    if now.offset == new_offset:  # the same chunk's other copy moved it first
+        return protocol.UploadState(upload_id=row.id, offset=new_offset, complete=False)
+    return HubError(409, WireCode.WRONG_OFFSET, f"the upload is at byte {now.offset}, not {offset}")

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import time
 import uuid
+from typing import Any
 
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Engine, Select, insert, select
 
 from edge.hub import db
 from edge.hub.audit import record_audit
@@ -70,14 +71,19 @@ def add_review(
     return review_id
 
 
+def pull_query(device_id: str, cursor: int, limit: int) -> Select[Any]:
+    """A device's reviews after its cursor: its next seqs read from `ix_reviews_device_seq`
+    alone (an index-only scan), then their rows. Asked in one query, PostgreSQL walked the
+    primary key from the cursor past every other device's reviews whenever this device held
+    many of them (it expects them spread evenly after the cursor): 30 ms at 100,000 others'."""
+    r = db.reviews.c
+    mine = select(r.seq).where(r.device_id == device_id, r.seq > cursor).order_by(r.seq).limit(limit)
+    return select(db.reviews).where(r.seq.in_(mine.scalar_subquery())).order_by(r.seq)
+
+
 def reviews_since(engine: Engine, device: Device, cursor: int, limit: int = 200) -> protocol.ReviewPage:
     with engine.connect() as conn:
-        rows = conn.execute(
-            select(db.reviews)
-            .where(db.reviews.c.device_id == device.id, db.reviews.c.seq > cursor)
-            .order_by(db.reviews.c.seq)
-            .limit(limit)
-        ).all()
+        rows = conn.execute(pull_query(device.id, cursor, limit)).all()
     reviews = [
         protocol.Review(
             id=r.id,

@@ -36,7 +36,7 @@ def _overview(request: Request) -> dict[str, Any]:
     return {
         "users": accounts.list_users(engine),
         "devices": devices.list_devices(engine),
-        "codes": [code for code in devices.list_codes(engine) if code["state"] == "unused"],
+        "codes": devices.list_codes(engine, unused_only=True),
         "audit": audit,
         "programmes": worklist.programmes(engine),
         "roles": ROLES,
