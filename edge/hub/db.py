@@ -18,6 +18,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     ColumnElement,
+    Connection,
     Engine,
     Float,
     Index,
@@ -366,9 +367,14 @@ def make_engine(url: str) -> Engine:
             cursor.close()
 
         @event.listens_for(engine, "begin")
-        def _immediate(connection: Any) -> None:
-            # Take the write lock up front (see edge/store/store.py: stale read snapshots).
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        def _begin(connection: Any) -> None:
+            # A writer takes the write lock up front (see edge/store/store.py: stale read
+            # snapshots); a reader does not, or one slow read (a FHIR search, the agreement
+            # scan) held every writer off: devices' batches and logins failed after 30 s.
+            writes = connection.get_execution_options().get(WRITES, False)
+            connection.exec_driver_sql("BEGIN IMMEDIATE" if writes else "BEGIN")
+
+        _writes_through_begin(engine)
 
     else:
         engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1), pool_pre_ping=True)
@@ -379,6 +385,25 @@ def make_engine(url: str) -> Engine:
         quota_triggers.install(engine)
         legacy_json.repair(engine, [("records", "payload")])
     return engine
+
+
+WRITES = "edge_writes"
+"""The execution option that marks a SQLite connection's transaction as a writer's."""
+
+
+def _writes_through_begin(engine: Engine) -> None:
+    """`engine.begin()` is how the hub writes (a block under `engine.connect()` is never
+    committed on SQLite): its transactions are marked as writers' before they begin. SQLAlchemy
+    fires one "begin" event for both, so the engine's `begin` is this one."""
+
+    @contextmanager
+    def begin() -> Iterator[Connection]:
+        with engine.connect() as conn:
+            conn.execution_options(**{WRITES: True})
+            with conn.begin():
+                yield conn
+
+    engine.begin = begin  # type: ignore[method-assign]
 
 
 SCHEMA_LOCK_KEY = 0x6564676501  # "edge" + 1: the advisory lock of schema changes
