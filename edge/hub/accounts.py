@@ -129,7 +129,10 @@ def create_user(
     name = normalise_name(name)
     if role not in ROLES:
         raise AccountError(f"the role is one of {', '.join(ROLES)}")
-    programmes = parse_programmes(programmes)
+    # An administrator manages every programme (the agreement page, profiles, FHIR, accounts):
+    # programmes scope specialists and FHIR clients. Stored as such, so no page suggests
+    # otherwise (`--programme north` on an administrator read as a scope it never had).
+    programmes = (ALL_PROGRAMMES,) if role == "administrator" else parse_programmes(programmes)
     check_password(password, name)
     with engine.begin() as conn:
         if conn.execute(select(db.users.c.id).where(db.users.c.name == name)).first() is not None:
@@ -195,17 +198,7 @@ def update_user(
     disabled: bool | None = None,
     unlock: bool = False,
 ) -> None:
-    values: dict[str, Any] = {}
-    if role is not None:
-        if role not in ROLES:
-            raise AccountError(f"the role is one of {', '.join(ROLES)}")
-        values["role"] = role
-    if programmes is not None:
-        values["programmes"] = list(parse_programmes(programmes))
-    if disabled is not None:
-        values["disabled_at"] = db.now() if disabled else None
-    if unlock:
-        values.update(failed_logins=0, locked_until=None)
+    values = _changes(role, programmes, disabled, unlock)
     if not values:
         return
     if unlock:
@@ -219,6 +212,10 @@ def update_user(
         current = conn.execute(select(db.users).where(db.users.c.id == user_id)).first()
         if current is None:
             raise AccountError("no such account")
+        if values.get("role", current.role) == "administrator" and (
+            "programmes" in values or "role" in values
+        ):
+            values["programmes"] = [ALL_PROGRAMMES]  # every programme, as `create_user` says
         before = len(conn.execute(active_admins).all())
         conn.execute(update(db.users).where(db.users.c.id == user_id).values(**values))
         if before and not conn.execute(active_admins).all():  # raising rolls the change back
@@ -232,6 +229,24 @@ def update_user(
     if disabled is not None:
         detail["disabled"] = disabled
     record_audit(engine, actor, "user.updated", user=user_id, **detail)
+
+
+def _changes(
+    role: str | None, programmes: tuple[str, ...] | None, disabled: bool | None, unlock: bool
+) -> dict[str, Any]:
+    """The columns `update_user` sets, checked."""
+    values: dict[str, Any] = {}
+    if role is not None:
+        if role not in ROLES:
+            raise AccountError(f"the role is one of {', '.join(ROLES)}")
+        values["role"] = role
+    if programmes is not None:
+        values["programmes"] = list(parse_programmes(programmes))
+    if disabled is not None:
+        values["disabled_at"] = db.now() if disabled else None
+    if unlock:
+        values.update(failed_logins=0, locked_until=None)
+    return values
 
 
 def set_password(
