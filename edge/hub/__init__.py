@@ -13,6 +13,7 @@ Modules, from the top down (a module imports only from its own line or below; no
   `reviews`, `releases`, `accounts` (readers' passwords and sessions), `worklist` (what a reader
   may see), `render` (pictures; it decodes uploads through `render_process`, a bounded child)
 - `worklist_index` (the worklist projection, written with each record)
-- `audit`, `db` (tables), `limits`, `errors` (`HubError`), `identities` (`Device`, `User`),
+- `audit`, `db` (tables; `quota_triggers`: each device's upload totals, kept by triggers), `limits`,
+  `errors` (`HubError`), `identities` (`Device`, `User`),
   `disconnects` (a client gone mid-request: one log line)
 """
