@@ -20,6 +20,7 @@ import errno
 import fcntl
 import functools
 import json
+import logging
 import os
 import select
 import socket
@@ -30,6 +31,8 @@ from typing import Any
 
 from edge.errors import Code, EdgeError
 from edge.ids import uuid7
+
+log = logging.getLogger(__name__)
 
 
 def process_alive(pid: int) -> bool:
@@ -95,8 +98,13 @@ class InstanceLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+            raise EdgeError(Code.DISK_FULL, f"no space left to create {self.path}: free space") from exc
         if not _flock_within(fd, ACQUIRE_WITHIN_S):
             os.close(fd)
             first = holder(self.path) or {}
@@ -106,8 +114,11 @@ class InstanceLock:
                 f" (pid {first.get('pid', '?')}, started {first.get('started', '?')});"
                 " stop it first, or give this one another --data-dir",
             ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, json.dumps({"pid": os.getpid(), "host": this_host(), "started": _now()}).encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, json.dumps({"pid": os.getpid(), "host": this_host(), "started": _now()}).encode())
+        except OSError as exc:  # the lock is held; who holds it is only said (a full disk: a traceback)
+            log.warning("could not write who holds %s: %s", self.path.name, exc.strerror or exc)
         self._fd = fd
 
     def release(self) -> None:

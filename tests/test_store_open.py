@@ -22,7 +22,7 @@ from click.testing import CliRunner
 from edge.cli import cli
 from edge.cli.base import EXIT_NEEDS_A_PERSON
 from edge.config import Settings, load_settings
-from edge.errors import Code, EdgeError
+from edge.errors import NEEDS_A_PERSON, Code, EdgeError
 from edge.operations.doctor import run_checks
 from edge.processes import InstanceLock
 from edge.store import Store
@@ -471,3 +471,23 @@ def test_a_migrations_table_left_without_its_unique_index_is_healed(tmp_path: Pa
         assert schema_version(store.db) == latest_version()
         index = "SELECT sql FROM sqlite_master WHERE name = ?"
         assert "UNIQUE" in store.db.execute(index, [MIGRATIONS_INDEX]).fetchone()[0]
+
+
+def test_a_full_disk_read_as_an_io_error_is_disk_full(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite creating its -shm file on a full disk says "disk I/O error": read as a failing disk
+    (STORE_UNOPENABLE, which needs a person) the agent stayed down after space came back."""
+    from edge.store import database
+
+    error = sqlite3.OperationalError("disk I/O error")
+    assert database.refusal(error, tmp_path / "edge.db").code is Code.STORE_UNOPENABLE  # space here
+
+    class Full:
+        f_bavail, f_frsize = 10, 4096
+
+    monkeypatch.setattr(os, "statvfs", lambda _: Full())
+    refused = database.refusal(error, tmp_path / "edge.db")
+    assert refused is not None
+    assert refused.code is Code.DISK_FULL
+    assert Code.DISK_FULL not in NEEDS_A_PERSON

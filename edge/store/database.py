@@ -277,8 +277,26 @@ def refusal(exc: sqlite3.Error, path: Path) -> EdgeError | None:
             path, "SQLite cannot open it or its -wal/-shm file"
         )
     if name.startswith("SQLITE_IOERR") or "disk i/o error" in text:
+        if _disk_full(path.parent):  # SQLite creating its -shm on a full disk says I/O error
+            return EdgeError(
+                Code.DISK_FULL, f"no space left for the database {path}: free space (`edge doctor`)"
+            )
         return unopenable(path, "a disk I/O error (a failing disk, or a damaged -wal/-shm file)")
     return None
+
+
+FULL_BELOW_BYTES = 1 << 20
+"""A disk with less than this free (1 MB) is full to SQLite: it cannot create its -shm file."""
+
+
+def _disk_full(folder: Path) -> bool:
+    """Whether the file system of `folder` is full: a full disk read as a failing one stopped the
+    agent for good (STORE_UNOPENABLE needs a person; DISK_FULL heals when space returns)."""
+    try:
+        found = os.statvfs(folder)
+    except OSError:
+        return False
+    return found.f_bavail * found.f_frsize < FULL_BELOW_BYTES
 
 
 def corrupt(path: Path, detail: str) -> EdgeError:
