@@ -239,3 +239,41 @@ def test_a_release_file_gone_from_the_hubs_disk_is_no_such_file(hub: Hub, tmp_pa
         path, headers=signed_headers(credential, "GET", path, b"", nonce="second-request-nonce")
     )
     assert (gone.status_code, gone.json()["code"]) == (404, "NO_SUCH_FILE")
+
+
+def test_a_release_larger_than_the_room_left_is_not_downloaded(
+    hub: Hub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A release larger than the free space filled the data disk (the agent then stopped taking
+    studies), its partial files stayed, and the sync round died on ENOSPC with no code. Now it
+    is DISK_FULL, said in the sync state, nothing downloaded, and tried again next round."""
+    from edge.sync.runner import run_round, sync_status
+    from tests.test_sync import edited_copy
+    from tests.tinymodel import make_model_dir
+    from tools.publish_model import keygen, load_key, sign_release
+
+    models = tmp_path / "models"
+    make_model_dir(models)
+    public = keygen(tmp_path / "publisher.key")
+    newer = edited_copy(
+        models / "tiny", tmp_path / "newer" / "tiny", 'version = "0.0.1"', 'version = "0.0.2"'
+    )
+    sign_release(newer, load_key(tmp_path / "publisher.key"), tmp_path / "release")
+    assert publish_cli(hub, tmp_path / "release" / "release.json").exit_code == 0
+    device = load_settings(data_dir=tmp_path / "dev", models={"dir": models}, sync={"public_key": public})
+    real = shutil.disk_usage
+    with Store(device.data_dir) as store:
+        client = hub.sync_client(device, store, hub.enroll(device))
+        monkeypatch.setattr(
+            model_sync.shutil, "disk_usage", lambda _: real(tmp_path)._replace(free=300 << 20)
+        )
+        assert not run_round(client)
+        status = sync_status(device, store)
+        assert status["state"] == "failed"
+        assert status["last_error"].startswith("DISK_FULL")
+        assert not list((device.data_dir / "sync" / "incoming").rglob("*.part"))
+        monkeypatch.undo()  # room again
+        assert run_round(client)
+    from edge.inference.registry import Registry
+
+    assert Registry(models).get("tiny").manifest.version == "0.0.2"

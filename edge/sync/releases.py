@@ -18,10 +18,12 @@ failure restores the old one.
 
 from __future__ import annotations
 
+import errno
 import logging
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from packaging.version import InvalidVersion, Version
@@ -135,6 +137,25 @@ def prune_previous(
             log.info("model %s: deleted %s (the %d newest set-aside versions are kept)", name, folder, keep)
 
 
+def _room_for(settings: Settings, release: protocol.ModelRelease, staging: Path) -> None:
+    """DISK_FULL (tried again next round) unless the release's files fit beside the room the
+    agent keeps for studies (`[store] min_free_mb`): a release larger than the free space filled
+    the data disk, the agent stopped taking studies, and its partial files stayed. What an
+    earlier round downloaded counts as had; where there is no room it is deleted."""
+    had = sum(f.stat().st_size for f in staging.rglob("*") if f.is_file()) if staging.exists() else 0
+    needed = max(0, sum(release.sizes.values()) - had)
+    free = shutil.disk_usage(settings.data_dir).free
+    keep = settings.store.min_free_mb * 1024 * 1024
+    if free - needed >= keep:
+        return
+    shutil.rmtree(staging, ignore_errors=True)
+    raise EdgeError(
+        Code.DISK_FULL,
+        f"{release.name} {release.version}: {needed / 1e6:.0f} MB to download, {free / 1e6:.0f} MB free,"
+        f" {settings.store.min_free_mb} MB kept for studies: not downloaded; tried again next round",
+    )
+
+
 def _download(client: SyncClient, release: protocol.ModelRelease, file: str, target: Path) -> None:
     """Stream one file to disk, resumable: a partial file continues from its size (HTTP Range).
     The signed size is enforced while the bytes arrive (the transfer stops at the first byte
@@ -147,25 +168,40 @@ def _download(client: SyncClient, release: protocol.ModelRelease, file: str, tar
     if have < signed_size:
         with client.release_file(release, file, have) as response:
             resumed = have > 0 and response.status_code == 206
-            written = have if resumed else 0
-            with partial.open("ab" if resumed else "wb") as out:
-                for piece in response.iter_bytes():  # as they arrive: a cut loses nothing written
-                    written += len(piece)
-                    if written > signed_size:
-                        out.close()
-                        partial.unlink()
-                        raise EdgeError(
-                            Code.MODEL_SIZE_MISMATCH,
-                            f"{release.name} {release.version}: {file} is larger than its signed "
-                            f"{signed_size} bytes: download stopped",
-                        )
-                    out.write(piece)
+            try:
+                written = _stream(response, partial, have if resumed else 0, signed_size, resumed)
+            except OSError as exc:  # the disk filled meanwhile (another writer): nothing kept
+                partial.unlink(missing_ok=True)
+                if exc.errno != errno.ENOSPC:
+                    raise
+                raise EdgeError(
+                    Code.DISK_FULL, f"no space left to download {file}: tried again next round"
+                ) from exc
+            if written > signed_size:
+                partial.unlink()
+                raise EdgeError(
+                    Code.MODEL_SIZE_MISMATCH,
+                    f"{release.name} {release.version}: {file} is larger than its signed "
+                    f"{signed_size} bytes: download stopped",
+                )
         if written < signed_size:  # cut short: the next round resumes from here
             raise HubUnavailable(f"{file}: {written} of {signed_size} bytes arrived")
     if sha256_file(partial) != release.files[file]:
         partial.unlink(missing_ok=True)
         raise EdgeError(Code.MODEL_CHECKSUM_MISMATCH, f"{release.name} {release.version}: {file} is corrupt")
     partial.rename(target)
+
+
+def _stream(response: Any, partial: Path, written: int, signed_size: int, resumed: bool) -> int:
+    """The response's bytes appended to `partial` as they arrive (a cut loses nothing written),
+    stopping at the first byte past `signed_size`; returns the bytes the file holds (or would)."""
+    with partial.open("ab" if resumed else "wb") as out:
+        for piece in response.iter_bytes():
+            written += len(piece)
+            if written > signed_size:
+                return written
+            out.write(piece)
+    return written
 
 
 def _fetch_files(client: SyncClient, release: protocol.ModelRelease, folder: Path, installed: Path) -> None:
@@ -277,6 +313,7 @@ def pull_models(client: SyncClient) -> int:
         # the download resumes. What fails installation is this release's own fault.
         staging = settings.data_dir / "sync" / "incoming" / f"{release.name}-{release.version}"
         folder = staging / release.name
+        _room_for(settings, release, staging)
         folder.mkdir(parents=True, exist_ok=True)
         _fetch_files(client, release, folder, settings.models.dir / release.name)
         (folder / "model.toml").write_text(release.manifest)

@@ -89,6 +89,15 @@ def run_round(client: SyncClient) -> bool:
         )
         log.error("sync: refused: %s", exc)
         return False
+    except EdgeError as error:  # this device's own state (a full disk): said, and tried again
+        store.outbox.set_sync_state(
+            running=False,
+            last_error=error.one_line()[:300],
+            last_error_at=utc_now(),
+            last_error_kind="device",
+        )
+        log.error("sync: %s", error.one_line())
+        return False
     store.outbox.set_sync_state(running=False, last_success=utc_now())
     if any(counts.values()):
         log.info("sync: %s", counts)
