@@ -178,3 +178,27 @@ def test_a_profile_nested_beyond_reason_is_refused_not_a_crash() -> None:
 
     with pytest.raises(ValueError, match="nested too deeply"):
         parse_profile("a = " + "[" * 3000 + "]" * 3000)
+
+
+def test_a_kill_between_activation_and_its_audit_row_undoes_nothing_later(
+    hub: Hub, tmp_path: Path, key: tuple[str, Any]
+) -> None:
+    """The profile's file and `active` written, then the kill (no audit row): the next round
+    skipped it as in force without noting it, and after a reset installed it again; rollback
+    said there was nothing before it, where the shipped calibration was."""
+    settings = device_settings(hub, tmp_path, key[0])
+    device_id, credential = enrolled(hub, settings)
+    add_reviewed(hub, device_id, synthetic_cases(40))
+    release = publish_at(hub, key[1], T)
+    folder = settings.data_dir / "profiles" / "tiny"
+    folder.mkdir(parents=True)
+    (folder / f"{release.id}.toml").write_text(release.profile)
+    (folder / "active").write_text(f"{release.id}\n")  # ... and the power went
+    with Store(settings.data_dir) as store:
+        assert profiles.rollback(settings, store, "tiny") is None  # the shipped calibration
+        site_calibration.activate(settings, store, "tiny", release.id)
+        client = hub.sync_client(settings, store, credential)
+        assert profiles.pull_profiles(client) == 0  # in force: noted as installed
+        site_calibration.activate(settings, store, "tiny", None)  # `--reset`
+        assert profiles.pull_profiles(client) == 0
+        assert profiles.active_id(settings, "tiny") is None

@@ -180,7 +180,8 @@ def pull_profiles(client: SyncClient) -> int:
         waiting = f"{key} while {_installed_version(registry, release.model)} is installed"
         if not refused.get(key, "").startswith(_PERMANENT_PREFIXES):
             refused.pop(key, None)  # the device's state then (or an older edge's note): once more
-        if key in done and key not in seen:  # installed, then the power went before it was noted
+        in_force = active_id(settings, release.model) == release.id
+        if (key in done or in_force) and key not in seen:  # installed, the power went before it was noted
             seen.append(key)
             store.outbox.set_sync_state(profiles_installed=seen)
         if (
@@ -238,13 +239,11 @@ def rollback(settings: Settings, store: Store, model: str) -> SiteProfile | None
         previous = None
     elif recorded and (found := next((p for p in kept if p.id == before_id), None)) is not None:
         previous = found
-    else:  # no record, or the profile recorded is gone: the one before by date
+    else:  # no record, or the profile recorded is gone: the one before by date, else shipped
         index = next((i for i, p in enumerate(kept) if p.id == current_id), 0)
-        if index == 0:
-            raise EdgeError(
-                Code.PROFILE_NO_PREVIOUS, f"{model}: no site profile before the active {current_id}"
-            )
-        previous = kept[index - 1]
+        # (a kill between a profile's activation and its audit row leaves no record: with no
+        # profile before it, the shipped calibration was in force, not nothing to roll back to)
+        previous = kept[index - 1] if index > 0 else None
     to = previous.id if previous is not None else None
     site_profile.activate(settings.data_dir, model, to)
     store.audit(ACTOR, "profile.rolled_back", None, {"model": model, "from": current_id, "to": to})
