@@ -277,3 +277,28 @@ def test_a_release_larger_than_the_room_left_is_not_downloaded(
     from edge.inference.registry import Registry
 
     assert Registry(models).get("tiny").manifest.version == "0.0.2"
+
+
+def test_an_update_a_kill_interrupted_is_undone_at_the_next_start(tmp_path: Path) -> None:
+    """Killed after the installed version was set aside (and before or after the new one moved
+    in, unverified), the model was gone, every film refused, until a later round. The marker the
+    install leaves puts the set-aside version back at the next start of sync or the agent."""
+    import json
+
+    from edge.inference.registry import Registry
+    from tests.tinymodel import make_model_dir
+
+    models = tmp_path / "models"
+    make_model_dir(models)
+    for new_one_in in (False, True):
+        backup = models / ".previous" / "tiny-100"
+        backup.parent.mkdir(exist_ok=True)
+        (models / ".installing-tiny").write_text(json.dumps({"backup": str(backup)}))
+        (models / "tiny").rename(backup)  # ... the kill comes here
+        if new_one_in:
+            (models / "tiny").mkdir()  # the new version, not yet self-tested
+            (models / "tiny" / "model.toml").write_text("not yet verified")
+        assert model_sync.recover_installs(models) == ["tiny"]
+        assert Registry(models).get("tiny").manifest.version == "0.0.1"
+        assert not (models / ".installing-tiny").exists()
+    assert model_sync.recover_installs(models) == []  # nothing interrupted: nothing done

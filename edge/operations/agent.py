@@ -33,6 +33,7 @@ from edge.operations import health, housekeeping, storage_encryption
 from edge.processes import InstanceLock
 from edge.store import Store
 from edge.store.files import write_atomically
+from edge.sync.releases import recover_installs
 
 log = logging.getLogger(__name__)
 MAINTENANCE_S = 30.0
@@ -230,6 +231,7 @@ class Agent:
         if install_signals:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(signum, lambda *_: self.stop.set())
+        recover_installs(self.settings.models.dir)  # a model update a kill interrupted: back first
         with Store(self.settings.data_dir, check=True) as store:  # create, migrate, quick_check: or refuse
             housekeeping.sweep_orphans(store)
         ingest = self.settings.ingest

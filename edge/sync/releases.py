@@ -19,6 +19,7 @@ failure restores the old one.
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import shutil
 import time
@@ -44,6 +45,7 @@ from edge.inference.registry import (
     sha256_file,
 )
 from edge.runtime.onnxruntime import OnnxRuntimeRunner
+from edge.store.files import write_atomically
 from edge.sync import protocol, signatures
 from edge.sync.client import SyncClient
 from edge.sync.credential import HubUnavailable
@@ -92,6 +94,11 @@ def install(settings: Settings, staged: Path, name: str) -> None:
     target = models_dir / name
     backup = set_aside_path(models_dir, name, time.time())
     had_old = target.exists()
+    # Until the new version has passed its self-test in place, a kill leaves a marker naming the
+    # version set aside: `recover_installs` puts it back at the next start (the model was gone,
+    # every film refused NO_MODEL_FOR_INPUT, until a later round installed the release again).
+    marker = models_dir / f"{INSTALLING}{name}"
+    write_atomically(marker, json.dumps({"backup": str(backup) if had_old else None}).encode())
     if had_old:  # which weights the outgoing version had: its site profiles may follow
         try:
             site_profile.remember_weights(settings.data_dir, Registry(models_dir).get(name))
@@ -109,8 +116,40 @@ def install(settings: Settings, staged: Path, name: str) -> None:
         if had_old:
             backup.rename(target)
         raise
+    finally:
+        marker.unlink(missing_ok=True)
     log.info("installed model %s (previous kept in %s)", name, backup if had_old else "nowhere: new model")
     prune_previous(settings, name, backup if had_old else None)
+
+
+INSTALLING = ".installing-"
+"""`<models dir>/.installing-<model>`: an install in progress, naming the version set aside."""
+
+
+def recover_installs(models_dir: Path) -> list[str]:
+    """Undo every install a kill or a power cut interrupted (`install`'s marker): the version it
+    set aside goes back, an unverified new one out (the release is installed again by a later
+    round). At the start of the sync service and the agent; a model already back is left.
+    Returns the models put back."""
+    restored = []
+    for marker in sorted(models_dir.glob(f"{INSTALLING}*")):
+        name = marker.name.removeprefix(INSTALLING)
+        try:
+            backup = json.loads(marker.read_text()).get("backup")
+        except (OSError, ValueError, AttributeError):
+            backup = None
+        target = models_dir / name
+        try:
+            if backup and Path(backup).is_dir():
+                if target.exists():
+                    shutil.rmtree(target)
+                Path(backup).rename(target)
+                restored.append(name)
+                log.warning("model %s: an interrupted update was undone (%s put back)", name, backup)
+            marker.unlink(missing_ok=True)
+        except OSError as exc:  # another process recovering at the same start, or a read-only disk
+            log.warning("model %s: an interrupted update could not be undone yet: %s", name, exc)
+    return restored
 
 
 def prune_previous(

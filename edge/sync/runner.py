@@ -36,7 +36,7 @@ from edge.sync.credential import Credential, HubRefused, HubUnavailable, check_h
 from edge.sync.deletions import push_tombstones
 from edge.sync.profiles import pull_profiles
 from edge.sync.protocol import WireCode
-from edge.sync.releases import pull_models
+from edge.sync.releases import pull_models, recover_installs
 from edge.sync.renditions import pull_rendition_requests
 
 log = logging.getLogger(__name__)
@@ -122,6 +122,7 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> int:
         log.error("%s", error.one_line())
         return 1
     (settings.data_dir / "sync" / "sync.pid").unlink(missing_ok=True)  # left by older versions
+    recover_installs(settings.models.dir)  # a model update a kill interrupted
     bell = Doorbell(doorbell(settings))
     try:
         if not bell.listen():
