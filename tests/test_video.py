@@ -87,6 +87,39 @@ def test_a_clip_recorder_leaves_no_file_or_handle_behind_without_frames(tmp_path
     video.unlink()
 
 
+def test_a_clip_whose_video_was_not_written_whole_is_not_stored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """OpenCV's writer says nothing when the disk fills: a clip was stored whose video had no
+    index and no readable frame. Checked after the writer closes: STORE_WRITE_FAILED (the job
+    goes back to the queue), nothing left."""
+    from edge.video import clip as clip_module
+    from edge.video.clip import ClipRecorder
+
+    class Silent:  # a writer whose writes went nowhere, as on a full disk
+        fourcc = staticmethod(cv2.VideoWriter.fourcc)
+
+        def __init__(self, *_: object) -> None:
+            pass
+
+        def write(self, _: object) -> None:
+            pass
+
+        def release(self) -> None:
+            pass
+
+    monkeypatch.setattr(clip_module.cv2, "VideoWriter", Silent)
+    recorder = ClipRecorder(
+        ["a", "b"], "b", fps=5, max_seconds=10, max_side=64, key_frames=3, folder=tmp_path
+    )
+    for t in range(3):
+        recorder.add(t / 5, np.zeros((32, 32), np.uint8), {"a": 0.4, "b": 0.6}, None)
+    with pytest.raises(EdgeError) as refused:
+        recorder.finish()
+    assert refused.value.code is Code.STORE_WRITE_FAILED
+    assert not list(tmp_path.iterdir())
+
+
 def test_sector_detection_ignores_static_ui() -> None:
     rng = np.random.default_rng(0)
     frames = []
@@ -558,8 +591,12 @@ def test_edge_infer_reads_a_recording_in_the_guard(
         assert [t for t, _ in there] == [t for t, _ in here]
         assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(there, here, strict=True))
 
-        def nowhere(*_: object, **__: object) -> None:
-            raise AssertionError("a video file opened in the agent's process")
+        real = cv2.VideoCapture
+
+        def nowhere(path: object, *rest: object) -> object:
+            if Path(str(path)).name == SAMPLE_CLIP.name:  # its own clip's video it reads back
+                raise AssertionError("a video file opened in the agent's process")
+            return real(path, *rest)
 
         monkeypatch.setattr("edge.video.source.cv2.VideoCapture", nowhere)
         [analysis] = device.analyse_file(SAMPLE_CLIP, model=ultrasound_model())

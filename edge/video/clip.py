@@ -21,6 +21,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edge.errors import Code, EdgeError
+
 AGGREGATE = "mean of the analysed frames' calibrated probabilities (frozen and black frames excluded)"
 MIN_FRAMES = 3
 
@@ -85,6 +87,7 @@ class ClipRecorder:
         self._writer: cv2.VideoWriter | None = None
         self._size: tuple[int, int] | None = None
         self._video: Path | None = None  # made with the first written frame; a clip may have none
+        self._written = 0  # frames given to the writer (`_check_video`)
         self._next_video_t = 0.0
         self._start_t: float | None = None
         self._last_t = 0.0
@@ -141,10 +144,12 @@ class ClipRecorder:
         assert self._size is not None
         bgr = crop[:, :, ::-1] if crop.ndim == 3 else cv2.cvtColor(crop, cv2.COLOR_GRAY2BGR)
         self._writer.write(np.ascontiguousarray(cv2.resize(bgr, self._size, interpolation=cv2.INTER_AREA)))
+        self._written += 1
 
     def finish(self) -> ClipSummary:
         if self._writer is not None:
             self._writer.release()
+            self._check_video()
         analysed = len(self.series)
         mean = self.sums / max(1, analysed)
         keys = ([self._first] if self._first else []) + [
@@ -161,6 +166,25 @@ class ClipRecorder:
             video_file=self._video,
             events=self.events,
             distances=self.distances,
+        )
+
+    def _check_video(self) -> None:
+        """The video holds the frames written, or the clip is not stored: OpenCV's writer says
+        nothing when the disk fills (FFmpeg warns, "Failed to write frame"), and a clip was
+        stored whose video had no index and no frame. STORE_WRITE_FAILED gives the job back."""
+        assert self._video is not None
+        capture = cv2.VideoCapture(str(self._video))
+        try:
+            readable = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0) if capture.isOpened() else 0
+        finally:
+            capture.release()
+        if readable >= self._written:
+            return
+        self.discard()
+        raise EdgeError(
+            Code.STORE_WRITE_FAILED,
+            f"the clip's video could not be written ({readable} of {self._written} frames readable:"
+            " a full disk?): not stored",
         )
 
     def discard(self) -> None:
