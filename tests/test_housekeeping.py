@@ -85,17 +85,22 @@ def test_interrupted_writes_temporary_files_are_swept_a_short_grace_after_they_s
     leftovers = [
         settings.data_dir / ".agent.json.01a2.tmp",
         settings.data_dir / "sync" / ".state.json.01a2.tmp",
+        settings.data_dir / "profiles" / "m" / ".m-1-site-20260101T000000Z.toml.01a2.new",  # calibrate
+        settings.data_dir / "profiles" / "m" / ".active.01a2.tmp",
     ]
     for path in leftovers:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"half")
     keep = settings.data_dir / "sync" / "credential.json"
     keep.write_bytes(b"{}")
+    profile = settings.data_dir / "profiles" / "m" / "m-1-site-20260101T000000Z.toml"
+    profile.write_bytes(b"a profile")
     assert housekeeping.ORPHAN_GRACE_S <= 300
     old = time.time() - housekeeping.ORPHAN_GRACE_S - 1
-    for path in (*leftovers, keep):
+    for path in (*leftovers, keep, profile):
         os.utime(path, (old, old))
-    assert housekeeping.sweep_orphans(store) == 2
+    assert housekeeping.sweep_orphans(store) == 4
+    assert profile.exists()
     assert not any(path.exists() for path in leftovers)
     assert keep.exists()
 

@@ -432,3 +432,8 @@ def test_a_dropped_video_is_analysed_as_one_clip(folder: Any, tmp_path: Path) ->
     [reason] = drop.quarantine.rglob("cut.mp4.reason.txt")
     assert reason.read_text().startswith(("VIDEO_UNREADABLE", "VIDEO_SOURCE_LOST"))
     assert not list((store.data_dir / "clips").rglob("*dropped*"))  # no copy left
+    # A copy a killed agent left goes at the next start (one per video, by its content).
+    stale = store.data_dir / "clips" / f"{watch.DROPPED}0123.mp4"
+    stale.write_bytes(b"a patient's loop")
+    DropFolder(drop.settings, drop._pipeline, decode_bytes)
+    assert not stale.exists()

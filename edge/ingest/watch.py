@@ -46,7 +46,7 @@ from pathlib import Path
 from edge.clock import utc_now
 from edge.config import Settings
 from edge.errors import Code, EdgeError
-from edge.ids import uuid7
+from edge.imaging.decoded import sha256_hex
 from edge.pipeline import Decoder, Pipeline
 from edge.results import Analysis, audit_refusal
 from edge.store.files import fsync_dir, make_dirs, remove_quietly, write_atomically
@@ -55,6 +55,8 @@ from edge.video.source import is_recording
 
 log = logging.getLogger(__name__)
 PARTIAL_SUFFIXES = (".part", ".partial", ".tmp", ".crdownload", ".download", ".filepart", ".swp")
+DROPPED = f"{RECORDING_PREFIX}dropped-"
+"""A dropped video's private copy under clips/, by its content (one per video, not per attempt)."""
 LEAVE_FOR_LATER = {Code.DISK_FULL, Code.STORE_WRITE_FAILED, Code.DECODER_UNAVAILABLE}
 RETRY_S = 60.0
 MAX_HELD = 10_000
@@ -163,6 +165,10 @@ class DropFolder:
         self._owners = expected_owners(settings.watch.owners)
         for folder in (self.inbox, self.processed, self.quarantine):
             make_dirs(folder)
+        # Copies of dropped videos a killed agent left (`_take_recording`): no other process
+        # makes them, and this folder is one per agent, under its lock.
+        for left in (settings.data_dir / "clips").glob(f"{DROPPED}*"):
+            remove_quietly(left)
 
     def candidates(self) -> list[Path]:
         out = []
@@ -279,7 +285,7 @@ class DropFolder:
         recording's sha256), so a restart mid-way analyses it again and stores it once."""
         folder = self.settings.data_dir / "clips"
         make_dirs(folder)
-        copy = folder / f"{RECORDING_PREFIX}dropped-{uuid7()}{key[0].suffix.lower()[:8]}"
+        copy = folder / f"{DROPPED}{sha256_hex(data)[:32]}{key[0].suffix.lower()[:8]}"
         try:
             write_atomically(copy, data)
             [analysis] = self._pipeline.analyse_file(copy, source="watch")

@@ -124,7 +124,8 @@ def sweep_orphans(store: Store, min_age_s: float = ORPHAN_GRACE_S) -> int:
 
 def _candidates(data_dir: Path) -> Iterator[Path]:
     """Files the store owns (images, heatmaps, clips) and `write_atomically`'s temporary files
-    (`.name.<id>.tmp`) in the data directory's own folders (agent.json, the sync state)."""
+    (`.name.<id>.tmp`) in the data directory's own folders (agent.json, the sync state, the
+    site profiles)."""
     for folder in ("images", "heatmaps", "clips"):
         root = data_dir / folder
         if root.is_dir():
@@ -132,6 +133,10 @@ def _candidates(data_dir: Path) -> Iterator[Path]:
     for own in (data_dir, data_dir / "sync", data_dir / "cache"):
         if own.is_dir():
             yield from own.glob(".*.tmp")
+    # A site profile's staged copy (`.<id>.toml.<hex>.new`) and its interrupted writes: a kill
+    # during `edge models calibrate` left full copies of profiles there.
+    for pattern in ("*/.*.tmp", "*/.*.new"):
+        yield from (data_dir / "profiles").glob(pattern)
 
 
 def purge_expired(store: Store, retention_days: float, *, image_upload: bool = False) -> int:
