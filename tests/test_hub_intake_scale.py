@@ -30,6 +30,7 @@ from edge.hub.identities import Device
 from edge.sync import protocol
 from edge.sync.protocol import WireCode
 from tests.hubfixtures import database_url, postgres_url, reset  # noqa: F401 - postgres_url is a fixture
+from tests.test_hub_indexes import _index_names
 
 DEVICE = Device("d1", "clinic-1", "s1", "default")
 OTHER = Device("d2", "clinic-2", "s1", "default")
@@ -194,16 +195,6 @@ def _plan(engine: Engine, query: Any) -> str:
     explain = "EXPLAIN QUERY PLAN " if engine.dialect.name == "sqlite" else "EXPLAIN "
     with engine.connect() as conn:
         return "\n".join(str(row[-1]) for row in conn.execute(text(explain + str(compiled))))
-
-
-def _index_names(engine: Engine) -> set[str]:
-    catalogue = (
-        "SELECT name FROM sqlite_master WHERE type = 'index'"
-        if engine.dialect.name == "sqlite"
-        else "SELECT indexname FROM pg_indexes"
-    )
-    with engine.connect() as conn:
-        return {str(name) for name in conn.execute(text(catalogue)).scalars()}
 
 
 def _assert_along_device_and_seq(plan: str) -> None:
