@@ -87,12 +87,16 @@ def test_a_clip_recorder_leaves_no_file_or_handle_behind_without_frames(tmp_path
     video.unlink()
 
 
-def test_a_clip_whose_video_was_not_written_whole_is_not_stored(
+def test_a_clip_whose_video_was_not_written_whole_is_not_stored_so(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """OpenCV's writer says nothing when the disk fills: a clip was stored whose video had no
-    index and no readable frame. Checked after the writer closes: STORE_WRITE_FAILED (the job
-    goes back to the queue), nothing left."""
+    index and no readable frame. Checked after the writer closes: with the disk still short the
+    clip is not stored (DISK_FULL: the job goes back to the queue); otherwise it is stored
+    without its video, saying why (a writer that cannot write would fail every retry)."""
+    import shutil as shutil_module
+    from collections import namedtuple
+
     from edge.video import clip as clip_module
     from edge.video.clip import ClipRecorder
 
@@ -108,15 +112,23 @@ def test_a_clip_whose_video_was_not_written_whole_is_not_stored(
         def release(self) -> None:
             pass
 
+    def recorded() -> ClipRecorder:
+        shape = {"fps": 5, "max_seconds": 10, "max_side": 64, "key_frames": 3}
+        recorder = ClipRecorder(["a", "b"], "b", folder=tmp_path, **shape)
+        for t in range(3):
+            recorder.add(t / 5, np.zeros((32, 32), np.uint8), {"a": 0.4, "b": 0.6}, None)
+        return recorder
+
     monkeypatch.setattr(clip_module.cv2, "VideoWriter", Silent)
-    recorder = ClipRecorder(
-        ["a", "b"], "b", fps=5, max_seconds=10, max_side=64, key_frames=3, folder=tmp_path
-    )
-    for t in range(3):
-        recorder.add(t / 5, np.zeros((32, 32), np.uint8), {"a": 0.4, "b": 0.6}, None)
+    summary = recorded().finish()  # room on the disk
+    assert summary.video_file is None
+    assert any("stored without its video" in event for event in summary.events)
+    assert not list(tmp_path.iterdir())
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil_module, "disk_usage", lambda _: usage(1 << 30, 1 << 30, 1 << 20))
     with pytest.raises(EdgeError) as refused:
-        recorder.finish()
-    assert refused.value.code is Code.STORE_WRITE_FAILED
+        recorded().finish()
+    assert refused.value.code is Code.DISK_FULL
     assert not list(tmp_path.iterdir())
 
 

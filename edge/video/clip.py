@@ -13,7 +13,9 @@ disk is bounded, and it never holds the scanner's UI or burned-in text.
 from __future__ import annotations
 
 import heapq
+import logging
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +24,10 @@ import cv2
 import numpy as np
 
 from edge.errors import Code, EdgeError
+
+log = logging.getLogger(__name__)
+SHORT_BYTES = 64 << 20
+"""Free space under which a recording cut short is taken for a full disk (`_check_video`)."""
 
 AGGREGATE = "mean of the analysed frames' calibrated probabilities (frozen and black frames excluded)"
 MIN_FRAMES = 3
@@ -169,9 +175,12 @@ class ClipRecorder:
         )
 
     def _check_video(self) -> None:
-        """The video holds the frames written, or the clip is not stored: OpenCV's writer says
-        nothing when the disk fills (FFmpeg warns, "Failed to write frame"), and a clip was
-        stored whose video had no index and no frame. STORE_WRITE_FAILED gives the job back."""
+        """The video holds the frames written, or it is not kept: OpenCV's writer says nothing
+        when the disk fills (FFmpeg warns, "Failed to write frame"), and a clip was stored whose
+        video had no index and no frame. With the disk still short the clip is not stored
+        (DISK_FULL gives the job back); otherwise (the space came back, or this OpenCV cannot
+        write the format at all, which a retry would not mend) it is stored without its video,
+        its events saying why."""
         assert self._video is not None
         capture = cv2.VideoCapture(str(self._video))
         try:
@@ -180,12 +189,14 @@ class ClipRecorder:
             capture.release()
         if readable >= self._written:
             return
+        folder = self._video.parent
         self.discard()
-        raise EdgeError(
-            Code.STORE_WRITE_FAILED,
-            f"the clip's video could not be written ({readable} of {self._written} frames readable:"
-            " a full disk?): not stored",
-        )
+        self._video = None
+        said = f"the clip's video could not be written ({readable} of {self._written} frames readable)"
+        if shutil.disk_usage(folder).free < SHORT_BYTES:
+            raise EdgeError(Code.DISK_FULL, f"{said}: the disk is full; not stored")
+        log.warning("%s: the clip is stored without it", said)
+        self.events.append(f"{said}: stored without its video")
 
     def discard(self) -> None:
         if self._writer is not None:
