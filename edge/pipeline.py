@@ -430,11 +430,7 @@ class Pipeline:
             return process_cine(self.settings, self.store, self.pool, job, decoded, data, frames)
         prediction = model.predict([decoded.pixels], self.settings.models.operating_point)[0]
         enforce = self.settings.gate.refuses_out_of_scope
-        out_of_scope = model.out_of_scope(prediction.scope, enforce)
-        if out_of_scope is not None:
-            out_of_scope = orientation.explained(model, decoded.pixels, out_of_scope)
-        else:
-            out_of_scope = orientation.upside_down(model, decoded.pixels, prediction.scope, enforce)
+        out_of_scope = orientation.refusal(model, decoded.pixels, prediction.scope, enforce)
         if out_of_scope is not None:  # no finding, even with the model forced: it was not made for this
             self.store.fail_job(job, out_of_scope.code, out_of_scope.message, refused=True)
             raise out_of_scope

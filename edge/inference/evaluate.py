@@ -178,15 +178,13 @@ def _run(
             continue
         predictions = served.predict([decoded.pixels for decoded in images])
         for (path, label), decoded, prediction in zip(batch_rows, images, predictions, strict=True):
-            scope_refusal = served.out_of_scope(prediction.scope, refuse_out_of_scope)
             verdict = gate.check(decoded, manifest) if gated else None
             refusal: EdgeError | None
             if verdict is not None and not verdict.passed:
+                scope_refusal = served.out_of_scope(prediction.scope, refuse_out_of_scope)
                 refusal = gate.refusal_in_service(verdict, lambda: scope_refusal)  # noqa: B023 - called now
-            else:  # as the pipeline reads a film the gate passed: its scope, then which way up
-                refusal = scope_refusal or orientation.upside_down(
-                    served, decoded.pixels, prediction.scope, refuse_out_of_scope
-                )
+            else:  # as the pipeline reads a picture the gate passed
+                refusal = orientation.refusal(served, decoded.pixels, prediction.scope, refuse_out_of_scope)
             if refusal is not None:  # what service refuses: the gate's codes, or OUT_OF_SCOPE
                 refused.append(
                     {"path": str(path), "code": refusal.code.value, "reason": refusal.message, "by": "gate"}

@@ -12,7 +12,7 @@ from edge.errors import Code, EdgeError
 from edge.imaging.decode import DecodedImage
 from edge.inference import orientation, routing
 from edge.inference.pool import ModelPool
-from edge.inference.registry import Registry
+from edge.inference.registry import Manifest, Registry
 from edge.inference.scope import OUT_OF_SCOPE
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,8 @@ def models_for(decoded: DecodedImage, settings: Settings, registry: Registry, po
     study = decoded.study
     if study.modality is None and settings.models.default:
         return [settings.models.default]
-    names = registry.route(study.modality, study.body_part)
+    entries = registry.entries()  # read once: for routing, and for the checks that witness it
+    names = registry.route(study.modality, study.body_part, entries)
     if not names:
         raise EdgeError(
             Code.NO_MODEL_FOR_INPUT,
@@ -40,12 +41,12 @@ def models_for(decoded: DecodedImage, settings: Settings, registry: Registry, po
     if len(names) > 1 and not (study.modality and study.body_part):
         names = [_most_applicable(decoded, names, settings, pool)]
     if study.modality is not None and settings.gate.refuses_out_of_scope:
-        _refuse_if_contradicted(decoded, names, registry, pool)
+        _refuse_if_contradicted(decoded, names, {entry.name: entry.manifest for entry in entries}, pool)
     return names
 
 
 def _refuse_if_contradicted(
-    decoded: DecodedImage, names: list[str], registry: Registry, pool: ModelPool
+    decoded: DecodedImage, names: list[str], manifests: dict[str, Manifest], pool: ModelPool
 ) -> None:
     """A header can be wrong: a chest film sent as US (a converter's default, a worklist entry
     for the wrong room) went to the lung ultrasound model, whose check lets 60% of chest films
@@ -53,12 +54,6 @@ def _refuse_if_contradicted(
     is sharp (`routing.sharp_checks`: it refuses at least 95% of every other model's images) and
     that the header did not choose reads the picture too: where it finds it its own kind, the
     header and the picture disagree and nothing is guessed (MODALITY_CONTRADICTED)."""
-    manifests = {}
-    for name in registry.names():
-        try:
-            manifests[name] = registry.get(name).manifest
-        except EdgeError as error:  # an unreadable model is no witness; the routed one says its own
-            log.debug("%s", error.one_line())
     for name in sorted(routing.sharp_checks(manifests) - set(names)):
         try:
             scope = pool.get(name).predict([decoded.pixels])[0].scope

@@ -47,6 +47,16 @@ def turned(pixels: np.ndarray) -> list[np.ndarray]:
     return [np.ascontiguousarray(pixels[::-1, ::-1]), np.ascontiguousarray(pixels[::-1])]
 
 
+def refusal(served: ServedModel, pixels: np.ndarray, scope: Scope | None, enforce: bool) -> EdgeError | None:
+    """Why the model does not read this picture as given, or None: out of scope (said with what
+    it looks like altered, `explained`), else upside down (`upside_down`). One rule for serving
+    and for `edge models eval` / `calibrate`."""
+    found = served.out_of_scope(scope, enforce)
+    if found is not None:
+        return explained(served, pixels, found)
+    return upside_down(served, pixels, scope, enforce)
+
+
 def judged_upside_down(distance: float, turned_distances: list[float], margin: float = MARGIN) -> bool:
     """Whether a turned version (`turned_distances`, of `turned`) is clearly more typical of the
     model's films than the film as given (`distance`). Pure."""

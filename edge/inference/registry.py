@@ -482,13 +482,16 @@ class Registry:
     def entries(self) -> list[ModelEntry]:
         return [self.get(name) for name in self.names()]
 
-    def route(self, modality: str | None, body_part: str | None) -> list[str]:
+    def route(
+        self, modality: str | None, body_part: str | None, entries: list[ModelEntry] | None = None
+    ) -> list[str]:
         """Models whose manifest may score an input: for DICOM, those accepting its modality and
         (when it names one) its body part; for an input with no modality (PNG/JPEG), every model
         that takes unlabelled inputs. Which of several serves an input that names no body part is
-        the applicability check's to decide (edge/pipeline.py), never a silent default."""
+        the applicability check's to decide (edge/pipeline.py), never a silent default.
+        `entries`: the installed models, already read (else read here)."""
         chosen = []
-        for entry in self.entries():
+        for entry in self.entries() if entries is None else entries:
             accepts = entry.manifest.accepts
             if not modality:
                 if accepts.unlabelled:
