@@ -184,12 +184,7 @@ def pull_profiles(client: SyncClient) -> int:
         if (key in done or in_force) and key not in seen:  # installed, the power went before it was noted
             seen.append(key)
             store.outbox.set_sync_state(profiles_installed=seen)
-        if (
-            key in refused
-            or waiting in refused
-            or key in seen
-            or active_id(settings, release.model) == release.id
-        ):
+        if key in refused or waiting in refused or key in seen:  # in force: seen, just above
             continue
         try:
             install(settings, store, release, public_key, site)
