@@ -15,12 +15,13 @@ Two more images through the model: on this project's 2-core CPU, 12-15 ms a film
 4-5 (the INT8 chest model, measured beside a test run).
 
 The margin was chosen on 400 of the chest X-ray development films (seed 1: 0.85 of the
-film's distance, against 0.8-0.95) and read on 400 others (`python -m tools.orientation_eval`,
-seed 2; Wilson 95% intervals): films as given refused 0.5% [0.1, 1.8], mirrored left to right
-2.0% [1.0, 3.9]; turned 180 degrees refused 96% [94, 98], flipped top to bottom 97% [95, 98].
-Normal films turned 180 degrees and answered "pneumonia" fell from 63% [53, 72] to 6% [3, 13],
-flipped top to bottom from 19% [12, 27] to 2% [1, 7]. These are the model's own development
-films, so the figures show the mechanism, not the rate on another site's films.
+film's distance, against 0.8-0.95) and read on 400 others of patients that draw lacks
+(`python -m tools.orientation_eval`: seed 2, apart from seed 1; Wilson 95% intervals): films as
+given refused 0.5% [0.1, 1.8], mirrored left to right 2.3% [1.2, 4.2]; turned 180 degrees
+refused 95% [93, 97], flipped top to bottom 97% [94, 98]. Normal films turned 180 degrees and
+answered "pneumonia" fell from 62% [53, 70] to 7% [4, 13], flipped top to bottom from 19% [13,
+28] to 3% [1, 8]. These are the model's own development films (most seen in training), so the
+figures show the mechanism, not the rate on another site's films.
 """
 
 from __future__ import annotations
