@@ -55,6 +55,24 @@ def test_png_colour_stays_rgb_in_rgb_order() -> None:
     assert np.array_equal(decoded.pixels, rgb)
 
 
+def test_png_with_alpha_is_read_as_shown_over_black() -> None:
+    """Hidden colour under transparent pixels is not what the model reads; opaque alpha is dropped."""
+    hidden = np.full_like(IMAGE, 200)
+    alpha = np.zeros_like(IMAGE)
+    alpha[:, : IMAGE.shape[1] // 2] = 255  # the left half shown, the right half transparent
+    ok, encoded = cv2.imencode(".png", np.dstack([hidden, hidden, hidden, alpha]))
+    assert ok
+    pixels = decode_bytes(encoded.tobytes()).pixels
+    assert pixels.ndim == 2
+    assert (pixels[:, : IMAGE.shape[1] // 2] == 200).all()
+    assert (pixels[:, IMAGE.shape[1] // 2 :] == 0).all()
+    ok, opaque = cv2.imencode(".png", np.dstack([IMAGE, IMAGE, IMAGE, np.full_like(IMAGE, 255)]))
+    assert np.array_equal(decode_bytes(opaque.tobytes()).pixels, IMAGE)
+    half = np.dstack([IMAGE.astype(np.uint16) * 257] * 3 + [np.full(IMAGE.shape, 32768, np.uint16)])
+    ok, sixteen = cv2.imencode(".png", half)
+    assert np.abs(decode_bytes(sixteen.tobytes()).pixels.astype(int) - IMAGE // 2).max() <= 1
+
+
 def test_png_16_bit_scales_to_8() -> None:
     wide = IMAGE.astype(np.uint16) * 257
     ok, encoded = cv2.imencode(".png", wide)

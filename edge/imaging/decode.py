@@ -156,7 +156,7 @@ def to_display_uint8(decoded: np.ndarray, significant_bits: int | None = None) -
     elif image.dtype != np.uint8:
         raise EdgeError(Code.IMAGE_DECODE_FAILED, f"unsupported pixel type {image.dtype}")
     if image.ndim == 3 and image.shape[2] == 4:
-        image = image[:, :, :3]
+        image = _over_black(image)
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[:, :, 0]
     if image.ndim == 3:
@@ -165,6 +165,17 @@ def to_display_uint8(decoded: np.ndarray, significant_bits: int | None = None) -
             return np.ascontiguousarray(blue)
         return np.ascontiguousarray(image[:, :, ::-1])
     return np.ascontiguousarray(image)
+
+
+def _over_black(image: np.ndarray) -> np.ndarray:
+    """A picture with an alpha channel as a viewer shows it, over black (the background of every
+    medical viewer): colours where transparent were read as opaque, so a picture the technician
+    saw as blank showed the model whatever its hidden colour channels held."""
+    colour, alpha = image[:, :, :3], image[:, :, 3]
+    if int(alpha.min()) == 255:
+        return colour
+    weighted = colour.astype(np.uint16) * alpha[:, :, None].astype(np.uint16)
+    return ((weighted + 127) // 255).astype(np.uint8)
 
 
 def _refuse_implausible_size(width: int, height: int, name: str) -> None:
