@@ -281,3 +281,26 @@ def test_an_unlabelled_picture_no_sharp_check_takes_is_not_guessed(
     config.write_text("[gate]\napplicability = false\n")
     code, out, _ = run(tmp_path / "other", "--config", str(config), "infer", str(sample_png), "--json")
     assert code == 0, out
+
+
+def test_ctrl_c_ends_with_status_130_and_keeps_what_was_stored(
+    tmp_path: Path, sample_png: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edge.device import Device
+
+    second = tmp_path / "second.png"
+    second.write_bytes(png_bytes(gradient()[::-1].copy()))
+    analyse = Device.analyse_file
+
+    def interrupted_on_the_second(self: Device, path: Path, *args: Any, **kwargs: Any) -> Any:
+        if Path(path) == second:
+            raise KeyboardInterrupt
+        return analyse(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(Device, "analyse_file", interrupted_on_the_second)
+    code, out, err = run(tmp_path, "infer", str(sample_png), str(second))
+    assert code == 130
+    assert out.startswith("OK ")
+    assert "Aborted" not in err and "interrupted (Ctrl-C)" in err
+    with Store(tmp_path / "data") as store:
+        assert store.counts()["results"] == 1

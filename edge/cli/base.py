@@ -22,6 +22,7 @@ EXIT_USAGE = 2
 # EX_CONFIG (sysexits.h): a service refused for a reason a restart cannot mend
 # (edge.errors.NEEDS_A_PERSON); the systemd units name it in RestartPreventExitStatus=.
 EXIT_NEEDS_A_PERSON = 78
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command ended by Ctrl-C
 
 
 def refuse(error: EdgeError, as_json: bool = False) -> NoReturn:
@@ -89,6 +90,11 @@ class EdgeGroup(click.Group):
         except EdgeError as error:
             click.echo(error.one_line(), err=True)
             sys.exit(EXIT_REFUSED)
+        except KeyboardInterrupt:
+            # click's own line is "Aborted!" with status 1, which reads as a failure of the
+            # command; what was stored before the key stays stored (each write is one transaction).
+            click.echo("interrupted (Ctrl-C): what was done before it is kept", err=True)
+            sys.exit(EXIT_INTERRUPTED)
         except sqlite3.DatabaseError as exc:
             coded = ctx.obj.store_refusal(exc) if isinstance(ctx.obj, Context) else None
             if coded is None:
