@@ -156,7 +156,7 @@ def test_a_routing_guess_weighs_what_each_check_can_tell() -> None:
     assert routing.chosen(lung_borderline, sharp) is None
     unsure = routing.refusal(lung_borderline, {}, None, None)
     assert unsure.code is Code.NO_MODEL_FOR_INPUT  # may be one of them: the device will not guess
-    assert "name the model (--model" in unsure.message
+    assert "choose its model (r in the terminal, or edge infer --model" in unsure.message
     lung_frame = routing.ranked([routing.Reading("us-lung", 0.4, 0.3, IN_SCOPE), chest_out])
     assert routing.chosen(lung_frame, sharp) is lung_frame[0]
     unchecked = routing.Reading.of("legacy", None)

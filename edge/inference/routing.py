@@ -97,6 +97,6 @@ def refusal(
         Code.NO_MODEL_FOR_INPUT,
         f"the input does not say what it is (modality {modality or 'none'}, body part "
         f"{body_part or 'none'}) and no model finds it clearly like its own images ({readings}): "
-        "name the model (--model; [models] default for a device on one kind of scanner) or send "
-        "it as DICOM",
+        "choose its model (r in the terminal, or edge infer --model; [models] default for a "
+        "device on one kind of scanner) or send it as DICOM",
     )
