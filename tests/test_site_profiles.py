@@ -20,7 +20,7 @@ from sqlalchemy import insert
 
 from edge.config import Settings, load_settings
 from edge.errors import Code, EdgeError
-from edge.hub import agreement, db, legacy_json, reviews, site_profiles
+from edge.hub import agreement, agreement_figures, db, legacy_json, reviews, site_profiles
 from edge.hub.errors import HubError
 from edge.inference import metrics
 from edge.inference.site_profile import PointFigures
@@ -143,7 +143,7 @@ def test_agreement_figures_on_synthetic_reviews(hub: Hub, tmp_path: Path, key: t
     device_id, _ = enrolled(hub, device_settings(hub, tmp_path, key[0]))
     cases = synthetic_cases(40)
     add_reviewed(hub, device_id, cases)
-    [figures] = agreement.site_figures(hub.engine, hub.settings.models.dir)
+    [figures] = agreement_figures.site_figures(hub.engine, hub.settings.models.dir)
     assert (figures["programme"], figures["site"], figures["model"], figures["model_version"]) == (
         PROGRAMME,
         SITE,
@@ -165,12 +165,12 @@ def test_agreement_figures_on_synthetic_reviews(hub: Hub, tmp_path: Path, key: t
     low, high = figures["auc_ci95"]
     assert low <= figures["auc"] <= high
     # Seeded, and the cache (by content) gives what a fresh computation gives.
-    assert agreement.site_figures(hub.engine, hub.settings.models.dir) == [figures]
+    assert agreement_figures.site_figures(hub.engine, hub.settings.models.dir) == [figures]
     [group] = agreement.reviewed_cases(hub.engine, hub.settings.models.dir).values()
     manifest = agreement.shipped_manifest(hub.engine, hub.settings.models.dir, "tiny", "0.0.1")
     assert agreement.figures(group, manifest) == figures
-    agreement.site_figures(hub.engine, hub.settings.models.dir)[0]["cases"] = -1  # the caller's copy
-    assert agreement.site_figures(hub.engine, hub.settings.models.dir)[0]["cases"] == 80
+    agreement_figures.site_figures(hub.engine, hub.settings.models.dir)[0]["cases"] = -1  # the caller's copy
+    assert agreement_figures.site_figures(hub.engine, hub.settings.models.dir)[0]["cases"] == 80
     suggestion = figures["suggestion"]
     assert figures["refusal"] is None
     assert suggestion["shipped_temperature"] == T0
@@ -189,7 +189,7 @@ def test_agreement_figures_on_synthetic_reviews(hub: Hub, tmp_path: Path, key: t
     assert lo <= points["balanced"]["specificity"] <= hi
     # A new review is new content: figured again, not served from the cache.
     add_reviewed(hub, device_id, synthetic_cases(1, seed=7), uncertain=0, first_seq=500)
-    [grown] = agreement.site_figures(hub.engine, hub.settings.models.dir)
+    [grown] = agreement_figures.site_figures(hub.engine, hub.settings.models.dir)
     assert (grown["cases"], grown["cases_per_class"]) == (82, {"finding": 41, "normal": 41})
 
 
@@ -246,7 +246,8 @@ def test_versions_with_the_same_weights_are_pooled_each_read_at_its_temperature(
     np.testing.assert_allclose(
         sorted(difference[np.array(first)]), sorted(difference[~np.array(first)]), atol=2e-3
     )
-    [figures] = [f for f in agreement.site_figures(hub.engine, hub.settings.models.dir) if f["cases"] == 80]
+    every = agreement_figures.site_figures(hub.engine, hub.settings.models.dir)
+    [figures] = [f for f in every if f["cases"] == 80]
     assert (figures["model_version"], figures["model_versions"]) == ("0.0.10", ["0.0.1", "0.0.10"])
     assert figures["suggestion"]["shipped_temperature"] == 2.0
     # Its AUC ranks every case on one scale: the twins' AUC is the films' own.
@@ -262,7 +263,7 @@ def test_versions_with_the_same_weights_are_pooled_each_read_at_its_temperature(
 def test_too_few_cases_per_class_gives_no_suggestion(hub: Hub, tmp_path: Path, key: tuple[str, Any]) -> None:
     device_id, _ = enrolled(hub, device_settings(hub, tmp_path, key[0]))
     add_reviewed(hub, device_id, synthetic_cases(29))
-    [figures] = agreement.site_figures(hub.engine, hub.settings.models.dir)
+    [figures] = agreement_figures.site_figures(hub.engine, hub.settings.models.dir)
     assert figures["suggestion"] is None
     assert "at least 30" in figures["refusal"]
     with pytest.raises(HubError) as refused:
@@ -303,7 +304,7 @@ def test_an_odd_result_is_left_out_of_the_figures(hub: Hub, tmp_path: Path, key:
         payload = {"result": result, "site": SITE}
         stored_result(hub, device_id, result_uuid, seq, payload)
         reviews.add_review(hub.engine, result_uuid, "agree", reviewer="dr")
-    [figures] = agreement.site_figures(hub.engine, hub.settings.models.dir)
+    [figures] = agreement_figures.site_figures(hub.engine, hub.settings.models.dir)
     assert (figures["cases"], figures["unlabelled"]) == (80, 2)
 
 
@@ -325,12 +326,12 @@ def test_an_older_hubs_nan_payloads_are_made_json_at_start(
     stored_result(hub, device_id, "0000-nan", 1000, {"result": result, "site": SITE})
     reviews.add_review(hub.engine, "0000-nan", "agree", reviewer="dr")
     with pytest.raises(OperationalError, match="malformed JSON"):
-        agreement.site_figures(hub.engine, hub.settings.models.dir)
+        agreement_figures.site_figures(hub.engine, hub.settings.models.dir)
     with hub.engine.begin() as conn:  # the database an older hub made was never marked
         conn.execute(text("PRAGMA user_version = 0"))
 
     db.make_engine(str(hub.engine.url)).dispose()  # the hub starts again
-    [figures] = agreement.site_figures(hub.engine, hub.settings.models.dir)
+    [figures] = agreement_figures.site_figures(hub.engine, hub.settings.models.dir)
     assert figures["cases"] == 80  # the NaN result has no probability: left out
     with hub.engine.connect() as conn:
         [payload] = conn.execute(text("SELECT payload FROM records WHERE uuid = '0000-nan'")).one()
@@ -355,8 +356,8 @@ def test_figures_past_the_pages_budget_come_from_the_background(
 
     from edge.hub import accounts
 
-    monkeypatch.setattr(agreement, "_FIGURES", agreement._FiguresCache())  # nothing known yet
-    monkeypatch.setattr(agreement, "FIGURES_BUDGET_S", 0.0)
+    monkeypatch.setattr(agreement_figures, "_FIGURES", agreement_figures._FiguresCache())  # nothing known yet
+    monkeypatch.setattr(agreement_figures, "FIGURES_BUDGET_S", 0.0)
     device_id, _ = enrolled(hub, device_settings(hub, tmp_path, key[0]))
     add_reviewed(hub, device_id, synthetic_cases(40))
     accounts.create_user(hub.engine, "admin", REVIEW_PASSWORD, "administrator", ("*",))
@@ -372,11 +373,11 @@ def test_figures_past_the_pages_budget_come_from_the_background(
     assert (quick["cases"], quick["suggestion"], quick["auc_ci95"]) == (80, None, None)
     assert quick["auc"] is not None
     assert sum(map(sum, quick["confusion"]["matrix"])) == 80
-    agreement.wait_for_figures()
+    agreement_figures.wait_for_figures()
     page = admin.get("/review/admin/agreement")
     assert "Suggested for this site" in page.text
     assert "Not yet shown" not in page.text
-    [computed] = agreement.site_figures(hub.engine, hub.settings.models.dir, budget_s=0.0)
+    [computed] = agreement_figures.site_figures(hub.engine, hub.settings.models.dir, budget_s=0.0)
     assert computed == agreement.figures(group, group.manifest)
     assert computed["pending"] is None
     assert computed["suggestion"] is not None
@@ -387,14 +388,14 @@ def test_a_hub_of_more_sites_than_the_cache_held_shows_them_all_once_computed(
 ) -> None:
     """With more site x model groups than the cache held, the background's results evicted one
     another: some sites stayed "pending" on every load. The cache now holds twice a page's."""
-    monkeypatch.setattr(agreement, "_FIGURES", agreement._FiguresCache(size=4))
+    monkeypatch.setattr(agreement_figures, "_FIGURES", agreement_figures._FiguresCache(size=4))
     device_id, _ = enrolled(hub, device_settings(hub, tmp_path, key[0]))
     for index in range(6):  # versions the hub knows no release of: a group each
         add_reviewed(hub, device_id, synthetic_cases(3), uncertain=0, version=f"0.0.{index + 1}")
-    first = agreement.site_figures(hub.engine, hub.settings.models.dir, budget_s=0.0)
+    first = agreement_figures.site_figures(hub.engine, hub.settings.models.dir, budget_s=0.0)
     assert [f["pending"] for f in first] == [agreement.PENDING] * 6
-    agreement.wait_for_figures()
-    again = agreement.site_figures(hub.engine, hub.settings.models.dir, budget_s=0.0)
+    agreement_figures.wait_for_figures()
+    again = agreement_figures.site_figures(hub.engine, hub.settings.models.dir, budget_s=0.0)
     assert [f["pending"] for f in again] == [None] * 6
 
 

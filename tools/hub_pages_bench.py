@@ -43,7 +43,7 @@ from sqlalchemy import Engine, event, func, insert, select, text
 
 import edge.config
 from edge.config import load_settings
-from edge.hub import accounts, agreement, db, devices, intake
+from edge.hub import accounts, agreement, agreement_figures, db, devices, intake
 from edge.hub.app import create_app
 from edge.hub.identities import Device
 from edge.hub.limits import RateLimiter
@@ -323,7 +323,7 @@ class HubPages:
             # what the first page had no time for, computed in the background (the page shows
             # the sites' quick figures meanwhile)
             background = "agreement figures, the rest (background)"
-            self.time(background, lambda: (agreement.wait_for_figures(), 200)[1], 1)
+            self.time(background, lambda: (agreement_figures.wait_for_figures(), 200)[1], 1)
             self.time("agreement page (warm)", html_get(admin, "/review/admin/agreement"), 3)
         else:  # every site's figures take minutes at 200,000, cold: time only the page's DB scan
             scan_only = "agreement _by_version (its DB scan only)"

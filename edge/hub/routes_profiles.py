@@ -1,7 +1,7 @@
 """The administrators' agreement page (per site and model weights: how the model agrees with
 the specialists, and the site's suggested thresholds), its JSON, and site profiles: the
 unsigned draft to sign where the publisher's key is, and the post that publishes a signed one.
-Logic in `agreement.py` and `site_profiles.py`.
+Logic in `agreement.py`, `agreement_figures.py` and `site_profiles.py`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from edge.hub import agreement, presenters, site_profiles
+from edge.hub import agreement, agreement_figures, presenters, site_profiles
 from edge.hub.errors import HubError
 from edge.hub.review_http import AdminDep, Reader, Refused, page, state
 from edge.sync import protocol
@@ -25,7 +25,7 @@ MAX_PROFILE_BYTES = 64 * 1024
 
 def _figures(request: Request) -> list[dict[str, Any]]:
     web = state(request)
-    return agreement.site_figures(web.engine, web.models_dir, agreement.FIGURES_BUDGET_S)
+    return agreement_figures.site_figures(web.engine, web.models_dir, agreement_figures.FIGURES_BUDGET_S)
 
 
 def _agreement_page(request: Request, reader: Reader, status: int = 200, **extra: Any) -> Response:
