@@ -29,7 +29,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from edge.hub import accounts
+from edge.hub import sessions
 from edge.hub.identities import User
 from edge.hub.limits import RateLimiter
 from edge.hub.render import Renditions
@@ -81,14 +81,14 @@ class WebState:
 class Reader:
     """The person behind this request, with their session."""
 
-    session: accounts.Session
+    session: sessions.Session
 
     @property
     def user(self) -> User:
         return self.session.user
 
     def csrf(self) -> str:
-        return accounts.mask_token(self.session.csrf_secret)
+        return sessions.mask_token(self.session.csrf_secret)
 
 
 def state(request: Request) -> WebState:
@@ -131,14 +131,14 @@ async def presented_token(request: Request) -> str | None:
 async def check_csrf(request: Request, secret: str) -> None:
     if not same_origin(request):
         raise Refused(403, "This form was sent from another site and was refused.")
-    if not accounts.token_matches(secret, await presented_token(request)):
+    if not sessions.token_matches(secret, await presented_token(request)):
         raise Refused(403, "The form's security token is missing or stale: reload the page and try again.")
 
 
 async def current_reader(request: Request) -> Reader:
     """Dependency of every page, image and form post behind the login."""
     web = state(request)
-    session = await run_in_threadpool(accounts.session_for, web.engine, request.cookies.get(SESSION_COOKIE))
+    session = await run_in_threadpool(sessions.session_for, web.engine, request.cookies.get(SESSION_COOKIE))
     if session is None:
         raise LoginRequired()
     if request.method not in SAFE_METHODS:
@@ -165,7 +165,7 @@ def session_cookie(response: Response, request: Request, token: str) -> None:
     response.set_cookie(
         SESSION_COOKIE,
         token,
-        max_age=accounts.SESSION_MAX_S,
+        max_age=sessions.SESSION_MAX_S,
         path=base_path(request) or "/",
         secure=request.url.scheme == "https",
         httponly=True,

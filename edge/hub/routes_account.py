@@ -12,7 +12,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from edge.hub import accounts
+from edge.hub import accounts, sessions
 from edge.hub.audit import record_audit
 from edge.hub.review_http import (
     LOGIN_COOKIE,
@@ -54,7 +54,7 @@ def _login_page(request: Request, message: str = "", status: int = 200, name: st
         message=message,
         name=name,
         next=_safe_next(request, request.query_params.get("next")),
-        login_csrf=accounts.mask_token(secret),
+        login_csrf=sessions.mask_token(secret),
     )
     if fresh:
         response.set_cookie(
@@ -72,7 +72,7 @@ def _login_page(request: Request, message: str = "", status: int = 200, name: st
 @router.get("/login")
 def login_form(request: Request) -> Response:
     web = state(request)
-    if accounts.session_for(web.engine, request.cookies.get(SESSION_COOKIE)) is not None:
+    if sessions.session_for(web.engine, request.cookies.get(SESSION_COOKIE)) is not None:
         return RedirectResponse(_safe_next(request, request.query_params.get("next")), status_code=303)
     if request.query_params.get("expired") == "1":
         return _login_page(request, EXPIRED)
@@ -86,7 +86,7 @@ async def login(request: Request) -> Response:
     name, password = str(form.get("name") or ""), str(form.get("password") or "")
     secret = request.cookies.get(LOGIN_COOKIE) or ""
     token = str(form.get("csrf") or "")
-    if not same_origin(request) or len(secret) != 64 or not accounts.token_matches(secret, token):
+    if not same_origin(request) or len(secret) != 64 or not sessions.token_matches(secret, token):
         return _login_page(request, "The login form expired: please try again.", 403, name)
     address = client_address(request)
     if not web.login_limiter.allow(address):
@@ -95,7 +95,7 @@ async def login(request: Request) -> Response:
         user = await run_in_threadpool(accounts.authenticate, web.engine, name, password, address)
     except accounts.AccountError as error:
         return _login_page(request, str(error), 401, name)
-    token, _ = await run_in_threadpool(accounts.open_session, web.engine, user)
+    token, _ = await run_in_threadpool(sessions.open_session, web.engine, user)
     response = RedirectResponse(_safe_next(request, str(form.get("next") or "")), status_code=303)
     session_cookie(response, request, token)
     response.delete_cookie(LOGIN_COOKIE, path=base_path(request) or "/", httponly=True, samesite="strict")
@@ -105,7 +105,7 @@ async def login(request: Request) -> Response:
 @router.post("/logout")
 async def logout(request: Request, reader: ReaderDep) -> Response:
     web = state(request)
-    await run_in_threadpool(accounts.close_session, web.engine, reader.session.token_hash)
+    await run_in_threadpool(sessions.close_session, web.engine, reader.session.token_hash)
     await run_in_threadpool(record_audit, web.engine, reader.user.name, "logout")
     response = RedirectResponse(f"{base_path(request)}/login", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path=base_path(request) or "/", httponly=True, samesite="strict")

@@ -24,7 +24,7 @@ from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from edge.hub import accounts, fhir, fhir_search, fhir_server, fhir_tokens
+from edge.hub import fhir, fhir_search, fhir_server, fhir_tokens, sessions
 from edge.hub.db import now
 from edge.hub.fhir_search import FhirError, Search
 from edge.hub.fhir_tokens import Access
@@ -74,7 +74,7 @@ async def current_access(request: Request) -> Access:
         if access is None:
             raise FhirError(401, "login", "unknown or revoked token")
         return access
-    session = await run_in_threadpool(accounts.session_for, engine, request.cookies.get(SESSION_COOKIE))
+    session = await run_in_threadpool(sessions.session_for, engine, request.cookies.get(SESSION_COOKIE))
     if session is None:
         raise FhirError(401, "login", "a bearer token (or a review-page session) is needed")
     return Access.for_user(session.user)
