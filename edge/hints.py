@@ -22,7 +22,7 @@ NEXT_STEPS: dict[Code, str] = {
     Code.INPUT_UNREADABLE: "check the file's permissions, then send it again",
     Code.INPUT_EMPTY: RESEND,
     Code.INPUT_TOO_LARGE: "send a smaller export, or ask to raise [store] max_input_bytes",
-    Code.INPUT_NOT_IMAGE: "send a DICOM, PNG or JPEG image (the file name does not count)",
+    Code.INPUT_NOT_IMAGE: "send a DICOM, PNG or JPEG image or a video (the file name does not count)",
     Code.IMAGE_TRUNCATED: RESEND,
     Code.IMAGE_DECODE_FAILED: "export the image again from the scanner and send it again",
     Code.DICOM_INVALID: "check the sender's DICOM export settings, then send it again",
