@@ -45,6 +45,7 @@ NEXT_STEPS: dict[Code, str] = {
     Code.MOSTLY_BLANK: "check the detector or the probe contact, then repeat the acquisition",
     Code.OUT_OF_SCOPE: "check that the image and the model match; read it without the model",
     Code.IMAGE_UPSIDE_DOWN: "look at the film: if upside down, export it the right way up and send it again",
+    Code.IMAGE_CROPPED: "send the whole film, edges included (not a zoomed-in part or a close-up photograph)",
     # Ingest boundary
     Code.DECODE_TIMEOUT: "check the sender: the file is quarantined; tell the field engineer if it repeats",
     Code.DECODE_CRASHED: "check the sender: the file is quarantined; tell the field engineer if it repeats",

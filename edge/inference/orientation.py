@@ -29,6 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 from edge.errors import Code, EdgeError
+from edge.inference import framing
 from edge.inference.pool import ServedModel
 from edge.inference.scope import IN_SCOPE, Scope
 
@@ -50,12 +51,14 @@ def turned(pixels: np.ndarray) -> list[np.ndarray]:
 
 def refusal(served: ServedModel, pixels: np.ndarray, scope: Scope | None, enforce: bool) -> EdgeError | None:
     """Why the model does not read this picture as given, or None: out of scope (said with what
-    it looks like altered, `explained`), else upside down (`upside_down`). One rule for serving
-    and for `edge models eval` / `calibrate`."""
+    it looks like altered, `explained`), else upside down (`upside_down`), else a part of a film
+    (`framing.cropped`). One rule for serving and for `edge models eval` / `calibrate`."""
     found = served.out_of_scope(scope, enforce)
     if found is not None:
         return explained(served, pixels, found)
-    return upside_down(served, pixels, scope, enforce)
+    return upside_down(served, pixels, scope, enforce) or framing.cropped(
+        served, pixels, enforce and scope is not None, reads_films(served)
+    )
 
 
 def judged_upside_down(distance: float, turned_distances: list[float], margin: float = MARGIN) -> bool:

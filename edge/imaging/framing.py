@@ -1,0 +1,32 @@
+"""Whether a picture shows a whole film: where its darkest pixels lie. Pure numpy.
+
+A whole projection film has air around the body, the darkest part of the picture, along its
+edges; a part of a film (zoomed in, photographed close up, cut from a screen) has its dark
+pixels wherever the lungs are. `border_darkness` says how concentrated the darkest pixels are in
+the picture's outer band: 1.0 as by chance, more when the edges are dark.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+SIDE = 224
+"""Measured at the models' input size, so a film's resolution does not change the figure."""
+BAND = 0.08
+"""The outer band: this share of each side (18 of 224 pixels)."""
+DARKEST = 20.0
+"""The darkest pixels: this percentile of the picture's values and below."""
+
+
+def border_darkness(pixels: np.ndarray) -> float:
+    """The share of the darkest pixels that lie in the outer band, over the band's share of the
+    picture. uint8 grey HxW or RGB HxWx3."""
+    grey = cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY) if pixels.ndim == 3 else pixels
+    small = cv2.resize(grey, (SIDE, SIDE), interpolation=cv2.INTER_AREA)
+    band = np.zeros(small.shape, bool)
+    width = round(BAND * SIDE)
+    band[:width] = band[-width:] = True
+    band[:, :width] = band[:, -width:] = True
+    dark = small <= np.percentile(small, DARKEST)
+    return float(dark[band].mean() / max(float(dark.mean()), 1e-6))

@@ -1,0 +1,73 @@
+"""A part of a chest film is refused IMAGE_CROPPED (an outside-style check: normal films cut to
+their central 60-70% were answered, most of them "pneumonia"); whole films are read."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.config import Settings
+from edge.errors import Code
+from edge.imaging.decode import decode_bytes
+from edge.imaging.framing import border_darkness
+from edge.inference import framing
+from edge.pipeline import Pipeline
+from edge.store import Store
+
+
+@pytest.fixture
+def pipeline(settings: Settings, store: Store) -> Iterator[Pipeline]:
+    pipe = Pipeline(settings, store)
+    yield pipe
+    pipe.close()
+
+
+def test_border_darkness_is_high_where_the_dark_lies_at_the_edges() -> None:
+    framed = np.full((300, 200), 180, np.uint8)
+    framed[:20], framed[-20:], framed[:, :15], framed[:, -15:] = 10, 10, 10, 10
+    assert border_darkness(framed) > 3
+    assert border_darkness(np.dstack([framed] * 3)) == pytest.approx(border_darkness(framed))
+    centred = np.full((300, 200), 180, np.uint8)
+    centred[75:225, 30:170] = 10  # a third of the picture, none of it at the edges
+    assert border_darkness(centred) == 0.0
+    assert framing.judged_cropped(border_darkness(centred))
+    assert not framing.judged_cropped(border_darkness(framed))
+
+
+def test_a_part_of_a_chest_film_is_refused_and_the_whole_film_is_read(
+    pipeline: Pipeline, samples: list[tuple[Path, str]], tmp_path: Path
+) -> None:
+    films = [(p, decode_bytes(p.read_bytes(), p.name).pixels) for p, _ in samples if p.suffix == ".png"][:6]
+    codes = []
+    for path, pixels in films:
+        height, width = pixels.shape[:2]
+        part = pixels[round(height * 0.2) : round(height * 0.8), round(width * 0.2) : round(width * 0.8)]
+        for name, picture in (("whole", pixels), ("part", part)):
+            target = tmp_path / f"{name}-{path.name}"
+            cv2.imwrite(str(target), np.ascontiguousarray(picture))
+            [analysis] = pipeline.analyse_file(target, model="cxr-pneumonia")
+            if name == "whole":
+                assert analysis.ok, analysis.code
+            else:
+                codes.append(analysis.code)
+    # Refused: as a part, or (further from the films still) as unlike a chest film.
+    assert set(codes) <= {Code.IMAGE_CROPPED.value, Code.OUT_OF_SCOPE.value}
+    assert Code.IMAGE_CROPPED.value in codes
+    query = "SELECT error_code, error_message FROM jobs WHERE state = 'refused'"
+    rows = pipeline.store.db.execute(query).fetchall()
+    said = [error for code, error in rows if code == Code.IMAGE_CROPPED.value]
+    assert said
+    assert all("not the whole film" in error for error in said)
+
+
+def test_ultrasound_is_not_judged_by_the_film_rule(pipeline: Pipeline) -> None:
+    """A sector image's dark is around the sector, not at the picture's edges everywhere: the
+    rule is for film models only."""
+    served = pipeline.pool.get("us-lung")
+    sector = np.zeros((300, 300), np.uint8)
+    sector[100:200, 100:200] = 120
+    assert framing.cropped(served, sector, enforce=True, films=False) is None

@@ -1,0 +1,161 @@
+"""Parts of films: how many the crop check (edge/inference/framing.py) refuses, and what it
+costs on whole films.
+
+    python -m tools.crop_eval                       # 400 films (seed 2) of patients seed 1's draw lacks
+    python -m tools.crop_eval --seed 1 --limits 1.3,1.4,1.44,1.5,1.6    # how the limit was chosen
+
+Each film of a seeded sample of the chest X-ray development set (`orientation_eval.sample`) is
+offered as given and altered: mirrored, resized, turned 5 degrees, JPEG-compressed (whole films:
+the cost), and cut to its central 90% to 50%, its top or bottom half (parts: what the check is
+for). Each goes through the served model, its applicability check and the orientation check
+(what refuses it today), and the crop rule is applied to it as if it were the film given.
+Counted per kind: refused today, refused with the rule, and normal films answered "pneumonia"
+without the rule and with it. Wilson 95% intervals. The films are the model's development set,
+most seen in training: the figures show the mechanism, not the rate on another site's films.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from edge.config import load_settings
+from edge.imaging.decode import decode_bytes
+from edge.imaging.framing import border_darkness
+from edge.inference import framing, metrics, orientation
+from edge.inference.pool import ModelPool
+from edge.inference.registry import Registry
+from tools.orientation_eval import DATA, sample
+
+
+def _central(keep: float) -> Callable[[np.ndarray], np.ndarray]:
+    def cut(pixels: np.ndarray) -> np.ndarray:
+        height, width = pixels.shape[:2]
+        top, left = round(height * (1 - keep) / 2), round(width * (1 - keep) / 2)
+        return pixels[top : height - top, left : width - left]
+
+    return cut
+
+
+def _turned(degrees: float) -> Callable[[np.ndarray], np.ndarray]:
+    def turn(pixels: np.ndarray) -> np.ndarray:
+        height, width = pixels.shape[:2]
+        matrix = cv2.getRotationMatrix2D((width / 2, height / 2), degrees, 1.0)
+        return cv2.warpAffine(pixels, matrix, (width, height), borderMode=cv2.BORDER_REPLICATE)
+
+    return turn
+
+
+def _scaled(factor: float) -> Callable[[np.ndarray], np.ndarray]:
+    def scale(pixels: np.ndarray) -> np.ndarray:
+        height, width = pixels.shape[:2]
+        size = (max(1, round(width * factor)), max(1, round(height * factor)))
+        return cv2.resize(pixels, size, interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_CUBIC)
+
+    return scale
+
+
+def _jpeg(pixels: np.ndarray) -> np.ndarray:
+    ok, encoded = cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, 60])
+    assert ok
+    return cv2.imdecode(encoded, cv2.IMREAD_UNCHANGED)
+
+
+WHOLE: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "as given": lambda p: p,
+    "mirrored": lambda p: p[:, ::-1],
+    "resized x2": _scaled(2.0),
+    "resized x0.7": _scaled(0.7),
+    "turned +5 degrees": _turned(5),
+    "turned -5 degrees": _turned(-5),
+    "JPEG quality 60": _jpeg,
+}
+PARTS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    **{f"central {round(k * 100)}%": _central(k) for k in (0.9, 0.8, 0.7, 0.6, 0.5)},
+    "top half": lambda p: p[: p.shape[0] // 2],
+    "bottom half": lambda p: p[p.shape[0] // 2 :],
+}
+
+
+def read(models: Path, rows: list[dict[str, str]]) -> list[dict[str, Any]]:
+    """Per film and kind: refused today (out of scope or upside down), its border darkness, and
+    whether it would be answered "pneumonia"."""
+    with tempfile.TemporaryDirectory() as scratch:
+        settings = load_settings(data_dir=Path(scratch), models={"dir": models})
+        pool = ModelPool(Registry(models), settings, Path(scratch) / "cache")
+        try:
+            served = pool.get("cxr-pneumonia")
+            out = []
+            for row in rows:
+                pixels = decode_bytes((DATA / row["path"]).read_bytes(), row["path"]).pixels
+                kinds: dict[str, Any] = {}
+                for name, make in {**WHOLE, **PARTS}.items():
+                    view = np.ascontiguousarray(make(pixels))
+                    [found] = served.predict([view])
+                    refused = served.out_of_scope(found.scope, True) or orientation.upside_down(
+                        served, view, found.scope, True
+                    )
+                    kinds[name] = {
+                        "refused": refused is not None,
+                        "darkness": border_darkness(view),
+                        "pneumonia": found.finding.finding == "pneumonia",
+                    }
+                out.append({"label": row["class_name"], "kinds": kinds})
+            return out
+        finally:
+            pool.close()
+
+
+def summary(films: list[dict[str, Any]], limit: float) -> dict[str, Any]:
+    def rate(hits: int, n: int) -> dict[str, Any]:
+        low, high = metrics.wilson_interval(hits, n)
+        return {"n": n, "share": round(hits / n, 4) if n else None, "ci95": [round(low, 4), round(high, 4)]}
+
+    out: dict[str, Any] = {"limit": limit, "films": len(films)}
+    normals = [f for f in films if f["label"] == "normal"]
+    for name in {**WHOLE, **PARTS}:
+        today = sum(f["kinds"][name]["refused"] for f in films)
+        cut = [framing.judged_cropped(f["kinds"][name]["darkness"], limit) for f in films]
+        with_rule = sum(f["kinds"][name]["refused"] or c for f, c in zip(films, cut, strict=True))
+        wrong = [f["kinds"][name] for f in normals if not f["kinds"][name]["refused"]]
+        wrong = [k for k in wrong if k["pneumonia"]]
+        kept = [k for k in wrong if not framing.judged_cropped(k["darkness"], limit)]
+        out[f"{name}: refused today"] = rate(today, len(films))
+        out[f"{name}: refused with the rule"] = rate(with_rule, len(films))
+        out[f"{name}: normals answered pneumonia, without the rule"] = rate(len(wrong), len(normals))
+        out[f"{name}: normals answered pneumonia, with it"] = rate(len(kept), len(normals))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--films", type=int, default=400)
+    parser.add_argument("--seed", type=int, default=2)
+    parser.add_argument(
+        "--apart-from", type=int, default=1, help="no patient of this seed's draw (the tuning draw); -1: none"
+    )
+    parser.add_argument("--limits", default=str(framing.MIN_BORDER_DARKNESS))
+    parser.add_argument("--models", type=Path, default=Path(__file__).resolve().parents[1] / "models")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    apart = None if args.apart_from < 0 or args.apart_from == args.seed else args.apart_from
+    films = read(args.models, sample(args.films, args.seed, apart))
+    results = [summary(films, float(limit)) for limit in args.limits.split(",")] if films else []
+    for result in results:
+        print(f"limit {result['limit']} ({result['films']} films, seed {args.seed})")
+        for key, value in result.items():
+            if isinstance(value, dict):
+                print(f"  {key}: {value['share']} [{value['ci95'][0]}, {value['ci95'][1]}] of {value['n']}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
