@@ -14,7 +14,7 @@ from edge.config import Settings
 from edge.errors import Code
 from edge.imaging.decode import decode_bytes
 from edge.imaging.framing import border_darkness
-from edge.inference import framing
+from edge.inference import framing, orientation
 from edge.pipeline import Pipeline
 from edge.store import Store
 
@@ -34,8 +34,10 @@ def test_border_darkness_is_high_where_the_dark_lies_at_the_edges() -> None:
     centred = np.full((300, 200), 180, np.uint8)
     centred[75:225, 30:170] = 10  # a third of the picture, none of it at the edges
     assert border_darkness(centred) == 0.0
-    assert framing.judged_cropped(border_darkness(centred))
-    assert not framing.judged_cropped(border_darkness(framed))
+    assert framing.judged_cropped(border_darkness(centred), nearness=0.9)
+    assert not framing.judged_cropped(border_darkness(framed), nearness=0.9)
+    # A film its check finds very typical is read as it is, whatever its edges.
+    assert not framing.judged_cropped(border_darkness(centred), nearness=0.4)
 
 
 def test_a_part_of_a_chest_film_is_refused_and_the_whole_film_is_read(
@@ -70,4 +72,7 @@ def test_ultrasound_is_not_judged_by_the_film_rule(pipeline: Pipeline) -> None:
     served = pipeline.pool.get("us-lung")
     sector = np.zeros((300, 300), np.uint8)
     sector[100:200, 100:200] = 120
-    assert framing.cropped(served, sector, enforce=True, films=False) is None
+    [found] = served.predict([sector])
+    films = orientation.reads_films(served)
+    assert not films
+    assert framing.cropped(served, sector, found.scope, enforce=True, films=films) is None

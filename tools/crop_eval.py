@@ -2,7 +2,8 @@
 costs on whole films.
 
     python -m tools.crop_eval                       # 400 films (seed 2) of patients seed 1's draw lacks
-    python -m tools.crop_eval --seed 1 --limits 1.3,1.4,1.44,1.5,1.6    # how the limit was chosen
+    python -m tools.crop_eval --seed 1 --apart-from -1 --limits 1.44,1.6,1.8,2.0 --nearness 0,0.5,0.6,0.7,0.8
+                                                    # how the rule was chosen
 
 Each film of a seeded sample of the chest X-ray development set (`orientation_eval.sample`) is
 offered as given and altered: mirrored, resized, turned 5 degrees, JPEG-compressed (whole films:
@@ -102,9 +103,11 @@ def read(models: Path, rows: list[dict[str, str]]) -> list[dict[str, Any]]:
                     refused = served.out_of_scope(found.scope, True) or orientation.upside_down(
                         served, view, found.scope, True
                     )
+                    assert found.scope is not None
                     kinds[name] = {
                         "refused": refused is not None,
                         "darkness": border_darkness(view),
+                        "nearness": found.scope.distance / found.scope.threshold,
                         "pneumonia": found.finding.finding == "pneumonia",
                     }
                 out.append({"label": row["class_name"], "kinds": kinds})
@@ -113,20 +116,23 @@ def read(models: Path, rows: list[dict[str, str]]) -> list[dict[str, Any]]:
             pool.close()
 
 
-def summary(films: list[dict[str, Any]], limit: float) -> dict[str, Any]:
+def summary(films: list[dict[str, Any]], limit: float, nearness: float) -> dict[str, Any]:
     def rate(hits: int, n: int) -> dict[str, Any]:
         low, high = metrics.wilson_interval(hits, n)
         return {"n": n, "share": round(hits / n, 4) if n else None, "ci95": [round(low, 4), round(high, 4)]}
 
-    out: dict[str, Any] = {"limit": limit, "films": len(films)}
+    def judged(kind: dict[str, Any]) -> bool:
+        return kind["darkness"] < limit and kind["nearness"] > nearness
+
+    out: dict[str, Any] = {"limit": limit, "nearness": nearness, "films": len(films)}
     normals = [f for f in films if f["label"] == "normal"]
     for name in {**WHOLE, **PARTS}:
         today = sum(f["kinds"][name]["refused"] for f in films)
-        cut = [framing.judged_cropped(f["kinds"][name]["darkness"], limit) for f in films]
+        cut = [judged(f["kinds"][name]) for f in films]
         with_rule = sum(f["kinds"][name]["refused"] or c for f, c in zip(films, cut, strict=True))
         wrong = [f["kinds"][name] for f in normals if not f["kinds"][name]["refused"]]
         wrong = [k for k in wrong if k["pneumonia"]]
-        kept = [k for k in wrong if not framing.judged_cropped(k["darkness"], limit)]
+        kept = [k for k in wrong if not judged(k)]
         out[f"{name}: refused today"] = rate(today, len(films))
         out[f"{name}: refused with the rule"] = rate(with_rule, len(films))
         out[f"{name}: normals answered pneumonia, without the rule"] = rate(len(wrong), len(normals))
@@ -141,15 +147,21 @@ def main() -> None:
     parser.add_argument(
         "--apart-from", type=int, default=1, help="no patient of this seed's draw (the tuning draw); -1: none"
     )
-    parser.add_argument("--limits", default=str(framing.MIN_BORDER_DARKNESS))
+    parser.add_argument("--limits", default=str(framing.MIN_BORDER_DARKNESS), help="border darkness limits")
+    parser.add_argument("--nearness", default=str(framing.MIN_NEARNESS), help="distance/threshold floors")
     parser.add_argument("--models", type=Path, default=Path(__file__).resolve().parents[1] / "models")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     apart = None if args.apart_from < 0 or args.apart_from == args.seed else args.apart_from
     films = read(args.models, sample(args.films, args.seed, apart))
-    results = [summary(films, float(limit)) for limit in args.limits.split(",")] if films else []
+    results = [
+        summary(films, float(limit), float(near))
+        for limit in args.limits.split(",")
+        for near in args.nearness.split(",")
+    ]
     for result in results:
-        print(f"limit {result['limit']} ({result['films']} films, seed {args.seed})")
+        rule = f"limit {result['limit']}, nearness {result['nearness']}"
+        print(f"{rule} ({result['films']} films, seed {args.seed})")
         for key, value in result.items():
             if isinstance(value, dict):
                 print(f"  {key}: {value['share']} [{value['ci95'][0]}, {value['ci95'][1]}] of {value['n']}")

@@ -57,7 +57,7 @@ def refusal(served: ServedModel, pixels: np.ndarray, scope: Scope | None, enforc
     if found is not None:
         return explained(served, pixels, found)
     return upside_down(served, pixels, scope, enforce) or framing.cropped(
-        served, pixels, enforce and scope is not None, reads_films(served)
+        served, pixels, scope, enforce, reads_films(served)
     )
 
 
