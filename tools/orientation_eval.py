@@ -9,8 +9,9 @@ given, turned 180 degrees, flipped top to bottom and mirrored left to right, thr
 applicability check; the rule is applied to each as if it were the film given. Counted: films
 the right way up refused (the cost); films turned or flipped refused; normal films turned or
 flipped that would be answered "pneumonia" without the rule and with it. Wilson 95% intervals.
-Then films inverted, or turned a quarter turn (refused as unlike a chest film): how many of those
-refusals say what the film looks like altered (`orientation.explained`).
+Then films inverted, turned a quarter turn, or framed by a flat border of 1% of their size
+(refused as unlike a chest film): how many of those refusals say what the film looks like
+altered (`orientation.explained`).
 The films are the model's own development set, most seen in training: the figures show the
 mechanism, not the rate on another site's films.
 """
@@ -22,9 +23,11 @@ import csv
 import json
 import random
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 from edge.config import load_settings
@@ -81,12 +84,28 @@ def read(models: Path, rows: list[dict[str, str]]) -> list[dict[str, Any]]:
             pool.close()
 
 
+def _framed(value: int) -> Callable[[np.ndarray], np.ndarray]:
+    def frame(pixels: np.ndarray) -> np.ndarray:
+        border = max(1, round(0.01 * max(pixels.shape[:2])))
+        return cv2.copyMakeBorder(pixels, border, border, border, border, cv2.BORDER_CONSTANT, value=value)
+
+    return frame
+
+
+ALTERED: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "inverted": lambda p: 255 - p,
+    "quarter turn": np.rot90,
+    "framed in black (1% of its size)": _framed(0),
+    "framed in white (1% of its size)": _framed(255),
+}
+
+
 def explained_share(models: Path, count: int, seed: int) -> dict[str, Any]:
-    """Films inverted or turned a quarter turn: refused OUT_OF_SCOPE, and how many refusals say
-    what the film looks like altered (`orientation.explained`)."""
+    """Films inverted, turned a quarter turn or framed: refused OUT_OF_SCOPE, and how many
+    refusals say what the film looks like altered (`orientation.explained`)."""
     rows = list(csv.DictReader((DATA / "labels.csv").open()))
     random.Random(seed).shuffle(rows)
-    tally = {"inverted": [0, 0, 0], "quarter turn": [0, 0, 0]}  # films, refused, explained
+    tally = {how: [0, 0, 0] for how in ALTERED}  # films, refused, explained
     with tempfile.TemporaryDirectory() as scratch:
         settings = load_settings(data_dir=Path(scratch), models={"dir": models})
         pool = ModelPool(Registry(models), settings, Path(scratch) / "cache")
@@ -94,8 +113,8 @@ def explained_share(models: Path, count: int, seed: int) -> dict[str, Any]:
             served = pool.get("cxr-pneumonia")
             for row in rows[:count]:
                 pixels = decode_bytes((DATA / row["path"]).read_bytes(), row["path"]).pixels
-                for how, made in (("inverted", 255 - pixels), ("quarter turn", np.rot90(pixels))):
-                    altered = np.ascontiguousarray(made)
+                for how, alter in ALTERED.items():
+                    altered = np.ascontiguousarray(alter(pixels))
                     refusal = served.out_of_scope(served.predict([altered])[0].scope, True)
                     counts = tally[how]
                     counts[0] += 1
@@ -149,7 +168,7 @@ def main() -> None:
     parser.add_argument("--margins", default=str(orientation.MARGIN))
     parser.add_argument("--models", type=Path, default=Path(__file__).resolve().parents[1] / "models")
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--explained", type=int, default=200, help="films inverted, and turned 90 degrees")
+    parser.add_argument("--explained", type=int, default=200, help="films altered (ALTERED)")
     args = parser.parse_args()
     apart = None if args.apart_from < 0 or args.apart_from == args.seed else args.apart_from
     films = read(args.models, sample(args.films, args.seed, apart))

@@ -30,3 +30,34 @@ def border_darkness(pixels: np.ndarray) -> float:
     band[:, :width] = band[:, -width:] = True
     dark = small <= np.percentile(small, DARKEST)
     return float(dark[band].mean() / max(float(dark.mean()), 1e-6))
+
+
+FRAME_SPREAD = 8
+"""A frame's line: its values within this many grey levels of one another (a drawn border, a
+black or white mask, an exposure field's collimated edge rendered flat)."""
+MAX_FRAME = 0.25
+"""A frame is at most this share of each side: more is not a frame but the picture."""
+
+
+def without_frame(pixels: np.ndarray) -> np.ndarray | None:
+    """The picture without the uniform lines along its edges (a frame of any grey), or None
+    where it has none. The applicability check refused most films with a frame of 1% of their
+    size (77 of 100 development films in black, 100 of 100 in white)."""
+    grey = cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY) if pixels.ndim == 3 else pixels
+    height, width = grey.shape
+    top, bottom, left, right = 0, height, 0, width
+
+    def flat(line: np.ndarray) -> bool:
+        return line.size > 0 and int(line.max()) - int(line.min()) <= FRAME_SPREAD
+
+    while top < height * MAX_FRAME and flat(grey[top, left:right]):
+        top += 1
+    while height - bottom < height * MAX_FRAME and flat(grey[bottom - 1, left:right]):
+        bottom -= 1
+    while left < width * MAX_FRAME and flat(grey[top:bottom, left]):
+        left += 1
+    while width - right < width * MAX_FRAME and flat(grey[top:bottom, right - 1]):
+        right -= 1
+    if (top, bottom, left, right) == (0, height, 0, width):
+        return None
+    return np.ascontiguousarray(pixels[top:bottom, left:right])
