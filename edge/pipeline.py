@@ -428,9 +428,12 @@ class Pipeline:
                 data = read_input(self.store.image_file(job.image_id), self.settings.store.max_input_bytes)
             frames = None if self.frame_decoder is None else self.frame_decoder(data, f"job {job.id}")
             return process_cine(self.settings, self.store, self.pool, job, decoded, data, frames)
-        prediction = model.predict([decoded.pixels], self.settings.models.operating_point)[0]
+        point = self.settings.models.operating_point
+        given = model.predict([decoded.pixels], point)[0]
         enforce = self.settings.gate.refuses_out_of_scope
-        out_of_scope = orientation.refusal(model, decoded.pixels, prediction.scope, enforce)
+        prediction, out_of_scope = orientation.judged(model, decoded.pixels, given, enforce, point)
+        if prediction is not given:
+            log.info("job %s: read with the flat frame along its edges filled from the film's edge", job.id)
         if out_of_scope is not None:  # no finding, even with the model forced: it was not made for this
             self.store.fail_job(job, out_of_scope.code, out_of_scope.message, refused=True)
             raise out_of_scope

@@ -39,10 +39,11 @@ MAX_FRAME = 0.25
 """A frame is at most this share of each side: more is not a frame but the picture."""
 
 
-def without_frame(pixels: np.ndarray) -> np.ndarray | None:
-    """The picture without the uniform lines along its edges (a frame of any grey), or None
-    where it has none. The applicability check refused most films with a frame of 1% of their
-    size (77 of 100 development films in black, 100 of 100 in white)."""
+def frame_box(pixels: np.ndarray) -> tuple[int, int, int, int] | None:
+    """The picture inside the uniform lines along its edges (a frame of any grey) as (top,
+    bottom, left, right) rows and columns, or None where it has none. The applicability check
+    refused most films with a frame of 1% of their size (77 of 100 development films in black,
+    100 of 100 in white)."""
     grey = cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY) if pixels.ndim == 3 else pixels
     height, width = grey.shape
     top, bottom, left, right = 0, height, 0, width
@@ -60,4 +61,28 @@ def without_frame(pixels: np.ndarray) -> np.ndarray | None:
         right -= 1
     if (top, bottom, left, right) == (0, height, 0, width):
         return None
+    return top, bottom, left, right
+
+
+def without_frame(pixels: np.ndarray) -> np.ndarray | None:
+    """The picture inside its frame (`frame_box`), or None where it has none."""
+    box = frame_box(pixels)
+    if box is None:
+        return None
+    top, bottom, left, right = box
     return np.ascontiguousarray(pixels[top:bottom, left:right])
+
+
+def frame_filled(pixels: np.ndarray, most: float) -> np.ndarray | None:
+    """The picture, its size kept, with its frame (`frame_box`) replaced by its own edge rows
+    and columns repeated outwards; None where it has no frame or one wider than `most` of a
+    side. Its size is kept so whatever is placed on it (a heatmap) stays where it was."""
+    box = frame_box(pixels)
+    if box is None:
+        return None
+    top, bottom, left, right = box
+    height, width = pixels.shape[:2]
+    if max(top, height - bottom) > most * height or max(left, width - right) > most * width:
+        return None
+    inner = np.ascontiguousarray(pixels[top:bottom, left:right])
+    return cv2.copyMakeBorder(inner, top, height - bottom, left, width - right, cv2.BORDER_REPLICATE)

@@ -177,14 +177,15 @@ def _run(
         if not images:
             continue
         predictions = served.predict([decoded.pixels for decoded in images])
-        for (path, label), decoded, prediction in zip(batch_rows, images, predictions, strict=True):
+        for (path, label), decoded, given in zip(batch_rows, images, predictions, strict=True):
             verdict = gate.check(decoded, manifest) if gated else None
             refusal: EdgeError | None
+            prediction = given
             if verdict is not None and not verdict.passed:
-                scope_refusal = served.out_of_scope(prediction.scope, refuse_out_of_scope)
+                scope_refusal = served.out_of_scope(given.scope, refuse_out_of_scope)
                 refusal = gate.refusal_in_service(verdict, lambda: scope_refusal)  # noqa: B023 - called now
-            else:  # as the pipeline reads a picture the gate passed
-                refusal = orientation.refusal(served, decoded.pixels, prediction.scope, refuse_out_of_scope)
+            else:  # as the pipeline reads a picture the gate passed (a thin frame read through)
+                prediction, refusal = orientation.judged(served, decoded.pixels, given, refuse_out_of_scope)
             if refusal is not None:  # what service refuses: the gate's codes, or OUT_OF_SCOPE
                 refused.append(
                     {"path": str(path), "code": refusal.code.value, "reason": refusal.message, "by": "gate"}

@@ -31,7 +31,7 @@ import numpy as np
 from edge.errors import Code, EdgeError
 from edge.imaging.framing import without_frame
 from edge.inference import framing
-from edge.inference.pool import ServedModel
+from edge.inference.pool import Prediction, ServedModel
 from edge.inference.scope import IN_SCOPE, Scope
 
 ORIENTED_MODALITIES = frozenset({"CR", "DX", "RG"})
@@ -60,6 +60,27 @@ def refusal(served: ServedModel, pixels: np.ndarray, scope: Scope | None, enforc
     return upside_down(served, pixels, scope, enforce) or framing.cropped(
         served, pixels, scope, enforce, reads_films(served)
     )
+
+
+def judged(
+    served: ServedModel,
+    pixels: np.ndarray,
+    prediction: Prediction,
+    enforce: bool,
+    operating_point: str | None = None,
+) -> tuple[Prediction, EdgeError | None]:
+    """The prediction to serve for a picture and why it is refused (`refusal`), or None. A film
+    refused as unlike the model's films only for a thin flat frame along its edges is read with
+    the frame filled (`framing.read_through_frame`), and judged again. One rule for serving and
+    for `edge models eval` / `calibrate`."""
+    refused = refusal(served, pixels, prediction.scope, enforce)
+    if refused is None or refused.code is not Code.OUT_OF_SCOPE or not enforce or not reads_films(served):
+        return prediction, refused
+    read = framing.read_through_frame(served, pixels, operating_point)
+    if read is None:
+        return prediction, refused
+    filled, again = read
+    return again, refusal(served, filled, again.scope, enforce)
 
 
 def judged_upside_down(distance: float, turned_distances: list[float], margin: float = MARGIN) -> bool:
