@@ -158,12 +158,15 @@ def test_every_refusal_is_audited_with_its_code(settings: Settings, store: Store
             "store": settings.store.model_copy(update={"max_input_bytes": 4096}),
         }
     )
-    drop = DropFolder(small, Pipeline(small, store, actor="watch"), decode_bytes, clock=Clock())
+    clock = Clock()
+    drop = DropFolder(small, Pipeline(small, store, actor="watch"), decode_bytes, clock=clock)
     (drop.inbox / "empty.dcm").write_bytes(b"")
     (drop.inbox / "huge.png").write_bytes(b"\0" * 5000)
     os.mkfifo(drop.inbox / "pipe.dcm")
     (drop.inbox / "notes.txt").write_text("hello")
-    assert drop.scan_once()["quarantined"] == 4
+    assert drop.scan_once()["quarantined"] == 3
+    clock.now += watch.UNFINISHED_PATIENCE_S  # an empty file is waited for: a writer may not have begun
+    assert drop.scan_once()["quarantined"] == 1
     assert refusal_codes(store) == ["INPUT_EMPTY", "INPUT_NOT_IMAGE", "INPUT_TOO_LARGE", "INPUT_UNREADABLE"]
     reasons = {p.name: p.read_text() for p in drop.quarantine.rglob("*.reason.txt")}
     assert reasons["empty.dcm.reason.txt"].startswith("INPUT_EMPTY: ")
@@ -423,17 +426,47 @@ def test_a_dropped_video_is_analysed_as_one_clip(folder: Any, tmp_path: Path) ->
     [row] = store.db.execute("SELECT source, frames_analysed FROM clips").fetchall()
     assert row["source"] == "file"
     assert row["frames_analysed"] >= 3
+    [name] = store.db.execute("SELECT phi_original_name FROM images").fetchall()
+    assert name[0] == "loop.mp4"  # what the technician dropped, to find it by
     assert not (drop.inbox / "loop.mp4").exists()
     shutil.copy(clip, drop.inbox / "again.mp4")  # the same recording: stored once
     assert settle(drop, clock)["duplicate"] == 1
     assert store.db.execute("SELECT count(*) FROM clips").fetchone()[0] == 1
     (drop.inbox / "cut.mp4").write_bytes(clip.read_bytes()[: clip.stat().st_size // 2])
-    assert settle(drop, clock)["quarantined"] == 1
+    assert settle(drop, clock)["waiting"] == 1  # it may still be being written
+    clock.now += watch.UNFINISHED_PATIENCE_S
+    assert drop.scan_once()["quarantined"] == 1  # unchanged for that long: taken as it is
     [reason] = drop.quarantine.rglob("cut.mp4.reason.txt")
     assert reason.read_text().startswith(("VIDEO_UNREADABLE", "VIDEO_SOURCE_LOST"))
+    assert watch.DROPPED not in reason.read_text()  # it names the file dropped, not the copy
     assert not list((store.data_dir / "clips").rglob("*dropped*"))  # no copy left
     # A copy a killed agent left goes at the next start (one per video, by its content).
     stale = store.data_dir / "clips" / f"{watch.DROPPED}0123.mp4"
     stale.write_bytes(b"a patient's loop")
     DropFolder(drop.settings, drop._pipeline, decode_bytes)
     assert not stale.exists()
+
+
+def test_a_recording_still_being_written_is_waited_for_then_analysed_whole(folder: Any) -> None:
+    """A recorder writing into the inbox (or a copy that paused) left a file unchanged for a
+    few seconds before it was finished: an AVI's first 38 of 90 frames were stored as the whole
+    clip, and an MP4 without its index yet was quarantined while the recorder went on writing.
+    An unfinished container now waits (`containers.unfinished`) and the finished file is taken."""
+    from tests.conftest import REPO
+
+    drop, clock, store = folder
+    whole = (REPO / "samples" / "video" / "lung-regular-alines.mp4").read_bytes()
+    growing = drop.inbox / "live.mp4"
+    growing.write_bytes(whole[: len(whole) // 3])
+    assert settle(drop, clock)["waiting"] == 1
+    clock.now += 60  # a pause of a minute: still waited for
+    assert drop.scan_once()["waiting"] == 1
+    growing.write_bytes(whole)  # the recorder finishes
+    assert settle(drop, clock)["ingested"] == 1
+    assert store.db.execute("SELECT count(*) FROM clips").fetchone()[0] == 1
+    assert not list(drop.quarantine.rglob("*.mp4"))
+    empty = drop.inbox / "starting.avi"  # a recorder that has not written yet
+    empty.write_bytes(b"")
+    assert settle(drop, clock)["waiting"] == 1
+    clock.now += watch.UNFINISHED_PATIENCE_S
+    assert drop.scan_once()["quarantined"] == 1

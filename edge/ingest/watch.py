@@ -4,7 +4,11 @@ to, a USB import script) are ingested once complete, then moved out of the way. 
 
 - Complete means: not hidden or named like a partial download, and size and modification time
   unchanged for `settle_s` (a copy in progress keeps changing). Polling, not inotify: it works
-  the same on SMB/NFS shares, where change notification is unreliable.
+  the same on SMB/NFS shares, where change notification is unreliable. A video whose container
+  is not finished (`video.containers`: an MP4 without its index, an AVI stating no frames, a
+  Matroska segment of unknown size, or one cut short) and an empty file are waited for until
+  they have not changed for `UNFINISHED_PATIENCE_S`: a recorder writing into the inbox pauses,
+  and its first pictures were stored as the whole clip.
 - After the ingest commits, the file moves to processed/<date>/; a refused file moves to
   quarantine/<date>/ with `<name>.reason.txt` holding `CODE: sentence`. Every refusal is
   audited (its code), whether the decoder or the file itself (empty, too large, unreadable)
@@ -40,7 +44,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from edge.clock import utc_now
@@ -50,6 +54,7 @@ from edge.imaging.decoded import sha256_hex
 from edge.pipeline import Decoder, Pipeline
 from edge.results import Analysis, audit_refusal
 from edge.store.files import fsync_dir, make_dirs, remove_quietly, write_atomically
+from edge.video import containers
 from edge.video.clip import RECORDING_PREFIX
 from edge.video.source import is_recording
 
@@ -59,6 +64,10 @@ DROPPED = f"{RECORDING_PREFIX}dropped-"
 """A dropped video's private copy under clips/, by its content (one per video, not per attempt)."""
 LEAVE_FOR_LATER = {Code.DISK_FULL, Code.STORE_WRITE_FAILED, Code.DECODER_UNAVAILABLE}
 RETRY_S = 60.0
+UNFINISHED_PATIENCE_S = 300.0
+"""A recording whose container is not finished (or an empty file) is waited for until it has
+not changed for this long: a recorder writing into the inbox, or a copy, may pause for minutes."""
+UNFINISHED_STEP_S = 5.0
 MAX_HELD = 10_000
 COUNTS = ("ingested", "duplicate", "quarantined", "waiting", "deferred", "held", "gone", "paused")
 
@@ -256,9 +265,14 @@ class DropFolder:
             if error.code is Code.INPUT_NOT_FOUND:  # taken away since the listing: nothing refused
                 self._seen.pop(path, None)
                 return "gone"
+            if error.code is Code.INPUT_EMPTY and self._may_still_grow(key, now):
+                return self._wait(key, now, "it is empty")
             audit_refusal(self._pipeline.store, self._pipeline.actor, error)  # ingest audits its own
             return self._move(key, self.quarantine, error.one_line(), now, "quarantined")
         if is_recording(data[:12]):
+            unfinished = containers.unfinished(data)
+            if unfinished is not None and self._may_still_grow(key, now):
+                return self._wait(key, now, unfinished)
             return self._take_recording(key, data, now)
         try:
             ingested = self._pipeline.ingest(
@@ -275,6 +289,24 @@ class DropFolder:
             key, self.processed, None, now, "duplicate" if ingested.outcome.duplicate else "ingested"
         )
 
+    def _may_still_grow(self, key: _Key, now: float) -> bool:
+        """Whether a file that looks unfinished has changed within `UNFINISHED_PATIENCE_S`."""
+        seen = self._seen.get(key[0])
+        return seen is not None and now - seen.stable_since < UNFINISHED_PATIENCE_S
+
+    def _wait(self, key: _Key, now: float, why: str) -> str:
+        """Leave an unfinished file in the inbox and look at it again shortly (it is taken once
+        finished, or as it is once it has not changed for `UNFINISHED_PATIENCE_S`)."""
+        if key not in self._held:
+            log.info(
+                "drop folder: %s is not finished (%s); waiting for it (up to %.0f s unchanged)",
+                key[0].name,
+                why,
+                UNFINISHED_PATIENCE_S,
+            )
+        self._hold(key, _Held(now + max(self.settings.watch.settle_s, UNFINISHED_STEP_S)))
+        return "waiting"
+
     def _take_recording(self, key: _Key, data: bytes, now: float) -> str:
         """A video file (an ultrasound loop exported as MP4, AVI or MKV) analysed as one clip, as
         `edge infer clip.mp4` does, its frames decoded in the guard's worker
@@ -288,11 +320,13 @@ class DropFolder:
         copy = folder / f"{DROPPED}{sha256_hex(data)[:32]}{key[0].suffix.lower()[:8]}"
         try:
             write_atomically(copy, data)
-            [analysis] = self._pipeline.analyse_file(copy, source="watch")
+            [analysis] = self._pipeline.analyse_file(copy, source="watch", name=key[0].name)
         except EdgeError as error:  # the copy could not be written (a full disk)
             analysis = Analysis.refused(key[0].name, error)
         finally:
             remove_quietly(copy)
+        if analysis.message:  # the reason names the file dropped, not the private copy
+            analysis = replace(analysis, message=analysis.message.replace(copy.name, key[0].name))
         code = Code(analysis.code) if analysis.code else None
         if analysis.ok or analysis.duplicate:
             self._unblock()

@@ -50,9 +50,11 @@ def analyse_recording(
     actor: str = "cli",
     realtime: bool = False,
     decoder: Callable[[Path], Iterable[tuple[float, np.ndarray]]] | None = None,
+    name: str | None = None,
 ) -> Analysis:
     """A video file as one clip (every frame offered, paced by the file's own clock). `decoder`:
-    its frames decoded elsewhere (the guard's worker, `recorded_frames`), else read here."""
+    its frames decoded elsewhere (the guard's worker, `recorded_frames`), else read here.
+    `name`: the file's name as received, kept with the clip (default: the path's)."""
     try:
         if not path.is_file():
             raise EdgeError(Code.INPUT_NOT_FOUND, f"{path} does not exist")
@@ -77,6 +79,7 @@ def analyse_recording(
             source_sha256=sha,
             study=StudyInfo(modality="US", description="video file"),
             elapsed_s=elapsed,
+            original_name=name or path.name,
         )
     except EdgeError as error:
         audit_refusal(store, actor, error)
@@ -166,6 +169,7 @@ def store_clip(
     study: StudyInfo,
     elapsed_s: float,
     job: Job | None = None,
+    original_name: str | None = None,
 ) -> str:
     """Write the clip's files, then its rows in one transaction; on failure remove the files."""
     manifest = served.entry.manifest
@@ -258,6 +262,7 @@ def store_clip(
                 height=best.image.shape[0],
                 study=study,
                 source=source,
+                original_name=original_name,
                 meta={"kind": "video key frame", "roi": list(analyzer.roi) if analyzer.roi else None},
             )
             store.record_clip(key_image, record, result_id, clip, actor=source)
