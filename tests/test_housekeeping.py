@@ -257,3 +257,18 @@ def test_a_clips_recording_is_kept_in_the_data_folder_and_swept_an_hour_after(
     os.utime(recording, (old, old))
     assert housekeeping.sweep_orphans(store) == 1
     assert not recording.exists()
+
+
+def test_status_names_the_files_the_drop_folder_refused(settings: Settings, store: Store) -> None:
+    """A refused file never reaches the store, so `edge status` showed nothing of it (an
+    outside-style check: 10 files quarantined, status silent)."""
+    day = settings.inbox.parent / "quarantine" / "2026-12-05"
+    day.mkdir(parents=True)
+    (day / "loop.mp4").write_bytes(b"x")
+    (day / "loop.mp4.reason.txt").write_text("VIDEO_UNREADABLE: cannot open loop.mp4\n")
+    result = CliRunner().invoke(cli, ["--data-dir", str(settings.data_dir), "status"])
+    assert result.exit_code == 0
+    assert "drop folder: 1 file(s) refused in 7 days" in result.stdout
+    assert "loop.mp4: VIDEO_UNREADABLE: cannot open loop.mp4" in result.stdout
+    result = CliRunner().invoke(cli, ["--data-dir", str(settings.data_dir), "status", "--json"])
+    assert json.loads(result.stdout)["drop_folder_refused"]["last_7_days"] == 1

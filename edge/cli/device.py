@@ -79,9 +79,13 @@ def doctor(obj: Context, as_json: bool) -> None:
 @pass_context
 def status(obj: Context, as_json: bool) -> None:
     """Health snapshot: agent, queue depth, last result, errors, disk, versions."""
+    from edge.ingest.watch import recent_refusals
     from edge.operations.health import snapshot, status_line
 
     snap = snapshot(obj.settings)
+    # Files the drop folder refused never reach the store, so its errors above cannot show them.
+    refused, newest = recent_refusals(obj.settings)
+    snap["drop_folder_refused"] = {"last_7_days": refused, "newest": newest}
     if as_json:
         click.echo(json.dumps(snap, indent=2, default=str))
     else:
@@ -92,6 +96,10 @@ def status(obj: Context, as_json: bool) -> None:
         click.echo(status_line(snap))
         for error in snap["recent_errors"]:
             click.echo(f"recent: {error['state']} {error['error_code']}: {error['error_message']}")
+        if refused:
+            click.echo(f"drop folder: {refused} file(s) refused in 7 days (quarantine/), newest:")
+            for file in newest:
+                click.echo(f"  {file['when']}  {file['name']}: {file['reason']}")
     if snap["schema"]["newer"]:  # it read what it could; now say why nothing here may write
         click.echo(snap["schema"]["refusal"], err=True)
         sys.exit(EXIT_REFUSED)
