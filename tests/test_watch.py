@@ -470,3 +470,35 @@ def test_a_recording_still_being_written_is_waited_for_then_analysed_whole(folde
     assert settle(drop, clock)["waiting"] == 1
     clock.now += watch.UNFINISHED_PATIENCE_S
     assert drop.scan_once()["quarantined"] == 1
+
+
+def test_a_dropped_video_whose_analysis_keeps_killing_the_agent_is_given_up(
+    folder: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dropped video is analysed before anything is stored, so no job counted its attempts:
+    one that killed the agent would be taken first at every start, and the folder would never
+    move on. After `[worker] max_attempts` deaths during it, it is quarantined JOB_ABANDONED."""
+    from tests.conftest import REPO
+
+    drop, clock, store = folder
+    clip = REPO / "samples" / "video" / "lung-regular-alines.mp4"
+    shutil.copy(clip, drop.inbox / "killer.mp4")
+
+    def dies(*args: Any, **kwargs: Any) -> Any:
+        raise KeyboardInterrupt("kill -9 in the middle of the analysis")
+
+    monkeypatch.setattr(drop._pipeline, "analyse_file", dies)
+    attempts = drop.settings.worker.max_attempts
+    for _ in range(attempts):  # each try dies
+        with pytest.raises(KeyboardInterrupt):
+            settle(drop, clock)
+        drop = DropFolder(drop.settings, drop._pipeline, decode_bytes, clock=clock)  # the restart
+    monkeypatch.undo()
+    assert settle(drop, clock)["quarantined"] == 1
+    [reason] = drop.quarantine.rglob("killer.mp4.reason.txt")
+    assert reason.read_text().startswith("JOB_ABANDONED: analysing killer.mp4 was cut short")
+    assert "JOB_ABANDONED" in refusal_codes(store)
+    # A video analysed to its end leaves no note behind.
+    shutil.copy(clip, drop.inbox / "fine.mp4")
+    assert settle(drop, clock)["ingested"] == 1
+    assert not (store.data_dir / "clips" / ".dropped-attempts.json").exists()

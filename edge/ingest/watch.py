@@ -35,6 +35,7 @@ to, a USB import script) are ingested once complete, then moved out of the way. 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -51,6 +52,7 @@ from edge.clock import utc_now
 from edge.config import Settings
 from edge.errors import Code, EdgeError
 from edge.imaging.decoded import sha256_hex
+from edge.ingest.recording_attempts import RecordingAttempts
 from edge.pipeline import Decoder, Pipeline
 from edge.results import Analysis, audit_refusal
 from edge.store.files import fsync_dir, make_dirs, remove_quietly, write_atomically
@@ -317,14 +319,23 @@ class DropFolder:
         recording's sha256), so a restart mid-way analyses it again and stores it once."""
         folder = self.settings.data_dir / "clips"
         make_dirs(folder)
-        copy = folder / f"{DROPPED}{sha256_hex(data)[:32]}{key[0].suffix.lower()[:8]}"
+        content = sha256_hex(data)
+        copy = folder / f"{DROPPED}{content[:32]}{key[0].suffix.lower()[:8]}"
+        worker = self.settings.worker
+        attempts = RecordingAttempts(folder, worker.max_attempts, worker.max_restarts)
         try:
+            attempts.begin(content, key[0].name)
             write_atomically(copy, data)
             [analysis] = self._pipeline.analyse_file(copy, source="watch", name=key[0].name)
-        except EdgeError as error:  # the copy could not be written (a full disk)
+        except EdgeError as error:  # given up, or the copy could not be written (a full disk)
+            if error.code is Code.JOB_ABANDONED:
+                audit_refusal(self._pipeline.store, self._pipeline.actor, error)
             analysis = Analysis.refused(key[0].name, error)
         finally:
             remove_quietly(copy)
+        if analysis.code != Code.JOB_ABANDONED.value:
+            with contextlib.suppress(OSError, EdgeError):  # a full disk: noted again next time
+                attempts.end(content)
         if analysis.message:  # the reason names the file dropped, not the private copy
             analysis = replace(analysis, message=analysis.message.replace(copy.name, key[0].name))
         code = Code(analysis.code) if analysis.code else None
