@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,13 +29,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from edge.config import load_settings
-from edge.imaging.decode import decode_bytes
 from edge.imaging.framing import border_darkness
-from edge.inference import framing, metrics, orientation
-from edge.inference.pool import ModelPool
-from edge.inference.registry import Registry
-from tools.orientation_eval import DATA, sample
+from edge.inference import framing, orientation
+from tools.orientation_eval import add_draw_arguments, chest_model, draw, film, rate, report
 
 
 def _central(keep: float) -> Callable[[np.ndarray], np.ndarray]:
@@ -68,8 +63,9 @@ def _scaled(factor: float) -> Callable[[np.ndarray], np.ndarray]:
 
 def _jpeg(pixels: np.ndarray) -> np.ndarray:
     ok, encoded = cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, 60])
-    assert ok
-    return cv2.imdecode(encoded, cv2.IMREAD_UNCHANGED)
+    decoded = cv2.imdecode(encoded, cv2.IMREAD_UNCHANGED) if ok else None
+    assert decoded is not None
+    return np.asarray(decoded)
 
 
 WHOLE: dict[str, Callable[[np.ndarray], np.ndarray]] = {
@@ -109,42 +105,32 @@ KINDS = {**WHOLE, **FRAMED, **PARTS}
 def read(models: Path, rows: list[dict[str, str]]) -> list[dict[str, Any]]:
     """Per film and kind: refused today (out of scope or upside down), its border darkness, and
     whether it would be answered "pneumonia"."""
-    with tempfile.TemporaryDirectory() as scratch:
-        settings = load_settings(data_dir=Path(scratch), models={"dir": models})
-        pool = ModelPool(Registry(models), settings, Path(scratch) / "cache")
-        try:
-            served = pool.get("cxr-pneumonia")
-            out = []
-            for row in rows:
-                pixels = decode_bytes((DATA / row["path"]).read_bytes(), row["path"]).pixels
-                kinds: dict[str, Any] = {}
-                for name, make in KINDS.items():
-                    view = np.ascontiguousarray(make(pixels))
-                    [found] = served.predict([view])
-                    refused = served.out_of_scope(found.scope, True) or orientation.upside_down(
-                        served, view, found.scope, True
-                    )
-                    assert found.scope is not None
-                    served_now, refused_now = orientation.judged(served, view, found, True)
-                    kinds[name] = {
-                        "refused": refused is not None,
-                        "refused now": refused_now is not None,
-                        "finding now": served_now.finding.finding,
-                        "darkness": border_darkness(view),
-                        "nearness": found.scope.distance / found.scope.threshold,
-                        "pneumonia": found.finding.finding == "pneumonia",
-                    }
-                out.append({"label": row["class_name"], "kinds": kinds})
-            return out
-        finally:
-            pool.close()
+    out = []
+    with chest_model(models) as served:
+        for row in rows:
+            pixels = film(row)
+            kinds: dict[str, Any] = {}
+            for name, make in KINDS.items():
+                view = np.ascontiguousarray(make(pixels))
+                [found] = served.predict([view])
+                refused = served.out_of_scope(found.scope, True) or orientation.upside_down(
+                    served, view, found.scope, True
+                )
+                assert found.scope is not None
+                served_now, refused_now = orientation.judged(served, view, found, True)
+                kinds[name] = {
+                    "refused": refused is not None,
+                    "refused now": refused_now is not None,
+                    "finding now": served_now.finding.finding,
+                    "darkness": border_darkness(view),
+                    "nearness": found.scope.distance / found.scope.threshold,
+                    "pneumonia": found.finding.finding == "pneumonia",
+                }
+            out.append({"label": row["class_name"], "kinds": kinds})
+    return out
 
 
 def summary(films: list[dict[str, Any]], limit: float, nearness: float) -> dict[str, Any]:
-    def rate(hits: int, n: int) -> dict[str, Any]:
-        low, high = metrics.wilson_interval(hits, n)
-        return {"n": n, "share": round(hits / n, 4) if n else None, "ci95": [round(low, 4), round(high, 4)]}
-
     def judged(kind: dict[str, Any]) -> bool:
         return kind["darkness"] < limit and kind["nearness"] > nearness
 
@@ -170,18 +156,11 @@ def summary(films: list[dict[str, Any]], limit: float, nearness: float) -> dict[
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--films", type=int, default=400)
-    parser.add_argument("--seed", type=int, default=2)
-    parser.add_argument(
-        "--apart-from", type=int, default=1, help="no patient of this seed's draw (the tuning draw); -1: none"
-    )
+    add_draw_arguments(parser)
     parser.add_argument("--limits", default=str(framing.MIN_BORDER_DARKNESS), help="border darkness limits")
     parser.add_argument("--nearness", default=str(framing.MIN_NEARNESS), help="distance/threshold floors")
-    parser.add_argument("--models", type=Path, default=Path(__file__).resolve().parents[1] / "models")
-    parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    apart = None if args.apart_from < 0 or args.apart_from == args.seed else args.apart_from
-    films = read(args.models, sample(args.films, args.seed, apart))
+    films = read(args.models, draw(args))
     results = [
         summary(films, float(limit), float(near))
         for limit in args.limits.split(",")
@@ -189,10 +168,7 @@ def main() -> None:
     ]
     for result in results:
         rule = f"limit {result['limit']}, nearness {result['nearness']}"
-        print(f"{rule} ({result['films']} films, seed {args.seed})")
-        for key, value in result.items():
-            if isinstance(value, dict):
-                print(f"  {key}: {value['share']} [{value['ci95'][0]}, {value['ci95'][1]}] of {value['n']}")
+        report(f"{rule} ({result['films']} films, seed {args.seed})", result)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

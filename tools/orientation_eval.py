@@ -19,11 +19,12 @@ mechanism, not the rate on another site's films.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import random
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ import numpy as np
 from edge.config import load_settings
 from edge.imaging.decode import decode_bytes
 from edge.inference import metrics, orientation
-from edge.inference.pool import ModelPool
+from edge.inference.pool import ModelPool, ServedModel
 from edge.inference.registry import Registry
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cxr-pneumonia"
@@ -59,29 +60,38 @@ def sample(count: int, seed: int, apart_from: int | None = None) -> list[dict[st
     return [row for row in shuffled if row["patient"] not in seen][:count]
 
 
-def read(models: Path, rows: list[dict[str, str]]) -> list[dict[str, Any]]:
-    """Per film: its label, and per view the check's distance and the model's finding."""
+@contextlib.contextmanager
+def chest_model(models: Path) -> Iterator[ServedModel]:
+    """The chest film model as served, from `models`, in a scratch data folder."""
     with tempfile.TemporaryDirectory() as scratch:
         settings = load_settings(data_dir=Path(scratch), models={"dir": models})
         pool = ModelPool(Registry(models), settings, Path(scratch) / "cache")
         try:
-            served = pool.get("cxr-pneumonia")
-            out = []
-            for row in rows:
-                pixels = decode_bytes((DATA / row["path"]).read_bytes(), row["path"]).pixels
-                found = served.predict(views(pixels))
-                assert all(p.scope is not None for p in found)
-                out.append(
-                    {
-                        "label": row["class_name"],
-                        "distance": [p.scope.distance for p in found if p.scope is not None],
-                        "finding": [p.finding.finding for p in found],
-                        "threshold": found[0].scope.threshold if found[0].scope is not None else 0.0,
-                    }
-                )
-            return out
+            yield pool.get("cxr-pneumonia")
         finally:
             pool.close()
+
+
+def film(row: dict[str, str]) -> np.ndarray:
+    return decode_bytes((DATA / row["path"]).read_bytes(), row["path"]).pixels
+
+
+def read(models: Path, rows: list[dict[str, str]]) -> list[dict[str, Any]]:
+    """Per film: its label, and per view the check's distance and the model's finding."""
+    out = []
+    with chest_model(models) as served:
+        for row in rows:
+            found = served.predict(views(film(row)))
+            assert all(p.scope is not None for p in found)
+            out.append(
+                {
+                    "label": row["class_name"],
+                    "distance": [p.scope.distance for p in found if p.scope is not None],
+                    "finding": [p.finding.finding for p in found],
+                    "threshold": found[0].scope.threshold if found[0].scope is not None else 0.0,
+                }
+            )
+    return out
 
 
 def _framed(value: int) -> Callable[[np.ndarray], np.ndarray]:
@@ -106,25 +116,17 @@ def explained_share(models: Path, count: int, seed: int) -> dict[str, Any]:
     rows = list(csv.DictReader((DATA / "labels.csv").open()))
     random.Random(seed).shuffle(rows)
     tally = {how: [0, 0, 0] for how in ALTERED}  # films, refused, explained
-    with tempfile.TemporaryDirectory() as scratch:
-        settings = load_settings(data_dir=Path(scratch), models={"dir": models})
-        pool = ModelPool(Registry(models), settings, Path(scratch) / "cache")
-        try:
-            served = pool.get("cxr-pneumonia")
-            for row in rows[:count]:
-                pixels = decode_bytes((DATA / row["path"]).read_bytes(), row["path"]).pixels
-                for how, alter in ALTERED.items():
-                    altered = np.ascontiguousarray(alter(pixels))
-                    refusal = served.out_of_scope(served.predict([altered])[0].scope, True)
-                    counts = tally[how]
-                    counts[0] += 1
-                    if refusal is not None:
-                        counts[1] += 1
-                        counts[2] += (
-                            orientation.explained(served, altered, refusal).message != refusal.message
-                        )
-        finally:
-            pool.close()
+    with chest_model(models) as served:
+        for row in rows[:count]:
+            pixels = film(row)
+            for how, alter in ALTERED.items():
+                altered = np.ascontiguousarray(alter(pixels))
+                refusal = served.out_of_scope(served.predict([altered])[0].scope, True)
+                counts = tally[how]
+                counts[0] += 1
+                if refusal is not None:
+                    counts[1] += 1
+                    counts[2] += orientation.explained(served, altered, refusal).message != refusal.message
     return {how: {"films": f, "refused": r, "explained": e} for how, (f, r, e) in tally.items()}
 
 
@@ -133,11 +135,36 @@ def turned_of(view: int) -> list[int]:
     return {0: [1, 2], 1: [0, 3], 2: [3, 0], 3: [2, 1]}[view]
 
 
-def summary(films: list[dict[str, Any]], margin: float) -> dict[str, Any]:
-    def rate(hits: int, n: int) -> dict[str, Any]:
-        low, high = metrics.wilson_interval(hits, n)
-        return {"n": n, "share": round(hits / n, 4) if n else None, "ci95": [round(low, 4), round(high, 4)]}
+def rate(hits: int, n: int) -> dict[str, Any]:
+    """A share with its Wilson 95% interval, as these tools report it."""
+    low, high = metrics.wilson_interval(hits, n)
+    return {"n": n, "share": round(hits / n, 4) if n else None, "ci95": [round(low, 4), round(high, 4)]}
 
+
+def add_draw_arguments(parser: argparse.ArgumentParser) -> None:
+    """The films drawn (`draw`) and where the figures go, shared by the film checks' tools."""
+    parser.add_argument("--films", type=int, default=400)
+    parser.add_argument("--seed", type=int, default=2)
+    parser.add_argument(
+        "--apart-from", type=int, default=1, help="no patient of this seed's draw (the tuning draw); -1: none"
+    )
+    parser.add_argument("--models", type=Path, default=Path(__file__).resolve().parents[1] / "models")
+    parser.add_argument("--json", type=Path)
+
+
+def draw(args: argparse.Namespace) -> list[dict[str, str]]:
+    apart = None if args.apart_from < 0 or args.apart_from == args.seed else args.apart_from
+    return sample(args.films, args.seed, apart)
+
+
+def report(title: str, result: dict[str, Any]) -> None:
+    print(title)
+    for key, value in result.items():
+        if isinstance(value, dict):
+            print(f"  {key}: {value['share']} [{value['ci95'][0]}, {value['ci95'][1]}] of {value['n']}")
+
+
+def summary(films: list[dict[str, Any]], margin: float) -> dict[str, Any]:
     out: dict[str, Any] = {"margin": margin, "films": len(films)}
     normals = sum(f["label"] == "normal" for f in films)
     for view, name in enumerate(VIEWS):
@@ -160,18 +187,11 @@ def summary(films: list[dict[str, Any]], margin: float) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--films", type=int, default=400)
-    parser.add_argument("--seed", type=int, default=2)
-    parser.add_argument(
-        "--apart-from", type=int, default=1, help="no patient of this seed's draw (the tuning draw); -1: none"
-    )
+    add_draw_arguments(parser)
     parser.add_argument("--margins", default=str(orientation.MARGIN))
-    parser.add_argument("--models", type=Path, default=Path(__file__).resolve().parents[1] / "models")
-    parser.add_argument("--json", type=Path)
     parser.add_argument("--explained", type=int, default=200, help="films altered (ALTERED)")
     args = parser.parse_args()
-    apart = None if args.apart_from < 0 or args.apart_from == args.seed else args.apart_from
-    films = read(args.models, sample(args.films, args.seed, apart))
+    films = read(args.models, draw(args))
     margins = args.margins.split(",") if films else []
     results: list[dict[str, Any]] = [summary(films, float(m)) for m in margins]
     if args.explained:
@@ -181,10 +201,7 @@ def main() -> None:
             refused, explained = counts["refused"], counts["explained"]
             print(f"{how}: {refused} of {counts['films']} refused OUT_OF_SCOPE, {explained} saying so")
     for result in results[: len(margins)]:
-        print(f"margin {result['margin']} ({result['films']} films, seed {args.seed})")
-        for key, value in result.items():
-            if isinstance(value, dict):
-                print(f"  {key}: {value['share']} [{value['ci95'][0]}, {value['ci95'][1]}] of {value['n']}")
+        report(f"margin {result['margin']} ({result['films']} films, seed {args.seed})", result)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 
