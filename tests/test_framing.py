@@ -144,3 +144,36 @@ def test_a_film_in_a_thin_frame_is_read_as_the_film(
         assert analysis.ok, analysis.code
         assert analysis.result is not None
         assert analysis.result.finding == served.predict([pixels])[0].finding.finding
+
+
+def test_a_thin_frame_changes_no_answer_for_a_film_a_part_or_a_film_upside_down(
+    pipeline: Pipeline, samples: list[tuple[Path, str]]
+) -> None:
+    """A frame weakened the other checks: a part of a film, or a film upside down, in a thin
+    frame was answered (an outside-style check: 2 of 75 normal parts and 8 of 75 normal films
+    upside down, framed, read "pneumonia"; here sample-05, normal, upside down in a black
+    frame). Framed, each is answered as unframed, or refused as unlike the model's films."""
+    served = pipeline.pool.get("cxr-pneumonia")
+
+    def outcome(picture: np.ndarray) -> str:
+        [found] = served.predict([picture])
+        read, refused = orientation.judged(served, picture, found, True)
+        return refused.code.value if refused is not None else read.finding.finding
+
+    changed = []
+    for path, _ in samples:
+        if path.suffix != ".png":
+            continue
+        pixels = decode_bytes(path.read_bytes(), path.name).pixels
+        height, width = pixels.shape[:2]
+        part = pixels[round(height * 0.15) : round(height * 0.85), round(width * 0.15) : round(width * 0.85)]
+        for picture in (pixels, np.ascontiguousarray(part), np.ascontiguousarray(pixels[::-1, ::-1])):
+            unframed = outcome(picture)
+            border = max(2, round(0.01 * max(picture.shape[:2])))
+            for value in (0, 255):
+                framed = cv2.copyMakeBorder(
+                    picture, border, border, border, border, cv2.BORDER_CONSTANT, value=value
+                )
+                if outcome(framed) not in (unframed, Code.OUT_OF_SCOPE.value):
+                    changed.append((path.name, unframed, outcome(framed)))
+    assert changed == []

@@ -69,15 +69,31 @@ def judged(
     enforce: bool,
     operating_point: str | None = None,
 ) -> tuple[Prediction, EdgeError | None]:
-    """The prediction to serve for a picture and why it is refused (`refusal`), or None. A film
-    refused as unlike the model's films only for a thin flat frame along its edges is read with
-    the frame filled (`framing.read_through_frame`), and judged again. One rule for serving and
-    for `edge models eval` / `calibrate`."""
+    """The prediction to serve for a picture and why it is refused (`refusal`), or None. One
+    rule for serving and for `edge models eval` / `calibrate`.
+
+    A film in a flat frame is also judged by the film inside the frame: a frame weakened the
+    orientation and crop checks (an outside-style check: films upside down in a 2% black frame
+    were answered twice as often, 8 of 75 normal ones "pneumonia"). One refused as unlike the
+    model's films only for a thin frame is read with the frame filled (`framing.
+    read_through_frame`) where the film inside passes every check itself (judging only the
+    filled film answered parts of films and films upside down)."""
     refused = refusal(served, pixels, prediction.scope, enforce)
-    if refused is None or refused.code is not Code.OUT_OF_SCOPE or not enforce or not reads_films(served):
+    if not enforce or not reads_films(served):
         return prediction, refused
+    if refused is not None and refused.code is not Code.OUT_OF_SCOPE:
+        return prediction, refused
+    inside = without_frame(pixels)
+    if inside is None:
+        return prediction, refused
+    [alone] = served.predict([inside], operating_point)
+    refused_alone = refusal(served, inside, alone.scope, enforce)
+    if refused_alone is not None and refused_alone.code is not Code.OUT_OF_SCOPE:
+        return prediction, refused_alone  # what is wrong with the film itself
+    if refused is None:
+        return prediction, None
     read = framing.read_through_frame(served, pixels, operating_point)
-    if read is None:
+    if read is None or refused_alone is not None:
         return prediction, refused
     filled, again = read
     return again, refusal(served, filled, again.scope, enforce)
