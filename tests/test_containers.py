@@ -56,3 +56,23 @@ def test_what_a_writer_leaves_before_it_closes_the_file(tmp_path: Path) -> None:
     without_index = mp4[:index] + b"\x00\x00\x00\x08free" + mp4[index + 8 :]
     assert unfinished(without_index) is not None
     assert unfinished(b"not a video at all") is None  # not a container it judges
+
+
+def box(kind: bytes, body: bytes = b"") -> bytes:
+    return struct.pack(">I4s", 8 + len(body), kind) + body
+
+
+def test_a_fragmented_mp4_is_finished_only_with_its_closing_index() -> None:
+    """A recorder flushing fragments leaves a file whose boxes tile it after each fragment (an
+    outside-style check: 21 of 90 frames stored as the clip; its bare header quarantined)."""
+    header = box(b"ftyp", b"isom\x00\x00\x02\x00") + box(b"moov", box(b"mvhd", bytes(20)) + box(b"mvex"))
+    fragment = box(b"moof", box(b"mfhd", bytes(8))) + box(b"mdat", bytes(100))
+    assert unfinished(header) is not None  # the index says fragments follow
+    assert unfinished(header + fragment) is not None
+    assert unfinished(header + fragment * 3 + box(b"mfra", bytes(16))) is None
+    plain = (
+        box(b"ftyp", b"isom\x00\x00\x02\x00")
+        + box(b"moov", box(b"mvhd", bytes(20)))
+        + box(b"mdat", bytes(50))
+    )
+    assert unfinished(plain) is None

@@ -99,7 +99,8 @@ def status(obj: Context, as_json: bool) -> None:
         if refused:
             click.echo(f"drop folder: {refused} file(s) refused in 7 days (quarantine/), newest:")
             for file in newest:
-                click.echo(f"  {file['when']}  {file['name']}: {file['reason']}")
+                reason = file["reason"] if len(file["reason"]) <= 160 else file["reason"][:159] + "…"
+                click.echo(f"  {file['when']}  {file['name']}: {reason}")
     if snap["schema"]["newer"]:  # it read what it could; now say why nothing here may write
         click.echo(snap["schema"]["refusal"], err=True)
         sys.exit(EXIT_REFUSED)

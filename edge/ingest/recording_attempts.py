@@ -40,7 +40,7 @@ class RecordingAttempts:
         earlier = noted.get(content)
         deaths, restarts = 0, 0
         if isinstance(earlier, dict):
-            deaths, restarts = int(earlier.get("deaths", 0)), int(earlier.get("restarts", 0))
+            deaths, restarts = _count(earlier.get("deaths")), _count(earlier.get("restarts"))
             if earlier.get("boot") == boot_id():
                 deaths += 1
             else:
@@ -53,16 +53,23 @@ class RecordingAttempts:
                 f" {deaths} time(s) during it, the device restarted {restarts} time(s)): given up",
             )
         noted[content] = {"deaths": deaths, "restarts": restarts, "boot": boot_id()}
-        write_atomically(self.path, json.dumps(noted).encode())
+        try:
+            write_atomically(self.path, json.dumps(noted).encode())
+        except (EdgeError, OSError) as error:  # the note is a guard, not the work: go on without it
+            why = error.one_line() if isinstance(error, EdgeError) else str(error)
+            log.warning("the drop folder cannot note an attempt at %s (%s); analysing it anyway", name, why)
 
     def end(self, content: str) -> None:
         noted = self._read()
         if noted.pop(content, None) is None:
             return
-        if noted:
-            write_atomically(self.path, json.dumps(noted).encode())
-        else:
-            remove_quietly(self.path)
+        try:
+            if noted:
+                write_atomically(self.path, json.dumps(noted).encode())
+            else:
+                remove_quietly(self.path)
+        except (EdgeError, OSError) as error:  # noted again next time: at worst counted once more
+            log.warning("the drop folder cannot clear an attempt's note: %s", error)
 
     def _read(self) -> dict[str, object]:
         try:
@@ -73,3 +80,8 @@ class RecordingAttempts:
             log.warning("the drop folder's record of video attempts cannot be read; it starts again")
             return {}
         return found if isinstance(found, dict) else {}
+
+
+def _count(value: object) -> int:
+    """A count as noted; anything else (a damaged note) counts as none."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0

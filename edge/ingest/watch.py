@@ -170,6 +170,7 @@ class DropFolder:
         self._clock = clock
         self._seen: dict[Path, _Seen] = {}
         self._held: OrderedDict[_Key, _Held] = OrderedDict()  # oldest first
+        self._announced: dict[Path, _Key] = {}  # unfinished files, as last logged
         self._paused: str | None = None  # the disk guard's reason while it says no
         self._blocked: str | None = None  # why the store could not take a file, until one is taken
         self._retry_at = 0.0  # while blocked: when to try a file again
@@ -299,7 +300,8 @@ class DropFolder:
     def _wait(self, key: _Key, now: float, why: str) -> str:
         """Leave an unfinished file in the inbox and look at it again shortly (it is taken once
         finished, or as it is once it has not changed for `UNFINISHED_PATIENCE_S`)."""
-        if key not in self._held:
+        if self._announced.get(key[0]) != key:  # once per state of the file, not every look
+            self._announced[key[0]] = key
             log.info(
                 "drop folder: %s is not finished (%s); waiting for it (up to %.0f s unchanged)",
                 key[0].name,
@@ -415,6 +417,8 @@ class DropFolder:
         present = set(paths)
         for path in [path for path in self._seen if path not in present]:
             del self._seen[path]
+        for path in [path for path in self._announced if path not in present]:
+            del self._announced[path]
         for key in [key for key in self._held if key[0] not in present]:
             del self._held[key]
 

@@ -7,7 +7,9 @@ no frame count, so its first pictures were analysed and stored as if they were t
 being written has no index yet and was quarantined as unreadable while the recorder went on
 writing into quarantine/. Each container says when it is finished:
 
-- MP4/MOV: its top-level boxes tile the file exactly and one is the index (`moov`);
+- MP4/MOV: its top-level boxes tile the file exactly and one is the index (`moov`); a
+  fragmented one (`moof` boxes, or `mvex` in its index: written live) ends with its
+  fragments' index (`mfra`);
 - AVI: its RIFF size is within the file and its main header states a frame count;
 - Matroska: its segment's size is known (a writer leaves it unknown until it closes the file)
   and within the file.
@@ -18,6 +20,10 @@ from __future__ import annotations
 import struct
 
 MP4_INDEX = b"moov"
+MP4_FRAGMENT = b"moof"
+MP4_FRAGMENTS_INDEX = b"mfra"
+MP4_FRAGMENTS_SAID = b"mvex"
+"""In the index: fragments follow (a recorder's header, before any fragment is written)."""
 
 
 def unfinished(data: bytes) -> str | None:
@@ -32,7 +38,7 @@ def unfinished(data: bytes) -> str | None:
 
 
 def _mp4(data: bytes) -> str | None:
-    position, indexed = 0, False
+    position, indexed, fragmented, last = 0, False, False, b""
     while position < len(data):
         if position + 8 > len(data):
             return "its last MP4 box is cut"
@@ -46,8 +52,32 @@ def _mp4(data: bytes) -> str | None:
         if size < 8 or position + size > len(data):
             return "its last MP4 box runs past the end of the file"
         indexed = indexed or kind == MP4_INDEX
+        fragmented = (
+            fragmented
+            or kind == MP4_FRAGMENT
+            or (kind == MP4_INDEX and _has_child(data[position + 8 : position + size], MP4_FRAGMENTS_SAID))
+        )
+        position, last = position + size, kind
+    if not indexed:
+        return "it has no MP4 index (moov) yet"
+    if fragmented and last != MP4_FRAGMENTS_INDEX:
+        # A recorder writing fragments leaves a file whose boxes tile it after each fragment:
+        # only the closing index says it is done (a finished file without one waits its time).
+        return "its MP4 fragments have no closing index (mfra) yet"
+    return None
+
+
+def _has_child(body: bytes, wanted: bytes) -> bool:
+    """Whether a box's body (its children, one after another) holds a box of kind `wanted`."""
+    position = 0
+    while position + 8 <= len(body):
+        size, kind = struct.unpack(">I4s", body[position : position + 8])
+        if kind == wanted:
+            return True
+        if size < 8:
+            return False
         position += size
-    return None if indexed else "it has no MP4 index (moov) yet"
+    return False
 
 
 def _avi(data: bytes) -> str | None:
