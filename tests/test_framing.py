@@ -177,3 +177,20 @@ def test_a_thin_frame_changes_no_answer_for_a_film_a_part_or_a_film_upside_down(
                 if outcome(framed) not in (unframed, Code.OUT_OF_SCOPE.value):
                     changed.append((path.name, unframed, outcome(framed)))
     assert changed == []
+
+
+def test_a_framed_chest_film_that_does_not_say_what_it_is_goes_to_the_chest_model(
+    pipeline: Pipeline, samples: list[tuple[Path, str]], tmp_path: Path
+) -> None:
+    """Routing a PNG read each check on the framed picture: the chest check refused it, so it was
+    refused, or answered by the lung model (an outside-style check: 2 of 150 normal films
+    framed by 1% read "covid"). A film model's check now reads it with the frame filled."""
+    films = [(p, decode_bytes(p.read_bytes(), p.name).pixels) for p, _ in samples if p.suffix == ".png"][:6]
+    for path, pixels in films:
+        border = max(2, round(0.01 * max(pixels.shape[:2])))
+        framed = cv2.copyMakeBorder(pixels, border, border, border, border, cv2.BORDER_CONSTANT, value=255)
+        target = tmp_path / f"framed-{path.name}"
+        cv2.imwrite(str(target), framed)
+        [analysis] = pipeline.analyse_file(target)  # no model named, no modality
+        assert analysis.result is not None, analysis.message
+        assert analysis.result.model_name == "cxr-pneumonia"
