@@ -84,9 +84,9 @@ def read_through_frame(
     white), and the film inside was the same film: on 300 development films (seed 1) framed
     by 2% and read so, 254 of 255 (black) and 293 of 294 (white) got the finding of the film
     without the frame; 3% would have been 98.6%. `python -m tools.crop_eval` (seed 2, 400
-    films): refused 78% -> 4% framed by 1% in black, 100% -> 10% in white, 89% -> 7% and 100% ->
-    11% at 2%; of those answered, 98.6-99.5% got the finding of the film as given (a film
-    turned 5 degrees: 98.5%)."""
+    films, every check as shipped): refused 78% -> 5.5% framed by 1% in black, 100% -> 11% in
+    white, 89% -> 8.5% and 100% -> 12.5% at 2%; of those answered, 98.6-99.5% got the finding of
+    the film as given (a film turned 5 degrees: 98.5%)."""
     filled = frame_filled(pixels, MAX_FILLED_FRAME)
     if filled is None:
         return None
