@@ -129,7 +129,7 @@ class Pipeline:
             return [
                 analyse_recording(
                     self.settings, self.store, self.pool, path, model, actor=self.actor,
-                    decoder=self.recording_decoder, name=name or path.name,
+                    decoder=self.recording_decoder, name=name,
                 )
             ]  # fmt: skip
         try:

@@ -37,9 +37,11 @@ FRAME_SPREAD = 8
 black or white mask, an exposure field's collimated edge rendered flat)."""
 MAX_FRAME = 0.25
 """A frame is at most this share of each side: more is not a frame but the picture."""
+Box = tuple[int, int, int, int]
+"""The picture inside its frame: top, bottom, left, right (`frame_box`)."""
 
 
-def frame_box(pixels: np.ndarray) -> tuple[int, int, int, int] | None:
+def frame_box(pixels: np.ndarray) -> Box | None:
     """The picture inside the uniform lines along its edges (a frame of any grey) as (top,
     bottom, left, right) rows and columns, or None where it has none. The applicability check
     refused most films with a frame of 1% of their size (77 of 100 development films in black,
@@ -64,25 +66,32 @@ def frame_box(pixels: np.ndarray) -> tuple[int, int, int, int] | None:
     return top, bottom, left, right
 
 
-def without_frame(pixels: np.ndarray) -> np.ndarray | None:
-    """The picture inside its frame (`frame_box`), or None where it has none."""
-    box = frame_box(pixels)
-    if box is None:
-        return None
+def inside(pixels: np.ndarray, box: Box) -> np.ndarray:
+    """The picture inside its frame."""
     top, bottom, left, right = box
     return np.ascontiguousarray(pixels[top:bottom, left:right])
 
 
-def frame_filled(pixels: np.ndarray, most: float) -> np.ndarray | None:
-    """The picture, its size kept, with its frame (`frame_box`) replaced by its own edge rows
-    and columns repeated outwards; None where it has no frame or one wider than `most` of a
-    side. Its size is kept so whatever is placed on it (a heatmap) stays where it was."""
-    box = frame_box(pixels)
-    if box is None:
-        return None
+def filled(pixels: np.ndarray, box: Box, most: float) -> np.ndarray | None:
+    """The picture, its size kept, with its frame replaced by its own edge rows and columns
+    repeated outwards; None where the frame is wider than `most` of a side. Its size is kept so
+    whatever is placed on it (a heatmap) stays where it was."""
     top, bottom, left, right = box
     height, width = pixels.shape[:2]
     if max(top, height - bottom) > most * height or max(left, width - right) > most * width:
         return None
-    inner = np.ascontiguousarray(pixels[top:bottom, left:right])
-    return cv2.copyMakeBorder(inner, top, height - bottom, left, width - right, cv2.BORDER_REPLICATE)
+    return cv2.copyMakeBorder(
+        inside(pixels, box), top, height - bottom, left, width - right, cv2.BORDER_REPLICATE
+    )
+
+
+def without_frame(pixels: np.ndarray) -> np.ndarray | None:
+    """The picture inside its frame, or None where it has none."""
+    box = frame_box(pixels)
+    return None if box is None else inside(pixels, box)
+
+
+def frame_filled(pixels: np.ndarray, most: float) -> np.ndarray | None:
+    """The picture with its frame filled (`filled`), or None where it has none or a wider one."""
+    box = frame_box(pixels)
+    return None if box is None else filled(pixels, box, most)

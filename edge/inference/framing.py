@@ -31,7 +31,7 @@ from __future__ import annotations
 import numpy as np
 
 from edge.errors import Code, EdgeError
-from edge.imaging.framing import border_darkness, frame_filled
+from edge.imaging.framing import Box, border_darkness, filled
 from edge.inference.pool import Prediction, ServedModel
 from edge.inference.scope import Scope
 
@@ -75,10 +75,10 @@ MAX_FILLED_FRAME = 0.02
 
 
 def read_through_frame(
-    served: ServedModel, pixels: np.ndarray, operating_point: str | None
+    served: ServedModel, pixels: np.ndarray, box: Box, operating_point: str | None
 ) -> tuple[np.ndarray, Prediction] | None:
-    """A film its check refused, read again with its thin flat frame (a drawn border, a mask
-    line: at most `MAX_FILLED_FRAME` of each side) filled from the film's own edge; the film so
+    """A film its check refused, read again with its thin flat frame (`box`: a drawn border, a
+    mask line, at most `MAX_FILLED_FRAME` of each side) filled from the film's own edge; the film so
     filled and its prediction where the check takes it, else None. A frame of 1% of a film's
     size made the check refuse most films (77 of 100 development films in black, all in
     white), and the film inside was the same film: on 300 development films (seed 1) framed
@@ -87,10 +87,10 @@ def read_through_frame(
     films, every check as shipped): refused 78% -> 5.5% framed by 1% in black, 100% -> 11% in
     white, 89% -> 8.5% and 100% -> 12.5% at 2%; of those answered, 98.6-99.5% got the finding of
     the film as given (a film turned 5 degrees: 98.5%)."""
-    filled = frame_filled(pixels, MAX_FILLED_FRAME)
-    if filled is None:
+    film = filled(pixels, box, MAX_FILLED_FRAME)
+    if film is None:
         return None
-    [prediction] = served.predict([filled], operating_point)
+    [prediction] = served.predict([film], operating_point)
     if served.out_of_scope(prediction.scope, True) is not None:
         return None
-    return filled, prediction
+    return film, prediction

@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 from edge.errors import Code, EdgeError
-from edge.imaging.framing import without_frame
+from edge.imaging.framing import frame_box, inside, without_frame
 from edge.inference import framing
 from edge.inference.pool import Prediction, ServedModel
 from edge.inference.scope import IN_SCOPE, Scope
@@ -83,17 +83,18 @@ def judged(
         return prediction, refused
     if refused is not None and refused.code is not Code.OUT_OF_SCOPE:
         return prediction, refused
-    inside = without_frame(pixels)
-    if inside is None:
+    box = frame_box(pixels)
+    if box is None:
         return prediction, refused
-    [alone] = served.predict([inside], operating_point)
-    refused_alone = refusal(served, inside, alone.scope, enforce)
+    film = inside(pixels, box)
+    [alone] = served.predict([film], operating_point)
+    refused_alone = refusal(served, film, alone.scope, enforce)
     if refused_alone is not None and refused_alone.code is not Code.OUT_OF_SCOPE:
         return prediction, refused_alone  # what is wrong with the film itself
-    if refused is None:
-        return prediction, None
-    read = framing.read_through_frame(served, pixels, operating_point)
-    if read is None or refused_alone is not None:
+    if refused is None or refused_alone is not None:
+        return prediction, refused
+    read = framing.read_through_frame(served, pixels, box, operating_point)
+    if read is None:
         return prediction, refused
     filled, again = read
     return again, refusal(served, filled, again.scope, enforce)
