@@ -120,16 +120,22 @@ class Pipeline:
     # ------------------------------------------------------------------ 1-3: input to queue
 
     def analyse_file(
-        self, path: Path, model: str | None = None, source: str = "cli", name: str | None = None
+        self,
+        path: Path,
+        model: str | None = None,
+        source: str = "cli",
+        name: str | None = None,
+        sha256: str | None = None,
     ) -> list[Analysis]:
         """Ingest one file and analyse it now, in this process (what `edge infer` does). A video
-        file is analysed as one clip (edge.video.analysis). `name`: the file's name as received,
-        where `path` is a copy (a dropped video's)."""
+        file is analysed as one clip (edge.video.analysis). `name`, `sha256`: the file's name as
+        received and its content's hash, where `path` is a copy made from bytes already hashed
+        (a dropped video's)."""
         if _looks_like_video(path):
             return [
                 analyse_recording(
                     self.settings, self.store, self.pool, path, model, actor=self.actor,
-                    decoder=self.recording_decoder, name=name,
+                    decoder=self.recording_decoder, name=name, sha256=sha256,
                 )
             ]  # fmt: skip
         try:

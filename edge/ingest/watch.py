@@ -35,7 +35,6 @@ to, a USB import script) are ingested once complete, then moved out of the way. 
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
 import os
@@ -328,7 +327,7 @@ class DropFolder:
         try:
             attempts.begin(content, key[0].name)
             write_atomically(copy, data)
-            [analysis] = self._pipeline.analyse_file(copy, source="watch", name=key[0].name)
+            [analysis] = self._pipeline.analyse_file(copy, source="watch", name=key[0].name, sha256=content)
         except EdgeError as error:  # given up, or the copy could not be written (a full disk)
             if error.code is Code.JOB_ABANDONED:
                 audit_refusal(self._pipeline.store, self._pipeline.actor, error)
@@ -336,8 +335,7 @@ class DropFolder:
         finally:
             remove_quietly(copy)
         if analysis.code != Code.JOB_ABANDONED.value:
-            with contextlib.suppress(OSError, EdgeError):  # a full disk: noted again next time
-                attempts.end(content)
+            attempts.end(content)
         if analysis.message:  # the reason names the file dropped, not the private copy
             analysis = replace(analysis, message=analysis.message.replace(copy.name, key[0].name))
         code = Code(analysis.code) if analysis.code else None

@@ -51,14 +51,16 @@ def analyse_recording(
     realtime: bool = False,
     decoder: Callable[[Path], Iterable[tuple[float, np.ndarray]]] | None = None,
     name: str | None = None,
+    sha256: str | None = None,
 ) -> Analysis:
     """A video file as one clip (every frame offered, paced by the file's own clock). `decoder`:
     its frames decoded elsewhere (the guard's worker, `recorded_frames`), else read here.
-    `name`: the file's name as received, kept with the clip (default: the path's)."""
+    `name`: the file's name as received, kept with the clip (default: the path's); `sha256`: its
+    content's hash where the caller has it (else read from the file)."""
     try:
         if not path.is_file():
             raise EdgeError(Code.INPUT_NOT_FOUND, f"{path} does not exist")
-        sha = sha256_file(path)
+        sha = sha256 or sha256_file(path)
         served = pool.get(model or settings.video.model)
         existing = store.clip_for_source(sha, served.name)
         if existing is not None:
