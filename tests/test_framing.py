@@ -15,6 +15,7 @@ from edge.errors import Code
 from edge.imaging.decode import decode_bytes
 from edge.imaging.framing import border_darkness, frame_filled, without_frame
 from edge.inference import framing, orientation
+from edge.inference.scope import plain_words
 from edge.pipeline import Pipeline
 from edge.store import Store
 
@@ -144,6 +145,14 @@ def test_a_film_in_a_thin_frame_is_read_as_the_film(
         assert analysis.ok, analysis.code
         assert analysis.result is not None
         assert analysis.result.finding == served.predict([pixels])[0].finding.finding
+        # The result says it was read through its frame: stored, in words, and on the way out.
+        scope = analysis.result.applicability or {}
+        assert scope["frame_filled"] == pytest.approx(border / max(pixels.shape[:2]), abs=0.002)
+        assert "frame along its edges (1% of a side) filled" in (plain_words(scope) or "")
+        [unframed] = pipeline.analyse_file(path, model="cxr-pneumonia")
+        assert unframed.result is not None
+        assert unframed.result.applicability is not None
+        assert "frame_filled" not in unframed.result.applicability
 
 
 def test_a_thin_frame_changes_no_answer_for_a_film_a_part_or_a_film_upside_down(

@@ -121,3 +121,20 @@ def test_a_variant_is_judged_by_fp32_scaled_to_this_machine_where_that_is_strict
     assert localised(lenient, fp32, float("nan")) is lenient
     reference = np.array([[1.0, 1.0, 16.0, 9.0, 9.0], [4.0, 4.0, 16.0, 16.0, 16.0]])
     assert distance_ratio(fp32, reference, reference) == pytest.approx(1.0)
+
+
+def test_a_result_read_through_a_frame_says_so_and_nothing_else_does() -> None:
+    """`Scope.frame_filled` (the read-through's frame width) is stored and said in words; a stored
+    verdict without it, or with a value no device writes, says nothing of a frame."""
+    from edge.inference.scope import Scope, frame_words, plain_words
+
+    read = Scope(distance=30.0, p_value=0.2, threshold=40.0, state=IN_SCOPE, frame_filled=0.0123)
+    assert read.as_dict()["frame_filled"] == 0.012
+    assert "(1% of a side) filled" in (plain_words(read.as_dict()) or "")
+    plain = Scope(distance=30.0, p_value=0.2, threshold=40.0, state=IN_SCOPE).as_dict()
+    assert "frame_filled" not in plain
+    assert "frame" not in (plain_words(plain) or "")
+    assert "under 1%" in (frame_words({"frame_filled": 0.004}) or "")
+    for odd in (True, 0, 1.5, "0.01", None, -0.01):
+        assert frame_words({"frame_filled": odd}) is None
+    assert frame_words(None) is None

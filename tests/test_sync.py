@@ -704,7 +704,8 @@ def test_the_applicability_travels_to_the_hub_and_its_review_page(
     from edge.inference.scope import Scope
     from tests.hubfixtures import login
 
-    borderline = Scope(distance=31.4, p_value=0.0312, threshold=40.2, state="borderline")
+    # Read through a thin frame (`framing.read_through_frame`): the review page says so too.
+    borderline = Scope(distance=31.4, p_value=0.0312, threshold=40.2, state="borderline", frame_filled=0.012)
     original = ServedModel.predict
     monkeypatch.setattr(
         ServedModel,
@@ -725,6 +726,7 @@ def test_the_applicability_travels_to_the_hub_and_its_review_page(
     page = hub.client.get(f"/review/studies/{result_id}").text
     assert '<span class="badge scope borderline">borderline</span> p = 0.03' in page
     assert "near the edge of what the model was trained on" in page
+    assert "flat frame along its edges (1% of a side) filled from the film&#39;s own edge" in page
     assert 'class="badge borderline"' in hub.client.get("/review/").text
 
 

@@ -887,3 +887,17 @@ def test_rerun_starts_on_a_model_that_takes_the_image(filled: tuple[Settings, Fi
         await pilot.press("escape")
 
     drive(app, scenario)
+
+
+def test_the_result_screen_says_a_film_was_read_through_its_frame() -> None:
+    """A result read with its thin frame filled (`Scope.frame_filled`) says so under its verdict."""
+    from types import SimpleNamespace
+
+    from edge.tui.screens.result import _applicability
+
+    verdict = {"state": "in scope", "distance": 30.0, "p_value": 0.41, "threshold": 40.0}
+    plain = _applicability(SimpleNamespace(applicability=verdict))  # type: ignore[arg-type]
+    framed = _applicability(SimpleNamespace(applicability={**verdict, "frame_filled": 0.02}))  # type: ignore[arg-type]
+    assert "frame" not in plain
+    assert framed.startswith(plain)
+    assert "flat frame along its edges (2% of a side) filled" in framed

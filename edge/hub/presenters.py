@@ -18,7 +18,7 @@ from edge.hub.render import Picture, Renditions, encode_jpeg, is_evidence, resiz
 from edge.hub.study import Study
 from edge.hub.worklist import WorklistRow
 from edge.imaging import rendition_meta
-from edge.inference.scope import BORDERLINE, MEANINGS, p_text
+from edge.inference.scope import BORDERLINE, MEANINGS, frame_words, p_text
 
 QUALITY_LABELS = {
     "min_side": ("short side", "{:.0f} px"),
@@ -142,6 +142,7 @@ def applicability(result: dict[str, Any]) -> dict[str, Any] | None:
         "p": p_text(float(p_value)),
         "meaning": MEANINGS[state],
         "borderline": state == BORDERLINE,
+        "frame": frame_words(scope),
     }
 
 

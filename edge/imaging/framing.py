@@ -85,6 +85,13 @@ def filled(pixels: np.ndarray, box: Box, most: float) -> np.ndarray | None:
     )
 
 
+def frame_share(shape: tuple[int, ...], box: Box) -> float:
+    """The widest side of a frame (`box` in a picture of `shape`), as a share of that side."""
+    top, bottom, left, right = box
+    height, width = shape[:2]
+    return max(max(top, height - bottom) / height, max(left, width - right) / width)
+
+
 def without_frame(pixels: np.ndarray) -> np.ndarray | None:
     """The picture inside its frame, or None where it has none."""
     box = frame_box(pixels)

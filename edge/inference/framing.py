@@ -28,10 +28,12 @@ films refused, most of them pneumonia films.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from edge.errors import Code, EdgeError
-from edge.imaging.framing import Box, border_darkness, filled
+from edge.imaging.framing import Box, border_darkness, filled, frame_share
 from edge.inference.pool import Prediction, ServedModel
 from edge.inference.scope import Scope
 
@@ -86,11 +88,13 @@ def read_through_frame(
     without the frame; 3% would have been 98.6%. `python -m tools.crop_eval` (seed 2, 400
     films, every check as shipped): refused 78% -> 5.5% framed by 1% in black, 100% -> 11% in
     white, 89% -> 8.5% and 100% -> 12.5% at 2%; of those answered, 98.6-99.5% got the finding of
-    the film as given (a film turned 5 degrees: 98.5%)."""
+    the film as given (a film turned 5 degrees: 98.5%). The prediction's scope records the
+    frame's width (`Scope.frame_filled`), so every result says it was so read."""
     film = filled(pixels, box, MAX_FILLED_FRAME)
     if film is None:
         return None
     [prediction] = served.predict([film], operating_point)
-    if served.out_of_scope(prediction.scope, True) is not None:
+    if prediction.scope is None or served.out_of_scope(prediction.scope, True) is not None:
         return None
-    return film, prediction
+    scope = replace(prediction.scope, frame_filled=frame_share(pixels.shape, box))
+    return film, replace(prediction, scope=scope)

@@ -50,18 +50,24 @@ class Scope:
     p_value: float
     threshold: float
     state: str
+    frame_filled: float | None = None
+    """Where the film was read with its thin frame filled (`framing.read_through_frame`): the
+    frame's widest side as a share of that side; the distance is the filled film's."""
 
     @property
     def refused(self) -> bool:
         return self.state == OUT_OF_SCOPE
 
     def as_dict(self) -> dict[str, float | str]:
-        return {
+        verdict: dict[str, float | str] = {
             "state": self.state,
             "distance": round(self.distance, 3),
             "p_value": round(self.p_value, 4),
             "threshold": round(self.threshold, 3),
         }
+        if self.frame_filled is not None:
+            verdict["frame_filled"] = round(self.frame_filled, 3)
+        return verdict
 
 
 def layer_values(features: np.ndarray, start: int, size: int) -> np.ndarray:
@@ -239,7 +245,19 @@ def plain_words(applicability: Mapping[str, Any] | None) -> str | None:
         return None
     p_value = applicability.get("p_value")
     number = f" (p = {p_text(p_value)})" if isinstance(p_value, (int, float)) else ""
-    return f"{state}{number}: {MEANINGS[state]}"
+    frame = frame_words(applicability)
+    return f"{state}{number}: {MEANINGS[state]}" + (f"; {frame}" if frame else "")
+
+
+def frame_words(applicability: Mapping[str, Any] | None) -> str | None:
+    """'read with the flat frame along its edges (1% of a side) filled from the film's own edge'
+    where a result was so read (`Scope.frame_filled`), else None: whoever reads the result knows
+    the picture was not read exactly as sent."""
+    share = (applicability or {}).get("frame_filled")
+    if not isinstance(share, (int, float)) or isinstance(share, bool) or not 0 < share < 1:
+        return None
+    width = "under 1%" if share < 0.005 else f"{share:.0%}"
+    return f"read with the flat frame along its edges ({width} of a side) filled from the film's own edge"
 
 
 def refusal(model: str, looks_like: str, scope: Scope) -> EdgeError:

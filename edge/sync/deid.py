@@ -43,7 +43,7 @@ DatePolicy = Literal["keep", "shift", "remove"]
 # seconds, optional fraction and zone: the store's own times and a header's acquisition time).
 _DATE_FORM = re.compile(r"^(\d{8}|\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})?)?)$")
 
-APPLICABILITY_KEYS = ("state", "distance", "p_value", "threshold")
+APPLICABILITY_KEYS = ("state", "distance", "p_value", "threshold", "frame_filled")
 
 
 _NAME = re.compile(r"[a-z0-9_]{1,40}")
@@ -79,7 +79,8 @@ def _series(series: Any) -> list[Any]:
 
 def _applicability(scope: dict[str, Any] | None) -> dict[str, Any] | None:
     """The applicability verdict (edge/inference/scope.py `Scope.as_dict`), named key by key:
-    a word and three numbers about the model's feature space, nothing about the patient."""
+    a word and three numbers about the model's feature space (and the width of a frame it was
+    read through, a share of a side), nothing about the patient."""
     if not scope:
         return None
     return {key: scope[key] for key in APPLICABILITY_KEYS if key in scope}

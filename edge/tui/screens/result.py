@@ -15,7 +15,7 @@ from textual.message import Message
 from textual.widgets import Footer, Static
 
 from edge.hints import refusal_next_step
-from edge.inference.scope import BORDERLINE, IN_SCOPE, MEANINGS, OUT_OF_SCOPE, p_text
+from edge.inference.scope import BORDERLINE, IN_SCOPE, MEANINGS, OUT_OF_SCOPE, frame_words, p_text
 from edge.store import StoredResult, WorklistItem
 from edge.tui.data import ResultDetail, display_name, load_picture, load_result
 from edge.tui.screens.base import EdgeScreen
@@ -234,9 +234,11 @@ def _applicability(result: StoredResult) -> str:
         return "[b]Applicability[/b] [dim]not checked: this model version has no applicability check[/dim]"
     style = APPLICABILITY_STYLES.get(state, "")
     share = f"{p_value:.0%}" if p_value >= 0.01 else "under 1%"
+    frame = frame_words(scope)
     return (
         f"[b]Applicability[/b] [{style}]{state.upper()}[/] p = [b]{p_text(p_value)}[/b]\n"
         f"{MEANINGS[state]} ({share} of its test images are this unusual)"
+        + (f"\n[yellow]{frame}[/]" if frame else "")
     )
 
 
