@@ -123,8 +123,22 @@ def test_frame_filled_keeps_the_size_and_the_picture_inside() -> None:
     assert np.array_equal(filled[3:, :-2], picture[3:, :-2])
     assert np.array_equal(filled[0, :-2], picture[3, :-2])  # the edge row repeated outwards
     assert frame_filled(picture, 0.02) is None
+    # A frame wider than 2% of a side is filled only so far: its inner part is kept (a film's
+    # own flat band under a mask drawn over it: what the film was without the mask).
+    banded = picture.copy()
+    banded[:, :12] = 0  # the film's own band, 8% of its width
+    masked = banded.copy()
+    masked[:3], masked[-3:], masked[:, :3], masked[:, -3:] = 0, 0, 0, 0  # a 1.5% mask over it
+    again = frame_filled(masked, 0.02)
+    assert again is not None
+    assert np.array_equal(again[3:-3, 3:-3], banded[3:-3, 3:-3])
+    assert not again[:, :3].any()  # the band's outer part: the band, repeated outwards
+    assert np.array_equal(again[0, 12:-3], banded[3, 12:-3])  # the mask's rows: the film's edge row
     wide = cv2.copyMakeBorder(picture, 10, 10, 10, 10, cv2.BORDER_CONSTANT, value=0)
-    assert frame_filled(wide, 0.02) is None  # wider than 2% of a side: not read through
+    still = frame_filled(wide, 0.02)
+    assert still is not None
+    assert not still[:6].any()
+    assert not still[6:10].any()  # 2% of 220 rows filled (4), from a row of the frame: still framed
 
 
 def test_a_film_in_a_thin_frame_is_read_as_the_film(

@@ -7,7 +7,8 @@ costs on whole films.
 
 Each film of a seeded sample of the chest X-ray development set (`orientation_eval.sample`) is
 offered as given and altered: mirrored, resized, turned 5 degrees, JPEG-compressed, framed by a
-flat border of 1-4% of its size (whole films: the cost), and cut to its central 90% to 50%, its
+flat border of 1-4% of its size or masked by one drawn over its edges (1-2%; whole films: the
+cost), and cut to its central 90% to 50%, its
 top or bottom half (parts: what the check is for). Each goes through the served model, its
 applicability check and the orientation check (refused "today": without the crop rule nor a
 frame read through), and the crop rule is applied to it as if it were the film given. Counted
@@ -87,10 +88,29 @@ def _framed(share: float, value: int) -> Callable[[np.ndarray], np.ndarray]:
     return frame
 
 
+def _masked(share: float, value: int) -> Callable[[np.ndarray], np.ndarray]:
+    """A flat mask drawn over the film's own edges (a shutter, a mask line), its size kept."""
+
+    def mask(pixels: np.ndarray) -> np.ndarray:
+        border = max(1, round(share * max(pixels.shape[:2])))
+        masked = pixels.copy()
+        masked[:border], masked[-border:], masked[:, :border], masked[:, -border:] = value, value, value, value
+        return masked
+
+    return mask
+
+
 FRAMED: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    f"framed in {colour} {round(share * 100)}%": _framed(share, value)
-    for share in (0.01, 0.02, 0.04)
-    for colour, value in (("black", 0), ("white", 255))
+    **{
+        f"framed in {colour} {round(share * 100)}%": _framed(share, value)
+        for share in (0.01, 0.02, 0.04)
+        for colour, value in (("black", 0), ("white", 255))
+    },
+    **{
+        f"masked in {colour} {round(share * 100)}%": _masked(share, value)
+        for share in (0.01, 0.02)
+        for colour, value in (("black", 0), ("white", 255))
+    },
 }
 PARTS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     **{f"central {round(k * 100)}%": _central(k) for k in (0.9, 0.8, 0.7, 0.6, 0.5)},

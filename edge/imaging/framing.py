@@ -72,16 +72,35 @@ def inside(pixels: np.ndarray, box: Box) -> np.ndarray:
     return np.ascontiguousarray(pixels[top:bottom, left:right])
 
 
-def filled(pixels: np.ndarray, box: Box, most: float) -> np.ndarray | None:
-    """The picture, its size kept, with its frame replaced by its own edge rows and columns
-    repeated outwards; None where the frame is wider than `most` of a side. Its size is kept so
-    whatever is placed on it (a heatmap) stays where it was."""
+def filled_part(shape: tuple[int, ...], box: Box, most: float) -> Box:
+    """The picture within the outer part of its frame (`box`) that is at most `most` of each
+    side: the box `filled` fills up to. A side's frame no wider keeps none of itself; a wider
+    one keeps its inner part (a film's own dark band under a mask drawn over it)."""
     top, bottom, left, right = box
+    height, width = shape[:2]
+    rows, columns = int(most * height), int(most * width)
+    return (
+        min(top, rows),
+        height - min(height - bottom, rows),
+        min(left, columns),
+        width - min(width - right, columns),
+    )
+
+
+def filled(pixels: np.ndarray, box: Box, most: float) -> np.ndarray | None:
+    """The picture, its size kept, with the outer part of its frame (`box`), at most `most` of
+    each side (`filled_part`), replaced by the picture's own rows and columns repeated outwards;
+    None where that is nothing. Its size is kept so whatever is placed on it (a heatmap) stays
+    where it was. A frame is filled only so far: a film's own flat band (many films have one
+    along a side) and a mask drawn over it make one frame, wider than the mask; filling only
+    the mask's width gives back the film as it was without the mask."""
+    part = filled_part(pixels.shape, box, most)
+    top, bottom, left, right = part
     height, width = pixels.shape[:2]
-    if max(top, height - bottom) > most * height or max(left, width - right) > most * width:
+    if part == (0, height, 0, width):
         return None
     return cv2.copyMakeBorder(
-        inside(pixels, box), top, height - bottom, left, width - right, cv2.BORDER_REPLICATE
+        inside(pixels, part), top, height - bottom, left, width - right, cv2.BORDER_REPLICATE
     )
 
 
@@ -99,6 +118,6 @@ def without_frame(pixels: np.ndarray) -> np.ndarray | None:
 
 
 def frame_filled(pixels: np.ndarray, most: float) -> np.ndarray | None:
-    """The picture with its frame filled (`filled`), or None where it has none or a wider one."""
+    """The picture with its frame filled (`filled`), or None where it has none."""
     box = frame_box(pixels)
     return None if box is None else filled(pixels, box, most)
