@@ -176,7 +176,7 @@ class WorkerSettings(_Section):
     """How often an idle worker looks for jobs queued by another process."""
     stall_s: float = Field(default=120.0, gt=0)
     """A worker loop silent for longer is wedged: the watchdog stops petting and systemd restarts."""
-    lease_s: float = Field(default=300.0, gt=0)
+    lease_s: float = Field(default=300.0, gt=0, le=3600)
     """A claimed job is the worker's for this long, renewed at each step; then it is requeued."""
     max_attempts: int = Field(default=3, ge=1)
     """Claims that end without an answer (the worker died or went silent) before JOB_ABANDONED."""

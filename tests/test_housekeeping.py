@@ -129,7 +129,7 @@ def test_retention_deletes_only_what_the_hub_acknowledged(settings: Settings, st
     acked = ingest_one(settings, store, png_bytes(gradient()))
     unacked = ingest_one(settings, store, png_bytes(gradient(70, 40)))
     queued = ingest_one(settings, store, png_bytes(gradient(90, 50)))
-    store.db.execute("UPDATE images SET created_at = '2020-01-01T00:00:00.000Z'")
+    store.db.execute("UPDATE images SET created_at = '2024-06-01T00:00:00.000Z'")
     _result_for(store, acked, acked=True)
     _result_for(store, unacked, acked=False)
     store.db.conn.commit()
@@ -145,7 +145,7 @@ def test_retention_deletes_only_what_the_hub_acknowledged(settings: Settings, st
 def test_with_full_images_the_image_itself_must_be_acknowledged(settings: Settings, store: Store) -> None:
     sent = ingest_one(settings, store, png_bytes(gradient()))
     waiting = ingest_one(settings, store, png_bytes(gradient(70, 40)))
-    store.db.execute("UPDATE images SET created_at = '2020-01-01T00:00:00.000Z'")
+    store.db.execute("UPDATE images SET created_at = '2024-06-01T00:00:00.000Z'")
     for image_id, acked_at in ((sent, "2020-01-02T00:00:00.000Z"), (waiting, None)):
         _result_for(store, image_id, acked=True)
         store.db.execute(
@@ -157,6 +157,37 @@ def test_with_full_images_the_image_itself_must_be_acknowledged(settings: Settin
     assert housekeeping.purge_expired(store, retention_days=30, image_upload=True) == 1
     assert not store.image_file(sent).exists()
     assert store.image_file(waiting).exists()
+
+
+def test_an_image_stamped_by_a_wrong_clock_is_kept_its_whole_retention(
+    settings: Settings, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A box without a clock battery stamps 1970 until NTP steps it (or a clock ahead stamps
+    2041): such an image was deleted at the first retention run after the clock was put right,
+    minutes after it was taken. Its age now starts when the clock is first right."""
+    taken_at = {"1970-01-02T00:00:00.000Z": None, "2041-06-01T00:00:00.000Z": None}
+    for stamp, colour in zip(taken_at, (40, 70), strict=True):
+        image_id = ingest_one(settings, store, png_bytes(gradient(colour, 30)))
+        store.db.execute("UPDATE images SET created_at = ? WHERE id = ?", [stamp, image_id])
+        _result_for(store, image_id, acked=True)
+        taken_at[stamp] = image_id
+    store.db.conn.commit()
+    monkeypatch.setattr(housekeeping, "clock_plausible", lambda: False)  # still 1970: nothing goes
+    assert housekeeping.purge_expired(store, retention_days=30) == 0
+    assert all(store.image(i)["aged_from"] is None for i in taken_at.values())  # type: ignore[arg-type]
+    monkeypatch.undo()
+    assert housekeeping.purge_expired(store, retention_days=30, off_hub_s=3 * 86400) == 0  # off the hub's
+    assert housekeeping.purge_expired(store, retention_days=30) == 0  # the clock put right
+    for image_id in taken_at.values():
+        assert image_id is not None
+        assert store.image_file(image_id).exists()
+        assert store.image(image_id)["aged_from"] is not None  # its age counts from now
+    assert (
+        store.db.execute("SELECT count(*) FROM audit WHERE action = 'image.age_restarted'").fetchone()[0] == 1
+    )
+    store.db.execute("UPDATE images SET aged_from = '2024-06-01T00:00:00.000Z'")  # 30 days on
+    store.db.conn.commit()
+    assert housekeeping.purge_expired(store, retention_days=30) == 2
 
 
 def test_doctor_lines_and_exit_status(
@@ -186,6 +217,32 @@ def test_doctor_lines_and_exit_status(
     result = CliRunner().invoke(cli, ["--data-dir", str(settings.data_dir), "doctor", "--json"])
     assert result.exit_code == 2
     assert {c["level"] for c in json.loads(result.stdout)} >= {"pass", "fail"}
+
+
+def test_doctor_says_when_the_clock_is_off_the_hubs(
+    settings: Settings, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A clock years off that the hub's skew check found (the credential keeps the offset) was
+    never said anywhere: the only trace was a retry warning."""
+    from edge.operations import doctor
+    from edge.sync import signatures
+    from edge.sync.credential import Credential
+
+    def clock() -> tuple[str, str]:
+        [check] = [c for c in run_checks(settings) if c.name == "clock"]
+        return check.level, check.message
+
+    assert clock()[0] == "pass"
+    Credential(
+        "https://hub.example", "dev", clock_offset=56 * 365.25 * 86400, key=signatures.new_device_key()
+    ).save(settings, True)
+    level, message = clock()
+    assert level == "warn"
+    assert "56 years behind the hub's at the last sync" in message
+    monkeypatch.setattr(doctor, "clock_plausible", lambda: False)
+    level, message = clock()
+    assert level == "fail"
+    assert "no image is deleted by retention until it is right" in message
 
 
 def test_doctor_spots_a_corrupt_model(settings: Settings, tmp_path: Path) -> None:

@@ -224,6 +224,20 @@ def test_stale_leases_of_older_software_count_as_expired(store: Store) -> None:
     assert [row["id"] for row in store.leases.stale()] == [job_id]
 
 
+def test_a_lease_a_clock_ahead_gave_runs_out(env: Any) -> None:
+    """A lease given while the clock read 2040, its holder alive but wedged: it was never
+    reclaimed (the stamps compared) until 2040. A lease ends within a day of being given."""
+    _, store, pipeline = env
+    job_id = queue_one(store)
+    job = store.claim_job(pipeline.worker_id, job_id, lease_s=300)
+    assert job is not None
+    assert store.leases.stale(job_id) == []  # alive, its lease running
+    store.db.execute("UPDATE jobs SET lease_until = '2040-06-01T00:05:00.000Z' WHERE id = ?", [job_id])
+    store.db.conn.commit()
+    assert [row["id"] for row in store.leases.stale(job_id)] == [job_id]
+    assert store.leases.reclaim(3, 3, job_id=job_id) == (1, 0)
+
+
 def queue_one_plain(store: Store) -> str:
     from tests.test_store import new_image
 

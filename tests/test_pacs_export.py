@@ -228,7 +228,7 @@ def test_queueing_is_once_per_result_and_kind(tmp_path: Path, receiver: Receiver
         assert PacsExporter(settings, other).queue_new() == 0
         # Two exporters racing on the same candidates: the (result, kind) pair keeps one row.
         exports = PacsExports(other.writer)
-        rows = exports.due(10)
+        rows = exports.due(10, settings.pacs.max_backoff_s)
         from edge.store.pacs import NewExport
 
         again = [NewExport(r.result_id, r.image_id, r.kind, r.sop_instance_uid) for r in rows]
@@ -242,6 +242,28 @@ def test_old_results_are_not_backfilled(tmp_path: Path, receiver: Receiver) -> N
     assert _round(settings)
     assert {(r["state"], r["reason"]) for r in _rows(settings)} == {("skipped", pacs_export.TOO_OLD)}
     assert receiver.received == []
+
+
+def test_what_a_wrong_clock_stamped_still_goes_to_the_pacs(tmp_path: Path, receiver: Receiver) -> None:
+    """A box without a clock battery stamps 1970 until NTP steps it: a result so stamped was
+    skipped as older than the backfill window, never sent; a retry a clock ahead put in 2041
+    waited until 2041. Both are sent at the next round."""
+    settings = pacs_settings(tmp_path, receiver.port, heatmaps=False)
+    [first, second] = analyse(settings, tmp_path, dicoms=2)
+    with Store(settings.data_dir) as store:
+        store.db.execute("UPDATE results SET created_at = '1970-01-02T00:00:00.000Z' WHERE id = ?", [first])
+        store.db.conn.commit()
+        exporter = PacsExporter(settings, store)
+        exporter.queue_new()
+        store.db.execute(
+            "UPDATE pacs_exports SET next_attempt_at = '2041-06-01T00:00:00.000Z' WHERE result_id = ?",
+            [second],
+        )
+        store.db.conn.commit()
+        assert exporter.run_round()
+    sent = {r["result_id"] for r in _rows(settings) if r["kind"] == "sr" and r["state"] == "sent"}
+    assert sent == {first, second}
+    assert receiver.uids() == {sr.instance_uid(first, "sr"): 1, sr.instance_uid(second, "sr"): 1}
 
 
 def test_a_pending_export_keeps_the_source_image_and_a_deleted_study_is_skipped(

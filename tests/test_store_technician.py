@@ -49,6 +49,20 @@ def test_worklist_puts_urgent_first_then_newest_and_filters(filled: tuple[Store,
     assert reviewed.review_verdict == "agree"
 
 
+def test_the_worklist_keeps_the_order_studies_came_whatever_the_clock_stamped(
+    filled: tuple[Store, Filled],
+) -> None:
+    """A study stamped 2041 by a clock that was ahead stayed above today's work for years, one
+    stamped 1970 sank out of sight: newest first is the order the jobs came."""
+    store, _ = filled
+    before = [row.job_id for row in store.technician.worklist()]
+    oldest, newest = before[-1], before[1]  # the first is urgent
+    store.db.execute("UPDATE jobs SET created_at = '2041-06-01T00:00:00.000Z' WHERE id = ?", [oldest])
+    store.db.execute("UPDATE jobs SET created_at = '1970-01-02T00:00:00.000Z' WHERE id = ?", [newest])
+    store.db.conn.commit()
+    assert [row.job_id for row in store.technician.worklist()] == before
+
+
 def test_a_disagreement_not_yet_seen_comes_right_after_the_flagged(filled: tuple[Store, Filled]) -> None:
     """A specialist who disagrees with a normal result (a child to recall) in a reply the
     technician has not seen: urgent on the technician's worklist, before the positive findings,

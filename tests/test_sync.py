@@ -629,6 +629,34 @@ def test_status_says_offline_when_the_hub_is_gone(tmp_path: Path) -> None:
     assert "cannot be reached" in status["last_error"]
 
 
+def test_the_sync_state_is_right_after_the_clock_jumps(
+    hub: Hub, device: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A box without a clock battery: the hub out of reach while the clock read 2040, then NTP
+    put it right and a round went through. The status said "offline" (and `edge doctor` "hub
+    unreachable") until 2040, the stamps compared; each round now says how it ended."""
+    from edge.sync import runner
+    from edge.sync.client import HubUnavailable
+
+    with Store(device.data_dir) as store:
+        analysed(device, store, samples(1))
+        client = hub.sync_client(device, store, hub.enroll(device))
+
+        def unreachable(_: SyncClient) -> dict[str, int]:
+            raise HubUnavailable("ConnectError")
+
+        with monkeypatch.context() as patch:
+            patch.setattr(runner, "utc_now", lambda: "2040-06-01T00:00:00.000Z")
+            patch.setattr(runner, "exchange", unreachable)
+            assert runner.run_round(client) is False
+        assert sync_status(device, store)["state"] == "offline"
+        assert runner.run_round(client) is True
+        status = sync_status(device, store)
+        assert status["state"] == "up to date"
+        assert "cannot be reached" in status["last_error"]  # kept, as what happened last
+        assert "failing" not in runner._status_line(store)
+
+
 def test_a_refusal_is_not_retried_blindly(hub: Hub, device: Settings) -> None:
     with Store(device.data_dir) as store:
         client = hub.sync_client(device, store, hub.enroll(device))

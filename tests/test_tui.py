@@ -586,6 +586,7 @@ def test_every_top_bar_says_how_long_the_hub_has_been_out_of_reach(filled: tuple
         ("failed", "2025-03-10T09:30:00Z", 1, "SYNC FAILED, 1 waiting"),
         ("revoked", None, 4, "SYNC REVOKED, 4 waiting"),
         ("offline", "2025-03-14T09:45:00Z", 0, "offline"),  # the device clock behind the record
+        ("offline", "1970-01-02T00:00:00Z", 2, "offline, 2 waiting"),  # stamped before the clock was set
     ],
 )
 def test_the_sync_state_in_a_few_words(

@@ -41,7 +41,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from edge import systemd
-from edge.clock import utc_after, utc_now
+from edge.clock import PLAUSIBLE_FROM, still_failing, utc_after, utc_now
 from edge.config import Settings
 from edge.errors import EdgeError
 from edge.interop import cstore, sr
@@ -107,7 +107,7 @@ class PacsExporter:
                 NOT_DICOM
                 if row["format"] != "dicom"
                 else TOO_OLD
-                if row["created_at"] < horizon
+                if PLAUSIBLE_FROM <= row["created_at"] < horizon  # earlier: a clock not yet set
                 else SOURCE_GONE
                 if row["purged_at"]
                 else UID_COLLISION
@@ -127,7 +127,7 @@ class PacsExporter:
     def send_due(self) -> int:
         """Send what is due over one association; raises DestinationUnavailable when the PACS
         cannot be reached (the rows stay as they are). Returns how many the PACS now holds."""
-        due = self.exports.due(BATCH)
+        due = self.exports.due(BATCH, self.config.max_backoff_s)
         built: list[tuple[PacsExport, Dataset]] = []
         headers: dict[str, Dataset] = {}
         for export in due:
@@ -211,10 +211,10 @@ class PacsExporter:
                 pass
         except cstore.DestinationUnavailable as exc:
             log.warning("pacs: %s", exc)
-            self.exports.set_state(last_error=str(exc)[:300], last_error_at=utc_now())
+            self.exports.set_state(last_error=str(exc)[:300], last_error_at=utc_now(), failing=True)
             return False
-        self.exports.set_state(last_round=utc_now())
-        if self.exports.due(1):  # refused objects wait for their next attempt
+        self.exports.set_state(last_round=utc_now(), failing=False)
+        if self.exports.due(1, self.config.max_backoff_s):  # refused objects wait for their next attempt
             return True
         self.exports.set_state(last_success=utc_now())
         return True
@@ -305,9 +305,7 @@ def pacs_status(settings: Settings, store: Store) -> dict[str, Any]:
     exports = PacsExports(store.writer)
     counts = exports.counts()
     state = exports.state()
-    failing = bool(state.get("last_error")) and (state.get("last_error_at") or "") > (
-        state.get("last_round") or ""
-    )
+    failing = still_failing(state, "last_round")
     if not settings.pacs.enabled:
         summary = "disabled"
     elif failing:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from edge.clock import clock_plausible
 from edge.config import Settings
 from edge.errors import EdgeError
 from edge.imaging.dicom_video import ffmpeg_available
@@ -237,13 +238,31 @@ def _encryption(settings: Settings) -> list[Check]:
 
 
 def _clock(settings: Settings) -> list[Check]:
+    """The clock: a plausible year, as the hub saw it at the last sync, and not behind what the
+    store already holds. Retention, backfill windows, leases and the worklist's order read it."""
+    from edge.sync.credential import Credential
+    from edge.sync.protocol import MAX_SKEW_S
+
     now = datetime.now(timezone.utc)
-    if not 2024 <= now.year <= 2100:
+    if not clock_plausible():
         return [
             Check(
                 "clock",
                 "fail",
-                f"system time {now.isoformat(timespec='seconds')} is implausible (no RTC battery?)",
+                f"system time {now.isoformat(timespec='seconds')} is implausible (no RTC battery?):"
+                " set it (timedatectl, NTP); no image is deleted by retention until it is right",
+            )
+        ]
+    credential = Credential.load(settings)
+    offset = credential.clock_offset if credential is not None else 0.0
+    if abs(offset) > MAX_SKEW_S:
+        way = "behind" if offset > 0 else "ahead of"
+        return [
+            Check(
+                "clock",
+                "warn",
+                f"the clock was {_duration(abs(offset))} {way} the hub's at the last sync: set it"
+                " (timedatectl, NTP); sync corrects for it, retention waits for it",
             )
         ]
     if settings.db_path.exists():
@@ -253,8 +272,23 @@ def _clock(settings: Settings) -> list[Check]:
         except EdgeError:  # the database check names it
             row = None
         if row and row > now.isoformat():
-            return [Check("clock", "warn", f"the clock is behind the newest record ({row}): time went back")]
+            return [
+                Check(
+                    "clock",
+                    "warn",
+                    f"the clock is behind the newest record ({row}): time went back, or the clock"
+                    " was ahead when it was made; if the time now is right, records of then sort first",
+                )
+            ]
     return [Check("clock", "pass", now.isoformat(timespec="seconds"))]
+
+
+def _duration(seconds: float) -> str:
+    """'7 min', '5 h', '3 days', '56 years': a clock's error in one figure."""
+    for unit, size in (("years", 365.25 * 86400), ("days", 86400), ("h", 3600)):
+        if seconds >= 2 * size:
+            return f"{seconds / size:.0f} {unit}"
+    return f"{seconds / 60:.0f} min"
 
 
 def _listener(settings: Settings) -> list[Check]:

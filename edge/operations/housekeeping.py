@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from edge.clock import clock_plausible, plausible_stamps
 from edge.config import Settings
 from edge.store import Store
 from edge.store.files import remove_quietly
@@ -139,10 +140,38 @@ def _candidates(data_dir: Path) -> Iterator[Path]:
         yield from (data_dir / "profiles").glob(pattern)
 
 
-def purge_expired(store: Store, retention_days: float, *, image_upload: bool = False) -> int:
+CLOCK_DISAGREEMENT_S = 86400.0
+"""Retention waits while the clock is this far from the hub's (as of the last sync)."""
+
+
+def purge_expired(
+    store: Store, retention_days: float, *, image_upload: bool = False, off_hub_s: float = 0.0
+) -> int:
     """Delete image files past retention whose results (and, with `image_upload`, the image
-    itself) the hub acknowledged; rows, results and heatmaps stay (images.purged_at)."""
-    horizon = (datetime.now(timezone.utc) - timedelta(days=retention_days)).isoformat(timespec="milliseconds")
+    itself) the hub acknowledged; rows, results and heatmaps stay (images.purged_at).
+
+    Ages are told by the clock, so nothing goes while it reads an impossible year or is a day
+    off the hub's (`off_hub_s`, the credential's clock offset): an image of today would look
+    years old. An image stamped while the clock was wrong (before 2024, or ahead of it) has its
+    age started again the first time the clock is plausible: an outside-style check found an
+    image taken at 1970 deleted minutes after NTP put the clock right."""
+    now = datetime.now(timezone.utc)
+    if not clock_plausible() or abs(off_hub_s) > CLOCK_DISAGREEMENT_S:
+        log.warning(
+            "retention waits: the clock reads %s (%.0f h off the hub's at the last sync); no image"
+            " is deleted until it is right",
+            now.isoformat(timespec="seconds"),
+            off_hub_s / 3600,
+        )
+        return 0
+    restarted = store.restart_misstamped_ages(*plausible_stamps())
+    if restarted:
+        log.warning(
+            "retention: %d image(s) stamped while the clock was wrong are kept %g days from now",
+            restarted,
+            retention_days,
+        )
+    horizon = (now - timedelta(days=retention_days)).isoformat(timespec="milliseconds")
     purged = 0
     for image in store.purgeable_images(horizon.replace("+00:00", "Z"), image_upload=image_upload):
         remove_quietly(store.data_dir / image["path"])

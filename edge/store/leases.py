@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from edge.clock import utc_after, utc_now
+from edge.clock import AHEAD_S, utc_after, utc_now
 from edge.errors import Code
 from edge.processes import holder_state
 from edge.store.records import Job
@@ -58,13 +58,14 @@ class Leases:
 
     def stale(self, job_id: str | None = None) -> list[dict[str, Any]]:
         """Running jobs (or the one named) whose lease ran out or whose holder here is gone,
-        each with `holder`: its `processes.holder_state`."""
+        each with `holder`: its `processes.holder_state`. A lease ending more than a day ahead
+        (`clock.AHEAD_S`; leases are shorter) was given by a clock that was ahead: it ran out."""
         sql = "SELECT id, worker, attempts, restarts, lease_until FROM jobs WHERE state = 'running'"
         params: list[Any] = []
         if job_id is not None:
             sql += " AND id = ?"
             params.append(job_id)
-        now = utc_now()
+        now, latest = utc_now(), utc_after(AHEAD_S)
         rows = [dict(row) for row in self.db.execute(sql, params).fetchall()]
         for row in rows:
             row["holder"] = holder_state(row["worker"])
@@ -73,6 +74,7 @@ class Leases:
             for row in rows
             if row["lease_until"] is None
             or row["lease_until"] < now
+            or row["lease_until"] > latest
             or row["holder"] in ("gone", "restarted")
         ]
 

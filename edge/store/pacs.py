@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from edge.clock import utc_now
+from edge.clock import utc_after, utc_now
 from edge.ids import uuid7
 from edge.store.writer import Writer
 
@@ -110,13 +110,15 @@ class PacsExports:
 
     # ------------------------------------------------------------------ sending
 
-    def due(self, limit: int, now: str | None = None) -> list[PacsExport]:
-        """Pending rows whose next attempt is due, oldest result first, its SR before its heatmap."""
+    def due(self, limit: int, latest_wait_s: float, now: str | None = None) -> list[PacsExport]:
+        """Pending rows whose next attempt is due, oldest result first, its SR before its heatmap.
+        A next attempt more than `latest_wait_s` (the longest backoff) ahead was set by a clock
+        that was ahead: it is due (it waited until that year)."""
         rows = self.db.execute(
             "SELECT * FROM pacs_exports WHERE state = 'pending'"
-            " AND (next_attempt_at IS NULL OR next_attempt_at <= ?)"
+            " AND (next_attempt_at IS NULL OR next_attempt_at <= ? OR next_attempt_at > ?)"
             " ORDER BY created_at, result_id, kind DESC LIMIT ?",
-            [now or utc_now(), limit],
+            [now or utc_now(), utc_after(latest_wait_s), limit],
         ).fetchall()
         return [PacsExport.from_row(dict(row)) for row in rows]
 

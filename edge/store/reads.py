@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from edge.clock import utc_now
+from edge.clock import PLAUSIBLE_FROM, utc_now
 from edge.errors import Code, EdgeError
 from edge.store import schema
 from edge.store.records import StoredResult
@@ -93,15 +93,20 @@ class Reads:
                 row[key] = json.loads(row[key]) if row.get(key) else None
         return row
 
-    def purgeable_images(self, older_than: str, *, image_upload: bool) -> list[dict[str, Any]]:
+    def purgeable_images(
+        self, older_than: str, *, image_upload: bool, not_before: str = PLAUSIBLE_FROM
+    ) -> list[dict[str, Any]]:
         """Images whose file may go: older than the retention horizon, no job of it waiting or
         running, every result of it acknowledged by the hub, and no upload of it still waiting.
         With `image_upload` (the site sends full images) the hub must also have acknowledged the
         image itself. Nothing the hub has not acknowledged is ever returned; an image that was
         refused (no result) goes after retention, since it never travels. An image whose result
-        still waits to go back into the PACS stays too."""
+        still waits to go back into the PACS stays too. An image's age counts from `aged_from`
+        where a clock that was wrong stamped it (`Store.restart_misstamped_ages`), and an age
+        from before `not_before` is no age: the image stays."""
         sql = (
-            "SELECT i.id, i.path FROM images i WHERE i.purged_at IS NULL AND i.created_at < ?"
+            "SELECT i.id, i.path FROM images i WHERE i.purged_at IS NULL"
+            " AND coalesce(i.aged_from, i.created_at) < ? AND coalesce(i.aged_from, i.created_at) >= ?"
             " AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.image_id = i.id"
             "  AND j.state IN ('queued', 'running'))"
             " AND NOT EXISTS (SELECT 1 FROM results r WHERE r.image_id = i.id AND NOT EXISTS"
@@ -119,7 +124,7 @@ class Reads:
                 "  OR EXISTS (SELECT 1 FROM outbox o WHERE o.kind = 'image' AND o.ref_id = i.id"
                 "  AND o.acked_at IS NOT NULL))"
             )
-        return _dicts(self.db.execute(sql, [older_than]))
+        return _dicts(self.db.execute(sql, [older_than, not_before]))
 
     def referenced_files(self, study_id: str | None = None) -> list[str]:
         """Every file (path relative to the data directory) a row points at, once each: images
@@ -155,7 +160,7 @@ class Reads:
     def last_result(self) -> dict[str, Any] | None:
         return self._one(
             "SELECT id, model_name, finding, probability, created_at FROM results"
-            " ORDER BY created_at DESC LIMIT 1",
+            " ORDER BY rowid DESC LIMIT 1",  # the last made, whatever a wrong clock stamped
             [],
         )
 

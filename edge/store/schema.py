@@ -339,3 +339,11 @@ def m017_job_restarts(db: Database) -> None:
     # Claims of a job that a restart of the device ended (a power cut, a reboot): they are not
     # counted in `attempts`, and `[worker] max_restarts` of them end the job (edge.store.leases).
     db.execute("ALTER TABLE jobs ADD COLUMN restarts INTEGER NOT NULL DEFAULT 0")
+
+
+@migrations()
+def m018_image_aged_from(db: Database) -> None:
+    # When an image's retention age starts where a clock that was wrong stamped it (before 2024:
+    # a box without a clock battery after a power cut; or ahead of the clock); NULL: its
+    # created_at (edge.operations.housekeeping.purge_expired).
+    db.execute("ALTER TABLE images ADD COLUMN aged_from TEXT")

@@ -457,6 +457,19 @@ class Store(Reads):
             self.db.execute("UPDATE images SET purged_at = ? WHERE id = ?", [utc_now(), image_id])
             self.writer.audit("retention", "image.purged", image_id, {})
 
+    def restart_misstamped_ages(self, earliest: str, latest: str) -> int:
+        """Start now the retention age of the images stamped outside [`earliest`, `latest`] (by a
+        clock that was wrong: `clock.plausible_stamps`) whose age has not been restarted; how many."""
+        with self.writer.transaction("restart misstamped ages"):
+            changed = self.db.execute(
+                "UPDATE images SET aged_from = ? WHERE aged_from IS NULL AND purged_at IS NULL"
+                " AND (created_at < ? OR created_at > ?)",
+                [utc_now(), earliest, latest],
+            ).rowcount
+            if changed:
+                self.writer.audit("retention", "image.age_restarted", None, {"images": changed})
+        return changed
+
     def checkpoint(self) -> None:
         """Fold the WAL back into the database file and truncate it (keeps the WAL from growing)."""
         self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")

@@ -132,7 +132,9 @@ class TechnicianActions:
             where.append("r.id IS NOT NULL AND r.seen_at IS NULL")
         sql = _WORKLIST_SELECT + (" WHERE " + " AND ".join(where) if where else "")
         positive_first = f"{NEW_DISAGREEMENT} DESC, {_POSITIVE} DESC, " if positive_counts_as_urgent else ""
-        sql += f" ORDER BY s.urgent DESC, {positive_first}j.created_at DESC, j.rowid DESC LIMIT ?"
+        # Newest first in the order the jobs came (rowid), not by their stamps: a clock that
+        # was ahead (no RTC battery) kept its studies above today's work for years.
+        sql += f" ORDER BY s.urgent DESC, {positive_first}j.rowid DESC LIMIT ?"
         params.append(limit)
         return [WorklistItem.from_row(dict(row)) for row in self.db.execute(sql, params).fetchall()]
 

@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 
 from edge import systemd
-from edge.clock import utc_now
+from edge.clock import still_failing, utc_now
 from edge.config import Settings
 from edge.errors import EdgeError
 from edge.processes import Doorbell, InstanceLock, ring
@@ -76,6 +76,7 @@ def run_round(client: SyncClient) -> bool:
             running=False,
             last_error=f"the hub cannot be reached: {exc}"[:300],
             last_error_at=utc_now(),
+            failing=True,
             last_error_kind="unavailable",
         )
         log.warning("sync: hub unavailable: %s", exc)
@@ -85,6 +86,7 @@ def run_round(client: SyncClient) -> bool:
             running=False,
             last_error=f"the hub refused: {exc}"[:300],
             last_error_at=utc_now(),
+            failing=True,
             last_error_kind=_REFUSAL_KINDS.get(exc.code, "refused"),
         )
         log.error("sync: refused: %s", exc)
@@ -94,11 +96,12 @@ def run_round(client: SyncClient) -> bool:
             running=False,
             last_error=error.one_line()[:300],
             last_error_at=utc_now(),
+            failing=True,
             last_error_kind="device",
         )
         log.error("sync: %s", error.one_line())
         return False
-    store.outbox.set_sync_state(running=False, last_success=utc_now())
+    store.outbox.set_sync_state(running=False, last_success=utc_now(), failing=False)
     if any(counts.values()):
         log.info("sync: %s", counts)
     return True
@@ -187,9 +190,7 @@ def _status_line(store: Store) -> str:
     pending = store.outbox.pending_counts()
     state = store.outbox.sync_state()
     waiting = ", ".join(f"{count} {kind}" for kind, count in sorted(pending.items())) or "nothing"
-    since_success = (state.get("last_error_at") or "") > (state.get("last_success") or "")
-    failing = bool(state.get("last_error")) and since_success
-    error = f"; failing: {state['last_error']}" if failing else ""
+    error = f"; failing: {state['last_error']}" if still_failing(state, "last_success") else ""
     return f"waiting: {waiting}{error}"[:200]
 
 
@@ -200,7 +201,7 @@ def sync_status(settings: Settings, store: Store) -> dict[str, Any]:
     pending = store.outbox.pending_counts()
     if credential is None:
         summary = "not configured"
-    elif state.get("last_error") and (state.get("last_error_at") or "") > (state.get("last_success") or ""):
+    elif still_failing(state, "last_success"):
         kind = state.get("last_error_kind")
         summary = "offline" if kind == "unavailable" else kind if kind in NEEDS_ACTION else "failed"
     elif state.get("running"):

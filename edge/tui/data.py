@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from edge.clock import PLAUSIBLE_FROM
 from edge.errors import EdgeError
 from edge.hints import SYNC_NOT_CONFIGURED
 from edge.imaging.decode import read_input
@@ -376,7 +377,9 @@ def sync_short(view: dict[str, Any], context: TuiContext) -> tuple[str, str]:
     words, style = (known.short, known.style) if known else (f"sync {state}", "yellow")
     last = context.local(view["last_success"])
     since = (context.now() - last).total_seconds() if last is not None else -1.0
-    if state == "offline" and since >= 0:  # a clock set back (no RTC battery, no NTP): no age
+    # A success stamped by a clock set back (no RTC battery, no NTP yet), or one that is now:
+    # no age ("offline 20791d" was a 1970 stamp).
+    if state == "offline" and since >= 0 and view["last_success"] >= PLAUSIBLE_FROM:
         words += f" {elapsed_words(since)}"
     waiting = int(view["pending"].get("results", 0) or 0)
     if waiting and state not in ("up to date", "not configured"):  # without a hub nothing waits
