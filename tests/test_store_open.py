@@ -230,6 +230,24 @@ def test_an_emptied_database_beside_stored_images_is_truncated_not_new(data: Pat
     assert "0 bytes" in refused.value.message
 
 
+def test_a_deleted_database_beside_stored_images_is_refused_and_restorable(data: Path) -> None:
+    """A deleted edge.db was taken for a new device: an empty store was made in its place and
+    the agent swept every stored image as an orphan two minutes later (an outside-style check)."""
+    assert cli_run(data, "store", "backup")[0] == 0
+    backup = newest_backup(data)
+    for name in ("edge.db", "edge.db-wal", "edge.db-shm"):
+        (data / name).unlink(missing_ok=True)
+    code, _, err = cli_run(data, "status")
+    assert code == 1
+    assert "STORE_CORRUPT" in err
+    assert "missing, though images are stored beside it" in err
+    assert not (data / "edge.db").exists()  # nothing made in its place
+    code, _, err = cli_run(data, "store", "restore", str(backup))
+    assert code == 0, err
+    with Store(data) as store:
+        assert store.db.execute("SELECT count(*) FROM results").fetchone()[0] == 1
+
+
 def test_the_tui_and_the_sync_agent_refuse_a_newer_schema(data: Path) -> None:
     from edge.tui.app import create_app
 

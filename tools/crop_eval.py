@@ -62,8 +62,8 @@ def _scaled(factor: float) -> Callable[[np.ndarray], np.ndarray]:
     return scale
 
 
-def _jpeg(pixels: np.ndarray) -> np.ndarray:
-    ok, encoded = cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, 60])
+def _jpeg(pixels: np.ndarray, quality: int = 60) -> np.ndarray:
+    ok, encoded = cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, quality])
     decoded = cv2.imdecode(encoded, cv2.IMREAD_UNCHANGED) if ok else None
     assert decoded is not None
     return np.asarray(decoded)
@@ -94,7 +94,8 @@ def _masked(share: float, value: int) -> Callable[[np.ndarray], np.ndarray]:
     def mask(pixels: np.ndarray) -> np.ndarray:
         border = max(1, round(share * max(pixels.shape[:2])))
         masked = pixels.copy()
-        masked[:border], masked[-border:], masked[:, :border], masked[:, -border:] = value, value, value, value
+        masked[:border], masked[-border:] = value, value
+        masked[:, :border], masked[:, -border:] = value, value
         return masked
 
     return mask
@@ -109,6 +110,10 @@ FRAMED: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     **{
         f"masked in {colour} {round(share * 100)}%": _masked(share, value)
         for share in (0.01, 0.02)
+        for colour, value in (("black", 0), ("white", 255))
+    },
+    **{  # a framed film exported as JPEG: the blocks ring into the frame
+        f"framed in {colour} 1%, JPEG q75": (lambda p, v=value: _jpeg(_framed(0.01, v)(p), 75))
         for colour, value in (("black", 0), ("white", 255))
     },
 }

@@ -41,6 +41,11 @@ Box = tuple[int, int, int, int]
 """The picture inside its frame: top, bottom, left, right (`frame_box`)."""
 
 
+def flat_line(line: np.ndarray) -> bool:
+    """Whether a row or column of a picture is a frame's: one grey (`FRAME_SPREAD`)."""
+    return line.size > 0 and int(line.max()) - int(line.min()) <= FRAME_SPREAD
+
+
 def frame_box(pixels: np.ndarray) -> Box | None:
     """The picture inside the uniform lines along its edges (a frame of any grey) as (top,
     bottom, left, right) rows and columns, or None where it has none. The applicability check
@@ -49,10 +54,7 @@ def frame_box(pixels: np.ndarray) -> Box | None:
     grey = cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY) if pixels.ndim == 3 else pixels
     height, width = grey.shape
     top, bottom, left, right = 0, height, 0, width
-
-    def flat(line: np.ndarray) -> bool:
-        return line.size > 0 and int(line.max()) - int(line.min()) <= FRAME_SPREAD
-
+    flat = flat_line
     while top < height * MAX_FRAME and flat(grey[top, left:right]):
         top += 1
     while height - bottom < height * MAX_FRAME and flat(grey[bottom - 1, left:right]):

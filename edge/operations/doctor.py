@@ -227,7 +227,20 @@ def _disk(settings: Settings) -> list[Check]:
     if settings.store.reserve_mb and not reserve.exists():
         message += "; emergency reserve not in place"
         level = max(level, "warn", key=LEVELS.__getitem__)
-    return [Check("disk", level, message)]
+    checks = [Check("disk", level, message)]
+    lost = housekeeping.lost_images(settings.data_dir)
+    if lost:
+        checks.append(
+            Check(
+                "lost images",
+                "warn",
+                f"{lost} stored image(s) no record points at are kept in"
+                f" {settings.data_dir / housekeeping.LOST_FOUND} (a write a crash interrupted, or a"
+                " database rolled back): send again any whose result is missing (`edge infer FILE`);"
+                " they are deleted after 30 days",
+            )
+        )
+    return checks
 
 
 def _encryption(settings: Settings) -> list[Check]:

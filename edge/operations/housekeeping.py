@@ -98,14 +98,24 @@ def release_reserve(settings: Settings) -> bool:
     return True
 
 
+LOST_FOUND = "lost+found"
+"""Stored images no row points at, moved aside (`sweep_orphans`), under the data directory."""
+LOST_KEEP_S = 30 * 86400.0
+"""How long an image moved aside is kept for someone to send it again."""
+
+
 def sweep_orphans(store: Store, min_age_s: float = ORPHAN_GRACE_S) -> int:
-    """Delete image, heatmap and clip files that no row points at, and the temporary files of
-    interrupted atomic writes anywhere in the data directory, once older than `min_age_s`
-    (a clip's video being recorded, `.recording-*`: an hour)."""
+    """Clear what no row points at, once older than `min_age_s` (a clip's video being recorded,
+    `.recording-*`: an hour): heatmap and clip files and the temporary files of interrupted
+    atomic writes are deleted; an image file is moved to `lost+found/` and kept `LOST_KEEP_S`.
+    An image without its row is most often a write a crash interrupted (its source sends it
+    again), but it is also what a database rolled back leaves (its -wal deleted, an old copy
+    put back): an outside-style check found those images deleted as "left by an interrupted
+    write", the only copy of results the database had lost."""
     referenced = set(store.referenced_files())
     cutoff = time.time() - min_age_s
     recordings_cutoff = min(cutoff, time.time() - RECORDING_GRACE_S)
-    removed = 0
+    removed = kept = 0
     for path in _candidates(store.data_dir):
         # A clip being recorded (by the TUI's live screen or `edge capture` beside the agent)
         # is written until its length is reached, then waits for its stop: an hour's grace.
@@ -115,12 +125,61 @@ def sweep_orphans(store: Store, min_age_s: float = ORPHAN_GRACE_S) -> int:
                 continue
         except OSError:  # removed meanwhile (a study deleted, retention)
             continue
-        if path.name.endswith(".tmp") or str(path.relative_to(store.data_dir)) not in referenced:
+        relative = path.relative_to(store.data_dir)
+        if path.name.endswith(".tmp"):
             remove_quietly(path)
             removed += 1
+        elif str(relative) not in referenced:
+            if relative.parts[0] == "images" and _set_aside(store.data_dir, relative):
+                kept += 1
+            else:
+                remove_quietly(path)
+                removed += 1
     if removed:
         log.warning("swept %d orphaned file(s) left by an interrupted write", removed)
-    return removed
+    if kept:
+        log.warning(
+            "moved %d stored image(s) that no record points at to %s (a write a crash interrupted,"
+            " or a database rolled back): send them again if their results are missing",
+            kept,
+            store.data_dir / LOST_FOUND,
+        )
+    return removed + kept + _expire_lost(store.data_dir)
+
+
+def _set_aside(data_dir: Path, relative: Path) -> bool:
+    """Move an image file no row points at into lost+found/, its path kept; False if it cannot be."""
+    target = data_dir / LOST_FOUND / relative
+    try:
+        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.replace(data_dir / relative, target)
+        os.utime(target)  # kept LOST_KEEP_S from now
+    except OSError as exc:
+        log.warning("an orphaned image cannot be set aside (%s): deleted", exc.strerror or exc)
+        return False
+    return True
+
+
+def _expire_lost(data_dir: Path) -> int:
+    """Delete what lost+found/ has kept longer than LOST_KEEP_S; how many."""
+    cutoff = time.time() - LOST_KEEP_S
+    expired = 0
+    for path in (data_dir / LOST_FOUND).rglob("*"):
+        try:
+            if path.is_file() and path.stat().st_mtime < cutoff:
+                remove_quietly(path)
+                expired += 1
+        except OSError:
+            continue
+    return expired
+
+
+def lost_images(data_dir: Path) -> int:
+    """How many images lost+found/ keeps (`sweep_orphans`)."""
+    try:
+        return sum(1 for path in (data_dir / LOST_FOUND).rglob("*") if path.is_file())
+    except OSError:
+        return 0
 
 
 def _candidates(data_dir: Path) -> Iterator[Path]:

@@ -411,19 +411,38 @@ def _wal_has_frames(path: Path) -> bool:
         return False
 
 
+def _images_beside(path: Path) -> bool:
+    images = path.parent / "images"
+    try:
+        return images.is_dir() and any(images.iterdir())
+    except OSError:
+        return False
+
+
+def _missing(path: Path) -> str | None:
+    """None for a new device (the database is created now); beside stored images, a database
+    deleted: an empty one made in its place took the device for a new one, and the agent then
+    swept every stored image as left by an interrupted write (an outside-style check)."""
+    if not _images_beside(path):
+        return None
+    return (
+        "missing, though images are stored beside it; to start an empty store on purpose, move"
+        f" {path.parent / 'images'} away first"
+    )
+
+
 def _size_problem(path: Path) -> str | None:
     """What stat() alone shows: emptied, or shorter than any SQLite header."""
     try:
         size = path.stat().st_size
+    except FileNotFoundError:
+        return _missing(path)
     except OSError:
-        return None  # absent (a new device) or not statable: SQLite and `refusal` say which
+        return None  # not statable: SQLite and `refusal` say why
     if size == 0:
         # SQLite takes an empty file for a new database; beside stored images it is a truncated
         # one, and opening it would start an empty store (and sweep the images as orphans).
-        images = path.parent / "images"
-        if images.is_dir() and any(images.iterdir()):
-            return "truncated to 0 bytes, though images are stored beside it"
-        return None
+        return "truncated to 0 bytes, though images are stored beside it" if _images_beside(path) else None
     if size < 100:
         return f"truncated: {size} bytes, shorter than an SQLite header"
     return None
@@ -461,7 +480,7 @@ def header_problem(path: Path) -> str | None:
         with path.open("rb") as handle:
             header = handle.read(100)
     except FileNotFoundError:
-        return None  # a new device: created now
+        return _missing(path)
     except OSError as exc:
         return f"it cannot be read: {exc.strerror or exc}"
     if size < 100:
