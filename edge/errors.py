@@ -133,6 +133,17 @@ NEEDS_A_PERSON = frozenset(
     }
 )
 
+# A model that cannot be opened here (its files damaged or missing, its manifest unreadable, no
+# backend): the device's state, not the input's. What waits for it is kept, not refused.
+MODEL_UNAVAILABLE = frozenset(
+    {
+        Code.MODEL_CHECKSUM_MISMATCH,
+        Code.MODEL_FILE_MISSING,
+        Code.MODEL_MANIFEST_INVALID,
+        Code.BACKEND_UNAVAILABLE,
+    }
+)
+
 
 class EdgeError(Exception):
     """A refusal with a stable code and one human sentence (no patient data in it)."""

@@ -59,7 +59,13 @@ RecordingDecoder = Callable[[Path], Iterable[tuple[float, "np.ndarray"]]]
 # A stop (JOB_INTERRUPTED: a cine's decoder closed under it) or a decoder process that could not
 # start is not the job's fault either.
 _DEVICE_FAILURES = frozenset(
-    {Code.DISK_FULL, Code.STORE_WRITE_FAILED, Code.JOB_INTERRUPTED, Code.DECODER_UNAVAILABLE}
+    {
+        Code.DISK_FULL,
+        Code.STORE_WRITE_FAILED,
+        Code.STORE_READ_ONLY,
+        Code.JOB_INTERRUPTED,
+        Code.DECODER_UNAVAILABLE,
+    }
 )
 RECLAIM_EVERY_S = 5.0
 

@@ -302,3 +302,37 @@ def test_a_killed_infer_s_job_is_finished_by_the_running_agent(tmp_path: Path, s
         agent.send_signal(signal.SIGTERM)
         agent.wait(timeout=120)
     assert settings.worker.max_attempts == 3
+
+
+def test_jobs_a_damaged_model_failed_are_queued_again_once_it_is_mended(env: Any) -> None:
+    """A model whose files were damaged failed every job for it, for good: a DICOM study so failed
+    stayed failed after the model was reinstalled (its modality told long before that it was
+    stored). The agent's maintenance gives them back once the model opens (an outside-style check)."""
+    import threading
+    from types import SimpleNamespace
+
+    from edge.inference.pool import model_problem
+    from edge.inference.registry import Registry
+    from edge.operations.agent import Agent
+
+    settings, store, pipeline = env
+    folder = Registry(settings.models.dir).get("tiny").folder
+    saved = {name: (folder / name).read_bytes() for name in ("tiny-fp32.onnx", "tiny-int8.onnx")}
+    for name in saved:
+        (folder / name).write_bytes(b"damaged")
+    job_id = queue_one(store)
+    assert pipeline.run_once()
+    assert job_row(store, job_id)["state"] == "failed"
+    assert job_row(store, job_id)["error_code"] == Code.MODEL_CHECKSUM_MISMATCH.value
+    maintenance = SimpleNamespace(settings=settings, wake=threading.Event())
+    Agent._retry_model_failures(maintenance, store)  # type: ignore[arg-type]
+    assert job_row(store, job_id)["state"] == "failed"  # still damaged: it waits
+    assert model_problem(Registry(settings.models.dir), "tiny", settings) is not None
+    for name, data in saved.items():
+        (folder / name).write_bytes(data)
+    assert model_problem(Registry(settings.models.dir), "tiny", settings) is None
+    Agent._retry_model_failures(maintenance, store)  # type: ignore[arg-type]
+    assert job_row(store, job_id)["state"] == "queued"
+    assert maintenance.wake.is_set()
+    assert pipeline.run_once()  # the same pool: a failed load is not remembered
+    assert job_row(store, job_id)["state"] == "done"

@@ -146,6 +146,28 @@ def test_auto_precision_measures_once_then_remembers(
     again.close()
 
 
+def test_a_variant_whose_file_is_damaged_is_left_out_and_the_others_served(
+    tiny: tuple[Registry, Settings], caplog: pytest.LogCaptureFixture
+) -> None:
+    """One truncated INT8 file made the whole model refuse every input (each dropped picture
+    quarantined MODEL_CHECKSUM_MISMATCH): the others are served; none whole is still refused."""
+    registry, settings = tiny
+    folder = registry.get("tiny").folder
+    (folder / "tiny-int8.onnx").write_bytes(b"truncated")
+    pool = ModelPool(registry, settings, settings.data_dir / "cache")
+    with caplog.at_level(logging.ERROR, logger="edge.inference.pool"):
+        assert pool.get("tiny").variant_name == "fp32"
+    assert "variant int8 not served" in caplog.text
+    assert "MODEL_CHECKSUM_MISMATCH" in caplog.text
+    pool.close()
+    (folder / "tiny-fp32.onnx").unlink()
+    again = ModelPool(registry, settings, settings.data_dir / "cache")
+    with pytest.raises(EdgeError) as refused:
+        again.get("tiny")
+    assert refused.value.code in (Code.MODEL_FILE_MISSING, Code.MODEL_CHECKSUM_MISMATCH)
+    again.close()
+
+
 def test_an_int8_variant_that_computes_something_else_here_is_not_served(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

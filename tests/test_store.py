@@ -274,6 +274,26 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path: Path, monkeypatch: pyt
     assert list(target.parent.iterdir()) == []
 
 
+def test_a_file_system_gone_read_only_is_said_coded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Remounted read-only under a running agent: the write and its clean-up both fail; the
+    clean-up's OSError hid the write's under a traceback, and the drop folder retried the file
+    every half second. Now one coded refusal, which the folder waits out."""
+    from edge.ingest.watch import LEAVE_FOR_LATER
+
+    def read_only(*_: Any, **__: Any) -> int:
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    target = tmp_path / "d" / "image.dcm"
+    target.parent.mkdir()
+    monkeypatch.setattr(os, "open", read_only)
+    monkeypatch.setattr(Path, "unlink", read_only)
+    with pytest.raises(EdgeError) as caught:
+        write_atomically(target, b"data")
+    assert caught.value.code is Code.STORE_READ_ONLY
+    assert "remount the data directory read-write" in caught.value.message
+    assert caught.value.code in LEAVE_FOR_LATER
+
+
 def test_atomic_write_replaces_whole_file(tmp_path: Path) -> None:
     target = tmp_path / "f.bin"
     write_atomically(target, b"first version")

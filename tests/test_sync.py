@@ -629,6 +629,50 @@ def test_status_says_offline_when_the_hub_is_gone(tmp_path: Path) -> None:
     assert "cannot be reached" in status["last_error"]
 
 
+def test_a_captive_portal_in_place_of_the_hub_is_offline_not_a_crash(tmp_path: Path) -> None:
+    """A captive portal or a proxy's login page answers 200 with HTML: the sync agent crashed
+    with a traceback (pydantic's), systemd restarted it every 5 s, and the status said
+    "syncing". Now the round ends offline, saying why; enrolment says it too."""
+    import http.server
+    import threading
+
+    from edge.errors import EdgeError
+    from edge.sync.credential import enroll
+    from edge.sync.runner import run_round
+
+    class Portal(http.server.BaseHTTPRequestHandler):
+        def _page(self) -> None:
+            body = b"<html><body>Log in to the clinic Wi-Fi</body></html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = do_PATCH = _page
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Portal)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    device = load_settings(data_dir=tmp_path / "d", models={"dir": MODELS})
+    try:
+        with httpx.Client() as http, pytest.raises(EdgeError, match="captive portal"):
+            enroll(device, url, "a-code-1234", "dev", http, insecure=True)
+        Credential(url, "dev", insecure=True, key=signatures.new_device_key()).save(device, True)
+        with Store(device.data_dir) as store, httpx.Client() as http:
+            analysed(device, store, samples(1))
+            assert run_round(SyncClient(device, store, http, Credential.load(device))) is False  # type: ignore[arg-type]
+            status = sync_status(device, store)
+    finally:
+        server.shutdown()
+    assert status["state"] == "offline"
+    assert "captive portal" in status["last_error"]
+    assert status["pending"]["results"] == 1
+
+
 def test_the_sync_state_is_right_after_the_clock_jumps(
     hub: Hub, device: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:

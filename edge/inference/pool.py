@@ -321,9 +321,10 @@ class ModelPool:
                 log.error("%s: falling back to ONNX Runtime: %s", entry.name, error.one_line())
                 runner_cls = OnnxRuntimeRunner
         names = candidate_variants(entry, runner_cls.backend, self.settings.runtime.precision)
-        names = self._right_here(entry, runner_cls, names)
         verify = self.settings.models.verify_checksums
-        files = {n: entry.variant_file(n, verify=verify) for n in names}
+        intact = _intact_files(entry, names, verify)
+        names = self._right_here(entry, runner_cls, [n for n in names if n in intact])
+        files = {n: intact[n] if n in intact else entry.variant_file(n, verify=verify) for n in names}
         # On the backend chosen here (ONNX Runtime after a TensorRT fallback), not the configured one.
         chosen = names[0] if len(names) == 1 else self._fastest(entry, runner_cls, files)
         runner = runner_cls(files[chosen], tensor_names(entry), self.settings.runtime)
@@ -478,3 +479,45 @@ def _backend_version(backend: str) -> str:
         return str(importlib.import_module(backend).__version__)
     except Exception:  # noqa: BLE001 - a missing version only weakens the cache key
         return "unknown"
+
+
+_BROKEN_FILE = (Code.MODEL_CHECKSUM_MISMATCH, Code.MODEL_FILE_MISSING)
+
+
+def _intact_files(entry: ModelEntry, names: list[str], verify: bool) -> dict[str, Path]:
+    """The candidate variants' files that are there and whole, by variant. A variant whose file
+    is missing or changed is left out, loudly, and the others served: one truncated INT8 file
+    made the whole model refuse every input, each dropped picture quarantined (an outside-style
+    check). Where none is whole, the first one's refusal is raised."""
+    intact: dict[str, Path] = {}
+    first: EdgeError | None = None
+    for name in names:
+        try:
+            intact[name] = entry.variant_file(name, verify=verify)
+        except EdgeError as error:
+            if error.code not in _BROKEN_FILE:
+                raise
+            log.error(
+                "%s: variant %s not served: %s; serving the others (`edge doctor`; reinstall the model)",
+                entry.name,
+                name,
+                error.one_line(),
+            )
+            first = first or error
+    if not intact and first is not None:
+        raise first
+    return intact
+
+
+def model_problem(registry: Registry, name: str, settings: Settings) -> EdgeError | None:
+    """Why `name` cannot be opened here (its manifest, or no candidate file whole), or None:
+    what the pool would refuse, without loading it (the agent's maintenance asks, to give
+    back what waited for a damaged model once it is put right)."""
+    try:
+        entry = registry.get(name)
+        backend = runtime.resolve_backend(settings.runtime.backend).backend
+        names = candidate_variants(entry, backend, settings.runtime.precision) or ["fp32"]
+        _intact_files(entry, names, settings.models.verify_checksums)
+    except EdgeError as error:
+        return error
+    return None

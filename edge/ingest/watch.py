@@ -49,7 +49,7 @@ from pathlib import Path
 
 from edge.clock import utc_now
 from edge.config import Settings
-from edge.errors import Code, EdgeError
+from edge.errors import MODEL_UNAVAILABLE, Code, EdgeError
 from edge.imaging.decoded import sha256_hex
 from edge.ingest.recording_attempts import RecordingAttempts
 from edge.pipeline import Decoder, Pipeline
@@ -63,7 +63,16 @@ log = logging.getLogger(__name__)
 PARTIAL_SUFFIXES = (".part", ".partial", ".tmp", ".crdownload", ".download", ".filepart", ".swp")
 DROPPED = f"{RECORDING_PREFIX}dropped-"
 """A dropped video's private copy under clips/, by its content (one per video, not per attempt)."""
-LEAVE_FOR_LATER = {Code.DISK_FULL, Code.STORE_WRITE_FAILED, Code.DECODER_UNAVAILABLE}
+LEAVE_FOR_LATER = {
+    Code.DISK_FULL,
+    Code.STORE_WRITE_FAILED,
+    Code.STORE_READ_ONLY,
+    Code.DECODER_UNAVAILABLE,
+    *MODEL_UNAVAILABLE,
+}
+"""The device's state, not the file's: the file stays in the inbox, tried again after RETRY_S. A
+model that cannot be opened (a damaged file) quarantined every picture dropped meanwhile, and
+none was tried again once the model was put right (an outside-style check)."""
 RETRY_S = 60.0
 UNFINISHED_PATIENCE_S = 300.0
 """A recording whose container is not finished (or an empty file) is waited for until it has
@@ -386,7 +395,7 @@ class DropFolder:
         """The store could not take a file: leave it, and every other, until RETRY_S has passed."""
         if self._blocked is None:
             log.warning(
-                "drop folder: the store cannot take files (%s); they stay in the inbox, tried again"
+                "drop folder: files cannot be taken now (%s); they stay in the inbox, tried again"
                 " every %.0f s",
                 error.one_line(),
                 RETRY_S,

@@ -27,7 +27,9 @@ from typing import Any
 from edge import systemd
 from edge.config import Settings
 from edge.device import Device
-from edge.errors import Code, EdgeError
+from edge.errors import MODEL_UNAVAILABLE, Code, EdgeError
+from edge.inference.pool import model_problem
+from edge.inference.registry import Registry
 from edge.ingest.guard import GuardedDecoder
 from edge.operations import health, housekeeping, storage_encryption
 from edge.processes import InstanceLock
@@ -40,6 +42,7 @@ log = logging.getLogger(__name__)
 MAINTENANCE_S = 30.0
 CHECKPOINT_EVERY_S = 600.0
 RETENTION_EVERY_S = 3600.0
+MODEL_RETRY_EVERY_S = 300.0
 SWEEP_EVERY_S = 600.0
 
 
@@ -130,6 +133,7 @@ class Agent:
             (SWEEP_EVERY_S, housekeeping.sweep_orphans),
             (CHECKPOINT_EVERY_S, lambda store: store.checkpoint()),
             (RETENTION_EVERY_S, self._purge),
+            (MODEL_RETRY_EVERY_S, self._retry_model_failures),
         ]
         last = [time.monotonic()] * len(tasks)
         try:
@@ -156,6 +160,17 @@ class Agent:
         self._disk_warned = state.warning
         if state.accepting:
             housekeeping.ensure_reserve(self.settings)
+
+    def _retry_model_failures(self, store: Store) -> None:
+        """Give back to the queue the jobs that failed because their model could not be opened
+        (a damaged file), once it can: a DICOM study so failed stayed failed after the model was
+        reinstalled, its modality long since told it was stored (an outside-style check)."""
+        registry = Registry(self.settings.models.dir)
+        for model, job_ids in store.technician.failed_for_a_model(MODEL_UNAVAILABLE).items():
+            if model_problem(registry, model, self.settings) is None:
+                count = store.technician.requeue_failed(job_ids, "agent", f"{model} can be opened again")
+                log.warning("%s can be opened again: %d job(s) it failed back in the queue", model, count)
+                self.wake.set()
 
     def _purge(self, store: Store) -> None:
         credential = Credential.load(self.settings)

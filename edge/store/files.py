@@ -8,6 +8,7 @@ they are created readable by the owner only.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 from pathlib import Path
@@ -58,10 +59,25 @@ def write_atomically(path: Path, data: bytes) -> None:
         os.replace(tmp, path)
         fsync_dir(path.parent)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise EdgeError(Code.DISK_FULL, f"no space left to store {path.name}") from exc
-        raise EdgeError(Code.STORE_WRITE_FAILED, f"cannot write {path.name}: {exc.strerror}") from exc
+        # The clean-up may fail for the same reason (a file system gone read-only): the write's
+        # own error is the one to say, coded (a second OSError hid it under a traceback).
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise write_refusal(exc, path) from exc
+
+
+def write_refusal(exc: OSError, path: Path) -> EdgeError:
+    """A failed write of `path`, coded: DISK_FULL, STORE_READ_ONLY (a file system remounted
+    read-only under a running agent: an SD card's errors do that), else STORE_WRITE_FAILED."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return EdgeError(Code.DISK_FULL, f"no space left on the disk of {path.parent} to store a file")
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return EdgeError(
+            Code.STORE_READ_ONLY,
+            f"{path.parent} cannot be written ({exc.strerror}): remount the data directory read-write"
+            " or give the service's user write access to it, then `edge doctor`",
+        )
+    return EdgeError(Code.STORE_WRITE_FAILED, f"cannot write a file in {path.parent}: {exc.strerror}")
 
 
 def remove_quietly(path: Path) -> None:

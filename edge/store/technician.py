@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -272,6 +272,33 @@ class TechnicianActions:
                 return str(job["id"])
             self.writer.audit(actor, "job.rerun", job_id, {"model": model_name, "image": image_id})
         return job_id
+
+    def failed_for_a_model(self, codes: Iterable[Code]) -> dict[str, list[str]]:
+        """Jobs that failed because their model could not be opened (`codes`), by model."""
+        wanted = [code.value for code in codes]
+        rows = self.db.execute(
+            "SELECT id, model_name FROM jobs WHERE state = 'failed'"
+            f" AND error_code IN ({', '.join('?' for _ in wanted)})",
+            wanted,
+        ).fetchall()
+        found: dict[str, list[str]] = {}
+        for row in rows:
+            found.setdefault(row["model_name"], []).append(row["id"])
+        return found
+
+    def requeue_failed(self, job_ids: list[str], actor: str, why: str) -> int:
+        """Give failed jobs back to the queue (their cause mended); how many went."""
+        with self.writer.transaction("requeue failed jobs"):
+            now, requeued = utc_now(), 0
+            for job_id in job_ids:
+                requeued += self.db.execute(
+                    "UPDATE jobs SET state = 'queued', worker = NULL, claimed_at = NULL, error_code = NULL,"
+                    " error_message = NULL, updated_at = ? WHERE id = ? AND state = 'failed'",
+                    [now, job_id],
+                ).rowcount
+            if requeued:
+                self.writer.audit(actor, "job.requeued", None, {"jobs": requeued, "why": why})
+        return requeued
 
     def delete_study(self, study_id: str, actor: str) -> dict[str, int]:
         """Delete a study, everything recorded about it and its files; returns what went.

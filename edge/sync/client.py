@@ -24,6 +24,7 @@ from typing import Any
 
 import httpx
 import stamina
+from pydantic import TypeAdapter
 
 from edge.config import Settings
 from edge.errors import Code
@@ -31,7 +32,7 @@ from edge.store import Store
 from edge.store.reads import evidence_beside
 from edge.sync import protocol
 from edge.sync.cine import outgoing_cine
-from edge.sync.credential import Credential, HubRefused, HubUnavailable, check_hub_url
+from edge.sync.credential import Credential, HubRefused, HubUnavailable, check_hub_url, hub_answer
 from edge.sync.deid import Deidentifier
 from edge.sync.outgoing import Outgoing, PixelGuard, withheld
 from edge.sync.preparing import MAX_DEATHS, PreparationRecord
@@ -156,7 +157,7 @@ class SyncClient:
             except (HubUnavailable, HubRefused) as exc:
                 self.store.outbox.mark_attempt([row["id"] for row in rows], str(exc)[:200])
                 raise
-            reply = protocol.BatchReply.model_validate_json(response.content)
+            reply = hub_answer(protocol.BatchReply, response)
             by_uuid = {row["ref_id"]: row["id"] for row in rows}
             self.store.outbox.mark_acked([by_uuid[u] for u in reply.stored + reply.duplicates])
             if reply.quarantined:
@@ -170,8 +171,7 @@ class SyncClient:
         """One batch of deletions (`edge.sync.deletions` decides what goes and marks it)."""
         body = protocol.compress(batch.model_dump(mode="json"))
         headers = {"Content-Encoding": "gzip", "Content-Type": "application/json"}
-        response = self._send("POST", "/v1/tombstones", body, headers)
-        return protocol.TombstoneReply.model_validate_json(response.content)
+        return hub_answer(protocol.TombstoneReply, self._send("POST", "/v1/tombstones", body, headers))
 
     def _record(self, row: dict[str, Any]) -> protocol.Record | None:
         result = self.store.result(row["ref_id"])
@@ -220,8 +220,7 @@ class SyncClient:
 
     def rendition_requests(self) -> protocol.RenditionRequests:
         """The results whose diagnostic rendition the hub asked for (edge/sync/renditions.py)."""
-        content = self._send("GET", "/v1/renditions/requested").content
-        return protocol.RenditionRequests.model_validate_json(content)
+        return hub_answer(protocol.RenditionRequests, self._send("GET", "/v1/renditions/requested"))
 
     def push_files(self) -> int:
         done = 0
@@ -321,10 +320,11 @@ class SyncClient:
             sha256=hashlib.sha256(data).hexdigest(),
             media_type=media_type,
         )
-        state = protocol.UploadState.model_validate_json(
+        state = hub_answer(
+            protocol.UploadState,
             self._send(
                 "POST", "/v1/uploads", start.model_dump_json().encode(), {"Content-Type": "application/json"}
-            ).content
+            ),
         )
         offset = state.offset
         while not state.complete:
@@ -340,9 +340,14 @@ class SyncClient:
                 if exc.code is not WireCode.WRONG_OFFSET:
                     raise
                 head = self._send("HEAD", f"/v1/uploads/{state.upload_id}")  # resume where the hub is
-                offset = int(head.headers["Upload-Offset"])
+                try:
+                    offset = int(head.headers["Upload-Offset"])
+                except (KeyError, ValueError) as exc:
+                    raise HubUnavailable(
+                        "the hub's answer carries no upload offset: not the edge hub?"
+                    ) from exc
                 continue
-            state = protocol.UploadState.model_validate_json(response.content)
+            state = hub_answer(protocol.UploadState, response)
             offset = state.offset
 
     def _throttle(self, size: int) -> None:
@@ -368,9 +373,7 @@ class SyncClient:
         added = 0
         while True:
             cursor = int(self.store.outbox.sync_state().get("review_cursor", 0))
-            page = protocol.ReviewPage.model_validate_json(
-                self._send("GET", f"/v1/reviews?cursor={cursor}").content
-            )
+            page = hub_answer(protocol.ReviewPage, self._send("GET", f"/v1/reviews?cursor={cursor}"))
             if page.cursor == cursor:
                 return added
             added += self.store.outbox.apply_reviews([r.model_dump() for r in page.reviews], page.cursor)
@@ -379,7 +382,7 @@ class SyncClient:
 
     def releases(self) -> list[protocol.ModelRelease]:
         """The signed releases the hub offers this device's programme (not yet verified)."""
-        return [protocol.ModelRelease(**r) for r in self._send("GET", "/v1/models").json()]
+        return hub_answer(_RELEASES, self._send("GET", "/v1/models"))
 
     @contextmanager
     def release_file(
@@ -408,7 +411,11 @@ class SyncClient:
 
     def profiles(self) -> list[protocol.ProfileRelease]:
         """The signed site profiles the hub offers this device's site (not yet verified)."""
-        return [protocol.ProfileRelease(**p) for p in self._send("GET", "/v1/profiles").json()]
+        return hub_answer(_PROFILES, self._send("GET", "/v1/profiles"))
+
+
+_RELEASES = TypeAdapter(list[protocol.ModelRelease])
+_PROFILES = TypeAdapter(list[protocol.ProfileRelease])
 
 
 def _killed_us(deaths: int) -> Outgoing:

@@ -14,10 +14,11 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from pydantic import TypeAdapter, ValidationError
 
 from edge.config import Settings
 from edge.errors import Code, EdgeError
@@ -157,6 +158,26 @@ def _say_once(settings: Settings, message: str) -> None:
         log.error("%s", message)
 
 
+Answer = TypeVar("Answer")
+
+
+def hub_answer(shape: type[Answer] | TypeAdapter[Answer], response: httpx.Response) -> Answer:
+    """The hub's reply in its protocol's `shape`; a 2xx reply that is not one is a hub not
+    reached (`HubUnavailable`: retried, shown "offline" with why). A captive portal or a proxy's
+    login page answers 200 with HTML: it crashed the sync agent, which systemd restarted every
+    5 s (an outside-style check)."""
+    adapter = shape if isinstance(shape, TypeAdapter) else TypeAdapter(shape)
+    try:
+        return adapter.validate_json(response.content)
+    except ValidationError as exc:
+        kind = response.headers.get("content-type", "no content type").split(";")[0]
+        raise HubUnavailable(
+            f"the hub URL answered HTTP {response.status_code} ({kind}) that is not the edge hub's"
+            " protocol: a captive portal or a proxy's login page in the way? Check the link"
+            " and the hub URL"
+        ) from exc
+
+
 def enroll(
     settings: Settings, hub_url: str, code: str, device_name: str, http: httpx.Client, insecure: bool = False
 ) -> Credential:
@@ -176,7 +197,10 @@ def enroll(
     )
     if response.status_code != 200:
         raise EdgeError(Code.CONFIG_INVALID, f"enrolment refused: {HubRefused.from_response(response)}")
-    reply = protocol.EnrollResponse.model_validate_json(response.content)
+    try:
+        reply = hub_answer(protocol.EnrollResponse, response)
+    except HubUnavailable as exc:
+        raise EdgeError(Code.CONFIG_INVALID, f"enrolment failed: {exc}") from exc
     offset = reply.hub_time - time.time()
     credential = Credential(hub_url, reply.device_id, offset, insecure, key, site=settings.site)
     credential.save(settings, with_key=True)

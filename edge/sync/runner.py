@@ -65,12 +65,33 @@ _REFUSAL_KINDS: dict[WireCode | None, str] = {
 NEEDS_ACTION = ("failed", *_REFUSAL_KINDS.values())
 
 
+def _exchange_or_stop(client: SyncClient) -> dict[str, int]:
+    """`exchange`; a round that ends in an error no branch of `run_round` names is not left
+    "running" (the status said "syncing" after such a crash, with no error)."""
+    try:
+        return exchange(client)
+    except (HubUnavailable, HubRefused, EdgeError):
+        raise
+    except Exception as exc:
+        client.store.outbox.set_sync_state(
+            running=False,
+            last_error=f"the round failed: {type(exc).__name__}: {exc}"[:300],
+            last_error_at=utc_now(),
+            last_error_kind="device",
+            failing=True,
+        )
+        raise
+    except BaseException:  # Ctrl-C, a stop: not a failure, but not running either
+        client.store.outbox.set_sync_state(running=False)
+        raise
+
+
 def run_round(client: SyncClient) -> bool:
     """One round with its outcome recorded; True when everything pending went through."""
     store = client.store
     store.outbox.set_sync_state(running=True)
     try:
-        counts = exchange(client)
+        counts = _exchange_or_stop(client)
     except HubUnavailable as exc:
         store.outbox.set_sync_state(
             running=False,
