@@ -673,6 +673,24 @@ def test_a_captive_portal_in_place_of_the_hub_is_offline_not_a_crash(tmp_path: P
     assert status["pending"]["results"] == 1
 
 
+def test_an_enrolled_device_whose_key_is_gone_says_so(hub: Hub, device: Settings) -> None:
+    """A missing device key read as "no hub enrolled" (doctor passed it, the TUI said NOT
+    CONFIGURED): nothing was sent, and nothing said to enrol again."""
+    from edge.operations.doctor import run_checks
+
+    with Store(device.data_dir) as store:
+        hub.sync_client(device, store, hub.enroll(device))
+        Credential.key_path(device).unlink()
+        status = sync_status(device, store)
+    assert status["state"] == "failed"
+    assert str(status["hub"]).startswith("http")
+    assert "key" in status["last_error"]
+    assert "enrol this device again" in status["last_error"]
+    [check] = [c for c in run_checks(device) if c.name == "hub"]
+    assert check.level == "fail"
+    assert "enrol this device again" in check.message
+
+
 def test_the_sync_state_is_right_after_the_clock_jumps(
     hub: Hub, device: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -117,6 +117,27 @@ class Credential:
             _say_once(settings, f"the device's key cannot be read ({type(exc).__name__}): enrol it again")
             return None
 
+    @classmethod
+    def problem(cls, settings: Settings) -> tuple[str, str] | None:
+        """Where this device enrolled and why that cannot be used (its key missing or
+        unreadable, an old protocol, a damaged file), or None: never enrolled, or enrolled and
+        usable. A missing key read as "no hub enrolled" everywhere (an outside-style check)."""
+        try:
+            data = json.loads(cls.path(settings).read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            return "the enrolled hub", f"{cls.path(settings)} cannot be read ({type(exc).__name__})"
+        hub = data.get("hub_url") if isinstance(data, dict) else None
+        hub = hub if isinstance(hub, str) else "the enrolled hub"
+        if not isinstance(data, dict) or "secret" in data:
+            return hub, "this device enrolled with sync protocol 1 (a shared secret)"
+        try:
+            cls(**data, key=signatures.load_private_key(cls.key_path(settings)))
+        except (OSError, ValueError, TypeError) as exc:
+            return hub, f"the device's key {cls.key_path(settings)} cannot be read ({type(exc).__name__})"
+        return None
+
     def save(self, settings: Settings, with_key: bool = False) -> None:
         """The credential file (never the key in it); the key file too once, at enrolment."""
         if with_key:

@@ -220,7 +220,11 @@ def sync_status(settings: Settings, store: Store) -> dict[str, Any]:
     credential = Credential.load(settings)
     state = store.outbox.sync_state()
     pending = store.outbox.pending_counts()
-    if credential is None:
+    broken = Credential.problem(settings) if credential is None else None
+    if broken is not None:
+        summary = "failed"
+        state = {**state, "last_error": f"{broken[1]}: enrol this device again (`edge sync enroll URL CODE`)"}
+    elif credential is None:
         summary = "not configured"
     elif still_failing(state, "last_success"):
         kind = state.get("last_error_kind")
@@ -232,7 +236,7 @@ def sync_status(settings: Settings, store: Store) -> dict[str, Any]:
         summary = "syncing" if waiting else "up to date"
     return {
         "state": summary,
-        "hub": credential.hub_url if credential else None,
+        "hub": credential.hub_url if credential else broken[0] if broken else None,
         "last_success": state.get("last_success"),
         "last_error": state.get("last_error"),
         "last_error_at": state.get("last_error_at"),
