@@ -53,6 +53,43 @@ def test_agent_ingests_scores_and_stops_cleanly(tmp_path: Path, sample_png: Path
     assert len(list((tmp_path / "quarantine").rglob("c.txt.reason.txt"))) == 1
 
 
+def test_a_drop_folder_that_cannot_be_made_is_said_not_a_dead_thread(tmp_path: Path) -> None:
+    """A file where the inbox should be: the watch thread died with a traceback, `edge status`
+    said "running" and nothing was ever taken. Now the agent says why and keeps trying."""
+    blocker = tmp_path / "blocker"
+    blocker.write_text("not a folder")
+    data = tmp_path / "data"
+    agent = start(data, blocker / "inbox", tmp_path / "agent.log")
+    try:
+        assert crashtest.wait_until_running(data, agent.pid, timeout_s=120), "the agent did not start"
+        deadline, said = time.monotonic() + 30, ""
+        while "cannot be used" not in said and time.monotonic() < deadline:
+            time.sleep(0.5)
+            said = subprocess.run(
+                [sys.executable, "-m", "edge", "--data-dir", str(data), "status"],
+                capture_output=True,
+                text=True,
+                check=False,
+            ).stdout
+        assert f"agent: the drop folder {blocker / 'inbox'} cannot be used" in said
+        doctor = subprocess.run(
+            [sys.executable, "-m", "edge", "--data-dir", str(data), "doctor", "--json"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        [check] = [c for c in json.loads(doctor.stdout) if c["name"] == "agent"]
+        assert check["level"] == "warn"
+        assert "files dropped there are not taken" in check["message"]
+        assert agent.poll() is None  # alive, trying again
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        code = agent.wait(timeout=120)
+    log = (tmp_path / "agent.log").read_text()
+    assert code == 0, log[-3000:]
+    assert "Traceback" not in log, log[-3000:]
+
+
 def test_crash_safety_under_sigkill(tmp_path: Path) -> None:
     """A bounded run of tools/crashtest.py (the full one: 200 images, 100 kills; see the notes)."""
     report = crashtest.run(images=24, kills=6, seed=7, workdir=tmp_path, log_path=tmp_path / "agents.log")

@@ -93,6 +93,8 @@ def status(obj: Context, as_json: bool) -> None:
         click.echo(
             f"agent: {'running, pid ' + str(agent['pid']) if agent['running'] else agent.get('reason')}"
         )
+        for problem in (agent.get("problems") or {}).values() if agent["running"] else ():
+            click.echo(f"agent: {problem}")
         click.echo(status_line(snap))
         for error in snap["recent_errors"]:
             click.echo(f"recent: {error['state']} {error['error_code']}: {error['error_message']}")

@@ -43,6 +43,7 @@ MAINTENANCE_S = 30.0
 CHECKPOINT_EVERY_S = 600.0
 RETENTION_EVERY_S = 3600.0
 MODEL_RETRY_EVERY_S = 300.0
+WATCH_RETRY_S = 60.0
 SWEEP_EVERY_S = 600.0
 
 
@@ -60,6 +61,8 @@ class Agent:
         self.failed = False
         self._disk_warned = False
         self._threads: list[threading.Thread] = []
+        self.source_problems: dict[str, str] = {}
+        """A source that cannot work now, by name, and why (in agent.json: `edge status`, doctor)."""
 
     # ------------------------------------------------------------------ disk guard
 
@@ -106,18 +109,40 @@ class Agent:
                 device.close()
 
     def _watch(self, decoder: GuardedDecoder) -> None:
+        """The drop folder; one whose folders cannot be made (a file where the inbox should be,
+        a mount missing) is said, coded, and tried again: the thread died with a traceback while
+        the agent looked healthy and nothing was ever taken (an outside-style check)."""
         from edge.ingest.watch import DropFolder
 
+        said = None
         with Device(self.settings, actor="watch") as device:
             device.pipeline.recording_decoder = decoder.recording  # a dropped video's frames
-            folder = DropFolder(
-                self.settings,
-                device.pipeline,
-                decoder.decode,
-                on_queued=self.wake.set,
-                accepting=self.accepting,
-            )
-            folder.run(self.stop)
+            while not self.stop.is_set():
+                try:
+                    folder = DropFolder(
+                        self.settings,
+                        device.pipeline,
+                        decoder.decode,
+                        on_queued=self.wake.set,
+                        accepting=self.accepting,
+                    )
+                except (OSError, EdgeError) as exc:
+                    why = exc.one_line() if isinstance(exc, EdgeError) else f"{type(exc).__name__}: {exc}"
+                    self.source_problems["watch"] = (
+                        f"the drop folder {self.settings.inbox} cannot be used ({why}): files dropped"
+                        f" there are not taken; fix the folder or [watch] inbox (tried again every"
+                        f" {WATCH_RETRY_S:.0f} s)"
+                    )
+                    if why != said:
+                        log.error("%s", self.source_problems["watch"])
+                        said = why
+                    self.stop.wait(WATCH_RETRY_S)
+                    continue
+                if said is not None:
+                    log.info("the drop folder %s can be used again", self.settings.inbox)
+                self.source_problems.pop("watch", None)
+                folder.run(self.stop)
+                return
 
     def _maintain(self) -> None:
         while not self.ready.wait(1.0):  # agent.json says "running" only once the sources are up
@@ -194,6 +219,7 @@ class Agent:
                 else None,
                 "watch": str(self.settings.inbox) if self.settings.watch.enabled else None,
             },
+            "problems": dict(self.source_problems),
         }
         write_atomically(health.agent_file(self.settings), json.dumps(report, indent=1).encode())
         # Under systemd without a watchdog nothing else says STATUS=; the watchdog says it itself,
@@ -202,10 +228,14 @@ class Agent:
             systemd.notify(f"STATUS={health.status_line(health.snapshot(self.settings, store))}")
 
     def healthy(self, store: Store) -> tuple[bool, str]:
-        """The watchdog's question: is the worker looping and does the store answer?"""
+        """The watchdog's question: is the worker looping, is every source alive, and does the
+        store answer? A source thread that died left a healthy-looking agent taking nothing."""
         age = self.heartbeat.age()
         if age > self.settings.worker.stall_s:
             return False, f"worker loop silent for {age:.0f} s (stalled)"
+        dead = [thread.name for thread in self._threads if not thread.is_alive()]
+        if dead and not self.stop.is_set():
+            return False, f"the {', '.join(dead)} thread(s) died"
         store.db.execute("SELECT 1 FROM jobs LIMIT 1").fetchall()
         return True, ""
 

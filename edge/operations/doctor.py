@@ -343,7 +343,8 @@ def _agent(settings: Settings) -> list[Check]:
         started = f"pid {agent['pid']}, started {agent['started_at']}"
         return [Check("agent", "pass", f"{started}, opening its models")]
     if agent.get("running"):
-        return [
+        problems = [Check("agent", "warn", problem) for problem in (agent.get("problems") or {}).values()]
+        return problems or [
             Check(
                 "agent",
                 "pass",
