@@ -305,3 +305,14 @@ def test_ctrl_c_ends_with_status_130_and_keeps_what_was_stored(
     assert "interrupted (Ctrl-C)" in err
     with Store(tmp_path / "data") as store:
         assert store.counts()["results"] == 1
+
+
+@pytest.mark.parametrize("source", ["/dev/video97", "missing-clip.mp4"])
+def test_capture_from_a_source_that_gives_no_frame_is_refused(tmp_path: Path, source: str) -> None:
+    """`edge capture` from a capture device that is not there (or a file that is not) said
+    "nothing analysed" and exited 0; with --record, VIDEO_TOO_SHORT."""
+    for extra in ([], ["--record"]):
+        code, _, err = run(tmp_path, "capture", "--source", str(tmp_path / source), "--seconds", "1", *extra)
+        assert code == 1, err
+        assert "VIDEO_UNREADABLE" in err
+        assert "VIDEO_TOO_SHORT" not in err

@@ -13,7 +13,7 @@ from rich.console import Console
 
 from edge.cli.base import EXIT_REFUSED, EXIT_USAGE, Context, cli, pass_context
 from edge.config import DEMO_MODEL
-from edge.errors import EdgeError
+from edge.errors import Code, EdgeError
 
 if TYPE_CHECKING:  # the analysis modules load models: only when a command runs
     from edge.results import Analysis
@@ -239,6 +239,14 @@ def capture(
                     live.analyzer.run(stop, max_seconds=seconds)
                 except KeyboardInterrupt:
                     stop.set()
+            if not live.frames.stats.read and not stop.is_set():
+                # No frame at all: a source that is not there or gives nothing (a cable, a
+                # capture card, a wrong /dev/videoN). It said "nothing analysed" and exited 0.
+                raise EdgeError(
+                    Code.VIDEO_UNREADABLE,
+                    f"no frame could be read from {source} ({live.frames.stats.end_reason}): check that"
+                    " the device exists (ls /dev/video*), its cable and capture card, or the file's path",
+                )
             click.echo(_live_summary(live.analyzer, live.frames), err=True)
             if record:
                 click.echo(capture_clip(settings, device.store, live))
