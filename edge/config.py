@@ -425,11 +425,18 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise EdgeError(Code.CONFIG_INVALID, f"config file {path} cannot be read: {exc}") from exc
 
 
-def _describe(exc: ValidationError) -> str:
+def _describe(exc: ValidationError, path: Path | None) -> str:
+    """The first problem, where it came from (an EDGE_* variable set, else the file) and in
+    plain words ("unknown key", not pydantic's "Extra inputs are not permitted")."""
     first = exc.errors()[0]
     where = ".".join(str(part) for part in first["loc"]) or "(top level)"
     more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-    return f"{where}: {first['msg']}{more}"
+    message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
+    variable = "EDGE_" + "__".join(str(part).upper() for part in first["loc"])
+    if first["loc"] and variable in os.environ:
+        return f"environment variable {variable}: {message}{more}"  # its value may be a secret
+    source = f"config {path}" if path else "settings"
+    return f"{source}: {where}: {message}{more}"
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
@@ -445,7 +452,6 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     try:
         settings = Settings(**values)
     except ValidationError as exc:
-        source = f"config {path}" if path else "settings"
-        raise EdgeError(Code.CONFIG_INVALID, f"{source}: {_describe(exc)}") from exc
+        raise EdgeError(Code.CONFIG_INVALID, _describe(exc, path)) from exc
     settings.config_file = path
     return settings

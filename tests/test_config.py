@@ -53,7 +53,7 @@ def test_system_file_is_read_when_present(monkeypatch: pytest.MonkeyPatch, tmp_p
 @pytest.mark.parametrize(
     ("text", "fragment"),
     [
-        ("[runtime]\nthreds = 2\n", "runtime.threds"),  # typo: refused, not ignored
+        ("[runtime]\nthreds = 2\n", "runtime.threds: unknown key"),  # typo: refused, not ignored
         ('[runtime]\nbackend = "cuda"\n', "runtime.backend"),
         ("[runtime]\nthreads = -1\n", "runtime.threads"),
         ("this is = not [toml", "cannot be read"),
@@ -74,8 +74,13 @@ def test_missing_config_file_is_refused(tmp_path: Path) -> None:
         load_settings(tmp_path / "nope.toml")
 
 
-def test_bad_environment_value_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bad_environment_value_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("EDGE_RUNTIME__THREADS", "many")
+    config = tmp_path / "site.toml"
+    config.write_text('site = "x"\n')
     with pytest.raises(EdgeError) as caught:
-        load_settings()
+        load_settings(config)
     assert caught.value.code is Code.CONFIG_INVALID
+    # The variable is named, not the file (which said nothing of threads).
+    assert "environment variable EDGE_RUNTIME__THREADS: " in caught.value.message
+    assert str(config) not in caught.value.message
