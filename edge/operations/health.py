@@ -131,3 +131,18 @@ def status_line(snap: dict[str, Any]) -> str:
         parts.append(f"last {last['finding']} {last['created_at'][11:19]}Z")
     parts.append(f"disk {disk['free_mb']} MB free" + (" (NOT accepting)" if not disk["accepting"] else ""))
     return ", ".join(parts)
+
+
+def sync_line(snap: dict[str, Any]) -> str:
+    """The sync in one line for `edge status`: its state, what waits, the last success and,
+    while it fails, why (it said nothing of the hub: `edge sync status` had to be known)."""
+    sync = snap["sync"]
+    if sync["hub"] is None:
+        return "sync: no hub enrolled (results stay on this device)"
+    line = (
+        f"sync: {sync['state']} ({sync['hub']}), {sync['pending']['results']} result(s) waiting,"
+        f" last success {sync['last_success'] or 'never'}"
+    )
+    if sync["state"] not in ("up to date", "syncing") and sync.get("last_error"):
+        line += f": {sync['last_error']}"
+    return line
