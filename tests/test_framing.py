@@ -14,6 +14,7 @@ from edge.config import Settings
 from edge.errors import Code
 from edge.imaging.decode import decode_bytes
 from edge.imaging.framing import border_darkness, frame_filled, without_frame
+from edge.imaging.framing import frame_box as framing_box
 from edge.inference import framing, orientation
 from edge.inference.scope import plain_words
 from edge.pipeline import Pipeline
@@ -139,6 +140,22 @@ def test_frame_filled_keeps_the_size_and_the_picture_inside() -> None:
     assert still is not None
     assert not still[:6].any()
     assert not still[6:10].any()  # 2% of 220 rows filled (4), from a row of the frame: still framed
+
+
+def test_a_frame_a_jpeg_rang_into_is_found(samples: list[tuple[Path, str]]) -> None:
+    """A framed film exported as JPEG: the blocks ring into the frame, a few values 10-20 levels
+    off, and the frame was found short (8 of 9 rows, 2 at the bottom), so the film was refused
+    (all of 400 development films framed in white by 1%, JPEG quality 75)."""
+    path = next(p for p, _ in samples if p.suffix == ".png")
+    film = cv2.resize(
+        decode_bytes(path.read_bytes(), path.name).pixels, (896, 896), interpolation=cv2.INTER_CUBIC
+    )
+    for value in (255, 0):
+        framed = cv2.copyMakeBorder(film, 9, 9, 9, 9, cv2.BORDER_CONSTANT, value=value)
+        ok, encoded = cv2.imencode(".jpg", framed, [cv2.IMWRITE_JPEG_QUALITY, 75])
+        assert ok
+        rang = cv2.imdecode(encoded, cv2.IMREAD_UNCHANGED)
+        assert framing_box(rang) == (9, 905, 9, 905), value
 
 
 def test_a_film_in_a_thin_frame_is_read_as_the_film(
