@@ -133,6 +133,19 @@ NEEDS_A_PERSON = frozenset(
     }
 )
 
+# Failures of the device, not of the job: the job goes back to the queue for a later attempt
+# (`Pipeline`). A stop (JOB_INTERRUPTED: a cine's decoder closed under it) or a decoder process
+# that could not start is not the job's fault either.
+DEVICE_FAILURES = frozenset(
+    {
+        Code.DISK_FULL,
+        Code.STORE_WRITE_FAILED,
+        Code.STORE_READ_ONLY,
+        Code.JOB_INTERRUPTED,
+        Code.DECODER_UNAVAILABLE,
+    }
+)
+
 # A model that cannot be opened here (its files damaged or missing, its manifest unreadable, no
 # backend): the device's state, not the input's. What waits for it is kept, not refused.
 MODEL_UNAVAILABLE = frozenset(

@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 
 from edge.config import Settings
-from edge.errors import Code, EdgeError
+from edge.errors import DEVICE_FAILURES, Code, EdgeError
 from edge.ids import uuid7
 from edge.imaging import evidence
 from edge.imaging.acquisition import file_moment
@@ -55,18 +55,6 @@ log = logging.getLogger(__name__)
 Decoder = Callable[[bytes, str], DecodedImage]
 FrameDecoder = Callable[[bytes, str], Iterable[tuple[float, "np.ndarray"]]]
 RecordingDecoder = Callable[[Path], Iterable[tuple[float, "np.ndarray"]]]
-# Failures of the device, not of the job: the job goes back to the queue for a later attempt.
-# A stop (JOB_INTERRUPTED: a cine's decoder closed under it) or a decoder process that could not
-# start is not the job's fault either.
-_DEVICE_FAILURES = frozenset(
-    {
-        Code.DISK_FULL,
-        Code.STORE_WRITE_FAILED,
-        Code.STORE_READ_ONLY,
-        Code.JOB_INTERRUPTED,
-        Code.DECODER_UNAVAILABLE,
-    }
-)
 RECLAIM_EVERY_S = 5.0
 
 
@@ -403,7 +391,7 @@ class Pipeline:
 
     def _end_without_result(self, job: Job, error: EdgeError) -> None:
         try:
-            if error.code in _DEVICE_FAILURES:
+            if error.code in DEVICE_FAILURES:
                 if self.store.leases.release(job, error.code, error.message):
                     log.warning("job %s back in the queue: %s", job.id, error.one_line())
                 return
