@@ -14,7 +14,7 @@ RESEND = "ask the sender to send it again (the transfer was incomplete)"
 REACQUIRE = "repeat the acquisition, then send the new image"
 OTHER_MODEL = "re-run it with a model that accepts it (r), or read it without the model"
 SEE_LOG = "see the log (journalctl -u edge-agent) and tell the field engineer"
-REINSTALL = "tell the field engineer: the model must be reinstalled (edge models verify NAME says why)"
+REINSTALL = "tell the field engineer: the model must be reinstalled (edge models show NAME checks each file)"
 
 NEXT_STEPS: dict[Code, str] = {
     # Input: the file itself
