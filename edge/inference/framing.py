@@ -89,12 +89,13 @@ def read_through_frame(
     Many films have a flat band of their own along a side, which a frame or a mask joins: the
     frame so found was wider than 2% and the film was refused (an outside-style check: 15-23%
     of films masked by 1-2%, and DICOM films so masked 19-22%); now its outer 2% is filled and
-    the film's band stays, as it was read without the mask. `python -m tools.crop_eval` (seed
-    2, 400 films, every check as shipped), refused before -> now: framed by 1% in black 5.5% ->
-    2.5%, in white 11% -> 3%, by 2% 8.5% -> 3.25% and 12.5% -> 3.75%; of those answered,
-    98.7-99.5% got the finding of the film as given; a 4% frame stays refused (98-100%). The
-    prediction's scope records the width filled (`Scope.frame_filled`), so every result says it
-    was so read."""
+    the film's band stays, as it was read without the mask (and a frame a JPEG rang into is
+    found: `imaging.framing.frame_box`). `python -m tools.crop_eval` (seed 2, 400 films, every
+    check as shipped), refused before -> now: framed by 1-2% 5.5-12.5% -> 2.75-3.75%, masked by
+    1-2% 10-17.5% -> 3.5-4.25%, framed by 1% and saved as JPEG q75 67% -> 8.25% (black), 100% ->
+    22.5% (white); of those answered, 98.7-100% got the finding of the film as given; a 4% frame
+    stays refused (98-100%). The prediction's scope records the width filled
+    (`Scope.frame_filled`), so every result says it was so read."""
     film = filled(pixels, box, MAX_FILLED_FRAME)
     if film is None:
         return None
