@@ -697,6 +697,16 @@ def test_an_enrolled_device_whose_key_is_gone_says_so(hub: Hub, device: Settings
     assert "enrol this device again" in check.message
 
 
+def test_a_refusal_from_another_server_says_what_to_check() -> None:
+    """A wrong hub URL (another web server, a proxy) answers 404 {"detail":"Not Found"}: the
+    status showed that raw, with nothing to do."""
+    response = httpx.Response(404, json={"detail": "Not Found"})
+    refused = HubRefused.from_response(response)
+    assert refused.code is None
+    assert "the hub URL answered HTTP 404 (application/json), not the edge hub's protocol" in str(refused)
+    assert "check the hub URL" in str(refused)
+
+
 def test_the_sync_state_is_right_after_the_clock_jumps(
     hub: Hub, device: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -43,8 +43,14 @@ class HubRefused(Exception):
     @classmethod
     def from_response(cls, response: httpx.Response) -> HubRefused:
         refusal = protocol.read_refusal(response.content)
-        if refusal is None:
-            return cls(response.status_code, None, response.text[:300])
+        if refusal is None:  # another server's page (a proxy, a wrong URL): say what to check
+            kind = response.headers.get("content-type", "no content type").split(";")[0]
+            return cls(
+                response.status_code,
+                None,
+                f"the hub URL answered HTTP {response.status_code} ({kind}), not the edge hub's"
+                f" protocol: check the hub URL and any proxy on the way ({response.text[:120]!r})",
+            )
         return cls(response.status_code, refusal.code, refusal.message[:300])
 
 
