@@ -6,12 +6,14 @@ import json
 import os
 import time
 from collections import namedtuple
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from edge.cli import cli
+from edge.clock import utc_now
 from edge.config import Settings
 from edge.imaging.decode import decode_bytes
 from edge.operations import housekeeping
@@ -76,19 +78,27 @@ def test_orphans_are_swept_only_when_old(settings: Settings, store: Store) -> No
     assert not orphan.exists()
     assert not tmp.exists()
     # The image is set aside, not deleted: it may be the only copy of a result a database rolled
-    # back lost (its -wal deleted). Doctor names it; it goes after LOST_KEEP_S.
-    aside = settings.data_dir / housekeeping.LOST_FOUND / orphan.relative_to(settings.data_dir)
+    # back lost (its -wal deleted). Doctor names it; a row pointing at it again (a backup
+    # restored) puts it back; it goes after ORPHAN_KEEP_S.
+    aside = settings.data_dir / housekeeping.ORPHANS / orphan.relative_to(settings.data_dir)
     assert aside.read_bytes() == b"x"
-    assert housekeeping.lost_images(settings.data_dir) == 1
-    [check] = [c for c in run_checks(settings) if c.name == "lost images"]
+    assert housekeeping.orphaned_images(settings.data_dir) == 1
+    [check] = [c for c in run_checks(settings) if c.name == "orphaned images"]
     assert check.level == "warn"
     assert "1 stored image(s) no record points at" in check.message
     assert housekeeping.sweep_orphans(store) == 0
-    ancient = time.time() - housekeeping.LOST_KEEP_S - 1
-    os.utime(aside, (ancient, ancient))
+    store.db.execute(
+        "UPDATE images SET path = ? WHERE id = ?", [str(orphan.relative_to(settings.data_dir)), image_id]
+    )
+    store.db.conn.commit()
+    assert housekeeping.sweep_orphans(store) == 2  # put back; the image no row points at now, aside
+    assert orphan.read_bytes() == b"x"
+    ancient = time.time() - housekeeping.ORPHAN_KEEP_S - 1
+    for path in (settings.data_dir / housekeeping.ORPHANS).rglob("*"):
+        os.utime(path, (ancient, ancient))
     assert housekeeping.sweep_orphans(store) == 1
-    assert not aside.exists()
-    assert not [c for c in run_checks(settings) if c.name == "lost images"]
+    assert housekeeping.orphaned_images(settings.data_dir) == 0
+    assert not [c for c in run_checks(settings) if c.name == "orphaned images"]
 
 
 def test_interrupted_writes_temporary_files_are_swept_a_short_grace_after_they_stop(
@@ -139,6 +149,11 @@ def _result_for(store: Store, image_id: str, acked: bool) -> None:
     )
 
 
+def _synced_now(store: Store) -> None:
+    """A sync round went through just now: the hub took the device's clock as it is."""
+    store.outbox.set_sync_state(last_success=utc_now(), failing=False)
+
+
 def test_retention_deletes_only_what_the_hub_acknowledged(settings: Settings, store: Store) -> None:
     acked = ingest_one(settings, store, png_bytes(gradient()))
     unacked = ingest_one(settings, store, png_bytes(gradient(70, 40)))
@@ -147,6 +162,8 @@ def test_retention_deletes_only_what_the_hub_acknowledged(settings: Settings, st
     _result_for(store, acked, acked=True)
     _result_for(store, unacked, acked=False)
     store.db.conn.commit()
+    assert housekeeping.purge_expired(store, retention_days=30) == 0  # no sync has confirmed the clock
+    _synced_now(store)
     assert housekeeping.purge_expired(store, retention_days=30) == 1
     assert not store.image_file(acked).exists()
     assert store.image_file(unacked).exists()
@@ -168,6 +185,7 @@ def test_with_full_images_the_image_itself_must_be_acknowledged(settings: Settin
             [f"o-{image_id}", image_id, "2020-01-01T00:00:00.000Z", acked_at],
         )
     store.db.conn.commit()
+    _synced_now(store)
     assert housekeeping.purge_expired(store, retention_days=30, image_upload=True) == 1
     assert not store.image_file(sent).exists()
     assert store.image_file(waiting).exists()
@@ -190,6 +208,7 @@ def test_an_image_stamped_by_a_wrong_clock_is_kept_its_whole_retention(
     assert housekeeping.purge_expired(store, retention_days=30) == 0
     assert all(store.image(i)["aged_from"] is None for i in taken_at.values())  # type: ignore[arg-type]
     monkeypatch.undo()
+    _synced_now(store)
     assert housekeeping.purge_expired(store, retention_days=30, off_hub_s=3 * 86400) == 0  # off the hub's
     assert housekeeping.purge_expired(store, retention_days=30) == 0  # the clock put right
     for image_id in taken_at.values():
@@ -199,9 +218,33 @@ def test_an_image_stamped_by_a_wrong_clock_is_kept_its_whole_retention(
     assert (
         store.db.execute("SELECT count(*) FROM audit WHERE action = 'image.age_restarted'").fetchone()[0] == 1
     )
+    store.db.execute("UPDATE images SET aged_from = '2099-06-01T00:00:00.000Z'")  # restarted by a clock ahead
+    store.db.conn.commit()
+    assert housekeeping.purge_expired(store, retention_days=30) == 0
+    assert all(store.image(i)["aged_from"] < "2099" for i in taken_at.values())  # type: ignore[arg-type]
     store.db.execute("UPDATE images SET aged_from = '2024-06-01T00:00:00.000Z'")  # 30 days on
     store.db.conn.commit()
     assert housekeeping.purge_expired(store, retention_days=30) == 2
+
+
+def test_retention_waits_when_the_clock_jumped_since_the_last_sync(settings: Settings, store: Store) -> None:
+    """The clock jumped months ahead while the hub was out of reach, within plausible years:
+    retention deleted images taken that day (an outside-style check). The last sync that went
+    through, stamped before the jump, is months behind the clock now: retention waits."""
+    image_id = ingest_one(settings, store, png_bytes(gradient()))
+    _result_for(store, image_id, acked=True)
+    store.db.conn.commit()
+    months_ago = (datetime.now(timezone.utc) - timedelta(days=90)).isoformat().replace("+00:00", "Z")
+    store.db.execute("UPDATE images SET created_at = ?", [months_ago])  # as a clock 3 months ahead reads it
+    store.outbox.set_sync_state(last_success=months_ago)
+    store.db.conn.commit()
+    assert housekeeping.purge_expired(store, retention_days=30) == 0
+    assert store.image_file(image_id).exists()
+    in_future = (datetime.now(timezone.utc) + timedelta(days=9)).isoformat().replace("+00:00", "Z")
+    store.outbox.set_sync_state(last_success=in_future)  # the clock went back since
+    assert housekeeping.purge_expired(store, retention_days=30) == 0
+    _synced_now(store)  # a sync goes through: the hub took the clock as it is
+    assert housekeeping.purge_expired(store, retention_days=30) == 1
 
 
 def test_doctor_lines_and_exit_status(

@@ -242,6 +242,9 @@ def test_a_deleted_database_beside_stored_images_is_refused_and_restorable(data:
     assert "STORE_CORRUPT" in err
     assert "missing, though images are stored beside it" in err
     assert not (data / "edge.db").exists()  # nothing made in its place
+    _, out, _ = cli_run(data, "doctor", "--json")
+    [check] = [c for c in json.loads(out) if c["name"] == "database"]
+    assert (check["level"], "STORE_CORRUPT" in check["message"]) == ("fail", True)  # as status says
     code, _, err = cli_run(data, "store", "restore", str(backup))
     assert code == 0, err
     with Store(data) as store:

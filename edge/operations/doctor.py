@@ -179,6 +179,9 @@ def _engines(settings: Settings) -> list[Check]:
 def _database(settings: Settings) -> list[Check]:
     """The store's own refusals (edge.store.database) and its one health check, thorough here."""
     if not settings.db_path.exists():
+        missing = database.missing_problem(settings.db_path)
+        if missing is not None:  # deleted, though images are stored beside it: as `Store` refuses it
+            return [Check("database", "fail", database.corrupt(settings.db_path, missing).one_line())]
         return [Check("database", "warn", f"{settings.db_path} does not exist yet (created on first use)")]
     try:
         # As a reader: a newer schema is opened read-only and named below, not refused.
@@ -228,16 +231,16 @@ def _disk(settings: Settings) -> list[Check]:
         message += "; emergency reserve not in place"
         level = max(level, "warn", key=LEVELS.__getitem__)
     checks = [Check("disk", level, message)]
-    lost = housekeeping.lost_images(settings.data_dir)
-    if lost:
+    orphaned = housekeeping.orphaned_images(settings.data_dir)
+    if orphaned:
         checks.append(
             Check(
-                "lost images",
+                "orphaned images",
                 "warn",
-                f"{lost} stored image(s) no record points at are kept in"
-                f" {settings.data_dir / housekeeping.LOST_FOUND} (a write a crash interrupted, or a"
-                " database rolled back): send again any whose result is missing (`edge infer FILE`);"
-                " they are deleted after 30 days",
+                f"{orphaned} stored image(s) no record points at are kept in"
+                f" {settings.data_dir / housekeeping.ORPHANS} (a write a crash interrupted, or a"
+                " database rolled back): send again any whose result is missing (`edge infer FILE`),"
+                " or restore the backup that has them; they are deleted after 30 days",
             )
         )
     return checks
@@ -282,15 +285,18 @@ def _clock(settings: Settings) -> list[Check]:
         try:
             with Store(settings.data_dir, reader=True) as store:
                 row = store.db.execute("SELECT max(at) FROM audit").fetchone()[0]
+                # A sync went through today: the hub took the clock as it is now, so records
+                # ahead of it were stamped by a clock that was ahead (the warning stayed for years).
+                confirmed = housekeeping.clock_unconfirmed(store, offset) is None
         except EdgeError:  # the database check names it
-            row = None
-        if row and row > now.isoformat():
+            row, confirmed = None, False
+        if row and row > now.isoformat() and not confirmed:
             return [
                 Check(
                     "clock",
                     "warn",
                     f"the clock is behind the newest record ({row}): time went back, or the clock"
-                    " was ahead when it was made; if the time now is right, records of then sort first",
+                    " was ahead when it was made; a sync that goes through confirms the time now",
                 )
             ]
     return [Check("clock", "pass", now.isoformat(timespec="seconds"))]

@@ -98,21 +98,24 @@ def release_reserve(settings: Settings) -> bool:
     return True
 
 
-LOST_FOUND = "lost+found"
-"""Stored images no row points at, moved aside (`sweep_orphans`), under the data directory."""
-LOST_KEEP_S = 30 * 86400.0
-"""How long an image moved aside is kept for someone to send it again."""
+ORPHANS = "orphans"
+"""Stored files no row points at, set aside (`sweep_orphans`), under the data directory (not
+`lost+found`: fsck owns that name at a file system's root)."""
+ORPHAN_KEEP_S = 30 * 86400.0
+"""How long a file set aside is kept, for someone to send its image again or restore a backup."""
 
 
 def sweep_orphans(store: Store, min_age_s: float = ORPHAN_GRACE_S) -> int:
     """Clear what no row points at, once older than `min_age_s` (a clip's video being recorded,
-    `.recording-*`: an hour): heatmap and clip files and the temporary files of interrupted
-    atomic writes are deleted; an image file is moved to `lost+found/` and kept `LOST_KEEP_S`.
-    An image without its row is most often a write a crash interrupted (its source sends it
-    again), but it is also what a database rolled back leaves (its -wal deleted, an old copy
-    put back): an outside-style check found those images deleted as "left by an interrupted
-    write", the only copy of results the database had lost."""
+    `.recording-*`: an hour): the temporary files of interrupted atomic writes are deleted; an
+    image, heatmap or clip file is set aside in `orphans/` and kept `ORPHAN_KEEP_S`, and put
+    back where a row points at it again (a backup restored). A file without its row is most
+    often a write a crash interrupted (its source sends it again), but also what a database
+    rolled back leaves (its -wal deleted, an older backup restored): an outside-style check found
+    those deleted as "left by an interrupted write", the only copy of results the database lost.
+    A file that cannot be set aside stays where it is."""
     referenced = set(store.referenced_files())
+    returned = _put_back(store.data_dir, referenced)
     cutoff = time.time() - min_age_s
     recordings_cutoff = min(cutoff, time.time() - RECORDING_GRACE_S)
     removed = kept = 0
@@ -129,42 +132,56 @@ def sweep_orphans(store: Store, min_age_s: float = ORPHAN_GRACE_S) -> int:
         if path.name.endswith(".tmp"):
             remove_quietly(path)
             removed += 1
-        elif str(relative) not in referenced:
-            if relative.parts[0] == "images" and _set_aside(store.data_dir, relative):
-                kept += 1
-            else:
-                remove_quietly(path)
-                removed += 1
+        elif str(relative) not in referenced and _set_aside(store.data_dir, relative):
+            kept += 1
     if removed:
         log.warning("swept %d orphaned file(s) left by an interrupted write", removed)
     if kept:
         log.warning(
-            "moved %d stored image(s) that no record points at to %s (a write a crash interrupted,"
-            " or a database rolled back): send them again if their results are missing",
+            "set aside %d stored file(s) that no record points at in %s (a write a crash"
+            " interrupted, or a database rolled back): send again any image whose result is missing",
             kept,
-            store.data_dir / LOST_FOUND,
+            store.data_dir / ORPHANS,
         )
-    return removed + kept + _expire_lost(store.data_dir)
+    return removed + kept + returned + _expire_orphans(store.data_dir)
 
 
 def _set_aside(data_dir: Path, relative: Path) -> bool:
-    """Move an image file no row points at into lost+found/, its path kept; False if it cannot be."""
-    target = data_dir / LOST_FOUND / relative
+    """Move a file no row points at into orphans/, its path kept; False (it stays) if it cannot."""
+    target = data_dir / ORPHANS / relative
     try:
         target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.replace(data_dir / relative, target)
-        os.utime(target)  # kept LOST_KEEP_S from now
+        os.utime(target)  # kept ORPHAN_KEEP_S from now
     except OSError as exc:
-        log.warning("an orphaned image cannot be set aside (%s): deleted", exc.strerror or exc)
+        log.warning("a stored file no record points at cannot be set aside (%s): left", exc.strerror or exc)
         return False
     return True
 
 
-def _expire_lost(data_dir: Path) -> int:
-    """Delete what lost+found/ has kept longer than LOST_KEEP_S; how many."""
-    cutoff = time.time() - LOST_KEEP_S
+def _put_back(data_dir: Path, referenced: set[str]) -> int:
+    """Move back from orphans/ the files a row points at again (a backup restored); how many."""
+    root = data_dir / ORPHANS
+    returned = 0
+    for path in root.rglob("*") if root.is_dir() else ():
+        relative = str(path.relative_to(root))
+        if relative in referenced and not (data_dir / relative).exists():
+            try:
+                (data_dir / relative).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                os.replace(path, data_dir / relative)
+            except OSError:
+                continue
+            returned += 1
+    if returned:
+        log.warning("put back %d file(s) from %s that records point at again", returned, root)
+    return returned
+
+
+def _expire_orphans(data_dir: Path) -> int:
+    """Delete what orphans/ has kept longer than ORPHAN_KEEP_S; how many."""
+    cutoff = time.time() - ORPHAN_KEEP_S
     expired = 0
-    for path in (data_dir / LOST_FOUND).rglob("*"):
+    for path in (data_dir / ORPHANS).rglob("*"):
         try:
             if path.is_file() and path.stat().st_mtime < cutoff:
                 remove_quietly(path)
@@ -174,10 +191,10 @@ def _expire_lost(data_dir: Path) -> int:
     return expired
 
 
-def lost_images(data_dir: Path) -> int:
-    """How many images lost+found/ keeps (`sweep_orphans`)."""
+def orphaned_images(data_dir: Path) -> int:
+    """How many images orphans/ keeps (`sweep_orphans`)."""
     try:
-        return sum(1 for path in (data_dir / LOST_FOUND).rglob("*") if path.is_file())
+        return sum(1 for path in (data_dir / ORPHANS / "images").rglob("*") if path.is_file())
     except OSError:
         return 0
 
@@ -201,6 +218,30 @@ def _candidates(data_dir: Path) -> Iterator[Path]:
 
 CLOCK_DISAGREEMENT_S = 86400.0
 """Retention waits while the clock is this far from the hub's (as of the last sync)."""
+CONFIRMED_FOR_S = 86400.0
+"""Retention runs only this long after a sync round went through (the hub took the device's
+signed time, within its skew window, so the clock was right then) by the clock now."""
+
+
+def clock_unconfirmed(store: Store, off_hub_s: float) -> str | None:
+    """Why the clock may not be trusted to tell ages now, or None: it reads an impossible year,
+    it was a day off the hub's at the last sync (`off_hub_s`, the credential's offset), or no
+    sync went through within a day of what it reads. A clock that jumped months ahead while the
+    hub was out of reach read plausible years, and retention deleted images taken that day
+    (an outside-style check); the last success, stamped before the jump, shows it."""
+    now = datetime.now(timezone.utc)
+    if not clock_plausible():
+        return f"the clock reads {now.isoformat(timespec='seconds')}, not a plausible time"
+    if abs(off_hub_s) > CLOCK_DISAGREEMENT_S:
+        return f"the clock was {off_hub_s / 3600:.0f} h off the hub's at the last sync"
+    last = store.outbox.sync_state().get("last_success")
+    try:
+        since = (now - datetime.fromisoformat(str(last).replace("Z", "+00:00"))).total_seconds()
+    except ValueError:
+        return "no sync has gone through, so the hub has not confirmed the clock"
+    if not 0 <= since <= CONFIRMED_FOR_S:
+        return f"the last sync that went through ({last}) is not within a day of the clock's now"
+    return None
 
 
 def purge_expired(
@@ -209,19 +250,14 @@ def purge_expired(
     """Delete image files past retention whose results (and, with `image_upload`, the image
     itself) the hub acknowledged; rows, results and heatmaps stay (images.purged_at).
 
-    Ages are told by the clock, so nothing goes while it reads an impossible year or is a day
-    off the hub's (`off_hub_s`, the credential's clock offset): an image of today would look
-    years old. An image stamped while the clock was wrong (before 2024, or ahead of it) has its
-    age started again the first time the clock is plausible: an outside-style check found an
-    image taken at 1970 deleted minutes after NTP put the clock right."""
+    Ages are told by the clock, so nothing goes while it may be wrong (`clock_unconfirmed`): an
+    image of today would look months old. An image stamped while the clock was wrong (before
+    2024, or ahead of it) has its age started again when it is right: an outside-style check
+    found an image taken at 1970 deleted minutes after NTP put the clock right."""
     now = datetime.now(timezone.utc)
-    if not clock_plausible() or abs(off_hub_s) > CLOCK_DISAGREEMENT_S:
-        log.warning(
-            "retention waits: the clock reads %s (%.0f h off the hub's at the last sync); no image"
-            " is deleted until it is right",
-            now.isoformat(timespec="seconds"),
-            off_hub_s / 3600,
-        )
+    why = clock_unconfirmed(store, off_hub_s)
+    if why is not None:
+        log.warning("retention waits: %s; no image is deleted until it is", why)
         return 0
     restarted = store.restart_misstamped_ages(*plausible_stamps())
     if restarted:

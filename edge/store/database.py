@@ -412,14 +412,15 @@ def _wal_has_frames(path: Path) -> bool:
 
 
 def _images_beside(path: Path) -> bool:
+    """Whether a stored image lies beside the database (a file, not only empty day folders)."""
     images = path.parent / "images"
     try:
-        return images.is_dir() and any(images.iterdir())
+        return images.is_dir() and any(entry.is_file() for entry in images.rglob("*"))
     except OSError:
         return False
 
 
-def _missing(path: Path) -> str | None:
+def missing_problem(path: Path) -> str | None:
     """None for a new device (the database is created now); beside stored images, a database
     deleted: an empty one made in its place took the device for a new one, and the agent then
     swept every stored image as left by an interrupted write (an outside-style check)."""
@@ -436,7 +437,7 @@ def _size_problem(path: Path) -> str | None:
     try:
         size = path.stat().st_size
     except FileNotFoundError:
-        return _missing(path)
+        return missing_problem(path)
     except OSError:
         return None  # not statable: SQLite and `refusal` say why
     if size == 0:
@@ -480,7 +481,7 @@ def header_problem(path: Path) -> str | None:
         with path.open("rb") as handle:
             header = handle.read(100)
     except FileNotFoundError:
-        return _missing(path)
+        return missing_problem(path)
     except OSError as exc:
         return f"it cannot be read: {exc.strerror or exc}"
     if size < 100:

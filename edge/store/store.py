@@ -459,12 +459,13 @@ class Store(Reads):
 
     def restart_misstamped_ages(self, earliest: str, latest: str) -> int:
         """Start now the retention age of the images stamped outside [`earliest`, `latest`] (by a
-        clock that was wrong: `clock.plausible_stamps`) whose age has not been restarted; how many."""
+        clock that was wrong: `clock.plausible_stamps`) whose age has not been restarted, and of
+        those whose restart itself a clock ahead stamped (past `latest`); how many."""
         with self.writer.transaction("restart misstamped ages"):
             changed = self.db.execute(
-                "UPDATE images SET aged_from = ? WHERE aged_from IS NULL AND purged_at IS NULL"
-                " AND (created_at < ? OR created_at > ?)",
-                [utc_now(), earliest, latest],
+                "UPDATE images SET aged_from = ? WHERE purged_at IS NULL AND (aged_from IS NULL"
+                " AND (created_at < ? OR created_at > ?) OR aged_from > ?)",
+                [utc_now(), earliest, latest, latest],
             ).rowcount
             if changed:
                 self.writer.audit("retention", "image.age_restarted", None, {"images": changed})
