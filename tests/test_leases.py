@@ -336,3 +336,22 @@ def test_jobs_a_damaged_model_failed_are_queued_again_once_it_is_mended(env: Any
     assert maintenance.wake.is_set()
     assert pipeline.run_once()  # the same pool: a failed load is not remembered
     assert job_row(store, job_id)["state"] == "done"
+
+
+def test_a_job_a_model_that_looks_whole_still_fails_is_not_requeued_for_ever(env: Any) -> None:
+    """Checksums off and every file truncated: the model looked whole to the maintenance and its
+    jobs were given back every 5 minutes for ever. Each claim counts: max_attempts claims."""
+    import threading
+    from types import SimpleNamespace
+
+    from edge.operations.agent import Agent
+
+    settings, store, _ = env
+    job_id = queue_one(store)
+    store.db.execute(
+        "UPDATE jobs SET state = 'failed', error_code = ?, attempts = ? WHERE id = ?",
+        [Code.MODEL_CHECKSUM_MISMATCH.value, settings.worker.max_attempts, job_id],
+    )
+    store.db.conn.commit()
+    Agent._retry_model_failures(SimpleNamespace(settings=settings, wake=threading.Event()), store)  # type: ignore[arg-type]
+    assert job_row(store, job_id)["state"] == "failed"

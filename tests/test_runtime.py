@@ -168,6 +168,30 @@ def test_a_variant_whose_file_is_damaged_is_left_out_and_the_others_served(
     again.close()
 
 
+def test_a_damaged_reference_is_not_remembered_against_the_variants_it_checks(
+    tiny: tuple[Registry, Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FP32 damaged: INT8 cannot be checked against it here, so the model is refused; that
+    verdict was cached, and INT8 stayed unserved (twice as slow) after FP32 was reinstalled."""
+    registry, settings = tiny
+    monkeypatch.setattr(
+        "edge.inference.pool._time_runner",
+        lambda runner, spec: {"tiny-fp32.onnx": 4.0, "tiny-int8.onnx": 2.0}[runner.model_file.name],
+    )
+    reference = registry.get("tiny").folder / "tiny-fp32.onnx"
+    saved = reference.read_bytes()
+    reference.write_bytes(b"damaged")
+    pool = ModelPool(registry, settings, settings.data_dir / "cache")
+    with pytest.raises(EdgeError) as refused:
+        pool.get("tiny")
+    assert refused.value.code is Code.MODEL_CHECKSUM_MISMATCH
+    pool.close()
+    reference.write_bytes(saved)
+    again = ModelPool(registry, settings, settings.data_dir / "cache")
+    assert again.get("tiny").variant_name == "int8"
+    again.close()
+
+
 def test_an_int8_variant_that_computes_something_else_here_is_not_served(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -389,8 +389,13 @@ class ModelPool:
                     verdict = {"model": entry.name, "variant": name, **report.as_dict()}
                 except EdgeError as error:
                     verdict = {"model": entry.name, "variant": name, "passed": False, "error": error.message}
-                cache[key] = verdict
-                self._write_cache(cache)
+                    if error.code in _BROKEN_FILE:
+                        # A damaged file says nothing of this machine: not remembered, or the
+                        # variant stayed unserved after the file was reinstalled.
+                        verdict["file"] = True
+                if not verdict.get("file"):
+                    cache[key] = verdict
+                    self._write_cache(cache)
             if verdict.get("passed"):
                 kept.append(name)
                 ratio = verdict.get("scope_ratio")

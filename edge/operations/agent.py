@@ -191,7 +191,10 @@ class Agent:
         (a damaged file), once it can: a DICOM study so failed stayed failed after the model was
         reinstalled, its modality long since told it was stored (an outside-style check)."""
         registry = Registry(self.settings.models.dir)
-        for model, job_ids in store.technician.failed_for_a_model(MODEL_UNAVAILABLE).items():
+        # Each claim counts: a job a model that looks whole (checksums off) still fails is given
+        # back until it was claimed max_attempts times, not every 5 minutes for ever.
+        limit = self.settings.worker.max_attempts
+        for model, job_ids in store.technician.failed_for_a_model(MODEL_UNAVAILABLE, limit).items():
             if model_problem(registry, model, self.settings) is None:
                 count = store.technician.requeue_failed(job_ids, "agent", f"{model} can be opened again")
                 log.warning("%s can be opened again: %d job(s) it failed back in the queue", model, count)

@@ -273,13 +273,14 @@ class TechnicianActions:
             self.writer.audit(actor, "job.rerun", job_id, {"model": model_name, "image": image_id})
         return job_id
 
-    def failed_for_a_model(self, codes: Iterable[Code]) -> dict[str, list[str]]:
-        """Jobs that failed because their model could not be opened (`codes`), by model."""
+    def failed_for_a_model(self, codes: Iterable[Code], max_claims: int) -> dict[str, list[str]]:
+        """Jobs that failed because their model could not be opened (`codes`), by model, claimed
+        fewer than `max_claims` times (a model that looks whole and still fails: not for ever)."""
         wanted = [code.value for code in codes]
         rows = self.db.execute(
-            "SELECT id, model_name FROM jobs WHERE state = 'failed'"
+            "SELECT id, model_name FROM jobs WHERE state = 'failed' AND attempts < ?"
             f" AND error_code IN ({', '.join('?' for _ in wanted)})",
-            wanted,
+            [max_claims, *wanted],
         ).fetchall()
         found: dict[str, list[str]] = {}
         for row in rows:
