@@ -107,8 +107,9 @@ ORPHAN_KEEP_S = 30 * 86400.0
 
 def sweep_orphans(store: Store, min_age_s: float = ORPHAN_GRACE_S) -> int:
     """Clear what no row points at, once older than `min_age_s` (a clip's video being recorded,
-    `.recording-*`: an hour): the temporary files of interrupted atomic writes are deleted; an
-    image, heatmap or clip file is set aside in `orphans/` and kept `ORPHAN_KEEP_S`, and put
+    `.recording-*`: an hour): the temporary files of interrupted atomic writes and unfinished
+    recordings are deleted; an image, heatmap or clip file is set aside in `orphans/` and kept
+    `ORPHAN_KEEP_S`, and put
     back where a row points at it again (a backup restored). A file without its row is most
     often a write a crash interrupted (its source sends it again), but also what a database
     rolled back leaves (its -wal deleted, an older backup restored): an outside-style check found
@@ -129,10 +130,14 @@ def sweep_orphans(store: Store, min_age_s: float = ORPHAN_GRACE_S) -> int:
         except OSError:  # removed meanwhile (a study deleted, retention)
             continue
         relative = path.relative_to(store.data_dir)
-        if path.name.endswith(".tmp"):
+        if str(relative) in referenced and not path.name.endswith(".tmp"):
+            continue
+        # Interrupted writes, and a recording a kill left unfinished (never a result; a video
+        # can fill a small disk), are deleted as before; the rest is set aside.
+        if path.name.endswith(".tmp") or path.name.startswith(RECORDING_PREFIX):
             remove_quietly(path)
             removed += 1
-        elif str(relative) not in referenced and _set_aside(store.data_dir, relative):
+        elif _set_aside(store.data_dir, relative):
             kept += 1
     if removed:
         log.warning("swept %d orphaned file(s) left by an interrupted write", removed)
