@@ -44,6 +44,32 @@ def plausible_stamps() -> tuple[str, str]:
     return PLAUSIBLE_FROM, utc_after(AHEAD_S)
 
 
+AGE_UNKNOWN = "9999-12-31T00:00:00.000Z"
+"""An image's retention age while the clock that stamped it read earlier than a time the hub had
+confirmed (a clock behind, within plausible years): restarted once a sync confirms the clock."""
+BEHIND_S = 300.0
+"""A clock reading this much earlier than a time the hub confirmed is behind."""
+
+
+def confirmed_at(state: Mapping[str, Any]) -> str | None:
+    """The latest time the hub took the device's signed clock (a sync round that went through,
+    or any request it accepted: `clock_confirmed`), from the sync state; None if never."""
+    stamps = [str(state[key]) for key in ("last_success", "clock_confirmed") if state.get(key)]
+    return max(stamps) if stamps else None
+
+
+def behind_the_confirmed(state: Mapping[str, Any]) -> bool:
+    """Whether the clock now reads more than `BEHIND_S` earlier than the hub last confirmed it."""
+    confirmed = confirmed_at(state)
+    if confirmed is None:
+        return False
+    try:
+        moment = datetime.fromisoformat(confirmed.replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    return datetime.now(timezone.utc) < moment - timedelta(seconds=BEHIND_S)
+
+
 def still_failing(state: Mapping[str, Any], success_key: str) -> bool:
     """Whether a loop's last round (the sync's, the PACS exporter's) failed, from its recorded
     state: its own `failing` flag, which each round sets; for a state recorded before the flag,

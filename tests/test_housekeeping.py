@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from edge.cli import cli
-from edge.clock import utc_now
+from edge.clock import AGE_UNKNOWN, utc_now
 from edge.config import Settings
 from edge.imaging.decode import decode_bytes
 from edge.operations import housekeeping
@@ -99,6 +99,29 @@ def test_orphans_are_swept_only_when_old(settings: Settings, store: Store) -> No
     assert housekeeping.sweep_orphans(store) == 1
     assert housekeeping.orphaned_images(settings.data_dir) == 0
     assert not [c for c in run_checks(settings) if c.name == "orphaned images"]
+
+
+def test_the_drop_folders_ledger_and_staged_profiles_are_not_set_aside(
+    settings: Settings, store: Store
+) -> None:
+    """The drop folder's count of a video's deaths lives in clips/: it was swept (the old code
+    deleted it), losing the count that ends a video that keeps killing the agent. A site
+    profile's staged copy is deleted, as before, not kept."""
+    from edge.ingest.recording_attempts import FILE
+
+    ledger = settings.data_dir / "clips" / FILE
+    ledger.parent.mkdir(parents=True, exist_ok=True)
+    ledger.write_text("{}")
+    staged = settings.data_dir / "profiles" / "m" / ".m-1.toml.abc.new"
+    staged.parent.mkdir(parents=True)
+    staged.write_text("x")
+    old = time.time() - 2 * housekeeping.ORPHAN_GRACE_S
+    for path in (ledger, staged):
+        os.utime(path, (old, old))
+    assert housekeeping.sweep_orphans(store) == 1
+    assert ledger.exists()
+    assert not staged.exists()
+    assert not (settings.data_dir / housekeeping.ORPHANS).exists()
 
 
 def test_interrupted_writes_temporary_files_are_swept_a_short_grace_after_they_stop(
@@ -225,6 +248,24 @@ def test_an_image_stamped_by_a_wrong_clock_is_kept_its_whole_retention(
     store.db.execute("UPDATE images SET aged_from = '2024-06-01T00:00:00.000Z'")  # 30 days on
     store.db.conn.commit()
     assert housekeeping.purge_expired(store, retention_days=30) == 2
+
+
+def test_an_image_stored_while_the_clock_was_behind_is_kept_its_whole_retention(
+    settings: Settings, store: Store
+) -> None:
+    """The clock read months behind, a plausible date, after the hub had confirmed it: an image
+    so stamped looked months old once NTP put the clock right and was deleted that day."""
+    ahead = (datetime.now(timezone.utc) + timedelta(days=120)).isoformat().replace("+00:00", "Z")
+    store.outbox.set_sync_state(clock_confirmed=ahead)  # the hub took a clock 4 months later
+    image_id = ingest_one(settings, store, png_bytes(gradient()))
+    assert store.image(image_id)["aged_from"] == AGE_UNKNOWN  # type: ignore[index]
+    _result_for(store, image_id, acked=True)
+    store.db.execute("UPDATE images SET created_at = '2025-01-01T00:00:00.000Z'")
+    store.outbox.set_sync_state(clock_confirmed=None)
+    _synced_now(store)  # the clock put right, confirmed
+    assert housekeeping.purge_expired(store, retention_days=30) == 0
+    assert store.image_file(image_id).exists()
+    assert store.image(image_id)["aged_from"] < "2100"  # type: ignore[index]  # its age: from now
 
 
 def test_retention_waits_when_the_clock_jumped_since_the_last_sync(settings: Settings, store: Store) -> None:

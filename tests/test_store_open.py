@@ -240,13 +240,21 @@ def test_a_deleted_database_beside_stored_images_is_refused_and_restorable(data:
     code, _, err = cli_run(data, "status")
     assert code == 1
     assert "STORE_CORRUPT" in err
-    assert "missing, though images are stored beside it" in err
+    assert "missing, though stored images (or their heatmaps) lie beside it" in err
     assert not (data / "edge.db").exists()  # nothing made in its place
     _, out, _ = cli_run(data, "doctor", "--json")
     [check] = [c for c in json.loads(out) if c["name"] == "database"]
     assert (check["level"], "STORE_CORRUPT" in check["message"]) == ("fail", True)  # as status says
-    code, _, err = cli_run(data, "store", "restore", str(backup))
+    # Meanwhile the sweep set its image aside (a store without its rows): restoring puts it back
+    # at once, before a sync could withdraw it from the hub.
+    [image] = [p for p in (data / "images").rglob("*") if p.is_file()]
+    aside = data / "orphans" / image.relative_to(data)
+    aside.parent.mkdir(parents=True)
+    image.rename(aside)
+    code, out, err = cli_run(data, "store", "restore", str(backup))
     assert code == 0, err
+    assert "1 file(s) put back from orphans/" in out
+    assert image.exists()
     with Store(data) as store:
         assert store.db.execute("SELECT count(*) FROM results").fetchone()[0] == 1
 

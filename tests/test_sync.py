@@ -729,6 +729,7 @@ def test_the_sync_state_is_right_after_the_clock_jumps(
             assert runner.run_round(client) is False
         assert sync_status(device, store)["state"] == "offline"
         assert runner.run_round(client) is True
+        assert "clock_confirmed" in store.outbox.sync_state()  # a reply of the hub's confirmed it
         status = sync_status(device, store)
         assert status["state"] == "up to date"
         assert "cannot be reached" in status["last_error"]  # kept, as what happened last

@@ -46,9 +46,11 @@ def store_restore(obj: Context, src: Path) -> None:
 
     SRC must pass integrity_check and come from this version of edge or an older one (an older
     one is upgraded). The database it replaces is kept as edge.db.damaged-<time>. Images stored
-    after the backup was made have no row in it: the agent sweeps them when it starts.
+    after the backup was made have no row in it: the agent sets them aside in orphans/ when it
+    starts; files set aside earlier that rows of the backup point at are put back now.
     """
     from edge.operations.health import agent_lock
+    from edge.operations.housekeeping import put_back_orphans
     from edge.store.backup import restore
     from edge.sync import sync_lock
 
@@ -62,10 +64,12 @@ def store_restore(obj: Context, src: Path) -> None:
         ):
             held.callback(_hold(path, who, unit).release)
         info = restore(settings.data_dir, src, busy_timeout_ms=settings.store.busy_timeout_ms)
+        # Before anything syncs: a file still set aside would be withdrawn from the hub.
+        returned = put_back_orphans(settings)
     aside = f"; the database it replaced is kept as {info.kept_aside}" if info.kept_aside else ""
-    click.echo(
-        f"restored {info.results} result(s) (schema {info.schema_version}) from {info.restored_from}{aside}"
-    )
+    back = f"; {returned} file(s) put back from orphans/" if returned else ""
+    restored = f"restored {info.results} result(s) (schema {info.schema_version}) from {info.restored_from}"
+    click.echo(f"{restored}{aside}{back}")
 
 
 def _hold(path: Path, who: str, unit: str) -> InstanceLock:

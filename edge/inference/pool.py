@@ -389,9 +389,10 @@ class ModelPool:
                     verdict = {"model": entry.name, "variant": name, **report.as_dict()}
                 except EdgeError as error:
                     verdict = {"model": entry.name, "variant": name, "passed": False, "error": error.message}
-                    if error.code in _BROKEN_FILE:
-                        # A damaged file says nothing of this machine: not remembered, or the
-                        # variant stayed unserved after the file was reinstalled.
+                    if error.code in (*_BROKEN_FILE, Code.MODEL_MANIFEST_INVALID):
+                        # A damaged file (checksums off: one that cannot be loaded) says
+                        # nothing of this machine: not remembered, or the variant stayed
+                        # unserved after the file was reinstalled.
                         verdict["file"] = True
                 if not verdict.get("file"):
                     cache[key] = verdict

@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from edge.clock import clock_plausible, plausible_stamps
+from edge.clock import clock_plausible, confirmed_at, plausible_stamps
 from edge.config import Settings
+from edge.ingest.recording_attempts import FILE as ATTEMPTS_FILE
 from edge.store import Store
 from edge.store.files import remove_quietly
 from edge.video.clip import RECORDING_PREFIX
@@ -130,11 +131,12 @@ def sweep_orphans(store: Store, min_age_s: float = ORPHAN_GRACE_S) -> int:
         except OSError:  # removed meanwhile (a study deleted, retention)
             continue
         relative = path.relative_to(store.data_dir)
-        if str(relative) in referenced and not path.name.endswith(".tmp"):
-            continue
-        # Interrupted writes, and a recording a kill left unfinished (never a result; a video
-        # can fill a small disk), are deleted as before; the rest is set aside.
-        if path.name.endswith(".tmp") or path.name.startswith(RECORDING_PREFIX):
+        if path.name == ATTEMPTS_FILE or (str(relative) in referenced and not path.name.endswith(".tmp")):
+            continue  # the drop folder's count of a video's deaths lives in clips/ too
+        # Interrupted writes, a site profile's staged copy, and a recording a kill left
+        # unfinished (never a result; a video can fill a small disk) are deleted; the rest is
+        # set aside.
+        if path.name.endswith((".tmp", ".new")) or path.name.startswith(RECORDING_PREFIX):
             remove_quietly(path)
             removed += 1
         elif _set_aside(store.data_dir, relative):
@@ -180,6 +182,12 @@ def _put_back(data_dir: Path, referenced: set[str]) -> int:
     if returned:
         log.warning("put back %d file(s) from %s that records point at again", returned, root)
     return returned
+
+
+def put_back_orphans(settings: Settings) -> int:
+    """`_put_back` for what the store now points at (`edge store restore`); how many."""
+    with Store(settings.data_dir, busy_timeout_ms=settings.store.busy_timeout_ms) as store:
+        return _put_back(store.data_dir, set(store.referenced_files()))
 
 
 def _expire_orphans(data_dir: Path) -> int:
@@ -238,14 +246,15 @@ def clock_unconfirmed(store: Store, off_hub_s: float) -> str | None:
     if not clock_plausible():
         return f"the clock reads {now.isoformat(timespec='seconds')}, not a plausible time"
     if abs(off_hub_s) > CLOCK_DISAGREEMENT_S:
-        return f"the clock was {off_hub_s / 3600:.0f} h off the hub's at the last sync"
-    last = store.outbox.sync_state().get("last_success")
+        way = "behind" if off_hub_s > 0 else "ahead of"
+        return f"the clock was {abs(off_hub_s) / 3600:.0f} h {way} the hub's at the last sync"
+    last = confirmed_at(store.outbox.sync_state())
     try:
         since = (now - datetime.fromisoformat(str(last).replace("Z", "+00:00"))).total_seconds()
     except ValueError:
         return "no sync has gone through, so the hub has not confirmed the clock"
     if not 0 <= since <= CONFIRMED_FOR_S:
-        return f"the last sync that went through ({last}) is not within a day of the clock's now"
+        return f"the hub last confirmed the clock at {last}, not within a day of the clock's now"
     return None
 
 

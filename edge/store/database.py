@@ -412,12 +412,16 @@ def _wal_has_frames(path: Path) -> bool:
 
 
 def _images_beside(path: Path) -> bool:
-    """Whether a stored image lies beside the database (a file, not only empty day folders)."""
-    images = path.parent / "images"
+    """Whether stored files lie beside the database (a file, not only empty day folders): its
+    images, or their heatmaps, clips or set-aside files once retention took the images."""
     try:
-        return images.is_dir() and any(entry.is_file() for entry in images.rglob("*"))
+        for folder in ("images", "heatmaps", "clips", "orphans"):
+            root = path.parent / folder
+            if root.is_dir() and any(entry.is_file() for entry in root.rglob("*")):
+                return True
     except OSError:
         return False
+    return False
 
 
 def missing_problem(path: Path) -> str | None:
@@ -427,8 +431,8 @@ def missing_problem(path: Path) -> str | None:
     if not _images_beside(path):
         return None
     return (
-        "missing, though images are stored beside it; to start an empty store on purpose, move"
-        f" {path.parent / 'images'} away first"
+        "missing, though stored images (or their heatmaps) lie beside it; to start an empty store"
+        f" on purpose, move {path.parent}'s images, heatmaps, clips and orphans folders away first"
     )
 
 

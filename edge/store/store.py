@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from edge.clock import utc_after, utc_now
+from edge.clock import AGE_UNKNOWN, behind_the_confirmed, utc_after, utc_now
 from edge.errors import Code, EdgeError
 from edge.ids import uuid7
 from edge.store import instances
@@ -202,6 +202,10 @@ class Store(Reads):
                 "meta": json.dumps(image.meta, sort_keys=True, default=str),
                 "phi_original_name": image.original_name,
                 "created_at": now,
+                # The clock reads earlier than the hub last confirmed (behind, within plausible
+                # years): this stamp's age is unknown; retention restarts it once the clock is
+                # confirmed (an image so stamped was deleted the day the clock was put right).
+                "aged_from": AGE_UNKNOWN if behind_the_confirmed(self.outbox.sync_state()) else None,
             },
         )
         return study_id

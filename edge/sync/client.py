@@ -26,13 +26,14 @@ import httpx
 import stamina
 from pydantic import TypeAdapter
 
+from edge.clock import utc_now
 from edge.config import Settings
 from edge.errors import Code
 from edge.store import Store
 from edge.store.reads import evidence_beside
 from edge.sync import protocol
 from edge.sync.cine import outgoing_cine
-from edge.sync.credential import Credential, HubRefused, HubUnavailable, check_hub_url, hub_answer
+from edge.sync.credential import Answer, Credential, HubRefused, HubUnavailable, check_hub_url, hub_answer
 from edge.sync.deid import Deidentifier
 from edge.sync.outgoing import Outgoing, PixelGuard, withheld
 from edge.sync.preparing import MAX_DEATHS, PreparationRecord
@@ -71,6 +72,7 @@ class SyncClient:
         self.pixels = PixelGuard(settings.sync.burned_text)
         self.preparing = PreparationRecord(settings.data_dir / "sync" / "preparing.json")
         self._link_free_at = time.monotonic()  # when the capped link has carried what was sent
+        self._confirmed = -60.0  # when a reply last confirmed the clock (monotonic)
         # Called after every answered request: the service's watchdog pets on progress, so a long
         # drain over a slow link is alive while a hung one is restarted.
         self.on_progress: Callable[[], None] = lambda: None
@@ -116,6 +118,18 @@ class SyncClient:
             raise refused
         return response
 
+    def _answer(self, shape: type[Answer] | TypeAdapter[Answer], response: httpx.Response) -> Answer:
+        """The hub's reply in its protocol (`hub_answer`). A reply of the hub's own, to a request
+        signed with this clock (no large offset), confirms the clock: retention may tell ages
+        by it (`housekeeping.clock_unconfirmed`), recorded at most once a minute. A round that
+        never ends well (a quota refused) still confirms it: retention stopped for good."""
+        answer = hub_answer(shape, response)
+        now = time.monotonic()
+        if abs(self.credential.clock_offset) <= protocol.MAX_SKEW_S and now - self._confirmed >= 60:
+            self.store.outbox.set_sync_state(clock_confirmed=utc_now())
+            self._confirmed = now
+        return answer
+
     def _resync_clock(self) -> None:
         try:
             hub_time = float(
@@ -157,7 +171,7 @@ class SyncClient:
             except (HubUnavailable, HubRefused) as exc:
                 self.store.outbox.mark_attempt([row["id"] for row in rows], str(exc)[:200])
                 raise
-            reply = hub_answer(protocol.BatchReply, response)
+            reply = self._answer(protocol.BatchReply, response)
             by_uuid = {row["ref_id"]: row["id"] for row in rows}
             self.store.outbox.mark_acked([by_uuid[u] for u in reply.stored + reply.duplicates])
             if reply.quarantined:
@@ -171,7 +185,7 @@ class SyncClient:
         """One batch of deletions (`edge.sync.deletions` decides what goes and marks it)."""
         body = protocol.compress(batch.model_dump(mode="json"))
         headers = {"Content-Encoding": "gzip", "Content-Type": "application/json"}
-        return hub_answer(protocol.TombstoneReply, self._send("POST", "/v1/tombstones", body, headers))
+        return self._answer(protocol.TombstoneReply, self._send("POST", "/v1/tombstones", body, headers))
 
     def _record(self, row: dict[str, Any]) -> protocol.Record | None:
         result = self.store.result(row["ref_id"])
@@ -220,7 +234,7 @@ class SyncClient:
 
     def rendition_requests(self) -> protocol.RenditionRequests:
         """The results whose diagnostic rendition the hub asked for (edge/sync/renditions.py)."""
-        return hub_answer(protocol.RenditionRequests, self._send("GET", "/v1/renditions/requested"))
+        return self._answer(protocol.RenditionRequests, self._send("GET", "/v1/renditions/requested"))
 
     def push_files(self) -> int:
         done = 0
@@ -320,7 +334,7 @@ class SyncClient:
             sha256=hashlib.sha256(data).hexdigest(),
             media_type=media_type,
         )
-        state = hub_answer(
+        state = self._answer(
             protocol.UploadState,
             self._send(
                 "POST", "/v1/uploads", start.model_dump_json().encode(), {"Content-Type": "application/json"}
@@ -347,7 +361,7 @@ class SyncClient:
                         "the hub's answer carries no upload offset: not the edge hub?"
                     ) from exc
                 continue
-            state = hub_answer(protocol.UploadState, response)
+            state = self._answer(protocol.UploadState, response)
             offset = state.offset
 
     def _throttle(self, size: int) -> None:
@@ -373,7 +387,7 @@ class SyncClient:
         added = 0
         while True:
             cursor = int(self.store.outbox.sync_state().get("review_cursor", 0))
-            page = hub_answer(protocol.ReviewPage, self._send("GET", f"/v1/reviews?cursor={cursor}"))
+            page = self._answer(protocol.ReviewPage, self._send("GET", f"/v1/reviews?cursor={cursor}"))
             if page.cursor == cursor:
                 return added
             added += self.store.outbox.apply_reviews([r.model_dump() for r in page.reviews], page.cursor)
@@ -382,7 +396,7 @@ class SyncClient:
 
     def releases(self) -> list[protocol.ModelRelease]:
         """The signed releases the hub offers this device's programme (not yet verified)."""
-        return hub_answer(_RELEASES, self._send("GET", "/v1/models"))
+        return self._answer(_RELEASES, self._send("GET", "/v1/models"))
 
     @contextmanager
     def release_file(
@@ -411,7 +425,7 @@ class SyncClient:
 
     def profiles(self) -> list[protocol.ProfileRelease]:
         """The signed site profiles the hub offers this device's site (not yet verified)."""
-        return hub_answer(_PROFILES, self._send("GET", "/v1/profiles"))
+        return self._answer(_PROFILES, self._send("GET", "/v1/profiles"))
 
 
 _RELEASES = TypeAdapter(list[protocol.ModelRelease])
