@@ -52,14 +52,21 @@ BEHIND_S = 300.0
 
 
 def confirmed_at(state: Mapping[str, Any]) -> str | None:
-    """The latest time the hub took the device's signed clock (a sync round that went through,
-    or any request it accepted: `clock_confirmed`), from the sync state; None if never."""
-    stamps = [str(state[key]) for key in ("last_success", "clock_confirmed") if state.get(key)]
-    return max(stamps) if stamps else None
+    """The latest time the hub took the device's signed clock without a correction
+    (`clock_confirmed`: a reply of the hub's to a request signed with an offset under its skew
+    window), from the sync state; None if never. A round's `last_success` does not count: a
+    clock months ahead, corrected by the offset, stamped it months ahead."""
+    confirmed = state.get("clock_confirmed")
+    return str(confirmed) if confirmed else None
 
 
-def behind_the_confirmed(state: Mapping[str, Any]) -> bool:
-    """Whether the clock now reads more than `BEHIND_S` earlier than the hub last confirmed it."""
+def clock_doubtful(state: Mapping[str, Any], skew_s: float = BEHIND_S) -> bool:
+    """Whether the clock may read behind now: the hub measured it more than `skew_s` off
+    (`clock_offset_s`, kept by the sync client), or it reads more than `BEHIND_S` earlier than
+    the hub last confirmed it."""
+    offset = state.get("clock_offset_s")
+    if isinstance(offset, (int, float)) and abs(offset) > skew_s:
+        return True
     confirmed = confirmed_at(state)
     if confirmed is None:
         return False

@@ -174,7 +174,8 @@ def _result_for(store: Store, image_id: str, acked: bool) -> None:
 
 def _synced_now(store: Store) -> None:
     """A sync round went through just now: the hub took the device's clock as it is."""
-    store.outbox.set_sync_state(last_success=utc_now(), failing=False)
+    now = utc_now()
+    store.outbox.set_sync_state(last_success=now, clock_confirmed=now, clock_offset_s=0.0, failing=False)
 
 
 def test_retention_deletes_only_what_the_hub_acknowledged(settings: Settings, store: Store) -> None:
@@ -266,6 +267,35 @@ def test_an_image_stored_while_the_clock_was_behind_is_kept_its_whole_retention(
     assert housekeeping.purge_expired(store, retention_days=30) == 0
     assert store.image_file(image_id).exists()
     assert store.image(image_id)["aged_from"] < "2100"  # type: ignore[index]  # its age: from now
+    # Measured off by the hub (a resync found the clock 4496 h behind), before any confirmation:
+    store.outbox.set_sync_state(clock_confirmed=None, clock_offset_s=4496 * 3600.0)
+    second = ingest_one(settings, store, png_bytes(gradient(70, 40)))
+    assert store.image(second)["aged_from"] == AGE_UNKNOWN  # type: ignore[index]
+    # A clock months ahead, corrected by the offset, stamps a round's success months ahead: it
+    # does not count as a confirmation (retention waited until then, every image unknown).
+    ahead = (datetime.now(timezone.utc) + timedelta(days=150)).isoformat().replace("+00:00", "Z")
+    store.outbox.set_sync_state(last_success=ahead, clock_offset_s=0.0)
+    third = ingest_one(settings, store, png_bytes(gradient(90, 50)))
+    assert store.image(third)["aged_from"] is None  # type: ignore[index]
+
+
+def test_an_image_whose_thumbnail_or_heatmap_waits_is_kept(settings: Settings, store: Store) -> None:
+    """Thumbnails and heatmaps are filed under their result and built from the image when sent:
+    retention deleted images whose result the hub had but whose thumbnail still waited, and
+    those were withdrawn from the hub for good (an outside-style check)."""
+    image_id = ingest_one(settings, store, png_bytes(gradient()))
+    store.db.execute("UPDATE images SET created_at = '2024-06-01T00:00:00.000Z'")
+    _result_for(store, image_id, acked=True)
+    store.db.execute(
+        "INSERT INTO outbox (id, kind, ref_id, payload, created_at) VALUES (?, 'thumbnail', ?, '{}', ?)",
+        [f"t-{image_id}", f"r-{image_id}", "2024-06-01T00:00:00.000Z"],
+    )
+    store.db.conn.commit()
+    _synced_now(store)
+    assert housekeeping.purge_expired(store, retention_days=30) == 0
+    store.db.execute("UPDATE outbox SET acked_at = created_at WHERE kind = 'thumbnail'")
+    store.db.conn.commit()
+    assert housekeeping.purge_expired(store, retention_days=30) == 1
 
 
 def test_retention_waits_when_the_clock_jumped_since_the_last_sync(settings: Settings, store: Store) -> None:
@@ -277,12 +307,12 @@ def test_retention_waits_when_the_clock_jumped_since_the_last_sync(settings: Set
     store.db.conn.commit()
     months_ago = (datetime.now(timezone.utc) - timedelta(days=90)).isoformat().replace("+00:00", "Z")
     store.db.execute("UPDATE images SET created_at = ?", [months_ago])  # as a clock 3 months ahead reads it
-    store.outbox.set_sync_state(last_success=months_ago)
+    store.outbox.set_sync_state(last_success=months_ago, clock_confirmed=months_ago)
     store.db.conn.commit()
     assert housekeeping.purge_expired(store, retention_days=30) == 0
     assert store.image_file(image_id).exists()
     in_future = (datetime.now(timezone.utc) + timedelta(days=9)).isoformat().replace("+00:00", "Z")
-    store.outbox.set_sync_state(last_success=in_future)  # the clock went back since
+    store.outbox.set_sync_state(clock_confirmed=in_future)  # the clock went back since
     assert housekeeping.purge_expired(store, retention_days=30) == 0
     _synced_now(store)  # a sync goes through: the hub took the clock as it is
     assert housekeeping.purge_expired(store, retention_days=30) == 1

@@ -114,6 +114,11 @@ class Reads:
             "   AND o.acked_at IS NOT NULL))"
             " AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.kind IN ('image', 'thumbnail')"
             "  AND o.ref_id = i.id AND o.acked_at IS NULL)"
+            # Thumbnails, heatmaps and cines are filed under their result and built from the
+            # image when sent: deleted first, they were withdrawn from the hub for good.
+            " AND NOT EXISTS (SELECT 1 FROM results r JOIN outbox o"
+            "  ON o.kind IN ('thumbnail', 'heatmap', 'image', 'rendition', 'cine') AND o.ref_id = r.id"
+            "  WHERE r.image_id = i.id AND o.acked_at IS NULL)"
             # The PACS exporter copies the source's patient and study from its file.
             " AND NOT EXISTS (SELECT 1 FROM pacs_exports p WHERE p.image_id = i.id"
             "  AND p.state = 'pending')"

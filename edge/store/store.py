@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from edge.clock import AGE_UNKNOWN, behind_the_confirmed, utc_after, utc_now
+from edge.clock import AGE_UNKNOWN, clock_doubtful, utc_after, utc_now
 from edge.errors import Code, EdgeError
 from edge.ids import uuid7
 from edge.store import instances
@@ -202,10 +202,10 @@ class Store(Reads):
                 "meta": json.dumps(image.meta, sort_keys=True, default=str),
                 "phi_original_name": image.original_name,
                 "created_at": now,
-                # The clock reads earlier than the hub last confirmed (behind, within plausible
-                # years): this stamp's age is unknown; retention restarts it once the clock is
-                # confirmed (an image so stamped was deleted the day the clock was put right).
-                "aged_from": AGE_UNKNOWN if behind_the_confirmed(self.outbox.sync_state()) else None,
+                # The clock may read behind (the hub measured it off, or it reads earlier than
+                # the hub last confirmed it): this stamp's age is unknown; retention restarts it
+                # once the clock is confirmed (one so stamped was deleted the day it was put right).
+                "aged_from": AGE_UNKNOWN if clock_doubtful(self.outbox.sync_state()) else None,
             },
         )
         return study_id

@@ -126,7 +126,8 @@ class SyncClient:
         answer = hub_answer(shape, response)
         now = time.monotonic()
         if abs(self.credential.clock_offset) <= protocol.MAX_SKEW_S and now - self._confirmed >= 60:
-            self.store.outbox.set_sync_state(clock_confirmed=utc_now())
+            offset = round(self.credential.clock_offset, 1)
+            self.store.outbox.set_sync_state(clock_confirmed=utc_now(), clock_offset_s=offset)
             self._confirmed = now
         return answer
 
@@ -139,6 +140,8 @@ class SyncClient:
             return
         self.credential.clock_offset = hub_time - time.time()
         self.credential.save(self.settings)
+        # What the store reads: an image stored while the clock is off has its age unknown.
+        self.store.outbox.set_sync_state(clock_offset_s=round(self.credential.clock_offset, 1))
 
     # ------------------------------------------------------------------ results
 
