@@ -520,3 +520,14 @@ def test_a_full_disk_read_as_an_io_error_is_disk_full(
     assert refused is not None
     assert refused.code is Code.DISK_FULL
     assert Code.DISK_FULL not in NEEDS_A_PERSON
+
+
+def test_a_recording_being_written_before_the_store_is_opened_is_no_stored_file(tmp_path: Path) -> None:
+    """A live clip writes its `.recording-*` before a fresh device's store is first opened: that
+    is no stored file, and the new store is made (a deleted database beside stored files is not)."""
+    data = tmp_path / "data"
+    (data / "clips").mkdir(parents=True)
+    (data / "clips" / ".recording-abc.mp4").write_bytes(b"being written")
+    (data / "clips" / ".dropped-attempts.json").write_text("{}")
+    with Store(data) as store:
+        assert store.counts()["results"] == 0

@@ -413,11 +413,15 @@ def _wal_has_frames(path: Path) -> bool:
 
 def _images_beside(path: Path) -> bool:
     """Whether stored files lie beside the database (a file, not only empty day folders): its
-    images, or their heatmaps, clips or set-aside files once retention took the images."""
+    images, or their heatmaps, clips or set-aside files once retention took the images. Hidden
+    files are not stored ones (a recording being written, `.recording-*`, before the store is
+    first opened; the drop folder's attempts ledger; an interrupted write's `.tmp`)."""
     try:
         for folder in ("images", "heatmaps", "clips", "orphans"):
             root = path.parent / folder
-            if root.is_dir() and any(entry.is_file() for entry in root.rglob("*")):
+            if root.is_dir() and any(
+                entry.is_file() and not entry.name.startswith(".") for entry in root.rglob("*")
+            ):
                 return True
     except OSError:
         return False
