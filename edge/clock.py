@@ -45,8 +45,9 @@ def plausible_stamps() -> tuple[str, str]:
 
 
 AGE_UNKNOWN = "9999-12-31T00:00:00.000Z"
-"""An image's retention age while the clock that stamped it read earlier than a time the hub had
-confirmed (a clock behind, within plausible years): restarted once a sync confirms the clock."""
+"""An image's retention age while the clock that stamped it may have read behind (the hub
+measured it off, or it read earlier than a time the hub had confirmed): restarted once the
+clock is confirmed."""
 BEHIND_S = 300.0
 """A clock reading this much earlier than a time the hub confirmed is behind."""
 
@@ -60,6 +61,17 @@ def confirmed_at(state: Mapping[str, Any]) -> str | None:
     return str(confirmed) if confirmed else None
 
 
+def since_confirmed(state: Mapping[str, Any]) -> float | None:
+    """Seconds from `confirmed_at` to the clock's now (negative: the clock reads earlier than
+    the hub confirmed it); None if never confirmed."""
+    confirmed = confirmed_at(state)
+    try:
+        moment = datetime.fromisoformat(str(confirmed).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return (datetime.now(timezone.utc) - moment).total_seconds()
+
+
 def clock_doubtful(state: Mapping[str, Any], skew_s: float = BEHIND_S) -> bool:
     """Whether the clock may read behind now: the hub measured it more than `skew_s` off
     (`clock_offset_s`, kept by the sync client), or it reads more than `BEHIND_S` earlier than
@@ -67,14 +79,8 @@ def clock_doubtful(state: Mapping[str, Any], skew_s: float = BEHIND_S) -> bool:
     offset = state.get("clock_offset_s")
     if isinstance(offset, (int, float)) and abs(offset) > skew_s:
         return True
-    confirmed = confirmed_at(state)
-    if confirmed is None:
-        return False
-    try:
-        moment = datetime.fromisoformat(confirmed.replace("Z", "+00:00"))
-    except ValueError:
-        return False
-    return datetime.now(timezone.utc) < moment - timedelta(seconds=BEHIND_S)
+    since = since_confirmed(state)
+    return since is not None and since < -BEHIND_S
 
 
 def still_failing(state: Mapping[str, Any], success_key: str) -> bool:

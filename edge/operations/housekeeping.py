@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from edge.clock import clock_plausible, confirmed_at, plausible_stamps
+from edge.clock import clock_plausible, confirmed_at, plausible_stamps, since_confirmed
 from edge.config import Settings
 from edge.ingest.recording_attempts import FILE as ATTEMPTS_FILE
 from edge.store import Store
@@ -109,13 +109,12 @@ ORPHAN_KEEP_S = 30 * 86400.0
 def sweep_orphans(store: Store, min_age_s: float = ORPHAN_GRACE_S) -> int:
     """Clear what no row points at, once older than `min_age_s` (a clip's video being recorded,
     `.recording-*`: an hour): the temporary files of interrupted atomic writes and unfinished
-    recordings are deleted; an image, heatmap or clip file is set aside in `orphans/` and kept
-    `ORPHAN_KEEP_S`, and put
-    back where a row points at it again (a backup restored). A file without its row is most
-    often a write a crash interrupted (its source sends it again), but also what a database
-    rolled back leaves (its -wal deleted, an older backup restored): an outside-style check found
-    those deleted as "left by an interrupted write", the only copy of results the database lost.
-    A file that cannot be set aside stays where it is."""
+    recordings are deleted; an image, heatmap or clip file is set aside in `orphans/`, kept
+    `ORPHAN_KEEP_S`, and put back where a row points at it again (a backup restored). A file
+    without its row is most often a write a crash interrupted (its source sends it again), but
+    also what a database rolled back leaves (its -wal deleted, an older backup restored): an
+    outside-style check found those deleted as "left by an interrupted write", the only copy of
+    results the database lost. A file that cannot be set aside stays where it is."""
     referenced = set(store.referenced_files())
     returned = _put_back(store.data_dir, referenced)
     cutoff = time.time() - min_age_s
@@ -232,29 +231,31 @@ def _candidates(data_dir: Path) -> Iterator[Path]:
 CLOCK_DISAGREEMENT_S = 86400.0
 """Retention waits while the clock is this far from the hub's (as of the last sync)."""
 CONFIRMED_FOR_S = 86400.0
-"""Retention runs only this long after a sync round went through (the hub took the device's
-signed time, within its skew window, so the clock was right then) by the clock now."""
+"""Retention runs only this long after the hub last confirmed the clock (`clock.confirmed_at`),
+by the clock now."""
 
 
 def clock_unconfirmed(store: Store, off_hub_s: float) -> str | None:
     """Why the clock may not be trusted to tell ages now, or None: it reads an impossible year,
-    it was a day off the hub's at the last sync (`off_hub_s`, the credential's offset), or no
-    sync went through within a day of what it reads. A clock that jumped months ahead while the
-    hub was out of reach read plausible years, and retention deleted images taken that day
-    (an outside-style check); the last success, stamped before the jump, shows it."""
+    it was a day off the hub's at the last sync (`off_hub_s`, the credential's offset), or the
+    hub has not confirmed it (`clock.confirmed_at`) within a day of what it reads. A clock that
+    jumped months ahead while the hub was out of reach read plausible years, and retention
+    deleted images taken that day (an outside-style check); the confirmation, stamped before
+    the jump, shows it."""
     now = datetime.now(timezone.utc)
     if not clock_plausible():
         return f"the clock reads {now.isoformat(timespec='seconds')}, not a plausible time"
     if abs(off_hub_s) > CLOCK_DISAGREEMENT_S:
         way = "behind" if off_hub_s > 0 else "ahead of"
         return f"the clock was {abs(off_hub_s) / 3600:.0f} h {way} the hub's at the last sync"
-    last = confirmed_at(store.outbox.sync_state())
-    try:
-        since = (now - datetime.fromisoformat(str(last).replace("Z", "+00:00"))).total_seconds()
-    except ValueError:
-        return "no sync has gone through, so the hub has not confirmed the clock"
+    state = store.outbox.sync_state()
+    since = since_confirmed(state)
+    if since is None:
+        return "the hub has not confirmed the clock (no reply to this device yet)"
     if not 0 <= since <= CONFIRMED_FOR_S:
-        return f"the hub last confirmed the clock at {last}, not within a day of the clock's now"
+        return (
+            f"the hub last confirmed the clock at {confirmed_at(state)}, not within a day of the clock's now"
+        )
     return None
 
 
