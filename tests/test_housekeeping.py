@@ -318,6 +318,50 @@ def test_retention_waits_when_the_clock_jumped_since_the_last_sync(settings: Set
     assert housekeeping.purge_expired(store, retention_days=30) == 1
 
 
+def test_a_device_never_enrolled_lets_refused_images_go(settings: Settings, store: Store) -> None:
+    """No hub ever confirms a clock there: waiting for one kept every refused image for good (an
+    analysed one waits for the hub's acknowledgement in any case)."""
+    refused = ingest_one(settings, store, png_bytes(gradient()))
+    analysed = ingest_one(settings, store, png_bytes(gradient(70, 40)))
+    store.db.execute("UPDATE jobs SET state = 'failed' WHERE image_id = ?", [refused])
+    _result_for(store, analysed, acked=False)
+    store.db.execute("UPDATE images SET created_at = '2024-06-01T00:00:00.000Z'")
+    store.db.conn.commit()
+    assert housekeeping.purge_expired(store, retention_days=30) == 0  # enrolled: waits for the hub
+    assert housekeeping.retention_args(settings)["enrolled"] is False
+    assert housekeeping.purge_expired(store, retention_days=30, enrolled=False) == 1
+    assert not store.image_file(refused).exists()
+    assert store.image_file(analysed).exists()
+    # Once a hub confirmed the clock, it must confirm it again: a credential lost is no licence.
+    store.outbox.set_sync_state(clock_confirmed="2024-07-01T00:00:00.000Z")
+    assert housekeeping.clock_unconfirmed(store, 0.0, enrolled=False) is not None
+
+
+def test_doctor_says_when_retention_waits(settings: Settings, store: Store) -> None:
+    """A device whose hub stays out of reach keeps every image past retention, and that was said
+    only in the agent's log: `edge doctor` says how many and why."""
+    from edge.sync import signatures
+    from edge.sync.credential import Credential
+
+    def retention() -> tuple[str, str]:
+        [check] = [c for c in run_checks(settings) if c.name == "retention"]
+        return check.level, check.message
+
+    image_id = ingest_one(settings, store, png_bytes(gradient()))
+    _result_for(store, image_id, acked=True)
+    store.db.execute("UPDATE images SET created_at = '2024-06-01T00:00:00.000Z'")
+    store.db.conn.commit()
+    assert retention()[0] == "pass"  # never enrolled: nothing waits for a hub
+    Credential("https://hub.example", "dev", key=signatures.new_device_key()).save(settings, True)
+    level, message = retention()
+    assert level == "warn"
+    assert "1 image file(s) past 30 days are kept" in message
+    assert "the hub has not confirmed the clock" in message
+    _synced_now(store)
+    assert retention()[0] == "pass"
+    assert housekeeping.purge_expired(store, 30, **housekeeping.retention_args(settings)) == 1
+
+
 def test_doctor_lines_and_exit_status(
     settings: Settings, store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -75,6 +75,33 @@ def test_enrolment_is_one_time(hub: Hub, device: Settings) -> None:
         enroll(device, "http://testserver", "not-a-real-code", "clinic-3", hub.client, insecure=True)
 
 
+def test_enrolment_keeps_what_the_hub_said_of_the_clock(
+    hub: Hub, device: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hub's time comes with its enrolment answer; the CLI kept it only in the credential,
+    so an image stored before the first round while the clock read months behind looked months
+    old once NTP put it right (a re-check). It is kept in the store, as a round keeps it."""
+    import contextlib
+
+    from click.testing import CliRunner
+
+    from edge.cli import cli
+    from edge.sync.client import record_hub_clock
+
+    monkeypatch.setattr(httpx, "Client", lambda **_: contextlib.nullcontext(hub.client))
+    code = devices.create_enroll_code(hub.engine)
+    args = ["--data-dir", str(device.data_dir), "sync", "enroll", "http://testserver", code, "--insecure"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    with Store(device.data_dir) as store:
+        state = store.outbox.sync_state()
+        assert abs(state["clock_offset_s"]) <= protocol.MAX_SKEW_S
+        assert state["clock_confirmed"]
+        record_hub_clock(store, -90 * 86400.0)  # a clock months ahead: kept, not confirmed again
+        assert store.outbox.sync_state()["clock_offset_s"] == -90 * 86400.0
+        assert store.outbox.sync_state()["clock_confirmed"] == state["clock_confirmed"]
+
+
 def test_results_arrive_once_then_files_then_reviews_come_back(hub: Hub, device: Settings) -> None:
     with Store(device.data_dir) as store:
         result_ids = analysed(device, store, samples(4))

@@ -48,7 +48,22 @@ def sync_enroll(obj: Context, url: str, code: str, name: str | None, insecure: b
             error.one_line() if isinstance(error, EdgeError) else f"HUB_UNREACHABLE: {error}", err=True
         )
         sys.exit(EXIT_REFUSED)
+    _record_enrolment_clock(obj, credential.clock_offset)
     click.echo(f"enrolled as device {credential.device_id} with {credential.hub_url}")
+
+
+def _record_enrolment_clock(obj: Context, offset_s: float) -> None:
+    """The hub's time came with its answer: keep what it says of this clock in the store, as a
+    sync round does (an image stored before the first round while the clock read months behind
+    was taken for months old once NTP put it right)."""
+    from edge.store import Store
+    from edge.sync.client import record_hub_clock
+
+    try:
+        with Store(obj.settings.data_dir) as store:
+            record_hub_clock(store, offset_s)
+    except EdgeError as error:  # the store refuses (damaged, read-only): enrolment still stands
+        click.echo(f"enrolled, but the clock's offset could not be kept: {error.one_line()}", err=True)
 
 
 @sync.command("run")

@@ -35,7 +35,6 @@ from edge.operations import health, housekeeping, storage_encryption
 from edge.processes import InstanceLock
 from edge.store import Store
 from edge.store.files import write_atomically
-from edge.sync.credential import Credential
 from edge.sync.releases import recover_installs
 
 log = logging.getLogger(__name__)
@@ -201,12 +200,8 @@ class Agent:
                 self.wake.set()
 
     def _purge(self, store: Store) -> None:
-        credential = Credential.load(self.settings)
         housekeeping.purge_expired(
-            store,
-            self.settings.store.retention_days,
-            image_upload=self.settings.sync.images == "full",
-            off_hub_s=credential.clock_offset if credential is not None else 0.0,
+            store, self.settings.store.retention_days, **housekeeping.retention_args(self.settings)
         )
 
     def _write_agent_file(self, store: Store) -> None:

@@ -291,15 +291,46 @@ def _clock(settings: Settings) -> list[Check]:
         except EdgeError:  # the database check names it
             row, confirmed = None, False
         if row and row > now.isoformat() and not confirmed:
+            # Without a hub nothing confirms the time: the warning ends when the clock passes it.
+            then = (
+                "a sync that goes through confirms the time now"
+                if credential is not None
+                else f"if {now.isoformat(timespec='seconds')} is the time, this ends when it passes {row}"
+            )
             return [
                 Check(
                     "clock",
                     "warn",
                     f"the clock is behind the newest record ({row}): time went back, or the clock"
-                    " was ahead when it was made; a sync that goes through confirms the time now",
+                    f" was ahead when it was made; {then}",
                 )
             ]
     return [Check("clock", "pass", now.isoformat(timespec="seconds"))]
+
+
+def _retention(settings: Settings) -> list[Check]:
+    """Image files past `retention_days` kept because the clock cannot be trusted to tell their
+    age: a device whose hub stays out of reach keeps every image, and said so only in its log."""
+    if not settings.db_path.exists():
+        return []
+    days = settings.store.retention_days
+    try:
+        with Store(settings.data_dir, reader=True) as store:
+            waiting = housekeeping.retention_waiting(store, days, **housekeeping.retention_args(settings))
+    except EdgeError:  # the database check names it
+        return []
+    if waiting is None:
+        message = f"image files past {days:g} days go once the hub has their results"
+        return [Check("retention", "pass", message)]
+    why, held = waiting
+    return [
+        Check(
+            "retention",
+            "warn",
+            f"{held} image file(s) past {days:g} days are kept: retention waits, since {why};"
+            " a sync that goes through with the clock right lets it run (the disk fills meanwhile)",
+        )
+    ]
 
 
 def _duration(seconds: float) -> str:
@@ -435,6 +466,7 @@ CHECKS: list[Callable[[Settings], list[Check]]] = [
     _disk,
     _encryption,
     _clock,
+    _retention,
     _listener,
     _dicom_callers,
     _agent,

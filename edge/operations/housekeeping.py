@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 from edge.clock import clock_plausible, confirmed_at, plausible_stamps, since_confirmed
 from edge.config import Settings
@@ -235,13 +236,17 @@ CONFIRMED_FOR_S = 86400.0
 by the clock now."""
 
 
-def clock_unconfirmed(store: Store, off_hub_s: float) -> str | None:
+def clock_unconfirmed(store: Store, off_hub_s: float, *, enrolled: bool = True) -> str | None:
     """Why the clock may not be trusted to tell ages now, or None: it reads an impossible year,
     it was a day off the hub's at the last sync (`off_hub_s`, the credential's offset), or the
     hub has not confirmed it (`clock.confirmed_at`) within a day of what it reads. A clock that
     jumped months ahead while the hub was out of reach read plausible years, and retention
     deleted images taken that day (an outside-style check); the confirmation, stamped before
-    the jump, shows it."""
+    the jump, shows it.
+
+    A device never `enrolled` whose clock no hub ever confirmed has only a plausible year to go
+    by: retention can take nothing there but refused images (an analysed one waits for the
+    hub's acknowledgement), which would otherwise fill its disk for good."""
     now = datetime.now(timezone.utc)
     if not clock_plausible():
         return f"the clock reads {now.isoformat(timespec='seconds')}, not a plausible time"
@@ -250,6 +255,8 @@ def clock_unconfirmed(store: Store, off_hub_s: float) -> str | None:
         return f"the clock was {abs(off_hub_s) / 3600:.0f} h {way} the hub's at the last sync"
     state = store.outbox.sync_state()
     since = since_confirmed(state)
+    if since is None and not enrolled:
+        return None
     if since is None:
         return "the hub has not confirmed the clock (no reply to this device yet)"
     if not 0 <= since <= CONFIRMED_FOR_S:
@@ -260,7 +267,12 @@ def clock_unconfirmed(store: Store, off_hub_s: float) -> str | None:
 
 
 def purge_expired(
-    store: Store, retention_days: float, *, image_upload: bool = False, off_hub_s: float = 0.0
+    store: Store,
+    retention_days: float,
+    *,
+    image_upload: bool = False,
+    off_hub_s: float = 0.0,
+    enrolled: bool = True,
 ) -> int:
     """Delete image files past retention whose results (and, with `image_upload`, the image
     itself) the hub acknowledged; rows, results and heatmaps stay (images.purged_at).
@@ -269,8 +281,7 @@ def purge_expired(
     image of today would look months old. An image stamped while the clock was wrong (before
     2024, or ahead of it) has its age started again when it is right: an outside-style check
     found an image taken at 1970 deleted minutes after NTP put the clock right."""
-    now = datetime.now(timezone.utc)
-    why = clock_unconfirmed(store, off_hub_s)
+    why = clock_unconfirmed(store, off_hub_s, enrolled=enrolled)
     if why is not None:
         log.warning("retention waits: %s; no image is deleted until it is", why)
         return 0
@@ -281,12 +292,50 @@ def purge_expired(
             restarted,
             retention_days,
         )
-    horizon = (now - timedelta(days=retention_days)).isoformat(timespec="milliseconds")
     purged = 0
-    for image in store.purgeable_images(horizon.replace("+00:00", "Z"), image_upload=image_upload):
+    for image in store.purgeable_images(_horizon(retention_days), image_upload=image_upload):
         remove_quietly(store.data_dir / image["path"])
         store.mark_purged(image["id"])
         purged += 1
     if purged:
         log.info("retention: deleted %d acknowledged image file(s)", purged)
     return purged
+
+
+def retention_args(settings: Settings) -> dict[str, Any]:
+    """What `purge_expired` and `retention_waiting` take from the device's set-up besides the
+    store: whether full images travel, the clock's offset from the hub's at the last sync, and
+    whether this device ever enrolled."""
+    from edge.sync.credential import Credential  # httpx and the keys: only where retention runs
+
+    credential = Credential.load(settings)
+    return {
+        "image_upload": settings.sync.images == "full",
+        "off_hub_s": credential.clock_offset if credential is not None else 0.0,
+        "enrolled": Credential.path(settings).exists(),
+    }
+
+
+def _horizon(retention_days: float) -> str:
+    """The stamp before which an image is past retention, in the store's format."""
+    moment = datetime.now(timezone.utc) - timedelta(days=retention_days)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def retention_waiting(
+    store: Store,
+    retention_days: float,
+    *,
+    image_upload: bool = False,
+    off_hub_s: float = 0.0,
+    enrolled: bool = True,
+) -> tuple[str, int] | None:
+    """Why retention waits and how many image files it would delete now if the clock were
+    confirmed, or None when it does not wait or would delete nothing: said by `edge doctor`
+    (it was said only in the agent's log, and a device whose hub stays out of reach keeps every
+    image: its disk fills)."""
+    why = clock_unconfirmed(store, off_hub_s, enrolled=enrolled)
+    if why is None:
+        return None
+    held = len(store.purgeable_images(_horizon(retention_days), image_upload=image_upload))
+    return (why, held) if held else None

@@ -61,6 +61,17 @@ def _request_bytes(method: str, path: str, body: bytes, headers: dict[str, str])
     return len(method) + len(path) + own + _HTTPX_HEADER_BYTES + len(body)
 
 
+def record_hub_clock(store: Store, offset_s: float) -> None:
+    """Keep what the hub just told of this device's clock (its offset from the hub's), for the
+    store: an image stored while the clock is off has its age unknown, and an offset within the
+    hub's skew window confirms the clock (retention may tell ages by it). Enrolment records it
+    too: a clock off at enrolment made images stored before the first round look months old."""
+    state: dict[str, Any] = {"clock_offset_s": round(offset_s, 1)}
+    if abs(offset_s) <= protocol.MAX_SKEW_S:
+        state["clock_confirmed"] = utc_now()
+    store.outbox.set_sync_state(**state)
+
+
 class SyncClient:
     def __init__(self, settings: Settings, store: Store, http: httpx.Client, credential: Credential) -> None:
         self.settings = settings
@@ -126,8 +137,7 @@ class SyncClient:
         answer = hub_answer(shape, response)
         now = time.monotonic()
         if abs(self.credential.clock_offset) <= protocol.MAX_SKEW_S and now - self._confirmed >= 60:
-            offset = round(self.credential.clock_offset, 1)
-            self.store.outbox.set_sync_state(clock_confirmed=utc_now(), clock_offset_s=offset)
+            record_hub_clock(self.store, self.credential.clock_offset)
             self._confirmed = now
         return answer
 
@@ -140,8 +150,7 @@ class SyncClient:
             return
         self.credential.clock_offset = hub_time - time.time()
         self.credential.save(self.settings)
-        # What the store reads: an image stored while the clock is off has its age unknown.
-        self.store.outbox.set_sync_state(clock_offset_s=round(self.credential.clock_offset, 1))
+        record_hub_clock(self.store, self.credential.clock_offset)
 
     # ------------------------------------------------------------------ results
 
