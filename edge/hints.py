@@ -31,6 +31,7 @@ NEXT_STEPS: dict[Code, str] = {
     Code.INSTANCE_UID_COLLISION: "both images are kept: compare them and tell the sender it reused an id",
     Code.DICOM_NO_PIXELS: "nothing to do: objects without an image are kept but not scored",
     Code.DICOM_UNSUPPORTED: "send it uncompressed (or in another transfer syntax) from the sender",
+    Code.DICOM_PIXELS_DAMAGED: "send this image again from the modality or the PACS (its settings are fine)",
     Code.DICOM_MULTIFRAME: "nothing to do: cines are analysed as clips now",
     # Applicability and quality gate
     Code.MODALITY_NOT_ACCEPTED: OTHER_MODEL,

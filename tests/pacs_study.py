@@ -73,7 +73,7 @@ def mixed_study(folder: Path) -> list[Instance]:
             "NO_MODEL_FOR_INPUT",
         ),
         ("hand", _variant(demo[3], study_uid, BodyPartExamined="HAND"), False, "NO_MODEL_FOR_INPUT"),
-        ("undecodable", _undecodable(study_uid), False, "DICOM_UNSUPPORTED"),
+        ("undecodable", _undecodable(study_uid), False, "DICOM_PIXELS_DAMAGED"),
     ]
     instances = []
     for label, ds, analysed, refusal in plan:

@@ -234,6 +234,27 @@ def test_changed_fields_names_only_what_the_analysis_reads(tmp_path: Path) -> No
     assert changed_fields(data, b"not dicom at all") is None
 
 
+def test_a_raw_data_set_copy_of_a_stored_instance_is_the_same_instance(tmp_path: Path) -> None:
+    """Old export tools write the data set alone (no preamble, no file meta): its transfer syntax
+    was taken as none, the pixels as not comparable, and the copy stored and analysed again as
+    a UID collision (an outside-style check, through the drop folder)."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    first = _chest_film(tmp_path / "first.dcm", PatientAge="004Y")
+    ds = pydicom.dcmread(first)
+    raw = DicomBytesIO()
+    raw.is_little_endian, raw.is_implicit_VR = True, True
+    write_dataset(raw, ds)
+    assert not raw.getvalue()[128:132] == b"DICM"
+    assert changed_fields(first.read_bytes(), raw.getvalue()) == []
+    ds.PixelData = np.ascontiguousarray(ds.pixel_array[:, ::-1]).tobytes()
+    flipped = DicomBytesIO()
+    flipped.is_little_endian, flipped.is_implicit_VR = True, True
+    write_dataset(flipped, ds)
+    assert changed_fields(first.read_bytes(), flipped.getvalue()) == ["pixels"]
+
+
 # ---------------------------------------------------------------------- the DICOM listener
 
 

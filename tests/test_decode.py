@@ -176,6 +176,16 @@ def test_monochrome1_without_window_is_inverted_too() -> None:
     assert np.corrcoef(pixels.ravel(), IMAGE.ravel())[0, 1] > 0.999
 
 
+@pytest.mark.parametrize("photometric", ["MONOCHROME1", "MONOCHROME2"])
+def test_presentation_lut_shape_inverse_inverts_once(photometric: str) -> None:
+    """INVERSE was ignored: a MONOCHROME2 image so marked was shown as its negative (DCMTK shows
+    it inverted) and refused as "looks inverted". On MONOCHROME1 it is the one inversion."""
+    stored = (4095 - STORED_12).astype(np.uint16)
+    ds = dicomgen.grey_dicom(stored=stored, bits_stored=12, photometric=photometric, window=(2048, 4096))
+    ds.PresentationLUTShape = "INVERSE"
+    assert np.array_equal(decode_bytes(dicomgen.to_bytes(ds)).pixels, IMAGE)
+
+
 def test_signed_with_rescale_intercept() -> None:
     stored = (STORED_12.astype(np.int32) - 1024).astype(np.int16)
     data = dicom(stored=stored, bits_stored=16, rescale=(1.0, 1024.0), window=(2048, 4096))
@@ -273,6 +283,23 @@ def test_palette_colour() -> None:
     index = IMAGE // 64
     expected = np.stack([np.take(red, index), np.take(green, index), np.take(blue, index)], axis=-1)
     assert np.array_equal(pixels, expected)
+
+
+@pytest.mark.parametrize(("scale", "top"), [(257, 65535), (1, 255)])
+def test_a_dark_palette_image_is_shown_on_its_palettes_scale(scale: int, top: int) -> None:
+    """A grey-ramp palette of 16-bit entries over a scan whose brightest value is half-scale: it
+    was stretched to that brightest (shown twice as bright as the scanner and DCMTK show it).
+    Some writers put 8-bit values in 16-bit entries: a table under 256 is on that scale."""
+    dark = (IMAGE // 2).astype(np.uint8)
+    ds = dicomgen.grey_dicom(stored=dark, bits_stored=8)
+    ds.PhotometricInterpretation = "PALETTE COLOR"
+    for colour in ("Red", "Green", "Blue"):
+        setattr(ds, f"{colour}PaletteColorLookupTableDescriptor", [256, 0, 16])
+        setattr(ds, f"{colour}PaletteColorLookupTableData", (np.arange(256, dtype="<u2") * scale).tobytes())
+    pixels = decode_bytes(dicomgen.to_bytes(ds)).pixels
+    expected = np.rint(dark.astype(float) * scale * 255 / top).astype(np.uint8)
+    assert np.array_equal(pixels[..., 0], expected)
+    assert pixels.max() == dark.max()
 
 
 def test_metadata_and_study() -> None:
@@ -385,12 +412,23 @@ def test_native_ybr_full_422_shares_chroma_and_is_not_short() -> None:
     assert np.array_equal(decoded.pixels, pydicom.dcmread(path).pixel_array)
 
 
-def test_unsupported_pixels_carry_the_header_for_a_receiver_that_keeps_them() -> None:
+@pytest.mark.parametrize("decoder", [True, False], ids=["damaged", "unsupported"])
+def test_undecodable_pixels_carry_the_header_for_a_receiver_that_keeps_them(
+    decoder: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stream in an encoding this build reads is damaged (send it again); one no decoder here
+    reads is unsupported (send it in another syntax). Both were DICOM_UNSUPPORTED, which sent a
+    technician to reconfigure a modality that works for one film damaged in transfer."""
+    from edge.imaging import dicom as dicom_module
+
+    if not decoder:
+        monkeypatch.setattr(dicom_module, "get_decoder", lambda syntax: pydicom.pixels.get_decoder("1.2.3"))
     ds = dicomgen.undecodable_dicom()
     data = dicomgen.to_bytes(ds)
     with pytest.raises(UndecodableDicom) as caught:
         decode_bytes(data)
-    assert caught.value.code is Code.DICOM_UNSUPPORTED
+    assert caught.value.code is (Code.DICOM_PIXELS_DAMAGED if decoder else Code.DICOM_UNSUPPORTED)
+    assert "\n" not in caught.value.one_line()
     kept = caught.value.header
     assert (kept.width, kept.height, kept.sop_instance_uid) == (64, 48, str(ds.SOPInstanceUID))
     assert kept.study.modality == "CR"

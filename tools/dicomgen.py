@@ -131,8 +131,10 @@ def twelve_bit(display: np.ndarray) -> np.ndarray:
 
 
 def undecodable_dicom(**base: Any) -> Dataset:
-    """A well-formed image object whose compressed pixel data no decoder can read (JPEG 2000
-    syntax, bytes that are not a codestream): what a receiver must store, yet cannot analyse."""
+    """A well-formed image object whose compressed pixel data cannot be decoded (JPEG 2000
+    syntax, bytes that are not a codestream: damaged, `DICOM_PIXELS_DAMAGED`; where this build
+    has no JPEG 2000 decoder, `DICOM_UNSUPPORTED`): what a receiver must store, yet cannot
+    analyse."""
     from pydicom.encaps import encapsulate
     from pydicom.uid import JPEG2000Lossless
 

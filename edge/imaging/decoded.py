@@ -54,7 +54,8 @@ class DicomHeader:
 
 
 class UndecodableDicom(EdgeError):
-    """A refusal of a well-formed DICOM object's pixels (`DICOM_UNSUPPORTED`, `DICOM_NO_PIXELS`),
+    """A refusal of a well-formed DICOM object's pixels (`DICOM_UNSUPPORTED`, `DICOM_PIXELS_DAMAGED`,
+    `DICOM_NO_PIXELS`),
     carrying its header, so a receiver that keeps every instance can store it unanalysed."""
 
     def __init__(self, code: Code, message: str, header: DicomHeader) -> None:

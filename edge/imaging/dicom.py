@@ -19,7 +19,7 @@ import pydicom
 from pydicom import uid
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, iter_pixels
+from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, get_decoder, iter_pixels
 from pydicom.pixels.utils import get_expected_length
 from pydicom.valuerep import DA
 
@@ -69,7 +69,7 @@ def _decode_dataset(ds: Dataset, data: bytes, name: str) -> DecodedImage:
             Code.DICOM_NO_PIXELS, f"{name} has no pixel data ({sop_name})", header(ds, data)
         )
     frames = int(ds.get("NumberOfFrames", 1) or 1)
-    _infer_missing_transfer_syntax(ds)
+    infer_missing_transfer_syntax(ds)
     _refuse_impossible_header(ds, frames, name)
     syntax = _safe(lambda: uid.UID(str(ds.file_meta.TransferSyntaxUID)))
     try:
@@ -89,7 +89,7 @@ def _decode_dataset(ds: Dataset, data: bytes, name: str) -> DecodedImage:
                 # the whole file to the video path (edge.video.analysis.process_cine).
                 stored = np.asarray(pydicom.pixels.pixel_array(ds, index=frames // 2))
             else:
-                stored = _stored_pixels(ds, data)
+                stored = stored_pixels(ds, data)
             pixels = display_pixels(stored, ds)
     except EdgeError as error:
         if error.code is Code.DICOM_UNSUPPORTED:
@@ -99,18 +99,7 @@ def _decode_dataset(ds: Dataset, data: bytes, name: str) -> DecodedImage:
         raise
     except BaseException as exc:  # hostile or broken files raise anything, a Rust decoder's
         # panic too (pyo3's PanicException is a BaseException: a corrupt RLE frame, by fuzzing)
-        what = getattr(syntax, "name", None) or str(syntax or "unknown transfer syntax")
-        detail = f"({what}): {type(exc).__name__}: {exc}"
-        if syntax is not None and not syntax.is_compressed:
-            # Native pixels always decode when the header and the bytes agree: they do not.
-            raise EdgeError(
-                Code.DICOM_INVALID, f"{name}: pixel data do not match the header {detail}"[:300]
-            ) from exc
-        raise UndecodableDicom(
-            Code.DICOM_UNSUPPORTED,
-            f"{name}: pixel data could not be decoded {detail}"[:300],
-            header(ds, data),
-        ) from exc
+        raise _pixels_refused(exc, syntax, ds, data, name) from exc
     return DecodedImage(
         pixels=pixels,
         format="dicom",
@@ -119,6 +108,29 @@ def _decode_dataset(ds: Dataset, data: bytes, name: str) -> DecodedImage:
         sop_instance_uid=_text(ds, "SOPInstanceUID"),
         frames=frames,
         meta=technical_meta(ds),
+    )
+
+
+def _pixels_refused(exc: BaseException, syntax: Any, ds: Dataset, data: bytes, name: str) -> EdgeError:
+    """The refusal of pixels that would not decode: native ones that do not match their header
+    (`DICOM_INVALID`), a stream in an encoding this build reads (`DICOM_PIXELS_DAMAGED`: "send it
+    in another transfer syntax" sent a technician to reconfigure a modality that works), or an
+    encoding it cannot read (`DICOM_UNSUPPORTED`); the last two keep the header (stored)."""
+    what = getattr(syntax, "name", None) or str(syntax or "unknown transfer syntax")
+    first_line = next(iter(str(exc).splitlines()), "")  # a plugin's report spans lines
+    detail = f"({what}): {type(exc).__name__}: {first_line}"
+    if syntax is not None and _safe(lambda: syntax.is_compressed) is False:
+        # Native pixels always decode when the header and the bytes agree: they do not.
+        return EdgeError(Code.DICOM_INVALID, f"{name}: pixel data do not match the header {detail}"[:300])
+    if syntax is not None and _safe(lambda: get_decoder(syntax).is_available):
+        return UndecodableDicom(
+            Code.DICOM_PIXELS_DAMAGED,
+            f"{name}: its {what} pixel data could not be decoded ({type(exc).__name__}), though"
+            " this device reads that encoding: damaged by the sender or in transfer",
+            header(ds, data),
+        )
+    return UndecodableDicom(
+        Code.DICOM_UNSUPPORTED, f"{name}: pixel data could not be decoded {detail}"[:300], header(ds, data)
     )
 
 
@@ -210,7 +222,7 @@ def _refuse_impossible_header(ds: Dataset, frames: int, name: str) -> None:
 def display_frames(data: bytes) -> Generator[tuple[float, np.ndarray], None, None]:
     """Every frame of a multi-frame DICOM as (seconds, display image), lazily (one in memory)."""
     ds = _read(data, "cine")
-    _infer_missing_transfer_syntax(ds)
+    infer_missing_transfer_syntax(ds)
     stated = _safe(lambda: int(ds.get("NumberOfFrames", 1) or 1)) or 1
     if is_video(ds):
         pictures: Iterator[np.ndarray] = video_frames(ds, "cine", stated)
@@ -241,7 +253,7 @@ def _count(pictures: Generator[np.ndarray, None, None]) -> int:
     return sum(1 for _ in pictures)
 
 
-def _infer_missing_transfer_syntax(ds: Dataset) -> None:
+def infer_missing_transfer_syntax(ds: Dataset) -> None:
     """Files whose meta lacks (0002,0010) still say how they were encoded as pydicom read them;
     for native (uncompressed) pixel data that is all the decoder needs."""
     meta = getattr(ds, "file_meta", None)
@@ -254,7 +266,7 @@ def _infer_missing_transfer_syntax(ds: Dataset) -> None:
         meta.TransferSyntaxUID = uid.ExplicitVRLittleEndian if little else uid.ExplicitVRBigEndian
 
 
-def _stored_pixels(ds: Dataset, data: bytes) -> np.ndarray:
+def stored_pixels(ds: Dataset, data: bytes) -> np.ndarray:
     """pydicom's decoders first; for 12-bit JPEG Extended, which pydicom's permissively licensed
     plugins decline (Pillow has no 12-bit path, its GDCM plugin excludes the syntax), GDCM itself,
     which decodes it correctly (python-gdcm issue #35: identical to DCMTK)."""
@@ -311,7 +323,10 @@ def display_pixels(stored: np.ndarray, ds: Dataset) -> np.ndarray:
     """Stored pixel values -> uint8 display image (pure apart from reading `ds`)."""
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     if photometric in ("MONOCHROME1", "MONOCHROME2"):
-        return _grey_display(stored, ds, invert=photometric == "MONOCHROME1")
+        # Presentation LUT Shape INVERSE inverts too (DCMTK); on MONOCHROME1 it is the
+        # inversion the photometric already asks for (the DX object requires it), not a second.
+        shape = str(ds.get("PresentationLUTShape") or "").strip().upper()
+        return _grey_display(stored, ds, invert=photometric == "MONOCHROME1" or shape == "INVERSE")
     if photometric == "PALETTE COLOR":
         return per_value(stored, lambda values: _palette_values(values, ds))
     if photometric in ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT"):
@@ -328,8 +343,23 @@ def _grey_display(stored: np.ndarray, ds: Dataset, *, invert: bool) -> np.ndarra
 
 
 def _palette_values(stored: np.ndarray, ds: Dataset) -> np.ndarray:
+    """The palette's colours on the palette's own scale: they were stretched to the image's
+    brightest, so a dark scan was shown, scored and sent brighter than the scanner showed it."""
     rgb = apply_color_lut(stored, ds)
-    return _scale_to_uint8(rgb.astype(np.float64), 0.0, float(rgb.max() if rgb.dtype != np.uint8 else 255))
+    return _scale_to_uint8(rgb.astype(np.float64), 0.0, _palette_top(ds, rgb.dtype))
+
+
+def _palette_top(ds: Dataset, dtype: np.dtype) -> float:
+    """Full scale of the palette's entries: 8-bit ones, or 16-bit ones whose whole table stays
+    under 256 (8-bit values some writers put in 16-bit words, as DCMTK reads them), are 255."""
+    if dtype == np.uint8:
+        return 255.0
+    try:
+        entries, first, _ = (int(v) for v in ds.RedPaletteColorLookupTableDescriptor)
+        table = apply_color_lut(np.arange(first, first + (entries or 65536)), ds)
+    except Exception:  # noqa: BLE001 - a table that cannot be read whole: the standard's scale
+        return 65535.0
+    return 255.0 if int(table.max()) <= 255 else 65535.0
 
 
 def _grey_values(stored: np.ndarray, ds: Dataset, *, invert: bool) -> np.ndarray:

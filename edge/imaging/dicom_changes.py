@@ -16,6 +16,8 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
+from edge.imaging.dicom import infer_missing_transfer_syntax, stored_pixels
+
 IDENTITY = ("PatientID", "StudyInstanceUID")
 """Another value here is another object reusing the UID, never a correction."""
 
@@ -65,14 +67,18 @@ def changed_fields(stored: bytes, received: bytes) -> list[str] | None:
     if uid is None or uid != _value(new, "SOPInstanceUID"):
         return None
     changed = [k for k in IDENTITY + READ_BY_ANALYSIS if _value(old, k) != _value(new, k)]
-    pixels = _pixels_differ(old, new)
+    pixels = _pixels_differ((old, stored), (new, received))
     if pixels is None:
         return None
     return changed + (["pixels"] if pixels else [])
 
 
 def _read(data: bytes) -> Dataset:
-    return pydicom.dcmread(io.BytesIO(data), force=True)
+    """As ingest reads it: a file without its meta (an old export tool's raw data set) is
+    encoded as pydicom read it, not in no syntax (such a copy was taken for another object)."""
+    ds = pydicom.dcmread(io.BytesIO(data), force=True)
+    infer_missing_transfer_syntax(ds)
+    return ds
 
 
 def _value(ds: Dataset, keyword: str) -> Any:
@@ -86,17 +92,18 @@ def _value(ds: Dataset, keyword: str) -> Any:
     return None if value in (None, "") else value
 
 
-def _pixels_differ(old: Dataset, new: Dataset) -> bool | None:
+def _pixels_differ(old: tuple[Dataset, bytes], new: tuple[Dataset, bytes]) -> bool | None:
     """Whether the stored pixel values differ: the encoded bytes in one transfer syntax, the
-    decoded arrays across two (a PACS may transcode what it forwards); None when either cannot
-    be decoded for the comparison."""
-    old_data, new_data = old.get("PixelData"), new.get("PixelData")
+    arrays decoded as ingest decodes them across two (a PACS may transcode what it forwards);
+    None when either cannot be decoded for the comparison."""
+    (old_ds, old_bytes), (new_ds, new_bytes) = old, new
+    old_data, new_data = old_ds.get("PixelData"), new_ds.get("PixelData")
     if old_data is None or new_data is None:
         return (old_data is None) != (new_data is None)
-    syntax = [getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None) for ds in (old, new)]
+    syntax = [getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None) for ds in (old_ds, new_ds)]
     if syntax[0] == syntax[1]:
         return bool(old_data != new_data)
     try:
-        return not np.array_equal(old.pixel_array, new.pixel_array)
+        return not np.array_equal(stored_pixels(old_ds, old_bytes), stored_pixels(new_ds, new_bytes))
     except Exception:  # noqa: BLE001 - an encoding this build cannot decode
         return None
