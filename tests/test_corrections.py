@@ -246,7 +246,7 @@ def test_a_raw_data_set_copy_of_a_stored_instance_is_the_same_instance(tmp_path:
     raw = DicomBytesIO()
     raw.is_little_endian, raw.is_implicit_VR = True, True
     write_dataset(raw, ds)
-    assert not raw.getvalue()[128:132] == b"DICM"
+    assert raw.getvalue()[128:132] != b"DICM"
     assert changed_fields(first.read_bytes(), raw.getvalue()) == []
     ds.PixelData = np.ascontiguousarray(ds.pixel_array[:, ::-1]).tobytes()
     flipped = DicomBytesIO()

@@ -54,9 +54,9 @@ class DicomHeader:
 
 
 class UndecodableDicom(EdgeError):
-    """A refusal of a well-formed DICOM object's pixels (`DICOM_UNSUPPORTED`, `DICOM_PIXELS_DAMAGED`,
-    `DICOM_NO_PIXELS`),
-    carrying its header, so a receiver that keeps every instance can store it unanalysed."""
+    """A refusal of a well-formed DICOM object's pixels (`DICOM_UNSUPPORTED`,
+    `DICOM_PIXELS_DAMAGED`, `DICOM_NO_PIXELS`), carrying its header, so a receiver that keeps
+    every instance can store it unanalysed."""
 
     def __init__(self, code: Code, message: str, header: DicomHeader) -> None:
         super().__init__(code, message)
