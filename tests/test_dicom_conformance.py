@@ -151,7 +151,9 @@ def _built(tmp_path: Path, **header: Any) -> tuple[Any, pydicom.Dataset, pydicom
             source.pop(keyword, None)
         else:
             setattr(source, keyword, value)
-    reference = sr.reference_header(source)
+    written = tmp_path / "source.dcm"  # as the exporter reads it: text encoded in its character sets
+    source.save_as(written, enforce_file_format=True)
+    reference = sr.reference_header(pydicom.dcmread(written, stop_before_pixels=True))
     heatmap = sr.build_heatmap(result, reference, np.zeros((16, 16, 3), np.uint8))
     report = sr.build_sr(result, reference, sr.Provenance.for_site("Klinik Łódź", "device-key"))
     return result, heatmap, report
@@ -229,3 +231,24 @@ def test_a_file_without_an_instance_uid_is_withheld_not_a_crash() -> None:
     broken = dicomgen.to_bytes(ds)
     assert Deidentifier(b"k" * 32, "shift").dicom(data) is not None
     assert Deidentifier(b"k" * 32, "shift").dicom(broken) is None
+
+
+@pytest.mark.parametrize(
+    ("charsets", "name"),
+    [
+        (["", "ISO 2022 IR 87"], "Yamada^Tarou=山田^太郎=やまだ^たろう"),
+        (["", "ISO 2022 IR 149"], "Hong^Gildong=홍^길동"),
+    ],
+)
+def test_a_study_in_japanese_or_korean_iso_2022_is_reported(
+    tmp_path: Path, charsets: list[str], name: str
+) -> None:
+    """The standard form of a Japanese or Korean study's character set starts with an empty
+    value (ISO 2022 without code extensions for the first): its report and heatmap could not be
+    built, retried for ever while the device looked healthy (an outside-style check)."""
+    sent = tmp_path / "sent.dcm"
+    _, heatmap, report = _built(tmp_path / "a", SpecificCharacterSet=charsets, PatientName=name)
+    for ds in (heatmap, report):
+        assert ds.SpecificCharacterSet == "ISO_IR 192"
+        ds.save_as(sent, enforce_file_format=True)
+        assert str(pydicom.dcmread(sent).PatientName) == name

@@ -156,6 +156,80 @@ def test_a_refusal_is_retried_with_backoff_then_fails_and_can_be_requeued(tmp_pa
         server.close()
 
 
+def test_an_object_that_cannot_be_built_ends_failed_and_says_why(
+    tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A build failure (a Japanese study's character sets, before) was retried for ever, past
+    max_attempts, `pacs status` saying only "sending", doctor passing: it is said while it is
+    retried, ends failed after max_attempts, and goes with --retry-failed once it can be built."""
+    settings = pacs_settings(tmp_path, receiver.port, max_attempts=2, interval_s=30, max_backoff_s=900)
+    analyse(settings, tmp_path, dicoms=1)
+
+    def cannot(*_: Any) -> Any:
+        raise ValueError("'' is not a valid SpecificCharacterSetValues")
+
+    monkeypatch.setattr(sr, "build_sr", cannot)
+    assert _round(settings)
+    [report] = [r for r in _rows(settings) if r["kind"] == "sr"]
+    assert (report["state"], report["attempts"]) == ("pending", 1)
+    with Store(settings.data_dir) as store:
+        status = pacs_status(settings, store)
+    [retrying] = status["retrying"]
+    assert "cannot build" in retrying["error"] and retrying["attempts"] == 1
+    shown = CliRunner().invoke(cli, ["--data-dir", str(settings.data_dir), "pacs", "status"], env=_env(settings))
+    assert "retrying sr of result" in shown.output and "SpecificCharacterSetValues" in shown.output
+    shown = CliRunner().invoke(cli, ["--data-dir", str(settings.data_dir), "status"], env=_env(settings))
+    [line] = [line for line in shown.output.splitlines() if line.startswith("pacs: ")]
+    assert "1 object(s) waiting, 0 failed: cannot build" in line
+    with Store(settings.data_dir) as store:
+        PacsExports(store.writer).retry_now(failed_too=False)
+    _round(settings)
+    [report] = [r for r in _rows(settings) if r["kind"] == "sr"]
+    assert (report["state"], report["attempts"]) == ("failed", 2)
+    assert [c for c in doctor.run_checks(settings) if c.name == "pacs"][0].level == "warn"
+    monkeypatch.undo()
+    with Store(settings.data_dir) as store:
+        PacsExports(store.writer).retry_now(failed_too=True)
+    assert _round(settings)
+    assert {r["state"] for r in _rows(settings)} == {"sent"}
+
+
+def test_a_corrected_instances_report_names_the_report_it_replaces(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """A corrected instance (same UID, a header fixed) is analysed again: its report sat beside
+    the first in the PACS with nothing to tell the current one (an outside-style check). It
+    names the report it replaces in its Predecessor Documents Sequence; the first names none."""
+    from edge.pipeline import Pipeline
+
+    settings = pacs_settings(tmp_path, receiver.port)
+    [first_id] = analyse(settings, tmp_path, dicoms=1)
+    assert _round(settings)
+    corrected = pydicom.dcmread(tmp_path / "cr-0.dcm")
+    corrected.ViewPosition = "AP"
+    corrected.save_as(tmp_path / "cr-0-fixed.dcm", enforce_file_format=True)
+    with Store(settings.data_dir) as store:
+        pipeline = Pipeline(settings, store)
+        [analysis] = pipeline.analyse_file(tmp_path / "cr-0-fixed.dcm")
+        pipeline.close()
+    assert analysis.ok and analysis.result is not None and analysis.result.id != first_id
+    assert _round(settings)
+    first, second = [ds for ds in receiver.received if ds.Modality == "SR"]
+    assert "PredecessorDocumentsSequence" not in first
+    [study] = second.PredecessorDocumentsSequence
+    assert study.StudyInstanceUID == first.StudyInstanceUID
+    [series] = study.ReferencedSeriesSequence
+    assert series.SeriesInstanceUID == first.SeriesInstanceUID
+    [item] = series.ReferencedSOPSequence
+    assert item.ReferencedSOPInstanceUID == first.SOPInstanceUID
+    path = tmp_path / "second.dcm"
+    second.save_as(path, enforce_file_format=True)
+    if shutil.which("dciodvfy"):
+        found = subprocess.run(["dciodvfy", "-new", str(path)], capture_output=True, text=True)
+        said = found.stdout + found.stderr
+        assert not [line for line in said.splitlines() if line.startswith("Error")], said
+
+
 def _env(settings: Any) -> dict[str, str]:
     pacs = settings.pacs
     return {

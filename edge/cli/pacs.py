@@ -100,3 +100,8 @@ def _print(status: dict[str, Any]) -> None:
         click.echo(f"skipped {count}: {reason}")
     for failed in status["failed"]:
         click.echo(f"failed {failed['kind']} of result {failed['result_id']}: {failed['reason']}")
+    for waiting in status["retrying"]:
+        click.echo(
+            f"retrying {waiting['kind']} of result {waiting['result_id']}"
+            f" ({waiting['attempts']} attempt(s)): {waiting['error']}"
+        )

@@ -137,7 +137,10 @@ class PacsExporter:
                 self.exports.skip(export.id, str(gone))
             except (OSError, ValueError, AttributeError, TypeError, InvalidDicomError) as exc:
                 log.error("pacs: cannot build %s of result %s: %s", export.kind, export.result_id, exc)
-                self._attempt(export, f"cannot build: {exc}", None)
+                # Not the PACS's fault, and no retry mends it: it ends `failed` like a refusal
+                # (it was retried for ever, the device saying nothing), sent again on demand
+                # (`edge pacs send-now --retry-failed`) once the software can build it.
+                self._attempt(export, f"cannot build: {exc}", None, final=True)
         if not built:
             return 0
         held = 0
@@ -157,11 +160,12 @@ class PacsExporter:
                 self._attempt(export, f"{where} refused it with {answer.hex}{comment}", answer.hex)
         return held
 
-    def _attempt(self, export: PacsExport, error: str, status: str | None) -> None:
-        """A retry later, with exponential backoff; refusals (a status) end in `failed`."""
+    def _attempt(self, export: PacsExport, error: str, status: str | None, *, final: bool = False) -> None:
+        """A retry later, with exponential backoff; refusals (a status) and objects that could
+        not be built (`final`) end in `failed` after `max_attempts`."""
         attempts = export.attempts + 1
         delay = min(self.config.max_backoff_s, self.config.interval_s * 2.0**attempts)
-        give_up = status is not None and attempts >= self.config.max_attempts
+        give_up = (status is not None or final) and attempts >= self.config.max_attempts
         log.warning(
             "pacs: %s %s of result %s: %s", export.kind, export.sop_instance_uid, export.result_id, error
         )
@@ -177,7 +181,8 @@ class PacsExporter:
         if header is None:
             header = headers[export.image_id] = self._source_header(export.image_id)
         if export.kind == "sr":
-            dataset: Dataset = sr.build_sr(result, header, self.provenance)
+            replaced = self.exports.reports_replaced_by(result.id)
+            dataset: Dataset = sr.build_sr(result, header, self.provenance, replaced)
         else:
             dataset = sr.build_heatmap(result, header, self._heatmap(result))
         if dataset.SOPInstanceUID != export.sop_instance_uid:  # a UID must never change
@@ -327,6 +332,13 @@ def pacs_status(settings: Settings, store: Store) -> dict[str, Any]:
             {"result_id": e.result_id, "kind": e.kind, "status": e.status, "reason": e.reason}
             for e in exports.recent("failed")
         ],
+        # Waiting after an attempt that did not go through, and why: "sending, 2 waiting" said
+        # nothing of objects retried for an hour.
+        "retrying": [
+            {"result_id": e.result_id, "kind": e.kind, "attempts": e.attempts, "error": e.last_error}
+            for e in exports.recent("pending", 20)
+            if e.attempts
+        ][:5],
         "last_success": state.get("last_success"),
         "last_error": state.get("last_error") if failing else None,
         "last_error_at": state.get("last_error_at"),

@@ -23,13 +23,14 @@ from __future__ import annotations
 import datetime as dt
 import re
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import ComprehensiveSRStorage, ExplicitVRLittleEndian
 
 from edge import __version__
 from edge.imaging.anatomy import region
@@ -134,6 +135,12 @@ def reference_header(source: Dataset) -> Dataset:
     for keyword in _REQUIRED_EMPTY_OK:
         if keyword not in header:
             setattr(header, keyword, "")
+    # Its text read in its own character sets, then held as UTF-8, as the objects are written:
+    # the standard form of a Japanese or Korean study's ("\ISO 2022 IR 87", the first value
+    # empty) was refused by highdicom, and its results never reached the PACS.
+    header.SpecificCharacterSet = source.get("SpecificCharacterSet") or "ISO_IR 6"
+    header.decode()
+    header.SpecificCharacterSet = "ISO_IR 192"
     return header
 
 
@@ -222,8 +229,17 @@ def _measurements(result: StoredResult) -> list[hd.sr.Measurement]:
     return out
 
 
-def build_sr(result: StoredResult, source: Dataset, provenance: Provenance) -> hd.sr.ComprehensiveSR:
-    """The result's structured report, in the source's study (`source`: `reference_header`)."""
+def build_sr(
+    result: StoredResult,
+    source: Dataset,
+    provenance: Provenance,
+    replaces: Sequence[tuple[str, str, str]] = (),
+) -> hd.sr.ComprehensiveSR:
+    """The result's structured report, in the source's study (`source`: `reference_header`).
+    `replaces`: (SOP Instance UID, model, version) of the reports of earlier results it
+    replaces (a re-analysis, a corrected instance), named in its Predecessor Documents
+    Sequence: a PACS showed contradicting reports of one image with nothing to tell the
+    current one (an outside-style check)."""
     algorithm = _algorithm(result)
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
@@ -273,6 +289,7 @@ def build_sr(result: StoredResult, source: Dataset, provenance: Provenance) -> h
         is_final=False,  # a machine's second read, not a signed report
         is_verified=False,
         institution_name=source.get("InstitutionName"),
+        previous_versions=[_predecessor(source, *replaced) for replaced in replaces] or None,
         transfer_syntax_uid=ExplicitVRLittleEndian,
     )
     _copy_modules(source, sr)
@@ -287,6 +304,16 @@ def build_sr(result: StoredResult, source: Dataset, provenance: Provenance) -> h
     sr.add_new(0x00181020, "LO", [__version__, result.model_version])  # Software Versions
     _stamp(sr, result, source)
     return sr
+
+
+def _predecessor(source: Dataset, sop_instance_uid: str, model: str, version: str) -> Dataset:
+    """An earlier report of this study as highdicom names a predecessor: its UIDs."""
+    earlier = Dataset()
+    earlier.StudyInstanceUID = source.StudyInstanceUID
+    earlier.SeriesInstanceUID = series_uid(source.StudyInstanceUID, model, version, "sr")
+    earlier.SOPClassUID = ComprehensiveSRStorage
+    earlier.SOPInstanceUID = sop_instance_uid
+    return earlier
 
 
 def build_heatmap(result: StoredResult, source: Dataset, overlay_rgb: np.ndarray) -> hd.sc.SCImage:

@@ -97,6 +97,7 @@ def snapshot(settings: Settings, store: Store | None = None) -> dict[str, Any]:
             "recent_errors": store.recent_errors(),
             "outbox_pending": sum(store.outbox.pending_counts().values()),
             "sync": sync_status(settings, store),
+            "pacs": _pacs(settings, store),
             "disk": {
                 "free_mb": disk.free_mb,
                 "total_mb": disk.total_mb,
@@ -111,6 +112,15 @@ def snapshot(settings: Settings, store: Store | None = None) -> dict[str, Any]:
         if own:
             store.close()
     return out
+
+
+def _pacs(settings: Settings, store: Store) -> dict[str, Any] | None:
+    """The PACS exporter's state when results go back to a PACS (`pacs_export.pacs_status`)."""
+    if not settings.pacs.enabled:
+        return None
+    from edge.interop.pacs_export import pacs_status  # pynetdicom: only where a PACS is set
+
+    return pacs_status(settings, store)
 
 
 def _dicom_callers(settings: Settings) -> list[str] | None:
@@ -146,3 +156,18 @@ def sync_line(snap: dict[str, Any]) -> str:
     if sync["state"] not in ("up to date", "syncing") and sync.get("last_error"):
         line += f": {sync['last_error']}"
     return line
+
+
+def pacs_line(snap: dict[str, Any]) -> str | None:
+    """The PACS in one line for `edge status`, where results go back to one: its state, what
+    waits and failed, and why it fails or what is retried (only `edge pacs status` said it)."""
+    pacs = snap.get("pacs")
+    if not pacs:
+        return None
+    counts = pacs["counts"]
+    line = (
+        f"pacs: {pacs['state']} ({pacs['destination']}), {counts['pending']} object(s) waiting,"
+        f" {counts['failed']} failed"
+    )
+    why = pacs.get("last_error") or next((r["error"] for r in pacs.get("retrying", [])), None)
+    return f"{line}: {why}" if why else line

@@ -82,6 +82,23 @@ class PacsExports:
         ).fetchall()
         return [dict(row) for row in rows]
 
+    def reports_replaced_by(self, result_id: str) -> list[tuple[str, str, str]]:
+        """(SOP Instance UID, model, version) of the reports queued for the PACS of the earlier
+        results of this result's model on its image or on the versions that image replaced (a
+        re-analysis, a corrected instance): what its own report names as predecessors. Queued
+        rows, sent or not, so a rebuild on retry is the same object."""
+        rows = self.db.execute(
+            "SELECT p.sop_instance_uid, o.model_name, o.model_version FROM results n"
+            " JOIN results o ON o.model_name = n.model_name AND o.rowid < n.rowid"
+            " JOIN images i ON i.id = o.image_id"
+            " JOIN pacs_exports p ON p.result_id = o.id AND p.kind = 'sr'"
+            " AND p.sop_instance_uid IS NOT NULL AND p.state != 'skipped'"
+            " WHERE n.id = ? AND (o.image_id = n.image_id OR i.superseded_by = n.image_id)"
+            " ORDER BY o.rowid",
+            [result_id],
+        ).fetchall()
+        return [(str(row[0]), str(row[1]), str(row[2])) for row in rows]
+
     def queue(self, exports: Sequence[NewExport]) -> int:
         """Queue rows in one transaction; a (result, kind) already queued is left as it is."""
         added = 0
