@@ -441,6 +441,30 @@ def test_a_pacs_nobody_answers_for_is_told_apart_from_one_that_aborts(tmp_path: 
     assert answer == f"ORTHANC@127.0.0.1:{rude.pacs.port} aborted the association", answer
 
 
+def test_a_pacs_that_takes_none_of_our_classes_is_told_apart_from_an_abort(tmp_path: Path) -> None:
+    """A PACS accepting the association but no context offered (only Verification allowed, or
+    only JPEG) was reported as "aborted the association" (the docs: another service on the port)
+    and retried as an outage; it names what to allow there."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    from edge.interop import cstore
+
+    pacs = AE(ae_title="ORTHANC")
+    pacs.add_supported_context(Verification)
+    port = free_port()
+    server = pacs.start_server(("127.0.0.1", port), block=False)
+    try:
+        settings = pacs_settings(tmp_path, port)
+        with pytest.raises(cstore.DestinationUnavailable) as caught:
+            with cstore.Sender(settings.pacs, ["1.2.840.10008.5.1.4.1.1.88.33"]):
+                pass
+    finally:
+        server.shutdown()
+    assert "accepts none of what this device sends (Comprehensive SR Storage" in str(caught.value)
+    assert "allow these storage classes and transfer syntaxes there" in str(caught.value)
+
+
 def test_the_report_and_fhir_code_every_shipped_label_alike() -> None:
     """One table: a PACS reading the SR and an EHR reading FHIR see the same SNOMED CT code."""
     from edge.hub import fhir, fhir_codes

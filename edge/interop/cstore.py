@@ -88,6 +88,14 @@ def _refusal(assoc: Association, config: PacsSettings, rejection: A_ASSOCIATE_RJ
         return (
             f"{where} rejected the association ({lasting}): {rejection.reason_str}{_hint(rejection, config)}"
         )
+    if assoc.is_aborted and assoc.rejected_contexts and not assoc.accepted_contexts:
+        # It took the association but none of what was offered, and pynetdicom aborted: said
+        # as an abort, it sent IT staff after the network for a setting of the PACS's.
+        offered = sorted({_class_name(c.abstract_syntax) for c in assoc.rejected_contexts})
+        return (
+            f"{where} accepts none of what this device sends ({', '.join(offered)}, in explicit or"
+            " implicit VR little endian): allow these storage classes and transfer syntaxes there"
+        )
     if assoc.is_aborted:
         # pynetdicom flags a TCP connect that failed as aborted too: what the installer must
         # hear then is that nothing answers at that address (host, port, firewall), not a PACS's abort
@@ -96,6 +104,12 @@ def _refusal(assoc: Association, config: PacsSettings, rejection: A_ASSOCIATE_RJ
             return f"{where} aborted the association"
         return f"{where} does not answer ({unreachable})"
     return f"{where} does not answer (connection refused or no answer within {config.timeout_s:g} s)"
+
+
+def _class_name(abstract_syntax: str) -> str:
+    """A SOP class by its name (e.g. "Comprehensive SR Storage"), else its UID."""
+    name = UID(abstract_syntax).name
+    return name or str(abstract_syntax)
 
 
 def _hint(rejection: A_ASSOCIATE_RJ, config: PacsSettings) -> str:

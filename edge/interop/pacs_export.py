@@ -155,7 +155,13 @@ class PacsExporter:
                     continue
                 if answer.status is None:
                     self._attempt(export, f"no answer from {where}: {answer.comment}", None)
-                    raise cstore.DestinationUnavailable(f"{where} stopped answering: {answer.comment}")
+                    # Some PACS (Orthanc 1.10) drop the association after a store from a caller
+                    # they do not know: the network looked at fault.
+                    raise cstore.DestinationUnavailable(
+                        f"{where} stopped answering: {answer.comment}; if it does so after every"
+                        f" store, check that it knows this device's AE title {self.config.calling_ae}"
+                        " ([pacs] calling_ae) and may store from it"
+                    )
                 comment = f" ({answer.comment})" if answer.comment else ""
                 self._attempt(export, f"{where} refused it with {answer.hex}{comment}", answer.hex)
         return held
