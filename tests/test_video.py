@@ -515,13 +515,14 @@ def test_a_new_frame_size_resets_the_sector(settings: Settings) -> None:
     assert analyzer.stats.roi[0] + analyzer.stats.roi[2] <= 640
 
 
-def _cine_file(tmp_path: Path, count: int) -> Path:
+def _cine_file(tmp_path: Path, count: int, frame_time: float | None = 100.0) -> Path:
     """A grey DICOM cine of the bundled lung clip's first frames (always in the repository)."""
     sample = REPO / "samples" / "video" / "lung-regular-alines.mp4"
     frames = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in recording_frames(sample, count)])
     ds = dicomgen.base_dataset(dicomgen.US_STORAGE, modality="US", body_part=None, patient_age=None)
     ds.set_pixel_data(frames, "MONOCHROME2", 8, generate_instance_uid=False)
-    ds.FrameTime = 100.0
+    if frame_time is not None:
+        ds.FrameTime = frame_time
     path = tmp_path / "cine.dcm"
     path.write_bytes(dicomgen.to_bytes(ds))
     return path
@@ -547,6 +548,22 @@ def test_a_dicom_cine_goes_to_the_video_path(pipeline: Pipeline, tmp_path: Path)
     assert clip["source"] == "dicom"
     assert clip["frames_analysed"] >= 3
     assert clip["duration_s"] > 1.0  # paced by FrameTime, not by the machine
+
+
+@pytest.mark.parametrize("frame_time", [33.3, None], ids=["one-second-loop", "no-timing"])
+def test_a_loop_shorter_than_the_sector_search_is_analysed(
+    pipeline: Pipeline, tmp_path: Path, frame_time: float | None
+) -> None:
+    """The sector was looked for only once `[video] roi_seconds` (1.5 s) were collected, so a
+    1 s loop, as many machines store, was refused VIDEO_TOO_SHORT with 0 frames analysed, and
+    20 frames without a stated rate (taken as 30 fps) too, though read with one (an
+    outside-style check). The sector is looked for in what the recording has."""
+    path = _cine_file(tmp_path, 20 if frame_time is None else 30, frame_time)
+    [analysis] = pipeline.analyse_file(path, model=ultrasound_model())
+    assert analysis.ok, analysis.message
+    clip = pipeline.store.clip_for_result(analysis.result.id)
+    assert clip["frames_analysed"] >= 3
+    assert clip["duration_s"] < 1.2
 
 
 def test_edge_infer_streams_a_cines_frames_from_the_guard(settings: Settings, tmp_path: Path) -> None:

@@ -63,6 +63,10 @@ class LiveStats:
         self.status_counts[status] = self.status_counts.get(status, 0) + 1
 
 
+MIN_SECTOR_FRAMES = 4
+"""Fewer frames than this tell no sector (what changes over them is mostly noise)."""
+
+
 class LiveAnalyzer:
     def __init__(
         self,
@@ -195,6 +199,7 @@ class LiveAnalyzer:
             frame = self.source.latest(timeout=0.5)
             if frame is None:
                 if self.source.ended:
+                    self._analyse_short_recording()
                     break
                 continue
             self._last_frame_at = time.monotonic()
@@ -230,7 +235,7 @@ class LiveAnalyzer:
             return
         self._last_recheck = now
         window = [image for t, image in self._recent if now - t <= self.video.roi_seconds]
-        box = detect_sector(window) if len(window) >= 4 else None
+        box = detect_sector(window) if len(window) >= MIN_SECTOR_FRAMES else None
         if box is None:
             return
         found = (box[0] * 2, box[1] * 2, box[2] * 2, box[3] * 2)
@@ -255,12 +260,25 @@ class LiveAnalyzer:
         spec = self.model.spec
         self.model.predict([np.zeros((spec.height, spec.width), np.uint8)])
 
-    def _find_sector(self, frame: Frame) -> list[Frame]:
-        """Collect frames until the sector can be found; returns them once it is."""
+    def _analyse_short_recording(self) -> None:
+        """A recording that ended before `roi_seconds` of it were collected (a 1 s loop, as many
+        ultrasound machines store): its sector is looked for in what there is, and its frames
+        analysed. Every such cine was refused VIDEO_TOO_SHORT with 0 frames analysed, and one
+        without a stated frame rate (taken as 30 fps) was refused where the same frames with
+        one were read (an outside-style check)."""
+        if self.roi is not None or not self.source.lossless or len(self._window) < MIN_SECTOR_FRAMES:
+            return
+        for buffered in self._find_sector(self._window.pop(), final=True):
+            self._paced(buffered)
+
+    def _find_sector(self, frame: Frame, *, final: bool = False) -> list[Frame]:
+        """Collect frames until the sector can be found (`final`: no more will come); returns
+        them once it is."""
         if self._window_start is None:
             self._window_start = frame.position_s
         self._window.append(frame)
-        if frame.position_s - self._window_start < self.video.roi_seconds and len(self._window) < 60:
+        collecting = frame.position_s - self._window_start < self.video.roi_seconds and len(self._window) < 60
+        if collecting and not final:
             return []
         window = list(self._window)
         self._window.clear()
