@@ -90,6 +90,58 @@ def test_a_drop_folder_that_cannot_be_made_is_said_not_a_dead_thread(tmp_path: P
     assert "Traceback" not in log, log[-3000:]
 
 
+def test_a_dicom_port_another_program_holds_is_said_and_the_rest_runs(
+    tmp_path: Path, sample_png: Path
+) -> None:
+    """The listener's port held by another program: the agent died with a traceback (OSError:
+    Address already in use) and systemd restarted it every few seconds, the drop folder with
+    it. Now the agent runs, says why modalities cannot send, and tries the port again."""
+    import socket
+
+    inbox, data = tmp_path / "inbox", tmp_path / "data"
+    inbox.mkdir()
+    with socket.socket() as holder:
+        holder.bind(("0.0.0.0", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        os.environ["EDGE_DICOM__PORT"] = str(port)
+        try:
+            with (tmp_path / "agent.log").open("ab") as log:
+                agent = crashtest.spawn_agent(data, log, "--watch", "--inbox", str(inbox), "--dicom")
+        finally:
+            del os.environ["EDGE_DICOM__PORT"]
+        try:
+            assert crashtest.wait_until_running(data, agent.pid, timeout_s=120), "the agent did not start"
+            said = subprocess.run(
+                [sys.executable, "-m", "edge", "--data-dir", str(data), "status"],
+                capture_output=True,
+                text=True,
+                check=False,
+            ).stdout
+            assert f"agent: the DICOM listener cannot open 0.0.0.0:{port}" in said, said
+            assert "another program holds it" in said
+            doctor = subprocess.run(
+                [sys.executable, "-m", "edge", "--data-dir", str(data), "doctor", "--json"],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            [check] = [c for c in json.loads(doctor.stdout) if c["name"] == "dicom listener"]
+            assert check["level"] == "fail" and "another program holds it" in check["message"]
+            crashtest.drop(inbox, "a.png", sample_png.read_bytes())
+            deadline = time.monotonic() + 60
+            while not crashtest.drained(data / "edge.db", inbox) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert crashtest.drained(data / "edge.db", inbox)  # the drop folder works meanwhile
+            assert agent.poll() is None
+        finally:
+            agent.send_signal(signal.SIGTERM)
+            code = agent.wait(timeout=120)
+    log = (tmp_path / "agent.log").read_text()
+    assert code == 0, log[-3000:]
+    assert "Traceback" not in log, log[-3000:]
+
+
 def test_crash_safety_under_sigkill(tmp_path: Path) -> None:
     """A bounded run of tools/crashtest.py (the full one: 200 images, 100 kills; see the notes)."""
     report = crashtest.run(images=24, kills=6, seed=7, workdir=tmp_path, log_path=tmp_path / "agents.log")

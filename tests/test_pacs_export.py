@@ -176,7 +176,9 @@ def test_an_object_that_cannot_be_built_ends_failed_and_says_why(
         status = pacs_status(settings, store)
     [retrying] = status["retrying"]
     assert "cannot build" in retrying["error"] and retrying["attempts"] == 1
-    shown = CliRunner().invoke(cli, ["--data-dir", str(settings.data_dir), "pacs", "status"], env=_env(settings))
+    shown = CliRunner().invoke(
+        cli, ["--data-dir", str(settings.data_dir), "pacs", "status"], env=_env(settings)
+    )
     assert "retrying sr of result" in shown.output and "SpecificCharacterSetValues" in shown.output
     shown = CliRunner().invoke(cli, ["--data-dir", str(settings.data_dir), "status"], env=_env(settings))
     [line] = [line for line in shown.output.splitlines() if line.startswith("pacs: ")]

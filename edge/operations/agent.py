@@ -143,6 +143,43 @@ class Agent:
                 folder.run(self.stop)
                 return
 
+    def _listen(self, decoder: GuardedDecoder) -> bool:
+        """Start the DICOM listener; False, the problem said and shown in `edge status` and
+        doctor, when its port cannot be opened (another program holds it): the agent died
+        with a traceback and systemd restarted it every few seconds (an outside-style check)."""
+        from edge.ingest.dicom_listener import DicomListener
+
+        config = self.settings.dicom
+        listener = DicomListener(
+            self.settings,
+            lambda: Device(self.settings, actor="dicom").pipeline,  # closed by the listener
+            decoder.decode,
+            on_queued=self.wake.set,
+            accepting=self.accepting,
+        )
+        try:
+            listener.start()
+        except OSError as exc:
+            problem = (
+                f"the DICOM listener cannot open {config.bind}:{config.port}"
+                f" ({exc.strerror or exc}): another program holds it (ss -ltnp | grep :{config.port})"
+                f" or [dicom] port is wrong; modalities cannot send here (tried again every"
+                f" {WATCH_RETRY_S:.0f} s)"
+            )
+            if self.source_problems.get("dicom") != problem:
+                log.error("%s", problem)
+            self.source_problems["dicom"] = problem
+            return False
+        if self.source_problems.pop("dicom", None) is not None:
+            log.info("the DICOM listener is open on port %d again", config.port)
+        self.listener = listener
+        return True
+
+    def _listen_later(self, decoder: GuardedDecoder) -> None:
+        while not self.stop.wait(WATCH_RETRY_S):
+            if self._listen(decoder):
+                return
+
     def _maintain(self) -> None:
         while not self.ready.wait(1.0):  # agent.json says "running" only once the sources are up
             if self.stop.is_set():
@@ -293,17 +330,11 @@ class Agent:
             self._start("maintenance", self._maintain)
             if self.settings.watch.enabled:
                 self._start("watch", self._watch, decoder)
-            if self.settings.dicom.enabled:
-                from edge.ingest.dicom_listener import DicomListener
-
-                self.listener = DicomListener(
-                    self.settings,
-                    lambda: Device(self.settings, actor="dicom").pipeline,  # closed by the listener
-                    decoder.decode,
-                    on_queued=self.wake.set,
-                    accepting=self.accepting,
-                )
-                self.listener.start()
+            if self.settings.dicom.enabled and not self._listen(decoder):
+                # Retried beside the rest: the drop folder and the queue go on meanwhile.
+                retry = threading.Thread(target=self._listen_later, args=(decoder,), name="dicom-retry")
+                retry.daemon = True
+                retry.start()
             self._start_watchdog()
             log.info(
                 "agent running (dicom %s, watch %s)", self.settings.dicom.enabled, self.settings.watch.enabled

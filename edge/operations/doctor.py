@@ -352,6 +352,9 @@ def _listener(settings: Settings) -> list[Check]:
             probe.bind((config.bind, config.port))
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
+                problem = (agent.get("problems") or {}).get("dicom") if agent.get("running") else None
+                if problem:  # the agent runs, but another program holds its port
+                    return [Check("dicom listener", "fail", problem)]
                 if agent.get("running"):
                     return [
                         Check("dicom listener", "pass", f"{config.ae_title} listening on port {config.port}")
