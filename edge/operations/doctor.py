@@ -343,18 +343,18 @@ def _duration(seconds: float) -> str:
 
 def _listener(settings: Settings) -> list[Check]:
     config = settings.dicom
+    agent = health.read_agent(settings)
+    problem = (agent.get("problems") or {}).get("dicom") if agent.get("running") else None
+    if problem:  # the agent runs (`edge run --dicom` too), but its listener could not open the port
+        return [Check("dicom listener", "fail", problem)]
     if not config.enabled:
         return [Check("dicom listener", "pass", "disabled")]
-    agent = health.read_agent(settings)
     with socket.socket() as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((config.bind, config.port))
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
-                problem = (agent.get("problems") or {}).get("dicom") if agent.get("running") else None
-                if problem:  # the agent runs, but another program holds its port
-                    return [Check("dicom listener", "fail", problem)]
                 if agent.get("running"):
                     return [
                         Check("dicom listener", "pass", f"{config.ae_title} listening on port {config.port}")
