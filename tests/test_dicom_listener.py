@@ -11,7 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
+from edge.cli import cli
 from edge.config import Settings
 from edge.ingest.dicom_listener import DicomListener
 from edge.ingest.guard import GuardedDecoder
@@ -164,6 +166,10 @@ def test_undecodable_dataset_is_refused_not_stored(listening: Listening, tmp_pat
     assert "Error: CannotUnderstand" in result.stderr, result.stderr
     after = counts(listening.settings)
     assert (after["images"], after["audit"]) == (0, 1)
+    # Never stored, so no worklist row: `edge status` says what the listener refused.
+    status = CliRunner().invoke(cli, ["--data-dir", str(listening.settings.data_dir), "status"])
+    [line] = [line for line in status.output.splitlines() if line.startswith("dicom: ")]
+    assert "1 instance(s) refused in 7 days (DICOM_INVALID x1)" in line, line
 
 
 def test_full_disk_answers_out_of_resources(listening: Listening) -> None:

@@ -80,7 +80,7 @@ def doctor(obj: Context, as_json: bool) -> None:
 def status(obj: Context, as_json: bool) -> None:
     """Health snapshot: agent, queue depth, last result, errors, disk, versions."""
     from edge.ingest.watch import recent_refusals
-    from edge.operations.health import pacs_line, snapshot, status_line, sync_line
+    from edge.operations.health import dicom_refused_line, pacs_line, snapshot, status_line, sync_line
 
     snap = snapshot(obj.settings)
     # Files the drop folder refused never reach the store, so its errors above cannot show them.
@@ -97,8 +97,9 @@ def status(obj: Context, as_json: bool) -> None:
             click.echo(f"agent: {problem}")
         click.echo(status_line(snap))
         click.echo(sync_line(snap))
-        if pacs_line(snap):
-            click.echo(pacs_line(snap))
+        for line in (pacs_line(snap), dicom_refused_line(snap)):
+            if line:
+                click.echo(line)
         for error in snap["recent_errors"]:
             click.echo(f"recent: {error['state']} {error['error_code']}: {error['error_message']}")
         if refused:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from edge import __version__
+from edge.clock import utc_after
 from edge.config import Settings
 from edge.operations.housekeeping import disk_state
 from edge.processes import holder
@@ -98,6 +99,7 @@ def snapshot(settings: Settings, store: Store | None = None) -> dict[str, Any]:
             "outbox_pending": sum(store.outbox.pending_counts().values()),
             "sync": sync_status(settings, store),
             "pacs": _pacs(settings, store),
+            "dicom_refused": store.refused_inputs("dicom", utc_after(-7 * 86400)),
             "disk": {
                 "free_mb": disk.free_mb,
                 "total_mb": disk.total_mb,
@@ -171,3 +173,16 @@ def pacs_line(snap: dict[str, Any]) -> str | None:
     )
     why = pacs.get("last_error") or next((r["error"] for r in pacs.get("retrying", [])), None)
     return f"{line}: {why}" if why else line
+
+
+def dicom_refused_line(snap: dict[str, Any]) -> str | None:
+    """What the DICOM listener refused in 7 days (answered with a failure, nothing stored), for
+    `edge status`: the worklist cannot show what was never stored."""
+    refused = snap.get("dicom_refused") or {}
+    if not refused.get("count"):
+        return None
+    codes = ", ".join(f"{code} x{count}" for code, count in sorted(refused["by_code"].items()))
+    return (
+        f"dicom: {refused['count']} instance(s) refused in 7 days ({codes}), newest"
+        f" {refused['newest']}: the sender was told it failed; see `journalctl -u edge-agent`"
+    )

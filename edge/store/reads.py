@@ -178,6 +178,22 @@ class Reads:
             )
         )
 
+    def refused_inputs(self, actor: str, since: str) -> dict[str, Any]:
+        """Inputs `actor` refused before anything was stored (audited `input.refused`, their code
+        only) since `since`: how many, by code, and the newest's time. The DICOM listener's
+        0xC000 answers were in the log and the audit table only: `edge status` says them."""
+        rows = self.db.execute(
+            "SELECT json_extract(detail, '$.code') AS code, count(*) AS n, max(at) AS newest"
+            " FROM audit WHERE action = 'input.refused' AND actor = ? AND at >= ? GROUP BY code",
+            [actor, since],
+        ).fetchall()
+        by_code = {str(row["code"]): int(row["n"]) for row in rows}
+        return {
+            "count": sum(by_code.values()),
+            "by_code": by_code,
+            "newest": max((str(row["newest"]) for row in rows), default=None),
+        }
+
     def image_results(
         self,
         model_name: str,
