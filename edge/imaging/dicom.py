@@ -269,12 +269,19 @@ def infer_missing_transfer_syntax(ds: Dataset) -> None:
 def stored_pixels(ds: Dataset, data: bytes) -> np.ndarray:
     """pydicom's decoders first; for 12-bit JPEG Extended, which pydicom's permissively licensed
     plugins decline (Pillow has no 12-bit path, its GDCM plugin excludes the syntax), GDCM itself,
-    which decodes it correctly (python-gdcm issue #35: identical to DCMTK)."""
+    which decodes it correctly (python-gdcm issue #35: identical to DCMTK). A 12-bit one goes to
+    GDCM at once: pydicom's plugins each logged an error declining it, twice a film."""
+    syntax = _safe(lambda: ds.file_meta.TransferSyntaxUID)
+    twelve_bit = syntax == uid.JPEGExtended12Bit and (_safe(lambda: int(ds.BitsStored)) or 8) > 8
+    if twelve_bit:
+        try:
+            return _gdcm_pixels(ds, data)
+        except Exception:  # noqa: BLE001 - GDCM absent or refusing: pydicom's own say, below
+            pass
     try:
         return np.asarray(ds.pixel_array)
     except Exception:
-        syntax = _safe(lambda: ds.file_meta.TransferSyntaxUID)
-        if syntax != uid.JPEGExtended12Bit:
+        if syntax != uid.JPEGExtended12Bit or twelve_bit:
             raise
         return _gdcm_pixels(ds, data)
 
