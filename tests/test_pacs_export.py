@@ -236,6 +236,30 @@ def test_a_corrected_instances_report_names_the_report_it_replaces(
         assert not [line for line in said.splitlines() if line.startswith("Error")], said
 
 
+def test_objects_already_sent_can_be_sent_again_the_same_instances(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """A PACS restored from a backup that lacks a week of reports (or one that answered Success
+    and dropped them): `--retry-failed` covered only refusals. `--resend-since DAY` sends the
+    objects it took since then again, the same instances, audited."""
+    settings = pacs_settings(tmp_path, receiver.port)
+    analyse(settings, tmp_path, dicoms=1)
+    assert _round(settings)
+    first = receiver.uids()
+    assert set(first.values()) == {1}
+    args = ["--data-dir", str(settings.data_dir), "pacs", "send-now"]
+    later = CliRunner().invoke(cli, [*args, "--resend-since", "2099-01-01"], env=_env(settings))
+    assert "0 object(s) sent since 2099-01-01 queued to go again" in later.output
+    again = CliRunner().invoke(cli, [*args, "--resend-since", "2024-01-01"], env=_env(settings))
+    assert again.exit_code == 0, again.output
+    assert "2 object(s) sent since 2024-01-01 queued to go again" in again.output
+    assert receiver.uids() == {uid: 2 for uid in first}  # the same instances, once more each
+    assert {r["state"] for r in _rows(settings)} == {"sent"}
+    with Store(settings.data_dir) as store:
+        [audit] = [json.loads(row["detail"]) for row in store.audit_rows("pacs.resend")]
+    assert audit == {"since": "2024-01-01", "objects": 2}
+
+
 def _env(settings: Any) -> dict[str, str]:
     pacs = settings.pacs
     return {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from datetime import datetime
 from typing import Any
 
 import click
@@ -37,8 +38,14 @@ def pacs_run(obj: Context) -> None:
 
 @pacs.command("send-now")
 @click.option("--retry-failed", is_flag=True, help="Queue objects the PACS refused again.")
+@click.option(
+    "--resend-since",
+    type=click.DateTime(["%Y-%m-%d"]),
+    help="Send again the objects the PACS took on or after this day (YYYY-MM-DD, UTC): a PACS"
+    " restored from a backup that lacks them. The same instances (UIDs): it keeps one copy.",
+)
 @pass_context
-def pacs_send_now(obj: Context, retry_failed: bool) -> None:
+def pacs_send_now(obj: Context, retry_failed: bool, resend_since: datetime | None) -> None:
     """Send what waits at once: wake the running exporter, or run one round here if none runs."""
     from edge.errors import EdgeError
     from edge.interop.pacs_export import PacsExporter, exporter_lock, pacs_status, request_send_now
@@ -51,7 +58,11 @@ def pacs_send_now(obj: Context, retry_failed: bool) -> None:
         click.echo("CONFIG_INVALID: PACS export is disabled: set [pacs] enabled = true and host", err=True)
         sys.exit(EXIT_USAGE)
     with Store(settings.data_dir, busy_timeout_ms=settings.store.busy_timeout_ms) as store:
-        retried = PacsExports(store.writer).retry_now(failed_too=retry_failed)
+        exports = PacsExports(store.writer)
+        if resend_since is not None:
+            again = exports.resend_sent(resend_since.strftime("%Y-%m-%d"), "cli")
+            click.echo(f"{again} object(s) sent since {resend_since:%Y-%m-%d} queued to go again")
+        retried = exports.retry_now(failed_too=retry_failed)
         if request_send_now(settings):
             click.echo(f"asked the running exporter to send now ({retried} made due at once)")
             return

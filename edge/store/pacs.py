@@ -200,6 +200,22 @@ class PacsExports:
                 ).rowcount
         return int(changed)
 
+    def resend_sent(self, since: str, actor: str) -> int:
+        """Objects the PACS took on or after `since` (a stamp or a date) queued again, the same
+        instances (their UIDs never change, so a PACS keeps one copy): for a PACS restored from
+        a backup that lacks them, or one that answered Success and dropped them. Audited."""
+        now = utc_now()
+        with self.writer.transaction("queue sent PACS exports again"):
+            changed = self.db.execute(
+                "UPDATE pacs_exports SET state = 'pending', attempts = 0, next_attempt_at = NULL,"
+                " reason = NULL, last_error = NULL, status = NULL, updated_at = ?"
+                " WHERE state = 'sent' AND sent_at >= ?",
+                [now, since],
+            ).rowcount
+            if changed:
+                self.writer.audit(actor, "pacs.resend", None, {"since": since, "objects": changed})
+        return int(changed)
+
     # ------------------------------------------------------------------ reads
 
     def counts(self) -> dict[str, int]:
