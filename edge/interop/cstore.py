@@ -106,9 +106,9 @@ def _refusal(assoc: Association, config: PacsSettings, rejection: A_ASSOCIATE_RJ
     return f"{where} does not answer (connection refused or no answer within {config.timeout_s:g} s)"
 
 
-def _class_name(abstract_syntax: str) -> str:
+def _class_name(abstract_syntax: str | None) -> str:
     """A SOP class by its name (e.g. "Comprehensive SR Storage"), else its UID."""
-    name = UID(abstract_syntax).name
+    name = UID(abstract_syntax or "").name
     return name or str(abstract_syntax)
 
 
