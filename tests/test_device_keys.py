@@ -393,6 +393,50 @@ def test_revocation_from_the_admin_page(hub: Hub, device: Settings) -> None:
     admin.close()
 
 
+def test_the_admin_page_lists_devices_a_page_at_a_time_and_finds_one(hub: Hub) -> None:
+    """A programme's thousands of devices were one page, a form each: a page holds 100, with
+    their count, the pages either side, and a search by name, site, programme or id."""
+    from sqlalchemy import insert
+
+    rows = [
+        {
+            "id": f"dev-{i:04d}",
+            "name": f"clinic-{i:04d}",
+            "site": "Ward_7" if i == 123 else f"site-{i % 5}",
+            "programme": "tb",
+            "credential_hash": "",
+            "created_at": "2026-12-01T00:00:00+00:00",
+            "public_key": "ab" * 32,
+        }
+        for i in range(250)
+    ]
+    with hub.engine.begin() as conn:
+        conn.execute(insert(db.devices), rows)
+    accounts.create_user(hub.engine, "chief", REVIEW_PASSWORD, "administrator", ("*",))
+    admin = TestClient(hub.app, base_url="http://testserver")
+    assert login(admin, "chief") == 303
+    page = admin.get("/review/admin").text
+    assert "250 device(s), page 1 of 3" in page
+    assert 'rel="next" href="/review/admin?devices_q=&amp;devices_page=2#devices"' in page
+    listed = [re.findall(r"<tr><td>(clinic-\d+)</td>", page)]
+    for number in (2, 3):
+        listed.append(
+            re.findall(r"<tr><td>(clinic-\d+)</td>", admin.get(f"/review/admin?devices_page={number}").text)
+        )
+    assert [len(names) for names in listed] == [100, 100, 50]
+    assert len({name for names in listed for name in names}) == 250  # each once, none left out
+    last = admin.get("/review/admin", params={"devices_page": "99"}).text
+    assert "page 3 of 3" in last
+    assert 'rel="next"' not in last
+    found = admin.get("/review/admin", params={"devices_q": "ward_7"}).text  # any case; "_" is no wildcard
+    assert "1 device(s) matching" in found
+    assert "clinic-0123" in found
+    assert "clinic-0124" not in found
+    assert "No device matches." in admin.get("/review/admin", params={"devices_q": "nowhere%"}).text
+    assert admin.get("/review/admin", params={"devices_page": "x"}).status_code == 200
+    admin.close()
+
+
 def audit_rows(hub: Hub) -> list[dict[str, object]]:
     with hub.engine.connect() as conn:
         return [dict(row._mapping) for row in conn.execute(select(db.audit).order_by(db.audit.c.id))]

@@ -17,7 +17,7 @@ import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import Engine, delete, insert, or_, select, update
+from sqlalchemy import Engine, delete, func, insert, or_, select, true, update
 from sqlalchemy.exc import IntegrityError
 
 from edge.hub import db
@@ -186,12 +186,43 @@ def authenticate(engine: Engine, headers: dict[str, str], method: str, path: str
 # ------------------------------------------------------------------ listing and revocation
 
 
-def list_devices(engine: Engine) -> list[dict[str, Any]]:
-    """Every device with its state (active, revoked, or needing re-enrolment) and key fingerprint."""
+DEVICES_PAGE = 100
+"""Devices a page of the admin page lists: a programme's thousands were one page, each row with
+its own form."""
+
+
+def _matching(search: str) -> Any:
+    """Devices whose name, site, programme or id holds `search` (any case), or all."""
+    c = db.devices.c
+    needle = search.strip().lower()
+    if not needle:
+        return true()
+    return or_(
+        *(
+            func.lower(func.coalesce(column, "")).contains(needle, autoescape=True)
+            for column in (c.name, c.site, c.programme, c.id)
+        )
+    )
+
+
+def count_devices(engine: Engine, search: str = "") -> int:
     with engine.connect() as conn:
-        rows = conn.execute(
-            select(db.devices).order_by(db.devices.c.programme, db.devices.c.site, db.devices.c.name)
-        ).all()
+        return int(
+            conn.execute(select(func.count()).select_from(db.devices).where(_matching(search))).scalar() or 0
+        )
+
+
+def list_devices(
+    engine: Engine, search: str = "", offset: int = 0, limit: int | None = None
+) -> list[dict[str, Any]]:
+    """The devices (those `search` names, a page of them), each with its state (active, revoked,
+    or needing re-enrolment) and key fingerprint, by programme, site and name."""
+    c = db.devices.c
+    query = select(db.devices).where(_matching(search)).order_by(c.programme, c.site, c.name, c.id)
+    if limit is not None:
+        query = query.offset(max(0, offset)).limit(limit)
+    with engine.connect() as conn:
+        rows = conn.execute(query).all()
     return [
         {
             "id": row.id,

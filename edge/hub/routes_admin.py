@@ -26,6 +26,28 @@ AUDIT_ROWS = 50
 MAX_CODE_TTL_HOURS = 24 * 30
 
 
+def _device_page(request: Request) -> dict[str, Any]:
+    """The page of devices asked for (`devices_q`: a name, site, programme or id; `devices_page`
+    from 1), with how many match and the pages either side."""
+    engine = state(request).engine
+    search = str(request.query_params.get("devices_q") or "")[:100]
+    try:
+        number = max(1, int(request.query_params.get("devices_page") or 1))
+    except ValueError:
+        number = 1
+    total = devices.count_devices(engine, search)
+    last = max(1, -(-total // devices.DEVICES_PAGE))
+    number = min(number, last)
+    listed = devices.list_devices(engine, search, (number - 1) * devices.DEVICES_PAGE, devices.DEVICES_PAGE)
+    return {
+        "devices": listed,
+        "devices_q": search,
+        "devices_total": total,
+        "devices_page": number,
+        "devices_pages": last,
+    }
+
+
 def _overview(request: Request) -> dict[str, Any]:
     engine = state(request).engine
     with engine.connect() as conn:
@@ -35,7 +57,7 @@ def _overview(request: Request) -> dict[str, Any]:
         ]
     return {
         "users": accounts.list_users(engine),
-        "devices": devices.list_devices(engine),
+        **_device_page(request),
         "codes": devices.list_codes(engine, unused_only=True),
         "audit": audit,
         "programmes": worklist.programmes(engine),
