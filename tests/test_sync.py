@@ -102,6 +102,127 @@ def test_enrolment_keeps_what_the_hub_said_of_the_clock(
         assert store.outbox.sync_state()["clock_confirmed"] == state["clock_confirmed"]
 
 
+def test_a_device_enrolled_under_protocol_1_keeps_its_id_when_it_enrols_again(
+    hub: Hub, device: Settings
+) -> None:
+    """Upgraded from sync protocol 1 and enrolled again as told, a device got a new id: its
+    reviews were pulled by that id and never came, the renditions of its earlier positive
+    results waited for ever on RESULT_FIRST (their results filed under the old id), and that
+    stopped every round before reviews, models and profiles (an upgrade check). Proving its
+    old enrolment (id and secret), it keeps its id."""
+    import hashlib
+    import json
+
+    from sqlalchemy import func, select, update
+
+    from edge.errors import EdgeError
+    from edge.hub import db
+
+    with Store(device.data_dir) as store:
+        result_ids = analysed(device, store, samples(4))
+        first = hub.enroll(device, "clinic-1")
+        exchange(hub.sync_client(device, store, first))
+        # As the older version left them: the hub holds the hash of a shared secret and no key;
+        # the device holds the secret.
+        secret = "an-old-protocol-1-secret-0123456789abcdef"
+        with hub.engine.begin() as conn:
+            conn.execute(
+                update(db.devices)
+                .where(db.devices.c.id == first.device_id)
+                .values(public_key=None, credential_hash=hashlib.sha256(secret.encode()).hexdigest())
+            )
+        old = {"hub_url": "http://testserver", "device_id": first.device_id, "secret": secret}
+        Credential.key_path(device).unlink()
+        Credential.path(device).write_text(json.dumps(old))
+        reviews.add_review(hub.engine, result_ids[0], "disagree", finding="normal", reviewer="dr-a")
+        store.db.execute("DELETE FROM outbox WHERE kind != 'result'")  # files the new code adds
+        store.db.conn.commit()
+        again = hub.enroll(device, "clinic-1")
+        assert again.device_id == first.device_id
+        counts = exchange(hub.sync_client(device, store, again))
+        assert counts["reviews"] == 1
+        assert store.outbox.pending_counts() == {}
+        with hub.engine.connect() as conn:
+            assert conn.execute(select(func.count()).select_from(db.devices)).scalar() == 1
+            actions = [row.action for row in conn.execute(select(db.audit.c.action))]
+        assert "device.enrolled_again" in actions
+        # A secret that does not match is refused, the code left unspent; an id the hub never
+        # knew (a rebuilt hub) enrols as a new device.
+        Credential.path(device).write_text(json.dumps({**old, "secret": "not-the-secret"}))
+        code = devices.create_enroll_code(hub.engine)
+        from edge.sync.credential import enroll
+
+        with pytest.raises(EdgeError, match=r"move its sync/credential\.json away"):
+            enroll(device, "http://testserver", code, "clinic-1", hub.client, insecure=True)
+        Credential.path(device).write_text(json.dumps({**old, "device_id": "never-seen-here"}))
+        fresh = enroll(device, "http://testserver", code, "clinic-1", hub.client, insecure=True)
+        assert fresh.device_id not in (first.device_id, "never-seen-here")
+
+
+def test_a_file_whose_result_the_hub_lost_sends_the_result_again_and_the_round_goes_on(
+    hub: Hub, device: Settings
+) -> None:
+    """The hub answered RESULT_FIRST for a file whose result it had acknowledged (restored from
+    an older backup; a device enrolled afresh): the round stopped there, before reviews, models
+    and profiles, every round for good. The result goes again, then its file."""
+    from sqlalchemy import delete
+
+    from edge.hub import db
+
+    with Store(device.data_dir) as store:
+        analysed(device, store, samples(1))
+        client = hub.sync_client(device, store, hub.enroll(device))
+        assert client.push_results() == 1
+        with hub.engine.begin() as conn:  # the hub loses it (an older backup restored)
+            conn.execute(delete(db.worklist))
+            conn.execute(delete(db.records))
+        counts = exchange(client)  # the files are refused: the round still pulls reviews
+        assert counts["files"] == 0
+        assert "reviews" in counts
+        assert store.outbox.pending_counts().get("result") == 1
+        counts = exchange(client)
+        assert counts["results"] == 1
+        assert counts["files"] == 2
+        assert store.outbox.pending_counts() == {}
+
+
+def test_an_upgraded_device_is_told_to_enrol_again_and_an_old_hub_to_be_upgraded_first(
+    tmp_path: Path,
+) -> None:
+    """After an upgrade, before enrolling again, `edge sync now` said "not configured: enrol this
+    device first" just after logging that it was enrolled; enrolling with a hub still on sync
+    protocol 1 said "400 BAD_REQUEST: Extra inputs are not permitted" (an upgrade check)."""
+    import json
+
+    from click.testing import CliRunner
+
+    from edge.cli import cli
+    from edge.errors import EdgeError
+    from edge.sync.credential import enroll
+
+    device = load_settings(data_dir=tmp_path / "d", models={"dir": MODELS})
+    Credential.path(device).parent.mkdir(parents=True)
+    old = {"hub_url": "http://testserver", "device_id": "dev-1", "secret": "s3cret-s3cret"}
+    Credential.path(device).write_text(json.dumps(old))
+    said = CliRunner().invoke(cli, ["--data-dir", str(device.data_dir), "sync", "now"])
+    assert said.exit_code != 0
+    assert "enrolment with http://testserver cannot be used" in said.output
+    assert "sync protocol 1" in said.output
+    assert "not configured" not in said.output
+
+    def old_hub(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/health":
+            return httpx.Response(200, json={"ok": True, "protocol": 1, "hub_time": time.time()})
+        refusal = {"error": {"code": "BAD_REQUEST", "message": "Extra inputs are not permitted"}}
+        return httpx.Response(400, json=refusal)
+
+    with (
+        httpx.Client(transport=httpx.MockTransport(old_hub)) as http,
+        pytest.raises(EdgeError, match="speaks sync protocol 1, this device 2: upgrade the hub first"),
+    ):
+        enroll(device, "http://testserver", "a-code-1234", "dev", http, insecure=True)
+
+
 def test_results_arrive_once_then_files_then_reviews_come_back(hub: Hub, device: Settings) -> None:
     with Store(device.data_dir) as store:
         result_ids = analysed(device, store, samples(4))

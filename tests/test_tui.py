@@ -611,7 +611,7 @@ def test_device_screen_shows_disk_queue_models_services_and_jetson_temperature(
         assert "41.0 GB free" in text_of(pilot.app, "#device-storage")  # type: ignore[arg-type]
         assert "1 new, 1 running, 1 refused" in text_of(pilot.app, "#device-queue")  # type: ignore[arg-type]
         models = text_of(pilot.app, "#device-models")  # type: ignore[arg-type]
-        assert "cxr-pneumonia 1.2.0 · serves fp32 on onnxruntime/fp32" in models
+        assert "cxr-pneumonia 1.2.0 · last result by fp32 on onnxruntime/fp32" in models
         assert "not running" in text_of(pilot.app, "#device-services")  # type: ignore[arg-type]
         host = text_of(pilot.app, "#device-host")  # type: ignore[arg-type]
         assert "Jetson Orin Nano" in host

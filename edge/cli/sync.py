@@ -105,11 +105,18 @@ def sync_now(obj: Context, as_json: bool) -> None:
         return
     credential = Credential.load(obj.settings)
     if credential is None:
-        click.echo(
-            "CONFIG_INVALID: sync is not configured: enrol this device first with "
-            "edge sync enroll HUB_URL CODE (the code comes from the hub's administrator)",
-            err=True,
+        problem = Credential.problem(obj.settings)
+        # Enrolled, but not usable (an older protocol's enrolment, a key gone): "not configured"
+        # contradicted the line just logged (an upgrade check).
+        why = (
+            f"CONFIG_INVALID: this device's enrolment with {problem[0]} cannot be used: {problem[1]}:"
+            " enrol it again with edge sync enroll HUB_URL CODE (a new code from the hub's"
+            " administrator)"
+            if problem is not None
+            else "CONFIG_INVALID: sync is not configured: enrol this device first with "
+            "edge sync enroll HUB_URL CODE (the code comes from the hub's administrator)"
         )
+        click.echo(why, err=True)
         sys.exit(EXIT_USAGE)
     with Store(obj.settings.data_dir) as store, httpx.Client(timeout=obj.settings.sync.timeout_s) as http:
         try:

@@ -11,6 +11,7 @@ memory, so several hub processes behind one address refuse the same replay.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import secrets
 import time
 import uuid
@@ -71,12 +72,13 @@ def create_enroll_code(
 
 def enroll(engine: Engine, request: protocol.EnrollRequest) -> protocol.EnrollResponse:
     """Register the device's public key with a one-time code; the code is spent at once, even by
-    two enrolments racing for it (only one update finds it unused)."""
+    two enrolments racing for it (only one update finds it unused). A device enrolled under
+    protocol 1 that proves it (`request.previous`: its id and shared secret) keeps its id, so
+    its results, reviews and name stay its own."""
     if not signatures.verify_bytes(
         request.public_key, protocol.enrollment_to_sign(request.model_dump()), request.proof
     ):
         raise HubError(401, WireCode.BAD_SIGNATURE, "the enrolment is not signed by the key it registers")
-    device_id = str(uuid.uuid4())
     refused = HubError(
         403, WireCode.ENROLL_REFUSED, "the enrolment code is unknown, used, expired or revoked"
     )
@@ -86,6 +88,8 @@ def enroll(engine: Engine, request: protocol.EnrollRequest) -> protocol.EnrollRe
         ).first()
         if code is None or code.expires_at < datetime.now(timezone.utc).isoformat():
             raise refused
+        earlier = _earlier_enrolment(conn, request.previous)
+        device_id = earlier.id if earlier is not None else str(uuid.uuid4())
         spent = conn.execute(
             update(db.enroll_codes)
             .where(
@@ -97,28 +101,56 @@ def enroll(engine: Engine, request: protocol.EnrollRequest) -> protocol.EnrollRe
         )
         if spent.rowcount != 1:
             raise refused
-        conn.execute(
-            insert(db.devices).values(
-                id=device_id,
-                name=request.device_name,
-                site=request.site,
-                programme=code.programme,
-                credential_hash="",
-                public_key=request.public_key,
-                created_at=db.now(),
+        if earlier is not None:
+            # Its programme stays (its results are scoped by it); the protocol-1 hash stays
+            # too, so an answer lost on the way lets it enrol again with another code.
+            conn.execute(
+                update(db.devices)
+                .where(db.devices.c.id == device_id)
+                .values(name=request.device_name, site=request.site, public_key=request.public_key)
             )
-        )
+        else:
+            conn.execute(
+                insert(db.devices).values(
+                    id=device_id,
+                    name=request.device_name,
+                    site=request.site,
+                    programme=code.programme,
+                    credential_hash="",
+                    public_key=request.public_key,
+                    created_at=db.now(),
+                )
+            )
     record_audit(
         engine,
         "device",
-        "device.enrolled",
+        "device.enrolled_again" if earlier is not None else "device.enrolled",
         device_id,
         name=request.device_name,
         site=request.site,
         key=fingerprint(request.public_key),
         code_id=code.code_hash[:CODE_ID_CHARS],
+        code_programme=code.programme,
     )
     return protocol.EnrollResponse(device_id=device_id, hub_time=time.time())
+
+
+def _earlier_enrolment(conn: Any, previous: protocol.PreviousEnrolment | None) -> Any:
+    """The device row a protocol-1 device enrolling again proves is its own, or None (none
+    claimed, one this hub never knew, or one revoked: enrolled as a new device, as before)."""
+    if previous is None:
+        return None
+    row = conn.execute(select(db.devices).where(db.devices.c.id == previous.device_id)).first()
+    if row is None or row.revoked_at is not None:
+        return None
+    if not row.credential_hash or not hmac.compare_digest(row.credential_hash, _sha(previous.secret)):
+        raise HubError(
+            403,
+            WireCode.ENROLL_REFUSED,
+            f"this device's earlier enrolment (device {previous.device_id}) is not confirmed by its"
+            " secret: to enrol it as a new device, move its sync/credential.json away first",
+        )
+    return row
 
 
 def check_version(version: str | None) -> None:

@@ -52,6 +52,17 @@ class OutboxAndReviews:
                     [utc_now(), error, outbox_id],
                 )
 
+    def send_result_again(self, result_id: str) -> bool:
+        """The result's row waits to go again (the hub said it does not hold it: a hub restored
+        from an older backup); False when there is no acknowledged row of it to send."""
+        with self.writer.transaction("send a result again"):
+            changed = self.db.execute(
+                "UPDATE outbox SET acked_at = NULL, last_error = ? WHERE kind = 'result' AND ref_id = ?"
+                " AND acked_at IS NOT NULL",
+                ["the hub did not hold it: sent again", result_id],
+            ).rowcount
+        return bool(changed)
+
     def add_upload_tasks(self, tasks: Sequence[tuple[str, str, dict[str, Any]]]) -> int:
         """(kind, ref_id, payload) upload tasks, each once (a second call adds nothing)."""
         added = 0

@@ -275,6 +275,15 @@ class SyncClient:
             try:
                 self._upload(row["kind"], row["ref_id"], payload["result_id"], data, media_type)
             except HubRefused as exc:
+                if exc.code is WireCode.RESULT_FIRST:
+                    # The hub does not hold the result this device thought it had (a hub restored
+                    # from an older backup, a device enrolled afresh): it goes again, the file
+                    # waits for it, and the round goes on. Raised, it stopped every round before
+                    # reviews, models and profiles, for good (an upgrade check).
+                    self.store.outbox.mark_attempt([row["id"]], f"{exc}")
+                    if self.store.outbox.send_result_again(payload["result_id"]):
+                        log.warning("the hub does not hold result %s: sent again", payload["result_id"])
+                    continue
                 if row["kind"] not in _NEWER_KINDS or exc.code is not WireCode.BAD_REQUEST:
                     raise
                 # A hub older than the diagnostic rendition (or the cine) refuses the kind: the

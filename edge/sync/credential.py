@@ -205,6 +205,29 @@ def hub_answer(shape: type[Answer] | TypeAdapter[Answer], response: httpx.Respon
         ) from exc
 
 
+def _hub_protocol(http: httpx.Client, hub_url: str) -> int | None:
+    """The sync protocol the hub says it speaks (`/v1/health`), or None if it says none."""
+    try:
+        spoken = http.get(hub_url + "/v1/health", timeout=10).json().get("protocol")
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return None
+    return spoken if isinstance(spoken, int) else None
+
+
+def _protocol_1_enrolment(settings: Settings, hub_url: str) -> dict[str, str] | None:
+    """This device's id and shared secret with `hub_url` under sync protocol 1, from the
+    credential file an older version wrote, or None."""
+    try:
+        data = json.loads(Credential.path(settings).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("secret"), str):
+        return None
+    if str(data.get("hub_url", "")).rstrip("/") != hub_url or not isinstance(data.get("device_id"), str):
+        return None
+    return {"device_id": data["device_id"], "secret": data["secret"]}
+
+
 def enroll(
     settings: Settings, hub_url: str, code: str, device_name: str, http: httpx.Client, insecure: bool = False
 ) -> Credential:
@@ -213,16 +236,26 @@ def enroll(
     hub_url = hub_url.rstrip("/")
     check_hub_url(hub_url, insecure)
     key = signatures.new_device_key()
-    request = {"code": code, "device_name": device_name, "site": settings.site}
+    request: dict[str, Any] = {"code": code, "device_name": device_name, "site": settings.site}
     request["public_key"] = signatures.public_hex(key)
+    previous = _protocol_1_enrolment(settings, hub_url)
+    if previous is not None:  # the same device to the hub: its results and reviews stay its own
+        request["previous"] = previous
     request["proof"] = key.sign(protocol.enrollment_to_sign(request)).hex()
-    body = protocol.EnrollRequest(**request).model_dump_json()
+    body = protocol.EnrollRequest(**request).model_dump_json(exclude_none=True)
     response = http.post(
         hub_url + "/v1/enroll",
         content=body,
         headers={"Content-Type": "application/json", protocol.HEADER_PROTOCOL: str(protocol.VERSION)},
     )
     if response.status_code != 200:
+        spoken = _hub_protocol(http, hub_url)
+        if spoken is not None and spoken < protocol.VERSION:  # it said "Extra inputs are not permitted"
+            raise EdgeError(
+                Code.CONFIG_INVALID,
+                f"enrolment refused: the hub at {hub_url} speaks sync protocol {spoken}, this device"
+                f" {protocol.VERSION}: upgrade the hub first, then enrol this device",
+            )
         raise EdgeError(Code.CONFIG_INVALID, f"enrolment refused: {HubRefused.from_response(response)}")
     try:
         reply = hub_answer(protocol.EnrollResponse, response)

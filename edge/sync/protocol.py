@@ -101,11 +101,22 @@ HEX_KEY = r"^[0-9a-f]{64}$"  # a raw ed25519 public key, hex
 HEX_SIGNATURE = r"^[0-9a-f]{128}$"
 
 
+class PreviousEnrolment(_Wire):
+    """A device enrolled under sync protocol 1 (a shared secret) enrolling again with a key: its
+    id and that secret, so the hub keeps the device (its results, reviews and name) under its id.
+    Enrolled afresh, its reviews were pulled by a new id and never came, and its files waited for
+    ever on results the hub filed under the old one (an upgrade check)."""
+
+    device_id: str = Field(min_length=1, max_length=36)
+    secret: str = Field(min_length=1, max_length=128)
+
+
 class EnrollRequest(_Wire):
     code: str = Field(min_length=8, max_length=64)
     device_name: str = Field(min_length=1, max_length=64)
     site: str = Field(default="", max_length=64)
     public_key: str = Field(pattern=HEX_KEY)
+    previous: PreviousEnrolment | None = None
     proof: str = Field(pattern=HEX_SIGNATURE)
     """The new key's signature over `enrollment_to_sign(this)`: the device holds its private key."""
 
@@ -275,8 +286,10 @@ def request_to_sign(
 
 
 def enrollment_to_sign(request: dict[str, Any]) -> bytes:
-    """What a new key signs at enrolment (the request without its proof), tagged like a request."""
-    return b"edge-enroll-v%d\n" % VERSION + canonical({k: v for k, v in request.items() if k != "proof"})
+    """What a new key signs at enrolment (the request without its proof and without fields left
+    out), tagged like a request."""
+    signed = {k: v for k, v in request.items() if k != "proof" and v is not None}
+    return b"edge-enroll-v%d\n" % VERSION + canonical(signed)
 
 
 def parse_timestamp(text: str) -> float | None:

@@ -119,8 +119,10 @@ def models(snap: dict[str, Any]) -> str:
             lines.append(f"[red]{model['name']}[/]: {escape(model['error'])}")
             continue
         served = in_use.get(model["name"])
+        # What the last result was made with: a variant found damaged since is not served now,
+        # and "serves" said it was until the next result.
         serving = (
-            f"serves {served['variant']} on {served['backend']}/{served['precision']}"
+            f"last result by {served['variant']} on {served['backend']}/{served['precision']}"
             if served
             else "[dim]not used yet[/dim]"
         )
