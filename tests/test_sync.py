@@ -146,14 +146,18 @@ def test_a_device_enrolled_under_protocol_1_keeps_its_id_when_it_enrols_again(
             assert conn.execute(select(func.count()).select_from(db.devices)).scalar() == 1
             actions = [row.action for row in conn.execute(select(db.audit.c.action))]
         assert "device.enrolled_again" in actions
-        # A secret that does not match is refused, the code left unspent; an id the hub never
-        # knew (a rebuilt hub) enrols as a new device.
-        Credential.path(device).write_text(json.dumps({**old, "secret": "not-the-secret"}))
+        # The old secret enrols nothing once the new key has signed a request; a secret that
+        # does not match is refused, the code left unspent; an id the hub never knew (a rebuilt
+        # hub) enrols as a new device.
+        with hub.engine.connect() as conn:
+            assert conn.execute(select(db.devices.c.credential_hash)).scalar() == ""
         code = devices.create_enroll_code(hub.engine)
         from edge.sync.credential import enroll
 
-        with pytest.raises(EdgeError, match=r"move its sync/credential\.json away"):
-            enroll(device, "http://testserver", code, "clinic-1", hub.client, insecure=True)
+        for secret_now in (secret, "not-the-secret"):
+            Credential.path(device).write_text(json.dumps({**old, "secret": secret_now}))
+            with pytest.raises(EdgeError, match=r"move its sync/credential\.json away"):
+                enroll(device, "http://testserver", code, "clinic-1", hub.client, insecure=True)
         Credential.path(device).write_text(json.dumps({**old, "device_id": "never-seen-here"}))
         fresh = enroll(device, "http://testserver", code, "clinic-1", hub.client, insecure=True)
         assert fresh.device_id not in (first.device_id, "never-seen-here")

@@ -103,7 +103,8 @@ def enroll(engine: Engine, request: protocol.EnrollRequest) -> protocol.EnrollRe
             raise refused
         if earlier is not None:
             # Its programme stays (its results are scoped by it); the protocol-1 hash stays
-            # too, so an answer lost on the way lets it enrol again with another code.
+            # until its first signed request, so an answer lost on the way lets it enrol again
+            # with another code.
             conn.execute(
                 update(db.devices)
                 .where(db.devices.c.id == device_id)
@@ -209,7 +210,14 @@ def authenticate(engine: Engine, headers: dict[str, str], method: str, path: str
         with engine.begin() as conn:
             conn.execute(delete(db.nonces).where(db.nonces.c.seen_at < now - NONCE_KEEP_S))
             conn.execute(insert(db.nonces).values(device_id=row.id, nonce=nonce, seen_at=now))
-            conn.execute(update(db.devices).where(db.devices.c.id == row.id).values(last_seen_at=db.now()))
+            # The protocol-1 hash kept for a device that enrolled again (`_earlier_enrolment`)
+            # goes with its first signed request: its answer arrived, and the old secret must
+            # not enrol anything again.
+            conn.execute(
+                update(db.devices)
+                .where(db.devices.c.id == row.id)
+                .values(last_seen_at=db.now(), credential_hash="")
+            )
     except IntegrityError as exc:
         raise HubError(409, WireCode.REPLAYED, "this exact request was seen before") from exc
     return Device(row.id, row.name, row.site, row.programme)
