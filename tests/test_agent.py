@@ -21,6 +21,12 @@ def start(data_dir: Path, inbox: Path, log: Path) -> subprocess.Popen[bytes]:
         return crashtest.start_agent(data_dir, inbox, handle)
 
 
+def edge(data_dir: Path, *args: str) -> str:
+    """What `edge --data-dir DATA_DIR ARGS` prints, as a technician runs it beside the agent."""
+    command = [sys.executable, "-m", "edge", "--data-dir", str(data_dir), *args]
+    return subprocess.run(command, capture_output=True, text=True, check=False).stdout
+
+
 def test_agent_ingests_scores_and_stops_cleanly(tmp_path: Path, sample_png: Path, sample_dcm: Path) -> None:
     inbox, data = tmp_path / "inbox", tmp_path / "data"
     inbox.mkdir()
@@ -65,20 +71,10 @@ def test_a_drop_folder_that_cannot_be_made_is_said_not_a_dead_thread(tmp_path: P
         deadline, said = time.monotonic() + 30, ""
         while "cannot be used" not in said and time.monotonic() < deadline:
             time.sleep(0.5)
-            said = subprocess.run(
-                [sys.executable, "-m", "edge", "--data-dir", str(data), "status"],
-                capture_output=True,
-                text=True,
-                check=False,
-            ).stdout
+            said = edge(data, "status")
         assert f"agent: the drop folder {blocker / 'inbox'} cannot be used" in said
-        doctor = subprocess.run(
-            [sys.executable, "-m", "edge", "--data-dir", str(data), "doctor", "--json"],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        [check] = [c for c in json.loads(doctor.stdout) if c["name"] == "agent"]
+        doctor = edge(data, "doctor", "--json")
+        [check] = [c for c in json.loads(doctor) if c["name"] == "agent"]
         assert check["level"] == "warn"
         assert "files dropped there are not taken" in check["message"]
         assert agent.poll() is None  # alive, trying again
@@ -112,21 +108,11 @@ def test_a_dicom_port_another_program_holds_is_said_and_the_rest_runs(
             del os.environ["EDGE_DICOM__PORT"]
         try:
             assert crashtest.wait_until_running(data, agent.pid, timeout_s=120), "the agent did not start"
-            said = subprocess.run(
-                [sys.executable, "-m", "edge", "--data-dir", str(data), "status"],
-                capture_output=True,
-                text=True,
-                check=False,
-            ).stdout
+            said = edge(data, "status")
             assert f"agent: the DICOM listener cannot open 0.0.0.0:{port}" in said, said
             assert "another program holds it" in said
-            doctor = subprocess.run(
-                [sys.executable, "-m", "edge", "--data-dir", str(data), "doctor", "--json"],
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            [check] = [c for c in json.loads(doctor.stdout) if c["name"] == "dicom listener"]
+            doctor = edge(data, "doctor", "--json")
+            [check] = [c for c in json.loads(doctor) if c["name"] == "dicom listener"]
             assert check["level"] == "fail"
             assert "another program holds it" in check["message"]
             crashtest.drop(inbox, "a.png", sample_png.read_bytes())
