@@ -252,3 +252,24 @@ def test_a_study_in_japanese_or_korean_iso_2022_is_reported(
         assert ds.SpecificCharacterSet == "ISO_IR 192"
         ds.save_as(sent, enforce_file_format=True)
         assert str(pydicom.dcmread(sent).PatientName) == name
+
+
+def test_a_sloppy_header_value_is_left_out_not_the_report(tmp_path: Path) -> None:
+    """A date written "2026-12-05", a time "9:15", a birth date "14.03.2019" or a sex "FEMALE"
+    from a modality made highdicom refuse the report and the heatmap: every result of the study
+    stayed out of the PACS (a re-check). Such a value is left empty (the study is found by its
+    UID); a sex written out is read as its code; well-formed values are copied as they are."""
+    _, heatmap, report = _built(
+        tmp_path / "a",
+        StudyDate="2026-12-05",
+        StudyTime="9:15",
+        PatientBirthDate="14.03.2019",
+        PatientSex="FEMALE",
+        AccessionNumber="ACC-1",
+    )
+    for ds in (heatmap, report):
+        assert not any((ds.StudyDate, ds.StudyTime, ds.PatientBirthDate))  # present, empty (Type 2)
+        assert ds.PatientSex == "F"
+        assert ds.AccessionNumber == "ACC-1"
+    _, _, report = _built(tmp_path / "b", StudyDate="20261205", PatientSex="M")
+    assert (report.StudyDate, report.PatientSex) == ("20261205", "M")

@@ -184,7 +184,8 @@ def test_an_object_that_cannot_be_built_ends_failed_and_says_why(
     assert "SpecificCharacterSetValues" in shown.output
     shown = CliRunner().invoke(cli, ["--data-dir", str(settings.data_dir), "status"], env=_env(settings))
     [line] = [line for line in shown.output.splitlines() if line.startswith("pacs: ")]
-    assert "1 object(s) waiting, 0 failed: cannot build" in line
+    assert "1 object(s) waiting, 0 failed; the exporter is not running" in line
+    assert line.endswith("SpecificCharacterSetValues")
     with Store(settings.data_dir) as store:
         PacsExports(store.writer).retry_now(failed_too=False)
     _round(settings)
@@ -257,7 +258,58 @@ def test_objects_already_sent_can_be_sent_again_the_same_instances(
     assert {r["state"] for r in _rows(settings)} == {"sent"}
     with Store(settings.data_dir) as store:
         [audit] = [json.loads(row["detail"]) for row in store.audit_rows("pacs.resend")]
-    assert audit == {"since": "2024-01-01", "objects": 2}
+        assert audit == {"since": "2024-01-01", "objects": 2, "source_deleted": 0}
+        store.db.execute("UPDATE images SET purged_at = '2026-12-05T00:00:00.000Z'")  # retention
+        store.db.conn.commit()
+    gone = CliRunner().invoke(cli, [*args, "--resend-since", "2024-01-01"], env=_env(settings))
+    assert "0 object(s) sent since 2024-01-01 queued" in gone.output
+    assert "2 object(s) sent since then cannot go again: retention deleted their source" in gone.output
+    assert {r["state"] for r in _rows(settings)} == {"sent"}  # the record of what went stays
+
+
+def _correct(settings: Any, tmp_path: Path, name: str, view: str = "AP", age: str | None = None) -> None:
+    """The archive's correction of cr-0.dcm (a header fixed, the same UID), analysed."""
+    from edge.pipeline import Pipeline
+
+    corrected = pydicom.dcmread(tmp_path / "cr-0.dcm")
+    corrected.ViewPosition = view
+    if age is not None:
+        corrected.PatientAge = age
+    corrected.save_as(tmp_path / name, enforce_file_format=True)
+    with Store(settings.data_dir) as store:
+        pipeline = Pipeline(settings, store)
+        [analysis] = pipeline.analyse_file(tmp_path / name)
+        pipeline.close()
+    assert analysis.ok
+
+
+def test_a_report_names_only_earlier_reports_the_pacs_took(tmp_path: Path) -> None:
+    """A re-check: a correction's report named the first report, which the PACS had refused (it
+    never arrived: the reference dangled). One waiting is waited for; one that failed is not
+    named."""
+    server = Receiver()
+    try:
+        settings = pacs_settings(tmp_path, server.port, max_attempts=1)
+        analyse(settings, tmp_path, dicoms=1)
+        _correct(settings, tmp_path, "fixed.dcm")  # both wait: the correction's report waits for the first's
+        assert _round(settings)
+        first, second = [ds for ds in server.received if ds.Modality == "SR"]
+        [named] = second.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence
+        assert named.ReferencedSOPInstanceUID == first.SOPInstanceUID
+        server.answer = lambda ds: 0xA900 if ds.Modality == "SR" else 0x0000  # SRs refused now
+        _correct(settings, tmp_path, "fixed-again.dcm", age="005Y")
+        _round(settings)
+        server.answer = lambda _: 0x0000
+        _correct(settings, tmp_path, "fixed-a-third-time.dcm", age="006Y")
+        assert _round(settings)
+        last = [ds for ds in server.received if ds.Modality == "SR"][-1]
+        [study] = last.PredecessorDocumentsSequence
+        [series] = study.ReferencedSeriesSequence
+        named = [item.ReferencedSOPInstanceUID for item in series.ReferencedSOPSequence]
+        # Every earlier report the PACS took, the refused one in between left out.
+        assert named == [first.SOPInstanceUID, second.SOPInstanceUID]
+    finally:
+        server.close()
 
 
 def _env(settings: Any) -> dict[str, str]:

@@ -60,8 +60,13 @@ def pacs_send_now(obj: Context, retry_failed: bool, resend_since: datetime | Non
     with Store(settings.data_dir, busy_timeout_ms=settings.store.busy_timeout_ms) as store:
         exports = PacsExports(store.writer)
         if resend_since is not None:
-            again = exports.resend_sent(resend_since.strftime("%Y-%m-%d"), "cli")
+            again, left = exports.resend_sent(resend_since.strftime("%Y-%m-%d"), "cli")
             click.echo(f"{again} object(s) sent since {resend_since:%Y-%m-%d} queued to go again")
+            if left:
+                click.echo(
+                    f"{left} object(s) sent since then cannot go again: retention deleted their"
+                    " source image (their reports stay as they were sent)"
+                )
         retried = exports.retry_now(failed_too=retry_failed)
         if request_send_now(settings):
             click.echo(f"asked the running exporter to send now ({retried} made due at once)")

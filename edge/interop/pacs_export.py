@@ -83,6 +83,10 @@ class _SourceGone(Exception):
     pass
 
 
+class _WaitForEarlier(Exception):
+    """A report that replaces one still waiting to go: built after it."""
+
+
 class PacsExporter:
     """One data directory's exporter: `run_round` queues new results and sends what is due."""
 
@@ -135,6 +139,8 @@ class PacsExporter:
                 built.append((export, self._build(export, headers)))
             except _SourceGone as gone:
                 self.exports.skip(export.id, str(gone))
+            except _WaitForEarlier:
+                continue  # built once the earlier report it replaces went (next round, or next call)
             except (OSError, ValueError, AttributeError, TypeError, InvalidDicomError) as exc:
                 log.error("pacs: cannot build %s of result %s: %s", export.kind, export.result_id, exc)
                 # Not the PACS's fault, and no retry mends it: it ends `failed` like a refusal
@@ -188,7 +194,13 @@ class PacsExporter:
             header = headers[export.image_id] = self._source_header(export.image_id)
         if export.kind == "sr":
             replaced = self.exports.reports_replaced_by(result.id)
-            dataset: Dataset = sr.build_sr(result, header, self.provenance, replaced)
+            # Only reports the PACS took are named (a failed one never arrived: the reference
+            # dangled); while one still waits, this one waits for it, so what it names is
+            # settled before it is built (a rebuild on retry is the same instance).
+            if any(state == "pending" for *_, state in replaced):
+                raise _WaitForEarlier(export.result_id)
+            named = [(uid, model, version) for uid, model, version, state in replaced if state == "sent"]
+            dataset: Dataset = sr.build_sr(result, header, self.provenance, named)
         else:
             dataset = sr.build_heatmap(result, header, self._heatmap(result))
         if dataset.SOPInstanceUID != export.sop_instance_uid:  # a UID must never change

@@ -28,9 +28,11 @@ from dataclasses import dataclass
 
 import highdicom as hd
 import numpy as np
+from pydicom import config
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import ComprehensiveSRStorage, ExplicitVRLittleEndian
+from pydicom.valuerep import validate_value
 
 from edge import __version__
 from edge.imaging.anatomy import region
@@ -141,7 +143,36 @@ def reference_header(source: Dataset) -> Dataset:
     header.SpecificCharacterSet = source.get("SpecificCharacterSet") or "ISO_IR 6"
     header.decode()
     header.SpecificCharacterSet = "ISO_IR 192"
+    _blank_malformed(header)
     return header
+
+
+_SEXES = {"M": "M", "F": "F", "O": "O", "MALE": "M", "FEMALE": "F", "OTHER": "O"}
+_CHECKED_VRS = ("DA", "TM", "DT", "AS", "DS", "IS")
+"""Values with a form (dates, times, ages, numbers); names and text are copied as they are."""
+
+
+def _blank_malformed(header: Dataset) -> None:
+    """Empty the patient and study values the objects copy that their value representation
+    does not allow ("2026-12-05" for a date, "9:15" for a time, "FEMALE" for a sex): highdicom
+    refused to build the report, so a modality's one sloppy field kept every result of the
+    study out of the PACS (a re-check). The study is found by its UID; the value stays in the
+    source. A sex written out in full is read as its code."""
+    for keyword in (*_REQUIRED_EMPTY_OK, *_COPIED):
+        if keyword not in header:
+            continue
+        element = header[keyword]
+        if element.value in (None, ""):
+            continue
+        if keyword == "PatientSex":
+            element.value = _SEXES.get(str(element.value).strip().upper(), "")
+        elif element.VR in _CHECKED_VRS:
+            values = element.value if element.VM > 1 else [element.value]
+            try:
+                for value in values:
+                    validate_value(element.VR, value, config.RAISE)
+            except (ValueError, TypeError):
+                element.value = ""
 
 
 def _copy_modules(source: Dataset, target: Dataset) -> None:

@@ -171,7 +171,13 @@ def pacs_line(snap: dict[str, Any]) -> str | None:
         f"pacs: {pacs['state']} ({pacs['destination']}), {counts['pending']} object(s) waiting,"
         f" {counts['failed']} failed"
     )
-    why = pacs.get("last_error") or next((r["error"] for r in pacs.get("retrying", [])), None)
+    if not pacs.get("exporter"):  # only the exporter queues new results: "up to date" hid that
+        line += "; the exporter is not running (sudo systemctl start edge-pacs): new results wait"
+    why = (
+        pacs.get("last_error")
+        or next((r["error"] for r in pacs.get("retrying", [])), None)
+        or next((f"failed: {r['reason']}" for r in pacs.get("failed", [])), None)
+    )
     return f"{line}: {why}" if why else line
 
 

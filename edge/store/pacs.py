@@ -82,22 +82,26 @@ class PacsExports:
         ).fetchall()
         return [dict(row) for row in rows]
 
-    def reports_replaced_by(self, result_id: str) -> list[tuple[str, str, str]]:
-        """(SOP Instance UID, model, version) of the reports queued for the PACS of the earlier
-        results of this result's model on its image or on the versions that image replaced (a
-        re-analysis, a corrected instance): what its own report names as predecessors. Queued
-        rows, sent or not, so a rebuild on retry is the same object."""
+    def reports_replaced_by(self, result_id: str) -> list[tuple[str, str, str, str]]:
+        """(SOP Instance UID, model, version, state) of the reports queued for the PACS of the
+        earlier results of this result's model on its image or on the versions that image
+        replaced (a re-analysis, a corrected instance): what its own report names as
+        predecessors, those the PACS took (`sent`)."""
         rows = self.db.execute(
-            "SELECT p.sop_instance_uid, o.model_name, o.model_version FROM results n"
+            # The image and every version it replaced, one correction after another: a version
+            # whose report failed in between must not hide the one before it.
+            "WITH RECURSIVE versions(id) AS ("
+            " SELECT image_id FROM results WHERE id = ?"
+            " UNION SELECT i.id FROM images i JOIN versions v ON i.superseded_by = v.id)"
+            " SELECT p.sop_instance_uid, o.model_name, o.model_version, p.state FROM results n"
             " JOIN results o ON o.model_name = n.model_name AND o.rowid < n.rowid"
-            " JOIN images i ON i.id = o.image_id"
             " JOIN pacs_exports p ON p.result_id = o.id AND p.kind = 'sr'"
             " AND p.sop_instance_uid IS NOT NULL AND p.state != 'skipped'"
-            " WHERE n.id = ? AND (o.image_id = n.image_id OR i.superseded_by = n.image_id)"
+            " WHERE n.id = ? AND o.image_id IN (SELECT id FROM versions)"
             " ORDER BY o.rowid",
-            [result_id],
+            [result_id, result_id],
         ).fetchall()
-        return [(str(row[0]), str(row[1]), str(row[2])) for row in rows]
+        return [(str(row[0]), str(row[1]), str(row[2]), str(row[3])) for row in rows]
 
     def queue(self, exports: Sequence[NewExport]) -> int:
         """Queue rows in one transaction; a (result, kind) already queued is left as it is."""
@@ -200,21 +204,28 @@ class PacsExports:
                 ).rowcount
         return int(changed)
 
-    def resend_sent(self, since: str, actor: str) -> int:
+    def resend_sent(self, since: str, actor: str) -> tuple[int, int]:
         """Objects the PACS took on or after `since` (a stamp or a date) queued again, the same
         instances (their UIDs never change, so a PACS keeps one copy): for a PACS restored from
-        a backup that lacks them, or one that answered Success and dropped them. Audited."""
+        a backup that lacks them, or one that answered Success and dropped them. Audited. Those
+        whose source image retention deleted cannot be built again: they stay `sent` (queued,
+        they ended "skipped: purged before export", their record lost). Returns (queued, left)."""
         now = utc_now()
+        sent = "state = 'sent' AND sent_at >= ?"
+        gone = "image_id IN (SELECT id FROM images WHERE purged_at IS NOT NULL)"
         with self.writer.transaction("queue sent PACS exports again"):
+            left = self.db.execute(f"SELECT count(*) FROM pacs_exports WHERE {sent} AND {gone}", [since])
+            left_count = int(left.fetchone()[0])
             changed = self.db.execute(
                 "UPDATE pacs_exports SET state = 'pending', attempts = 0, next_attempt_at = NULL,"
                 " reason = NULL, last_error = NULL, status = NULL, updated_at = ?"
-                " WHERE state = 'sent' AND sent_at >= ?",
+                f" WHERE {sent} AND NOT {gone}",
                 [now, since],
             ).rowcount
-            if changed:
-                self.writer.audit(actor, "pacs.resend", None, {"since": since, "objects": changed})
-        return int(changed)
+            if changed or left_count:
+                detail = {"since": since, "objects": changed, "source_deleted": left_count}
+                self.writer.audit(actor, "pacs.resend", None, detail)
+        return int(changed), left_count
 
     # ------------------------------------------------------------------ reads
 
