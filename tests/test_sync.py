@@ -131,13 +131,20 @@ def test_a_device_enrolled_under_protocol_1_keeps_its_id_when_it_enrols_again(
                 .where(db.devices.c.id == first.device_id)
                 .values(public_key=None, credential_hash=hashlib.sha256(secret.encode()).hexdigest())
             )
-        old = {"hub_url": "http://testserver", "device_id": first.device_id, "secret": secret}
+        # Enrolled under another name of the hub (the upgrade asks for https): the same device.
+        old = {"hub_url": "http://hub.lan:8000", "device_id": first.device_id, "secret": secret}
         Credential.key_path(device).unlink()
+        Credential.path(device).write_text(json.dumps({**old, "secret": "not-the-secret"}))
+        from edge.sync.credential import enroll
+
+        code = devices.create_enroll_code(hub.engine)
+        with pytest.raises(EdgeError, match=r"not confirmed by its secret: .* move its sync/"):
+            enroll(device, "http://testserver", code, "clinic-1", hub.client, insecure=True)
         Credential.path(device).write_text(json.dumps(old))
         reviews.add_review(hub.engine, result_ids[0], "disagree", finding="normal", reviewer="dr-a")
         store.db.execute("DELETE FROM outbox WHERE kind != 'result'")  # files the new code adds
         store.db.conn.commit()
-        again = hub.enroll(device, "clinic-1")
+        again = enroll(device, "http://testserver", code, "clinic-1", hub.client, insecure=True)  # unspent
         assert again.device_id == first.device_id
         counts = exchange(hub.sync_client(device, store, again))
         assert counts["reviews"] == 1
@@ -146,18 +153,14 @@ def test_a_device_enrolled_under_protocol_1_keeps_its_id_when_it_enrols_again(
             assert conn.execute(select(func.count()).select_from(db.devices)).scalar() == 1
             actions = [row.action for row in conn.execute(select(db.audit.c.action))]
         assert "device.enrolled_again" in actions
-        # The old secret enrols nothing once the new key has signed a request; a secret that
-        # does not match is refused, the code left unspent; an id the hub never knew (a rebuilt
-        # hub) enrols as a new device.
+        # The old secret enrols nothing once the new key has signed a request, and says so; an
+        # id the hub never knew (a rebuilt hub) enrols as a new device.
         with hub.engine.connect() as conn:
             assert conn.execute(select(db.devices.c.credential_hash)).scalar() == ""
         code = devices.create_enroll_code(hub.engine)
-        from edge.sync.credential import enroll
-
-        for secret_now in (secret, "not-the-secret"):
-            Credential.path(device).write_text(json.dumps({**old, "secret": secret_now}))
-            with pytest.raises(EdgeError, match=r"move its sync/credential\.json away"):
-                enroll(device, "http://testserver", code, "clinic-1", hub.client, insecure=True)
+        Credential.path(device).write_text(json.dumps(old))
+        with pytest.raises(EdgeError, match="already enrolled again with a key"):
+            enroll(device, "http://testserver", code, "clinic-1", hub.client, insecure=True)
         Credential.path(device).write_text(json.dumps({**old, "device_id": "never-seen-here"}))
         fresh = enroll(device, "http://testserver", code, "clinic-1", hub.client, insecure=True)
         assert fresh.device_id not in (first.device_id, "never-seen-here")

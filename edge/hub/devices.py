@@ -144,6 +144,15 @@ def _earlier_enrolment(conn: Any, previous: protocol.PreviousEnrolment | None) -
     row = conn.execute(select(db.devices).where(db.devices.c.id == previous.device_id)).first()
     if row is None or row.revoked_at is not None:
         return None
+    if not row.credential_hash and row.public_key:
+        raise HubError(
+            403,
+            WireCode.ENROLL_REFUSED,
+            f"device {previous.device_id} already enrolled again with a key, so its old secret no"
+            " longer counts: put back the sync/credential.json and sync/device.key that enrolment"
+            " wrote (a backup of the data folder from after it), or move sync/credential.json away"
+            " to enrol it as a new device",
+        )
     if not row.credential_hash or not hmac.compare_digest(row.credential_hash, _sha(previous.secret)):
         raise HubError(
             403,

@@ -214,16 +214,19 @@ def _hub_protocol(http: httpx.Client, hub_url: str) -> int | None:
     return spoken if isinstance(spoken, int) else None
 
 
-def _protocol_1_enrolment(settings: Settings, hub_url: str) -> dict[str, str] | None:
-    """This device's id and shared secret with `hub_url` under sync protocol 1, from the
-    credential file an older version wrote, or None."""
+def _protocol_1_enrolment(settings: Settings) -> dict[str, str] | None:
+    """This device's id and shared secret under sync protocol 1, from the credential file an
+    older version wrote, or None. Sent whatever hub URL it names: the upgrade asks for https,
+    and a device first enrolled with http://hub.lan was enrolled afresh under the https name
+    (a re-check); a hub that never knew the id ignores it, and the secret opens nothing alone
+    (protocol 1 is refused everywhere now; enrolling again needs that hub's code too)."""
     try:
         data = json.loads(Credential.path(settings).read_text())
     except (OSError, ValueError):
         return None
     if not isinstance(data, dict) or not isinstance(data.get("secret"), str):
         return None
-    if str(data.get("hub_url", "")).rstrip("/") != hub_url or not isinstance(data.get("device_id"), str):
+    if not isinstance(data.get("device_id"), str):
         return None
     return {"device_id": data["device_id"], "secret": data["secret"]}
 
@@ -238,7 +241,7 @@ def enroll(
     key = signatures.new_device_key()
     request: dict[str, Any] = {"code": code, "device_name": device_name, "site": settings.site}
     request["public_key"] = signatures.public_hex(key)
-    previous = _protocol_1_enrolment(settings, hub_url)
+    previous = _protocol_1_enrolment(settings)
     if previous is not None:  # the same device to the hub: its results and reviews stay its own
         request["previous"] = previous
     request["proof"] = key.sign(protocol.enrollment_to_sign(request)).hex()
