@@ -21,6 +21,18 @@ def start(data_dir: Path, inbox: Path, log: Path) -> subprocess.Popen[bytes]:
         return crashtest.start_agent(data_dir, inbox, handle)
 
 
+def stop(agent: subprocess.Popen[bytes]) -> int:
+    agent.send_signal(signal.SIGTERM)
+    return agent.wait(timeout=120)
+
+
+def assert_clean_exit(code: int, log: Path) -> None:
+    """Exit 0 and no traceback in the agent's log."""
+    said = log.read_text()
+    assert code == 0, said[-3000:]
+    assert "Traceback" not in said, said[-3000:]
+
+
 def edge(data_dir: Path, *args: str) -> str:
     """What `edge --data-dir DATA_DIR ARGS` prints, as a technician runs it beside the agent."""
     command = [sys.executable, "-m", "edge", "--data-dir", str(data_dir), *args]
@@ -79,11 +91,8 @@ def test_a_drop_folder_that_cannot_be_made_is_said_not_a_dead_thread(tmp_path: P
         assert "files dropped there are not taken" in check["message"]
         assert agent.poll() is None  # alive, trying again
     finally:
-        agent.send_signal(signal.SIGTERM)
-        code = agent.wait(timeout=120)
-    log = (tmp_path / "agent.log").read_text()
-    assert code == 0, log[-3000:]
-    assert "Traceback" not in log, log[-3000:]
+        code = stop(agent)
+    assert_clean_exit(code, tmp_path / "agent.log")
 
 
 def test_a_dicom_port_another_program_holds_is_said_and_the_rest_runs(
@@ -122,11 +131,8 @@ def test_a_dicom_port_another_program_holds_is_said_and_the_rest_runs(
             assert crashtest.drained(data / "edge.db", inbox)  # the drop folder works meanwhile
             assert agent.poll() is None
         finally:
-            agent.send_signal(signal.SIGTERM)
-            code = agent.wait(timeout=120)
-    log = (tmp_path / "agent.log").read_text()
-    assert code == 0, log[-3000:]
-    assert "Traceback" not in log, log[-3000:]
+            code = stop(agent)
+    assert_clean_exit(code, tmp_path / "agent.log")
 
 
 def test_crash_safety_under_sigkill(tmp_path: Path) -> None:

@@ -80,9 +80,18 @@ def doctor(obj: Context, as_json: bool) -> None:
 def status(obj: Context, as_json: bool) -> None:
     """Health snapshot: agent, queue depth, last result, errors, disk, versions."""
     from edge.ingest.watch import recent_refusals
-    from edge.operations.health import dicom_refused_line, pacs_line, snapshot, status_line, sync_line
+    from edge.operations.health import (
+        dicom_refused_line,
+        hospital_links,
+        pacs_line,
+        snapshot,
+        status_line,
+        sync_line,
+    )
 
     snap = snapshot(obj.settings)
+    if not snap["schema"]["newer"]:  # read what this version's tables hold
+        snap |= hospital_links(obj.settings)
     # Files the drop folder refused never reach the store, so its errors above cannot show them.
     refused, newest = recent_refusals(obj.settings)
     snap["drop_folder_refused"] = {"last_7_days": refused, "newest": newest}

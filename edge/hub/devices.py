@@ -153,7 +153,7 @@ def _earlier_enrolment(conn: Any, previous: protocol.PreviousEnrolment | None) -
             " wrote (a backup of the data folder from after it), or move sync/credential.json away"
             " to enrol it as a new device",
         )
-    if not row.credential_hash or not hmac.compare_digest(row.credential_hash, _sha(previous.secret)):
+    if not hmac.compare_digest(row.credential_hash or "", _sha(previous.secret)):
         raise HubError(
             403,
             WireCode.ENROLL_REFUSED,

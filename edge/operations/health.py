@@ -98,8 +98,6 @@ def snapshot(settings: Settings, store: Store | None = None) -> dict[str, Any]:
             "recent_errors": store.recent_errors(),
             "outbox_pending": sum(store.outbox.pending_counts().values()),
             "sync": sync_status(settings, store),
-            "pacs": _pacs(settings, store),
-            "dicom_refused": store.refused_inputs("dicom", utc_after(-7 * 86400)),
             "disk": {
                 "free_mb": disk.free_mb,
                 "total_mb": disk.total_mb,
@@ -116,13 +114,17 @@ def snapshot(settings: Settings, store: Store | None = None) -> dict[str, Any]:
     return out
 
 
-def _pacs(settings: Settings, store: Store) -> dict[str, Any] | None:
-    """The PACS exporter's state when results go back to a PACS (`pacs_export.pacs_status`)."""
-    if not settings.pacs.enabled:
-        return None
-    from edge.interop.pacs_export import pacs_status  # pynetdicom: only where a PACS is set
+def hospital_links(settings: Settings) -> dict[str, Any]:
+    """For `edge status` only (not the snapshot the TUI and the watchdog rebuild every few
+    seconds): the PACS exporter's state where results go back to one
+    (`pacs_export.pacs_status`), and what the DICOM listener refused in 7 days."""
+    with Store(settings.data_dir, busy_timeout_ms=settings.store.busy_timeout_ms, reader=True) as store:
+        pacs = None
+        if settings.pacs.enabled:
+            from edge.interop.pacs_export import pacs_status  # pynetdicom: only where a PACS is set
 
-    return pacs_status(settings, store)
+            pacs = pacs_status(settings, store)
+        return {"pacs": pacs, "dicom_refused": store.refused_inputs("dicom", utc_after(-7 * 86400))}
 
 
 def _dicom_callers(settings: Settings) -> list[str] | None:
